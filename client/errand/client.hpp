@@ -1,0 +1,83 @@
+// errand's C++ client: submit jobs, ask for their status, wait for their results.
+//
+//   errand::Client client({.endpoint = "tcp://127.0.0.1:7744"});
+//   auto id = client.submit({.queue = "email", .payload = "hello"}).id;
+//   if (auto job = client.wait(id, 30'000)) std::cout << job->result.value_or("") << "\n";
+//
+// A Client is not thread-safe; use one per thread. Requests that get no reply are resent with the
+// same idempotency tokens, so a retried submit never creates a second job.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "errand/codec.hpp"
+#include "errand/protocol.hpp"
+
+namespace errand {
+
+struct ClientOptions {
+    std::string endpoint = std::string(kDefaultEndpoint);
+    Millis timeout_ms = 5000;  // give up on a request after this long without a reply
+    Millis resend_ms = 1000;   // resend an unanswered request this often
+};
+
+// The broker answered with ERROR.
+class BrokerError : public std::runtime_error {
+public:
+    BrokerError(ErrorCode code, const std::string& message)
+        : std::runtime_error(message), code_(code) {}
+    ErrorCode code() const { return code_; }
+
+private:
+    ErrorCode code_;
+};
+
+// No reply within the timeout: "cannot reach broker at tcp://…: timed out after 5s".
+class ConnectionError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+struct Submitted {
+    JobId id = 0;
+    bool duplicate = false;  // the token matched an existing job
+};
+
+struct ListFilter {
+    std::optional<std::string> queue;
+    std::optional<JobState> state;
+    std::uint32_t limit = limits::kDefaultListLimit;
+};
+
+class Client {
+public:
+    explicit Client(ClientOptions options = {});
+    ~Client();
+    Client(const Client&) = delete;
+    Client& operator=(const Client&) = delete;
+
+    // Submits one job; fills in a random token unless the spec has one.
+    Submitted submit(JobSpec spec);
+    // Submits many jobs, committed together (chunks of limits::kMaxBatch per message).
+    std::vector<Submitted> submit_batch(std::vector<JobSpec> specs);
+    JobInfo status(JobId id);
+    // The finished job, or nullopt when timeout_ms passed first.
+    std::optional<JobInfo> wait(JobId id, Millis timeout_ms);
+    std::vector<JobInfo> list(const ListFilter& filter = {});
+    Pong ping();
+
+    const std::string& endpoint() const;
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+// A random 128-bit token in hex, for JobSpec::token.
+std::string random_token();
+
+}  // namespace errand

@@ -1,0 +1,79 @@
+// errand's C++ worker: register a handler per queue, then run() until stop().
+//
+//   errand::Worker worker({.endpoint = "tcp://127.0.0.1:7744", .concurrency = 4});
+//   worker.handle("email", [](const errand::Job& job) {
+//       send_mail(job.payload);
+//       return errand::Outcome::success("sent");
+//   });
+//   worker.run();
+//
+// Handlers run on `concurrency` threads of their own; heartbeats and results travel on the
+// worker's network thread, so a long or CPU-bound handler never makes the worker look dead.
+// A handler that throws fails its attempt with the exception's message.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "errand/protocol.hpp"
+
+namespace errand {
+
+struct Job {
+    JobId id = 0;
+    std::string queue;
+    std::uint32_t attempt = 0;
+    std::string payload;
+    std::optional<std::vector<std::string>> argv;
+};
+
+struct Outcome {
+    bool ok = true;
+    std::string result;    // on success: the job's result; on failure: optional partial output
+    std::string error;     // on failure
+    std::int64_t exit_code = 0;
+    bool permanent = false;  // failure that no retry can fix: the job goes straight to dead
+
+    static Outcome success(std::string result, std::int64_t exit_code = 0) {
+        return {true, std::move(result), {}, exit_code, false};
+    }
+    static Outcome failure(std::string error, std::int64_t exit_code = -1, bool permanent = false,
+                           std::string result = {}) {
+        return {false, std::move(result), std::move(error), exit_code, permanent};
+    }
+};
+
+using Handler = std::function<Outcome(const Job&)>;
+
+struct WorkerOptions {
+    std::string endpoint = std::string(kDefaultEndpoint);
+    std::string name;  // default: host:pid
+    std::uint32_t concurrency = 1;
+    bool accept_commands = false;  // take jobs that carry their own argv
+    std::size_t max_result = limits::kDefaultMaxResult;
+};
+
+class Worker {
+public:
+    explicit Worker(WorkerOptions options);
+    ~Worker();
+    Worker(const Worker&) = delete;
+    Worker& operator=(const Worker&) = delete;
+
+    // Serve `queue` with `handler`. Queues are preferred in the order they were added.
+    void handle(const std::string& queue, Handler handler);
+    // Connects, registers and serves until stop(); returns once running jobs are reported.
+    void run();
+    // Asks run() to return. Async-signal-safe: it only sets a flag.
+    void stop();
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace errand

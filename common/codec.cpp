@@ -1,0 +1,672 @@
+// MessagePack reader/writer and the encoders/decoders of every protocol message.
+#include "errand/codec.hpp"
+
+#include <fmt/format.h>
+
+namespace errand {
+namespace {
+
+using msgpack::type::object_type;
+
+[[noreturn]] void bad(const std::string& msg) { throw ProtocolError(ErrorCode::bad_request, msg); }
+
+std::string_view key_of(const msgpack::object& o) {
+    if (o.type != object_type::STR) return {};
+    return {o.via.str.ptr, o.via.str.size};
+}
+
+const char* type_name(const msgpack::object& o) {
+    switch (o.type) {
+        case object_type::NIL: return "nil";
+        case object_type::BOOLEAN: return "bool";
+        case object_type::POSITIVE_INTEGER:
+        case object_type::NEGATIVE_INTEGER: return "integer";
+        case object_type::FLOAT32:
+        case object_type::FLOAT64: return "float";
+        case object_type::STR: return "str";
+        case object_type::BIN: return "bin";
+        case object_type::ARRAY: return "array";
+        case object_type::MAP: return "map";
+        default: return "ext";
+    }
+}
+
+[[noreturn]] void wrong_type(std::string_view key, const char* want, const msgpack::object& o) {
+    bad(fmt::format("field '{}' must be {}, got {}", key, want, type_name(o)));
+}
+
+std::uint64_t as_u64(std::string_view key, const msgpack::object& o) {
+    if (o.type != object_type::POSITIVE_INTEGER) wrong_type(key, "a non-negative integer", o);
+    return o.via.u64;
+}
+
+std::int64_t as_i64(std::string_view key, const msgpack::object& o) {
+    if (o.type == object_type::NEGATIVE_INTEGER) return o.via.i64;
+    if (o.type == object_type::POSITIVE_INTEGER && o.via.u64 <= INT64_MAX)
+        return static_cast<std::int64_t>(o.via.u64);
+    wrong_type(key, "an integer", o);
+}
+
+std::string as_str(std::string_view key, const msgpack::object& o, std::size_t max_len) {
+    if (o.type != object_type::STR) wrong_type(key, "a str", o);
+    if (o.via.str.size > max_len)
+        bad(fmt::format("field '{}' is longer than {} bytes", key, max_len));
+    return {o.via.str.ptr, o.via.str.size};
+}
+
+std::string as_bytes(std::string_view key, const msgpack::object& o, std::size_t max_len) {
+    const char* p = nullptr;
+    std::size_t n = 0;
+    if (o.type == object_type::BIN) {
+        p = o.via.bin.ptr;
+        n = o.via.bin.size;
+    } else if (o.type == object_type::STR) {
+        p = o.via.str.ptr;
+        n = o.via.str.size;
+    } else {
+        wrong_type(key, "bin", o);
+    }
+    if (n > max_len)
+        throw ProtocolError(ErrorCode::too_large,
+                            fmt::format("field '{}' is {} bytes, over the limit of {} bytes", key,
+                                        n, max_len));
+    return {p, n};
+}
+
+std::uint32_t as_u32(std::string_view key, const msgpack::object& o) {
+    std::uint64_t v = as_u64(key, o);
+    if (v > UINT32_MAX) bad(fmt::format("field '{}' is out of range", key));
+    return static_cast<std::uint32_t>(v);
+}
+
+// Protection against hostile bodies: bounded nesting and element counts.
+const msgpack::unpack_limit kUnpackLimit(/*array=*/1 << 20, /*map=*/4096, /*str=*/1u << 30,
+                                         /*bin=*/1u << 30, /*ext=*/0, /*depth=*/8);
+
+msgpack::object_handle parse_map(std::string_view bytes) {
+    msgpack::object_handle h;
+    std::size_t off = 0;
+    try {
+        h = msgpack::unpack(bytes.data(), bytes.size(), off, nullptr, nullptr, kUnpackLimit);
+    } catch (const std::exception& e) {
+        throw ProtocolError(ErrorCode::bad_frame,
+                            fmt::format("body is not valid MessagePack ({})", e.what()));
+    }
+    if (off != bytes.size())
+        throw ProtocolError(ErrorCode::bad_frame, "body has trailing bytes after the map");
+    if (h.get().type != object_type::MAP)
+        throw ProtocolError(ErrorCode::bad_frame,
+                            fmt::format("body must be a map, got {}", type_name(h.get())));
+    return h;
+}
+
+void pack_str(msgpack::packer<msgpack::sbuffer>& pk, std::string_view s) {
+    pk.pack_str(static_cast<std::uint32_t>(s.size()));
+    pk.pack_str_body(s.data(), static_cast<std::uint32_t>(s.size()));
+}
+
+}  // namespace
+
+// ---- Reader -------------------------------------------------------------------------------
+
+Reader::Reader(const msgpack::object& map) : map_(map) {
+    if (map.type != object_type::MAP) bad(fmt::format("expected a map, got {}", type_name(map)));
+}
+
+const msgpack::object* Reader::find(std::string_view key) const {
+    for (std::uint32_t i = 0; i < map_.via.map.size; ++i) {
+        const auto& kv = map_.via.map.ptr[i];
+        if (key_of(kv.key) == key) return kv.val.type == object_type::NIL ? nullptr : &kv.val;
+    }
+    return nullptr;
+}
+
+const msgpack::object& Reader::need(std::string_view key) const {
+    const auto* o = find(key);
+    if (!o) bad(fmt::format("missing field '{}'", key));
+    return *o;
+}
+
+std::uint64_t Reader::u64(std::string_view key) const { return as_u64(key, need(key)); }
+std::optional<std::uint64_t> Reader::opt_u64(std::string_view key) const {
+    const auto* o = find(key);
+    if (!o) return std::nullopt;
+    return as_u64(key, *o);
+}
+std::int64_t Reader::i64(std::string_view key) const { return as_i64(key, need(key)); }
+std::optional<std::int64_t> Reader::opt_i64(std::string_view key) const {
+    const auto* o = find(key);
+    if (!o) return std::nullopt;
+    return as_i64(key, *o);
+}
+std::string Reader::str(std::string_view key, std::size_t max_len) const {
+    return as_str(key, need(key), max_len);
+}
+std::optional<std::string> Reader::opt_str(std::string_view key, std::size_t max_len) const {
+    const auto* o = find(key);
+    if (!o) return std::nullopt;
+    return as_str(key, *o, max_len);
+}
+std::string Reader::bin(std::string_view key, std::size_t max_len) const {
+    return as_bytes(key, need(key), max_len);
+}
+std::optional<std::string> Reader::opt_bin(std::string_view key, std::size_t max_len) const {
+    const auto* o = find(key);
+    if (!o) return std::nullopt;
+    return as_bytes(key, *o, max_len);
+}
+std::optional<bool> Reader::opt_bool(std::string_view key) const {
+    const auto* o = find(key);
+    if (!o) return std::nullopt;
+    if (o->type != object_type::BOOLEAN) wrong_type(key, "a bool", *o);
+    return o->via.boolean;
+}
+const msgpack::object_array& Reader::array(std::string_view key) const {
+    const auto& o = need(key);
+    if (o.type != object_type::ARRAY) wrong_type(key, "an array", o);
+    return o.via.array;
+}
+std::vector<std::string> Reader::str_array(std::string_view key, std::size_t max_items,
+                                           std::size_t max_len) const {
+    const auto& a = array(key);
+    if (a.size > max_items) bad(fmt::format("field '{}' has more than {} items", key, max_items));
+    std::vector<std::string> out;
+    out.reserve(a.size);
+    for (std::uint32_t i = 0; i < a.size; ++i) out.push_back(as_str(key, a.ptr[i], max_len));
+    return out;
+}
+std::optional<std::vector<std::string>> Reader::opt_str_array(std::string_view key,
+                                                              std::size_t max_items,
+                                                              std::size_t max_len) const {
+    if (!has(key)) return std::nullopt;
+    return str_array(key, max_items, max_len);
+}
+std::vector<std::uint64_t> Reader::u64_array(std::string_view key) const {
+    const auto& a = array(key);
+    std::vector<std::uint64_t> out;
+    out.reserve(a.size);
+    for (std::uint32_t i = 0; i < a.size; ++i) out.push_back(as_u64(key, a.ptr[i]));
+    return out;
+}
+
+Body::Body(std::string_view bytes) : handle_(parse_map(bytes)), reader_(handle_.get()) {}
+
+// ---- Writer -------------------------------------------------------------------------------
+
+Writer::Writer(std::size_t fields) : pk_(&buf_) { pk_.pack_map(static_cast<std::uint32_t>(fields)); }
+Writer& Writer::key(std::string_view k) {
+    pack_str(pk_, k);
+    return *this;
+}
+Writer& Writer::u64(std::string_view k, std::uint64_t v) {
+    key(k);
+    pk_.pack_uint64(v);
+    return *this;
+}
+Writer& Writer::i64(std::string_view k, std::int64_t v) {
+    key(k);
+    pk_.pack_int64(v);
+    return *this;
+}
+Writer& Writer::str(std::string_view k, std::string_view v) {
+    key(k);
+    pack_str(pk_, v);
+    return *this;
+}
+Writer& Writer::bin(std::string_view k, std::string_view v) {
+    key(k);
+    pk_.pack_bin(static_cast<std::uint32_t>(v.size()));
+    pk_.pack_bin_body(v.data(), static_cast<std::uint32_t>(v.size()));
+    return *this;
+}
+Writer& Writer::boolean(std::string_view k, bool v) {
+    key(k);
+    if (v)
+        pk_.pack_true();
+    else
+        pk_.pack_false();
+    return *this;
+}
+Writer& Writer::nil(std::string_view k) {
+    key(k);
+    pk_.pack_nil();
+    return *this;
+}
+Writer& Writer::opt_i64(std::string_view k, const std::optional<std::int64_t>& v) {
+    return v ? i64(k, *v) : nil(k);
+}
+Writer& Writer::opt_str(std::string_view k, const std::optional<std::string>& v) {
+    return v ? str(k, *v) : nil(k);
+}
+Writer& Writer::opt_bin(std::string_view k, const std::optional<std::string>& v) {
+    return v ? bin(k, *v) : nil(k);
+}
+Writer& Writer::str_array(std::string_view k, const std::vector<std::string>& v) {
+    key(k);
+    pk_.pack_array(static_cast<std::uint32_t>(v.size()));
+    for (const auto& s : v) pack_str(pk_, s);
+    return *this;
+}
+Writer& Writer::opt_str_array(std::string_view k, const std::optional<std::vector<std::string>>& v) {
+    return v ? str_array(k, *v) : nil(k);
+}
+Writer& Writer::u64_array(std::string_view k, const std::vector<std::uint64_t>& v) {
+    key(k);
+    pk_.pack_array(static_cast<std::uint32_t>(v.size()));
+    for (auto x : v) pk_.pack_uint64(x);
+    return *this;
+}
+Writer& Writer::bool_array(std::string_view k, const std::vector<bool>& v) {
+    key(k);
+    pk_.pack_array(static_cast<std::uint32_t>(v.size()));
+    for (bool x : v) {
+        if (x)
+            pk_.pack_true();
+        else
+            pk_.pack_false();
+    }
+    return *this;
+}
+
+// ---- Messages -----------------------------------------------------------------------------
+
+namespace {
+
+void pack_job_spec(msgpack::packer<msgpack::sbuffer>& pk, const JobSpec& j) {
+    std::uint32_t n = 3 + (j.argv ? 1 : 0) + (j.token ? 1 : 0);
+    pk.pack_map(n);
+    pack_str(pk, "queue");
+    pack_str(pk, j.queue);
+    pack_str(pk, "payload");
+    pk.pack_bin(static_cast<std::uint32_t>(j.payload.size()));
+    pk.pack_bin_body(j.payload.data(), static_cast<std::uint32_t>(j.payload.size()));
+    pack_str(pk, "max_attempts");
+    pk.pack_uint32(j.max_attempts);
+    if (j.argv) {
+        pack_str(pk, "argv");
+        pk.pack_array(static_cast<std::uint32_t>(j.argv->size()));
+        for (const auto& a : *j.argv) pack_str(pk, a);
+    }
+    if (j.token) {
+        pack_str(pk, "token");
+        pack_str(pk, *j.token);
+    }
+}
+
+void pack_job_info(Writer& w, const JobInfo& j) {
+    w.u64("id", j.id)
+        .str("queue", j.queue)
+        .str("state", to_string(j.state))
+        .u64("attempts", j.attempts)
+        .u64("max_attempts", j.max_attempts)
+        .opt_i64("exit_code", j.exit_code)
+        .opt_bin("result", j.result)
+        .opt_str("error", j.error)
+        .opt_str("worker", j.worker)
+        .opt_str_array("argv", j.argv)
+        .u64("payload_size", j.payload_size)
+        .i64("created_at", j.created_at)
+        .opt_i64("started_at", j.started_at)
+        .opt_i64("finished_at", j.finished_at)
+        .opt_i64("run_at", j.run_at);
+}
+constexpr std::size_t kJobInfoFields = 15;
+
+std::vector<std::string> validated_argv(const Reader& r) {
+    auto argv = r.str_array("argv", limits::kMaxArgv, limits::kMaxArgvBytes);
+    if (argv.empty()) bad("field 'argv' must not be empty");
+    std::size_t total = 0;
+    for (const auto& a : argv) total += a.size();
+    if (total > limits::kMaxArgvBytes)
+        bad(fmt::format("field 'argv' is longer than {} bytes in all", limits::kMaxArgvBytes));
+    return argv;
+}
+
+std::string checked_queue(const Reader& r) {
+    auto q = r.str("queue", limits::kMaxQueueName * 4);
+    if (!valid_queue_name(q))
+        bad(fmt::format("invalid queue name '{}': use 1-{} of A-Z a-z 0-9 _ . -", q,
+                        limits::kMaxQueueName));
+    return q;
+}
+
+}  // namespace
+
+std::string encode(const SubmitRequest& m) {
+    Writer w(2);
+    w.u64("req", m.req).key("jobs");
+    w.packer().pack_array(static_cast<std::uint32_t>(m.jobs.size()));
+    for (const auto& j : m.jobs) pack_job_spec(w.packer(), j);
+    return w.take();
+}
+
+SubmitRequest decode_submit(const Reader& r, const DecodeLimits& lim) {
+    SubmitRequest m;
+    m.req = r.u64("req");
+    const auto& jobs = r.array("jobs");
+    if (jobs.size == 0) bad("field 'jobs' must hold at least one job");
+    if (jobs.size > limits::kMaxBatch)
+        throw ProtocolError(ErrorCode::too_large,
+                            fmt::format("{} jobs in one SUBMIT, over the limit of {}", jobs.size,
+                                        limits::kMaxBatch));
+    m.jobs.reserve(jobs.size);
+    for (std::uint32_t i = 0; i < jobs.size; ++i) {
+        Reader j(jobs.ptr[i]);
+        JobSpec s;
+        s.queue = checked_queue(j);
+        s.payload = j.opt_bin("payload", lim.max_payload).value_or("");
+        if (j.has("argv")) s.argv = validated_argv(j);
+        if (auto ma = j.opt_u64("max_attempts")) {
+            if (*ma < 1 || *ma > limits::kMaxMaxAttempts)
+                bad(fmt::format("max_attempts must be 1-{}", limits::kMaxMaxAttempts));
+            s.max_attempts = static_cast<std::uint32_t>(*ma);
+        }
+        if (auto t = j.opt_str("token", limits::kMaxToken)) {
+            if (t->empty()) bad("field 'token' must not be empty");
+            s.token = std::move(*t);
+        }
+        m.jobs.push_back(std::move(s));
+    }
+    return m;
+}
+
+std::string encode(const SubmitReply& m) {
+    return Writer(3).u64("req", m.req).u64_array("ids", m.ids).bool_array("duplicate", m.duplicate).take();
+}
+
+SubmitReply decode_submitted(const Reader& r) {
+    SubmitReply m;
+    m.req = r.u64("req");
+    m.ids = r.u64_array("ids");
+    const auto& d = r.array("duplicate");
+    for (std::uint32_t i = 0; i < d.size; ++i)
+        m.duplicate.push_back(d.ptr[i].type == object_type::BOOLEAN && d.ptr[i].via.boolean);
+    return m;
+}
+
+std::string encode(const IdRequest& m) { return Writer(2).u64("req", m.req).u64("id", m.id).take(); }
+
+IdRequest decode_id_request(const Reader& r) { return {r.u64("req"), r.u64("id")}; }
+
+std::string encode(const WaitRequest& m) {
+    return Writer(3).u64("req", m.req).u64("id", m.id).u64("timeout_ms", static_cast<std::uint64_t>(m.timeout_ms)).take();
+}
+
+WaitRequest decode_wait(const Reader& r) {
+    WaitRequest m;
+    m.req = r.u64("req");
+    m.id = r.u64("id");
+    if (auto t = r.opt_u64("timeout_ms")) {
+        if (*t > static_cast<std::uint64_t>(limits::kMaxWaitMs))
+            bad(fmt::format("timeout_ms must be at most {}", limits::kMaxWaitMs));
+        m.timeout_ms = static_cast<Millis>(*t);
+    }
+    return m;
+}
+
+std::string encode(const ListRequest& m) {
+    std::size_t n = 2 + (m.queue ? 1 : 0) + (m.state ? 1 : 0);
+    Writer w(n);
+    w.u64("req", m.req).u64("limit", m.limit);
+    if (m.queue) w.str("queue", *m.queue);
+    if (m.state) w.str("state", to_string(*m.state));
+    return w.take();
+}
+
+ListRequest decode_list(const Reader& r) {
+    ListRequest m;
+    m.req = r.u64("req");
+    m.queue = r.opt_str("queue", limits::kMaxQueueName);
+    if (auto s = r.opt_str("state", 32)) {
+        m.state = parse_job_state(*s);
+        if (!m.state) bad(fmt::format("unknown state '{}'", *s));
+    }
+    if (auto l = r.opt_u64("limit")) {
+        if (*l < 1 || *l > limits::kMaxListLimit)
+            bad(fmt::format("limit must be 1-{}", limits::kMaxListLimit));
+        m.limit = static_cast<std::uint32_t>(*l);
+    }
+    return m;
+}
+
+std::string encode_job(const JobInfo& job, std::uint64_t req) {
+    Writer w(2);
+    w.u64("req", req).key("job");
+    w.packer().pack_map(kJobInfoFields);  // the nested job map is written through the same Writer
+    pack_job_info(w, job);
+    return w.take();
+}
+
+std::string encode_jobs(const std::vector<JobInfo>& jobs, std::uint64_t req) {
+    Writer w(2);
+    w.u64("req", req).key("jobs");
+    w.packer().pack_array(static_cast<std::uint32_t>(jobs.size()));
+    for (const auto& j : jobs) {
+        w.packer().pack_map(kJobInfoFields);
+        pack_job_info(w, j);
+    }
+    return w.take();
+}
+
+JobInfo decode_job_info(const Reader& r) {
+    JobInfo j;
+    j.id = r.u64("id");
+    j.queue = r.str("queue", 1024);
+    auto st = r.str("state", 32);
+    auto parsed = parse_job_state(st);
+    if (!parsed) bad(fmt::format("unknown state '{}'", st));
+    j.state = *parsed;
+    j.attempts = static_cast<std::uint32_t>(r.u64("attempts"));
+    j.max_attempts = static_cast<std::uint32_t>(r.u64("max_attempts"));
+    j.exit_code = r.opt_i64("exit_code");
+    j.result = r.opt_bin("result", SIZE_MAX);
+    j.error = r.opt_str("error", SIZE_MAX);
+    j.worker = r.opt_str("worker", SIZE_MAX);
+    j.argv = r.opt_str_array("argv", SIZE_MAX, SIZE_MAX);
+    j.payload_size = r.opt_u64("payload_size").value_or(0);
+    j.created_at = r.i64("created_at");
+    j.started_at = r.opt_i64("started_at");
+    j.finished_at = r.opt_i64("finished_at");
+    j.run_at = r.opt_i64("run_at");
+    return j;
+}
+
+std::string encode(const RegisterRequest& m) {
+    Writer w(9);
+    w.u64("req", m.req)
+        .boolean("commands", m.commands)
+        .str("instance", m.instance)
+        .str("name", m.name)
+        .str("host", m.host)
+        .u64("pid", m.pid)
+        .str_array("queues", m.queues)
+        .u64("concurrency", m.concurrency)
+        .key("held");
+    w.packer().pack_array(static_cast<std::uint32_t>(m.held.size()));
+    for (const auto& h : m.held) {
+        w.packer().pack_array(2);
+        w.packer().pack_uint64(h.id);
+        w.packer().pack_uint32(h.attempt);
+    }
+    return w.take();
+}
+
+RegisterRequest decode_register(const Reader& r) {
+    RegisterRequest m;
+    m.req = r.u64("req");
+    m.instance = r.str("instance", 128);
+    if (m.instance.empty()) bad("field 'instance' must not be empty");
+    m.name = r.str("name", 256);
+    m.host = r.opt_str("host", 256).value_or("");
+    m.pid = r.opt_u64("pid").value_or(0);
+    m.queues = r.str_array("queues", 256, limits::kMaxQueueName * 4);
+    if (m.queues.empty()) bad("field 'queues' must name at least one queue");
+    for (const auto& q : m.queues)
+        if (!valid_queue_name(q)) bad(fmt::format("invalid queue name '{}'", q));
+    auto c = r.u64("concurrency");
+    if (c < 1 || c > limits::kMaxConcurrency)
+        bad(fmt::format("concurrency must be 1-{}", limits::kMaxConcurrency));
+    m.concurrency = static_cast<std::uint32_t>(c);
+    m.commands = r.opt_bool("commands").value_or(false);
+    if (r.has("held")) {
+        const auto& held = r.array("held");
+        for (std::uint32_t i = 0; i < held.size; ++i) {
+            const auto& pair = held.ptr[i];
+            if (pair.type != object_type::ARRAY || pair.via.array.size != 2)
+                bad("each 'held' entry must be [id, attempt]");
+            m.held.push_back({as_u64("held", pair.via.array.ptr[0]),
+                              as_u32("held", pair.via.array.ptr[1])});
+        }
+    }
+    return m;
+}
+
+std::string encode(const RegisteredReply& m) {
+    return Writer(5)
+        .u64("req", m.req)
+        .u64("heartbeat_ms", static_cast<std::uint64_t>(m.heartbeat_ms))
+        .u64("expiry_ms", static_cast<std::uint64_t>(m.expiry_ms))
+        .u64_array("held_ok", m.held_ok)
+        .u64_array("held_rejected", m.held_rejected)
+        .take();
+}
+
+RegisteredReply decode_registered(const Reader& r) {
+    RegisteredReply m;
+    m.req = r.u64("req");
+    m.heartbeat_ms = static_cast<Millis>(r.u64("heartbeat_ms"));
+    m.expiry_ms = static_cast<Millis>(r.u64("expiry_ms"));
+    m.held_ok = r.u64_array("held_ok");
+    m.held_rejected = r.u64_array("held_rejected");
+    return m;
+}
+
+std::string encode_credit(std::uint32_t n) { return Writer(1).u64("n", n).take(); }
+
+std::uint32_t decode_credit(const Reader& r) {
+    auto n = r.u64("n");
+    if (n > limits::kMaxConcurrency) bad(fmt::format("credit must be at most {}", limits::kMaxConcurrency));
+    return static_cast<std::uint32_t>(n);
+}
+
+std::string encode(const Dispatch& m) {
+    return Writer(6)
+        .u64("id", m.id)
+        .str("queue", m.queue)
+        .u64("attempt", m.attempt)
+        .bin("payload", m.payload)
+        .opt_str_array("argv", m.argv)
+        .u64("seq", m.seq)
+        .take();
+}
+
+Dispatch decode_dispatch(const Reader& r) {
+    Dispatch m;
+    m.id = r.u64("id");
+    m.queue = r.str("queue", 1024);
+    auto attempt = r.u64("attempt");
+    if (attempt > UINT32_MAX) bad("attempt is out of range");
+    m.attempt = static_cast<std::uint32_t>(attempt);
+    m.payload = r.opt_bin("payload", SIZE_MAX).value_or("");
+    m.argv = r.opt_str_array("argv", SIZE_MAX, SIZE_MAX);
+    m.seq = r.opt_u64("seq").value_or(0);
+    return m;
+}
+
+std::string encode(const WorkerHeartbeat& m) {
+    return Writer(2).u64("seq", m.seq).u64_array("running", m.running).take();
+}
+
+WorkerHeartbeat decode_worker_heartbeat(const Reader& r) {
+    WorkerHeartbeat m;
+    m.seq = r.opt_u64("seq").value_or(0);
+    if (r.has("running")) m.running = r.u64_array("running");
+    return m;
+}
+
+std::string encode(const JobResult& m) {
+    if (m.ok) {
+        return Writer(4)
+            .u64("id", m.id)
+            .u64("attempt", m.attempt)
+            .bin("result", m.result.value_or(""))
+            .i64("exit_code", m.exit_code)
+            .take();
+    }
+    return Writer(6)
+        .u64("id", m.id)
+        .u64("attempt", m.attempt)
+        .str("error", m.error)
+        .i64("exit_code", m.exit_code)
+        .opt_bin("result", m.result)
+        .boolean("permanent", m.permanent)
+        .take();
+}
+
+JobResult decode_result(const Reader& r, bool ok, const DecodeLimits& lim) {
+    JobResult m;
+    m.ok = ok;
+    m.id = r.u64("id");
+    auto attempt = r.u64("attempt");
+    if (attempt > UINT32_MAX) bad("attempt is out of range");
+    m.attempt = static_cast<std::uint32_t>(attempt);
+    if (ok) {
+        m.result = r.bin("result", lim.max_result);
+        m.exit_code = r.opt_i64("exit_code").value_or(0);
+    } else {
+        m.error = r.str("error", limits::kMaxError);
+        m.exit_code = r.opt_i64("exit_code").value_or(-1);
+        m.result = r.opt_bin("result", lim.max_result);
+        m.permanent = r.opt_bool("permanent").value_or(false);
+    }
+    return m;
+}
+
+std::string encode(const Ack& m) { return Writer(2).u64("id", m.id).u64("attempt", m.attempt).take(); }
+
+Ack decode_ack(const Reader& r) {
+    return {r.u64("id"), static_cast<std::uint32_t>(r.u64("attempt"))};
+}
+
+std::string encode(const ErrorReply& m) {
+    std::size_t n = 2 + (m.req ? 1 : 0) + (m.id ? 1 : 0) + (m.attempt ? 1 : 0);
+    Writer w(n);
+    w.str("code", to_string(m.code)).str("message", m.message);
+    if (m.req) w.u64("req", *m.req);
+    if (m.id) w.u64("id", *m.id);
+    if (m.attempt) w.u64("attempt", *m.attempt);
+    return w.take();
+}
+
+ErrorReply decode_error(const Reader& r) {
+    ErrorReply m;
+    m.req = r.opt_u64("req");
+    auto code = r.str("code", 64);
+    m.code = parse_error_code(code).value_or(ErrorCode::internal);
+    m.message = r.opt_str("message", SIZE_MAX).value_or(code);
+    m.id = r.opt_u64("id");
+    if (auto a = r.opt_u64("attempt")) m.attempt = static_cast<std::uint32_t>(*a);
+    return m;
+}
+
+std::string encode(const Pong& m) {
+    return Writer(3).u64("req", m.req).str("version", m.version).i64("time", m.time).take();
+}
+
+Pong decode_pong(const Reader& r) {
+    return {r.u64("req"), r.opt_str("version", 64).value_or(""), r.opt_i64("time").value_or(0)};
+}
+
+std::string encode_req(std::uint64_t req) { return Writer(1).u64("req", req).take(); }
+std::string encode_empty() { return Writer(0).take(); }
+
+std::optional<std::uint64_t> peek_req(std::string_view body) {
+    try {
+        Body b(body);
+        return b.reader().opt_u64("req");
+    } catch (const std::exception&) {
+        return std::nullopt;
+    }
+}
+
+}  // namespace errand

@@ -1,0 +1,258 @@
+// MessagePack bodies: a typed reader and writer for frame 2, and the message structs of the
+// protocol with their encoders and decoders. Decoders throw ProtocolError (bad_frame/bad_request).
+#pragma once
+
+#include <msgpack.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "errand/protocol.hpp"
+
+namespace errand {
+
+// Read-only view of one MessagePack map. Lookups are linear: bodies have a handful of keys.
+class Reader {
+public:
+    explicit Reader(const msgpack::object& map);
+
+    bool has(std::string_view key) const { return find(key) != nullptr; }
+    std::uint64_t u64(std::string_view key) const;
+    std::optional<std::uint64_t> opt_u64(std::string_view key) const;
+    std::int64_t i64(std::string_view key) const;
+    std::optional<std::int64_t> opt_i64(std::string_view key) const;
+    std::string str(std::string_view key, std::size_t max_len) const;
+    std::optional<std::string> opt_str(std::string_view key, std::size_t max_len) const;
+    // bin (or str) bytes; max_len violations raise too_large.
+    std::string bin(std::string_view key, std::size_t max_len) const;
+    std::optional<std::string> opt_bin(std::string_view key, std::size_t max_len) const;
+    std::optional<bool> opt_bool(std::string_view key) const;
+    std::vector<std::string> str_array(std::string_view key, std::size_t max_items,
+                                       std::size_t max_len) const;
+    std::optional<std::vector<std::string>> opt_str_array(std::string_view key,
+                                                          std::size_t max_items,
+                                                          std::size_t max_len) const;
+    std::vector<std::uint64_t> u64_array(std::string_view key) const;
+    // The array at key (required); each element is returned as a raw object.
+    const msgpack::object_array& array(std::string_view key) const;
+
+private:
+    const msgpack::object* find(std::string_view key) const;
+    const msgpack::object& need(std::string_view key) const;
+    const msgpack::object& map_;
+};
+
+// An owned, parsed body. Throws ProtocolError(bad_frame) when bytes are not one MessagePack map.
+class Body {
+public:
+    explicit Body(std::string_view bytes);
+    const Reader& reader() const { return reader_; }
+
+private:
+    msgpack::object_handle handle_;
+    Reader reader_;
+};
+
+// Writes one map; the number of fields is declared up front, as MessagePack requires.
+class Writer {
+public:
+    explicit Writer(std::size_t fields);
+    Writer& u64(std::string_view key, std::uint64_t v);
+    Writer& i64(std::string_view key, std::int64_t v);
+    Writer& str(std::string_view key, std::string_view v);
+    Writer& bin(std::string_view key, std::string_view v);
+    Writer& boolean(std::string_view key, bool v);
+    Writer& nil(std::string_view key);
+    Writer& opt_i64(std::string_view key, const std::optional<std::int64_t>& v);
+    Writer& opt_str(std::string_view key, const std::optional<std::string>& v);
+    Writer& opt_bin(std::string_view key, const std::optional<std::string>& v);
+    Writer& str_array(std::string_view key, const std::vector<std::string>& v);
+    Writer& opt_str_array(std::string_view key, const std::optional<std::vector<std::string>>& v);
+    Writer& u64_array(std::string_view key, const std::vector<std::uint64_t>& v);
+    Writer& bool_array(std::string_view key, const std::vector<bool>& v);
+    // Raw access for nested structures: write the key, then pack the value with packer().
+    Writer& key(std::string_view key);
+    msgpack::packer<msgpack::sbuffer>& packer() { return pk_; }
+    std::string take() const { return std::string(buf_.data(), buf_.size()); }
+
+private:
+    msgpack::sbuffer buf_;
+    msgpack::packer<msgpack::sbuffer> pk_;
+};
+
+// ---- Message structs ----------------------------------------------------------------------
+
+struct JobSpec {
+    std::string queue;
+    std::string payload;
+    std::optional<std::vector<std::string>> argv;
+    std::uint32_t max_attempts = limits::kDefaultMaxAttempts;
+    std::optional<std::string> token;
+};
+
+struct SubmitRequest {
+    std::uint64_t req = 0;
+    std::vector<JobSpec> jobs;
+};
+
+struct SubmitReply {
+    std::uint64_t req = 0;
+    std::vector<JobId> ids;
+    std::vector<bool> duplicate;
+};
+
+// The job object of STATUS / WAIT / LIST replies.
+struct JobInfo {
+    JobId id = 0;
+    std::string queue;
+    JobState state = JobState::ready;
+    std::uint32_t attempts = 0;
+    std::uint32_t max_attempts = 0;
+    std::optional<std::int64_t> exit_code;
+    std::optional<std::string> result;
+    std::optional<std::string> error;
+    std::optional<std::string> worker;
+    std::optional<std::vector<std::string>> argv;
+    std::uint64_t payload_size = 0;
+    Millis created_at = 0;
+    std::optional<Millis> started_at;
+    std::optional<Millis> finished_at;
+    std::optional<Millis> run_at;
+};
+
+struct IdRequest {  // STATUS
+    std::uint64_t req = 0;
+    JobId id = 0;
+};
+
+struct WaitRequest {
+    std::uint64_t req = 0;
+    JobId id = 0;
+    Millis timeout_ms = limits::kDefaultWaitMs;
+};
+
+struct ListRequest {
+    std::uint64_t req = 0;
+    std::optional<std::string> queue;
+    std::optional<JobState> state;
+    std::uint32_t limit = limits::kDefaultListLimit;
+};
+
+struct HeldJob {
+    JobId id = 0;
+    std::uint32_t attempt = 0;
+};
+
+struct RegisterRequest {
+    std::uint64_t req = 0;
+    std::string instance;
+    std::string name;
+    std::string host;
+    std::uint64_t pid = 0;
+    std::vector<std::string> queues;
+    std::uint32_t concurrency = 1;
+    bool commands = false;  // accepts jobs that carry their own argv
+    std::vector<HeldJob> held;
+};
+
+struct RegisteredReply {
+    std::uint64_t req = 0;
+    Millis heartbeat_ms = 0;
+    Millis expiry_ms = 0;
+    std::vector<JobId> held_ok;
+    std::vector<JobId> held_rejected;
+};
+
+struct Dispatch {
+    JobId id = 0;
+    std::string queue;
+    std::uint32_t attempt = 0;
+    std::string payload;
+    std::optional<std::vector<std::string>> argv;
+    std::uint64_t seq = 0;
+};
+
+struct WorkerHeartbeat {
+    std::uint64_t seq = 0;
+    std::vector<JobId> running;
+};
+
+// DONE and FAIL share one struct; `ok` says which.
+struct JobResult {
+    bool ok = true;
+    JobId id = 0;
+    std::uint32_t attempt = 0;
+    std::int64_t exit_code = 0;
+    std::optional<std::string> result;
+    std::string error;  // FAIL only
+    bool permanent = false;
+};
+
+struct Ack {
+    JobId id = 0;
+    std::uint32_t attempt = 0;
+};
+
+struct ErrorReply {
+    std::optional<std::uint64_t> req;
+    ErrorCode code = ErrorCode::internal;
+    std::string message;
+    std::optional<JobId> id;  // for stale results
+    std::optional<std::uint32_t> attempt;
+};
+
+struct Pong {
+    std::uint64_t req = 0;
+    std::string version;
+    Millis time = 0;
+};
+
+// Limits that decoding enforces (the broker sets them from its flags).
+struct DecodeLimits {
+    std::size_t max_payload = limits::kDefaultMaxPayload;
+    std::size_t max_result = limits::kDefaultMaxResult;
+};
+
+std::string encode(const SubmitRequest& m);
+std::string encode(const SubmitReply& m);
+std::string encode(const IdRequest& m);
+std::string encode(const WaitRequest& m);
+std::string encode(const ListRequest& m);
+std::string encode_job(const JobInfo& job, std::uint64_t req);      // JOB
+std::string encode_jobs(const std::vector<JobInfo>& jobs, std::uint64_t req);  // JOBS
+std::string encode(const RegisterRequest& m);
+std::string encode(const RegisteredReply& m);
+std::string encode_credit(std::uint32_t n);
+std::string encode(const Dispatch& m);
+std::string encode(const WorkerHeartbeat& m);
+std::string encode(const JobResult& m);
+std::string encode(const Ack& m);
+std::string encode(const ErrorReply& m);
+std::string encode(const Pong& m);
+std::string encode_req(std::uint64_t req);  // PING
+std::string encode_empty();                 // {}
+
+SubmitRequest decode_submit(const Reader& r, const DecodeLimits& lim = {});
+SubmitReply decode_submitted(const Reader& r);
+IdRequest decode_id_request(const Reader& r);
+WaitRequest decode_wait(const Reader& r);
+ListRequest decode_list(const Reader& r);
+JobInfo decode_job_info(const Reader& r);
+RegisterRequest decode_register(const Reader& r);
+RegisteredReply decode_registered(const Reader& r);
+std::uint32_t decode_credit(const Reader& r);
+Dispatch decode_dispatch(const Reader& r);
+WorkerHeartbeat decode_worker_heartbeat(const Reader& r);
+JobResult decode_result(const Reader& r, bool ok, const DecodeLimits& lim = {});
+Ack decode_ack(const Reader& r);
+ErrorReply decode_error(const Reader& r);
+Pong decode_pong(const Reader& r);
+
+// Best-effort extraction of `req` from a body that failed to decode, for the ERROR reply.
+std::optional<std::uint64_t> peek_req(std::string_view body);
+
+}  // namespace errand

@@ -1,0 +1,105 @@
+// The vocabulary of errand's wire protocol: version, commands, error codes, job states and limits.
+// docs/PROTOCOL.md is the contract; every name here is spelled exactly as it travels on the wire.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+namespace errand {
+
+inline constexpr std::string_view kProtocolVersion = "errand/1";
+inline constexpr std::string_view kDefaultEndpoint = "tcp://127.0.0.1:7744";
+
+using JobId = std::uint64_t;
+using Millis = std::int64_t;  // milliseconds since the Unix epoch, or a duration in ms
+
+// Defaults and hard limits shared by the broker and the clients.
+namespace limits {
+inline constexpr std::size_t kMaxQueueName = 64;
+inline constexpr std::size_t kMaxToken = 128;
+inline constexpr std::size_t kMaxBatch = 1000;
+inline constexpr std::size_t kMaxArgv = 256;
+inline constexpr std::size_t kMaxArgvBytes = 64 * 1024;
+inline constexpr std::size_t kMaxError = 64 * 1024;
+inline constexpr std::size_t kDefaultMaxPayload = 1024 * 1024;
+inline constexpr std::size_t kDefaultMaxResult = 1024 * 1024;
+inline constexpr std::size_t kDefaultMaxMessage = 64 * 1024 * 1024;
+inline constexpr std::uint32_t kDefaultMaxAttempts = 3;
+inline constexpr std::uint32_t kMaxMaxAttempts = 1000;
+inline constexpr std::uint32_t kMaxConcurrency = 1024;
+inline constexpr std::uint32_t kDefaultListLimit = 100;
+inline constexpr std::uint32_t kMaxListLimit = 10000;
+inline constexpr Millis kDefaultWaitMs = 30000;
+inline constexpr Millis kMaxWaitMs = 86400000;
+}  // namespace limits
+
+// Error codes that travel in ERROR replies. to_string gives the wire spelling.
+enum class ErrorCode {
+    bad_frame,
+    bad_version,
+    unknown_command,
+    bad_request,
+    too_large,
+    not_found,
+    timeout,
+    stale,
+    not_registered,
+    storage,
+    internal,
+};
+
+std::string_view to_string(ErrorCode code);
+std::optional<ErrorCode> parse_error_code(std::string_view text);
+
+// Thrown by the codec and by request handlers; the dispatch boundary turns it into an ERROR reply.
+class ProtocolError : public std::runtime_error {
+public:
+    ProtocolError(ErrorCode code, const std::string& message)
+        : std::runtime_error(message), code_(code) {}
+    ErrorCode code() const { return code_; }
+
+private:
+    ErrorCode code_;
+};
+
+// The one vocabulary of job states (code, protocol, CLI, JSON, docs, database CHECK constraint).
+enum class JobState { scheduled, ready, running, retrying, succeeded, dead, cancelled };
+
+std::string_view to_string(JobState state);
+std::optional<JobState> parse_job_state(std::string_view text);
+inline bool is_terminal(JobState s) {
+    return s == JobState::succeeded || s == JobState::dead || s == JobState::cancelled;
+}
+
+// Command names (frame 1).
+namespace cmd {
+// client -> broker
+inline constexpr std::string_view kSubmit = "SUBMIT";
+inline constexpr std::string_view kStatus = "STATUS";
+inline constexpr std::string_view kWait = "WAIT";
+inline constexpr std::string_view kList = "LIST";
+inline constexpr std::string_view kPing = "PING";
+// worker -> broker
+inline constexpr std::string_view kRegister = "REGISTER";
+inline constexpr std::string_view kCredit = "CREDIT";
+inline constexpr std::string_view kHeartbeat = "HEARTBEAT";
+inline constexpr std::string_view kDone = "DONE";
+inline constexpr std::string_view kFail = "FAIL";
+// broker -> client/worker
+inline constexpr std::string_view kSubmitted = "SUBMITTED";
+inline constexpr std::string_view kJob = "JOB";
+inline constexpr std::string_view kJobs = "JOBS";
+inline constexpr std::string_view kPong = "PONG";
+inline constexpr std::string_view kRegistered = "REGISTERED";
+inline constexpr std::string_view kDispatch = "DISPATCH";
+inline constexpr std::string_view kAck = "ACK";
+inline constexpr std::string_view kError = "ERROR";
+}  // namespace cmd
+
+// True when `name` is a valid queue name: 1-64 bytes of [A-Za-z0-9_.-].
+bool valid_queue_name(std::string_view name);
+
+}  // namespace errand

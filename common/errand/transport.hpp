@@ -1,0 +1,31 @@
+// Framing on ZeroMQ sockets: [identity]? + version + command + body (docs/PROTOCOL.md, Transport).
+#pragma once
+
+#include <zmq.hpp>
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "errand/protocol.hpp"
+
+namespace errand {
+
+struct Envelope {
+    std::string identity;  // ROUTER side only
+    std::string version;
+    std::string command;
+    std::string body;
+    std::size_t frames = 0;  // frames after the identity, as received
+};
+
+// Sends version, command and body (preceded by identity when not empty). Never blocks: returns
+// false when ZeroMQ could not queue the message (peer gone or its queue full).
+bool send_message(zmq::socket_t& socket, std::string_view identity, std::string_view command,
+                  std::string_view body);
+
+// Receives one whole multipart message without blocking; nullopt when none is waiting. A
+// message with the wrong number of frames is returned with `frames` set so the caller can reply.
+std::optional<Envelope> recv_message(zmq::socket_t& socket, bool with_identity);
+
+}  // namespace errand
