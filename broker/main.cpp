@@ -1,2 +1,122 @@
-// placeholder: being written
-int main() { return 1; }
+// errand-broker: parse flags, set up logging, open the store, run the broker.
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+
+#include <zmq.hpp>
+
+#include <csignal>
+
+#include "broker.hpp"
+#include "errand/duration.hpp"
+#include "store_sqlite.hpp"
+
+namespace {
+
+errand::broker::Broker* g_broker = nullptr;
+
+void on_signal(int) {
+    if (g_broker) g_broker->stop();
+}
+
+// Exit codes: 0 clean stop, 2 bad flags, 3 database unusable, 4 cannot listen.
+constexpr int kExitUsage = 2;
+constexpr int kExitDatabase = 3;
+constexpr int kExitListen = 4;
+
+CLI::Validator duration_validator() {
+    return CLI::Validator(
+        [](std::string& s) -> std::string {
+            return errand::parse_duration(s) ? "" : "not a duration (like 250ms, 5s, 2m): " + s;
+        },
+        "DURATION");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"errand-broker: the errand job broker"};
+    errand::broker::BrokerConfig cfg;
+    std::string db = "./errand.db";
+    std::string heartbeat = "1s", worker_timeout = "5s", retry_delay = "1s";
+    std::string synchronous = "full";
+    std::string log_level = "info";
+    app.add_option("--listen", cfg.listen, "ZeroMQ endpoint to bind")->capture_default_str();
+    app.add_option("--db", db, "SQLite database file")->capture_default_str();
+    app.add_option("--heartbeat", heartbeat, "heartbeat interval")
+        ->capture_default_str()
+        ->check(duration_validator());
+    app.add_option("--worker-timeout", worker_timeout,
+                   "silence after which a worker is declared lost")
+        ->capture_default_str()
+        ->check(duration_validator());
+    app.add_option("--retry-delay", retry_delay, "delay before a failed job is retried")
+        ->capture_default_str()
+        ->check(duration_validator());
+    app.add_option("--max-payload", cfg.max_payload, "largest job payload in bytes")
+        ->capture_default_str()
+        ->check(CLI::Range(std::size_t{0}, std::size_t{1} << 30));
+    app.add_option("--max-result", cfg.max_result, "largest job result in bytes")
+        ->capture_default_str()
+        ->check(CLI::Range(std::size_t{0}, std::size_t{1} << 30));
+    app.add_option("--max-message", cfg.max_message,
+                   "largest message in bytes (larger ones are dropped by ZeroMQ)")
+        ->capture_default_str()
+        ->check(CLI::Range(std::size_t{1024}, std::size_t{1} << 31));
+    app.add_option("--synchronous", synchronous,
+                   "SQLite synchronous mode: full (every commit survives power loss) or normal")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"full", "normal"}));
+    app.add_option("--log-level", log_level, "trace, debug, info, warn or error")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        int rc = app.exit(e);
+        return rc == 0 ? 0 : kExitUsage;
+    }
+    cfg.heartbeat_ms = *errand::parse_duration(heartbeat);
+    cfg.worker_timeout_ms = *errand::parse_duration(worker_timeout);
+    cfg.retry_delay_ms = *errand::parse_duration(retry_delay);
+    if (cfg.heartbeat_ms < 10 || cfg.worker_timeout_ms < 2 * cfg.heartbeat_ms) {
+        std::fprintf(stderr, "errand-broker: --worker-timeout must be at least twice --heartbeat "
+                             "(and --heartbeat at least 10ms)\n");
+        return kExitUsage;
+    }
+
+    auto logger = spdlog::stderr_color_mt("errand-broker");
+    spdlog::set_default_logger(logger);
+    spdlog::set_level(spdlog::level::from_str(log_level));
+
+    std::unique_ptr<errand::broker::Store> store;
+    try {
+        store = std::make_unique<errand::broker::SqliteStore>(
+            db, errand::broker::SqliteOptions{synchronous == "full"});
+    } catch (const std::exception& e) {
+        spdlog::critical("{}", e.what());
+        return kExitDatabase;
+    }
+
+    errand::SystemClock clock;
+    std::unique_ptr<errand::broker::Broker> broker;
+    try {
+        broker = std::make_unique<errand::broker::Broker>(cfg, std::move(store), clock);
+    } catch (const zmq::error_t& e) {
+        spdlog::critical("cannot listen on {}: {}", cfg.listen, e.what());
+        return kExitListen;
+    } catch (const std::exception& e) {
+        spdlog::critical("cannot start: {}", e.what());
+        return kExitDatabase;
+    }
+    g_broker = broker.get();
+    std::signal(SIGINT, on_signal);
+    std::signal(SIGTERM, on_signal);
+    std::signal(SIGPIPE, SIG_IGN);
+    spdlog::info("errand-broker listening on {} (db {}, synchronous={})", broker->endpoint(), db,
+                 synchronous);
+    broker->run();
+    g_broker = nullptr;
+    return 0;
+}

@@ -1,1 +1,164 @@
-// placeholder: being written
+// The client library: one DEALER socket, request/reply matched by `req`, safe resends.
+#include "errand/client.hpp"
+
+#include <fmt/format.h>
+
+#include <random>
+
+#include "errand/clock.hpp"
+#include "errand/duration.hpp"
+#include "errand/transport.hpp"
+
+namespace errand {
+
+std::string random_token() {
+    thread_local std::mt19937_64 rng([] {
+        std::random_device rd;
+        std::seed_seq seq{rd(), rd(), rd(), rd(), rd(), rd(), rd(), rd()};
+        return std::mt19937_64(seq);
+    }());
+    return fmt::format("{:016x}{:016x}", rng(), rng());
+}
+
+struct Client::Impl {
+    ClientOptions opt;
+    zmq::context_t ctx{1};
+    zmq::socket_t sock{ctx, zmq::socket_type::dealer};
+    std::uint64_t next_req = 1;
+
+    explicit Impl(ClientOptions o) : opt(std::move(o)) {
+        sock.set(zmq::sockopt::linger, 0);
+        sock.set(zmq::sockopt::sndhwm, 100000);
+        sock.set(zmq::sockopt::rcvhwm, 100000);
+        try {
+            sock.connect(opt.endpoint);
+        } catch (const zmq::error_t& e) {
+            throw ConnectionError(
+                fmt::format("cannot connect to broker at {}: {}", opt.endpoint, e.what()));
+        }
+    }
+
+    // Sends `body` (built for `req`) and returns the reply to it. Resends every resend_ms;
+    // gives up after timeout_ms. ERROR replies become BrokerError.
+    Envelope call(std::string_view command, const std::string& body, std::uint64_t req,
+                  Millis timeout_ms, Millis resend_ms) {
+        Millis start = steady_ms();
+        Millis deadline = start + timeout_ms;
+        Millis next_send = start;
+        zmq::pollitem_t item{sock.handle(), 0, ZMQ_POLLIN, 0};
+        for (;;) {
+            Millis now = steady_ms();
+            if (now >= deadline)
+                throw ConnectionError(fmt::format("cannot reach broker at {}: timed out after {}",
+                                                  opt.endpoint, format_duration(timeout_ms)));
+            if (now >= next_send) {
+                send_message(sock, "", command, body);
+                next_send = now + resend_ms;
+            }
+            Millis wait = std::max<Millis>(0, std::min(deadline, next_send) - now);
+            zmq::poll(&item, 1, std::chrono::milliseconds(wait));
+            while (auto env = recv_message(sock, false)) {
+                if (env->frames != 3 || env->version != kProtocolVersion) continue;
+                std::optional<std::uint64_t> got = peek_req(env->body);
+                if (got != req) continue;  // a late reply to an earlier request
+                if (env->command == cmd::kError) {
+                    Body b(env->body);
+                    auto e = decode_error(b.reader());
+                    throw BrokerError(e.code, e.message);
+                }
+                return std::move(*env);
+            }
+        }
+    }
+
+    Envelope call(std::string_view command, const std::string& body, std::uint64_t req) {
+        return call(command, body, req, opt.timeout_ms, opt.resend_ms);
+    }
+
+    static void expect(const Envelope& env, std::string_view command) {
+        if (env.command != command)
+            throw BrokerError(ErrorCode::internal,
+                              fmt::format("unexpected reply {} (wanted {})", env.command, command));
+    }
+};
+
+Client::Client(ClientOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+Client::~Client() = default;
+
+const std::string& Client::endpoint() const { return impl_->opt.endpoint; }
+
+Submitted Client::submit(JobSpec spec) {
+    std::vector<JobSpec> one;
+    one.push_back(std::move(spec));
+    return submit_batch(std::move(one)).front();
+}
+
+std::vector<Submitted> Client::submit_batch(std::vector<JobSpec> specs) {
+    std::vector<Submitted> out;
+    out.reserve(specs.size());
+    for (std::size_t start = 0; start < specs.size(); start += limits::kMaxBatch) {
+        SubmitRequest m;
+        m.req = impl_->next_req++;
+        std::size_t end = std::min(specs.size(), start + limits::kMaxBatch);
+        for (std::size_t i = start; i < end; ++i) {
+            if (!specs[i].token) specs[i].token = random_token();
+            m.jobs.push_back(std::move(specs[i]));
+        }
+        auto env = impl_->call(cmd::kSubmit, encode(m), m.req);
+        Impl::expect(env, cmd::kSubmitted);
+        Body b(env.body);
+        auto rep = decode_submitted(b.reader());
+        if (rep.ids.size() != m.jobs.size())
+            throw BrokerError(ErrorCode::internal, "SUBMITTED has the wrong number of ids");
+        for (std::size_t i = 0; i < rep.ids.size(); ++i)
+            out.push_back({rep.ids[i], i < rep.duplicate.size() && rep.duplicate[i]});
+    }
+    return out;
+}
+
+JobInfo Client::status(JobId id) {
+    IdRequest m{impl_->next_req++, id};
+    auto env = impl_->call(cmd::kStatus, encode(m), m.req);
+    Impl::expect(env, cmd::kJob);
+    Body b(env.body);
+    return decode_job_info(b.reader().map("job"));
+}
+
+std::optional<JobInfo> Client::wait(JobId id, Millis timeout_ms) {
+    timeout_ms = std::clamp<Millis>(timeout_ms, 0, limits::kMaxWaitMs);
+    WaitRequest m{impl_->next_req++, id, timeout_ms};
+    try {
+        // A resent WAIT only extends the broker's record of this waiter, so resending is safe;
+        // it also re-registers the waiter with a broker that restarted meanwhile.
+        auto env = impl_->call(cmd::kWait, encode(m), m.req, timeout_ms + impl_->opt.timeout_ms,
+                               std::max<Millis>(impl_->opt.resend_ms, 2000));
+        Impl::expect(env, cmd::kJob);
+        Body b(env.body);
+        return decode_job_info(b.reader().map("job"));
+    } catch (const BrokerError& e) {
+        if (e.code() == ErrorCode::timeout) return std::nullopt;
+        throw;
+    }
+}
+
+std::vector<JobInfo> Client::list(const ListFilter& filter) {
+    ListRequest m{impl_->next_req++, filter.queue, filter.state, filter.limit};
+    auto env = impl_->call(cmd::kList, encode(m), m.req);
+    Impl::expect(env, cmd::kJobs);
+    Body b(env.body);
+    const auto& arr = b.reader().array("jobs");
+    std::vector<JobInfo> out;
+    out.reserve(arr.size);
+    for (std::uint32_t i = 0; i < arr.size; ++i) out.push_back(decode_job_info(Reader(arr.ptr[i])));
+    return out;
+}
+
+Pong Client::ping() {
+    auto req = impl_->next_req++;
+    auto env = impl_->call(cmd::kPing, encode_req(req), req);
+    Impl::expect(env, cmd::kPong);
+    Body b(env.body);
+    return decode_pong(b.reader());
+}
+
+}  // namespace errand

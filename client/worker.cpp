@@ -1,1 +1,339 @@
-// placeholder: being written
+// The worker library. One network thread owns the DEALER socket: it registers, grants credit,
+// heartbeats, receives dispatches and (re)sends results until they are acknowledged. Handlers
+// run on a pool of `concurrency` threads and hand results back over an inproc PUSH/PULL pair,
+// so job code never delays a heartbeat.
+#include "errand/worker.hpp"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "errand/client.hpp"
+#include "errand/clock.hpp"
+#include "errand/codec.hpp"
+#include "errand/transport.hpp"
+
+namespace errand {
+namespace {
+
+constexpr Millis kInitialBackoffMs = 500;
+constexpr Millis kMaxBackoffMs = 5000;
+
+std::string host_name() {
+    char buf[256] = {};
+    if (gethostname(buf, sizeof buf - 1) != 0) return "unknown";
+    return buf;
+}
+
+// A result waiting for the broker's ACK.
+struct Pending {
+    std::uint32_t attempt = 0;
+    std::string command;
+    std::string body;
+    Millis sent_at = 0;
+};
+
+}  // namespace
+
+struct Worker::Impl {
+    WorkerOptions opt;
+    std::vector<std::pair<std::string, Handler>> handlers;
+    std::atomic<bool> stopping{false};
+    std::string instance = random_token();
+    std::string inproc = "inproc://errand-worker-" + instance;
+    zmq::context_t ctx{1};
+
+    // Handler pool.
+    std::mutex mu;
+    std::condition_variable cv;
+    std::deque<Job> tasks;
+    bool pool_closing = false;
+    std::vector<std::thread> threads;
+
+    explicit Impl(WorkerOptions o) : opt(std::move(o)) {
+        if (opt.name.empty()) opt.name = fmt::format("{}:{}", host_name(), getpid());
+        if (opt.concurrency < 1) opt.concurrency = 1;
+        if (opt.concurrency > limits::kMaxConcurrency) opt.concurrency = limits::kMaxConcurrency;
+    }
+
+    const Handler* handler_for(const std::string& queue) const {
+        for (const auto& [q, h] : handlers)
+            if (q == queue) return &h;
+        return nullptr;
+    }
+
+    Outcome execute(const Job& job) {
+        const Handler* h = handler_for(job.queue);
+        if (!h)
+            return Outcome::failure(fmt::format("no handler for queue '{}'", job.queue), -1, true);
+        if (job.argv && !opt.accept_commands)
+            return Outcome::failure("this worker does not run job-supplied commands", -1, true);
+        try {
+            return (*h)(job);
+        } catch (const std::exception& e) {
+            return Outcome::failure(e.what());
+        } catch (...) {
+            return Outcome::failure("handler threw a non-standard exception");
+        }
+    }
+
+    void pool_thread() {
+        zmq::socket_t push(ctx, zmq::socket_type::push);
+        push.set(zmq::sockopt::linger, 0);
+        push.connect(inproc);
+        for (;;) {
+            Job job;
+            {
+                std::unique_lock lock(mu);
+                cv.wait(lock, [&] { return pool_closing || !tasks.empty(); });
+                if (tasks.empty()) return;
+                job = std::move(tasks.front());
+                tasks.pop_front();
+            }
+            Outcome out = execute(job);
+            JobResult r;
+            r.ok = out.ok;
+            r.id = job.id;
+            r.attempt = job.attempt;
+            r.exit_code = out.exit_code;
+            if (out.result.size() > opt.max_result) out.result.resize(opt.max_result);
+            if (out.ok || !out.result.empty()) r.result = std::move(out.result);
+            r.error = std::move(out.error);
+            if (r.error.size() > limits::kMaxError) r.error.resize(limits::kMaxError);
+            if (!r.ok && r.error.empty()) r.error = "failed";
+            r.permanent = out.permanent;
+            std::string_view command = r.ok ? cmd::kDone : cmd::kFail;
+            push.send(zmq::buffer(command), zmq::send_flags::sndmore);
+            push.send(zmq::buffer(encode(r)), zmq::send_flags::none);
+        }
+    }
+
+    // ---- network thread state ----
+    std::unique_ptr<zmq::socket_t> sock;
+    bool registered = false;
+    std::uint64_t next_req = 1;
+    std::uint64_t register_req = 0;
+    Millis heartbeat_ms = 1000;
+    Millis expiry_ms = 5000;
+    Millis last_heard = 0;
+    Millis next_heartbeat = 0;
+    Millis next_register = 0;
+    Millis backoff = kInitialBackoffMs;
+    std::uint64_t max_seq = 0;
+    std::map<JobId, std::uint32_t> running;  // id -> attempt, being executed
+    std::map<JobId, Pending> pending;        // results awaiting ACK
+
+    void open_socket() {
+        sock = std::make_unique<zmq::socket_t>(ctx, zmq::socket_type::dealer);
+        sock->set(zmq::sockopt::linger, 0);
+        sock->set(zmq::sockopt::sndhwm, 100000);
+        sock->set(zmq::sockopt::rcvhwm, 100000);
+        sock->connect(opt.endpoint);
+    }
+
+    void send(std::string_view command, const std::string& body) {
+        send_message(*sock, "", command, body);
+    }
+
+    void send_register(Millis now) {
+        RegisterRequest m;
+        m.req = register_req = next_req++;
+        m.instance = instance;
+        m.name = opt.name;
+        m.host = host_name();
+        m.pid = static_cast<std::uint64_t>(getpid());
+        for (const auto& [q, h] : handlers) m.queues.push_back(q);
+        m.concurrency = opt.concurrency;
+        m.commands = opt.accept_commands;
+        for (const auto& [id, attempt] : running) m.held.push_back({id, attempt});
+        for (const auto& [id, p] : pending)
+            if (!running.count(id)) m.held.push_back({id, p.attempt});
+        max_seq = 0;
+        send(cmd::kRegister, encode(m));
+        next_register = now + backoff;
+        backoff = std::min(backoff * 2, kMaxBackoffMs);
+    }
+
+    void grant(std::uint32_t n) {
+        if (n > 0 && registered && !stopping) send(cmd::kCredit, encode_credit(n));
+    }
+
+    void send_pending(Millis now, bool all) {
+        for (auto& [id, p] : pending) {
+            if (all || now - p.sent_at >= heartbeat_ms) {
+                send(p.command, p.body);
+                p.sent_at = now;
+            }
+        }
+    }
+
+    void on_broker_message(const Envelope& env, Millis now) {
+        if (env.frames != 3 || env.version != kProtocolVersion) return;
+        last_heard = now;
+        Body body(env.body);
+        const Reader& r = body.reader();
+        if (env.command == cmd::kRegistered) {
+            auto rep = decode_registered(r);
+            if (rep.req != register_req) return;
+            registered = true;
+            backoff = kInitialBackoffMs;
+            heartbeat_ms = std::max<Millis>(rep.heartbeat_ms, 10);
+            expiry_ms = std::max<Millis>(rep.expiry_ms, 2 * heartbeat_ms);
+            for (JobId id : rep.held_rejected) {
+                // Its attempt is no longer ours: results would be refused as stale.
+                pending.erase(id);
+                spdlog::warn("job {}: the broker gave it to someone else while we were away", id);
+            }
+            spdlog::info("registered with {} as {} (heartbeat {} ms)", opt.endpoint, opt.name,
+                         heartbeat_ms);
+            auto busy = static_cast<std::uint32_t>(running.size());
+            grant(opt.concurrency > busy ? opt.concurrency - busy : 0);
+            send_pending(now, true);
+        } else if (env.command == cmd::kDispatch) {
+            auto d = decode_dispatch(r);
+            max_seq = std::max(max_seq, d.seq);
+            if (running.count(d.id) && running[d.id] == d.attempt) return;  // duplicate
+            running[d.id] = d.attempt;
+            {
+                std::lock_guard lock(mu);
+                tasks.push_back(Job{d.id, d.queue, d.attempt, std::move(d.payload), std::move(d.argv)});
+            }
+            cv.notify_one();
+        } else if (env.command == cmd::kAck) {
+            auto a = decode_ack(r);
+            auto it = pending.find(a.id);
+            if (it != pending.end() && it->second.attempt == a.attempt) pending.erase(it);
+        } else if (env.command == cmd::kError) {
+            auto e = decode_error(r);
+            if (e.code == ErrorCode::stale && e.id) {
+                pending.erase(*e.id);
+                spdlog::warn("job {}: result refused as stale: {}", *e.id, e.message);
+            } else if (e.code == ErrorCode::not_registered) {
+                if (registered || now >= next_register) {
+                    registered = false;
+                    send_register(now);
+                }
+            } else {
+                spdlog::error("broker error {}: {}", to_string(e.code), e.message);
+            }
+        }
+        // HEARTBEAT: last_heard is all it carries.
+    }
+
+    void on_result(zmq::socket_t& pull, Millis now) {
+        std::vector<zmq::message_t> parts;
+        while (true) {
+            zmq::message_t command, body;
+            if (!pull.recv(command, zmq::recv_flags::dontwait)) break;
+            (void)pull.recv(body, zmq::recv_flags::none);
+            Body b(body.to_string_view());
+            auto id = b.reader().u64("id");
+            auto attempt = static_cast<std::uint32_t>(b.reader().u64("attempt"));
+            running.erase(id);
+            pending[id] = Pending{attempt, command.to_string(), body.to_string(), now};
+            if (registered) send(pending[id].command, pending[id].body);
+            grant(1);
+        }
+    }
+
+    void run() {
+        zmq::socket_t pull(ctx, zmq::socket_type::pull);
+        pull.set(zmq::sockopt::linger, 0);
+        pull.bind(inproc);
+        for (std::uint32_t i = 0; i < opt.concurrency; ++i)
+            threads.emplace_back([this] { pool_thread(); });
+
+        open_socket();
+        Millis now = steady_ms();
+        last_heard = now;
+        send_register(now);
+        bool announced_stop = false;
+        while (true) {
+            now = steady_ms();
+            if (stopping && !announced_stop) {
+                announced_stop = true;
+                spdlog::info("stopping: {} jobs running, {} results unacknowledged",
+                             running.size(), pending.size());
+            }
+            if (stopping && running.empty() && pending.empty()) break;
+            if (stopping && running.empty() && now - last_heard > expiry_ms) {
+                spdlog::warn("giving up on {} unacknowledged results: broker unreachable",
+                             pending.size());
+                break;
+            }
+            zmq::pollitem_t items[] = {{sock->handle(), 0, ZMQ_POLLIN, 0},
+                                       {pull.handle(), 0, ZMQ_POLLIN, 0}};
+            Millis wake = registered ? next_heartbeat : next_register;
+            Millis wait = std::clamp<Millis>(wake - now, 0, 100);
+            try {
+                zmq::poll(items, 2, std::chrono::milliseconds(wait));
+            } catch (const zmq::error_t& e) {
+                if (e.num() != EINTR) throw;
+            }
+            now = steady_ms();
+            if (items[0].revents & ZMQ_POLLIN) {
+                while (auto env = recv_message(*sock, false)) {
+                    try {
+                        on_broker_message(*env, now);
+                    } catch (const std::exception& e) {
+                        spdlog::error("bad message {} from broker: {}", env->command, e.what());
+                    }
+                }
+            }
+            if (items[1].revents & ZMQ_POLLIN) on_result(pull, now);
+
+            if (registered && now - last_heard > expiry_ms) {
+                spdlog::warn("broker {} silent for {} ms; reconnecting", opt.endpoint,
+                             now - last_heard);
+                registered = false;
+                backoff = kInitialBackoffMs;
+                next_register = now;
+            }
+            if (!registered && now >= next_register) {
+                if (now - last_heard > expiry_ms) open_socket();  // a fresh connection
+                send_register(now);
+            }
+            if (registered && now >= next_heartbeat) {
+                WorkerHeartbeat hb;
+                hb.seq = max_seq;
+                for (const auto& [id, a] : running) hb.running.push_back(id);
+                for (const auto& [id, p] : pending) hb.running.push_back(id);
+                send(cmd::kHeartbeat, encode(hb));
+                next_heartbeat = now + heartbeat_ms;
+                send_pending(now, false);
+            }
+        }
+        {
+            std::lock_guard lock(mu);
+            pool_closing = true;
+        }
+        cv.notify_all();
+        for (auto& t : threads) t.join();
+        threads.clear();
+        sock.reset();
+    }
+};
+
+Worker::Worker(WorkerOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+Worker::~Worker() = default;
+
+void Worker::handle(const std::string& queue, Handler handler) {
+    if (!valid_queue_name(queue))
+        throw std::invalid_argument(fmt::format("invalid queue name '{}'", queue));
+    impl_->handlers.emplace_back(queue, std::move(handler));
+}
+
+void Worker::run() {
+    if (impl_->handlers.empty()) throw std::logic_error("Worker::run: no queue has a handler");
+    impl_->run();
+}
+
+void Worker::stop() { impl_->stopping.store(true, std::memory_order_relaxed); }
+
+}  // namespace errand

@@ -161,6 +161,12 @@ std::optional<bool> Reader::opt_bool(std::string_view key) const {
     if (o->type != object_type::BOOLEAN) wrong_type(key, "a bool", *o);
     return o->via.boolean;
 }
+Reader Reader::map(std::string_view key) const {
+    const auto& o = need(key);
+    if (o.type != object_type::MAP) wrong_type(key, "a map", o);
+    return Reader(o);
+}
+
 const msgpack::object_array& Reader::array(std::string_view key) const {
     const auto& o = need(key);
     if (o.type != object_type::ARRAY) wrong_type(key, "an array", o);

@@ -37,6 +37,8 @@ public:
                                                           std::size_t max_items,
                                                           std::size_t max_len) const;
     std::vector<std::uint64_t> u64_array(std::string_view key) const;
+    // The nested map at key (required).
+    Reader map(std::string_view key) const;
     // The array at key (required); each element is returned as a raw object.
     const msgpack::object_array& array(std::string_view key) const;
 

@@ -1,0 +1,48 @@
+// The broker: one single-threaded event loop over one ROUTER socket. Each pass receives what has
+// arrived, runs the handlers, performs due timers (tick), hands ready jobs to workers with credit,
+// commits everything in one transaction, and only then sends replies and dispatches.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include "errand/clock.hpp"
+#include "store.hpp"
+
+namespace errand::broker {
+
+struct BrokerConfig {
+    std::string listen = std::string(kDefaultEndpoint);
+    Millis heartbeat_ms = 1000;
+    Millis worker_timeout_ms = 5000;
+    Millis retry_delay_ms = 1000;
+    std::size_t max_payload = limits::kDefaultMaxPayload;
+    std::size_t max_result = limits::kDefaultMaxResult;
+    std::size_t max_message = limits::kDefaultMaxMessage;
+    std::size_t max_messages_per_pass = 4096;
+};
+
+class Broker {
+public:
+    // Rebuilds the in-memory state from the store and binds the endpoint (throws on failure).
+    Broker(BrokerConfig config, std::unique_ptr<Store> store, const Clock& clock);
+    ~Broker();
+    Broker(const Broker&) = delete;
+    Broker& operator=(const Broker&) = delete;
+
+    // Serves until stop(); finishes the current pass (commit and replies) before returning.
+    void run();
+    // Async-signal-safe: only sets a flag.
+    void stop() { stopping_.store(true, std::memory_order_relaxed); }
+
+    // The bound endpoint (useful with tcp://127.0.0.1:0).
+    std::string endpoint() const;
+
+private:
+    struct State;
+    std::unique_ptr<State> s_;
+    std::atomic<bool> stopping_{false};
+};
+
+}  // namespace errand::broker

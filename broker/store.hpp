@@ -1,0 +1,100 @@
+// The broker's storage interface. The broker talks to its database only through Store, so a
+// second engine (PostgreSQL) can follow SQLite. All writes between begin() and commit() form one
+// transaction: the broker groups every mutation of one event-loop pass into it (group commit).
+#pragma once
+
+#include <functional>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "errand/codec.hpp"
+#include "errand/protocol.hpp"
+
+namespace errand::broker {
+
+// Any storage failure. `disk` is true for conditions an operator can fix (full, read-only, I/O).
+class StoreError : public std::runtime_error {
+public:
+    StoreError(const std::string& message, bool disk)
+        : std::runtime_error(message), disk_(disk) {}
+    bool disk() const { return disk_; }
+
+private:
+    bool disk_;
+};
+
+// A new job as inserted by SUBMIT.
+struct NewJob {
+    JobId id = 0;
+    std::optional<std::string> token;
+    std::string queue;
+    std::string payload;
+    std::optional<std::vector<std::string>> argv;
+    std::int32_t priority = 0;
+    std::uint32_t max_attempts = limits::kDefaultMaxAttempts;
+    JobState state = JobState::ready;
+    std::optional<Millis> run_at;
+    Millis created_at = 0;
+};
+
+// One state change of one job, written together with its event row. Fields that are nullopt
+// keep their stored value, except run_at and finished_at which are always written.
+struct Transition {
+    JobId id = 0;
+    std::optional<JobState> from;  // nullopt: the job is being created
+    JobState to = JobState::ready;
+    std::uint32_t attempts = 0;
+    Millis at = 0;
+    std::optional<std::string> worker;
+    std::optional<Millis> run_at;
+    std::optional<Millis> started_at;
+    std::optional<Millis> finished_at;
+    bool set_outcome = false;  // write exit_code, result and error (even when nullopt)
+    std::optional<std::int64_t> exit_code;
+    std::optional<std::string> result;
+    std::optional<std::string> error;
+    std::string reason;  // for the event row
+};
+
+// What the broker keeps in memory for a job that is not finished (rebuilt at start).
+struct LiveJob {
+    JobId id = 0;
+    std::string queue;
+    JobState state = JobState::ready;
+    std::uint32_t attempts = 0;
+    std::uint32_t max_attempts = 0;
+    std::int32_t priority = 0;
+    bool has_argv = false;
+    std::optional<Millis> run_at;
+    std::optional<std::string> worker;
+};
+
+struct DispatchData {
+    std::string payload;
+    std::optional<std::vector<std::string>> argv;
+};
+
+class Store {
+public:
+    virtual ~Store() = default;
+
+    virtual void begin() = 0;
+    virtual void commit() = 0;
+    virtual void rollback() = 0;
+
+    virtual void insert_job(const NewJob& job, const std::string& reason) = 0;
+    virtual void apply(const Transition& t) = 0;
+    virtual std::optional<JobId> find_token(const std::string& token) = 0;
+
+    virtual std::optional<JobInfo> get_job(JobId id) = 0;
+    virtual std::vector<JobInfo> list_jobs(const ListRequest& filter) = 0;
+    virtual std::optional<DispatchData> dispatch_data(JobId id) = 0;
+
+    // Every job that is not in a terminal state, in id order.
+    virtual void scan_live(const std::function<void(LiveJob&&)>& fn) = 0;
+    virtual JobId max_job_id() = 0;
+};
+
+}  // namespace errand::broker

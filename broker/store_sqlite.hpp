@@ -1,0 +1,50 @@
+// SQLite implementation of Store: one file, WAL mode, prepared statements made once.
+#pragma once
+
+#include <sqlite3.h>
+
+#include <memory>
+#include <string>
+
+#include "store.hpp"
+
+namespace errand::broker {
+
+struct SqliteOptions {
+    bool synchronous_full = true;  // PRAGMA synchronous=FULL (else NORMAL)
+};
+
+// Opening fails with StoreError (a corrupt or foreign file, a newer schema, no permission).
+class SqliteStore final : public Store {
+public:
+    SqliteStore(const std::string& path, SqliteOptions options = {});
+    ~SqliteStore() override;
+
+    void begin() override;
+    void commit() override;
+    void rollback() override;
+
+    void insert_job(const NewJob& job, const std::string& reason) override;
+    void apply(const Transition& t) override;
+    std::optional<JobId> find_token(const std::string& token) override;
+
+    std::optional<JobInfo> get_job(JobId id) override;
+    std::vector<JobInfo> list_jobs(const ListRequest& filter) override;
+    std::optional<DispatchData> dispatch_data(JobId id) override;
+
+    void scan_live(const std::function<void(LiveJob&&)>& fn) override;
+    JobId max_job_id() override;
+
+    int schema_version();
+    static constexpr int kSchemaVersion = 1;
+
+private:
+    struct Statements;
+    void exec(const char* sql);
+    void migrate();
+
+    sqlite3* db_ = nullptr;
+    std::unique_ptr<Statements> st_;
+};
+
+}  // namespace errand::broker
