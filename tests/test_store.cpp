@@ -1,2 +1,189 @@
-// placeholder: being written
+// Unit tests of the SQLite store against real files in a temp directory.
 #include <doctest/doctest.h>
+#include <sqlite3.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "store_sqlite.hpp"
+
+using namespace errand;
+using namespace errand::broker;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct TempDir {
+    fs::path path;
+    TempDir() {
+        std::string tmpl = (fs::temp_directory_path() / "errand-store-XXXXXX").string();
+        path = mkdtemp(tmpl.data());
+    }
+    ~TempDir() { fs::remove_all(path); }
+    std::string db() const { return (path / "errand.db").string(); }
+};
+
+NewJob job(JobId id, const std::string& queue, std::optional<std::string> token = std::nullopt) {
+    NewJob j;
+    j.id = id;
+    j.queue = queue;
+    j.payload = "payload-" + std::to_string(id);
+    j.token = std::move(token);
+    j.created_at = 1000 + static_cast<Millis>(id);
+    return j;
+}
+
+int count_rows(const std::string& db, const char* sql) {
+    sqlite3* h = nullptr;
+    sqlite3_open_v2(db.c_str(), &h, SQLITE_OPEN_READONLY, nullptr);
+    sqlite3_stmt* s = nullptr;
+    sqlite3_prepare_v2(h, sql, -1, &s, nullptr);
+    int n = sqlite3_step(s) == SQLITE_ROW ? sqlite3_column_int(s, 0) : -1;
+    sqlite3_finalize(s);
+    sqlite3_close(h);
+    return n;
+}
+
+}  // namespace
+
+TEST_CASE("a committed job survives reopening; an uncommitted one does not") {
+    TempDir dir;
+    {
+        SqliteStore store(dir.db());
+        store.begin();
+        store.insert_job(job(1, "q", "tok"), "submitted");
+        store.commit();
+        store.begin();
+        store.insert_job(job(2, "q"), "submitted");
+        store.rollback();
+    }
+    SqliteStore store(dir.db());
+    CHECK(store.schema_version() == SqliteStore::kSchemaVersion);
+    CHECK(store.max_job_id() == 1);
+    auto j = store.get_job(1);
+    REQUIRE(j.has_value());
+    CHECK(j->state == JobState::ready);
+    CHECK(j->payload_size == 9);
+    CHECK(store.find_token("tok") == JobId{1});
+    CHECK_FALSE(store.find_token("other").has_value());
+    CHECK_FALSE(store.get_job(2).has_value());
+}
+
+TEST_CASE("transitions update the row and write one event each") {
+    TempDir dir;
+    SqliteStore store(dir.db());
+    store.begin();
+    auto nj = job(1, "q");
+    nj.argv = std::vector<std::string>{"echo", "x"};
+    store.insert_job(nj, "submitted");
+    Transition run;
+    run.id = 1;
+    run.from = JobState::ready;
+    run.to = JobState::running;
+    run.attempts = 1;
+    run.at = 5000;
+    run.worker = "w1";
+    run.started_at = 5000;
+    run.reason = "dispatched";
+    store.apply(run);
+    Transition done;
+    done.id = 1;
+    done.from = JobState::running;
+    done.to = JobState::succeeded;
+    done.attempts = 1;
+    done.at = 6000;
+    done.finished_at = 6000;
+    done.set_outcome = true;
+    done.exit_code = 0;
+    done.result = "out";
+    done.reason = "done";
+    store.apply(done);
+    store.commit();
+
+    auto j = store.get_job(1);
+    REQUIRE(j.has_value());
+    CHECK(j->state == JobState::succeeded);
+    CHECK(j->worker == "w1");
+    CHECK(j->started_at == 5000);
+    CHECK(j->finished_at == 6000);
+    CHECK(j->result == "out");
+    CHECK(j->argv == std::vector<std::string>{"echo", "x"});
+    CHECK(count_rows(dir.db(), "SELECT COUNT(*) FROM events WHERE job_id = 1") == 3);
+
+    auto d = store.dispatch_data(1);
+    REQUIRE(d.has_value());
+    CHECK(d->payload == "payload-1");
+}
+
+TEST_CASE("scan_live returns unfinished jobs only; list filters") {
+    TempDir dir;
+    SqliteStore store(dir.db());
+    store.begin();
+    for (JobId id = 1; id <= 4; ++id) store.insert_job(job(id, id % 2 ? "odd" : "even"), "s");
+    Transition t;
+    t.id = 2;
+    t.from = JobState::ready;
+    t.to = JobState::cancelled;
+    t.at = 1;
+    t.finished_at = 1;
+    t.reason = "test";
+    store.apply(t);
+    store.commit();
+    std::vector<JobId> live;
+    store.scan_live([&](LiveJob&& j) { live.push_back(j.id); });
+    CHECK(live == std::vector<JobId>{1, 3, 4});
+    ListRequest all;
+    all.limit = 10;
+    auto jobs = store.list_jobs(all);
+    REQUIRE(jobs.size() == 4);
+    CHECK(jobs.front().id == 4);  // newest first
+    ListRequest odd;
+    odd.queue = "odd";
+    CHECK(store.list_jobs(odd).size() == 2);
+    ListRequest cancelled;
+    cancelled.state = JobState::cancelled;
+    auto c = store.list_jobs(cancelled);
+    REQUIRE(c.size() == 1);
+    CHECK(c[0].id == 2);
+}
+
+TEST_CASE("the schema's CHECK constraint refuses an unknown state") {
+    TempDir dir;
+    { SqliteStore store(dir.db()); }
+    sqlite3* h = nullptr;
+    sqlite3_open(dir.db().c_str(), &h);
+    int rc = sqlite3_exec(h,
+                          "INSERT INTO jobs (id, queue, state, payload, max_attempts, created_at) "
+                          "VALUES (1, 'q', 'done', x'', 1, 0)",
+                          nullptr, nullptr, nullptr);
+    sqlite3_close(h);
+    CHECK((rc & 0xff) == SQLITE_CONSTRAINT);
+}
+
+TEST_CASE("a foreign or corrupt file is refused with a clear error") {
+    TempDir dir;
+    {
+        std::ofstream f(dir.db());
+        f << "this is not a database, just some text that is long enough to fill a header...";
+    }
+    CHECK_THROWS_WITH_AS(SqliteStore(dir.db()), doctest::Contains("not a database"), StoreError);
+
+    TempDir other;
+    sqlite3* h = nullptr;
+    sqlite3_open(other.db().c_str(), &h);
+    sqlite3_exec(h, "CREATE TABLE stuff (x)", nullptr, nullptr, nullptr);
+    sqlite3_close(h);
+    CHECK_THROWS_WITH_AS(SqliteStore(other.db()), doctest::Contains("not an errand database"),
+                         StoreError);
+}
+
+TEST_CASE("a database from a newer errand is refused") {
+    TempDir dir;
+    { SqliteStore store(dir.db()); }
+    sqlite3* h = nullptr;
+    sqlite3_open(dir.db().c_str(), &h);
+    sqlite3_exec(h, "UPDATE schema_version SET version = 999", nullptr, nullptr, nullptr);
+    sqlite3_close(h);
+    CHECK_THROWS_WITH_AS(SqliteStore(dir.db()), doctest::Contains("newer"), StoreError);
+}
