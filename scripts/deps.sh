@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages errand needs to build and test, if any is missing.
+set -euo pipefail
+packages=(build-essential meson ninja-build pkg-config cmake python3 libzmq3-dev cppzmq-dev
+          libmsgpack-cxx-dev libsqlite3-dev libcli11-dev libspdlog-dev doctest-dev
+          nlohmann-json3-dev sqlite3 clang-format)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
