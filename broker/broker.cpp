@@ -486,18 +486,22 @@ struct Broker::State {
                 throw ProtocolError(ErrorCode::bad_frame,
                                     fmt::format("expected 3 frames (version, command, body), got {}",
                                                 env.frames));
-            req = peek_req(env.body);
-            if (env.version != kProtocolVersion)
+            if (env.version != kProtocolVersion) {
+                req = peek_req(env.body);
                 throw ProtocolError(ErrorCode::bad_version,
                                     fmt::format("unsupported protocol version '{}', expected '{}'",
                                                 env.version.substr(0, 32), kProtocolVersion));
+            }
             const Command* found = nullptr;
             for (const auto& c : kCommands)
                 if (c.name == env.command) found = &c;
-            if (!found)
+            if (!found) {
+                req = peek_req(env.body);
                 throw ProtocolError(ErrorCode::unknown_command,
                                     fmt::format("unknown command '{}'", env.command.substr(0, 32)));
-            Body body(env.body);
+            }
+            Body body(env.body);  // throws bad_frame
+            req = body.reader().peek_u64("req");
             (this->*(found->handler))(env.identity, body.reader());
         } catch (const ProtocolError& e) {
             spdlog::debug("error reply {} to {}: {}", to_string(e.code()), env.command.substr(0, 32),

@@ -1,2 +1,453 @@
-// placeholder: being written
-int main() { return 1; }
+// The `errand` command line: submit jobs, show their status, wait for them, list them, ping the
+// broker. CLI11 parses; one function per subcommand talks to errand::Client; cli_output formats.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <iterator>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <fmt/format.h>
+#include <CLI/CLI.hpp>
+
+#include "cli_output.hpp"
+#include "errand/client.hpp"
+#include "errand/duration.hpp"
+
+namespace {
+
+using errand::JobId;
+using errand::JobInfo;
+using errand::JobState;
+using errand::Millis;
+
+// Process exit codes; kFooter documents them for people.
+enum Exit : int {
+    kOk = 0,
+    kJobFailed = 1,  // a failed job without an exit code of its own (else: that code)
+    kUsage = 2,
+    kRefused = 3,      // BrokerError
+    kUnreachable = 4,  // ConnectionError
+    kWaitTimedOut = 124,
+};
+
+constexpr const char* kFooter = R"(Exit codes:
+  0    success
+  N    submit --wait, wait: the job failed with exit code N (1 when it has none)
+  2    usage error
+  3    the broker refused the request (e.g. no such job)
+  4    cannot reach the broker
+  124  wait: the job did not finish in time)";
+
+// Waits longer than this are split into several WAIT requests, so a lost reply costs little.
+constexpr Millis kWaitChunkMs = 60'000;
+
+// A problem with the command line found after CLI11 accepted it (e.g. an unreadable file).
+class UsageError : public std::runtime_error {
+  public:
+    using std::runtime_error::runtime_error;
+};
+
+struct GlobalArgs {
+    std::string broker = std::string(errand::kDefaultEndpoint);
+    std::string timeout = "5s";
+};
+
+struct SubmitArgs {
+    std::string queue = "default";
+    std::optional<std::string> payload;
+    std::optional<std::string> payload_file;
+    std::uint32_t max_attempts = errand::limits::kDefaultMaxAttempts;
+    std::optional<std::string> token;
+    bool wait = false;
+    std::optional<std::string> wait_timeout;
+    std::vector<std::string> argv;  // everything after "--"
+};
+
+struct StatusArgs {
+    JobId id = 0;
+    bool json = false;
+};
+
+struct WaitArgs {
+    JobId id = 0;
+    std::optional<std::string> timeout;
+};
+
+struct ListArgs {
+    std::optional<std::string> queue;
+    std::optional<std::string> state;
+    std::uint32_t limit = errand::limits::kDefaultListLimit;
+    bool json = false;
+};
+
+Millis now_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+// Only called on values a duration_check validator has accepted.
+Millis to_ms(const std::string& text) {
+    return errand::parse_duration(text).value_or(0);
+}
+
+CLI::Validator duration_check(bool allow_zero) {
+    return CLI::Validator(
+        [allow_zero](std::string& text) -> std::string {
+            auto ms = errand::parse_duration(text);
+            if (!ms) return "'" + text + "' is not a duration (examples: 250ms, 5s, 2m, 1h)";
+            if (!allow_zero && *ms == 0) return "must be more than 0";
+            return {};
+        },
+        "");
+}
+
+CLI::Validator queue_check() {
+    return CLI::Validator(
+        [](std::string& text) -> std::string {
+            if (errand::valid_queue_name(text)) return {};
+            return "invalid queue name '" + text + "' (1-64 characters of A-Z a-z 0-9 _ . -)";
+        },
+        "");
+}
+
+CLI::Validator state_check() {
+    return CLI::Validator(
+        [](std::string& text) -> std::string {
+            if (errand::parse_job_state(text)) return {};
+            return "invalid state '" + text + "' (valid states: " + errand::cli::state_names() +
+                   ")";
+        },
+        "");
+}
+
+CLI::Validator token_check() {
+    return CLI::Validator(
+        [](std::string& text) -> std::string {
+            if (!text.empty() && text.size() <= errand::limits::kMaxToken) return {};
+            return fmt::format("a token must be 1-{} bytes", errand::limits::kMaxToken);
+        },
+        "");
+}
+
+std::string read_payload_file(const std::string& path) {
+    if (path == "-") {
+        std::string data(std::istreambuf_iterator<char>(std::cin), {});
+        if (std::cin.bad()) throw UsageError("cannot read the payload from stdin");
+        return data;
+    }
+    std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(std::fopen(path.c_str(), "rb"),
+                                                         &std::fclose);
+    if (!file) {
+        throw UsageError(
+            fmt::format("cannot open payload file '{}': {}", path, std::strerror(errno)));
+    }
+    std::string data;
+    char buf[64 * 1024];
+    std::size_t n = 0;
+    while ((n = std::fread(buf, 1, sizeof buf, file.get())) > 0)
+        data.append(buf, n);
+    if (std::ferror(file.get())) {
+        throw UsageError(
+            fmt::format("cannot read payload file '{}': {}", path, std::strerror(errno)));
+    }
+    return data;
+}
+
+// The process exit code that reports a finished job: 0 when it succeeded, else its own exit code
+// when that fits in 1..255, else 1.
+int job_exit_code(const JobInfo& job) {
+    if (job.state == JobState::succeeded) return kOk;
+    if (job.exit_code && *job.exit_code >= 1 && *job.exit_code <= 255) {
+        return static_cast<int>(*job.exit_code);
+    }
+    return kJobFailed;
+}
+
+// Prints a finished job the way `wait` promises: its result bytes exactly on stdout, and for a
+// failed job one line on stderr saying why.
+int report_finished(const JobInfo& job) {
+    if (job.result) {
+        std::cout.write(job.result->data(), static_cast<std::streamsize>(job.result->size()));
+        std::cout.flush();
+    }
+    if (job.state == JobState::succeeded) return kOk;
+
+    // On a terminal, start the error on its own line even when the output did not end in one.
+    if (job.result && !job.result->empty() && job.result->back() != '\n' && isatty(STDOUT_FILENO) &&
+        isatty(STDERR_FILENO)) {
+        std::cerr << '\n';
+    }
+    std::string why = fmt::format("{} after {}/{} attempts", errand::to_string(job.state),
+                                  job.attempts, job.max_attempts);
+    // One line: the first line of the error; `errand status` shows all of it.
+    std::string error = job.error.value_or("");
+    while (!error.empty() && (error.back() == '\n' || error.back() == '\r'))
+        error.pop_back();
+    if (auto nl = error.find('\n'); nl != std::string::npos) {
+        error = fmt::format("{} (more: errand status {})", error.substr(0, nl), job.id);
+    }
+    // The worker daemon's errors already start with "exit code N"; don't say it twice.
+    if (job.exit_code && error.find("exit code") == std::string::npos) {
+        why += fmt::format(", exit code {}", *job.exit_code);
+    }
+    std::cerr << fmt::format("error: job {} failed ({}){}{}\n", job.id, why,
+                             error.empty() ? "" : ": ", error);
+    return job_exit_code(job);
+}
+
+// Waits until the job is terminal, in WAIT requests of at most kWaitChunkMs; forever when
+// `timeout` is empty. nullopt when the timeout passed first.
+std::optional<JobInfo> wait_for(errand::Client& client, JobId id, std::optional<Millis> timeout) {
+    auto start = std::chrono::steady_clock::now();
+    auto elapsed = [&] {
+        return std::chrono::duration_cast<std::chrono::milliseconds>(
+                   std::chrono::steady_clock::now() - start)
+            .count();
+    };
+    do {
+        Millis chunk = kWaitChunkMs;
+        if (timeout) chunk = std::clamp<Millis>(*timeout - elapsed(), 0, kWaitChunkMs);
+        if (auto job = client.wait(id, chunk)) return job;
+    } while (!timeout || elapsed() < *timeout);
+    return std::nullopt;
+}
+
+// `timeout_text` is the duration as the user wrote it, for the message.
+int wait_and_report(errand::Client& client, JobId id,
+                    const std::optional<std::string>& timeout_text) {
+    std::optional<Millis> timeout;
+    if (timeout_text) timeout = to_ms(*timeout_text);
+    if (auto job = wait_for(client, id, timeout)) return report_finished(*job);
+
+    std::string state;
+    try {
+        state = fmt::format(" (state: {})", errand::to_string(client.status(id).state));
+    } catch (const std::exception&) {
+        // The message is still useful without the state.
+    }
+    std::cerr << fmt::format("job {} did not finish within {}{}\n", id, timeout_text.value_or("?"),
+                             state);
+    return kWaitTimedOut;
+}
+
+int run_submit(errand::Client& client, const SubmitArgs& args) {
+    errand::JobSpec spec;
+    spec.queue = args.queue;
+    if (args.payload) spec.payload = *args.payload;
+    if (args.payload_file) spec.payload = read_payload_file(*args.payload_file);
+    if (spec.payload.size() >= errand::limits::kDefaultMaxMessage) {
+        throw UsageError(
+            fmt::format("the payload is {} bytes; a message to the broker cannot "
+                        "exceed {} bytes",
+                        spec.payload.size(), errand::limits::kDefaultMaxMessage));
+    }
+    if (!args.argv.empty()) spec.argv = args.argv;
+    spec.max_attempts = args.max_attempts;
+    spec.token = args.token;
+
+    auto submitted = client.submit(std::move(spec));
+    if (submitted.duplicate) {
+        std::cerr << fmt::format("note: job {} already exists for this token\n", submitted.id);
+    }
+    if (!args.wait && !args.wait_timeout) {
+        std::cout << submitted.id << '\n';
+        return kOk;
+    }
+    return wait_and_report(client, submitted.id, args.wait_timeout);
+}
+
+int run_status(errand::Client& client, const StatusArgs& args) {
+    auto job = client.status(args.id);
+    if (args.json)
+        std::cout << errand::cli::job_json(job) << '\n';
+    else
+        std::cout << errand::cli::job_text(job, now_ms());
+    return kOk;
+}
+
+int run_list(errand::Client& client, const ListArgs& args) {
+    errand::ListFilter filter;
+    filter.queue = args.queue;
+    if (args.state) filter.state = errand::parse_job_state(*args.state);
+    filter.limit = args.limit;
+    auto jobs = client.list(filter);
+    if (args.json)
+        std::cout << errand::cli::jobs_json(jobs) << '\n';
+    else
+        std::cout << errand::cli::jobs_table(jobs, now_ms());
+    return kOk;
+}
+
+int run_ping(errand::Client& client) {
+    auto start = std::chrono::steady_clock::now();
+    auto pong = client.ping();
+    auto rtt = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start);
+    std::cout << fmt::format("broker {} at {}: round trip {:.2f}ms\n", pong.version,
+                             client.endpoint(), rtt.count());
+    return kOk;
+}
+
+int run(int argc, char** argv) {
+    // Everything after the first "--" is a job's command line; CLI11 never sees it, so the
+    // command may carry its own options (errand submit -- ls -l).
+    int cli_argc = argc;
+    std::vector<std::string> job_argv;
+    for (int i = 1; i < argc; ++i) {
+        if (std::string_view(argv[i]) == "--") {
+            cli_argc = i;
+            job_argv.assign(argv + i + 1, argv + argc);
+            break;
+        }
+    }
+
+    CLI::App app("errand: submit jobs to an errand broker and follow them.", "errand");
+    app.footer(kFooter);
+    app.fallthrough();  // global options may also follow the subcommand
+    app.require_subcommand(0, 1);
+    app.failure_message([](const CLI::App*, const CLI::Error& e) {
+        return fmt::format("error: {} (see --help)\n", e.what());
+    });
+
+    GlobalArgs global;
+    app.add_option("--broker", global.broker, "broker endpoint")
+        ->envname("ERRAND_BROKER")
+        ->type_name("ENDPOINT")
+        ->capture_default_str();
+    app.add_option("--timeout", global.timeout, "give up on a request after this long")
+        ->check(duration_check(false))
+        ->type_name("DUR")
+        ->capture_default_str();
+
+    SubmitArgs submit_args;
+    auto* submit = app.add_subcommand("submit", "Submit a job and print its id.");
+    submit->footer(
+        "Usage: errand submit [OPTIONS] [-- ARGV...]\n"
+        "Everything after -- is the job's own command line (the worker needs --allow-commands).\n"
+        "With --wait, prints the job's result instead of its id and exits with its exit code.");
+    submit->add_option("-q,--queue", submit_args.queue, "queue name")
+        ->check(queue_check())
+        ->type_name("QUEUE")
+        ->capture_default_str();
+    auto* payload =
+        submit->add_option("--payload", submit_args.payload, "payload bytes")->type_name("TEXT");
+    submit
+        ->add_option("--payload-file", submit_args.payload_file,
+                     "read the payload from F (- = stdin)")
+        ->type_name("F")
+        ->excludes(payload);
+    submit
+        ->add_option("--max-attempts", submit_args.max_attempts, "attempts before the job is dead")
+        ->check(CLI::Range(1U, errand::limits::kMaxMaxAttempts).description(""))
+        ->type_name("N")
+        ->capture_default_str();
+    submit->add_option("--token", submit_args.token, "idempotency key (default: random)")
+        ->check(token_check())
+        ->type_name("KEY");
+    submit->add_flag("--wait", submit_args.wait, "wait for the job and print its result");
+    submit
+        ->add_option("--wait-timeout", submit_args.wait_timeout,
+                     "with --wait: give up after DUR (exit 124; implies --wait)")
+        ->check(duration_check(true))
+        ->type_name("DUR");
+
+    StatusArgs status_args;
+    auto* status = app.add_subcommand("status", "Show a job.");
+    status->add_option("id", status_args.id, "job id")->required();
+    status->add_flag("--json", status_args.json, "print one JSON object");
+
+    WaitArgs wait_args;
+    auto* wait = app.add_subcommand("wait", "Wait for a job to finish; print its result.");
+    wait->add_option("id", wait_args.id, "job id")->required();
+    wait->add_option("--timeout", wait_args.timeout,
+                     "give up after DUR (exit 124; default: wait forever)")
+        ->check(duration_check(true))
+        ->type_name("DUR");
+
+    ListArgs list_args;
+    auto* list = app.add_subcommand("list", "List jobs, newest first.");
+    list->add_option("-q,--queue", list_args.queue, "only this queue")
+        ->check(queue_check())
+        ->type_name("QUEUE");
+    list->add_option("--state", list_args.state, "only this state: " + errand::cli::state_names())
+        ->check(state_check())
+        ->type_name("STATE");
+    list->add_option("--limit", list_args.limit, "at most N jobs")
+        ->check(CLI::Range(1U, errand::limits::kMaxListLimit).description(""))
+        ->type_name("N")
+        ->capture_default_str();
+    list->add_flag("--json", list_args.json, "print a JSON array");
+
+    auto* ping = app.add_subcommand("ping", "Check that the broker answers.");
+
+    try {
+        app.parse(cli_argc, argv);
+    } catch (const CLI::ExtrasError&) {
+        // CLI11 2.1 lists extras in reverse order; say it ourselves, with the likely fix.
+        auto extras = app.remaining(true);
+        std::string list;
+        for (const auto& arg : extras)
+            list += (list.empty() ? "" : " ") + arg;
+        bool looks_like_command =
+            submit->parsed() && !extras.empty() && !extras[0].empty() && extras[0][0] != '-';
+        std::cerr << fmt::format(
+            "error: unexpected argument{}: {}{}\n", extras.size() == 1 ? "" : "s", list,
+            looks_like_command ? "; a job's command line goes after --: errand submit [OPTIONS] "
+                                 "-- CMD [ARGS...]"
+                               : " (see --help)");
+        return kUsage;
+    } catch (const CLI::ParseError& e) {
+        int code = app.exit(e);
+        return code == static_cast<int>(CLI::ExitCodes::Success) ? kOk : kUsage;
+    }
+    if (app.get_subcommands().empty()) {
+        throw UsageError(
+            "a subcommand is required: submit, status, wait, list or ping (see --help)");
+    }
+    if (cli_argc != argc && !submit->parsed()) {
+        throw UsageError("'--' (a job's command line) is only accepted by submit");
+    }
+    submit_args.argv = std::move(job_argv);
+
+    errand::ClientOptions options;
+    options.endpoint = global.broker;
+    options.timeout_ms = to_ms(global.timeout);
+    errand::Client client(options);
+
+    if (submit->parsed()) return run_submit(client, submit_args);
+    if (status->parsed()) return run_status(client, status_args);
+    if (wait->parsed()) return wait_and_report(client, wait_args.id, wait_args.timeout);
+    if (list->parsed()) return run_list(client, list_args);
+    if (ping->parsed()) return run_ping(client);
+    return kUsage;  // unreachable: one subcommand was parsed
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    try {
+        return run(argc, argv);
+    } catch (const errand::BrokerError& e) {
+        std::cerr << "error: " << e.what() << '\n';
+        return kRefused;
+    } catch (const errand::ConnectionError& e) {
+        std::cerr << "error: " << e.what() << '\n';
+        return kUnreachable;
+    } catch (const UsageError& e) {
+        std::cerr << "error: " << e.what() << '\n';
+        return kUsage;
+    } catch (const std::exception& e) {
+        std::cerr << "error: " << e.what() << '\n';
+        return kJobFailed;
+    }
+}

@@ -127,6 +127,12 @@ const msgpack::object& Reader::need(std::string_view key) const {
     return *o;
 }
 
+std::optional<std::uint64_t> Reader::peek_u64(std::string_view key) const {
+    const auto* o = find(key);
+    if (!o || o->type != object_type::POSITIVE_INTEGER) return std::nullopt;
+    return o->via.u64;
+}
+
 std::uint64_t Reader::u64(std::string_view key) const { return as_u64(key, need(key)); }
 std::optional<std::uint64_t> Reader::opt_u64(std::string_view key) const {
     const auto* o = find(key);
@@ -669,7 +675,7 @@ std::string encode_empty() { return Writer(0).take(); }
 std::optional<std::uint64_t> peek_req(std::string_view body) {
     try {
         Body b(body);
-        return b.reader().opt_u64("req");
+        return b.reader().peek_u64("req");
     } catch (const std::exception&) {
         return std::nullopt;
     }

@@ -32,10 +32,18 @@ std::optional<Millis> parse_duration(std::string_view text) {
 }
 
 std::string format_duration(Millis ms) {
-    if (ms < 1000) return fmt::format("{}ms", ms);
-    if (ms < 60'000) return fmt::format("{:.1f}s", static_cast<double>(ms) / 1000.0);
-    if (ms < 3'600'000) return fmt::format("{:.1f}m", static_cast<double>(ms) / 60'000.0);
-    return fmt::format("{:.1f}h", static_cast<double>(ms) / 3'600'000.0);
+    // Whole units print without decimals ("5s", "2m"); others with one ("1.5s").
+    struct Unit {
+        Millis size;
+        const char* name;
+    };
+    static constexpr Unit kUnits[] = {{86'400'000, "d"}, {3'600'000, "h"}, {60'000, "m"}, {1000, "s"}};
+    for (const auto& u : kUnits) {
+        if (ms < u.size) continue;
+        if (ms % u.size == 0) return fmt::format("{}{}", ms / u.size, u.name);
+        return fmt::format("{:.1f}{}", static_cast<double>(ms) / static_cast<double>(u.size), u.name);
+    }
+    return fmt::format("{}ms", ms);
 }
 
 }  // namespace errand

@@ -4,6 +4,7 @@
 #include <functional>
 
 #include "errand/codec.hpp"
+#include "errand/duration.hpp"
 
 using namespace errand;
 
@@ -170,4 +171,19 @@ TEST_CASE("names of states and error codes") {
     CHECK_FALSE(valid_queue_name(""));
     CHECK_FALSE(valid_queue_name("a:b"));
     CHECK_FALSE(valid_queue_name(std::string(65, 'a')));
+}
+
+TEST_CASE("durations parse and print") {
+    CHECK(parse_duration("250ms") == 250);
+    CHECK(parse_duration("5s") == 5000);
+    CHECK(parse_duration("5") == 5000);
+    CHECK(parse_duration("1.5m") == 90000);
+    CHECK(parse_duration("2h") == 7'200'000);
+    CHECK_FALSE(parse_duration("soon").has_value());
+    CHECK_FALSE(parse_duration("-1s").has_value());
+    CHECK_FALSE(parse_duration("5 s").has_value());
+    CHECK(format_duration(5000) == "5s");
+    CHECK(format_duration(1500) == "1.5s");
+    CHECK(format_duration(250) == "250ms");
+    CHECK(format_duration(120000) == "2m");
 }

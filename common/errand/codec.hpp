@@ -21,6 +21,8 @@ public:
     explicit Reader(const msgpack::object& map);
 
     bool has(std::string_view key) const { return find(key) != nullptr; }
+    // The value at key when it is a non-negative integer; never throws.
+    std::optional<std::uint64_t> peek_u64(std::string_view key) const;
     std::uint64_t u64(std::string_view key) const;
     std::optional<std::uint64_t> opt_u64(std::string_view key) const;
     std::int64_t i64(std::string_view key) const;

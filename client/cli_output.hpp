@@ -1,0 +1,42 @@
+// How the `errand` CLI prints jobs: aligned text for people, JSON for programs, RFC 3339 UTC times.
+// Everything here is pure (no I/O, no clock): callers pass `now` so output can be tested.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "errand/codec.hpp"
+#include "errand/protocol.hpp"
+
+namespace errand::cli {
+
+// Every job state in its wire spelling, in life-cycle order, e.g. for "valid states: …" messages.
+const std::vector<JobState>& all_states();
+// "scheduled, ready, running, retrying, succeeded, dead, cancelled"
+std::string state_names();
+
+// Milliseconds since the Unix epoch in UTC with milliseconds: "2026-11-28T19:30:00.123Z".
+std::string format_time(Millis epoch_ms);
+// How far `then` lies from `now`: "3.2s ago", "in 2.0s".
+std::string format_age(Millis then, Millis now);
+// One line for a result: the text itself when it is a single printable line, its first line and
+// size when it has several, "N bytes" when it is binary.
+std::string summarize_result(std::string_view result);
+// The argv as a person would type it in a POSIX shell ('single quotes' where needed).
+std::string shell_join(const std::vector<std::string>& argv);
+
+// `errand status`: aligned "key: value" lines, each ending in '\n'; absent fields are left out.
+std::string job_text(const JobInfo& job, Millis now);
+// `errand list`: a table with a header row (ID QUEUE STATE ATTEMPTS WORKER AGE), one job a line.
+std::string jobs_table(const std::vector<JobInfo>& jobs, Millis now);
+
+// `--json`: one object with the keys id, queue, state, attempts, max_attempts, exit_code, result,
+// error, worker, argv, payload_size, created_at, started_at, finished_at, run_at. Absent values
+// are null; times are RFC 3339 strings; bytes that are not UTF-8 become U+FFFD. No trailing
+// newline.
+std::string job_json(const JobInfo& job);
+// `list --json`: an array of job_json objects.
+std::string jobs_json(const std::vector<JobInfo>& jobs);
+
+}  // namespace errand::cli
