@@ -1,1 +1,534 @@
-// placeholder: being written
+// Running job processes: fork/exec into a fresh process group, one poll() loop for stdin, stdout,
+// stderr, child exit, timeout and cancel; then the mapping from jobs to runs and runs to outcomes.
+#include "process.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <limits>
+#include <string_view>
+#include <system_error>
+#include <utility>
+
+#include <fmt/format.h>
+
+#include "errand/clock.hpp"
+
+extern char** environ;
+
+namespace errand::workerd {
+namespace {
+
+constexpr Millis kPollMs = 50;     // the longest poll() wait: how often the cancel flag is read
+constexpr Millis kDrainMs = 1000;  // how long the pipes may stay open once the child has exited
+constexpr std::size_t kChunk = 64 * 1024;
+constexpr int kSpawnFailed = 127;  // the shell's "command not found"
+constexpr Millis kNever = std::numeric_limits<Millis>::max();
+
+// An owned file descriptor.
+class Fd {
+  public:
+    Fd() = default;
+    explicit Fd(int fd) : fd_(fd) {}
+    ~Fd() { reset(); }
+    Fd(Fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+    Fd& operator=(Fd&& other) noexcept {
+        if (this != &other) {
+            reset();
+            fd_ = std::exchange(other.fd_, -1);
+        }
+        return *this;
+    }
+    Fd(const Fd&) = delete;
+    Fd& operator=(const Fd&) = delete;
+
+    int get() const { return fd_; }
+    explicit operator bool() const { return fd_ >= 0; }
+    void reset() {
+        if (fd_ >= 0) ::close(fd_);
+        fd_ = -1;
+    }
+
+  private:
+    int fd_ = -1;
+};
+
+struct Pipe {
+    Fd read;
+    Fd write;
+};
+
+// Both ends O_CLOEXEC: a child that another thread forks at the same moment must not carry our
+// ends past its exec (it would hold our stdout open, or our error pipe).
+Pipe make_pipe() {
+    std::array<int, 2> fds{};
+    if (::pipe2(fds.data(), O_CLOEXEC) != 0)
+        throw std::system_error(errno, std::generic_category(), "pipe");
+    return {Fd(fds[0]), Fd(fds[1])};
+}
+
+void set_nonblocking(const Fd& fd) {
+    int flags = ::fcntl(fd.get(), F_GETFL);
+    if (flags < 0 || ::fcntl(fd.get(), F_SETFL, flags | O_NONBLOCK) < 0)
+        throw std::system_error(errno, std::generic_category(), "fcntl");
+}
+
+// Blocks SIGPIPE in the calling thread while it lives. A SIGPIPE that our own writes raise stays
+// pending on the thread; the destructor takes it off before the old mask returns, so it is never
+// delivered. (One that was already pending before is left alone.)
+class SigpipeBlock {
+  public:
+    SigpipeBlock() {
+        sigemptyset(&pipe_);
+        sigaddset(&pipe_, SIGPIPE);
+        ::pthread_sigmask(SIG_BLOCK, &pipe_, &old_);
+        sigset_t pending;
+        sigemptyset(&pending);
+        ::sigpending(&pending);
+        was_pending_ = sigismember(&pending, SIGPIPE) == 1;
+    }
+    ~SigpipeBlock() {
+        if (!was_pending_) {
+            timespec zero{};
+            while (::sigtimedwait(&pipe_, nullptr, &zero) == SIGPIPE) {
+            }
+        }
+        ::pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+    }
+    SigpipeBlock(const SigpipeBlock&) = delete;
+    SigpipeBlock& operator=(const SigpipeBlock&) = delete;
+
+  private:
+    sigset_t pipe_;
+    sigset_t old_;
+    bool was_pending_ = false;
+};
+
+// A forked child that leads its own process group (pgid == pid). Until it is reaped its pid, and
+// so the group id, cannot be reused: exited() leaves it a zombie so kill(-pid) stays safe. If
+// the run ends on an exception, the destructor kills the group and reaps the leader.
+class Child {
+  public:
+    explicit Child(pid_t pid) : pid_(pid) {}
+    ~Child() {
+        if (!reaped_) {
+            kill_group(SIGKILL);
+            wait();
+        }
+    }
+    Child(const Child&) = delete;
+    Child& operator=(const Child&) = delete;
+
+    pid_t pid() const { return pid_; }
+    void kill_group(int sig) const { ::kill(-pid_, sig); }
+
+    bool exited() const {
+        siginfo_t info{};
+        if (::waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOHANG | WNOWAIT) != 0)
+            return false;
+        return info.si_pid == pid_;
+    }
+
+    // Reaps the child (blocking) and returns its wait status.
+    int wait() {
+        int status = 0;
+        while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+        }
+        reaped_ = true;
+        return status;
+    }
+
+  private:
+    pid_t pid_;
+    bool reaped_ = false;
+};
+
+// Everything the child needs, built before fork: after fork only async-signal-safe calls are
+// allowed (other threads may hold the allocator's locks), so no string is built in the child.
+struct ExecPlan {
+    std::vector<std::string> env_storage;
+    std::vector<char*> argv;  // null-terminated, pointing into RunSpec::argv
+    std::vector<char*> envp;  // null-terminated, pointing into env_storage
+    std::vector<std::string> path_storage;
+    std::vector<const char*> paths;  // where to look for argv[0], in order (execvp's PATH search)
+    int max_fd = 1024;               // for closing fds when close_range is missing
+};
+
+std::string_view env_name(std::string_view entry) {
+    return entry.substr(0, entry.find('='));
+}
+
+ExecPlan make_plan(const RunSpec& spec) {
+    ExecPlan plan;
+    for (const std::string& arg : spec.argv)
+        plan.argv.push_back(const_cast<char*>(arg.c_str()));
+    plan.argv.push_back(nullptr);
+
+    for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+        std::string_view name = env_name(*e);
+        bool replaced = std::any_of(spec.extra_env.begin(), spec.extra_env.end(),
+                                    [&](const auto& kv) { return kv.first == name; });
+        if (!replaced) plan.env_storage.emplace_back(*e);
+    }
+    for (const auto& [name, value] : spec.extra_env)
+        plan.env_storage.push_back(name + "=" + value);
+    for (std::string& entry : plan.env_storage)
+        plan.envp.push_back(entry.data());
+    plan.envp.push_back(nullptr);
+
+    // The PATH search uses the child's environment; glibc's default when PATH is unset.
+    const std::string& prog = spec.argv.front();
+    if (prog.find('/') != std::string::npos) {
+        plan.path_storage.push_back(prog);
+    } else if (!prog.empty()) {
+        std::string_view path = "/bin:/usr/bin";
+        for (const std::string& entry : plan.env_storage)
+            if (env_name(entry) == "PATH") path = std::string_view(entry).substr(5);
+        while (true) {
+            std::size_t colon = path.find(':');
+            std::string_view dir = path.substr(0, colon);
+            plan.path_storage.push_back(fmt::format("{}/{}", dir.empty() ? "." : dir, prog));
+            if (colon == std::string_view::npos) break;
+            path.remove_prefix(colon + 1);
+        }
+    }
+    for (const std::string& p : plan.path_storage)
+        plan.paths.push_back(p.c_str());
+
+    rlimit lim{};
+    if (::getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY)
+        plan.max_fd = static_cast<int>(std::min<rlim_t>(lim.rlim_cur, 1 << 20));
+    return plan;
+}
+
+// Tells the parent why exec failed, through the CLOEXEC error pipe, and exits.
+[[noreturn]] void child_fail(int error_fd, int error) {
+    ssize_t ignored = ::write(error_fd, &error, sizeof error);
+    (void)ignored;
+    ::_exit(kSpawnFailed);
+}
+
+// The child between fork and exec. Async-signal-safe calls only.
+[[noreturn]] void exec_child(const ExecPlan& plan, int in, int out, int err, int error_fd,
+                             pid_t parent) {
+    ::setpgid(0, 0);
+    // Die with the worker. PDEATHSIG fires when the forking *thread* exits; if the parent died
+    // before prctl took effect, nobody would ever kill us, hence the getppid check.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(kSpawnFailed);
+
+    // Dispositions first, then the mask (all signals are blocked since before fork).
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    for (int sig = 1; sig < NSIG; ++sig)
+        if (sig != SIGKILL && sig != SIGSTOP) ::sigaction(sig, &dfl, nullptr);
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+
+    // Lift every fd above 2 before the dup2s onto 0-2, so none clobbers another (the parent
+    // may run with 0-2 closed, and then pipe ends live there). The copies are CLOEXEC.
+    error_fd = ::fcntl(error_fd, F_DUPFD_CLOEXEC, 3);
+    if (error_fd < 0) ::_exit(kSpawnFailed);
+    std::array<int, 3> fds = {in, out, err};
+    for (int& fd : fds) {
+        fd = ::fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        if (fd < 0) child_fail(error_fd, errno);
+    }
+    for (int target = 0; target < 3; ++target)
+        if (::dup2(fds[static_cast<std::size_t>(target)], target) < 0) child_fail(error_fd, errno);
+    // Everything from 3 up closes at exec, the error pipe included.
+    if (::close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) != 0)
+        for (int fd = 3; fd < plan.max_fd; ++fd)
+            ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+
+    // execvp's rules: skip candidates that do not exist, remember EACCES, stop on other errors.
+    int error = ENOENT;
+    for (const char* path : plan.paths) {
+        ::execve(path, plan.argv.data(), plan.envp.data());
+        if (errno == EACCES) {
+            error = EACCES;
+        } else if (errno != ENOENT && errno != ENOTDIR) {
+            error = errno;
+            break;
+        }
+    }
+    child_fail(error_fd, error);
+}
+
+// now + ms, without overflow and before kNever.
+Millis later(Millis now, Millis ms) {
+    ms = std::max<Millis>(ms, 0);
+    return ms < kNever - 1 - now ? now + ms : kNever - 1;
+}
+
+std::string cannot_run(const RunSpec& spec, int error) {
+    return fmt::format("cannot run '{}': {}", spec.argv.empty() ? "" : spec.argv.front(),
+                       std::generic_category().message(error));
+}
+
+// Appends to `out` what fits under `max`; true when something was left out.
+bool append_bounded(std::string& out, std::string_view data, std::size_t max) {
+    std::size_t room = max > out.size() ? max - out.size() : 0;
+    out.append(data.substr(0, room));
+    return data.size() > room;
+}
+
+void keep_tail(std::string& tail, std::string_view data, std::size_t max) {
+    tail.append(data);
+    if (tail.size() > 2 * max + kChunk) tail.erase(0, tail.size() - max);
+}
+
+// Reads one chunk from a pipe; at EOF or on an error other than EAGAIN the fd is closed.
+std::string_view read_chunk(Fd& fd, std::vector<char>& buf) {
+    ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+    if (n > 0) return {buf.data(), static_cast<std::size_t>(n)};
+    if (n == 0 || (errno != EAGAIN && errno != EINTR)) fd.reset();
+    return {};
+}
+
+}  // namespace
+
+RunResult run_process(const RunSpec& spec) {
+    RunResult result;
+    const Millis start = steady_ms();
+    auto spawn_failed = [&](int error) {
+        result.exit_code = kSpawnFailed;
+        result.spawn_error = cannot_run(spec, error);
+        result.elapsed_ms = steady_ms() - start;
+        return result;
+    };
+    if (spec.argv.empty() || spec.argv.front().empty()) return spawn_failed(ENOENT);
+
+    SigpipeBlock sigpipe_block;
+    ExecPlan plan = make_plan(spec);
+    Pipe in, out, err, exec_error;
+    try {
+        in = make_pipe();
+        out = make_pipe();
+        err = make_pipe();
+        exec_error = make_pipe();
+    } catch (const std::system_error& e) {
+        return spawn_failed(e.code().value());
+    }
+
+    // All signals stay blocked across fork so no handler of ours runs in the child before it
+    // resets them.
+    sigset_t all, old;
+    sigfillset(&all);
+    ::pthread_sigmask(SIG_SETMASK, &all, &old);
+    const pid_t parent = ::getpid();
+    const pid_t pid = ::fork();
+    if (pid == 0)
+        exec_child(plan, in.read.get(), out.write.get(), err.write.get(), exec_error.write.get(),
+                   parent);
+    const int fork_error = errno;
+    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    if (pid < 0) return spawn_failed(fork_error);
+
+    ::setpgid(pid, pid);  // also here, so kill(-pid) works before the child gets to it
+    Child child(pid);
+    in.read.reset();
+    out.write.reset();
+    err.write.reset();
+    exec_error.write.reset();
+
+    // EOF: exec succeeded (the pipe closed on exec). An int: errno of the failed exec.
+    int exec_errno = 0;
+    ssize_t got = 0;
+    do {
+        got = ::read(exec_error.read.get(), &exec_errno, sizeof exec_errno);
+    } while (got < 0 && errno == EINTR);
+    exec_error.read.reset();
+    if (got == static_cast<ssize_t>(sizeof exec_errno)) {
+        child.wait();
+        return spawn_failed(exec_errno);
+    }
+
+    Fd stdin_fd = std::move(in.write);
+    Fd stdout_fd = std::move(out.read);
+    Fd stderr_fd = std::move(err.read);
+    if (spec.stdin_data.empty()) stdin_fd.reset();
+    for (const Fd* fd : {&stdin_fd, &stdout_fd, &stderr_fd})
+        if (*fd) set_nonblocking(*fd);
+    // Readable when the child exits. Without pidfds, exits are noticed on the kPollMs tick.
+    // (glibc 2.36's <sys/pidfd.h> lacks extern "C", hence the raw syscall.)
+    Fd exit_fd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+
+    // Instants on the steady clock; kNever until they are set.
+    const Millis deadline = spec.timeout ? later(start, *spec.timeout) : kNever;
+    Millis kill_at = kNever;      // set with SIGTERM: when SIGKILL follows
+    bool killed = false;          // SIGKILL sent
+    Millis drain_until = kNever;  // set when the child exits
+    std::size_t stdin_off = 0;
+    std::vector<char> buf(kChunk);
+
+    while (true) {
+        const Millis now = steady_ms();
+        const bool exited = drain_until != kNever;
+        if (!exited && child.exited()) {
+            // Stragglers (`cmd &`) die with their leader; the pipes then drain to EOF.
+            child.kill_group(SIGKILL);
+            stdin_fd.reset();
+            exit_fd.reset();
+            drain_until = now + kDrainMs;
+            continue;
+        }
+        if (exited && ((!stdout_fd && !stderr_fd) || now >= drain_until)) break;
+        if (!exited && kill_at == kNever) {
+            result.timed_out = now >= deadline;
+            result.cancelled = spec.cancel != nullptr && spec.cancel->load();
+            if (result.timed_out || result.cancelled) {
+                child.kill_group(SIGTERM);
+                kill_at = later(now, spec.kill_grace_ms);
+            }
+        }
+        if (!exited && !killed && now >= kill_at) {
+            child.kill_group(SIGKILL);
+            killed = true;
+        }
+
+        // Sleep until the next instant the loop acts at, but never past the next cancel check.
+        Millis next = drain_until;
+        if (!exited) next = kill_at == kNever ? deadline : killed ? kNever : kill_at;
+        const Millis wait = std::clamp<Millis>(next - now, 0, kPollMs);
+        std::array<pollfd, 4> pfds{};
+        std::size_t count = 0;
+        auto watch = [&](const Fd& fd, short events) {
+            if (fd) pfds[count++] = {fd.get(), events, 0};
+        };
+        watch(stdin_fd, POLLOUT);
+        watch(stdout_fd, POLLIN);
+        watch(stderr_fd, POLLIN);
+        watch(exit_fd, POLLIN);
+        if (::poll(pfds.data(), count, static_cast<int>(wait)) < 0) {
+            if (errno == EINTR) continue;
+            throw std::system_error(errno, std::generic_category(), "poll");
+        }
+        auto ready = [&](const Fd& fd) {
+            for (std::size_t i = 0; i < count; ++i)
+                if (pfds[i].fd == fd.get()) return pfds[i].revents != 0;
+            return false;
+        };
+
+        if (stdin_fd && ready(stdin_fd)) {
+            std::size_t len = std::min(kChunk, spec.stdin_data.size() - stdin_off);
+            ssize_t n = ::write(stdin_fd.get(), spec.stdin_data.data() + stdin_off, len);
+            if (n > 0) stdin_off += static_cast<std::size_t>(n);
+            // EPIPE: the child does not read its stdin, which is its right.
+            if (stdin_off == spec.stdin_data.size() || (n < 0 && errno != EAGAIN && errno != EINTR))
+                stdin_fd.reset();
+        }
+        if (stdout_fd && ready(stdout_fd)) {
+            if (append_bounded(result.stdout_data, read_chunk(stdout_fd, buf), spec.max_output))
+                result.truncated = true;
+        }
+        if (stderr_fd && ready(stderr_fd))
+            keep_tail(result.stderr_tail, read_chunk(stderr_fd, buf), spec.stderr_tail);
+    }
+
+    const int status = child.wait();
+    if (WIFEXITED(status)) {
+        result.exit_code = WEXITSTATUS(status);
+    } else if (WIFSIGNALED(status)) {
+        result.signal = WTERMSIG(status);
+        result.exit_code = 128 + *result.signal;
+    }
+    if (result.stderr_tail.size() > spec.stderr_tail)
+        result.stderr_tail.erase(0, result.stderr_tail.size() - spec.stderr_tail);
+    result.elapsed_ms = steady_ms() - start;
+    return result;
+}
+
+std::string signal_name(int sig) {
+    const char* abbrev = ::sigabbrev_np(sig);
+    return abbrev != nullptr ? fmt::format("SIG{}", abbrev) : fmt::format("signal {}", sig);
+}
+
+namespace {
+
+// The stderr tail as a message: surrounding whitespace trimmed, and no torn UTF-8 sequence at
+// the front (the tail may start in the middle of one).
+std::string_view clean_tail(std::string_view tail) {
+    while (!tail.empty() && (static_cast<unsigned char>(tail.front()) & 0xC0) == 0x80)
+        tail.remove_prefix(1);
+    const std::string_view space = " \t\r\n";
+    std::size_t first = tail.find_first_not_of(space);
+    if (first == std::string_view::npos) return {};
+    return tail.substr(first, tail.find_last_not_of(space) - first + 1);
+}
+
+}  // namespace
+
+Outcome outcome_of(const RunResult& run, std::size_t max_output) {
+    if (!run.spawn_error.empty()) return Outcome::failure(run.spawn_error, run.exit_code);
+
+    std::string output = run.stdout_data;
+    if (run.truncated || output.size() > max_output) {
+        std::string marker = fmt::format("\n[errand: output truncated at {} bytes]", max_output);
+        if (marker.size() > max_output) marker.resize(max_output);
+        output.resize(std::min(output.size(), max_output - marker.size()));
+        output += marker;
+    }
+    if (run.exit_code == 0 && !run.signal && !run.timed_out && !run.cancelled)
+        return Outcome::success(std::move(output), 0);
+
+    std::string error;
+    if (run.timed_out)
+        error = "timed out, ";
+    else if (run.cancelled)
+        error = "cancelled, ";
+    if (run.signal)
+        error += fmt::format("killed by signal {} ({})", signal_name(*run.signal), *run.signal);
+    else
+        error += fmt::format("exit code {}", run.exit_code);
+    std::string_view tail = clean_tail(run.stderr_tail);
+    if (!tail.empty()) {
+        std::size_t room = limits::kMaxError - std::min(limits::kMaxError, error.size() + 2);
+        if (tail.size() > room) tail = clean_tail(tail.substr(tail.size() - room));
+        error += fmt::format(": {}", tail);
+    }
+    return Outcome::failure(std::move(error), run.exit_code, false, std::move(output));
+}
+
+Outcome run_job(const Job& job, const JobPolicy& policy) {
+    RunSpec spec;
+    if (job.argv) {
+        if (!policy.allow_commands)
+            return Outcome::failure(
+                "this worker does not run job-supplied commands (start it with --allow-commands)",
+                -1, true);
+        if (job.argv->empty()) return Outcome::failure("the job's argv is empty", -1, true);
+        spec.argv = *job.argv;
+    } else if (policy.command) {
+        spec.argv = {"/bin/sh", "-c", *policy.command};
+    } else {
+        return Outcome::failure(
+            fmt::format("queue '{}' has no command on this worker and the job has no argv "
+                        "(start the worker with --queue {}=COMMAND)",
+                        job.queue, job.queue),
+            -1, true);
+    }
+    spec.stdin_data = job.payload;
+    spec.extra_env = {{"ERRAND_JOB_ID", std::to_string(job.id)},
+                      {"ERRAND_QUEUE", job.queue},
+                      {"ERRAND_ATTEMPT", std::to_string(job.attempt)}};
+    spec.max_output = policy.max_output;
+    spec.kill_grace_ms = policy.kill_grace_ms;
+    spec.cancel = policy.cancel;
+    return outcome_of(run_process(spec), policy.max_output);
+}
+
+}  // namespace errand::workerd
