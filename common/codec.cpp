@@ -428,7 +428,10 @@ std::string encode(const ListRequest& m) {
 ListRequest decode_list(const Reader& r) {
     ListRequest m;
     m.req = r.u64("req");
-    m.queue = r.opt_str("queue", limits::kMaxQueueName);
+    m.queue = r.opt_str("queue", limits::kMaxQueueName * 4);
+    if (m.queue && !valid_queue_name(*m.queue))
+        bad(fmt::format("invalid queue name '{}': use 1-{} of A-Z a-z 0-9 _ . -", *m.queue,
+                        limits::kMaxQueueName));
     if (auto s = r.opt_str("state", 32)) {
         m.state = parse_job_state(*s);
         if (!m.state) bad(fmt::format("unknown state '{}'", *s));
