@@ -1,2 +1,300 @@
-// placeholder: being written
+// End-to-end tests: many jobs through a real broker and worker daemons, each run exactly once;
+// and the C++ Worker library serving a queue from a thread of the test.
 #include <doctest/doctest.h>
+
+#include <atomic>
+#include <map>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "errand/worker.hpp"
+#include "harness.hpp"
+
+using namespace errand::test;
+using errand::JobState;
+
+namespace {
+
+// Runs an errand::Worker on a thread; stops and joins it on destruction (also when a REQUIRE
+// throws), so a failing test cannot leave a thread behind.
+class WorkerThread {
+  public:
+    explicit WorkerThread(errand::Worker& worker)
+        : worker_(worker), thread_([this] {
+              try {
+                  worker_.run();
+              } catch (const std::exception& e) {
+                  error_ = e.what();
+              }
+          }) {}
+    ~WorkerThread() {
+        worker_.stop();
+        thread_.join();
+    }
+    WorkerThread(const WorkerThread&) = delete;
+    WorkerThread& operator=(const WorkerThread&) = delete;
+    // What run() threw, if it did (read after the destructor ran, or once it returned).
+    const std::string& error() const { return error_; }
+
+  private:
+    errand::Worker& worker_;
+    std::string error_;
+    std::thread thread_;
+};
+
+}  // namespace
+
+TEST_CASE("e2e: 2000 jobs across 2 workers x concurrency 4 each complete exactly once") {
+    constexpr std::size_t kJobs = 2000;
+    TempDir dir;
+    Broker broker(dir);
+    const auto effects = dir / "effects";
+    const std::string command = "echo \"$ERRAND_JOB_ID\" >> '" + effects.string() + "'";
+    WorkerDaemon w1(dir, broker.endpoint(),
+                    {.name = "w1",
+                     .queues = {"bulk=" + command},
+                     .concurrency = 4,
+                     .allow_commands = false,
+                     .extra_args = {}});
+    WorkerDaemon w2(dir, broker.endpoint(),
+                    {.name = "w2",
+                     .queues = {"bulk=" + command},
+                     .concurrency = 4,
+                     .allow_commands = false,
+                     .extra_args = {}});
+
+    errand::Client client(broker.client_options(10'000));
+    std::vector<errand::JobSpec> specs(kJobs);
+    for (std::size_t i = 0; i < kJobs; ++i) {
+        specs[i].queue = "bulk";
+        specs[i].payload = "job " + std::to_string(i);
+    }
+    const auto start = std::chrono::steady_clock::now();
+    auto submitted = client.submit_batch(specs);
+    REQUIRE(submitted.size() == kJobs);
+    std::set<errand::JobId> ids;
+    for (const auto& s : submitted) {
+        CHECK_FALSE(s.duplicate);
+        ids.insert(s.id);
+    }
+    REQUIRE(ids.size() == kJobs);  // distinct ids
+
+    // Completion is pushed by WAIT; one overall deadline bounds the whole loop.
+    const auto deadline = start + 120s;
+    for (auto id : ids) {
+        const auto left =
+            std::chrono::duration_cast<milliseconds>(deadline - std::chrono::steady_clock::now());
+        REQUIRE_MESSAGE(left.count() > 0, "jobs not finished within 120 s");
+        auto job = client.wait(id, left.count());
+        REQUIRE_MESSAGE(job.has_value(), "job " << id << " not finished within the deadline");
+        REQUIRE_MESSAGE(job->state == JobState::succeeded,
+                        "job " << id << " ended " << errand::to_string(job->state) << ": "
+                               << job->error.value_or(""));
+    }
+    MESSAGE("2000 jobs ran in " << since(start).count() << " ms");
+
+    errand::ListFilter filter;
+    filter.state = JobState::succeeded;
+    filter.limit = errand::limits::kMaxListLimit;
+    auto done = client.list(filter);
+    CHECK(done.size() == kJobs);
+    std::map<std::string, std::size_t> per_worker;
+    std::set<errand::JobId> listed;
+    for (const auto& job : done) {
+        listed.insert(job.id);
+        CHECK(job.attempts == 1);
+        per_worker[job.worker.value_or("(none)")]++;
+    }
+    CHECK(listed == ids);
+    CHECK(per_worker.size() == 2);
+    CHECK(per_worker["w1"] > 0);
+    CHECK(per_worker["w2"] > 0);
+    MESSAGE("w1 ran " << per_worker["w1"] << ", w2 ran " << per_worker["w2"]);
+
+    // Side effects: each id exactly once.
+    std::map<std::string, int> seen;
+    for (const auto& line : read_lines(effects))
+        seen[line]++;
+    CHECK(seen.size() == kJobs);
+    for (auto id : ids) {
+        auto it = seen.find(std::to_string(id));
+        CHECK_MESSAGE(it != seen.end(), "job " << id << " left no side effect");
+        if (it != seen.end()) CHECK_MESSAGE(it->second == 1, "job " << id << " ran " << it->second);
+    }
+}
+
+TEST_CASE("e2e: a library Worker's results round-trip through Client::wait") {
+    TempDir dir;
+    Broker broker(dir);
+    errand::Worker worker({.endpoint = broker.endpoint(),
+                           .name = "lib-w",
+                           .concurrency = 2,
+                           .accept_commands = false,
+                           .max_result = errand::limits::kDefaultMaxResult});
+    std::atomic<int> calls{0};
+    worker.handle("lib", [&](const errand::Job& job) {
+        ++calls;
+        return errand::Outcome::success("echo:" + job.payload + ":" + job.queue + ":" +
+                                        std::to_string(job.attempt));
+    });
+    WorkerThread runner(worker);
+
+    errand::Client client(broker.client_options());
+    auto a = client.submit(job_spec("lib", std::string("bin\0ary", 7)));
+    auto b = client.submit(job_spec("lib", "second"));
+    auto ja = client.wait(a.id, 10'000);
+    auto jb = client.wait(b.id, 10'000);
+    REQUIRE(ja.has_value());
+    REQUIRE(jb.has_value());
+    CHECK(ja->state == JobState::succeeded);
+    CHECK(ja->result == "echo:" + std::string("bin\0ary", 7) + ":lib:1");
+    CHECK(ja->exit_code == 0);
+    CHECK(ja->attempts == 1);
+    CHECK(ja->worker == "lib-w");
+    CHECK(ja->payload_size == 7);
+    CHECK(jb->state == JobState::succeeded);
+    CHECK(jb->result == "echo:second:lib:1");
+    CHECK(calls.load() == 2);
+}
+
+TEST_CASE("e2e: a library handler that throws is retried, then dead with the message as error") {
+    TempDir dir;
+    Broker broker(dir, {"--retry-delay", "100ms"});
+    errand::Worker worker({.endpoint = broker.endpoint(),
+                           .name = "lib-w",
+                           .concurrency = 1,
+                           .accept_commands = false,
+                           .max_result = errand::limits::kDefaultMaxResult});
+    std::atomic<int> calls{0};
+    std::atomic<std::uint32_t> last_attempt{0};
+    worker.handle("boom", [&](const errand::Job& job) -> errand::Outcome {
+        ++calls;
+        last_attempt = job.attempt;
+        throw std::runtime_error("kaboom on attempt " + std::to_string(job.attempt));
+    });
+    WorkerThread runner(worker);
+
+    errand::Client client(broker.client_options());
+    auto s = client.submit(job_spec("boom", "x", 3));
+    auto job = client.wait(s.id, 15'000);
+    REQUIRE(job.has_value());
+    CHECK(job->state == JobState::dead);
+    CHECK(job->attempts == 3);
+    CHECK(job->max_attempts == 3);
+    CHECK(job->error == "kaboom on attempt 3");
+    CHECK_FALSE(job->result.has_value());
+    CHECK(job->finished_at.has_value());
+    CHECK(calls.load() == 3);
+    CHECK(last_attempt.load() == 3);
+}
+
+TEST_CASE("e2e: a library handler's failure outcome and a permanent failure") {
+    TempDir dir;
+    Broker broker(dir, {"--retry-delay", "100ms"});
+    errand::Worker worker({.endpoint = broker.endpoint(),
+                           .name = "lib-w",
+                           .concurrency = 1,
+                           .accept_commands = false,
+                           .max_result = errand::limits::kDefaultMaxResult});
+    std::atomic<int> calls{0};
+    worker.handle("flaky", [&](const errand::Job& job) {
+        ++calls;
+        if (job.attempt < 2) return errand::Outcome::failure("not yet", 7);
+        return errand::Outcome::success("ok on " + std::to_string(job.attempt));
+    });
+    worker.handle("fatal", [&](const errand::Job&) {
+        return errand::Outcome::failure("hopeless", 9, /*permanent=*/true);
+    });
+    WorkerThread runner(worker);
+
+    errand::Client client(broker.client_options());
+    auto flaky = client.submit(job_spec("flaky", "", 3));
+    auto fatal = client.submit(job_spec("fatal", "", 5));
+    auto jf = client.wait(flaky.id, 10'000);
+    auto jx = client.wait(fatal.id, 10'000);
+    REQUIRE(jf.has_value());
+    REQUIRE(jx.has_value());
+    CHECK(jf->state == JobState::succeeded);
+    CHECK(jf->attempts == 2);
+    CHECK(jf->result == "ok on 2");
+    CHECK(jx->state == JobState::dead);
+    CHECK(jx->attempts == 1);  // permanent: no retry although 5 were allowed
+    CHECK(jx->error == "hopeless");
+    CHECK(jx->exit_code == 9);
+}
+
+TEST_CASE("e2e: the worker daemon's job contract: stdin, env, stdout, exit codes, big payloads") {
+    TempDir dir;
+    Broker broker(dir, {"--retry-delay", "100ms"});
+    WorkerDaemon worker(
+        dir, broker.endpoint(),
+        {.name = "contract",
+         .queues = {"cat=cat",
+                    "env=printf '%s %s %s' \"$ERRAND_JOB_ID\" \"$ERRAND_QUEUE\" "
+                    "\"$ERRAND_ATTEMPT\"",
+                    "exit3=echo partial; exit 3", "huge=head -c 3000000 /dev/zero | tr '\\0' x"},
+         .concurrency = 2,
+         .allow_commands = false,
+         .extra_args = {}});
+    errand::Client client(broker.client_options());
+
+    SUBCASE("a 1 MiB payload goes in on stdin and comes back as the result") {
+        std::string payload(errand::limits::kDefaultMaxPayload, '\0');
+        std::mt19937 rng(7);
+        for (auto& c : payload)
+            c = static_cast<char>(rng() & 0xff);
+        auto job = client.wait(client.submit(job_spec("cat", payload)).id, 20'000);
+        REQUIRE(job.has_value());
+        CHECK(job->state == JobState::succeeded);
+        CHECK(job->payload_size == payload.size());
+        REQUIRE(job->result.has_value());
+        CHECK(job->result->size() == payload.size());
+        CHECK((*job->result == payload));  // not printed: a megabyte of noise
+    }
+    SUBCASE("ERRAND_JOB_ID, ERRAND_QUEUE and ERRAND_ATTEMPT are set") {
+        auto id = client.submit(job_spec("env")).id;
+        auto job = client.wait(id, 10'000);
+        REQUIRE(job.has_value());
+        CHECK(job->result == std::to_string(id) + " env 1");
+    }
+    SUBCASE("a non-zero exit is a failed attempt, retried, then dead with its exit code") {
+        auto job = client.wait(client.submit(job_spec("exit3", "", 2)).id, 10'000);
+        REQUIRE(job.has_value());
+        CHECK(job->state == JobState::dead);
+        CHECK(job->attempts == 2);
+        CHECK(job->exit_code == 3);
+        CHECK(job->error.has_value());
+    }
+    SUBCASE("output over the result limit is truncated and marked, not refused") {
+        auto job = client.wait(client.submit(job_spec("huge")).id, 20'000);
+        REQUIRE(job.has_value());
+        CHECK(job->state == JobState::succeeded);
+        REQUIRE(job->result.has_value());
+        CHECK(job->result->size() <= errand::limits::kDefaultMaxResult);
+        CHECK(job->result->size() > 0);
+        // The daemon keeps a prefix of the output and says so at the end (worker/process.hpp).
+        const auto cut = job->result->rfind('\n');
+        REQUIRE(cut != std::string::npos);
+        CHECK(cut > 1'000'000);
+        CHECK(job->result->find_first_not_of('x') == cut);
+        CHECK(job->result->substr(cut).find("truncated") != std::string::npos);
+    }
+}
+
+TEST_CASE("e2e: a resubmitted token returns the existing job instead of a second one") {
+    TempDir dir;
+    Broker broker(dir);
+    errand::Client client(broker.client_options());
+    auto spec = job_spec("idem", "once");
+    spec.token = errand::random_token();
+    auto first = client.submit(spec);
+    auto again = client.submit(spec);
+    CHECK_FALSE(first.duplicate);
+    CHECK(again.duplicate);
+    CHECK(again.id == first.id);
+    errand::ListFilter all;
+    CHECK(client.list(all).size() == 1);
+}
