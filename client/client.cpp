@@ -162,3 +162,67 @@ Pong Client::ping() {
 }
 
 }  // namespace errand
+
+namespace errand {
+
+JobInfo Client::cancel(JobId id) {
+    IdRequest m{impl_->next_req++, id};
+    auto env = impl_->call(cmd::kCancel, encode(m), m.req);
+    Impl::expect(env, cmd::kJob);
+    Body b(env.body);
+    return decode_job_info(b.reader().map("job"));
+}
+
+JobId Client::retry(JobId id) {
+    RetryRequest m{impl_->next_req++, id, false, std::nullopt};
+    auto env = impl_->call(cmd::kRetry, encode(m), m.req);
+    Impl::expect(env, cmd::kRetried);
+    Body b(env.body);
+    auto ids = decode_ids(b.reader());
+    return ids.empty() ? id : ids.front();
+}
+
+std::vector<JobId> Client::retry_dead(const std::optional<std::string>& queue) {
+    RetryRequest m{impl_->next_req++, std::nullopt, true, queue};
+    auto env = impl_->call(cmd::kRetry, encode(m), m.req);
+    Impl::expect(env, cmd::kRetried);
+    Body b(env.body);
+    return decode_ids(b.reader());
+}
+
+void Client::pause(const std::string& queue) {
+    QueueRequest m{impl_->next_req++, queue};
+    Impl::expect(impl_->call(cmd::kPause, encode(m), m.req), cmd::kOk);
+}
+
+void Client::resume(const std::string& queue) {
+    QueueRequest m{impl_->next_req++, queue};
+    Impl::expect(impl_->call(cmd::kResume, encode(m), m.req), cmd::kOk);
+}
+
+std::uint64_t Client::purge(JobState state, const std::optional<std::string>& queue,
+                            std::optional<Millis> older_than_ms) {
+    PurgeRequest m{impl_->next_req++, state, queue, older_than_ms};
+    auto env = impl_->call(cmd::kPurge, encode(m), m.req);
+    Impl::expect(env, cmd::kPurged);
+    Body b(env.body);
+    return decode_count(b.reader());
+}
+
+std::vector<QueueInfo> Client::queues() {
+    auto req = impl_->next_req++;
+    auto env = impl_->call(cmd::kQueues, encode_req(req), req);
+    Impl::expect(env, cmd::kQueues);
+    Body b(env.body);
+    return decode_queues(b.reader());
+}
+
+std::vector<Event> Client::history(JobId id) {
+    IdRequest m{impl_->next_req++, id};
+    auto env = impl_->call(cmd::kHistory, encode(m), m.req);
+    Impl::expect(env, cmd::kEvents);
+    Body b(env.body);
+    return decode_events(b.reader());
+}
+
+}  // namespace errand

@@ -10,6 +10,7 @@
 
 #include <condition_variable>
 #include <deque>
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -41,9 +42,29 @@ struct Pending {
 
 }  // namespace
 
+struct JobControl {
+    std::atomic<bool> cancelled{false};
+    std::mutex mu;
+    bool progress_dirty = false;
+    std::uint32_t percent = 0;
+    std::string message;
+};
+
+bool Job::cancelled() const { return control && control->cancelled.load(); }
+const std::atomic<bool>* Job::cancel_flag() const { return control ? &control->cancelled : nullptr; }
+void Job::progress(std::uint32_t percent, std::string message) const {
+    if (!control) return;
+    std::lock_guard lock(control->mu);
+    control->percent = std::min<std::uint32_t>(percent, 100);
+    if (message.size() > limits::kMaxProgressMessage) message.resize(limits::kMaxProgressMessage);
+    control->message = std::move(message);
+    control->progress_dirty = true;
+}
+
 struct Worker::Impl {
     WorkerOptions opt;
     std::vector<std::pair<std::string, Handler>> handlers;
+    std::vector<std::uint32_t> weights;  // parallel to handlers; 0 = none given
     std::atomic<bool> stopping{false};
     std::string instance = random_token();
     std::string inproc = "inproc://errand-worker-" + instance;
@@ -126,7 +147,11 @@ struct Worker::Impl {
     Millis next_register = 0;
     Millis backoff = kInitialBackoffMs;
     std::uint64_t max_seq = 0;
-    std::map<JobId, std::uint32_t> running;  // id -> attempt, being executed
+    struct Running {
+        std::uint32_t attempt = 0;
+        std::shared_ptr<JobControl> control;
+    };
+    std::map<JobId, Running> running;  // being executed
     std::map<JobId, Pending> pending;        // results awaiting ACK
 
     void open_socket() {
@@ -149,9 +174,11 @@ struct Worker::Impl {
         m.host = host_name();
         m.pid = static_cast<std::uint64_t>(getpid());
         for (const auto& [q, h] : handlers) m.queues.push_back(q);
+        if (std::any_of(weights.begin(), weights.end(), [](auto w) { return w > 0; }))
+            for (auto w : weights) m.weights.push_back(w > 0 ? w : 1);
         m.concurrency = opt.concurrency;
         m.commands = opt.accept_commands;
-        for (const auto& [id, attempt] : running) m.held.push_back({id, attempt});
+        for (const auto& [id, r] : running) m.held.push_back({id, r.attempt});
         for (const auto& [id, p] : pending)
             if (!running.count(id)) m.held.push_back({id, p.attempt});
         max_seq = 0;
@@ -186,8 +213,10 @@ struct Worker::Impl {
             heartbeat_ms = std::max<Millis>(rep.heartbeat_ms, 10);
             expiry_ms = std::max<Millis>(rep.expiry_ms, 2 * heartbeat_ms);
             for (JobId id : rep.held_rejected) {
-                // Its attempt is no longer ours: results would be refused as stale.
+                // Its attempt is no longer ours: stop it; results would be refused as stale.
                 pending.erase(id);
+                if (auto it = running.find(id); it != running.end())
+                    it->second.control->cancelled = true;
                 spdlog::warn("job {}: the broker gave it to someone else while we were away", id);
             }
             spdlog::info("registered with {} as {} (heartbeat {} ms)", opt.endpoint, opt.name,
@@ -198,13 +227,23 @@ struct Worker::Impl {
         } else if (env.command == cmd::kDispatch) {
             auto d = decode_dispatch(r);
             max_seq = std::max(max_seq, d.seq);
-            if (running.count(d.id) && running[d.id] == d.attempt) return;  // duplicate
-            running[d.id] = d.attempt;
+            if (auto it = running.find(d.id); it != running.end() && it->second.attempt == d.attempt)
+                return;  // duplicate
+            auto control = std::make_shared<JobControl>();
+            running[d.id] = Running{d.attempt, control};
             {
                 std::lock_guard lock(mu);
-                tasks.push_back(Job{d.id, d.queue, d.attempt, std::move(d.payload), std::move(d.argv)});
+                tasks.push_back(Job{d.id, d.queue, d.attempt, std::move(d.payload),
+                                    std::move(d.argv), d.timeout_ms, control});
             }
             cv.notify_one();
+        } else if (env.command == cmd::kAbort) {
+            auto a = decode_abort(r);
+            if (auto it = running.find(a.id); it != running.end() && it->second.attempt == a.attempt) {
+                it->second.control->cancelled = true;
+                spdlog::info("job {}: attempt {} aborted by the broker: {}", a.id, a.attempt,
+                             a.reason);
+            }
         } else if (env.command == cmd::kAck) {
             auto a = decode_ack(r);
             auto it = pending.find(a.id);
@@ -224,6 +263,19 @@ struct Worker::Impl {
             }
         }
         // HEARTBEAT: last_heard is all it carries.
+    }
+
+    void send_progress() {
+        for (auto& [id, run] : running) {
+            Progress p;
+            {
+                std::lock_guard lock(run.control->mu);
+                if (!run.control->progress_dirty) continue;
+                run.control->progress_dirty = false;
+                p = Progress{id, run.attempt, run.control->percent, run.control->message};
+            }
+            send(cmd::kProgress, encode(p));
+        }
     }
 
     void on_result(zmq::socket_t& pull, Millis now) {
@@ -287,6 +339,7 @@ struct Worker::Impl {
                 }
             }
             if (items[1].revents & ZMQ_POLLIN) on_result(pull, now);
+            if (registered) send_progress();
 
             if (registered && now - last_heard > expiry_ms) {
                 spdlog::warn("broker {} silent for {} ms; reconnecting", opt.endpoint,
@@ -302,7 +355,7 @@ struct Worker::Impl {
             if (registered && now >= next_heartbeat) {
                 WorkerHeartbeat hb;
                 hb.seq = max_seq;
-                for (const auto& [id, a] : running) hb.running.push_back(id);
+                for (const auto& [id, run] : running) hb.running.push_back(id);
                 for (const auto& [id, p] : pending) hb.running.push_back(id);
                 send(cmd::kHeartbeat, encode(hb));
                 next_heartbeat = now + heartbeat_ms;
@@ -323,10 +376,14 @@ struct Worker::Impl {
 Worker::Worker(WorkerOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
 Worker::~Worker() = default;
 
-void Worker::handle(const std::string& queue, Handler handler) {
+void Worker::handle(const std::string& queue, Handler handler, std::uint32_t weight) {
     if (!valid_queue_name(queue))
         throw std::invalid_argument(fmt::format("invalid queue name '{}'", queue));
+    if (weight > limits::kMaxQueueWeight)
+        throw std::invalid_argument(
+            fmt::format("queue weight must be 1-{}", limits::kMaxQueueWeight));
     impl_->handlers.emplace_back(queue, std::move(handler));
+    impl_->weights.push_back(weight);
 }
 
 void Worker::run() {

@@ -284,8 +284,17 @@ Writer& Writer::bool_array(std::string_view k, const std::vector<bool>& v) {
 
 namespace {
 
+void pack_opt_ms(msgpack::packer<msgpack::sbuffer>& pk, std::string_view key,
+                 const std::optional<Millis>& v) {
+    if (!v) return;
+    pack_str(pk, key);
+    pk.pack_int64(*v);
+}
+
 void pack_job_spec(msgpack::packer<msgpack::sbuffer>& pk, const JobSpec& j) {
-    std::uint32_t n = 3 + (j.argv ? 1 : 0) + (j.token ? 1 : 0);
+    std::uint32_t n = 3 + (j.argv ? 1 : 0) + (j.token ? 1 : 0) + (j.priority != 0 ? 1 : 0) +
+                      (j.run_at ? 1 : 0) + (j.delay_ms ? 1 : 0) + (j.timeout_ms ? 1 : 0) +
+                      (j.backoff_ms ? 1 : 0) + (j.backoff_cap_ms ? 1 : 0) + (j.unique ? 1 : 0);
     pk.pack_map(n);
     pack_str(pk, "queue");
     pack_str(pk, j.queue);
@@ -302,6 +311,19 @@ void pack_job_spec(msgpack::packer<msgpack::sbuffer>& pk, const JobSpec& j) {
     if (j.token) {
         pack_str(pk, "token");
         pack_str(pk, *j.token);
+    }
+    if (j.priority != 0) {
+        pack_str(pk, "priority");
+        pk.pack_int32(j.priority);
+    }
+    pack_opt_ms(pk, "run_at", j.run_at);
+    pack_opt_ms(pk, "delay_ms", j.delay_ms);
+    pack_opt_ms(pk, "timeout_ms", j.timeout_ms);
+    pack_opt_ms(pk, "backoff_ms", j.backoff_ms);
+    pack_opt_ms(pk, "backoff_cap_ms", j.backoff_cap_ms);
+    if (j.unique) {
+        pack_str(pk, "unique");
+        pack_str(pk, *j.unique);
     }
 }
 
@@ -320,9 +342,23 @@ void pack_job_info(Writer& w, const JobInfo& j) {
         .i64("created_at", j.created_at)
         .opt_i64("started_at", j.started_at)
         .opt_i64("finished_at", j.finished_at)
-        .opt_i64("run_at", j.run_at);
+        .opt_i64("run_at", j.run_at)
+        .i64("priority", j.priority)
+        .opt_i64("timeout_ms", j.timeout_ms)
+        .opt_str("unique", j.unique)
+        .opt_i64("progress", j.progress ? std::optional<std::int64_t>(*j.progress) : std::nullopt)
+        .opt_str("progress_message", j.progress_message);
 }
-constexpr std::size_t kJobInfoFields = 15;
+constexpr std::size_t kJobInfoFields = 20;
+
+// A duration field: non-negative, at most `max`.
+std::optional<Millis> opt_ms(const Reader& r, std::string_view key, Millis max) {
+    auto v = r.opt_u64(key);
+    if (!v) return std::nullopt;
+    if (*v > static_cast<std::uint64_t>(max))
+        bad(fmt::format("field '{}' must be at most {} ms", key, max));
+    return static_cast<Millis>(*v);
+}
 
 std::vector<std::string> validated_argv(const Reader& r) {
     auto argv = r.str_array("argv", limits::kMaxArgv, limits::kMaxArgvBytes);
@@ -376,6 +412,23 @@ SubmitRequest decode_submit(const Reader& r, const DecodeLimits& lim) {
         if (auto t = j.opt_str("token", limits::kMaxToken)) {
             if (t->empty()) bad("field 'token' must not be empty");
             s.token = std::move(*t);
+        }
+        if (auto p = j.opt_i64("priority")) {
+            if (*p < limits::kMinPriority || *p > limits::kMaxPriority)
+                bad(fmt::format("priority must be {} to {}", limits::kMinPriority,
+                                limits::kMaxPriority));
+            s.priority = static_cast<std::int32_t>(*p);
+        }
+        s.run_at = j.opt_i64("run_at");
+        s.delay_ms = opt_ms(j, "delay_ms", limits::kMaxDelayMs);
+        if (s.run_at && s.delay_ms) bad("give either 'run_at' or 'delay_ms', not both");
+        s.timeout_ms = opt_ms(j, "timeout_ms", limits::kMaxTimeoutMs);
+        if (s.timeout_ms && *s.timeout_ms == 0) bad("field 'timeout_ms' must be positive");
+        s.backoff_ms = opt_ms(j, "backoff_ms", limits::kMaxDelayMs);
+        s.backoff_cap_ms = opt_ms(j, "backoff_cap_ms", limits::kMaxDelayMs);
+        if (auto u = j.opt_str("unique", limits::kMaxUniqueKey)) {
+            if (u->empty()) bad("field 'unique' must not be empty");
+            s.unique = std::move(*u);
         }
         m.jobs.push_back(std::move(s));
     }
@@ -483,12 +536,21 @@ JobInfo decode_job_info(const Reader& r) {
     j.started_at = r.opt_i64("started_at");
     j.finished_at = r.opt_i64("finished_at");
     j.run_at = r.opt_i64("run_at");
+    j.priority = static_cast<std::int32_t>(r.opt_i64("priority").value_or(0));
+    j.timeout_ms = r.opt_i64("timeout_ms");
+    j.unique = r.opt_str("unique", SIZE_MAX);
+    if (auto p = r.opt_u64("progress")) j.progress = static_cast<std::uint32_t>(*p);
+    j.progress_message = r.opt_str("progress_message", SIZE_MAX);
     return j;
 }
 
 std::string encode(const RegisterRequest& m) {
-    Writer w(9);
+    Writer w(10);
     w.u64("req", m.req)
+        .key("weights");
+    w.packer().pack_array(static_cast<std::uint32_t>(m.weights.size()));
+    for (auto x : m.weights) w.packer().pack_uint32(x);
+    w
         .boolean("commands", m.commands)
         .str("instance", m.instance)
         .str("name", m.name)
@@ -523,6 +585,16 @@ RegisterRequest decode_register(const Reader& r) {
         bad(fmt::format("concurrency must be 1-{}", limits::kMaxConcurrency));
     m.concurrency = static_cast<std::uint32_t>(c);
     m.commands = r.opt_bool("commands").value_or(false);
+    if (r.has("weights")) {
+        auto weights = r.u64_array("weights");
+        if (!weights.empty() && weights.size() != m.queues.size())
+            bad("field 'weights' must have one weight per queue");
+        for (auto x : weights) {
+            if (x < 1 || x > limits::kMaxQueueWeight)
+                bad(fmt::format("queue weights must be 1-{}", limits::kMaxQueueWeight));
+            m.weights.push_back(static_cast<std::uint32_t>(x));
+        }
+    }
     if (r.has("held")) {
         const auto& held = r.array("held");
         for (std::uint32_t i = 0; i < held.size; ++i) {
@@ -565,13 +637,14 @@ std::uint32_t decode_credit(const Reader& r) {
 }
 
 std::string encode(const Dispatch& m) {
-    return Writer(6)
+    return Writer(7)
         .u64("id", m.id)
         .str("queue", m.queue)
         .u64("attempt", m.attempt)
         .bin("payload", m.payload)
         .opt_str_array("argv", m.argv)
         .u64("seq", m.seq)
+        .opt_i64("timeout_ms", m.timeout_ms)
         .take();
 }
 
@@ -585,6 +658,7 @@ Dispatch decode_dispatch(const Reader& r) {
     m.payload = r.opt_bin("payload", SIZE_MAX).value_or("");
     m.argv = r.opt_str_array("argv", SIZE_MAX, SIZE_MAX);
     m.seq = r.opt_u64("seq").value_or(0);
+    m.timeout_ms = r.opt_i64("timeout_ms");
     return m;
 }
 
@@ -670,6 +744,184 @@ std::string encode(const Pong& m) {
 
 Pong decode_pong(const Reader& r) {
     return {r.u64("req"), r.opt_str("version", 64).value_or(""), r.opt_i64("time").value_or(0)};
+}
+
+std::string encode(const Progress& m) {
+    return Writer(4)
+        .u64("id", m.id)
+        .u64("attempt", m.attempt)
+        .u64("percent", m.percent)
+        .str("message", m.message)
+        .take();
+}
+
+Progress decode_progress(const Reader& r) {
+    Progress m;
+    m.id = r.u64("id");
+    auto attempt = r.u64("attempt");
+    if (attempt > UINT32_MAX) bad("attempt is out of range");
+    m.attempt = static_cast<std::uint32_t>(attempt);
+    auto pct = r.u64("percent");
+    if (pct > 100) bad("percent must be 0-100");
+    m.percent = static_cast<std::uint32_t>(pct);
+    m.message = r.opt_str("message", limits::kMaxProgressMessage).value_or("");
+    return m;
+}
+
+std::string encode(const Abort& m) {
+    return Writer(3).u64("id", m.id).u64("attempt", m.attempt).str("reason", m.reason).take();
+}
+
+Abort decode_abort(const Reader& r) {
+    return {r.u64("id"), static_cast<std::uint32_t>(r.u64("attempt")),
+            r.opt_str("reason", SIZE_MAX).value_or("")};
+}
+
+std::string encode(const QueueRequest& m) {
+    return Writer(2).u64("req", m.req).str("queue", m.queue).take();
+}
+
+QueueRequest decode_queue_request(const Reader& r) {
+    QueueRequest m;
+    m.req = r.u64("req");
+    m.queue = checked_queue(r);
+    return m;
+}
+
+std::string encode(const RetryRequest& m) {
+    std::size_t n = 2 + (m.id ? 1 : 0) + (m.queue ? 1 : 0);
+    Writer w(n);
+    w.u64("req", m.req).boolean("dead", m.dead);
+    if (m.id) w.u64("id", *m.id);
+    if (m.queue) w.str("queue", *m.queue);
+    return w.take();
+}
+
+RetryRequest decode_retry(const Reader& r) {
+    RetryRequest m;
+    m.req = r.u64("req");
+    m.id = r.opt_u64("id");
+    m.dead = r.opt_bool("dead").value_or(false);
+    if (r.has("queue")) m.queue = checked_queue(r);
+    if (m.id.has_value() == m.dead) bad("give either 'id' or 'dead': true");
+    if (m.id && m.queue) bad("'queue' goes with 'dead', not with 'id'");
+    return m;
+}
+
+std::string encode(const PurgeRequest& m) {
+    std::size_t n = 2 + (m.queue ? 1 : 0) + (m.older_than_ms ? 1 : 0);
+    Writer w(n);
+    w.u64("req", m.req).str("state", to_string(m.state));
+    if (m.queue) w.str("queue", *m.queue);
+    if (m.older_than_ms) w.u64("older_than_ms", static_cast<std::uint64_t>(*m.older_than_ms));
+    return w.take();
+}
+
+PurgeRequest decode_purge(const Reader& r) {
+    PurgeRequest m;
+    m.req = r.u64("req");
+    auto st = r.str("state", 32);
+    auto parsed = parse_job_state(st);
+    if (!parsed) bad(fmt::format("unknown state '{}'", st));
+    if (!is_terminal(*parsed))
+        bad(fmt::format("only finished jobs can be purged (succeeded, dead, cancelled), not {}", st));
+    m.state = *parsed;
+    if (r.has("queue")) m.queue = checked_queue(r);
+    m.older_than_ms = opt_ms(r, "older_than_ms", limits::kMaxDelayMs);
+    return m;
+}
+
+std::string encode_ids(std::uint64_t req, const std::vector<JobId>& ids) {
+    return Writer(2).u64("req", req).u64_array("ids", ids).take();
+}
+
+std::vector<JobId> decode_ids(const Reader& r) { return r.u64_array("ids"); }
+
+std::string encode_count(std::uint64_t req, std::uint64_t count) {
+    return Writer(2).u64("req", req).u64("count", count).take();
+}
+
+std::uint64_t decode_count(const Reader& r) { return r.u64("count"); }
+
+std::string encode_queues(std::uint64_t req, const std::vector<QueueInfo>& queues) {
+    Writer w(2);
+    w.u64("req", req).key("queues");
+    auto& pk = w.packer();
+    pk.pack_array(static_cast<std::uint32_t>(queues.size()));
+    for (const auto& q : queues) {
+        pk.pack_map(4);
+        pack_str(pk, "name");
+        pack_str(pk, q.name);
+        pack_str(pk, "paused");
+        if (q.paused)
+            pk.pack_true();
+        else
+            pk.pack_false();
+        pack_str(pk, "counts");
+        pk.pack_map(static_cast<std::uint32_t>(q.counts.size()));
+        for (const auto& [state, n] : q.counts) {
+            pack_str(pk, to_string(state));
+            pk.pack_uint64(n);
+        }
+        pack_str(pk, "oldest_ready_at");
+        if (q.oldest_ready_at)
+            pk.pack_int64(*q.oldest_ready_at);
+        else
+            pk.pack_nil();
+    }
+    return w.take();
+}
+
+std::vector<QueueInfo> decode_queues(const Reader& r) {
+    std::vector<QueueInfo> out;
+    const auto& arr = r.array("queues");
+    for (std::uint32_t i = 0; i < arr.size; ++i) {
+        Reader q(arr.ptr[i]);
+        QueueInfo info;
+        info.name = q.str("name", SIZE_MAX);
+        info.paused = q.opt_bool("paused").value_or(false);
+        Reader counts = q.map("counts");
+        for (auto s : {JobState::scheduled, JobState::ready, JobState::running, JobState::retrying,
+                       JobState::succeeded, JobState::dead, JobState::cancelled})
+            info.counts.emplace_back(s, counts.opt_u64(to_string(s)).value_or(0));
+        info.oldest_ready_at = q.opt_i64("oldest_ready_at");
+        out.push_back(std::move(info));
+    }
+    return out;
+}
+
+std::string encode_events(std::uint64_t req, JobId id, const std::vector<Event>& events) {
+    Writer w(3);
+    w.u64("req", req).u64("id", id).key("events");
+    w.packer().pack_array(static_cast<std::uint32_t>(events.size()));
+    for (const auto& e : events) {
+        w.packer().pack_map(6);
+        w.i64("at", e.at)
+            .opt_str("from", e.from ? std::optional<std::string>(std::string(to_string(*e.from)))
+                                    : std::nullopt)
+            .str("to", to_string(e.to))
+            .u64("attempt", e.attempt)
+            .opt_str("worker", e.worker)
+            .str("reason", e.reason);
+    }
+    return w.take();
+}
+
+std::vector<Event> decode_events(const Reader& r) {
+    std::vector<Event> out;
+    const auto& arr = r.array("events");
+    for (std::uint32_t i = 0; i < arr.size; ++i) {
+        Reader e(arr.ptr[i]);
+        Event ev;
+        ev.at = e.i64("at");
+        if (auto f = e.opt_str("from", 32)) ev.from = parse_job_state(*f);
+        ev.to = parse_job_state(e.str("to", 32)).value_or(JobState::ready);
+        ev.attempt = static_cast<std::uint32_t>(e.u64("attempt"));
+        ev.worker = e.opt_str("worker", SIZE_MAX);
+        ev.reason = e.opt_str("reason", SIZE_MAX).value_or("");
+        out.push_back(std::move(ev));
+    }
+    return out;
 }
 
 std::string encode_req(std::uint64_t req) { return Writer(1).u64("req", req).take(); }

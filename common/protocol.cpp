@@ -6,9 +6,9 @@
 namespace errand {
 namespace {
 
-constexpr std::array<std::string_view, 11> kErrorNames = {
+constexpr std::array<std::string_view, 12> kErrorNames = {
     "bad_frame", "bad_version", "unknown_command", "bad_request", "too_large", "not_found",
-    "timeout",   "stale",       "not_registered",  "storage",     "internal",
+    "timeout",   "stale",       "not_registered",  "storage",     "internal",  "invalid_state",
 };
 
 constexpr std::array<std::string_view, 7> kStateNames = {

@@ -70,6 +70,23 @@ public:
     std::vector<JobInfo> list(const ListFilter& filter = {});
     Pong ping();
 
+    // Cancels an unfinished job (a running one is stopped on its worker); returns it, cancelled.
+    // BrokerError invalid_state when it has already finished.
+    JobInfo cancel(JobId id);
+    // Puts a dead job back in its queue with fresh attempts; returns its id.
+    JobId retry(JobId id);
+    // Puts every dead job (of `queue`, if given) back; returns their ids.
+    std::vector<JobId> retry_dead(const std::optional<std::string>& queue = std::nullopt);
+    // A paused queue accepts jobs but dispatches none, until resumed (survives restarts).
+    void pause(const std::string& queue);
+    void resume(const std::string& queue);
+    // Deletes finished jobs in `state`; returns how many.
+    std::uint64_t purge(JobState state, const std::optional<std::string>& queue = std::nullopt,
+                        std::optional<Millis> older_than_ms = std::nullopt);
+    std::vector<QueueInfo> queues();
+    // The job's state changes, oldest first.
+    std::vector<Event> history(JobId id);
+
     const std::string& endpoint() const;
 
 private:

@@ -23,12 +23,25 @@
 
 namespace errand {
 
+struct JobControl;  // shared between a running job and the worker's network thread
+
 struct Job {
     JobId id = 0;
     std::string queue;
     std::uint32_t attempt = 0;
     std::string payload;
     std::optional<std::vector<std::string>> argv;
+    std::optional<Millis> timeout_ms;  // the job's own timeout, if it has one
+
+    // True once the broker cancelled this attempt (or it timed out there): stop soon.
+    bool cancelled() const;
+    // The flag behind cancelled(), for code that polls an atomic (e.g. a process runner).
+    const std::atomic<bool>* cancel_flag() const;
+    // Reports progress (0-100 and a short message); the latest value is sent to the broker
+    // within ~100 ms. Thread-safe.
+    void progress(std::uint32_t percent, std::string message = {}) const;
+
+    std::shared_ptr<JobControl> control;
 };
 
 struct Outcome {
@@ -64,8 +77,11 @@ public:
     Worker(const Worker&) = delete;
     Worker& operator=(const Worker&) = delete;
 
-    // Serve `queue` with `handler`. Queues are preferred in the order they were added.
-    void handle(const std::string& queue, Handler handler);
+    // Serve `queue` with `handler`. Without weights, queues are served in strict order (the
+    // first added first, the next only when it has nothing ready). With a weight (1-1000) on any
+    // queue, the broker picks among queues with ready jobs at random in proportion to their
+    // weights (queues added without one weigh 1), so no queue starves.
+    void handle(const std::string& queue, Handler handler, std::uint32_t weight = 0);
     // Connects, registers and serves until stop(); returns once running jobs are reported.
     void run();
     // Asks run() to return. Async-signal-safe: it only sets a flag.

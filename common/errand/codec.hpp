@@ -96,6 +96,13 @@ struct JobSpec {
     std::optional<std::vector<std::string>> argv;
     std::uint32_t max_attempts = limits::kDefaultMaxAttempts;
     std::optional<std::string> token;
+    std::int32_t priority = 0;             // higher runs first
+    std::optional<Millis> run_at;          // scheduled: not before this time (ms since epoch)
+    std::optional<Millis> delay_ms;        // scheduled: not before now + delay
+    std::optional<Millis> timeout_ms;      // an attempt running longer is stopped and failed
+    std::optional<Millis> backoff_ms;      // retry backoff base (broker default otherwise)
+    std::optional<Millis> backoff_cap_ms;  // retry backoff cap
+    std::optional<std::string> unique;     // at most one unfinished job per unique key
 };
 
 struct SubmitRequest {
@@ -126,6 +133,11 @@ struct JobInfo {
     std::optional<Millis> started_at;
     std::optional<Millis> finished_at;
     std::optional<Millis> run_at;
+    std::int32_t priority = 0;
+    std::optional<Millis> timeout_ms;
+    std::optional<std::string> unique;
+    std::optional<std::uint32_t> progress;  // percent, 0-100, of the running attempt
+    std::optional<std::string> progress_message;
 };
 
 struct IdRequest {  // STATUS
@@ -161,6 +173,7 @@ struct RegisterRequest {
     std::uint32_t concurrency = 1;
     bool commands = false;  // accepts jobs that carry their own argv
     std::vector<HeldJob> held;
+    std::vector<std::uint32_t> weights;  // empty: strict queue order; else one weight per queue
 };
 
 struct RegisteredReply {
@@ -178,6 +191,7 @@ struct Dispatch {
     std::string payload;
     std::optional<std::vector<std::string>> argv;
     std::uint64_t seq = 0;
+    std::optional<Millis> timeout_ms;
 };
 
 struct WorkerHeartbeat {
@@ -209,6 +223,54 @@ struct ErrorReply {
     std::optional<std::uint32_t> attempt;
 };
 
+struct Progress {
+    JobId id = 0;
+    std::uint32_t attempt = 0;
+    std::uint32_t percent = 0;
+    std::string message;
+};
+
+struct Abort {  // broker -> worker: stop this attempt
+    JobId id = 0;
+    std::uint32_t attempt = 0;
+    std::string reason;
+};
+
+struct QueueRequest {  // PAUSE, RESUME
+    std::uint64_t req = 0;
+    std::string queue;
+};
+
+struct RetryRequest {
+    std::uint64_t req = 0;
+    std::optional<JobId> id;  // one dead job, or
+    bool dead = false;        // every dead job (of `queue` when set)
+    std::optional<std::string> queue;
+};
+
+struct PurgeRequest {
+    std::uint64_t req = 0;
+    JobState state = JobState::succeeded;  // a terminal state
+    std::optional<std::string> queue;
+    std::optional<Millis> older_than_ms;  // finished at least this long ago
+};
+
+struct QueueInfo {
+    std::string name;
+    bool paused = false;
+    std::vector<std::pair<JobState, std::uint64_t>> counts;  // every state, in enum order
+    std::optional<Millis> oldest_ready_at;                   // created_at of the oldest ready job
+};
+
+struct Event {
+    Millis at = 0;
+    std::optional<JobState> from;
+    JobState to = JobState::ready;
+    std::uint32_t attempt = 0;
+    std::optional<std::string> worker;
+    std::string reason;
+};
+
 struct Pong {
     std::uint64_t req = 0;
     std::string version;
@@ -237,7 +299,16 @@ std::string encode(const JobResult& m);
 std::string encode(const Ack& m);
 std::string encode(const ErrorReply& m);
 std::string encode(const Pong& m);
-std::string encode_req(std::uint64_t req);  // PING
+std::string encode(const Progress& m);
+std::string encode(const Abort& m);
+std::string encode(const QueueRequest& m);
+std::string encode(const RetryRequest& m);
+std::string encode(const PurgeRequest& m);
+std::string encode_ids(std::uint64_t req, const std::vector<JobId>& ids);  // RETRIED
+std::string encode_count(std::uint64_t req, std::uint64_t count);          // PURGED
+std::string encode_queues(std::uint64_t req, const std::vector<QueueInfo>& queues);
+std::string encode_events(std::uint64_t req, JobId id, const std::vector<Event>& events);
+std::string encode_req(std::uint64_t req);  // PING, QUEUES, OK
 std::string encode_empty();                 // {}
 
 SubmitRequest decode_submit(const Reader& r, const DecodeLimits& lim = {});
@@ -255,6 +326,15 @@ JobResult decode_result(const Reader& r, bool ok, const DecodeLimits& lim = {});
 Ack decode_ack(const Reader& r);
 ErrorReply decode_error(const Reader& r);
 Pong decode_pong(const Reader& r);
+Progress decode_progress(const Reader& r);
+Abort decode_abort(const Reader& r);
+QueueRequest decode_queue_request(const Reader& r);
+RetryRequest decode_retry(const Reader& r);
+PurgeRequest decode_purge(const Reader& r);
+std::vector<JobId> decode_ids(const Reader& r);
+std::uint64_t decode_count(const Reader& r);
+std::vector<QueueInfo> decode_queues(const Reader& r);
+std::vector<Event> decode_events(const Reader& r);
 
 // Best-effort extraction of `req` from a body that failed to decode, for the ERROR reply.
 std::optional<std::uint64_t> peek_req(std::string_view body);

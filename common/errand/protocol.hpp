@@ -34,6 +34,13 @@ inline constexpr std::uint32_t kDefaultListLimit = 100;
 inline constexpr std::uint32_t kMaxListLimit = 10000;
 inline constexpr Millis kDefaultWaitMs = 30000;
 inline constexpr Millis kMaxWaitMs = 86400000;
+inline constexpr std::int32_t kMinPriority = -1000;
+inline constexpr std::int32_t kMaxPriority = 1000;
+inline constexpr std::size_t kMaxUniqueKey = 256;
+inline constexpr std::size_t kMaxProgressMessage = 256;
+inline constexpr std::uint32_t kMaxQueueWeight = 1000;
+inline constexpr Millis kMaxDelayMs = 10LL * 365 * 86400000;  // ten years
+inline constexpr Millis kMaxTimeoutMs = 7LL * 86400000;       // a week
 }  // namespace limits
 
 // Error codes that travel in ERROR replies. to_string gives the wire spelling.
@@ -49,6 +56,7 @@ enum class ErrorCode {
     not_registered,
     storage,
     internal,
+    invalid_state,
 };
 
 std::string_view to_string(ErrorCode code);
@@ -82,12 +90,20 @@ inline constexpr std::string_view kStatus = "STATUS";
 inline constexpr std::string_view kWait = "WAIT";
 inline constexpr std::string_view kList = "LIST";
 inline constexpr std::string_view kPing = "PING";
+inline constexpr std::string_view kCancel = "CANCEL";
+inline constexpr std::string_view kRetry = "RETRY";
+inline constexpr std::string_view kPause = "PAUSE";
+inline constexpr std::string_view kResume = "RESUME";
+inline constexpr std::string_view kPurge = "PURGE";
+inline constexpr std::string_view kQueues = "QUEUES";
+inline constexpr std::string_view kHistory = "HISTORY";
 // worker -> broker
 inline constexpr std::string_view kRegister = "REGISTER";
 inline constexpr std::string_view kCredit = "CREDIT";
 inline constexpr std::string_view kHeartbeat = "HEARTBEAT";
 inline constexpr std::string_view kDone = "DONE";
 inline constexpr std::string_view kFail = "FAIL";
+inline constexpr std::string_view kProgress = "PROGRESS";
 // broker -> client/worker
 inline constexpr std::string_view kSubmitted = "SUBMITTED";
 inline constexpr std::string_view kJob = "JOB";
@@ -95,6 +111,11 @@ inline constexpr std::string_view kJobs = "JOBS";
 inline constexpr std::string_view kPong = "PONG";
 inline constexpr std::string_view kRegistered = "REGISTERED";
 inline constexpr std::string_view kDispatch = "DISPATCH";
+inline constexpr std::string_view kAbort = "ABORT";
+inline constexpr std::string_view kRetried = "RETRIED";
+inline constexpr std::string_view kOk = "OK";
+inline constexpr std::string_view kPurged = "PURGED";
+inline constexpr std::string_view kEvents = "EVENTS";
 inline constexpr std::string_view kAck = "ACK";
 inline constexpr std::string_view kError = "ERROR";
 }  // namespace cmd
