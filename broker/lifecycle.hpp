@@ -10,9 +10,13 @@
 //                 │ DONE ──► succeeded
 //                 │ FAIL permanent / attempts used up / worker lost on the last attempt ──► dead
 //   ready, scheduled, retrying, running ──cancel──► cancelled
+//   running ──timeout (no result by timeout + grace)──► retrying / dead
+//   dead ──retry──► ready (attempts start again)
 //
-// succeeded, dead and cancelled are terminal.
+// succeeded, dead and cancelled are terminal (dead only until someone retries it).
 #pragma once
+
+#include <stdexcept>
 
 #include "errand/protocol.hpp"
 
@@ -27,11 +31,18 @@ constexpr bool transition_allowed(JobState from, JobState to) {
             return to == S::succeeded || to == S::retrying || to == S::ready || to == S::dead ||
                    to == S::cancelled;
         case S::retrying: return to == S::ready || to == S::cancelled;
+        case S::dead: return to == S::ready;  // errand retry
         case S::succeeded:
-        case S::dead:
         case S::cancelled: return false;
     }
     return false;
 }
+
+}  // namespace errand::broker
+
+namespace errand::broker {
+
+// Throws std::invalid_argument("job state cannot go from dead to running") for an illegal edge.
+void check_transition(JobState from, JobState to);
 
 }  // namespace errand::broker
