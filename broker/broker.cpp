@@ -4,12 +4,14 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <array>
 #include <queue>
 #include <random>
 #include <unordered_map>
 #include <unordered_set>
 
 #include "errand/codec.hpp"
+#include "errand/duration.hpp"
 #include "errand/transport.hpp"
 #include "lifecycle.hpp"
 #include "ready_index.hpp"
@@ -28,7 +30,26 @@ struct Live {
     Millis run_at = 0;
     std::string worker_instance;  // running: the registration that holds it; empty = orphan
     Millis orphan_deadline = 0;   // running with no known worker (after a restart)
+    Millis created_at = 0;
+    std::optional<Millis> timeout_ms;
+    std::optional<Millis> backoff_ms;
+    std::optional<Millis> backoff_cap_ms;
+    std::string unique;  // empty: none
+
+    static Live from(const LiveJob& j) {
+        return Live{j.queue,      j.state,     j.attempts,     j.max_attempts,
+                    j.priority,   j.has_argv,  j.run_at.value_or(0),
+                    {},           0,           j.created_at,   j.timeout_ms,
+                    j.backoff_ms, j.backoff_cap_ms, j.unique.value_or("")};
+    }
 };
+
+constexpr std::size_t kStates = 7;
+using StateCounts = std::array<std::uint64_t, kStates>;
+std::size_t index_of(JobState s) { return static_cast<std::size_t>(s); }
+
+// Most rows one PURGE or RETRY --dead touches; clients repeat until fewer come back.
+constexpr std::size_t kAdminBatch = 10000;
 
 struct WorkerRec {
     std::string identity;
@@ -39,6 +60,7 @@ struct WorkerRec {
     std::vector<std::string> queues;
     std::uint32_t concurrency = 1;
     bool commands = false;
+    std::vector<std::uint32_t> weights;  // empty: strict order
     std::uint32_t credit = 0;
     Millis last_seen = 0;
     std::uint64_t seq = 0;                         // last DISPATCH.seq sent
@@ -54,6 +76,7 @@ struct Waiter {
 struct Deadline {
     Millis at = 0;
     JobId id = 0;
+    std::uint32_t attempt = 0;  // lease deadlines: the attempt they guard
     bool operator>(const Deadline& o) const { return at > o.at || (at == o.at && id > o.id); }
 };
 using DeadlineHeap = std::priority_queue<Deadline, std::vector<Deadline>, std::greater<>>;
@@ -99,8 +122,14 @@ struct Broker::State {
 
     std::unordered_map<JobId, Live> live;
     ReadyIndex ready;
-    DeadlineHeap timers;         // retrying/scheduled jobs by run_at (stale entries skipped)
+    DeadlineHeap timers;          // retrying/scheduled jobs by run_at (stale entries skipped)
+    DeadlineHeap leases;          // running attempts with a timeout, by timeout + grace
     DeadlineHeap wait_deadlines;  // waiters by deadline
+    std::unordered_map<std::string, JobId> unique_live;    // unique key -> unfinished job
+    std::unordered_map<std::string, StateCounts> counts;   // queue -> jobs per state
+    std::unordered_set<std::string> paused;
+    std::mt19937_64 rng{std::random_device{}()};
+    Millis next_retention = 0;
     std::unordered_map<std::string, WorkerRec> workers;        // by instance
     std::unordered_map<std::string, std::string> instance_of;  // identity -> instance
     std::unordered_map<JobId, std::vector<Waiter>> waiters;
@@ -117,7 +146,7 @@ struct Broker::State {
     bool dispatch_dirty = true;
     Millis next_heartbeat = 0;
 
-    static const Command kCommands[10];
+    static const Command kCommands[18];
 
     State(BrokerConfig c, std::unique_ptr<Store> s, const Clock& clk)
         : cfg(std::move(c)), store(std::move(s)), clock(clk) {}
@@ -142,13 +171,21 @@ struct Broker::State {
         live.clear();
         ready.clear();
         timers = {};
+        leases = {};
         orphans.clear();
+        unique_live.clear();
+        counts.clear();
+        for (const auto& c : store->count_jobs()) counts[c.queue][index_of(c.state)] = c.count;
+        paused.clear();
+        for (auto& q : store->paused_queues()) paused.insert(std::move(q));
         std::unordered_map<JobId, std::string> holder;
         for (auto& [inst, w] : workers)
             for (auto& [id, seq] : w.jobs) holder[id] = inst;
         store->scan_live([&](LiveJob&& j) {
-            Live l{j.queue, j.state, j.attempts, j.max_attempts, j.priority, j.has_argv,
-                   j.run_at.value_or(0), {}, 0};
+            Live l = Live::from(j);
+            if (!l.unique.empty()) unique_live[l.unique] = j.id;
+            if (j.state == JobState::running && j.timeout_ms && j.started_at)
+                leases.push({*j.started_at + *j.timeout_ms + cfg.timeout_grace_ms, j.id, j.attempts});
             switch (j.state) {
                 case JobState::ready: ready.push(j.queue, j.id, j.priority, j.has_argv); break;
                 case JobState::scheduled:
@@ -191,21 +228,22 @@ struct Broker::State {
 
     // The one place that changes a job's state: memory, index, timers, store and event row.
     void transition(JobId id, Live& l, JobState to, Transition t) {
-        if (!transition_allowed(l.state, to))
-            throw std::logic_error(fmt::format("job {}: no transition {} -> {}", id,
-                                               to_string(l.state), to_string(to)));
+        check_transition(l.state, to);
         ensure_txn();
         t.id = id;
         t.from = l.state;
         t.to = to;
         t.at = now;
-        if (t.attempts == 0) t.attempts = l.attempts;
+        if (!t.attempts) t.attempts = l.attempts;
         if (is_terminal(to)) t.finished_at = now;
         store->apply(t);
-        spdlog::debug("job {} queue={} attempt={}: {} -> {} ({})", id, l.queue, t.attempts,
+        spdlog::debug("job {} queue={} attempt={}: {} -> {} ({})", id, l.queue, *t.attempts,
                       to_string(l.state), to_string(to), t.reason);
+        auto& c = counts[l.queue];
+        if (c[index_of(l.state)] > 0) --c[index_of(l.state)];
+        ++c[index_of(to)];
         l.state = to;
-        l.attempts = t.attempts;
+        l.attempts = *t.attempts;
         switch (to) {
             case JobState::ready:
                 l.worker_instance.clear();
@@ -223,9 +261,45 @@ struct Broker::State {
             case JobState::dead:
             case JobState::cancelled:
                 finished.push_back(id);
+                if (!l.unique.empty()) unique_live.erase(l.unique);
                 live.erase(id);  // `l` dangles from here on
                 break;
         }
+    }
+
+    // Retry delay after the n-th failed attempt: d/2 + random(0, d/2), d = min(cap, base·2^(n-1)).
+    // Gaps never shrink as attempts go on (equal jitter).
+    Millis backoff(const Live& l) {
+        Millis base = l.backoff_ms.value_or(cfg.retry_delay_ms);
+        Millis cap = std::max(base, l.backoff_cap_ms.value_or(cfg.retry_cap_ms));
+        Millis d = base;
+        for (std::uint32_t i = 1; i < l.attempts && d < cap; ++i) d *= 2;
+        d = std::min(d, cap);
+        if (d <= 1) return d;
+        std::uniform_int_distribution<Millis> jitter(0, d / 2);
+        return d - d / 2 + jitter(rng);
+    }
+
+    // A failed attempt: retry after the backoff, or dead when no attempts are left.
+    void fail_attempt(JobId id, Live& l, Transition t, bool permanent) {
+        t.set_outcome = true;
+        if (permanent || l.attempts >= l.max_attempts) {
+            if (t.reason.empty()) t.reason = permanent ? "failed permanently" : "no attempts left";
+            transition(id, l, JobState::dead, std::move(t));
+        } else {
+            if (t.reason.empty()) t.reason = "failed";
+            t.run_at = now + backoff(l);
+            transition(id, l, JobState::retrying, std::move(t));
+        }
+    }
+
+    // Tells the worker holding `id` to stop the attempt, and forgets the assignment.
+    void abort_on_worker(JobId id, Live& l, const std::string& reason) {
+        auto w = workers.find(l.worker_instance);
+        if (w == workers.end()) return;
+        w->second.jobs.erase(id);
+        outbox.push_back({w->second.identity, cmd::kAbort, encode(Abort{id, l.attempts, reason}),
+                          OnFail::drop, std::nullopt});
     }
 
     // A running attempt ended without a result (worker lost, dispatch never arrived).
@@ -281,12 +355,15 @@ struct Broker::State {
         SubmitReply rep;
         rep.req = m.req;
         for (auto& spec : m.jobs) {
-            if (spec.token) {
-                if (auto existing = store->find_token(*spec.token)) {
-                    rep.ids.push_back(*existing);
-                    rep.duplicate.push_back(true);
-                    continue;
-                }
+            std::optional<JobId> existing;
+            if (spec.token) existing = store->find_token(*spec.token);
+            if (!existing && spec.unique)
+                if (auto u = unique_live.find(*spec.unique); u != unique_live.end())
+                    existing = u->second;
+            if (existing) {
+                rep.ids.push_back(*existing);
+                rep.duplicate.push_back(true);
+                continue;
             }
             NewJob job;
             job.id = ++last_id;
@@ -294,13 +371,33 @@ struct Broker::State {
             job.queue = spec.queue;
             job.payload = std::move(spec.payload);
             job.argv = std::move(spec.argv);
+            job.priority = spec.priority;
             job.max_attempts = spec.max_attempts;
             job.created_at = now;
-            store->insert_job(job, "submitted");
-            live.emplace(job.id, Live{job.queue, JobState::ready, 0, job.max_attempts, 0,
-                                      job.argv.has_value(), 0, {}, 0});
-            ready.push(job.queue, job.id, 0, job.argv.has_value());
-            dispatch_dirty = true;
+            job.timeout_ms = spec.timeout_ms;
+            job.backoff_ms = spec.backoff_ms;
+            job.backoff_cap_ms = spec.backoff_cap_ms;
+            job.unique = spec.unique;
+            Millis run_at = spec.run_at ? *spec.run_at : now + spec.delay_ms.value_or(0);
+            if (run_at > now) {
+                job.state = JobState::scheduled;
+                job.run_at = run_at;
+            }
+            store->insert_job(job, job.state == JobState::scheduled ? "scheduled" : "submitted");
+            Live l{job.queue,      job.state,       0,
+                   job.max_attempts, job.priority,  job.argv.has_value(),
+                   run_at,         {},              0,
+                   now,            job.timeout_ms,  job.backoff_ms,
+                   job.backoff_cap_ms, job.unique.value_or("")};
+            if (job.state == JobState::ready) {
+                ready.push(job.queue, job.id, job.priority, job.argv.has_value());
+                dispatch_dirty = true;
+            } else {
+                timers.push({run_at, job.id});
+            }
+            if (job.unique) unique_live[*job.unique] = job.id;
+            ++counts[job.queue][index_of(job.state)];
+            live.emplace(job.id, std::move(l));
             rep.ids.push_back(job.id);
             rep.duplicate.push_back(false);
         }
@@ -344,6 +441,138 @@ struct Broker::State {
         reply(identity, cmd::kPong, encode(Pong{req, "0.1.0", now}), req, OnFail::send);
     }
 
+    void on_cancel(const std::string& identity, const Reader& r) {
+        auto m = decode_id_request(r);
+        auto l = live.find(m.id);
+        if (l == live.end()) {
+            auto job = store->get_job(m.id);
+            if (!job) throw ProtocolError(ErrorCode::not_found, fmt::format("no job {}", m.id));
+            throw ProtocolError(ErrorCode::invalid_state,
+                                fmt::format("job {} is already {}; only unfinished jobs can be "
+                                            "cancelled",
+                                            m.id, to_string(job->state)));
+        }
+        if (l->second.state == JobState::running) {
+            abort_on_worker(m.id, l->second, "cancelled");
+            std::erase(orphans, m.id);
+        }
+        Transition t;
+        t.reason = "cancelled";
+        t.set_outcome = true;
+        t.error = "cancelled";
+        transition(m.id, l->second, JobState::cancelled, std::move(t));
+        auto job = store->get_job(m.id);
+        reply(identity, cmd::kJob, encode_job(*job, m.req), m.req);
+    }
+
+    void revive(JobId id) {
+        auto j = store->load_live(id);
+        if (!j) throw ProtocolError(ErrorCode::not_found, fmt::format("no job {}", id));
+        if (j->state != JobState::dead)
+            throw ProtocolError(ErrorCode::invalid_state,
+                                fmt::format("job {} is {}; only dead jobs can be retried", id,
+                                            to_string(j->state)));
+        if (j->unique && unique_live.count(*j->unique))
+            throw ProtocolError(ErrorCode::invalid_state,
+                                fmt::format("job {} cannot be retried: job {} holds its unique key",
+                                            id, unique_live[*j->unique]));
+        auto [it, fresh] = live.emplace(id, Live::from(*j));
+        if (!it->second.unique.empty()) unique_live[it->second.unique] = id;
+        Transition t;
+        t.attempts = 0;
+        t.reason = "retried by request";
+        transition(id, it->second, JobState::ready, std::move(t));
+    }
+
+    void on_retry(const std::string& identity, const Reader& r) {
+        auto m = decode_retry(r);
+        std::vector<JobId> ids;
+        if (m.id) {
+            revive(*m.id);
+            ids.push_back(*m.id);
+        } else {
+            for (JobId id : store->dead_jobs(m.queue, kAdminBatch)) {
+                try {
+                    revive(id);
+                    ids.push_back(id);
+                } catch (const ProtocolError&) {
+                    // a unique key now held by another job: leave this one dead
+                }
+            }
+        }
+        reply(identity, cmd::kRetried, encode_ids(m.req, ids), m.req);
+    }
+
+    void set_paused(const std::string& identity, const Reader& r, bool pause) {
+        auto m = decode_queue_request(r);
+        ensure_txn();
+        store->set_paused(m.queue, pause);
+        if (pause) {
+            paused.insert(m.queue);
+        } else {
+            paused.erase(m.queue);
+            dispatch_dirty = true;
+        }
+        spdlog::info("queue {} {}", m.queue, pause ? "paused" : "resumed");
+        reply(identity, cmd::kOk, encode_req(m.req), m.req);
+    }
+    void on_pause(const std::string& identity, const Reader& r) { set_paused(identity, r, true); }
+    void on_resume(const std::string& identity, const Reader& r) { set_paused(identity, r, false); }
+
+    void forget_removed(const std::vector<Removed>& removed, std::uint64_t* total) {
+        for (const auto& rm : removed) {
+            auto& c = counts[rm.queue][index_of(rm.state)];
+            c -= std::min(c, rm.count);
+            if (total) *total += rm.count;
+        }
+    }
+
+    void on_purge(const std::string& identity, const Reader& r) {
+        auto m = decode_purge(r);
+        ensure_txn();
+        Millis before = m.older_than_ms ? now - *m.older_than_ms : now + 1;
+        std::uint64_t total = 0;
+        forget_removed(store->remove_finished(m.state, m.queue, before, kAdminBatch), &total);
+        reply(identity, cmd::kPurged, encode_count(m.req, total), m.req);
+    }
+
+    void on_queues(const std::string& identity, const Reader& r) {
+        auto req = r.u64("req");
+        std::vector<QueueInfo> out;
+        std::vector<std::string> names;
+        for (const auto& [q, c] : counts)
+            if (paused.count(q) || std::any_of(c.begin(), c.end(), [](auto n) { return n > 0; }))
+                names.push_back(q);
+        for (const auto& q : paused)
+            if (!counts.count(q)) names.push_back(q);
+        std::sort(names.begin(), names.end());
+        for (const auto& q : names) {
+            QueueInfo info;
+            info.name = q;
+            info.paused = paused.count(q) > 0;
+            auto c = counts.find(q);
+            for (std::size_t i = 0; i < kStates; ++i)
+                info.counts.emplace_back(static_cast<JobState>(i),
+                                         c == counts.end() ? 0 : c->second[i]);
+            for (JobId id : ready.heads(q)) {
+                auto l = live.find(id);
+                if (l == live.end()) continue;
+                if (!info.oldest_ready_at || l->second.created_at < *info.oldest_ready_at)
+                    info.oldest_ready_at = l->second.created_at;
+            }
+            out.push_back(std::move(info));
+        }
+        reply(identity, cmd::kQueues, encode_queues(req, out), req, OnFail::send);
+    }
+
+    void on_history(const std::string& identity, const Reader& r) {
+        auto m = decode_id_request(r);
+        auto events = store->events(m.id);
+        if (events.empty() && !store->get_job(m.id))
+            throw ProtocolError(ErrorCode::not_found, fmt::format("no job {}", m.id));
+        reply(identity, cmd::kEvents, encode_events(m.req, m.id, events), m.req, OnFail::send);
+    }
+
     // ---- handlers: workers ----------------------------------------------------------------
 
     void on_register(const std::string& identity, const Reader& r) {
@@ -368,6 +597,7 @@ struct Broker::State {
         w.queues = m.queues;
         w.concurrency = m.concurrency;
         w.commands = m.commands;
+        w.weights = m.weights;
         w.credit = 0;
         w.last_seen = now;
         w.seq = 0;
@@ -461,20 +691,23 @@ struct Broker::State {
             transition(m.id, job, JobState::succeeded, std::move(t));
         } else {
             t.error = m.error;
-            if (m.permanent || job.attempts >= job.max_attempts) {
-                t.reason = m.permanent ? "failed permanently" : "failed, no attempts left";
-                transition(m.id, job, JobState::dead, std::move(t));
-            } else {
-                t.reason = "failed";
-                t.run_at = now + cfg.retry_delay_ms;
-                transition(m.id, job, JobState::retrying, std::move(t));
-            }
+            fail_attempt(m.id, job, std::move(t), m.permanent);
         }
         reply(identity, cmd::kAck, encode(Ack{m.id, m.attempt}), std::nullopt, OnFail::drop);
     }
 
     void on_done(const std::string& identity, const Reader& r) { on_result(identity, r, true); }
     void on_fail(const std::string& identity, const Reader& r) { on_result(identity, r, false); }
+
+    void on_progress(const std::string&, const Reader& r) {
+        auto m = decode_progress(r);
+        auto l = live.find(m.id);
+        if (l == live.end() || l->second.state != JobState::running ||
+            l->second.attempts != m.attempt)
+            return;  // progress of an attempt that is over: nothing to record
+        ensure_txn();
+        store->set_progress(m.id, m.percent, m.message);
+    }
 
     // ---- the dispatch boundary ------------------------------------------------------------
 
@@ -532,6 +765,37 @@ struct Broker::State {
                 transition(d.id, l->second, JobState::ready, std::move(t));
             }
         }
+        while (!leases.empty() && leases.top().at <= now) {
+            auto d = leases.top();
+            leases.pop();
+            auto l = live.find(d.id);
+            if (l == live.end() || l->second.state != JobState::running ||
+                l->second.attempts != d.attempt)
+                continue;
+            auto timeout = format_duration(l->second.timeout_ms.value_or(0));
+            spdlog::warn("job {} queue={} attempt={}: no result {} after its {} timeout",
+                         d.id, l->second.queue, d.attempt, format_duration(cfg.timeout_grace_ms),
+                         timeout);
+            abort_on_worker(d.id, l->second, "timed out");
+            std::erase(orphans, d.id);
+            Transition t;
+            t.error = fmt::format("timed out after {} (no result from the worker)", timeout);
+            t.reason = "timed out";
+            fail_attempt(d.id, l->second, std::move(t), false);
+        }
+        if (now >= next_retention) {
+            ensure_txn();
+            auto removed = store->remove_finished(std::nullopt, std::nullopt,
+                                                  now - cfg.retention_ms, cfg.retention_batch);
+            std::uint64_t n = 0;
+            forget_removed(removed, &n);
+            if (n > 0) {
+                store->reclaim_space(256);
+                spdlog::debug("retention: deleted {} finished jobs", n);
+            }
+            // A full batch means more are due: carry on next pass, else look again in a second.
+            next_retention = n >= cfg.retention_batch ? now : now + 1000;
+        }
         for (auto it = workers.begin(); it != workers.end();) {
             auto& w = it->second;
             if (now - w.last_seen > cfg.worker_timeout_ms) {
@@ -578,8 +842,9 @@ struct Broker::State {
     std::string encode_hb() const { return Writer(1).str("instance", instance).take(); }
 
     Millis next_deadline() const {
-        Millis next = std::min(next_heartbeat, now + 1000);
+        Millis next = std::min({next_heartbeat, now + 1000, next_retention});
         if (!timers.empty()) next = std::min(next, timers.top().at);
+        if (!leases.empty()) next = std::min(next, leases.top().at);
         if (!wait_deadlines.empty()) next = std::min(next, wait_deadlines.top().at);
         for (const auto& [inst, w] : workers)
             next = std::min(next, w.last_seen + cfg.worker_timeout_ms + 1);
@@ -591,32 +856,57 @@ struct Broker::State {
 
     // ---- dispatch -------------------------------------------------------------------------
 
+    // The queue a worker takes its next job from: strict order, or weighted random choice
+    // among the queues that have work for it. Paused queues are skipped.
+    const std::string* pick_queue(const WorkerRec& w) {
+        if (w.weights.empty()) {
+            for (const auto& q : w.queues)
+                if (!paused.count(q) && ready.has_ready(q, w.commands)) return &q;
+            return nullptr;
+        }
+        std::uint64_t total = 0;
+        for (std::size_t i = 0; i < w.queues.size(); ++i)
+            if (!paused.count(w.queues[i]) && ready.has_ready(w.queues[i], w.commands))
+                total += w.weights[i];
+        if (total == 0) return nullptr;
+        std::uint64_t pick = std::uniform_int_distribution<std::uint64_t>(0, total - 1)(rng);
+        for (std::size_t i = 0; i < w.queues.size(); ++i) {
+            if (paused.count(w.queues[i]) || !ready.has_ready(w.queues[i], w.commands)) continue;
+            if (pick < w.weights[i]) return &w.queues[i];
+            pick -= w.weights[i];
+        }
+        return nullptr;
+    }
+
     void dispatch() {
         if (!dispatch_dirty) return;
         dispatch_dirty = false;
         for (auto& [inst, w] : workers) {
-            for (const auto& q : w.queues) {
-                while (w.credit > 0) {
-                    auto id = ready.pop(q, w.commands);
-                    if (!id) break;
-                    auto l = live.find(*id);
-                    if (l == live.end() || l->second.state != JobState::ready) continue;
-                    auto data = store->dispatch_data(*id);
-                    if (!data) continue;
-                    Transition t;
-                    t.attempts = l->second.attempts + 1;
-                    t.worker = w.name;
-                    t.started_at = now;
-                    t.reason = "dispatched";
-                    transition(*id, l->second, JobState::running, std::move(t));
-                    l->second.worker_instance = w.instance;
-                    w.jobs[*id] = ++w.seq;
-                    --w.credit;
-                    Dispatch d{*id, q, l->second.attempts, std::move(data->payload),
-                               std::move(data->argv), w.seq};
-                    outbox.push_back({w.identity, cmd::kDispatch, encode(d), OnFail::drop,
-                                      std::nullopt});
-                }
+            while (w.credit > 0) {
+                const std::string* q = pick_queue(w);
+                if (!q) break;
+                auto id = ready.pop(*q, w.commands);
+                if (!id) break;
+                auto l = live.find(*id);
+                if (l == live.end() || l->second.state != JobState::ready) continue;
+                auto data = store->dispatch_data(*id);
+                if (!data) continue;
+                Transition t;
+                t.attempts = l->second.attempts + 1;
+                t.worker = w.name;
+                t.started_at = now;
+                t.reason = "dispatched";
+                transition(*id, l->second, JobState::running, std::move(t));
+                l->second.worker_instance = w.instance;
+                if (l->second.timeout_ms)
+                    leases.push({now + *l->second.timeout_ms + cfg.timeout_grace_ms, *id,
+                                 l->second.attempts});
+                w.jobs[*id] = ++w.seq;
+                --w.credit;
+                Dispatch d{*id,     *q,    l->second.attempts, std::move(data->payload),
+                           std::move(data->argv), w.seq, l->second.timeout_ms};
+                outbox.push_back(
+                    {w.identity, cmd::kDispatch, encode(d), OnFail::drop, std::nullopt});
             }
         }
     }
@@ -690,12 +980,18 @@ struct Broker::State {
     }
 };
 
-const Broker::State::Command Broker::State::kCommands[10] = {
+// The command table: every command the broker accepts and its handler. Generic checks (frames,
+// version, decoding, error replies) happen once in handle(), before any handler runs.
+const Broker::State::Command Broker::State::kCommands[18] = {
     {cmd::kSubmit, &State::on_submit},     {cmd::kStatus, &State::on_status},
     {cmd::kWait, &State::on_wait},         {cmd::kList, &State::on_list},
-    {cmd::kPing, &State::on_ping},         {cmd::kRegister, &State::on_register},
-    {cmd::kCredit, &State::on_credit},     {cmd::kHeartbeat, &State::on_heartbeat},
-    {cmd::kDone, &State::on_done},         {cmd::kFail, &State::on_fail},
+    {cmd::kPing, &State::on_ping},         {cmd::kCancel, &State::on_cancel},
+    {cmd::kRetry, &State::on_retry},       {cmd::kPause, &State::on_pause},
+    {cmd::kResume, &State::on_resume},     {cmd::kPurge, &State::on_purge},
+    {cmd::kQueues, &State::on_queues},     {cmd::kHistory, &State::on_history},
+    {cmd::kRegister, &State::on_register}, {cmd::kCredit, &State::on_credit},
+    {cmd::kHeartbeat, &State::on_heartbeat}, {cmd::kDone, &State::on_done},
+    {cmd::kFail, &State::on_fail},         {cmd::kProgress, &State::on_progress},
 };
 
 Broker::Broker(BrokerConfig config, std::unique_ptr<Store> store, const Clock& clock)

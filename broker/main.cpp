@@ -39,7 +39,8 @@ int main(int argc, char** argv) {
     CLI::App app{"errand-broker: the errand job broker"};
     errand::broker::BrokerConfig cfg;
     std::string db = "./errand.db";
-    std::string heartbeat = "1s", worker_timeout = "5s", retry_delay = "1s";
+    std::string heartbeat = "1s", worker_timeout = "5s", retry_delay = "1s", retry_cap = "10m";
+    std::string timeout_grace = "5s", retention = "7d";
     std::string synchronous = "full";
     std::string log_level = "info";
     app.add_option("--listen", cfg.listen, "ZeroMQ endpoint to bind")->capture_default_str();
@@ -51,7 +52,20 @@ int main(int argc, char** argv) {
                    "silence after which a worker is declared lost")
         ->capture_default_str()
         ->check(duration_validator());
-    app.add_option("--retry-delay", retry_delay, "delay before a failed job is retried")
+    app.add_option("--retry-delay", retry_delay,
+                   "default backoff base: the first retry waits about this long, each next one "
+                   "twice as long (jittered)")
+        ->capture_default_str()
+        ->check(duration_validator());
+    app.add_option("--retry-cap", retry_cap, "default backoff cap")
+        ->capture_default_str()
+        ->check(duration_validator());
+    app.add_option("--timeout-grace", timeout_grace,
+                   "a job with a timeout that has no result this long after it is failed and "
+                   "retried by the broker")
+        ->capture_default_str()
+        ->check(duration_validator());
+    app.add_option("--retention", retention, "finished jobs are deleted after this long")
         ->capture_default_str()
         ->check(duration_validator());
     app.add_option("--max-payload", cfg.max_payload, "largest job payload in bytes")
@@ -80,6 +94,9 @@ int main(int argc, char** argv) {
     cfg.heartbeat_ms = *errand::parse_duration(heartbeat);
     cfg.worker_timeout_ms = *errand::parse_duration(worker_timeout);
     cfg.retry_delay_ms = *errand::parse_duration(retry_delay);
+    cfg.retry_cap_ms = *errand::parse_duration(retry_cap);
+    cfg.timeout_grace_ms = *errand::parse_duration(timeout_grace);
+    cfg.retention_ms = *errand::parse_duration(retention);
     if (cfg.heartbeat_ms < 10 || cfg.worker_timeout_ms < 2 * cfg.heartbeat_ms) {
         std::fprintf(stderr, "errand-broker: --worker-timeout must be at least twice --heartbeat "
                              "(and --heartbeat at least 10ms)\n");

@@ -52,6 +52,15 @@ std::size_t ReadyIndex::size(const std::string& queue) const {
     return it == queues_.end() ? 0 : it->second.count;
 }
 
+std::vector<JobId> ReadyIndex::heads(const std::string& queue) const {
+    std::vector<JobId> out;
+    auto it = queues_.find(queue);
+    if (it == queues_.end()) return out;
+    for (const Lane* lane : {&it->second.plain, &it->second.argv})
+        for (const auto& [prio, ids] : *lane) out.push_back(ids.front());
+    return out;
+}
+
 void ReadyIndex::clear() {
     queues_.clear();
     total_ = 0;

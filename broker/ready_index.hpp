@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "errand/protocol.hpp"
 
@@ -23,6 +24,8 @@ public:
     bool has_ready(const std::string& queue, bool accept_argv) const;
     std::size_t size(const std::string& queue) const;
     std::size_t size() const { return total_; }
+    // The first job of each priority lane of `queue` (the oldest candidates), in no order.
+    std::vector<JobId> heads(const std::string& queue) const;
     void clear();
 
 private:

@@ -37,6 +37,10 @@ struct NewJob {
     JobState state = JobState::ready;
     std::optional<Millis> run_at;
     Millis created_at = 0;
+    std::optional<Millis> timeout_ms;
+    std::optional<Millis> backoff_ms;
+    std::optional<Millis> backoff_cap_ms;
+    std::optional<std::string> unique;
 };
 
 // One state change of one job, written together with its event row. Fields that are nullopt
@@ -45,7 +49,7 @@ struct Transition {
     JobId id = 0;
     std::optional<JobState> from;  // nullopt: the job is being created
     JobState to = JobState::ready;
-    std::uint32_t attempts = 0;
+    std::optional<std::uint32_t> attempts;  // nullopt: unchanged
     Millis at = 0;
     std::optional<std::string> worker;
     std::optional<Millis> run_at;
@@ -69,6 +73,25 @@ struct LiveJob {
     bool has_argv = false;
     std::optional<Millis> run_at;
     std::optional<std::string> worker;
+    Millis created_at = 0;
+    std::optional<Millis> started_at;
+    std::optional<Millis> timeout_ms;
+    std::optional<Millis> backoff_ms;
+    std::optional<Millis> backoff_cap_ms;
+    std::optional<std::string> unique;
+};
+
+// Rows removed by purge or retention, per queue and state (to keep counters right).
+struct Removed {
+    std::string queue;
+    JobState state = JobState::succeeded;
+    std::uint64_t count = 0;
+};
+
+struct QueueStateCount {
+    std::string queue;
+    JobState state = JobState::ready;
+    std::uint64_t count = 0;
 };
 
 struct DispatchData {
@@ -94,7 +117,27 @@ public:
 
     // Every job that is not in a terminal state, in id order.
     virtual void scan_live(const std::function<void(LiveJob&&)>& fn) = 0;
+    // One job as scan_live would return it (any state).
+    virtual std::optional<LiveJob> load_live(JobId id) = 0;
     virtual JobId max_job_id() = 0;
+    virtual std::vector<QueueStateCount> count_jobs() = 0;
+
+    virtual void set_progress(JobId id, std::uint32_t percent, const std::string& message) = 0;
+    virtual std::vector<Event> events(JobId id) = 0;
+
+    virtual void set_paused(const std::string& queue, bool paused) = 0;
+    virtual std::vector<std::string> paused_queues() = 0;
+
+    // Up to `limit` ids of dead jobs (of `queue` when given), oldest first.
+    virtual std::vector<JobId> dead_jobs(const std::optional<std::string>& queue,
+                                         std::size_t limit) = 0;
+    // Deletes up to `limit` jobs (and their events) in `state` (any terminal state when nullopt)
+    // that finished before `finished_before`, of `queue` when given.
+    virtual std::vector<Removed> remove_finished(std::optional<JobState> state,
+                                                 const std::optional<std::string>& queue,
+                                                 Millis finished_before, std::size_t limit) = 0;
+    // Returns free pages to the file system, a few at a time (no-op where unsupported).
+    virtual void reclaim_space(int pages) = 0;
 };
 
 }  // namespace errand::broker

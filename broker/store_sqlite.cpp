@@ -6,11 +6,15 @@
 //        created_at, started_at, finished_at)           -- times: ms since the Unix epoch
 //   events(id, job_id, at, from_state, to_state, attempt, worker, reason)  -- one per transition
 //   schema_version(version)                              -- one row
+// Version 2 adds the lifecycle: jobs.timeout_ms, backoff_ms, backoff_cap_ms, unique_key (unique
+// among unfinished jobs), progress, progress_message; queues(name, paused).
 #include "store_sqlite.hpp"
 
 #include <fmt/format.h>
 
 #include <msgpack.hpp>
+
+#include <algorithm>
 
 namespace errand::broker {
 namespace {
@@ -62,6 +66,21 @@ const char* const kMigrations[] = {
         reason     TEXT NOT NULL
     );
     CREATE INDEX events_job ON events(job_id, id);
+    )sql",
+    R"sql(
+    ALTER TABLE jobs ADD COLUMN timeout_ms INTEGER;
+    ALTER TABLE jobs ADD COLUMN backoff_ms INTEGER;
+    ALTER TABLE jobs ADD COLUMN backoff_cap_ms INTEGER;
+    ALTER TABLE jobs ADD COLUMN unique_key TEXT;
+    ALTER TABLE jobs ADD COLUMN progress INTEGER CHECK (progress BETWEEN 0 AND 100);
+    ALTER TABLE jobs ADD COLUMN progress_message TEXT;
+    CREATE UNIQUE INDEX jobs_unique ON jobs(unique_key)
+        WHERE unique_key IS NOT NULL AND state NOT IN ('succeeded','dead','cancelled');
+    CREATE INDEX jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;
+    CREATE TABLE queues (
+        name   TEXT PRIMARY KEY,
+        paused INTEGER NOT NULL DEFAULT 0 CHECK (paused IN (0, 1))
+    );
     )sql",
 };
 
@@ -163,7 +182,12 @@ private:
 
 constexpr const char* kJobColumns =
     "id, queue, state, attempts, max_attempts, exit_code, result, error, worker, argv, "
-    "length(payload), created_at, started_at, finished_at, run_at";
+    "length(payload), created_at, started_at, finished_at, run_at, priority, timeout_ms, "
+    "unique_key, progress, progress_message";
+
+constexpr const char* kLiveColumns =
+    "id, queue, state, attempts, max_attempts, priority, argv IS NOT NULL, run_at, worker, "
+    "created_at, started_at, timeout_ms, backoff_ms, backoff_cap_ms, unique_key";
 
 JobInfo read_job(const Stmt& s) {
     JobInfo j;
@@ -182,6 +206,31 @@ JobInfo read_job(const Stmt& s) {
     j.started_at = s.opt_i64(12);
     j.finished_at = s.opt_i64(13);
     j.run_at = s.opt_i64(14);
+    j.priority = static_cast<std::int32_t>(s.i64(15));
+    j.timeout_ms = s.opt_i64(16);
+    j.unique = s.opt_text(17);
+    if (auto p = s.opt_i64(18)) j.progress = static_cast<std::uint32_t>(*p);
+    j.progress_message = s.opt_text(19);
+    return j;
+}
+
+LiveJob read_live(const Stmt& s) {
+    LiveJob j;
+    j.id = static_cast<JobId>(s.i64(0));
+    j.queue = s.text(1);
+    j.state = parse_job_state(s.text(2)).value_or(JobState::ready);
+    j.attempts = static_cast<std::uint32_t>(s.i64(3));
+    j.max_attempts = static_cast<std::uint32_t>(s.i64(4));
+    j.priority = static_cast<std::int32_t>(s.i64(5));
+    j.has_argv = s.i64(6) != 0;
+    j.run_at = s.opt_i64(7);
+    j.worker = s.opt_text(8);
+    j.created_at = s.i64(9);
+    j.started_at = s.opt_i64(10);
+    j.timeout_ms = s.opt_i64(11);
+    j.backoff_ms = s.opt_i64(12);
+    j.backoff_cap_ms = s.opt_i64(13);
+    j.unique = s.opt_text(14);
     return j;
 }
 
@@ -194,10 +243,14 @@ struct SqliteStore::Statements {
           rollback(db, "ROLLBACK"),
           insert(db,
                  "INSERT INTO jobs (id, token, queue, state, payload, argv, priority, attempts, "
-                 "max_attempts, run_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, "
-                 "?9, ?10)"),
+                 "max_attempts, run_at, created_at, timeout_ms, backoff_ms, backoff_cap_ms, "
+                 "unique_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?12, ?13, "
+                 "?14)"),
           update(db,
-                 "UPDATE jobs SET state = ?2, attempts = ?3, worker = COALESCE(?4, worker), "
+                 "UPDATE jobs SET state = ?2, attempts = COALESCE(?3, attempts), "
+                 "worker = COALESCE(?4, worker), "
+                 "progress = CASE WHEN ?2 = 'running' THEN NULL ELSE progress END, "
+                 "progress_message = CASE WHEN ?2 = 'running' THEN NULL ELSE progress_message END, "
                  "run_at = ?5, started_at = COALESCE(?6, started_at), finished_at = ?7, "
                  "exit_code = CASE WHEN ?8 THEN ?9 ELSE exit_code END, "
                  "result = CASE WHEN ?8 THEN ?10 ELSE result END, "
@@ -208,16 +261,37 @@ struct SqliteStore::Statements {
           token(db, "SELECT id FROM jobs WHERE token = ?1"),
           get(db, fmt::format("SELECT {} FROM jobs WHERE id = ?1", kJobColumns).c_str()),
           dispatch(db, "SELECT payload, argv FROM jobs WHERE id = ?1"),
-          live(db,
-               "SELECT id, queue, state, attempts, max_attempts, priority, argv IS NOT NULL, "
-               "run_at, worker FROM jobs WHERE state NOT IN ('succeeded','dead','cancelled') "
-               "ORDER BY id"),
+          live(db, fmt::format("SELECT {} FROM jobs WHERE state NOT IN "
+                               "('succeeded','dead','cancelled') ORDER BY id",
+                               kLiveColumns)
+                       .c_str()),
+          live_one(db, fmt::format("SELECT {} FROM jobs WHERE id = ?1", kLiveColumns).c_str()),
           max_id(db, "SELECT COALESCE(MAX(id), 0) FROM jobs"),
+          count(db, "SELECT queue, state, COUNT(*) FROM jobs GROUP BY queue, state"),
+          progress(db, "UPDATE jobs SET progress = ?2, progress_message = ?3 WHERE id = ?1"),
+          events(db,
+                 "SELECT at, from_state, to_state, attempt, worker, reason FROM events "
+                 "WHERE job_id = ?1 ORDER BY id"),
+          set_paused(db,
+                     "INSERT INTO queues (name, paused) VALUES (?1, ?2) "
+                     "ON CONFLICT (name) DO UPDATE SET paused = excluded.paused"),
+          paused(db, "SELECT name FROM queues WHERE paused = 1 ORDER BY name"),
+          dead(db,
+               "SELECT id FROM jobs WHERE state = 'dead' AND (?1 IS NULL OR queue = ?1) "
+               "ORDER BY id LIMIT ?2"),
+          finished(db,
+                   "SELECT id, queue, state FROM jobs WHERE finished_at < ?1 "
+                   "AND state IN ('succeeded','dead','cancelled') "
+                   "AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR queue = ?3) "
+                   "ORDER BY finished_at LIMIT ?4"),
+          delete_job(db, "DELETE FROM jobs WHERE id = ?1"),
+          delete_events(db, "DELETE FROM events WHERE job_id = ?1"),
           list(db, fmt::format("SELECT {} FROM jobs WHERE (?1 IS NULL OR queue = ?1) AND "
                                "(?2 IS NULL OR state = ?2) ORDER BY id DESC LIMIT ?3",
                                kJobColumns)
                        .c_str()) {}
-    Stmt begin, commit, rollback, insert, update, event, token, get, dispatch, live, max_id, list;
+    Stmt begin, commit, rollback, insert, update, event, token, get, dispatch, live, live_one, max_id,
+        count, progress, events, set_paused, paused, dead, finished, delete_job, delete_events, list;
 };
 
 SqliteStore::SqliteStore(const std::string& path, SqliteOptions options) {
@@ -234,6 +308,9 @@ SqliteStore::SqliteStore(const std::string& path, SqliteOptions options) {
         sqlite3_extended_result_codes(db_, 1);
         sqlite3_busy_timeout(db_, 5000);
         // The first statement reads the header: a corrupt or foreign file fails here.
+        // Incremental vacuum lets retention give space back; it must be set before the first
+        // table exists, so only a new file gets it.
+        exec("PRAGMA auto_vacuum = INCREMENTAL");
         exec("PRAGMA journal_mode = WAL");
         exec(options.synchronous_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL");
         exec("PRAGMA foreign_keys = ON");
@@ -333,6 +410,10 @@ void SqliteStore::insert_job(const NewJob& job, const std::string& reason) {
         .bind(8, static_cast<std::int64_t>(job.max_attempts))
         .bind_opt(9, job.run_at)
         .bind(10, job.created_at)
+        .bind_opt(11, job.timeout_ms)
+        .bind_opt(12, job.backoff_ms)
+        .bind_opt(13, job.backoff_cap_ms)
+        .bind_opt(14, job.unique)
         .run();
     auto& e = st_->event.reset();
     e.bind(1, static_cast<std::int64_t>(job.id))
@@ -349,7 +430,7 @@ void SqliteStore::apply(const Transition& t) {
     auto& s = st_->update.reset();
     s.bind(1, static_cast<std::int64_t>(t.id))
         .bind(2, to_string(t.to))
-        .bind(3, static_cast<std::int64_t>(t.attempts))
+        .bind_opt(3, t.attempts)
         .bind_opt(4, t.worker)
         .bind_opt(5, t.run_at)
         .bind_opt(6, t.started_at)
@@ -368,7 +449,7 @@ void SqliteStore::apply(const Transition& t) {
     else
         e.bind_null(3);
     e.bind(4, to_string(t.to))
-        .bind(5, static_cast<std::int64_t>(t.attempts))
+        .bind(5, static_cast<std::int64_t>(t.attempts.value_or(0)))
         .bind_opt(6, t.worker)
         .bind(7, std::string_view(t.reason))
         .run();
@@ -417,20 +498,112 @@ std::optional<DispatchData> SqliteStore::dispatch_data(JobId id) {
 
 void SqliteStore::scan_live(const std::function<void(LiveJob&&)>& fn) {
     auto& s = st_->live.reset();
+    while (s.step()) fn(read_live(s));
+    s.reset();
+}
+
+std::optional<LiveJob> SqliteStore::load_live(JobId id) {
+    auto& s = st_->live_one.reset();
+    s.bind(1, static_cast<std::int64_t>(id));
+    std::optional<LiveJob> j;
+    if (s.step()) j = read_live(s);
+    s.reset();
+    return j;
+}
+
+std::vector<QueueStateCount> SqliteStore::count_jobs() {
+    auto& s = st_->count.reset();
+    std::vector<QueueStateCount> out;
+    while (s.step())
+        out.push_back({s.text(0), parse_job_state(s.text(1)).value_or(JobState::dead),
+                       static_cast<std::uint64_t>(s.i64(2))});
+    s.reset();
+    return out;
+}
+
+void SqliteStore::set_progress(JobId id, std::uint32_t percent, const std::string& message) {
+    st_->progress.reset()
+        .bind(1, static_cast<std::int64_t>(id))
+        .bind(2, static_cast<std::int64_t>(percent))
+        .bind(3, std::string_view(message))
+        .run();
+}
+
+std::vector<Event> SqliteStore::events(JobId id) {
+    auto& s = st_->events.reset();
+    s.bind(1, static_cast<std::int64_t>(id));
+    std::vector<Event> out;
     while (s.step()) {
-        LiveJob j;
-        j.id = static_cast<JobId>(s.i64(0));
-        j.queue = s.text(1);
-        j.state = parse_job_state(s.text(2)).value_or(JobState::ready);
-        j.attempts = static_cast<std::uint32_t>(s.i64(3));
-        j.max_attempts = static_cast<std::uint32_t>(s.i64(4));
-        j.priority = static_cast<std::int32_t>(s.i64(5));
-        j.has_argv = s.i64(6) != 0;
-        j.run_at = s.opt_i64(7);
-        j.worker = s.opt_text(8);
-        fn(std::move(j));
+        Event e;
+        e.at = s.i64(0);
+        if (auto f = s.opt_text(1)) e.from = parse_job_state(*f);
+        e.to = parse_job_state(s.text(2)).value_or(JobState::ready);
+        e.attempt = static_cast<std::uint32_t>(s.i64(3));
+        e.worker = s.opt_text(4);
+        e.reason = s.text(5);
+        out.push_back(std::move(e));
     }
     s.reset();
+    return out;
+}
+
+void SqliteStore::set_paused(const std::string& queue, bool paused) {
+    st_->set_paused.reset()
+        .bind(1, std::string_view(queue))
+        .bind(2, std::int64_t{paused ? 1 : 0})
+        .run();
+}
+
+std::vector<std::string> SqliteStore::paused_queues() {
+    auto& s = st_->paused.reset();
+    std::vector<std::string> out;
+    while (s.step()) out.push_back(s.text(0));
+    s.reset();
+    return out;
+}
+
+std::vector<JobId> SqliteStore::dead_jobs(const std::optional<std::string>& queue,
+                                          std::size_t limit) {
+    auto& s = st_->dead.reset();
+    s.bind_opt(1, queue).bind(2, static_cast<std::int64_t>(limit));
+    std::vector<JobId> out;
+    while (s.step()) out.push_back(static_cast<JobId>(s.i64(0)));
+    s.reset();
+    return out;
+}
+
+std::vector<Removed> SqliteStore::remove_finished(std::optional<JobState> state,
+                                                  const std::optional<std::string>& queue,
+                                                  Millis finished_before, std::size_t limit) {
+    auto& s = st_->finished.reset();
+    s.bind(1, finished_before);
+    if (state)
+        s.bind(2, to_string(*state));
+    else
+        s.bind_null(2);
+    s.bind_opt(3, queue).bind(4, static_cast<std::int64_t>(limit));
+    std::vector<std::pair<JobId, std::pair<std::string, JobState>>> rows;
+    while (s.step())
+        rows.push_back({static_cast<JobId>(s.i64(0)),
+                        {s.text(1), parse_job_state(s.text(2)).value_or(JobState::dead)}});
+    s.reset();
+    std::vector<Removed> out;
+    for (const auto& [id, qs] : rows) {
+        st_->delete_events.reset().bind(1, static_cast<std::int64_t>(id)).run();
+        st_->delete_job.reset().bind(1, static_cast<std::int64_t>(id)).run();
+        auto it = std::find_if(out.begin(), out.end(), [&](const Removed& r) {
+            return r.queue == qs.first && r.state == qs.second;
+        });
+        if (it == out.end())
+            out.push_back({qs.first, qs.second, 1});
+        else
+            ++it->count;
+    }
+    return out;
+}
+
+void SqliteStore::reclaim_space(int pages) {
+    exec(fmt::format("PRAGMA incremental_vacuum({})", pages).c_str());
 }
 
 JobId SqliteStore::max_job_id() {

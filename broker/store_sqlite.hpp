@@ -33,10 +33,23 @@ public:
     std::optional<DispatchData> dispatch_data(JobId id) override;
 
     void scan_live(const std::function<void(LiveJob&&)>& fn) override;
+    std::optional<LiveJob> load_live(JobId id) override;
     JobId max_job_id() override;
+    std::vector<QueueStateCount> count_jobs() override;
+
+    void set_progress(JobId id, std::uint32_t percent, const std::string& message) override;
+    std::vector<Event> events(JobId id) override;
+    void set_paused(const std::string& queue, bool paused) override;
+    std::vector<std::string> paused_queues() override;
+    std::vector<JobId> dead_jobs(const std::optional<std::string>& queue,
+                                 std::size_t limit) override;
+    std::vector<Removed> remove_finished(std::optional<JobState> state,
+                                         const std::optional<std::string>& queue,
+                                         Millis finished_before, std::size_t limit) override;
+    void reclaim_space(int pages) override;
 
     int schema_version();
-    static constexpr int kSchemaVersion = 1;
+    static constexpr int kSchemaVersion = 2;
 
 private:
     struct Statements;
