@@ -37,16 +37,28 @@ struct Live {
     std::string unique;  // empty: none
 
     static Live from(const LiveJob& j) {
-        return Live{j.queue,      j.state,     j.attempts,     j.max_attempts,
-                    j.priority,   j.has_argv,  j.run_at.value_or(0),
-                    {},           0,           j.created_at,   j.timeout_ms,
-                    j.backoff_ms, j.backoff_cap_ms, j.unique.value_or("")};
+        return Live{j.queue,
+                    j.state,
+                    j.attempts,
+                    j.max_attempts,
+                    j.priority,
+                    j.has_argv,
+                    j.run_at.value_or(0),
+                    {},
+                    0,
+                    j.created_at,
+                    j.timeout_ms,
+                    j.backoff_ms,
+                    j.backoff_cap_ms,
+                    j.unique.value_or("")};
     }
 };
 
 constexpr std::size_t kStates = 7;
 using StateCounts = std::array<std::uint64_t, kStates>;
-std::size_t index_of(JobState s) { return static_cast<std::size_t>(s); }
+std::size_t index_of(JobState s) {
+    return static_cast<std::size_t>(s);
+}
 
 // Most rows one PURGE or RETRY --dead touches; clients repeat until fewer come back.
 constexpr std::size_t kAdminBatch = 10000;
@@ -63,7 +75,7 @@ struct WorkerRec {
     std::vector<std::uint32_t> weights;  // empty: strict order
     std::uint32_t credit = 0;
     Millis last_seen = 0;
-    std::uint64_t seq = 0;                         // last DISPATCH.seq sent
+    std::uint64_t seq = 0;                          // last DISPATCH.seq sent
     std::unordered_map<JobId, std::uint64_t> jobs;  // job -> its DISPATCH.seq (0: adopted)
 };
 
@@ -125,8 +137,8 @@ struct Broker::State {
     DeadlineHeap timers;          // retrying/scheduled jobs by run_at (stale entries skipped)
     DeadlineHeap leases;          // running attempts with a timeout, by timeout + grace
     DeadlineHeap wait_deadlines;  // waiters by deadline
-    std::unordered_map<std::string, JobId> unique_live;    // unique key -> unfinished job
-    std::unordered_map<std::string, StateCounts> counts;   // queue -> jobs per state
+    std::unordered_map<std::string, JobId> unique_live;   // unique key -> unfinished job
+    std::unordered_map<std::string, StateCounts> counts;  // queue -> jobs per state
     std::unordered_set<std::string> paused;
     std::mt19937_64 rng{std::random_device{}()};
     Millis next_retention = 0;
@@ -175,21 +187,29 @@ struct Broker::State {
         orphans.clear();
         unique_live.clear();
         counts.clear();
-        for (const auto& c : store->count_jobs()) counts[c.queue][index_of(c.state)] = c.count;
+        for (const auto& c : store->count_jobs())
+            counts[c.queue][index_of(c.state)] = c.count;
         paused.clear();
-        for (auto& q : store->paused_queues()) paused.insert(std::move(q));
+        for (auto& q : store->paused_queues())
+            paused.insert(std::move(q));
         std::unordered_map<JobId, std::string> holder;
         for (auto& [inst, w] : workers)
-            for (auto& [id, seq] : w.jobs) holder[id] = inst;
+            for (auto& [id, seq] : w.jobs)
+                holder[id] = inst;
         store->scan_live([&](LiveJob&& j) {
             Live l = Live::from(j);
             if (!l.unique.empty()) unique_live[l.unique] = j.id;
             if (j.state == JobState::running && j.timeout_ms && j.started_at)
-                leases.push({*j.started_at + *j.timeout_ms + cfg.timeout_grace_ms, j.id, j.attempts});
+                leases.push(
+                    {*j.started_at + *j.timeout_ms + cfg.timeout_grace_ms, j.id, j.attempts});
             switch (j.state) {
-                case JobState::ready: ready.push(j.queue, j.id, j.priority, j.has_argv); break;
+                case JobState::ready:
+                    ready.push(j.queue, j.id, j.priority, j.has_argv);
+                    break;
                 case JobState::scheduled:
-                case JobState::retrying: timers.push({l.run_at, j.id}); break;
+                case JobState::retrying:
+                    timers.push({l.run_at, j.id});
+                    break;
                 case JobState::running:
                     if (auto h = holder.find(j.id); h != holder.end()) {
                         l.worker_instance = h->second;
@@ -198,7 +218,8 @@ struct Broker::State {
                         orphans.push_back(j.id);
                     }
                     break;
-                default: break;
+                default:
+                    break;
             }
             live.emplace(j.id, std::move(l));
         });
@@ -256,7 +277,8 @@ struct Broker::State {
                 l.run_at = t.run_at.value_or(now);
                 timers.push({l.run_at, id});
                 break;
-            case JobState::running: break;
+            case JobState::running:
+                break;
             case JobState::succeeded:
             case JobState::dead:
             case JobState::cancelled:
@@ -273,7 +295,8 @@ struct Broker::State {
         Millis base = l.backoff_ms.value_or(cfg.retry_delay_ms);
         Millis cap = std::max(base, l.backoff_cap_ms.value_or(cfg.retry_cap_ms));
         Millis d = base;
-        for (std::uint32_t i = 1; i < l.attempts && d < cap; ++i) d *= 2;
+        for (std::uint32_t i = 1; i < l.attempts && d < cap; ++i)
+            d *= 2;
         d = std::min(d, cap);
         if (d <= 1) return d;
         std::uniform_int_distribution<Millis> jitter(0, d / 2);
@@ -384,11 +407,20 @@ struct Broker::State {
                 job.run_at = run_at;
             }
             store->insert_job(job, job.state == JobState::scheduled ? "scheduled" : "submitted");
-            Live l{job.queue,      job.state,       0,
-                   job.max_attempts, job.priority,  job.argv.has_value(),
-                   run_at,         {},              0,
-                   now,            job.timeout_ms,  job.backoff_ms,
-                   job.backoff_cap_ms, job.unique.value_or("")};
+            Live l{job.queue,
+                   job.state,
+                   0,
+                   job.max_attempts,
+                   job.priority,
+                   job.argv.has_value(),
+                   run_at,
+                   {},
+                   0,
+                   now,
+                   job.timeout_ms,
+                   job.backoff_ms,
+                   job.backoff_cap_ms,
+                   job.unique.value_or("")};
             if (job.state == JobState::ready) {
                 ready.push(job.queue, job.id, job.priority, job.argv.has_value());
                 dispatch_dirty = true;
@@ -610,10 +642,10 @@ struct Broker::State {
         std::unordered_set<JobId> kept;
         for (const auto& h : m.held) {
             auto l = live.find(h.id);
-            bool ok = l != live.end() && l->second.state == JobState::running &&
-                      l->second.attempts == h.attempt &&
-                      (l->second.worker_instance.empty() ||
-                       l->second.worker_instance == m.instance);
+            bool ok =
+                l != live.end() && l->second.state == JobState::running &&
+                l->second.attempts == h.attempt &&
+                (l->second.worker_instance.empty() || l->second.worker_instance == m.instance);
             if (ok) {
                 l->second.worker_instance = m.instance;
                 l->second.orphan_deadline = 0;
@@ -625,7 +657,8 @@ struct Broker::State {
         }
         // Jobs this registration was given but no longer holds never reached it.
         drop_worker_jobs(w, "worker lost", &kept);
-        for (JobId id : kept) w.jobs[id] = 0;
+        for (JobId id : kept)
+            w.jobs[id] = 0;
         std::erase_if(orphans, [&](JobId id) { return kept.count(id) > 0; });
         spdlog::info("worker {} registered: host={} pid={} queues=[{}] concurrency={} held={}/{}",
                      w.name, w.host, w.pid, fmt::join(w.queues, ","), w.concurrency,
@@ -671,9 +704,9 @@ struct Broker::State {
                       OnFail::send);
                 return;
             }
-            spdlog::warn("job {}: rejected stale {} for attempt {} (job is {} at attempt {})",
-                         m.id, ok ? "DONE" : "FAIL", m.attempt,
-                         job ? to_string(job->state) : "gone", job ? job->attempts : 0);
+            spdlog::warn("job {}: rejected stale {} for attempt {} (job is {} at attempt {})", m.id,
+                         ok ? "DONE" : "FAIL", m.attempt, job ? to_string(job->state) : "gone",
+                         job ? job->attempts : 0);
             reply_error(identity, std::nullopt, ErrorCode::stale,
                         fmt::format("job {} attempt {} is no longer current", m.id, m.attempt),
                         m.id, m.attempt);
@@ -716,9 +749,9 @@ struct Broker::State {
         std::optional<std::uint64_t> req;
         try {
             if (env.frames != 3)
-                throw ProtocolError(ErrorCode::bad_frame,
-                                    fmt::format("expected 3 frames (version, command, body), got {}",
-                                                env.frames));
+                throw ProtocolError(
+                    ErrorCode::bad_frame,
+                    fmt::format("expected 3 frames (version, command, body), got {}", env.frames));
             if (env.version != kProtocolVersion) {
                 req = peek_req(env.body);
                 throw ProtocolError(ErrorCode::bad_version,
@@ -737,8 +770,8 @@ struct Broker::State {
             req = body.reader().peek_u64("req");
             (this->*(found->handler))(env.identity, body.reader());
         } catch (const ProtocolError& e) {
-            spdlog::debug("error reply {} to {}: {}", to_string(e.code()), env.command.substr(0, 32),
-                          e.what());
+            spdlog::debug("error reply {} to {}: {}", to_string(e.code()),
+                          env.command.substr(0, 32), e.what());
             reply_error(env.identity, req, e.code(), e.what());
         } catch (const StoreError& e) {
             txn_failed = true;
@@ -773,8 +806,8 @@ struct Broker::State {
                 l->second.attempts != d.attempt)
                 continue;
             auto timeout = format_duration(l->second.timeout_ms.value_or(0));
-            spdlog::warn("job {} queue={} attempt={}: no result {} after its {} timeout",
-                         d.id, l->second.queue, d.attempt, format_duration(cfg.timeout_grace_ms),
+            spdlog::warn("job {} queue={} attempt={}: no result {} after its {} timeout", d.id,
+                         l->second.queue, d.attempt, format_duration(cfg.timeout_grace_ms),
                          timeout);
             abort_on_worker(d.id, l->second, "timed out");
             std::erase(orphans, d.id);
@@ -903,8 +936,13 @@ struct Broker::State {
                                  l->second.attempts});
                 w.jobs[*id] = ++w.seq;
                 --w.credit;
-                Dispatch d{*id,     *q,    l->second.attempts, std::move(data->payload),
-                           std::move(data->argv), w.seq, l->second.timeout_ms};
+                Dispatch d{*id,
+                           *q,
+                           l->second.attempts,
+                           std::move(data->payload),
+                           std::move(data->argv),
+                           w.seq,
+                           l->second.timeout_ms};
                 outbox.push_back(
                     {w.identity, cmd::kDispatch, encode(d), OnFail::drop, std::nullopt});
             }
@@ -946,7 +984,8 @@ struct Broker::State {
             }
             txn_failed = false;
         }
-        for (const auto& o : outbox) send_message(sock, o.identity, o.command, o.body);
+        for (const auto& o : outbox)
+            send_message(sock, o.identity, o.command, o.body);
         outbox.clear();
         for (JobId id : finished) {
             auto it = waiters.find(id);
@@ -983,15 +1022,15 @@ struct Broker::State {
 // The command table: every command the broker accepts and its handler. Generic checks (frames,
 // version, decoding, error replies) happen once in handle(), before any handler runs.
 const Broker::State::Command Broker::State::kCommands[18] = {
-    {cmd::kSubmit, &State::on_submit},     {cmd::kStatus, &State::on_status},
-    {cmd::kWait, &State::on_wait},         {cmd::kList, &State::on_list},
-    {cmd::kPing, &State::on_ping},         {cmd::kCancel, &State::on_cancel},
-    {cmd::kRetry, &State::on_retry},       {cmd::kPause, &State::on_pause},
-    {cmd::kResume, &State::on_resume},     {cmd::kPurge, &State::on_purge},
-    {cmd::kQueues, &State::on_queues},     {cmd::kHistory, &State::on_history},
-    {cmd::kRegister, &State::on_register}, {cmd::kCredit, &State::on_credit},
+    {cmd::kSubmit, &State::on_submit},       {cmd::kStatus, &State::on_status},
+    {cmd::kWait, &State::on_wait},           {cmd::kList, &State::on_list},
+    {cmd::kPing, &State::on_ping},           {cmd::kCancel, &State::on_cancel},
+    {cmd::kRetry, &State::on_retry},         {cmd::kPause, &State::on_pause},
+    {cmd::kResume, &State::on_resume},       {cmd::kPurge, &State::on_purge},
+    {cmd::kQueues, &State::on_queues},       {cmd::kHistory, &State::on_history},
+    {cmd::kRegister, &State::on_register},   {cmd::kCredit, &State::on_credit},
     {cmd::kHeartbeat, &State::on_heartbeat}, {cmd::kDone, &State::on_done},
-    {cmd::kFail, &State::on_fail},         {cmd::kProgress, &State::on_progress},
+    {cmd::kFail, &State::on_fail},           {cmd::kProgress, &State::on_progress},
 };
 
 Broker::Broker(BrokerConfig config, std::unique_ptr<Store> store, const Clock& clock)
@@ -1010,7 +1049,9 @@ Broker::Broker(BrokerConfig config, std::unique_ptr<Store> store, const Clock& c
 
 Broker::~Broker() = default;
 
-std::string Broker::endpoint() const { return s_->sock.get(zmq::sockopt::last_endpoint); }
+std::string Broker::endpoint() const {
+    return s_->sock.get(zmq::sockopt::last_endpoint);
+}
 
 void Broker::run() {
     zmq::pollitem_t item{s_->sock.handle(), 0, ZMQ_POLLIN, 0};

@@ -16,11 +16,11 @@ struct BrokerConfig {
     std::string listen = std::string(kDefaultEndpoint);
     Millis heartbeat_ms = 1000;
     Millis worker_timeout_ms = 5000;
-    Millis retry_delay_ms = 1000;        // default backoff base
-    Millis retry_cap_ms = 600'000;       // default backoff cap
-    Millis timeout_grace_ms = 5000;      // a timed-out attempt without a result fails after this
+    Millis retry_delay_ms = 1000;    // default backoff base
+    Millis retry_cap_ms = 600'000;   // default backoff cap
+    Millis timeout_grace_ms = 5000;  // a timed-out attempt without a result fails after this
     Millis retention_ms = 7 * 86'400'000LL;  // finished jobs are deleted after this
-    std::size_t retention_batch = 500;   // rows deleted per pass at most
+    std::size_t retention_batch = 500;       // rows deleted per pass at most
     std::size_t max_payload = limits::kDefaultMaxPayload;
     std::size_t max_result = limits::kDefaultMaxResult;
     std::size_t max_message = limits::kDefaultMaxMessage;
@@ -28,7 +28,7 @@ struct BrokerConfig {
 };
 
 class Broker {
-public:
+  public:
     // Rebuilds the in-memory state from the store and binds the endpoint (throws on failure).
     Broker(BrokerConfig config, std::unique_ptr<Store> store, const Clock& clock);
     ~Broker();
@@ -43,7 +43,7 @@ public:
     // The bound endpoint (useful with tcp://127.0.0.1:0).
     std::string endpoint() const;
 
-private:
+  private:
     struct State;
     std::unique_ptr<State> s_;
     std::atomic<bool> stopping_{false};

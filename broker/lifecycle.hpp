@@ -25,15 +25,20 @@ namespace errand::broker {
 constexpr bool transition_allowed(JobState from, JobState to) {
     using S = JobState;
     switch (from) {
-        case S::scheduled: return to == S::ready || to == S::cancelled;
-        case S::ready: return to == S::running || to == S::cancelled;
+        case S::scheduled:
+            return to == S::ready || to == S::cancelled;
+        case S::ready:
+            return to == S::running || to == S::cancelled;
         case S::running:
             return to == S::succeeded || to == S::retrying || to == S::ready || to == S::dead ||
                    to == S::cancelled;
-        case S::retrying: return to == S::ready || to == S::cancelled;
-        case S::dead: return to == S::ready;  // errand retry
+        case S::retrying:
+            return to == S::ready || to == S::cancelled;
+        case S::dead:
+            return to == S::ready;  // errand retry
         case S::succeeded:
-        case S::cancelled: return false;
+        case S::cancelled:
+            return false;
     }
     return false;
 }

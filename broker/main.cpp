@@ -98,8 +98,9 @@ int main(int argc, char** argv) {
     cfg.timeout_grace_ms = *errand::parse_duration(timeout_grace);
     cfg.retention_ms = *errand::parse_duration(retention);
     if (cfg.heartbeat_ms < 10 || cfg.worker_timeout_ms < 2 * cfg.heartbeat_ms) {
-        std::fprintf(stderr, "errand-broker: --worker-timeout must be at least twice --heartbeat "
-                             "(and --heartbeat at least 10ms)\n");
+        std::fprintf(stderr,
+                     "errand-broker: --worker-timeout must be at least twice --heartbeat "
+                     "(and --heartbeat at least 10ms)\n");
         return kExitUsage;
     }
 

@@ -57,7 +57,8 @@ std::vector<JobId> ReadyIndex::heads(const std::string& queue) const {
     auto it = queues_.find(queue);
     if (it == queues_.end()) return out;
     for (const Lane* lane : {&it->second.plain, &it->second.argv})
-        for (const auto& [prio, ids] : *lane) out.push_back(ids.front());
+        for (const auto& [prio, ids] : *lane)
+            out.push_back(ids.front());
     return out;
 }
 

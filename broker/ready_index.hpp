@@ -17,7 +17,7 @@
 namespace errand::broker {
 
 class ReadyIndex {
-public:
+  public:
     void push(const std::string& queue, JobId id, std::int32_t priority, bool has_argv);
     // The next job for a worker; jobs with argv only when accept_argv.
     std::optional<JobId> pop(const std::string& queue, bool accept_argv);
@@ -28,7 +28,7 @@ public:
     std::vector<JobId> heads(const std::string& queue) const;
     void clear();
 
-private:
+  private:
     using Lane = std::map<std::int32_t, std::deque<JobId>, std::greater<>>;
     struct Queue {
         Lane plain;

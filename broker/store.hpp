@@ -16,12 +16,11 @@ namespace errand::broker {
 
 // Any storage failure. `disk` is true for conditions an operator can fix (full, read-only, I/O).
 class StoreError : public std::runtime_error {
-public:
-    StoreError(const std::string& message, bool disk)
-        : std::runtime_error(message), disk_(disk) {}
+  public:
+    StoreError(const std::string& message, bool disk) : std::runtime_error(message), disk_(disk) {}
     bool disk() const { return disk_; }
 
-private:
+  private:
     bool disk_;
 };
 
@@ -100,7 +99,7 @@ struct DispatchData {
 };
 
 class Store {
-public:
+  public:
     virtual ~Store() = default;
 
     virtual void begin() = 0;

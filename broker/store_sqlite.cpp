@@ -98,7 +98,7 @@ std::optional<std::vector<std::string>> unpack_argv(const void* data, int size) 
 
 // RAII prepared statement; bind indexes are 1-based as in SQLite.
 class Stmt {
-public:
+  public:
     Stmt(sqlite3* db, const char* sql) : db_(db) {
         int rc = sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s_, nullptr);
         if (rc != SQLITE_OK) fail(db, rc, "prepare");
@@ -175,7 +175,7 @@ public:
         return unpack_argv(sqlite3_column_blob(s_, col), sqlite3_column_bytes(s_, col));
     }
 
-private:
+  private:
     sqlite3* db_;
     sqlite3_stmt* s_ = nullptr;
 };
@@ -290,14 +290,15 @@ struct SqliteStore::Statements {
                                "(?2 IS NULL OR state = ?2) ORDER BY id DESC LIMIT ?3",
                                kJobColumns)
                        .c_str()) {}
-    Stmt begin, commit, rollback, insert, update, event, token, get, dispatch, live, live_one, max_id,
-        count, progress, events, set_paused, paused, dead, finished, delete_job, delete_events, list;
+    Stmt begin, commit, rollback, insert, update, event, token, get, dispatch, live, live_one,
+        max_id, count, progress, events, set_paused, paused, dead, finished, delete_job,
+        delete_events, list;
 };
 
 SqliteStore::SqliteStore(const std::string& path, SqliteOptions options) {
-    int rc = sqlite3_open_v2(path.c_str(), &db_,
-                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                             nullptr);
+    int rc =
+        sqlite3_open_v2(path.c_str(), &db_,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
     if (rc != SQLITE_OK) {
         std::string msg = db_ ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
         sqlite3_close(db_);
@@ -312,7 +313,8 @@ SqliteStore::SqliteStore(const std::string& path, SqliteOptions options) {
         // table exists, so only a new file gets it.
         exec("PRAGMA auto_vacuum = INCREMENTAL");
         exec("PRAGMA journal_mode = WAL");
-        exec(options.synchronous_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL");
+        exec(options.synchronous_full ? "PRAGMA synchronous = FULL"
+                                      : "PRAGMA synchronous = NORMAL");
         exec("PRAGMA foreign_keys = ON");
         migrate();
         st_ = std::make_unique<Statements>(db_);
@@ -369,7 +371,8 @@ void SqliteStore::migrate() {
                                          "understands ({}); upgrade errand",
                                          version, known),
                              false);
-        for (int v = version; v < known; ++v) exec(kMigrations[v]);
+        for (int v = version; v < known; ++v)
+            exec(kMigrations[v]);
         if (version != known)
             exec(fmt::format("UPDATE schema_version SET version = {}", known).c_str());
         exec("COMMIT");
@@ -379,7 +382,9 @@ void SqliteStore::migrate() {
     }
 }
 
-void SqliteStore::begin() { st_->begin.run(); }
+void SqliteStore::begin() {
+    st_->begin.run();
+}
 
 void SqliteStore::commit() {
     try {
@@ -482,7 +487,8 @@ std::vector<JobInfo> SqliteStore::list_jobs(const ListRequest& filter) {
         s.bind_null(2);
     s.bind(3, static_cast<std::int64_t>(filter.limit));
     std::vector<JobInfo> out;
-    while (s.step()) out.push_back(read_job(s));
+    while (s.step())
+        out.push_back(read_job(s));
     s.reset();
     return out;
 }
@@ -498,7 +504,8 @@ std::optional<DispatchData> SqliteStore::dispatch_data(JobId id) {
 
 void SqliteStore::scan_live(const std::function<void(LiveJob&&)>& fn) {
     auto& s = st_->live.reset();
-    while (s.step()) fn(read_live(s));
+    while (s.step())
+        fn(read_live(s));
     s.reset();
 }
 
@@ -557,7 +564,8 @@ void SqliteStore::set_paused(const std::string& queue, bool paused) {
 std::vector<std::string> SqliteStore::paused_queues() {
     auto& s = st_->paused.reset();
     std::vector<std::string> out;
-    while (s.step()) out.push_back(s.text(0));
+    while (s.step())
+        out.push_back(s.text(0));
     s.reset();
     return out;
 }
@@ -567,7 +575,8 @@ std::vector<JobId> SqliteStore::dead_jobs(const std::optional<std::string>& queu
     auto& s = st_->dead.reset();
     s.bind_opt(1, queue).bind(2, static_cast<std::int64_t>(limit));
     std::vector<JobId> out;
-    while (s.step()) out.push_back(static_cast<JobId>(s.i64(0)));
+    while (s.step())
+        out.push_back(static_cast<JobId>(s.i64(0)));
     s.reset();
     return out;
 }

@@ -16,7 +16,7 @@ struct SqliteOptions {
 
 // Opening fails with StoreError (a corrupt or foreign file, a newer schema, no permission).
 class SqliteStore final : public Store {
-public:
+  public:
     SqliteStore(const std::string& path, SqliteOptions options = {});
     ~SqliteStore() override;
 
@@ -51,7 +51,7 @@ public:
     int schema_version();
     static constexpr int kSchemaVersion = 2;
 
-private:
+  private:
     struct Statements;
     void exec(const char* sql);
     void migrate();

@@ -85,7 +85,9 @@ struct Client::Impl {
 Client::Client(ClientOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
 Client::~Client() = default;
 
-const std::string& Client::endpoint() const { return impl_->opt.endpoint; }
+const std::string& Client::endpoint() const {
+    return impl_->opt.endpoint;
+}
 
 Submitted Client::submit(JobSpec spec) {
     std::vector<JobSpec> one;
@@ -149,7 +151,8 @@ std::vector<JobInfo> Client::list(const ListFilter& filter) {
     const auto& arr = b.reader().array("jobs");
     std::vector<JobInfo> out;
     out.reserve(arr.size);
-    for (std::uint32_t i = 0; i < arr.size; ++i) out.push_back(decode_job_info(Reader(arr.ptr[i])));
+    for (std::uint32_t i = 0; i < arr.size; ++i)
+        out.push_back(decode_job_info(Reader(arr.ptr[i])));
     return out;
 }
 

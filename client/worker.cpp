@@ -8,9 +8,9 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <deque>
-#include <algorithm>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -50,8 +50,12 @@ struct JobControl {
     std::string message;
 };
 
-bool Job::cancelled() const { return control && control->cancelled.load(); }
-const std::atomic<bool>* Job::cancel_flag() const { return control ? &control->cancelled : nullptr; }
+bool Job::cancelled() const {
+    return control && control->cancelled.load();
+}
+const std::atomic<bool>* Job::cancel_flag() const {
+    return control ? &control->cancelled : nullptr;
+}
 void Job::progress(std::uint32_t percent, std::string message) const {
     if (!control) return;
     std::lock_guard lock(control->mu);
@@ -152,7 +156,7 @@ struct Worker::Impl {
         std::shared_ptr<JobControl> control;
     };
     std::map<JobId, Running> running;  // being executed
-    std::map<JobId, Pending> pending;        // results awaiting ACK
+    std::map<JobId, Pending> pending;  // results awaiting ACK
 
     void open_socket() {
         sock = std::make_unique<zmq::socket_t>(ctx, zmq::socket_type::dealer);
@@ -173,12 +177,15 @@ struct Worker::Impl {
         m.name = opt.name;
         m.host = host_name();
         m.pid = static_cast<std::uint64_t>(getpid());
-        for (const auto& [q, h] : handlers) m.queues.push_back(q);
+        for (const auto& [q, h] : handlers)
+            m.queues.push_back(q);
         if (std::any_of(weights.begin(), weights.end(), [](auto w) { return w > 0; }))
-            for (auto w : weights) m.weights.push_back(w > 0 ? w : 1);
+            for (auto w : weights)
+                m.weights.push_back(w > 0 ? w : 1);
         m.concurrency = opt.concurrency;
         m.commands = opt.accept_commands;
-        for (const auto& [id, r] : running) m.held.push_back({id, r.attempt});
+        for (const auto& [id, r] : running)
+            m.held.push_back({id, r.attempt});
         for (const auto& [id, p] : pending)
             if (!running.count(id)) m.held.push_back({id, p.attempt});
         max_seq = 0;
@@ -227,7 +234,8 @@ struct Worker::Impl {
         } else if (env.command == cmd::kDispatch) {
             auto d = decode_dispatch(r);
             max_seq = std::max(max_seq, d.seq);
-            if (auto it = running.find(d.id); it != running.end() && it->second.attempt == d.attempt)
+            if (auto it = running.find(d.id);
+                it != running.end() && it->second.attempt == d.attempt)
                 return;  // duplicate
             auto control = std::make_shared<JobControl>();
             running[d.id] = Running{d.attempt, control};
@@ -239,7 +247,8 @@ struct Worker::Impl {
             cv.notify_one();
         } else if (env.command == cmd::kAbort) {
             auto a = decode_abort(r);
-            if (auto it = running.find(a.id); it != running.end() && it->second.attempt == a.attempt) {
+            if (auto it = running.find(a.id);
+                it != running.end() && it->second.attempt == a.attempt) {
                 it->second.control->cancelled = true;
                 spdlog::info("job {}: attempt {} aborted by the broker: {}", a.id, a.attempt,
                              a.reason);
@@ -310,8 +319,8 @@ struct Worker::Impl {
             now = steady_ms();
             if (stopping && !announced_stop) {
                 announced_stop = true;
-                spdlog::info("stopping: {} jobs running, {} results unacknowledged",
-                             running.size(), pending.size());
+                spdlog::info("stopping: {} jobs running, {} results unacknowledged", running.size(),
+                             pending.size());
             }
             if (stopping && running.empty() && pending.empty()) break;
             if (stopping && running.empty() && now - last_heard > expiry_ms) {
@@ -355,8 +364,10 @@ struct Worker::Impl {
             if (registered && now >= next_heartbeat) {
                 WorkerHeartbeat hb;
                 hb.seq = max_seq;
-                for (const auto& [id, run] : running) hb.running.push_back(id);
-                for (const auto& [id, p] : pending) hb.running.push_back(id);
+                for (const auto& [id, run] : running)
+                    hb.running.push_back(id);
+                for (const auto& [id, p] : pending)
+                    hb.running.push_back(id);
                 send(cmd::kHeartbeat, encode(hb));
                 next_heartbeat = now + heartbeat_ms;
                 send_pending(now, false);
@@ -367,7 +378,8 @@ struct Worker::Impl {
             pool_closing = true;
         }
         cv.notify_all();
-        for (auto& t : threads) t.join();
+        for (auto& t : threads)
+            t.join();
         threads.clear();
         sock.reset();
     }
@@ -391,6 +403,8 @@ void Worker::run() {
     impl_->run();
 }
 
-void Worker::stop() { impl_->stopping.store(true, std::memory_order_relaxed); }
+void Worker::stop() {
+    impl_->stopping.store(true, std::memory_order_relaxed);
+}
 
 }  // namespace errand

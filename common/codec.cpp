@@ -8,7 +8,9 @@ namespace {
 
 using msgpack::type::object_type;
 
-[[noreturn]] void bad(const std::string& msg) { throw ProtocolError(ErrorCode::bad_request, msg); }
+[[noreturn]] void bad(const std::string& msg) {
+    throw ProtocolError(ErrorCode::bad_request, msg);
+}
 
 std::string_view key_of(const msgpack::object& o) {
     if (o.type != object_type::STR) return {};
@@ -17,17 +19,26 @@ std::string_view key_of(const msgpack::object& o) {
 
 const char* type_name(const msgpack::object& o) {
     switch (o.type) {
-        case object_type::NIL: return "nil";
-        case object_type::BOOLEAN: return "bool";
+        case object_type::NIL:
+            return "nil";
+        case object_type::BOOLEAN:
+            return "bool";
         case object_type::POSITIVE_INTEGER:
-        case object_type::NEGATIVE_INTEGER: return "integer";
+        case object_type::NEGATIVE_INTEGER:
+            return "integer";
         case object_type::FLOAT32:
-        case object_type::FLOAT64: return "float";
-        case object_type::STR: return "str";
-        case object_type::BIN: return "bin";
-        case object_type::ARRAY: return "array";
-        case object_type::MAP: return "map";
-        default: return "ext";
+        case object_type::FLOAT64:
+            return "float";
+        case object_type::STR:
+            return "str";
+        case object_type::BIN:
+            return "bin";
+        case object_type::ARRAY:
+            return "array";
+        case object_type::MAP:
+            return "map";
+        default:
+            return "ext";
     }
 }
 
@@ -67,9 +78,9 @@ std::string as_bytes(std::string_view key, const msgpack::object& o, std::size_t
         wrong_type(key, "bin", o);
     }
     if (n > max_len)
-        throw ProtocolError(ErrorCode::too_large,
-                            fmt::format("field '{}' is {} bytes, over the limit of {} bytes", key,
-                                        n, max_len));
+        throw ProtocolError(
+            ErrorCode::too_large,
+            fmt::format("field '{}' is {} bytes, over the limit of {} bytes", key, n, max_len));
     return {p, n};
 }
 
@@ -133,13 +144,17 @@ std::optional<std::uint64_t> Reader::peek_u64(std::string_view key) const {
     return o->via.u64;
 }
 
-std::uint64_t Reader::u64(std::string_view key) const { return as_u64(key, need(key)); }
+std::uint64_t Reader::u64(std::string_view key) const {
+    return as_u64(key, need(key));
+}
 std::optional<std::uint64_t> Reader::opt_u64(std::string_view key) const {
     const auto* o = find(key);
     if (!o) return std::nullopt;
     return as_u64(key, *o);
 }
-std::int64_t Reader::i64(std::string_view key) const { return as_i64(key, need(key)); }
+std::int64_t Reader::i64(std::string_view key) const {
+    return as_i64(key, need(key));
+}
 std::optional<std::int64_t> Reader::opt_i64(std::string_view key) const {
     const auto* o = find(key);
     if (!o) return std::nullopt;
@@ -184,7 +199,8 @@ std::vector<std::string> Reader::str_array(std::string_view key, std::size_t max
     if (a.size > max_items) bad(fmt::format("field '{}' has more than {} items", key, max_items));
     std::vector<std::string> out;
     out.reserve(a.size);
-    for (std::uint32_t i = 0; i < a.size; ++i) out.push_back(as_str(key, a.ptr[i], max_len));
+    for (std::uint32_t i = 0; i < a.size; ++i)
+        out.push_back(as_str(key, a.ptr[i], max_len));
     return out;
 }
 std::optional<std::vector<std::string>> Reader::opt_str_array(std::string_view key,
@@ -197,7 +213,8 @@ std::vector<std::uint64_t> Reader::u64_array(std::string_view key) const {
     const auto& a = array(key);
     std::vector<std::uint64_t> out;
     out.reserve(a.size);
-    for (std::uint32_t i = 0; i < a.size; ++i) out.push_back(as_u64(key, a.ptr[i]));
+    for (std::uint32_t i = 0; i < a.size; ++i)
+        out.push_back(as_u64(key, a.ptr[i]));
     return out;
 }
 
@@ -205,7 +222,9 @@ Body::Body(std::string_view bytes) : handle_(parse_map(bytes)), reader_(handle_.
 
 // ---- Writer -------------------------------------------------------------------------------
 
-Writer::Writer(std::size_t fields) : pk_(&buf_) { pk_.pack_map(static_cast<std::uint32_t>(fields)); }
+Writer::Writer(std::size_t fields) : pk_(&buf_) {
+    pk_.pack_map(static_cast<std::uint32_t>(fields));
+}
 Writer& Writer::key(std::string_view k) {
     pack_str(pk_, k);
     return *this;
@@ -256,16 +275,19 @@ Writer& Writer::opt_bin(std::string_view k, const std::optional<std::string>& v)
 Writer& Writer::str_array(std::string_view k, const std::vector<std::string>& v) {
     key(k);
     pk_.pack_array(static_cast<std::uint32_t>(v.size()));
-    for (const auto& s : v) pack_str(pk_, s);
+    for (const auto& s : v)
+        pack_str(pk_, s);
     return *this;
 }
-Writer& Writer::opt_str_array(std::string_view k, const std::optional<std::vector<std::string>>& v) {
+Writer& Writer::opt_str_array(std::string_view k,
+                              const std::optional<std::vector<std::string>>& v) {
     return v ? str_array(k, *v) : nil(k);
 }
 Writer& Writer::u64_array(std::string_view k, const std::vector<std::uint64_t>& v) {
     key(k);
     pk_.pack_array(static_cast<std::uint32_t>(v.size()));
-    for (auto x : v) pk_.pack_uint64(x);
+    for (auto x : v)
+        pk_.pack_uint64(x);
     return *this;
 }
 Writer& Writer::bool_array(std::string_view k, const std::vector<bool>& v) {
@@ -306,7 +328,8 @@ void pack_job_spec(msgpack::packer<msgpack::sbuffer>& pk, const JobSpec& j) {
     if (j.argv) {
         pack_str(pk, "argv");
         pk.pack_array(static_cast<std::uint32_t>(j.argv->size()));
-        for (const auto& a : *j.argv) pack_str(pk, a);
+        for (const auto& a : *j.argv)
+            pack_str(pk, a);
     }
     if (j.token) {
         pack_str(pk, "token");
@@ -364,7 +387,8 @@ std::vector<std::string> validated_argv(const Reader& r) {
     auto argv = r.str_array("argv", limits::kMaxArgv, limits::kMaxArgvBytes);
     if (argv.empty()) bad("field 'argv' must not be empty");
     std::size_t total = 0;
-    for (const auto& a : argv) total += a.size();
+    for (const auto& a : argv)
+        total += a.size();
     if (total > limits::kMaxArgvBytes)
         bad(fmt::format("field 'argv' is longer than {} bytes in all", limits::kMaxArgvBytes));
     return argv;
@@ -384,7 +408,8 @@ std::string encode(const SubmitRequest& m) {
     Writer w(2);
     w.u64("req", m.req).key("jobs");
     w.packer().pack_array(static_cast<std::uint32_t>(m.jobs.size()));
-    for (const auto& j : m.jobs) pack_job_spec(w.packer(), j);
+    for (const auto& j : m.jobs)
+        pack_job_spec(w.packer(), j);
     return w.take();
 }
 
@@ -436,7 +461,11 @@ SubmitRequest decode_submit(const Reader& r, const DecodeLimits& lim) {
 }
 
 std::string encode(const SubmitReply& m) {
-    return Writer(3).u64("req", m.req).u64_array("ids", m.ids).bool_array("duplicate", m.duplicate).take();
+    return Writer(3)
+        .u64("req", m.req)
+        .u64_array("ids", m.ids)
+        .bool_array("duplicate", m.duplicate)
+        .take();
 }
 
 SubmitReply decode_submitted(const Reader& r) {
@@ -449,12 +478,20 @@ SubmitReply decode_submitted(const Reader& r) {
     return m;
 }
 
-std::string encode(const IdRequest& m) { return Writer(2).u64("req", m.req).u64("id", m.id).take(); }
+std::string encode(const IdRequest& m) {
+    return Writer(2).u64("req", m.req).u64("id", m.id).take();
+}
 
-IdRequest decode_id_request(const Reader& r) { return {r.u64("req"), r.u64("id")}; }
+IdRequest decode_id_request(const Reader& r) {
+    return {r.u64("req"), r.u64("id")};
+}
 
 std::string encode(const WaitRequest& m) {
-    return Writer(3).u64("req", m.req).u64("id", m.id).u64("timeout_ms", static_cast<std::uint64_t>(m.timeout_ms)).take();
+    return Writer(3)
+        .u64("req", m.req)
+        .u64("id", m.id)
+        .u64("timeout_ms", static_cast<std::uint64_t>(m.timeout_ms))
+        .take();
 }
 
 WaitRequest decode_wait(const Reader& r) {
@@ -546,12 +583,11 @@ JobInfo decode_job_info(const Reader& r) {
 
 std::string encode(const RegisterRequest& m) {
     Writer w(10);
-    w.u64("req", m.req)
-        .key("weights");
+    w.u64("req", m.req).key("weights");
     w.packer().pack_array(static_cast<std::uint32_t>(m.weights.size()));
-    for (auto x : m.weights) w.packer().pack_uint32(x);
-    w
-        .boolean("commands", m.commands)
+    for (auto x : m.weights)
+        w.packer().pack_uint32(x);
+    w.boolean("commands", m.commands)
         .str("instance", m.instance)
         .str("name", m.name)
         .str("host", m.host)
@@ -601,8 +637,8 @@ RegisterRequest decode_register(const Reader& r) {
             const auto& pair = held.ptr[i];
             if (pair.type != object_type::ARRAY || pair.via.array.size != 2)
                 bad("each 'held' entry must be [id, attempt]");
-            m.held.push_back({as_u64("held", pair.via.array.ptr[0]),
-                              as_u32("held", pair.via.array.ptr[1])});
+            m.held.push_back(
+                {as_u64("held", pair.via.array.ptr[0]), as_u32("held", pair.via.array.ptr[1])});
         }
     }
     return m;
@@ -628,11 +664,14 @@ RegisteredReply decode_registered(const Reader& r) {
     return m;
 }
 
-std::string encode_credit(std::uint32_t n) { return Writer(1).u64("n", n).take(); }
+std::string encode_credit(std::uint32_t n) {
+    return Writer(1).u64("n", n).take();
+}
 
 std::uint32_t decode_credit(const Reader& r) {
     auto n = r.u64("n");
-    if (n > limits::kMaxConcurrency) bad(fmt::format("credit must be at most {}", limits::kMaxConcurrency));
+    if (n > limits::kMaxConcurrency)
+        bad(fmt::format("credit must be at most {}", limits::kMaxConcurrency));
     return static_cast<std::uint32_t>(n);
 }
 
@@ -711,7 +750,9 @@ JobResult decode_result(const Reader& r, bool ok, const DecodeLimits& lim) {
     return m;
 }
 
-std::string encode(const Ack& m) { return Writer(2).u64("id", m.id).u64("attempt", m.attempt).take(); }
+std::string encode(const Ack& m) {
+    return Writer(2).u64("id", m.id).u64("attempt", m.attempt).take();
+}
 
 Ack decode_ack(const Reader& r) {
     return {r.u64("id"), static_cast<std::uint32_t>(r.u64("attempt"))};
@@ -824,7 +865,8 @@ PurgeRequest decode_purge(const Reader& r) {
     auto parsed = parse_job_state(st);
     if (!parsed) bad(fmt::format("unknown state '{}'", st));
     if (!is_terminal(*parsed))
-        bad(fmt::format("only finished jobs can be purged (succeeded, dead, cancelled), not {}", st));
+        bad(fmt::format("only finished jobs can be purged (succeeded, dead, cancelled), not {}",
+                        st));
     m.state = *parsed;
     if (r.has("queue")) m.queue = checked_queue(r);
     m.older_than_ms = opt_ms(r, "older_than_ms", limits::kMaxDelayMs);
@@ -835,13 +877,17 @@ std::string encode_ids(std::uint64_t req, const std::vector<JobId>& ids) {
     return Writer(2).u64("req", req).u64_array("ids", ids).take();
 }
 
-std::vector<JobId> decode_ids(const Reader& r) { return r.u64_array("ids"); }
+std::vector<JobId> decode_ids(const Reader& r) {
+    return r.u64_array("ids");
+}
 
 std::string encode_count(std::uint64_t req, std::uint64_t count) {
     return Writer(2).u64("req", req).u64("count", count).take();
 }
 
-std::uint64_t decode_count(const Reader& r) { return r.u64("count"); }
+std::uint64_t decode_count(const Reader& r) {
+    return r.u64("count");
+}
 
 std::string encode_queues(std::uint64_t req, const std::vector<QueueInfo>& queues) {
     Writer w(2);
@@ -924,8 +970,12 @@ std::vector<Event> decode_events(const Reader& r) {
     return out;
 }
 
-std::string encode_req(std::uint64_t req) { return Writer(1).u64("req", req).take(); }
-std::string encode_empty() { return Writer(0).take(); }
+std::string encode_req(std::uint64_t req) {
+    return Writer(1).u64("req", req).take();
+}
+std::string encode_empty() {
+    return Writer(0).take();
+}
 
 std::optional<std::uint64_t> peek_req(std::string_view body) {
     try {

@@ -37,11 +37,13 @@ std::string format_duration(Millis ms) {
         Millis size;
         const char* name;
     };
-    static constexpr Unit kUnits[] = {{86'400'000, "d"}, {3'600'000, "h"}, {60'000, "m"}, {1000, "s"}};
+    static constexpr Unit kUnits[] = {
+        {86'400'000, "d"}, {3'600'000, "h"}, {60'000, "m"}, {1000, "s"}};
     for (const auto& u : kUnits) {
         if (ms < u.size) continue;
         if (ms % u.size == 0) return fmt::format("{}{}", ms / u.size, u.name);
-        return fmt::format("{:.1f}{}", static_cast<double>(ms) / static_cast<double>(u.size), u.name);
+        return fmt::format("{:.1f}{}", static_cast<double>(ms) / static_cast<double>(u.size),
+                           u.name);
     }
     return fmt::format("{}ms", ms);
 }

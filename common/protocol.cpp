@@ -17,7 +17,9 @@ constexpr std::array<std::string_view, 7> kStateNames = {
 
 }  // namespace
 
-std::string_view to_string(ErrorCode code) { return kErrorNames.at(static_cast<std::size_t>(code)); }
+std::string_view to_string(ErrorCode code) {
+    return kErrorNames.at(static_cast<std::size_t>(code));
+}
 
 std::optional<ErrorCode> parse_error_code(std::string_view text) {
     for (std::size_t i = 0; i < kErrorNames.size(); ++i)
@@ -25,7 +27,9 @@ std::optional<ErrorCode> parse_error_code(std::string_view text) {
     return std::nullopt;
 }
 
-std::string_view to_string(JobState state) { return kStateNames.at(static_cast<std::size_t>(state)); }
+std::string_view to_string(JobState state) {
+    return kStateNames.at(static_cast<std::size_t>(state));
+}
 
 std::optional<JobState> parse_job_state(std::string_view text) {
     for (std::size_t i = 0; i < kStateNames.size(); ++i)

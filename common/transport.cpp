@@ -31,10 +31,17 @@ std::optional<Envelope> recv_message(zmq::socket_t& socket, bool with_identity) 
             env.identity = part.to_string();
         } else {
             switch (env.frames++) {
-                case 0: env.version = part.to_string(); break;
-                case 1: env.command = part.to_string(); break;
-                case 2: env.body = part.to_string(); break;
-                default: break;  // extra frames are counted and dropped
+                case 0:
+                    env.version = part.to_string();
+                    break;
+                case 1:
+                    env.command = part.to_string();
+                    break;
+                case 2:
+                    env.body = part.to_string();
+                    break;
+                default:
+                    break;  // extra frames are counted and dropped
             }
         }
         ++index;

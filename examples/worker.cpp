@@ -19,7 +19,8 @@ int main(int argc, char** argv) {
     errand::Worker worker({.endpoint = endpoint, .name = "example-worker", .concurrency = 2});
     worker.handle("upper", [](const errand::Job& job) {
         std::string out = job.payload;
-        for (char& c : out) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+        for (char& c : out)
+            c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
         return errand::Outcome::success(out);
     });
     g_worker = &worker;

@@ -47,8 +47,8 @@ TEST_CASE("the documented SUBMIT example decodes as documented") {
     CHECK(m.jobs[0].payload == "hi");
     CHECK(m.jobs[0].max_attempts == limits::kDefaultMaxAttempts);
     CHECK_FALSE(m.jobs[0].token.has_value());
-    CHECK(hex(encode(SubmitReply{1, {1}, {false}})) ==
-          hex("\x83\xa3req\x01\xa3ids\x91\x01\xa9" "duplicate\x91\xc2"));
+    CHECK(hex(encode(SubmitReply{1, {1}, {false}})) == hex("\x83\xa3req\x01\xa3ids\x91\x01\xa9"
+                                                           "duplicate\x91\xc2"));
 }
 
 TEST_CASE("SUBMIT round trip keeps every field") {
@@ -124,9 +124,9 @@ TEST_CASE("worker messages round trip") {
 }
 
 TEST_CASE("malformed bodies are rejected with the documented codes") {
-    CHECK(code_of([] { Body b("\xc1"); }) == ErrorCode::bad_frame);                // never used
-    CHECK(code_of([] { Body b("\x92\x01\x02"); }) == ErrorCode::bad_frame);        // array
-    CHECK(code_of([] { Body b("\x82\xa3req"); }) == ErrorCode::bad_frame);         // truncated
+    CHECK(code_of([] { Body b("\xc1"); }) == ErrorCode::bad_frame);          // never used
+    CHECK(code_of([] { Body b("\x92\x01\x02"); }) == ErrorCode::bad_frame);  // array
+    CHECK(code_of([] { Body b("\x82\xa3req"); }) == ErrorCode::bad_frame);   // truncated
     CHECK(code_of([] { Body b(std::string("\x80\x80", 2)); }) == ErrorCode::bad_frame);  // trailing
     CHECK(code_of([] { Body b(""); }) == ErrorCode::bad_frame);
 

@@ -7,9 +7,11 @@ using errand::broker::ReadyIndex;
 
 TEST_CASE("FIFO within one queue and one priority") {
     ReadyIndex ix;
-    for (errand::JobId id = 1; id <= 5; ++id) ix.push("q", id, 0, false);
+    for (errand::JobId id = 1; id <= 5; ++id)
+        ix.push("q", id, 0, false);
     CHECK(ix.size("q") == 5);
-    for (errand::JobId id = 1; id <= 5; ++id) CHECK(ix.pop("q", false) == id);
+    for (errand::JobId id = 1; id <= 5; ++id)
+        CHECK(ix.pop("q", false) == id);
     CHECK_FALSE(ix.pop("q", false).has_value());
     CHECK(ix.size() == 0);
 }

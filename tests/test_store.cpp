@@ -120,7 +120,8 @@ TEST_CASE("scan_live returns unfinished jobs only; list filters") {
     TempDir dir;
     SqliteStore store(dir.db());
     store.begin();
-    for (JobId id = 1; id <= 4; ++id) store.insert_job(job(id, id % 2 ? "odd" : "even"), "s");
+    for (JobId id = 1; id <= 4; ++id)
+        store.insert_job(job(id, id % 2 ? "odd" : "even"), "s");
     Transition t;
     t.id = 2;
     t.from = JobState::ready;

@@ -27,18 +27,18 @@ struct ClientOptions {
 
 // The broker answered with ERROR.
 class BrokerError : public std::runtime_error {
-public:
+  public:
     BrokerError(ErrorCode code, const std::string& message)
         : std::runtime_error(message), code_(code) {}
     ErrorCode code() const { return code_; }
 
-private:
+  private:
     ErrorCode code_;
 };
 
 // No reply within the timeout: "cannot reach broker at tcp://…: timed out after 5s".
 class ConnectionError : public std::runtime_error {
-public:
+  public:
     using std::runtime_error::runtime_error;
 };
 
@@ -54,7 +54,7 @@ struct ListFilter {
 };
 
 class Client {
-public:
+  public:
     explicit Client(ClientOptions options = {});
     ~Client();
     Client(const Client&) = delete;
@@ -89,7 +89,7 @@ public:
 
     const std::string& endpoint() const;
 
-private:
+  private:
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };

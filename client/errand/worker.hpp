@@ -46,8 +46,8 @@ struct Job {
 
 struct Outcome {
     bool ok = true;
-    std::string result;    // on success: the job's result; on failure: optional partial output
-    std::string error;     // on failure
+    std::string result;  // on success: the job's result; on failure: optional partial output
+    std::string error;   // on failure
     std::int64_t exit_code = 0;
     bool permanent = false;  // failure that no retry can fix: the job goes straight to dead
 
@@ -71,7 +71,7 @@ struct WorkerOptions {
 };
 
 class Worker {
-public:
+  public:
     explicit Worker(WorkerOptions options);
     ~Worker();
     Worker(const Worker&) = delete;
@@ -87,7 +87,7 @@ public:
     // Asks run() to return. Async-signal-safe: it only sets a flag.
     void stop();
 
-private:
+  private:
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };

@@ -8,13 +8,13 @@
 namespace errand {
 
 class Clock {
-public:
+  public:
     virtual ~Clock() = default;
     virtual Millis now_ms() const = 0;  // wall clock, ms since the Unix epoch
 };
 
 class SystemClock final : public Clock {
-public:
+  public:
     Millis now_ms() const override {
         using namespace std::chrono;
         return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();

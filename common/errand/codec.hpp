@@ -17,7 +17,7 @@ namespace errand {
 
 // Read-only view of one MessagePack map. Lookups are linear: bodies have a handful of keys.
 class Reader {
-public:
+  public:
     explicit Reader(const msgpack::object& map);
 
     bool has(std::string_view key) const { return find(key) != nullptr; }
@@ -44,7 +44,7 @@ public:
     // The array at key (required); each element is returned as a raw object.
     const msgpack::object_array& array(std::string_view key) const;
 
-private:
+  private:
     const msgpack::object* find(std::string_view key) const;
     const msgpack::object& need(std::string_view key) const;
     const msgpack::object& map_;
@@ -52,18 +52,18 @@ private:
 
 // An owned, parsed body. Throws ProtocolError(bad_frame) when bytes are not one MessagePack map.
 class Body {
-public:
+  public:
     explicit Body(std::string_view bytes);
     const Reader& reader() const { return reader_; }
 
-private:
+  private:
     msgpack::object_handle handle_;
     Reader reader_;
 };
 
 // Writes one map; the number of fields is declared up front, as MessagePack requires.
 class Writer {
-public:
+  public:
     explicit Writer(std::size_t fields);
     Writer& u64(std::string_view key, std::uint64_t v);
     Writer& i64(std::string_view key, std::int64_t v);
@@ -83,7 +83,7 @@ public:
     msgpack::packer<msgpack::sbuffer>& packer() { return pk_; }
     std::string take() const { return std::string(buf_.data(), buf_.size()); }
 
-private:
+  private:
     msgpack::sbuffer buf_;
     msgpack::packer<msgpack::sbuffer> pk_;
 };
@@ -288,7 +288,7 @@ std::string encode(const SubmitReply& m);
 std::string encode(const IdRequest& m);
 std::string encode(const WaitRequest& m);
 std::string encode(const ListRequest& m);
-std::string encode_job(const JobInfo& job, std::uint64_t req);      // JOB
+std::string encode_job(const JobInfo& job, std::uint64_t req);                 // JOB
 std::string encode_jobs(const std::vector<JobInfo>& jobs, std::uint64_t req);  // JOBS
 std::string encode(const RegisterRequest& m);
 std::string encode(const RegisteredReply& m);

@@ -1,4 +1,5 @@
-// Human durations on the command line: "250ms", "5s", "2m", "1h", "1d", or a bare number of seconds.
+// Human durations on the command line: "250ms", "5s", "2m", "1h", "1d", or a bare number of
+// seconds.
 #pragma once
 
 #include <optional>

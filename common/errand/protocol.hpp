@@ -64,12 +64,12 @@ std::optional<ErrorCode> parse_error_code(std::string_view text);
 
 // Thrown by the codec and by request handlers; the dispatch boundary turns it into an ERROR reply.
 class ProtocolError : public std::runtime_error {
-public:
+  public:
     ProtocolError(ErrorCode code, const std::string& message)
         : std::runtime_error(message), code_(code) {}
     ErrorCode code() const { return code_; }
 
-private:
+  private:
     ErrorCode code_;
 };
 
