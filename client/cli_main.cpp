@@ -1,5 +1,6 @@
-// The `errand` command line: submit jobs, show their status, wait for them, list them, ping the
-// broker. CLI11 parses; one function per subcommand talks to errand::Client; cli_output formats.
+// The `errand` command line: submit jobs, show, wait for, list, cancel and retry them; pause,
+// resume, purge and inspect queues; show a job's history; ping the broker. CLI11 parses; one
+// function per subcommand talks to errand::Client; cli_output formats.
 #include <unistd.h>
 
 #include <algorithm>
@@ -7,6 +8,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <iostream>
 #include <iterator>
 #include <memory>
@@ -44,9 +46,10 @@ constexpr const char* kFooter = R"(Exit codes:
   0    success
   N    submit --wait, wait: the job failed with exit code N (1 when it has none)
   2    usage error
-  3    the broker refused the request (e.g. no such job)
+  3    the broker refused the request (e.g. no such job, or cancel/retry of a job in the
+       wrong state)
   4    cannot reach the broker
-  124  wait: the job did not finish in time)";
+  124  submit --wait-timeout, wait --timeout: the job did not finish in time)";
 
 // Waits longer than this are split into several WAIT requests, so a lost reply costs little.
 constexpr Millis kWaitChunkMs = 60'000;
@@ -59,7 +62,7 @@ class UsageError : public std::runtime_error {
 
 struct GlobalArgs {
     std::string broker = std::string(errand::kDefaultEndpoint);
-    std::string timeout = "5s";
+    std::string request_timeout = "5s";
 };
 
 struct SubmitArgs {
@@ -68,6 +71,12 @@ struct SubmitArgs {
     std::optional<std::string> payload_file;
     std::uint32_t max_attempts = errand::limits::kDefaultMaxAttempts;
     std::optional<std::string> token;
+    std::int32_t priority = 0;
+    std::optional<std::string> delay;
+    std::optional<std::string> at;
+    std::optional<std::string> timeout;
+    std::optional<std::string> backoff;
+    std::optional<std::string> unique;
     bool wait = false;
     std::optional<std::string> wait_timeout;
     std::vector<std::string> argv;  // everything after "--"
@@ -90,6 +99,41 @@ struct ListArgs {
     bool json = false;
 };
 
+struct IdArgs {  // cancel
+    JobId id = 0;
+};
+
+struct RetryArgs {
+    std::optional<JobId> id;
+    bool dead = false;
+    std::optional<std::string> queue;
+};
+
+struct QueueArgs {  // pause, resume
+    std::string queue;
+};
+
+struct PurgeArgs {
+    std::string state;
+    std::optional<std::string> queue;
+    std::optional<std::string> older_than;
+};
+
+struct JsonArgs {  // queues
+    bool json = false;
+};
+
+struct HistoryArgs {
+    JobId id = 0;
+    bool json = false;
+};
+
+// `--backoff BASE[,CAP]`.
+struct Backoff {
+    Millis base = 0;
+    std::optional<Millis> cap;
+};
+
 Millis now_ms() {
     return std::chrono::duration_cast<std::chrono::milliseconds>(
                std::chrono::system_clock::now().time_since_epoch())
@@ -101,13 +145,96 @@ Millis to_ms(const std::string& text) {
     return errand::parse_duration(text).value_or(0);
 }
 
-CLI::Validator duration_check(bool allow_zero) {
+// `max`: the longest duration accepted (none when 0).
+CLI::Validator duration_check(bool allow_zero, Millis max = 0) {
     return CLI::Validator(
-        [allow_zero](std::string& text) -> std::string {
+        [allow_zero, max](std::string& text) -> std::string {
             auto ms = errand::parse_duration(text);
             if (!ms) return "'" + text + "' is not a duration (examples: 250ms, 5s, 2m, 1h)";
             if (!allow_zero && *ms == 0) return "must be more than 0";
+            if (max != 0 && *ms > max) {
+                return "must be at most " + errand::format_duration(max);
+            }
             return {};
+        },
+        "");
+}
+
+CLI::Validator time_check() {
+    return CLI::Validator(
+        [](std::string& text) -> std::string {
+            if (errand::cli::parse_time(text)) return {};
+            return "'" + text +
+                   "' is not an RFC 3339 time: YYYY-MM-DDTHH:MM:SS[.mmm] and Z or +HH:MM/-HH:MM "
+                   "(e.g. 2026-11-28T20:00:00Z, 2026-11-28T20:00:00.250+02:00)";
+        },
+        "");
+}
+
+// Throws UsageError on anything but "BASE" or "BASE,CAP" with CAP >= BASE.
+Backoff parse_backoff(std::string_view text) {
+    auto comma = text.find(',');
+    auto part = [](std::string_view dur) {
+        auto ms = errand::parse_duration(dur);
+        if (!ms) {
+            throw UsageError(
+                fmt::format("'{}' is not a duration (examples: 250ms, 5s, 2m, 1h)", dur));
+        }
+        if (*ms > errand::limits::kMaxDelayMs) {
+            throw UsageError(fmt::format("a backoff must be at most {}",
+                                         errand::format_duration(errand::limits::kMaxDelayMs)));
+        }
+        return *ms;
+    };
+    Backoff b;
+    b.base = part(text.substr(0, comma));
+    if (comma == std::string_view::npos) return b;
+    b.cap = part(text.substr(comma + 1));
+    if (*b.cap < b.base) {
+        throw UsageError(fmt::format("the backoff cap ({}) must not be less than its base ({})",
+                                     text.substr(comma + 1), text.substr(0, comma)));
+    }
+    return b;
+}
+
+CLI::Validator backoff_check() {
+    return CLI::Validator(
+        [](std::string& text) -> std::string {
+            try {
+                parse_backoff(text);
+                return {};
+            } catch (const UsageError& e) {
+                return e.what();
+            }
+        },
+        "");
+}
+
+CLI::Validator unique_check() {
+    return CLI::Validator(
+        [](std::string& text) -> std::string {
+            if (!text.empty() && text.size() <= errand::limits::kMaxUniqueKey) return {};
+            return fmt::format("a unique key must be 1-{} bytes", errand::limits::kMaxUniqueKey);
+        },
+        "");
+}
+
+// The states purge accepts: the terminal ones.
+std::string purgeable_names() {
+    std::string out;
+    for (JobState s : errand::cli::all_states()) {
+        if (!errand::is_terminal(s)) continue;
+        out += (out.empty() ? "" : ", ") + std::string(errand::to_string(s));
+    }
+    return out;
+}
+
+CLI::Validator purge_state_check() {
+    return CLI::Validator(
+        [](std::string& text) -> std::string {
+            auto state = errand::parse_job_state(text);
+            if (state && errand::is_terminal(*state)) return {};
+            return fmt::format("cannot purge '{}' jobs; purge one of: {}", text, purgeable_names());
         },
         "");
 }
@@ -255,10 +382,31 @@ int run_submit(errand::Client& client, const SubmitArgs& args) {
     if (!args.argv.empty()) spec.argv = args.argv;
     spec.max_attempts = args.max_attempts;
     spec.token = args.token;
+    spec.priority = args.priority;
+    if (args.delay) spec.delay_ms = to_ms(*args.delay);
+    if (args.at) spec.run_at = errand::cli::parse_time(*args.at);
+    if (args.timeout) spec.timeout_ms = to_ms(*args.timeout);
+    if (args.backoff) {
+        auto backoff = parse_backoff(*args.backoff);
+        spec.backoff_ms = backoff.base;
+        spec.backoff_cap_ms = backoff.cap;
+    }
+    spec.unique = args.unique;
 
     auto submitted = client.submit(std::move(spec));
     if (submitted.duplicate) {
-        std::cerr << fmt::format("note: job {} already exists for this token\n", submitted.id);
+        // The reply does not say which key matched; only name both when both were given.
+        if (args.unique && !args.token) {
+            std::cerr << fmt::format("note: job {} is already queued with unique key {}\n",
+                                     submitted.id, *args.unique);
+        } else if (args.unique) {
+            std::cerr << fmt::format(
+                "note: job {} already exists for this token or is already queued with unique "
+                "key {}\n",
+                submitted.id, *args.unique);
+        } else {
+            std::cerr << fmt::format("note: job {} already exists for this token\n", submitted.id);
+        }
     }
     if (!args.wait && !args.wait_timeout) {
         std::cout << submitted.id << '\n';
@@ -286,6 +434,61 @@ int run_list(errand::Client& client, const ListArgs& args) {
         std::cout << errand::cli::jobs_json(jobs) << '\n';
     else
         std::cout << errand::cli::jobs_table(jobs, now_ms());
+    return kOk;
+}
+
+int run_cancel(errand::Client& client, const IdArgs& args) {
+    auto job = client.cancel(args.id);
+    std::cout << fmt::format("cancelled job {}\n", job.id);
+    return kOk;
+}
+
+int run_retry(errand::Client& client, const RetryArgs& args) {
+    if (args.id) {
+        std::cout << fmt::format("job {} is ready again\n", client.retry(*args.id));
+        return kOk;
+    }
+    auto ids = client.retry_dead(args.queue);
+    std::cout << (ids.size() == 1 ? std::string("1 dead job is ready again\n")
+                                  : fmt::format("{} dead jobs are ready again\n", ids.size()));
+    return kOk;
+}
+
+int run_pause(errand::Client& client, const QueueArgs& args) {
+    client.pause(args.queue);
+    std::cout << fmt::format("queue {} paused\n", args.queue);
+    return kOk;
+}
+
+int run_resume(errand::Client& client, const QueueArgs& args) {
+    client.resume(args.queue);
+    std::cout << fmt::format("queue {} resumed\n", args.queue);
+    return kOk;
+}
+
+int run_purge(errand::Client& client, const PurgeArgs& args) {
+    std::optional<Millis> older_than;
+    if (args.older_than) older_than = to_ms(*args.older_than);
+    auto n = client.purge(*errand::parse_job_state(args.state), args.queue, older_than);
+    std::cout << (n == 1 ? std::string("purged 1 job\n") : fmt::format("purged {} jobs\n", n));
+    return kOk;
+}
+
+int run_queues(errand::Client& client, const JsonArgs& args) {
+    auto queues = client.queues();
+    if (args.json)
+        std::cout << errand::cli::queues_json(queues) << '\n';
+    else
+        std::cout << errand::cli::queues_table(queues, now_ms());
+    return kOk;
+}
+
+int run_history(errand::Client& client, const HistoryArgs& args) {
+    auto events = client.history(args.id);
+    if (args.json)
+        std::cout << errand::cli::events_json(events) << '\n';
+    else
+        std::cout << errand::cli::events_text(events);
     return kOk;
 }
 
@@ -324,10 +527,14 @@ int run(int argc, char** argv) {
         ->envname("ERRAND_BROKER")
         ->type_name("ENDPOINT")
         ->capture_default_str();
-    app.add_option("--timeout", global.timeout, "give up on a request after this long")
+    app.add_option("--request-timeout", global.request_timeout,
+                   "give up on a request to the broker after this long")
         ->check(duration_check(false))
         ->type_name("DUR")
         ->capture_default_str();
+
+    // Each parsed subcommand runs its entry here, with a client of the chosen broker.
+    std::vector<std::pair<CLI::App*, std::function<int(errand::Client&)>>> commands;
 
     SubmitArgs submit_args;
     auto* submit = app.add_subcommand("submit", "Submit a job and print its id.");
@@ -351,8 +558,41 @@ int run(int argc, char** argv) {
         ->check(CLI::Range(1U, errand::limits::kMaxMaxAttempts).description(""))
         ->type_name("N")
         ->capture_default_str();
+    submit
+        ->add_option("--priority", submit_args.priority,
+                     fmt::format("{}..{}; higher runs first", errand::limits::kMinPriority,
+                                 errand::limits::kMaxPriority))
+        ->check(
+            CLI::Range(errand::limits::kMinPriority, errand::limits::kMaxPriority).description(""))
+        ->type_name("N")
+        ->capture_default_str();
+    auto* delay =
+        submit->add_option("--delay", submit_args.delay, "run no sooner than DUR from now")
+            ->check(duration_check(true, errand::limits::kMaxDelayMs))
+            ->type_name("DUR");
+    submit
+        ->add_option("--at", submit_args.at,
+                     "run no sooner than TIME (RFC 3339, e.g. 2026-11-28T20:00:00Z)")
+        ->check(time_check())
+        ->type_name("TIME")
+        ->excludes(delay);
+    submit
+        ->add_option("--timeout", submit_args.timeout,
+                     "stop and fail an attempt that runs longer than DUR")
+        ->check(duration_check(false, errand::limits::kMaxTimeoutMs))
+        ->type_name("DUR");
+    submit
+        ->add_option("--backoff", submit_args.backoff,
+                     "wait BASE before the first retry, doubling up to CAP (e.g. 500ms,30s)")
+        ->check(backoff_check())
+        ->type_name("BASE[,CAP]");
     submit->add_option("--token", submit_args.token, "idempotency key (default: random)")
         ->check(token_check())
+        ->type_name("KEY");
+    submit
+        ->add_option("--unique", submit_args.unique,
+                     "at most one unfinished job per KEY; a duplicate prints the existing id")
+        ->check(unique_check())
         ->type_name("KEY");
     submit->add_flag("--wait", submit_args.wait, "wait for the job and print its result");
     submit
@@ -360,11 +600,13 @@ int run(int argc, char** argv) {
                      "with --wait: give up after DUR (exit 124; implies --wait)")
         ->check(duration_check(true))
         ->type_name("DUR");
+    commands.emplace_back(submit, [&](errand::Client& c) { return run_submit(c, submit_args); });
 
     StatusArgs status_args;
     auto* status = app.add_subcommand("status", "Show a job.");
     status->add_option("id", status_args.id, "job id")->required();
     status->add_flag("--json", status_args.json, "print one JSON object");
+    commands.emplace_back(status, [&](errand::Client& c) { return run_status(c, status_args); });
 
     WaitArgs wait_args;
     auto* wait = app.add_subcommand("wait", "Wait for a job to finish; print its result.");
@@ -373,6 +615,9 @@ int run(int argc, char** argv) {
                      "give up after DUR (exit 124; default: wait forever)")
         ->check(duration_check(true))
         ->type_name("DUR");
+    commands.emplace_back(wait, [&](errand::Client& c) {
+        return wait_and_report(c, wait_args.id, wait_args.timeout);
+    });
 
     ListArgs list_args;
     auto* list = app.add_subcommand("list", "List jobs, newest first.");
@@ -387,8 +632,67 @@ int run(int argc, char** argv) {
         ->type_name("N")
         ->capture_default_str();
     list->add_flag("--json", list_args.json, "print a JSON array");
+    commands.emplace_back(list, [&](errand::Client& c) { return run_list(c, list_args); });
+
+    IdArgs cancel_args;
+    auto* cancel = app.add_subcommand(
+        "cancel", "Cancel an unfinished job (a running one is stopped on its worker).");
+    cancel->add_option("id", cancel_args.id, "job id")->required();
+    commands.emplace_back(cancel, [&](errand::Client& c) { return run_cancel(c, cancel_args); });
+
+    RetryArgs retry_args;
+    auto* retry = app.add_subcommand(
+        "retry", "Put a dead job, or with --dead every dead job, back in its queue.");
+    retry->footer("Usage: errand retry ID | errand retry --dead [-q QUEUE]");
+    retry->add_option("id", retry_args.id, "a dead job's id");
+    auto* retry_dead = retry->add_flag("--dead", retry_args.dead, "every dead job");
+    retry->add_option("-q,--queue", retry_args.queue, "with --dead: only this queue")
+        ->check(queue_check())
+        ->type_name("QUEUE")
+        ->needs(retry_dead);
+    commands.emplace_back(retry, [&](errand::Client& c) { return run_retry(c, retry_args); });
+
+    QueueArgs pause_args;
+    auto* pause = app.add_subcommand(
+        "pause", "Stop dispatching a queue's jobs (it still accepts new ones) until resumed.");
+    pause->add_option("queue", pause_args.queue, "queue name")->check(queue_check())->required();
+    commands.emplace_back(pause, [&](errand::Client& c) { return run_pause(c, pause_args); });
+
+    QueueArgs resume_args;
+    auto* resume = app.add_subcommand("resume", "Dispatch a paused queue's jobs again.");
+    resume->add_option("queue", resume_args.queue, "queue name")->check(queue_check())->required();
+    commands.emplace_back(resume, [&](errand::Client& c) { return run_resume(c, resume_args); });
+
+    PurgeArgs purge_args;
+    auto* purge = app.add_subcommand("purge", "Delete finished jobs.");
+    purge
+        ->add_option("--state", purge_args.state, "delete jobs in this state: " + purgeable_names())
+        ->check(purge_state_check())
+        ->type_name("STATE")
+        ->required();
+    purge->add_option("-q,--queue", purge_args.queue, "only this queue")
+        ->check(queue_check())
+        ->type_name("QUEUE");
+    purge
+        ->add_option("--older-than", purge_args.older_than,
+                     "only jobs that finished at least DUR ago")
+        ->check(duration_check(true))
+        ->type_name("DUR");
+    commands.emplace_back(purge, [&](errand::Client& c) { return run_purge(c, purge_args); });
+
+    JsonArgs queues_args;
+    auto* queues = app.add_subcommand("queues", "Show every queue: paused or not, jobs per state.");
+    queues->add_flag("--json", queues_args.json, "print a JSON array");
+    commands.emplace_back(queues, [&](errand::Client& c) { return run_queues(c, queues_args); });
+
+    HistoryArgs history_args;
+    auto* history = app.add_subcommand("history", "Show a job's state changes, oldest first.");
+    history->add_option("id", history_args.id, "job id")->required();
+    history->add_flag("--json", history_args.json, "print a JSON array");
+    commands.emplace_back(history, [&](errand::Client& c) { return run_history(c, history_args); });
 
     auto* ping = app.add_subcommand("ping", "Check that the broker answers.");
+    commands.emplace_back(ping, [](errand::Client& c) { return run_ping(c); });
 
     try {
         app.parse(cli_argc, argv);
@@ -398,38 +702,48 @@ int run(int argc, char** argv) {
         std::string list;
         for (const auto& arg : extras)
             list += (list.empty() ? "" : " ") + arg;
-        bool looks_like_command =
-            submit->parsed() && !extras.empty() && !extras[0].empty() && extras[0][0] != '-';
-        std::cerr << fmt::format(
-            "error: unexpected argument{}: {}{}\n", extras.size() == 1 ? "" : "s", list,
-            looks_like_command ? "; a job's command line goes after --: errand submit [OPTIONS] "
-                                 "-- CMD [ARGS...]"
-                               : " (see --help)");
+        std::string hint = " (see --help)";
+        if (submit->parsed() && !extras.empty() && !extras[0].empty() && extras[0][0] != '-') {
+            hint = "; a job's command line goes after --: errand submit [OPTIONS] -- CMD [ARGS...]";
+        } else if (std::any_of(extras.begin(), extras.end(), [](const std::string& arg) {
+                       return arg == "--timeout" || arg.starts_with("--timeout=");
+                   })) {
+            hint = "; the time allowed for a request to the broker is --request-timeout";
+        }
+        std::cerr << fmt::format("error: unexpected argument{}: {}{}\n",
+                                 extras.size() == 1 ? "" : "s", list, hint);
         return kUsage;
     } catch (const CLI::ParseError& e) {
         int code = app.exit(e);
         return code == static_cast<int>(CLI::ExitCodes::Success) ? kOk : kUsage;
     }
-    if (app.get_subcommands().empty()) {
-        throw UsageError(
-            "a subcommand is required: submit, status, wait, list or ping (see --help)");
+    auto chosen = std::find_if(commands.begin(), commands.end(),
+                               [](const auto& command) { return command.first->parsed(); });
+    if (chosen == commands.end()) {
+        std::string names;
+        for (std::size_t i = 0; i < commands.size(); ++i) {
+            names += (i == 0                     ? ""
+                      : i + 1 == commands.size() ? " or "
+                                                 : ", ") +
+                     commands[i].first->get_name();
+        }
+        throw UsageError(fmt::format("a subcommand is required: {} (see --help)", names));
     }
     if (cli_argc != argc && !submit->parsed()) {
         throw UsageError("'--' (a job's command line) is only accepted by submit");
     }
     submit_args.argv = std::move(job_argv);
+    if (retry->parsed() && retry_args.id.has_value() == retry_args.dead) {
+        throw UsageError(retry_args.dead
+                             ? "retry takes a job id or --dead, not both"
+                             : "retry needs a job id or --dead (see errand retry --help)");
+    }
 
     errand::ClientOptions options;
     options.endpoint = global.broker;
-    options.timeout_ms = to_ms(global.timeout);
+    options.timeout_ms = to_ms(global.request_timeout);
     errand::Client client(options);
-
-    if (submit->parsed()) return run_submit(client, submit_args);
-    if (status->parsed()) return run_status(client, status_args);
-    if (wait->parsed()) return wait_and_report(client, wait_args.id, wait_args.timeout);
-    if (list->parsed()) return run_list(client, list_args);
-    if (ping->parsed()) return run_ping(client);
-    return kUsage;  // unreachable: one subcommand was parsed
+    return chosen->second(client);
 }
 
 }  // namespace

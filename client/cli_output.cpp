@@ -1,10 +1,12 @@
-// How the `errand` CLI prints jobs: aligned text for people, JSON for programs, RFC 3339 UTC times.
+// How the `errand` CLI prints jobs, queues and histories: aligned text for people, JSON for
+// programs, RFC 3339 UTC times.
 #include "cli_output.hpp"
 
 #include <time.h>
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <cstdio>
 
 #include <fmt/format.h>
@@ -64,6 +66,61 @@ std::string bytes(std::size_t n) {
     return n == 1 ? "1 byte" : fmt::format("{} bytes", n);
 }
 
+// Columns a terminal gives UTF-8 text: one per code point (good enough for names and arrows).
+std::size_t display_width(std::string_view s) {
+    return static_cast<std::size_t>(std::count_if(
+        s.begin(), s.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
+}
+
+enum class Align { left, right };
+
+// Rows of cells as aligned columns two spaces apart, each line ending in '\n' without trailing
+// blanks. `align` has one entry per column.
+std::string table(const std::vector<std::vector<std::string>>& rows,
+                  const std::vector<Align>& align) {
+    std::vector<std::size_t> width(align.size(), 0);
+    for (const auto& row : rows) {
+        for (std::size_t c = 0; c < row.size(); ++c)
+            width[c] = std::max(width[c], display_width(row[c]));
+    }
+    std::string out;
+    for (const auto& row : rows) {
+        std::string line;
+        for (std::size_t c = 0; c < row.size(); ++c) {
+            if (c > 0) line += "  ";
+            std::string pad(width[c] - display_width(row[c]), ' ');
+            line += align[c] == Align::right ? pad + row[c] : row[c] + pad;
+        }
+        while (!line.empty() && line.back() == ' ')
+            line.pop_back();
+        out += line;
+        out += '\n';
+    }
+    return out;
+}
+
+// The first line of `text`, with " …" when more lines follow.
+std::string first_line(std::string_view text) {
+    while (!text.empty() && (text.back() == '\n' || text.back() == '\r'))
+        text.remove_suffix(1);
+    auto nl = text.find_first_of("\r\n");
+    if (nl == std::string_view::npos) return std::string(text);
+    return std::string(text.substr(0, nl)) + " …";
+}
+
+std::vector<QueueInfo> sorted_by_name(std::vector<QueueInfo> queues) {
+    std::sort(queues.begin(), queues.end(),
+              [](const QueueInfo& a, const QueueInfo& b) { return a.name < b.name; });
+    return queues;
+}
+
+std::uint64_t count_of(const QueueInfo& q, JobState state) {
+    for (const auto& [s, n] : q.counts) {
+        if (s == state) return n;
+    }
+    return 0;
+}
+
 std::string time_with_age(Millis t, Millis now) {
     return fmt::format("{} ({})", format_time(t), format_age(t, now));
 }
@@ -96,6 +153,11 @@ nlohmann::ordered_json to_json(const JobInfo& job) {
     j["started_at"] = time_or_null(job.started_at);
     j["finished_at"] = time_or_null(job.finished_at);
     j["run_at"] = time_or_null(job.run_at);
+    j["priority"] = job.priority;
+    j["timeout_ms"] = or_null(job.timeout_ms);
+    j["unique"] = or_null(job.unique);
+    j["progress"] = or_null(job.progress);
+    j["progress_message"] = or_null(job.progress_message);
     return j;
 }
 
@@ -135,6 +197,68 @@ std::string format_time(Millis epoch_ms) {
     if (gmtime_r(&t, &tm) == nullptr) return fmt::format("@{}ms", epoch_ms);
     return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", tm.tm_year + 1900,
                        tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
+}
+
+std::optional<Millis> parse_time(std::string_view text) {
+    std::size_t i = 0;
+    // Exactly n digits.
+    auto number = [&](std::size_t n, int& out) {
+        if (text.size() - i < n) return false;
+        out = 0;
+        for (std::size_t k = 0; k < n; ++k, ++i) {
+            if (text[i] < '0' || text[i] > '9') return false;
+            out = out * 10 + (text[i] - '0');
+        }
+        return true;
+    };
+    // One character out of `chars`.
+    auto one_of = [&](std::string_view chars) {
+        if (i >= text.size() || chars.find(text[i]) == std::string_view::npos) return false;
+        ++i;
+        return true;
+    };
+    int year = 0, month = 0, day = 0, hour = 0, minute = 0, second = 0;
+    if (!(number(4, year) && one_of("-") && number(2, month) && one_of("-") && number(2, day) &&
+          one_of("Tt") && number(2, hour) && one_of(":") && number(2, minute) && one_of(":") &&
+          number(2, second))) {
+        return std::nullopt;
+    }
+    Millis ms = 0;
+    if (one_of(".")) {
+        std::size_t start = i;
+        for (Millis scale = 100; i < text.size() && text[i] >= '0' && text[i] <= '9'; ++i) {
+            ms += (text[i] - '0') * scale;
+            scale /= 10;
+        }
+        if (i == start) return std::nullopt;
+    }
+    Millis offset_minutes = 0;
+    if (!one_of("Zz")) {
+        if (i >= text.size() || (text[i] != '+' && text[i] != '-')) return std::nullopt;
+        int sign = text[i++] == '-' ? -1 : 1;
+        int oh = 0, om = 0;
+        if (!(number(2, oh) && one_of(":") && number(2, om)) || oh > 23 || om > 59) {
+            return std::nullopt;
+        }
+        offset_minutes = sign * (oh * 60 + om);
+    }
+    if (i != text.size()) return std::nullopt;
+
+    static constexpr std::array<int, 12> kDays = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    bool leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    if (month < 1 || month > 12 || day < 1 || day > kDays[static_cast<std::size_t>(month - 1)] ||
+        (month == 2 && day == 29 && !leap) || hour > 23 || minute > 59 || second > 60) {
+        return std::nullopt;  // second 60 is a leap second; timegm rolls it into the next minute
+    }
+    struct tm tm {};
+    tm.tm_year = year - 1900;
+    tm.tm_mon = month - 1;
+    tm.tm_mday = day;
+    tm.tm_hour = hour;
+    tm.tm_min = minute;
+    tm.tm_sec = second;
+    Millis secs = static_cast<Millis>(timegm(&tm));
+    return secs * 1000 + ms - offset_minutes * 60'000;
 }
 
 std::string format_age(Millis then, Millis now) {
@@ -181,13 +305,24 @@ std::string job_text(const JobInfo& job, Millis now) {
     rows.emplace_back("id", std::to_string(job.id));
     rows.emplace_back("queue", job.queue);
     rows.emplace_back("state", std::string(to_string(job.state)));
+    if (job.priority != 0) rows.emplace_back("priority", std::to_string(job.priority));
     rows.emplace_back("attempts", fmt::format("{}/{}", job.attempts, job.max_attempts));
     if (job.worker) rows.emplace_back("worker", *job.worker);
+    if (job.progress) {
+        std::string message = job.progress_message ? first_line(*job.progress_message) : "";
+        rows.emplace_back(
+            "progress", fmt::format("{}%{}{}", *job.progress, message.empty() ? "" : " ", message));
+    }
     if (job.exit_code) rows.emplace_back("exit code", std::to_string(*job.exit_code));
     rows.emplace_back("created", time_with_age(job.created_at, now));
     if (job.started_at) rows.emplace_back("started", time_with_age(*job.started_at, now));
     if (job.finished_at) rows.emplace_back("finished", time_with_age(*job.finished_at, now));
-    if (job.run_at) rows.emplace_back("run at", time_with_age(*job.run_at, now));
+    // A job that became ready keeps its run_at; it only says something while the job waits.
+    if (job.run_at && (job.state == JobState::scheduled || job.state == JobState::retrying)) {
+        rows.emplace_back("runs at", time_with_age(*job.run_at, now));
+    }
+    if (job.timeout_ms) rows.emplace_back("timeout", format_duration(*job.timeout_ms));
+    if (job.unique) rows.emplace_back("unique key", *job.unique);
     if (job.error) rows.emplace_back("error", *job.error);
     if (job.result) rows.emplace_back("result", summarize_result(*job.result));
     rows.emplace_back("payload", bytes(job.payload_size));
@@ -213,8 +348,7 @@ std::string job_text(const JobInfo& job, Millis now) {
 }
 
 std::string jobs_table(const std::vector<JobInfo>& jobs, Millis now) {
-    using Row = std::array<std::string, 6>;
-    std::vector<Row> rows;
+    std::vector<std::vector<std::string>> rows;
     rows.push_back({"ID", "QUEUE", "STATE", "ATTEMPTS", "WORKER", "AGE"});
     for (const auto& job : jobs) {
         rows.push_back({std::to_string(job.id), job.queue, std::string(to_string(job.state)),
@@ -222,20 +356,46 @@ std::string jobs_table(const std::vector<JobInfo>& jobs, Millis now) {
                         job.worker.value_or("-"),
                         format_duration(std::max<Millis>(0, now - job.created_at))});
     }
-    std::array<std::size_t, 6> width{};
-    for (const auto& row : rows) {
-        for (std::size_t c = 0; c < row.size(); ++c)
-            width[c] = std::max(width[c], row[c].size());
+    return table(rows, std::vector<Align>(6, Align::left));
+}
+
+std::string queues_table(const std::vector<QueueInfo>& queues, Millis now) {
+    std::vector<std::vector<std::string>> rows;
+    std::vector<std::string> header = {"QUEUE", "PAUSED"};
+    std::vector<Align> align = {Align::left, Align::left};
+    for (JobState s : all_states()) {
+        std::string name(to_string(s));
+        std::transform(name.begin(), name.end(), name.begin(), [](char c) {
+            return static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+        });
+        header.push_back(std::move(name));
+        align.push_back(Align::right);
     }
-    std::string out;
-    for (const auto& row : rows) {
-        for (std::size_t c = 0; c + 1 < row.size(); ++c) {
-            out += fmt::format("{:<{}}  ", row[c], width[c]);
-        }
-        out += row.back();
-        out += '\n';
+    header.emplace_back("OLDEST-READY");
+    align.push_back(Align::right);
+    rows.push_back(std::move(header));
+
+    for (const auto& q : sorted_by_name(queues)) {
+        std::vector<std::string> row = {q.name, q.paused ? "yes" : "no"};
+        for (JobState s : all_states())
+            row.push_back(std::to_string(count_of(q, s)));
+        row.push_back(q.oldest_ready_at
+                          ? format_duration(std::max<Millis>(0, now - *q.oldest_ready_at))
+                          : "-");
+        rows.push_back(std::move(row));
     }
-    return out;
+    return table(rows, align);
+}
+
+std::string events_text(const std::vector<Event>& events) {
+    std::vector<std::vector<std::string>> rows;
+    for (const auto& e : events) {
+        std::string from = e.from ? std::string(to_string(*e.from)) : "(new)";
+        rows.push_back({format_time(e.at), fmt::format("{} → {}", from, to_string(e.to)),
+                        fmt::format("attempt {}", e.attempt), e.worker.value_or("-"),
+                        first_line(e.reason)});
+    }
+    return table(rows, {Align::left, Align::left, Align::left, Align::left, Align::left});
 }
 
 std::string job_json(const JobInfo& job) {
@@ -246,6 +406,37 @@ std::string jobs_json(const std::vector<JobInfo>& jobs) {
     auto array = nlohmann::ordered_json::array();
     for (const auto& job : jobs)
         array.push_back(to_json(job));
+    return dump(array);
+}
+
+std::string queues_json(const std::vector<QueueInfo>& queues) {
+    auto array = nlohmann::ordered_json::array();
+    for (const auto& q : sorted_by_name(queues)) {
+        nlohmann::ordered_json j;
+        j["name"] = q.name;
+        j["paused"] = q.paused;
+        auto counts = nlohmann::ordered_json::object();
+        for (JobState s : all_states())
+            counts[std::string(to_string(s))] = count_of(q, s);
+        j["counts"] = std::move(counts);
+        j["oldest_ready_at"] = time_or_null(q.oldest_ready_at);
+        array.push_back(std::move(j));
+    }
+    return dump(array);
+}
+
+std::string events_json(const std::vector<Event>& events) {
+    auto array = nlohmann::ordered_json::array();
+    for (const auto& e : events) {
+        nlohmann::ordered_json j;
+        j["at"] = format_time(e.at);
+        j["from"] = e.from ? nlohmann::ordered_json(std::string(to_string(*e.from))) : nullptr;
+        j["to"] = std::string(to_string(e.to));
+        j["attempt"] = e.attempt;
+        j["worker"] = or_null(e.worker);
+        j["reason"] = e.reason;
+        array.push_back(std::move(j));
+    }
     return dump(array);
 }
 

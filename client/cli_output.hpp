@@ -1,7 +1,9 @@
-// How the `errand` CLI prints jobs: aligned text for people, JSON for programs, RFC 3339 UTC times.
-// Everything here is pure (no I/O, no clock): callers pass `now` so output can be tested.
+// How the `errand` CLI prints jobs, queues and histories: aligned text for people, JSON for
+// programs, RFC 3339 UTC times (and parses them back). Everything here is pure (no I/O, no clock):
+// callers pass `now` so output can be tested.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -18,6 +20,10 @@ std::string state_names();
 
 // Milliseconds since the Unix epoch in UTC with milliseconds: "2026-11-28T19:30:00.123Z".
 std::string format_time(Millis epoch_ms);
+// An RFC 3339 time in ms since the epoch: "2026-11-28T20:00:00Z", "2026-11-28T20:00:00.250+02:00"
+// ('t' and 'z' may be lower case; digits past milliseconds are dropped). nullopt for anything
+// else, including out-of-range fields and a missing zone.
+std::optional<Millis> parse_time(std::string_view text);
 // How far `then` lies from `now`: "3.2s ago", "in 2.0s".
 std::string format_age(Millis then, Millis now);
 // One line for a result: the text itself when it is a single printable line, its first line and
@@ -26,17 +32,30 @@ std::string summarize_result(std::string_view result);
 // The argv as a person would type it in a POSIX shell ('single quotes' where needed).
 std::string shell_join(const std::vector<std::string>& argv);
 
-// `errand status`: aligned "key: value" lines, each ending in '\n'; absent fields are left out.
+// `errand status`: aligned "key: value" lines, each ending in '\n'; absent fields are left out
+// (priority when 0; "runs at" unless the job is scheduled or retrying).
 std::string job_text(const JobInfo& job, Millis now);
 // `errand list`: a table with a header row (ID QUEUE STATE ATTEMPTS WORKER AGE), one job a line.
 std::string jobs_table(const std::vector<JobInfo>& jobs, Millis now);
+// `errand queues`: a table with a header row (QUEUE PAUSED, a count per state, OLDEST-READY as an
+// age or "-"), one queue a line, sorted by name.
+std::string queues_table(const std::vector<QueueInfo>& queues, Millis now);
+// `errand history`: one aligned line per event, oldest first: time, "from → to" ("(new)" when
+// there is no from), "attempt N", worker or "-", reason (its first line).
+std::string events_text(const std::vector<Event>& events);
 
 // `--json`: one object with the keys id, queue, state, attempts, max_attempts, exit_code, result,
-// error, worker, argv, payload_size, created_at, started_at, finished_at, run_at. Absent values
-// are null; times are RFC 3339 strings; bytes that are not UTF-8 become U+FFFD. No trailing
-// newline.
+// error, worker, argv, payload_size, created_at, started_at, finished_at, run_at, priority,
+// timeout_ms, unique, progress, progress_message. Absent values are null; times are RFC 3339
+// strings; bytes that are not UTF-8 become U+FFFD. No trailing newline.
 std::string job_json(const JobInfo& job);
 // `list --json`: an array of job_json objects.
 std::string jobs_json(const std::vector<JobInfo>& jobs);
+// `queues --json`: an array, sorted by name, of {name, paused, counts: {STATE: n, …} with every
+// state, oldest_ready_at: time or null}.
+std::string queues_json(const std::vector<QueueInfo>& queues);
+// `history --json`: an array of {at, from (null for the first), to, attempt, worker (or null),
+// reason}.
+std::string events_json(const std::vector<Event>& events);
 
 }  // namespace errand::cli

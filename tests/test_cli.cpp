@@ -1,5 +1,7 @@
 // Integration tests of the errand CLI against a real broker and worker daemon: output, JSON and
-// exit codes (0 ok, job's exit code for submit --wait, 2 usage, 3 refused, 4 unreachable, 124).
+// exit codes (0 ok, job's exit code for submit --wait, 2 usage, 3 refused, 4 unreachable, 124),
+// for submitting and following jobs and for the lifecycle commands (cancel, retry, pause, resume,
+// purge, queues, history).
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
 
@@ -182,14 +184,15 @@ TEST_CASE("cli: wait on an unknown id exits 3; wait --timeout on an unfinished j
 
 TEST_CASE("cli: an unreachable broker exits 4 with 'cannot reach broker' within a few seconds") {
     const std::string ep = "tcp://127.0.0.1:" + std::to_string(free_port());
-    auto r = run_cli({"--broker", ep, "--timeout", "500ms", "ping"}, {}, 10s);
+    auto r = run_cli({"--broker", ep, "--request-timeout", "500ms", "ping"}, {}, 10s);
     CHECK_MESSAGE(r.exit_code == 4, describe(r));
     CHECK_MESSAGE(r.err.find("cannot reach broker") != std::string::npos, describe(r));
     CHECK_MESSAGE(r.err.find(ep) != std::string::npos, describe(r));
     // 500 ms of timeout plus process start-up; 3 s leaves room for a loaded CI machine.
     CHECK_MESSAGE(r.elapsed < 3s, describe(r));
 
-    auto sub = run_cli({"--broker", ep, "--timeout", "500ms", "submit", "--payload", "x"}, {}, 10s);
+    auto sub = run_cli({"--broker", ep, "--request-timeout", "500ms", "submit", "--payload", "x"},
+                       {}, 10s);
     CHECK_MESSAGE(sub.exit_code == 4, describe(sub));
 }
 
@@ -202,7 +205,10 @@ TEST_CASE("cli: usage errors exit 2") {
              {"no-such-command"},
              {"status", "not-a-number"},
              {"submit", "--max-attempts", "many", "--payload", "x"},
-             {"--timeout", "soon", "ping"},
+             {"--request-timeout", "soon", "ping"},
+             // --timeout is the job's timeout on submit and the wait's on wait, nothing global.
+             {"--timeout", "1s", "ping"},
+             {"ping", "--timeout", "1s"},
          }) {
         std::vector<std::string> full = {"--broker", ep};
         full.insert(full.end(), args.begin(), args.end());
@@ -218,4 +224,254 @@ TEST_CASE("cli: ping answers 0") {
     CliWorld w;
     auto r = w.cli({"ping"});
     CHECK_MESSAGE(r.exit_code == 0, describe(r));
+}
+
+TEST_CASE("cli: usage errors of the lifecycle options and subcommands exit 2") {
+    // None of these reaches a broker, so no broker is needed: the endpoint has nothing on it.
+    const std::string ep = "tcp://127.0.0.1:" + std::to_string(free_port());
+    for (const auto& args : std::vector<std::vector<std::string>>{
+             {"retry"},
+             {"retry", "7", "--dead"},
+             {"retry", "-q", "default"},
+             {"retry", "not-a-number"},
+             {"cancel"},
+             {"cancel", "x"},
+             {"pause"},
+             {"pause", "bad queue"},
+             {"resume"},
+             {"purge"},
+             {"purge", "--state", "ready"},
+             {"purge", "--state", "running"},
+             {"purge", "--state", "nonsense"},
+             {"purge", "--state", "dead", "--older-than", "soon"},
+             {"history"},
+             {"history", "x"},
+             {"queues", "extra"},
+             {"submit", "--payload", "x", "--at", "yesterday"},
+             {"submit", "--payload", "x", "--at", "2026-11-28T20:00:00"},   // no zone
+             {"submit", "--payload", "x", "--at", "2026-02-29T20:00:00Z"},  // not a leap year
+             {"submit", "--payload", "x", "--at", "2026-11-28T24:00:00Z"},
+             {"submit", "--payload", "x", "--at", "2026-11-28 20:00:00Z"},
+             {"submit", "--payload", "x", "--delay", "1s", "--at", "2026-11-28T20:00:00Z"},
+             {"submit", "--payload", "x", "--delay", "soon"},
+             {"submit", "--payload", "x", "--backoff", "5s,1s"},
+             {"submit", "--payload", "x", "--backoff", "5s,"},
+             {"submit", "--payload", "x", "--backoff", "fast"},
+             {"submit", "--payload", "x", "--priority", "1001"},
+             {"submit", "--payload", "x", "--priority", "-1001"},
+             {"submit", "--payload", "x", "--timeout", "0"},
+             {"submit", "--payload", "x", "--timeout", "8d"},
+             {"submit", "--payload", "x", "--unique", ""},
+             {"submit", "--payload", "x", "--unique", std::string(300, 'k')},
+         }) {
+        std::vector<std::string> full = {"--broker", ep, "--request-timeout", "200ms"};
+        full.insert(full.end(), args.begin(), args.end());
+        auto r = run_cli(full, {}, 10s);
+        std::string cmd;
+        for (const auto& a : args)
+            cmd += a + " ";
+        CHECK_MESSAGE(r.exit_code == 2, "errand " << cmd << ": " << describe(r));
+        CHECK_MESSAGE(r.err.find("error: ") == 0, "errand " << cmd << ": " << describe(r));
+    }
+
+    // The messages name what is wrong.
+    auto purge = run_cli({"--broker", ep, "purge", "--state", "ready"}, {}, 10s);
+    CHECK_MESSAGE(purge.err.find("succeeded, dead, cancelled") != std::string::npos,
+                  describe(purge));
+    auto at = run_cli({"--broker", ep, "submit", "--at", "yesterday"}, {}, 10s);
+    CHECK_MESSAGE(at.err.find("RFC 3339") != std::string::npos, describe(at));
+    auto backoff = run_cli({"--broker", ep, "submit", "--backoff", "5s,1s"}, {}, 10s);
+    CHECK_MESSAGE(backoff.err.find("cap") != std::string::npos, describe(backoff));
+    auto old = run_cli({"--broker", ep, "--timeout", "1s", "ping"}, {}, 10s);
+    CHECK_MESSAGE(old.err.find("--request-timeout") != std::string::npos, describe(old));
+}
+
+TEST_CASE("cli: pause shows in queues until resume; queues --json counts every state") {
+    CliWorld w;
+    auto sub = w.cli({"submit", "-q", "cat-q", "--payload", "a"});
+    REQUIRE_MESSAGE(sub.exit_code == 0, describe(sub));
+    REQUIRE(w.cli({"wait", std::to_string(parse_id(sub)), "--timeout", "10s"}).exit_code == 0);
+
+    auto paused = w.cli({"pause", "cat-q"});
+    CHECK_MESSAGE(paused.exit_code == 0, describe(paused));
+    CHECK_MESSAGE(paused.out == "queue cat-q paused\n", describe(paused));
+
+    // A paused queue accepts jobs but runs none.
+    auto held = w.cli({"submit", "-q", "cat-q", "--payload", "b"});
+    REQUIRE_MESSAGE(held.exit_code == 0, describe(held));
+    const auto held_id = parse_id(held);
+    auto waited = w.cli({"wait", std::to_string(held_id), "--timeout", "500ms"});
+    CHECK_MESSAGE(waited.exit_code == 124, describe(waited));
+
+    auto q = w.cli({"queues", "--json"});
+    REQUIRE_MESSAGE(q.exit_code == 0, describe(q));
+    json queues = parse_json(q);
+    REQUIRE_MESSAGE(queues.is_array(), describe(q));
+    auto cat = std::find_if(queues.begin(), queues.end(),
+                            [](const json& x) { return x["name"] == "cat-q"; });
+    REQUIRE_MESSAGE(cat != queues.end(), describe(q));
+    CHECK((*cat)["paused"] == true);
+    for (const char* state :
+         {"scheduled", "ready", "running", "retrying", "succeeded", "dead", "cancelled"}) {
+        CHECK_MESSAGE((*cat)["counts"].contains(state), "missing " << state << " in " << q.out);
+    }
+    CHECK((*cat)["counts"]["succeeded"] == 1);
+    CHECK((*cat)["counts"]["ready"] == 1);
+    CHECK_MESSAGE(time_ms((*cat)["oldest_ready_at"]).has_value(), q.out);
+
+    // The table: a header, then the queue's row says it is paused.
+    auto table = w.cli({"queues"});
+    REQUIRE_MESSAGE(table.exit_code == 0, describe(table));
+    CHECK_MESSAGE(table.out.rfind("QUEUE ", 0) == 0, describe(table));
+    auto row = table.out.find("\ncat-q ");
+    REQUIRE_MESSAGE(row != std::string::npos, describe(table));
+    auto row_end = table.out.find('\n', row + 1);
+    CHECK_MESSAGE(table.out.substr(row, row_end - row).find(" yes ") != std::string::npos,
+                  describe(table));
+
+    auto resumed = w.cli({"resume", "cat-q"});
+    CHECK_MESSAGE(resumed.exit_code == 0, describe(resumed));
+    CHECK_MESSAGE(resumed.out == "queue cat-q resumed\n", describe(resumed));
+    auto done = w.cli({"wait", std::to_string(held_id), "--timeout", "10s"});
+    CHECK_MESSAGE(done.exit_code == 0, describe(done));
+    CHECK_MESSAGE(done.out == "b", describe(done));
+    auto after = parse_json(w.cli({"queues", "--json"}));
+    auto cat2 = std::find_if(after.begin(), after.end(),
+                             [](const json& x) { return x["name"] == "cat-q"; });
+    REQUIRE(cat2 != after.end());
+    CHECK((*cat2)["paused"] == false);
+}
+
+TEST_CASE("cli: cancel prints the job; a finished job cannot be cancelled (exit 3)") {
+    CliWorld w;
+    auto queued = w.cli({"submit", "-q", "nobody-serves-this", "--payload", "x"});
+    REQUIRE_MESSAGE(queued.exit_code == 0, describe(queued));
+    const auto id = parse_id(queued);
+    auto cancelled = w.cli({"cancel", std::to_string(id)});
+    CHECK_MESSAGE(cancelled.exit_code == 0, describe(cancelled));
+    CHECK_MESSAGE(cancelled.out == "cancelled job " + std::to_string(id) + "\n",
+                  describe(cancelled));
+    auto st = parse_json(w.cli({"status", std::to_string(id), "--json"}));
+    CHECK(st["state"] == "cancelled");
+
+    auto finished = w.cli({"submit", "-q", "cat-q", "--payload", "x", "--wait"});
+    REQUIRE_MESSAGE(finished.exit_code == 0, describe(finished));
+    auto last = parse_json(w.cli({"list", "-q", "cat-q", "--json"}));
+    REQUIRE(last.size() == 1);
+    auto again = w.cli({"cancel", std::to_string(last[0]["id"].get<std::uint64_t>())});
+    CHECK_MESSAGE(again.exit_code == 3, describe(again));
+    CHECK_MESSAGE(again.err.find("error: ") == 0, describe(again));
+    CHECK_MESSAGE(again.out.empty(), describe(again));
+
+    auto unknown = w.cli({"cancel", "987654321"});
+    CHECK_MESSAGE(unknown.exit_code == 3, describe(unknown));
+}
+
+TEST_CASE("cli: history of a finished job goes (new) → ready → running → succeeded") {
+    CliWorld w;
+    auto sub = w.cli({"submit", "-q", "cat-q", "--payload", "h"});
+    REQUIRE_MESSAGE(sub.exit_code == 0, describe(sub));
+    const auto id = std::to_string(parse_id(sub));
+    REQUIRE(w.cli({"wait", id, "--timeout", "10s"}).exit_code == 0);
+
+    auto h = w.cli({"history", id, "--json"});
+    REQUIRE_MESSAGE(h.exit_code == 0, describe(h));
+    json events = parse_json(h);
+    REQUIRE_MESSAGE(events.is_array(), describe(h));
+    std::vector<std::string> to;
+    for (const auto& e : events) {
+        for (const char* key : {"at", "from", "to", "attempt", "worker", "reason"})
+            CHECK_MESSAGE(e.contains(key), "missing " << key << " in " << h.out);
+        CHECK_MESSAGE(time_ms(e["at"]).has_value(), h.out);
+        to.push_back(e["to"].get<std::string>());
+    }
+    const std::vector<std::string> expected = {"ready", "running", "succeeded"};
+    CHECK_MESSAGE(to == expected, h.out);
+    REQUIRE(events.size() == 3);
+    CHECK(events[0]["from"].is_null());
+    CHECK(events[1]["from"] == "ready");
+    CHECK(events[1]["attempt"] == 1);
+    CHECK(events[1]["worker"] == "cli-w");
+    CHECK(events[2]["from"] == "running");
+
+    auto text = w.cli({"history", id});
+    REQUIRE_MESSAGE(text.exit_code == 0, describe(text));
+    CHECK_MESSAGE(text.out.find("(new) → ready") != std::string::npos, describe(text));
+    CHECK_MESSAGE(text.out.find("ready → running") != std::string::npos, describe(text));
+    CHECK_MESSAGE(text.out.find("running → succeeded") != std::string::npos, describe(text));
+    CHECK(std::count(text.out.begin(), text.out.end(), '\n') == 3);
+
+    CHECK(w.cli({"history", "987654321"}).exit_code == 3);
+}
+
+TEST_CASE("cli: submit --at, --priority, --timeout and --unique reach the job") {
+    CliWorld w;
+    // One hour from now, written with a +02:00 offset and a fraction.
+    const std::time_t in_an_hour = std::time(nullptr) + 3600;
+    const std::time_t local = in_an_hour + 2 * 3600;
+    std::tm tm{};
+    gmtime_r(&local, &tm);
+    char at[64];
+    std::strftime(at, sizeof at, "%Y-%m-%dT%H:%M:%S.250+02:00", &tm);
+
+    auto sub = w.cli({"submit", "-q", "cat-q", "--payload", "x", "--at", at, "--priority", "7",
+                      "--timeout", "30s", "--backoff", "500ms,30s", "--unique", "nightly"});
+    REQUIRE_MESSAGE(sub.exit_code == 0, describe(sub));
+    const auto id = parse_id(sub);
+
+    auto st = w.cli({"status", std::to_string(id), "--json"});
+    REQUIRE_MESSAGE(st.exit_code == 0, describe(st));
+    json j = parse_json(st);
+    CHECK(j["state"] == "scheduled");
+    CHECK(time_ms(j["run_at"]) == static_cast<std::int64_t>(in_an_hour) * 1000 + 250);
+    CHECK(j["priority"] == 7);
+    CHECK(j["timeout_ms"] == 30000);
+    CHECK(j["unique"] == "nightly");
+    CHECK(j.contains("progress"));
+    CHECK(j.contains("progress_message"));
+
+    auto text = w.cli({"status", std::to_string(id)});
+    REQUIRE_MESSAGE(text.exit_code == 0, describe(text));
+    CHECK_MESSAGE(text.out.find("runs at:") != std::string::npos, describe(text));
+    CHECK_MESSAGE(text.out.find("priority:") != std::string::npos, describe(text));
+    CHECK_MESSAGE(text.out.find("unique key:") != std::string::npos, describe(text));
+
+    // The same unique key while the first job is unfinished: the existing id and a note.
+    auto dup = w.cli({"submit", "-q", "cat-q", "--payload", "y", "--unique", "nightly"});
+    CHECK_MESSAGE(dup.exit_code == 0, describe(dup));
+    CHECK_MESSAGE(parse_id(dup) == id, describe(dup));
+    CHECK_MESSAGE(dup.err.find("unique key nightly") != std::string::npos, describe(dup));
+
+    auto cancelled = w.cli({"cancel", std::to_string(id)});
+    CHECK_MESSAGE(cancelled.exit_code == 0, describe(cancelled));
+}
+
+TEST_CASE("cli: retry brings a dead job back; purge deletes finished jobs") {
+    CliWorld w;
+    auto failed = w.cli({"submit", "--max-attempts", "1", "--wait", "--", "sh", "-c", "exit 7"});
+    REQUIRE_MESSAGE(failed.exit_code == 7, describe(failed));
+    auto dead = parse_json(w.cli({"list", "--state", "dead", "--json"}));
+    REQUIRE(dead.size() == 1);
+    const auto id = std::to_string(dead[0]["id"].get<std::uint64_t>());
+
+    auto retried = w.cli({"retry", id});
+    CHECK_MESSAGE(retried.exit_code == 0, describe(retried));
+    CHECK_MESSAGE(retried.out == "job " + id + " is ready again\n", describe(retried));
+    auto again = w.cli({"wait", id, "--timeout", "10s"});
+    CHECK_MESSAGE(again.exit_code == 7, describe(again));
+
+    auto all = w.cli({"retry", "--dead", "-q", "default"});
+    CHECK_MESSAGE(all.exit_code == 0, describe(all));
+    CHECK_MESSAGE(all.out == "1 dead job is ready again\n", describe(all));
+    CHECK(w.cli({"wait", id, "--timeout", "10s"}).exit_code == 7);
+
+    auto none = w.cli({"retry", "--dead", "-q", "cat-q"});
+    CHECK_MESSAGE(none.out == "0 dead jobs are ready again\n", describe(none));
+
+    auto purged = w.cli({"purge", "--state", "dead"});
+    CHECK_MESSAGE(purged.exit_code == 0, describe(purged));
+    CHECK_MESSAGE(purged.out == "purged 1 job\n", describe(purged));
+    CHECK(w.cli({"status", id}).exit_code == 3);
+    auto nothing = w.cli({"purge", "--state", "succeeded", "--older-than", "1h"});
+    CHECK_MESSAGE(nothing.out == "purged 0 jobs\n", describe(nothing));
 }
