@@ -257,6 +257,8 @@ struct Broker::State {
         t.at = now;
         if (!t.attempts) t.attempts = l.attempts;
         if (is_terminal(to)) t.finished_at = now;
+        if (!t.worker && l.state == JobState::running)
+            if (auto w = workers.find(l.worker_instance); w != workers.end()) t.worker = w->second.name;
         store->apply(t);
         spdlog::debug("job {} queue={} attempt={}: {} -> {} ({})", id, l.queue, *t.attempts,
                       to_string(l.state), to_string(to), t.reason);
@@ -723,6 +725,12 @@ struct Broker::State {
             t.reason = "done";
             transition(m.id, job, JobState::succeeded, std::move(t));
         } else {
+            // The event's reason carries the first line of the error, shortened.
+            auto line = std::string_view(m.error).substr(0, m.error.find('\n'));
+            t.reason = fmt::format("{}: {}", m.permanent ? "failed permanently" : "failed",
+                                   line.substr(0, 120));
+            if (!m.permanent && job.attempts >= job.max_attempts)
+                t.reason = fmt::format("no attempts left: {}", line.substr(0, 120));
             t.error = m.error;
             fail_attempt(m.id, job, std::move(t), m.permanent);
         }
