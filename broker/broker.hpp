@@ -18,7 +18,7 @@ struct BrokerConfig {
     Millis worker_timeout_ms = 5000;
     Millis retry_delay_ms = 1000;    // default backoff base
     Millis retry_cap_ms = 600'000;   // default backoff cap
-    Millis timeout_grace_ms = 5000;  // a timed-out attempt without a result fails after this
+    Millis timeout_grace_ms = 10000;  // a timed-out attempt without a result fails after this
     Millis retention_ms = 7 * 86'400'000LL;  // finished jobs are deleted after this
     std::size_t retention_batch = 500;       // rows deleted per pass at most
     std::size_t max_payload = limits::kDefaultMaxPayload;

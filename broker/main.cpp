@@ -40,7 +40,7 @@ int main(int argc, char** argv) {
     errand::broker::BrokerConfig cfg;
     std::string db = "./errand.db";
     std::string heartbeat = "1s", worker_timeout = "5s", retry_delay = "1s", retry_cap = "10m";
-    std::string timeout_grace = "5s", retention = "7d";
+    std::string timeout_grace = "10s", retention = "7d";
     std::string synchronous = "full";
     std::string log_level = "info";
     app.add_option("--listen", cfg.listen, "ZeroMQ endpoint to bind")->capture_default_str();

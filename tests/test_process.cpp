@@ -12,15 +12,22 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
+#include "errand/clock.hpp"
 #include "process.hpp"
 
 using errand::Job;
 using errand::Outcome;
 using errand::workerd::JobPolicy;
 using errand::workerd::outcome_of;
+using errand::workerd::parse_progress_line;
+using errand::workerd::parse_queue_spec;
+using errand::workerd::QueueSpec;
 using errand::workerd::run_job;
 using errand::workerd::run_process;
 using errand::workerd::RunResult;
@@ -432,10 +439,260 @@ TEST_CASE("outcome_of: timeouts and cancels are failures even when the job exits
     run.stderr_tail = "\x80\x80tail end\n";  // a torn UTF-8 sequence at the front is dropped
     Outcome o = outcome_of(run, 1000);
     CHECK_FALSE(o.ok);
-    CHECK(o.error == "timed out, killed by signal SIGTERM (15): tail end");
+    CHECK(o.error == "timed out after 0ms, killed by signal SIGTERM (15): tail end");
+
+    run.timeout_ms = 1500;
+    CHECK(outcome_of(run, 1000).error ==
+          "timed out after 1.5s, killed by signal SIGTERM (15): tail end");
 
     RunResult cancelled;
     cancelled.cancelled = true;
-    CHECK_FALSE(outcome_of(cancelled, 1000).ok);
-    CHECK(outcome_of(cancelled, 1000).error == "cancelled, exit code 0");
+    cancelled.stdout_data = "partial";
+    o = outcome_of(cancelled, 1000);
+    CHECK_FALSE(o.ok);
+    CHECK_FALSE(o.permanent);
+    CHECK(o.error == "cancelled");
+    CHECK(o.result == "partial");
+}
+
+// ---- progress on fd 3 ------------------------------------------------------------------------
+
+namespace {
+
+using Progress = std::vector<std::pair<std::uint32_t, std::string>>;
+
+RunSpec with_progress(RunSpec spec, Progress& seen) {
+    spec.on_progress = [&seen](std::uint32_t percent, std::string_view message) {
+        seen.emplace_back(percent, std::string(message));
+    };
+    return spec;
+}
+
+}  // namespace
+
+TEST_CASE("progress: valid lines on fd 3 arrive in order with their messages, junk is ignored") {
+    Progress seen;
+    RunResult r = run_process(with_progress(
+        sh(R"(echo "10 starting" >&3; echo "50%" >&3; echo junk >&3; echo done)"), seen));
+    CHECK(r.exit_code == 0);
+    CHECK(r.stdout_data == "done\n");
+    CHECK(seen == Progress{{10, "starting"}, {50, ""}});
+}
+
+TEST_CASE("progress: ERRAND_PROGRESS_FD=3 and fd 3 exist only with on_progress") {
+    const std::string script = R"(printf '%s,' "${ERRAND_PROGRESS_FD-unset}"; )"
+                               R"(if [ -e /proc/self/fd/3 ]; then echo open; else echo closed; fi)";
+    const std::size_t before = open_fds();
+    Progress seen;
+    CHECK(run_process(with_progress(sh(script), seen)).stdout_data == "3,open\n");
+    CHECK(run_process(sh(script)).stdout_data == "unset,closed\n");
+    run_process(with_progress(cmd({"errand-no-such-command"}), seen));
+    CHECK(open_fds() == before);  // the progress pipe is closed in the parent too
+}
+
+TEST_CASE("progress: a job that never writes to fd 3 gets no callback") {
+    Progress seen;
+    RunResult r = run_process(with_progress(sh("echo out; echo err >&2; exit 2"), seen));
+    CHECK(r.exit_code == 2);
+    CHECK(r.stdout_data == "out\n");
+    CHECK(seen.empty());
+}
+
+TEST_CASE("progress: a last line without newline counts; over-long lines are cut at 1 KiB") {
+    Progress seen;
+    // Line 2 is 1024 zeros followed by what would be a valid line if it were read as one: the
+    // cut drops it, and line 3 is still read as a line of its own.
+    RunResult r = run_process(with_progress(
+        sh(R"sh(printf '5%% %s\n' "$(head -c 3000 /dev/zero | tr '\0' m)" >&3;)sh"
+           R"(printf '%01024d9 sneaky\n' 0 >&3; printf '  75%%   three quarters  \n' >&3;)"
+           R"(printf 90 >&3)"),
+        seen));
+    CHECK(r.exit_code == 0);
+    REQUIRE(seen.size() == 3);
+    CHECK(seen[0] == std::pair<std::uint32_t, std::string>{5, std::string(256, 'm')});
+    CHECK(seen[1] == std::pair<std::uint32_t, std::string>{75, "three quarters"});
+    CHECK(seen[2] == std::pair<std::uint32_t, std::string>{90, ""});
+}
+
+TEST_CASE("progress: many lines in quick succession are all delivered, in order") {
+    Progress seen;
+    RunResult r = run_process(with_progress(
+        sh("i=0; while [ $i -le 100 ]; do echo \"$i step $i\"; i=$((i+1)); done >&3"), seen));
+    CHECK(r.exit_code == 0);
+    REQUIRE(seen.size() == 101);
+    for (std::uint32_t i = 0; i <= 100; ++i)
+        CHECK(seen[i] == std::pair<std::uint32_t, std::string>{i, "step " + std::to_string(i)});
+}
+
+TEST_CASE("progress: a straggler that escaped holding fd 3 holds run_process up for at most 1 s") {
+    // The escapee keeps only fd 3 (stdout goes to head, stderr to /dev/null) for 3 s.
+    Progress seen;
+    RunResult r = run_process(with_progress(
+        sh("echo '1 begin' >&3; setsid -f sh -c 'echo escaped; exec sleep 3' 2>/dev/null | "
+           "head -n 1"),
+        seen));
+    CHECK(r.exit_code == 0);
+    CHECK(r.stdout_data == "escaped\n");
+    CHECK(r.elapsed_ms >= 1'000);
+    CHECK(r.elapsed_ms < 2'500);
+    REQUIRE_FALSE(seen.empty());
+    CHECK(seen.front() == std::pair<std::uint32_t, std::string>{1, "begin"});
+}
+
+TEST_CASE("parse_progress_line: PERCENT[%] [MESSAGE]") {
+    auto parsed = [](std::string_view line) {
+        auto p = parse_progress_line(line);
+        return p ? std::optional<std::pair<std::uint32_t, std::string>>({p->percent, p->message})
+                 : std::nullopt;
+    };
+    using P = std::pair<std::uint32_t, std::string>;
+    CHECK(parsed("10 starting") == P{10, "starting"});
+    CHECK(parsed("50%") == P{50, ""});
+    CHECK(parsed("0") == P{0, ""});
+    CHECK(parsed("100% done") == P{100, "done"});
+    CHECK(parsed("  7%\t  spaced out \r") == P{7, "spaced out"});
+    CHECK(parsed("007 leading zeros") == P{7, "leading zeros"});
+    for (std::string_view bad :
+         {"", "junk", "101", "1000", "-5", "+5", "50x", "50%%", "5.5", "% 5", "fifty percent"}) {
+        CAPTURE(bad);
+        CHECK_FALSE(parse_progress_line(bad).has_value());
+    }
+    // The message is cut at 256 bytes, never inside a UTF-8 sequence.
+    std::string long_message = "1 " + std::string(255, 'a') + "\xC3\xA9" + "tail";
+    auto p = parse_progress_line(long_message);
+    REQUIRE(p.has_value());
+    CHECK(p->message == std::string(255, 'a'));
+    p = parse_progress_line("1 " + std::string(300, 'b'));
+    REQUIRE(p.has_value());
+    CHECK(p->message == std::string(256, 'b'));
+}
+
+// ---- --queue NAME[:WEIGHT][=COMMAND] -----------------------------------------------------------
+
+TEST_CASE("parse_queue_spec: NAME, NAME=CMD, NAME:W, NAME:W=CMD") {
+    QueueSpec q = parse_queue_spec("emails");
+    CHECK(q.name == "emails");
+    CHECK(q.weight == 0);
+    CHECK_FALSE(q.command.has_value());
+
+    q = parse_queue_spec("upper=tr a-z A-Z");
+    CHECK(q.name == "upper");
+    CHECK(q.weight == 0);
+    CHECK(q.command == "tr a-z A-Z");
+
+    q = parse_queue_spec("reports:1");
+    CHECK(q.name == "reports");
+    CHECK(q.weight == 1);
+    CHECK_FALSE(q.command.has_value());
+
+    q = parse_queue_spec("emails:3=send-mail --to=a@b.c --at 10:30 x=y:z");
+    CHECK(q.name == "emails");
+    CHECK(q.weight == 3);
+    CHECK(q.command == "send-mail --to=a@b.c --at 10:30 x=y:z");
+
+    q = parse_queue_spec("q.v2-x_y:1000=echo a:b");
+    CHECK(q.name == "q.v2-x_y");
+    CHECK(q.weight == 1000);
+    CHECK(q.command == "echo a:b");
+
+    q = parse_queue_spec("plain=echo 1:2");  // ':' after '=' belongs to the command
+    CHECK(q.name == "plain");
+    CHECK(q.weight == 0);
+    CHECK(q.command == "echo 1:2");
+}
+
+TEST_CASE("parse_queue_spec: bad names, weights and empty commands are errors") {
+    for (std::string_view bad :
+         {"q:0", "q:1001", "q:x", "q:", "q:-1", "q:+3", "q:3x", "q:3:4", "q: 3", "q:0=cmd",
+          "q:99999999999999999999", "", ":3", "=cmd", "bad name", "bad/name=cmd", "q=", "q:3="}) {
+        CAPTURE(bad);
+        CHECK_THROWS_AS(parse_queue_spec(bad), std::invalid_argument);
+    }
+    CHECK_THROWS_WITH(parse_queue_spec("q:0"), "the WEIGHT '0' is not an integer 1-1000");
+    CHECK_THROWS_WITH(parse_queue_spec("q="), "the COMMAND after '=' is empty");
+}
+
+// ---- timeouts, cancel and permanent failures through run_job ----------------------------------
+
+TEST_CASE("run_job: the permanent exit code fails the job permanently") {
+    JobPolicy policy{.command = "echo 'no such customer' >&2; exit 99"};
+    Outcome o = run_job(make_job(), policy);
+    CHECK_FALSE(o.ok);
+    CHECK(o.permanent);
+    CHECK(o.exit_code == 99);
+    CHECK(o.error == "exit code 99: no such customer");
+
+    policy.permanent_exit_code = 42;
+    o = run_job(make_job(), policy);
+    CHECK_FALSE(o.permanent);  // 99 is an ordinary failure now
+    policy.command = "exit 42";
+    CHECK(run_job(make_job(), policy).permanent);
+
+    policy.permanent_exit_code = std::nullopt;
+    CHECK_FALSE(run_job(make_job(), policy).permanent);
+
+    // Only an exit, not a signal or a stop by the runner, is ever permanent.
+    RunResult killed;
+    killed.exit_code = 99;  // contrived: a signal and that exit code at once
+    killed.signal = SIGTERM;
+    CHECK_FALSE(outcome_of(killed, 1000, 99).permanent);
+    RunResult timed_out;
+    timed_out.exit_code = 99;
+    timed_out.timed_out = true;
+    CHECK_FALSE(outcome_of(timed_out, 1000, 99).permanent);
+}
+
+TEST_CASE("run_job: the job's timeout, else the default, stops it; the failure is retryable") {
+    Job job = make_job();
+    job.timeout_ms = 1000;
+    JobPolicy policy{.command = "echo partial; exec sleep 30", .default_timeout = 20'000};
+    const errand::Millis start = errand::steady_ms();
+    Outcome o = run_job(job, policy);
+    const errand::Millis took = errand::steady_ms() - start;
+    CHECK_FALSE(o.ok);
+    CHECK_FALSE(o.permanent);
+    CHECK(o.error == "timed out after 1s, killed by signal SIGTERM (15)");
+    CHECK(o.exit_code == 128 + SIGTERM);
+    CHECK(o.result == "partial\n");
+    CHECK(took >= 1000);
+    CHECK(took < 5'000);
+
+    // No timeout of its own: the default applies. The grace is the policy's.
+    policy = JobPolicy{
+        .command = "trap '' TERM; sleep 30", .default_timeout = 200, .kill_grace_ms = 100};
+    o = run_job(make_job(), policy);
+    CHECK(o.error == "timed out after 200ms, killed by signal SIGKILL (9)");
+    CHECK_FALSE(o.permanent);
+}
+
+TEST_CASE("cancel: a cancelled run's outcome is the failure 'cancelled'") {
+    std::atomic<bool> cancel{true};
+    RunSpec spec = sh("echo partial; echo err >&2; exec sleep 30");
+    spec.cancel = &cancel;
+    RunResult r = run_process(spec);
+    CHECK(r.cancelled);
+    CHECK_FALSE(r.timed_out);
+    CHECK_FALSE(r.terminated);
+    CHECK(r.elapsed_ms < 5'000);
+    Outcome o = outcome_of(r, 1000, 99);
+    CHECK_FALSE(o.ok);
+    CHECK_FALSE(o.permanent);
+    CHECK(o.error == "cancelled");
+}
+
+TEST_CASE("run_job: the daemon's terminate flag stops the job with a retryable failure") {
+    std::atomic<bool> terminate{true};
+    JobPolicy policy{.command = "exec sleep 30", .terminate = &terminate};
+    Outcome o = run_job(make_job(), policy);
+    CHECK_FALSE(o.ok);
+    CHECK_FALSE(o.permanent);
+    CHECK(o.error == "terminated, the worker is stopping, killed by signal SIGTERM (15)");
+}
+
+TEST_CASE("run_job: the job sees ERRAND_PROGRESS_FD=3 and may write progress without a broker") {
+    Outcome o =
+        run_job(make_job(), JobPolicy{.command = R"(echo "50 half" >&"$ERRAND_PROGRESS_FD"; )"
+                                                 R"(echo "fd=$ERRAND_PROGRESS_FD")"});
+    CHECK(o.ok);
+    CHECK(o.result == "fd=3\n");
 }

@@ -19,29 +19,31 @@
 #include <CLI/CLI.hpp>
 
 #include "errand/clock.hpp"
+#include "errand/duration.hpp"
 #include "errand/protocol.hpp"
 #include "errand/worker.hpp"
 #include "process.hpp"
 
 namespace {
 
-// Exit codes: 0 after a clean stop; CLI11's own codes for malformed flags.
-constexpr int kExitBadQueue = 2;
+// Exit codes: 0 after a clean stop; 2 for a bad --queue or duration; CLI11's own codes for
+// other malformed flags.
+constexpr int kExitBadFlag = 2;
 constexpr int kExitFailed = 1;
 
-struct QueueSpec {
-    std::string name;
-    std::optional<std::string> command;
-};
-
-// "NAME" or "NAME=COMMAND"; nullopt when NAME is not a valid queue name or COMMAND is empty.
-std::optional<QueueSpec> parse_queue(const std::string& text) {
-    std::size_t eq = text.find('=');
-    QueueSpec spec{text.substr(0, eq), std::nullopt};
-    if (eq != std::string::npos) spec.command = text.substr(eq + 1);
-    if (!errand::valid_queue_name(spec.name) || (spec.command && spec.command->empty()))
+// A duration flag's value: nullopt (after a message) unless it parses and lies in [min, max].
+std::optional<errand::Millis> duration_flag(const char* flag, const std::string& text,
+                                            errand::Millis min) {
+    std::optional<errand::Millis> ms = errand::parse_duration(text);
+    if (!ms || *ms < min || *ms > errand::limits::kMaxTimeoutMs) {
+        std::fprintf(stderr,
+                     "errand-worker: bad %s '%s': expected a duration from %s to %s, like 250ms, "
+                     "30s, 5m or 2h\n",
+                     flag, text.c_str(), errand::format_duration(min).c_str(),
+                     errand::format_duration(errand::limits::kMaxTimeoutMs).c_str());
         return std::nullopt;
-    return spec;
+    }
+    return ms;
 }
 
 std::string default_name() {
@@ -94,21 +96,35 @@ int main(int argc, char** argv) {
     std::vector<std::string> queue_args;
     std::uint32_t concurrency = 1;
     bool allow_commands = false;
+    std::string default_timeout_arg;
+    std::string kill_grace_arg = "5s";
+    int permanent_exit_code = 99;
     std::string name;
     std::string log_level = "info";
 
     CLI::App app{"errand-worker: runs the jobs of errand queues as processes"};
     app.footer(
+        "QUEUES: without weights, queues are served strictly in the order given: a queue gets\n"
+        "a job only when those before it have none ready. With a WEIGHT (1-1000) on any queue,\n"
+        "the broker picks among queues with ready jobs in proportion to their weights (queues\n"
+        "without one weigh 1), so none starves.\n\n"
         "Each job's payload is written to its stdin; its stdout is the result. The job sees\n"
-        "ERRAND_JOB_ID, ERRAND_QUEUE and ERRAND_ATTEMPT in its environment.\n"
+        "ERRAND_JOB_ID, ERRAND_QUEUE, ERRAND_ATTEMPT and ERRAND_PROGRESS_FD=3 in its environment.\n"
+        "Progress: each line the job writes to fd 3, 'PERCENT[%] [MESSAGE]' (PERCENT 0-100,\n"
+        "MESSAGE up to 256 bytes), is reported to the broker, e.g. echo '40% resizing' >&3.\n"
+        "A job that times out or is cancelled gets SIGTERM (its whole process group), then\n"
+        "SIGKILL after --kill-grace. A timeout is a failure that is retried; an exit with\n"
+        "--permanent-exit-code is one that is not (the job goes straight to dead).\n"
         "SIGINT/SIGTERM: stop taking jobs, finish the running ones, report them and exit.\n"
-        "A second SIGINT/SIGTERM also terminates the running jobs (SIGTERM, SIGKILL 5 s later).");
+        "A second SIGINT/SIGTERM also terminates the running jobs (SIGTERM, then SIGKILL after\n"
+        "--kill-grace).");
     app.add_option("--broker", endpoint, "broker endpoint")
         ->envname("ERRAND_BROKER")
         ->capture_default_str();
     app.add_option("--queue", queue_args,
-                   "queue to serve, NAME or NAME=COMMAND (COMMAND runs with /bin/sh -c); "
-                   "repeat for more queues, earlier ones are preferred")
+                   "a queue to serve (repeatable), e.g. emails:3='send-mail' or reports:1;\n"
+                   "COMMAND runs with /bin/sh -c. See QUEUES below")
+        ->type_name("NAME[:WEIGHT][=COMMAND]")
         ->required()
         ->allow_extra_args(false);
     app.add_option("--concurrency", concurrency, "jobs run at once")
@@ -116,31 +132,50 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_flag("--allow-commands", allow_commands,
                  "run jobs that carry their own command line (argv)");
+    app.add_option("--default-timeout", default_timeout_arg,
+                   "timeout of jobs submitted without one, e.g. 10m (default: none)")
+        ->type_name("DURATION");
+    app.add_option("--kill-grace", kill_grace_arg, "time between SIGTERM and SIGKILL")
+        ->type_name("DURATION")
+        ->capture_default_str();
+    app.add_option("--permanent-exit-code", permanent_exit_code,
+                   "jobs exiting with this code fail permanently (0: none)")
+        ->type_name("N")
+        ->check(CLI::Range(0, 255))
+        ->capture_default_str();
     app.add_option("--name", name, "worker name shown by the broker (default: host:pid)");
     app.add_option("--log-level", log_level, "log level")
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}))
         ->capture_default_str();
     CLI11_PARSE(app, argc, argv);
 
-    std::vector<QueueSpec> queues;
+    std::vector<errand::workerd::QueueSpec> queues;
     for (const std::string& arg : queue_args) {
-        std::optional<QueueSpec> queue = parse_queue(arg);
-        if (!queue) {
+        errand::workerd::QueueSpec queue;
+        try {
+            queue = errand::workerd::parse_queue_spec(arg);
+        } catch (const std::invalid_argument& e) {
             std::fprintf(stderr,
-                         "errand-worker: bad --queue '%s': expected NAME or NAME=COMMAND, NAME "
-                         "being 1-64 characters of A-Z a-z 0-9 _ . - and COMMAND not empty\n",
-                         arg.c_str());
-            return kExitBadQueue;
+                         "errand-worker: bad --queue '%s': %s (expected NAME[:WEIGHT][=COMMAND])\n",
+                         arg.c_str(), e.what());
+            return kExitBadFlag;
         }
-        for (const QueueSpec& seen : queues) {
-            if (seen.name == queue->name) {
+        for (const auto& seen : queues) {
+            if (seen.name == queue.name) {
                 std::fprintf(stderr, "errand-worker: queue '%s' is given twice\n",
                              seen.name.c_str());
-                return kExitBadQueue;
+                return kExitBadFlag;
             }
         }
-        queues.push_back(std::move(*queue));
+        queues.push_back(std::move(queue));
     }
+    std::optional<errand::Millis> default_timeout;
+    if (!default_timeout_arg.empty()) {
+        default_timeout = duration_flag("--default-timeout", default_timeout_arg, 1);
+        if (!default_timeout) return kExitBadFlag;
+    }
+    std::optional<errand::Millis> kill_grace = duration_flag("--kill-grace", kill_grace_arg, 0);
+    if (!kill_grace) return kExitBadFlag;
     if (name.empty()) name = default_name();
 
     spdlog::set_default_logger(spdlog::stderr_color_mt("errand-worker"));
@@ -163,23 +198,39 @@ int main(int argc, char** argv) {
                                .concurrency = concurrency,
                                .accept_commands = allow_commands});
         std::vector<std::string> queue_names;
-        for (const QueueSpec& queue : queues) {
+        for (const auto& queue : queues) {
             errand::workerd::JobPolicy policy{
-                .command = queue.command, .allow_commands = allow_commands, .cancel = &cancel_jobs};
-            worker.handle(queue.name, [policy](const errand::Job& job) {
-                spdlog::debug("job {} ({}, attempt {}): started", job.id, job.queue, job.attempt);
-                const errand::Millis start = errand::steady_ms();
-                errand::Outcome outcome = errand::workerd::run_job(job, policy);
-                const errand::Millis took = errand::steady_ms() - start;
-                if (outcome.ok)
-                    spdlog::info("job {} ({}, attempt {}): succeeded in {} ms", job.id, job.queue,
-                                 job.attempt, took);
-                else
-                    spdlog::info("job {} ({}, attempt {}): failed in {} ms: {}", job.id, job.queue,
-                                 job.attempt, took, first_line(outcome.error));
-                return outcome;
-            });
-            queue_names.push_back(queue.command ? queue.name + "=" + *queue.command : queue.name);
+                .command = queue.command,
+                .allow_commands = allow_commands,
+                .default_timeout = default_timeout,
+                .kill_grace_ms = *kill_grace,
+                .permanent_exit_code = permanent_exit_code > 0
+                                           ? std::optional<int>(permanent_exit_code)
+                                           : std::nullopt,
+                .terminate = &cancel_jobs};
+            worker.handle(
+                queue.name,
+                [policy](const errand::Job& job) {
+                    spdlog::debug("job {} ({}, attempt {}): started", job.id, job.queue,
+                                  job.attempt);
+                    const errand::Millis start = errand::steady_ms();
+                    errand::Outcome outcome = errand::workerd::run_job(job, policy);
+                    const errand::Millis took = errand::steady_ms() - start;
+                    if (outcome.ok)
+                        spdlog::info("job {} ({}, attempt {}): succeeded in {} ms", job.id,
+                                     job.queue, job.attempt, took);
+                    else
+                        spdlog::info("job {} ({}, attempt {}): failed{} in {} ms: {}", job.id,
+                                     job.queue, job.attempt,
+                                     outcome.permanent ? " permanently" : "", took,
+                                     first_line(outcome.error));
+                    return outcome;
+                },
+                queue.weight);
+            std::string shown = queue.name;
+            if (queue.weight > 0) shown += fmt::format(":{}", queue.weight);
+            if (queue.command) shown += "=" + *queue.command;
+            queue_names.push_back(std::move(shown));
         }
 
         StopSignals signal_thread(stop_signals, worker, cancel_jobs);

@@ -1,5 +1,6 @@
 // Running job processes: fork/exec into a fresh process group, one poll() loop for stdin, stdout,
-// stderr, child exit, timeout and cancel; then the mapping from jobs to runs and runs to outcomes.
+// stderr, progress, child exit, timeout and cancel; then the mapping from jobs to runs and runs
+// to outcomes, and the parsers for progress lines and --queue flags.
 #include "process.hpp"
 
 #include <fcntl.h>
@@ -15,15 +16,19 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <charconv>
 #include <cstring>
 #include <limits>
+#include <stdexcept>
 #include <string_view>
 #include <system_error>
 #include <utility>
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include "errand/clock.hpp"
+#include "errand/duration.hpp"
 
 extern char** environ;
 
@@ -175,13 +180,15 @@ ExecPlan make_plan(const RunSpec& spec) {
         plan.argv.push_back(const_cast<char*>(arg.c_str()));
     plan.argv.push_back(nullptr);
 
+    std::vector<std::pair<std::string, std::string>> extra_env = spec.extra_env;
+    if (spec.on_progress) extra_env.emplace_back("ERRAND_PROGRESS_FD", std::to_string(kProgressFd));
     for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
         std::string_view name = env_name(*e);
-        bool replaced = std::any_of(spec.extra_env.begin(), spec.extra_env.end(),
+        bool replaced = std::any_of(extra_env.begin(), extra_env.end(),
                                     [&](const auto& kv) { return kv.first == name; });
         if (!replaced) plan.env_storage.emplace_back(*e);
     }
-    for (const auto& [name, value] : spec.extra_env)
+    for (const auto& [name, value] : extra_env)
         plan.env_storage.push_back(name + "=" + value);
     for (std::string& entry : plan.env_storage)
         plan.envp.push_back(entry.data());
@@ -219,8 +226,9 @@ ExecPlan make_plan(const RunSpec& spec) {
     ::_exit(kSpawnFailed);
 }
 
-// The child between fork and exec. Async-signal-safe calls only.
-[[noreturn]] void exec_child(const ExecPlan& plan, int in, int out, int err, int error_fd,
+// The child between fork and exec. Async-signal-safe calls only. `fds` are the parent's fds
+// that become the child's 0, 1, 2 and, when not -1, 3 (kProgressFd).
+[[noreturn]] void exec_child(const ExecPlan& plan, std::array<int, 4> fds, int error_fd,
                              pid_t parent) {
     ::setpgid(0, 0);
     // Die with the worker. PDEATHSIG fires when the forking *thread* exits; if the parent died
@@ -238,20 +246,23 @@ ExecPlan make_plan(const RunSpec& spec) {
     sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
 
-    // Lift every fd above 2 before the dup2s onto 0-2, so none clobbers another (the parent
-    // may run with 0-2 closed, and then pipe ends live there). The copies are CLOEXEC.
-    error_fd = ::fcntl(error_fd, F_DUPFD_CLOEXEC, 3);
+    // Lift every fd above the targets before the dup2s onto them, so none clobbers another
+    // (the parent may run with 0-2 closed, and then pipe ends live there). The copies are
+    // CLOEXEC; dup2 clears the flag on the targets.
+    const int targets = fds[3] >= 0 ? 4 : 3;
+    error_fd = ::fcntl(error_fd, F_DUPFD_CLOEXEC, targets);
     if (error_fd < 0) ::_exit(kSpawnFailed);
-    std::array<int, 3> fds = {in, out, err};
-    for (int& fd : fds) {
-        fd = ::fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    for (int target = 0; target < targets; ++target) {
+        int& fd = fds[static_cast<std::size_t>(target)];
+        fd = ::fcntl(fd, F_DUPFD_CLOEXEC, targets);
         if (fd < 0) child_fail(error_fd, errno);
     }
-    for (int target = 0; target < 3; ++target)
+    for (int target = 0; target < targets; ++target)
         if (::dup2(fds[static_cast<std::size_t>(target)], target) < 0) child_fail(error_fd, errno);
-    // Everything from 3 up closes at exec, the error pipe included.
-    if (::close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) != 0)
-        for (int fd = 3; fd < plan.max_fd; ++fd)
+    // Everything above the targets closes at exec, the error pipe included.
+    const auto first = static_cast<unsigned>(targets);
+    if (::close_range(first, ~0U, CLOSE_RANGE_CLOEXEC) != 0)
+        for (int fd = targets; fd < plan.max_fd; ++fd)
             ::fcntl(fd, F_SETFD, FD_CLOEXEC);
 
     // execvp's rules: skip candidates that do not exist, remember EACCES, stop on other errors.
@@ -299,6 +310,53 @@ std::string_view read_chunk(Fd& fd, std::vector<char>& buf) {
     return {};
 }
 
+// Splits what the job writes to its progress fd into lines of at most kMaxProgressLine bytes
+// (the rest of a longer line is dropped) and hands each to RunSpec::on_progress.
+class ProgressReader {
+  public:
+    ProgressReader(const RunSpec& spec, pid_t pid) : spec_(spec), pid_(pid) {}
+
+    void feed(std::string_view data) {
+        while (!data.empty()) {
+            std::size_t nl = data.find('\n');
+            std::string_view part = data.substr(0, nl);
+            if (!skipping_) {
+                bool cut = append_bounded(line_, part, kMaxProgressLine);
+                if (cut && nl == std::string_view::npos) {
+                    deliver();  // the line's first kMaxProgressLine bytes; the rest is dropped
+                    skipping_ = true;
+                }
+            }
+            if (nl == std::string_view::npos) return;
+            if (!skipping_) deliver();
+            skipping_ = false;
+            data.remove_prefix(nl + 1);
+        }
+    }
+    // At the end of the run: a last line without '\n' counts too.
+    void finish() {
+        if (!line_.empty()) deliver();
+        skipping_ = false;
+    }
+
+  private:
+    void deliver() {
+        if (std::optional<ProgressLine> p = parse_progress_line(line_))
+            spec_.on_progress(p->percent, p->message);
+        else
+            spdlog::debug(
+                "process {}: ignoring a progress line that is not "
+                "'PERCENT[%] [MESSAGE]': '{}'",
+                pid_, line_.substr(0, 80));
+        line_.clear();
+    }
+
+    const RunSpec& spec_;
+    pid_t pid_;
+    std::string line_;
+    bool skipping_ = false;  // the current line passed kMaxProgressLine and was delivered
+};
+
 }  // namespace
 
 RunResult run_process(const RunSpec& spec) {
@@ -314,11 +372,12 @@ RunResult run_process(const RunSpec& spec) {
 
     SigpipeBlock sigpipe_block;
     ExecPlan plan = make_plan(spec);
-    Pipe in, out, err, exec_error;
+    Pipe in, out, err, progress, exec_error;
     try {
         in = make_pipe();
         out = make_pipe();
         err = make_pipe();
+        if (spec.on_progress) progress = make_pipe();
         exec_error = make_pipe();
     } catch (const std::system_error& e) {
         return spawn_failed(e.code().value());
@@ -332,8 +391,8 @@ RunResult run_process(const RunSpec& spec) {
     const pid_t parent = ::getpid();
     const pid_t pid = ::fork();
     if (pid == 0)
-        exec_child(plan, in.read.get(), out.write.get(), err.write.get(), exec_error.write.get(),
-                   parent);
+        exec_child(plan, {in.read.get(), out.write.get(), err.write.get(), progress.write.get()},
+                   exec_error.write.get(), parent);
     const int fork_error = errno;
     ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
     if (pid < 0) return spawn_failed(fork_error);
@@ -343,6 +402,7 @@ RunResult run_process(const RunSpec& spec) {
     in.read.reset();
     out.write.reset();
     err.write.reset();
+    progress.write.reset();
     exec_error.write.reset();
 
     // EOF: exec succeeded (the pipe closed on exec). An int: errno of the failed exec.
@@ -360,9 +420,11 @@ RunResult run_process(const RunSpec& spec) {
     Fd stdin_fd = std::move(in.write);
     Fd stdout_fd = std::move(out.read);
     Fd stderr_fd = std::move(err.read);
+    Fd progress_fd = std::move(progress.read);
     if (spec.stdin_data.empty()) stdin_fd.reset();
-    for (const Fd* fd : {&stdin_fd, &stdout_fd, &stderr_fd})
+    for (const Fd* fd : {&stdin_fd, &stdout_fd, &stderr_fd, &progress_fd})
         if (*fd) set_nonblocking(*fd);
+    ProgressReader progress_reader(spec, pid);
     // Readable when the child exits. Without pidfds, exits are noticed on the kPollMs tick.
     // (glibc 2.36's <sys/pidfd.h> lacks extern "C", hence the raw syscall.)
     Fd exit_fd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
@@ -386,11 +448,15 @@ RunResult run_process(const RunSpec& spec) {
             drain_until = now + kDrainMs;
             continue;
         }
-        if (exited && ((!stdout_fd && !stderr_fd) || now >= drain_until)) break;
+        if (exited && ((!stdout_fd && !stderr_fd && !progress_fd) || now >= drain_until)) break;
         if (!exited && kill_at == kNever) {
-            result.timed_out = now >= deadline;
-            result.cancelled = spec.cancel != nullptr && spec.cancel->load();
-            if (result.timed_out || result.cancelled) {
+            if (spec.cancel != nullptr && spec.cancel->load())
+                result.cancelled = true;
+            else if (spec.terminate != nullptr && spec.terminate->load())
+                result.terminated = true;
+            else if (now >= deadline)
+                result.timed_out = true;
+            if (result.cancelled || result.terminated || result.timed_out) {
                 child.kill_group(SIGTERM);
                 kill_at = later(now, spec.kill_grace_ms);
             }
@@ -404,7 +470,7 @@ RunResult run_process(const RunSpec& spec) {
         Millis next = drain_until;
         if (!exited) next = kill_at == kNever ? deadline : killed ? kNever : kill_at;
         const Millis wait = std::clamp<Millis>(next - now, 0, kPollMs);
-        std::array<pollfd, 4> pfds{};
+        std::array<pollfd, 5> pfds{};
         std::size_t count = 0;
         auto watch = [&](const Fd& fd, short events) {
             if (fd) pfds[count++] = {fd.get(), events, 0};
@@ -412,6 +478,7 @@ RunResult run_process(const RunSpec& spec) {
         watch(stdin_fd, POLLOUT);
         watch(stdout_fd, POLLIN);
         watch(stderr_fd, POLLIN);
+        watch(progress_fd, POLLIN);
         watch(exit_fd, POLLIN);
         if (::poll(pfds.data(), count, static_cast<int>(wait)) < 0) {
             if (errno == EINTR) continue;
@@ -437,7 +504,11 @@ RunResult run_process(const RunSpec& spec) {
         }
         if (stderr_fd && ready(stderr_fd))
             keep_tail(result.stderr_tail, read_chunk(stderr_fd, buf), spec.stderr_tail);
+        if (progress_fd && ready(progress_fd)) {
+            progress_reader.feed(read_chunk(progress_fd, buf));
+        }
     }
+    progress_reader.finish();
 
     const int status = child.wait();
     if (WIFEXITED(status)) {
@@ -448,6 +519,7 @@ RunResult run_process(const RunSpec& spec) {
     }
     if (result.stderr_tail.size() > spec.stderr_tail)
         result.stderr_tail.erase(0, result.stderr_tail.size() - spec.stderr_tail);
+    if (result.timed_out) result.timeout_ms = *spec.timeout;
     result.elapsed_ms = steady_ms() - start;
     return result;
 }
@@ -472,7 +544,8 @@ std::string_view clean_tail(std::string_view tail) {
 
 }  // namespace
 
-Outcome outcome_of(const RunResult& run, std::size_t max_output) {
+Outcome outcome_of(const RunResult& run, std::size_t max_output,
+                   std::optional<int> permanent_exit_code) {
     if (!run.spawn_error.empty()) return Outcome::failure(run.spawn_error, run.exit_code);
 
     std::string output = run.stdout_data;
@@ -482,14 +555,18 @@ Outcome outcome_of(const RunResult& run, std::size_t max_output) {
         output.resize(std::min(output.size(), max_output - marker.size()));
         output += marker;
     }
-    if (run.exit_code == 0 && !run.signal && !run.timed_out && !run.cancelled)
+    const bool stopped = run.timed_out || run.cancelled || run.terminated;
+    if (run.exit_code == 0 && !run.signal && !stopped)
         return Outcome::success(std::move(output), 0);
+    // The broker ignores the outcome of a cancelled attempt: no details.
+    if (run.cancelled)
+        return Outcome::failure("cancelled", run.exit_code, false, std::move(output));
 
     std::string error;
     if (run.timed_out)
-        error = "timed out, ";
-    else if (run.cancelled)
-        error = "cancelled, ";
+        error = fmt::format("timed out after {}, ", format_duration(run.timeout_ms));
+    else if (run.terminated)
+        error = "terminated, the worker is stopping, ";
     if (run.signal)
         error += fmt::format("killed by signal {} ({})", signal_name(*run.signal), *run.signal);
     else
@@ -500,7 +577,9 @@ Outcome outcome_of(const RunResult& run, std::size_t max_output) {
         if (tail.size() > room) tail = clean_tail(tail.substr(tail.size() - room));
         error += fmt::format(": {}", tail);
     }
-    return Outcome::failure(std::move(error), run.exit_code, false, std::move(output));
+    const bool permanent =
+        !stopped && !run.signal && permanent_exit_code && run.exit_code == *permanent_exit_code;
+    return Outcome::failure(std::move(error), run.exit_code, permanent, std::move(output));
 }
 
 Outcome run_job(const Job& job, const JobPolicy& policy) {
@@ -526,9 +605,79 @@ Outcome run_job(const Job& job, const JobPolicy& policy) {
                       {"ERRAND_QUEUE", job.queue},
                       {"ERRAND_ATTEMPT", std::to_string(job.attempt)}};
     spec.max_output = policy.max_output;
+    spec.timeout = job.timeout_ms && *job.timeout_ms > 0 ? job.timeout_ms : policy.default_timeout;
     spec.kill_grace_ms = policy.kill_grace_ms;
-    spec.cancel = policy.cancel;
-    return outcome_of(run_process(spec), policy.max_output);
+    spec.cancel = job.cancel_flag();
+    spec.terminate = policy.terminate;
+    spec.on_progress = [&job](std::uint32_t percent, std::string_view message) {
+        job.progress(percent, std::string(message));
+    };
+    return outcome_of(run_process(spec), policy.max_output, policy.permanent_exit_code);
+}
+
+namespace {
+
+bool is_space(char c) {
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f';
+}
+
+std::string_view trim(std::string_view s) {
+    while (!s.empty() && is_space(s.front()))
+        s.remove_prefix(1);
+    while (!s.empty() && is_space(s.back()))
+        s.remove_suffix(1);
+    return s;
+}
+
+}  // namespace
+
+std::optional<ProgressLine> parse_progress_line(std::string_view line) {
+    line = trim(line);  // "  5%" from printf '%3d%%'
+    std::size_t digits = 0;
+    while (digits < line.size() && line[digits] >= '0' && line[digits] <= '9')
+        ++digits;
+    if (digits == 0 || digits > 3) return std::nullopt;
+    std::uint32_t percent = 0;
+    std::from_chars(line.data(), line.data() + digits, percent);
+    if (percent > 100) return std::nullopt;
+    std::string_view rest = line.substr(digits);
+    if (!rest.empty() && rest.front() == '%') rest.remove_prefix(1);
+    if (!rest.empty() && !is_space(rest.front())) return std::nullopt;
+
+    std::string_view message = trim(rest);
+    if (message.size() > limits::kMaxProgressMessage) {
+        std::size_t cut = limits::kMaxProgressMessage;
+        // Back off to the start of a UTF-8 sequence, which the byte after the cut must be.
+        while (cut > 0 && (static_cast<unsigned char>(message[cut]) & 0xC0) == 0x80)
+            --cut;
+        message = trim(message.substr(0, cut));
+    }
+    return ProgressLine{percent, std::string(message)};
+}
+
+QueueSpec parse_queue_spec(std::string_view text) {
+    QueueSpec spec;
+    std::size_t eq = text.find('=');
+    std::string_view head = text.substr(0, eq);
+    if (eq != std::string_view::npos) {
+        spec.command = std::string(text.substr(eq + 1));
+        if (spec.command->empty()) throw std::invalid_argument("the COMMAND after '=' is empty");
+    }
+    std::size_t colon = head.find(':');
+    spec.name = std::string(head.substr(0, colon));
+    if (!valid_queue_name(spec.name))
+        throw std::invalid_argument(
+            fmt::format("'{}' is not a queue name (1-{} characters of A-Z a-z 0-9 _ . -)",
+                        spec.name, limits::kMaxQueueName));
+    if (colon != std::string_view::npos) {
+        std::string_view weight = head.substr(colon + 1);
+        auto [end, ec] = std::from_chars(weight.data(), weight.data() + weight.size(), spec.weight);
+        if (ec != std::errc() || end != weight.data() + weight.size() || spec.weight < 1 ||
+            spec.weight > limits::kMaxQueueWeight)
+            throw std::invalid_argument(fmt::format("the WEIGHT '{}' is not an integer 1-{}",
+                                                    weight, limits::kMaxQueueWeight));
+    }
+    return spec;
 }
 
 }  // namespace errand::workerd
