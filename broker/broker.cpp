@@ -258,7 +258,8 @@ struct Broker::State {
         if (!t.attempts) t.attempts = l.attempts;
         if (is_terminal(to)) t.finished_at = now;
         if (!t.worker && l.state == JobState::running)
-            if (auto w = workers.find(l.worker_instance); w != workers.end()) t.worker = w->second.name;
+            if (auto w = workers.find(l.worker_instance); w != workers.end())
+                t.worker = w->second.name;
         store->apply(t);
         spdlog::debug("job {} queue={} attempt={}: {} -> {} ({})", id, l.queue, *t.attempts,
                       to_string(l.state), to_string(to), t.reason);

@@ -16,8 +16,8 @@ struct BrokerConfig {
     std::string listen = std::string(kDefaultEndpoint);
     Millis heartbeat_ms = 1000;
     Millis worker_timeout_ms = 5000;
-    Millis retry_delay_ms = 1000;    // default backoff base
-    Millis retry_cap_ms = 600'000;   // default backoff cap
+    Millis retry_delay_ms = 1000;     // default backoff base
+    Millis retry_cap_ms = 600'000;    // default backoff cap
     Millis timeout_grace_ms = 10000;  // a timed-out attempt without a result fails after this
     Millis retention_ms = 7 * 86'400'000LL;  // finished jobs are deleted after this
     std::size_t retention_batch = 500;       // rows deleted per pass at most
