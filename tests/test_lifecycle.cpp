@@ -1018,3 +1018,41 @@ TEST_CASE("lifecycle: worker --permanent-exit-code, --default-timeout and a weig
     CHECK(f->state == JobState::succeeded);
     CHECK(f->result == "ok\n");
 }
+
+// ---- retention ----------------------------------------------------------------------------
+
+TEST_CASE("lifecycle: --retention deletes finished jobs and their counts; unfinished ones stay") {
+    TempDir dir;
+    Broker broker(dir, {"--retention", "1s"});
+    errand::Worker worker({.endpoint = broker.endpoint(), .name = "ret-w", .concurrency = 2});
+    worker.handle("ret", [](const errand::Job&) { return errand::Outcome::success("x"); });
+    std::thread runner([&] { worker.run(); });
+    errand::Client client(broker.client_options());
+    std::vector<errand::JobId> done;
+    for (int i = 0; i < 20; ++i)
+        done.push_back(client.submit(job_spec("ret")).id);
+    for (auto id : done)
+        REQUIRE(client.wait(id, 10'000).has_value());
+    const auto waiting = client.submit(job_spec("nobody-serves-this")).id;
+
+    // Retention looks once a second and deletes what finished more than 1 s ago.
+    bool gone = wait_until(
+        [&] {
+            try {
+                client.status(done.back());
+                return false;
+            } catch (const errand::BrokerError& e) {
+                return e.code() == errand::ErrorCode::not_found;
+            }
+        },
+        5s, 50ms);
+    worker.stop();
+    runner.join();
+    REQUIRE_MESSAGE(gone, broker.logs());
+    for (auto id : done)
+        CHECK_THROWS_AS(client.status(id), errand::BrokerError);
+    CHECK_THROWS_AS(client.history(done.front()), errand::BrokerError);
+    CHECK(client.status(waiting).state == JobState::ready);
+    auto q = find_queue(client, "ret");
+    CHECK_FALSE(q.has_value());  // no jobs left: the queue is not listed
+}
