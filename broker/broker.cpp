@@ -71,6 +71,7 @@ struct WorkerRec {
     std::uint64_t pid = 0;
     std::vector<std::string> queues;
     std::uint32_t concurrency = 1;
+    std::uint32_t prefetch = 0;
     bool commands = false;
     std::vector<std::uint32_t> weights;  // empty: strict order
     std::uint32_t credit = 0;
@@ -631,6 +632,7 @@ struct Broker::State {
         w.pid = m.pid;
         w.queues = m.queues;
         w.concurrency = m.concurrency;
+        w.prefetch = m.prefetch;
         w.commands = m.commands;
         w.weights = m.weights;
         w.credit = 0;
@@ -672,8 +674,11 @@ struct Broker::State {
     void on_credit(const std::string& identity, const Reader& r) {
         auto n = decode_credit(r);
         auto& w = registered(identity);
-        auto busy = static_cast<std::uint32_t>(std::min<std::size_t>(w.jobs.size(), w.concurrency));
-        w.credit = std::min(w.credit + n, w.concurrency - busy);
+        // Credit never exceeds the slots the worker declared (concurrency + prefetch) minus the
+        // jobs it holds, whatever a confused worker sends.
+        std::uint32_t slots = w.concurrency + w.prefetch;
+        auto busy = static_cast<std::uint32_t>(std::min<std::size_t>(w.jobs.size(), slots));
+        w.credit = std::min(w.credit + n, slots - busy);
         dispatch_dirty = true;
     }
 

@@ -316,8 +316,14 @@ SqliteStore::SqliteStore(const std::string& path, SqliteOptions options) {
         exec(options.synchronous_full ? "PRAGMA synchronous = FULL"
                                       : "PRAGMA synchronous = NORMAL");
         exec("PRAGMA foreign_keys = ON");
+        exec(fmt::format("PRAGMA cache_size = -{}", options.cache_mib * 1024).c_str());
+        exec("PRAGMA temp_store = MEMORY");
         migrate();
         st_ = std::make_unique<Statements>(db_);
+        if (options.checkpoint_interval_ms > 0) {
+            exec("PRAGMA wal_autocheckpoint = 0");
+            start_checkpointer(path, options.checkpoint_interval_ms);
+        }
     } catch (const StoreError& e) {
         st_.reset();
         sqlite3_close(db_);
@@ -327,8 +333,43 @@ SqliteStore::SqliteStore(const std::string& path, SqliteOptions options) {
 }
 
 SqliteStore::~SqliteStore() {
+    stop_checkpointer();
     st_.reset();
     if (db_) sqlite3_close(db_);
+}
+
+// A second connection that copies committed WAL frames back into the database file (PASSIVE:
+// it never blocks the broker's writes) so the WAL stays small without commits paying for it.
+void SqliteStore::start_checkpointer(const std::string& path, int interval_ms) {
+    checkpointer_ = std::thread([this, path, interval_ms] {
+        sqlite3* db = nullptr;
+        if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
+                            nullptr) != SQLITE_OK) {
+            sqlite3_close(db);
+            return;
+        }
+        sqlite3_busy_timeout(db, 0);
+        std::unique_lock lock(ckpt_mu_);
+        while (!ckpt_stop_) {
+            ckpt_cv_.wait_for(lock, std::chrono::milliseconds(interval_ms));
+            if (ckpt_stop_) break;
+            lock.unlock();
+            int log = 0, done = 0;
+            sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
+            lock.lock();
+        }
+        sqlite3_close(db);
+    });
+}
+
+void SqliteStore::stop_checkpointer() {
+    if (!checkpointer_.joinable()) return;
+    {
+        std::lock_guard lock(ckpt_mu_);
+        ckpt_stop_ = true;
+    }
+    ckpt_cv_.notify_all();
+    checkpointer_.join();
 }
 
 void SqliteStore::exec(const char* sql) {

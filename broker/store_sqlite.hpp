@@ -3,8 +3,12 @@
 
 #include <sqlite3.h>
 
+#include <atomic>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 
 #include "store.hpp"
 
@@ -12,6 +16,10 @@ namespace errand::broker {
 
 struct SqliteOptions {
     bool synchronous_full = true;  // PRAGMA synchronous=FULL (else NORMAL)
+    int cache_mib = 64;            // page cache of the broker's connection
+    // WAL checkpoints run on a thread of their own every this often, so a commit never waits
+    // for one (0: SQLite's automatic checkpoints inside commits instead).
+    int checkpoint_interval_ms = 100;
 };
 
 // Opening fails with StoreError (a corrupt or foreign file, a newer schema, no permission).
@@ -56,8 +64,15 @@ class SqliteStore final : public Store {
     void exec(const char* sql);
     void migrate();
 
+    void start_checkpointer(const std::string& path, int interval_ms);
+    void stop_checkpointer();
+
     sqlite3* db_ = nullptr;
     std::unique_ptr<Statements> st_;
+    std::thread checkpointer_;
+    std::mutex ckpt_mu_;
+    std::condition_variable ckpt_cv_;
+    bool ckpt_stop_ = false;
 };
 
 }  // namespace errand::broker

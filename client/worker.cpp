@@ -85,6 +85,7 @@ struct Worker::Impl {
         if (opt.name.empty()) opt.name = fmt::format("{}:{}", host_name(), getpid());
         if (opt.concurrency < 1) opt.concurrency = 1;
         if (opt.concurrency > limits::kMaxConcurrency) opt.concurrency = limits::kMaxConcurrency;
+        opt.prefetch = std::min(opt.prefetch, limits::kMaxPrefetch);
     }
 
     const Handler* handler_for(const std::string& queue) const {
@@ -183,6 +184,7 @@ struct Worker::Impl {
             for (auto w : weights)
                 m.weights.push_back(w > 0 ? w : 1);
         m.concurrency = opt.concurrency;
+        m.prefetch = opt.prefetch;
         m.commands = opt.accept_commands;
         for (const auto& [id, r] : running)
             m.held.push_back({id, r.attempt});
@@ -228,8 +230,9 @@ struct Worker::Impl {
             }
             spdlog::info("registered with {} as {} (heartbeat {} ms)", opt.endpoint, opt.name,
                          heartbeat_ms);
+            auto slots = opt.concurrency + opt.prefetch;
             auto busy = static_cast<std::uint32_t>(running.size());
-            grant(opt.concurrency > busy ? opt.concurrency - busy : 0);
+            grant(slots > busy ? slots - busy : 0);
             send_pending(now, true);
         } else if (env.command == cmd::kDispatch) {
             auto d = decode_dispatch(r);
@@ -288,7 +291,7 @@ struct Worker::Impl {
     }
 
     void on_result(zmq::socket_t& pull, Millis now) {
-        std::vector<zmq::message_t> parts;
+        std::uint32_t freed = 0;
         while (true) {
             zmq::message_t command, body;
             if (!pull.recv(command, zmq::recv_flags::dontwait)) break;
@@ -299,8 +302,9 @@ struct Worker::Impl {
             running.erase(id);
             pending[id] = Pending{attempt, command.to_string(), body.to_string(), now};
             if (registered) send(pending[id].command, pending[id].body);
-            grant(1);
+            ++freed;
         }
+        grant(freed);  // one CREDIT for every result of this wake-up
     }
 
     void run() {

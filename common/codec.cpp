@@ -582,8 +582,8 @@ JobInfo decode_job_info(const Reader& r) {
 }
 
 std::string encode(const RegisterRequest& m) {
-    Writer w(10);
-    w.u64("req", m.req).key("weights");
+    Writer w(11);
+    w.u64("req", m.req).u64("prefetch", m.prefetch).key("weights");
     w.packer().pack_array(static_cast<std::uint32_t>(m.weights.size()));
     for (auto x : m.weights)
         w.packer().pack_uint32(x);
@@ -621,6 +621,10 @@ RegisterRequest decode_register(const Reader& r) {
         bad(fmt::format("concurrency must be 1-{}", limits::kMaxConcurrency));
     m.concurrency = static_cast<std::uint32_t>(c);
     m.commands = r.opt_bool("commands").value_or(false);
+    auto prefetch = r.opt_u64("prefetch").value_or(0);
+    if (prefetch > limits::kMaxPrefetch)
+        bad(fmt::format("prefetch must be at most {}", limits::kMaxPrefetch));
+    m.prefetch = static_cast<std::uint32_t>(prefetch);
     if (r.has("weights")) {
         auto weights = r.u64_array("weights");
         if (!weights.empty() && weights.size() != m.queues.size())

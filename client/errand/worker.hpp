@@ -66,6 +66,10 @@ struct WorkerOptions {
     std::string endpoint = std::string(kDefaultEndpoint);
     std::string name;  // default: host:pid
     std::uint32_t concurrency = 1;
+    // Jobs held beyond `concurrency`, waiting locally so a handler never waits for the network.
+    // Raises throughput with many short jobs; prefetched jobs count as running (and their
+    // timeouts run) from dispatch, so keep it 0 for long jobs.
+    std::uint32_t prefetch = 0;
     bool accept_commands = false;  // take jobs that carry their own argv
     std::size_t max_result = limits::kDefaultMaxResult;
 };

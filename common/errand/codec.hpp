@@ -174,6 +174,7 @@ struct RegisterRequest {
     bool commands = false;  // accepts jobs that carry their own argv
     std::vector<HeldJob> held;
     std::vector<std::uint32_t> weights;  // empty: strict queue order; else one weight per queue
+    std::uint32_t prefetch = 0;          // jobs it may hold beyond `concurrency`, waiting locally
 };
 
 struct RegisteredReply {

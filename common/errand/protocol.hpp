@@ -30,6 +30,7 @@ inline constexpr std::size_t kDefaultMaxMessage = 64 * 1024 * 1024;
 inline constexpr std::uint32_t kDefaultMaxAttempts = 3;
 inline constexpr std::uint32_t kMaxMaxAttempts = 1000;
 inline constexpr std::uint32_t kMaxConcurrency = 1024;
+inline constexpr std::uint32_t kMaxPrefetch = 10000;
 inline constexpr std::uint32_t kDefaultListLimit = 100;
 inline constexpr std::uint32_t kMaxListLimit = 10000;
 inline constexpr Millis kDefaultWaitMs = 30000;
