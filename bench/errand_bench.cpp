@@ -1,0 +1,165 @@
+// errand-bench: parse flags, run one scenario --repeat times, print the medians as a table or as
+// one JSON object. The scenarios live one per file (scenarios.hpp).
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+
+#include <csignal>
+#include <cstdio>
+#include <functional>
+#include <map>
+
+#include "load.hpp"
+#include "scenarios.hpp"
+
+namespace errand::bench {
+
+std::string payload_for(const Options& opt, std::size_t fallback) {
+    return std::string(opt.payload_size ? opt.payload_size : fallback, 'x');
+}
+
+std::string broker_label(const Options& opt) {
+    return opt.broker.empty() ? "own (synchronous=" + opt.synchronous + ")" : opt.broker;
+}
+
+}  // namespace errand::bench
+
+namespace {
+
+using errand::bench::Options;
+using errand::bench::Result;
+
+// Exit codes: 0 all runs done, 1 a run failed (or ran out of --max-seconds), 2 bad flags.
+constexpr int kExitFailed = 1;
+constexpr int kExitUsage = 2;
+
+const std::map<std::string, std::function<Result(const Options&)>>& scenarios() {
+    static const std::map<std::string, std::function<Result(const Options&)>> table{
+        {"submit", errand::bench::run_submit},
+        {"e2e", errand::bench::run_e2e},
+        {"latency", errand::bench::run_latency},
+        {"depth", errand::bench::run_depth},
+        {"recovery", errand::bench::run_recovery},
+        {"daemon", errand::bench::run_daemon},
+        {"fsync", errand::bench::run_fsync},
+        {"beanstalkd", errand::bench::run_beanstalkd},
+    };
+    return table;
+}
+
+std::string one_line(const Result& r) {
+    std::string s;
+    for (const auto& f : r.figures) s += fmt::format(" {}={:.6g}", f.key, f.value);
+    return s;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    Options opt;
+    CLI::App app{"errand-bench: throughput and latency of errand, measured against a real broker"};
+    app.footer(
+        "SCENARIOS\n"
+        "  submit      one client submits N jobs: --mode sync|pipelined|batch (default batch)\n"
+        "  e2e         P producers + K library workers: --mode sync|pipelined|batch (default "
+        "sync)\n"
+        "  latency     sequential submit -> run -> result round trips on an idle broker\n"
+        "  depth       dispatch rate with --backlog jobs queued vs with an empty queue; RSS\n"
+        "  recovery    SIGKILL + restart over --backlog queued jobs: time until PING answers\n"
+        "  daemon      N /bin/true jobs through errand-worker vs xargs -P C: --mode argv|shell\n"
+        "  fsync       the disk's limit: SQLite one-row commits/s and raw fdatasync/s\n"
+        "  beanstalkd  the same shapes against beanstalkd at --addr: --mode e2e|latency\n"
+        "Unless --broker is given, each run starts its own errand-broker on a free 127.0.0.1\n"
+        "port with a fresh database in --tmpdir, and kills it afterwards.");
+    std::vector<std::string> names;
+    for (const auto& [name, fn] : scenarios()) names.push_back(name);
+    app.add_option("scenario", opt.scenario, "what to measure")
+        ->required()
+        ->check(CLI::IsMember(names));
+    app.add_option("--mode", opt.mode, "scenario mode (see SCENARIOS)");
+    app.add_option("-n,--jobs", opt.n,
+                   "jobs or round trips (default: submit/e2e/depth/beanstalkd 100000, latency "
+                   "2000, daemon 10000, fsync 2000)");
+    app.add_option("--backlog", opt.backlog, "depth/recovery: jobs queued beforehand")
+        ->capture_default_str();
+    app.add_option("--producers", opt.producers, "e2e: producer threads (one connection each)")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 64u));
+    app.add_option("--workers", opt.workers,
+                   "e2e/depth: library workers (errand::Worker, one connection each); "
+                   "beanstalkd: consumer connections")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 64u));
+    app.add_option("--concurrency", opt.concurrency,
+                   "handler threads per worker (daemon: errand-worker --concurrency, xargs -P)")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 1024u));
+    app.add_option("--window", opt.window, "pipelined: one-job SUBMITs in flight")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 100000u));
+    app.add_option("--batch", opt.batch, "batch: jobs per SUBMIT")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 1000u));
+    app.add_option("--batch-window", opt.batch_window, "batch: SUBMITs in flight")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 1000u));
+    app.add_option("--payload-size", opt.payload_size,
+                   "payload bytes per job (default 16; depth/recovery 100)");
+    app.add_option("--restarts", opt.restarts, "recovery: restarts per run")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 100u));
+    app.add_option("--warmup", opt.warmup, "latency: round trips before measuring")
+        ->capture_default_str();
+    app.add_option("--synchronous", opt.synchronous, "our broker's --synchronous")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"full", "normal"}));
+    app.add_option("--broker", opt.broker,
+                   "endpoint of a running broker to use instead of starting one (tcp://127.0.0.1:…)");
+    app.add_option("--broker-bin", opt.broker_bin,
+                   "errand-broker to start (default: ../broker/errand-broker from this binary)");
+    app.add_option("--worker-bin", opt.worker_bin,
+                   "errand-worker for `daemon` (default: ../worker/errand-worker)");
+    app.add_option("--addr", opt.addr, "beanstalkd: HOST:PORT")->capture_default_str();
+    app.add_option("--tmpdir", opt.tmpdir, "where databases go (default $TMPDIR or /tmp)");
+    app.add_option("--max-seconds", opt.max_seconds, "bound on each run")
+        ->capture_default_str()
+        ->check(CLI::Range(1.0, 3600.0));
+    app.add_option("--repeat", opt.repeat, "runs; the figures are their medians")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 100u));
+    app.add_flag("--json", opt.json, "print one JSON object instead of the table");
+    app.add_flag("--keep-tmp", opt.keep_tmp, "keep the temp dirs (databases, logs)");
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        const int rc = app.exit(e);
+        return rc == 0 ? 0 : kExitUsage;
+    }
+    if (!opt.broker.empty() && opt.broker.rfind("tcp://127.0.0.1:", 0) != 0) {
+        std::fprintf(stderr, "errand-bench: --broker must be tcp://127.0.0.1:PORT\n");
+        return kExitUsage;
+    }
+    spdlog::set_level(spdlog::level::warn);  // the library's own chatter
+    std::signal(SIGPIPE, SIG_IGN);
+
+    std::vector<Result> runs;
+    for (unsigned i = 0; i < opt.repeat; ++i) {
+        try {
+            runs.push_back(scenarios().at(opt.scenario)(opt));
+        } catch (const std::exception& e) {
+            std::fprintf(stderr, "errand-bench %s: run %u failed: %s\n", opt.scenario.c_str(),
+                         i + 1, e.what());
+            return kExitFailed;
+        }
+        if (opt.repeat > 1)
+            std::fprintf(stderr, "errand-bench %s: run %u/%u:%s\n", opt.scenario.c_str(), i + 1,
+                         opt.repeat, one_line(runs.back()).c_str());
+    }
+    const Result result = errand::bench::combine(runs);
+    if (opt.json)
+        std::printf("%s\n", errand::bench::to_json(result, runs).dump().c_str());
+    else
+        errand::bench::print_table(result, runs.size());
+    return 0;
+}

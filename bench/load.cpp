@@ -1,0 +1,126 @@
+// No-op jobs, submitters, the in-process worker pool and queue-count waits (load.hpp).
+#include "load.hpp"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <deque>
+#include <future>
+#include <stdexcept>
+
+#include "errand/async_client.hpp"
+
+namespace errand::bench {
+
+using namespace std::chrono_literals;
+
+void Deadline::check(const char* what) const {
+    if (passed()) throw OutOfTime(fmt::format("{}: stopped at --max-seconds {}", what, seconds_));
+}
+
+std::string unique_queue(const std::string& prefix) {
+    static std::atomic<unsigned> counter{0};
+    return fmt::format("{}-{}-{}", prefix, ::getpid(), counter++);
+}
+
+ClientOptions client_options(const std::string& endpoint) {
+    ClientOptions o;
+    o.endpoint = endpoint;
+    o.timeout_ms = 120'000;
+    o.resend_ms = 60'000;
+    return o;
+}
+
+JobSpec noop_job(const std::string& queue, const std::string& payload) {
+    JobSpec s;
+    s.queue = queue;
+    s.payload = payload;
+    return s;
+}
+
+SubmitMode parse_submit_mode(const std::string& text) {
+    if (text == "sync") return SubmitMode::sync;
+    if (text == "pipelined") return SubmitMode::pipelined;
+    if (text == "batch") return SubmitMode::batch;
+    throw std::invalid_argument("mode must be sync, pipelined or batch, not '" + text + "'");
+}
+
+std::uint64_t submit_jobs(const std::string& endpoint, const JobSpec& job, std::uint64_t n,
+                          SubmitMode mode, const Options& opt, const Deadline& deadline,
+                          const std::atomic<bool>* stop) {
+    auto stopped = [&] { return deadline.passed() || (stop && stop->load()); };
+    std::uint64_t done = 0;
+    if (mode == SubmitMode::sync) {
+        Client client(client_options(endpoint));
+        while (done < n && !stopped()) {
+            client.submit(job);
+            ++done;
+        }
+        return done;
+    }
+    AsyncClient client(client_options(endpoint));
+    const std::uint64_t per_request = mode == SubmitMode::batch ? opt.batch : 1;
+    const std::size_t window = mode == SubmitMode::batch ? opt.batch_window : opt.window;
+    std::deque<std::future<std::vector<Submitted>>> inflight;
+    std::uint64_t sent = 0;
+    while (done < n) {
+        while (sent < n && inflight.size() < window && !stopped()) {
+            const std::uint64_t k = std::min<std::uint64_t>(per_request, n - sent);
+            std::vector<JobSpec> jobs(k, job);
+            inflight.push_back(client.submit(std::move(jobs)));
+            sent += k;
+        }
+        if (inflight.empty()) break;
+        done += inflight.front().get().size();
+        inflight.pop_front();
+    }
+    return done;
+}
+
+WorkerPool::WorkerPool(const std::string& endpoint, const std::string& queue, unsigned workers,
+                       unsigned concurrency) {
+    for (unsigned i = 0; i < workers; ++i) {
+        WorkerOptions o;
+        o.endpoint = endpoint;
+        o.name = fmt::format("bench-{}-{}", ::getpid(), i);
+        o.concurrency = concurrency;
+        auto w = std::make_unique<Worker>(o);
+        w->handle(queue, [this](const Job&) {
+            handled_.fetch_add(1, std::memory_order_relaxed);
+            return Outcome::success({});
+        });
+        workers_.push_back(std::move(w));
+    }
+    for (auto& w : workers_) threads_.emplace_back([&w] { w->run(); });
+}
+
+WorkerPool::~WorkerPool() {
+    for (auto& w : workers_) w->stop();
+    for (auto& t : threads_) t.join();
+}
+
+void WorkerPool::wait_handled(std::uint64_t n, const Deadline& deadline) const {
+    while (handled() < n) {
+        deadline.check("waiting for the workers");
+        std::this_thread::sleep_for(1ms);
+    }
+}
+
+std::uint64_t count_in_state(Client& client, const std::string& queue, JobState state) {
+    for (const QueueInfo& q : client.queues()) {
+        if (q.name != queue) continue;
+        for (const auto& [s, count] : q.counts)
+            if (s == state) return count;
+    }
+    return 0;
+}
+
+void wait_succeeded(Client& client, const std::string& queue, std::uint64_t n,
+                    const Deadline& deadline) {
+    while (count_in_state(client, queue, JobState::succeeded) < n) {
+        deadline.check("waiting for the jobs to succeed");
+        std::this_thread::sleep_for(10ms);
+    }
+}
+
+}  // namespace errand::bench

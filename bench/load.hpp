@@ -1,0 +1,89 @@
+// The load the errand scenarios share: no-op jobs, submitting them one at a time / pipelined /
+// in batches, a pool of library workers in this process, and bounded waits on queue counts.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "errand/client.hpp"
+#include "errand/worker.hpp"
+#include "options.hpp"
+#include "processes.hpp"
+
+namespace errand::bench {
+
+// Thrown when a run passes --max-seconds; the scenario reports it instead of a figure.
+class OutOfTime : public std::runtime_error {
+  public:
+    using std::runtime_error::runtime_error;
+};
+
+// The bound on one run of a scenario.
+class Deadline {
+  public:
+    explicit Deadline(double seconds)
+        : until_(Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                    std::chrono::duration<double>(seconds))),
+          seconds_(seconds) {}
+    bool passed() const { return Clock::now() >= until_; }
+    // Throws OutOfTime naming `what` once the deadline has passed.
+    void check(const char* what) const;
+
+  private:
+    Clock::time_point until_;
+    double seconds_;
+};
+
+// A queue name of our own, so runs against a shared (--broker) broker do not mix.
+std::string unique_queue(const std::string& prefix);
+
+// Client options for benchmarking: requests may wait behind a long backlog, so resends (which
+// only add load; tokens make them harmless) and timeouts are pushed far out.
+ClientOptions client_options(const std::string& endpoint);
+
+JobSpec noop_job(const std::string& queue, const std::string& payload);
+
+enum class SubmitMode { sync, pipelined, batch };
+SubmitMode parse_submit_mode(const std::string& text);  // throws std::invalid_argument
+
+// Submits `n` copies of `job` from this thread and returns how many were
+// acknowledged (fewer than n only when the deadline passed; `stop` also ends it early).
+//   sync:      Client::submit, one request at a time
+//   pipelined: AsyncClient, `window` one-job SUBMITs in flight
+//   batch:     AsyncClient, SUBMITs of `batch` jobs, `batch_window` of them in flight
+std::uint64_t submit_jobs(const std::string& endpoint, const JobSpec& job, std::uint64_t n,
+                          SubmitMode mode, const Options& opt, const Deadline& deadline,
+                          const std::atomic<bool>* stop = nullptr);
+
+// K errand::Worker objects (each with its own connection and `concurrency` handler threads) on
+// threads of this process, serving `queue` with a handler that counts the job and succeeds.
+class WorkerPool {
+  public:
+    WorkerPool(const std::string& endpoint, const std::string& queue, unsigned workers,
+               unsigned concurrency);
+    ~WorkerPool();  // stops every worker and joins its thread
+    WorkerPool(const WorkerPool&) = delete;
+    WorkerPool& operator=(const WorkerPool&) = delete;
+
+    std::uint64_t handled() const { return handled_.load(std::memory_order_relaxed); }
+    // Waits until `n` jobs were handled; throws OutOfTime past the deadline.
+    void wait_handled(std::uint64_t n, const Deadline& deadline) const;
+
+  private:
+    std::atomic<std::uint64_t> handled_{0};
+    std::vector<std::unique_ptr<Worker>> workers_;
+    std::vector<std::thread> threads_;
+};
+
+// How many jobs of `queue` are in `state`, from QUEUES.
+std::uint64_t count_in_state(Client& client, const std::string& queue, JobState state);
+
+// Polls QUEUES every ~10 ms until `n` jobs of `queue` have succeeded; throws OutOfTime.
+void wait_succeeded(Client& client, const std::string& queue, std::uint64_t n,
+                    const Deadline& deadline);
+
+}  // namespace errand::bench

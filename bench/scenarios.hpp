@@ -1,0 +1,24 @@
+// The scenarios of errand-bench. Each runs once with the given options and returns its figures;
+// errand_bench.cpp repeats it and reports the medians. Each scenario's file says what it measures.
+#pragma once
+
+#include "options.hpp"
+#include "report.hpp"
+
+namespace errand::bench {
+
+Result run_submit(const Options& opt);      // submit.cpp
+Result run_e2e(const Options& opt);         // e2e.cpp
+Result run_latency(const Options& opt);     // latency.cpp
+Result run_depth(const Options& opt);       // depth.cpp
+Result run_recovery(const Options& opt);    // recovery.cpp
+Result run_daemon(const Options& opt);      // daemon.cpp
+Result run_fsync(const Options& opt);       // fsync.cpp
+Result run_beanstalkd(const Options& opt);  // beanstalkd.cpp
+
+// The payload of the scenario's jobs: --payload-size bytes, or `fallback` when not given.
+std::string payload_for(const Options& opt, std::size_t fallback);
+// "own (synchronous=full)" or the --broker endpoint, for the config block.
+std::string broker_label(const Options& opt);
+
+}  // namespace errand::bench
