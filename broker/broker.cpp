@@ -382,11 +382,15 @@ struct Broker::State {
         SubmitReply rep;
         rep.req = m.req;
         for (auto& spec : m.jobs) {
+            // A known token wins (a resent request gets its own job back), then a unique key
+            // held by an unfinished job. The token is checked by the insert itself, so the
+            // common case costs no extra lookup.
             std::optional<JobId> existing;
-            if (spec.token) existing = store->find_token(*spec.token);
-            if (!existing && spec.unique)
-                if (auto u = unique_live.find(*spec.unique); u != unique_live.end())
-                    existing = u->second;
+            if (spec.unique)
+                if (auto u = unique_live.find(*spec.unique); u != unique_live.end()) {
+                    if (spec.token) existing = store->find_token(*spec.token);
+                    if (!existing) existing = u->second;
+                }
             if (existing) {
                 rep.ids.push_back(*existing);
                 rep.duplicate.push_back(true);
@@ -410,7 +414,13 @@ struct Broker::State {
                 job.state = JobState::scheduled;
                 job.run_at = run_at;
             }
-            store->insert_job(job, job.state == JobState::scheduled ? "scheduled" : "submitted");
+            if (!store->insert_job(job,
+                                   job.state == JobState::scheduled ? "scheduled" : "submitted")) {
+                --last_id;
+                rep.ids.push_back(store->find_token(*job.token).value_or(0));
+                rep.duplicate.push_back(true);
+                continue;
+            }
             Live l{job.queue,
                    job.state,
                    0,

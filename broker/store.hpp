@@ -106,7 +106,9 @@ class Store {
     virtual void commit() = 0;
     virtual void rollback() = 0;
 
-    virtual void insert_job(const NewJob& job, const std::string& reason) = 0;
+    // Inserts the job and its creation event; false (and nothing written) when a job with the
+    // same token exists already.
+    virtual bool insert_job(const NewJob& job, const std::string& reason) = 0;
     virtual void apply(const Transition& t) = 0;
     virtual std::optional<JobId> find_token(const std::string& token) = 0;
 

@@ -7,7 +7,8 @@
 //   events(id, job_id, at, from_state, to_state, attempt, worker, reason)  -- one per transition
 //   schema_version(version)                              -- one row
 // Version 2 adds the lifecycle: jobs.timeout_ms, backoff_ms, backoff_cap_ms, unique_key (unique
-// among unfinished jobs), progress, progress_message; queues(name, paused).
+// among unfinished jobs), progress, progress_message; queues(name, paused); and clusters events
+// by job: events(job_id, id, ...) PRIMARY KEY (job_id, id) WITHOUT ROWID, id from a counter.
 #include "store_sqlite.hpp"
 
 #include <fmt/format.h>
@@ -84,6 +85,22 @@ const char* const kMigrations[] = {
         WHERE unique_key IS NOT NULL
           AND state <> 'succeeded' AND state <> 'dead' AND state <> 'cancelled';
     CREATE INDEX jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;
+    -- Events clustered by job: one b-tree per insert instead of a table plus an index.
+    CREATE TABLE events_by_job (
+        job_id     INTEGER NOT NULL,
+        id         INTEGER NOT NULL,
+        at         INTEGER NOT NULL,
+        from_state TEXT,
+        to_state   TEXT NOT NULL,
+        attempt    INTEGER NOT NULL,
+        worker     TEXT,
+        reason     TEXT NOT NULL,
+        PRIMARY KEY (job_id, id)
+    ) WITHOUT ROWID;
+    INSERT INTO events_by_job SELECT job_id, id, at, from_state, to_state, attempt, worker, reason
+        FROM events;
+    DROP TABLE events;
+    ALTER TABLE events_by_job RENAME TO events;
     CREATE TABLE queues (
         name   TEXT PRIMARY KEY,
         paused INTEGER NOT NULL DEFAULT 0 CHECK (paused IN (0, 1))
@@ -252,7 +269,7 @@ struct SqliteStore::Statements {
                  "INSERT INTO jobs (id, token, queue, state, payload, argv, priority, attempts, "
                  "max_attempts, run_at, created_at, timeout_ms, backoff_ms, backoff_cap_ms, "
                  "unique_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?12, ?13, "
-                 "?14)"),
+                 "?14) ON CONFLICT (token) DO NOTHING"),
           update(db,
                  "UPDATE jobs SET state = ?2, attempts = COALESCE(?3, attempts), "
                  "worker = COALESCE(?4, worker), "
@@ -263,8 +280,9 @@ struct SqliteStore::Statements {
                  "result = CASE WHEN ?8 THEN ?10 ELSE result END, "
                  "error = CASE WHEN ?8 THEN ?11 ELSE error END WHERE id = ?1"),
           event(db,
-                "INSERT INTO events (job_id, at, from_state, to_state, attempt, worker, reason) "
-                "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+                "INSERT INTO events (job_id, at, from_state, to_state, attempt, worker, reason, "
+                "id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+          max_event(db, "SELECT COALESCE(MAX(id), 0) FROM events"),
           token(db, "SELECT id FROM jobs WHERE token = ?1"),
           get(db, fmt::format("SELECT {} FROM jobs WHERE id = ?1", kJobColumns).c_str()),
           dispatch(db, "SELECT payload, argv FROM jobs WHERE id = ?1"),
@@ -297,8 +315,8 @@ struct SqliteStore::Statements {
                                "(?2 IS NULL OR state = ?2) ORDER BY id DESC LIMIT ?3",
                                kJobColumns)
                        .c_str()) {}
-    Stmt begin, commit, rollback, insert, update, event, token, get, dispatch, live, live_one,
-        max_id, count, progress, events, set_paused, paused, dead, finished, delete_job,
+    Stmt begin, commit, rollback, insert, update, event, max_event, token, get, dispatch, live,
+        live_one, max_id, count, progress, events, set_paused, paused, dead, finished, delete_job,
         delete_events, list;
 };
 
@@ -331,6 +349,9 @@ SqliteStore::SqliteStore(const std::string& path, SqliteOptions options) {
         exec("PRAGMA temp_store = MEMORY");
         migrate();
         st_ = std::make_unique<Statements>(db_);
+        st_->max_event.step();
+        next_event_ = st_->max_event.i64(0) + 1;
+        st_->max_event.reset();
         if (options.checkpoint_interval_ms > 0) {
             exec("PRAGMA wal_autocheckpoint = 0");
             start_checkpointer(path, options.checkpoint_interval_ms);
@@ -452,7 +473,7 @@ void SqliteStore::rollback() {
     if (!sqlite3_get_autocommit(db_)) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
 }
 
-void SqliteStore::insert_job(const NewJob& job, const std::string& reason) {
+bool SqliteStore::insert_job(const NewJob& job, const std::string& reason) {
     auto& s = st_->insert.reset();
     s.bind(1, static_cast<std::int64_t>(job.id))
         .bind_opt(2, job.token)
@@ -472,6 +493,7 @@ void SqliteStore::insert_job(const NewJob& job, const std::string& reason) {
         .bind_opt(13, job.backoff_cap_ms)
         .bind_opt(14, job.unique)
         .run();
+    if (sqlite3_changes(db_) == 0) return false;  // the token is taken: a resent submit
     auto& e = st_->event.reset();
     e.bind(1, static_cast<std::int64_t>(job.id))
         .bind(2, job.created_at)
@@ -480,7 +502,9 @@ void SqliteStore::insert_job(const NewJob& job, const std::string& reason) {
         .bind(5, std::int64_t{0})
         .bind_null(6)
         .bind(7, std::string_view(reason))
+        .bind(8, next_event_++)
         .run();
+    return true;
 }
 
 void SqliteStore::apply(const Transition& t) {
@@ -509,6 +533,7 @@ void SqliteStore::apply(const Transition& t) {
         .bind(5, static_cast<std::int64_t>(t.attempts.value_or(0)))
         .bind_opt(6, t.worker)
         .bind(7, std::string_view(t.reason))
+        .bind(8, next_event_++)
         .run();
 }
 

@@ -32,7 +32,7 @@ class SqliteStore final : public Store {
     void commit() override;
     void rollback() override;
 
-    void insert_job(const NewJob& job, const std::string& reason) override;
+    bool insert_job(const NewJob& job, const std::string& reason) override;
     void apply(const Transition& t) override;
     std::optional<JobId> find_token(const std::string& token) override;
 
@@ -69,6 +69,7 @@ class SqliteStore final : public Store {
 
     sqlite3* db_ = nullptr;
     std::unique_ptr<Statements> st_;
+    std::int64_t next_event_ = 1;  // events.id: unique, increasing; gaps after a rollback
     std::thread checkpointer_;
     std::mutex ckpt_mu_;
     std::condition_variable ckpt_cv_;

@@ -55,7 +55,8 @@ TEST_CASE("a committed job survives reopening; an uncommitted one does not") {
         store.insert_job(job(1, "q", "tok"), "submitted");
         store.commit();
         store.begin();
-        store.insert_job(job(2, "q"), "submitted");
+        CHECK(store.insert_job(job(2, "q"), "submitted"));
+        CHECK_FALSE(store.insert_job(job(3, "q", "tok"), "submitted"));  // token taken
         store.rollback();
     }
     SqliteStore store(dir.db());
