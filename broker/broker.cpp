@@ -1009,18 +1009,29 @@ struct Broker::State {
             txn_failed = false;
         }
         for (const auto& o : outbox)
-            send_message(sock, o.identity, o.command, o.body);
+            send(o.identity, o.command, o.body);
         outbox.clear();
         for (JobId id : finished) {
             auto it = waiters.find(id);
             if (it == waiters.end()) continue;
             if (auto job = store->get_job(id)) {
                 for (const auto& w : it->second)
-                    send_message(sock, w.identity, cmd::kJob, encode_job(*job, w.req));
+                    send(w.identity, cmd::kJob, encode_job(*job, w.req));
             }
             waiters.erase(it);
         }
         finished.clear();
+    }
+
+    // Every message leaves through here: onto the socket, or into `captured` (the test seam).
+    std::vector<Envelope>* captured = nullptr;
+    void send(const std::string& identity, std::string_view command, const std::string& body) {
+        if (captured) {
+            captured->push_back(
+                Envelope{identity, std::string(kProtocolVersion), std::string(command), body, 3});
+            return;
+        }
+        send_message(sock, identity, command, body);
     }
 
     void pass(bool readable) {
@@ -1066,12 +1077,29 @@ Broker::Broker(BrokerConfig config, std::unique_ptr<Store> store, const Clock& c
     sock.set(zmq::sockopt::sndhwm, 100000);
     sock.set(zmq::sockopt::rcvhwm, 100000);
     sock.set(zmq::sockopt::maxmsgsize, static_cast<std::int64_t>(s_->cfg.max_message));
-    sock.bind(s_->cfg.listen);
+    if (!s_->cfg.listen.empty()) sock.bind(s_->cfg.listen);
     spdlog::info("recovered {} unfinished jobs ({} ready, {} running awaiting their workers)",
                  s_->live.size(), s_->ready.size(), s_->orphans.size());
 }
 
 Broker::~Broker() = default;
+
+std::vector<Envelope> Broker::process(const Envelope& message, Millis now) {
+    std::vector<Envelope> out;
+    s_->captured = &out;
+    s_->now = now;
+    s_->handle(message);
+    try {
+        s_->tick();
+        s_->dispatch();
+    } catch (const StoreError& e) {
+        s_->txn_failed = true;
+        s_->txn_error = e.what();
+    }
+    s_->flush();
+    s_->captured = nullptr;
+    return out;
+}
 
 std::string Broker::endpoint() const {
     return s_->sock.get(zmq::sockopt::last_endpoint);

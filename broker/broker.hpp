@@ -6,8 +6,10 @@
 #include <atomic>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "errand/clock.hpp"
+#include "errand/transport.hpp"
 #include "store.hpp"
 
 namespace errand::broker {
@@ -42,6 +44,11 @@ class Broker {
 
     // The bound endpoint (useful with tcp://127.0.0.1:0).
     std::string endpoint() const;
+
+    // The seam for fuzzing and fault-injection tests: one pass of the loop over `message` at
+    // time `now` (handle, tick, dispatch, commit), returning what it would have sent instead of
+    // sending it. With BrokerConfig::listen empty the broker binds nothing.
+    std::vector<Envelope> process(const Envelope& message, Millis now);
 
   private:
     struct State;

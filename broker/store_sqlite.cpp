@@ -352,7 +352,7 @@ SqliteStore::SqliteStore(const std::string& path, SqliteOptions options) {
         st_->max_event.step();
         next_event_ = st_->max_event.i64(0) + 1;
         st_->max_event.reset();
-        if (options.checkpoint_interval_ms > 0) {
+        if (options.checkpoint_interval_ms > 0 && path != ":memory:") {
             exec("PRAGMA wal_autocheckpoint = 0");
             start_checkpointer(path, options.checkpoint_interval_ms);
         }

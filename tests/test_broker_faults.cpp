@@ -1,0 +1,163 @@
+// The broker driven in-process through its test seam (Broker::process) over a store whose
+// commits can be made to fail: a full or read-only disk must refuse writes with a clear error,
+// change nothing, keep serving reads, and recover when the disk does.
+#include <doctest/doctest.h>
+
+#include "broker.hpp"
+#include "errand/codec.hpp"
+#include "store_sqlite.hpp"
+
+using namespace errand;
+using namespace errand::broker;
+
+namespace {
+
+// SQLite underneath; commit() fails while `full` is set, as SQLITE_FULL would.
+class FlakyDisk final : public Store {
+  public:
+    explicit FlakyDisk(bool* full) : inner_(":memory:"), full_(full) {}
+    void begin() override { inner_.begin(); }
+    void commit() override {
+        if (*full_) {
+            inner_.rollback();
+            throw StoreError("database or disk is full", true);
+        }
+        inner_.commit();
+    }
+    void rollback() override { inner_.rollback(); }
+    bool insert_job(const NewJob& j, const std::string& r) override {
+        return inner_.insert_job(j, r);
+    }
+    void apply(const Transition& t) override { inner_.apply(t); }
+    std::optional<JobId> find_token(const std::string& t) override { return inner_.find_token(t); }
+    std::optional<JobInfo> get_job(JobId id) override { return inner_.get_job(id); }
+    std::vector<JobInfo> list_jobs(const ListRequest& f) override { return inner_.list_jobs(f); }
+    std::optional<DispatchData> dispatch_data(JobId id) override {
+        return inner_.dispatch_data(id);
+    }
+    void scan_live(const std::function<void(LiveJob&&)>& fn) override { inner_.scan_live(fn); }
+    std::optional<LiveJob> load_live(JobId id) override { return inner_.load_live(id); }
+    JobId max_job_id() override { return inner_.max_job_id(); }
+    std::vector<QueueStateCount> count_jobs() override { return inner_.count_jobs(); }
+    void set_progress(JobId id, std::uint32_t p, const std::string& m) override {
+        inner_.set_progress(id, p, m);
+    }
+    std::vector<Event> events(JobId id) override { return inner_.events(id); }
+    void set_paused(const std::string& q, bool p) override { inner_.set_paused(q, p); }
+    std::vector<std::string> paused_queues() override { return inner_.paused_queues(); }
+    std::vector<JobId> dead_jobs(const std::optional<std::string>& q, std::size_t n) override {
+        return inner_.dead_jobs(q, n);
+    }
+    std::vector<Removed> remove_finished(std::optional<JobState> s,
+                                         const std::optional<std::string>& q, Millis before,
+                                         std::size_t n) override {
+        return inner_.remove_finished(s, q, before, n);
+    }
+    void reclaim_space(int pages) override { inner_.reclaim_space(pages); }
+
+  private:
+    SqliteStore inner_;
+    bool* full_;
+};
+
+struct Fixture {
+    bool full = false;
+    SystemClock clock;
+    Broker broker;
+    Millis now = 1'000'000;
+    std::uint64_t req = 1;
+
+    Fixture() : broker(config(), std::make_unique<FlakyDisk>(&full), clock) {}
+    static BrokerConfig config() {
+        BrokerConfig c;
+        c.listen = "";  // nothing bound: messages go through process()
+        return c;
+    }
+    std::vector<Envelope> send(std::string_view command, std::string body) {
+        now += 10;
+        return broker.process(Envelope{"client", std::string(kProtocolVersion),
+                                       std::string(command), std::move(body), 3},
+                              now);
+    }
+    Envelope one(std::string_view command, std::string body) {
+        auto out = send(command, std::move(body));
+        REQUIRE(out.size() == 1);
+        return out.front();
+    }
+    Envelope submit(const std::string& queue) {
+        SubmitRequest m;
+        m.req = req++;
+        JobSpec spec;
+        spec.queue = queue;
+        spec.token = "tok-" + std::to_string(m.req);
+        m.jobs.push_back(spec);
+        return one(cmd::kSubmit, encode(m));
+    }
+};
+
+ErrorCode error_code(const Envelope& e) {
+    REQUIRE(e.command == cmd::kError);
+    Body b(e.body);
+    return decode_error(b.reader()).code;
+}
+
+}  // namespace
+
+TEST_CASE("a full disk refuses submits with 'storage', changes nothing, and recovers") {
+    Fixture f;
+    auto ok = f.submit("q");
+    REQUIRE(ok.command == cmd::kSubmitted);
+
+    f.full = true;
+    auto refused = f.submit("q");
+    CHECK(error_code(refused) == ErrorCode::storage);
+    Body rb(refused.body);
+    CHECK(decode_error(rb.reader()).message.find("disk is full") != std::string::npos);
+
+    // Reads are still served, and show only the committed job.
+    auto listed = f.one(cmd::kList, encode(ListRequest{f.req++, std::nullopt, std::nullopt, 100}));
+    REQUIRE(listed.command == cmd::kJobs);
+    Body lb(listed.body);
+    CHECK(lb.reader().array("jobs").size == 1);
+    auto missing = f.one(cmd::kStatus, encode(IdRequest{f.req++, 2}));
+    CHECK(error_code(missing) == ErrorCode::not_found);
+
+    f.full = false;
+    auto again = f.submit("q");
+    REQUIRE(again.command == cmd::kSubmitted);
+    Body ab(again.body);
+    auto rep = decode_submitted(ab.reader());
+    CHECK(rep.ids.front() == 2);  // the refused job's id was never handed out
+    auto listed2 = f.one(cmd::kList, encode(ListRequest{f.req++, std::nullopt, std::nullopt, 100}));
+    Body lb2(listed2.body);
+    CHECK(lb2.reader().array("jobs").size == 2);
+}
+
+TEST_CASE("a worker's dispatch is not sent when its commit fails; the job stays ready") {
+    Fixture f;
+    REQUIRE(f.submit("q").command == cmd::kSubmitted);
+    RegisterRequest reg;
+    reg.req = f.req++;
+    reg.instance = "w-1";
+    reg.name = "w";
+    reg.queues = {"q"};
+    reg.concurrency = 1;
+    auto registered = f.one(cmd::kRegister, encode(reg));
+    REQUIRE(registered.command == cmd::kRegistered);
+
+    f.full = true;
+    auto out = f.send(cmd::kCredit, encode_credit(1));
+    for (const auto& e : out)
+        CHECK(e.command != cmd::kDispatch);
+    auto status = f.one(cmd::kStatus, encode(IdRequest{f.req++, 1}));
+    REQUIRE(status.command == cmd::kJob);
+    Body sb(status.body);
+    CHECK(decode_job_info(sb.reader().map("job")).state == JobState::ready);
+
+    f.full = false;  // the credit was given back: the next pass dispatches
+    auto later = f.send(cmd::kPing, encode_req(f.req++));
+    bool dispatched = false;
+    for (const auto& e : later)
+        dispatched |= e.command == cmd::kDispatch;
+    CHECK(dispatched);
+}
