@@ -121,15 +121,19 @@ std::string random_hex(std::size_t bytes) {
 
 struct Broker::State {
     using Handler = void (State::*)(const std::string& identity, const Reader& r);
+    // Which keys may send a command when CURVE roles are in force.
+    enum class Access { everyone, clients, workers };
     struct Command {
         std::string_view name;
         Handler handler;
+        Access access = Access::everyone;
     };
 
     BrokerConfig cfg;
     std::unique_ptr<Store> store;
     const Clock& clock;
     zmq::context_t ctx{1};
+    std::unique_ptr<ZapHandler> zap;  // started before sock binds, so no handshake escapes it
     zmq::socket_t sock{ctx, zmq::socket_type::router};
     std::string instance = random_hex(8);
 
@@ -792,6 +796,7 @@ struct Broker::State {
             }
             Body body(env.body);  // throws bad_frame
             req = body.reader().peek_u64("req");
+            check_access(*found, env);
             (this->*(found->handler))(env.identity, body.reader());
         } catch (const ProtocolError& e) {
             spdlog::debug("error reply {} to {}: {}", to_string(e.code()),
@@ -806,6 +811,19 @@ struct Broker::State {
             spdlog::error("internal error handling {}: {}", env.command.substr(0, 32), e.what());
             reply_error(env.identity, req, ErrorCode::internal, e.what());
         }
+    }
+
+    // With CURVE, a key's role limits what it may do (docs/SECURITY.md).
+    void check_access(const Command& c, const Envelope& env) {
+        if (!cfg.authorized_keys || c.access == Access::everyone) return;
+        auto role = cfg.authorized_keys->role_of(env.user_id).value_or(Role::any);
+        bool ok = role == Role::any || (c.access == Access::clients && role == Role::client) ||
+                  (c.access == Access::workers && role == Role::worker);
+        if (!ok)
+            throw ProtocolError(
+                ErrorCode::forbidden,
+                fmt::format("key '{}' has the {} role and may not send {}", env.user_id,
+                            role == Role::client ? "client" : "worker", c.name));
     }
 
     // ---- tick: everything that happens because time passed -------------------------------
@@ -1056,17 +1074,28 @@ struct Broker::State {
 
 // The command table: every command the broker accepts and its handler. Generic checks (frames,
 // version, decoding, error replies) happen once in handle(), before any handler runs.
+// clang-format off
 const Broker::State::Command Broker::State::kCommands[18] = {
-    {cmd::kSubmit, &State::on_submit},       {cmd::kStatus, &State::on_status},
-    {cmd::kWait, &State::on_wait},           {cmd::kList, &State::on_list},
-    {cmd::kPing, &State::on_ping},           {cmd::kCancel, &State::on_cancel},
-    {cmd::kRetry, &State::on_retry},         {cmd::kPause, &State::on_pause},
-    {cmd::kResume, &State::on_resume},       {cmd::kPurge, &State::on_purge},
-    {cmd::kQueues, &State::on_queues},       {cmd::kHistory, &State::on_history},
-    {cmd::kRegister, &State::on_register},   {cmd::kCredit, &State::on_credit},
-    {cmd::kHeartbeat, &State::on_heartbeat}, {cmd::kDone, &State::on_done},
-    {cmd::kFail, &State::on_fail},           {cmd::kProgress, &State::on_progress},
+    {cmd::kSubmit,    &State::on_submit},
+    {cmd::kStatus,    &State::on_status},
+    {cmd::kWait,      &State::on_wait},
+    {cmd::kList,      &State::on_list},
+    {cmd::kPing,      &State::on_ping},
+    {cmd::kQueues,    &State::on_queues},
+    {cmd::kHistory,   &State::on_history},
+    {cmd::kCancel,    &State::on_cancel,    Access::clients},
+    {cmd::kRetry,     &State::on_retry,     Access::clients},
+    {cmd::kPause,     &State::on_pause,     Access::clients},
+    {cmd::kResume,    &State::on_resume,    Access::clients},
+    {cmd::kPurge,     &State::on_purge,     Access::clients},
+    {cmd::kRegister,  &State::on_register,  Access::workers},
+    {cmd::kCredit,    &State::on_credit,    Access::workers},
+    {cmd::kHeartbeat, &State::on_heartbeat, Access::workers},
+    {cmd::kDone,      &State::on_done,      Access::workers},
+    {cmd::kFail,      &State::on_fail,      Access::workers},
+    {cmd::kProgress,  &State::on_progress,  Access::workers},
 };
+// clang-format on
 
 Broker::Broker(BrokerConfig config, std::unique_ptr<Store> store, const Clock& clock)
     : s_(std::make_unique<State>(std::move(config), std::move(store), clock)) {
@@ -1077,6 +1106,14 @@ Broker::Broker(BrokerConfig config, std::unique_ptr<Store> store, const Clock& c
     sock.set(zmq::sockopt::sndhwm, 100000);
     sock.set(zmq::sockopt::rcvhwm, 100000);
     sock.set(zmq::sockopt::maxmsgsize, static_cast<std::int64_t>(s_->cfg.max_message));
+    if (s_->cfg.curve_secret_key) {
+        if (!s_->cfg.authorized_keys)
+            throw std::invalid_argument("CURVE needs a set of authorized keys");
+        s_->zap = std::make_unique<ZapHandler>(s_->ctx, s_->cfg.authorized_keys);
+        sock.set(zmq::sockopt::zap_domain, "errand");
+        sock.set(zmq::sockopt::curve_server, true);
+        sock.set(zmq::sockopt::curve_secretkey, *s_->cfg.curve_secret_key);
+    }
     if (!s_->cfg.listen.empty()) sock.bind(s_->cfg.listen);
     spdlog::info("recovered {} unfinished jobs ({} ready, {} running awaiting their workers)",
                  s_->live.size(), s_->ready.size(), s_->orphans.size());

@@ -5,9 +5,11 @@
 
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "auth.hpp"
 #include "errand/clock.hpp"
 #include "errand/transport.hpp"
 #include "store.hpp"
@@ -27,6 +29,9 @@ struct BrokerConfig {
     std::size_t max_result = limits::kDefaultMaxResult;
     std::size_t max_message = limits::kDefaultMaxMessage;
     std::size_t max_messages_per_pass = 4096;
+    // CURVE: the broker's secret key (Z85) and who may connect. Without them, plain TCP.
+    std::optional<std::string> curve_secret_key;
+    std::shared_ptr<const AuthorizedKeys> authorized_keys;
 };
 
 class Broker {

@@ -9,6 +9,7 @@
 #include <csignal>
 
 #include "broker.hpp"
+#include "errand/curve.hpp"
 #include "errand/duration.hpp"
 #include "store_sqlite.hpp"
 
@@ -24,6 +25,13 @@ void on_signal(int) {
 constexpr int kExitUsage = 2;
 constexpr int kExitDatabase = 3;
 constexpr int kExitListen = 4;
+
+// True for ipc://, inproc:// and tcp:// on 127.0.0.0/8, ::1 or localhost.
+bool is_loopback(const std::string& endpoint) {
+    if (endpoint.rfind("tcp://", 0) != 0) return true;
+    std::string host = endpoint.substr(6, endpoint.rfind(':') - 6);
+    return host.rfind("127.", 0) == 0 || host == "localhost" || host == "[::1]" || host == "::1";
+}
 
 CLI::Validator duration_validator() {
     return CLI::Validator(
@@ -43,6 +51,7 @@ int main(int argc, char** argv) {
     std::string timeout_grace = "10s", retention = "7d";
     std::string synchronous = "full";
     std::string log_level = "info";
+    std::string curve_secret_file, authorized_dir;
     app.add_option("--listen", cfg.listen, "ZeroMQ endpoint to bind")->capture_default_str();
     app.add_option("--db", db, "SQLite database file")->capture_default_str();
     app.add_option("--heartbeat", heartbeat, "heartbeat interval")
@@ -82,6 +91,16 @@ int main(int argc, char** argv) {
                    "SQLite synchronous mode: full (every commit survives power loss) or normal")
         ->capture_default_str()
         ->check(CLI::IsMember({"full", "normal"}));
+    auto* curve_opt = app.add_option("--curve-secret-key", curve_secret_file,
+                                     "encrypt with CURVE: the broker's secret key file "
+                                     "(errand keygen); needs --authorized-keys")
+                          ->check(CLI::ExistingFile);
+    auto* keys_opt = app.add_option("--authorized-keys", authorized_dir,
+                                    "directory of public key files allowed to connect, one per "
+                                    "file: 'KEY [any|client|worker]'")
+                         ->check(CLI::ExistingDirectory);
+    curve_opt->needs(keys_opt);
+    keys_opt->needs(curve_opt);
     app.add_option("--log-level", log_level, "trace, debug, info, warn or error")
         ->capture_default_str()
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
@@ -107,6 +126,24 @@ int main(int argc, char** argv) {
     auto logger = spdlog::stderr_color_mt("errand-broker");
     spdlog::set_default_logger(logger);
     spdlog::set_level(spdlog::level::from_str(log_level));
+
+    if (!curve_secret_file.empty()) {
+        try {
+            cfg.curve_secret_key = errand::read_key_file(curve_secret_file);
+            errand::public_from_secret(*cfg.curve_secret_key);
+            cfg.authorized_keys = std::make_shared<const errand::broker::AuthorizedKeys>(
+                errand::broker::AuthorizedKeys::load(authorized_dir));
+        } catch (const std::exception& e) {
+            spdlog::critical("{}", e.what());
+            return kExitUsage;
+        }
+        spdlog::info("CURVE on: {} authorized keys", cfg.authorized_keys->size());
+    } else if (!is_loopback(cfg.listen)) {
+        spdlog::warn(
+            "listening on {} without CURVE: anyone who can reach it can submit and run "
+            "jobs; see --curve-secret-key and docs/SECURITY.md",
+            cfg.listen);
+    }
 
     std::unique_ptr<errand::broker::Store> store;
     try {

@@ -59,6 +59,7 @@ struct AsyncClient::Impl {
         sock->set(zmq::sockopt::linger, 0);
         sock->set(zmq::sockopt::sndhwm, 0);
         sock->set(zmq::sockopt::rcvhwm, 0);
+        apply_curve(*sock, opt.curve);
         try {
             sock->connect(opt.endpoint);
         } catch (const zmq::error_t& e) {

@@ -533,6 +533,26 @@ int run(int argc, char** argv) {
         ->type_name("DUR")
         ->capture_default_str();
 
+    std::string curve_server_key, curve_key;
+    auto* server_key_opt =
+        app.add_option("--curve-server-key", curve_server_key,
+                       "encrypt with CURVE: the broker's public key file (needs --curve-key)")
+            ->envname("ERRAND_CURVE_SERVER_KEY")
+            ->type_name("FILE");
+    auto* key_opt = app.add_option("--curve-key", curve_key,
+                                   "our secret key file, authorised on the broker (errand keygen)")
+                        ->envname("ERRAND_CURVE_KEY")
+                        ->type_name("FILE");
+    server_key_opt->needs(key_opt);
+    key_opt->needs(server_key_opt);
+
+    // `errand keygen` needs no broker: it runs before a client is made.
+    std::string keygen_name, keygen_dir = ".";
+    auto* keygen = app.add_subcommand(
+        "keygen", "Write a CURVE key pair: NAME.key (secret, mode 0600) and NAME.pub.");
+    keygen->add_option("name", keygen_name, "file name without extension")->required();
+    keygen->add_option("--dir", keygen_dir, "where to write them")->capture_default_str();
+
     // Each parsed subcommand runs its entry here, with a client of the chosen broker.
     std::vector<std::pair<CLI::App*, std::function<int(errand::Client&)>>> commands;
 
@@ -717,6 +737,14 @@ int run(int argc, char** argv) {
         int code = app.exit(e);
         return code == static_cast<int>(CLI::ExitCodes::Success) ? kOk : kUsage;
     }
+    if (keygen->parsed()) {
+        if (cli_argc != argc)
+            throw UsageError("'--' (a job's command line) is only accepted by submit");
+        auto keys = errand::write_keypair(keygen_dir, keygen_name);
+        std::cout << fmt::format("wrote {0}/{1}.key (secret) and {0}/{1}.pub\npublic key: {2}\n",
+                                 keygen_dir, keygen_name, keys.public_key);
+        return kOk;
+    }
     auto chosen = std::find_if(commands.begin(), commands.end(),
                                [](const auto& command) { return command.first->parsed(); });
     if (chosen == commands.end()) {
@@ -742,6 +770,13 @@ int run(int argc, char** argv) {
     errand::ClientOptions options;
     options.endpoint = global.broker;
     options.timeout_ms = to_ms(global.request_timeout);
+    if (!curve_server_key.empty()) {
+        try {
+            options.curve = errand::load_curve_client(curve_server_key, curve_key);
+        } catch (const std::exception& e) {
+            throw UsageError(e.what());
+        }
+    }
     errand::Client client(options);
     return chosen->second(client);
 }

@@ -30,6 +30,7 @@ struct Client::Impl {
         sock.set(zmq::sockopt::linger, 0);
         sock.set(zmq::sockopt::sndhwm, 100000);
         sock.set(zmq::sockopt::rcvhwm, 100000);
+        apply_curve(sock, opt.curve);
         try {
             sock.connect(opt.endpoint);
         } catch (const zmq::error_t& e) {

@@ -164,6 +164,7 @@ struct Worker::Impl {
         sock->set(zmq::sockopt::linger, 0);
         sock->set(zmq::sockopt::sndhwm, 100000);
         sock->set(zmq::sockopt::rcvhwm, 100000);
+        apply_curve(*sock, opt.curve);
         sock->connect(opt.endpoint);
     }
 

@@ -6,9 +6,10 @@
 namespace errand {
 namespace {
 
-constexpr std::array<std::string_view, 12> kErrorNames = {
-    "bad_frame", "bad_version", "unknown_command", "bad_request", "too_large", "not_found",
-    "timeout",   "stale",       "not_registered",  "storage",     "internal",  "invalid_state",
+constexpr std::array<std::string_view, 13> kErrorNames = {
+    "bad_frame", "bad_version",   "unknown_command", "bad_request",    "too_large",
+    "not_found", "timeout",       "stale",           "not_registered", "storage",
+    "internal",  "invalid_state", "forbidden",
 };
 
 constexpr std::array<std::string_view, 7> kStateNames = {

@@ -29,6 +29,10 @@ std::optional<Envelope> recv_message(zmq::socket_t& socket, bool with_identity) 
         more = part.more();
         if (with_identity && index == 0) {
             env.identity = part.to_string();
+        } else if (with_identity && index == 1) {
+            if (const char* user = zmq_msg_gets(part.handle(), "User-Id")) env.user_id = user;
+            env.version = part.to_string();
+            ++env.frames;
         } else {
             switch (env.frames++) {
                 case 0:

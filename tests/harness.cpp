@@ -298,9 +298,11 @@ std::string Process::logs(std::size_t lines) const {
 
 // ---- Broker -------------------------------------------------------------------------------
 
-Broker::Broker(const TempDir& dir, std::vector<std::string> extra_args)
+Broker::Broker(const TempDir& dir, std::vector<std::string> extra_args,
+               std::optional<CurveClient> curve)
     : dir_(dir.path()),
       extra_args_(std::move(extra_args)),
+      curve_(std::move(curve)),
       endpoint_("tcp://127.0.0.1:" + std::to_string(free_port())),
       db_path_(dir.path() / "errand.db") {
     start();
@@ -315,6 +317,7 @@ ClientOptions Broker::client_options(Millis timeout_ms) const {
     o.endpoint = endpoint_;
     o.timeout_ms = timeout_ms;
     o.resend_ms = 500;
+    o.curve = curve_;
     return o;
 }
 

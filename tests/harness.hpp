@@ -127,7 +127,9 @@ class Process {
 // broker answers PING (bounded); a broker that exits or stays silent fails with its logs.
 class Broker {
   public:
-    explicit Broker(const TempDir& dir, std::vector<std::string> extra_args = {});
+    // `curve`: the keys client_options() (and so the readiness PING) use, for a CURVE broker.
+    explicit Broker(const TempDir& dir, std::vector<std::string> extra_args = {},
+                    std::optional<CurveClient> curve = std::nullopt);
 
     const std::string& endpoint() const { return endpoint_; }
     std::filesystem::path db_path() const { return db_path_; }
@@ -143,6 +145,7 @@ class Broker {
   private:
     std::filesystem::path dir_;
     std::vector<std::string> extra_args_;
+    std::optional<CurveClient> curve_;
     std::string endpoint_;
     std::filesystem::path db_path_;
     int starts_ = 0;

@@ -144,6 +144,22 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(0, 255))
         ->capture_default_str();
     app.add_option("--name", name, "worker name shown by the broker (default: host:pid)");
+    std::string curve_server_key, curve_key;
+    unsigned prefetch = 0;
+    auto* server_key_opt =
+        app.add_option("--curve-server-key", curve_server_key,
+                       "encrypt with CURVE: the broker's public key file (needs --curve-key)")
+            ->envname("ERRAND_CURVE_SERVER_KEY");
+    auto* key_opt =
+        app.add_option("--curve-key", curve_key, "our secret key file, authorised on the broker")
+            ->envname("ERRAND_CURVE_KEY");
+    server_key_opt->needs(key_opt);
+    key_opt->needs(server_key_opt);
+    app.add_option("--prefetch", prefetch,
+                   "jobs held waiting beyond --concurrency (for many short jobs; their timeouts "
+                   "run from dispatch)")
+        ->check(CLI::Range(0u, errand::limits::kMaxPrefetch))
+        ->capture_default_str();
     app.add_option("--log-level", log_level, "log level")
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}))
         ->capture_default_str();
@@ -191,12 +207,24 @@ int main(int argc, char** argv) {
     sigaddset(&stop_signals, SIGTERM);
     ::pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
+    std::optional<errand::CurveClient> curve;
+    if (!curve_server_key.empty()) {
+        try {
+            curve = errand::load_curve_client(curve_server_key, curve_key);
+        } catch (const std::exception& e) {
+            std::fprintf(stderr, "errand-worker: %s\n", e.what());
+            return kExitBadFlag;
+        }
+    }
+
     std::atomic<bool> cancel_jobs{false};
     try {
         errand::Worker worker({.endpoint = endpoint,
                                .name = name,
                                .concurrency = concurrency,
-                               .accept_commands = allow_commands});
+                               .prefetch = prefetch,
+                               .accept_commands = allow_commands,
+                               .curve = curve});
         std::vector<std::string> queue_names;
         for (const auto& queue : queues) {
             errand::workerd::JobPolicy policy{

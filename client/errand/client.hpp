@@ -15,14 +15,16 @@
 #include <vector>
 
 #include "errand/codec.hpp"
+#include "errand/curve.hpp"
 #include "errand/protocol.hpp"
 
 namespace errand {
 
 struct ClientOptions {
     std::string endpoint = std::string(kDefaultEndpoint);
-    Millis timeout_ms = 5000;  // give up on a request after this long without a reply
-    Millis resend_ms = 1000;   // resend an unanswered request this often
+    Millis timeout_ms = 5000;          // give up on a request after this long without a reply
+    Millis resend_ms = 1000;           // resend an unanswered request this often
+    std::optional<CurveClient> curve;  // encrypt and authenticate (see docs/SECURITY.md)
 };
 
 // The broker answered with ERROR.

@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "errand/curve.hpp"
 #include "errand/protocol.hpp"
 
 namespace errand {
@@ -72,6 +73,7 @@ struct WorkerOptions {
     std::uint32_t prefetch = 0;
     bool accept_commands = false;  // take jobs that carry their own argv
     std::size_t max_result = limits::kDefaultMaxResult;
+    std::optional<CurveClient> curve;  // encrypt and authenticate (see docs/SECURITY.md)
 };
 
 class Worker {

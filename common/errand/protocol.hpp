@@ -58,6 +58,7 @@ enum class ErrorCode {
     storage,
     internal,
     invalid_state,
+    forbidden,
 };
 
 std::string_view to_string(ErrorCode code);

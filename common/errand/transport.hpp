@@ -17,6 +17,7 @@ struct Envelope {
     std::string command;
     std::string body;
     std::size_t frames = 0;  // frames after the identity, as received
+    std::string user_id;     // ROUTER side with CURVE: the name the ZAP handler gave the key
 };
 
 // Sends version, command and body (preceded by identity when not empty). Never blocks: returns
