@@ -150,6 +150,7 @@ struct Broker::State {
     std::unordered_map<std::string, WorkerRec> workers;        // by instance
     std::unordered_map<std::string, std::string> instance_of;  // identity -> instance
     std::unordered_map<JobId, std::vector<Waiter>> waiters;
+    std::unordered_map<std::string, std::size_t> waits_of;  // identity -> outstanding WAITs
     std::vector<JobId> orphans;
     JobId last_id = 0;
 
@@ -381,7 +382,7 @@ struct Broker::State {
     // ---- handlers: clients ----------------------------------------------------------------
 
     void on_submit(const std::string& identity, const Reader& r) {
-        auto m = decode_submit(r, {cfg.max_payload, cfg.max_result});
+        auto m = decode_submit(r, {cfg.max_payload, cfg.max_result, cfg.max_batch});
         ensure_txn();
         SubmitReply rep;
         rep.req = m.req;
@@ -474,10 +475,20 @@ struct Broker::State {
         auto same = std::find_if(list.begin(), list.end(), [&](const Waiter& w) {
             return w.identity == identity && w.req == m.req;
         });
-        if (same != list.end())
+        if (same != list.end()) {
             same->deadline = deadline;  // a resent WAIT extends the first
-        else
+        } else {
+            auto& n = waits_of[identity];
+            if (n >= cfg.max_waits) {
+                if (list.empty()) waiters.erase(m.id);
+                throw ProtocolError(ErrorCode::too_large,
+                                    fmt::format("{} WAITs outstanding on this connection, the "
+                                                "limit (--max-waits)",
+                                                n));
+            }
+            ++n;
             list.push_back({identity, m.req, deadline});
+        }
         wait_deadlines.push({deadline, m.id});
     }
 
@@ -714,7 +725,7 @@ struct Broker::State {
     }
 
     void on_result(const std::string& identity, const Reader& r, bool ok) {
-        auto m = decode_result(r, ok, {cfg.max_payload, cfg.max_result});
+        auto m = decode_result(r, ok, {cfg.max_payload, cfg.max_result, cfg.max_batch});
         auto l = live.find(m.id);
         if (l == live.end() || l->second.state != JobState::running ||
             l->second.attempts != m.attempt) {
@@ -813,6 +824,11 @@ struct Broker::State {
         }
     }
 
+    void forget_wait(const std::string& identity) {
+        auto it = waits_of.find(identity);
+        if (it != waits_of.end() && --it->second == 0) waits_of.erase(it);
+    }
+
     // With CURVE, a key's role limits what it may do (docs/SECURITY.md).
     void check_access(const Command& c, const Envelope& env) {
         if (!cfg.authorized_keys || c.access == Access::everyone) return;
@@ -902,6 +918,7 @@ struct Broker::State {
                 if (w.deadline > now) return false;
                 reply_error(w.identity, w.req, ErrorCode::timeout,
                             fmt::format("job {} did not finish in time", d.id));
+                forget_wait(w.identity);
                 return true;
             });
             if (it->second.empty()) waiters.erase(it);
@@ -1036,6 +1053,8 @@ struct Broker::State {
                 for (const auto& w : it->second)
                     send(w.identity, cmd::kJob, encode_job(*job, w.req));
             }
+            for (const auto& w : it->second)
+                forget_wait(w.identity);
             waiters.erase(it);
         }
         finished.clear();

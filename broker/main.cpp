@@ -87,6 +87,12 @@ int main(int argc, char** argv) {
                    "largest message in bytes (larger ones are dropped by ZeroMQ)")
         ->capture_default_str()
         ->check(CLI::Range(std::size_t{1024}, std::size_t{1} << 31));
+    app.add_option("--max-batch", cfg.max_batch, "most jobs in one SUBMIT")
+        ->capture_default_str()
+        ->check(CLI::Range(std::size_t{1}, std::size_t{100000}));
+    app.add_option("--max-waits", cfg.max_waits, "most outstanding WAITs per connection")
+        ->capture_default_str()
+        ->check(CLI::Range(std::size_t{1}, std::size_t{1000000}));
     app.add_option("--synchronous", synchronous,
                    "SQLite synchronous mode: full (every commit survives power loss) or normal")
         ->capture_default_str()

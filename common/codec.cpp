@@ -418,10 +418,10 @@ SubmitRequest decode_submit(const Reader& r, const DecodeLimits& lim) {
     m.req = r.u64("req");
     const auto& jobs = r.array("jobs");
     if (jobs.size == 0) bad("field 'jobs' must hold at least one job");
-    if (jobs.size > limits::kMaxBatch)
-        throw ProtocolError(ErrorCode::too_large,
-                            fmt::format("{} jobs in one SUBMIT, over the limit of {}", jobs.size,
-                                        limits::kMaxBatch));
+    if (jobs.size > lim.max_batch)
+        throw ProtocolError(
+            ErrorCode::too_large,
+            fmt::format("{} jobs in one SUBMIT, over the limit of {}", jobs.size, lim.max_batch));
     m.jobs.reserve(jobs.size);
     for (std::uint32_t i = 0; i < jobs.size; ++i) {
         Reader j(jobs.ptr[i]);

@@ -363,3 +363,39 @@ TEST_CASE("bad input: LIST with an invalid queue name is bad_request") {
                    Writer(2).u64("req", 6).str("queue", "").take(), "bad_request", 6);
     expect_pong(conn, 7);
 }
+
+TEST_CASE("bad input: --max-batch and --max-waits are enforced with too_large") {
+    TempDir dir;
+    Broker broker(dir, {"--max-batch", "3", "--max-waits", "2"});
+    RawConnection conn(broker.endpoint());
+
+    errand::SubmitRequest four;
+    four.req = 1;
+    for (int i = 0; i < 4; ++i)
+        four.jobs.push_back(job_spec("q"));
+    conn.send("SUBMIT", errand::encode(four));
+    auto e = next_error(conn);
+    CHECK(e.code == "too_large");
+    CHECK(e.req == 1u);
+
+    errand::SubmitRequest three = four;
+    three.req = 2;
+    three.jobs.pop_back();
+    conn.send("SUBMIT", errand::encode(three));
+    auto ok = conn.recv(3s);
+    REQUIRE(ok.has_value());
+    REQUIRE(ok->command == "SUBMITTED");
+
+    // Two WAITs may be outstanding on one connection; the third is refused.
+    conn.send("WAIT", errand::encode(errand::WaitRequest{3, 1, 60'000}));
+    conn.send("WAIT", errand::encode(errand::WaitRequest{4, 2, 60'000}));
+    conn.send("WAIT", errand::encode(errand::WaitRequest{5, 3, 60'000}));
+    auto w = next_error(conn);
+    CHECK(w.code == "too_large");
+    CHECK(w.req == 5u);
+    CHECK(w.message.find("--max-waits") != std::string::npos);
+
+    // Another connection has its own allowance.
+    errand::Client other(broker.client_options());
+    CHECK_FALSE(other.wait(1, 100).has_value());
+}

@@ -282,6 +282,7 @@ struct Pong {
 struct DecodeLimits {
     std::size_t max_payload = limits::kDefaultMaxPayload;
     std::size_t max_result = limits::kDefaultMaxResult;
+    std::size_t max_batch = limits::kMaxBatch;
 };
 
 std::string encode(const SubmitRequest& m);
