@@ -105,7 +105,8 @@ class Beanstalk {
     void fill() {
         char chunk[4096];
         ssize_t r;
-        do r = ::recv(fd_, chunk, sizeof chunk, 0);
+        do
+            r = ::recv(fd_, chunk, sizeof chunk, 0);
         while (r < 0 && errno == EINTR);
         if (r < 0) throw std::system_error(errno, std::generic_category(), "recv from beanstalkd");
         if (r == 0) throw std::runtime_error("beanstalkd closed the connection");
@@ -113,13 +114,15 @@ class Beanstalk {
     }
     std::string read_line() {
         std::size_t end;
-        while ((end = buf_.find("\r\n")) == std::string::npos) fill();
+        while ((end = buf_.find("\r\n")) == std::string::npos)
+            fill();
         std::string line = buf_.substr(0, end);
         buf_.erase(0, end + 2);
         return line;
     }
     void read_exact(std::size_t n) {
-        while (buf_.size() < n) fill();
+        while (buf_.size() < n)
+            fill();
         buf_.erase(0, n);
     }
 
@@ -209,7 +212,8 @@ Result run_latency_shape(const Options& opt, const std::string& tube, const std:
         if (id == 0) throw std::runtime_error("beanstalkd: the job just put was not reserved");
         c.remove(id);
     };
-    for (unsigned i = 0; i < opt.warmup; ++i) round_trip();
+    for (unsigned i = 0; i < opt.warmup; ++i)
+        round_trip();
     std::vector<double> us;
     for (std::uint64_t i = 0; i < n && !deadline.passed(); ++i) {
         const auto t0 = Clock::now();
@@ -228,8 +232,7 @@ Result run_latency_shape(const Options& opt, const std::string& tube, const std:
     r.add("p50_us", quantile(us, 0.50), "us (put -> reserve -> delete)");
     r.add("p99_us", quantile(us, 0.99), "us");
     r.add("p999_us", quantile(us, 0.999), "us");
-    r.add("mean_us", us.empty() ? 0 : std::accumulate(us.begin(), us.end(), 0.0) / us.size(),
-          "us");
+    r.add("mean_us", us.empty() ? 0 : std::accumulate(us.begin(), us.end(), 0.0) / us.size(), "us");
     r.add("max_us", us.empty() ? 0 : us.back(), "us");
     return r;
 }

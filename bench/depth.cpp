@@ -38,7 +38,7 @@ Drain drain(const Options& opt, std::uint64_t queued, std::uint64_t n, const std
     d.rss_kib_queued = broker.rss_kib();
     d.db_bytes = broker.db_bytes();
 
-    WorkerPool pool(broker.endpoint(), queue, opt.workers, opt.concurrency);
+    WorkerPool pool(broker.endpoint(), queue, opt.workers, opt.concurrency, opt.prefetch);
     std::this_thread::sleep_for(300ms);  // let the workers register and grant their credit
     const auto t0 = Clock::now();
     client.resume(queue);
@@ -75,8 +75,7 @@ Result run_depth(const Options& opt) {
           "MiB (broker VmRSS with the backlog queued)");
     r.add("db_mb_backlog", static_cast<double>(deep.db_bytes) / 1e6, "MB (db + wal + shm)");
     r.add("preload_jobs_per_s", deep.preload_jobs_per_s, "jobs/s (batch submit into the backlog)");
-    if (opt.broker.size())
-        r.notes.push_back("external broker: RSS and db size are not measured");
+    if (opt.broker.size()) r.notes.push_back("external broker: RSS and db size are not measured");
     return r;
 }
 

@@ -20,7 +20,7 @@ Result run_e2e(const Options& opt) {
     BrokerProcess broker(opt);
     const std::string queue = unique_queue("e2e");
     const Deadline deadline(opt.max_seconds);
-    WorkerPool pool(broker.endpoint(), queue, opt.workers, opt.concurrency);
+    WorkerPool pool(broker.endpoint(), queue, opt.workers, opt.concurrency, opt.prefetch);
 
     std::atomic<std::uint64_t> submitted{0};
     std::exception_ptr failure;
@@ -57,6 +57,7 @@ Result run_e2e(const Options& opt) {
     r.config["producers"] = producers;
     r.config["workers"] = opt.workers;
     r.config["concurrency"] = opt.concurrency;
+    r.config["prefetch"] = opt.prefetch;
     r.config["payload_bytes"] = payload.size();
     if (mode == SubmitMode::pipelined) r.config["window"] = opt.window;
     if (mode == SubmitMode::batch) {

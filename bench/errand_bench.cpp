@@ -36,21 +36,18 @@ constexpr int kExitUsage = 2;
 
 const std::map<std::string, std::function<Result(const Options&)>>& scenarios() {
     static const std::map<std::string, std::function<Result(const Options&)>> table{
-        {"submit", errand::bench::run_submit},
-        {"e2e", errand::bench::run_e2e},
-        {"latency", errand::bench::run_latency},
-        {"depth", errand::bench::run_depth},
-        {"recovery", errand::bench::run_recovery},
-        {"daemon", errand::bench::run_daemon},
-        {"fsync", errand::bench::run_fsync},
-        {"beanstalkd", errand::bench::run_beanstalkd},
+        {"submit", errand::bench::run_submit},     {"e2e", errand::bench::run_e2e},
+        {"latency", errand::bench::run_latency},   {"depth", errand::bench::run_depth},
+        {"recovery", errand::bench::run_recovery}, {"daemon", errand::bench::run_daemon},
+        {"fsync", errand::bench::run_fsync},       {"beanstalkd", errand::bench::run_beanstalkd},
     };
     return table;
 }
 
 std::string one_line(const Result& r) {
     std::string s;
-    for (const auto& f : r.figures) s += fmt::format(" {}={:.6g}", f.key, f.value);
+    for (const auto& f : r.figures)
+        s += fmt::format(" {}={:.6g}", f.key, f.value);
     return s;
 }
 
@@ -73,7 +70,8 @@ int main(int argc, char** argv) {
         "Unless --broker is given, each run starts its own errand-broker on a free 127.0.0.1\n"
         "port with a fresh database in --tmpdir, and kills it afterwards.");
     std::vector<std::string> names;
-    for (const auto& [name, fn] : scenarios()) names.push_back(name);
+    for (const auto& [name, fn] : scenarios())
+        names.push_back(name);
     app.add_option("scenario", opt.scenario, "what to measure")
         ->required()
         ->check(CLI::IsMember(names));
@@ -91,6 +89,9 @@ int main(int argc, char** argv) {
                    "beanstalkd: consumer connections")
         ->capture_default_str()
         ->check(CLI::Range(1u, 64u));
+    app.add_option("--prefetch", opt.prefetch,
+                   "e2e/depth: jobs each library worker holds beyond its concurrency")
+        ->capture_default_str();
     app.add_option("--concurrency", opt.concurrency,
                    "handler threads per worker (daemon: errand-worker --concurrency, xargs -P)")
         ->capture_default_str()
@@ -114,8 +115,9 @@ int main(int argc, char** argv) {
     app.add_option("--synchronous", opt.synchronous, "our broker's --synchronous")
         ->capture_default_str()
         ->check(CLI::IsMember({"full", "normal"}));
-    app.add_option("--broker", opt.broker,
-                   "endpoint of a running broker to use instead of starting one (tcp://127.0.0.1:…)");
+    app.add_option(
+        "--broker", opt.broker,
+        "endpoint of a running broker to use instead of starting one (tcp://127.0.0.1:…)");
     app.add_option("--broker-bin", opt.broker_bin,
                    "errand-broker to start (default: ../broker/errand-broker from this binary)");
     app.add_option("--worker-bin", opt.worker_bin,

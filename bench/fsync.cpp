@@ -83,7 +83,8 @@ Result run_fsync(const Options& opt) {
             for (std::uint64_t i = 0; i < n; ++i)
                 if (::pwrite(f.fd, block, sizeof block, static_cast<off_t>(i * sizeof block)) < 0)
                     throw std::system_error(errno, std::generic_category(), "pwrite");
-            if (::fsync(f.fd) != 0) throw std::system_error(errno, std::generic_category(), "fsync");
+            if (::fsync(f.fd) != 0)
+                throw std::system_error(errno, std::generic_category(), "fsync");
         }
         const auto t0 = Clock::now();
         std::uint64_t i = 0;

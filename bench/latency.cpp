@@ -51,8 +51,7 @@ Result run_latency(const Options& opt) {
     r.add("p50_us", quantile(us, 0.50), "us");
     r.add("p99_us", quantile(us, 0.99), "us");
     r.add("p999_us", quantile(us, 0.999), "us");
-    r.add("mean_us", us.empty() ? 0 : std::accumulate(us.begin(), us.end(), 0.0) / us.size(),
-          "us");
+    r.add("mean_us", us.empty() ? 0 : std::accumulate(us.begin(), us.end(), 0.0) / us.size(), "us");
     r.add("max_us", us.empty() ? 0 : us.back(), "us");
     if (us.size() < n) r.notes.push_back("stopped at --max-seconds before all round trips");
     return r;

@@ -78,12 +78,13 @@ std::uint64_t submit_jobs(const std::string& endpoint, const JobSpec& job, std::
 }
 
 WorkerPool::WorkerPool(const std::string& endpoint, const std::string& queue, unsigned workers,
-                       unsigned concurrency) {
+                       unsigned concurrency, unsigned prefetch) {
     for (unsigned i = 0; i < workers; ++i) {
         WorkerOptions o;
         o.endpoint = endpoint;
         o.name = fmt::format("bench-{}-{}", ::getpid(), i);
         o.concurrency = concurrency;
+        o.prefetch = prefetch;
         auto w = std::make_unique<Worker>(o);
         w->handle(queue, [this](const Job&) {
             handled_.fetch_add(1, std::memory_order_relaxed);
@@ -91,12 +92,15 @@ WorkerPool::WorkerPool(const std::string& endpoint, const std::string& queue, un
         });
         workers_.push_back(std::move(w));
     }
-    for (auto& w : workers_) threads_.emplace_back([&w] { w->run(); });
+    for (auto& w : workers_)
+        threads_.emplace_back([&w] { w->run(); });
 }
 
 WorkerPool::~WorkerPool() {
-    for (auto& w : workers_) w->stop();
-    for (auto& t : threads_) t.join();
+    for (auto& w : workers_)
+        w->stop();
+    for (auto& t : threads_)
+        t.join();
 }
 
 void WorkerPool::wait_handled(std::uint64_t n, const Deadline& deadline) const {

@@ -64,7 +64,7 @@ std::uint64_t submit_jobs(const std::string& endpoint, const JobSpec& job, std::
 class WorkerPool {
   public:
     WorkerPool(const std::string& endpoint, const std::string& queue, unsigned workers,
-               unsigned concurrency);
+               unsigned concurrency, unsigned prefetch = 0);
     ~WorkerPool();  // stops every worker and joins its thread
     WorkerPool(const WorkerPool&) = delete;
     WorkerPool& operator=(const WorkerPool&) = delete;

@@ -8,25 +8,26 @@ namespace errand::bench {
 
 struct Options {
     std::string scenario;
-    std::string mode;               // scenario-specific: submit sync|pipelined|batch, e2e sync|batch…
-    std::uint64_t n = 0;            // 0: the scenario's default count
+    std::string mode;     // scenario-specific: submit sync|pipelined|batch, e2e sync|batch…
+    std::uint64_t n = 0;  // 0: the scenario's default count
     std::uint64_t backlog = 1'000'000;
     unsigned producers = 1;
     unsigned workers = 2;
     unsigned concurrency = 8;
-    unsigned window = 64;           // pipelined: requests in flight
-    unsigned batch = 1000;          // jobs per SUBMIT in batch mode
-    unsigned batch_window = 4;      // batch mode: SUBMITs in flight
-    std::size_t payload_size = 0;   // 0: the scenario's default (16 bytes; 100 for depth/recovery)
-    unsigned restarts = 3;          // recovery: restarts measured per run
-    unsigned warmup = 200;          // latency: round trips before measuring
+    unsigned prefetch = 256;       // e2e/depth: jobs a library worker holds beyond its concurrency
+    unsigned window = 64;          // pipelined: requests in flight
+    unsigned batch = 1000;         // jobs per SUBMIT in batch mode
+    unsigned batch_window = 4;     // batch mode: SUBMITs in flight
+    std::size_t payload_size = 0;  // 0: the scenario's default (16 bytes; 100 for depth/recovery)
+    unsigned restarts = 3;         // recovery: restarts measured per run
+    unsigned warmup = 200;         // latency: round trips before measuring
     std::string synchronous = "full";
-    std::string broker;             // endpoint of a running broker; empty: start our own
-    std::string broker_bin;         // empty: ../broker/errand-broker next to this binary
-    std::string worker_bin;         // empty: ../worker/errand-worker next to this binary
+    std::string broker;                    // endpoint of a running broker; empty: start our own
+    std::string broker_bin;                // empty: ../broker/errand-broker next to this binary
+    std::string worker_bin;                // empty: ../worker/errand-worker next to this binary
     std::string addr = "127.0.0.1:11300";  // beanstalkd scenario
-    std::string tmpdir;             // where brokers put their databases; empty: $TMPDIR or /tmp
-    double max_seconds = 120;       // bound on each run of a scenario
+    std::string tmpdir;        // where brokers put their databases; empty: $TMPDIR or /tmp
+    double max_seconds = 120;  // bound on each run of a scenario
     unsigned repeat = 1;
     bool json = false;
     bool keep_tmp = false;

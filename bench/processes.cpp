@@ -93,7 +93,8 @@ std::uint64_t rss_kib(pid_t pid) {
 Child::Child(const std::vector<std::string>& argv, const fs::path& log) {
     std::vector<std::string> args = argv;
     std::vector<char*> cargv;
-    for (auto& a : args) cargv.push_back(a.data());
+    for (auto& a : args)
+        cargv.push_back(a.data());
     cargv.push_back(nullptr);
     const std::string out = log.string();
 
@@ -113,15 +114,17 @@ Child::Child(const std::vector<std::string>& argv, const fs::path& log) {
     posix_spawnattr_setsigmask(&attr, &none);
     posix_spawnattr_setsigdefault(&attr, &defaults);
     posix_spawnattr_setpgroup(&attr, 0);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
-                                        POSIX_SPAWN_SETPGROUP);
+    posix_spawnattr_setflags(
+        &attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
     const int rc = ::posix_spawn(&pid_, cargv[0], &fa, &attr, cargv.data(), environ);
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&attr);
     if (rc != 0) throw std::system_error(rc, std::generic_category(), "spawn " + argv[0]);
 }
 
-Child::~Child() { kill9(); }
+Child::~Child() {
+    kill9();
+}
 
 void Child::kill9() {
     if (status_ || pid_ <= 0) return;
@@ -148,7 +151,9 @@ std::optional<int> Child::wait_exit(std::chrono::milliseconds timeout) {
     return status_;
 }
 
-bool Child::running() { return !wait_exit(0ms).has_value(); }
+bool Child::running() {
+    return !wait_exit(0ms).has_value();
+}
 
 bool ping(const std::string& endpoint, std::chrono::milliseconds timeout) {
     zmq::context_t ctx(1);
@@ -205,9 +210,8 @@ double BrokerProcess::start() {
                                  opt_.synchronous, "--log-level", "warn"},
         dir_->path() / "broker.log");
     if (!ping(endpoint_, 60s)) {
-        throw std::runtime_error(
-            fmt::format("broker at {} did not answer PING within 60 s; its log:\n{}", endpoint_,
-                        log_tail()));
+        throw std::runtime_error(fmt::format(
+            "broker at {} did not answer PING within 60 s; its log:\n{}", endpoint_, log_tail()));
     }
     return seconds_since(t0);
 }
@@ -241,7 +245,8 @@ std::string BrokerProcess::log_tail(std::size_t lines) const {
         if (tail.size() > lines) tail.pop_front();
     }
     std::string out;
-    for (const auto& l : tail) out += l + "\n";
+    for (const auto& l : tail)
+        out += l + "\n";
     return out;
 }
 

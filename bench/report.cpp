@@ -58,15 +58,18 @@ void print_table(const Result& result, std::size_t runs) {
     if (runs > 1) title += fmt::format(" (median of {} runs)", runs);
     std::printf("%s\n", title.c_str());
     std::size_t width = 0;
-    for (const auto& f : result.figures) width = std::max(width, f.key.size());
-    for (const auto& [k, v] : result.config.items()) width = std::max(width, k.size());
+    for (const auto& f : result.figures)
+        width = std::max(width, f.key.size());
+    for (const auto& [k, v] : result.config.items())
+        width = std::max(width, k.size());
     for (const auto& f : result.figures)
         std::printf("  %-*s %14s %s\n", static_cast<int>(width), f.key.c_str(),
                     format_value(f.value).c_str(), f.unit.c_str());
     std::printf("  config:\n");
     for (const auto& [k, v] : result.config.items())
         std::printf("    %-*s %s\n", static_cast<int>(width), k.c_str(), config_value(v).c_str());
-    for (const auto& n : result.notes) std::printf("  note: %s\n", n.c_str());
+    for (const auto& n : result.notes)
+        std::printf("  note: %s\n", n.c_str());
     std::fflush(stdout);
 }
 
@@ -74,7 +77,8 @@ nlohmann::ordered_json to_json(const Result& result, const std::vector<Result>& 
     nlohmann::ordered_json j;
     j["scenario"] = result.scenario;
     j["runs"] = runs.size();
-    for (const auto& f : result.figures) j[f.key] = f.value;
+    for (const auto& f : result.figures)
+        j[f.key] = f.value;
     j["config"] = result.config;
     if (runs.size() > 1) {
         nlohmann::ordered_json each = nlohmann::ordered_json::object();

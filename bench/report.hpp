@@ -10,7 +10,7 @@
 namespace errand::bench {
 
 struct Figure {
-    std::string key;   // JSON key, e.g. "jobs_per_s"
+    std::string key;  // JSON key, e.g. "jobs_per_s"
     double value = 0;
     std::string unit;  // shown in the table, e.g. "jobs/s"
 };
