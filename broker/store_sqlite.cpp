@@ -353,7 +353,18 @@ SqliteStore::SqliteStore(const std::string& path, SqliteOptions options) {
         next_event_ = st_->max_event.i64(0) + 1;
         st_->max_event.reset();
         if (options.checkpoint_interval_ms > 0 && path != ":memory:") {
+            // Start from a checkpointed file: until the database file's own header says WAL
+            // (it may so far only be in the WAL), another connection would not see WAL mode.
+            exec("PRAGMA wal_checkpoint(TRUNCATE)");
             exec("PRAGMA wal_autocheckpoint = 0");
+            sqlite3_wal_hook(
+                db_,
+                [](void* self, sqlite3*, const char*, int frames) {
+                    static_cast<SqliteStore*>(self)->wal_frames_ = frames;
+                    return SQLITE_OK;
+                },
+                this);
+            exec("PRAGMA journal_size_limit = 67108864");  // a reset WAL is cut back to 64 MiB
             start_checkpointer(path, options.checkpoint_interval_ms);
         }
     } catch (const StoreError& e) {
@@ -370,6 +381,10 @@ SqliteStore::~SqliteStore() {
     if (db_) sqlite3_close(db_);
 }
 
+// WAL frames (pages) after which the checkpointer forces the WAL to start over: 16384 frames
+// of 4 KiB = 64 MiB.
+constexpr int kWalResetFrames = 16384;
+
 // A second connection that copies committed WAL frames back into the database file (PASSIVE:
 // it never blocks the broker's writes) so the WAL stays small without commits paying for it.
 void SqliteStore::start_checkpointer(const std::string& path, int interval_ms) {
@@ -381,6 +396,9 @@ void SqliteStore::start_checkpointer(const std::string& path, int interval_ms) {
             return;
         }
         sqlite3_busy_timeout(db, 0);
+        // A connection finds out it is in WAL mode on its first read; before that a checkpoint
+        // does nothing (and reports -1 frames).
+        sqlite3_exec(db, "SELECT count(*) FROM sqlite_master", nullptr, nullptr, nullptr);
         std::unique_lock lock(ckpt_mu_);
         while (!ckpt_stop_) {
             ckpt_cv_.wait_for(lock, std::chrono::milliseconds(interval_ms));
@@ -462,6 +480,15 @@ void SqliteStore::begin() {
 void SqliteStore::commit() {
     try {
         st_->commit.run();
+        // Under continuous writes the checkpointer's PASSIVE runs never catch up with the last
+        // commit, so the WAL is never reset and would grow without bound. Past kWalResetFrames
+        // the broker's own connection, which holds the write lock anyway, runs a RESTART: it
+        // copies the little the checkpointer has not, and the next commit starts the WAL again.
+        if (wal_frames_ > kWalResetFrames) {
+            int log = 0, done = 0;
+            sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_RESTART, &log, &done);
+            wal_frames_ = 0;
+        }
     } catch (const StoreError&) {
         // A failed COMMIT may leave the transaction open; make sure it is gone.
         if (!sqlite3_get_autocommit(db_)) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);

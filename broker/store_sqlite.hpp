@@ -69,7 +69,9 @@ class SqliteStore final : public Store {
 
     sqlite3* db_ = nullptr;
     std::unique_ptr<Statements> st_;
-    std::int64_t next_event_ = 1;  // events.id: unique, increasing; gaps after a rollback
+    std::int64_t next_event_ = 1;
+    int wal_frames_ = 0;  // WAL size after the last commit (sqlite3_wal_hook)  // events.id:
+                          // unique, increasing; gaps after a rollback
     std::thread checkpointer_;
     std::mutex ckpt_mu_;
     std::condition_variable ckpt_cv_;
