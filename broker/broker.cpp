@@ -476,7 +476,7 @@ struct Broker::State {
             return w.identity == identity && w.req == m.req;
         });
         if (same != list.end()) {
-            same->deadline = deadline;  // a resent WAIT extends the first
+            return;  // a resent WAIT: the first one's deadline stands
         } else {
             auto& n = waits_of[identity];
             if (n >= cfg.max_waits) {

@@ -27,9 +27,10 @@ bool is_disk_error(int rc) {
            primary == SQLITE_CANTOPEN || primary == SQLITE_BUSY || primary == SQLITE_LOCKED;
 }
 
+// `what` prefixes the message when it adds something a person can use.
 [[noreturn]] void fail(sqlite3* db, int rc, const char* what) {
-    throw StoreError(fmt::format("{}: {}", what, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc)),
-                     is_disk_error(rc));
+    std::string detail = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+    throw StoreError(*what ? fmt::format("{}: {}", what, detail) : detail, is_disk_error(rc));
 }
 
 // The migrations, in order; migration i brings the schema to version i+1.
@@ -169,7 +170,7 @@ class Stmt {
         if (rc == SQLITE_ROW) return true;
         if (rc == SQLITE_DONE) return false;
         sqlite3_reset(s_);
-        fail(db_, rc, "step");
+        fail(db_, rc, "");
     }
     void run() {
         step();
@@ -337,10 +338,11 @@ SqliteStore::SqliteStore(const std::string& path, SqliteOptions options) {
     try {
         sqlite3_extended_result_codes(db_, 1);
         sqlite3_busy_timeout(db_, 5000);
-        // The first statement reads the header: a corrupt or foreign file fails here.
+        // Look before writing anything: a corrupt, foreign or newer file is refused untouched.
+        bool fresh = check_identity();
         // Incremental vacuum lets retention give space back; it must be set before the first
         // table exists, so only a new file gets it.
-        exec("PRAGMA auto_vacuum = INCREMENTAL");
+        if (fresh) exec("PRAGMA auto_vacuum = INCREMENTAL");
         exec("PRAGMA journal_mode = WAL");
         exec(options.synchronous_full ? "PRAGMA synchronous = FULL"
                                       : "PRAGMA synchronous = NORMAL");
@@ -435,6 +437,32 @@ void SqliteStore::exec(const char* sql) {
 int SqliteStore::schema_version() {
     Stmt s(db_, "SELECT version FROM schema_version");
     return s.step() ? static_cast<int>(s.i64(0)) : 0;
+}
+
+bool SqliteStore::check_identity() {
+    // Reading the schema is the first access to the file: "file is not a database" and
+    // "malformed" come from here, before any write.
+    int tables = 0;
+    bool has_version = false;
+    {
+        Stmt s(db_, "SELECT name FROM sqlite_master WHERE type = 'table'");
+        while (s.step()) {
+            ++tables;
+            if (s.text(0) == "schema_version") has_version = true;
+        }
+    }
+    if (!has_version && tables > 0)
+        throw StoreError("not an errand database (it has tables but no schema_version)", false);
+    if (has_version) {
+        int version = schema_version();
+        constexpr int known = static_cast<int>(std::size(kMigrations));
+        if (version > known)
+            throw StoreError(fmt::format("database schema version {} is newer than this errand "
+                                         "understands ({}); upgrade errand",
+                                         version, known),
+                             false);
+    }
+    return tables == 0;
 }
 
 void SqliteStore::migrate() {

@@ -62,6 +62,7 @@ class SqliteStore final : public Store {
   private:
     struct Statements;
     void exec(const char* sql);
+    bool check_identity();  // true for a new, empty file
     void migrate();
 
     void start_checkpointer(const std::string& path, int interval_ms);

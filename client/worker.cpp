@@ -13,6 +13,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "errand/client.hpp"
@@ -158,6 +159,9 @@ struct Worker::Impl {
     };
     std::map<JobId, Running> running;  // being executed
     std::map<JobId, Pending> pending;  // results awaiting ACK
+    // Results still unacknowledged when we registered: the broker counts their slots as busy
+    // until it has them, so their credit is granted when they are acknowledged.
+    std::set<JobId> held_results;
 
     void open_socket() {
         sock = std::make_unique<zmq::socket_t>(ctx, zmq::socket_type::dealer);
@@ -189,8 +193,12 @@ struct Worker::Impl {
         m.commands = opt.accept_commands;
         for (const auto& [id, r] : running)
             m.held.push_back({id, r.attempt});
+        held_results.clear();
         for (const auto& [id, p] : pending)
-            if (!running.count(id)) m.held.push_back({id, p.attempt});
+            if (!running.count(id)) {
+                m.held.push_back({id, p.attempt});
+                held_results.insert(id);
+            }
         max_seq = 0;
         send(cmd::kRegister, encode(m));
         next_register = now + backoff;
@@ -225,6 +233,7 @@ struct Worker::Impl {
             for (JobId id : rep.held_rejected) {
                 // Its attempt is no longer ours: stop it; results would be refused as stale.
                 pending.erase(id);
+                held_results.erase(id);
                 if (auto it = running.find(id); it != running.end())
                     it->second.control->cancelled = true;
                 spdlog::warn("job {}: the broker gave it to someone else while we were away", id);
@@ -232,7 +241,7 @@ struct Worker::Impl {
             spdlog::info("registered with {} as {} (heartbeat {} ms)", opt.endpoint, opt.name,
                          heartbeat_ms);
             auto slots = opt.concurrency + opt.prefetch;
-            auto busy = static_cast<std::uint32_t>(running.size());
+            auto busy = static_cast<std::uint32_t>(running.size() + held_results.size());
             grant(slots > busy ? slots - busy : 0);
             send_pending(now, true);
         } else if (env.command == cmd::kDispatch) {
@@ -260,11 +269,15 @@ struct Worker::Impl {
         } else if (env.command == cmd::kAck) {
             auto a = decode_ack(r);
             auto it = pending.find(a.id);
-            if (it != pending.end() && it->second.attempt == a.attempt) pending.erase(it);
+            if (it != pending.end() && it->second.attempt == a.attempt) {
+                pending.erase(it);
+                if (held_results.erase(a.id)) grant(1);
+            }
         } else if (env.command == cmd::kError) {
             auto e = decode_error(r);
             if (e.code == ErrorCode::stale && e.id) {
                 pending.erase(*e.id);
+                if (held_results.erase(*e.id)) grant(1);
                 spdlog::warn("job {}: result refused as stale: {}", *e.id, e.message);
             } else if (e.code == ErrorCode::not_registered) {
                 if (registered || now >= next_register) {
