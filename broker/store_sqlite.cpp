@@ -106,6 +106,9 @@ const char* const kMigrations[] = {
         name   TEXT PRIMARY KEY,
         paused INTEGER NOT NULL DEFAULT 0 CHECK (paused IN (0, 1))
     );
+    -- Job ids are never reused: the highest id of a deleted job is remembered here.
+    CREATE TABLE id_floor (id INTEGER NOT NULL);
+    INSERT INTO id_floor VALUES (0);
     )sql",
 };
 
@@ -292,7 +295,10 @@ struct SqliteStore::Statements {
                                kLiveColumns)
                        .c_str()),
           live_one(db, fmt::format("SELECT {} FROM jobs WHERE id = ?1", kLiveColumns).c_str()),
-          max_id(db, "SELECT COALESCE(MAX(id), 0) FROM jobs"),
+          max_id(db,
+                 "SELECT MAX(COALESCE((SELECT MAX(id) FROM jobs), 0), "
+                 "(SELECT id FROM id_floor))"),
+          raise_floor(db, "UPDATE id_floor SET id = MAX(id, ?1)"),
           count(db, "SELECT queue, state, COUNT(*) FROM jobs GROUP BY queue, state"),
           progress(db, "UPDATE jobs SET progress = ?2, progress_message = ?3 WHERE id = ?1"),
           events(db,
@@ -317,8 +323,8 @@ struct SqliteStore::Statements {
                                kJobColumns)
                        .c_str()) {}
     Stmt begin, commit, rollback, insert, update, event, max_event, token, get, dispatch, live,
-        live_one, max_id, count, progress, events, set_paused, paused, dead, finished, delete_job,
-        delete_events, list;
+        live_one, max_id, raise_floor, count, progress, events, set_paused, paused, dead, finished,
+        delete_job, delete_events, list;
 };
 
 SqliteStore::SqliteStore(const std::string& path, SqliteOptions options) {
@@ -729,6 +735,10 @@ std::vector<Removed> SqliteStore::remove_finished(std::optional<JobState> state,
                         {s.text(1), parse_job_state(s.text(2)).value_or(JobState::dead)}});
     s.reset();
     std::vector<Removed> out;
+    JobId highest = 0;
+    for (const auto& [id, qs] : rows)
+        highest = std::max(highest, id);
+    if (highest > 0) st_->raise_floor.reset().bind(1, static_cast<std::int64_t>(highest)).run();
     for (const auto& [id, qs] : rows) {
         st_->delete_events.reset().bind(1, static_cast<std::int64_t>(id)).run();
         st_->delete_job.reset().bind(1, static_cast<std::int64_t>(id)).run();

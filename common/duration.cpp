@@ -2,6 +2,7 @@
 #include "errand/duration.hpp"
 
 #include <charconv>
+#include <cmath>
 
 #include <fmt/format.h>
 
@@ -11,7 +12,8 @@ std::optional<Millis> parse_duration(std::string_view text) {
     if (text.empty()) return std::nullopt;
     double value = 0;
     auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-    if (ec != std::errc() || ptr == text.data() || value < 0) return std::nullopt;
+    if (ec != std::errc() || ptr == text.data() || !std::isfinite(value) || value < 0)
+        return std::nullopt;
     std::string_view unit(ptr, static_cast<std::size_t>(text.data() + text.size() - ptr));
     double scale = 0;
     if (unit.empty() || unit == "s")

@@ -180,6 +180,8 @@ TEST_CASE("durations parse and print") {
     CHECK(parse_duration("1.5m") == 90000);
     CHECK(parse_duration("2h") == 7'200'000);
     CHECK_FALSE(parse_duration("soon").has_value());
+    CHECK_FALSE(parse_duration("nan").has_value());
+    CHECK_FALSE(parse_duration("inf").has_value());
     CHECK_FALSE(parse_duration("-1s").has_value());
     CHECK_FALSE(parse_duration("5 s").has_value());
     CHECK(format_duration(5000) == "5s");

@@ -1,0 +1,589 @@
+// Fuzz logic for the broker: a script of messages from fuzz bytes through Broker::process.
+//
+// Input layout (read with Input; running out of bytes just ends the script):
+//   config:  heartbeat, worker timeout, retry delay and cap, timeout grace, retention (a few bytes)
+//   then up to kMaxSteps steps, each:
+//     advance  1 byte: < 0x80 adds that many ms to the fake clock, else (b & 0x7f) seconds
+//     identity 1 byte: one of kIdentities (clients and workers share one small pool)
+//     op       1 byte: a command built with the real encoders from the bytes that follow, a raw
+//                      body, a raw envelope, a broker restart over the same database, or a fault
+//                      armed for the next step (a failing write or commit)
+// Ids, attempts and queues are drawn mostly from what the broker has handed out (SUBMITTED,
+// DISPATCH), so scripts reach running jobs, results, retries, timeouts and lost workers.
+//
+// Oracles: every message the broker sends must be a well-formed body its peer can decode; the
+// broker never answers `internal` (a bug by definition); a new job never gets an id handed out
+// before; and at the end the per-queue counts that QUEUES reports from memory must equal what
+// the database holds.
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "broker.hpp"
+#include "entries.hpp"
+#include "errand/codec.hpp"
+#include "input.hpp"
+#include "script.hpp"
+#include "store_sqlite.hpp"
+
+namespace errand::fuzz {
+namespace {
+
+using broker::Broker;
+using broker::BrokerConfig;
+using broker::SqliteStore;
+using broker::Store;
+using broker::StoreError;
+
+constexpr Millis kStart = 1'700'000'000'000;
+
+using script::kCommandNames;
+using script::kIdentities;
+using script::kInstances;
+using script::kQueues;
+constexpr std::array<std::string_view, 4> kTokens = {"t0", "t1", "t2", "t3"};
+constexpr std::array<std::string_view, 3> kUniques = {"u0", "u1", "u2"};
+constexpr std::array<JobState, 7> kStatesAll = {
+    JobState::scheduled, JobState::ready, JobState::running,  JobState::retrying,
+    JobState::succeeded, JobState::dead,  JobState::cancelled};
+constexpr std::array<JobState, 3> kTerminal = {JobState::succeeded, JobState::dead,
+                                               JobState::cancelled};
+
+[[noreturn]] void fail(std::string_view what, std::string_view detail) {
+    std::fprintf(stderr, "fuzz_broker: %.*s: %.*s\n", static_cast<int>(what.size()), what.data(),
+                 static_cast<int>(detail.size()), detail.data());
+    std::abort();
+}
+
+// ERRAND_FUZZ_SKIP=name,name turns off oracles by name (id-reuse, internal, counts) so a run can
+// go on past a known bug that awaits its fix.
+bool skipped(std::string_view oracle) {
+    static const std::string skip = [] {
+        const char* s = std::getenv("ERRAND_FUZZ_SKIP");
+        return "," + std::string(s ? s : "") + ",";
+    }();
+    return skip.find("," + std::string(oracle) + ",") != std::string::npos;
+}
+
+class FixedClock final : public Clock {
+  public:
+    Millis now_ms() const override { return t; }
+    Millis t = kStart;
+};
+
+// Faults armed for one step: the n-th write of the step throws, or its commit fails.
+struct Faults {
+    int fail_write_at = -1;
+    bool fail_commit = false;
+    int writes = 0;
+    void disarm() { *this = Faults{}; }
+};
+
+// Forwards to a SqliteStore that outlives broker restarts, injecting the armed faults the way a
+// full or failing disk would (StoreError with disk = true).
+class FaultyStore final : public Store {
+  public:
+    FaultyStore(SqliteStore& inner, Faults& faults) : inner_(inner), f_(faults) {}
+
+    void begin() override {
+        write();
+        inner_.begin();
+    }
+    void commit() override {
+        if (f_.fail_commit) throw StoreError("database or disk is full (injected)", true);
+        inner_.commit();
+    }
+    void rollback() override { inner_.rollback(); }
+    bool insert_job(const broker::NewJob& j, const std::string& r) override {
+        write();
+        return inner_.insert_job(j, r);
+    }
+    void apply(const broker::Transition& t) override {
+        write();
+        inner_.apply(t);
+    }
+    std::optional<JobId> find_token(const std::string& t) override { return inner_.find_token(t); }
+    std::optional<JobInfo> get_job(JobId id) override { return inner_.get_job(id); }
+    std::vector<JobInfo> list_jobs(const ListRequest& f) override { return inner_.list_jobs(f); }
+    std::optional<broker::DispatchData> dispatch_data(JobId id) override {
+        return inner_.dispatch_data(id);
+    }
+    void scan_live(const std::function<void(broker::LiveJob&&)>& fn) override {
+        inner_.scan_live(fn);
+    }
+    std::optional<broker::LiveJob> load_live(JobId id) override { return inner_.load_live(id); }
+    JobId max_job_id() override { return inner_.max_job_id(); }
+    std::vector<broker::QueueStateCount> count_jobs() override { return inner_.count_jobs(); }
+    void set_progress(JobId id, std::uint32_t p, const std::string& m) override {
+        write();
+        inner_.set_progress(id, p, m);
+    }
+    std::vector<Event> events(JobId id) override { return inner_.events(id); }
+    void set_paused(const std::string& q, bool p) override {
+        write();
+        inner_.set_paused(q, p);
+    }
+    std::vector<std::string> paused_queues() override { return inner_.paused_queues(); }
+    std::vector<JobId> dead_jobs(const std::optional<std::string>& q, std::size_t n) override {
+        return inner_.dead_jobs(q, n);
+    }
+    std::vector<broker::Removed> remove_finished(std::optional<JobState> s,
+                                                 const std::optional<std::string>& q, Millis before,
+                                                 std::size_t n) override {
+        write();
+        return inner_.remove_finished(s, q, before, n);
+    }
+    void reclaim_space(int pages) override { inner_.reclaim_space(pages); }
+
+  private:
+    void write() {
+        if (f_.fail_write_at >= 0 && f_.writes++ == f_.fail_write_at)
+            throw StoreError("disk I/O error (injected)", true);
+    }
+    SqliteStore& inner_;
+    Faults& f_;
+};
+
+// A job attempt the broker handed to a worker.
+struct Handed {
+    JobId id = 0;
+    std::uint32_t attempt = 0;
+    std::uint64_t seq = 0;
+};
+
+class Script {
+  public:
+    Script(const std::uint8_t* data, std::size_t size)
+        : in_(data, size), db_(":memory:", broker::SqliteOptions{false, 1, 0}) {
+        cfg_.listen = "";
+        cfg_.heartbeat_ms = static_cast<Millis>(in_.range(1, 2000));
+        cfg_.worker_timeout_ms = static_cast<Millis>(in_.range(1, 10000));
+        cfg_.retry_delay_ms = static_cast<Millis>(in_.range(0, 5000));
+        cfg_.retry_cap_ms = static_cast<Millis>(in_.range(0, 60000));
+        cfg_.timeout_grace_ms = static_cast<Millis>(in_.range(0, 5000));
+        cfg_.retention_ms = static_cast<Millis>(in_.range(0, 600000));
+        cfg_.retention_batch = in_.range(1, 4);
+        std::uint8_t tight = in_.byte();  // small limits, to reach the too_large paths
+        if (tight & 1) cfg_.max_payload = cfg_.max_result = 16;
+        if (tight & 2) cfg_.max_waits = 1;
+        if (tight & 4) cfg_.max_batch = 2;
+        start();
+    }
+
+    void run() {
+        for (std::size_t step = 0; step < script::kMaxSteps && !in_.empty(); ++step)
+            this->step();
+        audit();
+    }
+
+  private:
+    void start() {
+        clock_.t = now_;
+        broker_.reset();  // the old broker lets go of the store first
+        broker_ =
+            std::make_unique<Broker>(cfg_, std::make_unique<FaultyStore>(db_, faults_), clock_);
+    }
+
+    void step() {
+        std::uint8_t adv = in_.byte();
+        now_ += adv < 0x80 ? adv : static_cast<Millis>(adv & 0x7f) * 1000;
+        std::string identity(kIdentities[in_.pick(kIdentities.size())]);
+        auto op = static_cast<script::Op>(in_.byte() % static_cast<std::uint8_t>(script::Op::kOps));
+        switch (op) {
+            case script::Op::kRaw: {  // (reads in sequence: argument order is unspecified)
+                std::string command(kCommandNames[in_.pick(kCommandNames.size())]);
+                std::string body = in_.bytes(script::kMaxRawBody);
+                send(identity, std::move(command), std::move(body));
+                return;
+            }
+            case script::Op::kRawEnvelope: {
+                Envelope e{identity, in_.boolean() ? std::string(kProtocolVersion) : in_.bytes(12),
+                           in_.bytes(12), in_.bytes(32), in_.range(0, 4)};
+                deliver(e);
+                return;
+            }
+            case script::Op::kRestart:
+                if (trace_)
+                    std::fprintf(stderr, "t+%lld restart\n", static_cast<long long>(now_ - kStart));
+                start();
+                return;
+            case script::Op::kFault:  // armed until the next delivery
+                faults_.disarm();
+                if (in_.boolean())
+                    faults_.fail_commit = true;
+                else
+                    faults_.fail_write_at = static_cast<int>(in_.range(0, 3));
+                return;
+            default:
+                break;
+        }
+        std::string_view command;
+        std::string body = build(op, command);
+        send(identity, std::string(command), std::move(body));
+    }
+
+    // ---- building requests from fuzz bytes --------------------------------------------------
+
+    std::uint64_t req() { return in_.range(0, 7) == 0 ? in_.bits(8) : next_req_++; }
+    std::string queue() {
+        return in_.range(0, 15) == 0 ? in_.bytes(8)
+                                     : std::string(kQueues[in_.pick(kQueues.size())]);
+    }
+    JobId job_id() {
+        switch (in_.range(0, 3)) {
+            case 0:
+                return in_.range(0, 4);
+            case 1:
+                if (!handed_.empty()) return handed_[in_.pick(handed_.size())].id;
+                [[fallthrough]];
+            default:
+                return ids_.empty() ? in_.range(0, 4) : ids_[in_.pick(ids_.size())];
+        }
+    }
+    // A handed-out attempt, right or slightly off.
+    Handed attempt() {
+        Handed h;
+        if (!handed_.empty() && in_.range(0, 7) != 0) {
+            h = handed_[in_.pick(handed_.size())];
+            if (in_.range(0, 7) == 0) h.attempt += static_cast<std::uint32_t>(in_.range(0, 2)) - 1;
+        } else {
+            h.id = job_id();
+            h.attempt = static_cast<std::uint32_t>(in_.range(0, 3));
+        }
+        return h;
+    }
+    std::optional<Millis> maybe_ms(Millis max) {
+        if (!in_.boolean()) return std::nullopt;
+        return static_cast<Millis>(in_.range(0, static_cast<std::uint64_t>(max)));
+    }
+
+    JobSpec job_spec() {
+        JobSpec s;
+        s.queue = queue();
+        s.payload = in_.bytes(in_.boolean() ? 4 : 24);
+        std::uint8_t flags = in_.byte();
+        std::uint8_t more = in_.byte();
+        if (flags & 1) s.argv = std::vector<std::string>{"sh", "-c", in_.bytes(6)};
+        if (flags & 2) s.max_attempts = static_cast<std::uint32_t>(in_.range(1, 4));
+        if (flags & 4) s.token = std::string(kTokens[in_.pick(kTokens.size())]);
+        if (flags & 8) s.priority = static_cast<std::int32_t>(in_.srange(-3, 3));
+        if (flags & 16)
+            s.run_at = now_ + in_.srange(-2000, 20000);
+        else if (flags & 32)
+            s.delay_ms = static_cast<Millis>(in_.range(0, 20000));
+        if (flags & 64) s.timeout_ms = static_cast<Millis>(in_.range(1, 20000));
+        if (flags & 128) s.unique = std::string(kUniques[in_.pick(kUniques.size())]);
+        if (more & 1) s.backoff_ms = static_cast<Millis>(in_.range(0, 5000));
+        if (more & 2) s.backoff_cap_ms = static_cast<Millis>(in_.range(0, 20000));
+        if (more & 4) s.max_attempts = static_cast<std::uint32_t>(in_.range(0, 1001));
+        if (more & 8) s.run_at = in_.srange(INT64_MIN, INT64_MAX);
+        return s;
+    }
+
+    std::string build(script::Op op, std::string_view& command) {
+        switch (op) {
+            case script::Op::kSubmit:
+            case script::Op::kSubmit2:
+            case script::Op::kSubmit3: {
+                command = cmd::kSubmit;
+                SubmitRequest m{req(), {}};
+                std::size_t n = in_.range(0, 7) == 0 ? in_.range(0, 6) : 1;
+                for (std::size_t i = 0; i < n; ++i)
+                    m.jobs.push_back(job_spec());
+                return encode(m);
+            }
+            case script::Op::kStatus:
+                command = cmd::kStatus;
+                return encode(IdRequest{req(), job_id()});
+            case script::Op::kWait:
+                command = cmd::kWait;
+                return encode(
+                    WaitRequest{req(), job_id(), static_cast<Millis>(in_.range(0, 60000))});
+            case script::Op::kList: {
+                command = cmd::kList;
+                ListRequest m;
+                m.req = req();
+                if (in_.boolean()) m.queue = queue();
+                if (in_.boolean()) m.state = kStatesAll[in_.pick(kStatesAll.size())];
+                m.limit = static_cast<std::uint32_t>(in_.range(0, 5));
+                if (m.limit == 0) m.limit = limits::kDefaultListLimit;
+                return encode(m);
+            }
+            case script::Op::kPing:
+                command = cmd::kPing;
+                return encode_req(req());
+            case script::Op::kCancel:
+                command = cmd::kCancel;
+                return encode(IdRequest{req(), job_id()});
+            case script::Op::kRetry: {
+                command = cmd::kRetry;
+                RetryRequest m;
+                m.req = req();
+                if (in_.boolean()) {
+                    m.id = job_id();
+                } else {
+                    m.dead = true;
+                    if (in_.boolean()) m.queue = queue();
+                }
+                return encode(m);
+            }
+            case script::Op::kPause:
+                command = cmd::kPause;
+                return encode(QueueRequest{req(), queue()});
+            case script::Op::kResume:
+                command = cmd::kResume;
+                return encode(QueueRequest{req(), queue()});
+            case script::Op::kPurge: {
+                command = cmd::kPurge;
+                PurgeRequest m;
+                m.req = req();
+                m.state = kTerminal[in_.pick(kTerminal.size())];
+                if (in_.boolean()) m.queue = queue();
+                m.older_than_ms = maybe_ms(100000);
+                return encode(m);
+            }
+            case script::Op::kQueues:
+                command = cmd::kQueues;
+                return encode_req(req());
+            case script::Op::kHistory:
+                command = cmd::kHistory;
+                return encode(IdRequest{req(), job_id()});
+            case script::Op::kRegister: {
+                command = cmd::kRegister;
+                RegisterRequest m;
+                m.req = req();
+                m.instance = std::string(kInstances[in_.pick(kInstances.size())]);
+                m.name = m.instance;
+                m.host = "fuzz";
+                m.pid = in_.range(0, 3);
+                std::uint8_t qmask = in_.byte();
+                for (std::size_t i = 0; i < kQueues.size(); ++i)
+                    if (qmask & (1u << i)) m.queues.emplace_back(kQueues[i]);
+                if (m.queues.empty() || (qmask & 8)) m.queues.push_back(queue());
+                m.concurrency = static_cast<std::uint32_t>(in_.range(1, 3));
+                m.prefetch = static_cast<std::uint32_t>(in_.range(0, 2));
+                m.commands = qmask & 16;
+                if (qmask & 32)
+                    for (std::size_t i = 0; i < m.queues.size(); ++i)
+                        m.weights.push_back(static_cast<std::uint32_t>(in_.range(1, 5)));
+                std::size_t held = in_.range(0, 3);
+                for (std::size_t i = 0; i < held; ++i) {
+                    auto h = attempt();
+                    m.held.push_back({h.id, h.attempt});
+                }
+                return encode(m);
+            }
+            case script::Op::kCredit:
+                command = cmd::kCredit;
+                return encode_credit(static_cast<std::uint32_t>(in_.range(0, 4)));
+            case script::Op::kHeartbeat: {
+                command = cmd::kHeartbeat;
+                WorkerHeartbeat m;
+                m.seq = in_.range(0, 6);
+                std::uint8_t keep = in_.byte();
+                for (std::size_t i = 0; i < handed_.size() && i < 8; ++i)
+                    if (keep & (1u << i)) m.running.push_back(handed_[i].id);
+                return encode(m);
+            }
+            case script::Op::kDone:
+            case script::Op::kFail: {
+                command = op == script::Op::kDone ? cmd::kDone : cmd::kFail;
+                auto h = attempt();
+                JobResult m;
+                m.ok = op == script::Op::kDone;
+                m.id = h.id;
+                m.attempt = h.attempt;
+                m.exit_code = in_.srange(-2, 2);
+                if (m.ok || in_.boolean()) m.result = in_.bytes(in_.boolean() ? 4 : 24);
+                if (!m.ok) {
+                    m.error = in_.bytes(16);
+                    m.permanent = in_.boolean();
+                }
+                return encode(m);
+            }
+            case script::Op::kProgress: {
+                command = cmd::kProgress;
+                auto h = attempt();
+                return encode(Progress{
+                    h.id, h.attempt, static_cast<std::uint32_t>(in_.range(0, 100)), in_.bytes(8)});
+            }
+            default:
+                command = cmd::kPing;
+                return encode_req(req());
+        }
+    }
+
+    // ---- delivery and the oracles on what comes back ----------------------------------------
+
+    void send(const std::string& identity, std::string command, std::string body) {
+        deliver(Envelope{identity, std::string(kProtocolVersion), std::move(command),
+                         std::move(body), 3});
+    }
+
+    std::vector<Envelope> deliver(const Envelope& e) {
+        bool faulty = faults_.fail_commit || faults_.fail_write_at >= 0;
+        std::vector<Envelope> out = broker_->process(e, now_);
+        faults_.disarm();  // faults last one step
+        if (trace_)
+            std::fprintf(stderr, "t+%lld %s -> %s (%zu bytes)%s\n",
+                         static_cast<long long>(now_ - kStart), e.identity.c_str(),
+                         e.command.c_str(), e.body.size(), faulty ? " [store fault]" : "");
+        for (const auto& o : out) {
+            check(o);
+            if (trace_)
+                std::fprintf(stderr, "    <- %s %s\n", o.identity.c_str(), describe(o).c_str());
+        }
+        return out;
+    }
+
+    static std::string describe(const Envelope& o) {
+        if (o.command != cmd::kError && o.command != cmd::kDispatch) return o.command;
+        Body b(o.body);
+        if (o.command == cmd::kDispatch) {
+            auto d = decode_dispatch(b.reader());
+            return fmt::format("DISPATCH id={} attempt={}", d.id, d.attempt);
+        }
+        auto e = decode_error(b.reader());
+        return fmt::format("ERROR {}: {}", to_string(e.code), e.message);
+    }
+
+    // Everything the broker sends must decode on the other side; `internal` is always a bug.
+    void check(const Envelope& o) {
+        if (o.version != kProtocolVersion || o.frames != 3) fail(o.command, "bad envelope");
+        try {
+            Body b(o.body);
+            const Reader& r = b.reader();
+            std::string_view c = o.command;
+            if (c == cmd::kSubmitted) {
+                auto m = decode_submitted(r);
+                if (m.ids.size() != m.duplicate.size()) fail(c, "ids and duplicate differ");
+                for (std::size_t i = 0; i < m.ids.size(); ++i) {
+                    JobId id = m.ids[i];
+                    bool known = std::find(ids_.begin(), ids_.end(), id) != ids_.end();
+                    // PROTOCOL.md: a job id is never reused.
+                    if (known && !m.duplicate[i] && !skipped("id-reuse"))
+                        fail(c, fmt::format("job id {} was handed out a second time", id));
+                    if (!known && id != 0) ids_.push_back(id);
+                }
+            } else if (c == cmd::kJob) {
+                decode_job_info(r.map("job"));
+            } else if (c == cmd::kJobs) {
+                const auto& jobs = r.array("jobs");
+                for (std::uint32_t i = 0; i < jobs.size; ++i)
+                    decode_job_info(Reader(jobs.ptr[i]));
+            } else if (c == cmd::kPong) {
+                decode_pong(r);
+            } else if (c == cmd::kRegistered) {
+                decode_registered(r);
+            } else if (c == cmd::kDispatch) {
+                auto d = decode_dispatch(r);
+                if (handed_.size() < 64) handed_.push_back({d.id, d.attempt, d.seq});
+            } else if (c == cmd::kAbort) {
+                decode_abort(r);
+            } else if (c == cmd::kRetried) {
+                decode_ids(r);
+            } else if (c == cmd::kOk) {
+                r.u64("req");
+            } else if (c == cmd::kPurged) {
+                decode_count(r);
+            } else if (c == cmd::kQueues) {
+                decode_queues(r);
+            } else if (c == cmd::kEvents) {
+                decode_events(r);
+            } else if (c == cmd::kAck) {
+                decode_ack(r);
+            } else if (c == cmd::kHeartbeat) {
+                r.opt_str("instance", 64);
+            } else if (c == cmd::kError) {
+                auto e = decode_error(r);
+                if (e.code == ErrorCode::internal && !skipped("internal"))
+                    fail("ERROR internal", e.message);
+            } else {
+                fail(c, "the broker sent an unknown command");
+            }
+        } catch (const ProtocolError& e) {
+            fail(o.command,
+                 std::string("the broker sent a body its peer cannot decode: ") + e.what());
+        }
+    }
+
+    // The per-queue, per-state counts QUEUES reports from memory must be what the database holds
+    // (read through LIST). QUEUES is asked twice around the LIST; when a timer fires in between
+    // the two answers differ and nothing is compared.
+    void audit() {
+        faults_.disarm();
+        using Counts = std::map<std::string, std::map<JobState, std::uint64_t>>;
+        auto queues = [&]() {
+            Counts c;
+            for (const auto& e : deliver(Envelope{"auditor", std::string(kProtocolVersion),
+                                                  std::string(cmd::kQueues), encode_req(1), 3})) {
+                if (e.command != cmd::kQueues) continue;
+                Body b(e.body);
+                for (const auto& q : decode_queues(b.reader()))
+                    for (const auto& [s, n] : q.counts)
+                        if (n > 0) c[q.name][s] = n;
+            }
+            return c;
+        };
+        Counts before = queues();
+        Counts stored;
+        for (const auto& e : deliver(Envelope{
+                 "auditor", std::string(kProtocolVersion), std::string(cmd::kList),
+                 encode(ListRequest{2, std::nullopt, std::nullopt, limits::kMaxListLimit}), 3})) {
+            if (e.command != cmd::kJobs) continue;
+            Body b(e.body);
+            const auto& jobs = b.reader().array("jobs");
+            for (std::uint32_t i = 0; i < jobs.size; ++i) {
+                auto j = decode_job_info(Reader(jobs.ptr[i]));
+                ++stored[j.queue][j.state];
+            }
+        }
+        Counts after = queues();
+        if (before != after) return;
+        if (before != stored && !skipped("counts")) {
+            std::string detail;
+            for (const auto* side : {&before, &stored}) {
+                detail += side == &before ? "QUEUES:" : " database:";
+                for (const auto& [q, m] : *side)
+                    for (const auto& [s, n] : m)
+                        detail +=
+                            " " + q + "/" + std::string(to_string(s)) + "=" + std::to_string(n);
+            }
+            fail("QUEUES counts differ from the database", detail);
+        }
+    }
+
+    Input in_;
+    FixedClock clock_;
+    SqliteStore db_;
+    Faults faults_;
+    BrokerConfig cfg_;
+    std::unique_ptr<Broker> broker_;
+    Millis now_ = kStart;
+    bool trace_ = std::getenv("ERRAND_FUZZ_TRACE") != nullptr;  // print the script as it runs
+    std::uint64_t next_req_ = 1;
+    std::vector<JobId> ids_;
+    std::vector<Handed> handed_;
+};
+
+}  // namespace
+
+void quiet_logs() {
+    spdlog::set_level(spdlog::level::off);
+}
+
+void run_broker(const std::uint8_t* data, std::size_t size) {
+    Script script(data, size);
+    script.run();
+}
+
+}  // namespace errand::fuzz

@@ -1,0 +1,126 @@
+// Fuzz logic for the codec: one body through Body, every decoder, and an encode/decode round trip.
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+
+#include "entries.hpp"
+#include "errand/codec.hpp"
+#include "errand/duration.hpp"
+
+namespace errand::fuzz {
+namespace {
+
+[[noreturn]] void fail(std::string_view what, std::string_view detail) {
+    std::fprintf(stderr, "fuzz_codec: %.*s: %.*s\n", static_cast<int>(what.size()), what.data(),
+                 static_cast<int>(detail.size()), detail.data());
+    std::abort();
+}
+
+// Decoding may refuse a body (ProtocolError) but nothing else may escape. What decodes must
+// re-encode to a body that the same decoder accepts, and a second round must change nothing:
+// encode(decode(x)) is a fixed point. `inner` picks the map to decode inside a re-encoded body
+// (JOB wraps the job object in {"req", "job"}).
+template <class Decode, class Encode>
+void round_trip(std::string_view what, const Reader& r, Decode decode, Encode encode,
+                Reader (*inner)(const Reader&) = nullptr) {
+    std::string first;
+    try {
+        first = encode(decode(r));
+    } catch (const ProtocolError&) {
+        return;  // refused: fine
+    }
+    try {
+        Body again(first);
+        std::string second =
+            inner ? encode(decode(inner(again.reader()))) : encode(decode(again.reader()));
+        if (second != first) fail(what, "re-encoding a decoded body changed it");
+    } catch (const ProtocolError& e) {
+        fail(what, std::string("its own encoding does not decode: ") + e.what());
+    }
+}
+
+Reader job_of(const Reader& r) {
+    return r.map("job");
+}
+
+void run_decoders(const Reader& r) {
+    const DecodeLimits tight{8, 8, 2};  // small limits reach the too_large paths
+    round_trip(
+        "SUBMIT", r, [](const Reader& x) { return decode_submit(x); },
+        [](const SubmitRequest& m) { return encode(m); });
+    round_trip(
+        "SUBMIT (tight limits)", r, [&](const Reader& x) { return decode_submit(x, tight); },
+        [](const SubmitRequest& m) { return encode(m); });
+    round_trip("SUBMITTED", r, decode_submitted, [](const SubmitReply& m) { return encode(m); });
+    round_trip("STATUS", r, decode_id_request, [](const IdRequest& m) { return encode(m); });
+    round_trip("WAIT", r, decode_wait, [](const WaitRequest& m) { return encode(m); });
+    round_trip("LIST", r, decode_list, [](const ListRequest& m) { return encode(m); });
+    round_trip(
+        "job object", r, decode_job_info, [](const JobInfo& j) { return encode_job(j, 0); },
+        job_of);
+    round_trip("REGISTER", r, decode_register, [](const RegisterRequest& m) { return encode(m); });
+    round_trip("REGISTERED", r, decode_registered,
+               [](const RegisteredReply& m) { return encode(m); });
+    round_trip("CREDIT", r, decode_credit, encode_credit);
+    round_trip("DISPATCH", r, decode_dispatch, [](const Dispatch& m) { return encode(m); });
+    round_trip("HEARTBEAT", r, decode_worker_heartbeat,
+               [](const WorkerHeartbeat& m) { return encode(m); });
+    for (bool ok : {true, false}) {
+        round_trip(
+            ok ? "DONE" : "FAIL", r, [&](const Reader& x) { return decode_result(x, ok); },
+            [](const JobResult& m) { return encode(m); });
+        round_trip(
+            ok ? "DONE (tight limits)" : "FAIL (tight limits)", r,
+            [&](const Reader& x) { return decode_result(x, ok, tight); },
+            [](const JobResult& m) { return encode(m); });
+    }
+    round_trip("ACK", r, decode_ack, [](const Ack& m) { return encode(m); });
+    round_trip("ERROR", r, decode_error, [](const ErrorReply& m) { return encode(m); });
+    round_trip("PONG", r, decode_pong, [](const Pong& m) { return encode(m); });
+    round_trip("PROGRESS", r, decode_progress, [](const Progress& m) { return encode(m); });
+    round_trip("ABORT", r, decode_abort, [](const Abort& m) { return encode(m); });
+    round_trip("PAUSE", r, decode_queue_request, [](const QueueRequest& m) { return encode(m); });
+    round_trip("RETRY", r, decode_retry, [](const RetryRequest& m) { return encode(m); });
+    round_trip("PURGE", r, decode_purge, [](const PurgeRequest& m) { return encode(m); });
+    round_trip("RETRIED", r, decode_ids,
+               [](const std::vector<JobId>& ids) { return encode_ids(0, ids); });
+    round_trip("PURGED", r, decode_count, [](std::uint64_t n) { return encode_count(0, n); });
+    round_trip("QUEUES", r, decode_queues,
+               [](const std::vector<QueueInfo>& q) { return encode_queues(0, q); });
+    round_trip("EVENTS", r, decode_events,
+               [](const std::vector<Event>& e) { return encode_events(0, 0, e); });
+
+    // How clients read JOB and JOBS replies: the nested job object(s).
+    try {
+        decode_job_info(r.map("job"));
+    } catch (const ProtocolError&) {
+    }
+    try {
+        const auto& jobs = r.array("jobs");
+        for (std::uint32_t i = 0; i < jobs.size; ++i)
+            decode_job_info(Reader(jobs.ptr[i]));
+    } catch (const ProtocolError&) {
+    }
+}
+
+}  // namespace
+
+void run_codec(const std::uint8_t* data, std::size_t size) {
+    std::string_view bytes(reinterpret_cast<const char*>(data), size);
+    (void)peek_req(bytes);
+    // The text parsers of the vocabulary get the same bytes.
+    (void)valid_queue_name(bytes);
+    (void)parse_job_state(bytes);
+    (void)parse_error_code(bytes);
+    if (auto ms = parse_duration(bytes)) (void)format_duration(*ms);
+    try {
+        Body body(bytes);
+        run_decoders(body.reader());
+    } catch (const ProtocolError& e) {
+        if (e.code() != ErrorCode::bad_frame && e.code() != ErrorCode::bad_request)
+            fail("Body", std::string("unexpected error code: ") + e.what());
+    }
+}
+
+}  // namespace errand::fuzz

@@ -1,0 +1,399 @@
+// Writes the seed corpus of both fuzz targets with the real encoders:
+//   make_corpus OUTDIR   ->   OUTDIR/codec/<name>, OUTDIR/broker/<name>
+// fuzz/corpus/ in the repository is this program's output; rerun it after a protocol change.
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "errand/codec.hpp"
+#include "script.hpp"
+
+using namespace errand;
+namespace fs = std::filesystem;
+namespace sc = errand::fuzz::script;
+
+namespace {
+
+void write_file(const fs::path& path, const std::string& bytes) {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    if (!out) {
+        std::fprintf(stderr, "make_corpus: cannot write %s\n", path.c_str());
+        std::exit(1);
+    }
+}
+
+JobInfo sample_job() {
+    JobInfo j;
+    j.id = 7;
+    j.queue = "default";
+    j.state = JobState::succeeded;
+    j.attempts = 2;
+    j.max_attempts = 3;
+    j.exit_code = 0;
+    j.result = "ok\n";
+    j.error = "boom";
+    j.worker = "build-1";
+    j.argv = std::vector<std::string>{"make", "-j2"};
+    j.payload_size = 5;
+    j.created_at = 1'700'000'000'000;
+    j.started_at = 1'700'000'000'100;
+    j.finished_at = 1'700'000'000'900;
+    j.priority = 5;
+    j.timeout_ms = 60000;
+    j.unique = "nightly";
+    j.progress = 100;
+    j.progress_message = "done";
+    return j;
+}
+
+// One frame 2 per message type (and a few variants), as they travel on the wire.
+std::vector<std::pair<std::string, std::string>> codec_seeds() {
+    std::vector<std::pair<std::string, std::string>> out;
+    auto add = [&](std::string name, std::string body) {
+        out.emplace_back(std::move(name), std::move(body));
+    };
+    JobSpec plain;
+    plain.queue = "default";
+    plain.payload = "hi";
+    add("submit", encode(SubmitRequest{1, {plain}}));
+    JobSpec full = plain;
+    full.argv = std::vector<std::string>{"sh", "-c", "echo hi"};
+    full.max_attempts = 5;
+    full.token = "0123456789abcdef";
+    full.priority = -10;
+    full.delay_ms = 5000;
+    full.timeout_ms = 30000;
+    full.backoff_ms = 100;
+    full.backoff_cap_ms = 10000;
+    full.unique = "report-42";
+    JobSpec at = plain;
+    at.run_at = 1'700'000'100'000;
+    add("submit_full", encode(SubmitRequest{2, {full, at, plain}}));
+    add("submitted", encode(SubmitReply{1, {1, 2}, {false, true}}));
+    add("status", encode(IdRequest{3, 1}));
+    add("wait", encode(WaitRequest{4, 1, 1000}));
+    add("list", encode(ListRequest{5, "default", JobState::ready, 10}));
+    add("job", encode_job(sample_job(), 6));
+    add("jobs", encode_jobs({sample_job(), JobInfo{}}, 7));
+    RegisterRequest reg;
+    reg.req = 8;
+    reg.instance = "a1b2c3";
+    reg.name = "build-1";
+    reg.host = "host";
+    reg.pid = 1234;
+    reg.queues = {"default", "slow"};
+    reg.concurrency = 4;
+    reg.commands = true;
+    reg.held = {{1, 1}, {2, 3}};
+    reg.weights = {3, 1};
+    reg.prefetch = 2;
+    add("register", encode(reg));
+    add("registered", encode(RegisteredReply{8, 1000, 5000, {1}, {2}}));
+    add("credit", encode_credit(4));
+    add("dispatch",
+        encode(Dispatch{1, "default", 1, "hi", std::vector<std::string>{"echo", "hi"}, 1, 30000}));
+    add("heartbeat", encode(WorkerHeartbeat{3, {1, 2}}));
+    add("done", encode(JobResult{true, 1, 1, 0, "result", "", false}));
+    add("fail", encode(JobResult{false, 1, 1, 2, "partial", "exit 2\nmore", true}));
+    add("ack", encode(Ack{1, 1}));
+    add("error",
+        encode(ErrorReply{9, ErrorCode::stale, "job 1 attempt 1 is no longer current", 1, 1}));
+    add("pong", encode(Pong{10, "0.1.0", 1'700'000'000'000}));
+    add("progress", encode(Progress{1, 1, 50, "half way"}));
+    add("abort", encode(Abort{1, 1, "cancelled"}));
+    add("pause", encode(QueueRequest{11, "default"}));
+    add("retry_id", encode(RetryRequest{12, 1, false, std::nullopt}));
+    add("retry_dead", encode(RetryRequest{13, std::nullopt, true, "default"}));
+    add("purge", encode(PurgeRequest{14, JobState::dead, "default", 60000}));
+    add("retried", encode_ids(12, {1, 2, 3}));
+    add("purged", encode_count(14, 3));
+    QueueInfo qi{"default", true, {}, 1'700'000'000'000};
+    for (int s = 0; s < 7; ++s)
+        qi.counts.emplace_back(static_cast<JobState>(s), static_cast<std::uint64_t>(s));
+    add("queues", encode_queues(15, {qi}));
+    add("events",
+        encode_events(16, 1,
+                      {Event{1, std::nullopt, JobState::ready, 0, std::nullopt, "submitted"},
+                       Event{2, JobState::ready, JobState::running, 1, "build-1", "dispatched"}}));
+    add("req", encode_req(17));
+    add("empty", encode_empty());
+    return out;
+}
+
+// Writes fuzz_broker scripts byte for byte in the layout that fuzz/script.hpp describes, so
+// each reads back as the intended sequence of messages.
+class ScriptWriter {
+  public:
+    ScriptWriter() {
+        range(1, 2000, 100);     // heartbeat_ms
+        range(1, 10000, 10000);  // worker_timeout_ms
+        range(0, 5000, 10);      // retry_delay_ms
+        range(0, 60000, 1000);   // retry_cap_ms
+        range(0, 5000, 100);     // timeout_grace_ms
+        range(0, 600000, 5000);  // retention_ms
+        range(1, 4, 2);          // retention_batch
+        byte(0);                 // the broker's default limits
+    }
+
+    // A message built with the real encoders, sent as a kRaw step (body up to 255 bytes).
+    ScriptWriter& msg(std::size_t identity, std::string_view command, const std::string& body,
+                      std::uint8_t advance = 1) {
+        head(advance, identity, sc::Op::kRaw);
+        range(0, sc::kCommandNames.size() - 1, sc::command_index(command));
+        if (body.size() > sc::kMaxRawBody) {
+            std::fprintf(stderr, "make_corpus: a %.*s body is over %zu bytes\n",
+                         static_cast<int>(command.size()), command.data(), sc::kMaxRawBody);
+            std::exit(1);
+        }
+        range(0, sc::kMaxRawBody, body.size());
+        bytes_ += body;
+        return *this;
+    }
+    ScriptWriter& restart() {
+        head(1, 0, sc::Op::kRestart);
+        return *this;
+    }
+    ScriptWriter& fail_commit() {
+        head(0, 0, sc::Op::kFault);
+        byte(1);
+        return *this;
+    }
+    ScriptWriter& fail_write(std::uint8_t n) {
+        head(0, 0, sc::Op::kFault);
+        byte(0);
+        range(0, 3, n);
+        return *this;
+    }
+    ScriptWriter& envelope(std::string_view version, std::string_view command,
+                           const std::string& body, std::size_t frames) {
+        head(1, 0, sc::Op::kRawEnvelope);
+        bool ok = version == kProtocolVersion;
+        byte(ok ? 1 : 0);
+        if (!ok) str(12, version);
+        str(12, command);
+        str(32, body);
+        range(0, 4, frames);
+        return *this;
+    }
+    // Lets time pass: a PING after `seconds` seconds (at most 127).
+    ScriptWriter& wait(std::uint8_t seconds) {
+        return msg(0, cmd::kPing, encode_req(99), static_cast<std::uint8_t>(0x80 | seconds));
+    }
+    const std::string& bytes() const { return bytes_; }
+
+  private:
+    void head(std::uint8_t advance, std::size_t identity, sc::Op op) {
+        byte(advance);
+        range(0, sc::kIdentities.size() - 1, identity);
+        byte(static_cast<std::uint8_t>(op));
+    }
+    void byte(std::uint8_t b) { bytes_ += static_cast<char>(b); }
+    // Mirrors Input::range: (value - lo) in as many little-endian bytes as hi - lo needs.
+    void range(std::uint64_t lo, std::uint64_t hi, std::uint64_t value) {
+        std::uint64_t v = value - lo;
+        for (std::uint64_t s = hi - lo; s != 0; s >>= 8, v >>= 8)
+            byte(static_cast<std::uint8_t>(v & 0xff));
+    }
+    void str(std::size_t max, std::string_view s) {
+        range(0, max, s.size());
+        bytes_ += s;
+    }
+    std::string bytes_;
+};
+
+constexpr std::size_t kClient = 0, kClient2 = 1, kWorker = 2, kWorker2 = 3;
+
+JobSpec job(std::string queue, std::uint32_t max_attempts = 3) {
+    JobSpec s;
+    s.queue = std::move(queue);
+    s.payload = "x";
+    s.max_attempts = max_attempts;
+    return s;
+}
+
+std::string submit(std::uint64_t req, JobSpec spec) {
+    return encode(SubmitRequest{req, {std::move(spec)}});
+}
+
+std::string registration(std::uint64_t req, std::string instance, std::vector<std::string> queues,
+                         std::vector<HeldJob> held = {}) {
+    RegisterRequest m;
+    m.req = req;
+    m.instance = std::move(instance);
+    m.name = "w";
+    m.queues = std::move(queues);
+    m.concurrency = 2;
+    m.held = std::move(held);
+    return encode(m);
+}
+
+std::string done(JobId id, std::uint32_t attempt) {
+    return encode(JobResult{true, id, attempt, 0, "out", "", false});
+}
+std::string failed(JobId id, std::uint32_t attempt, bool permanent) {
+    return encode(JobResult{false, id, attempt, 1, std::nullopt, "exit 1", permanent});
+}
+
+// Scripts that walk the job's life: each ends in a different corner of the state machine.
+std::vector<std::pair<std::string, std::string>> broker_seeds() {
+    std::vector<std::pair<std::string, std::string>> out;
+    auto add = [&](std::string name, const ScriptWriter& w) {
+        out.emplace_back(std::move(name), w.bytes());
+    };
+    auto worker_takes_one = [](ScriptWriter& w, JobSpec spec) -> ScriptWriter& {
+        return w.msg(kClient, cmd::kSubmit, submit(1, std::move(spec)))
+            .msg(kWorker, cmd::kRegister, registration(2, "inst-0", {"q0"}))
+            .msg(kWorker, cmd::kCredit, encode_credit(1));
+    };
+
+    {
+        ScriptWriter w;
+        worker_takes_one(w, job("q0"))
+            .msg(kClient, cmd::kWait, encode(WaitRequest{3, 1, 5000}))
+            .msg(kWorker, cmd::kProgress, encode(Progress{1, 1, 50, "half"}))
+            .msg(kWorker, cmd::kDone, done(1, 1))
+            .msg(kWorker, cmd::kDone, done(1, 1))  // resent: acknowledged again
+            .msg(kClient, cmd::kStatus, encode(IdRequest{4, 1}))
+            .msg(kClient, cmd::kHistory, encode(IdRequest{5, 1}));
+        add("succeed", w);
+    }
+    {
+        ScriptWriter w;
+        worker_takes_one(w, job("q0", 2))
+            .msg(kWorker, cmd::kFail, failed(1, 1, false))
+            .wait(3)
+            .msg(kWorker, cmd::kCredit, encode_credit(1))
+            .msg(kWorker, cmd::kFail, failed(1, 2, false))
+            .msg(kClient, cmd::kRetry, encode(RetryRequest{3, 1, false, std::nullopt}))
+            .msg(kWorker, cmd::kCredit, encode_credit(1))
+            .msg(kWorker, cmd::kDone, done(1, 1));
+        add("fail_retry_dead_retry", w);
+    }
+    {
+        ScriptWriter w;
+        worker_takes_one(w, job("q0"))
+            .msg(kWorker, cmd::kFail, failed(1, 1, true))
+            .msg(kClient, cmd::kRetry, encode(RetryRequest{3, std::nullopt, true, "q0"}))
+            .msg(kClient, cmd::kPurge, encode(PurgeRequest{4, JobState::dead, std::nullopt, 0}));
+        add("fail_permanent", w);
+    }
+    {
+        ScriptWriter w;
+        worker_takes_one(w, job("q0"))
+            .msg(kClient, cmd::kCancel, encode(IdRequest{3, 1}))
+            .msg(kWorker, cmd::kDone, done(1, 1))                 // stale
+            .msg(kClient, cmd::kCancel, encode(IdRequest{4, 1}))  // invalid_state
+            .msg(kClient, cmd::kPurge,
+                 encode(PurgeRequest{5, JobState::cancelled, "q0", std::nullopt}));
+        add("cancel_running", w);
+    }
+    {
+        ScriptWriter w;
+        worker_takes_one(w, job("q0"))
+            .wait(12)  // worker silent past its expiry: lost, the job goes back to ready
+            .msg(kWorker, cmd::kRegister, registration(3, "inst-0", {"q0"}, {{1, 1}}))
+            .msg(kWorker2, cmd::kRegister, registration(4, "inst-1", {"q0"}))
+            .msg(kWorker2, cmd::kCredit, encode_credit(2))
+            .msg(kWorker2, cmd::kHeartbeat, encode(WorkerHeartbeat{1, {}}))  // dispatch lost
+            .msg(kWorker, cmd::kDone, done(1, 1));
+        add("worker_lost", w);
+    }
+    {
+        ScriptWriter w;
+        JobSpec s = job("q0");
+        s.timeout_ms = 50;
+        worker_takes_one(w, s).wait(1).msg(kWorker, cmd::kDone, done(1, 1));
+        add("timeout", w);
+    }
+    {
+        ScriptWriter w;
+        JobSpec later = job("q1");
+        later.delay_ms = 2000;
+        JobSpec at = job("q1");
+        at.run_at = 1'700'000'003'000;
+        at.priority = 3;
+        w.msg(kClient, cmd::kSubmit, encode(SubmitRequest{1, {later, at}}))
+            .msg(kClient, cmd::kWait, encode(WaitRequest{2, 1, 1000}))
+            .wait(4)
+            .msg(kWorker, cmd::kRegister, registration(3, "inst-0", {"q0", "q1"}))
+            .msg(kWorker, cmd::kCredit, encode_credit(2))
+            .msg(kWorker, cmd::kDone, done(2, 1));
+        add("scheduled", w);
+    }
+    {
+        ScriptWriter w;
+        JobSpec a = job("q2");
+        a.token = "t0";
+        JobSpec u = job("q2");
+        u.unique = "u0";
+        w.msg(kClient, cmd::kSubmit, encode(SubmitRequest{1, {a, u}}))
+            .msg(kClient2, cmd::kSubmit, encode(SubmitRequest{2, {a, u}}))
+            .msg(kClient, cmd::kPause, encode(QueueRequest{3, "q2"}))
+            .msg(kClient, cmd::kQueues, encode_req(4))
+            .msg(kWorker, cmd::kRegister, registration(5, "inst-2", {"q2"}))
+            .msg(kWorker, cmd::kCredit, encode_credit(2))
+            .msg(kClient, cmd::kResume, encode(QueueRequest{6, "q2"}))
+            .msg(kClient, cmd::kList, encode(ListRequest{7, "q2", std::nullopt, 10}));
+        add("token_unique_pause", w);
+    }
+    {
+        ScriptWriter w;
+        worker_takes_one(w, job("q0"))
+            .restart()
+            .msg(kWorker, cmd::kDone, done(1, 1))  // accepted from any connection
+            .msg(kClient, cmd::kSubmit, submit(3, job("q0")))
+            .msg(kWorker, cmd::kRegister, registration(4, "inst-0", {"q0"}))
+            .msg(kWorker, cmd::kCredit, encode_credit(1))
+            .restart()
+            .wait(11);  // the orphan is not reclaimed: worker lost
+        add("restart", w);
+    }
+    {
+        ScriptWriter w;
+        w.fail_commit()
+            .msg(kClient, cmd::kSubmit, submit(1, job("q0")))
+            .msg(kClient, cmd::kSubmit, submit(2, job("q0")))
+            .msg(kWorker, cmd::kRegister, registration(3, "inst-0", {"q0"}))
+            .fail_write(0)
+            .msg(kWorker, cmd::kCredit, encode_credit(1))
+            .msg(kWorker, cmd::kPing, encode_req(4))
+            .fail_write(1)
+            .msg(kWorker, cmd::kDone, done(1, 1))
+            .fail_commit()
+            .msg(kClient, cmd::kPause, encode(QueueRequest{5, "q0"}));
+        add("storage_faults", w);
+    }
+    {
+        ScriptWriter w;
+        w.envelope("errand/1", "PING", encode_req(1), 2)
+            .envelope("errand/2", "PING", encode_req(2), 3)
+            .envelope("errand/1", "NOPE", encode_req(3), 3)
+            .envelope("errand/1", "SUBMIT", "\x91\x01", 3)
+            .msg(kWorker, cmd::kCredit, encode_credit(1))  // not registered
+            .msg(kClient, cmd::kJob, encode_req(4));
+        add("bad_input", w);
+    }
+    return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc != 2) {
+        std::fprintf(stderr, "usage: make_corpus OUTDIR\n");
+        return 2;
+    }
+    fs::path root(argv[1]);
+    for (const auto& [dir, seeds] :
+         {std::pair{"codec", codec_seeds()}, std::pair{"broker", broker_seeds()}}) {
+        fs::create_directories(root / dir);
+        for (const auto& [name, bytes] : seeds)
+            write_file(root / dir / name, bytes);
+        std::printf("%s: %zu seeds\n", dir, seeds.size());
+    }
+    return 0;
+}

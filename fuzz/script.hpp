@@ -1,0 +1,74 @@
+// The vocabulary of fuzz_broker's input scripts, shared by the target (broker_entry.cpp) and the
+// seed generator (make_corpus.cpp). Changing a value here changes what every saved input means:
+// regenerate the seed corpus and re-check fuzz/regressions/ after doing so.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "errand/protocol.hpp"
+
+namespace errand::fuzz::script {
+
+// The op byte of a step, modulo Op::kOps.
+enum class Op : std::uint8_t {
+    kSubmit = 0,
+    kStatus,
+    kWait,
+    kList,
+    kPing,
+    kCancel,
+    kRetry,
+    kPause,
+    kResume,
+    kPurge,
+    kQueues,
+    kHistory,
+    kRegister,
+    kCredit,
+    kHeartbeat,
+    kDone,
+    kFail,
+    kProgress,
+    kRaw,          // command name from kCommandNames, body: up to kMaxRawBody raw bytes
+    kRawEnvelope,  // any version, command, body and frame count
+    kRestart,      // a new Broker over the same database (state rebuilt from the store)
+    kFault,        // the next step's n-th store write, or its commit, fails
+    kSubmit2,      // SUBMIT again: the most useful command gets more of the op space
+    kSubmit3,
+    kOps
+};
+
+inline constexpr std::size_t kMaxSteps = 48;
+inline constexpr std::size_t kMaxRawBody = 255;
+
+inline constexpr std::array<std::string_view, 4> kIdentities = {"client-a", "client-b", "worker-a",
+                                                                "worker-b"};
+inline constexpr std::array<std::string_view, 3> kInstances = {"inst-0", "inst-1", "inst-2"};
+inline constexpr std::array<std::string_view, 3> kQueues = {"q0", "q1", "q2"};
+
+// Every name the broker might see in frame 1, including its own replies and near misses.
+inline constexpr std::array<std::string_view, 30> kCommandNames = {
+    cmd::kSubmit,    cmd::kStatus,  cmd::kWait,      cmd::kList,  cmd::kPing,       cmd::kCancel,
+    cmd::kRetry,     cmd::kPause,   cmd::kResume,    cmd::kPurge, cmd::kQueues,     cmd::kHistory,
+    cmd::kRegister,  cmd::kCredit,  cmd::kHeartbeat, cmd::kDone,  cmd::kFail,       cmd::kProgress,
+    cmd::kSubmitted, cmd::kJob,     cmd::kJobs,      cmd::kPong,  cmd::kRegistered, cmd::kDispatch,
+    cmd::kAbort,     cmd::kRetried, cmd::kAck,       cmd::kError, "submit",         ""};
+
+constexpr std::size_t command_index(std::string_view name) {
+    for (std::size_t i = 0; i < kCommandNames.size(); ++i)
+        if (kCommandNames[i] == name) return i;
+    return kCommandNames.size();
+}
+
+// The script starts with the broker's configuration, read in this order with Input::range:
+//   heartbeat_ms [1, 2000], worker_timeout_ms [1, 10000], retry_delay_ms [0, 5000],
+//   retry_cap_ms [0, 60000], timeout_grace_ms [0, 5000], retention_ms [0, 600000],
+//   retention_batch [1, 4], then a byte of tight limits: bit 0 max_payload and max_result 16
+//   bytes, bit 1 max_waits 1, bit 2 max_batch 2 (else the broker's defaults).
+// Each step then reads: advance (1 byte: < 0x80 that many ms, else (b & 0x7f) seconds),
+// identity (Input::pick over kIdentities), op (1 byte, modulo kOps), and the op's own fields.
+
+}  // namespace errand::fuzz::script
