@@ -13,8 +13,8 @@
 //
 // Oracles: every message the broker sends must be a well-formed body its peer can decode; the
 // broker never answers `internal` (a bug by definition); a new job never gets an id handed out
-// before; and at the end the per-queue counts that QUEUES reports from memory must equal what
-// the database holds.
+// before; no (id, attempt) fencing token is dispatched twice; and at the end the per-queue counts
+// that QUEUES reports from memory must equal what the database holds.
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -64,8 +64,8 @@ constexpr std::array<JobState, 3> kTerminal = {JobState::succeeded, JobState::de
     std::abort();
 }
 
-// ERRAND_FUZZ_SKIP=name,name turns off oracles by name (id-reuse, internal, counts) so a run can
-// go on past a known bug that awaits its fix.
+// ERRAND_FUZZ_SKIP=name,name turns off oracles by name (id-reuse, fence, internal, counts) so a run
+// can go on past a known bug that awaits its fix.
 bool skipped(std::string_view oracle) {
     static const std::string skip = [] {
         const char* s = std::getenv("ERRAND_FUZZ_SKIP");
@@ -486,6 +486,13 @@ class Script {
                 decode_registered(r);
             } else if (c == cmd::kDispatch) {
                 auto d = decode_dispatch(r);
+                // (id, attempt) is the fencing token: handing the same one out twice lets a
+                // stale result pass for the current attempt's.
+                for (const auto& h : all_handed_)
+                    if (h.first == d.id && h.second == d.attempt && !skipped("fence"))
+                        fail(c, fmt::format("job {} attempt {} was dispatched a second time", d.id,
+                                            d.attempt));
+                all_handed_.emplace_back(d.id, d.attempt);
                 if (handed_.size() < 64) handed_.push_back({d.id, d.attempt, d.seq});
             } else if (c == cmd::kAbort) {
                 decode_abort(r);
@@ -573,6 +580,7 @@ class Script {
     std::uint64_t next_req_ = 1;
     std::vector<JobId> ids_;
     std::vector<Handed> handed_;
+    std::vector<std::pair<JobId, std::uint32_t>> all_handed_;  // every (id, attempt) dispatched
 };
 
 }  // namespace

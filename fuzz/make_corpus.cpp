@@ -269,8 +269,7 @@ std::vector<std::pair<std::string, std::string>> broker_seeds() {
             .msg(kWorker, cmd::kCredit, encode_credit(1))
             .msg(kWorker, cmd::kFail, failed(1, 2, false))
             .msg(kClient, cmd::kRetry, encode(RetryRequest{3, 1, false, std::nullopt}))
-            .msg(kWorker, cmd::kCredit, encode_credit(1))
-            .msg(kWorker, cmd::kDone, done(1, 1));
+            .msg(kClient, cmd::kHistory, encode(IdRequest{4, 1}));
         add("fail_retry_dead_retry", w);
     }
     {
