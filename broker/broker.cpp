@@ -5,8 +5,11 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
+#include <deque>
 #include <queue>
 #include <random>
+#include <set>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -34,7 +37,9 @@ struct Live {
     std::optional<Millis> timeout_ms;
     std::optional<Millis> backoff_ms;
     std::optional<Millis> backoff_cap_ms;
-    std::string unique;  // empty: none
+    std::string unique;      // empty: none
+    Millis ready_since = 0;  // for the queue-wait metric
+    Millis started_at = 0;   // for the run-time metric
 
     static Live from(const LiveJob& j) {
         return Live{j.queue,
@@ -50,7 +55,9 @@ struct Live {
                     j.timeout_ms,
                     j.backoff_ms,
                     j.backoff_cap_ms,
-                    j.unique.value_or("")};
+                    j.unique.value_or(""),
+                    j.run_at.value_or(j.created_at),
+                    j.started_at.value_or(0)};
     }
 };
 
@@ -105,6 +112,20 @@ struct Outgoing {
     std::optional<std::uint64_t> req;
 };
 
+// A state change of the current pass: published (PUB, recent ring, metrics) only once the
+// pass's commit has succeeded.
+struct PendingEvent {
+    EventView event;
+    std::optional<Millis> waited_ms;
+    std::optional<Millis> ran_ms;
+};
+
+// Identities of messages that came in on the admin (inproc) socket. ROUTER-generated identities
+// are 5 bytes starting with 0 and peers cannot choose one that starts with 0, so no peer of the
+// main socket can have this prefix.
+const std::string kAdminPrefix("\0admin/", 7);
+constexpr std::size_t kRecentEvents = 500;
+
 std::string random_hex(std::size_t bytes) {
     std::random_device rd;
     std::string out;
@@ -135,7 +156,18 @@ struct Broker::State {
     zmq::context_t ctx{1};
     std::unique_ptr<ZapHandler> zap;  // started before sock binds, so no handshake escapes it
     zmq::socket_t sock{ctx, zmq::socket_type::router};
+    zmq::socket_t admin{ctx, zmq::socket_type::router};  // bound only with cfg.admin_endpoint
+    zmq::socket_t pub{ctx, zmq::socket_type::pub};       // bound only with cfg.events_endpoint
     std::string instance = random_hex(8);
+
+    // Observability: metrics from committed events, the recent-events ring, snapshots.
+    Metrics metrics;
+    std::vector<PendingEvent> pending;
+    std::deque<EventView> recent;
+    std::uint64_t event_seq = 0;
+    Millis started_at = 0;
+    Millis next_snapshot = 0;
+    bool snapshot_dirty = true;
 
     std::unordered_map<JobId, Live> live;
     ReadyIndex ready;
@@ -164,7 +196,7 @@ struct Broker::State {
     bool dispatch_dirty = true;
     Millis next_heartbeat = 0;
 
-    static const Command kCommands[18];
+    static const Command kCommands[21];
 
     State(BrokerConfig c, std::unique_ptr<Store> s, const Clock& clk)
         : cfg(std::move(c)), store(std::move(s)), clock(clk) {}
@@ -269,6 +301,9 @@ struct Broker::State {
         store->apply(t);
         spdlog::debug("job {} queue={} attempt={}: {} -> {} ({})", id, l.queue, *t.attempts,
                       to_string(l.state), to_string(to), t.reason);
+        note_event(id, l, t);
+        if (to == JobState::ready) l.ready_since = now;
+        if (to == JobState::running) l.started_at = now;
         auto& c = counts[l.queue];
         if (c[index_of(l.state)] > 0) --c[index_of(l.state)];
         ++c[index_of(to)];
@@ -296,6 +331,88 @@ struct Broker::State {
                 live.erase(id);  // `l` dangles from here on
                 break;
         }
+    }
+
+    void note_event(JobId id, const Live& l, const Transition& t) {
+        PendingEvent p;
+        p.event = EventView{0,    id,       l.queue, t.from, t.to, t.attempts.value_or(l.attempts),
+                            t.at, t.worker, t.reason};
+        if (t.from == JobState::ready && t.to == JobState::running)
+            p.waited_ms = std::max<Millis>(0, now - l.ready_since);
+        if (t.from == JobState::running && l.started_at > 0)
+            p.ran_ms = std::max<Millis>(0, now - l.started_at);
+        pending.push_back(std::move(p));
+    }
+
+    // After a successful commit: metrics, the recent ring and the PUB socket see the pass.
+    void publish_committed() {
+        for (auto& p : pending) {
+            p.event.seq = ++event_seq;
+            metrics.on_event(MetricEvent{p.event.queue, p.event.from, p.event.to, p.event.at,
+                                         p.waited_ms, p.ran_ms});
+            if (!cfg.events_endpoint.empty() && !captured) {
+                auto body = encode_event(p.event);
+                zmq::message_t topic(p.event.queue.data(), p.event.queue.size());
+                zmq::message_t msg(body.data(), body.size());
+                (void)pub.send(topic, zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+                (void)pub.send(msg, zmq::send_flags::dontwait);
+            }
+            recent.push_back(std::move(p.event));
+            if (recent.size() > kRecentEvents) recent.pop_front();
+        }
+        if (!pending.empty()) snapshot_dirty = true;
+        pending.clear();
+    }
+
+    static std::string encode_event(const EventView& e) {
+        JobEvent j{e.seq, e.id, e.queue, e.from, e.to, e.attempt, e.at, e.worker, e.reason};
+        return encode(j);
+    }
+
+    // The live picture for the HTTP side; cheap (no store access), a few times a second.
+    void publish_snapshot() {
+        if (!cfg.snapshots || captured) return;
+        auto snap = std::make_shared<Snapshot>();
+        snap->at = now;
+        snap->started_at = started_at;
+        for (const auto& [q, c] : counts) {
+            QueueView v;
+            v.name = q;
+            v.paused = paused.count(q) > 0;
+            v.counts = c;
+            for (JobId id : ready.heads(q))
+                if (auto l = live.find(id); l != live.end())
+                    if (!v.oldest_ready_at || l->second.created_at < *v.oldest_ready_at)
+                        v.oldest_ready_at = l->second.created_at;
+            if (auto m = metrics.queues.find(q); m != metrics.queues.end()) {
+                v.finished_per_second = m->second.finished.per_second(now);
+                v.submitted_per_second = m->second.submitted_rate.per_second(now);
+            }
+            snap->queues.push_back(std::move(v));
+        }
+        for (const auto& q : paused)
+            if (!counts.count(q)) snap->queues.push_back(QueueView{q, true, {}, {}, 0, 0});
+        std::sort(snap->queues.begin(), snap->queues.end(),
+                  [](const auto& a, const auto& b) { return a.name < b.name; });
+        for (const auto& [inst, w] : workers) {
+            WorkerView v{inst,          w.name,     w.host,   w.pid,       w.queues,
+                         w.concurrency, w.prefetch, w.credit, w.last_seen, {}};
+            for (const auto& [id, seq] : w.jobs)
+                if (auto l = live.find(id); l != live.end())
+                    v.jobs.push_back(
+                        {id, l->second.queue, l->second.attempts, l->second.started_at});
+            std::sort(v.jobs.begin(), v.jobs.end(),
+                      [](const auto& a, const auto& b) { return a.id < b.id; });
+            snap->workers.push_back(std::move(v));
+        }
+        std::sort(snap->workers.begin(), snap->workers.end(),
+                  [](const auto& a, const auto& b) { return a.name < b.name; });
+        snap->metrics = metrics;
+        auto from = recent.size() > 200 ? recent.end() - 200 : recent.begin();
+        snap->recent.assign(from, recent.end());
+        cfg.snapshots->publish(std::move(snap));
+        snapshot_dirty = false;
+        next_snapshot = now + cfg.snapshot_interval_ms;
     }
 
     // Retry delay after the n-th failed attempt: d/2 + random(0, d/2), d = min(cap, base·2^(n-1)).
@@ -448,6 +565,11 @@ struct Broker::State {
             }
             if (job.unique) unique_live[*job.unique] = job.id;
             ++counts[job.queue][index_of(job.state)];
+            l.ready_since = now;
+            pending.push_back(
+                {EventView{0, job.id, job.queue, std::nullopt, job.state, 0, now, std::nullopt,
+                           job.state == JobState::scheduled ? "scheduled" : "submitted"},
+                 std::nullopt, std::nullopt});
             live.emplace(job.id, std::move(l));
             rep.ids.push_back(job.id);
             rep.duplicate.push_back(false);
@@ -632,6 +754,81 @@ struct Broker::State {
         if (events.empty() && !store->get_job(m.id))
             throw ProtocolError(ErrorCode::not_found, fmt::format("no job {}", m.id));
         reply(identity, cmd::kEvents, encode_events(m.req, m.id, events), m.req, OnFail::send);
+    }
+
+    // ---- handlers: observability (answered from memory; they never touch the store) -------
+
+    void on_stats(const std::string& identity, const Reader& r) {
+        auto req = r.u64("req");
+        StatsReply rep;
+        rep.req = req;
+        rep.time = now;
+        rep.started_at = started_at;
+        rep.workers = workers.size();
+        for (const auto& [inst, w] : workers)
+            rep.running += w.jobs.size();
+        rep.commits = metrics.commit_seconds.count;
+        rep.commit_failures = metrics.commit_failures;
+        rep.commit_seconds_sum = metrics.commit_seconds.sum;
+        rep.commit_jobs_sum = static_cast<std::uint64_t>(metrics.commit_jobs.sum);
+        if (!cfg.events_endpoint.empty())
+            rep.events_endpoint = pub.get(zmq::sockopt::last_endpoint);
+        std::set<std::string> names(paused.begin(), paused.end());
+        for (const auto& [q, c] : counts)
+            names.insert(q);
+        for (const auto& q : names) {
+            QueueStats qs;
+            qs.name = q;
+            qs.paused = paused.count(q) > 0;
+            auto c = counts.find(q);
+            for (std::size_t i = 0; i < kStates; ++i)
+                qs.counts.emplace_back(static_cast<JobState>(i),
+                                       c == counts.end() ? 0 : c->second[i]);
+            if (auto m = metrics.queues.find(q); m != metrics.queues.end()) {
+                qs.submitted = m->second.submitted;
+                qs.succeeded = m->second.succeeded;
+                qs.failed = m->second.failed;
+                qs.dead = m->second.dead;
+                qs.cancelled = m->second.cancelled;
+                qs.finished_per_second = m->second.finished.per_second(now);
+                qs.submitted_per_second = m->second.submitted_rate.per_second(now);
+            }
+            rep.queues.push_back(std::move(qs));
+        }
+        reply(identity, cmd::kStats, encode(rep), req, OnFail::send);
+    }
+
+    void on_workers(const std::string& identity, const Reader& r) {
+        auto req = r.u64("req");
+        std::vector<WorkerInfo> out;
+        for (const auto& [inst, w] : workers) {
+            WorkerInfo x{w.name,        inst,       w.host,   w.pid,       w.queues,
+                         w.concurrency, w.prefetch, w.credit, w.last_seen, {}};
+            for (const auto& [id, seq] : w.jobs)
+                if (auto l = live.find(id); l != live.end())
+                    x.jobs.push_back(
+                        {id, l->second.queue, l->second.attempts, l->second.started_at});
+            std::sort(x.jobs.begin(), x.jobs.end(),
+                      [](const auto& a, const auto& b) { return a.id < b.id; });
+            out.push_back(std::move(x));
+        }
+        std::sort(out.begin(), out.end(),
+                  [](const auto& a, const auto& b) { return a.name < b.name; });
+        reply(identity, cmd::kWorkers, encode_workers(req, out), req, OnFail::send);
+    }
+
+    // The latest committed events (this broker run only), oldest first.
+    void on_feed(const std::string& identity, const Reader& r) {
+        auto m = decode_feed(r);
+        std::vector<JobEvent> out;
+        for (auto it = recent.rbegin(); it != recent.rend() && out.size() < m.limit; ++it) {
+            if (it->seq <= m.after) break;
+            if (m.queue && it->queue != *m.queue) continue;
+            out.push_back({it->seq, it->id, it->queue, it->from, it->to, it->attempt, it->at,
+                           it->worker, it->reason});
+        }
+        std::reverse(out.begin(), out.end());
+        reply(identity, cmd::kFeed, encode_feed(m.req, out), m.req, OnFail::send);
     }
 
     // ---- handlers: workers ----------------------------------------------------------------
@@ -935,6 +1132,7 @@ struct Broker::State {
 
     Millis next_deadline() const {
         Millis next = std::min({next_heartbeat, now + 1000, next_retention});
+        if (cfg.snapshots && snapshot_dirty) next = std::min(next, next_snapshot);
         if (!timers.empty()) next = std::min(next, timers.top().at);
         if (!leases.empty()) next = std::min(next, leases.top().at);
         if (!wait_deadlines.empty()) next = std::min(next, wait_deadlines.top().at);
@@ -1014,15 +1212,25 @@ struct Broker::State {
         if (in_txn) {
             if (!txn_failed) {
                 try {
+                    auto t0 = std::chrono::steady_clock::now();
                     store->commit();
+                    metrics.on_commit(
+                        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+                            .count(),
+                        pending.size());
+                    publish_committed();
                 } catch (const StoreError& e) {
                     txn_failed = true;
                     txn_error = e.what();
                 }
             }
-            if (txn_failed) store->rollback();
+            if (txn_failed) {
+                store->rollback();
+                ++metrics.commit_failures;
+            }
             in_txn = false;
         }
+        pending.clear();  // a failed pass's changes never happened
         if (txn_failed) {
             spdlog::error("commit failed, nothing of this pass was applied: {}", txn_error);
             for (auto& o : outbox) {
@@ -1068,15 +1276,29 @@ struct Broker::State {
                 Envelope{identity, std::string(kProtocolVersion), std::string(command), body, 3});
             return;
         }
+        if (identity.size() > kAdminPrefix.size() && identity.starts_with(kAdminPrefix)) {
+            send_message(admin, std::string_view(identity).substr(kAdminPrefix.size()), command,
+                         body);
+            return;
+        }
         send_message(sock, identity, command, body);
     }
 
-    void pass(bool readable) {
+    void pass(bool readable, bool admin_readable = false) {
         now = clock.now_ms();
         if (readable) {
             for (std::size_t i = 0; i < cfg.max_messages_per_pass; ++i) {
                 auto env = recv_message(sock, true);
                 if (!env) break;
+                handle(*env);
+            }
+        }
+        if (admin_readable) {
+            for (std::size_t i = 0; i < cfg.max_messages_per_pass; ++i) {
+                auto env = recv_message(admin, true);
+                if (!env) break;
+                env->identity = kAdminPrefix + env->identity;
+                env->user_id.clear();  // in-process: the HTTP side, trusted like the operator
                 handle(*env);
             }
         }
@@ -1088,13 +1310,15 @@ struct Broker::State {
             txn_error = e.what();
         }
         flush();
+        if (cfg.snapshots && (now >= next_snapshot || (snapshot_dirty && next_snapshot == 0)))
+            publish_snapshot();
     }
 };
 
 // The command table: every command the broker accepts and its handler. Generic checks (frames,
 // version, decoding, error replies) happen once in handle(), before any handler runs.
 // clang-format off
-const Broker::State::Command Broker::State::kCommands[18] = {
+const Broker::State::Command Broker::State::kCommands[21] = {
     {cmd::kSubmit,    &State::on_submit},
     {cmd::kStatus,    &State::on_status},
     {cmd::kWait,      &State::on_wait},
@@ -1102,6 +1326,9 @@ const Broker::State::Command Broker::State::kCommands[18] = {
     {cmd::kPing,      &State::on_ping},
     {cmd::kQueues,    &State::on_queues},
     {cmd::kHistory,   &State::on_history},
+    {cmd::kStats,     &State::on_stats},
+    {cmd::kWorkers,   &State::on_workers},
+    {cmd::kFeed,      &State::on_feed},
     {cmd::kCancel,    &State::on_cancel,    Access::clients},
     {cmd::kRetry,     &State::on_retry,     Access::clients},
     {cmd::kPause,     &State::on_pause,     Access::clients},
@@ -1134,6 +1361,23 @@ Broker::Broker(BrokerConfig config, std::unique_ptr<Store> store, const Clock& c
         sock.set(zmq::sockopt::curve_secretkey, *s_->cfg.curve_secret_key);
     }
     if (!s_->cfg.listen.empty()) sock.bind(s_->cfg.listen);
+    s_->started_at = s_->now;
+    if (!s_->cfg.admin_endpoint.empty()) {
+        s_->admin.set(zmq::sockopt::linger, 0);
+        s_->admin.bind(s_->cfg.admin_endpoint);
+    }
+    if (!s_->cfg.events_endpoint.empty()) {
+        // Same CURVE server key as the main socket: a subscriber needs an authorized key too.
+        auto& pub = s_->pub;
+        pub.set(zmq::sockopt::linger, 0);
+        pub.set(zmq::sockopt::sndhwm, 100000);
+        if (s_->cfg.curve_secret_key) {
+            pub.set(zmq::sockopt::zap_domain, "errand");
+            pub.set(zmq::sockopt::curve_server, true);
+            pub.set(zmq::sockopt::curve_secretkey, *s_->cfg.curve_secret_key);
+        }
+        pub.bind(s_->cfg.events_endpoint);
+    }
     spdlog::info("recovered {} unfinished jobs ({} ready, {} running awaiting their workers)",
                  s_->live.size(), s_->ready.size(), s_->orphans.size());
 }
@@ -1161,18 +1405,29 @@ std::string Broker::endpoint() const {
     return s_->sock.get(zmq::sockopt::last_endpoint);
 }
 
+std::string Broker::events_endpoint() const {
+    if (s_->cfg.events_endpoint.empty()) return "";
+    return s_->pub.get(zmq::sockopt::last_endpoint);
+}
+
+zmq::context_t& Broker::context() {
+    return s_->ctx;
+}
+
 void Broker::run() {
-    zmq::pollitem_t item{s_->sock.handle(), 0, ZMQ_POLLIN, 0};
+    zmq::pollitem_t items[2] = {{s_->sock.handle(), 0, ZMQ_POLLIN, 0},
+                                {s_->admin.handle(), 0, ZMQ_POLLIN, 0}};
+    std::size_t n_items = s_->cfg.admin_endpoint.empty() ? 1 : 2;
     while (!stopping_.load(std::memory_order_relaxed)) {
         s_->now = s_->clock.now_ms();
         Millis wait = std::clamp<Millis>(s_->next_deadline() - s_->now, 0, 1000);
-        bool readable = false;
+        items[0].revents = items[1].revents = 0;
         try {
-            readable = zmq::poll(&item, 1, std::chrono::milliseconds(wait)) > 0;
+            zmq::poll(items, n_items, std::chrono::milliseconds(wait));
         } catch (const zmq::error_t& e) {
             if (e.num() != EINTR) throw;
         }
-        s_->pass(readable);
+        s_->pass((items[0].revents & ZMQ_POLLIN) != 0, (items[1].revents & ZMQ_POLLIN) != 0);
     }
     spdlog::info("broker stopping");
 }

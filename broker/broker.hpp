@@ -12,6 +12,7 @@
 #include "auth.hpp"
 #include "errand/clock.hpp"
 #include "errand/transport.hpp"
+#include "snapshot.hpp"
 #include "store.hpp"
 
 namespace errand::broker {
@@ -34,6 +35,15 @@ struct BrokerConfig {
     // CURVE: the broker's secret key (Z85) and who may connect. Without them, plain TCP.
     std::optional<std::string> curve_secret_key;
     std::shared_ptr<const AuthorizedKeys> authorized_keys;
+    // Observability (docs/OPERATIONS.md). With `snapshots` set, the loop publishes its live
+    // picture (queues, workers, metrics, recent events) there every `snapshot_interval_ms`.
+    std::shared_ptr<SnapshotHub> snapshots;
+    Millis snapshot_interval_ms = 250;
+    // An inproc:// endpoint in the broker's context that the loop serves like `listen` (the HTTP
+    // API's retry/cancel go through it); empty: none.
+    std::string admin_endpoint;
+    // A PUB endpoint streaming committed job events (topic = queue name); empty: none.
+    std::string events_endpoint;
 };
 
 class Broker {
@@ -51,6 +61,10 @@ class Broker {
 
     // The bound endpoint (useful with tcp://127.0.0.1:0).
     std::string endpoint() const;
+    // The bound events endpoint ("" without BrokerConfig::events_endpoint).
+    std::string events_endpoint() const;
+    // The ZeroMQ context of the broker's sockets (inproc:// peers must share it).
+    zmq::context_t& context();
 
     // The seam for fuzzing and fault-injection tests: one pass of the loop over `message` at
     // time `now` (handle, tick, dispatch, commit), returning what it would have sent instead of

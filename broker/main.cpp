@@ -11,6 +11,7 @@
 #include "broker.hpp"
 #include "errand/curve.hpp"
 #include "errand/duration.hpp"
+#include "http_server.hpp"
 #include "store_sqlite.hpp"
 
 namespace {
@@ -52,6 +53,7 @@ int main(int argc, char** argv) {
     std::string synchronous = "full";
     std::string log_level = "info";
     std::string curve_secret_file, authorized_dir;
+    std::string http;  // HOST:PORT of the HTTP side (metrics, API, dashboard); empty: off
     app.add_option("--listen", cfg.listen, "ZeroMQ endpoint to bind")->capture_default_str();
     app.add_option("--db", db, "SQLite database file")->capture_default_str();
     app.add_option("--heartbeat", heartbeat, "heartbeat interval")
@@ -107,6 +109,25 @@ int main(int argc, char** argv) {
                          ->check(CLI::ExistingDirectory);
     curve_opt->needs(keys_opt);
     keys_opt->needs(curve_opt);
+    app.add_option("--http", http,
+                   "serve /metrics, /healthz, the JSON API and the dashboard on HOST:PORT "
+                   "(port 0: any free port); no authentication, keep it on loopback")
+        ->check(CLI::Validator(
+            [](std::string& s) -> std::string {
+                auto colon = s.rfind(':');
+                if (colon == std::string::npos || colon == 0 || colon + 1 == s.size())
+                    return "expected HOST:PORT, e.g. 127.0.0.1:7780";
+                try {
+                    int p = std::stoi(s.substr(colon + 1));
+                    if (p < 0 || p > 65535) return "port out of range: " + s;
+                } catch (const std::exception&) {
+                    return "not a port: " + s;
+                }
+                return "";
+            },
+            "HOST:PORT"));
+    app.add_option("--events", cfg.events_endpoint,
+                   "ZeroMQ PUB endpoint streaming job state changes (errand events --follow)");
     app.add_option("--log-level", log_level, "trace, debug, info, warn or error")
         ->capture_default_str()
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
@@ -160,6 +181,18 @@ int main(int argc, char** argv) {
         return kExitDatabase;
     }
 
+    std::string http_host;
+    int http_port = 0;
+    if (!http.empty()) {
+        auto colon = http.rfind(':');
+        http_host = http.substr(0, colon);
+        if (http_host.size() > 2 && http_host.front() == '[' && http_host.back() == ']')
+            http_host = http_host.substr(1, http_host.size() - 2);
+        http_port = std::stoi(http.substr(colon + 1));
+        cfg.snapshots = std::make_shared<errand::broker::SnapshotHub>();
+        cfg.admin_endpoint = "inproc://errand-admin";
+    }
+
     errand::SystemClock clock;
     std::unique_ptr<errand::broker::Broker> broker;
     try {
@@ -171,6 +204,30 @@ int main(int argc, char** argv) {
         spdlog::critical("cannot start: {}", e.what());
         return kExitDatabase;
     }
+    std::unique_ptr<errand::broker::HttpServer> http_server;
+    if (!http.empty()) {
+        try {
+            errand::broker::HttpOptions o;
+            o.host = http_host;
+            o.port = http_port;
+            o.snapshots = cfg.snapshots;
+            o.queries = std::make_unique<errand::broker::SqliteQueryStore>(db);
+            o.context = &broker->context();
+            o.admin_endpoint = cfg.admin_endpoint;
+            http_server = std::make_unique<errand::broker::HttpServer>(std::move(o));
+        } catch (const std::exception& e) {
+            spdlog::critical("{}", e.what());
+            return kExitListen;
+        }
+        spdlog::info("http listening on {}:{}", http_host, http_server->port());
+        if (!errand::broker::is_loopback_host(http_host))
+            spdlog::warn(
+                "HTTP on {} is not loopback: /api can retry and cancel jobs and has no "
+                "authentication; put it behind a proxy that has (docs/OPERATIONS.md)",
+                http);
+    }
+    if (!cfg.events_endpoint.empty())
+        spdlog::info("events published on {}", broker->events_endpoint());
     g_broker = broker.get();
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
@@ -179,5 +236,6 @@ int main(int argc, char** argv) {
                  synchronous);
     broker->run();
     g_broker = nullptr;
+    http_server.reset();  // before the broker: it uses the broker's context
     return 0;
 }

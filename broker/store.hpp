@@ -141,4 +141,27 @@ class Store {
     virtual void reclaim_space(int pages) = 0;
 };
 
+// ---- Reads for the HTTP API (CQRS) --------------------------------------------------------
+
+// One page of jobs, newest first: ids below `before` (the cursor of the previous page).
+struct JobPage {
+    std::optional<std::string> queue;
+    std::optional<JobState> state;
+    std::size_t limit = 50;
+    std::optional<JobId> before;
+};
+
+// Read-only queries on a connection of their own, used by the HTTP thread so that browsing jobs
+// and histories never runs on (or waits for) the broker loop. It sees committed data only; not
+// thread-safe (the caller serialises).
+class QueryStore {
+  public:
+    virtual ~QueryStore() = default;
+    virtual std::optional<JobInfo> get_job(JobId id) = 0;
+    virtual std::vector<Event> events(JobId id) = 0;
+    virtual std::vector<JobInfo> jobs(const JobPage& page) = 0;
+    // Bytes of the database (pages in use and free) plus its WAL, when known.
+    virtual std::optional<std::uint64_t> size_bytes() = 0;
+};
+
 }  // namespace errand::broker

@@ -16,6 +16,7 @@
 #include <msgpack.hpp>
 
 #include <algorithm>
+#include <filesystem>
 #include <mutex>
 
 namespace errand::broker {
@@ -763,6 +764,101 @@ JobId SqliteStore::max_job_id() {
     auto id = static_cast<JobId>(s.i64(0));
     s.reset();
     return id;
+}
+
+// ---- SqliteQueryStore ----------------------------------------------------------------------
+
+struct SqliteQueryStore::Statements {
+    explicit Statements(sqlite3* db)
+        : get(db, fmt::format("SELECT {} FROM jobs WHERE id = ?1", kJobColumns).c_str()),
+          events(db,
+                 "SELECT at, from_state, to_state, attempt, worker, reason FROM events "
+                 "WHERE job_id = ?1 ORDER BY id"),
+          page(db, fmt::format("SELECT {} FROM jobs WHERE (?1 IS NULL OR queue = ?1) AND "
+                               "(?2 IS NULL OR state = ?2) AND (?3 IS NULL OR id < ?3) "
+                               "ORDER BY id DESC LIMIT ?4",
+                               kJobColumns)
+                       .c_str()),
+          pages(db, "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()") {}
+    Stmt get, events, page, pages;
+};
+
+SqliteQueryStore::SqliteQueryStore(const std::string& path) : path_(path) {
+    int rc =
+        sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr);
+    if (rc != SQLITE_OK) {
+        std::string msg = db_ ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
+        sqlite3_close(db_);
+        db_ = nullptr;
+        throw StoreError(fmt::format("cannot open database {} for reading: {}", path, msg), true);
+    }
+    sqlite3_extended_result_codes(db_, 1);
+    sqlite3_busy_timeout(db_, 2000);
+    try {
+        st_ = std::make_unique<Statements>(db_);
+    } catch (...) {
+        sqlite3_close(db_);
+        throw;
+    }
+}
+
+SqliteQueryStore::~SqliteQueryStore() {
+    st_.reset();
+    sqlite3_close(db_);
+}
+
+std::optional<JobInfo> SqliteQueryStore::get_job(JobId id) {
+    auto& s = st_->get.reset();
+    s.bind(1, static_cast<std::int64_t>(id));
+    std::optional<JobInfo> job;
+    if (s.step()) job = read_job(s);
+    s.reset();
+    return job;
+}
+
+std::vector<Event> SqliteQueryStore::events(JobId id) {
+    auto& s = st_->events.reset();
+    s.bind(1, static_cast<std::int64_t>(id));
+    std::vector<Event> out;
+    while (s.step()) {
+        Event e;
+        e.at = s.i64(0);
+        if (auto f = s.opt_text(1)) e.from = parse_job_state(*f);
+        e.to = parse_job_state(s.text(2)).value_or(JobState::ready);
+        e.attempt = static_cast<std::uint32_t>(s.i64(3));
+        e.worker = s.opt_text(4);
+        e.reason = s.text(5);
+        out.push_back(std::move(e));
+    }
+    s.reset();
+    return out;
+}
+
+std::vector<JobInfo> SqliteQueryStore::jobs(const JobPage& page) {
+    auto& s = st_->page.reset();
+    s.bind_opt(1, page.queue);
+    if (page.state)
+        s.bind(2, to_string(*page.state));
+    else
+        s.bind_null(2);
+    s.bind_opt(3, page.before);
+    s.bind(4, static_cast<std::int64_t>(page.limit));
+    std::vector<JobInfo> out;
+    while (s.step())
+        out.push_back(read_job(s));
+    s.reset();
+    return out;
+}
+
+std::optional<std::uint64_t> SqliteQueryStore::size_bytes() {
+    auto& s = st_->pages.reset();
+    std::uint64_t bytes = 0;
+    if (s.step()) bytes = static_cast<std::uint64_t>(s.i64(0));
+    s.reset();
+    std::error_code ec;
+    auto wal = std::filesystem::file_size(path_ + "-wal", ec);
+    if (!ec) bytes += wal;
+    return bytes;
 }
 
 }  // namespace errand::broker

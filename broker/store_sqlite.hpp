@@ -79,4 +79,25 @@ class SqliteStore final : public Store {
     bool ckpt_stop_ = false;
 };
 
+// QueryStore over a read-only connection (SQLITE_OPEN_READONLY) to the broker's WAL database:
+// readers see the latest committed snapshot and never block the broker's writes.
+class SqliteQueryStore final : public QueryStore {
+  public:
+    explicit SqliteQueryStore(const std::string& path);
+    ~SqliteQueryStore() override;
+    SqliteQueryStore(const SqliteQueryStore&) = delete;
+    SqliteQueryStore& operator=(const SqliteQueryStore&) = delete;
+
+    std::optional<JobInfo> get_job(JobId id) override;
+    std::vector<Event> events(JobId id) override;
+    std::vector<JobInfo> jobs(const JobPage& page) override;
+    std::optional<std::uint64_t> size_bytes() override;
+
+  private:
+    struct Statements;
+    std::string path_;
+    sqlite3* db_ = nullptr;
+    std::unique_ptr<Statements> st_;
+};
+
 }  // namespace errand::broker

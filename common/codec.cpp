@@ -152,6 +152,20 @@ std::optional<std::uint64_t> Reader::opt_u64(std::string_view key) const {
     if (!o) return std::nullopt;
     return as_u64(key, *o);
 }
+double Reader::f64(std::string_view key) const {
+    const auto& o = need(key);
+    switch (o.type) {
+        case msgpack::type::FLOAT32:
+        case msgpack::type::FLOAT64:
+            return o.via.f64;
+        case msgpack::type::POSITIVE_INTEGER:
+            return static_cast<double>(o.via.u64);
+        case msgpack::type::NEGATIVE_INTEGER:
+            return static_cast<double>(o.via.i64);
+        default:
+            bad(fmt::format("field '{}' must be a number, got {}", key, type_name(o)));
+    }
+}
 std::int64_t Reader::i64(std::string_view key) const {
     return as_i64(key, need(key));
 }
@@ -988,6 +1002,216 @@ std::optional<std::uint64_t> peek_req(std::string_view body) {
     } catch (const std::exception&) {
         return std::nullopt;
     }
+}
+
+// ---- Observability ------------------------------------------------------------------------
+
+namespace {
+void pack_event(Writer& w, const JobEvent& e) {
+    w.u64("seq", e.seq)
+        .u64("id", e.id)
+        .str("queue", e.queue)
+        .opt_str("from", e.from ? std::optional<std::string>(std::string(to_string(*e.from)))
+                                : std::nullopt)
+        .str("to", to_string(e.to))
+        .u64("attempt", e.attempt)
+        .i64("at", e.at)
+        .opt_str("worker", e.worker)
+        .str("reason", e.reason);
+}
+constexpr std::size_t kEventFields = 9;
+
+JobState need_state(const Reader& r, std::string_view key) {
+    auto s = r.str(key, 32);
+    auto st = parse_job_state(s);
+    if (!st) bad(fmt::format("unknown state '{}'", s));
+    return *st;
+}
+}  // namespace
+
+std::string encode(const JobEvent& m) {
+    Writer w(kEventFields);
+    pack_event(w, m);
+    return w.take();
+}
+
+JobEvent decode_job_event(const Reader& r) {
+    JobEvent e;
+    e.seq = r.u64("seq");
+    e.id = r.u64("id");
+    e.queue = r.str("queue", limits::kMaxQueueName * 4);
+    if (auto f = r.opt_str("from", 32)) {
+        e.from = parse_job_state(*f);
+        if (!e.from) bad(fmt::format("unknown state '{}'", *f));
+    }
+    e.to = need_state(r, "to");
+    e.attempt = static_cast<std::uint32_t>(r.u64("attempt"));
+    e.at = r.i64("at");
+    e.worker = r.opt_str("worker", 1024);
+    e.reason = r.opt_str("reason", 64 * 1024).value_or("");
+    return e;
+}
+
+std::string encode(const FeedRequest& m) {
+    Writer w(m.queue ? 4 : 3);
+    w.u64("req", m.req).u64("limit", m.limit).u64("after", m.after);
+    if (m.queue) w.str("queue", *m.queue);
+    return w.take();
+}
+
+FeedRequest decode_feed(const Reader& r) {
+    FeedRequest m;
+    m.req = r.u64("req");
+    if (r.has("queue")) m.queue = checked_queue(r);
+    if (auto l = r.opt_u64("limit")) {
+        if (*l < 1 || *l > kMaxFeed) bad(fmt::format("limit must be 1-{}", kMaxFeed));
+        m.limit = static_cast<std::uint32_t>(*l);
+    }
+    m.after = r.opt_u64("after").value_or(0);
+    return m;
+}
+
+std::string encode_feed(std::uint64_t req, const std::vector<JobEvent>& events) {
+    Writer w(2);
+    w.u64("req", req).key("events");
+    w.packer().pack_array(static_cast<std::uint32_t>(events.size()));
+    for (const auto& e : events) {
+        w.packer().pack_map(kEventFields);
+        pack_event(w, e);
+    }
+    return w.take();
+}
+
+std::vector<JobEvent> decode_feed_reply(const Reader& r) {
+    std::vector<JobEvent> out;
+    const auto& arr = r.array("events");
+    for (std::uint32_t i = 0; i < arr.size; ++i)
+        out.push_back(decode_job_event(Reader(arr.ptr[i])));
+    return out;
+}
+
+std::string encode(const StatsReply& m) {
+    Writer w(11);
+    w.u64("req", m.req)
+        .i64("time", m.time)
+        .i64("started_at", m.started_at)
+        .u64("workers", m.workers)
+        .u64("running", m.running)
+        .u64("commits", m.commits)
+        .u64("commit_failures", m.commit_failures)
+        .u64("commit_jobs_sum", m.commit_jobs_sum)
+        .opt_str("events_endpoint", m.events_endpoint);
+    w.key("commit_seconds_sum").packer().pack_double(m.commit_seconds_sum);
+    w.key("queues");
+    auto& pk = w.packer();
+    pk.pack_array(static_cast<std::uint32_t>(m.queues.size()));
+    for (const auto& q : m.queues) {
+        pk.pack_map(10);
+        w.str("name", q.name).boolean("paused", q.paused);
+        w.key("counts");
+        pk.pack_map(static_cast<std::uint32_t>(q.counts.size()));
+        for (const auto& [state, n] : q.counts) {
+            pack_str(pk, to_string(state));
+            pk.pack_uint64(n);
+        }
+        w.u64("submitted", q.submitted)
+            .u64("succeeded", q.succeeded)
+            .u64("failed", q.failed)
+            .u64("dead", q.dead)
+            .u64("cancelled", q.cancelled);
+        w.key("finished_per_second").packer().pack_double(q.finished_per_second);
+        w.key("submitted_per_second").packer().pack_double(q.submitted_per_second);
+    }
+    return w.take();
+}
+
+StatsReply decode_stats(const Reader& r) {
+    StatsReply m;
+    m.req = r.u64("req");
+    m.time = r.i64("time");
+    m.started_at = r.i64("started_at");
+    m.workers = r.u64("workers");
+    m.running = r.u64("running");
+    m.commits = r.u64("commits");
+    m.commit_failures = r.u64("commit_failures");
+    m.commit_jobs_sum = r.u64("commit_jobs_sum");
+    m.events_endpoint = r.opt_str("events_endpoint", 1024);
+    m.commit_seconds_sum = r.f64("commit_seconds_sum");
+    const auto& arr = r.array("queues");
+    for (std::uint32_t i = 0; i < arr.size; ++i) {
+        Reader q(arr.ptr[i]);
+        QueueStats s;
+        s.name = q.str("name", limits::kMaxQueueName * 4);
+        s.paused = q.opt_bool("paused").value_or(false);
+        Reader counts = q.map("counts");
+        for (auto st : {JobState::scheduled, JobState::ready, JobState::running, JobState::retrying,
+                        JobState::succeeded, JobState::dead, JobState::cancelled})
+            s.counts.emplace_back(st, counts.opt_u64(to_string(st)).value_or(0));
+        s.submitted = q.u64("submitted");
+        s.succeeded = q.u64("succeeded");
+        s.failed = q.u64("failed");
+        s.dead = q.u64("dead");
+        s.cancelled = q.u64("cancelled");
+        s.finished_per_second = q.f64("finished_per_second");
+        s.submitted_per_second = q.f64("submitted_per_second");
+        m.queues.push_back(std::move(s));
+    }
+    return m;
+}
+
+std::string encode_workers(std::uint64_t req, const std::vector<WorkerInfo>& workers) {
+    Writer w(2);
+    w.u64("req", req).key("workers");
+    auto& pk = w.packer();
+    pk.pack_array(static_cast<std::uint32_t>(workers.size()));
+    for (const auto& x : workers) {
+        pk.pack_map(10);
+        w.str("name", x.name)
+            .str("instance", x.instance)
+            .str("host", x.host)
+            .u64("pid", x.pid)
+            .str_array("queues", x.queues)
+            .u64("concurrency", x.concurrency)
+            .u64("prefetch", x.prefetch)
+            .u64("credit", x.credit)
+            .i64("last_seen", x.last_seen)
+            .key("jobs");
+        pk.pack_array(static_cast<std::uint32_t>(x.jobs.size()));
+        for (const auto& j : x.jobs) {
+            pk.pack_map(4);
+            w.u64("id", j.id)
+                .str("queue", j.queue)
+                .u64("attempt", j.attempt)
+                .i64("started_at", j.started_at);
+        }
+    }
+    return w.take();
+}
+
+std::vector<WorkerInfo> decode_workers(const Reader& r) {
+    std::vector<WorkerInfo> out;
+    const auto& arr = r.array("workers");
+    for (std::uint32_t i = 0; i < arr.size; ++i) {
+        Reader x(arr.ptr[i]);
+        WorkerInfo w;
+        w.name = x.str("name", 1024);
+        w.instance = x.str("instance", 1024);
+        w.host = x.str("host", 1024);
+        w.pid = x.u64("pid");
+        w.queues = x.str_array("queues", 4096, limits::kMaxQueueName * 4);
+        w.concurrency = static_cast<std::uint32_t>(x.u64("concurrency"));
+        w.prefetch = static_cast<std::uint32_t>(x.u64("prefetch"));
+        w.credit = static_cast<std::uint32_t>(x.u64("credit"));
+        w.last_seen = x.i64("last_seen");
+        const auto& jobs = x.array("jobs");
+        for (std::uint32_t k = 0; k < jobs.size; ++k) {
+            Reader j(jobs.ptr[k]);
+            w.jobs.push_back({j.u64("id"), j.str("queue", limits::kMaxQueueName * 4),
+                              static_cast<std::uint32_t>(j.u64("attempt")), j.i64("started_at")});
+        }
+        out.push_back(std::move(w));
+    }
+    return out;
 }
 
 }  // namespace errand

@@ -26,6 +26,7 @@ class Reader {
     std::uint64_t u64(std::string_view key) const;
     std::optional<std::uint64_t> opt_u64(std::string_view key) const;
     std::int64_t i64(std::string_view key) const;
+    double f64(std::string_view key) const;  // a float or an integer
     std::optional<std::int64_t> opt_i64(std::string_view key) const;
     std::string str(std::string_view key, std::size_t max_len) const;
     std::optional<std::string> opt_str(std::string_view key, std::size_t max_len) const;
@@ -337,6 +338,87 @@ std::vector<JobId> decode_ids(const Reader& r);
 std::uint64_t decode_count(const Reader& r);
 std::vector<QueueInfo> decode_queues(const Reader& r);
 std::vector<Event> decode_events(const Reader& r);
+
+// ---- Observability: job events, STATS, WORKERS, FEED (docs/PROTOCOL.md) -------------------
+
+// One committed job state change: the body of an events PUB message and an item of FEED.
+struct JobEvent {
+    std::uint64_t seq = 0;  // increasing within one broker run
+    JobId id = 0;
+    std::string queue;
+    std::optional<JobState> from;  // nullopt: created
+    JobState to = JobState::ready;
+    std::uint32_t attempt = 0;
+    Millis at = 0;
+    std::optional<std::string> worker;
+    std::string reason;
+};
+
+struct FeedRequest {
+    std::uint64_t req = 0;
+    std::optional<std::string> queue;
+    std::uint32_t limit = 100;  // 1-kMaxFeed
+    std::uint64_t after = 0;    // only events with seq > after
+};
+inline constexpr std::uint32_t kMaxFeed = 500;
+
+struct QueueStats {
+    std::string name;
+    bool paused = false;
+    std::vector<std::pair<JobState, std::uint64_t>> counts;  // every state, in enum order
+    std::uint64_t submitted = 0;                             // totals since the broker started
+    std::uint64_t succeeded = 0;
+    std::uint64_t failed = 0;  // failed attempts
+    std::uint64_t dead = 0;
+    std::uint64_t cancelled = 0;
+    double finished_per_second = 0;  // over the last minute
+    double submitted_per_second = 0;
+};
+
+struct StatsReply {
+    std::uint64_t req = 0;
+    Millis time = 0;
+    Millis started_at = 0;
+    std::uint64_t workers = 0;
+    std::uint64_t running = 0;  // jobs held by workers
+    std::uint64_t commits = 0;
+    std::uint64_t commit_failures = 0;
+    double commit_seconds_sum = 0;
+    std::uint64_t commit_jobs_sum = 0;
+    std::optional<std::string> events_endpoint;
+    std::vector<QueueStats> queues;
+};
+
+struct WorkerJob {
+    JobId id = 0;
+    std::string queue;
+    std::uint32_t attempt = 0;
+    Millis started_at = 0;
+};
+
+struct WorkerInfo {
+    std::string name;
+    std::string instance;
+    std::string host;
+    std::uint64_t pid = 0;
+    std::vector<std::string> queues;
+    std::uint32_t concurrency = 0;
+    std::uint32_t prefetch = 0;
+    std::uint32_t credit = 0;
+    Millis last_seen = 0;
+    std::vector<WorkerJob> jobs;
+};
+
+std::string encode(const JobEvent& m);
+JobEvent decode_job_event(const Reader& r);
+std::string encode(const FeedRequest& m);
+FeedRequest decode_feed(const Reader& r);
+std::string encode_feed(std::uint64_t req, const std::vector<JobEvent>& events);
+std::vector<JobEvent> decode_feed_reply(const Reader& r);
+std::string encode(const StatsReply& m);
+StatsReply decode_stats(const Reader& r);
+std::string encode_workers(std::uint64_t req, const std::vector<WorkerInfo>& workers);
+std::vector<WorkerInfo> decode_workers(const Reader& r);
 
 // Best-effort extraction of `req` from a body that failed to decode, for the ERROR reply.
 std::optional<std::uint64_t> peek_req(std::string_view body);

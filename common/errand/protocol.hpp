@@ -99,6 +99,9 @@ inline constexpr std::string_view kResume = "RESUME";
 inline constexpr std::string_view kPurge = "PURGE";
 inline constexpr std::string_view kQueues = "QUEUES";
 inline constexpr std::string_view kHistory = "HISTORY";
+inline constexpr std::string_view kStats = "STATS";      // -> STATS
+inline constexpr std::string_view kWorkers = "WORKERS";  // -> WORKERS
+inline constexpr std::string_view kFeed = "FEED";        // recent job events -> FEED
 // worker -> broker
 inline constexpr std::string_view kRegister = "REGISTER";
 inline constexpr std::string_view kCredit = "CREDIT";

@@ -1,0 +1,464 @@
+// HTTP endpoints: /metrics (Prometheus), /healthz, the JSON API under /api and the dashboard.
+//
+// Where each answer comes from (CQRS: nothing here runs on, or blocks, the broker loop):
+//   live picture (queues, workers, metrics, recent events) <- the loop's latest Snapshot
+//   jobs, one job, its history, progress, database size    <- a read-only SQLite connection
+//   retry, cancel  -> RETRY/CANCEL over inproc:// to the loop's admin socket, so they take the
+//                     same path as the CLI's: same handlers, same state machine, committed
+//                     before the reply. (An errand::Client over TCP would need its own CURVE key
+//                     when CURVE is on and would expose nothing more; inproc needs neither.)
+#include "http_server.hpp"
+
+#include <httplib.h>
+#include <spdlog/spdlog.h>
+
+#include <charconv>
+#include <chrono>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "errand/codec.hpp"
+#include "errand/transport.hpp"
+#include "web_assets.hpp"
+
+namespace errand::broker {
+
+using nlohmann::json;
+
+namespace {
+
+constexpr std::size_t kMaxPage = 1000;
+
+Millis wall_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+json nullable(const std::optional<std::string>& v) {
+    return v ? json(*v) : json(nullptr);
+}
+template <typename T>
+json nullable(const std::optional<T>& v) {
+    return v ? json(*v) : json(nullptr);
+}
+
+json job_json(const JobInfo& j) {
+    return {{"id", j.id},
+            {"queue", j.queue},
+            {"state", to_string(j.state)},
+            {"attempts", j.attempts},
+            {"max_attempts", j.max_attempts},
+            {"exit_code", nullable(j.exit_code)},
+            {"result", nullable(j.result)},
+            {"error", nullable(j.error)},
+            {"worker", nullable(j.worker)},
+            {"argv", j.argv ? json(*j.argv) : json(nullptr)},
+            {"payload_size", j.payload_size},
+            {"created_at", j.created_at},
+            {"started_at", nullable(j.started_at)},
+            {"finished_at", nullable(j.finished_at)},
+            {"run_at", nullable(j.run_at)},
+            {"priority", j.priority},
+            {"timeout_ms", nullable(j.timeout_ms)},
+            {"unique", nullable(j.unique)},
+            {"progress", nullable(j.progress)},
+            {"progress_message", nullable(j.progress_message)}};
+}
+
+json event_json(const Event& e) {
+    return {{"at", e.at},
+            {"from", e.from ? json(std::string(to_string(*e.from))) : json(nullptr)},
+            {"to", to_string(e.to)},
+            {"attempt", e.attempt},
+            {"worker", nullable(e.worker)},
+            {"reason", e.reason}};
+}
+
+json counts_json(const std::array<std::uint64_t, 7>& c) {
+    json out = json::object();
+    for (std::size_t i = 0; i < c.size(); ++i)
+        out[std::string(to_string(static_cast<JobState>(i)))] = c[i];
+    return out;
+}
+
+// Results may hold any bytes: invalid UTF-8 is replaced rather than failing the response.
+void send_json(httplib::Response& res, const json& body, int status = 200) {
+    res.status = status;
+    res.set_header("Cache-Control", "no-store");
+    res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+}
+
+void send_error(httplib::Response& res, int status, std::string_view code,
+                const std::string& message) {
+    send_json(res, {{"error", {{"code", code}, {"message", message}}}}, status);
+}
+
+// A request that cannot be served, with its HTTP status.
+struct HttpError {
+    int status;
+    std::string code;
+    std::string message;
+};
+
+std::uint64_t parse_u64(const std::string& s, const char* what) {
+    std::uint64_t v = 0;
+    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (ec != std::errc() || p != s.data() + s.size() || s.empty())
+        throw HttpError{400, "bad_request", fmt::format("{} must be a positive integer", what)};
+    return v;
+}
+
+int status_of(ErrorCode code) {
+    switch (code) {
+        case ErrorCode::not_found:
+            return 404;
+        case ErrorCode::invalid_state:
+            return 409;
+        case ErrorCode::bad_request:
+        case ErrorCode::too_large:
+            return 400;
+        case ErrorCode::forbidden:
+            return 403;
+        case ErrorCode::storage:
+            return 503;
+        default:
+            return 500;
+    }
+}
+
+}  // namespace
+
+bool is_loopback_host(const std::string& host) {
+    return host.rfind("127.", 0) == 0 || host == "localhost" || host == "::1" || host == "[::1]";
+}
+
+struct HttpServer::Impl {
+    HttpOptions opt;
+    httplib::Server server;
+    std::mutex queries_mu;  // the read-only connection is used by one request at a time
+    int port = 0;
+    std::thread thread;
+
+    std::shared_ptr<const Snapshot> snapshot() {
+        auto s = opt.snapshots ? opt.snapshots->latest() : nullptr;
+        if (!s) throw HttpError{503, "starting", "the broker has not published its state yet"};
+        return s;
+    }
+
+    // Sends one command to the loop's admin socket and returns (command, body) of its reply.
+    std::pair<std::string, std::string> admin(std::string_view command, const std::string& body) {
+        if (!opt.context || opt.admin_endpoint.empty())
+            throw HttpError{503, "unavailable", "admin actions are not enabled"};
+        zmq::socket_t s(*opt.context, zmq::socket_type::dealer);
+        s.set(zmq::sockopt::linger, 0);
+        s.connect(opt.admin_endpoint);
+        send_message(s, "", command, body);
+        zmq::pollitem_t item{s.handle(), 0, ZMQ_POLLIN, 0};
+        if (zmq::poll(&item, 1, std::chrono::milliseconds(opt.admin_timeout_ms)) <= 0)
+            throw HttpError{504, "timeout", "the broker did not answer in time"};
+        auto env = recv_message(s, false);
+        if (!env) throw HttpError{502, "internal", "no reply from the broker"};
+        if (env->command == cmd::kError) {
+            auto e = decode_error(Body(env->body).reader());
+            throw HttpError{status_of(e.code), std::string(to_string(e.code)), e.message};
+        }
+        return {env->command, env->body};
+    }
+
+    JobId job_id(const httplib::Request& req) {
+        auto id = parse_u64(req.matches[1].str(), "the job id");
+        if (id == 0) throw HttpError{404, "not_found", "no job 0"};
+        return id;
+    }
+
+    // ---- handlers -------------------------------------------------------------------------
+
+    void metrics(const httplib::Request&, httplib::Response& res) {
+        auto s = snapshot();
+        Gauges g;
+        for (const auto& q : s->queues) {
+            g.jobs[q.name] = q.counts;
+            g.paused[q.name] = q.paused;
+        }
+        g.workers = s->workers.size();
+        for (const auto& w : s->workers) {
+            g.worker_slots += w.concurrency;
+            g.running += w.jobs.size();
+        }
+        {
+            std::lock_guard lock(queries_mu);
+            g.db_bytes = opt.queries->size_bytes();
+        }
+        g.uptime_seconds = static_cast<double>(s->at - s->started_at) / 1000.0;
+        g.last_loop_seconds = static_cast<double>(s->at) / 1000.0;
+        res.set_content(render_prometheus(s->metrics, g),
+                        "text/plain; version=0.0.4; charset=utf-8");
+    }
+
+    void healthz(const httplib::Request&, httplib::Response& res) {
+        auto s = opt.snapshots ? opt.snapshots->latest() : nullptr;
+        Millis age = s ? wall_ms() - s->at : -1;
+        bool ok = s && age < opt.stale_after_ms;
+        send_json(res,
+                  {{"status", ok ? "ok" : "stalled"},
+                   {"loop_age_ms", s ? json(age) : json(nullptr)},
+                   {"workers", s ? s->workers.size() : 0}},
+                  ok ? 200 : 503);
+    }
+
+    void queues(const httplib::Request&, httplib::Response& res) {
+        auto s = snapshot();
+        json out = json::array();
+        for (const auto& q : s->queues) {
+            json totals = json::object();
+            if (auto m = s->metrics.queues.find(q.name); m != s->metrics.queues.end())
+                totals = {{"submitted", m->second.submitted},
+                          {"succeeded", m->second.succeeded},
+                          {"failed", m->second.failed},
+                          {"dead", m->second.dead},
+                          {"cancelled", m->second.cancelled}};
+            out.push_back({{"name", q.name},
+                           {"paused", q.paused},
+                           {"counts", counts_json(q.counts)},
+                           {"oldest_ready_at", nullable(q.oldest_ready_at)},
+                           {"finished_per_second", q.finished_per_second},
+                           {"submitted_per_second", q.submitted_per_second},
+                           {"totals", totals}});
+        }
+        send_json(res, {{"time", s->at}, {"queues", out}});
+    }
+
+    void stats(const httplib::Request&, httplib::Response& res) {
+        auto s = snapshot();
+        std::array<std::uint64_t, 7> totals{};
+        std::uint64_t submitted = 0, succeeded = 0, failed = 0, dead = 0;
+        for (const auto& q : s->queues)
+            for (std::size_t i = 0; i < totals.size(); ++i)
+                totals[i] += q.counts[i];
+        double finished_rate = 0;
+        for (const auto& q : s->queues)
+            finished_rate += q.finished_per_second;
+        for (const auto& [name, m] : s->metrics.queues) {
+            submitted += m.submitted;
+            succeeded += m.succeeded;
+            failed += m.failed;
+            dead += m.dead;
+        }
+        std::uint64_t running = 0;
+        for (const auto& w : s->workers)
+            running += w.jobs.size();
+        const auto& c = s->metrics.commit_seconds;
+        send_json(res, {{"time", s->at},
+                        {"started_at", s->started_at},
+                        {"jobs", counts_json(totals)},
+                        {"totals",
+                         {{"submitted", submitted},
+                          {"succeeded", succeeded},
+                          {"failed", failed},
+                          {"dead", dead}}},
+                        {"finished_per_second", finished_rate},
+                        {"workers", s->workers.size()},
+                        {"running", running},
+                        {"commits",
+                         {{"count", c.count},
+                          {"failures", s->metrics.commit_failures},
+                          {"seconds_sum", c.sum},
+                          {"jobs_sum", s->metrics.commit_jobs.sum}}}});
+    }
+
+    void workers(const httplib::Request&, httplib::Response& res) {
+        auto s = snapshot();
+        json out = json::array();
+        for (const auto& w : s->workers) {
+            json jobs = json::array();
+            for (const auto& j : w.jobs) {
+                std::optional<JobInfo> info;
+                {
+                    std::lock_guard lock(queries_mu);
+                    info = opt.queries->get_job(j.id);
+                }
+                jobs.push_back({{"id", j.id},
+                                {"queue", j.queue},
+                                {"attempt", j.attempt},
+                                {"started_at", j.started_at},
+                                {"progress", info ? nullable(info->progress) : json(nullptr)},
+                                {"progress_message",
+                                 info ? nullable(info->progress_message) : json(nullptr)}});
+            }
+            out.push_back({{"name", w.name},
+                           {"instance", w.instance},
+                           {"host", w.host},
+                           {"pid", w.pid},
+                           {"queues", w.queues},
+                           {"concurrency", w.concurrency},
+                           {"prefetch", w.prefetch},
+                           {"credit", w.credit},
+                           {"last_heartbeat", w.last_seen},
+                           {"jobs", jobs}});
+        }
+        send_json(res, {{"time", s->at}, {"workers", out}});
+    }
+
+    void events(const httplib::Request& req, httplib::Response& res) {
+        auto s = snapshot();
+        std::uint64_t after =
+            req.has_param("after") ? parse_u64(req.get_param_value("after"), "after") : 0;
+        std::optional<std::string> queue;
+        if (req.has_param("queue")) queue = req.get_param_value("queue");
+        json out = json::array();
+        for (const auto& e : s->recent) {
+            if (e.seq <= after || (queue && e.queue != *queue)) continue;
+            out.push_back({{"seq", e.seq},
+                           {"id", e.id},
+                           {"queue", e.queue},
+                           {"from", e.from ? json(std::string(to_string(*e.from))) : json(nullptr)},
+                           {"to", to_string(e.to)},
+                           {"attempt", e.attempt},
+                           {"at", e.at},
+                           {"worker", nullable(e.worker)},
+                           {"reason", e.reason}});
+        }
+        send_json(res, {{"events", out}});
+    }
+
+    void jobs(const httplib::Request& req, httplib::Response& res) {
+        JobPage page;
+        if (req.has_param("state") && !req.get_param_value("state").empty()) {
+            auto st = req.get_param_value("state");
+            page.state = parse_job_state(st);
+            if (!page.state)
+                throw HttpError{400, "bad_request", fmt::format("unknown state '{}'", st)};
+        }
+        if (req.has_param("queue") && !req.get_param_value("queue").empty()) {
+            page.queue = req.get_param_value("queue");
+            if (!valid_queue_name(*page.queue))
+                throw HttpError{400, "bad_request", "invalid queue name"};
+        }
+        if (req.has_param("limit")) {
+            page.limit = parse_u64(req.get_param_value("limit"), "limit");
+            if (page.limit < 1 || page.limit > kMaxPage)
+                throw HttpError{400, "bad_request", fmt::format("limit must be 1-{}", kMaxPage)};
+        }
+        if (req.has_param("after") && !req.get_param_value("after").empty())
+            page.before = parse_u64(req.get_param_value("after"), "after");
+        std::vector<JobInfo> rows;
+        {
+            std::lock_guard lock(queries_mu);
+            rows = opt.queries->jobs(page);
+        }
+        json out = json::array();
+        for (const auto& j : rows)
+            out.push_back(job_json(j));
+        json next = rows.size() == page.limit ? json(rows.back().id) : json(nullptr);
+        send_json(res, {{"jobs", out}, {"next", next}});
+    }
+
+    void job(const httplib::Request& req, httplib::Response& res) {
+        JobId id = job_id(req);
+        std::optional<JobInfo> j;
+        std::vector<Event> history;
+        {
+            std::lock_guard lock(queries_mu);
+            j = opt.queries->get_job(id);
+            if (j) history = opt.queries->events(id);
+        }
+        if (!j) throw HttpError{404, "not_found", fmt::format("no job {}", id)};
+        json events = json::array();
+        for (const auto& e : history)
+            events.push_back(event_json(e));
+        auto out = job_json(*j);
+        out["events"] = events;
+        send_json(res, out);
+    }
+
+    void retry(const httplib::Request& req, httplib::Response& res) {
+        JobId id = job_id(req);
+        RetryRequest m;
+        m.req = 1;
+        m.id = id;
+        auto [command, body] = admin(cmd::kRetry, encode(m));
+        send_json(res, {{"retried", decode_ids(Body(body).reader())}});
+    }
+
+    void cancel(const httplib::Request& req, httplib::Response& res) {
+        JobId id = job_id(req);
+        auto [command, body] = admin(cmd::kCancel, encode(IdRequest{1, id}));
+        send_json(res, job_json(decode_job_info(Body(body).reader().map("job"))));
+    }
+
+    // Every handler runs inside this: errors become JSON with a 4xx/5xx status, never a crash.
+    httplib::Server::Handler wrap(void (Impl::*fn)(const httplib::Request&, httplib::Response&)) {
+        return [this, fn](const httplib::Request& req, httplib::Response& res) {
+            try {
+                (this->*fn)(req, res);
+            } catch (const HttpError& e) {
+                send_error(res, e.status, e.code, e.message);
+            } catch (const ProtocolError& e) {
+                send_error(res, 502, "internal",
+                           fmt::format("bad reply from the broker: {}", e.what()));
+            } catch (const StoreError& e) {
+                send_error(res, 503, "storage", e.what());
+            } catch (const std::exception& e) {
+                spdlog::error("http {} {}: {}", req.method, req.path, e.what());
+                send_error(res, 500, "internal", e.what());
+            }
+        };
+    }
+
+    void routes() {
+        for (std::size_t i = 0; i < kWebAssetCount; ++i) {
+            const auto& a = kWebAssets[i];
+            server.Get(std::string(a.path), [&a](const httplib::Request&, httplib::Response& res) {
+                res.set_content(a.data.data(), a.data.size(), std::string(a.content_type).c_str());
+            });
+        }
+        server.Get("/metrics", wrap(&Impl::metrics));
+        server.Get("/healthz", wrap(&Impl::healthz));
+        server.Get("/api/queues", wrap(&Impl::queues));
+        server.Get("/api/stats", wrap(&Impl::stats));
+        server.Get("/api/workers", wrap(&Impl::workers));
+        server.Get("/api/events", wrap(&Impl::events));
+        server.Get("/api/jobs", wrap(&Impl::jobs));
+        server.Get(R"(/api/jobs/([^/]+))", wrap(&Impl::job));
+        server.Post(R"(/api/jobs/([^/]+)/retry)", wrap(&Impl::retry));
+        server.Post(R"(/api/jobs/([^/]+)/cancel)", wrap(&Impl::cancel));
+        // Anything else: a JSON 404 (or whatever status a handler set without a body).
+        server.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+            if (!res.body.empty()) return;
+            send_error(res, res.status, res.status == 404 ? "not_found" : "bad_request",
+                       fmt::format("{} {}: {}", req.method, req.path,
+                                   res.status == 404 ? "no such resource" : "request refused"));
+        });
+        server.set_exception_handler(
+            [](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
+                send_error(res, 500, "internal", "internal error");
+            });
+        server.set_payload_max_length(64 * 1024);
+    }
+};
+
+HttpServer::HttpServer(HttpOptions options) : impl_(std::make_unique<Impl>()) {
+    impl_->opt = std::move(options);
+    if (!impl_->opt.queries) throw std::invalid_argument("HttpServer needs a QueryStore");
+    impl_->routes();
+    auto& o = impl_->opt;
+    int port = o.port == 0 ? impl_->server.bind_to_any_port(o.host)
+                           : (impl_->server.bind_to_port(o.host, o.port) ? o.port : -1);
+    if (port <= 0)
+        throw std::runtime_error(fmt::format("cannot listen for HTTP on {}:{}", o.host, o.port));
+    impl_->port = port;
+    impl_->thread = std::thread([impl = impl_.get()] { impl->server.listen_after_bind(); });
+}
+
+HttpServer::~HttpServer() {
+    impl_->server.stop();
+    if (impl_->thread.joinable()) impl_->thread.join();
+}
+
+int HttpServer::port() const {
+    return impl_->port;
+}
+
+}  // namespace errand::broker

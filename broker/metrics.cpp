@@ -1,0 +1,206 @@
+// Metric updates and the Prometheus text rendering (docs/OPERATIONS.md lists every family).
+#include "metrics.hpp"
+
+#include <fmt/format.h>
+
+#include <cmath>
+
+namespace errand::broker {
+namespace {
+
+// Seconds: 5 ms to 1 h, for queue wait and run time.
+const std::vector<double> kJobSeconds = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,    2.5,
+                                         5,     10,   30,    60,   120, 300,  600, 1800, 3600};
+// Seconds: 50 µs to 2.5 s, for commits (an fsync is typically 0.1–10 ms).
+const std::vector<double> kCommitSeconds = {0.00005, 0.0001, 0.00025, 0.0005, 0.001,
+                                            0.0025,  0.005,  0.01,    0.025,  0.05,
+                                            0.1,     0.25,   0.5,     1,      2.5};
+const std::vector<double> kCommitJobs = {0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000};
+
+std::string number(double v) {
+    if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
+    return fmt::format("{}", v);
+}
+
+// A label value with \, " and newline escaped as the format requires.
+std::string label(const std::string& v) {
+    std::string out;
+    for (char c : v) {
+        if (c == '\\' || c == '"') out += '\\';
+        if (c == '\n') {
+            out += "\\n";
+            continue;
+        }
+        out += c;
+    }
+    return out;
+}
+
+void family(std::string& out, const char* name, const char* type, const char* help) {
+    out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+}
+
+void histogram(std::string& out, const char* name, const std::string& labels, const Histogram& h) {
+    std::uint64_t cumulative = 0;
+    std::string sep = labels.empty() ? "" : ",";
+    for (std::size_t i = 0; i < h.buckets.size(); ++i) {
+        cumulative += h.buckets[i];
+        double le = i < h.bounds.size() ? h.bounds[i] : INFINITY;
+        out += fmt::format("{}_bucket{{{}{}le=\"{}\"}} {}\n", name, labels, sep, number(le),
+                           cumulative);
+    }
+    std::string braces = labels.empty() ? "" : "{" + labels + "}";
+    out += fmt::format("{}_sum{} {}\n{}_count{} {}\n", name, braces, number(h.sum), name, braces,
+                       h.count);
+}
+
+}  // namespace
+
+Histogram::Histogram(std::vector<double> upper_bounds)
+    : bounds(std::move(upper_bounds)), buckets(bounds.size() + 1, 0) {}
+
+void Histogram::observe(double v) {
+    std::size_t i = 0;
+    while (i < bounds.size() && v > bounds[i])
+        ++i;
+    ++buckets[i];
+    sum += v;
+    ++count;
+}
+
+void RateWindow::add(Millis now, std::uint64_t n) {
+    std::int64_t sec = now / 1000;
+    auto i = static_cast<std::size_t>(sec % 60);
+    if (second_[i] != sec) {
+        second_[i] = sec;
+        counts_[i] = 0;
+    }
+    counts_[i] += n;
+}
+
+double RateWindow::per_second(Millis now) const {
+    std::int64_t sec = now / 1000;
+    std::uint64_t total = 0;
+    for (std::size_t i = 0; i < 60; ++i)
+        if (second_[i] > sec - 60 && second_[i] <= sec) total += counts_[i];
+    return static_cast<double>(total) / 60.0;
+}
+
+QueueMetrics::QueueMetrics() : wait_seconds(kJobSeconds), run_seconds(kJobSeconds) {}
+
+Metrics::Metrics() : commit_seconds(kCommitSeconds), commit_jobs(kCommitJobs) {}
+
+void Metrics::on_event(const MetricEvent& e) {
+    auto& q = queues[e.queue];
+    if (!e.from) {
+        ++q.submitted;
+        q.submitted_rate.add(e.at);
+    }
+    if (e.waited_ms) q.wait_seconds.observe(static_cast<double>(*e.waited_ms) / 1000.0);
+    if (e.ran_ms) q.run_seconds.observe(static_cast<double>(*e.ran_ms) / 1000.0);
+    if (e.from == JobState::running &&
+        (e.to == JobState::retrying || e.to == JobState::dead || e.to == JobState::ready))
+        ++q.failed;
+    if (e.from == JobState::dead && e.to == JobState::ready) ++q.retried;
+    switch (e.to) {
+        case JobState::succeeded:
+            ++q.succeeded;
+            q.finished.add(e.at);
+            break;
+        case JobState::dead:
+            ++q.dead;
+            q.finished.add(e.at);
+            break;
+        case JobState::cancelled:
+            ++q.cancelled;
+            q.finished.add(e.at);
+            break;
+        default:
+            break;
+    }
+}
+
+void Metrics::on_commit(double seconds, std::size_t jobs) {
+    commit_seconds.observe(seconds);
+    commit_jobs.observe(static_cast<double>(jobs));
+}
+
+std::string render_prometheus(const Metrics& m, const Gauges& g) {
+    std::string out;
+    out.reserve(16384);
+    family(out, "errand_jobs", "gauge", "Jobs in the database by queue and state.");
+    for (const auto& [q, counts] : g.jobs)
+        for (std::size_t i = 0; i < counts.size(); ++i)
+            out += fmt::format("errand_jobs{{queue=\"{}\",state=\"{}\"}} {}\n", label(q),
+                               to_string(static_cast<JobState>(i)), counts[i]);
+    family(out, "errand_queue_paused", "gauge", "1 when the queue is paused.");
+    for (const auto& [q, p] : g.paused)
+        out += fmt::format("errand_queue_paused{{queue=\"{}\"}} {}\n", label(q), p ? 1 : 0);
+
+    struct Counter {
+        const char* name;
+        const char* help;
+        std::uint64_t QueueMetrics::*field;
+    };
+    const Counter counters[] = {
+        {"errand_jobs_submitted_total", "Jobs submitted (created) since the broker started.",
+         &QueueMetrics::submitted},
+        {"errand_jobs_succeeded_total", "Jobs that succeeded since the broker started.",
+         &QueueMetrics::succeeded},
+        {"errand_job_attempts_failed_total",
+         "Attempts that failed (FAIL, timed out, worker lost) since the broker started.",
+         &QueueMetrics::failed},
+        {"errand_jobs_dead_total", "Jobs that went dead since the broker started.",
+         &QueueMetrics::dead},
+        {"errand_jobs_cancelled_total", "Jobs cancelled since the broker started.",
+         &QueueMetrics::cancelled},
+        {"errand_jobs_retried_total", "Dead jobs retried by request since the broker started.",
+         &QueueMetrics::retried},
+    };
+    for (const auto& c : counters) {
+        family(out, c.name, "counter", c.help);
+        for (const auto& [q, qm] : m.queues)
+            out += fmt::format("{}{{queue=\"{}\"}} {}\n", c.name, label(q), qm.*(c.field));
+    }
+    family(out, "errand_job_queue_wait_seconds", "histogram",
+           "Time jobs spent ready before a worker got them (ready to running).");
+    for (const auto& [q, qm] : m.queues)
+        histogram(out, "errand_job_queue_wait_seconds", fmt::format("queue=\"{}\"", label(q)),
+                  qm.wait_seconds);
+    family(out, "errand_job_run_seconds", "histogram",
+           "Run time of attempts (running to finished, failed or lost).");
+    for (const auto& [q, qm] : m.queues)
+        histogram(out, "errand_job_run_seconds", fmt::format("queue=\"{}\"", label(q)),
+                  qm.run_seconds);
+
+    family(out, "errand_workers_connected", "gauge", "Registered workers.");
+    out += fmt::format("errand_workers_connected {}\n", g.workers);
+    family(out, "errand_worker_slots", "gauge", "Sum of the registered workers' concurrency.");
+    out += fmt::format("errand_worker_slots {}\n", g.worker_slots);
+    family(out, "errand_worker_jobs", "gauge", "Jobs held by registered workers.");
+    out += fmt::format("errand_worker_jobs {}\n", g.running);
+
+    family(out, "errand_commit_duration_seconds", "histogram",
+           "Latency of the broker's group commits (one per loop pass that wrote).");
+    histogram(out, "errand_commit_duration_seconds", "", m.commit_seconds);
+    family(out, "errand_commit_batch_jobs", "histogram",
+           "Job state changes written by one group commit.");
+    histogram(out, "errand_commit_batch_jobs", "", m.commit_jobs);
+    family(out, "errand_commit_failures_total", "counter",
+           "Commits that failed and were rolled back.");
+    out += fmt::format("errand_commit_failures_total {}\n", m.commit_failures);
+
+    if (g.db_bytes) {
+        family(out, "errand_database_size_bytes", "gauge",
+               "Size of the SQLite database including its WAL file.");
+        out += fmt::format("errand_database_size_bytes {}\n", *g.db_bytes);
+    }
+    family(out, "errand_uptime_seconds", "gauge", "Seconds since the broker started.");
+    out += fmt::format("errand_uptime_seconds {}\n", number(g.uptime_seconds));
+    family(out, "errand_loop_last_pass_timestamp_seconds", "gauge",
+           "Unix time of the broker loop's latest published snapshot (liveness).");
+    out += fmt::format("errand_loop_last_pass_timestamp_seconds {}\n", number(g.last_loop_seconds));
+    return out;
+}
+
+}  // namespace errand::broker

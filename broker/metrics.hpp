@@ -1,0 +1,92 @@
+// Broker metrics: counters and histograms that the broker loop updates (it is their only
+// writer) from committed job events, copied into every published Snapshot, and rendered in the
+// Prometheus text exposition format by the HTTP side (which only ever reads a copy).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "errand/protocol.hpp"
+
+namespace errand::broker {
+
+// A Prometheus histogram: fixed upper bounds, counts per bucket (not cumulative; the last
+// bucket is +Inf), sum and count.
+struct Histogram {
+    std::vector<double> bounds;
+    std::vector<std::uint64_t> buckets;  // bounds.size() + 1
+    double sum = 0;
+    std::uint64_t count = 0;
+
+    Histogram() = default;
+    explicit Histogram(std::vector<double> upper_bounds);
+    void observe(double v);
+};
+
+// Events per second over the last minute, in one-second buckets indexed by second mod 60.
+class RateWindow {
+  public:
+    void add(Millis now, std::uint64_t n = 1);
+    double per_second(Millis now) const;
+
+  private:
+    std::array<std::uint64_t, 60> counts_{};
+    std::array<std::int64_t, 60> second_{};  // which second each bucket holds
+};
+
+struct QueueMetrics {
+    std::uint64_t submitted = 0;
+    std::uint64_t succeeded = 0;
+    std::uint64_t failed = 0;  // failed attempts (FAIL, timed out, worker lost)
+    std::uint64_t dead = 0;
+    std::uint64_t cancelled = 0;
+    std::uint64_t retried = 0;  // dead jobs revived by request
+    Histogram wait_seconds;     // ready -> running
+    Histogram run_seconds;      // running -> any next state
+    RateWindow finished;        // jobs reaching a terminal state
+    RateWindow submitted_rate;
+    QueueMetrics();
+};
+
+// One committed state change as the metrics see it.
+struct MetricEvent {
+    std::string queue;
+    std::optional<JobState> from;  // nullopt: created
+    JobState to = JobState::ready;
+    Millis at = 0;
+    std::optional<Millis> waited_ms;  // ready -> running: time spent ready
+    std::optional<Millis> ran_ms;     // from running: time since dispatch
+};
+
+struct Metrics {
+    std::map<std::string, QueueMetrics> queues;  // ordered: stable output
+    Histogram commit_seconds;
+    Histogram commit_jobs;  // job state changes per commit (group commit batch size)
+    std::uint64_t commit_failures = 0;
+
+    Metrics();
+    void on_event(const MetricEvent& e);
+    void on_commit(double seconds, std::size_t jobs);
+};
+
+// What /metrics shows besides Metrics: gauges read from the live state.
+struct Gauges {
+    // queue -> jobs per state (index = JobState)
+    std::map<std::string, std::array<std::uint64_t, 7>> jobs;
+    std::map<std::string, bool> paused;
+    std::uint64_t workers = 0;
+    std::uint64_t worker_slots = 0;  // sum of concurrency
+    std::uint64_t running = 0;       // jobs held by workers
+    std::optional<std::uint64_t> db_bytes;
+    double uptime_seconds = 0;
+    double last_loop_seconds = 0;  // unix time of the broker loop's last published snapshot
+};
+
+// The Prometheus text format (version 0.0.4), every family with HELP and TYPE.
+std::string render_prometheus(const Metrics& m, const Gauges& g);
+
+}  // namespace errand::broker

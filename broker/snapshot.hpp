@@ -1,0 +1,88 @@
+// The broker's live picture for readers on other threads (HTTP): the loop builds a Snapshot a
+// few times a second and swaps it into a SnapshotHub; readers take the shared_ptr and never
+// touch the loop's state. The mutex only guards the pointer swap, so the loop never waits on a
+// reader for longer than that.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "errand/protocol.hpp"
+#include "metrics.hpp"
+
+namespace errand::broker {
+
+struct QueueView {
+    std::string name;
+    bool paused = false;
+    std::array<std::uint64_t, 7> counts{};  // index = JobState
+    std::optional<Millis> oldest_ready_at;
+    double finished_per_second = 0;  // over the last minute
+    double submitted_per_second = 0;
+};
+
+struct RunningView {
+    JobId id = 0;
+    std::string queue;
+    std::uint32_t attempt = 0;
+    Millis started_at = 0;
+};
+
+struct WorkerView {
+    std::string instance;
+    std::string name;
+    std::string host;
+    std::uint64_t pid = 0;
+    std::vector<std::string> queues;
+    std::uint32_t concurrency = 0;
+    std::uint32_t prefetch = 0;
+    std::uint32_t credit = 0;
+    Millis last_seen = 0;
+    std::vector<RunningView> jobs;  // by id
+};
+
+// One committed state change, as streamed by --events and kept in the recent-events ring.
+struct EventView {
+    std::uint64_t seq = 0;  // per broker run, increasing
+    JobId id = 0;
+    std::string queue;
+    std::optional<JobState> from;
+    JobState to = JobState::ready;
+    std::uint32_t attempt = 0;
+    Millis at = 0;
+    std::optional<std::string> worker;
+    std::string reason;
+};
+
+struct Snapshot {
+    Millis at = 0;  // broker clock when it was built
+    Millis started_at = 0;
+    std::vector<QueueView> queues;    // by name
+    std::vector<WorkerView> workers;  // by name
+    Metrics metrics;
+    std::vector<EventView> recent;  // newest last, at most a few hundred
+};
+
+class SnapshotHub {
+  public:
+    void publish(std::shared_ptr<const Snapshot> s) {
+        std::lock_guard lock(mu_);
+        latest_.swap(s);
+        // the previous snapshot (now in `s`) is released after the lock is dropped
+    }
+    std::shared_ptr<const Snapshot> latest() const {
+        std::lock_guard lock(mu_);
+        return latest_;
+    }
+
+  private:
+    mutable std::mutex mu_;
+    std::shared_ptr<const Snapshot> latest_;
+};
+
+}  // namespace errand::broker
