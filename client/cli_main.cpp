@@ -21,6 +21,7 @@
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
+#include "cli_observe.hpp"
 #include "cli_output.hpp"
 #include "errand/client.hpp"
 #include "errand/duration.hpp"
@@ -714,6 +715,37 @@ int run(int argc, char** argv) {
     auto* ping = app.add_subcommand("ping", "Check that the broker answers.");
     commands.emplace_back(ping, [](errand::Client& c) { return run_ping(c); });
 
+    // Observability (cli_observe.cpp). `options` is filled in below, before any command runs.
+    errand::ClientOptions options;
+    errand::cli::EventsArgs events_args;
+    auto* events = app.add_subcommand(
+        "events", "Show recent job state changes; with --follow, stream them live.");
+    events->add_flag("-f,--follow", events_args.follow,
+                     "keep streaming from the broker's --events endpoint");
+    events->add_option("-q,--queue", events_args.queue, "only this queue")->type_name("QUEUE");
+    events->add_option("-n,--limit", events_args.limit, "recent events shown first")
+        ->check(CLI::Range(1u, errand::kMaxFeed))
+        ->capture_default_str();
+    events
+        ->add_option("--endpoint", events_args.endpoint,
+                     "the broker's events endpoint (default: asked from the broker)")
+        ->type_name("ENDPOINT");
+    events->add_flag("--json", events_args.json, "one JSON object per line");
+    commands.emplace_back(events, [&](errand::Client& c) {
+        return errand::cli::run_events(c, options, events_args);
+    });
+    bool stats_json = false, workers_json = false;
+    auto* stats = app.add_subcommand(
+        "stats", "Show totals, per-queue counts and rates, workers and commit statistics.");
+    stats->add_flag("--json", stats_json, "print one JSON object");
+    commands.emplace_back(stats,
+                          [&](errand::Client& c) { return errand::cli::run_stats(c, stats_json); });
+    auto* workers = app.add_subcommand(
+        "workers", "Show connected workers: host, pid, queues, running jobs, last heartbeat.");
+    workers->add_flag("--json", workers_json, "print a JSON array");
+    commands.emplace_back(
+        workers, [&](errand::Client& c) { return errand::cli::run_workers(c, workers_json); });
+
     try {
         app.parse(cli_argc, argv);
     } catch (const CLI::ExtrasError&) {
@@ -767,7 +799,6 @@ int run(int argc, char** argv) {
                              : "retry needs a job id or --dead (see errand retry --help)");
     }
 
-    errand::ClientOptions options;
     options.endpoint = global.broker;
     options.timeout_ms = to_ms(global.request_timeout);
     if (!curve_server_key.empty()) {

@@ -229,4 +229,29 @@ std::vector<Event> Client::history(JobId id) {
     return decode_events(b.reader());
 }
 
+StatsReply Client::stats() {
+    auto req = impl_->next_req++;
+    auto env = impl_->call(cmd::kStats, encode_req(req), req);
+    Impl::expect(env, cmd::kStats);
+    Body b(env.body);
+    return decode_stats(b.reader());
+}
+
+std::vector<WorkerInfo> Client::workers() {
+    auto req = impl_->next_req++;
+    auto env = impl_->call(cmd::kWorkers, encode_req(req), req);
+    Impl::expect(env, cmd::kWorkers);
+    Body b(env.body);
+    return decode_workers(b.reader());
+}
+
+std::vector<JobEvent> Client::feed(const std::optional<std::string>& queue, std::uint32_t limit,
+                                   std::uint64_t after) {
+    FeedRequest m{impl_->next_req++, queue, limit, after};
+    auto env = impl_->call(cmd::kFeed, encode(m), m.req);
+    Impl::expect(env, cmd::kFeed);
+    Body b(env.body);
+    return decode_feed_reply(b.reader());
+}
+
 }  // namespace errand

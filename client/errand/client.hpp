@@ -88,6 +88,13 @@ class Client {
     std::vector<QueueInfo> queues();
     // The job's state changes, oldest first.
     std::vector<Event> history(JobId id);
+    // The broker's live picture: totals, per-queue counts and rates, commit stats.
+    StatsReply stats();
+    // Registered workers with the jobs they hold.
+    std::vector<WorkerInfo> workers();
+    // Recent committed job events (this broker run), oldest first: seq > after, of `queue`.
+    std::vector<JobEvent> feed(const std::optional<std::string>& queue, std::uint32_t limit,
+                               std::uint64_t after = 0);
 
     const std::string& endpoint() const;
 
