@@ -1,0 +1,427 @@
+// Integration tests of the broker's observability: the HTTP side (/metrics checked by promtool,
+// /healthz, the JSON API with its pagination, job history, retry and cancel, and its errors)
+// over real HTTP on 127.0.0.1, and `errand events | stats | workers` against a real broker and
+// worker daemon.
+#include <doctest/doctest.h>
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cstdlib>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "errand/codec.hpp"
+#include "harness.hpp"
+
+using namespace errand::test;
+using errand::JobState;
+using nlohmann::json;
+
+namespace {
+
+// A broker with --http and --events on free loopback ports, an HTTP client and a protocol client.
+struct HttpWorld {
+    TempDir dir;
+    int http_port = free_port();
+    int events_port = free_port();
+    Broker broker{dir,
+                  {"--http", "127.0.0.1:" + std::to_string(http_port), "--events",
+                   "tcp://127.0.0.1:" + std::to_string(events_port), "--retry-delay", "100ms"}};
+    errand::Client client{broker.client_options()};
+
+    httplib::Result request(const std::string& method, const std::string& path) {
+        httplib::Client http("127.0.0.1", http_port);
+        http.set_connection_timeout(5, 0);
+        http.set_read_timeout(15, 0);
+        if (method == "POST") return http.Post(path.c_str(), "", "application/json");
+        return http.Get(path.c_str());
+    }
+
+    // The JSON body of METHOD PATH, which must answer `status`.
+    json call(const std::string& method, const std::string& path, int status = 200) {
+        auto res = request(method, path);
+        REQUIRE_MESSAGE(res, method << " " << path << ": no response (" << res.error() << ")\n"
+                                    << broker.logs());
+        INFO(method, " ", path, " -> ", res->status, " ", res->body);
+        REQUIRE(res->status == status);
+        REQUIRE(res->get_header_value("Content-Type") == "application/json");
+        json j = json::parse(res->body, nullptr, false);
+        REQUIRE_FALSE(j.is_discarded());
+        return j;
+    }
+    json get(const std::string& path, int status = 200) { return call("GET", path, status); }
+    json post(const std::string& path, int status = 200) { return call("POST", path, status); }
+
+    std::string metrics() {
+        auto res = request("GET", "/metrics");
+        if (!res || res->status != 200) return "";
+        return res->body;
+    }
+
+    errand::JobInfo wait_job(errand::JobId id) {
+        auto job = client.wait(id, 20000);
+        REQUIRE_MESSAGE(job, "job " << id << " did not finish\n" << broker.logs());
+        return *job;
+    }
+};
+
+bool has_line(const std::string& text, const std::string& line) {
+    std::istringstream in(text);
+    std::string l;
+    while (std::getline(in, l))
+        if (l == line) return true;
+    return false;
+}
+
+std::vector<std::uint64_t> ids_of(const json& page) {
+    std::vector<std::uint64_t> out;
+    for (const auto& j : page["jobs"])
+        out.push_back(j["id"].get<std::uint64_t>());
+    return out;
+}
+
+bool promtool_available() {
+    return std::system("command -v promtool >/dev/null 2>&1") == 0;
+}
+
+}  // namespace
+
+TEST_CASE("http: /metrics counts submitted and finished jobs and passes promtool check") {
+    HttpWorld w;
+    WorkerDaemon worker(w.dir, w.broker.endpoint(),
+                        {.name = "mw", .queues = {"m=cat"}, .concurrency = 2, .extra_args = {}});
+    std::vector<errand::JobId> ids;
+    for (int i = 0; i < 3; ++i)
+        ids.push_back(w.client.submit(job_spec("m", "x")).id);
+    for (auto id : ids)
+        CHECK(w.wait_job(id).state == JobState::succeeded);
+
+    std::string text;
+    bool ok = wait_until(
+        [&] {
+            text = w.metrics();
+            return has_line(text, "errand_jobs_succeeded_total{queue=\"m\"} 3") &&
+                   has_line(text, "errand_jobs{queue=\"m\",state=\"succeeded\"} 3") &&
+                   has_line(text, "errand_workers_connected 1");
+        },
+        10s);
+    INFO(text);
+    REQUIRE(ok);
+    CHECK(has_line(text, "errand_jobs_submitted_total{queue=\"m\"} 3"));
+    CHECK(has_line(text, "errand_jobs{queue=\"m\",state=\"ready\"} 0"));
+    CHECK(has_line(text, "errand_jobs_dead_total{queue=\"m\"} 0"));
+    CHECK(has_line(text, "errand_job_run_seconds_count{queue=\"m\"} 3"));
+    CHECK(has_line(text, "errand_job_queue_wait_seconds_count{queue=\"m\"} 3"));
+    CHECK(has_line(text, "errand_job_run_seconds_bucket{queue=\"m\",le=\"+Inf\"} 3"));
+    CHECK(text.find("# TYPE errand_commit_duration_seconds histogram") != std::string::npos);
+    CHECK(text.find("errand_commit_batch_jobs_count ") != std::string::npos);
+    CHECK(text.find("errand_database_size_bytes ") != std::string::npos);
+    CHECK(has_line(text, "errand_commit_failures_total 0"));
+
+    if (!promtool_available()) {
+        MESSAGE("promtool not installed (Debian package prometheus): format check skipped");
+        return;
+    }
+    auto file = w.dir / "metrics.txt";
+    write_file(file, text);
+    auto out = w.dir / "promtool.out";
+    int rc = std::system(
+        ("promtool check metrics < '" + file.string() + "' > '" + out.string() + "' 2>&1").c_str());
+    INFO("promtool: ", read_file(out));
+    CHECK(rc == 0);
+    CHECK(read_file(out).find("problem") == std::string::npos);
+}
+
+TEST_CASE("http: /healthz, /api/queues and /api/stats show the live picture") {
+    HttpWorld w;
+    REQUIRE(wait_until([&] { return w.request("GET", "/healthz")->status == 200; }, 5s));
+    auto health = w.get("/healthz");
+    CHECK(health["status"] == "ok");
+    CHECK(health["loop_age_ms"].get<std::int64_t>() < 5000);
+
+    for (int i = 0; i < 2; ++i)
+        w.client.submit(job_spec("qa"));
+    w.client.submit(job_spec("qb"));
+    w.client.pause("qb");
+    json queues;
+    REQUIRE(wait_until(
+        [&] {
+            queues = w.get("/api/queues");
+            return queues["queues"].size() == 2 && queues["queues"][1]["paused"] == true;
+        },
+        5s));
+    CHECK(queues["queues"][0]["name"] == "qa");
+    CHECK(queues["queues"][0]["counts"]["ready"] == 2);
+    CHECK(queues["queues"][0]["counts"]["dead"] == 0);
+    CHECK(queues["queues"][0]["totals"]["submitted"] == 2);
+    CHECK(queues["queues"][1]["name"] == "qb");
+    CHECK(queues["queues"][1]["counts"]["ready"] == 1);
+
+    auto stats = w.get("/api/stats");
+    CHECK(stats["jobs"]["ready"] == 3);
+    CHECK(stats["totals"]["submitted"] == 3);
+    CHECK(stats["workers"] == 0);
+    CHECK(stats["commits"]["count"].get<std::uint64_t>() >= 1);
+}
+
+TEST_CASE("http: /api/jobs pages newest first with a cursor and filters by queue and state") {
+    HttpWorld w;
+    std::vector<errand::JobId> a, b;
+    for (int i = 0; i < 5; ++i) {
+        a.push_back(w.client.submit(job_spec("pa")).id);
+        b.push_back(w.client.submit(job_spec("pb")).id);
+    }
+    w.client.cancel(a[0]);
+
+    auto p1 = w.get("/api/jobs?queue=pa&limit=2");
+    CHECK(ids_of(p1) == std::vector<std::uint64_t>{a[4], a[3]});
+    REQUIRE(p1["next"] == a[3]);
+    auto p2 = w.get("/api/jobs?queue=pa&limit=2&after=" + std::to_string(a[3]));
+    CHECK(ids_of(p2) == std::vector<std::uint64_t>{a[2], a[1]});
+    auto p3 = w.get("/api/jobs?queue=pa&limit=2&after=" + p2["next"].dump());
+    CHECK(ids_of(p3) == std::vector<std::uint64_t>{a[0]});
+    CHECK(p3["next"].is_null());
+    CHECK(p3["jobs"][0]["state"] == "cancelled");
+
+    auto all = w.get("/api/jobs");
+    CHECK(all["jobs"].size() == 10);
+    CHECK(all["jobs"][0]["id"] == b[4]);
+    auto cancelled = w.get("/api/jobs?state=cancelled");
+    CHECK(ids_of(cancelled) == std::vector<std::uint64_t>{a[0]});
+    auto ready_b = w.get("/api/jobs?state=ready&queue=pb&limit=1000");
+    CHECK(ids_of(ready_b) == std::vector<std::uint64_t>{b[4], b[3], b[2], b[1], b[0]});
+
+    // Bad parameters are 400 with a JSON error.
+    for (const char* bad : {"/api/jobs?state=nope", "/api/jobs?limit=0", "/api/jobs?limit=1001",
+                            "/api/jobs?limit=x", "/api/jobs?after=-1", "/api/jobs?queue=a%20b"}) {
+        auto e = w.get(bad, 400);
+        CHECK(e["error"]["code"] == "bad_request");
+        CHECK_FALSE(e["error"]["message"].get<std::string>().empty());
+    }
+}
+
+TEST_CASE("http: /api/jobs/{id} has the job and its event history; 404 and 400 otherwise") {
+    HttpWorld w;
+    WorkerDaemon worker(w.dir, w.broker.endpoint(),
+                        {.name = "hw", .queues = {"h=cat"}, .concurrency = 1, .extra_args = {}});
+    auto id = w.client.submit(job_spec("h", "hello")).id;
+    REQUIRE(w.wait_job(id).state == JobState::succeeded);
+
+    auto j = w.get("/api/jobs/" + std::to_string(id));
+    CHECK(j["id"] == id);
+    CHECK(j["queue"] == "h");
+    CHECK(j["state"] == "succeeded");
+    CHECK(j["result"] == "hello");
+    CHECK(j["worker"] == "hw");
+    REQUIRE(j["events"].size() == 3);
+    CHECK(j["events"][0]["from"].is_null());
+    CHECK(j["events"][0]["to"] == "ready");
+    CHECK(j["events"][0]["reason"] == "submitted");
+    CHECK(j["events"][1]["to"] == "running");
+    CHECK(j["events"][1]["worker"] == "hw");
+    CHECK(j["events"][2]["from"] == "running");
+    CHECK(j["events"][2]["to"] == "succeeded");
+    CHECK(j["events"][2]["attempt"] == 1);
+
+    CHECK(w.get("/api/jobs/424242", 404)["error"]["code"] == "not_found");
+    CHECK(w.get("/api/jobs/0", 404)["error"]["code"] == "not_found");
+    CHECK(w.get("/api/jobs/abc", 400)["error"]["code"] == "bad_request");
+    CHECK(w.get("/api/jobs/99999999999999999999999", 400)["error"]["code"] == "bad_request");
+    CHECK(w.get("/api/nothing-here", 404)["error"]["code"] == "not_found");
+    CHECK(w.post("/api/jobs/abc/retry", 400)["error"]["code"] == "bad_request");
+    // The broker still serves after all that.
+    CHECK(w.client.status(id).state == JobState::succeeded);
+}
+
+TEST_CASE("http: POST retry revives a dead job, POST cancel cancels; wrong states are 409") {
+    HttpWorld w;
+    // The job fails permanently (exit 99) until the flag file exists, then echoes its payload.
+    auto flag = w.dir / "flag";
+    WorkerDaemon worker(w.dir, w.broker.endpoint(),
+                        {.name = "rw",
+                         .queues = {"r=test -e '" + flag.string() + "' && cat || exit 99"},
+                         .concurrency = 1,
+                         .extra_args = {"--permanent-exit-code", "99"}});
+    auto id = w.client.submit(job_spec("r", "again")).id;
+    REQUIRE(w.wait_job(id).state == JobState::dead);
+    auto path = "/api/jobs/" + std::to_string(id);
+    auto dead = w.get(path);
+    CHECK(dead["state"] == "dead");
+    CHECK(dead["exit_code"] == 99);
+    CHECK(dead["error"].is_string());
+
+    write_file(flag, "");
+    auto r = w.post(path + "/retry");
+    CHECK(r["retried"] == json::array({id}));
+    auto job = w.wait_job(id);
+    CHECK(job.state == JobState::succeeded);
+    CHECK(job.result == std::optional<std::string>("again"));
+    auto history = w.get(path)["events"];
+    CHECK(std::any_of(history.begin(), history.end(), [](const json& e) {
+        return e["reason"] == "retried by request" && e["from"] == "dead" && e["to"] == "ready";
+    }));
+
+    // Retrying a job that is not dead, or does not exist.
+    auto e = w.post(path + "/retry", 409);
+    CHECK(e["error"]["code"] == "invalid_state");
+    CHECK(w.post("/api/jobs/987654/retry", 404)["error"]["code"] == "not_found");
+
+    // Cancel a job nobody serves, then again.
+    auto idle = w.client.submit(job_spec("idle")).id;
+    auto c = w.post("/api/jobs/" + std::to_string(idle) + "/cancel");
+    CHECK(c["id"] == idle);
+    CHECK(c["state"] == "cancelled");
+    CHECK(w.client.status(idle).state == JobState::cancelled);
+    CHECK(w.post("/api/jobs/" + std::to_string(idle) + "/cancel", 409)["error"]["code"] ==
+          "invalid_state");
+}
+
+TEST_CASE("http: /api/workers shows each worker with its running jobs and their progress") {
+    HttpWorld w;
+    WorkerDaemon worker(w.dir, w.broker.endpoint(),
+                        {.name = "pw",
+                         .queues = {"p=echo '40% halfway' >&3; exec sleep 60"},
+                         .concurrency = 2,
+                         .extra_args = {}});
+    auto id = w.client.submit(job_spec("p")).id;
+    json workers;
+    bool ok = wait_until(
+        [&] {
+            workers = w.get("/api/workers");
+            return workers["workers"].size() == 1 && workers["workers"][0]["jobs"].size() == 1 &&
+                   workers["workers"][0]["jobs"][0]["progress"] == 40;
+        },
+        10s, 50ms);
+    INFO(workers.dump());
+    REQUIRE(ok);
+    const auto& x = workers["workers"][0];
+    CHECK(x["name"] == "pw");
+    CHECK(x["pid"] == worker.process().pid());
+    CHECK(x["queues"] == json::array({"p"}));
+    CHECK(x["concurrency"] == 2);
+    CHECK(x["last_heartbeat"].get<std::int64_t>() > 0);
+    CHECK(x["jobs"][0]["id"] == id);
+    CHECK(x["jobs"][0]["attempt"] == 1);
+    CHECK(x["jobs"][0]["progress_message"] == "halfway");
+    // Cancelling through the API stops it on the worker.
+    CHECK(w.post("/api/jobs/" + std::to_string(id) + "/cancel")["state"] == "cancelled");
+    REQUIRE(
+        wait_until([&] { return w.get("/api/workers")["workers"][0]["jobs"].empty(); }, 10s, 50ms));
+}
+
+TEST_CASE("cli: errand events --follow streams state changes; events, stats, workers print") {
+    HttpWorld w;
+    WorkerDaemon worker(w.dir, w.broker.endpoint(),
+                        {.name = "ew", .queues = {"ev=cat"}, .concurrency = 1, .extra_args = {}});
+    Process follow("events",
+                   {cli_bin(), "--broker", w.broker.endpoint(), "events", "--follow", "--json",
+                    "-q", "ev", "-n", "1"},
+                   w.dir.path());
+    REQUIRE_MESSAGE(
+        wait_until([&] { return follow.err().find("following events on") != std::string::npos; },
+                   10s),
+        follow.logs());
+    // A SUB socket starts receiving a moment after it connects: submit until one job's events
+    // arrive (bounded), then check that job's whole life came through in order.
+    std::optional<errand::JobId> seen;
+    for (int i = 0; i < 20 && !seen; ++i) {
+        auto id = w.client.submit(job_spec("ev", "e")).id;
+        auto done = "\"id\":" + std::to_string(id) + ",\"queue\":\"ev\",\"reason\":\"done\"";
+        if (wait_until([&] { return follow.out().find(done) != std::string::npos; }, 1s)) seen = id;
+    }
+    INFO(follow.logs());
+    REQUIRE(seen);
+    std::vector<json> mine;
+    for (const auto& line : read_lines(follow.stdout_path())) {
+        json j = json::parse(line, nullptr, false);
+        REQUIRE_FALSE(j.is_discarded());
+        CHECK(j["queue"] == "ev");
+        if (j["id"] == *seen) mine.push_back(j);
+    }
+    REQUIRE(mine.size() >= 2);
+    CHECK(mine[mine.size() - 2]["to"] == "running");
+    CHECK(mine[mine.size() - 2]["worker"] == "ew");
+    CHECK(mine.back()["from"] == "running");
+    CHECK(mine.back()["to"] == "succeeded");
+    CHECK(mine.back()["seq"].get<std::uint64_t>() > mine.front()["seq"].get<std::uint64_t>());
+
+    // Without --follow: the recent events, oldest first, and exit.
+    auto recent =
+        run_cli({"--broker", w.broker.endpoint(), "events", "--json", "-q", "ev", "-n", "3"});
+    REQUIRE_MESSAGE(recent.exit_code == 0, describe(recent));
+    std::istringstream in(recent.out);
+    std::string line;
+    std::vector<json> last3;
+    while (std::getline(in, line))
+        last3.push_back(json::parse(line));
+    REQUIRE(last3.size() == 3);
+    CHECK(last3.back()["to"] == "succeeded");
+    CHECK(last3[0]["seq"].get<std::uint64_t>() < last3[2]["seq"].get<std::uint64_t>());
+    auto text = run_cli({"--broker", w.broker.endpoint(), "events", "-n", "1"});
+    CHECK(text.out.find("running -> succeeded") != std::string::npos);
+
+    auto stats = run_cli({"--broker", w.broker.endpoint(), "stats", "--json"});
+    REQUIRE_MESSAGE(stats.exit_code == 0, describe(stats));
+    auto s = json::parse(stats.out);
+    CHECK(s["workers"] == 1);
+    CHECK(s["events_endpoint"] == "tcp://127.0.0.1:" + std::to_string(w.events_port));
+    REQUIRE(s["queues"].size() == 1);
+    CHECK(s["queues"][0]["name"] == "ev");
+    CHECK(s["queues"][0]["succeeded"].get<std::uint64_t>() >= 1);
+    CHECK(s["queues"][0]["counts"]["succeeded"] == s["queues"][0]["succeeded"]);
+    CHECK(s["commits"].get<std::uint64_t>() >= 1);
+    auto stats_text = run_cli({"--broker", w.broker.endpoint(), "stats"});
+    CHECK(stats_text.out.find("1 worker,") != std::string::npos);
+
+    auto workers = run_cli({"--broker", w.broker.endpoint(), "workers", "--json"});
+    REQUIRE_MESSAGE(workers.exit_code == 0, describe(workers));
+    auto ws = json::parse(workers.out);
+    REQUIRE(ws.size() == 1);
+    CHECK(ws[0]["name"] == "ew");
+    CHECK(ws[0]["pid"] == worker.process().pid());
+    CHECK(ws[0]["queues"] == json::array({"ev"}));
+    CHECK(ws[0]["jobs"].empty());
+    auto workers_text = run_cli({"--broker", w.broker.endpoint(), "workers"});
+    CHECK(workers_text.out.find("ew ") != std::string::npos);
+}
+
+TEST_CASE("cli: errand events --follow without a broker --events endpoint is refused") {
+    TempDir dir;
+    Broker broker(dir);
+    auto r = run_cli({"--broker", broker.endpoint(), "events", "--follow"});
+    CHECK(r.exit_code == 3);
+    CHECK(r.err.find("--events") != std::string::npos);
+}
+
+TEST_CASE("codec: job events, FEED, STATS and WORKERS survive a round trip") {
+    errand::JobEvent e{7, 42, "q", JobState::running, JobState::dead, 3, 1000, "w1", "failed"};
+    auto back = errand::decode_job_event(errand::Body(errand::encode(e)).reader());
+    CHECK(back.seq == 7);
+    CHECK(back.id == 42);
+    CHECK(back.from == std::optional<JobState>(JobState::running));
+    CHECK(back.to == JobState::dead);
+    CHECK(back.worker == std::optional<std::string>("w1"));
+    auto feed = errand::decode_feed_reply(errand::Body(errand::encode_feed(1, {e, e})).reader());
+    CHECK(feed.size() == 2);
+    CHECK_THROWS_AS(
+        errand::decode_feed(
+            errand::Body(errand::encode(errand::FeedRequest{1, std::nullopt, 501, 0})).reader()),
+        errand::ProtocolError);
+    errand::StatsReply st;
+    st.req = 3;
+    st.commit_seconds_sum = 0.25;
+    st.queues.push_back({"q", true, {{JobState::ready, 2}}, 5, 4, 1, 1, 0, 0.5, 1.5});
+    auto s2 = errand::decode_stats(errand::Body(errand::encode(st)).reader());
+    CHECK(s2.commit_seconds_sum == doctest::Approx(0.25));
+    REQUIRE(s2.queues.size() == 1);
+    CHECK(s2.queues[0].paused);
+    CHECK(s2.queues[0].counts[1].second == 2);
+    CHECK(s2.queues[0].submitted_per_second == doctest::Approx(1.5));
+    errand::WorkerInfo wi{"n", "i", "h", 9, {"q"}, 2, 0, 1, 5, {{1, "q", 1, 4}}};
+    auto ws = errand::decode_workers(errand::Body(errand::encode_workers(1, {wi})).reader());
+    REQUIRE(ws.size() == 1);
+    CHECK(ws[0].jobs.at(0).id == 1);
+    CHECK(ws[0].pid == 9);
+}
