@@ -8,11 +8,13 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <filesystem>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "errand/codec.hpp"
+#include "errand/curve.hpp"
 #include "harness.hpp"
 
 using namespace errand::test;
@@ -424,4 +426,58 @@ TEST_CASE("codec: job events, FEED, STATS and WORKERS survive a round trip") {
     REQUIRE(ws.size() == 1);
     CHECK(ws[0].jobs.at(0).id == 1);
     CHECK(ws[0].pid == 9);
+}
+
+TEST_CASE("events: with CURVE the PUB socket admits authorized keys only") {
+    namespace fs = std::filesystem;
+    TempDir tmp;
+    auto keys = tmp / "keys";
+    auto authorized = tmp / "authorized";
+    fs::create_directories(keys);
+    fs::create_directories(authorized);
+    errand::write_keypair(keys.string(), "broker");
+    auto client_pair = errand::write_keypair(keys.string(), "client");
+    write_file(authorized / "client.pub", client_pair.public_key + " client\n");
+    errand::write_keypair(keys.string(), "intruder");
+    auto key = [&](const std::string& n) { return (keys / (n + ".key")).string(); };
+    auto server_pub = (keys / "broker.pub").string();
+    auto curve = errand::load_curve_client(server_pub, key("client"));
+
+    int events_port = free_port();
+    auto events_ep = "tcp://127.0.0.1:" + std::to_string(events_port);
+    Broker broker(tmp,
+                  {"--curve-secret-key", key("broker"), "--authorized-keys", authorized.string(),
+                   "--events", events_ep},
+                  curve);
+    errand::Client client(broker.client_options());
+
+    // An intruder's key and a plaintext subscriber, connected before anything happens.
+    zmq::context_t ctx;
+    zmq::socket_t intruder(ctx, zmq::socket_type::sub), plain(ctx, zmq::socket_type::sub);
+    for (auto* s : {&intruder, &plain}) {
+        s->set(zmq::sockopt::linger, 0);
+        s->set(zmq::sockopt::subscribe, "");
+    }
+    errand::apply_curve(intruder, errand::load_curve_client(server_pub, key("intruder")));
+    intruder.connect(events_ep);
+    plain.connect(events_ep);
+
+    Process follow("events",
+                   {cli_bin(), "--broker", broker.endpoint(), "--curve-server-key", server_pub,
+                    "--curve-key", key("client"), "events", "--follow", "--json"},
+                   tmp.path());
+    REQUIRE_MESSAGE(
+        wait_until([&] { return follow.err().find("following") != std::string::npos; }, 10s),
+        follow.logs());
+    bool seen = false;
+    for (int i = 0; i < 20 && !seen; ++i) {
+        auto id = client.submit(job_spec("sec")).id;
+        auto needle = "\"id\":" + std::to_string(id) + ",";
+        seen = wait_until([&] { return follow.out().find(needle) != std::string::npos; }, 1s);
+    }
+    INFO(follow.logs());
+    CHECK(seen);
+    zmq::message_t m;
+    CHECK_FALSE(intruder.recv(m, zmq::recv_flags::dontwait));
+    CHECK_FALSE(plain.recv(m, zmq::recv_flags::dontwait));
 }
