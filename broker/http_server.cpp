@@ -12,6 +12,8 @@
 #include <httplib.h>
 #include <spdlog/spdlog.h>
 
+#include <sys/socket.h>
+
 #include <charconv>
 #include <chrono>
 #include <mutex>
@@ -436,6 +438,12 @@ struct HttpServer::Impl {
                 send_error(res, 500, "internal", "internal error");
             });
         server.set_payload_max_length(64 * 1024);
+        // cpp-httplib's default sets SO_REUSEPORT, which lets a second broker bind the same port
+        // and silently share its requests: allow only a quick rebind after a restart.
+        server.set_socket_options([](socket_t sock) {
+            int yes = 1;
+            ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+        });
     }
 };
 

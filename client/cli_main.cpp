@@ -1,6 +1,7 @@
 // The `errand` command line: submit jobs, show, wait for, list, cancel and retry them; pause,
-// resume, purge and inspect queues; show a job's history; ping the broker. CLI11 parses; one
-// function per subcommand talks to errand::Client; cli_output formats.
+// resume, purge and inspect queues; show a job's history; ping the broker; follow events, show
+// stats and workers (cli_observe.cpp). CLI11 parses; one function per subcommand talks to
+// errand::Client; cli_output formats.
 #include <unistd.h>
 
 #include <algorithm>

@@ -481,3 +481,50 @@ TEST_CASE("events: with CURVE the PUB socket admits authorized keys only") {
     CHECK_FALSE(intruder.recv(m, zmq::recv_flags::dontwait));
     CHECK_FALSE(plain.recv(m, zmq::recv_flags::dontwait));
 }
+
+TEST_CASE("http: --http 127.0.0.1:0 binds a free port and logs it") {
+    TempDir dir;
+    Broker broker(dir, {"--http", "127.0.0.1:0"});
+    const std::string prefix = "http listening on 127.0.0.1:";
+    int port = 0;
+    REQUIRE_MESSAGE(wait_until(
+                        [&] {
+                            auto err = broker.process().err();
+                            auto at = err.find(prefix);
+                            if (at == std::string::npos) return false;
+                            port = std::atoi(err.c_str() + at + prefix.size());
+                            return port > 0;
+                        },
+                        5s),
+                    broker.logs());
+    httplib::Client http("127.0.0.1", port);
+    http.set_read_timeout(5, 0);
+    REQUIRE(wait_until(
+        [&] {
+            auto res = http.Get("/healthz");
+            return res && res->status == 200;
+        },
+        5s));
+    CHECK(broker.process().err().find("not loopback") == std::string::npos);
+}
+
+TEST_CASE("http: a bad --http value is a usage error; a port in use fails to start") {
+    TempDir dir;
+    for (const char* value : {"nonsense", "127.0.0.1:", "127.0.0.1:99999", ":80"}) {
+        Process p("broker-bad", {broker_bin(), "--db", (dir / "x.db").string(), "--http", value},
+                  dir.path());
+        auto rc = p.wait_exit(10s);
+        CHECK_MESSAGE(rc == std::optional<int>(2), value << ": " << p.logs());
+    }
+    int port = free_port();
+    Broker first(dir, {"--http", "127.0.0.1:" + std::to_string(port)});
+    TempDir other;
+    Process second(
+        "broker-busy",
+        {broker_bin(), "--listen", "tcp://127.0.0.1:" + std::to_string(free_port()), "--db",
+         (other / "e.db").string(), "--http", "127.0.0.1:" + std::to_string(port)},
+        other.path());
+    auto rc = second.wait_exit(10s);
+    CHECK_MESSAGE(rc == std::optional<int>(4), second.logs());
+    CHECK(second.err().find("cannot listen for HTTP") != std::string::npos);
+}
