@@ -18,7 +18,8 @@ bash scripts/build.sh >/dev/null
 stop
 export PATH="$PWD/build/broker:$PWD/build/worker:$PWD/build/client:$PATH"
 
-errand-broker --db ./errand.db >demo/broker.log 2>&1 &
+errand-broker --db ./errand.db --http 127.0.0.1:7780 --events tcp://127.0.0.1:7745 \
+  >demo/broker.log 2>&1 &
 echo $! >demo/broker.pid
 errand-worker --queue default --queue upper='tr a-z A-Z' --concurrency 4 --allow-commands \
   --name demo-worker >demo/worker.log 2>&1 &
@@ -35,6 +36,8 @@ errand list
 cat <<TXT
 
 errand is running: broker on tcp://127.0.0.1:7744 (database ./errand.db), one worker.
+Dashboard: http://127.0.0.1:7780/ (Prometheus metrics at /metrics). Also try: errand stats,
+errand workers, errand events --follow.
 The tools are in build/: export PATH="$PWD/build/client:\$PATH" and try "errand --help".
 Logs: demo/broker.log, demo/worker.log. Stop both with: scripts/demo.sh stop
 TXT
