@@ -351,7 +351,7 @@ struct Broker::State {
             metrics.on_event(MetricEvent{p.event.queue, p.event.from, p.event.to, p.event.at,
                                          p.waited_ms, p.ran_ms});
             if (!cfg.events_endpoint.empty() && !captured) {
-                auto body = encode_event(p.event);
+                auto body = encode(p.event);
                 zmq::message_t topic(p.event.queue.data(), p.event.queue.size());
                 zmq::message_t msg(body.data(), body.size());
                 (void)pub.send(topic, zmq::send_flags::sndmore | zmq::send_flags::dontwait);
@@ -362,11 +362,6 @@ struct Broker::State {
         }
         if (!pending.empty()) snapshot_dirty = true;
         pending.clear();
-    }
-
-    static std::string encode_event(const EventView& e) {
-        JobEvent j{e.seq, e.id, e.queue, e.from, e.to, e.attempt, e.at, e.worker, e.reason};
-        return encode(j);
     }
 
     // The live picture for the HTTP side; cheap (no store access), a few times a second.
@@ -824,8 +819,7 @@ struct Broker::State {
         for (auto it = recent.rbegin(); it != recent.rend() && out.size() < m.limit; ++it) {
             if (it->seq <= m.after) break;
             if (m.queue && it->queue != *m.queue) continue;
-            out.push_back({it->seq, it->id, it->queue, it->from, it->to, it->attempt, it->at,
-                           it->worker, it->reason});
+            out.push_back(*it);
         }
         std::reverse(out.begin(), out.end());
         reply(identity, cmd::kFeed, encode_feed(m.req, out), m.req, OnFail::send);

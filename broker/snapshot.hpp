@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "errand/codec.hpp"
 #include "errand/protocol.hpp"
 #include "metrics.hpp"
 
@@ -46,18 +47,8 @@ struct WorkerView {
     std::vector<RunningView> jobs;  // by id
 };
 
-// One committed state change, as streamed by --events and kept in the recent-events ring.
-struct EventView {
-    std::uint64_t seq = 0;  // per broker run, increasing
-    JobId id = 0;
-    std::string queue;
-    std::optional<JobState> from;
-    JobState to = JobState::ready;
-    std::uint32_t attempt = 0;
-    Millis at = 0;
-    std::optional<std::string> worker;
-    std::string reason;
-};
+// One committed state change (the protocol's job event: PUB body, FEED item).
+using EventView = JobEvent;
 
 struct Snapshot {
     Millis at = 0;  // broker clock when it was built
