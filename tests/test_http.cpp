@@ -528,3 +528,33 @@ TEST_CASE("http: a bad --http value is a usage error; a port in use fails to sta
     CHECK_MESSAGE(rc == std::optional<int>(4), second.logs());
     CHECK(second.err().find("cannot listen for HTTP") != std::string::npos);
 }
+
+TEST_CASE("protocol: STATS, WORKERS and FEED refuse bad requests with an ERROR, never a crash") {
+    TempDir dir;
+    Broker broker(dir);
+    RawConnection conn(broker.endpoint());
+    auto error_code = [&](std::string_view command, const std::string& body) -> std::string {
+        conn.send(command, body);
+        auto env = conn.recv(3s);
+        REQUIRE_MESSAGE(env, command << ": no reply");
+        if (env->command != "ERROR") return "(" + env->command + ")";
+        return errand::Body(env->body).reader().str("code", 64);
+    };
+    CHECK(error_code("STATS", "\xc1") == "bad_frame");
+    CHECK(error_code("STATS", errand::Writer(0).take()) == "bad_request");  // no req
+    CHECK(error_code("WORKERS", errand::Writer(1).str("req", "x").take()) == "bad_request");
+    CHECK(error_code("FEED", errand::Writer(2).u64("req", 1).u64("limit", 0).take()) ==
+          "bad_request");
+    CHECK(error_code("FEED", errand::Writer(2).u64("req", 1).u64("limit", 501).take()) ==
+          "bad_request");
+    CHECK(error_code("FEED", errand::Writer(2).u64("req", 1).str("queue", "no spaces").take()) ==
+          "bad_request");
+    CHECK(error_code("FEED", errand::Writer(2).u64("req", 1).i64("after", -1).take()) ==
+          "bad_request");
+    // And good ones are answered.
+    CHECK(error_code("STATS", errand::encode_req(7)) == "(STATS)");
+    CHECK(error_code("WORKERS", errand::encode_req(8)) == "(WORKERS)");
+    CHECK(error_code("FEED", errand::encode(errand::FeedRequest{9, "q", 5, 0})) == "(FEED)");
+    errand::Client client(broker.client_options());
+    CHECK(client.stats().queues.empty());
+}
