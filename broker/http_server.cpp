@@ -19,6 +19,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
+#include <unordered_map>
 
 #include "errand/codec.hpp"
 #include "errand/transport.hpp"
@@ -272,22 +273,33 @@ struct HttpServer::Impl {
 
     void workers(const httplib::Request&, httplib::Response& res) {
         auto s = snapshot();
+        // Progress lives in the database: one query for all running jobs, not one per job.
+        std::size_t held = 0;
+        for (const auto& w : s->workers)
+            held += w.jobs.size();
+        std::unordered_map<JobId, JobInfo> running;
+        if (held > 0) {
+            JobPage page;
+            page.state = JobState::running;
+            page.limit = held + 100;
+            std::lock_guard lock(queries_mu);
+            for (auto& j : opt.queries->jobs(page))
+                running.emplace(j.id, std::move(j));
+        }
         json out = json::array();
         for (const auto& w : s->workers) {
             json jobs = json::array();
             for (const auto& j : w.jobs) {
-                std::optional<JobInfo> info;
-                {
-                    std::lock_guard lock(queries_mu);
-                    info = opt.queries->get_job(j.id);
-                }
-                jobs.push_back({{"id", j.id},
-                                {"queue", j.queue},
-                                {"attempt", j.attempt},
-                                {"started_at", j.started_at},
-                                {"progress", info ? nullable(info->progress) : json(nullptr)},
-                                {"progress_message",
-                                 info ? nullable(info->progress_message) : json(nullptr)}});
+                auto info = running.find(j.id);
+                bool known = info != running.end();
+                jobs.push_back(
+                    {{"id", j.id},
+                     {"queue", j.queue},
+                     {"attempt", j.attempt},
+                     {"started_at", j.started_at},
+                     {"progress", known ? nullable(info->second.progress) : json(nullptr)},
+                     {"progress_message",
+                      known ? nullable(info->second.progress_message) : json(nullptr)}});
             }
             out.push_back({{"name", w.name},
                            {"instance", w.instance},
