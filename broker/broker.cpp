@@ -37,9 +37,7 @@ struct Live {
     std::optional<Millis> timeout_ms;
     std::optional<Millis> backoff_ms;
     std::optional<Millis> backoff_cap_ms;
-    std::string unique;      // empty: none
-    Millis ready_since = 0;  // for the queue-wait metric
-    Millis started_at = 0;   // for the run-time metric
+    std::string unique;  // empty: none
 
     static Live from(const LiveJob& j) {
         return Live{j.queue,
@@ -55,9 +53,7 @@ struct Live {
                     j.timeout_ms,
                     j.backoff_ms,
                     j.backoff_cap_ms,
-                    j.unique.value_or(""),
-                    j.run_at.value_or(j.created_at),
-                    j.started_at.value_or(0)};
+                    j.unique.value_or("")};
     }
 };
 
@@ -249,6 +245,7 @@ struct Broker::State {
                     timers.push({l.run_at, j.id});
                     break;
                 case JobState::running:
+                    l.run_at = j.started_at.value_or(0);  // see since()
                     if (auto h = holder.find(j.id); h != holder.end()) {
                         l.worker_instance = h->second;
                     } else {
@@ -302,8 +299,8 @@ struct Broker::State {
         spdlog::debug("job {} queue={} attempt={}: {} -> {} ({})", id, l.queue, *t.attempts,
                       to_string(l.state), to_string(to), t.reason);
         note_event(id, l, t);
-        if (to == JobState::ready) l.ready_since = now;
-        if (to == JobState::running) l.started_at = now;
+        // run_at of a ready or running job: when it entered that state (see since()).
+        if (to == JobState::ready || to == JobState::running) l.run_at = now;
         auto& c = counts[l.queue];
         if (c[index_of(l.state)] > 0) --c[index_of(l.state)];
         ++c[index_of(to)];
@@ -333,14 +330,22 @@ struct Broker::State {
         }
     }
 
+    // When a ready job became ready, or a running job was dispatched: Live::run_at, which has no
+    // other use in those states, holds it (set by transition(); 0 after a restart for running
+    // jobs, the creation time for ready ones). Keeps Live small for the metrics' sake.
+    static Millis since(const Live& l) {
+        if (l.state == JobState::ready && l.run_at == 0) return l.created_at;
+        return l.run_at;
+    }
+
     void note_event(JobId id, const Live& l, const Transition& t) {
         PendingEvent p;
         p.event = EventView{0,    id,       l.queue, t.from, t.to, t.attempts.value_or(l.attempts),
                             t.at, t.worker, t.reason};
         if (t.from == JobState::ready && t.to == JobState::running)
-            p.waited_ms = std::max<Millis>(0, now - l.ready_since);
-        if (t.from == JobState::running && l.started_at > 0)
-            p.ran_ms = std::max<Millis>(0, now - l.started_at);
+            p.waited_ms = std::max<Millis>(0, now - since(l));
+        if (t.from == JobState::running && since(l) > 0)
+            p.ran_ms = std::max<Millis>(0, now - since(l));
         pending.push_back(std::move(p));
     }
 
@@ -394,8 +399,7 @@ struct Broker::State {
                          w.concurrency, w.prefetch, w.credit, w.last_seen, {}};
             for (const auto& [id, seq] : w.jobs)
                 if (auto l = live.find(id); l != live.end())
-                    v.jobs.push_back(
-                        {id, l->second.queue, l->second.attempts, l->second.started_at});
+                    v.jobs.push_back({id, l->second.queue, l->second.attempts, since(l->second)});
             std::sort(v.jobs.begin(), v.jobs.end(),
                       [](const auto& a, const auto& b) { return a.id < b.id; });
             snap->workers.push_back(std::move(v));
@@ -560,7 +564,6 @@ struct Broker::State {
             }
             if (job.unique) unique_live[*job.unique] = job.id;
             ++counts[job.queue][index_of(job.state)];
-            l.ready_since = now;
             pending.push_back(
                 {EventView{0, job.id, job.queue, std::nullopt, job.state, 0, now, std::nullopt,
                            job.state == JobState::scheduled ? "scheduled" : "submitted"},
@@ -801,8 +804,7 @@ struct Broker::State {
                          w.concurrency, w.prefetch, w.credit, w.last_seen, {}};
             for (const auto& [id, seq] : w.jobs)
                 if (auto l = live.find(id); l != live.end())
-                    x.jobs.push_back(
-                        {id, l->second.queue, l->second.attempts, l->second.started_at});
+                    x.jobs.push_back({id, l->second.queue, l->second.attempts, since(l->second)});
             std::sort(x.jobs.begin(), x.jobs.end(),
                       [](const auto& a, const auto& b) { return a.id < b.id; });
             out.push_back(std::move(x));
