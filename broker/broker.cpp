@@ -539,8 +539,11 @@ struct Broker::State {
                                             id, unique_live[*j->unique]));
         auto [it, fresh] = live.emplace(id, Live::from(*j));
         if (!it->second.unique.empty()) unique_live[it->second.unique] = id;
+        // Attempts only grow, so a late result of an old attempt can never match a new
+        // dispatch: the job gets its first budget of attempts on top of those it has used.
         Transition t;
-        t.attempts = 0;
+        t.max_attempts = j->attempts + j->attempt_budget;
+        it->second.max_attempts = *t.max_attempts;
         t.reason = "retried by request";
         transition(id, it->second, JobState::ready, std::move(t));
     }

@@ -375,7 +375,8 @@ TEST_CASE("lifecycle: always failing -> dead after max attempts; retry ID and re
     auto again = client.wait(a, 10'000);
     REQUIRE(again.has_value());
     CHECK(again->state == JobState::succeeded);
-    CHECK(again->attempts == 1);  // attempts start again
+    CHECK(again->attempts == 3);  // attempt numbers only grow: 2 used, then one more
+    CHECK(again->max_attempts == 4);  // the 2 used + the 2 it was submitted with
     CHECK(again->result == "fixed\n");
     const auto lines = read_lines(effects);
     const auto a_runs = std::count_if(lines.begin(), lines.end(), [&](const std::string& l) {
@@ -400,7 +401,7 @@ TEST_CASE("lifecycle: always failing -> dead after max attempts; retry ID and re
         auto job = client.wait(id, 10'000);
         REQUIRE(job.has_value());
         CHECK(job->state == JobState::succeeded);
-        CHECK(job->attempts == 1);
+        CHECK(job->attempts == 3);
     }
     CHECK(client.status(d).state == JobState::dead);
 
