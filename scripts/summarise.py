@@ -11,8 +11,12 @@ import sys
 
 CASES = re.compile(r"\[doctest\] test cases:\s*(\d+) \|\s*(\d+) passed \|\s*(\d+) failed")
 
+args = sys.argv[1:]
 passed = failed = 0
-for path in sys.argv[1:]:
+if args[:1] == ["--extra-failures"]:  # failures found outside the logs (sanitizer reports)
+    failed += int(args[1])
+    args = args[2:]
+for path in args:
     with open(path) as log:
         for line in log:
             entry = json.loads(line)
