@@ -32,31 +32,6 @@ using nlohmann::json;
 
 namespace {
 
-// Runs an errand::Worker on a thread; stops and joins it on destruction (also when a REQUIRE
-// throws), so a failing test cannot leave a thread behind.
-class WorkerThread {
-  public:
-    explicit WorkerThread(errand::Worker& worker)
-        : worker_(worker), thread_([this] {
-              try {
-                  worker_.run();
-              } catch (const std::exception& e) {
-                  error_ = e.what();
-              }
-          }) {}
-    ~WorkerThread() {
-        worker_.stop();
-        thread_.join();
-    }
-    WorkerThread(const WorkerThread&) = delete;
-    WorkerThread& operator=(const WorkerThread&) = delete;
-
-  private:
-    errand::Worker& worker_;
-    std::string error_;
-    std::thread thread_;
-};
-
 errand::WorkerOptions lib_worker(const Broker& broker, std::string name) {
     errand::WorkerOptions o;
     o.endpoint = broker.endpoint();
