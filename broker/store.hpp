@@ -48,7 +48,8 @@ struct Transition {
     JobId id = 0;
     std::optional<JobState> from;  // nullopt: the job is being created
     JobState to = JobState::ready;
-    std::optional<std::uint32_t> attempts;  // nullopt: unchanged
+    std::optional<std::uint32_t> attempts;      // nullopt: unchanged
+    std::optional<std::uint32_t> max_attempts;  // nullopt: unchanged (RELEASE raises it by one)
     Millis at = 0;
     std::optional<std::string> worker;
     std::optional<Millis> run_at;

@@ -282,7 +282,8 @@ struct SqliteStore::Statements {
                  "run_at = ?5, started_at = COALESCE(?6, started_at), finished_at = ?7, "
                  "exit_code = CASE WHEN ?8 THEN ?9 ELSE exit_code END, "
                  "result = CASE WHEN ?8 THEN ?10 ELSE result END, "
-                 "error = CASE WHEN ?8 THEN ?11 ELSE error END WHERE id = ?1"),
+                 "error = CASE WHEN ?8 THEN ?11 ELSE error END, "
+                 "max_attempts = COALESCE(?12, max_attempts) WHERE id = ?1"),
           event(db,
                 "INSERT INTO events (job_id, at, from_state, to_state, attempt, worker, reason, "
                 "id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
@@ -581,6 +582,7 @@ void SqliteStore::apply(const Transition& t) {
         .bind_opt(9, t.exit_code)
         .bind_opt_blob(10, t.result)
         .bind_opt(11, t.error)
+        .bind_opt(12, t.max_attempts)
         .run();
     if (sqlite3_changes(db_) != 1)
         throw StoreError(fmt::format("job {} vanished from the database", t.id), false);
