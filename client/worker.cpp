@@ -364,7 +364,7 @@ struct Worker::Impl {
         next_status = now + opt.status_interval_ms;
         WorkerStatus st;
         st.busy = static_cast<std::uint32_t>(running.size());
-        st.slots = opt.concurrency;
+        st.slots = opt.concurrency + opt.prefetch;
         st.unacknowledged = pending.size();
         st.connected = registered;
         st.draining = stopping;

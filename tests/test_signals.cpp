@@ -19,9 +19,10 @@ std::string gated(const std::filesystem::path& gate) {
     return "while [ ! -e " + gate.string() + " ]; do sleep 0.02; done; echo opened";
 }
 
-// A queue command that writes `marker` once it runs, then blocks until killed.
+// A queue command that writes `marker` once it runs, then ignores SIGTERM and runs until
+// SIGKILLed.
 std::string blocks(const std::filesystem::path& marker) {
-    return "touch " + marker.string() + "; exec sleep 600";
+    return "trap '' TERM; touch " + marker.string() + "; while :; do sleep 0.05; done";
 }
 
 bool has_event(errand::Client& client, errand::JobId id, const std::string& reason) {
@@ -55,7 +56,9 @@ TEST_CASE("signals: SIGTERM drains a worker: a long job is stopped and handed ba
     auto code = first.process().wait_exit(10s);
     REQUIRE_MESSAGE(code, first.logs());
     CHECK(*code == 0);
-    // drain-timeout 500ms + kill-grace 500ms, plus start-up slack for the RELEASE round trip.
+    // The job ignores SIGTERM: it lasts the drain-timeout (500ms) and the kill-grace (500ms),
+    // then SIGKILL; plus slack for the RELEASE round trip.
+    CHECK_MESSAGE(since(t0) >= 900ms, "took " << since(t0).count() << " ms");
     CHECK_MESSAGE(since(t0) < 4s, "took " << since(t0).count() << " ms");
 
     // Back in ready, not charged: one attempt used, and one more allowed than before.
@@ -79,6 +82,37 @@ TEST_CASE("signals: SIGTERM drains a worker: a long job is stopped and handed ba
     CHECK(done->attempts == 2);
     CHECK(done->max_attempts == 4);
     CHECK(done->result == std::optional<std::string>("done\n"));
+}
+
+TEST_CASE("signals: a second SIGTERM ends the drain at once") {
+    TempDir dir;
+    Broker broker(dir);
+    errand::Client client(broker.client_options());
+    const auto started = dir / "started";
+    auto id = client.submit(job_spec("long", "", 1)).id;
+    WorkerDaemon worker(dir, broker.endpoint(),
+                        {.name = "impatient",
+                         .queues = {"long=" + blocks(started)},
+                         .concurrency = 1,
+                         .allow_commands = false,
+                         .extra_args = {"--drain-timeout", "10m", "--kill-grace", "200ms"}});
+    REQUIRE_MESSAGE(wait_until([&] { return std::filesystem::exists(started); }, 10s),
+                    worker.logs());
+    worker.process().kill(SIGTERM);
+    REQUIRE_MESSAGE(
+        wait_until([&] { return worker.process().err().find("draining:") != std::string::npos; },
+                   5s),
+        worker.logs());
+    CHECK(worker.process().running());
+    worker.process().kill(SIGTERM);
+    auto code = worker.process().wait_exit(5s);
+    REQUIRE_MESSAGE(code, worker.logs());
+    CHECK(*code == 0);
+    // max_attempts 1: had the stop counted, the job would be dead now.
+    auto job = client.status(id);
+    CHECK(job.state == JobState::ready);
+    CHECK(job.attempts == 1);
+    CHECK(job.max_attempts == 2);
 }
 
 TEST_CASE("signals: a job that finishes during the drain succeeds and the worker exits 0") {

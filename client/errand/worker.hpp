@@ -66,7 +66,7 @@ using Handler = std::function<Outcome(const Job&)>;
 // What the worker is doing, for a service manager's status line (systemd STATUS=).
 struct WorkerStatus {
     std::uint32_t busy = 0;          // jobs held: running or waiting locally (prefetched)
-    std::uint32_t slots = 0;         // concurrency
+    std::uint32_t slots = 0;         // concurrency + prefetch
     std::size_t unacknowledged = 0;  // results the broker has not acknowledged yet
     bool connected = false;          // registered with the broker
     bool draining = false;           // stop() was called
