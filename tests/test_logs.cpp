@@ -124,3 +124,19 @@ TEST_CASE("logs: a bad --log-format is a usage error") {
     CHECK(*code == 2);
     CHECK(p.err().find("log-format") != std::string::npos);
 }
+
+TEST_CASE("logs: a --log-file that cannot be opened is a usage error naming it") {
+    TempDir dir;
+    const auto bad = dir / "no-such-dir" / "broker.log";
+    Process broker("badfile", {broker_bin(), "--log-file", bad.string()}, dir.path());
+    auto code = broker.wait_exit(10s);
+    REQUIRE(code);
+    CHECK(*code == 2);
+    CHECK_MESSAGE(broker.err().find(bad.string()) != std::string::npos, broker.logs());
+    Process worker("wbadfile", {worker_bin(), "--queue", "q", "--log-file", bad.string()},
+                   dir.path());
+    code = worker.wait_exit(10s);
+    REQUIRE(code);
+    CHECK(*code == 2);
+    CHECK_MESSAGE(worker.err().find(bad.string()) != std::string::npos, worker.logs());
+}
