@@ -51,29 +51,32 @@ struct Fd {
 
 }  // namespace
 
+double sqlite_commit_rate(const std::string& path, const std::string& synchronous, std::uint64_t n,
+                          const Deadline& deadline) {
+    Db db(path);
+    exec(db.db, "PRAGMA journal_mode = WAL");
+    exec(db.db,
+         synchronous == "full" ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL");
+    exec(db.db, "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, payload BLOB)");
+    Stmt insert(db.db, "INSERT INTO t (payload) VALUES (zeroblob(16))");
+    const auto t0 = Clock::now();
+    std::uint64_t i = 0;
+    for (; i < n && !deadline.passed(); ++i) {
+        exec(db.db, "BEGIN IMMEDIATE");
+        if (sqlite3_step(insert.st) != SQLITE_DONE) throw std::runtime_error("insert failed");
+        sqlite3_reset(insert.st);
+        exec(db.db, "COMMIT");
+    }
+    return static_cast<double>(i) / seconds_since(t0);
+}
+
 Result run_fsync(const Options& opt) {
     const std::uint64_t n = opt.n ? opt.n : 2000;
     const Deadline deadline(opt.max_seconds);
     TempDir dir(opt.tmpdir, opt.keep_tmp);
 
-    double sqlite_rate = 0;
-    {
-        Db db((dir.path() / "fsync.db").string());
-        exec(db.db, "PRAGMA journal_mode = WAL");
-        exec(db.db, opt.synchronous == "full" ? "PRAGMA synchronous = FULL"
-                                              : "PRAGMA synchronous = NORMAL");
-        exec(db.db, "CREATE TABLE t (id INTEGER PRIMARY KEY, payload BLOB)");
-        Stmt insert(db.db, "INSERT INTO t (payload) VALUES (zeroblob(16))");
-        const auto t0 = Clock::now();
-        std::uint64_t i = 0;
-        for (; i < n && !deadline.passed(); ++i) {
-            exec(db.db, "BEGIN IMMEDIATE");
-            if (sqlite3_step(insert.st) != SQLITE_DONE) throw std::runtime_error("insert failed");
-            sqlite3_reset(insert.st);
-            exec(db.db, "COMMIT");
-        }
-        sqlite_rate = static_cast<double>(i) / seconds_since(t0);
-    }
+    const double sqlite_rate =
+        sqlite_commit_rate((dir.path() / "fsync.db").string(), opt.synchronous, n, deadline);
     // Appending changes the file size (a journal commit on most filesystems); overwriting a
     // preallocated file is the cheapest durable write the disk offers.
     auto fsync_loop = [&](bool overwrite) {

@@ -2,6 +2,7 @@
 // errand_bench.cpp repeats it and reports the medians. Each scenario's file says what it measures.
 #pragma once
 
+#include "load.hpp"
 #include "options.hpp"
 #include "report.hpp"
 
@@ -15,6 +16,11 @@ Result run_recovery(const Options& opt);    // recovery.cpp
 Result run_daemon(const Options& opt);      // daemon.cpp
 Result run_fsync(const Options& opt);       // fsync.cpp
 Result run_beanstalkd(const Options& opt);  // beanstalkd.cpp
+
+// SQLite WAL commits per second at one row per transaction in the database file `path` (created
+// if missing): the one-fsync-per-submit limit with synchronous=full (fsync.cpp).
+double sqlite_commit_rate(const std::string& path, const std::string& synchronous, std::uint64_t n,
+                          const Deadline& deadline);
 
 // The payload of the scenario's jobs: --payload-size bytes, or `fallback` when not given.
 std::string payload_for(const Options& opt, std::size_t fallback);

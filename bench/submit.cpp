@@ -1,6 +1,14 @@
 // Scenario `submit`: one client submits N no-op jobs (no workers), one at a time (sync),
 // pipelined (W one-job requests in flight) or in batches; jobs acknowledged per second. Every
 // acknowledged job has been committed by the broker.
+//
+// In sync mode the disk's own limit is measured in the same run, interleaved in rounds with the
+// submits (the same number of one-row SQLite commits, same directory, same synchronous setting),
+// because this machine's fsync rate moves by an order of magnitude from minute to minute: the
+// ratio of the two, round by round, is the figure that means something.
+#include <algorithm>
+#include <vector>
+
 #include "load.hpp"
 #include "scenarios.hpp"
 
@@ -15,10 +23,28 @@ Result run_submit(const Options& opt) {
     BrokerProcess broker(opt);
     const std::string queue = unique_queue("submit");
     const Deadline deadline(opt.max_seconds);
-    const auto t0 = Clock::now();
-    const std::uint64_t done =
-        submit_jobs(broker.endpoint(), noop_job(queue, payload), n, mode, opt, deadline);
-    const double seconds = seconds_since(t0);
+    const bool interleave = mode == SubmitMode::sync && !broker.external();
+    const std::uint64_t rounds = interleave ? 5 : 1;
+    const std::uint64_t per_round = std::max<std::uint64_t>(1, n / rounds);
+    std::vector<double> limit_rates, ratios;
+    TempDir limit_dir(opt.tmpdir, false);
+    double seconds = 0;
+    std::uint64_t done = 0;
+    for (std::uint64_t round = 0; round < rounds && !deadline.passed(); ++round) {
+        const std::uint64_t want = round + 1 == rounds ? n - done : per_round;
+        const auto t0 = Clock::now();
+        const std::uint64_t got =
+            submit_jobs(broker.endpoint(), noop_job(queue, payload), want, mode, opt, deadline);
+        const double s = seconds_since(t0);
+        seconds += s;
+        done += got;
+        if (interleave && got > 0) {
+            const double limit = sqlite_commit_rate((limit_dir.path() / "limit.db").string(),
+                                                    opt.synchronous, got, deadline);
+            limit_rates.push_back(limit);
+            ratios.push_back(limit / (static_cast<double>(got) / s));
+        }
+    }
 
     Result r;
     r.scenario = "submit";
@@ -35,6 +61,16 @@ Result run_submit(const Options& opt) {
     r.add("us_per_job", seconds * 1e6 / static_cast<double>(done ? done : 1), "us");
     r.add("seconds", seconds, "s");
     r.add("jobs_done", static_cast<double>(done), "jobs");
+    if (!ratios.empty()) {
+        auto median = [](std::vector<double> v) {
+            std::sort(v.begin(), v.end());
+            return v[v.size() / 2];
+        };
+        r.add("limit_commits_per_s", median(limit_rates),
+              "one-row SQLite commits/s, interleaved (median of rounds)");
+        r.add("x_of_limit", median(ratios),
+              "time per submit / time per one-row commit (median of rounds; 1.0 = the limit)");
+    }
     if (done < n) r.notes.push_back("stopped at --max-seconds before all jobs were submitted");
     return r;
 }

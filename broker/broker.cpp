@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <array>
+#include <limits>
+#include <memory>
 #include <queue>
 #include <random>
 #include <unordered_map>
@@ -20,40 +22,110 @@
 namespace errand::broker {
 namespace {
 
+// ---- compact fields of Live ----------------------------------------------------------------
+// A million queued jobs live in memory at once, so Live is kept small (96 bytes instead of 184):
+// names repeat across jobs and are shared, optional durations use a sentinel, the rare unique key
+// sits behind a pointer.
+
+// A queue name, interned in the broker's name pool: one copy per queue, 8 bytes per job.
+class Name {
+  public:
+    Name() = default;
+    explicit Name(const std::string* s) : s_(s) {}
+    const std::string& str() const { return *s_; }
+    operator const std::string&() const { return *s_; }  // NOLINT: reads like the string
+
+  private:
+    const std::string* s_ = nullptr;
+};
+
+// The worker instance holding a running job, shared with its WorkerRec; empty: none (orphan).
+class WorkerRef {
+  public:
+    WorkerRef() = default;
+    WorkerRef(std::shared_ptr<const std::string> s) : s_(std::move(s)) {}  // NOLINT
+    WorkerRef& operator=(const std::string& s) {
+        s_ = s.empty() ? nullptr : std::make_shared<const std::string>(s);
+        return *this;
+    }
+    bool empty() const { return !s_; }
+    void clear() { s_.reset(); }
+    operator const std::string&() const { return s_ ? *s_ : none(); }  // NOLINT
+    bool operator==(const std::string& other) const { return s_ ? *s_ == other : other.empty(); }
+
+  private:
+    static const std::string& none() {
+        static const std::string empty;
+        return empty;
+    }
+    std::shared_ptr<const std::string> s_;
+};
+
+// An optional duration in 8 bytes (std::optional<Millis> takes 16).
+class OptMillis {
+  public:
+    OptMillis() = default;
+    OptMillis(std::optional<Millis> v) : v_(v.value_or(kNone)) {}  // NOLINT
+    explicit operator bool() const { return v_ != kNone; }
+    Millis operator*() const { return v_; }
+    Millis value_or(Millis d) const { return v_ == kNone ? d : v_; }
+    operator std::optional<Millis>() const {  // NOLINT
+        return v_ == kNone ? std::nullopt : std::optional<Millis>(v_);
+    }
+
+  private:
+    static constexpr Millis kNone = std::numeric_limits<Millis>::min();
+    Millis v_ = kNone;
+};
+
+// A unique key, rare: 8 bytes when absent.
+class UniqueKey {
+  public:
+    UniqueKey() = default;
+    explicit UniqueKey(const std::optional<std::string>& s)
+        : s_(s && !s->empty() ? std::make_unique<std::string>(*s) : nullptr) {}
+    bool empty() const { return !s_; }
+    operator const std::string&() const { return *s_; }  // NOLINT: only when !empty()
+
+  private:
+    std::unique_ptr<std::string> s_;
+};
+
 // A job that is not finished. Terminal jobs live only in the store.
 struct Live {
-    std::string queue;
-    JobState state = JobState::ready;
+    Name queue;
+    WorkerRef worker_instance;  // running: the registration that holds it; empty = orphan
+    UniqueKey unique;
+    Millis run_at = 0;
+    Millis orphan_deadline = 0;  // running with no known worker (after a restart)
+    Millis created_at = 0;
+    OptMillis timeout_ms;
+    OptMillis backoff_ms;
+    OptMillis backoff_cap_ms;
     std::uint32_t attempts = 0;
     std::uint32_t max_attempts = 0;
-    std::int32_t priority = 0;
+    std::int16_t priority = 0;  // limits::kMinPriority..kMaxPriority
     bool has_argv = false;
-    Millis run_at = 0;
-    std::string worker_instance;  // running: the registration that holds it; empty = orphan
-    Millis orphan_deadline = 0;   // running with no known worker (after a restart)
-    Millis created_at = 0;
-    std::optional<Millis> timeout_ms;
-    std::optional<Millis> backoff_ms;
-    std::optional<Millis> backoff_cap_ms;
-    std::string unique;  // empty: none
+    JobState state = JobState::ready;
 
-    static Live from(const LiveJob& j) {
-        return Live{j.queue,
-                    j.state,
-                    j.attempts,
-                    j.max_attempts,
-                    j.priority,
-                    j.has_argv,
-                    j.run_at.value_or(0),
-                    {},
-                    0,
-                    j.created_at,
-                    j.timeout_ms,
-                    j.backoff_ms,
-                    j.backoff_cap_ms,
-                    j.unique.value_or("")};
+    static Live from(const LiveJob& j, Name queue) {
+        Live l;
+        l.queue = queue;
+        l.unique = UniqueKey(j.unique);
+        l.run_at = j.run_at.value_or(0);
+        l.created_at = j.created_at;
+        l.timeout_ms = j.timeout_ms;
+        l.backoff_ms = j.backoff_ms;
+        l.backoff_cap_ms = j.backoff_cap_ms;
+        l.attempts = j.attempts;
+        l.max_attempts = j.max_attempts;
+        l.priority = static_cast<std::int16_t>(j.priority);
+        l.state = j.state;
+        l.has_argv = j.has_argv;
+        return l;
     }
 };
+static_assert(sizeof(Live) <= 96, "Live is per queued job: keep it small");
 
 constexpr std::size_t kStates = 7;
 using StateCounts = std::array<std::uint64_t, kStates>;
@@ -67,6 +139,7 @@ constexpr std::size_t kAdminBatch = 10000;
 struct WorkerRec {
     std::string identity;
     std::string instance;
+    std::shared_ptr<const std::string> instance_ref;  // `instance`, shared by its running jobs
     std::string name;
     std::string host;
     std::uint64_t pid = 0;
@@ -140,6 +213,7 @@ struct Broker::State {
     std::string instance = random_hex(8);
 
     std::unordered_map<JobId, Live> live;
+    std::unordered_set<std::string> names;  // queue names, interned (never shrinks)
     ReadyIndex ready;
     DeadlineHeap timers;          // retrying/scheduled jobs by run_at (stale entries skipped)
     DeadlineHeap leases;          // running attempts with a timeout, by timeout + grace
@@ -171,6 +245,8 @@ struct Broker::State {
 
     State(BrokerConfig c, std::unique_ptr<Store> s, const Clock& clk)
         : cfg(std::move(c)), store(std::move(s)), clock(clk) {}
+
+    Name intern(const std::string& name) { return Name(&*names.insert(name).first); }
 
     // ---- outgoing -------------------------------------------------------------------------
 
@@ -206,7 +282,7 @@ struct Broker::State {
             for (auto& [id, seq] : w.jobs)
                 holder[id] = inst;
         store->scan_live([&](LiveJob&& j) {
-            Live l = Live::from(j);
+            Live l = Live::from(j, intern(j.queue));
             if (!l.unique.empty()) unique_live[l.unique] = j.id;
             if (j.state == JobState::running && j.timeout_ms && j.started_at)
                 leases.push(
@@ -270,10 +346,9 @@ struct Broker::State {
             if (auto w = workers.find(l.worker_instance); w != workers.end())
                 t.worker = w->second.name;
         store->apply(t);
-        spdlog::debug("{}: {} -> {} ({}){}", job_fields(id, l.queue, *t.attempts),
+        spdlog::debug("{}: {} -> {} ({}){}", job_fields(id, l.queue.str(), *t.attempts),
                       to_string(l.state), to_string(to), t.reason,
                       t.worker ? " worker=" + *t.worker : std::string());
-        if (t.max_attempts) l.max_attempts = *t.max_attempts;
         auto& c = counts[l.queue];
         if (c[index_of(l.state)] > 0) --c[index_of(l.state)];
         ++c[index_of(to)];
@@ -431,20 +506,18 @@ struct Broker::State {
                 rep.duplicate.push_back(true);
                 continue;
             }
-            Live l{job.queue,
-                   job.state,
-                   0,
-                   job.max_attempts,
-                   job.priority,
-                   job.argv.has_value(),
-                   run_at,
-                   {},
-                   0,
-                   now,
-                   job.timeout_ms,
-                   job.backoff_ms,
-                   job.backoff_cap_ms,
-                   job.unique.value_or("")};
+            Live l;
+            l.queue = intern(job.queue);
+            l.unique = UniqueKey(job.unique);
+            l.run_at = run_at;
+            l.created_at = now;
+            l.timeout_ms = job.timeout_ms;
+            l.backoff_ms = job.backoff_ms;
+            l.backoff_cap_ms = job.backoff_cap_ms;
+            l.max_attempts = job.max_attempts;
+            l.priority = static_cast<std::int16_t>(job.priority);
+            l.state = job.state;
+            l.has_argv = job.argv.has_value();
             if (job.state == JobState::ready) {
                 ready.push(job.queue, job.id, job.priority, job.argv.has_value());
                 dispatch_dirty = true;
@@ -544,10 +617,13 @@ struct Broker::State {
             throw ProtocolError(ErrorCode::invalid_state,
                                 fmt::format("job {} cannot be retried: job {} holds its unique key",
                                             id, unique_live[*j->unique]));
-        auto [it, fresh] = live.emplace(id, Live::from(*j));
+        auto [it, fresh] = live.emplace(id, Live::from(*j, intern(j->queue)));
         if (!it->second.unique.empty()) unique_live[it->second.unique] = id;
+        // Attempts only grow, so a late result of an old attempt can never match a new
+        // dispatch: the job gets its first budget of attempts on top of those it has used.
         Transition t;
-        t.attempts = 0;
+        t.max_attempts = j->attempts + j->attempt_budget;
+        it->second.max_attempts = *t.max_attempts;
         t.reason = "retried by request";
         transition(id, it->second, JobState::ready, std::move(t));
     }
@@ -659,6 +735,7 @@ struct Broker::State {
         }
         w.identity = identity;
         w.instance = m.instance;
+        if (!w.instance_ref) w.instance_ref = std::make_shared<const std::string>(m.instance);
         w.name = m.name;
         w.host = m.host;
         w.pid = m.pid;
@@ -685,7 +762,7 @@ struct Broker::State {
                 l->second.attempts == h.attempt &&
                 (l->second.worker_instance.empty() || l->second.worker_instance == m.instance);
             if (ok) {
-                l->second.worker_instance = m.instance;
+                l->second.worker_instance = w.instance_ref;
                 l->second.orphan_deadline = 0;
                 kept.insert(h.id);
                 rep.held_ok.push_back(h.id);
@@ -728,7 +805,7 @@ struct Broker::State {
             auto l = live.find(id);
             if (l != live.end() && l->second.state == JobState::running) {
                 spdlog::warn("{}: worker {} does not hold it (dispatch lost)",
-                             job_fields(id, l->second.queue, l->second.attempts), w.name);
+                             job_fields(id, l->second.queue.str(), l->second.attempts), w.name);
                 lose_attempt(id, l->second, "dispatch lost");
             }
         }
@@ -809,9 +886,10 @@ struct Broker::State {
         }
         std::erase(orphans, m.id);
         spdlog::info("{}: released by {} (draining), back to ready without counting the attempt",
-                     job_fields(m.id, job.queue, m.attempt), by);
+                     job_fields(m.id, job.queue.str(), m.attempt), by);
         Transition t;
         t.max_attempts = job.max_attempts + 1;
+        job.max_attempts = *t.max_attempts;
         t.reason = "released by worker";
         transition(m.id, job, JobState::ready, std::move(t));
         reply(identity, cmd::kAck, encode(Ack{m.id, m.attempt}), std::nullopt, OnFail::drop);
@@ -914,7 +992,7 @@ struct Broker::State {
                 continue;
             auto timeout = format_duration(l->second.timeout_ms.value_or(0));
             spdlog::warn("{}: no result {} after its {} timeout",
-                         job_fields(d.id, l->second.queue, d.attempt),
+                         job_fields(d.id, l->second.queue.str(), d.attempt),
                          format_duration(cfg.timeout_grace_ms), timeout);
             abort_on_worker(d.id, l->second, "timed out");
             std::erase(orphans, d.id);
@@ -955,7 +1033,7 @@ struct Broker::State {
                 return true;
             if (l->second.orphan_deadline > now) return false;
             spdlog::warn("{}: no worker reclaimed it after the restart",
-                         job_fields(id, l->second.queue, l->second.attempts));
+                         job_fields(id, l->second.queue.str(), l->second.attempts));
             lose_attempt(id, l->second, "worker lost");
             return true;
         });
@@ -1040,7 +1118,7 @@ struct Broker::State {
                 t.started_at = now;
                 t.reason = "dispatched";
                 transition(*id, l->second, JobState::running, std::move(t));
-                l->second.worker_instance = w.instance;
+                l->second.worker_instance = w.instance_ref;
                 if (l->second.timeout_ms)
                     leases.push({now + *l->second.timeout_ms + cfg.timeout_grace_ms, *id,
                                  l->second.attempts});

@@ -48,8 +48,9 @@ struct Transition {
     JobId id = 0;
     std::optional<JobState> from;  // nullopt: the job is being created
     JobState to = JobState::ready;
-    std::optional<std::uint32_t> attempts;      // nullopt: unchanged
-    std::optional<std::uint32_t> max_attempts;  // nullopt: unchanged (RELEASE raises it by one)
+    std::optional<std::uint32_t> attempts;  // nullopt: unchanged
+    // nullopt: unchanged. Raising it remembers the job's first max_attempts as its budget.
+    std::optional<std::uint32_t> max_attempts;
     Millis at = 0;
     std::optional<std::string> worker;
     std::optional<Millis> run_at;
@@ -79,6 +80,7 @@ struct LiveJob {
     std::optional<Millis> backoff_ms;
     std::optional<Millis> backoff_cap_ms;
     std::optional<std::string> unique;
+    std::uint32_t attempt_budget = 0;  // the max_attempts the job was submitted with
 };
 
 // Rows removed by purge or retention, per queue and state (to keep counters right).

@@ -9,6 +9,8 @@
 // Version 2 adds the lifecycle: jobs.timeout_ms, backoff_ms, backoff_cap_ms, unique_key (unique
 // among unfinished jobs), progress, progress_message; queues(name, paused); and clusters events
 // by job: events(job_id, id, ...) PRIMARY KEY (job_id, id) WITHOUT ROWID, id from a counter.
+// Version 3 adds id_floor(id) (ids are never reused) and jobs.attempt_budget (the max_attempts the
+// job was submitted with, once RETRY or a hand-back has raised max_attempts; NULL until then).
 #include "store_sqlite.hpp"
 
 #include <fmt/format.h>
@@ -106,11 +108,18 @@ const char* const kMigrations[] = {
         name   TEXT PRIMARY KEY,
         paused INTEGER NOT NULL DEFAULT 0 CHECK (paused IN (0, 1))
     );
-    -- Job ids are never reused: the highest id of a deleted job is remembered here.
+    )sql",
+    // 3: job ids are never reused (the highest id of a deleted job is remembered in id_floor);
+    // attempts only grow, so RETRY raises max_attempts by the job's first budget, kept here.
+    R"sql(
     CREATE TABLE id_floor (id INTEGER NOT NULL);
-    INSERT INTO id_floor VALUES (0);
+    INSERT INTO id_floor SELECT COALESCE(MAX(id), 0) FROM jobs;
+    ALTER TABLE jobs ADD COLUMN attempt_budget INTEGER CHECK (attempt_budget >= 1);
     )sql",
 };
+
+static_assert(std::size(kMigrations) == SqliteStore::kSchemaVersion,
+              "kSchemaVersion is the number of migrations");
 
 std::string pack_argv(const std::vector<std::string>& argv) {
     msgpack::sbuffer buf;
@@ -215,7 +224,8 @@ constexpr const char* kJobColumns =
 
 constexpr const char* kLiveColumns =
     "id, queue, state, attempts, max_attempts, priority, argv IS NOT NULL, run_at, worker, "
-    "created_at, started_at, timeout_ms, backoff_ms, backoff_cap_ms, unique_key";
+    "created_at, started_at, timeout_ms, backoff_ms, backoff_cap_ms, unique_key, "
+    "COALESCE(attempt_budget, max_attempts)";
 
 JobInfo read_job(const Stmt& s) {
     JobInfo j;
@@ -259,6 +269,7 @@ LiveJob read_live(const Stmt& s) {
     j.backoff_ms = s.opt_i64(12);
     j.backoff_cap_ms = s.opt_i64(13);
     j.unique = s.opt_text(14);
+    j.attempt_budget = static_cast<std::uint32_t>(s.i64(15));
     return j;
 }
 
@@ -283,6 +294,8 @@ struct SqliteStore::Statements {
                  "exit_code = CASE WHEN ?8 THEN ?9 ELSE exit_code END, "
                  "result = CASE WHEN ?8 THEN ?10 ELSE result END, "
                  "error = CASE WHEN ?8 THEN ?11 ELSE error END, "
+                 "attempt_budget = CASE WHEN ?12 IS NULL THEN attempt_budget "
+                 "ELSE COALESCE(attempt_budget, max_attempts) END, "
                  "max_attempts = COALESCE(?12, max_attempts) WHERE id = ?1"),
           event(db,
                 "INSERT INTO events (job_id, at, from_state, to_state, attempt, worker, reason, "
@@ -475,28 +488,13 @@ bool SqliteStore::check_identity() {
 void SqliteStore::migrate() {
     exec("BEGIN IMMEDIATE");
     try {
-        bool has_version = false;
-        int tables = 0;
-        {
-            Stmt s(db_, "SELECT name FROM sqlite_master WHERE type = 'table'");
-            while (s.step()) {
-                ++tables;
-                if (s.text(0) == "schema_version") has_version = true;
-            }
-        }
-        if (!has_version && tables > 0)
-            throw StoreError("not an errand database (it has tables but no schema_version)", false);
-        if (!has_version) {
+        // Checked again inside the write transaction: another process may have raced us.
+        if (check_identity()) {
             exec("CREATE TABLE schema_version (version INTEGER NOT NULL)");
             exec("INSERT INTO schema_version VALUES (0)");
         }
         int version = schema_version();
         constexpr int known = static_cast<int>(std::size(kMigrations));
-        if (version > known)
-            throw StoreError(fmt::format("database schema version {} is newer than this errand "
-                                         "understands ({}); upgrade errand",
-                                         version, known),
-                             false);
         for (int v = version; v < known; ++v)
             exec(kMigrations[v]);
         if (version != known)
@@ -738,10 +736,12 @@ std::vector<Removed> SqliteStore::remove_finished(std::optional<JobState> state,
     s.reset();
     std::vector<Removed> out;
     JobId highest = 0;
-    for (const auto& [id, qs] : rows)
-        highest = std::max(highest, id);
+    for (const auto& row : rows)
+        highest = std::max(highest, row.first);
     if (highest > 0) st_->raise_floor.reset().bind(1, static_cast<std::int64_t>(highest)).run();
-    for (const auto& [id, qs] : rows) {
+    for (const auto& row : rows) {
+        JobId id = row.first;
+        const auto& qs = row.second;  // a plain reference: clang < 16 cannot capture bindings
         st_->delete_events.reset().bind(1, static_cast<std::int64_t>(id)).run();
         st_->delete_job.reset().bind(1, static_cast<std::int64_t>(id)).run();
         auto it = std::find_if(out.begin(), out.end(), [&](const Removed& r) {

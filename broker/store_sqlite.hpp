@@ -57,7 +57,7 @@ class SqliteStore final : public Store {
     void reclaim_space(int pages) override;
 
     int schema_version();
-    static constexpr int kSchemaVersion = 2;
+    static constexpr int kSchemaVersion = 3;
 
   private:
     struct Statements;

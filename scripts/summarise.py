@@ -1,30 +1,40 @@
 #!/usr/bin/env python3
-"""Reads meson's testlog.json and prints 'N passed, N failed' counted in doctest test cases.
+"""Reads meson testlog.json files and prints 'N passed, N failed' counted in doctest test cases.
 
-A test program that failed without doctest's summary (a crash, a timeout) counts as one failed
-case. Exits 1 when anything failed or nothing ran."""
+Several logs (e.g. the plain build and the sanitizer build) add up into one line. A test program
+that failed without doctest's summary (a crash, a timeout) counts as one failed case; a program
+that skipped itself (exit 77) is reported and counted in neither. Exits 1 when anything failed or
+nothing ran."""
 import json
 import re
 import sys
 
 CASES = re.compile(r"\[doctest\] test cases:\s*(\d+) \|\s*(\d+) passed \|\s*(\d+) failed")
 
+args = sys.argv[1:]
 passed = failed = 0
-with open(sys.argv[1]) as log:
-    for line in log:
-        entry = json.loads(line)
-        ok = entry.get("result") in ("OK", "EXPECTEDFAIL")
-        match = CASES.search(entry.get("stdout") or "")
-        if match:
-            passed += int(match.group(2))
-            failed += int(match.group(3))
-            if not ok and int(match.group(3)) == 0:
-                failed += 1  # e.g. a leak or exit-code failure after the summary
-        elif ok:
-            passed += 1
-        else:
-            failed += 1
-        if not ok:
-            print(f"FAILED: {entry.get('name')} ({entry.get('result')})")
+if args[:1] == ["--extra-failures"]:  # failures found outside the logs (sanitizer reports)
+    failed += int(args[1])
+    args = args[2:]
+for path in args:
+    with open(path) as log:
+        for line in log:
+            entry = json.loads(line)
+            if entry.get("result") == "SKIP":
+                print(f"SKIPPED: {entry.get('name')} ({path})")
+                continue
+            ok = entry.get("result") in ("OK", "EXPECTEDFAIL")
+            match = CASES.search(entry.get("stdout") or "")
+            if match:
+                passed += int(match.group(2))
+                failed += int(match.group(3))
+                if not ok and int(match.group(3)) == 0:
+                    failed += 1  # e.g. a leak or exit-code failure after the summary
+            elif ok:
+                passed += 1
+            else:
+                failed += 1
+            if not ok:
+                print(f"FAILED: {entry.get('name')} ({entry.get('result')}, {path})")
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed or not passed else 0)

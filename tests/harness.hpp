@@ -17,6 +17,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -24,6 +25,7 @@
 #include <zmq.hpp>
 
 #include "errand/client.hpp"
+#include "errand/worker.hpp"
 #include "errand/transport.hpp"
 
 namespace errand::test {
@@ -58,6 +60,33 @@ inline JobSpec job_spec(std::string queue, std::string payload = {},
     s.max_attempts = max_attempts;
     return s;
 }
+
+// Runs an errand::Worker on a thread; stops and joins it on destruction (also when a REQUIRE
+// throws), so a failing test cannot leave a thread behind.
+class WorkerThread {
+  public:
+    explicit WorkerThread(errand::Worker& worker)
+        : worker_(worker), thread_([this] {
+              try {
+                  worker_.run();
+              } catch (const std::exception& e) {
+                  error_ = e.what();
+              }
+          }) {}
+    ~WorkerThread() {
+        worker_.stop();
+        thread_.join();
+    }
+    WorkerThread(const WorkerThread&) = delete;
+    WorkerThread& operator=(const WorkerThread&) = delete;
+    // What run() threw, if it did (read after the destructor ran, or once it returned).
+    const std::string& error() const { return error_; }
+
+  private:
+    errand::Worker& worker_;
+    std::string error_;
+    std::thread thread_;
+};
 
 // A fresh directory under $TMPDIR (or /tmp), removed with its contents on destruction unless
 // ERRAND_KEEP_TMP is set. Its path is printed when the test fails.

@@ -161,3 +161,73 @@ TEST_CASE("a worker's dispatch is not sent when its commit fails; the job stays 
         dispatched |= e.command == cmd::kDispatch;
     CHECK(dispatched);
 }
+
+namespace {
+
+std::optional<Dispatch> dispatched(const std::vector<Envelope>& out) {
+    for (const auto& e : out)
+        if (e.command == cmd::kDispatch) {
+            Body b(e.body);
+            return decode_dispatch(b.reader());
+        }
+    return std::nullopt;
+}
+
+JobInfo job_status(Fixture& f, JobId id) {
+    auto reply = f.one(cmd::kStatus, encode(IdRequest{f.req++, id}));
+    REQUIRE(reply.command == cmd::kJob);
+    Body b(reply.body);
+    return decode_job_info(b.reader().map("job"));
+}
+
+}  // namespace
+
+TEST_CASE("after RETRY a late result of the given-up attempt is refused: attempts only grow") {
+    Fixture f;
+    SubmitRequest sub;
+    sub.req = f.req++;
+    JobSpec spec;
+    spec.queue = "q";
+    spec.max_attempts = 2;
+    sub.jobs.push_back(spec);
+    REQUIRE(f.one(cmd::kSubmit, encode(sub)).command == cmd::kSubmitted);
+    RegisterRequest reg;
+    reg.req = f.req++;
+    reg.instance = "w-1";
+    reg.name = "w";
+    reg.queues = {"q"};
+    reg.concurrency = 1;
+    REQUIRE(f.one(cmd::kRegister, encode(reg)).command == cmd::kRegistered);
+
+    // Attempt 1 fails permanently: dead with 1 of 2 attempts used.
+    auto first = dispatched(f.send(cmd::kCredit, encode_credit(1)));
+    REQUIRE(first.has_value());
+    CHECK(first->attempt == 1);
+    JobResult fail{.ok = false, .id = 1, .attempt = 1, .exit_code = 99, .error = "no",
+                   .permanent = true};
+    f.send(cmd::kFail, encode(fail));
+    CHECK(job_status(f, 1).state == JobState::dead);
+
+    auto retried = f.one(cmd::kRetry, encode(RetryRequest{f.req++, 1, false, std::nullopt}));
+    REQUIRE(retried.command == cmd::kRetried);
+    auto revived = job_status(f, 1);
+    CHECK(revived.attempts == 1);
+    CHECK(revived.max_attempts == 3);  // one used + the two it was submitted with
+
+    auto second = dispatched(f.send(cmd::kCredit, encode_credit(1)));
+    REQUIRE(second.has_value());
+    CHECK(second->attempt == 2);  // never attempt 1 again
+
+    // The old attempt's DONE arrives late: refused, the job is still running attempt 2.
+    JobResult stale{.ok = true, .id = 1, .attempt = 1, .exit_code = 0, .result = "old"};
+    f.send(cmd::kDone, encode(stale));
+    auto still = job_status(f, 1);
+    CHECK(still.state == JobState::running);
+    CHECK(still.attempts == 2);
+
+    JobResult fresh{.ok = true, .id = 1, .attempt = 2, .exit_code = 0, .result = "new"};
+    f.send(cmd::kDone, encode(fresh));
+    auto done = job_status(f, 1);
+    CHECK(done.state == JobState::succeeded);
+    CHECK(done.result == "new");
+}

@@ -16,37 +16,6 @@
 using namespace errand::test;
 using errand::JobState;
 
-namespace {
-
-// Runs an errand::Worker on a thread; stops and joins it on destruction (also when a REQUIRE
-// throws), so a failing test cannot leave a thread behind.
-class WorkerThread {
-  public:
-    explicit WorkerThread(errand::Worker& worker)
-        : worker_(worker), thread_([this] {
-              try {
-                  worker_.run();
-              } catch (const std::exception& e) {
-                  error_ = e.what();
-              }
-          }) {}
-    ~WorkerThread() {
-        worker_.stop();
-        thread_.join();
-    }
-    WorkerThread(const WorkerThread&) = delete;
-    WorkerThread& operator=(const WorkerThread&) = delete;
-    // What run() threw, if it did (read after the destructor ran, or once it returned).
-    const std::string& error() const { return error_; }
-
-  private:
-    errand::Worker& worker_;
-    std::string error_;
-    std::thread thread_;
-};
-
-}  // namespace
-
 TEST_CASE("e2e: 2000 jobs across 2 workers x concurrency 4 each complete exactly once") {
     constexpr std::size_t kJobs = 2000;
     TempDir dir;

@@ -71,6 +71,50 @@ TEST_CASE("a committed job survives reopening; an uncommitted one does not") {
     CHECK_FALSE(store.get_job(2).has_value());
 }
 
+TEST_CASE("migration 3 upgrades a version-2 database: id floor from its jobs, budget column") {
+    TempDir dir;
+    {
+        SqliteStore store(dir.db());
+        store.begin();
+        store.insert_job(job(7, "q"), "submitted");
+        store.commit();
+    }
+    {
+        // Turn it back into what version 2 wrote.
+        sqlite3* h = nullptr;
+        REQUIRE(sqlite3_open(dir.db().c_str(), &h) == SQLITE_OK);
+        char* err = nullptr;
+        int rc = sqlite3_exec(h,
+                              "DROP TABLE id_floor; ALTER TABLE jobs DROP COLUMN attempt_budget; "
+                              "UPDATE schema_version SET version = 2;",
+                              nullptr, nullptr, &err);
+        CHECK_MESSAGE(rc == SQLITE_OK, (err ? err : ""));
+        sqlite3_free(err);
+        sqlite3_close(h);
+    }
+    CHECK(count_rows(dir.db(), "SELECT version FROM schema_version") == 2);
+    SqliteStore store(dir.db());
+    CHECK(store.schema_version() == 3);
+    CHECK(count_rows(dir.db(), "SELECT id FROM id_floor") == 7);
+    auto live = store.load_live(7);
+    REQUIRE(live.has_value());
+    CHECK(live->attempt_budget == live->max_attempts);
+    // Raising max_attempts keeps the first one as the budget.
+    store.begin();
+    Transition t;
+    t.id = 7;
+    t.from = JobState::ready;
+    t.to = JobState::ready;
+    t.max_attempts = 10;
+    t.reason = "test";
+    store.apply(t);
+    store.commit();
+    auto raised = store.load_live(7);
+    REQUIRE(raised.has_value());
+    CHECK(raised->max_attempts == 10);
+    CHECK(raised->attempt_budget == live->max_attempts);
+}
+
 TEST_CASE("transitions update the row and write one event each") {
     TempDir dir;
     SqliteStore store(dir.db());
