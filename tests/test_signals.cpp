@@ -319,3 +319,110 @@ TEST_CASE("signals: SIGHUP reopens the log file of the broker and of the worker"
         worker.logs());
     CHECK(worker.process().running());
 }
+
+namespace {
+
+// The next message on `conn` that is not a HEARTBEAT, or nullopt after `timeout`.
+std::optional<errand::Envelope> next_message(RawConnection& conn, milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+        auto left =
+            std::chrono::duration_cast<milliseconds>(deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0) return std::nullopt;
+        auto msg = conn.recv(left);
+        if (!msg || msg->command != errand::cmd::kHeartbeat) return msg;
+    }
+}
+
+}  // namespace
+
+TEST_CASE("signals: RELEASE and DRAIN on the wire (fencing, stale, no dispatch after DRAIN)") {
+    TempDir dir;
+    Broker broker(dir);
+    errand::Client client(broker.client_options());
+    auto id = client.submit(job_spec("wire", "", 2)).id;
+
+    RawConnection conn(broker.endpoint());
+    errand::RegisterRequest reg;
+    reg.req = 1;
+    reg.instance = "raw-instance";
+    reg.name = "raw";
+    reg.host = "test";
+    reg.pid = 1;
+    reg.queues = {"wire"};
+    reg.concurrency = 2;
+    conn.send(errand::cmd::kRegister, errand::encode(reg));
+    auto registered = next_message(conn, 5s);
+    REQUIRE(registered);
+    REQUIRE(registered->command == errand::cmd::kRegistered);
+    conn.send(errand::cmd::kCredit, errand::encode_credit(2));
+
+    auto first = next_message(conn, 5s);
+    REQUIRE(first);
+    REQUIRE(first->command == errand::cmd::kDispatch);
+    auto d1 = errand::decode_dispatch(errand::Body(first->body).reader());
+    CHECK(d1.id == id);
+    CHECK(d1.attempt == 1);
+
+    // A release of an attempt that is not current changes nothing.
+    conn.send(errand::cmd::kRelease, errand::encode(errand::Ack{id, 9}));
+    auto stale = next_message(conn, 5s);
+    REQUIRE(stale);
+    REQUIRE(stale->command == errand::cmd::kError);
+    auto err = errand::decode_error(errand::Body(stale->body).reader());
+    CHECK(err.code == errand::ErrorCode::stale);
+    CHECK(err.id == std::optional<errand::JobId>(id));
+    CHECK(client.status(id).state == errand::JobState::running);
+
+    // The current one goes back uncharged, and is dispatched again (one credit left) as
+    // attempt 2, so anything attempt 1 says stays fenced off.
+    conn.send(errand::cmd::kRelease, errand::encode(errand::Ack{id, 1}));
+    auto ack = next_message(conn, 5s);
+    REQUIRE(ack);
+    REQUIRE(ack->command == errand::cmd::kAck);
+    auto a = errand::decode_ack(errand::Body(ack->body).reader());
+    CHECK(a.id == id);
+    CHECK(a.attempt == 1);
+    auto again = next_message(conn, 5s);
+    REQUIRE(again);
+    REQUIRE(again->command == errand::cmd::kDispatch);
+    auto d2 = errand::decode_dispatch(errand::Body(again->body).reader());
+    CHECK(d2.id == id);
+    CHECK(d2.attempt == 2);
+    auto job = client.status(id);
+    CHECK(job.attempts == 2);
+    CHECK(job.max_attempts == 3);
+
+    conn.send(errand::cmd::kRelease, errand::encode(errand::Ack{id, 1}));
+    auto stale_again = next_message(conn, 5s);
+    REQUIRE(stale_again);
+    CHECK(stale_again->command == errand::cmd::kError);
+
+    // After DRAIN no credit counts: a new job is not dispatched to this connection. The PONG
+    // comes after anything the SUBMIT's pass sent to it.
+    conn.send(errand::cmd::kDrain, errand::Writer(0).take());
+    conn.send(errand::cmd::kCredit, errand::encode_credit(5));
+    auto other = client.submit(job_spec("wire")).id;
+    conn.send(errand::cmd::kPing, errand::encode_req(42));
+    for (;;) {
+        auto msg = next_message(conn, 5s);
+        REQUIRE_MESSAGE(msg, "no PONG");
+        CHECK_MESSAGE(msg->command != errand::cmd::kDispatch, "dispatched after DRAIN");
+        if (msg->command == errand::cmd::kPong) break;
+    }
+    CHECK(client.status(other).state == errand::JobState::ready);
+
+    // Its running job still finishes normally.
+    errand::JobResult done;
+    done.ok = true;
+    done.id = id;
+    done.attempt = 2;
+    done.result = "ok";
+    conn.send(errand::cmd::kDone, errand::encode(done));
+    auto done_ack = next_message(conn, 5s);
+    REQUIRE(done_ack);
+    CHECK(done_ack->command == errand::cmd::kAck);
+    auto finished = client.status(id);
+    CHECK(finished.state == errand::JobState::succeeded);
+    CHECK(finished.attempts == 2);
+}
