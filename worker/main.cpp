@@ -270,6 +270,11 @@ int main(int argc, char** argv) {
                     const errand::Millis took = errand::steady_ms() - start;
                     if (outcome.ok)
                         spdlog::info("{}: succeeded in {} ms", tag, took);
+                    else if (job.cancelled())
+                        // Aborted by the broker, or stopped at the end of a drain (then the
+                        // Worker hands it back and says so).
+                        spdlog::info("{}: stopped after {} ms: {}", tag, took,
+                                     first_line(outcome.error));
                     else
                         spdlog::info("{}: failed{} in {} ms: {}", tag,
                                      outcome.permanent ? " permanently" : "", took,
