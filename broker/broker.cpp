@@ -14,6 +14,7 @@
 
 #include "errand/codec.hpp"
 #include "errand/duration.hpp"
+#include "errand/log_fields.hpp"
 #include "errand/transport.hpp"
 #include "lifecycle.hpp"
 #include "ready_index.hpp"
@@ -148,6 +149,7 @@ struct WorkerRec {
     bool commands = false;
     std::vector<std::uint32_t> weights;  // empty: strict order
     std::uint32_t credit = 0;
+    bool draining = false;  // sent DRAIN: takes no more jobs, whatever CREDIT says
     Millis last_seen = 0;
     std::uint64_t seq = 0;                          // last DISPATCH.seq sent
     std::unordered_map<JobId, std::uint64_t> jobs;  // job -> its DISPATCH.seq (0: adopted)
@@ -237,8 +239,9 @@ struct Broker::State {
     std::vector<JobId> finished;
     bool dispatch_dirty = true;
     Millis next_heartbeat = 0;
+    Millis next_status = 0;
 
-    static const Command kCommands[18];
+    static const Command kCommands[20];
 
     State(BrokerConfig c, std::unique_ptr<Store> s, const Clock& clk)
         : cfg(std::move(c)), store(std::move(s)), clock(clk) {}
@@ -343,8 +346,9 @@ struct Broker::State {
             if (auto w = workers.find(l.worker_instance); w != workers.end())
                 t.worker = w->second.name;
         store->apply(t);
-        spdlog::debug("job {} queue={} attempt={}: {} -> {} ({})", id, l.queue.str(), *t.attempts,
-                      to_string(l.state), to_string(to), t.reason);
+        spdlog::debug("{}: {} -> {} ({}){}", job_fields(id, l.queue.str(), *t.attempts),
+                      to_string(l.state), to_string(to), t.reason,
+                      t.worker ? " worker=" + *t.worker : std::string());
         auto& c = counts[l.queue];
         if (c[index_of(l.state)] > 0) --c[index_of(l.state)];
         ++c[index_of(to)];
@@ -562,6 +566,8 @@ struct Broker::State {
             }
             ++n;
             list.push_back({identity, m.req, deadline});
+            spdlog::debug("{}: a client waits for it (up to {} ms)",
+                          job_fields(m.id, job->queue, job->attempts), m.timeout_ms);
         }
         wait_deadlines.push({deadline, m.id});
     }
@@ -739,6 +745,7 @@ struct Broker::State {
         w.commands = m.commands;
         w.weights = m.weights;
         w.credit = 0;
+        w.draining = false;
         w.last_seen = now;
         w.seq = 0;
         instance_of[identity] = m.instance;
@@ -777,6 +784,7 @@ struct Broker::State {
     void on_credit(const std::string& identity, const Reader& r) {
         auto n = decode_credit(r);
         auto& w = registered(identity);
+        if (w.draining) return;
         // Credit never exceeds the slots the worker declared (concurrency + prefetch) minus the
         // jobs it holds, whatever a confused worker sends.
         std::uint32_t slots = w.concurrency + w.prefetch;
@@ -796,7 +804,8 @@ struct Broker::State {
             w.jobs.erase(id);
             auto l = live.find(id);
             if (l != live.end() && l->second.state == JobState::running) {
-                spdlog::warn("job {}: worker {} does not hold it (dispatch lost)", id, w.name);
+                spdlog::warn("{}: worker {} does not hold it (dispatch lost)",
+                             job_fields(id, l->second.queue.str(), l->second.attempts), w.name);
                 lose_attempt(id, l->second, "dispatch lost");
             }
         }
@@ -815,9 +824,9 @@ struct Broker::State {
                       OnFail::send);
                 return;
             }
-            spdlog::warn("job {}: rejected stale {} for attempt {} (job is {} at attempt {})", m.id,
-                         ok ? "DONE" : "FAIL", m.attempt, job ? to_string(job->state) : "gone",
-                         job ? job->attempts : 0);
+            spdlog::warn("{}: rejected stale {} (job is {} at attempt {})",
+                         job_fields(m.id, job ? job->queue : "", m.attempt), ok ? "DONE" : "FAIL",
+                         job ? to_string(job->state) : "gone", job ? job->attempts : 0);
             reply_error(identity, std::nullopt, ErrorCode::stale,
                         fmt::format("job {} attempt {} is no longer current", m.id, m.attempt),
                         m.id, m.attempt);
@@ -843,6 +852,46 @@ struct Broker::State {
             t.error = m.error;
             fail_attempt(m.id, job, std::move(t), m.permanent);
         }
+        reply(identity, cmd::kAck, encode(Ack{m.id, m.attempt}), std::nullopt, OnFail::drop);
+    }
+
+    // DRAIN: the worker is stopping. It gets no more jobs, whatever credit it had or sends.
+    void on_drain(const std::string& identity, const Reader&) {
+        auto& w = registered(identity);
+        w.draining = true;
+        w.credit = 0;
+        spdlog::info("worker {} is draining: {} jobs running, no more will be dispatched to it",
+                     w.name, w.jobs.size());
+    }
+
+    // RELEASE: a draining worker hands back an attempt it did not finish (never started, or
+    // stopped). The job goes back to ready uncharged: `attempts` stays, so the next dispatch is
+    // attempt+1 and this attempt's results stay fenced off, and max_attempts grows by one so the
+    // job keeps as many attempts as it had. Accepted from any connection, like results.
+    void on_release(const std::string& identity, const Reader& r) {
+        auto m = decode_ack(r);  // the same two fields: id, attempt
+        auto l = live.find(m.id);
+        if (l == live.end() || l->second.state != JobState::running ||
+            l->second.attempts != m.attempt) {
+            reply_error(identity, std::nullopt, ErrorCode::stale,
+                        fmt::format("job {} attempt {} is no longer current", m.id, m.attempt),
+                        m.id, m.attempt);
+            return;
+        }
+        Live& job = l->second;
+        std::string by = "unknown worker";
+        if (auto w = workers.find(job.worker_instance); w != workers.end()) {
+            w->second.jobs.erase(m.id);
+            by = w->second.name;
+        }
+        std::erase(orphans, m.id);
+        spdlog::info("{}: released by {} (draining), back to ready without counting the attempt",
+                     job_fields(m.id, job.queue.str(), m.attempt), by);
+        Transition t;
+        t.max_attempts = job.max_attempts + 1;
+        job.max_attempts = *t.max_attempts;
+        t.reason = "released by worker";
+        transition(m.id, job, JobState::ready, std::move(t));
         reply(identity, cmd::kAck, encode(Ack{m.id, m.attempt}), std::nullopt, OnFail::drop);
     }
 
@@ -942,9 +991,9 @@ struct Broker::State {
                 l->second.attempts != d.attempt)
                 continue;
             auto timeout = format_duration(l->second.timeout_ms.value_or(0));
-            spdlog::warn("job {} queue={} attempt={}: no result {} after its {} timeout", d.id,
-                         l->second.queue.str(), d.attempt, format_duration(cfg.timeout_grace_ms),
-                         timeout);
+            spdlog::warn("{}: no result {} after its {} timeout",
+                         job_fields(d.id, l->second.queue.str(), d.attempt),
+                         format_duration(cfg.timeout_grace_ms), timeout);
             abort_on_worker(d.id, l->second, "timed out");
             std::erase(orphans, d.id);
             Transition t;
@@ -983,7 +1032,8 @@ struct Broker::State {
                 !l->second.worker_instance.empty())
                 return true;
             if (l->second.orphan_deadline > now) return false;
-            spdlog::warn("job {}: no worker reclaimed it after the restart", id);
+            spdlog::warn("{}: no worker reclaimed it after the restart",
+                         job_fields(id, l->second.queue.str(), l->second.attempts));
             lose_attempt(id, l->second, "worker lost");
             return true;
         });
@@ -1013,6 +1063,7 @@ struct Broker::State {
 
     Millis next_deadline() const {
         Millis next = std::min({next_heartbeat, now + 1000, next_retention});
+        if (cfg.on_status) next = std::min(next, next_status);
         if (!timers.empty()) next = std::min(next, timers.top().at);
         if (!leases.empty()) next = std::min(next, leases.top().at);
         if (!wait_deadlines.empty()) next = std::min(next, wait_deadlines.top().at);
@@ -1166,13 +1217,53 @@ struct Broker::State {
             txn_error = e.what();
         }
         flush();
+        if (cfg.on_status && now >= next_status) {
+            cfg.on_status(status());
+            next_status = now + cfg.status_interval_ms;
+        }
+    }
+
+    BrokerStatus status() const {
+        BrokerStatus st;
+        for (const auto& [q, c] : counts) {
+            st.ready += c[index_of(JobState::ready)];
+            st.running += c[index_of(JobState::running)];
+            st.scheduled += c[index_of(JobState::scheduled)] + c[index_of(JobState::retrying)];
+        }
+        st.workers = workers.size();
+        return st;
+    }
+
+    // After the last pass: waiters get ERROR shutting_down instead of silence, workers get
+    // SHUTDOWN so they reconnect as soon as a broker is back instead of after expiry_ms.
+    void shutdown() {
+        std::size_t n = 0;
+        for (const auto& [id, list] : waiters)
+            for (const auto& w : list) {
+                send(w.identity, cmd::kError,
+                     encode(ErrorReply{w.req, ErrorCode::shutting_down,
+                                       fmt::format("the broker is shutting down; job {} is not "
+                                                   "finished, wait again once it is back",
+                                                   id),
+                                       std::nullopt, std::nullopt}));
+                ++n;
+            }
+        waiters.clear();
+        waits_of.clear();
+        auto body = encode_hb();
+        for (const auto& [inst, w] : workers)
+            send(w.identity, cmd::kShutdown, body);
+        spdlog::info("told {} waiters and {} workers that the broker is stopping", n,
+                     workers.size());
+        // Give those last messages time to leave: the socket is closed with linger 0 otherwise.
+        if (!captured) sock.set(zmq::sockopt::linger, 1000);
     }
 };
 
 // The command table: every command the broker accepts and its handler. Generic checks (frames,
 // version, decoding, error replies) happen once in handle(), before any handler runs.
 // clang-format off
-const Broker::State::Command Broker::State::kCommands[18] = {
+const Broker::State::Command Broker::State::kCommands[20] = {
     {cmd::kSubmit,    &State::on_submit},
     {cmd::kStatus,    &State::on_status},
     {cmd::kWait,      &State::on_wait},
@@ -1191,6 +1282,8 @@ const Broker::State::Command Broker::State::kCommands[18] = {
     {cmd::kDone,      &State::on_done,      Access::workers},
     {cmd::kFail,      &State::on_fail,      Access::workers},
     {cmd::kProgress,  &State::on_progress,  Access::workers},
+    {cmd::kDrain,     &State::on_drain,     Access::workers},
+    {cmd::kRelease,   &State::on_release,   Access::workers},
 };
 // clang-format on
 
@@ -1253,6 +1346,7 @@ void Broker::run() {
         s_->pass(readable);
     }
     spdlog::info("broker stopping");
+    s_->shutdown();
 }
 
 }  // namespace errand::broker
