@@ -17,6 +17,7 @@
 
 #include "errand/codec.hpp"
 #include "errand/duration.hpp"
+#include "errand/log_fields.hpp"
 #include "errand/transport.hpp"
 #include "lifecycle.hpp"
 #include "ready_index.hpp"
@@ -151,6 +152,7 @@ struct WorkerRec {
     bool commands = false;
     std::vector<std::uint32_t> weights;  // empty: strict order
     std::uint32_t credit = 0;
+    bool draining = false;  // sent DRAIN: takes no more jobs, whatever CREDIT says
     Millis last_seen = 0;
     std::uint64_t seq = 0;                          // last DISPATCH.seq sent
     std::unordered_map<JobId, std::uint64_t> jobs;  // job -> its DISPATCH.seq (0: adopted)
@@ -187,6 +189,7 @@ struct PendingEvent {
     EventView event;
     std::optional<Millis> waited_ms;
     std::optional<Millis> ran_ms;
+    bool failed_attempt = false;
 };
 
 // Identities of messages that came in on the admin (inproc) socket. ROUTER-generated identities
@@ -265,8 +268,9 @@ struct Broker::State {
     std::vector<JobId> finished;
     bool dispatch_dirty = true;
     Millis next_heartbeat = 0;
+    Millis next_status = 0;
 
-    static const Command kCommands[21];
+    static const Command kCommands[23];
 
     State(BrokerConfig c, std::unique_ptr<Store> s, const Clock& clk)
         : cfg(std::move(c)), store(std::move(s)), clock(clk) {}
@@ -372,8 +376,9 @@ struct Broker::State {
             if (auto w = workers.find(l.worker_instance); w != workers.end())
                 t.worker = w->second.name;
         store->apply(t);
-        spdlog::debug("job {} queue={} attempt={}: {} -> {} ({})", id, l.queue.str(), *t.attempts,
-                      to_string(l.state), to_string(to), t.reason);
+        spdlog::debug("{}: {} -> {} ({}){}", job_fields(id, l.queue.str(), *t.attempts),
+                      to_string(l.state), to_string(to), t.reason,
+                      t.worker ? " worker=" + *t.worker : std::string());
         note_event(id, l, t);
         // run_at of a ready or running job: when it entered that state (see since()).
         if (to == JobState::ready || to == JobState::running) l.run_at = now;
@@ -422,6 +427,10 @@ struct Broker::State {
             p.waited_ms = std::max<Millis>(0, now - since(l));
         if (t.from == JobState::running && since(l) > 0)
             p.ran_ms = std::max<Millis>(0, now - since(l));
+        // An attempt that ended with an outcome other than success or cancellation failed (FAIL,
+        // timeout, worker lost); a drained worker's RELEASE sets no outcome and is not counted.
+        p.failed_attempt = t.from == JobState::running && t.set_outcome &&
+                           t.to != JobState::succeeded && t.to != JobState::cancelled;
         pending.push_back(std::move(p));
     }
 
@@ -430,7 +439,7 @@ struct Broker::State {
         for (auto& p : pending) {
             p.event.seq = ++event_seq;
             metrics.on_event(MetricEvent{p.event.queue, p.event.from, p.event.to, p.event.at,
-                                         p.waited_ms, p.ran_ms});
+                                         p.waited_ms, p.ran_ms, p.failed_attempt});
             if (!cfg.events_endpoint.empty() && !captured) {
                 auto body = encode(p.event);
                 zmq::message_t topic(p.event.queue.data(), p.event.queue.size());
@@ -682,6 +691,8 @@ struct Broker::State {
             }
             ++n;
             list.push_back({identity, m.req, deadline});
+            spdlog::debug("{}: a client waits for it (up to {} ms)",
+                          job_fields(m.id, job->queue, job->attempts), m.timeout_ms);
         }
         wait_deadlines.push({deadline, m.id});
     }
@@ -932,6 +943,7 @@ struct Broker::State {
         w.commands = m.commands;
         w.weights = m.weights;
         w.credit = 0;
+        w.draining = false;
         w.last_seen = now;
         w.seq = 0;
         instance_of[identity] = m.instance;
@@ -970,6 +982,7 @@ struct Broker::State {
     void on_credit(const std::string& identity, const Reader& r) {
         auto n = decode_credit(r);
         auto& w = registered(identity);
+        if (w.draining) return;
         // Credit never exceeds the slots the worker declared (concurrency + prefetch) minus the
         // jobs it holds, whatever a confused worker sends.
         std::uint32_t slots = w.concurrency + w.prefetch;
@@ -989,7 +1002,8 @@ struct Broker::State {
             w.jobs.erase(id);
             auto l = live.find(id);
             if (l != live.end() && l->second.state == JobState::running) {
-                spdlog::warn("job {}: worker {} does not hold it (dispatch lost)", id, w.name);
+                spdlog::warn("{}: worker {} does not hold it (dispatch lost)",
+                             job_fields(id, l->second.queue.str(), l->second.attempts), w.name);
                 lose_attempt(id, l->second, "dispatch lost");
             }
         }
@@ -1008,9 +1022,9 @@ struct Broker::State {
                       OnFail::send);
                 return;
             }
-            spdlog::warn("job {}: rejected stale {} for attempt {} (job is {} at attempt {})", m.id,
-                         ok ? "DONE" : "FAIL", m.attempt, job ? to_string(job->state) : "gone",
-                         job ? job->attempts : 0);
+            spdlog::warn("{}: rejected stale {} (job is {} at attempt {})",
+                         job_fields(m.id, job ? job->queue : "", m.attempt), ok ? "DONE" : "FAIL",
+                         job ? to_string(job->state) : "gone", job ? job->attempts : 0);
             reply_error(identity, std::nullopt, ErrorCode::stale,
                         fmt::format("job {} attempt {} is no longer current", m.id, m.attempt),
                         m.id, m.attempt);
@@ -1036,6 +1050,46 @@ struct Broker::State {
             t.error = m.error;
             fail_attempt(m.id, job, std::move(t), m.permanent);
         }
+        reply(identity, cmd::kAck, encode(Ack{m.id, m.attempt}), std::nullopt, OnFail::drop);
+    }
+
+    // DRAIN: the worker is stopping. It gets no more jobs, whatever credit it had or sends.
+    void on_drain(const std::string& identity, const Reader&) {
+        auto& w = registered(identity);
+        w.draining = true;
+        w.credit = 0;
+        spdlog::info("worker {} is draining: {} jobs running, no more will be dispatched to it",
+                     w.name, w.jobs.size());
+    }
+
+    // RELEASE: a draining worker hands back an attempt it did not finish (never started, or
+    // stopped). The job goes back to ready uncharged: `attempts` stays, so the next dispatch is
+    // attempt+1 and this attempt's results stay fenced off, and max_attempts grows by one so the
+    // job keeps as many attempts as it had. Accepted from any connection, like results.
+    void on_release(const std::string& identity, const Reader& r) {
+        auto m = decode_ack(r);  // the same two fields: id, attempt
+        auto l = live.find(m.id);
+        if (l == live.end() || l->second.state != JobState::running ||
+            l->second.attempts != m.attempt) {
+            reply_error(identity, std::nullopt, ErrorCode::stale,
+                        fmt::format("job {} attempt {} is no longer current", m.id, m.attempt),
+                        m.id, m.attempt);
+            return;
+        }
+        Live& job = l->second;
+        std::string by = "unknown worker";
+        if (auto w = workers.find(job.worker_instance); w != workers.end()) {
+            w->second.jobs.erase(m.id);
+            by = w->second.name;
+        }
+        std::erase(orphans, m.id);
+        spdlog::info("{}: released by {} (draining), back to ready without counting the attempt",
+                     job_fields(m.id, job.queue.str(), m.attempt), by);
+        Transition t;
+        t.max_attempts = job.max_attempts + 1;
+        job.max_attempts = *t.max_attempts;
+        t.reason = "released by worker";
+        transition(m.id, job, JobState::ready, std::move(t));
         reply(identity, cmd::kAck, encode(Ack{m.id, m.attempt}), std::nullopt, OnFail::drop);
     }
 
@@ -1135,9 +1189,9 @@ struct Broker::State {
                 l->second.attempts != d.attempt)
                 continue;
             auto timeout = format_duration(l->second.timeout_ms.value_or(0));
-            spdlog::warn("job {} queue={} attempt={}: no result {} after its {} timeout", d.id,
-                         l->second.queue.str(), d.attempt, format_duration(cfg.timeout_grace_ms),
-                         timeout);
+            spdlog::warn("{}: no result {} after its {} timeout",
+                         job_fields(d.id, l->second.queue.str(), d.attempt),
+                         format_duration(cfg.timeout_grace_ms), timeout);
             abort_on_worker(d.id, l->second, "timed out");
             std::erase(orphans, d.id);
             Transition t;
@@ -1176,7 +1230,8 @@ struct Broker::State {
                 !l->second.worker_instance.empty())
                 return true;
             if (l->second.orphan_deadline > now) return false;
-            spdlog::warn("job {}: no worker reclaimed it after the restart", id);
+            spdlog::warn("{}: no worker reclaimed it after the restart",
+                         job_fields(id, l->second.queue.str(), l->second.attempts));
             lose_attempt(id, l->second, "worker lost");
             return true;
         });
@@ -1207,6 +1262,7 @@ struct Broker::State {
     Millis next_deadline() const {
         Millis next = std::min({next_heartbeat, now + 1000, next_retention});
         if (cfg.snapshots && snapshot_dirty) next = std::min(next, next_snapshot);
+        if (cfg.on_status) next = std::min(next, next_status);
         if (!timers.empty()) next = std::min(next, timers.top().at);
         if (!leases.empty()) next = std::min(next, leases.top().at);
         if (!wait_deadlines.empty()) next = std::min(next, wait_deadlines.top().at);
@@ -1386,13 +1442,53 @@ struct Broker::State {
         flush();
         if (cfg.snapshots && (now >= next_snapshot || (snapshot_dirty && next_snapshot == 0)))
             publish_snapshot();
+        if (cfg.on_status && now >= next_status) {
+            cfg.on_status(status());
+            next_status = now + cfg.status_interval_ms;
+        }
+    }
+
+    BrokerStatus status() const {
+        BrokerStatus st;
+        for (const auto& [q, c] : counts) {
+            st.ready += c[index_of(JobState::ready)];
+            st.running += c[index_of(JobState::running)];
+            st.scheduled += c[index_of(JobState::scheduled)] + c[index_of(JobState::retrying)];
+        }
+        st.workers = workers.size();
+        return st;
+    }
+
+    // After the last pass: waiters get ERROR shutting_down instead of silence, workers get
+    // SHUTDOWN so they reconnect as soon as a broker is back instead of after expiry_ms.
+    void shutdown() {
+        std::size_t n = 0;
+        for (const auto& [id, list] : waiters)
+            for (const auto& w : list) {
+                send(w.identity, cmd::kError,
+                     encode(ErrorReply{w.req, ErrorCode::shutting_down,
+                                       fmt::format("the broker is shutting down; job {} is not "
+                                                   "finished, wait again once it is back",
+                                                   id),
+                                       std::nullopt, std::nullopt}));
+                ++n;
+            }
+        waiters.clear();
+        waits_of.clear();
+        auto body = encode_hb();
+        for (const auto& [inst, w] : workers)
+            send(w.identity, cmd::kShutdown, body);
+        spdlog::info("told {} waiters and {} workers that the broker is stopping", n,
+                     workers.size());
+        // Give those last messages time to leave: the socket is closed with linger 0 otherwise.
+        if (!captured) sock.set(zmq::sockopt::linger, 1000);
     }
 };
 
 // The command table: every command the broker accepts and its handler. Generic checks (frames,
 // version, decoding, error replies) happen once in handle(), before any handler runs.
 // clang-format off
-const Broker::State::Command Broker::State::kCommands[21] = {
+const Broker::State::Command Broker::State::kCommands[23] = {
     {cmd::kSubmit,    &State::on_submit},
     {cmd::kStatus,    &State::on_status},
     {cmd::kWait,      &State::on_wait},
@@ -1414,6 +1510,8 @@ const Broker::State::Command Broker::State::kCommands[21] = {
     {cmd::kDone,      &State::on_done,      Access::workers},
     {cmd::kFail,      &State::on_fail,      Access::workers},
     {cmd::kProgress,  &State::on_progress,  Access::workers},
+    {cmd::kDrain,     &State::on_drain,     Access::workers},
+    {cmd::kRelease,   &State::on_release,   Access::workers},
 };
 // clang-format on
 
@@ -1504,6 +1602,7 @@ void Broker::run() {
         s_->pass((items[0].revents & ZMQ_POLLIN) != 0, (items[1].revents & ZMQ_POLLIN) != 0);
     }
     spdlog::info("broker stopping");
+    s_->shutdown();
 }
 
 }  // namespace errand::broker

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <atomic>
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -16,6 +18,14 @@
 #include "store.hpp"
 
 namespace errand::broker {
+
+// What the broker is doing, for a service manager's status line (systemd STATUS=).
+struct BrokerStatus {
+    std::uint64_t ready = 0;
+    std::uint64_t running = 0;
+    std::uint64_t scheduled = 0;  // scheduled and retrying: waiting for their time
+    std::size_t workers = 0;
+};
 
 struct BrokerConfig {
     std::string listen = std::string(kDefaultEndpoint);
@@ -35,6 +45,10 @@ struct BrokerConfig {
     // CURVE: the broker's secret key (Z85) and who may connect. Without them, plain TCP.
     std::optional<std::string> curve_secret_key;
     std::shared_ptr<const AuthorizedKeys> authorized_keys;
+    // Called from the loop (so it also proves the loop is alive, for a watchdog) at least every
+    // status_interval_ms while run() serves. Must not block.
+    std::function<void(const BrokerStatus&)> on_status;
+    Millis status_interval_ms = 1000;
     // Observability (docs/OPERATIONS.md). With `snapshots` set, the loop publishes its live
     // picture (queues, workers, metrics, recent events) there every `snapshot_interval_ms`.
     std::shared_ptr<SnapshotHub> snapshots;
@@ -54,7 +68,8 @@ class Broker {
     Broker(const Broker&) = delete;
     Broker& operator=(const Broker&) = delete;
 
-    // Serves until stop(); finishes the current pass (commit and replies) before returning.
+    // Serves until stop(); finishes the current pass (commit and replies), then tells waiters
+    // (ERROR shutting_down) and workers (SHUTDOWN) before returning.
     void run();
     // Async-signal-safe: only sets a flag.
     void stop() { stopping_.store(true, std::memory_order_relaxed); }

@@ -1,5 +1,4 @@
 // errand-broker: parse flags, set up logging, open the store, run the broker.
-#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
@@ -7,22 +6,23 @@
 #include <zmq.hpp>
 
 #include <csignal>
+#include <cstdio>
 
 #include "broker.hpp"
+#include "config.hpp"
+#include "errand/clock.hpp"
 #include "errand/curve.hpp"
 #include "errand/duration.hpp"
 #include "http_server.hpp"
+#include "logging.hpp"
+#include "notify.hpp"
+#include "signals.hpp"
 #include "store_sqlite.hpp"
 
 namespace {
 
-errand::broker::Broker* g_broker = nullptr;
-
-void on_signal(int) {
-    if (g_broker) g_broker->stop();
-}
-
-// Exit codes: 0 clean stop, 2 bad flags, 3 database unusable, 4 cannot listen.
+// Exit codes: 0 clean stop (SIGTERM, SIGINT), 2 bad flags (from the command line, the
+// environment or the config file), 3 database unusable, 4 cannot listen.
 constexpr int kExitUsage = 2;
 constexpr int kExitDatabase = 3;
 constexpr int kExitListen = 4;
@@ -52,8 +52,16 @@ int main(int argc, char** argv) {
     std::string timeout_grace = "10s", retention = "7d";
     std::string synchronous = "full";
     std::string log_level = "info";
+    std::string log_format = "text";
+    std::string log_file;
+    bool dump = false;
     std::string curve_secret_file, authorized_dir;
     std::string http;  // HOST:PORT of the HTTP side (metrics, API, dashboard); empty: off
+    app.footer(
+        "Every flag can also come from a TOML file (--config) or an ERRAND_* environment\n"
+        "variable (--worker-timeout: ERRAND_WORKER_TIMEOUT). Precedence: flag > environment >\n"
+        "file > default. SIGTERM/SIGINT: finish the current commit, tell waiters and workers,\n"
+        "exit 0. SIGHUP reopens --log-file.");
     app.add_option("--listen", cfg.listen, "ZeroMQ endpoint to bind")->capture_default_str();
     app.add_option("--db", db, "SQLite database file")->capture_default_str();
     app.add_option("--heartbeat", heartbeat, "heartbeat interval")
@@ -131,8 +139,15 @@ int main(int argc, char** argv) {
     app.add_option("--log-level", log_level, "trace, debug, info, warn or error")
         ->capture_default_str()
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
+    app.add_option("--log-format", log_format, "text, or json (one object per line)")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"text", "json"}));
+    app.add_option("--log-file", log_file, "log to this file instead of stderr (SIGHUP reopens it)")
+        ->type_name("PATH");
+    errand::daemon::add_config_options(app, dump);
     try {
-        app.parse(argc, argv);
+        auto args = errand::daemon::args_with_env(app, argc, argv);
+        app.parse(args);
     } catch (const CLI::ParseError& e) {
         int rc = app.exit(e);
         return rc == 0 ? 0 : kExitUsage;
@@ -149,10 +164,35 @@ int main(int argc, char** argv) {
                      "(and --heartbeat at least 10ms)\n");
         return kExitUsage;
     }
+    if (dump) {
+        std::fputs(errand::daemon::dump_config(app, "errand-broker").c_str(), stdout);
+        return 0;
+    }
 
-    auto logger = spdlog::stderr_color_mt("errand-broker");
-    spdlog::set_default_logger(logger);
-    spdlog::set_level(spdlog::level::from_str(log_level));
+    try {
+        errand::daemon::setup_logging({.name = "errand-broker",
+                                       .level = log_level,
+                                       .format = *errand::daemon::parse_log_format(log_format),
+                                       .file = log_file});
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "errand-broker: %s\n", e.what());
+        return kExitUsage;
+    }
+    // Signals go to one thread of ours (sigwait), blocked everywhere else: ZeroMQ's threads,
+    // started below, inherit the mask.
+    std::signal(SIGPIPE, SIG_IGN);
+    errand::daemon::SignalThread::block();
+
+    // systemd (Type=notify): STATUS= and WATCHDOG=1 come from the broker's loop, so a loop that
+    // hangs stops pinging and the watchdog restarts the service.
+    errand::daemon::ServiceNotifier notifier;
+    cfg.on_status = [&notifier](const errand::broker::BrokerStatus& st) {
+        notifier.status(fmt::format("{} ready, {} running, {} waiting, {} workers", st.ready,
+                                    st.running, st.scheduled, st.workers));
+        notifier.watchdog(errand::steady_ms());
+    };
+    if (auto wd = notifier.watchdog_interval())
+        cfg.status_interval_ms = std::min(cfg.status_interval_ms, *wd);
 
     if (!curve_secret_file.empty()) {
         try {
@@ -228,14 +268,24 @@ int main(int argc, char** argv) {
     }
     if (!cfg.events_endpoint.empty())
         spdlog::info("events published on {}", broker->events_endpoint());
-    g_broker = broker.get();
-    std::signal(SIGINT, on_signal);
-    std::signal(SIGTERM, on_signal);
-    std::signal(SIGPIPE, SIG_IGN);
+    errand::daemon::SignalThread signals([&broker, &notifier](int sig) {
+        if (sig == SIGHUP) {
+            try {
+                errand::daemon::reopen_logs();
+                spdlog::info("SIGHUP: log file reopened");
+            } catch (const std::exception& e) {
+                spdlog::error("SIGHUP: {}", e.what());
+            }
+            return;
+        }
+        spdlog::info("SIG{}: stopping", ::sigabbrev_np(sig));
+        notifier.stopping();
+        broker->stop();
+    });
     spdlog::info("errand-broker listening on {} (db {}, synchronous={})", broker->endpoint(), db,
                  synchronous);
+    notifier.ready(fmt::format("listening on {}", broker->endpoint()));
     broker->run();
-    g_broker = nullptr;
     http_server.reset();  // before the broker: it uses the broker's context
     return 0;
 }

@@ -98,9 +98,7 @@ void Metrics::on_event(const MetricEvent& e) {
     }
     if (e.waited_ms) q.wait_seconds.observe(static_cast<double>(*e.waited_ms) / 1000.0);
     if (e.ran_ms) q.run_seconds.observe(static_cast<double>(*e.ran_ms) / 1000.0);
-    if (e.from == JobState::running &&
-        (e.to == JobState::retrying || e.to == JobState::dead || e.to == JobState::ready))
-        ++q.failed;
+    if (e.failed_attempt) ++q.failed;
     if (e.from == JobState::dead && e.to == JobState::ready) ++q.retried;
     switch (e.to) {
         case JobState::succeeded:

@@ -60,6 +60,7 @@ struct MetricEvent {
     Millis at = 0;
     std::optional<Millis> waited_ms;  // ready -> running: time spent ready
     std::optional<Millis> ran_ms;     // from running: time since dispatch
+    bool failed_attempt = false;      // the attempt failed (not a drained worker's hand-back)
 };
 
 struct Metrics {

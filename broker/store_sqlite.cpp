@@ -10,7 +10,8 @@
 // among unfinished jobs), progress, progress_message; queues(name, paused); and clusters events
 // by job: events(job_id, id, ...) PRIMARY KEY (job_id, id) WITHOUT ROWID, id from a counter.
 // Version 3 adds id_floor(id) (ids are never reused) and jobs.attempt_budget (the max_attempts the
-// job was submitted with, once RETRY or a hand-back has raised max_attempts; NULL until then).
+// job was submitted with, once RETRY or a hand-back has raised max_attempts; NULL until then),
+// and rebuilds jobs with its state CHECK written without IN (see the migration).
 #include "store_sqlite.hpp"
 
 #include <fmt/format.h>
@@ -112,10 +113,53 @@ const char* const kMigrations[] = {
     )sql",
     // 3: job ids are never reused (the highest id of a deleted job is remembered in id_floor);
     // attempts only grow, so RETRY raises max_attempts by the job's first budget, kept here.
+    // jobs is rebuilt, with the state CHECK spelled as comparisons: for `state IN (...)` SQLite
+    // builds an ephemeral table on every row it writes (a sixth of the broker's time per job).
     R"sql(
     CREATE TABLE id_floor (id INTEGER NOT NULL);
     INSERT INTO id_floor SELECT COALESCE(MAX(id), 0) FROM jobs;
-    ALTER TABLE jobs ADD COLUMN attempt_budget INTEGER CHECK (attempt_budget >= 1);
+    CREATE TABLE jobs_v3 (
+        id             INTEGER PRIMARY KEY,
+        token          TEXT UNIQUE,
+        queue          TEXT NOT NULL,
+        state          TEXT NOT NULL CHECK (state = 'scheduled' OR state = 'ready'
+                                            OR state = 'running' OR state = 'retrying'
+                                            OR state = 'succeeded' OR state = 'dead'
+                                            OR state = 'cancelled'),
+        payload        BLOB NOT NULL,
+        argv           BLOB,
+        priority       INTEGER NOT NULL DEFAULT 0,
+        attempts       INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+        max_attempts   INTEGER NOT NULL CHECK (max_attempts >= 1),
+        run_at         INTEGER,
+        worker         TEXT,
+        exit_code      INTEGER,
+        result         BLOB,
+        error          TEXT,
+        created_at     INTEGER NOT NULL,
+        started_at     INTEGER,
+        finished_at    INTEGER,
+        timeout_ms     INTEGER,
+        backoff_ms     INTEGER,
+        backoff_cap_ms INTEGER,
+        unique_key     TEXT,
+        progress       INTEGER CHECK (progress BETWEEN 0 AND 100),
+        progress_message TEXT,
+        attempt_budget INTEGER CHECK (attempt_budget >= 1)
+    );
+    INSERT INTO jobs_v3 SELECT id, token, queue, state, payload, argv, priority, attempts,
+        max_attempts, run_at, worker, exit_code, result, error, created_at, started_at,
+        finished_at, timeout_ms, backoff_ms, backoff_cap_ms, unique_key, progress,
+        progress_message, NULL FROM jobs;
+    DROP TABLE jobs;
+    ALTER TABLE jobs_v3 RENAME TO jobs;
+    CREATE INDEX jobs_queue ON jobs(queue, id);
+    CREATE INDEX jobs_live ON jobs(state)
+        WHERE state <> 'succeeded' AND state <> 'dead' AND state <> 'cancelled';
+    CREATE UNIQUE INDEX jobs_unique ON jobs(unique_key)
+        WHERE unique_key IS NOT NULL
+          AND state <> 'succeeded' AND state <> 'dead' AND state <> 'cancelled';
+    CREATE INDEX jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;
     )sql",
 };
 

@@ -19,6 +19,7 @@
 #include "errand/client.hpp"
 #include "errand/clock.hpp"
 #include "errand/codec.hpp"
+#include "errand/log_fields.hpp"
 #include "errand/transport.hpp"
 
 namespace errand {
@@ -71,6 +72,7 @@ struct Worker::Impl {
     std::vector<std::pair<std::string, Handler>> handlers;
     std::vector<std::uint32_t> weights;  // parallel to handlers; 0 = none given
     std::atomic<bool> stopping{false};
+    std::atomic<int> stop_requests{0};  // 1: drain, 2 or more: end the drain now
     std::string instance = random_token();
     std::string inproc = "inproc://errand-worker-" + instance;
     zmq::context_t ctx{1};
@@ -156,12 +158,18 @@ struct Worker::Impl {
     struct Running {
         std::uint32_t attempt = 0;
         std::shared_ptr<JobControl> control;
+        std::string queue;
     };
     std::map<JobId, Running> running;  // being executed
     std::map<JobId, Pending> pending;  // results awaiting ACK
     // Results still unacknowledged when we registered: the broker counts their slots as busy
     // until it has them, so their credit is granted when they are acknowledged.
     std::set<JobId> held_results;
+    // Draining: when it ends, and the jobs cancelled by it (a failure of theirs is a RELEASE).
+    std::optional<Millis> drain_deadline;
+    bool drain_over = false;
+    std::set<JobId> released;
+    Millis next_status = 0;
 
     void open_socket() {
         sock = std::make_unique<zmq::socket_t>(ctx, zmq::socket_type::dealer);
@@ -234,9 +242,13 @@ struct Worker::Impl {
                 // Its attempt is no longer ours: stop it; results would be refused as stale.
                 pending.erase(id);
                 held_results.erase(id);
-                if (auto it = running.find(id); it != running.end())
+                std::string queue;
+                if (auto it = running.find(id); it != running.end()) {
                     it->second.control->cancelled = true;
-                spdlog::warn("job {}: the broker gave it to someone else while we were away", id);
+                    queue = it->second.queue;
+                }
+                spdlog::warn("{}: the broker gave it to someone else while we were away",
+                             job_fields(id, queue, 0));
             }
             spdlog::info("registered with {} as {} (heartbeat {} ms)", opt.endpoint, opt.name,
                          heartbeat_ms);
@@ -250,8 +262,13 @@ struct Worker::Impl {
             if (auto it = running.find(d.id);
                 it != running.end() && it->second.attempt == d.attempt)
                 return;  // duplicate
+            if (stopping) {
+                // Dispatched before the broker had our DRAIN: hand it straight back.
+                release(d.id, d.attempt, d.queue, now, "not started, the worker is draining");
+                return;
+            }
             auto control = std::make_shared<JobControl>();
-            running[d.id] = Running{d.attempt, control};
+            running[d.id] = Running{d.attempt, control, d.queue};
             {
                 std::lock_guard lock(mu);
                 tasks.push_back(Job{d.id, d.queue, d.attempt, std::move(d.payload),
@@ -263,8 +280,8 @@ struct Worker::Impl {
             if (auto it = running.find(a.id);
                 it != running.end() && it->second.attempt == a.attempt) {
                 it->second.control->cancelled = true;
-                spdlog::info("job {}: attempt {} aborted by the broker: {}", a.id, a.attempt,
-                             a.reason);
+                spdlog::info("{}: aborted by the broker: {}",
+                             job_fields(a.id, it->second.queue, a.attempt), a.reason);
             }
         } else if (env.command == cmd::kAck) {
             auto a = decode_ack(r);
@@ -278,7 +295,8 @@ struct Worker::Impl {
             if (e.code == ErrorCode::stale && e.id) {
                 pending.erase(*e.id);
                 if (held_results.erase(*e.id)) grant(1);
-                spdlog::warn("job {}: result refused as stale: {}", *e.id, e.message);
+                spdlog::warn("{}: result refused as stale: {}",
+                             job_fields(*e.id, "", e.attempt.value_or(0)), e.message);
             } else if (e.code == ErrorCode::not_registered) {
                 if (registered || now >= next_register) {
                     registered = false;
@@ -287,8 +305,70 @@ struct Worker::Impl {
             } else {
                 spdlog::error("broker error {}: {}", to_string(e.code), e.message);
             }
+        } else if (env.command == cmd::kShutdown) {
+            // The broker is going away: reconnect as soon as one is back, on a fresh
+            // connection, instead of noticing only after expiry_ms of silence.
+            spdlog::info("broker {} is shutting down; will register again when it is back",
+                         opt.endpoint);
+            registered = false;
+            backoff = kInitialBackoffMs;
+            next_register = now + kInitialBackoffMs;
+            open_socket();
         }
         // HEARTBEAT: last_heard is all it carries.
+    }
+
+    // Hands an attempt back to the broker uncharged; resent like a result until acknowledged.
+    void release(JobId id, std::uint32_t attempt, const std::string& queue, Millis now,
+                 const char* why) {
+        spdlog::info("{}: handed back to the broker ({})", job_fields(id, queue, attempt), why);
+        pending[id] = Pending{attempt, std::string(cmd::kRelease), encode(Ack{id, attempt}), now};
+        if (registered) send(cmd::kRelease, pending[id].body);
+    }
+
+    // Drain steps, run on every pass of the network loop once stop() was called.
+    void drain(Millis now) {
+        if (!drain_deadline) {
+            drain_deadline = opt.drain_timeout_ms ? now + *opt.drain_timeout_ms : INT64_MAX;
+            if (registered) send(cmd::kDrain, Writer(0).take());
+            // Jobs waiting for a handler thread (prefetched) never start.
+            std::deque<Job> waiting;
+            {
+                std::lock_guard lock(mu);
+                waiting.swap(tasks);
+            }
+            for (const Job& job : waiting) {
+                running.erase(job.id);
+                release(job.id, job.attempt, job.queue, now, "not started, the worker is draining");
+            }
+            spdlog::info("draining: {} jobs running{}", running.size(),
+                         opt.drain_timeout_ms
+                             ? fmt::format(", stopping them in {} ms", *opt.drain_timeout_ms)
+                             : std::string());
+        }
+        if (stop_requests.load() > 1) drain_deadline = now;
+        if (!drain_over && now >= *drain_deadline) {
+            drain_over = true;
+            if (!running.empty())
+                spdlog::warn("drain time is over: stopping {} running jobs and handing them back",
+                             running.size());
+            for (auto& [id, run] : running) {
+                run.control->cancelled = true;
+                released.insert(id);
+            }
+        }
+    }
+
+    void report_status(Millis now) {
+        if (!opt.on_status || now < next_status) return;
+        next_status = now + opt.status_interval_ms;
+        WorkerStatus st;
+        st.busy = static_cast<std::uint32_t>(running.size());
+        st.slots = opt.concurrency + opt.prefetch;
+        st.unacknowledged = pending.size();
+        st.connected = registered;
+        st.draining = stopping;
+        opt.on_status(st);
     }
 
     void send_progress() {
@@ -313,10 +393,17 @@ struct Worker::Impl {
             Body b(body.to_string_view());
             auto id = b.reader().u64("id");
             auto attempt = static_cast<std::uint32_t>(b.reader().u64("attempt"));
+            std::string queue;
+            if (auto it = running.find(id); it != running.end()) queue = it->second.queue;
             running.erase(id);
+            ++freed;
+            if (released.erase(id) && command.to_string_view() == cmd::kFail) {
+                // Stopped by the drain, not failed: the attempt goes back uncharged.
+                release(id, attempt, queue, now, "stopped, the drain time is over");
+                continue;
+            }
             pending[id] = Pending{attempt, command.to_string(), body.to_string(), now};
             if (registered) send(pending[id].command, pending[id].body);
-            ++freed;
         }
         grant(freed);  // one CREDIT for every result of this wake-up
     }
@@ -340,6 +427,8 @@ struct Worker::Impl {
                 spdlog::info("stopping: {} jobs running, {} results unacknowledged", running.size(),
                              pending.size());
             }
+            if (stopping) drain(now);
+            report_status(now);
             if (stopping && running.empty() && pending.empty()) break;
             if (stopping && running.empty() && now - last_heard > expiry_ms) {
                 spdlog::warn("giving up on {} unacknowledged results: broker unreachable",
@@ -422,6 +511,7 @@ void Worker::run() {
 }
 
 void Worker::stop() {
+    impl_->stop_requests.fetch_add(1);
     impl_->stopping.store(true, std::memory_order_relaxed);
 }
 

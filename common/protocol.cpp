@@ -6,10 +6,10 @@
 namespace errand {
 namespace {
 
-constexpr std::array<std::string_view, 13> kErrorNames = {
+constexpr std::array<std::string_view, 14> kErrorNames = {
     "bad_frame", "bad_version",   "unknown_command", "bad_request",    "too_large",
     "not_found", "timeout",       "stale",           "not_registered", "storage",
-    "internal",  "invalid_state", "forbidden",
+    "internal",  "invalid_state", "forbidden",       "shutting_down",
 };
 
 constexpr std::array<std::string_view, 7> kStateNames = {

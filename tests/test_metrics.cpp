@@ -41,23 +41,29 @@ TEST_CASE("metrics: committed events update counters and the wait and run histog
     Metrics m;
     m.on_event({"q", std::nullopt, JobState::ready, 1000, std::nullopt, std::nullopt});
     m.on_event({"q", JobState::ready, JobState::running, 1100, 100, std::nullopt});
-    m.on_event({"q", JobState::running, JobState::retrying, 1600, std::nullopt, 500});
+    m.on_event({"q", JobState::running, JobState::retrying, 1600, std::nullopt, 500, true});
     m.on_event({"q", JobState::retrying, JobState::ready, 1700, std::nullopt, std::nullopt});
     m.on_event({"q", JobState::ready, JobState::running, 1700, 0, std::nullopt});
-    m.on_event({"q", JobState::running, JobState::dead, 1800, std::nullopt, 100});
+    m.on_event({"q", JobState::running, JobState::dead, 1800, std::nullopt, 100, true});
+    m.on_event({"q", JobState::dead, JobState::ready, 1850, std::nullopt, std::nullopt});
+    m.on_event({"q", JobState::ready, JobState::running, 1860, 10, std::nullopt});
+    // A drained worker hands the job back: run time counts, a failed attempt does not.
+    m.on_event({"q", JobState::running, JobState::ready, 1870, std::nullopt, 10, false});
+    m.on_event({"q", JobState::ready, JobState::running, 1880, 10, std::nullopt});
+    m.on_event({"q", JobState::running, JobState::dead, 1890, std::nullopt, 10, true});
     m.on_event({"q", JobState::dead, JobState::ready, 1900, std::nullopt, std::nullopt});
     m.on_event({"q", JobState::ready, JobState::cancelled, 2000, std::nullopt, std::nullopt});
     const auto& q = m.queues.at("q");
     CHECK(q.submitted == 1);
-    CHECK(q.failed == 2);
-    CHECK(q.dead == 1);
-    CHECK(q.retried == 1);
+    CHECK(q.failed == 3);
+    CHECK(q.dead == 2);
+    CHECK(q.retried == 2);
     CHECK(q.cancelled == 1);
     CHECK(q.succeeded == 0);
-    CHECK(q.wait_seconds.count == 2);
-    CHECK(q.wait_seconds.sum == doctest::Approx(0.1));
-    CHECK(q.run_seconds.count == 2);
-    CHECK(q.run_seconds.sum == doctest::Approx(0.6));
+    CHECK(q.wait_seconds.count == 4);
+    CHECK(q.wait_seconds.sum == doctest::Approx(0.12));
+    CHECK(q.run_seconds.count == 4);
+    CHECK(q.run_seconds.sum == doctest::Approx(0.62));
 }
 
 TEST_CASE("metrics: the Prometheus text has HELP and TYPE, cumulative buckets, escaped labels") {

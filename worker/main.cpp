@@ -1,6 +1,5 @@
 // errand-worker: serves queues by running each job as a process (worker/process.hpp) on the
 // errand::Worker library. This file only parses flags, sets up logging and signals, and runs.
-#include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -14,20 +13,24 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
-#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include "config.hpp"
 #include "errand/clock.hpp"
 #include "errand/duration.hpp"
+#include "errand/log_fields.hpp"
 #include "errand/protocol.hpp"
 #include "errand/worker.hpp"
+#include "logging.hpp"
+#include "notify.hpp"
 #include "process.hpp"
+#include "signals.hpp"
 
 namespace {
 
-// Exit codes: 0 after a clean stop; 2 for a bad --queue or duration; CLI11's own codes for
-// other malformed flags.
+// Exit codes: 0 after a clean stop; 2 for bad flags (or a config file or environment variable
+// that sets one); 1 when serving fails.
 constexpr int kExitBadFlag = 2;
 constexpr int kExitFailed = 1;
 
@@ -57,38 +60,6 @@ std::string first_line(const std::string& text) {
     return line.size() > 200 ? line.substr(0, 200) + "..." : line;
 }
 
-// Takes the (blocked) stop signals on a thread of its own: the first stops the worker, any
-// further one also terminates the running jobs. The destructor ends the thread.
-class StopSignals {
-  public:
-    StopSignals(const sigset_t& signals, errand::Worker& worker, std::atomic<bool>& cancel_jobs)
-        : signals_(signals), thread_([this, &worker, &cancel_jobs] {
-              for (int count = 0;; ++count) {
-                  int sig = 0;
-                  if (::sigwait(&signals_, &sig) != 0 || done_.load()) return;
-                  if (count == 0) {
-                      spdlog::info("SIG{}: stopping after the running jobs", ::sigabbrev_np(sig));
-                      worker.stop();
-                  } else {
-                      spdlog::warn("SIG{}: terminating the running jobs", ::sigabbrev_np(sig));
-                      cancel_jobs.store(true);
-                  }
-              }
-          }) {}
-    ~StopSignals() {
-        done_.store(true);
-        ::pthread_kill(thread_.native_handle(), SIGTERM);
-        thread_.join();
-    }
-    StopSignals(const StopSignals&) = delete;
-    StopSignals& operator=(const StopSignals&) = delete;
-
-  private:
-    sigset_t signals_;
-    std::atomic<bool> done_{false};
-    std::thread thread_;
-};
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -101,6 +72,10 @@ int main(int argc, char** argv) {
     int permanent_exit_code = 99;
     std::string name;
     std::string log_level = "info";
+    std::string log_format = "text";
+    std::string log_file;
+    std::string drain_timeout_arg = "30s";
+    bool dump = false;
 
     CLI::App app{"errand-worker: runs the jobs of errand queues as processes"};
     app.footer(
@@ -115,12 +90,14 @@ int main(int argc, char** argv) {
         "A job that times out or is cancelled gets SIGTERM (its whole process group), then\n"
         "SIGKILL after --kill-grace. A timeout is a failure that is retried; an exit with\n"
         "--permanent-exit-code is one that is not (the job goes straight to dead).\n"
-        "SIGINT/SIGTERM: stop taking jobs, finish the running ones, report them and exit.\n"
-        "A second SIGINT/SIGTERM also terminates the running jobs (SIGTERM, then SIGKILL after\n"
-        "--kill-grace).");
-    app.add_option("--broker", endpoint, "broker endpoint")
-        ->envname("ERRAND_BROKER")
-        ->capture_default_str();
+        "SIGINT/SIGTERM drain the worker: it takes no more jobs, hands jobs that have not\n"
+        "started back to the broker, lets running jobs finish for up to --drain-timeout, then\n"
+        "stops them (SIGTERM, then SIGKILL after --kill-grace) and hands them back too, without\n"
+        "counting the attempt, and exits 0. A second SIGINT/SIGTERM ends the drain at once.\n"
+        "SIGHUP reopens --log-file.\n\n"
+        "Every flag can also come from a TOML file (--config) or an ERRAND_* environment\n"
+        "variable (--kill-grace: ERRAND_KILL_GRACE). Precedence: flag > environment > file.");
+    app.add_option("--broker", endpoint, "broker endpoint")->capture_default_str();
     app.add_option("--queue", queue_args,
                    "a queue to serve (repeatable), e.g. emails:3='send-mail' or reports:1;\n"
                    "COMMAND runs with /bin/sh -c. See QUEUES below")
@@ -148,11 +125,9 @@ int main(int argc, char** argv) {
     unsigned prefetch = 0;
     auto* server_key_opt =
         app.add_option("--curve-server-key", curve_server_key,
-                       "encrypt with CURVE: the broker's public key file (needs --curve-key)")
-            ->envname("ERRAND_CURVE_SERVER_KEY");
+                       "encrypt with CURVE: the broker's public key file (needs --curve-key)");
     auto* key_opt =
-        app.add_option("--curve-key", curve_key, "our secret key file, authorised on the broker")
-            ->envname("ERRAND_CURVE_KEY");
+        app.add_option("--curve-key", curve_key, "our secret key file, authorised on the broker");
     server_key_opt->needs(key_opt);
     key_opt->needs(server_key_opt);
     app.add_option("--prefetch", prefetch,
@@ -163,7 +138,24 @@ int main(int argc, char** argv) {
     app.add_option("--log-level", log_level, "log level")
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}))
         ->capture_default_str();
-    CLI11_PARSE(app, argc, argv);
+    app.add_option("--log-format", log_format, "text, or json (one object per line)")
+        ->check(CLI::IsMember({"text", "json"}))
+        ->capture_default_str();
+    app.add_option("--log-file", log_file, "log to this file instead of stderr (SIGHUP reopens it)")
+        ->type_name("PATH");
+    app.add_option("--drain-timeout", drain_timeout_arg,
+                   "on SIGTERM, how long running jobs may take before they are stopped and handed "
+                   "back")
+        ->type_name("DURATION")
+        ->capture_default_str();
+    errand::daemon::add_config_options(app, dump);
+    try {
+        auto args = errand::daemon::args_with_env(app, argc, argv);
+        app.parse(args);
+    } catch (const CLI::ParseError& e) {
+        int rc = app.exit(e);
+        return rc == 0 ? 0 : kExitBadFlag;
+    }
 
     std::vector<errand::workerd::QueueSpec> queues;
     for (const std::string& arg : queue_args) {
@@ -192,20 +184,31 @@ int main(int argc, char** argv) {
     }
     std::optional<errand::Millis> kill_grace = duration_flag("--kill-grace", kill_grace_arg, 0);
     if (!kill_grace) return kExitBadFlag;
+    std::optional<errand::Millis> drain_timeout =
+        duration_flag("--drain-timeout", drain_timeout_arg, 0);
+    if (!drain_timeout) return kExitBadFlag;
     if (name.empty()) name = default_name();
+    if (dump) {
+        std::fputs(errand::daemon::dump_config(app, "errand-worker").c_str(), stdout);
+        return 0;
+    }
 
-    spdlog::set_default_logger(spdlog::stderr_color_mt("errand-worker"));
-    spdlog::set_level(spdlog::level::from_str(log_level));
+    try {
+        errand::daemon::setup_logging({.name = "errand-worker",
+                                       .level = log_level,
+                                       .format = *errand::daemon::parse_log_format(log_format),
+                                       .file = log_file});
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "errand-worker: %s\n", e.what());
+        return kExitBadFlag;
+    }
 
-    // SIGINT/SIGTERM are blocked in every thread (the Worker's threads inherit this mask) and
-    // taken by sigwait on one thread of ours, so no library call ever sees EINTR from them.
-    // Jobs get a clean mask (process.cpp). SIGPIPE: a peer or job gone is an error return.
+    // SIGINT/SIGTERM/SIGHUP are blocked in every thread (the Worker's threads inherit this
+    // mask) and taken by sigwait on one thread of ours, so no library call ever sees EINTR from
+    // them. Jobs get a clean mask (process.cpp). SIGPIPE: a peer or job gone is an error return.
     ::signal(SIGPIPE, SIG_IGN);
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGINT);
-    sigaddset(&stop_signals, SIGTERM);
-    ::pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+    errand::daemon::SignalThread::block();
+    errand::daemon::ServiceNotifier notifier;
 
     std::optional<errand::CurveClient> curve;
     if (!curve_server_key.empty()) {
@@ -217,14 +220,36 @@ int main(int argc, char** argv) {
         }
     }
 
-    std::atomic<bool> cancel_jobs{false};
+    // systemd: STATUS= and WATCHDOG=1 come from the worker's network thread, so a hung
+    // worker stops pinging.
+    bool ready_sent = false;
+    auto on_status = [&](const errand::WorkerStatus& st) {
+        std::string line = fmt::format("{}/{} slots busy", st.busy, st.slots);
+        if (st.unacknowledged > 0)
+            line += fmt::format(", {} results unacknowledged", st.unacknowledged);
+        if (!st.connected) line += ", not connected to the broker";
+        if (st.draining) line += ", draining";
+        if (!ready_sent) {
+            notifier.ready(line);
+            ready_sent = true;
+        } else {
+            notifier.status(line);
+        }
+        notifier.watchdog(errand::steady_ms());
+    };
+    errand::Millis status_interval = 1000;
+    if (auto wd = notifier.watchdog_interval()) status_interval = std::min(status_interval, *wd);
+
     try {
         errand::Worker worker({.endpoint = endpoint,
                                .name = name,
                                .concurrency = concurrency,
                                .prefetch = prefetch,
                                .accept_commands = allow_commands,
-                               .curve = curve});
+                               .curve = curve,
+                               .drain_timeout_ms = *drain_timeout,
+                               .on_status = on_status,
+                               .status_interval_ms = status_interval});
         std::vector<std::string> queue_names;
         for (const auto& queue : queues) {
             errand::workerd::JobPolicy policy{
@@ -234,22 +259,24 @@ int main(int argc, char** argv) {
                 .kill_grace_ms = *kill_grace,
                 .permanent_exit_code = permanent_exit_code > 0
                                            ? std::optional<int>(permanent_exit_code)
-                                           : std::nullopt,
-                .terminate = &cancel_jobs};
+                                           : std::nullopt};
             worker.handle(
                 queue.name,
                 [policy](const errand::Job& job) {
-                    spdlog::debug("job {} ({}, attempt {}): started", job.id, job.queue,
-                                  job.attempt);
+                    const std::string tag = errand::job_fields(job.id, job.queue, job.attempt);
+                    spdlog::debug("{}: started", tag);
                     const errand::Millis start = errand::steady_ms();
                     errand::Outcome outcome = errand::workerd::run_job(job, policy);
                     const errand::Millis took = errand::steady_ms() - start;
                     if (outcome.ok)
-                        spdlog::info("job {} ({}, attempt {}): succeeded in {} ms", job.id,
-                                     job.queue, job.attempt, took);
+                        spdlog::info("{}: succeeded in {} ms", tag, took);
+                    else if (job.cancelled())
+                        // Aborted by the broker, or stopped at the end of a drain (then the
+                        // Worker hands it back and says so).
+                        spdlog::info("{}: stopped after {} ms: {}", tag, took,
+                                     first_line(outcome.error));
                     else
-                        spdlog::info("job {} ({}, attempt {}): failed{} in {} ms: {}", job.id,
-                                     job.queue, job.attempt,
+                        spdlog::info("{}: failed{} in {} ms: {}", tag,
                                      outcome.permanent ? " permanently" : "", took,
                                      first_line(outcome.error));
                     return outcome;
@@ -261,7 +288,20 @@ int main(int argc, char** argv) {
             queue_names.push_back(std::move(shown));
         }
 
-        StopSignals signal_thread(stop_signals, worker, cancel_jobs);
+        errand::daemon::SignalThread signal_thread([&worker, &notifier](int sig) {
+            if (sig == SIGHUP) {
+                try {
+                    errand::daemon::reopen_logs();
+                    spdlog::info("SIGHUP: log file reopened");
+                } catch (const std::exception& e) {
+                    spdlog::error("SIGHUP: {}", e.what());
+                }
+                return;
+            }
+            spdlog::info("SIG{}: draining", ::sigabbrev_np(sig));
+            notifier.stopping();
+            worker.stop();
+        });
         spdlog::info("errand-worker {} serving {} on {} with concurrency {}{}", name,
                      fmt::join(queue_names, ", "), endpoint, concurrency,
                      allow_commands ? ", running job-supplied commands" : "");

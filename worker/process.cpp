@@ -184,6 +184,9 @@ ExecPlan make_plan(const RunSpec& spec) {
     if (spec.on_progress) extra_env.emplace_back("ERRAND_PROGRESS_FD", std::to_string(kProgressFd));
     for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
         std::string_view name = env_name(*e);
+        // systemd's notify variables belong to the daemon; a job that used them would speak
+        // for the service (and NotifyAccess=main would drop it anyway).
+        if (name == "NOTIFY_SOCKET" || name == "WATCHDOG_USEC" || name == "WATCHDOG_PID") continue;
         bool replaced = std::any_of(extra_env.begin(), extra_env.end(),
                                     [&](const auto& kv) { return kv.first == name; });
         if (!replaced) plan.env_storage.emplace_back(*e);

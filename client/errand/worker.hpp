@@ -63,6 +63,15 @@ struct Outcome {
 
 using Handler = std::function<Outcome(const Job&)>;
 
+// What the worker is doing, for a service manager's status line (systemd STATUS=).
+struct WorkerStatus {
+    std::uint32_t busy = 0;          // jobs held: running or waiting locally (prefetched)
+    std::uint32_t slots = 0;         // concurrency + prefetch
+    std::size_t unacknowledged = 0;  // results the broker has not acknowledged yet
+    bool connected = false;          // registered with the broker
+    bool draining = false;           // stop() was called
+};
+
 struct WorkerOptions {
     std::string endpoint = std::string(kDefaultEndpoint);
     std::string name;  // default: host:pid
@@ -74,6 +83,13 @@ struct WorkerOptions {
     bool accept_commands = false;  // take jobs that carry their own argv
     std::size_t max_result = limits::kDefaultMaxResult;
     std::optional<CurveClient> curve;  // encrypt and authenticate (see docs/SECURITY.md)
+    // How long stop() lets running jobs finish before it cancels them (Job::cancelled()) and
+    // hands them back to the broker; nullopt: as long as they take.
+    std::optional<Millis> drain_timeout_ms;
+    // Called on the network thread at least every status_interval_ms while run() serves. It
+    // also shows that thread is alive (a watchdog). Must not block.
+    std::function<void(const WorkerStatus&)> on_status;
+    Millis status_interval_ms = 1000;
 };
 
 class Worker {
@@ -90,7 +106,11 @@ class Worker {
     void handle(const std::string& queue, Handler handler, std::uint32_t weight = 0);
     // Connects, registers and serves until stop(); returns once running jobs are reported.
     void run();
-    // Asks run() to return. Async-signal-safe: it only sets a flag.
+    // Drains, then makes run() return: takes no more jobs (DRAIN), hands jobs that have not
+    // started back to the broker at once (RELEASE: the attempt is not counted), lets running
+    // jobs finish for up to drain_timeout_ms, then cancels them and hands back those that do
+    // not succeed anyway. A second call ends the drain at once. Async-signal-safe: it only
+    // touches an atomic.
     void stop();
 
   private:

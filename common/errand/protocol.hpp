@@ -59,6 +59,7 @@ enum class ErrorCode {
     internal,
     invalid_state,
     forbidden,
+    shutting_down,
 };
 
 std::string_view to_string(ErrorCode code);
@@ -109,6 +110,8 @@ inline constexpr std::string_view kHeartbeat = "HEARTBEAT";
 inline constexpr std::string_view kDone = "DONE";
 inline constexpr std::string_view kFail = "FAIL";
 inline constexpr std::string_view kProgress = "PROGRESS";
+inline constexpr std::string_view kDrain = "DRAIN";
+inline constexpr std::string_view kRelease = "RELEASE";
 // broker -> client/worker
 inline constexpr std::string_view kSubmitted = "SUBMITTED";
 inline constexpr std::string_view kJob = "JOB";
@@ -117,6 +120,7 @@ inline constexpr std::string_view kPong = "PONG";
 inline constexpr std::string_view kRegistered = "REGISTERED";
 inline constexpr std::string_view kDispatch = "DISPATCH";
 inline constexpr std::string_view kAbort = "ABORT";
+inline constexpr std::string_view kShutdown = "SHUTDOWN";
 inline constexpr std::string_view kRetried = "RETRIED";
 inline constexpr std::string_view kOk = "OK";
 inline constexpr std::string_view kPurged = "PURGED";

@@ -1,0 +1,428 @@
+// Signals, for real: SIGTERM drains a worker daemon (running jobs finish or are stopped and handed
+// back uncharged, prefetched ones go back at once), SIGTERM stops the broker cleanly and tells
+// waiters and workers, SIGHUP reopens the daemons' log files.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "harness.hpp"
+
+using namespace errand::test;
+using errand::JobState;
+
+namespace {
+
+// A queue command that runs until `gate` exists (the test opens it), then succeeds.
+std::string gated(const std::filesystem::path& gate) {
+    return "while [ ! -e " + gate.string() + " ]; do sleep 0.02; done; echo opened";
+}
+
+// A queue command that writes `marker` once it runs, then ignores SIGTERM and runs until
+// SIGKILLed.
+std::string blocks(const std::filesystem::path& marker) {
+    return "trap '' TERM; touch " + marker.string() + "; while :; do sleep 0.05; done";
+}
+
+bool has_event(errand::Client& client, errand::JobId id, const std::string& reason) {
+    auto events = client.history(id);
+    return std::any_of(events.begin(), events.end(),
+                       [&](const errand::Event& e) { return e.reason == reason; });
+}
+
+}  // namespace
+
+TEST_CASE("signals: SIGTERM drains a worker: a long job is stopped and handed back uncharged") {
+    TempDir dir;
+    Broker broker(dir);
+    errand::Client client(broker.client_options());
+    const auto started = dir / "started";
+    auto id = client.submit(job_spec("long", "", 3)).id;
+
+    WorkerDaemon first(dir, broker.endpoint(),
+                       {.name = "drainer",
+                        .queues = {"long=" + blocks(started)},
+                        .concurrency = 1,
+                        .allow_commands = false,
+                        .extra_args = {"--drain-timeout", "500ms", "--kill-grace", "500ms"}});
+    REQUIRE_MESSAGE(wait_until([&] { return std::filesystem::exists(started); }, 10s),
+                    first.logs());
+    REQUIRE(client.status(id).state == JobState::running);
+    REQUIRE(client.status(id).attempts == 1);
+
+    const auto t0 = std::chrono::steady_clock::now();
+    first.process().kill(SIGTERM);
+    auto code = first.process().wait_exit(10s);
+    REQUIRE_MESSAGE(code, first.logs());
+    CHECK(*code == 0);
+    // The job ignores SIGTERM: it lasts the drain-timeout (500ms) and the kill-grace (500ms),
+    // then SIGKILL; plus slack for the RELEASE round trip.
+    CHECK_MESSAGE(since(t0) >= 900ms, "took " << since(t0).count() << " ms");
+    CHECK_MESSAGE(since(t0) < 4s, "took " << since(t0).count() << " ms");
+
+    // Back in ready, not charged: one attempt used, and one more allowed than before.
+    auto job = client.status(id);
+    CHECK(job.state == JobState::ready);
+    CHECK(job.attempts == 1);
+    CHECK(job.max_attempts == 4);
+    CHECK(has_event(client, id, "released by worker"));
+    CHECK(first.process().err().find("handed back") != std::string::npos);
+
+    // A second worker does it; the first's attempt stays fenced off (attempt 2 now).
+    WorkerDaemon second(dir, broker.endpoint(),
+                        {.name = "finisher",
+                         .queues = {"long=echo done"},
+                         .concurrency = 1,
+                         .allow_commands = false,
+                         .extra_args = {}});
+    auto done = client.wait(id, 10'000);
+    REQUIRE_MESSAGE(done, second.logs());
+    CHECK(done->state == JobState::succeeded);
+    CHECK(done->attempts == 2);
+    CHECK(done->max_attempts == 4);
+    CHECK(done->result == std::optional<std::string>("done\n"));
+}
+
+TEST_CASE("signals: a second SIGTERM ends the drain at once") {
+    TempDir dir;
+    Broker broker(dir);
+    errand::Client client(broker.client_options());
+    const auto started = dir / "started";
+    auto id = client.submit(job_spec("long", "", 1)).id;
+    WorkerDaemon worker(dir, broker.endpoint(),
+                        {.name = "impatient",
+                         .queues = {"long=" + blocks(started)},
+                         .concurrency = 1,
+                         .allow_commands = false,
+                         .extra_args = {"--drain-timeout", "10m", "--kill-grace", "200ms"}});
+    REQUIRE_MESSAGE(wait_until([&] { return std::filesystem::exists(started); }, 10s),
+                    worker.logs());
+    worker.process().kill(SIGTERM);
+    REQUIRE_MESSAGE(
+        wait_until([&] { return worker.process().err().find("draining:") != std::string::npos; },
+                   5s),
+        worker.logs());
+    CHECK(worker.process().running());
+    worker.process().kill(SIGTERM);
+    auto code = worker.process().wait_exit(5s);
+    REQUIRE_MESSAGE(code, worker.logs());
+    CHECK(*code == 0);
+    // max_attempts 1: had the stop counted, the job would be dead now.
+    auto job = client.status(id);
+    CHECK(job.state == JobState::ready);
+    CHECK(job.attempts == 1);
+    CHECK(job.max_attempts == 2);
+}
+
+TEST_CASE("signals: a job that finishes during the drain succeeds and the worker exits 0") {
+    TempDir dir;
+    Broker broker(dir);
+    errand::Client client(broker.client_options());
+    const auto gate = dir / "gate";
+    WorkerDaemon worker(dir, broker.endpoint(),
+                        {.name = "patient",
+                         .queues = {"short=" + gated(gate)},
+                         .concurrency = 1,
+                         .allow_commands = false,
+                         .extra_args = {"--drain-timeout", "60s"}});
+    auto id = client.submit(job_spec("short")).id;
+    REQUIRE(wait_until([&] { return client.status(id).state == JobState::running; }, 10s));
+
+    worker.process().kill(SIGTERM);
+    // Draining: it tells the broker and keeps the job running.
+    REQUIRE_MESSAGE(
+        wait_until([&] { return worker.process().err().find("draining") != std::string::npos; },
+                   5s),
+        worker.logs());
+    CHECK(worker.process().running());
+    // A job submitted now is not dispatched to the draining worker.
+    auto later = client.submit(job_spec("short")).id;
+
+    write_file(gate, "");
+    auto code = worker.process().wait_exit(10s);
+    REQUIRE_MESSAGE(code, worker.logs());
+    CHECK(*code == 0);
+    auto job = client.status(id);
+    CHECK(job.state == JobState::succeeded);
+    CHECK(job.attempts == 1);
+    CHECK(job.max_attempts == 3);
+    auto waiting = client.status(later);
+    CHECK(waiting.state == JobState::ready);
+    CHECK(waiting.attempts == 0);
+}
+
+TEST_CASE("signals: draining hands prefetched jobs back at once") {
+    TempDir dir;
+    Broker broker(dir);
+    errand::Client client(broker.client_options());
+    const auto gate = dir / "gate";
+    auto running = client.submit(job_spec("pf")).id;
+    auto queued = client.submit(job_spec("pf")).id;
+    WorkerDaemon worker(dir, broker.endpoint(),
+                        {.name = "prefetcher",
+                         .queues = {"pf=" + gated(gate)},
+                         .concurrency = 1,
+                         .allow_commands = false,
+                         .extra_args = {"--prefetch", "1", "--drain-timeout", "60s"}});
+    // Both are dispatched: one runs, one waits in the worker.
+    REQUIRE_MESSAGE(wait_until(
+                        [&] {
+                            return client.status(running).state == JobState::running &&
+                                   client.status(queued).state == JobState::running;
+                        },
+                        10s),
+                    worker.logs());
+
+    worker.process().kill(SIGTERM);
+    REQUIRE_MESSAGE(wait_until([&] { return client.status(queued).state == JobState::ready; }, 10s),
+                    worker.logs());
+    auto back = client.status(queued);
+    CHECK(back.attempts == 1);
+    CHECK(back.max_attempts == 4);
+    CHECK(client.status(running).state == JobState::running);
+
+    write_file(gate, "");
+    auto code = worker.process().wait_exit(10s);
+    REQUIRE_MESSAGE(code, worker.logs());
+    CHECK(*code == 0);
+    CHECK(client.status(running).state == JobState::succeeded);
+    CHECK(client.status(queued).state == JobState::ready);
+}
+
+TEST_CASE("signals: broker SIGTERM exits 0 and a pending wait gets shutting_down, not silence") {
+    TempDir dir;
+    Broker broker(dir, {"--log-level", "debug"});
+    errand::Client client(broker.client_options());
+    auto id = client.submit(job_spec("nobody-serves-this")).id;
+
+    // A raw WAIT, then a PING on the same connection: the PONG proves the WAIT was handled.
+    RawConnection raw(broker.endpoint());
+    raw.send("WAIT", errand::encode(errand::WaitRequest{7, id, 600'000}));
+    raw.send("PING", errand::encode_req(8));
+    auto pong = raw.recv(5s);
+    REQUIRE(pong);
+    REQUIRE(pong->command == "PONG");
+
+    // And the CLI, waiting forever: its WAIT shows up in the broker's debug log.
+    Process cli("cli-wait", {cli_bin(), "--broker", broker.endpoint(), "wait", std::to_string(id)},
+                dir.path());
+    const std::string waiting = "job=" + std::to_string(id) + " queue=nobody-serves-this";
+    REQUIRE_MESSAGE(wait_until(
+                        [&] {
+                            auto err = broker.process().err();
+                            std::size_t first = err.find(waiting + " attempt=0: a client waits");
+                            return first != std::string::npos &&
+                                   err.find(waiting + " attempt=0: a client waits", first + 1) !=
+                                       std::string::npos;
+                        },
+                        10s),
+                    broker.logs());
+
+    broker.process().kill(SIGTERM);
+    auto code = broker.process().wait_exit(10s);
+    REQUIRE_MESSAGE(code, broker.logs());
+    CHECK(*code == 0);
+
+    auto reply = raw.recv(5s);
+    REQUIRE(reply);
+    CHECK(reply->command == "ERROR");
+    errand::Body body(reply->body);
+    auto err = errand::decode_error(body.reader());
+    CHECK(err.code == errand::ErrorCode::shutting_down);
+    CHECK(err.req == std::optional<std::uint64_t>(7));
+
+    auto cli_code = cli.wait_exit(10s);
+    REQUIRE_MESSAGE(cli_code, "errand wait still hangs\n" << cli.logs());
+    CHECK(*cli_code == 3);
+    CHECK_MESSAGE(cli.err().find("shutting down") != std::string::npos, cli.logs());
+
+    // The job itself is untouched and waits for the next broker.
+    broker.start();
+    CHECK(client.status(id).state == JobState::ready);
+}
+
+TEST_CASE("signals: broker SIGTERM tells workers, which register again with the next broker") {
+    TempDir dir;
+    Broker broker(dir);
+    WorkerDaemon worker(dir, broker.endpoint(),
+                        {.name = "loyal",
+                         .queues = {"echo=echo hi"},
+                         .concurrency = 1,
+                         .allow_commands = false,
+                         .extra_args = {}});
+    {
+        errand::Client client(broker.client_options());
+        auto id = client.submit(job_spec("echo")).id;
+        REQUIRE_MESSAGE(client.wait(id, 10'000), worker.logs());
+    }
+    broker.process().kill(SIGTERM);
+    REQUIRE(broker.process().wait_exit(10s) == std::optional<int>(0));
+    CHECK_MESSAGE(
+        wait_until(
+            [&] { return worker.process().err().find("is shutting down") != std::string::npos; },
+            5s),
+        worker.logs());
+
+    broker.start();
+    errand::Client client(broker.client_options());
+    auto id = client.submit(job_spec("echo")).id;
+    auto job = client.wait(id, 10'000);
+    REQUIRE_MESSAGE(job, worker.logs());
+    CHECK(job->state == JobState::succeeded);
+    CHECK(worker.process().running());
+}
+
+TEST_CASE("signals: SIGHUP reopens the log file of the broker and of the worker") {
+    TempDir dir;
+    const auto broker_log = dir / "broker.log";
+    Broker broker(dir, {"--log-file", broker_log.string()});
+    REQUIRE(read_file(broker_log).find("listening on") != std::string::npos);
+    // Nothing goes to stderr any more.
+    CHECK(broker.process().err().find("listening on") == std::string::npos);
+
+    std::filesystem::rename(broker_log, dir / "broker.log.1");
+    broker.process().kill(SIGHUP);
+    REQUIRE_MESSAGE(
+        wait_until(
+            [&] { return read_file(broker_log).find("log file reopened") != std::string::npos; },
+            5s),
+        broker.logs());
+    CHECK(read_file(dir / "broker.log.1").find("log file reopened") == std::string::npos);
+    // And it keeps logging there.
+    const auto worker_log = dir / "worker.log";
+    WorkerDaemon worker(dir, broker.endpoint(),
+                        {.name = "hup",
+                         .queues = {"q=true"},
+                         .concurrency = 1,
+                         .allow_commands = false,
+                         .extra_args = {"--log-file", worker_log.string()}});
+    CHECK_MESSAGE(wait_until(
+                      [&] {
+                          return read_file(broker_log).find("worker hup registered") !=
+                                 std::string::npos;
+                      },
+                      10s),
+                  broker.logs());
+
+    REQUIRE_MESSAGE(
+        wait_until(
+            [&] { return read_file(worker_log).find("registered with") != std::string::npos; },
+            10s),
+        worker.logs());
+    std::filesystem::rename(worker_log, dir / "worker.log.1");
+    worker.process().kill(SIGHUP);
+    CHECK_MESSAGE(
+        wait_until(
+            [&] { return read_file(worker_log).find("log file reopened") != std::string::npos; },
+            5s),
+        worker.logs());
+    CHECK(worker.process().running());
+}
+
+namespace {
+
+// The next message on `conn` that is not a HEARTBEAT, or nullopt after `timeout`.
+std::optional<errand::Envelope> next_message(RawConnection& conn, milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+        auto left =
+            std::chrono::duration_cast<milliseconds>(deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0) return std::nullopt;
+        auto msg = conn.recv(left);
+        if (!msg || msg->command != errand::cmd::kHeartbeat) return msg;
+    }
+}
+
+}  // namespace
+
+TEST_CASE("signals: RELEASE and DRAIN on the wire (fencing, stale, no dispatch after DRAIN)") {
+    TempDir dir;
+    Broker broker(dir);
+    errand::Client client(broker.client_options());
+    auto id = client.submit(job_spec("wire", "", 2)).id;
+
+    RawConnection conn(broker.endpoint());
+    errand::RegisterRequest reg;
+    reg.req = 1;
+    reg.instance = "raw-instance";
+    reg.name = "raw";
+    reg.host = "test";
+    reg.pid = 1;
+    reg.queues = {"wire"};
+    reg.concurrency = 2;
+    conn.send(errand::cmd::kRegister, errand::encode(reg));
+    auto registered = next_message(conn, 5s);
+    REQUIRE(registered);
+    REQUIRE(registered->command == errand::cmd::kRegistered);
+    conn.send(errand::cmd::kCredit, errand::encode_credit(2));
+
+    auto first = next_message(conn, 5s);
+    REQUIRE(first);
+    REQUIRE(first->command == errand::cmd::kDispatch);
+    auto d1 = errand::decode_dispatch(errand::Body(first->body).reader());
+    CHECK(d1.id == id);
+    CHECK(d1.attempt == 1);
+
+    // A release of an attempt that is not current changes nothing.
+    conn.send(errand::cmd::kRelease, errand::encode(errand::Ack{id, 9}));
+    auto stale = next_message(conn, 5s);
+    REQUIRE(stale);
+    REQUIRE(stale->command == errand::cmd::kError);
+    auto err = errand::decode_error(errand::Body(stale->body).reader());
+    CHECK(err.code == errand::ErrorCode::stale);
+    CHECK(err.id == std::optional<errand::JobId>(id));
+    CHECK(client.status(id).state == errand::JobState::running);
+
+    // The current one goes back uncharged, and is dispatched again (one credit left) as
+    // attempt 2, so anything attempt 1 says stays fenced off.
+    conn.send(errand::cmd::kRelease, errand::encode(errand::Ack{id, 1}));
+    auto ack = next_message(conn, 5s);
+    REQUIRE(ack);
+    REQUIRE(ack->command == errand::cmd::kAck);
+    auto a = errand::decode_ack(errand::Body(ack->body).reader());
+    CHECK(a.id == id);
+    CHECK(a.attempt == 1);
+    auto again = next_message(conn, 5s);
+    REQUIRE(again);
+    REQUIRE(again->command == errand::cmd::kDispatch);
+    auto d2 = errand::decode_dispatch(errand::Body(again->body).reader());
+    CHECK(d2.id == id);
+    CHECK(d2.attempt == 2);
+    auto job = client.status(id);
+    CHECK(job.attempts == 2);
+    CHECK(job.max_attempts == 3);
+
+    conn.send(errand::cmd::kRelease, errand::encode(errand::Ack{id, 1}));
+    auto stale_again = next_message(conn, 5s);
+    REQUIRE(stale_again);
+    CHECK(stale_again->command == errand::cmd::kError);
+
+    // After DRAIN no credit counts: a new job is not dispatched to this connection. The PONG
+    // comes after anything the SUBMIT's pass sent to it.
+    conn.send(errand::cmd::kDrain, errand::Writer(0).take());
+    conn.send(errand::cmd::kCredit, errand::encode_credit(5));
+    auto other = client.submit(job_spec("wire")).id;
+    conn.send(errand::cmd::kPing, errand::encode_req(42));
+    for (;;) {
+        auto msg = next_message(conn, 5s);
+        REQUIRE_MESSAGE(msg, "no PONG");
+        CHECK_MESSAGE(msg->command != errand::cmd::kDispatch, "dispatched after DRAIN");
+        if (msg->command == errand::cmd::kPong) break;
+    }
+    CHECK(client.status(other).state == errand::JobState::ready);
+
+    // Its running job still finishes normally.
+    errand::JobResult done;
+    done.ok = true;
+    done.id = id;
+    done.attempt = 2;
+    done.result = "ok";
+    conn.send(errand::cmd::kDone, errand::encode(done));
+    auto done_ack = next_message(conn, 5s);
+    REQUIRE(done_ack);
+    CHECK(done_ack->command == errand::cmd::kAck);
+    auto finished = client.status(id);
+    CHECK(finished.state == errand::JobState::succeeded);
+    CHECK(finished.attempts == 2);
+}
