@@ -558,3 +558,31 @@ TEST_CASE("protocol: STATS, WORKERS and FEED refuse bad requests with an ERROR, 
     errand::Client client(broker.client_options());
     CHECK(client.stats().queues.empty());
 }
+
+TEST_CASE("http: a drained worker's hand-back counts run time but no failed attempt") {
+    HttpWorld w;
+    WorkerDaemon worker(w.dir, w.broker.endpoint(),
+                        {.name = "dw",
+                         .queues = {"d=exec sleep 60"},
+                         .concurrency = 1,
+                         .extra_args = {"--drain-timeout", "100ms", "--kill-grace", "100ms"}});
+    auto id = w.client.submit(job_spec("d")).id;
+    REQUIRE(wait_until([&] { return w.client.status(id).state == JobState::running; }, 10s));
+    worker.process().kill(SIGTERM);
+    auto rc = worker.process().wait_exit(15s);
+    REQUIRE_MESSAGE(rc == std::optional<int>(0), worker.logs());
+    std::string text;
+    bool ok = wait_until(
+        [&] {
+            text = w.metrics();
+            return has_line(text, "errand_job_run_seconds_count{queue=\"d\"} 1");
+        },
+        10s);
+    INFO(text);
+    REQUIRE(ok);
+    CHECK(w.client.status(id).state == JobState::ready);
+    CHECK(has_line(text, "errand_job_attempts_failed_total{queue=\"d\"} 0"));
+    CHECK(has_line(text, "errand_jobs{queue=\"d\",state=\"ready\"} 1"));
+    auto history = w.get("/api/jobs/" + std::to_string(id))["events"];
+    CHECK(history.back()["reason"] == "released by worker");
+}
