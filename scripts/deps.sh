@@ -8,20 +8,26 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
-# The observability tests: promtool checks /metrics; the dashboard test drives Debian's Chromium
-# with playwright-core (pinned in tests/browser/package-lock.json; needs node >= 18).
-extras=(prometheus chromium)
-command -v npm >/dev/null || extras+=(nodejs npm)
-for p in "${extras[@]}"; do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
 sudo_cmd=""
 [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# The observability tests: promtool checks /metrics; the dashboard test drives Debian's Chromium
+# with playwright-core (pinned in tests/browser/package-lock.json; needs node >= 18). Without
+# their recommends: prometheus would bring exporters, chromium a desktop's worth of fonts.
+extras=()
+for p in prometheus chromium; do
+  dpkg -s "$p" >/dev/null 2>&1 || extras+=("$p")
+done
+command -v npm >/dev/null || extras+=(nodejs npm)
+if [ ${#extras[@]} -gt 0 ]; then
+  echo "installing: ${extras[*]}"
+  [ ${#missing[@]} -gt 0 ] || $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends \
-    "${missing[@]}" >/dev/null
+    "${extras[@]}" >/dev/null
 fi
 if [ ! -d "$(dirname "$0")/../tests/browser/node_modules/playwright-core" ]; then
   (cd "$(dirname "$0")/../tests/browser" && npm ci --no-audit --no-fund --loglevel=error)
