@@ -1,5 +1,6 @@
 // Scenario `latency`: an idle broker and one library worker; one client does sequential round
-// trips submit -> run -> result (Client::submit, then Client::wait until the job has succeeded).
+// trips submit -> run -> result. Mode `separate` (the default): Client::submit, then Client::wait
+// (two requests); mode `submit-wait`: Client::submit_and_wait (one request, two replies).
 // Percentiles of the round trip in microseconds, after a warm-up.
 #include <fmt/format.h>
 
@@ -21,12 +22,22 @@ Result run_latency(const Options& opt) {
     WorkerPool pool(broker.endpoint(), queue, 1, 1);
     Client client(client_options(broker.endpoint()));
     const JobSpec job = noop_job(queue, payload);
+    const std::string mode = opt.mode.empty() ? "separate" : opt.mode;
+    if (mode != "submit-wait" && mode != "separate")
+        throw std::invalid_argument("latency: --mode is submit-wait or separate");
 
     auto round_trip = [&] {
-        const JobId id = client.submit(job).id;
-        const std::optional<JobInfo> info = client.wait(id, 10'000);
+        std::optional<JobInfo> info;
+        Submitted submitted;
+        if (mode == "separate") {
+            submitted = client.submit(job);
+            info = client.wait(submitted.id, 10'000);
+        } else {
+            info = client.submit_and_wait(job, 10'000, &submitted);
+        }
         if (!info || info->state != JobState::succeeded)
-            throw std::runtime_error(fmt::format("job {} did not succeed within 10 s", id));
+            throw std::runtime_error(
+                fmt::format("job {} did not succeed within 10 s", submitted.id));
     };
     for (unsigned i = 0; i < opt.warmup; ++i) {
         deadline.check("warming up");
@@ -43,6 +54,7 @@ Result run_latency(const Options& opt) {
 
     Result r;
     r.scenario = "latency";
+    r.config["mode"] = mode;
     r.config["round_trips"] = n;
     r.config["warmup"] = opt.warmup;
     r.config["workers"] = 1;

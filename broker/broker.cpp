@@ -164,6 +164,15 @@ struct Waiter {
     Millis deadline = 0;
 };
 
+// A SUBMIT with wait_ms of the current pass, waiting for the commit.
+struct SubmitWait {
+    std::string identity;
+    std::uint64_t req = 0;
+    JobId id = 0;
+    Millis timeout_ms = 0;
+    std::string queue;
+};
+
 struct Deadline {
     Millis at = 0;
     JobId id = 0;
@@ -266,6 +275,7 @@ struct Broker::State {
     std::string txn_error;
     std::vector<Outgoing> outbox;
     std::vector<JobId> finished;
+    std::vector<SubmitWait> submit_waits;
     bool dispatch_dirty = true;
     Millis next_heartbeat = 0;
     Millis next_status = 0;
@@ -584,6 +594,7 @@ struct Broker::State {
 
     void on_submit(const std::string& identity, const Reader& r) {
         auto m = decode_submit(r, {cfg.max_payload, cfg.max_result, cfg.max_batch});
+        if (m.wait_ms) check_wait_limit(identity);  // before anything is written
         ensure_txn();
         SubmitReply rep;
         rep.req = m.req;
@@ -656,6 +667,16 @@ struct Broker::State {
             rep.duplicate.push_back(false);
         }
         reply(identity, cmd::kSubmitted, encode(rep), m.req);
+        if (m.wait_ms) {
+            // Submit and wait: the same req is answered again when the job finishes. The waiter
+            // is added once the pass has committed: a rolled-back job's id is handed out again.
+            JobId id = rep.ids.front();
+            if (auto l = live.find(id); l != live.end()) {
+                submit_waits.push_back({identity, m.req, id, *m.wait_ms, l->second.queue});
+            } else if (auto job = store->get_job(id)) {  // a duplicate that has finished
+                reply(identity, cmd::kJob, encode_job(*job, m.req), m.req, OnFail::send);
+            }
+        }
     }
 
     void on_status(const std::string& identity, const Reader& r) {
@@ -673,28 +694,40 @@ struct Broker::State {
             reply(identity, cmd::kJob, encode_job(*job, m.req), m.req, OnFail::send);
             return;
         }
-        auto& list = waiters[m.id];
-        Millis deadline = now + m.timeout_ms;
+        add_waiter(identity, m.req, m.id, m.timeout_ms, job->queue, job->attempts);
+    }
+
+    // Refuses a new waiter on a connection that has --max-waits outstanding.
+    void check_wait_limit(const std::string& identity) {
+        auto n = waits_of.find(identity);
+        if (n != waits_of.end() && n->second >= cfg.max_waits)
+            throw ProtocolError(ErrorCode::too_large,
+                                fmt::format("{} WAITs outstanding on this connection, the limit "
+                                            "(--max-waits)",
+                                            n->second));
+    }
+
+    // `identity` gets JOB (or ERROR timeout) for `req` when unfinished job `id` finishes.
+    // `check_limit` false: checked before (a SUBMIT with wait_ms, added after its commit).
+    void add_waiter(const std::string& identity, std::uint64_t req, JobId id, Millis timeout_ms,
+                    const std::string& queue, std::uint32_t attempts, bool check_limit = true) {
+        auto& list = waiters[id];
         auto same = std::find_if(list.begin(), list.end(), [&](const Waiter& w) {
-            return w.identity == identity && w.req == m.req;
+            return w.identity == identity && w.req == req;
         });
-        if (same != list.end()) {
-            return;  // a resent WAIT: the first one's deadline stands
-        } else {
-            auto& n = waits_of[identity];
-            if (n >= cfg.max_waits) {
-                if (list.empty()) waiters.erase(m.id);
-                throw ProtocolError(ErrorCode::too_large,
-                                    fmt::format("{} WAITs outstanding on this connection, the "
-                                                "limit (--max-waits)",
-                                                n));
-            }
-            ++n;
-            list.push_back({identity, m.req, deadline});
-            spdlog::debug("{}: a client waits for it (up to {} ms)",
-                          job_fields(m.id, job->queue, job->attempts), m.timeout_ms);
+        if (same != list.end()) return;  // a resent WAIT: the first one's deadline stands
+        try {
+            if (check_limit) check_wait_limit(identity);
+        } catch (const ProtocolError&) {
+            if (list.empty()) waiters.erase(id);
+            throw;
         }
-        wait_deadlines.push({deadline, m.id});
+        ++waits_of[identity];
+        Millis deadline = now + timeout_ms;
+        list.push_back({identity, req, deadline});
+        wait_deadlines.push({deadline, id});
+        spdlog::debug("{}: a client waits for it (up to {} ms)", job_fields(id, queue, attempts),
+                      timeout_ms);
     }
 
     void on_list(const std::string& identity, const Reader& r) {
@@ -1380,7 +1413,13 @@ struct Broker::State {
                 throw;
             }
             txn_failed = false;
+            submit_waits.clear();
         }
+        // Committed: SUBMITs with wait_ms now wait like WAITs (if their job finished in this very
+        // pass, `finished` below answers them).
+        for (const auto& w : submit_waits)
+            add_waiter(w.identity, w.req, w.id, w.timeout_ms, w.queue, 0, false);
+        submit_waits.clear();
         for (const auto& o : outbox)
             send(o.identity, o.command, o.body);
         outbox.clear();

@@ -353,10 +353,11 @@ std::optional<JobInfo> wait_for(errand::Client& client, JobId id, std::optional<
 }
 
 // `timeout_text` is the duration as the user wrote it, for the message.
+// `waited`: how long the caller has waited already.
 int wait_and_report(errand::Client& client, JobId id,
-                    const std::optional<std::string>& timeout_text) {
+                    const std::optional<std::string>& timeout_text, Millis waited = 0) {
     std::optional<Millis> timeout;
-    if (timeout_text) timeout = to_ms(*timeout_text);
+    if (timeout_text) timeout = std::max<Millis>(0, to_ms(*timeout_text) - waited);
     if (auto job = wait_for(client, id, timeout)) return report_finished(*job);
 
     std::string state;
@@ -395,7 +396,19 @@ int run_submit(errand::Client& client, const SubmitArgs& args) {
     }
     spec.unique = args.unique;
 
-    auto submitted = client.submit(std::move(spec));
+    // With --wait, submit and wait in one round trip (the first kWaitChunkMs of the wait).
+    const bool wait = args.wait || args.wait_timeout;
+    const auto start = std::chrono::steady_clock::now();
+    std::optional<Millis> first_chunk;
+    if (wait)
+        first_chunk = args.wait_timeout ? std::min(to_ms(*args.wait_timeout), kWaitChunkMs)
+                                        : kWaitChunkMs;
+    errand::Submitted submitted;
+    std::optional<JobInfo> finished;
+    if (wait)
+        finished = client.submit_and_wait(std::move(spec), *first_chunk, &submitted);
+    else
+        submitted = client.submit(std::move(spec));
     if (submitted.duplicate) {
         // The reply does not say which key matched; only name both when both were given.
         if (args.unique && !args.token) {
@@ -410,11 +423,15 @@ int run_submit(errand::Client& client, const SubmitArgs& args) {
             std::cerr << fmt::format("note: job {} already exists for this token\n", submitted.id);
         }
     }
-    if (!args.wait && !args.wait_timeout) {
+    if (!wait) {
         std::cout << submitted.id << '\n';
         return kOk;
     }
-    return wait_and_report(client, submitted.id, args.wait_timeout);
+    if (finished) return report_finished(*finished);
+    const Millis waited = std::chrono::duration_cast<std::chrono::milliseconds>(
+                              std::chrono::steady_clock::now() - start)
+                              .count();
+    return wait_and_report(client, submitted.id, args.wait_timeout, waited);
 }
 
 int run_status(errand::Client& client, const StatusArgs& args) {

@@ -40,12 +40,15 @@ struct Client::Impl {
     }
 
     // Sends `body` (built for `req`) and returns the reply to it. Resends every resend_ms;
-    // gives up after timeout_ms. ERROR replies become BrokerError.
+    // gives up after timeout_ms. ERROR replies become BrokerError. `first_send` delays the first
+    // send (for a request the broker has already had in another form); replies that are
+    // `ignore` are skipped.
     Envelope call(std::string_view command, const std::string& body, std::uint64_t req,
-                  Millis timeout_ms, Millis resend_ms) {
+                  Millis timeout_ms, Millis resend_ms, Millis first_send = 0,
+                  std::string_view ignore = {}) {
         Millis start = steady_ms();
         Millis deadline = start + timeout_ms;
-        Millis next_send = start;
+        Millis next_send = start + first_send;
         zmq::pollitem_t item{sock.handle(), 0, ZMQ_POLLIN, 0};
         for (;;) {
             Millis now = steady_ms();
@@ -62,6 +65,7 @@ struct Client::Impl {
                 if (env->frames != 3 || env->version != kProtocolVersion) continue;
                 std::optional<std::uint64_t> got = peek_req(env->body);
                 if (got != req) continue;  // a late reply to an earlier request
+                if (!ignore.empty() && env->command == ignore) continue;
                 if (env->command == cmd::kError) {
                     Body b(env->body);
                     auto e = decode_error(b.reader());
@@ -138,6 +142,37 @@ std::optional<JobInfo> Client::wait(JobId id, Millis timeout_ms) {
         Impl::expect(env, cmd::kJob);
         Body b(env.body);
         return decode_job_info(b.reader().map("job"));
+    } catch (const BrokerError& e) {
+        if (e.code() == ErrorCode::timeout) return std::nullopt;
+        throw;
+    }
+}
+
+std::optional<JobInfo> Client::submit_and_wait(JobSpec spec, Millis timeout_ms,
+                                               Submitted* submitted) {
+    timeout_ms = std::clamp<Millis>(timeout_ms, 0, limits::kMaxWaitMs);
+    SubmitRequest m;
+    m.req = impl_->next_req++;
+    if (!spec.token) spec.token = random_token();
+    m.jobs.push_back(std::move(spec));
+    m.wait_ms = timeout_ms;
+    auto env = impl_->call(cmd::kSubmit, encode(m), m.req);
+    Impl::expect(env, cmd::kSubmitted);
+    Body b(env.body);
+    auto rep = decode_submitted(b.reader());
+    if (rep.ids.size() != 1) throw BrokerError(ErrorCode::internal, "SUBMITTED without one id");
+    if (submitted) *submitted = {rep.ids[0], !rep.duplicate.empty() && rep.duplicate[0]};
+    // The broker answers the same req again when the job finishes. A WAIT with that req is sent
+    // only if nothing came for a while: it is a no-op for the broker that has the waiter, and
+    // registers it again with one that restarted meanwhile.
+    WaitRequest w{m.req, rep.ids[0], timeout_ms};
+    const Millis resend = std::max<Millis>(impl_->opt.resend_ms, 2000);
+    try {
+        auto done = impl_->call(cmd::kWait, encode(w), w.req, timeout_ms + impl_->opt.timeout_ms,
+                                resend, resend, cmd::kSubmitted);
+        Impl::expect(done, cmd::kJob);
+        Body jb(done.body);
+        return decode_job_info(jb.reader().map("job"));
     } catch (const BrokerError& e) {
         if (e.code() == ErrorCode::timeout) return std::nullopt;
         throw;

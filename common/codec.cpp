@@ -419,11 +419,12 @@ std::string checked_queue(const Reader& r) {
 }  // namespace
 
 std::string encode(const SubmitRequest& m) {
-    Writer w(2);
+    Writer w(m.wait_ms ? 3 : 2);
     w.u64("req", m.req).key("jobs");
     w.packer().pack_array(static_cast<std::uint32_t>(m.jobs.size()));
     for (const auto& j : m.jobs)
         pack_job_spec(w.packer(), j);
+    if (m.wait_ms) w.u64("wait_ms", static_cast<std::uint64_t>(*m.wait_ms));
     return w.take();
 }
 
@@ -471,6 +472,8 @@ SubmitRequest decode_submit(const Reader& r, const DecodeLimits& lim) {
         }
         m.jobs.push_back(std::move(s));
     }
+    m.wait_ms = opt_ms(r, "wait_ms", limits::kMaxWaitMs);
+    if (m.wait_ms && m.jobs.size() != 1) bad("'wait_ms' needs exactly one job in 'jobs'");
     return m;
 }
 

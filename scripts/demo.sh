@@ -25,7 +25,7 @@ errand-worker --queue default --queue upper='tr a-z A-Z' --concurrency 4 --allow
   --name demo-worker >demo/worker.log 2>&1 &
 echo $! >demo/worker.pid
 
-for _ in $(seq 50); do errand --timeout 200ms ping >/dev/null 2>&1 && break; done
+for _ in $(seq 50); do errand --request-timeout 200ms ping >/dev/null 2>&1 && break; done
 echo "broker: $(errand ping)"
 echo "\$ errand submit --wait -- echo 'hello from errand'"
 errand submit --wait -- echo 'hello from errand'

@@ -64,6 +64,25 @@ TEST_CASE("SUBMIT round trip keeps every field") {
     CHECK(d.jobs[0].max_attempts == 5);
     CHECK(d.jobs[0].token == "tok-1");
     CHECK(d.jobs[1].argv == std::vector<std::string>{"echo", "hi"});
+    CHECK_FALSE(d.wait_ms.has_value());
+}
+
+TEST_CASE("SUBMIT with wait_ms: one job only, bounded") {
+    SubmitRequest m;
+    m.req = 1;
+    m.jobs.push_back({"q", "p"});
+    m.wait_ms = 2500;
+    Body b(encode(m));
+    CHECK(decode_submit(b.reader()).wait_ms == 2500);
+
+    m.jobs.push_back({"q", "p2"});
+    Body two(encode(m));
+    CHECK_THROWS_AS(decode_submit(two.reader()), ProtocolError);
+
+    m.jobs.pop_back();
+    m.wait_ms = limits::kMaxWaitMs + 1;
+    Body long_wait(encode(m));
+    CHECK_THROWS_AS(decode_submit(long_wait.reader()), ProtocolError);
 }
 
 TEST_CASE("JobInfo round trip through JOB") {

@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "errand/codec.hpp"
 #include "errand/worker.hpp"
 #include "harness.hpp"
 
@@ -266,4 +267,65 @@ TEST_CASE("e2e: a resubmitted token returns the existing job instead of a second
     CHECK(again.id == first.id);
     errand::ListFilter all;
     CHECK(client.list(all).size() == 1);
+}
+
+TEST_CASE("e2e: submit_and_wait runs a job and brings its result back in one request") {
+    TempDir dir;
+    Broker broker(dir);
+    errand::Worker worker({.endpoint = broker.endpoint(),
+                           .name = "sw",
+                           .concurrency = 1,
+                           .accept_commands = false,
+                           .max_result = errand::limits::kDefaultMaxResult});
+    std::atomic<bool> release{false};
+    worker.handle("sw", [&](const errand::Job& job) {
+        if (job.payload == "hold")  // waits for the test, bounded
+            for (int i = 0; i < 1000 && !release.load(); ++i)
+                std::this_thread::sleep_for(10ms);
+        return errand::Outcome::success("got:" + job.payload);
+    });
+    WorkerThread runner(worker);
+    errand::Client client(broker.client_options());
+
+    // A fresh job: submitted, run, and its result returned by the same call.
+    errand::Submitted submitted;
+    auto spec = job_spec("sw", "one");
+    spec.token = errand::random_token();
+    auto job = client.submit_and_wait(spec, 10'000, &submitted);
+    REQUIRE(job.has_value());
+    CHECK(job->id == submitted.id);
+    CHECK_FALSE(submitted.duplicate);
+    CHECK(job->state == JobState::succeeded);
+    CHECK(job->result == "got:one");
+
+    // The same token again: the finished job comes back at once, no second run.
+    errand::Submitted again;
+    auto same = client.submit_and_wait(spec, 10'000, &again);
+    REQUIRE(same.has_value());
+    CHECK(again.duplicate);
+    CHECK(same->id == submitted.id);
+    CHECK(same->result == "got:one");
+    CHECK(client.list({}).size() == 1);
+
+    // A job that does not finish in time: nullopt, the job is still there and finishes later.
+    errand::Submitted held;
+    auto none = client.submit_and_wait(job_spec("sw", "hold"), 300, &held);
+    CHECK_FALSE(none.has_value());
+    CHECK(held.id > submitted.id);
+    release = true;
+    auto later = client.wait(held.id, 10'000);
+    REQUIRE(later.has_value());
+    CHECK(later->result == "got:hold");
+
+    // wait_ms needs exactly one job.
+    RawConnection raw(broker.endpoint());
+    errand::SubmitRequest two;
+    two.req = 7;
+    two.jobs = {job_spec("sw", "a"), job_spec("sw", "b")};
+    two.wait_ms = 1000;
+    raw.send(errand::cmd::kSubmit, errand::encode(two));
+    auto reply = raw.recv(5s);
+    REQUIRE(reply.has_value());
+    CHECK(reply->command == errand::cmd::kError);
+    CHECK(client.list({}).size() == 2);  // nothing was added
 }

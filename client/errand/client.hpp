@@ -69,6 +69,10 @@ class Client {
     JobInfo status(JobId id);
     // The finished job, or nullopt when timeout_ms passed first.
     std::optional<JobInfo> wait(JobId id, Millis timeout_ms);
+    // submit() and wait() in one round trip: the finished job, or nullopt if it did not finish
+    // within timeout_ms. `submitted` gets the id once the broker has committed the job.
+    std::optional<JobInfo> submit_and_wait(JobSpec spec, Millis timeout_ms,
+                                           Submitted* submitted = nullptr);
     std::vector<JobInfo> list(const ListFilter& filter = {});
     Pong ping();
 

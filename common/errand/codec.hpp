@@ -109,6 +109,9 @@ struct JobSpec {
 struct SubmitRequest {
     std::uint64_t req = 0;
     std::vector<JobSpec> jobs;
+    // Submit and wait in one round trip (one job only): after SUBMITTED, the broker answers this
+    // `req` again with the job (JOB) once it finishes, or ERROR timeout, as WAIT does.
+    std::optional<Millis> wait_ms;
 };
 
 struct SubmitReply {
