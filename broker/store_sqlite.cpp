@@ -318,6 +318,23 @@ LiveJob read_live(const Stmt& s) {
     return j;
 }
 
+// The rows of the events statement (at, from, to, attempt, worker, reason); resets it.
+std::vector<Event> read_events(Stmt& s) {
+    std::vector<Event> out;
+    while (s.step()) {
+        Event e;
+        e.at = s.i64(0);
+        if (auto f = s.opt_text(1)) e.from = parse_job_state(*f);
+        e.to = parse_job_state(s.text(2)).value_or(JobState::ready);
+        e.attempt = static_cast<std::uint32_t>(s.i64(3));
+        e.worker = s.opt_text(4);
+        e.reason = s.text(5);
+        out.push_back(std::move(e));
+    }
+    s.reset();
+    return out;
+}
+
 }  // namespace
 
 struct SqliteStore::Statements {
@@ -722,19 +739,7 @@ void SqliteStore::set_progress(JobId id, std::uint32_t percent, const std::strin
 std::vector<Event> SqliteStore::events(JobId id) {
     auto& s = st_->events.reset();
     s.bind(1, static_cast<std::int64_t>(id));
-    std::vector<Event> out;
-    while (s.step()) {
-        Event e;
-        e.at = s.i64(0);
-        if (auto f = s.opt_text(1)) e.from = parse_job_state(*f);
-        e.to = parse_job_state(s.text(2)).value_or(JobState::ready);
-        e.attempt = static_cast<std::uint32_t>(s.i64(3));
-        e.worker = s.opt_text(4);
-        e.reason = s.text(5);
-        out.push_back(std::move(e));
-    }
-    s.reset();
-    return out;
+    return read_events(s);
 }
 
 void SqliteStore::set_paused(const std::string& queue, bool paused) {
@@ -865,19 +870,7 @@ std::optional<JobInfo> SqliteQueryStore::get_job(JobId id) {
 std::vector<Event> SqliteQueryStore::events(JobId id) {
     auto& s = st_->events.reset();
     s.bind(1, static_cast<std::int64_t>(id));
-    std::vector<Event> out;
-    while (s.step()) {
-        Event e;
-        e.at = s.i64(0);
-        if (auto f = s.opt_text(1)) e.from = parse_job_state(*f);
-        e.to = parse_job_state(s.text(2)).value_or(JobState::ready);
-        e.attempt = static_cast<std::uint32_t>(s.i64(3));
-        e.worker = s.opt_text(4);
-        e.reason = s.text(5);
-        out.push_back(std::move(e));
-    }
-    s.reset();
-    return out;
+    return read_events(s);
 }
 
 std::vector<JobInfo> SqliteQueryStore::jobs(const JobPage& page) {
