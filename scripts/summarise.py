@@ -3,8 +3,9 @@
 
 Several logs (e.g. the plain build and the sanitizer build) add up into one line. A test program
 that failed without doctest's summary (a crash, a timeout) counts as one failed case; a program
-that skipped itself (exit 77) is reported and counted in neither. Exits 1 when anything failed or
-nothing ran."""
+that skipped itself (exit 77) is reported and counted in neither, unless --no-skips is given
+(CI: every test must really run), where it counts as failed. --extra-failures N adds N failures
+found elsewhere (sanitizer reports). Exits 1 when anything failed or nothing ran."""
 import json
 import re
 import sys
@@ -13,15 +14,24 @@ CASES = re.compile(r"\[doctest\] test cases:\s*(\d+) \|\s*(\d+) passed \|\s*(\d+
 
 args = sys.argv[1:]
 passed = failed = 0
-if args[:1] == ["--extra-failures"]:  # failures found outside the logs (sanitizer reports)
-    failed += int(args[1])
-    args = args[2:]
+no_skips = False
+while args and args[0].startswith("--"):
+    if args[0] == "--extra-failures":
+        failed += int(args[1])
+        args = args[2:]
+    elif args[0] == "--no-skips":
+        no_skips = True
+        args = args[1:]
+    else:
+        sys.exit(f"summarise.py: unknown option {args[0]}")
 for path in args:
     with open(path) as log:
         for line in log:
             entry = json.loads(line)
             if entry.get("result") == "SKIP":
                 print(f"SKIPPED: {entry.get('name')} ({path})")
+                if no_skips:
+                    failed += 1
                 continue
             ok = entry.get("result") in ("OK", "EXPECTEDFAIL")
             match = CASES.search(entry.get("stdout") or "")
