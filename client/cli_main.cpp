@@ -401,8 +401,8 @@ int run_submit(errand::Client& client, const SubmitArgs& args) {
     const auto start = std::chrono::steady_clock::now();
     std::optional<Millis> first_chunk;
     if (wait)
-        first_chunk = args.wait_timeout ? std::min(to_ms(*args.wait_timeout), kWaitChunkMs)
-                                        : kWaitChunkMs;
+        first_chunk =
+            args.wait_timeout ? std::min(to_ms(*args.wait_timeout), kWaitChunkMs) : kWaitChunkMs;
     errand::Submitted submitted;
     std::optional<JobInfo> finished;
     if (wait)

@@ -25,8 +25,8 @@
 #include <zmq.hpp>
 
 #include "errand/client.hpp"
-#include "errand/worker.hpp"
 #include "errand/transport.hpp"
+#include "errand/worker.hpp"
 
 namespace errand::test {
 

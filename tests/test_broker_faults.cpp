@@ -203,8 +203,8 @@ TEST_CASE("after RETRY a late result of the given-up attempt is refused: attempt
     auto first = dispatched(f.send(cmd::kCredit, encode_credit(1)));
     REQUIRE(first.has_value());
     CHECK(first->attempt == 1);
-    JobResult fail{.ok = false, .id = 1, .attempt = 1, .exit_code = 99, .error = "no",
-                   .permanent = true};
+    JobResult fail{
+        .ok = false, .id = 1, .attempt = 1, .exit_code = 99, .error = "no", .permanent = true};
     f.send(cmd::kFail, encode(fail));
     CHECK(job_status(f, 1).state == JobState::dead);
 

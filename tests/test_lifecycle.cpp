@@ -350,7 +350,7 @@ TEST_CASE("lifecycle: always failing -> dead after max attempts; retry ID and re
     auto again = client.wait(a, 10'000);
     REQUIRE(again.has_value());
     CHECK(again->state == JobState::succeeded);
-    CHECK(again->attempts == 3);  // attempt numbers only grow: 2 used, then one more
+    CHECK(again->attempts == 3);      // attempt numbers only grow: 2 used, then one more
     CHECK(again->max_attempts == 4);  // the 2 used + the 2 it was submitted with
     CHECK(again->result == "fixed\n");
     const auto lines = read_lines(effects);
