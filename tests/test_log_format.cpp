@@ -43,7 +43,7 @@ TEST_CASE("log format: plain messages get ts, level, logger and msg") {
 }
 
 TEST_CASE("log format: the job prefix becomes job, queue and attempt fields") {
-    auto j = log_one(errand::job_fields(12, "emails", 2) + ": dispatched to w1");
+    auto j = log_one(errand::job_fields(12, "emails", 2).str() + ": dispatched to w1");
     CHECK(j["job"] == 12);
     CHECK(j["queue"] == "emails");
     CHECK(j["attempt"] == 2);
@@ -58,7 +58,7 @@ TEST_CASE("log format: the job prefix becomes job, queue and attempt fields") {
 TEST_CASE("log format: quotes, control characters and invalid UTF-8 still make one JSON line") {
     const std::string odd =
         std::string("say \"hi\"\\ \t\nnext line \x01 caf\xc3\xa9 bad \xff\xfe end");
-    auto j = log_one(errand::job_fields(3, "q", 1) + ": " + odd);
+    auto j = log_one(errand::job_fields(3, "q", 1).str() + ": " + odd);
     CHECK(j["job"] == 3);
     CHECK(j["msg"] ==
           "say \"hi\"\\ \t\nnext line \x01 caf\xc3\xa9 bad \xef\xbf\xbd\xef\xbf\xbd end");

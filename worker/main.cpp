@@ -263,7 +263,8 @@ int main(int argc, char** argv) {
             worker.handle(
                 queue.name,
                 [policy](const errand::Job& job) {
-                    const std::string tag = errand::job_fields(job.id, job.queue, job.attempt);
+                    const std::string tag =
+                        errand::job_fields(job.id, job.queue, job.attempt).str();
                     spdlog::debug("{}: started", tag);
                     const errand::Millis start = errand::steady_ms();
                     errand::Outcome outcome = errand::workerd::run_job(job, policy);
