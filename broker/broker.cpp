@@ -386,9 +386,10 @@ struct Broker::State {
             if (auto w = workers.find(l.worker_instance); w != workers.end())
                 t.worker = w->second.name;
         store->apply(t);
-        spdlog::debug("{}: {} -> {} ({}){}", job_fields(id, l.queue.str(), *t.attempts),
-                      to_string(l.state), to_string(to), t.reason,
-                      t.worker ? " worker=" + *t.worker : std::string());
+        if (spdlog::should_log(spdlog::level::debug))  // per job: build nothing unless logged
+            spdlog::debug("{}: {} -> {} ({}){}", job_fields(id, l.queue.str(), *t.attempts),
+                          to_string(l.state), to_string(to), t.reason,
+                          t.worker ? " worker=" + *t.worker : std::string());
         note_event(id, l, t);
         // run_at of a ready or running job: when it entered that state (see since()).
         if (to == JobState::ready || to == JobState::running) l.run_at = now;
@@ -475,10 +476,7 @@ struct Broker::State {
             v.name = q;
             v.paused = paused.count(q) > 0;
             v.counts = c;
-            for (JobId id : ready.heads(q))
-                if (auto l = live.find(id); l != live.end())
-                    if (!v.oldest_ready_at || l->second.created_at < *v.oldest_ready_at)
-                        v.oldest_ready_at = l->second.created_at;
+            v.oldest_ready_at = oldest_ready(q);
             if (auto m = metrics.queues.find(q); m != metrics.queues.end()) {
                 v.finished_per_second = m->second.finished.per_second(now);
                 v.submitted_per_second = m->second.submitted_rate.per_second(now);
@@ -489,18 +487,7 @@ struct Broker::State {
             if (!counts.count(q)) snap->queues.push_back(QueueView{q, true, {}, {}, 0, 0});
         std::sort(snap->queues.begin(), snap->queues.end(),
                   [](const auto& a, const auto& b) { return a.name < b.name; });
-        for (const auto& [inst, w] : workers) {
-            WorkerView v{inst,          w.name,     w.host,   w.pid,       w.queues,
-                         w.concurrency, w.prefetch, w.credit, w.last_seen, {}};
-            for (const auto& [id, seq] : w.jobs)
-                if (auto l = live.find(id); l != live.end())
-                    v.jobs.push_back({id, l->second.queue, l->second.attempts, since(l->second)});
-            std::sort(v.jobs.begin(), v.jobs.end(),
-                      [](const auto& a, const auto& b) { return a.id < b.id; });
-            snap->workers.push_back(std::move(v));
-        }
-        std::sort(snap->workers.begin(), snap->workers.end(),
-                  [](const auto& a, const auto& b) { return a.name < b.name; });
+        snap->workers = worker_infos();
         snap->metrics = metrics;
         auto from = recent.size() > 200 ? recent.end() - 200 : recent.begin();
         snap->recent.assign(from, recent.end());
@@ -856,12 +843,7 @@ struct Broker::State {
             for (std::size_t i = 0; i < kStates; ++i)
                 info.counts.emplace_back(static_cast<JobState>(i),
                                          c == counts.end() ? 0 : c->second[i]);
-            for (JobId id : ready.heads(q)) {
-                auto l = live.find(id);
-                if (l == live.end()) continue;
-                if (!info.oldest_ready_at || l->second.created_at < *info.oldest_ready_at)
-                    info.oldest_ready_at = l->second.created_at;
-            }
+            info.oldest_ready_at = oldest_ready(q);
             out.push_back(std::move(info));
         }
         reply(identity, cmd::kQueues, encode_queues(req, out), req, OnFail::send);
@@ -919,6 +901,11 @@ struct Broker::State {
 
     void on_workers(const std::string& identity, const Reader& r) {
         auto req = r.u64("req");
+        reply(identity, cmd::kWorkers, encode_workers(req, worker_infos()), req, OnFail::send);
+    }
+
+    // The workers by name, each with its running jobs by id (WORKERS, the HTTP snapshot).
+    std::vector<WorkerInfo> worker_infos() const {
         std::vector<WorkerInfo> out;
         for (const auto& [inst, w] : workers) {
             WorkerInfo x{w.name,        inst,       w.host,   w.pid,       w.queues,
@@ -932,7 +919,16 @@ struct Broker::State {
         }
         std::sort(out.begin(), out.end(),
                   [](const auto& a, const auto& b) { return a.name < b.name; });
-        reply(identity, cmd::kWorkers, encode_workers(req, out), req, OnFail::send);
+        return out;
+    }
+
+    // When the oldest job at the head of `queue`'s priority lanes was created.
+    std::optional<Millis> oldest_ready(const std::string& queue) const {
+        std::optional<Millis> oldest;
+        for (JobId id : ready.heads(queue))
+            if (auto l = live.find(id); l != live.end())
+                if (!oldest || l->second.created_at < *oldest) oldest = l->second.created_at;
+        return oldest;
     }
 
     // The latest committed events (this broker run only), oldest first.

@@ -27,25 +27,8 @@ struct QueueView {
     double submitted_per_second = 0;
 };
 
-struct RunningView {
-    JobId id = 0;
-    std::string queue;
-    std::uint32_t attempt = 0;
-    Millis started_at = 0;
-};
-
-struct WorkerView {
-    std::string instance;
-    std::string name;
-    std::string host;
-    std::uint64_t pid = 0;
-    std::vector<std::string> queues;
-    std::uint32_t concurrency = 0;
-    std::uint32_t prefetch = 0;
-    std::uint32_t credit = 0;
-    Millis last_seen = 0;
-    std::vector<RunningView> jobs;  // by id
-};
+// A worker with the jobs it runs: the protocol's WORKERS item.
+using WorkerView = WorkerInfo;
 
 // One committed state change (the protocol's job event: PUB body, FEED item).
 using EventView = JobEvent;
