@@ -54,7 +54,8 @@ bool truthy(const std::string& s) {
 }  // namespace
 
 CLI::Option* add_config_options(CLI::App& app, bool& dump_config) {
-    app.set_config("--config", "", "read settings from this TOML file (see --dump-config)");
+    app.set_config("--config", "", "read settings from this TOML file (see --dump-config)")
+        ->type_name("FILE");
     // A misspelt key in the file is an error, not a setting silently left at its default.
     app.allow_config_extras(CLI::config_extras_mode::error);
     return app.add_flag("--dump-config", dump_config,
