@@ -215,7 +215,7 @@ std::future<std::vector<Submitted>> AsyncClient::submit(std::vector<JobSpec> job
     m.req = impl_->next_req++;
     m.jobs = std::move(jobs);
     for (auto& j : m.jobs)
-        if (!j.token) j.token = random_token();
+        if (!j.token) j.token = unique_token();
     std::size_t n = m.jobs.size();
     return impl_->call<std::vector<Submitted>>(
         cmd::kSubmit, encode(m), m.req, cmd::kSubmitted, impl_->opt.timeout_ms,

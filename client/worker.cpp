@@ -73,7 +73,7 @@ struct Worker::Impl {
     std::vector<std::uint32_t> weights;  // parallel to handlers; 0 = none given
     std::atomic<bool> stopping{false};
     std::atomic<int> stop_requests{0};  // 1: drain, 2 or more: end the drain now
-    std::string instance = random_token();
+    std::string instance = unique_token();
     std::string inproc = "inproc://errand-worker-" + instance;
     zmq::context_t ctx{1};
 

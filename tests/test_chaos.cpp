@@ -299,7 +299,7 @@ TEST_CASE("chaos: a broker SIGKILLed at random moments under load loses no ackno
         errand::Client client(broker.client_options(2000));
         for (int n = 0; !stop.load(); ++n) {
             auto spec = job_spec("chaos", "p" + std::to_string(t) + "-" + std::to_string(n), 10);
-            spec.token = errand::random_token();  // the same token on every resend
+            spec.token = errand::unique_token();  // the same token on every resend
             ++submitted;
             int resends = 0;
             for (;;) {
@@ -713,7 +713,7 @@ TEST_CASE("chaos: a full disk refuses submissions with 'storage', keeps serving 
     int submitted = 5;
     for (int i = 0; i < 400 && !refusal; ++i) {
         auto spec = job_spec("fill", big + std::to_string(i));
-        spec.token = errand::random_token();
+        spec.token = errand::unique_token();
         ++submitted;
         try {
             filled.push_back(client.submit(spec).id);
@@ -873,7 +873,7 @@ TEST_CASE(
     guard.apply(true);
 
     auto spec = job_spec("ro", "while read-only");
-    spec.token = errand::random_token();
+    spec.token = errand::unique_token();
     std::optional<errand::BrokerError> refusal;
     try {
         client.submit(spec);

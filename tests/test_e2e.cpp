@@ -2,6 +2,7 @@
 // and the C++ Worker library serving a queue from a thread of the test.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <random>
@@ -259,7 +260,7 @@ TEST_CASE("e2e: a resubmitted token returns the existing job instead of a second
     Broker broker(dir);
     errand::Client client(broker.client_options());
     auto spec = job_spec("idem", "once");
-    spec.token = errand::random_token();
+    spec.token = errand::unique_token();
     auto first = client.submit(spec);
     auto again = client.submit(spec);
     CHECK_FALSE(first.duplicate);
@@ -267,6 +268,27 @@ TEST_CASE("e2e: a resubmitted token returns the existing job instead of a second
     CHECK(again.id == first.id);
     errand::ListFilter all;
     CHECK(client.list(all).size() == 1);
+}
+
+TEST_CASE("unique_token: 32 hex digits, increasing within a thread, different across threads") {
+    std::vector<std::string> mine;
+    for (int i = 0; i < 1000; ++i)
+        mine.push_back(errand::unique_token());
+    for (const auto& t : mine) {
+        CHECK(t.size() == 32);
+        CHECK(t.find_first_not_of("0123456789abcdef") == std::string::npos);
+    }
+    CHECK(std::is_sorted(mine.begin(), mine.end()));
+    CHECK(std::adjacent_find(mine.begin(), mine.end()) == mine.end());
+    std::vector<std::string> other;
+    std::thread([&] {
+        for (int i = 0; i < 1000; ++i)
+            other.push_back(errand::unique_token());
+    }).join();
+    std::set<std::string> all(mine.begin(), mine.end());
+    all.insert(other.begin(), other.end());
+    CHECK(all.size() == 2000);
+    CHECK(mine.front().substr(0, 16) != other.front().substr(0, 16));
 }
 
 TEST_CASE("e2e: submit_and_wait runs a job and brings its result back in one request") {
@@ -290,7 +312,7 @@ TEST_CASE("e2e: submit_and_wait runs a job and brings its result back in one req
     // A fresh job: submitted, run, and its result returned by the same call.
     errand::Submitted submitted;
     auto spec = job_spec("sw", "one");
-    spec.token = errand::random_token();
+    spec.token = errand::unique_token();
     auto job = client.submit_and_wait(spec, 10'000, &submitted);
     REQUIRE(job.has_value());
     CHECK(job->id == submitted.id);

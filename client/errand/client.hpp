@@ -107,7 +107,8 @@ class Client {
     std::unique_ptr<Impl> impl_;
 };
 
-// A random 128-bit token in hex, for JobSpec::token.
-std::string random_token();
+// A token no other call returns (in any thread or process), 32 hex digits, for JobSpec::token:
+// 64 random bits fixed per thread, then a per-thread counter.
+std::string unique_token();
 
 }  // namespace errand
