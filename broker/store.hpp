@@ -42,7 +42,7 @@ struct NewJob {
     std::optional<std::string> unique;
 };
 
-// One state change of one job, written together with its event row. Fields that are nullopt
+// One state change of one job, written together with its event (in the same row write). Fields that are nullopt
 // keep their stored value, except run_at and finished_at which are always written.
 struct Transition {
     JobId id = 0;

@@ -12,6 +12,10 @@
 // Version 3 adds id_floor(id) (ids are never reused) and jobs.attempt_budget (the max_attempts the
 // job was submitted with, once RETRY or a hand-back has raised max_attempts; NULL until then),
 // and rebuilds jobs with its state CHECK written without IN (see the migration).
+// Version 4 adds jobs.history: the job's events (one msgpack array [at, from, to, attempt, worker,
+// reason] after another), appended by the UPDATE that makes the transition, instead of one events
+// row per transition (three b-tree inserts per job). The events table keeps the rows written
+// before version 4; a job's history is its events rows, then its history column.
 #include "store_sqlite.hpp"
 
 #include <fmt/format.h>
@@ -161,6 +165,10 @@ const char* const kMigrations[] = {
           AND state <> 'succeeded' AND state <> 'dead' AND state <> 'cancelled';
     CREATE INDEX jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;
     )sql",
+    // 4: events in the job's row (see the top of this file).
+    R"sql(
+    ALTER TABLE jobs ADD COLUMN history BLOB;
+    )sql",
 };
 
 static_assert(std::size(kMigrations) == SqliteStore::kSchemaVersion,
@@ -176,6 +184,55 @@ std::optional<std::vector<std::string>> unpack_argv(const void* data, int size) 
     if (!data) return std::nullopt;
     auto h = msgpack::unpack(static_cast<const char*>(data), static_cast<std::size_t>(size));
     return h.get().as<std::vector<std::string>>();
+}
+
+// One event as appended to jobs.history.
+std::string pack_event(Millis at, std::optional<JobState> from, JobState to, std::int64_t attempt,
+                       const std::optional<std::string>& worker, std::string_view reason) {
+    msgpack::sbuffer buf(64);
+    msgpack::packer<msgpack::sbuffer> pk(buf);
+    pk.pack_array(6);
+    pk.pack_int64(at);
+    if (from)
+        pk.pack(to_string(*from));
+    else
+        pk.pack_nil();
+    pk.pack(to_string(to));
+    pk.pack_int64(attempt);
+    if (worker)
+        pk.pack(*worker);
+    else
+        pk.pack_nil();
+    pk.pack(reason);
+    return {buf.data(), buf.size()};
+}
+
+// Appends the events of a history column to `out`. A damaged column is an error of the read, not
+// of the broker's transaction (so not a StoreError).
+void unpack_history(JobId id, const void* data, int size, std::vector<Event>& out) {
+    if (!data) return;
+    const char* p = static_cast<const char*>(data);
+    std::size_t offset = 0, n = static_cast<std::size_t>(size);
+    try {
+        while (offset < n) {
+            auto h = msgpack::unpack(p, n, offset);
+            const auto& o = h.get();
+            if (o.type != msgpack::type::ARRAY || o.via.array.size != 6)
+                throw std::runtime_error("not an event");
+            const auto* f = o.via.array.ptr;
+            Event e;
+            e.at = f[0].as<std::int64_t>();
+            if (!f[1].is_nil()) e.from = parse_job_state(f[1].as<std::string>());
+            e.to = parse_job_state(f[2].as<std::string>()).value_or(JobState::ready);
+            e.attempt = f[3].as<std::uint32_t>();
+            if (!f[4].is_nil()) e.worker = f[4].as<std::string>();
+            e.reason = f[5].as<std::string>();
+            out.push_back(std::move(e));
+        }
+    } catch (const std::exception& ex) {
+        throw std::runtime_error(
+            fmt::format("job {}: history damaged at byte {}: {}", id, offset, ex.what()));
+    }
 }
 
 // RAII prepared statement; bind indexes are 1-based as in SQLite.
@@ -256,6 +313,9 @@ class Stmt {
     std::optional<std::vector<std::string>> argv(int col) const {
         return unpack_argv(sqlite3_column_blob(s_, col), sqlite3_column_bytes(s_, col));
     }
+    void append_history(JobId id, int col, std::vector<Event>& out) const {
+        unpack_history(id, sqlite3_column_blob(s_, col), sqlite3_column_bytes(s_, col), out);
+    }
 
   private:
     sqlite3* db_;
@@ -318,9 +378,11 @@ LiveJob read_live(const Stmt& s) {
     return j;
 }
 
-// The rows of the events statement (at, from, to, attempt, worker, reason); resets it.
-std::vector<Event> read_events(Stmt& s) {
+// A job's events: the rows of the events statement (at, from, to, attempt, worker, reason), then
+// its history column (the history statement's only column). Resets both.
+std::vector<Event> read_events(JobId id, Stmt& s, Stmt& history) {
     std::vector<Event> out;
+    s.bind(1, static_cast<std::int64_t>(id));
     while (s.step()) {
         Event e;
         e.at = s.i64(0);
@@ -332,6 +394,16 @@ std::vector<Event> read_events(Stmt& s) {
         out.push_back(std::move(e));
     }
     s.reset();
+    history.bind(1, static_cast<std::int64_t>(id));
+    if (history.step()) {
+        try {
+            history.append_history(id, 0, out);
+        } catch (...) {
+            history.reset();
+            throw;
+        }
+    }
+    history.reset();
     return out;
 }
 
@@ -345,8 +417,8 @@ struct SqliteStore::Statements {
           insert(db,
                  "INSERT INTO jobs (id, token, queue, state, payload, argv, priority, attempts, "
                  "max_attempts, run_at, created_at, timeout_ms, backoff_ms, backoff_cap_ms, "
-                 "unique_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?12, ?13, "
-                 "?14) ON CONFLICT (token) DO NOTHING"),
+                 "unique_key, history) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, "
+                 "?12, ?13, ?14, ?15) ON CONFLICT (token) DO NOTHING"),
           update(db,
                  "UPDATE jobs SET state = ?2, attempts = COALESCE(?3, attempts), "
                  "worker = COALESCE(?4, worker), "
@@ -358,11 +430,9 @@ struct SqliteStore::Statements {
                  "error = CASE WHEN ?8 THEN ?11 ELSE error END, "
                  "attempt_budget = CASE WHEN ?12 IS NULL THEN attempt_budget "
                  "ELSE COALESCE(attempt_budget, max_attempts) END, "
-                 "max_attempts = COALESCE(?12, max_attempts) WHERE id = ?1"),
-          event(db,
-                "INSERT INTO events (job_id, at, from_state, to_state, attempt, worker, reason, "
-                "id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
-          max_event(db, "SELECT COALESCE(MAX(id), 0) FROM events"),
+                 "max_attempts = COALESCE(?12, max_attempts), "
+                 // || of two blobs is text with the same bytes; the CAST keeps it a blob.
+                 "history = CAST(COALESCE(history, x'') || ?13 AS BLOB) WHERE id = ?1"),
           token(db, "SELECT id FROM jobs WHERE token = ?1"),
           get(db, fmt::format("SELECT {} FROM jobs WHERE id = ?1", kJobColumns).c_str()),
           dispatch(db, "SELECT payload, argv FROM jobs WHERE id = ?1"),
@@ -380,6 +450,7 @@ struct SqliteStore::Statements {
           events(db,
                  "SELECT at, from_state, to_state, attempt, worker, reason FROM events "
                  "WHERE job_id = ?1 ORDER BY id"),
+          history(db, "SELECT history FROM jobs WHERE id = ?1"),
           set_paused(db,
                      "INSERT INTO queues (name, paused) VALUES (?1, ?2) "
                      "ON CONFLICT (name) DO UPDATE SET paused = excluded.paused"),
@@ -398,8 +469,8 @@ struct SqliteStore::Statements {
                                "(?2 IS NULL OR state = ?2) ORDER BY id DESC LIMIT ?3",
                                kJobColumns)
                        .c_str()) {}
-    Stmt begin, commit, rollback, insert, update, event, max_event, token, get, dispatch, live,
-        live_one, max_id, raise_floor, count, progress, events, set_paused, paused, dead, finished,
+    Stmt begin, commit, rollback, insert, update, token, get, dispatch, live, live_one, max_id,
+        raise_floor, count, progress, events, history, set_paused, paused, dead, finished,
         delete_job, delete_events, list;
 };
 
@@ -433,9 +504,6 @@ SqliteStore::SqliteStore(const std::string& path, SqliteOptions options) {
         exec("PRAGMA temp_store = MEMORY");
         migrate();
         st_ = std::make_unique<Statements>(db_);
-        st_->max_event.step();
-        next_event_ = st_->max_event.i64(0) + 1;
-        st_->max_event.reset();
         if (options.checkpoint_interval_ms > 0 && path != ":memory:") {
             // Start from a checkpointed file: until the database file's own header says WAL
             // (it may so far only be in the WAL), another connection would not see WAL mode.
@@ -614,19 +682,9 @@ bool SqliteStore::insert_job(const NewJob& job, const std::string& reason) {
         .bind_opt(12, job.backoff_ms)
         .bind_opt(13, job.backoff_cap_ms)
         .bind_opt(14, job.unique)
+        .bind_blob(15, pack_event(job.created_at, std::nullopt, job.state, 0, std::nullopt, reason))
         .run();
-    if (sqlite3_changes(db_) == 0) return false;  // the token is taken: a resent submit
-    auto& e = st_->event.reset();
-    e.bind(1, static_cast<std::int64_t>(job.id))
-        .bind(2, job.created_at)
-        .bind_null(3)
-        .bind(4, to_string(job.state))
-        .bind(5, std::int64_t{0})
-        .bind_null(6)
-        .bind(7, std::string_view(reason))
-        .bind(8, next_event_++)
-        .run();
-    return true;
+    return sqlite3_changes(db_) != 0;  // 0: the token is taken, a resent submit
 }
 
 void SqliteStore::apply(const Transition& t) {
@@ -643,21 +701,10 @@ void SqliteStore::apply(const Transition& t) {
         .bind_opt_blob(10, t.result)
         .bind_opt(11, t.error)
         .bind_opt(12, t.max_attempts)
+        .bind_blob(13, pack_event(t.at, t.from, t.to, t.attempts.value_or(0), t.worker, t.reason))
         .run();
     if (sqlite3_changes(db_) != 1)
         throw StoreError(fmt::format("job {} vanished from the database", t.id), false);
-    auto& e = st_->event.reset();
-    e.bind(1, static_cast<std::int64_t>(t.id)).bind(2, t.at);
-    if (t.from)
-        e.bind(3, to_string(*t.from));
-    else
-        e.bind_null(3);
-    e.bind(4, to_string(t.to))
-        .bind(5, static_cast<std::int64_t>(t.attempts.value_or(0)))
-        .bind_opt(6, t.worker)
-        .bind(7, std::string_view(t.reason))
-        .bind(8, next_event_++)
-        .run();
 }
 
 std::optional<JobId> SqliteStore::find_token(const std::string& token) {
@@ -737,9 +784,7 @@ void SqliteStore::set_progress(JobId id, std::uint32_t percent, const std::strin
 }
 
 std::vector<Event> SqliteStore::events(JobId id) {
-    auto& s = st_->events.reset();
-    s.bind(1, static_cast<std::int64_t>(id));
-    return read_events(s);
+    return read_events(id, st_->events.reset(), st_->history.reset());
 }
 
 void SqliteStore::set_paused(const std::string& queue, bool paused) {
@@ -825,13 +870,14 @@ struct SqliteQueryStore::Statements {
           events(db,
                  "SELECT at, from_state, to_state, attempt, worker, reason FROM events "
                  "WHERE job_id = ?1 ORDER BY id"),
+          history(db, "SELECT history FROM jobs WHERE id = ?1"),
           page(db, fmt::format("SELECT {} FROM jobs WHERE (?1 IS NULL OR queue = ?1) AND "
                                "(?2 IS NULL OR state = ?2) AND (?3 IS NULL OR id < ?3) "
                                "ORDER BY id DESC LIMIT ?4",
                                kJobColumns)
                        .c_str()),
           pages(db, "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()") {}
-    Stmt get, events, page, pages;
+    Stmt get, events, history, page, pages;
 };
 
 SqliteQueryStore::SqliteQueryStore(const std::string& path) : path_(path) {
@@ -868,9 +914,7 @@ std::optional<JobInfo> SqliteQueryStore::get_job(JobId id) {
 }
 
 std::vector<Event> SqliteQueryStore::events(JobId id) {
-    auto& s = st_->events.reset();
-    s.bind(1, static_cast<std::int64_t>(id));
-    return read_events(s);
+    return read_events(id, st_->events.reset(), st_->history.reset());
 }
 
 std::vector<JobInfo> SqliteQueryStore::jobs(const JobPage& page) {

@@ -57,7 +57,7 @@ class SqliteStore final : public Store {
     void reclaim_space(int pages) override;
 
     int schema_version();
-    static constexpr int kSchemaVersion = 3;
+    static constexpr int kSchemaVersion = 4;
 
   private:
     struct Statements;
@@ -70,9 +70,7 @@ class SqliteStore final : public Store {
 
     sqlite3* db_ = nullptr;
     std::unique_ptr<Statements> st_;
-    std::int64_t next_event_ = 1;
-    int wal_frames_ = 0;  // WAL size after the last commit (sqlite3_wal_hook)  // events.id:
-                          // unique, increasing; gaps after a rollback
+    int wal_frames_ = 0;  // WAL size after the last commit (sqlite3_wal_hook)
     std::thread checkpointer_;
     std::mutex ckpt_mu_;
     std::condition_variable ckpt_cv_;

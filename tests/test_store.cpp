@@ -86,6 +86,7 @@ TEST_CASE("migration 3 upgrades a version-2 database: id floor from its jobs, bu
         char* err = nullptr;
         int rc = sqlite3_exec(h,
                               "DROP TABLE id_floor; ALTER TABLE jobs DROP COLUMN attempt_budget; "
+                              "ALTER TABLE jobs DROP COLUMN history; "
                               "UPDATE schema_version SET version = 2;",
                               nullptr, nullptr, &err);
         CHECK_MESSAGE(rc == SQLITE_OK, (err ? err : ""));
@@ -94,7 +95,7 @@ TEST_CASE("migration 3 upgrades a version-2 database: id floor from its jobs, bu
     }
     CHECK(count_rows(dir.db(), "SELECT version FROM schema_version") == 2);
     SqliteStore store(dir.db());
-    CHECK(store.schema_version() == 3);
+    CHECK(store.schema_version() == SqliteStore::kSchemaVersion);
     CHECK(count_rows(dir.db(), "SELECT id FROM id_floor") == 7);
     auto live = store.load_live(7);
     REQUIRE(live.has_value());
@@ -113,6 +114,101 @@ TEST_CASE("migration 3 upgrades a version-2 database: id floor from its jobs, bu
     REQUIRE(raised.has_value());
     CHECK(raised->max_attempts == 10);
     CHECK(raised->attempt_budget == live->max_attempts);
+}
+
+TEST_CASE("migration 4: a version-3 database keeps its event rows, new events go to the job row") {
+    TempDir dir;
+    {
+        SqliteStore store(dir.db());
+        store.begin();
+        store.insert_job(job(1, "q"), "submitted");
+        store.commit();
+    }
+    {
+        // What version 3 wrote: no history column, the creation event as a row of events.
+        sqlite3* h = nullptr;
+        REQUIRE(sqlite3_open(dir.db().c_str(), &h) == SQLITE_OK);
+        char* err = nullptr;
+        int rc = sqlite3_exec(h,
+                              "ALTER TABLE jobs DROP COLUMN history; "
+                              "INSERT INTO events (job_id, id, at, from_state, to_state, attempt, "
+                              "worker, reason) VALUES (1, 1, 100, NULL, 'ready', 0, NULL, 'old'); "
+                              "UPDATE schema_version SET version = 3;",
+                              nullptr, nullptr, &err);
+        CHECK_MESSAGE(rc == SQLITE_OK, (err ? err : ""));
+        sqlite3_free(err);
+        sqlite3_close(h);
+    }
+    SqliteStore store(dir.db());
+    CHECK(store.schema_version() == SqliteStore::kSchemaVersion);
+    store.begin();
+    Transition t;
+    t.id = 1;
+    t.from = JobState::ready;
+    t.to = JobState::running;
+    t.attempts = 1;
+    t.at = 200;
+    t.worker = "w";
+    t.reason = "dispatched";
+    store.apply(t);
+    store.commit();
+    auto check = [](const std::vector<Event>& ev) {
+        REQUIRE(ev.size() == 2);
+        CHECK(ev[0].reason == "old");
+        CHECK(ev[0].at == 100);
+        CHECK_FALSE(ev[0].from.has_value());
+        CHECK(ev[1].reason == "dispatched");
+        CHECK(ev[1].from == JobState::ready);
+        CHECK(ev[1].to == JobState::running);
+        CHECK(ev[1].attempt == 1);
+        CHECK(ev[1].worker == "w");
+    };
+    check(store.events(1));
+    SqliteQueryStore reader(dir.db());
+    check(reader.events(1));
+    // Retention deletes both kinds.
+    store.begin();
+    Transition end = t;
+    end.from = JobState::running;
+    end.to = JobState::succeeded;
+    end.finished_at = 300;
+    end.reason = "done";
+    store.apply(end);
+    auto removed = store.remove_finished(std::nullopt, std::nullopt, 1000, 10);
+    store.commit();
+    REQUIRE(removed.size() == 1);
+    CHECK(count_rows(dir.db(), "SELECT COUNT(*) FROM events") == 0);
+    CHECK(store.events(1).empty());
+}
+
+TEST_CASE("a damaged history column fails that read only, with the job's id") {
+    TempDir dir;
+    SqliteStore store(dir.db());
+    store.begin();
+    store.insert_job(job(1, "q"), "submitted");
+    store.insert_job(job(2, "q"), "submitted");
+    store.commit();
+    {
+        sqlite3* h = nullptr;
+        REQUIRE(sqlite3_open(dir.db().c_str(), &h) == SQLITE_OK);
+        // 0xc1 is never used by msgpack.
+        CHECK(sqlite3_exec(h, "UPDATE jobs SET history = history || x'c1' WHERE id = 1", nullptr,
+                           nullptr, nullptr) == SQLITE_OK);
+        sqlite3_close(h);
+    }
+    bool store_error = false;
+    std::string message;
+    try {
+        store.events(1);
+    } catch (const StoreError&) {
+        store_error = true;
+    } catch (const std::exception& e) {
+        message = e.what();
+    }
+    CHECK_FALSE(store_error);
+    CHECK(message.find("job 1") != std::string::npos);
+    CHECK(store.events(2).size() == 1);
+    CHECK(store.get_job(1).has_value());
 }
 
 TEST_CASE("transitions update the row and write one event each") {
@@ -154,7 +250,18 @@ TEST_CASE("transitions update the row and write one event each") {
     CHECK(j->finished_at == 6000);
     CHECK(j->result == "out");
     CHECK(j->argv == std::vector<std::string>{"echo", "x"});
-    CHECK(count_rows(dir.db(), "SELECT COUNT(*) FROM events WHERE job_id = 1") == 3);
+    auto ev = store.events(1);
+    REQUIRE(ev.size() == 3);
+    CHECK(ev[0].reason == "submitted");
+    CHECK(ev[0].to == JobState::ready);
+    CHECK(ev[1].reason == "dispatched");
+    CHECK(ev[1].worker == "w1");
+    CHECK(ev[1].at == 5000);
+    CHECK(ev[2].from == JobState::running);
+    CHECK(ev[2].to == JobState::succeeded);
+    CHECK(ev[2].at == 6000);
+    // In the job's row: no row of events per transition any more.
+    CHECK(count_rows(dir.db(), "SELECT COUNT(*) FROM events") == 0);
 
     auto d = store.dispatch_data(1);
     REQUIRE(d.has_value());
