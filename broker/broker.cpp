@@ -372,7 +372,7 @@ struct Broker::State {
         in_txn = true;
     }
 
-    // The one place that changes a job's state: memory, index, timers, store and event row.
+    // The one place that changes a job's state: memory, index, timers, store and its event.
     void transition(JobId id, Live& l, JobState to, Transition t) {
         check_transition(l.state, to);
         ensure_txn();
