@@ -138,6 +138,8 @@ std::size_t index_of(JobState s) {
 
 // Most rows one PURGE or RETRY --dead touches; clients repeat until fewer come back.
 constexpr std::size_t kAdminBatch = 10000;
+// How often held-back dispatches are written into their rows (see Store::apply).
+constexpr Millis kMaterializeEveryMs = 1000;
 
 struct WorkerRec {
     std::string identity;
@@ -261,6 +263,7 @@ struct Broker::State {
     std::unordered_set<std::string> paused;
     std::mt19937_64 rng{std::random_device{}()};
     Millis next_retention = 0;
+    Millis next_materialize = 0;
     std::unordered_map<std::string, WorkerRec> workers;        // by instance
     std::unordered_map<std::string, std::string> instance_of;  // identity -> instance
     std::unordered_map<JobId, std::vector<Waiter>> waiters;
@@ -719,6 +722,11 @@ struct Broker::State {
 
     void on_list(const std::string& identity, const Reader& r) {
         auto m = decode_list(r);
+        // A state filter runs in SQL: held-back dispatches must be in their rows.
+        if (m.state && store->held_back() > 0) {
+            ensure_txn();
+            store->materialize();
+        }
         reply(identity, cmd::kJobs, encode_jobs(store->list_jobs(m), m.req), m.req, OnFail::send);
     }
 
@@ -1227,6 +1235,15 @@ struct Broker::State {
             t.error = fmt::format("timed out after {} (no result from the worker)", timeout);
             t.reason = "timed out";
             fail_attempt(d.id, l->second, std::move(t), false);
+        }
+        // Dispatches the store holds back from the jobs' rows (see Store::apply) reach the rows
+        // within a second, for readers of the database file (the HTTP API).
+        if (now >= next_materialize) {
+            if (store->held_back() > 0) {
+                ensure_txn();
+                store->materialize();
+            }
+            next_materialize = now + kMaterializeEveryMs;
         }
         if (now >= next_retention) {
             ensure_txn();

@@ -42,8 +42,8 @@ struct NewJob {
     std::optional<std::string> unique;
 };
 
-// One state change of one job, written together with its event (in the same row write). Fields that are nullopt
-// keep their stored value, except run_at and finished_at which are always written.
+// One state change of one job, written together with its event (in the same row write). Fields that
+// are nullopt keep their stored value, except run_at and finished_at which are always written.
 struct Transition {
     JobId id = 0;
     std::optional<JobState> from;  // nullopt: the job is being created
@@ -112,7 +112,16 @@ class Store {
     // Inserts the job and its creation event; false (and nothing written) when a job with the
     // same token exists already.
     virtual bool insert_job(const NewJob& job, const std::string& reason) = 0;
+    // Durable once commit() returns, like every write. An engine may keep a dispatch (a
+    // transition to running) out of the job's row for a while, in a log written by the same
+    // commit, and fold it into the row with the job's next change (SqliteStore does: one row
+    // write per dispatched job instead of two). Every read of this interface sees such held-back
+    // transitions; readers of the database itself (QueryStore) see them after materialize().
     virtual void apply(const Transition& t) = 0;
+    // Writes every held-back transition into its job's row, in the current transaction.
+    virtual void materialize() = 0;
+    // How many transitions are held back.
+    virtual std::size_t held_back() const = 0;
     virtual std::optional<JobId> find_token(const std::string& token) = 0;
 
     virtual std::optional<JobInfo> get_job(JobId id) = 0;

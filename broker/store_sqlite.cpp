@@ -16,6 +16,8 @@
 // reason] after another), appended by the UPDATE that makes the transition, instead of one events
 // row per transition (three b-tree inserts per job). The events table keeps the rows written
 // before version 4; a job's history is its events rows, then its history column.
+// Version 5 adds dispatch_log(seq, entries): the dispatches of one transaction (msgpack arrays, see
+// pack_dispatch) that are not yet in their jobs' rows. See "Held-back dispatches" below.
 #include "store_sqlite.hpp"
 
 #include <fmt/format.h>
@@ -169,6 +171,10 @@ const char* const kMigrations[] = {
     R"sql(
     ALTER TABLE jobs ADD COLUMN history BLOB;
     )sql",
+    // 5: dispatches held back from the jobs' rows (see the top of this file).
+    R"sql(
+    CREATE TABLE dispatch_log (seq INTEGER PRIMARY KEY, entries BLOB NOT NULL);
+    )sql",
 };
 
 static_assert(std::size(kMigrations) == SqliteStore::kSchemaVersion,
@@ -233,6 +239,60 @@ void unpack_history(JobId id, const void* data, int size, std::vector<Event>& ou
         throw std::runtime_error(
             fmt::format("job {}: history damaged at byte {}: {}", id, offset, ex.what()));
     }
+}
+
+// One held-back dispatch as written to dispatch_log: [id, attempts, at, worker, started_at,
+// reason, from]. Only the fields a dispatch sets (see SqliteStore::apply).
+void pack_dispatch(msgpack::packer<msgpack::sbuffer>& pk, const Transition& t) {
+    pk.pack_array(7);
+    pk.pack_uint64(t.id);
+    pk.pack_uint32(t.attempts.value_or(0));
+    pk.pack_int64(t.at);
+    if (t.worker)
+        pk.pack(*t.worker);
+    else
+        pk.pack_nil();
+    if (t.started_at)
+        pk.pack_int64(*t.started_at);
+    else
+        pk.pack_nil();
+    pk.pack(t.reason);
+    if (t.from)
+        pk.pack(to_string(*t.from));
+    else
+        pk.pack_nil();
+}
+
+// The dispatches of one dispatch_log row, in order. Damage is a StoreError: without the log the
+// broker would hand out attempt numbers twice.
+std::vector<Transition> unpack_dispatches(const void* data, int size) {
+    std::vector<Transition> out;
+    if (!data) return out;
+    const char* p = static_cast<const char*>(data);
+    std::size_t offset = 0, n = static_cast<std::size_t>(size);
+    try {
+        while (offset < n) {
+            auto h = msgpack::unpack(p, n, offset);
+            const auto& o = h.get();
+            if (o.type != msgpack::type::ARRAY || o.via.array.size != 7)
+                throw std::runtime_error("not a dispatch");
+            const auto* f = o.via.array.ptr;
+            Transition t;
+            t.id = f[0].as<JobId>();
+            t.to = JobState::running;
+            t.attempts = f[1].as<std::uint32_t>();
+            t.at = f[2].as<std::int64_t>();
+            if (!f[3].is_nil()) t.worker = f[3].as<std::string>();
+            if (!f[4].is_nil()) t.started_at = f[4].as<std::int64_t>();
+            t.reason = f[5].as<std::string>();
+            if (!f[6].is_nil()) t.from = parse_job_state(f[6].as<std::string>());
+            out.push_back(std::move(t));
+        }
+    } catch (const std::exception& ex) {
+        throw StoreError(fmt::format("dispatch_log damaged at byte {}: {}", offset, ex.what()),
+                         false);
+    }
+    return out;
 }
 
 // RAII prepared statement; bind indexes are 1-based as in SQLite.
@@ -422,8 +482,8 @@ struct SqliteStore::Statements {
           update(db,
                  "UPDATE jobs SET state = ?2, attempts = COALESCE(?3, attempts), "
                  "worker = COALESCE(?4, worker), "
-                 "progress = CASE WHEN ?2 = 'running' THEN NULL ELSE progress END, "
-                 "progress_message = CASE WHEN ?2 = 'running' THEN NULL ELSE progress_message END, "
+                 "progress = CASE WHEN ?14 THEN NULL ELSE progress END, "
+                 "progress_message = CASE WHEN ?14 THEN NULL ELSE progress_message END, "
                  "run_at = ?5, started_at = COALESCE(?6, started_at), finished_at = ?7, "
                  "exit_code = CASE WHEN ?8 THEN ?9 ELSE exit_code END, "
                  "result = CASE WHEN ?8 THEN ?10 ELSE result END, "
@@ -451,6 +511,10 @@ struct SqliteStore::Statements {
                  "SELECT at, from_state, to_state, attempt, worker, reason FROM events "
                  "WHERE job_id = ?1 ORDER BY id"),
           history(db, "SELECT history FROM jobs WHERE id = ?1"),
+          log_insert(db, "INSERT INTO dispatch_log (entries) VALUES (?1)"),
+          log_read(db, "SELECT entries FROM dispatch_log ORDER BY seq"),
+          log_clear(db, "DELETE FROM dispatch_log"),
+          row_state(db, "SELECT attempts, queue, state FROM jobs WHERE id = ?1"),
           set_paused(db,
                      "INSERT INTO queues (name, paused) VALUES (?1, ?2) "
                      "ON CONFLICT (name) DO UPDATE SET paused = excluded.paused"),
@@ -470,8 +534,8 @@ struct SqliteStore::Statements {
                                kJobColumns)
                        .c_str()) {}
     Stmt begin, commit, rollback, insert, update, token, get, dispatch, live, live_one, max_id,
-        raise_floor, count, progress, events, history, set_paused, paused, dead, finished,
-        delete_job, delete_events, list;
+        raise_floor, count, progress, events, history, log_insert, log_read, log_clear, row_state,
+        set_paused, paused, dead, finished, delete_job, delete_events, list;
 };
 
 SqliteStore::SqliteStore(const std::string& path, SqliteOptions options) {
@@ -504,6 +568,7 @@ SqliteStore::SqliteStore(const std::string& path, SqliteOptions options) {
         exec("PRAGMA temp_store = MEMORY");
         migrate();
         st_ = std::make_unique<Statements>(db_);
+        reload_held();  // what a crash left in dispatch_log
         if (options.checkpoint_interval_ms > 0 && path != ":memory:") {
             // Start from a checkpointed file: until the database file's own header says WAL
             // (it may so far only be in the WAL), another connection would not see WAL mode.
@@ -528,6 +593,16 @@ SqliteStore::SqliteStore(const std::string& path, SqliteOptions options) {
 }
 
 SqliteStore::~SqliteStore() {
+    // A clean stop leaves every row exact (a crash leaves dispatch_log, read back at open).
+    if (st_ && held_back() > 0 && sqlite3_get_autocommit(db_)) {
+        try {
+            begin();
+            materialize();
+            commit();
+        } catch (const StoreError&) {
+            rollback();
+        }
+    }
     stop_checkpointer();
     st_.reset();
     if (db_) sqlite3_close(db_);
@@ -642,6 +717,10 @@ void SqliteStore::begin() {
 
 void SqliteStore::commit() {
     try {
+        if (log_.size() > 0) {
+            st_->log_insert.reset().bind_blob(1, std::string_view(log_.data(), log_.size())).run();
+            log_.clear();
+        }
         st_->commit.run();
         // Under continuous writes the checkpointer's PASSIVE runs never catch up with the last
         // commit, so the WAL is never reset and would grow without bound. Past kWalResetFrames
@@ -654,13 +733,17 @@ void SqliteStore::commit() {
         }
     } catch (const StoreError&) {
         // A failed COMMIT may leave the transaction open; make sure it is gone.
-        if (!sqlite3_get_autocommit(db_)) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+        rollback();
         throw;
     }
 }
 
 void SqliteStore::rollback() {
     if (!sqlite3_get_autocommit(db_)) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    // The transaction's dispatches never happened; the held-back ones are those of committed
+    // transactions, as dispatch_log has them.
+    log_.clear();
+    reload_held();
 }
 
 bool SqliteStore::insert_job(const NewJob& job, const std::string& reason) {
@@ -687,7 +770,114 @@ bool SqliteStore::insert_job(const NewJob& job, const std::string& reason) {
     return sqlite3_changes(db_) != 0;  // 0: the token is taken, a resent submit
 }
 
+// ---- Held-back dispatches ----------------------------------------------------------------
+// A dispatch (ready or retrying -> running) would be the second of the two row writes of a job
+// that runs once: the UPDATE rewrites the row and moves it in jobs_live. Instead apply() keeps it
+// in held_ and appends it to log_, which commit() writes as one dispatch_log row per transaction:
+// durable before the DISPATCH leaves, one b-tree append per pass instead of an UPDATE per job.
+// The job's next transition writes both into the row at once (both events in its history), and
+// materialize() writes the rest and empties the log (the broker calls it every second, so readers
+// of the file lag by at most that). At open and after a rollback, held_ is rebuilt from the log:
+// an entry counts only while its job's row has fewer attempts (every dispatch adds one), so a
+// log entry whose dispatch is already in the row is ignored.
+
 void SqliteStore::apply(const Transition& t) {
+    if (t.to == JobState::running && t.attempts && !t.set_outcome && !t.max_attempts && !t.run_at &&
+        !t.finished_at) {
+        if (auto it = held_.find(t.id); it != held_.end()) write_held(it);  // never expected
+        msgpack::packer<msgpack::sbuffer> pk(log_);
+        pack_dispatch(pk, t);
+        ++logged_;
+        std::string event = pack_event(t.at, t.from, t.to, *t.attempts, t.worker, t.reason);
+        held_.insert_or_assign(t.id, Held{t, std::move(event)});
+        return;
+    }
+    std::string event = pack_event(t.at, t.from, t.to, t.attempts.value_or(0), t.worker, t.reason);
+    auto it = held_.find(t.id);
+    if (it == held_.end()) {
+        write_row(t, event, t.to == JobState::running);
+        return;
+    }
+    // The held dispatch and this transition in one row write; this one's fields win.
+    const Transition& d = it->second.t;
+    Transition merged = t;
+    if (!merged.attempts) merged.attempts = d.attempts;
+    if (!merged.worker) merged.worker = d.worker;
+    if (!merged.started_at) merged.started_at = d.started_at;
+    write_row(merged, it->second.event + event, true);
+    held_.erase(it);
+}
+
+void SqliteStore::write_held(std::unordered_map<JobId, Held>::iterator it) {
+    write_row(it->second.t, it->second.event, true);
+    held_.erase(it);
+}
+
+void SqliteStore::materialize() {
+    if (held_back() == 0) return;
+    for (const auto& [id, h] : held_)
+        write_row(h.t, h.event, true);
+    held_.clear();
+    log_.clear();
+    st_->log_clear.reset().run();
+    logged_ = 0;
+}
+
+std::size_t SqliteStore::held_back() const {
+    return held_.size() + logged_;
+}
+
+void SqliteStore::reload_held() {
+    held_.clear();
+    logged_ = 0;
+    std::unordered_map<JobId, Transition> last;
+    auto& s = st_->log_read.reset();
+    while (s.step()) {
+        auto row = s.blob(0);
+        for (auto& t : unpack_dispatches(row.data(), static_cast<int>(row.size()))) {
+            ++logged_;
+            JobId id = t.id;
+            last.insert_or_assign(id, std::move(t));
+        }
+    }
+    s.reset();
+    for (auto& [id, t] : last) {
+        auto& r = st_->row_state.reset();
+        r.bind(1, static_cast<std::int64_t>(id));
+        bool held = r.step() && r.i64(0) < static_cast<std::int64_t>(*t.attempts);
+        r.reset();
+        if (!held) continue;
+        std::string event = pack_event(t.at, t.from, t.to, *t.attempts, t.worker, t.reason);
+        held_.emplace(id, Held{std::move(t), std::move(event)});
+    }
+}
+
+void SqliteStore::overlay(JobInfo& j) const {
+    auto it = held_.find(j.id);
+    if (it == held_.end()) return;
+    const Transition& t = it->second.t;
+    j.state = JobState::running;
+    j.attempts = *t.attempts;
+    if (t.worker) j.worker = t.worker;
+    if (t.started_at) j.started_at = t.started_at;
+    j.run_at.reset();
+    j.finished_at.reset();
+    j.progress.reset();
+    j.progress_message.reset();
+}
+
+void SqliteStore::overlay(LiveJob& j) const {
+    auto it = held_.find(j.id);
+    if (it == held_.end()) return;
+    const Transition& t = it->second.t;
+    j.state = JobState::running;
+    j.attempts = *t.attempts;
+    if (t.worker) j.worker = t.worker;
+    if (t.started_at) j.started_at = t.started_at;
+    j.run_at.reset();
+}
+
+void SqliteStore::write_row(const Transition& t, std::string_view events, bool reset_progress) {
     auto& s = st_->update.reset();
     s.bind(1, static_cast<std::int64_t>(t.id))
         .bind(2, to_string(t.to))
@@ -701,7 +891,8 @@ void SqliteStore::apply(const Transition& t) {
         .bind_opt_blob(10, t.result)
         .bind_opt(11, t.error)
         .bind_opt(12, t.max_attempts)
-        .bind_blob(13, pack_event(t.at, t.from, t.to, t.attempts.value_or(0), t.worker, t.reason))
+        .bind_blob(13, events)
+        .bind(14, std::int64_t{reset_progress ? 1 : 0})
         .run();
     if (sqlite3_changes(db_) != 1)
         throw StoreError(fmt::format("job {} vanished from the database", t.id), false);
@@ -722,6 +913,7 @@ std::optional<JobInfo> SqliteStore::get_job(JobId id) {
     std::optional<JobInfo> job;
     if (s.step()) job = read_job(s);
     s.reset();
+    if (job) overlay(*job);
     return job;
 }
 
@@ -734,8 +926,10 @@ std::vector<JobInfo> SqliteStore::list_jobs(const ListRequest& filter) {
         s.bind_null(2);
     s.bind(3, static_cast<std::int64_t>(filter.limit));
     std::vector<JobInfo> out;
-    while (s.step())
+    while (s.step()) {
         out.push_back(read_job(s));
+        overlay(out.back());
+    }
     s.reset();
     return out;
 }
@@ -751,8 +945,11 @@ std::optional<DispatchData> SqliteStore::dispatch_data(JobId id) {
 
 void SqliteStore::scan_live(const std::function<void(LiveJob&&)>& fn) {
     auto& s = st_->live.reset();
-    while (s.step())
-        fn(read_live(s));
+    while (s.step()) {
+        auto j = read_live(s);
+        overlay(j);
+        fn(std::move(j));
+    }
     s.reset();
 }
 
@@ -762,6 +959,7 @@ std::optional<LiveJob> SqliteStore::load_live(JobId id) {
     std::optional<LiveJob> j;
     if (s.step()) j = read_live(s);
     s.reset();
+    if (j) overlay(*j);
     return j;
 }
 
@@ -772,10 +970,31 @@ std::vector<QueueStateCount> SqliteStore::count_jobs() {
         out.push_back({s.text(0), parse_job_state(s.text(1)).value_or(JobState::dead),
                        static_cast<std::uint64_t>(s.i64(2))});
     s.reset();
+    // Held-back dispatches: counted in their row's state, they are running.
+    auto bump = [&out](const std::string& queue, JobState state, int by) {
+        auto it = std::find_if(out.begin(), out.end(), [&](const QueueStateCount& c) {
+            return c.queue == queue && c.state == state;
+        });
+        if (it == out.end()) it = out.insert(out.end(), {queue, state, 0});
+        it->count = static_cast<std::uint64_t>(static_cast<std::int64_t>(it->count) + by);
+    };
+    for (const auto& entry : held_) {
+        auto& r = st_->row_state.reset();
+        r.bind(1, static_cast<std::int64_t>(entry.first));
+        if (r.step()) {
+            auto queue = r.text(1);
+            bump(queue, parse_job_state(r.text(2)).value_or(JobState::ready), -1);
+            bump(queue, JobState::running, 1);
+        }
+        r.reset();
+    }
+    std::erase_if(out, [](const QueueStateCount& c) { return c.count == 0; });
     return out;
 }
 
 void SqliteStore::set_progress(JobId id, std::uint32_t percent, const std::string& message) {
+    // The dispatch goes into the row first: written later, it would clear this progress.
+    if (auto it = held_.find(id); it != held_.end()) write_held(it);
     st_->progress.reset()
         .bind(1, static_cast<std::int64_t>(id))
         .bind(2, static_cast<std::int64_t>(percent))
@@ -784,7 +1003,10 @@ void SqliteStore::set_progress(JobId id, std::uint32_t percent, const std::strin
 }
 
 std::vector<Event> SqliteStore::events(JobId id) {
-    return read_events(id, st_->events.reset(), st_->history.reset());
+    auto out = read_events(id, st_->events.reset(), st_->history.reset());
+    if (auto it = held_.find(id); it != held_.end())
+        unpack_history(id, it->second.event.data(), static_cast<int>(it->second.event.size()), out);
+    return out;
 }
 
 void SqliteStore::set_paused(const std::string& queue, bool paused) {

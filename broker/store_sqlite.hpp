@@ -3,12 +3,15 @@
 
 #include <sqlite3.h>
 
+#include <msgpack.hpp>
+
 #include <atomic>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <unordered_map>
 
 #include "store.hpp"
 
@@ -34,6 +37,8 @@ class SqliteStore final : public Store {
 
     bool insert_job(const NewJob& job, const std::string& reason) override;
     void apply(const Transition& t) override;
+    void materialize() override;
+    std::size_t held_back() const override;
     std::optional<JobId> find_token(const std::string& token) override;
 
     std::optional<JobInfo> get_job(JobId id) override;
@@ -57,7 +62,7 @@ class SqliteStore final : public Store {
     void reclaim_space(int pages) override;
 
     int schema_version();
-    static constexpr int kSchemaVersion = 4;
+    static constexpr int kSchemaVersion = 5;
 
   private:
     struct Statements;
@@ -65,12 +70,26 @@ class SqliteStore final : public Store {
     bool check_identity();  // true for a new, empty file
     void migrate();
 
+    // Held-back dispatches (see store_sqlite.cpp).
+    struct Held {
+        Transition t;
+        std::string event;  // packed for jobs.history
+    };
+    void write_row(const Transition& t, std::string_view events, bool reset_progress);
+    void write_held(std::unordered_map<JobId, Held>::iterator it);
+    void reload_held();
+    void overlay(JobInfo& j) const;
+    void overlay(LiveJob& j) const;
+
     void start_checkpointer(const std::string& path, int interval_ms);
     void stop_checkpointer();
 
     sqlite3* db_ = nullptr;
     std::unique_ptr<Statements> st_;
     int wal_frames_ = 0;  // WAL size after the last commit (sqlite3_wal_hook)
+    std::unordered_map<JobId, Held> held_;
+    msgpack::sbuffer log_{1024};  // this transaction's dispatches, for dispatch_log
+    std::size_t logged_ = 0;      // dispatches in dispatch_log and log_ (0: the log is empty)
     std::thread checkpointer_;
     std::mutex ckpt_mu_;
     std::condition_variable ckpt_cv_;

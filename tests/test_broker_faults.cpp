@@ -29,6 +29,8 @@ class FlakyDisk final : public Store {
         return inner_.insert_job(j, r);
     }
     void apply(const Transition& t) override { inner_.apply(t); }
+    void materialize() override { inner_.materialize(); }
+    std::size_t held_back() const override { return inner_.held_back(); }
     std::optional<JobId> find_token(const std::string& t) override { return inner_.find_token(t); }
     std::optional<JobInfo> get_job(JobId id) override { return inner_.get_job(id); }
     std::vector<JobInfo> list_jobs(const ListRequest& f) override { return inner_.list_jobs(f); }

@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "store_sqlite.hpp"
 
@@ -32,6 +33,46 @@ NewJob job(JobId id, const std::string& queue, std::optional<std::string> token 
     j.token = std::move(token);
     j.created_at = 1000 + static_cast<Millis>(id);
     return j;
+}
+
+std::string text_of(const std::string& db, const char* sql) {
+    sqlite3* h = nullptr;
+    sqlite3_open_v2(db.c_str(), &h, SQLITE_OPEN_READONLY, nullptr);
+    sqlite3_stmt* s = nullptr;
+    sqlite3_prepare_v2(h, sql, -1, &s, nullptr);
+    std::string out;
+    if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_text(s, 0))
+        out = reinterpret_cast<const char*>(sqlite3_column_text(s, 0));
+    sqlite3_finalize(s);
+    sqlite3_close(h);
+    return out;
+}
+
+Transition dispatch(JobId id, std::uint32_t attempt, Millis at, const std::string& worker) {
+    Transition t;
+    t.id = id;
+    t.from = JobState::ready;
+    t.to = JobState::running;
+    t.attempts = attempt;
+    t.at = at;
+    t.worker = worker;
+    t.started_at = at;
+    t.reason = "dispatched";
+    return t;
+}
+
+Transition succeed(JobId id, Millis at) {
+    Transition t;
+    t.id = id;
+    t.from = JobState::running;
+    t.to = JobState::succeeded;
+    t.at = at;
+    t.finished_at = at;
+    t.set_outcome = true;
+    t.exit_code = 0;
+    t.result = "ok";
+    t.reason = "done";
+    return t;
 }
 
 int count_rows(const std::string& db, const char* sql) {
@@ -86,7 +127,7 @@ TEST_CASE("migration 3 upgrades a version-2 database: id floor from its jobs, bu
         char* err = nullptr;
         int rc = sqlite3_exec(h,
                               "DROP TABLE id_floor; ALTER TABLE jobs DROP COLUMN attempt_budget; "
-                              "ALTER TABLE jobs DROP COLUMN history; "
+                              "ALTER TABLE jobs DROP COLUMN history; DROP TABLE dispatch_log; "
                               "UPDATE schema_version SET version = 2;",
                               nullptr, nullptr, &err);
         CHECK_MESSAGE(rc == SQLITE_OK, (err ? err : ""));
@@ -130,7 +171,7 @@ TEST_CASE("migration 4: a version-3 database keeps its event rows, new events go
         REQUIRE(sqlite3_open(dir.db().c_str(), &h) == SQLITE_OK);
         char* err = nullptr;
         int rc = sqlite3_exec(h,
-                              "ALTER TABLE jobs DROP COLUMN history; "
+                              "ALTER TABLE jobs DROP COLUMN history; DROP TABLE dispatch_log; "
                               "INSERT INTO events (job_id, id, at, from_state, to_state, attempt, "
                               "worker, reason) VALUES (1, 1, 100, NULL, 'ready', 0, NULL, 'old'); "
                               "UPDATE schema_version SET version = 3;",
@@ -164,6 +205,9 @@ TEST_CASE("migration 4: a version-3 database keeps its event rows, new events go
         CHECK(ev[1].worker == "w");
     };
     check(store.events(1));
+    store.begin();
+    store.materialize();  // the dispatch was held back from the row (see the next test case)
+    store.commit();
     SqliteQueryStore reader(dir.db());
     check(reader.events(1));
     // Retention deletes both kinds.
@@ -266,6 +310,139 @@ TEST_CASE("transitions update the row and write one event each") {
     auto d = store.dispatch_data(1);
     REQUIRE(d.has_value());
     CHECK(d->payload == "payload-1");
+}
+
+TEST_CASE("a dispatch is held back from the row, logged, and seen by every read of the store") {
+    TempDir dir;
+    SqliteStore store(dir.db());
+    store.begin();
+    store.insert_job(job(1, "q"), "submitted");
+    store.insert_job(job(2, "q"), "submitted");
+    store.commit();
+    store.begin();
+    store.apply(dispatch(1, 1, 5000, "w1"));
+    store.commit();
+    // The row still says ready; the log has the dispatch.
+    CHECK(text_of(dir.db(), "SELECT state FROM jobs WHERE id = 1") == "ready");
+    CHECK(count_rows(dir.db(), "SELECT COUNT(*) FROM dispatch_log") == 1);
+    CHECK(store.held_back() > 0);
+    auto j = store.get_job(1);
+    REQUIRE(j.has_value());
+    CHECK(j->state == JobState::running);
+    CHECK(j->attempts == 1);
+    CHECK(j->worker == "w1");
+    CHECK(j->started_at == 5000);
+    auto live = store.load_live(1);
+    REQUIRE(live.has_value());
+    CHECK(live->state == JobState::running);
+    CHECK(live->attempts == 1);
+    auto ev = store.events(1);
+    REQUIRE(ev.size() == 2);
+    CHECK(ev[1].to == JobState::running);
+    CHECK(ev[1].worker == "w1");
+    std::map<JobState, std::uint64_t> counts;
+    for (const auto& c : store.count_jobs())
+        counts[c.state] += c.count;
+    CHECK(counts[JobState::running] == 1);
+    CHECK(counts[JobState::ready] == 1);
+    ListRequest running;
+    running.limit = 10;
+    auto listed = store.list_jobs(running);
+    REQUIRE(listed.size() == 2);
+    CHECK(listed[1].state == JobState::running);  // newest first: job 2, then job 1
+    std::vector<LiveJob> scanned;
+    store.scan_live([&](LiveJob&& l) { scanned.push_back(std::move(l)); });
+    REQUIRE(scanned.size() == 2);
+    CHECK(scanned[0].state == JobState::running);
+    CHECK(scanned[1].state == JobState::ready);
+
+    // The job's next change writes both into the row: one UPDATE, three events, in order.
+    store.begin();
+    store.apply(succeed(1, 6000));
+    store.commit();
+    CHECK(text_of(dir.db(), "SELECT state FROM jobs WHERE id = 1") == "succeeded");
+    CHECK(count_rows(dir.db(), "SELECT attempts FROM jobs WHERE id = 1") == 1);
+    CHECK(text_of(dir.db(), "SELECT worker FROM jobs WHERE id = 1") == "w1");
+    CHECK(count_rows(dir.db(), "SELECT started_at FROM jobs WHERE id = 1") == 5000);
+    SqliteQueryStore reader(dir.db());
+    auto history = reader.events(1);
+    REQUIRE(history.size() == 3);
+    CHECK(history[1].reason == "dispatched");
+    CHECK(history[2].reason == "done");
+    CHECK(history[2].at == 6000);
+
+    // materialize() writes what is still held and empties the log.
+    store.begin();
+    store.apply(dispatch(2, 1, 7000, "w2"));
+    store.commit();
+    CHECK(reader.get_job(2)->state == JobState::ready);  // the file lags until materialize
+    store.begin();
+    store.materialize();
+    store.commit();
+    CHECK(store.held_back() == 0);
+    CHECK(count_rows(dir.db(), "SELECT COUNT(*) FROM dispatch_log") == 0);
+    CHECK(reader.get_job(2)->state == JobState::running);
+    CHECK(reader.events(2).size() == 2);
+}
+
+TEST_CASE("held-back dispatches survive a crash and a rollback, and never repeat an attempt") {
+    TempDir dir;
+    SqliteStore store(dir.db());
+    store.begin();
+    store.insert_job(job(1, "q"), "submitted");
+    store.insert_job(job(2, "q"), "submitted");
+    store.commit();
+    store.begin();
+    store.apply(dispatch(1, 1, 5000, "w1"));
+    store.commit();
+    {
+        // A copy of the files as they are now: what a broker finds after kill -9.
+        TempDir crashed;
+        fs::copy_file(dir.db(), crashed.db());
+        fs::copy_file(dir.db() + "-wal", crashed.db() + "-wal");
+        SqliteStore after_crash(crashed.db());
+        auto live = after_crash.load_live(1);
+        REQUIRE(live.has_value());
+        CHECK(live->state == JobState::running);
+        CHECK(live->attempts == 1);  // so the next dispatch is attempt 2, never 1 again
+        CHECK(after_crash.load_live(2)->state == JobState::ready);
+    }
+    // A rolled-back transaction: its own dispatch never happened, and the result that merged
+    // the committed dispatch into the row is undone, so that dispatch is held again.
+    store.begin();
+    store.apply(dispatch(2, 1, 6000, "w2"));
+    store.apply(succeed(1, 6000));
+    store.rollback();
+    CHECK(store.get_job(2)->state == JobState::ready);
+    CHECK(store.get_job(1)->state == JobState::running);
+    CHECK(text_of(dir.db(), "SELECT state FROM jobs WHERE id = 1") == "ready");
+    // Progress is written after the dispatch, not cleared by it.
+    store.begin();
+    store.set_progress(1, 40, "half");
+    store.commit();
+    CHECK(text_of(dir.db(), "SELECT state FROM jobs WHERE id = 1") == "running");
+    CHECK(store.get_job(1)->progress == 40u);
+    // The log entry stays until materialize(), but is not taken for a new dispatch: the row has
+    // the attempt already.
+    {
+        SqliteStore again(dir.db());
+        CHECK(again.load_live(1)->attempts == 1);
+        CHECK(again.get_job(1)->progress == 40u);
+    }
+}
+
+TEST_CASE("closing the store writes held-back dispatches into their rows") {
+    TempDir dir;
+    {
+        SqliteStore store(dir.db());
+        store.begin();
+        store.insert_job(job(1, "q"), "submitted");
+        store.apply(dispatch(1, 1, 5000, "w1"));
+        store.commit();
+        CHECK(text_of(dir.db(), "SELECT state FROM jobs WHERE id = 1") == "ready");
+    }
+    CHECK(text_of(dir.db(), "SELECT state FROM jobs WHERE id = 1") == "running");
+    CHECK(count_rows(dir.db(), "SELECT COUNT(*) FROM dispatch_log") == 0);
 }
 
 TEST_CASE("scan_live returns unfinished jobs only; list filters") {
