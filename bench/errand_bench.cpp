@@ -40,6 +40,7 @@ const std::map<std::string, std::function<Result(const Options&)>>& scenarios() 
         {"latency", errand::bench::run_latency},   {"depth", errand::bench::run_depth},
         {"recovery", errand::bench::run_recovery}, {"daemon", errand::bench::run_daemon},
         {"fsync", errand::bench::run_fsync},       {"beanstalkd", errand::bench::run_beanstalkd},
+        {"ping", errand::bench::run_ping},
     };
     return table;
 }
@@ -67,6 +68,7 @@ int main(int argc, char** argv) {
         "  recovery    SIGKILL + restart over --backlog queued jobs: time until PING answers\n"
         "  daemon      N /bin/true jobs through errand-worker vs xargs -P C: --mode argv|shell\n"
         "  fsync       the disk's limit: SQLite one-row commits/s and raw fdatasync/s\n"
+        "  ping        sequential PING round trips: the floor under any synchronous request\n"
         "  beanstalkd  the same shapes against beanstalkd at --addr: --mode e2e|latency\n"
         "Unless --broker is given, each run starts its own errand-broker on a free 127.0.0.1\n"
         "port with a fresh database in --tmpdir, and kills it afterwards.");
