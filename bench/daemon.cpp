@@ -48,6 +48,8 @@ Result run_daemon(const Options& opt) {
                                   mode == "shell" ? queue + "=/bin/true" : queue,
                                   "--concurrency",
                                   std::to_string(opt.concurrency),
+                                  "--prefetch",
+                                  std::to_string(opt.daemon_prefetch),
                                   "--log-level",
                                   "warn",
                                   "--name",
@@ -75,6 +77,7 @@ Result run_daemon(const Options& opt) {
     r.config["mode"] = mode;
     r.config["jobs"] = n;
     r.config["concurrency"] = opt.concurrency;
+    r.config["prefetch"] = opt.daemon_prefetch;
     r.config["baseline"] = fmt::format("seq {} | xargs -P {} -n 1 /bin/true", n, opt.concurrency);
     r.config["broker"] = broker_label(opt);
     r.add("errand_s", errand_seconds, "s (errand-worker)");

@@ -95,6 +95,10 @@ int main(int argc, char** argv) {
     app.add_option("--prefetch", opt.prefetch,
                    "e2e/depth: jobs each library worker holds beyond its concurrency")
         ->capture_default_str();
+    app.add_option("--daemon-prefetch", opt.daemon_prefetch,
+                   "daemon: errand-worker --prefetch (0, the daemon's default, fetches a job "
+                   "only when a slot is free)")
+        ->capture_default_str();
     app.add_option("--concurrency", opt.concurrency,
                    "handler threads per worker (daemon: errand-worker --concurrency, xargs -P)")
         ->capture_default_str()

@@ -15,6 +15,7 @@ struct Options {
     unsigned workers = 2;
     unsigned concurrency = 8;
     unsigned prefetch = 256;       // e2e/depth: jobs a library worker holds beyond its concurrency
+    unsigned daemon_prefetch = 0;  // daemon: errand-worker --prefetch (0 is the daemon's default)
     unsigned window = 64;          // pipelined: requests in flight
     unsigned batch = 1000;         // jobs per SUBMIT in batch mode
     unsigned batch_window = 4;     // batch mode: SUBMITs in flight
