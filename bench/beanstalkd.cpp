@@ -3,25 +3,19 @@
 // errand's figures beside it. Mode `e2e` (default): P producer connections put N jobs one at a
 // time while K consumer connections reserve and delete them; time until all N are deleted.
 // Mode `latency`: one connection, sequential put -> reserve -> delete round trips.
-#include <arpa/inet.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <exception>
 #include <mutex>
 #include <numeric>
 #include <stdexcept>
-#include <system_error>
 #include <thread>
 
 #include "load.hpp"
 #include "scenarios.hpp"
+#include "tcp_line.hpp"
 
 namespace errand::bench {
 namespace {
@@ -29,37 +23,12 @@ namespace {
 // One blocking TCP connection speaking beanstalkd's line protocol. Lines end in "\r\n".
 class Beanstalk {
   public:
-    explicit Beanstalk(const std::string& addr) {
-        const auto colon = addr.rfind(':');
-        if (colon == std::string::npos) throw std::invalid_argument("--addr must be HOST:PORT");
-        const std::string host = addr.substr(0, colon), port = addr.substr(colon + 1);
-        addrinfo hints{};
-        hints.ai_family = AF_INET;
-        hints.ai_socktype = SOCK_STREAM;
-        addrinfo* res = nullptr;
-        if (::getaddrinfo(host.c_str(), port.c_str(), &hints, &res) != 0 || !res)
-            throw std::runtime_error("cannot resolve " + addr);
-        fd_ = ::socket(res->ai_family, res->ai_socktype, res->ai_protocol);
-        const int rc = fd_ < 0 ? -1 : ::connect(fd_, res->ai_addr, res->ai_addrlen);
-        ::freeaddrinfo(res);
-        if (rc != 0) {
-            const int e = errno;
-            if (fd_ >= 0) ::close(fd_);
-            throw std::system_error(e, std::generic_category(), "connect to beanstalkd " + addr);
-        }
-        int one = 1;
-        ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        timeval tv{10, 0};  // no reply within 10 s is an error, not a hang
-        ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    }
-    ~Beanstalk() { ::close(fd_); }
-    Beanstalk(const Beanstalk&) = delete;
-    Beanstalk& operator=(const Beanstalk&) = delete;
+    explicit Beanstalk(const std::string& addr) : conn_(addr, "beanstalkd") {}
 
     // Sends a command and returns the reply line (without "\r\n").
     std::string command(const std::string& line) {
-        send(line + "\r\n");
-        return read_line();
+        conn_.send_all(line + "\r\n");
+        return conn_.read_line();
     }
     void use(const std::string& tube) { expect(command("use " + tube), "USING"); }
     void watch_only(const std::string& tube) {
@@ -67,8 +36,8 @@ class Beanstalk {
         expect(command("ignore default"), "WATCHING");
     }
     std::uint64_t put(const std::string& body) {
-        send(fmt::format("put 0 0 60 {}\r\n", body.size()) + body + "\r\n");
-        const std::string reply = read_line();
+        conn_.send_all(fmt::format("put 0 0 60 {}\r\n", body.size()) + body + "\r\n");
+        const std::string reply = conn_.read_line();
         expect(reply, "INSERTED");
         return std::stoull(reply.substr(9));
     }
@@ -81,7 +50,7 @@ class Beanstalk {
         std::size_t bytes = 0;
         if (std::sscanf(reply.c_str(), "RESERVED %lu %zu", &id, &bytes) != 2)
             throw std::runtime_error("beanstalkd: bad reply: " + reply);
-        read_exact(bytes + 2);
+        conn_.skip_exact(bytes + 2);
         return id;
     }
     void remove(std::uint64_t id) { expect(command(fmt::format("delete {}", id)), "DELETED"); }
@@ -91,43 +60,8 @@ class Beanstalk {
         if (reply.compare(0, word.size(), word) != 0)
             throw std::runtime_error(fmt::format("beanstalkd: expected {}, got '{}'", word, reply));
     }
-    void send(const std::string& data) {
-        std::size_t off = 0;
-        while (off < data.size()) {
-            const ssize_t w = ::send(fd_, data.data() + off, data.size() - off, MSG_NOSIGNAL);
-            if (w < 0) {
-                if (errno == EINTR) continue;
-                throw std::system_error(errno, std::generic_category(), "send to beanstalkd");
-            }
-            off += static_cast<std::size_t>(w);
-        }
-    }
-    void fill() {
-        char chunk[4096];
-        ssize_t r;
-        do
-            r = ::recv(fd_, chunk, sizeof chunk, 0);
-        while (r < 0 && errno == EINTR);
-        if (r < 0) throw std::system_error(errno, std::generic_category(), "recv from beanstalkd");
-        if (r == 0) throw std::runtime_error("beanstalkd closed the connection");
-        buf_.append(chunk, static_cast<std::size_t>(r));
-    }
-    std::string read_line() {
-        std::size_t end;
-        while ((end = buf_.find("\r\n")) == std::string::npos)
-            fill();
-        std::string line = buf_.substr(0, end);
-        buf_.erase(0, end + 2);
-        return line;
-    }
-    void read_exact(std::size_t n) {
-        while (buf_.size() < n)
-            fill();
-        buf_.erase(0, n);
-    }
 
-    int fd_ = -1;
-    std::string buf_;
+    TcpLine conn_;
 };
 
 Result run_e2e_shape(const Options& opt, const std::string& tube, const std::string& payload) {
@@ -239,7 +173,9 @@ Result run_latency_shape(const Options& opt, const std::string& tube, const std:
 
 }  // namespace
 
-Result run_beanstalkd(const Options& opt) {
+Result run_beanstalkd(const Options& options) {
+    Options opt = options;
+    if (opt.addr.empty()) opt.addr = "127.0.0.1:11300";
     const std::string mode = opt.mode.empty() ? "e2e" : opt.mode;
     const std::string tube = unique_queue("bench");
     const std::string payload = payload_for(opt, 16);

@@ -40,7 +40,7 @@ const std::map<std::string, std::function<Result(const Options&)>>& scenarios() 
         {"latency", errand::bench::run_latency},   {"depth", errand::bench::run_depth},
         {"recovery", errand::bench::run_recovery}, {"daemon", errand::bench::run_daemon},
         {"fsync", errand::bench::run_fsync},       {"beanstalkd", errand::bench::run_beanstalkd},
-        {"ping", errand::bench::run_ping},
+        {"ping", errand::bench::run_ping},         {"redis", errand::bench::run_redis},
     };
     return table;
 }
@@ -70,6 +70,8 @@ int main(int argc, char** argv) {
         "  fsync       the disk's limit: SQLite one-row commits/s and raw fdatasync/s\n"
         "  ping        sequential PING round trips: the floor under any synchronous request\n"
         "  beanstalkd  the same shapes against beanstalkd at --addr: --mode e2e|latency\n"
+        "  redis       the same shapes against Redis at --addr as a reliable queue (LPUSH,\n"
+        "              BRPOPLPUSH, LREM): --mode e2e|latency\n"
         "Unless --broker is given, each run starts its own errand-broker on a free 127.0.0.1\n"
         "port with a fresh database in --tmpdir, and kills it afterwards.");
     std::vector<std::string> names;
@@ -80,16 +82,17 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember(names));
     app.add_option("--mode", opt.mode, "scenario mode (see SCENARIOS)");
     app.add_option("-n,--jobs", opt.n,
-                   "jobs or round trips (default: submit/e2e/depth/beanstalkd 100000, latency "
-                   "2000, daemon 10000, fsync 2000)");
+                   "jobs or round trips (default: submit/e2e/depth/beanstalkd/redis 100000, "
+                   "latency 2000, daemon 10000, fsync 2000)");
     app.add_option("--backlog", opt.backlog, "depth/recovery: jobs queued beforehand")
         ->capture_default_str();
-    app.add_option("--producers", opt.producers, "e2e: producer threads (one connection each)")
+    app.add_option("--producers", opt.producers,
+                   "e2e/beanstalkd/redis: producer threads (one connection each)")
         ->capture_default_str()
         ->check(CLI::Range(1u, 64u));
     app.add_option("--workers", opt.workers,
                    "e2e/depth: library workers (errand::Worker, one connection each); "
-                   "beanstalkd: consumer connections")
+                   "beanstalkd/redis: consumer connections")
         ->capture_default_str()
         ->check(CLI::Range(1u, 64u));
     app.add_option("--prefetch", opt.prefetch,
@@ -129,7 +132,8 @@ int main(int argc, char** argv) {
                    "errand-broker to start (default: ../broker/errand-broker from this binary)");
     app.add_option("--worker-bin", opt.worker_bin,
                    "errand-worker for `daemon` (default: ../worker/errand-worker)");
-    app.add_option("--addr", opt.addr, "beanstalkd: HOST:PORT")->capture_default_str();
+    app.add_option("--addr", opt.addr,
+                   "beanstalkd/redis: HOST:PORT (default 127.0.0.1:11300 / 127.0.0.1:6379)");
     app.add_option("--tmpdir", opt.tmpdir, "where databases go (default $TMPDIR or /tmp)");
     app.add_option("--max-seconds", opt.max_seconds, "bound on each run")
         ->capture_default_str()

@@ -23,11 +23,11 @@ struct Options {
     unsigned restarts = 3;         // recovery: restarts measured per run
     unsigned warmup = 200;         // latency: round trips before measuring
     std::string synchronous = "full";
-    std::string broker;                    // endpoint of a running broker; empty: start our own
-    std::string broker_bin;                // empty: ../broker/errand-broker next to this binary
-    std::string worker_bin;                // empty: ../worker/errand-worker next to this binary
-    std::string addr = "127.0.0.1:11300";  // beanstalkd scenario
-    std::string tmpdir;        // where brokers put their databases; empty: $TMPDIR or /tmp
+    std::string broker;      // endpoint of a running broker; empty: start our own
+    std::string broker_bin;  // empty: ../broker/errand-broker next to this binary
+    std::string worker_bin;  // empty: ../worker/errand-worker next to this binary
+    std::string addr;        // beanstalkd/redis: HOST:PORT; empty: 127.0.0.1:11300 / 127.0.0.1:6379
+    std::string tmpdir;      // where brokers put their databases; empty: $TMPDIR or /tmp
     double max_seconds = 120;  // bound on each run of a scenario
     unsigned repeat = 1;
     bool json = false;

@@ -17,6 +17,7 @@ Result run_daemon(const Options& opt);      // daemon.cpp
 Result run_fsync(const Options& opt);       // fsync.cpp
 Result run_beanstalkd(const Options& opt);  // beanstalkd.cpp
 Result run_ping(const Options& opt);        // ping.cpp
+Result run_redis(const Options& opt);       // redis.cpp
 
 // SQLite WAL commits per second at one row per transaction in the database file `path` (created
 // if missing): the one-fsync-per-submit limit with synchronous=full (fsync.cpp).
