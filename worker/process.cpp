@@ -1,4 +1,4 @@
-// Running job processes: fork/exec into a fresh process group, one poll() loop for stdin, stdout,
+// Running job processes: vfork/exec into a fresh process group, one poll() loop for stdin, stdout,
 // stderr, progress, child exit, timeout and cancel; then the mapping from jobs to runs and runs
 // to outcomes, and the parsers for progress lines and --queue flags.
 #include "process.hpp"
@@ -159,8 +159,9 @@ class Child {
     bool reaped_ = false;
 };
 
-// Everything the child needs, built before fork: after fork only async-signal-safe calls are
-// allowed (other threads may hold the allocator's locks), so no string is built in the child.
+// Everything the child needs, built before vfork: in the child only async-signal-safe calls are
+// allowed (other threads may hold the allocator's locks, and the child shares our memory), so no
+// string is built in the child.
 struct ExecPlan {
     std::vector<std::string> env_storage;
     std::vector<char*> argv;  // null-terminated, pointing into RunSpec::argv
@@ -229,7 +230,7 @@ ExecPlan make_plan(const RunSpec& spec) {
     ::_exit(kSpawnFailed);
 }
 
-// The child between fork and exec. Async-signal-safe calls only. `fds` are the parent's fds
+// The child between vfork and exec. Async-signal-safe calls only. `fds` are the parent's fds
 // that become the child's 0, 1, 2 and, when not -1, 3 (kProgressFd).
 [[noreturn]] void exec_child(const ExecPlan& plan, std::array<int, 4> fds, int error_fd,
                              pid_t parent) {
@@ -239,7 +240,8 @@ ExecPlan make_plan(const RunSpec& spec) {
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (::getppid() != parent) ::_exit(kSpawnFailed);
 
-    // Dispositions first, then the mask (all signals are blocked since before fork).
+    // Dispositions first, then the mask (all signals are blocked since before vfork). The child
+    // has its own copy of the dispositions: resetting them does not touch the worker's.
     struct sigaction dfl {};
     dfl.sa_handler = SIG_DFL;
     sigemptyset(&dfl.sa_mask);
@@ -386,17 +388,24 @@ RunResult run_process(const RunSpec& spec) {
         return spawn_failed(e.code().value());
     }
 
-    // All signals stay blocked across fork so no handler of ours runs in the child before it
-    // resets them.
+    // All signals stay blocked across vfork so no handler of ours runs in the child before it
+    // resets them (the child shares our memory until it execs).
     sigset_t all, old;
     sigfillset(&all);
     ::pthread_sigmask(SIG_SETMASK, &all, &old);
     const pid_t parent = ::getpid();
-    const pid_t pid = ::fork();
+    // vfork, not fork: the child borrows this process's memory until exec instead of copying its
+    // page tables, and this thread waits meanwhile. fork in a process with a dozen threads made
+    // the kernel write-protect every page (a TLB shootdown on every CPU) and the parent then take
+    // copy-on-write faults: with jobs running /bin/true, errand-worker spent more CPU forking than
+    // the jobs ran. exec_child only makes async-signal-safe system calls on data built before
+    // (ExecPlan), writes nothing but its own frame, and ends in execve or _exit, which is what
+    // vfork requires. (ASan intercepts vfork and cleans up the stack the child used.)
+    const pid_t pid = ::vfork();
     if (pid == 0)
         exec_child(plan, {in.read.get(), out.write.get(), err.write.get(), progress.write.get()},
                    exec_error.write.get(), parent);
-    const int fork_error = errno;
+    const int fork_error = errno;  // (the child may have set errno too: read only on failure)
     ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
     if (pid < 0) return spawn_failed(fork_error);
 
