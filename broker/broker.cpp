@@ -283,7 +283,7 @@ struct Broker::State {
     Millis next_heartbeat = 0;
     Millis next_status = 0;
 
-    static const Command kCommands[23];
+    static const Command kCommands[24];
 
     State(BrokerConfig c, std::unique_ptr<Store> s, const Clock& clk)
         : cfg(std::move(c)), store(std::move(s)), clock(clk) {}
@@ -1048,6 +1048,34 @@ struct Broker::State {
 
     void on_result(const std::string& identity, const Reader& r, bool ok) {
         auto m = decode_result(r, ok, {cfg.max_payload, cfg.max_result, cfg.max_batch});
+        Acks acks;
+        apply_result(identity, std::move(m), acks);
+        for (const auto& a : acks.again)
+            reply(identity, cmd::kAck, encode(a), std::nullopt, OnFail::send);
+        for (const auto& a : acks.fresh)
+            reply(identity, cmd::kAck, encode(a), std::nullopt, OnFail::drop);
+    }
+
+    // RESULTS: the same as one DONE/FAIL per element, answered with one ACKS (per kind of ack).
+    void on_results(const std::string& identity, const Reader& r) {
+        auto results = decode_results(r, {cfg.max_payload, cfg.max_result, cfg.max_batch});
+        Acks acks;
+        for (auto& m : results)
+            apply_result(identity, std::move(m), acks);
+        if (!acks.again.empty())
+            reply(identity, cmd::kAcks, encode_acks(acks.again), std::nullopt, OnFail::send);
+        if (!acks.fresh.empty())
+            reply(identity, cmd::kAcks, encode_acks(acks.fresh), std::nullopt, OnFail::drop);
+    }
+
+    // Acknowledgements owed for results: `again` for results applied before (sent even if this
+    // pass fails), `fresh` for those this pass applies (dropped if it fails: the worker resends).
+    struct Acks {
+        std::vector<Ack> again, fresh;
+    };
+
+    void apply_result(const std::string& identity, JobResult m, Acks& acks) {
+        const bool ok = m.ok;
         auto l = live.find(m.id);
         if (l == live.end() || l->second.state != JobState::running ||
             l->second.attempts != m.attempt) {
@@ -1055,8 +1083,7 @@ struct Broker::State {
             auto job = store->get_job(m.id);
             if (job && is_terminal(job->state) && job->attempts == m.attempt &&
                 (job->state == JobState::succeeded) == m.ok) {
-                reply(identity, cmd::kAck, encode(Ack{m.id, m.attempt}), std::nullopt,
-                      OnFail::send);
+                acks.again.push_back({m.id, m.attempt});
                 return;
             }
             spdlog::warn("{}: rejected stale {} (job is {} at attempt {})",
@@ -1087,7 +1114,7 @@ struct Broker::State {
             t.error = m.error;
             fail_attempt(m.id, job, std::move(t), m.permanent);
         }
-        reply(identity, cmd::kAck, encode(Ack{m.id, m.attempt}), std::nullopt, OnFail::drop);
+        acks.fresh.push_back({m.id, m.attempt});
     }
 
     // DRAIN: the worker is stopping. It gets no more jobs, whatever credit it had or sends.
@@ -1540,7 +1567,7 @@ struct Broker::State {
 // The command table: every command the broker accepts and its handler. Generic checks (frames,
 // version, decoding, error replies) happen once in handle(), before any handler runs.
 // clang-format off
-const Broker::State::Command Broker::State::kCommands[23] = {
+const Broker::State::Command Broker::State::kCommands[24] = {
     {cmd::kSubmit,    &State::on_submit},
     {cmd::kStatus,    &State::on_status},
     {cmd::kWait,      &State::on_wait},
@@ -1561,6 +1588,7 @@ const Broker::State::Command Broker::State::kCommands[23] = {
     {cmd::kHeartbeat, &State::on_heartbeat, Access::workers},
     {cmd::kDone,      &State::on_done,      Access::workers},
     {cmd::kFail,      &State::on_fail,      Access::workers},
+    {cmd::kResults,   &State::on_results,   Access::workers},
     {cmd::kProgress,  &State::on_progress,  Access::workers},
     {cmd::kDrain,     &State::on_drain,     Access::workers},
     {cmd::kRelease,   &State::on_release,   Access::workers},

@@ -284,12 +284,10 @@ struct Worker::Impl {
                              job_fields(a.id, it->second.queue, a.attempt), a.reason);
             }
         } else if (env.command == cmd::kAck) {
-            auto a = decode_ack(r);
-            auto it = pending.find(a.id);
-            if (it != pending.end() && it->second.attempt == a.attempt) {
-                pending.erase(it);
-                if (held_results.erase(a.id)) grant(1);
-            }
+            on_ack(decode_ack(r));
+        } else if (env.command == cmd::kAcks) {
+            for (const auto& a : decode_acks(r))
+                on_ack(a);
         } else if (env.command == cmd::kError) {
             auto e = decode_error(r);
             if (e.code == ErrorCode::stale && e.id) {
@@ -386,6 +384,7 @@ struct Worker::Impl {
 
     void on_result(zmq::socket_t& pull, Millis now) {
         std::uint32_t freed = 0;
+        std::vector<JobId> fresh;  // results of this wake-up, sent together below
         while (true) {
             zmq::message_t command, body;
             if (!pull.recv(command, zmq::recv_flags::dontwait)) break;
@@ -403,9 +402,34 @@ struct Worker::Impl {
                 continue;
             }
             pending[id] = Pending{attempt, command.to_string(), body.to_string(), now};
-            if (registered) send(pending[id].command, pending[id].body);
+            fresh.push_back(id);
         }
+        if (registered && !fresh.empty()) send_results(fresh);
         grant(freed);  // one CREDIT for every result of this wake-up
+    }
+
+    // One DONE/FAIL, or one RESULTS for several (up to kMaxBatch each): the broker then
+    // acknowledges them with one ACKS. Resends (send_pending) go one by one.
+    void send_results(const std::vector<JobId>& ids) {
+        if (ids.size() == 1) {
+            const Pending& p = pending.at(ids.front());
+            send(p.command, p.body);
+            return;
+        }
+        for (std::size_t from = 0; from < ids.size(); from += limits::kMaxBatch) {
+            std::vector<std::string_view> bodies;
+            for (std::size_t i = from; i < ids.size() && i < from + limits::kMaxBatch; ++i)
+                bodies.push_back(pending.at(ids[i]).body);
+            send(cmd::kResults, encode_results(bodies));
+        }
+    }
+
+    void on_ack(const Ack& a) {
+        auto it = pending.find(a.id);
+        if (it != pending.end() && it->second.attempt == a.attempt) {
+            pending.erase(it);
+            if (held_results.erase(a.id)) grant(1);
+        }
     }
 
     void run() {

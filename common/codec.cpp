@@ -747,14 +747,16 @@ WorkerHeartbeat decode_worker_heartbeat(const Reader& r) {
 
 std::string encode(const JobResult& m) {
     if (m.ok) {
-        return Writer(4)
+        return Writer(5)
+            .boolean("ok", true)
             .u64("id", m.id)
             .u64("attempt", m.attempt)
             .bin("result", m.result.value_or(""))
             .i64("exit_code", m.exit_code)
             .take();
     }
-    return Writer(6)
+    return Writer(7)
+        .boolean("ok", false)
         .u64("id", m.id)
         .u64("attempt", m.attempt)
         .str("error", m.error)
@@ -789,6 +791,55 @@ std::string encode(const Ack& m) {
 
 Ack decode_ack(const Reader& r) {
     return {r.u64("id"), static_cast<std::uint32_t>(r.u64("attempt"))};
+}
+
+std::string encode_results(const std::vector<std::string_view>& bodies) {
+    Writer w(1);
+    w.key("results");
+    w.packer().pack_array(static_cast<std::uint32_t>(bodies.size()));
+    std::string out = w.take();
+    for (std::string_view b : bodies)
+        out.append(b);  // each body is one complete MessagePack map
+    return out;
+}
+
+std::vector<JobResult> decode_results(const Reader& r, const DecodeLimits& lim) {
+    const auto& items = r.array("results");
+    if (items.size == 0) bad("field 'results' must hold at least one result");
+    if (items.size > lim.max_batch)
+        throw ProtocolError(ErrorCode::too_large,
+                            fmt::format("{} results in one RESULTS, over the limit of {}",
+                                        items.size, lim.max_batch));
+    std::vector<JobResult> out;
+    out.reserve(items.size);
+    for (std::uint32_t i = 0; i < items.size; ++i) {
+        Reader item(items.ptr[i]);
+        auto ok = item.opt_bool("ok");
+        if (!ok) bad(fmt::format("result {} has no boolean 'ok'", i));
+        out.push_back(decode_result(item, *ok, lim));
+    }
+    return out;
+}
+
+std::string encode_acks(const std::vector<Ack>& acks) {
+    std::vector<std::uint64_t> ids, attempts;
+    for (const auto& a : acks) {
+        ids.push_back(a.id);
+        attempts.push_back(a.attempt);
+    }
+    return Writer(2).u64_array("ids", ids).u64_array("attempts", attempts).take();
+}
+
+std::vector<Ack> decode_acks(const Reader& r) {
+    auto ids = r.u64_array("ids");
+    auto attempts = r.u64_array("attempts");
+    if (ids.size() != attempts.size()) bad("'ids' and 'attempts' differ in length");
+    std::vector<Ack> out;
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+        if (attempts[i] > UINT32_MAX) bad("attempt is out of range");
+        out.push_back({ids[i], static_cast<std::uint32_t>(attempts[i])});
+    }
+    return out;
 }
 
 std::string encode(const ErrorReply& m) {

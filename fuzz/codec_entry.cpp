@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "entries.hpp"
 #include "errand/codec.hpp"
@@ -76,6 +77,18 @@ void run_decoders(const Reader& r) {
             [](const JobResult& m) { return encode(m); });
     }
     round_trip("ACK", r, decode_ack, [](const Ack& m) { return encode(m); });
+    auto encode_all = [](const std::vector<JobResult>& v) {
+        std::vector<std::string> bodies;
+        for (const auto& m : v)
+            bodies.push_back(encode(m));
+        return encode_results(std::vector<std::string_view>(bodies.begin(), bodies.end()));
+    };
+    round_trip(
+        "RESULTS", r, [](const Reader& x) { return decode_results(x); }, encode_all);
+    round_trip(
+        "RESULTS (tight limits)", r, [&](const Reader& x) { return decode_results(x, tight); },
+        encode_all);
+    round_trip("ACKS", r, decode_acks, [](const std::vector<Ack>& v) { return encode_acks(v); });
     round_trip("ERROR", r, decode_error, [](const ErrorReply& m) { return encode(m); });
     round_trip("PONG", r, decode_pong, [](const Pong& m) { return encode(m); });
     round_trip("PROGRESS", r, decode_progress, [](const Progress& m) { return encode(m); });

@@ -142,6 +142,48 @@ TEST_CASE("worker messages round trip") {
     CHECK(ed.id == 5);
 }
 
+TEST_CASE("RESULTS carries DONE and FAIL bodies as they are; ACKS pairs ids with attempts") {
+    JobResult done{true, 7, 1, 0, std::string("out"), "", false};
+    JobResult fail{false, 8, 3, 2, std::nullopt, "boom", true};
+    std::string d = encode(done), f = encode(fail);
+    Body b(encode_results({d, f}));
+    auto rs = decode_results(b.reader());
+    REQUIRE(rs.size() == 2);
+    CHECK(rs[0].ok);
+    CHECK(rs[0].id == 7);
+    CHECK(rs[0].attempt == 1);
+    CHECK(rs[0].result == std::optional<std::string>("out"));
+    CHECK_FALSE(rs[1].ok);
+    CHECK(rs[1].id == 8);
+    CHECK(rs[1].error == "boom");
+    CHECK(rs[1].permanent);
+    CHECK(rs[1].exit_code == 2);
+    // A DONE body read as DONE is unchanged by its "ok".
+    Body db(d);
+    CHECK(decode_result(db.reader(), true).result == std::optional<std::string>("out"));
+
+    Body ab(encode_acks({{7, 1}, {8, 3}}));
+    auto acks = decode_acks(ab.reader());
+    REQUIRE(acks.size() == 2);
+    CHECK(acks[1].id == 8);
+    CHECK(acks[1].attempt == 3);
+
+    auto results = [](const std::string& body) {
+        Body rb(body);
+        decode_results(rb.reader(), DecodeLimits{16, 16, 2});
+    };
+    CHECK(code_of([&] { results(encode_results({})); }) == ErrorCode::bad_request);
+    CHECK(code_of([&] { results(encode_results({d, f, d})); }) == ErrorCode::too_large);
+    std::string no_ok = Writer(2).u64("id", 1).u64("attempt", 1).take();
+    CHECK(code_of([&] { results(encode_results({d, no_ok})); }) == ErrorCode::bad_request);
+    JobResult big{true, 9, 1, 0, std::string(17, 'x'), "", false};
+    CHECK(code_of([&] { results(encode_results({encode(big)})); }) == ErrorCode::too_large);
+    CHECK(code_of([&] {
+              Body x(Writer(2).u64_array("ids", {1, 2}).u64_array("attempts", {1}).take());
+              decode_acks(x.reader());
+          }) == ErrorCode::bad_request);
+}
+
 TEST_CASE("malformed bodies are rejected with the documented codes") {
     CHECK(code_of([] { Body b("\xc1"); }) == ErrorCode::bad_frame);          // never used
     CHECK(code_of([] { Body b("\x92\x01\x02"); }) == ErrorCode::bad_frame);  // array

@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -335,6 +336,88 @@ std::optional<errand::Envelope> next_message(RawConnection& conn, milliseconds t
 }
 
 }  // namespace
+
+TEST_CASE("RESULTS on the wire: one ACKS for the current attempts, ERROR stale for the others") {
+    TempDir dir;
+    Broker broker(dir);
+    errand::Client client(broker.client_options());
+    auto a = client.submit(job_spec("batch", "a")).id;
+    auto b = client.submit(job_spec("batch", "b")).id;
+    auto c = client.submit(job_spec("batch", "c")).id;
+
+    RawConnection conn(broker.endpoint());
+    errand::RegisterRequest reg;
+    reg.req = 1;
+    reg.instance = "raw-results";
+    reg.name = "raw";
+    reg.host = "test";
+    reg.pid = 1;
+    reg.queues = {"batch"};
+    reg.concurrency = 3;
+    conn.send(errand::cmd::kRegister, errand::encode(reg));
+    auto registered = next_message(conn, 5s);
+    REQUIRE(registered);
+    REQUIRE(registered->command == errand::cmd::kRegistered);
+    conn.send(errand::cmd::kCredit, errand::encode_credit(3));
+    std::map<errand::JobId, std::uint32_t> attempt;
+    while (attempt.size() < 3) {
+        auto msg = next_message(conn, 5s);
+        REQUIRE_MESSAGE(msg, "fewer than 3 dispatches");
+        REQUIRE(msg->command == errand::cmd::kDispatch);
+        auto d = errand::decode_dispatch(errand::Body(msg->body).reader());
+        attempt[d.id] = d.attempt;
+    }
+
+    // a succeeds, b fails for good, c's result names an attempt that was never dispatched.
+    std::string done_a = errand::encode(errand::JobResult{true, a, attempt[a], 0, "ra", "", false});
+    std::string fail_b =
+        errand::encode(errand::JobResult{false, b, attempt[b], 4, std::nullopt, "no", true});
+    std::string stale_c =
+        errand::encode(errand::JobResult{true, c, attempt[c] + 5, 0, "rc", "", false});
+    conn.send(errand::cmd::kResults, errand::encode_results({done_a, fail_b, stale_c}));
+    std::vector<errand::Ack> acked;
+    std::optional<errand::ErrorReply> refused;
+    while (acked.size() < 2 || !refused) {
+        auto msg = next_message(conn, 5s);
+        REQUIRE_MESSAGE(msg, "no ACKS / ERROR for the RESULTS");
+        if (msg->command == errand::cmd::kAcks) {
+            for (const auto& ack : errand::decode_acks(errand::Body(msg->body).reader()))
+                acked.push_back(ack);
+        } else if (msg->command == errand::cmd::kError) {
+            refused = errand::decode_error(errand::Body(msg->body).reader());
+        } else {
+            FAIL("unexpected " << msg->command);
+        }
+    }
+    REQUIRE(acked.size() == 2);
+    CHECK(acked[0].id == a);
+    CHECK(acked[1].id == b);
+    CHECK(refused->code == errand::ErrorCode::stale);
+    CHECK(refused->id == std::optional<errand::JobId>(c));
+    CHECK(client.status(a).state == errand::JobState::succeeded);
+    CHECK(client.status(a).result == std::optional<std::string>("ra"));
+    CHECK(client.status(b).state == errand::JobState::dead);
+    CHECK(client.status(c).state == errand::JobState::running);
+
+    // Sent again (the ACKS was lost, say): acknowledged again, nothing changes.
+    conn.send(errand::cmd::kResults, errand::encode_results({done_a, fail_b}));
+    auto again = next_message(conn, 5s);
+    REQUIRE(again);
+    REQUIRE(again->command == errand::cmd::kAcks);
+    CHECK(errand::decode_acks(errand::Body(again->body).reader()).size() == 2);
+    CHECK(client.status(a).attempts == attempt[a]);
+
+    // A malformed element refuses the whole message: c is still running afterwards.
+    std::string no_ok = errand::Writer(2).u64("id", c).u64("attempt", attempt[c]).take();
+    std::string done_c = errand::encode(errand::JobResult{true, c, attempt[c], 0, "rc", "", false});
+    conn.send(errand::cmd::kResults, errand::encode_results({done_c, no_ok}));
+    auto bad = next_message(conn, 5s);
+    REQUIRE(bad);
+    REQUIRE(bad->command == errand::cmd::kError);
+    CHECK(errand::decode_error(errand::Body(bad->body).reader()).code ==
+          errand::ErrorCode::bad_request);
+    CHECK(client.status(c).state == errand::JobState::running);
+}
 
 TEST_CASE("signals: RELEASE and DRAIN on the wire (fencing, stale, no dispatch after DRAIN)") {
     TempDir dir;

@@ -301,7 +301,12 @@ std::string encode(const RegisteredReply& m);
 std::string encode_credit(std::uint32_t n);
 std::string encode(const Dispatch& m);
 std::string encode(const WorkerHeartbeat& m);
+// A DONE or FAIL body; it also carries "ok", so it can be an element of RESULTS as it is.
 std::string encode(const JobResult& m);
+// RESULTS: DONE/FAIL bodies (as encode(JobResult) makes them) in one message.
+std::string encode_results(const std::vector<std::string_view>& bodies);
+// ACKS: the results of a RESULTS that the broker has committed.
+std::string encode_acks(const std::vector<Ack>& acks);
 std::string encode(const Ack& m);
 std::string encode(const ErrorReply& m);
 std::string encode(const Pong& m);
@@ -330,6 +335,9 @@ Dispatch decode_dispatch(const Reader& r);
 WorkerHeartbeat decode_worker_heartbeat(const Reader& r);
 JobResult decode_result(const Reader& r, bool ok, const DecodeLimits& lim = {});
 Ack decode_ack(const Reader& r);
+// At most lim.max_batch results, each with "ok"; any bad element refuses the whole message.
+std::vector<JobResult> decode_results(const Reader& r, const DecodeLimits& lim = {});
+std::vector<Ack> decode_acks(const Reader& r);
 ErrorReply decode_error(const Reader& r);
 Pong decode_pong(const Reader& r);
 Progress decode_progress(const Reader& r);

@@ -109,6 +109,7 @@ inline constexpr std::string_view kCredit = "CREDIT";
 inline constexpr std::string_view kHeartbeat = "HEARTBEAT";
 inline constexpr std::string_view kDone = "DONE";
 inline constexpr std::string_view kFail = "FAIL";
+inline constexpr std::string_view kResults = "RESULTS";  // several DONE/FAIL -> ACKS
 inline constexpr std::string_view kProgress = "PROGRESS";
 inline constexpr std::string_view kDrain = "DRAIN";
 inline constexpr std::string_view kRelease = "RELEASE";
@@ -126,6 +127,7 @@ inline constexpr std::string_view kOk = "OK";
 inline constexpr std::string_view kPurged = "PURGED";
 inline constexpr std::string_view kEvents = "EVENTS";
 inline constexpr std::string_view kAck = "ACK";
+inline constexpr std::string_view kAcks = "ACKS";
 inline constexpr std::string_view kError = "ERROR";
 }  // namespace cmd
 
