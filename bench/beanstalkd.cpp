@@ -70,20 +70,8 @@ Result run_e2e_shape(const Options& opt, const std::string& tube, const std::str
     const unsigned consumers = std::max(1u, opt.workers);
     const Deadline deadline(opt.max_seconds);
     std::atomic<std::uint64_t> deleted{0};
-    std::atomic<bool> stop{false};
-    std::exception_ptr failure;
-    std::mutex failure_mu;
-    auto guarded = [&](auto body) {
-        return [&, body] {
-            try {
-                body();
-            } catch (...) {
-                std::lock_guard lock(failure_mu);
-                if (!failure) failure = std::current_exception();
-                stop = true;
-            }
-        };
-    };
+    FirstFailure failures;
+    std::atomic<bool>& stop = failures.stop;
 
     // Connect everyone before the clock starts.
     std::vector<std::unique_ptr<Beanstalk>> prod, cons;
@@ -100,7 +88,7 @@ Result run_e2e_shape(const Options& opt, const std::string& tube, const std::str
     {
         std::vector<std::jthread> threads;
         for (unsigned i = 0; i < consumers; ++i) {
-            threads.emplace_back(guarded([&, c = cons[i].get()] {
+            threads.emplace_back(failures.guard([&, c = cons[i].get()] {
                 while (deleted.load() < n && !stop && !deadline.passed()) {
                     const std::uint64_t id = c->reserve(1);
                     if (id == 0) continue;
@@ -111,13 +99,13 @@ Result run_e2e_shape(const Options& opt, const std::string& tube, const std::str
         }
         for (unsigned i = 0; i < producers; ++i) {
             const std::uint64_t share = n / producers + (i < n % producers ? 1 : 0);
-            threads.emplace_back(guarded([&, p = prod[i].get(), share] {
+            threads.emplace_back(failures.guard([&, p = prod[i].get(), share] {
                 for (std::uint64_t k = 0; k < share && !stop && !deadline.passed(); ++k)
                     p->put(payload);
             }));
         }
     }
-    if (failure) std::rethrow_exception(failure);
+    failures.rethrow();
     if (deleted < n) deadline.check("beanstalkd e2e");
     const double seconds = std::chrono::duration<double>(t_end - t0).count();
 

@@ -4,7 +4,9 @@
 
 #include <atomic>
 #include <cstdint>
+#include <exception>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -36,6 +38,33 @@ class Deadline {
   private:
     Clock::time_point until_;
     double seconds_;
+};
+
+// For load threads: guard(body) wraps a thread's body so that its exception, the first of all
+// threads, is kept for rethrow() and sets `stop`, which the other threads poll.
+class FirstFailure {
+  public:
+    std::atomic<bool> stop{false};
+
+    template <class Body>
+    auto guard(Body body) {
+        return [this, body] {
+            try {
+                body();
+            } catch (...) {
+                std::lock_guard lock(mu_);
+                if (!first_) first_ = std::current_exception();
+                stop = true;
+            }
+        };
+    }
+    void rethrow() const {
+        if (first_) std::rethrow_exception(first_);
+    }
+
+  private:
+    std::mutex mu_;
+    std::exception_ptr first_;
 };
 
 // A queue name of our own, so runs against a shared (--broker) broker do not mix.

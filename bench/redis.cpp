@@ -225,20 +225,8 @@ Result run_e2e_shape(const Options& opt, const Keys& keys, const std::string& pa
     const unsigned consumers = std::max(1u, opt.workers);
     const Deadline deadline(opt.max_seconds);
     std::atomic<std::uint64_t> removed{0};
-    std::atomic<bool> stop{false};
-    std::exception_ptr failure;
-    std::mutex failure_mu;
-    auto guarded = [&](auto body) {
-        return [&, body] {
-            try {
-                body();
-            } catch (...) {
-                std::lock_guard lock(failure_mu);
-                if (!failure) failure = std::current_exception();
-                stop = true;
-            }
-        };
-    };
+    FirstFailure failures;
+    std::atomic<bool>& stop = failures.stop;
 
     // Connect everyone, and make every body, before the clock starts.
     std::vector<std::unique_ptr<Redis>> prod, cons;
@@ -261,7 +249,7 @@ Result run_e2e_shape(const Options& opt, const Keys& keys, const std::string& pa
     {
         std::vector<std::jthread> threads;
         for (unsigned i = 0; i < consumers; ++i) {
-            threads.emplace_back(guarded([&, c = cons[i].get(), &mine = processing[i]] {
+            threads.emplace_back(failures.guard([&, c = cons[i].get(), &mine = processing[i]] {
                 while (removed.load() < n && !stop && !deadline.passed()) {
                     const std::optional<std::string> body = c->brpoplpush(keys.queue, mine, 1);
                     if (!body) continue;
@@ -274,13 +262,13 @@ Result run_e2e_shape(const Options& opt, const Keys& keys, const std::string& pa
             }));
         }
         for (unsigned i = 0; i < producers; ++i) {
-            threads.emplace_back(guarded([&, p = prod[i].get(), &mine = bodies[i]] {
+            threads.emplace_back(failures.guard([&, p = prod[i].get(), &mine = bodies[i]] {
                 for (std::size_t k = 0; k < mine.size() && !stop && !deadline.passed(); ++k)
                     p->lpush(keys.queue, mine[k]);
             }));
         }
     }
-    if (failure) std::rethrow_exception(failure);
+    failures.rethrow();
     if (removed < n) deadline.check("redis e2e");
     const double seconds = std::chrono::duration<double>(t_end - t0).count();
     // Every job pushed was removed once: nothing may be left anywhere.

@@ -213,19 +213,33 @@ std::string pack_event(Millis at, std::optional<JobState> from, JobState to, std
     return {buf.data(), buf.size()};
 }
 
-// Appends the events of a history column to `out`. A damaged column is an error of the read, not
-// of the broker's transaction (so not a StoreError).
-void unpack_history(JobId id, const void* data, int size, std::vector<Event>& out) {
+// Calls fn(fields) for each MessagePack array of `arity` elements in [data, data + size), the
+// records of a history column or a dispatch_log row. Anything else throws std::runtime_error
+// with its byte offset.
+template <class Fn>
+void for_each_record(const void* data, int size, std::uint32_t arity, Fn fn) {
     if (!data) return;
     const char* p = static_cast<const char*>(data);
     std::size_t offset = 0, n = static_cast<std::size_t>(size);
-    try {
-        while (offset < n) {
+    while (offset < n) {
+        const std::size_t at = offset;
+        try {
             auto h = msgpack::unpack(p, n, offset);
             const auto& o = h.get();
-            if (o.type != msgpack::type::ARRAY || o.via.array.size != 6)
-                throw std::runtime_error("not an event");
-            const auto* f = o.via.array.ptr;
+            if (o.type != msgpack::type::ARRAY || o.via.array.size != arity)
+                throw std::runtime_error(fmt::format("not an array of {}", arity));
+            fn(o.via.array.ptr);
+        } catch (const std::exception& e) {
+            throw std::runtime_error(fmt::format("damaged at byte {}: {}", at, e.what()));
+        }
+    }
+}
+
+// Appends the events of a history column to `out`. A damaged column is an error of the read, not
+// of the broker's transaction (so not a StoreError).
+void unpack_history(JobId id, const void* data, int size, std::vector<Event>& out) {
+    try {
+        for_each_record(data, size, 6, [&](const msgpack::object* f) {
             Event e;
             e.at = f[0].as<std::int64_t>();
             if (!f[1].is_nil()) e.from = parse_job_state(f[1].as<std::string>());
@@ -234,10 +248,9 @@ void unpack_history(JobId id, const void* data, int size, std::vector<Event>& ou
             if (!f[4].is_nil()) e.worker = f[4].as<std::string>();
             e.reason = f[5].as<std::string>();
             out.push_back(std::move(e));
-        }
-    } catch (const std::exception& ex) {
-        throw std::runtime_error(
-            fmt::format("job {}: history damaged at byte {}: {}", id, offset, ex.what()));
+        });
+    } catch (const std::runtime_error& e) {
+        throw std::runtime_error(fmt::format("job {}: history {}", id, e.what()));
     }
 }
 
@@ -267,16 +280,8 @@ void pack_dispatch(msgpack::packer<msgpack::sbuffer>& pk, const Transition& t) {
 // broker would hand out attempt numbers twice.
 std::vector<Transition> unpack_dispatches(const void* data, int size) {
     std::vector<Transition> out;
-    if (!data) return out;
-    const char* p = static_cast<const char*>(data);
-    std::size_t offset = 0, n = static_cast<std::size_t>(size);
     try {
-        while (offset < n) {
-            auto h = msgpack::unpack(p, n, offset);
-            const auto& o = h.get();
-            if (o.type != msgpack::type::ARRAY || o.via.array.size != 7)
-                throw std::runtime_error("not a dispatch");
-            const auto* f = o.via.array.ptr;
+        for_each_record(data, size, 7, [&](const msgpack::object* f) {
             Transition t;
             t.id = f[0].as<JobId>();
             t.to = JobState::running;
@@ -287,10 +292,9 @@ std::vector<Transition> unpack_dispatches(const void* data, int size) {
             t.reason = f[5].as<std::string>();
             if (!f[6].is_nil()) t.from = parse_job_state(f[6].as<std::string>());
             out.push_back(std::move(t));
-        }
-    } catch (const std::exception& ex) {
-        throw StoreError(fmt::format("dispatch_log damaged at byte {}: {}", offset, ex.what()),
-                         false);
+        });
+    } catch (const std::runtime_error& e) {
+        throw StoreError(fmt::format("dispatch_log {}", e.what()), false);
     }
     return out;
 }

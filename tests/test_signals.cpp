@@ -335,6 +335,24 @@ std::optional<errand::Envelope> next_message(RawConnection& conn, milliseconds t
     }
 }
 
+// Registers `conn` as a worker of `queue` with `credit` slots and grants them.
+void register_raw(RawConnection& conn, const std::string& instance, const std::string& queue,
+                  std::uint32_t credit) {
+    errand::RegisterRequest reg;
+    reg.req = 1;
+    reg.instance = instance;
+    reg.name = "raw";
+    reg.host = "test";
+    reg.pid = 1;
+    reg.queues = {queue};
+    reg.concurrency = credit;
+    conn.send(errand::cmd::kRegister, errand::encode(reg));
+    auto registered = next_message(conn, 5s);
+    REQUIRE(registered);
+    REQUIRE(registered->command == errand::cmd::kRegistered);
+    conn.send(errand::cmd::kCredit, errand::encode_credit(credit));
+}
+
 }  // namespace
 
 TEST_CASE("RESULTS on the wire: one ACKS for the current attempts, ERROR stale for the others") {
@@ -346,19 +364,7 @@ TEST_CASE("RESULTS on the wire: one ACKS for the current attempts, ERROR stale f
     auto c = client.submit(job_spec("batch", "c")).id;
 
     RawConnection conn(broker.endpoint());
-    errand::RegisterRequest reg;
-    reg.req = 1;
-    reg.instance = "raw-results";
-    reg.name = "raw";
-    reg.host = "test";
-    reg.pid = 1;
-    reg.queues = {"batch"};
-    reg.concurrency = 3;
-    conn.send(errand::cmd::kRegister, errand::encode(reg));
-    auto registered = next_message(conn, 5s);
-    REQUIRE(registered);
-    REQUIRE(registered->command == errand::cmd::kRegistered);
-    conn.send(errand::cmd::kCredit, errand::encode_credit(3));
+    register_raw(conn, "raw-results", "batch", 3);
     std::map<errand::JobId, std::uint32_t> attempt;
     while (attempt.size() < 3) {
         auto msg = next_message(conn, 5s);
@@ -426,19 +432,7 @@ TEST_CASE("signals: RELEASE and DRAIN on the wire (fencing, stale, no dispatch a
     auto id = client.submit(job_spec("wire", "", 2)).id;
 
     RawConnection conn(broker.endpoint());
-    errand::RegisterRequest reg;
-    reg.req = 1;
-    reg.instance = "raw-instance";
-    reg.name = "raw";
-    reg.host = "test";
-    reg.pid = 1;
-    reg.queues = {"wire"};
-    reg.concurrency = 2;
-    conn.send(errand::cmd::kRegister, errand::encode(reg));
-    auto registered = next_message(conn, 5s);
-    REQUIRE(registered);
-    REQUIRE(registered->command == errand::cmd::kRegistered);
-    conn.send(errand::cmd::kCredit, errand::encode_credit(2));
+    register_raw(conn, "raw-instance", "wire", 2);
 
     auto first = next_message(conn, 5s);
     REQUIRE(first);

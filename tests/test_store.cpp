@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <utility>
 
 #include "store_sqlite.hpp"
 
@@ -33,6 +34,18 @@ NewJob job(JobId id, const std::string& queue, std::optional<std::string> token 
     j.token = std::move(token);
     j.created_at = 1000 + static_cast<Millis>(id);
     return j;
+}
+
+// Runs `sql` on its own connection to `db`: the SQLite result code, and SQLite's message.
+std::pair<int, std::string> exec_sql(const std::string& db, const char* sql) {
+    sqlite3* h = nullptr;
+    sqlite3_open(db.c_str(), &h);
+    char* err = nullptr;
+    int rc = sqlite3_exec(h, sql, nullptr, nullptr, &err);
+    std::string message = err ? err : "";
+    sqlite3_free(err);
+    sqlite3_close(h);
+    return {rc, message};
 }
 
 std::string text_of(const std::string& db, const char* sql) {
@@ -120,20 +133,12 @@ TEST_CASE("migration 3 upgrades a version-2 database: id floor from its jobs, bu
         store.insert_job(job(7, "q"), "submitted");
         store.commit();
     }
-    {
-        // Turn it back into what version 2 wrote.
-        sqlite3* h = nullptr;
-        REQUIRE(sqlite3_open(dir.db().c_str(), &h) == SQLITE_OK);
-        char* err = nullptr;
-        int rc = sqlite3_exec(h,
+    // Turn it back into what version 2 wrote.
+    auto [rc, err] = exec_sql(dir.db(),
                               "DROP TABLE id_floor; ALTER TABLE jobs DROP COLUMN attempt_budget; "
                               "ALTER TABLE jobs DROP COLUMN history; DROP TABLE dispatch_log; "
-                              "UPDATE schema_version SET version = 2;",
-                              nullptr, nullptr, &err);
-        CHECK_MESSAGE(rc == SQLITE_OK, (err ? err : ""));
-        sqlite3_free(err);
-        sqlite3_close(h);
-    }
+                              "UPDATE schema_version SET version = 2;");
+    CHECK_MESSAGE(rc == SQLITE_OK, err);
     CHECK(count_rows(dir.db(), "SELECT version FROM schema_version") == 2);
     SqliteStore store(dir.db());
     CHECK(store.schema_version() == SqliteStore::kSchemaVersion);
@@ -165,21 +170,13 @@ TEST_CASE("migration 4: a version-3 database keeps its event rows, new events go
         store.insert_job(job(1, "q"), "submitted");
         store.commit();
     }
-    {
-        // What version 3 wrote: no history column, the creation event as a row of events.
-        sqlite3* h = nullptr;
-        REQUIRE(sqlite3_open(dir.db().c_str(), &h) == SQLITE_OK);
-        char* err = nullptr;
-        int rc = sqlite3_exec(h,
+    // What version 3 wrote: no history column, the creation event as a row of events.
+    auto [rc, err] = exec_sql(dir.db(),
                               "ALTER TABLE jobs DROP COLUMN history; DROP TABLE dispatch_log; "
                               "INSERT INTO events (job_id, id, at, from_state, to_state, attempt, "
                               "worker, reason) VALUES (1, 1, 100, NULL, 'ready', 0, NULL, 'old'); "
-                              "UPDATE schema_version SET version = 3;",
-                              nullptr, nullptr, &err);
-        CHECK_MESSAGE(rc == SQLITE_OK, (err ? err : ""));
-        sqlite3_free(err);
-        sqlite3_close(h);
-    }
+                              "UPDATE schema_version SET version = 3;");
+    CHECK_MESSAGE(rc == SQLITE_OK, err);
     SqliteStore store(dir.db());
     CHECK(store.schema_version() == SqliteStore::kSchemaVersion);
     store.begin();
@@ -232,14 +229,9 @@ TEST_CASE("a damaged history column fails that read only, with the job's id") {
     store.insert_job(job(1, "q"), "submitted");
     store.insert_job(job(2, "q"), "submitted");
     store.commit();
-    {
-        sqlite3* h = nullptr;
-        REQUIRE(sqlite3_open(dir.db().c_str(), &h) == SQLITE_OK);
-        // 0xc1 is never used by msgpack.
-        CHECK(sqlite3_exec(h, "UPDATE jobs SET history = history || x'c1' WHERE id = 1", nullptr,
-                           nullptr, nullptr) == SQLITE_OK);
-        sqlite3_close(h);
-    }
+    // 0xc1 is never used by msgpack.
+    CHECK(exec_sql(dir.db(), "UPDATE jobs SET history = history || x'c1' WHERE id = 1").first ==
+          SQLITE_OK);
     bool store_error = false;
     std::string message;
     try {
@@ -481,13 +473,10 @@ TEST_CASE("scan_live returns unfinished jobs only; list filters") {
 TEST_CASE("the schema's CHECK constraint refuses an unknown state") {
     TempDir dir;
     { SqliteStore store(dir.db()); }
-    sqlite3* h = nullptr;
-    sqlite3_open(dir.db().c_str(), &h);
-    int rc = sqlite3_exec(h,
-                          "INSERT INTO jobs (id, queue, state, payload, max_attempts, created_at) "
-                          "VALUES (1, 'q', 'done', x'', 1, 0)",
-                          nullptr, nullptr, nullptr);
-    sqlite3_close(h);
+    int rc = exec_sql(dir.db(),
+                      "INSERT INTO jobs (id, queue, state, payload, max_attempts, created_at) "
+                      "VALUES (1, 'q', 'done', x'', 1, 0)")
+                 .first;
     CHECK((rc & 0xff) == SQLITE_CONSTRAINT);
 }
 
@@ -511,9 +500,6 @@ TEST_CASE("a foreign or corrupt file is refused with a clear error") {
 TEST_CASE("a database from a newer errand is refused") {
     TempDir dir;
     { SqliteStore store(dir.db()); }
-    sqlite3* h = nullptr;
-    sqlite3_open(dir.db().c_str(), &h);
-    sqlite3_exec(h, "UPDATE schema_version SET version = 999", nullptr, nullptr, nullptr);
-    sqlite3_close(h);
+    REQUIRE(exec_sql(dir.db(), "UPDATE schema_version SET version = 999").first == SQLITE_OK);
     CHECK_THROWS_WITH_AS(SqliteStore(dir.db()), doctest::Contains("newer"), StoreError);
 }
