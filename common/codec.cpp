@@ -472,6 +472,8 @@ SubmitRequest decode_submit(const Reader& r, const DecodeLimits& lim) {
             s.priority = static_cast<std::int32_t>(*p);
         }
         s.run_at = j.opt_i64("run_at");
+        if (s.run_at && (*s.run_at < 0 || *s.run_at > limits::kMaxRunAt))
+            bad(fmt::format("run_at must be 0 to {} (ms since the Unix epoch)", limits::kMaxRunAt));
         s.delay_ms = opt_ms(j, "delay_ms", limits::kMaxDelayMs);
         if (s.run_at && s.delay_ms) bad("give either 'run_at' or 'delay_ms', not both");
         s.timeout_ms = opt_ms(j, "timeout_ms", limits::kMaxTimeoutMs);

@@ -198,6 +198,13 @@ TEST_CASE("bad input: invalid SUBMIT, STATUS, WAIT and LIST requests are refused
         "bad_request");
     refused("job without queue", "SUBMIT", submit_one(Writer(1).bin("payload", "x").take()),
             "bad_request");
+    // A run_at before 1970 made the broker's queue-wait metric overflow (fuzz_broker, session 3).
+    refused("run_at before 1970", "SUBMIT",
+            submit_one(Writer(2).str("queue", "q").i64("run_at", -9223372036854775807LL).take()),
+            "bad_request");
+    refused("run_at after 9999", "SUBMIT",
+            submit_one(Writer(2).str("queue", "q").i64("run_at", 253402300800000LL).take()),
+            "bad_request");
     refused("job that is not a map", "SUBMIT", submit_one("\xa1q"), "bad_request");
     refused("queue is an integer", "SUBMIT", submit_one(Writer(1).u64("queue", 5).take()),
             "bad_request");

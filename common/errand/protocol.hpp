@@ -41,7 +41,9 @@ inline constexpr std::size_t kMaxUniqueKey = 256;
 inline constexpr std::size_t kMaxProgressMessage = 256;
 inline constexpr std::uint32_t kMaxQueueWeight = 1000;
 inline constexpr Millis kMaxDelayMs = 10LL * 365 * 86400000;  // ten years
-inline constexpr Millis kMaxTimeoutMs = 7LL * 86400000;       // a week
+// SUBMIT run_at: 1970 to the end of the year 9999, in ms since the Unix epoch.
+inline constexpr Millis kMaxRunAt = 253402300799999;
+inline constexpr Millis kMaxTimeoutMs = 7LL * 86400000;  // a week
 }  // namespace limits
 
 // Error codes that travel in ERROR replies. to_string gives the wire spelling.
