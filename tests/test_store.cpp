@@ -180,15 +180,7 @@ TEST_CASE("migration 4: a version-3 database keeps its event rows, new events go
     SqliteStore store(dir.db());
     CHECK(store.schema_version() == SqliteStore::kSchemaVersion);
     store.begin();
-    Transition t;
-    t.id = 1;
-    t.from = JobState::ready;
-    t.to = JobState::running;
-    t.attempts = 1;
-    t.at = 200;
-    t.worker = "w";
-    t.reason = "dispatched";
-    store.apply(t);
+    store.apply(dispatch(1, 1, 200, "w"));
     store.commit();
     auto check = [](const std::vector<Event>& ev) {
         REQUIRE(ev.size() == 2);
@@ -209,12 +201,7 @@ TEST_CASE("migration 4: a version-3 database keeps its event rows, new events go
     check(reader.events(1));
     // Retention deletes both kinds.
     store.begin();
-    Transition end = t;
-    end.from = JobState::running;
-    end.to = JobState::succeeded;
-    end.finished_at = 300;
-    end.reason = "done";
-    store.apply(end);
+    store.apply(succeed(1, 300));
     auto removed = store.remove_finished(std::nullopt, std::nullopt, 1000, 10);
     store.commit();
     REQUIRE(removed.size() == 1);
