@@ -1,5 +1,5 @@
-// The job state machine: which transitions exist. Broker::transition() is the one place that
-// performs them (memory, index, timers and the store, with an event row each).
+// The job state machine: which transitions exist. JobEngine::transition() (engine.cpp) is the one
+// place that performs them; docs/LIFECYCLE.md names the engine function of each edge.
 //
 //   (submit) ──► ready ◄──────────── retrying ◄─┐
 //      │          │  ▲  (retry delay due)         │ FAIL, attempts left

@@ -1,6 +1,13 @@
-// The broker's storage interface. The broker talks to its database only through Store, so a
-// second engine (PostgreSQL) can follow SQLite. All writes between begin() and commit() form one
-// transaction: the broker groups every mutation of one event-loop pass into it (group commit).
+// The storage seam. The job engine talks to its database only through Store, and the read-only
+// commands through JobReads, so a second engine (PostgreSQL, shared by several brokers) can sit
+// behind the same interface as SQLite. The store decides what only it can know: it assigns ids,
+// and it applies a transition only when the job is still in the state and attempt the engine
+// expects (compare-and-set), saying whether it did. What one engine does for speed (SQLite's
+// held-back dispatch log, incremental vacuum) stays inside it, behind maintain().
+//
+// Transactions: every write opens one implicitly; all writes until commit() (or rollback()) form
+// it. The broker commits once per event-loop pass, after all of the pass's writes (group commit),
+// and only then replies. A pass that wrote nothing commits nothing.
 #pragma once
 
 #include <functional>
@@ -24,9 +31,8 @@ class StoreError : public std::runtime_error {
     bool disk_;
 };
 
-// A new job as inserted by SUBMIT.
+// A new job as SUBMIT inserts it: the stored row's first shape (the store assigns its id).
 struct NewJob {
-    JobId id = 0;
     std::optional<std::string> token;
     std::string queue;
     std::string payload;
@@ -44,9 +50,12 @@ struct NewJob {
 
 // One state change of one job, written together with its event (in the same row write). Fields that
 // are nullopt keep their stored value, except run_at and finished_at which are always written.
+// `from` and `from_attempts` are the compare-and-set: the change applies only to a job that is in
+// state `from` with `from_attempts` attempts, so a decision made on stale memory cannot land.
 struct Transition {
     JobId id = 0;
-    std::optional<JobState> from;  // nullopt: the job is being created
+    std::optional<JobState> from;     // the state the job must be in
+    std::uint32_t from_attempts = 0;  // and the attempts it must have
     JobState to = JobState::ready;
     std::optional<std::uint32_t> attempts;  // nullopt: unchanged
     // nullopt: unchanged. Raising it remembers the job's first max_attempts as its budget.
@@ -63,7 +72,8 @@ struct Transition {
     std::string reason;  // for the event row
 };
 
-// What the broker keeps in memory for a job that is not finished (rebuilt at start).
+// A stored job that is not finished, as the engine rebuilds its memory from it (the engine's
+// in-memory entry, Live, is a compact copy of this).
 struct LiveJob {
     JobId id = 0;
     std::string queue;
@@ -96,61 +106,68 @@ struct QueueStateCount {
     std::uint64_t count = 0;
 };
 
+// What a dispatch carries that memory does not hold (payloads stay on disk until dispatched).
 struct DispatchData {
     std::string payload;
     std::optional<std::vector<std::string>> argv;
 };
 
-class Store {
+// What insert_job did: a new job with its id, or (duplicate) the job that already has the token.
+struct Inserted {
+    JobId id = 0;
+    bool duplicate = false;
+};
+
+// Reads of jobs for the read-only commands (STATUS, WAIT, LIST, HISTORY): they see every write
+// of the current transaction and everything committed.
+class JobReads {
   public:
-    virtual ~Store() = default;
-
-    virtual void begin() = 0;
-    virtual void commit() = 0;
-    virtual void rollback() = 0;
-
-    // Inserts the job and its creation event; false (and nothing written) when a job with the
-    // same token exists already.
-    virtual bool insert_job(const NewJob& job, const std::string& reason) = 0;
-    // Durable once commit() returns, like every write. An engine may keep a dispatch (a
-    // transition to running) out of the job's row for a while, in a log written by the same
-    // commit, and fold it into the row with the job's next change (SqliteStore does: one row
-    // write per dispatched job instead of two). Every read of this interface sees such held-back
-    // transitions; readers of the database itself (QueryStore) see them after materialize().
-    virtual void apply(const Transition& t) = 0;
-    // Writes every held-back transition into its job's row, in the current transaction.
-    virtual void materialize() = 0;
-    // How many transitions are held back.
-    virtual std::size_t held_back() const = 0;
-    virtual std::optional<JobId> find_token(const std::string& token) = 0;
-
+    virtual ~JobReads() = default;
     virtual std::optional<JobInfo> get_job(JobId id) = 0;
     virtual std::vector<JobInfo> list_jobs(const ListRequest& filter) = 0;
-    virtual std::optional<DispatchData> dispatch_data(JobId id) = 0;
+    virtual std::vector<Event> events(JobId id) = 0;
+};
 
+class Store : public JobReads {
+  public:
+    // Makes every write since the last commit() or rollback() durable (nothing, when nothing was
+    // written). Throws StoreError, after which the writes are rolled back.
+    virtual void commit() = 0;
+    virtual void rollback() = 0;
+    // True while writes are waiting for commit().
+    virtual bool writing() const = 0;
+
+    // ---- writes --------------------------------------------------------------------------
+    // Creates the job and its first event (`reason`) with an id the store assigns, increasing
+    // and never reused once committed; or, when a job with the same token exists, writes nothing
+    // and returns that job's id as a duplicate.
+    virtual Inserted insert_job(const NewJob& job, const std::string& reason) = 0;
+    // Applies the transition (and its event) when the job is in (t.from, t.from_attempts);
+    // false, with nothing written, when it is not.
+    virtual bool apply(const Transition& t) = 0;
+    virtual void set_progress(JobId id, std::uint32_t percent, const std::string& message) = 0;
+    virtual void set_paused(const std::string& queue, bool paused) = 0;
+    // Deletes up to `limit` jobs in `state` (any terminal state when nullopt) that finished
+    // before `finished_before`, of `queue` when given.
+    virtual std::vector<Removed> remove_finished(std::optional<JobState> state,
+                                                 const std::optional<std::string>& queue,
+                                                 Millis finished_before, std::size_t limit) = 0;
+    // The engine's own housekeeping, called by the loop every pass (cheap when there is
+    // nothing to do); may write, in the current transaction.
+    virtual void maintain(Millis now) = 0;
+
+    // ---- reads the engine needs ------------------------------------------------------------
+    virtual std::optional<JobId> find_token(const std::string& token) = 0;
+    virtual std::optional<DispatchData> dispatch_data(JobId id) = 0;
     // Every job that is not in a terminal state, in id order.
     virtual void scan_live(const std::function<void(LiveJob&&)>& fn) = 0;
     // One job as scan_live would return it (any state).
     virtual std::optional<LiveJob> load_live(JobId id) = 0;
-    virtual JobId max_job_id() = 0;
     virtual std::vector<QueueStateCount> count_jobs() = 0;
-
-    virtual void set_progress(JobId id, std::uint32_t percent, const std::string& message) = 0;
-    virtual std::vector<Event> events(JobId id) = 0;
-
-    virtual void set_paused(const std::string& queue, bool paused) = 0;
     virtual std::vector<std::string> paused_queues() = 0;
-
     // Up to `limit` ids of dead jobs (of `queue` when given), oldest first.
     virtual std::vector<JobId> dead_jobs(const std::optional<std::string>& queue,
                                          std::size_t limit) = 0;
-    // Deletes up to `limit` jobs (and their events) in `state` (any terminal state when nullopt)
-    // that finished before `finished_before`, of `queue` when given.
-    virtual std::vector<Removed> remove_finished(std::optional<JobState> state,
-                                                 const std::optional<std::string>& queue,
-                                                 Millis finished_before, std::size_t limit) = 0;
-    // Returns free pages to the file system, a few at a time (no-op where unsupported).
-    virtual void reclaim_space(int pages) = 0;
 };
 
 // ---- Reads for the HTTP API (CQRS) --------------------------------------------------------

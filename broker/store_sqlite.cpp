@@ -496,7 +496,8 @@ struct SqliteStore::Statements {
                  "ELSE COALESCE(attempt_budget, max_attempts) END, "
                  "max_attempts = COALESCE(?12, max_attempts), "
                  // || of two blobs is text with the same bytes; the CAST keeps it a blob.
-                 "history = CAST(COALESCE(history, x'') || ?13 AS BLOB) WHERE id = ?1"),
+                 "history = CAST(COALESCE(history, x'') || ?13 AS BLOB) "
+                 "WHERE id = ?1 AND (?15 IS NULL OR (state = ?15 AND attempts = ?16))"),
           token(db, "SELECT id FROM jobs WHERE token = ?1"),
           get(db, fmt::format("SELECT {} FROM jobs WHERE id = ?1", kJobColumns).c_str()),
           dispatch(db, "SELECT payload, argv FROM jobs WHERE id = ?1"),
@@ -573,6 +574,7 @@ SqliteStore::SqliteStore(const std::string& path, SqliteOptions options) {
         migrate();
         st_ = std::make_unique<Statements>(db_);
         reload_held();  // what a crash left in dispatch_log
+        next_id_ = max_job_id() + 1;
         if (options.checkpoint_interval_ms > 0 && path != ":memory:") {
             // Start from a checkpointed file: until the database file's own header says WAL
             // (it may so far only be in the WAL), another connection would not see WAL mode.
@@ -615,6 +617,9 @@ SqliteStore::~SqliteStore() {
 // WAL frames (pages) after which the checkpointer forces the WAL to start over: 16384 frames
 // of 4 KiB = 64 MiB.
 constexpr int kWalResetFrames = 16384;
+// How often maintain() writes held-back dispatches into their rows: readers of the file (the HTTP
+// API's own connection) lag the broker by at most this.
+constexpr Millis kMaterializeEveryMs = 1000;
 
 // A second connection that copies committed WAL frames back into the database file (PASSIVE:
 // it never blocks the broker's writes) so the WAL stays small without commits paying for it.
@@ -716,10 +721,15 @@ void SqliteStore::migrate() {
 }
 
 void SqliteStore::begin() {
-    st_->begin.run();
+    if (sqlite3_get_autocommit(db_)) st_->begin.run();
+}
+
+bool SqliteStore::writing() const {
+    return !sqlite3_get_autocommit(db_);
 }
 
 void SqliteStore::commit() {
+    if (!writing()) return;
     try {
         if (log_.size() > 0) {
             st_->log_insert.reset().bind_blob(1, std::string_view(log_.data(), log_.size())).run();
@@ -748,11 +758,13 @@ void SqliteStore::rollback() {
     // transactions, as dispatch_log has them.
     log_.clear();
     reload_held();
+    next_id_ = max_job_id() + 1;  // ids of the rolled-back inserts were never acknowledged
 }
 
-bool SqliteStore::insert_job(const NewJob& job, const std::string& reason) {
+Inserted SqliteStore::insert_job(const NewJob& job, const std::string& reason) {
+    begin();
     auto& s = st_->insert.reset();
-    s.bind(1, static_cast<std::int64_t>(job.id))
+    s.bind(1, static_cast<std::int64_t>(next_id_))
         .bind_opt(2, job.token)
         .bind(3, std::string_view(job.queue))
         .bind(4, to_string(job.state))
@@ -771,7 +783,9 @@ bool SqliteStore::insert_job(const NewJob& job, const std::string& reason) {
         .bind_opt(14, job.unique)
         .bind_blob(15, pack_event(job.created_at, std::nullopt, job.state, 0, std::nullopt, reason))
         .run();
-    return sqlite3_changes(db_) != 0;  // 0: the token is taken, a resent submit
+    if (sqlite3_changes(db_) == 0)  // the token is taken: a resent submit
+        return {find_token(*job.token).value_or(0), true};
+    return {next_id_++, false};
 }
 
 // ---- Held-back dispatches ----------------------------------------------------------------
@@ -785,7 +799,12 @@ bool SqliteStore::insert_job(const NewJob& job, const std::string& reason) {
 // an entry counts only while its job's row has fewer attempts (every dispatch adds one), so a
 // log entry whose dispatch is already in the row is ignored.
 
-void SqliteStore::apply(const Transition& t) {
+// Compare-and-set: a job with a held dispatch is checked against it in memory (its row is one
+// change behind); any other against its row, by the UPDATE's WHERE. A dispatch itself is not
+// checked against the row: that would cost a read per dispatch, and on SQLite the broker that
+// holds the file is its only writer, so memory and rows cannot disagree without a bug.
+bool SqliteStore::apply(const Transition& t) {
+    begin();
     if (t.to == JobState::running && t.attempts && !t.set_outcome && !t.max_attempts && !t.run_at &&
         !t.finished_at) {
         if (auto it = held_.find(t.id); it != held_.end()) write_held(it);  // never expected
@@ -794,33 +813,47 @@ void SqliteStore::apply(const Transition& t) {
         ++logged_;
         std::string event = pack_event(t.at, t.from, t.to, *t.attempts, t.worker, t.reason);
         held_.insert_or_assign(t.id, Held{t, std::move(event)});
-        return;
+        return true;
     }
     std::string event = pack_event(t.at, t.from, t.to, t.attempts.value_or(0), t.worker, t.reason);
     auto it = held_.find(t.id);
-    if (it == held_.end()) {
-        write_row(t, event, t.to == JobState::running);
-        return;
-    }
+    if (it == held_.end())
+        return write_row(t, event, t.to == JobState::running, RowIs{t.from, t.from_attempts});
     // The held dispatch and this transition in one row write; this one's fields win.
     const Transition& d = it->second.t;
+    if (t.from != JobState::running || t.from_attempts != d.attempts.value_or(0)) return false;
     Transition merged = t;
     if (!merged.attempts) merged.attempts = d.attempts;
     if (!merged.worker) merged.worker = d.worker;
     if (!merged.started_at) merged.started_at = d.started_at;
-    write_row(merged, it->second.event + event, true);
+    if (!write_row(merged, it->second.event + event, true, RowIs{d.from, *d.attempts - 1}))
+        return false;
     held_.erase(it);
+    return true;
 }
 
 void SqliteStore::write_held(std::unordered_map<JobId, Held>::iterator it) {
-    write_row(it->second.t, it->second.event, true);
+    write_row(it->second.t, it->second.event, true, std::nullopt);
     held_.erase(it);
+}
+
+void SqliteStore::maintain(Millis now) {
+    if (now >= next_materialize_) {
+        if (held_back() > 0) materialize();
+        next_materialize_ = now + kMaterializeEveryMs;
+    }
+    if (reclaim_due_) {
+        begin();
+        reclaim_space(256);
+        reclaim_due_ = false;
+    }
 }
 
 void SqliteStore::materialize() {
     if (held_back() == 0) return;
+    begin();
     for (const auto& [id, h] : held_)
-        write_row(h.t, h.event, true);
+        write_row(h.t, h.event, true, std::nullopt);
     held_.clear();
     log_.clear();
     st_->log_clear.reset().run();
@@ -881,8 +914,16 @@ void SqliteStore::overlay(LiveJob& j) const {
     j.run_at.reset();
 }
 
-void SqliteStore::write_row(const Transition& t, std::string_view events, bool reset_progress) {
+bool SqliteStore::write_row(const Transition& t, std::string_view events, bool reset_progress,
+                            std::optional<RowIs> expect) {
     auto& s = st_->update.reset();
+    if (expect && expect->state) {
+        s.bind(15, to_string(*expect->state));
+        s.bind(16, static_cast<std::int64_t>(expect->attempts));
+    } else {
+        s.bind_null(15);
+        s.bind_null(16);
+    }
     s.bind(1, static_cast<std::int64_t>(t.id))
         .bind(2, to_string(t.to))
         .bind_opt(3, t.attempts)
@@ -898,8 +939,9 @@ void SqliteStore::write_row(const Transition& t, std::string_view events, bool r
         .bind_blob(13, events)
         .bind(14, std::int64_t{reset_progress ? 1 : 0})
         .run();
-    if (sqlite3_changes(db_) != 1)
-        throw StoreError(fmt::format("job {} vanished from the database", t.id), false);
+    if (sqlite3_changes(db_) == 1) return true;
+    if (!expect) throw StoreError(fmt::format("job {} vanished from the database", t.id), false);
+    return false;
 }
 
 std::optional<JobId> SqliteStore::find_token(const std::string& token) {
@@ -922,6 +964,8 @@ std::optional<JobInfo> SqliteStore::get_job(JobId id) {
 }
 
 std::vector<JobInfo> SqliteStore::list_jobs(const ListRequest& filter) {
+    // A state filter runs in SQL: held-back dispatches must be in their rows first.
+    if (filter.state && held_back() > 0) materialize();
     auto& s = st_->list.reset();
     s.bind_opt(1, filter.queue);
     if (filter.state)
@@ -997,6 +1041,7 @@ std::vector<QueueStateCount> SqliteStore::count_jobs() {
 }
 
 void SqliteStore::set_progress(JobId id, std::uint32_t percent, const std::string& message) {
+    begin();
     // The dispatch goes into the row first: written later, it would clear this progress.
     if (auto it = held_.find(id); it != held_.end()) write_held(it);
     st_->progress.reset()
@@ -1014,6 +1059,7 @@ std::vector<Event> SqliteStore::events(JobId id) {
 }
 
 void SqliteStore::set_paused(const std::string& queue, bool paused) {
+    begin();
     st_->set_paused.reset()
         .bind(1, std::string_view(queue))
         .bind(2, std::int64_t{paused ? 1 : 0})
@@ -1043,6 +1089,7 @@ std::vector<JobId> SqliteStore::dead_jobs(const std::optional<std::string>& queu
 std::vector<Removed> SqliteStore::remove_finished(std::optional<JobState> state,
                                                   const std::optional<std::string>& queue,
                                                   Millis finished_before, std::size_t limit) {
+    begin();
     auto& s = st_->finished.reset();
     s.bind(1, finished_before);
     if (state)
@@ -1073,6 +1120,7 @@ std::vector<Removed> SqliteStore::remove_finished(std::optional<JobState> state,
         else
             ++it->count;
     }
+    if (!rows.empty()) reclaim_due_ = true;
     return out;
 }
 

@@ -31,35 +31,45 @@ class SqliteStore final : public Store {
     SqliteStore(const std::string& path, SqliteOptions options = {});
     ~SqliteStore() override;
 
-    void begin() override;
     void commit() override;
     void rollback() override;
+    bool writing() const override;
 
-    bool insert_job(const NewJob& job, const std::string& reason) override;
-    void apply(const Transition& t) override;
-    void materialize() override;
-    std::size_t held_back() const override;
-    std::optional<JobId> find_token(const std::string& token) override;
-
-    std::optional<JobInfo> get_job(JobId id) override;
-    std::vector<JobInfo> list_jobs(const ListRequest& filter) override;
-    std::optional<DispatchData> dispatch_data(JobId id) override;
-
-    void scan_live(const std::function<void(LiveJob&&)>& fn) override;
-    std::optional<LiveJob> load_live(JobId id) override;
-    JobId max_job_id() override;
-    std::vector<QueueStateCount> count_jobs() override;
-
+    Inserted insert_job(const NewJob& job, const std::string& reason) override;
+    bool apply(const Transition& t) override;
     void set_progress(JobId id, std::uint32_t percent, const std::string& message) override;
-    std::vector<Event> events(JobId id) override;
     void set_paused(const std::string& queue, bool paused) override;
-    std::vector<std::string> paused_queues() override;
-    std::vector<JobId> dead_jobs(const std::optional<std::string>& queue,
-                                 std::size_t limit) override;
     std::vector<Removed> remove_finished(std::optional<JobState> state,
                                          const std::optional<std::string>& queue,
                                          Millis finished_before, std::size_t limit) override;
-    void reclaim_space(int pages) override;
+    // Writes held-back dispatches into their rows once a second, and gives pages that deletions
+    // freed back to the file system, a few at a time.
+    void maintain(Millis now) override;
+
+    std::optional<JobInfo> get_job(JobId id) override;
+    std::vector<JobInfo> list_jobs(const ListRequest& filter) override;
+    std::vector<Event> events(JobId id) override;
+
+    std::optional<JobId> find_token(const std::string& token) override;
+    std::optional<DispatchData> dispatch_data(JobId id) override;
+    void scan_live(const std::function<void(LiveJob&&)>& fn) override;
+    std::optional<LiveJob> load_live(JobId id) override;
+    std::vector<QueueStateCount> count_jobs() override;
+    std::vector<std::string> paused_queues() override;
+    std::vector<JobId> dead_jobs(const std::optional<std::string>& queue,
+                                 std::size_t limit) override;
+
+    // SQLite's own mechanics, public for its tests (the engine reaches them through maintain()):
+    // Opens the write transaction now (every write does so anyway).
+    void begin();
+    // Writes every held-back dispatch into its job's row, in the current transaction.
+    void materialize();
+    // How many dispatches are held back from their rows.
+    std::size_t held_back() const;
+    // Returns up to `pages` free pages to the file system.
+    void reclaim_space(int pages);
+    // The largest id in the database (or below it: deleted ones), 0 when empty.
+    JobId max_job_id();
 
     int schema_version();
     static constexpr int kSchemaVersion = 5;
@@ -75,7 +85,14 @@ class SqliteStore final : public Store {
         Transition t;
         std::string event;  // packed for jobs.history
     };
-    void write_row(const Transition& t, std::string_view events, bool reset_progress);
+    // What a row must hold for write_row to change it (the compare-and-set of apply()).
+    struct RowIs {
+        std::optional<JobState> state;
+        std::uint32_t attempts = 0;
+    };
+    // False when `expect` is given and the row does not match it.
+    bool write_row(const Transition& t, std::string_view events, bool reset_progress,
+                   std::optional<RowIs> expect);
     void write_held(std::unordered_map<JobId, Held>::iterator it);
     void reload_held();
     void overlay(JobInfo& j) const;
@@ -86,7 +103,10 @@ class SqliteStore final : public Store {
 
     sqlite3* db_ = nullptr;
     std::unique_ptr<Statements> st_;
-    int wal_frames_ = 0;  // WAL size after the last commit (sqlite3_wal_hook)
+    JobId next_id_ = 1;            // the id insert_job gives next (from the file at open/rollback)
+    Millis next_materialize_ = 0;  // maintain(): when held-back dispatches go into their rows
+    bool reclaim_due_ = false;     // maintain(): rows were deleted, pages may be free
+    int wal_frames_ = 0;           // WAL size after the last commit (sqlite3_wal_hook)
     std::unordered_map<JobId, Held> held_;
     msgpack::sbuffer log_{1024};  // this transaction's dispatches, for dispatch_log
     std::size_t logged_ = 0;      // dispatches in dispatch_log and log_ (0: the log is empty)

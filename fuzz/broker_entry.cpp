@@ -31,6 +31,7 @@
 #include "broker.hpp"
 #include "entries.hpp"
 #include "errand/codec.hpp"
+#include "forwarding_store.hpp"
 #include "input.hpp"
 #include "script.hpp"
 #include "store_sqlite.hpp"
@@ -93,56 +94,29 @@ struct Faults {
 
 // Forwards to a SqliteStore that outlives broker restarts, injecting the armed faults the way a
 // full or failing disk would (StoreError with disk = true).
-class FaultyStore final : public Store {
+class FaultyStore final : public broker::ForwardingStore {
   public:
-    FaultyStore(SqliteStore& inner, Faults& faults) : inner_(inner), f_(faults) {}
+    FaultyStore(SqliteStore& inner, Faults& faults) : ForwardingStore(inner), f_(faults) {}
 
-    void begin() override {
-        write();
-        inner_.begin();
-    }
     void commit() override {
         if (f_.fail_commit) throw StoreError("database or disk is full (injected)", true);
         inner_.commit();
     }
-    void rollback() override { inner_.rollback(); }
-    bool insert_job(const broker::NewJob& j, const std::string& r) override {
+    broker::Inserted insert_job(const broker::NewJob& j, const std::string& r) override {
         write();
         return inner_.insert_job(j, r);
     }
-    void apply(const broker::Transition& t) override {
+    bool apply(const broker::Transition& t) override {
         write();
-        inner_.apply(t);
+        return inner_.apply(t);
     }
-    void materialize() override {
-        write();
-        inner_.materialize();
-    }
-    std::size_t held_back() const override { return inner_.held_back(); }
-    std::optional<JobId> find_token(const std::string& t) override { return inner_.find_token(t); }
-    std::optional<JobInfo> get_job(JobId id) override { return inner_.get_job(id); }
-    std::vector<JobInfo> list_jobs(const ListRequest& f) override { return inner_.list_jobs(f); }
-    std::optional<broker::DispatchData> dispatch_data(JobId id) override {
-        return inner_.dispatch_data(id);
-    }
-    void scan_live(const std::function<void(broker::LiveJob&&)>& fn) override {
-        inner_.scan_live(fn);
-    }
-    std::optional<broker::LiveJob> load_live(JobId id) override { return inner_.load_live(id); }
-    JobId max_job_id() override { return inner_.max_job_id(); }
-    std::vector<broker::QueueStateCount> count_jobs() override { return inner_.count_jobs(); }
     void set_progress(JobId id, std::uint32_t p, const std::string& m) override {
         write();
         inner_.set_progress(id, p, m);
     }
-    std::vector<Event> events(JobId id) override { return inner_.events(id); }
     void set_paused(const std::string& q, bool p) override {
         write();
         inner_.set_paused(q, p);
-    }
-    std::vector<std::string> paused_queues() override { return inner_.paused_queues(); }
-    std::vector<JobId> dead_jobs(const std::optional<std::string>& q, std::size_t n) override {
-        return inner_.dead_jobs(q, n);
     }
     std::vector<broker::Removed> remove_finished(std::optional<JobState> s,
                                                  const std::optional<std::string>& q, Millis before,
@@ -150,14 +124,12 @@ class FaultyStore final : public Store {
         write();
         return inner_.remove_finished(s, q, before, n);
     }
-    void reclaim_space(int pages) override { inner_.reclaim_space(pages); }
 
   private:
     void write() {
         if (f_.fail_write_at >= 0 && f_.writes++ == f_.fail_write_at)
             throw StoreError("disk I/O error (injected)", true);
     }
-    SqliteStore& inner_;
     Faults& f_;
 };
 

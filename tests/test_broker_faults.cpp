@@ -5,6 +5,7 @@
 
 #include "broker.hpp"
 #include "errand/codec.hpp"
+#include "forwarding_store.hpp"
 #include "store_sqlite.hpp"
 
 using namespace errand;
@@ -13,52 +14,19 @@ using namespace errand::broker;
 namespace {
 
 // SQLite underneath; commit() fails while `full` is set, as SQLITE_FULL would.
-class FlakyDisk final : public Store {
+class FlakyDisk final : public ForwardingStore {
   public:
-    explicit FlakyDisk(bool* full) : inner_(":memory:"), full_(full) {}
-    void begin() override { inner_.begin(); }
+    explicit FlakyDisk(bool* full) : ForwardingStore(sqlite_), full_(full) {}
     void commit() override {
         if (*full_) {
-            inner_.rollback();
+            sqlite_.rollback();
             throw StoreError("database or disk is full", true);
         }
-        inner_.commit();
+        sqlite_.commit();
     }
-    void rollback() override { inner_.rollback(); }
-    bool insert_job(const NewJob& j, const std::string& r) override {
-        return inner_.insert_job(j, r);
-    }
-    void apply(const Transition& t) override { inner_.apply(t); }
-    void materialize() override { inner_.materialize(); }
-    std::size_t held_back() const override { return inner_.held_back(); }
-    std::optional<JobId> find_token(const std::string& t) override { return inner_.find_token(t); }
-    std::optional<JobInfo> get_job(JobId id) override { return inner_.get_job(id); }
-    std::vector<JobInfo> list_jobs(const ListRequest& f) override { return inner_.list_jobs(f); }
-    std::optional<DispatchData> dispatch_data(JobId id) override {
-        return inner_.dispatch_data(id);
-    }
-    void scan_live(const std::function<void(LiveJob&&)>& fn) override { inner_.scan_live(fn); }
-    std::optional<LiveJob> load_live(JobId id) override { return inner_.load_live(id); }
-    JobId max_job_id() override { return inner_.max_job_id(); }
-    std::vector<QueueStateCount> count_jobs() override { return inner_.count_jobs(); }
-    void set_progress(JobId id, std::uint32_t p, const std::string& m) override {
-        inner_.set_progress(id, p, m);
-    }
-    std::vector<Event> events(JobId id) override { return inner_.events(id); }
-    void set_paused(const std::string& q, bool p) override { inner_.set_paused(q, p); }
-    std::vector<std::string> paused_queues() override { return inner_.paused_queues(); }
-    std::vector<JobId> dead_jobs(const std::optional<std::string>& q, std::size_t n) override {
-        return inner_.dead_jobs(q, n);
-    }
-    std::vector<Removed> remove_finished(std::optional<JobState> s,
-                                         const std::optional<std::string>& q, Millis before,
-                                         std::size_t n) override {
-        return inner_.remove_finished(s, q, before, n);
-    }
-    void reclaim_space(int pages) override { inner_.reclaim_space(pages); }
 
   private:
-    SqliteStore inner_;
+    SqliteStore sqlite_{":memory:"};
     bool* full_;
 };
 

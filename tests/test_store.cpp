@@ -26,9 +26,10 @@ struct TempDir {
     std::string db() const { return (path / "errand.db").string(); }
 };
 
+// A new job; `id` only names its payload and creation time (the store assigns ids, counting up
+// from 1 in a new file, so tests insert in id order).
 NewJob job(JobId id, const std::string& queue, std::optional<std::string> token = std::nullopt) {
     NewJob j;
-    j.id = id;
     j.queue = queue;
     j.payload = "payload-" + std::to_string(id);
     j.token = std::move(token);
@@ -65,6 +66,7 @@ Transition dispatch(JobId id, std::uint32_t attempt, Millis at, const std::strin
     Transition t;
     t.id = id;
     t.from = JobState::ready;
+    t.from_attempts = attempt - 1;
     t.to = JobState::running;
     t.attempts = attempt;
     t.at = at;
@@ -74,10 +76,11 @@ Transition dispatch(JobId id, std::uint32_t attempt, Millis at, const std::strin
     return t;
 }
 
-Transition succeed(JobId id, Millis at) {
+Transition succeed(JobId id, Millis at, std::uint32_t attempt = 1) {
     Transition t;
     t.id = id;
     t.from = JobState::running;
+    t.from_attempts = attempt;
     t.to = JobState::succeeded;
     t.at = at;
     t.finished_at = at;
@@ -109,8 +112,12 @@ TEST_CASE("a committed job survives reopening; an uncommitted one does not") {
         store.insert_job(job(1, "q", "tok"), "submitted");
         store.commit();
         store.begin();
-        CHECK(store.insert_job(job(2, "q"), "submitted"));
-        CHECK_FALSE(store.insert_job(job(3, "q", "tok"), "submitted"));  // token taken
+        auto fresh = store.insert_job(job(2, "q"), "submitted");
+        CHECK_FALSE(fresh.duplicate);
+        CHECK(fresh.id == 2);
+        auto taken = store.insert_job(job(3, "q", "tok"), "submitted");  // token taken
+        CHECK(taken.duplicate);
+        CHECK(taken.id == 1);
         store.rollback();
     }
     SqliteStore store(dir.db());
@@ -123,6 +130,41 @@ TEST_CASE("a committed job survives reopening; an uncommitted one does not") {
     CHECK(store.find_token("tok") == JobId{1});
     CHECK_FALSE(store.find_token("other").has_value());
     CHECK_FALSE(store.get_job(2).has_value());
+    // The rolled-back id was never acknowledged: the next insert gets it.
+    CHECK(store.insert_job(job(2, "q"), "submitted").id == 2);
+    store.rollback();
+}
+
+TEST_CASE("apply is a compare-and-set on (state, attempts): a stale transition writes nothing") {
+    TempDir dir;
+    SqliteStore store(dir.db());
+    store.insert_job(job(1, "q"), "submitted");
+    store.insert_job(job(2, "q"), "submitted");
+    store.commit();
+    CHECK(store.apply(dispatch(1, 1, 5000, "w1")));  // held back from the row
+    // The held dispatch is attempt 1: a result for another attempt, or from another state, is
+    // refused against it in memory.
+    CHECK_FALSE(store.apply(succeed(1, 6000, 2)));
+    auto wrong_state = succeed(1, 6000);
+    wrong_state.from = JobState::ready;
+    CHECK_FALSE(wrong_state.from == JobState::running);
+    CHECK_FALSE(store.apply(wrong_state));
+    CHECK(store.apply(succeed(1, 6000)));
+    // Against the row: job 2 is ready at attempt 0.
+    auto cancel = succeed(2, 6000);
+    cancel.to = JobState::cancelled;
+    CHECK_FALSE(store.apply(cancel));  // not running
+    cancel.from = JobState::ready;
+    cancel.from_attempts = 3;
+    CHECK_FALSE(store.apply(cancel));  // not at attempt 3
+    cancel.from_attempts = 0;
+    CHECK(store.apply(cancel));
+    store.commit();
+    CHECK(store.get_job(1)->state == JobState::succeeded);
+    CHECK(store.get_job(1)->attempts == 1);
+    CHECK(store.get_job(2)->state == JobState::cancelled);
+    CHECK(store.events(1).size() == 3);  // submitted, dispatched, done: nothing of the refused
+    CHECK(store.events(2).size() == 2);
 }
 
 TEST_CASE("migration 3 upgrades a version-2 database: id floor from its jobs, budget column") {
@@ -130,7 +172,8 @@ TEST_CASE("migration 3 upgrades a version-2 database: id floor from its jobs, bu
     {
         SqliteStore store(dir.db());
         store.begin();
-        store.insert_job(job(7, "q"), "submitted");
+        for (JobId id = 1; id <= 7; ++id)
+            store.insert_job(job(id, "q"), "submitted");
         store.commit();
     }
     // Turn it back into what version 2 wrote.
@@ -254,6 +297,7 @@ TEST_CASE("transitions update the row and write one event each") {
     Transition done;
     done.id = 1;
     done.from = JobState::running;
+    done.from_attempts = 1;
     done.to = JobState::succeeded;
     done.attempts = 1;
     done.at = 6000;

@@ -1,0 +1,557 @@
+// The job engine's rules: one function per edge of the state diagram (docs/LIFECYCLE.md), all
+// changing state through transition().
+#include "engine.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "errand/duration.hpp"
+#include "errand/log_fields.hpp"
+#include "lifecycle.hpp"
+
+namespace errand::broker {
+namespace {
+
+std::size_t index_of(JobState s) {
+    return static_cast<std::size_t>(s);
+}
+
+[[noreturn]] void conflict(JobId id, const Transition& t) {
+    // Memory and the store disagree: the pass is rolled back and memory reloaded from the store.
+    throw StoreError(fmt::format("job {} is no longer {} at attempt {} in the store", id,
+                                 t.from ? to_string(*t.from) : "new", t.from_attempts),
+                     false);
+}
+
+}  // namespace
+
+JobEngine::JobEngine(EngineConfig config, Store& store) : cfg_(config), store_(store) {}
+
+// ---- memory from the store ----------------------------------------------------------------
+
+void JobEngine::rebuild(const std::unordered_map<JobId, HolderRef>& held, Millis now) {
+    now_ = now;
+    live_.clear();
+    ready_.clear();
+    timers_ = {};
+    leases_ = {};
+    orphans_.clear();
+    unique_live_.clear();
+    counts_.clear();
+    for (const auto& c : store_.count_jobs())
+        counts_[c.queue][index_of(c.state)] = c.count;
+    paused_.clear();
+    for (auto& q : store_.paused_queues())
+        paused_.insert(std::move(q));
+    store_.scan_live([&](LiveJob&& j) {
+        Live l = Live::from(j, intern(j.queue));
+        if (!l.unique.empty()) unique_live_[l.unique] = j.id;
+        if (j.state == JobState::running) {
+            if (j.timeout_ms && j.started_at)
+                leases_.push(
+                    {*j.started_at + *j.timeout_ms + cfg_.timeout_grace_ms, j.id, j.attempts});
+            l.run_at = j.started_at.value_or(0);  // see since()
+            if (auto h = held.find(j.id); h != held.end()) {
+                l.holder = h->second;
+            } else {
+                l.orphan_deadline = now_ + cfg_.orphan_grace_ms;
+                orphans_.push_back(j.id);
+            }
+        }
+        auto& entry = live_.emplace(j.id, std::move(l)).first->second;
+        place(j.id, entry);
+    });
+    dispatch_hint_ = true;
+}
+
+// ---- the one transition path --------------------------------------------------------------
+
+//   (submit) ──► ready ◄──────────── retrying ◄─┐   submit(); due: tick()
+//      │          │  ▲                           │ FAIL, attempts left: finish()
+//      ▼          │  └─ lose(), release()        │ timed out: tick()
+//   scheduled ────┘                              │
+//   (due: tick())   claim() ▼                    │
+//              running ──────────────────────────┘
+//                 │ DONE: finish() ──► succeeded
+//                 │ FAIL permanent / last attempt: finish(); lost on the last attempt: lose();
+//                 │ timed out on the last attempt: tick() ──► dead
+//   ready, scheduled, retrying, running ── cancel() ──► cancelled
+//   dead ── revive() ──► ready
+void JobEngine::transition(JobId id, Live& l, JobState to, Transition t) {
+    check_transition(l.state, to);
+    t.id = id;
+    t.from = l.state;
+    t.from_attempts = l.attempts;
+    t.to = to;
+    t.at = now_;
+    if (!t.attempts) t.attempts = l.attempts;
+    if (is_terminal(to)) t.finished_at = now_;
+    if (!t.worker && l.state == JobState::running && l.holder) t.worker = l.holder->name;
+    if (!store_.apply(t)) conflict(id, t);
+    if (spdlog::should_log(spdlog::level::debug))  // per job: build nothing unless logged
+        spdlog::debug("{}: {} -> {} ({}){}", job_fields(id, l.queue.str(), *t.attempts),
+                      to_string(l.state), to_string(to), t.reason,
+                      t.worker ? " worker=" + *t.worker : std::string());
+    note_event(id, l, t);
+    auto& c = counts_[l.queue];
+    if (c[index_of(l.state)] > 0) --c[index_of(l.state)];
+    ++c[index_of(to)];
+    l.state = to;
+    l.attempts = *t.attempts;
+    // run_at of a ready or running job: when it entered that state (see since()).
+    if (to == JobState::ready || to == JobState::running) l.run_at = now_;
+    if (to == JobState::scheduled || to == JobState::retrying) l.run_at = t.run_at.value_or(now_);
+    if (to != JobState::running) l.holder.reset();
+    place(id, l);  // `l` may dangle from here on
+}
+
+void JobEngine::place(JobId id, Live& l) {
+    switch (l.state) {
+        case JobState::ready:
+            ready_.push(l.queue, id, l.priority, l.has_argv);
+            dispatch_hint_ = true;
+            break;
+        case JobState::scheduled:
+        case JobState::retrying:
+            timers_.push({l.run_at, id});
+            break;
+        case JobState::running:
+            break;  // with its holder (and its lease, set by claim() or rebuild())
+        case JobState::succeeded:
+        case JobState::dead:
+        case JobState::cancelled:
+            finished_.push_back(id);
+            if (!l.unique.empty()) unique_live_.erase(l.unique);
+            live_.erase(id);
+            break;
+    }
+}
+
+// When a ready job became ready, or a running job was dispatched: Live::run_at, which has no
+// other use in those states, holds it (set by transition(); 0 after a restart for running
+// jobs, the creation time for ready ones). Keeps Live small for the metrics' sake.
+Millis JobEngine::since(const Live& l) {
+    if (l.state == JobState::ready && l.run_at == 0) return l.created_at;
+    return l.run_at;
+}
+
+void JobEngine::note_event(JobId id, const Live& l, const Transition& t) {
+    PendingEvent p;
+    p.event = EventView{0,    id,       l.queue, t.from, t.to, t.attempts.value_or(l.attempts),
+                        t.at, t.worker, t.reason};
+    if (t.from == JobState::ready && t.to == JobState::running)
+        p.waited_ms = std::max<Millis>(0, now_ - since(l));
+    if (t.from == JobState::running && since(l) > 0)
+        p.ran_ms = std::max<Millis>(0, now_ - since(l));
+    // An attempt that ended with an outcome other than success or cancellation failed (FAIL,
+    // timeout, worker lost); a drained worker's RELEASE sets no outcome and is not counted.
+    p.failed_attempt = t.from == JobState::running && t.set_outcome &&
+                       t.to != JobState::succeeded && t.to != JobState::cancelled;
+    pending_.push_back(std::move(p));
+}
+
+// ---- submit ---------------------------------------------------------------------------------
+
+Submitted JobEngine::submit(JobSpec spec, Millis now) {
+    now_ = now;
+    // A known token wins (a resent request gets its own job back), then a unique key held by an
+    // unfinished job. The token is checked by the insert itself, so the common case costs no
+    // extra lookup.
+    if (spec.unique)
+        if (auto u = unique_live_.find(*spec.unique); u != unique_live_.end()) {
+            std::optional<JobId> existing;
+            if (spec.token) existing = store_.find_token(*spec.token);
+            return {existing.value_or(u->second), true};
+        }
+    Millis run_at = spec.run_at ? *spec.run_at : now + spec.delay_ms.value_or(0);
+    NewJob job;
+    job.token = std::move(spec.token);
+    job.queue = std::move(spec.queue);
+    job.payload = std::move(spec.payload);
+    job.argv = std::move(spec.argv);
+    job.priority = spec.priority;
+    job.max_attempts = spec.max_attempts;
+    job.created_at = now;
+    job.timeout_ms = spec.timeout_ms;
+    job.backoff_ms = spec.backoff_ms;
+    job.backoff_cap_ms = spec.backoff_cap_ms;
+    job.unique = std::move(spec.unique);
+    if (run_at > now) {
+        job.state = JobState::scheduled;
+        job.run_at = run_at;
+    }
+    const char* reason = job.state == JobState::scheduled ? "scheduled" : "submitted";
+    auto ins = store_.insert_job(job, reason);
+    if (ins.duplicate) return {ins.id, true};
+    Live l;
+    l.queue = intern(job.queue);
+    l.unique = UniqueKey(job.unique);
+    l.run_at = run_at;
+    l.created_at = now;
+    l.timeout_ms = job.timeout_ms;
+    l.backoff_ms = job.backoff_ms;
+    l.backoff_cap_ms = job.backoff_cap_ms;
+    l.max_attempts = job.max_attempts;
+    l.priority = static_cast<std::int16_t>(job.priority);
+    l.state = job.state;
+    l.has_argv = job.argv.has_value();
+    if (job.unique) unique_live_[*job.unique] = ins.id;
+    ++counts_[job.queue][index_of(job.state)];
+    pending_.push_back(
+        {EventView{0, ins.id, job.queue, std::nullopt, job.state, 0, now, std::nullopt, reason},
+         std::nullopt, std::nullopt});
+    place(ins.id, live_.emplace(ins.id, std::move(l)).first->second);
+    return {ins.id, false};
+}
+
+// ---- dispatch -------------------------------------------------------------------------------
+
+bool JobEngine::claimable(const std::string& queue, bool commands) const {
+    return !paused_.count(queue) && ready_.has_ready(queue, commands);
+}
+
+std::optional<Claim> JobEngine::claim(const std::string& queue, bool commands, const HolderRef& by,
+                                      Millis now) {
+    now_ = now;
+    while (auto id = ready_.pop(queue, commands)) {
+        auto l = live_.find(*id);
+        if (l == live_.end() || l->second.state != JobState::ready) continue;  // stale entry
+        auto data = store_.dispatch_data(*id);
+        if (!data) continue;
+        Live& job = l->second;
+        Transition t;
+        t.attempts = job.attempts + 1;
+        t.worker = by->name;
+        t.started_at = now;
+        t.reason = "dispatched";
+        transition(*id, job, JobState::running, std::move(t));
+        job.holder = by;
+        if (job.timeout_ms)
+            leases_.push({now + *job.timeout_ms + cfg_.timeout_grace_ms, *id, job.attempts});
+        return Claim{*id, job.attempts, std::move(data->payload), std::move(data->argv),
+                     job.timeout_ms};
+    }
+    return std::nullopt;
+}
+
+// ---- results --------------------------------------------------------------------------------
+
+Finished JobEngine::finish(JobResult m, Millis now) {
+    now_ = now;
+    const bool ok = m.ok;
+    auto l = live_.find(m.id);
+    if (l == live_.end() || l->second.state != JobState::running ||
+        l->second.attempts != m.attempt) {
+        // A resent result of an attempt that was already applied is acknowledged again.
+        auto job = store_.get_job(m.id);
+        if (job && is_terminal(job->state) && job->attempts == m.attempt &&
+            (job->state == JobState::succeeded) == m.ok)
+            return {Verdict::already_applied, nullptr};
+        spdlog::warn("{}: rejected stale {} (job is {} at attempt {})",
+                     job_fields(m.id, job ? job->queue : "", m.attempt), ok ? "DONE" : "FAIL",
+                     job ? to_string(job->state) : "gone", job ? job->attempts : 0);
+        return {Verdict::stale, nullptr};
+    }
+    Live& job = l->second;
+    HolderRef holder = job.holder;
+    Transition t;
+    t.set_outcome = true;
+    t.exit_code = m.exit_code;
+    t.result = std::move(m.result);
+    if (ok) {
+        t.reason = "done";
+        transition(m.id, job, JobState::succeeded, std::move(t));
+    } else {
+        // The event's reason carries the first line of the error, shortened.
+        auto line = std::string_view(m.error).substr(0, m.error.find('\n'));
+        t.reason = fmt::format("{}: {}", m.permanent ? "failed permanently" : "failed",
+                               line.substr(0, 120));
+        if (!m.permanent && job.attempts >= job.max_attempts)
+            t.reason = fmt::format("no attempts left: {}", line.substr(0, 120));
+        t.error = m.error;
+        fail_attempt(m.id, job, std::move(t), m.permanent);
+    }
+    return {Verdict::applied, std::move(holder)};
+}
+
+// The job goes back to ready uncharged: `attempts` stays, so the next dispatch is attempt+1 and
+// this attempt's results stay fenced off, and max_attempts grows by one so the job keeps as many
+// attempts as it had.
+Finished JobEngine::release(JobId id, std::uint32_t attempt, Millis now) {
+    now_ = now;
+    auto l = live_.find(id);
+    if (l == live_.end() || l->second.state != JobState::running || l->second.attempts != attempt)
+        return {Verdict::stale, nullptr};
+    Live& job = l->second;
+    HolderRef holder = job.holder;
+    std::erase(orphans_, id);
+    spdlog::info("{}: released by {} (draining), back to ready without counting the attempt",
+                 job_fields(id, job.queue.str(), attempt),
+                 holder ? holder->name : std::string("unknown worker"));
+    Transition t;
+    t.max_attempts = job.max_attempts + 1;
+    job.max_attempts = *t.max_attempts;
+    t.reason = "released by worker";
+    transition(id, job, JobState::ready, std::move(t));
+    return {Verdict::applied, std::move(holder)};
+}
+
+void JobEngine::fail_attempt(JobId id, Live& l, Transition t, bool permanent) {
+    t.set_outcome = true;
+    if (permanent || l.attempts >= l.max_attempts) {
+        if (t.reason.empty()) t.reason = permanent ? "failed permanently" : "no attempts left";
+        transition(id, l, JobState::dead, std::move(t));
+    } else {
+        if (t.reason.empty()) t.reason = "failed";
+        t.run_at = now_ + backoff(l);
+        transition(id, l, JobState::retrying, std::move(t));
+    }
+}
+
+// Retry delay after the n-th failed attempt: d/2 + random(0, d/2), d = min(cap, base·2^(n-1)).
+// Gaps never shrink as attempts go on (equal jitter).
+Millis JobEngine::backoff(const Live& l) {
+    Millis base = l.backoff_ms.value_or(cfg_.retry_delay_ms);
+    Millis cap = std::max(base, l.backoff_cap_ms.value_or(cfg_.retry_cap_ms));
+    Millis d = base;
+    for (std::uint32_t i = 1; i < l.attempts && d < cap; ++i)
+        d *= 2;
+    d = std::min(d, cap);
+    if (d <= 1) return d;
+    std::uniform_int_distribution<Millis> jitter(0, d / 2);
+    return d - d / 2 + jitter(rng_);
+}
+
+void JobEngine::lose_attempt(JobId id, Live& l, const std::string& reason) {
+    Transition t;
+    t.set_outcome = true;
+    t.error = reason;
+    t.reason = reason;
+    transition(id, l, l.attempts >= l.max_attempts ? JobState::dead : JobState::ready,
+               std::move(t));
+}
+
+bool JobEngine::lose(JobId id, const std::string* instance, const std::string& reason, Millis now) {
+    now_ = now;
+    auto l = live_.find(id);
+    if (l == live_.end() || l->second.state != JobState::running) return false;
+    if (instance && !(l->second.holder && l->second.holder->instance == *instance)) return false;
+    lose_attempt(id, l->second, reason);
+    return true;
+}
+
+// ---- requests -------------------------------------------------------------------------------
+
+std::optional<Aborted> JobEngine::cancel(JobId id, Millis now) {
+    now_ = now;
+    auto l = live_.find(id);
+    if (l == live_.end()) {
+        auto job = store_.get_job(id);
+        if (!job) throw ProtocolError(ErrorCode::not_found, fmt::format("no job {}", id));
+        throw ProtocolError(ErrorCode::invalid_state,
+                            fmt::format("job {} is already {}; only unfinished jobs can be "
+                                        "cancelled",
+                                        id, to_string(job->state)));
+    }
+    std::optional<Aborted> stopped;
+    if (l->second.state == JobState::running) {
+        if (l->second.holder)
+            stopped = Aborted{id, l->second.attempts, l->second.holder, "cancelled"};
+        std::erase(orphans_, id);
+    }
+    Transition t;
+    t.reason = "cancelled";
+    t.set_outcome = true;
+    t.error = "cancelled";
+    transition(id, l->second, JobState::cancelled, std::move(t));
+    return stopped;
+}
+
+void JobEngine::revive(JobId id, Millis now) {
+    now_ = now;
+    auto j = store_.load_live(id);
+    if (!j) throw ProtocolError(ErrorCode::not_found, fmt::format("no job {}", id));
+    if (j->state != JobState::dead)
+        throw ProtocolError(
+            ErrorCode::invalid_state,
+            fmt::format("job {} is {}; only dead jobs can be retried", id, to_string(j->state)));
+    if (j->unique)
+        if (auto u = unique_live_.find(*j->unique); u != unique_live_.end())
+            throw ProtocolError(ErrorCode::invalid_state,
+                                fmt::format("job {} cannot be retried: job {} holds its unique key",
+                                            id, u->second));
+    auto it = live_.emplace(id, Live::from(*j, intern(j->queue))).first;
+    if (!it->second.unique.empty()) unique_live_[it->second.unique] = id;
+    // Attempts only grow, so a late result of an old attempt can never match a new dispatch:
+    // the job gets its first budget of attempts on top of those it has used.
+    Transition t;
+    t.max_attempts = j->attempts + j->attempt_budget;
+    it->second.max_attempts = *t.max_attempts;
+    t.reason = "retried by request";
+    transition(id, it->second, JobState::ready, std::move(t));
+}
+
+std::vector<JobId> JobEngine::revive_dead(const std::optional<std::string>& queue,
+                                          std::size_t limit, Millis now) {
+    std::vector<JobId> ids;
+    for (JobId id : store_.dead_jobs(queue, limit)) {
+        try {
+            revive(id, now);
+            ids.push_back(id);
+        } catch (const ProtocolError&) {
+            // a unique key now held by another job: leave this one dead
+        }
+    }
+    return ids;
+}
+
+bool JobEngine::adopt(JobId id, std::uint32_t attempt, const HolderRef& by) {
+    auto l = live_.find(id);
+    bool ok = l != live_.end() && l->second.state == JobState::running &&
+              l->second.attempts == attempt &&
+              (!l->second.holder || l->second.holder->instance == by->instance);
+    if (!ok) return false;
+    l->second.holder = by;
+    l->second.orphan_deadline = 0;
+    std::erase(orphans_, id);
+    return true;
+}
+
+void JobEngine::set_paused(const std::string& queue, bool paused) {
+    store_.set_paused(queue, paused);
+    if (paused) {
+        paused_.insert(queue);
+    } else {
+        paused_.erase(queue);
+        dispatch_hint_ = true;
+    }
+}
+
+void JobEngine::forget_removed(const std::vector<Removed>& removed, std::uint64_t* total) {
+    for (const auto& rm : removed) {
+        auto& c = counts_[rm.queue][index_of(rm.state)];
+        c -= std::min(c, rm.count);
+        *total += rm.count;
+    }
+}
+
+std::uint64_t JobEngine::purge(JobState state, const std::optional<std::string>& queue,
+                               Millis before, std::size_t limit) {
+    std::uint64_t total = 0;
+    forget_removed(store_.remove_finished(state, queue, before, limit), &total);
+    return total;
+}
+
+bool JobEngine::progress(const Progress& p) {
+    auto l = live_.find(p.id);
+    if (l == live_.end() || l->second.state != JobState::running || l->second.attempts != p.attempt)
+        return false;  // progress of an attempt that is over: nothing to record
+    store_.set_progress(p.id, p.percent, p.message);
+    return true;
+}
+
+// ---- time -----------------------------------------------------------------------------------
+
+std::vector<Aborted> JobEngine::tick(Millis now) {
+    now_ = now;
+    std::vector<Aborted> aborted;
+    while (!timers_.empty() && timers_.top().at <= now) {
+        auto d = timers_.top();
+        timers_.pop();
+        auto l = live_.find(d.id);
+        if (l == live_.end() || l->second.run_at != d.at) continue;
+        if (l->second.state == JobState::retrying || l->second.state == JobState::scheduled) {
+            Transition t;
+            t.reason = l->second.state == JobState::retrying ? "retry delay over" : "due";
+            transition(d.id, l->second, JobState::ready, std::move(t));
+        }
+    }
+    while (!leases_.empty() && leases_.top().at <= now) {
+        auto d = leases_.top();
+        leases_.pop();
+        auto l = live_.find(d.id);
+        if (l == live_.end() || l->second.state != JobState::running ||
+            l->second.attempts != d.attempt)
+            continue;
+        auto timeout = format_duration(l->second.timeout_ms.value_or(0));
+        spdlog::warn("{}: no result {} after its {} timeout",
+                     job_fields(d.id, l->second.queue.str(), d.attempt),
+                     format_duration(cfg_.timeout_grace_ms), timeout);
+        if (l->second.holder)
+            aborted.push_back({d.id, l->second.attempts, l->second.holder, "timed out"});
+        std::erase(orphans_, d.id);
+        Transition t;
+        t.error = fmt::format("timed out after {} (no result from the worker)", timeout);
+        t.reason = "timed out";
+        fail_attempt(d.id, l->second, std::move(t), false);
+    }
+    store_.maintain(now);
+    if (now >= next_retention_) {
+        std::uint64_t n = 0;
+        forget_removed(store_.remove_finished(std::nullopt, std::nullopt, now - cfg_.retention_ms,
+                                              cfg_.retention_batch),
+                       &n);
+        if (n > 0) spdlog::debug("retention: deleted {} finished jobs", n);
+        // A full batch means more are due: carry on next pass, else look again in a second.
+        next_retention_ = n >= cfg_.retention_batch ? now : now + 1000;
+    }
+    std::erase_if(orphans_, [&](JobId id) {
+        auto l = live_.find(id);
+        if (l == live_.end() || l->second.state != JobState::running || l->second.holder)
+            return true;
+        if (l->second.orphan_deadline > now) return false;
+        spdlog::warn("{}: no worker reclaimed it after the restart",
+                     job_fields(id, l->second.queue.str(), l->second.attempts));
+        lose_attempt(id, l->second, "worker lost");
+        return true;
+    });
+    return aborted;
+}
+
+Millis JobEngine::next_deadline(Millis bound) const {
+    Millis next = std::min(bound, next_retention_);
+    if (!timers_.empty()) next = std::min(next, timers_.top().at);
+    if (!leases_.empty()) next = std::min(next, leases_.top().at);
+    for (JobId id : orphans_)
+        if (auto l = live_.find(id); l != live_.end())
+            next = std::min(next, l->second.orphan_deadline);
+    return next;
+}
+
+// ---- the pass -------------------------------------------------------------------------------
+
+void JobEngine::committed() {
+    pending_.clear();
+    finished_.clear();
+}
+
+void JobEngine::rolled_back(const std::unordered_map<JobId, HolderRef>& held, Millis now) {
+    pending_.clear();  // a failed pass's changes never happened
+    finished_.clear();
+    rebuild(held, now);
+}
+
+// ---- reads ----------------------------------------------------------------------------------
+
+std::optional<Millis> JobEngine::oldest_ready(const std::string& queue) const {
+    std::optional<Millis> oldest;
+    for (JobId id : ready_.heads(queue))
+        if (auto l = live_.find(id); l != live_.end())
+            if (!oldest || l->second.created_at < *oldest) oldest = l->second.created_at;
+    return oldest;
+}
+
+std::optional<RunningView> JobEngine::running(JobId id) const {
+    auto l = live_.find(id);
+    if (l == live_.end() || l->second.state != JobState::running) return std::nullopt;
+    return RunningView{l->second.queue, l->second.attempts, since(l->second)};
+}
+
+std::optional<std::string> JobEngine::queue_of(JobId id) const {
+    auto l = live_.find(id);
+    if (l == live_.end()) return std::nullopt;
+    return l->second.queue.str();
+}
+
+}  // namespace errand::broker

@@ -1,0 +1,208 @@
+// The job engine: every rule of a job's life, and the only code that changes a job's state. It
+// owns the unfinished jobs in memory (the SQLite engine's fast path: ready index, timers, leases)
+// and writes each change through the Store; it knows nothing of sockets, connections or messages
+// to send. Each edge of the state diagram (docs/LIFECYCLE.md) is one function below and answers
+// with a decision (applied / already applied / stale, the ids it made, the attempts to abort);
+// the sessions (broker.cpp) turn decisions into replies.
+//
+// Every change is an event (PendingEvent), kept until the loop has committed the pass: then the
+// loop publishes them (committed()), or, when the commit failed, the engine forgets the pass and
+// reloads its memory from the store (rolled_back()).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <queue>
+#include <random>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include "errand/codec.hpp"
+#include "live.hpp"
+#include "ready_index.hpp"
+#include "snapshot.hpp"
+#include "store.hpp"
+
+namespace errand::broker {
+
+struct EngineConfig {
+    Millis retry_delay_ms = 1000;     // default backoff base
+    Millis retry_cap_ms = 600'000;    // default backoff cap
+    Millis timeout_grace_ms = 10000;  // a timed-out attempt without a result fails after this
+    // A job running when the broker started, that no worker claims (REGISTER held) within this,
+    // counts as lost.
+    Millis orphan_grace_ms = 5000;
+    Millis retention_ms = 7 * 86'400'000LL;  // finished jobs are deleted after this
+    std::size_t retention_batch = 500;       // rows deleted per pass at most
+};
+
+inline constexpr std::size_t kStateCount = 7;  // TODO(merge): protocol.hpp's state list
+using StateCounts = std::array<std::uint64_t, kStateCount>;
+
+// A state change of the current pass, published (PUB, recent ring, metrics) only once the
+// pass's commit has succeeded.
+struct PendingEvent {
+    EventView event;
+    std::optional<Millis> waited_ms;  // ready -> running: how long it waited
+    std::optional<Millis> ran_ms;     // running -> *: how long the attempt ran
+    bool failed_attempt = false;
+};
+
+// SUBMIT's answer for one job.
+struct Submitted {
+    JobId id = 0;
+    bool duplicate = false;  // the job that already has the token or holds the unique key
+};
+
+// ready -> running: what the worker is sent.
+struct Claim {
+    JobId id = 0;
+    std::uint32_t attempt = 0;
+    std::string payload;
+    std::optional<std::vector<std::string>> argv;
+    std::optional<Millis> timeout_ms;
+};
+
+// What a result (or a release) did. `holder`: who held the attempt (applied only).
+enum class Verdict { applied, already_applied, stale };
+struct Finished {
+    Verdict verdict = Verdict::stale;
+    HolderRef holder;
+};
+
+// An attempt the engine stopped (cancel, timeout): its holder must be told (ABORT).
+struct Aborted {
+    JobId id = 0;
+    std::uint32_t attempt = 0;
+    HolderRef holder;
+    std::string reason;
+};
+
+// A running attempt, as WORKERS shows it.
+struct RunningView {
+    std::string queue;
+    std::uint32_t attempt = 0;
+    Millis since = 0;
+};
+
+class JobEngine {
+  public:
+    JobEngine(EngineConfig config, Store& store);
+
+    // (Re)builds memory from the store: at start-up, and after a failed commit. `held` names
+    // the holder of each running job a registered worker holds; other running jobs are orphans.
+    void rebuild(const std::unordered_map<JobId, HolderRef>& held, Millis now);
+
+    // ---- the edges ---------------------------------------------------------------------------
+    // (new) -> ready | scheduled; or the existing job for a known token or a held unique key.
+    Submitted submit(JobSpec spec, Millis now);
+    // ready -> running: the next job of `queue` for a worker (argv jobs only with `commands`);
+    // nullopt when the queue has none.
+    std::optional<Claim> claim(const std::string& queue, bool commands, const HolderRef& by,
+                               Millis now);
+    // running -> succeeded (DONE) | retrying | dead (FAIL), fenced by (id, attempt).
+    Finished finish(JobResult result, Millis now);
+    // running -> ready without charging the attempt (RELEASE of a draining worker).
+    Finished release(JobId id, std::uint32_t attempt, Millis now);
+    // running -> ready | dead: the attempt ended without a result (worker lost, dispatch lost).
+    // Only when `instance` (if given) holds it; false when nothing changed.
+    bool lose(JobId id, const std::string* instance, const std::string& reason, Millis now);
+    // ready | scheduled | retrying | running -> cancelled. Throws not_found / invalid_state.
+    // Returns the stopped attempt, when it was running and held.
+    std::optional<Aborted> cancel(JobId id, Millis now);
+    // dead -> ready with a fresh budget of attempts. Throws not_found / invalid_state.
+    void revive(JobId id, Millis now);
+    // revive() for up to `limit` dead jobs (of `queue`); those that cannot be are left dead.
+    std::vector<JobId> revive_dead(const std::optional<std::string>& queue, std::size_t limit,
+                                   Millis now);
+    // Everything that happens because time passed: scheduled/retrying -> ready (due), running ->
+    // retrying | dead (timed out), orphans lost, retention, the store's maintenance. Returns the
+    // attempts it timed out.
+    std::vector<Aborted> tick(Millis now);
+
+    // ---- other rules -------------------------------------------------------------------------
+    // REGISTER's held jobs: `by` keeps (id, attempt) when that attempt runs and is unheld or its
+    // own. False: the worker must drop it.
+    bool adopt(JobId id, std::uint32_t attempt, const HolderRef& by);
+    void set_paused(const std::string& queue, bool paused);
+    // Deletes finished jobs (PURGE); how many.
+    std::uint64_t purge(JobState state, const std::optional<std::string>& queue, Millis before,
+                        std::size_t limit);
+    // Progress of the current attempt only; false (nothing written) for any other.
+    bool progress(const Progress& p);
+
+    // ---- the pass ----------------------------------------------------------------------------
+    // This pass's events and the jobs it finished (for waiters), until committed()/rolled_back().
+    const std::vector<PendingEvent>& events() const { return pending_; }
+    std::vector<PendingEvent>& events() { return pending_; }
+    const std::vector<JobId>& finished() const { return finished_; }
+    void committed();
+    void rolled_back(const std::unordered_map<JobId, HolderRef>& held, Millis now);
+    // True once since the last call when a job became ready or a queue was resumed.
+    bool take_dispatch_hint() { return std::exchange(dispatch_hint_, false); }
+
+    // ---- reads for the sessions (memory only) -----------------------------------------------
+    bool claimable(const std::string& queue, bool commands) const;
+    bool is_paused(const std::string& queue) const { return paused_.count(queue) > 0; }
+    const std::unordered_set<std::string>& paused() const { return paused_; }
+    const std::unordered_map<std::string, StateCounts>& counts() const { return counts_; }
+    std::optional<Millis> oldest_ready(const std::string& queue) const;
+    // The job's running attempt; nullopt when it is not running.
+    std::optional<RunningView> running(JobId id) const;
+    // The queue of an unfinished job.
+    std::optional<std::string> queue_of(JobId id) const;
+    bool is_live(JobId id) const { return live_.count(id) > 0; }
+    std::size_t live_count() const { return live_.size(); }
+    std::size_t ready_count() const { return ready_.size(); }
+    std::size_t orphan_count() const { return orphans_.size(); }
+    // When tick() has something to do next.
+    Millis next_deadline(Millis bound) const;
+
+  private:
+    struct Deadline {
+        Millis at = 0;
+        JobId id = 0;
+        std::uint32_t attempt = 0;  // lease deadlines: the attempt they guard
+        bool operator>(const Deadline& o) const { return at > o.at || (at == o.at && id > o.id); }
+    };
+    using DeadlineHeap = std::priority_queue<Deadline, std::vector<Deadline>, std::greater<>>;
+
+    Name intern(const std::string& name) { return Name(&*names_.insert(name).first); }
+    // The one place a job changes state: store (compare-and-set), event, counts, and where
+    // the job lives in memory (place()).
+    void transition(JobId id, Live& l, JobState to, Transition t);
+    // Puts a job where its state keeps it: the ready index, the timers, or (finished) nowhere.
+    void place(JobId id, Live& l);
+    void note_event(JobId id, const Live& l, const Transition& t);
+    // A failed attempt: retrying after the backoff, or dead when no attempts are left.
+    void fail_attempt(JobId id, Live& l, Transition t, bool permanent);
+    void lose_attempt(JobId id, Live& l, const std::string& reason);
+    Millis backoff(const Live& l);
+    void forget_removed(const std::vector<Removed>& removed, std::uint64_t* total);
+    static Millis since(const Live& l);
+
+    EngineConfig cfg_;
+    Store& store_;
+    Millis now_ = 0;
+    std::unordered_map<JobId, Live> live_;
+    std::unordered_set<std::string> names_;  // queue names, interned (never shrinks)
+    ReadyIndex ready_;
+    DeadlineHeap timers_;  // retrying/scheduled jobs by run_at (stale entries skipped)
+    DeadlineHeap leases_;  // running attempts with a timeout, by timeout + grace
+    std::unordered_map<std::string, JobId> unique_live_;   // unique key -> unfinished job
+    std::unordered_map<std::string, StateCounts> counts_;  // queue -> jobs per state
+    std::unordered_set<std::string> paused_;
+    std::vector<JobId> orphans_;  // running, no holder since the restart
+    std::mt19937_64 rng_{std::random_device{}()};
+    Millis next_retention_ = 0;
+    std::vector<PendingEvent> pending_;
+    std::vector<JobId> finished_;
+    bool dispatch_hint_ = true;
+};
+
+}  // namespace errand::broker

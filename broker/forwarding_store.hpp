@@ -1,0 +1,50 @@
+// A Store that forwards every call to another: the base of the fault-injecting stores of the
+// tests and fuzzers, which override only the calls they make fail.
+#pragma once
+
+#include "store.hpp"
+
+namespace errand::broker {
+
+class ForwardingStore : public Store {
+  public:
+    explicit ForwardingStore(Store& inner) : inner_(inner) {}
+
+    void commit() override { inner_.commit(); }
+    void rollback() override { inner_.rollback(); }
+    bool writing() const override { return inner_.writing(); }
+    Inserted insert_job(const NewJob& j, const std::string& r) override {
+        return inner_.insert_job(j, r);
+    }
+    bool apply(const Transition& t) override { return inner_.apply(t); }
+    void set_progress(JobId id, std::uint32_t p, const std::string& m) override {
+        inner_.set_progress(id, p, m);
+    }
+    void set_paused(const std::string& q, bool p) override { inner_.set_paused(q, p); }
+    std::vector<Removed> remove_finished(std::optional<JobState> s,
+                                         const std::optional<std::string>& q, Millis before,
+                                         std::size_t n) override {
+        return inner_.remove_finished(s, q, before, n);
+    }
+    void maintain(Millis now) override { inner_.maintain(now); }
+
+    std::optional<JobInfo> get_job(JobId id) override { return inner_.get_job(id); }
+    std::vector<JobInfo> list_jobs(const ListRequest& f) override { return inner_.list_jobs(f); }
+    std::vector<Event> events(JobId id) override { return inner_.events(id); }
+    std::optional<JobId> find_token(const std::string& t) override { return inner_.find_token(t); }
+    std::optional<DispatchData> dispatch_data(JobId id) override {
+        return inner_.dispatch_data(id);
+    }
+    void scan_live(const std::function<void(LiveJob&&)>& fn) override { inner_.scan_live(fn); }
+    std::optional<LiveJob> load_live(JobId id) override { return inner_.load_live(id); }
+    std::vector<QueueStateCount> count_jobs() override { return inner_.count_jobs(); }
+    std::vector<std::string> paused_queues() override { return inner_.paused_queues(); }
+    std::vector<JobId> dead_jobs(const std::optional<std::string>& q, std::size_t n) override {
+        return inner_.dead_jobs(q, n);
+    }
+
+  protected:
+    Store& inner_;
+};
+
+}  // namespace errand::broker

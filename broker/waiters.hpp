@@ -1,0 +1,56 @@
+// Clients waiting for jobs to finish (WAIT, SUBMIT with wait_ms): who waits for which job, until
+// when, and how many waits each connection has outstanding (bounded by --max-waits).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <queue>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "errand/protocol.hpp"
+
+namespace errand::broker {
+
+struct Waiter {
+    std::string identity;
+    std::uint64_t req = 0;
+    Millis deadline = 0;
+};
+
+class Waiters {
+  public:
+    explicit Waiters(std::size_t max_per_connection) : max_(max_per_connection) {}
+
+    // Throws ProtocolError(too_large) when `identity` has the most waits it may have.
+    void check_limit(const std::string& identity) const;
+    // `identity` waits for `id` until `deadline` (answered with `req`). A resent WAIT (same
+    // identity and req) keeps the first one's deadline. `check_limit` false: checked before.
+    void add(const std::string& identity, std::uint64_t req, JobId id, Millis deadline,
+             bool check_limit = true);
+    // Removes and returns the waiters of `id` (it finished).
+    std::vector<Waiter> take(JobId id);
+    // Removes the waiters whose deadline is past; calls `expired(id, waiter)` for each.
+    void expire(Millis now, const std::function<void(JobId, const Waiter&)>& expired);
+    // Removes every waiter; calls `fn(id, waiter)` for each (shutdown).
+    void drain(const std::function<void(JobId, const Waiter&)>& fn);
+    // The earliest deadline, or `bound`.
+    Millis next_deadline(Millis bound) const;
+    std::size_t size() const;
+
+  private:
+    struct Deadline {
+        Millis at = 0;
+        JobId id = 0;
+        bool operator>(const Deadline& o) const { return at > o.at || (at == o.at && id > o.id); }
+    };
+    void forget(const std::string& identity);
+
+    std::size_t max_;
+    std::unordered_map<JobId, std::vector<Waiter>> waiters_;
+    std::unordered_map<std::string, std::size_t> waits_of_;  // identity -> outstanding waits
+    std::priority_queue<Deadline, std::vector<Deadline>, std::greater<>> deadlines_;
+};
+
+}  // namespace errand::broker

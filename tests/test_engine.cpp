@@ -1,0 +1,1615 @@
+// The broker's job rules, driven in-process through its test seam (Broker::process) over a real
+// in-memory SQLite store, with time given explicitly as the `now` of each pass. One case per edge
+// of the state diagram (broker/lifecycle.hpp, docs/LIFECYCLE.md) and per fencing rule
+// (docs/PROTOCOL.md). Only the public seam is used: Broker::process, BrokerConfig, SqliteStore
+// and the codec's encoders and decoders, so the cases hold across a refactoring of the broker.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "broker.hpp"
+#include "errand/codec.hpp"
+#include "store_sqlite.hpp"
+
+using namespace errand;
+using namespace errand::broker;
+
+namespace {
+
+constexpr Millis kBase = 1'000'000;
+constexpr Millis kHeartbeatMs = 1000;
+constexpr Millis kWorkerTimeoutMs = 5000;
+constexpr Millis kGraceMs = 500;
+constexpr Millis kRetryDelayMs = 100;
+
+// The broker reads the clock only at construction; every pass gets its `now` from the test.
+class FixedClock final : public Clock {
+  public:
+    Millis now_ms() const override { return kBase; }
+};
+
+BrokerConfig engine_config() {
+    BrokerConfig c;
+    c.listen = "";  // nothing bound: messages go through process()
+    c.heartbeat_ms = kHeartbeatMs;
+    c.worker_timeout_ms = kWorkerTimeoutMs;
+    c.timeout_grace_ms = kGraceMs;
+    c.retry_delay_ms = kRetryDelayMs;
+    c.retry_cap_ms = 10 * kRetryDelayMs;
+    return c;
+}
+
+// What the fixture knows of one of its worker connections (as a real worker would).
+struct WorkerConn {
+    std::string identity;
+    std::string name;
+    std::uint64_t seq = 0;  // highest DISPATCH.seq received
+    std::set<JobId> held;   // dispatched and not yet reported, released or aborted
+    Millis last_sent = 0;
+};
+
+JobSpec spec(const std::string& queue, const std::string& payload = "") {
+    JobSpec s;
+    s.queue = queue;
+    s.payload = payload;
+    return s;
+}
+
+std::vector<Envelope> addressed(const std::vector<Envelope>& out, const std::string& identity,
+                                std::string_view command) {
+    std::vector<Envelope> found;
+    for (const auto& e : out)
+        if (e.identity == identity && e.command == command) found.push_back(e);
+    return found;
+}
+
+std::vector<Dispatch> dispatches(const std::vector<Envelope>& out, const std::string& identity) {
+    std::vector<Dispatch> found;
+    for (const auto& e : addressed(out, identity, cmd::kDispatch)) {
+        Body b(e.body);
+        found.push_back(decode_dispatch(b.reader()));
+    }
+    return found;
+}
+
+std::vector<Abort> aborts(const std::vector<Envelope>& out, const std::string& identity) {
+    std::vector<Abort> found;
+    for (const auto& e : addressed(out, identity, cmd::kAbort)) {
+        Body b(e.body);
+        found.push_back(decode_abort(b.reader()));
+    }
+    return found;
+}
+
+// Everything sent to `identity` except the broker's periodic HEARTBEAT.
+std::vector<Envelope> replies(const std::vector<Envelope>& out, const std::string& identity) {
+    std::vector<Envelope> found;
+    for (const auto& e : out)
+        if (e.identity == identity && e.command != cmd::kHeartbeat) found.push_back(e);
+    return found;
+}
+
+ErrorReply error_of(const Envelope& e) {
+    REQUIRE(e.command == cmd::kError);
+    Body b(e.body);
+    return decode_error(b.reader());
+}
+
+Ack ack_of(const Envelope& e) {
+    REQUIRE(e.command == cmd::kAck);
+    Body b(e.body);
+    return decode_ack(b.reader());
+}
+
+std::vector<Ack> acks_of(const Envelope& e) {
+    REQUIRE(e.command == cmd::kAcks);
+    Body b(e.body);
+    return decode_acks(b.reader());
+}
+
+JobInfo job_of(const Envelope& e) {
+    REQUIRE(e.command == cmd::kJob);
+    Body b(e.body);
+    return decode_job_info(b.reader().map("job"));
+}
+
+std::uint64_t req_of(const Envelope& e) {
+    Body b(e.body);
+    return b.reader().u64("req");
+}
+
+void check_ack(const std::vector<Envelope>& out, JobId id, std::uint32_t attempt) {
+    REQUIRE(out.size() == 1);
+    auto a = ack_of(out.front());
+    CHECK(a.id == id);
+    CHECK(a.attempt == attempt);
+}
+
+void check_stale(const std::vector<Envelope>& out, JobId id, std::uint32_t attempt) {
+    REQUIRE(out.size() == 1);
+    auto e = error_of(out.front());
+    CHECK(e.code == ErrorCode::stale);
+    CHECK(e.id == id);
+    CHECK(e.attempt == attempt);
+    CHECK_FALSE(e.req.has_value());
+}
+
+struct Engine {
+    FixedClock clock;
+    Broker broker;
+    Millis now = kBase;
+    std::uint64_t req = 1;
+    const std::string client = "client";
+    std::map<std::string, WorkerConn> workers;  // by identity
+
+    Engine() : broker(engine_config(), std::make_unique<SqliteStore>(":memory:"), clock) {}
+
+    // One pass at the current time. Keeps the fixture's picture of its workers up to date.
+    std::vector<Envelope> send(const std::string& identity, std::string_view command,
+                               std::string body) {
+        auto out = broker.process(Envelope{identity, std::string(kProtocolVersion),
+                                           std::string(command), std::move(body), 3},
+                                  now);
+        if (auto w = workers.find(identity); w != workers.end()) w->second.last_sent = now;
+        for (const auto& e : out) {
+            auto w = workers.find(e.identity);
+            if (w == workers.end()) continue;
+            Body b(e.body);
+            if (e.command == cmd::kDispatch) {
+                auto d = decode_dispatch(b.reader());
+                w->second.seq = std::max(w->second.seq, d.seq);
+                w->second.held.insert(d.id);
+            } else if (e.command == cmd::kAbort) {
+                w->second.held.erase(decode_abort(b.reader()).id);
+            }
+        }
+        return out;
+    }
+
+    // A client request answered by exactly one message to the client.
+    Envelope ask(std::string_view command, std::string body) {
+        auto out = replies(send(client, command, std::move(body)), client);
+        REQUIRE(out.size() == 1);
+        return out.front();
+    }
+
+    SubmitReply submit_request(SubmitRequest m) {
+        auto rep = ask(cmd::kSubmit, encode(m));
+        REQUIRE(rep.command == cmd::kSubmitted);
+        Body b(rep.body);
+        auto s = decode_submitted(b.reader());
+        CHECK(s.req == m.req);
+        return s;
+    }
+
+    SubmitReply submit_reply(const JobSpec& s) {
+        SubmitRequest m;
+        m.req = req++;
+        m.jobs.push_back(s);
+        return submit_request(std::move(m));
+    }
+
+    JobId submit(const JobSpec& s) {
+        auto rep = submit_reply(s);
+        REQUIRE(rep.ids.size() == 1);
+        REQUIRE(rep.duplicate.size() == 1);
+        CHECK_FALSE(rep.duplicate.front());
+        return rep.ids.front();
+    }
+
+    RegisteredReply register_worker(const std::string& identity,
+                                    const std::vector<std::string>& queues,
+                                    std::uint32_t concurrency = 1, std::uint32_t prefetch = 0,
+                                    bool commands = false) {
+        RegisterRequest m;
+        m.req = req++;
+        m.instance = "inst-" + identity;
+        m.name = "name-" + identity;
+        m.host = "host";
+        m.pid = 42;
+        m.queues = queues;
+        m.concurrency = concurrency;
+        m.prefetch = prefetch;
+        m.commands = commands;
+        workers[identity] = WorkerConn{identity, m.name, 0, {}, now};
+        auto out = replies(send(identity, cmd::kRegister, encode(m)), identity);
+        REQUIRE(out.size() == 1);
+        REQUIRE(out.front().command == cmd::kRegistered);
+        Body b(out.front().body);
+        auto rep = decode_registered(b.reader());
+        CHECK(rep.req == m.req);
+        return rep;
+    }
+
+    std::vector<Dispatch> credit(const std::string& worker, std::uint32_t n) {
+        return dispatches(send(worker, cmd::kCredit, encode_credit(n)), worker);
+    }
+
+    // Sends a result from `identity`; returns what came back to that connection.
+    std::vector<Envelope> result(const std::string& identity, const JobResult& r) {
+        if (auto w = workers.find(identity); w != workers.end()) w->second.held.erase(r.id);
+        return replies(send(identity, r.ok ? cmd::kDone : cmd::kFail, encode(r)), identity);
+    }
+    std::vector<Envelope> done(const std::string& identity, JobId id, std::uint32_t attempt,
+                               const std::string& out = "ok") {
+        return result(identity, JobResult{.ok = true, .id = id, .attempt = attempt, .result = out});
+    }
+    std::vector<Envelope> fail(const std::string& identity, JobId id, std::uint32_t attempt,
+                               const std::string& error = "boom", bool permanent = false) {
+        return result(identity, JobResult{.ok = false,
+                                          .id = id,
+                                          .attempt = attempt,
+                                          .exit_code = 1,
+                                          .error = error,
+                                          .permanent = permanent});
+    }
+    std::vector<Envelope> release(const std::string& identity, JobId id, std::uint32_t attempt) {
+        if (auto w = workers.find(identity); w != workers.end()) w->second.held.erase(id);
+        return replies(send(identity, cmd::kRelease, encode(Ack{id, attempt})), identity);
+    }
+
+    // A HEARTBEAT as the worker would send it: its highest seq and the jobs it holds.
+    std::vector<Envelope> heartbeat(const std::string& identity) {
+        auto& w = workers.at(identity);
+        WorkerHeartbeat hb{w.seq, std::vector<JobId>(w.held.begin(), w.held.end())};
+        return send(identity, cmd::kHeartbeat, encode(hb));
+    }
+
+    // Moves time on by `ms` and runs passes at the new time: a HEARTBEAT from each worker
+    // (keep_alive) and a PING from the client. Returns everything the broker sent meanwhile
+    // (the PONG left out). Without keep_alive, workers silent for longer than the worker timeout
+    // are forgotten by the fixture as the broker forgets them.
+    std::vector<Envelope> advance(Millis ms, bool keep_alive = true) {
+        now += ms;
+        std::vector<Envelope> all;
+        if (keep_alive)
+            for (auto& [identity, w] : workers) {
+                auto out = heartbeat(identity);
+                all.insert(all.end(), out.begin(), out.end());
+            }
+        auto out = send(client, cmd::kPing, encode_req(req++));
+        for (auto& e : out)
+            if (!(e.identity == client && e.command == cmd::kPong)) all.push_back(std::move(e));
+        if (!keep_alive)
+            std::erase_if(workers, [&](const auto& kv) {
+                return now - kv.second.last_sent > kWorkerTimeoutMs;
+            });
+        return all;
+    }
+
+    // Advances to exactly `at` (which must not be in the past).
+    std::vector<Envelope> advance_to(Millis at, bool keep_alive = true) {
+        REQUIRE(at >= now);
+        return advance(at - now, keep_alive);
+    }
+
+    JobInfo status(JobId id) { return job_of(ask(cmd::kStatus, encode(IdRequest{req++, id}))); }
+
+    std::vector<Event> history(JobId id) {
+        auto rep = ask(cmd::kHistory, encode(IdRequest{req++, id}));
+        REQUIRE(rep.command == cmd::kEvents);
+        Body b(rep.body);
+        return decode_events(b.reader());
+    }
+
+    ErrorReply error(std::string_view command, std::string body) {
+        auto rep = ask(command, std::move(body));
+        return error_of(rep);
+    }
+
+    Envelope cancel(JobId id) { return ask(cmd::kCancel, encode(IdRequest{req++, id})); }
+
+    std::vector<Envelope> cancel_all(JobId id) {
+        return send(client, cmd::kCancel, encode(IdRequest{req++, id}));
+    }
+
+    Envelope retry(std::optional<JobId> id, bool dead = false,
+                   std::optional<std::string> queue = std::nullopt) {
+        return ask(cmd::kRetry, encode(RetryRequest{req++, id, dead, std::move(queue)}));
+    }
+
+    std::vector<JobId> retried(const Envelope& e) {
+        REQUIRE(e.command == cmd::kRetried);
+        Body b(e.body);
+        return decode_ids(b.reader());
+    }
+
+    // A single-dispatch helper: credit 1 and expect exactly one DISPATCH of `id`.
+    Dispatch dispatch_one(const std::string& worker, JobId id) {
+        auto d = credit(worker, 1);
+        REQUIRE(d.size() == 1);
+        CHECK(d.front().id == id);
+        return d.front();
+    }
+};
+
+// The (from, to, reason) of each event, for compact comparisons.
+struct Edge {
+    std::optional<JobState> from;
+    JobState to;
+    std::string reason;
+    bool operator==(const Edge&) const = default;
+};
+
+std::vector<Edge> edges(const std::vector<Event>& events) {
+    std::vector<Edge> out;
+    for (const auto& e : events)
+        out.push_back({e.from, e.to, e.reason});
+    return out;
+}
+
+doctest::String edge_text(const Edge& e) {
+    std::string s = e.from ? std::string(to_string(*e.from)) : "(new)";
+    s += " -> " + std::string(to_string(e.to)) + " (" + e.reason + ")";
+    return doctest::String(s.c_str());
+}
+
+}  // namespace
+
+namespace doctest {
+template <>
+struct StringMaker<Edge> {
+    static String convert(const Edge& e) { return edge_text(e); }
+};
+template <>
+struct StringMaker<std::vector<Edge>> {
+    static String convert(const std::vector<Edge>& v) {
+        String s = "[";
+        for (const auto& e : v)
+            s += edge_text(e) + "; ";
+        return s + "]";
+    }
+};
+}  // namespace doctest
+
+using S = JobState;
+
+// ---- submit -------------------------------------------------------------------------------
+
+TEST_CASE("submit: a job without a time is ready at once") {
+    Engine f;
+    auto rep = f.submit_reply(spec("q", "hello"));
+    CHECK(rep.ids == std::vector<JobId>{1});
+    CHECK(rep.duplicate == std::vector<bool>{false});
+    auto j = f.status(1);
+    CHECK(j.id == 1);
+    CHECK(j.queue == "q");
+    CHECK(j.state == S::ready);
+    CHECK(j.attempts == 0);
+    CHECK(j.max_attempts == limits::kDefaultMaxAttempts);
+    CHECK(j.payload_size == 5);
+    CHECK(j.created_at == kBase);
+    auto h = f.history(1);
+    REQUIRE(h.size() == 1);
+    CHECK(edges(h) == std::vector<Edge>{{std::nullopt, S::ready, "submitted"}});
+    CHECK(h[0].at == kBase);
+    CHECK(h[0].attempt == 0);
+
+    CHECK(f.submit(spec("q")) == 2);  // ids count up
+}
+
+TEST_CASE("submit with delay_ms: scheduled, ready when due and not before") {
+    Engine f;
+    auto s = spec("q");
+    s.delay_ms = 500;
+    JobId id = f.submit(s);
+    auto j = f.status(id);
+    CHECK(j.state == S::scheduled);
+    CHECK(j.run_at == kBase + 500);
+
+    f.advance(499);
+    CHECK(f.status(id).state == S::scheduled);
+    f.advance(1);
+    CHECK(f.status(id).state == S::ready);
+    CHECK(edges(f.history(id)) == std::vector<Edge>{{std::nullopt, S::scheduled, "scheduled"},
+                                                    {S::scheduled, S::ready, "due"}});
+}
+
+TEST_CASE("submit with run_at: scheduled until run_at; a run_at not in the future is ready") {
+    Engine f;
+    auto later = spec("q");
+    later.run_at = kBase + 2000;
+    JobId a = f.submit(later);
+    auto past = spec("q");
+    past.run_at = kBase - 1;
+    JobId b = f.submit(past);
+    auto at_now = spec("q");
+    at_now.run_at = kBase;
+    JobId c = f.submit(at_now);
+    auto zero_delay = spec("q");
+    zero_delay.delay_ms = 0;
+    JobId d = f.submit(zero_delay);
+
+    CHECK(f.status(a).state == S::scheduled);
+    CHECK(f.status(a).run_at == kBase + 2000);
+    CHECK(f.status(b).state == S::ready);
+    CHECK(f.status(c).state == S::ready);
+    CHECK(f.status(d).state == S::ready);
+
+    f.advance(1999);
+    CHECK(f.status(a).state == S::scheduled);
+    f.advance(1);
+    CHECK(f.status(a).state == S::ready);
+}
+
+TEST_CASE("a due scheduled job is dispatched in the pass that makes it ready") {
+    Engine f;
+    f.register_worker("w1", {"q"});
+    CHECK(f.credit("w1", 1).empty());
+    auto s = spec("q", "later");
+    s.delay_ms = 300;
+    JobId id = f.submit(s);
+    CHECK(dispatches(f.advance(299), "w1").empty());
+    auto d = dispatches(f.advance(1), "w1");
+    REQUIRE(d.size() == 1);
+    CHECK(d[0].id == id);
+    CHECK(d[0].attempt == 1);
+    CHECK(d[0].payload == "later");
+    CHECK(f.status(id).state == S::running);
+}
+
+// ---- dispatch -----------------------------------------------------------------------------
+
+TEST_CASE("ready -> running on CREDIT: DISPATCH carries id, queue, attempt 1, payload, seq") {
+    Engine f;
+    JobId a = f.submit(spec("q", "first"));
+    auto timed = spec("q", "second");
+    timed.timeout_ms = 60'000;
+    JobId b = f.submit(timed);
+    auto reg = f.register_worker("w1", {"q"}, 2);
+    CHECK(reg.heartbeat_ms == kHeartbeatMs);
+    CHECK(reg.expiry_ms == kWorkerTimeoutMs);
+    CHECK(f.status(a).state == S::ready);  // registered, but no credit yet
+
+    f.now += 10;
+    auto d1 = f.credit("w1", 1);
+    REQUIRE(d1.size() == 1);
+    CHECK(d1[0].id == a);
+    CHECK(d1[0].queue == "q");
+    CHECK(d1[0].attempt == 1);
+    CHECK(d1[0].payload == "first");
+    CHECK(d1[0].seq == 1);
+    CHECK_FALSE(d1[0].timeout_ms.has_value());
+    CHECK_FALSE(d1[0].argv.has_value());
+
+    auto d2 = f.credit("w1", 1);
+    REQUIRE(d2.size() == 1);
+    CHECK(d2[0].id == b);
+    CHECK(d2[0].seq == 2);
+    CHECK(d2[0].timeout_ms == 60'000);
+
+    auto j = f.status(a);
+    CHECK(j.state == S::running);
+    CHECK(j.attempts == 1);
+    CHECK(j.worker == "name-w1");
+    CHECK(j.started_at == kBase + 10);
+    auto h = f.history(a);
+    REQUIRE(h.size() == 2);
+    CHECK(edges(h)[1] == Edge{S::ready, S::running, "dispatched"});
+    CHECK(h[1].attempt == 1);
+    CHECK(h[1].worker == "name-w1");
+    CHECK(h[1].at == kBase + 10);
+}
+
+TEST_CASE("credit: at most concurrency + prefetch jobs held at once") {
+    Engine f;
+    for (int i = 0; i < 5; ++i)
+        f.submit(spec("q"));
+    f.register_worker("w1", {"q"}, 2, 1);
+    auto d = f.credit("w1", 10);
+    REQUIRE(d.size() == 3);
+    CHECK(d[0].id == 1);
+    CHECK(d[1].id == 2);
+    CHECK(d[2].id == 3);
+    CHECK(f.credit("w1", 1).empty());  // all three slots are busy
+    check_ack(f.done("w1", 1, 1), 1, 1);
+    auto next = f.credit("w1", 1);  // a slot was freed by the result
+    REQUIRE(next.size() == 1);
+    CHECK(next[0].id == 4);
+    CHECK(next[0].seq == 4);
+}
+
+TEST_CASE("no dispatch from a paused queue; RESUME dispatches to a waiting credit") {
+    Engine f;
+    auto ok = f.ask(cmd::kPause, encode(QueueRequest{f.req++, "q"}));
+    CHECK(ok.command == cmd::kOk);
+    JobId id = f.submit(spec("q"));
+    f.register_worker("w1", {"q"});
+    CHECK(f.credit("w1", 1).empty());
+    CHECK(f.status(id).state == S::ready);
+    CHECK(dispatches(f.advance(1000), "w1").empty());
+
+    auto out = f.send(f.client, cmd::kResume, encode(QueueRequest{f.req++, "q"}));
+    auto to_client = replies(out, f.client);
+    REQUIRE(to_client.size() == 1);
+    CHECK(to_client[0].command == cmd::kOk);
+    auto d = dispatches(out, "w1");
+    REQUIRE(d.size() == 1);
+    CHECK(d[0].id == id);
+    CHECK(f.status(id).state == S::running);
+}
+
+TEST_CASE("priority order: higher first, FIFO within a priority") {
+    Engine f;
+    auto low = spec("q");
+    auto high = spec("q");
+    high.priority = 5;
+    auto neg = spec("q");
+    neg.priority = -3;
+    JobId l1 = f.submit(low);
+    JobId n1 = f.submit(neg);
+    JobId h1 = f.submit(high);
+    JobId l2 = f.submit(low);
+    JobId h2 = f.submit(high);
+    f.register_worker("w1", {"q"}, 5);
+    auto d = f.credit("w1", 5);
+    REQUIRE(d.size() == 5);
+    std::vector<JobId> order;
+    for (const auto& x : d)
+        order.push_back(x.id);
+    CHECK(order == std::vector<JobId>{h1, h2, l1, l2, n1});
+}
+
+TEST_CASE("a worker takes its queues in the order it lists them") {
+    Engine f;
+    JobId b1 = f.submit(spec("b"));
+    JobId a1 = f.submit(spec("a"));
+    JobId b2 = f.submit(spec("b"));
+    f.register_worker("w1", {"a", "b"}, 3);
+    auto d = f.credit("w1", 3);
+    REQUIRE(d.size() == 3);
+    CHECK(d[0].id == a1);
+    CHECK(d[0].queue == "a");
+    CHECK(d[1].id == b1);
+    CHECK(d[2].id == b2);
+}
+
+TEST_CASE("a job with argv goes only to a worker that accepts commands") {
+    Engine f;
+    auto s = spec("q");
+    s.argv = std::vector<std::string>{"echo", "hi"};
+    JobId id = f.submit(s);
+    f.register_worker("plain", {"q"});
+    CHECK(f.credit("plain", 1).empty());
+    f.register_worker("cmds", {"q"}, 1, 0, true);
+    auto d = f.credit("cmds", 1);
+    REQUIRE(d.size() == 1);
+    CHECK(d[0].id == id);
+    CHECK(d[0].argv == std::vector<std::string>{"echo", "hi"});
+}
+
+// ---- results ------------------------------------------------------------------------------
+
+TEST_CASE("running -> succeeded: DONE is ACKed and its result recorded") {
+    Engine f;
+    JobId id = f.submit(spec("q"));
+    f.register_worker("w1", {"q"});
+    f.dispatch_one("w1", id);
+    f.now += 250;
+    auto out = f.result(
+        "w1",
+        JobResult{.ok = true, .id = id, .attempt = 1, .exit_code = 0, .result = "the answer"});
+    check_ack(out, id, 1);
+    auto j = f.status(id);
+    CHECK(j.state == S::succeeded);
+    CHECK(j.attempts == 1);
+    CHECK(j.result == "the answer");
+    CHECK(j.exit_code == 0);
+    CHECK(j.finished_at == kBase + 250);
+    CHECK(edges(f.history(id)) == std::vector<Edge>{{std::nullopt, S::ready, "submitted"},
+                                                    {S::ready, S::running, "dispatched"},
+                                                    {S::running, S::succeeded, "done"}});
+    CHECK(f.history(id)[2].worker == "name-w1");
+}
+
+TEST_CASE("running -> retrying on FAIL with attempts left; ready after the backoff; attempt 2") {
+    Engine f;
+    auto s = spec("q", "p");
+    s.backoff_ms = 100;
+    s.backoff_cap_ms = 1000;
+    JobId id = f.submit(s);
+    f.register_worker("w1", {"q"});
+    f.dispatch_one("w1", id);
+    f.now += 20;
+    Millis failed_at = f.now;
+    check_ack(f.fail("w1", id, 1, "boom\nstack trace"), id, 1);
+
+    auto j = f.status(id);
+    CHECK(j.state == S::retrying);
+    CHECK(j.attempts == 1);
+    CHECK(j.error == "boom\nstack trace");
+    CHECK(j.exit_code == 1);
+    REQUIRE(j.run_at.has_value());
+    // First retry: d = 100, waits d/2 + random(0, d/2).
+    CHECK(*j.run_at >= failed_at + 50);
+    CHECK(*j.run_at <= failed_at + 100);
+    Millis due = *j.run_at;
+
+    f.advance_to(due - 1);
+    CHECK(f.status(id).state == S::retrying);
+    CHECK(f.credit("w1", 1).empty());  // credit waits: the job is not ready yet
+    auto out = f.advance_to(due);
+    auto d = dispatches(out, "w1");  // ready, and dispatched to the waiting credit at once
+    REQUIRE(d.size() == 1);
+    CHECK(d[0].id == id);
+    CHECK(d[0].attempt == 2);
+    CHECK(d[0].payload == "p");
+    CHECK(d[0].seq == 2);
+
+    CHECK(edges(f.history(id)) == std::vector<Edge>{{std::nullopt, S::ready, "submitted"},
+                                                    {S::ready, S::running, "dispatched"},
+                                                    {S::running, S::retrying, "failed: boom"},
+                                                    {S::retrying, S::ready, "retry delay over"},
+                                                    {S::ready, S::running, "dispatched"}});
+
+    // Second failure: d = 200 (doubled), so the wait is 100-200 ms.
+    f.now += 5;
+    failed_at = f.now;
+    check_ack(f.fail("w1", id, 2), id, 2);
+    auto j2 = f.status(id);
+    CHECK(j2.state == S::retrying);
+    REQUIRE(j2.run_at.has_value());
+    CHECK(*j2.run_at >= failed_at + 100);
+    CHECK(*j2.run_at <= failed_at + 200);
+}
+
+TEST_CASE("without a backoff of its own a job retries after the broker's retry_delay_ms") {
+    Engine f;
+    JobId id = f.submit(spec("q"));
+    f.register_worker("w1", {"q"});
+    f.dispatch_one("w1", id);
+    Millis failed_at = f.now;
+    check_ack(f.fail("w1", id, 1), id, 1);
+    auto j = f.status(id);
+    REQUIRE(j.run_at.has_value());
+    CHECK(*j.run_at >= failed_at + kRetryDelayMs / 2);
+    CHECK(*j.run_at <= failed_at + kRetryDelayMs);
+    f.advance_to(*j.run_at);
+    CHECK(f.status(id).state == S::ready);
+}
+
+TEST_CASE("running -> dead: FAIL permanent, attempts left or not") {
+    Engine f;
+    JobId id = f.submit(spec("q"));
+    f.register_worker("w1", {"q"});
+    f.dispatch_one("w1", id);
+    check_ack(f.fail("w1", id, 1, "bad input", true), id, 1);
+    auto j = f.status(id);
+    CHECK(j.state == S::dead);
+    CHECK(j.attempts == 1);
+    CHECK(j.max_attempts == 3);
+    CHECK(j.error == "bad input");
+    CHECK(j.finished_at == f.now);
+    auto h = edges(f.history(id));
+    REQUIRE(h.size() == 3);
+    CHECK(h[2] == Edge{S::running, S::dead, "failed permanently: bad input"});
+}
+
+TEST_CASE("running -> dead: FAIL on the last attempt") {
+    Engine f;
+    auto s = spec("q");
+    s.max_attempts = 2;
+    s.backoff_ms = 1;  // d <= 1: exactly 1 ms
+    JobId id = f.submit(s);
+    f.register_worker("w1", {"q"});
+    f.dispatch_one("w1", id);
+    check_ack(f.fail("w1", id, 1, "first"), id, 1);
+    CHECK(f.status(id).state == S::retrying);
+    CHECK(f.status(id).run_at == f.now + 1);
+    f.advance(1);
+    CHECK(f.status(id).state == S::ready);
+    auto d = f.dispatch_one("w1", id);
+    CHECK(d.attempt == 2);
+    check_ack(f.fail("w1", id, 2, "second"), id, 2);
+    auto j = f.status(id);
+    CHECK(j.state == S::dead);
+    CHECK(j.attempts == 2);
+    CHECK(j.error == "second");
+    auto h = edges(f.history(id));
+    REQUIRE(h.size() == 6);
+    CHECK(h[5] == Edge{S::running, S::dead, "no attempts left: second"});
+}
+
+// ---- lost attempts --------------------------------------------------------------------------
+
+TEST_CASE("running -> ready: worker silent past worker_timeout_ms, attempt counted") {
+    Engine f;
+    JobId id = f.submit(spec("q"));
+    f.register_worker("w1", {"q"});
+    f.dispatch_one("w1", id);  // w1's last message: kBase
+
+    f.advance(kWorkerTimeoutMs, false);  // silent for exactly the timeout: still there
+    CHECK(f.status(id).state == S::running);
+    f.advance(1, false);  // one ms more: lost
+    auto j = f.status(id);
+    CHECK(j.state == S::ready);
+    CHECK(j.attempts == 1);
+    CHECK(j.error == "worker lost");
+    auto h = f.history(id);
+    REQUIRE(h.size() == 3);
+    CHECK(edges(h)[2] == Edge{S::running, S::ready, "worker lost"});
+    CHECK(h[2].attempt == 1);
+    CHECK(h[2].worker == "name-w1");
+    CHECK(h[2].at == kBase + kWorkerTimeoutMs + 1);
+
+    // The lost connection is no longer a worker.
+    auto out = replies(f.send("w1", cmd::kHeartbeat, encode(WorkerHeartbeat{1, {id}})), "w1");
+    REQUIRE(out.size() == 1);
+    CHECK(error_of(out[0]).code == ErrorCode::not_registered);
+
+    // The next dispatch is attempt 2.
+    f.register_worker("w2", {"q"});
+    auto d = f.dispatch_one("w2", id);
+    CHECK(d.attempt == 2);
+    CHECK(d.seq == 1);  // seq counts per registration
+}
+
+TEST_CASE("a worker that keeps sending HEARTBEAT is never lost") {
+    Engine f;
+    JobId id = f.submit(spec("q"));
+    f.register_worker("w1", {"q"});
+    f.dispatch_one("w1", id);
+    for (int i = 0; i < 10; ++i)
+        f.advance(kHeartbeatMs);
+    CHECK(f.now - kBase == 10 * kHeartbeatMs);  // twice the worker timeout
+    auto j = f.status(id);
+    CHECK(j.state == S::running);
+    CHECK(j.attempts == 1);
+}
+
+TEST_CASE("running -> dead: worker lost on the last attempt") {
+    Engine f;
+    auto s = spec("q");
+    s.max_attempts = 1;
+    JobId id = f.submit(s);
+    f.register_worker("w1", {"q"});
+    f.dispatch_one("w1", id);
+    f.advance(kWorkerTimeoutMs + 1, false);
+    auto j = f.status(id);
+    CHECK(j.state == S::dead);
+    CHECK(j.attempts == 1);
+    CHECK(j.error == "worker lost");
+    CHECK(edges(f.history(id)).back() == Edge{S::running, S::dead, "worker lost"});
+
+    check_stale(f.done("w1", id, 1), id, 1);
+    // NOTE: as after a timeout or a cancel, a late FAIL of the lost last attempt is ACKed as if
+    // it had been applied (the job is dead at that attempt), not refused as stale.
+    check_ack(f.fail("w1", id, 1), id, 1);
+    CHECK(f.status(id).error == "worker lost");
+}
+
+TEST_CASE("running -> ready: dispatch lost (HEARTBEAT seq >= its seq, job not listed)") {
+    Engine f;
+    JobId a = f.submit(spec("q"));
+    JobId b = f.submit(spec("q"));
+    f.register_worker("w1", {"q"}, 2);
+    auto d = f.credit("w1", 2);
+    REQUIRE(d.size() == 2);
+    CHECK(d[0].seq == 1);
+    CHECK(d[1].seq == 2);
+
+    SUBCASE("seq covers the dispatch, job missing: lost") {
+        // The worker says it got dispatches up to seq 1 and holds nothing.
+        f.send("w1", cmd::kHeartbeat, encode(WorkerHeartbeat{1, {}}));
+        auto ja = f.status(a);
+        CHECK(ja.state == S::ready);
+        CHECK(ja.attempts == 1);
+        CHECK(ja.error == "dispatch lost");
+        CHECK(edges(f.history(a)).back() == Edge{S::running, S::ready, "dispatch lost"});
+        CHECK(f.status(b).state == S::running);  // seq 2 may still be on its way
+
+        f.send("w1", cmd::kHeartbeat, encode(WorkerHeartbeat{2, {}}));
+        CHECK(f.status(b).state == S::ready);
+        // Both slots are free again: credit brings them back as attempt 2.
+        auto again = f.credit("w1", 2);
+        REQUIRE(again.size() == 2);
+        CHECK(again[0].attempt == 2);
+        CHECK(again[1].attempt == 2);
+    }
+    SUBCASE("jobs listed, or seq behind: kept") {
+        f.send("w1", cmd::kHeartbeat, encode(WorkerHeartbeat{2, {a, b}}));
+        f.send("w1", cmd::kHeartbeat, encode(WorkerHeartbeat{0, {}}));
+        CHECK(f.status(a).state == S::running);
+        CHECK(f.status(b).state == S::running);
+        CHECK(f.status(a).attempts == 1);
+    }
+}
+
+TEST_CASE("running -> dead: dispatch lost on the last attempt") {
+    Engine f;
+    auto s = spec("q");
+    s.max_attempts = 1;
+    JobId id = f.submit(s);
+    f.register_worker("w1", {"q"});
+    f.dispatch_one("w1", id);
+    f.send("w1", cmd::kHeartbeat, encode(WorkerHeartbeat{1, {}}));
+    auto j = f.status(id);
+    CHECK(j.state == S::dead);
+    CHECK(j.error == "dispatch lost");
+}
+
+// ---- timeouts -----------------------------------------------------------------------------
+
+TEST_CASE("running -> retrying by timeout: no result by timeout + grace, ABORT to the worker") {
+    Engine f;
+    auto s = spec("q");
+    s.timeout_ms = 1000;
+    s.backoff_ms = 100;
+    JobId id = f.submit(s);
+    f.register_worker("w1", {"q"});
+    auto d = f.dispatch_one("w1", id);
+    CHECK(d.timeout_ms == 1000);
+
+    auto before = f.advance(1000 + kGraceMs - 1);
+    CHECK(aborts(before, "w1").empty());
+    CHECK(f.status(id).state == S::running);
+
+    auto out = f.advance(1);
+    auto a = aborts(out, "w1");
+    REQUIRE(a.size() == 1);
+    CHECK(a[0].id == id);
+    CHECK(a[0].attempt == 1);
+    CHECK(a[0].reason == "timed out");
+    auto j = f.status(id);
+    CHECK(j.state == S::retrying);
+    CHECK(j.attempts == 1);
+    CHECK(j.error == "timed out after 1s (no result from the worker)");
+    CHECK(edges(f.history(id)).back() == Edge{S::running, S::retrying, "timed out"});
+
+    // The late result of the timed-out attempt is stale, DONE or FAIL.
+    check_stale(f.done("w1", id, 1), id, 1);
+    check_stale(f.fail("w1", id, 1), id, 1);
+    CHECK(f.status(id).state == S::retrying);
+
+    // The retry is attempt 2, with a fresh lease of its own.
+    f.advance_to(*j.run_at);
+    auto d2 = f.dispatch_one("w1", id);
+    CHECK(d2.attempt == 2);
+    CHECK(aborts(f.advance(1000 + kGraceMs - 1), "w1").empty());
+    check_ack(f.done("w1", id, 2), id, 2);
+    CHECK(f.status(id).state == S::succeeded);
+    CHECK(aborts(f.advance(10'000), "w1").empty());  // the finished attempt's lease is void
+}
+
+TEST_CASE("running -> dead by timeout on the last attempt, with ABORT") {
+    Engine f;
+    auto s = spec("q");
+    s.timeout_ms = 200;
+    s.max_attempts = 1;
+    JobId id = f.submit(s);
+    f.register_worker("w1", {"q"});
+    f.dispatch_one("w1", id);
+    auto out = f.advance(200 + kGraceMs);
+    auto a = aborts(out, "w1");
+    REQUIRE(a.size() == 1);
+    CHECK(a[0].id == id);
+    CHECK(a[0].attempt == 1);
+    CHECK(a[0].reason == "timed out");
+    auto j = f.status(id);
+    CHECK(j.state == S::dead);
+    CHECK(j.error == "timed out after 200ms (no result from the worker)");
+    CHECK(edges(f.history(id)).back() == Edge{S::running, S::dead, "timed out"});
+
+    check_stale(f.done("w1", id, 1), id, 1);
+    // NOTE: a late FAIL of the timed-out last attempt is ACKed (as "applied before"), not
+    // refused as stale: the job is dead at that attempt, and apply_result treats any terminal
+    // state matching the result's kind (dead ~ FAIL) as the result having been applied.
+    check_ack(f.fail("w1", id, 1), id, 1);
+    CHECK(f.status(id).state == S::dead);
+    CHECK(f.status(id).error == "timed out after 200ms (no result from the worker)");
+}
+
+// ---- cancel -------------------------------------------------------------------------------
+
+TEST_CASE("cancel from ready, scheduled, retrying and running") {
+    Engine f;
+    SUBCASE("ready") {
+        JobId id = f.submit(spec("q"));
+        auto j = job_of(f.cancel(id));
+        CHECK(j.id == id);
+        CHECK(j.state == S::cancelled);
+        CHECK(j.error == "cancelled");
+        CHECK(j.finished_at == f.now);
+        CHECK(f.status(id).state == S::cancelled);
+        CHECK(edges(f.history(id)).back() == Edge{S::ready, S::cancelled, "cancelled"});
+        f.register_worker("w1", {"q"});
+        CHECK(f.credit("w1", 1).empty());  // out of the queue
+    }
+    SUBCASE("scheduled") {
+        auto s = spec("q");
+        s.delay_ms = 100;
+        JobId id = f.submit(s);
+        CHECK(job_of(f.cancel(id)).state == S::cancelled);
+        f.advance(200);  // its timer is void
+        CHECK(f.status(id).state == S::cancelled);
+        CHECK(edges(f.history(id)).back() == Edge{S::scheduled, S::cancelled, "cancelled"});
+    }
+    SUBCASE("retrying") {
+        auto s = spec("q");
+        s.backoff_ms = 100;
+        JobId id = f.submit(s);
+        f.register_worker("w1", {"q"});
+        f.dispatch_one("w1", id);
+        check_ack(f.fail("w1", id, 1), id, 1);
+        REQUIRE(f.status(id).state == S::retrying);
+        auto j = job_of(f.cancel(id));
+        CHECK(j.state == S::cancelled);
+        CHECK(j.attempts == 1);
+        CHECK(f.credit("w1", 1).empty());
+        CHECK(dispatches(f.advance(200), "w1").empty());  // the backoff timer is void
+        CHECK(f.status(id).state == S::cancelled);
+        CHECK(edges(f.history(id)).back() == Edge{S::retrying, S::cancelled, "cancelled"});
+    }
+    SUBCASE("running: ABORT to the worker, its late result is stale") {
+        JobId id = f.submit(spec("q"));
+        f.register_worker("w1", {"q"});
+        f.dispatch_one("w1", id);
+        auto out = f.cancel_all(id);
+        auto to_client = replies(out, f.client);
+        REQUIRE(to_client.size() == 1);
+        auto j = job_of(to_client[0]);
+        CHECK(j.state == S::cancelled);
+        CHECK(j.attempts == 1);
+        auto a = aborts(out, "w1");
+        REQUIRE(a.size() == 1);
+        CHECK(a[0].id == id);
+        CHECK(a[0].attempt == 1);
+        CHECK(a[0].reason == "cancelled");
+        CHECK(edges(f.history(id)).back() == Edge{S::running, S::cancelled, "cancelled"});
+
+        check_stale(f.done("w1", id, 1), id, 1);
+        // NOTE: a late FAIL of the cancelled attempt is ACKed, not stale (docs/PROTOCOL.md says
+        // stale for a cancelled job): apply_result sees a terminal job at that attempt whose
+        // state is not succeeded, and takes the FAIL for one applied before.
+        check_ack(f.fail("w1", id, 1), id, 1);
+        CHECK(f.status(id).state == S::cancelled);
+        CHECK(f.status(id).error == "cancelled");
+        // The slot was freed by the ABORT: the worker can take another job.
+        JobId next = f.submit(spec("q"));
+        auto d = f.credit("w1", 1);
+        REQUIRE(d.size() == 1);
+        CHECK(d[0].id == next);
+    }
+}
+
+TEST_CASE("cancel of a finished job is invalid_state; of an unknown id, not_found") {
+    Engine f;
+    JobId id = f.submit(spec("q"));
+    REQUIRE(job_of(f.cancel(id)).state == S::cancelled);
+    std::uint64_t r = f.req;
+    auto again = f.error(cmd::kCancel, encode(IdRequest{f.req++, id}));
+    CHECK(again.code == ErrorCode::invalid_state);
+    CHECK(again.req == r);
+
+    JobId done = f.submit(spec("q"));
+    f.register_worker("w1", {"q"});
+    f.dispatch_one("w1", done);
+    check_ack(f.done("w1", done, 1), done, 1);
+    CHECK(f.error(cmd::kCancel, encode(IdRequest{f.req++, done})).code == ErrorCode::invalid_state);
+    CHECK(f.status(done).state == S::succeeded);
+
+    r = f.req;
+    auto missing = f.error(cmd::kCancel, encode(IdRequest{f.req++, 999}));
+    CHECK(missing.code == ErrorCode::not_found);
+    CHECK(missing.req == r);
+}
+
+// ---- retry of dead jobs -------------------------------------------------------------------
+
+TEST_CASE("dead -> ready by RETRY {id}: a fresh budget on top of the attempts used") {
+    Engine f;
+    auto s = spec("q", "again");
+    s.max_attempts = 2;
+    s.backoff_ms = 1;
+    JobId id = f.submit(s);
+    f.register_worker("w1", {"q"});
+    f.dispatch_one("w1", id);
+    check_ack(f.fail("w1", id, 1), id, 1);
+    f.advance(1);
+    f.dispatch_one("w1", id);
+    check_ack(f.fail("w1", id, 2), id, 2);
+    REQUIRE(f.status(id).state == S::dead);
+
+    CHECK(f.retried(f.retry(id)) == std::vector<JobId>{id});
+    auto j = f.status(id);
+    CHECK(j.state == S::ready);
+    CHECK(j.attempts == 2);
+    CHECK(j.max_attempts == 4);  // two used + the two it was submitted with
+    CHECK(edges(f.history(id)).back() == Edge{S::dead, S::ready, "retried by request"});
+
+    auto d = f.dispatch_one("w1", id);
+    CHECK(d.attempt == 3);
+    CHECK(d.payload == "again");
+    check_ack(f.done("w1", id, 3), id, 3);
+    CHECK(f.status(id).state == S::succeeded);
+}
+
+TEST_CASE("dead -> ready by RETRY {dead: true, queue}; without a queue, every dead job") {
+    Engine f;
+    JobId a1 = f.submit(spec("a"));
+    JobId b1 = f.submit(spec("b"));
+    JobId a2 = f.submit(spec("a"));
+    JobId a3 = f.submit(spec("a"));  // stays ready: not dead, not retried
+    f.register_worker("w1", {"b", "a"}, 3);
+    auto d = f.credit("w1", 3);
+    REQUIRE(d.size() == 3);
+    CHECK(d[0].id == b1);
+    CHECK(d[1].id == a1);
+    CHECK(d[2].id == a2);
+    for (JobId id : {a1, a2, b1})
+        check_ack(f.fail("w1", id, 1, "no", true), id, 1);
+
+    auto ids = f.retried(f.retry(std::nullopt, true, "a"));
+    std::sort(ids.begin(), ids.end());
+    CHECK(ids == std::vector<JobId>{a1, a2});
+    CHECK(f.status(a1).state == S::ready);
+    CHECK(f.status(a2).state == S::ready);
+    CHECK(f.status(b1).state == S::dead);
+    CHECK(f.status(a3).state == S::ready);
+
+    CHECK(f.retried(f.retry(std::nullopt, true, "a")).empty());  // nothing dead there now
+    CHECK(f.retried(f.retry(std::nullopt, true)) == std::vector<JobId>{b1});
+    CHECK(f.status(b1).state == S::ready);
+    CHECK(f.status(b1).max_attempts == 1 + 3);
+}
+
+TEST_CASE("RETRY of a job that is not dead is invalid_state; of an unknown id, not_found") {
+    Engine f;
+    JobId succeeded = f.submit(spec("q"));
+    JobId running = f.submit(spec("q"));
+    JobId ready = f.submit(spec("q"));
+    auto s = spec("q");
+    s.delay_ms = 1000;
+    JobId scheduled = f.submit(s);
+    JobId cancelled = f.submit(spec("q"));
+    f.cancel(cancelled);
+    f.register_worker("w1", {"q"}, 2);
+    f.dispatch_one("w1", succeeded);
+    check_ack(f.done("w1", succeeded, 1), succeeded, 1);
+    f.dispatch_one("w1", running);
+    REQUIRE(f.status(ready).state == S::ready);
+
+    for (JobId id : {succeeded, running, ready, scheduled, cancelled}) {
+        CAPTURE(id);
+        auto e = f.error(cmd::kRetry, encode(RetryRequest{f.req++, id, false, std::nullopt}));
+        CHECK(e.code == ErrorCode::invalid_state);
+    }
+    CHECK(f.status(succeeded).state == S::succeeded);
+    CHECK(f.status(running).state == S::running);
+    CHECK(f.status(running).attempts == 1);
+    CHECK(f.status(ready).state == S::ready);
+    CHECK(f.status(scheduled).state == S::scheduled);
+    CHECK(f.status(cancelled).state == S::cancelled);
+    auto missing = f.error(cmd::kRetry, encode(RetryRequest{f.req++, 999, false, std::nullopt}));
+    CHECK(missing.code == ErrorCode::not_found);
+}
+
+// ---- drain and release ----------------------------------------------------------------------
+
+TEST_CASE("running -> ready by RELEASE after DRAIN: the attempt is not charged") {
+    Engine f;
+    JobId id = f.submit(spec("q"));
+    JobId other = f.submit(spec("q"));
+    f.register_worker("w1", {"q"}, 1, 1);
+    auto d = f.credit("w1", 1);
+    REQUIRE(d.size() == 1);
+    CHECK(d[0].id == id);
+
+    CHECK(replies(f.send("w1", cmd::kDrain, encode_empty()), "w1").empty());  // no reply
+    CHECK(f.credit("w1", 1).empty());  // a draining worker gets nothing more
+    CHECK(f.status(other).state == S::ready);
+    CHECK(f.status(id).state == S::running);  // running jobs stay assigned
+
+    check_ack(f.release("w1", id, 1), id, 1);
+    auto j = f.status(id);
+    CHECK(j.state == S::ready);
+    CHECK(j.attempts == 1);
+    CHECK(j.max_attempts == limits::kDefaultMaxAttempts + 1);
+    auto h = f.history(id);
+    CHECK(edges(h).back() == Edge{S::running, S::ready, "released by worker"});
+    CHECK(h.back().attempt == 1);
+    CHECK(f.credit("w1", 1).empty());  // still draining
+
+    // Released attempt fenced off, and a second RELEASE of it is stale.
+    check_stale(f.done("w1", id, 1), id, 1);
+    check_stale(f.release("w1", id, 1), id, 1);
+
+    f.register_worker("w2", {"q"}, 2);
+    auto d2 = f.credit("w2", 2);
+    REQUIRE(d2.size() == 2);
+    CHECK(d2[0].id == other);  // the released job went to the back of its queue
+    CHECK(d2[0].attempt == 1);
+    CHECK(d2[1].id == id);
+    CHECK(d2[1].attempt == 2);
+}
+
+TEST_CASE("RELEASE of an attempt that is not current is stale and changes nothing") {
+    Engine f;
+    JobId id = f.submit(spec("q"));
+    f.register_worker("w1", {"q"});
+    f.dispatch_one("w1", id);
+    check_stale(f.release("w1", id, 2), id, 2);  // never dispatched
+    check_stale(f.release("w1", 999, 1), 999, 1);
+    CHECK(f.status(id).state == S::running);
+    CHECK(f.status(id).max_attempts == limits::kDefaultMaxAttempts);
+    check_ack(f.done("w1", id, 1), id, 1);
+    check_stale(f.release("w1", id, 1), id, 1);  // finished
+    CHECK(f.status(id).state == S::succeeded);
+}
+
+// ---- fencing ------------------------------------------------------------------------------
+
+TEST_CASE("fencing: late DONE/FAIL after the attempt was lost") {
+    Engine f;
+    JobId id = f.submit(spec("q"));
+    f.register_worker("w1", {"q"});
+    f.dispatch_one("w1", id);
+    f.advance(kWorkerTimeoutMs + 1, false);
+    REQUIRE(f.status(id).state == S::ready);
+
+    // From the lost connection (no longer registered: results are accepted from anyone).
+    check_stale(f.done("w1", id, 1), id, 1);
+    check_stale(f.fail("w1", id, 1), id, 1);
+    CHECK(f.status(id).state == S::ready);
+
+    f.register_worker("w2", {"q"});
+    f.dispatch_one("w2", id);
+    check_stale(f.done("w1", id, 1), id, 1);  // attempt 2 runs now
+    auto j = f.status(id);
+    CHECK(j.state == S::running);
+    CHECK(j.attempts == 2);
+    CHECK(j.worker == "name-w2");
+    check_ack(f.done("w2", id, 2, "new"), id, 2);
+    CHECK(f.status(id).result == "new");
+}
+
+TEST_CASE("fencing: after a retry revived a dead job, the old attempt's result is stale") {
+    Engine f;
+    JobId id = f.submit(spec("q"));
+    f.register_worker("w1", {"q"});
+    f.dispatch_one("w1", id);
+    check_ack(f.fail("w1", id, 1, "no", true), id, 1);
+    CHECK(f.retried(f.retry(id)) == std::vector<JobId>{id});
+    // Revived (ready), attempt 1 is over: its DONE cannot count.
+    check_stale(f.done("w1", id, 1), id, 1);
+    check_stale(f.fail("w1", id, 1), id, 1);
+    auto d = f.dispatch_one("w1", id);
+    CHECK(d.attempt == 2);
+    check_stale(f.done("w1", id, 1, "old"), id, 1);
+    auto j = f.status(id);
+    CHECK(j.state == S::running);
+    CHECK(j.attempts == 2);
+    check_ack(f.done("w1", id, 2, "new"), id, 2);
+    CHECK(f.status(id).result == "new");
+}
+
+TEST_CASE("fencing: a resent result of an applied attempt is ACKed again, not applied twice") {
+    Engine f;
+    SUBCASE("DONE") {
+        JobId id = f.submit(spec("q"));
+        f.register_worker("w1", {"q"});
+        f.dispatch_one("w1", id);
+        check_ack(f.done("w1", id, 1, "first"), id, 1);
+        f.now += 1000;
+        check_ack(f.done("w1", id, 1, "second"), id, 1);
+        auto j = f.status(id);
+        CHECK(j.state == S::succeeded);
+        CHECK(j.result == "first");
+        CHECK(j.finished_at == kBase);
+        CHECK(f.history(id).size() == 3);
+        // A FAIL for the succeeded attempt is not that result: stale.
+        check_stale(f.fail("w1", id, 1), id, 1);
+        // Nor is a DONE of an attempt that never ran.
+        check_stale(f.done("w1", id, 2), id, 2);
+    }
+    SUBCASE("FAIL that made the job dead") {
+        JobId id = f.submit(spec("q"));
+        f.register_worker("w1", {"q"});
+        f.dispatch_one("w1", id);
+        check_ack(f.fail("w1", id, 1, "first", true), id, 1);
+        check_ack(f.fail("w1", id, 1, "second", true), id, 1);
+        CHECK(f.status(id).error == "first");
+        check_stale(f.done("w1", id, 1), id, 1);
+        CHECK(f.status(id).state == S::dead);
+    }
+    SUBCASE("FAIL that made the job retry") {
+        auto s = spec("q");
+        s.backoff_ms = 1000;
+        JobId id = f.submit(s);
+        f.register_worker("w1", {"q"});
+        f.dispatch_one("w1", id);
+        check_ack(f.fail("w1", id, 1, "first"), id, 1);
+        // NOTE: the resend of a FAIL that was applied (the job now retrying) is answered stale,
+        // not ACKed again: only a terminal job's attempt counts as "applied before". The worker
+        // drops the result either way, and the job is unchanged.
+        check_stale(f.fail("w1", id, 1, "first"), id, 1);
+        auto j = f.status(id);
+        CHECK(j.state == S::retrying);
+        CHECK(j.attempts == 1);
+        CHECK(f.history(id).size() == 3);
+    }
+}
+
+TEST_CASE("fencing: a result for an unknown job is stale") {
+    Engine f;
+    f.register_worker("w1", {"q"});
+    check_stale(f.done("w1", 42, 1), 42, 1);
+    check_stale(f.fail("w1", 42, 3), 42, 3);
+    check_stale(f.done("stranger", 7, 1), 7, 1);  // not even a worker
+}
+
+TEST_CASE("fencing: the current attempt's result is accepted from any connection") {
+    Engine f;
+    JobId id = f.submit(spec("q"));
+    f.register_worker("w1", {"q"});
+    f.dispatch_one("w1", id);
+    // E.g. the worker reconnected (new identity) and reports before it registers again.
+    check_ack(f.done("w1-reconnected", id, 1, "from elsewhere"), id, 1);
+    auto j = f.status(id);
+    CHECK(j.state == S::succeeded);
+    CHECK(j.result == "from elsewhere");
+    // The worker's slot was freed even so.
+    JobId next = f.submit(spec("q"));
+    auto d = f.credit("w1", 1);
+    REQUIRE(d.size() == 1);
+    CHECK(d[0].id == next);
+}
+
+TEST_CASE("RESULTS: fresh, resent and stale results answered with ACKS and ERROR stale") {
+    Engine f;
+    JobId a = f.submit(spec("q"));  // fresh DONE
+    JobId b = f.submit(spec("q"));  // resent DONE (applied before)
+    JobId c = f.submit(spec("q"));  // fresh FAIL
+    JobId d = f.submit(spec("q"));  // stale: wrong attempt
+    auto dead = spec("q");
+    dead.max_attempts = 1;
+    JobId e = f.submit(dead);  // resent permanent FAIL (applied before)
+    f.register_worker("w1", {"q"}, 5);
+    REQUIRE(f.credit("w1", 5).size() == 5);
+    check_ack(f.done("w1", b, 1, "b"), b, 1);
+    check_ack(f.fail("w1", e, 1, "e"), e, 1);
+    REQUIRE(f.status(e).state == S::dead);
+
+    std::vector<std::string> bodies = {
+        encode(JobResult{.ok = true, .id = a, .attempt = 1, .result = "a"}),
+        encode(JobResult{.ok = true, .id = b, .attempt = 1, .result = "b again"}),
+        encode(JobResult{.ok = false, .id = c, .attempt = 1, .exit_code = 2, .error = "c"}),
+        encode(JobResult{.ok = true, .id = d, .attempt = 2, .result = "d"}),
+        encode(JobResult{.ok = false, .id = e, .attempt = 1, .exit_code = 1, .error = "e"}),
+        encode(JobResult{.ok = true, .id = 999, .attempt = 1, .result = "nobody"}),
+    };
+    std::vector<std::string_view> views(bodies.begin(), bodies.end());
+    auto out = replies(f.send("w1", cmd::kResults, encode_results(views)), "w1");
+
+    // Today's order: one ERROR stale per refused result as it is met, then ACKS of the results
+    // applied before, then ACKS of those applied now (each in the order of `results`).
+    REQUIRE(out.size() == 4);
+    auto s1 = error_of(out[0]);
+    CHECK(s1.code == ErrorCode::stale);
+    CHECK(s1.id == d);
+    CHECK(s1.attempt == 2);
+    auto s2 = error_of(out[1]);
+    CHECK(s2.code == ErrorCode::stale);
+    CHECK(s2.id == 999);
+    CHECK(s2.attempt == 1);
+    auto again = acks_of(out[2]);
+    REQUIRE(again.size() == 2);
+    CHECK(again[0].id == b);
+    CHECK(again[1].id == e);
+    CHECK(again[0].attempt == 1);
+    CHECK(again[1].attempt == 1);
+    auto fresh = acks_of(out[3]);
+    REQUIRE(fresh.size() == 2);
+    CHECK(fresh[0].id == a);
+    CHECK(fresh[1].id == c);
+    CHECK(fresh[0].attempt == 1);
+    CHECK(fresh[1].attempt == 1);
+
+    CHECK(f.status(a).state == S::succeeded);
+    CHECK(f.status(a).result == "a");
+    CHECK(f.status(b).result == "b");
+    CHECK(f.status(c).state == S::retrying);
+    CHECK(f.status(c).exit_code == 2);
+    CHECK(f.status(d).state == S::running);
+    CHECK(f.status(d).attempts == 1);
+    CHECK(f.status(e).error == "e");
+    CHECK(f.status(e).state == S::dead);
+}
+
+TEST_CASE("RESULTS with only fresh results is answered with one ACKS") {
+    Engine f;
+    JobId a = f.submit(spec("q"));
+    JobId b = f.submit(spec("q"));
+    f.register_worker("w1", {"q"}, 2);
+    REQUIRE(f.credit("w1", 2).size() == 2);
+    std::vector<std::string> bodies = {
+        encode(JobResult{.ok = true, .id = b, .attempt = 1, .result = "b"}),
+        encode(JobResult{.ok = true, .id = a, .attempt = 1, .result = "a"}),
+    };
+    std::vector<std::string_view> views(bodies.begin(), bodies.end());
+    auto out = replies(f.send("w1", cmd::kResults, encode_results(views)), "w1");
+    REQUIRE(out.size() == 1);
+    auto acks = acks_of(out[0]);
+    REQUIRE(acks.size() == 2);
+    CHECK(acks[0].id == b);
+    CHECK(acks[1].id == a);
+    CHECK(f.status(a).state == S::succeeded);
+    CHECK(f.status(b).state == S::succeeded);
+}
+
+TEST_CASE("PROGRESS is recorded for the running attempt only") {
+    Engine f;
+    JobId id = f.submit(spec("q"));
+    f.register_worker("w1", {"q"});
+    f.dispatch_one("w1", id);
+    CHECK(replies(f.send("w1", cmd::kProgress, encode(Progress{id, 1, 40, "resizing"})), "w1")
+              .empty());
+    auto j = f.status(id);
+    CHECK(j.progress == 40u);
+    CHECK(j.progress_message == "resizing");
+    f.send("w1", cmd::kProgress, encode(Progress{id, 2, 90, "other attempt"}));
+    CHECK(f.status(id).progress == 40u);
+}
+
+// ---- duplicates ---------------------------------------------------------------------------
+
+TEST_CASE("SUBMIT with a known token returns the same id, duplicate, even once it finished") {
+    Engine f;
+    auto s = spec("q", "once");
+    s.token = "tok-1";
+    JobId id = f.submit(s);
+    auto again = f.submit_reply(s);
+    CHECK(again.ids == std::vector<JobId>{id});
+    CHECK(again.duplicate == std::vector<bool>{true});
+
+    f.register_worker("w1", {"q"});
+    f.dispatch_one("w1", id);
+    check_ack(f.done("w1", id, 1), id, 1);
+    auto after = f.submit_reply(s);
+    CHECK(after.ids == std::vector<JobId>{id});
+    CHECK(after.duplicate == std::vector<bool>{true});
+    auto err = f.error(cmd::kStatus, encode(IdRequest{f.req++, id + 1}));
+    CHECK(err.code == ErrorCode::not_found);  // no second job
+
+    // A different token is a new job; the next id was not used up by the duplicates.
+    s.token = "tok-2";
+    CHECK(f.submit(s) == id + 1);
+}
+
+TEST_CASE("SUBMIT with a unique key held by an unfinished job returns that job") {
+    Engine f;
+    auto s = spec("q");
+    s.unique = "key";
+    JobId first = f.submit(s);
+
+    SUBCASE("ready") {
+        auto dup = f.submit_reply(s);
+        CHECK(dup.ids == std::vector<JobId>{first});
+        CHECK(dup.duplicate == std::vector<bool>{true});
+        CHECK(f.status(first).unique == "key");
+    }
+    SUBCASE("running, then succeeded: the key is free and makes a new job") {
+        f.register_worker("w1", {"q"});
+        f.dispatch_one("w1", first);
+        auto dup = f.submit_reply(s);
+        CHECK(dup.ids == std::vector<JobId>{first});
+        CHECK(dup.duplicate == std::vector<bool>{true});
+        check_ack(f.done("w1", first, 1), first, 1);
+        auto fresh = f.submit_reply(s);
+        CHECK(fresh.ids == std::vector<JobId>{first + 1});
+        CHECK(fresh.duplicate == std::vector<bool>{false});
+        CHECK(f.status(first + 1).state == S::ready);
+    }
+    SUBCASE("cancelled: the key is free") {
+        f.cancel(first);
+        CHECK(f.submit(s) == first + 1);
+    }
+    SUBCASE("two of one batch: the second is the first's duplicate") {
+        SubmitRequest m;
+        m.req = f.req++;
+        auto other = spec("q");
+        other.unique = "other";
+        m.jobs = {other, other};
+        auto rep = f.submit_request(m);
+        CHECK(rep.ids == std::vector<JobId>{first + 1, first + 1});
+        CHECK(rep.duplicate == std::vector<bool>{false, true});
+    }
+    SUBCASE("a dead job holding it cannot be retried while another holds the key") {
+        f.register_worker("w1", {"q"});
+        f.dispatch_one("w1", first);
+        check_ack(f.fail("w1", first, 1, "no", true), first, 1);
+        JobId second = f.submit(s);  // the key is free: first is dead
+        CHECK(second == first + 1);
+        auto e = f.error(cmd::kRetry, encode(RetryRequest{f.req++, first, false, std::nullopt}));
+        CHECK(e.code == ErrorCode::invalid_state);
+        CHECK(f.retried(f.retry(std::nullopt, true)).empty());  // skipped, stays dead
+        CHECK(f.status(first).state == S::dead);
+    }
+}
+
+// ---- waiting ------------------------------------------------------------------------------
+
+TEST_CASE("SUBMIT with wait_ms: SUBMITTED, then JOB when the job finishes") {
+    Engine f;
+    SubmitRequest m;
+    m.req = 77;
+    m.jobs = {spec("q", "w")};
+    m.wait_ms = 10'000;
+    auto sub = f.ask(cmd::kSubmit, encode(m));
+    REQUIRE(sub.command == cmd::kSubmitted);
+    CHECK(req_of(sub) == 77);
+
+    f.register_worker("w1", {"q"});
+    f.dispatch_one("w1", 1);
+    CHECK(replies(f.advance(1000), f.client).empty());
+    auto out = f.send("w1", cmd::kDone,
+                      encode(JobResult{.ok = true, .id = 1, .attempt = 1, .result = "42"}));
+    check_ack(replies(out, "w1"), 1, 1);
+    auto to_client = replies(out, f.client);
+    REQUIRE(to_client.size() == 1);
+    CHECK(req_of(to_client[0]) == 77);
+    auto j = job_of(to_client[0]);
+    CHECK(j.id == 1);
+    CHECK(j.state == S::succeeded);
+    CHECK(j.result == "42");
+    CHECK(replies(f.advance(20'000), f.client).empty());  // answered once; no timeout later
+}
+
+TEST_CASE(
+    "SUBMIT with wait_ms times out with ERROR timeout; a finished duplicate answers at once") {
+    Engine f;
+    SubmitRequest m;
+    m.req = 5;
+    auto s = spec("q");
+    s.token = "t";
+    m.jobs = {s};
+    m.wait_ms = 1000;
+    REQUIRE(f.ask(cmd::kSubmit, encode(m)).command == cmd::kSubmitted);
+    CHECK(replies(f.advance(999), f.client).empty());
+    auto out = replies(f.advance(1), f.client);
+    REQUIRE(out.size() == 1);
+    auto e = error_of(out[0]);
+    CHECK(e.code == ErrorCode::timeout);
+    CHECK(e.req == 5);
+    CHECK(f.status(1).state == S::ready);  // the job itself is untouched
+
+    f.cancel(1);
+    m.req = 6;
+    auto both = replies(f.send(f.client, cmd::kSubmit, encode(m)), f.client);
+    REQUIRE(both.size() == 2);
+    REQUIRE(both[0].command == cmd::kSubmitted);
+    Body b(both[0].body);
+    auto rep = decode_submitted(b.reader());
+    CHECK(rep.ids == std::vector<JobId>{1});
+    CHECK(rep.duplicate == std::vector<bool>{true});
+    CHECK(req_of(both[1]) == 6);
+    CHECK(job_of(both[1]).state == S::cancelled);
+}
+
+TEST_CASE("WAIT on an unfinished job is answered with JOB when it finishes") {
+    Engine f;
+    auto s = spec("q");
+    s.max_attempts = 1;
+    JobId id = f.submit(s);
+    auto none = f.send(f.client, cmd::kWait, encode(WaitRequest{31, id, 60'000}));
+    CHECK(replies(none, f.client).empty());
+
+    SUBCASE("succeeded") {
+        f.register_worker("w1", {"q"});
+        f.dispatch_one("w1", id);
+        auto out =
+            replies(f.send("w1", cmd::kDone, encode(JobResult{.ok = true, .id = id, .attempt = 1})),
+                    f.client);
+        REQUIRE(out.size() == 1);
+        CHECK(req_of(out[0]) == 31);
+        CHECK(job_of(out[0]).state == S::succeeded);
+    }
+    SUBCASE("dead (worker lost on its only attempt)") {
+        f.register_worker("w1", {"q"});
+        f.dispatch_one("w1", id);
+        auto out = replies(f.advance(kWorkerTimeoutMs + 1, false), f.client);
+        REQUIRE(out.size() == 1);
+        CHECK(req_of(out[0]) == 31);
+        auto j = job_of(out[0]);
+        CHECK(j.state == S::dead);
+        CHECK(j.error == "worker lost");
+    }
+    SUBCASE("cancelled: the canceller and the waiter both get JOB") {
+        auto out = replies(f.cancel_all(id), f.client);
+        REQUIRE(out.size() == 2);
+        std::set<std::uint64_t> reqs{req_of(out[0]), req_of(out[1])};
+        CHECK(reqs.count(31) == 1);
+        CHECK(job_of(out[0]).state == S::cancelled);
+        CHECK(job_of(out[1]).state == S::cancelled);
+    }
+}
+
+TEST_CASE("WAIT: timeout -> ERROR timeout; finished -> JOB at once; unknown -> not_found") {
+    Engine f;
+    JobId id = f.submit(spec("q"));
+    CHECK(
+        replies(f.send(f.client, cmd::kWait, encode(WaitRequest{8, id, 1000})), f.client).empty());
+    CHECK(replies(f.advance(999), f.client).empty());
+    auto out = replies(f.advance(1), f.client);
+    REQUIRE(out.size() == 1);
+    auto e = error_of(out[0]);
+    CHECK(e.code == ErrorCode::timeout);
+    CHECK(e.req == 8);
+
+    f.cancel(id);
+    auto now = f.ask(cmd::kWait, encode(WaitRequest{9, id, 1000}));
+    CHECK(req_of(now) == 9);
+    CHECK(job_of(now).state == S::cancelled);
+
+    auto missing = f.error(cmd::kWait, encode(WaitRequest{10, 999, 1000}));
+    CHECK(missing.code == ErrorCode::not_found);
+    CHECK(missing.req == 10);
+}
+
+// ---- a whole life -------------------------------------------------------------------------
+
+TEST_CASE("HISTORY of a job through retry, loss, timeout and success") {
+    Engine f;
+    auto s = spec("q");
+    s.max_attempts = 4;
+    s.backoff_ms = 1;
+    s.timeout_ms = 100;
+    JobId id = f.submit(s);
+    f.register_worker("w1", {"q"});
+    f.dispatch_one("w1", id);
+    check_ack(f.fail("w1", id, 1, "oops"), id, 1);                  // -> retrying
+    f.advance(1);                                                   // -> ready
+    f.dispatch_one("w1", id);                                       // attempt 2
+    f.send("w1", cmd::kHeartbeat, encode(WorkerHeartbeat{2, {}}));  // dispatch lost -> ready
+    f.dispatch_one("w1", id);                                       // attempt 3
+    f.advance(100 + kGraceMs);                                      // timed out -> retrying
+    f.advance(10);                                                  // -> ready
+    auto d = f.dispatch_one("w1", id);
+    CHECK(d.attempt == 4);
+    check_ack(f.done("w1", id, 4), id, 4);
+
+    auto h = f.history(id);
+    CHECK(edges(h) == std::vector<Edge>{{std::nullopt, S::ready, "submitted"},
+                                        {S::ready, S::running, "dispatched"},
+                                        {S::running, S::retrying, "failed: oops"},
+                                        {S::retrying, S::ready, "retry delay over"},
+                                        {S::ready, S::running, "dispatched"},
+                                        {S::running, S::ready, "dispatch lost"},
+                                        {S::ready, S::running, "dispatched"},
+                                        {S::running, S::retrying, "timed out"},
+                                        {S::retrying, S::ready, "retry delay over"},
+                                        {S::ready, S::running, "dispatched"},
+                                        {S::running, S::succeeded, "done"}});
+    std::vector<std::uint32_t> attempts;
+    for (const auto& e : h)
+        attempts.push_back(e.attempt);
+    CHECK(attempts == std::vector<std::uint32_t>{0, 1, 1, 1, 2, 2, 3, 3, 3, 4, 4});
+    for (std::size_t i = 1; i < h.size(); ++i)
+        CHECK(h[i].at >= h[i - 1].at);
+}
+
+TEST_CASE("WAIT whose deadline falls in the pass that finishes the job") {
+    Engine f;
+    JobId id = f.submit(spec("q"));
+    f.register_worker("w1", {"q"});
+    f.dispatch_one("w1", id);
+    CHECK(
+        replies(f.send(f.client, cmd::kWait, encode(WaitRequest{12, id, 1000})), f.client).empty());
+    f.advance(999);
+    f.now += 1;  // the DONE arrives exactly at the waiter's deadline
+    auto out = f.send("w1", cmd::kDone, encode(JobResult{.ok = true, .id = id, .attempt = 1}));
+    check_ack(replies(out, "w1"), id, 1);
+    CHECK(f.status(id).state == S::succeeded);
+    // NOTE: the waiter is told ERROR timeout although its job succeeded (and was committed) in
+    // that very pass: the pass handles the DONE, then tick() expires the waiter before the
+    // commit answers waiters of finished jobs.
+    auto to_client = replies(out, f.client);
+    REQUIRE(to_client.size() == 1);
+    auto e = error_of(to_client[0]);
+    CHECK(e.code == ErrorCode::timeout);
+    CHECK(e.req == 12);
+}
