@@ -620,10 +620,6 @@ struct Broker::State {
                 ++it;
             }
         }
-        waiters.expire(now, [&](JobId id, const Waiter& w) {
-            reply_error(w.identity, w.req, ErrorCode::timeout,
-                        fmt::format("job {} did not finish in time", id));
-        });
         if (now >= next_heartbeat) {
             auto body = encode_hb();
             for (auto& [inst, w] : workers.all())
@@ -727,6 +723,14 @@ struct Broker::State {
                     send(w.identity, cmd::kJob, encode_job(*job, w.req));
         }
         engine.committed();
+        // Waits past their deadline time out only now: one whose job finished in this very pass
+        // has had its JOB above.
+        waiters.expire(now, [&](JobId id, const Waiter& w) {
+            send(w.identity, cmd::kError,
+                 encode(ErrorReply{w.req, ErrorCode::timeout,
+                                   fmt::format("job {} did not finish in time", id), std::nullopt,
+                                   std::nullopt}));
+        });
     }
 
     // After a successful commit: metrics, the recent ring and the PUB socket see the pass.

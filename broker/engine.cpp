@@ -237,6 +237,20 @@ std::optional<Claim> JobEngine::claim(const std::string& queue, bool commands, c
 
 // ---- results --------------------------------------------------------------------------------
 
+// Whether attempt `job.attempts` ended by a result of this kind: DONE left the job succeeded; a
+// FAIL wrote an event out of running with a FAIL's reason (finish() below). An attempt that was
+// cancelled, timed out, lost or released ended otherwise, and a late result of it is stale.
+bool JobEngine::result_applied(const JobInfo& job, bool ok) {
+    if (ok) return job.state == JobState::succeeded;
+    if (job.state == JobState::succeeded || job.state == JobState::cancelled) return false;
+    auto events = store_.events(job.id);
+    for (auto e = events.rbegin(); e != events.rend(); ++e) {
+        if (e->from != JobState::running || e->attempt != job.attempts) continue;
+        return e->reason.starts_with("failed") || e->reason.starts_with("no attempts left: ");
+    }
+    return false;
+}
+
 Finished JobEngine::finish(JobResult m, Millis now) {
     now_ = now;
     const bool ok = m.ok;
@@ -245,8 +259,7 @@ Finished JobEngine::finish(JobResult m, Millis now) {
         l->second.attempts != m.attempt) {
         // A resent result of an attempt that was already applied is acknowledged again.
         auto job = store_.get_job(m.id);
-        if (job && is_terminal(job->state) && job->attempts == m.attempt &&
-            (job->state == JobState::succeeded) == m.ok)
+        if (job && job->attempts == m.attempt && result_applied(*job, m.ok))
             return {Verdict::already_applied, nullptr};
         spdlog::warn("{}: rejected stale {} (job is {} at attempt {})",
                      job_fields(m.id, job ? job->queue : "", m.attempt), ok ? "DONE" : "FAIL",

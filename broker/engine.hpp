@@ -182,6 +182,7 @@ class JobEngine {
     // A failed attempt: retrying after the backoff, or dead when no attempts are left.
     void fail_attempt(JobId id, Live& l, Transition t, bool permanent);
     void lose_attempt(JobId id, Live& l, const std::string& reason);
+    bool result_applied(const JobInfo& job, bool ok);
     Millis backoff(const Live& l);
     void forget_removed(const std::vector<Removed>& removed, std::uint64_t* total);
     static Millis since(const Live& l);
