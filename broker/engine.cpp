@@ -166,17 +166,8 @@ Submitted JobEngine::submit(JobSpec spec, Millis now) {
         }
     Millis run_at = spec.run_at ? *spec.run_at : now + spec.delay_ms.value_or(0);
     NewJob job;
-    job.token = std::move(spec.token);
-    job.queue = std::move(spec.queue);
-    job.payload = std::move(spec.payload);
-    job.argv = std::move(spec.argv);
-    job.priority = spec.priority;
-    job.max_attempts = spec.max_attempts;
+    job.spec = std::move(spec);
     job.created_at = now;
-    job.timeout_ms = spec.timeout_ms;
-    job.backoff_ms = spec.backoff_ms;
-    job.backoff_cap_ms = spec.backoff_cap_ms;
-    job.unique = std::move(spec.unique);
     if (run_at > now) {
         job.state = JobState::scheduled;
         job.run_at = run_at;
@@ -184,22 +175,23 @@ Submitted JobEngine::submit(JobSpec spec, Millis now) {
     const char* reason = job.state == JobState::scheduled ? "scheduled" : "submitted";
     auto ins = store_.insert_job(job, reason);
     if (ins.duplicate) return {ins.id, true};
+    const JobSpec& js = job.spec;
     Live l;
-    l.queue = intern(job.queue);
-    l.unique = UniqueKey(job.unique);
+    l.queue = intern(js.queue);
+    l.unique = UniqueKey(js.unique);
     l.run_at = run_at;
     l.created_at = now;
-    l.timeout_ms = job.timeout_ms;
-    l.backoff_ms = job.backoff_ms;
-    l.backoff_cap_ms = job.backoff_cap_ms;
-    l.max_attempts = job.max_attempts;
-    l.priority = static_cast<std::int16_t>(job.priority);
+    l.timeout_ms = js.timeout_ms;
+    l.backoff_ms = js.backoff_ms;
+    l.backoff_cap_ms = js.backoff_cap_ms;
+    l.max_attempts = js.max_attempts;
+    l.priority = static_cast<std::int16_t>(js.priority);
     l.state = job.state;
-    l.has_argv = job.argv.has_value();
-    if (job.unique) unique_live_[*job.unique] = ins.id;
-    ++counts_[job.queue][index_of(job.state)];
+    l.has_argv = js.argv.has_value();
+    if (js.unique) unique_live_[*js.unique] = ins.id;
+    ++counts_[js.queue][index_of(job.state)];
     pending_.push_back(
-        {EventView{0, ins.id, job.queue, std::nullopt, job.state, 0, now, std::nullopt, reason},
+        {EventView{0, ins.id, js.queue, std::nullopt, job.state, 0, now, std::nullopt, reason},
          std::nullopt, std::nullopt});
     place(ins.id, live_.emplace(ins.id, std::move(l)).first->second);
     return {ins.id, false};

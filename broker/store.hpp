@@ -31,21 +31,13 @@ class StoreError : public std::runtime_error {
     bool disk_;
 };
 
-// A new job as SUBMIT inserts it: the stored row's first shape (the store assigns its id).
+// A new job as SUBMIT inserts it: the request as the client sent it (validated by the codec), and
+// what the broker decided of it. A field added to JobSpec reaches the store through here.
 struct NewJob {
-    std::optional<std::string> token;
-    std::string queue;
-    std::string payload;
-    std::optional<std::vector<std::string>> argv;
-    std::int32_t priority = 0;
-    std::uint32_t max_attempts = limits::kDefaultMaxAttempts;
-    JobState state = JobState::ready;
-    std::optional<Millis> run_at;
+    JobSpec spec;  // its delay_ms is folded into run_at
+    JobState state = JobState::ready;  // ready, or scheduled (run_at in the future)
+    std::optional<Millis> run_at;      // scheduled: when due
     Millis created_at = 0;
-    std::optional<Millis> timeout_ms;
-    std::optional<Millis> backoff_ms;
-    std::optional<Millis> backoff_cap_ms;
-    std::optional<std::string> unique;
 };
 
 // One state change of one job, written together with its event (in the same row write). Fields that

@@ -765,26 +765,26 @@ Inserted SqliteStore::insert_job(const NewJob& job, const std::string& reason) {
     begin();
     auto& s = st_->insert.reset();
     s.bind(1, static_cast<std::int64_t>(next_id_))
-        .bind_opt(2, job.token)
-        .bind(3, std::string_view(job.queue))
+        .bind_opt(2, job.spec.token)
+        .bind(3, std::string_view(job.spec.queue))
         .bind(4, to_string(job.state))
-        .bind_blob(5, job.payload);
-    if (job.argv)
-        s.bind_blob(6, pack_argv(*job.argv));
+        .bind_blob(5, job.spec.payload);
+    if (job.spec.argv)
+        s.bind_blob(6, pack_argv(*job.spec.argv));
     else
         s.bind_null(6);
-    s.bind(7, static_cast<std::int64_t>(job.priority))
-        .bind(8, static_cast<std::int64_t>(job.max_attempts))
+    s.bind(7, static_cast<std::int64_t>(job.spec.priority))
+        .bind(8, static_cast<std::int64_t>(job.spec.max_attempts))
         .bind_opt(9, job.run_at)
         .bind(10, job.created_at)
-        .bind_opt(11, job.timeout_ms)
-        .bind_opt(12, job.backoff_ms)
-        .bind_opt(13, job.backoff_cap_ms)
-        .bind_opt(14, job.unique)
+        .bind_opt(11, job.spec.timeout_ms)
+        .bind_opt(12, job.spec.backoff_ms)
+        .bind_opt(13, job.spec.backoff_cap_ms)
+        .bind_opt(14, job.spec.unique)
         .bind_blob(15, pack_event(job.created_at, std::nullopt, job.state, 0, std::nullopt, reason))
         .run();
     if (sqlite3_changes(db_) == 0)  // the token is taken: a resent submit
-        return {find_token(*job.token).value_or(0), true};
+        return {find_token(*job.spec.token).value_or(0), true};
     return {next_id_++, false};
 }
 

@@ -14,9 +14,19 @@ using namespace errand::broker;
 namespace {
 
 // SQLite underneath; commit() fails while `full` is set, as SQLITE_FULL would.
+// `refuse` makes the next apply() answer "not in the expected state", as a store shared with
+// another writer would.
 class FlakyDisk final : public ForwardingStore {
   public:
-    explicit FlakyDisk(bool* full) : ForwardingStore(sqlite_), full_(full) {}
+    explicit FlakyDisk(bool* full, bool* refuse = nullptr)
+        : ForwardingStore(sqlite_), full_(full), refuse_(refuse) {}
+    bool apply(const Transition& t) override {
+        if (refuse_ && *refuse_) {
+            *refuse_ = false;
+            return false;
+        }
+        return sqlite_.apply(t);
+    }
     void commit() override {
         if (*full_) {
             sqlite_.rollback();
@@ -28,16 +38,18 @@ class FlakyDisk final : public ForwardingStore {
   private:
     SqliteStore sqlite_{":memory:"};
     bool* full_;
+    bool* refuse_;
 };
 
 struct Fixture {
     bool full = false;
+    bool refuse = false;
     SystemClock clock;
     Broker broker;
     Millis now = 1'000'000;
     std::uint64_t req = 1;
 
-    Fixture() : broker(config(), std::make_unique<FlakyDisk>(&full), clock) {}
+    Fixture() : broker(config(), std::make_unique<FlakyDisk>(&full, &refuse), clock) {}
     static BrokerConfig config() {
         BrokerConfig c;
         c.listen = "";  // nothing bound: messages go through process()
@@ -200,4 +212,41 @@ TEST_CASE("after RETRY a late result of the given-up attempt is refused: attempt
     auto done = job_status(f, 1);
     CHECK(done.state == JobState::succeeded);
     CHECK(done.result == "new");
+}
+
+TEST_CASE("a transition the store refuses (compare-and-set) fails the pass: nothing changes") {
+    Fixture f;
+    REQUIRE(f.submit("q").command == cmd::kSubmitted);
+    RegisterRequest reg;
+    reg.req = f.req++;
+    reg.instance = "w-1";
+    reg.name = "w";
+    reg.queues = {"q"};
+    reg.concurrency = 1;
+    REQUIRE(f.one(cmd::kRegister, encode(reg)).command == cmd::kRegistered);
+    auto d = dispatched(f.send(cmd::kCredit, encode_credit(1)));
+    REQUIRE(d.has_value());
+
+    // The store says the job is not running at that attempt: the DONE is not acknowledged (the
+    // worker resends it), and the job is as the store has it.
+    f.refuse = true;
+    auto out =
+        f.send(cmd::kDone, encode(JobResult{.ok = true, .id = d->id, .attempt = d->attempt}));
+    for (const auto& e : out)
+        CHECK(e.command != cmd::kAck);
+    auto status = f.one(cmd::kStatus, encode(IdRequest{f.req++, d->id}));
+    Body sb(status.body);
+    auto job = decode_job_info(sb.reader().map("job"));
+    CHECK(job.state == JobState::running);
+    CHECK(job.attempts == 1);
+
+    // Memory was reloaded from the store; the resent DONE applies.
+    auto again = f.send(cmd::kDone, encode(JobResult{.ok = true, .id = d->id, .attempt = 1}));
+    bool acked = false;
+    for (const auto& e : again)
+        acked |= e.command == cmd::kAck;
+    CHECK(acked);
+    auto done = f.one(cmd::kStatus, encode(IdRequest{f.req++, d->id}));
+    Body db(done.body);
+    CHECK(decode_job_info(db.reader().map("job")).state == JobState::succeeded);
 }

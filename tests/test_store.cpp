@@ -30,9 +30,9 @@ struct TempDir {
 // from 1 in a new file, so tests insert in id order).
 NewJob job(JobId id, const std::string& queue, std::optional<std::string> token = std::nullopt) {
     NewJob j;
-    j.queue = queue;
-    j.payload = "payload-" + std::to_string(id);
-    j.token = std::move(token);
+    j.spec.queue = queue;
+    j.spec.payload = "payload-" + std::to_string(id);
+    j.spec.token = std::move(token);
     j.created_at = 1000 + static_cast<Millis>(id);
     return j;
 }
@@ -282,7 +282,7 @@ TEST_CASE("transitions update the row and write one event each") {
     SqliteStore store(dir.db());
     store.begin();
     auto nj = job(1, "q");
-    nj.argv = std::vector<std::string>{"echo", "x"};
+    nj.spec.argv = std::vector<std::string>{"echo", "x"};
     store.insert_job(nj, "submitted");
     Transition run;
     run.id = 1;
