@@ -22,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "deadline.hpp"
 #include "errand/codec.hpp"
 #include "live.hpp"
 #include "ready_index.hpp"
@@ -164,14 +165,6 @@ class JobEngine {
     Millis next_deadline(Millis bound) const;
 
   private:
-    struct Deadline {
-        Millis at = 0;
-        JobId id = 0;
-        std::uint32_t attempt = 0;  // lease deadlines: the attempt they guard
-        bool operator>(const Deadline& o) const { return at > o.at || (at == o.at && id > o.id); }
-    };
-    using DeadlineHeap = std::priority_queue<Deadline, std::vector<Deadline>, std::greater<>>;
-
     Name intern(const std::string& name) { return Name(&*names_.insert(name).first); }
     // The one place a job changes state: store (compare-and-set), event, counts, and where
     // the job lives in memory (place()).

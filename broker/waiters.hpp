@@ -9,6 +9,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "deadline.hpp"
 #include "errand/protocol.hpp"
 
 namespace errand::broker {
@@ -40,17 +41,12 @@ class Waiters {
     std::size_t size() const;
 
   private:
-    struct Deadline {
-        Millis at = 0;
-        JobId id = 0;
-        bool operator>(const Deadline& o) const { return at > o.at || (at == o.at && id > o.id); }
-    };
     void forget(const std::string& identity);
 
     std::size_t max_;
     std::unordered_map<JobId, std::vector<Waiter>> waiters_;
     std::unordered_map<std::string, std::size_t> waits_of_;  // identity -> outstanding waits
-    std::priority_queue<Deadline, std::vector<Deadline>, std::greater<>> deadlines_;
+    DeadlineHeap deadlines_;                                 // id = the job waited for
 };
 
 }  // namespace errand::broker

@@ -66,6 +66,16 @@ struct Fixture {
         REQUIRE(out.size() == 1);
         return out.front();
     }
+    // This connection registers as worker "w" of queue q, one slot.
+    void register_worker() {
+        RegisterRequest reg;
+        reg.req = req++;
+        reg.instance = "w-1";
+        reg.name = "w";
+        reg.queues = {"q"};
+        reg.concurrency = 1;
+        REQUIRE(one(cmd::kRegister, encode(reg)).command == cmd::kRegistered);
+    }
     Envelope submit(const std::string& queue) {
         SubmitRequest m;
         m.req = req++;
@@ -118,14 +128,7 @@ TEST_CASE("a full disk refuses submits with 'storage', changes nothing, and reco
 TEST_CASE("a worker's dispatch is not sent when its commit fails; the job stays ready") {
     Fixture f;
     REQUIRE(f.submit("q").command == cmd::kSubmitted);
-    RegisterRequest reg;
-    reg.req = f.req++;
-    reg.instance = "w-1";
-    reg.name = "w";
-    reg.queues = {"q"};
-    reg.concurrency = 1;
-    auto registered = f.one(cmd::kRegister, encode(reg));
-    REQUIRE(registered.command == cmd::kRegistered);
+    f.register_worker();
 
     f.full = true;
     auto out = f.send(cmd::kCredit, encode_credit(1));
@@ -173,13 +176,7 @@ TEST_CASE("after RETRY a late result of the given-up attempt is refused: attempt
     spec.max_attempts = 2;
     sub.jobs.push_back(spec);
     REQUIRE(f.one(cmd::kSubmit, encode(sub)).command == cmd::kSubmitted);
-    RegisterRequest reg;
-    reg.req = f.req++;
-    reg.instance = "w-1";
-    reg.name = "w";
-    reg.queues = {"q"};
-    reg.concurrency = 1;
-    REQUIRE(f.one(cmd::kRegister, encode(reg)).command == cmd::kRegistered);
+    f.register_worker();
 
     // Attempt 1 fails permanently: dead with 1 of 2 attempts used.
     auto first = dispatched(f.send(cmd::kCredit, encode_credit(1)));
@@ -217,13 +214,7 @@ TEST_CASE("after RETRY a late result of the given-up attempt is refused: attempt
 TEST_CASE("a transition the store refuses (compare-and-set) fails the pass: nothing changes") {
     Fixture f;
     REQUIRE(f.submit("q").command == cmd::kSubmitted);
-    RegisterRequest reg;
-    reg.req = f.req++;
-    reg.instance = "w-1";
-    reg.name = "w";
-    reg.queues = {"q"};
-    reg.concurrency = 1;
-    REQUIRE(f.one(cmd::kRegister, encode(reg)).command == cmd::kRegistered);
+    f.register_worker();
     auto d = dispatched(f.send(cmd::kCredit, encode_credit(1)));
     REQUIRE(d.has_value());
 
