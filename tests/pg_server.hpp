@@ -1,0 +1,32 @@
+// A real PostgreSQL server for tests: initdb into a temp dir, postgres on a Unix socket in that
+// dir (no TCP), stopped by PID. PostgreSQL refuses to run as root, so as root (CI) it runs as the
+// `postgres` system user through runuser. Binaries from /usr/lib/postgresql/15/bin, or
+// ERRAND_PG_BIN.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+
+namespace errand::test {
+
+class PgServer {
+  public:
+    // Starts the server and waits (bounded) until it accepts connections; throws on failure.
+    PgServer();
+    ~PgServer();
+    PgServer(const PgServer&) = delete;
+    PgServer& operator=(const PgServer&) = delete;
+
+    // A libpq connection string for database `errand` as user `errand` (trust auth).
+    std::string conninfo() const;
+    std::string socket_dir() const { return dir_; }
+    int port() const { return port_; }
+
+  private:
+    std::string dir_;
+    int port_ = 0;
+    pid_t pid_ = -1;
+};
+
+}  // namespace errand::test

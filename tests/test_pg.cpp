@@ -1,0 +1,108 @@
+// The libpq wrapper (broker/pg.hpp) against a real PostgreSQL server started for the test:
+// binary parameters and results (a 1 MiB payload with every byte value), NULLs, prepared
+// statements, pipelines and their failures, and errors that carry PostgreSQL's message and code.
+#include <doctest/doctest.h>
+
+#include "pg.hpp"
+#include "pg_server.hpp"
+
+using namespace errand::broker;
+
+namespace {
+
+errand::test::PgServer& server() {
+    static errand::test::PgServer s;  // one server for the whole program
+    return s;
+}
+
+}  // namespace
+
+TEST_CASE("binary parameters and results round-trip: integers, bytes, text, NULL") {
+    pg::Connection c(server().conninfo());
+    c.exec(
+        "DROP TABLE IF EXISTS t; CREATE TABLE t (id bigint PRIMARY KEY, n int, ok boolean, "
+        "payload bytea, name text)");
+    c.prepare("put", "INSERT INTO t VALUES ($1, $2, $3, $4, $5)", 5);
+    c.prepare("get", "SELECT id, n, ok, payload, name FROM t WHERE id = $1", 1);
+    std::string payload(1 << 20, '\0');
+    for (std::size_t i = 0; i < payload.size(); ++i)
+        payload[i] = static_cast<char>(i * 7 % 256);
+    auto put = c.run("put", pg::Params()
+                                .i64(-(std::int64_t{1} << 40))
+                                .i32(-7)
+                                .boolean(true)
+                                .bytes(payload)
+                                .text("ünïcode"));
+    CHECK(put.affected() == 1);
+    c.run("put", pg::Params().i64(2).null().null().null().null());
+
+    auto r = c.run("get", pg::Params().i64(-(std::int64_t{1} << 40)));
+    REQUIRE(r.rows() == 1);
+    CHECK(r.i64(0, 0) == -(std::int64_t{1} << 40));
+    CHECK(r.i64(0, 1) == -7);
+    CHECK(r.boolean(0, 2));
+    CHECK(r.text(0, 3) == payload);
+    CHECK(r.text(0, 4) == "ünïcode");
+    auto nulls = c.run("get", pg::Params().i64(2));
+    REQUIRE(nulls.rows() == 1);
+    CHECK(nulls.opt_i64(0, 1) == std::nullopt);
+    CHECK(nulls.opt_text(0, 3) == std::nullopt);
+    CHECK(c.run("get", pg::Params().i64(3)).rows() == 0);
+}
+
+TEST_CASE("a pipeline runs its statements in one round trip, in order") {
+    pg::Connection c(server().conninfo());
+    c.exec("DROP TABLE IF EXISTS q; CREATE TABLE q (id bigserial PRIMARY KEY, v text)");
+    c.prepare("add", "INSERT INTO q (v) VALUES ($1) RETURNING id", 1);
+    c.prepare("count", "SELECT count(*) FROM q", 0);
+    std::vector<pg::Call> calls;
+    for (int i = 0; i < 3; ++i)
+        calls.push_back({"add", pg::Params().text("v" + std::to_string(i))});
+    calls.push_back({"count", {}});
+    auto results = c.pipeline(calls);
+    REQUIRE(results.size() == 4);
+    CHECK(results[0].i64(0, 0) == 1);
+    CHECK(results[2].i64(0, 0) == 3);
+    CHECK(results[3].i64(0, 0) == 3);
+    // The connection is usable outside pipeline mode afterwards.
+    CHECK(c.run("count").i64(0, 0) == 3);
+}
+
+TEST_CASE("a failing statement in a pipeline throws with its SQLSTATE; the rest is not run") {
+    pg::Connection c(server().conninfo());
+    c.exec("DROP TABLE IF EXISTS u; CREATE TABLE u (k text UNIQUE)");
+    c.prepare("add_u", "INSERT INTO u VALUES ($1)", 1);
+    c.prepare("count_u", "SELECT count(*) FROM u", 0);
+    c.exec("BEGIN");
+    std::string state;
+    try {
+        c.pipeline({{"add_u", pg::Params().text("a")},
+                    {"add_u", pg::Params().text("a")},
+                    {"add_u", pg::Params().text("b")}});
+    } catch (const pg::Error& e) {
+        state = e.sqlstate();
+        CHECK(std::string(e.what()).find("duplicate key") != std::string::npos);
+        CHECK_FALSE(e.disk());
+    }
+    CHECK(state == "23505");  // unique_violation
+    c.exec("ROLLBACK");
+    CHECK(c.run("count_u").i64(0, 0) == 0);
+}
+
+TEST_CASE("errors name what failed: bad SQL, an unknown statement, a server that is not there") {
+    pg::Connection c(server().conninfo());
+    CHECK_THROWS_WITH_AS(c.exec("SELEC 1"), doctest::Contains("syntax error"), pg::Error);
+    CHECK_THROWS_AS(c.run("no_such_statement"), pg::Error);
+    // The connection survives a failed statement.
+    c.prepare("one", "SELECT 1::bigint", 0);
+    CHECK(c.run("one").i64(0, 0) == 1);
+
+    std::string missing = "host=" + server().socket_dir() + " port=1 user=errand dbname=errand";
+    try {
+        pg::Connection gone(missing);
+        FAIL("connected to a server that does not exist");
+    } catch (const pg::Error& e) {
+        CHECK(std::string(e.what()).find("cannot connect to PostgreSQL") != std::string::npos);
+        CHECK(e.disk());  // an operator's problem, like a full disk
+    }
+}
