@@ -17,6 +17,7 @@
 #include "logging.hpp"
 #include "notify.hpp"
 #include "signals.hpp"
+#include "store_pg.hpp"
 #include "store_sqlite.hpp"
 
 namespace {
@@ -63,7 +64,10 @@ int main(int argc, char** argv) {
         "file > default. SIGTERM/SIGINT: finish the current commit, tell waiters and workers,\n"
         "exit 0. SIGHUP reopens --log-file.");
     app.add_option("--listen", cfg.listen, "ZeroMQ endpoint to bind")->capture_default_str();
-    app.add_option("--db", db, "SQLite database file")->capture_default_str();
+    app.add_option("--db", db,
+                   "SQLite database file, or a postgresql:// URI (libpq's PG* environment "
+                   "variables and service file fill in what the URI leaves out)")
+        ->capture_default_str();
     app.add_option("--heartbeat", heartbeat, "heartbeat interval")
         ->capture_default_str()
         ->check(duration_validator());
@@ -214,8 +218,11 @@ int main(int argc, char** argv) {
 
     std::unique_ptr<errand::broker::Store> store;
     try {
-        store = std::make_unique<errand::broker::SqliteStore>(
-            db, errand::broker::SqliteOptions{synchronous == "full"});
+        if (errand::broker::is_postgres_uri(db))
+            store = std::make_unique<errand::broker::PgStore>(db);
+        else
+            store = std::make_unique<errand::broker::SqliteStore>(
+                db, errand::broker::SqliteOptions{synchronous == "full"});
     } catch (const std::exception& e) {
         spdlog::critical("{}", e.what());
         return kExitDatabase;
@@ -251,7 +258,10 @@ int main(int argc, char** argv) {
             o.host = http_host;
             o.port = http_port;
             o.snapshots = cfg.snapshots;
-            o.queries = std::make_unique<errand::broker::SqliteQueryStore>(db);
+            if (errand::broker::is_postgres_uri(db))
+                o.queries = std::make_unique<errand::broker::PgQueryStore>(db);
+            else
+                o.queries = std::make_unique<errand::broker::SqliteQueryStore>(db);
             o.context = &broker->context();
             o.admin_endpoint = cfg.admin_endpoint;
             http_server = std::make_unique<errand::broker::HttpServer>(std::move(o));
@@ -282,8 +292,12 @@ int main(int argc, char** argv) {
         notifier.stopping();
         broker->stop();
     });
-    spdlog::info("errand-broker listening on {} (db {}, synchronous={})", broker->endpoint(), db,
-                 synchronous);
+    if (errand::broker::is_postgres_uri(db))
+        spdlog::info("errand-broker listening on {} (PostgreSQL {})", broker->endpoint(),
+                     errand::broker::redact_uri(db));
+    else
+        spdlog::info("errand-broker listening on {} (db {}, synchronous={})", broker->endpoint(),
+                     db, synchronous);
     notifier.ready(fmt::format("listening on {}", broker->endpoint()));
     broker->run();
     http_server.reset();  // before the broker: it uses the broker's context

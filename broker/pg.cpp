@@ -123,6 +123,9 @@ Connection::Connection(const std::string& conninfo)
     : conn_(PQconnectdb(conninfo.c_str()), &PQfinish) {
     if (!conn_) throw Error("cannot connect to PostgreSQL: out of memory", "", true);
     if (PQstatus(conn_.get()) != CONNECTION_OK) fail("cannot connect to PostgreSQL");
+    // NOTICEs ("table does not exist, skipping") are not errors: not printed on stderr.
+    PQsetNoticeProcessor(
+        conn_.get(), [](void*, const char*) {}, nullptr);
 }
 
 void Connection::fail(const char* what, PGresult* r) const {
@@ -151,6 +154,11 @@ void Connection::exec(const std::string& sql) {
     PGresult* r = PQexec(conn_.get(), sql.c_str());
     // Several statements: PQexec returns the last one's result (or the first error).
     check(r, "PostgreSQL statement failed");
+}
+
+Result Connection::query(const std::string& sql) {
+    return check(PQexecParams(conn_.get(), sql.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 1),
+                 "PostgreSQL query failed");
 }
 
 void Connection::prepare(const std::string& name, const std::string& sql, int params) {

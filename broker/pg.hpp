@@ -96,6 +96,8 @@ class Connection {
 
     // Runs SQL text with no parameters (DDL, BEGIN/COMMIT); several statements allowed.
     void exec(const std::string& sql);
+    // Runs SQL text with no parameters and returns its rows (binary).
+    Result query(const std::string& sql);
     // Prepares `sql` under `name` (once per connection).
     void prepare(const std::string& name, const std::string& sql, int params);
     // Runs a prepared statement and waits for its result.

@@ -20,6 +20,9 @@
 // pack_dispatch) that are not yet in their jobs' rows. See "Held-back dispatches" below.
 #include "store_sqlite.hpp"
 
+#include "argv_blob.hpp"
+#include "job_rows.hpp"
+
 #include <fmt/format.h>
 
 #include <msgpack.hpp>
@@ -180,18 +183,6 @@ const char* const kMigrations[] = {
 static_assert(std::size(kMigrations) == SqliteStore::kSchemaVersion,
               "kSchemaVersion is the number of migrations");
 
-std::string pack_argv(const std::vector<std::string>& argv) {
-    msgpack::sbuffer buf;
-    msgpack::pack(buf, argv);
-    return {buf.data(), buf.size()};
-}
-
-std::optional<std::vector<std::string>> unpack_argv(const void* data, int size) {
-    if (!data) return std::nullopt;
-    auto h = msgpack::unpack(static_cast<const char*>(data), static_cast<std::size_t>(size));
-    return h.get().as<std::vector<std::string>>();
-}
-
 // One event as appended to jobs.history.
 std::string pack_event(Millis at, std::optional<JobState> from, JobState to, std::int64_t attempt,
                        const std::optional<std::string>& worker, std::string_view reason) {
@@ -242,8 +233,8 @@ void unpack_history(JobId id, const void* data, int size, std::vector<Event>& ou
         for_each_record(data, size, 6, [&](const msgpack::object* f) {
             Event e;
             e.at = f[0].as<std::int64_t>();
-            if (!f[1].is_nil()) e.from = parse_job_state(f[1].as<std::string>());
-            e.to = parse_job_state(f[2].as<std::string>()).value_or(JobState::ready);
+            if (!f[1].is_nil()) e.from = stored_state(f[1].as<std::string>());
+            e.to = stored_state(f[2].as<std::string>());
             e.attempt = f[3].as<std::uint32_t>();
             if (!f[4].is_nil()) e.worker = f[4].as<std::string>();
             e.reason = f[5].as<std::string>();
@@ -290,7 +281,7 @@ std::vector<Transition> unpack_dispatches(const void* data, int size) {
             if (!f[3].is_nil()) t.worker = f[3].as<std::string>();
             if (!f[4].is_nil()) t.started_at = f[4].as<std::int64_t>();
             t.reason = f[5].as<std::string>();
-            if (!f[6].is_nil()) t.from = parse_job_state(f[6].as<std::string>());
+            if (!f[6].is_nil()) t.from = stored_state(f[6].as<std::string>());
             out.push_back(std::move(t));
         });
     } catch (const std::runtime_error& e) {
@@ -375,7 +366,8 @@ class Stmt {
         return is_null(col) ? std::nullopt : std::optional<std::string>(blob(col));
     }
     std::optional<std::vector<std::string>> argv(int col) const {
-        return unpack_argv(sqlite3_column_blob(s_, col), sqlite3_column_bytes(s_, col));
+        return unpack_argv(sqlite3_column_blob(s_, col),
+                           static_cast<std::size_t>(sqlite3_column_bytes(s_, col)));
     }
     void append_history(JobId id, int col, std::vector<Event>& out) const {
         unpack_history(id, sqlite3_column_blob(s_, col), sqlite3_column_bytes(s_, col), out);
@@ -386,62 +378,6 @@ class Stmt {
     sqlite3_stmt* s_ = nullptr;
 };
 
-constexpr const char* kJobColumns =
-    "id, queue, state, attempts, max_attempts, exit_code, result, error, worker, argv, "
-    "length(payload), created_at, started_at, finished_at, run_at, priority, timeout_ms, "
-    "unique_key, progress, progress_message";
-
-constexpr const char* kLiveColumns =
-    "id, queue, state, attempts, max_attempts, priority, argv IS NOT NULL, run_at, worker, "
-    "created_at, started_at, timeout_ms, backoff_ms, backoff_cap_ms, unique_key, "
-    "COALESCE(attempt_budget, max_attempts)";
-
-JobInfo read_job(const Stmt& s) {
-    JobInfo j;
-    j.id = static_cast<JobId>(s.i64(0));
-    j.queue = s.text(1);
-    j.state = parse_job_state(s.text(2)).value_or(JobState::dead);
-    j.attempts = static_cast<std::uint32_t>(s.i64(3));
-    j.max_attempts = static_cast<std::uint32_t>(s.i64(4));
-    j.exit_code = s.opt_i64(5);
-    j.result = s.opt_blob(6);
-    j.error = s.opt_text(7);
-    j.worker = s.opt_text(8);
-    j.argv = s.argv(9);
-    j.payload_size = static_cast<std::uint64_t>(s.i64(10));
-    j.created_at = s.i64(11);
-    j.started_at = s.opt_i64(12);
-    j.finished_at = s.opt_i64(13);
-    j.run_at = s.opt_i64(14);
-    j.priority = static_cast<std::int32_t>(s.i64(15));
-    j.timeout_ms = s.opt_i64(16);
-    j.unique = s.opt_text(17);
-    if (auto p = s.opt_i64(18)) j.progress = static_cast<std::uint32_t>(*p);
-    j.progress_message = s.opt_text(19);
-    return j;
-}
-
-LiveJob read_live(const Stmt& s) {
-    LiveJob j;
-    j.id = static_cast<JobId>(s.i64(0));
-    j.queue = s.text(1);
-    j.state = parse_job_state(s.text(2)).value_or(JobState::ready);
-    j.attempts = static_cast<std::uint32_t>(s.i64(3));
-    j.max_attempts = static_cast<std::uint32_t>(s.i64(4));
-    j.priority = static_cast<std::int32_t>(s.i64(5));
-    j.has_argv = s.i64(6) != 0;
-    j.run_at = s.opt_i64(7);
-    j.worker = s.opt_text(8);
-    j.created_at = s.i64(9);
-    j.started_at = s.opt_i64(10);
-    j.timeout_ms = s.opt_i64(11);
-    j.backoff_ms = s.opt_i64(12);
-    j.backoff_cap_ms = s.opt_i64(13);
-    j.unique = s.opt_text(14);
-    j.attempt_budget = static_cast<std::uint32_t>(s.i64(15));
-    return j;
-}
-
 // A job's events: the rows of the events statement (at, from, to, attempt, worker, reason), then
 // its history column (the history statement's only column). Resets both.
 std::vector<Event> read_events(JobId id, Stmt& s, Stmt& history) {
@@ -450,8 +386,8 @@ std::vector<Event> read_events(JobId id, Stmt& s, Stmt& history) {
     while (s.step()) {
         Event e;
         e.at = s.i64(0);
-        if (auto f = s.opt_text(1)) e.from = parse_job_state(*f);
-        e.to = parse_job_state(s.text(2)).value_or(JobState::ready);
+        if (auto f = s.opt_text(1)) e.from = stored_state(*f);
+        e.to = stored_state(s.text(2));
         e.attempt = static_cast<std::uint32_t>(s.i64(3));
         e.worker = s.opt_text(4);
         e.reason = s.text(5);
@@ -1015,8 +951,7 @@ std::vector<QueueStateCount> SqliteStore::count_jobs() {
     auto& s = st_->count.reset();
     std::vector<QueueStateCount> out;
     while (s.step())
-        out.push_back({s.text(0), parse_job_state(s.text(1)).value_or(JobState::dead),
-                       static_cast<std::uint64_t>(s.i64(2))});
+        out.push_back({s.text(0), stored_state(s.text(1)), static_cast<std::uint64_t>(s.i64(2))});
     s.reset();
     // Held-back dispatches: counted in their row's state, they are running.
     auto bump = [&out](const std::string& queue, JobState state, int by) {
@@ -1031,7 +966,7 @@ std::vector<QueueStateCount> SqliteStore::count_jobs() {
         r.bind(1, static_cast<std::int64_t>(entry.first));
         if (r.step()) {
             auto queue = r.text(1);
-            bump(queue, parse_job_state(r.text(2)).value_or(JobState::ready), -1);
+            bump(queue, stored_state(r.text(2)), -1);
             bump(queue, JobState::running, 1);
         }
         r.reset();
@@ -1099,8 +1034,7 @@ std::vector<Removed> SqliteStore::remove_finished(std::optional<JobState> state,
     s.bind_opt(3, queue).bind(4, static_cast<std::int64_t>(limit));
     std::vector<std::pair<JobId, std::pair<std::string, JobState>>> rows;
     while (s.step())
-        rows.push_back({static_cast<JobId>(s.i64(0)),
-                        {s.text(1), parse_job_state(s.text(2)).value_or(JobState::dead)}});
+        rows.push_back({static_cast<JobId>(s.i64(0)), {s.text(1), stored_state(s.text(2))}});
     s.reset();
     std::vector<Removed> out;
     JobId highest = 0;

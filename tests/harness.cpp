@@ -1,6 +1,8 @@
 // Integration test harness: processes, temp dirs, ports and the failure listener (harness.hpp).
 #include "harness.hpp"
 
+#include <algorithm>
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -322,8 +324,10 @@ ClientOptions Broker::client_options(Millis timeout_ms) const {
 }
 
 void Broker::start() {
-    std::vector<std::string> argv = {broker_bin(), "--listen", endpoint_, "--db",
-                                     db_path_.string()};
+    std::vector<std::string> argv = {broker_bin(), "--listen", endpoint_};
+    // DIR/errand.db unless the test names a database of its own (a PostgreSQL URI).
+    if (std::find(extra_args_.begin(), extra_args_.end(), "--db") == extra_args_.end())
+        argv.insert(argv.end(), {"--db", db_path_.string()});
     argv.insert(argv.end(), extra_args_.begin(), extra_args_.end());
     process_.reset();  // reaped already when restarting; keeps one live Process per broker
     process_ = std::make_unique<Process>("broker", argv, dir_);

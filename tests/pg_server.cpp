@@ -128,3 +128,11 @@ std::string PgServer::conninfo() const {
 }
 
 }  // namespace errand::test
+
+namespace errand::test {
+
+std::string PgServer::uri() const {
+    return "postgresql:///errand?host=" + dir_ + "&port=" + std::to_string(port_) + "&user=errand";
+}
+
+}  // namespace errand::test

@@ -20,6 +20,8 @@ class PgServer {
 
     // A libpq connection string for database `errand` as user `errand` (trust auth).
     std::string conninfo() const;
+    // The same as a postgresql:// URI (what errand-broker --db takes).
+    std::string uri() const;
     std::string socket_dir() const { return dir_; }
     int port() const { return port_; }
 

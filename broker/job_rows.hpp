@@ -1,0 +1,79 @@
+// The columns both engines read a job with, and the one reading of each row shape: `Row` is an
+// engine's row (SQLite's statement, a PostgreSQL result row) with i64, opt_i64, text, opt_text,
+// opt_blob and argv by column number.
+#pragma once
+
+#include <string>
+
+#include "errand/codec.hpp"
+#include "store.hpp"
+
+namespace errand::broker {
+
+// A state read from the database. The schema's CHECK makes anything else impossible short of
+// damage, which is refused like any damage (StoreError), never guessed.
+inline JobState stored_state(const std::string& text) {
+    auto s = parse_job_state(text);
+    if (!s) throw StoreError("the database holds an unknown job state '" + text + "'", false);
+    return *s;
+}
+
+inline constexpr const char* kJobColumns =
+    "id, queue, state, attempts, max_attempts, exit_code, result, error, worker, argv, "
+    "length(payload), created_at, started_at, finished_at, run_at, priority, timeout_ms, "
+    "unique_key, progress, progress_message";
+
+inline constexpr const char* kLiveColumns =
+    "id, queue, state, attempts, max_attempts, priority, argv IS NOT NULL, run_at, worker, "
+    "created_at, started_at, timeout_ms, backoff_ms, backoff_cap_ms, unique_key, "
+    "COALESCE(attempt_budget, max_attempts)";
+
+template <class Row>
+JobInfo read_job(const Row& s) {
+    JobInfo j;
+    j.id = static_cast<JobId>(s.i64(0));
+    j.queue = s.text(1);
+    j.state = stored_state(s.text(2));
+    j.attempts = static_cast<std::uint32_t>(s.i64(3));
+    j.max_attempts = static_cast<std::uint32_t>(s.i64(4));
+    j.exit_code = s.opt_i64(5);
+    j.result = s.opt_blob(6);
+    j.error = s.opt_text(7);
+    j.worker = s.opt_text(8);
+    j.argv = s.argv(9);
+    j.payload_size = static_cast<std::uint64_t>(s.i64(10));
+    j.created_at = s.i64(11);
+    j.started_at = s.opt_i64(12);
+    j.finished_at = s.opt_i64(13);
+    j.run_at = s.opt_i64(14);
+    j.priority = static_cast<std::int32_t>(s.i64(15));
+    j.timeout_ms = s.opt_i64(16);
+    j.unique = s.opt_text(17);
+    if (auto p = s.opt_i64(18)) j.progress = static_cast<std::uint32_t>(*p);
+    j.progress_message = s.opt_text(19);
+    return j;
+}
+
+template <class Row>
+LiveJob read_live(const Row& s) {
+    LiveJob j;
+    j.id = static_cast<JobId>(s.i64(0));
+    j.queue = s.text(1);
+    j.state = stored_state(s.text(2));
+    j.attempts = static_cast<std::uint32_t>(s.i64(3));
+    j.max_attempts = static_cast<std::uint32_t>(s.i64(4));
+    j.priority = static_cast<std::int32_t>(s.i64(5));
+    j.has_argv = s.i64(6) != 0;
+    j.run_at = s.opt_i64(7);
+    j.worker = s.opt_text(8);
+    j.created_at = s.i64(9);
+    j.started_at = s.opt_i64(10);
+    j.timeout_ms = s.opt_i64(11);
+    j.backoff_ms = s.opt_i64(12);
+    j.backoff_cap_ms = s.opt_i64(13);
+    j.unique = s.opt_text(14);
+    j.attempt_budget = static_cast<std::uint32_t>(s.i64(15));
+    return j;
+}
+
+}  // namespace errand::broker

@@ -1,0 +1,86 @@
+// PostgreSQL implementation of Store (errand-broker --db postgresql://…): the same state machine,
+// CHECK of states and semantics as SqliteStore, on a database that several brokers can share.
+// Ids come from a sequence; a transition is an UPDATE … WHERE state = from AND attempts = n
+// (the compare-and-set); events are rows of their own (appended, never rewritten). Stage 1 of
+// the PostgreSQL issue: one broker; statements run one round trip each.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "pg.hpp"
+#include "store.hpp"
+
+namespace errand::broker {
+
+class PgStore final : public Store {
+  public:
+    // Connects and migrates the schema (throws StoreError: unreachable, newer schema, …).
+    explicit PgStore(const std::string& conninfo);
+
+    void commit() override;
+    void rollback() override;
+    bool writing() const override { return in_txn_; }
+
+    Inserted insert_job(const NewJob& job, const std::string& reason) override;
+    bool apply(const Transition& t) override;
+    void set_progress(JobId id, std::uint32_t percent, const std::string& message) override;
+    void set_paused(const std::string& queue, bool paused) override;
+    std::vector<Removed> remove_finished(std::optional<JobState> state,
+                                         const std::optional<std::string>& queue,
+                                         Millis finished_before, std::size_t limit) override;
+    void maintain(Millis) override {}  // autovacuum does PostgreSQL's housekeeping
+
+    std::optional<JobInfo> get_job(JobId id) override;
+    std::vector<JobInfo> list_jobs(const ListRequest& filter) override;
+    std::vector<Event> events(JobId id) override;
+
+    std::optional<JobId> find_token(const std::string& token) override;
+    std::optional<DispatchData> dispatch_data(JobId id) override;
+    void scan_live(const std::function<void(LiveJob&&)>& fn) override;
+    std::optional<LiveJob> load_live(JobId id) override;
+    std::vector<QueueStateCount> count_jobs() override;
+    std::vector<std::string> paused_queues() override;
+    std::vector<JobId> dead_jobs(const std::optional<std::string>& queue,
+                                 std::size_t limit) override;
+
+    // A page of jobs for the HTTP API (QueryStore::jobs), and the tables' size on disk.
+    std::vector<JobInfo> page(const JobPage& page);
+    std::uint64_t size_bytes();
+
+    int schema_version();
+    static constexpr int kSchemaVersion = 1;
+
+  private:
+    void begin();
+    void migrate();
+    void prepare();
+    void add_event(JobId id, Millis at, std::optional<JobState> from, JobState to,
+                   std::uint32_t attempt, const std::optional<std::string>& worker,
+                   const std::string& reason);
+
+    pg::Connection db_;
+    bool in_txn_ = false;
+};
+
+// The HTTP side's reads, on a connection of its own (it never waits for the loop, nor the loop
+// for it). Not thread-safe: the caller serialises.
+class PgQueryStore final : public QueryStore {
+  public:
+    explicit PgQueryStore(const std::string& conninfo) : store_(conninfo) {}
+    std::optional<JobInfo> get_job(JobId id) override { return store_.get_job(id); }
+    std::vector<Event> events(JobId id) override { return store_.events(id); }
+    std::vector<JobInfo> jobs(const JobPage& page) override { return store_.page(page); }
+    std::optional<std::uint64_t> size_bytes() override { return store_.size_bytes(); }
+
+  private:
+    PgStore store_;
+};
+
+// True when `db` names a PostgreSQL database (postgresql:// or postgres:// URI) rather than a
+// SQLite file.
+bool is_postgres_uri(std::string_view db);
+// The URI with its password (postgresql://user:PASSWORD@host) replaced by ***, for logs.
+std::string redact_uri(const std::string& uri);
+
+}  // namespace errand::broker
