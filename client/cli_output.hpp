@@ -4,26 +4,25 @@
 #pragma once
 
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "errand/codec.hpp"
+#include "errand/duration.hpp"
 #include "errand/protocol.hpp"
 
 namespace errand::cli {
 
 // Every job state in its wire spelling, in life-cycle order, e.g. for "valid states: …" messages.
-const std::vector<JobState>& all_states();
+std::span<const JobState> all_states();
 // "scheduled, ready, running, retrying, succeeded, dead, cancelled"
 std::string state_names();
 
-// Milliseconds since the Unix epoch in UTC with milliseconds: "2026-11-28T19:30:00.123Z".
-std::string format_time(Millis epoch_ms);
-// An RFC 3339 time in ms since the epoch: "2026-11-28T20:00:00Z", "2026-11-28T20:00:00.250+02:00"
-// ('t' and 'z' may be lower case; digits past milliseconds are dropped). nullopt for anything
-// else, including out-of-range fields and a missing zone.
-std::optional<Millis> parse_time(std::string_view text);
+// RFC 3339 times (errand/duration.hpp).
+using errand::format_time;
+using errand::parse_time;
 // How far `then` lies from `now`: "3.2s ago", "in 2.0s".
 std::string format_age(Millis then, Millis now);
 // One line for a result: the text itself when it is a single printable line, its first line and

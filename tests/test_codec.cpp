@@ -223,9 +223,13 @@ TEST_CASE("peek_req finds req in bodies that fail to decode") {
 }
 
 TEST_CASE("names of states and error codes") {
-    for (auto s : {JobState::scheduled, JobState::ready, JobState::running, JobState::retrying,
-                   JobState::succeeded, JobState::dead, JobState::cancelled})
-        CHECK(parse_job_state(to_string(s)) == s);
+    static_assert(kStateCount == 7);
+    for (std::size_t i = 0; i < kStateCount; ++i) {
+        CHECK(kAllStates[i] == static_cast<JobState>(i));
+        CHECK(parse_job_state(to_string(kAllStates[i])) == kAllStates[i]);
+    }
+    CHECK(to_string(JobState::scheduled) == "scheduled");
+    CHECK(to_string(JobState::cancelled) == "cancelled");
     CHECK_FALSE(parse_job_state("done").has_value());
     CHECK(to_string(ErrorCode::not_registered) == "not_registered");
     CHECK(valid_queue_name("a-b_c.9"));
