@@ -341,8 +341,9 @@ MessageTable describe() {
     MessageTable out{t.name, {}};
     std::apply(
         [&](const auto&... f) {
-            (out.fields.push_back(
-                 {f.name, f.rule == Rule::required, std::remove_cvref_t<decltype(f.codec)>::wire}),
+            (out.fields.push_back({f.name, f.rule == Rule::required,
+                                   std::remove_cvref_t<decltype(f.codec)>::wire,
+                                   f.rule == Rule::nullable}),
              ...);
         },
         t.fields);

@@ -441,6 +441,7 @@ struct FieldInfo {
     std::string_view name;  // the wire key
     bool required = false;  // else optional: absent takes the default, or nil / left out
     std::string_view type;  // as docs/PROTOCOL.md spells it: uint, int, str, bin, [str], map...
+    bool nullable = false;  // an absent value is written as nil (else it is left out)
 };
 struct MessageTable {
     std::string_view name;  // the command ("SUBMIT"), or the nested map's name ("job object")
