@@ -1,11 +1,15 @@
 // errand-codec-bench: ns per encode and per decode of each hot-path message (docs/PERFORMANCE.md).
 // No broker, no sockets: the codec alone, so a change to it can be measured in isolation.
-// Usage: errand-codec-bench [iterations-scale, default 1]
+// Usage: errand-codec-bench [N [ROW]]: N calls per small message (default 200000, fewer for
+// batches); ROW runs only the row of that name, e.g. "DONE";
+// a small N suits valgrind --tool=callgrind, whose instruction counts do not depend on the load.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "errand/codec.hpp"
@@ -15,6 +19,7 @@ using namespace errand;
 namespace {
 
 volatile std::size_t g_sink = 0;  // keeps the optimizer from dropping the work
+std::string g_only;               // run only rows whose name starts with this
 
 // Runs fn `n` times (after a warm-up) and returns ns per call, best of 5 rounds.
 double ns_per(std::size_t n, const std::function<void()>& fn) {
@@ -34,6 +39,7 @@ double ns_per(std::size_t n, const std::function<void()>& fn) {
 
 template <class Encode, class Decode>
 void row(const char* name, std::size_t n, Encode encode, Decode decode) {
+    if (!g_only.empty() && g_only != name) return;
     std::string body = encode();
     double enc = ns_per(n, [&] { g_sink = g_sink + encode().size(); });
     double dec = ns_per(n, [&] {
@@ -55,8 +61,9 @@ JobSpec spec(int i) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    std::size_t scale = argc > 1 ? std::strtoul(argv[1], nullptr, 10) : 1;
-    const std::size_t n = 200000 * scale;
+    const std::size_t n =
+        std::max<std::size_t>(argc > 1 ? std::strtoul(argv[1], nullptr, 10) : 200000, 500);
+    if (argc > 2) g_only = argv[2];
 
     SubmitRequest one{1, {spec(0)}};
     row(

@@ -43,10 +43,9 @@ std::string queues_table(const std::vector<QueueInfo>& queues, Millis now);
 // there is no from), "attempt N", worker or "-", reason (its first line).
 std::string events_text(const std::vector<Event>& events);
 
-// `--json`: one object with the keys id, queue, state, attempts, max_attempts, exit_code, result,
-// error, worker, argv, payload_size, created_at, started_at, finished_at, run_at, priority,
-// timeout_ms, unique, progress, progress_message. Absent values are null; times are RFC 3339
-// strings; bytes that are not UTF-8 become U+FFFD. No trailing newline.
+// `--json`: the job's JSON form (errand/json.hpp): every key of the protocol's job object
+// (docs/PROTOCOL.md), in its order. Absent values are null; times are RFC 3339 strings; bytes
+// that are not UTF-8 become U+FFFD. No trailing newline.
 std::string job_json(const JobInfo& job);
 // `list --json`: an array of job_json objects.
 std::string jobs_json(const std::vector<JobInfo>& jobs);
