@@ -17,17 +17,20 @@
 #include <charconv>
 #include <chrono>
 #include <mutex>
-#include <nlohmann/json.hpp>
 #include <thread>
 #include <unordered_map>
 
 #include "errand/codec.hpp"
+#include "errand/duration.hpp"
+#include "errand/json.hpp"
 #include "errand/transport.hpp"
 #include "web_assets.hpp"
 
 namespace errand::broker {
 
-using nlohmann::json;
+// Every JSON form here is ordered (keys in the field tables' order); jobs, events, queues and
+// workers are the forms of errand/json.hpp, with RFC 3339 times.
+using json = Json;
 
 namespace {
 
@@ -39,50 +42,10 @@ Millis wall_ms() {
         .count();
 }
 
-json nullable(const std::optional<std::string>& v) {
-    return v ? json(*v) : json(nullptr);
-}
-template <typename T>
-json nullable(const std::optional<T>& v) {
-    return v ? json(*v) : json(nullptr);
-}
-
-json job_json(const JobInfo& j) {
-    return {{"id", j.id},
-            {"queue", j.queue},
-            {"state", to_string(j.state)},
-            {"attempts", j.attempts},
-            {"max_attempts", j.max_attempts},
-            {"exit_code", nullable(j.exit_code)},
-            {"result", nullable(j.result)},
-            {"error", nullable(j.error)},
-            {"worker", nullable(j.worker)},
-            {"argv", j.argv ? json(*j.argv) : json(nullptr)},
-            {"payload_size", j.payload_size},
-            {"created_at", j.created_at},
-            {"started_at", nullable(j.started_at)},
-            {"finished_at", nullable(j.finished_at)},
-            {"run_at", nullable(j.run_at)},
-            {"priority", j.priority},
-            {"timeout_ms", nullable(j.timeout_ms)},
-            {"unique", nullable(j.unique)},
-            {"progress", nullable(j.progress)},
-            {"progress_message", nullable(j.progress_message)}};
-}
-
-json event_json(const Event& e) {
-    return {{"at", e.at},
-            {"from", e.from ? json(std::string(to_string(*e.from))) : json(nullptr)},
-            {"to", to_string(e.to)},
-            {"attempt", e.attempt},
-            {"worker", nullable(e.worker)},
-            {"reason", e.reason}};
-}
-
-json counts_json(const std::array<std::uint64_t, 7>& c) {
+json counts_json(const std::array<std::uint64_t, kStateCount>& c) {
     json out = json::object();
-    for (std::size_t i = 0; i < c.size(); ++i)
-        out[std::string(to_string(static_cast<JobState>(i)))] = c[i];
+    for (JobState s : kAllStates)
+        out[std::string(to_string(s))] = c[static_cast<std::size_t>(s)];
     return out;
 }
 
@@ -225,17 +188,20 @@ struct HttpServer::Impl {
             out.push_back({{"name", q.name},
                            {"paused", q.paused},
                            {"counts", counts_json(q.counts)},
-                           {"oldest_ready_at", nullable(q.oldest_ready_at)},
+                           {"oldest_ready_at", json_time(q.oldest_ready_at)},
                            {"finished_per_second", q.finished_per_second},
                            {"submitted_per_second", q.submitted_per_second},
                            {"totals", totals}});
         }
-        send_json(res, {{"time", s->at}, {"queues", out}});
+        json states = json::array();
+        for (JobState st : kAllStates)
+            states.push_back(to_string(st));
+        send_json(res, {{"time", format_time(s->at)}, {"states", states}, {"queues", out}});
     }
 
     void stats(const httplib::Request&, httplib::Response& res) {
         auto s = snapshot();
-        std::array<std::uint64_t, 7> totals{};
+        std::array<std::uint64_t, kStateCount> totals{};
         std::uint64_t submitted = 0, succeeded = 0, failed = 0, dead = 0;
         for (const auto& q : s->queues)
             for (std::size_t i = 0; i < totals.size(); ++i)
@@ -253,8 +219,8 @@ struct HttpServer::Impl {
         for (const auto& w : s->workers)
             running += w.jobs.size();
         const auto& c = s->metrics.commit_seconds;
-        send_json(res, {{"time", s->at},
-                        {"started_at", s->started_at},
+        send_json(res, {{"time", format_time(s->at)},
+                        {"started_at", format_time(s->started_at)},
                         {"jobs", counts_json(totals)},
                         {"totals",
                          {{"submitted", submitted},
@@ -288,31 +254,19 @@ struct HttpServer::Impl {
         }
         json out = json::array();
         for (const auto& w : s->workers) {
-            json jobs = json::array();
-            for (const auto& j : w.jobs) {
-                auto info = running.find(j.id);
+            json x = to_json(w);
+            for (auto& j : x["jobs"]) {
+                auto info = running.find(j["id"].get<JobId>());
                 bool known = info != running.end();
-                jobs.push_back(
-                    {{"id", j.id},
-                     {"queue", j.queue},
-                     {"attempt", j.attempt},
-                     {"started_at", j.started_at},
-                     {"progress", known ? nullable(info->second.progress) : json(nullptr)},
-                     {"progress_message",
-                      known ? nullable(info->second.progress_message) : json(nullptr)}});
+                j["progress"] =
+                    known && info->second.progress ? json(*info->second.progress) : json(nullptr);
+                j["progress_message"] = known && info->second.progress_message
+                                            ? json(*info->second.progress_message)
+                                            : json(nullptr);
             }
-            out.push_back({{"name", w.name},
-                           {"instance", w.instance},
-                           {"host", w.host},
-                           {"pid", w.pid},
-                           {"queues", w.queues},
-                           {"concurrency", w.concurrency},
-                           {"prefetch", w.prefetch},
-                           {"credit", w.credit},
-                           {"last_heartbeat", w.last_seen},
-                           {"jobs", jobs}});
+            out.push_back(std::move(x));
         }
-        send_json(res, {{"time", s->at}, {"workers", out}});
+        send_json(res, {{"time", format_time(s->at)}, {"workers", out}});
     }
 
     void events(const httplib::Request& req, httplib::Response& res) {
@@ -324,15 +278,7 @@ struct HttpServer::Impl {
         json out = json::array();
         for (const auto& e : s->recent) {
             if (e.seq <= after || (queue && e.queue != *queue)) continue;
-            out.push_back({{"seq", e.seq},
-                           {"id", e.id},
-                           {"queue", e.queue},
-                           {"from", e.from ? json(std::string(to_string(*e.from))) : json(nullptr)},
-                           {"to", to_string(e.to)},
-                           {"attempt", e.attempt},
-                           {"at", e.at},
-                           {"worker", nullable(e.worker)},
-                           {"reason", e.reason}});
+            out.push_back(to_json(e));
         }
         send_json(res, {{"events", out}});
     }
@@ -364,7 +310,7 @@ struct HttpServer::Impl {
         }
         json out = json::array();
         for (const auto& j : rows)
-            out.push_back(job_json(j));
+            out.push_back(to_json(j));
         json next = rows.size() == page.limit ? json(rows.back().id) : json(nullptr);
         send_json(res, {{"jobs", out}, {"next", next}});
     }
@@ -381,8 +327,8 @@ struct HttpServer::Impl {
         if (!j) throw HttpError{404, "not_found", fmt::format("no job {}", id)};
         json events = json::array();
         for (const auto& e : history)
-            events.push_back(event_json(e));
-        auto out = job_json(*j);
+            events.push_back(to_json(e));
+        auto out = to_json(*j);
         out["events"] = events;
         send_json(res, out);
     }
@@ -399,7 +345,7 @@ struct HttpServer::Impl {
     void cancel(const httplib::Request& req, httplib::Response& res) {
         JobId id = job_id(req);
         auto [command, body] = admin(cmd::kCancel, encode(IdRequest{1, id}));
-        send_json(res, job_json(decode_job_info(Body(body).reader().map("job"))));
+        send_json(res, to_json(decode_job_info(Body(body).reader().map("job"))));
     }
 
     // Every handler runs inside this: errors become JSON with a 4xx/5xx status, never a crash.

@@ -128,9 +128,9 @@ std::string render_prometheus(const Metrics& m, const Gauges& g) {
     out.reserve(16384);
     family(out, "errand_jobs", "gauge", "Jobs in the database by queue and state.");
     for (const auto& [q, counts] : g.jobs)
-        for (std::size_t i = 0; i < counts.size(); ++i)
+        for (JobState s : kAllStates)
             out += fmt::format("errand_jobs{{queue=\"{}\",state=\"{}\"}} {}\n", label(q),
-                               to_string(static_cast<JobState>(i)), counts[i]);
+                               to_string(s), counts[static_cast<std::size_t>(s)]);
     family(out, "errand_queue_paused", "gauge", "1 when the queue is paused.");
     for (const auto& [q, p] : g.paused)
         out += fmt::format("errand_queue_paused{{queue=\"{}\"}} {}\n", label(q), p ? 1 : 0);

@@ -77,7 +77,7 @@ struct Metrics {
 // What /metrics shows besides Metrics: gauges read from the live state.
 struct Gauges {
     // queue -> jobs per state (index = JobState)
-    std::map<std::string, std::array<std::uint64_t, 7>> jobs;
+    std::map<std::string, std::array<std::uint64_t, kStateCount>> jobs;
     std::map<std::string, bool> paused;
     std::uint64_t workers = 0;
     std::uint64_t worker_slots = 0;  // sum of concurrency

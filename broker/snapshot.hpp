@@ -21,7 +21,7 @@ namespace errand::broker {
 struct QueueView {
     std::string name;
     bool paused = false;
-    std::array<std::uint64_t, 7> counts{};  // index = JobState
+    std::array<std::uint64_t, kStateCount> counts{};  // index = JobState
     std::optional<Millis> oldest_ready_at;
     double finished_per_second = 0;  // over the last minute
     double submitted_per_second = 0;

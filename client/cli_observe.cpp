@@ -2,7 +2,6 @@
 #include "cli_observe.hpp"
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <zmq.hpp>
 
 #include <chrono>
@@ -13,11 +12,10 @@
 #include "errand/codec.hpp"
 #include "errand/curve.hpp"
 #include "errand/duration.hpp"
+#include "errand/json.hpp"
 
 namespace errand::cli {
 namespace {
-
-using nlohmann::json;
 
 volatile std::sig_atomic_t g_stop = 0;
 void on_signal(int) {
@@ -30,23 +28,8 @@ Millis now_ms() {
         .count();
 }
 
-json nullable(const std::optional<std::string>& v) {
-    return v ? json(*v) : json(nullptr);
-}
-
 std::string event_line(const JobEvent& e, bool as_json) {
-    if (as_json) {
-        json j = {{"seq", e.seq},
-                  {"id", e.id},
-                  {"queue", e.queue},
-                  {"from", e.from ? json(std::string(to_string(*e.from))) : json(nullptr)},
-                  {"to", to_string(e.to)},
-                  {"attempt", e.attempt},
-                  {"at", e.at},
-                  {"worker", nullable(e.worker)},
-                  {"reason", e.reason}};
-        return j.dump(-1, ' ', false, json::error_handler_t::replace);
-    }
+    if (as_json) return dump_json(to_json(e));
     return fmt::format("{}  job {}  {}  {} -> {}  attempt {}{}  {}", format_time(e.at), e.id,
                        e.queue, e.from ? to_string(*e.from) : "new", to_string(e.to), e.attempt,
                        e.worker ? "  worker " + *e.worker : "", e.reason);
@@ -132,48 +115,24 @@ int run_events(Client& client, const ClientOptions& options, const EventsArgs& a
 int run_stats(Client& client, bool as_json) {
     auto s = client.stats();
     if (as_json) {
-        json queues = json::array();
-        for (const auto& q : s.queues) {
-            json counts = json::object();
-            for (const auto& [state, n] : q.counts)
-                counts[std::string(to_string(state))] = n;
-            queues.push_back({{"name", q.name},
-                              {"paused", q.paused},
-                              {"counts", counts},
-                              {"submitted", q.submitted},
-                              {"succeeded", q.succeeded},
-                              {"failed", q.failed},
-                              {"dead", q.dead},
-                              {"cancelled", q.cancelled},
-                              {"finished_per_second", q.finished_per_second},
-                              {"submitted_per_second", q.submitted_per_second}});
-        }
-        json j = {{"time", s.time},
-                  {"started_at", s.started_at},
-                  {"workers", s.workers},
-                  {"running", s.running},
-                  {"commits", s.commits},
-                  {"commit_failures", s.commit_failures},
-                  {"commit_seconds_sum", s.commit_seconds_sum},
-                  {"commit_jobs_sum", s.commit_jobs_sum},
-                  {"events_endpoint", nullable(s.events_endpoint)},
-                  {"queues", queues}};
-        std::cout << j.dump() << '\n';
+        Json j = to_json(s);
+        j.erase("req");
+        std::cout << dump_json(j) << '\n';
         return 0;
     }
-    std::array<std::uint64_t, 7> totals{};
+    std::array<std::uint64_t, kStateCount> totals{};
     double rate = 0;
     for (const auto& q : s.queues) {
-        for (std::size_t i = 0; i < q.counts.size() && i < totals.size(); ++i)
-            totals[i] += q.counts[i].second;
+        for (const auto& [st, n] : q.counts)
+            totals[static_cast<std::size_t>(st)] += n;
         rate += q.finished_per_second;
     }
     std::cout << fmt::format("broker up {}, {} worker{}, {} job{} running\n",
                              format_duration(s.time - s.started_at), s.workers,
                              s.workers == 1 ? "" : "s", s.running, s.running == 1 ? "" : "s");
     std::cout << "jobs:";
-    for (std::size_t i = 0; i < totals.size(); ++i)
-        std::cout << fmt::format(" {} {}", totals[i], to_string(static_cast<JobState>(i)));
+    for (JobState st : kAllStates)
+        std::cout << fmt::format(" {} {}", totals[static_cast<std::size_t>(st)], to_string(st));
     std::cout << fmt::format("\nfinished: {:.2f}/s over the last minute\n", rate);
     std::cout << fmt::format(
         "commits: {}, avg {:.3f} ms, avg {:.1f} job changes each, {} failed\n", s.commits,
@@ -198,25 +157,10 @@ int run_workers(Client& client, bool as_json) {
     auto workers = client.workers();
     Millis now = now_ms();
     if (as_json) {
-        json out = json::array();
-        for (const auto& w : workers) {
-            json jobs = json::array();
-            for (const auto& j : w.jobs)
-                jobs.push_back({{"id", j.id},
-                                {"queue", j.queue},
-                                {"attempt", j.attempt},
-                                {"started_at", j.started_at}});
-            out.push_back({{"name", w.name},
-                           {"instance", w.instance},
-                           {"host", w.host},
-                           {"pid", w.pid},
-                           {"queues", w.queues},
-                           {"concurrency", w.concurrency},
-                           {"prefetch", w.prefetch},
-                           {"last_heartbeat", w.last_seen},
-                           {"jobs", jobs}});
-        }
-        std::cout << out.dump() << '\n';
+        Json out = Json::array();
+        for (const auto& w : workers)
+            out.push_back(to_json(w));
+        std::cout << dump_json(out) << '\n';
         return 0;
     }
     if (workers.empty()) {

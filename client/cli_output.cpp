@@ -1,5 +1,5 @@
 // How the `errand` CLI prints jobs, queues and histories: aligned text for people, JSON for
-// programs, RFC 3339 UTC times.
+// programs (errand/json.hpp: the same forms as the HTTP API), RFC 3339 UTC times.
 #include "cli_output.hpp"
 
 #include <time.h>
@@ -10,9 +10,8 @@
 #include <cstdio>
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
-
 #include "errand/duration.hpp"
+#include "errand/json.hpp"
 
 namespace errand::cli {
 
@@ -125,54 +124,10 @@ std::string time_with_age(Millis t, Millis now) {
     return fmt::format("{} ({})", format_time(t), format_age(t, now));
 }
 
-nlohmann::ordered_json time_or_null(const std::optional<Millis>& t) {
-    if (!t) return nullptr;
-    return format_time(*t);
-}
-
-template <typename T>
-nlohmann::ordered_json or_null(const std::optional<T>& v) {
-    if (!v) return nullptr;
-    return *v;
-}
-
-nlohmann::ordered_json to_json(const JobInfo& job) {
-    nlohmann::ordered_json j;
-    j["id"] = job.id;
-    j["queue"] = job.queue;
-    j["state"] = std::string(to_string(job.state));
-    j["attempts"] = job.attempts;
-    j["max_attempts"] = job.max_attempts;
-    j["exit_code"] = or_null(job.exit_code);
-    j["result"] = or_null(job.result);
-    j["error"] = or_null(job.error);
-    j["worker"] = or_null(job.worker);
-    j["argv"] = or_null(job.argv);
-    j["payload_size"] = job.payload_size;
-    j["created_at"] = format_time(job.created_at);
-    j["started_at"] = time_or_null(job.started_at);
-    j["finished_at"] = time_or_null(job.finished_at);
-    j["run_at"] = time_or_null(job.run_at);
-    j["priority"] = job.priority;
-    j["timeout_ms"] = or_null(job.timeout_ms);
-    j["unique"] = or_null(job.unique);
-    j["progress"] = or_null(job.progress);
-    j["progress_message"] = or_null(job.progress_message);
-    return j;
-}
-
-std::string dump(const nlohmann::ordered_json& j) {
-    return j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
-}
-
 }  // namespace
 
-const std::vector<JobState>& all_states() {
-    static const std::vector<JobState> kStates = {
-        JobState::scheduled, JobState::ready, JobState::running,   JobState::retrying,
-        JobState::succeeded, JobState::dead,  JobState::cancelled,
-    };
-    return kStates;
+std::span<const JobState> all_states() {
+    return kAllStates;
 }
 
 std::string state_names() {
@@ -182,83 +137,6 @@ std::string state_names() {
         out += to_string(s);
     }
     return out;
-}
-
-std::string format_time(Millis epoch_ms) {
-    // Floor division, so times before 1970 still get a millisecond part in 0..999.
-    Millis secs = epoch_ms / 1000;
-    Millis ms = epoch_ms % 1000;
-    if (ms < 0) {
-        ms += 1000;
-        secs -= 1;
-    }
-    time_t t = static_cast<time_t>(secs);
-    struct tm tm {};
-    if (gmtime_r(&t, &tm) == nullptr) return fmt::format("@{}ms", epoch_ms);
-    return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", tm.tm_year + 1900,
-                       tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
-}
-
-std::optional<Millis> parse_time(std::string_view text) {
-    std::size_t i = 0;
-    // Exactly n digits.
-    auto number = [&](std::size_t n, int& out) {
-        if (text.size() - i < n) return false;
-        out = 0;
-        for (std::size_t k = 0; k < n; ++k, ++i) {
-            if (text[i] < '0' || text[i] > '9') return false;
-            out = out * 10 + (text[i] - '0');
-        }
-        return true;
-    };
-    // One character out of `chars`.
-    auto one_of = [&](std::string_view chars) {
-        if (i >= text.size() || chars.find(text[i]) == std::string_view::npos) return false;
-        ++i;
-        return true;
-    };
-    int year = 0, month = 0, day = 0, hour = 0, minute = 0, second = 0;
-    if (!(number(4, year) && one_of("-") && number(2, month) && one_of("-") && number(2, day) &&
-          one_of("Tt") && number(2, hour) && one_of(":") && number(2, minute) && one_of(":") &&
-          number(2, second))) {
-        return std::nullopt;
-    }
-    Millis ms = 0;
-    if (one_of(".")) {
-        std::size_t start = i;
-        for (Millis scale = 100; i < text.size() && text[i] >= '0' && text[i] <= '9'; ++i) {
-            ms += (text[i] - '0') * scale;
-            scale /= 10;
-        }
-        if (i == start) return std::nullopt;
-    }
-    Millis offset_minutes = 0;
-    if (!one_of("Zz")) {
-        if (i >= text.size() || (text[i] != '+' && text[i] != '-')) return std::nullopt;
-        int sign = text[i++] == '-' ? -1 : 1;
-        int oh = 0, om = 0;
-        if (!(number(2, oh) && one_of(":") && number(2, om)) || oh > 23 || om > 59) {
-            return std::nullopt;
-        }
-        offset_minutes = sign * (oh * 60 + om);
-    }
-    if (i != text.size()) return std::nullopt;
-
-    static constexpr std::array<int, 12> kDays = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    bool leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-    if (month < 1 || month > 12 || day < 1 || day > kDays[static_cast<std::size_t>(month - 1)] ||
-        (month == 2 && day == 29 && !leap) || hour > 23 || minute > 59 || second > 60) {
-        return std::nullopt;  // second 60 is a leap second; timegm rolls it into the next minute
-    }
-    struct tm tm {};
-    tm.tm_year = year - 1900;
-    tm.tm_mon = month - 1;
-    tm.tm_mday = day;
-    tm.tm_hour = hour;
-    tm.tm_min = minute;
-    tm.tm_sec = second;
-    Millis secs = static_cast<Millis>(timegm(&tm));
-    return secs * 1000 + ms - offset_minutes * 60'000;
 }
 
 std::string format_age(Millis then, Millis now) {
@@ -399,45 +277,28 @@ std::string events_text(const std::vector<Event>& events) {
 }
 
 std::string job_json(const JobInfo& job) {
-    return dump(to_json(job));
+    return dump_json(to_json(job));
 }
 
 std::string jobs_json(const std::vector<JobInfo>& jobs) {
-    auto array = nlohmann::ordered_json::array();
+    auto array = Json::array();
     for (const auto& job : jobs)
         array.push_back(to_json(job));
-    return dump(array);
+    return dump_json(array);
 }
 
 std::string queues_json(const std::vector<QueueInfo>& queues) {
-    auto array = nlohmann::ordered_json::array();
-    for (const auto& q : sorted_by_name(queues)) {
-        nlohmann::ordered_json j;
-        j["name"] = q.name;
-        j["paused"] = q.paused;
-        auto counts = nlohmann::ordered_json::object();
-        for (JobState s : all_states())
-            counts[std::string(to_string(s))] = count_of(q, s);
-        j["counts"] = std::move(counts);
-        j["oldest_ready_at"] = time_or_null(q.oldest_ready_at);
-        array.push_back(std::move(j));
-    }
-    return dump(array);
+    auto array = Json::array();
+    for (const auto& q : sorted_by_name(queues))
+        array.push_back(to_json(q));
+    return dump_json(array);
 }
 
 std::string events_json(const std::vector<Event>& events) {
-    auto array = nlohmann::ordered_json::array();
-    for (const auto& e : events) {
-        nlohmann::ordered_json j;
-        j["at"] = format_time(e.at);
-        j["from"] = e.from ? nlohmann::ordered_json(std::string(to_string(*e.from))) : nullptr;
-        j["to"] = std::string(to_string(e.to));
-        j["attempt"] = e.attempt;
-        j["worker"] = or_null(e.worker);
-        j["reason"] = e.reason;
-        array.push_back(std::move(j));
-    }
-    return dump(array);
+    auto array = Json::array();
+    for (const auto& e : events)
+        array.push_back(to_json(e));
+    return dump_json(array);
 }
 
 }  // namespace errand::cli

@@ -4,26 +4,25 @@
 #pragma once
 
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "errand/codec.hpp"
+#include "errand/duration.hpp"
 #include "errand/protocol.hpp"
 
 namespace errand::cli {
 
 // Every job state in its wire spelling, in life-cycle order, e.g. for "valid states: …" messages.
-const std::vector<JobState>& all_states();
+std::span<const JobState> all_states();
 // "scheduled, ready, running, retrying, succeeded, dead, cancelled"
 std::string state_names();
 
-// Milliseconds since the Unix epoch in UTC with milliseconds: "2026-11-28T19:30:00.123Z".
-std::string format_time(Millis epoch_ms);
-// An RFC 3339 time in ms since the epoch: "2026-11-28T20:00:00Z", "2026-11-28T20:00:00.250+02:00"
-// ('t' and 'z' may be lower case; digits past milliseconds are dropped). nullopt for anything
-// else, including out-of-range fields and a missing zone.
-std::optional<Millis> parse_time(std::string_view text);
+// RFC 3339 times (errand/duration.hpp).
+using errand::format_time;
+using errand::parse_time;
 // How far `then` lies from `now`: "3.2s ago", "in 2.0s".
 std::string format_age(Millis then, Millis now);
 // One line for a result: the text itself when it is a single printable line, its first line and
@@ -44,10 +43,9 @@ std::string queues_table(const std::vector<QueueInfo>& queues, Millis now);
 // there is no from), "attempt N", worker or "-", reason (its first line).
 std::string events_text(const std::vector<Event>& events);
 
-// `--json`: one object with the keys id, queue, state, attempts, max_attempts, exit_code, result,
-// error, worker, argv, payload_size, created_at, started_at, finished_at, run_at, priority,
-// timeout_ms, unique, progress, progress_message. Absent values are null; times are RFC 3339
-// strings; bytes that are not UTF-8 become U+FFFD. No trailing newline.
+// `--json`: the job's JSON form (errand/json.hpp): every key of the protocol's job object
+// (docs/PROTOCOL.md), in its order. Absent values are null; times are RFC 3339 strings; bytes
+// that are not UTF-8 become U+FFFD. No trailing newline.
 std::string job_json(const JobInfo& job);
 // `list --json`: an array of job_json objects.
 std::string jobs_json(const std::vector<JobInfo>& jobs);

@@ -12,7 +12,8 @@ constexpr std::array<std::string_view, 14> kErrorNames = {
     "internal",  "invalid_state", "forbidden",       "shutting_down",
 };
 
-constexpr std::array<std::string_view, 7> kStateNames = {
+// Indexed by JobState (kAllStates order).
+constexpr std::array<std::string_view, kStateCount> kStateNames = {
     "scheduled", "ready", "running", "retrying", "succeeded", "dead", "cancelled",
 };
 
@@ -33,8 +34,8 @@ std::string_view to_string(JobState state) {
 }
 
 std::optional<JobState> parse_job_state(std::string_view text) {
-    for (std::size_t i = 0; i < kStateNames.size(); ++i)
-        if (kStateNames[i] == text) return static_cast<JobState>(i);
+    for (JobState s : kAllStates)
+        if (to_string(s) == text) return s;
     return std::nullopt;
 }
 

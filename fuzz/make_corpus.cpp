@@ -112,8 +112,8 @@ std::vector<std::pair<std::string, std::string>> codec_seeds() {
     add("retried", encode_ids(12, {1, 2, 3}));
     add("purged", encode_count(14, 3));
     QueueInfo qi{"default", true, {}, 1'700'000'000'000};
-    for (int s = 0; s < 7; ++s)
-        qi.counts.emplace_back(static_cast<JobState>(s), static_cast<std::uint64_t>(s));
+    for (JobState s : kAllStates)
+        qi.counts.emplace_back(s, static_cast<std::uint64_t>(s));
     add("queues", encode_queues(15, {qi}));
     add("events",
         encode_events(16, 1,

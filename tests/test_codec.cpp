@@ -5,6 +5,7 @@
 
 #include "errand/codec.hpp"
 #include "errand/duration.hpp"
+#include "errand/json.hpp"
 
 using namespace errand;
 
@@ -223,9 +224,13 @@ TEST_CASE("peek_req finds req in bodies that fail to decode") {
 }
 
 TEST_CASE("names of states and error codes") {
-    for (auto s : {JobState::scheduled, JobState::ready, JobState::running, JobState::retrying,
-                   JobState::succeeded, JobState::dead, JobState::cancelled})
-        CHECK(parse_job_state(to_string(s)) == s);
+    static_assert(kStateCount == 7);
+    for (std::size_t i = 0; i < kStateCount; ++i) {
+        CHECK(kAllStates[i] == static_cast<JobState>(i));
+        CHECK(parse_job_state(to_string(kAllStates[i])) == kAllStates[i]);
+    }
+    CHECK(to_string(JobState::scheduled) == "scheduled");
+    CHECK(to_string(JobState::cancelled) == "cancelled");
     CHECK_FALSE(parse_job_state("done").has_value());
     CHECK(to_string(ErrorCode::not_registered) == "not_registered");
     CHECK(valid_queue_name("a-b_c.9"));
@@ -249,4 +254,76 @@ TEST_CASE("durations parse and print") {
     CHECK(format_duration(1500) == "1.5s");
     CHECK(format_duration(250) == "250ms");
     CHECK(format_duration(120000) == "2m");
+}
+
+namespace {
+std::string message_of(const std::function<void()>& fn) {
+    try {
+        fn();
+    } catch (const ProtocolError& e) {
+        return e.what();
+    }
+    return "no ProtocolError thrown";
+}
+}  // namespace
+
+TEST_CASE("decode errors name the field") {
+    auto list = [](const std::string& body) {
+        return message_of([&] { decode_list(Body(body).reader()); });
+    };
+    CHECK(list(Writer(1).u64("limit", 5).take()) == "missing field 'req'");
+    CHECK(list(Writer(2).u64("req", 1).str("state", "bogus").take()) ==
+          "unknown state 'bogus' in field 'state'");
+    CHECK(list(Writer(2).u64("req", 1).str("limit", "x").take()) ==
+          "field 'limit' must be a non-negative integer, got str");
+    CHECK(list(Writer(2).u64("req", 1).u64("limit", 0).take()) == "limit must be 1-10000");
+    CHECK(message_of([] {
+              decode_job_event(Body(Writer(2).u64("seq", 1).str("from", "nope").take()).reader());
+          }) == "unknown state 'nope' in field 'from'");
+    // A repeated key keeps its first value, as the old lookups did.
+    Body twice(Writer(3).u64("req", 1).u64("limit", 7).u64("limit", 9).take());
+    CHECK(decode_list(twice.reader()).limit == 7);
+}
+
+TEST_CASE("every table is in errand::message_tables(), with required fields marked") {
+    const auto& tables = message_tables();
+    auto find = [&](std::string_view name) -> const MessageTable* {
+        for (const auto& t : tables)
+            if (t.name == name) return &t;
+        return nullptr;
+    };
+    const auto* submit = find("SUBMIT job");
+    REQUIRE(submit != nullptr);
+    REQUIRE(submit->fields.size() == 12);
+    CHECK(submit->fields[0].name == "queue");
+    CHECK(submit->fields[0].required);
+    CHECK_FALSE(submit->fields[1].required);
+    const auto* job = find("job object");
+    REQUIRE(job != nullptr);
+    CHECK(job->fields.size() == 20);
+}
+
+TEST_CASE("the JSON form of a job and an event: table keys, null when absent, RFC 3339 times") {
+    JobInfo j;
+    j.id = 7;
+    j.queue = "q";
+    j.state = JobState::running;
+    j.created_at = 1'764'583'200'123;  // 2025-12-01T10:00:00.123Z
+    j.timeout_ms = 5000;
+    auto json = to_json(j);
+    CHECK(json.size() == 20);
+    CHECK(json["id"] == 7);
+    CHECK(json["state"] == "running");
+    CHECK(json["created_at"] == "2025-12-01T10:00:00.123Z");
+    CHECK(json["started_at"].is_null());
+    CHECK(json["timeout_ms"] == 5000);  // durations stay integers of ms
+    CHECK(json.begin().key() == "id");  // table order
+    auto e = to_json(
+        Event{1'764'583'200'123, std::nullopt, JobState::ready, 0, std::nullopt, "submitted"});
+    CHECK(e.dump() == R"({"at":"2025-12-01T10:00:00.123Z","from":null,"to":"ready","attempt":0,)"
+                      R"("worker":null,"reason":"submitted"})");
+    auto q = to_json(QueueInfo{"q", false, {{JobState::ready, 2}}, std::nullopt});
+    CHECK(q["counts"].size() == kStateCount);
+    CHECK(q["counts"]["ready"] == 2);
+    CHECK(q["counts"]["dead"] == 0);
 }

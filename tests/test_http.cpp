@@ -15,6 +15,7 @@
 
 #include "errand/codec.hpp"
 #include "errand/curve.hpp"
+#include "errand/duration.hpp"
 #include "harness.hpp"
 
 using namespace errand::test;
@@ -68,6 +69,14 @@ struct HttpWorld {
         return *job;
     }
 };
+
+// Times in the API are RFC 3339 UTC strings with milliseconds, e.g. "2026-12-01T10:00:00.123Z".
+bool is_rfc3339(const json& v) {
+    if (!v.is_string()) return false;
+    const auto s = v.get<std::string>();
+    return s.size() == 24 && s[4] == '-' && s[10] == 'T' && s[19] == '.' && s.back() == 'Z' &&
+           errand::parse_time(s).has_value();
+}
 
 bool has_line(const std::string& text, const std::string& line) {
     std::istringstream in(text);
@@ -160,12 +169,18 @@ TEST_CASE("http: /healthz, /api/queues and /api/stats show the live picture") {
     CHECK(queues["queues"][0]["totals"]["submitted"] == 2);
     CHECK(queues["queues"][1]["name"] == "qb");
     CHECK(queues["queues"][1]["counts"]["ready"] == 1);
+    CHECK(is_rfc3339(queues["time"]));
+    CHECK(is_rfc3339(queues["queues"][0]["oldest_ready_at"]));
+    CHECK(queues["states"] == json::array({"scheduled", "ready", "running", "retrying", "succeeded",
+                                           "dead", "cancelled"}));
 
     auto stats = w.get("/api/stats");
     CHECK(stats["jobs"]["ready"] == 3);
     CHECK(stats["totals"]["submitted"] == 3);
     CHECK(stats["workers"] == 0);
     CHECK(stats["commits"]["count"].get<std::uint64_t>() >= 1);
+    CHECK(is_rfc3339(stats["time"]));
+    CHECK(is_rfc3339(stats["started_at"]));
 }
 
 TEST_CASE("http: /api/jobs pages newest first with a cursor and filters by queue and state") {
@@ -217,7 +232,15 @@ TEST_CASE("http: /api/jobs/{id} has the job and its event history; 404 and 400 o
     CHECK(j["state"] == "succeeded");
     CHECK(j["result"] == "hello");
     CHECK(j["worker"] == "hw");
+    CHECK(is_rfc3339(j["created_at"]));
+    CHECK(is_rfc3339(j["started_at"]));
+    CHECK(is_rfc3339(j["finished_at"]));
+    CHECK(errand::parse_time(j["created_at"].get<std::string>()) <=
+          errand::parse_time(j["finished_at"].get<std::string>()));
+    CHECK(j["run_at"].is_null());
+    CHECK(j["timeout_ms"].is_null());
     REQUIRE(j["events"].size() == 3);
+    CHECK(is_rfc3339(j["events"][0]["at"]));
     CHECK(j["events"][0]["from"].is_null());
     CHECK(j["events"][0]["to"] == "ready");
     CHECK(j["events"][0]["reason"] == "submitted");
@@ -303,7 +326,8 @@ TEST_CASE("http: /api/workers shows each worker with its running jobs and their 
     CHECK(x["pid"] == worker.process().pid());
     CHECK(x["queues"] == json::array({"p"}));
     CHECK(x["concurrency"] == 2);
-    CHECK(x["last_heartbeat"].get<std::int64_t>() > 0);
+    CHECK(is_rfc3339(x["last_seen"]));
+    CHECK(is_rfc3339(x["jobs"][0]["started_at"]));
     CHECK(x["jobs"][0]["id"] == id);
     CHECK(x["jobs"][0]["attempt"] == 1);
     CHECK(x["jobs"][0]["progress_message"] == "halfway");
@@ -330,8 +354,16 @@ TEST_CASE("cli: errand events --follow streams state changes; events, stats, wor
     std::optional<errand::JobId> seen;
     for (int i = 0; i < 20 && !seen; ++i) {
         auto id = w.client.submit(job_spec("ev", "e")).id;
-        auto done = "\"id\":" + std::to_string(id) + ",\"queue\":\"ev\",\"reason\":\"done\"";
-        if (wait_until([&] { return follow.out().find(done) != std::string::npos; }, 1s)) seen = id;
+        auto done = [&] {
+            std::istringstream in(follow.out());
+            std::string line;
+            while (std::getline(in, line)) {
+                json j = json::parse(line, nullptr, false);
+                if (!j.is_discarded() && j["id"] == id && j["reason"] == "done") return true;
+            }
+            return false;
+        };
+        if (wait_until(done, 1s)) seen = id;
     }
     INFO(follow.logs());
     REQUIRE(seen);
@@ -340,6 +372,7 @@ TEST_CASE("cli: errand events --follow streams state changes; events, stats, wor
         json j = json::parse(line, nullptr, false);
         REQUIRE_FALSE(j.is_discarded());
         CHECK(j["queue"] == "ev");
+        CHECK(is_rfc3339(j["at"]));
         if (j["id"] == *seen) mine.push_back(j);
     }
     REQUIRE(mine.size() >= 2);
@@ -374,6 +407,8 @@ TEST_CASE("cli: errand events --follow streams state changes; events, stats, wor
     CHECK(s["queues"][0]["succeeded"].get<std::uint64_t>() >= 1);
     CHECK(s["queues"][0]["counts"]["succeeded"] == s["queues"][0]["succeeded"]);
     CHECK(s["commits"].get<std::uint64_t>() >= 1);
+    CHECK(is_rfc3339(s["time"]));
+    CHECK_FALSE(s.contains("req"));
     auto stats_text = run_cli({"--broker", w.broker.endpoint(), "stats"});
     CHECK(stats_text.out.find("1 worker,") != std::string::npos);
 
@@ -385,6 +420,7 @@ TEST_CASE("cli: errand events --follow streams state changes; events, stats, wor
     CHECK(ws[0]["pid"] == worker.process().pid());
     CHECK(ws[0]["queues"] == json::array({"ev"}));
     CHECK(ws[0]["jobs"].empty());
+    CHECK(is_rfc3339(ws[0]["last_seen"]));
     auto workers_text = run_cli({"--broker", w.broker.endpoint(), "workers"});
     CHECK(workers_text.out.find("ew ") != std::string::npos);
 }

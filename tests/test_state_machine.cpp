@@ -16,10 +16,7 @@ using errand::broker::transition_allowed;
 
 namespace {
 
-constexpr std::array<JobState, 7> kStates = {
-    JobState::scheduled, JobState::ready, JobState::running,   JobState::retrying,
-    JobState::succeeded, JobState::dead,  JobState::cancelled,
-};
+constexpr const auto& kStates = errand::kAllStates;
 
 // The edges of the diagram, one line each, with the event that takes them.
 const std::set<std::pair<JobState, JobState>>& expected_edges() {

@@ -2,7 +2,9 @@
 // <canvas> chart; no framework, no network beyond this broker.
 'use strict';
 
-const STATES = ['scheduled', 'ready', 'running', 'retrying', 'succeeded', 'dead', 'cancelled'];
+// Times in the API are RFC 3339 UTC strings ("2026-12-01T10:00:00.123Z"); the job states come
+// with /api/queues (`states`, in life-cycle order), so this file lists none of them.
+let STATES = [];
 const POLL_MS = 1000;
 const CHART_SECONDS = 120;
 
@@ -27,15 +29,15 @@ function replaceRows(tbody, rows) {
   tbody.replaceChildren(...rows);
 }
 
-function ago(ms, now) {
-  const d = Math.max(0, (now - ms) / 1000);
+function ago(when, now) {
+  const d = Math.max(0, (Date.parse(now) - Date.parse(when)) / 1000);
   if (d < 60) return d.toFixed(1) + ' s ago';
   if (d < 3600) return Math.floor(d / 60) + ' min ago';
   return Math.floor(d / 3600) + ' h ago';
 }
 
-function time(ms) {
-  return ms ? new Date(ms).toISOString().replace('T', ' ').replace('Z', '') : '–';
+function time(iso) {
+  return iso ? iso.replace('T', ' ').replace('Z', '') : '–';
 }
 
 async function api(path, options) {
@@ -120,6 +122,11 @@ function renderSummary(stats) {
 }
 
 function renderQueues(data) {
+  if (STATES.join() !== data.states.join()) {
+    STATES = data.states;
+    $('#queues-head').replaceChildren(el('th', {}, 'queue'), ...STATES.map((s) => el('th', {}, s)),
+                                      el('th', {}, 'done/s'));
+  }
   replaceRows($('#queues tbody'), data.queues.map((q) => el('tr', {'data-queue': q.name},
     el('td', {}, q.name, q.paused ? el('span', {class: 'state'}, ' paused') : null),
     ...STATES.map((s) => el('td', {class: 'n' + (q.counts[s] ? '' : ' zero'), 'data-state': s},
@@ -132,7 +139,7 @@ function renderWorkers(data) {
     el('td', {}, w.name), el('td', {}, w.host), el('td', {class: 'n'}, w.pid),
     el('td', {}, w.queues.join(', ')), el('td', {class: 'n'}, w.concurrency),
     el('td', {}, ...w.jobs.map((j) => el('span', {}, jobLink(j.id), ' '))),
-    el('td', {}, ago(w.last_heartbeat, data.time)))));
+    el('td', {}, ago(w.last_seen, data.time)))));
 }
 
 function progress(j) {
@@ -222,7 +229,7 @@ async function refresh() {
       api('/api/queues'), api('/api/workers'), api('/api/stats'),
       api('/api/jobs?state=running&limit=50'), api('/api/jobs?state=dead&limit=50'),
       api('/api/jobs?state=retrying&limit=50'), api(`/api/events?after=${lastSeq}`)]);
-    recordSample(queues.queues, queues.time);
+    recordSample(queues.queues, Date.parse(queues.time));
     renderSummary(stats);
     renderQueues(queues);
     renderWorkers(workers);

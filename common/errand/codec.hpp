@@ -1,5 +1,7 @@
 // MessagePack bodies: a typed reader and writer for frame 2, and the message structs of the
 // protocol with their encoders and decoders. Decoders throw ProtocolError (bad_frame/bad_request).
+// Each message's fields are written once, in a table (common/tables.hpp) that drives its encode,
+// decode and JSON form (errand/json.hpp).
 #pragma once
 
 #include <msgpack.hpp>
@@ -44,6 +46,8 @@ class Reader {
     Reader map(std::string_view key) const;
     // The array at key (required); each element is returned as a raw object.
     const msgpack::object_array& array(std::string_view key) const;
+    // The map itself (what the generic decoder reads).
+    const msgpack::object& object() const { return map_; }
 
   private:
     const msgpack::object* find(std::string_view key) const;
@@ -430,6 +434,21 @@ std::string encode(const StatsReply& m);
 StatsReply decode_stats(const Reader& r);
 std::string encode_workers(std::uint64_t req, const std::vector<WorkerInfo>& workers);
 std::vector<WorkerInfo> decode_workers(const Reader& r);
+
+// ---- The field tables, as data (common/tables.hpp is where they are written) --------------
+
+struct FieldInfo {
+    std::string_view name;  // the wire key
+    bool required = false;  // else optional: absent takes the default, or nil / left out
+    std::string_view type;  // as docs/PROTOCOL.md spells it: uint, int, str, bin, [str], map...
+    bool nullable = false;  // an absent value is written as nil (else it is left out)
+};
+struct MessageTable {
+    std::string_view name;  // the command ("SUBMIT"), or the nested map's name ("job object")
+    std::vector<FieldInfo> fields;
+};
+// Every message's table, in the order of docs/PROTOCOL.md (tests/test_protocol_doc.cpp).
+const std::vector<MessageTable>& message_tables();
 
 // Best-effort extraction of `req` from a body that failed to decode, for the ERROR reply.
 std::optional<std::uint64_t> peek_req(std::string_view body);

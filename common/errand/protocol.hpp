@@ -2,6 +2,8 @@
 // docs/PROTOCOL.md is the contract; every name here is spelled exactly as it travels on the wire.
 #pragma once
 
+#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
@@ -79,7 +81,18 @@ class ProtocolError : public std::runtime_error {
 };
 
 // The one vocabulary of job states (code, protocol, CLI, JSON, docs, database CHECK constraint).
+// Everything that lists the states, counts them or sizes an array by them uses kAllStates and
+// kStateCount; to_string gives each one's wire name (protocol.cpp).
 enum class JobState { scheduled, ready, running, retrying, succeeded, dead, cancelled };
+
+inline constexpr std::size_t kStateCount = static_cast<std::size_t>(JobState::cancelled) + 1;
+// Every state in life-cycle (enum) order: kAllStates[i] == JobState(i).
+inline constexpr std::array<JobState, kStateCount> kAllStates = [] {
+    std::array<JobState, kStateCount> all{};
+    for (std::size_t i = 0; i < kStateCount; ++i)
+        all[i] = static_cast<JobState>(i);
+    return all;
+}();
 
 std::string_view to_string(JobState state);
 std::optional<JobState> parse_job_state(std::string_view text);
