@@ -306,9 +306,9 @@ struct Broker::State {
     std::vector<std::pair<JobState, std::uint64_t>> counts_of(const std::string& queue) const {
         std::vector<std::pair<JobState, std::uint64_t>> out;
         auto c = engine.counts().find(queue);
-        for (std::size_t i = 0; i < kStateCount; ++i)
-            out.emplace_back(static_cast<JobState>(i),
-                             c == engine.counts().end() ? 0 : c->second[i]);
+        for (JobState s : kAllStates)
+            out.emplace_back(
+                s, c == engine.counts().end() ? 0 : c->second[static_cast<std::size_t>(s)]);
         return out;
     }
 

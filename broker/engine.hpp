@@ -42,7 +42,6 @@ struct EngineConfig {
     std::size_t retention_batch = 500;       // rows deleted per pass at most
 };
 
-inline constexpr std::size_t kStateCount = 7;  // TODO(merge): protocol.hpp's state list
 using StateCounts = std::array<std::uint64_t, kStateCount>;
 
 // A state change of the current pass, published (PUB, recent ring, metrics) only once the

@@ -53,9 +53,6 @@ using script::kInstances;
 using script::kQueues;
 constexpr std::array<std::string_view, 4> kTokens = {"t0", "t1", "t2", "t3"};
 constexpr std::array<std::string_view, 3> kUniques = {"u0", "u1", "u2"};
-constexpr std::array<JobState, 7> kStatesAll = {
-    JobState::scheduled, JobState::ready, JobState::running,  JobState::retrying,
-    JobState::succeeded, JobState::dead,  JobState::cancelled};
 constexpr std::array<JobState, 3> kTerminal = {JobState::succeeded, JobState::dead,
                                                JobState::cancelled};
 
@@ -293,7 +290,7 @@ class Script {
                 ListRequest m;
                 m.req = req();
                 if (in_.boolean()) m.queue = queue();
-                if (in_.boolean()) m.state = kStatesAll[in_.pick(kStatesAll.size())];
+                if (in_.boolean()) m.state = kAllStates[in_.pick(kAllStates.size())];
                 m.limit = static_cast<std::uint32_t>(in_.range(0, 5));
                 if (m.limit == 0) m.limit = limits::kDefaultListLimit;
                 return encode(m);
