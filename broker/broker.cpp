@@ -17,6 +17,7 @@
 #include "errand/codec.hpp"
 #include "errand/log_fields.hpp"
 #include "errand/transport.hpp"
+#include "errand/utf8.hpp"
 #include "waiters.hpp"
 #include "workers.hpp"
 
@@ -161,7 +162,9 @@ struct Broker::State {
     void reply_error(const std::string& identity, std::optional<std::uint64_t> req, ErrorCode code,
                      const std::string& message, std::optional<JobId> id = std::nullopt,
                      std::optional<std::uint32_t> attempt = std::nullopt) {
-        ErrorReply e{req, code, message, id, attempt};
+        // The message may quote the request (a command name, a queue name), which may be any
+        // bytes: ERROR's message is a str, so it must be UTF-8 for a strict decoder.
+        ErrorReply e{req, code, utf8_escaped(message), id, attempt};
         outbox.push_back({identity, cmd::kError, encode(e), OnFail::send, req});
     }
     void reply_stale(const std::string& identity, JobId id, std::uint32_t attempt) {

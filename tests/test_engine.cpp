@@ -13,6 +13,7 @@
 
 #include "broker.hpp"
 #include "errand/codec.hpp"
+#include "errand/utf8.hpp"
 #include "store_sqlite.hpp"
 #ifdef ERRAND_TEST_PG
 #include "pg_server.hpp"
@@ -1630,4 +1631,25 @@ TEST_CASE("WAIT whose deadline falls in the pass that finishes the job") {
     auto to_client = replies(out, f.client);
     REQUIRE(to_client.size() == 1);
     CHECK(to_client[0].command == "JOB");
+}
+
+TEST_CASE("ERROR messages are valid UTF-8 whatever bytes the request quoted") {
+    Engine f;
+    auto check_utf8_error = [](const std::vector<Envelope>& out, const std::string& expect) {
+        REQUIRE(out.size() == 1);
+        REQUIRE(out[0].command == cmd::kError);
+        Body b(out[0].body);
+        auto e = decode_error(b.reader());
+        CHECK(is_utf8(e.message));
+        CHECK_MESSAGE(e.message.find(expect) != std::string::npos, e.message);
+    };
+    // An unknown command of bytes that are not UTF-8.
+    check_utf8_error(f.send(f.client, "\xff\xfeX", encode_req(1)), "'\\xff\\xfeX'");
+    // A queue name that is not UTF-8 (a str field with any bytes), quoted by the decode error.
+    JobSpec bad = spec("q");
+    bad.queue = "q\xc3(";
+    SubmitRequest m;
+    m.req = 2;
+    m.jobs.push_back(bad);
+    check_utf8_error(f.send(f.client, cmd::kSubmit, encode(m)), "q\\xc3(");
 }
