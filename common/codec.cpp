@@ -95,7 +95,44 @@ using msgpack::type::object_type;
 const msgpack::unpack_limit kUnpackLimit(/*array=*/1 << 20, /*map=*/4096, /*str=*/1u << 30,
                                          /*bin=*/1u << 30, /*ext=*/0, /*depth=*/8);
 
+// Each element of a body becomes a msgpack::object of 24 bytes however small it was on the wire
+// (a nil is one byte), and the unpack limits above are per container: a 60 MB body of nil arrays
+// decoded into 1.5 GB. So a body may hold at most kMaxElements elements in all (array items and
+// map keys and values, at any depth): about 24 MiB decoded, whatever the body's size. A SUBMIT of
+// 1000 jobs with 256 argv entries each stays under it. Counted without decoding, by a parse that
+// builds nothing, and only for bodies large enough to exceed it at all.
+constexpr std::uint64_t kMaxElements = 1 << 20;
+
+struct ElementBudget : msgpack::v2::null_visitor {
+    std::uint64_t left = kMaxElements;
+    bool over = false;
+    bool take(std::uint64_t n) {
+        if (n > left) {
+            over = true;
+            return false;  // stops the parse
+        }
+        left -= n;
+        return true;
+    }
+    bool start_array(std::uint32_t n) { return take(n); }
+    bool start_map(std::uint32_t n) { return take(2ULL * n); }
+    void parse_error(std::size_t, std::size_t) {}
+    void insufficient_bytes(std::size_t, std::size_t) {}
+};
+
+void check_element_budget(std::string_view bytes) {
+    if (bytes.size() <= kMaxElements) return;  // every element takes at least one byte
+    ElementBudget budget;
+    std::size_t off = 0;
+    msgpack::v2::parse(bytes.data(), bytes.size(), off, budget);
+    if (budget.over)
+        throw ProtocolError(
+            ErrorCode::bad_frame,
+            fmt::format("body holds more than {} MessagePack elements", kMaxElements));
+}
+
 msgpack::object_handle parse_map(std::string_view bytes) {
+    check_element_budget(bytes);
     msgpack::object_handle h;
     std::size_t off = 0;
     try {

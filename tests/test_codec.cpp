@@ -327,3 +327,36 @@ TEST_CASE("the JSON form of a job and an event: table keys, null when absent, RF
     CHECK(q["counts"]["ready"] == 2);
     CHECK(q["counts"]["dead"] == 0);
 }
+
+TEST_CASE("a body may not hold more MessagePack elements than a bound, whatever its size") {
+    // Three arrays of 600,000 nils: each under the per-array limit, 1.8 million elements in all,
+    // 1.8 MB on the wire that would decode into ~43 MB of msgpack objects.
+    msgpack::sbuffer buf;
+    msgpack::packer<msgpack::sbuffer> pk(buf);
+    pk.pack_map(2);
+    pk.pack("req");
+    pk.pack(1);
+    pk.pack("jobs");
+    pk.pack_array(3);
+    for (int a = 0; a < 3; ++a) {
+        pk.pack_array(600'000);
+        for (int i = 0; i < 600'000; ++i)
+            pk.pack_nil();
+    }
+    std::string bytes(buf.data(), buf.size());
+    try {
+        Body body(bytes);
+        FAIL("a body of 1.8 million elements was decoded");
+    } catch (const ProtocolError& e) {
+        CHECK(e.code() == ErrorCode::bad_frame);
+        CHECK(std::string(e.what()).find("elements") != std::string::npos);
+    }
+
+    // A large body with few elements (one 2 MiB payload) is fine.
+    SubmitRequest m;
+    m.req = 7;
+    m.jobs.push_back({.queue = "q", .payload = std::string(2 << 20, 'x')});
+    Body big(encode(m));
+    auto back = decode_submit(big.reader(), {.max_payload = 4 << 20});
+    CHECK(back.jobs.at(0).payload.size() == std::size_t{2} << 20);
+}
