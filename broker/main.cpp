@@ -13,6 +13,7 @@
 #include "errand/clock.hpp"
 #include "errand/curve.hpp"
 #include "errand/duration.hpp"
+#include "errand/transport.hpp"
 #include "http_server.hpp"
 #include "logging.hpp"
 #include "notify.hpp"
@@ -155,6 +156,15 @@ int main(int argc, char** argv) {
     } catch (const CLI::ParseError& e) {
         int rc = app.exit(e);
         return rc == 0 ? 0 : kExitUsage;
+    }
+    for (auto [flag, ep] : {std::pair<const char*, std::string*>{"--listen", &cfg.listen},
+                            {"--events", &cfg.events_endpoint}}) {
+        if (ep->empty() && std::string_view(flag) == "--events") continue;
+        if (auto why = errand::endpoint_error(*ep, true)) {
+            std::fprintf(stderr, "errand-broker: bad %s '%s': %s\n", flag, ep->c_str(),
+                         why->c_str());
+            return kExitUsage;
+        }
     }
     cfg.heartbeat_ms = *errand::parse_duration(heartbeat);
     cfg.worker_timeout_ms = *errand::parse_duration(worker_timeout);

@@ -26,6 +26,7 @@
 #include "cli_output.hpp"
 #include "errand/client.hpp"
 #include "errand/duration.hpp"
+#include "errand/transport.hpp"
 
 namespace {
 
@@ -817,6 +818,8 @@ int run(int argc, char** argv) {
                              : "retry needs a job id or --dead (see errand retry --help)");
     }
 
+    if (auto why = errand::endpoint_error(global.broker))
+        throw UsageError(fmt::format("bad --broker '{}': {}", global.broker, *why));
     options.endpoint = global.broker;
     options.timeout_ms = to_ms(global.request_timeout);
     if (!curve_server_key.empty()) {

@@ -1,6 +1,10 @@
 // Multipart send/receive helpers shared by broker, client and worker.
 #include "errand/transport.hpp"
 
+#include <fmt/format.h>
+
+#include <algorithm>
+
 namespace errand {
 
 bool send_message(zmq::socket_t& socket, std::string_view identity, std::string_view command,
@@ -51,6 +55,34 @@ std::optional<Envelope> recv_message(zmq::socket_t& socket, bool with_identity) 
         ++index;
     }
     return env;
+}
+
+std::optional<std::string> endpoint_error(std::string_view ep, bool bind) {
+    auto scheme = ep.find("://");
+    if (scheme == std::string_view::npos)
+        return "an endpoint is tcp://HOST:PORT, ipc://PATH or inproc://NAME";
+    auto kind = ep.substr(0, scheme);
+    auto rest = ep.substr(scheme + 3);
+    if (kind == "ipc" || kind == "inproc") {
+        if (rest.empty())
+            return fmt::format("{}:// needs a {}", kind, kind == "ipc" ? "path" : "name");
+        return std::nullopt;
+    }
+    if (kind != "tcp") return fmt::format("unknown transport '{}' (tcp, ipc or inproc)", kind);
+    auto colon = rest.rfind(':');
+    if (colon == std::string_view::npos) return "tcp:// needs HOST:PORT";
+    auto host = rest.substr(0, colon);
+    auto port = rest.substr(colon + 1);
+    if (host.empty() || host == "[]") return "tcp:// needs a host before the ':'";
+    if (bind && port == "*") return std::nullopt;
+    if (port.empty() || port.size() > 5 ||
+        !std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; }))
+        return fmt::format("the port '{}' is not a number of 1-65535", port);
+    int n = std::stoi(std::string(port));
+    if (n < 1 || n > 65535) {
+        if (!(bind && n == 0)) return fmt::format("the port {} is not 1-65535", n);
+    }
+    return std::nullopt;
 }
 
 }  // namespace errand

@@ -475,3 +475,24 @@ TEST_CASE("cli: retry brings a dead job back; purge deletes finished jobs") {
     auto nothing = w.cli({"purge", "--state", "succeeded", "--older-than", "1h"});
     CHECK_MESSAGE(nothing.out == "purged 0 jobs\n", describe(nothing));
 }
+
+TEST_CASE("a malformed endpoint is a usage error (exit 2) naming the value, in every program") {
+    TempDir dir;
+    auto cli = run_cli({"--broker", "tcp://127.0.0.1:", "ping"}, {}, 10s);
+    CHECK(cli.exit_code == 2);
+    CHECK_MESSAGE(cli.err.find("bad --broker 'tcp://127.0.0.1:'") != std::string::npos,
+                  describe(cli));
+    Process worker("worker", {worker_bin(), "--broker", "tcp://127.0.0.1:", "--queue", "default"},
+                   dir.path());
+    CHECK(worker.wait_exit(10s) == 2);  // it aborted (134) before
+    CHECK_MESSAGE(worker.err().find("bad --broker 'tcp://127.0.0.1:'") != std::string::npos,
+                  worker.logs());
+    Process broker(
+        "broker",
+        {broker_bin(), "--listen", "tcp://127.0.0.1:99999", "--db", (dir / "x.db").string()},
+        dir.path());
+    CHECK(broker.wait_exit(10s) == 2);
+    CHECK_MESSAGE(broker.err().find("the port 99999 is not 1-65535") != std::string::npos,
+                  broker.logs());
+    CHECK_FALSE(std::filesystem::exists(dir / "x.db"));  // nothing was started or created
+}

@@ -21,6 +21,7 @@
 #include "errand/duration.hpp"
 #include "errand/log_fields.hpp"
 #include "errand/protocol.hpp"
+#include "errand/transport.hpp"
 #include "errand/worker.hpp"
 #include "logging.hpp"
 #include "notify.hpp"
@@ -155,6 +156,11 @@ int main(int argc, char** argv) {
     } catch (const CLI::ParseError& e) {
         int rc = app.exit(e);
         return rc == 0 ? 0 : kExitBadFlag;
+    }
+    if (auto why = errand::endpoint_error(endpoint)) {
+        std::fprintf(stderr, "errand-worker: bad --broker '%s': %s\n", endpoint.c_str(),
+                     why->c_str());
+        return kExitBadFlag;
     }
 
     std::vector<errand::workerd::QueueSpec> queues;

@@ -20,6 +20,11 @@ struct Envelope {
     std::string user_id;     // ROUTER side with CURVE: the name the ZAP handler gave the key
 };
 
+// Why `endpoint` is not one ZeroMQ can use (tcp://HOST:PORT with a port of 1-65535, or `*` for
+// HOST/PORT when binding; ipc://PATH; inproc://NAME), or nullopt when it is. Programs check their
+// endpoints with it before they start anything, so a typo is a usage error, not an abort.
+std::optional<std::string> endpoint_error(std::string_view endpoint, bool bind = false);
+
 // Sends version, command and body (preceded by identity when not empty). Never blocks: returns
 // false when ZeroMQ could not queue the message (peer gone or its queue full).
 bool send_message(zmq::socket_t& socket, std::string_view identity, std::string_view command,
