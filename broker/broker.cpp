@@ -145,7 +145,7 @@ struct Broker::State {
           store(std::move(s)),
           clock(clk),
           engine(engine_config(cfg), *store),
-          waiters(cfg.max_waits) {}
+          waiters(cfg.max_waits, cfg.max_waits_total) {}
 
     // ---- outgoing -------------------------------------------------------------------------
 

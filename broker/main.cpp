@@ -105,6 +105,9 @@ int main(int argc, char** argv) {
     app.add_option("--max-batch", cfg.max_batch, "most jobs in one SUBMIT")
         ->capture_default_str()
         ->check(CLI::Range(std::size_t{1}, std::size_t{100000}));
+    app.add_option("--max-waits-total", cfg.max_waits_total,
+                   "most outstanding WAITs of all connections together")
+        ->capture_default_str();
     app.add_option("--max-waits", cfg.max_waits, "most outstanding WAITs per connection")
         ->capture_default_str()
         ->check(CLI::Range(std::size_t{1}, std::size_t{1000000}));

@@ -8,6 +8,11 @@
 namespace errand::broker {
 
 void Waiters::check_limit(const std::string& identity) const {
+    if (total_ >= max_total_)
+        throw ProtocolError(ErrorCode::too_large,
+                            fmt::format("{} WAITs outstanding on this broker, the limit "
+                                        "(--max-waits-total)",
+                                        total_));
     auto n = waits_of_.find(identity);
     if (n != waits_of_.end() && n->second >= max_)
         throw ProtocolError(ErrorCode::too_large,
@@ -30,6 +35,7 @@ void Waiters::add(const std::string& identity, std::uint64_t req, JobId id, Mill
         throw;
     }
     ++waits_of_[identity];
+    ++total_;
     list.push_back({identity, req, deadline});
     deadlines_.push({deadline, id});
 }
@@ -66,6 +72,7 @@ void Waiters::drain(const std::function<void(JobId, const Waiter&)>& fn) {
             fn(id, w);
     waiters_.clear();
     waits_of_.clear();
+    total_ = 0;
     deadlines_ = {};
 }
 
@@ -81,6 +88,7 @@ std::size_t Waiters::size() const {
 }
 
 void Waiters::forget(const std::string& identity) {
+    --total_;
     auto it = waits_of_.find(identity);
     if (it != waits_of_.end() && --it->second == 0) waits_of_.erase(it);
 }

@@ -22,9 +22,12 @@ struct Waiter {
 
 class Waiters {
   public:
-    explicit Waiters(std::size_t max_per_connection) : max_(max_per_connection) {}
+    Waiters(std::size_t max_per_connection, std::size_t max_total)
+        : max_(max_per_connection), max_total_(max_total) {}
 
-    // Throws ProtocolError(too_large) when `identity` has the most waits it may have.
+    // Throws ProtocolError(too_large) when `identity` has the most waits it may have, or the
+    // broker has as many as it holds at all (waits of connections that went away count until
+    // their deadline: ZeroMQ does not say when a peer is gone).
     void check_limit(const std::string& identity) const;
     // `identity` waits for `id` until `deadline` (answered with `req`). A resent WAIT (same
     // identity and req) keeps the first one's deadline. `check_limit` false: checked before.
@@ -44,6 +47,8 @@ class Waiters {
     void forget(const std::string& identity);
 
     std::size_t max_;
+    std::size_t max_total_;
+    std::size_t total_ = 0;
     std::unordered_map<JobId, std::vector<Waiter>> waiters_;
     std::unordered_map<std::string, std::size_t> waits_of_;  // identity -> outstanding waits
     DeadlineHeap deadlines_;                                 // id = the job waited for

@@ -1653,3 +1653,39 @@ TEST_CASE("ERROR messages are valid UTF-8 whatever bytes the request quoted") {
     m.jobs.push_back(bad);
     check_utf8_error(f.send(f.client, cmd::kSubmit, encode(m)), "q\\xc3(");
 }
+
+TEST_CASE("WAITs are bounded per connection and for the whole broker") {
+    auto cfg = engine_config();
+    cfg.max_waits = 2;
+    cfg.max_waits_total = 3;
+    FixedClock clock;
+    Broker broker(cfg, make_store(), clock);
+    Millis now = kBase;
+    auto send = [&](const std::string& who, std::string_view command, std::string body) {
+        return broker.process(
+            Envelope{who, std::string(kProtocolVersion), std::string(command), std::move(body), 3},
+            now += 1);
+    };
+    SubmitRequest m;
+    m.req = 1;
+    m.jobs.push_back(spec("q"));
+    auto sub = send("c1", cmd::kSubmit, encode(m));
+    REQUIRE(sub.size() == 1);
+    Body sb(sub[0].body);
+    JobId id = decode_submitted(sb.reader()).ids.at(0);
+    auto wait = [&](const std::string& who, std::uint64_t req) {
+        auto out = send(who, cmd::kWait, encode(WaitRequest{req, id, 60'000}));
+        if (out.empty()) return std::optional<ErrorCode>();
+        Body b(out.at(0).body);
+        return std::optional<ErrorCode>(decode_error(b.reader()).code);
+    };
+    CHECK(wait("c1", 10) == std::nullopt);
+    CHECK(wait("c1", 11) == std::nullopt);
+    CHECK(wait("c1", 12) == ErrorCode::too_large);  // per connection
+    CHECK(wait("c2", 13) == std::nullopt);
+    CHECK(wait("c3", 14) == ErrorCode::too_large);  // the broker's total
+    // Waits that time out free their places.
+    now += 60'000;
+    send("c9", cmd::kPing, encode_req(99));
+    CHECK(wait("c3", 15) == std::nullopt);
+}
