@@ -40,6 +40,7 @@ struct Pending {
     std::string command;
     std::string body;
     Millis sent_at = 0;
+    std::string queue;  // for log lines about it
 };
 
 }  // namespace
@@ -291,10 +292,18 @@ struct Worker::Impl {
         } else if (env.command == cmd::kError) {
             auto e = decode_error(r);
             if (e.code == ErrorCode::stale && e.id) {
-                pending.erase(*e.id);
+                // The job's queue and attempt as this worker knew them (the ERROR names the
+                // attempt too; it is the one we sent).
+                std::string queue;
+                std::uint32_t attempt = e.attempt.value_or(0);
+                if (auto p = pending.find(*e.id); p != pending.end()) {
+                    queue = p->second.queue;
+                    if (!e.attempt) attempt = p->second.attempt;
+                    pending.erase(p);
+                }
                 if (held_results.erase(*e.id)) grant(1);
-                spdlog::warn("{}: result refused as stale: {}",
-                             job_fields(*e.id, "", e.attempt.value_or(0)), e.message);
+                spdlog::warn("{}: result refused as stale: {}", job_fields(*e.id, queue, attempt),
+                             e.message);
             } else if (e.code == ErrorCode::not_registered) {
                 if (registered || now >= next_register) {
                     registered = false;
@@ -320,7 +329,8 @@ struct Worker::Impl {
     void release(JobId id, std::uint32_t attempt, const std::string& queue, Millis now,
                  const char* why) {
         spdlog::info("{}: handed back to the broker ({})", job_fields(id, queue, attempt), why);
-        pending[id] = Pending{attempt, std::string(cmd::kRelease), encode(Ack{id, attempt}), now};
+        pending[id] =
+            Pending{attempt, std::string(cmd::kRelease), encode(Ack{id, attempt}), now, queue};
         if (registered) send(cmd::kRelease, pending[id].body);
     }
 
@@ -401,7 +411,7 @@ struct Worker::Impl {
                 release(id, attempt, queue, now, "stopped, the drain time is over");
                 continue;
             }
-            pending[id] = Pending{attempt, command.to_string(), body.to_string(), now};
+            pending[id] = Pending{attempt, command.to_string(), body.to_string(), now, queue};
             fresh.push_back(id);
         }
         if (registered && !fresh.empty()) send_results(fresh);

@@ -1032,3 +1032,26 @@ TEST_CASE("lifecycle: --retention deletes finished jobs and their counts; unfini
     auto q = find_queue(client, "ret");
     CHECK_FALSE(q.has_value());  // no jobs left: the queue is not listed
 }
+
+TEST_CASE("lifecycle: a daemon whose result is refused as stale logs the job's queue and attempt") {
+    TempDir dir;
+    Broker broker(dir, {"--worker-timeout", "1s", "--heartbeat", "200ms"});
+    errand::Client client(broker.client_options());
+    WorkerDaemon w1(dir, broker.endpoint(), daemon("w1", {"paused=sleep 1.5; printf first"}));
+    const auto id = client.submit(job_spec("paused", "", 3)).id;
+    REQUIRE(wait_until([&] { return client.status(id).state == JobState::running; }, 10s));
+    // Paused past the worker timeout: the broker gives attempt 1 up and another worker runs
+    // attempt 2. The job's own process is not paused and finishes meanwhile.
+    w1.process().kill(SIGSTOP);
+    WorkerDaemon w2(dir, broker.endpoint(), daemon("w2", {"paused=printf second"}));
+    auto job = client.wait(id, 15'000);
+    REQUIRE_MESSAGE(job.has_value(), w2.logs() << broker.logs());
+    CHECK(job->attempts == 2);
+    w1.process().kill(SIGCONT);
+    // w1 reports attempt 1; the broker refuses it, and w1 says which job it was.
+    auto line = "job=" + std::to_string(id) + " queue=paused attempt=1: result refused as stale";
+    CHECK_MESSAGE(
+        wait_until([&] { return w1.process().err().find(line) != std::string::npos; }, 10s),
+        w1.logs());
+    CHECK(client.status(id).result == "second");
+}
