@@ -1,6 +1,6 @@
 // Bad input over a raw DEALER socket: every malformed or invalid message gets the documented ERROR
 // (exact code, `req` echoed when readable), nothing reaches the database, and the broker keeps
-// serving on the same connection. Oversized messages are dropped by ZeroMQ without a reply.
+// serving on the same connection. A message over --max-message makes ZeroMQ close its connection, without a reply.
 #include <doctest/doctest.h>
 
 #include <functional>
@@ -338,7 +338,7 @@ TEST_CASE("bad input: worker commands from strangers and results for jobs not ru
     CHECK_FALSE(job.error.has_value());
 }
 
-TEST_CASE("bad input: a message over --max-message is dropped; the broker keeps serving") {
+TEST_CASE("bad input: a message over --max-message gets no reply; the broker keeps serving") {
     TempDir dir;
     Broker broker(dir, {"--max-message", "65536"});
     {
