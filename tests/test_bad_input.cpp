@@ -1,6 +1,7 @@
 // Bad input over a raw DEALER socket: every malformed or invalid message gets the documented ERROR
 // (exact code, `req` echoed when readable), nothing reaches the database, and the broker keeps
-// serving on the same connection. A message over --max-message makes ZeroMQ close its connection, without a reply.
+// serving on the same connection. A message over --max-message makes ZeroMQ close its connection,
+// without a reply.
 #include <doctest/doctest.h>
 
 #include <functional>
