@@ -139,33 +139,40 @@ void PgStore::migrate() {
 }
 
 void PgStore::prepare() {
-    db_.prepare("insert",
-                "INSERT INTO jobs (token, queue, state, payload, argv, priority, max_attempts, "
-                "run_at, created_at, timeout_ms, backoff_ms, backoff_cap_ms, unique_key) "
-                "VALUES ($1::text, $2::text, $3::text, $4::bytea, $5::bytea, $6::bigint, "
-                "$7::bigint, $8::bigint, $9::bigint, $10::bigint, $11::bigint, $12::bigint, "
-                "$13::text) ON CONFLICT (token) DO NOTHING RETURNING id",
-                13);
+    // A job and its first event in one statement (one round trip): the event is written only
+    // when the job is (a taken token inserts neither).
     db_.prepare(
-        "event",
+        "insert",
+        "WITH j AS (INSERT INTO jobs (token, queue, state, payload, argv, priority, max_attempts, "
+        "run_at, created_at, timeout_ms, backoff_ms, backoff_cap_ms, unique_key) "
+        "VALUES ($1::text, $2::text, $3::text, $4::bytea, $5::bytea, $6::bigint, "
+        "$7::bigint, $8::bigint, $9::bigint, $10::bigint, $11::bigint, $12::bigint, "
+        "$13::text) ON CONFLICT (token) DO NOTHING RETURNING id) "
         "INSERT INTO job_events (job_id, at, from_state, to_state, attempt, worker, reason) "
-        "VALUES ($1::bigint, $2::bigint, $3::text, $4::text, $5::bigint, $6::text, "
-        "$7::text)",
-        7);
-    db_.prepare("update",
-                "UPDATE jobs SET state = $2::text, attempts = COALESCE($3::bigint, attempts), "
-                "worker = COALESCE($4::text, worker), run_at = $5::bigint, "
-                "started_at = COALESCE($6::bigint, started_at), finished_at = $7::bigint, "
-                "exit_code = CASE WHEN $8::boolean THEN $9::bigint ELSE exit_code END, "
-                "result = CASE WHEN $8::boolean THEN $10::bytea ELSE result END, "
-                "error = CASE WHEN $8::boolean THEN $11::text ELSE error END, "
-                "attempt_budget = CASE WHEN $12::bigint IS NULL THEN attempt_budget "
-                "ELSE COALESCE(attempt_budget, max_attempts) END, "
-                "max_attempts = COALESCE($12::bigint, max_attempts), "
-                "progress = CASE WHEN $13::boolean THEN NULL ELSE progress END, "
-                "progress_message = CASE WHEN $13::boolean THEN NULL ELSE progress_message END "
-                "WHERE id = $1::bigint AND state = $14::text AND attempts = $15::bigint",
-                15);
+        "SELECT id, $9::bigint, NULL, $3::text, 0, NULL, $14::text FROM j "
+        "RETURNING job_id",
+        14);
+    // The compare-and-set and its event in one statement: the event is written only when the
+    // row was in (from, attempts) and changed.
+    db_.prepare(
+        "update",
+        "WITH u AS (UPDATE jobs SET state = $2::text, attempts = COALESCE($3::bigint, attempts), "
+        "worker = COALESCE($4::text, worker), run_at = $5::bigint, "
+        "started_at = COALESCE($6::bigint, started_at), finished_at = $7::bigint, "
+        "exit_code = CASE WHEN $8::boolean THEN $9::bigint ELSE exit_code END, "
+        "result = CASE WHEN $8::boolean THEN $10::bytea ELSE result END, "
+        "error = CASE WHEN $8::boolean THEN $11::text ELSE error END, "
+        "attempt_budget = CASE WHEN $12::bigint IS NULL THEN attempt_budget "
+        "ELSE COALESCE(attempt_budget, max_attempts) END, "
+        "max_attempts = COALESCE($12::bigint, max_attempts), "
+        "progress = CASE WHEN $13::boolean THEN NULL ELSE progress END, "
+        "progress_message = CASE WHEN $13::boolean THEN NULL ELSE progress_message END "
+        "WHERE id = $1::bigint AND state = $14::text AND attempts = $15::bigint "
+        "RETURNING id) "
+        "INSERT INTO job_events (job_id, at, from_state, to_state, attempt, worker, reason) "
+        "SELECT id, $16::bigint, $14::text, $2::text, $17::bigint, $4::text, $18::text "
+        "FROM u",
+        18);
     db_.prepare("progress",
                 "UPDATE jobs SET progress = $2::bigint, progress_message = $3::text "
                 "WHERE id = $1::bigint",
@@ -247,19 +254,6 @@ void PgStore::rollback() {
 
 // ---- writes -----------------------------------------------------------------------------
 
-void PgStore::add_event(JobId id, Millis at, std::optional<JobState> from, JobState to,
-                        std::uint32_t attempt, const std::optional<std::string>& worker,
-                        const std::string& reason) {
-    pg::Params p;
-    p.i64(static_cast<std::int64_t>(id)).i64(at);
-    if (from)
-        p.text(to_string(*from));
-    else
-        p.null();
-    p.text(to_string(to)).i64(attempt).opt_text(worker).text(reason);
-    db_.run("event", p);
-}
-
 Inserted PgStore::insert_job(const NewJob& job, const std::string& reason) {
     begin();
     const JobSpec& s = job.spec;
@@ -276,12 +270,11 @@ Inserted PgStore::insert_job(const NewJob& job, const std::string& reason) {
         .opt_i64(s.timeout_ms)
         .opt_i64(s.backoff_ms)
         .opt_i64(s.backoff_cap_ms)
-        .opt_text(s.unique);
+        .opt_text(s.unique)
+        .text(reason);
     auto r = db_.run("insert", p);
     if (r.rows() == 0) return {find_token(*s.token).value_or(0), true};  // the token is taken
-    auto id = static_cast<JobId>(r.i64(0, 0));
-    add_event(id, job.created_at, std::nullopt, job.state, 0, std::nullopt, reason);
-    return {id, false};
+    return {static_cast<JobId>(r.i64(0, 0)), false};
 }
 
 bool PgStore::apply(const Transition& t) {
@@ -304,10 +297,8 @@ bool PgStore::apply(const Transition& t) {
         p.text(to_string(*t.from));
     else
         p.null();
-    p.i64(t.from_attempts);
-    if (db_.run("update", p).affected() != 1) return false;
-    add_event(t.id, t.at, t.from, t.to, t.attempts.value_or(t.from_attempts), t.worker, t.reason);
-    return true;
+    p.i64(t.from_attempts).i64(t.at).i64(t.attempts.value_or(t.from_attempts)).text(t.reason);
+    return db_.run("update", p).affected() == 1;
 }
 
 void PgStore::set_progress(JobId id, std::uint32_t percent, const std::string& message) {

@@ -55,9 +55,6 @@ class PgStore final : public Store {
     void begin();
     void migrate();
     void prepare();
-    void add_event(JobId id, Millis at, std::optional<JobState> from, JobState to,
-                   std::uint32_t attempt, const std::optional<std::string>& worker,
-                   const std::string& reason);
 
     pg::Connection db_;
     bool in_txn_ = false;
