@@ -389,8 +389,7 @@ struct Broker::State {
             WorkerInfo x{w.name(),      inst,       w.host,   w.pid,       w.queues,
                          w.concurrency, w.prefetch, w.credit, w.last_seen, {}};
             for (const auto& [id, seq] : w.jobs)
-                if (auto r = engine.running(id))
-                    x.jobs.push_back({id, r->queue, r->attempt, r->since});
+                if (auto r = engine.running(id)) x.jobs.push_back(std::move(*r));
             std::sort(x.jobs.begin(), x.jobs.end(),
                       [](const auto& a, const auto& b) { return a.id < b.id; });
             out.push_back(std::move(x));

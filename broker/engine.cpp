@@ -547,10 +547,10 @@ std::optional<Millis> JobEngine::oldest_ready(const std::string& queue) const {
     return oldest;
 }
 
-std::optional<RunningView> JobEngine::running(JobId id) const {
+std::optional<WorkerJob> JobEngine::running(JobId id) const {
     auto l = live_.find(id);
     if (l == live_.end() || l->second.state != JobState::running) return std::nullopt;
-    return RunningView{l->second.queue, l->second.attempts, since(l->second)};
+    return WorkerJob{id, l->second.queue, l->second.attempts, since(l->second)};
 }
 
 std::optional<std::string> JobEngine::queue_of(JobId id) const {

@@ -83,13 +83,6 @@ struct Aborted {
     std::string reason;
 };
 
-// A running attempt, as WORKERS shows it.
-struct RunningView {
-    std::string queue;
-    std::uint32_t attempt = 0;
-    Millis since = 0;
-};
-
 class JobEngine {
   public:
     JobEngine(EngineConfig config, Store& store);
@@ -152,8 +145,8 @@ class JobEngine {
     const std::unordered_set<std::string>& paused() const { return paused_; }
     const std::unordered_map<std::string, StateCounts>& counts() const { return counts_; }
     std::optional<Millis> oldest_ready(const std::string& queue) const;
-    // The job's running attempt; nullopt when it is not running.
-    std::optional<RunningView> running(JobId id) const;
+    // The job's running attempt as WORKERS shows it; nullopt when it is not running.
+    std::optional<WorkerJob> running(JobId id) const;
     // The queue of an unfinished job.
     std::optional<std::string> queue_of(JobId id) const;
     bool is_live(JobId id) const { return live_.count(id) > 0; }

@@ -98,8 +98,9 @@ int main(int argc, char** argv) {
     app.add_option("--max-result", cfg.max_result, "largest job result in bytes")
         ->capture_default_str()
         ->check(CLI::Range(std::size_t{0}, std::size_t{1} << 30));
-    app.add_option("--max-message", cfg.max_message,
-                   "largest message in bytes (ZeroMQ closes the connection that sends a larger one)")
+    app.add_option(
+           "--max-message", cfg.max_message,
+           "largest message in bytes (ZeroMQ closes the connection that sends a larger one)")
         ->capture_default_str()
         ->check(CLI::Range(std::size_t{1024}, std::size_t{1} << 31));
     app.add_option("--max-batch", cfg.max_batch, "most jobs in one SUBMIT")

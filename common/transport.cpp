@@ -75,6 +75,7 @@ std::optional<std::string> endpoint_error(std::string_view ep, bool bind) {
     auto port = rest.substr(colon + 1);
     if (host.empty() || host == "[]") return "tcp:// needs a host before the ':'";
     if (bind && port == "*") return std::nullopt;
+    if (port.empty()) return "tcp:// needs a port after the ':'";
     if (port.empty() || port.size() > 5 ||
         !std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; }))
         return fmt::format("the port '{}' is not a number of 1-65535", port);

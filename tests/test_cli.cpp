@@ -480,7 +480,8 @@ TEST_CASE("a malformed endpoint is a usage error (exit 2) naming the value, in e
     TempDir dir;
     auto cli = run_cli({"--broker", "tcp://127.0.0.1:", "ping"}, {}, 10s);
     CHECK(cli.exit_code == 2);
-    CHECK_MESSAGE(cli.err.find("bad --broker 'tcp://127.0.0.1:'") != std::string::npos,
+    CHECK_MESSAGE(cli.err.find("bad --broker 'tcp://127.0.0.1:': tcp:// needs a port after the "
+                               "':'") != std::string::npos,
                   describe(cli));
     Process worker("worker", {worker_bin(), "--broker", "tcp://127.0.0.1:", "--queue", "default"},
                    dir.path());
