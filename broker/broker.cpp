@@ -230,7 +230,7 @@ struct Broker::State {
             // Submit and wait: the same req is answered again when the job finishes. The waiter
             // is added once the pass has committed: a rolled-back job's id is handed out again.
             JobId id = rep.ids.front();
-            if (engine.is_live(id)) {
+            if (!rep.duplicate.front() || engine.unfinished(id)) {
                 submit_waits.push_back({rq.identity, m.req, id, *m.wait_ms});
             } else if (auto job = store->get_job(id)) {  // a duplicate that has finished
                 reply_anyway(rq.identity, cmd::kJob, encode_job(*job, m.req), m.req);
@@ -651,15 +651,19 @@ struct Broker::State {
             while (w.credit > 0) {
                 const std::string* q = workers.pick_queue(w, engine);
                 if (!q) break;
-                auto c = engine.claim(*q, w.commands, w.holder, now);
-                if (!c) continue;
-                w.jobs[c->id] = ++w.seq;
-                --w.credit;
-                Dispatch d{
-                    c->id, *q,           c->attempt, std::move(c->payload), std::move(c->argv),
-                    w.seq, c->timeout_ms};
-                outbox.push_back(
-                    {w.identity, cmd::kDispatch, encode(d), OnFail::drop, std::nullopt});
+                // A shared store claims the worker's whole credit in one statement; memory
+                // takes one job at a time, so weighted queues are picked per job.
+                auto claims =
+                    engine.claim(*q, w.commands, engine.shared() ? w.credit : 1, w.holder, now);
+                for (auto& c : claims) {
+                    w.jobs[c.id] = ++w.seq;
+                    --w.credit;
+                    Dispatch d{
+                        c.id,  *q,          c.attempt, std::move(c.payload), std::move(c.argv),
+                        w.seq, c.timeout_ms};
+                    outbox.push_back(
+                        {w.identity, cmd::kDispatch, encode(d), OnFail::drop, std::nullopt});
+                }
             }
         }
     }

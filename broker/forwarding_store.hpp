@@ -42,6 +42,24 @@ class ForwardingStore : public Store {
     std::vector<JobId> dead_jobs(const std::optional<std::string>& q, std::size_t n) override {
         return inner_.dead_jobs(q, n);
     }
+    bool shared() const override { return inner_.shared(); }
+    std::vector<ClaimedJob> claim(const ClaimRequest& c) override { return inner_.claim(c); }
+    std::vector<Promoted> promote_due(Millis now, std::size_t n) override {
+        return inner_.promote_due(now, n);
+    }
+    std::vector<LiveJob> expired_attempts(Millis now, Millis grace, std::size_t n) override {
+        return inner_.expired_attempts(now, grace, n);
+    }
+    std::vector<LiveJob> orphaned_attempts(Millis silent, std::size_t n) override {
+        return inner_.orphaned_attempts(silent, n);
+    }
+    bool hold(JobId id, std::uint32_t attempt) override { return inner_.hold(id, attempt); }
+    std::optional<JobId> find_unique(const std::string& key) override {
+        return inner_.find_unique(key);
+    }
+    std::vector<std::pair<std::string, Millis>> oldest_ready() override {
+        return inner_.oldest_ready();
+    }
 
   protected:
     Store& inner_;

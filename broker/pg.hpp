@@ -66,6 +66,7 @@ class Result {
     explicit Result(PGresult* r) : r_(r, &PQclear) {}
 
     int rows() const { return r_ ? PQntuples(r_.get()) : 0; }
+    int columns() const { return r_ ? PQnfields(r_.get()) : 0; }
     int affected() const;  // rows changed by INSERT/UPDATE/DELETE
     bool is_null(int row, int col) const { return PQgetisnull(r_.get(), row, col) != 0; }
     std::int64_t i64(int row, int col) const;  // int8, int4 or int2

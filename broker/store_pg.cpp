@@ -3,7 +3,11 @@
 
 #include <fmt/format.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <chrono>
+#include <random>
 
 #include "argv_blob.hpp"
 #include "job_rows.hpp"
@@ -69,7 +73,35 @@ const char* const kMigrations[] = {
     ) WITH (autovacuum_vacuum_scale_factor = 0.05);
     CREATE TABLE queues (name text PRIMARY KEY, paused boolean NOT NULL DEFAULT false);
     )sql",
+    // 2: several brokers on one database. Each broker has a row it renews every second (on the
+    // database's clock); a running job names the broker that holds its attempt, so when a
+    // broker goes silent the others requeue what no worker took elsewhere. Any broker times out
+    // any attempt: running rows with a timeout are indexed by when it ends.
+    R"sql(
+    CREATE TABLE brokers (
+        id text PRIMARY KEY,
+        host text NOT NULL,
+        pid bigint NOT NULL,
+        started_at timestamptz NOT NULL DEFAULT now(),
+        seen_at timestamptz NOT NULL DEFAULT now()
+    );
+    ALTER TABLE jobs ADD COLUMN broker text;
+    -- Ready jobs are taken in the order they became ready (within a priority), as on SQLite:
+    -- each transition to ready draws a number.
+    CREATE SEQUENCE jobs_ready_seq;
+    SELECT setval('jobs_ready_seq', GREATEST(1, (SELECT max(id) FROM jobs)));
+    ALTER TABLE jobs ADD COLUMN ready_seq bigint DEFAULT nextval('jobs_ready_seq');
+    UPDATE jobs SET ready_seq = id WHERE state = 'ready';
+    DROP INDEX jobs_ready;
+    CREATE INDEX jobs_ready ON jobs (queue, priority DESC, ready_seq) WHERE state = 'ready';
+    CREATE INDEX jobs_running ON jobs (broker) WHERE state = 'running';
+    CREATE INDEX jobs_timeout ON jobs ((started_at + timeout_ms))
+        WHERE state = 'running' AND timeout_ms IS NOT NULL;
+    )sql",
 };
+
+static_assert(std::size(kMigrations) == PgStore::kSchemaVersion,
+              "kSchemaVersion is the number of migrations");
 
 // A row of a result, read the way job_rows.hpp reads rows.
 struct PgRow {
@@ -106,6 +138,11 @@ constexpr const char* kTerminal = "('succeeded', 'dead', 'cancelled')";
 PgStore::PgStore(const std::string& conninfo) : db_(conninfo) {
     migrate();
     prepare();
+    char host[256] = {};
+    gethostname(host, sizeof host - 1);
+    host_ = host;
+    std::random_device rd;
+    broker_id_ = fmt::format("{}-{}-{:08x}", host_, getpid(), rd());
 }
 
 int PgStore::schema_version() {
@@ -140,14 +177,16 @@ void PgStore::migrate() {
 
 void PgStore::prepare() {
     // A job and its first event in one statement (one round trip): the event is written only
-    // when the job is (a taken token inserts neither).
+    // when the job is (a taken token, or a unique key an unfinished job holds, inserts neither;
+    // a broker inserting the same token or key at the same time waits for the first to commit,
+    // then inserts nothing).
     db_.prepare(
         "insert",
         "WITH j AS (INSERT INTO jobs (token, queue, state, payload, argv, priority, max_attempts, "
         "run_at, created_at, timeout_ms, backoff_ms, backoff_cap_ms, unique_key) "
         "VALUES ($1::text, $2::text, $3::text, $4::bytea, $5::bytea, $6::bigint, "
         "$7::bigint, $8::bigint, $9::bigint, $10::bigint, $11::bigint, $12::bigint, "
-        "$13::text) ON CONFLICT (token) DO NOTHING RETURNING id) "
+        "$13::text) ON CONFLICT DO NOTHING RETURNING id) "
         "INSERT INTO job_events (job_id, at, from_state, to_state, attempt, worker, reason) "
         "SELECT id, $9::bigint, NULL, $3::text, 0, NULL, $14::text FROM j "
         "RETURNING job_id",
@@ -166,6 +205,8 @@ void PgStore::prepare() {
         "ELSE COALESCE(attempt_budget, max_attempts) END, "
         "max_attempts = COALESCE($12::bigint, max_attempts), "
         "progress = CASE WHEN $13::boolean THEN NULL ELSE progress END, "
+        "ready_seq = CASE WHEN $2::text = 'ready' THEN nextval('jobs_ready_seq') "
+        "ELSE ready_seq END, "
         "progress_message = CASE WHEN $13::boolean THEN NULL ELSE progress_message END "
         "WHERE id = $1::bigint AND state = $14::text AND attempts = $15::bigint "
         "RETURNING id) "
@@ -218,6 +259,69 @@ void PgStore::prepare() {
                 1);
     db_.prepare("count", "SELECT queue, state, count(*) FROM jobs GROUP BY queue, state", 0);
     db_.prepare("paused", "SELECT name FROM queues WHERE paused ORDER BY name", 0);
+    // The claim (several brokers at once): the rows are locked as they are picked, and rows
+    // another broker has locked are skipped, so no job is claimed twice; the database counts
+    // the attempt. A paused queue (read in the same statement) gives nothing.
+    db_.prepare(
+        "claim",
+        fmt::format(
+            "WITH c AS (UPDATE jobs SET state = 'running', attempts = attempts + 1, "
+            "worker = $4::text, started_at = $5::bigint, run_at = NULL, progress = NULL, "
+            "broker = $6::text, "
+            "progress_message = NULL WHERE id IN (SELECT id FROM jobs WHERE queue = $1::text "
+            "AND state = 'ready' AND ($2::boolean OR argv IS NULL) AND NOT EXISTS (SELECT 1 "
+            "FROM queues WHERE name = $1::text AND paused) ORDER BY priority DESC, ready_seq "
+            "LIMIT $3::bigint FOR UPDATE SKIP LOCKED) RETURNING {}, payload, argv, ready_seq), "
+            "e AS (INSERT INTO job_events (job_id, at, from_state, to_state, attempt, worker, "
+            "reason) SELECT id, $5::bigint, 'ready', 'running', attempts, $4::text, "
+            "'dispatched' FROM c) "
+            "SELECT * FROM c ORDER BY priority DESC, ready_seq",
+            kLiveColumns),
+        6);
+    // Due timers, whichever broker sees them first (the others skip the locked rows).
+    db_.prepare(
+        "promote",
+        "WITH due AS (SELECT id, state FROM jobs WHERE state IN ('scheduled', 'retrying') AND "
+        "run_at <= $1::bigint ORDER BY run_at LIMIT $2::bigint FOR UPDATE SKIP LOCKED), "
+        "u AS (UPDATE jobs j SET state = 'ready', run_at = NULL, "
+        "ready_seq = nextval('jobs_ready_seq') FROM due WHERE j.id = due.id "
+        "RETURNING j.id, j.queue, due.state AS was, j.attempts), "
+        "e AS (INSERT INTO job_events (job_id, at, from_state, to_state, attempt, worker, reason) "
+        "SELECT id, $1::bigint, was, 'ready', attempts, NULL, CASE WHEN was = 'retrying' THEN "
+        "'retry delay over' ELSE 'due' END FROM u) "
+        "SELECT id, queue, was, attempts FROM u",
+        2);
+    db_.prepare("expired",
+                fmt::format("SELECT {} FROM jobs WHERE state = 'running' AND timeout_ms IS NOT "
+                            "NULL AND started_at + timeout_ms <= $1::bigint - $2::bigint "
+                            "ORDER BY started_at + timeout_ms LIMIT $3::bigint",
+                            kLiveColumns),
+                3);
+    db_.prepare("orphaned",
+                fmt::format("SELECT {} FROM jobs j WHERE state = 'running' AND NOT EXISTS "
+                            "(SELECT 1 FROM brokers b WHERE b.id = j.broker AND b.seen_at > "
+                            "now() - $1::bigint * interval '1 millisecond') ORDER BY id "
+                            "LIMIT $2::bigint",
+                            kLiveColumns),
+                2);
+    db_.prepare("hold",
+                "UPDATE jobs SET broker = $3::text WHERE id = $1::bigint AND state = 'running' "
+                "AND attempts = $2::bigint",
+                3);
+    db_.prepare("beat",
+                "INSERT INTO brokers (id, host, pid) VALUES ($1::text, $2::text, $3::bigint) "
+                "ON CONFLICT (id) DO UPDATE SET seen_at = now()",
+                3);
+    // Rows of brokers gone for a day: nothing refers to them any more.
+    db_.prepare("forget_brokers",
+                "DELETE FROM brokers WHERE seen_at < now() - interval '1 day' AND id <> $1::text",
+                1);
+    db_.prepare("unique",
+                fmt::format("SELECT id FROM jobs WHERE unique_key = $1::text AND state NOT IN {}",
+                            kTerminal),
+                1);
+    db_.prepare("oldest",
+                "SELECT queue, min(created_at) FROM jobs WHERE state = 'ready' GROUP BY queue", 0);
     db_.prepare("dead",
                 "SELECT id FROM jobs WHERE state = 'dead' AND ($1::text IS NULL OR queue = "
                 "$1::text) ORDER BY id LIMIT $2::bigint",
@@ -273,8 +377,16 @@ Inserted PgStore::insert_job(const NewJob& job, const std::string& reason) {
         .opt_text(s.unique)
         .text(reason);
     auto r = db_.run("insert", p);
-    if (r.rows() == 0) return {find_token(*s.token).value_or(0), true};  // the token is taken
-    return {static_cast<JobId>(r.i64(0, 0)), false};
+    if (r.rows() == 1) return {static_cast<JobId>(r.i64(0, 0)), false};
+    // The token is taken, or the unique key held.
+    std::optional<JobId> existing;
+    if (s.token) existing = find_token(*s.token);
+    if (!existing && s.unique) existing = find_unique(*s.unique);
+    if (!existing)  // the holder finished between the insert and the lookup
+        throw StoreError(fmt::format("job with unique key '{}' changed during the submit",
+                                     s.unique.value_or("")),
+                         false);
+    return {*existing, true};
 }
 
 bool PgStore::apply(const Transition& t) {
@@ -450,6 +562,88 @@ std::vector<std::string> PgStore::paused_queues() {
     std::vector<std::string> out;
     for (int i = 0; i < r.rows(); ++i)
         out.push_back(r.text(i, 0));
+    return out;
+}
+
+std::vector<ClaimedJob> PgStore::claim(const ClaimRequest& c) {
+    begin();
+    pg::Params p;
+    p.text(c.queue)
+        .boolean(c.commands)
+        .i64(static_cast<std::int64_t>(c.limit))
+        .text(c.worker)
+        .i64(c.now)
+        .text(broker_id_);
+    auto r = db_.run("claim", p);
+    std::vector<ClaimedJob> out;
+    const int data = r.columns() - 3;  // payload, argv, ready_seq after the live columns
+    for (int i = 0; i < r.rows(); ++i) {
+        PgRow row{r, i};
+        out.push_back({read_live(row), DispatchData{r.text(i, data), row.argv(data + 1)}});
+    }
+    return out;
+}
+
+std::vector<Promoted> PgStore::promote_due(Millis now, std::size_t limit) {
+    begin();
+    auto r = db_.run("promote", pg::Params().i64(now).i64(static_cast<std::int64_t>(limit)));
+    std::vector<Promoted> out;
+    for (int i = 0; i < r.rows(); ++i)
+        out.push_back({static_cast<JobId>(r.i64(i, 0)), r.text(i, 1), stored_state(r.text(i, 2)),
+                       static_cast<std::uint32_t>(r.i64(i, 3))});
+    std::sort(out.begin(), out.end(),
+              [](const Promoted& a, const Promoted& b) { return a.id < b.id; });
+    return out;
+}
+
+std::vector<LiveJob> PgStore::expired_attempts(Millis now, Millis grace, std::size_t limit) {
+    auto r =
+        db_.run("expired", pg::Params().i64(now).i64(grace).i64(static_cast<std::int64_t>(limit)));
+    std::vector<LiveJob> out;
+    for (int i = 0; i < r.rows(); ++i)
+        out.push_back(read_live(PgRow{r, i}));
+    return out;
+}
+
+std::vector<LiveJob> PgStore::orphaned_attempts(Millis silent_ms, std::size_t limit) {
+    auto r = db_.run("orphaned", pg::Params().i64(silent_ms).i64(static_cast<std::int64_t>(limit)));
+    std::vector<LiveJob> out;
+    for (int i = 0; i < r.rows(); ++i)
+        out.push_back(read_live(PgRow{r, i}));
+    return out;
+}
+
+bool PgStore::hold(JobId id, std::uint32_t attempt) {
+    begin();
+    return db_.run("hold",
+                   pg::Params().i64(static_cast<std::int64_t>(id)).i64(attempt).text(broker_id_))
+               .affected() == 1;
+}
+
+// The broker's row says it is alive; renewed once a second, in the pass's transaction.
+void PgStore::maintain(Millis) {
+    auto now = std::chrono::steady_clock::now();
+    if (now < next_beat_) return;
+    next_beat_ = now + std::chrono::seconds(1);
+    begin();
+    db_.run("beat", pg::Params().text(broker_id_).text(host_).i64(getpid()));
+    if (now >= next_forget_) {
+        next_forget_ = now + std::chrono::minutes(10);
+        db_.run("forget_brokers", pg::Params().text(broker_id_));
+    }
+}
+
+std::optional<JobId> PgStore::find_unique(const std::string& key) {
+    auto r = db_.run("unique", pg::Params().text(key));
+    if (r.rows() == 0) return std::nullopt;
+    return static_cast<JobId>(r.i64(0, 0));
+}
+
+std::vector<std::pair<std::string, Millis>> PgStore::oldest_ready() {
+    auto r = db_.run("oldest");
+    std::vector<std::pair<std::string, Millis>> out;
+    for (int i = 0; i < r.rows(); ++i)
+        out.emplace_back(r.text(i, 0), r.i64(i, 1));
     return out;
 }
 
