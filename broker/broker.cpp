@@ -136,7 +136,9 @@ struct Broker::State {
     std::vector<SubmitWait> submit_waits;
     Millis next_heartbeat = 0;
     Millis next_status = 0;
-    bool credit_added = true;  // a worker got credit: dispatch() looks for jobs for it
+    bool credit_added = true;    // a worker got credit: dispatch() looks for jobs for it
+    bool needs_rebuild = false;  // a shared store was unreachable when the engine reloaded
+    Millis next_wait_poll = 0;
     // Every message leaves through send(): onto the socket, or into `captured` (the test seam).
     std::vector<Envelope>* captured = nullptr;
 
@@ -670,7 +672,38 @@ struct Broker::State {
 
     // ---- end of pass: commit, then reply --------------------------------------------------
 
+    // Waiters of jobs finished through other brokers: told by their notifications, and, as a
+    // backstop for notifications lost with a dropped connection, asked every second.
+    void answer_remote_waits() {
+        try {
+            auto ids = store->finished_elsewhere();
+            if (now >= next_wait_poll && waiters.size() > 0) {
+                auto more = store->finished_among(waiters.ids());
+                ids.insert(ids.end(), more.begin(), more.end());
+                next_wait_poll = now + 1000;
+            }
+            for (JobId id : ids) {
+                auto list = waiters.take(id);
+                if (list.empty()) continue;
+                if (auto job = store->get_job(id))
+                    for (const auto& w : list)
+                        send(w.identity, cmd::kJob, encode_job(*job, w.req));
+            }
+        } catch (const StoreError& e) {
+            spdlog::debug("waits of other brokers' jobs not checked: {}", e.what());
+        }
+    }
+
     void flush() {
+        // Other brokers' waiters hear of this pass's finished jobs when it commits.
+        if (!txn_failed && engine.shared() && !engine.finished().empty()) {
+            try {
+                store->announce(engine.finished());
+            } catch (const StoreError& e) {
+                txn_failed = true;
+                txn_error = e.what();
+            }
+        }
         if (store->writing()) {
             if (!txn_failed) {
                 try {
@@ -703,9 +736,16 @@ struct Broker::State {
             std::erase_if(outbox, [](const Outgoing& o) { return o.on_fail == OnFail::drop; });
             try {
                 rebuild();
+                needs_rebuild = false;
             } catch (const StoreError& e) {
-                spdlog::critical("cannot reload state after a failed commit: {}", e.what());
-                throw;
+                // A shared database that went away: the broker keeps answering (storage
+                // errors) and reloads once it is back. SQLite that cannot be read is fatal.
+                if (!engine.shared()) {
+                    spdlog::critical("cannot reload state after a failed commit: {}", e.what());
+                    throw;
+                }
+                if (!needs_rebuild) spdlog::error("cannot reload state: {}", e.what());
+                needs_rebuild = true;
             }
             txn_failed = false;
             submit_waits.clear();
@@ -729,6 +769,7 @@ struct Broker::State {
                     send(w.identity, cmd::kJob, encode_job(*job, w.req));
         }
         engine.committed();
+        if (engine.shared()) answer_remote_waits();
         // Waits past their deadline time out only now: one whose job finished in this very pass
         // has had its JOB above.
         waiters.expire(now, [&](JobId id, const Waiter& w) {
@@ -834,6 +875,11 @@ struct Broker::State {
 
     void end_pass() {
         try {
+            if (needs_rebuild) {
+                rebuild();
+                needs_rebuild = false;
+                spdlog::info("state reloaded from the database");
+            }
             tick();
             dispatch();
         } catch (const StoreError& e) {
@@ -977,19 +1023,23 @@ zmq::context_t& Broker::context() {
 }
 
 void Broker::run() {
-    zmq::pollitem_t items[2] = {{s_->sock.handle(), 0, ZMQ_POLLIN, 0},
-                                {s_->admin.handle(), 0, ZMQ_POLLIN, 0}};
-    std::size_t n_items = s_->cfg.admin_endpoint.empty() ? 1 : 2;
+    const bool admin = !s_->cfg.admin_endpoint.empty();
+    std::vector<zmq::pollitem_t> items;
     while (!stopping_.load(std::memory_order_relaxed)) {
         s_->now = s_->clock.now_ms();
         Millis wait = std::clamp<Millis>(s_->next_deadline() - s_->now, 0, 1000);
-        items[0].revents = items[1].revents = 0;
+        items.assign({{s_->sock.handle(), 0, ZMQ_POLLIN, 0}});
+        if (admin) items.push_back({s_->admin.handle(), 0, ZMQ_POLLIN, 0});
+        // A shared store's notifications (other brokers' finished jobs) wake the loop too; its
+        // socket changes when it reconnects.
+        if (int fd = s_->store->notify_fd(); fd >= 0) items.push_back({nullptr, fd, ZMQ_POLLIN, 0});
         try {
-            zmq::poll(items, n_items, std::chrono::milliseconds(wait));
+            zmq::poll(items.data(), items.size(), std::chrono::milliseconds(wait));
         } catch (const zmq::error_t& e) {
             if (e.num() != EINTR) throw;
         }
-        s_->pass((items[0].revents & ZMQ_POLLIN) != 0, (items[1].revents & ZMQ_POLLIN) != 0);
+        s_->pass((items[0].revents & ZMQ_POLLIN) != 0,
+                 admin && (items[1].revents & ZMQ_POLLIN) != 0);
     }
     spdlog::info("broker stopping");
     s_->shutdown();

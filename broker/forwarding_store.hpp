@@ -54,6 +54,12 @@ class ForwardingStore : public Store {
         return inner_.orphaned_attempts(silent, n);
     }
     bool hold(JobId id, std::uint32_t attempt) override { return inner_.hold(id, attempt); }
+    void announce(const std::vector<JobId>& ids) override { inner_.announce(ids); }
+    std::vector<JobId> finished_elsewhere() override { return inner_.finished_elsewhere(); }
+    std::vector<JobId> finished_among(const std::vector<JobId>& ids) override {
+        return inner_.finished_among(ids);
+    }
+    int notify_fd() const override { return inner_.notify_fd(); }
     std::optional<JobId> find_unique(const std::string& key) override {
         return inner_.find_unique(key);
     }

@@ -108,8 +108,16 @@ class Connection {
     // statements after it are not run.
     std::vector<Result> pipeline(const std::vector<Call>& calls);
 
-    // The connection's socket, for polling in an event loop.
+    // The connection's socket, for polling in an event loop (-1 when it is down).
     int socket() const { return PQsocket(conn_.get()); }
+    // False once the server or the network dropped the connection.
+    bool ok() const { return PQstatus(conn_.get()) == CONNECTION_OK; }
+    // Connects again with the same parameters (prepared statements and LISTENs are gone);
+    // false when the server cannot be reached.
+    bool reset();
+    // Reads what the server sent without waiting, and returns the payloads of the notifications
+    // on `channel` sent by other sessions (LISTEN), oldest first.
+    std::vector<std::string> notifications(const char* channel);
     PGconn* get() const { return conn_.get(); }
 
   private:

@@ -212,6 +212,15 @@ class Store : public JobReads {
     virtual bool hold(JobId, std::uint32_t) { throw not_shared(); }
     // The unfinished job holding a unique key.
     virtual std::optional<JobId> find_unique(const std::string&) { throw not_shared(); }
+    // Waits across brokers. Tells the other brokers, when this transaction commits, that these
+    // jobs finished; and, without waiting, which jobs other brokers said finished since the
+    // last call (possibly not all: a dropped connection loses them, see finished_among).
+    virtual void announce(const std::vector<JobId>&) {}
+    virtual std::vector<JobId> finished_elsewhere() { return {}; }
+    // Which of `ids` are finished (the slow backstop of the notifications).
+    virtual std::vector<JobId> finished_among(const std::vector<JobId>&) { throw not_shared(); }
+    // A file descriptor that becomes readable when a notification may have arrived; -1: none.
+    virtual int notify_fd() const { return -1; }
     // The creation time of each queue's oldest ready job.
     virtual std::vector<std::pair<std::string, Millis>> oldest_ready() { throw not_shared(); }
 

@@ -2,10 +2,13 @@
 #include "store_pg.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <spdlog/spdlog.h>
 
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <random>
 
@@ -132,12 +135,16 @@ std::string pg_columns(const char* columns) {
 }
 
 constexpr const char* kTerminal = "('succeeded', 'dead', 'cancelled')";
+// NOTIFY's channel for finished jobs (payload: ids, comma-separated, under 8000 bytes).
+constexpr const char* kFinishedChannel = "errand_finished";
+constexpr std::size_t kNotifyBytes = 7900;
 
 }  // namespace
 
-PgStore::PgStore(const std::string& conninfo) : db_(conninfo) {
+PgStore::PgStore(const std::string& conninfo, bool listens) : db_(conninfo), listens_(listens) {
     migrate();
     prepare();
+    listen();
     char host[256] = {};
     gethostname(host, sizeof host - 1);
     host_ = host;
@@ -320,6 +327,12 @@ void PgStore::prepare() {
                 fmt::format("SELECT id FROM jobs WHERE unique_key = $1::text AND state NOT IN {}",
                             kTerminal),
                 1);
+    db_.prepare("notify", "SELECT pg_notify($1::text, $2::text)", 2);
+    db_.prepare(
+        "finished_among",
+        fmt::format("SELECT id FROM jobs WHERE id = ANY($1::text::bigint[]) AND state IN {}",
+                    kTerminal),
+        1);
     db_.prepare("oldest",
                 "SELECT queue, min(created_at) FROM jobs WHERE state = 'ready' GROUP BY queue", 0);
     db_.prepare("dead",
@@ -330,9 +343,51 @@ void PgStore::prepare() {
 
 // ---- transactions ----------------------------------------------------------------------
 
+// The connection is checked before a transaction or a read begins: one the server dropped (a
+// restart, pg_terminate_backend, the network) is opened again, with its statements and LISTEN;
+// within a transaction a lost connection is that transaction's failure.
+void PgStore::connected() {
+    if (db_.ok()) return;
+    auto now = std::chrono::steady_clock::now();
+    if (now < next_reconnect_ || !db_.reset()) {
+        if (now >= next_reconnect_) next_reconnect_ = now + std::chrono::milliseconds(500);
+        throw StoreError("the connection to PostgreSQL is lost; reconnecting", false);
+    }
+    prepare();
+    listen();
+    spdlog::warn("reconnected to PostgreSQL");
+}
+
+void PgStore::listen() {
+    db_.exec(fmt::format("SET application_name = 'errand-broker pid={}{}'", getpid(),
+                         listens_ ? "" : " (reads)"));
+    if (listens_) db_.exec(fmt::format("LISTEN {}", kFinishedChannel));
+}
+
+// Outside a transaction a statement that finds the connection dropped (the server restarted,
+// the session was terminated) runs again once on a new one: nothing of it had happened.
+pg::Result PgStore::run(std::string_view statement, const pg::Params& params) {
+    if (in_txn_) return db_.run(statement, params);
+    connected();
+    try {
+        return db_.run(statement, params);
+    } catch (const StoreError&) {
+        if (db_.ok()) throw;
+        connected();
+        return db_.run(statement, params);
+    }
+}
+
 void PgStore::begin() {
     if (in_txn_) return;
-    db_.exec("BEGIN");
+    connected();
+    try {
+        db_.exec("BEGIN");
+    } catch (const StoreError&) {
+        if (db_.ok()) throw;
+        connected();
+        db_.exec("BEGIN");
+    }
     in_txn_ = true;
 }
 
@@ -376,7 +431,7 @@ Inserted PgStore::insert_job(const NewJob& job, const std::string& reason) {
         .opt_i64(s.backoff_cap_ms)
         .opt_text(s.unique)
         .text(reason);
-    auto r = db_.run("insert", p);
+    auto r = run("insert", p);
     if (r.rows() == 1) return {static_cast<JobId>(r.i64(0, 0)), false};
     // The token is taken, or the unique key held.
     std::optional<JobId> existing;
@@ -410,17 +465,17 @@ bool PgStore::apply(const Transition& t) {
     else
         p.null();
     p.i64(t.from_attempts).i64(t.at).i64(t.attempts.value_or(t.from_attempts)).text(t.reason);
-    return db_.run("update", p).affected() == 1;
+    return run("update", p).affected() == 1;
 }
 
 void PgStore::set_progress(JobId id, std::uint32_t percent, const std::string& message) {
     begin();
-    db_.run("progress", pg::Params().i64(static_cast<std::int64_t>(id)).i64(percent).text(message));
+    run("progress", pg::Params().i64(static_cast<std::int64_t>(id)).i64(percent).text(message));
 }
 
 void PgStore::set_paused(const std::string& queue, bool paused) {
     begin();
-    db_.run("pause", pg::Params().text(queue).boolean(paused));
+    run("pause", pg::Params().text(queue).boolean(paused));
 }
 
 std::vector<Removed> PgStore::remove_finished(std::optional<JobState> state,
@@ -434,7 +489,7 @@ std::vector<Removed> PgStore::remove_finished(std::optional<JobState> state,
     else
         p.null();
     p.opt_text(queue).i64(static_cast<std::int64_t>(limit));
-    auto r = db_.run("remove", p);
+    auto r = run("remove", p);
     std::vector<Removed> out;
     for (int i = 0; i < r.rows(); ++i) {
         auto q = r.text(i, 0);
@@ -452,7 +507,7 @@ std::vector<Removed> PgStore::remove_finished(std::optional<JobState> state,
 // ---- reads ------------------------------------------------------------------------------
 
 std::optional<JobInfo> PgStore::get_job(JobId id) {
-    auto r = db_.run("get", pg::Params().i64(static_cast<std::int64_t>(id)));
+    auto r = run("get", pg::Params().i64(static_cast<std::int64_t>(id)));
     if (r.rows() == 0) return std::nullopt;
     return read_job(PgRow{r, 0});
 }
@@ -465,7 +520,7 @@ std::vector<JobInfo> PgStore::list_jobs(const ListRequest& filter) {
     else
         p.null();
     p.i64(filter.limit);
-    auto r = db_.run("list", p);
+    auto r = run("list", p);
     std::vector<JobInfo> out;
     for (int i = 0; i < r.rows(); ++i)
         out.push_back(read_job(PgRow{r, i}));
@@ -473,7 +528,7 @@ std::vector<JobInfo> PgStore::list_jobs(const ListRequest& filter) {
 }
 
 std::vector<Event> PgStore::events(JobId id) {
-    auto r = db_.run("events", pg::Params().i64(static_cast<std::int64_t>(id)));
+    auto r = run("events", pg::Params().i64(static_cast<std::int64_t>(id)));
     std::vector<Event> out;
     for (int i = 0; i < r.rows(); ++i) {
         Event e;
@@ -496,7 +551,7 @@ std::vector<JobInfo> PgStore::page(const JobPage& page) {
     else
         p.null();
     p.opt_i64(page.before).i64(static_cast<std::int64_t>(page.limit));
-    auto r = db_.run("page", p);
+    auto r = run("page", p);
     std::vector<JobInfo> out;
     for (int i = 0; i < r.rows(); ++i)
         out.push_back(read_job(PgRow{r, i}));
@@ -524,32 +579,32 @@ std::string redact_uri(const std::string& uri) {
 }
 
 std::optional<JobId> PgStore::find_token(const std::string& token) {
-    auto r = db_.run("token", pg::Params().text(token));
+    auto r = run("token", pg::Params().text(token));
     if (r.rows() == 0) return std::nullopt;
     return static_cast<JobId>(r.i64(0, 0));
 }
 
 std::optional<DispatchData> PgStore::dispatch_data(JobId id) {
-    auto r = db_.run("dispatch", pg::Params().i64(static_cast<std::int64_t>(id)));
+    auto r = run("dispatch", pg::Params().i64(static_cast<std::int64_t>(id)));
     if (r.rows() == 0) return std::nullopt;
     PgRow row{r, 0};
     return DispatchData{r.text(0, 0), row.argv(1)};
 }
 
 void PgStore::scan_live(const std::function<void(LiveJob&&)>& fn) {
-    auto r = db_.run("live");
+    auto r = run("live");
     for (int i = 0; i < r.rows(); ++i)
         fn(read_live(PgRow{r, i}));
 }
 
 std::optional<LiveJob> PgStore::load_live(JobId id) {
-    auto r = db_.run("live_one", pg::Params().i64(static_cast<std::int64_t>(id)));
+    auto r = run("live_one", pg::Params().i64(static_cast<std::int64_t>(id)));
     if (r.rows() == 0) return std::nullopt;
     return read_live(PgRow{r, 0});
 }
 
 std::vector<QueueStateCount> PgStore::count_jobs() {
-    auto r = db_.run("count");
+    auto r = run("count");
     std::vector<QueueStateCount> out;
     for (int i = 0; i < r.rows(); ++i)
         out.push_back(
@@ -558,7 +613,7 @@ std::vector<QueueStateCount> PgStore::count_jobs() {
 }
 
 std::vector<std::string> PgStore::paused_queues() {
-    auto r = db_.run("paused");
+    auto r = run("paused");
     std::vector<std::string> out;
     for (int i = 0; i < r.rows(); ++i)
         out.push_back(r.text(i, 0));
@@ -574,7 +629,7 @@ std::vector<ClaimedJob> PgStore::claim(const ClaimRequest& c) {
         .text(c.worker)
         .i64(c.now)
         .text(broker_id_);
-    auto r = db_.run("claim", p);
+    auto r = run("claim", p);
     std::vector<ClaimedJob> out;
     const int data = r.columns() - 3;  // payload, argv, ready_seq after the live columns
     for (int i = 0; i < r.rows(); ++i) {
@@ -586,7 +641,7 @@ std::vector<ClaimedJob> PgStore::claim(const ClaimRequest& c) {
 
 std::vector<Promoted> PgStore::promote_due(Millis now, std::size_t limit) {
     begin();
-    auto r = db_.run("promote", pg::Params().i64(now).i64(static_cast<std::int64_t>(limit)));
+    auto r = run("promote", pg::Params().i64(now).i64(static_cast<std::int64_t>(limit)));
     std::vector<Promoted> out;
     for (int i = 0; i < r.rows(); ++i)
         out.push_back({static_cast<JobId>(r.i64(i, 0)), r.text(i, 1), stored_state(r.text(i, 2)),
@@ -597,8 +652,7 @@ std::vector<Promoted> PgStore::promote_due(Millis now, std::size_t limit) {
 }
 
 std::vector<LiveJob> PgStore::expired_attempts(Millis now, Millis grace, std::size_t limit) {
-    auto r =
-        db_.run("expired", pg::Params().i64(now).i64(grace).i64(static_cast<std::int64_t>(limit)));
+    auto r = run("expired", pg::Params().i64(now).i64(grace).i64(static_cast<std::int64_t>(limit)));
     std::vector<LiveJob> out;
     for (int i = 0; i < r.rows(); ++i)
         out.push_back(read_live(PgRow{r, i}));
@@ -606,7 +660,7 @@ std::vector<LiveJob> PgStore::expired_attempts(Millis now, Millis grace, std::si
 }
 
 std::vector<LiveJob> PgStore::orphaned_attempts(Millis silent_ms, std::size_t limit) {
-    auto r = db_.run("orphaned", pg::Params().i64(silent_ms).i64(static_cast<std::int64_t>(limit)));
+    auto r = run("orphaned", pg::Params().i64(silent_ms).i64(static_cast<std::int64_t>(limit)));
     std::vector<LiveJob> out;
     for (int i = 0; i < r.rows(); ++i)
         out.push_back(read_live(PgRow{r, i}));
@@ -615,8 +669,8 @@ std::vector<LiveJob> PgStore::orphaned_attempts(Millis silent_ms, std::size_t li
 
 bool PgStore::hold(JobId id, std::uint32_t attempt) {
     begin();
-    return db_.run("hold",
-                   pg::Params().i64(static_cast<std::int64_t>(id)).i64(attempt).text(broker_id_))
+    return run("hold",
+               pg::Params().i64(static_cast<std::int64_t>(id)).i64(attempt).text(broker_id_))
                .affected() == 1;
 }
 
@@ -626,21 +680,63 @@ void PgStore::maintain(Millis) {
     if (now < next_beat_) return;
     next_beat_ = now + std::chrono::seconds(1);
     begin();
-    db_.run("beat", pg::Params().text(broker_id_).text(host_).i64(getpid()));
+    run("beat", pg::Params().text(broker_id_).text(host_).i64(getpid()));
     if (now >= next_forget_) {
         next_forget_ = now + std::chrono::minutes(10);
-        db_.run("forget_brokers", pg::Params().text(broker_id_));
+        run("forget_brokers", pg::Params().text(broker_id_));
     }
 }
 
+// One NOTIFY per 7,900 bytes of ids, delivered to the listening brokers at commit.
+void PgStore::announce(const std::vector<JobId>& ids) {
+    if (ids.empty()) return;
+    begin();
+    std::string payload;
+    auto send = [&] {
+        run("notify", pg::Params().text(kFinishedChannel).text(payload));
+        payload.clear();
+    };
+    for (JobId id : ids) {
+        if (payload.size() + 21 > kNotifyBytes) send();
+        if (!payload.empty()) payload += ',';
+        payload += std::to_string(id);
+    }
+    send();
+}
+
+std::vector<JobId> PgStore::finished_elsewhere() {
+    std::vector<JobId> out;
+    for (const auto& payload : db_.notifications(kFinishedChannel)) {
+        std::size_t at = 0;
+        while (at < payload.size()) {
+            auto comma = payload.find(',', at);
+            if (comma == std::string::npos) comma = payload.size();
+            JobId id = 0;
+            auto [end, ec] = std::from_chars(payload.data() + at, payload.data() + comma, id);
+            if (ec == std::errc() && end == payload.data() + comma) out.push_back(id);
+            at = comma + 1;
+        }
+    }
+    return out;
+}
+
+std::vector<JobId> PgStore::finished_among(const std::vector<JobId>& ids) {
+    if (ids.empty()) return {};
+    auto r = run("finished_among", pg::Params().text(fmt::format("{{{}}}", fmt::join(ids, ","))));
+    std::vector<JobId> out;
+    for (int i = 0; i < r.rows(); ++i)
+        out.push_back(static_cast<JobId>(r.i64(i, 0)));
+    return out;
+}
+
 std::optional<JobId> PgStore::find_unique(const std::string& key) {
-    auto r = db_.run("unique", pg::Params().text(key));
+    auto r = run("unique", pg::Params().text(key));
     if (r.rows() == 0) return std::nullopt;
     return static_cast<JobId>(r.i64(0, 0));
 }
 
 std::vector<std::pair<std::string, Millis>> PgStore::oldest_ready() {
-    auto r = db_.run("oldest");
+    auto r = run("oldest");
     std::vector<std::pair<std::string, Millis>> out;
     for (int i = 0; i < r.rows(); ++i)
         out.emplace_back(r.text(i, 0), r.i64(i, 1));
@@ -648,7 +744,7 @@ std::vector<std::pair<std::string, Millis>> PgStore::oldest_ready() {
 }
 
 std::vector<JobId> PgStore::dead_jobs(const std::optional<std::string>& queue, std::size_t limit) {
-    auto r = db_.run("dead", pg::Params().opt_text(queue).i64(static_cast<std::int64_t>(limit)));
+    auto r = run("dead", pg::Params().opt_text(queue).i64(static_cast<std::int64_t>(limit)));
     std::vector<JobId> out;
     for (int i = 0; i < r.rows(); ++i)
         out.push_back(static_cast<JobId>(r.i64(i, 0)));

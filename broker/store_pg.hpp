@@ -18,7 +18,9 @@ namespace errand::broker {
 class PgStore final : public Store {
   public:
     // Connects and migrates the schema (throws StoreError: unreachable, newer schema, …).
-    explicit PgStore(const std::string& conninfo);
+    // `listens`: the broker loop's store hears other brokers' finished jobs (LISTEN); the HTTP
+    // side's reads do not (notifications nobody reads would pile up in its connection).
+    explicit PgStore(const std::string& conninfo, bool listens = true);
 
     void commit() override;
     void rollback() override;
@@ -54,6 +56,10 @@ class PgStore final : public Store {
     std::vector<LiveJob> orphaned_attempts(Millis silent_ms, std::size_t limit) override;
     bool hold(JobId id, std::uint32_t attempt) override;
     std::optional<JobId> find_unique(const std::string& key) override;
+    void announce(const std::vector<JobId>& ids) override;
+    std::vector<JobId> finished_elsewhere() override;
+    std::vector<JobId> finished_among(const std::vector<JobId>& ids) override;
+    int notify_fd() const override { return db_.socket(); }
     // This broker's row in the brokers table.
     const std::string& broker_id() const { return broker_id_; }
     std::vector<std::pair<std::string, Millis>> oldest_ready() override;
@@ -67,21 +73,25 @@ class PgStore final : public Store {
 
   private:
     void begin();
+    void connected();
+    void listen();
+    pg::Result run(std::string_view statement, const pg::Params& params = {});
     void migrate();
     void prepare();
 
     pg::Connection db_;
     bool in_txn_ = false;
+    bool listens_ = true;
     std::string host_;
     std::string broker_id_;
-    std::chrono::steady_clock::time_point next_beat_{}, next_forget_{};
+    std::chrono::steady_clock::time_point next_beat_{}, next_forget_{}, next_reconnect_{};
 };
 
 // The HTTP side's reads, on a connection of its own (it never waits for the loop, nor the loop
 // for it). Not thread-safe: the caller serialises.
 class PgQueryStore final : public QueryStore {
   public:
-    explicit PgQueryStore(const std::string& conninfo) : store_(conninfo) {}
+    explicit PgQueryStore(const std::string& conninfo) : store_(conninfo, false) {}
     std::optional<JobInfo> get_job(JobId id) override { return store_.get_job(id); }
     std::vector<Event> events(JobId id) override { return store_.events(id); }
     std::vector<JobInfo> jobs(const JobPage& page) override { return store_.page(page); }
