@@ -238,7 +238,13 @@ int main(int argc, char** argv) {
             store = std::make_unique<errand::broker::SqliteStore>(
                 db, errand::broker::SqliteOptions{synchronous == "full"});
     } catch (const std::exception& e) {
-        spdlog::critical("{}", e.what());
+        // libpq quotes a URI it cannot parse: never with its password.
+        std::string message = e.what();
+        if (auto redacted = errand::broker::redact_uri(db); redacted != db)
+            for (auto at = message.find(db); at != std::string::npos;
+                 at = message.find(db, at + redacted.size()))
+                message.replace(at, db.size(), redacted);
+        spdlog::critical("{}", message);
         return kExitDatabase;
     }
 

@@ -158,11 +158,23 @@ int PgStore::schema_version() {
 
 void PgStore::migrate() {
     // One broker migrates at a time: the others wait for the lock, then find nothing to do.
-    db_.exec(
-        "BEGIN; SELECT pg_advisory_xact_lock(7744001);"
-        "CREATE TABLE IF NOT EXISTS errand_schema (version bigint NOT NULL);"
-        "INSERT INTO errand_schema SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM errand_schema)");
+    db_.exec("BEGIN; SELECT pg_advisory_xact_lock(7744001)");
     try {
+        // A database that has tables of errand's names but no errand_schema belongs to someone
+        // else: refuse it rather than fail half-way through creating ours.
+        bool ours = db_.query("SELECT to_regclass('errand_schema') IS NOT NULL").boolean(0, 0);
+        bool taken = db_.query(
+                            "SELECT to_regclass('jobs') IS NOT NULL OR to_regclass('queues') "
+                            "IS NOT NULL OR to_regclass('job_events') IS NOT NULL")
+                         .boolean(0, 0);
+        if (!ours && taken)
+            throw StoreError(
+                "this database is not errand's: it has a jobs, queues or job_events table but no "
+                "errand_schema; give errand a database of its own",
+                false);
+        db_.exec(
+            "CREATE TABLE IF NOT EXISTS errand_schema (version bigint NOT NULL);"
+            "INSERT INTO errand_schema SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM errand_schema)");
         int version = schema_version();
         constexpr int known = static_cast<int>(std::size(kMigrations));
         if (version > known)

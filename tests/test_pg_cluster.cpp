@@ -296,3 +296,46 @@ TEST_CASE(
     auto after = round();
     CHECK(after <= 3000);
 }
+
+TEST_CASE(
+    "PostgreSQL restarted (immediate) under load: nothing acknowledged is lost, the brokers "
+    "reconnect by themselves") {
+    PgServer pg;
+    TempDir d1, d2;
+    Broker a(d1, cluster_args(pg)), b(d2, cluster_args(pg));
+    CountingWorker wa(a, "wa", {"load"}), wb(b, "wb", {"load"});
+    Client ca(a.client_options()), cb(b.client_options());
+
+    // Each job is submitted with a token until acknowledged (a storage error while the database
+    // is down is an answer that nothing was stored: send it again).
+    constexpr int kJobs = 200;
+    std::vector<JobId> acked;
+    for (int i = 0; i < kJobs; ++i) {
+        if (i == kJobs / 2) pg.restart_immediate();
+        auto s = job_spec("load", std::to_string(i));
+        s.token = unique_token();
+        Client& c = i % 2 ? ca : cb;
+        std::optional<JobId> id;
+        bool ok = wait_until(
+            [&] {
+                try {
+                    id = c.submit(s).id;
+                    return true;
+                } catch (const std::runtime_error&) {  // BrokerError (storage), ConnectionError
+                    return false;
+                }
+            },
+            30s, 50ms);
+        REQUIRE_MESSAGE(ok, "job " << i << " never acknowledged", a.logs(), b.logs());
+        acked.push_back(*id);
+    }
+    bool all_done = wait_until(
+        [&] { return scalar(pg, "SELECT count(*) FROM jobs WHERE state = 'succeeded'") == kJobs; },
+        60s, 100ms);
+    REQUIRE_MESSAGE(all_done, a.logs(), b.logs());
+    CHECK(scalar(pg, "SELECT count(*) FROM jobs") == kJobs);
+    for (JobId id : acked)
+        CHECK(cb.status(id).state == JobState::succeeded);
+    CHECK(a.logs().find("reconnected to PostgreSQL") != std::string::npos);
+    CHECK(b.logs().find("reconnected to PostgreSQL") != std::string::npos);
+}
