@@ -5,6 +5,7 @@
 // across brokers, and the jobs of a broker that died are taken over by the others.
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -30,7 +31,9 @@ std::int64_t scalar(const PgServer& pg, const std::string& sql) {
 
 // A library worker on one broker that counts how often each job ran.
 struct CountingWorker {
-    CountingWorker(const Broker& broker, std::string worker_name, std::vector<std::string> queues)
+    // `work`: how long each job takes (a job being run when its broker dies).
+    CountingWorker(const Broker& broker, std::string worker_name, std::vector<std::string> queues,
+                   std::chrono::milliseconds work = 0ms)
         : name(std::move(worker_name)),
           worker({.endpoint = broker.endpoint(),
                   .name = name,
@@ -39,7 +42,8 @@ struct CountingWorker {
                   .accept_commands = false,
                   .max_result = limits::kDefaultMaxResult}) {
         for (const auto& q : queues)
-            worker.handle(q, [this](const Job& job) {
+            worker.handle(q, [this, work](const Job& job) {
+                if (work > 0ms) std::this_thread::sleep_for(work);
                 std::lock_guard lock(mu);
                 ++runs[job.id];
                 return Outcome::success("ran:" + job.payload);
@@ -338,4 +342,102 @@ TEST_CASE(
         CHECK(cb.status(id).state == JobState::succeeded);
     CHECK(a.logs().find("reconnected to PostgreSQL") != std::string::npos);
     CHECK(b.logs().find("reconnected to PostgreSQL") != std::string::npos);
+}
+
+TEST_CASE(
+    "three brokers SIGKILLed in turn under load: nothing acknowledged is lost, every job "
+    "ends, every second run has a given-up attempt") {
+    PgServer pg;
+    TempDir d1, d2, d3;
+    Broker b1(d1, cluster_args(pg)), b2(d2, cluster_args(pg)), b3(d3, cluster_args(pg));
+    std::vector<Broker*> brokers{&b1, &b2, &b3};
+    CountingWorker w1(b1, "w1", {"c"}, 20ms), w2(b2, "w2", {"c"}, 20ms), w3(b3, "w3", {"c"}, 20ms),
+        w4(b1, "w4", {"c"}, 20ms);
+
+    // Two producers, each job with a token, sent to the next broker until one acknowledges it.
+    constexpr int kJobs = 400;
+    std::mutex mu;
+    std::vector<JobId> acked;
+    std::atomic<bool> failed{false};
+    auto produce = [&](int first, int step) {
+        std::vector<std::unique_ptr<Client>> clients;
+        for (auto* b : brokers)
+            clients.push_back(std::make_unique<Client>(b->client_options(1000)));
+        std::size_t at = static_cast<std::size_t>(first);
+        for (int i = first; i < kJobs && !failed; i += step) {
+            auto s = job_spec("c", std::to_string(i), 20);
+            s.token = unique_token();
+            std::optional<JobId> id;
+            bool ok = wait_until(
+                [&] {
+                    try {
+                        id = clients[at % clients.size()]->submit(s).id;
+                        return true;
+                    } catch (const std::runtime_error&) {  // down, or storage: the next broker
+                        ++at;
+                        return false;
+                    }
+                },
+                30s, 20ms);
+            if (!ok) {
+                failed = true;
+                return;
+            }
+            std::lock_guard lock(mu);
+            acked.push_back(*id);
+        }
+    };
+    std::thread p1(produce, 0, 2), p2(produce, 1, 2);
+    auto acked_count = [&] {
+        std::lock_guard lock(mu);
+        return acked.size();
+    };
+    // Ten rounds: a broker killed and started again, each after some more jobs were acknowledged.
+    for (int round = 0; round < 10 && !failed; ++round) {
+        auto before = acked_count();
+        wait_until([&] { return acked_count() >= std::min<std::size_t>(before + 25, kJobs); }, 20s);
+        brokers[static_cast<std::size_t>(round) % 3]->restart();
+    }
+    p1.join();
+    p2.join();
+    REQUIRE_FALSE_MESSAGE(failed.load(), "a job was never acknowledged");
+    REQUIRE(acked.size() == static_cast<std::size_t>(kJobs));
+
+    bool all_done = wait_until(
+        [&] {
+            return scalar(pg,
+                          "SELECT count(*) FROM jobs WHERE state NOT IN ('succeeded', 'dead', "
+                          "'cancelled')") == 0;
+        },
+        90s, 100ms);
+    REQUIRE_MESSAGE(all_done, b1.logs(), b2.logs(), b3.logs());
+    CHECK(scalar(pg, "SELECT count(*) FROM jobs") == kJobs);
+    CHECK(scalar(pg, "SELECT count(*) FROM jobs WHERE state = 'succeeded'") == kJobs);
+
+    // A job that ran more than once had an attempt given up in between (lost with its broker or
+    // worker, timed out), never two live attempts at once.
+    std::map<JobId, int> runs;
+    for (auto* w : {&w1, &w2, &w3, &w4})
+        for (auto [id, n] : w->snapshot())
+            runs[id] += n;
+    broker::pg::Connection db(pg.conninfo());
+    auto given_up = db.query(
+        "SELECT job_id, count(*) FROM job_events WHERE from_state = 'running' AND to_state <> "
+        "'succeeded' GROUP BY job_id");
+    std::map<JobId, std::int64_t> lost;
+    for (int i = 0; i < given_up.rows(); ++i)
+        lost[static_cast<JobId>(given_up.i64(i, 0))] = given_up.i64(i, 1);
+    int twice = 0;
+    for (JobId id : acked) {
+        int n = runs[id];
+        CHECK_MESSAGE(n >= 1, "job " << id << " never ran");
+        if (n > 1) {
+            ++twice;
+            CHECK_MESSAGE(lost[id] >= n - 1,
+                          "job " << id << " ran " << n << " times, " << lost[id] << " given up");
+        }
+    }
+    MESSAGE(kJobs << " jobs, " << twice << " ran more than once, "
+                  << scalar(pg, "SELECT count(*) FROM job_events WHERE reason = 'worker lost'")
+                  << " attempts lost with a broker");
 }
