@@ -42,6 +42,7 @@ struct ServerWorld {
         HttpOptions o;
         o.snapshots = hub;
         o.queries = std::make_unique<SqliteQueryStore>(db);
+        o.token = "unit-test-token-0123456789";
         server = std::make_unique<HttpServer>(std::move(o));
     }
     ~ServerWorld() {
@@ -109,7 +110,8 @@ TEST_CASE("http server: empty lists, the dashboard, no admin endpoint, and junk 
     CHECK(metrics->body.find("errand_workers_connected 0\n") != std::string::npos);
 
     httplib::Client c("127.0.0.1", w.server->port());
-    auto retry = c.Post("/api/jobs/1/retry", "", "application/json");
+    auto retry = c.Post("/api/jobs/1/retry", {{"X-Errand-Token", "unit-test-token-0123456789"}}, "",
+                        "application/json");
     REQUIRE(retry);
     CHECK(retry->status == 503);
 
