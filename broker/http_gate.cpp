@@ -81,6 +81,7 @@ struct Conn {
     std::size_t request_size = 0;  // of the complete request at the front of buf, while busy
     std::size_t served = 0;
     bool busy = false;    // on a pool thread, which alone may touch buf
+    bool eof = false;     // the client shut down its side: answer what it sent, then close
     bool closed = false;  // gone from the table; a stale pointer in this round's poll list
     TimePoint deadline;
     TimePoint waiting_since;  // accepted, or last answered: the longest-waiting is evicted first
@@ -461,7 +462,7 @@ struct HttpGate::Impl {
     // A connection whose request was answered: wait for its next one, or close it.
     void answered(const std::shared_ptr<Conn>& c, bool keep) {
         c->busy = false;
-        if (!keep || stopping) return close(c);
+        if (!keep || stopping || (c->eof && c->buf.empty())) return close(c);
         auto now = SteadyClock::now();
         c->waiting_since = now;
         c->deadline = now + std::chrono::milliseconds(c->buf.empty() ? lim.idle_timeout_ms
@@ -471,7 +472,10 @@ struct HttpGate::Impl {
 
     void dispatch(const std::shared_ptr<Conn>& c) {
         auto scan = scan_request(c->buf, lim);
-        if (scan.kind == Scan::incomplete) return;
+        if (scan.kind == Scan::incomplete) {
+            if (c->eof) close(c);
+            return;
+        }
         if (scan.kind == Scan::bad)
             return close(c, error_response(scan.status, scan.code, scan.message));
         c->request_size = scan.size;
@@ -517,7 +521,9 @@ struct HttpGate::Impl {
             }
             if (n < 0 && errno == EINTR) continue;
             if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-            return close(c);  // EOF or a reset: nothing to answer
+            if (n < 0 || c->buf.empty()) return close(c);  // a reset, or gone without asking
+            c->eof = true;  // `printf 'GET …' | nc`: answer, then close
+            break;
         }
         dispatch(c);
     }
