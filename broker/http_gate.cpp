@@ -80,9 +80,10 @@ struct Conn {
     std::string buf;               // bytes read and not yet served
     std::size_t request_size = 0;  // of the complete request at the front of buf, while busy
     std::size_t served = 0;
-    bool busy = false;    // on a pool thread, which alone may touch buf
-    bool eof = false;     // the client shut down its side: answer what it sent, then close
-    bool closed = false;  // gone from the table; a stale pointer in this round's poll list
+    bool busy = false;        // on a pool thread, which alone may touch buf
+    bool eof = false;         // the client shut down its side: answer what it sent, then close
+    bool in_request = false;  // a byte of the next request has arrived: its deadline runs
+    bool closed = false;      // gone from the table; a stale pointer in this round's poll list
     TimePoint deadline;
     TimePoint waiting_since;  // accepted, or last answered: the longest-waiting is evicted first
 };
@@ -465,12 +466,17 @@ struct HttpGate::Impl {
         if (!keep || stopping || (c->eof && c->buf.empty())) return close(c);
         auto now = SteadyClock::now();
         c->waiting_since = now;
-        c->deadline = now + std::chrono::milliseconds(c->buf.empty() ? lim.idle_timeout_ms
-                                                                     : lim.request_timeout_ms);
+        c->in_request = !c->buf.empty();
+        c->deadline = now + std::chrono::milliseconds(c->in_request ? lim.request_timeout_ms
+                                                                    : lim.idle_timeout_ms);
         if (!c->buf.empty()) dispatch(c);  // a pipelined request came with the last one
     }
 
     void dispatch(const std::shared_ptr<Conn>& c) {
+        // Empty lines before a request line are ignored (RFC 9112 2.2): some clients send a
+        // CRLF after a POST body.
+        auto lead = c->buf.find_first_not_of("\r\n");
+        c->buf.erase(0, lead == std::string::npos ? c->buf.size() : lead);
         auto scan = scan_request(c->buf, lim);
         if (scan.kind == Scan::incomplete) {
             if (c->eof) close(c);
@@ -513,9 +519,10 @@ struct HttpGate::Impl {
         while (c->buf.size() <= cap) {
             auto n = ::recv(c->fd.get(), chunk, sizeof chunk, MSG_DONTWAIT);
             if (n > 0) {
-                if (c->buf.empty())
+                if (!c->in_request)
                     c->deadline =
                         SteadyClock::now() + std::chrono::milliseconds(lim.request_timeout_ms);
+                c->in_request = true;
                 c->buf.append(chunk, static_cast<std::size_t>(n));
                 continue;
             }

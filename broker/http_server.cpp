@@ -234,7 +234,9 @@ struct HttpServer::Impl {
         }
         auto origin = req.get_header_value("Origin");
         auto fetch_site = req.get_header_value("Sec-Fetch-Site");
-        if ((!origin.empty() && !iequals(origin, "http://" + host)) ||
+        // https:// too: behind a proxy that terminates TLS and passes the Host on.
+        bool same_origin = iequals(origin, "http://" + host) || iequals(origin, "https://" + host);
+        if ((!origin.empty() && !same_origin) ||
             (!fetch_site.empty() && fetch_site != "same-origin" && fetch_site != "none")) {
             send_error(res, 403, "forbidden",
                        fmt::format("cross-origin request refused: Origin '{}' is not http://{}",

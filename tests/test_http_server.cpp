@@ -226,7 +226,7 @@ TEST_CASE(
     {
         Raw pipelined(w.server->port());
         pipelined.send(
-            "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n\r\n"  // a stray CRLF between
             "GET /api/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
         auto got = pipelined.read_all(5s);
         CHECK(count(got, "HTTP/1.1 200") == 2);
