@@ -5,8 +5,11 @@
 
 #include <zmq.hpp>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
+#include <fstream>
+#include <vector>
 
 #include "broker.hpp"
 #include "config.hpp"
@@ -36,6 +39,21 @@ bool is_loopback(const std::string& endpoint) {
     return host.rfind("127.", 0) == 0 || host == "localhost" || host == "[::1]" || host == "::1";
 }
 
+// The token in FILE: its first line without surrounding whitespace; "" when it is not one of
+// 16 or more printable characters without spaces.
+std::string read_token_file(const std::string& file) {
+    std::ifstream in(file);
+    std::string line;
+    std::getline(in, line);
+    auto first = line.find_first_not_of(" \t\r");
+    auto last = line.find_last_not_of(" \t\r");
+    if (first == std::string::npos) return "";
+    line = line.substr(first, last - first + 1);
+    bool printable =
+        std::all_of(line.begin(), line.end(), [](unsigned char c) { return c > 0x20 && c < 0x7f; });
+    return printable && line.size() >= 16 ? line : "";
+}
+
 CLI::Validator duration_validator() {
     return CLI::Validator(
         [](std::string& s) -> std::string {
@@ -59,6 +77,9 @@ int main(int argc, char** argv) {
     bool dump = false;
     std::string curve_secret_file, authorized_dir;
     std::string http;  // HOST:PORT of the HTTP side (metrics, API, dashboard); empty: off
+    std::string http_token_file;
+    std::vector<std::string> http_hosts;
+    bool http_readonly = false;
     app.footer(
         "Every flag can also come from a TOML file (--config) or an ERRAND_* environment\n"
         "variable (--worker-timeout: ERRAND_WORKER_TIMEOUT). Precedence: flag > environment >\n"
@@ -128,7 +149,8 @@ int main(int argc, char** argv) {
     keys_opt->needs(curve_opt);
     app.add_option("--http", http,
                    "serve /metrics, /healthz, the JSON API and the dashboard on HOST:PORT "
-                   "(port 0: any free port); no authentication, keep it on loopback")
+                   "(port 0: any free port). Reads need no credential, so keep it on loopback or "
+                   "behind a proxy; POSTs (retry, cancel) need the token (--http-token-file)")
         ->check(CLI::Validator(
             [](std::string& s) -> std::string {
                 auto colon = s.rfind(':');
@@ -143,6 +165,27 @@ int main(int argc, char** argv) {
                 return "";
             },
             "HOST:PORT"));
+    auto* token_opt =
+        app.add_option("--http-token-file", http_token_file,
+                       "file holding the token every POST to the HTTP API must carry as the "
+                       "X-Errand-Token header (16+ printable characters); default: a random "
+                       "token, logged at start. The dashboard page carries it.")
+            ->check(CLI::ExistingFile)
+            ->type_name("PATH");
+    app.add_option("--http-host", http_hosts,
+                   "a name the HTTP side answers to (the Host header's), besides loopback names "
+                   "and the --http address; repeatable. Any other Host gets 421")
+        ->type_name("NAME")
+        ->check(CLI::Validator(
+            [](std::string& s) -> std::string {
+                if (errand::broker::host_header_name(s).empty() || s.find(':') != std::string::npos)
+                    return "not a host name (letters, digits, '.', '-'; no port): " + s;
+                return "";
+            },
+            "NAME"));
+    app.add_flag("--http-readonly", http_readonly,
+                 "the HTTP side refuses every POST (retry, cancel): metrics, health and reads only")
+        ->excludes(token_opt);
     app.add_option("--events", cfg.events_endpoint,
                    "ZeroMQ PUB endpoint streaming job state changes (errand events --follow)");
     app.add_option("--log-level", log_level, "trace, debug, info, warn or error")
@@ -259,6 +302,17 @@ int main(int argc, char** argv) {
         cfg.snapshots = std::make_shared<errand::broker::SnapshotHub>();
         cfg.admin_endpoint = "inproc://errand-admin";
     }
+    std::string http_token;
+    if (!http.empty() && !http_readonly && !http_token_file.empty()) {
+        http_token = read_token_file(http_token_file);
+        if (http_token.empty()) {
+            std::fprintf(stderr,
+                         "errand-broker: --http-token-file %s: the token must be one line of 16 "
+                         "or more printable characters, no spaces\n",
+                         http_token_file.c_str());
+            return kExitUsage;
+        }
+    }
 
     errand::SystemClock clock;
     std::unique_ptr<errand::broker::Broker> broker;
@@ -284,16 +338,28 @@ int main(int argc, char** argv) {
                 o.queries = std::make_unique<errand::broker::SqliteQueryStore>(db);
             o.context = &broker->context();
             o.admin_endpoint = cfg.admin_endpoint;
+            o.hosts = http_hosts;
+            o.read_only = http_readonly;
+            o.token = http_readonly || !http_token.empty() ? http_token
+                                                           : errand::broker::generate_http_token();
+            http_token = o.token;
             http_server = std::make_unique<errand::broker::HttpServer>(std::move(o));
         } catch (const std::exception& e) {
             spdlog::critical("{}", e.what());
             return kExitListen;
         }
-        spdlog::info("http listening on {}:{}", http_host, http_server->port());
+        spdlog::info("http listening on {}:{}{}", http_host, http_server->port(),
+                     http_readonly ? " (read-only)" : "");
+        if (!http_readonly && http_token_file.empty())
+            spdlog::info(
+                "http POSTs (retry, cancel) need the header X-Errand-Token: {} (generated at "
+                "start; --http-token-file sets one; the dashboard page carries it)",
+                http_token);
         if (!errand::broker::is_loopback_host(http_host))
             spdlog::warn(
-                "HTTP on {} is not loopback: /api can retry and cancel jobs and has no "
-                "authentication; put it behind a proxy that has (docs/OPERATIONS.md)",
+                "HTTP on {} is not loopback: its reads (/api, /metrics) need no credential and "
+                "nothing is encrypted; put it behind a proxy with TLS and authentication "
+                "(docs/SECURITY.md)",
                 http);
     }
     if (!cfg.events_endpoint.empty())
