@@ -51,7 +51,7 @@ void JobEngine::rebuild(const std::unordered_map<JobId, HolderRef>& held, Millis
         refresh();
         empty_.clear();
         for (const auto& [id, holder] : held) {
-            auto row = store_.load_live(id);
+            auto row = store_.load_held(id);
             if (!row || row->state != JobState::running) continue;
             Live* l = from_row(*row);
             Live& kept = live_.insert_or_assign(id, std::move(*l)).first->second;
@@ -638,7 +638,7 @@ std::vector<Aborted> JobEngine::tick(Millis now) {
         tick_memory(now, aborted);
     }
     store_.maintain(now);
-    if (now >= next_retention_) {
+    if (now >= next_retention_ && store_.leader()) {
         std::uint64_t n = 0;
         forget_removed(store_.remove_finished(std::nullopt, std::nullopt, now - cfg_.retention_ms,
                                               cfg_.retention_batch),
@@ -700,7 +700,7 @@ void JobEngine::tick_shared(Millis now, std::vector<Aborted>& aborted) {
                 aborted.push_back({row.id, row.attempts, holder, "timed out"});
         }
     }
-    if (now >= next_refresh_) {
+    if (now >= next_refresh_ && store_.leader()) {
         // Attempts of a broker that went silent, that no worker took to another broker.
         for (const auto& row : store_.orphaned_attempts(cfg_.orphan_grace_ms, cfg_.promote_batch)) {
             if (live_.count(row.id)) continue;  // held here: this broker is alive
@@ -708,6 +708,8 @@ void JobEngine::tick_shared(Millis now, std::vector<Aborted>& aborted) {
                          job_fields(row.id, row.queue, row.attempts));
             lose_attempt(row.id, *from_row(row), "worker lost");
         }
+    }
+    if (now >= next_refresh_) {
         refresh();
         next_refresh_ = now + cfg_.refresh_ms;
     }

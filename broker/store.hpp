@@ -210,6 +210,12 @@ class Store : public JobReads {
     // This broker holds the running attempt from now on (its worker registered here with it):
     // false when the job is no longer at that attempt.
     virtual bool hold(JobId, std::uint32_t) { throw not_shared(); }
+    // One job as load_live() reads it, if its running attempt is held by this broker (a shared
+    // store: another broker may have taken it over).
+    virtual std::optional<LiveJob> load_held(JobId id) { return load_live(id); }
+    // Whether this broker does the cluster's chores (retention, the rescue of silent brokers'
+    // attempts); a store of one broker always does.
+    virtual bool leader() const { return true; }
     // The unfinished job holding a unique key.
     virtual std::optional<JobId> find_unique(const std::string&) { throw not_shared(); }
     // Waits across brokers. Tells the other brokers, when this transaction commits, that these

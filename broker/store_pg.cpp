@@ -101,6 +101,18 @@ const char* const kMigrations[] = {
     CREATE INDEX jobs_timeout ON jobs ((started_at + timeout_ms))
         WHERE state = 'running' AND timeout_ms IS NOT NULL;
     )sql",
+    // 3: fencing and a leader. A broker silent past the worker timeout is marked dead by the
+    // leader in the transaction that returns its attempts to the queue; a dead broker's row is
+    // never renewed again, so every later commit of that broker (paused, cut off) fails and it
+    // joins again under a new id. One row says which broker is the leader, until when.
+    R"sql(
+    ALTER TABLE brokers ADD COLUMN dead boolean NOT NULL DEFAULT false;
+    CREATE TABLE leader (
+        id int PRIMARY KEY CHECK (id = 1),
+        holder text NOT NULL,
+        expires_at timestamptz NOT NULL
+    );
+    )sql",
 };
 
 static_assert(std::size(kMigrations) == PgStore::kSchemaVersion,
@@ -148,8 +160,14 @@ PgStore::PgStore(const std::string& conninfo, bool listens) : db_(conninfo), lis
     char host[256] = {};
     gethostname(host, sizeof host - 1);
     host_ = host;
+    if (listens_) join();
+}
+
+// A new row in brokers under a new id: at start, and after the others declared this broker dead.
+void PgStore::join() {
     std::random_device rd;
     broker_id_ = fmt::format("{}-{}-{:08x}", host_, getpid(), rd());
+    run("join", pg::Params().text(broker_id_).text(host_).i64(getpid()));
 }
 
 int PgStore::schema_version() {
@@ -318,19 +336,31 @@ void PgStore::prepare() {
                 3);
     db_.prepare("orphaned",
                 fmt::format("SELECT {} FROM jobs j WHERE state = 'running' AND NOT EXISTS "
-                            "(SELECT 1 FROM brokers b WHERE b.id = j.broker AND b.seen_at > "
-                            "now() - $1::bigint * interval '1 millisecond') ORDER BY id "
-                            "LIMIT $2::bigint",
+                            "(SELECT 1 FROM brokers b WHERE b.id = j.broker AND NOT b.dead) "
+                            "ORDER BY id LIMIT $1::bigint",
+                            kLiveColumns),
+                1);
+    db_.prepare("bury",
+                "UPDATE brokers SET dead = true WHERE NOT dead AND id <> $2::text AND seen_at < "
+                "now() - $1::bigint * interval '1 millisecond' RETURNING id",
+                2);
+    db_.prepare("held",
+                fmt::format("SELECT {} FROM jobs WHERE id = $1::bigint AND broker = $2::text",
                             kLiveColumns),
                 2);
+    db_.prepare("lease", "UPDATE brokers SET seen_at = now() WHERE id = $1::text AND NOT dead", 1);
+    db_.prepare("lead",
+                "INSERT INTO leader VALUES (1, $1::text, now() + interval '3 seconds') "
+                "ON CONFLICT (id) DO UPDATE SET holder = EXCLUDED.holder, "
+                "expires_at = EXCLUDED.expires_at WHERE leader.holder = EXCLUDED.holder "
+                "OR leader.expires_at < now() RETURNING holder",
+                1);
     db_.prepare("hold",
                 "UPDATE jobs SET broker = $3::text WHERE id = $1::bigint AND state = 'running' "
                 "AND attempts = $2::bigint",
                 3);
-    db_.prepare("beat",
-                "INSERT INTO brokers (id, host, pid) VALUES ($1::text, $2::text, $3::bigint) "
-                "ON CONFLICT (id) DO UPDATE SET seen_at = now()",
-                3);
+    db_.prepare("join",
+                "INSERT INTO brokers (id, host, pid) VALUES ($1::text, $2::text, $3::bigint)", 3);
     // Rows of brokers gone for a day: nothing refers to them any more.
     db_.prepare("forget_brokers",
                 "DELETE FROM brokers WHERE seen_at < now() - interval '1 day' AND id <> $1::text",
@@ -403,10 +433,24 @@ void PgStore::begin() {
     in_txn_ = true;
 }
 
+// Every commit renews this broker's row first, and fails when the others declared it dead:
+// then nothing it decided since is applied (its attempts were given to others), and it joins
+// again as a new broker.
 void PgStore::commit() {
     if (!in_txn_) return;
-    in_txn_ = false;
     try {
+        if (listens_ && run("lease", pg::Params().text(broker_id_)).affected() != 1) {
+            rollback();
+            auto old = broker_id_;
+            leader_until_ = {};
+            join();
+            throw StoreError(fmt::format("this broker ({}) was declared dead by the others (silent "
+                                         "past --worker-timeout: paused, or cut off); nothing of "
+                                         "this pass was applied, and it joined again as {}",
+                                         old, broker_id_),
+                             false);
+        }
+        in_txn_ = false;
         db_.exec("COMMIT");
     } catch (const StoreError&) {
         rollback();
@@ -671,12 +715,27 @@ std::vector<LiveJob> PgStore::expired_attempts(Millis now, Millis grace, std::si
     return out;
 }
 
+// The leader marks silent brokers dead, then finds the attempts no live broker holds: in the
+// pass's transaction, so a broker that renews its row first is not declared dead.
 std::vector<LiveJob> PgStore::orphaned_attempts(Millis silent_ms, std::size_t limit) {
-    auto r = run("orphaned", pg::Params().i64(silent_ms).i64(static_cast<std::int64_t>(limit)));
+    begin();
+    auto dead = run("bury", pg::Params().i64(silent_ms).text(broker_id_));
+    for (int i = 0; i < dead.rows(); ++i)
+        spdlog::warn(
+            "broker {} is silent for more than {} ms: its running attempts go back to "
+            "the queue unless their workers report them to another broker",
+            dead.text(i, 0), silent_ms);
+    auto r = run("orphaned", pg::Params().i64(static_cast<std::int64_t>(limit)));
     std::vector<LiveJob> out;
     for (int i = 0; i < r.rows(); ++i)
         out.push_back(read_live(PgRow{r, i}));
     return out;
+}
+
+std::optional<LiveJob> PgStore::load_held(JobId id) {
+    auto r = run("held", pg::Params().i64(static_cast<std::int64_t>(id)).text(broker_id_));
+    if (r.rows() == 0) return std::nullopt;
+    return read_live(PgRow{r, 0});
 }
 
 bool PgStore::hold(JobId id, std::uint32_t attempt) {
@@ -692,7 +751,12 @@ void PgStore::maintain(Millis) {
     if (now < next_beat_) return;
     next_beat_ = now + std::chrono::seconds(1);
     begin();
-    run("beat", pg::Params().text(broker_id_).text(host_).i64(getpid()));
+    bool was = leader();
+    if (run("lead", pg::Params().text(broker_id_)).rows() == 1)
+        leader_until_ = now + std::chrono::seconds(2);
+    if (leader() != was)
+        spdlog::info("{} the leader (retention, rescue of silent brokers' attempts)",
+                     leader() ? "this broker is now" : "this broker is no longer");
     if (now >= next_forget_) {
         next_forget_ = now + std::chrono::minutes(10);
         run("forget_brokers", pg::Params().text(broker_id_));

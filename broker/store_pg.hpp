@@ -55,6 +55,8 @@ class PgStore final : public Store {
     std::vector<LiveJob> expired_attempts(Millis now, Millis grace, std::size_t limit) override;
     std::vector<LiveJob> orphaned_attempts(Millis silent_ms, std::size_t limit) override;
     bool hold(JobId id, std::uint32_t attempt) override;
+    std::optional<LiveJob> load_held(JobId id) override;
+    bool leader() const override { return std::chrono::steady_clock::now() < leader_until_; }
     std::optional<JobId> find_unique(const std::string& key) override;
     void announce(const std::vector<JobId>& ids) override;
     std::vector<JobId> finished_elsewhere() override;
@@ -69,11 +71,12 @@ class PgStore final : public Store {
     std::uint64_t size_bytes();
 
     int schema_version();
-    static constexpr int kSchemaVersion = 2;
+    static constexpr int kSchemaVersion = 3;
 
   private:
     void begin();
     void connected();
+    void join();
     void listen();
     pg::Result run(std::string_view statement, const pg::Params& params = {});
     void migrate();
@@ -85,6 +88,7 @@ class PgStore final : public Store {
     std::string host_;
     std::string broker_id_;
     std::chrono::steady_clock::time_point next_beat_{}, next_forget_{}, next_reconnect_{};
+    std::chrono::steady_clock::time_point leader_until_{};
 };
 
 // The HTTP side's reads, on a connection of its own (it never waits for the loop, nor the loop

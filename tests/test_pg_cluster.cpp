@@ -441,3 +441,92 @@ TEST_CASE(
                   << scalar(pg, "SELECT count(*) FROM job_events WHERE reason = 'worker lost'")
                   << " attempts lost with a broker");
 }
+
+namespace {
+
+// The pid of the broker holding the leader's lease, 0 when none does.
+std::int64_t leader_pid(const PgServer& pg) {
+    broker::pg::Connection c(pg.conninfo());
+    auto r = c.query(
+        "SELECT b.pid FROM leader l JOIN brokers b ON b.id = l.holder WHERE l.expires_at > now()");
+    return r.rows() == 1 ? r.i64(0, 0) : 0;
+}
+
+}  // namespace
+
+TEST_CASE("the leader SIGKILLed: another broker takes the role, retention and rescue go on") {
+    PgServer pg;
+    TempDir d1, d2, wd;
+    auto args = cluster_args(pg);
+    args.insert(args.end(), {"--retention", "1s"});
+    Broker a(d1, args);
+    REQUIRE(wait_until([&] { return leader_pid(pg) == a.process().pid(); }, 10s));
+    Broker b(d2, args);
+    WorkerDaemon doomed(wd, a.endpoint(), {"doomed", {"slow=sleep 60"}, 1});
+    Client ca(a.client_options()), cb(b.client_options());
+    auto slow = ca.submit(job_spec("slow", "")).id;
+    REQUIRE_MESSAGE(wait_until([&] { return ca.status(slow).state == JobState::running; }, 10s),
+                    a.logs(), doomed.logs());
+    CHECK(leader_pid(pg) == a.process().pid());  // the first broker stays the leader
+
+    a.kill9();
+    doomed.kill9();
+    CHECK_MESSAGE(wait_until([&] { return leader_pid(pg) == b.process().pid(); }, 10s), b.logs());
+
+    // Rescue: the new leader returns the dead broker's attempt to the queue.
+    CountingWorker survivor(b, "survivor", {"slow", "short"});
+    auto rescued = cb.wait(slow, 20'000);
+    REQUIRE_MESSAGE(rescued.has_value(), b.logs());
+    CHECK(rescued->state == JobState::succeeded);
+    CHECK(rescued->attempts == 2);
+    // Retention: finished jobs older than --retention are deleted by the new leader.
+    auto id = cb.submit(job_spec("short", "x")).id;
+    REQUIRE(cb.wait(id, 10'000).has_value());
+    CHECK_MESSAGE(
+        wait_until([&] { return scalar(pg, "SELECT count(*) FROM jobs") == 0; }, 10s, 100ms),
+        b.logs());
+}
+
+TEST_CASE("a broker paused past its lease: none of its later decisions is applied, it rejoins") {
+    PgServer pg;
+    TempDir d1, d2, wd;
+    Broker b(d2, cluster_args(pg));  // the leader: it rescues the paused broker's attempt
+    REQUIRE(wait_until([&] { return leader_pid(pg) == b.process().pid(); }, 10s));
+    Broker a(d1, cluster_args(pg));
+    // A job of 2 s, run by a worker of A.
+    WorkerDaemon wa(wd, a.endpoint(), {"wa", {"slow=sleep 2; echo from-a"}, 1});
+    Client ca(a.client_options()), cb(b.client_options());
+    auto id = ca.submit(job_spec("slow", "")).id;
+    REQUIRE_MESSAGE(wait_until([&] { return cb.status(id).state == JobState::running; }, 10s),
+                    a.logs(), wa.logs());
+
+    // A stops answering and renewing its row; the leader declares it dead and returns its
+    // attempt to the queue, where a worker of B runs it as attempt 2.
+    a.process().kill(SIGSTOP);
+    CountingWorker wb(b, "wb", {"slow"});
+    auto done = cb.wait(id, 20'000);
+    REQUIRE_MESSAGE(done.has_value(), b.logs());
+    CHECK(done->state == JobState::succeeded);
+    CHECK(done->attempts == 2);
+    CHECK(done->result == "ran:");
+    auto events_before = scalar(pg, "SELECT count(*) FROM job_events");
+
+    // A goes on: its worker's result of attempt 1 and whatever it had decided are refused; it
+    // joins again under a new id and serves.
+    a.process().kill(SIGCONT);
+    CHECK_MESSAGE(
+        wait_until([&] { return a.logs().find("declared dead") != std::string::npos; }, 10s),
+        a.logs());
+    CHECK(wait_until([&] { return wa.logs().find("stale") != std::string::npos; }, 10s));
+    auto after = cb.status(id);
+    CHECK(after.state == JobState::succeeded);
+    CHECK(after.attempts == 2);
+    CHECK(after.result == "ran:");
+    CHECK(scalar(pg, "SELECT count(*) FROM job_events") == events_before);
+    auto again = ca.submit(job_spec("slow", "y")).id;
+    auto ran = ca.wait(again, 20'000);
+    REQUIRE_MESSAGE(ran.has_value(), a.logs());
+    CHECK(ran->state == JobState::succeeded);
+    CHECK(scalar(pg, "SELECT count(*) FROM brokers WHERE pid = " +
+                         std::to_string(a.process().pid()) + " AND NOT dead") == 1);
+}
