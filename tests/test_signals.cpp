@@ -3,6 +3,9 @@
 // waiters and workers, SIGHUP reopens the daemons' log files.
 #include <doctest/doctest.h>
 
+#include <signal.h>
+#include <sys/types.h>
+
 #include <algorithm>
 #include <map>
 #include <string>
@@ -83,6 +86,69 @@ TEST_CASE("signals: SIGTERM drains a worker: a long job is stopped and handed ba
     CHECK(done->attempts == 2);
     CHECK(done->max_attempts == 4);
     CHECK(done->result == std::optional<std::string>("done\n"));
+}
+
+namespace {
+
+// True when no process `pid` runs: /proc has no entry, or it is a zombie waiting for init.
+bool process_gone(pid_t pid) {
+    const std::string stat = read_file("/proc/" + std::to_string(pid) + "/stat");
+    if (stat.empty()) return true;
+    const auto paren = stat.rfind(')');
+    return paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z';
+}
+
+pid_t pid_in(const std::filesystem::path& file) {
+    const std::string text = read_file(file);
+    return text.empty() ? 0 : static_cast<pid_t>(std::stol(text));
+}
+
+}  // namespace
+
+TEST_CASE("signals: a SIGKILLed worker takes its job's processes with it, children included") {
+    TempDir dir;
+    Broker broker(dir);
+    errand::Client client(broker.client_options());
+    const auto leader = dir / "leader.pid";
+    const auto child = dir / "child.pid";
+    // The job's leader (the shell) and a process it started in the background, which is no
+    // child of the worker and so not reached by the leader's PR_SET_PDEATHSIG.
+    const std::string command = "echo $$ > " + leader.string() + ".tmp; mv " + leader.string() +
+                                ".tmp " + leader.string() + "; sleep 300 & echo $! > " +
+                                child.string() + ".tmp; mv " + child.string() + ".tmp " +
+                                child.string() + "; wait";
+    client.submit(job_spec("long", "", 3));
+    WorkerDaemon worker(dir, broker.endpoint(),
+                        {.name = "doomed",
+                         .queues = {"long=" + command},
+                         .concurrency = 1,
+                         .allow_commands = false,
+                         .extra_args = {}});
+    REQUIRE_MESSAGE(wait_until([&] { return pid_in(leader) > 0 && pid_in(child) > 0; }, 10s),
+                    worker.logs());
+    const pid_t leader_pid = pid_in(leader);
+    const pid_t child_pid = pid_in(child);
+    REQUIRE(!process_gone(leader_pid));
+    REQUIRE(!process_gone(child_pid));
+    // The worker's main thread forked one process, before any thread existed: the reaper.
+    const std::string main_thread = "/proc/" + std::to_string(worker.process().pid()) + "/task/" +
+                                    std::to_string(worker.process().pid());
+    const pid_t reaper_pid = static_cast<pid_t>(std::stol(read_file(main_thread + "/children")));
+    CHECK(read_file("/proc/" + std::to_string(reaper_pid) + "/comm") == "errand-reaper\n");
+
+    worker.kill9();
+    const bool gone = wait_until(
+        [&] {
+            return process_gone(leader_pid) && process_gone(child_pid) && process_gone(reaper_pid);
+        },
+        5s);
+    CHECK_MESSAGE(process_gone(leader_pid), "the job's leader " << leader_pid << " still runs");
+    CHECK_MESSAGE(process_gone(child_pid), "the job's child " << child_pid << " still runs");
+    CHECK_MESSAGE(process_gone(reaper_pid), "the reaper " << reaper_pid << " still runs");
+    if (!gone) {  // do not leave a sleep behind a failed run
+        ::kill(leader_pid, SIGKILL);
+        ::kill(child_pid, SIGKILL);
+    }
 }
 
 TEST_CASE("signals: a second SIGTERM ends the drain at once") {
