@@ -591,10 +591,20 @@ struct Broker::State {
         return nullptr;
     }
 
-    // With CURVE, a key's role limits what it may do (docs/SECURITY.md).
+    // With CURVE, a key's role limits what it may do (docs/SECURITY.md), and a key revoked since
+    // its connection was admitted (its file removed from --authorized-keys) may do nothing.
+    // In-process senders (the HTTP side) carry no key and are trusted like the operator.
     void check_access(const Command& c, const Envelope& env) {
-        if (!cfg.authorized_keys || c.access == Access::everyone) return;
-        auto role = cfg.authorized_keys->role_of(env.user_id).value_or(Role::any);
+        if (!cfg.authorized_keys) return;
+        const std::optional<Role> found =
+            env.user_id.empty() ? Role::any : cfg.authorized_keys->role_of(env.user_id);
+        if (!found)
+            throw ProtocolError(ErrorCode::forbidden,
+                                fmt::format("key '{}' is no longer authorised (its file is gone "
+                                            "from --authorized-keys)",
+                                            env.user_id));
+        if (c.access == Access::everyone) return;
+        const Role role = *found;
         bool ok = role == Role::any || (c.access == Access::clients && role == Role::client) ||
                   (c.access == Access::workers && role == Role::worker);
         if (!ok)
