@@ -630,7 +630,9 @@ Outcome run_job(const Job& job, const JobPolicy& policy) {
     spec.extra_env = {{"ERRAND_JOB_ID", std::to_string(job.id)},
                       {"ERRAND_QUEUE", job.queue},
                       {"ERRAND_ATTEMPT", std::to_string(job.attempt)}};
-    spec.max_output = policy.max_output;
+    // The broker's --max-result bounds it too: a result it refuses would never be applied.
+    const std::size_t max_output = std::min(policy.max_output, job.max_result);
+    spec.max_output = max_output;
     spec.timeout = job.timeout_ms && *job.timeout_ms > 0 ? job.timeout_ms : policy.default_timeout;
     spec.kill_grace_ms = policy.kill_grace_ms;
     spec.cancel = job.cancel_flag();
@@ -639,7 +641,7 @@ Outcome run_job(const Job& job, const JobPolicy& policy) {
     spec.on_progress = [&job](std::uint32_t percent, std::string_view message) {
         job.progress(percent, std::string(message));
     };
-    return outcome_of(run_process(spec), policy.max_output, policy.permanent_exit_code);
+    return outcome_of(run_process(spec), max_output, policy.permanent_exit_code);
 }
 
 namespace {
