@@ -181,7 +181,8 @@ void ZapHandler::serve(zmq::socket_t& rep, zmq::socket_t& control) {
         watch.reset();
     }
     // Changes come in bursts (an editor's temporary file, a create then a write): the directory
-    // is re-read once it has been quiet for kSettleMs.
+    // is re-read kSettleMs after the first change of a burst, and again after any later one, so
+    // a directory that keeps changing is still re-read every kSettleMs.
     constexpr Millis kSettleMs = 100;
     Millis reload_at = -1;  // steady ms; -1: no change waiting
     zmq::pollitem_t items[] = {{rep.handle(), 0, ZMQ_POLLIN, 0},
@@ -195,7 +196,7 @@ void ZapHandler::serve(zmq::socket_t& rep, zmq::socket_t& control) {
             std::array<char, 4096> events{};
             while (::read(watch.get(), events.data(), events.size()) > 0) {
             }
-            reload_at = steady_ms() + kSettleMs;
+            if (reload_at < 0) reload_at = steady_ms() + kSettleMs;
         }
         if (reload_at >= 0 && steady_ms() >= reload_at) {
             reload_at = -1;

@@ -71,7 +71,7 @@ class KeyRing {
 // Serves ZAP requests on inproc://zeromq.zap.01 of `ctx` on a thread of its own. A connection
 // whose CURVE key is not authorised is refused during the handshake: nothing it sends reaches
 // the broker. Admitted connections carry the key's name as their User-Id. The same thread
-// watches the key directory (inotify) and re-reads it 100 ms after the last change it sees.
+// watches the key directory (inotify) and re-reads it 100 ms after a change.
 class ZapHandler {
   public:
     ZapHandler(zmq::context_t& ctx, std::shared_ptr<KeyRing> keys);
