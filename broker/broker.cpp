@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <deque>
+#include <limits>
 #include <random>
 #include <set>
 #include <unordered_set>
@@ -169,8 +170,10 @@ struct Broker::State {
         ErrorReply e{req, code, utf8_escaped(message), id, attempt};
         outbox.push_back({identity, cmd::kError, encode(e), OnFail::send, req});
     }
-    void reply_stale(const std::string& identity, JobId id, std::uint32_t attempt) {
-        reply_error(identity, std::nullopt, ErrorCode::stale,
+    // `req`: the refused command's, when it carried one (workers need not send any).
+    void reply_stale(const std::string& identity, JobId id, std::uint32_t attempt,
+                     std::optional<std::uint64_t> req) {
+        reply_error(identity, req, ErrorCode::stale,
                     fmt::format("job {} attempt {} is no longer current", id, attempt), id,
                     attempt);
     }
@@ -426,6 +429,9 @@ struct Broker::State {
         rep.req = m.req;
         rep.heartbeat_ms = cfg.heartbeat_ms;
         rep.expiry_ms = cfg.worker_timeout_ms;
+        rep.max_result = cfg.max_result;
+        rep.max_message = cfg.max_message;
+        rep.max_batch = cfg.max_batch;
         std::unordered_set<JobId> kept;
         for (const auto& h : m.held) {
             if (engine.adopt(h.id, h.attempt, w.holder)) {
@@ -473,7 +479,8 @@ struct Broker::State {
         std::vector<Ack> again, fresh;
     };
 
-    void apply_result(const std::string& identity, JobResult m, Acks& acks) {
+    void apply_result(const std::string& identity, JobResult m, Acks& acks,
+                      std::optional<std::uint64_t> req) {
         JobId id = m.id;
         std::uint32_t attempt = m.attempt;
         auto f = engine.finish(std::move(m), now);
@@ -487,7 +494,7 @@ struct Broker::State {
                 acks.again.push_back({id, attempt});
                 break;
             case Verdict::stale:
-                reply_stale(identity, id, attempt);
+                reply_stale(identity, id, attempt, req);
                 break;
         }
     }
@@ -495,7 +502,7 @@ struct Broker::State {
     void on_result(const Request& rq, bool ok) {
         auto m = decode_result(rq.body, ok, {cfg.max_payload, cfg.max_result, cfg.max_batch});
         Acks acks;
-        apply_result(rq.identity, std::move(m), acks);
+        apply_result(rq.identity, std::move(m), acks, rq.body.peek_u64("req"));
         for (const auto& a : acks.again)
             reply_anyway(rq.identity, cmd::kAck, encode(a), std::nullopt);
         for (const auto& a : acks.fresh)
@@ -509,7 +516,7 @@ struct Broker::State {
         auto results = decode_results(rq.body, {cfg.max_payload, cfg.max_result, cfg.max_batch});
         Acks acks;
         for (auto& m : results)
-            apply_result(rq.identity, std::move(m), acks);
+            apply_result(rq.identity, std::move(m), acks, rq.body.peek_u64("req"));
         if (!acks.again.empty())
             reply_anyway(rq.identity, cmd::kAcks, encode_acks(acks.again), std::nullopt);
         if (!acks.fresh.empty())
@@ -531,7 +538,7 @@ struct Broker::State {
         auto m = decode_ack(rq.body);  // the same two fields: id, attempt
         auto f = engine.release(m.id, m.attempt, now);
         if (f.verdict != Verdict::applied) {
-            reply_stale(rq.identity, m.id, m.attempt);
+            reply_stale(rq.identity, m.id, m.attempt, rq.body.peek_u64("req"));
             return;
         }
         if (f.holder)
@@ -547,6 +554,10 @@ struct Broker::State {
         auto* sender = workers.of(env.identity);
         if (sender) sender->last_seen = now;
         std::optional<std::uint64_t> req;
+        // An error answering a worker's command about one attempt (DONE, FAIL, PROGRESS,
+        // RELEASE) names that attempt, so a worker can tell which of its results it concerns.
+        std::optional<JobId> id;
+        std::optional<std::uint32_t> attempt;
         fate = OnFail::send;
         try {
             if (env.frames != 3)
@@ -567,6 +578,12 @@ struct Broker::State {
             }
             Body body(env.body);  // throws bad_frame
             req = body.reader().peek_u64("req");
+            if (c->access == Access::workers) {
+                id = body.reader().peek_u64("id");
+                if (auto a = body.reader().peek_u64("attempt");
+                    a && *a <= std::numeric_limits<std::uint32_t>::max())
+                    attempt = static_cast<std::uint32_t>(*a);
+            }
             check_access(*c, env);
             if (c->needs_worker && !sender) workers.registered(env.identity);  // throws
             fate = c->writes ? c->on_fail : OnFail::send;
@@ -574,15 +591,15 @@ struct Broker::State {
         } catch (const ProtocolError& e) {
             spdlog::debug("error reply {} to {}: {}", to_string(e.code()),
                           env.command.substr(0, 32), e.what());
-            reply_error(env.identity, req, e.code(), e.what());
+            reply_error(env.identity, req, e.code(), e.what(), id, attempt);
         } catch (const StoreError& e) {
             txn_failed = true;
             txn_error = e.what();
             reply_error(env.identity, req, ErrorCode::storage,
-                        fmt::format("storage failure: {}", e.what()));
+                        fmt::format("storage failure: {}", e.what()), id, attempt);
         } catch (const std::exception& e) {
             spdlog::error("internal error handling {}: {}", env.command.substr(0, 32), e.what());
-            reply_error(env.identity, req, ErrorCode::internal, e.what());
+            reply_error(env.identity, req, ErrorCode::internal, e.what(), id, attempt);
         }
         fate = OnFail::send;
     }
@@ -593,10 +610,20 @@ struct Broker::State {
         return nullptr;
     }
 
-    // With CURVE, a key's role limits what it may do (docs/SECURITY.md).
+    // With CURVE, a key's role limits what it may do (docs/SECURITY.md), and a key revoked since
+    // its connection was admitted (its file removed from --authorized-keys) may do nothing.
+    // In-process senders (the HTTP side) carry no key and are trusted like the operator.
     void check_access(const Command& c, const Envelope& env) {
-        if (!cfg.authorized_keys || c.access == Access::everyone) return;
-        auto role = cfg.authorized_keys->role_of(env.user_id).value_or(Role::any);
+        if (!cfg.authorized_keys) return;
+        const std::optional<Role> found =
+            env.user_id.empty() ? Role::any : cfg.authorized_keys->role_of(env.user_id);
+        if (!found)
+            throw ProtocolError(ErrorCode::forbidden,
+                                fmt::format("key '{}' is no longer authorised (its file is gone "
+                                            "from --authorized-keys)",
+                                            env.user_id));
+        if (c.access == Access::everyone) return;
+        const Role role = *found;
         bool ok = role == Role::any || (c.access == Access::clients && role == Role::client) ||
                   (c.access == Access::workers && role == Role::worker);
         if (!ok)

@@ -84,7 +84,8 @@ int main(int argc, char** argv) {
         "Every flag can also come from a TOML file (--config) or an ERRAND_* environment\n"
         "variable (--worker-timeout: ERRAND_WORKER_TIMEOUT). Precedence: flag > environment >\n"
         "file > default. SIGTERM/SIGINT: finish the current commit, tell waiters and workers,\n"
-        "exit 0. SIGHUP reopens --log-file.");
+        "exit 0. SIGHUP reopens --log-file and re-reads --authorized-keys (which is also\n"
+        "re-read when the directory changes: deleting a key's file revokes it).");
     app.add_option("--listen", cfg.listen, "ZeroMQ endpoint to bind")->capture_default_str();
     app.add_option("--db", db,
                    "SQLite database file, or a postgresql:// URI (libpq's PG* environment "
@@ -259,18 +260,24 @@ int main(int argc, char** argv) {
         try {
             cfg.curve_secret_key = errand::read_key_file(curve_secret_file);
             errand::public_from_secret(*cfg.curve_secret_key);
-            cfg.authorized_keys = std::make_shared<const errand::broker::AuthorizedKeys>(
-                errand::broker::AuthorizedKeys::load(authorized_dir));
+            cfg.authorized_keys = std::make_shared<errand::broker::KeyRing>(authorized_dir);
         } catch (const std::exception& e) {
             spdlog::critical("{}", e.what());
             return kExitUsage;
         }
         spdlog::info("CURVE on: {} authorized keys", cfg.authorized_keys->size());
-    } else if (!is_loopback(cfg.listen)) {
-        spdlog::warn(
-            "listening on {} without CURVE: anyone who can reach it can submit and run "
-            "jobs; see --curve-secret-key and docs/SECURITY.md",
-            cfg.listen);
+    } else {
+        if (!is_loopback(cfg.listen))
+            spdlog::warn(
+                "listening on {} without CURVE: anyone who can reach it can submit and run "
+                "jobs; see --curve-secret-key and docs/SECURITY.md",
+                cfg.listen);
+        if (!cfg.events_endpoint.empty() && !is_loopback(cfg.events_endpoint))
+            spdlog::warn(
+                "publishing events on {} without CURVE: anyone who can reach it can follow "
+                "every job's state changes, queues and worker names; see --curve-secret-key and "
+                "docs/SECURITY.md",
+                cfg.events_endpoint);
     }
 
     std::unique_ptr<errand::broker::Store> store;
@@ -364,7 +371,7 @@ int main(int argc, char** argv) {
     }
     if (!cfg.events_endpoint.empty())
         spdlog::info("events published on {}", broker->events_endpoint());
-    errand::daemon::SignalThread signals([&broker, &notifier](int sig) {
+    errand::daemon::SignalThread signals([&broker, &notifier, &cfg](int sig) {
         if (sig == SIGHUP) {
             try {
                 errand::daemon::reopen_logs();
@@ -372,6 +379,7 @@ int main(int argc, char** argv) {
             } catch (const std::exception& e) {
                 spdlog::error("SIGHUP: {}", e.what());
             }
+            if (cfg.authorized_keys) cfg.authorized_keys->reload("SIGHUP");
             return;
         }
         spdlog::info("SIG{}: stopping", ::sigabbrev_np(sig));
