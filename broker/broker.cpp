@@ -78,6 +78,7 @@ EngineConfig engine_config(const BrokerConfig& c) {
     e.orphan_grace_ms = c.worker_timeout_ms;
     e.retention_ms = c.retention_ms;
     e.retention_batch = c.retention_batch;
+    e.max_queues = c.max_queues;
     return e;
 }
 
@@ -139,6 +140,7 @@ struct Broker::State {
     Millis next_status = 0;
     bool credit_added = true;    // a worker got credit: dispatch() looks for jobs for it
     bool needs_rebuild = false;  // a shared store was unreachable when the engine reloaded
+    Millis next_sweep = 0;
     Millis next_wait_poll = 0;
     // Every message leaves through send(): onto the socket, or into `captured` (the test seam).
     std::vector<Envelope>* captured = nullptr;
@@ -651,11 +653,45 @@ struct Broker::State {
                 ++it;
             }
         }
+        if (now >= next_sweep) {
+            next_sweep = now + 10'000;
+            sweep_queues();
+        }
         if (now >= next_heartbeat) {
             auto body = encode_hb();
             for (auto& [inst, w] : workers.all())
                 outbox.push_back({w.identity, cmd::kHeartbeat, body, OnFail::send, std::nullopt});
             next_heartbeat = now + cfg.heartbeat_ms;
+        }
+    }
+
+    // What a queue costs is given back once it has no jobs, no pause, no worker serving it and
+    // no event for a minute (the rate windows of its metrics are empty): its counts, index
+    // entries, name and /metrics series.
+    void sweep_queues() {
+        std::unordered_set<std::string> served;
+        for (const auto& [inst, w] : workers.all())
+            served.insert(w.queues.begin(), w.queues.end());
+        auto active = [&](const std::string& q) {
+            if (served.count(q)) return true;
+            auto m = metrics.queues.find(q);
+            return m != metrics.queues.end() && (m->second.finished.per_second(now) > 0 ||
+                                                 m->second.submitted_rate.per_second(now) > 0);
+        };
+        auto gone = engine.sweep_queues(active);
+        std::size_t series = 0;
+        for (auto it = metrics.queues.begin(); it != metrics.queues.end();) {
+            if (!engine.counts().count(it->first) && !engine.is_paused(it->first) &&
+                !active(it->first)) {
+                it = metrics.queues.erase(it);
+                ++series;
+            } else {
+                ++it;
+            }
+        }
+        if (!gone.empty() || series > 0) {
+            snapshot_dirty = true;
+            spdlog::debug("forgot {} queues without jobs ({} metrics series)", gone.size(), series);
         }
     }
 

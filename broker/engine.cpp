@@ -236,8 +236,58 @@ void JobEngine::note_event(JobId id, const Live& l, const Transition& t) {
 
 // ---- submit ---------------------------------------------------------------------------------
 
+void JobEngine::check_queue_bound(const std::string& queue) const {
+    if (counts_.count(queue) || paused_.count(queue)) return;
+    std::size_t known = counts_.size();
+    for (const auto& q : paused_)
+        if (!counts_.count(q)) ++known;
+    if (known >= cfg_.max_queues)
+        throw ProtocolError(ErrorCode::too_large,
+                            fmt::format("the broker has {} queues, its most (--max-queues); a "
+                                        "queue without jobs, workers or pause is forgotten after "
+                                        "a minute",
+                                        known));
+}
+
+std::vector<std::string> JobEngine::sweep_queues(
+    const std::function<bool(const std::string&)>& in_use) {
+    std::vector<std::string> gone;
+    for (auto it = counts_.begin(); it != counts_.end();) {
+        const auto& [q, c] = *it;
+        bool empty = std::all_of(c.begin(), c.end(), [](auto n) { return n == 0; });
+        if (!empty || paused_.count(q) || in_use(q)) {
+            ++it;
+            continue;
+        }
+        gone.push_back(q);
+        it = counts_.erase(it);
+    }
+    for (const auto& q : gone) {
+        ready_.erase(q);  // stale entries of jobs that left ready by other ways than claim()
+        empty_.erase(q);
+        oldest_.erase(q);
+    }
+    // A name no entry refers to any more: in memory, every unfinished job is counted in its
+    // queue, so a queue without counts has none; on a shared store only the cached attempts
+    // (and the scratch entry) hold names.
+    if (shared_) {
+        std::unordered_set<const std::string*> held;
+        for (const auto& [id, l] : live_)
+            held.insert(&l.queue.str());
+        if (!scratch_.queue.empty()) held.insert(&scratch_.queue.str());
+        std::erase_if(names_, [&](const std::string& n) {
+            return !held.count(&n) && !counts_.count(n) && !paused_.count(n);
+        });
+    } else {
+        for (const auto& q : gone)
+            if (!(!scratch_.queue.empty() && scratch_.queue.str() == q)) names_.erase(q);
+    }
+    return gone;
+}
+
 Submitted JobEngine::submit(JobSpec spec, Millis now) {
     now_ = now;
+    check_queue_bound(spec.queue);
     // A known token wins (a resent request gets its own job back), then a unique key held by an
     // unfinished job. The token is checked by the insert itself, so the common case costs no
     // extra lookup.

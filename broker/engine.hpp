@@ -48,6 +48,7 @@ struct EngineConfig {
     Millis poll_ms = 50;
     Millis refresh_ms = 1000;
     std::size_t promote_batch = 1000;  // due jobs made ready per pass at most
+    std::size_t max_queues = 10'000;   // distinct queues at once (SUBMIT to one more: too_large)
 };
 
 using StateCounts = std::array<std::uint64_t, kStateCount>;
@@ -131,6 +132,10 @@ class JobEngine {
     // own. False: the worker must drop it.
     bool adopt(JobId id, std::uint32_t attempt, const HolderRef& by);
     void set_paused(const std::string& queue, bool paused);
+    // Forgets the queues that have no job (in any state), no pause and for which `in_use` is
+    // false (a worker serves it, it had recent activity): what a queue costs in memory is
+    // given back. Returns the queues forgotten.
+    std::vector<std::string> sweep_queues(const std::function<bool(const std::string&)>& in_use);
     // Deletes finished jobs (PURGE); how many.
     std::uint64_t purge(JobState state, const std::optional<std::string>& queue, Millis before,
                         std::size_t limit);
@@ -171,6 +176,8 @@ class JobEngine {
 
   private:
     Name intern(const std::string& name) { return Name(&*names_.insert(name).first); }
+    // Throws too_large when `queue` would be one queue more than max_queues.
+    void check_queue_bound(const std::string& queue) const;
     // The one place a job changes state: store (compare-and-set), event, counts, and where
     // the job lives in memory (place()).
     // False (nothing changed) only on a shared store, when another broker changed the job

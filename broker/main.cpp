@@ -131,6 +131,11 @@ int main(int argc, char** argv) {
     app.add_option("--max-waits-total", cfg.max_waits_total,
                    "most outstanding WAITs of all connections together")
         ->capture_default_str();
+    app.add_option("--max-queues", cfg.max_queues,
+                   "most distinct queues at once (a queue without jobs, workers or pause is "
+                   "forgotten after a minute)")
+        ->capture_default_str()
+        ->check(CLI::Range(std::size_t{1}, std::size_t{10000000}));
     app.add_option("--max-waits", cfg.max_waits, "most outstanding WAITs per connection")
         ->capture_default_str()
         ->check(CLI::Range(std::size_t{1}, std::size_t{1000000}));
