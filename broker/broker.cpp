@@ -129,8 +129,17 @@ struct Broker::State {
     Millis next_snapshot = 0;
     bool snapshot_dirty = true;
 
-    // State of the current pass.
+    // State of the current pass: wall time, and monotonic time for every duration (worker
+    // expiry, heartbeats, waits, job timeouts), so a step of the wall clock expires nothing.
     Millis now = 0;
+    Millis mono = 0;
+    void set_time(Millis wall, Millis monotonic) {
+        now = wall;
+        mono = monotonic;
+        engine.set_clock(wall, monotonic);
+    }
+    // A monotonic deadline as wall time from now (the loop's poll timeout is computed in it).
+    Millis wall_of(Millis at) const { return now + (at - mono); }
     OnFail fate = OnFail::send;  // of reply(): set from the command being handled
     bool txn_failed = false;
     std::string txn_error;
@@ -263,7 +272,7 @@ struct Broker::State {
             reply(rq.identity, cmd::kJob, encode_job(job, m.req), m.req);
             return;
         }
-        waiters.add(rq.identity, m.req, m.id, now + m.timeout_ms);
+        waiters.add(rq.identity, m.req, m.id, mono + m.timeout_ms);
         spdlog::debug("{}: a client waits for it (up to {} ms)",
                       job_fields(m.id, job.queue, job.attempts), m.timeout_ms);
     }
@@ -425,6 +434,7 @@ struct Broker::State {
         auto m = decode_register(rq.body);
         std::vector<WorkerRec> replaced;
         auto& w = workers.enroll(rq.identity, m, now, &replaced);
+        w.last_heard = mono;
         for (auto& old : replaced)
             drop_worker_jobs(old, "worker lost");
         RegisteredReply rep;
@@ -554,7 +564,10 @@ struct Broker::State {
 
     void handle(const Envelope& env) {
         auto* sender = workers.of(env.identity);
-        if (sender) sender->last_seen = now;
+        if (sender) {
+            sender->last_seen = now;
+            sender->last_heard = mono;
+        }
         std::optional<std::uint64_t> req;
         // An error answering a worker's command about one attempt (DONE, FAIL, PROGRESS,
         // RELEASE) names that attempt, so a worker can tell which of its results it concerns.
@@ -642,9 +655,9 @@ struct Broker::State {
             abort_on_worker(a);
         for (auto it = workers.all().begin(); it != workers.all().end();) {
             auto& w = it->second;
-            if (now - w.last_seen > cfg.worker_timeout_ms) {
+            if (mono - w.last_heard > cfg.worker_timeout_ms) {
                 spdlog::warn("worker {} lost: silent for {} ms, {} jobs return to the queue",
-                             w.name(), now - w.last_seen, w.jobs.size());
+                             w.name(), mono - w.last_heard, w.jobs.size());
                 drop_worker_jobs(w, "worker lost");
                 auto inst = it->first;
                 ++it;
@@ -653,15 +666,15 @@ struct Broker::State {
                 ++it;
             }
         }
-        if (now >= next_sweep) {
-            next_sweep = now + 10'000;
+        if (mono >= next_sweep) {
+            next_sweep = mono + 10'000;
             sweep_queues();
         }
-        if (now >= next_heartbeat) {
+        if (mono >= next_heartbeat) {
             auto body = encode_hb();
             for (auto& [inst, w] : workers.all())
                 outbox.push_back({w.identity, cmd::kHeartbeat, body, OnFail::send, std::nullopt});
-            next_heartbeat = now + cfg.heartbeat_ms;
+            next_heartbeat = mono + cfg.heartbeat_ms;
         }
     }
 
@@ -698,12 +711,12 @@ struct Broker::State {
     std::string encode_hb() const { return Writer(1).str("instance", instance).take(); }
 
     Millis next_deadline() const {
-        Millis next = engine.next_deadline(std::min(next_heartbeat, now + 1000));
-        next = waiters.next_deadline(next);
+        Millis next = engine.next_deadline(std::min(wall_of(next_heartbeat), now + 1000));
+        next = std::min(next, wall_of(waiters.next_deadline(mono + 1000)));
         if (cfg.snapshots && snapshot_dirty) next = std::min(next, next_snapshot);
         if (cfg.on_status) next = std::min(next, next_status);
         for (const auto& [inst, w] : workers.all())
-            next = std::min(next, w.last_seen + cfg.worker_timeout_ms + 1);
+            next = std::min(next, wall_of(w.last_heard + cfg.worker_timeout_ms + 1));
         return next;
     }
 
@@ -819,7 +832,7 @@ struct Broker::State {
         // Committed: SUBMITs with wait_ms now wait like WAITs (if their job finished in this very
         // pass, the finished jobs below answer them).
         for (const auto& w : submit_waits)
-            waiters.add(w.identity, w.req, w.id, now + w.timeout_ms, false);
+            waiters.add(w.identity, w.req, w.id, mono + w.timeout_ms, false);
         submit_waits.clear();
         for (const auto& o : outbox)
             send(o.identity, o.command, o.body);
@@ -835,7 +848,7 @@ struct Broker::State {
         if (engine.shared()) answer_remote_waits();
         // Waits past their deadline time out only now: one whose job finished in this very pass
         // has had its JOB above.
-        waiters.expire(now, [&](JobId id, const Waiter& w) {
+        waiters.expire(mono, [&](JobId id, const Waiter& w) {
             send(w.identity, cmd::kError,
                  encode(ErrorReply{w.req, ErrorCode::timeout,
                                    fmt::format("job {} did not finish in time", id), std::nullopt,
@@ -910,7 +923,7 @@ struct Broker::State {
 
     // One pass: what arrived, then what time brings, then dispatch; commit; replies.
     void pass(bool readable, bool admin_readable = false) {
-        now = clock.now_ms();
+        set_time(clock.now_ms(), clock.monotonic_ms());
         if (readable) {
             for (std::size_t i = 0; i < cfg.max_messages_per_pass; ++i) {
                 auto env = recv_message(sock, true);
@@ -1023,7 +1036,7 @@ const Broker::State::Command Broker::State::kCommands[24] = {
 
 Broker::Broker(BrokerConfig config, std::unique_ptr<Store> store, const Clock& clock)
     : s_(std::make_unique<State>(std::move(config), std::move(store), clock)) {
-    s_->now = clock.now_ms();
+    s_->set_time(clock.now_ms(), clock.monotonic_ms());
     s_->engine.rebuild({}, s_->now);
     auto& sock = s_->sock;
     sock.set(zmq::sockopt::linger, 0);
@@ -1063,9 +1076,13 @@ Broker::Broker(BrokerConfig config, std::unique_ptr<Store> store, const Clock& c
 Broker::~Broker() = default;
 
 std::vector<Envelope> Broker::process(const Envelope& message, Millis now) {
+    return process(message, now, now);
+}
+
+std::vector<Envelope> Broker::process(const Envelope& message, Millis now, Millis mono) {
     std::vector<Envelope> out;
     s_->captured = &out;
-    s_->now = now;
+    s_->set_time(now, mono);
     s_->handle(message);
     s_->end_pass();
     s_->captured = nullptr;

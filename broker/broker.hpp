@@ -85,8 +85,10 @@ class Broker {
 
     // The seam for fuzzing and fault-injection tests: one pass of the loop over `message` at
     // time `now` (handle, tick, dispatch, commit), returning what it would have sent instead of
-    // sending it. With BrokerConfig::listen empty the broker binds nothing.
+    // sending it. With BrokerConfig::listen empty the broker binds nothing. `mono` is the
+    // monotonic time of the pass (Clock::monotonic_ms); by default the same as `now`.
     std::vector<Envelope> process(const Envelope& message, Millis now);
+    std::vector<Envelope> process(const Envelope& message, Millis now, Millis mono);
 
   private:
     struct State;

@@ -57,8 +57,8 @@ void JobEngine::rebuild(const std::unordered_map<JobId, HolderRef>& held, Millis
             Live& kept = live_.insert_or_assign(id, std::move(*l)).first->second;
             kept.holder = holder;
             if (kept.timeout_ms && row->started_at)
-                leases_.push({*row->started_at + *kept.timeout_ms + cfg_.timeout_grace_ms, id,
-                              kept.attempts});
+                leases_.push({mono_at(*row->started_at + *kept.timeout_ms + cfg_.timeout_grace_ms),
+                              id, kept.attempts});
         }
         return;
     }
@@ -67,13 +67,13 @@ void JobEngine::rebuild(const std::unordered_map<JobId, HolderRef>& held, Millis
         if (!l.unique.empty()) unique_live_[l.unique] = j.id;
         if (j.state == JobState::running) {
             if (j.timeout_ms && j.started_at)
-                leases_.push(
-                    {*j.started_at + *j.timeout_ms + cfg_.timeout_grace_ms, j.id, j.attempts});
+                leases_.push({mono_at(*j.started_at + *j.timeout_ms + cfg_.timeout_grace_ms), j.id,
+                              j.attempts});
             l.run_at = j.started_at.value_or(0);  // see since()
             if (auto h = held.find(j.id); h != held.end()) {
                 l.holder = h->second;
             } else {
-                l.orphan_deadline = now_ + cfg_.orphan_grace_ms;
+                l.orphan_deadline = mono_ + cfg_.orphan_grace_ms;
                 orphans_.push_back(j.id);
             }
         }
@@ -384,7 +384,7 @@ std::vector<Claim> JobEngine::claim_shared(const std::string& queue, bool comman
         p.waited_ms = std::max<Millis>(0, now_ - l.created_at);
         pending_.push_back(std::move(p));
         if (l.timeout_ms)
-            leases_.push({now_ + *l.timeout_ms + cfg_.timeout_grace_ms, row.id, l.attempts});
+            leases_.push({mono_ + *l.timeout_ms + cfg_.timeout_grace_ms, row.id, l.attempts});
         out.push_back(
             Claim{row.id, l.attempts, std::move(data.payload), std::move(data.argv), l.timeout_ms});
     }
@@ -408,7 +408,7 @@ std::optional<Claim> JobEngine::claim_one(const std::string& queue, bool command
         transition(*id, job, JobState::running, std::move(t));
         job.holder = by;
         if (job.timeout_ms)
-            leases_.push({now + *job.timeout_ms + cfg_.timeout_grace_ms, *id, job.attempts});
+            leases_.push({mono_ + *job.timeout_ms + cfg_.timeout_grace_ms, *id, job.attempts});
         return Claim{*id, job.attempts, std::move(data->payload), std::move(data->argv),
                      job.timeout_ms};
     }
@@ -631,6 +631,9 @@ bool JobEngine::adopt(JobId id, std::uint32_t attempt, const HolderRef& by) {
         }
         Live& kept = live_.insert_or_assign(id, std::move(*l)).first->second;
         kept.holder = by;
+        if (kept.timeout_ms && kept.run_at)  // run_at of a running row: its start
+            leases_.push(
+                {mono_at(kept.run_at + *kept.timeout_ms + cfg_.timeout_grace_ms), id, attempt});
         return true;
     }
     auto l = live_.find(id);
@@ -688,14 +691,14 @@ std::vector<Aborted> JobEngine::tick(Millis now) {
         tick_memory(now, aborted);
     }
     store_.maintain(now);
-    if (now >= next_retention_ && store_.leader()) {
+    if (mono_ >= next_retention_ && store_.leader()) {
         std::uint64_t n = 0;
         forget_removed(store_.remove_finished(std::nullopt, std::nullopt, now - cfg_.retention_ms,
                                               cfg_.retention_batch),
                        &n);
         if (n > 0) spdlog::debug("retention: deleted {} finished jobs", n);
         // A full batch means more are due: carry on next pass, else look again in a second.
-        next_retention_ = n >= cfg_.retention_batch ? now : now + 1000;
+        next_retention_ = n >= cfg_.retention_batch ? mono_ : mono_ + 1000;
     }
     return aborted;
 }
@@ -704,7 +707,7 @@ std::vector<Aborted> JobEngine::tick(Millis now) {
 // (the others skip the rows it locked, or find them changed); memory's timers only say when to
 // look sooner than the next poll.
 void JobEngine::tick_shared(Millis now, std::vector<Aborted>& aborted) {
-    const bool poll = now >= next_poll_;
+    const bool poll = mono_ >= next_poll_;
     bool due = poll || promote_more_;
     while (!timers_.empty() && timers_.top().at <= now) {
         timers_.pop();
@@ -725,14 +728,25 @@ void JobEngine::tick_shared(Millis now, std::vector<Aborted>& aborted) {
                  std::nullopt, std::nullopt});
         }
     }
-    bool expire = now >= next_refresh_;
-    while (!leases_.empty() && leases_.top().at <= now) {
+    // This broker's attempts time out on its monotonic clock (a step of the wall clock does not
+    // end them); the attempts of other brokers, once a second, by their stored start (the
+    // brokers' wall clocks are the only time they share), should their broker not do it.
+    std::vector<LiveJob> expired;
+    while (!leases_.empty() && leases_.top().at <= mono_) {
+        auto d = leases_.top();
         leases_.pop();
-        expire = true;
+        auto l = live_.find(d.id);
+        if (l == live_.end() || l->second.state != JobState::running ||
+            l->second.attempts != d.attempt)
+            continue;
+        if (auto row = store_.load_held(d.id); row && row->attempts == d.attempt)
+            expired.push_back(std::move(*row));
     }
-    if (expire) {
-        for (const auto& row :
-             store_.expired_attempts(now, cfg_.timeout_grace_ms, cfg_.promote_batch)) {
+    if (mono_ >= next_refresh_)
+        for (auto& row : store_.expired_attempts(now, cfg_.timeout_grace_ms, cfg_.promote_batch))
+            expired.push_back(std::move(row));
+    {
+        for (const auto& row : expired) {
             auto cached = live_.find(row.id);
             HolderRef holder;
             if (cached != live_.end() && cached->second.attempts == row.attempts)
@@ -750,7 +764,7 @@ void JobEngine::tick_shared(Millis now, std::vector<Aborted>& aborted) {
                 aborted.push_back({row.id, row.attempts, holder, "timed out"});
         }
     }
-    if (now >= next_refresh_ && store_.leader()) {
+    if (mono_ >= next_refresh_ && store_.leader()) {
         // Attempts of a broker that went silent, that no worker took to another broker.
         for (const auto& row : store_.orphaned_attempts(cfg_.orphan_grace_ms, cfg_.promote_batch)) {
             if (live_.count(row.id)) continue;  // held here: this broker is alive
@@ -759,14 +773,14 @@ void JobEngine::tick_shared(Millis now, std::vector<Aborted>& aborted) {
             lose_attempt(row.id, *from_row(row), "worker lost");
         }
     }
-    if (now >= next_refresh_) {
+    if (mono_ >= next_refresh_) {
         refresh();
-        next_refresh_ = now + cfg_.refresh_ms;
+        next_refresh_ = mono_ + cfg_.refresh_ms;
     }
     if (poll) {
         empty_.clear();  // other brokers may have made jobs ready there
         dispatch_hint_ = true;
-        next_poll_ = now + cfg_.poll_ms;
+        next_poll_ = mono_ + cfg_.poll_ms;
     }
 }
 
@@ -782,7 +796,7 @@ void JobEngine::tick_memory(Millis now, std::vector<Aborted>& aborted) {
             transition(d.id, l->second, JobState::ready, std::move(t));
         }
     }
-    while (!leases_.empty() && leases_.top().at <= now) {
+    while (!leases_.empty() && leases_.top().at <= mono_) {
         auto d = leases_.top();
         leases_.pop();
         auto l = live_.find(d.id);
@@ -805,7 +819,7 @@ void JobEngine::tick_memory(Millis now, std::vector<Aborted>& aborted) {
         auto l = live_.find(id);
         if (l == live_.end() || l->second.state != JobState::running || l->second.holder)
             return true;
-        if (l->second.orphan_deadline > now) return false;
+        if (l->second.orphan_deadline > mono_) return false;
         spdlog::warn("{}: no worker reclaimed it after the restart",
                      job_fields(id, l->second.queue.str(), l->second.attempts));
         lose_attempt(id, l->second, "worker lost");
@@ -814,13 +828,16 @@ void JobEngine::tick_memory(Millis now, std::vector<Aborted>& aborted) {
 }
 
 Millis JobEngine::next_deadline(Millis bound) const {
-    Millis next = std::min(bound, next_retention_);
-    if (shared_) next = std::min({next, next_poll_, next_refresh_, promote_more_ ? now_ : next});
+    // Monotonic deadlines, as wall time from now.
+    auto wall = [&](Millis mono) { return now_ + (mono - mono_); };
+    Millis next = std::min(bound, wall(next_retention_));
+    if (shared_)
+        next = std::min({next, wall(next_poll_), wall(next_refresh_), promote_more_ ? now_ : next});
     if (!timers_.empty()) next = std::min(next, timers_.top().at);
-    if (!leases_.empty()) next = std::min(next, leases_.top().at);
+    if (!leases_.empty()) next = std::min(next, wall(leases_.top().at));
     for (JobId id : orphans_)
         if (auto l = live_.find(id); l != live_.end())
-            next = std::min(next, l->second.orphan_deadline);
+            next = std::min(next, wall(l->second.orphan_deadline));
     return next;
 }
 

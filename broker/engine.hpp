@@ -100,6 +100,14 @@ class JobEngine {
     // the holder of each running job a registered worker holds; other running jobs are orphans.
     void rebuild(const std::unordered_map<JobId, HolderRef>& held, Millis now);
 
+    // The pass's time: `wall` for what users see and what is stored (run_at, event times),
+    // `mono` (Clock::monotonic_ms) for durations: timeouts, orphan grace, the engine's own
+    // periodic work. The edges' `now` is wall time.
+    void set_clock(Millis wall, Millis mono) {
+        now_ = wall;
+        mono_ = mono;
+    }
+
     // ---- the edges ---------------------------------------------------------------------------
     // (new) -> ready | scheduled; or the existing job for a known token or a held unique key.
     Submitted submit(JobSpec spec, Millis now);
@@ -171,7 +179,7 @@ class JobEngine {
     std::size_t live_count() const { return live_.size(); }
     std::size_t ready_count() const { return ready_.size(); }
     std::size_t orphan_count() const { return orphans_.size(); }
-    // When tick() has something to do next.
+    // When tick() has something to do next (wall time).
     Millis next_deadline(Millis bound) const;
 
   private:
@@ -203,15 +211,18 @@ class JobEngine {
     Millis backoff(const Live& l);
     void forget_removed(const std::vector<Removed>& removed, std::uint64_t* total);
     static Millis since(const Live& l);
+    // A wall time (a stored started_at + timeout) as the monotonic time it falls at.
+    Millis mono_at(Millis wall) const { return mono_ + (wall - now_); }
 
     EngineConfig cfg_;
     Store& store_;
     Millis now_ = 0;
+    Millis mono_ = 0;
     std::unordered_map<JobId, Live> live_;
     std::unordered_set<std::string> names_;  // queue names, interned (never shrinks)
     ReadyIndex ready_;
     DeadlineHeap timers_;  // retrying/scheduled jobs by run_at (stale entries skipped)
-    DeadlineHeap leases_;  // running attempts with a timeout, by timeout + grace
+    DeadlineHeap leases_;  // running attempts with a timeout, by timeout + grace (monotonic)
     std::unordered_map<std::string, JobId> unique_live_;   // unique key -> unfinished job
     std::unordered_map<std::string, StateCounts> counts_;  // queue -> jobs per state
     std::unordered_set<std::string> paused_;

@@ -73,7 +73,7 @@ struct Live {
     HolderRef holder;  // running: the registration that holds it; null = orphan
     UniqueKey unique;
     Millis run_at = 0;           // scheduled/retrying: when due; ready/running: see since()
-    Millis orphan_deadline = 0;  // running with no known worker (after a restart)
+    Millis orphan_deadline = 0;  // running with no known worker (after a restart); monotonic
     Millis created_at = 0;
     OptMillis timeout_ms;
     OptMillis backoff_ms;

@@ -331,9 +331,10 @@ void PgStore::prepare() {
     db_.prepare("expired",
                 fmt::format("SELECT {} FROM jobs WHERE state = 'running' AND timeout_ms IS NOT "
                             "NULL AND started_at + timeout_ms <= $1::bigint - $2::bigint "
+                            "AND broker IS DISTINCT FROM $4::text "
                             "ORDER BY started_at + timeout_ms LIMIT $3::bigint",
                             kLiveColumns),
-                3);
+                4);
     db_.prepare("orphaned",
                 fmt::format("SELECT {} FROM jobs j WHERE state = 'running' AND NOT EXISTS "
                             "(SELECT 1 FROM brokers b WHERE b.id = j.broker AND NOT b.dead) "
@@ -708,7 +709,9 @@ std::vector<Promoted> PgStore::promote_due(Millis now, std::size_t limit) {
 }
 
 std::vector<LiveJob> PgStore::expired_attempts(Millis now, Millis grace, std::size_t limit) {
-    auto r = run("expired", pg::Params().i64(now).i64(grace).i64(static_cast<std::int64_t>(limit)));
+    auto r = run(
+        "expired",
+        pg::Params().i64(now).i64(grace).i64(static_cast<std::int64_t>(limit)).text(broker_id_));
     std::vector<LiveJob> out;
     for (int i = 0; i < r.rows(); ++i)
         out.push_back(read_live(PgRow{r, i}));

@@ -160,7 +160,9 @@ std::unique_ptr<Store> make_store() {
 struct Engine {
     FixedClock clock;
     Broker broker;
-    Millis now = kBase;
+    Millis now = kBase;  // the monotonic time of each pass
+    // How far the wall clock is from `now` (a step of the wall clock: NTP, an operator).
+    Millis wall_step = 0;
     std::uint64_t req = 1;
     const std::string client = "client";
     std::map<std::string, WorkerConn> workers;  // by identity
@@ -172,7 +174,7 @@ struct Engine {
                                std::string body) {
         auto out = broker.process(Envelope{identity, std::string(kProtocolVersion),
                                            std::string(command), std::move(body), 3},
-                                  now);
+                                  now + wall_step, now);
         if (auto w = workers.find(identity); w != workers.end()) w->second.last_sent = now;
         for (const auto& e : out) {
             auto w = workers.find(e.identity);
@@ -1748,4 +1750,32 @@ TEST_CASE("queues are bounded (max_queues), and an unused queue is forgotten") {
     CHECK(queue_names().empty());
     CHECK(submit("q4").command == cmd::kSubmitted);
     CHECK(queue_names() == std::vector<std::string>{"q4"});
+}
+
+TEST_CASE("a step of the wall clock expires no worker, times out no job and ends no wait") {
+    Engine f;
+    auto s = spec("q");
+    s.timeout_ms = 1000;
+    JobId id = f.submit(s);
+    f.register_worker("w1", {"q"});
+    f.dispatch_one("w1", id);
+    CHECK(f.send(f.client, cmd::kWait, encode(WaitRequest{f.req++, id, 60'000})).empty());
+
+    auto quiet = [&](const std::vector<Envelope>& out) {
+        CHECK(aborts(out, "w1").empty());
+        CHECK(addressed(out, f.client, cmd::kError).empty());  // the wait did not time out
+        CHECK(f.status(id).state == S::running);
+        auto w = f.ask(cmd::kWorkers, encode_req(f.req++));
+        Body b(w.body);
+        CHECK(decode_workers(b.reader()).size() == 1);  // the worker is not lost
+    };
+    f.wall_step = 3'600'000;  // an hour ahead
+    quiet(f.advance(100));
+    f.wall_step = -3'600'000;  // an hour back
+    quiet(f.advance(100));
+
+    // Time as durations measure it still runs: the attempt times out after its timeout + grace.
+    auto out = f.advance(1000 + kGraceMs);
+    REQUIRE(aborts(out, "w1").size() == 1);
+    CHECK(f.status(id).state == S::retrying);
 }

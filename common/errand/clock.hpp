@@ -11,6 +11,10 @@ class Clock {
   public:
     virtual ~Clock() = default;
     virtual Millis now_ms() const = 0;  // wall clock, ms since the Unix epoch
+    // A clock that only moves forward, for durations (worker expiry, job timeouts, waits): a
+    // step of the wall clock must not expire anything. Its zero means nothing. A clock that
+    // only fakes wall time uses wall time for both.
+    virtual Millis monotonic_ms() const { return now_ms(); }
 };
 
 class SystemClock final : public Clock {
@@ -18,6 +22,10 @@ class SystemClock final : public Clock {
     Millis now_ms() const override {
         using namespace std::chrono;
         return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+    }
+    Millis monotonic_ms() const override {
+        using namespace std::chrono;
+        return duration_cast<milliseconds>(steady_clock::now().time_since_epoch()).count();
     }
 };
 
