@@ -371,6 +371,10 @@ struct Broker::State {
         rep.commit_jobs_sum = static_cast<std::uint64_t>(metrics.commit_jobs.sum);
         if (!cfg.events_endpoint.empty())
             rep.events_endpoint = pub.get(zmq::sockopt::last_endpoint);
+        if (engine.shared()) {
+            rep.broker = store->broker_name();
+            rep.brokers = engine.cluster();
+        }
         std::set<std::string> names(engine.paused().begin(), engine.paused().end());
         for (const auto& [q, c] : engine.counts())
             names.insert(q);

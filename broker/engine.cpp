@@ -119,6 +119,7 @@ void JobEngine::refresh() {
     oldest_.clear();
     for (auto& [q, at] : store_.oldest_ready())
         oldest_[q] = at;
+    cluster_ = store_.cluster();
 }
 
 // ---- the one transition path --------------------------------------------------------------

@@ -170,6 +170,8 @@ class JobEngine {
     const std::unordered_set<std::string>& paused() const { return paused_; }
     const std::unordered_map<std::string, StateCounts>& counts() const { return counts_; }
     std::optional<Millis> oldest_ready(const std::string& queue) const;
+    // A shared store: the cluster's live brokers as of the last refresh (each second).
+    const std::vector<BrokerInfo>& cluster() const { return cluster_; }
     // The job's running attempt as WORKERS shows it; nullopt when it is not running.
     std::optional<WorkerJob> running(JobId id) const;
     // The queue of an unfinished job.
@@ -238,6 +240,7 @@ class JobEngine {
     // queue -> workers for whom it was found empty since the last poll (1 plain, 2 all)
     std::unordered_map<std::string, int> empty_;
     std::unordered_map<std::string, Millis> oldest_;  // queue -> oldest ready job's creation
+    std::vector<BrokerInfo> cluster_;
     Millis next_poll_ = 0;
     Millis next_refresh_ = 0;
     bool promote_more_ = false;

@@ -56,6 +56,8 @@ class ForwardingStore : public Store {
     bool hold(JobId id, std::uint32_t attempt) override { return inner_.hold(id, attempt); }
     std::optional<LiveJob> load_held(JobId id) override { return inner_.load_held(id); }
     bool leader() const override { return inner_.leader(); }
+    std::optional<std::string> broker_name() const override { return inner_.broker_name(); }
+    std::vector<BrokerInfo> cluster() override { return inner_.cluster(); }
     void announce(const std::vector<JobId>& ids) override { inner_.announce(ids); }
     std::vector<JobId> finished_elsewhere() override { return inner_.finished_elsewhere(); }
     std::vector<JobId> finished_among(const std::vector<JobId>& ids) override {

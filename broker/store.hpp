@@ -216,6 +216,9 @@ class Store : public JobReads {
     // Whether this broker does the cluster's chores (retention, the rescue of silent brokers'
     // attempts); a store of one broker always does.
     virtual bool leader() const { return true; }
+    // This broker's id in the cluster, and the cluster's live brokers (a shared store).
+    virtual std::optional<std::string> broker_name() const { return std::nullopt; }
+    virtual std::vector<BrokerInfo> cluster() { return {}; }
     // The unfinished job holding a unique key.
     virtual std::optional<JobId> find_unique(const std::string&) { throw not_shared(); }
     // Waits across brokers. Tells the other brokers, when this transaction commits, that these

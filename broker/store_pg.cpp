@@ -349,6 +349,12 @@ void PgStore::prepare() {
                 fmt::format("SELECT {} FROM jobs WHERE id = $1::bigint AND broker = $2::text",
                             kLiveColumns),
                 2);
+    db_.prepare("cluster",
+                "SELECT b.id, b.host, b.pid, (extract(epoch FROM b.seen_at) * 1000)::bigint, "
+                "COALESCE(l.holder = b.id AND l.expires_at > now(), false) FROM brokers b "
+                "LEFT JOIN leader l ON true WHERE NOT b.dead AND b.seen_at > now() - interval "
+                "'1 minute' ORDER BY b.id",
+                0);
     db_.prepare("lease", "UPDATE brokers SET seen_at = now() WHERE id = $1::text AND NOT dead", 1);
     db_.prepare("lead",
                 "INSERT INTO leader VALUES (1, $1::text, now() + interval '3 seconds') "
@@ -732,6 +738,15 @@ std::vector<LiveJob> PgStore::orphaned_attempts(Millis silent_ms, std::size_t li
     std::vector<LiveJob> out;
     for (int i = 0; i < r.rows(); ++i)
         out.push_back(read_live(PgRow{r, i}));
+    return out;
+}
+
+std::vector<BrokerInfo> PgStore::cluster() {
+    auto r = run("cluster");
+    std::vector<BrokerInfo> out;
+    for (int i = 0; i < r.rows(); ++i)
+        out.push_back({r.text(i, 0), r.text(i, 1), static_cast<std::uint64_t>(r.i64(i, 2)),
+                       r.i64(i, 3), r.boolean(i, 4)});
     return out;
 }
 

@@ -56,6 +56,8 @@ class PgStore final : public Store {
     std::vector<LiveJob> orphaned_attempts(Millis silent_ms, std::size_t limit) override;
     bool hold(JobId id, std::uint32_t attempt) override;
     std::optional<LiveJob> load_held(JobId id) override;
+    std::optional<std::string> broker_name() const override { return broker_id_; }
+    std::vector<BrokerInfo> cluster() override;
     bool leader() const override { return std::chrono::steady_clock::now() < leader_until_; }
     std::optional<JobId> find_unique(const std::string& key) override;
     void announce(const std::vector<JobId>& ids) override;

@@ -130,6 +130,14 @@ int run_stats(Client& client, bool as_json) {
     std::cout << fmt::format("broker up {}, {} worker{}, {} job{} running\n",
                              format_duration(s.time - s.started_at), s.workers,
                              s.workers == 1 ? "" : "s", s.running, s.running == 1 ? "" : "s");
+    if (s.broker) {
+        std::cout << fmt::format("answered by {}; cluster of {}:\n", *s.broker, s.brokers.size());
+        for (const auto& b : s.brokers)
+            std::cout << fmt::format("  {} {} pid {}, seen {} ago{}\n",
+                                     b.id == *s.broker ? "*" : " ", b.host, b.pid,
+                                     format_duration(std::max<Millis>(0, s.time - b.seen_at)),
+                                     b.leader ? ", leader" : "");
+    }
     std::cout << "jobs:";
     for (JobState st : kAllStates)
         std::cout << fmt::format(" {} {}", totals[static_cast<std::size_t>(st)], to_string(st));

@@ -363,6 +363,15 @@ struct QueueStatsT {
         field("submitted_per_second", &QueueStats::submitted_per_second, F64{}, required));
 };
 
+struct BrokerInfoT {
+    static constexpr auto table =
+        message<BrokerInfo>("cluster broker", {}, field("id", &BrokerInfo::id, str(1024), required),
+                            field("host", &BrokerInfo::host, str(1024), required),
+                            field("pid", &BrokerInfo::pid, U64{}, required),
+                            field("seen_at", &BrokerInfo::seen_at, Time{}, required),
+                            field("leader", &BrokerInfo::leader, Bool{}, required));
+};
+
 struct StatsT {
     static constexpr auto table = message<StatsReply>(
         "STATS reply", {}, field("req", &StatsReply::req, U64{}, required),
@@ -375,7 +384,9 @@ struct StatsT {
         field("commit_jobs_sum", &StatsReply::commit_jobs_sum, U64{}, required),
         field("events_endpoint", &StatsReply::events_endpoint, str(1024), nullable),
         field("commit_seconds_sum", &StatsReply::commit_seconds_sum, F64{}, required),
-        field("queues", &StatsReply::queues, MsgArray<QueueStatsT>{}, required));
+        field("queues", &StatsReply::queues, MsgArray<QueueStatsT>{}, required),
+        field("broker", &StatsReply::broker, str(1024), omit),
+        field("brokers", &StatsReply::brokers, MsgArray<BrokerInfoT>{}, omit_default));
 };
 
 struct WorkerJobT {
@@ -601,8 +612,8 @@ struct AbortT {
 using AllTables =
     std::tuple<SubmitT, JobSpecT, SubmittedT, IdRequestT, WaitT, ListT, JobT, JobsT, JobInfoT,
                ReqOnlyT, PongT, QueueRequestT, RetryT, RetriedT, PurgeT, PurgedT, QueuesT,
-               QueueInfoT, EventsT, EventT, StatsT, QueueStatsT, WorkersT, WorkerInfoT, WorkerJobT,
-               FeedT, FeedReplyT, JobEventT, RegisterT, RegisteredT, CreditT, DispatchT, DoneT,
-               FailT, ResultsT, AckT, AcksT, ErrorT, ProgressT, AbortT, HeartbeatT>;
+               QueueInfoT, EventsT, EventT, StatsT, QueueStatsT, BrokerInfoT, WorkersT, WorkerInfoT,
+               WorkerJobT, FeedT, FeedReplyT, JobEventT, RegisterT, RegisteredT, CreditT, DispatchT,
+               DoneT, FailT, ResultsT, AckT, AcksT, ErrorT, ProgressT, AbortT, HeartbeatT>;
 
 }  // namespace errand::fields

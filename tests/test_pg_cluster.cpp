@@ -468,6 +468,19 @@ TEST_CASE("the leader SIGKILLed: another broker takes the role, retention and re
     REQUIRE_MESSAGE(wait_until([&] { return ca.status(slow).state == JobState::running; }, 10s),
                     a.logs(), doomed.logs());
     CHECK(leader_pid(pg) == a.process().pid());  // the first broker stays the leader
+    // STATS through either broker names the one that answered and lists the cluster.
+    StatsReply sa;
+    REQUIRE(wait_until(
+        [&] {
+            sa = cb.stats();
+            return sa.brokers.size() == 2;
+        },
+        5s, 50ms));
+    REQUIRE(sa.broker.has_value());
+    for (const auto& br : sa.brokers) {
+        CHECK(br.leader == (br.pid == static_cast<std::uint64_t>(a.process().pid())));
+        if (br.id == *sa.broker) CHECK(br.pid == static_cast<std::uint64_t>(b.process().pid()));
+    }
 
     a.kill9();
     doomed.kill9();

@@ -395,6 +395,15 @@ struct QueueStats {
     double submitted_per_second = 0;
 };
 
+// A broker of the cluster (several brokers on one PostgreSQL database), as STATS lists it.
+struct BrokerInfo {
+    std::string id;
+    std::string host;
+    std::uint64_t pid = 0;
+    Millis seen_at = 0;  // last renewal of its row (the database's clock)
+    bool leader = false;
+};
+
 struct StatsReply {
     std::uint64_t req = 0;
     Millis time = 0;
@@ -407,6 +416,9 @@ struct StatsReply {
     std::uint64_t commit_jobs_sum = 0;
     std::optional<std::string> events_endpoint;
     std::vector<QueueStats> queues;
+    // On a shared database: the broker that answered, and the live brokers of the cluster.
+    std::optional<std::string> broker;
+    std::vector<BrokerInfo> brokers;
 };
 
 struct WorkerJob {
