@@ -348,7 +348,7 @@ std::optional<JobInfo> wait_for(errand::Client& client, JobId id, std::optional<
     do {
         Millis chunk = kWaitChunkMs;
         if (timeout) chunk = std::clamp<Millis>(*timeout - elapsed(), 0, kWaitChunkMs);
-        if (auto job = client.wait(id, chunk)) return job;
+        if (auto job = client.wait(id, std::chrono::milliseconds(chunk))) return job;
     } while (!timeout || elapsed() < *timeout);
     return std::nullopt;
 }
@@ -407,7 +407,8 @@ int run_submit(errand::Client& client, const SubmitArgs& args) {
     errand::Submitted submitted;
     std::optional<JobInfo> finished;
     if (wait)
-        finished = client.submit_and_wait(std::move(spec), *first_chunk, &submitted);
+        finished = client.submit_and_wait(std::move(spec), std::chrono::milliseconds(*first_chunk),
+                                          &submitted);
     else
         submitted = client.submit(std::move(spec));
     if (submitted.duplicate) {
@@ -487,8 +488,8 @@ int run_resume(errand::Client& client, const QueueArgs& args) {
 }
 
 int run_purge(errand::Client& client, const PurgeArgs& args) {
-    std::optional<Millis> older_than;
-    if (args.older_than) older_than = to_ms(*args.older_than);
+    std::optional<std::chrono::milliseconds> older_than;
+    if (args.older_than) older_than = std::chrono::milliseconds(to_ms(*args.older_than));
     auto n = client.purge(*errand::parse_job_state(args.state), args.queue, older_than);
     std::cout << (n == 1 ? std::string("purged 1 job\n") : fmt::format("purged {} jobs\n", n));
     return kOk;
@@ -821,7 +822,7 @@ int run(int argc, char** argv) {
     if (auto why = errand::endpoint_error(global.broker))
         throw UsageError(fmt::format("bad --broker '{}': {}", global.broker, *why));
     options.endpoint = global.broker;
-    options.timeout_ms = to_ms(global.request_timeout);
+    options.timeout = std::chrono::milliseconds(to_ms(global.request_timeout));
     if (!curve_server_key.empty()) {
         try {
             options.curve = errand::load_curve_client(curve_server_key, curve_key);

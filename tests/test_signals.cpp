@@ -77,7 +77,7 @@ TEST_CASE("signals: SIGTERM drains a worker: a long job is stopped and handed ba
                          .concurrency = 1,
                          .allow_commands = false,
                          .extra_args = {}});
-    auto done = client.wait(id, 10'000);
+    auto done = client.wait(id, 10s);
     REQUIRE_MESSAGE(done, second.logs());
     CHECK(done->state == JobState::succeeded);
     CHECK(done->attempts == 2);
@@ -255,7 +255,7 @@ TEST_CASE("signals: broker SIGTERM tells workers, which register again with the 
     {
         errand::Client client(broker.client_options());
         auto id = client.submit(job_spec("echo")).id;
-        REQUIRE_MESSAGE(client.wait(id, 10'000), worker.logs());
+        REQUIRE_MESSAGE(client.wait(id, 10s), worker.logs());
     }
     broker.process().kill(SIGTERM);
     REQUIRE(broker.process().wait_exit(10s) == std::optional<int>(0));
@@ -268,7 +268,7 @@ TEST_CASE("signals: broker SIGTERM tells workers, which register again with the 
     broker.start();
     errand::Client client(broker.client_options());
     auto id = client.submit(job_spec("echo")).id;
-    auto job = client.wait(id, 10'000);
+    auto job = client.wait(id, 10s);
     REQUIRE_MESSAGE(job, worker.logs());
     CHECK(job->state == JobState::succeeded);
     CHECK(worker.process().running());

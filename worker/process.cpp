@@ -617,7 +617,8 @@ Outcome run_job(const Job& job, const JobPolicy& policy) {
                       {"ERRAND_QUEUE", job.queue},
                       {"ERRAND_ATTEMPT", std::to_string(job.attempt)}};
     spec.max_output = policy.max_output;
-    spec.timeout = job.timeout_ms && *job.timeout_ms > 0 ? job.timeout_ms : policy.default_timeout;
+    spec.timeout = job.timeout && job.timeout->count() > 0 ? std::optional(job.timeout->count())
+                                                           : policy.default_timeout;
     spec.kill_grace_ms = policy.kill_grace_ms;
     spec.cancel = job.cancel_flag();
     spec.terminate = policy.terminate;
