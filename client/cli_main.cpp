@@ -26,7 +26,9 @@
 #include "cli_output.hpp"
 #include "errand/client.hpp"
 #include "errand/duration.hpp"
+#include "errand/spelling.hpp"
 #include "errand/transport.hpp"
+#include "errand/version.hpp"
 
 namespace {
 
@@ -539,6 +541,7 @@ int run(int argc, char** argv) {
     app.footer(kFooter);
     app.fallthrough();  // global options may also follow the subcommand
     app.require_subcommand(0, 1);
+    app.set_version_flag("--version", "errand " ERRAND_VERSION, "print the version and exit");
     app.failure_message([](const CLI::App*, const CLI::Error& e) {
         return fmt::format("error: {} (see --help)\n", e.what());
     });
@@ -775,6 +778,18 @@ int run(int argc, char** argv) {
         for (const auto& arg : extras)
             list += (list.empty() ? "" : " ") + arg;
         std::string hint = " (see --help)";
+        const bool any_subcommand = !app.get_subcommands().empty();
+        if (!any_subcommand && !extras.empty() && !extras[0].empty() && extras[0][0] != '-') {
+            // The first word is where a subcommand goes: a mistyped one.
+            std::vector<std::string> names;
+            for (const auto* sub : app.get_subcommands([](const CLI::App*) { return true; }))
+                names.push_back(sub->get_name());
+            auto guess = errand::closest_spelling(extras[0], names);
+            std::cerr << fmt::format("error: '{}' is not an errand command{} (see --help)\n",
+                                     extras[0],
+                                     guess ? fmt::format("; did you mean '{}'?", *guess) : "");
+            return kUsage;
+        }
         if (submit->parsed() && !extras.empty() && !extras[0].empty() && extras[0][0] != '-') {
             hint = "; a job's command line goes after --: errand submit [OPTIONS] -- CMD [ARGS...]";
         } else if (std::any_of(extras.begin(), extras.end(), [](const std::string& arg) {

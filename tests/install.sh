@@ -32,7 +32,11 @@ for f in "$libdir/liberrand.so" "$libdir/liberrand.a" "$libdir/pkgconfig/errand.
          "$libdir/cmake/errand/errandConfig.cmake" "$libdir/cmake/errand/errandConfigVersion.cmake" \
          "$incdir/errand/client.hpp" "$incdir/errand/async_client.hpp" "$incdir/errand/worker.hpp" \
          "$incdir/errand/log.hpp" "$incdir/errand/messages.hpp" "$incdir/errand/protocol.hpp" \
-         "$incdir/errand/curve.hpp" "$incdir/errand/version.hpp"; do
+         "$incdir/errand/curve.hpp" "$incdir/errand/version.hpp" \
+         "$root/share/bash-completion/completions/errand" \
+         "$root/share/bash-completion/completions/errand-broker" \
+         "$root/share/bash-completion/completions/errand-worker" \
+         "$root/share/zsh/site-functions/_errand"; do
   [ -e "$f" ] || fail "meson install did not install $f"
 done
 # Only the public headers: none of the internal ones (codec, transport) that need MessagePack/ZeroMQ.

@@ -5,13 +5,17 @@
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
 
+#include <sys/wait.h>
+
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "errand/version.hpp"
 #include "harness.hpp"
 
 using namespace errand::test;
@@ -496,4 +500,70 @@ TEST_CASE("a malformed endpoint is a usage error (exit 2) naming the value, in e
     CHECK_MESSAGE(broker.err().find("the port 99999 is not 1-65535") != std::string::npos,
                   broker.logs());
     CHECK_FALSE(std::filesystem::exists(dir / "x.db"));  // nothing was started or created
+}
+
+namespace {
+
+// Runs `command` through /bin/sh; its exit status and stdout (for programs other than errand).
+std::pair<int, std::string> shell(const std::string& command) {
+    std::FILE* p = ::popen(command.c_str(), "r");
+    REQUIRE(p != nullptr);
+    std::string out;
+    char buf[4096];
+    for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;)
+        out.append(buf, n);
+    const int status = ::pclose(p);
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+std::string version() {
+    return ERRAND_VERSION;
+}
+
+}  // namespace
+
+TEST_CASE("cli: --version of errand, errand-broker and errand-worker prints the version, exit 0") {
+    auto r = run_cli({"--version"}, {}, 10s);
+    CHECK_MESSAGE(r.exit_code == 0, describe(r));
+    CHECK(r.out == "errand " + version() + "\n");
+    for (const auto& [bin, name] :
+         {std::pair{broker_bin(), "errand-broker"}, std::pair{worker_bin(), "errand-worker"}}) {
+        auto [code, out] = shell("'" + bin + "' --version");
+        CHECK(code == 0);
+        CHECK(out == std::string(name) + " " + version() + "\n");
+    }
+}
+
+TEST_CASE("cli: a mistyped subcommand exits 2 and names the one meant") {
+    const std::string ep = "tcp://127.0.0.1:" + std::to_string(free_port());
+    auto r = run_cli({"--broker", ep, "stauts", "3"}, {}, 10s);
+    CHECK_MESSAGE(r.exit_code == 2, describe(r));
+    CHECK(r.err ==
+          "error: 'stauts' is not an errand command; did you mean 'status'? (see --help)\n");
+    auto far = run_cli({"--broker", ep, "frobnicate"}, {}, 10s);
+    CHECK_MESSAGE(far.exit_code == 2, describe(far));
+    CHECK(far.err == "error: 'frobnicate' is not an errand command (see --help)\n");
+    auto sub = run_cli({"--broker", ep, "sumbit", "--payload", "x"}, {}, 10s);
+    CHECK_MESSAGE(sub.exit_code == 2, describe(sub));
+    CHECK(sub.err.find("did you mean 'submit'?") != std::string::npos);
+}
+
+TEST_CASE("cli: bash completion offers subcommands and each one's options from --help") {
+    const char* dir = std::getenv("ERRAND_COMPLETIONS_DIR");
+    REQUIRE_MESSAGE(dir, "ERRAND_COMPLETIONS_DIR is not set");
+    auto complete = [&](const std::string& words) {
+        // COMP_WORDS as bash fills them for the line typed so far; the last word is completed.
+        auto [code, out] =
+            shell("bash -c 'source \"" + std::string(dir) + "/errand.bash\"; COMP_WORDS=(" + words +
+                  "); COMP_CWORD=$((${#COMP_WORDS[@]} - 1)); _errand; "
+                  "printf \"%s\\n\" \"${COMPREPLY[@]}\" | sort'");
+        CHECK(code == 0);
+        return out;
+    };
+    const std::string cli = "\"" + cli_bin() + "\"";
+    CHECK(complete(cli + " sta") == "stats\nstatus\n");
+    CHECK(complete(cli + " submit --wai") == "--wait\n--wait-timeout\n");
+    CHECK(complete(cli + " --bro") == "--broker\n");
+    CHECK(complete(cli + " list --state d") == "dead\n");
+    CHECK(complete("\"" + worker_bin() + "\" --drain") == "--drain-timeout\n");
 }

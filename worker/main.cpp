@@ -22,6 +22,7 @@
 #include "errand/log_fields.hpp"
 #include "errand/protocol.hpp"
 #include "errand/transport.hpp"
+#include "errand/version.hpp"
 #include "errand/worker.hpp"
 #include "logging.hpp"
 #include "notify.hpp"
@@ -97,6 +98,8 @@ int main(int argc, char** argv) {
     bool dump = false;
 
     CLI::App app{"errand-worker: runs the jobs of errand queues as processes"};
+    app.set_version_flag("--version", "errand-worker " ERRAND_VERSION,
+                         "print the version and exit");
     app.footer(
         "QUEUES: without weights, queues are served strictly in the order given: a queue gets\n"
         "a job only when those before it have none ready. With a WEIGHT (1-1000) on any queue,\n"
