@@ -155,7 +155,7 @@ CLI::Validator duration_check(bool allow_zero, Millis max = 0) {
     return CLI::Validator(
         [allow_zero, max](std::string& text) -> std::string {
             auto ms = errand::parse_duration(text);
-            if (!ms) return "'" + text + "' is not a duration (examples: 250ms, 5s, 2m, 1h)";
+            if (!ms) return "'" + text + "' is not a duration (examples: 250ms, 5s, 2m, 1h30m)";
             if (!allow_zero && *ms == 0) return "must be more than 0";
             if (max != 0 && *ms > max) {
                 return "must be at most " + errand::format_duration(max);
@@ -183,7 +183,7 @@ Backoff parse_backoff(std::string_view text) {
         auto ms = errand::parse_duration(dur);
         if (!ms) {
             throw UsageError(
-                fmt::format("'{}' is not a duration (examples: 250ms, 5s, 2m, 1h)", dur));
+                fmt::format("'{}' is not a duration (examples: 250ms, 5s, 2m, 1h30m)", dur));
         }
         if (*ms > errand::limits::kMaxDelayMs) {
             throw UsageError(fmt::format("a backoff must be at most {}",
@@ -478,6 +478,17 @@ int run_retry(errand::Client& client, const RetryArgs& args) {
 }
 
 int run_pause(errand::Client& client, const QueueArgs& args) {
+    // Pausing a name no job has used is allowed (a queue paused before its first job), but it is
+    // more often a typo: say so, and name the known queue it is closest to.
+    std::vector<std::string> known;
+    for (const auto& q : client.queues())
+        known.push_back(q.name);
+    if (std::find(known.begin(), known.end(), args.queue) == known.end()) {
+        auto guess = errand::closest_spelling(args.queue, known);
+        std::cerr << fmt::format("warning: no job has used queue '{}' yet{}; pausing it anyway\n",
+                                 args.queue,
+                                 guess ? fmt::format(" (did you mean '{}'?)", *guess) : "");
+    }
     client.pause(args.queue);
     std::cout << fmt::format("queue {} paused\n", args.queue);
     return kOk;
@@ -553,6 +564,7 @@ int run(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("--request-timeout", global.request_timeout,
                    "give up on a request to the broker after this long")
+        ->envname("ERRAND_REQUEST_TIMEOUT")
         ->check(duration_check(false))
         ->type_name("DUR")
         ->capture_default_str();

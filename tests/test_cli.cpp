@@ -299,6 +299,15 @@ TEST_CASE("cli: pause shows in queues until resume; queues --json counts every s
     auto paused = w.cli({"pause", "cat-q"});
     CHECK_MESSAGE(paused.exit_code == 0, describe(paused));
     CHECK_MESSAGE(paused.out == "queue cat-q paused\n", describe(paused));
+    CHECK_MESSAGE(paused.err.empty(), describe(paused));
+    // A queue no job has used is paused too, with a warning that names the likely one.
+    auto typo = w.cli({"pause", "cat-qq"});
+    CHECK_MESSAGE(typo.exit_code == 0, describe(typo));
+    CHECK_MESSAGE(typo.err ==
+                      "warning: no job has used queue 'cat-qq' yet (did you mean 'cat-q'?); "
+                      "pausing it anyway\n",
+                  describe(typo));
+    REQUIRE(w.cli({"resume", "cat-qq"}).exit_code == 0);
 
     // A paused queue accepts jobs but runs none.
     auto held = w.cli({"submit", "-q", "cat-q", "--payload", "b"});
@@ -566,4 +575,18 @@ TEST_CASE("cli: bash completion offers subcommands and each one's options from -
     CHECK(complete(cli + " --bro") == "--broker\n");
     CHECK(complete(cli + " list --state d") == "dead\n");
     CHECK(complete("\"" + worker_bin() + "\" --drain") == "--drain-timeout\n");
+}
+
+TEST_CASE("cli: ERRAND_REQUEST_TIMEOUT sets --request-timeout; a bad value exits 2") {
+    const std::string ep = "tcp://127.0.0.1:" + std::to_string(free_port());
+    const std::string cli = "'" + cli_bin() + "' --broker " + ep;
+    auto [bad, bad_out] = shell("ERRAND_REQUEST_TIMEOUT=soon " + cli + " ping 2>&1");
+    CHECK(bad == 2);
+    CHECK_MESSAGE(bad_out.find("'soon' is not a duration") != std::string::npos, bad_out);
+    // Nothing listens there: the ping gives up after the variable's 300ms, not the default 5s.
+    const auto start = std::chrono::steady_clock::now();
+    auto [code, out] = shell("ERRAND_REQUEST_TIMEOUT=300ms " + cli + " ping 2>&1");
+    CHECK(code == 4);
+    CHECK_MESSAGE(out.find("timed out after 300ms") != std::string::npos, out);
+    CHECK(std::chrono::steady_clock::now() - start < 4s);
 }
