@@ -88,13 +88,13 @@ struct SubmitArgs {
 };
 
 struct StatusArgs {
-    JobId id = 0;
+    std::vector<JobId> ids;
     bool json = false;
 };
 
 struct WaitArgs {
-    JobId id = 0;
-    std::optional<std::string> timeout;
+    std::vector<JobId> ids;
+    std::optional<std::string> timeout;  // for all of them together
 };
 
 struct ListArgs {
@@ -105,11 +105,11 @@ struct ListArgs {
 };
 
 struct IdArgs {  // cancel
-    JobId id = 0;
+    std::vector<JobId> ids;
 };
 
 struct RetryArgs {
-    std::optional<JobId> id;
+    std::vector<JobId> ids;
     bool dead = false;
     std::optional<std::string> queue;
 };
@@ -438,13 +438,54 @@ int run_submit(errand::Client& client, const SubmitArgs& args) {
     return wait_and_report(client, submitted.id, args.wait_timeout, waited);
 }
 
+// Runs `one` for each id in turn. A refusal (no such job, wrong state) is reported and the rest
+// still run; the exit code is then kRefused. An unreachable broker ends it (the exception).
+template <typename One>
+int for_each_id(const std::vector<JobId>& ids, One one) {
+    int rc = kOk;
+    for (JobId id : ids) {
+        try {
+            one(id);
+        } catch (const errand::BrokerError& e) {
+            if (ids.size() == 1) throw;
+            std::cerr << fmt::format("error: job {}: {}\n", id, e.what());
+            rc = kRefused;
+        }
+    }
+    return rc;
+}
+
 int run_status(errand::Client& client, const StatusArgs& args) {
-    auto job = client.status(args.id);
-    if (args.json)
-        std::cout << errand::cli::job_json(job) << '\n';
-    else
-        std::cout << errand::cli::job_text(job, now_ms());
-    return kOk;
+    // Several ids: text blocks one after another; with --json one object per line.
+    return for_each_id(args.ids, [&](JobId id) {
+        auto job = client.status(id);
+        if (args.json)
+            std::cout << errand::cli::job_json(job) << '\n';
+        else
+            std::cout << errand::cli::job_text(job, now_ms());
+        std::cout.flush();
+    });
+}
+
+// Waits for each job in turn, all within one --timeout, printing each result as `wait` does. The
+// exit code is that of the first job (in the order given) that did not succeed, else 0.
+int run_wait(errand::Client& client, const WaitArgs& args) {
+    const auto start = std::chrono::steady_clock::now();
+    int rc = kOk;
+    for (JobId id : args.ids) {
+        const Millis waited = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                  std::chrono::steady_clock::now() - start)
+                                  .count();
+        int one = kRefused;
+        try {
+            one = wait_and_report(client, id, args.timeout, waited);
+        } catch (const errand::BrokerError& e) {
+            if (args.ids.size() == 1) throw;
+            std::cerr << fmt::format("error: job {}: {}\n", id, e.what());
+        }
+        if (rc == kOk) rc = one;
+    }
+    return rc;
 }
 
 int run_list(errand::Client& client, const ListArgs& args) {
@@ -461,15 +502,17 @@ int run_list(errand::Client& client, const ListArgs& args) {
 }
 
 int run_cancel(errand::Client& client, const IdArgs& args) {
-    auto job = client.cancel(args.id);
-    std::cout << fmt::format("cancelled job {}\n", job.id);
-    return kOk;
+    return for_each_id(args.ids, [&](JobId id) {
+        auto job = client.cancel(id);
+        std::cout << fmt::format("cancelled job {}\n", job.id) << std::flush;
+    });
 }
 
 int run_retry(errand::Client& client, const RetryArgs& args) {
-    if (args.id) {
-        std::cout << fmt::format("job {} is ready again\n", client.retry(*args.id));
-        return kOk;
+    if (!args.ids.empty()) {
+        return for_each_id(args.ids, [&](JobId id) {
+            std::cout << fmt::format("job {} is ready again\n", client.retry(id)) << std::flush;
+        });
     }
     auto ids = client.retry_dead(args.queue);
     std::cout << (ids.size() == 1 ? std::string("1 dead job is ready again\n")
@@ -659,21 +702,23 @@ int run(int argc, char** argv) {
     commands.emplace_back(submit, [&](errand::Client& c) { return run_submit(c, submit_args); });
 
     StatusArgs status_args;
-    auto* status = app.add_subcommand("status", "Show a job.");
-    status->add_option("id", status_args.id, "job id")->required();
-    status->add_flag("--json", status_args.json, "print one JSON object");
+    auto* status = app.add_subcommand("status", "Show jobs.");
+    status->add_option("id", status_args.ids, "job ids")->required()->type_name("ID...");
+    status->add_flag("--json", status_args.json, "print one JSON object (a line per job)");
     commands.emplace_back(status, [&](errand::Client& c) { return run_status(c, status_args); });
 
     WaitArgs wait_args;
-    auto* wait = app.add_subcommand("wait", "Wait for a job to finish; print its result.");
-    wait->add_option("id", wait_args.id, "job id")->required();
+    auto* wait = app.add_subcommand(
+        "wait", "Wait for jobs to finish, in the order given; print their results.");
+    wait->footer(
+        "With several jobs, the exit code is that of the first one (in the order given)\n"
+        "that did not succeed, and --timeout bounds the whole wait.");
+    wait->add_option("id", wait_args.ids, "job ids")->required()->type_name("ID...");
     wait->add_option("--timeout", wait_args.timeout,
                      "give up after DUR (exit 124; default: wait forever)")
         ->check(duration_check(true))
         ->type_name("DUR");
-    commands.emplace_back(wait, [&](errand::Client& c) {
-        return wait_and_report(c, wait_args.id, wait_args.timeout);
-    });
+    commands.emplace_back(wait, [&](errand::Client& c) { return run_wait(c, wait_args); });
 
     ListArgs list_args;
     auto* list = app.add_subcommand("list", "List jobs, newest first.");
@@ -693,14 +738,14 @@ int run(int argc, char** argv) {
     IdArgs cancel_args;
     auto* cancel = app.add_subcommand(
         "cancel", "Cancel an unfinished job (a running one is stopped on its worker).");
-    cancel->add_option("id", cancel_args.id, "job id")->required();
+    cancel->add_option("id", cancel_args.ids, "job ids")->required()->type_name("ID...");
     commands.emplace_back(cancel, [&](errand::Client& c) { return run_cancel(c, cancel_args); });
 
     RetryArgs retry_args;
     auto* retry = app.add_subcommand(
         "retry", "Put a dead job, or with --dead every dead job, back in its queue.");
-    retry->footer("Usage: errand retry ID | errand retry --dead [-q QUEUE]");
-    retry->add_option("id", retry_args.id, "a dead job's id");
+    retry->footer("Usage: errand retry ID... | errand retry --dead [-q QUEUE]");
+    retry->add_option("id", retry_args.ids, "dead jobs' ids")->type_name("ID...");
     auto* retry_dead = retry->add_flag("--dead", retry_args.dead, "every dead job");
     retry->add_option("-q,--queue", retry_args.queue, "with --dead: only this queue")
         ->check(queue_check())
@@ -840,7 +885,7 @@ int run(int argc, char** argv) {
         throw UsageError("'--' (a job's command line) is only accepted by submit");
     }
     submit_args.argv = std::move(job_argv);
-    if (retry->parsed() && retry_args.id.has_value() == retry_args.dead) {
+    if (retry->parsed() && !retry_args.ids.empty() == retry_args.dead) {
         throw UsageError(retry_args.dead
                              ? "retry takes a job id or --dead, not both"
                              : "retry needs a job id or --dead (see errand retry --help)");

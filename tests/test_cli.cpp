@@ -590,3 +590,40 @@ TEST_CASE("cli: ERRAND_REQUEST_TIMEOUT sets --request-timeout; a bad value exits
     CHECK_MESSAGE(out.find("timed out after 300ms") != std::string::npos, out);
     CHECK(std::chrono::steady_clock::now() - start < 4s);
 }
+
+TEST_CASE(
+    "cli: status, wait and cancel take several ids; a refused one is reported, the rest run") {
+    CliWorld w;
+    std::vector<std::string> ids;
+    for (const char* payload : {"a", "b", "c"}) {
+        auto sub = w.cli({"submit", "-q", "cat-q", "--payload", payload});
+        REQUIRE_MESSAGE(sub.exit_code == 0, describe(sub));
+        ids.push_back(std::to_string(parse_id(sub)));
+    }
+    auto waited = w.cli({"wait", ids[0], ids[1], ids[2], "--timeout", "10s"});
+    CHECK_MESSAGE(waited.exit_code == 0, describe(waited));
+    CHECK(waited.out == "abc");  // each result's bytes, in the order given
+
+    auto st = w.cli({"status", ids[0], "987654321", ids[2], "--json"});
+    CHECK_MESSAGE(st.exit_code == 3, describe(st));
+    std::vector<std::string> lines;
+    for (std::size_t at = 0, nl; (nl = st.out.find('\n', at)) != std::string::npos; at = nl + 1)
+        lines.push_back(st.out.substr(at, nl - at));
+    REQUIRE_MESSAGE(lines.size() == 2, describe(st));
+    CHECK(json::parse(lines[0])["id"] == std::stoull(ids[0]));
+    CHECK(json::parse(lines[1])["id"] == std::stoull(ids[2]));
+    CHECK_MESSAGE(st.err.starts_with("error: job 987654321: "), describe(st));
+
+    std::vector<std::string> later;
+    for (int i = 0; i < 2; ++i) {
+        auto sub = w.cli({"submit", "-q", "cat-q", "--payload", "x", "--delay", "1h30m"});
+        REQUIRE_MESSAGE(sub.exit_code == 0, describe(sub));
+        later.push_back(std::to_string(parse_id(sub)));
+    }
+    auto cancelled = w.cli({"cancel", later[0], later[1]});
+    CHECK_MESSAGE(cancelled.exit_code == 0, describe(cancelled));
+    CHECK(cancelled.out == "cancelled job " + later[0] + "\ncancelled job " + later[1] + "\n");
+    // Waiting on a finished-successfully job and a cancelled one: the first failure's code.
+    auto mixed = w.cli({"wait", ids[0], later[0], "--timeout", "5s"});
+    CHECK_MESSAGE(mixed.exit_code == 1, describe(mixed));
+}
