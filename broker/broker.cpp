@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <deque>
+#include <limits>
 #include <random>
 #include <set>
 #include <unordered_set>
@@ -77,6 +78,7 @@ EngineConfig engine_config(const BrokerConfig& c) {
     e.orphan_grace_ms = c.worker_timeout_ms;
     e.retention_ms = c.retention_ms;
     e.retention_batch = c.retention_batch;
+    e.max_queues = c.max_queues;
     return e;
 }
 
@@ -136,7 +138,10 @@ struct Broker::State {
     std::vector<SubmitWait> submit_waits;
     Millis next_heartbeat = 0;
     Millis next_status = 0;
-    bool credit_added = true;  // a worker got credit: dispatch() looks for jobs for it
+    bool credit_added = true;    // a worker got credit: dispatch() looks for jobs for it
+    bool needs_rebuild = false;  // a shared store was unreachable when the engine reloaded
+    Millis next_sweep = 0;
+    Millis next_wait_poll = 0;
     // Every message leaves through send(): onto the socket, or into `captured` (the test seam).
     std::vector<Envelope>* captured = nullptr;
 
@@ -167,8 +172,10 @@ struct Broker::State {
         ErrorReply e{req, code, utf8_escaped(message), id, attempt};
         outbox.push_back({identity, cmd::kError, encode(e), OnFail::send, req});
     }
-    void reply_stale(const std::string& identity, JobId id, std::uint32_t attempt) {
-        reply_error(identity, std::nullopt, ErrorCode::stale,
+    // `req`: the refused command's, when it carried one (workers need not send any).
+    void reply_stale(const std::string& identity, JobId id, std::uint32_t attempt,
+                     std::optional<std::uint64_t> req) {
+        reply_error(identity, req, ErrorCode::stale,
                     fmt::format("job {} attempt {} is no longer current", id, attempt), id,
                     attempt);
     }
@@ -230,7 +237,7 @@ struct Broker::State {
             // Submit and wait: the same req is answered again when the job finishes. The waiter
             // is added once the pass has committed: a rolled-back job's id is handed out again.
             JobId id = rep.ids.front();
-            if (engine.is_live(id)) {
+            if (!rep.duplicate.front() || engine.unfinished(id)) {
                 submit_waits.push_back({rq.identity, m.req, id, *m.wait_ms});
             } else if (auto job = store->get_job(id)) {  // a duplicate that has finished
                 reply_anyway(rq.identity, cmd::kJob, encode_job(*job, m.req), m.req);
@@ -424,6 +431,9 @@ struct Broker::State {
         rep.req = m.req;
         rep.heartbeat_ms = cfg.heartbeat_ms;
         rep.expiry_ms = cfg.worker_timeout_ms;
+        rep.max_result = cfg.max_result;
+        rep.max_message = cfg.max_message;
+        rep.max_batch = cfg.max_batch;
         std::unordered_set<JobId> kept;
         for (const auto& h : m.held) {
             if (engine.adopt(h.id, h.attempt, w.holder)) {
@@ -471,7 +481,8 @@ struct Broker::State {
         std::vector<Ack> again, fresh;
     };
 
-    void apply_result(const std::string& identity, JobResult m, Acks& acks) {
+    void apply_result(const std::string& identity, JobResult m, Acks& acks,
+                      std::optional<std::uint64_t> req) {
         JobId id = m.id;
         std::uint32_t attempt = m.attempt;
         auto f = engine.finish(std::move(m), now);
@@ -485,7 +496,7 @@ struct Broker::State {
                 acks.again.push_back({id, attempt});
                 break;
             case Verdict::stale:
-                reply_stale(identity, id, attempt);
+                reply_stale(identity, id, attempt, req);
                 break;
         }
     }
@@ -493,7 +504,7 @@ struct Broker::State {
     void on_result(const Request& rq, bool ok) {
         auto m = decode_result(rq.body, ok, {cfg.max_payload, cfg.max_result, cfg.max_batch});
         Acks acks;
-        apply_result(rq.identity, std::move(m), acks);
+        apply_result(rq.identity, std::move(m), acks, rq.body.peek_u64("req"));
         for (const auto& a : acks.again)
             reply_anyway(rq.identity, cmd::kAck, encode(a), std::nullopt);
         for (const auto& a : acks.fresh)
@@ -507,7 +518,7 @@ struct Broker::State {
         auto results = decode_results(rq.body, {cfg.max_payload, cfg.max_result, cfg.max_batch});
         Acks acks;
         for (auto& m : results)
-            apply_result(rq.identity, std::move(m), acks);
+            apply_result(rq.identity, std::move(m), acks, rq.body.peek_u64("req"));
         if (!acks.again.empty())
             reply_anyway(rq.identity, cmd::kAcks, encode_acks(acks.again), std::nullopt);
         if (!acks.fresh.empty())
@@ -529,7 +540,7 @@ struct Broker::State {
         auto m = decode_ack(rq.body);  // the same two fields: id, attempt
         auto f = engine.release(m.id, m.attempt, now);
         if (f.verdict != Verdict::applied) {
-            reply_stale(rq.identity, m.id, m.attempt);
+            reply_stale(rq.identity, m.id, m.attempt, rq.body.peek_u64("req"));
             return;
         }
         if (f.holder)
@@ -545,6 +556,10 @@ struct Broker::State {
         auto* sender = workers.of(env.identity);
         if (sender) sender->last_seen = now;
         std::optional<std::uint64_t> req;
+        // An error answering a worker's command about one attempt (DONE, FAIL, PROGRESS,
+        // RELEASE) names that attempt, so a worker can tell which of its results it concerns.
+        std::optional<JobId> id;
+        std::optional<std::uint32_t> attempt;
         fate = OnFail::send;
         try {
             if (env.frames != 3)
@@ -565,6 +580,12 @@ struct Broker::State {
             }
             Body body(env.body);  // throws bad_frame
             req = body.reader().peek_u64("req");
+            if (c->access == Access::workers) {
+                id = body.reader().peek_u64("id");
+                if (auto a = body.reader().peek_u64("attempt");
+                    a && *a <= std::numeric_limits<std::uint32_t>::max())
+                    attempt = static_cast<std::uint32_t>(*a);
+            }
             check_access(*c, env);
             if (c->needs_worker && !sender) workers.registered(env.identity);  // throws
             fate = c->writes ? c->on_fail : OnFail::send;
@@ -572,15 +593,15 @@ struct Broker::State {
         } catch (const ProtocolError& e) {
             spdlog::debug("error reply {} to {}: {}", to_string(e.code()),
                           env.command.substr(0, 32), e.what());
-            reply_error(env.identity, req, e.code(), e.what());
+            reply_error(env.identity, req, e.code(), e.what(), id, attempt);
         } catch (const StoreError& e) {
             txn_failed = true;
             txn_error = e.what();
             reply_error(env.identity, req, ErrorCode::storage,
-                        fmt::format("storage failure: {}", e.what()));
+                        fmt::format("storage failure: {}", e.what()), id, attempt);
         } catch (const std::exception& e) {
             spdlog::error("internal error handling {}: {}", env.command.substr(0, 32), e.what());
-            reply_error(env.identity, req, ErrorCode::internal, e.what());
+            reply_error(env.identity, req, ErrorCode::internal, e.what(), id, attempt);
         }
         fate = OnFail::send;
     }
@@ -591,10 +612,20 @@ struct Broker::State {
         return nullptr;
     }
 
-    // With CURVE, a key's role limits what it may do (docs/SECURITY.md).
+    // With CURVE, a key's role limits what it may do (docs/SECURITY.md), and a key revoked since
+    // its connection was admitted (its file removed from --authorized-keys) may do nothing.
+    // In-process senders (the HTTP side) carry no key and are trusted like the operator.
     void check_access(const Command& c, const Envelope& env) {
-        if (!cfg.authorized_keys || c.access == Access::everyone) return;
-        auto role = cfg.authorized_keys->role_of(env.user_id).value_or(Role::any);
+        if (!cfg.authorized_keys) return;
+        const std::optional<Role> found =
+            env.user_id.empty() ? Role::any : cfg.authorized_keys->role_of(env.user_id);
+        if (!found)
+            throw ProtocolError(ErrorCode::forbidden,
+                                fmt::format("key '{}' is no longer authorised (its file is gone "
+                                            "from --authorized-keys)",
+                                            env.user_id));
+        if (c.access == Access::everyone) return;
+        const Role role = *found;
         bool ok = role == Role::any || (c.access == Access::clients && role == Role::client) ||
                   (c.access == Access::workers && role == Role::worker);
         if (!ok)
@@ -622,11 +653,45 @@ struct Broker::State {
                 ++it;
             }
         }
+        if (now >= next_sweep) {
+            next_sweep = now + 10'000;
+            sweep_queues();
+        }
         if (now >= next_heartbeat) {
             auto body = encode_hb();
             for (auto& [inst, w] : workers.all())
                 outbox.push_back({w.identity, cmd::kHeartbeat, body, OnFail::send, std::nullopt});
             next_heartbeat = now + cfg.heartbeat_ms;
+        }
+    }
+
+    // What a queue costs is given back once it has no jobs, no pause, no worker serving it and
+    // no event for a minute (the rate windows of its metrics are empty): its counts, index
+    // entries, name and /metrics series.
+    void sweep_queues() {
+        std::unordered_set<std::string> served;
+        for (const auto& [inst, w] : workers.all())
+            served.insert(w.queues.begin(), w.queues.end());
+        auto active = [&](const std::string& q) {
+            if (served.count(q)) return true;
+            auto m = metrics.queues.find(q);
+            return m != metrics.queues.end() && (m->second.finished.per_second(now) > 0 ||
+                                                 m->second.submitted_rate.per_second(now) > 0);
+        };
+        auto gone = engine.sweep_queues(active);
+        std::size_t series = 0;
+        for (auto it = metrics.queues.begin(); it != metrics.queues.end();) {
+            if (!engine.counts().count(it->first) && !engine.is_paused(it->first) &&
+                !active(it->first)) {
+                it = metrics.queues.erase(it);
+                ++series;
+            } else {
+                ++it;
+            }
+        }
+        if (!gone.empty() || series > 0) {
+            snapshot_dirty = true;
+            spdlog::debug("forgot {} queues without jobs ({} metrics series)", gone.size(), series);
         }
     }
 
@@ -651,22 +716,57 @@ struct Broker::State {
             while (w.credit > 0) {
                 const std::string* q = workers.pick_queue(w, engine);
                 if (!q) break;
-                auto c = engine.claim(*q, w.commands, w.holder, now);
-                if (!c) continue;
-                w.jobs[c->id] = ++w.seq;
-                --w.credit;
-                Dispatch d{
-                    c->id, *q,           c->attempt, std::move(c->payload), std::move(c->argv),
-                    w.seq, c->timeout_ms};
-                outbox.push_back(
-                    {w.identity, cmd::kDispatch, encode(d), OnFail::drop, std::nullopt});
+                // A shared store claims the worker's whole credit in one statement; memory
+                // takes one job at a time, so weighted queues are picked per job.
+                auto claims =
+                    engine.claim(*q, w.commands, engine.shared() ? w.credit : 1, w.holder, now);
+                for (auto& c : claims) {
+                    w.jobs[c.id] = ++w.seq;
+                    --w.credit;
+                    Dispatch d{
+                        c.id,  *q,          c.attempt, std::move(c.payload), std::move(c.argv),
+                        w.seq, c.timeout_ms};
+                    outbox.push_back(
+                        {w.identity, cmd::kDispatch, encode(d), OnFail::drop, std::nullopt});
+                }
             }
         }
     }
 
     // ---- end of pass: commit, then reply --------------------------------------------------
 
+    // Waiters of jobs finished through other brokers: told by their notifications, and, as a
+    // backstop for notifications lost with a dropped connection, asked every second.
+    void answer_remote_waits() {
+        try {
+            auto ids = store->finished_elsewhere();
+            if (now >= next_wait_poll && waiters.size() > 0) {
+                auto more = store->finished_among(waiters.ids());
+                ids.insert(ids.end(), more.begin(), more.end());
+                next_wait_poll = now + 1000;
+            }
+            for (JobId id : ids) {
+                auto list = waiters.take(id);
+                if (list.empty()) continue;
+                if (auto job = store->get_job(id))
+                    for (const auto& w : list)
+                        send(w.identity, cmd::kJob, encode_job(*job, w.req));
+            }
+        } catch (const StoreError& e) {
+            spdlog::debug("waits of other brokers' jobs not checked: {}", e.what());
+        }
+    }
+
     void flush() {
+        // Other brokers' waiters hear of this pass's finished jobs when it commits.
+        if (!txn_failed && engine.shared() && !engine.finished().empty()) {
+            try {
+                store->announce(engine.finished());
+            } catch (const StoreError& e) {
+                txn_failed = true;
+                txn_error = e.what();
+            }
+        }
         if (store->writing()) {
             if (!txn_failed) {
                 try {
@@ -699,9 +799,16 @@ struct Broker::State {
             std::erase_if(outbox, [](const Outgoing& o) { return o.on_fail == OnFail::drop; });
             try {
                 rebuild();
+                needs_rebuild = false;
             } catch (const StoreError& e) {
-                spdlog::critical("cannot reload state after a failed commit: {}", e.what());
-                throw;
+                // A shared database that went away: the broker keeps answering (storage
+                // errors) and reloads once it is back. SQLite that cannot be read is fatal.
+                if (!engine.shared()) {
+                    spdlog::critical("cannot reload state after a failed commit: {}", e.what());
+                    throw;
+                }
+                if (!needs_rebuild) spdlog::error("cannot reload state: {}", e.what());
+                needs_rebuild = true;
             }
             txn_failed = false;
             submit_waits.clear();
@@ -725,6 +832,7 @@ struct Broker::State {
                     send(w.identity, cmd::kJob, encode_job(*job, w.req));
         }
         engine.committed();
+        if (engine.shared()) answer_remote_waits();
         // Waits past their deadline time out only now: one whose job finished in this very pass
         // has had its JOB above.
         waiters.expire(now, [&](JobId id, const Waiter& w) {
@@ -830,6 +938,11 @@ struct Broker::State {
 
     void end_pass() {
         try {
+            if (needs_rebuild) {
+                rebuild();
+                needs_rebuild = false;
+                spdlog::info("state reloaded from the database");
+            }
             tick();
             dispatch();
         } catch (const StoreError& e) {
@@ -973,19 +1086,23 @@ zmq::context_t& Broker::context() {
 }
 
 void Broker::run() {
-    zmq::pollitem_t items[2] = {{s_->sock.handle(), 0, ZMQ_POLLIN, 0},
-                                {s_->admin.handle(), 0, ZMQ_POLLIN, 0}};
-    std::size_t n_items = s_->cfg.admin_endpoint.empty() ? 1 : 2;
+    const bool admin = !s_->cfg.admin_endpoint.empty();
+    std::vector<zmq::pollitem_t> items;
     while (!stopping_.load(std::memory_order_relaxed)) {
         s_->now = s_->clock.now_ms();
         Millis wait = std::clamp<Millis>(s_->next_deadline() - s_->now, 0, 1000);
-        items[0].revents = items[1].revents = 0;
+        items.assign({{s_->sock.handle(), 0, ZMQ_POLLIN, 0}});
+        if (admin) items.push_back({s_->admin.handle(), 0, ZMQ_POLLIN, 0});
+        // A shared store's notifications (other brokers' finished jobs) wake the loop too; its
+        // socket changes when it reconnects.
+        if (int fd = s_->store->notify_fd(); fd >= 0) items.push_back({nullptr, fd, ZMQ_POLLIN, 0});
         try {
-            zmq::poll(items, n_items, std::chrono::milliseconds(wait));
+            zmq::poll(items.data(), items.size(), std::chrono::milliseconds(wait));
         } catch (const zmq::error_t& e) {
             if (e.num() != EINTR) throw;
         }
-        s_->pass((items[0].revents & ZMQ_POLLIN) != 0, (items[1].revents & ZMQ_POLLIN) != 0);
+        s_->pass((items[0].revents & ZMQ_POLLIN) != 0,
+                 admin && (items[1].revents & ZMQ_POLLIN) != 0);
     }
     spdlog::info("broker stopping");
     s_->shutdown();

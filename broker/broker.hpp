@@ -42,10 +42,11 @@ struct BrokerConfig {
     std::size_t max_batch = limits::kMaxBatch;  // jobs per SUBMIT
     std::size_t max_waits = 1000;               // outstanding WAITs per connection
     std::size_t max_waits_total = 100'000;      // outstanding WAITs of all connections
+    std::size_t max_queues = 10'000;            // distinct queues at once
     std::size_t max_messages_per_pass = 4096;
     // CURVE: the broker's secret key (Z85) and who may connect. Without them, plain TCP.
     std::optional<std::string> curve_secret_key;
-    std::shared_ptr<const AuthorizedKeys> authorized_keys;
+    std::shared_ptr<KeyRing> authorized_keys;  // re-read while the broker runs (auth.hpp)
     // Called from the loop (so it also proves the loop is alive, for a watchdog) at least every
     // status_interval_ms while run() serves. Must not block.
     std::function<void(const BrokerStatus&)> on_status;

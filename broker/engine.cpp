@@ -26,7 +26,8 @@ std::size_t index_of(JobState s) {
 
 }  // namespace
 
-JobEngine::JobEngine(EngineConfig config, Store& store) : cfg_(config), store_(store) {}
+JobEngine::JobEngine(EngineConfig config, Store& store)
+    : cfg_(config), store_(store), shared_(store.shared()) {}
 
 // ---- memory from the store ----------------------------------------------------------------
 
@@ -44,6 +45,23 @@ void JobEngine::rebuild(const std::unordered_map<JobId, HolderRef>& held, Millis
     paused_.clear();
     for (auto& q : store_.paused_queues())
         paused_.insert(std::move(q));
+    dispatch_hint_ = true;
+    if (shared_) {
+        // Only the attempts this broker's workers hold are kept; the rest stays in the database.
+        refresh();
+        empty_.clear();
+        for (const auto& [id, holder] : held) {
+            auto row = store_.load_held(id);
+            if (!row || row->state != JobState::running) continue;
+            Live* l = from_row(*row);
+            Live& kept = live_.insert_or_assign(id, std::move(*l)).first->second;
+            kept.holder = holder;
+            if (kept.timeout_ms && row->started_at)
+                leases_.push({*row->started_at + *kept.timeout_ms + cfg_.timeout_grace_ms, id,
+                              kept.attempts});
+        }
+        return;
+    }
     store_.scan_live([&](LiveJob&& j) {
         Live l = Live::from(j, intern(j.queue));
         if (!l.unique.empty()) unique_live_[l.unique] = j.id;
@@ -62,7 +80,45 @@ void JobEngine::rebuild(const std::unordered_map<JobId, HolderRef>& held, Millis
         auto& entry = live_.emplace(j.id, std::move(l)).first->second;
         place(j.id, entry);
     });
-    dispatch_hint_ = true;
+}
+
+// A stored row as the engine's entry, in scratch_ (the caller moves it on to keep it).
+Live* JobEngine::from_row(const LiveJob& row) {
+    scratch_ = Live::from(row, intern(row.queue));
+    if (row.state == JobState::running) scratch_.run_at = row.started_at.value_or(0);
+    return &scratch_;
+}
+
+Live* JobEngine::current(JobId id, std::optional<std::uint32_t> attempt) {
+    auto it = live_.find(id);
+    if (!shared_) return it == live_.end() ? nullptr : &it->second;
+    // A cached attempt can only have been ended by another broker since, which the
+    // compare-and-set of the change catches.
+    if (it != live_.end() && attempt && it->second.attempts == *attempt) return &it->second;
+    auto row = store_.load_live(id);
+    if (!row || is_terminal(row->state)) {
+        if (it != live_.end()) live_.erase(it);
+        return nullptr;
+    }
+    Live* l = from_row(*row);
+    if (it != live_.end() && row->state == JobState::running &&
+        it->second.attempts == row->attempts)
+        l->holder = it->second.holder;
+    return l;
+}
+
+// Counts, pauses and the oldest ready jobs as the database has them (other brokers change them
+// too); between two refreshes this broker's own changes keep them current.
+void JobEngine::refresh() {
+    counts_.clear();
+    for (const auto& c : store_.count_jobs())
+        counts_[c.queue][index_of(c.state)] = c.count;
+    paused_.clear();
+    for (auto& q : store_.paused_queues())
+        paused_.insert(std::move(q));
+    oldest_.clear();
+    for (auto& [q, at] : store_.oldest_ready())
+        oldest_[q] = at;
 }
 
 // ---- the one transition path --------------------------------------------------------------
@@ -78,7 +134,7 @@ void JobEngine::rebuild(const std::unordered_map<JobId, HolderRef>& held, Millis
 //                 │ timed out on the last attempt: tick() ──► dead
 //   ready, scheduled, retrying, running ── cancel() ──► cancelled
 //   dead ── revive() ──► ready
-void JobEngine::transition(JobId id, Live& l, JobState to, Transition t) {
+bool JobEngine::transition(JobId id, Live& l, JobState to, Transition t) {
     check_transition(l.state, to);
     t.id = id;
     t.from = l.state;
@@ -88,7 +144,11 @@ void JobEngine::transition(JobId id, Live& l, JobState to, Transition t) {
     if (!t.attempts) t.attempts = l.attempts;
     if (is_terminal(to)) t.finished_at = now_;
     if (!t.worker && l.state == JobState::running && l.holder) t.worker = l.holder->name;
-    if (!store_.apply(t)) conflict(id, t);
+    if (!store_.apply(t)) {
+        if (!shared_) conflict(id, t);
+        live_.erase(id);  // another broker changed it: forget what this one thought
+        return false;
+    }
     if (spdlog::should_log(spdlog::level::debug))  // per job: build nothing unless logged
         spdlog::debug("{}: {} -> {} ({}){}", job_fields(id, l.queue.str(), *t.attempts),
                       to_string(l.state), to_string(to), t.reason,
@@ -104,9 +164,32 @@ void JobEngine::transition(JobId id, Live& l, JobState to, Transition t) {
     if (to == JobState::scheduled || to == JobState::retrying) l.run_at = t.run_at.value_or(now_);
     if (to != JobState::running) l.holder.reset();
     place(id, l);  // `l` may dangle from here on
+    return true;
 }
 
 void JobEngine::place(JobId id, Live& l) {
+    if (shared_) {
+        // The database holds the ready jobs and the timers; memory only hints at when to look.
+        switch (l.state) {
+            case JobState::ready:
+                empty_.erase(l.queue);
+                dispatch_hint_ = true;
+                break;
+            case JobState::scheduled:
+            case JobState::retrying:
+                timers_.push({l.run_at, id});
+                break;
+            case JobState::running:
+                return;
+            case JobState::succeeded:
+            case JobState::dead:
+            case JobState::cancelled:
+                finished_.push_back(id);
+                break;
+        }
+        live_.erase(id);  // `l` may be scratch_ or this entry: either way not kept
+        return;
+    }
     switch (l.state) {
         case JobState::ready:
             ready_.push(l.queue, id, l.priority, l.has_argv);
@@ -153,17 +236,76 @@ void JobEngine::note_event(JobId id, const Live& l, const Transition& t) {
 
 // ---- submit ---------------------------------------------------------------------------------
 
+void JobEngine::check_queue_bound(const std::string& queue) const {
+    if (counts_.count(queue) || paused_.count(queue)) return;
+    std::size_t known = counts_.size();
+    for (const auto& q : paused_)
+        if (!counts_.count(q)) ++known;
+    if (known >= cfg_.max_queues)
+        throw ProtocolError(ErrorCode::too_large,
+                            fmt::format("the broker has {} queues, its most (--max-queues); a "
+                                        "queue without jobs, workers or pause is forgotten after "
+                                        "a minute",
+                                        known));
+}
+
+std::vector<std::string> JobEngine::sweep_queues(
+    const std::function<bool(const std::string&)>& in_use) {
+    std::vector<std::string> gone;
+    for (auto it = counts_.begin(); it != counts_.end();) {
+        const auto& [q, c] = *it;
+        bool empty = std::all_of(c.begin(), c.end(), [](auto n) { return n == 0; });
+        if (!empty || paused_.count(q) || in_use(q)) {
+            ++it;
+            continue;
+        }
+        gone.push_back(q);
+        it = counts_.erase(it);
+    }
+    for (const auto& q : gone) {
+        ready_.erase(q);  // stale entries of jobs that left ready by other ways than claim()
+        empty_.erase(q);
+        oldest_.erase(q);
+    }
+    // A name no entry refers to any more: in memory, every unfinished job is counted in its
+    // queue, so a queue without counts has none; on a shared store only the cached attempts
+    // (and the scratch entry) hold names.
+    if (shared_) {
+        std::unordered_set<const std::string*> held;
+        for (const auto& [id, l] : live_)
+            held.insert(&l.queue.str());
+        if (!scratch_.queue.empty()) held.insert(&scratch_.queue.str());
+        std::erase_if(names_, [&](const std::string& n) {
+            return !held.count(&n) && !counts_.count(n) && !paused_.count(n);
+        });
+    } else {
+        for (const auto& q : gone)
+            if (!(!scratch_.queue.empty() && scratch_.queue.str() == q)) names_.erase(q);
+    }
+    return gone;
+}
+
 Submitted JobEngine::submit(JobSpec spec, Millis now) {
     now_ = now;
+    check_queue_bound(spec.queue);
     // A known token wins (a resent request gets its own job back), then a unique key held by an
     // unfinished job. The token is checked by the insert itself, so the common case costs no
     // extra lookup.
-    if (spec.unique)
-        if (auto u = unique_live_.find(*spec.unique); u != unique_live_.end()) {
+    if (spec.unique) {
+        // A shared store asks the database (and its insert checks again, for a broker
+        // inserting the same key at the same time).
+        std::optional<JobId> holder;
+        if (shared_) {
+            holder = store_.find_unique(*spec.unique);
+        } else if (auto u = unique_live_.find(*spec.unique); u != unique_live_.end()) {
+            holder = u->second;
+        }
+        if (holder) {
             std::optional<JobId> existing;
             if (spec.token) existing = store_.find_token(*spec.token);
-            return {existing.value_or(u->second), true};
+            return {existing.value_or(*holder), true};
         }
+    }
     Millis run_at = spec.run_at ? *spec.run_at : now + spec.delay_ms.value_or(0);
     NewJob job;
     job.spec = std::move(spec);
@@ -188,7 +330,7 @@ Submitted JobEngine::submit(JobSpec spec, Millis now) {
     l.priority = static_cast<std::int16_t>(js.priority);
     l.state = job.state;
     l.has_argv = js.argv.has_value();
-    if (js.unique) unique_live_[*js.unique] = ins.id;
+    if (js.unique && !shared_) unique_live_[*js.unique] = ins.id;
     ++counts_[js.queue][index_of(job.state)];
     pending_.push_back(
         {EventView{0, ins.id, js.queue, std::nullopt, job.state, 0, now, std::nullopt, reason},
@@ -200,12 +342,58 @@ Submitted JobEngine::submit(JobSpec spec, Millis now) {
 // ---- dispatch -------------------------------------------------------------------------------
 
 bool JobEngine::claimable(const std::string& queue, bool commands) const {
-    return !paused_.count(queue) && ready_.has_ready(queue, commands);
+    if (paused_.count(queue)) return false;
+    if (!shared_) return ready_.has_ready(queue, commands);
+    auto e = empty_.find(queue);
+    return e == empty_.end() || e->second < (commands ? 2 : 1);
 }
 
-std::optional<Claim> JobEngine::claim(const std::string& queue, bool commands, const HolderRef& by,
-                                      Millis now) {
+std::vector<Claim> JobEngine::claim(const std::string& queue, bool commands, std::size_t max,
+                                    const HolderRef& by, Millis now) {
     now_ = now;
+    if (shared_) return claim_shared(queue, commands, max, by);
+    std::vector<Claim> out;
+    while (out.size() < max) {
+        auto c = claim_one(queue, commands, by);
+        if (!c) break;
+        out.push_back(std::move(*c));
+    }
+    return out;
+}
+
+// One statement claims the batch; the database counted each attempt and wrote its event.
+std::vector<Claim> JobEngine::claim_shared(const std::string& queue, bool commands, std::size_t max,
+                                           const HolderRef& by) {
+    auto rows = store_.claim({queue, commands, max, by->name, now_});
+    if (rows.size() < max) {
+        int& e = empty_[queue];
+        e = std::max(e, commands ? 2 : 1);
+    }
+    std::vector<Claim> out;
+    auto& c = counts_[queue];
+    for (auto& [row, data] : rows) {
+        Live* scratch = from_row(row);
+        Live& l = live_.insert_or_assign(row.id, std::move(*scratch)).first->second;
+        l.holder = by;
+        l.run_at = now_;
+        if (c[index_of(JobState::ready)] > 0) --c[index_of(JobState::ready)];
+        ++c[index_of(JobState::running)];
+        PendingEvent p;
+        p.event = EventView{0,          row.id, l.queue.str(), JobState::ready, JobState::running,
+                            l.attempts, now_,   by->name,      "dispatched"};
+        p.waited_ms = std::max<Millis>(0, now_ - l.created_at);
+        pending_.push_back(std::move(p));
+        if (l.timeout_ms)
+            leases_.push({now_ + *l.timeout_ms + cfg_.timeout_grace_ms, row.id, l.attempts});
+        out.push_back(
+            Claim{row.id, l.attempts, std::move(data.payload), std::move(data.argv), l.timeout_ms});
+    }
+    return out;
+}
+
+std::optional<Claim> JobEngine::claim_one(const std::string& queue, bool commands,
+                                          const HolderRef& by) {
+    Millis now = now_;
     while (auto id = ready_.pop(queue, commands)) {
         auto l = live_.find(*id);
         if (l == live_.end() || l->second.state != JobState::ready) continue;  // stale entry
@@ -246,9 +434,8 @@ bool JobEngine::result_applied(const JobInfo& job, bool ok) {
 Finished JobEngine::finish(JobResult m, Millis now) {
     now_ = now;
     const bool ok = m.ok;
-    auto l = live_.find(m.id);
-    if (l == live_.end() || l->second.state != JobState::running ||
-        l->second.attempts != m.attempt) {
+    Live* l = current(m.id, m.attempt);
+    if (!l || l->state != JobState::running || l->attempts != m.attempt) {
         // A resent result of an attempt that was already applied is acknowledged again.
         auto job = store_.get_job(m.id);
         if (job && job->attempts == m.attempt && result_applied(*job, m.ok))
@@ -258,15 +445,16 @@ Finished JobEngine::finish(JobResult m, Millis now) {
                      job ? to_string(job->state) : "gone", job ? job->attempts : 0);
         return {Verdict::stale, nullptr};
     }
-    Live& job = l->second;
+    Live& job = *l;
     HolderRef holder = job.holder;
     Transition t;
     t.set_outcome = true;
     t.exit_code = m.exit_code;
     t.result = std::move(m.result);
+    bool applied = true;
     if (ok) {
         t.reason = "done";
-        transition(m.id, job, JobState::succeeded, std::move(t));
+        applied = transition(m.id, job, JobState::succeeded, std::move(t));
     } else {
         // The event's reason carries the first line of the error, shortened.
         auto line = std::string_view(m.error).substr(0, m.error.find('\n'));
@@ -275,7 +463,12 @@ Finished JobEngine::finish(JobResult m, Millis now) {
         if (!m.permanent && job.attempts >= job.max_attempts)
             t.reason = fmt::format("no attempts left: {}", line.substr(0, 120));
         t.error = m.error;
-        fail_attempt(m.id, job, std::move(t), m.permanent);
+        applied = fail_attempt(m.id, job, std::move(t), m.permanent);
+    }
+    if (!applied) {  // another broker ended the attempt first (shared store)
+        spdlog::warn("{}: rejected stale {} (the attempt was ended through another broker)",
+                     job_fields(m.id, "", m.attempt), ok ? "DONE" : "FAIL");
+        return {Verdict::stale, nullptr};
     }
     return {Verdict::applied, std::move(holder)};
 }
@@ -285,10 +478,10 @@ Finished JobEngine::finish(JobResult m, Millis now) {
 // attempts as it had.
 Finished JobEngine::release(JobId id, std::uint32_t attempt, Millis now) {
     now_ = now;
-    auto l = live_.find(id);
-    if (l == live_.end() || l->second.state != JobState::running || l->second.attempts != attempt)
+    Live* l = current(id, attempt);
+    if (!l || l->state != JobState::running || l->attempts != attempt)
         return {Verdict::stale, nullptr};
-    Live& job = l->second;
+    Live& job = *l;
     HolderRef holder = job.holder;
     std::erase(orphans_, id);
     spdlog::info("{}: released by {} (draining), back to ready without counting the attempt",
@@ -298,20 +491,19 @@ Finished JobEngine::release(JobId id, std::uint32_t attempt, Millis now) {
     t.max_attempts = job.max_attempts + 1;
     job.max_attempts = *t.max_attempts;
     t.reason = "released by worker";
-    transition(id, job, JobState::ready, std::move(t));
+    if (!transition(id, job, JobState::ready, std::move(t))) return {Verdict::stale, nullptr};
     return {Verdict::applied, std::move(holder)};
 }
 
-void JobEngine::fail_attempt(JobId id, Live& l, Transition t, bool permanent) {
+bool JobEngine::fail_attempt(JobId id, Live& l, Transition t, bool permanent) {
     t.set_outcome = true;
     if (permanent || l.attempts >= l.max_attempts) {
         if (t.reason.empty()) t.reason = permanent ? "failed permanently" : "no attempts left";
-        transition(id, l, JobState::dead, std::move(t));
-    } else {
-        if (t.reason.empty()) t.reason = "failed";
-        t.run_at = now_ + backoff(l);
-        transition(id, l, JobState::retrying, std::move(t));
+        return transition(id, l, JobState::dead, std::move(t));
     }
+    if (t.reason.empty()) t.reason = "failed";
+    t.run_at = now_ + backoff(l);
+    return transition(id, l, JobState::retrying, std::move(t));
 }
 
 // Retry delay after the n-th failed attempt: d/2 + random(0, d/2), d = min(cap, base·2^(n-1)).
@@ -328,13 +520,13 @@ Millis JobEngine::backoff(const Live& l) {
     return d - d / 2 + jitter(rng_);
 }
 
-void JobEngine::lose_attempt(JobId id, Live& l, const std::string& reason) {
+bool JobEngine::lose_attempt(JobId id, Live& l, const std::string& reason) {
     Transition t;
     t.set_outcome = true;
     t.error = reason;
     t.reason = reason;
-    transition(id, l, l.attempts >= l.max_attempts ? JobState::dead : JobState::ready,
-               std::move(t));
+    return transition(id, l, l.attempts >= l.max_attempts ? JobState::dead : JobState::ready,
+                      std::move(t));
 }
 
 bool JobEngine::lose(JobId id, const std::string* instance, const std::string& reason, Millis now) {
@@ -342,16 +534,15 @@ bool JobEngine::lose(JobId id, const std::string* instance, const std::string& r
     auto l = live_.find(id);
     if (l == live_.end() || l->second.state != JobState::running) return false;
     if (instance && !(l->second.holder && l->second.holder->instance == *instance)) return false;
-    lose_attempt(id, l->second, reason);
-    return true;
+    return lose_attempt(id, l->second, reason);
 }
 
 // ---- requests -------------------------------------------------------------------------------
 
 std::optional<Aborted> JobEngine::cancel(JobId id, Millis now) {
     now_ = now;
-    auto l = live_.find(id);
-    if (l == live_.end()) {
+    Live* l = current(id);
+    if (!l) {
         auto job = store_.get_job(id);
         if (!job) throw ProtocolError(ErrorCode::not_found, fmt::format("no job {}", id));
         throw ProtocolError(ErrorCode::invalid_state,
@@ -360,16 +551,19 @@ std::optional<Aborted> JobEngine::cancel(JobId id, Millis now) {
                                         id, to_string(job->state)));
     }
     std::optional<Aborted> stopped;
-    if (l->second.state == JobState::running) {
-        if (l->second.holder)
-            stopped = Aborted{id, l->second.attempts, l->second.holder, "cancelled"};
+    if (l->state == JobState::running) {
+        if (l->holder) stopped = Aborted{id, l->attempts, l->holder, "cancelled"};
         std::erase(orphans_, id);
     }
     Transition t;
     t.reason = "cancelled";
     t.set_outcome = true;
     t.error = "cancelled";
-    transition(id, l->second, JobState::cancelled, std::move(t));
+    if (!transition(id, *l, JobState::cancelled, std::move(t)))
+        throw ProtocolError(ErrorCode::invalid_state,
+                            fmt::format("job {} changed through another broker while being "
+                                        "cancelled: look again",
+                                        id));
     return stopped;
 }
 
@@ -381,20 +575,34 @@ void JobEngine::revive(JobId id, Millis now) {
         throw ProtocolError(
             ErrorCode::invalid_state,
             fmt::format("job {} is {}; only dead jobs can be retried", id, to_string(j->state)));
-    if (j->unique)
-        if (auto u = unique_live_.find(*j->unique); u != unique_live_.end())
-            throw ProtocolError(ErrorCode::invalid_state,
-                                fmt::format("job {} cannot be retried: job {} holds its unique key",
-                                            id, u->second));
-    auto it = live_.emplace(id, Live::from(*j, intern(j->queue))).first;
-    if (!it->second.unique.empty()) unique_live_[it->second.unique] = id;
+    if (j->unique) {
+        std::optional<JobId> holder;
+        if (shared_) {
+            holder = store_.find_unique(*j->unique);
+        } else if (auto u = unique_live_.find(*j->unique); u != unique_live_.end()) {
+            holder = u->second;
+        }
+        if (holder)
+            throw ProtocolError(
+                ErrorCode::invalid_state,
+                fmt::format("job {} cannot be retried: job {} holds its unique key", id, *holder));
+    }
+    Live* l = from_row(*j);
+    if (!shared_) {
+        l = &live_.emplace(id, std::move(*l)).first->second;
+        if (!l->unique.empty()) unique_live_[l->unique] = id;
+    }
     // Attempts only grow, so a late result of an old attempt can never match a new dispatch:
     // the job gets its first budget of attempts on top of those it has used.
     Transition t;
     t.max_attempts = j->attempts + j->attempt_budget;
-    it->second.max_attempts = *t.max_attempts;
+    l->max_attempts = *t.max_attempts;
     t.reason = "retried by request";
-    transition(id, it->second, JobState::ready, std::move(t));
+    if (!transition(id, *l, JobState::ready, std::move(t)))
+        throw ProtocolError(ErrorCode::invalid_state,
+                            fmt::format("job {} changed through another broker while being "
+                                        "retried: look again",
+                                        id));
 }
 
 std::vector<JobId> JobEngine::revive_dead(const std::optional<std::string>& queue,
@@ -412,6 +620,19 @@ std::vector<JobId> JobEngine::revive_dead(const std::optional<std::string>& queu
 }
 
 bool JobEngine::adopt(JobId id, std::uint32_t attempt, const HolderRef& by) {
+    if (shared_) {
+        // The attempt may have been dispatched through another broker: this one holds it now.
+        Live* l = current(id, attempt);
+        if (!l || l->state != JobState::running || l->attempts != attempt) return false;
+        if (l->holder && l->holder->instance != by->instance) return false;
+        if (!store_.hold(id, attempt)) {
+            live_.erase(id);
+            return false;
+        }
+        Live& kept = live_.insert_or_assign(id, std::move(*l)).first->second;
+        kept.holder = by;
+        return true;
+    }
     auto l = live_.find(id);
     bool ok = l != live_.end() && l->second.state == JobState::running &&
               l->second.attempts == attempt &&
@@ -449,8 +670,8 @@ std::uint64_t JobEngine::purge(JobState state, const std::optional<std::string>&
 }
 
 bool JobEngine::progress(const Progress& p) {
-    auto l = live_.find(p.id);
-    if (l == live_.end() || l->second.state != JobState::running || l->second.attempts != p.attempt)
+    Live* l = current(p.id, p.attempt);
+    if (!l || l->state != JobState::running || l->attempts != p.attempt)
         return false;  // progress of an attempt that is over: nothing to record
     store_.set_progress(p.id, p.percent, p.message);
     return true;
@@ -461,6 +682,95 @@ bool JobEngine::progress(const Progress& p) {
 std::vector<Aborted> JobEngine::tick(Millis now) {
     now_ = now;
     std::vector<Aborted> aborted;
+    if (shared_) {
+        tick_shared(now, aborted);
+    } else {
+        tick_memory(now, aborted);
+    }
+    store_.maintain(now);
+    if (now >= next_retention_ && store_.leader()) {
+        std::uint64_t n = 0;
+        forget_removed(store_.remove_finished(std::nullopt, std::nullopt, now - cfg_.retention_ms,
+                                              cfg_.retention_batch),
+                       &n);
+        if (n > 0) spdlog::debug("retention: deleted {} finished jobs", n);
+        // A full batch means more are due: carry on next pass, else look again in a second.
+        next_retention_ = n >= cfg_.retention_batch ? now : now + 1000;
+    }
+    return aborted;
+}
+
+// A shared store: due jobs, timeouts and attempts of dead brokers are rows any broker may act on
+// (the others skip the rows it locked, or find them changed); memory's timers only say when to
+// look sooner than the next poll.
+void JobEngine::tick_shared(Millis now, std::vector<Aborted>& aborted) {
+    const bool poll = now >= next_poll_;
+    bool due = poll || promote_more_;
+    while (!timers_.empty() && timers_.top().at <= now) {
+        timers_.pop();
+        due = true;
+    }
+    if (due) {
+        auto promoted = store_.promote_due(now, cfg_.promote_batch);
+        promote_more_ = promoted.size() >= cfg_.promote_batch;
+        for (const auto& p : promoted) {
+            auto& c = counts_[p.queue];
+            if (c[index_of(p.from)] > 0) --c[index_of(p.from)];
+            ++c[index_of(JobState::ready)];
+            empty_.erase(p.queue);
+            dispatch_hint_ = true;
+            pending_.push_back(
+                {EventView{0, p.id, p.queue, p.from, JobState::ready, p.attempts, now, std::nullopt,
+                           p.from == JobState::retrying ? "retry delay over" : "due"},
+                 std::nullopt, std::nullopt});
+        }
+    }
+    bool expire = now >= next_refresh_;
+    while (!leases_.empty() && leases_.top().at <= now) {
+        leases_.pop();
+        expire = true;
+    }
+    if (expire) {
+        for (const auto& row :
+             store_.expired_attempts(now, cfg_.timeout_grace_ms, cfg_.promote_batch)) {
+            auto cached = live_.find(row.id);
+            HolderRef holder;
+            if (cached != live_.end() && cached->second.attempts == row.attempts)
+                holder = cached->second.holder;
+            Live* l = from_row(row);
+            l->holder = holder;
+            auto timeout = format_duration(l->timeout_ms.value_or(0));
+            spdlog::warn("{}: no result {} after its {} timeout",
+                         job_fields(row.id, row.queue, row.attempts),
+                         format_duration(cfg_.timeout_grace_ms), timeout);
+            Transition t;
+            t.error = fmt::format("timed out after {} (no result from the worker)", timeout);
+            t.reason = "timed out";
+            if (fail_attempt(row.id, *l, std::move(t), false) && holder)
+                aborted.push_back({row.id, row.attempts, holder, "timed out"});
+        }
+    }
+    if (now >= next_refresh_ && store_.leader()) {
+        // Attempts of a broker that went silent, that no worker took to another broker.
+        for (const auto& row : store_.orphaned_attempts(cfg_.orphan_grace_ms, cfg_.promote_batch)) {
+            if (live_.count(row.id)) continue;  // held here: this broker is alive
+            spdlog::warn("{}: its broker went silent and no worker reclaimed it",
+                         job_fields(row.id, row.queue, row.attempts));
+            lose_attempt(row.id, *from_row(row), "worker lost");
+        }
+    }
+    if (now >= next_refresh_) {
+        refresh();
+        next_refresh_ = now + cfg_.refresh_ms;
+    }
+    if (poll) {
+        empty_.clear();  // other brokers may have made jobs ready there
+        dispatch_hint_ = true;
+        next_poll_ = now + cfg_.poll_ms;
+    }
+}
+
+void JobEngine::tick_memory(Millis now, std::vector<Aborted>& aborted) {
     while (!timers_.empty() && timers_.top().at <= now) {
         auto d = timers_.top();
         timers_.pop();
@@ -491,16 +801,6 @@ std::vector<Aborted> JobEngine::tick(Millis now) {
         t.reason = "timed out";
         fail_attempt(d.id, l->second, std::move(t), false);
     }
-    store_.maintain(now);
-    if (now >= next_retention_) {
-        std::uint64_t n = 0;
-        forget_removed(store_.remove_finished(std::nullopt, std::nullopt, now - cfg_.retention_ms,
-                                              cfg_.retention_batch),
-                       &n);
-        if (n > 0) spdlog::debug("retention: deleted {} finished jobs", n);
-        // A full batch means more are due: carry on next pass, else look again in a second.
-        next_retention_ = n >= cfg_.retention_batch ? now : now + 1000;
-    }
     std::erase_if(orphans_, [&](JobId id) {
         auto l = live_.find(id);
         if (l == live_.end() || l->second.state != JobState::running || l->second.holder)
@@ -511,11 +811,11 @@ std::vector<Aborted> JobEngine::tick(Millis now) {
         lose_attempt(id, l->second, "worker lost");
         return true;
     });
-    return aborted;
 }
 
 Millis JobEngine::next_deadline(Millis bound) const {
     Millis next = std::min(bound, next_retention_);
+    if (shared_) next = std::min({next, next_poll_, next_refresh_, promote_more_ ? now_ : next});
     if (!timers_.empty()) next = std::min(next, timers_.top().at);
     if (!leases_.empty()) next = std::min(next, leases_.top().at);
     for (JobId id : orphans_)
@@ -540,6 +840,11 @@ void JobEngine::rolled_back(const std::unordered_map<JobId, HolderRef>& held, Mi
 // ---- reads ----------------------------------------------------------------------------------
 
 std::optional<Millis> JobEngine::oldest_ready(const std::string& queue) const {
+    if (shared_) {
+        auto o = oldest_.find(queue);
+        if (o == oldest_.end()) return std::nullopt;
+        return o->second;
+    }
     std::optional<Millis> oldest;
     for (JobId id : ready_.heads(queue))
         if (auto l = live_.find(id); l != live_.end())
@@ -551,6 +856,12 @@ std::optional<WorkerJob> JobEngine::running(JobId id) const {
     auto l = live_.find(id);
     if (l == live_.end() || l->second.state != JobState::running) return std::nullopt;
     return WorkerJob{id, l->second.queue, l->second.attempts, since(l->second)};
+}
+
+bool JobEngine::unfinished(JobId id) {
+    if (!shared_) return live_.count(id) > 0;
+    auto job = store_.get_job(id);
+    return job && !is_terminal(job->state);
 }
 
 std::optional<std::string> JobEngine::queue_of(JobId id) const {

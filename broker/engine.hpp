@@ -1,9 +1,12 @@
-// The job engine: every rule of a job's life, and the only code that changes a job's state. It
-// owns the unfinished jobs in memory (the SQLite engine's fast path: ready index, timers, leases)
-// and writes each change through the Store; it knows nothing of sockets, connections or messages
-// to send. Each edge of the state diagram (docs/LIFECYCLE.md) is one function below and answers
-// with a decision (applied / already applied / stale, the ids it made, the attempts to abort);
-// the sessions (broker.cpp) turn decisions into replies.
+// The job engine: every rule of a job's life, and the only code that changes a job's state. On
+// SQLite it owns the unfinished jobs in memory (the fast path: ready index, timers, leases) and
+// writes each change through the Store. On a shared store (PostgreSQL, several brokers) the
+// database is the only truth: memory holds the attempts this broker's workers run (a cache,
+// fenced by compare-and-set), and claims, due timers and timeouts are statements of the store.
+// It knows nothing of sockets, connections or messages to send. Each edge of the state diagram
+// (docs/LIFECYCLE.md) is one function below and answers with a decision (applied / already applied
+// / stale, the ids it made, the attempts to abort); the sessions (broker.cpp) turn decisions into
+// replies.
 //
 // Every change is an event (PendingEvent), kept until the loop has committed the pass: then the
 // loop publishes them (committed()), or, when the commit failed, the engine forgets the pass and
@@ -40,6 +43,12 @@ struct EngineConfig {
     Millis orphan_grace_ms = 5000;
     Millis retention_ms = 7 * 86'400'000LL;  // finished jobs are deleted after this
     std::size_t retention_batch = 500;       // rows deleted per pass at most
+    // Shared store only: how often a broker looks for work other brokers made (jobs submitted
+    // or due there, in queues it found empty), and refreshes its counts and pauses.
+    Millis poll_ms = 50;
+    Millis refresh_ms = 1000;
+    std::size_t promote_batch = 1000;  // due jobs made ready per pass at most
+    std::size_t max_queues = 10'000;   // distinct queues at once (SUBMIT to one more: too_large)
 };
 
 using StateCounts = std::array<std::uint64_t, kStateCount>;
@@ -94,10 +103,10 @@ class JobEngine {
     // ---- the edges ---------------------------------------------------------------------------
     // (new) -> ready | scheduled; or the existing job for a known token or a held unique key.
     Submitted submit(JobSpec spec, Millis now);
-    // ready -> running: the next job of `queue` for a worker (argv jobs only with `commands`);
-    // nullopt when the queue has none.
-    std::optional<Claim> claim(const std::string& queue, bool commands, const HolderRef& by,
-                               Millis now);
+    // ready -> running: the next jobs of `queue` for a worker (argv jobs only with `commands`),
+    // up to `max`, in priority then id order; none when the queue has none.
+    std::vector<Claim> claim(const std::string& queue, bool commands, std::size_t max,
+                             const HolderRef& by, Millis now);
     // running -> succeeded (DONE) | retrying | dead (FAIL), fenced by (id, attempt).
     Finished finish(JobResult result, Millis now);
     // running -> ready without charging the attempt (RELEASE of a draining worker).
@@ -123,6 +132,10 @@ class JobEngine {
     // own. False: the worker must drop it.
     bool adopt(JobId id, std::uint32_t attempt, const HolderRef& by);
     void set_paused(const std::string& queue, bool paused);
+    // Forgets the queues that have no job (in any state), no pause and for which `in_use` is
+    // false (a worker serves it, it had recent activity): what a queue costs in memory is
+    // given back. Returns the queues forgotten.
+    std::vector<std::string> sweep_queues(const std::function<bool(const std::string&)>& in_use);
     // Deletes finished jobs (PURGE); how many.
     std::uint64_t purge(JobState state, const std::optional<std::string>& queue, Millis before,
                         std::size_t limit);
@@ -140,6 +153,10 @@ class JobEngine {
     bool take_dispatch_hint() { return std::exchange(dispatch_hint_, false); }
 
     // ---- reads for the sessions (memory only) -----------------------------------------------
+    // A shared store: the database decides, other brokers change jobs too (see the top).
+    bool shared() const { return shared_; }
+    // Whether claim() may find a job (on a shared store: it has not found the queue empty
+    // since the last poll).
     bool claimable(const std::string& queue, bool commands) const;
     bool is_paused(const std::string& queue) const { return paused_.count(queue) > 0; }
     const std::unordered_set<std::string>& paused() const { return paused_; }
@@ -149,7 +166,8 @@ class JobEngine {
     std::optional<WorkerJob> running(JobId id) const;
     // The queue of an unfinished job.
     std::optional<std::string> queue_of(JobId id) const;
-    bool is_live(JobId id) const { return live_.count(id) > 0; }
+    // The job has not finished (on a shared store: as far as this pass knows).
+    bool unfinished(JobId id);
     std::size_t live_count() const { return live_.size(); }
     std::size_t ready_count() const { return ready_.size(); }
     std::size_t orphan_count() const { return orphans_.size(); }
@@ -158,15 +176,29 @@ class JobEngine {
 
   private:
     Name intern(const std::string& name) { return Name(&*names_.insert(name).first); }
+    // Throws too_large when `queue` would be one queue more than max_queues.
+    void check_queue_bound(const std::string& queue) const;
     // The one place a job changes state: store (compare-and-set), event, counts, and where
     // the job lives in memory (place()).
-    void transition(JobId id, Live& l, JobState to, Transition t);
+    // False (nothing changed) only on a shared store, when another broker changed the job
+    // first; on SQLite memory is the truth and a refused change fails the pass.
+    bool transition(JobId id, Live& l, JobState to, Transition t);
     // Puts a job where its state keeps it: the ready index, the timers, or (finished) nowhere.
     void place(JobId id, Live& l);
     void note_event(JobId id, const Live& l, const Transition& t);
     // A failed attempt: retrying after the backoff, or dead when no attempts are left.
-    void fail_attempt(JobId id, Live& l, Transition t, bool permanent);
-    void lose_attempt(JobId id, Live& l, const std::string& reason);
+    bool fail_attempt(JobId id, Live& l, Transition t, bool permanent);
+    bool lose_attempt(JobId id, Live& l, const std::string& reason);
+    std::optional<Claim> claim_one(const std::string& queue, bool commands, const HolderRef& by);
+    std::vector<Claim> claim_shared(const std::string& queue, bool commands, std::size_t max,
+                                    const HolderRef& by);
+    // The job to decide on: memory's entry; on a shared store the cached entry while it is the
+    // running attempt `attempt`, else the row as stored now (in scratch_ unless it is cached).
+    Live* current(JobId id, std::optional<std::uint32_t> attempt = std::nullopt);
+    Live* from_row(const LiveJob& row);
+    void tick_shared(Millis now, std::vector<Aborted>& aborted);
+    void tick_memory(Millis now, std::vector<Aborted>& aborted);
+    void refresh();
     bool result_applied(const JobInfo& job, bool ok);
     Millis backoff(const Live& l);
     void forget_removed(const std::vector<Removed>& removed, std::uint64_t* total);
@@ -189,6 +221,15 @@ class JobEngine {
     std::vector<PendingEvent> pending_;
     std::vector<JobId> finished_;
     bool dispatch_hint_ = true;
+    // Shared store only.
+    bool shared_ = false;
+    Live scratch_;  // a row read for one decision, not kept
+    // queue -> workers for whom it was found empty since the last poll (1 plain, 2 all)
+    std::unordered_map<std::string, int> empty_;
+    std::unordered_map<std::string, Millis> oldest_;  // queue -> oldest ready job's creation
+    Millis next_poll_ = 0;
+    Millis next_refresh_ = 0;
+    bool promote_more_ = false;
 };
 
 }  // namespace errand::broker

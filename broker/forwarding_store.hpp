@@ -42,6 +42,32 @@ class ForwardingStore : public Store {
     std::vector<JobId> dead_jobs(const std::optional<std::string>& q, std::size_t n) override {
         return inner_.dead_jobs(q, n);
     }
+    bool shared() const override { return inner_.shared(); }
+    std::vector<ClaimedJob> claim(const ClaimRequest& c) override { return inner_.claim(c); }
+    std::vector<Promoted> promote_due(Millis now, std::size_t n) override {
+        return inner_.promote_due(now, n);
+    }
+    std::vector<LiveJob> expired_attempts(Millis now, Millis grace, std::size_t n) override {
+        return inner_.expired_attempts(now, grace, n);
+    }
+    std::vector<LiveJob> orphaned_attempts(Millis silent, std::size_t n) override {
+        return inner_.orphaned_attempts(silent, n);
+    }
+    bool hold(JobId id, std::uint32_t attempt) override { return inner_.hold(id, attempt); }
+    std::optional<LiveJob> load_held(JobId id) override { return inner_.load_held(id); }
+    bool leader() const override { return inner_.leader(); }
+    void announce(const std::vector<JobId>& ids) override { inner_.announce(ids); }
+    std::vector<JobId> finished_elsewhere() override { return inner_.finished_elsewhere(); }
+    std::vector<JobId> finished_among(const std::vector<JobId>& ids) override {
+        return inner_.finished_among(ids);
+    }
+    int notify_fd() const override { return inner_.notify_fd(); }
+    std::optional<JobId> find_unique(const std::string& key) override {
+        return inner_.find_unique(key);
+    }
+    std::vector<std::pair<std::string, Millis>> oldest_ready() override {
+        return inner_.oldest_ready();
+    }
 
   protected:
     Store& inner_;

@@ -7,13 +7,21 @@
 //                     same path as the CLI's: same handlers, same state machine, committed
 //                     before the reply. (An errand::Client over TCP would need its own CURVE key
 //                     when CURVE is on and would expose nothing more; inproc needs neither.)
+//
+// Connections are accepted and requests read by HttpGate (http_gate.cpp), which hands each
+// complete request to httplib's routing below; /healthz is answered on the gate's I/O thread.
+// Before any route, trusted() checks the Host header of every request and the token and origin
+// of every POST.
 #include "http_server.hpp"
 
 #include <httplib.h>
 #include <spdlog/spdlog.h>
 
-#include <sys/socket.h>
+#include <arpa/inet.h>
+#include <sys/random.h>
 
+#include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <chrono>
 #include <mutex>
@@ -100,12 +108,149 @@ bool is_loopback_host(const std::string& host) {
     return host.rfind("127.", 0) == 0 || host == "localhost" || host == "::1" || host == "[::1]";
 }
 
+std::string host_header_name(std::string_view h) {
+    std::string_view name = h;
+    if (!h.empty() && h.front() == '[') {
+        auto close = h.find(']');
+        if (close == std::string_view::npos) return {};
+        name = h.substr(1, close - 1);
+        auto rest = h.substr(close + 1);
+        if (!rest.empty() && rest.front() != ':') return {};
+    } else if (auto colon = h.find(':'); colon != std::string_view::npos) {
+        name = h.substr(0, colon);
+    }
+    std::string out;
+    for (char c : name) {
+        auto u = static_cast<unsigned char>(c);
+        if (!std::isalnum(u) && c != '.' && c != '-' && c != ':' && c != '_') return {};
+        out += static_cast<char>(std::tolower(u));
+    }
+    return out;
+}
+
+std::string generate_http_token() {
+    unsigned char bytes[32];
+    std::size_t got = 0;
+    while (got < sizeof bytes) {
+        auto n = ::getrandom(bytes + got, sizeof bytes - got, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) throw std::runtime_error("getrandom failed: cannot make an HTTP token");
+        got += static_cast<std::size_t>(n);
+    }
+    std::string out;
+    for (auto b : bytes)
+        out += fmt::format("{:02x}", b);
+    return out;
+}
+
+namespace {
+
+// httplib::Server's routing, driven by HttpGate instead of httplib's own accept loop.
+class Router : public httplib::Server {
+  public:
+    bool serve(httplib::Stream& stream, bool close_connection, bool& connection_closed) {
+        return process_request(stream, close_connection, connection_closed, nullptr);
+    }
+};
+
+bool same_token(std::string_view a, std::string_view b) {
+    // Constant time in the contents: how much of a guess was right does not show in the timing.
+    if (a.size() != b.size()) return false;
+    unsigned char diff = 0;
+    for (std::size_t i = 0; i < a.size(); ++i)
+        diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+    return diff == 0;
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+    return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+               return std::tolower(static_cast<unsigned char>(x)) ==
+                      std::tolower(static_cast<unsigned char>(y));
+           });
+}
+
+bool is_loopback_ip(const std::string& name) {
+    in_addr v4{};
+    in6_addr v6{};
+    if (::inet_pton(AF_INET, name.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+    return ::inet_pton(AF_INET6, name.c_str(), &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6);
+}
+
+// The dashboard's page with the token in its <meta name="errand-token">: only a page from this
+// origin can read it (same-origin policy), and only a request naming this broker gets it (Host).
+std::string dashboard_page(const std::string& token) {
+    for (std::size_t i = 0; i < kWebAssetCount; ++i) {
+        if (kWebAssets[i].path != "/") continue;
+        std::string html(kWebAssets[i].data);
+        const std::string slot = R"(<meta name="errand-token" content="">)";
+        auto at = html.find(slot);
+        if (at == std::string::npos)
+            throw std::logic_error("web/index.html has no <meta name=\"errand-token\"> slot");
+        html.replace(at, slot.size(),
+                     fmt::format(R"(<meta name="errand-token" content="{}">)", token));
+        return html;
+    }
+    throw std::logic_error("no web asset for /");
+}
+
+}  // namespace
+
 struct HttpServer::Impl {
     HttpOptions opt;
-    httplib::Server server;
-    std::mutex queries_mu;  // the read-only connection is used by one request at a time
-    int port = 0;
-    std::thread thread;
+    Router server;
+    std::mutex queries_mu;           // the read-only connection is used by one request at a time
+    std::string page;                // "/": the dashboard with its token
+    std::vector<std::string> names;  // the Host header's names served besides loopback ones
+    std::unique_ptr<HttpGate> gate;
+
+    // ---- trust: runs before every route ----------------------------------------------------
+
+    // Refuses (with the answer in `res`) a request that does not name this broker, or that
+    // changes something without the token or from another origin.
+    bool trusted(const httplib::Request& req, httplib::Response& res) {
+        auto host = req.get_header_value("Host");
+        if (host.empty()) {
+            send_error(res, 400, "bad_request", "a Host header is required");
+            return false;
+        }
+        auto name = host_header_name(host);
+        bool served = !name.empty() && (is_loopback_ip(name) || name == "localhost" ||
+                                        std::find(names.begin(), names.end(), name) != names.end());
+        if (!served) {
+            // A page of another site whose name now points here (DNS rebinding), or a name the
+            // operator has not listed.
+            send_error(res, 421, "misdirected",
+                       fmt::format("Host '{}' is not a name this broker serves (loopback names, "
+                                   "the --http address, and each --http-host)",
+                                   host.substr(0, 200)));
+            return false;
+        }
+        if (req.method == "GET" || req.method == "HEAD") return true;
+        if (opt.read_only) {
+            send_error(res, 403, "read_only",
+                       "the HTTP side is read-only (--http-readonly): retry and cancel with the "
+                       "errand CLI");
+            return false;
+        }
+        auto origin = req.get_header_value("Origin");
+        auto fetch_site = req.get_header_value("Sec-Fetch-Site");
+        // https:// too: behind a proxy that terminates TLS and passes the Host on.
+        bool same_origin = iequals(origin, "http://" + host) || iequals(origin, "https://" + host);
+        if ((!origin.empty() && !same_origin) ||
+            (!fetch_site.empty() && fetch_site != "same-origin" && fetch_site != "none")) {
+            send_error(res, 403, "forbidden",
+                       fmt::format("cross-origin request refused: Origin '{}' is not http://{}",
+                                   origin.substr(0, 200), host.substr(0, 200)));
+            return false;
+        }
+        if (!same_token(req.get_header_value("X-Errand-Token"), opt.token)) {
+            send_error(res, 403, "forbidden",
+                       "this request needs the X-Errand-Token header with the broker's HTTP "
+                       "token (from --http-token-file, or the one the broker logged at start)");
+            return false;
+        }
+        return true;
+    }
 
     std::shared_ptr<const Snapshot> snapshot() {
         auto s = opt.snapshots ? opt.snapshots->latest() : nullptr;
@@ -368,12 +513,26 @@ struct HttpServer::Impl {
     }
 
     void routes() {
+        server.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+            return trusted(req, res) ? httplib::Server::HandlerResponse::Unhandled
+                                     : httplib::Server::HandlerResponse::Handled;
+        });
+        // No page of another site may frame the dashboard (its buttons) or sniff types.
+        server.set_default_headers({{"X-Frame-Options", "DENY"},
+                                    {"Content-Security-Policy", "frame-ancestors 'none'"},
+                                    {"X-Content-Type-Options", "nosniff"},
+                                    {"Referrer-Policy", "no-referrer"}});
         for (std::size_t i = 0; i < kWebAssetCount; ++i) {
             const auto& a = kWebAssets[i];
+            if (a.path == "/") continue;
             server.Get(std::string(a.path), [&a](const httplib::Request&, httplib::Response& res) {
                 res.set_content(a.data.data(), a.data.size(), std::string(a.content_type).c_str());
             });
         }
+        server.Get("/", [this](const httplib::Request&, httplib::Response& res) {
+            res.set_header("Cache-Control", "no-store");
+            res.set_content(page, "text/html; charset=utf-8");
+        });
         server.Get("/metrics", wrap(&Impl::metrics));
         server.Get("/healthz", wrap(&Impl::healthz));
         server.Get("/api/queues", wrap(&Impl::queues));
@@ -395,36 +554,51 @@ struct HttpServer::Impl {
             [](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
                 send_error(res, 500, "internal", "internal error");
             });
-        server.set_payload_max_length(64 * 1024);
-        // cpp-httplib's default sets SO_REUSEPORT, which lets a second broker bind the same port
-        // and silently share its requests: allow only a quick rebind after a restart.
-        server.set_socket_options([](socket_t sock) {
-            int yes = 1;
-            ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
-        });
+        server.set_payload_max_length(opt.limits.max_body);
     }
 };
 
 HttpServer::HttpServer(HttpOptions options) : impl_(std::make_unique<Impl>()) {
-    impl_->opt = std::move(options);
-    if (!impl_->opt.queries) throw std::invalid_argument("HttpServer needs a QueryStore");
-    impl_->routes();
-    auto& o = impl_->opt;
-    int port = o.port == 0 ? impl_->server.bind_to_any_port(o.host)
-                           : (impl_->server.bind_to_port(o.host, o.port) ? o.port : -1);
-    if (port <= 0)
-        throw std::runtime_error(fmt::format("cannot listen for HTTP on {}:{}", o.host, o.port));
-    impl_->port = port;
-    impl_->thread = std::thread([impl = impl_.get()] { impl->server.listen_after_bind(); });
+    auto& m = *impl_;
+    m.opt = std::move(options);
+    auto& o = m.opt;
+    if (!o.queries) throw std::invalid_argument("HttpServer needs a QueryStore");
+    if (!o.read_only && o.token.size() < 16)
+        throw std::invalid_argument("HttpServer needs a token of 16 or more characters");
+    if (o.read_only) o.token.clear();
+    m.page = dashboard_page(o.token);
+    auto serve_name = [&m](const std::string& h) {
+        auto name = host_header_name(h.find(':') != std::string::npos ? "[" + h + "]" : h);
+        if (name.empty()) throw std::invalid_argument("not a host name: '" + h + "'");
+        m.names.push_back(name);
+    };
+    for (const auto& h : o.hosts)
+        serve_name(h);
+    if (o.host != "0.0.0.0" && o.host != "::" && !o.host.empty()) serve_name(o.host);
+    m.routes();
+    // /healthz (GET or HEAD, any query) is cheap and answered on the gate's I/O thread, so it
+    // answers however busy the API is.
+    auto is_healthz = [](std::string_view line) {
+        for (std::string_view m : {"GET /healthz", "HEAD /healthz"})
+            if (line.substr(0, m.size()) == m && line.size() > m.size() &&
+                (line[m.size()] == ' ' || line[m.size()] == '?'))
+                return true;
+        return false;
+    };
+    m.gate = std::make_unique<HttpGate>(
+        o.host, o.port, o.limits,
+        [impl = impl_.get()](httplib::Stream& s, bool close, bool& closed) {
+            return impl->server.serve(s, close, closed);
+        },
+        is_healthz);
 }
 
 HttpServer::~HttpServer() {
-    impl_->server.stop();
-    if (impl_->thread.joinable()) impl_->thread.join();
+    impl_->gate.reset();  // joins every thread that could still be in a handler
 }
 
 int HttpServer::port() const {
-    return impl_->port;
+    return impl_->gate->port();
 }
 
 }  // namespace errand::broker

@@ -22,6 +22,7 @@ class Name {
     explicit Name(const std::string* s) : s_(s) {}
     const std::string& str() const { return *s_; }
     operator const std::string&() const { return *s_; }  // NOLINT: reads like the string
+    bool empty() const { return s_ == nullptr; }
 
   private:
     const std::string* s_ = nullptr;

@@ -5,8 +5,11 @@
 
 #include <zmq.hpp>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
+#include <fstream>
+#include <vector>
 
 #include "broker.hpp"
 #include "config.hpp"
@@ -37,6 +40,21 @@ bool is_loopback(const std::string& endpoint) {
     return host.rfind("127.", 0) == 0 || host == "localhost" || host == "[::1]" || host == "::1";
 }
 
+// The token in FILE: its first line without surrounding whitespace; "" when it is not one of
+// 16 or more printable characters without spaces.
+std::string read_token_file(const std::string& file) {
+    std::ifstream in(file);
+    std::string line;
+    std::getline(in, line);
+    auto first = line.find_first_not_of(" \t\r");
+    auto last = line.find_last_not_of(" \t\r");
+    if (first == std::string::npos) return "";
+    line = line.substr(first, last - first + 1);
+    bool printable =
+        std::all_of(line.begin(), line.end(), [](unsigned char c) { return c > 0x20 && c < 0x7f; });
+    return printable && line.size() >= 16 ? line : "";
+}
+
 CLI::Validator duration_validator() {
     return CLI::Validator(
         [](std::string& s) -> std::string {
@@ -62,11 +80,15 @@ int main(int argc, char** argv) {
     bool dump = false;
     std::string curve_secret_file, authorized_dir;
     std::string http;  // HOST:PORT of the HTTP side (metrics, API, dashboard); empty: off
+    std::string http_token_file;
+    std::vector<std::string> http_hosts;
+    bool http_readonly = false;
     app.footer(
         "Every flag can also come from a TOML file (--config) or an ERRAND_* environment\n"
         "variable (--worker-timeout: ERRAND_WORKER_TIMEOUT). Precedence: flag > environment >\n"
         "file > default. SIGTERM/SIGINT: finish the current commit, tell waiters and workers,\n"
-        "exit 0. SIGHUP reopens --log-file.");
+        "exit 0. SIGHUP reopens --log-file and re-reads --authorized-keys (which is also\n"
+        "re-read when the directory changes: deleting a key's file revokes it).");
     app.add_option("--listen", cfg.listen, "ZeroMQ endpoint to bind")->capture_default_str();
     app.add_option("--db", db,
                    "SQLite database file, or a postgresql:// URI (libpq's PG* environment "
@@ -112,6 +134,11 @@ int main(int argc, char** argv) {
     app.add_option("--max-waits-total", cfg.max_waits_total,
                    "most outstanding WAITs of all connections together")
         ->capture_default_str();
+    app.add_option("--max-queues", cfg.max_queues,
+                   "most distinct queues at once (a queue without jobs, workers or pause is "
+                   "forgotten after a minute)")
+        ->capture_default_str()
+        ->check(CLI::Range(std::size_t{1}, std::size_t{10000000}));
     app.add_option("--max-waits", cfg.max_waits, "most outstanding WAITs per connection")
         ->capture_default_str()
         ->check(CLI::Range(std::size_t{1}, std::size_t{1000000}));
@@ -131,7 +158,8 @@ int main(int argc, char** argv) {
     keys_opt->needs(curve_opt);
     app.add_option("--http", http,
                    "serve /metrics, /healthz, the JSON API and the dashboard on HOST:PORT "
-                   "(port 0: any free port); no authentication, keep it on loopback")
+                   "(port 0: any free port). Reads need no credential, so keep it on loopback or "
+                   "behind a proxy; POSTs (retry, cancel) need the token (--http-token-file)")
         ->check(CLI::Validator(
             [](std::string& s) -> std::string {
                 auto colon = s.rfind(':');
@@ -146,6 +174,27 @@ int main(int argc, char** argv) {
                 return "";
             },
             "HOST:PORT"));
+    auto* token_opt =
+        app.add_option("--http-token-file", http_token_file,
+                       "file holding the token every POST to the HTTP API must carry as the "
+                       "X-Errand-Token header (16+ printable characters); default: a random "
+                       "token, logged at start. The dashboard page carries it.")
+            ->check(CLI::ExistingFile)
+            ->type_name("PATH");
+    app.add_option("--http-host", http_hosts,
+                   "a name the HTTP side answers to (the Host header's), besides loopback names "
+                   "and the --http address; repeatable. Any other Host gets 421")
+        ->type_name("NAME")
+        ->check(CLI::Validator(
+            [](std::string& s) -> std::string {
+                if (errand::broker::host_header_name(s).empty() || s.find(':') != std::string::npos)
+                    return "not a host name (letters, digits, '.', '-'; no port): " + s;
+                return "";
+            },
+            "NAME"));
+    app.add_flag("--http-readonly", http_readonly,
+                 "the HTTP side refuses every POST (retry, cancel): metrics, health and reads only")
+        ->excludes(token_opt);
     app.add_option("--events", cfg.events_endpoint,
                    "ZeroMQ PUB endpoint streaming job state changes (errand events --follow)");
     app.add_option("--log-level", log_level, "trace, debug, info, warn or error")
@@ -219,18 +268,24 @@ int main(int argc, char** argv) {
         try {
             cfg.curve_secret_key = errand::read_key_file(curve_secret_file);
             errand::public_from_secret(*cfg.curve_secret_key);
-            cfg.authorized_keys = std::make_shared<const errand::broker::AuthorizedKeys>(
-                errand::broker::AuthorizedKeys::load(authorized_dir));
+            cfg.authorized_keys = std::make_shared<errand::broker::KeyRing>(authorized_dir);
         } catch (const std::exception& e) {
             spdlog::critical("{}", e.what());
             return kExitUsage;
         }
         spdlog::info("CURVE on: {} authorized keys", cfg.authorized_keys->size());
-    } else if (!is_loopback(cfg.listen)) {
-        spdlog::warn(
-            "listening on {} without CURVE: anyone who can reach it can submit and run "
-            "jobs; see --curve-secret-key and docs/SECURITY.md",
-            cfg.listen);
+    } else {
+        if (!is_loopback(cfg.listen))
+            spdlog::warn(
+                "listening on {} without CURVE: anyone who can reach it can submit and run "
+                "jobs; see --curve-secret-key and docs/SECURITY.md",
+                cfg.listen);
+        if (!cfg.events_endpoint.empty() && !is_loopback(cfg.events_endpoint))
+            spdlog::warn(
+                "publishing events on {} without CURVE: anyone who can reach it can follow "
+                "every job's state changes, queues and worker names; see --curve-secret-key and "
+                "docs/SECURITY.md",
+                cfg.events_endpoint);
     }
 
     std::unique_ptr<errand::broker::Store> store;
@@ -241,7 +296,13 @@ int main(int argc, char** argv) {
             store = std::make_unique<errand::broker::SqliteStore>(
                 db, errand::broker::SqliteOptions{synchronous == "full"});
     } catch (const std::exception& e) {
-        spdlog::critical("{}", e.what());
+        // libpq quotes a URI it cannot parse: never with its password.
+        std::string message = e.what();
+        if (auto redacted = errand::broker::redact_uri(db); redacted != db)
+            for (auto at = message.find(db); at != std::string::npos;
+                 at = message.find(db, at + redacted.size()))
+                message.replace(at, db.size(), redacted);
+        spdlog::critical("{}", message);
         return kExitDatabase;
     }
 
@@ -255,6 +316,17 @@ int main(int argc, char** argv) {
         http_port = std::stoi(http.substr(colon + 1));
         cfg.snapshots = std::make_shared<errand::broker::SnapshotHub>();
         cfg.admin_endpoint = "inproc://errand-admin";
+    }
+    std::string http_token;
+    if (!http.empty() && !http_readonly && !http_token_file.empty()) {
+        http_token = read_token_file(http_token_file);
+        if (http_token.empty()) {
+            std::fprintf(stderr,
+                         "errand-broker: --http-token-file %s: the token must be one line of 16 "
+                         "or more printable characters, no spaces\n",
+                         http_token_file.c_str());
+            return kExitUsage;
+        }
     }
 
     errand::SystemClock clock;
@@ -281,21 +353,33 @@ int main(int argc, char** argv) {
                 o.queries = std::make_unique<errand::broker::SqliteQueryStore>(db);
             o.context = &broker->context();
             o.admin_endpoint = cfg.admin_endpoint;
+            o.hosts = http_hosts;
+            o.read_only = http_readonly;
+            o.token = http_readonly || !http_token.empty() ? http_token
+                                                           : errand::broker::generate_http_token();
+            http_token = o.token;
             http_server = std::make_unique<errand::broker::HttpServer>(std::move(o));
         } catch (const std::exception& e) {
             spdlog::critical("{}", e.what());
             return kExitListen;
         }
-        spdlog::info("http listening on {}:{}", http_host, http_server->port());
+        spdlog::info("http listening on {}:{}{}", http_host, http_server->port(),
+                     http_readonly ? " (read-only)" : "");
+        if (!http_readonly && http_token_file.empty())
+            spdlog::info(
+                "http POSTs (retry, cancel) need the header X-Errand-Token: {} (generated at "
+                "start; --http-token-file sets one; the dashboard page carries it)",
+                http_token);
         if (!errand::broker::is_loopback_host(http_host))
             spdlog::warn(
-                "HTTP on {} is not loopback: /api can retry and cancel jobs and has no "
-                "authentication; put it behind a proxy that has (docs/OPERATIONS.md)",
+                "HTTP on {} is not loopback: its reads (/api, /metrics) need no credential and "
+                "nothing is encrypted; put it behind a proxy with TLS and authentication "
+                "(docs/SECURITY.md)",
                 http);
     }
     if (!cfg.events_endpoint.empty())
         spdlog::info("events published on {}", broker->events_endpoint());
-    errand::daemon::SignalThread signals([&broker, &notifier](int sig) {
+    errand::daemon::SignalThread signals([&broker, &notifier, &cfg](int sig) {
         if (sig == SIGHUP) {
             try {
                 errand::daemon::reopen_logs();
@@ -303,6 +387,7 @@ int main(int argc, char** argv) {
             } catch (const std::exception& e) {
                 spdlog::error("SIGHUP: {}", e.what());
             }
+            if (cfg.authorized_keys) cfg.authorized_keys->reload("SIGHUP");
             return;
         }
         spdlog::info("SIG{}: stopping", ::sigabbrev_np(sig));

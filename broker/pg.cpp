@@ -143,6 +143,23 @@ void Connection::fail(const char* what, PGresult* r) const {
     throw Error(fmt::format("{}: {}", what, message), state, disk);
 }
 
+bool Connection::reset() {
+    PQreset(conn_.get());
+    return ok();
+}
+
+std::vector<std::string> Connection::notifications(const char* channel) {
+    std::vector<std::string> out;
+    if (!ok() || PQconsumeInput(conn_.get()) != 1) return out;
+    const int self = PQbackendPID(conn_.get());
+    while (PGnotify* n = PQnotifies(conn_.get())) {
+        if (n->be_pid != self && std::string_view(n->relname) == channel)
+            out.emplace_back(n->extra);
+        PQfreemem(n);
+    }
+    return out;
+}
+
 Result Connection::check(PGresult* r, const char* what) const {
     if (!r) fail(what);
     auto st = PQresultStatus(r);

@@ -66,6 +66,7 @@ class Result {
     explicit Result(PGresult* r) : r_(r, &PQclear) {}
 
     int rows() const { return r_ ? PQntuples(r_.get()) : 0; }
+    int columns() const { return r_ ? PQnfields(r_.get()) : 0; }
     int affected() const;  // rows changed by INSERT/UPDATE/DELETE
     bool is_null(int row, int col) const { return PQgetisnull(r_.get(), row, col) != 0; }
     std::int64_t i64(int row, int col) const;  // int8, int4 or int2
@@ -107,8 +108,16 @@ class Connection {
     // statements after it are not run.
     std::vector<Result> pipeline(const std::vector<Call>& calls);
 
-    // The connection's socket, for polling in an event loop.
+    // The connection's socket, for polling in an event loop (-1 when it is down).
     int socket() const { return PQsocket(conn_.get()); }
+    // False once the server or the network dropped the connection.
+    bool ok() const { return PQstatus(conn_.get()) == CONNECTION_OK; }
+    // Connects again with the same parameters (prepared statements and LISTENs are gone);
+    // false when the server cannot be reached.
+    bool reset();
+    // Reads what the server sent without waiting, and returns the payloads of the notifications
+    // on `channel` sent by other sessions (LISTEN), oldest first.
+    std::vector<std::string> notifications(const char* channel);
     PGconn* get() const { return conn_.get(); }
 
   private:

@@ -62,6 +62,13 @@ std::vector<JobId> ReadyIndex::heads(const std::string& queue) const {
     return out;
 }
 
+void ReadyIndex::erase(const std::string& queue) {
+    auto it = queues_.find(queue);
+    if (it == queues_.end()) return;
+    total_ -= it->second.count;
+    queues_.erase(it);
+}
+
 void ReadyIndex::clear() {
     queues_.clear();
     total_ = 0;

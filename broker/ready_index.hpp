@@ -27,6 +27,8 @@ class ReadyIndex {
     // The first job of each priority lane of `queue` (the oldest candidates), in no order.
     std::vector<JobId> heads(const std::string& queue) const;
     void clear();
+    // Drops every entry of `queue` (stale ones included).
+    void erase(const std::string& queue);
 
   private:
     using Lane = std::map<std::int32_t, std::deque<JobId>, std::greater<>>;

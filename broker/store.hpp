@@ -110,6 +110,32 @@ struct Inserted {
     bool duplicate = false;
 };
 
+// ---- shared stores (several brokers on one database) ---------------------------------------
+
+// A claim: ready -> running for up to `limit` jobs of `queue`, in one statement.
+struct ClaimRequest {
+    std::string queue;
+    bool commands = false;  // argv jobs too
+    std::size_t limit = 1;
+    std::string worker;  // the worker's name, for the row and the event
+    Millis now = 0;
+};
+
+// A job a claim moved to running: its row after the claim (attempts already incremented by the
+// database) and what the worker is sent.
+struct ClaimedJob {
+    LiveJob job;
+    DispatchData data;
+};
+
+// A job a due timer moved to ready (scheduled or retrying before).
+struct Promoted {
+    JobId id = 0;
+    std::string queue;
+    JobState from = JobState::scheduled;
+    std::uint32_t attempts = 0;
+};
+
 // Reads of jobs for the read-only commands (STATUS, WAIT, LIST, HISTORY): they see every write
 // of the current transaction and everything committed.
 class JobReads {
@@ -131,8 +157,9 @@ class Store : public JobReads {
 
     // ---- writes --------------------------------------------------------------------------
     // Creates the job and its first event (`reason`) with an id the store assigns, increasing
-    // and never reused once committed; or, when a job with the same token exists, writes nothing
-    // and returns that job's id as a duplicate.
+    // and never reused once committed; or, when a job with the same token exists (in a shared
+    // store also: when an unfinished job holds its unique key), writes nothing and returns that
+    // job's id as a duplicate.
     virtual Inserted insert_job(const NewJob& job, const std::string& reason) = 0;
     // Applies the transition (and its event) when the job is in (t.from, t.from_attempts);
     // false, with nothing written, when it is not.
@@ -160,6 +187,53 @@ class Store : public JobReads {
     // Up to `limit` ids of dead jobs (of `queue` when given), oldest first.
     virtual std::vector<JobId> dead_jobs(const std::optional<std::string>& queue,
                                          std::size_t limit) = 0;
+
+    // ---- shared stores -----------------------------------------------------------------------
+    // A shared store is the only truth about jobs (other brokers change them too): the engine
+    // keeps in memory only the attempts its own workers hold, and claims, promotes and times
+    // out jobs through the calls below. A store that is not shared (SQLite) leaves the engine's
+    // memory authoritative and does not implement them.
+    virtual bool shared() const { return false; }
+    // Claims jobs that are ready, in priority then id order, skipping rows another broker is
+    // claiming; nothing when the queue is paused (read in the same statement). Each claimed
+    // job gets its dispatch event.
+    virtual std::vector<ClaimedJob> claim(const ClaimRequest&) { throw not_shared(); }
+    // Moves up to `limit` scheduled or retrying jobs due by `now` to ready, with their events.
+    virtual std::vector<Promoted> promote_due(Millis, std::size_t) { throw not_shared(); }
+    // Up to `limit` running attempts whose timeout_ms + `grace` have passed by `now`.
+    virtual std::vector<LiveJob> expired_attempts(Millis, Millis, std::size_t) {
+        throw not_shared();
+    }
+    // Running attempts whose broker has not been heard from for `silent_ms` (it died or was cut
+    // off; on the database's clock) and that no worker reclaimed through another broker.
+    virtual std::vector<LiveJob> orphaned_attempts(Millis, std::size_t) { throw not_shared(); }
+    // This broker holds the running attempt from now on (its worker registered here with it):
+    // false when the job is no longer at that attempt.
+    virtual bool hold(JobId, std::uint32_t) { throw not_shared(); }
+    // One job as load_live() reads it, if its running attempt is held by this broker (a shared
+    // store: another broker may have taken it over).
+    virtual std::optional<LiveJob> load_held(JobId id) { return load_live(id); }
+    // Whether this broker does the cluster's chores (retention, the rescue of silent brokers'
+    // attempts); a store of one broker always does.
+    virtual bool leader() const { return true; }
+    // The unfinished job holding a unique key.
+    virtual std::optional<JobId> find_unique(const std::string&) { throw not_shared(); }
+    // Waits across brokers. Tells the other brokers, when this transaction commits, that these
+    // jobs finished; and, without waiting, which jobs other brokers said finished since the
+    // last call (possibly not all: a dropped connection loses them, see finished_among).
+    virtual void announce(const std::vector<JobId>&) {}
+    virtual std::vector<JobId> finished_elsewhere() { return {}; }
+    // Which of `ids` are finished (the slow backstop of the notifications).
+    virtual std::vector<JobId> finished_among(const std::vector<JobId>&) { throw not_shared(); }
+    // A file descriptor that becomes readable when a notification may have arrived; -1: none.
+    virtual int notify_fd() const { return -1; }
+    // The creation time of each queue's oldest ready job.
+    virtual std::vector<std::pair<std::string, Millis>> oldest_ready() { throw not_shared(); }
+
+  private:
+    static std::logic_error not_shared() {
+        return std::logic_error("only a shared store claims, promotes and expires jobs");
+    }
 };
 
 // ---- Reads for the HTTP API (CQRS) --------------------------------------------------------

@@ -2,8 +2,15 @@
 #include "store_pg.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <spdlog/spdlog.h>
+
+#include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <random>
 
 #include "argv_blob.hpp"
 #include "job_rows.hpp"
@@ -69,7 +76,47 @@ const char* const kMigrations[] = {
     ) WITH (autovacuum_vacuum_scale_factor = 0.05);
     CREATE TABLE queues (name text PRIMARY KEY, paused boolean NOT NULL DEFAULT false);
     )sql",
+    // 2: several brokers on one database. Each broker has a row it renews every second (on the
+    // database's clock); a running job names the broker that holds its attempt, so when a
+    // broker goes silent the others requeue what no worker took elsewhere. Any broker times out
+    // any attempt: running rows with a timeout are indexed by when it ends.
+    R"sql(
+    CREATE TABLE brokers (
+        id text PRIMARY KEY,
+        host text NOT NULL,
+        pid bigint NOT NULL,
+        started_at timestamptz NOT NULL DEFAULT now(),
+        seen_at timestamptz NOT NULL DEFAULT now()
+    );
+    ALTER TABLE jobs ADD COLUMN broker text;
+    -- Ready jobs are taken in the order they became ready (within a priority), as on SQLite:
+    -- each transition to ready draws a number.
+    CREATE SEQUENCE jobs_ready_seq;
+    SELECT setval('jobs_ready_seq', GREATEST(1, (SELECT max(id) FROM jobs)));
+    ALTER TABLE jobs ADD COLUMN ready_seq bigint DEFAULT nextval('jobs_ready_seq');
+    UPDATE jobs SET ready_seq = id WHERE state = 'ready';
+    DROP INDEX jobs_ready;
+    CREATE INDEX jobs_ready ON jobs (queue, priority DESC, ready_seq) WHERE state = 'ready';
+    CREATE INDEX jobs_running ON jobs (broker) WHERE state = 'running';
+    CREATE INDEX jobs_timeout ON jobs ((started_at + timeout_ms))
+        WHERE state = 'running' AND timeout_ms IS NOT NULL;
+    )sql",
+    // 3: fencing and a leader. A broker silent past the worker timeout is marked dead by the
+    // leader in the transaction that returns its attempts to the queue; a dead broker's row is
+    // never renewed again, so every later commit of that broker (paused, cut off) fails and it
+    // joins again under a new id. One row says which broker is the leader, until when.
+    R"sql(
+    ALTER TABLE brokers ADD COLUMN dead boolean NOT NULL DEFAULT false;
+    CREATE TABLE leader (
+        id int PRIMARY KEY CHECK (id = 1),
+        holder text NOT NULL,
+        expires_at timestamptz NOT NULL
+    );
+    )sql",
 };
+
+static_assert(std::size(kMigrations) == PgStore::kSchemaVersion,
+              "kSchemaVersion is the number of migrations");
 
 // A row of a result, read the way job_rows.hpp reads rows.
 struct PgRow {
@@ -100,12 +147,27 @@ std::string pg_columns(const char* columns) {
 }
 
 constexpr const char* kTerminal = "('succeeded', 'dead', 'cancelled')";
+// NOTIFY's channel for finished jobs (payload: ids, comma-separated, under 8000 bytes).
+constexpr const char* kFinishedChannel = "errand_finished";
+constexpr std::size_t kNotifyBytes = 7900;
 
 }  // namespace
 
-PgStore::PgStore(const std::string& conninfo) : db_(conninfo) {
+PgStore::PgStore(const std::string& conninfo, bool listens) : db_(conninfo), listens_(listens) {
     migrate();
     prepare();
+    listen();
+    char host[256] = {};
+    gethostname(host, sizeof host - 1);
+    host_ = host;
+    if (listens_) join();
+}
+
+// A new row in brokers under a new id: at start, and after the others declared this broker dead.
+void PgStore::join() {
+    std::random_device rd;
+    broker_id_ = fmt::format("{}-{}-{:08x}", host_, getpid(), rd());
+    run("join", pg::Params().text(broker_id_).text(host_).i64(getpid()));
 }
 
 int PgStore::schema_version() {
@@ -114,11 +176,23 @@ int PgStore::schema_version() {
 
 void PgStore::migrate() {
     // One broker migrates at a time: the others wait for the lock, then find nothing to do.
-    db_.exec(
-        "BEGIN; SELECT pg_advisory_xact_lock(7744001);"
-        "CREATE TABLE IF NOT EXISTS errand_schema (version bigint NOT NULL);"
-        "INSERT INTO errand_schema SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM errand_schema)");
+    db_.exec("BEGIN; SELECT pg_advisory_xact_lock(7744001)");
     try {
+        // A database that has tables of errand's names but no errand_schema belongs to someone
+        // else: refuse it rather than fail half-way through creating ours.
+        bool ours = db_.query("SELECT to_regclass('errand_schema') IS NOT NULL").boolean(0, 0);
+        bool taken = db_.query(
+                            "SELECT to_regclass('jobs') IS NOT NULL OR to_regclass('queues') "
+                            "IS NOT NULL OR to_regclass('job_events') IS NOT NULL")
+                         .boolean(0, 0);
+        if (!ours && taken)
+            throw StoreError(
+                "this database is not errand's: it has a jobs, queues or job_events table but no "
+                "errand_schema; give errand a database of its own",
+                false);
+        db_.exec(
+            "CREATE TABLE IF NOT EXISTS errand_schema (version bigint NOT NULL);"
+            "INSERT INTO errand_schema SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM errand_schema)");
         int version = schema_version();
         constexpr int known = static_cast<int>(std::size(kMigrations));
         if (version > known)
@@ -140,14 +214,16 @@ void PgStore::migrate() {
 
 void PgStore::prepare() {
     // A job and its first event in one statement (one round trip): the event is written only
-    // when the job is (a taken token inserts neither).
+    // when the job is (a taken token, or a unique key an unfinished job holds, inserts neither;
+    // a broker inserting the same token or key at the same time waits for the first to commit,
+    // then inserts nothing).
     db_.prepare(
         "insert",
         "WITH j AS (INSERT INTO jobs (token, queue, state, payload, argv, priority, max_attempts, "
         "run_at, created_at, timeout_ms, backoff_ms, backoff_cap_ms, unique_key) "
         "VALUES ($1::text, $2::text, $3::text, $4::bytea, $5::bytea, $6::bigint, "
         "$7::bigint, $8::bigint, $9::bigint, $10::bigint, $11::bigint, $12::bigint, "
-        "$13::text) ON CONFLICT (token) DO NOTHING RETURNING id) "
+        "$13::text) ON CONFLICT DO NOTHING RETURNING id) "
         "INSERT INTO job_events (job_id, at, from_state, to_state, attempt, worker, reason) "
         "SELECT id, $9::bigint, NULL, $3::text, 0, NULL, $14::text FROM j "
         "RETURNING job_id",
@@ -166,6 +242,8 @@ void PgStore::prepare() {
         "ELSE COALESCE(attempt_budget, max_attempts) END, "
         "max_attempts = COALESCE($12::bigint, max_attempts), "
         "progress = CASE WHEN $13::boolean THEN NULL ELSE progress END, "
+        "ready_seq = CASE WHEN $2::text = 'ready' THEN nextval('jobs_ready_seq') "
+        "ELSE ready_seq END, "
         "progress_message = CASE WHEN $13::boolean THEN NULL ELSE progress_message END "
         "WHERE id = $1::bigint AND state = $14::text AND attempts = $15::bigint "
         "RETURNING id) "
@@ -218,6 +296,87 @@ void PgStore::prepare() {
                 1);
     db_.prepare("count", "SELECT queue, state, count(*) FROM jobs GROUP BY queue, state", 0);
     db_.prepare("paused", "SELECT name FROM queues WHERE paused ORDER BY name", 0);
+    // The claim (several brokers at once): the rows are locked as they are picked, and rows
+    // another broker has locked are skipped, so no job is claimed twice; the database counts
+    // the attempt. A paused queue (read in the same statement) gives nothing.
+    db_.prepare(
+        "claim",
+        fmt::format(
+            "WITH c AS (UPDATE jobs SET state = 'running', attempts = attempts + 1, "
+            "worker = $4::text, started_at = $5::bigint, run_at = NULL, progress = NULL, "
+            "broker = $6::text, "
+            "progress_message = NULL WHERE id IN (SELECT id FROM jobs WHERE queue = $1::text "
+            "AND state = 'ready' AND ($2::boolean OR argv IS NULL) AND NOT EXISTS (SELECT 1 "
+            "FROM queues WHERE name = $1::text AND paused) ORDER BY priority DESC, ready_seq "
+            "LIMIT $3::bigint FOR UPDATE SKIP LOCKED) RETURNING {}, payload, argv, ready_seq), "
+            "e AS (INSERT INTO job_events (job_id, at, from_state, to_state, attempt, worker, "
+            "reason) SELECT id, $5::bigint, 'ready', 'running', attempts, $4::text, "
+            "'dispatched' FROM c) "
+            "SELECT * FROM c ORDER BY priority DESC, ready_seq",
+            kLiveColumns),
+        6);
+    // Due timers, whichever broker sees them first (the others skip the locked rows).
+    db_.prepare(
+        "promote",
+        "WITH due AS (SELECT id, state FROM jobs WHERE state IN ('scheduled', 'retrying') AND "
+        "run_at <= $1::bigint ORDER BY run_at LIMIT $2::bigint FOR UPDATE SKIP LOCKED), "
+        "u AS (UPDATE jobs j SET state = 'ready', run_at = NULL, "
+        "ready_seq = nextval('jobs_ready_seq') FROM due WHERE j.id = due.id "
+        "RETURNING j.id, j.queue, due.state AS was, j.attempts), "
+        "e AS (INSERT INTO job_events (job_id, at, from_state, to_state, attempt, worker, reason) "
+        "SELECT id, $1::bigint, was, 'ready', attempts, NULL, CASE WHEN was = 'retrying' THEN "
+        "'retry delay over' ELSE 'due' END FROM u) "
+        "SELECT id, queue, was, attempts FROM u",
+        2);
+    db_.prepare("expired",
+                fmt::format("SELECT {} FROM jobs WHERE state = 'running' AND timeout_ms IS NOT "
+                            "NULL AND started_at + timeout_ms <= $1::bigint - $2::bigint "
+                            "ORDER BY started_at + timeout_ms LIMIT $3::bigint",
+                            kLiveColumns),
+                3);
+    db_.prepare("orphaned",
+                fmt::format("SELECT {} FROM jobs j WHERE state = 'running' AND NOT EXISTS "
+                            "(SELECT 1 FROM brokers b WHERE b.id = j.broker AND NOT b.dead) "
+                            "ORDER BY id LIMIT $1::bigint",
+                            kLiveColumns),
+                1);
+    db_.prepare("bury",
+                "UPDATE brokers SET dead = true WHERE NOT dead AND id <> $2::text AND seen_at < "
+                "now() - $1::bigint * interval '1 millisecond' RETURNING id",
+                2);
+    db_.prepare("held",
+                fmt::format("SELECT {} FROM jobs WHERE id = $1::bigint AND broker = $2::text",
+                            kLiveColumns),
+                2);
+    db_.prepare("lease", "UPDATE brokers SET seen_at = now() WHERE id = $1::text AND NOT dead", 1);
+    db_.prepare("lead",
+                "INSERT INTO leader VALUES (1, $1::text, now() + interval '3 seconds') "
+                "ON CONFLICT (id) DO UPDATE SET holder = EXCLUDED.holder, "
+                "expires_at = EXCLUDED.expires_at WHERE leader.holder = EXCLUDED.holder "
+                "OR leader.expires_at < now() RETURNING holder",
+                1);
+    db_.prepare("hold",
+                "UPDATE jobs SET broker = $3::text WHERE id = $1::bigint AND state = 'running' "
+                "AND attempts = $2::bigint",
+                3);
+    db_.prepare("join",
+                "INSERT INTO brokers (id, host, pid) VALUES ($1::text, $2::text, $3::bigint)", 3);
+    // Rows of brokers gone for a day: nothing refers to them any more.
+    db_.prepare("forget_brokers",
+                "DELETE FROM brokers WHERE seen_at < now() - interval '1 day' AND id <> $1::text",
+                1);
+    db_.prepare("unique",
+                fmt::format("SELECT id FROM jobs WHERE unique_key = $1::text AND state NOT IN {}",
+                            kTerminal),
+                1);
+    db_.prepare("notify", "SELECT pg_notify($1::text, $2::text)", 2);
+    db_.prepare(
+        "finished_among",
+        fmt::format("SELECT id FROM jobs WHERE id = ANY($1::text::bigint[]) AND state IN {}",
+                    kTerminal),
+        1);
+    db_.prepare("oldest",
+                "SELECT queue, min(created_at) FROM jobs WHERE state = 'ready' GROUP BY queue", 0);
     db_.prepare("dead",
                 "SELECT id FROM jobs WHERE state = 'dead' AND ($1::text IS NULL OR queue = "
                 "$1::text) ORDER BY id LIMIT $2::bigint",
@@ -226,16 +385,72 @@ void PgStore::prepare() {
 
 // ---- transactions ----------------------------------------------------------------------
 
+// The connection is checked before a transaction or a read begins: one the server dropped (a
+// restart, pg_terminate_backend, the network) is opened again, with its statements and LISTEN;
+// within a transaction a lost connection is that transaction's failure.
+void PgStore::connected() {
+    if (db_.ok()) return;
+    auto now = std::chrono::steady_clock::now();
+    if (now < next_reconnect_ || !db_.reset()) {
+        if (now >= next_reconnect_) next_reconnect_ = now + std::chrono::milliseconds(500);
+        throw StoreError("the connection to PostgreSQL is lost; reconnecting", false);
+    }
+    prepare();
+    listen();
+    spdlog::warn("reconnected to PostgreSQL");
+}
+
+void PgStore::listen() {
+    db_.exec(fmt::format("SET application_name = 'errand-broker pid={}{}'", getpid(),
+                         listens_ ? "" : " (reads)"));
+    if (listens_) db_.exec(fmt::format("LISTEN {}", kFinishedChannel));
+}
+
+// Outside a transaction a statement that finds the connection dropped (the server restarted,
+// the session was terminated) runs again once on a new one: nothing of it had happened.
+pg::Result PgStore::run(std::string_view statement, const pg::Params& params) {
+    if (in_txn_) return db_.run(statement, params);
+    connected();
+    try {
+        return db_.run(statement, params);
+    } catch (const StoreError&) {
+        if (db_.ok()) throw;
+        connected();
+        return db_.run(statement, params);
+    }
+}
+
 void PgStore::begin() {
     if (in_txn_) return;
-    db_.exec("BEGIN");
+    connected();
+    try {
+        db_.exec("BEGIN");
+    } catch (const StoreError&) {
+        if (db_.ok()) throw;
+        connected();
+        db_.exec("BEGIN");
+    }
     in_txn_ = true;
 }
 
+// Every commit renews this broker's row first, and fails when the others declared it dead:
+// then nothing it decided since is applied (its attempts were given to others), and it joins
+// again as a new broker.
 void PgStore::commit() {
     if (!in_txn_) return;
-    in_txn_ = false;
     try {
+        if (listens_ && run("lease", pg::Params().text(broker_id_)).affected() != 1) {
+            rollback();
+            auto old = broker_id_;
+            leader_until_ = {};
+            join();
+            throw StoreError(fmt::format("this broker ({}) was declared dead by the others (silent "
+                                         "past --worker-timeout: paused, or cut off); nothing of "
+                                         "this pass was applied, and it joined again as {}",
+                                         old, broker_id_),
+                             false);
+        }
+        in_txn_ = false;
         db_.exec("COMMIT");
     } catch (const StoreError&) {
         rollback();
@@ -272,9 +487,17 @@ Inserted PgStore::insert_job(const NewJob& job, const std::string& reason) {
         .opt_i64(s.backoff_cap_ms)
         .opt_text(s.unique)
         .text(reason);
-    auto r = db_.run("insert", p);
-    if (r.rows() == 0) return {find_token(*s.token).value_or(0), true};  // the token is taken
-    return {static_cast<JobId>(r.i64(0, 0)), false};
+    auto r = run("insert", p);
+    if (r.rows() == 1) return {static_cast<JobId>(r.i64(0, 0)), false};
+    // The token is taken, or the unique key held.
+    std::optional<JobId> existing;
+    if (s.token) existing = find_token(*s.token);
+    if (!existing && s.unique) existing = find_unique(*s.unique);
+    if (!existing)  // the holder finished between the insert and the lookup
+        throw StoreError(fmt::format("job with unique key '{}' changed during the submit",
+                                     s.unique.value_or("")),
+                         false);
+    return {*existing, true};
 }
 
 bool PgStore::apply(const Transition& t) {
@@ -298,17 +521,17 @@ bool PgStore::apply(const Transition& t) {
     else
         p.null();
     p.i64(t.from_attempts).i64(t.at).i64(t.attempts.value_or(t.from_attempts)).text(t.reason);
-    return db_.run("update", p).affected() == 1;
+    return run("update", p).affected() == 1;
 }
 
 void PgStore::set_progress(JobId id, std::uint32_t percent, const std::string& message) {
     begin();
-    db_.run("progress", pg::Params().i64(static_cast<std::int64_t>(id)).i64(percent).text(message));
+    run("progress", pg::Params().i64(static_cast<std::int64_t>(id)).i64(percent).text(message));
 }
 
 void PgStore::set_paused(const std::string& queue, bool paused) {
     begin();
-    db_.run("pause", pg::Params().text(queue).boolean(paused));
+    run("pause", pg::Params().text(queue).boolean(paused));
 }
 
 std::vector<Removed> PgStore::remove_finished(std::optional<JobState> state,
@@ -322,7 +545,7 @@ std::vector<Removed> PgStore::remove_finished(std::optional<JobState> state,
     else
         p.null();
     p.opt_text(queue).i64(static_cast<std::int64_t>(limit));
-    auto r = db_.run("remove", p);
+    auto r = run("remove", p);
     std::vector<Removed> out;
     for (int i = 0; i < r.rows(); ++i) {
         auto q = r.text(i, 0);
@@ -340,7 +563,7 @@ std::vector<Removed> PgStore::remove_finished(std::optional<JobState> state,
 // ---- reads ------------------------------------------------------------------------------
 
 std::optional<JobInfo> PgStore::get_job(JobId id) {
-    auto r = db_.run("get", pg::Params().i64(static_cast<std::int64_t>(id)));
+    auto r = run("get", pg::Params().i64(static_cast<std::int64_t>(id)));
     if (r.rows() == 0) return std::nullopt;
     return read_job(PgRow{r, 0});
 }
@@ -353,7 +576,7 @@ std::vector<JobInfo> PgStore::list_jobs(const ListRequest& filter) {
     else
         p.null();
     p.i64(filter.limit);
-    auto r = db_.run("list", p);
+    auto r = run("list", p);
     std::vector<JobInfo> out;
     for (int i = 0; i < r.rows(); ++i)
         out.push_back(read_job(PgRow{r, i}));
@@ -361,7 +584,7 @@ std::vector<JobInfo> PgStore::list_jobs(const ListRequest& filter) {
 }
 
 std::vector<Event> PgStore::events(JobId id) {
-    auto r = db_.run("events", pg::Params().i64(static_cast<std::int64_t>(id)));
+    auto r = run("events", pg::Params().i64(static_cast<std::int64_t>(id)));
     std::vector<Event> out;
     for (int i = 0; i < r.rows(); ++i) {
         Event e;
@@ -384,7 +607,7 @@ std::vector<JobInfo> PgStore::page(const JobPage& page) {
     else
         p.null();
     p.opt_i64(page.before).i64(static_cast<std::int64_t>(page.limit));
-    auto r = db_.run("page", p);
+    auto r = run("page", p);
     std::vector<JobInfo> out;
     for (int i = 0; i < r.rows(); ++i)
         out.push_back(read_job(PgRow{r, i}));
@@ -412,32 +635,32 @@ std::string redact_uri(const std::string& uri) {
 }
 
 std::optional<JobId> PgStore::find_token(const std::string& token) {
-    auto r = db_.run("token", pg::Params().text(token));
+    auto r = run("token", pg::Params().text(token));
     if (r.rows() == 0) return std::nullopt;
     return static_cast<JobId>(r.i64(0, 0));
 }
 
 std::optional<DispatchData> PgStore::dispatch_data(JobId id) {
-    auto r = db_.run("dispatch", pg::Params().i64(static_cast<std::int64_t>(id)));
+    auto r = run("dispatch", pg::Params().i64(static_cast<std::int64_t>(id)));
     if (r.rows() == 0) return std::nullopt;
     PgRow row{r, 0};
     return DispatchData{r.text(0, 0), row.argv(1)};
 }
 
 void PgStore::scan_live(const std::function<void(LiveJob&&)>& fn) {
-    auto r = db_.run("live");
+    auto r = run("live");
     for (int i = 0; i < r.rows(); ++i)
         fn(read_live(PgRow{r, i}));
 }
 
 std::optional<LiveJob> PgStore::load_live(JobId id) {
-    auto r = db_.run("live_one", pg::Params().i64(static_cast<std::int64_t>(id)));
+    auto r = run("live_one", pg::Params().i64(static_cast<std::int64_t>(id)));
     if (r.rows() == 0) return std::nullopt;
     return read_live(PgRow{r, 0});
 }
 
 std::vector<QueueStateCount> PgStore::count_jobs() {
-    auto r = db_.run("count");
+    auto r = run("count");
     std::vector<QueueStateCount> out;
     for (int i = 0; i < r.rows(); ++i)
         out.push_back(
@@ -446,15 +669,158 @@ std::vector<QueueStateCount> PgStore::count_jobs() {
 }
 
 std::vector<std::string> PgStore::paused_queues() {
-    auto r = db_.run("paused");
+    auto r = run("paused");
     std::vector<std::string> out;
     for (int i = 0; i < r.rows(); ++i)
         out.push_back(r.text(i, 0));
     return out;
 }
 
+std::vector<ClaimedJob> PgStore::claim(const ClaimRequest& c) {
+    begin();
+    pg::Params p;
+    p.text(c.queue)
+        .boolean(c.commands)
+        .i64(static_cast<std::int64_t>(c.limit))
+        .text(c.worker)
+        .i64(c.now)
+        .text(broker_id_);
+    auto r = run("claim", p);
+    std::vector<ClaimedJob> out;
+    const int data = r.columns() - 3;  // payload, argv, ready_seq after the live columns
+    for (int i = 0; i < r.rows(); ++i) {
+        PgRow row{r, i};
+        out.push_back({read_live(row), DispatchData{r.text(i, data), row.argv(data + 1)}});
+    }
+    return out;
+}
+
+std::vector<Promoted> PgStore::promote_due(Millis now, std::size_t limit) {
+    begin();
+    auto r = run("promote", pg::Params().i64(now).i64(static_cast<std::int64_t>(limit)));
+    std::vector<Promoted> out;
+    for (int i = 0; i < r.rows(); ++i)
+        out.push_back({static_cast<JobId>(r.i64(i, 0)), r.text(i, 1), stored_state(r.text(i, 2)),
+                       static_cast<std::uint32_t>(r.i64(i, 3))});
+    std::sort(out.begin(), out.end(),
+              [](const Promoted& a, const Promoted& b) { return a.id < b.id; });
+    return out;
+}
+
+std::vector<LiveJob> PgStore::expired_attempts(Millis now, Millis grace, std::size_t limit) {
+    auto r = run("expired", pg::Params().i64(now).i64(grace).i64(static_cast<std::int64_t>(limit)));
+    std::vector<LiveJob> out;
+    for (int i = 0; i < r.rows(); ++i)
+        out.push_back(read_live(PgRow{r, i}));
+    return out;
+}
+
+// The leader marks silent brokers dead, then finds the attempts no live broker holds: in the
+// pass's transaction, so a broker that renews its row first is not declared dead.
+std::vector<LiveJob> PgStore::orphaned_attempts(Millis silent_ms, std::size_t limit) {
+    begin();
+    auto dead = run("bury", pg::Params().i64(silent_ms).text(broker_id_));
+    for (int i = 0; i < dead.rows(); ++i)
+        spdlog::warn(
+            "broker {} is silent for more than {} ms: its running attempts go back to "
+            "the queue unless their workers report them to another broker",
+            dead.text(i, 0), silent_ms);
+    auto r = run("orphaned", pg::Params().i64(static_cast<std::int64_t>(limit)));
+    std::vector<LiveJob> out;
+    for (int i = 0; i < r.rows(); ++i)
+        out.push_back(read_live(PgRow{r, i}));
+    return out;
+}
+
+std::optional<LiveJob> PgStore::load_held(JobId id) {
+    auto r = run("held", pg::Params().i64(static_cast<std::int64_t>(id)).text(broker_id_));
+    if (r.rows() == 0) return std::nullopt;
+    return read_live(PgRow{r, 0});
+}
+
+bool PgStore::hold(JobId id, std::uint32_t attempt) {
+    begin();
+    return run("hold",
+               pg::Params().i64(static_cast<std::int64_t>(id)).i64(attempt).text(broker_id_))
+               .affected() == 1;
+}
+
+// The broker's row says it is alive; renewed once a second, in the pass's transaction.
+void PgStore::maintain(Millis) {
+    auto now = std::chrono::steady_clock::now();
+    if (now < next_beat_) return;
+    next_beat_ = now + std::chrono::seconds(1);
+    begin();
+    bool was = leader();
+    if (run("lead", pg::Params().text(broker_id_)).rows() == 1)
+        leader_until_ = now + std::chrono::seconds(2);
+    if (leader() != was)
+        spdlog::info("{} the leader (retention, rescue of silent brokers' attempts)",
+                     leader() ? "this broker is now" : "this broker is no longer");
+    if (now >= next_forget_) {
+        next_forget_ = now + std::chrono::minutes(10);
+        run("forget_brokers", pg::Params().text(broker_id_));
+    }
+}
+
+// One NOTIFY per 7,900 bytes of ids, delivered to the listening brokers at commit.
+void PgStore::announce(const std::vector<JobId>& ids) {
+    if (ids.empty()) return;
+    begin();
+    std::string payload;
+    auto send = [&] {
+        run("notify", pg::Params().text(kFinishedChannel).text(payload));
+        payload.clear();
+    };
+    for (JobId id : ids) {
+        if (payload.size() + 21 > kNotifyBytes) send();
+        if (!payload.empty()) payload += ',';
+        payload += std::to_string(id);
+    }
+    send();
+}
+
+std::vector<JobId> PgStore::finished_elsewhere() {
+    std::vector<JobId> out;
+    for (const auto& payload : db_.notifications(kFinishedChannel)) {
+        std::size_t at = 0;
+        while (at < payload.size()) {
+            auto comma = payload.find(',', at);
+            if (comma == std::string::npos) comma = payload.size();
+            JobId id = 0;
+            auto [end, ec] = std::from_chars(payload.data() + at, payload.data() + comma, id);
+            if (ec == std::errc() && end == payload.data() + comma) out.push_back(id);
+            at = comma + 1;
+        }
+    }
+    return out;
+}
+
+std::vector<JobId> PgStore::finished_among(const std::vector<JobId>& ids) {
+    if (ids.empty()) return {};
+    auto r = run("finished_among", pg::Params().text(fmt::format("{{{}}}", fmt::join(ids, ","))));
+    std::vector<JobId> out;
+    for (int i = 0; i < r.rows(); ++i)
+        out.push_back(static_cast<JobId>(r.i64(i, 0)));
+    return out;
+}
+
+std::optional<JobId> PgStore::find_unique(const std::string& key) {
+    auto r = run("unique", pg::Params().text(key));
+    if (r.rows() == 0) return std::nullopt;
+    return static_cast<JobId>(r.i64(0, 0));
+}
+
+std::vector<std::pair<std::string, Millis>> PgStore::oldest_ready() {
+    auto r = run("oldest");
+    std::vector<std::pair<std::string, Millis>> out;
+    for (int i = 0; i < r.rows(); ++i)
+        out.emplace_back(r.text(i, 0), r.i64(i, 1));
+    return out;
+}
+
 std::vector<JobId> PgStore::dead_jobs(const std::optional<std::string>& queue, std::size_t limit) {
-    auto r = db_.run("dead", pg::Params().opt_text(queue).i64(static_cast<std::int64_t>(limit)));
+    auto r = run("dead", pg::Params().opt_text(queue).i64(static_cast<std::int64_t>(limit)));
     std::vector<JobId> out;
     for (int i = 0; i < r.rows(); ++i)
         out.push_back(static_cast<JobId>(r.i64(i, 0)));

@@ -1,10 +1,12 @@
 // PostgreSQL implementation of Store (errand-broker --db postgresql://…): the same state machine,
 // CHECK of states and semantics as SqliteStore, on a database that several brokers can share.
 // Ids come from a sequence; a transition is an UPDATE … WHERE state = from AND attempts = n
-// (the compare-and-set); events are rows of their own (appended, never rewritten). Stage 1 of
-// the PostgreSQL issue: one broker; statements run one round trip each.
+// (the compare-and-set); events are rows of their own (appended, never rewritten). The store is
+// shared: several brokers run on one database, each claiming work with FOR UPDATE SKIP LOCKED
+// (see Store::shared()). Statements run one round trip each.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -16,7 +18,9 @@ namespace errand::broker {
 class PgStore final : public Store {
   public:
     // Connects and migrates the schema (throws StoreError: unreachable, newer schema, …).
-    explicit PgStore(const std::string& conninfo);
+    // `listens`: the broker loop's store hears other brokers' finished jobs (LISTEN); the HTTP
+    // side's reads do not (notifications nobody reads would pile up in its connection).
+    explicit PgStore(const std::string& conninfo, bool listens = true);
 
     void commit() override;
     void rollback() override;
@@ -29,7 +33,8 @@ class PgStore final : public Store {
     std::vector<Removed> remove_finished(std::optional<JobState> state,
                                          const std::optional<std::string>& queue,
                                          Millis finished_before, std::size_t limit) override;
-    void maintain(Millis) override {}  // autovacuum does PostgreSQL's housekeeping
+    // Renews this broker's row (autovacuum does the rest of PostgreSQL's housekeeping).
+    void maintain(Millis now) override;
 
     std::optional<JobInfo> get_job(JobId id) override;
     std::vector<JobInfo> list_jobs(const ListRequest& filter) override;
@@ -44,27 +49,53 @@ class PgStore final : public Store {
     std::vector<JobId> dead_jobs(const std::optional<std::string>& queue,
                                  std::size_t limit) override;
 
+    bool shared() const override { return true; }
+    std::vector<ClaimedJob> claim(const ClaimRequest& c) override;
+    std::vector<Promoted> promote_due(Millis now, std::size_t limit) override;
+    std::vector<LiveJob> expired_attempts(Millis now, Millis grace, std::size_t limit) override;
+    std::vector<LiveJob> orphaned_attempts(Millis silent_ms, std::size_t limit) override;
+    bool hold(JobId id, std::uint32_t attempt) override;
+    std::optional<LiveJob> load_held(JobId id) override;
+    bool leader() const override { return std::chrono::steady_clock::now() < leader_until_; }
+    std::optional<JobId> find_unique(const std::string& key) override;
+    void announce(const std::vector<JobId>& ids) override;
+    std::vector<JobId> finished_elsewhere() override;
+    std::vector<JobId> finished_among(const std::vector<JobId>& ids) override;
+    int notify_fd() const override { return db_.socket(); }
+    // This broker's row in the brokers table.
+    const std::string& broker_id() const { return broker_id_; }
+    std::vector<std::pair<std::string, Millis>> oldest_ready() override;
+
     // A page of jobs for the HTTP API (QueryStore::jobs), and the tables' size on disk.
     std::vector<JobInfo> page(const JobPage& page);
     std::uint64_t size_bytes();
 
     int schema_version();
-    static constexpr int kSchemaVersion = 1;
+    static constexpr int kSchemaVersion = 3;
 
   private:
     void begin();
+    void connected();
+    void join();
+    void listen();
+    pg::Result run(std::string_view statement, const pg::Params& params = {});
     void migrate();
     void prepare();
 
     pg::Connection db_;
     bool in_txn_ = false;
+    bool listens_ = true;
+    std::string host_;
+    std::string broker_id_;
+    std::chrono::steady_clock::time_point next_beat_{}, next_forget_{}, next_reconnect_{};
+    std::chrono::steady_clock::time_point leader_until_{};
 };
 
 // The HTTP side's reads, on a connection of its own (it never waits for the loop, nor the loop
 // for it). Not thread-safe: the caller serialises.
 class PgQueryStore final : public QueryStore {
   public:
-    explicit PgQueryStore(const std::string& conninfo) : store_(conninfo) {}
+    explicit PgQueryStore(const std::string& conninfo) : store_(conninfo, false) {}
     std::optional<JobInfo> get_job(JobId id) override { return store_.get_job(id); }
     std::vector<Event> events(JobId id) override { return store_.events(id); }
     std::vector<JobInfo> jobs(const JobPage& page) override { return store_.page(page); }

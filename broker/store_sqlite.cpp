@@ -484,6 +484,19 @@ SqliteStore::SqliteStore(const std::string& path, SqliteOptions options) {
     // memory statistics nobody reads. (Ignored, harmlessly, if SQLite is already initialised.)
     static std::once_flag configured;
     std::call_once(configured, [] { sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0); });
+    // SQLite takes a 0-byte file for a new database and would make one of it. errand leaves
+    // none behind: PRAGMA journal_mode = WAL below writes the header into the file itself (not
+    // the WAL) a moment after creating it, so only a crash in that moment of a first start
+    // could. An empty file at --db is someone else's: a wrong path, a placeholder, a file
+    // truncated by mistake. Only a path where no file exists is a new database.
+    std::error_code size_error;
+    if (path != ":memory:" && std::filesystem::is_regular_file(path, size_error) &&
+        std::filesystem::file_size(path, size_error) == 0 && !size_error)
+        throw StoreError(fmt::format("database {} is empty (0 bytes): it is no errand database, "
+                                     "and errand creates a new one only where no file exists "
+                                     "(remove the empty file to start a new database there)",
+                                     path),
+                         false);
     int rc =
         sqlite3_open_v2(path.c_str(), &db_,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);

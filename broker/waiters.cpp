@@ -80,6 +80,14 @@ Millis Waiters::next_deadline(Millis bound) const {
     return deadlines_.empty() ? bound : std::min(bound, deadlines_.top().at);
 }
 
+std::vector<JobId> Waiters::ids() const {
+    std::vector<JobId> out;
+    out.reserve(waiters_.size());
+    for (const auto& [id, list] : waiters_)
+        out.push_back(id);
+    return out;
+}
+
 std::size_t Waiters::size() const {
     std::size_t n = 0;
     for (const auto& [id, list] : waiters_)

@@ -42,6 +42,8 @@ class Waiters {
     // The earliest deadline, or `bound`.
     Millis next_deadline(Millis bound) const;
     std::size_t size() const;
+    // The jobs waited for.
+    std::vector<JobId> ids() const;
 
   private:
     void forget(const std::string& identity);

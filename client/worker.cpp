@@ -137,7 +137,7 @@ struct Worker::Impl {
             r.id = job.id;
             r.attempt = job.attempt;
             r.exit_code = out.exit_code;
-            if (out.result.size() > opt.max_result) out.result.resize(opt.max_result);
+            if (out.result.size() > job.max_result) out.result.resize(job.max_result);
             if (out.ok || !out.result.empty()) r.result = std::move(out.result);
             r.error = std::move(out.error);
             if (r.error.size() > limits::kMaxError) r.error.resize(limits::kMaxError);
@@ -161,6 +161,9 @@ struct Worker::Impl {
     Millis next_register = 0;
     Millis backoff = kInitialBackoffMs;
     std::uint64_t max_seq = 0;
+    // The broker's limits, from REGISTERED (a broker that predates them: its defaults).
+    std::size_t broker_max_result = limits::kDefaultMaxResult;
+    std::size_t results_per_message = limits::kMaxBatch;
     struct Running {
         std::uint32_t attempt = 0;
         std::shared_ptr<JobControl> control;
@@ -244,6 +247,9 @@ struct Worker::Impl {
             backoff = kInitialBackoffMs;
             heartbeat_ms = std::max<Millis>(rep.heartbeat_ms, 10);
             expiry_ms = std::max<Millis>(rep.expiry_ms, 2 * heartbeat_ms);
+            broker_max_result = static_cast<std::size_t>(rep.max_result);
+            results_per_message = static_cast<std::size_t>(
+                std::clamp<std::uint64_t>(rep.max_batch, 1, limits::kMaxBatch));
             for (JobId id : rep.held_rejected) {
                 // Its attempt is no longer ours: stop it; results would be refused as stale.
                 pending.erase(id);
@@ -280,7 +286,8 @@ struct Worker::Impl {
                 std::optional<std::chrono::milliseconds> timeout;
                 if (d.timeout_ms) timeout = std::chrono::milliseconds(*d.timeout_ms);
                 tasks.push_back(Job{d.id, d.queue, d.attempt, std::move(d.payload),
-                                    std::move(d.argv), timeout, control});
+                                    std::move(d.argv), timeout,
+                                    std::min(opt.max_result, broker_max_result), control});
             }
             cv.notify_one();
         } else if (env.command == cmd::kAbort) {
@@ -435,9 +442,9 @@ struct Worker::Impl {
             send(p.command, p.body);
             return;
         }
-        for (std::size_t from = 0; from < ids.size(); from += limits::kMaxBatch) {
+        for (std::size_t from = 0; from < ids.size(); from += results_per_message) {
             std::vector<std::string_view> bodies;
-            for (std::size_t i = from; i < ids.size() && i < from + limits::kMaxBatch; ++i)
+            for (std::size_t i = from; i < ids.size() && i < from + results_per_message; ++i)
                 bodies.push_back(pending.at(ids[i]).body);
             send(cmd::kResults, encode_results(bodies));
         }

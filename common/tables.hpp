@@ -453,7 +453,10 @@ struct RegisteredT {
         field("heartbeat_ms", &RegisteredReply::heartbeat_ms, Duration{}, required),
         field("expiry_ms", &RegisteredReply::expiry_ms, Duration{}, required),
         field("held_ok", &RegisteredReply::held_ok, U64Array{}, required),
-        field("held_rejected", &RegisteredReply::held_rejected, U64Array{}, required));
+        field("held_rejected", &RegisteredReply::held_rejected, U64Array{}, required),
+        field("max_result", &RegisteredReply::max_result, U64{}, defaulted),
+        field("max_message", &RegisteredReply::max_message, U64{}, defaulted),
+        field("max_batch", &RegisteredReply::max_batch, U64{}, defaulted));
 };
 
 struct CreditT {
@@ -485,10 +488,15 @@ struct HeartbeatT {  // worker -> broker
 // RESULTS as it is; the command (or, in RESULTS, "ok" itself) decides which table reads it.
 struct DoneT {
     static constexpr auto table = message<JobResult>(
-        "DONE", {}, field("ok", &JobResult::ok, Bool{}, defaulted),
+        "DONE",
+        {.post =
+             [](JobResult& m, const Reader&, const DecodeLimits&) {
+                 if (!m.result) m.result.emplace();  // no result: an empty one
+             }},
+        field("ok", &JobResult::ok, Bool{}, defaulted),
         field("id", &JobResult::id, U64{}, required),
         field("attempt", &JobResult::attempt, U32{}, required),
-        field("result", &JobResult::result, bin(&DecodeLimits::max_result), required),
+        field("result", &JobResult::result, bin(&DecodeLimits::max_result), defaulted),
         field("exit_code", &JobResult::exit_code, I64{}, defaulted));
 };
 

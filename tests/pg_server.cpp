@@ -81,10 +81,24 @@ PgServer::PgServer() {
               pw, log));
     if (rc != 0)
         throw std::runtime_error("initdb failed (exit " + std::to_string(rc) + "), see " + log);
-    // Durability is not what these tests are about: fsync off keeps them fast.
+    start();
+    auto admin = "host=" + dir_ + " port=" + std::to_string(port_) + " user=errand dbname=postgres";
+    PGconn* c = PQconnectdb(admin.c_str());
+    PGresult* r = PQexec(c, "CREATE DATABASE errand");
+    bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    PQfinish(c);
+    if (!ok) throw std::runtime_error("CREATE DATABASE errand failed");
+}
+
+void PgServer::start() {
+    std::string data = dir_ + "/data";
+    std::string log = dir_ + "/log";
+    // Durability against power loss is not what these tests are about: fsync off keeps them
+    // fast (a server crash, restart_immediate(), still loses nothing committed).
     pid_ = spawn({bin("postgres"), "-D", data, "-k", dir_, "-p", std::to_string(port_), "-c",
                   "listen_addresses=", "-c", "fsync=off", "-c", "full_page_writes=off"},
-                 pw, log);
+                 run_as(), log);
     auto admin = "host=" + dir_ + " port=" + std::to_string(port_) + " user=errand dbname=postgres";
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
     while (PQping(admin.c_str()) != PQPING_OK) {
@@ -97,12 +111,15 @@ PgServer::PgServer() {
             throw std::runtime_error("postgres did not accept connections within 30 s, see " + log);
         std::this_thread::sleep_for(std::chrono::milliseconds(20));  // polling a child's socket
     }
-    PGconn* c = PQconnectdb(admin.c_str());
-    PGresult* r = PQexec(c, "CREATE DATABASE errand");
-    bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-    PQclear(r);
-    PQfinish(c);
-    if (!ok) throw std::runtime_error("CREATE DATABASE errand failed");
+}
+
+void PgServer::restart_immediate() {
+    if (pid_ > 0) {
+        kill(pid_, SIGQUIT);  // immediate shutdown: no checkpoint, crash recovery at start
+        wait_exit(pid_);
+        pid_ = -1;
+    }
+    start();
 }
 
 PgServer::~PgServer() {

@@ -23,9 +23,13 @@ class PgServer {
     // The same as a postgresql:// URI (what errand-broker --db takes).
     std::string uri() const;
     std::string socket_dir() const { return dir_; }
+    // `pg_ctl restart -m immediate`: every session is cut off mid-transaction, the server
+    // recovers from its WAL and accepts connections again (this returns once it does).
+    void restart_immediate();
     int port() const { return port_; }
 
   private:
+    void start();
     std::string dir_;
     int port_ = 0;
     pid_t pid_ = -1;

@@ -957,6 +957,7 @@ TEST_CASE(
             c = static_cast<char>(rng() & 0xff);
         cases.push_back({"garbage bytes", garbage});
     }
+    cases.push_back({"an empty (0-byte) file", ""});
     cases.push_back({"truncated to 100 bytes", real.substr(0, 100)});
     cases.push_back({"truncated to half", real.substr(0, (real.size() / 2) / 4096 * 4096)});
     cases.push_back({"truncated by one page", real.substr(0, real.size() - 4096)});

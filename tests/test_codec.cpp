@@ -143,6 +143,52 @@ TEST_CASE("worker messages round trip") {
     CHECK(ed.id == 5);
 }
 
+TEST_CASE(
+    "REGISTERED's limits: round trip, defaults from an older broker, ignored by old decoders") {
+    RegisteredReply r;
+    r.req = 2;
+    r.heartbeat_ms = 1000;
+    r.expiry_ms = 5000;
+    r.max_result = 100;
+    r.max_message = 4096;
+    r.max_batch = 7;
+    Body b(encode(r));
+    auto d = decode_registered(b.reader());
+    CHECK(d.max_result == 100);
+    CHECK(d.max_message == 4096);
+    CHECK(d.max_batch == 7);
+    // An older broker's REGISTERED has none of them: the limits it starts with.
+    Body old(Writer(5)
+                 .u64("req", 2)
+                 .u64("heartbeat_ms", 1000)
+                 .u64("expiry_ms", 5000)
+                 .u64_array("held_ok", {})
+                 .u64_array("held_rejected", {})
+                 .take());
+    auto od = decode_registered(old.reader());
+    CHECK(od.max_result == limits::kDefaultMaxResult);
+    CHECK(od.max_message == limits::kDefaultMaxMessage);
+    CHECK(od.max_batch == limits::kMaxBatch);
+    // An older decoder reads only the keys it knows: a body with keys added still decodes
+    // (here: a REGISTERED with a key no version has).
+    Body future(Writer(6)
+                    .u64("req", 2)
+                    .u64("heartbeat_ms", 1000)
+                    .u64("expiry_ms", 5000)
+                    .u64_array("held_ok", {})
+                    .u64_array("held_rejected", {})
+                    .u64("max_something_new", 1)
+                    .take());
+    CHECK(decode_registered(future.reader()).heartbeat_ms == 1000);
+}
+
+TEST_CASE("DONE without a result is a success with an empty result") {
+    Body b(Writer(2).u64("id", 5).u64("attempt", 1).take());
+    auto d = decode_result(b.reader(), true);
+    CHECK(d.ok);
+    CHECK(d.result == std::optional<std::string>(""));
+}
+
 TEST_CASE("RESULTS carries DONE and FAIL bodies as they are; ACKS pairs ids with attempts") {
     JobResult done{true, 7, 1, 0, std::string("out"), "", false};
     JobResult fail{false, 8, 3, 2, std::nullopt, "boom", true};

@@ -1689,3 +1689,63 @@ TEST_CASE("WAITs are bounded per connection and for the whole broker") {
     send("c9", cmd::kPing, encode_req(99));
     CHECK(wait("c3", 15) == std::nullopt);
 }
+
+TEST_CASE("queues are bounded (max_queues), and an unused queue is forgotten") {
+    auto cfg = engine_config();
+    cfg.max_queues = 3;
+    FixedClock clock;
+    Broker broker(cfg, make_store(), clock);
+    Millis now = kBase;
+    std::uint64_t req = 1;
+    auto send = [&](std::string_view command, std::string body) {
+        auto out = broker.process(
+            Envelope{"c1", std::string(kProtocolVersion), std::string(command), std::move(body), 3},
+            now += 1);
+        REQUIRE(!out.empty());
+        return out.front();
+    };
+    auto submit = [&](const std::string& queue) {
+        SubmitRequest m;
+        m.req = req++;
+        m.jobs.push_back(spec(queue));
+        return send(cmd::kSubmit, encode(m));
+    };
+    auto queue_names = [&] {
+        auto e = send(cmd::kStats, encode_req(req++));
+        REQUIRE(e.command == cmd::kStats);
+        Body b(e.body);
+        std::vector<std::string> names;
+        for (const auto& q : decode_stats(b.reader()).queues)
+            names.push_back(q.name);
+        return names;
+    };
+
+    std::vector<JobId> ids;
+    for (const char* q : {"q1", "q2", "q3"}) {
+        auto e = submit(q);
+        REQUIRE(e.command == cmd::kSubmitted);
+        Body b(e.body);
+        ids.push_back(decode_submitted(b.reader()).ids.at(0));
+    }
+    auto refused = submit("q4");
+    CHECK(error_of(refused).code == ErrorCode::too_large);
+    CHECK(error_of(refused).message.find("--max-queues") != std::string::npos);
+    CHECK(submit("q1").command == cmd::kSubmitted);  // a queue that exists takes more jobs
+
+    // Once their jobs are gone (cancelled, purged), the queues are forgotten after a minute
+    // without activity, and their places are free.
+    for (JobId id = ids.front(); id <= ids.back() + 1; ++id)
+        send(cmd::kCancel, encode(IdRequest{req++, id}));
+    PurgeRequest purge;
+    purge.req = req++;
+    purge.state = JobState::cancelled;
+    send(cmd::kPurge, encode(purge));
+    CHECK(queue_names() == std::vector<std::string>{"q1", "q2", "q3"});
+    now += 61'000;
+    send(cmd::kPing, encode_req(req++));
+    now += 11'000;
+    send(cmd::kPing, encode_req(req++));
+    CHECK(queue_names().empty());
+    CHECK(submit("q4").command == cmd::kSubmitted);
+    CHECK(queue_names() == std::vector<std::string>{"q4"});
+}

@@ -2,15 +2,23 @@
 // /healthz, the JSON API with its pagination, job history, retry and cancel, and its errors)
 // over real HTTP on 127.0.0.1, and `errand events | stats | workers` against a real broker and
 // worker daemon.
+#include <arpa/inet.h>
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <filesystem>
+#include <memory>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "errand/codec.hpp"
@@ -24,21 +32,32 @@ using nlohmann::json;
 
 namespace {
 
+const std::string kToken = "test-token-0123456789abcdef";
+
+// DIR/token holding kToken, for --http-token-file.
+std::string token_file(const TempDir& dir) {
+    write_file(dir / "token", kToken + "\n");
+    return (dir / "token").string();
+}
+
 // A broker with --http and --events on free loopback ports, an HTTP client and a protocol client.
 struct HttpWorld {
     TempDir dir;
     int http_port = free_port();
     int events_port = free_port();
-    Broker broker{dir,
-                  {"--http", "127.0.0.1:" + std::to_string(http_port), "--events",
-                   "tcp://127.0.0.1:" + std::to_string(events_port), "--retry-delay", "100ms"}};
+    Broker broker{
+        dir,
+        {"--http", "127.0.0.1:" + std::to_string(http_port), "--http-token-file", token_file(dir),
+         "--events", "tcp://127.0.0.1:" + std::to_string(events_port), "--retry-delay", "100ms"}};
     errand::Client client{broker.client_options()};
 
+    // POSTs carry the token, as the dashboard and `curl -H 'X-Errand-Token: …'` do.
     httplib::Result request(const std::string& method, const std::string& path) {
         httplib::Client http("127.0.0.1", http_port);
         http.set_connection_timeout(5, 0);
         http.set_read_timeout(15, 0);
-        if (method == "POST") return http.Post(path.c_str(), "", "application/json");
+        if (method == "POST")
+            return http.Post(path.c_str(), {{"X-Errand-Token", kToken}}, "", "application/json");
         return http.Get(path.c_str());
     }
 
@@ -621,4 +640,358 @@ TEST_CASE("http: a drained worker's hand-back counts run time but no failed atte
     CHECK(has_line(text, "errand_jobs{queue=\"d\",state=\"ready\"} 1"));
     auto history = w.get("/api/jobs/" + std::to_string(id))["events"];
     CHECK(history.back()["reason"] == "released by worker");
+}
+
+// ---- the HTTP side as an attacker sees it (issue 17 items 5 and 6) ----------------------------
+// A web page in the operator's browser can send a cross-origin POST (a "simple" request: no
+// custom header, text/plain body) and, through DNS rebinding, any request with a Host header of
+// its own name. A slow client can open connections and trickle bytes. None of these may work.
+
+namespace {
+
+// A broker with --http on a free port and no HTTP flag beyond it: what an operator runs today.
+struct PlainHttpWorld {
+    TempDir dir;
+    int http_port = free_port();
+    Broker broker{dir, {"--http", "127.0.0.1:" + std::to_string(http_port)}};
+    errand::Client client{broker.client_options()};
+
+    httplib::Client http() {
+        httplib::Client c("127.0.0.1", http_port);
+        c.set_connection_timeout(5, 0);
+        c.set_read_timeout(15, 0);
+        return c;
+    }
+    // The token a broker without --http-token-file generates and logs at start.
+    std::string logged_token() {
+        const std::string key = "X-Errand-Token: ";
+        std::string token;
+        wait_until(
+            [&] {
+                auto err = broker.process().err();
+                auto at = err.find(key);
+                if (at == std::string::npos) return false;
+                auto end = err.find_first_of(" \n)", at + key.size());
+                token = err.substr(at + key.size(), end - at - key.size());
+                return !token.empty();
+            },
+            5s);
+        return token;
+    }
+};
+
+std::string error_code_of(const httplib::Result& r) {
+    if (!r) return "(no response)";
+    json j = json::parse(r->body, nullptr, false);
+    if (j.is_discarded() || !j.contains("error") || !j["error"].is_object())
+        return "(not a JSON error: " + r->body + ")";
+    return j["error"]["code"].get<std::string>();
+}
+
+// A raw TCP connection to 127.0.0.1:PORT (non-blocking after connect), closed on destruction.
+class RawHttp {
+  public:
+    explicit RawHttp(int port) : fd_(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
+        REQUIRE(fd_ >= 0);
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_port = htons(static_cast<std::uint16_t>(port));
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        REQUIRE(::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+        ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) | O_NONBLOCK);
+    }
+    ~RawHttp() { ::close(fd_); }
+    RawHttp(const RawHttp&) = delete;
+    RawHttp& operator=(const RawHttp&) = delete;
+
+    // False once the server has closed or reset the connection.
+    bool send(std::string_view bytes) {
+        return ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL | MSG_DONTWAIT) >= 0 ||
+               errno == EAGAIN;
+    }
+    // True when the server closed the connection (after whatever it sent, which goes to `got`).
+    bool closed_by_server() {
+        char buf[4096];
+        for (int i = 0; i < 64; ++i) {
+            auto n = ::recv(fd_, buf, sizeof buf, MSG_DONTWAIT);
+            if (n > 0) {
+                got.append(buf, static_cast<std::size_t>(n));
+                continue;
+            }
+            return n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK);
+        }
+        return false;
+    }
+    std::string got;
+
+  private:
+    int fd_;
+};
+
+}  // namespace
+
+TEST_CASE("http: a cross-origin POST cannot cancel or retry a job (CSRF)") {
+    PlainHttpWorld w;
+    auto id = w.client.submit(job_spec("csrf")).id;
+    auto path = "/api/jobs/" + std::to_string(id) + "/cancel";
+    auto http = w.http();
+    // What a form or fetch(…, {mode: 'no-cors'}) on http://evil.example sends: no token.
+    auto r = http.Post(path.c_str(), {{"Origin", "http://evil.example"}}, "x", "text/plain");
+    REQUIRE(r);
+    CHECK(r->status == 403);
+    CHECK(error_code_of(r) == "forbidden");
+    // A same-origin POST without the token (curl with no -H) is refused too.
+    r = http.Post(path.c_str(), "", "application/json");
+    REQUIRE(r);
+    CHECK(r->status == 403);
+    CHECK(error_code_of(r) == "forbidden");
+    CHECK(json::parse(r->body)["error"]["message"].get<std::string>().find("X-Errand-Token") !=
+          std::string::npos);
+    // Nothing changed.
+    CHECK(w.client.status(id).state == JobState::ready);
+
+    // With the token but from a foreign origin (a page that somehow has it): refused.
+    auto token = w.logged_token();
+    REQUIRE_MESSAGE(token.size() >= 32, w.broker.logs());
+    r = http.Post(path.c_str(), {{"Origin", "http://evil.example"}, {"X-Errand-Token", token}}, "",
+                  "application/json");
+    REQUIRE(r);
+    CHECK(r->status == 403);
+    r = http.Post(path.c_str(), {{"Sec-Fetch-Site", "cross-site"}, {"X-Errand-Token", token}}, "",
+                  "application/json");
+    REQUIRE(r);
+    CHECK(r->status == 403);
+    r = http.Post(path.c_str(), {{"X-Errand-Token", token + "x"}}, "", "application/json");
+    REQUIRE(r);
+    CHECK(r->status == 403);
+    CHECK(w.client.status(id).state == JobState::ready);
+
+    // The dashboard's own request: same origin, with the token.
+    auto origin = "http://127.0.0.1:" + std::to_string(w.http_port);
+    r = http.Post(path.c_str(), {{"Origin", origin}, {"X-Errand-Token", token}}, "",
+                  "application/json");
+    REQUIRE(r);
+    INFO(r->body);
+    CHECK(r->status == 200);
+    CHECK(w.client.status(id).state == JobState::cancelled);
+    // curl -H 'X-Errand-Token: …' (no Origin at all) works as well.
+    auto other = w.client.submit(job_spec("csrf")).id;
+    r = http.Post(("/api/jobs/" + std::to_string(other) + "/cancel").c_str(),
+                  {{"X-Errand-Token", token}}, "", "application/json");
+    REQUIRE(r);
+    CHECK(r->status == 200);
+}
+
+TEST_CASE("http: a request whose Host is not the broker's (DNS rebinding) is refused everywhere") {
+    PlainHttpWorld w;
+    auto id = w.client.submit(job_spec("rebind", "secret payload")).id;
+    auto http = w.http();
+    const auto port = ":" + std::to_string(w.http_port);
+    for (const std::string& path : std::vector<std::string>{
+             "/", "/app.js", "/healthz", "/metrics", "/api/queues", "/api/stats", "/api/workers",
+             "/api/events", "/api/jobs", "/api/jobs/" + std::to_string(id), "/no-such-thing"}) {
+        auto r = http.Get(path.c_str(), {{"Host", "evil.example" + port}});
+        REQUIRE_MESSAGE(r, path);
+        INFO(path, " -> ", r->status, " ", r->body);
+        CHECK(r->status == 421);
+        CHECK(error_code_of(r) == "misdirected");
+        CHECK(r->body.find("evil.example") != std::string::npos);
+        CHECK(r->body.find("secret payload") == std::string::npos);
+    }
+    auto r = http.Post(("/api/jobs/" + std::to_string(id) + "/cancel").c_str(),
+                       {{"Host", "evil.example" + port}, {"X-Errand-Token", w.logged_token()}}, "",
+                       "application/json");
+    REQUIRE(r);
+    CHECK(r->status == 421);
+    CHECK(w.client.status(id).state == JobState::ready);
+
+    // A request without any Host: 400.
+    RawHttp raw(w.http_port);
+    REQUIRE(raw.send("GET /api/jobs HTTP/1.1\r\nConnection: close\r\n\r\n"));
+    REQUIRE(wait_until([&] { return raw.closed_by_server(); }, 5s));
+    CHECK(raw.got.find("HTTP/1.1 400") == 0);
+    CHECK(raw.got.find("Host") != std::string::npos);
+
+    // The names it does serve: loopback ones, with or without the port.
+    for (const std::string& host : std::vector<std::string>{"127.0.0.1" + port, "localhost" + port,
+                                                            "LOCALHOST", "127.0.0.1"}) {
+        auto ok = http.Get("/api/jobs", {{"Host", host}});
+        REQUIRE(ok);
+        INFO(host, " -> ", ok->body);
+        CHECK(ok->status == 200);
+    }
+}
+
+TEST_CASE("http: 100 trickling connections do not stop /healthz (slow clients)") {
+    PlainHttpWorld w;
+    auto healthz = [&] {
+        httplib::Client c("127.0.0.1", w.http_port);
+        c.set_connection_timeout(1, 0);
+        c.set_read_timeout(1, 0);
+        c.set_write_timeout(1, 0);
+        return c.Get("/healthz");
+    };
+    REQUIRE(wait_until(
+        [&] {
+            auto r = healthz();
+            return r && r->status == 200;
+        },
+        5s));
+    std::vector<std::unique_ptr<RawHttp>> slow;
+    for (int i = 0; i < 100; ++i) {
+        slow.push_back(std::make_unique<RawHttp>(w.http_port));
+        slow.back()->send("GET /api/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ");
+    }
+    // Each round every connection sends one more byte of a header that never ends; between two
+    // rounds, /healthz must answer 200 within 1 s. 70 rounds, about 7 s: past the broker's
+    // 5 s request timeout, so connections are evicted and expire during the test.
+    const auto start = std::chrono::steady_clock::now();
+    int rounds = 0;
+    for (; rounds < 70 && since(start) < 30s; ++rounds) {
+        for (auto& s : slow)
+            s->send("a");
+        const auto asked = std::chrono::steady_clock::now();
+        auto r = healthz();
+        const auto took = since(asked);
+        REQUIRE_MESSAGE(
+            r, "round " << rounds << ": /healthz did not answer within 1 s (" << r.error() << ")");
+        CHECK(r->status == 200);
+        CHECK(took < 1s);
+        // The attacker's pace (one byte per connection per 100 ms), not a wait for a condition.
+        std::this_thread::sleep_for(100ms);
+    }
+    CHECK(rounds == 70);
+    // The rest of the HTTP side serves as well.
+    auto jobs = w.http().Get("/api/jobs");
+    REQUIRE(jobs);
+    CHECK(jobs->status == 200);
+    // Every trickler has been dropped: evicted to make room (503) or timed out (408).
+    std::size_t timed_out = 0;
+    bool all_closed = wait_until(
+        [&] {
+            timed_out = 0;
+            bool all = true;
+            for (auto& s : slow) {
+                all = s->closed_by_server() && all;
+                timed_out += s->got.find("HTTP/1.1 408") == 0 ? 1 : 0;
+            }
+            return all;
+        },
+        5s, 50ms);
+    CHECK(all_closed);
+    CHECK(timed_out >= 1);
+}
+
+TEST_CASE("http: --http-readonly refuses every POST and still serves reads") {
+    TempDir dir;
+    int port = free_port();
+    Broker broker(dir, {"--http", "127.0.0.1:" + std::to_string(port), "--http-readonly"});
+    errand::Client client(broker.client_options());
+    auto id = client.submit(job_spec("ro")).id;
+    httplib::Client http("127.0.0.1", port);
+    http.set_read_timeout(10, 0);
+    for (const char* action : {"cancel", "retry"}) {
+        auto r = http.Post(("/api/jobs/" + std::to_string(id) + "/" + action).c_str(),
+                           {{"X-Errand-Token", kToken}}, "", "application/json");
+        REQUIRE(r);
+        CHECK(r->status == 403);
+        CHECK(error_code_of(r) == "read_only");
+    }
+    CHECK(client.status(id).state == JobState::ready);
+    for (const char* path : {"/metrics", "/api/jobs", "/healthz"}) {
+        auto r = http.Get(path);
+        REQUIRE(r);
+        CHECK_MESSAGE(r->status == 200, path);
+    }
+    auto page = http.Get("/");
+    REQUIRE(page);
+    CHECK(page->body.find(R"(<meta name="errand-token" content="">)") != std::string::npos);
+    CHECK(broker.process().err().find("X-Errand-Token") == std::string::npos);
+    CHECK(broker.process().err().find("(read-only)") != std::string::npos);
+}
+
+TEST_CASE("http: --http-token-file sets the token, --http-host adds a name; bad values exit 2") {
+    TempDir dir;
+    int port = free_port();
+    Broker broker(dir, {"--http", "127.0.0.1:" + std::to_string(port), "--http-token-file",
+                        token_file(dir), "--http-host", "errand.example.com"});
+    errand::Client client(broker.client_options());
+    httplib::Client http("127.0.0.1", port);
+    http.set_read_timeout(10, 0);
+    // The dashboard page carries the token; the log does not.
+    auto page = http.Get("/");
+    REQUIRE(page);
+    CHECK(page->get_header_value("Cache-Control") == "no-store");
+    CHECK(page->get_header_value("X-Frame-Options") == "DENY");
+    CHECK(page->body.find(R"(<meta name="errand-token" content=")" + kToken + "\">") !=
+          std::string::npos);
+    CHECK(broker.process().err().find(kToken) == std::string::npos);
+    auto id = client.submit(job_spec("tok")).id;
+    auto r = http.Post(("/api/jobs/" + std::to_string(id) + "/cancel").c_str(),
+                       {{"X-Errand-Token", kToken},
+                        {"Host", "errand.example.com"},
+                        {"Origin", "http://errand.example.com"}},
+                       "", "application/json");
+    REQUIRE(r);
+    INFO(r->body);
+    CHECK(r->status == 200);
+    CHECK(client.status(id).state == JobState::cancelled);
+    const auto p = ":" + std::to_string(port);
+    for (const auto& [host, status] :
+         std::vector<std::pair<std::string, int>>{{"errand.example.com" + p, 200},
+                                                  {"Errand.Example.COM", 200},
+                                                  {"other.example.com" + p, 421},
+                                                  {"errand.example.com.evil.example", 421},
+                                                  {"[::1]" + p, 200},
+                                                  {"bad host", 421}}) {
+        auto g = http.Get("/api/stats", {{"Host", host}});
+        REQUIRE(g);
+        CHECK_MESSAGE(g->status == status, host);
+    }
+
+    auto short_token = dir / "short";
+    write_file(short_token, "tooshort\n");
+    auto spaced = dir / "spaced";
+    write_file(spaced, "a token with spaces in it\n");
+    for (const auto& args : std::vector<std::vector<std::string>>{
+             {"--http-token-file", short_token.string()},
+             {"--http-token-file", spaced.string()},
+             {"--http-token-file", (dir / "missing").string()},
+             {"--http-token-file", token_file(dir), "--http-readonly"},
+             {"--http-host", "a b"},
+             {"--http-host", "name:80"}}) {
+        std::vector<std::string> argv = {broker_bin(),
+                                         "--listen",
+                                         "tcp://127.0.0.1:" + std::to_string(free_port()),
+                                         "--db",
+                                         (dir / "bad.db").string(),
+                                         "--http",
+                                         "127.0.0.1:0"};
+        argv.insert(argv.end(), args.begin(), args.end());
+        Process bad("broker-bad", argv, dir.path());
+        auto rc = bad.wait_exit(10s);
+        CHECK_MESSAGE(rc == std::optional<int>(2), args.back() << ": " << bad.logs());
+    }
+}
+
+TEST_CASE("http: one address cannot hold more than 32 idle connections") {
+    PlainHttpWorld w;
+    std::vector<std::unique_ptr<RawHttp>> idle;
+    for (int i = 0; i < 60; ++i)
+        idle.push_back(std::make_unique<RawHttp>(w.http_port));
+    // The broker closes the ones past the bound (the longest-waiting first), right away.
+    std::size_t closed = 0;
+    bool ok = wait_until(
+        [&] {
+            closed = 0;
+            for (auto& c : idle)
+                closed += c->closed_by_server() ? 1 : 0;
+            return closed >= 28;
+        },
+        3s, 50ms);
+    INFO("closed by the broker: ", closed);
+    CHECK(ok);
+    auto r = w.http().Get("/healthz");
+    REQUIRE(r);
+    CHECK(r->status == 200);
 }

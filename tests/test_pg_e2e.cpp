@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include "harness.hpp"
+#include "pg.hpp"
 #include "pg_server.hpp"
 
 using namespace errand;
@@ -44,4 +45,60 @@ TEST_CASE("a broker on PostgreSQL runs jobs, and keeps them across a crash") {
         run_cli({"--broker", ep, "submit", "-q", "upper", "--payload", "again", "--wait"}, {}, 30s);
     REQUIRE_MESSAGE(again.exit_code == 0, describe(again), broker.logs(), worker.logs());
     CHECK(again.out == "AGAIN");
+}
+
+namespace {
+
+// errand-broker --db DB: how it exits and what it says.
+struct Start {
+    int exit_code;
+    std::string err;
+};
+Start start_broker(const TempDir& dir, const std::string& db) {
+    Process p(
+        "broker",
+        {broker_bin(), "--listen", "tcp://127.0.0.1:" + std::to_string(free_port()), "--db", db},
+        dir.path());
+    auto rc = p.wait_exit(30s);
+    REQUIRE_MESSAGE(rc.has_value(), "the broker did not exit: ", p.logs());
+    return {*rc, p.err()};
+}
+
+}  // namespace
+
+TEST_CASE("a PostgreSQL database the broker cannot use: a clear error and exit 3") {
+    PgServer pg;
+    TempDir dir;
+
+    // Nothing listens there (the server is gone, or not started yet).
+    auto gone =
+        start_broker(dir, "postgresql:///errand?host=" + dir.path().string() + "&user=errand");
+    CHECK(gone.exit_code == 3);
+    CHECK_MESSAGE(gone.err.find("cannot connect to PostgreSQL") != std::string::npos, gone.err);
+
+    // A database or a user that does not exist; a URI libpq cannot parse; a password in the URI
+    // is never printed.
+    auto nodb = start_broker(dir, "postgresql:///nosuchdb?host=" + pg.socket_dir() +
+                                      "&port=" + std::to_string(pg.port()) + "&user=errand");
+    CHECK(nodb.exit_code == 3);
+    CHECK_MESSAGE(nodb.err.find("\"nosuchdb\" does not exist") != std::string::npos, nodb.err);
+    auto bad = start_broker(dir, "postgresql://errand:s3cret@[::1/errand");
+    CHECK(bad.exit_code == 3);
+    CHECK_MESSAGE(bad.err.find("cannot connect to PostgreSQL") != std::string::npos, bad.err);
+    CHECK(bad.err.find("s3cret") == std::string::npos);
+
+    // A database that belongs to another application.
+    broker::pg::Connection(pg.conninfo()).exec("CREATE TABLE jobs (id int)");
+    auto theirs = start_broker(dir, pg.uri());
+    CHECK(theirs.exit_code == 3);
+    CHECK_MESSAGE(theirs.err.find("this database is not errand's") != std::string::npos,
+                  theirs.err);
+    broker::pg::Connection(pg.conninfo()).exec("DROP TABLE jobs");
+
+    // A schema newer than this errand.
+    { Broker ok(dir, {"--db", pg.uri()}); }
+    broker::pg::Connection(pg.conninfo()).exec("UPDATE errand_schema SET version = version + 1");
+    auto newer = start_broker(dir, pg.uri());
+    CHECK(newer.exit_code == 3);
+    CHECK_MESSAGE(newer.err.find("newer than this errand") != std::string::npos, newer.err);
 }

@@ -152,3 +152,87 @@ TEST_CASE("security: roles: a client key cannot act as a worker, a worker key ca
     CHECK(as_admin->command == cmd::kJob);
     CHECK(client.status(id).state == JobState::cancelled);
 }
+
+TEST_CASE("security: deleting a key's file revokes it without a restart; SIGHUP re-reads too") {
+    TempDir tmp;
+    Keys keys(tmp);
+    Broker broker(tmp, keys.broker_args(), keys.client("admin"));
+    auto opts = broker.client_options(1000);
+    opts.curve = keys.client("client");
+    Client open_connection(opts);
+    REQUIRE(open_connection.list().empty());
+
+    const std::string client_file = read_file(keys.authorized / "client.pub");
+    fs::remove(keys.authorized / "client.pub");
+    // A new connection with the revoked key is refused in the handshake...
+    const bool refused = wait_until(
+        [&] {
+            Client fresh(opts);
+            try {
+                fresh.ping();
+                return false;
+            } catch (const ConnectionError&) {
+                return true;
+            }
+        },
+        10s, 100ms);
+    CHECK_MESSAGE(refused, broker.logs());
+    // ...and the connection it opened before gets `forbidden` for everything it sends.
+    try {
+        open_connection.list();
+        FAIL("a revoked key's open connection was served");
+    } catch (const BrokerError& e) {
+        CHECK(e.code() == ErrorCode::forbidden);
+        CHECK(std::string(e.what()).find("no longer authorised") != std::string::npos);
+    }
+    // Other keys are untouched.
+    auto admin = broker.client_options(1000);
+    admin.curve = keys.client("admin");
+    Client(admin).ping();
+
+    // A key file written back is admitted again, also without a restart.
+    write_file(keys.authorized / "client.pub", client_file);
+    const bool admitted = wait_until(
+        [&] {
+            Client fresh(opts);
+            try {
+                fresh.ping();
+                return true;
+            } catch (const ConnectionError&) {
+                return false;
+            }
+        },
+        10s, 100ms);
+    CHECK_MESSAGE(admitted, broker.logs());
+
+    broker.process().kill(SIGHUP);
+    CHECK_MESSAGE(
+        wait_until(
+            [&] {
+                return broker.process().err().find("SIGHUP: authorized keys re-read: 3 keys") !=
+                       std::string::npos;
+            },
+            5s),
+        broker.logs());
+}
+
+TEST_CASE("security: --events off loopback without CURVE warns like --listen; on loopback not") {
+    TempDir tmp;
+    const std::string open_events = "tcp://0.0.0.0:" + std::to_string(free_port());
+    Broker exposed(tmp, {"--events", open_events});
+    CHECK_MESSAGE(wait_until(
+                      [&] {
+                          return exposed.process().err().find("events on " + open_events +
+                                                              " without CURVE") !=
+                                 std::string::npos;
+                      },
+                      5s),
+                  exposed.logs());
+
+    TempDir other;
+    Broker quiet(other, {"--events", "tcp://127.0.0.1:" + std::to_string(free_port())});
+    REQUIRE(wait_until(
+        [&] { return quiet.process().err().find("events published on") != std::string::npos; },
+        5s));
+    CHECK(quiet.process().err().find("without CURVE") == std::string::npos);
+}

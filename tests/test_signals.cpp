@@ -3,6 +3,9 @@
 // waiters and workers, SIGHUP reopens the daemons' log files.
 #include <doctest/doctest.h>
 
+#include <signal.h>
+#include <sys/types.h>
+
 #include <algorithm>
 #include <map>
 #include <string>
@@ -83,6 +86,69 @@ TEST_CASE("signals: SIGTERM drains a worker: a long job is stopped and handed ba
     CHECK(done->attempts == 2);
     CHECK(done->max_attempts == 4);
     CHECK(done->result == std::optional<std::string>("done\n"));
+}
+
+namespace {
+
+// True when no process `pid` runs: /proc has no entry, or it is a zombie waiting for init.
+bool process_gone(pid_t pid) {
+    const std::string stat = read_file("/proc/" + std::to_string(pid) + "/stat");
+    if (stat.empty()) return true;
+    const auto paren = stat.rfind(')');
+    return paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z';
+}
+
+pid_t pid_in(const std::filesystem::path& file) {
+    const std::string text = read_file(file);
+    return text.empty() ? 0 : static_cast<pid_t>(std::stol(text));
+}
+
+}  // namespace
+
+TEST_CASE("signals: a SIGKILLed worker takes its job's processes with it, children included") {
+    TempDir dir;
+    Broker broker(dir);
+    errand::Client client(broker.client_options());
+    const auto leader = dir / "leader.pid";
+    const auto child = dir / "child.pid";
+    // The job's leader (the shell) and a process it started in the background, which is no
+    // child of the worker and so not reached by the leader's PR_SET_PDEATHSIG.
+    const std::string command = "echo $$ > " + leader.string() + ".tmp; mv " + leader.string() +
+                                ".tmp " + leader.string() + "; sleep 300 & echo $! > " +
+                                child.string() + ".tmp; mv " + child.string() + ".tmp " +
+                                child.string() + "; wait";
+    client.submit(job_spec("long", "", 3));
+    WorkerDaemon worker(dir, broker.endpoint(),
+                        {.name = "doomed",
+                         .queues = {"long=" + command},
+                         .concurrency = 1,
+                         .allow_commands = false,
+                         .extra_args = {}});
+    REQUIRE_MESSAGE(wait_until([&] { return pid_in(leader) > 0 && pid_in(child) > 0; }, 10s),
+                    worker.logs());
+    const pid_t leader_pid = pid_in(leader);
+    const pid_t child_pid = pid_in(child);
+    REQUIRE(!process_gone(leader_pid));
+    REQUIRE(!process_gone(child_pid));
+    // The worker's main thread forked one process, before any thread existed: the reaper.
+    const std::string main_thread = "/proc/" + std::to_string(worker.process().pid()) + "/task/" +
+                                    std::to_string(worker.process().pid());
+    const pid_t reaper_pid = static_cast<pid_t>(std::stol(read_file(main_thread + "/children")));
+    CHECK(read_file("/proc/" + std::to_string(reaper_pid) + "/comm") == "errand-reaper\n");
+
+    worker.kill9();
+    const bool gone = wait_until(
+        [&] {
+            return process_gone(leader_pid) && process_gone(child_pid) && process_gone(reaper_pid);
+        },
+        5s);
+    CHECK_MESSAGE(process_gone(leader_pid), "the job's leader " << leader_pid << " still runs");
+    CHECK_MESSAGE(process_gone(child_pid), "the job's child " << child_pid << " still runs");
+    CHECK_MESSAGE(process_gone(reaper_pid), "the reaper " << reaper_pid << " still runs");
+    if (!gone) {  // do not leave a sleep behind a failed run
+        ::kill(leader_pid, SIGKILL);
+        ::kill(child_pid, SIGKILL);
+    }
 }
 
 TEST_CASE("signals: a second SIGTERM ends the drain at once") {
@@ -502,4 +568,170 @@ TEST_CASE("signals: RELEASE and DRAIN on the wire (fencing, stale, no dispatch a
     auto finished = client.status(id);
     CHECK(finished.state == errand::JobState::succeeded);
     CHECK(finished.attempts == 2);
+}
+
+TEST_CASE("protocol: REGISTERED tells a worker the broker's limits") {
+    TempDir dir;
+    Broker broker(dir, {"--max-result", "100", "--max-batch", "50", "--max-message", "2000000"});
+    RawConnection conn(broker.endpoint());
+    errand::RegisterRequest reg;
+    reg.req = 3;
+    reg.instance = "raw-limits";
+    reg.name = "raw";
+    reg.queues = {"q"};
+    reg.concurrency = 1;
+    conn.send(errand::cmd::kRegister, errand::encode(reg));
+    auto msg = next_message(conn, 5s);
+    REQUIRE(msg);
+    REQUIRE(msg->command == errand::cmd::kRegistered);
+    auto rep = errand::decode_registered(errand::Body(msg->body).reader());
+    CHECK(rep.req == 3);
+    CHECK(rep.max_result == 100);
+    CHECK(rep.max_batch == 50);
+    CHECK(rep.max_message == 2000000);
+}
+
+TEST_CASE("protocol: errors answering DONE, FAIL, PROGRESS and CREDIT carry id, attempt, req") {
+    TempDir dir;
+    Broker broker(dir, {"--max-result", "100"});
+    errand::Client client(broker.client_options());
+    auto id = client.submit(job_spec("q", "p")).id;
+
+    // CREDIT before REGISTER: not_registered, with the req it carried.
+    RawConnection conn(broker.endpoint());
+    conn.send(errand::cmd::kCredit, errand::Writer(2).u64("n", 1).u64("req", 41).take());
+    auto unregistered = next_message(conn, 5s);
+    REQUIRE(unregistered);
+    REQUIRE(unregistered->command == errand::cmd::kError);
+    auto e0 = errand::decode_error(errand::Body(unregistered->body).reader());
+    CHECK(e0.code == errand::ErrorCode::not_registered);
+    CHECK(e0.req == std::optional<std::uint64_t>(41));
+
+    register_raw(conn, "raw-errors", "q", 1);
+    auto dispatch = next_message(conn, 5s);
+    REQUIRE(dispatch);
+    REQUIRE(dispatch->command == errand::cmd::kDispatch);
+    auto d = errand::decode_dispatch(errand::Body(dispatch->body).reader());
+    REQUIRE(d.id == id);
+
+    auto expect_error = [&](std::string_view command, const std::string& body,
+                            errand::ErrorCode code, std::uint64_t req) {
+        CAPTURE(command);
+        conn.send(command, body);
+        auto msg = next_message(conn, 5s);
+        REQUIRE(msg);
+        REQUIRE(msg->command == errand::cmd::kError);
+        auto e = errand::decode_error(errand::Body(msg->body).reader());
+        CHECK(e.code == code);
+        CHECK(e.req == std::optional<std::uint64_t>(req));
+        CHECK(e.id == std::optional<errand::JobId>(id));
+        CHECK(e.attempt == std::optional<std::uint32_t>(d.attempt));
+    };
+    // A result over --max-result.
+    expect_error(errand::cmd::kDone,
+                 errand::Writer(4)
+                     .u64("req", 7)
+                     .u64("id", id)
+                     .u64("attempt", d.attempt)
+                     .bin("result", std::string(200, 'x'))
+                     .take(),
+                 errand::ErrorCode::too_large, 7);
+    // A FAIL without its error.
+    expect_error(errand::cmd::kFail,
+                 errand::Writer(3).u64("req", 8).u64("id", id).u64("attempt", d.attempt).take(),
+                 errand::ErrorCode::bad_request, 8);
+    // A PROGRESS over 100 %.
+    expect_error(errand::cmd::kProgress,
+                 errand::Writer(4)
+                     .u64("req", 9)
+                     .u64("id", id)
+                     .u64("attempt", d.attempt)
+                     .u64("percent", 101)
+                     .take(),
+                 errand::ErrorCode::bad_request, 9);
+    CHECK(client.status(id).state == errand::JobState::running);
+
+    // A result of an attempt that is not current: stale, with the req.
+    conn.send(errand::cmd::kDone, errand::Writer(4)
+                                      .u64("req", 10)
+                                      .u64("id", id)
+                                      .u64("attempt", d.attempt + 1)
+                                      .bin("result", "r")
+                                      .take());
+    auto stale = next_message(conn, 5s);
+    REQUIRE(stale);
+    REQUIRE(stale->command == errand::cmd::kError);
+    auto es = errand::decode_error(errand::Body(stale->body).reader());
+    CHECK(es.code == errand::ErrorCode::stale);
+    CHECK(es.req == std::optional<std::uint64_t>(10));
+    CHECK(es.attempt == std::optional<std::uint32_t>(d.attempt + 1));
+
+    // DONE's result is optional: without one the job succeeds with an empty result.
+    conn.send(errand::cmd::kDone, errand::Writer(2).u64("id", id).u64("attempt", d.attempt).take());
+    auto ack = next_message(conn, 5s);
+    REQUIRE(ack);
+    REQUIRE(ack->command == errand::cmd::kAck);
+    auto job = client.status(id);
+    CHECK(job.state == errand::JobState::succeeded);
+    CHECK(job.result == std::optional<std::string>(""));
+}
+
+TEST_CASE("protocol: a worker daemon cuts results to the broker's --max-result") {
+    TempDir dir;
+    Broker broker(dir, {"--max-result", "200"});
+    errand::Client client(broker.client_options());
+    auto id = client.submit(job_spec("big", "")).id;
+    WorkerDaemon worker(dir, broker.endpoint(),
+                        {.name = "cutter",
+                         .queues = {"big=yes | head -c 5000"},
+                         .concurrency = 1,
+                         .allow_commands = false,
+                         .extra_args = {}});
+    auto job = client.wait(id, 10s);
+    REQUIRE_MESSAGE(job, worker.logs() << broker.logs());
+    CHECK(job->state == errand::JobState::succeeded);
+    REQUIRE(job->result);
+    CHECK(job->result->size() == 200);
+    CHECK(job->result->find("[errand: output truncated at 200 bytes]") != std::string::npos);
+}
+
+TEST_CASE("protocol: a token names one job: a batch that repeats it, a reuse for another job") {
+    TempDir dir;
+    Broker broker(dir);
+    errand::Client client(broker.client_options());
+    RawConnection conn(broker.endpoint());
+    auto submit = [&](std::vector<errand::JobSpec> jobs) {
+        errand::SubmitRequest req;
+        req.req = 1;
+        req.jobs = std::move(jobs);
+        conn.send(errand::cmd::kSubmit, errand::encode(req));
+        auto msg = next_message(conn, 5s);
+        REQUIRE(msg);
+        REQUIRE_MESSAGE(msg->command == errand::cmd::kSubmitted, msg->command);
+        return errand::decode_submitted(errand::Body(msg->body).reader());
+    };
+    auto with_token = [](std::string queue, std::string payload, std::string token) {
+        auto spec = job_spec(std::move(queue), std::move(payload));
+        spec.token = std::move(token);
+        return spec;
+    };
+    // The same token twice in one batch: one job, the second entry is its duplicate.
+    auto first = submit({with_token("a", "one", "t1"), with_token("a", "two", "t1")});
+    REQUIRE(first.ids.size() == 2);
+    CHECK(first.ids[0] == first.ids[1]);
+    CHECK(first.duplicate == std::vector<bool>{false, true});
+    // The token again for a different job (other queue, other payload): the first job, unchanged.
+    auto reused = submit({with_token("b", "three", "t1")});
+    CHECK(reused.ids == std::vector<errand::JobId>{first.ids[0]});
+    CHECK(reused.duplicate == std::vector<bool>{true});
+    auto job = client.status(first.ids[0]);
+    CHECK(job.queue == "a");
+    CHECK(job.payload_size == 3);
+    CHECK(client.list().size() == 1);
+    // Once its job is gone (cancelled, then purged) the token names nothing: a new job.
+    client.cancel(first.ids[0]);
+    REQUIRE(client.purge(errand::JobState::cancelled) == 1);
+    auto fresh = submit({with_token("b", "four", "t1")});
+    CHECK(fresh.ids[0] > first.ids[0]);
+    CHECK(fresh.duplicate == std::vector<bool>{false});
 }

@@ -528,6 +528,21 @@ TEST_CASE("a foreign or corrupt file is refused with a clear error") {
                          StoreError);
 }
 
+TEST_CASE("an empty (0-byte) file is refused, not taken for a new database") {
+    TempDir dir;
+    { std::ofstream f(dir.db()); }
+    REQUIRE(fs::file_size(dir.db()) == 0);
+    CHECK_THROWS_WITH_AS(SqliteStore(dir.db()), doctest::Contains("is empty (0 bytes)"),
+                         StoreError);
+    CHECK(fs::file_size(dir.db()) == 0);
+    CHECK_FALSE(fs::exists(dir.db() + "-wal"));
+    // No file at all is a new database.
+    fs::remove(dir.db());
+    { SqliteStore store(dir.db()); }
+    CHECK(fs::file_size(dir.db()) > 0);
+    { SqliteStore again(dir.db()); }
+}
+
 TEST_CASE("a database from a newer errand is refused") {
     TempDir dir;
     { SqliteStore store(dir.db()); }

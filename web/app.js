@@ -10,6 +10,12 @@ const CHART_SECONDS = 120;
 
 const $ = (sel) => document.querySelector(sel);
 
+// The broker's HTTP token, which it wrote into this page: every POST carries it as the
+// X-Errand-Token header (a page of another site can neither read it nor send a request with a
+// custom header here). Empty: the broker runs with --http-readonly, and the page offers no
+// actions.
+const TOKEN = document.querySelector('meta[name="errand-token"]')?.content || '';
+
 // el('td', {class: 'n', 'data-state': 'ready'}, 'text', childNode…)
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -159,7 +165,7 @@ async function act(id, action, button) {
   button.disabled = true;
   const msg = $('#action-msg');
   try {
-    await api(`/api/jobs/${id}/${action}`, {method: 'POST'});
+    await api(`/api/jobs/${id}/${action}`, {method: 'POST', headers: {'X-Errand-Token': TOKEN}});
     msg.textContent = `job ${id}: ${action === 'retry' ? 'retried' : 'cancelled'}`;
   } catch (e) {
     msg.textContent = `job ${id}: ${action} failed: ${e.message}`;
@@ -175,7 +181,8 @@ function renderFailed(dead, retrying) {
     el('td', {class: 'n'}, `${j.attempts}/${j.max_attempts}`),
     el('td', {class: 'err', title: j.error || ''}, j.error || ''),
     el('td', {},
-       j.state === 'dead'
+       !TOKEN ? null
+       : j.state === 'dead'
          ? el('button', {class: 'retry', type: 'button', 'data-job': j.id,
                          onclick: (ev) => act(j.id, 'retry', ev.target)}, 'Retry')
          : el('button', {class: 'cancel', type: 'button', 'data-job': j.id,

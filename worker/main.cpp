@@ -27,6 +27,7 @@
 #include "logging.hpp"
 #include "notify.hpp"
 #include "process.hpp"
+#include "reaper.hpp"
 #include "signals.hpp"
 
 namespace {
@@ -220,6 +221,16 @@ int main(int argc, char** argv) {
         return 0;
     }
 
+    // Forked while this process has one thread (reaper.hpp): it kills what jobs leave running
+    // should this daemon die without stopping them, SIGKILL included.
+    errand::workerd::Reaper reaper;
+    try {
+        reaper = errand::workerd::Reaper::start();
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "errand-worker: cannot start the job reaper: %s\n", e.what());
+        return kExitFailed;
+    }
+
     try {
         errand::daemon::setup_logging({.name = "errand-worker",
                                        .level = log_level,
@@ -287,7 +298,8 @@ int main(int argc, char** argv) {
                 .kill_grace_ms = *kill_grace,
                 .permanent_exit_code = permanent_exit_code > 0
                                            ? std::optional<int>(permanent_exit_code)
-                                           : std::nullopt};
+                                           : std::nullopt,
+                .reaper_fd = reaper.fd()};
             worker.handle(
                 queue.name,
                 [policy](const errand::Job& job) {

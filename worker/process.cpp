@@ -29,6 +29,7 @@
 
 #include "errand/clock.hpp"
 #include "errand/duration.hpp"
+#include "reaper.hpp"
 
 extern char** environ;
 
@@ -122,10 +123,11 @@ class SigpipeBlock {
 
 // A forked child that leads its own process group (pgid == pid). Until it is reaped its pid, and
 // so the group id, cannot be reused: exited() leaves it a zombie so kill(-pid) stays safe. If
-// the run ends on an exception, the destructor kills the group and reaps the leader.
+// the run ends on an exception, the destructor kills the group and reaps the leader. With a
+// reaper, wait() unregisters the group first, while the id is still ours.
 class Child {
   public:
-    explicit Child(pid_t pid) : pid_(pid) {}
+    Child(pid_t pid, int reaper_fd) : pid_(pid), reaper_fd_(reaper_fd) {}
     ~Child() {
         if (!reaped_) {
             kill_group(SIGKILL);
@@ -147,6 +149,7 @@ class Child {
 
     // Reaps the child (blocking) and returns its wait status.
     int wait() {
+        if (!reaper_remove(reaper_fd_, pid_)) warn_reaper_gone();
         int status = 0;
         while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
         }
@@ -155,7 +158,16 @@ class Child {
     }
 
   private:
+    static void warn_reaper_gone() {
+        static std::atomic<bool> warned{false};
+        if (!warned.exchange(true))
+            spdlog::warn(
+                "the job reaper is gone: a job's background processes will not die with this "
+                "worker if it is killed");
+    }
+
     pid_t pid_;
+    int reaper_fd_;
     bool reaped_ = false;
 };
 
@@ -233,12 +245,14 @@ ExecPlan make_plan(const RunSpec& spec) {
 // The child between vfork and exec. Async-signal-safe calls only. `fds` are the parent's fds
 // that become the child's 0, 1, 2 and, when not -1, 3 (kProgressFd).
 [[noreturn]] void exec_child(const ExecPlan& plan, std::array<int, 4> fds, int error_fd,
-                             pid_t parent) {
+                             pid_t parent, int reaper_fd) {
     ::setpgid(0, 0);
     // Die with the worker. PDEATHSIG fires when the forking *thread* exits; if the parent died
-    // before prctl took effect, nobody would ever kill us, hence the getppid check.
+    // before prctl took effect, nobody would ever kill us, hence the getppid check. What we start
+    // after exec is reached through the reaper, told of our group before anything else runs.
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (::getppid() != parent) ::_exit(kSpawnFailed);
+    reaper_add(reaper_fd, ::getpid());
 
     // Dispositions first, then the mask (all signals are blocked since before vfork). The child
     // has its own copy of the dispositions: resetting them does not touch the worker's.
@@ -404,13 +418,13 @@ RunResult run_process(const RunSpec& spec) {
     const pid_t pid = ::vfork();
     if (pid == 0)
         exec_child(plan, {in.read.get(), out.write.get(), err.write.get(), progress.write.get()},
-                   exec_error.write.get(), parent);
+                   exec_error.write.get(), parent, spec.reaper_fd);
     const int fork_error = errno;  // (the child may have set errno too: read only on failure)
     ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
     if (pid < 0) return spawn_failed(fork_error);
 
     ::setpgid(pid, pid);  // also here, so kill(-pid) works before the child gets to it
-    Child child(pid);
+    Child child(pid, spec.reaper_fd);
     in.read.reset();
     out.write.reset();
     err.write.reset();
@@ -616,16 +630,19 @@ Outcome run_job(const Job& job, const JobPolicy& policy) {
     spec.extra_env = {{"ERRAND_JOB_ID", std::to_string(job.id)},
                       {"ERRAND_QUEUE", job.queue},
                       {"ERRAND_ATTEMPT", std::to_string(job.attempt)}};
-    spec.max_output = policy.max_output;
+    // The broker's --max-result bounds it too: a result it refuses would never be applied.
+    const std::size_t max_output = std::min(policy.max_output, job.max_result);
+    spec.max_output = max_output;
     spec.timeout = job.timeout && job.timeout->count() > 0 ? std::optional(job.timeout->count())
                                                            : policy.default_timeout;
     spec.kill_grace_ms = policy.kill_grace_ms;
     spec.cancel = job.cancel_flag();
     spec.terminate = policy.terminate;
+    spec.reaper_fd = policy.reaper_fd;
     spec.on_progress = [&job](std::uint32_t percent, std::string_view message) {
         job.progress(percent, std::string(message));
     };
-    return outcome_of(run_process(spec), policy.max_output, policy.permanent_exit_code);
+    return outcome_of(run_process(spec), max_output, policy.permanent_exit_code);
 }
 
 namespace {

@@ -40,6 +40,10 @@ struct RunSpec {
     // '\n' counts too) that parse_progress_line accepts is passed here, in order, on the thread
     // that called run_process; other lines are dropped with a debug log.
     std::function<void(std::uint32_t percent, std::string_view message)> on_progress;
+    // The job reaper's socket (reaper.hpp), or -1. With one, the child's process group is
+    // registered with the reaper before exec and unregistered before the child is reaped, so
+    // the whole group dies with the daemon, not only the leader.
+    int reaper_fd = -1;
 };
 
 // The longest progress line read from fd 3; the rest of a longer line is discarded.
@@ -67,7 +71,9 @@ struct RunResult {
 //
 // Contract:
 //  - The child leads its own process group (pgid == pid) and gets SIGKILL when the thread that
-//    called run_process dies, so call it from a thread that lives until it returns.
+//    called run_process dies (PR_SET_PDEATHSIG follows the forking *thread*), so call it from a
+//    thread that lives until it returns (errand::Worker's pool threads live as long as run()).
+//    The rest of the group dies with the daemon only through the reaper (RunSpec::reaper_fd).
 //  - Signal dispositions and mask are reset to defaults in the child; it inherits no fds but 0-2
 //    (and 3, the progress pipe, with on_progress).
 //  - When the child exits, whatever is left of its process group is SIGKILLed, the pipes
@@ -111,6 +117,7 @@ struct JobPolicy {
     Millis kill_grace_ms = 5000;
     std::optional<int> permanent_exit_code = 99;   // this exit code fails the job permanently
     const std::atomic<bool>* terminate = nullptr;  // see RunSpec::terminate
+    int reaper_fd = -1;                            // see RunSpec::reaper_fd
 };
 
 // Runs a job: its own argv when it has one (only with allow_commands), else the queue's command.

@@ -35,6 +35,10 @@ struct Job {
     std::string payload{};
     std::optional<std::vector<std::string>> argv{};
     std::optional<std::chrono::milliseconds> timeout{};  // the job's own timeout, if it has one
+    // The most result bytes the broker takes (its --max-result, learnt from REGISTERED, and at
+    // most WorkerOptions::max_result). A longer result is cut to this before it is sent; a
+    // handler that wants to mark the cut (the daemon does) cuts it itself.
+    std::size_t max_result = limits::kDefaultMaxResult;
 
     // True once the broker cancelled this attempt (or it timed out there): stop soon.
     bool cancelled() const;
@@ -83,6 +87,7 @@ struct WorkerOptions {
     // timeouts run) from dispatch, so keep it 0 for long jobs.
     std::uint32_t prefetch = 0;
     bool accept_commands = false;  // take jobs that carry their own argv
+    // Results are cut to this, or to the broker's --max-result when that is smaller.
     std::size_t max_result = limits::kDefaultMaxResult;
     std::optional<CurveClient> curve{};  // encrypt and authenticate (see docs/SECURITY.md)
     // How long stop() lets running jobs finish before it cancels them (Job::cancelled()) and

@@ -154,6 +154,11 @@ struct RegisteredReply {
     Millis expiry_ms = 0;
     std::vector<JobId> held_ok;
     std::vector<JobId> held_rejected;
+    // The broker's limits a worker must respect. A broker that predates them sends none: the
+    // defaults are the limits such a broker starts with.
+    std::uint64_t max_result = limits::kDefaultMaxResult;    // bytes of a DONE/FAIL result
+    std::uint64_t max_message = limits::kDefaultMaxMessage;  // bytes of one whole message
+    std::uint64_t max_batch = limits::kMaxBatch;             // results in one RESULTS
 };
 
 struct Dispatch {

@@ -1,7 +1,9 @@
 // The dashboard in a real browser: a real broker (--http on a free port) and worker daemon, jobs
 // submitted with the real CLI, headless Chromium (Debian's /usr/bin/chromium) driven by
-// playwright-core. Checks that counts change live, that a dead job can be retried from the page,
-// and keeps screenshots as artifacts.
+// playwright-core. Checks that counts change live, that a dead job can be retried from the page
+// (a POST that needs the broker's token, which the page carries), that a page of another site
+// can neither cancel a job nor read one through DNS rebinding (Chromium resolves evil.test to
+// 127.0.0.1), and keeps screenshots as artifacts.
 //
 // Environment: ERRAND_BROKER_BIN, ERRAND_WORKER_BIN, ERRAND_CLI_BIN (set by meson test),
 // ERRAND_ARTIFACTS_DIR (default: ./artifacts), CHROMIUM (default: /usr/bin/chromium).
@@ -9,6 +11,7 @@
 import { spawn, execFile } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync, readFileSync, openSync } from 'node:fs';
 import { createServer } from 'node:net';
+import { createServer as createHttpServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -82,6 +85,7 @@ function assert(cond, message) {
 }
 
 let browser;
+let attackerSite;
 let failed = false;
 try {
   const zmqPort = await freePort();
@@ -99,7 +103,17 @@ try {
                    '--queue', "thumbnails=echo '60% resizing' >&3; exec sleep 60",
                    '--concurrency', '4', '--permanent-exit-code', '99']);
 
-  browser = await chromium.launch({ executablePath: chromiumPath, args: ['--no-sandbox'], headless: true, timeout: 30000 });
+  // A site of the attacker's, http://evil.test:PORT: Chromium resolves evil.test to 127.0.0.1,
+  // as it would after a DNS rebinding.
+  const attackerPort = await freePort();
+  attackerSite = createHttpServer((req, res) => {
+    res.writeHead(200, { 'Content-Type': 'text/html' });
+    res.end('<!doctype html><title>evil</title><p>nothing to see</p>');
+  });
+  await new Promise((resolve) => attackerSite.listen(attackerPort, '127.0.0.1', resolve));
+  browser = await chromium.launch({
+    executablePath: chromiumPath, headless: true, timeout: 30000,
+    args: ['--no-sandbox', '--host-resolver-rules=MAP evil.test 127.0.0.1'] });
   const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
   page.setDefaultTimeout(15000);
   const pageErrors = [];
@@ -159,6 +173,38 @@ try {
   await cellIs('reports', 'succeeded', 1);
   await page.screenshot({ path: join(artifacts, 'dashboard-after-retry.png'), fullPage: true });
 
+  // The attacks, from a page of another site in the same browser. Cross-site request forgery:
+  // a "simple" POST (no-cors, text/plain) and one with a guessed token header (preflighted).
+  const attacker = await browser.newPage();
+  await attacker.goto(`http://evil.test:${attackerPort}/`);
+  const csrf = await attacker.evaluate(async ([target, id]) => {
+    const out = [];
+    try {
+      await fetch(`${target}/api/jobs/${id}/cancel`, { method: 'POST', mode: 'no-cors',
+        headers: { 'Content-Type': 'text/plain' }, body: 'x' });
+      out.push('simple POST sent');
+    } catch (e) { out.push(`simple POST failed: ${e}`); }
+    try {
+      const r = await fetch(`${target}/api/jobs/${id}/cancel`, { method: 'POST',
+        headers: { 'X-Errand-Token': 'guess' } });
+      out.push(`POST with a header answered ${r.status}`);
+    } catch (e) { out.push(`POST with a header failed: ${e}`); }
+    return out;
+  }, [base, thumb]);
+  console.log(`cross-site POSTs: ${csrf.join('; ')}`);
+  const afterCsrf = JSON.parse(await cli('status', thumb, '--json')).state;
+  assert(afterCsrf === 'running', `job ${thumb} still running after the cross-site POSTs: ${afterCsrf}`);
+  // DNS rebinding: the attacker's name now points at the broker; the broker refuses the name.
+  const rebound = await attacker.goto(`http://evil.test:${httpPort}/`);
+  assert(rebound.status() === 421, `the rebound page is refused: ${rebound.status()}`);
+  const read = await attacker.evaluate(async (id) => {
+    const r = await fetch(`/api/jobs/${id}`);
+    return { status: r.status, body: await r.text() };
+  }, thumb);
+  assert(read.status === 421 && !read.body.includes('"payload"'),
+         `a rebound read is refused: ${read.status} ${read.body}`);
+  await attacker.close();
+
   // Cancel the long-running thumbnail from the API the page uses; the page follows.
   await cli('cancel', thumb);
   await page.waitForSelector(`#running tr[data-job-id="${thumb}"]`, { state: 'detached' });
@@ -170,6 +216,7 @@ try {
   console.error(logs());
 } finally {
   if (browser) await browser.close().catch(() => {});
+  if (attackerSite) attackerSite.close();
   for (const { child } of children) {
     try { process.kill(-child.pid, 'SIGKILL'); } catch { /* gone */ }
   }

@@ -1,0 +1,532 @@
+// Several brokers, all active, on one PostgreSQL database (issue 12, stage 2): real brokers on
+// their own ports sharing a database started for the test, library workers and clients spread
+// over them. The database is the only truth: every job runs once whichever broker its worker is
+// connected to, attempts are counted by the database, pauses, tokens and unique keys hold
+// across brokers, and the jobs of a broker that died are taken over by the others.
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "harness.hpp"
+#include "pg.hpp"
+#include "pg_server.hpp"
+
+using namespace errand;
+using namespace errand::test;
+
+namespace {
+
+// Brokers on the test's database, with short heartbeats so a dead broker is noticed quickly.
+std::vector<std::string> cluster_args(const PgServer& pg) {
+    return {"--db", pg.uri(), "--heartbeat", "200ms", "--worker-timeout", "1s"};
+}
+
+std::int64_t scalar(const PgServer& pg, const std::string& sql) {
+    broker::pg::Connection c(pg.conninfo());
+    return c.query(sql).i64(0, 0);
+}
+
+// A library worker on one broker that counts how often each job ran.
+struct CountingWorker {
+    // `work`: how long each job takes (a job being run when its broker dies).
+    CountingWorker(const Broker& broker, std::string worker_name, std::vector<std::string> queues,
+                   std::chrono::milliseconds work = 0ms)
+        : name(std::move(worker_name)),
+          worker({.endpoint = broker.endpoint(),
+                  .name = name,
+                  .concurrency = 2,
+                  .prefetch = 2,
+                  .accept_commands = false,
+                  .max_result = limits::kDefaultMaxResult}) {
+        for (const auto& q : queues)
+            worker.handle(q, [this, work](const Job& job) {
+                if (work > 0ms) std::this_thread::sleep_for(work);
+                std::lock_guard lock(mu);
+                ++runs[job.id];
+                return Outcome::success("ran:" + job.payload);
+            });
+        thread = std::make_unique<WorkerThread>(worker);
+    }
+    std::map<JobId, int> snapshot() {
+        std::lock_guard lock(mu);
+        return runs;
+    }
+
+    std::string name;
+    Worker worker;
+    std::mutex mu;
+    std::map<JobId, int> runs;
+    std::unique_ptr<WorkerThread> thread;
+};
+
+}  // namespace
+
+TEST_CASE("three brokers on one database: every job runs once, attempts counted by the database") {
+    PgServer pg;
+    TempDir d1, d2, d3;
+    Broker b1(d1, cluster_args(pg)), b2(d2, cluster_args(pg)), b3(d3, cluster_args(pg));
+    std::vector<Broker*> brokers{&b1, &b2, &b3};
+    CountingWorker w1(b1, "w1", {"q"}), w2(b2, "w2", {"q"}), w3(b3, "w3", {"q"});
+
+    constexpr int kJobs = 600;
+    std::vector<std::string> tokens;
+    std::vector<JobId> ids;
+    for (int batch = 0; batch < kJobs / 50; ++batch) {
+        // Through two of the brokers only: the third's worker gets its jobs from the database.
+        Client client(brokers[batch % 2]->client_options());
+        std::vector<JobSpec> specs;
+        for (int i = 0; i < 50; ++i) {
+            auto s = job_spec("q", std::to_string(batch * 50 + i));
+            s.token = unique_token();
+            tokens.push_back(*s.token);
+            specs.push_back(std::move(s));
+        }
+        for (const auto& r : client.submit_batch(std::move(specs))) {
+            CHECK_FALSE(r.duplicate);
+            ids.push_back(r.id);
+        }
+    }
+    // The same tokens sent again through another broker are the same jobs.
+    for (int i = 0; i < 30; ++i) {
+        Client other(brokers[(i / 50 + 1) % 3]->client_options());
+        auto s = job_spec("q", "again");
+        s.token = tokens[static_cast<std::size_t>(i)];
+        auto r = other.submit(s);
+        CHECK(r.duplicate);
+        CHECK(r.id == ids[static_cast<std::size_t>(i)]);
+    }
+
+    bool all_done = wait_until(
+        [&] { return scalar(pg, "SELECT count(*) FROM jobs WHERE state = 'succeeded'") == kJobs; },
+        60s, 50ms);
+    REQUIRE_MESSAGE(all_done, b1.logs(), b2.logs(), b3.logs());
+
+    std::map<JobId, int> runs;
+    for (auto* w : {&w1, &w2, &w3}) {
+        auto r = w->snapshot();
+        CHECK_MESSAGE(!r.empty(), w->name << " got no job");
+        for (auto [id, n] : r)
+            runs[id] += n;
+    }
+    CHECK(runs.size() == static_cast<std::size_t>(kJobs));
+    for (auto [id, n] : runs)
+        CHECK_MESSAGE(n == 1, "job " << id << " ran " << n << " times");
+    CHECK(scalar(pg, "SELECT count(*) FROM jobs") == kJobs);
+    CHECK(scalar(pg, "SELECT count(*) FROM jobs WHERE attempts <> 1") == 0);
+    CHECK(scalar(pg, "SELECT count(*) FROM job_events WHERE reason = 'dispatched'") == kJobs);
+    // Any broker answers for any job.
+    Client c3(b3.client_options());
+    auto first = c3.status(ids.front());
+    CHECK(first.state == JobState::succeeded);
+    CHECK(first.result == "ran:0");
+}
+
+TEST_CASE("PAUSE through one broker stops dispatch on the others; RESUME through a third") {
+    PgServer pg;
+    TempDir d1, d2, d3;
+    Broker a(d1, cluster_args(pg)), b(d2, cluster_args(pg)), c(d3, cluster_args(pg));
+    CountingWorker wb(b, "wb", {"p", "other"}), wc(c, "wc", {"p", "other"});
+
+    Client ca(a.client_options()), cb(b.client_options()), cc(c.client_options());
+    ca.pause("p");
+    std::vector<JobId> paused;
+    for (int i = 0; i < 4; ++i)
+        paused.push_back((i % 2 ? ca : cb).submit(job_spec("p", "x")).id);
+    // The workers are served meanwhile: jobs of another queue run through both brokers.
+    for (int i = 0; i < 6; ++i) {
+        auto id = (i % 2 ? cb : cc).submit(job_spec("other", "y")).id;
+        auto done = ca.wait(id, 10s);
+        REQUIRE_MESSAGE(done.has_value(), b.logs(), c.logs());
+        CHECK(done->state == JobState::succeeded);
+    }
+    for (JobId id : paused)
+        CHECK(cb.status(id).state == JobState::ready);
+    // C shows the pause too, once it refreshed its counts (each second).
+    CHECK(wait_until(
+        [&] {
+            auto queues = cc.queues();
+            return std::any_of(queues.begin(), queues.end(),
+                               [](const auto& q) { return q.name == "p" && q.paused; });
+        },
+        5s, 50ms));
+
+    cc.resume("p");
+    for (JobId id : paused) {
+        auto done = ca.wait(id, 10s);
+        REQUIRE_MESSAGE(done.has_value(), b.logs(), c.logs());
+        CHECK(done->state == JobState::succeeded);
+    }
+}
+
+TEST_CASE("a unique key and a token hold across brokers") {
+    PgServer pg;
+    TempDir d1, d2;
+    Broker a(d1, cluster_args(pg)), b(d2, cluster_args(pg));
+    Client ca(a.client_options()), cb(b.client_options());
+
+    auto s = job_spec("nobody", "x");
+    s.unique = "report-42";
+    auto first = ca.submit(s);
+    CHECK_FALSE(first.duplicate);
+    auto again = cb.submit(s);
+    CHECK(again.duplicate);
+    CHECK(again.id == first.id);
+
+    auto t = job_spec("nobody", "y");
+    t.token = unique_token();
+    auto one = cb.submit(t);
+    auto two = ca.submit(t);
+    CHECK_FALSE(one.duplicate);
+    CHECK(two.duplicate);
+    CHECK(two.id == one.id);
+
+    // Once the holder is finished, the key makes a new job, through either broker.
+    ca.cancel(first.id);
+    auto fresh = cb.submit(s);
+    CHECK_FALSE(fresh.duplicate);
+    CHECK(fresh.id > first.id);
+    CHECK(scalar(pg, "SELECT count(*) FROM jobs") == 3);
+}
+
+TEST_CASE("a broker that dies: its running attempt is taken over, its delayed job runs on time") {
+    PgServer pg;
+    TempDir d1, d2, wd;
+    Broker a(d1, cluster_args(pg)), b(d2, cluster_args(pg));
+    WorkerDaemon doomed(wd, a.endpoint(), {"doomed", {"slow=sleep 60"}, 1});
+    Client ca(a.client_options());
+    auto slow = ca.submit(job_spec("slow", "")).id;
+    REQUIRE_MESSAGE(wait_until([&] { return ca.status(slow).state == JobState::running; }, 10s),
+                    a.logs(), doomed.logs());
+    auto delayed_spec = job_spec("later", "z");
+    delayed_spec.delay_ms = 1500;
+    auto delayed = ca.submit(delayed_spec).id;
+    auto submitted_at = ca.status(delayed).created_at;
+
+    // The host goes: the broker and its worker die together.
+    a.kill9();
+    doomed.kill9();
+
+    // The broker that stays takes over: it never saw these jobs but in the database.
+    CountingWorker survivor(b, "survivor", {"slow", "later"});
+    Client cb(b.client_options());
+    auto rescued = cb.wait(slow, 20s);
+    REQUIRE_MESSAGE(rescued.has_value(), b.logs());
+    CHECK(rescued->state == JobState::succeeded);
+    CHECK(rescued->attempts == 2);
+    CHECK(rescued->worker == "survivor");
+    auto h = cb.history(slow);
+    CHECK(std::any_of(h.begin(), h.end(), [](const Event& e) {
+        return e.from == JobState::running && e.to == JobState::ready && e.reason == "worker lost";
+    }));
+
+    auto ran = cb.wait(delayed, 20s);
+    REQUIRE_MESSAGE(ran.has_value(), b.logs());
+    CHECK(ran->state == JobState::succeeded);
+    REQUIRE(ran->started_at.has_value());
+    CHECK(*ran->started_at >= submitted_at + 1500);
+    CHECK(*ran->started_at <= submitted_at + 1500 + 1000);
+}
+
+TEST_CASE(
+    "WAIT on one broker for a job finished through another: notified, also after the "
+    "waiting broker's connection was terminated") {
+    PgServer pg;
+    TempDir d1, d2, d3;
+    auto debug = cluster_args(pg);
+    debug.insert(debug.end(), {"--log-level", "debug"});  // B logs each WAIT it holds
+    Broker a(d1, cluster_args(pg)), b(d2, debug), c(d3, cluster_args(pg));
+    CountingWorker wc(c, "wc", {"w"});
+    int waits = 0;
+    auto count_waits = [&] {
+        auto logs = b.logs();
+        int n = 0;
+        for (auto at = logs.find("a client waits for it"); at != std::string::npos;
+             at = logs.find("a client waits for it", at + 1))
+            ++n;
+        return n;
+    };
+    Client ca(a.client_options()), cb(b.client_options()), cc(c.client_options());
+
+    // Submitted through A while the queue is paused, waited for on B, run through C once
+    // resumed: how long after the job finished B's waiter had its answer.
+    auto round = [&] {
+        ca.pause("w");
+        auto id = ca.submit(job_spec("w", "x")).id;
+        std::optional<JobInfo> got;
+        std::chrono::system_clock::time_point answered;
+        std::string failed;
+        std::thread waiter([&] {
+            try {
+                got = cb.wait(id, 15s);
+            } catch (const std::exception& e) {
+                failed = e.what();
+            }
+            answered = std::chrono::system_clock::now();
+        });
+        // The wait is registered on B before the job can finish.
+        ++waits;
+        bool waiting = wait_until([&] { return count_waits() >= waits; }, 5s);
+        cc.resume("w");
+        waiter.join();
+        REQUIRE(waiting);
+        REQUIRE_MESSAGE(got.has_value(), failed, b.logs());
+        CHECK(got->state == JobState::succeeded);
+        REQUIRE(got->finished_at.has_value());
+        auto at = std::chrono::duration_cast<std::chrono::milliseconds>(answered.time_since_epoch())
+                      .count();
+        return at - *got->finished_at;
+    };
+    std::vector<Millis> latency;
+    for (int i = 0; i < 5; ++i)
+        latency.push_back(round());
+    std::sort(latency.begin(), latency.end());
+    MESSAGE("finished through C -> answered on B, ms (sorted): "
+            << latency[0] << " " << latency[1] << " " << latency[2] << " " << latency[3] << " "
+            << latency[4]);
+    // Notified: a few ms. Without the notification only the one-second backstop would answer,
+    // ~500 ms in the middle.
+    CHECK(latency[2] <= 200);
+
+    // B's connection is cut: it reconnects and listens again, and its waiters are still answered
+    // (by the notification once it listens again, or by the backstop).
+    auto killed = scalar(pg,
+                         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                         "WHERE application_name = 'errand-broker pid=" +
+                             std::to_string(b.process().pid()) + "'");
+    CHECK(killed == 1);
+    auto after = round();
+    CHECK(after <= 3000);
+}
+
+TEST_CASE(
+    "PostgreSQL restarted (immediate) under load: nothing acknowledged is lost, the brokers "
+    "reconnect by themselves") {
+    PgServer pg;
+    TempDir d1, d2;
+    Broker a(d1, cluster_args(pg)), b(d2, cluster_args(pg));
+    CountingWorker wa(a, "wa", {"load"}), wb(b, "wb", {"load"});
+    Client ca(a.client_options()), cb(b.client_options());
+
+    // Each job is submitted with a token until acknowledged (a storage error while the database
+    // is down is an answer that nothing was stored: send it again).
+    constexpr int kJobs = 200;
+    std::vector<JobId> acked;
+    for (int i = 0; i < kJobs; ++i) {
+        if (i == kJobs / 2) pg.restart_immediate();
+        auto s = job_spec("load", std::to_string(i));
+        s.token = unique_token();
+        Client& c = i % 2 ? ca : cb;
+        std::optional<JobId> id;
+        bool ok = wait_until(
+            [&] {
+                try {
+                    id = c.submit(s).id;
+                    return true;
+                } catch (const std::runtime_error&) {  // BrokerError (storage), ConnectionError
+                    return false;
+                }
+            },
+            30s, 50ms);
+        REQUIRE_MESSAGE(ok, "job " << i << " never acknowledged", a.logs(), b.logs());
+        acked.push_back(*id);
+    }
+    bool all_done = wait_until(
+        [&] { return scalar(pg, "SELECT count(*) FROM jobs WHERE state = 'succeeded'") == kJobs; },
+        60s, 100ms);
+    REQUIRE_MESSAGE(all_done, a.logs(), b.logs());
+    CHECK(scalar(pg, "SELECT count(*) FROM jobs") == kJobs);
+    for (JobId id : acked)
+        CHECK(cb.status(id).state == JobState::succeeded);
+    CHECK(a.logs().find("reconnected to PostgreSQL") != std::string::npos);
+    CHECK(b.logs().find("reconnected to PostgreSQL") != std::string::npos);
+}
+
+TEST_CASE(
+    "three brokers SIGKILLed in turn under load: nothing acknowledged is lost, every job "
+    "ends, every second run has a given-up attempt") {
+    PgServer pg;
+    TempDir d1, d2, d3;
+    Broker b1(d1, cluster_args(pg)), b2(d2, cluster_args(pg)), b3(d3, cluster_args(pg));
+    std::vector<Broker*> brokers{&b1, &b2, &b3};
+    CountingWorker w1(b1, "w1", {"c"}, 20ms), w2(b2, "w2", {"c"}, 20ms), w3(b3, "w3", {"c"}, 20ms),
+        w4(b1, "w4", {"c"}, 20ms);
+
+    // Two producers, each job with a token, sent to the next broker until one acknowledges it.
+    constexpr int kJobs = 400;
+    std::mutex mu;
+    std::vector<JobId> acked;
+    std::atomic<bool> failed{false};
+    auto produce = [&](int first, int step) {
+        std::vector<std::unique_ptr<Client>> clients;
+        for (auto* b : brokers)
+            clients.push_back(std::make_unique<Client>(b->client_options(1000)));
+        std::size_t at = static_cast<std::size_t>(first);
+        for (int i = first; i < kJobs && !failed; i += step) {
+            auto s = job_spec("c", std::to_string(i), 20);
+            s.token = unique_token();
+            std::optional<JobId> id;
+            bool ok = wait_until(
+                [&] {
+                    try {
+                        id = clients[at % clients.size()]->submit(s).id;
+                        return true;
+                    } catch (const std::runtime_error&) {  // down, or storage: the next broker
+                        ++at;
+                        return false;
+                    }
+                },
+                30s, 20ms);
+            if (!ok) {
+                failed = true;
+                return;
+            }
+            std::lock_guard lock(mu);
+            acked.push_back(*id);
+        }
+    };
+    std::thread p1(produce, 0, 2), p2(produce, 1, 2);
+    auto acked_count = [&] {
+        std::lock_guard lock(mu);
+        return acked.size();
+    };
+    // Ten rounds: a broker killed and started again, each after some more jobs were acknowledged.
+    for (int round = 0; round < 10 && !failed; ++round) {
+        auto before = acked_count();
+        wait_until([&] { return acked_count() >= std::min<std::size_t>(before + 25, kJobs); }, 20s);
+        brokers[static_cast<std::size_t>(round) % 3]->restart();
+    }
+    p1.join();
+    p2.join();
+    REQUIRE_FALSE_MESSAGE(failed.load(), "a job was never acknowledged");
+    REQUIRE(acked.size() == static_cast<std::size_t>(kJobs));
+
+    bool all_done = wait_until(
+        [&] {
+            return scalar(pg,
+                          "SELECT count(*) FROM jobs WHERE state NOT IN ('succeeded', 'dead', "
+                          "'cancelled')") == 0;
+        },
+        90s, 100ms);
+    REQUIRE_MESSAGE(all_done, b1.logs(), b2.logs(), b3.logs());
+    CHECK(scalar(pg, "SELECT count(*) FROM jobs") == kJobs);
+    CHECK(scalar(pg, "SELECT count(*) FROM jobs WHERE state = 'succeeded'") == kJobs);
+
+    // A job that ran more than once had an attempt given up in between (lost with its broker or
+    // worker, timed out), never two live attempts at once.
+    std::map<JobId, int> runs;
+    for (auto* w : {&w1, &w2, &w3, &w4})
+        for (auto [id, n] : w->snapshot())
+            runs[id] += n;
+    broker::pg::Connection db(pg.conninfo());
+    auto given_up = db.query(
+        "SELECT job_id, count(*) FROM job_events WHERE from_state = 'running' AND to_state <> "
+        "'succeeded' GROUP BY job_id");
+    std::map<JobId, std::int64_t> lost;
+    for (int i = 0; i < given_up.rows(); ++i)
+        lost[static_cast<JobId>(given_up.i64(i, 0))] = given_up.i64(i, 1);
+    int twice = 0;
+    for (JobId id : acked) {
+        int n = runs[id];
+        CHECK_MESSAGE(n >= 1, "job " << id << " never ran");
+        if (n > 1) {
+            ++twice;
+            CHECK_MESSAGE(lost[id] >= n - 1,
+                          "job " << id << " ran " << n << " times, " << lost[id] << " given up");
+        }
+    }
+    MESSAGE(kJobs << " jobs, " << twice << " ran more than once, "
+                  << scalar(pg, "SELECT count(*) FROM job_events WHERE reason = 'worker lost'")
+                  << " attempts lost with a broker");
+}
+
+namespace {
+
+// The pid of the broker holding the leader's lease, 0 when none does.
+std::int64_t leader_pid(const PgServer& pg) {
+    broker::pg::Connection c(pg.conninfo());
+    auto r = c.query(
+        "SELECT b.pid FROM leader l JOIN brokers b ON b.id = l.holder WHERE l.expires_at > now()");
+    return r.rows() == 1 ? r.i64(0, 0) : 0;
+}
+
+}  // namespace
+
+TEST_CASE("the leader SIGKILLed: another broker takes the role, retention and rescue go on") {
+    PgServer pg;
+    TempDir d1, d2, wd;
+    auto args = cluster_args(pg);
+    args.insert(args.end(), {"--retention", "1s"});
+    Broker a(d1, args);
+    REQUIRE(wait_until([&] { return leader_pid(pg) == a.process().pid(); }, 10s));
+    Broker b(d2, args);
+    WorkerDaemon doomed(wd, a.endpoint(), {"doomed", {"slow=sleep 60"}, 1});
+    Client ca(a.client_options()), cb(b.client_options());
+    auto slow = ca.submit(job_spec("slow", "")).id;
+    REQUIRE_MESSAGE(wait_until([&] { return ca.status(slow).state == JobState::running; }, 10s),
+                    a.logs(), doomed.logs());
+    CHECK(leader_pid(pg) == a.process().pid());  // the first broker stays the leader
+
+    a.kill9();
+    doomed.kill9();
+    CHECK_MESSAGE(wait_until([&] { return leader_pid(pg) == b.process().pid(); }, 10s), b.logs());
+
+    // Rescue: the new leader returns the dead broker's attempt to the queue.
+    CountingWorker survivor(b, "survivor", {"slow", "short"});
+    auto rescued = cb.wait(slow, 20s);
+    REQUIRE_MESSAGE(rescued.has_value(), b.logs());
+    CHECK(rescued->state == JobState::succeeded);
+    CHECK(rescued->attempts == 2);
+    // Retention: finished jobs older than --retention are deleted by the new leader.
+    auto id = cb.submit(job_spec("short", "x")).id;
+    REQUIRE(cb.wait(id, 10s).has_value());
+    CHECK_MESSAGE(
+        wait_until([&] { return scalar(pg, "SELECT count(*) FROM jobs") == 0; }, 10s, 100ms),
+        b.logs());
+}
+
+TEST_CASE("a broker paused past its lease: none of its later decisions is applied, it rejoins") {
+    PgServer pg;
+    TempDir d1, d2, wd;
+    Broker b(d2, cluster_args(pg));  // the leader: it rescues the paused broker's attempt
+    REQUIRE(wait_until([&] { return leader_pid(pg) == b.process().pid(); }, 10s));
+    Broker a(d1, cluster_args(pg));
+    // A job of 2 s, run by a worker of A.
+    WorkerDaemon wa(wd, a.endpoint(), {"wa", {"slow=sleep 2; echo from-a"}, 1});
+    Client ca(a.client_options()), cb(b.client_options());
+    auto id = ca.submit(job_spec("slow", "")).id;
+    REQUIRE_MESSAGE(wait_until([&] { return cb.status(id).state == JobState::running; }, 10s),
+                    a.logs(), wa.logs());
+
+    // A stops answering and renewing its row; the leader declares it dead and returns its
+    // attempt to the queue, where a worker of B runs it as attempt 2.
+    a.process().kill(SIGSTOP);
+    CountingWorker wb(b, "wb", {"slow"});
+    auto done = cb.wait(id, 20s);
+    REQUIRE_MESSAGE(done.has_value(), b.logs());
+    CHECK(done->state == JobState::succeeded);
+    CHECK(done->attempts == 2);
+    CHECK(done->result == "ran:");
+    auto events_before = scalar(pg, "SELECT count(*) FROM job_events");
+
+    // A goes on: its worker's result of attempt 1 and whatever it had decided are refused; it
+    // joins again under a new id and serves.
+    a.process().kill(SIGCONT);
+    CHECK_MESSAGE(
+        wait_until([&] { return a.logs().find("declared dead") != std::string::npos; }, 10s),
+        a.logs());
+    CHECK(wait_until([&] { return wa.logs().find("stale") != std::string::npos; }, 10s));
+    auto after = cb.status(id);
+    CHECK(after.state == JobState::succeeded);
+    CHECK(after.attempts == 2);
+    CHECK(after.result == "ran:");
+    CHECK(scalar(pg, "SELECT count(*) FROM job_events") == events_before);
+    auto again = ca.submit(job_spec("slow", "y")).id;
+    auto ran = ca.wait(again, 20s);
+    REQUIRE_MESSAGE(ran.has_value(), a.logs());
+    CHECK(ran->state == JobState::succeeded);
+    CHECK(scalar(pg, "SELECT count(*) FROM brokers WHERE pid = " +
+                         std::to_string(a.process().pid()) + " AND NOT dead") == 1);
+}
