@@ -61,7 +61,8 @@ Result run_daemon(const Options& opt) {
     if (mode == "argv") job.argv = std::vector<std::string>{"/bin/true"};
     Client client(client_options(broker.endpoint()));
     // One job first: once it has run, the daemon is registered and serving.
-    const std::optional<JobInfo> first = client.wait(client.submit(job).id, 30'000);
+    const std::optional<JobInfo> first =
+        client.wait(client.submit(job).id, std::chrono::seconds(30));
     if (!first || first->state != JobState::succeeded)
         throw std::runtime_error("the errand-worker daemon did not run a first job within 30 s");
 

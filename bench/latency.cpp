@@ -31,9 +31,9 @@ Result run_latency(const Options& opt) {
         Submitted submitted;
         if (mode == "separate") {
             submitted = client.submit(job);
-            info = client.wait(submitted.id, 10'000);
+            info = client.wait(submitted.id, std::chrono::seconds(10));
         } else {
-            info = client.submit_and_wait(job, 10'000, &submitted);
+            info = client.submit_and_wait(job, std::chrono::seconds(10), &submitted);
         }
         if (!info || info->state != JobState::succeeded)
             throw std::runtime_error(

@@ -26,8 +26,8 @@ std::string unique_queue(const std::string& prefix) {
 ClientOptions client_options(const std::string& endpoint) {
     ClientOptions o;
     o.endpoint = endpoint;
-    o.timeout_ms = 120'000;
-    o.resend_ms = 60'000;
+    o.timeout = std::chrono::minutes(2);
+    o.resend = std::chrono::minutes(1);
     return o;
 }
 

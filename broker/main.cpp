@@ -17,6 +17,7 @@
 #include "errand/curve.hpp"
 #include "errand/duration.hpp"
 #include "errand/transport.hpp"
+#include "errand/version.hpp"
 #include "http_server.hpp"
 #include "logging.hpp"
 #include "notify.hpp"
@@ -66,6 +67,8 @@ CLI::Validator duration_validator() {
 
 int main(int argc, char** argv) {
     CLI::App app{"errand-broker: the errand job broker"};
+    app.set_version_flag("--version", "errand-broker " ERRAND_VERSION,
+                         "print the version and exit");
     errand::broker::BrokerConfig cfg;
     std::string db = "./errand.db";
     std::string heartbeat = "1s", worker_timeout = "5s", retry_delay = "1s", retry_cap = "10m";

@@ -14,6 +14,7 @@
 #include <unordered_map>
 
 #include "errand/clock.hpp"
+#include "errand/codec.hpp"
 #include "errand/duration.hpp"
 #include "errand/transport.hpp"
 
@@ -218,8 +219,8 @@ std::future<std::vector<Submitted>> AsyncClient::submit(std::vector<JobSpec> job
         if (!j.token) j.token = unique_token();
     std::size_t n = m.jobs.size();
     return impl_->call<std::vector<Submitted>>(
-        cmd::kSubmit, encode(m), m.req, cmd::kSubmitted, impl_->opt.timeout_ms,
-        impl_->opt.resend_ms, [n](const Reader& r) {
+        cmd::kSubmit, encode(m), m.req, cmd::kSubmitted, impl_->opt.timeout.count(),
+        impl_->opt.resend.count(), [n](const Reader& r) {
             auto rep = decode_submitted(r);
             if (rep.ids.size() != n)
                 throw BrokerError(ErrorCode::internal, "SUBMITTED has the wrong number of ids");
@@ -233,17 +234,17 @@ std::future<std::vector<Submitted>> AsyncClient::submit(std::vector<JobSpec> job
 
 std::future<JobInfo> AsyncClient::status(JobId id) {
     IdRequest m{impl_->next_req++, id};
-    return impl_->call<JobInfo>(cmd::kStatus, encode(m), m.req, cmd::kJob, impl_->opt.timeout_ms,
-                                impl_->opt.resend_ms,
+    return impl_->call<JobInfo>(cmd::kStatus, encode(m), m.req, cmd::kJob,
+                                impl_->opt.timeout.count(), impl_->opt.resend.count(),
                                 [](const Reader& r) { return decode_job_info(r.map("job")); });
 }
 
-std::future<std::optional<JobInfo>> AsyncClient::wait(JobId id, Millis timeout_ms) {
-    timeout_ms = std::clamp<Millis>(timeout_ms, 0, limits::kMaxWaitMs);
+std::future<std::optional<JobInfo>> AsyncClient::wait(JobId id, std::chrono::milliseconds timeout) {
+    const Millis timeout_ms = std::clamp<Millis>(timeout.count(), 0, limits::kMaxWaitMs);
     WaitRequest m{impl_->next_req++, id, timeout_ms};
     auto inner = impl_->call<std::optional<JobInfo>>(
-        cmd::kWait, encode(m), m.req, cmd::kJob, timeout_ms + impl_->opt.timeout_ms,
-        std::max<Millis>(impl_->opt.resend_ms, 2000),
+        cmd::kWait, encode(m), m.req, cmd::kJob, timeout_ms + impl_->opt.timeout.count(),
+        std::max<Millis>(impl_->opt.resend.count(), 2000),
         [](const Reader& r) { return std::optional<JobInfo>(decode_job_info(r.map("job"))); });
     // A broker `timeout` error means "not finished in time": turn it into nullopt.
     return std::async(std::launch::deferred, [f = std::move(inner)]() mutable {

@@ -26,7 +26,9 @@
 #include "cli_output.hpp"
 #include "errand/client.hpp"
 #include "errand/duration.hpp"
+#include "errand/spelling.hpp"
 #include "errand/transport.hpp"
+#include "errand/version.hpp"
 
 namespace {
 
@@ -86,13 +88,13 @@ struct SubmitArgs {
 };
 
 struct StatusArgs {
-    JobId id = 0;
+    std::vector<JobId> ids;
     bool json = false;
 };
 
 struct WaitArgs {
-    JobId id = 0;
-    std::optional<std::string> timeout;
+    std::vector<JobId> ids;
+    std::optional<std::string> timeout;  // for all of them together
 };
 
 struct ListArgs {
@@ -103,11 +105,11 @@ struct ListArgs {
 };
 
 struct IdArgs {  // cancel
-    JobId id = 0;
+    std::vector<JobId> ids;
 };
 
 struct RetryArgs {
-    std::optional<JobId> id;
+    std::vector<JobId> ids;
     bool dead = false;
     std::optional<std::string> queue;
 };
@@ -153,7 +155,7 @@ CLI::Validator duration_check(bool allow_zero, Millis max = 0) {
     return CLI::Validator(
         [allow_zero, max](std::string& text) -> std::string {
             auto ms = errand::parse_duration(text);
-            if (!ms) return "'" + text + "' is not a duration (examples: 250ms, 5s, 2m, 1h)";
+            if (!ms) return "'" + text + "' is not a duration (examples: 250ms, 5s, 2m, 1h30m)";
             if (!allow_zero && *ms == 0) return "must be more than 0";
             if (max != 0 && *ms > max) {
                 return "must be at most " + errand::format_duration(max);
@@ -181,7 +183,7 @@ Backoff parse_backoff(std::string_view text) {
         auto ms = errand::parse_duration(dur);
         if (!ms) {
             throw UsageError(
-                fmt::format("'{}' is not a duration (examples: 250ms, 5s, 2m, 1h)", dur));
+                fmt::format("'{}' is not a duration (examples: 250ms, 5s, 2m, 1h30m)", dur));
         }
         if (*ms > errand::limits::kMaxDelayMs) {
             throw UsageError(fmt::format("a backoff must be at most {}",
@@ -348,7 +350,7 @@ std::optional<JobInfo> wait_for(errand::Client& client, JobId id, std::optional<
     do {
         Millis chunk = kWaitChunkMs;
         if (timeout) chunk = std::clamp<Millis>(*timeout - elapsed(), 0, kWaitChunkMs);
-        if (auto job = client.wait(id, chunk)) return job;
+        if (auto job = client.wait(id, std::chrono::milliseconds(chunk))) return job;
     } while (!timeout || elapsed() < *timeout);
     return std::nullopt;
 }
@@ -407,7 +409,8 @@ int run_submit(errand::Client& client, const SubmitArgs& args) {
     errand::Submitted submitted;
     std::optional<JobInfo> finished;
     if (wait)
-        finished = client.submit_and_wait(std::move(spec), *first_chunk, &submitted);
+        finished = client.submit_and_wait(std::move(spec), std::chrono::milliseconds(*first_chunk),
+                                          &submitted);
     else
         submitted = client.submit(std::move(spec));
     if (submitted.duplicate) {
@@ -435,13 +438,54 @@ int run_submit(errand::Client& client, const SubmitArgs& args) {
     return wait_and_report(client, submitted.id, args.wait_timeout, waited);
 }
 
+// Runs `one` for each id in turn. A refusal (no such job, wrong state) is reported and the rest
+// still run; the exit code is then kRefused. An unreachable broker ends it (the exception).
+template <typename One>
+int for_each_id(const std::vector<JobId>& ids, One one) {
+    int rc = kOk;
+    for (JobId id : ids) {
+        try {
+            one(id);
+        } catch (const errand::BrokerError& e) {
+            if (ids.size() == 1) throw;
+            std::cerr << fmt::format("error: job {}: {}\n", id, e.what());
+            rc = kRefused;
+        }
+    }
+    return rc;
+}
+
 int run_status(errand::Client& client, const StatusArgs& args) {
-    auto job = client.status(args.id);
-    if (args.json)
-        std::cout << errand::cli::job_json(job) << '\n';
-    else
-        std::cout << errand::cli::job_text(job, now_ms());
-    return kOk;
+    // Several ids: text blocks one after another; with --json one object per line.
+    return for_each_id(args.ids, [&](JobId id) {
+        auto job = client.status(id);
+        if (args.json)
+            std::cout << errand::cli::job_json(job) << '\n';
+        else
+            std::cout << errand::cli::job_text(job, now_ms());
+        std::cout.flush();
+    });
+}
+
+// Waits for each job in turn, all within one --timeout, printing each result as `wait` does. The
+// exit code is that of the first job (in the order given) that did not succeed, else 0.
+int run_wait(errand::Client& client, const WaitArgs& args) {
+    const auto start = std::chrono::steady_clock::now();
+    int rc = kOk;
+    for (JobId id : args.ids) {
+        const Millis waited = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                  std::chrono::steady_clock::now() - start)
+                                  .count();
+        int one = kRefused;
+        try {
+            one = wait_and_report(client, id, args.timeout, waited);
+        } catch (const errand::BrokerError& e) {
+            if (args.ids.size() == 1) throw;
+            std::cerr << fmt::format("error: job {}: {}\n", id, e.what());
+        }
+        if (rc == kOk) rc = one;
+    }
+    return rc;
 }
 
 int run_list(errand::Client& client, const ListArgs& args) {
@@ -458,15 +502,17 @@ int run_list(errand::Client& client, const ListArgs& args) {
 }
 
 int run_cancel(errand::Client& client, const IdArgs& args) {
-    auto job = client.cancel(args.id);
-    std::cout << fmt::format("cancelled job {}\n", job.id);
-    return kOk;
+    return for_each_id(args.ids, [&](JobId id) {
+        auto job = client.cancel(id);
+        std::cout << fmt::format("cancelled job {}\n", job.id) << std::flush;
+    });
 }
 
 int run_retry(errand::Client& client, const RetryArgs& args) {
-    if (args.id) {
-        std::cout << fmt::format("job {} is ready again\n", client.retry(*args.id));
-        return kOk;
+    if (!args.ids.empty()) {
+        return for_each_id(args.ids, [&](JobId id) {
+            std::cout << fmt::format("job {} is ready again\n", client.retry(id)) << std::flush;
+        });
     }
     auto ids = client.retry_dead(args.queue);
     std::cout << (ids.size() == 1 ? std::string("1 dead job is ready again\n")
@@ -475,6 +521,17 @@ int run_retry(errand::Client& client, const RetryArgs& args) {
 }
 
 int run_pause(errand::Client& client, const QueueArgs& args) {
+    // Pausing a name no job has used is allowed (a queue paused before its first job), but it is
+    // more often a typo: say so, and name the known queue it is closest to.
+    std::vector<std::string> known;
+    for (const auto& q : client.queues())
+        known.push_back(q.name);
+    if (std::find(known.begin(), known.end(), args.queue) == known.end()) {
+        auto guess = errand::closest_spelling(args.queue, known);
+        std::cerr << fmt::format("warning: no job has used queue '{}' yet{}; pausing it anyway\n",
+                                 args.queue,
+                                 guess ? fmt::format(" (did you mean '{}'?)", *guess) : "");
+    }
     client.pause(args.queue);
     std::cout << fmt::format("queue {} paused\n", args.queue);
     return kOk;
@@ -487,8 +544,8 @@ int run_resume(errand::Client& client, const QueueArgs& args) {
 }
 
 int run_purge(errand::Client& client, const PurgeArgs& args) {
-    std::optional<Millis> older_than;
-    if (args.older_than) older_than = to_ms(*args.older_than);
+    std::optional<std::chrono::milliseconds> older_than;
+    if (args.older_than) older_than = std::chrono::milliseconds(to_ms(*args.older_than));
     auto n = client.purge(*errand::parse_job_state(args.state), args.queue, older_than);
     std::cout << (n == 1 ? std::string("purged 1 job\n") : fmt::format("purged {} jobs\n", n));
     return kOk;
@@ -538,6 +595,7 @@ int run(int argc, char** argv) {
     app.footer(kFooter);
     app.fallthrough();  // global options may also follow the subcommand
     app.require_subcommand(0, 1);
+    app.set_version_flag("--version", "errand " ERRAND_VERSION, "print the version and exit");
     app.failure_message([](const CLI::App*, const CLI::Error& e) {
         return fmt::format("error: {} (see --help)\n", e.what());
     });
@@ -549,6 +607,7 @@ int run(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("--request-timeout", global.request_timeout,
                    "give up on a request to the broker after this long")
+        ->envname("ERRAND_REQUEST_TIMEOUT")
         ->check(duration_check(false))
         ->type_name("DUR")
         ->capture_default_str();
@@ -643,21 +702,23 @@ int run(int argc, char** argv) {
     commands.emplace_back(submit, [&](errand::Client& c) { return run_submit(c, submit_args); });
 
     StatusArgs status_args;
-    auto* status = app.add_subcommand("status", "Show a job.");
-    status->add_option("id", status_args.id, "job id")->required();
-    status->add_flag("--json", status_args.json, "print one JSON object");
+    auto* status = app.add_subcommand("status", "Show jobs.");
+    status->add_option("id", status_args.ids, "job ids")->required()->type_name("ID...");
+    status->add_flag("--json", status_args.json, "print one JSON object (a line per job)");
     commands.emplace_back(status, [&](errand::Client& c) { return run_status(c, status_args); });
 
     WaitArgs wait_args;
-    auto* wait = app.add_subcommand("wait", "Wait for a job to finish; print its result.");
-    wait->add_option("id", wait_args.id, "job id")->required();
+    auto* wait = app.add_subcommand(
+        "wait", "Wait for jobs to finish, in the order given; print their results.");
+    wait->footer(
+        "With several jobs, the exit code is that of the first one (in the order given)\n"
+        "that did not succeed, and --timeout bounds the whole wait.");
+    wait->add_option("id", wait_args.ids, "job ids")->required()->type_name("ID...");
     wait->add_option("--timeout", wait_args.timeout,
                      "give up after DUR (exit 124; default: wait forever)")
         ->check(duration_check(true))
         ->type_name("DUR");
-    commands.emplace_back(wait, [&](errand::Client& c) {
-        return wait_and_report(c, wait_args.id, wait_args.timeout);
-    });
+    commands.emplace_back(wait, [&](errand::Client& c) { return run_wait(c, wait_args); });
 
     ListArgs list_args;
     auto* list = app.add_subcommand("list", "List jobs, newest first.");
@@ -677,14 +738,14 @@ int run(int argc, char** argv) {
     IdArgs cancel_args;
     auto* cancel = app.add_subcommand(
         "cancel", "Cancel an unfinished job (a running one is stopped on its worker).");
-    cancel->add_option("id", cancel_args.id, "job id")->required();
+    cancel->add_option("id", cancel_args.ids, "job ids")->required()->type_name("ID...");
     commands.emplace_back(cancel, [&](errand::Client& c) { return run_cancel(c, cancel_args); });
 
     RetryArgs retry_args;
     auto* retry = app.add_subcommand(
         "retry", "Put a dead job, or with --dead every dead job, back in its queue.");
-    retry->footer("Usage: errand retry ID | errand retry --dead [-q QUEUE]");
-    retry->add_option("id", retry_args.id, "a dead job's id");
+    retry->footer("Usage: errand retry ID... | errand retry --dead [-q QUEUE]");
+    retry->add_option("id", retry_args.ids, "dead jobs' ids")->type_name("ID...");
     auto* retry_dead = retry->add_flag("--dead", retry_args.dead, "every dead job");
     retry->add_option("-q,--queue", retry_args.queue, "with --dead: only this queue")
         ->check(queue_check())
@@ -774,6 +835,18 @@ int run(int argc, char** argv) {
         for (const auto& arg : extras)
             list += (list.empty() ? "" : " ") + arg;
         std::string hint = " (see --help)";
+        const bool any_subcommand = !app.get_subcommands().empty();
+        if (!any_subcommand && !extras.empty() && !extras[0].empty() && extras[0][0] != '-') {
+            // The first word is where a subcommand goes: a mistyped one.
+            std::vector<std::string> names;
+            for (const auto* sub : app.get_subcommands([](const CLI::App*) { return true; }))
+                names.push_back(sub->get_name());
+            auto guess = errand::closest_spelling(extras[0], names);
+            std::cerr << fmt::format("error: '{}' is not an errand command{} (see --help)\n",
+                                     extras[0],
+                                     guess ? fmt::format("; did you mean '{}'?", *guess) : "");
+            return kUsage;
+        }
         if (submit->parsed() && !extras.empty() && !extras[0].empty() && extras[0][0] != '-') {
             hint = "; a job's command line goes after --: errand submit [OPTIONS] -- CMD [ARGS...]";
         } else if (std::any_of(extras.begin(), extras.end(), [](const std::string& arg) {
@@ -812,7 +885,7 @@ int run(int argc, char** argv) {
         throw UsageError("'--' (a job's command line) is only accepted by submit");
     }
     submit_args.argv = std::move(job_argv);
-    if (retry->parsed() && retry_args.id.has_value() == retry_args.dead) {
+    if (retry->parsed() && !retry_args.ids.empty() == retry_args.dead) {
         throw UsageError(retry_args.dead
                              ? "retry takes a job id or --dead, not both"
                              : "retry needs a job id or --dead (see errand retry --help)");
@@ -821,7 +894,7 @@ int run(int argc, char** argv) {
     if (auto why = errand::endpoint_error(global.broker))
         throw UsageError(fmt::format("bad --broker '{}': {}", global.broker, *why));
     options.endpoint = global.broker;
-    options.timeout_ms = to_ms(global.request_timeout);
+    options.timeout = std::chrono::milliseconds(to_ms(global.request_timeout));
     if (!curve_server_key.empty()) {
         try {
             options.curve = errand::load_curve_client(curve_server_key, curve_key);

@@ -13,6 +13,7 @@
 #include "errand/curve.hpp"
 #include "errand/duration.hpp"
 #include "errand/json.hpp"
+#include "errand/transport.hpp"
 
 namespace errand::cli {
 namespace {

@@ -6,6 +6,7 @@
 #include <random>
 
 #include "errand/clock.hpp"
+#include "errand/codec.hpp"
 #include "errand/duration.hpp"
 #include "errand/transport.hpp"
 
@@ -81,7 +82,7 @@ struct Client::Impl {
     }
 
     Envelope call(std::string_view command, const std::string& body, std::uint64_t req) {
-        return call(command, body, req, opt.timeout_ms, opt.resend_ms);
+        return call(command, body, req, opt.timeout.count(), opt.resend.count());
     }
 
     static void expect(const Envelope& env, std::string_view command) {
@@ -135,14 +136,15 @@ JobInfo Client::status(JobId id) {
     return decode_job_info(b.reader().map("job"));
 }
 
-std::optional<JobInfo> Client::wait(JobId id, Millis timeout_ms) {
-    timeout_ms = std::clamp<Millis>(timeout_ms, 0, limits::kMaxWaitMs);
+std::optional<JobInfo> Client::wait(JobId id, std::chrono::milliseconds timeout) {
+    const Millis timeout_ms = std::clamp<Millis>(timeout.count(), 0, limits::kMaxWaitMs);
     WaitRequest m{impl_->next_req++, id, timeout_ms};
     try {
         // A resent WAIT only extends the broker's record of this waiter, so resending is safe;
         // it also re-registers the waiter with a broker that restarted meanwhile.
-        auto env = impl_->call(cmd::kWait, encode(m), m.req, timeout_ms + impl_->opt.timeout_ms,
-                               std::max<Millis>(impl_->opt.resend_ms, 2000));
+        auto env =
+            impl_->call(cmd::kWait, encode(m), m.req, timeout_ms + impl_->opt.timeout.count(),
+                        std::max<Millis>(impl_->opt.resend.count(), 2000));
         Impl::expect(env, cmd::kJob);
         Body b(env.body);
         return decode_job_info(b.reader().map("job"));
@@ -152,9 +154,9 @@ std::optional<JobInfo> Client::wait(JobId id, Millis timeout_ms) {
     }
 }
 
-std::optional<JobInfo> Client::submit_and_wait(JobSpec spec, Millis timeout_ms,
+std::optional<JobInfo> Client::submit_and_wait(JobSpec spec, std::chrono::milliseconds timeout,
                                                Submitted* submitted) {
-    timeout_ms = std::clamp<Millis>(timeout_ms, 0, limits::kMaxWaitMs);
+    const Millis timeout_ms = std::clamp<Millis>(timeout.count(), 0, limits::kMaxWaitMs);
     SubmitRequest m;
     m.req = impl_->next_req++;
     if (!spec.token) spec.token = unique_token();
@@ -170,10 +172,11 @@ std::optional<JobInfo> Client::submit_and_wait(JobSpec spec, Millis timeout_ms,
     // only if nothing came for a while: it is a no-op for the broker that has the waiter, and
     // registers it again with one that restarted meanwhile.
     WaitRequest w{m.req, rep.ids[0], timeout_ms};
-    const Millis resend = std::max<Millis>(impl_->opt.resend_ms, 2000);
+    const Millis resend = std::max<Millis>(impl_->opt.resend.count(), 2000);
     try {
-        auto done = impl_->call(cmd::kWait, encode(w), w.req, timeout_ms + impl_->opt.timeout_ms,
-                                resend, resend, cmd::kSubmitted);
+        auto done =
+            impl_->call(cmd::kWait, encode(w), w.req, timeout_ms + impl_->opt.timeout.count(),
+                        resend, resend, cmd::kSubmitted);
         Impl::expect(done, cmd::kJob);
         Body jb(done.body);
         return decode_job_info(jb.reader().map("job"));
@@ -244,7 +247,9 @@ void Client::resume(const std::string& queue) {
 }
 
 std::uint64_t Client::purge(JobState state, const std::optional<std::string>& queue,
-                            std::optional<Millis> older_than_ms) {
+                            std::optional<std::chrono::milliseconds> older_than) {
+    std::optional<Millis> older_than_ms;
+    if (older_than) older_than_ms = older_than->count();
     PurgeRequest m{impl_->next_req++, state, queue, older_than_ms};
     auto env = impl_->call(cmd::kPurge, encode(m), m.req);
     Impl::expect(env, cmd::kPurged);

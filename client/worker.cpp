@@ -5,7 +5,6 @@
 #include "errand/worker.hpp"
 
 #include <fmt/format.h>
-#include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -90,6 +89,12 @@ struct Worker::Impl {
         if (opt.concurrency < 1) opt.concurrency = 1;
         if (opt.concurrency > limits::kMaxConcurrency) opt.concurrency = limits::kMaxConcurrency;
         opt.prefetch = std::min(opt.prefetch, limits::kMaxPrefetch);
+    }
+
+    // A line for the application's log (WorkerOptions::log), formatted only when there is one.
+    template <typename... Args>
+    void log(LogLevel level, fmt::format_string<Args...> format, Args&&... args) const {
+        if (opt.log) opt.log(level, fmt::format(format, std::forward<Args>(args)...));
     }
 
     const Handler* handler_for(const std::string& queue) const {
@@ -254,11 +259,11 @@ struct Worker::Impl {
                     it->second.control->cancelled = true;
                     queue = it->second.queue;
                 }
-                spdlog::warn("{}: the broker gave it to someone else while we were away",
-                             job_fields(id, queue, 0));
+                log(LogLevel::warn, "{}: the broker gave it to someone else while we were away",
+                    job_fields(id, queue, 0));
             }
-            spdlog::info("registered with {} as {} (heartbeat {} ms)", opt.endpoint, opt.name,
-                         heartbeat_ms);
+            log(LogLevel::info, "registered with {} as {} (heartbeat {} ms)", opt.endpoint,
+                opt.name, heartbeat_ms);
             auto slots = opt.concurrency + opt.prefetch;
             auto busy = static_cast<std::uint32_t>(running.size() + held_results.size());
             grant(slots > busy ? slots - busy : 0);
@@ -278,8 +283,10 @@ struct Worker::Impl {
             running[d.id] = Running{d.attempt, control, d.queue};
             {
                 std::lock_guard lock(mu);
+                std::optional<std::chrono::milliseconds> timeout;
+                if (d.timeout_ms) timeout = std::chrono::milliseconds(*d.timeout_ms);
                 tasks.push_back(Job{d.id, d.queue, d.attempt, std::move(d.payload),
-                                    std::move(d.argv), d.timeout_ms,
+                                    std::move(d.argv), timeout,
                                     std::min(opt.max_result, broker_max_result), control});
             }
             cv.notify_one();
@@ -288,8 +295,8 @@ struct Worker::Impl {
             if (auto it = running.find(a.id);
                 it != running.end() && it->second.attempt == a.attempt) {
                 it->second.control->cancelled = true;
-                spdlog::info("{}: aborted by the broker: {}",
-                             job_fields(a.id, it->second.queue, a.attempt), a.reason);
+                log(LogLevel::info, "{}: aborted by the broker: {}",
+                    job_fields(a.id, it->second.queue, a.attempt), a.reason);
             }
         } else if (env.command == cmd::kAck) {
             on_ack(decode_ack(r));
@@ -309,21 +316,21 @@ struct Worker::Impl {
                     pending.erase(p);
                 }
                 if (held_results.erase(*e.id)) grant(1);
-                spdlog::warn("{}: result refused as stale: {}", job_fields(*e.id, queue, attempt),
-                             e.message);
+                log(LogLevel::warn, "{}: result refused as stale: {}",
+                    job_fields(*e.id, queue, attempt), e.message);
             } else if (e.code == ErrorCode::not_registered) {
                 if (registered || now >= next_register) {
                     registered = false;
                     send_register(now);
                 }
             } else {
-                spdlog::error("broker error {}: {}", to_string(e.code), e.message);
+                log(LogLevel::error, "broker error {}: {}", to_string(e.code), e.message);
             }
         } else if (env.command == cmd::kShutdown) {
             // The broker is going away: reconnect as soon as one is back, on a fresh
             // connection, instead of noticing only after expiry_ms of silence.
-            spdlog::info("broker {} is shutting down; will register again when it is back",
-                         opt.endpoint);
+            log(LogLevel::info, "broker {} is shutting down; will register again when it is back",
+                opt.endpoint);
             registered = false;
             backoff = kInitialBackoffMs;
             next_register = now + kInitialBackoffMs;
@@ -335,7 +342,8 @@ struct Worker::Impl {
     // Hands an attempt back to the broker uncharged; resent like a result until acknowledged.
     void release(JobId id, std::uint32_t attempt, const std::string& queue, Millis now,
                  const char* why) {
-        spdlog::info("{}: handed back to the broker ({})", job_fields(id, queue, attempt), why);
+        log(LogLevel::info, "{}: handed back to the broker ({})", job_fields(id, queue, attempt),
+            why);
         pending[id] =
             Pending{attempt, std::string(cmd::kRelease), encode(Ack{id, attempt}), now, queue};
         if (registered) send(cmd::kRelease, pending[id].body);
@@ -344,7 +352,7 @@ struct Worker::Impl {
     // Drain steps, run on every pass of the network loop once stop() was called.
     void drain(Millis now) {
         if (!drain_deadline) {
-            drain_deadline = opt.drain_timeout_ms ? now + *opt.drain_timeout_ms : INT64_MAX;
+            drain_deadline = opt.drain_timeout ? now + opt.drain_timeout->count() : INT64_MAX;
             if (registered) send(cmd::kDrain, Writer(0).take());
             // Jobs waiting for a handler thread (prefetched) never start.
             std::deque<Job> waiting;
@@ -356,17 +364,18 @@ struct Worker::Impl {
                 running.erase(job.id);
                 release(job.id, job.attempt, job.queue, now, "not started, the worker is draining");
             }
-            spdlog::info("draining: {} jobs running{}", running.size(),
-                         opt.drain_timeout_ms
-                             ? fmt::format(", stopping them in {} ms", *opt.drain_timeout_ms)
-                             : std::string());
+            log(LogLevel::info, "draining: {} jobs running{}", running.size(),
+                opt.drain_timeout
+                    ? fmt::format(", stopping them in {} ms", opt.drain_timeout->count())
+                    : std::string());
         }
         if (stop_requests.load() > 1) drain_deadline = now;
         if (!drain_over && now >= *drain_deadline) {
             drain_over = true;
             if (!running.empty())
-                spdlog::warn("drain time is over: stopping {} running jobs and handing them back",
-                             running.size());
+                log(LogLevel::warn,
+                    "drain time is over: stopping {} running jobs and handing them back",
+                    running.size());
             for (auto& [id, run] : running) {
                 run.control->cancelled = true;
                 released.insert(id);
@@ -376,7 +385,7 @@ struct Worker::Impl {
 
     void report_status(Millis now) {
         if (!opt.on_status || now < next_status) return;
-        next_status = now + opt.status_interval_ms;
+        next_status = now + opt.status_interval.count();
         WorkerStatus st;
         st.busy = static_cast<std::uint32_t>(running.size());
         st.slots = opt.concurrency + opt.prefetch;
@@ -465,15 +474,15 @@ struct Worker::Impl {
             now = steady_ms();
             if (stopping && !announced_stop) {
                 announced_stop = true;
-                spdlog::info("stopping: {} jobs running, {} results unacknowledged", running.size(),
-                             pending.size());
+                log(LogLevel::info, "stopping: {} jobs running, {} results unacknowledged",
+                    running.size(), pending.size());
             }
             if (stopping) drain(now);
             report_status(now);
             if (stopping && running.empty() && pending.empty()) break;
             if (stopping && running.empty() && now - last_heard > expiry_ms) {
-                spdlog::warn("giving up on {} unacknowledged results: broker unreachable",
-                             pending.size());
+                log(LogLevel::warn, "giving up on {} unacknowledged results: broker unreachable",
+                    pending.size());
                 break;
             }
             zmq::pollitem_t items[] = {{sock->handle(), 0, ZMQ_POLLIN, 0},
@@ -491,7 +500,8 @@ struct Worker::Impl {
                     try {
                         on_broker_message(*env, now);
                     } catch (const std::exception& e) {
-                        spdlog::error("bad message {} from broker: {}", env->command, e.what());
+                        log(LogLevel::error, "bad message {} from broker: {}", env->command,
+                            e.what());
                     }
                 }
             }
@@ -499,8 +509,8 @@ struct Worker::Impl {
             if (registered) send_progress();
 
             if (registered && now - last_heard > expiry_ms) {
-                spdlog::warn("broker {} silent for {} ms; reconnecting", opt.endpoint,
-                             now - last_heard);
+                log(LogLevel::warn, "broker {} silent for {} ms; reconnecting", opt.endpoint,
+                    now - last_heard);
                 registered = false;
                 backoff = kInitialBackoffMs;
                 next_register = now;

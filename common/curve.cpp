@@ -10,6 +10,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "errand/transport.hpp"
+
 namespace errand {
 
 CurveKeyPair generate_keypair() {

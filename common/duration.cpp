@@ -12,27 +12,44 @@
 namespace errand {
 
 std::optional<Millis> parse_duration(std::string_view text) {
+    // One or more NUMBER UNIT terms ("1h30m", "2m15.5s"), or one bare NUMBER of seconds.
     if (text.empty()) return std::nullopt;
-    double value = 0;
-    auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-    if (ec != std::errc() || ptr == text.data() || !std::isfinite(value) || value < 0)
-        return std::nullopt;
-    std::string_view unit(ptr, static_cast<std::size_t>(text.data() + text.size() - ptr));
-    double scale = 0;
-    if (unit.empty() || unit == "s")
-        scale = 1000;
-    else if (unit == "ms")
-        scale = 1;
-    else if (unit == "m")
-        scale = 60'000;
-    else if (unit == "h")
-        scale = 3'600'000;
-    else if (unit == "d")
-        scale = 86'400'000;
-    else
-        return std::nullopt;
-    double ms = value * scale;
-    if (ms > 1e15) return std::nullopt;
+    double ms = 0;
+    const char* p = text.data();
+    const char* const end = text.data() + text.size();
+    bool first = true;
+    while (p != end) {
+        double value = 0;
+        auto [next, ec] = std::from_chars(p, end, value, std::chars_format::fixed);
+        if (ec != std::errc() || next == p || !std::isfinite(value) || value < 0)
+            return std::nullopt;
+        p = next;
+        double scale = 0;
+        auto unit_is = [&](std::string_view unit) {
+            if (std::string_view(p, static_cast<std::size_t>(end - p)).starts_with(unit)) {
+                p += unit.size();
+                return true;
+            }
+            return false;
+        };
+        if (p == end && first)
+            scale = 1000;  // a bare number: seconds
+        else if (unit_is("ms"))
+            scale = 1;
+        else if (unit_is("s"))
+            scale = 1000;
+        else if (unit_is("m"))
+            scale = 60'000;
+        else if (unit_is("h"))
+            scale = 3'600'000;
+        else if (unit_is("d"))
+            scale = 86'400'000;
+        else
+            return std::nullopt;
+        ms += value * scale;
+        if (ms > 1e15) return std::nullopt;
+        first = false;
+    }
     return static_cast<Millis>(ms + 0.5);
 }
 

@@ -2,6 +2,7 @@
 //   example-submit [ENDPOINT] [COUNT]
 #include <errand/client.hpp>
 
+#include <chrono>
 #include <cstdio>
 #include <string>
 
@@ -14,7 +15,7 @@ int main(int argc, char** argv) {
         for (int i = 0; i < count; ++i)
             jobs.push_back({.queue = "upper", .payload = "hello " + std::to_string(i)});
         for (const auto& s : client.submit_batch(std::move(jobs))) {
-            auto job = client.wait(s.id, 30'000);
+            auto job = client.wait(s.id, std::chrono::seconds(30));
             if (!job) {
                 std::fprintf(stderr, "job %llu: no result within 30s\n",
                              static_cast<unsigned long long>(s.id));

@@ -317,8 +317,8 @@ std::string Broker::logs() const {
 ClientOptions Broker::client_options(Millis timeout_ms) const {
     ClientOptions o;
     o.endpoint = endpoint_;
-    o.timeout_ms = timeout_ms;
-    o.resend_ms = 500;
+    o.timeout = milliseconds(timeout_ms);
+    o.resend = 500ms;
     o.curve = curve_;
     return o;
 }

@@ -25,6 +25,7 @@
 #include <zmq.hpp>
 
 #include "errand/client.hpp"
+#include "errand/codec.hpp"
 #include "errand/transport.hpp"
 #include "errand/worker.hpp"
 

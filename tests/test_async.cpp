@@ -43,7 +43,7 @@ TEST_CASE("async: 20 batches in flight at once are all committed and run") {
     std::thread t([&] { worker.run(); });
     std::vector<std::future<std::optional<JobInfo>>> waits;
     for (JobId id : ids)
-        waits.push_back(client.wait(id, 30'000));
+        waits.push_back(client.wait(id, 30s));
     int succeeded = 0;
     for (auto& w : waits) {
         auto job = w.get();
@@ -65,13 +65,13 @@ TEST_CASE("async: broker errors and timeouts arrive through the futures") {
     auto missing = client.status(424242);
     CHECK_THROWS_AS(missing.get(), BrokerError);
     auto id = client.submit({job_spec("nobody-serves-this")}).get().front().id;
-    auto waited = client.wait(id, 200);
+    auto waited = client.wait(id, 200ms);
     CHECK_FALSE(waited.get().has_value());  // broker says timeout -> nullopt
     CHECK(client.status(id).get().state == JobState::ready);
 
     ClientOptions nowhere;
     nowhere.endpoint = "tcp://127.0.0.1:" + std::to_string(free_port());
-    nowhere.timeout_ms = 300;
+    nowhere.timeout = 300ms;
     AsyncClient lost(nowhere);
     auto f = lost.submit({job_spec("q")});
     CHECK_THROWS_WITH_AS(f.get(), doctest::Contains("cannot reach broker"), ConnectionError);

@@ -405,5 +405,5 @@ TEST_CASE("bad input: --max-batch and --max-waits are enforced with too_large") 
 
     // Another connection has its own allowance.
     errand::Client other(broker.client_options());
-    CHECK_FALSE(other.wait(1, 100).has_value());
+    CHECK_FALSE(other.wait(1, 100ms).has_value());
 }

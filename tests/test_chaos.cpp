@@ -160,8 +160,8 @@ std::unique_ptr<Process> spawn_broker(const TempDir& dir, const std::string& nam
             try {
                 errand::ClientOptions o;
                 o.endpoint = endpoint;
-                o.timeout_ms = 300;
-                o.resend_ms = 500;
+                o.timeout = 300ms;
+                o.resend = 500ms;
                 errand::Client c(o);
                 c.ping();
                 return true;
@@ -180,8 +180,8 @@ std::unique_ptr<Process> spawn_broker(const TempDir& dir, const std::string& nam
 errand::ClientOptions options_for(const std::string& endpoint, errand::Millis timeout_ms = 5000) {
     errand::ClientOptions o;
     o.endpoint = endpoint;
-    o.timeout_ms = timeout_ms;
-    o.resend_ms = 500;
+    o.timeout = std::chrono::milliseconds(timeout_ms);
+    o.resend = 500ms;
     return o;
 }
 
@@ -380,7 +380,7 @@ TEST_CASE("chaos: a broker SIGKILLed at random moments under load loses no ackno
                 const auto left = std::chrono::duration_cast<milliseconds>(
                     drain_deadline - std::chrono::steady_clock::now());
                 if (left.count() <= 0) break;
-                job = client.wait(a.id, std::min<errand::Millis>(left.count(), 1500));
+                job = client.wait(a.id, std::min<milliseconds>(left, 1500ms));
             }
             if (!job) job = client.status(a.id);  // for the report
         } catch (const errand::BrokerError& e) {
@@ -593,7 +593,7 @@ TEST_CASE(
         add_worker();
 
         for (auto id : ids) {
-            auto job = client.wait(id, 20'000);
+            auto job = client.wait(id, 20s);
             REQUIRE_MESSAGE(job.has_value(), "job " << id << " not finished 20 s after the faults\n"
                                                     << broker.logs());
             CHECK(job->state == JobState::succeeded);
@@ -795,7 +795,7 @@ TEST_CASE("chaos: a full disk refuses submissions with 'storage', keeps serving 
     submitted += 5;
     int completed = 0;
     for (auto id : work) {
-        auto job = client.wait(id, 20'000);
+        auto job = client.wait(id, 20s);
         CHECK_MESSAGE(job.has_value(), "work job " << id << " never finished\n"
                                                    << worker.logs() << broker->logs());
         if (job) {

@@ -5,13 +5,17 @@
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
 
+#include <sys/wait.h>
+
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "errand/version.hpp"
 #include "harness.hpp"
 
 using namespace errand::test;
@@ -295,6 +299,15 @@ TEST_CASE("cli: pause shows in queues until resume; queues --json counts every s
     auto paused = w.cli({"pause", "cat-q"});
     CHECK_MESSAGE(paused.exit_code == 0, describe(paused));
     CHECK_MESSAGE(paused.out == "queue cat-q paused\n", describe(paused));
+    CHECK_MESSAGE(paused.err.empty(), describe(paused));
+    // A queue no job has used is paused too, with a warning that names the likely one.
+    auto typo = w.cli({"pause", "cat-qq"});
+    CHECK_MESSAGE(typo.exit_code == 0, describe(typo));
+    CHECK_MESSAGE(typo.err ==
+                      "warning: no job has used queue 'cat-qq' yet (did you mean 'cat-q'?); "
+                      "pausing it anyway\n",
+                  describe(typo));
+    REQUIRE(w.cli({"resume", "cat-qq"}).exit_code == 0);
 
     // A paused queue accepts jobs but runs none.
     auto held = w.cli({"submit", "-q", "cat-q", "--payload", "b"});
@@ -496,4 +509,121 @@ TEST_CASE("a malformed endpoint is a usage error (exit 2) naming the value, in e
     CHECK_MESSAGE(broker.err().find("the port 99999 is not 1-65535") != std::string::npos,
                   broker.logs());
     CHECK_FALSE(std::filesystem::exists(dir / "x.db"));  // nothing was started or created
+}
+
+namespace {
+
+// Runs `command` through /bin/sh; its exit status and stdout (for programs other than errand).
+std::pair<int, std::string> shell(const std::string& command) {
+    std::FILE* p = ::popen(command.c_str(), "r");
+    REQUIRE(p != nullptr);
+    std::string out;
+    char buf[4096];
+    for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;)
+        out.append(buf, n);
+    const int status = ::pclose(p);
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+std::string version() {
+    return ERRAND_VERSION;
+}
+
+}  // namespace
+
+TEST_CASE("cli: --version of errand, errand-broker and errand-worker prints the version, exit 0") {
+    auto r = run_cli({"--version"}, {}, 10s);
+    CHECK_MESSAGE(r.exit_code == 0, describe(r));
+    CHECK(r.out == "errand " + version() + "\n");
+    for (const auto& [bin, name] :
+         {std::pair{broker_bin(), "errand-broker"}, std::pair{worker_bin(), "errand-worker"}}) {
+        auto [code, out] = shell("'" + bin + "' --version");
+        CHECK(code == 0);
+        CHECK(out == std::string(name) + " " + version() + "\n");
+    }
+}
+
+TEST_CASE("cli: a mistyped subcommand exits 2 and names the one meant") {
+    const std::string ep = "tcp://127.0.0.1:" + std::to_string(free_port());
+    auto r = run_cli({"--broker", ep, "stauts", "3"}, {}, 10s);
+    CHECK_MESSAGE(r.exit_code == 2, describe(r));
+    CHECK(r.err ==
+          "error: 'stauts' is not an errand command; did you mean 'status'? (see --help)\n");
+    auto far = run_cli({"--broker", ep, "frobnicate"}, {}, 10s);
+    CHECK_MESSAGE(far.exit_code == 2, describe(far));
+    CHECK(far.err == "error: 'frobnicate' is not an errand command (see --help)\n");
+    auto sub = run_cli({"--broker", ep, "sumbit", "--payload", "x"}, {}, 10s);
+    CHECK_MESSAGE(sub.exit_code == 2, describe(sub));
+    CHECK(sub.err.find("did you mean 'submit'?") != std::string::npos);
+}
+
+TEST_CASE("cli: bash completion offers subcommands and each one's options from --help") {
+    const char* dir = std::getenv("ERRAND_COMPLETIONS_DIR");
+    REQUIRE_MESSAGE(dir, "ERRAND_COMPLETIONS_DIR is not set");
+    auto complete = [&](const std::string& words) {
+        // COMP_WORDS as bash fills them for the line typed so far; the last word is completed.
+        auto [code, out] =
+            shell("bash -c 'source \"" + std::string(dir) + "/errand.bash\"; COMP_WORDS=(" + words +
+                  "); COMP_CWORD=$((${#COMP_WORDS[@]} - 1)); _errand; "
+                  "printf \"%s\\n\" \"${COMPREPLY[@]}\" | sort'");
+        CHECK(code == 0);
+        return out;
+    };
+    const std::string cli = "\"" + cli_bin() + "\"";
+    CHECK(complete(cli + " sta") == "stats\nstatus\n");
+    CHECK(complete(cli + " submit --wai") == "--wait\n--wait-timeout\n");
+    CHECK(complete(cli + " --bro") == "--broker\n");
+    CHECK(complete(cli + " list --state d") == "dead\n");
+    CHECK(complete("\"" + worker_bin() + "\" --drain") == "--drain-timeout\n");
+}
+
+TEST_CASE("cli: ERRAND_REQUEST_TIMEOUT sets --request-timeout; a bad value exits 2") {
+    const std::string ep = "tcp://127.0.0.1:" + std::to_string(free_port());
+    const std::string cli = "'" + cli_bin() + "' --broker " + ep;
+    auto [bad, bad_out] = shell("ERRAND_REQUEST_TIMEOUT=soon " + cli + " ping 2>&1");
+    CHECK(bad == 2);
+    CHECK_MESSAGE(bad_out.find("'soon' is not a duration") != std::string::npos, bad_out);
+    // Nothing listens there: the ping gives up after the variable's 300ms, not the default 5s.
+    const auto start = std::chrono::steady_clock::now();
+    auto [code, out] = shell("ERRAND_REQUEST_TIMEOUT=300ms " + cli + " ping 2>&1");
+    CHECK(code == 4);
+    CHECK_MESSAGE(out.find("timed out after 300ms") != std::string::npos, out);
+    CHECK(std::chrono::steady_clock::now() - start < 4s);
+}
+
+TEST_CASE(
+    "cli: status, wait and cancel take several ids; a refused one is reported, the rest run") {
+    CliWorld w;
+    std::vector<std::string> ids;
+    for (const char* payload : {"a", "b", "c"}) {
+        auto sub = w.cli({"submit", "-q", "cat-q", "--payload", payload});
+        REQUIRE_MESSAGE(sub.exit_code == 0, describe(sub));
+        ids.push_back(std::to_string(parse_id(sub)));
+    }
+    auto waited = w.cli({"wait", ids[0], ids[1], ids[2], "--timeout", "10s"});
+    CHECK_MESSAGE(waited.exit_code == 0, describe(waited));
+    CHECK(waited.out == "abc");  // each result's bytes, in the order given
+
+    auto st = w.cli({"status", ids[0], "987654321", ids[2], "--json"});
+    CHECK_MESSAGE(st.exit_code == 3, describe(st));
+    std::vector<std::string> lines;
+    for (std::size_t at = 0, nl; (nl = st.out.find('\n', at)) != std::string::npos; at = nl + 1)
+        lines.push_back(st.out.substr(at, nl - at));
+    REQUIRE_MESSAGE(lines.size() == 2, describe(st));
+    CHECK(json::parse(lines[0])["id"] == std::stoull(ids[0]));
+    CHECK(json::parse(lines[1])["id"] == std::stoull(ids[2]));
+    CHECK_MESSAGE(st.err.starts_with("error: job 987654321: "), describe(st));
+
+    std::vector<std::string> later;
+    for (int i = 0; i < 2; ++i) {
+        auto sub = w.cli({"submit", "-q", "cat-q", "--payload", "x", "--delay", "1h30m"});
+        REQUIRE_MESSAGE(sub.exit_code == 0, describe(sub));
+        later.push_back(std::to_string(parse_id(sub)));
+    }
+    auto cancelled = w.cli({"cancel", later[0], later[1]});
+    CHECK_MESSAGE(cancelled.exit_code == 0, describe(cancelled));
+    CHECK(cancelled.out == "cancelled job " + later[0] + "\ncancelled job " + later[1] + "\n");
+    // Waiting on a finished-successfully job and a cancelled one: the first failure's code.
+    auto mixed = w.cli({"wait", ids[0], later[0], "--timeout", "5s"});
+    CHECK_MESSAGE(mixed.exit_code == 1, describe(mixed));
 }

@@ -296,6 +296,15 @@ TEST_CASE("durations parse and print") {
     CHECK_FALSE(parse_duration("inf").has_value());
     CHECK_FALSE(parse_duration("-1s").has_value());
     CHECK_FALSE(parse_duration("5 s").has_value());
+    // Compound forms add up; a bare number is only seconds on its own.
+    CHECK(parse_duration("1h30m") == 5'400'000);
+    CHECK(parse_duration("2m15.5s") == 135'500);
+    CHECK(parse_duration("1d2h3m4s5ms") == 93'784'005);
+    CHECK(parse_duration("1m500ms") == 60'500);
+    CHECK_FALSE(parse_duration("1h30").has_value());
+    CHECK_FALSE(parse_duration("1h-30m").has_value());
+    CHECK_FALSE(parse_duration("1h 30m").has_value());
+    CHECK_FALSE(parse_duration("h").has_value());
     CHECK(format_duration(5000) == "5s");
     CHECK(format_duration(1500) == "1.5s");
     CHECK(format_duration(250) == "250ms");

@@ -160,10 +160,10 @@ TEST_CASE("config: a broker and a worker started from files and the environment 
 
     errand::ClientOptions opt;
     opt.endpoint = endpoint;
-    opt.timeout_ms = 10'000;
+    opt.timeout = 10s;
     errand::Client client(opt);
     auto id = client.submit(job_spec("cfg")).id;
-    auto job = client.wait(id, 15'000);
+    auto job = client.wait(id, 15s);
     REQUIRE_MESSAGE(job, broker.logs() << worker.logs());
     CHECK(job->result == std::optional<std::string>("configured\n"));
     CHECK(job->worker == std::optional<std::string>("from-file"));

@@ -59,7 +59,7 @@ TEST_CASE("e2e: 2000 jobs across 2 workers x concurrency 4 each complete exactly
         const auto left =
             std::chrono::duration_cast<milliseconds>(deadline - std::chrono::steady_clock::now());
         REQUIRE_MESSAGE(left.count() > 0, "jobs not finished within 120 s");
-        auto job = client.wait(id, left.count());
+        auto job = client.wait(id, left);
         REQUIRE_MESSAGE(job.has_value(), "job " << id << " not finished within the deadline");
         REQUIRE_MESSAGE(job->state == JobState::succeeded,
                         "job " << id << " ended " << errand::to_string(job->state) << ": "
@@ -116,8 +116,8 @@ TEST_CASE("e2e: a library Worker's results round-trip through Client::wait") {
     errand::Client client(broker.client_options());
     auto a = client.submit(job_spec("lib", std::string("bin\0ary", 7)));
     auto b = client.submit(job_spec("lib", "second"));
-    auto ja = client.wait(a.id, 10'000);
-    auto jb = client.wait(b.id, 10'000);
+    auto ja = client.wait(a.id, 10s);
+    auto jb = client.wait(b.id, 10s);
     REQUIRE(ja.has_value());
     REQUIRE(jb.has_value());
     CHECK(ja->state == JobState::succeeded);
@@ -150,7 +150,7 @@ TEST_CASE("e2e: a library handler that throws is retried, then dead with the mes
 
     errand::Client client(broker.client_options());
     auto s = client.submit(job_spec("boom", "x", 3));
-    auto job = client.wait(s.id, 15'000);
+    auto job = client.wait(s.id, 15s);
     REQUIRE(job.has_value());
     CHECK(job->state == JobState::dead);
     CHECK(job->attempts == 3);
@@ -184,8 +184,8 @@ TEST_CASE("e2e: a library handler's failure outcome and a permanent failure") {
     errand::Client client(broker.client_options());
     auto flaky = client.submit(job_spec("flaky", "", 3));
     auto fatal = client.submit(job_spec("fatal", "", 5));
-    auto jf = client.wait(flaky.id, 10'000);
-    auto jx = client.wait(fatal.id, 10'000);
+    auto jf = client.wait(flaky.id, 10s);
+    auto jx = client.wait(fatal.id, 10s);
     REQUIRE(jf.has_value());
     REQUIRE(jx.has_value());
     CHECK(jf->state == JobState::succeeded);
@@ -217,7 +217,7 @@ TEST_CASE("e2e: the worker daemon's job contract: stdin, env, stdout, exit codes
         std::mt19937 rng(7);
         for (auto& c : payload)
             c = static_cast<char>(rng() & 0xff);
-        auto job = client.wait(client.submit(job_spec("cat", payload)).id, 20'000);
+        auto job = client.wait(client.submit(job_spec("cat", payload)).id, 20s);
         REQUIRE(job.has_value());
         CHECK(job->state == JobState::succeeded);
         CHECK(job->payload_size == payload.size());
@@ -227,12 +227,12 @@ TEST_CASE("e2e: the worker daemon's job contract: stdin, env, stdout, exit codes
     }
     SUBCASE("ERRAND_JOB_ID, ERRAND_QUEUE and ERRAND_ATTEMPT are set") {
         auto id = client.submit(job_spec("env")).id;
-        auto job = client.wait(id, 10'000);
+        auto job = client.wait(id, 10s);
         REQUIRE(job.has_value());
         CHECK(job->result == std::to_string(id) + " env 1");
     }
     SUBCASE("a non-zero exit is a failed attempt, retried, then dead with its exit code") {
-        auto job = client.wait(client.submit(job_spec("exit3", "", 2)).id, 10'000);
+        auto job = client.wait(client.submit(job_spec("exit3", "", 2)).id, 10s);
         REQUIRE(job.has_value());
         CHECK(job->state == JobState::dead);
         CHECK(job->attempts == 2);
@@ -240,7 +240,7 @@ TEST_CASE("e2e: the worker daemon's job contract: stdin, env, stdout, exit codes
         CHECK(job->error.has_value());
     }
     SUBCASE("output over the result limit is truncated and marked, not refused") {
-        auto job = client.wait(client.submit(job_spec("huge")).id, 20'000);
+        auto job = client.wait(client.submit(job_spec("huge")).id, 20s);
         REQUIRE(job.has_value());
         CHECK(job->state == JobState::succeeded);
         REQUIRE(job->result.has_value());
@@ -313,7 +313,7 @@ TEST_CASE("e2e: submit_and_wait runs a job and brings its result back in one req
     errand::Submitted submitted;
     auto spec = job_spec("sw", "one");
     spec.token = errand::unique_token();
-    auto job = client.submit_and_wait(spec, 10'000, &submitted);
+    auto job = client.submit_and_wait(spec, 10s, &submitted);
     REQUIRE(job.has_value());
     CHECK(job->id == submitted.id);
     CHECK_FALSE(submitted.duplicate);
@@ -322,7 +322,7 @@ TEST_CASE("e2e: submit_and_wait runs a job and brings its result back in one req
 
     // The same token again: the finished job comes back at once, no second run.
     errand::Submitted again;
-    auto same = client.submit_and_wait(spec, 10'000, &again);
+    auto same = client.submit_and_wait(spec, 10s, &again);
     REQUIRE(same.has_value());
     CHECK(again.duplicate);
     CHECK(same->id == submitted.id);
@@ -331,11 +331,11 @@ TEST_CASE("e2e: submit_and_wait runs a job and brings its result back in one req
 
     // A job that does not finish in time: nullopt, the job is still there and finishes later.
     errand::Submitted held;
-    auto none = client.submit_and_wait(job_spec("sw", "hold"), 300, &held);
+    auto none = client.submit_and_wait(job_spec("sw", "hold"), 300ms, &held);
     CHECK_FALSE(none.has_value());
     CHECK(held.id > submitted.id);
     release = true;
-    auto later = client.wait(held.id, 10'000);
+    auto later = client.wait(held.id, 10s);
     REQUIRE(later.has_value());
     CHECK(later->result == "got:hold");
 

@@ -83,7 +83,7 @@ struct HttpWorld {
     }
 
     errand::JobInfo wait_job(errand::JobId id) {
-        auto job = client.wait(id, 20000);
+        auto job = client.wait(id, 20s);
         REQUIRE_MESSAGE(job, "job " << id << " did not finish\n" << broker.logs());
         return *job;
     }

@@ -247,7 +247,7 @@ TEST_CASE("lifecycle: fails twice then succeeds on attempt 3; the backoff gap gr
     capped_spec.backoff_cap_ms = 150;
     const auto capped_id = client.submit(capped_spec).id;
 
-    auto job = client.wait(id, 15'000);
+    auto job = client.wait(id, 15s);
     REQUIRE_MESSAGE(job.has_value(), broker.logs());
     CHECK(job->state == JobState::succeeded);
     CHECK(job->attempts == 3);
@@ -279,7 +279,7 @@ TEST_CASE("lifecycle: fails twice then succeeds on attempt 3; the backoff gap gr
     CHECK(gaps[1] <= 400 + 50);
     CHECK(gaps[1] >= gaps[0]);
 
-    auto capped = client.wait(capped_id, 15'000);
+    auto capped = client.wait(capped_id, 15s);
     REQUIRE(capped.has_value());
     CHECK(capped->state == JobState::dead);
     CHECK(capped->attempts == 4);
@@ -332,7 +332,7 @@ TEST_CASE("lifecycle: always failing -> dead after max attempts; retry ID and re
     const auto c = client.submit(job_spec("fragile", "", 2)).id;
     const auto d = client.submit(job_spec("other", "", 2)).id;
     for (auto id : {a, b, c, d}) {
-        auto job = client.wait(id, 15'000);
+        auto job = client.wait(id, 15s);
         REQUIRE_MESSAGE(job.has_value(), "job " << id << " not dead in time\n" << worker.logs());
         CHECK(job->state == JobState::dead);
         CHECK(job->attempts == 2);
@@ -347,7 +347,7 @@ TEST_CASE("lifecycle: always failing -> dead after max attempts; retry ID and re
     write_file(fixed, "");
     auto r = cli(broker, {"retry", std::to_string(a)});
     REQUIRE_MESSAGE(r.exit_code == 0, describe(r));
-    auto again = client.wait(a, 10'000);
+    auto again = client.wait(a, 10s);
     REQUIRE(again.has_value());
     CHECK(again->state == JobState::succeeded);
     CHECK(again->attempts == 3);      // attempt numbers only grow: 2 used, then one more
@@ -373,7 +373,7 @@ TEST_CASE("lifecycle: always failing -> dead after max attempts; retry ID and re
     auto bulk = cli(broker, {"retry", "--dead", "-q", "fragile"});
     REQUIRE_MESSAGE(bulk.exit_code == 0, describe(bulk));
     for (auto id : {b, c}) {
-        auto job = client.wait(id, 10'000);
+        auto job = client.wait(id, 10s);
         REQUIRE(job.has_value());
         CHECK(job->state == JobState::succeeded);
         CHECK(job->attempts == 3);
@@ -383,7 +383,7 @@ TEST_CASE("lifecycle: always failing -> dead after max attempts; retry ID and re
     // The library: retry_dead with no queue brings back the rest.
     auto ids = client.retry_dead();
     CHECK(ids == std::vector<errand::JobId>{d});
-    auto dj = client.wait(d, 10'000);
+    auto dj = client.wait(d, 10s);
     REQUIRE(dj.has_value());
     CHECK(dj->state == JobState::succeeded);
     CHECK(client.retry_dead().empty());
@@ -417,7 +417,7 @@ TEST_CASE("lifecycle: sleep 30 with --timeout 1s is killed, process group and al
                       "a process of attempt 1 survived its timeout");
     }
 
-    auto job = client.wait(id, 15'000);
+    auto job = client.wait(id, 15s);
     REQUIRE(job.has_value());
     CHECK(job->state == JobState::dead);
     CHECK(job->attempts == 2);
@@ -472,7 +472,7 @@ TEST_CASE("lifecycle: --delay 2s and --at run on time, also across a broker rest
         CHECK(after.status(delayed).state == JobState::scheduled);
     WorkerDaemon worker(dir, broker.endpoint(), daemon("w", {"later=echo ran"}));
 
-    auto dj = after.wait(delayed, 10'000);
+    auto dj = after.wait(delayed, 10s);
     REQUIRE_MESSAGE(dj.has_value(), worker.logs() << broker.logs());
     CHECK(dj->state == JobState::succeeded);
     REQUIRE(dj->started_at.has_value());
@@ -481,7 +481,7 @@ TEST_CASE("lifecycle: --delay 2s and --at run on time, also across a broker rest
     CHECK(waited >= 2000);
     CHECK(waited <= 2500);
 
-    auto tj = after.wait(timed, 10'000);
+    auto tj = after.wait(timed, 10s);
     REQUIRE(tj.has_value());
     CHECK(tj->state == JobState::succeeded);
     REQUIRE(tj->started_at.has_value());
@@ -519,7 +519,7 @@ TEST_CASE("lifecycle: a single-slot worker runs higher priorities first, FIFO wi
     WorkerDaemon worker(dir, broker.endpoint(),
                         daemon("w", {"prio=echo \"$ERRAND_JOB_ID\" >> " + quote(effects)}));
     for (const auto& [p, id] : jobs) {
-        auto job = client.wait(id, 10'000);
+        auto job = client.wait(id, 10s);
         REQUIRE_MESSAGE(job.has_value(), worker.logs());
         CHECK(job->state == JobState::succeeded);
     }
@@ -559,7 +559,7 @@ TEST_CASE("lifecycle: cancel stops a running job's processes; scheduled and read
     auto now = client.status(id);
     CHECK(now.state == JobState::cancelled);
     CHECK(now.finished_at.has_value());
-    auto waited = client.wait(id, 1000);
+    auto waited = client.wait(id, 1s);
     REQUIRE(waited.has_value());
     CHECK(waited->state == JobState::cancelled);
     for (auto pid : read_pids(pids)) {
@@ -569,7 +569,7 @@ TEST_CASE("lifecycle: cancel stops a running job's processes; scheduled and read
 
     // The worker's slot is free again, and its late report of the killed attempt changed nothing.
     const auto quick = client.submit(job_spec("c", "x\n")).id;
-    auto q = client.wait(quick, 10'000);
+    auto q = client.wait(quick, 10s);
     REQUIRE_MESSAGE(q.has_value(), worker.logs());
     CHECK(q->state == JobState::succeeded);
     CHECK(q->result == "quick\n");
@@ -634,7 +634,7 @@ TEST_CASE("lifecycle: one unique key, one unfinished job; a new one once it has 
     CHECK(other.id != first.id);
 
     WorkerDaemon worker(dir, broker.endpoint(), daemon("w", {"uq=cat"}));
-    auto done = client.wait(first.id, 10'000);
+    auto done = client.wait(first.id, 10s);
     REQUIRE_MESSAGE(done.has_value(), worker.logs());
     CHECK(done->state == JobState::succeeded);
     CHECK(done->result == "first");  // the duplicates added nothing
@@ -642,7 +642,7 @@ TEST_CASE("lifecycle: one unique key, one unfinished job; a new one once it has 
     auto third = client.submit(spec2);
     CHECK_FALSE(third.duplicate);
     CHECK(third.id != first.id);
-    auto t = client.wait(third.id, 10'000);
+    auto t = client.wait(third.id, 10s);
     REQUIRE(t.has_value());
     CHECK(t->result == "second");
 
@@ -670,7 +670,7 @@ TEST_CASE("lifecycle: a paused queue dispatches nothing, across a broker restart
                         daemon("w", {"held=echo ran >> " + quote(effects), "probe=echo probe"}));
     // Once a probe job has run, the worker is connected with a free slot.
     const auto probe = client.submit(job_spec("probe")).id;
-    auto p = client.wait(probe, 10'000);
+    auto p = client.wait(probe, 10s);
     REQUIRE_MESSAGE(p.has_value(), worker.logs() << broker.logs());
     CHECK(p->state == JobState::succeeded);
     CHECK_FALSE(wait_until([&] { return client.status(held).state != JobState::ready; }, 300ms));
@@ -691,7 +691,7 @@ TEST_CASE("lifecycle: a paused queue dispatches nothing, across a broker restart
 
     auto r = cli(broker, {"resume", "held"});
     REQUIRE_MESSAGE(r.exit_code == 0, describe(r));
-    auto job = client.wait(held, 10'000);
+    auto job = client.wait(held, 10s);
     REQUIRE(job.has_value());
     CHECK(job->state == JobState::succeeded);
     CHECK(read_lines(effects).size() == 1);
@@ -727,7 +727,7 @@ TEST_CASE("lifecycle: the result of a lost worker's attempt is refused as stale"
     CHECK(d.attempt == 1);
 
     WorkerDaemon w2(dir, broker.endpoint(), daemon("w2", {"contested=printf second"}));
-    auto job = client.wait(id, 10'000);
+    auto job = client.wait(id, 10s);
     REQUIRE_MESSAGE(job.has_value(), w2.logs() << broker.logs());
     CHECK(job->state == JobState::succeeded);
     CHECK(job->attempts == 2);
@@ -850,7 +850,7 @@ TEST_CASE("lifecycle: progress written to fd 3 by a daemon job shows in status")
         },
         5s));
     ::close(fd);
-    auto job = client.wait(id, 10'000);
+    auto job = client.wait(id, 10s);
     REQUIRE(job.has_value());
     CHECK(job->state == JobState::succeeded);
     CHECK(job->result == "finished\n");
@@ -878,7 +878,7 @@ TEST_CASE("lifecycle: a library handler's job.progress() shows in status") {
     CHECK(info.state == JobState::running);
     CHECK(info.progress_message == "thirty");
     release = true;
-    auto job = client.wait(id, 10'000);
+    auto job = client.wait(id, 10s);
     REQUIRE(job.has_value());
     CHECK(job->state == JobState::succeeded);
     CHECK(job->result == "released");
@@ -900,16 +900,16 @@ TEST_CASE("lifecycle: purge removes succeeded jobs of a queue; counts follow") {
     const auto bad = client.submit(job_spec("pq", "bad\n", 3)).id;
     const auto kept = client.submit(job_spec("keep", "good\n")).id;
     for (auto id : good) {
-        auto job = client.wait(id, 10'000);
+        auto job = client.wait(id, 10s);
         REQUIRE_MESSAGE(job.has_value(), worker.logs());
         CHECK(job->state == JobState::succeeded);
     }
-    auto b = client.wait(bad, 10'000);
+    auto b = client.wait(bad, 10s);
     REQUIRE(b.has_value());
     CHECK(b->state == JobState::dead);
     CHECK(b->attempts == 1);
     CHECK(b->exit_code == 99);
-    REQUIRE(client.wait(kept, 10'000).has_value());
+    REQUIRE(client.wait(kept, 10s).has_value());
 
     auto before = find_queue(client, "pq");
     REQUIRE(before.has_value());
@@ -920,7 +920,7 @@ TEST_CASE("lifecycle: purge removes succeeded jobs of a queue; counts follow") {
     CHECK(json_count(queue_json(parse_json(before_json), "pq"), "succeeded") == 3);
 
     // Nothing finished an hour ago; running is not a finished state.
-    CHECK(client.purge(JobState::succeeded, std::string("pq"), 3'600'000) == 0);
+    CHECK(client.purge(JobState::succeeded, std::string("pq"), std::chrono::hours(1)) == 0);
     auto not_terminal = cli(broker, {"purge", "--state", "running"});
     CHECK_MESSAGE((not_terminal.exit_code == 2 || not_terminal.exit_code == 3),
                   describe(not_terminal));
@@ -970,17 +970,17 @@ TEST_CASE("lifecycle: worker --permanent-exit-code, --default-timeout and a weig
     const auto hang = client.submit(job_spec("wq", "hang\n", 1)).id;
     const auto fine = client.submit(job_spec("wq", "fine\n", 1)).id;
 
-    auto p = client.wait(perm, 10'000);
+    auto p = client.wait(perm, 10s);
     REQUIRE_MESSAGE(p.has_value(), worker.logs());
     CHECK(p->state == JobState::dead);
     CHECK(p->attempts == 1);  // permanent: no retry
     CHECK(p->exit_code == 7);
-    auto n = client.wait(ninety_nine, 10'000);
+    auto n = client.wait(ninety_nine, 10s);
     REQUIRE(n.has_value());
     CHECK(n->state == JobState::dead);
     CHECK(n->attempts == 2);  // 99 is an ordinary failure on this worker
     CHECK(n->exit_code == 99);
-    auto h = client.wait(hang, 10'000);
+    auto h = client.wait(hang, 10s);
     REQUIRE(h.has_value());
     CHECK(h->state == JobState::dead);
     REQUIRE(h->error.has_value());
@@ -989,7 +989,7 @@ TEST_CASE("lifecycle: worker --permanent-exit-code, --default-timeout and a weig
     REQUIRE(h->finished_at.has_value());
     CHECK(*h->finished_at - *h->started_at >= 500);
     CHECK(*h->finished_at - *h->started_at <= 2500);
-    auto f = client.wait(fine, 10'000);
+    auto f = client.wait(fine, 10s);
     REQUIRE(f.has_value());
     CHECK(f->state == JobState::succeeded);
     CHECK(f->result == "ok\n");
@@ -1008,7 +1008,7 @@ TEST_CASE("lifecycle: --retention deletes finished jobs and their counts; unfini
     for (int i = 0; i < 20; ++i)
         done.push_back(client.submit(job_spec("ret")).id);
     for (auto id : done)
-        REQUIRE(client.wait(id, 10'000).has_value());
+        REQUIRE(client.wait(id, 10s).has_value());
     const auto waiting = client.submit(job_spec("nobody-serves-this")).id;
 
     // Retention looks once a second and deletes what finished more than 1 s ago.
@@ -1044,7 +1044,7 @@ TEST_CASE("lifecycle: a daemon whose result is refused as stale logs the job's q
     // attempt 2. The job's own process is not paused and finishes meanwhile.
     w1.process().kill(SIGSTOP);
     WorkerDaemon w2(dir, broker.endpoint(), daemon("w2", {"paused=printf second"}));
-    auto job = client.wait(id, 15'000);
+    auto job = client.wait(id, 15s);
     REQUIRE_MESSAGE(job.has_value(), w2.logs() << broker.logs());
     CHECK(job->attempts == 2);
     w1.process().kill(SIGCONT);

@@ -54,7 +54,7 @@ TEST_CASE("logs: --log-format json gives parseable lines with job fields") {
                          .extra_args = {"--log-format", "json", "--log-level", "debug"}});
     errand::Client client(broker.client_options());
     auto id = client.submit(job_spec("emails", "", 2)).id;
-    auto job = client.wait(id, 20'000);
+    auto job = client.wait(id, 20s);
     REQUIRE_MESSAGE(job, worker.logs());
     REQUIRE(job->state == errand::JobState::dead);
 
@@ -107,7 +107,7 @@ TEST_CASE("logs: text lines of a job carry job=, queue= and attempt=") {
                          .extra_args = {}});
     errand::Client client(broker.client_options());
     auto id = client.submit(job_spec("reports")).id;
-    REQUIRE(client.wait(id, 20'000));
+    REQUIRE(client.wait(id, 20s));
     const std::string tag = "job=" + std::to_string(id) + " queue=reports attempt=1: ";
     auto err = broker.process().err();
     CHECK_MESSAGE(err.find(tag + "ready -> running") != std::string::npos, err);

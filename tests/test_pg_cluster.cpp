@@ -138,7 +138,7 @@ TEST_CASE("PAUSE through one broker stops dispatch on the others; RESUME through
     // The workers are served meanwhile: jobs of another queue run through both brokers.
     for (int i = 0; i < 6; ++i) {
         auto id = (i % 2 ? cb : cc).submit(job_spec("other", "y")).id;
-        auto done = ca.wait(id, 10'000);
+        auto done = ca.wait(id, 10s);
         REQUIRE_MESSAGE(done.has_value(), b.logs(), c.logs());
         CHECK(done->state == JobState::succeeded);
     }
@@ -155,7 +155,7 @@ TEST_CASE("PAUSE through one broker stops dispatch on the others; RESUME through
 
     cc.resume("p");
     for (JobId id : paused) {
-        auto done = ca.wait(id, 10'000);
+        auto done = ca.wait(id, 10s);
         REQUIRE_MESSAGE(done.has_value(), b.logs(), c.logs());
         CHECK(done->state == JobState::succeeded);
     }
@@ -212,7 +212,7 @@ TEST_CASE("a broker that dies: its running attempt is taken over, its delayed jo
     // The broker that stays takes over: it never saw these jobs but in the database.
     CountingWorker survivor(b, "survivor", {"slow", "later"});
     Client cb(b.client_options());
-    auto rescued = cb.wait(slow, 20'000);
+    auto rescued = cb.wait(slow, 20s);
     REQUIRE_MESSAGE(rescued.has_value(), b.logs());
     CHECK(rescued->state == JobState::succeeded);
     CHECK(rescued->attempts == 2);
@@ -222,7 +222,7 @@ TEST_CASE("a broker that dies: its running attempt is taken over, its delayed jo
         return e.from == JobState::running && e.to == JobState::ready && e.reason == "worker lost";
     }));
 
-    auto ran = cb.wait(delayed, 20'000);
+    auto ran = cb.wait(delayed, 20s);
     REQUIRE_MESSAGE(ran.has_value(), b.logs());
     CHECK(ran->state == JobState::succeeded);
     REQUIRE(ran->started_at.has_value());
@@ -260,7 +260,7 @@ TEST_CASE(
         std::string failed;
         std::thread waiter([&] {
             try {
-                got = cb.wait(id, 15'000);
+                got = cb.wait(id, 15s);
             } catch (const std::exception& e) {
                 failed = e.what();
             }
@@ -488,13 +488,13 @@ TEST_CASE("the leader SIGKILLed: another broker takes the role, retention and re
 
     // Rescue: the new leader returns the dead broker's attempt to the queue.
     CountingWorker survivor(b, "survivor", {"slow", "short"});
-    auto rescued = cb.wait(slow, 20'000);
+    auto rescued = cb.wait(slow, 20s);
     REQUIRE_MESSAGE(rescued.has_value(), b.logs());
     CHECK(rescued->state == JobState::succeeded);
     CHECK(rescued->attempts == 2);
     // Retention: finished jobs older than --retention are deleted by the new leader.
     auto id = cb.submit(job_spec("short", "x")).id;
-    REQUIRE(cb.wait(id, 10'000).has_value());
+    REQUIRE(cb.wait(id, 10s).has_value());
     CHECK_MESSAGE(
         wait_until([&] { return scalar(pg, "SELECT count(*) FROM jobs") == 0; }, 10s, 100ms),
         b.logs());
@@ -517,7 +517,7 @@ TEST_CASE("a broker paused past its lease: none of its later decisions is applie
     // attempt to the queue, where a worker of B runs it as attempt 2.
     a.process().kill(SIGSTOP);
     CountingWorker wb(b, "wb", {"slow"});
-    auto done = cb.wait(id, 20'000);
+    auto done = cb.wait(id, 20s);
     REQUIRE_MESSAGE(done.has_value(), b.logs());
     CHECK(done->state == JobState::succeeded);
     CHECK(done->attempts == 2);
@@ -546,7 +546,7 @@ TEST_CASE("a broker paused past its lease: none of its later decisions is applie
     CHECK(after.result == "ran:");
     CHECK(scalar(pg, "SELECT count(*) FROM job_events") == events_before);
     auto again = ca.submit(job_spec("slow", "y")).id;
-    auto ran = ca.wait(again, 20'000);
+    auto ran = ca.wait(again, 20s);
     REQUIRE_MESSAGE(ran.has_value(), a.logs());
     CHECK(ran->state == JobState::succeeded);
     CHECK(scalar(pg, "SELECT count(*) FROM brokers WHERE pid = " +

@@ -644,7 +644,7 @@ TEST_CASE("run_job: the permanent exit code fails the job permanently") {
 
 TEST_CASE("run_job: the job's timeout, else the default, stops it; the failure is retryable") {
     Job job = make_job();
-    job.timeout_ms = 1000;
+    job.timeout = std::chrono::milliseconds(1000);
     JobPolicy policy{.command = "echo partial; exec sleep 30", .default_timeout = 20'000};
     const errand::Millis start = errand::steady_ms();
     Outcome o = run_job(job, policy);

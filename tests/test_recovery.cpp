@@ -65,7 +65,7 @@ TEST_CASE("recovery: 500 acknowledged submissions survive a SIGKILLed broker and
         const auto left =
             std::chrono::duration_cast<milliseconds>(deadline - std::chrono::steady_clock::now());
         REQUIRE_MESSAGE(left.count() > 0, "jobs not finished within 60 s");
-        auto job = client.wait(id, left.count());
+        auto job = client.wait(id, left);
         REQUIRE_MESSAGE(job.has_value(), "job " << id << " not finished in time");
         CHECK(job->state == JobState::succeeded);
         CHECK(job->attempts == 1);
@@ -119,7 +119,7 @@ TEST_CASE("recovery: a job of a SIGKILLed worker completes on the other worker, 
 
     const auto killed_at = std::chrono::steady_clock::now();
     victim.kill9();
-    auto job = client.wait(id, 15'000);
+    auto job = client.wait(id, 15s);
     const auto elapsed = since(killed_at);
     REQUIRE_MESSAGE(job.has_value(), "job not finished 15 s after its worker was killed");
     CHECK(job->state == JobState::succeeded);
@@ -162,7 +162,7 @@ TEST_CASE("recovery: a broker SIGKILLed during a 3 s job and restarted records i
     CHECK(since(killed_at) < 3s);  // the job is still running: the restart is the point
 
     errand::Client client(broker.client_options());
-    auto job = client.wait(id, 20'000);
+    auto job = client.wait(id, 20s);
     REQUIRE_MESSAGE(job.has_value(), "job not finished 20 s after the restart");
     CHECK(job->state == JobState::succeeded);
     CHECK(job->attempts == 1);

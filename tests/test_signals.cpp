@@ -80,7 +80,7 @@ TEST_CASE("signals: SIGTERM drains a worker: a long job is stopped and handed ba
                          .concurrency = 1,
                          .allow_commands = false,
                          .extra_args = {}});
-    auto done = client.wait(id, 10'000);
+    auto done = client.wait(id, 10s);
     REQUIRE_MESSAGE(done, second.logs());
     CHECK(done->state == JobState::succeeded);
     CHECK(done->attempts == 2);
@@ -321,7 +321,7 @@ TEST_CASE("signals: broker SIGTERM tells workers, which register again with the 
     {
         errand::Client client(broker.client_options());
         auto id = client.submit(job_spec("echo")).id;
-        REQUIRE_MESSAGE(client.wait(id, 10'000), worker.logs());
+        REQUIRE_MESSAGE(client.wait(id, 10s), worker.logs());
     }
     broker.process().kill(SIGTERM);
     REQUIRE(broker.process().wait_exit(10s) == std::optional<int>(0));
@@ -334,7 +334,7 @@ TEST_CASE("signals: broker SIGTERM tells workers, which register again with the 
     broker.start();
     errand::Client client(broker.client_options());
     auto id = client.submit(job_spec("echo")).id;
-    auto job = client.wait(id, 10'000);
+    auto job = client.wait(id, 10s);
     REQUIRE_MESSAGE(job, worker.logs());
     CHECK(job->state == JobState::succeeded);
     CHECK(worker.process().running());
@@ -687,7 +687,7 @@ TEST_CASE("protocol: a worker daemon cuts results to the broker's --max-result")
                          .concurrency = 1,
                          .allow_commands = false,
                          .extra_args = {}});
-    auto job = client.wait(id, 10'000);
+    auto job = client.wait(id, 10s);
     REQUIRE_MESSAGE(job, worker.logs() << broker.logs());
     CHECK(job->state == errand::JobState::succeeded);
     REQUIRE(job->result);

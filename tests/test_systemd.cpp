@@ -183,13 +183,13 @@ TEST_CASE("systemd: the worker sends READY=1, STATUS= with busy slots, WATCHDOG=
         REQUIRE_MESSAGE(ns.wait_exact("WATCHDOG=1", 3s), ns.all());
 
     write_file(go, "");
-    auto job = client.wait(id, 10'000);
+    auto job = client.wait(id, 10s);
     REQUIRE(job);
     CHECK(job->state == errand::JobState::succeeded);
     CHECK_MESSAGE(ns.wait_prefix("STATUS=0/2 slots busy", 5s), ns.all());
 
     // Jobs do not inherit the daemon's notify socket: they are not the service.
-    auto env_job = client.wait(client.submit(job_spec("env")).id, 10'000);
+    auto env_job = client.wait(client.submit(job_spec("env")).id, 10s);
     REQUIRE(env_job);
     CHECK(env_job->result == std::optional<std::string>("[][]\n"));
 

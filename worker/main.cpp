@@ -22,6 +22,7 @@
 #include "errand/log_fields.hpp"
 #include "errand/protocol.hpp"
 #include "errand/transport.hpp"
+#include "errand/version.hpp"
 #include "errand/worker.hpp"
 #include "logging.hpp"
 #include "notify.hpp"
@@ -57,6 +58,24 @@ std::string default_name() {
     return fmt::format("{}:{}", host, ::getpid());
 }
 
+// The library's log lines join the daemon's own (its format, level and file: daemon/logging.hpp).
+void log_to_spdlog(errand::LogLevel level, std::string_view message) {
+    switch (level) {
+        case errand::LogLevel::debug:
+            spdlog::debug("{}", message);
+            break;
+        case errand::LogLevel::info:
+            spdlog::info("{}", message);
+            break;
+        case errand::LogLevel::warn:
+            spdlog::warn("{}", message);
+            break;
+        case errand::LogLevel::error:
+            spdlog::error("{}", message);
+            break;
+    }
+}
+
 std::string first_line(const std::string& text) {
     std::string line = text.substr(0, text.find('\n'));
     return line.size() > 200 ? line.substr(0, 200) + "..." : line;
@@ -80,6 +99,8 @@ int main(int argc, char** argv) {
     bool dump = false;
 
     CLI::App app{"errand-worker: runs the jobs of errand queues as processes"};
+    app.set_version_flag("--version", "errand-worker " ERRAND_VERSION,
+                         "print the version and exit");
     app.footer(
         "QUEUES: without weights, queues are served strictly in the order given: a queue gets\n"
         "a job only when those before it have none ready. With a WEIGHT (1-1000) on any queue,\n"
@@ -264,9 +285,10 @@ int main(int argc, char** argv) {
                                .prefetch = prefetch,
                                .accept_commands = allow_commands,
                                .curve = curve,
-                               .drain_timeout_ms = *drain_timeout,
+                               .drain_timeout = std::chrono::milliseconds(*drain_timeout),
                                .on_status = on_status,
-                               .status_interval_ms = status_interval});
+                               .status_interval = std::chrono::milliseconds(status_interval),
+                               .log = log_to_spdlog});
         std::vector<std::string> queue_names;
         for (const auto& queue : queues) {
             errand::workerd::JobPolicy policy{

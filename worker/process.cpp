@@ -633,7 +633,8 @@ Outcome run_job(const Job& job, const JobPolicy& policy) {
     // The broker's --max-result bounds it too: a result it refuses would never be applied.
     const std::size_t max_output = std::min(policy.max_output, job.max_result);
     spec.max_output = max_output;
-    spec.timeout = job.timeout_ms && *job.timeout_ms > 0 ? job.timeout_ms : policy.default_timeout;
+    spec.timeout = job.timeout && job.timeout->count() > 0 ? std::optional(job.timeout->count())
+                                                           : policy.default_timeout;
     spec.kill_grace_ms = policy.kill_grace_ms;
     spec.cancel = job.cancel_flag();
     spec.terminate = policy.terminate;

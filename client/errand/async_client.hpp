@@ -6,10 +6,12 @@
 //   for (auto& f : inflight) for (auto s : f.get()) ids.push_back(s.id);
 //
 // All methods are thread-safe. One I/O thread owns the socket; it resends unanswered requests
-// (with the same idempotency tokens) every resend_ms and fails a future with ConnectionError after
-// timeout_ms without a reply, or with BrokerError when the broker refuses.
+// (with the same idempotency tokens) every ClientOptions::resend and fails a future with
+// ConnectionError after ClientOptions::timeout without a reply, or with BrokerError when the broker
+// refuses.
 #pragma once
 
+#include <chrono>
 #include <future>
 #include <memory>
 #include <optional>
@@ -29,8 +31,8 @@ class AsyncClient {
     // One SUBMIT (at most limits::kMaxBatch jobs, committed together); tokens are filled in.
     std::future<std::vector<Submitted>> submit(std::vector<JobSpec> jobs);
     std::future<JobInfo> status(JobId id);
-    // The finished job, or nullopt when timeout_ms passed first.
-    std::future<std::optional<JobInfo>> wait(JobId id, Millis timeout_ms);
+    // The finished job, or nullopt when `timeout` passed first.
+    std::future<std::optional<JobInfo>> wait(JobId id, std::chrono::milliseconds timeout);
 
     // Requests sent and not yet answered.
     std::size_t in_flight() const;

@@ -2,29 +2,32 @@
 //
 //   errand::Client client({.endpoint = "tcp://127.0.0.1:7744"});
 //   auto id = client.submit({.queue = "email", .payload = "hello"}).id;
-//   if (auto job = client.wait(id, 30'000)) std::cout << job->result.value_or("") << "\n";
+//   if (auto job = client.wait(id, std::chrono::seconds(30)))
+//       std::cout << job->result.value_or("") << "\n";
 //
 // A Client is not thread-safe; use one per thread. Requests that get no reply are resent with the
 // same idempotency tokens, so a retried submit never creates a second job.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
-#include "errand/codec.hpp"
 #include "errand/curve.hpp"
+#include "errand/messages.hpp"
 #include "errand/protocol.hpp"
 
 namespace errand {
 
 struct ClientOptions {
     std::string endpoint = std::string(kDefaultEndpoint);
-    Millis timeout_ms = 5000;          // give up on a request after this long without a reply
-    Millis resend_ms = 1000;           // resend an unanswered request this often
-    std::optional<CurveClient> curve;  // encrypt and authenticate (see docs/SECURITY.md)
+    // Give up on a request after this long without a reply (ConnectionError).
+    std::chrono::milliseconds timeout{5000};
+    std::chrono::milliseconds resend{1000};  // resend an unanswered request this often
+    std::optional<CurveClient> curve{};      // encrypt and authenticate (see docs/SECURITY.md)
 };
 
 // The broker answered with ERROR.
@@ -50,8 +53,8 @@ struct Submitted {
 };
 
 struct ListFilter {
-    std::optional<std::string> queue;
-    std::optional<JobState> state;
+    std::optional<std::string> queue{};
+    std::optional<JobState> state{};
     std::uint32_t limit = limits::kDefaultListLimit;
 };
 
@@ -67,11 +70,11 @@ class Client {
     // Submits many jobs, committed together (chunks of limits::kMaxBatch per message).
     std::vector<Submitted> submit_batch(std::vector<JobSpec> specs);
     JobInfo status(JobId id);
-    // The finished job, or nullopt when timeout_ms passed first.
-    std::optional<JobInfo> wait(JobId id, Millis timeout_ms);
+    // The finished job, or nullopt when `timeout` passed first (at most a day).
+    std::optional<JobInfo> wait(JobId id, std::chrono::milliseconds timeout);
     // submit() and wait() in one round trip: the finished job, or nullopt if it did not finish
-    // within timeout_ms. `submitted` gets the id once the broker has committed the job.
-    std::optional<JobInfo> submit_and_wait(JobSpec spec, Millis timeout_ms,
+    // within `timeout`. `submitted` gets the id once the broker has committed the job.
+    std::optional<JobInfo> submit_and_wait(JobSpec spec, std::chrono::milliseconds timeout,
                                            Submitted* submitted = nullptr);
     std::vector<JobInfo> list(const ListFilter& filter = {});
     Pong ping();
@@ -86,9 +89,10 @@ class Client {
     // A paused queue accepts jobs but dispatches none, until resumed (survives restarts).
     void pause(const std::string& queue);
     void resume(const std::string& queue);
-    // Deletes finished jobs in `state`; returns how many.
+    // Deletes finished jobs in `state` (that finished at least `older_than` ago); returns how
+    // many.
     std::uint64_t purge(JobState state, const std::optional<std::string>& queue = std::nullopt,
-                        std::optional<Millis> older_than_ms = std::nullopt);
+                        std::optional<std::chrono::milliseconds> older_than = std::nullopt);
     std::vector<QueueInfo> queues();
     // The job's state changes, oldest first.
     std::vector<Event> history(JobId id);

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "errand/curve.hpp"
+#include "errand/log.hpp"
 #include "errand/protocol.hpp"
 
 namespace errand {
@@ -28,11 +30,11 @@ struct JobControl;  // shared between a running job and the worker's network thr
 
 struct Job {
     JobId id = 0;
-    std::string queue;
+    std::string queue{};
     std::uint32_t attempt = 0;
-    std::string payload;
-    std::optional<std::vector<std::string>> argv;
-    std::optional<Millis> timeout_ms;  // the job's own timeout, if it has one
+    std::string payload{};
+    std::optional<std::vector<std::string>> argv{};
+    std::optional<std::chrono::milliseconds> timeout{};  // the job's own timeout, if it has one
     // The most result bytes the broker takes (its --max-result, learnt from REGISTERED, and at
     // most WorkerOptions::max_result). A longer result is cut to this before it is sent; a
     // handler that wants to mark the cut (the daemon does) cuts it itself.
@@ -46,13 +48,13 @@ struct Job {
     // within ~100 ms. Thread-safe.
     void progress(std::uint32_t percent, std::string message = {}) const;
 
-    std::shared_ptr<JobControl> control;
+    std::shared_ptr<JobControl> control{};
 };
 
 struct Outcome {
     bool ok = true;
-    std::string result;  // on success: the job's result; on failure: optional partial output
-    std::string error;   // on failure
+    std::string result{};  // on success: the job's result; on failure: optional partial output
+    std::string error{};   // on failure
     std::int64_t exit_code = 0;
     bool permanent = false;  // failure that no retry can fix: the job goes straight to dead
 
@@ -78,7 +80,7 @@ struct WorkerStatus {
 
 struct WorkerOptions {
     std::string endpoint = std::string(kDefaultEndpoint);
-    std::string name;  // default: host:pid
+    std::string name{};  // default: host:pid
     std::uint32_t concurrency = 1;
     // Jobs held beyond `concurrency`, waiting locally so a handler never waits for the network.
     // Raises throughput with many short jobs; prefetched jobs count as running (and their
@@ -87,14 +89,17 @@ struct WorkerOptions {
     bool accept_commands = false;  // take jobs that carry their own argv
     // Results are cut to this, or to the broker's --max-result when that is smaller.
     std::size_t max_result = limits::kDefaultMaxResult;
-    std::optional<CurveClient> curve;  // encrypt and authenticate (see docs/SECURITY.md)
+    std::optional<CurveClient> curve{};  // encrypt and authenticate (see docs/SECURITY.md)
     // How long stop() lets running jobs finish before it cancels them (Job::cancelled()) and
     // hands them back to the broker; nullopt: as long as they take.
-    std::optional<Millis> drain_timeout_ms;
-    // Called on the network thread at least every status_interval_ms while run() serves. It
+    std::optional<std::chrono::milliseconds> drain_timeout{};
+    // Called on the network thread at least every status_interval while run() serves. It
     // also shows that thread is alive (a watchdog). Must not block.
-    std::function<void(const WorkerStatus&)> on_status;
-    Millis status_interval_ms = 1000;
+    std::function<void(const WorkerStatus&)> on_status{};
+    std::chrono::milliseconds status_interval{1000};
+    // The worker's log lines (errand/log.hpp): stderr at info and above unless replaced; an
+    // empty function ({} or nullptr) silences them.
+    LogFn log = stderr_log();
 };
 
 class Worker {
@@ -113,7 +118,7 @@ class Worker {
     void run();
     // Drains, then makes run() return: takes no more jobs (DRAIN), hands jobs that have not
     // started back to the broker at once (RELEASE: the attempt is not counted), lets running
-    // jobs finish for up to drain_timeout_ms, then cancels them and hands back those that do
+    // jobs finish for up to drain_timeout, then cancels them and hands back those that do
     // not succeed anyway. A second call ends the drain at once. Async-signal-safe: it only
     // touches an atomic.
     void stop();

@@ -1,5 +1,6 @@
-// MessagePack bodies: a typed reader and writer for frame 2, and the message structs of the
-// protocol with their encoders and decoders. Decoders throw ProtocolError (bad_frame/bad_request).
+// MessagePack bodies: a typed reader and writer for frame 2, the protocol's remaining message
+// structs (the ones the client API returns are in errand/messages.hpp), and their encoders and
+// decoders. Decoders throw ProtocolError (bad_frame/bad_request).
 // Each message's fields are written once, in a table (common/tables.hpp) that drives its encode,
 // decode and JSON form (errand/json.hpp).
 #pragma once
@@ -13,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "errand/messages.hpp"
 #include "errand/protocol.hpp"
 
 namespace errand {
@@ -95,21 +97,6 @@ class Writer {
 
 // ---- Message structs ----------------------------------------------------------------------
 
-struct JobSpec {
-    std::string queue;
-    std::string payload;
-    std::optional<std::vector<std::string>> argv;
-    std::uint32_t max_attempts = limits::kDefaultMaxAttempts;
-    std::optional<std::string> token;
-    std::int32_t priority = 0;             // higher runs first
-    std::optional<Millis> run_at;          // scheduled: not before this time (ms since epoch)
-    std::optional<Millis> delay_ms;        // scheduled: not before now + delay
-    std::optional<Millis> timeout_ms;      // an attempt running longer is stopped and failed
-    std::optional<Millis> backoff_ms;      // retry backoff base (broker default otherwise)
-    std::optional<Millis> backoff_cap_ms;  // retry backoff cap
-    std::optional<std::string> unique;     // at most one unfinished job per unique key
-};
-
 struct SubmitRequest {
     std::uint64_t req = 0;
     std::vector<JobSpec> jobs;
@@ -122,30 +109,6 @@ struct SubmitReply {
     std::uint64_t req = 0;
     std::vector<JobId> ids;
     std::vector<bool> duplicate;
-};
-
-// The job object of STATUS / WAIT / LIST replies.
-struct JobInfo {
-    JobId id = 0;
-    std::string queue;
-    JobState state = JobState::ready;
-    std::uint32_t attempts = 0;
-    std::uint32_t max_attempts = 0;
-    std::optional<std::int64_t> exit_code;
-    std::optional<std::string> result;
-    std::optional<std::string> error;
-    std::optional<std::string> worker;
-    std::optional<std::vector<std::string>> argv;
-    std::uint64_t payload_size = 0;
-    Millis created_at = 0;
-    std::optional<Millis> started_at;
-    std::optional<Millis> finished_at;
-    std::optional<Millis> run_at;
-    std::int32_t priority = 0;
-    std::optional<Millis> timeout_ms;
-    std::optional<std::string> unique;
-    std::optional<std::uint32_t> progress;  // percent, 0-100, of the running attempt
-    std::optional<std::string> progress_message;
 };
 
 struct IdRequest {  // STATUS
@@ -269,28 +232,6 @@ struct PurgeRequest {
     std::optional<Millis> older_than_ms;  // finished at least this long ago
 };
 
-struct QueueInfo {
-    std::string name;
-    bool paused = false;
-    std::vector<std::pair<JobState, std::uint64_t>> counts;  // every state, in enum order
-    std::optional<Millis> oldest_ready_at;                   // created_at of the oldest ready job
-};
-
-struct Event {
-    Millis at = 0;
-    std::optional<JobState> from;
-    JobState to = JobState::ready;
-    std::uint32_t attempt = 0;
-    std::optional<std::string> worker;
-    std::string reason;
-};
-
-struct Pong {
-    std::uint64_t req = 0;
-    std::string version;
-    Millis time = 0;
-};
-
 // Limits that decoding enforces (the broker sets them from its flags).
 struct DecodeLimits {
     std::size_t max_payload = limits::kDefaultMaxPayload;
@@ -361,19 +302,6 @@ std::vector<Event> decode_events(const Reader& r);
 
 // ---- Observability: job events, STATS, WORKERS, FEED (docs/PROTOCOL.md) -------------------
 
-// One committed job state change: the body of an events PUB message and an item of FEED.
-struct JobEvent {
-    std::uint64_t seq = 0;  // increasing within one broker run
-    JobId id = 0;
-    std::string queue;
-    std::optional<JobState> from;  // nullopt: created
-    JobState to = JobState::ready;
-    std::uint32_t attempt = 0;
-    Millis at = 0;
-    std::optional<std::string> worker;
-    std::string reason;
-};
-
 struct FeedRequest {
     std::uint64_t req = 0;
     std::optional<std::string> queue;
@@ -381,65 +309,6 @@ struct FeedRequest {
     std::uint64_t after = 0;    // only events with seq > after
 };
 inline constexpr std::uint32_t kMaxFeed = 500;
-
-struct QueueStats {
-    std::string name;
-    bool paused = false;
-    std::vector<std::pair<JobState, std::uint64_t>> counts;  // every state, in enum order
-    std::uint64_t submitted = 0;                             // totals since the broker started
-    std::uint64_t succeeded = 0;
-    std::uint64_t failed = 0;  // failed attempts
-    std::uint64_t dead = 0;
-    std::uint64_t cancelled = 0;
-    double finished_per_second = 0;  // over the last minute
-    double submitted_per_second = 0;
-};
-
-// A broker of the cluster (several brokers on one PostgreSQL database), as STATS lists it.
-struct BrokerInfo {
-    std::string id;
-    std::string host;
-    std::uint64_t pid = 0;
-    Millis seen_at = 0;  // last renewal of its row (the database's clock)
-    bool leader = false;
-};
-
-struct StatsReply {
-    std::uint64_t req = 0;
-    Millis time = 0;
-    Millis started_at = 0;
-    std::uint64_t workers = 0;
-    std::uint64_t running = 0;  // jobs held by workers
-    std::uint64_t commits = 0;
-    std::uint64_t commit_failures = 0;
-    double commit_seconds_sum = 0;
-    std::uint64_t commit_jobs_sum = 0;
-    std::optional<std::string> events_endpoint;
-    std::vector<QueueStats> queues;
-    // On a shared database: the broker that answered, and the live brokers of the cluster.
-    std::optional<std::string> broker;
-    std::vector<BrokerInfo> brokers;
-};
-
-struct WorkerJob {
-    JobId id = 0;
-    std::string queue;
-    std::uint32_t attempt = 0;
-    Millis started_at = 0;
-};
-
-struct WorkerInfo {
-    std::string name;
-    std::string instance;
-    std::string host;
-    std::uint64_t pid = 0;
-    std::vector<std::string> queues;
-    std::uint32_t concurrency = 0;
-    std::uint32_t prefetch = 0;
-    std::uint32_t credit = 0;
-    Millis last_seen = 0;
-    std::vector<WorkerJob> jobs;
-};
 
 std::string encode(const JobEvent& m);
 JobEvent decode_job_event(const Reader& r);

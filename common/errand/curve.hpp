@@ -2,8 +2,6 @@
 // Keys travel and are stored as Z85 text (40 characters for 32 bytes).
 #pragma once
 
-#include <zmq.hpp>
-
 #include <optional>
 #include <string>
 
@@ -38,8 +36,5 @@ struct CurveClient {
 // Loads the broker's public key file and our secret key file (our public key is derived).
 CurveClient load_curve_client(const std::string& server_public_file,
                               const std::string& secret_file);
-
-// Sets the CURVE client options on a socket before it connects (no-op for nullopt).
-void apply_curve(zmq::socket_t& socket, const std::optional<CurveClient>& curve);
 
 }  // namespace errand

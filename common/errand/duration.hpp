@@ -1,5 +1,6 @@
-// Human durations on the command line: "250ms", "5s", "2m", "1h", "1d", or a bare number of
-// seconds; and times as RFC 3339 UTC strings, the one form times take in JSON and on screen.
+// Human durations on the command line: "250ms", "5s", "2m", "1h", "1d", compounds of them
+// ("1h30m", "2m15s"), or one bare number of seconds ("90"); and times as RFC 3339 UTC strings, the
+// one form times take in JSON and on screen.
 #pragma once
 
 #include <optional>

@@ -7,6 +7,7 @@
 #include <string>
 #include <string_view>
 
+#include "errand/curve.hpp"
 #include "errand/protocol.hpp"
 
 namespace errand {
@@ -33,5 +34,8 @@ bool send_message(zmq::socket_t& socket, std::string_view identity, std::string_
 // Receives one whole multipart message without blocking; nullopt when none is waiting. A
 // message with the wrong number of frames is returned with `frames` set so the caller can reply.
 std::optional<Envelope> recv_message(zmq::socket_t& socket, bool with_identity);
+
+// Sets the CURVE client options on a socket before it connects (no-op for nullopt; curve.cpp).
+void apply_curve(zmq::socket_t& socket, const std::optional<CurveClient>& curve);
 
 }  // namespace errand
