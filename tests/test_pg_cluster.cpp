@@ -15,6 +15,7 @@
 
 using namespace errand;
 using namespace errand::test;
+using errand::pgserver::PgServer;
 
 namespace {
 
