@@ -40,7 +40,13 @@ for i in $(seq "$rounds"); do
             exit 1
         }
         echo "$i $c $j" >>"$out"
-        python3 -c 'import json,sys; j=json.loads(sys.argv[2]); print(f"  {sys.argv[1]:6s} {j[\"jobs_per_s\"]:9.0f} jobs/s  broker CPU {j[\"broker_cpu_us_per_job\"]:5.1f} us/job  postgres {j.get(\"postgres_cpu_us_per_job\", 0):5.1f}  bench {j[\"bench_cpu_us_per_job\"]:5.1f}  per broker {j[\"config\"].get(\"jobs_run_per_broker\", \"-\")}")' "$c" "$j"
+        python3 - "$c" "$j" <<'PY'
+import json, sys
+j = json.loads(sys.argv[2])
+print(f"  {sys.argv[1]:6s} {j['jobs_per_s']:9.0f} jobs/s  broker CPU {j['broker_cpu_us_per_job']:5.1f} us/job"
+      f"  postgres {j.get('postgres_cpu_us_per_job', 0):5.1f}  bench {j['bench_cpu_us_per_job']:5.1f}"
+      f"  jobs run per broker {j['config'].get('jobs_run_per_broker', '-')}")
+PY
     done
 done
 echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
