@@ -82,6 +82,18 @@ Brokers::Counts Brokers::counts(const std::string& queue) const {
     return out;
 }
 
+std::string Brokers::durability() const {
+    if (!postgres()) throw std::logic_error("Brokers::durability needs PostgreSQL");
+    PgConn c(db_);
+    PgResult r{PQexec(c.conn,
+                      "SELECT 'fsync=' || current_setting('fsync') || ' synchronous_commit=' || "
+                      "current_setting('synchronous_commit') || ' full_page_writes=' || "
+                      "current_setting('full_page_writes')")};
+    if (PQresultStatus(r.res) != PGRES_TUPLES_OK)
+        throw std::runtime_error(std::string("reading settings: ") + PQerrorMessage(c.conn));
+    return PQgetvalue(r.res, 0, 0);
+}
+
 double Brokers::broker_cpu_seconds() const {
     double total = 0;
     for (const auto& b : brokers_)

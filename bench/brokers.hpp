@@ -39,6 +39,9 @@ class Brokers {
         std::vector<std::uint64_t> by_broker;  // jobs of the queue per broker that ran them
     };
     Counts counts(const std::string& queue) const;
+    // PostgreSQL only: the server's durability settings, as it reports them ("fsync=on
+    // synchronous_commit=on full_page_writes=on"), for the config block.
+    std::string durability() const;
 
     // CPU seconds so far: of our brokers together; of the --pg server (the postmaster and its
     // live children, by pid: diff two snapshots), empty without --pg.

@@ -103,7 +103,10 @@ Result run_e2e(const Options& opt) {
     r.config["database"] = brokers.postgres() ? "postgresql" : "sqlite";
     r.config["brokers"] = brokers.size();
     r.config["broker"] = brokers.label();
-    if (brokers.postgres()) r.config["jobs_run_per_broker"] = counts.by_broker;
+    if (brokers.postgres()) {
+        r.config["postgresql"] = brokers.durability();
+        r.config["jobs_run_per_broker"] = counts.by_broker;
+    }
     const double per_job = 1e6 / static_cast<double>(n);
     r.add("jobs_per_s", static_cast<double>(n) / seconds, "jobs/s");
     r.add("seconds", seconds, "s");
