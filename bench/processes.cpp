@@ -92,20 +92,34 @@ std::uint64_t rss_kib(pid_t pid) {
     return 0;
 }
 
-double cpu_seconds(pid_t pid) {
-    std::ifstream in(fmt::format("/proc/{}/stat", pid));
+namespace {
+
+// The fields of /proc/PID/stat after the command name (which may hold spaces and parentheses):
+// [0] state, [1] ppid, … [11] utime, [12] stime (proc(5)); empty when the process is gone.
+std::vector<std::string> stat_fields(const fs::path& stat_file) {
+    std::ifstream in(stat_file);
     std::string stat;
     std::getline(in, stat);
-    // After the command name in parentheses (which may hold spaces): state, ppid, … utime and
-    // stime are the 12th and 13th fields from there.
     const auto close = stat.rfind(')');
-    if (close == std::string::npos) return 0;
-    std::istringstream fields(stat.substr(close + 2));
-    std::string field;
-    double ticks = 0;
-    for (int i = 1; i <= 13 && fields >> field; ++i)
-        if (i >= 12) ticks += std::strtod(field.c_str(), nullptr);
+    std::vector<std::string> fields;
+    if (close == std::string::npos) return fields;
+    std::istringstream rest(stat.substr(close + 1));
+    for (std::string f; rest >> f;)
+        fields.push_back(f);
+    return fields;
+}
+
+double cpu_of(const std::vector<std::string>& fields) {
+    if (fields.size() < 13) return 0;
+    const double ticks =
+        std::strtod(fields[11].c_str(), nullptr) + std::strtod(fields[12].c_str(), nullptr);
     return ticks / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
+}  // namespace
+
+double cpu_seconds(pid_t pid) {
+    return cpu_of(stat_fields(fmt::format("/proc/{}/stat", pid)));
 }
 
 std::map<pid_t, double> cpu_of_children(pid_t parent) {
@@ -115,18 +129,9 @@ std::map<pid_t, double> cpu_of_children(pid_t parent) {
     for (const auto& entry : fs::directory_iterator("/proc", ec)) {
         const std::string name = entry.path().filename().string();
         if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
-        std::ifstream in(entry.path() / "stat");
-        std::string stat;
-        std::getline(in, stat);
-        const auto close = stat.rfind(')');
-        if (close == std::string::npos) continue;
-        std::istringstream fields(stat.substr(close + 2));
-        std::string state;
-        long ppid = 0;
-        if (fields >> state >> ppid && ppid == parent) {
-            const auto pid = static_cast<pid_t>(std::stol(name));
-            out[pid] = cpu_seconds(pid);
-        }
+        const auto fields = stat_fields(entry.path() / "stat");
+        if (fields.size() >= 13 && std::stol(fields[1]) == parent)
+            out[static_cast<pid_t>(std::stol(name))] = cpu_of(fields);
     }
     return out;
 }
