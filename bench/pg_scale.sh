@@ -35,10 +35,13 @@ for i in $(seq "$rounds"); do
     echo "round $i: load $load; disk: $disk (SQLite one-row FULL commits/s, fdatasync/s)"
     for c in "${configs[@]}"; do
         # shellcheck disable=SC2046
-        j=$("$bench" e2e --mode batch -n "$jobs" --json $(flags_for "$c") "${extra[@]}") || {
+        raw=$("$bench" e2e --mode batch -n "$jobs" --json $(flags_for "$c") "${extra[@]}") || {
             echo "round $i $c: errand-bench failed" >&2
             exit 1
         }
+        # The library's warnings (spdlog) share stdout with the JSON object: pass them on.
+        grep -v '^{' <<<"$raw" | sed "s/^/  round $i $c: /" >&2 || true
+        j=$(grep '^{' <<<"$raw" | tail -1)
         echo "$i $c $j" >>"$out"
         python3 - "$c" "$j" <<'PY'
 import json, sys
