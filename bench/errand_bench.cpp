@@ -73,7 +73,10 @@ int main(int argc, char** argv) {
         "  redis       the same shapes against Redis at --addr as a reliable queue (LPUSH,\n"
         "              BRPOPLPUSH, LREM): --mode e2e|latency\n"
         "Unless --broker is given, each run starts its own errand-broker on a free 127.0.0.1\n"
-        "port with a fresh database in --tmpdir, and kills it afterwards.");
+        "port with a fresh database in --tmpdir, and kills it afterwards. e2e on PostgreSQL:\n"
+        "--pg (a throwaway server per run, fsync on) or --db postgresql://… (an existing\n"
+        "database: give each run an empty one), --brokers N on it, producers and workers\n"
+        "spread over them round-robin.");
     std::vector<std::string> names;
     for (const auto& [name, fn] : scenarios())
         names.push_back(name);
@@ -128,6 +131,16 @@ int main(int argc, char** argv) {
     app.add_option(
         "--broker", opt.broker,
         "endpoint of a running broker to use instead of starting one (tcp://127.0.0.1:…)");
+    app.add_option("--db", opt.db,
+                   "e2e: run our brokers on this PostgreSQL database (postgresql://… or "
+                   "postgres://…) instead of SQLite");
+    app.add_flag("--pg", opt.pg,
+                 "e2e: start a throwaway PostgreSQL 15 server in --tmpdir for each run "
+                 "(PostgreSQL's defaults: fsync on, synchronous_commit on) and use it");
+    app.add_option("--brokers", opt.brokers,
+                   "e2e: brokers on the one PostgreSQL database (--pg or --db)")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 16u));
     app.add_option("--broker-bin", opt.broker_bin,
                    "errand-broker to start (default: ../broker/errand-broker from this binary)");
     app.add_option("--worker-bin", opt.worker_bin,
@@ -151,6 +164,23 @@ int main(int argc, char** argv) {
     }
     if (!opt.broker.empty() && opt.broker.rfind("tcp://127.0.0.1:", 0) != 0) {
         std::fprintf(stderr, "errand-bench: --broker must be tcp://127.0.0.1:PORT\n");
+        return kExitUsage;
+    }
+    const bool postgres = opt.pg || !opt.db.empty();
+    const char* bad = nullptr;
+    if (opt.pg && !opt.db.empty())
+        bad = "--pg and --db exclude each other";
+    else if (!opt.db.empty() && opt.db.rfind("postgresql://", 0) != 0 &&
+             opt.db.rfind("postgres://", 0) != 0)
+        bad = "--db must be a postgresql:// or postgres:// URI (SQLite is the default)";
+    else if ((postgres || opt.brokers > 1) && opt.scenario != "e2e")
+        bad = "--pg, --db and --brokers are for the e2e scenario";
+    else if (opt.brokers > 1 && !postgres)
+        bad = "--brokers N > 1 needs a PostgreSQL database (--pg or --db)";
+    else if ((postgres || opt.brokers > 1) && !opt.broker.empty())
+        bad = "--broker (someone else's broker) excludes --pg, --db and --brokers";
+    if (bad) {
+        std::fprintf(stderr, "errand-bench: %s\n", bad);
         return kExitUsage;
     }
     spdlog::set_level(spdlog::level::warn);  // the library's own chatter

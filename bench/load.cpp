@@ -77,11 +77,11 @@ std::uint64_t submit_jobs(const std::string& endpoint, const JobSpec& job, std::
     return done;
 }
 
-WorkerPool::WorkerPool(const std::string& endpoint, const std::string& queue, unsigned workers,
-                       unsigned concurrency, unsigned prefetch) {
+WorkerPool::WorkerPool(const std::vector<std::string>& endpoints, const std::string& queue,
+                       unsigned workers, unsigned concurrency, unsigned prefetch) {
     for (unsigned i = 0; i < workers; ++i) {
         WorkerOptions o;
-        o.endpoint = endpoint;
+        o.endpoint = endpoints[i % endpoints.size()];
         o.name = fmt::format("bench-{}-{}", ::getpid(), i);
         o.concurrency = concurrency;
         o.prefetch = prefetch;

@@ -90,10 +90,14 @@ std::uint64_t submit_jobs(const std::string& endpoint, const JobSpec& job, std::
 
 // K errand::Worker objects (each with its own connection and `concurrency` handler threads) on
 // threads of this process, serving `queue` with a handler that counts the job and succeeds.
+// With several endpoints, worker i connects to endpoints[i mod size].
 class WorkerPool {
   public:
+    WorkerPool(const std::vector<std::string>& endpoints, const std::string& queue,
+               unsigned workers, unsigned concurrency, unsigned prefetch = 0);
     WorkerPool(const std::string& endpoint, const std::string& queue, unsigned workers,
-               unsigned concurrency, unsigned prefetch = 0);
+               unsigned concurrency, unsigned prefetch = 0)
+        : WorkerPool(std::vector<std::string>{endpoint}, queue, workers, concurrency, prefetch) {}
     ~WorkerPool();  // stops every worker and joins its thread
     WorkerPool(const WorkerPool&) = delete;
     WorkerPool& operator=(const WorkerPool&) = delete;

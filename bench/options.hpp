@@ -24,6 +24,9 @@ struct Options {
     unsigned warmup = 200;         // latency: round trips before measuring
     std::string synchronous = "full";
     std::string broker;      // endpoint of a running broker; empty: start our own
+    std::string db;          // e2e: postgresql:// URI our brokers share; empty: SQLite (or --pg)
+    bool pg = false;         // e2e: start a throwaway PostgreSQL server (fsync on) for the run
+    unsigned brokers = 1;    // e2e: brokers on the one PostgreSQL database
     std::string broker_bin;  // empty: ../broker/errand-broker next to this binary
     std::string worker_bin;  // empty: ../worker/errand-worker next to this binary
     std::string addr;        // beanstalkd/redis: HOST:PORT; empty: 127.0.0.1:11300 / 127.0.0.1:6379

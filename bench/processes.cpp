@@ -17,9 +17,11 @@
 #include <cstdlib>
 #include <deque>
 #include <fstream>
+#include <sstream>
 #include <stdexcept>
 #include <system_error>
 #include <thread>
+#include <utility>
 
 #include "errand/codec.hpp"
 #include "errand/transport.hpp"
@@ -88,6 +90,50 @@ std::uint64_t rss_kib(pid_t pid) {
     while (std::getline(in, line))
         if (line.rfind("VmRSS:", 0) == 0) return std::strtoull(line.c_str() + 6, nullptr, 10);
     return 0;
+}
+
+namespace {
+
+// The fields of /proc/PID/stat after the command name (which may hold spaces and parentheses):
+// [0] state, [1] ppid, … [11] utime, [12] stime (proc(5)); empty when the process is gone.
+std::vector<std::string> stat_fields(const fs::path& stat_file) {
+    std::ifstream in(stat_file);
+    std::string stat;
+    std::getline(in, stat);
+    const auto close = stat.rfind(')');
+    std::vector<std::string> fields;
+    if (close == std::string::npos) return fields;
+    std::istringstream rest(stat.substr(close + 1));
+    for (std::string f; rest >> f;)
+        fields.push_back(f);
+    return fields;
+}
+
+double cpu_of(const std::vector<std::string>& fields) {
+    if (fields.size() < 13) return 0;
+    const double ticks =
+        std::strtod(fields[11].c_str(), nullptr) + std::strtod(fields[12].c_str(), nullptr);
+    return ticks / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
+}  // namespace
+
+double cpu_seconds(pid_t pid) {
+    return cpu_of(stat_fields(fmt::format("/proc/{}/stat", pid)));
+}
+
+std::map<pid_t, double> cpu_of_children(pid_t parent) {
+    std::map<pid_t, double> out;
+    out[parent] = cpu_seconds(parent);
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator("/proc", ec)) {
+        const std::string name = entry.path().filename().string();
+        if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+        const auto fields = stat_fields(entry.path() / "stat");
+        if (fields.size() >= 13 && std::stol(fields[1]) == parent)
+            out[static_cast<pid_t>(std::stol(name))] = cpu_of(fields);
+    }
+    return out;
 }
 
 Child::Child(const std::vector<std::string>& argv, const fs::path& log) {
@@ -182,7 +228,7 @@ bool ping(const std::string& endpoint, std::chrono::milliseconds timeout) {
     return false;
 }
 
-BrokerProcess::BrokerProcess(const Options& opt) : opt_(opt) {
+BrokerProcess::BrokerProcess(const Options& opt, std::string db) : opt_(opt), db_(std::move(db)) {
     if (!opt.broker.empty()) {
         endpoint_ = opt.broker;
         if (!ping(endpoint_, 5s)) throw std::runtime_error("no PONG from broker at " + endpoint_);
@@ -204,11 +250,13 @@ double BrokerProcess::start() {
     if (::access(bin.c_str(), X_OK) != 0)
         throw std::runtime_error("no broker binary at " + bin + " (give --broker-bin)");
     const auto t0 = Clock::now();
-    child_ = std::make_unique<Child>(
-        std::vector<std::string>{bin, "--listen", endpoint_, "--db",
-                                 (dir_->path() / "errand.db").string(), "--synchronous",
-                                 opt_.synchronous, "--log-level", "warn"},
-        dir_->path() / "broker.log");
+    std::vector<std::string> argv{bin, "--listen", endpoint_, "--log-level", "warn", "--db"};
+    if (db_.empty())
+        argv.insert(argv.end(),
+                    {(dir_->path() / "errand.db").string(), "--synchronous", opt_.synchronous});
+    else
+        argv.push_back(db_);
+    child_ = std::make_unique<Child>(argv, dir_->path() / "broker.log");
     if (!ping(endpoint_, 60s)) {
         throw std::runtime_error(fmt::format(
             "broker at {} did not answer PING within 60 s; its log:\n{}", endpoint_, log_tail()));
@@ -224,8 +272,12 @@ std::uint64_t BrokerProcess::rss_kib() const {
     return child_ ? bench::rss_kib(child_->pid()) : 0;
 }
 
+double BrokerProcess::cpu_seconds() const {
+    return child_ ? bench::cpu_seconds(child_->pid()) : 0;
+}
+
 std::uint64_t BrokerProcess::db_bytes() const {
-    if (!dir_) return 0;
+    if (!dir_ || !db_.empty()) return 0;
     std::uint64_t total = 0;
     for (const char* name : {"errand.db", "errand.db-wal", "errand.db-shm"}) {
         std::error_code ec;

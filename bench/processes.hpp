@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -45,6 +46,12 @@ std::filesystem::path self_dir();
 // Resident set size of `pid` in KiB (VmRSS of /proc/PID/status); 0 when unknown.
 std::uint64_t rss_kib(pid_t pid);
 
+// CPU time (user + system) of `pid` so far, in seconds (/proc/PID/stat); 0 when it is gone.
+double cpu_seconds(pid_t pid);
+// CPU seconds of `parent` and of each of its children now alive, by pid (a PostgreSQL postmaster
+// and its backends).
+std::map<pid_t, double> cpu_of_children(pid_t parent);
+
 // One child process: stdin /dev/null, stdout and stderr appended to `log`. It leads its own
 // process group; the destructor SIGKILLs the group and reaps the child.
 class Child {
@@ -69,18 +76,20 @@ class Child {
 // passes; returns whether it did.
 bool ping(const std::string& endpoint, std::chrono::milliseconds timeout);
 
-// The broker a scenario talks to: our own errand-broker (with --synchronous from the options) on
-// a free port and a temp database, or the one given with --broker.
+// The broker a scenario talks to: our own errand-broker on a free port, on a SQLite database in a
+// temp dir (with --synchronous from the options) or on the database `db` (a postgresql:// URI),
+// or the one given with --broker.
 class BrokerProcess {
   public:
-    explicit BrokerProcess(const Options& opt);
+    explicit BrokerProcess(const Options& opt, std::string db = {});
     ~BrokerProcess();
 
     const std::string& endpoint() const { return endpoint_; }
     bool external() const { return !child_; }
     pid_t pid() const { return child_ ? child_->pid() : -1; }
     std::uint64_t rss_kib() const;
-    std::uint64_t db_bytes() const;  // database + WAL on disk; 0 for an external broker
+    double cpu_seconds() const;      // 0 for an external broker
+    std::uint64_t db_bytes() const;  // SQLite database + WAL on disk; 0 for an external broker
     std::string log_tail(std::size_t lines = 20) const;
 
     // Spawns the broker; returns the seconds from spawn until its first PONG. Throws when it
@@ -90,6 +99,7 @@ class BrokerProcess {
 
   private:
     Options opt_;
+    std::string db_;  // empty: errand.db in dir_
     std::unique_ptr<TempDir> dir_;
     std::string endpoint_;
     std::unique_ptr<Child> child_;

@@ -147,7 +147,7 @@ void check_stale(const std::vector<Envelope>& out, JobId id, std::uint32_t attem
 // fixture in a schema of its own on one server started for the program.
 std::unique_ptr<Store> make_store() {
 #ifdef ERRAND_TEST_PG
-    static errand::test::PgServer server;
+    static errand::pgserver::PgServer server;
     static int fixtures = 0;
     std::string schema = "engine_" + std::to_string(++fixtures);
     pg::Connection(server.conninfo()).exec("CREATE SCHEMA " + schema);

@@ -10,8 +10,8 @@ using namespace errand::broker;
 
 namespace {
 
-errand::test::PgServer& server() {
-    static errand::test::PgServer s;  // one server for the whole program
+errand::pgserver::PgServer& server() {
+    static errand::pgserver::PgServer s;  // one server for the whole program
     return s;
 }
 

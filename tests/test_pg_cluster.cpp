@@ -16,6 +16,7 @@
 
 using namespace errand;
 using namespace errand::test;
+using errand::pgserver::PgServer;
 
 namespace {
 

@@ -10,6 +10,7 @@
 
 using namespace errand;
 using namespace errand::test;
+using errand::pgserver::PgServer;
 
 TEST_CASE("a broker on PostgreSQL runs jobs, and keeps them across a crash") {
     PgServer pg;

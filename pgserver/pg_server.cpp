@@ -1,4 +1,4 @@
-// A real PostgreSQL server per test fixture (see pg_server.hpp).
+// A throwaway PostgreSQL server (see pg_server.hpp).
 #include "pg_server.hpp"
 
 #include <fcntl.h>
@@ -13,11 +13,12 @@
 #include <filesystem>
 #include <stdexcept>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace fs = std::filesystem;
 
-namespace errand::test {
+namespace errand::pgserver {
 namespace {
 
 std::string bin(const std::string& name) {
@@ -66,8 +67,10 @@ int wait_exit(pid_t pid) {
 
 }  // namespace
 
-PgServer::PgServer() {
-    std::string tmpl = (fs::temp_directory_path() / "errand-pg-XXXXXX").string();
+PgServer::PgServer(PgServerOptions options) : options_(std::move(options)) {
+    const fs::path parent =
+        options_.parent.empty() ? fs::temp_directory_path() : fs::path(options_.parent);
+    std::string tmpl = (parent / "errand-pg-XXXXXX").string();
     if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
     dir_ = tmpl;
     port_ = 5432;  // only names the socket file: there is no TCP listener
@@ -88,17 +91,27 @@ PgServer::PgServer() {
     bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
     PQclear(r);
     PQfinish(c);
-    if (!ok) throw std::runtime_error("CREATE DATABASE errand failed");
+    if (!ok) {
+        stop();
+        throw std::runtime_error("CREATE DATABASE errand failed");
+    }
 }
 
 void PgServer::start() {
     std::string data = dir_ + "/data";
     std::string log = dir_ + "/log";
-    // Durability against power loss is not what these tests are about: fsync off keeps them
-    // fast (a server crash, restart_immediate(), still loses nothing committed).
-    pid_ = spawn({bin("postgres"), "-D", data, "-k", dir_, "-p", std::to_string(port_), "-c",
-                  "listen_addresses=", "-c", "fsync=off", "-c", "full_page_writes=off"},
-                 run_as(), log);
+    std::vector<std::string> argv{
+        bin("postgres"),    "-D", data, "-k", dir_, "-p", std::to_string(port_), "-c",
+        "listen_addresses="};
+    // Durability against power loss is not what the tests are about: fsync off keeps them fast
+    // (a server crash, restart_immediate(), still loses nothing committed). The benchmark wants
+    // the durable figure and keeps PostgreSQL's defaults.
+    if (!options_.durable)
+        for (const char* s : {"fsync=off", "full_page_writes=off"})
+            argv.insert(argv.end(), {"-c", s});
+    for (const auto& s : options_.settings)
+        argv.insert(argv.end(), {"-c", s});
+    pid_ = spawn(argv, run_as(), log);
     auto admin = "host=" + dir_ + " port=" + std::to_string(port_) + " user=errand dbname=postgres";
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
     while (PQping(admin.c_str()) != PQPING_OK) {
@@ -123,6 +136,13 @@ void PgServer::restart_immediate() {
 }
 
 PgServer::~PgServer() {
+    stop();
+    if (options_.keep) return;
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+}
+
+void PgServer::stop() {
     if (pid_ > 0) {
         kill(pid_, SIGINT);  // fast shutdown: clients are cut off, no wait for them
         auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
@@ -135,21 +155,16 @@ PgServer::~PgServer() {
             }
             std::this_thread::sleep_for(std::chrono::milliseconds(10));
         }
+        pid_ = -1;
     }
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
 }
 
 std::string PgServer::conninfo() const {
     return "host=" + dir_ + " port=" + std::to_string(port_) + " user=errand dbname=errand";
 }
 
-}  // namespace errand::test
-
-namespace errand::test {
-
 std::string PgServer::uri() const {
     return "postgresql:///errand?host=" + dir_ + "&port=" + std::to_string(port_) + "&user=errand";
 }
 
-}  // namespace errand::test
+}  // namespace errand::pgserver
