@@ -22,10 +22,10 @@ void run_broker(const std::uint8_t* data, std::size_t size);
 // the process may hold at once, above what it held before, while it runs one input of `size`
 // bytes. Over it, the target aborts.
 //
-// A body holds at most min(size, 2^20) MessagePack elements (common/codec.cpp counts them past
-// 1 MiB; below, every element takes a byte). Parsing makes each a 24-byte msgpack::object in a
-// zone whose chunks double (up to twice that); strings and bins are referenced, not copied. So the
-// parse may take 48 bytes per element and a few per byte. Item 2 of issue 17 (no count: 16 MiB
+// A body holds at most min(size, 2^20) MessagePack elements (common/codec.cpp counts what its
+// headers claim against that before it parses). Parsing makes each a 24-byte msgpack::object in a
+// zone whose chunks double (up to twice that) and copies strings and bins into the zone once. So
+// the parse may take 48 bytes per element and a few per byte. Item 2 of issue 17 (no count: 16 MiB
 // of nils parsed into 512 MiB, 32 bytes per byte) is over this bound for any body past 2 MiB.
 inline constexpr std::size_t kBodyElements = std::size_t{1} << 20;
 inline constexpr std::size_t kParseHeapPerElement = 48;
