@@ -13,8 +13,9 @@
 //
 // Oracles: every message the broker sends must be a well-formed body its peer can decode; the
 // broker never answers `internal` (a bug by definition); a new job never gets an id handed out
-// before; no (id, attempt) fencing token is dispatched twice; and at the end the per-queue counts
-// that QUEUES reports from memory must equal what the database holds.
+// before; no (id, attempt) fencing token is dispatched twice; at the end the per-queue counts
+// that QUEUES reports from memory must equal what the database holds; and the whole script holds
+// at most broker_heap_bound(size) heap bytes at once (entries.hpp).
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -32,6 +33,7 @@
 #include "entries.hpp"
 #include "errand/codec.hpp"
 #include "forwarding_store.hpp"
+#include "heap_meter.hpp"
 #include "input.hpp"
 #include "script.hpp"
 #include "store_sqlite.hpp"
@@ -266,6 +268,22 @@ class Script {
         return s;
     }
 
+    // A DONE (ok) or FAIL for a handed-out attempt, right or slightly off.
+    JobResult result(bool ok) {
+        auto h = attempt();
+        JobResult m;
+        m.ok = ok;
+        m.id = h.id;
+        m.attempt = h.attempt;
+        m.exit_code = in_.srange(-2, 2);
+        if (m.ok || in_.boolean()) m.result = in_.bytes(in_.boolean() ? 4 : 24);
+        if (!m.ok) {
+            m.error = in_.bytes(16);
+            m.permanent = in_.boolean();
+        }
+        return m;
+    }
+
     std::string build(script::Op op, std::string_view& command) {
         switch (op) {
             case script::Op::kSubmit:
@@ -276,6 +294,7 @@ class Script {
                 std::size_t n = in_.range(0, 7) == 0 ? in_.range(0, 6) : 1;
                 for (std::size_t i = 0; i < n; ++i)
                     m.jobs.push_back(job_spec());
+                if (in_.range(0, 3) == 0) m.wait_ms = static_cast<Millis>(in_.range(0, 60000));
                 return encode(m);
             }
             case script::Op::kStatus:
@@ -372,19 +391,40 @@ class Script {
                 return encode(m);
             }
             case script::Op::kDone:
-            case script::Op::kFail: {
+            case script::Op::kFail:
                 command = op == script::Op::kDone ? cmd::kDone : cmd::kFail;
+                return encode(result(op == script::Op::kDone));
+            case script::Op::kResults: {
+                command = cmd::kResults;
+                std::vector<std::string> bodies;
+                std::size_t n = in_.range(0, 4);
+                for (std::size_t i = 0; i < n; ++i)
+                    bodies.push_back(encode(result(in_.boolean())));
+                return encode_results(std::vector<std::string_view>(bodies.begin(), bodies.end()));
+            }
+            case script::Op::kDrain:
+                command = cmd::kDrain;
+                return in_.boolean() ? encode_empty() : encode_req(req());
+            case script::Op::kRelease: {
+                command = cmd::kRelease;
                 auto h = attempt();
-                JobResult m;
-                m.ok = op == script::Op::kDone;
-                m.id = h.id;
-                m.attempt = h.attempt;
-                m.exit_code = in_.srange(-2, 2);
-                if (m.ok || in_.boolean()) m.result = in_.bytes(in_.boolean() ? 4 : 24);
-                if (!m.ok) {
-                    m.error = in_.bytes(16);
-                    m.permanent = in_.boolean();
-                }
+                return encode(Ack{h.id, h.attempt});
+            }
+            case script::Op::kStats:
+                command = cmd::kStats;
+                return encode_req(req());
+            case script::Op::kWorkers:
+                command = cmd::kWorkers;
+                return encode_req(req());
+            case script::Op::kFeed: {
+                command = cmd::kFeed;
+                FeedRequest m;
+                m.req = req();
+                if (in_.boolean()) m.queue = queue();
+                // 0 and over kMaxFeed are refused; `after` up to a few dozen events.
+                m.limit = static_cast<std::uint32_t>(in_.range(0, 7) == 0 ? in_.range(0, 600)
+                                                                          : in_.range(1, 8));
+                m.after = in_.range(0, 40);
                 return encode(m);
             }
             case script::Op::kProgress: {
@@ -485,6 +525,14 @@ class Script {
                 decode_events(r);
             } else if (c == cmd::kAck) {
                 decode_ack(r);
+            } else if (c == cmd::kAcks) {
+                decode_acks(r);
+            } else if (c == cmd::kStats) {
+                decode_stats(r);
+            } else if (c == cmd::kWorkers) {
+                decode_workers(r);
+            } else if (c == cmd::kFeed) {
+                decode_feed_reply(r);
             } else if (c == cmd::kHeartbeat) {
                 r.opt_str("instance", 64);
             } else if (c == cmd::kError) {
@@ -566,9 +614,17 @@ void quiet_logs() {
     spdlog::set_level(spdlog::level::off);
 }
 
+std::size_t broker_heap_bound(std::size_t size) {
+    return kBrokerHeapBase + kBrokerHeapPerByte * size;
+}
+
 void run_broker(const std::uint8_t* data, std::size_t size) {
-    Script script(data, size);
-    script.run();
+    HeapMeter meter;
+    {
+        Script script(data, size);
+        script.run();
+    }
+    check_heap("fuzz_broker", meter.peak(), size, broker_heap_bound(size));
 }
 
 }  // namespace errand::fuzz

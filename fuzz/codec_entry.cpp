@@ -1,6 +1,8 @@
 // Fuzz logic for the codec: one body through Body, every decoder, and an encode/decode round trip.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -8,6 +10,7 @@
 #include "entries.hpp"
 #include "errand/codec.hpp"
 #include "errand/duration.hpp"
+#include "heap_meter.hpp"
 
 namespace errand::fuzz {
 namespace {
@@ -103,6 +106,13 @@ void run_decoders(const Reader& r) {
                [](const std::vector<QueueInfo>& q) { return encode_queues(0, q); });
     round_trip("EVENTS", r, decode_events,
                [](const std::vector<Event>& e) { return encode_events(0, 0, e); });
+    round_trip("job event", r, decode_job_event, [](const JobEvent& m) { return encode(m); });
+    round_trip("FEED", r, decode_feed, [](const FeedRequest& m) { return encode(m); });
+    round_trip("FEED reply", r, decode_feed_reply,
+               [](const std::vector<JobEvent>& v) { return encode_feed(0, v); });
+    round_trip("STATS", r, decode_stats, [](const StatsReply& m) { return encode(m); });
+    round_trip("WORKERS", r, decode_workers,
+               [](const std::vector<WorkerInfo>& v) { return encode_workers(0, v); });
 
     // How clients read JOB and JOBS replies: the nested job object(s).
     try {
@@ -117,9 +127,7 @@ void run_decoders(const Reader& r) {
     }
 }
 
-}  // namespace
-
-void run_codec(const std::uint8_t* data, std::size_t size) {
+void run_unbounded(const std::uint8_t* data, std::size_t size) {
     std::string_view bytes(reinterpret_cast<const char*>(data), size);
     (void)peek_req(bytes);
     // The text parsers of the vocabulary get the same bytes.
@@ -128,12 +136,40 @@ void run_codec(const std::uint8_t* data, std::size_t size) {
     (void)parse_error_code(bytes);
     if (auto ms = parse_duration(bytes)) (void)format_duration(*ms);
     try {
-        Body body(bytes);
-        run_decoders(body.reader());
+        std::optional<Body> body;
+        {
+            HeapMeter parse;
+            try {
+                body.emplace(bytes);
+            } catch (...) {
+                check_heap("fuzz_codec (parse)", parse.peak(), size, codec_parse_heap_bound(size));
+                throw;
+            }
+            check_heap("fuzz_codec (parse)", parse.peak(), size, codec_parse_heap_bound(size));
+        }
+        run_decoders(body->reader());
     } catch (const ProtocolError& e) {
         if (e.code() != ErrorCode::bad_frame && e.code() != ErrorCode::bad_request)
             fail("Body", std::string("unexpected error code: ") + e.what());
     }
+}
+
+}  // namespace
+
+std::size_t codec_parse_heap_bound(std::size_t size) {
+    return kParseHeapPerElement * std::min(size, kBodyElements) + kParseHeapPerByte * size +
+           kParseHeapBase;
+}
+
+std::size_t codec_heap_bound(std::size_t size) {
+    return kCodecHeapPerElement * std::min(size, kBodyElements) + kCodecHeapPerByte * size +
+           kCodecHeapBase;
+}
+
+void run_codec(const std::uint8_t* data, std::size_t size) {
+    HeapMeter meter;
+    run_unbounded(data, size);
+    check_heap("fuzz_codec", meter.peak(), size, codec_heap_bound(size));
 }
 
 }  // namespace errand::fuzz

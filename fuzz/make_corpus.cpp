@@ -119,6 +119,45 @@ std::vector<std::pair<std::string, std::string>> codec_seeds() {
         encode_events(16, 1,
                       {Event{1, std::nullopt, JobState::ready, 0, std::nullopt, "submitted"},
                        Event{2, JobState::ready, JobState::running, 1, "build-1", "dispatched"}}));
+    JobEvent ev{
+        3,         1,           "default", JobState::ready, JobState::running, 1, 1'700'000'000'100,
+        "build-1", "dispatched"};
+    add("job_event", encode(ev));
+    add("feed", encode(FeedRequest{18, "default", 10, 2}));
+    add("feed_reply", encode_feed(18, {ev, JobEvent{}}));
+    StatsReply st;
+    st.req = 19;
+    st.time = 1'700'000'000'000;
+    st.workers = 1;
+    st.running = 1;
+    st.commits = 4;
+    st.commit_seconds_sum = 0.25;
+    st.events_endpoint = "tcp://127.0.0.1:7745";
+    QueueStats qs;
+    qs.name = "default";
+    for (JobState s : kAllStates)
+        qs.counts.emplace_back(s, 1);
+    qs.submitted = 3;
+    qs.finished_per_second = 1.5;
+    st.queues = {qs};
+    add("stats", encode(st));
+    WorkerInfo wi{"build-1",
+                  "a1b2c3",
+                  "host",
+                  1234,
+                  {"default"},
+                  2,
+                  1,
+                  1,
+                  1'700'000'000'000,
+                  {WorkerJob{1, "default", 1, 1'700'000'000'100}}};
+    add("workers", encode_workers(20, {wi}));
+    SubmitRequest sw{21, {plain}, 5000};
+    add("submit_wait", encode(sw));
+    std::vector<std::string> rs = {encode(JobResult{true, 1, 1, 0, "result", "", false}),
+                                   encode(JobResult{false, 2, 1, 1, std::nullopt, "boom", true})};
+    add("results", encode_results({rs[0], rs[1]}));
+    add("acks", encode_acks({Ack{1, 1}, Ack{2, 1}}));
     add("req", encode_req(17));
     add("empty", encode_empty());
     return out;
@@ -365,6 +404,37 @@ std::vector<std::pair<std::string, std::string>> broker_seeds() {
             .fail_commit()
             .msg(kClient, cmd::kPause, encode(QueueRequest{5, "q0"}));
         add("storage_faults", w);
+    }
+    {
+        ScriptWriter w;
+        std::vector<std::string> first = {done(1, 1)}, again = {done(1, 1), done(3, 1)};
+        w.msg(kClient, cmd::kSubmit, encode(SubmitRequest{1, {job("q0"), job("q0"), job("q0")}}))
+            .msg(kWorker, cmd::kRegister, registration(2, "inst-0", {"q0"}))
+            .msg(kWorker, cmd::kCredit, encode_credit(2))
+            .msg(kWorker, cmd::kResults, encode_results({first[0]}))
+            .msg(kWorker, cmd::kCredit, encode_credit(1))
+            .msg(kWorker, cmd::kResults, encode_results({again[0], again[1]}))  // 1 resent
+            .msg(kWorker, cmd::kDrain, encode_empty())
+            .msg(kWorker, cmd::kCredit, encode_credit(1))  // ignored: draining
+            .msg(kWorker, cmd::kRelease, encode(Ack{2, 1}))
+            .msg(kWorker, cmd::kRelease, encode(Ack{2, 1}))  // stale
+            .msg(kClient, cmd::kStatus, encode(IdRequest{3, 2}));
+        add("results_drain_release", w);
+    }
+    {
+        ScriptWriter w;
+        JobSpec quick = job("q1");
+        w.msg(kClient, cmd::kSubmit, encode(SubmitRequest{1, {quick}, 5000}))
+            .msg(kClient2, cmd::kSubmit, encode(SubmitRequest{2, {job("q1")}, 100}))
+            .msg(kWorker, cmd::kRegister, registration(3, "inst-0", {"q1"}))
+            .msg(kWorker, cmd::kCredit, encode_credit(1))
+            .msg(kClient, cmd::kStats, encode_req(4))
+            .msg(kClient, cmd::kWorkers, encode_req(5))
+            .msg(kWorker, cmd::kDone, done(1, 1))
+            .msg(kClient, cmd::kFeed, encode(FeedRequest{6, std::nullopt, 10, 0}))
+            .msg(kClient, cmd::kFeed, encode(FeedRequest{7, "q1", 2, 1}))
+            .wait(1);  // the second SUBMIT's wait times out
+        add("submit_wait_observe", w);
     }
     {
         ScriptWriter w;

@@ -38,6 +38,13 @@ enum class Op : std::uint8_t {
     kFault,        // the next step's n-th store write, or its commit, fails
     kSubmit2,      // SUBMIT again: the most useful command gets more of the op space
     kSubmit3,
+    // Appended (issue 17), so that op bytes 0-23 still mean what they meant before.
+    kResults,  // several DONE/FAIL in one message (RESULTS)
+    kDrain,    // the worker stops taking jobs
+    kRelease,  // a handed-out attempt given back
+    kStats,    // STATS, WORKERS, FEED: answered from memory
+    kWorkers,
+    kFeed,
     kOps
 };
 
@@ -50,12 +57,16 @@ inline constexpr std::array<std::string_view, 3> kInstances = {"inst-0", "inst-1
 inline constexpr std::array<std::string_view, 3> kQueues = {"q0", "q1", "q2"};
 
 // Every name the broker might see in frame 1, including its own replies and near misses.
-inline constexpr std::array<std::string_view, 30> kCommandNames = {
-    cmd::kSubmit,    cmd::kStatus,  cmd::kWait,      cmd::kList,  cmd::kPing,       cmd::kCancel,
-    cmd::kRetry,     cmd::kPause,   cmd::kResume,    cmd::kPurge, cmd::kQueues,     cmd::kHistory,
-    cmd::kRegister,  cmd::kCredit,  cmd::kHeartbeat, cmd::kDone,  cmd::kFail,       cmd::kProgress,
-    cmd::kSubmitted, cmd::kJob,     cmd::kJobs,      cmd::kPong,  cmd::kRegistered, cmd::kDispatch,
-    cmd::kAbort,     cmd::kRetried, cmd::kAck,       cmd::kError, "submit",         ""};
+inline constexpr std::array<std::string_view, 41> kCommandNames = {
+    cmd::kSubmit,  cmd::kStatus,  cmd::kWait,       cmd::kList,      cmd::kPing,
+    cmd::kCancel,  cmd::kRetry,   cmd::kPause,      cmd::kResume,    cmd::kPurge,
+    cmd::kQueues,  cmd::kHistory, cmd::kRegister,   cmd::kCredit,    cmd::kHeartbeat,
+    cmd::kDone,    cmd::kFail,    cmd::kProgress,   cmd::kSubmitted, cmd::kJob,
+    cmd::kJobs,    cmd::kPong,    cmd::kRegistered, cmd::kDispatch,  cmd::kAbort,
+    cmd::kRetried, cmd::kAck,     cmd::kError,      "submit",        "",
+    cmd::kStats,   cmd::kWorkers, cmd::kFeed,       cmd::kResults,   cmd::kDrain,
+    cmd::kRelease, cmd::kAcks,    cmd::kShutdown,   cmd::kOk,        cmd::kPurged,
+    cmd::kEvents};
 
 constexpr std::size_t command_index(std::string_view name) {
     for (std::size_t i = 0; i < kCommandNames.size(); ++i)
