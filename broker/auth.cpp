@@ -17,28 +17,11 @@
 
 #include "errand/clock.hpp"
 #include "errand/curve.hpp"
+#include "errand/fd.hpp"
 
 namespace errand::broker {
 
 namespace {
-
-// An owned file descriptor (the inotify instance).
-class Fd {
-  public:
-    explicit Fd(int fd) : fd_(fd) {}
-    ~Fd() { reset(); }
-    Fd(const Fd&) = delete;
-    Fd& operator=(const Fd&) = delete;
-    int get() const { return fd_; }
-    explicit operator bool() const { return fd_ >= 0; }
-    void reset() {
-        if (fd_ >= 0) ::close(fd_);
-        fd_ = -1;
-    }
-
-  private:
-    int fd_;
-};
 
 // One authorised-key file: its key and role. Throws std::runtime_error naming the file.
 std::pair<std::string, Role> read_authorized_file(const std::filesystem::path& file) {

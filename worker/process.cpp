@@ -29,6 +29,7 @@
 
 #include "errand/clock.hpp"
 #include "errand/duration.hpp"
+#include "errand/fd.hpp"
 #include "reaper.hpp"
 
 extern char** environ;
@@ -41,34 +42,6 @@ constexpr Millis kDrainMs = 1000;  // how long the pipes may stay open once the 
 constexpr std::size_t kChunk = 64 * 1024;
 constexpr int kSpawnFailed = 127;  // the shell's "command not found"
 constexpr Millis kNever = std::numeric_limits<Millis>::max();
-
-// An owned file descriptor.
-class Fd {
-  public:
-    Fd() = default;
-    explicit Fd(int fd) : fd_(fd) {}
-    ~Fd() { reset(); }
-    Fd(Fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-    Fd& operator=(Fd&& other) noexcept {
-        if (this != &other) {
-            reset();
-            fd_ = std::exchange(other.fd_, -1);
-        }
-        return *this;
-    }
-    Fd(const Fd&) = delete;
-    Fd& operator=(const Fd&) = delete;
-
-    int get() const { return fd_; }
-    explicit operator bool() const { return fd_ >= 0; }
-    void reset() {
-        if (fd_ >= 0) ::close(fd_);
-        fd_ = -1;
-    }
-
-  private:
-    int fd_ = -1;
-};
 
 struct Pipe {
     Fd read;
