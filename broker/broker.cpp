@@ -236,8 +236,7 @@ struct Broker::State {
         if (m.wait_ms) waiters.check_limit(rq.identity);  // before anything is written
         SubmitReply rep;
         rep.req = m.req;
-        for (auto& spec : m.jobs) {
-            auto s = engine.submit(std::move(spec), now);
+        for (const auto& s : engine.submit(std::move(m.jobs), now)) {
             rep.ids.push_back(s.id);
             rep.duplicate.push_back(s.duplicate);
         }

@@ -161,6 +161,16 @@ class Store : public JobReads {
     // store also: when an unfinished job holds its unique key), writes nothing and returns that
     // job's id as a duplicate.
     virtual Inserted insert_job(const NewJob& job, const std::string& reason) = 0;
+    // insert_job for each of `jobs` (with reasons[i]), in order; a store that can writes them
+    // in one statement. None of them may have a unique key (those go one by one).
+    virtual std::vector<Inserted> insert_jobs(const std::vector<NewJob>& jobs,
+                                              const std::vector<std::string>& reasons) {
+        std::vector<Inserted> out;
+        out.reserve(jobs.size());
+        for (std::size_t i = 0; i < jobs.size(); ++i)
+            out.push_back(insert_job(jobs[i], reasons[i]));
+        return out;
+    }
     // Applies the transition (and its event) when the job is in (t.from, t.from_attempts);
     // false, with nothing written, when it is not.
     virtual bool apply(const Transition& t) = 0;

@@ -11,6 +11,7 @@
 #include <charconv>
 #include <chrono>
 #include <random>
+#include <unordered_set>
 
 #include "argv_blob.hpp"
 #include "job_rows.hpp"
@@ -251,6 +252,25 @@ void PgStore::prepare() {
         "SELECT id, $16::bigint, $14::text, $2::text, $17::bigint, $4::text, $18::text "
         "FROM u",
         18);
+    // Many jobs and their first events in one statement (a SUBMIT of a batch). Ids are drawn
+    // first ("ids"), so each returned row names the input it came from; the rows a taken token
+    // skips leave a gap in the ids, as a rolled-back insert does.
+    db_.prepare("ids",
+                "SELECT nextval(pg_get_serial_sequence('jobs', 'id')) "
+                "FROM generate_series(1, $1::bigint)",
+                1);
+    db_.prepare(
+        "insert_many",
+        "WITH j AS (INSERT INTO jobs (id, token, queue, state, payload, argv, priority, "
+        "max_attempts, run_at, created_at, timeout_ms, backoff_ms, backoff_cap_ms) "
+        "SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bytea[], "
+        "$6::bytea[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], "
+        "$12::bigint[], $13::bigint[]) ON CONFLICT DO NOTHING RETURNING id, state, created_at), "
+        "e AS (INSERT INTO job_events (job_id, at, from_state, to_state, attempt, worker, reason) "
+        "SELECT j.id, j.created_at, NULL, j.state, 0, NULL, r.reason FROM j "
+        "JOIN unnest($1::bigint[], $14::text[]) AS r(id, reason) ON r.id = j.id) "
+        "SELECT id FROM j",
+        14);
     db_.prepare("progress",
                 "UPDATE jobs SET progress = $2::bigint, progress_message = $3::text "
                 "WHERE id = $1::bigint",
@@ -505,6 +525,78 @@ Inserted PgStore::insert_job(const NewJob& job, const std::string& reason) {
                                      s.unique.value_or("")),
                          false);
     return {*existing, true};
+}
+
+std::vector<Inserted> PgStore::insert_jobs(const std::vector<NewJob>& jobs,
+                                           const std::vector<std::string>& reasons) {
+    if (jobs.size() < 2) return Store::insert_jobs(jobs, reasons);
+    begin();
+    auto drawn = run("ids", pg::Params().i64(static_cast<std::int64_t>(jobs.size())));
+    if (drawn.rows() != static_cast<int>(jobs.size()))
+        throw StoreError("the id sequence gave the wrong number of ids", false);
+    std::vector<std::optional<std::int64_t>> ids, priority, max_attempts, run_at, created_at,
+        timeout, backoff, backoff_cap;
+    std::vector<std::optional<std::string_view>> tokens, queues, states, payloads, argvs, reason_of;
+    std::vector<std::string> packed(jobs.size());  // argv blobs, alive until the statement ran
+    for (std::size_t i = 0; i < jobs.size(); ++i) {
+        const NewJob& job = jobs[i];
+        const JobSpec& s = job.spec;
+        if (s.unique) throw std::logic_error("PgStore::insert_jobs: a job with a unique key");
+        ids.push_back(drawn.i64(static_cast<int>(i), 0));
+        tokens.push_back(s.token ? std::optional<std::string_view>(*s.token) : std::nullopt);
+        queues.emplace_back(s.queue);
+        states.emplace_back(to_string(job.state));
+        payloads.emplace_back(s.payload);
+        if (s.argv) {
+            packed[i] = pack_argv(*s.argv);
+            argvs.emplace_back(packed[i]);
+        } else {
+            argvs.emplace_back(std::nullopt);
+        }
+        priority.emplace_back(s.priority);
+        max_attempts.emplace_back(s.max_attempts);
+        run_at.push_back(job.run_at);
+        created_at.emplace_back(job.created_at);
+        timeout.push_back(s.timeout_ms ? std::optional<std::int64_t>(*s.timeout_ms) : std::nullopt);
+        backoff.push_back(s.backoff_ms ? std::optional<std::int64_t>(*s.backoff_ms) : std::nullopt);
+        backoff_cap.push_back(s.backoff_cap_ms ? std::optional<std::int64_t>(*s.backoff_cap_ms)
+                                               : std::nullopt);
+        reason_of.emplace_back(reasons[i]);
+    }
+    pg::Params p;
+    p.i64_array(ids)
+        .text_array(tokens)
+        .text_array(queues)
+        .text_array(states)
+        .bytes_array(payloads)
+        .bytes_array(argvs)
+        .i64_array(priority)
+        .i64_array(max_attempts)
+        .i64_array(run_at)
+        .i64_array(created_at)
+        .i64_array(timeout)
+        .i64_array(backoff)
+        .i64_array(backoff_cap)
+        .text_array(reason_of);
+    auto r = run("insert_many", p);
+    std::unordered_set<std::int64_t> inserted;
+    for (int row = 0; row < r.rows(); ++row)
+        inserted.insert(r.i64(row, 0));
+    std::vector<Inserted> out;
+    out.reserve(jobs.size());
+    for (std::size_t i = 0; i < jobs.size(); ++i) {
+        if (inserted.count(*ids[i])) {
+            out.push_back({static_cast<JobId>(*ids[i]), false});
+            continue;
+        }
+        // Its token is taken (by an earlier job, or one earlier in this batch).
+        std::optional<JobId> existing;
+        if (jobs[i].spec.token) existing = find_token(*jobs[i].spec.token);
+        if (!existing)
+            throw StoreError(fmt::format("job {} of the batch was not inserted", i), false);
+        out.push_back({*existing, true});
+    }
+    return out;
 }
 
 bool PgStore::apply(const Transition& t) {

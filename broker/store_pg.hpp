@@ -27,6 +27,8 @@ class PgStore final : public Store {
     bool writing() const override { return in_txn_; }
 
     Inserted insert_job(const NewJob& job, const std::string& reason) override;
+    std::vector<Inserted> insert_jobs(const std::vector<NewJob>& jobs,
+                                      const std::vector<std::string>& reasons) override;
     bool apply(const Transition& t) override;
     void set_progress(JobId id, std::uint32_t percent, const std::string& message) override;
     void set_paused(const std::string& queue, bool paused) override;

@@ -50,6 +50,34 @@ TEST_CASE("binary parameters and results round-trip: integers, bytes, text, NULL
     CHECK(c.run("get", pg::Params().i64(3)).rows() == 0);
 }
 
+TEST_CASE("binary arrays through unnest: bigint, text and bytea, with NULLs; empty arrays") {
+    pg::Connection c(server().conninfo());
+    c.exec("DROP TABLE IF EXISTS a; CREATE TABLE a (n bigint, name text, data bytea)");
+    c.prepare("put_many",
+              "INSERT INTO a SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[])", 3);
+    c.prepare("all", "SELECT n, name, data FROM a ORDER BY n NULLS LAST", 0);
+    std::string bytes("\0\xff\x01", 3);
+    std::string big(100000, 'z');
+    auto put = c.run("put_many", pg::Params()
+                                     .i64_array({-5, 7, std::nullopt})
+                                     .text_array({"ünï", std::nullopt, ""})
+                                     .bytes_array({bytes, big, std::nullopt}));
+    CHECK(put.affected() == 3);
+    auto r = c.run("all");
+    REQUIRE(r.rows() == 3);
+    CHECK(r.i64(0, 0) == -5);
+    CHECK(r.text(0, 1) == "ünï");
+    CHECK(r.text(0, 2) == bytes);
+    CHECK(r.i64(1, 0) == 7);
+    CHECK(r.opt_text(1, 1) == std::nullopt);
+    CHECK(r.text(1, 2) == big);
+    CHECK(r.opt_i64(2, 0) == std::nullopt);
+    CHECK(r.text(2, 1).empty());
+    CHECK(r.opt_text(2, 2) == std::nullopt);
+    auto none = c.run("put_many", pg::Params().i64_array({}).text_array({}).bytes_array({}));
+    CHECK(none.affected() == 0);
+}
+
 TEST_CASE("a pipeline runs its statements in one round trip, in order") {
     pg::Connection c(server().conninfo());
     c.exec("DROP TABLE IF EXISTS q; CREATE TABLE q (id bigserial PRIMARY KEY, v text)");
