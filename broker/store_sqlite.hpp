@@ -128,10 +128,13 @@ class SqliteQueryStore final : public QueryStore {
     std::optional<JobInfo> get_job(JobId id) override;
     std::vector<Event> events(JobId id) override;
     std::vector<JobInfo> jobs(const JobPage& page) override;
+    std::uint64_t count(const JobPage& page, std::uint64_t cap) override;
+    std::optional<std::string> payload(JobId id, std::size_t max) override;
     std::optional<std::uint64_t> size_bytes() override;
 
   private:
     struct Statements;
+    int budget_ = 0;  // progress-handler calls left to the running query (QueryStore)
     std::string path_;
     sqlite3* db_ = nullptr;
     std::unique_ptr<Statements> st_;
