@@ -217,7 +217,7 @@ function renderQueues(data) {
     qsel.replaceChildren(el('option', {value: ''}, 'all'), ...names.map((n) => el('option', {value: n}, n)));
     qsel.value = keep;
   }
-  $('#queues tbody').replaceChildren(...data.queues.map((q) => el('tr', {'data-queue': q.name, 'data-paused': q.paused},
+  $('#queues tbody').replaceChildren(...data.queues.map((q) => el('tr', {'data-queue': q.name, 'data-paused': String(q.paused)},
     el('td', {}, q.name, q.paused ? el('span', {class: 'state paused'}, 'paused') : null),
     ...STATES.map((s) => el('td', {class: 'n' + (q.counts[s] ? '' : ' zero'), 'data-state': s},
                             stateLink(q.name, s, q.counts[s]))),
@@ -274,8 +274,7 @@ function drawChart() {
   g.clearRect(0, 0, w, h);
   const pad = {l: 40, r: 10, t: 22, b: 20};
   const n = Math.max(1, minutes.length);
-  const keys = [['submitted', '#d97706'], ['succeeded', '#16a34a'], ['failed', '#dc2626'], ['dead', '#7f1d1d']];
-  const max = Math.max(1, ...minutes.map((m) => Math.max(...keys.map(([k]) => m[k]))));
+  const max = Math.max(1, ...minutes.map((m) => Math.max(m.submitted, m.failed, m.succeeded + m.dead)));
   const x = (i) => pad.l + (w - pad.l - pad.r) * (n === 1 ? 1 : i / (n - 1));
   const y = (v) => h - pad.b - (h - pad.t - pad.b) * (v / max);
   g.strokeStyle = '#e3e6eb'; g.fillStyle = '#6b7280'; g.font = '11px system-ui'; g.lineWidth = 1;
@@ -288,12 +287,22 @@ function drawChart() {
     const last = time(minutes[minutes.length - 1].at);
     g.fillText(last.slice(11, 16) + ' ' + last.slice(20), w - pad.r - 90, h - 4);
   }
-  let lx = pad.l;
-  for (const [key, color] of keys) {
+  // Finished jobs as bars (succeeded, dead on top), submitted and failed attempts as lines.
+  const bw = Math.max(1, (w - pad.l - pad.r) / n - 1);
+  minutes.forEach((m, i) => {
+    const bx = x(i) - (n === 1 ? bw : bw / 2);
+    g.fillStyle = '#86efac'; g.fillRect(bx, y(m.succeeded), bw, y(0) - y(m.succeeded));
+    g.fillStyle = '#7f1d1d'; g.fillRect(bx, y(m.succeeded + m.dead), bw, y(m.succeeded) - y(m.succeeded + m.dead));
+  });
+  for (const [key, color] of [['submitted', '#d97706'], ['failed', '#dc2626']]) {
     g.strokeStyle = color; g.lineWidth = 2; g.beginPath();
     minutes.forEach((m, i) => (i ? g.lineTo(x(i), y(m[key])) : g.moveTo(x(i), y(m[key]))));
     g.stroke();
-    g.fillStyle = color; g.fillText(key + '/min', lx, 12); lx += 90;
+  }
+  let lx = pad.l;
+  for (const [key, color] of [['submitted', '#d97706'], ['succeeded', '#16a34a'], ['failed attempts', '#dc2626'], ['dead', '#7f1d1d']]) {
+    const label = key + '/min';
+    g.fillStyle = color; g.fillText(label, lx, 12); lx += g.measureText(label).width + 14;
   }
   canvas.dataset.points = String(minutes.length);
   canvas.dataset.total = String(minutes.reduce((a, m) => a + m.succeeded + m.submitted, 0));
