@@ -1096,7 +1096,6 @@ constexpr const char* kPageWhere =
 // 0.1-0.3 s of scanning, then SQLITE_INTERRUPT (a StoreError for the request, and the read
 // connection is free again).
 constexpr int kProgressEvery = 1000;
-constexpr int kProgressBudget = 20000;
 
 struct SqliteQueryStore::Statements {
     explicit Statements(sqlite3* db)
@@ -1139,7 +1138,8 @@ void bind_filters(Stmt& s, const JobPage& page) {
 
 }  // namespace
 
-SqliteQueryStore::SqliteQueryStore(const std::string& path) : path_(path) {
+SqliteQueryStore::SqliteQueryStore(const std::string& path, int scan_budget)
+    : scan_budget_(scan_budget), path_(path) {
     int rc =
         sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr);
     if (rc != SQLITE_OK) {
@@ -1165,7 +1165,7 @@ SqliteQueryStore::~SqliteQueryStore() {
 }
 
 std::optional<JobInfo> SqliteQueryStore::get_job(JobId id) {
-    budget_ = kProgressBudget;
+    budget_ = scan_budget_;
     auto& s = st_->get.reset();
     s.bind(1, static_cast<std::int64_t>(id));
     std::optional<JobInfo> job;
@@ -1175,12 +1175,12 @@ std::optional<JobInfo> SqliteQueryStore::get_job(JobId id) {
 }
 
 std::vector<Event> SqliteQueryStore::events(JobId id) {
-    budget_ = kProgressBudget;
+    budget_ = scan_budget_;
     return read_events(id, st_->events.reset(), st_->history.reset());
 }
 
 std::vector<JobInfo> SqliteQueryStore::jobs(const JobPage& page) {
-    budget_ = kProgressBudget;
+    budget_ = scan_budget_;
     auto& s = st_->page.reset();
     bind_filters(s, page);
     s.bind_opt(3, page.before);
@@ -1198,7 +1198,7 @@ std::vector<JobInfo> SqliteQueryStore::jobs(const JobPage& page) {
 }
 
 std::uint64_t SqliteQueryStore::count(const JobPage& page, std::uint64_t cap) {
-    budget_ = kProgressBudget;
+    budget_ = scan_budget_;
     auto& s = st_->count.reset();
     bind_filters(s, page);
     s.bind(4, static_cast<std::int64_t>(cap));
@@ -1214,7 +1214,7 @@ std::uint64_t SqliteQueryStore::count(const JobPage& page, std::uint64_t cap) {
 }
 
 std::optional<std::string> SqliteQueryStore::payload(JobId id, std::size_t max) {
-    budget_ = kProgressBudget;
+    budget_ = scan_budget_;
     auto& s = st_->payload.reset();
     s.bind(1, static_cast<std::int64_t>(id));
     s.bind(2, static_cast<std::int64_t>(max));
@@ -1225,7 +1225,7 @@ std::optional<std::string> SqliteQueryStore::payload(JobId id, std::size_t max) 
 }
 
 std::optional<std::uint64_t> SqliteQueryStore::size_bytes() {
-    budget_ = kProgressBudget;
+    budget_ = scan_budget_;
     auto& s = st_->pages.reset();
     std::uint64_t bytes = 0;
     if (s.step()) bytes = static_cast<std::uint64_t>(s.i64(0));

@@ -120,7 +120,10 @@ class SqliteStore final : public Store {
 // readers see the latest committed snapshot and never block the broker's writes.
 class SqliteQueryStore final : public QueryStore {
   public:
-    explicit SqliteQueryStore(const std::string& path);
+    // `scan_budget`: how far one query may scan, in units of 1000 SQLite virtual-machine steps
+    // (the default, 20000, is a few tenths of a second); past it the query throws StoreError.
+    static constexpr int kDefaultScanBudget = 20000;
+    explicit SqliteQueryStore(const std::string& path, int scan_budget = kDefaultScanBudget);
     ~SqliteQueryStore() override;
     SqliteQueryStore(const SqliteQueryStore&) = delete;
     SqliteQueryStore& operator=(const SqliteQueryStore&) = delete;
@@ -134,6 +137,7 @@ class SqliteQueryStore final : public QueryStore {
 
   private:
     struct Statements;
+    int scan_budget_;
     int budget_ = 0;  // progress-handler calls left to the running query (QueryStore)
     std::string path_;
     sqlite3* db_ = nullptr;
