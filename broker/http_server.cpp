@@ -81,6 +81,15 @@ std::string base64(std::string_view in) {
     return out;
 }
 
+// True when `needle` occurs in `hay`, ASCII letters in any case (as the stores' error search).
+bool contains_ascii_nocase(std::string_view hay, std::string_view needle) {
+    auto lower = [](char c) {
+        return static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    };
+    return std::search(hay.begin(), hay.end(), needle.begin(), needle.end(),
+                       [&](char a, char b) { return lower(a) == lower(b); }) != hay.end();
+}
+
 // True when `s` is valid UTF-8 with no control characters but tab, newline and carriage return.
 // `cut` tolerates an incomplete sequence at the very end (a payload shortened mid-character).
 bool printable_utf8(std::string_view s, bool cut) {
@@ -557,7 +566,7 @@ struct HttpServer::Impl {
                        (!page.state || x.state == *page.state) &&
                        (!page.unique_key || x.unique == page.unique_key) &&
                        (!page.error_contains ||
-                        (x.error && x.error->find(*page.error_contains) != std::string::npos)) &&
+                        (x.error && contains_ascii_nocase(*x.error, *page.error_contains))) &&
                        (!page.before || x.id < *page.before);
             };
             if (j && keep(*j)) rows.push_back(std::move(*j));

@@ -1092,9 +1092,9 @@ constexpr const char* kPageWhere =
     "(?1 IS NULL OR queue = ?1) AND (?2 IS NULL OR state = ?2) AND "
     "(?5 IS NULL OR unique_key = ?5) AND (?6 IS NULL OR instr(lower(error), lower(?6)) > 0)";
 
-// Virtual-machine steps one query of the HTTP side may take, in units of kProgressEvery: about
-// 0.1-0.3 s of scanning, then SQLITE_INTERRUPT (a StoreError for the request, and the read
-// connection is free again).
+// Virtual-machine steps one query of the HTTP side may take are counted in units of
+// kProgressEvery (SqliteQueryStore's scan budget); past the budget SQLITE_INTERRUPT ends the
+// query (a StoreError for the request, and the read connection is free again).
 constexpr int kProgressEvery = 1000;
 
 struct SqliteQueryStore::Statements {

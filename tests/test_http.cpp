@@ -1062,6 +1062,8 @@ TEST_CASE("http: /api/jobs pages with real totals and searches by id, error text
     CHECK(by_id["total"] == 1);
     CHECK(w.get("/api/jobs?id=" + std::to_string(dead[1]) + "&queue=t")["total"] == 0);
     CHECK(w.get("/api/jobs?id=987654")["jobs"].empty());
+    CHECK(w.get("/api/jobs?id=" + std::to_string(dead[0]) + "&error=BOOM-alpha")["total"] == 1);
+    CHECK(w.get("/api/jobs?id=" + std::to_string(dead[1]) + "&error=BOOM-alpha")["total"] == 0);
 
     // By error text, in any case; with a state filter too.
     auto alpha = w.get("/api/jobs?error=boom-ALPHA");

@@ -113,7 +113,8 @@ async function act(question, path, body, done) {
 
 // ---- routing -------------------------------------------------------------------------------
 
-// The view and its parameters from the fragment: {view: 'overview'|'jobs'|'job', …}.
+// The view and its parameters from the fragment: {view: 'overview'|'jobs'|'job', …}. The
+// page's own links are absolute (/#overview, /#jobs), so they leave /jobs/N too.
 function route() {
   const h = location.hash.replace(/^#/, '');
   let m = /^job-(\d+)$/.exec(h);

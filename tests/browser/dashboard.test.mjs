@@ -236,6 +236,8 @@ try {
   await page.goto(`${base}/jobs/${dead[1]}`);
   await page.waitForFunction((id) => document.querySelector('#detail-id')?.textContent === id &&
                                      document.querySelector('#payload')?.textContent === 'q2 report', dead[1]);
+  await page.click('#nav-overview');  // and out of it again
+  await page.waitForSelector('#view-overview:not([hidden]) #queues tr[data-queue="reports"]');
 
   // A job opens at the top of the window even when clicked far down a long page.
   await page.goto(`${base}/#jobs?queue=later`);
