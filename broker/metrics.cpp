@@ -245,8 +245,9 @@ std::string render_prometheus(const Metrics& m, const Gauges& g,
     family(out, "errand_queue_paused", "gauge", "1 when the queue is paused.");
     for (const auto& [q, p] : g.paused)
         out += fmt::format("errand_queue_paused{{queue=\"{}\"}} {}\n", label(q), p ? 1 : 0);
-    family(out, "errand_queue_oldest_ready_age_seconds", "gauge",
-           "How long the queue's oldest ready job has waited (0: none ready), served or not.");
+    family(
+        out, "errand_queue_oldest_ready_age_seconds", "gauge",
+        "Age of the queue's oldest ready job since its creation (0: none ready), served or not.");
     for (const auto& [q, age] : g.oldest_ready_age)
         out += fmt::format("errand_queue_oldest_ready_age_seconds{{queue=\"{}\"}} {}\n", label(q),
                            number(age));
