@@ -868,7 +868,7 @@ struct Broker::State {
         for (auto& p : pending) {
             p.event.seq = ++event_seq;
             metrics.on_event(MetricEvent{p.event.queue, p.event.from, p.event.to, p.event.at,
-                                         p.waited_ms, p.ran_ms, p.failed_attempt});
+                                         p.waited_ms, p.ran_ms, p.failed_attempt, p.event.reason});
             if (!cfg.events_endpoint.empty() && !captured) {
                 auto body = encode(p.event);
                 zmq::message_t topic(p.event.queue.data(), p.event.queue.size());

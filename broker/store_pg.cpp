@@ -158,6 +158,8 @@ PgStore::PgStore(const std::string& conninfo, bool listens) : db_(conninfo), lis
     migrate();
     prepare();
     listen();
+    // The HTTP side's connection: no query of a browsing page may run longer than this.
+    if (!listens_) db_.exec("SET statement_timeout = 2000");
     char host[256] = {};
     gethostname(host, sizeof host - 1);
     host_ = host;
@@ -299,12 +301,24 @@ void PgStore::prepare() {
                 "SELECT at, from_state, to_state, attempt, worker, reason FROM job_events "
                 "WHERE job_id = $1::bigint ORDER BY seq",
                 1);
+    // The HTTP side's pages and searches (QueryStore): $5 a unique key, $6 a substring of the
+    // error in any case; the query connection's statement_timeout bounds a scan.
+    constexpr const char* page_where =
+        "($1::text IS NULL OR queue = $1::text) AND ($2::text IS NULL OR state = $2::text) AND "
+        "($5::text IS NULL OR unique_key = $5::text) AND "
+        "($6::text IS NULL OR strpos(lower(error), lower($6::text)) > 0)";
     db_.prepare("page",
-                fmt::format("SELECT {} FROM jobs WHERE ($1::text IS NULL OR queue = $1::text) AND "
-                            "($2::text IS NULL OR state = $2::text) AND ($3::bigint IS NULL OR "
+                fmt::format("SELECT {} FROM jobs WHERE {} AND ($3::bigint IS NULL OR "
                             "id < $3::bigint) ORDER BY id DESC LIMIT $4::bigint",
-                            pg_columns(kJobColumns)),
-                4);
+                            pg_columns(kJobColumns), page_where),
+                6);
+    db_.prepare("page_count",
+                fmt::format("SELECT count(*) FROM (SELECT 1 FROM jobs WHERE {} AND "
+                            "($3::bigint IS NULL OR true) LIMIT $4::bigint) AS m",
+                            page_where),
+                6);
+    db_.prepare("payload",
+                "SELECT substring(payload from 1 for $2::int) FROM jobs WHERE id = $1::bigint", 2);
     db_.prepare("token", "SELECT id FROM jobs WHERE token = $1::text", 1);
     db_.prepare("dispatch", "SELECT payload, argv FROM jobs WHERE id = $1::bigint", 1);
     db_.prepare("live",
@@ -698,19 +712,45 @@ std::vector<Event> PgStore::events(JobId id) {
     return out;
 }
 
-std::vector<JobInfo> PgStore::page(const JobPage& page) {
+namespace {
+
+pg::Params page_params(const JobPage& page, std::optional<JobId> before, std::uint64_t limit) {
     pg::Params p;
     p.opt_text(page.queue);
     if (page.state)
         p.text(to_string(*page.state));
     else
         p.null();
-    p.opt_i64(page.before).i64(static_cast<std::int64_t>(page.limit));
-    auto r = run("page", p);
+    p.opt_i64(before).i64(static_cast<std::int64_t>(limit)).opt_text(page.unique_key);
+    if (page.error_contains && !page.error_contains->empty())
+        p.text(*page.error_contains);
+    else
+        p.null();
+    return p;
+}
+
+}  // namespace
+
+std::vector<JobInfo> PgStore::page(const JobPage& page) {
+    auto r = run("page", page_params(page, page.before, page.limit));
     std::vector<JobInfo> out;
     for (int i = 0; i < r.rows(); ++i)
         out.push_back(read_job(PgRow{r, i}));
     return out;
+}
+
+std::uint64_t PgStore::page_count(const JobPage& page, std::uint64_t cap) {
+    return static_cast<std::uint64_t>(
+        run("page_count", page_params(page, std::nullopt, cap)).i64(0, 0));
+}
+
+std::optional<std::string> PgStore::payload(JobId id, std::size_t max) {
+    auto r =
+        run("payload", pg::Params()
+                           .i64(static_cast<std::int64_t>(id))
+                           .i32(static_cast<std::int32_t>(std::min<std::size_t>(max, 1 << 30))));
+    if (r.rows() == 0) return std::nullopt;
+    return r.text(0, 0);
 }
 
 std::uint64_t PgStore::size_bytes() {

@@ -1,10 +1,12 @@
 // The libpq wrapper (broker/pg.hpp) against a real PostgreSQL server started for the test:
 // binary parameters and results (a 1 MiB payload with every byte value), NULLs, prepared
-// statements, pipelines and their failures, and errors that carry PostgreSQL's message and code.
+// statements, pipelines and their failures, and errors that carry PostgreSQL's message and code;
+// and the HTTP side's reads on PostgreSQL (PgQueryStore: searches, counts, payload prefix).
 #include <doctest/doctest.h>
 
 #include "pg.hpp"
 #include "pg_server.hpp"
+#include "store_pg.hpp"
 
 using namespace errand::broker;
 
@@ -133,4 +135,47 @@ TEST_CASE("errors name what failed: bad SQL, an unknown statement, a server that
         CHECK(std::string(e.what()).find("cannot connect to PostgreSQL") != std::string::npos);
         CHECK(e.disk());  // an operator's problem, like a full disk
     }
+}
+
+TEST_CASE("PgQueryStore: search by error text and unique key, capped counts, payload prefix") {
+    pg::Connection(server().conninfo()).exec("CREATE SCHEMA http_reads");
+    auto conninfo = server().conninfo() + " options='-csearch_path=http_reads'";
+    PgStore store(conninfo);  // writes begin a transaction of their own
+    for (errand::JobId id = 1; id <= 40; ++id) {
+        NewJob j;
+        j.spec.queue = id % 2 ? "odd" : "even";
+        j.spec.payload = id == 5 ? std::string("\x00\xff", 2) + std::string(100, 'p') : "x";
+        if (id == 7) j.spec.unique = "key-7";
+        j.created_at = 1000 + static_cast<errand::Millis>(id);
+        store.insert_job(j, "submitted");
+    }
+    store.commit();
+    pg::Connection(conninfo).exec("UPDATE jobs SET error = 'Boom ' || id WHERE id % 10 = 0");
+
+    PgQueryStore reader(conninfo);
+    JobPage p;
+    p.error_contains = "BOOM";
+    auto found = reader.jobs(p);
+    REQUIRE(found.size() == 4);
+    CHECK(found[0].id == 40);
+    CHECK(reader.count(p, 10000) == 4);
+    CHECK(reader.count(p, 3) == 3);
+    p.limit = 2;
+    p.before = 30;
+    auto older = reader.jobs(p);
+    REQUIRE(older.size() == 2);
+    CHECK(older[0].id == 20);
+    JobPage u;
+    u.unique_key = "key-7";
+    auto by_key = reader.jobs(u);
+    REQUIRE(by_key.size() == 1);
+    CHECK(by_key[0].id == 7);
+    JobPage q;
+    q.queue = "even";
+    q.state = errand::JobState::ready;
+    CHECK(reader.count(q, 10000) == 20);
+    auto head = reader.payload(5, 10);
+    REQUIRE(head);
+    CHECK(*head == std::string("\x00\xff", 2) + std::string(8, 'p'));
+    CHECK_FALSE(reader.payload(999999, 10));
 }
