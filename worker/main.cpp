@@ -176,8 +176,7 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     errand::daemon::add_config_options(app, dump);
     try {
-        auto args = errand::daemon::args_with_env(app, argc, argv);
-        app.parse(args);
+        errand::daemon::parse_settings(app, argc, argv);
     } catch (const CLI::ParseError& e) {
         int rc = app.exit(e);
         return rc == 0 ? 0 : kExitBadFlag;
