@@ -24,6 +24,7 @@
 #include "errand/transport.hpp"
 #include "errand/version.hpp"
 #include "errand/worker.hpp"
+#include "job_cgroup.hpp"
 #include "logging.hpp"
 #include "notify.hpp"
 #include "process.hpp"
@@ -294,6 +295,14 @@ int main(int argc, char** argv) {
                                .on_status = on_status,
                                .status_interval = std::chrono::milliseconds(status_interval),
                                .log = log_to_spdlog});
+        // Each job in a cgroup of its own when there is a writable cgroup v2 tree (the unit's
+        // Delegate=yes), so a job that daemonises still dies on cancel, timeout and drain.
+        std::string cgroup_why;
+        const auto cgroup_root = errand::workerd::find_job_cgroup_root(&cgroup_why);
+        if (cgroup_root)
+            spdlog::info("each job runs in a cgroup of its own under {}", *cgroup_root);
+        else
+            spdlog::info("jobs run in their own process group only ({})", cgroup_why);
         std::vector<std::string> queue_names;
         for (const auto& queue : queues) {
             errand::workerd::JobPolicy policy{
@@ -304,7 +313,8 @@ int main(int argc, char** argv) {
                 .permanent_exit_code = permanent_exit_code > 0
                                            ? std::optional<int>(permanent_exit_code)
                                            : std::nullopt,
-                .reaper_fd = reaper.fd()};
+                .reaper_fd = reaper.fd(),
+                .cgroup_root = cgroup_root.value_or("")};
             worker.handle(
                 queue.name,
                 [policy](const errand::Job& job) {
