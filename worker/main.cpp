@@ -97,6 +97,7 @@ int main(int argc, char** argv) {
     std::string log_format = "text";
     std::string log_file;
     std::string drain_timeout_arg = "30s";
+    std::string job_cgroups = "auto";
     bool dump = false;
 
     CLI::App app{"errand-worker: runs the jobs of errand queues as processes"};
@@ -175,6 +176,11 @@ int main(int argc, char** argv) {
                    "back")
         ->type_name("DURATION")
         ->capture_default_str();
+    app.add_option("--job-cgroups", job_cgroups,
+                   "auto: run each job in a cgroup of its own when the worker can make one (so "
+                   "what a job daemonises dies with it), off: its process group only")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"auto", "off"}));
     errand::daemon::add_config_options(app, dump);
     try {
         errand::daemon::parse_settings(app, argc, argv);
@@ -297,8 +303,10 @@ int main(int argc, char** argv) {
                                .log = log_to_spdlog});
         // Each job in a cgroup of its own when there is a writable cgroup v2 tree (the unit's
         // Delegate=yes), so a job that daemonises still dies on cancel, timeout and drain.
-        std::string cgroup_why;
-        const auto cgroup_root = errand::workerd::find_job_cgroup_root(&cgroup_why);
+        std::string cgroup_why = "--job-cgroups off";
+        const auto cgroup_root = job_cgroups == "auto"
+                                     ? errand::workerd::find_job_cgroup_root(&cgroup_why)
+                                     : std::nullopt;
         if (cgroup_root)
             spdlog::info("each job runs in a cgroup of its own under {}", *cgroup_root);
         else
