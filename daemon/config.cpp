@@ -97,9 +97,17 @@ std::vector<std::string> file_args(const CLI::App& app, const std::string& path,
         throw CLI::ConfigError(
             fmt::format("{}:{}: {}", path, e.source().begin.line, std::string(e.description())));
     }
+    // toml++ keeps keys sorted; go through them in the file's order, so the first error
+    // reported is the first in the file.
+    std::vector<std::pair<std::string, const toml::node*>> entries;
+    for (const auto& [key_view, node] : table)
+        entries.emplace_back(std::string(key_view.str()), &node);
+    std::stable_sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) {
+        return a.second->source().begin.line < b.second->source().begin.line;
+    });
     std::vector<std::string> out;
-    for (const auto& [key_view, node] : table) {
-        const std::string key(key_view.str());
+    for (const auto& [key, node_ptr] : entries) {
+        const toml::node& node = *node_ptr;
         const auto at = fmt::format("{}:{}", path, node.source().begin.line);
         if (node.is_table()) {
             throw CLI::ConfigError(fmt::format(
