@@ -785,3 +785,45 @@ TEST_CASE(
     if (!first_gone) ::kill(first, SIGKILL);
     if (!second_gone) ::kill(second, SIGKILL);
 }
+
+TEST_CASE("signals: a SIGKILLed worker takes a job's daemonised (setsid) process with it") {
+    TempDir dir;
+    Broker broker(dir);
+    errand::Client client(broker.client_options());
+    const std::string esc = dir.str() + "/esc";
+    const std::string command =
+        "setsid sleep 300 </dev/null >/dev/null 2>&1 & p=$!; "
+        "while [ \"$(cut -d' ' -f6 /proc/$p/stat)\" != $p ]; do sleep 0.01; done; echo $p > " +
+        esc + ".tmp; mv " + esc + ".tmp " + esc + "; exec sleep 300";
+    client.submit(job_spec("d"));
+    WorkerDaemon worker(dir, broker.endpoint(),
+                        {.name = "doomed-daemons",
+                         .queues = {"d=" + command},
+                         .concurrency = 1,
+                         .allow_commands = false,
+                         .extra_args = {}});
+    REQUIRE_MESSAGE(wait_until([&] { return pid_in(esc) > 0; }, 10s), worker.logs());
+    const pid_t escaped = pid_in(esc);
+    REQUIRE(!process_gone(escaped));
+    const int worker_pid = worker.process().pid();
+    worker.kill9();
+    const bool gone = wait_until([&] { return process_gone(escaped); }, 5s);
+    CHECK_MESSAGE(gone, "the daemonised " << escaped << " outlived its SIGKILLed worker");
+    if (!gone) ::kill(escaped, SIGKILL);
+    // The reaper removed the job's cgroup too (the worker logged where it makes them).
+    const std::string said = "each job runs in a cgroup of its own under ";
+    const auto err = worker.process().err();
+    const auto at = err.find(said);
+    REQUIRE_MESSAGE(at != std::string::npos, worker.logs());
+    const std::string root = err.substr(at + said.size(), err.find('\n', at) - at - said.size());
+    const std::string prefix = "job-" + std::to_string(worker_pid) + "-";
+    CHECK_MESSAGE(wait_until(
+                      [&] {
+                          for (const auto& entry : std::filesystem::directory_iterator(root))
+                              if (entry.path().filename().string().rfind(prefix, 0) == 0)
+                                  return false;
+                          return true;
+                      },
+                      5s),
+                  root);
+}

@@ -231,11 +231,18 @@ int main(int argc, char** argv) {
         return 0;
     }
 
+    // Each job in a cgroup of its own when there is a writable cgroup v2 tree (the unit's
+    // Delegate=yes), so a job that daemonises still dies on cancel, timeout and drain (and,
+    // through the reaper, with this daemon). Looked for before the reaper, which needs it.
+    std::string cgroup_why = "--job-cgroups off";
+    const auto cgroup_root =
+        job_cgroups == "auto" ? errand::workerd::find_job_cgroup_root(&cgroup_why) : std::nullopt;
+
     // Forked while this process has one thread (reaper.hpp): it kills what jobs leave running
     // should this daemon die without stopping them, SIGKILL included.
     errand::workerd::Reaper reaper;
     try {
-        reaper = errand::workerd::Reaper::start();
+        reaper = errand::workerd::Reaper::start(cgroup_root.value_or(""));
     } catch (const std::exception& e) {
         std::fprintf(stderr, "errand-worker: cannot start the job reaper: %s\n", e.what());
         return kExitFailed;
@@ -301,12 +308,6 @@ int main(int argc, char** argv) {
                                .on_status = on_status,
                                .status_interval = std::chrono::milliseconds(status_interval),
                                .log = log_to_spdlog});
-        // Each job in a cgroup of its own when there is a writable cgroup v2 tree (the unit's
-        // Delegate=yes), so a job that daemonises still dies on cancel, timeout and drain.
-        std::string cgroup_why = "--job-cgroups off";
-        const auto cgroup_root = job_cgroups == "auto"
-                                     ? errand::workerd::find_job_cgroup_root(&cgroup_why)
-                                     : std::nullopt;
         if (cgroup_root)
             spdlog::info("each job runs in a cgroup of its own under {}", *cgroup_root);
         else
