@@ -329,12 +329,13 @@ int run_submit_jsonl(Client& client, const JsonlArgs& args) {
     std::uint64_t submitted = 0, duplicates = 0, batches = 0;
     std::vector<JobSpec> batch;
     std::size_t batch_bytes = 0;
-    std::uint64_t batch_first = 0;  // the line number of the batch's first job
+    std::uint64_t batch_first = 0;  // the line numbers of the batch's first and last jobs
+    std::uint64_t batch_last = 0;
 
     auto send = [&] {
         if (batch.empty()) return;
         const auto count = batch.size();
-        const auto last = in.number();
+        const auto last = batch_last;
         std::vector<Submitted> ids;
         try {
             ids = client.submit_batch(std::move(batch));
@@ -380,6 +381,7 @@ int run_submit_jsonl(Client& client, const JsonlArgs& args) {
         if (!batch.empty() && (batch.size() >= args.batch || batch_bytes + bytes > kMaxBatchBytes))
             send();
         if (batch.empty()) batch_first = in.number();
+        batch_last = in.number();
         batch_bytes += bytes;
         batch.push_back(std::move(spec));
     }

@@ -825,3 +825,27 @@ TEST_CASE("cli: a job's own exit code never looks like errand's refused/unreacha
     auto sub_help = w.cli({"wait", "--help"});
     CHECK(sub_help.out.find("Exit codes") == std::string::npos);
 }
+
+TEST_CASE("cli: a --jsonl batch the broker refuses names its lines; earlier batches stay") {
+    TempDir dir;
+    Broker broker(dir, {"--max-batch", "2"});
+    std::string input;
+    for (int i = 0; i < 5; ++i)
+        input += json({{"queue", "refused-q"}, {"payload", std::to_string(i)}}).dump() + "\n";
+    auto cli = [&](std::vector<std::string> args) {
+        args.insert(args.begin(), {"--broker", broker.endpoint()});
+        return run_cli(args, input);
+    };
+    // Batches of 3 are over the broker's --max-batch 2: the first is refused whole.
+    auto r = cli({"submit", "--jsonl", "-", "--batch-size", "3"});
+    CHECK_MESSAGE(r.exit_code == 121, describe(r));
+    CHECK_MESSAGE(r.out.empty(), describe(r));
+    CHECK_MESSAGE(
+        r.err.find("(the batch of lines 1-3); nothing was submitted") != std::string::npos,
+        describe(r));
+    // Batches of 2 fit: all five go, in three batches.
+    auto ok = cli({"submit", "--jsonl", "-", "--batch-size", "2"});
+    CHECK_MESSAGE(ok.exit_code == 0, describe(ok));
+    CHECK(id_lines(ok).size() == 5);
+    CHECK_MESSAGE(ok.err.starts_with("submitted 5 jobs in 3 batches"), describe(ok));
+}
