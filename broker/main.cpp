@@ -209,8 +209,7 @@ int main(int argc, char** argv) {
         ->type_name("PATH");
     errand::daemon::add_config_options(app, dump);
     try {
-        auto args = errand::daemon::args_with_env(app, argc, argv);
-        app.parse(args);
+        errand::daemon::parse_settings(app, argc, argv);
     } catch (const CLI::ParseError& e) {
         int rc = app.exit(e);
         return rc == 0 ? 0 : kExitUsage;

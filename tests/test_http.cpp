@@ -468,7 +468,7 @@ TEST_CASE("cli: errand events --follow without a broker --events endpoint is ref
     TempDir dir;
     Broker broker(dir);
     auto r = run_cli({"--broker", broker.endpoint(), "events", "--follow"});
-    CHECK(r.exit_code == 3);
+    CHECK(r.exit_code == 121);
     CHECK(r.err.find("--events") != std::string::npos);
 }
 
