@@ -924,12 +924,8 @@ int run(int argc, char** argv) {
     }
 
     auto brokers = errand::parse_endpoints(global.broker);
-    if (brokers.error) {
-        // The error names the bad endpoint already ("'tcp://h:': ..."): say it once.
-        if (brokers.error->starts_with("'" + global.broker + "': "))
-            throw UsageError("bad --broker " + *brokers.error);
+    if (brokers.error)
         throw UsageError(fmt::format("bad --broker '{}': {}", global.broker, *brokers.error));
-    }
     options.endpoints = std::move(brokers.endpoints);
     options.timeout = std::chrono::milliseconds(to_ms(global.request_timeout));
     if (!curve_server_key.empty()) {
