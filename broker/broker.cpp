@@ -764,6 +764,11 @@ struct Broker::State {
                 ids.insert(ids.end(), more.begin(), more.end());
                 next_wait_poll = now + 1000;
             }
+            for (const auto& a : engine.ended_elsewhere(ids))
+                abort_on_worker(a);
+            for (const auto& o : outbox)  // the pass's own replies have gone already
+                send(o.identity, o.command, o.body);
+            outbox.clear();
             for (JobId id : ids) {
                 auto list = waiters.take(id);
                 if (list.empty()) continue;

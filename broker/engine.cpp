@@ -664,6 +664,24 @@ std::vector<JobId> JobEngine::revive_dead(const std::optional<std::string>& queu
     return ids;
 }
 
+std::vector<Aborted> JobEngine::ended_elsewhere(const std::vector<JobId>& ids) {
+    std::vector<Aborted> out;
+    if (!shared_) return out;
+    for (JobId id : ids) {
+        auto l = live_.find(id);
+        if (l == live_.end() || l->second.state != JobState::running || !l->second.holder) continue;
+        auto row = store_.get_job(id);
+        if (row && row->state == JobState::running && row->attempts == l->second.attempts)
+            continue;  // still this broker's attempt
+        std::string reason(row ? to_string(row->state) : std::string_view("removed"));
+        spdlog::info("{}: ended through another broker ({}); stopping it on its worker",
+                     job_fields(id, l->second.queue.str(), l->second.attempts), reason);
+        out.push_back({id, l->second.attempts, l->second.holder, std::move(reason)});
+        live_.erase(l);
+    }
+    return out;
+}
+
 bool JobEngine::adopt(JobId id, std::uint32_t attempt, const HolderRef& by) {
     if (shared_) {
         // The attempt may have been dispatched through another broker: this one holds it now.

@@ -176,6 +176,10 @@ class JobEngine {
     const std::vector<BrokerInfo>& cluster() const { return cluster_; }
     // The job's running attempt as WORKERS shows it; nullopt when it is not running.
     std::optional<WorkerJob> running(JobId id) const;
+    // Shared store: of `ids` (jobs other brokers report finished), the attempts held here that
+    // are over (cancelled or otherwise ended through another broker). They are forgotten; their
+    // workers are to be told (ABORT).
+    std::vector<Aborted> ended_elsewhere(const std::vector<JobId>& ids);
     // The queue of an unfinished job.
     std::optional<std::string> queue_of(JobId id) const;
     // The job has not finished (on a shared store: as far as this pass knows).

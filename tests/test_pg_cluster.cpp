@@ -553,3 +553,25 @@ TEST_CASE("a broker paused past its lease: none of its later decisions is applie
     CHECK(scalar(pg, "SELECT count(*) FROM brokers WHERE pid = " +
                          std::to_string(a.process().pid()) + " AND NOT dead") == 1);
 }
+
+TEST_CASE("a job cancelled through one broker is stopped on a worker of another") {
+    PgServer pg;
+    TempDir d1, d2, wd;
+    Broker a(d1, cluster_args(pg)), b(d2, cluster_args(pg));
+    WorkerDaemon worker(wd, b.endpoint(), {"far", {"long=sleep 60"}, 1});
+    Client cb(b.client_options());
+    auto id = cb.submit(job_spec("long", "")).id;
+    REQUIRE_MESSAGE(wait_until([&] { return cb.status(id).state == JobState::running; }, 10s),
+                    b.logs(), worker.logs());
+
+    Client ca(a.client_options());
+    auto cancelled = ca.cancel(id);
+    CHECK(cancelled.state == JobState::cancelled);
+    // B hears of it (NOTIFY) and tells its worker, which kills the job's processes.
+    bool stopped =
+        wait_until([&] { return worker.logs().find("aborted by the broker") != std::string::npos; },
+                   10s, 50ms);
+    CHECK_MESSAGE(stopped, b.logs(), worker.logs());
+    CHECK(b.logs().find("ended through another broker (cancelled)") != std::string::npos);
+    CHECK(cb.status(id).state == JobState::cancelled);
+}
