@@ -159,7 +159,7 @@ struct Broker::State {
           store(std::move(s)),
           clock(clk),
           engine(engine_config(cfg), *store),
-          waiters(cfg.max_waits, cfg.max_waits_total) {}
+          waiters(cfg.max_waits, cfg.max_waits_total, cfg.wait_idle_ms) {}
 
     // ---- outgoing -------------------------------------------------------------------------
 
@@ -271,7 +271,7 @@ struct Broker::State {
             reply(rq.identity, cmd::kJob, encode_job(job, m.req), m.req);
             return;
         }
-        waiters.add(rq.identity, m.req, m.id, mono + m.timeout_ms);
+        waiters.add(rq.identity, m.req, m.id, mono + m.timeout_ms, mono);
         spdlog::debug("{}: a client waits for it (up to {} ms)",
                       job_fields(m.id, job.queue, job.attempts), m.timeout_ms);
     }
@@ -364,6 +364,7 @@ struct Broker::State {
         rep.workers = workers.size();
         for (const auto& [inst, w] : workers.all())
             rep.running += w.jobs.size();
+        rep.waits = waiters.size();
         rep.commits = metrics.commit_seconds.count;
         rep.commit_failures = metrics.commit_failures;
         rep.commit_seconds_sum = metrics.commit_seconds.sum;
@@ -743,8 +744,8 @@ struct Broker::State {
                     w.jobs[c.id] = ++w.seq;
                     --w.credit;
                     Dispatch d{
-                        c.id,  *q,          c.attempt, std::move(c.payload), std::move(c.argv),
-                        w.seq, c.timeout_ms};
+                        c.id,  *q,           c.attempt, std::move(c.payload), std::move(c.argv),
+                        w.seq, c.timeout_ms, c.epoch};
                     outbox.push_back(
                         {w.identity, cmd::kDispatch, encode(d), OnFail::drop, std::nullopt});
                 }
@@ -843,7 +844,7 @@ struct Broker::State {
         // Committed: SUBMITs with wait_ms now wait like WAITs (if their job finished in this very
         // pass, the finished jobs below answer them).
         for (const auto& w : submit_waits)
-            waiters.add(w.identity, w.req, w.id, mono + w.timeout_ms, false);
+            waiters.add(w.identity, w.req, w.id, mono + w.timeout_ms, mono, false);
         submit_waits.clear();
         for (const auto& o : outbox)
             send(o.identity, o.command, o.body);
@@ -859,12 +860,13 @@ struct Broker::State {
         if (engine.shared()) answer_remote_waits();
         // Waits past their deadline time out only now: one whose job finished in this very pass
         // has had its JOB above.
-        waiters.expire(mono, [&](JobId id, const Waiter& w) {
+        auto lapsed = waiters.expire(mono, [&](JobId id, const Waiter& w) {
             send(w.identity, cmd::kError,
                  encode(ErrorReply{w.req, ErrorCode::timeout,
                                    fmt::format("job {} did not finish in time", id), std::nullopt,
                                    std::nullopt}));
         });
+        if (lapsed) spdlog::debug("dropped {} waits whose clients stopped resending them", lapsed);
     }
 
     // After a successful commit: metrics, the recent ring and the PUB socket see the pass.

@@ -42,7 +42,10 @@ struct BrokerConfig {
     std::size_t max_batch = limits::kMaxBatch;  // jobs per SUBMIT
     std::size_t max_waits = 1000;               // outstanding WAITs per connection
     std::size_t max_waits_total = 100'000;      // outstanding WAITs of all connections
-    std::size_t max_queues = 10'000;            // distinct queues at once
+    // A waiter whose client has not resent its WAIT for this long is dropped (PROTOCOL.md: a
+    // client resends at least every limits::kWaitResendMs).
+    Millis wait_idle_ms = 3 * limits::kWaitResendMs;
+    std::size_t max_queues = 10'000;  // distinct queues at once
     std::size_t max_messages_per_pass = 4096;
     // CURVE: the broker's secret key (Z85) and who may connect. Without them, plain TCP.
     std::optional<std::string> curve_secret_key;

@@ -34,6 +34,7 @@ JobEngine::JobEngine(EngineConfig config, Store& store)
 void JobEngine::rebuild(const std::unordered_map<JobId, HolderRef>& held, Millis now) {
     now_ = now;
     live_.clear();
+    prior_epoch_.clear();
     ready_.clear();
     timers_ = {};
     leases_ = {};
@@ -66,6 +67,7 @@ void JobEngine::rebuild(const std::unordered_map<JobId, HolderRef>& held, Millis
         Live l = Live::from(j, intern(j.queue));
         if (!l.unique.empty()) unique_live_[l.unique] = j.id;
         if (j.state == JobState::running) {
+            if (j.epoch != store_.epoch()) prior_epoch_[j.id] = j.epoch;
             if (j.timeout_ms && j.started_at)
                 leases_.push({mono_at(*j.started_at + *j.timeout_ms + cfg_.timeout_grace_ms), j.id,
                               j.attempts});
@@ -450,12 +452,18 @@ std::optional<Claim> JobEngine::claim_one(const std::string& queue, bool command
         t.worker = by->name;
         t.started_at = now;
         t.reason = "dispatched";
+        t.epoch = store_.epoch();
         transition(*id, job, JobState::running, std::move(t));
         job.holder = by;
+        prior_epoch_.erase(*id);
         if (job.timeout_ms)
             leases_.push({mono_ + *job.timeout_ms + cfg_.timeout_grace_ms, *id, job.attempts});
-        return Claim{*id, job.attempts, std::move(data->payload), std::move(data->argv),
-                     job.timeout_ms};
+        return Claim{*id,
+                     job.attempts,
+                     std::move(data->payload),
+                     std::move(data->argv),
+                     job.timeout_ms,
+                     store_.epoch()};
     }
     return std::nullopt;
 }
@@ -480,6 +488,21 @@ Finished JobEngine::finish(JobResult m, Millis now) {
     now_ = now;
     const bool ok = m.ok;
     Live* l = current(m.id, m.attempt);
+    // The fencing token is (epoch, attempt): the same attempt number dispatched again after a
+    // power cut lost the first dispatch has a new epoch, and a result of the lost one is stale.
+    // A result without an epoch (a worker that predates it) is fenced by the attempt alone.
+    if (l && l->state == JobState::running && l->attempts == m.attempt && m.epoch != 0) {
+        auto prior = prior_epoch_.find(m.id);
+        const std::uint32_t epoch = prior != prior_epoch_.end() ? prior->second : store_.epoch();
+        if (epoch != 0 && m.epoch != epoch) {
+            spdlog::warn(
+                "{}: rejected stale {} (attempt {} of broker start {}, the running one "
+                "is of start {}: dispatched again after a power cut)",
+                job_fields(m.id, l->queue.str(), m.attempt), ok ? "DONE" : "FAIL", m.attempt,
+                m.epoch, epoch);
+            return {Verdict::stale, nullptr};
+        }
+    }
     if (!l || l->state != JobState::running || l->attempts != m.attempt) {
         // A resent result of an attempt that was already applied is acknowledged again.
         auto job = store_.get_job(m.id);

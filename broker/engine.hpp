@@ -75,6 +75,7 @@ struct Claim {
     std::string payload;
     std::optional<std::vector<std::string>> argv;
     std::optional<Millis> timeout_ms;
+    std::uint32_t epoch = 0;  // with `attempt`, the fencing token (Store::epoch)
 };
 
 // What a result (or a release) did. `holder`: who held the attempt (applied only).
@@ -235,8 +236,11 @@ class JobEngine {
     ReadyIndex ready_;
     DeadlineHeap timers_;  // retrying/scheduled jobs by run_at (stale entries skipped)
     DeadlineHeap leases_;  // running attempts with a timeout, by timeout + grace (monotonic)
-    std::unordered_map<std::string, JobId> unique_live_;   // unique key -> unfinished job
-    std::unordered_map<std::string, StateCounts> counts_;  // queue -> jobs per state
+    std::unordered_map<std::string, JobId> unique_live_;
+    // Running attempts dispatched before this start under another epoch (Store::epoch), from the
+    // store; every other running attempt is of this start's epoch. Kept out of Live (its size).
+    std::unordered_map<JobId, std::uint32_t> prior_epoch_;  // unique key -> unfinished job
+    std::unordered_map<std::string, StateCounts> counts_;   // queue -> jobs per state
     std::unordered_set<std::string> paused_;
     std::vector<JobId> orphans_;  // running, no holder since the restart
     std::mt19937_64 rng_{std::random_device{}()};

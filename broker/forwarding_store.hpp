@@ -43,6 +43,7 @@ class ForwardingStore : public Store {
         return inner_.dead_jobs(q, n);
     }
     bool shared() const override { return inner_.shared(); }
+    std::uint32_t epoch() const override { return inner_.epoch(); }
     std::vector<ClaimedJob> claim(const ClaimRequest& c) override { return inner_.claim(c); }
     std::vector<Promoted> promote_due(Millis now, std::size_t n) override {
         return inner_.promote_due(now, n);

@@ -27,6 +27,7 @@ inline constexpr const char* kLiveColumns =
     "id, queue, state, attempts, max_attempts, priority, argv IS NOT NULL, run_at, worker, "
     "created_at, started_at, timeout_ms, backoff_ms, backoff_cap_ms, unique_key, "
     "COALESCE(attempt_budget, max_attempts)";
+inline constexpr int kLiveColumnCount = 16;  // read_live reads columns 0..15
 
 template <class Row>
 JobInfo read_job(const Row& s) {

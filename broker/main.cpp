@@ -72,7 +72,7 @@ int main(int argc, char** argv) {
     errand::broker::BrokerConfig cfg;
     std::string db = "./errand.db";
     std::string heartbeat = "1s", worker_timeout = "5s", retry_delay = "1s", retry_cap = "10m";
-    std::string timeout_grace = "10s", retention = "7d";
+    std::string timeout_grace = "10s", retention = "7d", wait_idle = "15s";
     std::string synchronous = "full";
     std::string log_level = "info";
     std::string log_format = "text";
@@ -134,6 +134,11 @@ int main(int argc, char** argv) {
     app.add_option("--max-waits-total", cfg.max_waits_total,
                    "most outstanding WAITs of all connections together")
         ->capture_default_str();
+    app.add_option("--wait-idle", wait_idle,
+                   "a waiting client that has not resent its WAIT for this long is presumed gone "
+                   "and its wait dropped (clients resend every 5s at most)")
+        ->capture_default_str()
+        ->check(duration_validator());
     app.add_option("--max-queues", cfg.max_queues,
                    "most distinct queues at once (a queue without jobs, workers or pause is "
                    "forgotten after a minute)")
@@ -228,11 +233,17 @@ int main(int argc, char** argv) {
     cfg.retry_delay_ms = *errand::parse_duration(retry_delay);
     cfg.retry_cap_ms = *errand::parse_duration(retry_cap);
     cfg.timeout_grace_ms = *errand::parse_duration(timeout_grace);
+    cfg.wait_idle_ms = *errand::parse_duration(wait_idle);
     cfg.retention_ms = *errand::parse_duration(retention);
     if (cfg.heartbeat_ms < 10 || cfg.worker_timeout_ms < 2 * cfg.heartbeat_ms) {
         std::fprintf(stderr,
                      "errand-broker: --worker-timeout must be at least twice --heartbeat "
                      "(and --heartbeat at least 10ms)\n");
+        return kExitUsage;
+    }
+    if (cfg.wait_idle_ms < 100) {
+        std::fprintf(stderr, "errand-broker: --wait-idle must be at least 100ms (got %s)\n",
+                     wait_idle.c_str());
         return kExitUsage;
     }
     if (dump) {

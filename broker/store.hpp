@@ -61,7 +61,8 @@ struct Transition {
     std::optional<std::int64_t> exit_code;
     std::optional<std::string> result;
     std::optional<std::string> error;
-    std::string reason;  // for the event row
+    std::string reason;       // for the event row
+    std::uint32_t epoch = 0;  // a dispatch (to running): the store's epoch() when it was made
 };
 
 // A stored job that is not finished, as the engine rebuilds its memory from it (the engine's
@@ -83,6 +84,7 @@ struct LiveJob {
     std::optional<Millis> backoff_cap_ms;
     std::optional<std::string> unique;
     std::uint32_t attempt_budget = 0;  // the max_attempts the job was submitted with
+    std::uint32_t epoch = 0;           // running: the epoch its attempt was dispatched in
 };
 
 // Rows removed by purge or retention, per queue and state (to keep counters right).
@@ -204,6 +206,10 @@ class Store : public JobReads {
     // out jobs through the calls below. A store that is not shared (SQLite) leaves the engine's
     // memory authoritative and does not implement them.
     virtual bool shared() const { return false; }
+    // This start of the broker, durably counted (docs/RELIABILITY.md, fencing across a power
+    // cut): with the attempt, a dispatch's fencing token. 0: the store's commits are durable
+    // before they return (PostgreSQL), so a dispatch cannot be lost and attempts alone fence.
+    virtual std::uint32_t epoch() const { return 0; }
     // Claims jobs that are ready, in priority then id order, skipping rows another broker is
     // claiming; nothing when the queue is paused (read in the same statement). Each claimed
     // job gets its dispatch event.

@@ -18,6 +18,10 @@
 // before version 4; a job's history is its events rows, then its history column.
 // Version 5 adds dispatch_log(seq, entries): the dispatches of one transaction (msgpack arrays, see
 // pack_dispatch) that are not yet in their jobs' rows. See "Held-back dispatches" below.
+// Version 6 adds broker_epoch(n), counted up and synced at every open, and jobs.epoch: the epoch
+// of the running attempt's dispatch, which with the attempt is its fencing token (a dispatch lost
+// in a power cut under synchronous=NORMAL is made again with the same attempt number but a new
+// epoch; docs/RELIABILITY.md).
 #include "store_sqlite.hpp"
 
 #include "argv_blob.hpp"
@@ -30,6 +34,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <mutex>
+#include <type_traits>
 
 namespace errand::broker {
 namespace {
@@ -178,6 +183,12 @@ const char* const kMigrations[] = {
     R"sql(
     CREATE TABLE dispatch_log (seq INTEGER PRIMARY KEY, entries BLOB NOT NULL);
     )sql",
+    // 6: fencing across power cuts (see the top of this file).
+    R"sql(
+    CREATE TABLE broker_epoch (n INTEGER NOT NULL);
+    INSERT INTO broker_epoch VALUES (0);
+    ALTER TABLE jobs ADD COLUMN epoch INTEGER;
+    )sql",
 };
 
 static_assert(std::size(kMigrations) == SqliteStore::kSchemaVersion,
@@ -208,7 +219,9 @@ std::string pack_event(Millis at, std::optional<JobState> from, JobState to, std
 // records of a history column or a dispatch_log row. Anything else throws std::runtime_error
 // with its byte offset.
 template <class Fn>
-void for_each_record(const void* data, int size, std::uint32_t arity, Fn fn) {
+void for_each_record(const void* data, int size, std::uint32_t arity, Fn fn,
+                     std::uint32_t max_arity = 0) {
+    if (max_arity < arity) max_arity = arity;
     if (!data) return;
     const char* p = static_cast<const char*>(data);
     std::size_t offset = 0, n = static_cast<std::size_t>(size);
@@ -217,9 +230,13 @@ void for_each_record(const void* data, int size, std::uint32_t arity, Fn fn) {
         try {
             auto h = msgpack::unpack(p, n, offset);
             const auto& o = h.get();
-            if (o.type != msgpack::type::ARRAY || o.via.array.size != arity)
+            if (o.type != msgpack::type::ARRAY || o.via.array.size < arity ||
+                o.via.array.size > max_arity)
                 throw std::runtime_error(fmt::format("not an array of {}", arity));
-            fn(o.via.array.ptr);
+            if constexpr (std::is_invocable_v<Fn, const msgpack::object*, std::uint32_t>)
+                fn(o.via.array.ptr, o.via.array.size);
+            else
+                fn(o.via.array.ptr);
         } catch (const std::exception& e) {
             throw std::runtime_error(fmt::format("damaged at byte {}: {}", at, e.what()));
         }
@@ -246,9 +263,10 @@ void unpack_history(JobId id, const void* data, int size, std::vector<Event>& ou
 }
 
 // One held-back dispatch as written to dispatch_log: [id, attempts, at, worker, started_at,
-// reason, from]. Only the fields a dispatch sets (see SqliteStore::apply).
+// reason, from, epoch] (before version 6 without epoch). Only the fields a dispatch sets (see
+// SqliteStore::apply).
 void pack_dispatch(msgpack::packer<msgpack::sbuffer>& pk, const Transition& t) {
-    pk.pack_array(7);
+    pk.pack_array(8);
     pk.pack_uint64(t.id);
     pk.pack_uint32(t.attempts.value_or(0));
     pk.pack_int64(t.at);
@@ -265,6 +283,7 @@ void pack_dispatch(msgpack::packer<msgpack::sbuffer>& pk, const Transition& t) {
         pk.pack(to_string(*t.from));
     else
         pk.pack_nil();
+    pk.pack_uint32(t.epoch);
 }
 
 // The dispatches of one dispatch_log row, in order. Damage is a StoreError: without the log the
@@ -272,7 +291,7 @@ void pack_dispatch(msgpack::packer<msgpack::sbuffer>& pk, const Transition& t) {
 std::vector<Transition> unpack_dispatches(const void* data, int size) {
     std::vector<Transition> out;
     try {
-        for_each_record(data, size, 7, [&](const msgpack::object* f) {
+        auto one = [&](const msgpack::object* f, std::uint32_t n) {
             Transition t;
             t.id = f[0].as<JobId>();
             t.to = JobState::running;
@@ -282,8 +301,10 @@ std::vector<Transition> unpack_dispatches(const void* data, int size) {
             if (!f[4].is_nil()) t.started_at = f[4].as<std::int64_t>();
             t.reason = f[5].as<std::string>();
             if (!f[6].is_nil()) t.from = stored_state(f[6].as<std::string>());
+            if (n > 7) t.epoch = f[7].as<std::uint32_t>();
             out.push_back(std::move(t));
-        });
+        };
+        for_each_record(data, size, 7, one, 8);
     } catch (const std::runtime_error& e) {
         throw StoreError(fmt::format("dispatch_log {}", e.what()), false);
     }
@@ -432,16 +453,20 @@ struct SqliteStore::Statements {
                  "ELSE COALESCE(attempt_budget, max_attempts) END, "
                  "max_attempts = COALESCE(?12, max_attempts), "
                  // || of two blobs is text with the same bytes; the CAST keeps it a blob.
-                 "history = CAST(COALESCE(history, x'') || ?13 AS BLOB) "
+                 "history = CAST(COALESCE(history, x'') || ?13 AS BLOB), "
+                 "epoch = CASE WHEN ?2 = 'running' THEN ?17 ELSE epoch END "
                  "WHERE id = ?1 AND (?15 IS NULL OR (state = ?15 AND attempts = ?16))"),
           token(db, "SELECT id FROM jobs WHERE token = ?1"),
           get(db, fmt::format("SELECT {} FROM jobs WHERE id = ?1", kJobColumns).c_str()),
           dispatch(db, "SELECT payload, argv FROM jobs WHERE id = ?1"),
-          live(db, fmt::format("SELECT {} FROM jobs WHERE state <> 'succeeded' AND "
+          live(db, fmt::format("SELECT {}, COALESCE(epoch, 0) FROM jobs WHERE state <> "
+                               "'succeeded' AND "
                                "state <> 'dead' AND state <> 'cancelled' ORDER BY id",
                                kLiveColumns)
                        .c_str()),
-          live_one(db, fmt::format("SELECT {} FROM jobs WHERE id = ?1", kLiveColumns).c_str()),
+          live_one(
+              db, fmt::format("SELECT {}, COALESCE(epoch, 0) FROM jobs WHERE id = ?1", kLiveColumns)
+                      .c_str()),
           max_id(db,
                  "SELECT MAX(COALESCE((SELECT MAX(id) FROM jobs), 0), "
                  "(SELECT id FROM id_floor))"),
@@ -521,6 +546,7 @@ SqliteStore::SqliteStore(const std::string& path, SqliteOptions options) {
         exec(fmt::format("PRAGMA cache_size = -{}", options.cache_mib * 1024).c_str());
         exec("PRAGMA temp_store = MEMORY");
         migrate();
+        count_epoch(options.synchronous_full);
         st_ = std::make_unique<Statements>(db_);
         reload_held();  // what a crash left in dispatch_log
         next_id_ = max_job_id() + 1;
@@ -667,6 +693,27 @@ void SqliteStore::migrate() {
         sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
         throw;
     }
+}
+
+// This open's epoch, synced before anything is dispatched whatever --synchronous says: an epoch
+// lost in a power cut would be handed out again, and with it the fencing tokens of its dispatches.
+void SqliteStore::count_epoch(bool synchronous_full) {
+    if (!synchronous_full) exec("PRAGMA synchronous = FULL");
+    exec("BEGIN IMMEDIATE");
+    try {
+        exec("UPDATE broker_epoch SET n = n + 1");
+        sqlite3_stmt* s = nullptr;
+        int rc = sqlite3_prepare_v2(db_, "SELECT n FROM broker_epoch", -1, &s, nullptr);
+        if (rc != SQLITE_OK) fail(db_, rc, "epoch");
+        if (sqlite3_step(s) == SQLITE_ROW)
+            epoch_ = static_cast<std::uint32_t>(sqlite3_column_int64(s, 0));
+        sqlite3_finalize(s);
+        exec("COMMIT");
+    } catch (...) {
+        sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+        throw;
+    }
+    if (!synchronous_full) exec("PRAGMA synchronous = NORMAL");
 }
 
 void SqliteStore::begin() {
@@ -858,6 +905,7 @@ void SqliteStore::overlay(LiveJob& j) const {
     const Transition& t = it->second.t;
     j.state = JobState::running;
     j.attempts = *t.attempts;
+    j.epoch = t.epoch;
     if (t.worker) j.worker = t.worker;
     if (t.started_at) j.started_at = t.started_at;
     j.run_at.reset();
@@ -887,6 +935,7 @@ bool SqliteStore::write_row(const Transition& t, std::string_view events, bool r
         .bind_opt(12, t.max_attempts)
         .bind_blob(13, events)
         .bind(14, std::int64_t{reset_progress ? 1 : 0})
+        .bind(17, std::int64_t{t.epoch})
         .run();
     if (sqlite3_changes(db_) == 1) return true;
     if (!expect) throw StoreError(fmt::format("job {} vanished from the database", t.id), false);
@@ -944,6 +993,7 @@ void SqliteStore::scan_live(const std::function<void(LiveJob&&)>& fn) {
     auto& s = st_->live.reset();
     while (s.step()) {
         auto j = read_live(s);
+        j.epoch = static_cast<std::uint32_t>(s.i64(kLiveColumnCount));
         overlay(j);
         fn(std::move(j));
     }
@@ -954,7 +1004,10 @@ std::optional<LiveJob> SqliteStore::load_live(JobId id) {
     auto& s = st_->live_one.reset();
     s.bind(1, static_cast<std::int64_t>(id));
     std::optional<LiveJob> j;
-    if (s.step()) j = read_live(s);
+    if (s.step()) {
+        j = read_live(s);
+        j->epoch = static_cast<std::uint32_t>(s.i64(kLiveColumnCount));
+    }
     s.reset();
     if (j) overlay(*j);
     return j;

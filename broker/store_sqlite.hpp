@@ -45,6 +45,7 @@ class SqliteStore final : public Store {
     // Writes held-back dispatches into their rows once a second, and gives pages that deletions
     // freed back to the file system, a few at a time.
     void maintain(Millis now) override;
+    std::uint32_t epoch() const override { return epoch_; }
 
     std::optional<JobInfo> get_job(JobId id) override;
     std::vector<JobInfo> list_jobs(const ListRequest& filter) override;
@@ -72,13 +73,14 @@ class SqliteStore final : public Store {
     JobId max_job_id();
 
     int schema_version();
-    static constexpr int kSchemaVersion = 5;
+    static constexpr int kSchemaVersion = 6;
 
   private:
     struct Statements;
     void exec(const char* sql);
     bool check_identity();  // true for a new, empty file
     void migrate();
+    void count_epoch(bool synchronous_full);
 
     // Held-back dispatches (see store_sqlite.cpp).
     struct Held {
@@ -103,6 +105,7 @@ class SqliteStore final : public Store {
 
     sqlite3* db_ = nullptr;
     std::unique_ptr<Statements> st_;
+    std::uint32_t epoch_ = 0;      // this open's broker_epoch (count_epoch)
     JobId next_id_ = 1;            // the id insert_job gives next (from the file at open/rollback)
     Millis next_materialize_ = 0;  // maintain(): when held-back dispatches go into their rows
     bool reclaim_due_ = false;     // maintain(): rows were deleted, pages may be free

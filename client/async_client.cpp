@@ -6,6 +6,7 @@
 #include <fmt/ranges.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
+#include <algorithm>
 
 #include <deque>
 #include <functional>
@@ -293,7 +294,7 @@ std::future<std::optional<JobInfo>> AsyncClient::wait(JobId id, std::chrono::mil
     WaitRequest m{impl_->next_req++, id, timeout_ms};
     auto inner = impl_->call<std::optional<JobInfo>>(
         cmd::kWait, encode(m), m.req, cmd::kJob, timeout_ms + impl_->opt.timeout.count(),
-        std::max<Millis>(impl_->opt.resend.count(), 2000),
+        std::clamp<Millis>(impl_->opt.resend.count(), 2000, limits::kWaitResendMs),
         [](const Reader& r) { return std::optional<JobInfo>(decode_job_info(r.map("job"))); });
     // A broker `timeout` error means "not finished in time": turn it into nullopt.
     return std::async(std::launch::deferred, [f = std::move(inner)]() mutable {

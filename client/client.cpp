@@ -4,6 +4,8 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
+
 #include <random>
 
 #include "errand/clock.hpp"
@@ -200,12 +202,13 @@ std::optional<JobInfo> Client::wait(JobId id, std::chrono::milliseconds timeout)
     const Millis timeout_ms = std::clamp<Millis>(timeout.count(), 0, limits::kMaxWaitMs);
     WaitRequest m{impl_->next_req++, id, timeout_ms};
     try {
-        // A resent WAIT only extends the broker's record of this waiter, so resending is safe;
-        // it also re-registers the waiter with a broker that restarted meanwhile.
+        // A resent WAIT only refreshes the broker's record of this waiter, so resending is safe;
+        // it also re-registers the waiter with a broker that restarted meanwhile (or that
+        // dropped it: PROTOCOL.md's wait cadence).
         auto env =
             impl_->call(cmd::kWait, encode(m), m.req, timeout_ms + impl_->opt.timeout.count(),
-                        std::max<Millis>(impl_->opt.resend.count(), 2000), 0, {}, true,
-                        impl_->opt.timeout.count());
+                        std::clamp<Millis>(impl_->opt.resend.count(), 2000, limits::kWaitResendMs),
+                        0, {}, true, impl_->opt.timeout.count());
         Impl::expect(env, cmd::kJob);
         Body b(env.body);
         return decode_job_info(b.reader().map("job"));
@@ -233,7 +236,8 @@ std::optional<JobInfo> Client::submit_and_wait(JobSpec spec, std::chrono::millis
     // only if nothing came for a while: it is a no-op for the broker that has the waiter, and
     // registers it again with one that restarted meanwhile.
     WaitRequest w{m.req, rep.ids[0], timeout_ms};
-    const Millis resend = std::max<Millis>(impl_->opt.resend.count(), 2000);
+    const Millis resend =
+        std::clamp<Millis>(impl_->opt.resend.count(), 2000, limits::kWaitResendMs);
     try {
         auto done =
             impl_->call(cmd::kWait, encode(w), w.req, timeout_ms + impl_->opt.timeout.count(),

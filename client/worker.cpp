@@ -51,6 +51,7 @@ struct JobControl {
     bool progress_dirty = false;
     std::uint32_t percent = 0;
     std::string message;
+    std::uint32_t epoch = 0;  // DISPATCH's epoch, echoed in the result (guarded by mu)
 };
 
 bool Job::cancelled() const {
@@ -148,6 +149,10 @@ struct Worker::Impl {
             r.ok = out.ok;
             r.id = job.id;
             r.attempt = job.attempt;
+            if (job.control) {
+                std::lock_guard lock(job.control->mu);
+                r.epoch = job.control->epoch;
+            }
             r.exit_code = out.exit_code;
             if (out.result.size() > job.max_result) out.result.resize(job.max_result);
             if (out.ok || !out.result.empty()) r.result = std::move(out.result);
@@ -326,14 +331,20 @@ struct Worker::Impl {
             auto d = decode_dispatch(r);
             max_seq = std::max(max_seq, d.seq);
             if (auto it = running.find(d.id);
-                it != running.end() && it->second.attempt == d.attempt)
-                return;  // duplicate
+                it != running.end() && it->second.attempt == d.attempt) {
+                // A duplicate, or the same attempt dispatched again by a broker that lost the
+                // first dispatch in a power cut (a new epoch): this run reports under the new one.
+                std::lock_guard lock(it->second.control->mu);
+                it->second.control->epoch = d.epoch;
+                return;
+            }
             if (stopping) {
                 // Dispatched before the broker had our DRAIN: hand it straight back.
                 release(d.id, d.attempt, d.queue, now, "not started, the worker is draining");
                 return;
             }
             auto control = std::make_shared<JobControl>();
+            control->epoch = d.epoch;
             running[d.id] = Running{d.attempt, control, d.queue};
             {
                 std::lock_guard lock(mu);

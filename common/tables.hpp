@@ -386,7 +386,8 @@ struct StatsT {
         field("commit_seconds_sum", &StatsReply::commit_seconds_sum, F64{}, required),
         field("queues", &StatsReply::queues, MsgArray<QueueStatsT>{}, required),
         field("broker", &StatsReply::broker, str(1024), omit),
-        field("brokers", &StatsReply::brokers, MsgArray<BrokerInfoT>{}, omit_default));
+        field("brokers", &StatsReply::brokers, MsgArray<BrokerInfoT>{}, omit_default),
+        field("waits", &StatsReply::waits, U64{}, omit_default));
 };
 
 struct WorkerJobT {
@@ -488,7 +489,8 @@ struct DispatchT {
                           field("payload", &Dispatch::payload, bin(), defaulted),
                           field("argv", &Dispatch::argv, StrArray{}, nullable),
                           field("seq", &Dispatch::seq, U64{}, defaulted),
-                          field("timeout_ms", &Dispatch::timeout_ms, Duration{}, nullable));
+                          field("timeout_ms", &Dispatch::timeout_ms, Duration{}, nullable),
+                          field("epoch", &Dispatch::epoch, U32{}, omit_default));
 };
 
 struct HeartbeatT {  // worker -> broker
@@ -510,7 +512,8 @@ struct DoneT {
         field("id", &JobResult::id, U64{}, required),
         field("attempt", &JobResult::attempt, U32{}, required),
         field("result", &JobResult::result, bin(&DecodeLimits::max_result), defaulted),
-        field("exit_code", &JobResult::exit_code, I64{}, defaulted));
+        field("exit_code", &JobResult::exit_code, I64{}, defaulted),
+        field("epoch", &JobResult::epoch, U32{}, omit_default));
 };
 
 struct FailT {
@@ -522,7 +525,8 @@ struct FailT {
         field("error", &JobResult::error, str(limits::kMaxError), required),
         field("exit_code", &JobResult::exit_code, I64{}, defaulted),
         field("result", &JobResult::result, bin(&DecodeLimits::max_result), nullable),
-        field("permanent", &JobResult::permanent, Bool{}, defaulted));
+        field("permanent", &JobResult::permanent, Bool{}, defaulted),
+        field("epoch", &JobResult::epoch, U32{}, omit_default));
 };
 
 inline JobResult unpack_result(const msgpack::object& o, bool ok, const DecodeLimits& lim) {

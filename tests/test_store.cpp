@@ -180,6 +180,7 @@ TEST_CASE("migration 3 upgrades a version-2 database: id floor from its jobs, bu
     auto [rc, err] = exec_sql(dir.db(),
                               "DROP TABLE id_floor; ALTER TABLE jobs DROP COLUMN attempt_budget; "
                               "ALTER TABLE jobs DROP COLUMN history; DROP TABLE dispatch_log; "
+                              "DROP TABLE broker_epoch; ALTER TABLE jobs DROP COLUMN epoch; "
                               "UPDATE schema_version SET version = 2;");
     CHECK_MESSAGE(rc == SQLITE_OK, err);
     CHECK(count_rows(dir.db(), "SELECT version FROM schema_version") == 2);
@@ -205,6 +206,45 @@ TEST_CASE("migration 3 upgrades a version-2 database: id floor from its jobs, bu
     CHECK(raised->attempt_budget == live->max_attempts);
 }
 
+TEST_CASE("migration 6: epochs count every open, durably; a held dispatch keeps its epoch") {
+    TempDir dir;
+    {
+        SqliteStore store(dir.db());
+        store.begin();
+        store.insert_job(job(1, "q"), "submitted");
+        store.commit();
+    }
+    // What version 5 wrote: no epochs.
+    auto [rc, err] = exec_sql(dir.db(),
+                              "DROP TABLE broker_epoch; ALTER TABLE jobs DROP COLUMN epoch; "
+                              "UPDATE schema_version SET version = 5;");
+    CHECK_MESSAGE(rc == SQLITE_OK, err);
+    std::uint32_t first = 0;
+    {
+        SqliteStore store(dir.db());
+        CHECK(store.schema_version() == SqliteStore::kSchemaVersion);
+        first = store.epoch();
+        CHECK(first == 1);
+        auto d = dispatch(1, 1, 200, "w");
+        d.epoch = store.epoch();
+        store.begin();
+        store.apply(d);
+        store.commit();
+        auto live = store.load_live(1);
+        REQUIRE(live.has_value());
+        CHECK(live->epoch == first);  // held back, from memory
+    }
+    // Reopened (the dispatch now in its row, or read back from the log): a new epoch, the
+    // running attempt still of the first.
+    SqliteStore store(dir.db());
+    CHECK(store.epoch() == first + 1);
+    auto live = store.load_live(1);
+    REQUIRE(live.has_value());
+    CHECK(live->state == JobState::running);
+    CHECK(live->epoch == first);
+    CHECK(count_rows(dir.db(), "SELECT n FROM broker_epoch") == static_cast<int>(first + 1));
+}
+
 TEST_CASE("migration 4: a version-3 database keeps its event rows, new events go to the job row") {
     TempDir dir;
     {
@@ -216,6 +256,7 @@ TEST_CASE("migration 4: a version-3 database keeps its event rows, new events go
     // What version 3 wrote: no history column, the creation event as a row of events.
     auto [rc, err] = exec_sql(dir.db(),
                               "ALTER TABLE jobs DROP COLUMN history; DROP TABLE dispatch_log; "
+                              "DROP TABLE broker_epoch; ALTER TABLE jobs DROP COLUMN epoch; "
                               "INSERT INTO events (job_id, id, at, from_state, to_state, attempt, "
                               "worker, reason) VALUES (1, 1, 100, NULL, 'ready', 0, NULL, 'old'); "
                               "UPDATE schema_version SET version = 3;");

@@ -170,6 +170,9 @@ struct Dispatch {
     std::optional<std::vector<std::string>> argv;
     std::uint64_t seq = 0;
     std::optional<Millis> timeout_ms;
+    // With `attempt`, the fencing token: the broker start that dispatched it (0: none given, a
+    // store whose commits are durable at once). Echoed in DONE/FAIL.
+    std::uint32_t epoch = 0;
 };
 
 struct WorkerHeartbeat {
@@ -186,6 +189,7 @@ struct JobResult {
     std::optional<std::string> result;
     std::string error;  // FAIL only
     bool permanent = false;
+    std::uint32_t epoch = 0;  // DISPATCH's epoch, echoed; 0: not sent (a worker that predates it)
 };
 
 struct Ack {

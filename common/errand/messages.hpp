@@ -117,6 +117,7 @@ struct StatsReply {
     Millis started_at = 0;
     std::uint64_t workers = 0;
     std::uint64_t running = 0;  // jobs held by workers
+    std::uint64_t waits = 0;    // outstanding WAITs (and SUBMITs with wait_ms) of all clients
     std::uint64_t commits = 0;
     std::uint64_t commit_failures = 0;
     double commit_seconds_sum = 0;

@@ -37,6 +37,9 @@ inline constexpr std::uint32_t kDefaultListLimit = 100;
 inline constexpr std::uint32_t kMaxListLimit = 10000;
 inline constexpr Millis kDefaultWaitMs = 30000;
 inline constexpr Millis kMaxWaitMs = 86400000;
+// A client waiting for a job (WAIT, SUBMIT with wait_ms) resends its WAIT at least this often;
+// the broker drops a waiter not refreshed for three times as long (--wait-idle).
+inline constexpr Millis kWaitResendMs = 5000;
 inline constexpr std::int32_t kMinPriority = -1000;
 inline constexpr std::int32_t kMaxPriority = 1000;
 inline constexpr std::size_t kMaxUniqueKey = 256;
