@@ -4,7 +4,7 @@ set -euo pipefail
 packages=(build-essential meson ninja-build pkg-config cmake python3 libzmq3-dev cppzmq-dev
           libmsgpack-cxx-dev libsqlite3-dev libcli11-dev libspdlog-dev doctest-dev
           nlohmann-json3-dev libcpp-httplib-dev sqlite3 e2fsprogs clang-format libsystemd-dev systemd
-          libpq-dev postgresql)
+          libpq-dev postgresql libhowardhinnant-date-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
