@@ -24,6 +24,7 @@
 
 #include "cli_observe.hpp"
 #include "cli_output.hpp"
+#include "cli_schedule.hpp"
 #include "errand/client.hpp"
 #include "errand/duration.hpp"
 #include "errand/spelling.hpp"
@@ -826,6 +827,9 @@ int run(int argc, char** argv) {
     commands.emplace_back(
         workers, [&](errand::Client& c) { return errand::cli::run_workers(c, workers_json); });
 
+    auto schedule = errand::cli::add_schedule_commands(app, job_argv);
+    commands.emplace_back(schedule.schedule, schedule.run);
+
     try {
         app.parse(cli_argc, argv);
     } catch (const CLI::ExtrasError&) {
@@ -881,8 +885,8 @@ int run(int argc, char** argv) {
         }
         throw UsageError(fmt::format("a subcommand is required: {} (see --help)", names));
     }
-    if (cli_argc != argc && !submit->parsed()) {
-        throw UsageError("'--' (a job's command line) is only accepted by submit");
+    if (cli_argc != argc && !submit->parsed() && !schedule.add->parsed()) {
+        throw UsageError("'--' (a job's command line) is only accepted by submit and schedule add");
     }
     submit_args.argv = std::move(job_argv);
     if (retry->parsed() && !retry_args.ids.empty() == retry_args.dead) {
