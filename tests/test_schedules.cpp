@@ -5,6 +5,7 @@
 // database. Built twice: test_schedules on SQLite files, test_schedules_pg on PostgreSQL.
 #include <doctest/doctest.h>
 
+#include <sqlite3.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -429,3 +430,47 @@ TEST_CASE("two brokers on one database fire each tick once") {
     CHECK(ticks_of(b.jobs("q2"), "t") == want2);
 }
 #endif
+
+// A database of the schema before schedules (what today's errand wrote, its jobs kept): the
+// migration adds the table, the jobs are still there, schedules work.
+TEST_CASE("migration: a database from before schedules gets them and keeps its jobs") {
+    Database db;
+    JobId old_job = 0;
+    {
+        Node a(db);
+        SubmitRequest m;
+        m.req = a.req++;
+        JobSpec spec;
+        spec.queue = "old";
+        spec.payload = "kept";
+        m.jobs.push_back(spec);
+        auto rep = a.ask(cmd::kSubmit, encode(m));
+        REQUIRE(rep.command == cmd::kSubmitted);
+        Body b(rep.body);
+        old_job = decode_submitted(b.reader()).ids.at(0);
+    }
+#ifdef ERRAND_TEST_PG
+    pg::Connection(db.conninfo).exec("DROP TABLE schedules; UPDATE errand_schema SET version = 3");
+#else
+    {
+        sqlite3* h = nullptr;
+        REQUIRE(sqlite3_open((db.dir / "errand.db").c_str(), &h) == SQLITE_OK);
+        char* err = nullptr;
+        int rc = sqlite3_exec(h, "DROP TABLE schedules; UPDATE schema_version SET version = 5",
+                              nullptr, nullptr, &err);
+        std::string message = err ? err : "";
+        sqlite3_free(err);
+        sqlite3_close(h);
+        REQUIRE_MESSAGE(rc == SQLITE_OK, message);
+    }
+#endif
+    Node b(db, kJan1 + 1 * kSec);
+    auto jobs = b.jobs("old");
+    REQUIRE(jobs.size() == 1);
+    CHECK(jobs[0].id == old_job);
+    CHECK(jobs[0].payload_size == 4);
+    b.add(every("new", "* * * * * *", "q"));
+    b.pass_at(kJan1 + 2 * kSec);
+    REQUIRE(b.jobs("q").size() == 1);
+    CHECK(b.jobs("q")[0].id > old_job);
+}
