@@ -888,7 +888,7 @@ int run(int argc, char** argv) {
     if (cli_argc != argc && !submit->parsed() && !schedule.add->parsed()) {
         throw UsageError("'--' (a job's command line) is only accepted by submit and schedule add");
     }
-    submit_args.argv = std::move(job_argv);
+    submit_args.argv = job_argv;  // schedule add reads it too
     if (retry->parsed() && !retry_args.ids.empty() == retry_args.dead) {
         throw UsageError(retry_args.dead
                              ? "retry takes a job id or --dead, not both"
