@@ -180,7 +180,7 @@ TEST_CASE("migration 3 upgrades a version-2 database: id floor from its jobs, bu
     auto [rc, err] = exec_sql(dir.db(),
                               "DROP TABLE id_floor; ALTER TABLE jobs DROP COLUMN attempt_budget; "
                               "ALTER TABLE jobs DROP COLUMN history; DROP TABLE dispatch_log; "
-                              "UPDATE schema_version SET version = 2;");
+                              "DROP TABLE schedules; UPDATE schema_version SET version = 2;");
     CHECK_MESSAGE(rc == SQLITE_OK, err);
     CHECK(count_rows(dir.db(), "SELECT version FROM schema_version") == 2);
     SqliteStore store(dir.db());
@@ -214,11 +214,12 @@ TEST_CASE("migration 4: a version-3 database keeps its event rows, new events go
         store.commit();
     }
     // What version 3 wrote: no history column, the creation event as a row of events.
-    auto [rc, err] = exec_sql(dir.db(),
-                              "ALTER TABLE jobs DROP COLUMN history; DROP TABLE dispatch_log; "
-                              "INSERT INTO events (job_id, id, at, from_state, to_state, attempt, "
-                              "worker, reason) VALUES (1, 1, 100, NULL, 'ready', 0, NULL, 'old'); "
-                              "UPDATE schema_version SET version = 3;");
+    auto [rc, err] = exec_sql(
+        dir.db(),
+        "ALTER TABLE jobs DROP COLUMN history; DROP TABLE dispatch_log; "
+        "DROP TABLE schedules; INSERT INTO events (job_id, id, at, from_state, to_state, attempt, "
+        "worker, reason) VALUES (1, 1, 100, NULL, 'ready', 0, NULL, 'old'); "
+        "UPDATE schema_version SET version = 3;");
     CHECK_MESSAGE(rc == SQLITE_OK, err);
     SqliteStore store(dir.db());
     CHECK(store.schema_version() == SqliteStore::kSchemaVersion);
