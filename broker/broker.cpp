@@ -332,7 +332,12 @@ struct Broker::State {
     }
     void on_schedule_list(const Request& rq) {
         auto req = rq.body.u64("req");
-        reply(rq.identity, cmd::kSchedules, encode_schedules(req, engine.schedules()), req);
+        // Without payloads (SCHEDULE_SHOW has them): 1000 schedules of 1 MiB each would not fit
+        // in a message.
+        auto all = engine.schedules();
+        for (auto& s : all)
+            s.job.payload.clear();
+        reply(rq.identity, cmd::kSchedules, encode_schedules(req, all), req);
     }
     void on_schedule_show(const Request& rq) {
         auto m = decode_schedule_request(rq.body);

@@ -236,15 +236,18 @@ std::optional<Millis> CronSchedule::next_after(Millis after) const {
             best = inst;
     };
     // Candidates in local order are in instant order except the second occurrences of a
-    // repeated hour: when clocks go back within three hours (more than any DST shift) of
-    // `after`, the search starts three hours before it in local time. A candidate that is not
-    // ambiguous ends the search once something was found (nothing later in local order fires
-    // earlier).
+    // repeated hour, which only a schedule of every hour fires: when `after` lies in the first
+    // occurrence (clocks go back within `shift` of it), the search starts `shift` earlier in
+    // local time. A candidate that is not ambiguous ends the search once something was found
+    // (nothing later in local order fires earlier).
     const auto after_info = zone_->get_info(after_s);
     const local_seconds after_local{after_s.time_since_epoch() + after_info.offset};
     const local_seconds limit = after_local + date::days{366 * 8};
     local_seconds t = after_local;
-    if (after_info.end - after_s <= hours{3}) t -= hours{3};
+    if (every_hour_ && after_info.end - after_s <= hours{3}) {
+        const auto shift = after_info.offset - zone_->get_info(after_info.end).offset;
+        if (shift > seconds{0} && after_info.end - after_s <= shift) t -= shift;
+    }
     for (int guard = 0; guard < 100'000; ++guard) {
         auto l = next_local(t, limit);
         if (!l) break;

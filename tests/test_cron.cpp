@@ -206,3 +206,18 @@ TEST_CASE("cron: bad expressions name the field and say what is wrong") {
           "'UTC')");
     CHECK(error_of(std::string(300, '*')).find("longer than 256") != std::string::npos);
 }
+
+TEST_CASE("cron DST: a seconds rhythm keeps every 10 s of elapsed time through both changes") {
+    for (const char* zone : {"America/New_York", "Europe/Berlin"})
+        for (const char* from : {"2026-11-01T04:30:00Z", "2026-10-25T00:00:00Z"}) {
+            INFO(zone << " from " << from);
+            auto c = CronSchedule::parse("*/10 * * * * *", zone);
+            Millis t = utc(from);
+            for (int i = 0; i < 3 * 360; ++i) {  // three hours around the fall-back
+                auto next = c.next_after(t);
+                REQUIRE(next);
+                REQUIRE(*next - t == 10'000);
+                t = *next;
+            }
+        }
+}
