@@ -1,5 +1,6 @@
 // Cron schedules end to end: a real broker and worker daemon, schedules added with the CLI, each
-// tick's job run once; a broker SIGKILLed across ticks; the CLI's bad input.
+// tick's job run once; a broker SIGKILLed across ticks; the CLI's bad input; two brokers on one
+// PostgreSQL database, one of them SIGKILLed, firing each tick once.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -9,6 +10,8 @@
 #include <vector>
 
 #include "harness.hpp"
+#include "pg.hpp"
+#include "pg_server.hpp"
 
 using namespace errand;
 using namespace errand::test;
@@ -178,4 +181,38 @@ TEST_CASE("schedule e2e: bad input gets a clear error from the CLI and changes n
     CHECK(all[0].zone == "Europe/Berlin");
     REQUIRE(all[0].job.argv.has_value());
     CHECK(*all[0].job.argv == std::vector<std::string>{"echo", "hi"});
+}
+
+TEST_CASE("schedule e2e: two brokers on one PostgreSQL database fire each tick once") {
+    errand::pgserver::PgServer pg;
+    TempDir d1, d2;
+    const std::vector<std::string> args{"--db",  pg.uri(),           "--heartbeat",
+                                        "200ms", "--worker-timeout", "1s"};
+    Broker b1(d1, args), b2(d2, args);
+    WorkerDaemon worker(d2, b2.endpoint(),
+                        {.name = "w",
+                         .queues = {"tick=printf ran"},
+                         .concurrency = 2,
+                         .allow_commands = false,
+                         .extra_args = {}});
+    auto added = run_cli(cli(b1, {"schedule", "add", "s", "--cron", "* * * * * *", "-q", "tick"}));
+    REQUIRE_MESSAGE(added.exit_code == 0, describe(added));
+    errand::Client c2(b2.client_options());
+    REQUIRE(wait_until([&] { return ticks(c2, "tick", "s").size() >= 4; }, 15s, 50ms));
+    // The broker the schedule was added through dies; the other goes on firing, without a gap.
+    b1.kill9();
+    const auto killed_at = ticks(c2, "tick", "s").size();
+    REQUIRE(wait_until([&] { return ticks(c2, "tick", "s").size() >= killed_at + 4; }, 15s, 50ms));
+    auto t = ticks(c2, "tick", "s");
+    for (std::size_t i = 1; i < t.size(); ++i)
+        CHECK(t[i] - t[i - 1] == 1000);
+    // The database agrees: one job per tick.
+    broker::pg::Connection db(pg.conninfo());
+    CHECK(db.query("SELECT count(*) - count(DISTINCT unique_key) FROM jobs").i64(0, 0) == 0);
+    REQUIRE(wait_until(
+        [&] {
+            return c2.list({.queue = "tick", .state = JobState::succeeded, .limit = 1000}).size() >=
+                   t.size();
+        },
+        15s, 50ms));
 }
