@@ -9,6 +9,7 @@
 
 #include "cli_output.hpp"
 #include "errand/duration.hpp"
+#include "errand/json.hpp"
 
 namespace errand::cli {
 namespace {
@@ -23,12 +24,14 @@ struct AddArgs {
     std::uint32_t max_attempts = limits::kDefaultMaxAttempts;
     std::int32_t priority = 0;
     std::optional<std::string> timeout;
+    std::optional<std::string> backoff;  // BASE[,CAP]
     bool paused = false;
 };
 
 struct Args {
     AddArgs add;
-    std::string name;  // show, rm, pause, resume
+    std::string name;   // show, rm, pause, resume
+    bool json = false;  // list: a JSON array; show: one object
 };
 
 CLI::Validator duration_check(Millis max) {
@@ -51,6 +54,17 @@ CLI::Validator name_check(const char* what) {
                                text);
         },
         "");
+}
+
+// "BASE[,CAP]": two durations, the cap not below the base; nullopt when it is not that.
+std::optional<std::pair<Millis, std::optional<Millis>>> parse_backoff(std::string_view text) {
+    auto comma = text.find(',');
+    auto base = parse_duration(text.substr(0, comma));
+    if (!base || *base > limits::kMaxDelayMs) return std::nullopt;
+    if (comma == std::string_view::npos) return std::pair{*base, std::optional<Millis>{}};
+    auto cap = parse_duration(text.substr(comma + 1));
+    if (!cap || *cap > limits::kMaxDelayMs || *cap < *base) return std::nullopt;
+    return std::pair{*base, std::optional<Millis>{*cap}};
 }
 
 Millis now_ms() {
@@ -155,6 +169,15 @@ ScheduleCommands add_schedule_commands(CLI::App& app, const std::vector<std::str
     add->add_option("--timeout", args->add.timeout, "stop and fail an attempt running longer")
         ->check(duration_check(limits::kMaxTimeoutMs))
         ->type_name("DUR");
+    add->add_option("--backoff", args->add.backoff,
+                    "wait BASE before a job's first retry, doubling up to CAP (e.g. 500ms,30s)")
+        ->check(CLI::Validator(
+            [](std::string& text) -> std::string {
+                if (parse_backoff(text)) return {};
+                return "'" + text + "' is not BASE[,CAP]: two durations, CAP not below BASE";
+            },
+            ""))
+        ->type_name("BASE[,CAP]");
     add->add_flag("--paused", args->add.paused, "add it paused");
     out.add = add;
 
@@ -168,6 +191,8 @@ ScheduleCommands add_schedule_commands(CLI::App& app, const std::vector<std::str
         sub->add_option("name", args->name, "schedule name")
             ->required()
             ->check(name_check("schedule"));
+    list->add_flag("--json", args->json, "print a JSON array");
+    show->add_flag("--json", args->json, "print one JSON object");
 
     out.run = [args, add, list, show, rm, pause, resume, &job_argv](Client& c) -> int {
         const Millis now = now_ms();
@@ -185,12 +210,29 @@ ScheduleCommands add_schedule_commands(CLI::App& app, const std::vector<std::str
             s.job.max_attempts = a.max_attempts;
             s.job.priority = a.priority;
             if (a.timeout) s.job.timeout_ms = parse_duration(*a.timeout);
+            if (a.backoff) {
+                auto b = parse_backoff(*a.backoff);
+                s.job.backoff_ms = b->first;
+                s.job.backoff_cap_ms = b->second;
+            }
             auto added = c.schedule_add(s);
             std::cout << schedule_text(added, now);
         } else if (list->parsed()) {
-            std::cout << schedules_table(c.schedules(), now);
+            auto all = c.schedules();
+            if (args->json) {
+                Json out = Json::array();
+                for (const auto& s : all)
+                    out.push_back(to_json(s));
+                std::cout << dump_json(out) << '\n';
+            } else {
+                std::cout << schedules_table(all, now);
+            }
         } else if (show->parsed()) {
-            std::cout << schedule_text(c.schedule(args->name), now);
+            auto s = c.schedule(args->name);
+            if (args->json)
+                std::cout << dump_json(to_json(s)) << '\n';
+            else
+                std::cout << schedule_text(s, now);
         } else if (rm->parsed()) {
             c.schedule_remove(args->name);
         } else if (pause->parsed()) {

@@ -84,6 +84,13 @@ TEST_CASE("schedule e2e: a 1-second schedule's jobs run on a worker daemon, one 
     CHECK(list.out.find("NAME") == 0);
     CHECK(list.out.find("every-second") != std::string::npos);
     CHECK(list.out.find("* * * * * *") != std::string::npos);
+    auto shown_json = run_cli(cli(broker, {"schedule", "show", "every-second", "--json"}));
+    REQUIRE_MESSAGE(shown_json.exit_code == 0, describe(shown_json));
+    CHECK(shown_json.out.find("\"name\":\"every-second\"") != std::string::npos);
+    CHECK(shown_json.out.find("\"next_at\":\"20") != std::string::npos);  // an RFC 3339 time
+    auto list_json = run_cli(cli(broker, {"schedule", "list", "--json"}));
+    REQUIRE_MESSAGE(list_json.exit_code == 0, describe(list_json));
+    CHECK(list_json.out.rfind("[{\"name\":\"every-second\"", 0) == 0);
     // Paused through the CLI: no new job while paused.
     auto paused = run_cli(cli(broker, {"schedule", "pause", "every-second"}));
     REQUIRE_MESSAGE(paused.exit_code == 0, describe(paused));
@@ -142,7 +149,8 @@ TEST_CASE("schedule e2e: bad input gets a clear error from the CLI and changes n
     TempDir dir;
     Broker broker(dir);
     auto ok = run_cli(cli(broker, {"schedule", "add", "good", "--cron", "@daily", "--tz",
-                                   "Europe/Berlin", "-q", "q", "--", "echo", "hi"}));
+                                   "Europe/Berlin", "-q", "q", "--backoff", "1s,1m", "--timeout",
+                                   "30s", "--max-attempts", "5", "--", "echo", "hi"}));
     REQUIRE_MESSAGE(ok.exit_code == 0, describe(ok));
     CHECK(ok.out.find("argv:      echo hi") != std::string::npos);
     struct Case {
@@ -161,6 +169,7 @@ TEST_CASE("schedule e2e: bad input gets a clear error from the CLI and changes n
         {{"schedule", "add", "good", "--cron", "@hourly"}, 3, "exists already"},
         {{"schedule", "add", "b", "--cron", "@daily", "--catch-up", "sometimes"}, 2, "sometimes"},
         {{"schedule", "add", "bad name", "--cron", "@daily"}, 2, "invalid schedule name"},
+        {{"schedule", "add", "b", "--cron", "@daily", "--backoff", "1m,1s"}, 2, "not BASE[,CAP]"},
         {{"schedule", "show", "nope"}, 3, "no schedule named 'nope'"},
         {{"schedule", "rm", "nope"}, 3, "no schedule named 'nope'"},
         {{"schedule", "pause", "nope"}, 3, "no schedule named 'nope'"},
@@ -181,6 +190,10 @@ TEST_CASE("schedule e2e: bad input gets a clear error from the CLI and changes n
     CHECK(all[0].zone == "Europe/Berlin");
     REQUIRE(all[0].job.argv.has_value());
     CHECK(*all[0].job.argv == std::vector<std::string>{"echo", "hi"});
+    CHECK(all[0].job.backoff_ms == 1000);
+    CHECK(all[0].job.backoff_cap_ms == 60000);
+    CHECK(all[0].job.timeout_ms == 30000);
+    CHECK(all[0].job.max_attempts == 5);
 }
 
 TEST_CASE("schedule e2e: two brokers on one PostgreSQL database fire each tick once") {
