@@ -447,8 +447,8 @@ struct Broker::State {
     std::vector<WorkerInfo> worker_infos() const {
         std::vector<WorkerInfo> out;
         for (const auto& [inst, w] : workers.all()) {
-            WorkerInfo x{w.name(),      inst,       w.host,   w.pid,       w.queues,
-                         w.concurrency, w.prefetch, w.credit, w.last_seen, {}};
+            WorkerInfo x{w.name(),   inst,     w.host,      w.pid, w.queues,    w.concurrency,
+                         w.prefetch, w.credit, w.last_seen, {},    w.reconnects};
             for (const auto& [id, seq] : w.jobs)
                 if (auto r = engine.running(id)) x.jobs.push_back(std::move(*r));
             std::sort(x.jobs.begin(), x.jobs.end(),
@@ -477,6 +477,9 @@ struct Broker::State {
 
     void on_register(const Request& rq) {
         auto m = decode_register(rq.body);
+        const WorkerRec* before = workers.by_instance(m.instance);
+        if (m.reconnects > 0 && (!before || before->reconnects != m.reconnects))
+            ++metrics.worker_reconnects;  // not again for a resent REGISTER
         std::vector<WorkerRec> replaced;
         auto& w = workers.enroll(rq.identity, m, now, &replaced);
         w.last_heard = mono;

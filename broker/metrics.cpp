@@ -173,6 +173,10 @@ std::string render_prometheus(const Metrics& m, const Gauges& g) {
 
     family(out, "errand_workers_connected", "gauge", "Registered workers.");
     out += fmt::format("errand_workers_connected {}\n", g.workers);
+    family(out, "errand_worker_reconnects_total", "counter",
+           "Registrations of workers that had been registered before (broker restarts, dropped "
+           "connections, failovers).");
+    out += fmt::format("errand_worker_reconnects_total {}\n", m.worker_reconnects);
     family(out, "errand_worker_slots", "gauge", "Sum of the registered workers' concurrency.");
     out += fmt::format("errand_worker_slots {}\n", g.worker_slots);
     family(out, "errand_worker_jobs", "gauge", "Jobs held by registered workers.");

@@ -68,6 +68,9 @@ struct Metrics {
     Histogram commit_seconds;
     Histogram commit_jobs;  // job state changes per commit (group commit batch size)
     std::uint64_t commit_failures = 0;
+    // Registrations of workers that had been registered before (with this broker or another):
+    // restarts of a broker, dropped connections, failovers.
+    std::uint64_t worker_reconnects = 0;
 
     Metrics();
     void on_event(const MetricEvent& e);

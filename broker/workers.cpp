@@ -57,6 +57,7 @@ WorkerRec& Workers::enroll(const std::string& identity, const RegisterRequest& m
     w.prefetch = m.prefetch;
     w.commands = m.commands;
     w.weights = m.weights;
+    w.reconnects = m.reconnects;
     w.credit = 0;
     w.draining = false;
     w.last_seen = now;

@@ -28,10 +28,11 @@ struct WorkerRec {
     bool commands = false;
     std::vector<std::uint32_t> weights;  // empty: strict order
     std::uint32_t credit = 0;
-    bool draining = false;  // sent DRAIN: takes no more jobs, whatever CREDIT says
-    Millis last_seen = 0;   // wall time, for WORKERS
-    Millis last_heard = 0;  // monotonic: expiry
-    std::uint64_t seq = 0;  // last DISPATCH.seq sent
+    bool draining = false;         // sent DRAIN: takes no more jobs, whatever CREDIT says
+    Millis last_seen = 0;          // wall time, for WORKERS
+    Millis last_heard = 0;         // monotonic: expiry
+    std::uint64_t reconnects = 0;  // as the worker counts them (REGISTER)
+    std::uint64_t seq = 0;         // last DISPATCH.seq sent
     std::unordered_map<JobId, std::uint64_t> jobs;  // job -> its DISPATCH.seq (0: adopted)
 
     const std::string& instance() const { return holder->instance; }

@@ -96,6 +96,7 @@ struct StatusArgs {
 struct WaitArgs {
     std::vector<JobId> ids;
     std::optional<std::string> timeout;  // for all of them together
+    bool retry_forever = false;          // keep waiting while no broker can be reached
 };
 
 struct ListArgs {
@@ -340,8 +341,10 @@ int report_finished(const JobInfo& job) {
 }
 
 // Waits until the job is terminal, in WAIT requests of at most kWaitChunkMs; forever when
-// `timeout` is empty. nullopt when the timeout passed first.
-std::optional<JobInfo> wait_for(errand::Client& client, JobId id, std::optional<Millis> timeout) {
+// `timeout` is empty. nullopt when the timeout passed first. With no connection to a broker for
+// the request timeout, ConnectionError; or, `retry_forever`, a warning and on waiting.
+std::optional<JobInfo> wait_for(errand::Client& client, JobId id, std::optional<Millis> timeout,
+                                bool retry_forever = false) {
     auto start = std::chrono::steady_clock::now();
     auto elapsed = [&] {
         return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -351,7 +354,13 @@ std::optional<JobInfo> wait_for(errand::Client& client, JobId id, std::optional<
     do {
         Millis chunk = kWaitChunkMs;
         if (timeout) chunk = std::clamp<Millis>(*timeout - elapsed(), 0, kWaitChunkMs);
-        if (auto job = client.wait(id, std::chrono::milliseconds(chunk))) return job;
+        try {
+            if (auto job = client.wait(id, std::chrono::milliseconds(chunk))) return job;
+        } catch (const errand::ConnectionError& e) {
+            if (!retry_forever) throw;
+            std::cerr << fmt::format("warning: {}; still waiting for job {} (--retry-forever)\n",
+                                     e.what(), id);
+        }
     } while (!timeout || elapsed() < *timeout);
     return std::nullopt;
 }
@@ -359,10 +368,11 @@ std::optional<JobInfo> wait_for(errand::Client& client, JobId id, std::optional<
 // `timeout_text` is the duration as the user wrote it, for the message.
 // `waited`: how long the caller has waited already.
 int wait_and_report(errand::Client& client, JobId id,
-                    const std::optional<std::string>& timeout_text, Millis waited = 0) {
+                    const std::optional<std::string>& timeout_text, Millis waited = 0,
+                    bool retry_forever = false) {
     std::optional<Millis> timeout;
     if (timeout_text) timeout = std::max<Millis>(0, to_ms(*timeout_text) - waited);
-    if (auto job = wait_for(client, id, timeout)) return report_finished(*job);
+    if (auto job = wait_for(client, id, timeout, retry_forever)) return report_finished(*job);
 
     std::string state;
     try {
@@ -479,7 +489,7 @@ int run_wait(errand::Client& client, const WaitArgs& args) {
                                   .count();
         int one = kRefused;
         try {
-            one = wait_and_report(client, id, args.timeout, waited);
+            one = wait_and_report(client, id, args.timeout, waited, args.retry_forever);
         } catch (const errand::BrokerError& e) {
             if (args.ids.size() == 1) throw;
             std::cerr << fmt::format("error: job {}: {}\n", id, e.what());
@@ -602,7 +612,9 @@ int run(int argc, char** argv) {
     });
 
     GlobalArgs global;
-    app.add_option("--broker", global.broker, "broker endpoint")
+    app.add_option("--broker", global.broker,
+                   "broker endpoint; or several sharing one PostgreSQL database, "
+                   "comma-separated, to fail over between")
         ->envname("ERRAND_BROKER")
         ->type_name("ENDPOINT")
         ->capture_default_str();
@@ -719,6 +731,9 @@ int run(int argc, char** argv) {
                      "give up after DUR (exit 124; default: wait forever)")
         ->check(duration_check(true))
         ->type_name("DUR");
+    wait->add_flag("--retry-forever", wait_args.retry_forever,
+                   "keep waiting while no broker can be reached (default: exit 4 once there has "
+                   "been no connection for the request timeout)");
     commands.emplace_back(wait, [&](errand::Client& c) { return run_wait(c, wait_args); });
 
     ListArgs list_args;
@@ -895,9 +910,10 @@ int run(int argc, char** argv) {
                              : "retry needs a job id or --dead (see errand retry --help)");
     }
 
-    if (auto why = errand::endpoint_error(global.broker))
-        throw UsageError(fmt::format("bad --broker '{}': {}", global.broker, *why));
-    options.endpoint = global.broker;
+    auto brokers = errand::parse_endpoints(global.broker);
+    if (brokers.error)
+        throw UsageError(fmt::format("bad --broker '{}': {}", global.broker, *brokers.error));
+    options.endpoints = std::move(brokers.endpoints);
     options.timeout = std::chrono::milliseconds(to_ms(global.request_timeout));
     if (!curve_server_key.empty()) {
         try {

@@ -176,14 +176,14 @@ int run_workers(Client& client, bool as_json) {
         std::cout << "no workers\n";
         return 0;
     }
-    std::cout << fmt::format("{:<24} {:<16} {:>8} {:<24} {:>5} {:>4}  {}\n", "NAME", "HOST", "PID",
-                             "QUEUES", "SLOTS", "JOBS", "LAST HEARTBEAT");
+    std::cout << fmt::format("{:<24} {:<16} {:>8} {:<24} {:>5} {:>4} {:>10}  {}\n", "NAME", "HOST",
+                             "PID", "QUEUES", "SLOTS", "JOBS", "RECONNECTS", "LAST HEARTBEAT");
     for (const auto& w : workers) {
         std::string queues;
         for (const auto& q : w.queues)
             queues += (queues.empty() ? "" : ",") + q;
-        std::cout << fmt::format("{:<24} {:<16} {:>8} {:<24} {:>5} {:>4}  {}\n", w.name, w.host,
-                                 w.pid, queues, w.concurrency, w.jobs.size(),
+        std::cout << fmt::format("{:<24} {:<16} {:>8} {:<24} {:>5} {:>4} {:>10}  {}\n", w.name,
+                                 w.host, w.pid, queues, w.concurrency, w.jobs.size(), w.reconnects,
                                  format_age(w.last_seen, now));
         for (const auto& j : w.jobs)
             std::cout << fmt::format("    job {} ({}, attempt {}, running {})\n", j.id, j.queue,

@@ -2,6 +2,7 @@
 #include "errand/client.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <random>
 
@@ -27,46 +28,101 @@ std::string unique_token() {
 
 struct Client::Impl {
     ClientOptions opt;
+    std::vector<std::string> brokers;  // the endpoints, in order of preference
+    std::size_t current = 0;           // the one the socket is connected to
+    std::uint64_t failovers = 0;
     zmq::context_t ctx{1};
-    zmq::socket_t sock{ctx, zmq::socket_type::dealer};
+    std::unique_ptr<zmq::socket_t> sock;
+    std::unique_ptr<LinkWatch> link;  // destroyed before the socket it watches
     std::uint64_t next_req = 1;
 
     explicit Impl(ClientOptions o) : opt(std::move(o)) {
-        sock.set(zmq::sockopt::linger, 0);
-        sock.set(zmq::sockopt::sndhwm, 100000);
-        sock.set(zmq::sockopt::rcvhwm, 100000);
-        apply_curve(sock, opt.curve);
+        brokers = opt.endpoints;
+        if (brokers.empty()) {
+            auto list = parse_endpoints(opt.endpoint);
+            if (list.error)
+                throw ConnectionError(
+                    fmt::format("bad broker endpoint '{}': {}", opt.endpoint, *list.error));
+            brokers = std::move(list.endpoints);
+        }
+        for (const auto& b : brokers)
+            if (auto why = endpoint_error(b))
+                throw ConnectionError(fmt::format("bad broker endpoint '{}': {}", b, *why));
+        connect(0, steady_ms());
+    }
+
+    ~Impl() {
+        link.reset();
+        sock.reset();
+    }
+
+    // A fresh socket to brokers[index]; messages queued for the previous broker are dropped.
+    void connect(std::size_t index, Millis now) {
+        link.reset();
+        sock.reset();
+        current = index;
+        sock = std::make_unique<zmq::socket_t>(ctx, zmq::socket_type::dealer);
+        sock->set(zmq::sockopt::linger, 0);
+        sock->set(zmq::sockopt::sndhwm, 100000);
+        sock->set(zmq::sockopt::rcvhwm, 100000);
+        set_link_heartbeats(*sock);
+        apply_curve(*sock, opt.curve);
+        link = std::make_unique<LinkWatch>(ctx, *sock, now);
         try {
-            sock.connect(opt.endpoint);
+            sock->connect(brokers[index]);
         } catch (const zmq::error_t& e) {
             throw ConnectionError(
-                fmt::format("cannot connect to broker at {}: {}", opt.endpoint, e.what()));
+                fmt::format("cannot connect to broker at {}: {}", brokers[index], e.what()));
         }
     }
+
+    std::string names() const { return fmt::format("{}", fmt::join(brokers, ", ")); }
 
     // Sends `body` (built for `req`) and returns the reply to it. Resends every resend_ms;
     // gives up after timeout_ms. ERROR replies become BrokerError. `first_send` delays the first
     // send (for a request the broker has already had in another form); replies that are
-    // `ignore` are skipped.
+    // `ignore` are skipped. With several brokers, the request moves to the next one when the
+    // link is down for opt.failover, or (`patient` false) after two resends without a reply;
+    // a patient request (WAIT) may legitimately go unanswered for long, so only the link moves
+    // it. `down_limit`: give up once the link has been down this long (0: only the deadline).
     Envelope call(std::string_view command, const std::string& body, std::uint64_t req,
                   Millis timeout_ms, Millis resend_ms, Millis first_send = 0,
-                  std::string_view ignore = {}) {
+                  std::string_view ignore = {}, bool patient = false, Millis down_limit = 0) {
         Millis start = steady_ms();
         Millis deadline = start + timeout_ms;
         Millis next_send = start + first_send;
-        zmq::pollitem_t item{sock.handle(), 0, ZMQ_POLLIN, 0};
+        Millis sent_here = -1;  // when the request was first sent to the current broker
         for (;;) {
             Millis now = steady_ms();
+            link->update(now);
             if (now >= deadline)
                 throw ConnectionError(fmt::format("cannot reach broker at {}: timed out after {}",
-                                                  opt.endpoint, format_duration(timeout_ms)));
+                                                  names(), format_duration(timeout_ms)));
+            if (down_limit > 0 && link->down_for(now) >= down_limit)
+                throw ConnectionError(fmt::format("cannot reach broker at {}: no connection for {}",
+                                                  names(), format_duration(link->down_for(now))));
+            if (brokers.size() > 1) {
+                bool gone = link->down_for(now) >= opt.failover.count();
+                bool silent = !patient && sent_here >= 0 && now - sent_here >= 2 * resend_ms;
+                if (gone || silent) {
+                    connect((current + 1) % brokers.size(), now);
+                    ++failovers;
+                    sent_here = -1;
+                    next_send = now;
+                }
+            }
             if (now >= next_send) {
-                send_message(sock, "", command, body);
+                send_message(*sock, "", command, body);
+                if (sent_here < 0) sent_here = now;
                 next_send = now + resend_ms;
             }
-            Millis wait = std::max<Millis>(0, std::min(deadline, next_send) - now);
-            zmq::poll(&item, 1, std::chrono::milliseconds(wait));
-            while (auto env = recv_message(sock, false)) {
+            Millis wake = std::min(deadline, next_send);
+            if (brokers.size() > 1 || down_limit > 0) wake = std::min(wake, now + 50);
+            Millis wait = std::max<Millis>(0, wake - now);
+            zmq::pollitem_t items[] = {{sock->handle(), 0, ZMQ_POLLIN, 0},
+                                       {link->events().handle(), 0, ZMQ_POLLIN, 0}};
+            zmq::poll(items, 2, std::chrono::milliseconds(wait));
+            while (auto env = recv_message(*sock, false)) {
                 if (env->frames != 3 || env->version != kProtocolVersion) continue;
                 std::optional<std::uint64_t> got = peek_req(env->body);
                 if (got != req) continue;  // a late reply to an earlier request
@@ -96,7 +152,11 @@ Client::Client(ClientOptions options) : impl_(std::make_unique<Impl>(std::move(o
 Client::~Client() = default;
 
 const std::string& Client::endpoint() const {
-    return impl_->opt.endpoint;
+    return impl_->brokers[impl_->current];
+}
+
+std::uint64_t Client::failovers() const {
+    return impl_->failovers;
 }
 
 Submitted Client::submit(JobSpec spec) {
@@ -144,7 +204,8 @@ std::optional<JobInfo> Client::wait(JobId id, std::chrono::milliseconds timeout)
         // it also re-registers the waiter with a broker that restarted meanwhile.
         auto env =
             impl_->call(cmd::kWait, encode(m), m.req, timeout_ms + impl_->opt.timeout.count(),
-                        std::max<Millis>(impl_->opt.resend.count(), 2000));
+                        std::max<Millis>(impl_->opt.resend.count(), 2000), 0, {}, true,
+                        impl_->opt.timeout.count());
         Impl::expect(env, cmd::kJob);
         Body b(env.body);
         return decode_job_info(b.reader().map("job"));
@@ -176,7 +237,7 @@ std::optional<JobInfo> Client::submit_and_wait(JobSpec spec, std::chrono::millis
     try {
         auto done =
             impl_->call(cmd::kWait, encode(w), w.req, timeout_ms + impl_->opt.timeout.count(),
-                        resend, resend, cmd::kSubmitted);
+                        resend, resend, cmd::kSubmitted, true, impl_->opt.timeout.count());
         Impl::expect(done, cmd::kJob);
         Body jb(done.body);
         return decode_job_info(jb.reader().map("job"));

@@ -5,6 +5,7 @@
 #include "errand/worker.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -85,6 +86,17 @@ struct Worker::Impl {
     std::vector<std::thread> threads;
 
     explicit Impl(WorkerOptions o) : opt(std::move(o)) {
+        brokers = opt.endpoints;
+        if (brokers.empty()) {
+            auto list = parse_endpoints(opt.endpoint);
+            if (list.error)
+                throw std::invalid_argument(
+                    fmt::format("bad broker endpoint '{}': {}", opt.endpoint, *list.error));
+            brokers = std::move(list.endpoints);
+        }
+        for (const auto& b : brokers)
+            if (auto why = endpoint_error(b))
+                throw std::invalid_argument(fmt::format("bad broker endpoint '{}': {}", b, *why));
         if (opt.name.empty()) opt.name = fmt::format("{}:{}", host_name(), getpid());
         if (opt.concurrency < 1) opt.concurrency = 1;
         if (opt.concurrency > limits::kMaxConcurrency) opt.concurrency = limits::kMaxConcurrency;
@@ -150,8 +162,15 @@ struct Worker::Impl {
     }
 
     // ---- network thread state ----
+    std::vector<std::string> brokers;  // in order of preference
+    std::size_t current = 0;           // the one `sock` is connected to
     std::unique_ptr<zmq::socket_t> sock;
+    std::unique_ptr<LinkWatch> link;  // destroyed before the socket it watches
     bool registered = false;
+    bool ever_registered = false;
+    std::uint64_t reconnects = 0;  // registrations lost (then sought again)
+    Millis register_sent_at = -1;  // the first unanswered REGISTER of this round, or -1
+    Millis next_unreachable_log = 0;
     std::uint64_t next_req = 1;
     std::uint64_t register_req = 0;
     Millis heartbeat_ms = 1000;
@@ -180,13 +199,35 @@ struct Worker::Impl {
     std::set<JobId> released;
     Millis next_status = 0;
 
-    void open_socket() {
+    const std::string& endpoint() const { return brokers[current]; }
+
+    // A fresh connection to brokers[current]; what was queued for the old one is dropped.
+    void open_socket(Millis now) {
+        link.reset();
+        sock.reset();
         sock = std::make_unique<zmq::socket_t>(ctx, zmq::socket_type::dealer);
         sock->set(zmq::sockopt::linger, 0);
         sock->set(zmq::sockopt::sndhwm, 100000);
         sock->set(zmq::sockopt::rcvhwm, 100000);
+        set_link_heartbeats(*sock);
         apply_curve(*sock, opt.curve);
-        sock->connect(opt.endpoint);
+        link = std::make_unique<LinkWatch>(ctx, *sock, now);
+        sock->connect(endpoint());
+    }
+
+    // The registration is gone (broker silent, restarted, shutting down or failed over): register
+    // again, on a fresh connection to `next` broker when asked.
+    void lose_registration(Millis now, bool next) {
+        if (registered) ++reconnects;
+        registered = false;
+        backoff = kInitialBackoffMs;
+        next_register = now;
+        if (next && brokers.size() > 1) {
+            const std::string& from = endpoint();
+            current = (current + 1) % brokers.size();
+            log(LogLevel::info, "leaving broker {}; registering with {}", from, endpoint());
+        }
+        if (next) open_socket(now);
     }
 
     void send(std::string_view command, const std::string& body) {
@@ -217,6 +258,15 @@ struct Worker::Impl {
                 held_results.insert(id);
             }
         max_seq = 0;
+        m.reconnects = reconnects;
+        if (register_sent_at < 0) {
+            register_sent_at = now;
+        } else if (now >= next_unreachable_log) {
+            // Said once when a REGISTER goes unanswered, then at most every 30 s.
+            log(LogLevel::warn, "cannot reach broker at {} (no answer for {} ms; retrying)",
+                fmt::join(brokers, ", "), now - register_sent_at);
+            next_unreachable_log = now + 30000;
+        }
         send(cmd::kRegister, encode(m));
         next_register = now + backoff;
         backoff = std::min(backoff * 2, kMaxBackoffMs);
@@ -244,6 +294,9 @@ struct Worker::Impl {
             auto rep = decode_registered(r);
             if (rep.req != register_req) return;
             registered = true;
+            ever_registered = true;
+            register_sent_at = -1;
+            next_unreachable_log = 0;
             backoff = kInitialBackoffMs;
             heartbeat_ms = std::max<Millis>(rep.heartbeat_ms, 10);
             expiry_ms = std::max<Millis>(rep.expiry_ms, 2 * heartbeat_ms);
@@ -262,8 +315,9 @@ struct Worker::Impl {
                 log(LogLevel::warn, "{}: the broker gave it to someone else while we were away",
                     job_fields(id, queue, 0));
             }
-            log(LogLevel::info, "registered with {} as {} (heartbeat {} ms)", opt.endpoint,
-                opt.name, heartbeat_ms);
+            log(LogLevel::info, "registered with {} as {} (heartbeat {} ms{})", endpoint(),
+                opt.name, heartbeat_ms,
+                reconnects ? fmt::format(", reconnect {}", reconnects) : std::string());
             auto slots = opt.concurrency + opt.prefetch;
             auto busy = static_cast<std::uint32_t>(running.size() + held_results.size());
             grant(slots > busy ? slots - busy : 0);
@@ -320,6 +374,7 @@ struct Worker::Impl {
                     job_fields(*e.id, queue, attempt), e.message);
             } else if (e.code == ErrorCode::not_registered) {
                 if (registered || now >= next_register) {
+                    if (registered) ++reconnects;
                     registered = false;
                     send_register(now);
                 }
@@ -330,11 +385,9 @@ struct Worker::Impl {
             // The broker is going away: reconnect as soon as one is back, on a fresh
             // connection, instead of noticing only after expiry_ms of silence.
             log(LogLevel::info, "broker {} is shutting down; will register again when it is back",
-                opt.endpoint);
-            registered = false;
-            backoff = kInitialBackoffMs;
-            next_register = now + kInitialBackoffMs;
-            open_socket();
+                endpoint());
+            lose_registration(now, true);
+            if (brokers.size() == 1) next_register = now + kInitialBackoffMs;
         }
         // HEARTBEAT: last_heard is all it carries.
     }
@@ -391,6 +444,8 @@ struct Worker::Impl {
         st.slots = opt.concurrency + opt.prefetch;
         st.unacknowledged = pending.size();
         st.connected = registered;
+        st.broker = endpoint();
+        st.reconnects = reconnects;
         st.draining = stopping;
         opt.on_status(st);
     }
@@ -465,8 +520,8 @@ struct Worker::Impl {
         for (std::uint32_t i = 0; i < opt.concurrency; ++i)
             threads.emplace_back([this] { pool_thread(); });
 
-        open_socket();
         Millis now = steady_ms();
+        open_socket(now);
         last_heard = now;
         send_register(now);
         bool announced_stop = false;
@@ -486,11 +541,12 @@ struct Worker::Impl {
                 break;
             }
             zmq::pollitem_t items[] = {{sock->handle(), 0, ZMQ_POLLIN, 0},
-                                       {pull.handle(), 0, ZMQ_POLLIN, 0}};
+                                       {pull.handle(), 0, ZMQ_POLLIN, 0},
+                                       {link->events().handle(), 0, ZMQ_POLLIN, 0}};
             Millis wake = registered ? next_heartbeat : next_register;
             Millis wait = std::clamp<Millis>(wake - now, 0, 100);
             try {
-                zmq::poll(items, 2, std::chrono::milliseconds(wait));
+                zmq::poll(items, 3, std::chrono::milliseconds(wait));
             } catch (const zmq::error_t& e) {
                 if (e.num() != EINTR) throw;
             }
@@ -506,17 +562,20 @@ struct Worker::Impl {
                 }
             }
             if (items[1].revents & ZMQ_POLLIN) on_result(pull, now);
+            link->update(now);
             if (registered) send_progress();
 
-            if (registered && now - last_heard > expiry_ms) {
-                log(LogLevel::warn, "broker {} silent for {} ms; reconnecting", opt.endpoint,
+            if (brokers.size() > 1 && link->down_for(now) >= opt.failover.count()) {
+                log(LogLevel::warn, "lost the connection to broker {}", endpoint());
+                lose_registration(now, true);
+            } else if (registered && now - last_heard > expiry_ms) {
+                log(LogLevel::warn, "broker {} silent for {} ms; reconnecting", endpoint(),
                     now - last_heard);
-                registered = false;
-                backoff = kInitialBackoffMs;
-                next_register = now;
+                lose_registration(now, brokers.size() > 1);
             }
             if (!registered && now >= next_register) {
-                if (now - last_heard > expiry_ms) open_socket();  // a fresh connection
+                // A fresh connection (to the same broker) after a long silence.
+                if (brokers.size() == 1 && now - last_heard > expiry_ms) open_socket(now);
                 send_register(now);
             }
             if (registered && now >= next_heartbeat) {
@@ -539,6 +598,7 @@ struct Worker::Impl {
         for (auto& t : threads)
             t.join();
         threads.clear();
+        link.reset();
         sock.reset();
     }
 };

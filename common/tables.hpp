@@ -476,7 +476,8 @@ struct WorkerInfoT {
                             field("prefetch", &WorkerInfo::prefetch, U32{}, required),
                             field("credit", &WorkerInfo::credit, U32{}, required),
                             field("last_seen", &WorkerInfo::last_seen, Time{}, required),
-                            field("jobs", &WorkerInfo::jobs, MsgArray<WorkerJobT>{}, required));
+                            field("jobs", &WorkerInfo::jobs, MsgArray<WorkerJobT>{}, required),
+                            field("reconnects", &WorkerInfo::reconnects, U64{}, omit_default));
 };
 
 struct WorkersT {
@@ -523,7 +524,8 @@ struct RegisterT {
                   if (c < 1 || c > limits::kMaxConcurrency)
                       bad(fmt::format("concurrency must be 1-{}", limits::kMaxConcurrency));
               }),
-        field("held", &RegisterRequest::held, HeldPairs{}, defaulted));
+        field("held", &RegisterRequest::held, HeldPairs{}, defaulted),
+        field("reconnects", &RegisterRequest::reconnects, U64{}, omit_default));
 };
 
 struct RegisteredT {

@@ -4,6 +4,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstring>
 
 namespace errand {
 
@@ -84,6 +86,79 @@ std::optional<std::string> endpoint_error(std::string_view ep, bool bind) {
         if (!(bind && n == 0)) return fmt::format("the port {} is not 1-65535", n);
     }
     return std::nullopt;
+}
+
+EndpointList parse_endpoints(std::string_view list) {
+    EndpointList out;
+    std::size_t start = 0;
+    while (start <= list.size()) {
+        std::size_t comma = list.find(',', start);
+        if (comma == std::string_view::npos) comma = list.size();
+        std::string_view item = list.substr(start, comma - start);
+        while (!item.empty() && item.front() == ' ')
+            item.remove_prefix(1);
+        while (!item.empty() && item.back() == ' ')
+            item.remove_suffix(1);
+        if (item.empty()) {
+            out.error = "an empty endpoint in the list (endpoints are separated by one comma)";
+            return out;
+        }
+        if (auto why = endpoint_error(item)) {
+            out.error = fmt::format("'{}': {}", item, *why);
+            return out;
+        }
+        out.endpoints.emplace_back(item);
+        start = comma + 1;
+    }
+    return out;
+}
+
+namespace {
+constexpr int kLinkEvents = ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED |
+                            ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                            ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH;
+std::atomic<std::uint64_t> monitor_counter{0};
+}  // namespace
+
+LinkWatch::LinkWatch(zmq::context_t& ctx, zmq::socket_t& socket, Millis now)
+    : watched_(socket), monitor_(ctx, zmq::socket_type::pair), down_since_(now) {
+    // The monitor's address is unique in the process (a context may hold several watches).
+    auto address = fmt::format("inproc://errand-link-{}-{}", static_cast<void*>(&socket),
+                               monitor_counter.fetch_add(1));
+    if (zmq_socket_monitor(socket.handle(), address.c_str(), kLinkEvents) != 0)
+        throw zmq::error_t();
+    monitor_.set(zmq::sockopt::linger, 0);
+    monitor_.connect(address);
+}
+
+LinkWatch::~LinkWatch() {
+    zmq_socket_monitor(watched_.handle(), nullptr, 0);
+}
+
+void LinkWatch::update(Millis now) {
+    for (;;) {
+        zmq::message_t event;
+        if (!monitor_.recv(event, zmq::recv_flags::dontwait)) return;
+        std::uint16_t id = 0;
+        if (event.size() >= sizeof id) std::memcpy(&id, event.data(), sizeof id);
+        while (event.more()) {  // the second frame: the peer's address
+            zmq::message_t rest;
+            if (!monitor_.recv(rest, zmq::recv_flags::dontwait)) break;
+            event = std::move(rest);
+        }
+        if (id == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
+            up_ = true;
+        } else if (up_) {
+            up_ = false;
+            down_since_ = now;
+            ++drops_;
+        }
+    }
+}
+
+void set_link_heartbeats(zmq::socket_t& socket) {
+    socket.set(zmq::sockopt::heartbeat_ivl, 1000);
+    socket.set(zmq::sockopt::heartbeat_timeout, 3000);
 }
 
 }  // namespace errand

@@ -120,7 +120,10 @@ int main(int argc, char** argv) {
         "SIGHUP reopens --log-file.\n\n"
         "Every flag can also come from a TOML file (--config) or an ERRAND_* environment\n"
         "variable (--kill-grace: ERRAND_KILL_GRACE). Precedence: flag > environment > file.");
-    app.add_option("--broker", endpoint, "broker endpoint")->capture_default_str();
+    app.add_option("--broker", endpoint,
+                   "broker endpoint; or several brokers sharing one PostgreSQL database, "
+                   "comma-separated, to fail over between")
+        ->capture_default_str();
     app.add_option("--queue", queue_args,
                    "a queue to serve (repeatable), e.g. emails:3='send-mail' or reports:1;\n"
                    "COMMAND runs with /bin/sh -c. See QUEUES below")
@@ -179,9 +182,10 @@ int main(int argc, char** argv) {
         int rc = app.exit(e);
         return rc == 0 ? 0 : kExitBadFlag;
     }
-    if (auto why = errand::endpoint_error(endpoint)) {
+    auto brokers = errand::parse_endpoints(endpoint);
+    if (brokers.error) {
         std::fprintf(stderr, "errand-worker: bad --broker '%s': %s\n", endpoint.c_str(),
-                     why->c_str());
+                     brokers.error->c_str());
         return kExitBadFlag;
     }
 
@@ -265,7 +269,8 @@ int main(int argc, char** argv) {
         std::string line = fmt::format("{}/{} slots busy", st.busy, st.slots);
         if (st.unacknowledged > 0)
             line += fmt::format(", {} results unacknowledged", st.unacknowledged);
-        if (!st.connected) line += ", not connected to the broker";
+        if (!st.connected) line += fmt::format(", not connected to the broker ({})", st.broker);
+        if (st.reconnects > 0) line += fmt::format(", {} reconnects", st.reconnects);
         if (st.draining) line += ", draining";
         if (!ready_sent) {
             notifier.ready(line);
@@ -280,6 +285,7 @@ int main(int argc, char** argv) {
 
     try {
         errand::Worker worker({.endpoint = endpoint,
+                               .endpoints = brokers.endpoints,
                                .name = name,
                                .concurrency = concurrency,
                                .prefetch = prefetch,

@@ -23,11 +23,19 @@
 namespace errand {
 
 struct ClientOptions {
+    // The broker; or several, comma-separated, that share one PostgreSQL database.
     std::string endpoint = std::string(kDefaultEndpoint);
+    // Brokers sharing one database, in order of preference; when not empty, `endpoint` is not
+    // used. A request whose broker's connection is down for `failover`, or that has had no
+    // reply for two `resend` periods, moves to the next one and is sent again there (with the
+    // same idempotency tokens: a job is never submitted twice). The client stays with the
+    // broker that answers. Brokers with separate databases (SQLite) must not be listed together.
+    std::vector<std::string> endpoints{};
     // Give up on a request after this long without a reply (ConnectionError).
     std::chrono::milliseconds timeout{5000};
     std::chrono::milliseconds resend{1000};  // resend an unanswered request this often
-    std::optional<CurveClient> curve{};      // encrypt and authenticate (see docs/SECURITY.md)
+    std::chrono::milliseconds failover{250};
+    std::optional<CurveClient> curve{};  // encrypt and authenticate (see docs/SECURITY.md)
 };
 
 // The broker answered with ERROR.
@@ -70,7 +78,9 @@ class Client {
     // Submits many jobs, committed together (chunks of limits::kMaxBatch per message).
     std::vector<Submitted> submit_batch(std::vector<JobSpec> specs);
     JobInfo status(JobId id);
-    // The finished job, or nullopt when `timeout` passed first (at most a day).
+    // The finished job, or nullopt when `timeout` passed first (at most a day). Throws
+    // ConnectionError once no broker has been connected for ClientOptions::timeout (a WAIT
+    // legitimately goes unanswered for long; a dropped connection does not).
     std::optional<JobInfo> wait(JobId id, std::chrono::milliseconds timeout);
     // submit() and wait() in one round trip: the finished job, or nullopt if it did not finish
     // within `timeout`. `submitted` gets the id once the broker has committed the job.
@@ -115,7 +125,10 @@ class Client {
     std::vector<JobEvent> feed(const std::optional<std::string>& queue, std::uint32_t limit,
                                std::uint64_t after = 0);
 
+    // The broker that answered last (or that the next request goes to).
     const std::string& endpoint() const;
+    // Times a request moved to another broker.
+    std::uint64_t failovers() const;
 
   private:
     struct Impl;

@@ -75,11 +75,20 @@ struct WorkerStatus {
     std::uint32_t slots = 0;         // concurrency + prefetch
     std::size_t unacknowledged = 0;  // results the broker has not acknowledged yet
     bool connected = false;          // registered with the broker
+    std::string broker{};            // the broker it is registered with, or trying
+    std::uint64_t reconnects = 0;    // times it lost its registration and registered again
     bool draining = false;           // stop() was called
 };
 
 struct WorkerOptions {
+    // The broker; or several, comma-separated, that share one PostgreSQL database.
     std::string endpoint = std::string(kDefaultEndpoint);
+    // Brokers sharing one database, in order of preference; when not empty, `endpoint` is not
+    // used. When the broker's connection is down for `failover` (or it is silent past its
+    // expiry, or it shuts down), the worker registers with the next one, handing over the jobs
+    // it holds (they keep running, not re-run) and resending results not yet acknowledged.
+    std::vector<std::string> endpoints{};
+    std::chrono::milliseconds failover{250};
     std::string name{};  // default: host:pid
     std::uint32_t concurrency = 1;
     // Jobs held beyond `concurrency`, waiting locally so a handler never waits for the network.

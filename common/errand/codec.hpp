@@ -146,6 +146,7 @@ struct RegisterRequest {
     std::vector<HeldJob> held;
     std::vector<std::uint32_t> weights;  // empty: strict queue order; else one weight per queue
     std::uint32_t prefetch = 0;          // jobs it may hold beyond `concurrency`, waiting locally
+    std::uint64_t reconnects = 0;        // times this instance registered again (any broker)
 };
 
 struct RegisteredReply {

@@ -146,6 +146,7 @@ struct WorkerInfo {
     std::uint32_t credit = 0;
     Millis last_seen = 0;
     std::vector<WorkerJob> jobs{};
+    std::uint64_t reconnects = 0;  // times the worker registered again since it started
 };
 
 // A cron schedule (SCHEDULE_ADD, SCHEDULE_LIST): each tick of `cron` in `zone` submits `job`.
