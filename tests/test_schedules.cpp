@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <barrier>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -407,16 +408,21 @@ TEST_CASE("two brokers on one database fire each tick once") {
     Node a(db), b(db);
     a.add(every("s", "* * * * * *", "q"));
     b.add(every("t", "*/2 * * * * *", "q2"));
-    // Both brokers run passes at the same times, at once, from two threads.
+    // Both brokers run passes at the same times, at once, from two threads. A barrier keeps
+    // their driven clocks together, as the brokers' wall clocks are (a broker whose clock ran
+    // ahead would rightly fire only the latest of the ticks the other had not fired yet).
     std::atomic<bool> failed{false};
+    std::barrier step(2);
     auto run = [&](Node& n) {
-        try {
-            for (int t = 1; t <= 30; ++t)
-                for (int k = 0; k < 3; ++k)
-                    n.pass_at(kJan1 + t * kSec + k * 300);
-        } catch (...) {
-            failed = true;
-        }
+        for (int t = 1; t <= 30; ++t)
+            for (int k = 0; k < 3; ++k) {
+                try {
+                    if (!failed) n.pass_at(kJan1 + t * kSec + k * 300);
+                } catch (...) {
+                    failed = true;
+                }
+                step.arrive_and_wait();
+            }
     };
     std::thread ta(run, std::ref(a)), tb(run, std::ref(b));
     ta.join();
@@ -427,8 +433,16 @@ TEST_CASE("two brokers on one database fire each tick once") {
         want.push_back(kJan1 + t * kSec);
         if (t % 2 == 0) want2.push_back(kJan1 + t * kSec);
     }
-    CHECK(ticks_of(a.jobs("q"), "s") == want);
-    CHECK(ticks_of(b.jobs("q2"), "t") == want2);
+    auto got = ticks_of(a.jobs("q"), "s"), got2 = ticks_of(b.jobs("q2"), "t");
+    auto seconds = [](const std::vector<Millis>& v) {
+        std::string out;
+        for (Millis x : v)
+            out += std::to_string((x - kJan1) / kSec) + " ";
+        return out;
+    };
+    INFO("s fired at " << seconds(got) << "; t fired at " << seconds(got2));
+    CHECK(got == want);
+    CHECK(got2 == want2);
 }
 #endif
 
