@@ -28,6 +28,8 @@ class Brokers {
     std::size_t size() const { return brokers_.size(); }
     // The broker the i-th producer or worker connects to (i mod size()).
     const std::string& endpoint(std::size_t i) const;
+    // The i-th broker's process (to kill and start again).
+    BrokerProcess& at(std::size_t i) { return *brokers_.at(i); }
     bool postgres() const { return !db_.empty(); }
     std::string label() const;  // for the config block
 

@@ -41,6 +41,7 @@ const std::map<std::string, std::function<Result(const Options&)>>& scenarios() 
         {"recovery", errand::bench::run_recovery}, {"daemon", errand::bench::run_daemon},
         {"fsync", errand::bench::run_fsync},       {"beanstalkd", errand::bench::run_beanstalkd},
         {"ping", errand::bench::run_ping},         {"redis", errand::bench::run_redis},
+        {"failover", errand::bench::run_failover},
     };
     return table;
 }
@@ -72,6 +73,8 @@ int main(int argc, char** argv) {
         "  beanstalkd  the same shapes against beanstalkd at --addr: --mode e2e|latency\n"
         "  redis       the same shapes against Redis at --addr as a reliable queue (LPUSH,\n"
         "              BRPOPLPUSH, LREM): --mode e2e|latency\n"
+        "  failover    --brokers N (>= 2) on PostgreSQL, one client given all: the broker it\n"
+        "              uses SIGKILLed --restarts times; time to the next acknowledged submit\n"
         "Unless --broker is given, each run starts its own errand-broker on a free 127.0.0.1\n"
         "port with a fresh database in --tmpdir, and kills it afterwards. e2e on PostgreSQL:\n"
         "--pg (a throwaway server per run, fsync on) or --db postgresql://… (an existing\n"
@@ -120,7 +123,7 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(1u, 1000u));
     app.add_option("--payload-size", opt.payload_size,
                    "payload bytes per job (default 16; depth/recovery 100)");
-    app.add_option("--restarts", opt.restarts, "recovery: restarts per run")
+    app.add_option("--restarts", opt.restarts, "recovery/failover: restarts per run")
         ->capture_default_str()
         ->check(CLI::Range(1u, 100u));
     app.add_option("--warmup", opt.warmup, "latency: round trips before measuring")
@@ -173,8 +176,8 @@ int main(int argc, char** argv) {
     else if (!opt.db.empty() && opt.db.rfind("postgresql://", 0) != 0 &&
              opt.db.rfind("postgres://", 0) != 0)
         bad = "--db must be a postgresql:// or postgres:// URI (SQLite is the default)";
-    else if ((postgres || opt.brokers > 1) && opt.scenario != "e2e")
-        bad = "--pg, --db and --brokers are for the e2e scenario";
+    else if ((postgres || opt.brokers > 1) && opt.scenario != "e2e" && opt.scenario != "failover")
+        bad = "--pg, --db and --brokers are for the e2e and failover scenarios";
     else if (opt.brokers > 1 && !postgres)
         bad = "--brokers N > 1 needs a PostgreSQL database (--pg or --db)";
     else if ((postgres || opt.brokers > 1) && !opt.broker.empty())

@@ -236,8 +236,7 @@ struct Broker::State {
         if (m.wait_ms) waiters.check_limit(rq.identity);  // before anything is written
         SubmitReply rep;
         rep.req = m.req;
-        for (auto& spec : m.jobs) {
-            auto s = engine.submit(std::move(spec), now);
+        for (const auto& s : engine.submit(std::move(m.jobs), now)) {
             rep.ids.push_back(s.id);
             rep.duplicate.push_back(s.duplicate);
         }
@@ -910,7 +909,7 @@ struct Broker::State {
         for (auto& p : pending) {
             p.event.seq = ++event_seq;
             metrics.on_event(MetricEvent{p.event.queue, p.event.from, p.event.to, p.event.at,
-                                         p.waited_ms, p.ran_ms, p.failed_attempt});
+                                         p.waited_ms, p.ran_ms, p.failed_attempt, p.event.reason});
             if (!cfg.events_endpoint.empty() && !captured) {
                 auto body = encode(p.event);
                 zmq::message_t topic(p.event.queue.data(), p.event.queue.size());

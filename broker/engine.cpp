@@ -309,6 +309,48 @@ Submitted JobEngine::submit(JobSpec spec, Millis now) {
             return {existing.value_or(*holder), true};
         }
     }
+    NewJob job = new_job(std::move(spec), now);
+    const char* reason = job.state == JobState::scheduled ? "scheduled" : "submitted";
+    auto ins = store_.insert_job(job, reason);
+    if (ins.duplicate) return {ins.id, true};
+    admit(job, ins.id, reason);
+    return {ins.id, false};
+}
+
+std::vector<Submitted> JobEngine::submit(std::vector<JobSpec> specs, Millis now) {
+    now_ = now;
+    std::vector<Submitted> out;
+    out.reserve(specs.size());
+    // A unique key, or a queue not counted yet (the queue bound counts each new one), goes one
+    // by one.
+    const bool simple = std::all_of(specs.begin(), specs.end(), [&](const JobSpec& s) {
+        return !s.unique && (counts_.count(s.queue) || paused_.count(s.queue));
+    });
+    if (!shared_ || !simple || specs.size() < 2) {
+        // One by one: in memory that is as cheap.
+        for (auto& s : specs)
+            out.push_back(submit(std::move(s), now));
+        return out;
+    }
+    // A shared store writes the batch in one statement (one round trip, one plan).
+    std::vector<NewJob> jobs;
+    std::vector<const char*> reason_of;  // string literals: events keep a view of them
+    std::vector<std::string> reasons;
+    jobs.reserve(specs.size());
+    for (auto& s : specs) {
+        jobs.push_back(new_job(std::move(s), now));
+        reason_of.push_back(jobs.back().state == JobState::scheduled ? "scheduled" : "submitted");
+        reasons.emplace_back(reason_of.back());
+    }
+    auto inserted = store_.insert_jobs(jobs, reasons);
+    for (std::size_t i = 0; i < jobs.size(); ++i) {
+        if (!inserted[i].duplicate) admit(jobs[i], inserted[i].id, reason_of[i]);
+        out.push_back({inserted[i].id, inserted[i].duplicate});
+    }
+    return out;
+}
+
+NewJob JobEngine::new_job(JobSpec spec, Millis now) const {
     Millis run_at = spec.run_at ? *spec.run_at : now + spec.delay_ms.value_or(0);
     NewJob job;
     job.spec = std::move(spec);
@@ -317,10 +359,13 @@ Submitted JobEngine::submit(JobSpec spec, Millis now) {
         job.state = JobState::scheduled;
         job.run_at = run_at;
     }
-    const char* reason = job.state == JobState::scheduled ? "scheduled" : "submitted";
-    auto ins = store_.insert_job(job, reason);
-    if (ins.duplicate) return {ins.id, true};
+    return job;
+}
+
+void JobEngine::admit(const NewJob& job, JobId id, const char* reason) {
+    const Millis now = job.created_at;
     const JobSpec& js = job.spec;
+    const Millis run_at = js.run_at ? *js.run_at : now + js.delay_ms.value_or(0);
     Live l;
     l.queue = intern(js.queue);
     l.unique = UniqueKey(js.unique);
@@ -333,13 +378,12 @@ Submitted JobEngine::submit(JobSpec spec, Millis now) {
     l.priority = static_cast<std::int16_t>(js.priority);
     l.state = job.state;
     l.has_argv = js.argv.has_value();
-    if (js.unique && !shared_) unique_live_[*js.unique] = ins.id;
+    if (js.unique && !shared_) unique_live_[*js.unique] = id;
     ++counts_[js.queue][index_of(job.state)];
     pending_.push_back(
-        {EventView{0, ins.id, js.queue, std::nullopt, job.state, 0, now, std::nullopt, reason},
+        {EventView{0, id, js.queue, std::nullopt, job.state, 0, now, std::nullopt, reason},
          std::nullopt, std::nullopt});
-    place(ins.id, live_.emplace(ins.id, std::move(l)).first->second);
-    return {ins.id, false};
+    place(id, live_.emplace(id, std::move(l)).first->second);
 }
 
 // ---- dispatch -------------------------------------------------------------------------------

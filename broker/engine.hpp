@@ -121,6 +121,8 @@ class JobEngine {
     // ---- the edges ---------------------------------------------------------------------------
     // (new) -> ready | scheduled; or the existing job for a known token or a held unique key.
     Submitted submit(JobSpec spec, Millis now);
+    // The jobs of one SUBMIT, in order, as submit() each; on a shared store written together.
+    std::vector<Submitted> submit(std::vector<JobSpec> specs, Millis now);
     // ready -> running: the next jobs of `queue` for a worker (argv jobs only with `commands`),
     // up to `max`, in priority then id order; none when the queue has none.
     std::vector<Claim> claim(const std::string& queue, bool commands, std::size_t max,
@@ -209,6 +211,10 @@ class JobEngine {
     Millis next_deadline(Millis bound) const;
 
   private:
+    // A submitted spec as the store writes it (ready, or scheduled for later).
+    NewJob new_job(JobSpec spec, Millis now) const;
+    // Memory's share of a job the store has just inserted with `id`.
+    void admit(const NewJob& job, JobId id, const char* reason);
     Name intern(const std::string& name) { return Name(&*names_.insert(name).first); }
     // Throws too_large when `queue` would be one queue more than max_queues.
     void check_queue_bound(const std::string& queue) const;

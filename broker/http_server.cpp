@@ -1,12 +1,17 @@
 // HTTP endpoints: /metrics (Prometheus), /healthz, the JSON API under /api and the dashboard.
 //
 // Where each answer comes from (CQRS: nothing here runs on, or blocks, the broker loop):
-//   live picture (queues, workers, metrics, recent events) <- the loop's latest Snapshot
-//   jobs, one job, its history, progress, database size    <- a read-only SQLite connection
-//   retry, cancel  -> RETRY/CANCEL over inproc:// to the loop's admin socket, so they take the
-//                     same path as the CLI's: same handlers, same state machine, committed
-//                     before the reply. (An errand::Client over TCP would need its own CURVE key
-//                     when CURVE is on and would expose nothing more; inproc needs neither.)
+//   live picture (queues, workers, metrics, recent events, per-minute counts, page totals)
+//                                                          <- the loop's latest Snapshot
+//   jobs, searches, one job, its payload, history, progress, database size
+//                                                          <- the read-only QueryStore
+//   retry, cancel (one job or many), pause, resume
+//                  -> RETRY/CANCEL/PAUSE/RESUME over inproc:// to the loop's admin socket, so
+//                     they take the same path as the CLI's: same handlers, same state machine,
+//                     committed before the reply. (An errand::Client over TCP would need its own
+//                     CURVE key when CURVE is on and would expose nothing more; inproc needs
+//                     neither.) There is no delete: the broker has no command that removes one
+//                     job (PURGE removes finished jobs by state and age, from the CLI).
 //
 // Connections are accepted and requests read by HttpGate (http_gate.cpp), which hands each
 // complete request to httplib's routing below; /healthz is answered on the gate's I/O thread.
@@ -32,6 +37,7 @@
 #include "errand/duration.hpp"
 #include "errand/json.hpp"
 #include "errand/transport.hpp"
+#include "errand/version.hpp"
 #include "web_assets.hpp"
 
 namespace errand::broker {
@@ -43,6 +49,68 @@ using json = Json;
 namespace {
 
 constexpr std::size_t kMaxPage = 1000;
+// A search's total is counted up to this many matches ("10000+").
+constexpr std::uint64_t kMaxCount = 10000;
+// The job page shows this much of a payload.
+constexpr std::size_t kPayloadShown = 64 * 1024;
+// Ids one bulk action may name.
+constexpr std::size_t kMaxBulk = 1000;
+
+// Standard base64 (RFC 4648) of any bytes: how the API carries a payload that is not UTF-8.
+std::string base64(std::string_view in) {
+    static constexpr char kAlphabet[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    std::string out;
+    out.reserve((in.size() + 2) / 3 * 4);
+    std::size_t i = 0;
+    for (; i + 2 < in.size(); i += 3) {
+        auto n = (static_cast<unsigned char>(in[i]) << 16) |
+                 (static_cast<unsigned char>(in[i + 1]) << 8) |
+                 static_cast<unsigned char>(in[i + 2]);
+        for (int k = 18; k >= 0; k -= 6)
+            out += kAlphabet[(n >> k) & 63];
+    }
+    if (i < in.size()) {
+        unsigned n = static_cast<unsigned char>(in[i]) << 16;
+        if (i + 1 < in.size()) n |= static_cast<unsigned char>(in[i + 1]) << 8;
+        out += kAlphabet[(n >> 18) & 63];
+        out += kAlphabet[(n >> 12) & 63];
+        out += i + 1 < in.size() ? kAlphabet[(n >> 6) & 63] : '=';
+        out += '=';
+    }
+    return out;
+}
+
+// True when `needle` occurs in `hay`, ASCII letters in any case (as the stores' error search).
+bool contains_ascii_nocase(std::string_view hay, std::string_view needle) {
+    auto lower = [](char c) {
+        return static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    };
+    return std::search(hay.begin(), hay.end(), needle.begin(), needle.end(),
+                       [&](char a, char b) { return lower(a) == lower(b); }) != hay.end();
+}
+
+// True when `s` is valid UTF-8 with no control characters but tab, newline and carriage return.
+// `cut` tolerates an incomplete sequence at the very end (a payload shortened mid-character).
+bool printable_utf8(std::string_view s, bool cut) {
+    std::size_t i = 0;
+    while (i < s.size()) {
+        auto c = static_cast<unsigned char>(s[i]);
+        std::size_t len = c < 0x80         ? 1
+                          : (c >> 5) == 6  ? 2
+                          : (c >> 4) == 14 ? 3
+                          : (c >> 3) == 30 ? 4
+                                           : 0;
+        if (len == 0) return false;
+        if (len == 1 && ((c < 0x20 && c != '\t' && c != '\n' && c != '\r') || c == 0x7f))
+            return false;
+        if (i + len > s.size()) return cut;
+        for (std::size_t k = 1; k < len; ++k)
+            if ((static_cast<unsigned char>(s[i + k]) >> 6) != 2) return false;
+        i += len;
+    }
+    return true;
+}
 
 Millis wall_ms() {
     return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -228,8 +296,8 @@ struct HttpServer::Impl {
         if (req.method == "GET" || req.method == "HEAD") return true;
         if (opt.read_only) {
             send_error(res, 403, "read_only",
-                       "the HTTP side is read-only (--http-readonly): retry and cancel with the "
-                       "errand CLI");
+                       "the HTTP side is read-only (--http-readonly): retry, cancel, pause and "
+                       "resume with the errand CLI");
             return false;
         }
         auto origin = req.get_header_value("Origin");
@@ -292,20 +360,32 @@ struct HttpServer::Impl {
         for (const auto& q : s->queues) {
             g.jobs[q.name] = q.counts;
             g.paused[q.name] = q.paused;
+            g.oldest_ready_age[q.name] = ready_age(*s, q);
+            g.queue_slots[q.name] = 0;
         }
         g.workers = s->workers.size();
         for (const auto& w : s->workers) {
             g.worker_slots += w.concurrency;
             g.running += w.jobs.size();
+            for (const auto& q : w.queues)
+                g.queue_slots[q] += w.concurrency;
         }
+        g.version = ERRAND_VERSION;
         {
             std::lock_guard lock(queries_mu);
             g.db_bytes = opt.queries->size_bytes();
         }
         g.uptime_seconds = static_cast<double>(s->at - s->started_at) / 1000.0;
         g.last_loop_seconds = static_cast<double>(s->at) / 1000.0;
-        res.set_content(render_prometheus(s->metrics, g),
+        res.set_content(render_prometheus(s->metrics, g, read_process_stats()),
                         "text/plain; version=0.0.4; charset=utf-8");
+    }
+
+    // Seconds the queue's oldest ready job has waited at the snapshot's time; 0: none ready.
+    static double ready_age(const Snapshot& s, const QueueView& q) {
+        if (!q.oldest_ready_at || q.counts[static_cast<std::size_t>(JobState::ready)] == 0)
+            return 0;
+        return static_cast<double>(std::max<Millis>(0, s.at - *q.oldest_ready_at)) / 1000.0;
     }
 
     void healthz(const httplib::Request&, httplib::Response& res) {
@@ -321,6 +401,10 @@ struct HttpServer::Impl {
 
     void queues(const httplib::Request&, httplib::Response& res) {
         auto s = snapshot();
+        std::unordered_map<std::string, std::uint64_t> slots;
+        for (const auto& w : s->workers)
+            for (const auto& q : w.queues)
+                slots[q] += w.concurrency;
         json out = json::array();
         for (const auto& q : s->queues) {
             json totals = json::object();
@@ -334,6 +418,8 @@ struct HttpServer::Impl {
                            {"paused", q.paused},
                            {"counts", counts_json(q.counts)},
                            {"oldest_ready_at", json_time(q.oldest_ready_at)},
+                           {"oldest_ready_age_seconds", ready_age(*s, q)},
+                           {"worker_slots", slots.count(q.name) ? slots[q.name] : 0},
                            {"finished_per_second", q.finished_per_second},
                            {"submitted_per_second", q.submitted_per_second},
                            {"totals", totals}});
@@ -428,46 +514,104 @@ struct HttpServer::Impl {
         send_json(res, {{"events", out}});
     }
 
+    // GET /api/jobs?queue=Q&state=S&limit=N&after=ID&id=ID&unique=KEY&error=TEXT: a page of
+    // jobs, newest first, and how many match. Without a search the total comes from the
+    // snapshot's counts (exact, no query); with one it is counted, up to kMaxCount.
     void jobs(const httplib::Request& req, httplib::Response& res) {
         JobPage page;
-        if (req.has_param("state") && !req.get_param_value("state").empty()) {
-            auto st = req.get_param_value("state");
-            page.state = parse_job_state(st);
+        auto param = [&req](const char* name) -> std::optional<std::string> {
+            if (!req.has_param(name) || req.get_param_value(name).empty()) return std::nullopt;
+            return req.get_param_value(name);
+        };
+        if (auto st = param("state")) {
+            page.state = parse_job_state(*st);
             if (!page.state)
-                throw HttpError{400, "bad_request", fmt::format("unknown state '{}'", st)};
+                throw HttpError{400, "bad_request", fmt::format("unknown state '{}'", *st)};
         }
-        if (req.has_param("queue") && !req.get_param_value("queue").empty()) {
-            page.queue = req.get_param_value("queue");
+        if (auto q = param("queue")) {
+            page.queue = *q;
             if (!valid_queue_name(*page.queue))
                 throw HttpError{400, "bad_request", "invalid queue name"};
         }
-        if (req.has_param("limit")) {
-            page.limit = parse_u64(req.get_param_value("limit"), "limit");
+        if (auto l = param("limit")) {
+            page.limit = parse_u64(*l, "limit");
             if (page.limit < 1 || page.limit > kMaxPage)
                 throw HttpError{400, "bad_request", fmt::format("limit must be 1-{}", kMaxPage)};
         }
-        if (req.has_param("after") && !req.get_param_value("after").empty())
-            page.before = parse_u64(req.get_param_value("after"), "after");
+        if (auto a = param("after")) page.before = parse_u64(*a, "after");
+        if (auto u = param("unique")) {
+            if (u->size() > limits::kMaxUniqueKey)
+                throw HttpError{400, "bad_request", "unique key too long"};
+            page.unique_key = *u;
+        }
+        if (auto e = param("error")) {
+            if (e->size() > 256) throw HttpError{400, "bad_request", "error search too long"};
+            page.error_contains = *e;
+        }
+        std::optional<JobId> id;
+        if (auto i = param("id")) id = parse_u64(*i, "id");
+
         std::vector<JobInfo> rows;
-        {
+        json total;
+        bool capped = false;
+        if (id) {
+            // One job, if it passes the other filters.
+            std::optional<JobInfo> j;
+            {
+                std::lock_guard lock(queries_mu);
+                j = opt.queries->get_job(*id);
+            }
+            auto keep = [&](const JobInfo& x) {
+                return (!page.queue || x.queue == *page.queue) &&
+                       (!page.state || x.state == *page.state) &&
+                       (!page.unique_key || x.unique == page.unique_key) &&
+                       (!page.error_contains ||
+                        (x.error && contains_ascii_nocase(*x.error, *page.error_contains))) &&
+                       (!page.before || x.id < *page.before);
+            };
+            if (j && keep(*j)) rows.push_back(std::move(*j));
+            total = rows.size();
+        } else if (page.unique_key || page.error_contains) {
+            std::uint64_t n = 0;
+            {
+                std::lock_guard lock(queries_mu);
+                rows = opt.queries->jobs(page);
+                n = opt.queries->count(page, kMaxCount);
+            }
+            total = n;
+            capped = n >= kMaxCount;
+        } else {
+            auto s = snapshot();
+            std::uint64_t n = 0;
+            for (const auto& q : s->queues) {
+                if (page.queue && q.name != *page.queue) continue;
+                for (JobState st : kAllStates)
+                    if (!page.state || st == *page.state)
+                        n += q.counts[static_cast<std::size_t>(st)];
+            }
+            total = n;
             std::lock_guard lock(queries_mu);
             rows = opt.queries->jobs(page);
         }
         json out = json::array();
         for (const auto& j : rows)
             out.push_back(to_json(j));
-        json next = rows.size() == page.limit ? json(rows.back().id) : json(nullptr);
-        send_json(res, {{"jobs", out}, {"next", next}});
+        json next = !id && rows.size() == page.limit ? json(rows.back().id) : json(nullptr);
+        send_json(res, {{"jobs", out}, {"next", next}, {"total", total}, {"total_capped", capped}});
     }
 
     void job(const httplib::Request& req, httplib::Response& res) {
         JobId id = job_id(req);
         std::optional<JobInfo> j;
         std::vector<Event> history;
+        std::optional<std::string> payload;
         {
             std::lock_guard lock(queries_mu);
             j = opt.queries->get_job(id);
-            if (j) history = opt.queries->events(id);
+            if (j) {
+                history = opt.queries->events(id);
+                payload = opt.queries->payload(id, kPayloadShown);
+            }
         }
         if (!j) throw HttpError{404, "not_found", fmt::format("no job {}", id)};
         json events = json::array();
@@ -475,7 +619,41 @@ struct HttpServer::Impl {
             events.push_back(to_json(e));
         auto out = to_json(*j);
         out["events"] = events;
+        // The payload's first kPayloadShown bytes: as text when they are printable UTF-8, else
+        // base64, so any bytes reach the page intact.
+        std::string shown = payload.value_or("");
+        bool truncated = j->payload_size > shown.size();
+        bool text = printable_utf8(shown, truncated);
+        out["payload"] = {{"size", j->payload_size},
+                          {"shown", shown.size()},
+                          {"truncated", truncated},
+                          {"encoding", text ? "utf-8" : "base64"},
+                          {"data", text ? shown : base64(shown)}};
         send_json(res, out);
+    }
+
+    // GET /api/throughput?minutes=N: jobs submitted, succeeded, failed (attempts) and dead per
+    // minute, all queues, the last N minutes (1-360, default 60), oldest first. Kept by the
+    // broker (Metrics::minutes), so the dashboard's chart survives a reload.
+    void throughput(const httplib::Request& req, httplib::Response& res) {
+        auto s = snapshot();
+        std::size_t minutes = 60;
+        if (req.has_param("minutes")) {
+            minutes = parse_u64(req.get_param_value("minutes"), "minutes");
+            if (minutes < 1 || minutes > MinuteSeries::kMinutes)
+                throw HttpError{400, "bad_request",
+                                fmt::format("minutes must be 1-{}", MinuteSeries::kMinutes)};
+        }
+        json out = json::array();
+        for (const auto& m : s->metrics.minutes.last(s->at, minutes))
+            out.push_back({{"at", format_time(m.minute * 60000)},
+                           {"submitted", m.submitted},
+                           {"succeeded", m.succeeded},
+                           {"failed", m.failed},
+                           {"dead", m.dead}});
+        send_json(res, {{"time", format_time(s->at)},
+                        {"started_at", format_time(s->started_at)},
+                        {"minutes", out}});
     }
 
     void retry(const httplib::Request& req, httplib::Response& res) {
@@ -491,6 +669,96 @@ struct HttpServer::Impl {
         JobId id = job_id(req);
         auto [command, body] = admin(cmd::kCancel, encode(IdRequest{1, id}));
         send_json(res, to_json(decode_job_info(Body(body).reader().map("job"))));
+    }
+
+    // The body of a bulk POST: a JSON object, else 400.
+    static json body_of(const httplib::Request& req) {
+        json b = json::parse(req.body, nullptr, false);
+        if (b.is_discarded() || !b.is_object())
+            throw HttpError{400, "bad_request", "the body must be a JSON object"};
+        return b;
+    }
+
+    // {"ids": [1, 2, …]}: at most kMaxBulk positive integers.
+    static std::vector<JobId> ids_of(const json& b) {
+        if (!b.contains("ids") || !b["ids"].is_array())
+            throw HttpError{400, "bad_request", "\"ids\" must be an array of job ids"};
+        if (b["ids"].size() > kMaxBulk)
+            throw HttpError{400, "bad_request", fmt::format("at most {} ids at once", kMaxBulk)};
+        std::vector<JobId> ids;
+        for (const auto& v : b["ids"]) {
+            if (!v.is_number_unsigned() || v.get<JobId>() == 0)
+                throw HttpError{400, "bad_request", "\"ids\" must hold positive integers"};
+            ids.push_back(v.get<JobId>());
+        }
+        return ids;
+    }
+
+    // POST /api/jobs/retry {"ids": […]} or {"queue": "Q", "state": "dead"} (every dead job of Q;
+    // without "queue", of every queue): RETRY for each, as the CLI sends it. Per-id answers, so
+    // one job in the wrong state does not hide the others.
+    void retry_many(const httplib::Request& req, httplib::Response& res) {
+        auto b = body_of(req);
+        json retried = json::array(), failed = json::array();
+        if (b.contains("ids")) {
+            for (JobId id : ids_of(b)) {
+                RetryRequest m;
+                m.req = 1;
+                m.id = id;
+                try {
+                    auto [command, body] = admin(cmd::kRetry, encode(m));
+                    for (auto x : decode_ids(Body(body).reader()))
+                        retried.push_back(x);
+                } catch (const HttpError& e) {
+                    if (e.status >= 500) throw;
+                    failed.push_back({{"id", id}, {"code", e.code}, {"message", e.message}});
+                }
+            }
+        } else {
+            if (b.value("state", "") != "dead")
+                throw HttpError{400, "bad_request",
+                                "give \"ids\", or \"state\": \"dead\" (and a \"queue\")"};
+            RetryRequest m;
+            m.req = 1;
+            m.dead = true;
+            if (b.contains("queue")) {
+                if (!b["queue"].is_string() || !valid_queue_name(b["queue"].get<std::string>()))
+                    throw HttpError{400, "bad_request", "invalid queue name"};
+                m.queue = b["queue"].get<std::string>();
+            }
+            auto [command, body] = admin(cmd::kRetry, encode(m));
+            for (auto x : decode_ids(Body(body).reader()))
+                retried.push_back(x);
+        }
+        send_json(res, {{"retried", retried}, {"failed", failed}});
+    }
+
+    // POST /api/jobs/cancel {"ids": […]}: CANCEL for each.
+    void cancel_many(const httplib::Request& req, httplib::Response& res) {
+        auto ids = ids_of(body_of(req));
+        json cancelled = json::array(), failed = json::array();
+        for (JobId id : ids) {
+            try {
+                admin(cmd::kCancel, encode(IdRequest{1, id}));
+                cancelled.push_back(id);
+            } catch (const HttpError& e) {
+                if (e.status >= 500) throw;
+                failed.push_back({{"id", id}, {"code", e.code}, {"message", e.message}});
+            }
+        }
+        send_json(res, {{"cancelled", cancelled}, {"failed", failed}});
+    }
+
+    // POST /api/queues/Q/pause and /resume: PAUSE/RESUME, as `errand pause|resume Q`.
+    void set_paused(const httplib::Request& req, httplib::Response& res, bool pause) {
+        auto queue = req.matches[1].str();
+        if (!valid_queue_name(queue)) throw HttpError{400, "bad_request", "invalid queue name"};
+        admin(pause ? cmd::kPause : cmd::kResume, encode(QueueRequest{1, queue}));
+        send_json(res, {{"queue", queue}, {"paused", pause}});
+    }
+    void pause(const httplib::Request& req, httplib::Response& res) { set_paused(req, res, true); }
+    void resume(const httplib::Request& req, httplib::Response& res) {
+        set_paused(req, res, false);
     }
 
     // Every handler runs inside this: errors become JSON with a 4xx/5xx status, never a crash.
@@ -529,10 +797,13 @@ struct HttpServer::Impl {
                 res.set_content(a.data.data(), a.data.size(), std::string(a.content_type).c_str());
             });
         }
-        server.Get("/", [this](const httplib::Request&, httplib::Response& res) {
+        auto serve_page = [this](const httplib::Request&, httplib::Response& res) {
             res.set_header("Cache-Control", "no-store");
             res.set_content(page, "text/html; charset=utf-8");
-        });
+        };
+        server.Get("/", serve_page);
+        // A job's page as a link of its own (the page opens #job-N from it).
+        server.Get(R"(/jobs/(\d+))", serve_page);
         server.Get("/metrics", wrap(&Impl::metrics));
         server.Get("/healthz", wrap(&Impl::healthz));
         server.Get("/api/queues", wrap(&Impl::queues));
@@ -540,9 +811,14 @@ struct HttpServer::Impl {
         server.Get("/api/workers", wrap(&Impl::workers));
         server.Get("/api/events", wrap(&Impl::events));
         server.Get("/api/jobs", wrap(&Impl::jobs));
+        server.Get("/api/throughput", wrap(&Impl::throughput));
         server.Get(R"(/api/jobs/([^/]+))", wrap(&Impl::job));
+        server.Post("/api/jobs/retry", wrap(&Impl::retry_many));
+        server.Post("/api/jobs/cancel", wrap(&Impl::cancel_many));
         server.Post(R"(/api/jobs/([^/]+)/retry)", wrap(&Impl::retry));
         server.Post(R"(/api/jobs/([^/]+)/cancel)", wrap(&Impl::cancel));
+        server.Post(R"(/api/queues/([^/]+)/pause)", wrap(&Impl::pause));
+        server.Post(R"(/api/queues/([^/]+)/resume)", wrap(&Impl::resume));
         // Anything else: a JSON 404 (or whatever status a handler set without a body).
         server.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
             if (!res.body.empty()) return;

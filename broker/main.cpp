@@ -159,7 +159,8 @@ int main(int argc, char** argv) {
     app.add_option("--http", http,
                    "serve /metrics, /healthz, the JSON API and the dashboard on HOST:PORT "
                    "(port 0: any free port). Reads need no credential, so keep it on loopback or "
-                   "behind a proxy; POSTs (retry, cancel) need the token (--http-token-file)")
+                   "behind a proxy; POSTs (retry, cancel, pause, resume) need the token "
+                   "(--http-token-file)")
         ->check(CLI::Validator(
             [](std::string& s) -> std::string {
                 auto colon = s.rfind(':');
@@ -193,7 +194,8 @@ int main(int argc, char** argv) {
             },
             "NAME"));
     app.add_flag("--http-readonly", http_readonly,
-                 "the HTTP side refuses every POST (retry, cancel): metrics, health and reads only")
+                 "the HTTP side refuses every POST (retry, cancel, pause, resume): metrics, health "
+                 "and reads only")
         ->excludes(token_opt);
     app.add_option("--events", cfg.events_endpoint,
                    "ZeroMQ PUB endpoint streaming job state changes (errand events --follow)");
@@ -207,8 +209,7 @@ int main(int argc, char** argv) {
         ->type_name("PATH");
     errand::daemon::add_config_options(app, dump);
     try {
-        auto args = errand::daemon::args_with_env(app, argc, argv);
-        app.parse(args);
+        errand::daemon::parse_settings(app, argc, argv);
     } catch (const CLI::ParseError& e) {
         int rc = app.exit(e);
         return rc == 0 ? 0 : kExitUsage;
@@ -367,7 +368,8 @@ int main(int argc, char** argv) {
                      http_readonly ? " (read-only)" : "");
         if (!http_readonly && http_token_file.empty())
             spdlog::info(
-                "http POSTs (retry, cancel) need the header X-Errand-Token: {} (generated at "
+                "http POSTs (retry, cancel, pause, resume) need the header X-Errand-Token: {} "
+                "(generated at "
                 "start; --http-token-file sets one; the dashboard page carries it)",
                 http_token);
         if (!errand::broker::is_loopback_host(http_host))

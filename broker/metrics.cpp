@@ -3,7 +3,14 @@
 
 #include <fmt/format.h>
 
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 
 namespace errand::broker {
 namespace {
@@ -86,6 +93,100 @@ double RateWindow::per_second(Millis now) const {
     return static_cast<double>(total) / 60.0;
 }
 
+void MinuteSeries::add(Millis at, Kind kind) {
+    std::int64_t minute = at / 60000;
+    auto& m = ring_[static_cast<std::size_t>(minute) % kMinutes];
+    if (m.minute != minute) m = Minute{minute, 0, 0, 0, 0};
+    switch (kind) {
+        case Kind::submitted:
+            ++m.submitted;
+            break;
+        case Kind::succeeded:
+            ++m.succeeded;
+            break;
+        case Kind::failed:
+            ++m.failed;
+            break;
+        case Kind::dead:
+            ++m.dead;
+            break;
+    }
+}
+
+std::vector<MinuteSeries::Minute> MinuteSeries::last(Millis now, std::size_t minutes) const {
+    minutes = std::min(minutes, kMinutes);
+    std::int64_t newest = now / 60000;
+    std::vector<Minute> out;
+    out.reserve(minutes);
+    for (auto m = newest - static_cast<std::int64_t>(minutes) + 1; m <= newest; ++m) {
+        if (m < 0) continue;
+        const auto& slot = ring_[static_cast<std::size_t>(m) % kMinutes];
+        out.push_back(slot.minute == m ? slot : Minute{m, 0, 0, 0, 0});
+    }
+    return out;
+}
+
+FailureClass failure_class(std::string_view reason) {
+    if (reason.starts_with("failed permanently")) return FailureClass::permanent;
+    if (reason.starts_with("failed") || reason.starts_with("no attempts left"))
+        return FailureClass::failed;
+    if (reason.starts_with("timed out")) return FailureClass::timeout;
+    return FailureClass::lost;  // worker lost, dispatch lost, the worker's session ended
+}
+
+std::string_view to_string(FailureClass c) {
+    switch (c) {
+        case FailureClass::failed:
+            return "failed";
+        case FailureClass::permanent:
+            return "permanent";
+        case FailureClass::timeout:
+            return "timeout";
+        case FailureClass::lost:
+            return "lost";
+    }
+    return "lost";
+}
+
+std::optional<ProcessStats> read_process_stats() {
+    // /proc/self/stat: fields after the command's closing parenthesis; utime and stime are the
+    // 12th and 13th of them (fields 14 and 15), starttime the 20th (field 22), in clock ticks;
+    // vsize the 21st in bytes, rss the 22nd in pages.
+    std::ifstream stat("/proc/self/stat");
+    std::string line;
+    if (!stat || !std::getline(stat, line)) return std::nullopt;
+    auto close = line.rfind(')');
+    if (close == std::string::npos) return std::nullopt;
+    std::istringstream in(line.substr(close + 2));
+    std::vector<std::string> f;
+    for (std::string x; in >> x;)
+        f.push_back(x);
+    if (f.size() < 22) return std::nullopt;
+    double ticks = static_cast<double>(::sysconf(_SC_CLK_TCK));
+    long page = ::sysconf(_SC_PAGESIZE);
+    ProcessStats p;
+    try {
+        p.cpu_seconds = (std::stod(f[11]) + std::stod(f[12])) / ticks;
+        p.virtual_bytes = std::stoull(f[20]);
+        p.resident_bytes = std::stoull(f[21]) * static_cast<std::uint64_t>(page);
+        double boot = 0;
+        std::ifstream st("/proc/stat");
+        for (std::string l; std::getline(st, l);)
+            if (l.starts_with("btime ")) boot = std::stod(l.substr(6));
+        p.start_time_seconds = boot + std::stod(f[19]) / ticks;
+    } catch (const std::exception&) {
+        return std::nullopt;
+    }
+    std::error_code ec;
+    for (auto it = std::filesystem::directory_iterator("/proc/self/fd", ec);
+         !ec && it != std::filesystem::directory_iterator(); it.increment(ec))
+        ++p.open_fds;
+    if (p.open_fds > 0) --p.open_fds;  // the iterator's own descriptor
+    rlimit lim{};
+    if (::getrlimit(RLIMIT_NOFILE, &lim) == 0) p.max_fds = lim.rlim_cur;
+    return p;
+}
+
 QueueMetrics::QueueMetrics() : wait_seconds(kJobSeconds), run_seconds(kJobSeconds) {}
 
 Metrics::Metrics() : commit_seconds(kCommitSeconds), commit_jobs(kCommitJobs) {}
@@ -95,19 +196,26 @@ void Metrics::on_event(const MetricEvent& e) {
     if (!e.from) {
         ++q.submitted;
         q.submitted_rate.add(e.at);
+        minutes.add(e.at, MinuteSeries::Kind::submitted);
     }
     if (e.waited_ms) q.wait_seconds.observe(static_cast<double>(*e.waited_ms) / 1000.0);
     if (e.ran_ms) q.run_seconds.observe(static_cast<double>(*e.ran_ms) / 1000.0);
-    if (e.failed_attempt) ++q.failed;
+    if (e.failed_attempt) {
+        ++q.failed;
+        ++q.failed_by_class[static_cast<std::size_t>(failure_class(e.reason))];
+        minutes.add(e.at, MinuteSeries::Kind::failed);
+    }
     if (e.from == JobState::dead && e.to == JobState::ready) ++q.retried;
     switch (e.to) {
         case JobState::succeeded:
             ++q.succeeded;
             q.finished.add(e.at);
+            minutes.add(e.at, MinuteSeries::Kind::succeeded);
             break;
         case JobState::dead:
             ++q.dead;
             q.finished.add(e.at);
+            minutes.add(e.at, MinuteSeries::Kind::dead);
             break;
         case JobState::cancelled:
             ++q.cancelled;
@@ -123,9 +231,12 @@ void Metrics::on_commit(double seconds, std::size_t jobs) {
     commit_jobs.observe(static_cast<double>(jobs));
 }
 
-std::string render_prometheus(const Metrics& m, const Gauges& g) {
+std::string render_prometheus(const Metrics& m, const Gauges& g,
+                              const std::optional<ProcessStats>& process) {
     std::string out;
     out.reserve(16384);
+    family(out, "errand_build_info", "gauge", "Always 1; the broker's version as a label.");
+    out += fmt::format("errand_build_info{{version=\"{}\"}} 1\n", label(g.version));
     family(out, "errand_jobs", "gauge", "Jobs in the database by queue and state.");
     for (const auto& [q, counts] : g.jobs)
         for (JobState s : kAllStates)
@@ -134,6 +245,16 @@ std::string render_prometheus(const Metrics& m, const Gauges& g) {
     family(out, "errand_queue_paused", "gauge", "1 when the queue is paused.");
     for (const auto& [q, p] : g.paused)
         out += fmt::format("errand_queue_paused{{queue=\"{}\"}} {}\n", label(q), p ? 1 : 0);
+    family(
+        out, "errand_queue_oldest_ready_age_seconds", "gauge",
+        "Age of the queue's oldest ready job since its creation (0: none ready), served or not.");
+    for (const auto& [q, age] : g.oldest_ready_age)
+        out += fmt::format("errand_queue_oldest_ready_age_seconds{{queue=\"{}\"}} {}\n", label(q),
+                           number(age));
+    family(out, "errand_queue_worker_slots", "gauge",
+           "Concurrency of the registered workers that take the queue (0: nobody serves it).");
+    for (const auto& [q, n] : g.queue_slots)
+        out += fmt::format("errand_queue_worker_slots{{queue=\"{}\"}} {}\n", label(q), n);
 
     struct Counter {
         const char* name;
@@ -160,6 +281,14 @@ std::string render_prometheus(const Metrics& m, const Gauges& g) {
         for (const auto& [q, qm] : m.queues)
             out += fmt::format("{}{{queue=\"{}\"}} {}\n", c.name, label(q), qm.*(c.field));
     }
+    family(out, "errand_job_attempts_failed_by_reason_total", "counter",
+           "Failed attempts by class of reason: failed (the job failed), permanent (its "
+           "permanent exit code), timeout (no result in time), lost (worker or dispatch lost).");
+    for (const auto& [q, qm] : m.queues)
+        for (std::size_t c = 0; c < kFailureClasses; ++c)
+            out += fmt::format(
+                "errand_job_attempts_failed_by_reason_total{{queue=\"{}\",reason=\"{}\"}} {}\n",
+                label(q), to_string(static_cast<FailureClass>(c)), qm.failed_by_class[c]);
     family(out, "errand_job_queue_wait_seconds", "histogram",
            "Time jobs spent ready before a worker got them (ready to running).");
     for (const auto& [q, qm] : m.queues)
@@ -202,6 +331,21 @@ std::string render_prometheus(const Metrics& m, const Gauges& g) {
     family(out, "errand_loop_last_pass_timestamp_seconds", "gauge",
            "Unix time of the broker loop's latest published snapshot (liveness).");
     out += fmt::format("errand_loop_last_pass_timestamp_seconds {}\n", number(g.last_loop_seconds));
+    if (process) {
+        family(out, "process_cpu_seconds_total", "counter", "User and system CPU time spent.");
+        out += fmt::format("process_cpu_seconds_total {}\n", number(process->cpu_seconds));
+        family(out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
+        out += fmt::format("process_resident_memory_bytes {}\n", process->resident_bytes);
+        family(out, "process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.");
+        out += fmt::format("process_virtual_memory_bytes {}\n", process->virtual_bytes);
+        family(out, "process_open_fds", "gauge", "Open file descriptors.");
+        out += fmt::format("process_open_fds {}\n", process->open_fds);
+        family(out, "process_max_fds", "gauge", "Limit of open file descriptors.");
+        out += fmt::format("process_max_fds {}\n", process->max_fds);
+        family(out, "process_start_time_seconds", "gauge",
+               "Start time of the process since the unix epoch in seconds.");
+        out += fmt::format("process_start_time_seconds {}\n", number(process->start_time_seconds));
+    }
     return out;
 }
 

@@ -57,6 +57,51 @@ Params& Params::bytes(std::string_view v) {
 Params& Params::null() {
     return add({}, 0, true);
 }
+
+namespace {
+
+// PostgreSQL's binary array format (array_recv): ndim, has-nulls flag, element type, then per
+// dimension its length and lower bound, then each element as a length (-1: NULL) and its bytes.
+constexpr std::int32_t kInt8Oid = 20;
+constexpr std::int32_t kTextOid = 25;
+constexpr std::int32_t kByteaOid = 17;
+
+template <class Element, class Encode>
+std::string binary_array(std::int32_t oid, const std::vector<std::optional<Element>>& v,
+                         Encode encode) {
+    bool nulls = false;
+    for (const auto& e : v)
+        nulls = nulls || !e;
+    std::string out;
+    out += big_endian<std::int32_t>(v.empty() ? 0 : 1);
+    out += big_endian<std::int32_t>(nulls ? 1 : 0);
+    out += big_endian<std::int32_t>(oid);
+    if (v.empty()) return out;
+    out += big_endian<std::int32_t>(static_cast<std::int32_t>(v.size()));
+    out += big_endian<std::int32_t>(1);
+    for (const auto& e : v) {
+        if (!e) {
+            out += big_endian<std::int32_t>(-1);
+            continue;
+        }
+        std::string bytes = encode(*e);
+        out += big_endian<std::int32_t>(static_cast<std::int32_t>(bytes.size()));
+        out += bytes;
+    }
+    return out;
+}
+
+}  // namespace
+
+Params& Params::i64_array(const std::vector<std::optional<std::int64_t>>& v) {
+    return add(binary_array(kInt8Oid, v, [](std::int64_t x) { return big_endian(x); }), 1);
+}
+Params& Params::text_array(const std::vector<std::optional<std::string_view>>& v) {
+    return add(binary_array(kTextOid, v, [](std::string_view x) { return std::string(x); }), 1);
+}
+Params& Params::bytes_array(const std::vector<std::optional<std::string_view>>& v) {
+    return add(binary_array(kByteaOid, v, [](std::string_view x) { return std::string(x); }), 1);
+}
 std::vector<const char*> Params::values() const {
     std::vector<const char*> out;
     out.reserve(data_.size());

@@ -45,6 +45,12 @@ class Params {
     Params& opt_text(const std::optional<std::string>& v) { return v ? text(*v) : null(); }
     Params& opt_bytes(const std::optional<std::string>& v) { return v ? bytes(*v) : null(); }
 
+    // One-dimensional arrays in binary form (for `$1::bigint[]`, `::text[]`, `::bytea[]`, used
+    // with unnest() to write many rows in one statement); nullopt elements are NULL.
+    Params& i64_array(const std::vector<std::optional<std::int64_t>>& v);
+    Params& text_array(const std::vector<std::optional<std::string_view>>& v);
+    Params& bytes_array(const std::vector<std::optional<std::string_view>>& v);
+
     int size() const { return static_cast<int>(lengths_.size()); }
     // libpq's view; valid while this object lives and is not changed.
     std::vector<const char*> values() const;

@@ -168,6 +168,16 @@ class Store : public JobReads {
     // store also: when an unfinished job holds its unique key), writes nothing and returns that
     // job's id as a duplicate.
     virtual Inserted insert_job(const NewJob& job, const std::string& reason) = 0;
+    // insert_job for each of `jobs` (with reasons[i]), in order; a store that can writes them
+    // in one statement. None of them may have a unique key (those go one by one).
+    virtual std::vector<Inserted> insert_jobs(const std::vector<NewJob>& jobs,
+                                              const std::vector<std::string>& reasons) {
+        std::vector<Inserted> out;
+        out.reserve(jobs.size());
+        for (std::size_t i = 0; i < jobs.size(); ++i)
+            out.push_back(insert_job(jobs[i], reasons[i]));
+        return out;
+    }
     // Applies the transition (and its event) when the job is in (t.from, t.from_attempts);
     // false, with nothing written, when it is not.
     virtual bool apply(const Transition& t) = 0;
@@ -268,23 +278,33 @@ class Store : public JobReads {
 
 // ---- Reads for the HTTP API (CQRS) --------------------------------------------------------
 
-// One page of jobs, newest first: ids below `before` (the cursor of the previous page).
+// One page of jobs, newest first: ids below `before` (the cursor of the previous page). The
+// search fields narrow it further: `unique_key` exactly (its index), `error_contains` as a
+// substring of the error text (a scan, bounded by the store: see QueryStore).
 struct JobPage {
     std::optional<std::string> queue;
     std::optional<JobState> state;
     std::size_t limit = 50;
     std::optional<JobId> before;
+    std::optional<std::string> unique_key;
+    std::optional<std::string> error_contains;
 };
 
 // Read-only queries on a connection of their own, used by the HTTP thread so that browsing jobs
 // and histories never runs on (or waits for) the broker loop. It sees committed data only; not
-// thread-safe (the caller serialises).
+// thread-safe (the caller serialises). A query that would scan too much (an error-text search
+// over millions of rows) is cut off by the store and throws StoreError, so one request cannot
+// hold the connection (SQLite: a progress-handler budget; PostgreSQL: statement_timeout).
 class QueryStore {
   public:
     virtual ~QueryStore() = default;
     virtual std::optional<JobInfo> get_job(JobId id) = 0;
     virtual std::vector<Event> events(JobId id) = 0;
     virtual std::vector<JobInfo> jobs(const JobPage& page) = 0;
+    // How many jobs match `page` (its cursor and limit aside), counting at most `cap`.
+    virtual std::uint64_t count(const JobPage& page, std::uint64_t cap) = 0;
+    // The first `max` bytes of the job's payload (any bytes); nullopt when there is no such job.
+    virtual std::optional<std::string> payload(JobId id, std::size_t max) = 0;
     // Bytes of the database (pages in use and free) plus its WAL, when known.
     virtual std::optional<std::uint64_t> size_bytes() = 0;
 };

@@ -11,6 +11,7 @@
 #include <charconv>
 #include <chrono>
 #include <random>
+#include <unordered_set>
 
 #include "argv_blob.hpp"
 #include "job_rows.hpp"
@@ -176,6 +177,8 @@ PgStore::PgStore(const std::string& conninfo, bool listens) : db_(conninfo), lis
     migrate();
     prepare();
     listen();
+    // The HTTP side's connection: no query of a browsing page may run longer than this.
+    if (!listens_) db_.exec("SET statement_timeout = 2000");
     char host[256] = {};
     gethostname(host, sizeof host - 1);
     host_ = host;
@@ -270,6 +273,25 @@ void PgStore::prepare() {
         "SELECT id, $16::bigint, $14::text, $2::text, $17::bigint, $4::text, $18::text "
         "FROM u",
         18);
+    // Many jobs and their first events in one statement (a SUBMIT of a batch). Ids are drawn
+    // first ("ids"), so each returned row names the input it came from; the rows a taken token
+    // skips leave a gap in the ids, as a rolled-back insert does.
+    db_.prepare("ids",
+                "SELECT nextval(pg_get_serial_sequence('jobs', 'id')) "
+                "FROM generate_series(1, $1::bigint)",
+                1);
+    db_.prepare(
+        "insert_many",
+        "WITH j AS (INSERT INTO jobs (id, token, queue, state, payload, argv, priority, "
+        "max_attempts, run_at, created_at, timeout_ms, backoff_ms, backoff_cap_ms) "
+        "SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bytea[], "
+        "$6::bytea[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], "
+        "$12::bigint[], $13::bigint[]) ON CONFLICT DO NOTHING RETURNING id, state, created_at), "
+        "e AS (INSERT INTO job_events (job_id, at, from_state, to_state, attempt, worker, reason) "
+        "SELECT j.id, j.created_at, NULL, j.state, 0, NULL, r.reason FROM j "
+        "JOIN unnest($1::bigint[], $14::text[]) AS r(id, reason) ON r.id = j.id) "
+        "SELECT id FROM j",
+        14);
     db_.prepare("progress",
                 "UPDATE jobs SET progress = $2::bigint, progress_message = $3::text "
                 "WHERE id = $1::bigint",
@@ -298,12 +320,24 @@ void PgStore::prepare() {
                 "SELECT at, from_state, to_state, attempt, worker, reason FROM job_events "
                 "WHERE job_id = $1::bigint ORDER BY seq",
                 1);
+    // The HTTP side's pages and searches (QueryStore): $5 a unique key, $6 a substring of the
+    // error in any case; the query connection's statement_timeout bounds a scan.
+    constexpr const char* page_where =
+        "($1::text IS NULL OR queue = $1::text) AND ($2::text IS NULL OR state = $2::text) AND "
+        "($5::text IS NULL OR unique_key = $5::text) AND "
+        "($6::text IS NULL OR strpos(lower(error), lower($6::text)) > 0)";
     db_.prepare("page",
-                fmt::format("SELECT {} FROM jobs WHERE ($1::text IS NULL OR queue = $1::text) AND "
-                            "($2::text IS NULL OR state = $2::text) AND ($3::bigint IS NULL OR "
+                fmt::format("SELECT {} FROM jobs WHERE {} AND ($3::bigint IS NULL OR "
                             "id < $3::bigint) ORDER BY id DESC LIMIT $4::bigint",
-                            pg_columns(kJobColumns)),
-                4);
+                            pg_columns(kJobColumns), page_where),
+                6);
+    db_.prepare("page_count",
+                fmt::format("SELECT count(*) FROM (SELECT 1 FROM jobs WHERE {} AND "
+                            "($3::bigint IS NULL OR true) LIMIT $4::bigint) AS m",
+                            page_where),
+                6);
+    db_.prepare("payload",
+                "SELECT substring(payload from 1 for $2::int) FROM jobs WHERE id = $1::bigint", 2);
     db_.prepare("token", "SELECT id FROM jobs WHERE token = $1::text", 1);
     db_.prepare("dispatch", "SELECT payload, argv FROM jobs WHERE id = $1::bigint", 1);
     db_.prepare("live",
@@ -556,6 +590,78 @@ Inserted PgStore::insert_job(const NewJob& job, const std::string& reason) {
     return {*existing, true};
 }
 
+std::vector<Inserted> PgStore::insert_jobs(const std::vector<NewJob>& jobs,
+                                           const std::vector<std::string>& reasons) {
+    if (jobs.size() < 2) return Store::insert_jobs(jobs, reasons);
+    begin();
+    auto drawn = run("ids", pg::Params().i64(static_cast<std::int64_t>(jobs.size())));
+    if (drawn.rows() != static_cast<int>(jobs.size()))
+        throw StoreError("the id sequence gave the wrong number of ids", false);
+    std::vector<std::optional<std::int64_t>> ids, priority, max_attempts, run_at, created_at,
+        timeout, backoff, backoff_cap;
+    std::vector<std::optional<std::string_view>> tokens, queues, states, payloads, argvs, reason_of;
+    std::vector<std::string> packed(jobs.size());  // argv blobs, alive until the statement ran
+    for (std::size_t i = 0; i < jobs.size(); ++i) {
+        const NewJob& job = jobs[i];
+        const JobSpec& s = job.spec;
+        if (s.unique) throw std::logic_error("PgStore::insert_jobs: a job with a unique key");
+        ids.push_back(drawn.i64(static_cast<int>(i), 0));
+        tokens.push_back(s.token ? std::optional<std::string_view>(*s.token) : std::nullopt);
+        queues.emplace_back(s.queue);
+        states.emplace_back(to_string(job.state));
+        payloads.emplace_back(s.payload);
+        if (s.argv) {
+            packed[i] = pack_argv(*s.argv);
+            argvs.emplace_back(packed[i]);
+        } else {
+            argvs.emplace_back(std::nullopt);
+        }
+        priority.emplace_back(s.priority);
+        max_attempts.emplace_back(s.max_attempts);
+        run_at.push_back(job.run_at);
+        created_at.emplace_back(job.created_at);
+        timeout.push_back(s.timeout_ms ? std::optional<std::int64_t>(*s.timeout_ms) : std::nullopt);
+        backoff.push_back(s.backoff_ms ? std::optional<std::int64_t>(*s.backoff_ms) : std::nullopt);
+        backoff_cap.push_back(s.backoff_cap_ms ? std::optional<std::int64_t>(*s.backoff_cap_ms)
+                                               : std::nullopt);
+        reason_of.emplace_back(reasons[i]);
+    }
+    pg::Params p;
+    p.i64_array(ids)
+        .text_array(tokens)
+        .text_array(queues)
+        .text_array(states)
+        .bytes_array(payloads)
+        .bytes_array(argvs)
+        .i64_array(priority)
+        .i64_array(max_attempts)
+        .i64_array(run_at)
+        .i64_array(created_at)
+        .i64_array(timeout)
+        .i64_array(backoff)
+        .i64_array(backoff_cap)
+        .text_array(reason_of);
+    auto r = run("insert_many", p);
+    std::unordered_set<std::int64_t> inserted;
+    for (int row = 0; row < r.rows(); ++row)
+        inserted.insert(r.i64(row, 0));
+    std::vector<Inserted> out;
+    out.reserve(jobs.size());
+    for (std::size_t i = 0; i < jobs.size(); ++i) {
+        if (inserted.count(*ids[i])) {
+            out.push_back({static_cast<JobId>(*ids[i]), false});
+            continue;
+        }
+        // Its token is taken (by an earlier job, or one earlier in this batch).
+        std::optional<JobId> existing;
+        if (jobs[i].spec.token) existing = find_token(*jobs[i].spec.token);
+        if (!existing)
+            throw StoreError(fmt::format("job {} of the batch was not inserted", i), false);
+        out.push_back({*existing, true});
+    }
+    return out;
+}
+
 bool PgStore::apply(const Transition& t) {
     begin();
     pg::Params p;
@@ -655,19 +761,45 @@ std::vector<Event> PgStore::events(JobId id) {
     return out;
 }
 
-std::vector<JobInfo> PgStore::page(const JobPage& page) {
+namespace {
+
+pg::Params page_params(const JobPage& page, std::optional<JobId> before, std::uint64_t limit) {
     pg::Params p;
     p.opt_text(page.queue);
     if (page.state)
         p.text(to_string(*page.state));
     else
         p.null();
-    p.opt_i64(page.before).i64(static_cast<std::int64_t>(page.limit));
-    auto r = run("page", p);
+    p.opt_i64(before).i64(static_cast<std::int64_t>(limit)).opt_text(page.unique_key);
+    if (page.error_contains && !page.error_contains->empty())
+        p.text(*page.error_contains);
+    else
+        p.null();
+    return p;
+}
+
+}  // namespace
+
+std::vector<JobInfo> PgStore::page(const JobPage& page) {
+    auto r = run("page", page_params(page, page.before, page.limit));
     std::vector<JobInfo> out;
     for (int i = 0; i < r.rows(); ++i)
         out.push_back(read_job(PgRow{r, i}));
     return out;
+}
+
+std::uint64_t PgStore::page_count(const JobPage& page, std::uint64_t cap) {
+    return static_cast<std::uint64_t>(
+        run("page_count", page_params(page, std::nullopt, cap)).i64(0, 0));
+}
+
+std::optional<std::string> PgStore::payload(JobId id, std::size_t max) {
+    auto r =
+        run("payload", pg::Params()
+                           .i64(static_cast<std::int64_t>(id))
+                           .i32(static_cast<std::int32_t>(std::min<std::size_t>(max, 1 << 30))));
+    if (r.rows() == 0) return std::nullopt;
+    return r.text(0, 0);
 }
 
 std::uint64_t PgStore::size_bytes() {

@@ -27,6 +27,8 @@ class PgStore final : public Store {
     bool writing() const override { return in_txn_; }
 
     Inserted insert_job(const NewJob& job, const std::string& reason) override;
+    std::vector<Inserted> insert_jobs(const std::vector<NewJob>& jobs,
+                                      const std::vector<std::string>& reasons) override;
     bool apply(const Transition& t) override;
     void set_progress(JobId id, std::uint32_t percent, const std::string& message) override;
     void set_paused(const std::string& queue, bool paused) override;
@@ -80,6 +82,8 @@ class PgStore final : public Store {
 
     // A page of jobs for the HTTP API (QueryStore::jobs), and the tables' size on disk.
     std::vector<JobInfo> page(const JobPage& page);
+    std::uint64_t page_count(const JobPage& page, std::uint64_t cap);
+    std::optional<std::string> payload(JobId id, std::size_t max);
     std::uint64_t size_bytes();
 
     int schema_version();
@@ -111,6 +115,12 @@ class PgQueryStore final : public QueryStore {
     std::optional<JobInfo> get_job(JobId id) override { return store_.get_job(id); }
     std::vector<Event> events(JobId id) override { return store_.events(id); }
     std::vector<JobInfo> jobs(const JobPage& page) override { return store_.page(page); }
+    std::uint64_t count(const JobPage& page, std::uint64_t cap) override {
+        return store_.page_count(page, cap);
+    }
+    std::optional<std::string> payload(JobId id, std::size_t max) override {
+        return store_.payload(id, max);
+    }
     std::optional<std::uint64_t> size_bytes() override { return store_.size_bytes(); }
 
   private:

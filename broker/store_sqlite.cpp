@@ -1243,6 +1243,18 @@ std::optional<Millis> SqliteStore::next_schedule_at() {
 
 // ---- SqliteQueryStore ----------------------------------------------------------------------
 
+// The filters of a page of jobs (JobPage): ?1 queue, ?2 state, ?5 unique key, ?6 a substring of
+// the error, any case (ASCII). The queue and live states use their indexes (jobs_queue,
+// jobs_live); the rest is a scan by id that the progress budget below bounds.
+constexpr const char* kPageWhere =
+    "(?1 IS NULL OR queue = ?1) AND (?2 IS NULL OR state = ?2) AND "
+    "(?5 IS NULL OR unique_key = ?5) AND (?6 IS NULL OR instr(lower(error), lower(?6)) > 0)";
+
+// Virtual-machine steps one query of the HTTP side may take are counted in units of
+// kProgressEvery (SqliteQueryStore's scan budget); past the budget SQLITE_INTERRUPT ends the
+// query (a StoreError for the request, and the read connection is free again).
+constexpr int kProgressEvery = 1000;
+
 struct SqliteQueryStore::Statements {
     explicit Statements(sqlite3* db)
         : get(db, fmt::format("SELECT {} FROM jobs WHERE id = ?1", kJobColumns).c_str()),
@@ -1250,16 +1262,42 @@ struct SqliteQueryStore::Statements {
                  "SELECT at, from_state, to_state, attempt, worker, reason FROM events "
                  "WHERE job_id = ?1 ORDER BY id"),
           history(db, "SELECT history FROM jobs WHERE id = ?1"),
-          page(db, fmt::format("SELECT {} FROM jobs WHERE (?1 IS NULL OR queue = ?1) AND "
-                               "(?2 IS NULL OR state = ?2) AND (?3 IS NULL OR id < ?3) "
+          page(db, fmt::format("SELECT {} FROM jobs WHERE {} AND (?3 IS NULL OR id < ?3) "
                                "ORDER BY id DESC LIMIT ?4",
-                               kJobColumns)
+                               kJobColumns, kPageWhere)
                        .c_str()),
+          count(db, fmt::format("SELECT count(*) FROM (SELECT 1 FROM jobs WHERE {} LIMIT ?4)",
+                                kPageWhere)
+                        .c_str()),
+          payload(db, "SELECT substr(payload, 1, ?2) FROM jobs WHERE id = ?1"),
           pages(db, "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()") {}
-    Stmt get, events, history, page, pages;
+    Stmt get, events, history, page, count, payload, pages;
 };
 
-SqliteQueryStore::SqliteQueryStore(const std::string& path) : path_(path) {
+namespace {
+
+int spend_budget(void* left) {
+    auto& n = *static_cast<int*>(left);
+    return --n < 0 ? 1 : 0;  // nonzero interrupts the statement
+}
+
+void bind_filters(Stmt& s, const JobPage& page) {
+    s.bind_opt(1, page.queue);
+    if (page.state)
+        s.bind(2, to_string(*page.state));
+    else
+        s.bind_null(2);
+    s.bind_opt(5, page.unique_key);
+    if (page.error_contains && !page.error_contains->empty())
+        s.bind(6, std::string_view(*page.error_contains));
+    else
+        s.bind_null(6);
+}
+
+}  // namespace
+
+SqliteQueryStore::SqliteQueryStore(const std::string& path, int scan_budget)
+    : scan_budget_(scan_budget), path_(path) {
     int rc =
         sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr);
     if (rc != SQLITE_OK) {
@@ -1270,6 +1308,7 @@ SqliteQueryStore::SqliteQueryStore(const std::string& path) : path_(path) {
     }
     sqlite3_extended_result_codes(db_, 1);
     sqlite3_busy_timeout(db_, 2000);
+    sqlite3_progress_handler(db_, kProgressEvery, spend_budget, &budget_);
     try {
         st_ = std::make_unique<Statements>(db_);
     } catch (...) {
@@ -1284,6 +1323,7 @@ SqliteQueryStore::~SqliteQueryStore() {
 }
 
 std::optional<JobInfo> SqliteQueryStore::get_job(JobId id) {
+    budget_ = scan_budget_;
     auto& s = st_->get.reset();
     s.bind(1, static_cast<std::int64_t>(id));
     std::optional<JobInfo> job;
@@ -1293,26 +1333,57 @@ std::optional<JobInfo> SqliteQueryStore::get_job(JobId id) {
 }
 
 std::vector<Event> SqliteQueryStore::events(JobId id) {
+    budget_ = scan_budget_;
     return read_events(id, st_->events.reset(), st_->history.reset());
 }
 
 std::vector<JobInfo> SqliteQueryStore::jobs(const JobPage& page) {
+    budget_ = scan_budget_;
     auto& s = st_->page.reset();
-    s.bind_opt(1, page.queue);
-    if (page.state)
-        s.bind(2, to_string(*page.state));
-    else
-        s.bind_null(2);
+    bind_filters(s, page);
     s.bind_opt(3, page.before);
     s.bind(4, static_cast<std::int64_t>(page.limit));
     std::vector<JobInfo> out;
-    while (s.step())
-        out.push_back(read_job(s));
+    try {
+        while (s.step())
+            out.push_back(read_job(s));
+    } catch (const StoreError&) {
+        if (budget_ >= 0) throw;
+        throw StoreError("the search scanned too many jobs: narrow it by queue or state", false);
+    }
+    s.reset();
+    return out;
+}
+
+std::uint64_t SqliteQueryStore::count(const JobPage& page, std::uint64_t cap) {
+    budget_ = scan_budget_;
+    auto& s = st_->count.reset();
+    bind_filters(s, page);
+    s.bind(4, static_cast<std::int64_t>(cap));
+    std::uint64_t n = 0;
+    try {
+        if (s.step()) n = static_cast<std::uint64_t>(s.i64(0));
+    } catch (const StoreError&) {
+        if (budget_ >= 0) throw;
+        throw StoreError("the count scanned too many jobs: narrow it by queue or state", false);
+    }
+    s.reset();
+    return n;
+}
+
+std::optional<std::string> SqliteQueryStore::payload(JobId id, std::size_t max) {
+    budget_ = scan_budget_;
+    auto& s = st_->payload.reset();
+    s.bind(1, static_cast<std::int64_t>(id));
+    s.bind(2, static_cast<std::int64_t>(max));
+    std::optional<std::string> out;
+    if (s.step()) out = s.blob(0);
     s.reset();
     return out;
 }
 
 std::optional<std::uint64_t> SqliteQueryStore::size_bytes() {
+    budget_ = scan_budget_;
     auto& s = st_->pages.reset();
     std::uint64_t bytes = 0;
     if (s.step()) bytes = static_cast<std::uint64_t>(s.i64(0));

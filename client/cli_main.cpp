@@ -22,6 +22,8 @@
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
+#include "cli_bulk.hpp"
+#include "cli_exit.hpp"
 #include "cli_observe.hpp"
 #include "cli_output.hpp"
 #include "cli_schedule.hpp"
@@ -38,24 +40,7 @@ using errand::JobInfo;
 using errand::JobState;
 using errand::Millis;
 
-// Process exit codes; kFooter documents them for people.
-enum Exit : int {
-    kOk = 0,
-    kJobFailed = 1,  // a failed job without an exit code of its own (else: that code)
-    kUsage = 2,
-    kRefused = 3,      // BrokerError
-    kUnreachable = 4,  // ConnectionError
-    kWaitTimedOut = 124,
-};
-
-constexpr const char* kFooter = R"(Exit codes:
-  0    success
-  N    submit --wait, wait: the job failed with exit code N (1 when it has none)
-  2    usage error
-  3    the broker refused the request (e.g. no such job, or cancel/retry of a job in the
-       wrong state)
-  4    cannot reach the broker
-  124  submit --wait-timeout, wait --timeout: the job did not finish in time)";
+using enum errand::cli::Exit;  // the exit codes, and their help text (cli_exit.hpp)
 
 // Waits longer than this are split into several WAIT requests, so a lost reply costs little.
 constexpr Millis kWaitChunkMs = 60'000;
@@ -85,7 +70,9 @@ struct SubmitArgs {
     std::optional<std::string> unique;
     bool wait = false;
     std::optional<std::string> wait_timeout;
-    std::vector<std::string> argv;  // everything after "--"
+    std::vector<std::string> argv;     // everything after "--"
+    std::optional<std::string> jsonl;  // many jobs, one JSON object a line (cli_bulk.hpp)
+    std::size_t batch_size = errand::limits::kMaxBatch;
 };
 
 struct StatusArgs {
@@ -135,12 +122,6 @@ struct HistoryArgs {
     bool json = false;
 };
 
-// `--backoff BASE[,CAP]`.
-struct Backoff {
-    Millis base = 0;
-    std::optional<Millis> cap;
-};
-
 Millis now_ms() {
     return std::chrono::duration_cast<std::chrono::milliseconds>(
                std::chrono::system_clock::now().time_since_epoch())
@@ -179,29 +160,12 @@ CLI::Validator time_check() {
 }
 
 // Throws UsageError on anything but "BASE" or "BASE,CAP" with CAP >= BASE.
-Backoff parse_backoff(std::string_view text) {
-    auto comma = text.find(',');
-    auto part = [](std::string_view dur) {
-        auto ms = errand::parse_duration(dur);
-        if (!ms) {
-            throw UsageError(
-                fmt::format("'{}' is not a duration (examples: 250ms, 5s, 2m, 1h30m)", dur));
-        }
-        if (*ms > errand::limits::kMaxDelayMs) {
-            throw UsageError(fmt::format("a backoff must be at most {}",
-                                         errand::format_duration(errand::limits::kMaxDelayMs)));
-        }
-        return *ms;
-    };
-    Backoff b;
-    b.base = part(text.substr(0, comma));
-    if (comma == std::string_view::npos) return b;
-    b.cap = part(text.substr(comma + 1));
-    if (*b.cap < b.base) {
-        throw UsageError(fmt::format("the backoff cap ({}) must not be less than its base ({})",
-                                     text.substr(comma + 1), text.substr(0, comma)));
+errand::cli::Backoff parse_backoff(std::string_view text) {
+    try {
+        return errand::cli::parse_backoff(text);
+    } catch (const std::invalid_argument& e) {
+        throw UsageError(e.what());
     }
-    return b;
 }
 
 CLI::Validator backoff_check() {
@@ -299,13 +263,10 @@ std::string read_payload_file(const std::string& path) {
 }
 
 // The process exit code that reports a finished job: 0 when it succeeded, else its own exit code
-// when that fits in 1..255, else 1.
+// unless that is missing or collides with errand's own codes (cli_exit.hpp), else 1.
 int job_exit_code(const JobInfo& job) {
     if (job.state == JobState::succeeded) return kOk;
-    if (job.exit_code && *job.exit_code >= 1 && *job.exit_code <= 255) {
-        return static_cast<int>(*job.exit_code);
-    }
-    return kJobFailed;
+    return errand::cli::failed_job_exit(job.exit_code);
 }
 
 // Prints a finished job the way `wait` promises: its result bytes exactly on stdout, and for a
@@ -366,13 +327,15 @@ std::optional<JobInfo> wait_for(errand::Client& client, JobId id, std::optional<
 }
 
 // `timeout_text` is the duration as the user wrote it, for the message.
-// `waited`: how long the caller has waited already.
+// `waited`: how long the caller has waited already. `progress` is cleared before any output.
 int wait_and_report(errand::Client& client, JobId id,
                     const std::optional<std::string>& timeout_text, Millis waited = 0,
-                    bool retry_forever = false) {
+                    bool retry_forever = false, errand::cli::Progress* progress = nullptr) {
     std::optional<Millis> timeout;
     if (timeout_text) timeout = std::max<Millis>(0, to_ms(*timeout_text) - waited);
-    if (auto job = wait_for(client, id, timeout, retry_forever)) return report_finished(*job);
+    auto job = wait_for(client, id, timeout, retry_forever);
+    if (progress) progress->clear();
+    if (job) return report_finished(*job);
 
     std::string state;
     try {
@@ -409,6 +372,11 @@ int run_submit(errand::Client& client, const SubmitArgs& args) {
         spec.backoff_cap_ms = backoff.cap;
     }
     spec.unique = args.unique;
+    if (args.jsonl) {
+        // The options above are the defaults of every line.
+        return errand::cli::run_submit_jsonl(
+            client, {.path = *args.jsonl, .defaults = std::move(spec), .batch = args.batch_size});
+    }
 
     // With --wait, submit and wait in one round trip (the first kWaitChunkMs of the wait).
     const bool wait = args.wait || args.wait_timeout;
@@ -480,21 +448,36 @@ int run_status(errand::Client& client, const StatusArgs& args) {
 
 // Waits for each job in turn, all within one --timeout, printing each result as `wait` does. The
 // exit code is that of the first job (in the order given) that did not succeed, else 0.
+// With several jobs, a progress line on a terminal (stderr) counts the finished ones.
 int run_wait(errand::Client& client, const WaitArgs& args) {
     const auto start = std::chrono::steady_clock::now();
+    std::optional<errand::cli::Progress> progress;
+    if (args.ids.size() > 1) progress.emplace("jobs finished", args.ids.size());
     int rc = kOk;
+    std::uint64_t done = 0, failed = 0;
     for (JobId id : args.ids) {
+        if (progress)
+            progress->update(done, failed > 0 ? fmt::format("{} failed", failed) : "", true);
         const Millis waited = std::chrono::duration_cast<std::chrono::milliseconds>(
                                   std::chrono::steady_clock::now() - start)
                                   .count();
         int one = kRefused;
         try {
-            one = wait_and_report(client, id, args.timeout, waited, args.retry_forever);
+            one = wait_and_report(client, id, args.timeout, waited, args.retry_forever,
+                                  progress ? &*progress : nullptr);
         } catch (const errand::BrokerError& e) {
             if (args.ids.size() == 1) throw;
+            if (progress) progress->clear();
             std::cerr << fmt::format("error: job {}: {}\n", id, e.what());
         }
+        if (one != kWaitTimedOut) ++done;
+        if (one != kOk && one != kWaitTimedOut) ++failed;
         if (rc == kOk) rc = one;
+    }
+    if (progress && progress->on_tty()) {
+        progress->finish(
+            fmt::format("{}/{} jobs finished{}", done, args.ids.size(),
+                        failed > 0 ? fmt::format(", {} did not succeed", failed) : ""));
     }
     return rc;
 }
@@ -603,7 +586,7 @@ int run(int argc, char** argv) {
     }
 
     CLI::App app("errand: submit jobs to an errand broker and follow them.", "errand");
-    app.footer(kFooter);
+    app.footer(errand::cli::kExitCodesHelp);
     app.fallthrough();  // global options may also follow the subcommand
     app.require_subcommand(0, 1);
     app.set_version_flag("--version", "errand " ERRAND_VERSION, "print the version and exit");
@@ -653,7 +636,20 @@ int run(int argc, char** argv) {
     submit->footer(
         "Usage: errand submit [OPTIONS] [-- ARGV...]\n"
         "Everything after -- is the job's own command line (the worker needs --allow-commands).\n"
-        "With --wait, prints the job's result instead of its id and exits with its exit code.");
+        "With --wait, prints the job's result instead of its id and exits with its exit code.\n"
+        "\n"
+        "--jsonl F: one JSON object per line with the keys of docs/PROTOCOL.md's SUBMIT job:\n"
+        "  {\"queue\":\"email\",\"payload\":\"hi\",\"argv\":[\"cmd\",\"arg\"],\"max_attempts\":5,\n"
+        "   "
+        "\"priority\":10,\"run_at\":\"2026-11-28T20:00:00Z\",\"delay_ms\":\"1h30m\",\"timeout_ms\":"
+        "30000,\n"
+        "   "
+        "\"backoff_ms\":\"500ms\",\"backoff_cap_ms\":\"30s\",\"token\":\"k1\",\"unique\":\"u1\"}\n"
+        "  (durations: integer ms or \"1h30m\"); what a line leaves out comes from the options.\n"
+        "  Jobs go in batches (--batch-size, and at most 16 MiB), each committed whole. A bad\n"
+        "  line is reported as F:LINE and nothing of its batch is sent: from a regular file\n"
+        "  the whole file is checked first, so nothing at all is; from a pipe, the batches\n"
+        "  before it were submitted and their ids printed. A progress line on a terminal.");
     submit->add_option("-q,--queue", submit_args.queue, "queue name")
         ->check(queue_check())
         ->type_name("QUEUE")
@@ -706,12 +702,30 @@ int run(int argc, char** argv) {
                      "at most one unfinished job per KEY; a duplicate prints the existing id")
         ->check(unique_check())
         ->type_name("KEY");
-    submit->add_flag("--wait", submit_args.wait, "wait for the job and print its result");
+    auto* submit_wait =
+        submit->add_flag("--wait", submit_args.wait, "wait for the job and print its result");
+    auto* wait_timeout =
+        submit
+            ->add_option("--wait-timeout", submit_args.wait_timeout,
+                         "with --wait: give up after DUR (exit 124; implies --wait)")
+            ->check(duration_check(true))
+            ->type_name("DUR");
+    auto* jsonl =
+        submit
+            ->add_option("--jsonl", submit_args.jsonl,
+                         "submit one job per line of F (- = stdin); prints their ids in order")
+            ->type_name("F")
+            ->excludes(payload)
+            ->excludes(submit_wait)
+            ->excludes(wait_timeout);
+    submit->get_option("--payload-file")->excludes(jsonl);
     submit
-        ->add_option("--wait-timeout", submit_args.wait_timeout,
-                     "with --wait: give up after DUR (exit 124; implies --wait)")
-        ->check(duration_check(true))
-        ->type_name("DUR");
+        ->add_option("--batch-size", submit_args.batch_size,
+                     "with --jsonl: at most N jobs per SUBMIT message")
+        ->check(CLI::Range(std::size_t{1}, errand::limits::kMaxBatch).description(""))
+        ->type_name("N")
+        ->capture_default_str()
+        ->needs(jsonl);
     commands.emplace_back(submit, [&](errand::Client& c) { return run_submit(c, submit_args); });
 
     StatusArgs status_args;
@@ -732,7 +746,7 @@ int run(int argc, char** argv) {
         ->check(duration_check(true))
         ->type_name("DUR");
     wait->add_flag("--retry-forever", wait_args.retry_forever,
-                   "keep waiting while no broker can be reached (default: exit 4 once there has "
+                   "keep waiting while no broker can be reached (default: exit 122 once there has "
                    "been no connection for the request timeout)");
     commands.emplace_back(wait, [&](errand::Client& c) { return run_wait(c, wait_args); });
 
@@ -903,6 +917,9 @@ int run(int argc, char** argv) {
     if (cli_argc != argc && !submit->parsed() && !schedule.add->parsed()) {
         throw UsageError("'--' (a job's command line) is only accepted by submit and schedule add");
     }
+    if (cli_argc != argc && submit_args.jsonl) {
+        throw UsageError("with --jsonl, a job's command line goes in its line's \"argv\"");
+    }
     submit_args.argv = job_argv;  // schedule add reads it too
     if (retry->parsed() && !retry_args.ids.empty() == retry_args.dead) {
         throw UsageError(retry_args.dead
@@ -940,8 +957,11 @@ int main(int argc, char** argv) {
     } catch (const UsageError& e) {
         std::cerr << "error: " << e.what() << '\n';
         return kUsage;
+    } catch (const errand::cli::JsonlError& e) {
+        std::cerr << "error: " << e.what() << '\n';
+        return kUsage;
     } catch (const std::exception& e) {
         std::cerr << "error: " << e.what() << '\n';
-        return kJobFailed;
+        return kInternal;
     }
 }

@@ -104,7 +104,9 @@ EndpointList parse_endpoints(std::string_view list) {
             return out;
         }
         if (auto why = endpoint_error(item)) {
-            out.error = fmt::format("'{}': {}", item, *why);
+            // In a list, say which one (the caller quotes the whole list).
+            bool list_of_many = list.find(',') != std::string_view::npos;
+            out.error = list_of_many ? fmt::format("'{}': {}", item, *why) : *why;
             return out;
         }
         out.endpoints.emplace_back(item);

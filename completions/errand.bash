@@ -23,7 +23,7 @@ _errand() {
         fi
     done
     case ${COMP_WORDS[COMP_CWORD - 1]} in
-        --payload-file | --curve-server-key | --curve-key | --config | --db | --dir | --log-file)
+        --payload-file | --jsonl | --curve-server-key | --curve-key | --config | --db | --dir | --log-file)
             COMPREPLY=($(compgen -f -- "$cur"))
             return
             ;;

@@ -1,11 +1,12 @@
 // Where the daemons' settings come from: flags, ERRAND_* environment variables and a TOML config
 // file (--config), with the precedence flag > environment > file > default.
 //
-// CLI11 reads the config file before the environment and both only fill options still unset,
-// which would make the file beat the environment. So the environment is applied as if it were
-// flags: args_with_env() turns each ERRAND_NAME variable whose --name flag is not on the command
-// line into "--name=VALUE" ahead of the real flags, and CLI11's config file then only fills what
-// neither gave.
+// All three become command-line arguments for one CLI11 parse: each ERRAND_NAME variable whose
+// --name flag is not on the command line turns into "--name=VALUE", and then each key of the
+// file (read with toml++) whose option neither gave into "--key=VALUE". The file is a flat list
+// of `key = value` lines whose keys are the long flags without "--"; an unknown key, a table, a
+// value of the wrong shape or a bad value is an error naming the file, the line and the key:
+//   worker.toml:3: unknown key 'worker-timout' (did you mean 'worker-timeout'?)
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -15,8 +16,12 @@
 
 namespace errand::daemon {
 
-// Adds --config FILE (CLI11's TOML config) and --dump-config to `app`; returns the dump flag.
+// Adds --config FILE and --dump-config to `app`; returns the dump flag.
 CLI::Option* add_config_options(CLI::App& app, bool& dump_config);
+
+// Parses the command line, the environment and the --config file into `app` (see above). Throws
+// CLI::ParseError (CLI::ConfigError for the file, "FILE:LINE: ..."), for CLI::App::exit().
+void parse_settings(CLI::App& app, int argc, char** argv);
 
 // The environment variable for an option's long name: worker-timeout -> ERRAND_WORKER_TIMEOUT.
 std::string env_name(const std::string& long_name);
@@ -26,8 +31,9 @@ std::string env_name(const std::string& long_name);
 // CLI::App::parse(std::vector<std::string>&) expects.
 std::vector<std::string> args_with_env(const CLI::App& app, int argc, char** argv);
 
-// The effective configuration as TOML that --config reads back: every option's value (from
-// wherever it came) or its default; options with neither are written commented out.
+// The effective configuration as TOML that --config reads back, written by toml++: every
+// option's value (from wherever it came) or its default, in the order of --help; options with
+// neither are written commented out.
 std::string dump_config(const CLI::App& app, const std::string& program);
 
 }  // namespace errand::daemon

@@ -13,8 +13,8 @@ stop() {
 }
 if [ "${1:-}" = stop ]; then stop; echo "errand demo stopped"; exit 0; fi
 
-bash scripts/deps.sh
-bash scripts/build.sh >/dev/null
+bash scripts/deps.sh demo  # only what the programs need: not the tests' Chromium, Prometheus, node
+bash scripts/build.sh demo >/dev/null
 stop
 export PATH="$PWD/build/broker:$PWD/build/worker:$PWD/build/client:$PATH"
 

@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages errand needs to build and test, if any is missing.
+# Installs the Debian 12 packages errand needs, if any is missing:
+#   deps.sh demo   what building the programs needs (scripts/demo.sh)
+#   deps.sh        that, and everything the test suite needs (scripts/test.sh, CI)
 set -euo pipefail
+mode=${1:-test}
+case "$mode" in demo|test) ;; *) echo "usage: deps.sh [demo|test]" >&2; exit 2 ;; esac
+# The build: compilers, meson (+ cmake, which finds msgpack-cxx), and every dependency() of the
+# root meson.build that is required with -Dtests=false.
 packages=(build-essential meson ninja-build pkg-config cmake python3 libzmq3-dev cppzmq-dev
-          libmsgpack-cxx-dev libsqlite3-dev libcli11-dev libspdlog-dev doctest-dev
-          nlohmann-json3-dev libcpp-httplib-dev sqlite3 e2fsprogs clang-format libsystemd-dev systemd
-          libpq-dev postgresql libhowardhinnant-date-dev)
+          libmsgpack-cxx-dev libsqlite3-dev libcli11-dev libspdlog-dev nlohmann-json3-dev
+          libcpp-httplib-dev libsystemd-dev libpq-dev libtomlplusplus-dev
+          libhowardhinnant-date-dev)
+# The tests: doctest; sqlite3, e2fsprogs (chattr), systemd (systemd-analyze verify), the
+# PostgreSQL server, clang-format (the format check).
+if [ "$mode" = test ]; then
+  packages+=(doctest-dev sqlite3 e2fsprogs clang-format systemd postgresql)
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -16,6 +27,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+[ "$mode" = test ] || exit 0
 # The observability tests: promtool checks /metrics; the dashboard test drives Debian's Chromium
 # with playwright-core (pinned in tests/browser/package-lock.json; needs node >= 18). Without
 # their recommends: prometheus would bring exporters, chromium a desktop's worth of fonts.

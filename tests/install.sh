@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The library as a user gets it: `meson install` into a temporary DESTDIR, then examples/ built
 # against the installed files only, once with pkg-config (shared, and static with --static) and
-# once with CMake's find_package(errand), each run against a real errand-broker on an ipc
+# once with CMake's find_package(errand) (errand::errand, and errand::errand-static), each run against a real errand-broker on an ipc
 # endpoint in a temp dir. Environment (tests/meson.build): ERRAND_BUILD_ROOT, ERRAND_PREFIX,
 # ERRAND_LIBDIR, ERRAND_INCLUDEDIR (as installed), ERRAND_EXAMPLES_DIR, ERRAND_BROKER_BIN, MESON,
 # CXX, ERRAND_SANITIZE (meson's b_sanitize).
@@ -97,6 +97,17 @@ cmake -S "$ERRAND_EXAMPLES_DIR" -B "$tmp/cmake" -DCMAKE_PREFIX_PATH="$root" \
   { cat "$tmp/cmake.log" >&2; fail "cmake could not configure examples/ with find_package(errand)"; }
 cmake --build "$tmp/cmake" >>"$tmp/cmake.log" 2>&1 ||
   { cat "$tmp/cmake.log" >&2; fail "cmake could not build examples/"; }
+# The static target: liberrand.a, with ZeroMQ, fmt and Threads from its INTERFACE_LINK_LIBRARIES.
+cmake -S "$ERRAND_EXAMPLES_DIR" -B "$tmp/cmake-static" -DCMAKE_PREFIX_PATH="$root" -DERRAND_STATIC=ON \
+  -DCMAKE_CXX_COMPILER="$CXX" -DCMAKE_CXX_FLAGS="$cmake_flags" >"$tmp/cmake-static.log" 2>&1 ||
+  { cat "$tmp/cmake-static.log" >&2; fail "cmake could not configure examples/ with errand::errand-static"; }
+cmake --build "$tmp/cmake-static" >>"$tmp/cmake-static.log" 2>&1 ||
+  { cat "$tmp/cmake-static.log" >&2; fail "cmake could not build examples/ with errand::errand-static"; }
+for ex in submit worker; do
+  if ldd "$tmp/cmake-static/example-$ex" | grep -q liberrand; then
+    fail "the CMake errand::errand-static example-$ex links liberrand.so"
+  fi
+done
 
 # --- run them against a real broker ---------------------------------------------------------
 endpoint="ipc://$tmp/broker.sock"
@@ -125,8 +136,10 @@ run_pair pkg-config "$tmp/pc/example-worker" "$tmp/pc/example-submit"
 run_pair pkg-config-static "$tmp/pc/example-worker" "$tmp/pc/example-submit-static"
 # CMake puts the installed library's directory in the RPATH: no LD_LIBRARY_PATH needed.
 libdir=/nonexistent run_pair cmake "$tmp/cmake/example-worker" "$tmp/cmake/example-submit"
+libdir=/nonexistent run_pair cmake-static "$tmp/cmake-static/example-worker" \
+  "$tmp/cmake-static/example-submit"
 
 kill -TERM "$broker_pid"
 wait "$broker_pid" || { cat "$tmp/broker.log" >&2; fail "errand-broker did not stop cleanly"; }
 broker_pid=""
-echo "install: pkg-config (shared and static) and CMake builds of examples/ ran against a broker"
+echo "install: pkg-config and CMake (each shared and static) builds of examples/ ran against a broker"

@@ -1,7 +1,7 @@
 // Integration tests of the errand CLI against a real broker and worker daemon: output, JSON and
-// exit codes (0 ok, job's exit code for submit --wait, 2 usage, 3 refused, 4 unreachable, 124),
-// for submitting and following jobs and for the lifecycle commands (cancel, retry, pause, resume,
-// purge, queues, history).
+// exit codes (0 ok, the job's exit code for submit --wait, 120 usage, 121 refused, 122 unreachable,
+// 124), for submitting and following jobs and for the lifecycle commands (cancel, retry, pause,
+// resume, purge, queues, history).
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
 
@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -170,13 +171,13 @@ TEST_CASE("cli: submit --payload-file - reads stdin and the queue command echoes
     CHECK_MESSAGE(r.out == text, describe(r));
 }
 
-TEST_CASE("cli: wait on an unknown id exits 3; wait --timeout on an unfinished job exits 124") {
+TEST_CASE("cli: wait on an unknown id exits 121; wait --timeout on an unfinished job exits 124") {
     CliWorld w;
     auto unknown = w.cli({"wait", "987654321"});
-    CHECK_MESSAGE(unknown.exit_code == 3, describe(unknown));
+    CHECK_MESSAGE(unknown.exit_code == 121, describe(unknown));
 
     auto status = w.cli({"status", "987654321"});
-    CHECK_MESSAGE(status.exit_code == 3, describe(status));
+    CHECK_MESSAGE(status.exit_code == 121, describe(status));
 
     // No worker serves this queue, so the job stays ready.
     auto sub = w.cli({"submit", "-q", "nobody-serves-this", "--payload", "x"});
@@ -186,10 +187,10 @@ TEST_CASE("cli: wait on an unknown id exits 3; wait --timeout on an unfinished j
     CHECK_MESSAGE(waited.elapsed < 5s, describe(waited));
 }
 
-TEST_CASE("cli: an unreachable broker exits 4 with 'cannot reach broker' within a few seconds") {
+TEST_CASE("cli: an unreachable broker exits 122 with 'cannot reach broker' within a few seconds") {
     const std::string ep = "tcp://127.0.0.1:" + std::to_string(free_port());
     auto r = run_cli({"--broker", ep, "--request-timeout", "500ms", "ping"}, {}, 10s);
-    CHECK_MESSAGE(r.exit_code == 4, describe(r));
+    CHECK_MESSAGE(r.exit_code == 122, describe(r));
     CHECK_MESSAGE(r.err.find("cannot reach broker") != std::string::npos, describe(r));
     CHECK_MESSAGE(r.err.find(ep) != std::string::npos, describe(r));
     // 500 ms of timeout plus process start-up; 3 s leaves room for a loaded CI machine.
@@ -197,10 +198,10 @@ TEST_CASE("cli: an unreachable broker exits 4 with 'cannot reach broker' within 
 
     auto sub = run_cli({"--broker", ep, "--request-timeout", "500ms", "submit", "--payload", "x"},
                        {}, 10s);
-    CHECK_MESSAGE(sub.exit_code == 4, describe(sub));
+    CHECK_MESSAGE(sub.exit_code == 122, describe(sub));
 }
 
-TEST_CASE("cli: usage errors exit 2") {
+TEST_CASE("cli: usage errors exit 120") {
     // None of these reaches a broker, so no broker is needed: the endpoint has nothing on it.
     const std::string ep = "tcp://127.0.0.1:" + std::to_string(free_port());
     for (const auto& args : std::vector<std::vector<std::string>>{
@@ -220,7 +221,7 @@ TEST_CASE("cli: usage errors exit 2") {
         std::string cmd;
         for (const auto& a : args)
             cmd += a + " ";
-        CHECK_MESSAGE(r.exit_code == 2, "errand " << cmd << ": " << describe(r));
+        CHECK_MESSAGE(r.exit_code == 120, "errand " << cmd << ": " << describe(r));
     }
 }
 
@@ -230,7 +231,7 @@ TEST_CASE("cli: ping answers 0") {
     CHECK_MESSAGE(r.exit_code == 0, describe(r));
 }
 
-TEST_CASE("cli: usage errors of the lifecycle options and subcommands exit 2") {
+TEST_CASE("cli: usage errors of the lifecycle options and subcommands exit 120") {
     // None of these reaches a broker, so no broker is needed: the endpoint has nothing on it.
     const std::string ep = "tcp://127.0.0.1:" + std::to_string(free_port());
     for (const auto& args : std::vector<std::vector<std::string>>{
@@ -274,7 +275,7 @@ TEST_CASE("cli: usage errors of the lifecycle options and subcommands exit 2") {
         std::string cmd;
         for (const auto& a : args)
             cmd += a + " ";
-        CHECK_MESSAGE(r.exit_code == 2, "errand " << cmd << ": " << describe(r));
+        CHECK_MESSAGE(r.exit_code == 120, "errand " << cmd << ": " << describe(r));
         CHECK_MESSAGE(r.err.find("error: ") == 0, "errand " << cmd << ": " << describe(r));
     }
 
@@ -355,7 +356,7 @@ TEST_CASE("cli: pause shows in queues until resume; queues --json counts every s
     CHECK((*cat2)["paused"] == false);
 }
 
-TEST_CASE("cli: cancel prints the job; a finished job cannot be cancelled (exit 3)") {
+TEST_CASE("cli: cancel prints the job; a finished job cannot be cancelled (exit 121)") {
     CliWorld w;
     auto queued = w.cli({"submit", "-q", "nobody-serves-this", "--payload", "x"});
     REQUIRE_MESSAGE(queued.exit_code == 0, describe(queued));
@@ -372,12 +373,12 @@ TEST_CASE("cli: cancel prints the job; a finished job cannot be cancelled (exit 
     auto last = parse_json(w.cli({"list", "-q", "cat-q", "--json"}));
     REQUIRE(last.size() == 1);
     auto again = w.cli({"cancel", std::to_string(last[0]["id"].get<std::uint64_t>())});
-    CHECK_MESSAGE(again.exit_code == 3, describe(again));
+    CHECK_MESSAGE(again.exit_code == 121, describe(again));
     CHECK_MESSAGE(again.err.find("error: ") == 0, describe(again));
     CHECK_MESSAGE(again.out.empty(), describe(again));
 
     auto unknown = w.cli({"cancel", "987654321"});
-    CHECK_MESSAGE(unknown.exit_code == 3, describe(unknown));
+    CHECK_MESSAGE(unknown.exit_code == 121, describe(unknown));
 }
 
 TEST_CASE("cli: history of a finished job goes (new) → ready → running → succeeded") {
@@ -414,7 +415,7 @@ TEST_CASE("cli: history of a finished job goes (new) → ready → running → s
     CHECK_MESSAGE(text.out.find("running → succeeded") != std::string::npos, describe(text));
     CHECK(std::count(text.out.begin(), text.out.end(), '\n') == 3);
 
-    CHECK(w.cli({"history", "987654321"}).exit_code == 3);
+    CHECK(w.cli({"history", "987654321"}).exit_code == 121);
 }
 
 TEST_CASE("cli: submit --at, --priority, --timeout and --unique reach the job") {
@@ -484,15 +485,17 @@ TEST_CASE("cli: retry brings a dead job back; purge deletes finished jobs") {
     auto purged = w.cli({"purge", "--state", "dead"});
     CHECK_MESSAGE(purged.exit_code == 0, describe(purged));
     CHECK_MESSAGE(purged.out == "purged 1 job\n", describe(purged));
-    CHECK(w.cli({"status", id}).exit_code == 3);
+    CHECK(w.cli({"status", id}).exit_code == 121);
     auto nothing = w.cli({"purge", "--state", "succeeded", "--older-than", "1h"});
     CHECK_MESSAGE(nothing.out == "purged 0 jobs\n", describe(nothing));
 }
 
-TEST_CASE("a malformed endpoint is a usage error (exit 2) naming the value, in every program") {
+TEST_CASE(
+    "a malformed endpoint is a usage error (CLI 120, daemons 2) naming the value, in every "
+    "program") {
     TempDir dir;
     auto cli = run_cli({"--broker", "tcp://127.0.0.1:", "ping"}, {}, 10s);
-    CHECK(cli.exit_code == 2);
+    CHECK(cli.exit_code == 120);
     CHECK_MESSAGE(cli.err.find("bad --broker 'tcp://127.0.0.1:': tcp:// needs a port after the "
                                "':'") != std::string::npos,
                   describe(cli));
@@ -543,17 +546,17 @@ TEST_CASE("cli: --version of errand, errand-broker and errand-worker prints the 
     }
 }
 
-TEST_CASE("cli: a mistyped subcommand exits 2 and names the one meant") {
+TEST_CASE("cli: a mistyped subcommand exits 120 and names the one meant") {
     const std::string ep = "tcp://127.0.0.1:" + std::to_string(free_port());
     auto r = run_cli({"--broker", ep, "stauts", "3"}, {}, 10s);
-    CHECK_MESSAGE(r.exit_code == 2, describe(r));
+    CHECK_MESSAGE(r.exit_code == 120, describe(r));
     CHECK(r.err ==
           "error: 'stauts' is not an errand command; did you mean 'status'? (see --help)\n");
     auto far = run_cli({"--broker", ep, "frobnicate"}, {}, 10s);
-    CHECK_MESSAGE(far.exit_code == 2, describe(far));
+    CHECK_MESSAGE(far.exit_code == 120, describe(far));
     CHECK(far.err == "error: 'frobnicate' is not an errand command (see --help)\n");
     auto sub = run_cli({"--broker", ep, "sumbit", "--payload", "x"}, {}, 10s);
-    CHECK_MESSAGE(sub.exit_code == 2, describe(sub));
+    CHECK_MESSAGE(sub.exit_code == 120, describe(sub));
     CHECK(sub.err.find("did you mean 'submit'?") != std::string::npos);
 }
 
@@ -577,16 +580,16 @@ TEST_CASE("cli: bash completion offers subcommands and each one's options from -
     CHECK(complete("\"" + worker_bin() + "\" --drain") == "--drain-timeout\n");
 }
 
-TEST_CASE("cli: ERRAND_REQUEST_TIMEOUT sets --request-timeout; a bad value exits 2") {
+TEST_CASE("cli: ERRAND_REQUEST_TIMEOUT sets --request-timeout; a bad value exits 120") {
     const std::string ep = "tcp://127.0.0.1:" + std::to_string(free_port());
     const std::string cli = "'" + cli_bin() + "' --broker " + ep;
     auto [bad, bad_out] = shell("ERRAND_REQUEST_TIMEOUT=soon " + cli + " ping 2>&1");
-    CHECK(bad == 2);
+    CHECK(bad == 120);
     CHECK_MESSAGE(bad_out.find("'soon' is not a duration") != std::string::npos, bad_out);
     // Nothing listens there: the ping gives up after the variable's 300ms, not the default 5s.
     const auto start = std::chrono::steady_clock::now();
     auto [code, out] = shell("ERRAND_REQUEST_TIMEOUT=300ms " + cli + " ping 2>&1");
-    CHECK(code == 4);
+    CHECK(code == 122);
     CHECK_MESSAGE(out.find("timed out after 300ms") != std::string::npos, out);
     CHECK(std::chrono::steady_clock::now() - start < 4s);
 }
@@ -605,7 +608,7 @@ TEST_CASE(
     CHECK(waited.out == "abc");  // each result's bytes, in the order given
 
     auto st = w.cli({"status", ids[0], "987654321", ids[2], "--json"});
-    CHECK_MESSAGE(st.exit_code == 3, describe(st));
+    CHECK_MESSAGE(st.exit_code == 121, describe(st));
     std::vector<std::string> lines;
     for (std::size_t at = 0, nl; (nl = st.out.find('\n', at)) != std::string::npos; at = nl + 1)
         lines.push_back(st.out.substr(at, nl - at));
@@ -626,4 +629,223 @@ TEST_CASE(
     // Waiting on a finished-successfully job and a cancelled one: the first failure's code.
     auto mixed = w.cli({"wait", ids[0], later[0], "--timeout", "5s"});
     CHECK_MESSAGE(mixed.exit_code == 1, describe(mixed));
+}
+
+namespace {
+
+// The jobs of `queue` (no worker serves it, so they stay ready), by id.
+std::map<std::uint64_t, json> jobs_of(CliWorld& w, const std::string& queue) {
+    auto list = w.cli({"list", "-q", queue, "--limit", "10000", "--json"});
+    REQUIRE_MESSAGE(list.exit_code == 0, describe(list));
+    std::map<std::uint64_t, json> out;
+    for (const auto& j : parse_json(list))
+        out[j["id"].get<std::uint64_t>()] = j;
+    return out;
+}
+
+std::vector<std::uint64_t> id_lines(const CliResult& r) {
+    std::vector<std::uint64_t> ids;
+    for (std::size_t at = 0, nl; (nl = r.out.find('\n', at)) != std::string::npos; at = nl + 1)
+        ids.push_back(std::stoull(r.out.substr(at, nl - at)));
+    return ids;
+}
+
+}  // namespace
+
+TEST_CASE("cli: submit --jsonl submits every line in batches and prints the ids in input order") {
+    CliWorld w;
+    // 2500 jobs to a queue nobody serves; every 7th sets its own priority, the others take
+    // --priority; one has a command line and options in both spellings (ms and "1h30m").
+    std::string input;
+    for (int i = 0; i < 2500; ++i) {
+        json line = {{"payload", "job " + std::to_string(i)}, {"unique", "u-" + std::to_string(i)}};
+        if (i % 7 == 0) line["priority"] = 9;
+        if (i == 3) {
+            line["argv"] = {"echo", "hi"};
+            line["timeout_ms"] = 30000;
+            line["delay_ms"] = "1h30m";
+            line["max_attempts"] = 5;
+        }
+        input += line.dump() + (i == 10 ? "\r\n\n  \n" : "\n");  // CRLF and blank lines are fine
+    }
+    const auto file = w.dir / "jobs.jsonl";
+    write_file(file, input);
+    auto r = w.cli({"submit", "-q", "bulk", "--priority", "2", "--jsonl", file.string()});
+    REQUIRE_MESSAGE(r.exit_code == 0, describe(r));
+    auto ids = id_lines(r);
+    REQUIRE(ids.size() == 2500);
+    // stderr is not a terminal: one summary line, no progress drawing.
+    CHECK_MESSAGE(r.err.starts_with("submitted 2500 jobs in 3 batches in "), describe(r));
+    CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+    CHECK(r.err.find('\r') == std::string::npos);
+
+    auto jobs = jobs_of(w, "bulk");
+    REQUIRE(jobs.size() == 2500);
+    for (int i = 0; i < 2500; ++i) {
+        const json& j = jobs.at(ids[i]);
+        CHECK(j["unique"] == "u-" + std::to_string(i));
+        CHECK(j["priority"] == (i % 7 == 0 ? 9 : 2));
+        CHECK(j["payload_size"] == ("job " + std::to_string(i)).size());
+    }
+    const json& three = jobs.at(ids[3]);
+    CHECK(three["argv"] == json::array({"echo", "hi"}));
+    CHECK(three["timeout_ms"] == 30000);
+    CHECK(three["max_attempts"] == 5);
+    CHECK(three["state"] == "scheduled");
+
+    // From stdin, smaller batches; the same unique keys are duplicates with the same ids.
+    auto again = w.cli({"submit", "-q", "bulk", "--jsonl", "-", "--batch-size", "400"}, input);
+    REQUIRE_MESSAGE(again.exit_code == 0, describe(again));
+    CHECK(id_lines(again) == ids);
+    CHECK_MESSAGE(again.err.starts_with("submitted 2500 jobs in 7 batches in "), describe(again));
+    CHECK_MESSAGE(again.err.find("2500 already existed") != std::string::npos, describe(again));
+    CHECK(jobs_of(w, "bulk").size() == 2500);
+}
+
+TEST_CASE("cli: a bad --jsonl line is named by line; its batch is not sent, earlier ones are") {
+    CliWorld w;
+    std::string input;
+    for (int i = 1; i <= 5; ++i) {
+        input += i == 4 ? R"({"queu":"q","payload":"4"})"
+                          "\n"
+                        : json({{"payload", std::to_string(i)}}).dump() + "\n";
+    }
+    const auto file = w.dir / "bad.jsonl";
+    write_file(file, input);
+
+    // A file is checked whole first: nothing is submitted.
+    auto r = w.cli({"submit", "-q", "bad-q", "--jsonl", file.string()});
+    CHECK_MESSAGE(r.exit_code == 120, describe(r));
+    CHECK_MESSAGE(r.out.empty(), describe(r));
+    CHECK_MESSAGE(r.err == "error: " + file.string() +
+                               ":4: unknown key 'queu' (did you mean 'queue'?); nothing was "
+                               "submitted\n",
+                  describe(r));
+    CHECK(jobs_of(w, "bad-q").empty());
+
+    // From a pipe, with batches of 2: lines 1-2 are committed, the batch of lines 3-4 is not.
+    auto piped = w.cli({"submit", "-q", "bad-q", "--jsonl", "-", "--batch-size", "2"}, input);
+    CHECK_MESSAGE(piped.exit_code == 120, describe(piped));
+    auto ids = id_lines(piped);
+    CHECK(ids.size() == 2);
+    CHECK_MESSAGE(piped.err.find("stdin:4: unknown key 'queu'") != std::string::npos,
+                  describe(piped));
+    CHECK_MESSAGE(piped.err.find("the 2 jobs before line 3 were submitted") != std::string::npos,
+                  describe(piped));
+    auto jobs = jobs_of(w, "bad-q");
+    CHECK(jobs.size() == 2);
+    for (auto id : ids)
+        CHECK(jobs.count(id) == 1);
+
+    // Each kind of bad value names its line and key.
+    for (const auto& [line, why] : std::vector<std::pair<std::string, std::string>>{
+             {"not json", "not valid JSON"},
+             {"[1]", "a line must be a JSON object"},
+             {R"({"queue":"bad queue"})", "invalid queue name 'bad queue'"},
+             {R"({"priority":5000})", "'priority' must be an integer from -1000 to 1000"},
+             {R"({"argv":"ls"})", "'argv' must be an array"},
+             {R"({"timeout_ms":"soon"})", "'timeout_ms' must be integer milliseconds"},
+             {R"({"run_at":"tomorrow"})", "'run_at' must be an RFC 3339 time"},
+             {R"({"run_at":0,"delay_ms":5})", "give 'run_at' or 'delay_ms', not both"},
+             {R"({"backoff_ms":"5s","backoff_cap_ms":"1s"})", "'backoff_cap_ms' must not be less"},
+         }) {
+        auto bad = w.cli({"submit", "-q", "bad-q", "--jsonl", "-"}, "{}\n" + line + "\n");
+        CHECK_MESSAGE(bad.exit_code == 120, line << ": " << describe(bad));
+        CHECK_MESSAGE(bad.err.find("stdin:2: " + why) != std::string::npos,
+                      line << ": " << describe(bad));
+    }
+    CHECK(jobs_of(w, "bad-q").size() == 2);
+
+    // --jsonl goes with neither a payload nor --wait nor a command line.
+    for (const auto& args : std::vector<std::vector<std::string>>{
+             {"submit", "--jsonl", "-", "--payload", "x"},
+             {"submit", "--jsonl", "-", "--wait"},
+             {"submit", "--jsonl", "-", "--", "echo"},
+             {"submit", "--batch-size", "5", "--payload", "x"},
+             {"submit", "--jsonl", "-", "--batch-size", "1001"},
+             {"submit", "--jsonl", (w.dir / "missing.jsonl").string()},
+         }) {
+        auto bad = w.cli(args);
+        CHECK_MESSAGE(bad.exit_code == 120, args.back() << ": " << describe(bad));
+    }
+}
+
+TEST_CASE("cli: on a terminal, submit --jsonl and wait ID... draw a progress line") {
+    CliWorld w;
+    std::string input;
+    for (int i = 0; i < 30; ++i)
+        input += json({{"payload", std::to_string(i)}}).dump() + "\n";
+    const auto file = w.dir / "jobs.jsonl";
+    write_file(file, input);
+    const std::string cli = "'" + cli_bin() + "' --broker " + w.broker.endpoint();
+    // script(1) gives errand a pseudo-terminal; its output is what the terminal showed.
+    auto [code, shown] =
+        shell("timeout 60 script -qec \"" + cli + " submit -q cat-q --jsonl " + file.string() +
+              " --batch-size 10 > " + (w.dir / "ids").string() + "\" /dev/null");
+    CHECK_MESSAGE(code == 0, shown);
+    CHECK_MESSAGE(
+        shown.find("[########################] 30/30 jobs submitted") != std::string::npos, shown);
+    CHECK_MESSAGE(shown.find("submitted 30 jobs in 3 batches") != std::string::npos, shown);
+    auto ids = read_lines(w.dir / "ids");
+    REQUIRE(ids.size() == 30);
+
+    std::string wait_cmd = cli + " wait --timeout 30s";
+    for (const auto& id : ids)
+        wait_cmd += " " + id;
+    auto [wcode, wshown] =
+        shell("timeout 60 script -qec \"" + wait_cmd + " > /dev/null\" /dev/null");
+    CHECK_MESSAGE(wcode == 0, wshown);
+    CHECK_MESSAGE(wshown.find("] 0/30 jobs finished") != std::string::npos, wshown);
+    CHECK_MESSAGE(wshown.find("30/30 jobs finished") != std::string::npos, wshown);
+}
+
+TEST_CASE("cli: a job's own exit code never looks like errand's refused/unreachable/usage codes") {
+    CliWorld w;
+    auto code_of = [&](int job_exit) {
+        return w
+            .cli({"submit", "--max-attempts", "1", "--wait", "--", "sh", "-c",
+                  "exit " + std::to_string(job_exit)})
+            .exit_code;
+    };
+    // Codes outside errand's 120-125 pass through, including the shell's 126/127 and 128+S.
+    for (int c : {2, 3, 4, 64, 119, 126, 127, 130, 255})
+        CHECK_MESSAGE(code_of(c) == c, "job exit " << c);
+    // errand's own codes are reported as 1; the real code is in the message and in status.
+    for (int c : {120, 121, 122, 124, 125})
+        CHECK_MESSAGE(code_of(c) == 1, "job exit " << c);
+    auto r = w.cli({"submit", "--max-attempts", "1", "--wait", "--", "sh", "-c", "exit 122"});
+    CHECK_MESSAGE(r.err.find("exit code 122") != std::string::npos, describe(r));
+
+    // The scheme is printed once, by errand --help, not by each subcommand's.
+    auto help = w.cli({"--help"});
+    CHECK(help.exit_code == 0);
+    CHECK_MESSAGE(help.out.find("Exit codes (the same for every subcommand):") != std::string::npos,
+                  help.out);
+    CHECK(help.out.find("121      the broker refused") != std::string::npos);
+    auto sub_help = w.cli({"wait", "--help"});
+    CHECK(sub_help.out.find("Exit codes") == std::string::npos);
+}
+
+TEST_CASE("cli: a --jsonl batch the broker refuses names its lines; earlier batches stay") {
+    TempDir dir;
+    Broker broker(dir, {"--max-batch", "2"});
+    std::string input;
+    for (int i = 0; i < 5; ++i)
+        input += json({{"queue", "refused-q"}, {"payload", std::to_string(i)}}).dump() + "\n";
+    auto cli = [&](std::vector<std::string> args) {
+        args.insert(args.begin(), {"--broker", broker.endpoint()});
+        return run_cli(args, input);
+    };
+    // Batches of 3 are over the broker's --max-batch 2: the first is refused whole.
+    auto r = cli({"submit", "--jsonl", "-", "--batch-size", "3"});
+    CHECK_MESSAGE(r.exit_code == 121, describe(r));
+    CHECK_MESSAGE(r.out.empty(), describe(r));
+    CHECK_MESSAGE(
+        r.err.find("(the batch of lines 1-3); nothing was submitted") != std::string::npos,
+        describe(r));
+    // Batches of 2 fit: all five go, in three batches.
+    auto ok = cli({"submit", "--jsonl", "-", "--batch-size", "2"});
+    CHECK_MESSAGE(ok.exit_code == 0, describe(ok));
+    CHECK(id_lines(ok).size() == 5);
+    CHECK_MESSAGE(ok.err.starts_with("submitted 5 jobs in 3 batches"), describe(ok));
 }

@@ -107,7 +107,7 @@ TEST_CASE("config: the dump reads back to the same configuration (broker and wor
             {worker_bin(), "--queue", "emails:3=send-mail --to \"ops\"", "--queue", "reports",
              "--allow-commands", "--concurrency", "4", "--drain-timeout", "45s", "--dump-config"});
     REQUIRE_MESSAGE(w1.code == 0, w1.err);
-    CHECK(value_of(w1.out, "queue") == "['emails:3=send-mail --to \"ops\"', 'reports']");
+    CHECK(value_of(w1.out, "queue") == "[ 'emails:3=send-mail --to \"ops\"', 'reports' ]");
     CHECK(value_of(w1.out, "allow-commands") == "true");
     CHECK(value_of(w1.out, "drain-timeout") == "'45s'");
     write_file(dir / "worker.toml", w1.out);
@@ -184,4 +184,83 @@ TEST_CASE("config: the example configs in examples/ are valid") {
     CHECK_MESSAGE(w.code == 0, w.err);
     CHECK(value_of(w.out, "drain-timeout") == "'30s'");
     CHECK(value_of(w.out, "concurrency") == "4");
+}
+
+TEST_CASE("config: a config file's errors name the file, the line and the key") {
+    TempDir dir;
+    auto broker_with = [&](const std::string& name, const std::string& text) {
+        const auto file = dir / name;
+        write_file(file, text);
+        auto r = run(dir, name, {broker_bin(), "--config", file.string(), "--dump-config"});
+        CHECK_MESSAGE(r.code == 2, name << ": " << r.err);
+        return std::make_pair(file.string(), r.err);
+    };
+    // Two unknown keys: the first in the file is the one reported (toml++ sorts its keys).
+    auto [typo, typo_err] =
+        broker_with("broker.toml",
+                    "# comment\nheartbeat = '1s'\nworker-timout = '5s'\nmax-batch = 10\naaa = 1\n");
+    CHECK_MESSAGE(typo_err.find(typo + ":3: unknown key 'worker-timout' (did you mean "
+                                       "'worker-timeout'?)") != std::string::npos,
+                  typo_err);
+
+    auto [bad, bad_err] = broker_with("value.toml", "max-batch = 10\nheartbeat = 'soon'\n");
+    CHECK_MESSAGE(bad_err.find(bad + ":2: 'heartbeat': ") != std::string::npos, bad_err);
+
+    auto [syntax, syntax_err] = broker_with("syntax.toml", "max-batch = 10\nheartbeat = '1s\n");
+    CHECK_MESSAGE(syntax_err.find(syntax + ":2: ") != std::string::npos, syntax_err);
+
+    auto [table, table_err] =
+        broker_with("table.toml", "max-batch = 10\n[broker]\nheartbeat = '1s'\n");
+    const bool names_table =
+        table_err.find(table + ":2: 'broker' is a table") != std::string::npos ||
+        table_err.find(table + ":3: 'broker' is a table") != std::string::npos;
+    CHECK_MESSAGE(names_table, table_err);
+
+    auto [list, list_err] = broker_with("list.toml", "heartbeat = ['1s', '2s']\n");
+    CHECK_MESSAGE(
+        list_err.find(list + ":1: 'heartbeat' takes one value, not an array") != std::string::npos,
+        list_err);
+
+    auto [date, date_err] = broker_with("date.toml", "\n\nretention = 1979-05-27\n");
+    CHECK_MESSAGE(
+        date_err.find(date + ":3: 'retention' must be a string, a number or true/false") !=
+            std::string::npos,
+        date_err);
+
+    // The worker's --config too, and --config given through the environment.
+    write_file(dir / "worker.toml", "queue = ['q']\nconcurency = 4\n");
+    auto w = run(dir, "wtypo", {worker_bin(), "--dump-config"},
+                 {{"ERRAND_CONFIG", (dir / "worker.toml").string()}});
+    CHECK(w.code == 2);
+    CHECK_MESSAGE(w.err.find((dir / "worker.toml").string() +
+                             ":2: unknown key 'concurency' (did you mean 'concurrency'?)") !=
+                      std::string::npos,
+                  w.err);
+}
+
+TEST_CASE("config: TOML's own forms are read: numbers, booleans, arrays over lines, comments") {
+    TempDir dir;
+    write_file(dir / "w.toml",
+               "queue = [\n  'a',  # the first\n  \"b=tr a-z A-Z\",\n]\nconcurrency = 3\n"
+               "allow-commands = true\nprefetch = 0  # none\n\"drain-timeout\" = \"1m\"\n");
+    auto r =
+        run(dir, "wforms", {worker_bin(), "--config", (dir / "w.toml").string(), "--dump-config"});
+    REQUIRE_MESSAGE(r.code == 0, r.err);
+    CHECK(value_of(r.out, "concurrency") == "3");
+    CHECK(value_of(r.out, "allow-commands") == "true");
+    CHECK(value_of(r.out, "drain-timeout") == "'1m'");
+    CHECK_MESSAGE(r.out.find("'a'") != std::string::npos, r.out);
+    CHECK_MESSAGE(r.out.find("'b=tr a-z A-Z'") != std::string::npos, r.out);
+
+    // A flag set false in the file stays false; on the command line it wins over the file.
+    write_file(dir / "off.toml", "queue = ['a']\nallow-commands = false\n");
+    auto off =
+        run(dir, "woff", {worker_bin(), "--config", (dir / "off.toml").string(), "--dump-config"});
+    REQUIRE_MESSAGE(off.code == 0, off.err);
+    CHECK(value_of(off.out, "allow-commands") == "false");
+    auto on = run(dir, "won",
+                  {worker_bin(), "--config", (dir / "off.toml").string(), "--allow-commands",
+                   "--dump-config"});
+    REQUIRE_MESSAGE(on.code == 0, on.err);
+    CHECK(value_of(on.out, "allow-commands") == "true");
 }

@@ -1404,6 +1404,52 @@ TEST_CASE("SUBMIT with a known token returns the same id, duplicate, even once i
 #endif
 }
 
+TEST_CASE("SUBMIT of a batch: ids in order, repeated and known tokens are duplicates, events") {
+    Engine f;
+    auto known = spec("b", "known");
+    known.token = "known-token";
+    JobId first = f.submit(known);
+    JobId second = f.submit(spec("b", "x"));  // the queue exists: its batches go together
+
+    SubmitRequest m;
+    m.req = f.req++;
+    for (int i = 0; i < 6; ++i) {
+        auto s = spec("b", "p" + std::to_string(i));
+        if (i == 1) s.token = "known-token";      // a job from before
+        if (i == 2 || i == 4) s.token = "twice";  // twice in this batch
+        if (i == 3) s.delay_ms = 60'000;          // scheduled
+        if (i == 5) s.argv = std::vector<std::string>{"echo", "hi"};
+        m.jobs.push_back(std::move(s));
+    }
+    auto rep = f.submit_request(std::move(m));
+    REQUIRE(rep.ids.size() == 6);
+    CHECK(rep.duplicate == std::vector<bool>{false, true, false, false, true, false});
+    CHECK(rep.ids[1] == first);
+    CHECK(rep.ids[4] == rep.ids[2]);
+    CHECK(rep.ids[0] < rep.ids[2]);
+    CHECK(rep.ids[2] < rep.ids[3]);
+    CHECK(rep.ids[3] < rep.ids[5]);
+    CHECK(f.status(rep.ids[3]).state == JobState::scheduled);
+    CHECK(f.status(rep.ids[5]).argv == std::vector<std::string>{"echo", "hi"});
+    CHECK(edges(f.history(rep.ids[0])) ==
+          std::vector<Edge>{{std::nullopt, JobState::ready, "submitted"}});
+    CHECK(edges(f.history(rep.ids[3])) ==
+          std::vector<Edge>{{std::nullopt, JobState::scheduled, "scheduled"}});
+
+    // They run in the order given.
+    f.register_worker("w1", {"b"}, 1, 0, true);
+    const std::vector<std::pair<JobId, std::string>> order = {{first, "known"},
+                                                              {second, "x"},
+                                                              {rep.ids[0], "p0"},
+                                                              {rep.ids[2], "p2"},
+                                                              {rep.ids[5], "p5"}};
+    for (const auto& [want, payload] : order) {
+        auto d = f.dispatch_one("w1", want);
+        CHECK(d.payload == payload);
+        check_ack(f.done("w1", d.id, 1), d.id, 1);
+    }
+}
+
 TEST_CASE("SUBMIT with a unique key held by an unfinished job returns that job") {
     Engine f;
     auto s = spec("q");

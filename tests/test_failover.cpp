@@ -194,7 +194,7 @@ TEST_CASE("bad --broker lists are usage errors") {
           std::string("tcp://127.0.0.1:1,,tcp://127.0.0.1:2"),
           std::string("tcp://127.0.0.1:1,tcp://127.0.0.1:")}) {
         auto r = run_cli({"--broker", list, "ping"});
-        CHECK_MESSAGE(r.exit_code == 2, describe(r));
+        CHECK_MESSAGE(r.exit_code == 120, describe(r));
         CHECK_MESSAGE(r.err.find("bad --broker") != std::string::npos, describe(r));
     }
     TempDir wd;
@@ -206,7 +206,9 @@ TEST_CASE("bad --broker lists are usage errors") {
     CHECK_MESSAGE(w.err().find("empty endpoint") != std::string::npos, w.logs());
 }
 
-TEST_CASE("errand wait with its broker gone says so and exits 4; --retry-forever waits on") {
+TEST_CASE(
+    "errand wait with its broker gone says so and exits 122 (unreachable); --retry-forever waits "
+    "on") {
     TempDir d, cli_logs;
     Broker broker(d, {"--heartbeat", "200ms", "--log-level", "debug"});
     Client client(broker.client_options());
@@ -237,7 +239,7 @@ TEST_CASE("errand wait with its broker gone says so and exits 4; --retry-forever
 
     auto rc = gone->wait_exit(20s);
     REQUIRE_MESSAGE(rc.has_value(), gone->logs());
-    CHECK_MESSAGE(*rc == 4, gone->logs());
+    CHECK_MESSAGE(*rc == 122, gone->logs());
     CHECK_MESSAGE(gone->err().find("cannot reach broker") != std::string::npos, gone->logs());
     CHECK(since(killed_at) < 15s);  // not the 60 s of its --timeout
 

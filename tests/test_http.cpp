@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <httplib.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -14,6 +15,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
+#include <ctime>
 #include <filesystem>
 #include <memory>
 #include <sstream>
@@ -75,6 +77,20 @@ struct HttpWorld {
     }
     json get(const std::string& path, int status = 200) { return call("GET", path, status); }
     json post(const std::string& path, int status = 200) { return call("POST", path, status); }
+
+    // POST PATH with a JSON body (the bulk actions), which must answer `status`.
+    json post_json(const std::string& path, const std::string& body, int status = 200) {
+        httplib::Client http("127.0.0.1", http_port);
+        http.set_connection_timeout(5, 0);
+        http.set_read_timeout(15, 0);
+        auto res = http.Post(path.c_str(), {{"X-Errand-Token", kToken}}, body, "application/json");
+        REQUIRE_MESSAGE(res, "POST " << path << ": no response\n" << broker.logs());
+        INFO("POST ", path, " ", body, " -> ", res->status, " ", res->body);
+        REQUIRE(res->status == status);
+        json j = json::parse(res->body, nullptr, false);
+        REQUIRE_FALSE(j.is_discarded());
+        return j;
+    }
 
     std::string metrics() {
         auto res = request("GET", "/metrics");
@@ -369,16 +385,20 @@ TEST_CASE("cli: errand events --follow streams state changes; events, stats, wor
                    10s),
         follow.logs());
     // A SUB socket starts receiving a moment after it connects: submit until one job's events
-    // arrive (bounded), then check that job's whole life came through in order.
+    // arrive (bounded), then check that job's whole life came through in order. A job whose
+    // dispatch was published before the subscription took hold shows only its end: try the next.
     std::optional<errand::JobId> seen;
     for (int i = 0; i < 20 && !seen; ++i) {
         auto id = w.client.submit(job_spec("ev", "e")).id;
         auto done = [&] {
             std::istringstream in(follow.out());
             std::string line;
+            bool ran = false;
             while (std::getline(in, line)) {
                 json j = json::parse(line, nullptr, false);
-                if (!j.is_discarded() && j["id"] == id && j["reason"] == "done") return true;
+                if (j.is_discarded() || j["id"] != id) continue;
+                if (j["to"] == "running") ran = true;
+                if (ran && j["reason"] == "done") return true;
             }
             return false;
         };
@@ -448,7 +468,7 @@ TEST_CASE("cli: errand events --follow without a broker --events endpoint is ref
     TempDir dir;
     Broker broker(dir);
     auto r = run_cli({"--broker", broker.endpoint(), "events", "--follow"});
-    CHECK(r.exit_code == 3);
+    CHECK(r.exit_code == 121);
     CHECK(r.err.find("--events") != std::string::npos);
 }
 
@@ -994,4 +1014,359 @@ TEST_CASE("http: one address cannot hold more than 32 idle connections") {
     auto r = w.http().Get("/healthz");
     REQUIRE(r);
     CHECK(r->status == 200);
+}
+
+// ---- the dashboard's management API (issue 14) ----------------------------------------------
+
+TEST_CASE("http: /api/jobs pages with real totals and searches by id, error text and unique key") {
+    HttpWorld w;
+    // Jobs of queue s fail permanently with their payload in the error text.
+    WorkerDaemon worker(w.dir, w.broker.endpoint(),
+                        {.name = "sw",
+                         .queues = {"s=read p; echo \"Boom-$p\" >&2; exit 99"},
+                         .concurrency = 2,
+                         .extra_args = {"--permanent-exit-code", "99"}});
+    std::vector<errand::JobId> dead;
+    for (const char* p : {"alpha", "beta", "alpha"})
+        dead.push_back(w.client.submit(job_spec("s", std::string(p) + "\n")).id);
+    for (auto id : dead)
+        REQUIRE(w.wait_job(id).state == JobState::dead);
+    // 120 ready jobs nobody serves, one of them with a unique key.
+    std::vector<errand::JobId> idle;
+    for (int i = 0; i < 120; ++i) {
+        auto spec = job_spec("t", "x");
+        if (i == 7) spec.unique = "order-42";
+        idle.push_back(w.client.submit(spec).id);
+    }
+
+    // Totals are the broker's counts, not the page's length: 120 over three pages.
+    json p1;
+    REQUIRE(wait_until(
+        [&] {
+            p1 = w.get("/api/jobs?queue=t&state=ready&limit=50");
+            return p1["total"] == 120;
+        },
+        10s));
+    CHECK(p1["jobs"].size() == 50);
+    CHECK(p1["total_capped"] == false);
+    auto p2 = w.get("/api/jobs?queue=t&state=ready&limit=50&after=" + p1["next"].dump());
+    auto p3 = w.get("/api/jobs?queue=t&state=ready&limit=50&after=" + p2["next"].dump());
+    CHECK(p2["jobs"].size() == 50);
+    CHECK(p3["jobs"].size() == 20);
+    CHECK(p3["next"].is_null());
+    CHECK(p3["total"] == 120);
+    CHECK(ids_of(p3).back() == idle.front());
+    CHECK(w.get("/api/jobs?state=dead")["total"] == 3);
+    CHECK(w.get("/api/jobs")["total"] == 123);
+    CHECK(w.get("/api/jobs?queue=s")["total"] == 3);
+
+    // By id: that job, if it passes the other filters.
+    auto by_id = w.get("/api/jobs?id=" + std::to_string(dead[1]));
+    CHECK(ids_of(by_id) == std::vector<std::uint64_t>{dead[1]});
+    CHECK(by_id["total"] == 1);
+    CHECK(w.get("/api/jobs?id=" + std::to_string(dead[1]) + "&queue=t")["total"] == 0);
+    CHECK(w.get("/api/jobs?id=987654")["jobs"].empty());
+    CHECK(w.get("/api/jobs?id=" + std::to_string(dead[0]) + "&error=BOOM-alpha")["total"] == 1);
+    CHECK(w.get("/api/jobs?id=" + std::to_string(dead[1]) + "&error=BOOM-alpha")["total"] == 0);
+
+    // By error text, in any case; with a state filter too.
+    auto alpha = w.get("/api/jobs?error=boom-ALPHA");
+    CHECK(ids_of(alpha) == std::vector<std::uint64_t>{dead[2], dead[0]});
+    CHECK(alpha["total"] == 2);
+    CHECK(w.get("/api/jobs?error=boom&state=dead")["total"] == 3);
+    CHECK(w.get("/api/jobs?error=boom&state=ready")["total"] == 0);
+    CHECK(w.get("/api/jobs?error=no-such-text")["jobs"].empty());
+
+    // By unique key: exactly.
+    auto uniq = w.get("/api/jobs?unique=order-42");
+    CHECK(ids_of(uniq) == std::vector<std::uint64_t>{idle[7]});
+    CHECK(uniq["total"] == 1);
+    CHECK(uniq["jobs"][0]["unique"] == "order-42");
+    CHECK(w.get("/api/jobs?unique=order-4")["total"] == 0);
+
+    for (const char* bad : {"/api/jobs?id=abc", "/api/jobs?id=-3"}) {
+        CHECK(w.get(bad, 400)["error"]["code"] == "bad_request");
+    }
+    CHECK(w.get("/api/jobs?unique=" + std::string(300, 'k'), 400)["error"]["code"] ==
+          "bad_request");
+    CHECK(w.get("/api/jobs?error=" + std::string(300, 'e'), 400)["error"]["code"] == "bad_request");
+}
+
+TEST_CASE("http: /api/jobs/{id} shows the payload bounded and binary-safe; /jobs/N is the page") {
+    HttpWorld w;
+    auto text = w.client.submit(job_spec("pl", "héllo\nworld")).id;
+    std::string bytes(
+        "\x00\x01\xff\xfe"
+        "abc",
+        7);
+    auto binary = w.client.submit(job_spec("pl", bytes)).id;
+    auto big = w.client.submit(job_spec("pl", std::string(100000, 'z'))).id;
+
+    auto t = w.get("/api/jobs/" + std::to_string(text))["payload"];
+    CHECK(t["encoding"] == "utf-8");
+    CHECK(t["data"] == "héllo\nworld");
+    CHECK(t["size"] == 12);
+    CHECK(t["truncated"] == false);
+
+    auto b = w.get("/api/jobs/" + std::to_string(binary))["payload"];
+    CHECK(b["encoding"] == "base64");
+    CHECK(b["data"] == "AAH//mFiYw==");
+    CHECK(b["size"] == 7);
+
+    auto g = w.get("/api/jobs/" + std::to_string(big))["payload"];
+    CHECK(g["size"] == 100000);
+    CHECK(g["shown"] == 65536);
+    CHECK(g["truncated"] == true);
+    CHECK(g["data"].get<std::string>() == std::string(65536, 'z'));
+
+    // The job's own link serves the dashboard page, which opens it.
+    auto page = w.request("GET", "/jobs/" + std::to_string(text));
+    REQUIRE(page);
+    CHECK(page->status == 200);
+    CHECK(page->get_header_value("Content-Type").find("text/html") == 0);
+    CHECK(page->body.find("<script src=\"/app.js\">") != std::string::npos);
+}
+
+TEST_CASE("http: bulk retry (selected, all dead of a queue), bulk cancel, pause and resume") {
+    HttpWorld w;
+    auto flag = w.dir / "flag";
+    WorkerDaemon worker(
+        w.dir, w.broker.endpoint(),
+        {.name = "bw",
+         .queues = {"bd=test -e '" + flag.string() + "' && cat || exit 99",
+                    "bo=test -e '" + flag.string() + "' && cat || exit 99", "pq=cat"},
+         .concurrency = 2,
+         .extra_args = {"--permanent-exit-code", "99"}});
+    std::vector<errand::JobId> bd;
+    for (int i = 0; i < 3; ++i)
+        bd.push_back(w.client.submit(job_spec("bd", "d" + std::to_string(i))).id);
+    auto bo = w.client.submit(job_spec("bo", "o")).id;
+    for (auto id : bd)
+        REQUIRE(w.wait_job(id).state == JobState::dead);
+    REQUIRE(w.wait_job(bo).state == JobState::dead);
+    write_file(flag, "");
+
+    // "All dead in queue bd": those three, not bo's.
+    auto r = w.post_json("/api/jobs/retry", R"({"queue": "bd", "state": "dead"})");
+    auto retried = r["retried"].get<std::vector<std::uint64_t>>();
+    std::sort(retried.begin(), retried.end());
+    CHECK(retried == std::vector<std::uint64_t>(bd.begin(), bd.end()));
+    for (auto id : bd)
+        CHECK(w.wait_job(id).state == JobState::succeeded);
+    CHECK(w.client.status(bo).state == JobState::dead);
+
+    // Selected ids: the dead one is retried, the succeeded one is refused by name.
+    r = w.post_json("/api/jobs/retry", fmt::format(R"({{"ids": [{}, {}]}})", bo, bd[0]));
+    CHECK(r["retried"] == json::array({bo}));
+    REQUIRE(r["failed"].size() == 1);
+    CHECK(r["failed"][0]["id"] == bd[0]);
+    CHECK(r["failed"][0]["code"] == "invalid_state");
+    CHECK(w.wait_job(bo).state == JobState::succeeded);
+
+    // Pause: a job submitted to pq waits; resume: it runs.
+    auto p = w.post("/api/queues/pq/pause");
+    CHECK(p["paused"] == true);
+    auto held = w.client.submit(job_spec("pq", "later")).id;
+    REQUIRE(wait_until(
+        [&] {
+            auto all = w.get("/api/queues");
+            for (const auto& q : all["queues"])
+                if (q["name"] == "pq") return q["paused"] == true && q["counts"]["ready"] == 1;
+            return false;
+        },
+        10s));
+    CHECK(w.client.status(held).state == JobState::ready);
+    CHECK(w.post("/api/queues/pq/resume")["paused"] == false);
+    CHECK(w.wait_job(held).state == JobState::succeeded);
+
+    // Bulk cancel of jobs nobody serves; a finished one is refused by name.
+    auto c1 = w.client.submit(job_spec("nobody")).id;
+    auto c2 = w.client.submit(job_spec("nobody")).id;
+    r = w.post_json("/api/jobs/cancel", fmt::format(R"({{"ids": [{}, {}, {}]}})", c1, c2, held));
+    CHECK(r["cancelled"] == json::array({c1, c2}));
+    REQUIRE(r["failed"].size() == 1);
+    CHECK(r["failed"][0]["id"] == held);
+    CHECK(w.client.status(c1).state == JobState::cancelled);
+    CHECK(w.client.status(c2).state == JobState::cancelled);
+
+    // Bad bodies change nothing.
+    auto idle = w.client.submit(job_spec("nobody")).id;
+    for (const char* bad :
+         {"nope", "[]", "{}", R"({"ids": "x"})", R"({"ids": [0]})", R"({"ids": [-1]})",
+          R"({"ids": ["7"]})", R"({"state": "ready"})", R"({"state": "dead", "queue": "a b"})"}) {
+        CHECK(w.post_json("/api/jobs/retry", bad, 400)["error"]["code"] == "bad_request");
+    }
+    CHECK(w.post_json("/api/jobs/cancel", R"({"queue": "nobody"})", 400)["error"]["code"] ==
+          "bad_request");
+    std::string many = "{\"ids\": [";
+    for (int i = 1; i <= 1001; ++i)
+        many += (i > 1 ? "," : "") + std::to_string(i);
+    many += "]}";
+    CHECK(w.post_json("/api/jobs/cancel", many, 400)["error"]["code"] == "bad_request");
+    CHECK(w.post("/api/queues/a%20b/pause", 400)["error"]["code"] == "bad_request");
+    CHECK(w.client.status(idle).state == JobState::ready);
+}
+
+TEST_CASE("http: the new actions pass the gate: token, origin, and --http-readonly") {
+    HttpWorld w;
+    auto id = w.client.submit(job_spec("gate")).id;
+    auto ids = fmt::format(R"({{"ids": [{}]}})", id);
+    struct Action {
+        std::string path, body;
+    };
+    const std::vector<Action> actions = {{"/api/jobs/cancel", ids},
+                                         {"/api/jobs/retry", R"({"state": "dead"})"},
+                                         {"/api/queues/gate/pause", ""},
+                                         {"/api/queues/gate/resume", ""}};
+    httplib::Client http("127.0.0.1", w.http_port);
+    http.set_read_timeout(10, 0);
+    for (const auto& a : actions) {
+        INFO(a.path);
+        auto r = http.Post(a.path.c_str(), a.body, "application/json");  // no token
+        REQUIRE(r);
+        CHECK(r->status == 403);
+        CHECK(json::parse(r->body)["error"]["code"] == "forbidden");
+        r = http.Post(a.path.c_str(), {{"X-Errand-Token", kToken}, {"Origin", "http://evil.test"}},
+                      a.body, "application/json");
+        REQUIRE(r);
+        CHECK(r->status == 403);
+        r = http.Post(a.path.c_str(), {{"X-Errand-Token", kToken}, {"Host", "evil.test"}}, a.body,
+                      "application/json");
+        REQUIRE(r);
+        CHECK(r->status == 421);
+    }
+    CHECK(w.client.status(id).state == JobState::ready);
+    bool paused = false;
+    for (const auto& q : w.client.queues())
+        if (q.name == "gate") paused = q.paused;
+    CHECK_FALSE(paused);
+
+    TempDir dir;
+    int port = free_port();
+    Broker ro(dir, {"--http", "127.0.0.1:" + std::to_string(port), "--http-readonly"});
+    errand::Client client(ro.client_options());
+    auto rid = client.submit(job_spec("gate")).id;
+    httplib::Client rhttp("127.0.0.1", port);
+    rhttp.set_read_timeout(10, 0);
+    for (const auto& a : actions) {
+        INFO(a.path);
+        auto body = a.body == ids ? fmt::format(R"({{"ids": [{}]}})", rid) : a.body;
+        auto r = rhttp.Post(a.path.c_str(), {{"X-Errand-Token", kToken}}, body, "application/json");
+        REQUIRE(r);
+        CHECK(r->status == 403);
+        CHECK(json::parse(r->body)["error"]["code"] == "read_only");
+    }
+    CHECK(client.status(rid).state == JobState::ready);
+}
+
+TEST_CASE("http: /api/throughput keeps per-minute counts for the chart; bad windows are 400") {
+    HttpWorld w;
+    WorkerDaemon worker(w.dir, w.broker.endpoint(),
+                        {.name = "tw", .queues = {"tp=cat"}, .concurrency = 2, .extra_args = {}});
+    std::vector<errand::JobId> ids;
+    for (int i = 0; i < 5; ++i)
+        ids.push_back(w.client.submit(job_spec("tp", "x")).id);
+    for (auto id : ids)
+        REQUIRE(w.wait_job(id).state == JobState::succeeded);
+    json t;
+    auto sum = [&](const char* key) {
+        std::uint64_t n = 0;
+        for (const auto& m : t["minutes"])
+            n += m[key].get<std::uint64_t>();
+        return n;
+    };
+    REQUIRE(wait_until(
+        [&] {
+            t = w.get("/api/throughput?minutes=5");
+            return sum("succeeded") == 5;
+        },
+        10s));
+    CHECK(t["minutes"].size() == 5);
+    CHECK(sum("submitted") == 5);
+    CHECK(sum("dead") == 0);
+    for (const auto& m : t["minutes"])
+        CHECK(is_rfc3339(m["at"]));
+    // Oldest first, a minute apart.
+    auto first = *errand::parse_time(t["minutes"][0]["at"].get<std::string>());
+    auto last = *errand::parse_time(t["minutes"][4]["at"].get<std::string>());
+    CHECK(last - first == 4 * 60000);
+    CHECK(w.get("/api/throughput")["minutes"].size() == 60);
+    CHECK(w.get("/api/throughput?minutes=360")["minutes"].size() == 360);
+    for (const char* bad :
+         {"/api/throughput?minutes=0", "/api/throughput?minutes=361", "/api/throughput?minutes=x"})
+        CHECK(w.get(bad, 400)["error"]["code"] == "bad_request");
+}
+
+TEST_CASE(
+    "http: /metrics has queue latency (served or not), slots per queue, failures by "
+    "reason, build and process figures, and passes promtool") {
+    HttpWorld w;
+    WorkerDaemon worker(w.dir, w.broker.endpoint(),
+                        {.name = "ow",
+                         .queues = {"served=exit 99", "also=exit 3"},
+                         .concurrency = 3,
+                         .extra_args = {"--permanent-exit-code", "99"}});
+    auto perm = w.client.submit(job_spec("served", "x", 3)).id;
+    auto plain = w.client.submit(job_spec("also", "x", 1)).id;
+    REQUIRE(w.wait_job(perm).state == JobState::dead);
+    REQUIRE(w.wait_job(plain).state == JobState::dead);
+    w.client.submit(job_spec("unserved", "waits"));
+
+    std::string text;
+    auto value = [&](const std::string& prefix) -> double {
+        std::istringstream in(text);
+        for (std::string l; std::getline(in, l);)
+            if (l.rfind(prefix + " ", 0) == 0) return std::stod(l.substr(prefix.size() + 1));
+        return -1;
+    };
+    // A queue nobody serves shows its waiting time, growing.
+    REQUIRE(wait_until(
+        [&] {
+            text = w.metrics();
+            return value("errand_queue_oldest_ready_age_seconds{queue=\"unserved\"}") >= 1.0;
+        },
+        10s));
+    INFO(text);
+    CHECK(value("errand_queue_oldest_ready_age_seconds{queue=\"served\"}") == 0);
+    CHECK(value("errand_queue_worker_slots{queue=\"unserved\"}") == 0);
+    CHECK(value("errand_queue_worker_slots{queue=\"served\"}") == 3);
+    CHECK(value("errand_queue_worker_slots{queue=\"also\"}") == 3);
+    CHECK(
+        value(
+            "errand_job_attempts_failed_by_reason_total{queue=\"served\",reason=\"permanent\"}") ==
+        1);
+    CHECK(value("errand_job_attempts_failed_by_reason_total{queue=\"served\",reason=\"failed\"}") ==
+          0);
+    CHECK(value("errand_job_attempts_failed_by_reason_total{queue=\"also\",reason=\"failed\"}") ==
+          1);
+    CHECK(value("errand_job_attempts_failed_by_reason_total{queue=\"also\",reason=\"timeout\"}") ==
+          0);
+    CHECK(text.find("errand_build_info{version=\"") != std::string::npos);
+    CHECK(value("process_cpu_seconds_total") > 0);
+    CHECK(value("process_resident_memory_bytes") > 1e6);
+    CHECK(value("process_open_fds") > 3);
+    CHECK(value("process_max_fds") >= value("process_open_fds"));
+    auto start = value("process_start_time_seconds");
+    auto now = static_cast<double>(std::time(nullptr));
+    CHECK(start > now - 300);
+    CHECK(start <= now + 1);
+    // The queue table has the same latency and slots.
+    auto queues = w.get("/api/queues");
+    for (const auto& q : queues["queues"]) {
+        if (q["name"] == "unserved") {
+            CHECK(q["oldest_ready_age_seconds"].get<double>() >= 1.0);
+            CHECK(q["worker_slots"] == 0);
+        }
+        if (q["name"] == "served") CHECK(q["worker_slots"] == 3);
+    }
+
+    REQUIRE(promtool_available());
+    auto file = w.dir / "metrics.txt";
+    write_file(file, text);
+    auto out = w.dir / "promtool.out";
+    int rc = std::system(
+        ("promtool check metrics < '" + file.string() + "' > '" + out.string() + "' 2>&1").c_str());
+    INFO("promtool: ", read_file(out));
+    CHECK(rc == 0);
+    CHECK(read_file(out).find("problem") == std::string::npos);
 }

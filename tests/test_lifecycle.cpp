@@ -311,7 +311,7 @@ TEST_CASE("lifecycle: fails twice then succeeds on attempt 3; the backoff gap gr
         CHECK(j.back()["to"] == "succeeded");
     }
     auto missing = cli(broker, {"history", "999999"});
-    CHECK_MESSAGE(missing.exit_code == 3, describe(missing));
+    CHECK_MESSAGE(missing.exit_code == 121, describe(missing));
 }
 
 // ---- 2. dead, then retry -----------------------------------------------------------------
@@ -342,7 +342,7 @@ TEST_CASE("lifecycle: always failing -> dead after max attempts; retry ID and re
 
     // Retrying a job that is not dead is refused.
     auto early = cli(broker, {"retry", "999999"});
-    CHECK_MESSAGE(early.exit_code == 3, describe(early));
+    CHECK_MESSAGE(early.exit_code == 121, describe(early));
 
     write_file(fixed, "");
     auto r = cli(broker, {"retry", std::to_string(a)});
@@ -367,7 +367,7 @@ TEST_CASE("lifecycle: always failing -> dead after max attempts; retry ID and re
 
     // A succeeded job cannot be retried.
     auto twice = cli(broker, {"retry", std::to_string(a)});
-    CHECK_MESSAGE(twice.exit_code == 3, describe(twice));
+    CHECK_MESSAGE(twice.exit_code == 121, describe(twice));
 
     // --dead -q fragile: b and c come back, d (another queue) stays dead.
     auto bulk = cli(broker, {"retry", "--dead", "-q", "fragile"});
@@ -511,7 +511,7 @@ TEST_CASE("lifecycle: a single-slot worker runs higher priorities first, FIFO wi
     for (const auto& [p, id] : jobs)
         CHECK(client.status(id).priority == p);
     auto too_high = cli(broker, {"submit", "-q", "prio", "--priority", "1001"});
-    CHECK_MESSAGE((too_high.exit_code == 2 || too_high.exit_code == 3), describe(too_high));
+    CHECK_MESSAGE((too_high.exit_code == 120 || too_high.exit_code == 121), describe(too_high));
     auto library_too_low = job_spec("prio");
     library_too_low.priority = -1001;
     CHECK_THROWS_AS(client.submit(library_too_low), errand::BrokerError);
@@ -592,11 +592,11 @@ TEST_CASE("lifecycle: cancel stops a running job's processes; scheduled and read
     CHECK(client.cancel(scheduled).state == JobState::cancelled);
     CHECK(client.status(scheduled).state == JobState::cancelled);
 
-    // Finished jobs cannot be cancelled: invalid_state, CLI exit 3.
+    // Finished jobs cannot be cancelled: invalid_state, CLI exit 121.
     auto finished = cli(broker, {"cancel", std::to_string(quick)});
-    CHECK_MESSAGE(finished.exit_code == 3, describe(finished));
+    CHECK_MESSAGE(finished.exit_code == 121, describe(finished));
     auto twice = cli(broker, {"cancel", std::to_string(id)});
-    CHECK_MESSAGE(twice.exit_code == 3, describe(twice));
+    CHECK_MESSAGE(twice.exit_code == 121, describe(twice));
     try {
         client.cancel(quick);
         FAIL_CHECK("cancel of a succeeded job was accepted");
@@ -605,7 +605,7 @@ TEST_CASE("lifecycle: cancel stops a running job's processes; scheduled and read
     }
     CHECK(client.status(quick).state == JobState::succeeded);
     auto unknown = cli(broker, {"cancel", "999999"});
-    CHECK_MESSAGE(unknown.exit_code == 3, describe(unknown));
+    CHECK_MESSAGE(unknown.exit_code == 121, describe(unknown));
 }
 
 // ---- 7. unique keys -----------------------------------------------------------------------
@@ -922,7 +922,7 @@ TEST_CASE("lifecycle: purge removes succeeded jobs of a queue; counts follow") {
     // Nothing finished an hour ago; running is not a finished state.
     CHECK(client.purge(JobState::succeeded, std::string("pq"), std::chrono::hours(1)) == 0);
     auto not_terminal = cli(broker, {"purge", "--state", "running"});
-    CHECK_MESSAGE((not_terminal.exit_code == 2 || not_terminal.exit_code == 3),
+    CHECK_MESSAGE((not_terminal.exit_code == 120 || not_terminal.exit_code == 121),
                   describe(not_terminal));
 
     auto r = cli(broker, {"purge", "--state", "succeeded", "-q", "pq"});
@@ -930,7 +930,7 @@ TEST_CASE("lifecycle: purge removes succeeded jobs of a queue; counts follow") {
     CHECK_MESSAGE(r.out.find('3') != std::string::npos, describe(r));
     for (auto id : good) {
         auto s = cli(broker, {"status", std::to_string(id)});
-        CHECK_MESSAGE(s.exit_code == 3, describe(s));
+        CHECK_MESSAGE(s.exit_code == 121, describe(s));
         CHECK_THROWS_AS(client.status(id), errand::BrokerError);
     }
     CHECK(client.status(bad).state == JobState::dead);

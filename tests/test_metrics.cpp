@@ -94,3 +94,74 @@ TEST_CASE("metrics: the Prometheus text has HELP and TYPE, cumulative buckets, e
     CHECK(has_line(text, "errand_database_size_bytes 4096"));
     CHECK(text.back() == '\n');
 }
+
+TEST_CASE("metrics: per-minute counts keep the last 6 hours in a fixed ring and forget older") {
+    Metrics m;
+    const Millis t0 = 1'800'000'000'000;  // a minute boundary
+    REQUIRE(t0 % 60000 == 0);
+    m.on_event({"q", std::nullopt, JobState::ready, t0 + 1000, std::nullopt, std::nullopt});
+    m.on_event({"q", std::nullopt, JobState::ready, t0 + 59'999, std::nullopt, std::nullopt});
+    m.on_event({"q", JobState::running, JobState::succeeded, t0 + 61'000, std::nullopt, 5});
+    m.on_event({"q", JobState::running, JobState::dead, t0 + 62'000, std::nullopt, 5, true,
+                "failed permanently: exit code 99"});
+    auto last = m.minutes.last(t0 + 120'000, 3);
+    REQUIRE(last.size() == 3);
+    CHECK(last[0].minute == t0 / 60000);
+    CHECK(last[0].submitted == 2);
+    CHECK(last[1].succeeded == 1);
+    CHECK(last[1].dead == 1);
+    CHECK(last[1].failed == 1);
+    CHECK(last[2].submitted + last[2].succeeded + last[2].dead == 0);
+    // Six hours later the slot of t0's minute is reused: the old count is gone, not added to.
+    const Millis later = t0 + static_cast<Millis>(MinuteSeries::kMinutes) * 60000;
+    m.on_event({"q", std::nullopt, JobState::ready, later + 5, std::nullopt, std::nullopt});
+    auto now = m.minutes.last(later, MinuteSeries::kMinutes);
+    CHECK(now.size() == MinuteSeries::kMinutes);
+    CHECK(now.back().submitted == 1);
+    CHECK(now.front().minute == t0 / 60000 + 1);
+    CHECK(now.front().succeeded == 1);
+    // More than the ring holds is capped.
+    CHECK(m.minutes.last(later, 100000).size() == MinuteSeries::kMinutes);
+    CHECK(sizeof(MinuteSeries) <= 16 * 1024);
+}
+
+TEST_CASE("metrics: failed attempts are counted by a closed set of reason classes") {
+    CHECK(failure_class("failed: exit code 1") == FailureClass::failed);
+    CHECK(failure_class("no attempts left: exit code 1") == FailureClass::failed);
+    CHECK(failure_class("failed permanently: exit code 99") == FailureClass::permanent);
+    CHECK(failure_class("timed out") == FailureClass::timeout);
+    CHECK(failure_class("worker lost") == FailureClass::lost);
+    CHECK(failure_class("dispatch lost") == FailureClass::lost);
+    Metrics m;
+    m.on_event({"q", JobState::running, JobState::retrying, 0, std::nullopt, 1, true, "timed out"});
+    m.on_event({"q", JobState::running, JobState::ready, 0, std::nullopt, 1, true, "worker lost"});
+    m.on_event(
+        {"q", JobState::running, JobState::ready, 0, std::nullopt, 1, false, "released by worker"});
+    Gauges g;
+    g.version = "1.2.3";
+    g.oldest_ready_age["q"] = 12.5;
+    g.queue_slots["q"] = 0;
+    ProcessStats p;
+    p.cpu_seconds = 1.5;
+    p.open_fds = 9;
+    auto text = render_prometheus(m, g, p);
+    INFO(text);
+    CHECK(has_line(text,
+                   "errand_job_attempts_failed_by_reason_total{queue=\"q\",reason=\"timeout\"} 1"));
+    CHECK(has_line(text,
+                   "errand_job_attempts_failed_by_reason_total{queue=\"q\",reason=\"lost\"} 1"));
+    CHECK(has_line(text,
+                   "errand_job_attempts_failed_by_reason_total{queue=\"q\",reason=\"failed\"} 0"));
+    CHECK(has_line(text, "errand_job_attempts_failed_total{queue=\"q\"} 2"));
+    CHECK(has_line(text, "errand_build_info{version=\"1.2.3\"} 1"));
+    CHECK(has_line(text, "errand_queue_oldest_ready_age_seconds{queue=\"q\"} 12.5"));
+    CHECK(has_line(text, "errand_queue_worker_slots{queue=\"q\"} 0"));
+    CHECK(has_line(text, "process_cpu_seconds_total 1.5"));
+    CHECK(has_line(text, "process_open_fds 9"));
+    // This process's own figures are readable here.
+    auto self = read_process_stats();
+    REQUIRE(self);
+    CHECK(self->resident_bytes > 0);
+    CHECK(self->open_fds >= 3);
+    CHECK(self->start_time_seconds > 1.6e9);
+}

@@ -1,10 +1,12 @@
 // The libpq wrapper (broker/pg.hpp) against a real PostgreSQL server started for the test:
 // binary parameters and results (a 1 MiB payload with every byte value), NULLs, prepared
-// statements, pipelines and their failures, and errors that carry PostgreSQL's message and code.
+// statements, pipelines and their failures, and errors that carry PostgreSQL's message and code;
+// and the HTTP side's reads on PostgreSQL (PgQueryStore: searches, counts, payload prefix).
 #include <doctest/doctest.h>
 
 #include "pg.hpp"
 #include "pg_server.hpp"
+#include "store_pg.hpp"
 
 using namespace errand::broker;
 
@@ -48,6 +50,34 @@ TEST_CASE("binary parameters and results round-trip: integers, bytes, text, NULL
     CHECK(nulls.opt_i64(0, 1) == std::nullopt);
     CHECK(nulls.opt_text(0, 3) == std::nullopt);
     CHECK(c.run("get", pg::Params().i64(3)).rows() == 0);
+}
+
+TEST_CASE("binary arrays through unnest: bigint, text and bytea, with NULLs; empty arrays") {
+    pg::Connection c(server().conninfo());
+    c.exec("DROP TABLE IF EXISTS a; CREATE TABLE a (n bigint, name text, data bytea)");
+    c.prepare("put_many",
+              "INSERT INTO a SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[])", 3);
+    c.prepare("all", "SELECT n, name, data FROM a ORDER BY n NULLS LAST", 0);
+    std::string bytes("\0\xff\x01", 3);
+    std::string big(100000, 'z');
+    auto put = c.run("put_many", pg::Params()
+                                     .i64_array({-5, 7, std::nullopt})
+                                     .text_array({"ünï", std::nullopt, ""})
+                                     .bytes_array({bytes, big, std::nullopt}));
+    CHECK(put.affected() == 3);
+    auto r = c.run("all");
+    REQUIRE(r.rows() == 3);
+    CHECK(r.i64(0, 0) == -5);
+    CHECK(r.text(0, 1) == "ünï");
+    CHECK(r.text(0, 2) == bytes);
+    CHECK(r.i64(1, 0) == 7);
+    CHECK(r.opt_text(1, 1) == std::nullopt);
+    CHECK(r.text(1, 2) == big);
+    CHECK(r.opt_i64(2, 0) == std::nullopt);
+    CHECK(r.text(2, 1).empty());
+    CHECK(r.opt_text(2, 2) == std::nullopt);
+    auto none = c.run("put_many", pg::Params().i64_array({}).text_array({}).bytes_array({}));
+    CHECK(none.affected() == 0);
 }
 
 TEST_CASE("a pipeline runs its statements in one round trip, in order") {
@@ -105,4 +135,47 @@ TEST_CASE("errors name what failed: bad SQL, an unknown statement, a server that
         CHECK(std::string(e.what()).find("cannot connect to PostgreSQL") != std::string::npos);
         CHECK(e.disk());  // an operator's problem, like a full disk
     }
+}
+
+TEST_CASE("PgQueryStore: search by error text and unique key, capped counts, payload prefix") {
+    pg::Connection(server().conninfo()).exec("CREATE SCHEMA http_reads");
+    auto conninfo = server().conninfo() + " options='-csearch_path=http_reads'";
+    PgStore store(conninfo);  // writes begin a transaction of their own
+    for (errand::JobId id = 1; id <= 40; ++id) {
+        NewJob j;
+        j.spec.queue = id % 2 ? "odd" : "even";
+        j.spec.payload = id == 5 ? std::string("\x00\xff", 2) + std::string(100, 'p') : "x";
+        if (id == 7) j.spec.unique = "key-7";
+        j.created_at = 1000 + static_cast<errand::Millis>(id);
+        store.insert_job(j, "submitted");
+    }
+    store.commit();
+    pg::Connection(conninfo).exec("UPDATE jobs SET error = 'Boom ' || id WHERE id % 10 = 0");
+
+    PgQueryStore reader(conninfo);
+    JobPage p;
+    p.error_contains = "BOOM";
+    auto found = reader.jobs(p);
+    REQUIRE(found.size() == 4);
+    CHECK(found[0].id == 40);
+    CHECK(reader.count(p, 10000) == 4);
+    CHECK(reader.count(p, 3) == 3);
+    p.limit = 2;
+    p.before = 30;
+    auto older = reader.jobs(p);
+    REQUIRE(older.size() == 2);
+    CHECK(older[0].id == 20);
+    JobPage u;
+    u.unique_key = "key-7";
+    auto by_key = reader.jobs(u);
+    REQUIRE(by_key.size() == 1);
+    CHECK(by_key[0].id == 7);
+    JobPage q;
+    q.queue = "even";
+    q.state = errand::JobState::ready;
+    CHECK(reader.count(q, 10000) == 20);
+    auto head = reader.payload(5, 10);
+    REQUIRE(head);
+    CHECK(*head == std::string("\x00\xff", 2) + std::string(8, 'p'));
+    CHECK_FALSE(reader.payload(999999, 10));
 }

@@ -6,9 +6,11 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -19,6 +21,7 @@
 #include <vector>
 
 #include "errand/clock.hpp"
+#include "job_cgroup.hpp"
 #include "process.hpp"
 
 using errand::Job;
@@ -695,4 +698,111 @@ TEST_CASE("run_job: the job sees ERRAND_PROGRESS_FD=3 and may write progress wit
                                                  R"(echo "fd=$ERRAND_PROGRESS_FD")"});
     CHECK(o.ok);
     CHECK(o.result == "fd=3\n");
+}
+
+namespace {
+
+// A job that daemonises: `setsid` puts a sleep in a session of its own (out of the job's
+// process group), the job prints its pid and then runs until it is stopped, or ends at once.
+RunSpec daemonising_job(bool run_on) {
+    // It prints the pid once the sleep leads its own session (field 6 of /proc/PID/stat), so
+    // that the group kill at the job's end cannot catch it before it got away.
+    return sh(
+        std::string("setsid sleep 100 </dev/null >/dev/null 2>&1 & p=$!; "
+                    "while [ \"$(cut -d' ' -f6 /proc/$p/stat)\" != $p ]; do sleep 0.01; done; "
+                    "echo $p") +
+        (run_on ? "; exec sleep 100" : ""));
+}
+
+pid_t printed_pid(const RunResult& r) {
+    REQUIRE_MESSAGE(!r.stdout_data.empty(), r.stderr_tail);
+    return static_cast<pid_t>(std::stol(r.stdout_data));
+}
+
+// Gone, or a zombie nobody has reaped yet: either way it runs no more.
+bool dies_within(pid_t pid, std::chrono::milliseconds limit) {
+    const auto until = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < until) {
+        const char state = process_state(pid);
+        if (state == 0 || state == 'Z') return true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+}
+
+}  // namespace
+
+TEST_CASE("cgroup: a job that daemonises (setsid) is killed on timeout, cancel, drain and exit") {
+    std::string why;
+    const auto root = errand::workerd::find_job_cgroup_root(&why);
+    REQUIRE_MESSAGE(root, "no writable cgroup v2 tree: " << why);
+
+    // Without a cgroup, the process group alone misses the escapee (what this test guards).
+    {
+        RunSpec spec = daemonising_job(false);
+        RunResult r = run_process(spec);
+        const pid_t escaped = printed_pid(r);
+        CHECK_FALSE(dies_within(escaped, std::chrono::milliseconds(300)));
+        ::kill(escaped, SIGKILL);
+    }
+
+    std::atomic<bool> cancel{false}, terminate{false};
+    struct Case {
+        const char* name;
+        std::atomic<bool>* flag;  // set 300 ms in; null: the timeout or the job's own end
+        bool run_on;
+    };
+    for (const Case& c : {Case{"timeout", nullptr, true}, Case{"cancel", &cancel, true},
+                          Case{"drain", &terminate, true}, Case{"exit", nullptr, false}}) {
+        CAPTURE(c.name);
+        cancel = false;
+        terminate = false;
+        RunSpec spec = daemonising_job(c.run_on);
+        spec.cgroup_root = *root;
+        spec.kill_grace_ms = 200;
+        if (std::string_view(c.name) == "timeout") spec.timeout = 300;
+        spec.cancel = &cancel;
+        spec.terminate = &terminate;
+        std::thread setter;
+        if (c.flag) {
+            setter = std::thread([flag = c.flag] {
+                std::this_thread::sleep_for(std::chrono::milliseconds(300));
+                *flag = true;
+            });
+        }
+        const auto start = std::chrono::steady_clock::now();
+        RunResult r = run_process(spec);
+        if (setter.joinable()) setter.join();
+        CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(5));
+        const pid_t escaped = printed_pid(r);
+        const bool died = dies_within(escaped, std::chrono::seconds(2));
+        CHECK_MESSAGE(died, "the daemonised sleep " << escaped << " survived");
+        if (!died) ::kill(escaped, SIGKILL);
+        // The job's cgroup is gone again.
+        for (const auto& entry : std::filesystem::directory_iterator(*root)) {
+            CHECK_MESSAGE(entry.path().filename().string().rfind(
+                              "job-" + std::to_string(::getpid()) + "-", 0) != 0,
+                          entry.path());
+        }
+    }
+}
+
+TEST_CASE("cgroup: the empty job cgroups of a worker that is gone are removed at start") {
+    std::string why;
+    const auto root = errand::workerd::find_job_cgroup_root(&why);
+    REQUIRE_MESSAGE(root, "no writable cgroup v2 tree: " << why);
+    // A pid that is no process: a child that has been reaped.
+    const pid_t gone = ::fork();
+    REQUIRE(gone >= 0);
+    if (gone == 0) ::_exit(0);
+    REQUIRE(::waitpid(gone, nullptr, 0) == gone);
+    const auto stale = std::filesystem::path(*root) / ("job-" + std::to_string(gone) + "-7");
+    const auto ours = std::filesystem::path(*root) / ("job-" + std::to_string(::getpid()) + "-999");
+    REQUIRE(::mkdir(stale.c_str(), 0755) == 0);
+    REQUIRE(::mkdir(ours.c_str(), 0755) == 0);
+    REQUIRE(errand::workerd::find_job_cgroup_root(&why) == root);
+    CHECK_FALSE(std::filesystem::exists(stale));
+    CHECK(std::filesystem::exists(ours));  // its worker (this process) lives
+    ::rmdir(ours.c_str());
+    ::rmdir(stale.c_str());
 }

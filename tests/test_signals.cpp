@@ -301,7 +301,7 @@ TEST_CASE("signals: broker SIGTERM exits 0 and a pending wait gets shutting_down
 
     auto cli_code = cli.wait_exit(10s);
     REQUIRE_MESSAGE(cli_code, "errand wait still hangs\n" << cli.logs());
-    CHECK(*cli_code == 3);
+    CHECK(*cli_code == 121);  // refused: shutting_down
     CHECK_MESSAGE(cli.err().find("shutting down") != std::string::npos, cli.logs());
 
     // The job itself is untouched and waits for the next broker.
@@ -734,4 +734,96 @@ TEST_CASE("protocol: a token names one job: a batch that repeats it, a reuse for
     auto fresh = submit({with_token("b", "four", "t1")});
     CHECK(fresh.ids[0] > first.ids[0]);
     CHECK(fresh.duplicate == std::vector<bool>{false});
+}
+
+TEST_CASE(
+    "signals: a job that daemonises (setsid) dies on cancel and on drain (a cgroup per job)") {
+    TempDir dir;
+    Broker broker(dir);
+    errand::Client client(broker.client_options());
+    // The job leaves its process group with setsid, writes the escapee's pid once it leads its
+    // own session (ERRAND_JOB_ID names the file) and runs on until it is stopped.
+    const std::string esc = dir.str() + "/esc-$ERRAND_JOB_ID";
+    const std::string command =
+        "setsid sleep 300 </dev/null >/dev/null 2>&1 & p=$!; "
+        "while [ \"$(cut -d' ' -f6 /proc/$p/stat)\" != $p ]; do sleep 0.01; done; echo $p > " +
+        esc + ".tmp; mv " + esc + ".tmp " + esc + "; exec sleep 300";
+    WorkerDaemon worker(dir, broker.endpoint(),
+                        {.name = "daemons",
+                         .queues = {"d=" + command},
+                         .concurrency = 2,
+                         .allow_commands = false,
+                         .extra_args = {"--drain-timeout", "300ms", "--kill-grace", "200ms"}});
+    REQUIRE_MESSAGE(wait_until(
+                        [&] {
+                            return worker.process().err().find(
+                                       "each job runs in a cgroup of its own") != std::string::npos;
+                        },
+                        5s),
+                    worker.logs());
+    auto escapee = [&](errand::JobId id) {
+        const auto file = dir / ("esc-" + std::to_string(id));
+        REQUIRE_MESSAGE(wait_until([&] { return pid_in(file) > 0; }, 10s), worker.logs());
+        const pid_t pid = pid_in(file);
+        REQUIRE(!process_gone(pid));
+        return pid;
+    };
+
+    const auto cancelled = client.submit(job_spec("d")).id;
+    const pid_t first = escapee(cancelled);
+    client.cancel(cancelled);
+    const bool first_gone = wait_until([&] { return process_gone(first); }, 5s);
+    CHECK_MESSAGE(first_gone, "cancel left the daemonised " << first << " running");
+
+    const auto drained = client.submit(job_spec("d")).id;
+    const pid_t second = escapee(drained);
+    worker.process().kill(SIGTERM);
+    auto code = worker.process().wait_exit(10s);
+    REQUIRE_MESSAGE(code, worker.logs());
+    const bool second_gone = wait_until([&] { return process_gone(second); }, 5s);
+    CHECK_MESSAGE(second_gone, "the drain left the daemonised " << second << " running");
+    if (!first_gone) ::kill(first, SIGKILL);
+    if (!second_gone) ::kill(second, SIGKILL);
+}
+
+TEST_CASE("signals: a SIGKILLed worker takes a job's daemonised (setsid) process with it") {
+    TempDir dir;
+    Broker broker(dir);
+    errand::Client client(broker.client_options());
+    const std::string esc = dir.str() + "/esc";
+    const std::string command =
+        "setsid sleep 300 </dev/null >/dev/null 2>&1 & p=$!; "
+        "while [ \"$(cut -d' ' -f6 /proc/$p/stat)\" != $p ]; do sleep 0.01; done; echo $p > " +
+        esc + ".tmp; mv " + esc + ".tmp " + esc + "; exec sleep 300";
+    client.submit(job_spec("d"));
+    WorkerDaemon worker(dir, broker.endpoint(),
+                        {.name = "doomed-daemons",
+                         .queues = {"d=" + command},
+                         .concurrency = 1,
+                         .allow_commands = false,
+                         .extra_args = {}});
+    REQUIRE_MESSAGE(wait_until([&] { return pid_in(esc) > 0; }, 10s), worker.logs());
+    const pid_t escaped = pid_in(esc);
+    REQUIRE(!process_gone(escaped));
+    const int worker_pid = worker.process().pid();
+    worker.kill9();
+    const bool gone = wait_until([&] { return process_gone(escaped); }, 5s);
+    CHECK_MESSAGE(gone, "the daemonised " << escaped << " outlived its SIGKILLed worker");
+    if (!gone) ::kill(escaped, SIGKILL);
+    // The reaper removed the job's cgroup too (the worker logged where it makes them).
+    const std::string said = "each job runs in a cgroup of its own under ";
+    const auto err = worker.process().err();
+    const auto at = err.find(said);
+    REQUIRE_MESSAGE(at != std::string::npos, worker.logs());
+    const std::string root = err.substr(at + said.size(), err.find('\n', at) - at - said.size());
+    const std::string prefix = "job-" + std::to_string(worker_pid) + "-";
+    CHECK_MESSAGE(wait_until(
+                      [&] {
+                          for (const auto& entry : std::filesystem::directory_iterator(root))
+                              if (entry.path().filename().string().rfind(prefix, 0) == 0)
+                                  return false;
+                          return true;
+                      },
+                      5s),
+                  root);
 }

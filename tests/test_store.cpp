@@ -550,3 +550,58 @@ TEST_CASE("a database from a newer errand is refused") {
     REQUIRE(exec_sql(dir.db(), "UPDATE schema_version SET version = 999").first == SQLITE_OK);
     CHECK_THROWS_WITH_AS(SqliteStore(dir.db()), doctest::Contains("newer"), StoreError);
 }
+
+TEST_CASE(
+    "the HTTP side's reads: search by error text and unique key, counts, payload prefix, "
+    "and a scan cut off by its budget") {
+    TempDir dir;
+    SqliteStore store(dir.db());
+    store.begin();
+    for (JobId id = 1; id <= 3000; ++id) {
+        auto j = job(id, id % 2 ? "odd" : "even");
+        if (id == 77) j.spec.unique = "key-77";
+        if (id == 5) j.spec.payload = std::string("\x00\xff", 2) + std::string(100, 'p');
+        store.insert_job(j, "submitted");
+    }
+    store.commit();
+    REQUIRE(exec_sql(dir.db(), "UPDATE jobs SET error = 'Boom ' || id WHERE id % 1000 = 0").first ==
+            SQLITE_OK);
+
+    SqliteQueryStore reader(dir.db());
+    JobPage p;
+    p.error_contains = "BOOM";
+    auto found = reader.jobs(p);
+    REQUIRE(found.size() == 3);
+    CHECK(found[0].id == 3000);
+    CHECK(reader.count(p, 10000) == 3);
+    CHECK(reader.count(p, 2) == 2);  // capped
+    p.queue = "odd";
+    CHECK(reader.count(p, 10000) == 0);
+    JobPage u;
+    u.unique_key = "key-77";
+    auto by_key = reader.jobs(u);
+    REQUIRE(by_key.size() == 1);
+    CHECK(by_key[0].id == 77);
+    JobPage q;
+    q.queue = "even";
+    CHECK(reader.count(q, 10000) == 1500);
+    auto head = reader.payload(5, 10);
+    REQUIRE(head);
+    CHECK(*head == std::string("\x00\xff", 2) + std::string(8, 'p'));
+    CHECK_FALSE(reader.payload(999999, 10));
+
+    // With a budget of 5000 steps the same search over 3000 rows is cut off with a clear error,
+    // and the connection serves the next query.
+    SqliteQueryStore tight(dir.db(), 5);
+    JobPage miss;
+    miss.error_contains = "no such text";
+    std::string message;
+    try {
+        tight.jobs(miss);
+    } catch (const StoreError& e) {
+        message = e.what();
+    }
+    CHECK(message.find("narrow it by queue or state") != std::string::npos);
+    CHECK_THROWS_AS(tight.count(miss, 10000), StoreError);
+    CHECK(tight.get_job(77).has_value());
+}

@@ -10,7 +10,9 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <regex>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -255,4 +257,80 @@ TEST_CASE("systemd: systemd-analyze verify catches a broken unit (the check abov
     auto code = verify.wait_exit(60s);
     REQUIRE(code);
     CHECK_MESSAGE(*code != 0, verify.logs());
+}
+
+namespace {
+
+// The values of `key=` lines in a unit, in order.
+std::vector<std::string> unit_values(const std::string& unit, const std::string& key) {
+    std::vector<std::string> out;
+    std::istringstream lines(unit);
+    for (std::string line; std::getline(lines, line);)
+        if (line.rfind(key + "=", 0) == 0) out.push_back(line.substr(key.size() + 1));
+    return out;
+}
+
+// "→ Overall exposure level for errand-broker.service: 1.4 OK" -> 1.4
+std::optional<double> exposure(const std::string& analyze, const std::filesystem::path& unit) {
+    Process p("security-" + unit.filename().string(),
+              {analyze, "security", "--offline=true", "--no-pager", unit.string()},
+              unit.parent_path(), {{"SYSTEMD_LOG_COLOR", "0"}, {"SYSTEMD_COLORS", "0"}});
+    auto code = p.wait_exit(60s);
+    REQUIRE_MESSAGE(code, "systemd-analyze security did not finish");
+    std::smatch m;
+    const std::string out = p.out() + p.err();
+    if (!std::regex_search(out, m, std::regex("Overall exposure level for [^:]+: ([0-9.]+)")))
+        return std::nullopt;
+    return std::stod(m[1]);
+}
+
+}  // namespace
+
+TEST_CASE("systemd: broker and worker run as different users; the worker unit is hardened") {
+    const auto units = std::filesystem::path(unit_dir());
+    const auto broker = read_file(units / "errand-broker.service");
+    const auto worker = read_file(units / "errand-worker@.service");
+    CHECK(unit_values(broker, "User") == std::vector<std::string>{"errand"});
+    CHECK(unit_values(worker, "User") == std::vector<std::string>{"errand-worker"});
+    CHECK(unit_values(worker, "Group") == std::vector<std::string>{"errand-worker"});
+    // Both users come from the sysusers file.
+    const char* examples = std::getenv("ERRAND_EXAMPLES_DIR");
+    REQUIRE(examples);
+    const auto sysusers =
+        read_file(std::filesystem::path(examples) / ".." / "systemd" / "errand.sysusers");
+    CHECK(sysusers.find("\nu errand ") != std::string::npos);
+    CHECK(sysusers.find("\nu errand-worker ") != std::string::npos);
+
+    auto filters = unit_values(worker, "SystemCallFilter");
+    REQUIRE(filters.size() == 1);
+    for (const char* group :
+         {"@mount", "@module", "@reboot", "@swap", "@raw-io", "@clock", "@debug", "@obsolete"}) {
+        CHECK_MESSAGE(filters[0].starts_with("~"), filters[0]);
+        CHECK_MESSAGE(filters[0].find(group) != std::string::npos, group);
+    }
+    CHECK(unit_values(worker, "ProtectProc") == std::vector<std::string>{"invisible"});
+    CHECK(unit_values(worker, "RemoveIPC") == std::vector<std::string>{"yes"});
+    CHECK(unit_values(worker, "Delegate") == std::vector<std::string>{"yes"});
+    CHECK(unit_values(worker, "ProtectControlGroups").empty());  // it makes job cgroups
+    CHECK(unit_values(worker, "InaccessiblePaths") == std::vector<std::string>{"-/var/lib/errand"});
+    const auto env_files = unit_values(worker, "EnvironmentFile");
+    REQUIRE(env_files.size() == 2);
+    CHECK(env_files[0].ends_with("/errand/worker.env"));
+    CHECK(env_files[1].ends_with("/errand/worker-%i.env"));
+    CHECK(unit_values(broker, "EnvironmentFile")[0].ends_with("/errand/broker.env"));
+
+    // systemd-analyze security rates both (docs/OPERATIONS.md quotes the figures).
+    auto analyze = find_on_path("systemd-analyze");
+    REQUIRE_MESSAGE(analyze, "systemd-analyze is not installed (package systemd)");
+    TempDir dir;
+    std::filesystem::copy_file(units / "test-errand-broker.service", dir / "errand-broker.service");
+    std::filesystem::copy_file(units / "test-errand-worker@.service",
+                               dir / "errand-worker@emails.service");
+    auto broker_level = exposure(*analyze, dir / "errand-broker.service");
+    auto worker_level = exposure(*analyze, dir / "errand-worker@emails.service");
+    REQUIRE(broker_level);
+    REQUIRE(worker_level);
+    MESSAGE("exposure: broker " << *broker_level << ", worker " << *worker_level);
+    CHECK(*broker_level <= 1.5);
+    CHECK(*worker_level <= 2.5);
 }

@@ -1,12 +1,14 @@
-// errand dashboard: polls the broker's JSON API every second and redraws. Plain DOM and a
-// <canvas> chart; no framework, no network beyond this broker.
+// errand dashboard: three views in one page, chosen by the URL's fragment (#, #jobs?…,
+// #job-N; /jobs/N opens #job-N), polling the broker's JSON API every second. Plain DOM and a
+// <canvas> chart; no framework, no network beyond this broker. Actions (retry, cancel,
+// pause, resume) are POSTs that carry the page's token and are confirmed first.
 'use strict';
 
 // Times in the API are RFC 3339 UTC strings ("2026-12-01T10:00:00.123Z"); the job states come
 // with /api/queues (`states`, in life-cycle order), so this file lists none of them.
 let STATES = [];
 const POLL_MS = 1000;
-const CHART_SECONDS = 120;
+const PAGE = 50;
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -31,8 +33,22 @@ function el(tag, attrs, ...children) {
   return e;
 }
 
-function replaceRows(tbody, rows) {
-  tbody.replaceChildren(...rows);
+// ---- times: always with their zone ---------------------------------------------------------
+
+const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || 'UTC';
+const timeFormat = new Intl.DateTimeFormat('en-CA', {
+  year: 'numeric', month: '2-digit', day: '2-digit', hour: '2-digit', minute: '2-digit',
+  second: '2-digit', hour12: false, timeZoneName: 'short'});
+
+// "2026-12-01 17:20:01 GMT+1": the browser's zone, named.
+function time(iso) {
+  if (!iso) return '–';
+  const p = Object.fromEntries(timeFormat.formatToParts(new Date(iso)).map((x) => [x.type, x.value]));
+  return `${p.year}-${p.month}-${p.day} ${p.hour === '24' ? '00' : p.hour}:${p.minute}:${p.second} ${p.timeZoneName}`;
+}
+
+function timeEl(iso) {
+  return el('time', {datetime: iso || '', title: iso || ''}, time(iso));
 }
 
 function ago(when, now) {
@@ -42,8 +58,11 @@ function ago(when, now) {
   return Math.floor(d / 3600) + ' h ago';
 }
 
-function time(iso) {
-  return iso ? iso.replace('T', ' ').replace('Z', '') : '–';
+function duration(seconds) {
+  if (!seconds) return '–';
+  if (seconds < 60) return seconds.toFixed(1) + ' s';
+  if (seconds < 3600) return Math.floor(seconds / 60) + ' min ' + Math.floor(seconds % 60) + ' s';
+  return Math.floor(seconds / 3600) + ' h ' + Math.floor((seconds % 3600) / 60) + ' min';
 }
 
 async function api(path, options) {
@@ -56,67 +75,95 @@ async function api(path, options) {
   return body;
 }
 
+function post(path, body) {
+  return api(path, {method: 'POST', headers: {'X-Errand-Token': TOKEN, 'Content-Type': 'application/json'},
+                    body: body === undefined ? '' : JSON.stringify(body)});
+}
+
 function jobLink(id) {
-  return el('a', {class: 'job', 'data-job': id, href: '#job-' + id,
-                  onclick: (ev) => { ev.preventDefault(); showJob(id); }}, id);
+  return el('a', {class: 'job', 'data-job': id, href: '#job-' + id}, id);
 }
 
-// ---- throughput chart ----------------------------------------------------------------------
-
-const samples = [];  // {t, finished, submitted}: cumulative totals at each poll
-
-function recordSample(queues, now) {
-  let finished = 0, submitted = 0;
-  for (const q of queues) {
-    const t = q.totals || {};
-    finished += (t.succeeded || 0) + (t.dead || 0) + (t.cancelled || 0);
-    submitted += t.submitted || 0;
-  }
-  samples.push({t: now, finished, submitted});
-  while (samples.length > 2 && samples[0].t < now - CHART_SECONDS * 1000) samples.shift();
+function say(text) {
+  $('#action-msg').textContent = text;
 }
 
-function drawChart() {
-  const canvas = $('#chart');
-  const dpr = window.devicePixelRatio || 1;
-  const w = canvas.clientWidth, h = canvas.clientHeight;
-  if (canvas.width !== w * dpr) { canvas.width = w * dpr; canvas.height = h * dpr; }
-  const g = canvas.getContext('2d');
-  g.setTransform(dpr, 0, 0, dpr, 0, 0);
-  g.clearRect(0, 0, w, h);
-  const pad = {l: 40, r: 10, t: 10, b: 20};
-  // Rates between consecutive samples.
-  const rates = [];
-  for (let i = 1; i < samples.length; i++) {
-    const dt = (samples[i].t - samples[i - 1].t) / 1000;
-    if (dt <= 0) continue;
-    rates.push({t: samples[i].t,
-                finished: Math.max(0, samples[i].finished - samples[i - 1].finished) / dt,
-                submitted: Math.max(0, samples[i].submitted - samples[i - 1].submitted) / dt});
-  }
-  const now = samples.length ? samples[samples.length - 1].t : Date.now();
-  const max = Math.max(1, ...rates.map((r) => Math.max(r.finished, r.submitted)));
-  const x = (t) => pad.l + (w - pad.l - pad.r) * (1 - (now - t) / (CHART_SECONDS * 1000));
-  const y = (v) => h - pad.b - (h - pad.t - pad.b) * (v / max);
-  g.strokeStyle = '#e3e6eb'; g.fillStyle = '#6b7280'; g.font = '11px system-ui'; g.lineWidth = 1;
-  for (const f of [0, 0.5, 1]) {
-    g.beginPath(); g.moveTo(pad.l, y(max * f)); g.lineTo(w - pad.r, y(max * f)); g.stroke();
-    g.fillText((max * f).toFixed(max < 10 ? 1 : 0), 4, y(max * f) + 4);
-  }
-  g.fillText(`-${CHART_SECONDS}s`, pad.l, h - 4);
-  g.fillText('now', w - pad.r - 22, h - 4);
-  const line = (key, color) => {
-    g.strokeStyle = color; g.lineWidth = 2; g.beginPath();
-    rates.forEach((r, i) => (i ? g.lineTo(x(r.t), y(r[key])) : g.moveTo(x(r.t), y(r[key]))));
-    g.stroke();
-  };
-  line('submitted', '#d97706');
-  line('finished', '#16a34a');
-  g.fillStyle = '#16a34a'; g.fillText('finished/s', w - 150, 16);
-  g.fillStyle = '#d97706'; g.fillText('submitted/s', w - 80, 16);
+// Resolves true when the user confirms `text` in the page's dialog.
+function confirmAction(text) {
+  const d = $('#confirm');
+  $('#confirm-text').textContent = text;
+  return new Promise((resolve) => {
+    d.addEventListener('close', () => resolve(d.returnValue === 'ok'), {once: true});
+    d.returnValue = '';
+    d.showModal();
+  });
 }
 
-// ---- sections ------------------------------------------------------------------------------
+// Confirms, POSTs, reports and redraws at once, so the page shows the action's effect.
+async function act(question, path, body, done) {
+  if (!(await confirmAction(question))) return;
+  try {
+    const r = await post(path, body);
+    say(done(r));
+  } catch (e) {
+    say(`${question.replace(/\?$/, '')}: failed: ${e.message}`);
+  }
+  refresh(true);
+}
+
+// ---- routing -------------------------------------------------------------------------------
+
+// The view and its parameters from the fragment: {view: 'overview'|'jobs'|'job', …}. The
+// page's own links are absolute (/#overview, /#jobs), so they leave /jobs/N too.
+function route() {
+  const h = location.hash.replace(/^#/, '');
+  let m = /^job-(\d+)$/.exec(h);
+  if (m) return {view: 'job', id: m[1]};
+  if (h === 'jobs' || h.startsWith('jobs?')) {
+    const p = new URLSearchParams(h.slice(5));
+    return {view: 'jobs', queue: p.get('queue') || '', state: p.get('state') || '',
+            kind: p.get('kind') || 'id', text: p.get('q') || ''};
+  }
+  m = /^\/jobs\/(\d+)$/.exec(location.pathname);
+  if (m && !h) return {view: 'job', id: m[1]};
+  return {view: 'overview'};
+}
+
+const scrolls = {};  // view key -> scroll position when it was left
+let current = null;
+
+function viewKey(r) {
+  return r.view === 'job' ? 'job-' + r.id : location.hash;
+}
+
+function show(r) {
+  for (const v of ['overview', 'jobs', 'job']) $('#view-' + v).hidden = v !== r.view;
+  $('#nav-overview').classList.toggle('on', r.view === 'overview');
+  $('#nav-jobs').classList.toggle('on', r.view === 'jobs');
+}
+
+function navigate() {
+  if (current) scrolls[current] = window.scrollY;
+  const r = route();
+  show(r);
+  current = viewKey(r);
+  if (r.view === 'jobs') {
+    jobsCursor = [null];
+    selected.clear();
+    $('#f-queue').value = r.queue;
+    $('#f-state').value = r.state;
+    $('#f-kind').value = r.kind;
+    $('#f-text').value = r.text;
+  }
+  if (r.view === 'job') { jobShown = null; renderJobLoading(r.id); }
+  // A job opens at the top of the window, where the eye is after the click; a view returned to
+  // opens where it was left.
+  window.scrollTo(0, r.view === 'job' ? 0 : (scrolls[current] || 0));
+  refresh(true);
+}
+window.addEventListener('hashchange', navigate);
+
+// ---- overview ------------------------------------------------------------------------------
 
 function renderSummary(stats) {
   $('#sum-workers').textContent = stats.workers;
@@ -127,21 +174,63 @@ function renderSummary(stats) {
   $('#sum-commits').textContent = stats.commits.count;
 }
 
+function queueActions(q) {
+  if (!TOKEN) return null;
+  const out = [];
+  out.push(q.paused
+    ? el('button', {type: 'button', class: 'resume', 'data-queue': q.name,
+                    onclick: () => act(`Resume queue ${q.name}?`, `/api/queues/${encodeURIComponent(q.name)}/resume`,
+                                       undefined, () => `queue ${q.name} resumed`)}, 'Resume')
+    : el('button', {type: 'button', class: 'pause', 'data-queue': q.name,
+                    onclick: () => act(`Pause queue ${q.name}? Workers get no new jobs from it.`,
+                                       `/api/queues/${encodeURIComponent(q.name)}/pause`, undefined,
+                                       () => `queue ${q.name} paused`)}, 'Pause'));
+  if (q.counts.dead)
+    out.push(el('button', {type: 'button', class: 'retry retry-dead', 'data-queue': q.name,
+                           onclick: () => retryAllDead(q.name, q.counts.dead)}, `Retry ${q.counts.dead} dead`));
+  return el('span', {class: 'actions'}, ...out);
+}
+
+function retryAllDead(queue, n) {
+  return act(`Retry all ${n} dead jobs of queue ${queue}?`, '/api/jobs/retry', {queue, state: 'dead'},
+             (r) => `${r.retried.length} dead jobs of ${queue} retried`);
+}
+
+function stateLink(queue, state, n) {
+  if (!n) return n;
+  return el('a', {href: `#jobs?queue=${encodeURIComponent(queue)}&state=${state}`}, n);
+}
+
 function renderQueues(data) {
   if (STATES.join() !== data.states.join()) {
     STATES = data.states;
-    $('#queues-head').replaceChildren(el('th', {}, 'queue'), ...STATES.map((s) => el('th', {}, s)),
-                                      el('th', {}, 'done/s'));
+    $('#queues-head').replaceChildren(el('th', {}, 'queue'), ...STATES.map((s) => el('th', {class: 'n'}, s)),
+                                      el('th', {class: 'n'}, 'latency'), el('th', {class: 'n'}, 'slots'),
+                                      el('th', {class: 'n'}, 'done/s'), el('th', {}, ''));
+    $('#f-state').replaceChildren(el('option', {value: ''}, 'all'), ...STATES.map((s) => el('option', {value: s}, s)));
+    const r = route();
+    if (r.view === 'jobs') $('#f-state').value = r.state;
   }
-  replaceRows($('#queues tbody'), data.queues.map((q) => el('tr', {'data-queue': q.name},
-    el('td', {}, q.name, q.paused ? el('span', {class: 'state'}, ' paused') : null),
+  const names = data.queues.map((q) => q.name);
+  const qsel = $('#f-queue');
+  if ([...qsel.options].slice(1).map((o) => o.value).join() !== names.join()) {
+    const keep = qsel.value || route().queue || '';
+    qsel.replaceChildren(el('option', {value: ''}, 'all'), ...names.map((n) => el('option', {value: n}, n)));
+    qsel.value = keep;
+  }
+  $('#queues tbody').replaceChildren(...data.queues.map((q) => el('tr', {'data-queue': q.name, 'data-paused': String(q.paused)},
+    el('td', {}, q.name, q.paused ? el('span', {class: 'state paused'}, 'paused') : null),
     ...STATES.map((s) => el('td', {class: 'n' + (q.counts[s] ? '' : ' zero'), 'data-state': s},
-                            q.counts[s])),
-    el('td', {class: 'n'}, q.finished_per_second.toFixed(2)))));
+                            stateLink(q.name, s, q.counts[s]))),
+    el('td', {class: 'n latency' + (q.oldest_ready_age_seconds > 60 ? ' late' : ''), 'data-latency': q.oldest_ready_age_seconds},
+       duration(q.oldest_ready_age_seconds)),
+    el('td', {class: 'n' + (q.worker_slots ? '' : ' unserved'), 'data-slots': q.worker_slots}, q.worker_slots),
+    el('td', {class: 'n'}, q.finished_per_second.toFixed(2)),
+    el('td', {}, queueActions(q)))));
 }
 
 function renderWorkers(data) {
-  replaceRows($('#workers tbody'), data.workers.map((w) => el('tr', {'data-worker': w.name},
+  $('#workers tbody').replaceChildren(...data.workers.map((w) => el('tr', {'data-worker': w.name},
     el('td', {}, w.name), el('td', {}, w.host), el('td', {class: 'n'}, w.pid),
     el('td', {}, w.queues.join(', ')), el('td', {class: 'n'}, w.concurrency),
     el('td', {}, ...w.jobs.map((j) => el('span', {}, jobLink(j.id), ' '))),
@@ -156,37 +245,9 @@ function progress(j) {
 }
 
 function renderRunning(page) {
-  replaceRows($('#running tbody'), page.jobs.map((j) => el('tr', {'data-job-id': j.id},
+  $('#running tbody').replaceChildren(...page.jobs.map((j) => el('tr', {'data-job-id': j.id},
     el('td', {}, jobLink(j.id)), el('td', {}, j.queue), el('td', {class: 'n'}, j.attempts),
     el('td', {}, j.worker || ''), el('td', {}, progress(j)))));
-}
-
-async function act(id, action, button) {
-  button.disabled = true;
-  const msg = $('#action-msg');
-  try {
-    await api(`/api/jobs/${id}/${action}`, {method: 'POST', headers: {'X-Errand-Token': TOKEN}});
-    msg.textContent = `job ${id}: ${action === 'retry' ? 'retried' : 'cancelled'}`;
-  } catch (e) {
-    msg.textContent = `job ${id}: ${action} failed: ${e.message}`;
-  }
-  refresh();
-}
-
-function renderFailed(dead, retrying) {
-  const rows = [...retrying.jobs, ...dead.jobs].sort((a, b) => b.id - a.id);
-  replaceRows($('#failed tbody'), rows.map((j) => el('tr', {'data-job-id': j.id, 'data-state': j.state},
-    el('td', {}, jobLink(j.id)), el('td', {}, j.queue),
-    el('td', {}, el('span', {class: 'state ' + j.state}, j.state)),
-    el('td', {class: 'n'}, `${j.attempts}/${j.max_attempts}`),
-    el('td', {class: 'err', title: j.error || ''}, j.error || ''),
-    el('td', {},
-       !TOKEN ? null
-       : j.state === 'dead'
-         ? el('button', {class: 'retry', type: 'button', 'data-job': j.id,
-                         onclick: (ev) => act(j.id, 'retry', ev.target)}, 'Retry')
-         : el('button', {class: 'cancel', type: 'button', 'data-job': j.id,
-                         onclick: (ev) => act(j.id, 'cancel', ev.target)}, 'Cancel')))));
 }
 
 let lastSeq = 0;
@@ -201,54 +262,262 @@ function renderEvents(data) {
   while (list.children.length > 200) list.lastChild.remove();
 }
 
-let detailId = null;
-async function showJob(id) {
-  detailId = id;
-  const j = await api(`/api/jobs/${id}`).catch((e) => ({error: e.message}));
-  if (detailId !== id) return;
-  const panel = $('#detail');
-  panel.hidden = false;
-  $('#detail-id').textContent = id;
-  if (j.error && !j.id) {
-    $('#detail-fields').replaceChildren(el('dt', {}, 'error'), el('dd', {}, j.error));
-    $('#history tbody').replaceChildren();
-    return;
+// The broker's per-minute counts (/api/throughput): the chart is the same after a reload.
+let minutes = [];
+function drawChart() {
+  const canvas = $('#chart');
+  if (!canvas.clientWidth) return;
+  const dpr = window.devicePixelRatio || 1;
+  const w = canvas.clientWidth, h = canvas.clientHeight;
+  if (canvas.width !== w * dpr) { canvas.width = w * dpr; canvas.height = h * dpr; }
+  const g = canvas.getContext('2d');
+  g.setTransform(dpr, 0, 0, dpr, 0, 0);
+  g.clearRect(0, 0, w, h);
+  const pad = {l: 40, r: 10, t: 22, b: 20};
+  const n = Math.max(1, minutes.length);
+  const max = Math.max(1, ...minutes.map((m) => Math.max(m.submitted, m.failed, m.succeeded + m.dead)));
+  const x = (i) => pad.l + (w - pad.l - pad.r) * (n === 1 ? 1 : i / (n - 1));
+  const y = (v) => h - pad.b - (h - pad.t - pad.b) * (v / max);
+  g.strokeStyle = '#e3e6eb'; g.fillStyle = '#6b7280'; g.font = '11px system-ui'; g.lineWidth = 1;
+  for (const f of [0, 0.5, 1]) {
+    g.beginPath(); g.moveTo(pad.l, y(max * f)); g.lineTo(w - pad.r, y(max * f)); g.stroke();
+    g.fillText(String(Math.round(max * f)), 4, y(max * f) + 4);
   }
-  const fields = ['queue', 'state', 'attempts', 'max_attempts', 'worker', 'exit_code', 'error',
-                  'result', 'priority', 'created_at', 'started_at', 'finished_at', 'progress'];
-  $('#detail-fields').replaceChildren(...fields.flatMap((f) => [
-    el('dt', {}, f),
-    el('dd', {'data-field': f}, f.endsWith('_at') ? time(j[f]) : (j[f] === null ? '–' : j[f]))]));
-  replaceRows($('#history tbody'), j.events.map((e) => el('tr', {},
-    el('td', {}, time(e.at)), el('td', {}, e.from || '–'), el('td', {}, e.to),
-    el('td', {class: 'n'}, e.attempt), el('td', {}, e.worker || ''), el('td', {}, e.reason))));
+  if (minutes.length) {
+    g.fillText(time(minutes[0].at).slice(11, 16), pad.l, h - 4);
+    const last = time(minutes[minutes.length - 1].at);
+    g.fillText(last.slice(11, 16) + ' ' + last.slice(20), w - pad.r - 90, h - 4);
+  }
+  // Finished jobs as bars (succeeded, dead on top), submitted and failed attempts as lines.
+  const bw = Math.max(1, (w - pad.l - pad.r) / n - 1);
+  minutes.forEach((m, i) => {
+    const bx = x(i) - (n === 1 ? bw : bw / 2);
+    g.fillStyle = '#86efac'; g.fillRect(bx, y(m.succeeded), bw, y(0) - y(m.succeeded));
+    g.fillStyle = '#7f1d1d'; g.fillRect(bx, y(m.succeeded + m.dead), bw, y(m.succeeded) - y(m.succeeded + m.dead));
+  });
+  for (const [key, color] of [['submitted', '#d97706'], ['failed', '#dc2626']]) {
+    g.strokeStyle = color; g.lineWidth = 2; g.beginPath();
+    minutes.forEach((m, i) => (i ? g.lineTo(x(i), y(m[key])) : g.moveTo(x(i), y(m[key]))));
+    g.stroke();
+  }
+  let lx = pad.l;
+  for (const [key, color] of [['submitted', '#d97706'], ['succeeded', '#16a34a'], ['failed attempts', '#dc2626'], ['dead', '#7f1d1d']]) {
+    const label = key + '/min';
+    g.fillStyle = color; g.fillText(label, lx, 12); lx += g.measureText(label).width + 14;
+  }
+  canvas.dataset.points = String(minutes.length);
+  canvas.dataset.total = String(minutes.reduce((a, m) => a + m.succeeded + m.submitted, 0));
 }
-$('#detail-close').addEventListener('click', () => { detailId = null; $('#detail').hidden = true; });
+
+async function refreshOverview() {
+  const [workers, stats, running, events, tp] = await Promise.all([
+    api('/api/workers'), api('/api/stats'), api('/api/jobs?state=running&limit=50'),
+    api(`/api/events?after=${lastSeq}`), api(`/api/throughput?minutes=${$('#chart-window').value}`)]);
+  renderSummary(stats);
+  renderWorkers(workers);
+  renderRunning(running);
+  renderEvents(events);
+  minutes = tp.minutes;
+  drawChart();
+}
+
+// ---- jobs: browse, filter, search, select, act ---------------------------------------------
+
+let jobsCursor = [null];  // the `after` of each page shown so far; the last is this page's
+const selected = new Set();
+let jobsPage = null;
+
+function jobsQuery() {
+  const r = route();
+  const p = new URLSearchParams({limit: String(PAGE)});
+  if (r.queue) p.set('queue', r.queue);
+  if (r.state) p.set('state', r.state);
+  if (r.text) p.set(r.kind, r.kind === 'id' ? r.text.replace(/^#/, '') : r.text);
+  const after = jobsCursor[jobsCursor.length - 1];
+  if (after) p.set('after', after);
+  return '/api/jobs?' + p.toString();
+}
+
+function renderJobs(page) {
+  jobsPage = page;
+  const r = route();
+  const tbody = $('#jobs tbody');
+  tbody.replaceChildren(...page.jobs.map((j) => el('tr', {'data-job-id': j.id, 'data-state': j.state},
+    el('td', {}, TOKEN ? el('input', {type: 'checkbox', class: 'pick', 'data-job': j.id, checked: selected.has(j.id),
+                                      'aria-label': `select job ${j.id}`,
+                                      onchange: (ev) => { ev.target.checked ? selected.add(j.id) : selected.delete(j.id); bulkState(); }})
+                       : null),
+    el('td', {}, jobLink(j.id)), el('td', {}, j.queue),
+    el('td', {}, el('span', {class: 'state ' + j.state}, j.state)),
+    el('td', {class: 'n'}, `${j.attempts}/${j.max_attempts}`),
+    el('td', {}, timeEl(j.created_at)),
+    el('td', {class: 'err', title: j.error || ''}, j.error || ''))));
+  const first = (jobsCursor.length - 1) * PAGE;
+  const total = page.total_capped ? `${page.total}+` : page.total;
+  $('#jobs-total').textContent = `${total} ${r.state || ''} job${page.total === 1 ? '' : 's'}` +
+    (r.queue ? ` in ${r.queue}` : '') + (r.text ? ` matching “${r.text}”` : '');
+  $('#jobs-total').dataset.total = String(page.total);
+  $('#page-range').textContent = page.jobs.length
+    ? `${first + 1}–${first + page.jobs.length} of ${total}` : `0 of ${total}`;
+  $('#page-prev').disabled = jobsCursor.length <= 1;
+  $('#page-next').disabled = page.next === null;
+  const dead = $('#bulk-retry-dead');
+  dead.hidden = !TOKEN || r.state !== 'dead' || !page.total;
+  dead.textContent = `Retry all ${page.total} dead` + (r.queue ? ` in ${r.queue}` : '');
+  $('#bulk').hidden = !TOKEN;
+  bulkState();
+}
+
+function bulkState() {
+  $('#bulk-count').textContent = `${selected.size} selected`;
+  $('#bulk-retry').disabled = selected.size === 0;
+  $('#bulk-cancel').disabled = selected.size === 0;
+  const picks = [...document.querySelectorAll('#jobs .pick')];
+  $('#select-all').checked = picks.length > 0 && picks.every((p) => p.checked);
+}
+
+function bulkDone(verb, r, key) {
+  selected.clear();
+  const bad = r.failed.length ? `; ${r.failed.length} refused (${r.failed.map((f) => `${f.id}: ${f.message}`).join('; ')})` : '';
+  return `${r[key].length} jobs ${verb}${bad}`;
+}
+
+$('#select-all').addEventListener('change', (ev) => {
+  for (const p of document.querySelectorAll('#jobs .pick')) {
+    p.checked = ev.target.checked;
+    const id = Number(p.dataset.job);
+    ev.target.checked ? selected.add(id) : selected.delete(id);
+  }
+  bulkState();
+});
+$('#bulk-retry').addEventListener('click', () =>
+  act(`Retry ${selected.size} selected jobs?`, '/api/jobs/retry', {ids: [...selected]},
+      (r) => bulkDone('retried', r, 'retried')));
+$('#bulk-cancel').addEventListener('click', () =>
+  act(`Cancel ${selected.size} selected jobs?`, '/api/jobs/cancel', {ids: [...selected]},
+      (r) => bulkDone('cancelled', r, 'cancelled')));
+$('#bulk-retry-dead').addEventListener('click', () => {
+  const r = route();
+  const body = r.queue ? {queue: r.queue, state: 'dead'} : {state: 'dead'};
+  act(`Retry all ${jobsPage ? jobsPage.total : ''} dead jobs${r.queue ? ' of queue ' + r.queue : ''}?`,
+      '/api/jobs/retry', body, (x) => `${x.retried.length} dead jobs retried`);
+});
+$('#jobs-filter').addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  const p = new URLSearchParams();
+  for (const [k, id] of [['queue', '#f-queue'], ['state', '#f-state']]) if ($(id).value) p.set(k, $(id).value);
+  const text = $('#f-text').value.trim();
+  if (text) { p.set('kind', $('#f-kind').value); p.set('q', text); }
+  location.hash = 'jobs' + (p.toString() ? '?' + p.toString() : '');
+});
+for (const id of ['#f-queue', '#f-state']) $(id).addEventListener('change', () => $('#f-go').click());
+$('#f-clear').addEventListener('click', () => { location.hash = 'jobs'; });
+$('#page-next').addEventListener('click', () => {
+  if (jobsPage && jobsPage.next !== null) { jobsCursor.push(jobsPage.next); refresh(true); }
+});
+$('#page-prev').addEventListener('click', () => {
+  if (jobsCursor.length > 1) { jobsCursor.pop(); refresh(true); }
+});
+
+// ---- one job -------------------------------------------------------------------------------
+
+let jobShown = null;
+
+function renderJobLoading(id) {
+  $('#detail-id').textContent = id;
+  $('#detail-state').textContent = '';
+  $('#detail-fields').replaceChildren();
+  for (const s of ['#payload', '#result', '#error']) $(s).textContent = '';
+  $('#history tbody').replaceChildren();
+}
+
+// A payload the API sent as base64 (not printable UTF-8), as a hex dump.
+function hexdump(b64) {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const lines = [];
+  for (let i = 0; i < bytes.length; i += 16) {
+    const row = bytes.slice(i, i + 16);
+    const hex = [...row].map((b) => b.toString(16).padStart(2, '0')).join(' ');
+    const ascii = [...row].map((b) => (b >= 32 && b < 127 ? String.fromCharCode(b) : '.')).join('');
+    lines.push(`${i.toString(16).padStart(8, '0')}  ${hex.padEnd(47)}  ${ascii}`);
+  }
+  return lines.join('\n');
+}
+
+function renderJob(j) {
+  jobShown = j;
+  $('#detail-id').textContent = j.id;
+  const st = $('#detail-state');
+  st.textContent = j.state; st.className = 'state ' + j.state;
+  const fields = ['queue', 'state', 'attempts', 'max_attempts', 'priority', 'worker', 'exit_code',
+                  'unique', 'created_at', 'run_at', 'started_at', 'finished_at', 'timeout_ms', 'progress',
+                  'progress_message', 'argv'];
+  $('#detail-fields').replaceChildren(...fields.filter((f) => f in j).flatMap((f) => [
+    el('dt', {}, f),
+    el('dd', {'data-field': f},
+       f.endsWith('_at') ? timeEl(j[f])
+       : j[f] === null || j[f] === undefined ? '–'
+       : f === 'queue' ? el('a', {href: `#jobs?queue=${encodeURIComponent(j.queue)}`}, j.queue)
+       : f === 'progress' ? progress(j)
+       : Array.isArray(j[f]) ? j[f].join(' ') : j[f])]));
+  const p = j.payload;
+  $('#payload-info').textContent = p
+    ? `${p.size} bytes${p.truncated ? `, first ${p.shown} shown` : ''}${p.encoding === 'base64' ? ', binary: hex dump' : ''}` : '';
+  $('#payload').textContent = !p ? '' : p.encoding === 'base64' ? hexdump(p.data) : p.data;
+  $('#payload').dataset.encoding = p ? p.encoding : '';
+  $('#result').textContent = j.result ?? '–';
+  $('#error').textContent = j.error ?? '–';
+  $('#history tbody').replaceChildren(...j.events.map((e) => el('tr', {},
+    el('td', {}, timeEl(e.at)), el('td', {}, e.from || '–'), el('td', {}, e.to),
+    el('td', {class: 'n'}, e.attempt), el('td', {}, e.worker || ''), el('td', {}, e.reason))));
+  const terminal = ['succeeded', 'dead', 'cancelled'].includes(j.state);
+  $('#detail-retry').hidden = !TOKEN || j.state !== 'dead';
+  $('#detail-cancel').hidden = !TOKEN || terminal;
+}
+
+$('#detail-retry').addEventListener('click', () => {
+  const id = jobShown.id;
+  act(`Retry job ${id}?`, `/api/jobs/${id}/retry`, undefined, () => `job ${id}: retried`);
+});
+$('#detail-cancel').addEventListener('click', () => {
+  const id = jobShown.id;
+  act(`Cancel job ${id}?`, `/api/jobs/${id}/cancel`, undefined, () => `job ${id}: cancelled`);
+});
 
 // ---- polling -------------------------------------------------------------------------------
 
 let busy = false;
-async function refresh() {
-  if (busy) return;
+async function refresh(now) {
+  if (busy) { if (now) setTimeout(() => refresh(true), 100); return; }
   busy = true;
   try {
-    const [queues, workers, stats, running, dead, retrying, events] = await Promise.all([
-      api('/api/queues'), api('/api/workers'), api('/api/stats'),
-      api('/api/jobs?state=running&limit=50'), api('/api/jobs?state=dead&limit=50'),
-      api('/api/jobs?state=retrying&limit=50'), api(`/api/events?after=${lastSeq}`)]);
-    recordSample(queues.queues, Date.parse(queues.time));
-    renderSummary(stats);
+    const r = route();
+    const queues = await api('/api/queues');
     renderQueues(queues);
-    renderWorkers(workers);
-    renderRunning(running);
-    renderFailed(dead, retrying);
-    renderEvents(events);
-    drawChart();
-    if (detailId !== null) showJob(detailId);
-    const health = await fetch('/healthz', {cache: 'no-store'}).then((r) => r.ok).catch(() => false);
+    if (r.view === 'overview') {
+      await refreshOverview();
+    } else {
+      renderSummary(await api('/api/stats'));
+    }
+    if (r.view === 'jobs') {
+      // A bad search (an id that is not a number, a scan cut short) is said, not fatal.
+      renderJobs(await api(jobsQuery()).catch((e) => {
+        say(`search: ${e.message}`);
+        return {jobs: [], next: null, total: 0, total_capped: false};
+      }));
+    }
+    if (r.view === 'job') {
+      try {
+        renderJob(await api(`/api/jobs/${r.id}`));
+      } catch (e) {
+        $('#detail-fields').replaceChildren(el('dt', {}, 'error'), el('dd', {'data-field': 'error'}, e.message));
+      }
+    }
+    const health = await fetch('/healthz', {cache: 'no-store'}).then((x) => x.ok).catch(() => false);
     $('#health').textContent = health ? 'live' : 'broker stalled';
     $('#health').className = 'pill ' + (health ? 'ok' : 'bad');
     document.body.dataset.updated = String(queues.time);
+    document.body.dataset.view = r.view;
   } catch (e) {
     $('#health').textContent = 'unreachable';
     $('#health').className = 'pill bad';
@@ -257,6 +526,9 @@ async function refresh() {
   }
 }
 
-refresh();
+$('#zone').textContent = 'times: ' + ZONE;
+$('#chart-window').addEventListener('change', () => refresh(true));
+if (!TOKEN) $('#bulk').hidden = true;
+navigate();
 setInterval(refresh, POLL_MS);
 window.addEventListener('resize', drawChart);

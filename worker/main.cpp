@@ -24,6 +24,7 @@
 #include "errand/transport.hpp"
 #include "errand/version.hpp"
 #include "errand/worker.hpp"
+#include "job_cgroup.hpp"
 #include "logging.hpp"
 #include "notify.hpp"
 #include "process.hpp"
@@ -96,6 +97,7 @@ int main(int argc, char** argv) {
     std::string log_format = "text";
     std::string log_file;
     std::string drain_timeout_arg = "30s";
+    std::string job_cgroups = "auto";
     bool dump = false;
 
     CLI::App app{"errand-worker: runs the jobs of errand queues as processes"};
@@ -174,10 +176,14 @@ int main(int argc, char** argv) {
                    "back")
         ->type_name("DURATION")
         ->capture_default_str();
+    app.add_option("--job-cgroups", job_cgroups,
+                   "auto: run each job in a cgroup of its own when the worker can make one (so "
+                   "what a job daemonises dies with it), off: its process group only")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"auto", "off"}));
     errand::daemon::add_config_options(app, dump);
     try {
-        auto args = errand::daemon::args_with_env(app, argc, argv);
-        app.parse(args);
+        errand::daemon::parse_settings(app, argc, argv);
     } catch (const CLI::ParseError& e) {
         int rc = app.exit(e);
         return rc == 0 ? 0 : kExitBadFlag;
@@ -225,11 +231,18 @@ int main(int argc, char** argv) {
         return 0;
     }
 
+    // Each job in a cgroup of its own when there is a writable cgroup v2 tree (the unit's
+    // Delegate=yes), so a job that daemonises still dies on cancel, timeout and drain (and,
+    // through the reaper, with this daemon). Looked for before the reaper, which needs it.
+    std::string cgroup_why = "--job-cgroups off";
+    const auto cgroup_root =
+        job_cgroups == "auto" ? errand::workerd::find_job_cgroup_root(&cgroup_why) : std::nullopt;
+
     // Forked while this process has one thread (reaper.hpp): it kills what jobs leave running
     // should this daemon die without stopping them, SIGKILL included.
     errand::workerd::Reaper reaper;
     try {
-        reaper = errand::workerd::Reaper::start();
+        reaper = errand::workerd::Reaper::start(cgroup_root.value_or(""));
     } catch (const std::exception& e) {
         std::fprintf(stderr, "errand-worker: cannot start the job reaper: %s\n", e.what());
         return kExitFailed;
@@ -295,6 +308,10 @@ int main(int argc, char** argv) {
                                .on_status = on_status,
                                .status_interval = std::chrono::milliseconds(status_interval),
                                .log = log_to_spdlog});
+        if (cgroup_root)
+            spdlog::info("each job runs in a cgroup of its own under {}", *cgroup_root);
+        else
+            spdlog::info("jobs run in their own process group only ({})", cgroup_why);
         std::vector<std::string> queue_names;
         for (const auto& queue : queues) {
             errand::workerd::JobPolicy policy{
@@ -305,7 +322,8 @@ int main(int argc, char** argv) {
                 .permanent_exit_code = permanent_exit_code > 0
                                            ? std::optional<int>(permanent_exit_code)
                                            : std::nullopt,
-                .reaper_fd = reaper.fd()};
+                .reaper_fd = reaper.fd(),
+                .cgroup_root = cgroup_root.value_or("")};
             worker.handle(
                 queue.name,
                 [policy](const errand::Job& job) {

@@ -30,6 +30,7 @@
 #include "errand/clock.hpp"
 #include "errand/duration.hpp"
 #include "errand/fd.hpp"
+#include "job_cgroup.hpp"
 #include "reaper.hpp"
 
 extern char** environ;
@@ -100,7 +101,9 @@ class SigpipeBlock {
 // reaper, wait() unregisters the group first, while the id is still ours.
 class Child {
   public:
-    Child(pid_t pid, int reaper_fd) : pid_(pid), reaper_fd_(reaper_fd) {}
+    // `cgroup`: the child's own cgroup, or null; it must outlive the Child.
+    Child(pid_t pid, int reaper_fd, const JobCgroup* cgroup)
+        : pid_(pid), reaper_fd_(reaper_fd), cgroup_(cgroup) {}
     ~Child() {
         if (!reaped_) {
             kill_group(SIGKILL);
@@ -111,7 +114,10 @@ class Child {
     Child& operator=(const Child&) = delete;
 
     pid_t pid() const { return pid_; }
-    void kill_group(int sig) const { ::kill(-pid_, sig); }
+    void kill_group(int sig) const {
+        ::kill(-pid_, sig);
+        if (cgroup_ != nullptr) cgroup_->signal(sig, pid_);
+    }
 
     bool exited() const {
         siginfo_t info{};
@@ -141,6 +147,7 @@ class Child {
 
     pid_t pid_;
     int reaper_fd_;
+    const JobCgroup* cgroup_;
     bool reaped_ = false;
 };
 
@@ -218,8 +225,13 @@ ExecPlan make_plan(const RunSpec& spec) {
 // The child between vfork and exec. Async-signal-safe calls only. `fds` are the parent's fds
 // that become the child's 0, 1, 2 and, when not -1, 3 (kProgressFd).
 [[noreturn]] void exec_child(const ExecPlan& plan, std::array<int, 4> fds, int error_fd,
-                             pid_t parent, int reaper_fd) {
+                             pid_t parent, int reaper_fd, int cgroup_fd) {
     ::setpgid(0, 0);
+    // Into the job's cgroup before anything of the job runs ("0": the writing process). A
+    // failure leaves it in the worker's cgroup, where the process group still reaches it.
+    if (cgroup_fd >= 0) {
+        [[maybe_unused]] const ssize_t joined = ::write(cgroup_fd, "0", 1);
+    }
     // Die with the worker. PDEATHSIG fires when the forking *thread* exits; if the parent died
     // before prctl took effect, nobody would ever kill us, hence the getppid check. What we start
     // after exec is reached through the reaper, told of our group before anything else runs.
@@ -375,6 +387,19 @@ RunResult run_process(const RunSpec& spec) {
         return spawn_failed(e.code().value());
     }
 
+    // The job's own cgroup, when the worker has somewhere to make one; declared before the Child
+    // so that it is removed after the child is reaped.
+    std::optional<JobCgroup> cgroup;
+    if (!spec.cgroup_root.empty()) {
+        static std::atomic<std::uint64_t> runs{0};
+        try {
+            cgroup.emplace(spec.cgroup_root, fmt::format("job-{}-{}", ::getpid(), ++runs));
+        } catch (const std::system_error& e) {
+            spdlog::warn("cannot make a cgroup for a job ({}): it runs in its process group only",
+                         e.what());
+        }
+    }
+
     // All signals stay blocked across vfork so no handler of ours runs in the child before it
     // resets them (the child shares our memory until it execs).
     sigset_t all, old;
@@ -391,13 +416,14 @@ RunResult run_process(const RunSpec& spec) {
     const pid_t pid = ::vfork();
     if (pid == 0)
         exec_child(plan, {in.read.get(), out.write.get(), err.write.get(), progress.write.get()},
-                   exec_error.write.get(), parent, spec.reaper_fd);
+                   exec_error.write.get(), parent, spec.reaper_fd,
+                   cgroup ? cgroup->procs_fd() : -1);
     const int fork_error = errno;  // (the child may have set errno too: read only on failure)
     ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
     if (pid < 0) return spawn_failed(fork_error);
 
     ::setpgid(pid, pid);  // also here, so kill(-pid) works before the child gets to it
-    Child child(pid, spec.reaper_fd);
+    Child child(pid, spec.reaper_fd, cgroup ? &*cgroup : nullptr);
     in.read.reset();
     out.write.reset();
     err.write.reset();
@@ -612,6 +638,7 @@ Outcome run_job(const Job& job, const JobPolicy& policy) {
     spec.cancel = job.cancel_flag();
     spec.terminate = policy.terminate;
     spec.reaper_fd = policy.reaper_fd;
+    spec.cgroup_root = policy.cgroup_root;
     spec.on_progress = [&job](std::uint32_t percent, std::string_view message) {
         job.progress(percent, std::string(message));
     };

@@ -44,6 +44,10 @@ struct RunSpec {
     // registered with the reaper before exec and unregistered before the child is reaped, so
     // the whole group dies with the daemon, not only the leader.
     int reaper_fd = -1;
+    // A cgroup v2 directory (job_cgroup.hpp), or empty. With one, the child runs in a cgroup of
+    // its own below it, and every signal to its process group also goes to every process in
+    // that cgroup: what left the group (setsid) is stopped and killed with the rest.
+    std::string cgroup_root{};
 };
 
 // The longest progress line read from fd 3; the rest of a longer line is discarded.
@@ -74,11 +78,15 @@ struct RunResult {
 //    called run_process dies (PR_SET_PDEATHSIG follows the forking *thread*), so call it from a
 //    thread that lives until it returns (errand::Worker's pool threads live as long as run()).
 //    The rest of the group dies with the daemon only through the reaper (RunSpec::reaper_fd).
+//  - With RunSpec::cgroup_root, the child joins a new cgroup below it before exec, and "the
+//    group" below means the group and everything in that cgroup; the cgroup is removed before
+//    run_process returns. If it cannot be made, the run goes on with the process group alone.
 //  - Signal dispositions and mask are reset to defaults in the child; it inherits no fds but 0-2
 //    (and 3, the progress pipe, with on_progress).
 //  - When the child exits, whatever is left of its process group is SIGKILLed, the pipes
-//    (progress included) are drained for at most 1 s, and run_process returns. A job that escapes
-//    its group (setsid) keeps running, but cannot hold run_process up for more than that second.
+//    (progress included) are drained for at most 1 s, and run_process returns. Without a cgroup,
+//    a job that escapes its group (setsid) keeps running, but cannot hold run_process up for
+//    more than that second.
 //  - A child that does not read its stdin is not an error. SIGPIPE is blocked in the calling
 //    thread while run_process writes, and a SIGPIPE raised by those writes is discarded, so the
 //    caller need not ignore SIGPIPE process-wide (the daemon does anyway).
@@ -118,6 +126,7 @@ struct JobPolicy {
     std::optional<int> permanent_exit_code = 99;   // this exit code fails the job permanently
     const std::atomic<bool>* terminate = nullptr;  // see RunSpec::terminate
     int reaper_fd = -1;                            // see RunSpec::reaper_fd
+    std::string cgroup_root{};                     // see RunSpec::cgroup_root
 };
 
 // Runs a job: its own argv when it has one (only with allow_commands), else the queue's command.

@@ -2,6 +2,7 @@
 // send it.
 #include "reaper.hpp"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -10,10 +11,16 @@
 
 #include <array>
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <set>
 #include <system_error>
+#include <thread>
 #include <utility>
+#include <vector>
+
+#include "job_cgroup.hpp"
 
 namespace errand::workerd {
 namespace {
@@ -29,8 +36,30 @@ bool send_record(int fd, std::int32_t record) noexcept {
     return n == static_cast<ssize_t>(sizeof record);
 }
 
-// The reaper's whole life; `fd` is its end of the pair.
-[[noreturn]] void reaper_main(int fd) {
+// Kills and removes the daemon's job cgroups (ROOT/job-DAEMON-*), waiting at most a second for
+// them to empty.
+void kill_job_cgroups(const std::string& root, pid_t daemon) {
+    const std::string prefix = "job-" + std::to_string(daemon) + "-";
+    std::vector<std::filesystem::path> left;
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(root, ec)) {
+        if (entry.path().filename().string().rfind(prefix, 0) != 0) continue;
+        const int kill_fd = ::open((entry.path() / "cgroup.kill").c_str(), O_WRONLY | O_CLOEXEC);
+        if (kill_fd >= 0) {
+            [[maybe_unused]] const ssize_t n = ::write(kill_fd, "1", 1);
+            ::close(kill_fd);
+        }
+        left.push_back(entry.path());
+    }
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+    while (!left.empty() && std::chrono::steady_clock::now() < until) {
+        std::erase_if(left, [](const auto& dir) { return ::rmdir(dir.c_str()) == 0; });
+        if (!left.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+}
+
+// The reaper's whole life; `fd` is its end of the pair, `daemon` the errand-worker's pid.
+[[noreturn]] void reaper_main(int fd, const std::string& cgroup_root, pid_t daemon) {
     ::prctl(PR_SET_NAME, "errand-reaper");
     for (int sig : {SIGINT, SIGTERM, SIGHUP})
         ::signal(sig, SIG_IGN);
@@ -55,12 +84,14 @@ bool send_record(int fd, std::int32_t record) noexcept {
         for (int round = 0; round < kMaxKillRounds && ::kill(-group, SIGKILL) == 0; ++round) {
         }
     }
+    if (!cgroup_root.empty()) kill_job_cgroups(cgroup_root, daemon);
     ::_exit(0);
 }
 
 }  // namespace
 
-Reaper Reaper::start() {
+Reaper Reaper::start(const std::string& cgroup_root) {
+    const pid_t daemon = ::getpid();
     std::array<int, 2> pair{};
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair.data()) != 0)
         throw std::system_error(errno, std::generic_category(), "socketpair");
@@ -78,7 +109,7 @@ Reaper Reaper::start() {
         if (fd == 3) {
             ::close_range(4, ~0U, 0);
         }
-        reaper_main(fd);
+        reaper_main(fd, cgroup_root, daemon);
     }
     ::close(pair[1]);
     Reaper reaper;

@@ -4,6 +4,8 @@
 
 #include <sys/types.h>
 
+#include <string>
+
 namespace errand::workerd {
 
 // Why a process of its own: PR_SET_PDEATHSIG (process.cpp) reaches only a job's leader, the
@@ -18,16 +20,19 @@ namespace errand::workerd {
 //          instant exists where the job runs and the reaper does not know it.
 //   -PGID  the daemon is done with the group: sent after the group was SIGKILLed and before the
 //          leader is reaped, while the zombie leader keeps the id from being reused.
-// At EOF (the daemon exited or was killed) the reaper SIGKILLs every group still listed, then
-// exits. It ignores SIGINT, SIGTERM and SIGHUP: a terminal's Ctrl-C or systemd's stop reach the
-// whole process group or cgroup, and the reaper must outlive the daemon's drain.
+// At EOF (the daemon exited or was killed) the reaper SIGKILLs every group still listed, and
+// with a job cgroup root (job_cgroup.hpp) every job cgroup of the daemon's (ROOT/job-PID-*,
+// through cgroup.kill: what left its group dies too) and removes them, then exits. It ignores
+// SIGINT, SIGTERM and SIGHUP: a terminal's Ctrl-C or systemd's stop reach the whole process group
+// or cgroup, and the reaper must outlive the daemon's drain.
 class Reaper {
   public:
     // No reaper: fd() is -1 and jobs are on their own.
     Reaper() = default;
     // Forks the reaper. Call before any thread exists: the child runs ordinary C++ after fork.
-    // Throws std::system_error when the socket pair or fork fail.
-    static Reaper start();
+    // `cgroup_root`: where this daemon makes its jobs' cgroups, or empty. Throws
+    // std::system_error when the socket pair or fork fail.
+    static Reaper start(const std::string& cgroup_root = {});
     // Closes our end; the reaper (with no group left to kill) exits and is reaped here.
     ~Reaper();
     Reaper(Reaper&& other) noexcept;

@@ -33,7 +33,8 @@ std::optional<std::string> endpoint_error(std::string_view endpoint, bool bind =
 // first bad one is the error. Spaces around commas are ignored; an empty item is an error.
 struct EndpointList {
     std::vector<std::string> endpoints;
-    std::optional<std::string> error;  // "'tcp://x:' : tcp:// needs a port after the ':'"
+    // Why not: "tcp:// needs a port after the ':'" (prefixed with the bad item in a list).
+    std::optional<std::string> error;
 };
 EndpointList parse_endpoints(std::string_view list);
 

@@ -1,9 +1,13 @@
 // The dashboard in a real browser: a real broker (--http on a free port) and worker daemon, jobs
 // submitted with the real CLI, headless Chromium (Debian's /usr/bin/chromium) driven by
-// playwright-core. Checks that counts change live, that a dead job can be retried from the page
-// (a POST that needs the broker's token, which the page carries), that a page of another site
-// can neither cancel a job nor read one through DNS rebinding (Chromium resolves evil.test to
-// 127.0.0.1), and keeps screenshots as artifacts.
+// playwright-core. Checks that counts change live; pausing and resuming a queue from the page;
+// browsing jobs with pages and totals, filters and search (error text, unique key, id); a job
+// opened by its link (#job-N and /jobs/N) with payload, error, history and times in the
+// browser's zone; bulk retry of dead jobs (selected, and all dead of a queue), each confirmed
+// (POSTs that need the broker's token, which the page carries); the chart after a reload; a
+// narrow window; that a page of another site can neither act nor read through DNS rebinding
+// (Chromium resolves evil.test to 127.0.0.1). Screenshots of each page are kept as artifacts
+// (scripts/dashboard-screenshots.sh copies them into docs/).
 //
 // Environment: ERRAND_BROKER_BIN, ERRAND_WORKER_BIN, ERRAND_CLI_BIN (set by meson test),
 // ERRAND_ARTIFACTS_DIR (default: ./artifacts), CHROMIUM (default: /usr/bin/chromium).
@@ -99,7 +103,8 @@ try {
   await until('the broker to answer /healthz', async () => (await fetch(`${base}/healthz`)).ok);
   const flag = join(dir, 'flag');
   start('worker', [bins.worker, '--broker', endpoint, '--name', 'browser-worker',
-                   '--queue', 'emails=cat', '--queue', `reports=test -e '${flag}' && cat || exit 99`,
+                   '--queue', 'emails=cat',
+                   '--queue', `reports=test -e '${flag}' && cat || { echo 'report failed: no data' >&2; exit 99; }`,
                    '--queue', "thumbnails=echo '60% resizing' >&3; exec sleep 60",
                    '--concurrency', '4', '--permanent-exit-code', '99']);
 
@@ -114,25 +119,49 @@ try {
   browser = await chromium.launch({
     executablePath: chromiumPath, headless: true, timeout: 30000,
     args: ['--no-sandbox', '--host-resolver-rules=MAP evil.test 127.0.0.1'] });
-  const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+  // Berlin time, so the page must say which zone its times are in (not assume UTC).
+  const context = await browser.newContext({ viewport: { width: 1280, height: 1000 },
+                                             timezoneId: 'Europe/Berlin' });
+  const page = await context.newPage();
   page.setDefaultTimeout(15000);
   const pageErrors = [];
   page.on('pageerror', (e) => pageErrors.push(String(e)));
   await page.goto(base + '/');
   await page.waitForSelector('#health.ok');
   await page.waitForSelector('#workers tr[data-worker="browser-worker"]');
+  const shot = (name) => page.screenshot({ path: join(artifacts, name), fullPage: true });
+  // Clicks an action's button, then Confirm in the page's dialog.
+  const confirmed = async (selector) => {
+    await page.click(selector);
+    await page.waitForSelector('#confirm[open]');
+    await page.click('#confirm-yes');
+    await page.waitForSelector('#confirm:not([open])', { state: 'attached' });
+  };
+  const status = async (id) => JSON.parse(await cli('status', id, '--json')).state;
+  const pausedQueues = async () => {
+    const q = JSON.parse(await cli('queues', '--json'));
+    return (Array.isArray(q) ? q : q.queues).filter((x) => x.paused).map((x) => x.name);
+  };
 
   const cell = (queue, state) => `#queues tr[data-queue="${queue}"] td[data-state="${state}"]`;
   const cellIs = (queue, state, n) =>
     page.waitForFunction(([sel, want]) => document.querySelector(sel)?.textContent === want,
                          [cell(queue, state), String(n)]);
 
-  // Counts change live: ready jobs in a paused queue, then succeeded ones once resumed.
-  await cli('pause', 'emails');
+  // Pause a queue from the page: its jobs wait (counts change live), then resume it.
+  await cli('submit', '-q', 'emails', '--payload', 'first');
+  await page.waitForSelector('#queues tr[data-queue="emails"] button.pause');
+  await confirmed('#queues tr[data-queue="emails"] button.pause');
+  await page.waitForSelector('#queues tr[data-queue="emails"][data-paused="true"]');
+  await page.waitForFunction(() => document.querySelector('#action-msg').textContent.includes('emails paused'));
+  assert((await pausedQueues()).includes('emails'), 'the broker has emails paused');
   for (let i = 0; i < 6; i++) await cli('submit', '-q', 'emails', '--payload', `mail ${i}`);
   await cellIs('emails', 'ready', 6);
-  await cli('resume', 'emails');
-  await cellIs('emails', 'succeeded', 6);
+  // Its latency (the oldest ready job's age) shows in the queue table.
+  await page.waitForFunction(() =>
+    Number(document.querySelector('#queues tr[data-queue="emails"] td.latency')?.dataset.latency) > 0);
+  await confirmed('#queues tr[data-queue="emails"] button.resume');
+  await cellIs('emails', 'succeeded', 7);
   await cellIs('emails', 'ready', 0);
 
   // A running job with its progress.
@@ -140,42 +169,129 @@ try {
   await page.waitForFunction((id) =>
     document.querySelector(`#running tr[data-job-id="${id}"]`)?.textContent.includes('60%'), thumb);
 
-  // A job that goes dead shows up with its error and a Retry button.
-  const dead = (await cli('submit', '-q', 'reports', '--payload', 'q3 report', '--max-attempts', '2')).trim();
-  const row = `#failed tr[data-job-id="${dead}"]`;
-  await page.waitForSelector(`${row}[data-state="dead"] button.retry`);
-  await cellIs('reports', 'dead', 1);
+  // Three jobs that go dead, with their error text; one with a unique key.
+  const dead = [];
+  for (const what of ['q1', 'q2', 'q3'])
+    dead.push((await cli('submit', '-q', 'reports', '--payload', `${what} report`, '--max-attempts', '2',
+                         ...(what === 'q2' ? ['--unique', 'report-q2'] : []))).trim());
+  await cellIs('reports', 'dead', 3);
+  // 60 jobs nobody serves, to page through.
+  for (let i = 0; i < 60; i++) await cli('submit', '-q', 'later', '--payload', `later ${i}`);
+  await cellIs('later', 'ready', 60);
+  await shot('dashboard.png');
 
-  // Its detail view with the event history.
-  await page.click(`${row} a.job`);
-  await page.waitForFunction(() => document.querySelectorAll('#history tbody tr').length >= 3);
-  const detail = await page.textContent('#detail');
-  assert(detail.includes('submitted') && detail.includes('dispatched'), `history shown: ${detail}`);
+  // Browse: the dead count links to those jobs.
+  await page.click(`${cell('reports', 'dead')} a`);
+  await page.waitForFunction(() => document.querySelectorAll('#jobs tbody tr[data-state="dead"]').length === 3);
+  assert((await page.getAttribute('#jobs-total', 'data-total')) === '3', 'three dead jobs in reports');
+  // Pages with real totals: 60 ready in later, 50 a page.
+  await page.selectOption('#f-queue', 'later');
+  await page.selectOption('#f-state', 'ready');
+  await page.waitForFunction(() => document.querySelector('#page-range').textContent === '1–50 of 60');
+  await page.click('#page-next');
+  await page.waitForFunction(() => document.querySelector('#page-range').textContent === '51–60 of 60');
+  assert((await page.$$('#jobs tbody tr')).length === 10, 'the second page has the last 10');
+  await page.click('#page-prev');
+  await page.waitForFunction(() => document.querySelector('#page-range').textContent === '1–50 of 60');
+
+  // Search by error text, by unique key and by id.
+  await page.click('#f-clear');
+  await page.waitForFunction(() => !document.querySelector('#f-queue').value);
+  await page.selectOption('#f-kind', 'error');
+  await page.fill('#f-text', 'NO DATA');
+  await page.click('#f-go');
+  await page.waitForFunction(() => document.querySelector('#jobs-total')?.dataset.total === '3' &&
+                                   document.querySelectorAll('#jobs tbody tr').length === 3);
+  await page.selectOption('#f-kind', 'unique');
+  await page.fill('#f-text', 'report-q2');
+  await page.click('#f-go');
+  await page.waitForFunction((id) => {
+    const rows = document.querySelectorAll('#jobs tbody tr');
+    return rows.length === 1 && rows[0].dataset.jobId === id;
+  }, dead[1]);
+  await page.selectOption('#f-kind', 'id');
+  await page.fill('#f-text', dead[2]);
+  await page.click('#f-go');
+  await page.waitForFunction((id) => {
+    const rows = document.querySelectorAll('#jobs tbody tr');
+    return rows.length === 1 && rows[0].dataset.jobId === id;
+  }, dead[2]);
+
+  // Open a job by its link, in a fresh page load: fields, payload, error, history, times in
+  // the browser's zone.
+  await page.goto(`${base}/#job-${dead[0]}`);
+  await page.waitForFunction((id) => document.querySelector('#detail-id')?.textContent === id &&
+                                     document.querySelectorAll('#history tbody tr').length >= 3, dead[0]);
+  assert(!(await page.isHidden('#view-job')), 'the job view is shown');
   assert((await page.textContent('#detail dd[data-field="state"]')) === 'dead', 'detail state is dead');
-  for (let i = 0; i < 8; i++) await cli('submit', '-q', 'emails', '--payload', `more ${i}`);
-  await cellIs('emails', 'succeeded', 14);
-  await page.screenshot({ path: join(artifacts, 'dashboard.png'), fullPage: true });
+  assert((await page.textContent('#payload')) === 'q1 report', 'the payload is shown');
+  assert((await page.textContent('#error')).includes('no data'), 'the error is shown');
+  const history = await page.textContent('#history');
+  assert(history.includes('submitted') && history.includes('dispatched'), `history shown: ${history}`);
+  const created = await page.textContent('#detail dd[data-field="created_at"]');
+  assert(/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (CET|CEST|GMT\+1|GMT\+2)$/.test(created), `a time with its zone: ${created}`);
+  assert((await page.textContent('#zone')).includes('Europe/Berlin'), 'the zone is named');
+  await shot('dashboard-job.png');
+  // The same job at /jobs/N.
+  await page.goto(`${base}/jobs/${dead[1]}`);
+  await page.waitForFunction((id) => document.querySelector('#detail-id')?.textContent === id &&
+                                     document.querySelector('#payload')?.textContent === 'q2 report', dead[1]);
+  await page.click('#nav-overview');  // and out of it again
+  await page.waitForSelector('#view-overview:not([hidden]) #queues tr[data-queue="reports"]');
 
-  // Retry it from the page; with the flag file the next attempt succeeds.
+  // A job opens at the top of the window even when clicked far down a long page.
+  await page.goto(`${base}/#jobs?queue=later`);
+  await page.waitForFunction(() => document.querySelectorAll('#jobs tbody tr').length === 50);
+  await page.evaluate(() => window.scrollTo(0, document.body.scrollHeight));
+  const far = await page.$('#jobs tbody tr:last-child a.job');
+  const farId = await far.textContent();
+  await far.click();
+  await page.waitForFunction((id) => document.querySelector('#detail-id')?.textContent === id &&
+                                     document.querySelector('#detail dd[data-field="queue"]'), farId);
+  const box = await page.locator('#detail h2').boundingBox();
+  assert(box && box.y >= 0 && box.y < 1000, `the job shows in the window: y=${box && box.y}`);
+  await page.goBack();
+  await page.waitForSelector('#view-jobs:not([hidden])');
+
+  // Bulk retry: one selected dead job, then "all dead in queue reports". With the flag file
+  // the next attempts succeed.
   writeFileSync(flag, '');
-  await page.click(`${row} button.retry`);
-  const state = await until(`job ${dead} to leave dead`, async () => {
-    const job = JSON.parse(await cli('status', dead, '--json'));
-    return job.state !== 'dead' ? job.state : null;
-  });
-  console.log(`job ${dead} after Retry: ${state}`);
-  await until(`job ${dead} to succeed after the retry`, async () =>
-    JSON.parse(await cli('status', dead, '--json')).state === 'succeeded');
-  await page.waitForSelector(row, { state: 'detached' });
-  await page.waitForFunction(() => document.querySelector('#action-msg').textContent.includes('retried'));
-  const history = await cli('history', dead, '--json');
-  assert(history.includes('retried by request'), 'history has the retry');
-  await cellIs('reports', 'succeeded', 1);
-  await page.screenshot({ path: join(artifacts, 'dashboard-after-retry.png'), fullPage: true });
+  await page.goto(`${base}/#jobs?queue=reports&state=dead`);
+  await page.waitForFunction(() => document.querySelectorAll('#jobs tbody tr').length === 3);
+  await shot('dashboard-jobs.png');
+  await page.check(`#jobs tr[data-job-id="${dead[0]}"] input.pick`);
+  await page.waitForFunction(() => document.querySelector('#bulk-count').textContent === '1 selected');
+  await confirmed('#bulk-retry');
+  await page.waitForFunction(() => document.querySelector('#action-msg').textContent.includes('1 jobs retried'));
+  await until(`job ${dead[0]} to succeed after the retry`, async () => (await status(dead[0])) === 'succeeded');
+  await page.waitForFunction(() => document.querySelectorAll('#jobs tbody tr').length === 2);
+  assert((await status(dead[1])) === 'dead', 'the unselected jobs stay dead');
+  await confirmed('#bulk-retry-dead');
+  await page.waitForFunction(() => document.querySelector('#action-msg').textContent.includes('2 dead jobs retried'));
+  for (const id of dead.slice(1))
+    await until(`job ${id} to succeed after the bulk retry`, async () => (await status(id)) === 'succeeded');
+  await page.waitForFunction(() => document.querySelectorAll('#jobs tbody tr').length === 0);
+  const retriedHistory = await cli('history', dead[2], '--json');
+  assert(retriedHistory.includes('retried by request'), 'history has the retry');
+  await page.goto(base + '/');
+  await cellIs('reports', 'succeeded', 3);
+
+  // The chart comes from the broker's per-minute counts, so it survives the reload.
+  await page.reload();
+  await page.waitForFunction(() => Number(document.querySelector('#chart')?.dataset.total) >= 70);
+  assert((await page.getAttribute('#chart', 'data-points')) === '60', 'an hour of minutes');
+
+  // A narrow window: one column, nothing wider than the window.
+  await page.setViewportSize({ width: 400, height: 900 });
+  await page.waitForTimeout(100);  // layout after the resize (no event to await for CSS)
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth);
+  assert(overflow <= 401, `the page fits a 400 px window: ${overflow}`);
+  await shot('dashboard-narrow.png');
+  await page.setViewportSize({ width: 1280, height: 1000 });
 
   // The attacks, from a page of another site in the same browser. Cross-site request forgery:
   // a "simple" POST (no-cors, text/plain) and one with a guessed token header (preflighted).
-  const attacker = await browser.newPage();
+  const attacker = await context.newPage();
   await attacker.goto(`http://evil.test:${attackerPort}/`);
   const csrf = await attacker.evaluate(async ([target, id]) => {
     const out = [];
@@ -189,11 +305,19 @@ try {
         headers: { 'X-Errand-Token': 'guess' } });
       out.push(`POST with a header answered ${r.status}`);
     } catch (e) { out.push(`POST with a header failed: ${e}`); }
+    for (const path of ['/api/queues/thumbnails/pause', '/api/jobs/cancel']) {
+      try {
+        await fetch(`${target}${path}`, { method: 'POST', mode: 'no-cors',
+          headers: { 'Content-Type': 'text/plain' }, body: `{"ids": [${id}]}` });
+        out.push(`simple POST ${path} sent`);
+      } catch (e) { out.push(`simple POST ${path} failed: ${e}`); }
+    }
     return out;
   }, [base, thumb]);
   console.log(`cross-site POSTs: ${csrf.join('; ')}`);
   const afterCsrf = JSON.parse(await cli('status', thumb, '--json')).state;
   assert(afterCsrf === 'running', `job ${thumb} still running after the cross-site POSTs: ${afterCsrf}`);
+  assert((await pausedQueues()).length === 0, 'no queue paused by the cross-site POSTs');
   // DNS rebinding: the attacker's name now points at the broker; the broker refuses the name.
   const rebound = await attacker.goto(`http://evil.test:${httpPort}/`);
   assert(rebound.status() === 421, `the rebound page is refused: ${rebound.status()}`);
