@@ -153,6 +153,7 @@ TEST_CASE("schedule e2e: bad input gets a clear error from the CLI and changes n
                                    "30s", "--max-attempts", "5", "--", "echo", "hi"}));
     REQUIRE_MESSAGE(ok.exit_code == 0, describe(ok));
     CHECK(ok.out.find("argv:      echo hi") != std::string::npos);
+    constexpr int kRefused = 121, kUsage = 120;  // client/cli_exit.hpp
     struct Case {
         std::vector<std::string> args;
         int exit_code;
@@ -160,21 +161,25 @@ TEST_CASE("schedule e2e: bad input gets a clear error from the CLI and changes n
     };
     const std::vector<Case> cases = {
         {{"schedule", "add", "b", "--cron", "61 * * * *"},
-         3,
+         kRefused,
          "cron field 'minute' ('61'): 61 is out of range 0-59"},
-        {{"schedule", "add", "b", "--cron", "* * * * * * *"}, 3, "has 7 fields"},
+        {{"schedule", "add", "b", "--cron", "* * * * * * *"}, kRefused, "has 7 fields"},
         {{"schedule", "add", "b", "--cron", "@daily", "--tz", "Mars/Olympus"},
-         3,
+         kRefused,
          "unknown time zone 'Mars/Olympus'"},
-        {{"schedule", "add", "good", "--cron", "@hourly"}, 3, "exists already"},
-        {{"schedule", "add", "b", "--cron", "@daily", "--catch-up", "sometimes"}, 2, "sometimes"},
-        {{"schedule", "add", "bad name", "--cron", "@daily"}, 2, "invalid schedule name"},
-        {{"schedule", "add", "b", "--cron", "@daily", "--backoff", "1m,1s"}, 2, "not BASE[,CAP]"},
-        {{"schedule", "show", "nope"}, 3, "no schedule named 'nope'"},
-        {{"schedule", "rm", "nope"}, 3, "no schedule named 'nope'"},
-        {{"schedule", "pause", "nope"}, 3, "no schedule named 'nope'"},
-        {{"schedule", "resume", "nope"}, 3, "no schedule named 'nope'"},
-        {{"schedule"}, 2, "subcommand is required"},
+        {{"schedule", "add", "good", "--cron", "@hourly"}, kRefused, "exists already"},
+        {{"schedule", "add", "b", "--cron", "@daily", "--catch-up", "sometimes"},
+         kUsage,
+         "sometimes"},
+        {{"schedule", "add", "bad name", "--cron", "@daily"}, kUsage, "invalid schedule name"},
+        {{"schedule", "add", "b", "--cron", "@daily", "--backoff", "1m,1s"},
+         kUsage,
+         "not BASE[,CAP]"},
+        {{"schedule", "show", "nope"}, kRefused, "no schedule named 'nope'"},
+        {{"schedule", "rm", "nope"}, kRefused, "no schedule named 'nope'"},
+        {{"schedule", "pause", "nope"}, kRefused, "no schedule named 'nope'"},
+        {{"schedule", "resume", "nope"}, kRefused, "no schedule named 'nope'"},
+        {{"schedule"}, kUsage, "subcommand is required"},
     };
     for (const auto& c : cases) {
         auto r = run_cli(cli(broker, c.args));
