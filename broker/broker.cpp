@@ -105,7 +105,7 @@ struct Broker::State {
         bool writes;        // may change jobs or queues: its replies wait for the pass's commit
         OnFail on_fail;     // what its replies become if that commit fails (writes only)
     };
-    static const Command kCommands[24];
+    static const Command kCommands[30];
 
     BrokerConfig cfg;
     std::unique_ptr<Store> store;
@@ -319,6 +319,47 @@ struct Broker::State {
         auto total = engine.purge(m.state, m.queue, before, kAdminBatch);
         reply(rq.identity, cmd::kPurged, encode_count(m.req, total), m.req);
     }
+
+    // ---- handlers: cron schedules (the engine's broker/schedules.cpp) ----------------------
+
+    void on_schedule_add(const Request& rq) {
+        auto m = decode_schedule_add(rq.body, {cfg.max_payload, cfg.max_result, cfg.max_batch});
+        auto s = engine.add_schedule(std::move(m.schedule), now);
+        spdlog::info("schedule {} added: '{}' in {}, queue {}", s.name, s.cron, s.zone,
+                     s.job.queue);
+        reply(rq.identity, cmd::kSchedule, encode_schedule(m.req, s), m.req);
+    }
+    void on_schedule_list(const Request& rq) {
+        auto req = rq.body.u64("req");
+        // Without payloads (SCHEDULE_SHOW has them): 1000 schedules of 1 MiB each would not fit
+        // in a message.
+        auto all = engine.schedules();
+        for (auto& s : all)
+            s.job.payload.clear();
+        reply(rq.identity, cmd::kSchedules, encode_schedules(req, all), req);
+    }
+    void on_schedule_show(const Request& rq) {
+        auto m = decode_schedule_request(rq.body);
+        auto s = engine.schedule(m.name);
+        if (!s)
+            throw ProtocolError(ErrorCode::not_found,
+                                fmt::format("no schedule named '{}'", m.name));
+        reply(rq.identity, cmd::kSchedule, encode_schedule(m.req, *s), m.req);
+    }
+    void on_schedule_remove(const Request& rq) {
+        auto m = decode_schedule_request(rq.body);
+        engine.remove_schedule(m.name);
+        spdlog::info("schedule {} removed", m.name);
+        reply(rq.identity, cmd::kOk, encode_req(m.req), m.req);
+    }
+    void set_schedule_paused(const Request& rq, bool pause) {
+        auto m = decode_schedule_request(rq.body);
+        auto s = engine.pause_schedule(m.name, pause, now);
+        spdlog::info("schedule {} {}", m.name, pause ? "paused" : "resumed");
+        reply(rq.identity, cmd::kSchedule, encode_schedule(m.req, s), m.req);
+    }
+    void on_schedule_pause(const Request& rq) { set_schedule_paused(rq, true); }
+    void on_schedule_resume(const Request& rq) { set_schedule_paused(rq, false); }
 
     // Per-state counts of `queue`, every state in enum order.
     std::vector<std::pair<JobState, std::uint64_t>> counts_of(const std::string& queue) const {
@@ -1018,7 +1059,7 @@ struct Broker::State {
 // Generic checks (frames, version, decoding, roles, registration, error replies) happen once in
 // handle(), before any handler runs.
 // clang-format off
-const Broker::State::Command Broker::State::kCommands[24] = {
+const Broker::State::Command Broker::State::kCommands[30] = {
 //   name             handler               access            worker writes on a failed commit
     {cmd::kSubmit,    &State::on_submit,    Access::everyone, false, true,  OnFail::error},
     {cmd::kStatus,    &State::on_status,    Access::everyone, false, false, OnFail::send},
@@ -1035,6 +1076,12 @@ const Broker::State::Command Broker::State::kCommands[24] = {
     {cmd::kPause,     &State::on_pause,     Access::clients, false, true,  OnFail::error},
     {cmd::kResume,    &State::on_resume,    Access::clients, false, true,  OnFail::error},
     {cmd::kPurge,     &State::on_purge,     Access::clients, false, true,  OnFail::error},
+    {cmd::kScheduleAdd,    &State::on_schedule_add,    Access::clients,  false, true,  OnFail::error},
+    {cmd::kScheduleList,   &State::on_schedule_list,   Access::everyone, false, false, OnFail::send},
+    {cmd::kScheduleShow,   &State::on_schedule_show,   Access::everyone, false, false, OnFail::send},
+    {cmd::kScheduleRemove, &State::on_schedule_remove, Access::clients,  false, true,  OnFail::error},
+    {cmd::kSchedulePause,  &State::on_schedule_pause,  Access::clients,  false, true,  OnFail::error},
+    {cmd::kScheduleResume, &State::on_schedule_resume, Access::clients,  false, true,  OnFail::error},
     {cmd::kRegister,  &State::on_register,  Access::workers, false, true,  OnFail::error},
     {cmd::kCredit,    &State::on_credit,    Access::workers, true,  false, OnFail::send},
     {cmd::kHeartbeat, &State::on_heartbeat, Access::workers, true,  true,  OnFail::drop},

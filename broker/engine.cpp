@@ -46,6 +46,7 @@ void JobEngine::rebuild(const std::unordered_map<JobId, HolderRef>& held, Millis
     paused_.clear();
     for (auto& q : store_.paused_queues())
         paused_.insert(std::move(q));
+    next_schedule_ = store_.next_schedule_at();
     dispatch_hint_ = true;
     if (shared_) {
         // Only the attempts this broker's workers hold are kept; the rest stays in the database.
@@ -122,6 +123,7 @@ void JobEngine::refresh() {
     for (auto& [q, at] : store_.oldest_ready())
         oldest_[q] = at;
     cluster_ = store_.cluster();
+    next_schedule_ = store_.next_schedule_at();
 }
 
 // ---- the one transition path --------------------------------------------------------------
@@ -776,6 +778,7 @@ std::vector<Aborted> JobEngine::tick(Millis now) {
     } else {
         tick_memory(now, aborted);
     }
+    fire_schedules(now);
     store_.maintain(now);
     if (mono_ >= next_retention_ && store_.leader()) {
         std::uint64_t n = 0;
@@ -920,6 +923,7 @@ Millis JobEngine::next_deadline(Millis bound) const {
     if (shared_)
         next = std::min({next, wall(next_poll_), wall(next_refresh_), promote_more_ ? now_ : next});
     if (!timers_.empty()) next = std::min(next, timers_.top().at);
+    if (next_schedule_) next = std::min(next, std::max(*next_schedule_, schedule_retry_));
     if (!leases_.empty()) next = std::min(next, wall(leases_.top().at));
     for (JobId id : orphans_)
         if (auto l = live_.find(id); l != live_.end())

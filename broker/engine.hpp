@@ -49,6 +49,13 @@ struct EngineConfig {
     Millis refresh_ms = 1000;
     std::size_t promote_batch = 1000;  // due jobs made ready per pass at most
     std::size_t max_queues = 10'000;   // distinct queues at once (SUBMIT to one more: too_large)
+    // Cron schedules (broker/schedules.cpp): the work of one pass is bounded.
+    std::size_t max_schedules = 1000;  // SCHEDULE_ADD of one more: too_large
+    std::size_t schedule_batch = 20;     // due schedules handled per pass at most
+    std::size_t schedule_steps = 1000;   // ticks stepped over per schedule and pass at most
+    std::size_t catch_up_all = 100;      // `all`: the most missed ticks one outage fires
+    // `none`: a tick handled later than this after its time was missed, and is skipped.
+    Millis schedule_grace_ms = 5000;
 };
 
 using StateCounts = std::array<std::uint64_t, kStateCount>;
@@ -92,6 +99,9 @@ struct Aborted {
     HolderRef holder;
     std::string reason;
 };
+
+// The token and unique key of the job a schedule's tick submits (broker/schedules.cpp).
+std::string schedule_tick_key(const std::string& name, Millis tick);
 
 class JobEngine {
   public:
@@ -152,6 +162,20 @@ class JobEngine {
                         std::size_t limit);
     // Progress of the current attempt only; false (nothing written) for any other.
     bool progress(const Progress& p);
+
+    // ---- schedules (broker/schedules.cpp; docs/LIFECYCLE.md "Schedules") ---------------------
+    // Stores a schedule whose first tick is the first after `now`. Throws bad_request (a bad
+    // cron field, an unknown zone; the message says which), invalid_state (the name is taken),
+    // too_large (max_schedules), and what SUBMIT would refuse of its job's queue.
+    Schedule add_schedule(Schedule s, Millis now);
+    // Throws not_found.
+    void remove_schedule(const std::string& name);
+    // Paused: no tick fires. Resumed: ticks from `now` on (those of the pause do not fire).
+    // Returns the schedule; throws not_found.
+    Schedule pause_schedule(const std::string& name, bool paused, Millis now);
+    // With the last job's state (nullopt: no such schedule).
+    std::optional<Schedule> schedule(const std::string& name);
+    std::vector<Schedule> schedules();
 
     // ---- the pass ----------------------------------------------------------------------------
     // This pass's events and the jobs it finished (for waiters), until committed()/rolled_back().
@@ -221,6 +245,10 @@ class JobEngine {
     void tick_memory(Millis now, std::vector<Aborted>& aborted);
     void refresh();
     bool result_applied(const JobInfo& job, bool ok);
+    // tick()'s part for schedules: the due ticks of up to schedule_batch schedules.
+    void fire_schedules(Millis now);
+    void fire_schedule(const Schedule& s, Millis now);
+    void with_last_state(Schedule& s);
     Millis backoff(const Live& l);
     void forget_removed(const std::vector<Removed>& removed, std::uint64_t* total);
     static Millis since(const Live& l);
@@ -258,6 +286,11 @@ class JobEngine {
     Millis next_poll_ = 0;
     Millis next_refresh_ = 0;
     bool promote_more_ = false;
+    // Schedules: the earliest next tick as last read from the store (a shared store: other
+    // brokers add and fire schedules too, so it is read again at each refresh), and when to
+    // look again.
+    std::optional<Millis> next_schedule_;
+    Millis schedule_retry_ = 0;  // wall time; a shared store's due rows were locked elsewhere
 };
 
 }  // namespace errand::broker

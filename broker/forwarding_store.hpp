@@ -42,6 +42,24 @@ class ForwardingStore : public Store {
     std::vector<JobId> dead_jobs(const std::optional<std::string>& q, std::size_t n) override {
         return inner_.dead_jobs(q, n);
     }
+    bool insert_schedule(const Schedule& s) override { return inner_.insert_schedule(s); }
+    bool remove_schedule(const std::string& n) override { return inner_.remove_schedule(n); }
+    bool set_schedule_paused(const std::string& n, bool p, std::optional<Millis> next) override {
+        return inner_.set_schedule_paused(n, p, next);
+    }
+    std::optional<Schedule> get_schedule(const std::string& n) override {
+        return inner_.get_schedule(n);
+    }
+    std::vector<Schedule> list_schedules(std::size_t n) override {
+        return inner_.list_schedules(n);
+    }
+    std::vector<Schedule> due_schedules(Millis now, std::size_t n) override {
+        return inner_.due_schedules(now, n);
+    }
+    bool advance_schedule(const std::string& n, Millis from, const ScheduleAdvance& to) override {
+        return inner_.advance_schedule(n, from, to);
+    }
+    std::optional<Millis> next_schedule_at() override { return inner_.next_schedule_at(); }
     bool shared() const override { return inner_.shared(); }
     std::uint32_t epoch() const override { return inner_.epoch(); }
     std::vector<ClaimedJob> claim(const ClaimRequest& c) override { return inner_.claim(c); }

@@ -138,6 +138,13 @@ struct Promoted {
     std::uint32_t attempts = 0;
 };
 
+// A schedule's cursor after the engine fired (or skipped) its due ticks.
+struct ScheduleAdvance {
+    std::optional<Millis> next_at;  // the next tick not yet handled (nullopt: never again)
+    std::optional<Millis> last_at;  // the last tick that submitted a job
+    std::optional<JobId> last_job;
+};
+
 // Reads of jobs for the read-only commands (STATUS, WAIT, LIST, HISTORY): they see every write
 // of the current transaction and everything committed.
 class JobReads {
@@ -199,6 +206,26 @@ class Store : public JobReads {
     // Up to `limit` ids of dead jobs (of `queue` when given), oldest first.
     virtual std::vector<JobId> dead_jobs(const std::optional<std::string>& queue,
                                          std::size_t limit) = 0;
+
+    // ---- schedules (rows of errand::Schedule; last_state is the job's, not stored) -----------
+    // False, with nothing written, when the name is taken.
+    virtual bool insert_schedule(const Schedule& s) = 0;
+    // False when there is no such schedule.
+    virtual bool remove_schedule(const std::string& name) = 0;
+    virtual bool set_schedule_paused(const std::string& name, bool paused,
+                                     std::optional<Millis> next_at) = 0;
+    virtual std::optional<Schedule> get_schedule(const std::string& name) = 0;
+    // By name, at most `limit`.
+    virtual std::vector<Schedule> list_schedules(std::size_t limit) = 0;
+    // Up to `limit` schedules, not paused, whose next tick is due by `now`, earliest first. A
+    // shared store locks them for this transaction; other brokers skip locked rows.
+    virtual std::vector<Schedule> due_schedules(Millis now, std::size_t limit) = 0;
+    // Moves the cursor of a schedule whose next_at is still `from` (compare-and-set): false,
+    // with nothing written, when it is not (another broker handled those ticks, or it is gone).
+    virtual bool advance_schedule(const std::string& name, Millis from,
+                                  const ScheduleAdvance& to) = 0;
+    // The earliest next tick of a schedule that is not paused.
+    virtual std::optional<Millis> next_schedule_at() = 0;
 
     // ---- shared stores -----------------------------------------------------------------------
     // A shared store is the only truth about jobs (other brokers change them too): the engine

@@ -114,6 +114,25 @@ const char* const kMigrations[] = {
         expires_at timestamptz NOT NULL
     );
     )sql",
+    // 4: cron schedules (broker/cron.hpp). `job` is the JobSpec each tick submits (msgpack, as
+    // errand::encode(JobSpec) writes it); next_at the next tick not yet handled. Any broker
+    // fires a due schedule: it locks the row (others skip it) and moves next_at in the
+    // transaction that inserts the tick's job.
+    R"sql(
+    CREATE TABLE schedules (
+        name text PRIMARY KEY,
+        cron text NOT NULL,
+        zone text NOT NULL,
+        catch_up text NOT NULL CHECK (catch_up IN ('none', 'latest', 'all')),
+        job bytea NOT NULL,
+        paused boolean NOT NULL DEFAULT false,
+        created_at bigint NOT NULL,
+        next_at bigint,
+        last_at bigint,
+        last_job bigint
+    );
+    CREATE INDEX schedules_due ON schedules (next_at) WHERE NOT paused AND next_at IS NOT NULL;
+    )sql",
 };
 
 static_assert(std::size(kMigrations) == PgStore::kSchemaVersion,
@@ -330,6 +349,36 @@ void PgStore::prepare() {
                 1);
     db_.prepare("count", "SELECT queue, state, count(*) FROM jobs GROUP BY queue, state", 0);
     db_.prepare("paused", "SELECT name FROM queues WHERE paused ORDER BY name", 0);
+    constexpr const char* kScheduleColumns =
+        "name, cron, zone, catch_up, job, paused, created_at, next_at, last_at, last_job";
+    db_.prepare("schedule_insert",
+                "INSERT INTO schedules (name, cron, zone, catch_up, job, paused, created_at, "
+                "next_at) VALUES ($1::text, $2::text, $3::text, $4::text, $5::bytea, "
+                "$6::boolean, $7::bigint, $8::bigint) ON CONFLICT (name) DO NOTHING",
+                8);
+    db_.prepare("schedule_remove", "DELETE FROM schedules WHERE name = $1::text", 1);
+    db_.prepare("schedule_pause",
+                "UPDATE schedules SET paused = $2::boolean, next_at = $3::bigint "
+                "WHERE name = $1::text",
+                3);
+    db_.prepare("schedule_get",
+                fmt::format("SELECT {} FROM schedules WHERE name = $1::text", kScheduleColumns), 1);
+    db_.prepare(
+        "schedule_list",
+        fmt::format("SELECT {} FROM schedules ORDER BY name LIMIT $1::bigint", kScheduleColumns),
+        1);
+    db_.prepare("schedule_due",
+                fmt::format("SELECT {} FROM schedules WHERE NOT paused AND next_at IS NOT NULL "
+                            "AND next_at <= $1::bigint ORDER BY next_at LIMIT $2::bigint "
+                            "FOR UPDATE SKIP LOCKED",
+                            kScheduleColumns),
+                2);
+    db_.prepare("schedule_advance",
+                "UPDATE schedules SET next_at = $3::bigint, last_at = $4::bigint, "
+                "last_job = $5::bigint WHERE name = $1::text AND next_at = $2::bigint",
+                5);
+    db_.prepare("schedule_next",
+                "SELECT min(next_at) FROM schedules WHERE NOT paused AND next_at IS NOT NULL", 0);
     // The claim (several brokers at once): the rows are locked as they are picked, and rows
     // another broker has locked are skipped, so no job is claimed twice; the database counts
     // the attempt. A paused queue (read in the same statement) gives nothing.
@@ -975,6 +1024,91 @@ std::vector<JobId> PgStore::dead_jobs(const std::optional<std::string>& queue, s
     for (int i = 0; i < r.rows(); ++i)
         out.push_back(static_cast<JobId>(r.i64(i, 0)));
     return out;
+}
+
+// ---- schedules ---------------------------------------------------------------------------------
+
+namespace {
+std::vector<Schedule> read_schedules(const pg::Result& r) {
+    std::vector<Schedule> out;
+    for (int i = 0; i < r.rows(); ++i) {
+        PgRow row{r, i};
+        Schedule s;
+        s.name = row.text(0);
+        s.cron = row.text(1);
+        s.zone = row.text(2);
+        s.catch_up = row.text(3);
+        auto job = row.text(4);
+        Body body(job);
+        s.job = decode_job_spec(body.reader());
+        s.paused = row.i64(5) != 0;
+        s.created_at = row.i64(6);
+        s.next_at = row.opt_i64(7);
+        s.last_at = row.opt_i64(8);
+        if (auto j = row.opt_i64(9)) s.last_job = static_cast<JobId>(*j);
+        out.push_back(std::move(s));
+    }
+    return out;
+}
+}  // namespace
+
+bool PgStore::insert_schedule(const Schedule& s) {
+    begin();
+    auto r = run("schedule_insert", pg::Params()
+                                        .text(s.name)
+                                        .text(s.cron)
+                                        .text(s.zone)
+                                        .text(s.catch_up)
+                                        .bytes(encode(s.job))
+                                        .boolean(s.paused)
+                                        .i64(s.created_at)
+                                        .opt_i64(s.next_at));
+    return r.affected() > 0;
+}
+
+bool PgStore::remove_schedule(const std::string& name) {
+    begin();
+    return run("schedule_remove", pg::Params().text(name)).affected() > 0;
+}
+
+bool PgStore::set_schedule_paused(const std::string& name, bool paused,
+                                  std::optional<Millis> next_at) {
+    begin();
+    return run("schedule_pause", pg::Params().text(name).boolean(paused).opt_i64(next_at))
+               .affected() > 0;
+}
+
+std::optional<Schedule> PgStore::get_schedule(const std::string& name) {
+    auto all = read_schedules(run("schedule_get", pg::Params().text(name)));
+    if (all.empty()) return std::nullopt;
+    return std::move(all.front());
+}
+
+std::vector<Schedule> PgStore::list_schedules(std::size_t limit) {
+    return read_schedules(run("schedule_list", pg::Params().i64(static_cast<std::int64_t>(limit))));
+}
+
+std::vector<Schedule> PgStore::due_schedules(Millis now, std::size_t limit) {
+    begin();  // the rows stay locked until this transaction ends
+    return read_schedules(
+        run("schedule_due", pg::Params().i64(now).i64(static_cast<std::int64_t>(limit))));
+}
+
+bool PgStore::advance_schedule(const std::string& name, Millis from, const ScheduleAdvance& to) {
+    begin();
+    return run("schedule_advance", pg::Params()
+                                       .text(name)
+                                       .i64(from)
+                                       .opt_i64(to.next_at)
+                                       .opt_i64(to.last_at)
+                                       .opt_i64(to.last_job))
+               .affected() > 0;
+}
+
+std::optional<Millis> PgStore::next_schedule_at() {
+    auto r = run("schedule_next");
+    if (r.rows() == 0) return std::nullopt;
+    return r.opt_i64(0, 0);
 }
 
 }  // namespace errand::broker

@@ -51,6 +51,16 @@ class PgStore final : public Store {
     std::vector<JobId> dead_jobs(const std::optional<std::string>& queue,
                                  std::size_t limit) override;
 
+    bool insert_schedule(const Schedule& s) override;
+    bool remove_schedule(const std::string& name) override;
+    bool set_schedule_paused(const std::string& name, bool paused,
+                             std::optional<Millis> next_at) override;
+    std::optional<Schedule> get_schedule(const std::string& name) override;
+    std::vector<Schedule> list_schedules(std::size_t limit) override;
+    std::vector<Schedule> due_schedules(Millis now, std::size_t limit) override;
+    bool advance_schedule(const std::string& name, Millis from, const ScheduleAdvance& to) override;
+    std::optional<Millis> next_schedule_at() override;
+
     bool shared() const override { return true; }
     std::vector<ClaimedJob> claim(const ClaimRequest& c) override;
     std::vector<Promoted> promote_due(Millis now, std::size_t limit) override;
@@ -77,7 +87,7 @@ class PgStore final : public Store {
     std::uint64_t size_bytes();
 
     int schema_version();
-    static constexpr int kSchemaVersion = 3;
+    static constexpr int kSchemaVersion = 4;
 
   private:
     void begin();

@@ -22,6 +22,9 @@
 // of the running attempt's dispatch, which with the attempt is its fencing token (a dispatch lost
 // in a power cut under synchronous=NORMAL is made again with the same attempt number but a new
 // epoch; docs/RELIABILITY.md).
+// Version 7 adds schedules(name, cron, zone, catch_up, job, paused, created_at, next_at, last_at,
+// last_job): cron schedules (broker/cron.hpp), `job` the JobSpec each tick submits (msgpack, as
+// errand::encode(JobSpec) writes it), next_at the next tick not yet handled.
 #include "store_sqlite.hpp"
 
 #include "argv_blob.hpp"
@@ -188,6 +191,23 @@ const char* const kMigrations[] = {
     CREATE TABLE broker_epoch (n INTEGER NOT NULL);
     INSERT INTO broker_epoch VALUES (0);
     ALTER TABLE jobs ADD COLUMN epoch INTEGER;
+    )sql",
+    // 7: cron schedules (see the top of this file).
+    R"sql(
+    CREATE TABLE schedules (
+        name       TEXT PRIMARY KEY,
+        cron       TEXT NOT NULL,
+        zone       TEXT NOT NULL,
+        catch_up   TEXT NOT NULL CHECK (catch_up = 'none' OR catch_up = 'latest'
+                                       OR catch_up = 'all'),
+        job        BLOB NOT NULL,
+        paused     INTEGER NOT NULL DEFAULT 0 CHECK (paused IN (0, 1)),
+        created_at INTEGER NOT NULL,
+        next_at    INTEGER,
+        last_at    INTEGER,
+        last_job   INTEGER
+    );
+    CREATE INDEX schedules_due ON schedules(next_at) WHERE paused = 0 AND next_at IS NOT NULL;
     )sql",
 };
 
@@ -585,6 +605,7 @@ SqliteStore::~SqliteStore() {
         }
     }
     stop_checkpointer();
+    sched_.reset();
     st_.reset();
     if (db_) sqlite3_close(db_);
 }
@@ -1134,6 +1155,143 @@ JobId SqliteStore::max_job_id() {
     auto id = static_cast<JobId>(s.i64(0));
     s.reset();
     return id;
+}
+
+// ---- Schedules --------------------------------------------------------------------------------
+
+// Prepared on first use (a broker without schedules never needs them).
+struct SqliteStore::ScheduleStatements {
+    static constexpr const char* kColumns =
+        "name, cron, zone, catch_up, job, paused, created_at, next_at, last_at, last_job";
+    explicit ScheduleStatements(sqlite3* db)
+        : insert(db,
+                 "INSERT INTO schedules (name, cron, zone, catch_up, job, paused, created_at, "
+                 "next_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (name) DO NOTHING"),
+          remove(db, "DELETE FROM schedules WHERE name = ?1"),
+          pause(db, "UPDATE schedules SET paused = ?2, next_at = ?3 WHERE name = ?1"),
+          get(db, fmt::format("SELECT {} FROM schedules WHERE name = ?1", kColumns).c_str()),
+          list(db,
+               fmt::format("SELECT {} FROM schedules ORDER BY name LIMIT ?1", kColumns).c_str()),
+          due(db, fmt::format("SELECT {} FROM schedules WHERE paused = 0 AND next_at IS NOT NULL "
+                              "AND next_at <= ?1 ORDER BY next_at LIMIT ?2",
+                              kColumns)
+                      .c_str()),
+          advance(db,
+                  "UPDATE schedules SET next_at = ?3, last_at = ?4, last_job = ?5 "
+                  "WHERE name = ?1 AND next_at = ?2"),
+          next(db, "SELECT MIN(next_at) FROM schedules WHERE paused = 0 AND next_at IS NOT NULL") {}
+    Stmt insert, remove, pause, get, list, due, advance, next;
+};
+
+namespace {
+Schedule read_schedule(const Stmt& s) {
+    Schedule out;
+    out.name = s.text(0);
+    out.cron = s.text(1);
+    out.zone = s.text(2);
+    out.catch_up = s.text(3);
+    auto job = s.blob(4);
+    Body body(job);
+    out.job = decode_job_spec(body.reader());
+    out.paused = s.i64(5) != 0;
+    out.created_at = s.i64(6);
+    out.next_at = s.opt_i64(7);
+    out.last_at = s.opt_i64(8);
+    if (auto j = s.opt_i64(9)) out.last_job = static_cast<JobId>(*j);
+    return out;
+}
+std::vector<Schedule> read_schedules(Stmt& s) {
+    std::vector<Schedule> out;
+    try {
+        while (s.step())
+            out.push_back(read_schedule(s));
+    } catch (...) {
+        s.reset();
+        throw;
+    }
+    s.reset();
+    return out;
+}
+}  // namespace
+
+SqliteStore::ScheduleStatements& SqliteStore::sched() {
+    if (!sched_) sched_ = std::make_unique<ScheduleStatements>(db_);
+    return *sched_;
+}
+
+bool SqliteStore::insert_schedule(const Schedule& s) {
+    begin();
+    auto& st = sched().insert.reset();
+    st.bind(1, std::string_view(s.name))
+        .bind(2, std::string_view(s.cron))
+        .bind(3, std::string_view(s.zone))
+        .bind(4, std::string_view(s.catch_up))
+        .bind_blob(5, encode(s.job))
+        .bind(6, std::int64_t{s.paused ? 1 : 0})
+        .bind(7, s.created_at)
+        .bind_opt(8, s.next_at)
+        .run();
+    return sqlite3_changes(db_) > 0;
+}
+
+bool SqliteStore::remove_schedule(const std::string& name) {
+    begin();
+    sched().remove.reset().bind(1, std::string_view(name)).run();
+    return sqlite3_changes(db_) > 0;
+}
+
+bool SqliteStore::set_schedule_paused(const std::string& name, bool paused,
+                                      std::optional<Millis> next_at) {
+    begin();
+    sched()
+        .pause.reset()
+        .bind(1, std::string_view(name))
+        .bind(2, std::int64_t{paused ? 1 : 0})
+        .bind_opt(3, next_at)
+        .run();
+    return sqlite3_changes(db_) > 0;
+}
+
+std::optional<Schedule> SqliteStore::get_schedule(const std::string& name) {
+    auto& st = sched().get.reset();
+    st.bind(1, std::string_view(name));
+    auto all = read_schedules(st);
+    if (all.empty()) return std::nullopt;
+    return std::move(all.front());
+}
+
+std::vector<Schedule> SqliteStore::list_schedules(std::size_t limit) {
+    auto& st = sched().list.reset();
+    st.bind(1, static_cast<std::int64_t>(limit));
+    return read_schedules(st);
+}
+
+std::vector<Schedule> SqliteStore::due_schedules(Millis now, std::size_t limit) {
+    auto& st = sched().due.reset();
+    st.bind(1, now).bind(2, static_cast<std::int64_t>(limit));
+    return read_schedules(st);
+}
+
+bool SqliteStore::advance_schedule(const std::string& name, Millis from,
+                                   const ScheduleAdvance& to) {
+    begin();
+    sched()
+        .advance.reset()
+        .bind(1, std::string_view(name))
+        .bind(2, from)
+        .bind_opt(3, to.next_at)
+        .bind_opt(4, to.last_at)
+        .bind_opt(5, to.last_job)
+        .run();
+    return sqlite3_changes(db_) > 0;
+}
+
+std::optional<Millis> SqliteStore::next_schedule_at() {
+    auto& st = sched().next.reset();
+    std::optional<Millis> out;
+    if (st.step()) out = st.opt_i64(0);
+    st.reset();
+    return out;
 }
 
 // ---- SqliteQueryStore ----------------------------------------------------------------------

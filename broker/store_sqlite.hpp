@@ -60,6 +60,16 @@ class SqliteStore final : public Store {
     std::vector<JobId> dead_jobs(const std::optional<std::string>& queue,
                                  std::size_t limit) override;
 
+    bool insert_schedule(const Schedule& s) override;
+    bool remove_schedule(const std::string& name) override;
+    bool set_schedule_paused(const std::string& name, bool paused,
+                             std::optional<Millis> next_at) override;
+    std::optional<Schedule> get_schedule(const std::string& name) override;
+    std::vector<Schedule> list_schedules(std::size_t limit) override;
+    std::vector<Schedule> due_schedules(Millis now, std::size_t limit) override;
+    bool advance_schedule(const std::string& name, Millis from, const ScheduleAdvance& to) override;
+    std::optional<Millis> next_schedule_at() override;
+
     // SQLite's own mechanics, public for its tests (the engine reaches them through maintain()):
     // Opens the write transaction now (every write does so anyway).
     void begin();
@@ -73,10 +83,12 @@ class SqliteStore final : public Store {
     JobId max_job_id();
 
     int schema_version();
-    static constexpr int kSchemaVersion = 6;
+    static constexpr int kSchemaVersion = 7;
 
   private:
     struct Statements;
+    struct ScheduleStatements;
+    ScheduleStatements& sched();
     void exec(const char* sql);
     bool check_identity();  // true for a new, empty file
     void migrate();
@@ -105,7 +117,8 @@ class SqliteStore final : public Store {
 
     sqlite3* db_ = nullptr;
     std::unique_ptr<Statements> st_;
-    std::uint32_t epoch_ = 0;      // this open's broker_epoch (count_epoch)
+    std::uint32_t epoch_ = 0;  // this open's broker_epoch (count_epoch)
+    std::unique_ptr<ScheduleStatements> sched_;
     JobId next_id_ = 1;            // the id insert_job gives next (from the file at open/rollback)
     Millis next_materialize_ = 0;  // maintain(): when held-back dispatches go into their rows
     bool reclaim_due_ = false;     // maintain(): rows were deleted, pages may be free

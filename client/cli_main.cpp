@@ -26,6 +26,7 @@
 #include "cli_exit.hpp"
 #include "cli_observe.hpp"
 #include "cli_output.hpp"
+#include "cli_schedule.hpp"
 #include "errand/client.hpp"
 #include "errand/duration.hpp"
 #include "errand/spelling.hpp"
@@ -855,6 +856,9 @@ int run(int argc, char** argv) {
     commands.emplace_back(
         workers, [&](errand::Client& c) { return errand::cli::run_workers(c, workers_json); });
 
+    auto schedule = errand::cli::add_schedule_commands(app, job_argv);
+    commands.emplace_back(schedule.schedule, schedule.run);
+
     try {
         app.parse(cli_argc, argv);
     } catch (const CLI::ExtrasError&) {
@@ -910,13 +914,13 @@ int run(int argc, char** argv) {
         }
         throw UsageError(fmt::format("a subcommand is required: {} (see --help)", names));
     }
-    if (cli_argc != argc && !submit->parsed()) {
-        throw UsageError("'--' (a job's command line) is only accepted by submit");
+    if (cli_argc != argc && !submit->parsed() && !schedule.add->parsed()) {
+        throw UsageError("'--' (a job's command line) is only accepted by submit and schedule add");
     }
     if (cli_argc != argc && submit_args.jsonl) {
         throw UsageError("with --jsonl, a job's command line goes in its line's \"argv\"");
     }
-    submit_args.argv = std::move(job_argv);
+    submit_args.argv = job_argv;  // schedule add reads it too
     if (retry->parsed() && !retry_args.ids.empty() == retry_args.dead) {
         throw UsageError(retry_args.dead
                              ? "retry takes a job id or --dead, not both"

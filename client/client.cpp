@@ -330,6 +330,43 @@ std::vector<QueueInfo> Client::queues() {
     return decode_queues(b.reader());
 }
 
+Schedule Client::schedule_add(const Schedule& s) {
+    ScheduleAddRequest m{impl_->next_req++, s};
+    auto env = impl_->call(cmd::kScheduleAdd, encode(m), m.req);
+    Impl::expect(env, cmd::kSchedule);
+    Body b(env.body);
+    return decode_schedule(b.reader());
+}
+std::vector<Schedule> Client::schedules() {
+    auto req = impl_->next_req++;
+    auto env = impl_->call(cmd::kScheduleList, encode_req(req), req);
+    Impl::expect(env, cmd::kSchedules);
+    Body b(env.body);
+    return decode_schedules(b.reader());
+}
+namespace {
+Schedule schedule_call(auto& impl, std::string_view command, const std::string& name) {
+    ScheduleRequest m{impl.next_req++, name};
+    auto env = impl.call(command, encode(m), m.req);
+    std::remove_reference_t<decltype(impl)>::expect(env, cmd::kSchedule);
+    Body b(env.body);
+    return decode_schedule(b.reader());
+}
+}  // namespace
+Schedule Client::schedule(const std::string& name) {
+    return schedule_call(*impl_, cmd::kScheduleShow, name);
+}
+void Client::schedule_remove(const std::string& name) {
+    ScheduleRequest m{impl_->next_req++, name};
+    Impl::expect(impl_->call(cmd::kScheduleRemove, encode(m), m.req), cmd::kOk);
+}
+Schedule Client::schedule_pause(const std::string& name) {
+    return schedule_call(*impl_, cmd::kSchedulePause, name);
+}
+Schedule Client::schedule_resume(const std::string& name) {
+    return schedule_call(*impl_, cmd::kScheduleResume, name);
+}
+
 std::vector<Event> Client::history(JobId id) {
     IdRequest m{impl_->next_req++, id};
     auto env = impl_->call(cmd::kHistory, encode(m), m.req);

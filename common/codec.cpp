@@ -619,6 +619,37 @@ std::vector<Event> decode_events(const Reader& r) {
     return decode_as<EventsT>(r).events;
 }
 
+std::string encode(const ScheduleAddRequest& m) {
+    return encode_as<ScheduleAddT>(m);
+}
+ScheduleAddRequest decode_schedule_add(const Reader& r, const DecodeLimits& lim) {
+    return decode_as<ScheduleAddT>(r, lim);
+}
+std::string encode(const ScheduleRequest& m) {
+    return encode_as<ScheduleRequestT>(m);
+}
+ScheduleRequest decode_schedule_request(const Reader& r) {
+    return decode_as<ScheduleRequestT>(r);
+}
+std::string encode_schedule(std::uint64_t req, const Schedule& s) {
+    return encode_as<ScheduleReplyT>({req, s});
+}
+Schedule decode_schedule(const Reader& r) {
+    return decode_as<ScheduleReplyT>(r).schedule;
+}
+std::string encode_schedules(std::uint64_t req, const std::vector<Schedule>& s) {
+    return encode_as<SchedulesT>({req, s});
+}
+std::vector<Schedule> decode_schedules(const Reader& r) {
+    return decode_as<SchedulesT>(r).schedules;
+}
+std::string encode(const JobSpec& m) {
+    return encode_as<JobSpecT>(m);
+}
+JobSpec decode_job_spec(const Reader& r) {
+    return decode_as<JobSpecT>(r);
+}
+
 std::string encode_req(std::uint64_t req) {
     return encode_as<ReqOnlyT>({req});
 }

@@ -117,6 +117,9 @@ Json to_json(const WorkerJob& job) {
 Json to_json(const StatsReply& stats) {
     return fields::object_of<fields::StatsT>(stats);
 }
+Json to_json(const Schedule& schedule) {
+    return fields::object_of<fields::ScheduleT>(schedule);
+}
 
 Json json_time(const std::optional<Millis>& t) {
     if (!t) return nullptr;

@@ -85,6 +85,14 @@ struct FeedReply {
     std::uint64_t req = 0;
     std::vector<JobEvent> events;
 };
+struct ScheduleReply {  // SCHEDULE
+    std::uint64_t req = 0;
+    Schedule schedule;
+};
+struct SchedulesReply {  // SCHEDULES
+    std::uint64_t req = 0;
+    std::vector<Schedule> schedules;
+};
 struct WorkersReply {
     std::uint64_t req = 0;
     std::vector<WorkerInfo> workers;
@@ -314,6 +322,66 @@ struct EventsT {
         message<EventsReply>("EVENTS", {}, field("req", &EventsReply::req, U64{}, required),
                              field("id", &EventsReply::id, U64{}, required),
                              field("events", &EventsReply::events, MsgArray<EventT>{}, required));
+};
+
+// ---- schedules -------------------------------------------------------------------------------
+
+inline void check_schedule_name(const std::string& name) {
+    if (!valid_queue_name(name))
+        bad(fmt::format("invalid schedule name '{}': use 1-{} of A-Z a-z 0-9 _ . -", name,
+                        limits::kMaxQueueName));
+}
+
+struct ScheduleT {
+    static constexpr auto table = message<Schedule>(
+        "schedule object",
+        {.post =
+             [](Schedule& s, const Reader&, const DecodeLimits&) {
+                 if (s.job.token || s.job.unique || s.job.run_at || s.job.delay_ms)
+                     bad("a schedule's job takes no 'token', 'unique', 'run_at' or 'delay_ms' "
+                         "(each tick's job gets its own token)");
+             }},
+        field("name", &Schedule::name, str(kName), required,
+              [](const std::string& n) { check_schedule_name(n); }),
+        field("cron", &Schedule::cron, str(256, true), required),
+        field("zone", &Schedule::zone, str(64, true), defaulted),
+        field("catch_up", &Schedule::catch_up, str(16), defaulted,
+              [](const std::string& c) {
+                  if (c != "none" && c != "latest" && c != "all")
+                      bad(fmt::format("catch_up must be none, latest or all, not '{}'", c));
+              }),
+        field("job", &Schedule::job, Msg<JobSpecT>{}, required),
+        field("paused", &Schedule::paused, Bool{}, defaulted),
+        field("created_at", &Schedule::created_at, Time{}, defaulted),
+        field("next_at", &Schedule::next_at, Time{}, nullable),
+        field("last_at", &Schedule::last_at, Time{}, nullable),
+        field("last_job", &Schedule::last_job, U64{}, nullable),
+        field("last_state", &Schedule::last_state, State{}, nullable));
+};
+
+struct ScheduleAddT {
+    static constexpr auto table = message<ScheduleAddRequest>(
+        "SCHEDULE_ADD", {}, field("req", &ScheduleAddRequest::req, U64{}, required),
+        field("schedule", &ScheduleAddRequest::schedule, Msg<ScheduleT>{}, required));
+};
+
+struct ScheduleRequestT {  // SCHEDULE_SHOW, SCHEDULE_REMOVE, SCHEDULE_PAUSE, SCHEDULE_RESUME
+    static constexpr auto table = message<ScheduleRequest>(
+        "SCHEDULE_SHOW", {}, field("req", &ScheduleRequest::req, U64{}, required),
+        field("name", &ScheduleRequest::name, str(kName), required,
+              [](const std::string& n) { check_schedule_name(n); }));
+};
+
+struct ScheduleReplyT {
+    static constexpr auto table = message<ScheduleReply>(
+        "SCHEDULE", {}, field("req", &ScheduleReply::req, U64{}, required),
+        field("schedule", &ScheduleReply::schedule, Msg<ScheduleT>{}, required));
+};
+
+struct SchedulesT {
+    static constexpr auto table = message<SchedulesReply>(
+        "SCHEDULES", {}, field("req", &SchedulesReply::req, U64{}, required),
+        field("schedules", &SchedulesReply::schedules, MsgArray<ScheduleT>{}, required));
 };
 
 // ---- observability ---------------------------------------------------------------------------
@@ -618,7 +686,8 @@ struct AbortT {
 using AllTables =
     std::tuple<SubmitT, JobSpecT, SubmittedT, IdRequestT, WaitT, ListT, JobT, JobsT, JobInfoT,
                ReqOnlyT, PongT, QueueRequestT, RetryT, RetriedT, PurgeT, PurgedT, QueuesT,
-               QueueInfoT, EventsT, EventT, StatsT, QueueStatsT, BrokerInfoT, WorkersT, WorkerInfoT,
+               QueueInfoT, EventsT, EventT, ScheduleAddT, ScheduleT, ScheduleRequestT,
+               ScheduleReplyT, SchedulesT, StatsT, QueueStatsT, BrokerInfoT, WorkersT, WorkerInfoT,
                WorkerJobT, FeedT, FeedReplyT, JobEventT, RegisterT, RegisteredT, CreditT, DispatchT,
                DoneT, FailT, ResultsT, AckT, AcksT, ErrorT, ProgressT, AbortT, HeartbeatT>;
 

@@ -427,6 +427,40 @@ class Script {
                 m.after = in_.range(0, 40);
                 return encode(m);
             }
+            case script::Op::kScheduleAdd: {
+                command = cmd::kScheduleAdd;
+                ScheduleAddRequest m;
+                m.req = req();
+                m.schedule.name =
+                    std::string(script::kSchedules[in_.pick(script::kSchedules.size())]);
+                m.schedule.cron = in_.boolean()
+                                      ? std::string(script::kCrons[in_.pick(script::kCrons.size())])
+                                      : in_.bytes(24);
+                m.schedule.zone = std::string(script::kZones[in_.pick(script::kZones.size())]);
+                m.schedule.catch_up =
+                    std::string(script::kCatchUps[in_.pick(script::kCatchUps.size())]);
+                m.schedule.job.queue = queue();
+                m.schedule.job.payload = in_.bytes(8);
+                m.schedule.job.max_attempts = static_cast<std::uint32_t>(in_.range(1, 3));
+                if (in_.boolean())
+                    m.schedule.job.timeout_ms = static_cast<Millis>(in_.range(1, 5000));
+                m.schedule.paused = in_.range(0, 7) == 0;
+                return encode(m);
+            }
+            case script::Op::kScheduleList:
+                command = cmd::kScheduleList;
+                return encode_req(req());
+            case script::Op::kScheduleShow:
+            case script::Op::kScheduleRemove:
+            case script::Op::kSchedulePause:
+            case script::Op::kScheduleResume: {
+                command = op == script::Op::kScheduleShow     ? cmd::kScheduleShow
+                          : op == script::Op::kScheduleRemove ? cmd::kScheduleRemove
+                          : op == script::Op::kSchedulePause  ? cmd::kSchedulePause
+                                                              : cmd::kScheduleResume;
+                return encode(ScheduleRequest{
+                    req(), std::string(script::kSchedules[in_.pick(script::kSchedules.size())])});
+            }
             case script::Op::kProgress: {
                 command = cmd::kProgress;
                 auto h = attempt();
@@ -533,6 +567,10 @@ class Script {
                 decode_workers(r);
             } else if (c == cmd::kFeed) {
                 decode_feed_reply(r);
+            } else if (c == cmd::kSchedule) {
+                decode_schedule(r);
+            } else if (c == cmd::kSchedules) {
+                decode_schedules(r);
             } else if (c == cmd::kHeartbeat) {
                 r.opt_str("instance", 64);
             } else if (c == cmd::kError) {

@@ -106,6 +106,15 @@ void run_decoders(const Reader& r) {
                [](const std::vector<QueueInfo>& q) { return encode_queues(0, q); });
     round_trip("EVENTS", r, decode_events,
                [](const std::vector<Event>& e) { return encode_events(0, 0, e); });
+    round_trip(
+        "SCHEDULE_ADD", r, [](const Reader& x) { return decode_schedule_add(x); },
+        [](const ScheduleAddRequest& m) { return encode(m); });
+    round_trip("SCHEDULE_SHOW", r, decode_schedule_request,
+               [](const ScheduleRequest& m) { return encode(m); });
+    round_trip("SCHEDULE", r, decode_schedule,
+               [](const Schedule& s) { return encode_schedule(0, s); });
+    round_trip("SCHEDULES", r, decode_schedules,
+               [](const std::vector<Schedule>& v) { return encode_schedules(0, v); });
     round_trip("job event", r, decode_job_event, [](const JobEvent& m) { return encode(m); });
     round_trip("FEED", r, decode_feed, [](const FeedRequest& m) { return encode(m); });
     round_trip("FEED reply", r, decode_feed_reply,

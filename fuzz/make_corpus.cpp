@@ -111,6 +111,24 @@ std::vector<std::pair<std::string, std::string>> codec_seeds() {
     add("purge", encode(PurgeRequest{14, JobState::dead, "default", 60000}));
     add("retried", encode_ids(12, {1, 2, 3}));
     add("purged", encode_count(14, 3));
+    {
+        Schedule s;
+        s.name = "nightly";
+        s.cron = "30 2 * * *";
+        s.zone = "Europe/Berlin";
+        s.catch_up = "all";
+        s.job.queue = "default";
+        s.job.argv = std::vector<std::string>{"backup", "--full"};
+        add("schedule_add", encode(ScheduleAddRequest{15, s}));
+        add("schedule_show", encode(ScheduleRequest{16, "nightly"}));
+        s.created_at = 1'700'000'000'000;
+        s.next_at = 1'700'000'060'000;
+        s.last_at = 1'700'000'000'000;
+        s.last_job = 7;
+        s.last_state = JobState::succeeded;
+        add("schedule", encode_schedule(16, s));
+        add("schedules", encode_schedules(17, {s}));
+    }
     QueueInfo qi{"default", true, {}, 1'700'000'000'000};
     for (JobState s : kAllStates)
         qi.counts.emplace_back(s, static_cast<std::uint64_t>(s));
@@ -219,6 +237,32 @@ class ScriptWriter {
         return *this;
     }
     // Lets time pass: a PING after `seconds` seconds (at most 127).
+    // SCHEDULE_ADD as the target builds it (broker_entry.cpp): kSchedules[name], kCrons[cron],
+    // kZones[zone], kCatchUps[catch_up], queue q0, a short payload, not paused.
+    ScriptWriter& schedule_add(std::size_t name, std::size_t cron, std::size_t zone,
+                               std::size_t catch_up) {
+        head(1, 0, sc::Op::kScheduleAdd);
+        range(0, 7, 1);  // req: the next one
+        range(0, sc::kSchedules.size() - 1, name);
+        byte(1);  // a cron from the list
+        range(0, sc::kCrons.size() - 1, cron);
+        range(0, sc::kZones.size() - 1, zone);
+        range(0, sc::kCatchUps.size() - 1, catch_up);
+        range(0, 15, 1);  // a queue from the list: q0
+        range(0, sc::kQueues.size() - 1, 0);
+        str(8, "tick");
+        range(1, 3, 2);
+        byte(0);         // no timeout
+        range(0, 7, 1);  // not paused
+        return *this;
+    }
+    // SCHEDULE_SHOW, _REMOVE, _PAUSE, _RESUME of kSchedules[name]; SCHEDULE_LIST.
+    ScriptWriter& schedule(sc::Op op, std::size_t name, std::uint8_t advance = 1) {
+        head(advance, 0, op);
+        range(0, 7, 1);
+        if (op != sc::Op::kScheduleList) range(0, sc::kSchedules.size() - 1, name);
+        return *this;
+    }
     ScriptWriter& wait(std::uint8_t seconds) {
         return msg(0, cmd::kPing, encode_req(99), static_cast<std::uint8_t>(0x80 | seconds));
     }
@@ -318,6 +362,28 @@ std::vector<std::pair<std::string, std::string>> broker_seeds() {
             .msg(kClient, cmd::kRetry, encode(RetryRequest{3, std::nullopt, true, "q0"}))
             .msg(kClient, cmd::kPurge, encode(PurgeRequest{4, JobState::dead, std::nullopt, 0}));
         add("fail_permanent", w);
+    }
+    {
+        // Every-second and DST schedules, a bad one, ticks while up, across a restart, paused.
+        ScriptWriter w;
+        w.schedule_add(0, 0, 0, 1)     // s0: every second, latest
+            .schedule_add(1, 3, 2, 2)  // s1: 02:30 New York, all
+            .schedule_add(0, 6, 0, 0)  // s0 again, bad cron: bad_request
+            .schedule_add(2, 0, 3, 3)  // bad name, zone, catch-up
+            .wait(3)
+            .schedule(sc::Op::kScheduleList, 0)
+            .msg(kWorker, cmd::kRegister, registration(2, "inst-0", {"q0"}))
+            .msg(kWorker, cmd::kCredit, encode_credit(2))
+            .restart()
+            .wait(5)
+            .schedule(sc::Op::kSchedulePause, 0)
+            .wait(2)
+            .schedule(sc::Op::kScheduleShow, 0)
+            .schedule(sc::Op::kScheduleResume, 0)
+            .schedule(sc::Op::kScheduleRemove, 1)
+            .schedule(sc::Op::kScheduleRemove, 1)  // not_found
+            .wait(2);
+        add("schedules", w);
     }
     {
         ScriptWriter w;

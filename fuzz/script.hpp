@@ -45,6 +45,13 @@ enum class Op : std::uint8_t {
     kStats,    // STATS, WORKERS, FEED: answered from memory
     kWorkers,
     kFeed,
+    // Appended (issue 13, cron schedules).
+    kScheduleAdd,  // a name of kSchedules, a cron of kCrons (or fuzz bytes), zone, catch-up
+    kScheduleList,
+    kScheduleShow,
+    kScheduleRemove,
+    kSchedulePause,
+    kScheduleResume,
     kOps
 };
 
@@ -55,6 +62,14 @@ inline constexpr std::array<std::string_view, 4> kIdentities = {"client-a", "cli
                                                                 "worker-b"};
 inline constexpr std::array<std::string_view, 3> kInstances = {"inst-0", "inst-1", "inst-2"};
 inline constexpr std::array<std::string_view, 3> kQueues = {"q0", "q1", "q2"};
+inline constexpr std::array<std::string_view, 3> kSchedules = {"s0", "s1", "s 2"};
+// Every-second, every-minute, DST-crossing, never, and bad expressions.
+inline constexpr std::array<std::string_view, 8> kCrons = {
+    "* * * * * *", "*/7 * * * * *", "* * * * *",  "30 2 * * *",
+    "@hourly",     "0 0 30 2 *",    "61 * * * *", "* * *"};
+inline constexpr std::array<std::string_view, 4> kZones = {"UTC", "Europe/Berlin",
+                                                           "America/New_York", "Nope/Zone"};
+inline constexpr std::array<std::string_view, 4> kCatchUps = {"none", "latest", "all", "some"};
 
 // Every name the broker might see in frame 1, including its own replies and near misses.
 inline constexpr std::array<std::string_view, 41> kCommandNames = {

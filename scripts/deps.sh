@@ -9,7 +9,8 @@ case "$mode" in demo|test) ;; *) echo "usage: deps.sh [demo|test]" >&2; exit 2 ;
 # root meson.build that is required with -Dtests=false.
 packages=(build-essential meson ninja-build pkg-config cmake python3 libzmq3-dev cppzmq-dev
           libmsgpack-cxx-dev libsqlite3-dev libcli11-dev libspdlog-dev nlohmann-json3-dev
-          libcpp-httplib-dev libsystemd-dev libpq-dev libtomlplusplus-dev)
+          libcpp-httplib-dev libsystemd-dev libpq-dev libtomlplusplus-dev
+          libhowardhinnant-date-dev)
 # The tests: doctest; sqlite3, e2fsprogs (chattr), systemd (systemd-analyze verify), the
 # PostgreSQL server, clang-format (the format check).
 if [ "$mode" = test ]; then

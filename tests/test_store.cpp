@@ -181,7 +181,7 @@ TEST_CASE("migration 3 upgrades a version-2 database: id floor from its jobs, bu
                               "DROP TABLE id_floor; ALTER TABLE jobs DROP COLUMN attempt_budget; "
                               "ALTER TABLE jobs DROP COLUMN history; DROP TABLE dispatch_log; "
                               "DROP TABLE broker_epoch; ALTER TABLE jobs DROP COLUMN epoch; "
-                              "UPDATE schema_version SET version = 2;");
+                              "DROP TABLE schedules; UPDATE schema_version SET version = 2;");
     CHECK_MESSAGE(rc == SQLITE_OK, err);
     CHECK(count_rows(dir.db(), "SELECT version FROM schema_version") == 2);
     SqliteStore store(dir.db());
@@ -217,7 +217,7 @@ TEST_CASE("migration 6: epochs count every open, durably; a held dispatch keeps 
     // What version 5 wrote: no epochs.
     auto [rc, err] = exec_sql(dir.db(),
                               "DROP TABLE broker_epoch; ALTER TABLE jobs DROP COLUMN epoch; "
-                              "UPDATE schema_version SET version = 5;");
+                              "DROP TABLE schedules; UPDATE schema_version SET version = 5;");
     CHECK_MESSAGE(rc == SQLITE_OK, err);
     std::uint32_t first = 0;
     {
@@ -257,6 +257,7 @@ TEST_CASE("migration 4: a version-3 database keeps its event rows, new events go
     auto [rc, err] = exec_sql(dir.db(),
                               "ALTER TABLE jobs DROP COLUMN history; DROP TABLE dispatch_log; "
                               "DROP TABLE broker_epoch; ALTER TABLE jobs DROP COLUMN epoch; "
+                              "DROP TABLE schedules; "
                               "INSERT INTO events (job_id, id, at, from_state, to_state, attempt, "
                               "worker, reason) VALUES (1, 1, 100, NULL, 'ready', 0, NULL, 'old'); "
                               "UPDATE schema_version SET version = 3;");

@@ -104,6 +104,17 @@ class Client {
     std::uint64_t purge(JobState state, const std::optional<std::string>& queue = std::nullopt,
                         std::optional<std::chrono::milliseconds> older_than = std::nullopt);
     std::vector<QueueInfo> queues();
+    // Cron schedules: each tick of `s.cron` in `s.zone` submits `s.job` (docs/PROTOCOL.md,
+    // SCHEDULE_ADD). Bad input (a cron field, a zone, a taken name) is a BrokerError that
+    // says what; the returned schedule has its next tick.
+    Schedule schedule_add(const Schedule& s);
+    std::vector<Schedule> schedules();
+    // BrokerError not_found for an unknown name (also for the calls below).
+    Schedule schedule(const std::string& name);
+    void schedule_remove(const std::string& name);
+    // A paused schedule fires nothing; resumed, it fires from the next tick after now.
+    Schedule schedule_pause(const std::string& name);
+    Schedule schedule_resume(const std::string& name);
     // The job's state changes, oldest first.
     std::vector<Event> history(JobId id);
     // The broker's live picture: totals, per-queue counts and rates, commit stats.

@@ -237,6 +237,17 @@ struct PurgeRequest {
     std::optional<Millis> older_than_ms;  // finished at least this long ago
 };
 
+// SCHEDULE_SHOW, SCHEDULE_REMOVE, SCHEDULE_PAUSE, SCHEDULE_RESUME.
+struct ScheduleRequest {
+    std::uint64_t req = 0;
+    std::string name;
+};
+
+struct ScheduleAddRequest {
+    std::uint64_t req = 0;
+    Schedule schedule;  // name, cron, zone, catch_up, job, paused
+};
+
 // Limits that decoding enforces (the broker sets them from its flags).
 struct DecodeLimits {
     std::size_t max_payload = limits::kDefaultMaxPayload;
@@ -274,6 +285,12 @@ std::string encode_ids(std::uint64_t req, const std::vector<JobId>& ids);  // RE
 std::string encode_count(std::uint64_t req, std::uint64_t count);          // PURGED
 std::string encode_queues(std::uint64_t req, const std::vector<QueueInfo>& queues);
 std::string encode_events(std::uint64_t req, JobId id, const std::vector<Event>& events);
+std::string encode(const ScheduleAddRequest& m);
+std::string encode(const ScheduleRequest& m);
+std::string encode_schedule(std::uint64_t req, const Schedule& s);                // SCHEDULE
+std::string encode_schedules(std::uint64_t req, const std::vector<Schedule>& s);  // SCHEDULES
+// A schedule's job alone, as the stores keep it.
+std::string encode(const JobSpec& m);
 std::string encode_req(std::uint64_t req);  // PING, QUEUES, OK
 std::string encode_empty();                 // {}
 
@@ -304,6 +321,11 @@ std::vector<JobId> decode_ids(const Reader& r);
 std::uint64_t decode_count(const Reader& r);
 std::vector<QueueInfo> decode_queues(const Reader& r);
 std::vector<Event> decode_events(const Reader& r);
+ScheduleAddRequest decode_schedule_add(const Reader& r, const DecodeLimits& lim = {});
+ScheduleRequest decode_schedule_request(const Reader& r);
+Schedule decode_schedule(const Reader& r);
+std::vector<Schedule> decode_schedules(const Reader& r);
+JobSpec decode_job_spec(const Reader& r);
 
 // ---- Observability: job events, STATS, WORKERS, FEED (docs/PROTOCOL.md) -------------------
 

@@ -150,4 +150,21 @@ struct WorkerInfo {
     std::uint64_t reconnects = 0;  // times the worker registered again since it started
 };
 
+// A cron schedule (SCHEDULE_ADD, SCHEDULE_LIST): each tick of `cron` in `zone` submits `job`.
+// The job's token and unique key are the broker's: "schedule:NAME:TICK" (the tick in ms since
+// the epoch), so each tick makes one job however many brokers or restarts see it.
+struct Schedule {
+    std::string name{};               // 1-64 bytes of A-Z a-z 0-9 _ . -
+    std::string cron{};               // 5 or 6 fields, or @hourly/@daily/@weekly/@monthly/@yearly
+    std::string zone = "UTC";         // IANA time zone the fields are read in
+    std::string catch_up = "latest";  // ticks missed while no broker ran: none | latest | all
+    JobSpec job{};                    // token, unique, run_at and delay_ms are not used
+    bool paused = false;
+    Millis created_at = 0;            // the rest: set by the broker
+    std::optional<Millis> next_at{};  // the next tick (nullopt: the expression never fires)
+    std::optional<Millis> last_at{};  // the last tick that submitted a job
+    std::optional<JobId> last_job{};  // that job, and its state when read
+    std::optional<JobState> last_state{};
+};
+
 }  // namespace errand
