@@ -1146,6 +1146,7 @@ std::vector<Envelope> Broker::process(const Envelope& message, Millis now, Milli
     s_->handle(message);
     s_->end_pass();
     s_->captured = nullptr;
+    if (s_->cfg.snapshots) s_->publish_snapshot();  // what /metrics would render, every pass
     return out;
 }
 

@@ -1741,6 +1741,7 @@ TEST_CASE("WAITs are bounded per connection and for the whole broker") {
 TEST_CASE("queues are bounded (max_queues), and an unused queue is forgotten") {
     auto cfg = engine_config();
     cfg.max_queues = 3;
+    cfg.snapshots = std::make_shared<SnapshotHub>();  // what /metrics and the dashboard show
     FixedClock clock;
     Broker broker(cfg, make_store(), clock);
     Millis now = kBase;
@@ -1779,6 +1780,12 @@ TEST_CASE("queues are bounded (max_queues), and an unused queue is forgotten") {
     CHECK(error_of(refused).code == ErrorCode::too_large);
     CHECK(error_of(refused).message.find("--max-queues") != std::string::npos);
     CHECK(submit("q1").command == cmd::kSubmitted);  // a queue that exists takes more jobs
+    {
+        auto s = cfg.snapshots->latest();
+        REQUIRE(s);
+        CHECK(s->metrics.queues.size() == 3);
+        CHECK(s->queues.size() == 3);
+    }
 
     // Once their jobs are gone (cancelled, purged), the queues are forgotten after a minute
     // without activity, and their places are free.
@@ -1794,8 +1801,21 @@ TEST_CASE("queues are bounded (max_queues), and an unused queue is forgotten") {
     now += 11'000;
     send(cmd::kPing, encode_req(req++));
     CHECK(queue_names().empty());
+    // Nor do /metrics' per-queue series (counters, histograms, gauges) keep them.
+    auto published = [&] {
+        std::vector<std::string> names;
+        auto s = cfg.snapshots->latest();
+        REQUIRE(s);
+        for (const auto& [name, m] : s->metrics.queues)
+            names.push_back(name);
+        for (const auto& q : s->queues)
+            names.push_back(q.name);
+        return names;
+    };
+    CHECK(published().empty());
     CHECK(submit("q4").command == cmd::kSubmitted);
     CHECK(queue_names() == std::vector<std::string>{"q4"});
+    CHECK(published() == std::vector<std::string>{"q4", "q4"});
 }
 
 TEST_CASE("a step of the wall clock expires no worker, times out no job and ends no wait") {
