@@ -187,14 +187,18 @@ TEST_CASE("signals: a job that finishes during the drain succeeds and the worker
     Broker broker(dir);
     errand::Client client(broker.client_options());
     const auto gate = dir / "gate";
+    const auto started = dir / "started";
     WorkerDaemon worker(dir, broker.endpoint(),
                         {.name = "patient",
-                         .queues = {"short=" + gated(gate)},
+                         .queues = {"short=touch " + started.string() + "; " + gated(gate)},
                          .concurrency = 1,
                          .allow_commands = false,
                          .extra_args = {"--drain-timeout", "60s"}});
     auto id = client.submit(job_spec("short")).id;
-    REQUIRE(wait_until([&] { return client.status(id).state == JobState::running; }, 10s));
+    // Running on the worker, not only dispatched: a dispatched job that has not started yet is
+    // handed back by the drain (the next case).
+    REQUIRE(wait_until([&] { return std::filesystem::exists(started); }, 10s));
+    REQUIRE(client.status(id).state == JobState::running);
 
     worker.process().kill(SIGTERM);
     // Draining: it tells the broker and keeps the job running.
