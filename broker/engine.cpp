@@ -325,10 +325,12 @@ std::vector<Submitted> JobEngine::submit(std::vector<JobSpec> specs, Millis now)
     out.reserve(specs.size());
     // A unique key, or a queue not counted yet (the queue bound counts each new one), goes one
     // by one.
-    const bool simple = std::all_of(specs.begin(), specs.end(), [&](const JobSpec& s) {
-        return !s.unique && (counts_.count(s.queue) || paused_.count(s.queue));
-    });
-    if (!shared_ || !simple || specs.size() < 2) {
+    auto simple = [&] {
+        return std::all_of(specs.begin(), specs.end(), [&](const JobSpec& s) {
+            return !s.unique && (counts_.count(s.queue) || paused_.count(s.queue));
+        });
+    };
+    if (!shared_ || specs.size() < 2 || !simple()) {
         // One by one: in memory that is as cheap.
         for (auto& s : specs)
             out.push_back(submit(std::move(s), now));

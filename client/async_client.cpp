@@ -57,21 +57,12 @@ struct AsyncClient::Impl {
     explicit Impl(ClientOptions o) : opt(std::move(o)) {
         wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         if (wake_fd < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
-        brokers = opt.endpoints;
-        if (brokers.empty()) {
-            auto list = parse_endpoints(opt.endpoint);
-            if (list.error) {
-                close(wake_fd);
-                throw ConnectionError(
-                    fmt::format("bad broker endpoint '{}': {}", opt.endpoint, *list.error));
-            }
-            brokers = std::move(list.endpoints);
+        try {
+            brokers = broker_list(opt.endpoint, opt.endpoints);
+        } catch (const std::invalid_argument& e) {
+            close(wake_fd);
+            throw ConnectionError(e.what());
         }
-        for (const auto& b : brokers)
-            if (auto why = endpoint_error(b)) {
-                close(wake_fd);
-                throw ConnectionError(fmt::format("bad broker endpoint '{}': {}", b, *why));
-            }
         // Connect here so a bad endpoint fails the constructor, not a future.
         try {
             connect(0, steady_ms());
@@ -86,22 +77,13 @@ struct AsyncClient::Impl {
     // thread once it runs.
     std::vector<std::string> brokers;
     std::size_t current = 0;
-    std::unique_ptr<zmq::socket_t> sock;
-    std::unique_ptr<LinkWatch> link;  // destroyed before the socket it watches
+    std::unique_ptr<BrokerLink> link;
 
     void connect(std::size_t index, Millis now) {
         link.reset();
-        sock.reset();
         current = index;
-        sock = std::make_unique<zmq::socket_t>(ctx, zmq::socket_type::dealer);
-        sock->set(zmq::sockopt::linger, 0);
-        sock->set(zmq::sockopt::sndhwm, 0);
-        sock->set(zmq::sockopt::rcvhwm, 0);
-        set_link_heartbeats(*sock);
-        apply_curve(*sock, opt.curve);
-        link = std::make_unique<LinkWatch>(ctx, *sock, now);
         try {
-            sock->connect(brokers[index]);
+            link = std::make_unique<BrokerLink>(ctx, brokers[index], opt.curve, 0, now);
         } catch (const zmq::error_t& e) {
             throw ConnectionError(
                 fmt::format("cannot connect to broker at {}: {}", brokers[index], e.what()));
@@ -147,21 +129,21 @@ struct AsyncClient::Impl {
             Millis wait = 100;
             if (!checks.empty()) wait = std::clamp<Millis>(checks.top().at - now, 0, 100);
             if (brokers.size() > 1) wait = std::min<Millis>(wait, 50);
-            zmq::pollitem_t items[] = {{sock->handle(), 0, ZMQ_POLLIN, 0},
+            zmq::pollitem_t items[] = {{link->socket.handle(), 0, ZMQ_POLLIN, 0},
                                        {nullptr, wake_fd, ZMQ_POLLIN, 0},
-                                       {link->events().handle(), 0, ZMQ_POLLIN, 0}};
+                                       {link->watch.events().handle(), 0, ZMQ_POLLIN, 0}};
             try {
                 zmq::poll(items, 3, std::chrono::milliseconds(wait));
             } catch (const zmq::error_t& e) {
                 if (e.num() != EINTR) throw;
             }
             now = steady_ms();
-            link->update(now);
-            if (brokers.size() > 1 && link->down_for(now) >= opt.failover.count()) {
+            link->watch.update(now);
+            if (brokers.size() > 1 && link->watch.down_for(now) >= opt.failover.count()) {
                 // The broker is gone: everything in flight goes to the next one at once.
                 connect((current + 1) % brokers.size(), now);
                 for (auto& [req, r] : pending) {
-                    send_message(*sock, "", r.command, r.body);
+                    send_message(link->socket, "", r.command, r.body);
                     times[req].second = now + r.resend_ms;
                 }
             }
@@ -174,13 +156,13 @@ struct AsyncClient::Impl {
                     batch.swap(incoming);
                 }
                 for (auto& r : batch) {
-                    send_message(*sock, "", r.command, r.body);
+                    send_message(link->socket, "", r.command, r.body);
                     times[r.req] = {now + r.timeout_ms, now + r.resend_ms};
                     checks.push({std::min(now + r.resend_ms, now + r.timeout_ms), r.req});
                     pending.emplace(r.req, std::move(r));
                 }
             }
-            while (auto env = recv_message(*sock, false)) {
+            while (auto env = recv_message(link->socket, false)) {
                 if (env->frames != 3 || env->version != kProtocolVersion) continue;
                 auto req = peek_req(env->body);
                 if (!req) continue;
@@ -214,7 +196,7 @@ struct AsyncClient::Impl {
                 }
                 if (now >= next_send) {
                     const auto& r = pending.at(c.req);
-                    send_message(*sock, "", r.command, r.body);
+                    send_message(link->socket, "", r.command, r.body);
                     next_send = now + r.resend_ms;
                 }
                 checks.push({std::min(next_send, deadline), c.req});
@@ -224,7 +206,6 @@ struct AsyncClient::Impl {
         for (auto& [req, r] : pending)
             r.complete(nullptr, std::make_exception_ptr(ConnectionError("client closed")));
         link.reset();
-        sock.reset();
     }
 
     template <typename T, typename Decode>

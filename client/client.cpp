@@ -34,44 +34,24 @@ struct Client::Impl {
     std::size_t current = 0;           // the one the socket is connected to
     std::uint64_t failovers = 0;
     zmq::context_t ctx{1};
-    std::unique_ptr<zmq::socket_t> sock;
-    std::unique_ptr<LinkWatch> link;  // destroyed before the socket it watches
+    std::unique_ptr<BrokerLink> link;
     std::uint64_t next_req = 1;
 
     explicit Impl(ClientOptions o) : opt(std::move(o)) {
-        brokers = opt.endpoints;
-        if (brokers.empty()) {
-            auto list = parse_endpoints(opt.endpoint);
-            if (list.error)
-                throw ConnectionError(
-                    fmt::format("bad broker endpoint '{}': {}", opt.endpoint, *list.error));
-            brokers = std::move(list.endpoints);
+        try {
+            brokers = broker_list(opt.endpoint, opt.endpoints);
+        } catch (const std::invalid_argument& e) {
+            throw ConnectionError(e.what());
         }
-        for (const auto& b : brokers)
-            if (auto why = endpoint_error(b))
-                throw ConnectionError(fmt::format("bad broker endpoint '{}': {}", b, *why));
         connect(0, steady_ms());
-    }
-
-    ~Impl() {
-        link.reset();
-        sock.reset();
     }
 
     // A fresh socket to brokers[index]; messages queued for the previous broker are dropped.
     void connect(std::size_t index, Millis now) {
         link.reset();
-        sock.reset();
         current = index;
-        sock = std::make_unique<zmq::socket_t>(ctx, zmq::socket_type::dealer);
-        sock->set(zmq::sockopt::linger, 0);
-        sock->set(zmq::sockopt::sndhwm, 100000);
-        sock->set(zmq::sockopt::rcvhwm, 100000);
-        set_link_heartbeats(*sock);
-        apply_curve(*sock, opt.curve);
-        link = std::make_unique<LinkWatch>(ctx, *sock, now);
         try {
-            sock->connect(brokers[index]);
+            link = std::make_unique<BrokerLink>(ctx, brokers[index], opt.curve, 100000, now);
         } catch (const zmq::error_t& e) {
             throw ConnectionError(
                 fmt::format("cannot connect to broker at {}: {}", brokers[index], e.what()));
@@ -96,15 +76,16 @@ struct Client::Impl {
         Millis sent_here = -1;  // when the request was first sent to the current broker
         for (;;) {
             Millis now = steady_ms();
-            link->update(now);
+            link->watch.update(now);
             if (now >= deadline)
                 throw ConnectionError(fmt::format("cannot reach broker at {}: timed out after {}",
                                                   names(), format_duration(timeout_ms)));
-            if (down_limit > 0 && link->down_for(now) >= down_limit)
+            if (down_limit > 0 && link->watch.down_for(now) >= down_limit)
                 throw ConnectionError(fmt::format("cannot reach broker at {}: no connection for {}",
-                                                  names(), format_duration(link->down_for(now))));
+                                                  names(),
+                                                  format_duration(link->watch.down_for(now))));
             if (brokers.size() > 1) {
-                bool gone = link->down_for(now) >= opt.failover.count();
+                bool gone = link->watch.down_for(now) >= opt.failover.count();
                 bool silent = !patient && sent_here >= 0 && now - sent_here >= 2 * resend_ms;
                 if (gone || silent) {
                     connect((current + 1) % brokers.size(), now);
@@ -114,17 +95,17 @@ struct Client::Impl {
                 }
             }
             if (now >= next_send) {
-                send_message(*sock, "", command, body);
+                send_message(link->socket, "", command, body);
                 if (sent_here < 0) sent_here = now;
                 next_send = now + resend_ms;
             }
             Millis wake = std::min(deadline, next_send);
             if (brokers.size() > 1 || down_limit > 0) wake = std::min(wake, now + 50);
             Millis wait = std::max<Millis>(0, wake - now);
-            zmq::pollitem_t items[] = {{sock->handle(), 0, ZMQ_POLLIN, 0},
-                                       {link->events().handle(), 0, ZMQ_POLLIN, 0}};
+            zmq::pollitem_t items[] = {{link->socket.handle(), 0, ZMQ_POLLIN, 0},
+                                       {link->watch.events().handle(), 0, ZMQ_POLLIN, 0}};
             zmq::poll(items, 2, std::chrono::milliseconds(wait));
-            while (auto env = recv_message(*sock, false)) {
+            while (auto env = recv_message(link->socket, false)) {
                 if (env->frames != 3 || env->version != kProtocolVersion) continue;
                 std::optional<std::uint64_t> got = peek_req(env->body);
                 if (got != req) continue;  // a late reply to an earlier request

@@ -87,17 +87,7 @@ struct Worker::Impl {
     std::vector<std::thread> threads;
 
     explicit Impl(WorkerOptions o) : opt(std::move(o)) {
-        brokers = opt.endpoints;
-        if (brokers.empty()) {
-            auto list = parse_endpoints(opt.endpoint);
-            if (list.error)
-                throw std::invalid_argument(
-                    fmt::format("bad broker endpoint '{}': {}", opt.endpoint, *list.error));
-            brokers = std::move(list.endpoints);
-        }
-        for (const auto& b : brokers)
-            if (auto why = endpoint_error(b))
-                throw std::invalid_argument(fmt::format("bad broker endpoint '{}': {}", b, *why));
+        brokers = broker_list(opt.endpoint, opt.endpoints);
         if (opt.name.empty()) opt.name = fmt::format("{}:{}", host_name(), getpid());
         if (opt.concurrency < 1) opt.concurrency = 1;
         if (opt.concurrency > limits::kMaxConcurrency) opt.concurrency = limits::kMaxConcurrency;
@@ -168,9 +158,8 @@ struct Worker::Impl {
 
     // ---- network thread state ----
     std::vector<std::string> brokers;  // in order of preference
-    std::size_t current = 0;           // the one `sock` is connected to
-    std::unique_ptr<zmq::socket_t> sock;
-    std::unique_ptr<LinkWatch> link;  // destroyed before the socket it watches
+    std::size_t current = 0;           // the one `link` is connected to
+    std::unique_ptr<BrokerLink> link;
     bool registered = false;
     bool ever_registered = false;
     std::uint64_t reconnects = 0;  // registrations lost (then sought again)
@@ -209,15 +198,7 @@ struct Worker::Impl {
     // A fresh connection to brokers[current]; what was queued for the old one is dropped.
     void open_socket(Millis now) {
         link.reset();
-        sock.reset();
-        sock = std::make_unique<zmq::socket_t>(ctx, zmq::socket_type::dealer);
-        sock->set(zmq::sockopt::linger, 0);
-        sock->set(zmq::sockopt::sndhwm, 100000);
-        sock->set(zmq::sockopt::rcvhwm, 100000);
-        set_link_heartbeats(*sock);
-        apply_curve(*sock, opt.curve);
-        link = std::make_unique<LinkWatch>(ctx, *sock, now);
-        sock->connect(endpoint());
+        link = std::make_unique<BrokerLink>(ctx, endpoint(), opt.curve, 100000, now);
     }
 
     // The registration is gone (broker silent, restarted, shutting down or failed over): register
@@ -236,7 +217,7 @@ struct Worker::Impl {
     }
 
     void send(std::string_view command, const std::string& body) {
-        send_message(*sock, "", command, body);
+        send_message(link->socket, "", command, body);
     }
 
     void send_register(Millis now) {
@@ -551,9 +532,9 @@ struct Worker::Impl {
                     pending.size());
                 break;
             }
-            zmq::pollitem_t items[] = {{sock->handle(), 0, ZMQ_POLLIN, 0},
+            zmq::pollitem_t items[] = {{link->socket.handle(), 0, ZMQ_POLLIN, 0},
                                        {pull.handle(), 0, ZMQ_POLLIN, 0},
-                                       {link->events().handle(), 0, ZMQ_POLLIN, 0}};
+                                       {link->watch.events().handle(), 0, ZMQ_POLLIN, 0}};
             Millis wake = registered ? next_heartbeat : next_register;
             Millis wait = std::clamp<Millis>(wake - now, 0, 100);
             try {
@@ -563,7 +544,7 @@ struct Worker::Impl {
             }
             now = steady_ms();
             if (items[0].revents & ZMQ_POLLIN) {
-                while (auto env = recv_message(*sock, false)) {
+                while (auto env = recv_message(link->socket, false)) {
                     try {
                         on_broker_message(*env, now);
                     } catch (const std::exception& e) {
@@ -573,10 +554,10 @@ struct Worker::Impl {
                 }
             }
             if (items[1].revents & ZMQ_POLLIN) on_result(pull, now);
-            link->update(now);
+            link->watch.update(now);
             if (registered) send_progress();
 
-            if (brokers.size() > 1 && link->down_for(now) >= opt.failover.count()) {
+            if (brokers.size() > 1 && link->watch.down_for(now) >= opt.failover.count()) {
                 log(LogLevel::warn, "lost the connection to broker {}", endpoint());
                 lose_registration(now, true);
             } else if (registered && now - last_heard > expiry_ms) {
@@ -610,7 +591,6 @@ struct Worker::Impl {
             t.join();
         threads.clear();
         link.reset();
-        sock.reset();
     }
 };
 

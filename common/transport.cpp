@@ -158,6 +158,33 @@ void LinkWatch::update(Millis now) {
     }
 }
 
+std::vector<std::string> broker_list(const std::string& endpoint,
+                                     const std::vector<std::string>& endpoints) {
+    std::vector<std::string> out = endpoints;
+    if (out.empty()) {
+        auto list = parse_endpoints(endpoint);
+        if (list.error)
+            throw std::invalid_argument(
+                fmt::format("bad broker endpoint '{}': {}", endpoint, *list.error));
+        out = std::move(list.endpoints);
+    }
+    for (const auto& b : out)
+        if (auto why = endpoint_error(b))
+            throw std::invalid_argument(fmt::format("bad broker endpoint '{}': {}", b, *why));
+    return out;
+}
+
+BrokerLink::BrokerLink(zmq::context_t& ctx, const std::string& endpoint,
+                       const std::optional<CurveClient>& curve, int hwm, Millis now)
+    : socket(ctx, zmq::socket_type::dealer), watch(ctx, socket, now) {
+    socket.set(zmq::sockopt::linger, 0);
+    socket.set(zmq::sockopt::sndhwm, hwm);
+    socket.set(zmq::sockopt::rcvhwm, hwm);
+    set_link_heartbeats(socket);
+    apply_curve(socket, curve);
+    socket.connect(endpoint);
+}
+
 void set_link_heartbeats(zmq::socket_t& socket) {
     socket.set(zmq::sockopt::heartbeat_ivl, 1000);
     socket.set(zmq::sockopt::heartbeat_timeout, 3000);

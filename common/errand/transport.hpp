@@ -80,6 +80,23 @@ class LinkWatch {
     std::uint64_t drops_ = 0;
 };
 
+// The brokers a client or worker is given: `endpoints` when not empty, else the comma-separated
+// list in `endpoint`; each one checked. Throws std::invalid_argument ("bad broker endpoint '…':
+// why").
+std::vector<std::string> broker_list(const std::string& endpoint,
+                                     const std::vector<std::string>& endpoints);
+
+// A DEALER connected to one broker (linger 0, `hwm` both ways, ZMTP heartbeats, CURVE when
+// given) with the watch on its link: what the client, the async client and the worker hold,
+// and replace with a fresh one to fail over. Throws zmq::error_t when ZeroMQ refuses the
+// endpoint.
+struct BrokerLink {
+    BrokerLink(zmq::context_t& ctx, const std::string& endpoint,
+               const std::optional<CurveClient>& curve, int hwm, Millis now);
+    zmq::socket_t socket;
+    LinkWatch watch;  // after `socket`: destroyed before it
+};
+
 // ZMTP heartbeats on a connecting socket: a PING every second, the link dropped after 3 s without
 // traffic, so a broker that hangs (SIGSTOP) or whose host vanishes shows as a drop.
 void set_link_heartbeats(zmq::socket_t& socket);
