@@ -17,6 +17,10 @@ std::size_t index_of(JobState s) {
     return static_cast<std::size_t>(s);
 }
 
+// The store's own chores in slices (space given back after a purge): one slice per this often,
+// so requests between them are served at once.
+constexpr Millis kMaintenanceEveryMs = 10;
+
 [[noreturn]] void conflict(JobId id, const Transition& t) {
     // Memory and the store disagree: the pass is rolled back and memory reloaded from the store.
     throw StoreError(fmt::format("job {} is no longer {} at attempt {} in the store", id,
@@ -147,6 +151,7 @@ bool JobEngine::transition(JobId id, Live& l, JobState to, Transition t) {
     t.to = to;
     t.at = now_;
     if (!t.attempts) t.attempts = l.attempts;
+    t.queue = l.queue.str();
     if (is_terminal(to)) t.finished_at = now_;
     if (!t.worker && l.state == JobState::running && l.holder) t.worker = l.holder->name;
     if (!store_.apply(t)) {
@@ -875,8 +880,12 @@ void JobEngine::tick_shared(Millis now, std::vector<Aborted>& aborted) {
     }
 }
 
+// Each kind of chore does at most cfg_.promote_batch changes per pass, in due order: the rest
+// waits for the next pass (next_deadline() says "now" while any is due), so the commit of one
+// pass, and the replies behind it, stay small whatever the backlog.
 void JobEngine::tick_memory(Millis now, std::vector<Aborted>& aborted) {
-    while (!timers_.empty() && timers_.top().at <= now) {
+    std::size_t budget = cfg_.promote_batch;
+    while (!timers_.empty() && timers_.top().at <= now && budget > 0) {
         auto d = timers_.top();
         timers_.pop();
         auto l = live_.find(d.id);
@@ -885,15 +894,18 @@ void JobEngine::tick_memory(Millis now, std::vector<Aborted>& aborted) {
             Transition t;
             t.reason = l->second.state == JobState::retrying ? "retry delay over" : "due";
             transition(d.id, l->second, JobState::ready, std::move(t));
+            --budget;
         }
     }
-    while (!leases_.empty() && leases_.top().at <= mono_) {
+    budget = cfg_.promote_batch;
+    while (!leases_.empty() && leases_.top().at <= mono_ && budget > 0) {
         auto d = leases_.top();
         leases_.pop();
         auto l = live_.find(d.id);
         if (l == live_.end() || l->second.state != JobState::running ||
             l->second.attempts != d.attempt)
             continue;
+        --budget;
         auto timeout = format_duration(l->second.timeout_ms.value_or(0));
         spdlog::warn("{}: no result {} after its {} timeout",
                      job_fields(d.id, l->second.queue.str(), d.attempt),
@@ -906,11 +918,13 @@ void JobEngine::tick_memory(Millis now, std::vector<Aborted>& aborted) {
         t.reason = "timed out";
         fail_attempt(d.id, l->second, std::move(t), false);
     }
+    budget = cfg_.promote_batch;
     std::erase_if(orphans_, [&](JobId id) {
         auto l = live_.find(id);
         if (l == live_.end() || l->second.state != JobState::running || l->second.holder)
             return true;
-        if (l->second.orphan_deadline > mono_) return false;
+        if (l->second.orphan_deadline > mono_ || budget == 0) return false;
+        --budget;
         spdlog::warn("{}: no worker reclaimed it after the restart",
                      job_fields(id, l->second.queue.str(), l->second.attempts));
         lose_attempt(id, l->second, "worker lost");
@@ -925,6 +939,7 @@ Millis JobEngine::next_deadline(Millis bound) const {
     if (shared_)
         next = std::min({next, wall(next_poll_), wall(next_refresh_), promote_more_ ? now_ : next});
     if (!timers_.empty()) next = std::min(next, timers_.top().at);
+    if (store_.maintenance_due()) next = std::min(next, now_ + kMaintenanceEveryMs);
     if (next_schedule_) next = std::min(next, std::max(*next_schedule_, schedule_retry_));
     if (!leases_.empty()) next = std::min(next, wall(leases_.top().at));
     for (JobId id : orphans_)

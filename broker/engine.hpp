@@ -47,7 +47,7 @@ struct EngineConfig {
     // or due there, in queues it found empty), and refreshes its counts and pauses.
     Millis poll_ms = 50;
     Millis refresh_ms = 1000;
-    std::size_t promote_batch = 1000;  // due jobs made ready per pass at most
+    std::size_t promote_batch = 1000;  // due jobs made ready (and timeouts, losses) per pass
     std::size_t max_queues = 10'000;   // distinct queues at once (SUBMIT to one more: too_large)
     // Cron schedules (broker/schedules.cpp): the work of one pass is bounded.
     std::size_t max_schedules = 1000;   // SCHEDULE_ADD of one more: too_large

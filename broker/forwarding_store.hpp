@@ -27,6 +27,7 @@ class ForwardingStore : public Store {
         return inner_.remove_finished(s, q, before, n);
     }
     void maintain(Millis now) override { inner_.maintain(now); }
+    bool maintenance_due() const override { return inner_.maintenance_due(); }
 
     std::optional<JobInfo> get_job(JobId id) override { return inner_.get_job(id); }
     std::vector<JobInfo> list_jobs(const ListRequest& f) override { return inner_.list_jobs(f); }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 
 #include "errand/codec.hpp"
 #include "store.hpp"
@@ -18,10 +19,18 @@ inline JobState stored_state(const std::string& text) {
     return *s;
 }
 
-inline constexpr const char* kJobColumns =
-    "id, queue, state, attempts, max_attempts, exit_code, result, error, worker, argv, "
-    "length(payload), created_at, started_at, finished_at, run_at, priority, timeout_ms, "
-    "unique_key, progress, progress_message";
+// The columns read_job reads, with `payload_length` the expression of the payload's length (an
+// engine may keep payloads apart from the row).
+inline std::string job_columns(std::string_view payload_length) {
+    std::string out =
+        "id, queue, state, attempts, max_attempts, exit_code, result, error, worker, argv, ";
+    out += payload_length;
+    out +=
+        ", created_at, started_at, finished_at, run_at, priority, timeout_ms, unique_key, "
+        "progress, progress_message";
+    return out;
+}
+inline const std::string kJobColumns = job_columns("length(payload)");
 
 inline constexpr const char* kLiveColumns =
     "id, queue, state, attempts, max_attempts, priority, argv IS NOT NULL, run_at, worker, "

@@ -63,6 +63,8 @@ struct Transition {
     std::optional<std::string> error;
     std::string reason;       // for the event row
     std::uint32_t epoch = 0;  // a dispatch (to running): the store's epoch() when it was made
+    // The job's queue, for a store that counts jobs by it (valid while apply() runs).
+    std::string_view queue;
 };
 
 // A stored job that is not finished, as the engine rebuilds its memory from it (the engine's
@@ -193,6 +195,8 @@ class Store : public JobReads {
     // The engine's own housekeeping, called by the loop every pass (cheap when there is
     // nothing to do); may write, in the current transaction.
     virtual void maintain(Millis now) = 0;
+    // maintain() has more to do at once (the loop should not sleep until its next timer).
+    virtual bool maintenance_due() const { return false; }
 
     // ---- reads the engine needs ------------------------------------------------------------
     virtual std::optional<JobId> find_token(const std::string& token) = 0;

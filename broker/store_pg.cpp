@@ -159,6 +159,7 @@ struct PgRow {
 };
 
 // PostgreSQL spells the columns as SQLite does, but for a bytea's length.
+const std::string kPgJobColumns = job_columns("octet_length(payload)");
 std::string pg_columns(const char* columns) {
     std::string s = columns;
     auto at = s.find("length(payload)");
@@ -307,14 +308,12 @@ void PgStore::prepare() {
                             "ORDER BY finished_at LIMIT $4::bigint) RETURNING queue, state",
                             kTerminal),
                 4);
-    db_.prepare("get",
-                fmt::format("SELECT {} FROM jobs WHERE id = $1::bigint", pg_columns(kJobColumns)),
-                1);
+    db_.prepare("get", fmt::format("SELECT {} FROM jobs WHERE id = $1::bigint", kPgJobColumns), 1);
     db_.prepare("list",
                 fmt::format("SELECT {} FROM jobs WHERE ($1::text IS NULL OR queue = $1::text) AND "
                             "($2::text IS NULL OR state = $2::text) ORDER BY id DESC "
                             "LIMIT $3::bigint",
-                            pg_columns(kJobColumns)),
+                            kPgJobColumns),
                 3);
     db_.prepare("events",
                 "SELECT at, from_state, to_state, attempt, worker, reason FROM job_events "
@@ -329,7 +328,7 @@ void PgStore::prepare() {
     db_.prepare("page",
                 fmt::format("SELECT {} FROM jobs WHERE {} AND ($3::bigint IS NULL OR "
                             "id < $3::bigint) ORDER BY id DESC LIMIT $4::bigint",
-                            pg_columns(kJobColumns), page_where),
+                            kPgJobColumns, page_where),
                 6);
     db_.prepare("page_count",
                 fmt::format("SELECT count(*) FROM (SELECT 1 FROM jobs WHERE {} AND "

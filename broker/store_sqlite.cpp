@@ -25,6 +25,21 @@
 // Version 7 adds schedules(name, cron, zone, catch_up, job, paused, created_at, next_at, last_at,
 // last_job): cron schedules (broker/cron.hpp), `job` the JobSpec each tick submits (msgpack, as
 // errand::encode(JobSpec) writes it), next_at the next tick not yet handled.
+// Version 8 makes a job's cost flat in what it has been through (docs/PERFORMANCE.md, "How cost
+// grows"): the row that changes state is small and of a fixed size, so a transition costs the
+// same at the 1st attempt as at the 50th, with a 1 MiB payload as with none.
+//   - the history column holds the job's first event only (written with the row, never
+//     appended); every later event is an events row, appended (events(job_id, id) clusters them
+//     by job): the column grew with every change and was rewritten with it. Event ids come from
+//     one counter, event_seq(n), from kEventIdBase up; ids below it are events rows from before
+//     version 4. So a job's history reads: rows below kEventIdBase, its history column (all of it
+//     for versions 4-7), rows from kEventIdBase on. The migration moves no event.
+//   - a payload over kInlinePayload bytes lives in payloads(job_id, payload), written once at
+//     submit; jobs.payload is then empty. Smaller ones stay in the row (one b-tree insert less).
+//   - job_counts(queue, state, n): how many jobs of each queue are in each terminal state,
+//     updated once per pass from the pass's changes (SqliteStore::flush_counts), so a start
+//     counts finished jobs without reading them; the live ones it counts, and scans, through the
+//     jobs_live index.
 #include "store_sqlite.hpp"
 
 #include "argv_blob.hpp"
@@ -36,6 +51,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <iterator>
 #include <mutex>
 #include <type_traits>
 
@@ -209,29 +225,52 @@ const char* const kMigrations[] = {
     );
     CREATE INDEX schedules_due ON schedules(next_at) WHERE paused = 0 AND next_at IS NOT NULL;
     )sql",
+    // 8: flat as it grows (see the top of this file). The one pass over the rows is the count.
+    R"sql(
+    CREATE TABLE event_seq (n INTEGER NOT NULL);
+    INSERT INTO event_seq VALUES (1099511627776);
+    CREATE TABLE payloads (job_id INTEGER PRIMARY KEY, payload BLOB NOT NULL);
+    CREATE TABLE job_counts (
+        queue TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state = 'succeeded' OR state = 'dead' OR state = 'cancelled'),
+        n     INTEGER NOT NULL,
+        PRIMARY KEY (queue, state)
+    ) WITHOUT ROWID;
+    INSERT INTO job_counts SELECT queue, state, COUNT(*) FROM jobs
+        WHERE state = 'succeeded' OR state = 'dead' OR state = 'cancelled' GROUP BY queue, state;
+    )sql",
 };
 
 static_assert(std::size(kMigrations) == SqliteStore::kSchemaVersion,
               "kSchemaVersion is the number of migrations");
 
-// One event as appended to jobs.history.
-std::string pack_event(Millis at, std::optional<JobState> from, JobState to, std::int64_t attempt,
-                       const std::optional<std::string>& worker, std::string_view reason) {
+// The first id of version 8's events rows (see the top of this file); event_seq starts here.
+constexpr std::int64_t kEventIdBase = std::int64_t{1} << 40;
+// Payloads up to this many bytes stay in the job's row.
+constexpr std::size_t kInlinePayload = 512;
+
+// The event of a transition, as its events row holds it.
+Event event_of(const Transition& t) {
+    return Event{t.at, t.from, t.to, t.attempts.value_or(0), t.worker, t.reason};
+}
+
+// A job's first event, as its history column holds it (versions 4-7 appended every event).
+std::string pack_event(const Event& e) {
     msgpack::sbuffer buf(64);
     msgpack::packer<msgpack::sbuffer> pk(buf);
     pk.pack_array(6);
-    pk.pack_int64(at);
-    if (from)
-        pk.pack(to_string(*from));
+    pk.pack_int64(e.at);
+    if (e.from)
+        pk.pack(to_string(*e.from));
     else
         pk.pack_nil();
-    pk.pack(to_string(to));
-    pk.pack_int64(attempt);
-    if (worker)
-        pk.pack(*worker);
+    pk.pack(to_string(e.to));
+    pk.pack_int64(e.attempt);
+    if (e.worker)
+        pk.pack(*e.worker);
     else
         pk.pack_nil();
-    pk.pack(reason);
+    pk.pack(e.reason);
     return {buf.data(), buf.size()};
 }
 
@@ -356,8 +395,23 @@ class Stmt {
         return *this;
     }
     Stmt& bind_blob(int i, std::string_view v) {
-        sqlite3_bind_blob(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+        // An empty blob, not NULL (which a null pointer would bind).
+        sqlite3_bind_blob(s_, i, v.empty() ? "" : v.data(), static_cast<int>(v.size()),
+                          SQLITE_TRANSIENT);
         return *this;
+    }
+    // Without a copy: `v` must stay as it is until the statement has run (step()/run()).
+    Stmt& bind_ref(int i, std::string_view v) {
+        sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
+        return *this;
+    }
+    Stmt& bind_blob_ref(int i, std::string_view v) {
+        sqlite3_bind_blob(s_, i, v.empty() ? "" : v.data(), static_cast<int>(v.size()),
+                          SQLITE_STATIC);
+        return *this;
+    }
+    Stmt& bind_opt_ref(int i, const std::optional<std::string>& v) {
+        return v ? bind_ref(i, *v) : bind_null(i);
     }
     Stmt& bind_null(int i) {
         sqlite3_bind_null(s_, i);
@@ -410,6 +464,10 @@ class Stmt {
         return unpack_argv(sqlite3_column_blob(s_, col),
                            static_cast<std::size_t>(sqlite3_column_bytes(s_, col)));
     }
+    // Virtual-machine steps of the statement's current run.
+    std::uint64_t vm_steps() const {
+        return static_cast<std::uint64_t>(sqlite3_stmt_status(s_, SQLITE_STMTSTATUS_VM_STEP, 0));
+    }
     void append_history(JobId id, int col, std::vector<Event>& out) const {
         unpack_history(id, sqlite3_column_blob(s_, col), sqlite3_column_bytes(s_, col), out);
     }
@@ -419,10 +477,12 @@ class Stmt {
     sqlite3_stmt* s_ = nullptr;
 };
 
-// A job's events: the rows of the events statement (at, from, to, attempt, worker, reason), then
-// its history column (the history statement's only column). Resets both.
+// A job's events: the rows of the events statement (at, from, to, attempt, worker, reason, id)
+// below kEventIdBase, its history column (the history statement's only column), then its rows
+// from kEventIdBase on. Resets both.
 std::vector<Event> read_events(JobId id, Stmt& s, Stmt& history) {
     std::vector<Event> out;
+    std::vector<Event> later;
     s.bind(1, static_cast<std::int64_t>(id));
     while (s.step()) {
         Event e;
@@ -432,7 +492,7 @@ std::vector<Event> read_events(JobId id, Stmt& s, Stmt& history) {
         e.attempt = static_cast<std::uint32_t>(s.i64(3));
         e.worker = s.opt_text(4);
         e.reason = s.text(5);
-        out.push_back(std::move(e));
+        (s.i64(6) < kEventIdBase ? out : later).push_back(std::move(e));
     }
     s.reset();
     history.bind(1, static_cast<std::int64_t>(id));
@@ -445,7 +505,29 @@ std::vector<Event> read_events(JobId id, Stmt& s, Stmt& history) {
         }
     }
     history.reset();
+    std::move(later.begin(), later.end(), std::back_inserter(out));
     return out;
+}
+
+// The columns of read_job: a payload's length is that of its payloads row, if it has one.
+const std::string kSqliteJobColumns = job_columns(
+    "COALESCE((SELECT length(payload) FROM payloads WHERE job_id = jobs.id), length(payload))");
+
+constexpr const char* kEventsOfJob =
+    "SELECT at, from_state, to_state, attempt, worker, reason, id FROM events "
+    "WHERE job_id = ?1 ORDER BY id";
+
+// Binds an events row's id and columns, from parameter `first` on.
+void bind_event(Stmt& s, int first, std::int64_t id, const Event& e) {
+    s.bind(first, id).bind(first + 1, e.at);
+    if (e.from)
+        s.bind_ref(first + 2, to_string(*e.from));
+    else
+        s.bind_null(first + 2);
+    s.bind_ref(first + 3, to_string(e.to))
+        .bind(first + 4, static_cast<std::int64_t>(e.attempt))
+        .bind_opt_ref(first + 5, e.worker)
+        .bind_ref(first + 6, e.reason);
 }
 
 }  // namespace
@@ -460,6 +542,15 @@ struct SqliteStore::Statements {
                  "max_attempts, run_at, created_at, timeout_ms, backoff_ms, backoff_cap_ms, "
                  "unique_key, history) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, "
                  "?12, ?13, ?14, ?15) ON CONFLICT (token) DO NOTHING"),
+          insert_payload(db, "INSERT INTO payloads (job_id, payload) VALUES (?1, ?2)"),
+          insert_event(db,
+                       "INSERT INTO events (job_id, id, at, from_state, to_state, attempt, "
+                       "worker, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+          // A held dispatch and the change after it: two rows, one statement.
+          insert_events2(db,
+                         "INSERT INTO events (job_id, id, at, from_state, to_state, attempt, "
+                         "worker, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8), "
+                         "(?1, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
           update(db,
                  "UPDATE jobs SET state = ?2, attempts = COALESCE(?3, attempts), "
                  "worker = COALESCE(?4, worker), "
@@ -472,16 +563,17 @@ struct SqliteStore::Statements {
                  "attempt_budget = CASE WHEN ?12 IS NULL THEN attempt_budget "
                  "ELSE COALESCE(attempt_budget, max_attempts) END, "
                  "max_attempts = COALESCE(?12, max_attempts), "
-                 // || of two blobs is text with the same bytes; the CAST keeps it a blob.
-                 "history = CAST(COALESCE(history, x'') || ?13 AS BLOB), "
                  "epoch = CASE WHEN ?2 = 'running' THEN ?17 ELSE epoch END "
                  "WHERE id = ?1 AND (?15 IS NULL OR (state = ?15 AND attempts = ?16))"),
           token(db, "SELECT id FROM jobs WHERE token = ?1"),
-          get(db, fmt::format("SELECT {} FROM jobs WHERE id = ?1", kJobColumns).c_str()),
-          dispatch(db, "SELECT payload, argv FROM jobs WHERE id = ?1"),
-          live(db, fmt::format("SELECT {}, COALESCE(epoch, 0) FROM jobs WHERE state <> "
-                               "'succeeded' AND "
-                               "state <> 'dead' AND state <> 'cancelled' ORDER BY id",
+          get(db, fmt::format("SELECT {} FROM jobs WHERE id = ?1", kSqliteJobColumns).c_str()),
+          dispatch(db,
+                   "SELECT COALESCE((SELECT payload FROM payloads WHERE job_id = ?1), payload), "
+                   "argv FROM jobs WHERE id = ?1"),
+          // Through the index, never the table: finished rows cost a start nothing.
+          live(db, fmt::format("SELECT {}, COALESCE(epoch, 0) FROM jobs INDEXED BY jobs_live "
+                               "WHERE state <> 'succeeded' AND state <> 'dead' AND "
+                               "state <> 'cancelled'",
                                kLiveColumns)
                        .c_str()),
           live_one(
@@ -491,11 +583,20 @@ struct SqliteStore::Statements {
                  "SELECT MAX(COALESCE((SELECT MAX(id) FROM jobs), 0), "
                  "(SELECT id FROM id_floor))"),
           raise_floor(db, "UPDATE id_floor SET id = MAX(id, ?1)"),
-          count(db, "SELECT queue, state, COUNT(*) FROM jobs GROUP BY queue, state"),
+          count(db, "SELECT queue, state, n FROM job_counts WHERE n > 0"),
+          count_live(db,
+                     "SELECT queue, state, COUNT(*) FROM jobs INDEXED BY jobs_live WHERE state <> "
+                     "'succeeded' AND state <> 'dead' AND state <> 'cancelled' GROUP BY queue, "
+                     "state"),
+          add_count(db,
+                    "INSERT INTO job_counts VALUES (?1, ?2, ?3) "
+                    "ON CONFLICT (queue, state) DO UPDATE SET n = n + excluded.n"),
+          forget_counts(db, "DELETE FROM job_counts WHERE n = 0"),
+          event_seq(db, "SELECT n FROM event_seq"),
+          save_event_seq(db, "UPDATE event_seq SET n = ?1"),
+          free_pages(db, "PRAGMA freelist_count"),
           progress(db, "UPDATE jobs SET progress = ?2, progress_message = ?3 WHERE id = ?1"),
-          events(db,
-                 "SELECT at, from_state, to_state, attempt, worker, reason FROM events "
-                 "WHERE job_id = ?1 ORDER BY id"),
+          events(db, kEventsOfJob),
           history(db, "SELECT history FROM jobs WHERE id = ?1"),
           log_insert(db, "INSERT INTO dispatch_log (entries) VALUES (?1)"),
           log_read(db, "SELECT entries FROM dispatch_log ORDER BY seq"),
@@ -515,13 +616,16 @@ struct SqliteStore::Statements {
                    "ORDER BY finished_at LIMIT ?4"),
           delete_job(db, "DELETE FROM jobs WHERE id = ?1"),
           delete_events(db, "DELETE FROM events WHERE job_id = ?1"),
+          delete_payload(db, "DELETE FROM payloads WHERE job_id = ?1"),
           list(db, fmt::format("SELECT {} FROM jobs WHERE (?1 IS NULL OR queue = ?1) AND "
                                "(?2 IS NULL OR state = ?2) ORDER BY id DESC LIMIT ?3",
-                               kJobColumns)
+                               kSqliteJobColumns)
                        .c_str()) {}
-    Stmt begin, commit, rollback, insert, update, token, get, dispatch, live, live_one, max_id,
-        raise_floor, count, progress, events, history, log_insert, log_read, log_clear, row_state,
-        set_paused, paused, dead, finished, delete_job, delete_events, list;
+    Stmt begin, commit, rollback, insert, insert_payload, insert_event, insert_events2, update,
+        token, get, dispatch, live, live_one, max_id, raise_floor, count, count_live, add_count,
+        forget_counts, event_seq, save_event_seq, free_pages, progress, events, history, log_insert,
+        log_read, log_clear, row_state, set_paused, paused, dead, finished, delete_job,
+        delete_events, delete_payload, list;
 };
 
 SqliteStore::SqliteStore(const std::string& path, SqliteOptions options) {
@@ -559,6 +663,10 @@ SqliteStore::SqliteStore(const std::string& path, SqliteOptions options) {
         // Incremental vacuum lets retention give space back; it must be set before the first
         // table exists, so only a new file gets it.
         if (fresh) exec("PRAGMA auto_vacuum = INCREMENTAL");
+        {
+            Stmt mode(db_, "PRAGMA auto_vacuum");
+            incremental_vacuum_ = mode.step() && mode.i64(0) == 2;
+        }
         exec("PRAGMA journal_mode = WAL");
         exec(options.synchronous_full ? "PRAGMA synchronous = FULL"
                                       : "PRAGMA synchronous = NORMAL");
@@ -570,6 +678,12 @@ SqliteStore::SqliteStore(const std::string& path, SqliteOptions options) {
         st_ = std::make_unique<Statements>(db_);
         reload_held();  // what a crash left in dispatch_log
         next_id_ = max_job_id() + 1;
+        {
+            auto& seq = st_->event_seq.reset();
+            if (!seq.step()) throw StoreError("event_seq has no row", false);
+            next_event_ = saved_event_ = seq.i64(0);
+            seq.reset();
+        }
         if (options.checkpoint_interval_ms > 0 && path != ":memory:") {
             // Start from a checkpointed file: until the database file's own header says WAL
             // (it may so far only be in the WAL), another connection would not see WAL mode.
@@ -616,6 +730,9 @@ constexpr int kWalResetFrames = 16384;
 // How often maintain() writes held-back dispatches into their rows: readers of the file (the HTTP
 // API's own connection) lag the broker by at most this.
 constexpr Millis kMaterializeEveryMs = 1000;
+// Free pages maintain() gives back to the file system per pass (8 MiB of 4 KiB pages: a few ms),
+// pass after pass until none is left.
+constexpr int kReclaimPages = 2048;
 
 // A second connection that copies committed WAL frames back into the database file (PASSIVE:
 // it never blocks the broker's writes) so the WAL stays small without commits paying for it.
@@ -752,6 +869,7 @@ void SqliteStore::commit() {
             st_->log_insert.reset().bind_blob(1, std::string_view(log_.data(), log_.size())).run();
             log_.clear();
         }
+        flush_counts();
         st_->commit.run();
         // Under continuous writes the checkpointer's PASSIVE runs never catch up with the last
         // commit, so the WAL is never reset and would grow without bound. Past kWalResetFrames
@@ -774,18 +892,24 @@ void SqliteStore::rollback() {
     // The transaction's dispatches never happened; the held-back ones are those of committed
     // transactions, as dispatch_log has them.
     log_.clear();
+    count_delta_.clear();
+    saved_event_ = -1;  // the rolled-back transaction may have written event_seq
     reload_held();
     next_id_ = max_job_id() + 1;  // ids of the rolled-back inserts were never acknowledged
+    // (event ids of the rolled-back writes are skipped: only their order matters)
 }
 
 Inserted SqliteStore::insert_job(const NewJob& job, const std::string& reason) {
     begin();
+    const bool inline_payload = job.spec.payload.size() <= kInlinePayload;
+    const std::string first =
+        pack_event(Event{job.created_at, std::nullopt, job.state, 0, std::nullopt, reason});
     auto& s = st_->insert.reset();
     s.bind(1, static_cast<std::int64_t>(next_id_))
-        .bind_opt(2, job.spec.token)
-        .bind(3, std::string_view(job.spec.queue))
-        .bind(4, to_string(job.state))
-        .bind_blob(5, job.spec.payload);
+        .bind_opt_ref(2, job.spec.token)
+        .bind_ref(3, job.spec.queue)
+        .bind_ref(4, to_string(job.state))
+        .bind_blob_ref(5, inline_payload ? std::string_view(job.spec.payload) : std::string_view());
     if (job.spec.argv)
         s.bind_blob(6, pack_argv(*job.spec.argv));
     else
@@ -797,11 +921,16 @@ Inserted SqliteStore::insert_job(const NewJob& job, const std::string& reason) {
         .bind_opt(11, job.spec.timeout_ms)
         .bind_opt(12, job.spec.backoff_ms)
         .bind_opt(13, job.spec.backoff_cap_ms)
-        .bind_opt(14, job.spec.unique)
-        .bind_blob(15, pack_event(job.created_at, std::nullopt, job.state, 0, std::nullopt, reason))
+        .bind_opt_ref(14, job.spec.unique)
+        .bind_blob_ref(15, first)
         .run();
     if (sqlite3_changes(db_) == 0)  // the token is taken: a resent submit
         return {find_token(*job.spec.token).value_or(0), true};
+    if (!inline_payload)
+        st_->insert_payload.reset()
+            .bind(1, static_cast<std::int64_t>(next_id_))
+            .bind_blob_ref(2, job.spec.payload)
+            .run();
     return {next_id_++, false};
 }
 
@@ -828,14 +957,14 @@ bool SqliteStore::apply(const Transition& t) {
         msgpack::packer<msgpack::sbuffer> pk(log_);
         pack_dispatch(pk, t);
         ++logged_;
-        std::string event = pack_event(t.at, t.from, t.to, *t.attempts, t.worker, t.reason);
-        held_.insert_or_assign(t.id, Held{t, std::move(event)});
+        Held& h = held_.insert_or_assign(t.id, Held{t, event_of(t)}).first->second;
+        h.t.queue = {};  // the caller's, gone after this call
         return true;
     }
-    std::string event = pack_event(t.at, t.from, t.to, t.attempts.value_or(0), t.worker, t.reason);
+    const Event event = event_of(t);
     auto it = held_.find(t.id);
     if (it == held_.end())
-        return write_row(t, event, t.to == JobState::running, RowIs{t.from, t.from_attempts});
+        return write_row(t, {&event, 1}, t.to == JobState::running, RowIs{t.from, t.from_attempts});
     // The held dispatch and this transition in one row write; this one's fields win.
     const Transition& d = it->second.t;
     if (t.from != JobState::running || t.from_attempts != d.attempts.value_or(0)) return false;
@@ -843,14 +972,14 @@ bool SqliteStore::apply(const Transition& t) {
     if (!merged.attempts) merged.attempts = d.attempts;
     if (!merged.worker) merged.worker = d.worker;
     if (!merged.started_at) merged.started_at = d.started_at;
-    if (!write_row(merged, it->second.event + event, true, RowIs{d.from, *d.attempts - 1}))
-        return false;
+    const Event both[] = {it->second.event, event};
+    if (!write_row(merged, both, true, RowIs{d.from, *d.attempts - 1})) return false;
     held_.erase(it);
     return true;
 }
 
 void SqliteStore::write_held(std::unordered_map<JobId, Held>::iterator it) {
-    write_row(it->second.t, it->second.event, true, std::nullopt);
+    write_row(it->second.t, {&it->second.event, 1}, true, std::nullopt);
     held_.erase(it);
 }
 
@@ -861,8 +990,7 @@ void SqliteStore::maintain(Millis now) {
     }
     if (reclaim_due_) {
         begin();
-        reclaim_space(256);
-        reclaim_due_ = false;
+        reclaim_due_ = reclaim_space(kReclaimPages) > 0;
     }
 }
 
@@ -870,7 +998,7 @@ void SqliteStore::materialize() {
     if (held_back() == 0) return;
     begin();
     for (const auto& [id, h] : held_)
-        write_row(h.t, h.event, true, std::nullopt);
+        write_row(h.t, {&h.event, 1}, true, std::nullopt);
     held_.clear();
     log_.clear();
     st_->log_clear.reset().run();
@@ -901,7 +1029,7 @@ void SqliteStore::reload_held() {
         bool held = r.step() && r.i64(0) < static_cast<std::int64_t>(*t.attempts);
         r.reset();
         if (!held) continue;
-        std::string event = pack_event(t.at, t.from, t.to, *t.attempts, t.worker, t.reason);
+        Event event = event_of(t);
         held_.emplace(id, Held{std::move(t), std::move(event)});
     }
 }
@@ -932,7 +1060,7 @@ void SqliteStore::overlay(LiveJob& j) const {
     j.run_at.reset();
 }
 
-bool SqliteStore::write_row(const Transition& t, std::string_view events, bool reset_progress,
+bool SqliteStore::write_row(const Transition& t, std::span<const Event> events, bool reset_progress,
                             std::optional<RowIs> expect) {
     auto& s = st_->update.reset();
     if (expect && expect->state) {
@@ -943,24 +1071,80 @@ bool SqliteStore::write_row(const Transition& t, std::string_view events, bool r
         s.bind_null(16);
     }
     s.bind(1, static_cast<std::int64_t>(t.id))
-        .bind(2, to_string(t.to))
+        .bind_ref(2, to_string(t.to))
         .bind_opt(3, t.attempts)
-        .bind_opt(4, t.worker)
+        .bind_opt_ref(4, t.worker)
         .bind_opt(5, t.run_at)
         .bind_opt(6, t.started_at)
         .bind_opt(7, t.finished_at)
         .bind(8, std::int64_t{t.set_outcome ? 1 : 0})
         .bind_opt(9, t.exit_code)
         .bind_opt_blob(10, t.result)
-        .bind_opt(11, t.error)
+        .bind_opt_ref(11, t.error)
         .bind_opt(12, t.max_attempts)
-        .bind_blob(13, events)
         .bind(14, std::int64_t{reset_progress ? 1 : 0})
         .bind(17, std::int64_t{t.epoch})
         .run();
-    if (sqlite3_changes(db_) == 1) return true;
-    if (!expect) throw StoreError(fmt::format("job {} vanished from the database", t.id), false);
-    return false;
+    if (sqlite3_changes(db_) != 1) {
+        if (!expect)
+            throw StoreError(fmt::format("job {} vanished from the database", t.id), false);
+        return false;
+    }
+    if (events.size() == 2) {
+        auto& s2 = st_->insert_events2.reset();
+        s2.bind(1, static_cast<std::int64_t>(t.id));
+        bind_event(s2, 2, next_event_++, events[0]);
+        bind_event(s2, 9, next_event_++, events[1]);
+        s2.run();
+    } else {
+        for (const auto& e : events)
+            write_event(t.id, e);
+    }
+    // Finished jobs are counted (job_counts), the others are not.
+    if (t.from && is_terminal(*t.from) != is_terminal(t.to)) {
+        std::string looked_up;
+        std::string_view queue = t.queue;
+        if (queue.empty()) {  // the engine always says; read it for any other caller
+            auto& r = st_->row_state.reset();
+            r.bind(1, static_cast<std::int64_t>(t.id));
+            if (r.step()) looked_up = r.text(1);
+            r.reset();
+            queue = looked_up;
+        }
+        if (is_terminal(t.to)) count(queue, t.to, 1);
+        if (is_terminal(*t.from)) count(queue, *t.from, -1);
+    }
+    return true;
+}
+
+void SqliteStore::count(std::string_view queue, JobState state, std::int64_t by) {
+    auto it = count_delta_.find(queue);
+    if (it == count_delta_.end())
+        it = count_delta_.emplace(std::string(queue), StateDeltas{}).first;
+    it->second[static_cast<std::size_t>(state)] += by;
+}
+
+void SqliteStore::flush_counts() {
+    for (const auto& [queue, deltas] : count_delta_)
+        for (std::size_t i = 0; i < deltas.size(); ++i)
+            if (deltas[i] != 0)
+                st_->add_count.reset()
+                    .bind_ref(1, queue)
+                    .bind_ref(2, to_string(static_cast<JobState>(i)))
+                    .bind(3, deltas[i])
+                    .run();
+    count_delta_.clear();
+    if (next_event_ != saved_event_) {
+        st_->save_event_seq.reset().bind(1, next_event_).run();
+        saved_event_ = next_event_;
+    }
+}
+
+void SqliteStore::write_event(JobId job, const Event& e) {
+    auto& s = st_->insert_event.reset();
+    s.bind(1, static_cast<std::int64_t>(job));
+    bind_event(s, 2, next_event_++, e);
+    s.run();
 }
 
 std::optional<JobId> SqliteStore::find_token(const std::string& token) {
@@ -1011,14 +1195,21 @@ std::optional<DispatchData> SqliteStore::dispatch_data(JobId id) {
 }
 
 void SqliteStore::scan_live(const std::function<void(LiveJob&&)>& fn) {
+    // The index gives them by state, then id.
+    std::vector<LiveJob> jobs;
     auto& s = st_->live.reset();
     while (s.step()) {
         auto j = read_live(s);
         j.epoch = static_cast<std::uint32_t>(s.i64(kLiveColumnCount));
         overlay(j);
-        fn(std::move(j));
+        jobs.push_back(std::move(j));
     }
+    start_steps_ += s.vm_steps();
     s.reset();
+    std::sort(jobs.begin(), jobs.end(),
+              [](const LiveJob& a, const LiveJob& b) { return a.id < b.id; });
+    for (auto& j : jobs)
+        fn(std::move(j));
 }
 
 std::optional<LiveJob> SqliteStore::load_live(JobId id) {
@@ -1035,11 +1226,14 @@ std::optional<LiveJob> SqliteStore::load_live(JobId id) {
 }
 
 std::vector<QueueStateCount> SqliteStore::count_jobs() {
-    auto& s = st_->count.reset();
     std::vector<QueueStateCount> out;
-    while (s.step())
-        out.push_back({s.text(0), stored_state(s.text(1)), static_cast<std::uint64_t>(s.i64(2))});
-    s.reset();
+    for (Stmt* s : {&st_->count.reset(), &st_->count_live.reset()}) {
+        while (s->step())
+            out.push_back(
+                {s->text(0), stored_state(s->text(1)), static_cast<std::uint64_t>(s->i64(2))});
+        start_steps_ += s->vm_steps();
+        s->reset();
+    }
     // Held-back dispatches: counted in their row's state, they are running.
     auto bump = [&out](const std::string& queue, JobState state, int by) {
         auto it = std::find_if(out.begin(), out.end(), [&](const QueueStateCount& c) {
@@ -1058,6 +1252,9 @@ std::vector<QueueStateCount> SqliteStore::count_jobs() {
         }
         r.reset();
     }
+    for (const auto& [queue, deltas] : count_delta_)  // this transaction's, not yet flushed
+        for (std::size_t i = 0; i < deltas.size(); ++i)
+            if (deltas[i] != 0) bump(queue, static_cast<JobState>(i), static_cast<int>(deltas[i]));
     std::erase_if(out, [](const QueueStateCount& c) { return c.count == 0; });
     return out;
 }
@@ -1075,8 +1272,7 @@ void SqliteStore::set_progress(JobId id, std::uint32_t percent, const std::strin
 
 std::vector<Event> SqliteStore::events(JobId id) {
     auto out = read_events(id, st_->events.reset(), st_->history.reset());
-    if (auto it = held_.find(id); it != held_.end())
-        unpack_history(id, it->second.event.data(), static_cast<int>(it->second.event.size()), out);
+    if (auto it = held_.find(id); it != held_.end()) out.push_back(it->second.event);
     return out;
 }
 
@@ -1132,6 +1328,7 @@ std::vector<Removed> SqliteStore::remove_finished(std::optional<JobState> state,
         JobId id = row.first;
         const auto& qs = row.second;  // a plain reference: clang < 16 cannot capture bindings
         st_->delete_events.reset().bind(1, static_cast<std::int64_t>(id)).run();
+        st_->delete_payload.reset().bind(1, static_cast<std::int64_t>(id)).run();
         st_->delete_job.reset().bind(1, static_cast<std::int64_t>(id)).run();
         auto it = std::find_if(out.begin(), out.end(), [&](const Removed& r) {
             return r.queue == qs.first && r.state == qs.second;
@@ -1141,12 +1338,23 @@ std::vector<Removed> SqliteStore::remove_finished(std::optional<JobState> state,
         else
             ++it->count;
     }
-    if (!rows.empty()) reclaim_due_ = true;
+    for (const auto& r : out)
+        count(r.queue, r.state, -static_cast<std::int64_t>(r.count));
+    if (!rows.empty()) flush_counts();  // so that the counts that reach 0 go now
+    if (!rows.empty()) {
+        st_->forget_counts.reset().run();  // a queue's count that is 0 is no row
+        reclaim_due_ = true;
+    }
     return out;
 }
 
-void SqliteStore::reclaim_space(int pages) {
+int SqliteStore::reclaim_space(int pages) {
+    if (!incremental_vacuum_) return 0;  // a file made before errand set auto_vacuum
     exec(fmt::format("PRAGMA incremental_vacuum({})", pages).c_str());
+    auto& s = st_->free_pages.reset();
+    const int left = s.step() ? static_cast<int>(s.i64(0)) : 0;
+    s.reset();
+    return left;
 }
 
 JobId SqliteStore::max_job_id() {
@@ -1310,19 +1518,19 @@ constexpr int kProgressEvery = 1000;
 
 struct SqliteQueryStore::Statements {
     explicit Statements(sqlite3* db)
-        : get(db, fmt::format("SELECT {} FROM jobs WHERE id = ?1", kJobColumns).c_str()),
-          events(db,
-                 "SELECT at, from_state, to_state, attempt, worker, reason FROM events "
-                 "WHERE job_id = ?1 ORDER BY id"),
+        : get(db, fmt::format("SELECT {} FROM jobs WHERE id = ?1", kSqliteJobColumns).c_str()),
+          events(db, kEventsOfJob),
           history(db, "SELECT history FROM jobs WHERE id = ?1"),
           page(db, fmt::format("SELECT {} FROM jobs WHERE {} AND (?3 IS NULL OR id < ?3) "
                                "ORDER BY id DESC LIMIT ?4",
-                               kJobColumns, kPageWhere)
+                               kSqliteJobColumns, kPageWhere)
                        .c_str()),
           count(db, fmt::format("SELECT count(*) FROM (SELECT 1 FROM jobs WHERE {} LIMIT ?4)",
                                 kPageWhere)
                         .c_str()),
-          payload(db, "SELECT substr(payload, 1, ?2) FROM jobs WHERE id = ?1"),
+          payload(db,
+                  "SELECT substr(COALESCE((SELECT payload FROM payloads WHERE job_id = ?1), "
+                  "payload), 1, ?2) FROM jobs WHERE id = ?1"),
           pages(db, "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()") {}
     Stmt get, events, history, page, count, payload, pages;
 };

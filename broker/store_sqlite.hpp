@@ -5,10 +5,12 @@
 
 #include <msgpack.hpp>
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -77,13 +79,18 @@ class SqliteStore final : public Store {
     void materialize();
     // How many dispatches are held back from their rows.
     std::size_t held_back() const;
-    // Returns up to `pages` free pages to the file system.
-    void reclaim_space(int pages);
+    // Returns up to `pages` free pages to the file system; how many are left.
+    int reclaim_space(int pages);
+    bool maintenance_due() const override { return reclaim_due_; }
     // The largest id in the database (or below it: deleted ones), 0 when empty.
     JobId max_job_id();
 
+    // Virtual-machine steps the reads of a start (scan_live, count_jobs) took so far: what
+    // they cost, whatever the machine, for the tests of "flat as it grows".
+    std::uint64_t start_steps() const { return start_steps_; }
+
     int schema_version();
-    static constexpr int kSchemaVersion = 7;
+    static constexpr int kSchemaVersion = 8;
 
   private:
     struct Statements;
@@ -97,7 +104,7 @@ class SqliteStore final : public Store {
     // Held-back dispatches (see store_sqlite.cpp).
     struct Held {
         Transition t;
-        std::string event;  // packed for jobs.history
+        Event event;
     };
     // What a row must hold for write_row to change it (the compare-and-set of apply()).
     struct RowIs {
@@ -105,8 +112,13 @@ class SqliteStore final : public Store {
         std::uint32_t attempts = 0;
     };
     // False when `expect` is given and the row does not match it.
-    bool write_row(const Transition& t, std::string_view events, bool reset_progress,
+    bool write_row(const Transition& t, std::span<const Event> events, bool reset_progress,
                    std::optional<RowIs> expect);
+    void write_event(JobId job, const Event& e);
+    // job_counts: terminal jobs per queue and state, changed by this transaction (written by
+    // flush_counts(), at commit).
+    void count(std::string_view queue, JobState state, std::int64_t by);
+    void flush_counts();
     void write_held(std::unordered_map<JobId, Held>::iterator it);
     void reload_held();
     void overlay(JobInfo& j) const;
@@ -122,7 +134,19 @@ class SqliteStore final : public Store {
     JobId next_id_ = 1;            // the id insert_job gives next (from the file at open/rollback)
     Millis next_materialize_ = 0;  // maintain(): when held-back dispatches go into their rows
     bool reclaim_due_ = false;     // maintain(): rows were deleted, pages may be free
-    int wal_frames_ = 0;           // WAL size after the last commit (sqlite3_wal_hook)
+    bool incremental_vacuum_ = false;  // PRAGMA auto_vacuum = INCREMENTAL (a file errand made)
+    int wal_frames_ = 0;               // WAL size after the last commit (sqlite3_wal_hook)
+    std::uint64_t start_steps_ = 0;
+    std::int64_t next_event_ = 0;   // the next events row's id (event_seq)
+    std::int64_t saved_event_ = 0;  // event_seq as this transaction found it
+    struct NameHash {
+        using is_transparent = void;
+        std::size_t operator()(std::string_view s) const {
+            return std::hash<std::string_view>{}(s);
+        }
+    };
+    using StateDeltas = std::array<std::int64_t, kStateCount>;
+    std::unordered_map<std::string, StateDeltas, NameHash, std::equal_to<>> count_delta_;
     std::unordered_map<JobId, Held> held_;
     msgpack::sbuffer log_{1024};  // this transaction's dispatches, for dispatch_log
     std::size_t logged_ = 0;      // dispatches in dispatch_log and log_ (0: the log is empty)

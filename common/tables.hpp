@@ -514,7 +514,8 @@ struct RegisterT {
         field("name", &RegisterRequest::name, str(256), required),
         field("host", &RegisterRequest::host, str(256), defaulted),
         field("pid", &RegisterRequest::pid, U64{}, defaulted),
-        field("queues", &RegisterRequest::queues, StrArray{256, kName}, required,
+        field("queues", &RegisterRequest::queues, StrArray{limits::kMaxWorkerQueues, kName},
+              required,
               [](const std::vector<std::string>& queues) {
                   if (queues.empty()) bad("field 'queues' must name at least one queue");
                   for (const auto& q : queues)

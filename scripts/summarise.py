@@ -46,5 +46,23 @@ for path in args:
                 failed += 1
             if not ok:
                 print(f"FAILED: {entry.get('name')} ({entry.get('result')}, {path})")
+                # What failed, here at the end where a truncated CI log still shows it: doctest's
+                # test case lines and failed assertions, at most 40 lines.
+                shown = 0
+                case = None
+                lines = (entry.get("stdout") or "").splitlines()
+                for i, text in enumerate(lines):
+                    if shown >= 40:
+                        break
+                    if "TEST CASE:" in text:
+                        case = text
+                    elif "ERROR:" in text:
+                        if case:
+                            print(f"    {case[:300]}")
+                            case = None
+                        print(f"    {text[:300]}")
+                        if i + 1 < len(lines):
+                            print(f"    {lines[i + 1][:300]}")
+                        shown += 3
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed or not passed else 0)

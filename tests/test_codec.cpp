@@ -112,6 +112,23 @@ TEST_CASE("JobInfo round trip through JOB") {
     CHECK_FALSE(d.run_at.has_value());
 }
 
+TEST_CASE("REGISTER takes up to 1024 queues, and says so past it") {
+    RegisterRequest r{3, "inst", "w", "host", 99, {}, 4, false, {}};
+    for (int i = 0; i < 1024; ++i)
+        r.queues.push_back("q" + std::to_string(i));
+    Body ok(encode(r));
+    CHECK(decode_register(ok.reader()).queues.size() == 1024);
+    r.queues.push_back("one-more");
+    Body over(encode(r));
+    std::string message;
+    try {
+        decode_register(over.reader());
+    } catch (const std::exception& e) {
+        message = e.what();
+    }
+    CHECK(message.find("field 'queues' has more than 1024 items") != std::string::npos);
+}
+
 TEST_CASE("worker messages round trip") {
     RegisterRequest r{3, "inst", "w", "host", 99, {"a", "b"}, 4, true, {{10, 2}, {11, 1}}};
     Body rb(encode(r));

@@ -457,6 +457,61 @@ TEST_CASE("submit with run_at: scheduled until run_at; a run_at not in the futur
     CHECK(f.status(a).state == S::ready);
 }
 
+TEST_CASE("jobs that come due together are made ready in slices per pass, earliest first") {
+    Engine f;
+    constexpr int kJobs = 2500;  // the engine's promote_batch is 1000
+    std::vector<JobId> ids;
+    std::map<JobId, Millis> due_at;
+    for (int batch = 0; batch < kJobs / 500; ++batch) {
+        SubmitRequest m;
+        m.req = f.req++;
+        for (int i = 0; i < 500; ++i) {
+            auto s = spec("q");
+            // Later ids are due sooner: due order is not id order.
+            s.delay_ms = 100 + (kJobs - static_cast<int>(m.jobs.size()) - 500 * batch);
+            m.jobs.push_back(s);
+        }
+        auto rep = f.submit_request(m);
+        REQUIRE(rep.ids.size() == 500);
+        for (std::size_t i = 0; i < rep.ids.size(); ++i) {
+            ids.push_back(rep.ids[i]);
+            due_at[rep.ids[i]] = kBase + *m.jobs[i].delay_ms;
+        }
+    }
+    auto ready = [&] {
+        auto rep = f.ask(cmd::kStats, encode_req(f.req++));
+        REQUIRE(rep.command == cmd::kStats);
+        Body b(rep.body);
+        for (const auto& q : decode_stats(b.reader()).queues)
+            for (const auto& [state, n] : q.counts)
+                if (q.name == "q" && state == S::ready) return n;
+        return std::uint64_t{0};
+    };
+    f.now += kJobs + 1000;  // every one is due
+    std::vector<std::uint64_t> seen;
+    for (int pass = 0; pass < 10 && (seen.empty() || seen.back() < kJobs); ++pass) {
+        f.now += 1;  // each pass at its own time, to tell them apart in the histories
+        seen.push_back(ready());
+    }
+    std::string trail;
+    for (auto n : seen)
+        trail += std::to_string(n) + " ";
+    // A pass answers its message before its chores: each STATS sees the passes before it.
+    const std::vector<std::uint64_t> slices{0, 1000, 2000, 2500};
+    CHECK_MESSAGE(seen == slices, trail);
+    // Promoted in due order: a job due sooner was never promoted in a later pass.
+    std::vector<std::pair<Millis, Millis>> order;  // (due, promoted)
+    for (JobId id : ids) {
+        auto h = f.history(id);
+        REQUIRE(h.size() == 2);
+        CHECK(h[1].reason == "due");
+        order.push_back({due_at[id], h[1].at});
+    }
+    std::sort(order.begin(), order.end());
+    for (std::size_t i = 1; i < order.size(); ++i)
+        CHECK(order[i - 1].second <= order[i].second);
+}
+
 TEST_CASE("a due scheduled job is dispatched in the pass that makes it ready") {
     Engine f;
     f.register_worker("w1", {"q"});
@@ -573,6 +628,19 @@ TEST_CASE("priority order: higher first, FIFO within a priority") {
     for (const auto& x : d)
         order.push_back(x.id);
     CHECK(order == std::vector<JobId>{h1, h2, l1, l2, n1});
+}
+
+TEST_CASE("a worker may serve 1024 queues: a job of the last one is dispatched to it") {
+    Engine f;
+    std::vector<std::string> queues;
+    for (int i = 0; i < 1024; ++i)
+        queues.push_back("q" + std::to_string(i));
+    f.register_worker("w1", queues);
+    JobId id = f.submit(spec("q1023", "last"));
+    auto d = f.credit("w1", 1);
+    REQUIRE(d.size() == 1);
+    CHECK(d[0].id == id);
+    CHECK(d[0].queue == "q1023");
 }
 
 TEST_CASE("a worker takes its queues in the order it lists them") {

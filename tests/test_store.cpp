@@ -91,6 +91,12 @@ Transition succeed(JobId id, Millis at, std::uint32_t attempt = 1) {
     return t;
 }
 
+// Turns a database back into what version 7 wrote (its jobs' events rows of version 8 go too:
+// they would have been in the history column).
+constexpr const char* kUndoVersion8 =
+    "DROP TABLE job_counts; DROP TABLE payloads; DROP TABLE event_seq; "
+    "DELETE FROM events WHERE id >= 1099511627776; ";
+
 int count_rows(const std::string& db, const char* sql) {
     sqlite3* h = nullptr;
     sqlite3_open_v2(db.c_str(), &h, SQLITE_OPEN_READONLY, nullptr);
@@ -177,11 +183,13 @@ TEST_CASE("migration 3 upgrades a version-2 database: id floor from its jobs, bu
         store.commit();
     }
     // Turn it back into what version 2 wrote.
-    auto [rc, err] = exec_sql(dir.db(),
-                              "DROP TABLE id_floor; ALTER TABLE jobs DROP COLUMN attempt_budget; "
-                              "ALTER TABLE jobs DROP COLUMN history; DROP TABLE dispatch_log; "
-                              "DROP TABLE broker_epoch; ALTER TABLE jobs DROP COLUMN epoch; "
-                              "DROP TABLE schedules; UPDATE schema_version SET version = 2;");
+    auto [rc, err] =
+        exec_sql(dir.db(), (std::string(kUndoVersion8) +
+                            "DROP TABLE id_floor; ALTER TABLE jobs DROP COLUMN attempt_budget; "
+                            "ALTER TABLE jobs DROP COLUMN history; DROP TABLE dispatch_log; "
+                            "DROP TABLE broker_epoch; ALTER TABLE jobs DROP COLUMN epoch; "
+                            "DROP TABLE schedules; UPDATE schema_version SET version = 2;")
+                               .c_str());
     CHECK_MESSAGE(rc == SQLITE_OK, err);
     CHECK(count_rows(dir.db(), "SELECT version FROM schema_version") == 2);
     SqliteStore store(dir.db());
@@ -215,9 +223,11 @@ TEST_CASE("migration 6: epochs count every open, durably; a held dispatch keeps 
         store.commit();
     }
     // What version 5 wrote: no epochs.
-    auto [rc, err] = exec_sql(dir.db(),
-                              "DROP TABLE broker_epoch; ALTER TABLE jobs DROP COLUMN epoch; "
-                              "DROP TABLE schedules; UPDATE schema_version SET version = 5;");
+    auto [rc, err] = exec_sql(dir.db(), (std::string(kUndoVersion8) +
+                                         "DROP TABLE broker_epoch; ALTER TABLE jobs DROP COLUMN "
+                                         "epoch; DROP TABLE schedules; UPDATE schema_version SET "
+                                         "version = 5;")
+                                            .c_str());
     CHECK_MESSAGE(rc == SQLITE_OK, err);
     std::uint32_t first = 0;
     {
@@ -245,7 +255,7 @@ TEST_CASE("migration 6: epochs count every open, durably; a held dispatch keeps 
     CHECK(count_rows(dir.db(), "SELECT n FROM broker_epoch") == static_cast<int>(first + 1));
 }
 
-TEST_CASE("migration 4: a version-3 database keeps its event rows, new events go to the job row") {
+TEST_CASE("migrations 4 and 8: a version-3 database keeps its event rows, new events follow") {
     TempDir dir;
     {
         SqliteStore store(dir.db());
@@ -254,13 +264,15 @@ TEST_CASE("migration 4: a version-3 database keeps its event rows, new events go
         store.commit();
     }
     // What version 3 wrote: no history column, the creation event as a row of events.
-    auto [rc, err] = exec_sql(dir.db(),
-                              "ALTER TABLE jobs DROP COLUMN history; DROP TABLE dispatch_log; "
-                              "DROP TABLE broker_epoch; ALTER TABLE jobs DROP COLUMN epoch; "
-                              "DROP TABLE schedules; "
-                              "INSERT INTO events (job_id, id, at, from_state, to_state, attempt, "
-                              "worker, reason) VALUES (1, 1, 100, NULL, 'ready', 0, NULL, 'old'); "
-                              "UPDATE schema_version SET version = 3;");
+    auto [rc, err] =
+        exec_sql(dir.db(), (std::string(kUndoVersion8) +
+                            "ALTER TABLE jobs DROP COLUMN history; DROP TABLE dispatch_log; "
+                            "DROP TABLE broker_epoch; ALTER TABLE jobs DROP COLUMN epoch; "
+                            "DROP TABLE schedules; "
+                            "INSERT INTO events (job_id, id, at, from_state, to_state, attempt, "
+                            "worker, reason) VALUES (1, 1, 100, NULL, 'ready', 0, NULL, 'old'); "
+                            "UPDATE schema_version SET version = 3;")
+                               .c_str());
     CHECK_MESSAGE(rc == SQLITE_OK, err);
     SqliteStore store(dir.db());
     CHECK(store.schema_version() == SqliteStore::kSchemaVersion);
@@ -302,8 +314,7 @@ TEST_CASE("a damaged history column fails that read only, with the job's id") {
     store.insert_job(job(2, "q"), "submitted");
     store.commit();
     // 0xc1 is never used by msgpack.
-    CHECK(exec_sql(dir.db(), "UPDATE jobs SET history = history || x'c1' WHERE id = 1").first ==
-          SQLITE_OK);
+    CHECK(exec_sql(dir.db(), "UPDATE jobs SET history = x'c1' WHERE id = 1").first == SQLITE_OK);
     bool store_error = false;
     std::string message;
     try {
@@ -369,8 +380,8 @@ TEST_CASE("transitions update the row and write one event each") {
     CHECK(ev[2].from == JobState::running);
     CHECK(ev[2].to == JobState::succeeded);
     CHECK(ev[2].at == 6000);
-    // In the job's row: no row of events per transition any more.
-    CHECK(count_rows(dir.db(), "SELECT COUNT(*) FROM events") == 0);
+    // The first event in the job's row, an events row for each one after it.
+    CHECK(count_rows(dir.db(), "SELECT COUNT(*) FROM events WHERE job_id = 1") == 2);
 
     auto d = store.dispatch_data(1);
     REQUIRE(d.has_value());
@@ -645,4 +656,287 @@ TEST_CASE(
     CHECK(message.find("narrow it by queue or state") != std::string::npos);
     CHECK_THROWS_AS(tight.count(miss, 10000), StoreError);
     CHECK(tight.get_job(77).has_value());
+}
+
+// ---- flat as it grows (schema version 8) ------------------------------------------------------
+
+namespace {
+
+Transition fail_attempt(JobId id, std::uint32_t attempt, Millis at) {
+    Transition t;
+    t.id = id;
+    t.from = JobState::running;
+    t.from_attempts = attempt;
+    t.to = JobState::retrying;
+    t.at = at;
+    t.run_at = at + 1000;
+    t.set_outcome = true;
+    t.exit_code = 1;
+    t.error = "boom";
+    t.reason = "failed";
+    return t;
+}
+
+Transition retry_due(JobId id, std::uint32_t attempts, Millis at) {
+    Transition t;
+    t.id = id;
+    t.from = JobState::retrying;
+    t.from_attempts = attempts;
+    t.to = JobState::ready;
+    t.at = at;
+    t.reason = "retry delay over";
+    return t;
+}
+
+// One round of a failing job: dispatched (attempt `attempt`), failed, due again.
+void fail_round(SqliteStore& store, JobId id, std::uint32_t attempt) {
+    const Millis at = 10'000 * attempt;
+    store.begin();
+    store.apply(dispatch(id, attempt, at, "w"));
+    store.commit();
+    store.begin();
+    store.apply(fail_attempt(id, attempt, at + 1));
+    store.commit();
+    store.begin();
+    store.apply(retry_due(id, attempt, at + 2));
+    store.commit();
+}
+
+}  // namespace
+
+TEST_CASE("a start reads no finished job: counts from job_counts, live jobs by their index") {
+    TempDir dir;
+    {
+        SqliteStore store(dir.db());
+        store.begin();
+        for (JobId id = 1; id <= 5; ++id)
+            store.insert_job(job(id, "q"), "submitted");
+        store.commit();
+    }
+    std::map<std::pair<std::string, JobState>, std::uint64_t> counts;
+    auto start_cost = [&] {
+        SqliteStore store(dir.db());
+        std::vector<JobId> live;
+        store.scan_live([&](LiveJob&& j) { live.push_back(j.id); });
+        counts.clear();
+        for (const auto& c : store.count_jobs())
+            counts[{c.queue, c.state}] = c.count;
+        CHECK(live == std::vector<JobId>{1, 2, 3, 4, 5});  // in id order
+        return store.start_steps();
+    };
+    const auto empty_history = start_cost();
+    CHECK(counts[{"q", JobState::ready}] == 5);
+    {
+        SqliteStore store(dir.db());
+        store.begin();
+        for (JobId id = 6; id < 6 + 20000; ++id) {
+            store.insert_job(job(id, "done"), "submitted");
+            store.apply(dispatch(id, 1, 3, "w"));
+            store.apply(succeed(id, 4));
+        }
+        store.commit();
+    }
+    const auto full_history = start_cost();
+    CHECK(counts[{"done", JobState::succeeded}] == 20000);
+    CHECK(counts[{"q", JobState::ready}] == 5);
+    // Reading 20,000 rows would take more than 100,000 steps.
+    CHECK(full_history <= empty_history + 100);
+    MESSAGE("start steps: " << empty_history << " without, " << full_history << " with 20,000 "
+                            << "finished jobs");
+    // Deleting them keeps the counts right, and a count that reaches 0 leaves no row.
+    {
+        SqliteStore store(dir.db());
+        store.begin();
+        std::uint64_t removed = 0;
+        for (int i = 0; i < 50 && removed < 20000; ++i)
+            for (const auto& r : store.remove_finished(std::nullopt, std::nullopt, 10, 1000))
+                removed += r.count;
+        store.commit();
+        CHECK(removed == 20000);
+    }
+    CHECK(count_rows(dir.db(), "SELECT COUNT(*) FROM job_counts WHERE queue = 'done'") == 0);
+    start_cost();
+    CHECK(counts.size() == 1);
+}
+
+TEST_CASE("a job's 50th transition writes what its 1st did: events are rows, the row stays") {
+    TempDir dir;
+    SqliteStore store(dir.db());
+    store.begin();
+    store.insert_job(job(1, "q"), "submitted");
+    store.commit();
+    const char* row_bytes =
+        "SELECT length(payload) + COALESCE(length(CAST(history AS BLOB)), 0) + "
+        "COALESCE(length(error), 0) + COALESCE(length(worker), 0) + COALESCE(length(argv), 0) "
+        "FROM jobs WHERE id = 1";
+    fail_round(store, 1, 1);
+    const int after_first = count_rows(dir.db(), row_bytes);
+    for (std::uint32_t attempt = 2; attempt <= 17; ++attempt)
+        fail_round(store, 1, attempt);
+    CHECK(count_rows(dir.db(), row_bytes) == after_first);  // 52 events later
+    // Reading the whole history is one indexed query, in order.
+    SqliteQueryStore reader(dir.db());
+    auto ev = reader.events(1);
+    REQUIRE(ev.size() == 1 + 3 * 17);
+    CHECK(ev[0].reason == "submitted");
+    for (std::size_t i = 0; i < 17; ++i) {
+        CHECK(ev[1 + 3 * i].reason == "dispatched");
+        CHECK(ev[1 + 3 * i].attempt == i + 1);
+        CHECK(ev[2 + 3 * i].reason == "failed");
+        CHECK(ev[3 + 3 * i].reason == "retry delay over");
+    }
+    CHECK(store.events(1).size() == ev.size());
+}
+
+TEST_CASE("a payload is written once: a retried job's transitions do not rewrite it") {
+    TempDir dir;
+    // Checkpoints inside commits, so the WAL file's size is what the commits wrote.
+    SqliteStore store(dir.db(), SqliteOptions{.checkpoint_interval_ms = 0});
+    NewJob big = job(1, "q");
+    big.spec.payload.resize(1 << 20);
+    for (std::size_t i = 0; i < big.spec.payload.size(); ++i)
+        big.spec.payload[i] = static_cast<char>(i * 7 + i / 251);
+    store.begin();
+    store.insert_job(big, "submitted");
+    store.insert_job(job(2, "q"), "submitted");  // a small one stays in its row
+    store.commit();
+    const auto wal = dir.db() + "-wal";
+    const auto after_insert = fs::file_size(wal);
+    for (std::uint32_t attempt = 1; attempt <= 5; ++attempt)
+        fail_round(store, 1, attempt);
+    const auto written = fs::file_size(wal) - after_insert;
+    MESSAGE("WAL bytes for 15 transitions of a job with a 1 MiB payload: " << written);
+    CHECK(written < 512 * 1024);  // ten row writes of 1 MiB each before version 8
+    CHECK(store.dispatch_data(1)->payload == big.spec.payload);
+    CHECK(store.dispatch_data(2)->payload == "payload-2");
+    CHECK(store.get_job(1)->payload_size == big.spec.payload.size());
+    CHECK(count_rows(dir.db(), "SELECT length(payload) FROM jobs WHERE id = 1") == 0);
+    CHECK(count_rows(dir.db(), "SELECT COUNT(*) FROM payloads") == 1);
+    SqliteQueryStore reader(dir.db());
+    CHECK(reader.payload(1, 16) == big.spec.payload.substr(0, 16));
+    CHECK(reader.get_job(1)->payload_size == big.spec.payload.size());
+    CHECK(reader.payload(2, 100) == "payload-2");
+    // Retention takes the payload with its job.
+    store.begin();
+    Transition cancel;
+    cancel.id = 1;
+    cancel.from = JobState::ready;
+    cancel.from_attempts = 5;
+    cancel.to = JobState::cancelled;
+    cancel.at = 100;
+    cancel.finished_at = 100;
+    cancel.reason = "cancelled";
+    REQUIRE(store.apply(cancel));
+    auto removed = store.remove_finished(std::nullopt, std::nullopt, 1000, 10);
+    store.commit();
+    REQUIRE(removed.size() == 1);
+    CHECK(count_rows(dir.db(), "SELECT COUNT(*) FROM payloads") == 0);
+    CHECK_FALSE(store.dispatch_data(1).has_value());
+}
+
+TEST_CASE("migration 8 upgrades a database version 7 made: counts, payloads and histories") {
+    TempDir dir;
+    std::ifstream in(std::string(ERRAND_FIXTURES) + "/schema-v7.sql");
+    REQUIRE(in.good());
+    std::string dump((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    auto [rc, err] = exec_sql(dir.db(), dump.c_str());
+    REQUIRE_MESSAGE(rc == SQLITE_OK, err);
+    REQUIRE(count_rows(dir.db(), "SELECT version FROM schema_version") == 7);
+
+    SqliteStore store(dir.db());
+    CHECK(store.schema_version() == 8);
+    std::map<std::pair<std::string, JobState>, std::uint64_t> counts;
+    for (const auto& c : store.count_jobs())
+        counts[{c.queue, c.state}] = c.count;
+    const std::map<std::pair<std::string, JobState>, std::uint64_t> expected{
+        {{"work", JobState::succeeded}, 2}, {{"work", JobState::dead}, 1},
+        {{"work", JobState::retrying}, 1},  {{"later", JobState::scheduled}, 1},
+        {{"idle", JobState::ready}, 1},     {{"idle", JobState::cancelled}, 1}};
+    CHECK(counts == expected);
+    std::vector<JobId> live;
+    store.scan_live([&](LiveJob&& j) { live.push_back(j.id); });
+    CHECK(live == std::vector<JobId>{4, 5, 7});
+    // Version 7's payloads stay in their rows and read as before.
+    CHECK(store.dispatch_data(5)->payload.size() == 4000);
+    CHECK(store.get_job(5)->payload_size == 4000);
+    CHECK(store.dispatch_data(1)->payload == "first");
+    // Three attempts, each in the history column: submitted, then per attempt dispatched and
+    // failed (and due again, but for the last).
+    const auto ev3 = store.events(3);
+    REQUIRE(ev3.size() == 9);
+    CHECK_FALSE(ev3.front().from.has_value());
+    CHECK(ev3[1].to == JobState::running);
+    CHECK(ev3[8].attempt == 3);
+    CHECK(ev3.back().to == JobState::dead);
+
+    // Job 7's next changes follow its old history, in order.
+    const auto old7 = store.events(7);
+    REQUIRE(old7.size() == 3);
+    store.begin();
+    REQUIRE(store.apply(retry_due(7, 1, 1796154554270)));
+    REQUIRE(store.apply(dispatch(7, 2, 1796154554300, "w")));
+    REQUIRE(store.apply(succeed(7, 1796154554400, 2)));
+    store.commit();
+    auto ev = SqliteQueryStore(dir.db()).events(7);
+    REQUIRE(ev.size() == 6);
+    for (std::size_t i = 0; i < 3; ++i)
+        CHECK(ev[i].reason == old7[i].reason);
+    CHECK(ev[3].reason == "retry delay over");
+    CHECK(ev[4].reason == "dispatched");
+    CHECK(ev[5].reason == "done");
+    counts.clear();
+    for (const auto& c : store.count_jobs())
+        counts[{c.queue, c.state}] = c.count;
+    CHECK(counts[{"work", JobState::succeeded}] == 3);
+    CHECK(counts.count({"work", JobState::retrying}) == 0);
+    // Retention deletes old and new rows alike.
+    store.begin();
+    std::uint64_t removed = 0;
+    for (const auto& r : store.remove_finished(std::nullopt, std::nullopt, 1796154554500, 100))
+        removed += r.count;
+    store.commit();
+    CHECK(removed == 5);
+    CHECK(count_rows(dir.db(), "SELECT COUNT(*) FROM events") == 0);
+    CHECK(store.get_job(7) == std::nullopt);
+}
+
+TEST_CASE("space comes back: after a purge the file shrinks, a slice per maintenance pass") {
+    TempDir dir;
+    SqliteStore store(dir.db(), SqliteOptions{.checkpoint_interval_ms = 0});
+    auto file_bytes = [&] {
+        return count_rows(dir.db(),
+                          "SELECT page_count * page_size FROM pragma_page_count(), "
+                          "pragma_page_size()");
+    };
+    const auto empty = file_bytes();
+    store.begin();
+    for (JobId id = 1; id <= 6000; ++id) {
+        NewJob j = job(id, "q");
+        j.spec.payload.assign(3000, static_cast<char>('a' + id % 26));  // 18 MB of payloads
+        store.insert_job(j, "submitted");
+        store.apply(dispatch(id, 1, 3, "w"));
+        store.apply(succeed(id, 4));
+    }
+    store.commit();
+    const auto full = file_bytes();
+    REQUIRE(full > 16 * 1024 * 1024);
+    store.begin();
+    std::uint64_t removed = 0;
+    for (int i = 0; i < 20 && removed < 6000; ++i)
+        for (const auto& r : store.remove_finished(std::nullopt, std::nullopt, 10, 500))
+            removed += r.count;
+    store.commit();
+    REQUIRE(removed == 6000);
+    int passes = 0;
+    while (store.maintenance_due() && passes < 100) {
+        store.maintain(0);
+        store.commit();
+        ++passes;
+    }
+    CHECK_FALSE(store.maintenance_due());
+    CHECK(passes > 1);  // in slices, not in one pass
+    const auto after = file_bytes();
+    MESSAGE("file: " << empty << " bytes empty, " << full << " with 6,000 finished jobs, " << after
+                     << " after purging them (" << passes << " maintenance passes)");
+    CHECK(after < empty + 512 * 1024);
 }

@@ -32,6 +32,8 @@ inline constexpr std::size_t kDefaultMaxMessage = 64 * 1024 * 1024;
 inline constexpr std::uint32_t kDefaultMaxAttempts = 3;
 inline constexpr std::uint32_t kMaxMaxAttempts = 1000;
 inline constexpr std::uint32_t kMaxConcurrency = 1024;
+// Queues one worker serves (REGISTER's `queues`).
+inline constexpr std::size_t kMaxWorkerQueues = 1024;
 inline constexpr std::uint32_t kMaxPrefetch = 10000;
 inline constexpr std::uint32_t kDefaultListLimit = 100;
 inline constexpr std::uint32_t kMaxListLimit = 10000;
