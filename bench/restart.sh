@@ -8,7 +8,8 @@
 #   bench/restart.sh [BUILD_DIR] [FINISHED] [LIVE] [ROUNDS]     (default: build 1000000 1000 3)
 #
 # BUILD_DIR is a meson build of errand (broker/errand-broker and client/errand). The figures are
-# per round and their median. Needs sqlite3 (Debian package sqlite3).
+# per round and their median. Needs sqlite3 (Debian package sqlite3). With MIGRATE_WITH=BUILD2
+# it times instead one start of BUILD2's broker on the file BUILD_DIR made (its migration).
 set -euo pipefail
 build=${1:-build}
 finished=${2:-1000000}
@@ -28,7 +29,7 @@ start() {
   pid=$!
 }
 stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=; }
-# Seconds from spawn to the first answered PING.
+# Sets ms: milliseconds from spawn to the first answered PING.
 time_to_pong() {
   local t0 t1
   t0=$(date +%s%N)
@@ -37,7 +38,7 @@ time_to_pong() {
     kill -0 "$pid" 2>/dev/null || { cat "$dir/broker.log"; exit 1; }
   done
   t1=$(date +%s%N)
-  echo $(( (t1 - t0) / 1000000 ))
+  ms=$(( (t1 - t0) / 1000000 ))
 }
 rss_mib() { awk '/VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$pid/status"; }
 
@@ -53,15 +54,18 @@ version=$(sqlite3 "$dir/errand.db" "SELECT version FROM schema_version")
 # Version 8 keeps a job's first event in its row (about 40 bytes) and the others as events rows;
 # before, all three were packed in the row's history column (about 120 bytes).
 hist=120
+# Finished within the last day: inside the default retention (7 days), so none is deleted.
+since=$(( ($(date +%s) - 86400) * 1000 ))
 [ "$version" -ge 8 ] && hist=40
-sqlite3 "$dir/errand.db" <<SQL
+sqlite3 "$dir/errand.db" > /dev/null <<SQL
 PRAGMA journal_mode = WAL;
 BEGIN;
 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $finished)
 INSERT INTO jobs (id, queue, state, payload, attempts, max_attempts, created_at, started_at,
                   finished_at, worker, exit_code, result, history)
-SELECT 10000000000 + i, 'done', 'succeeded', randomblob(100), 1, 3, 1700000000000 + i,
-       1700000000001 + i, 1700000000002 + i, 'bench-worker', 0, x'6f6b', randomblob($hist) FROM n;
+SELECT 10000000000 + i, 'done', 'succeeded', randomblob(100), 1, 3, $since + i / 100,
+       $since + i / 100 + 1, $since + i / 100 + 2, 'bench-worker', 0, x'6f6b', randomblob($hist)
+FROM n;
 COMMIT;
 SQL
 if [ "$version" -ge 8 ]; then
@@ -80,12 +84,24 @@ fi
 sqlite3 "$dir/errand.db" "PRAGMA wal_checkpoint(TRUNCATE)" > /dev/null
 echo "loaded in $(( $(date +%s) - t0 )) s; file $(( $(stat -c %s "$dir/errand.db") / 1048576 )) MiB" >&2
 
+# MIGRATE_WITH=BUILD: start that build's broker once on the file BUILD_DIR's made (a newer
+# schema: it migrates first) and print how long until it answered; nothing else.
+if [ -n "${MIGRATE_WITH:-}" ]; then
+  broker=$MIGRATE_WITH/broker/errand-broker
+  time_to_pong
+  printf 'migration: %s finished jobs, schema %s -> %s, first PONG after %s ms, RSS %s MiB\n' \
+    "$finished" "$version" "$(sqlite3 "$dir/errand.db" "SELECT version FROM schema_version")" \
+    "$ms" "$(rss_mib)"
+  stop
+  exit 0
+fi
+
 median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 warm_ms=() warm_rss=() cold_ms=() cold_rss=()
 for r in $(seq "$rounds"); do
-  ms=$(time_to_pong); warm_ms+=("$ms"); warm_rss+=("$(rss_mib)"); stop
+  time_to_pong; warm_ms+=("$ms"); warm_rss+=("$(rss_mib)"); stop
   if sync && echo 3 > /proc/sys/vm/drop_caches 2> /dev/null; then
-    ms=$(time_to_pong); cold_ms+=("$ms"); cold_rss+=("$(rss_mib)"); stop
+    time_to_pong; cold_ms+=("$ms"); cold_rss+=("$(rss_mib)"); stop
   fi
 done
 printf 'finished=%s live=%s rounds=%s load=%s\n' "$finished" "$live" "$rounds" "$(cut -d' ' -f1-3 /proc/loadavg)"

@@ -133,6 +133,22 @@ const char* const kMigrations[] = {
     );
     CREATE INDEX schedules_due ON schedules (next_at) WHERE NOT paused AND next_at IS NOT NULL;
     )sql",
+    // 5: counts that do not read finished jobs (docs/PERFORMANCE.md, "How cost grows"). The
+    // terminal jobs of each queue and state are counted in job_counts, a row per shard: each
+    // broker adds its pass's changes to the rows of its own shard (kCountShards of them, by its
+    // id), so brokers rarely wait for each other's row locks; a count is their sum. Unfinished
+    // jobs are counted from their rows, through jobs_live.
+    R"sql(
+    CREATE TABLE job_counts (
+        queue text NOT NULL,
+        state text NOT NULL CHECK (state IN ('succeeded', 'dead', 'cancelled')),
+        shard int NOT NULL,
+        n bigint NOT NULL,
+        PRIMARY KEY (queue, state, shard)
+    );
+    INSERT INTO job_counts SELECT queue, state, 0, count(*) FROM jobs
+        WHERE state IN ('succeeded', 'dead', 'cancelled') GROUP BY queue, state;
+    )sql",
 };
 
 static_assert(std::size(kMigrations) == PgStore::kSchemaVersion,
@@ -190,6 +206,7 @@ PgStore::PgStore(const std::string& conninfo, bool listens) : db_(conninfo), lis
 void PgStore::join() {
     std::random_device rd;
     broker_id_ = fmt::format("{}-{}-{:08x}", host_, getpid(), rd());
+    count_shard_ = static_cast<std::int64_t>(std::hash<std::string>{}(broker_id_) % kCountShards);
     run("join", pg::Params().text(broker_id_).text(host_).i64(getpid()));
 }
 
@@ -346,7 +363,16 @@ void PgStore::prepare() {
     db_.prepare("live_one",
                 fmt::format("SELECT {} FROM jobs WHERE id = $1::bigint", pg_columns(kLiveColumns)),
                 1);
-    db_.prepare("count", "SELECT queue, state, count(*) FROM jobs GROUP BY queue, state", 0);
+    db_.prepare("count", kCountJobsSql, 0);
+    // This broker's changes to the terminal counts, in (queue, state) order (so two brokers of
+    // one shard take the row locks in the same order).
+    db_.prepare("add_counts",
+                "INSERT INTO job_counts SELECT q, s, ($4::bigint)::int, d FROM unnest($1::text[], "
+                "$2::text[], $3::bigint[]) AS t(q, s, d) ON CONFLICT (queue, state, shard) DO "
+                "UPDATE SET n = job_counts.n + excluded.n",
+                4);
+    db_.prepare("forget_counts", "DELETE FROM job_counts WHERE n = 0", 0);
+    db_.prepare("queue_of", "SELECT queue FROM jobs WHERE id = $1::bigint", 1);
     db_.prepare("paused", "SELECT name FROM queues WHERE paused ORDER BY name", 0);
     constexpr const char* kScheduleColumns =
         "name, cron, zone, catch_up, job, paused, created_at, next_at, last_at, last_job";
@@ -539,6 +565,7 @@ void PgStore::commit() {
                                          old, broker_id_),
                              false);
         }
+        flush_counts();
         in_txn_ = false;
         db_.exec("COMMIT");
     } catch (const StoreError&) {
@@ -547,7 +574,30 @@ void PgStore::commit() {
     }
 }
 
+void PgStore::count(std::string_view queue, JobState state, std::int64_t by) {
+    auto& n = count_delta_[{std::string(queue), state}];
+    n += by;
+}
+
+void PgStore::flush_counts() {
+    std::vector<std::optional<std::string_view>> queues, states;
+    std::vector<std::optional<std::int64_t>> deltas;
+    for (const auto& [key, n] : count_delta_) {  // a std::map: in (queue, state) order
+        if (n == 0) continue;
+        queues.emplace_back(key.first);
+        states.emplace_back(to_string(key.second));
+        deltas.emplace_back(n);
+    }
+    if (!deltas.empty()) {
+        pg::Params p;
+        p.text_array(queues).text_array(states).i64_array(deltas).i64(count_shard_);
+        run("add_counts", p);
+    }
+    count_delta_.clear();
+}
+
 void PgStore::rollback() {
+    count_delta_.clear();
     in_txn_ = false;
     try {
         db_.exec("ROLLBACK");
@@ -682,7 +732,20 @@ bool PgStore::apply(const Transition& t) {
     else
         p.null();
     p.i64(t.from_attempts).i64(t.at).i64(t.attempts.value_or(t.from_attempts)).text(t.reason);
-    return run("update", p).affected() == 1;
+    if (run("update", p).affected() != 1) return false;
+    // Finished jobs are counted (job_counts), the others are not.
+    if (t.from && is_terminal(*t.from) != is_terminal(t.to)) {
+        std::string looked_up;
+        std::string_view queue = t.queue;
+        if (queue.empty()) {  // the engine always says; read it for any other caller
+            auto r = run("queue_of", pg::Params().i64(static_cast<std::int64_t>(t.id)));
+            if (r.rows() > 0) looked_up = r.text(0, 0);
+            queue = looked_up;
+        }
+        if (is_terminal(t.to)) count(queue, t.to, 1);
+        if (is_terminal(*t.from)) count(queue, *t.from, -1);
+    }
+    return true;
 }
 
 void PgStore::set_progress(JobId id, std::uint32_t percent, const std::string& message) {
@@ -717,6 +780,12 @@ std::vector<Removed> PgStore::remove_finished(std::optional<JobState> state,
             out.push_back({q, st, 1});
         else
             ++it->count;
+    }
+    for (const auto& removed : out)
+        count(removed.queue, removed.state, -static_cast<std::int64_t>(removed.count));
+    if (!out.empty()) {
+        flush_counts();
+        run("forget_counts");
     }
     return out;
 }

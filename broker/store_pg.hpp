@@ -7,6 +7,7 @@
 #pragma once
 
 #include <chrono>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -87,7 +88,14 @@ class PgStore final : public Store {
     std::uint64_t size_bytes();
 
     int schema_version();
-    static constexpr int kSchemaVersion = 4;
+    static constexpr int kSchemaVersion = 5;
+    // job_counts rows per queue and terminal state (see migration 5).
+    static constexpr int kCountShards = 16;
+    // count_jobs(): the terminal counts, then the unfinished jobs through jobs_live.
+    static constexpr const char* kCountJobsSql =
+        "SELECT queue, state, sum(n)::bigint FROM job_counts GROUP BY queue, state "
+        "HAVING sum(n) <> 0 UNION ALL SELECT queue, state, count(*) FROM jobs "
+        "WHERE state IN ('scheduled', 'ready', 'running', 'retrying') GROUP BY queue, state";
 
   private:
     void begin();
@@ -97,6 +105,8 @@ class PgStore final : public Store {
     pg::Result run(std::string_view statement, const pg::Params& params = {});
     void migrate();
     void prepare();
+    void count(std::string_view queue, JobState state, std::int64_t by);
+    void flush_counts();
 
     pg::Connection db_;
     bool in_txn_ = false;
@@ -105,6 +115,9 @@ class PgStore final : public Store {
     std::string broker_id_;
     std::chrono::steady_clock::time_point next_beat_{}, next_forget_{}, next_reconnect_{};
     std::chrono::steady_clock::time_point leader_until_{};
+    std::int64_t count_shard_ = 0;
+    // This transaction's changes to job_counts, written by flush_counts() at commit.
+    std::map<std::pair<std::string, JobState>, std::int64_t> count_delta_;
 };
 
 // The HTTP side's reads, on a connection of its own (it never waits for the loop, nor the loop

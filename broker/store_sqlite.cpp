@@ -672,8 +672,11 @@ SqliteStore::SqliteStore(const std::string& path, SqliteOptions options) {
                                       : "PRAGMA synchronous = NORMAL");
         exec("PRAGMA foreign_keys = ON");
         exec(fmt::format("PRAGMA cache_size = -{}", options.cache_mib * 1024).c_str());
-        exec("PRAGMA temp_store = MEMORY");
+        // A migration's one pass over the rows (version 8's counts) sorts in temporary files,
+        // not in memory: on a 10M-row file that was half a GB of RSS kept after it.
+        exec("PRAGMA temp_store = FILE");
         migrate();
+        exec("PRAGMA temp_store = MEMORY");
         count_epoch(options.synchronous_full);
         st_ = std::make_unique<Statements>(db_);
         reload_held();  // what a crash left in dispatch_log

@@ -179,3 +179,93 @@ TEST_CASE("PgQueryStore: search by error text and unique key, capped counts, pay
     CHECK(*head == std::string("\x00\xff", 2) + std::string(8, 'p'));
     CHECK_FALSE(reader.payload(999999, 10));
 }
+
+TEST_CASE(
+    "counts on PostgreSQL: finished jobs from job_counts (every broker's shard), unfinished "
+    "ones through jobs_live; retention subtracts") {
+    using errand::JobState;
+    pg::Connection(server().conninfo()).exec("CREATE SCHEMA counts");
+    auto conninfo = server().conninfo() + " options='-csearch_path=counts'";
+    PgStore a(conninfo), b(conninfo);  // two brokers, each adding to its own shard
+    for (errand::JobId id = 1; id <= 30; ++id) {
+        NewJob j;
+        j.spec.queue = "q";
+        j.spec.payload = "x";
+        j.created_at = 1000;
+        a.insert_job(j, "submitted");
+    }
+    a.commit();
+    auto finish = [](PgStore& s, errand::JobId id, JobState to) {
+        Transition run;
+        run.id = id;
+        run.from = JobState::ready;
+        run.to = JobState::running;
+        run.attempts = 1;
+        run.at = 2000;
+        run.started_at = 2000;
+        run.worker = "w";
+        run.reason = "dispatched";
+        run.queue = "q";
+        REQUIRE(s.apply(run));
+        Transition end;
+        end.id = id;
+        end.from = JobState::running;
+        end.from_attempts = 1;
+        end.to = to;
+        end.attempts = 1;
+        end.at = 3000;
+        end.finished_at = 3000;
+        end.reason = "done";
+        if (id % 2) end.queue = "q";  // without it the store reads the job's queue
+        REQUIRE(s.apply(end));
+    };
+    for (errand::JobId id = 1; id <= 10; ++id)
+        finish(a, id, JobState::succeeded);
+    for (errand::JobId id = 11; id <= 20; ++id)
+        finish(b, id, JobState::dead);
+    a.commit();
+    b.commit();
+    auto counts = [](PgStore& s) {
+        std::map<JobState, std::uint64_t> out;
+        for (const auto& c : s.count_jobs())
+            if (c.queue == "q") out[c.state] += c.count;
+        return out;
+    };
+    const std::map<JobState, std::uint64_t> want{
+        {JobState::ready, 10}, {JobState::succeeded, 10}, {JobState::dead, 10}};
+    CHECK(counts(a) == want);
+    CHECK(counts(b) == want);
+    // A rolled-back pass changes no count.
+    finish(a, 21, JobState::succeeded);
+    a.rollback();
+    CHECK(counts(a) == want);
+    // Retention subtracts what it deletes, whichever broker counted it.
+    std::uint64_t removed = 0;
+    for (const auto& r : b.remove_finished(std::nullopt, std::nullopt, 5000, 100))
+        removed += r.count;
+    b.commit();
+    CHECK(removed == 20);
+    CHECK(counts(a) == std::map<JobState, std::uint64_t>{{JobState::ready, 10}});
+    pg::Connection check(conninfo);
+    // Rows that reach 0 are dropped; the shards' rows of a count may cancel out (bounded: at most
+    // kCountShards rows per queue and state).
+    CHECK(check.query("SELECT count(*) FROM job_counts WHERE n = 0").i64(0, 0) == 0);
+    CHECK(check.query("SELECT count(*) FROM job_counts").i64(0, 0) <= 2);
+    // With many finished rows the count reads the unfinished ones through their index only.
+    check.exec(
+        "INSERT INTO jobs (queue, state, payload, max_attempts, created_at, finished_at) "
+        "SELECT 'done', 'succeeded', '\\x00', 1, 1, 2 FROM generate_series(1, 20000)");
+    check.exec("INSERT INTO job_counts VALUES ('done', 'succeeded', 0, 20000)");
+    check.exec("ANALYZE jobs");
+    auto plan = check.query(std::string("EXPLAIN ") + PgStore::kCountJobsSql);
+    std::string text;
+    for (int i = 0; i < plan.rows(); ++i)
+        text += plan.text(i, 0) + "\n";
+    CHECK_MESSAGE(text.find("Seq Scan on jobs") == std::string::npos, text);
+    auto all = counts(a);
+    CHECK(all[JobState::ready] == 10);
+    std::uint64_t done = 0;
+    for (const auto& c : a.count_jobs())
+        if (c.queue == "done") done += c.count;
+    CHECK(done == 20000);
+}

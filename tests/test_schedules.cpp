@@ -465,7 +465,8 @@ TEST_CASE("migration: a database from before schedules gets them and keeps its j
         old_job = decode_submitted(b.reader()).ids.at(0);
     }
 #ifdef ERRAND_TEST_PG
-    pg::Connection(db.conninfo).exec("DROP TABLE schedules; UPDATE errand_schema SET version = 3");
+    pg::Connection(db.conninfo)
+        .exec("DROP TABLE job_counts; DROP TABLE schedules; UPDATE errand_schema SET version = 3");
 #else
     {
         sqlite3* h = nullptr;
