@@ -23,7 +23,7 @@ Millis wall_ms() {
 }
 
 struct Ping {
-    Millis at = 0;   // wall time when it was sent
+    Millis at = 0;  // wall time when it was sent
     double us = 0;  // its round trip
 };
 
@@ -77,8 +77,8 @@ Result run_due(const Options& opt) {
         (p.at + static_cast<Millis>(p.us / 1000) < due_at ? before : during).push_back(p.us);
     std::sort(before.begin(), before.end());
     std::sort(during.begin(), during.end());
-    const auto over_50ms = std::count_if(during.begin(), during.end(),
-                                         [](double us) { return us > 50'000; });
+    const auto over_50ms =
+        std::count_if(during.begin(), during.end(), [](double us) { return us > 50'000; });
     const double promote_s = static_cast<double>(all_ready_at - due_at) / 1000.0;
 
     Result r;
