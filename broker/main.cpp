@@ -133,7 +133,8 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(std::size_t{1}, std::size_t{100000}));
     app.add_option("--max-waits-total", cfg.max_waits_total,
                    "most outstanding WAITs of all connections together")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->check(CLI::Range(std::size_t{1}, std::size_t{100000000}));
     app.add_option("--wait-idle", wait_idle,
                    "a waiting client that has not resent its WAIT for this long is presumed gone "
                    "and its wait dropped (clients resend every 5s at most)")

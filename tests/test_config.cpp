@@ -140,6 +140,11 @@ TEST_CASE("config: bad values from any source are usage errors (exit 2) that nam
     CHECK(r.code == 2);
     CHECK_MESSAGE(r.err.find("hartbeat") != std::string::npos, r.err);
 
+    // 0 would refuse every wait: out of range, like --max-waits 0.
+    r = run(dir, "nowaits", {broker_bin(), "--max-waits-total", "0", "--dump-config"});
+    CHECK(r.code == 2);
+    CHECK_MESSAGE(r.err.find("max-waits-total") != std::string::npos, r.err);
+
     r = run(dir, "wbad", {worker_bin(), "--queue", "q", "--dump-config"},
             {{"ERRAND_DRAIN_TIMEOUT", "forever"}});
     CHECK(r.code == 2);
