@@ -264,11 +264,11 @@ class JobEngine {
     ReadyIndex ready_;
     DeadlineHeap timers_;  // retrying/scheduled jobs by run_at (stale entries skipped)
     DeadlineHeap leases_;  // running attempts with a timeout, by timeout + grace (monotonic)
-    std::unordered_map<std::string, JobId> unique_live_;
+    std::unordered_map<std::string, JobId> unique_live_;  // unique key -> unfinished job
     // Running attempts dispatched before this start under another epoch (Store::epoch), from the
     // store; every other running attempt is of this start's epoch. Kept out of Live (its size).
-    std::unordered_map<JobId, std::uint32_t> prior_epoch_;  // unique key -> unfinished job
-    std::unordered_map<std::string, StateCounts> counts_;   // queue -> jobs per state
+    std::unordered_map<JobId, std::uint32_t> prior_epoch_;
+    std::unordered_map<std::string, StateCounts> counts_;  // queue -> jobs per state
     std::unordered_set<std::string> paused_;
     std::vector<JobId> orphans_;  // running, no holder since the restart
     std::mt19937_64 rng_{std::random_device{}()};

@@ -176,12 +176,6 @@ struct PgRow {
 
 // PostgreSQL spells the columns as SQLite does, but for a bytea's length.
 const std::string kPgJobColumns = job_columns("octet_length(payload)");
-std::string pg_columns(const char* columns) {
-    std::string s = columns;
-    auto at = s.find("length(payload)");
-    if (at != std::string::npos) s.replace(at, 15, "octet_length(payload)");
-    return s;
-}
 
 constexpr const char* kTerminal = "('succeeded', 'dead', 'cancelled')";
 // NOTIFY's channel for finished jobs (payload: ids, comma-separated, under 8000 bytes).
@@ -357,11 +351,10 @@ void PgStore::prepare() {
     db_.prepare("token", "SELECT id FROM jobs WHERE token = $1::text", 1);
     db_.prepare("dispatch", "SELECT payload, argv FROM jobs WHERE id = $1::bigint", 1);
     db_.prepare("live",
-                fmt::format("SELECT {} FROM jobs WHERE state NOT IN {} ORDER BY id",
-                            pg_columns(kLiveColumns), kTerminal),
+                fmt::format("SELECT {} FROM jobs WHERE state NOT IN {} ORDER BY id", kLiveColumns,
+                            kTerminal),
                 0);
-    db_.prepare("live_one",
-                fmt::format("SELECT {} FROM jobs WHERE id = $1::bigint", pg_columns(kLiveColumns)),
+    db_.prepare("live_one", fmt::format("SELECT {} FROM jobs WHERE id = $1::bigint", kLiveColumns),
                 1);
     db_.prepare("count", kCountJobsSql, 0);
     // This broker's changes to the terminal counts, in (queue, state) order (so two brokers of
