@@ -42,6 +42,7 @@ const std::map<std::string, std::function<Result(const Options&)>>& scenarios() 
         {"fsync", errand::bench::run_fsync},       {"beanstalkd", errand::bench::run_beanstalkd},
         {"ping", errand::bench::run_ping},         {"redis", errand::bench::run_redis},
         {"failover", errand::bench::run_failover}, {"due", errand::bench::run_due},
+        {"stats", errand::bench::run_stats},
     };
     return table;
 }
@@ -77,6 +78,8 @@ int main(int argc, char** argv) {
         "              uses SIGKILLed --restarts times; time to the next acknowledged submit\n"
         "  due         N scheduled jobs due at one moment, no workers: time until all are ready,\n"
         "              and PING round trips meanwhile (p50/p99/max) against before\n"
+        "  stats       -n queues with a job each; PINGs while a client asks STATS back to back\n"
+        "              (--mode stats, default | queues): p50/p99/max against PINGs alone\n"
         "Unless --broker is given, each run starts its own errand-broker on a free 127.0.0.1\n"
         "port with a fresh database in --tmpdir, and kills it afterwards. e2e on PostgreSQL:\n"
         "--pg (a throwaway server per run, fsync on) or --db postgresql://… (an existing\n"

@@ -20,6 +20,7 @@ Result run_ping(const Options& opt);        // ping.cpp
 Result run_redis(const Options& opt);       // redis.cpp
 Result run_failover(const Options& opt);    // failover.cpp
 Result run_due(const Options& opt);         // due.cpp
+Result run_stats(const Options& opt);       // stats.cpp
 
 // SQLite WAL commits per second at one row per transaction in the database file `path` (created
 // if missing): the one-fsync-per-submit limit with synchronous=full (fsync.cpp).

@@ -19,6 +19,7 @@
 #include "errand/log_fields.hpp"
 #include "errand/transport.hpp"
 #include "errand/utf8.hpp"
+#include "reads.hpp"
 #include "waiters.hpp"
 #include "workers.hpp"
 
@@ -28,6 +29,9 @@ namespace {
 // Most rows one PURGE or RETRY --dead touches; clients repeat until fewer come back.
 constexpr std::size_t kAdminBatch = 10000;
 constexpr std::size_t kRecentEvents = 500;
+// STATS and QUEUES waiting for the read side at most, and how often their view is taken at most.
+constexpr std::size_t kMaxWaitingReads = 10000;
+constexpr Millis kReadViewEveryMs = 5;
 
 // What becomes of a queued message when the pass's commit fails. A reply that reports a write
 // (SUBMITTED, OK, a fresh ACK) must not leave as if the write happened.
@@ -153,6 +157,22 @@ struct Broker::State {
     Millis next_wait_poll = 0;
     // Every message leaves through send(): onto the socket, or into `captured` (the test seam).
     std::vector<Envelope>* captured = nullptr;
+
+    // STATS and QUEUES of this pass, answered after its commit from a ReadView (reads.hpp): on
+    // the read side's thread, or inline when captured. `changes` counts what may alter a view;
+    // a view is taken again only when it moved (or a second passed: rates decay).
+    struct PendingRead {
+        std::string identity;
+        std::string_view command;
+        std::uint64_t req = 0;
+    };
+    std::vector<PendingRead> pending_reads;
+    std::unique_ptr<ReadSide> reads;  // created by run()
+    std::shared_ptr<ReadView> read_view;
+    std::uint64_t changes = 0;
+    std::uint64_t read_view_changes = 0;
+    Millis read_view_at = 0;    // monotonic
+    Millis next_read_view = 0;  // monotonic: not taken again before
 
     State(BrokerConfig c, std::unique_ptr<Store> s, const Clock& clk)
         : cfg(std::move(c)),
@@ -361,30 +381,17 @@ struct Broker::State {
     void on_schedule_pause(const Request& rq) { set_schedule_paused(rq, true); }
     void on_schedule_resume(const Request& rq) { set_schedule_paused(rq, false); }
 
-    // Per-state counts of `queue`, every state in enum order.
-    std::vector<std::pair<JobState, std::uint64_t>> counts_of(const std::string& queue) const {
-        std::vector<std::pair<JobState, std::uint64_t>> out;
-        auto c = engine.counts().find(queue);
-        for (JobState s : kAllStates)
-            out.emplace_back(
-                s, c == engine.counts().end() ? 0 : c->second[static_cast<std::size_t>(s)]);
-        return out;
-    }
-
-    void on_queues(const Request& rq) {
+    // STATS and QUEUES wait for the end of the pass (answer_reads).
+    void on_queues(const Request& rq) { defer_read(rq, cmd::kQueues); }
+    void on_stats(const Request& rq) { defer_read(rq, cmd::kStats); }
+    void defer_read(const Request& rq, std::string_view command) {
         auto req = rq.body.u64("req");
-        std::vector<QueueInfo> out;
-        std::vector<std::string> names;
-        for (const auto& [q, c] : engine.counts())
-            if (engine.is_paused(q) ||
-                std::any_of(c.begin(), c.end(), [](auto n) { return n > 0; }))
-                names.push_back(q);
-        for (const auto& q : engine.paused())
-            if (!engine.counts().count(q)) names.push_back(q);
-        std::sort(names.begin(), names.end());
-        for (const auto& q : names)
-            out.push_back({q, engine.is_paused(q), counts_of(q), engine.oldest_ready(q)});
-        reply(rq.identity, cmd::kQueues, encode_queues(req, out), req);
+        if (pending_reads.size() + (reads ? reads->waiting() : 0) >= kMaxWaitingReads)
+            throw ProtocolError(ErrorCode::too_large,
+                                fmt::format("{} STATS and QUEUES requests are waiting already; "
+                                            "ask again later",
+                                            kMaxWaitingReads));
+        pending_reads.push_back({rq.identity, command, req});
     }
 
     void on_history(const Request& rq) {
@@ -396,10 +403,10 @@ struct Broker::State {
 
     // ---- handlers: observability (answered from memory; they never touch the store) -------
 
-    void on_stats(const Request& rq) {
-        auto req = rq.body.u64("req");
-        StatsReply rep;
-        rep.req = req;
+    // What STATS and QUEUES report, copied from the loop's state (no store access).
+    std::shared_ptr<ReadView> take_read_view() {
+        auto v = std::make_shared<ReadView>();
+        StatsReply& rep = v->stats;
         rep.time = now;
         rep.started_at = started_at;
         rep.workers = workers.size();
@@ -410,32 +417,59 @@ struct Broker::State {
         rep.commit_failures = metrics.commit_failures;
         rep.commit_seconds_sum = metrics.commit_seconds.sum;
         rep.commit_jobs_sum = static_cast<std::uint64_t>(metrics.commit_jobs.sum);
-        if (!cfg.events_endpoint.empty())
+        if (!cfg.events_endpoint.empty() && !captured)
             rep.events_endpoint = pub.get(zmq::sockopt::last_endpoint);
         if (engine.shared()) {
             rep.broker = store->broker_name();
             rep.brokers = engine.cluster();
         }
-        std::set<std::string> names(engine.paused().begin(), engine.paused().end());
-        for (const auto& [q, c] : engine.counts())
-            names.insert(q);
-        for (const auto& q : names) {
-            QueueStats qs;
-            qs.name = q;
-            qs.paused = engine.is_paused(q);
-            qs.counts = counts_of(q);
+        v->queues.reserve(engine.counts().size() + engine.paused().size());
+        auto row = [&](const std::string& q, const StateCounts* c) {
+            QueueRow r;
+            r.name = q;
+            r.paused = engine.is_paused(q);
+            if (c) r.counts = *c;
+            r.oldest_ready_at = engine.oldest_ready(q);
             if (auto m = metrics.queues.find(q); m != metrics.queues.end()) {
-                qs.submitted = m->second.submitted;
-                qs.succeeded = m->second.succeeded;
-                qs.failed = m->second.failed;
-                qs.dead = m->second.dead;
-                qs.cancelled = m->second.cancelled;
-                qs.finished_per_second = m->second.finished.per_second(now);
-                qs.submitted_per_second = m->second.submitted_rate.per_second(now);
+                r.submitted = m->second.submitted;
+                r.succeeded = m->second.succeeded;
+                r.failed = m->second.failed;
+                r.dead = m->second.dead;
+                r.cancelled = m->second.cancelled;
+                r.finished_per_second = m->second.finished.per_second(now);
+                r.submitted_per_second = m->second.submitted_rate.per_second(now);
             }
-            rep.queues.push_back(std::move(qs));
+            v->queues.push_back(std::move(r));
+        };
+        for (const auto& [q, c] : engine.counts())
+            row(q, &c);
+        for (const auto& q : engine.paused())
+            if (!engine.counts().count(q)) row(q, nullptr);
+        return v;
+    }
+
+    // After the pass's commit: the pass's STATS and QUEUES get a view that has seen it.
+    void answer_reads() {
+        if (pending_reads.empty()) return;
+        const bool moved = !read_view || changes != read_view_changes ||
+                           mono - read_view_at >= 1000 || engine.shared();
+        if (moved) {
+            if (mono < next_read_view && !captured) return;  // next_deadline() comes back
+            read_view = take_read_view();
+            read_view_changes = changes;
+            read_view_at = mono;
+            next_read_view = mono + kReadViewEveryMs;
         }
-        reply(rq.identity, cmd::kStats, encode(rep), req);
+        for (auto& r : pending_reads) {
+            if (captured || !reads) {
+                send(r.identity, r.command,
+                     r.command == cmd::kQueues ? answer_queues(*read_view, r.req)
+                                               : answer_stats(*read_view, r.req));
+            } else {
+                reads->ask(r.identity, r.command, r.req, read_view);
+            }
+        }
+        pending_reads.clear();
     }
 
     void on_workers(const Request& rq) {
@@ -650,6 +684,9 @@ struct Broker::State {
             check_access(*c, env);
             if (c->needs_worker && !sender) workers.registered(env.identity);  // throws
             fate = c->writes ? c->on_fail : OnFail::send;
+            if (c->handler != &State::on_stats && c->handler != &State::on_queues &&
+                c->handler != &State::on_ping)
+                ++changes;
             (this->*(c->handler))(Request{env.identity, body.reader(), sender});
         } catch (const ProtocolError& e) {
             spdlog::debug("error reply {} to {}: {}", to_string(e.code()),
@@ -707,6 +744,7 @@ struct Broker::State {
                 spdlog::warn("worker {} lost: silent for {} ms, {} jobs return to the queue",
                              w.name(), mono - w.last_heard, w.jobs.size());
                 drop_worker_jobs(w, "worker lost");
+                ++changes;
                 auto inst = it->first;
                 ++it;
                 workers.remove(inst);
@@ -752,6 +790,7 @@ struct Broker::State {
         }
         if (!gone.empty() || series > 0) {
             snapshot_dirty = true;
+            ++changes;
             spdlog::debug("forgot {} queues without jobs ({} metrics series)", gone.size(), series);
         }
     }
@@ -762,6 +801,7 @@ struct Broker::State {
         Millis next = engine.next_deadline(std::min(wall_of(next_heartbeat), now + 1000));
         next = std::min(next, wall_of(waiters.next_deadline(mono + 1000)));
         if (cfg.snapshots && snapshot_dirty) next = std::min(next, next_snapshot);
+        if (!pending_reads.empty()) next = std::min(next, wall_of(next_read_view));
         if (cfg.on_status) next = std::min(next, next_status);
         for (const auto& [inst, w] : workers.all())
             next = std::min(next, wall_of(w.last_heard + cfg.worker_timeout_ms + 1));
@@ -834,6 +874,7 @@ struct Broker::State {
             }
         }
         if (store->writing()) {
+            ++changes;
             if (!txn_failed) {
                 try {
                     auto t0 = std::chrono::steady_clock::now();
@@ -907,6 +948,7 @@ struct Broker::State {
                                    fmt::format("job {} did not finish in time", id), std::nullopt,
                                    std::nullopt}));
         });
+        if (lapsed) ++changes;
         if (lapsed) spdlog::debug("dropped {} waits whose clients stopped resending them", lapsed);
     }
 
@@ -995,6 +1037,7 @@ struct Broker::State {
             }
         }
         end_pass();
+        answer_reads();
         if (cfg.snapshots && (now >= next_snapshot || (snapshot_dirty && next_snapshot == 0)))
             publish_snapshot();
         if (cfg.on_status && now >= next_status) {
@@ -1145,6 +1188,7 @@ std::vector<Envelope> Broker::process(const Envelope& message, Millis now, Milli
     s_->set_time(now, mono);
     s_->handle(message);
     s_->end_pass();
+    s_->answer_reads();
     s_->captured = nullptr;
     if (s_->cfg.snapshots) s_->publish_snapshot();  // what /metrics would render, every pass
     return out;
@@ -1165,11 +1209,13 @@ zmq::context_t& Broker::context() {
 
 void Broker::run() {
     const bool admin = !s_->cfg.admin_endpoint.empty();
+    s_->reads = std::make_unique<ReadSide>(s_->ctx, "inproc://errand-reads-" + s_->instance);
     std::vector<zmq::pollitem_t> items;
     while (!stopping_.load(std::memory_order_relaxed)) {
         s_->now = s_->clock.now_ms();
         Millis wait = std::clamp<Millis>(s_->next_deadline() - s_->now, 0, 1000);
-        items.assign({{s_->sock.handle(), 0, ZMQ_POLLIN, 0}});
+        items.assign({{s_->sock.handle(), 0, ZMQ_POLLIN, 0},
+                      {s_->reads->socket().handle(), 0, ZMQ_POLLIN, 0}});
         if (admin) items.push_back({s_->admin.handle(), 0, ZMQ_POLLIN, 0});
         // A shared store's notifications (other brokers' finished jobs) wake the loop too; its
         // socket changes when it reconnects.
@@ -1179,8 +1225,12 @@ void Broker::run() {
         } catch (const zmq::error_t& e) {
             if (e.num() != EINTR) throw;
         }
+        if (items[1].revents & ZMQ_POLLIN)
+            s_->reads->take_replies(
+                [&](const std::string& identity, std::string_view command,
+                    const std::string& body) { s_->send(identity, command, body); });
         s_->pass((items[0].revents & ZMQ_POLLIN) != 0,
-                 admin && (items[1].revents & ZMQ_POLLIN) != 0);
+                 admin && (items[2].revents & ZMQ_POLLIN) != 0);
     }
     spdlog::info("broker stopping");
     s_->shutdown();

@@ -351,3 +351,45 @@ TEST_CASE("e2e: submit_and_wait runs a job and brings its result back in one req
     CHECK(reply->command == errand::cmd::kError);
     CHECK(client.list({}).size() == 2);  // nothing was added
 }
+
+TEST_CASE("e2e: STATS and QUEUES, answered off the loop, see every change acknowledged before") {
+    TempDir dir;
+    Broker broker(dir);
+    errand::Client client(broker.client_options());
+    errand::Client other(broker.client_options());
+    // Queues named so that the order of arrival is not the order of names.
+    const std::vector<std::string> names{"rq-c", "rq-a", "rq-b"};
+    for (std::size_t round = 1; round <= 20; ++round) {
+        for (const auto& q : names)
+            client.submit(job_spec(q, "x"));
+        if (round == 10) client.pause("rq-b");
+        // Each answer is read right after the acknowledgements: it must count all of them,
+        // whichever connection asks, and list the queues by name.
+        auto st = other.stats();
+        std::vector<std::string> seen;
+        for (const auto& q : st.queues) {
+            seen.push_back(q.name);
+            CHECK(q.counts[static_cast<std::size_t>(JobState::ready)].second == round);
+            CHECK(q.submitted == round);
+            CHECK(q.paused == (q.name == "rq-b" && round >= 10));
+        }
+        CHECK(seen == std::vector<std::string>{"rq-a", "rq-b", "rq-c"});
+        auto qs = client.queues();
+        REQUIRE(qs.size() == 3);
+        CHECK(qs[0].name == "rq-a");
+        CHECK(qs[2].counts[static_cast<std::size_t>(JobState::ready)].second == round);
+    }
+    // Asked by many clients at once, each gets its own answer (its own req).
+    std::vector<std::thread> askers;
+    std::atomic<int> right{0};
+    for (int i = 0; i < 8; ++i)
+        askers.emplace_back([&] {
+            errand::Client c(broker.client_options());
+            for (int k = 0; k < 25; ++k)
+                if (c.stats().queues.size() == 3 && c.queues().size() == 3) ++right;
+        });
+    for (auto& t : askers)
+        t.join();
+    CHECK(right.load() == 8 * 25);
+    CHECK(client.ping().version.size() > 0);
+}
