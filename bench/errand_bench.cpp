@@ -42,7 +42,8 @@ const std::map<std::string, std::function<Result(const Options&)>>& scenarios() 
         {"fsync", errand::bench::run_fsync},       {"beanstalkd", errand::bench::run_beanstalkd},
         {"ping", errand::bench::run_ping},         {"redis", errand::bench::run_redis},
         {"failover", errand::bench::run_failover}, {"due", errand::bench::run_due},
-        {"stats", errand::bench::run_stats},
+        {"stats", errand::bench::run_stats},       {"bytes", errand::bench::run_bytes},
+        {"history", errand::bench::run_history},   {"purge", errand::bench::run_purge},
     };
     return table;
 }
@@ -80,6 +81,12 @@ int main(int argc, char** argv) {
         "              and PING round trips meanwhile (p50/p99/max) against before\n"
         "  stats       -n queues with a job each; PINGs while a client asks STATS back to back\n"
         "              (--mode stats, default | queues): p50/p99/max against PINGs alone\n"
+        "  bytes       bytes the broker writes per job against its payload (--payload-size,\n"
+        "              default 64 KiB): --mode once | long (runs 1.5 s) | retry (fails 5 times)\n"
+        "  history     CPU and bytes per state change of jobs living 5 changes against jobs\n"
+        "              living --transitions (default 50)\n"
+        "  purge       -n finished jobs purged: file size before, after, once space is back;\n"
+        "              PING p99/max meanwhile\n"
         "Unless --broker is given, each run starts its own errand-broker on a free 127.0.0.1\n"
         "port with a fresh database in --tmpdir, and kills it afterwards. e2e on PostgreSQL:\n"
         "--pg (a throwaway server per run, fsync on) or --db postgresql://… (an existing\n"
@@ -95,6 +102,9 @@ int main(int argc, char** argv) {
     app.add_option("-n,--jobs", opt.n,
                    "jobs or round trips (default: submit/e2e/depth/beanstalkd/redis 100000, "
                    "latency 2000, daemon 10000, fsync 2000)");
+    app.add_option("--transitions", opt.transitions, "history: state changes in a long job's life")
+        ->capture_default_str()
+        ->check(CLI::Range(8u, 3000u));
     app.add_option("--backlog", opt.backlog, "depth/recovery: jobs queued beforehand")
         ->capture_default_str();
     app.add_option("--producers", opt.producers,

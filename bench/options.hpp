@@ -21,6 +21,7 @@ struct Options {
     unsigned batch_window = 4;     // batch mode: SUBMITs in flight
     std::size_t payload_size = 0;  // 0: the scenario's default (16 bytes; 100 for depth/recovery)
     unsigned restarts = 3;         // recovery: restarts measured per run
+    unsigned transitions = 50;     // history: state changes in a long job's life
     unsigned warmup = 200;         // latency: round trips before measuring
     std::string synchronous = "full";
     std::string broker;      // endpoint of a running broker; empty: start our own

@@ -21,6 +21,9 @@ Result run_redis(const Options& opt);       // redis.cpp
 Result run_failover(const Options& opt);    // failover.cpp
 Result run_due(const Options& opt);         // due.cpp
 Result run_stats(const Options& opt);       // stats.cpp
+Result run_bytes(const Options& opt);       // growth.cpp
+Result run_history(const Options& opt);     // growth.cpp
+Result run_purge(const Options& opt);       // growth.cpp
 
 // SQLite WAL commits per second at one row per transaction in the database file `path` (created
 // if missing): the one-fsync-per-submit limit with synchronous=full (fsync.cpp).

@@ -700,6 +700,7 @@ SqliteStore::SqliteStore(const std::string& path, SqliteOptions options) {
                 },
                 this);
             exec("PRAGMA journal_size_limit = 67108864");  // a reset WAL is cut back to 64 MiB
+            wal_path_ = path + "-wal";
             start_checkpointer(path, options.checkpoint_interval_ms);
         }
     } catch (const StoreError& e) {
@@ -874,6 +875,7 @@ void SqliteStore::commit() {
         }
         flush_counts();
         st_->commit.run();
+        ++commits_;
         // Under continuous writes the checkpointer's PASSIVE runs never catch up with the last
         // commit, so the WAL is never reset and would grow without bound. Past kWalResetFrames
         // the broker's own connection, which holds the write lock anyway, runs a RESTART: it
@@ -987,6 +989,14 @@ void SqliteStore::write_held(std::unordered_map<JobId, Held>::iterator it) {
 }
 
 void SqliteStore::maintain(Millis now) {
+    if (commits_ != commits_seen_) {
+        commits_seen_ = commits_;
+        quiet_since_ = now;
+        wal_cut_ = false;
+    } else if (!wal_cut_ && !reclaim_due_ && held_back() == 0 && now - quiet_since_ >= 1000 &&
+               !wal_path_.empty() && sqlite3_get_autocommit(db_)) {
+        cut_wal();
+    }
     if (now >= next_materialize_) {
         if (held_back() > 0) materialize();
         next_materialize_ = now + kMaterializeEveryMs;
@@ -995,6 +1005,24 @@ void SqliteStore::maintain(Millis now) {
         begin();
         reclaim_due_ = reclaim_space(kReclaimPages) > 0;
     }
+}
+
+// The WAL file keeps its size after a checkpoint (up to journal_size_limit, 64 MiB) so that a
+// steady load does not grow it again and again; once the broker has been idle for a second, a
+// file over 4 MiB is checkpointed and cut to nothing (TRUNCATE). Without waiting: if the
+// checkpointer or an HTTP reader is in the way, it is tried again at the next idle pass.
+void SqliteStore::cut_wal() {
+    std::error_code ec;
+    const auto size = std::filesystem::file_size(wal_path_, ec);
+    if (ec || size <= 4 * 1024 * 1024) {
+        wal_cut_ = true;
+        return;
+    }
+    sqlite3_busy_timeout(db_, 0);
+    int log = 0, done = 0;
+    const int rc = sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_TRUNCATE, &log, &done);
+    sqlite3_busy_timeout(db_, 5000);
+    if (rc == SQLITE_OK) wal_cut_ = true;
 }
 
 void SqliteStore::materialize() {

@@ -125,6 +125,7 @@ class SqliteStore final : public Store {
     void overlay(LiveJob& j) const;
 
     void start_checkpointer(const std::string& path, int interval_ms);
+    void cut_wal();
     void stop_checkpointer();
 
     sqlite3* db_ = nullptr;
@@ -136,6 +137,12 @@ class SqliteStore final : public Store {
     bool reclaim_due_ = false;     // maintain(): rows were deleted, pages may be free
     bool incremental_vacuum_ = false;  // PRAGMA auto_vacuum = INCREMENTAL (a file errand made)
     int wal_frames_ = 0;               // WAL size after the last commit (sqlite3_wal_hook)
+    // maintain(): a WAL file left large by a burst (up to journal_size_limit) is cut to nothing
+    // once no commit came for a second.
+    std::string wal_path_;  // empty: no checkpointer, nothing to cut
+    std::uint64_t commits_ = 0, commits_seen_ = 0;
+    Millis quiet_since_ = 0;
+    bool wal_cut_ = true;  // nothing committed since the last cut (or the open)
     std::uint64_t start_steps_ = 0;
     std::int64_t next_event_ = 0;   // the next events row's id (event_seq)
     std::int64_t saved_event_ = 0;  // event_seq as this transaction found it

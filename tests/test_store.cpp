@@ -940,3 +940,41 @@ TEST_CASE("space comes back: after a purge the file shrinks, a slice per mainten
                      << " after purging them (" << passes << " maintenance passes)");
     CHECK(after < empty + 512 * 1024);
 }
+
+TEST_CASE("space comes back: a WAL file a burst left large is cut once the broker is idle") {
+    TempDir dir;
+    SqliteStore store(dir.db(), SqliteOptions{.checkpoint_interval_ms = 50});
+    const std::string wal = dir.db() + "-wal";
+    store.begin();
+    for (JobId id = 1; id <= 3000; ++id) {
+        NewJob j = job(id, "q");
+        j.spec.payload.assign(4000, static_cast<char>('a' + id % 26));  // 12 MB in one commit
+        store.insert_job(j, "submitted");
+    }
+    store.commit();
+    const auto burst = std::filesystem::file_size(wal);
+    REQUIRE(burst > 8 * 1024 * 1024);
+    // Busy (a commit in each pass): nothing is cut.
+    Millis now = 1'000'000;
+    for (int i = 0; i < 5; ++i, now += 500) {
+        store.maintain(now);
+        store.begin();
+        store.apply(dispatch(static_cast<JobId>(i + 1), 1, now, "w"));
+        store.commit();
+    }
+    CHECK(std::filesystem::file_size(wal) >= burst);
+    // Idle: cut within a second or so of the last commit (a pass that meets the checkpointer
+    // at work tries again at the next).
+    int passes = 0;
+    while (std::filesystem::file_size(wal) > 0 && passes < 200) {
+        store.maintain(now);  // as the engine's passes do: held-back dispatches are written too
+        if (store.writing()) store.commit();
+        now += 100;
+        ++passes;
+    }
+    MESSAGE("WAL: " << burst << " bytes after the burst, cut after " << passes << " idle passes");
+    CHECK(std::filesystem::file_size(wal) == 0);
+    CHECK(passes >= 10);  // not before a second without commits
+    // Everything is still there.
+    CHECK(store.get_job(3000).has_value());
+}
