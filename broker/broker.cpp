@@ -105,7 +105,7 @@ struct Broker::State {
         bool writes;        // may change jobs or queues: its replies wait for the pass's commit
         OnFail on_fail;     // what its replies become if that commit fails (writes only)
     };
-    static const Command kCommands[30];
+    static const Command kCommands[31];
 
     BrokerConfig cfg;
     std::unique_ptr<Store> store;
@@ -447,8 +447,9 @@ struct Broker::State {
     std::vector<WorkerInfo> worker_infos() const {
         std::vector<WorkerInfo> out;
         for (const auto& [inst, w] : workers.all()) {
-            WorkerInfo x{w.name(),   inst,     w.host,      w.pid, w.queues,    w.concurrency,
-                         w.prefetch, w.credit, w.last_seen, {},    w.reconnects};
+            WorkerInfo x{
+                w.name(),   inst,     w.host,      w.pid, w.queues,     w.concurrency,
+                w.prefetch, w.credit, w.last_seen, {},    w.reconnects, std::string(w.state())};
             for (const auto& [id, seq] : w.jobs)
                 if (auto r = engine.running(id)) x.jobs.push_back(std::move(*r));
             std::sort(x.jobs.begin(), x.jobs.end(),
@@ -513,7 +514,7 @@ struct Broker::State {
 
     void on_credit(const Request& rq) {
         auto n = decode_credit(rq.body);
-        if (rq.worker->draining) return;
+        if (rq.worker->draining || rq.worker->quiet) return;
         rq.worker->add_credit(n);
         credit_added = true;
     }
@@ -590,6 +591,65 @@ struct Broker::State {
         w.credit = 0;
         spdlog::info("worker {} is draining: {} jobs running, no more will be dispatched to it",
                      w.name(), w.jobs.size());
+    }
+
+    // WORKER_CONTROL: quiet, stop, resume or resize the workers `worker` names (a name: all its
+    // instances; or one instance id), tell each (CONTROL), and answer with them as WORKERS
+    // lists them. The broker sets their credit itself; a worker sends no CREDIT for a CONTROL.
+    // Nothing is stored: a worker remembers its own state (REGISTER `state`, `concurrency`).
+    void on_worker_control(const Request& rq) {
+        auto m = decode_worker_control_request(rq.body);
+        auto targets = workers.named(m.worker);
+        if (targets.empty())
+            throw ProtocolError(ErrorCode::not_found,
+                                fmt::format("no worker named '{}' (nor with that instance id) is "
+                                            "registered with this broker",
+                                            m.worker));
+        std::vector<WorkerInfo> changed;
+        for (WorkerRec* w : targets) {
+            const auto before = w->state();
+            if (m.action == "quiet") {
+                if (!w->draining) {
+                    w->quiet = true;
+                    w->credit = 0;
+                }
+            } else if (m.action == "resume") {
+                // A stopping worker is on its way out: it stays stopping.
+                if (!w->draining && w->quiet) {
+                    w->quiet = false;
+                    w->add_credit(w->concurrency + w->prefetch);
+                    credit_added = true;
+                }
+            } else if (m.action == "stop") {
+                w->draining = true;  // as its own DRAIN would
+                w->credit = 0;
+            } else {  // concurrency
+                const std::uint32_t old = w->concurrency;
+                w->concurrency = m.concurrency;
+                if (w->quiet || w->draining) {
+                    w->credit = 0;
+                } else if (m.concurrency > old) {
+                    w->add_credit(m.concurrency - old);
+                    credit_added = true;
+                } else {
+                    w->cap_credit();
+                }
+            }
+            spdlog::info("worker {} ({}): {}{} -> {}, concurrency {}", w->name(), w->instance(),
+                         m.action,
+                         m.action == "concurrency" ? fmt::format(" {}", m.concurrency) : "",
+                         before == w->state() ? std::string(before)
+                                              : fmt::format("{} (was {})", w->state(), before),
+                         w->concurrency);
+            outbox.push_back({w->identity, cmd::kControl,
+                              encode(WorkerControl{std::string(w->state()), w->concurrency}),
+                              OnFail::send, std::nullopt});
+        }
+        auto all = worker_infos();
+        for (auto& x : all)
+            for (WorkerRec* w : targets)
+                if (x.instance == w->instance()) changed.push_back(std::move(x));
+        reply(rq.identity, cmd::kWorkers, encode_workers(m.req, changed), m.req);
     }
 
     // RELEASE: a draining worker hands back an attempt it did not finish (never started, or
@@ -1059,7 +1119,7 @@ struct Broker::State {
 // Generic checks (frames, version, decoding, roles, registration, error replies) happen once in
 // handle(), before any handler runs.
 // clang-format off
-const Broker::State::Command Broker::State::kCommands[30] = {
+const Broker::State::Command Broker::State::kCommands[31] = {
 //   name             handler               access            worker writes on a failed commit
     {cmd::kSubmit,    &State::on_submit,    Access::everyone, false, true,  OnFail::error},
     {cmd::kStatus,    &State::on_status,    Access::everyone, false, false, OnFail::send},
@@ -1091,6 +1151,7 @@ const Broker::State::Command Broker::State::kCommands[30] = {
     {cmd::kProgress,  &State::on_progress,  Access::workers, false, true,  OnFail::drop},
     {cmd::kDrain,     &State::on_drain,     Access::workers, true,  false, OnFail::send},
     {cmd::kRelease,   &State::on_release,   Access::workers, false, true,  OnFail::drop},
+    {cmd::kWorkerControl, &State::on_worker_control, Access::clients, false, false, OnFail::send},
 };
 // clang-format on
 

@@ -232,7 +232,10 @@ function renderQueues(data) {
 function renderWorkers(data) {
   $('#workers tbody').replaceChildren(...data.workers.map((w) => el('tr', {'data-worker': w.name},
     el('td', {}, w.name), el('td', {}, w.host), el('td', {class: 'n'}, w.pid),
-    el('td', {}, w.queues.join(', ')), el('td', {class: 'n'}, w.concurrency),
+    el('td', {}, w.queues.join(', ')),
+    el('td', {class: 'worker-state ' + (w.state || 'active'), 'data-state': w.state || 'active'},
+       w.state || 'active'),
+    el('td', {class: 'n'}, w.concurrency),
     el('td', {}, ...w.jobs.map((j) => el('span', {}, jobLink(j.id), ' '))),
     el('td', {}, ago(w.last_seen, data.time)))));
 }

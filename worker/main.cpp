@@ -285,6 +285,7 @@ int main(int argc, char** argv) {
         if (!st.connected) line += fmt::format(", not connected to the broker ({})", st.broker);
         if (st.reconnects > 0) line += fmt::format(", {} reconnects", st.reconnects);
         if (st.draining) line += ", draining";
+        if (st.quiet && !st.draining) line += ", quiet (errand worker resume)";
         if (!ready_sent) {
             notifier.ready(line);
             ready_sent = true;

@@ -77,7 +77,9 @@ struct WorkerStatus {
     bool connected = false;          // registered with the broker
     std::string broker{};            // the broker it is registered with, or trying
     std::uint64_t reconnects = 0;    // times it lost its registration and registered again
-    bool draining = false;           // stop() was called
+    bool draining = false;           // stop() was called (or the broker said stop)
+    bool quiet = false;              // the broker said quiet (`errand worker quiet`)
+    std::uint32_t concurrency = 0;   // jobs run at once now (the broker may change it)
 };
 
 struct WorkerOptions {
