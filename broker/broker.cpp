@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <deque>
 #include <limits>
@@ -80,6 +81,39 @@ EngineConfig engine_config(const BrokerConfig& c) {
     e.retention_batch = c.retention_batch;
     e.max_queues = c.max_queues;
     return e;
+}
+
+// A WORKER_CONTROL as it travels to the other brokers of a shared database (NOTIFY payloads are
+// text): "ACTION CONCURRENCY HEX(WORKER)", the worker name in hex as it may hold any bytes.
+std::string control_line(const WorkerControlRequest& m) {
+    std::string line = fmt::format("{} {} ", m.action, m.concurrency);
+    for (unsigned char c : m.worker)
+        line += fmt::format("{:02x}", c);
+    return line;
+}
+
+// The request a control line stands for, checked as WORKER_CONTROL is; nullopt when it is not one.
+std::optional<WorkerControlRequest> parse_control_line(std::string_view line) {
+    auto a = line.find(' ');
+    auto b = a == std::string_view::npos ? a : line.find(' ', a + 1);
+    if (b == std::string_view::npos || (line.size() - b - 1) % 2 != 0) return std::nullopt;
+    WorkerControlRequest m;
+    m.action = std::string(line.substr(0, a));
+    auto n = line.substr(a + 1, b - a - 1);
+    if (std::from_chars(n.data(), n.data() + n.size(), m.concurrency).ec != std::errc())
+        return std::nullopt;
+    for (std::size_t i = b + 1; i + 1 < line.size(); i += 2) {
+        unsigned v = 0;
+        if (std::from_chars(line.data() + i, line.data() + i + 2, v, 16).ec != std::errc())
+            return std::nullopt;
+        m.worker += static_cast<char>(v);
+    }
+    try {  // the same checks as the command's: a bad line changes nothing
+        Body body(encode(m));
+        return decode_worker_control_request(body.reader());
+    } catch (const ProtocolError&) {
+        return std::nullopt;
+    }
 }
 
 }  // namespace
@@ -597,15 +631,38 @@ struct Broker::State {
     // instances; or one instance id), tell each (CONTROL), and answer with them as WORKERS
     // lists them. The broker sets their credit itself; a worker sends no CREDIT for a CONTROL.
     // Nothing is stored: a worker remembers its own state (REGISTER `state`, `concurrency`).
+    // On a shared database the command also goes to the other brokers (announce_control), for
+    // the workers registered there; this broker cannot know those, so it answers with its own
+    // (perhaps none) rather than not_found.
     void on_worker_control(const Request& rq) {
         auto m = decode_worker_control_request(rq.body);
         auto targets = workers.named(m.worker);
-        if (targets.empty())
+        if (targets.empty() && !engine.shared())
             throw ProtocolError(ErrorCode::not_found,
                                 fmt::format("no worker named '{}' (nor with that instance id) is "
                                             "registered with this broker",
                                             m.worker));
+        if (engine.shared()) {
+            try {
+                store->announce_control(control_line(m));
+            } catch (const StoreError& e) {
+                throw ProtocolError(ErrorCode::storage,
+                                    fmt::format("cannot reach the other brokers, nothing was "
+                                                "changed: {}",
+                                                e.what()));
+            }
+        }
+        apply_control(m, targets);
         std::vector<WorkerInfo> changed;
+        auto all = worker_infos();
+        for (auto& x : all)
+            for (WorkerRec* w : targets)
+                if (x.instance == w->instance()) changed.push_back(std::move(x));
+        reply(rq.identity, cmd::kWorkers, encode_workers(m.req, changed), m.req);
+    }
+
+    // Applies one WORKER_CONTROL to `targets` and tells each (CONTROL).
+    void apply_control(const WorkerControlRequest& m, const std::vector<WorkerRec*>& targets) {
         for (WorkerRec* w : targets) {
             const auto before = w->state();
             if (m.action == "quiet") {
@@ -645,11 +702,6 @@ struct Broker::State {
                               encode(WorkerControl{std::string(w->state()), w->concurrency}),
                               OnFail::send, std::nullopt});
         }
-        auto all = worker_infos();
-        for (auto& x : all)
-            for (WorkerRec* w : targets)
-                if (x.instance == w->instance()) changed.push_back(std::move(x));
-        reply(rq.identity, cmd::kWorkers, encode_workers(m.req, changed), m.req);
     }
 
     // RELEASE: a draining worker hands back an attempt it did not finish (never started, or
@@ -868,6 +920,9 @@ struct Broker::State {
             }
             for (const auto& a : engine.ended_elsewhere(ids))
                 abort_on_worker(a);
+            // WORKER_CONTROL sent to another broker, for the workers registered here.
+            for (const auto& line : store->controls_elsewhere())
+                if (auto m = parse_control_line(line)) apply_control(*m, workers.named(m->worker));
             for (const auto& o : outbox)  // the pass's own replies have gone already
                 send(o.identity, o.command, o.body);
             outbox.clear();

@@ -206,6 +206,14 @@ int run_worker_control(Client& client, const WorkerControlArgs& args) {
     std::string what = args.action == "concurrency"
                            ? fmt::format("concurrency {}", args.concurrency)
                            : args.action;
+    if (changed.empty()) {
+        // Only a broker on a shared database answers so (it cannot see the others' workers).
+        std::cout << fmt::format(
+            "{}: no worker '{}' is registered with this broker; sent to the other brokers of "
+            "its database\n",
+            what, args.worker);
+        return 0;
+    }
     std::cout << fmt::format("{}: {} worker{} ({})\n", what, changed.size(),
                              changed.size() == 1 ? "" : "s", args.worker);
     for (const auto& w : changed)
