@@ -338,4 +338,18 @@ TEST_CASE("worker control: bad input gets a clear error and changes nothing") {
     CHECK(ws[0].state == "active");
     CHECK(ws[0].concurrency == 2);
     CHECK(ws[0].credit == 2);
+
+    // Two processes of one name: the command reaches both and says so.
+    WorkerDaemon twin(dir, broker.endpoint(),
+                      {.name = "steady",
+                       .queues = {"q=true"},
+                       .concurrency = 1,
+                       .allow_commands = false,
+                       .extra_args = {}});
+    REQUIRE(wait_until([&] { return named(client, "steady").size() == 2; }, 5s));
+    auto both = run_cli({"--broker", ep, "worker", "quiet", "steady"});
+    CHECK_MESSAGE(both.exit_code == 0, describe(both));
+    CHECK_MESSAGE(both.out.find("quiet: 2 workers (steady)") != std::string::npos, both.out);
+    for (const auto& w : named(client, "steady"))
+        CHECK(w.state == "quiet");
 }
