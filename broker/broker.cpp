@@ -632,12 +632,12 @@ struct Broker::State {
     // lists them. The broker sets their credit itself; a worker sends no CREDIT for a CONTROL.
     // Nothing is stored: a worker remembers its own state (REGISTER `state`, `concurrency`).
     // On a shared database the command also goes to the other brokers (announce_control), for
-    // the workers registered there; this broker cannot know those, so it answers with its own
-    // (perhaps none) rather than not_found.
+    // the workers registered there; this broker cannot know those, so while another broker is
+    // alive it answers with its own (perhaps none) rather than not_found.
     void on_worker_control(const Request& rq) {
         auto m = decode_worker_control_request(rq.body);
         auto targets = workers.named(m.worker);
-        if (targets.empty() && !engine.shared())
+        if (targets.empty() && !others_alive())
             throw ProtocolError(ErrorCode::not_found,
                                 fmt::format("no worker named '{}' (nor with that instance id) is "
                                             "registered with this broker",
@@ -659,6 +659,20 @@ struct Broker::State {
             for (WorkerRec* w : targets)
                 if (x.instance == w->instance()) changed.push_back(std::move(x));
         reply(rq.identity, cmd::kWorkers, encode_workers(m.req, changed), m.req);
+    }
+
+    // Whether other brokers share this one's database (seen within the last minute).
+    bool others_alive() {
+        if (!engine.shared()) return false;
+        try {
+            const auto self = store->broker_name();
+            for (const auto& b : store->cluster())
+                if (!self || b.id != *self) return true;
+            return false;
+        } catch (const StoreError& e) {
+            throw ProtocolError(ErrorCode::storage,
+                                fmt::format("cannot read the cluster's brokers: {}", e.what()));
+        }
     }
 
     // Applies one WORKER_CONTROL to `targets` and tells each (CONTROL).

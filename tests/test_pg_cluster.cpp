@@ -580,7 +580,12 @@ TEST_CASE(
     "errand worker quiet/concurrency/resume/stop through one broker reach a worker of another") {
     PgServer pg;
     TempDir d1, d2, wd;
-    Broker a(d1, cluster_args(pg)), b(d2, cluster_args(pg));
+    Broker a(d1, cluster_args(pg));
+    // Alone on its database, a broker knows every worker: an unknown one is not_found.
+    auto alone = run_cli({"--broker", a.endpoint(), "worker", "quiet", "far-worker"});
+    CHECK_MESSAGE(alone.exit_code == 121, describe(alone));
+    CHECK(alone.err.find("no worker named 'far-worker'") != std::string::npos);
+    Broker b(d2, cluster_args(pg));
     WorkerDaemon worker(wd, b.endpoint(), {"far-worker", {"q=echo ok"}, 1});
     Client ca(a.client_options()), cb(b.client_options());
     auto on_b = [&] {
