@@ -125,7 +125,10 @@ class Worker {
     // queue, the broker picks among queues with ready jobs at random in proportion to their
     // weights (queues added without one weigh 1), so no queue starves.
     void handle(const std::string& queue, Handler handler, std::uint32_t weight = 0);
-    // Connects, registers and serves until stop(); returns once running jobs are reported.
+    // Connects, registers and serves until stop() (or `errand worker stop`, which drains the
+    // same way); returns once running jobs are reported. The broker may also quiet it, resume
+    // it or change its concurrency while it runs (`errand worker`, docs/PROTOCOL.md CONTROL):
+    // on_status reports the current state.
     void run();
     // Drains, then makes run() return: takes no more jobs (DRAIN), hands jobs that have not
     // started back to the broker at once (RELEASE: the attempt is not counted), lets running
