@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <deque>
 #include <limits>
@@ -86,6 +87,39 @@ EngineConfig engine_config(const BrokerConfig& c) {
     return e;
 }
 
+// A WORKER_CONTROL as it travels to the other brokers of a shared database (NOTIFY payloads are
+// text): "ACTION CONCURRENCY HEX(WORKER)", the worker name in hex as it may hold any bytes.
+std::string control_line(const WorkerControlRequest& m) {
+    std::string line = fmt::format("{} {} ", m.action, m.concurrency);
+    for (unsigned char c : m.worker)
+        line += fmt::format("{:02x}", c);
+    return line;
+}
+
+// The request a control line stands for, checked as WORKER_CONTROL is; nullopt when it is not one.
+std::optional<WorkerControlRequest> parse_control_line(std::string_view line) {
+    auto a = line.find(' ');
+    auto b = a == std::string_view::npos ? a : line.find(' ', a + 1);
+    if (b == std::string_view::npos || (line.size() - b - 1) % 2 != 0) return std::nullopt;
+    WorkerControlRequest m;
+    m.action = std::string(line.substr(0, a));
+    auto n = line.substr(a + 1, b - a - 1);
+    if (std::from_chars(n.data(), n.data() + n.size(), m.concurrency).ec != std::errc())
+        return std::nullopt;
+    for (std::size_t i = b + 1; i + 1 < line.size(); i += 2) {
+        unsigned v = 0;
+        if (std::from_chars(line.data() + i, line.data() + i + 2, v, 16).ec != std::errc())
+            return std::nullopt;
+        m.worker += static_cast<char>(v);
+    }
+    try {  // the same checks as the command's: a bad line changes nothing
+        Body body(encode(m));
+        return decode_worker_control_request(body.reader());
+    } catch (const ProtocolError&) {
+        return std::nullopt;
+    }
+}
+
 }  // namespace
 
 struct Broker::State {
@@ -109,7 +143,7 @@ struct Broker::State {
         bool writes;        // may change jobs or queues: its replies wait for the pass's commit
         OnFail on_fail;     // what its replies become if that commit fails (writes only)
     };
-    static const Command kCommands[30];
+    static const Command kCommands[31];
 
     BrokerConfig cfg;
     std::unique_ptr<Store> store;
@@ -481,8 +515,9 @@ struct Broker::State {
     std::vector<WorkerInfo> worker_infos() const {
         std::vector<WorkerInfo> out;
         for (const auto& [inst, w] : workers.all()) {
-            WorkerInfo x{w.name(),   inst,     w.host,      w.pid, w.queues,    w.concurrency,
-                         w.prefetch, w.credit, w.last_seen, {},    w.reconnects};
+            WorkerInfo x{
+                w.name(),   inst,     w.host,      w.pid, w.queues,     w.concurrency,
+                w.prefetch, w.credit, w.last_seen, {},    w.reconnects, std::string(w.state())};
             for (const auto& [id, seq] : w.jobs)
                 if (auto r = engine.running(id)) x.jobs.push_back(std::move(*r));
             std::sort(x.jobs.begin(), x.jobs.end(),
@@ -547,7 +582,7 @@ struct Broker::State {
 
     void on_credit(const Request& rq) {
         auto n = decode_credit(rq.body);
-        if (rq.worker->draining) return;
+        if (rq.worker->draining || rq.worker->quiet) return;
         rq.worker->add_credit(n);
         credit_added = true;
     }
@@ -624,6 +659,97 @@ struct Broker::State {
         w.credit = 0;
         spdlog::info("worker {} is draining: {} jobs running, no more will be dispatched to it",
                      w.name(), w.jobs.size());
+    }
+
+    // WORKER_CONTROL: quiet, stop, resume or resize the workers `worker` names (a name: all its
+    // instances; or one instance id), tell each (CONTROL), and answer with them as WORKERS
+    // lists them. The broker sets their credit itself; a worker sends no CREDIT for a CONTROL.
+    // Nothing is stored: a worker remembers its own state (REGISTER `state`, `concurrency`).
+    // On a shared database the command also goes to the other brokers (announce_control), for
+    // the workers registered there; this broker cannot know those, so while another broker is
+    // alive it answers with its own (perhaps none) rather than not_found.
+    void on_worker_control(const Request& rq) {
+        auto m = decode_worker_control_request(rq.body);
+        auto targets = workers.named(m.worker);
+        if (targets.empty() && !others_alive())
+            throw ProtocolError(ErrorCode::not_found,
+                                fmt::format("no worker named '{}' (nor with that instance id) is "
+                                            "registered with this broker",
+                                            m.worker));
+        if (engine.shared()) {
+            try {
+                store->announce_control(control_line(m));
+            } catch (const StoreError& e) {
+                throw ProtocolError(ErrorCode::storage,
+                                    fmt::format("cannot reach the other brokers, nothing was "
+                                                "changed: {}",
+                                                e.what()));
+            }
+        }
+        apply_control(m, targets);
+        std::vector<WorkerInfo> changed;
+        auto all = worker_infos();
+        for (auto& x : all)
+            for (WorkerRec* w : targets)
+                if (x.instance == w->instance()) changed.push_back(std::move(x));
+        reply(rq.identity, cmd::kWorkers, encode_workers(m.req, changed), m.req);
+    }
+
+    // Whether other brokers share this one's database (seen within the last minute).
+    bool others_alive() {
+        if (!engine.shared()) return false;
+        try {
+            const auto self = store->broker_name();
+            for (const auto& b : store->cluster())
+                if (!self || b.id != *self) return true;
+            return false;
+        } catch (const StoreError& e) {
+            throw ProtocolError(ErrorCode::storage,
+                                fmt::format("cannot read the cluster's brokers: {}", e.what()));
+        }
+    }
+
+    // Applies one WORKER_CONTROL to `targets` and tells each (CONTROL).
+    void apply_control(const WorkerControlRequest& m, const std::vector<WorkerRec*>& targets) {
+        for (WorkerRec* w : targets) {
+            const auto before = w->state();
+            if (m.action == "quiet") {
+                if (!w->draining) {
+                    w->quiet = true;
+                    w->credit = 0;
+                }
+            } else if (m.action == "resume") {
+                // A stopping worker is on its way out: it stays stopping.
+                if (!w->draining && w->quiet) {
+                    w->quiet = false;
+                    w->add_credit(w->concurrency + w->prefetch);
+                    credit_added = true;
+                }
+            } else if (m.action == "stop") {
+                w->draining = true;  // as its own DRAIN would
+                w->credit = 0;
+            } else {  // concurrency
+                const std::uint32_t old = w->concurrency;
+                w->concurrency = m.concurrency;
+                if (w->quiet || w->draining) {
+                    w->credit = 0;
+                } else if (m.concurrency > old) {
+                    w->add_credit(m.concurrency - old);
+                    credit_added = true;
+                } else {
+                    w->cap_credit();
+                }
+            }
+            spdlog::info("worker {} ({}): {}{} -> {}, concurrency {}", w->name(), w->instance(),
+                         m.action,
+                         m.action == "concurrency" ? fmt::format(" {}", m.concurrency) : "",
+                         before == w->state() ? std::string(before)
+                                              : fmt::format("{} (was {})", w->state(), before),
+                         w->concurrency);
+            outbox.push_back({w->identity, cmd::kControl,
+                              encode(WorkerControl{std::string(w->state()), w->concurrency}),
+                              OnFail::send, std::nullopt});
+        }
     }
 
     // RELEASE: a draining worker hands back an attempt it did not finish (never started, or
@@ -848,6 +974,9 @@ struct Broker::State {
             }
             for (const auto& a : engine.ended_elsewhere(ids))
                 abort_on_worker(a);
+            // WORKER_CONTROL sent to another broker, for the workers registered here.
+            for (const auto& line : store->controls_elsewhere())
+                if (auto m = parse_control_line(line)) apply_control(*m, workers.named(m->worker));
             for (const auto& o : outbox)  // the pass's own replies have gone already
                 send(o.identity, o.command, o.body);
             outbox.clear();
@@ -1102,7 +1231,7 @@ struct Broker::State {
 // Generic checks (frames, version, decoding, roles, registration, error replies) happen once in
 // handle(), before any handler runs.
 // clang-format off
-const Broker::State::Command Broker::State::kCommands[30] = {
+const Broker::State::Command Broker::State::kCommands[31] = {
 //   name             handler               access            worker writes on a failed commit
     {cmd::kSubmit,    &State::on_submit,    Access::everyone, false, true,  OnFail::error},
     {cmd::kStatus,    &State::on_status,    Access::everyone, false, false, OnFail::send},
@@ -1134,6 +1263,7 @@ const Broker::State::Command Broker::State::kCommands[30] = {
     {cmd::kProgress,  &State::on_progress,  Access::workers, false, true,  OnFail::drop},
     {cmd::kDrain,     &State::on_drain,     Access::workers, true,  false, OnFail::send},
     {cmd::kRelease,   &State::on_release,   Access::workers, false, true,  OnFail::drop},
+    {cmd::kWorkerControl, &State::on_worker_control, Access::clients, false, false, OnFail::send},
 };
 // clang-format on
 

@@ -83,6 +83,8 @@ class ForwardingStore : public Store {
     std::vector<JobId> finished_among(const std::vector<JobId>& ids) override {
         return inner_.finished_among(ids);
     }
+    void announce_control(const std::string& line) override { inner_.announce_control(line); }
+    std::vector<std::string> controls_elsewhere() override { return inner_.controls_elsewhere(); }
     int notify_fd() const override { return inner_.notify_fd(); }
     std::optional<JobId> find_unique(const std::string& key) override {
         return inner_.find_unique(key);

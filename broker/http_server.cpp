@@ -761,6 +761,20 @@ struct HttpServer::Impl {
         set_paused(req, res, false);
     }
 
+    // POST /api/workers/W/quiet, /resume and /stop: WORKER_CONTROL, as `errand worker ACTION W`
+    // (W a worker name or instance id). Answers {"workers": [...]}, the workers it reached.
+    void control_worker(const httplib::Request& req, httplib::Response& res) {
+        WorkerControlRequest m;
+        m.req = 1;
+        m.worker = req.matches[1].str();
+        m.action = req.matches[2].str();
+        auto [command, body] = admin(cmd::kWorkerControl, encode(m));
+        json out = json::array();
+        for (const auto& w : decode_workers(Body(body).reader()))
+            out.push_back(to_json(w));
+        send_json(res, {{"workers", out}});
+    }
+
     // Every handler runs inside this: errors become JSON with a 4xx/5xx status, never a crash.
     httplib::Server::Handler wrap(void (Impl::*fn)(const httplib::Request&, httplib::Response&)) {
         return [this, fn](const httplib::Request& req, httplib::Response& res) {
@@ -819,6 +833,7 @@ struct HttpServer::Impl {
         server.Post(R"(/api/jobs/([^/]+)/cancel)", wrap(&Impl::cancel));
         server.Post(R"(/api/queues/([^/]+)/pause)", wrap(&Impl::pause));
         server.Post(R"(/api/queues/([^/]+)/resume)", wrap(&Impl::resume));
+        server.Post(R"(/api/workers/([^/]+)/(quiet|resume|stop))", wrap(&Impl::control_worker));
         // Anything else: a JSON 404 (or whatever status a handler set without a body).
         server.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
             if (!res.body.empty()) return;

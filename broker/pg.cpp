@@ -193,13 +193,12 @@ bool Connection::reset() {
     return ok();
 }
 
-std::vector<std::string> Connection::notifications(const char* channel) {
-    std::vector<std::string> out;
+std::vector<std::pair<std::string, std::string>> Connection::notifications() {
+    std::vector<std::pair<std::string, std::string>> out;
     if (!ok() || PQconsumeInput(conn_.get()) != 1) return out;
     const int self = PQbackendPID(conn_.get());
     while (PGnotify* n = PQnotifies(conn_.get())) {
-        if (n->be_pid != self && std::string_view(n->relname) == channel)
-            out.emplace_back(n->extra);
+        if (n->be_pid != self) out.emplace_back(n->relname, n->extra);
         PQfreemem(n);
     }
     return out;

@@ -121,9 +121,9 @@ class Connection {
     // Connects again with the same parameters (prepared statements and LISTENs are gone);
     // false when the server cannot be reached.
     bool reset();
-    // Reads what the server sent without waiting, and returns the payloads of the notifications
-    // on `channel` sent by other sessions (LISTEN), oldest first.
-    std::vector<std::string> notifications(const char* channel);
+    // Reads what the server sent without waiting, and returns the notifications sent by other
+    // sessions (LISTEN) as (channel, payload), oldest first.
+    std::vector<std::pair<std::string, std::string>> notifications();
     PGconn* get() const { return conn_.get(); }
 
   private:

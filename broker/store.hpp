@@ -275,6 +275,11 @@ class Store : public JobReads {
     virtual std::vector<JobId> finished_elsewhere() { return {}; }
     // Which of `ids` are finished (the slow backstop of the notifications).
     virtual std::vector<JobId> finished_among(const std::vector<JobId>&) { throw not_shared(); }
+    // Control of running workers across brokers (WORKER_CONTROL): tells the other brokers, when
+    // this transaction commits, one command (an opaque line of text, no NUL bytes); and, without
+    // waiting, the commands other brokers sent since the last call.
+    virtual void announce_control(const std::string&) {}
+    virtual std::vector<std::string> controls_elsewhere() { return {}; }
     // A file descriptor that becomes readable when a notification may have arrived; -1: none.
     virtual int notify_fd() const { return -1; }
     // The creation time of each queue's oldest ready job.

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <random>
 #include <unordered_set>
+#include <utility>
 
 #include "argv_blob.hpp"
 #include "job_rows.hpp"
@@ -181,6 +182,9 @@ constexpr const char* kTerminal = "('succeeded', 'dead', 'cancelled')";
 // NOTIFY's channel for finished jobs (payload: ids, comma-separated, under 8000 bytes).
 constexpr const char* kFinishedChannel = "errand_finished";
 constexpr std::size_t kNotifyBytes = 7900;
+// NOTIFY's channel for WORKER_CONTROL commands, for the broker that holds the worker (payload: a
+// line the broker writes and reads, broker.cpp).
+constexpr const char* kControlChannel = "errand_worker_control";
 
 }  // namespace
 
@@ -511,7 +515,10 @@ void PgStore::connected() {
 void PgStore::listen() {
     db_.exec(fmt::format("SET application_name = 'errand-broker pid={}{}'", getpid(),
                          listens_ ? "" : " (reads)"));
-    if (listens_) db_.exec(fmt::format("LISTEN {}", kFinishedChannel));
+    if (listens_) {
+        db_.exec(fmt::format("LISTEN {}", kFinishedChannel));
+        db_.exec(fmt::format("LISTEN {}", kControlChannel));
+    }
 }
 
 // Outside a transaction a statement that finds the connection dropped (the server restarted,
@@ -1040,20 +1047,39 @@ void PgStore::announce(const std::vector<JobId>& ids) {
     send();
 }
 
+// Outside a transaction it is sent at once (the caller learns of a failure before it changes
+// anything); inside one, at its commit.
+void PgStore::announce_control(const std::string& line) {
+    run("notify", pg::Params().text(kControlChannel).text(line));
+}
+
+std::vector<std::string> PgStore::controls_elsewhere() {
+    read_notifications();
+    return std::exchange(controls_, {});
+}
+
 std::vector<JobId> PgStore::finished_elsewhere() {
-    std::vector<JobId> out;
-    for (const auto& payload : db_.notifications(kFinishedChannel)) {
+    read_notifications();
+    return std::exchange(finished_, {});
+}
+
+void PgStore::read_notifications() {
+    for (const auto& [channel, payload] : db_.notifications()) {
+        if (channel == kControlChannel) {
+            controls_.push_back(payload);
+            continue;
+        }
+        if (channel != kFinishedChannel) continue;
         std::size_t at = 0;
         while (at < payload.size()) {
             auto comma = payload.find(',', at);
             if (comma == std::string::npos) comma = payload.size();
             JobId id = 0;
             auto [end, ec] = std::from_chars(payload.data() + at, payload.data() + comma, id);
-            if (ec == std::errc() && end == payload.data() + comma) out.push_back(id);
+            if (ec == std::errc() && end == payload.data() + comma) finished_.push_back(id);
             at = comma + 1;
         }
     }
-    return out;
 }
 
 std::vector<JobId> PgStore::finished_among(const std::vector<JobId>& ids) {

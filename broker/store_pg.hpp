@@ -76,6 +76,8 @@ class PgStore final : public Store {
     void announce(const std::vector<JobId>& ids) override;
     std::vector<JobId> finished_elsewhere() override;
     std::vector<JobId> finished_among(const std::vector<JobId>& ids) override;
+    void announce_control(const std::string& line) override;
+    std::vector<std::string> controls_elsewhere() override;
     int notify_fd() const override { return db_.socket(); }
     // This broker's row in the brokers table.
     const std::string& broker_id() const { return broker_id_; }
@@ -107,8 +109,13 @@ class PgStore final : public Store {
     void prepare();
     void count(std::string_view queue, JobState state, std::int64_t by);
     void flush_counts();
+    // Reads the notifications that arrived into finished_ and controls_, which
+    // finished_elsewhere() and controls_elsewhere() hand out (each call empties its own).
+    void read_notifications();
 
     pg::Connection db_;
+    std::vector<JobId> finished_;
+    std::vector<std::string> controls_;
     bool in_txn_ = false;
     bool listens_ = true;
     std::string host_;

@@ -15,6 +15,28 @@ void WorkerRec::add_credit(std::uint32_t n) {
     credit = std::min(credit + n, slots - busy);
 }
 
+void WorkerRec::cap_credit() {
+    std::uint32_t slots = concurrency + prefetch;
+    auto busy = static_cast<std::uint32_t>(std::min<std::size_t>(jobs.size(), slots));
+    credit = std::min(credit, slots - busy);
+}
+
+std::string_view WorkerRec::state() const {
+    if (draining) return kWorkerStopping;
+    if (quiet) return kWorkerQuiet;
+    return kWorkerActive;
+}
+
+std::vector<WorkerRec*> Workers::named(const std::string& worker) {
+    if (auto* w = by_instance(worker)) return {w};
+    std::vector<WorkerRec*> out;
+    for (auto& [inst, w] : workers_)
+        if (w.name() == worker) out.push_back(&w);
+    std::sort(out.begin(), out.end(),
+              [](const auto* a, const auto* b) { return a->instance() < b->instance(); });
+    return out;
+}
+
 WorkerRec* Workers::of(const std::string& identity) {
     auto it = instance_of_.find(identity);
     if (it == instance_of_.end()) return nullptr;
@@ -60,6 +82,7 @@ WorkerRec& Workers::enroll(const std::string& identity, const RegisterRequest& m
     w.reconnects = m.reconnects;
     w.credit = 0;
     w.draining = false;
+    w.quiet = m.state == kWorkerQuiet;
     w.last_seen = now;
     w.seq = 0;
     instance_of_[identity] = m.instance;

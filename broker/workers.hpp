@@ -28,11 +28,15 @@ struct WorkerRec {
     bool commands = false;
     std::vector<std::uint32_t> weights;  // empty: strict order
     std::uint32_t credit = 0;
-    bool draining = false;         // sent DRAIN: takes no more jobs, whatever CREDIT says
-    Millis last_seen = 0;          // wall time, for WORKERS
-    Millis last_heard = 0;         // monotonic: expiry
-    std::uint64_t reconnects = 0;  // as the worker counts them (REGISTER)
-    std::uint64_t seq = 0;         // last DISPATCH.seq sent
+    bool draining = false;  // sent DRAIN: takes no more jobs, whatever CREDIT says
+    // `errand worker quiet`: takes no more jobs until resumed, whatever CREDIT says. The worker
+    // remembers it too and registers again as quiet (REGISTER `state`), so it survives a
+    // reconnect or a failover without the broker keeping anything per worker name.
+    bool quiet = false;
+    Millis last_seen = 0;                           // wall time, for WORKERS
+    Millis last_heard = 0;                          // monotonic: expiry
+    std::uint64_t reconnects = 0;                   // as the worker counts them (REGISTER)
+    std::uint64_t seq = 0;                          // last DISPATCH.seq sent
     std::unordered_map<JobId, std::uint64_t> jobs;  // job -> its DISPATCH.seq (0: adopted)
 
     const std::string& instance() const { return holder->instance; }
@@ -40,6 +44,10 @@ struct WorkerRec {
     // CREDIT: never more than the slots it declared (concurrency + prefetch) minus the jobs it
     // holds, whatever a confused worker sends.
     void add_credit(std::uint32_t n);
+    // After its concurrency shrank: credit cut back under that same bound.
+    void cap_credit();
+    // What WORKERS and CONTROL call it: stopping (draining), quiet, or active.
+    std::string_view state() const;
 };
 
 class Workers {
@@ -55,6 +63,9 @@ class Workers {
     // returned in `replaced` (and removed from the registry) for its jobs to be lost.
     WorkerRec& enroll(const std::string& identity, const RegisterRequest& m, Millis now,
                       std::vector<WorkerRec>* replaced);
+    // The registrations WORKER_CONTROL's `worker` names: the one with that instance id, or every
+    // one with that name.
+    std::vector<WorkerRec*> named(const std::string& worker);
     // Removes a registration (lost or replaced).
     void remove(const std::string& instance);
 

@@ -859,6 +859,33 @@ int run(int argc, char** argv) {
     auto schedule = errand::cli::add_schedule_commands(app, job_argv);
     commands.emplace_back(schedule.schedule, schedule.run);
 
+    errand::cli::WorkerControlArgs control_args;
+    auto* worker_cmd = app.add_subcommand(
+        "worker", "Control running workers by name (all its instances) or instance id.");
+    worker_cmd->require_subcommand(1);
+    std::vector<std::pair<CLI::App*, std::string>> worker_actions;
+    for (const auto& [action, help] : std::vector<std::pair<std::string, std::string>>{
+             {"quiet", "Take no new jobs; finish the running ones (until resume)."},
+             {"stop", "Drain and exit, as SIGTERM does."},
+             {"resume", "Take jobs again after quiet."},
+             {"concurrency", "Run N jobs at once from now on (1-1024), without a restart."}}) {
+        auto* sub = worker_cmd->add_subcommand(action, help);
+        sub->add_option("name", control_args.worker, "worker name, or instance id")->required();
+        if (action == "concurrency")
+            sub->add_option("n", control_args.concurrency, "jobs run at once (1-1024)")->required();
+        sub->add_flag("--json", control_args.json, "print the workers changed as a JSON array");
+        worker_actions.emplace_back(sub, action);
+    }
+    commands.emplace_back(worker_cmd, [&](errand::Client& c) {
+        for (const auto& [sub, action] : worker_actions)
+            if (sub->parsed()) control_args.action = action;
+        if (control_args.concurrency < 0 || control_args.concurrency > UINT32_MAX)
+            throw UsageError(fmt::format("concurrency must be 1-{}, not {}",
+                                         errand::limits::kMaxConcurrency,
+                                         control_args.concurrency));
+        return errand::cli::run_worker_control(c, control_args);
+    });
+
     try {
         app.parse(cli_argc, argv);
     } catch (const CLI::ExtrasError&) {

@@ -176,19 +176,49 @@ int run_workers(Client& client, bool as_json) {
         std::cout << "no workers\n";
         return 0;
     }
-    std::cout << fmt::format("{:<24} {:<16} {:>8} {:<24} {:>5} {:>4} {:>10}  {}\n", "NAME", "HOST",
-                             "PID", "QUEUES", "SLOTS", "JOBS", "RECONNECTS", "LAST HEARTBEAT");
+    std::cout << fmt::format("{:<24} {:<16} {:>8} {:<24} {:<8} {:>5} {:>4} {:>10}  {}\n", "NAME",
+                             "HOST", "PID", "QUEUES", "STATE", "SLOTS", "JOBS", "RECONNECTS",
+                             "LAST HEARTBEAT");
     for (const auto& w : workers) {
         std::string queues;
         for (const auto& q : w.queues)
             queues += (queues.empty() ? "" : ",") + q;
-        std::cout << fmt::format("{:<24} {:<16} {:>8} {:<24} {:>5} {:>4} {:>10}  {}\n", w.name,
-                                 w.host, w.pid, queues, w.concurrency, w.jobs.size(), w.reconnects,
-                                 format_age(w.last_seen, now));
+        std::cout << fmt::format("{:<24} {:<16} {:>8} {:<24} {:<8} {:>5} {:>4} {:>10}  {}\n",
+                                 w.name, w.host, w.pid, queues, w.state, w.concurrency,
+                                 w.jobs.size(), w.reconnects, format_age(w.last_seen, now));
         for (const auto& j : w.jobs)
             std::cout << fmt::format("    job {} ({}, attempt {}, running {})\n", j.id, j.queue,
                                      j.attempt, format_age(j.started_at, now));
     }
+    return 0;
+}
+
+int run_worker_control(Client& client, const WorkerControlArgs& args) {
+    auto changed = client.control_worker(args.worker, args.action,
+                                         static_cast<std::uint32_t>(args.concurrency));
+    if (args.json) {
+        Json out = Json::array();
+        for (const auto& w : changed)
+            out.push_back(to_json(w));
+        std::cout << dump_json(out) << '\n';
+        return 0;
+    }
+    std::string what = args.action == "concurrency"
+                           ? fmt::format("concurrency {}", args.concurrency)
+                           : args.action;
+    if (changed.empty()) {
+        // Only a broker on a shared database answers so (it cannot see the others' workers).
+        std::cout << fmt::format(
+            "{}: no worker '{}' is registered with this broker; sent to the other brokers of "
+            "its database\n",
+            what, args.worker);
+        return 0;
+    }
+    std::cout << fmt::format("{}: {} worker{} ({})\n", what, changed.size(),
+                             changed.size() == 1 ? "" : "s", args.worker);
+    for (const auto& w : changed)
+        std::cout << fmt::format("  {} {} {}:{} {}, concurrency {}, {} running\n", w.name,
+                                 w.instance, w.host, w.pid, w.state, w.concurrency, w.jobs.size());
     return 0;
 }
 

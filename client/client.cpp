@@ -372,6 +372,15 @@ std::vector<WorkerInfo> Client::workers() {
     return decode_workers(b.reader());
 }
 
+std::vector<WorkerInfo> Client::control_worker(const std::string& worker, const std::string& action,
+                                               std::uint32_t concurrency) {
+    WorkerControlRequest m{impl_->next_req++, worker, action, concurrency};
+    auto env = impl_->call(cmd::kWorkerControl, encode(m), m.req);
+    Impl::expect(env, cmd::kWorkers);
+    Body b(env.body);
+    return decode_workers(b.reader());
+}
+
 std::vector<JobEvent> Client::feed(const std::optional<std::string>& queue, std::uint32_t limit,
                                    std::uint64_t after) {
     FeedRequest m{impl_->next_req++, queue, limit, after};

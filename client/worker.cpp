@@ -79,11 +79,14 @@ struct Worker::Impl {
     std::string inproc = "inproc://errand-worker-" + instance;
     zmq::context_t ctx{1};
 
-    // Handler pool.
+    // Handler pool. `limit` (the concurrency, CONTROL may change it) handlers run at once;
+    // the pool has at least that many threads (it grows, never shrinks: idle ones wait).
     std::mutex mu;
     std::condition_variable cv;
     std::deque<Job> tasks;
     bool pool_closing = false;
+    std::uint32_t limit = 1;      // guarded by mu
+    std::uint32_t executing = 0;  // handlers running now, guarded by mu
     std::vector<std::thread> threads;
 
     explicit Impl(WorkerOptions o) : opt(std::move(o)) {
@@ -129,12 +132,20 @@ struct Worker::Impl {
             Job job;
             {
                 std::unique_lock lock(mu);
-                cv.wait(lock, [&] { return pool_closing || !tasks.empty(); });
-                if (tasks.empty()) return;
+                cv.wait(lock,
+                        [&] { return pool_closing || (!tasks.empty() && executing < limit); });
+                // Closing: run() ends only when no job is left (tasks are a part of `running`).
+                if (pool_closing) return;
                 job = std::move(tasks.front());
                 tasks.pop_front();
+                ++executing;
             }
             Outcome out = execute(job);
+            {
+                std::lock_guard lock(mu);
+                --executing;
+            }
+            cv.notify_all();  // a thread held back by the limit may go
             JobResult r;
             r.ok = out.ok;
             r.id = job.id;
@@ -192,6 +203,10 @@ struct Worker::Impl {
     bool drain_over = false;
     std::set<JobId> released;
     Millis next_status = 0;
+    // Control by the broker (CONTROL): quiet takes no new jobs; both are sent again in
+    // REGISTER, so a reconnect or a failover keeps them.
+    bool quiet = false;
+    std::uint32_t concurrency = 1;  // opt.concurrency at first
 
     const std::string& endpoint() const { return brokers[current]; }
 
@@ -232,7 +247,8 @@ struct Worker::Impl {
         if (std::any_of(weights.begin(), weights.end(), [](auto w) { return w > 0; }))
             for (auto w : weights)
                 m.weights.push_back(w > 0 ? w : 1);
-        m.concurrency = opt.concurrency;
+        m.concurrency = concurrency;
+        m.state = std::string(quiet ? kWorkerQuiet : kWorkerActive);
         m.prefetch = opt.prefetch;
         m.commands = opt.accept_commands;
         for (const auto& [id, r] : running)
@@ -304,9 +320,9 @@ struct Worker::Impl {
             log(LogLevel::info, "registered with {} as {} (heartbeat {} ms{})", endpoint(),
                 opt.name, heartbeat_ms,
                 reconnects ? fmt::format(", reconnect {}", reconnects) : std::string());
-            auto slots = opt.concurrency + opt.prefetch;
+            auto slots = concurrency + opt.prefetch;
             auto busy = static_cast<std::uint32_t>(running.size() + held_results.size());
-            grant(slots > busy ? slots - busy : 0);
+            if (!quiet) grant(slots > busy ? slots - busy : 0);
             send_pending(now, true);
         } else if (env.command == cmd::kDispatch) {
             auto d = decode_dispatch(r);
@@ -344,6 +360,8 @@ struct Worker::Impl {
                 log(LogLevel::info, "{}: aborted by the broker: {}",
                     job_fields(a.id, it->second.queue, a.attempt), a.reason);
             }
+        } else if (env.command == cmd::kControl) {
+            on_control(decode_worker_control(r));
         } else if (env.command == cmd::kAck) {
             on_ack(decode_ack(r));
         } else if (env.command == cmd::kAcks) {
@@ -382,6 +400,43 @@ struct Worker::Impl {
             if (brokers.size() == 1) next_register = now + kInitialBackoffMs;
         }
         // HEARTBEAT: last_heard is all it carries.
+    }
+
+    // CONTROL: the broker has set this worker's credit to match; the worker only changes what
+    // it runs. Quiet: nothing new comes; stopping: drain and exit, as stop() does; a new
+    // concurrency: that many handlers at once from now on (running ones finish either way).
+    void on_control(const WorkerControl& c) {
+        if (c.state == kWorkerStopping) {
+            if (!stopping) {
+                log(LogLevel::info, "the broker asked this worker to stop: draining");
+                int none = 0;
+                stop_requests.compare_exchange_strong(none, 1);
+                stopping = true;
+            }
+        } else if ((c.state == kWorkerQuiet) != quiet) {
+            quiet = c.state == kWorkerQuiet;
+            if (quiet)
+                log(LogLevel::info, "quiet: taking no new jobs, finishing the {} held",
+                    running.size());
+            else
+                log(LogLevel::info, "resumed: taking jobs again ({} held)", running.size());
+        }
+        if (c.concurrency != concurrency) {
+            log(LogLevel::info, "concurrency {} -> {} ({} running)", concurrency, c.concurrency,
+                running.size());
+            set_concurrency(c.concurrency);
+        }
+    }
+
+    void set_concurrency(std::uint32_t n) {
+        concurrency = n;
+        {
+            std::lock_guard lock(mu);
+            limit = n;
+        }
+        while (threads.size() < n)
+            threads.emplace_back([this] { pool_thread(); });
+        cv.notify_all();
     }
 
     // Hands an attempt back to the broker uncharged; resent like a result until acknowledged.
@@ -433,12 +488,14 @@ struct Worker::Impl {
         next_status = now + opt.status_interval.count();
         WorkerStatus st;
         st.busy = static_cast<std::uint32_t>(running.size());
-        st.slots = opt.concurrency + opt.prefetch;
+        st.slots = concurrency + opt.prefetch;
         st.unacknowledged = pending.size();
         st.connected = registered;
         st.broker = endpoint();
         st.reconnects = reconnects;
         st.draining = stopping;
+        st.quiet = quiet;
+        st.concurrency = concurrency;
         opt.on_status(st);
     }
 
@@ -509,8 +566,7 @@ struct Worker::Impl {
         zmq::socket_t pull(ctx, zmq::socket_type::pull);
         pull.set(zmq::sockopt::linger, 0);
         pull.bind(inproc);
-        for (std::uint32_t i = 0; i < opt.concurrency; ++i)
-            threads.emplace_back([this] { pool_thread(); });
+        set_concurrency(opt.concurrency);
 
         Millis now = steady_ms();
         open_socket(now);

@@ -650,6 +650,19 @@ JobSpec decode_job_spec(const Reader& r) {
     return decode_as<JobSpecT>(r);
 }
 
+std::string encode(const WorkerControlRequest& m) {
+    return encode_as<WorkerControlRequestT>(m);
+}
+WorkerControlRequest decode_worker_control_request(const Reader& r) {
+    return decode_as<WorkerControlRequestT>(r);
+}
+std::string encode(const WorkerControl& m) {
+    return encode_as<WorkerControlT>(m);
+}
+WorkerControl decode_worker_control(const Reader& r) {
+    return decode_as<WorkerControlT>(r);
+}
+
 std::string encode_req(std::uint64_t req) {
     return encode_as<ReqOnlyT>({req});
 }

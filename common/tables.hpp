@@ -478,7 +478,8 @@ struct WorkerInfoT {
                             field("credit", &WorkerInfo::credit, U32{}, required),
                             field("last_seen", &WorkerInfo::last_seen, Time{}, required),
                             field("jobs", &WorkerInfo::jobs, MsgArray<WorkerJobT>{}, required),
-                            field("reconnects", &WorkerInfo::reconnects, U64{}, omit_default));
+                            field("reconnects", &WorkerInfo::reconnects, U64{}, omit_default),
+                            field("state", &WorkerInfo::state, str(32), defaulted));
 };
 
 struct WorkersT {
@@ -527,7 +528,11 @@ struct RegisterT {
                       bad(fmt::format("concurrency must be 1-{}", limits::kMaxConcurrency));
               }),
         field("held", &RegisterRequest::held, HeldPairs{}, defaulted),
-        field("reconnects", &RegisterRequest::reconnects, U64{}, omit_default));
+        field("reconnects", &RegisterRequest::reconnects, U64{}, omit_default),
+        field("state", &RegisterRequest::state, str(32), omit_default, [](const std::string& s) {
+            if (s != kWorkerActive && s != kWorkerQuiet)
+                bad(fmt::format("field 'state' must be {} or {}", kWorkerActive, kWorkerQuiet));
+        }));
 };
 
 struct RegisteredT {
@@ -683,6 +688,52 @@ struct AbortT {
                        field("reason", &Abort::reason, str(), defaulted));
 };
 
+// ---- control of running workers --------------------------------------------------------------
+
+struct WorkerControlRequestT {
+    static constexpr auto table = message<WorkerControlRequest>(
+        "WORKER_CONTROL",
+        {.post =
+             [](WorkerControlRequest& m, const Reader&, const DecodeLimits&) {
+                 if (m.action == "concurrency") {
+                     if (m.concurrency < 1 || m.concurrency > limits::kMaxConcurrency)
+                         bad(fmt::format("concurrency must be 1-{}", limits::kMaxConcurrency));
+                 } else if (m.concurrency != 0) {
+                     bad(
+                         fmt::format("field 'concurrency' goes with action 'concurrency' only, "
+                                     "not '{}'",
+                                     m.action));
+                 }
+             }},
+        field("req", &WorkerControlRequest::req, U64{}, required),
+        field("worker", &WorkerControlRequest::worker, str(256, true), required),
+        field("action", &WorkerControlRequest::action, str(32), required,
+              [](const std::string& a) {
+                  for (auto known : kWorkerActions)
+                      if (a == known) return;
+                  bad(
+                      fmt::format("unknown action '{}': expected quiet, stop, resume or "
+                                  "concurrency",
+                                  a));
+              }),
+        field("concurrency", &WorkerControlRequest::concurrency, U32{}, omit_default));
+};
+
+struct WorkerControlT {  // CONTROL, broker -> worker
+    static constexpr auto table = message<WorkerControl>(
+        "CONTROL", {},
+        field("state", &WorkerControl::state, str(32), required,
+              [](const std::string& s) {
+                  if (s != kWorkerActive && s != kWorkerQuiet && s != kWorkerStopping)
+                      bad(fmt::format("unknown worker state '{}'", s));
+              }),
+        field("concurrency", &WorkerControl::concurrency, U32{}, required,
+              [](const std::uint32_t& c) {
+                  if (c < 1 || c > limits::kMaxConcurrency)
+                      bad(fmt::format("concurrency must be 1-{}", limits::kMaxConcurrency));
+              }));
+};
+
 // Every table, for tests/test_protocol_doc.cpp (through errand::message_tables()).
 using AllTables =
     std::tuple<SubmitT, JobSpecT, SubmittedT, IdRequestT, WaitT, ListT, JobT, JobsT, JobInfoT,
@@ -690,6 +741,7 @@ using AllTables =
                QueueInfoT, EventsT, EventT, ScheduleAddT, ScheduleT, ScheduleRequestT,
                ScheduleReplyT, SchedulesT, StatsT, QueueStatsT, BrokerInfoT, WorkersT, WorkerInfoT,
                WorkerJobT, FeedT, FeedReplyT, JobEventT, RegisterT, RegisteredT, CreditT, DispatchT,
-               DoneT, FailT, ResultsT, AckT, AcksT, ErrorT, ProgressT, AbortT, HeartbeatT>;
+               DoneT, FailT, ResultsT, AckT, AcksT, ErrorT, ProgressT, AbortT, HeartbeatT,
+               WorkerControlRequestT, WorkerControlT>;
 
 }  // namespace errand::fields

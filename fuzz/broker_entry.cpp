@@ -368,6 +368,7 @@ class Script {
                 m.concurrency = static_cast<std::uint32_t>(in_.range(1, 3));
                 m.prefetch = static_cast<std::uint32_t>(in_.range(0, 2));
                 m.commands = qmask & 16;
+                if (qmask & 64) m.state = std::string(kWorkerQuiet);  // quieted before a reconnect
                 if (qmask & 32)
                     for (std::size_t i = 0; i < m.queues.size(); ++i)
                         m.weights.push_back(static_cast<std::uint32_t>(in_.range(1, 5)));
@@ -460,6 +461,20 @@ class Script {
                                                               : cmd::kScheduleResume;
                 return encode(ScheduleRequest{
                     req(), std::string(script::kSchedules[in_.pick(script::kSchedules.size())])});
+            }
+            case script::Op::kWorkerControl: {
+                command = cmd::kWorkerControl;
+                WorkerControlRequest m;
+                m.req = req();
+                // The fuzz workers' names are their instance ids; "nobody" is not_found.
+                m.worker = in_.range(0, 3) == 0
+                               ? std::string("nobody")
+                               : std::string(kInstances[in_.pick(kInstances.size())]);
+                m.action = std::string(kWorkerActions[in_.pick(kWorkerActions.size())]);
+                // 1-3 for `concurrency`; now and then 0 or a value where none belongs (refused).
+                if (m.action == "concurrency" || in_.range(0, 7) == 0)
+                    m.concurrency = static_cast<std::uint32_t>(in_.range(0, 3));
+                return encode(m);
             }
             case script::Op::kProgress: {
                 command = cmd::kProgress;
@@ -573,6 +588,8 @@ class Script {
                 decode_schedules(r);
             } else if (c == cmd::kHeartbeat) {
                 r.opt_str("instance", 64);
+            } else if (c == cmd::kControl) {
+                decode_worker_control(r);
             } else if (c == cmd::kError) {
                 auto e = decode_error(r);
                 if (e.code == ErrorCode::internal && !skipped("internal"))

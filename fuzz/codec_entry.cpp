@@ -122,6 +122,10 @@ void run_decoders(const Reader& r) {
     round_trip("STATS", r, decode_stats, [](const StatsReply& m) { return encode(m); });
     round_trip("WORKERS", r, decode_workers,
                [](const std::vector<WorkerInfo>& v) { return encode_workers(0, v); });
+    round_trip("WORKER_CONTROL", r, decode_worker_control_request,
+               [](const WorkerControlRequest& m) { return encode(m); });
+    round_trip("CONTROL", r, decode_worker_control,
+               [](const WorkerControl& m) { return encode(m); });
 
     // How clients read JOB and JOBS replies: the nested job object(s).
     try {

@@ -170,6 +170,10 @@ std::vector<std::pair<std::string, std::string>> codec_seeds() {
                   1'700'000'000'000,
                   {WorkerJob{1, "default", 1, 1'700'000'000'100}}};
     add("workers", encode_workers(20, {wi}));
+    add("worker_control", encode(WorkerControlRequest{22, "build-1", "concurrency", 4}));
+    add("control", encode(WorkerControl{std::string(kWorkerQuiet), 4}));
+    reg.state = std::string(kWorkerQuiet);
+    add("register_quiet", encode(reg));
     SubmitRequest sw{21, {plain}, 5000};
     add("submit_wait", encode(sw));
     std::vector<std::string> rs = {encode(JobResult{true, 1, 1, 0, "result", "", false}),
@@ -261,6 +265,28 @@ class ScriptWriter {
         head(advance, 0, op);
         range(0, 7, 1);
         if (op != sc::Op::kScheduleList) range(0, sc::kSchedules.size() - 1, name);
+        return *this;
+    }
+    // WORKER_CONTROL as the target builds it: kInstances[instance] (or "nobody" when
+    // `instance` is past its end), kWorkerActions[action], and for `concurrency` the value n.
+    ScriptWriter& worker_control(std::size_t instance, std::size_t action, std::uint32_t n = 0) {
+        head(1, 0, sc::Op::kWorkerControl);
+        range(0, 7, 1);  // req: the next one
+        if (instance >= sc::kInstances.size()) {
+            range(0, 3, 0);
+        } else {
+            range(0, 3, 1);
+            range(0, sc::kInstances.size() - 1, instance);
+        }
+        range(0, kWorkerActions.size() - 1, action);
+        if (kWorkerActions[action] == "concurrency") {
+            range(0, 3, n);
+        } else if (n != 0) {
+            range(0, 7, 0);  // a value where none belongs (refused)
+            range(0, 3, n);
+        } else {
+            range(0, 7, 1);
+        }
         return *this;
     }
     ScriptWriter& wait(std::uint8_t seconds) {
@@ -384,6 +410,26 @@ std::vector<std::pair<std::string, std::string>> broker_seeds() {
             .schedule(sc::Op::kScheduleRemove, 1)  // not_found
             .wait(2);
         add("schedules", w);
+    }
+    {
+        // Quiet, resume, resize, stop a worker; refused values and an unknown worker.
+        ScriptWriter w;
+        w.msg(kClient, cmd::kSubmit, submit(1, job("q0")))
+            .msg(kWorker, cmd::kRegister, registration(2, "inst-0", {"q0"}))
+            .worker_control(0, 0)                          // quiet
+            .msg(kWorker, cmd::kCredit, encode_credit(1))  // ignored while quiet
+            .msg(kClient, cmd::kSubmit, submit(3, job("q0")))
+            .worker_control(0, 3, 2)  // concurrency 2, still quiet
+            .worker_control(0, 2)     // resume: both dispatched
+            .worker_control(0, 3, 0)  // concurrency 0: bad_request
+            .worker_control(0, 0, 2)  // quiet with a concurrency: bad_request
+            .worker_control(3, 0)     // nobody: not_found
+            .msg(kWorker, cmd::kDone, done(1, 1))
+            .worker_control(0, 3, 1)  // shrink below what it holds
+            .worker_control(0, 1)     // stop
+            .msg(kWorker, cmd::kDone, done(2, 1))
+            .msg(kClient, cmd::kWorkers, encode_req(4));
+        add("worker_control", w);
     }
     {
         ScriptWriter w;

@@ -52,6 +52,8 @@ enum class Op : std::uint8_t {
     kScheduleRemove,
     kSchedulePause,
     kScheduleResume,
+    // Appended (issue 13, control of running workers).
+    kWorkerControl,  // quiet/stop/resume/concurrency of an instance or name of kInstances, or none
     kOps
 };
 

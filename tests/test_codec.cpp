@@ -432,3 +432,55 @@ TEST_CASE("a body may not hold more MessagePack elements than a bound, whatever 
     auto back = decode_submit(big.reader(), {.max_payload = 4 << 20});
     CHECK(back.jobs.at(0).payload.size() == std::size_t{2} << 20);
 }
+
+TEST_CASE("WORKER_CONTROL, CONTROL and REGISTER's state: round trips and refusals") {
+    auto control_request = [](const std::string& body) {
+        Body b(body);
+        return decode_worker_control_request(b.reader());
+    };
+    auto m = control_request(encode(WorkerControlRequest{7, "build-1", "concurrency", 8}));
+    CHECK(m.req == 7);
+    CHECK(m.worker == "build-1");
+    CHECK(m.action == "concurrency");
+    CHECK(m.concurrency == 8);
+    // Without a concurrency the key is left out, and other actions need none.
+    auto quiet = encode(WorkerControlRequest{8, "inst", "quiet", 0});
+    CHECK(quiet.find("concurrency") == std::string::npos);
+    CHECK(control_request(quiet).action == "quiet");
+    for (const auto& bad :
+         {WorkerControlRequest{1, "w", "pause", 0}, WorkerControlRequest{1, "w", "concurrency", 0},
+          WorkerControlRequest{1, "w", "concurrency", 1025},
+          WorkerControlRequest{1, "w", "stop", 2}, WorkerControlRequest{1, "", "quiet", 0},
+          WorkerControlRequest{1, std::string(257, 'x'), "quiet", 0}}) {
+        INFO(bad.worker.size(), " ", bad.action, " ", bad.concurrency);
+        CHECK(code_of([&] { control_request(encode(bad)); }) == ErrorCode::bad_request);
+    }
+
+    Body c(encode(WorkerControl{"stopping", 3}));
+    auto ctl = decode_worker_control(c.reader());
+    CHECK(ctl.state == "stopping");
+    CHECK(ctl.concurrency == 3);
+    CHECK(code_of([&] {
+              Body x(encode(WorkerControl{"asleep", 3}));
+              decode_worker_control(x.reader());
+          }) == ErrorCode::bad_request);
+    CHECK(code_of([&] {
+              Body x(encode(WorkerControl{"quiet", 0}));
+              decode_worker_control(x.reader());
+          }) == ErrorCode::bad_request);
+
+    RegisterRequest reg;
+    reg.req = 1;
+    reg.instance = "i";
+    reg.name = "n";
+    reg.queues = {"q"};
+    CHECK(encode(reg).find("state") == std::string::npos);  // active: left out
+    reg.state = "quiet";
+    Body rb(encode(reg));
+    CHECK(decode_register(rb.reader()).state == "quiet");
+    reg.state = "stopping";  // a worker registers active or quiet only
+    CHECK(code_of([&] {
+              Body x(encode(reg));
+              decode_register(x.reader());
+          }) == ErrorCode::bad_request);
+}

@@ -1370,3 +1370,30 @@ TEST_CASE(
     CHECK(rc == 0);
     CHECK(read_file(out).find("problem") == std::string::npos);
 }
+
+TEST_CASE("http: a worker quieted, resumed and stopped from the API; its state in /api/workers") {
+    HttpWorld w;
+    errand::Worker worker({.endpoint = w.broker.endpoint(), .name = "http-worker"});
+    worker.handle("hq", [](const errand::Job&) { return errand::Outcome::success("ok"); });
+    WorkerThread thread(worker);
+    REQUIRE(wait_until([&] { return w.get("/api/workers")["workers"].size() == 1; }, 5s));
+    CHECK(w.get("/api/workers")["workers"][0]["state"] == "active");
+
+    auto q = w.post("/api/workers/http-worker/quiet");
+    REQUIRE(q["workers"].size() == 1);
+    CHECK(q["workers"][0]["state"] == "quiet");
+    // The API reads the broker's published picture, a moment behind.
+    auto api_state = [&] { return w.get("/api/workers")["workers"][0]["state"]; };
+    CHECK(wait_until([&] { return api_state() == "quiet"; }, 5s));
+    const std::string instance = q["workers"][0]["instance"];
+    CHECK(w.post("/api/workers/" + instance + "/resume")["workers"][0]["state"] == "active");
+    CHECK(w.post("/api/workers/nobody/quiet", 404)["error"]["code"] == "not_found");
+    CHECK(wait_until([&] { return api_state() == "active"; }, 5s));
+    // Without the token: refused, nothing changed.
+    httplib::Client http("127.0.0.1", w.http_port);
+    auto r = http.Post("/api/workers/http-worker/stop", "", "application/json");
+    REQUIRE(r);
+    CHECK(r->status == 403);
+    CHECK(w.client.workers().at(0).state == "active");
+    CHECK(w.post("/api/workers/http-worker/stop")["workers"][0]["state"] == "stopping");
+}

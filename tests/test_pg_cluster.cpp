@@ -575,3 +575,58 @@ TEST_CASE("a job cancelled through one broker is stopped on a worker of another"
     CHECK(b.logs().find("ended through another broker (cancelled)") != std::string::npos);
     CHECK(cb.status(id).state == JobState::cancelled);
 }
+
+TEST_CASE(
+    "errand worker quiet/concurrency/resume/stop through one broker reach a worker of another") {
+    PgServer pg;
+    TempDir d1, d2, wd;
+    Broker a(d1, cluster_args(pg));
+    // Alone on its database, a broker knows every worker: an unknown one is not_found.
+    auto alone = run_cli({"--broker", a.endpoint(), "worker", "quiet", "far-worker"});
+    CHECK_MESSAGE(alone.exit_code == 121, describe(alone));
+    CHECK(alone.err.find("no worker named 'far-worker'") != std::string::npos);
+    Broker b(d2, cluster_args(pg));
+    WorkerDaemon worker(wd, b.endpoint(), {"far-worker", {"q=echo ok"}, 1});
+    Client ca(a.client_options()), cb(b.client_options());
+    auto on_b = [&] {
+        auto ws = cb.workers();
+        return ws.size() == 1 ? std::optional<WorkerInfo>(ws[0]) : std::nullopt;
+    };
+    REQUIRE_MESSAGE(wait_until([&] { return on_b().has_value(); }, 10s), worker.logs());
+
+    // A does not hold it: it answers with none of its own and tells B (NOTIFY), which tells the
+    // worker.
+    auto quiet = run_cli({"--broker", a.endpoint(), "worker", "quiet", "far-worker"});
+    REQUIRE_MESSAGE(quiet.exit_code == 0, describe(quiet));
+    CHECK_MESSAGE(quiet.out.find("no worker 'far-worker' is registered with this broker; sent to "
+                                 "the other brokers") != std::string::npos,
+                  quiet.out);
+    REQUIRE_MESSAGE(wait_until([&] { return on_b()->state == "quiet"; }, 5s), b.logs());
+    CHECK(wait_until(
+        [&] { return worker.logs().find("quiet: taking no new jobs") != std::string::npos; }, 5s));
+    auto id = ca.submit(job_spec("q")).id;
+    // B has heard from its worker since the job was submitted (heartbeats every 200 ms), and
+    // dispatched nothing.
+    const auto seen = on_b()->last_seen;
+    REQUIRE(wait_until([&] { return on_b()->last_seen > seen; }, 5s));
+    CHECK(ca.status(id).state == JobState::ready);
+
+    ca.control_worker("far-worker", "concurrency", 4);
+    CHECK(wait_until([&] { return on_b()->concurrency == 4; }, 5s));
+    ca.control_worker("far-worker", "resume");
+    auto done = ca.wait(id, 10s);
+    REQUIRE_MESSAGE(done, b.logs(), worker.logs());
+    CHECK(done->state == JobState::succeeded);
+    CHECK(on_b()->state == "active");
+
+    // Bad input is refused by the broker the CLI talks to, before anything travels.
+    auto zero = run_cli({"--broker", a.endpoint(), "worker", "concurrency", "far-worker", "0"});
+    CHECK(zero.exit_code == 121);
+    CHECK(on_b()->concurrency == 4);
+
+    auto stop = run_cli({"--broker", a.endpoint(), "worker", "stop", "far-worker"});
+    REQUIRE_MESSAGE(stop.exit_code == 0, describe(stop));
+    auto code = worker.process().wait_exit(10s);
+    REQUIRE_MESSAGE(code, worker.logs());
+    CHECK(*code == 0);
+}

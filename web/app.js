@@ -229,12 +229,39 @@ function renderQueues(data) {
     el('td', {}, queueActions(q)))));
 }
 
+// Quiet/resume and stop, by instance id (the row is one process), as `errand worker ACTION`.
+function workerActions(w) {
+  if (!TOKEN) return null;
+  const send = (action, question) => act(question,
+    `/api/workers/${encodeURIComponent(w.instance)}/${action}`, undefined,
+    (r) => `worker ${w.name}: ${r.workers.length ? r.workers[0].state : action}`);
+  const out = [];
+  if (w.state === 'quiet')
+    out.push(el('button', {type: 'button', class: 'resume', 'data-worker': w.name},
+                'Resume'));
+  else if (w.state !== 'stopping')
+    out.push(el('button', {type: 'button', class: 'quiet', 'data-worker': w.name}, 'Quiet'));
+  if (w.state !== 'stopping')
+    out.push(el('button', {type: 'button', class: 'stop', 'data-worker': w.name}, 'Stop'));
+  for (const b of out) {
+    const action = b.className;
+    b.onclick = () => send(action, action === 'stop'
+      ? `Stop worker ${w.name}? It drains (running jobs finish) and exits.`
+      : action === 'quiet' ? `Quiet worker ${w.name}? It takes no new jobs until resumed.`
+                           : `Resume worker ${w.name}?`);
+  }
+  return el('span', {class: 'actions'}, ...out);
+}
+
 function renderWorkers(data) {
   $('#workers tbody').replaceChildren(...data.workers.map((w) => el('tr', {'data-worker': w.name},
     el('td', {}, w.name), el('td', {}, w.host), el('td', {class: 'n'}, w.pid),
-    el('td', {}, w.queues.join(', ')), el('td', {class: 'n'}, w.concurrency),
+    el('td', {}, w.queues.join(', ')),
+    el('td', {class: 'worker-state ' + (w.state || 'active'), 'data-state': w.state || 'active'},
+       w.state || 'active'),
+    el('td', {class: 'n'}, w.concurrency),
     el('td', {}, ...w.jobs.map((j) => el('span', {}, jobLink(j.id), ' '))),
-    el('td', {}, ago(w.last_seen, data.time)))));
+    el('td', {}, ago(w.last_seen, data.time)), el('td', {}, workerActions(w)))));
 }
 
 function progress(j) {

@@ -278,13 +278,17 @@ int main(int argc, char** argv) {
     // systemd: STATUS= and WATCHDOG=1 come from the worker's network thread, so a hung
     // worker stops pinging.
     bool ready_sent = false;
+    bool stopping_seen = false;  // a drain the broker asked for (`errand worker stop`) too
     auto on_status = [&](const errand::WorkerStatus& st) {
+        if (st.draining && !stopping_seen) notifier.stopping();
+        stopping_seen = st.draining;
         std::string line = fmt::format("{}/{} slots busy", st.busy, st.slots);
         if (st.unacknowledged > 0)
             line += fmt::format(", {} results unacknowledged", st.unacknowledged);
         if (!st.connected) line += fmt::format(", not connected to the broker ({})", st.broker);
         if (st.reconnects > 0) line += fmt::format(", {} reconnects", st.reconnects);
         if (st.draining) line += ", draining";
+        if (st.quiet && !st.draining) line += ", quiet (errand worker resume)";
         if (!ready_sent) {
             notifier.ready(line);
             ready_sent = true;

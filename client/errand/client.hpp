@@ -121,6 +121,12 @@ class Client {
     StatsReply stats();
     // Registered workers with the jobs they hold.
     std::vector<WorkerInfo> workers();
+    // `errand worker quiet|stop|resume|concurrency`: `action` (kWorkerActions) applied to the
+    // workers `worker` names (a name: all its instances; or an instance id); returns them as
+    // they are now. BrokerError not_found for an unknown worker; bad_request for a bad action
+    // or a concurrency out of 1-1024 (`concurrency` is for that action only).
+    std::vector<WorkerInfo> control_worker(const std::string& worker, const std::string& action,
+                                           std::uint32_t concurrency = 0);
     // Recent committed job events (this broker run), oldest first: seq > after, of `queue`.
     std::vector<JobEvent> feed(const std::optional<std::string>& queue, std::uint32_t limit,
                                std::uint64_t after = 0);

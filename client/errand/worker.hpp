@@ -77,7 +77,9 @@ struct WorkerStatus {
     bool connected = false;          // registered with the broker
     std::string broker{};            // the broker it is registered with, or trying
     std::uint64_t reconnects = 0;    // times it lost its registration and registered again
-    bool draining = false;           // stop() was called
+    bool draining = false;           // stop() was called (or the broker said stop)
+    bool quiet = false;              // the broker said quiet (`errand worker quiet`)
+    std::uint32_t concurrency = 0;   // jobs run at once now (the broker may change it)
 };
 
 struct WorkerOptions {
@@ -123,7 +125,10 @@ class Worker {
     // queue, the broker picks among queues with ready jobs at random in proportion to their
     // weights (queues added without one weigh 1), so no queue starves.
     void handle(const std::string& queue, Handler handler, std::uint32_t weight = 0);
-    // Connects, registers and serves until stop(); returns once running jobs are reported.
+    // Connects, registers and serves until stop() (or `errand worker stop`, which drains the
+    // same way); returns once running jobs are reported. The broker may also quiet it, resume
+    // it or change its concurrency while it runs (`errand worker`, docs/PROTOCOL.md CONTROL):
+    // on_status reports the current state.
     void run();
     // Drains, then makes run() return: takes no more jobs (DRAIN), hands jobs that have not
     // started back to the broker at once (RELEASE: the attempt is not counted), lets running

@@ -147,6 +147,9 @@ struct RegisterRequest {
     std::vector<std::uint32_t> weights;  // empty: strict queue order; else one weight per queue
     std::uint32_t prefetch = 0;          // jobs it may hold beyond `concurrency`, waiting locally
     std::uint64_t reconnects = 0;        // times this instance registered again (any broker)
+    // A worker quieted before it lost its registration stays quiet: it says so here (the
+    // worker, not the broker, remembers its control state). `active` or `quiet`.
+    std::string state = std::string(kWorkerActive);
 };
 
 struct RegisteredReply {
@@ -248,6 +251,20 @@ struct ScheduleAddRequest {
     Schedule schedule;  // name, cron, zone, catch_up, job, paused
 };
 
+// WORKER_CONTROL: `errand worker quiet|stop|resume|concurrency`.
+struct WorkerControlRequest {
+    std::uint64_t req = 0;
+    std::string worker;             // a worker name (all its instances) or an instance id
+    std::string action;             // one of kWorkerActions
+    std::uint32_t concurrency = 0;  // action `concurrency` only: 1-kMaxConcurrency
+};
+
+// CONTROL (broker -> worker): what the worker does from now on.
+struct WorkerControl {
+    std::string state = std::string(kWorkerActive);  // active | quiet | stopping
+    std::uint32_t concurrency = 1;                   // jobs run at once
+};
+
 // Limits that decoding enforces (the broker sets them from its flags).
 struct DecodeLimits {
     std::size_t max_payload = limits::kDefaultMaxPayload;
@@ -291,6 +308,8 @@ std::string encode_schedule(std::uint64_t req, const Schedule& s);              
 std::string encode_schedules(std::uint64_t req, const std::vector<Schedule>& s);  // SCHEDULES
 // A schedule's job alone, as the stores keep it.
 std::string encode(const JobSpec& m);
+std::string encode(const WorkerControlRequest& m);
+std::string encode(const WorkerControl& m);
 std::string encode_req(std::uint64_t req);  // PING, QUEUES, OK
 std::string encode_empty();                 // {}
 
@@ -326,6 +345,8 @@ ScheduleRequest decode_schedule_request(const Reader& r);
 Schedule decode_schedule(const Reader& r);
 std::vector<Schedule> decode_schedules(const Reader& r);
 JobSpec decode_job_spec(const Reader& r);
+WorkerControlRequest decode_worker_control_request(const Reader& r);
+WorkerControl decode_worker_control(const Reader& r);
 
 // ---- Observability: job events, STATS, WORKERS, FEED (docs/PROTOCOL.md) -------------------
 

@@ -148,6 +148,7 @@ struct WorkerInfo {
     Millis last_seen = 0;
     std::vector<WorkerJob> jobs{};
     std::uint64_t reconnects = 0;  // times the worker registered again since it started
+    std::string state = std::string(kWorkerActive);  // active | quiet | stopping
 };
 
 // A cron schedule (SCHEDULE_ADD, SCHEDULE_LIST): each tick of `cron` in `zone` submits `job`.

@@ -129,6 +129,7 @@ inline constexpr std::string_view kScheduleShow = "SCHEDULE_SHOW";      // -> SC
 inline constexpr std::string_view kScheduleRemove = "SCHEDULE_REMOVE";  // -> OK
 inline constexpr std::string_view kSchedulePause = "SCHEDULE_PAUSE";    // -> SCHEDULE
 inline constexpr std::string_view kScheduleResume = "SCHEDULE_RESUME";  // -> SCHEDULE
+inline constexpr std::string_view kWorkerControl = "WORKER_CONTROL";    // -> WORKERS
 // worker -> broker
 inline constexpr std::string_view kRegister = "REGISTER";
 inline constexpr std::string_view kCredit = "CREDIT";
@@ -157,7 +158,18 @@ inline constexpr std::string_view kSchedules = "SCHEDULES";
 inline constexpr std::string_view kAck = "ACK";
 inline constexpr std::string_view kAcks = "ACKS";
 inline constexpr std::string_view kError = "ERROR";
+inline constexpr std::string_view kControl = "CONTROL";  // broker -> worker: quiet, stop, slots
 }  // namespace cmd
+
+// What a worker does with new jobs (WORKERS `state`, CONTROL, REGISTER): `active` takes them,
+// `quiet` takes none and finishes those it holds, `stopping` drains and exits (DRAIN, SIGTERM,
+// `errand worker stop`).
+inline constexpr std::string_view kWorkerActive = "active";
+inline constexpr std::string_view kWorkerQuiet = "quiet";
+inline constexpr std::string_view kWorkerStopping = "stopping";
+// WORKER_CONTROL's actions.
+inline constexpr std::array<std::string_view, 4> kWorkerActions = {"quiet", "stop", "resume",
+                                                                   "concurrency"};
 
 // True when `name` is a valid queue name: 1-64 bytes of [A-Za-z0-9_.-].
 bool valid_queue_name(std::string_view name);

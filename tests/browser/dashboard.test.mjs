@@ -164,6 +164,15 @@ try {
   await cellIs('emails', 'succeeded', 7);
   await cellIs('emails', 'ready', 0);
 
+  // Quiet the worker from its row (the state shows, the broker has it quiet), then resume it.
+  const workerState = async () => JSON.parse(await cli('workers', '--json'))[0].state;
+  await confirmed('#workers tr[data-worker="browser-worker"] button.quiet');
+  await page.waitForSelector('#workers tr[data-worker="browser-worker"] td[data-state="quiet"]');
+  assert((await workerState()) === 'quiet', 'the broker has browser-worker quiet');
+  await confirmed('#workers tr[data-worker="browser-worker"] button.resume');
+  await page.waitForSelector('#workers tr[data-worker="browser-worker"] td[data-state="active"]');
+  assert((await workerState()) === 'active', 'the broker has browser-worker active again');
+
   // A running job with its progress.
   const thumb = (await cli('submit', '-q', 'thumbnails', '--payload', 'img')).trim();
   await page.waitForFunction((id) =>
