@@ -10,6 +10,7 @@
 #include <chrono>
 #include <thread>
 
+#include "errand/clock.hpp"
 #include "load.hpp"
 #include "scenarios.hpp"
 
@@ -38,7 +39,7 @@ Result run_due(const Options& opt) {
     const Millis lead_ms = std::max<Millis>(3000, static_cast<Millis>(n / 50));
     JobSpec job = noop_job(queue, payload_for(opt, 16));
     const Millis due_at = wall_ms() + lead_ms;
-    job.run_at = due_at;
+    job.run_at = to_time(due_at);
     const auto t_load = Clock::now();
     const std::uint64_t loaded =
         submit_jobs(broker.endpoint(), job, n, SubmitMode::batch, opt, deadline);

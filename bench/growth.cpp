@@ -96,8 +96,8 @@ Result run_bytes(const Options& opt) {
         });
         JobSpec job = noop_job(queue, std::string(size, 'p'));
         job.max_attempts = 6;
-        job.backoff_ms = 1;
-        job.backoff_cap_ms = 1;
+        job.backoff = std::chrono::milliseconds(1);
+        job.backoff_cap = std::chrono::milliseconds(1);
         for (std::uint64_t i = 0; i < n; ++i)
             client.submit(job);  // one at a time: each job its own commit, as most clients do
         wait_succeeded(client, queue, n, deadline);
@@ -139,8 +139,8 @@ Result run_history(const Options& opt) {
         const std::string queue = unique_queue("history");
         JobSpec job = noop_job(queue, "h");
         job.max_attempts = ph.attempts;
-        job.backoff_ms = 1;
-        job.backoff_cap_ms = 1;
+        job.backoff = std::chrono::milliseconds(1);
+        job.backoff_cap = std::chrono::milliseconds(1);
         for (std::uint64_t done = 0; done < n;) {
             const std::uint64_t k = std::min<std::uint64_t>(n - done, 1000);
             client.submit_batch(std::vector<JobSpec>(k, job));

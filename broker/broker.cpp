@@ -337,7 +337,7 @@ struct Broker::State {
 
     void on_ping(const Request& rq) {
         auto req = rq.body.u64("req");
-        reply(rq.identity, cmd::kPong, encode(Pong{req, "0.1.0", now}), req);
+        reply(rq.identity, cmd::kPong, encode(Pong{req, "0.1.0", to_time(now)}), req);
     }
 
     void on_cancel(const Request& rq) {
@@ -441,8 +441,8 @@ struct Broker::State {
     std::shared_ptr<ReadView> take_read_view() {
         auto v = std::make_shared<ReadView>();
         StatsReply& rep = v->stats;
-        rep.time = now;
-        rep.started_at = started_at;
+        rep.time = to_time(now);
+        rep.started_at = to_time(started_at);
         rep.workers = workers.size();
         for (const auto& [inst, w] : workers.all())
             rep.running += w.jobs.size();
@@ -515,9 +515,10 @@ struct Broker::State {
     std::vector<WorkerInfo> worker_infos() const {
         std::vector<WorkerInfo> out;
         for (const auto& [inst, w] : workers.all()) {
-            WorkerInfo x{
-                w.name(),   inst,     w.host,      w.pid, w.queues,     w.concurrency,
-                w.prefetch, w.credit, w.last_seen, {},    w.reconnects, std::string(w.state())};
+            WorkerInfo x{w.name(),   inst,         w.host,
+                         w.pid,      w.queues,     w.concurrency,
+                         w.prefetch, w.credit,     to_time(w.last_seen),
+                         {},         w.reconnects, std::string(w.state())};
             for (const auto& [id, seq] : w.jobs)
                 if (auto r = engine.running(id)) x.jobs.push_back(std::move(*r));
             std::sort(x.jobs.begin(), x.jobs.end(),
@@ -1086,7 +1087,7 @@ struct Broker::State {
         auto& pending = engine.events();
         for (auto& p : pending) {
             p.event.seq = ++event_seq;
-            metrics.on_event(MetricEvent{p.event.queue, p.event.from, p.event.to, p.event.at,
+            metrics.on_event(MetricEvent{p.event.queue, p.event.from, p.event.to, to_ms(p.event.at),
                                          p.waited_ms, p.ran_ms, p.failed_attempt, p.event.reason});
             if (!cfg.events_endpoint.empty() && !captured) {
                 auto body = encode(p.event);

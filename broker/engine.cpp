@@ -6,6 +6,7 @@
 
 #include <algorithm>
 
+#include "errand/clock.hpp"
 #include "errand/duration.hpp"
 #include "errand/log_fields.hpp"
 #include "lifecycle.hpp"
@@ -231,8 +232,9 @@ Millis JobEngine::since(const Live& l) {
 
 void JobEngine::note_event(JobId id, const Live& l, const Transition& t) {
     PendingEvent p;
-    p.event = EventView{0,    id,       l.queue, t.from, t.to, t.attempts.value_or(l.attempts),
-                        t.at, t.worker, t.reason};
+    p.event = EventView{
+        0,        id,      l.queue, t.from, t.to, t.attempts.value_or(l.attempts), to_time(t.at),
+        t.worker, t.reason};
     if (t.from == JobState::ready && t.to == JobState::running)
         p.waited_ms = std::max<Millis>(0, now_ - since(l));
     if (t.from == JobState::running && since(l) > 0)
@@ -360,7 +362,7 @@ std::vector<Submitted> JobEngine::submit(std::vector<JobSpec> specs, Millis now)
 }
 
 NewJob JobEngine::new_job(JobSpec spec, Millis now) const {
-    Millis run_at = spec.run_at ? *spec.run_at : now + spec.delay_ms.value_or(0);
+    Millis run_at = spec.run_at ? to_ms(*spec.run_at) : now + to_ms(spec.delay).value_or(0);
     NewJob job;
     job.spec = std::move(spec);
     job.created_at = now;
@@ -374,15 +376,15 @@ NewJob JobEngine::new_job(JobSpec spec, Millis now) const {
 void JobEngine::admit(const NewJob& job, JobId id, const char* reason) {
     const Millis now = job.created_at;
     const JobSpec& js = job.spec;
-    const Millis run_at = js.run_at ? *js.run_at : now + js.delay_ms.value_or(0);
+    const Millis run_at = js.run_at ? to_ms(*js.run_at) : now + to_ms(js.delay).value_or(0);
     Live l;
     l.queue = intern(js.queue);
     l.unique = UniqueKey(js.unique);
     l.run_at = run_at;
     l.created_at = now;
-    l.timeout_ms = js.timeout_ms;
-    l.backoff_ms = js.backoff_ms;
-    l.backoff_cap_ms = js.backoff_cap_ms;
+    l.timeout_ms = to_ms(js.timeout);
+    l.backoff_ms = to_ms(js.backoff);
+    l.backoff_cap_ms = to_ms(js.backoff_cap);
     l.max_attempts = js.max_attempts;
     l.priority = static_cast<std::int16_t>(js.priority);
     l.state = job.state;
@@ -390,7 +392,7 @@ void JobEngine::admit(const NewJob& job, JobId id, const char* reason) {
     if (js.unique && !shared_) unique_live_[*js.unique] = id;
     ++counts_[js.queue][index_of(job.state)];
     pending_.push_back(
-        {EventView{0, id, js.queue, std::nullopt, job.state, 0, now, std::nullopt, reason},
+        {EventView{0, id, js.queue, std::nullopt, job.state, 0, to_time(now), std::nullopt, reason},
          std::nullopt, std::nullopt});
     place(id, live_.emplace(id, std::move(l)).first->second);
 }
@@ -435,8 +437,9 @@ std::vector<Claim> JobEngine::claim_shared(const std::string& queue, bool comman
         if (c[index_of(JobState::ready)] > 0) --c[index_of(JobState::ready)];
         ++c[index_of(JobState::running)];
         PendingEvent p;
-        p.event = EventView{0,          row.id, l.queue.str(), JobState::ready, JobState::running,
-                            l.attempts, now_,   by->name,      "dispatched"};
+        p.event =
+            EventView{0,          row.id,        l.queue.str(), JobState::ready, JobState::running,
+                      l.attempts, to_time(now_), by->name,      "dispatched"};
         p.waited_ms = std::max<Millis>(0, now_ - l.created_at);
         pending_.push_back(std::move(p));
         if (l.timeout_ms)
@@ -819,8 +822,8 @@ void JobEngine::tick_shared(Millis now, std::vector<Aborted>& aborted) {
             empty_.erase(p.queue);
             dispatch_hint_ = true;
             pending_.push_back(
-                {EventView{0, p.id, p.queue, p.from, JobState::ready, p.attempts, now, std::nullopt,
-                           p.from == JobState::retrying ? "retry delay over" : "due"},
+                {EventView{0, p.id, p.queue, p.from, JobState::ready, p.attempts, to_time(now),
+                           std::nullopt, p.from == JobState::retrying ? "retry delay over" : "due"},
                  std::nullopt, std::nullopt});
         }
     }
@@ -979,7 +982,7 @@ std::optional<Millis> JobEngine::oldest_ready(const std::string& queue) const {
 std::optional<WorkerJob> JobEngine::running(JobId id) const {
     auto l = live_.find(id);
     if (l == live_.end() || l->second.state != JobState::running) return std::nullopt;
-    return WorkerJob{id, l->second.queue, l->second.attempts, since(l->second)};
+    return WorkerJob{id, l->second.queue, l->second.attempts, to_time(since(l->second))};
 }
 
 bool JobEngine::unfinished(JobId id) {

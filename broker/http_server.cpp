@@ -417,7 +417,7 @@ struct HttpServer::Impl {
             out.push_back({{"name", q.name},
                            {"paused", q.paused},
                            {"counts", counts_json(q.counts)},
-                           {"oldest_ready_at", json_time(q.oldest_ready_at)},
+                           {"oldest_ready_at", json_time(to_time(q.oldest_ready_at))},
                            {"oldest_ready_age_seconds", ready_age(*s, q)},
                            {"worker_slots", slots.count(q.name) ? slots[q.name] : 0},
                            {"finished_per_second", q.finished_per_second},

@@ -6,6 +6,7 @@
 #include <string>
 #include <string_view>
 
+#include "errand/clock.hpp"
 #include "errand/codec.hpp"
 #include "store.hpp"
 
@@ -52,12 +53,12 @@ JobInfo read_job(const Row& s) {
     j.worker = s.opt_text(8);
     j.argv = s.argv(9);
     j.payload_size = static_cast<std::uint64_t>(s.i64(10));
-    j.created_at = s.i64(11);
-    j.started_at = s.opt_i64(12);
-    j.finished_at = s.opt_i64(13);
-    j.run_at = s.opt_i64(14);
+    j.created_at = to_time(s.i64(11));
+    j.started_at = to_time(s.opt_i64(12));
+    j.finished_at = to_time(s.opt_i64(13));
+    j.run_at = to_time(s.opt_i64(14));
     j.priority = static_cast<std::int32_t>(s.i64(15));
-    j.timeout_ms = s.opt_i64(16);
+    j.timeout = to_duration(s.opt_i64(16));
     j.unique = s.opt_text(17);
     if (auto p = s.opt_i64(18)) j.progress = static_cast<std::uint32_t>(*p);
     j.progress_message = s.opt_text(19);

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "errand/clock.hpp"
 #include "errand/codec.hpp"
 
 namespace errand::broker {
@@ -61,7 +62,7 @@ std::string answer_queues(ReadView& view, std::uint64_t req) {
     std::vector<QueueInfo> out;
     for (const auto& q : view.queues)
         if (q.paused || std::any_of(q.counts.begin(), q.counts.end(), [](auto n) { return n > 0; }))
-            out.push_back({q.name, q.paused, counts_of(q), q.oldest_ready_at});
+            out.push_back({q.name, q.paused, counts_of(q), to_time(q.oldest_ready_at)});
     return encode_queues(req, out);
 }
 

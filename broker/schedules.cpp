@@ -20,6 +20,7 @@
 
 #include "cron.hpp"
 #include "engine.hpp"
+#include "errand/clock.hpp"
 
 namespace errand::broker {
 namespace {
@@ -59,16 +60,16 @@ Schedule JobEngine::add_schedule(Schedule s, Millis now) {
     if (store_.list_schedules(cfg_.max_schedules).size() >= cfg_.max_schedules)
         throw ProtocolError(ErrorCode::too_large,
                             fmt::format("{} schedules exist, the limit", cfg_.max_schedules));
-    s.created_at = now;
-    s.next_at = cron.next_after(now);
+    s.created_at = to_time(now);
+    s.next_at = to_time(cron.next_after(now));
     s.last_at.reset();
     s.last_job.reset();
     s.last_state.reset();
     if (!store_.insert_schedule(s))  // another broker added the name in the meantime
         throw ProtocolError(ErrorCode::invalid_state,
                             fmt::format("a schedule named '{}' exists already", s.name));
-    if (!s.paused && s.next_at && (!next_schedule_ || *s.next_at < *next_schedule_))
-        next_schedule_ = s.next_at;
+    if (!s.paused && s.next_at && (!next_schedule_ || to_ms(*s.next_at) < *next_schedule_))
+        next_schedule_ = to_ms(s.next_at);
     return s;
 }
 
@@ -82,11 +83,11 @@ Schedule JobEngine::pause_schedule(const std::string& name, bool paused, Millis 
     if (!s) no_schedule(name);
     if (s->paused != paused) {
         // Resumed: from now on; the ticks of the pause are not caught up.
-        if (!paused) s->next_at = parse_cron(*s).next_after(now);
-        store_.set_schedule_paused(name, paused, s->next_at);
+        if (!paused) s->next_at = to_time(parse_cron(*s).next_after(now));
+        store_.set_schedule_paused(name, paused, to_ms(s->next_at));
         s->paused = paused;
-        if (!paused && s->next_at && (!next_schedule_ || *s->next_at < *next_schedule_))
-            next_schedule_ = s->next_at;
+        if (!paused && s->next_at && (!next_schedule_ || to_ms(*s->next_at) < *next_schedule_))
+            next_schedule_ = to_ms(s->next_at);
     }
     with_last_state(*s);
     return *s;
@@ -118,8 +119,8 @@ void JobEngine::fire_schedules(Millis now) {
 }
 
 void JobEngine::fire_schedule(const Schedule& s, Millis now) {
-    const Millis from = *s.next_at;
-    ScheduleAdvance to{std::nullopt, s.last_at, s.last_job};
+    const Millis from = to_ms(*s.next_at);
+    ScheduleAdvance to{std::nullopt, to_ms(s.last_at), s.last_job};
     std::optional<CronSchedule> cron;
     try {
         cron = CronSchedule::parse(s.cron, s.zone);

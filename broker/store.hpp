@@ -34,7 +34,7 @@ class StoreError : public std::runtime_error {
 // A new job as SUBMIT inserts it: the request as the client sent it (validated by the codec), and
 // what the broker decided of it. A field added to JobSpec reaches the store through here.
 struct NewJob {
-    JobSpec spec;                      // its delay_ms is folded into run_at
+    JobSpec spec;                      // its delay is folded into run_at
     JobState state = JobState::ready;  // ready, or scheduled (run_at in the future)
     std::optional<Millis> run_at;      // scheduled: when due
     Millis created_at = 0;

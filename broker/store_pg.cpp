@@ -621,9 +621,9 @@ Inserted PgStore::insert_job(const NewJob& job, const std::string& reason) {
         .i64(s.max_attempts)
         .opt_i64(job.run_at)
         .i64(job.created_at)
-        .opt_i64(s.timeout_ms)
-        .opt_i64(s.backoff_ms)
-        .opt_i64(s.backoff_cap_ms)
+        .opt_i64(to_ms(s.timeout))
+        .opt_i64(to_ms(s.backoff))
+        .opt_i64(to_ms(s.backoff_cap))
         .opt_text(s.unique)
         .text(reason);
     auto r = run("insert", p);
@@ -669,10 +669,9 @@ std::vector<Inserted> PgStore::insert_jobs(const std::vector<NewJob>& jobs,
         max_attempts.emplace_back(s.max_attempts);
         run_at.push_back(job.run_at);
         created_at.emplace_back(job.created_at);
-        timeout.push_back(s.timeout_ms ? std::optional<std::int64_t>(*s.timeout_ms) : std::nullopt);
-        backoff.push_back(s.backoff_ms ? std::optional<std::int64_t>(*s.backoff_ms) : std::nullopt);
-        backoff_cap.push_back(s.backoff_cap_ms ? std::optional<std::int64_t>(*s.backoff_cap_ms)
-                                               : std::nullopt);
+        timeout.push_back(to_ms(s.timeout));
+        backoff.push_back(to_ms(s.backoff));
+        backoff_cap.push_back(to_ms(s.backoff_cap));
         reason_of.emplace_back(reasons[i]);
     }
     pg::Params p;
@@ -818,7 +817,7 @@ std::vector<Event> PgStore::events(JobId id) {
     std::vector<Event> out;
     for (int i = 0; i < r.rows(); ++i) {
         Event e;
-        e.at = r.i64(i, 0);
+        e.at = to_time(r.i64(i, 0));
         if (auto f = r.opt_text(i, 1)) e.from = stored_state(*f);
         e.to = stored_state(r.text(i, 2));
         e.attempt = static_cast<std::uint32_t>(r.i64(i, 3));
@@ -995,7 +994,7 @@ std::vector<BrokerInfo> PgStore::cluster() {
     std::vector<BrokerInfo> out;
     for (int i = 0; i < r.rows(); ++i)
         out.push_back({r.text(i, 0), r.text(i, 1), static_cast<std::uint64_t>(r.i64(i, 2)),
-                       r.i64(i, 3), r.boolean(i, 4)});
+                       to_time(r.i64(i, 3)), r.boolean(i, 4)});
     return out;
 }
 
@@ -1129,9 +1128,9 @@ std::vector<Schedule> read_schedules(const pg::Result& r) {
         Body body(job);
         s.job = decode_job_spec(body.reader());
         s.paused = row.i64(5) != 0;
-        s.created_at = row.i64(6);
-        s.next_at = row.opt_i64(7);
-        s.last_at = row.opt_i64(8);
+        s.created_at = to_time(row.i64(6));
+        s.next_at = to_time(row.opt_i64(7));
+        s.last_at = to_time(row.opt_i64(8));
         if (auto j = row.opt_i64(9)) s.last_job = static_cast<JobId>(*j);
         out.push_back(std::move(s));
     }
@@ -1148,8 +1147,8 @@ bool PgStore::insert_schedule(const Schedule& s) {
                                         .text(s.catch_up)
                                         .bytes(encode(s.job))
                                         .boolean(s.paused)
-                                        .i64(s.created_at)
-                                        .opt_i64(s.next_at));
+                                        .i64(to_ms(s.created_at))
+                                        .opt_i64(to_ms(s.next_at)));
     return r.affected() > 0;
 }
 

@@ -251,7 +251,7 @@ constexpr std::size_t kInlinePayload = 512;
 
 // The event of a transition, as its events row holds it.
 Event event_of(const Transition& t) {
-    return Event{t.at, t.from, t.to, t.attempts.value_or(0), t.worker, t.reason};
+    return Event{to_time(t.at), t.from, t.to, t.attempts.value_or(0), t.worker, t.reason};
 }
 
 // A job's first event, as its history column holds it (versions 4-7 appended every event).
@@ -259,7 +259,7 @@ std::string pack_event(const Event& e) {
     msgpack::sbuffer buf(64);
     msgpack::packer<msgpack::sbuffer> pk(buf);
     pk.pack_array(6);
-    pk.pack_int64(e.at);
+    pk.pack_int64(to_ms(e.at));
     if (e.from)
         pk.pack(to_string(*e.from));
     else
@@ -308,7 +308,7 @@ void unpack_history(JobId id, const void* data, int size, std::vector<Event>& ou
     try {
         for_each_record(data, size, 6, [&](const msgpack::object* f) {
             Event e;
-            e.at = f[0].as<std::int64_t>();
+            e.at = to_time(f[0].as<std::int64_t>());
             if (!f[1].is_nil()) e.from = stored_state(f[1].as<std::string>());
             e.to = stored_state(f[2].as<std::string>());
             e.attempt = f[3].as<std::uint32_t>();
@@ -486,7 +486,7 @@ std::vector<Event> read_events(JobId id, Stmt& s, Stmt& history) {
     s.bind(1, static_cast<std::int64_t>(id));
     while (s.step()) {
         Event e;
-        e.at = s.i64(0);
+        e.at = to_time(s.i64(0));
         if (auto f = s.opt_text(1)) e.from = stored_state(*f);
         e.to = stored_state(s.text(2));
         e.attempt = static_cast<std::uint32_t>(s.i64(3));
@@ -519,7 +519,7 @@ constexpr const char* kEventsOfJob =
 
 // Binds an events row's id and columns, from parameter `first` on.
 void bind_event(Stmt& s, int first, std::int64_t id, const Event& e) {
-    s.bind(first, id).bind(first + 1, e.at);
+    s.bind(first, id).bind(first + 1, to_ms(e.at));
     if (e.from)
         s.bind_ref(first + 2, to_string(*e.from));
     else
@@ -907,8 +907,8 @@ void SqliteStore::rollback() {
 Inserted SqliteStore::insert_job(const NewJob& job, const std::string& reason) {
     begin();
     const bool inline_payload = job.spec.payload.size() <= kInlinePayload;
-    const std::string first =
-        pack_event(Event{job.created_at, std::nullopt, job.state, 0, std::nullopt, reason});
+    const std::string first = pack_event(
+        Event{to_time(job.created_at), std::nullopt, job.state, 0, std::nullopt, reason});
     auto& s = st_->insert.reset();
     s.bind(1, static_cast<std::int64_t>(next_id_))
         .bind_opt_ref(2, job.spec.token)
@@ -923,9 +923,9 @@ Inserted SqliteStore::insert_job(const NewJob& job, const std::string& reason) {
         .bind(8, static_cast<std::int64_t>(job.spec.max_attempts))
         .bind_opt(9, job.run_at)
         .bind(10, job.created_at)
-        .bind_opt(11, job.spec.timeout_ms)
-        .bind_opt(12, job.spec.backoff_ms)
-        .bind_opt(13, job.spec.backoff_cap_ms)
+        .bind_opt(11, to_ms(job.spec.timeout))
+        .bind_opt(12, to_ms(job.spec.backoff))
+        .bind_opt(13, to_ms(job.spec.backoff_cap))
         .bind_opt_ref(14, job.spec.unique)
         .bind_blob_ref(15, first)
         .run();
@@ -1072,7 +1072,7 @@ void SqliteStore::overlay(JobInfo& j) const {
     j.state = JobState::running;
     j.attempts = *t.attempts;
     if (t.worker) j.worker = t.worker;
-    if (t.started_at) j.started_at = t.started_at;
+    if (t.started_at) j.started_at = to_time(t.started_at);
     j.run_at.reset();
     j.finished_at.reset();
     j.progress.reset();
@@ -1433,9 +1433,9 @@ Schedule read_schedule(const Stmt& s) {
     Body body(job);
     out.job = decode_job_spec(body.reader());
     out.paused = s.i64(5) != 0;
-    out.created_at = s.i64(6);
-    out.next_at = s.opt_i64(7);
-    out.last_at = s.opt_i64(8);
+    out.created_at = to_time(s.i64(6));
+    out.next_at = to_time(s.opt_i64(7));
+    out.last_at = to_time(s.opt_i64(8));
     if (auto j = s.opt_i64(9)) out.last_job = static_cast<JobId>(*j);
     return out;
 }
@@ -1467,8 +1467,8 @@ bool SqliteStore::insert_schedule(const Schedule& s) {
         .bind(4, std::string_view(s.catch_up))
         .bind_blob(5, encode(s.job))
         .bind(6, std::int64_t{s.paused ? 1 : 0})
-        .bind(7, s.created_at)
-        .bind_opt(8, s.next_at)
+        .bind(7, to_ms(s.created_at))
+        .bind_opt(8, to_ms(s.next_at))
         .run();
     return sqlite3_changes(db_) > 0;
 }

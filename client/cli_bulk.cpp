@@ -16,6 +16,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "errand/clock.hpp"
 #include "errand/duration.hpp"
 #include "errand/spelling.hpp"
 
@@ -140,7 +141,7 @@ Int int_field(const json& v, const char* key, Int lo, Int hi) {
 }
 
 // Integer milliseconds or a duration string ("1h30m").
-Millis duration_field(const json& v, const char* key, Millis lo, Millis hi) {
+std::chrono::milliseconds duration_field(const json& v, const char* key, Millis lo, Millis hi) {
     std::optional<Millis> ms;
     if (v.is_number_integer()) ms = v.get<std::int64_t>();
     if (v.is_string()) ms = errand::parse_duration(v.get<std::string>());
@@ -152,7 +153,7 @@ Millis duration_field(const json& v, const char* key, Millis lo, Millis hi) {
         throw BadLine(fmt::format("'{}' must be from {} to {}", key, errand::format_duration(lo),
                                   errand::format_duration(hi)));
     }
-    return *ms;
+    return std::chrono::milliseconds{*ms};
 }
 
 // The job of one line, on top of `defaults`.
@@ -215,17 +216,17 @@ JobSpec parse_line(std::string_view text, const JobSpec& defaults) {
                     "'run_at' must be an RFC 3339 time (e.g. \"2026-11-28T20:00:00Z\") or ms "
                     "since the epoch");
             }
-            spec.run_at = at;
-            spec.delay_ms.reset();
+            spec.run_at = errand::to_time(*at);
+            spec.delay.reset();
         } else if (key == "delay_ms") {
-            spec.delay_ms = duration_field(v, "delay_ms", 0, limits::kMaxDelayMs);
+            spec.delay = duration_field(v, "delay_ms", 0, limits::kMaxDelayMs);
             spec.run_at.reset();
         } else if (key == "timeout_ms") {
-            spec.timeout_ms = duration_field(v, "timeout_ms", 1, limits::kMaxTimeoutMs);
+            spec.timeout = duration_field(v, "timeout_ms", 1, limits::kMaxTimeoutMs);
         } else if (key == "backoff_ms") {
-            spec.backoff_ms = duration_field(v, "backoff_ms", 0, limits::kMaxDelayMs);
+            spec.backoff = duration_field(v, "backoff_ms", 0, limits::kMaxDelayMs);
         } else if (key == "backoff_cap_ms") {
-            spec.backoff_cap_ms = duration_field(v, "backoff_cap_ms", 0, limits::kMaxDelayMs);
+            spec.backoff_cap = duration_field(v, "backoff_cap_ms", 0, limits::kMaxDelayMs);
         } else if (key == "unique") {
             spec.unique = string_field(v, "unique");
             if (spec.unique->empty() || spec.unique->size() > limits::kMaxUniqueKey)
@@ -237,7 +238,7 @@ JobSpec parse_line(std::string_view text, const JobSpec& defaults) {
         !j["delay_ms"].is_null()) {
         throw BadLine("give 'run_at' or 'delay_ms', not both");
     }
-    if (spec.backoff_ms && spec.backoff_cap_ms && *spec.backoff_cap_ms < *spec.backoff_ms)
+    if (spec.backoff && spec.backoff_cap && *spec.backoff_cap < *spec.backoff)
         throw BadLine("'backoff_cap_ms' must not be less than 'backoff_ms'");
     return spec;
 }

@@ -28,6 +28,7 @@
 #include "cli_output.hpp"
 #include "cli_schedule.hpp"
 #include "errand/client.hpp"
+#include "errand/clock.hpp"
 #include "errand/duration.hpp"
 #include "errand/spelling.hpp"
 #include "errand/transport.hpp"
@@ -39,6 +40,7 @@ using errand::JobId;
 using errand::JobInfo;
 using errand::JobState;
 using errand::Millis;
+using errand::Timestamp;
 
 using enum errand::cli::Exit;  // the exit codes, and their help text (cli_exit.hpp)
 
@@ -122,10 +124,9 @@ struct HistoryArgs {
     bool json = false;
 };
 
-Millis now_ms() {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(
-               std::chrono::system_clock::now().time_since_epoch())
-        .count();
+Timestamp now_time() {
+    return std::chrono::time_point_cast<std::chrono::milliseconds>(
+        std::chrono::system_clock::now());
 }
 
 // Only called on values a duration_check validator has accepted.
@@ -363,13 +364,13 @@ int run_submit(errand::Client& client, const SubmitArgs& args) {
     spec.max_attempts = args.max_attempts;
     spec.token = args.token;
     spec.priority = args.priority;
-    if (args.delay) spec.delay_ms = to_ms(*args.delay);
-    if (args.at) spec.run_at = errand::cli::parse_time(*args.at);
-    if (args.timeout) spec.timeout_ms = to_ms(*args.timeout);
+    if (args.delay) spec.delay = std::chrono::milliseconds(to_ms(*args.delay));
+    if (args.at) spec.run_at = errand::to_time(errand::cli::parse_time(*args.at));
+    if (args.timeout) spec.timeout = std::chrono::milliseconds(to_ms(*args.timeout));
     if (args.backoff) {
         auto backoff = parse_backoff(*args.backoff);
-        spec.backoff_ms = backoff.base;
-        spec.backoff_cap_ms = backoff.cap;
+        spec.backoff = std::chrono::milliseconds(backoff.base);
+        spec.backoff_cap = errand::to_duration(backoff.cap);
     }
     spec.unique = args.unique;
     if (args.jsonl) {
@@ -441,7 +442,7 @@ int run_status(errand::Client& client, const StatusArgs& args) {
         if (args.json)
             std::cout << errand::cli::job_json(job) << '\n';
         else
-            std::cout << errand::cli::job_text(job, now_ms());
+            std::cout << errand::cli::job_text(job, now_time());
         std::cout.flush();
     });
 }
@@ -491,7 +492,7 @@ int run_list(errand::Client& client, const ListArgs& args) {
     if (args.json)
         std::cout << errand::cli::jobs_json(jobs) << '\n';
     else
-        std::cout << errand::cli::jobs_table(jobs, now_ms());
+        std::cout << errand::cli::jobs_table(jobs, now_time());
     return kOk;
 }
 
@@ -550,7 +551,7 @@ int run_queues(errand::Client& client, const JsonArgs& args) {
     if (args.json)
         std::cout << errand::cli::queues_json(queues) << '\n';
     else
-        std::cout << errand::cli::queues_table(queues, now_ms());
+        std::cout << errand::cli::queues_table(queues, now_time());
     return kOk;
 }
 

@@ -16,6 +16,8 @@
 #include "errand/transport.hpp"
 
 namespace errand::cli {
+
+using namespace std::chrono_literals;
 namespace {
 
 volatile std::sig_atomic_t g_stop = 0;
@@ -23,10 +25,9 @@ void on_signal(int) {
     g_stop = 1;
 }
 
-Millis now_ms() {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(
-               std::chrono::system_clock::now().time_since_epoch())
-        .count();
+Timestamp now_time() {
+    return std::chrono::time_point_cast<std::chrono::milliseconds>(
+        std::chrono::system_clock::now());
 }
 
 std::string event_line(const JobEvent& e, bool as_json) {
@@ -134,10 +135,9 @@ int run_stats(Client& client, bool as_json) {
     if (s.broker) {
         std::cout << fmt::format("answered by {}; cluster of {}:\n", *s.broker, s.brokers.size());
         for (const auto& b : s.brokers)
-            std::cout << fmt::format("  {} {} pid {}, seen {} ago{}\n",
-                                     b.id == *s.broker ? "*" : " ", b.host, b.pid,
-                                     format_duration(std::max<Millis>(0, s.time - b.seen_at)),
-                                     b.leader ? ", leader" : "");
+            std::cout << fmt::format(
+                "  {} {} pid {}, seen {} ago{}\n", b.id == *s.broker ? "*" : " ", b.host, b.pid,
+                format_duration(std::max(0ms, s.time - b.seen_at)), b.leader ? ", leader" : "");
     }
     std::cout << "jobs:";
     for (JobState st : kAllStates)
@@ -164,7 +164,7 @@ int run_stats(Client& client, bool as_json) {
 
 int run_workers(Client& client, bool as_json) {
     auto workers = client.workers();
-    Millis now = now_ms();
+    Timestamp now = now_time();
     if (as_json) {
         Json out = Json::array();
         for (const auto& w : workers)

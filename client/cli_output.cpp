@@ -17,6 +17,8 @@
 
 namespace errand::cli {
 
+using namespace std::chrono_literals;
+
 namespace {
 
 // Text a terminal shows as it is: UTF-8 without control characters other than tab and newline.
@@ -87,7 +89,7 @@ std::uint64_t count_of(const QueueInfo& q, JobState state) {
     return 0;
 }
 
-std::string time_with_age(Millis t, Millis now) {
+std::string time_with_age(Timestamp t, Timestamp now) {
     return fmt::format("{} ({})", format_time(t), format_age(t, now));
 }
 
@@ -106,7 +108,7 @@ std::string state_names() {
     return out;
 }
 
-std::string format_age(Millis then, Millis now) {
+std::string format_age(Timestamp then, Timestamp now) {
     if (then > now) return "in " + format_duration(then - now);
     return format_duration(now - then) + " ago";
 }
@@ -145,7 +147,7 @@ std::string shell_join(const std::vector<std::string>& argv) {
     return out;
 }
 
-std::string job_text(const JobInfo& job, Millis now) {
+std::string job_text(const JobInfo& job, Timestamp now) {
     std::vector<std::pair<std::string, std::string>> rows;
     rows.emplace_back("id", std::to_string(job.id));
     rows.emplace_back("queue", job.queue);
@@ -166,7 +168,7 @@ std::string job_text(const JobInfo& job, Millis now) {
     if (job.run_at && (job.state == JobState::scheduled || job.state == JobState::retrying)) {
         rows.emplace_back("runs at", time_with_age(*job.run_at, now));
     }
-    if (job.timeout_ms) rows.emplace_back("timeout", format_duration(*job.timeout_ms));
+    if (job.timeout) rows.emplace_back("timeout", format_duration(*job.timeout));
     if (job.unique) rows.emplace_back("unique key", *job.unique);
     if (job.error) rows.emplace_back("error", *job.error);
     if (job.result) rows.emplace_back("result", summarize_result(*job.result));
@@ -192,19 +194,19 @@ std::string job_text(const JobInfo& job, Millis now) {
     return out;
 }
 
-std::string jobs_table(const std::vector<JobInfo>& jobs, Millis now) {
+std::string jobs_table(const std::vector<JobInfo>& jobs, Timestamp now) {
     std::vector<std::vector<std::string>> rows;
     rows.push_back({"ID", "QUEUE", "STATE", "ATTEMPTS", "WORKER", "AGE"});
     for (const auto& job : jobs) {
         rows.push_back({std::to_string(job.id), job.queue, std::string(to_string(job.state)),
                         fmt::format("{}/{}", job.attempts, job.max_attempts),
                         job.worker.value_or("-"),
-                        format_duration(std::max<Millis>(0, now - job.created_at))});
+                        format_duration(std::max(0ms, now - job.created_at))});
     }
     return table(rows, std::vector<Align>(6, Align::left));
 }
 
-std::string queues_table(const std::vector<QueueInfo>& queues, Millis now) {
+std::string queues_table(const std::vector<QueueInfo>& queues, Timestamp now) {
     std::vector<std::vector<std::string>> rows;
     std::vector<std::string> header = {"QUEUE", "PAUSED"};
     std::vector<Align> align = {Align::left, Align::left};
@@ -224,9 +226,8 @@ std::string queues_table(const std::vector<QueueInfo>& queues, Millis now) {
         std::vector<std::string> row = {q.name, q.paused ? "yes" : "no"};
         for (JobState s : all_states())
             row.push_back(std::to_string(count_of(q, s)));
-        row.push_back(q.oldest_ready_at
-                          ? format_duration(std::max<Millis>(0, now - *q.oldest_ready_at))
-                          : "-");
+        row.push_back(q.oldest_ready_at ? format_duration(std::max(0ms, now - *q.oldest_ready_at))
+                                        : "-");
         rows.push_back(std::move(row));
     }
     return table(rows, align);

@@ -24,7 +24,7 @@ std::string state_names();
 using errand::format_time;
 using errand::parse_time;
 // How far `then` lies from `now`: "3.2s ago", "in 2.0s".
-std::string format_age(Millis then, Millis now);
+std::string format_age(Timestamp then, Timestamp now);
 // One line for a result: the text itself when it is a single printable line, its first line and
 // size when it has several, "N bytes" when it is binary.
 std::string summarize_result(std::string_view result);
@@ -33,12 +33,12 @@ std::string shell_join(const std::vector<std::string>& argv);
 
 // `errand status`: aligned "key: value" lines, each ending in '\n'; absent fields are left out
 // (priority when 0; "runs at" unless the job is scheduled or retrying).
-std::string job_text(const JobInfo& job, Millis now);
+std::string job_text(const JobInfo& job, Timestamp now);
 // `errand list`: a table with a header row (ID QUEUE STATE ATTEMPTS WORKER AGE), one job a line.
-std::string jobs_table(const std::vector<JobInfo>& jobs, Millis now);
+std::string jobs_table(const std::vector<JobInfo>& jobs, Timestamp now);
 // `errand queues`: a table with a header row (QUEUE PAUSED, a count per state, OLDEST-READY as an
 // age or "-"), one queue a line, sorted by name.
-std::string queues_table(const std::vector<QueueInfo>& queues, Millis now);
+std::string queues_table(const std::vector<QueueInfo>& queues, Timestamp now);
 // `errand history`: one aligned line per event, oldest first: time, "from → to" ("(new)" when
 // there is no from), "attempt N", worker or "-", reason (its first line).
 std::string events_text(const std::vector<Event>& events);

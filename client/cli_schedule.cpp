@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "cli_output.hpp"
+#include "errand/clock.hpp"
 #include "errand/duration.hpp"
 #include "errand/json.hpp"
 
@@ -67,13 +68,12 @@ std::optional<std::pair<Millis, std::optional<Millis>>> parse_backoff(std::strin
     return std::pair{*base, std::optional<Millis>{*cap}};
 }
 
-Millis now_ms() {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(
-               std::chrono::system_clock::now().time_since_epoch())
-        .count();
+Timestamp now_time() {
+    return std::chrono::time_point_cast<std::chrono::milliseconds>(
+        std::chrono::system_clock::now());
 }
 
-std::string when(const std::optional<Millis>& t, Millis now) {
+std::string when(const std::optional<Timestamp>& t, Timestamp now) {
     if (!t) return "-";
     return fmt::format("{} ({})", format_time(*t), format_age(*t, now));
 }
@@ -85,7 +85,7 @@ std::string last_job(const Schedule& s) {
 
 }  // namespace
 
-std::string schedule_text(const Schedule& s, Millis now) {
+std::string schedule_text(const Schedule& s, Timestamp now) {
     std::string out;
     auto line = [&](std::string_view key, const std::string& value) {
         out += fmt::format("{:<11}{}\n", fmt::format("{}:", key), value);
@@ -105,7 +105,7 @@ std::string schedule_text(const Schedule& s, Millis now) {
     return out;
 }
 
-std::string schedules_table(const std::vector<Schedule>& all, Millis now) {
+std::string schedules_table(const std::vector<Schedule>& all, Timestamp now) {
     std::size_t wn = 4, wc = 4, wq = 5;
     for (const auto& s : all) {
         wn = std::max(wn, s.name.size());
@@ -195,7 +195,7 @@ ScheduleCommands add_schedule_commands(CLI::App& app, const std::vector<std::str
     show->add_flag("--json", args->json, "print one JSON object");
 
     out.run = [args, add, list, show, rm, pause, resume, &job_argv](Client& c) -> int {
-        const Millis now = now_ms();
+        const Timestamp now = now_time();
         if (add->parsed()) {
             const auto& a = args->add;
             Schedule s;
@@ -209,11 +209,11 @@ ScheduleCommands add_schedule_commands(CLI::App& app, const std::vector<std::str
             if (!job_argv.empty()) s.job.argv = job_argv;
             s.job.max_attempts = a.max_attempts;
             s.job.priority = a.priority;
-            if (a.timeout) s.job.timeout_ms = parse_duration(*a.timeout);
+            if (a.timeout) s.job.timeout = to_duration(parse_duration(*a.timeout));
             if (a.backoff) {
                 auto b = parse_backoff(*a.backoff);
-                s.job.backoff_ms = b->first;
-                s.job.backoff_cap_ms = b->second;
+                s.job.backoff = std::chrono::milliseconds(b->first);
+                s.job.backoff_cap = to_duration(b->second);
             }
             auto added = c.schedule_add(s);
             std::cout << schedule_text(added, now);

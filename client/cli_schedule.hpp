@@ -23,7 +23,7 @@ struct ScheduleCommands {
 ScheduleCommands add_schedule_commands(CLI::App& app, const std::vector<std::string>& job_argv);
 
 // `schedule show`: aligned "key: value" lines. `schedule list`: a table with a header row.
-std::string schedule_text(const Schedule& s, Millis now);
-std::string schedules_table(const std::vector<Schedule>& all, Millis now);
+std::string schedule_text(const Schedule& s, Timestamp now);
+std::string schedules_table(const std::vector<Schedule>& all, Timestamp now);
 
 }  // namespace errand::cli

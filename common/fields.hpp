@@ -15,6 +15,7 @@
 
 #include <msgpack.hpp>
 
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <optional>
@@ -131,19 +132,36 @@ struct I32 {
     }
 };
 // A point in time: int ms since the Unix epoch (RFC 3339 in JSON).
-struct Time : I64 {};
-// A duration: uint ms, at most `max` (an integer of ms in JSON too).
-struct Duration {
-    using value_type = Millis;
-    static constexpr std::string_view wire = "uint";
-    Millis max = INT64_MAX;
-    void write(Packer& pk, Millis v) const { pk.pack_uint64(static_cast<std::uint64_t>(v)); }
-    Millis read(std::string_view k, const msgpack::object& o, const DecodeLimits&) const {
-        auto v = as_u64(k, o);
-        if (v > static_cast<std::uint64_t>(max)) above_ms(k, max);
-        return static_cast<Millis>(v);
+struct Time {
+    using value_type = Timestamp;
+    static constexpr std::string_view wire = "int";
+    void write(Packer& pk, Timestamp v) const { pk.pack_int64(v.time_since_epoch().count()); }
+    Timestamp read(std::string_view k, const msgpack::object& o, const DecodeLimits&) const {
+        return Timestamp{std::chrono::milliseconds{as_i64(k, o)}};
     }
 };
+// A duration: uint ms, at most `max` (an integer of ms in JSON too). `T` is the member's type:
+// std::chrono::milliseconds in the API's structs (Duration), Millis in the others (DurationMs).
+template <class T>
+struct DurationOf {
+    using value_type = T;
+    static constexpr std::string_view wire = "uint";
+    Millis max = INT64_MAX;
+    static Millis count(T v) {
+        if constexpr (std::is_same_v<T, Millis>)
+            return v;
+        else
+            return v.count();
+    }
+    void write(Packer& pk, T v) const { pk.pack_uint64(static_cast<std::uint64_t>(count(v))); }
+    T read(std::string_view k, const msgpack::object& o, const DecodeLimits&) const {
+        auto v = as_u64(k, o);
+        if (v > static_cast<std::uint64_t>(max)) above_ms(k, max);
+        return T{static_cast<Millis>(v)};
+    }
+};
+using Duration = DurationOf<std::chrono::milliseconds>;
+using DurationMs = DurationOf<Millis>;
 struct F64 {
     using value_type = double;
     static constexpr std::string_view wire = "float";

@@ -16,8 +16,12 @@ template <class C, class V>
 Json value_of(const C&, const V& v) {
     return v;  // numbers, bools, strings, bytes (as strings) and their arrays
 }
-Json value_of(const Time&, Millis t) {
+Json value_of(const Time&, Timestamp t) {
     return format_time(t);
+}
+template <class T>
+Json value_of(const DurationOf<T>&, T d) {
+    return DurationOf<T>::count(d);
 }
 Json value_of(const State&, JobState s) {
     return std::string(to_string(s));
@@ -121,7 +125,7 @@ Json to_json(const Schedule& schedule) {
     return fields::object_of<fields::ScheduleT>(schedule);
 }
 
-Json json_time(const std::optional<Millis>& t) {
+Json json_time(const std::optional<Timestamp>& t) {
     if (!t) return nullptr;
     return format_time(*t);
 }

@@ -105,7 +105,7 @@ struct JobSpecT {
         "SUBMIT job",
         {.post =
              [](JobSpec& j, const Reader&, const DecodeLimits&) {
-                 if (j.run_at && j.delay_ms) bad("give either 'run_at' or 'delay_ms', not both");
+                 if (j.run_at && j.delay) bad("give either 'run_at' or 'delay_ms', not both");
              }},
         field("queue", &JobSpec::queue, Queue{}, required),
         field("payload", &JobSpec::payload, bin(&DecodeLimits::max_payload), defaulted),
@@ -132,18 +132,19 @@ struct JobSpecT {
                                       limits::kMaxPriority));
               }),
         field("run_at", &JobSpec::run_at, Time{}, omit,
-              [](const Millis& t) {
-                  if (t < 0 || t > limits::kMaxRunAt)
+              [](const Timestamp& t) {
+                  auto ms = t.time_since_epoch().count();
+                  if (ms < 0 || ms > limits::kMaxRunAt)
                       bad(fmt::format("run_at must be 0 to {} (ms since the Unix epoch)",
                                       limits::kMaxRunAt));
               }),
-        field("delay_ms", &JobSpec::delay_ms, Duration{limits::kMaxDelayMs}, omit),
-        field("timeout_ms", &JobSpec::timeout_ms, Duration{limits::kMaxTimeoutMs}, omit,
-              [](const Millis& t) {
-                  if (t == 0) bad("field 'timeout_ms' must be positive");
+        field("delay_ms", &JobSpec::delay, Duration{limits::kMaxDelayMs}, omit),
+        field("timeout_ms", &JobSpec::timeout, Duration{limits::kMaxTimeoutMs}, omit,
+              [](const std::chrono::milliseconds& t) {
+                  if (t.count() == 0) bad("field 'timeout_ms' must be positive");
               }),
-        field("backoff_ms", &JobSpec::backoff_ms, Duration{limits::kMaxDelayMs}, omit),
-        field("backoff_cap_ms", &JobSpec::backoff_cap_ms, Duration{limits::kMaxDelayMs}, omit),
+        field("backoff_ms", &JobSpec::backoff, Duration{limits::kMaxDelayMs}, omit),
+        field("backoff_cap_ms", &JobSpec::backoff_cap, Duration{limits::kMaxDelayMs}, omit),
         field("unique", &JobSpec::unique, str(limits::kMaxUniqueKey, true), omit));
 };
 
@@ -162,7 +163,7 @@ struct SubmitT {
                   check_too_many(n, lim.max_batch, "jobs", "SUBMIT");
               }},
               required),
-        field("wait_ms", &SubmitRequest::wait_ms, Duration{limits::kMaxWaitMs}, omit));
+        field("wait_ms", &SubmitRequest::wait_ms, DurationMs{limits::kMaxWaitMs}, omit));
 };
 
 struct SubmittedT {
@@ -182,7 +183,7 @@ struct WaitT {
     static constexpr auto table = message<WaitRequest>(
         "WAIT", {}, field("req", &WaitRequest::req, U64{}, required),
         field("id", &WaitRequest::id, U64{}, required),
-        field("timeout_ms", &WaitRequest::timeout_ms, Duration{limits::kMaxWaitMs}, defaulted));
+        field("timeout_ms", &WaitRequest::timeout_ms, DurationMs{limits::kMaxWaitMs}, defaulted));
 };
 
 struct ListT {
@@ -215,7 +216,7 @@ struct JobInfoT {
                          field("finished_at", &JobInfo::finished_at, Time{}, nullable),
                          field("run_at", &JobInfo::run_at, Time{}, nullable),
                          field("priority", &JobInfo::priority, I32{}, defaulted),
-                         field("timeout_ms", &JobInfo::timeout_ms, Duration{}, nullable),
+                         field("timeout_ms", &JobInfo::timeout, Duration{}, nullable),
                          field("unique", &JobInfo::unique, str(), nullable),
                          field("progress", &JobInfo::progress, U32{}, nullable),
                          field("progress_message", &JobInfo::progress_message, str(), nullable));
@@ -285,7 +286,8 @@ struct PurgeT {
                                       to_string(s)));
               }),
         field("queue", &PurgeRequest::queue, Queue{}, omit),
-        field("older_than_ms", &PurgeRequest::older_than_ms, Duration{limits::kMaxDelayMs}, omit));
+        field("older_than_ms", &PurgeRequest::older_than_ms, DurationMs{limits::kMaxDelayMs},
+              omit));
 };
 
 struct PurgedT {
@@ -337,7 +339,7 @@ struct ScheduleT {
         "schedule object",
         {.post =
              [](Schedule& s, const Reader&, const DecodeLimits&) {
-                 if (s.job.token || s.job.unique || s.job.run_at || s.job.delay_ms)
+                 if (s.job.token || s.job.unique || s.job.run_at || s.job.delay)
                      bad("a schedule's job takes no 'token', 'unique', 'run_at' or 'delay_ms' "
                          "(each tick's job gets its own token)");
              }},
@@ -538,8 +540,8 @@ struct RegisterT {
 struct RegisteredT {
     static constexpr auto table = message<RegisteredReply>(
         "REGISTERED", {}, field("req", &RegisteredReply::req, U64{}, required),
-        field("heartbeat_ms", &RegisteredReply::heartbeat_ms, Duration{}, required),
-        field("expiry_ms", &RegisteredReply::expiry_ms, Duration{}, required),
+        field("heartbeat_ms", &RegisteredReply::heartbeat_ms, DurationMs{}, required),
+        field("expiry_ms", &RegisteredReply::expiry_ms, DurationMs{}, required),
         field("held_ok", &RegisteredReply::held_ok, U64Array{}, required),
         field("held_rejected", &RegisteredReply::held_rejected, U64Array{}, required),
         field("max_result", &RegisteredReply::max_result, U64{}, defaulted),
@@ -563,7 +565,7 @@ struct DispatchT {
                           field("payload", &Dispatch::payload, bin(), defaulted),
                           field("argv", &Dispatch::argv, StrArray{}, nullable),
                           field("seq", &Dispatch::seq, U64{}, defaulted),
-                          field("timeout_ms", &Dispatch::timeout_ms, Duration{}, nullable),
+                          field("timeout_ms", &Dispatch::timeout_ms, DurationMs{}, nullable),
                           field("epoch", &Dispatch::epoch, U32{}, omit_default));
 };
 

@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <string>
 
+using namespace std::chrono_literals;
+
 int main(int argc, char** argv) {
     std::string endpoint = argc > 1 ? argv[1] : std::string(errand::kDefaultEndpoint);
     int count = argc > 2 ? std::stoi(argv[2]) : 3;
@@ -13,7 +15,8 @@ int main(int argc, char** argv) {
         errand::Client client({.endpoint = endpoint});
         std::vector<errand::JobSpec> jobs;
         for (int i = 0; i < count; ++i)
-            jobs.push_back({.queue = "upper", .payload = "hello " + std::to_string(i)});
+            jobs.push_back(
+                {.queue = "upper", .payload = "hello " + std::to_string(i), .timeout = 30s});
         for (const auto& s : client.submit_batch(std::move(jobs))) {
             auto job = client.wait(s.id, std::chrono::seconds(30));
             if (!job) {

@@ -256,15 +256,15 @@ class Script {
         if (flags & 4) s.token = std::string(kTokens[in_.pick(kTokens.size())]);
         if (flags & 8) s.priority = static_cast<std::int32_t>(in_.srange(-3, 3));
         if (flags & 16)
-            s.run_at = now_ + in_.srange(-2000, 20000);
+            s.run_at = to_time(now_ + in_.srange(-2000, 20000));
         else if (flags & 32)
-            s.delay_ms = static_cast<Millis>(in_.range(0, 20000));
-        if (flags & 64) s.timeout_ms = static_cast<Millis>(in_.range(1, 20000));
+            s.delay = std::chrono::milliseconds(in_.range(0, 20000));
+        if (flags & 64) s.timeout = std::chrono::milliseconds(in_.range(1, 20000));
         if (flags & 128) s.unique = std::string(kUniques[in_.pick(kUniques.size())]);
-        if (more & 1) s.backoff_ms = static_cast<Millis>(in_.range(0, 5000));
-        if (more & 2) s.backoff_cap_ms = static_cast<Millis>(in_.range(0, 20000));
+        if (more & 1) s.backoff = std::chrono::milliseconds(in_.range(0, 5000));
+        if (more & 2) s.backoff_cap = std::chrono::milliseconds(in_.range(0, 20000));
         if (more & 4) s.max_attempts = static_cast<std::uint32_t>(in_.range(0, 1001));
-        if (more & 8) s.run_at = in_.srange(INT64_MIN, INT64_MAX);
+        if (more & 8) s.run_at = to_time(in_.srange(INT64_MIN, INT64_MAX));
         return s;
     }
 
@@ -444,7 +444,7 @@ class Script {
                 m.schedule.job.payload = in_.bytes(8);
                 m.schedule.job.max_attempts = static_cast<std::uint32_t>(in_.range(1, 3));
                 if (in_.boolean())
-                    m.schedule.job.timeout_ms = static_cast<Millis>(in_.range(1, 5000));
+                    m.schedule.job.timeout = std::chrono::milliseconds(in_.range(1, 5000));
                 m.schedule.paused = in_.range(0, 7) == 0;
                 return encode(m);
             }

@@ -12,6 +12,7 @@
 #include "script.hpp"
 
 using namespace errand;
+using namespace std::chrono_literals;
 namespace fs = std::filesystem;
 namespace sc = errand::fuzz::script;
 
@@ -39,11 +40,11 @@ JobInfo sample_job() {
     j.worker = "build-1";
     j.argv = std::vector<std::string>{"make", "-j2"};
     j.payload_size = 5;
-    j.created_at = 1'700'000'000'000;
-    j.started_at = 1'700'000'000'100;
-    j.finished_at = 1'700'000'000'900;
+    j.created_at = Timestamp{1'700'000'000'000ms};
+    j.started_at = Timestamp{1'700'000'000'100ms};
+    j.finished_at = Timestamp{1'700'000'000'900ms};
     j.priority = 5;
-    j.timeout_ms = 60000;
+    j.timeout = 60000ms;
     j.unique = "nightly";
     j.progress = 100;
     j.progress_message = "done";
@@ -65,13 +66,13 @@ std::vector<std::pair<std::string, std::string>> codec_seeds() {
     full.max_attempts = 5;
     full.token = "0123456789abcdef";
     full.priority = -10;
-    full.delay_ms = 5000;
-    full.timeout_ms = 30000;
-    full.backoff_ms = 100;
-    full.backoff_cap_ms = 10000;
+    full.delay = 5000ms;
+    full.timeout = 30000ms;
+    full.backoff = 100ms;
+    full.backoff_cap = 10000ms;
     full.unique = "report-42";
     JobSpec at = plain;
-    at.run_at = 1'700'000'100'000;
+    at.run_at = Timestamp{1'700'000'100'000ms};
     add("submit_full", encode(SubmitRequest{2, {full, at, plain}}));
     add("submitted", encode(SubmitReply{1, {1, 2}, {false, true}}));
     add("status", encode(IdRequest{3, 1}));
@@ -102,7 +103,7 @@ std::vector<std::pair<std::string, std::string>> codec_seeds() {
     add("ack", encode(Ack{1, 1}));
     add("error",
         encode(ErrorReply{9, ErrorCode::stale, "job 1 attempt 1 is no longer current", 1, 1}));
-    add("pong", encode(Pong{10, "0.1.0", 1'700'000'000'000}));
+    add("pong", encode(Pong{10, "0.1.0", Timestamp{1'700'000'000'000ms}}));
     add("progress", encode(Progress{1, 1, 50, "half way"}));
     add("abort", encode(Abort{1, 1, "cancelled"}));
     add("pause", encode(QueueRequest{11, "default"}));
@@ -121,31 +122,38 @@ std::vector<std::pair<std::string, std::string>> codec_seeds() {
         s.job.argv = std::vector<std::string>{"backup", "--full"};
         add("schedule_add", encode(ScheduleAddRequest{15, s}));
         add("schedule_show", encode(ScheduleRequest{16, "nightly"}));
-        s.created_at = 1'700'000'000'000;
-        s.next_at = 1'700'000'060'000;
-        s.last_at = 1'700'000'000'000;
+        s.created_at = Timestamp{1'700'000'000'000ms};
+        s.next_at = Timestamp{1'700'000'060'000ms};
+        s.last_at = Timestamp{1'700'000'000'000ms};
         s.last_job = 7;
         s.last_state = JobState::succeeded;
         add("schedule", encode_schedule(16, s));
         add("schedules", encode_schedules(17, {s}));
     }
-    QueueInfo qi{"default", true, {}, 1'700'000'000'000};
+    QueueInfo qi{"default", true, {}, Timestamp{1'700'000'000'000ms}};
     for (JobState s : kAllStates)
         qi.counts.emplace_back(s, static_cast<std::uint64_t>(s));
     add("queues", encode_queues(15, {qi}));
-    add("events",
-        encode_events(16, 1,
-                      {Event{1, std::nullopt, JobState::ready, 0, std::nullopt, "submitted"},
-                       Event{2, JobState::ready, JobState::running, 1, "build-1", "dispatched"}}));
-    JobEvent ev{
-        3,         1,           "default", JobState::ready, JobState::running, 1, 1'700'000'000'100,
-        "build-1", "dispatched"};
+    add("events", encode_events(16, 1,
+                                {Event{Timestamp{1ms}, std::nullopt, JobState::ready, 0,
+                                       std::nullopt, "submitted"},
+                                 Event{Timestamp{2ms}, JobState::ready, JobState::running, 1,
+                                       "build-1", "dispatched"}}));
+    JobEvent ev{3,
+                1,
+                "default",
+                JobState::ready,
+                JobState::running,
+                1,
+                Timestamp{1'700'000'000'100ms},
+                "build-1",
+                "dispatched"};
     add("job_event", encode(ev));
     add("feed", encode(FeedRequest{18, "default", 10, 2}));
     add("feed_reply", encode_feed(18, {ev, JobEvent{}}));
     StatsReply st;
     st.req = 19;
-    st.time = 1'700'000'000'000;
+    st.time = Timestamp{1'700'000'000'000ms};
     st.workers = 1;
     st.running = 1;
     st.commits = 4;
@@ -167,8 +175,8 @@ std::vector<std::pair<std::string, std::string>> codec_seeds() {
                   2,
                   1,
                   1,
-                  1'700'000'000'000,
-                  {WorkerJob{1, "default", 1, 1'700'000'000'100}}};
+                  Timestamp{1'700'000'000'000ms},
+                  {WorkerJob{1, "default", 1, Timestamp{1'700'000'000'100ms}}}};
     add("workers", encode_workers(20, {wi}));
     add("worker_control", encode(WorkerControlRequest{22, "build-1", "concurrency", 4}));
     add("control", encode(WorkerControl{std::string(kWorkerQuiet), 4}));
@@ -455,16 +463,16 @@ std::vector<std::pair<std::string, std::string>> broker_seeds() {
     {
         ScriptWriter w;
         JobSpec s = job("q0");
-        s.timeout_ms = 50;
+        s.timeout = 50ms;
         worker_takes_one(w, s).wait(1).msg(kWorker, cmd::kDone, done(1, 1));
         add("timeout", w);
     }
     {
         ScriptWriter w;
         JobSpec later = job("q1");
-        later.delay_ms = 2000;
+        later.delay = 2000ms;
         JobSpec at = job("q1");
-        at.run_at = 1'700'000'003'000;
+        at.run_at = Timestamp{1'700'000'003'000ms};
         at.priority = 3;
         w.msg(kClient, cmd::kSubmit, encode(SubmitRequest{1, {later, at}}))
             .msg(kClient, cmd::kWait, encode(WaitRequest{2, 1, 1000}))

@@ -469,9 +469,10 @@ TEST_CASE("chaos: a broker SIGKILLed at random moments under load loses no ackno
         }
         std::ostringstream hist;
         for (const auto& e : events)
-            hist << "\n    " << e.at << " " << (e.from ? errand::to_string(*e.from) : "-") << " -> "
-                 << errand::to_string(e.to) << " attempt " << e.attempt << " "
-                 << e.worker.value_or("-") << " (" << e.reason << ")";
+            hist << "\n    " << e.at.time_since_epoch().count() << " "
+                 << (e.from ? errand::to_string(*e.from) : "-") << " -> " << errand::to_string(e.to)
+                 << " attempt " << e.attempt << " " << e.worker.value_or("-") << " (" << e.reason
+                 << ")";
         MESSAGE("duplicate: job " << a.id << " ran " << attempts.size() << " times;" << why.str()
                                   << (explained ? " acceptable" : " NOT ACCEPTABLE") << hist.str());
         if (!explained) {

@@ -8,6 +8,7 @@
 #include "errand/json.hpp"
 
 using namespace errand;
+using namespace std::chrono_literals;
 
 namespace {
 
@@ -97,9 +98,9 @@ TEST_CASE("JobInfo round trip through JOB") {
     j.error = "boom";
     j.worker = "w1";
     j.payload_size = 12;
-    j.created_at = 1000;
-    j.started_at = 2000;
-    j.finished_at = 3000;
+    j.created_at = Timestamp{1000ms};
+    j.started_at = Timestamp{2000ms};
+    j.finished_at = Timestamp{3000ms};
     Body b(encode_job(j, 9));
     CHECK(b.reader().u64("req") == 9);
     auto d = decode_job_info(b.reader().map("job"));
@@ -108,7 +109,7 @@ TEST_CASE("JobInfo round trip through JOB") {
     CHECK(d.exit_code == -9);
     CHECK(d.error == "boom");
     CHECK_FALSE(d.result.has_value());
-    CHECK(d.finished_at == 3000);
+    CHECK(d.finished_at == Timestamp{3000ms});
     CHECK_FALSE(d.run_at.has_value());
 }
 
@@ -380,8 +381,8 @@ TEST_CASE("the JSON form of a job and an event: table keys, null when absent, RF
     j.id = 7;
     j.queue = "q";
     j.state = JobState::running;
-    j.created_at = 1'764'583'200'123;  // 2025-12-01T10:00:00.123Z
-    j.timeout_ms = 5000;
+    j.created_at = Timestamp{1'764'583'200'123ms};  // 2025-12-01T10:00:00.123Z
+    j.timeout = 5000ms;
     auto json = to_json(j);
     CHECK(json.size() == 20);
     CHECK(json["id"] == 7);
@@ -390,8 +391,8 @@ TEST_CASE("the JSON form of a job and an event: table keys, null when absent, RF
     CHECK(json["started_at"].is_null());
     CHECK(json["timeout_ms"] == 5000);  // durations stay integers of ms
     CHECK(json.begin().key() == "id");  // table order
-    auto e = to_json(
-        Event{1'764'583'200'123, std::nullopt, JobState::ready, 0, std::nullopt, "submitted"});
+    auto e = to_json(Event{Timestamp{1'764'583'200'123ms}, std::nullopt, JobState::ready, 0,
+                           std::nullopt, "submitted"});
     CHECK(e.dump() == R"({"at":"2025-12-01T10:00:00.123Z","from":null,"to":"ready","attempt":0,)"
                       R"("worker":null,"reason":"submitted"})");
     auto q = to_json(QueueInfo{"q", false, {{JobState::ready, 2}}, std::nullopt});

@@ -270,6 +270,44 @@ TEST_CASE("e2e: a resubmitted token returns the existing job instead of a second
     CHECK(client.list(all).size() == 1);
 }
 
+TEST_CASE("e2e: a JobSpec's chrono times and durations come back from STATUS as they went in") {
+    TempDir dir;
+    Broker broker(dir);
+    errand::Client client(broker.client_options());
+    using std::chrono::system_clock;
+    using std::chrono::time_point_cast;
+    const errand::Timestamp before = time_point_cast<milliseconds>(system_clock::now());
+    const errand::Timestamp at = before + 1h;
+    auto scheduled = client.submit(
+        {.queue = "chrono", .priority = 7, .run_at = at, .timeout = 90s, .backoff = 2s});
+    auto delayed = client.submit({.queue = "chrono", .delay = 10min, .timeout = 1500ms});
+    auto plain = client.submit({.queue = "chrono"});
+    const errand::Timestamp after = time_point_cast<milliseconds>(system_clock::now());
+
+    auto s = client.status(scheduled.id);
+    CHECK(s.state == JobState::scheduled);
+    CHECK(s.run_at == at);
+    CHECK(s.timeout == 90'000ms);
+    CHECK(s.priority == 7);
+    CHECK(s.created_at >= before);
+    CHECK(s.created_at <= after);
+    CHECK_FALSE(s.started_at.has_value());
+    auto h = client.history(scheduled.id);
+    REQUIRE(h.size() == 1);
+    CHECK(h[0].at == s.created_at);
+
+    auto d = client.status(delayed.id);
+    CHECK(d.state == JobState::scheduled);
+    REQUIRE(d.run_at.has_value());
+    CHECK(*d.run_at - d.created_at == 10min);  // the broker's now + delay
+    CHECK(d.timeout == 1500ms);
+
+    auto p = client.status(plain.id);
+    CHECK(p.state == JobState::ready);
+    CHECK_FALSE(p.timeout.has_value());
+    CHECK_FALSE(p.run_at.has_value());
+}
+
 TEST_CASE("unique_token: 32 hex digits, increasing within a thread, different across threads") {
     std::vector<std::string> mine;
     for (int i = 0; i < 1000; ++i)

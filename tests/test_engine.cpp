@@ -22,6 +22,7 @@
 
 using namespace errand;
 using namespace errand::broker;
+using namespace std::chrono_literals;
 
 namespace {
 
@@ -403,11 +404,11 @@ TEST_CASE("submit: a job without a time is ready at once") {
     CHECK(j.attempts == 0);
     CHECK(j.max_attempts == limits::kDefaultMaxAttempts);
     CHECK(j.payload_size == 5);
-    CHECK(j.created_at == kBase);
+    CHECK(j.created_at == to_time(kBase));
     auto h = f.history(1);
     REQUIRE(h.size() == 1);
     CHECK(edges(h) == std::vector<Edge>{{std::nullopt, S::ready, "submitted"}});
-    CHECK(h[0].at == kBase);
+    CHECK(h[0].at == to_time(kBase));
     CHECK(h[0].attempt == 0);
 
     CHECK(f.submit(spec("q")) == 2);  // ids count up
@@ -416,11 +417,11 @@ TEST_CASE("submit: a job without a time is ready at once") {
 TEST_CASE("submit with delay_ms: scheduled, ready when due and not before") {
     Engine f;
     auto s = spec("q");
-    s.delay_ms = 500;
+    s.delay = 500ms;
     JobId id = f.submit(s);
     auto j = f.status(id);
     CHECK(j.state == S::scheduled);
-    CHECK(j.run_at == kBase + 500);
+    CHECK(j.run_at == to_time(kBase + 500));
 
     f.advance(499);
     CHECK(f.status(id).state == S::scheduled);
@@ -433,20 +434,20 @@ TEST_CASE("submit with delay_ms: scheduled, ready when due and not before") {
 TEST_CASE("submit with run_at: scheduled until run_at; a run_at not in the future is ready") {
     Engine f;
     auto later = spec("q");
-    later.run_at = kBase + 2000;
+    later.run_at = to_time(kBase + 2000);
     JobId a = f.submit(later);
     auto past = spec("q");
-    past.run_at = kBase - 1;
+    past.run_at = to_time(kBase - 1);
     JobId b = f.submit(past);
     auto at_now = spec("q");
-    at_now.run_at = kBase;
+    at_now.run_at = to_time(kBase);
     JobId c = f.submit(at_now);
     auto zero_delay = spec("q");
-    zero_delay.delay_ms = 0;
+    zero_delay.delay = 0ms;
     JobId d = f.submit(zero_delay);
 
     CHECK(f.status(a).state == S::scheduled);
-    CHECK(f.status(a).run_at == kBase + 2000);
+    CHECK(f.status(a).run_at == to_time(kBase + 2000));
     CHECK(f.status(b).state == S::ready);
     CHECK(f.status(c).state == S::ready);
     CHECK(f.status(d).state == S::ready);
@@ -468,14 +469,15 @@ TEST_CASE("jobs that come due together are made ready in slices per pass, earlie
         for (int i = 0; i < 500; ++i) {
             auto s = spec("q");
             // Later ids are due sooner: due order is not id order.
-            s.delay_ms = 100 + (kJobs - static_cast<int>(m.jobs.size()) - 500 * batch);
+            s.delay = std::chrono::milliseconds(
+                100 + (kJobs - static_cast<int>(m.jobs.size()) - 500 * batch));
             m.jobs.push_back(s);
         }
         auto rep = f.submit_request(m);
         REQUIRE(rep.ids.size() == 500);
         for (std::size_t i = 0; i < rep.ids.size(); ++i) {
             ids.push_back(rep.ids[i]);
-            due_at[rep.ids[i]] = kBase + *m.jobs[i].delay_ms;
+            due_at[rep.ids[i]] = kBase + to_ms(*m.jobs[i].delay);
         }
     }
     auto ready = [&] {
@@ -505,7 +507,7 @@ TEST_CASE("jobs that come due together are made ready in slices per pass, earlie
         auto h = f.history(id);
         REQUIRE(h.size() == 2);
         CHECK(h[1].reason == "due");
-        order.push_back({due_at[id], h[1].at});
+        order.push_back({due_at[id], to_ms(h[1].at)});
     }
     std::sort(order.begin(), order.end());
     for (std::size_t i = 1; i < order.size(); ++i)
@@ -517,7 +519,7 @@ TEST_CASE("a due scheduled job is dispatched in the pass that makes it ready") {
     f.register_worker("w1", {"q"});
     CHECK(f.credit("w1", 1).empty());
     auto s = spec("q", "later");
-    s.delay_ms = 300;
+    s.delay = 300ms;
     JobId id = f.submit(s);
     CHECK(dispatches(f.advance(299), "w1").empty());
     auto d = dispatches(f.advance(1), "w1");
@@ -534,7 +536,7 @@ TEST_CASE("ready -> running on CREDIT: DISPATCH carries id, queue, attempt 1, pa
     Engine f;
     JobId a = f.submit(spec("q", "first"));
     auto timed = spec("q", "second");
-    timed.timeout_ms = 60'000;
+    timed.timeout = 60'000ms;
     JobId b = f.submit(timed);
     auto reg = f.register_worker("w1", {"q"}, 2);
     CHECK(reg.heartbeat_ms == kHeartbeatMs);
@@ -562,13 +564,13 @@ TEST_CASE("ready -> running on CREDIT: DISPATCH carries id, queue, attempt 1, pa
     CHECK(j.state == S::running);
     CHECK(j.attempts == 1);
     CHECK(j.worker == "name-w1");
-    CHECK(j.started_at == kBase + 10);
+    CHECK(j.started_at == to_time(kBase + 10));
     auto h = f.history(a);
     REQUIRE(h.size() == 2);
     CHECK(edges(h)[1] == Edge{S::ready, S::running, "dispatched"});
     CHECK(h[1].attempt == 1);
     CHECK(h[1].worker == "name-w1");
-    CHECK(h[1].at == kBase + 10);
+    CHECK(h[1].at == to_time(kBase + 10));
 }
 
 TEST_CASE("credit: at most concurrency + prefetch jobs held at once") {
@@ -688,7 +690,7 @@ TEST_CASE("running -> succeeded: DONE is ACKed and its result recorded") {
     CHECK(j.attempts == 1);
     CHECK(j.result == "the answer");
     CHECK(j.exit_code == 0);
-    CHECK(j.finished_at == kBase + 250);
+    CHECK(j.finished_at == to_time(kBase + 250));
     CHECK(edges(f.history(id)) == std::vector<Edge>{{std::nullopt, S::ready, "submitted"},
                                                     {S::ready, S::running, "dispatched"},
                                                     {S::running, S::succeeded, "done"}});
@@ -698,8 +700,8 @@ TEST_CASE("running -> succeeded: DONE is ACKed and its result recorded") {
 TEST_CASE("running -> retrying on FAIL with attempts left; ready after the backoff; attempt 2") {
     Engine f;
     auto s = spec("q", "p");
-    s.backoff_ms = 100;
-    s.backoff_cap_ms = 1000;
+    s.backoff = 100ms;
+    s.backoff_cap = 1000ms;
     JobId id = f.submit(s);
     f.register_worker("w1", {"q"});
     f.dispatch_one("w1", id);
@@ -714,9 +716,9 @@ TEST_CASE("running -> retrying on FAIL with attempts left; ready after the backo
     CHECK(j.exit_code == 1);
     REQUIRE(j.run_at.has_value());
     // First retry: d = 100, waits d/2 + random(0, d/2).
-    CHECK(*j.run_at >= failed_at + 50);
-    CHECK(*j.run_at <= failed_at + 100);
-    Millis due = *j.run_at;
+    CHECK(*j.run_at >= to_time(failed_at + 50));
+    CHECK(*j.run_at <= to_time(failed_at + 100));
+    Millis due = to_ms(*j.run_at);
 
     f.advance_to(due - 1);
     CHECK(f.status(id).state == S::retrying);
@@ -742,8 +744,8 @@ TEST_CASE("running -> retrying on FAIL with attempts left; ready after the backo
     auto j2 = f.status(id);
     CHECK(j2.state == S::retrying);
     REQUIRE(j2.run_at.has_value());
-    CHECK(*j2.run_at >= failed_at + 100);
-    CHECK(*j2.run_at <= failed_at + 200);
+    CHECK(*j2.run_at >= to_time(failed_at + 100));
+    CHECK(*j2.run_at <= to_time(failed_at + 200));
 }
 
 TEST_CASE("without a backoff of its own a job retries after the broker's retry_delay_ms") {
@@ -755,9 +757,9 @@ TEST_CASE("without a backoff of its own a job retries after the broker's retry_d
     check_ack(f.fail("w1", id, 1), id, 1);
     auto j = f.status(id);
     REQUIRE(j.run_at.has_value());
-    CHECK(*j.run_at >= failed_at + kRetryDelayMs / 2);
-    CHECK(*j.run_at <= failed_at + kRetryDelayMs);
-    f.advance_to(*j.run_at);
+    CHECK(*j.run_at >= to_time(failed_at + kRetryDelayMs / 2));
+    CHECK(*j.run_at <= to_time(failed_at + kRetryDelayMs));
+    f.advance_to(to_ms(*j.run_at));
     CHECK(f.status(id).state == S::ready);
 }
 
@@ -772,7 +774,7 @@ TEST_CASE("running -> dead: FAIL permanent, attempts left or not") {
     CHECK(j.attempts == 1);
     CHECK(j.max_attempts == 3);
     CHECK(j.error == "bad input");
-    CHECK(j.finished_at == f.now);
+    CHECK(j.finished_at == to_time(f.now));
     auto h = edges(f.history(id));
     REQUIRE(h.size() == 3);
     CHECK(h[2] == Edge{S::running, S::dead, "failed permanently: bad input"});
@@ -782,13 +784,13 @@ TEST_CASE("running -> dead: FAIL on the last attempt") {
     Engine f;
     auto s = spec("q");
     s.max_attempts = 2;
-    s.backoff_ms = 1;  // d <= 1: exactly 1 ms
+    s.backoff = 1ms;  // d <= 1: exactly 1 ms
     JobId id = f.submit(s);
     f.register_worker("w1", {"q"});
     f.dispatch_one("w1", id);
     check_ack(f.fail("w1", id, 1, "first"), id, 1);
     CHECK(f.status(id).state == S::retrying);
-    CHECK(f.status(id).run_at == f.now + 1);
+    CHECK(f.status(id).run_at == to_time(f.now + 1));
     f.advance(1);
     CHECK(f.status(id).state == S::ready);
     auto d = f.dispatch_one("w1", id);
@@ -823,7 +825,7 @@ TEST_CASE("running -> ready: worker silent past worker_timeout_ms, attempt count
     CHECK(edges(h)[2] == Edge{S::running, S::ready, "worker lost"});
     CHECK(h[2].attempt == 1);
     CHECK(h[2].worker == "name-w1");
-    CHECK(h[2].at == kBase + kWorkerTimeoutMs + 1);
+    CHECK(h[2].at == to_time(kBase + kWorkerTimeoutMs + 1));
 
     // The lost connection is no longer a worker.
     auto out = replies(f.send("w1", cmd::kHeartbeat, encode(WorkerHeartbeat{1, {id}})), "w1");
@@ -926,8 +928,8 @@ TEST_CASE("running -> dead: dispatch lost on the last attempt") {
 TEST_CASE("running -> retrying by timeout: no result by timeout + grace, ABORT to the worker") {
     Engine f;
     auto s = spec("q");
-    s.timeout_ms = 1000;
-    s.backoff_ms = 100;
+    s.timeout = 1000ms;
+    s.backoff = 100ms;
     JobId id = f.submit(s);
     f.register_worker("w1", {"q"});
     auto d = f.dispatch_one("w1", id);
@@ -955,7 +957,7 @@ TEST_CASE("running -> retrying by timeout: no result by timeout + grace, ABORT t
     CHECK(f.status(id).state == S::retrying);
 
     // The retry is attempt 2, with a fresh lease of its own.
-    f.advance_to(*j.run_at);
+    f.advance_to(to_ms(*j.run_at));
     auto d2 = f.dispatch_one("w1", id);
     CHECK(d2.attempt == 2);
     CHECK(aborts(f.advance(1000 + kGraceMs - 1), "w1").empty());
@@ -967,7 +969,7 @@ TEST_CASE("running -> retrying by timeout: no result by timeout + grace, ABORT t
 TEST_CASE("running -> dead by timeout on the last attempt, with ABORT") {
     Engine f;
     auto s = spec("q");
-    s.timeout_ms = 200;
+    s.timeout = 200ms;
     s.max_attempts = 1;
     JobId id = f.submit(s);
     f.register_worker("w1", {"q"});
@@ -1000,7 +1002,7 @@ TEST_CASE("cancel from ready, scheduled, retrying and running") {
         CHECK(j.id == id);
         CHECK(j.state == S::cancelled);
         CHECK(j.error == "cancelled");
-        CHECK(j.finished_at == f.now);
+        CHECK(j.finished_at == to_time(f.now));
         CHECK(f.status(id).state == S::cancelled);
         CHECK(edges(f.history(id)).back() == Edge{S::ready, S::cancelled, "cancelled"});
         f.register_worker("w1", {"q"});
@@ -1008,7 +1010,7 @@ TEST_CASE("cancel from ready, scheduled, retrying and running") {
     }
     SUBCASE("scheduled") {
         auto s = spec("q");
-        s.delay_ms = 100;
+        s.delay = 100ms;
         JobId id = f.submit(s);
         CHECK(job_of(f.cancel(id)).state == S::cancelled);
         f.advance(200);  // its timer is void
@@ -1017,7 +1019,7 @@ TEST_CASE("cancel from ready, scheduled, retrying and running") {
     }
     SUBCASE("retrying") {
         auto s = spec("q");
-        s.backoff_ms = 100;
+        s.backoff = 100ms;
         JobId id = f.submit(s);
         f.register_worker("w1", {"q"});
         f.dispatch_one("w1", id);
@@ -1089,7 +1091,7 @@ TEST_CASE("dead -> ready by RETRY {id}: a fresh budget on top of the attempts us
     Engine f;
     auto s = spec("q", "again");
     s.max_attempts = 2;
-    s.backoff_ms = 1;
+    s.backoff = 1ms;
     JobId id = f.submit(s);
     f.register_worker("w1", {"q"});
     f.dispatch_one("w1", id);
@@ -1148,7 +1150,7 @@ TEST_CASE("RETRY of a job that is not dead is invalid_state; of an unknown id, n
     JobId running = f.submit(spec("q"));
     JobId ready = f.submit(spec("q"));
     auto s = spec("q");
-    s.delay_ms = 1000;
+    s.delay = 1000ms;
     JobId scheduled = f.submit(s);
     JobId cancelled = f.submit(spec("q"));
     f.cancel(cancelled);
@@ -1286,7 +1288,7 @@ TEST_CASE("fencing: a resent result of an applied attempt is ACKed again, not ap
         auto j = f.status(id);
         CHECK(j.state == S::succeeded);
         CHECK(j.result == "first");
-        CHECK(j.finished_at == kBase);
+        CHECK(j.finished_at == to_time(kBase));
         CHECK(f.history(id).size() == 3);
         // A FAIL for the succeeded attempt is not that result: stale.
         check_stale(f.fail("w1", id, 1), id, 1);
@@ -1305,7 +1307,7 @@ TEST_CASE("fencing: a resent result of an applied attempt is ACKed again, not ap
     }
     SUBCASE("FAIL that made the job retry") {
         auto s = spec("q");
-        s.backoff_ms = 1000;
+        s.backoff = 1000ms;
         JobId id = f.submit(s);
         f.register_worker("w1", {"q"});
         f.dispatch_one("w1", id);
@@ -1485,7 +1487,7 @@ TEST_CASE("SUBMIT of a batch: ids in order, repeated and known tokens are duplic
         auto s = spec("b", "p" + std::to_string(i));
         if (i == 1) s.token = "known-token";      // a job from before
         if (i == 2 || i == 4) s.token = "twice";  // twice in this batch
-        if (i == 3) s.delay_ms = 60'000;          // scheduled
+        if (i == 3) s.delay = 60'000ms;           // scheduled
         if (i == 5) s.argv = std::vector<std::string>{"echo", "hi"};
         m.jobs.push_back(std::move(s));
     }
@@ -1694,8 +1696,8 @@ TEST_CASE("HISTORY of a job through retry, loss, timeout and success") {
     Engine f;
     auto s = spec("q");
     s.max_attempts = 4;
-    s.backoff_ms = 1;
-    s.timeout_ms = 100;
+    s.backoff = 1ms;
+    s.timeout = 100ms;
     JobId id = f.submit(s);
     f.register_worker("w1", {"q"});
     f.dispatch_one("w1", id);
@@ -1889,7 +1891,7 @@ TEST_CASE("queues are bounded (max_queues), and an unused queue is forgotten") {
 TEST_CASE("a step of the wall clock expires no worker, times out no job and ends no wait") {
     Engine f;
     auto s = spec("q");
-    s.timeout_ms = 1000;
+    s.timeout = 1000ms;
     JobId id = f.submit(s);
     f.register_worker("w1", {"q"});
     f.dispatch_one("w1", id);

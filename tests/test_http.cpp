@@ -473,7 +473,9 @@ TEST_CASE("cli: errand events --follow without a broker --events endpoint is ref
 }
 
 TEST_CASE("codec: job events, FEED, STATS and WORKERS survive a round trip") {
-    errand::JobEvent e{7, 42, "q", JobState::running, JobState::dead, 3, 1000, "w1", "failed"};
+    errand::JobEvent e{
+        7,    42,      "q", JobState::running, JobState::dead, 3, errand::Timestamp{1000ms},
+        "w1", "failed"};
     auto back = errand::decode_job_event(errand::Body(errand::encode(e)).reader());
     CHECK(back.seq == 7);
     CHECK(back.id == 42);
@@ -496,7 +498,16 @@ TEST_CASE("codec: job events, FEED, STATS and WORKERS survive a round trip") {
     CHECK(s2.queues[0].paused);
     CHECK(s2.queues[0].counts[1].second == 2);
     CHECK(s2.queues[0].submitted_per_second == doctest::Approx(1.5));
-    errand::WorkerInfo wi{"n", "i", "h", 9, {"q"}, 2, 0, 1, 5, {{1, "q", 1, 4}}};
+    errand::WorkerInfo wi{"n",
+                          "i",
+                          "h",
+                          9,
+                          {"q"},
+                          2,
+                          0,
+                          1,
+                          errand::Timestamp{5ms},
+                          {{1, "q", 1, errand::Timestamp{4ms}}}};
     auto ws = errand::decode_workers(errand::Body(errand::encode_workers(1, {wi})).reader());
     REQUIRE(ws.size() == 1);
     CHECK(ws[0].jobs.at(0).id == 1);

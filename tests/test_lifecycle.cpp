@@ -129,7 +129,7 @@ std::uint64_t json_count(const json& q, const std::string& state) {
 std::string show(const std::vector<errand::Event>& events) {
     std::string s;
     for (const auto& e : events)
-        s += std::to_string(e.at) + " " +
+        s += std::to_string(e.at.time_since_epoch().count()) + " " +
              (e.from ? std::string(errand::to_string(*e.from)) : std::string("-")) + " -> " +
              std::string(errand::to_string(e.to)) + " attempt " + std::to_string(e.attempt) +
              " worker " + e.worker.value_or("-") + " (" + e.reason + ")\n";
@@ -149,7 +149,7 @@ std::vector<errand::Millis> retry_gaps(const std::vector<errand::Event>& events)
     std::vector<errand::Millis> gaps;
     for (std::size_t i = 0; i + 1 < events.size(); ++i)
         if (events[i].to == JobState::retrying && events[i + 1].from == JobState::retrying)
-            gaps.push_back(events[i + 1].at - events[i].at);
+            gaps.push_back((events[i + 1].at - events[i].at).count());
     return gaps;
 }
 
@@ -239,12 +239,12 @@ TEST_CASE("lifecycle: fails twice then succeeds on attempt 3; the backoff gap gr
     errand::Client client(broker.client_options());
 
     auto spec = job_spec("flaky", "", 5);
-    spec.backoff_ms = 200;
+    spec.backoff = 200ms;
     const auto id = client.submit(spec).id;
     // Capped: base 100 ms, cap 150 ms -> d = 100, 150, 150 (uncapped the third would be 400).
     auto capped_spec = job_spec("capped", "", 4);
-    capped_spec.backoff_ms = 100;
-    capped_spec.backoff_cap_ms = 150;
+    capped_spec.backoff = 100ms;
+    capped_spec.backoff_cap = 150ms;
     const auto capped_id = client.submit(capped_spec).id;
 
     auto job = client.wait(id, 15s);
@@ -404,7 +404,7 @@ TEST_CASE("lifecycle: sleep 30 with --timeout 1s is killed, process group and al
     const auto id = parse_id(cli(broker, {"submit", "-q", "slow", "--timeout", "1s",
                                           "--max-attempts", "2", "--backoff", "100ms"}));
     auto info = client.status(id);
-    CHECK(info.timeout_ms == 1000);
+    CHECK(info.timeout == 1000ms);
 
     REQUIRE_MESSAGE(wait_until([&] { return read_pids(pids).size() >= 4; }, 15s),
                     "attempt 2 never started\n"
@@ -431,17 +431,17 @@ TEST_CASE("lifecycle: sleep 30 with --timeout 1s is killed, process group and al
     // Attempt 1 ended at timeout + kill grace, well before the broker's own 5 s grace.
     auto events = client.history(id);
     CAPTURE(show(events));
-    std::optional<errand::Millis> started, failed;
+    std::optional<errand::Timestamp> started, failed;
     for (const auto& e : events) {
         if (e.to == JobState::running && e.attempt == 1) started = e.at;
         if (e.from == JobState::running && e.attempt == 1 && !failed) failed = e.at;
     }
     REQUIRE(started.has_value());
     REQUIRE(failed.has_value());
-    MESSAGE("attempt 1 failed " << *failed - *started << " ms after its dispatch");
+    MESSAGE("attempt 1 failed " << (*failed - *started).count() << " ms after its dispatch");
     // SIGTERM is ignored, so the end comes with the SIGKILL at timeout + kill grace (1.5 s).
-    CHECK(*failed - *started >= 1500 - 50);
-    CHECK(*failed - *started <= 3000);
+    CHECK(*failed - *started >= 1500ms - 50ms);
+    CHECK(*failed - *started <= 3000ms);
 }
 
 // ---- 4. delay and run-at ------------------------------------------------------------------
@@ -452,15 +452,17 @@ TEST_CASE("lifecycle: --delay 2s and --at run on time, also across a broker rest
     errand::Client client(broker.client_options());
 
     const auto now = client.ping().time;
-    const errand::Millis at = (now / 1000 + 4) * 1000;  // 3-4 s from now, whole seconds
+    const errand::Timestamp at =
+        std::chrono::floor<std::chrono::seconds>(now) + 4s;  // 3-4 s from now, whole seconds
     const auto delayed = parse_id(cli(broker, {"submit", "-q", "later", "--delay", "2s"}));
-    const auto timed = parse_id(cli(broker, {"submit", "-q", "later", "--at", rfc3339(at)}));
+    const auto timed = parse_id(
+        cli(broker, {"submit", "-q", "later", "--at", rfc3339(at.time_since_epoch().count())}));
 
     auto d = client.status(delayed);
     CHECK(d.state == JobState::scheduled);
     REQUIRE(d.run_at.has_value());
-    CHECK(*d.run_at >= d.created_at + 2000);
-    CHECK(*d.run_at <= d.created_at + 2050);
+    CHECK(*d.run_at >= d.created_at + 2000ms);
+    CHECK(*d.run_at <= d.created_at + 2050ms);
     auto t = client.status(timed);
     CHECK(t.state == JobState::scheduled);
     CHECK(t.run_at == at);
@@ -468,7 +470,7 @@ TEST_CASE("lifecycle: --delay 2s and --at run on time, also across a broker rest
     // Scheduled jobs survive a crash; the worker connects only afterwards.
     broker.restart();
     errand::Client after(broker.client_options());
-    if (after.ping().time + 100 < d.created_at + 2000)
+    if (after.ping().time + 100ms < d.created_at + 2000ms)
         CHECK(after.status(delayed).state == JobState::scheduled);
     WorkerDaemon worker(dir, broker.endpoint(), daemon("w", {"later=echo ran"}));
 
@@ -477,16 +479,16 @@ TEST_CASE("lifecycle: --delay 2s and --at run on time, also across a broker rest
     CHECK(dj->state == JobState::succeeded);
     REQUIRE(dj->started_at.has_value());
     const auto waited = *dj->started_at - dj->created_at;
-    MESSAGE("--delay 2s started after " << waited << " ms");
-    CHECK(waited >= 2000);
-    CHECK(waited <= 2500);
+    MESSAGE("--delay 2s started after " << waited.count() << " ms");
+    CHECK(waited >= 2000ms);
+    CHECK(waited <= 2500ms);
 
     auto tj = after.wait(timed, 10s);
     REQUIRE(tj.has_value());
     CHECK(tj->state == JobState::succeeded);
     REQUIRE(tj->started_at.has_value());
     CHECK(*tj->started_at >= at);
-    CHECK(*tj->started_at <= at + 500);
+    CHECK(*tj->started_at <= at + 500ms);
 
     auto events = after.history(delayed);
     CAPTURE(show(events));
@@ -529,9 +531,9 @@ TEST_CASE("lifecycle: a single-slot worker runs higher priorities first, FIFO wi
         std::to_string(jobs[3].second), std::to_string(jobs[0].second),
         std::to_string(jobs[2].second)};
     CHECK(read_lines(effects) == expected);
-    errand::Millis last = 0;
+    errand::Timestamp last{};
     for (std::size_t i : {4, 1, 3, 0, 2}) {
-        auto started = client.status(jobs[i].second).started_at.value_or(0);
+        auto started = client.status(jobs[i].second).started_at.value_or(errand::Timestamp{});
         CHECK(started >= last);
         last = started;
     }
@@ -586,7 +588,7 @@ TEST_CASE("lifecycle: cancel stops a running job's processes; scheduled and read
     const auto ready = client.submit(job_spec("nobody")).id;
     CHECK(client.cancel(ready).state == JobState::cancelled);
     auto later = job_spec("nobody");
-    later.delay_ms = 60'000;
+    later.delay = 60'000ms;
     const auto scheduled = client.submit(later).id;
     CHECK(client.status(scheduled).state == JobState::scheduled);
     CHECK(client.cancel(scheduled).state == JobState::cancelled);
@@ -767,7 +769,7 @@ TEST_CASE(
     register_ghost(ghost, "ghost", "timed");
 
     auto spec = job_spec("timed", "", 2);
-    spec.timeout_ms = 300;
+    spec.timeout = 300ms;
     const auto id = client.submit(spec).id;
     auto dispatch = next_of(ghost, errand::cmd::kDispatch, 5s);
     REQUIRE_MESSAGE(dispatch.has_value(), broker.logs());
@@ -987,8 +989,8 @@ TEST_CASE("lifecycle: worker --permanent-exit-code, --default-timeout and a weig
     CHECK_MESSAGE(h->error->find("timed out") != std::string::npos, *h->error);
     REQUIRE(h->started_at.has_value());
     REQUIRE(h->finished_at.has_value());
-    CHECK(*h->finished_at - *h->started_at >= 500);
-    CHECK(*h->finished_at - *h->started_at <= 2500);
+    CHECK(*h->finished_at - *h->started_at >= 500ms);
+    CHECK(*h->finished_at - *h->started_at <= 2500ms);
     auto f = client.wait(fine, 10s);
     REQUIRE(f.has_value());
     CHECK(f->state == JobState::succeeded);

@@ -202,7 +202,7 @@ TEST_CASE("a broker that dies: its running attempt is taken over, its delayed jo
     REQUIRE_MESSAGE(wait_until([&] { return ca.status(slow).state == JobState::running; }, 10s),
                     a.logs(), doomed.logs());
     auto delayed_spec = job_spec("later", "z");
-    delayed_spec.delay_ms = 1500;
+    delayed_spec.delay = 1500ms;
     auto delayed = ca.submit(delayed_spec).id;
     auto submitted_at = ca.status(delayed).created_at;
 
@@ -227,8 +227,8 @@ TEST_CASE("a broker that dies: its running attempt is taken over, its delayed jo
     REQUIRE_MESSAGE(ran.has_value(), b.logs());
     CHECK(ran->state == JobState::succeeded);
     REQUIRE(ran->started_at.has_value());
-    CHECK(*ran->started_at >= submitted_at + 1500);
-    CHECK(*ran->started_at <= submitted_at + 1500 + 1000);
+    CHECK(*ran->started_at >= submitted_at + 1500ms);
+    CHECK(*ran->started_at <= submitted_at + 1500ms + 1000ms);
 }
 
 TEST_CASE(
@@ -276,9 +276,8 @@ TEST_CASE(
         REQUIRE_MESSAGE(got.has_value(), failed, b.logs());
         CHECK(got->state == JobState::succeeded);
         REQUIRE(got->finished_at.has_value());
-        auto at = std::chrono::duration_cast<std::chrono::milliseconds>(answered.time_since_epoch())
-                      .count();
-        return at - *got->finished_at;
+        auto at = std::chrono::time_point_cast<std::chrono::milliseconds>(answered);
+        return (at - *got->finished_at).count();
     };
     std::vector<Millis> latency;
     for (int i = 0; i < 5; ++i)

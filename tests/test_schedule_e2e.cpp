@@ -195,9 +195,9 @@ TEST_CASE("schedule e2e: bad input gets a clear error from the CLI and changes n
     CHECK(all[0].zone == "Europe/Berlin");
     REQUIRE(all[0].job.argv.has_value());
     CHECK(*all[0].job.argv == std::vector<std::string>{"echo", "hi"});
-    CHECK(all[0].job.backoff_ms == 1000);
-    CHECK(all[0].job.backoff_cap_ms == 60000);
-    CHECK(all[0].job.timeout_ms == 30000);
+    CHECK(all[0].job.backoff == 1000ms);
+    CHECK(all[0].job.backoff_cap == 60000ms);
+    CHECK(all[0].job.timeout == 30000ms);
     CHECK(all[0].job.max_attempts == 5);
 }
 

@@ -192,8 +192,8 @@ TEST_CASE("schedule add: the next tick is the first after now; list and show rep
     Database db;
     Node n(db, kJan1 + 3 * kSec);
     auto s = n.add(every("ten", "*/10 * * * * *", "q"));
-    CHECK(s.next_at == kJan1 + 10 * kSec);
-    CHECK(s.created_at == kJan1 + 3 * kSec);
+    CHECK(s.next_at == to_time(kJan1 + 10 * kSec));
+    CHECK(s.created_at == to_time(kJan1 + 3 * kSec));
     CHECK_FALSE(s.last_at);
     CHECK_FALSE(s.last_job);
     auto all = n.list();
@@ -204,7 +204,7 @@ TEST_CASE("schedule add: the next tick is the first after now; list and show rep
     CHECK(all[0].catch_up == "latest");
     CHECK(all[0].job.queue == "q");
     CHECK(all[0].job.payload.empty());  // left out of the list
-    CHECK(n.show("ten").next_at == kJan1 + 10 * kSec);
+    CHECK(n.show("ten").next_at == to_time(kJan1 + 10 * kSec));
     CHECK(n.show("ten").job.payload == "tick");
 }
 
@@ -258,10 +258,10 @@ TEST_CASE("each tick submits one job, keyed by the tick; show reports it and its
     CHECK(jobs[0].state == JobState::ready);
     CHECK(jobs[0].unique == "schedule:ten:" + std::to_string(kJan1 + 10 * kSec));
     auto s = n.show("ten");
-    CHECK(s.last_at == kJan1 + 10 * kSec);
+    CHECK(s.last_at == to_time(kJan1 + 10 * kSec));
     CHECK(s.last_job == jobs[0].id);
     CHECK(s.last_state == JobState::ready);
-    CHECK(s.next_at == kJan1 + 20 * kSec);
+    CHECK(s.next_at == to_time(kJan1 + 20 * kSec));
     // More passes at the same time, and just after, fire nothing more.
     n.pass_at(kJan1 + 10 * kSec);
     n.pass_at(kJan1 + 15 * kSec);
@@ -288,7 +288,7 @@ TEST_CASE("pause stops the ticks; resume fires from now on, without the paused o
     REQUIRE(n.named(cmd::kScheduleResume, "s").command == cmd::kSchedule);
     auto s = n.show("s");
     CHECK_FALSE(s.paused);
-    CHECK(s.next_at == kJan1 + 11 * kSec);
+    CHECK(s.next_at == to_time(kJan1 + 11 * kSec));
     n.pass_at(kJan1 + 11 * kSec);
     CHECK(ticks_of(n.jobs("q"), "s") == std::vector<Millis>{kJan1 + 1 * kSec, kJan1 + 11 * kSec});
     // Removed: no more ticks, its jobs stay.
@@ -318,7 +318,7 @@ TEST_CASE("a broker restart across a tick fires it once") {
         Node c(db, kJan1 + 64 * kSec);  // and again: nothing fires twice
         c.pass_at(kJan1 + 64 * kSec);
         CHECK(c.jobs("q").size() == 1);
-        CHECK(c.show("m").next_at == kJan1 + 120 * kSec);
+        CHECK(c.show("m").next_at == to_time(kJan1 + 120 * kSec));
     }
 }
 
@@ -342,7 +342,7 @@ TEST_CASE("catch-up after an outage: none skips, latest fires the last tick, all
                                                              kJan1 + 30 * kSec, kJan1 + 40 * kSec,
                                                              kJan1 + 50 * kSec, kJan1 + 60 * kSec});
     for (const char* name : {"n", "l", "a"})
-        CHECK(b.show(name).next_at == kJan1 + 70 * kSec);
+        CHECK(b.show(name).next_at == to_time(kJan1 + 70 * kSec));
     // After the outage every policy fires the ticks it is up for.
     b.pass_at(kJan1 + 70 * kSec);
     CHECK(b.jobs("qn").size() == 2);
@@ -362,7 +362,7 @@ TEST_CASE("catch-up all is bounded: at most 100 missed ticks, the most recent on
     REQUIRE(ticks.size() == 100);
     CHECK(ticks.front() == kJan1 + 201 * kSec);
     CHECK(ticks.back() == kJan1 + 300 * kSec);
-    CHECK(b.show("a").last_at == kJan1 + 300 * kSec);
+    CHECK(b.show("a").last_at == to_time(kJan1 + 300 * kSec));
 }
 
 TEST_CASE("a long outage is caught up in bounded slices, one pass at a time") {
@@ -379,13 +379,13 @@ TEST_CASE("a long outage is caught up in bounded slices, one pass at a time") {
     auto s = b.show("l");
     CHECK(b.jobs("q").empty());
     REQUIRE(s.next_at);
-    CHECK(*s.next_at > kJan1 + 900 * kSec);
-    CHECK(*s.next_at <= kJan1 + 1000 * kSec);
+    CHECK(*s.next_at > to_time(kJan1 + 900 * kSec));
+    CHECK(*s.next_at <= to_time(kJan1 + 1000 * kSec));
     // Every request is a pass (its tick runs after the reply is made): four in all fire it.
     for (int i = 0; i < 10 && b.jobs("q").empty(); ++i)
         b.pass_at(back);
     CHECK(ticks_of(b.jobs("q"), "l") == std::vector<Millis>{back});
-    CHECK(b.show("l").next_at == back + kSec);
+    CHECK(b.show("l").next_at == to_time(back + kSec));
 }
 
 TEST_CASE("DST in America/New_York, driven through the broker: a 02:30 job fires once a day") {

@@ -8,6 +8,7 @@
 #include <map>
 #include <utility>
 
+#include "errand/clock.hpp"
 #include "store_sqlite.hpp"
 
 using namespace errand;
@@ -282,7 +283,7 @@ TEST_CASE("migrations 4 and 8: a version-3 database keeps its event rows, new ev
     auto check = [](const std::vector<Event>& ev) {
         REQUIRE(ev.size() == 2);
         CHECK(ev[0].reason == "old");
-        CHECK(ev[0].at == 100);
+        CHECK(ev[0].at == to_time(100));
         CHECK_FALSE(ev[0].from.has_value());
         CHECK(ev[1].reason == "dispatched");
         CHECK(ev[1].from == JobState::ready);
@@ -366,8 +367,8 @@ TEST_CASE("transitions update the row and write one event each") {
     REQUIRE(j.has_value());
     CHECK(j->state == JobState::succeeded);
     CHECK(j->worker == "w1");
-    CHECK(j->started_at == 5000);
-    CHECK(j->finished_at == 6000);
+    CHECK(j->started_at == to_time(5000));
+    CHECK(j->finished_at == to_time(6000));
     CHECK(j->result == "out");
     CHECK(j->argv == std::vector<std::string>{"echo", "x"});
     auto ev = store.events(1);
@@ -376,10 +377,10 @@ TEST_CASE("transitions update the row and write one event each") {
     CHECK(ev[0].to == JobState::ready);
     CHECK(ev[1].reason == "dispatched");
     CHECK(ev[1].worker == "w1");
-    CHECK(ev[1].at == 5000);
+    CHECK(ev[1].at == to_time(5000));
     CHECK(ev[2].from == JobState::running);
     CHECK(ev[2].to == JobState::succeeded);
-    CHECK(ev[2].at == 6000);
+    CHECK(ev[2].at == to_time(6000));
     // The first event in the job's row, an events row for each one after it.
     CHECK(count_rows(dir.db(), "SELECT COUNT(*) FROM events WHERE job_id = 1") == 2);
 
@@ -407,7 +408,7 @@ TEST_CASE("a dispatch is held back from the row, logged, and seen by every read 
     CHECK(j->state == JobState::running);
     CHECK(j->attempts == 1);
     CHECK(j->worker == "w1");
-    CHECK(j->started_at == 5000);
+    CHECK(j->started_at == to_time(5000));
     auto live = store.load_live(1);
     REQUIRE(live.has_value());
     CHECK(live->state == JobState::running);
@@ -445,7 +446,7 @@ TEST_CASE("a dispatch is held back from the row, logged, and seen by every read 
     REQUIRE(history.size() == 3);
     CHECK(history[1].reason == "dispatched");
     CHECK(history[2].reason == "done");
-    CHECK(history[2].at == 6000);
+    CHECK(history[2].at == to_time(6000));
 
     // materialize() writes what is still held and empties the log.
     store.begin();

@@ -57,7 +57,7 @@ bool heard_since_now(errand::Client& c, const std::string& name) {
     return wait_until(
         [&] {
             auto ws = named(c, name);
-            return ws.size() == 1 && ws[0].last_seen > t + 1;
+            return ws.size() == 1 && ws[0].last_seen.time_since_epoch().count() > t + 1;
         },
         5s);
 }

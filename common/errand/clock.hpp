@@ -1,7 +1,10 @@
-// Time sources. The broker reads time only through Clock so tests can drive it.
+// Time sources. The broker reads time only through Clock so tests can drive it. And the
+// conversions between the integers of ms that the broker and the wire count in (Millis) and the
+// chrono types of the library's structs (Timestamp, std::chrono::milliseconds).
 #pragma once
 
 #include <chrono>
+#include <optional>
 
 #include "errand/protocol.hpp"
 
@@ -33,6 +36,30 @@ class SystemClock final : public Clock {
 inline Millis steady_ms() {
     using namespace std::chrono;
     return duration_cast<milliseconds>(steady_clock::now().time_since_epoch()).count();
+}
+
+inline constexpr Millis to_ms(Timestamp t) {
+    return t.time_since_epoch().count();
+}
+inline constexpr Millis to_ms(std::chrono::milliseconds d) {
+    return d.count();
+}
+template <class T>
+constexpr std::optional<Millis> to_ms(const std::optional<T>& v) {
+    if (!v) return std::nullopt;
+    return to_ms(*v);
+}
+inline constexpr Timestamp to_time(Millis epoch_ms) {
+    return Timestamp{std::chrono::milliseconds{epoch_ms}};
+}
+inline constexpr std::optional<Timestamp> to_time(const std::optional<Millis>& epoch_ms) {
+    if (!epoch_ms) return std::nullopt;
+    return to_time(*epoch_ms);
+}
+inline constexpr std::optional<std::chrono::milliseconds> to_duration(
+    const std::optional<Millis>& ms) {
+    if (!ms) return std::nullopt;
+    return std::chrono::milliseconds{*ms};
 }
 
 }  // namespace errand

@@ -26,7 +26,7 @@ Json to_json(const StatsReply& stats);
 Json to_json(const Schedule& schedule);  // its job as in SUBMIT (payload as a string)
 
 // A JSON time: the RFC 3339 string, or null.
-Json json_time(const std::optional<Millis>& t);
+Json json_time(const std::optional<Timestamp>& t);
 
 // One line of JSON; bytes that are not UTF-8 become U+FFFD instead of failing.
 std::string dump_json(const Json& j);

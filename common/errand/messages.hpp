@@ -1,10 +1,12 @@
 // The objects the client API exchanges with the broker: a job to submit (JobSpec), a job as the
 // broker reports it (JobInfo), its history, queues, stats and workers. Plain structs, spelled as on
-// the wire (docs/PROTOCOL.md); their MessagePack encoding lives in errand/codec.hpp (not
-// installed). Every member has a default, so designated initializers may name only the ones they
-// set.
+// the wire (docs/PROTOCOL.md) except that times are errand::Timestamp and durations
+// std::chrono::milliseconds, named without the wire's `_ms` suffix (`timeout` is `timeout_ms`);
+// their MessagePack encoding lives in errand/codec.hpp (not installed). Every member has a
+// default, so designated initializers may name only the ones they set.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -21,13 +23,13 @@ struct JobSpec {
     std::optional<std::vector<std::string>> argv{};
     std::uint32_t max_attempts = limits::kDefaultMaxAttempts;
     std::optional<std::string> token{};
-    std::int32_t priority = 0;               // higher runs first
-    std::optional<Millis> run_at{};          // scheduled: not before this time (ms since epoch)
-    std::optional<Millis> delay_ms{};        // scheduled: not before now + delay
-    std::optional<Millis> timeout_ms{};      // an attempt running longer is stopped and failed
-    std::optional<Millis> backoff_ms{};      // retry backoff base (broker default otherwise)
-    std::optional<Millis> backoff_cap_ms{};  // retry backoff cap
-    std::optional<std::string> unique{};     // at most one unfinished job per unique key
+    std::int32_t priority = 0;                               // higher runs first
+    std::optional<Timestamp> run_at{};                       // scheduled: not before this time
+    std::optional<std::chrono::milliseconds> delay{};        // scheduled: not before now + delay
+    std::optional<std::chrono::milliseconds> timeout{};      // an attempt running longer is failed
+    std::optional<std::chrono::milliseconds> backoff{};      // retry backoff base (broker default)
+    std::optional<std::chrono::milliseconds> backoff_cap{};  // retry backoff cap
+    std::optional<std::string> unique{};                     // at most one unfinished job per key
 };
 
 // The job object of STATUS / WAIT / LIST replies.
@@ -43,12 +45,12 @@ struct JobInfo {
     std::optional<std::string> worker{};
     std::optional<std::vector<std::string>> argv{};
     std::uint64_t payload_size = 0;
-    Millis created_at = 0;
-    std::optional<Millis> started_at{};
-    std::optional<Millis> finished_at{};
-    std::optional<Millis> run_at{};
+    Timestamp created_at{};
+    std::optional<Timestamp> started_at{};
+    std::optional<Timestamp> finished_at{};
+    std::optional<Timestamp> run_at{};
     std::int32_t priority = 0;
-    std::optional<Millis> timeout_ms{};
+    std::optional<std::chrono::milliseconds> timeout{};
     std::optional<std::string> unique{};
     std::optional<std::uint32_t> progress{};  // percent, 0-100, of the running attempt
     std::optional<std::string> progress_message{};
@@ -58,11 +60,11 @@ struct QueueInfo {
     std::string name{};
     bool paused = false;
     std::vector<std::pair<JobState, std::uint64_t>> counts{};  // every state, in enum order
-    std::optional<Millis> oldest_ready_at{};                   // created_at of the oldest ready job
+    std::optional<Timestamp> oldest_ready_at{};                // created_at of the oldest ready job
 };
 
 struct Event {
-    Millis at = 0;
+    Timestamp at{};
     std::optional<JobState> from{};
     JobState to = JobState::ready;
     std::uint32_t attempt = 0;
@@ -73,7 +75,7 @@ struct Event {
 struct Pong {
     std::uint64_t req = 0;
     std::string version{};
-    Millis time = 0;
+    Timestamp time{};
 };
 
 // One committed job state change: the body of an events PUB message and an item of FEED.
@@ -84,7 +86,7 @@ struct JobEvent {
     std::optional<JobState> from{};  // nullopt: created
     JobState to = JobState::ready;
     std::uint32_t attempt = 0;
-    Millis at = 0;
+    Timestamp at{};
     std::optional<std::string> worker{};
     std::string reason{};
 };
@@ -107,14 +109,14 @@ struct BrokerInfo {
     std::string id{};
     std::string host{};
     std::uint64_t pid = 0;
-    Millis seen_at = 0;  // last renewal of its row (the database's clock)
+    Timestamp seen_at{};  // last renewal of its row (the database's clock)
     bool leader = false;
 };
 
 struct StatsReply {
     std::uint64_t req = 0;
-    Millis time = 0;
-    Millis started_at = 0;
+    Timestamp time{};
+    Timestamp started_at{};
     std::uint64_t workers = 0;
     std::uint64_t running = 0;  // jobs held by workers
     std::uint64_t waits = 0;    // outstanding WAITs (and SUBMITs with wait_ms) of all clients
@@ -133,7 +135,7 @@ struct WorkerJob {
     JobId id = 0;
     std::string queue{};
     std::uint32_t attempt = 0;
-    Millis started_at = 0;
+    Timestamp started_at{};
 };
 
 struct WorkerInfo {
@@ -145,7 +147,7 @@ struct WorkerInfo {
     std::uint32_t concurrency = 0;
     std::uint32_t prefetch = 0;
     std::uint32_t credit = 0;
-    Millis last_seen = 0;
+    Timestamp last_seen{};
     std::vector<WorkerJob> jobs{};
     std::uint64_t reconnects = 0;  // times the worker registered again since it started
     std::string state = std::string(kWorkerActive);  // active | quiet | stopping
@@ -159,12 +161,12 @@ struct Schedule {
     std::string cron{};               // 5 or 6 fields, or @hourly/@daily/@weekly/@monthly/@yearly
     std::string zone = "UTC";         // IANA time zone the fields are read in
     std::string catch_up = "latest";  // ticks missed while no broker ran: none | latest | all
-    JobSpec job{};                    // token, unique, run_at and delay_ms are not used
+    JobSpec job{};                    // token, unique, run_at and delay are not used
     bool paused = false;
-    Millis created_at = 0;            // the rest: set by the broker
-    std::optional<Millis> next_at{};  // the next tick (nullopt: the expression never fires)
-    std::optional<Millis> last_at{};  // the last tick that submitted a job
-    std::optional<JobId> last_job{};  // that job, and its state when read
+    Timestamp created_at{};              // the rest: set by the broker
+    std::optional<Timestamp> next_at{};  // the next tick (nullopt: the expression never fires)
+    std::optional<Timestamp> last_at{};  // the last tick that submitted a job
+    std::optional<JobId> last_job{};     // that job, and its state when read
     std::optional<JobState> last_state{};
 };
 

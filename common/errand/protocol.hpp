@@ -3,6 +3,7 @@
 #pragma once
 
 #include <array>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -17,6 +18,9 @@ inline constexpr std::string_view kDefaultEndpoint = "tcp://127.0.0.1:7744";
 
 using JobId = std::uint64_t;
 using Millis = std::int64_t;  // milliseconds since the Unix epoch, or a duration in ms
+// The library API's times (the structs of errand/messages.hpp): ms since the Unix epoch, as on the
+// wire. Its durations are std::chrono::milliseconds.
+using Timestamp = std::chrono::sys_time<std::chrono::milliseconds>;
 
 // Defaults and hard limits shared by the broker and the clients.
 namespace limits {
