@@ -105,7 +105,7 @@ struct Broker::State {
         bool writes;        // may change jobs or queues: its replies wait for the pass's commit
         OnFail on_fail;     // what its replies become if that commit fails (writes only)
     };
-    static const Command kCommands[30];
+    static const Command kCommands[32];
 
     BrokerConfig cfg;
     std::unique_ptr<Store> store;
@@ -290,6 +290,19 @@ struct Broker::State {
         auto m = decode_id_request(rq.body);
         if (auto stopped = engine.cancel(m.id, now)) abort_on_worker(*stopped);
         reply(rq.identity, cmd::kJob, encode_job(need_job(m.id), m.req), m.req);
+    }
+
+    void on_run_now(const Request& rq) {
+        auto m = decode_id_request(rq.body);
+        engine.run_now(m.id, now);
+        reply(rq.identity, cmd::kJob, encode_job(need_job(m.id), m.req), m.req);
+    }
+
+    void on_delete(const Request& rq) {
+        auto m = decode_delete(rq.body);
+        if (auto stopped = engine.remove(m.id, m.force, now)) abort_on_worker(*stopped);
+        spdlog::info("job {} deleted{}", m.id, m.force ? " (force)" : "");
+        reply(rq.identity, cmd::kOk, encode_req(m.req), m.req);
     }
 
     void on_retry(const Request& rq) {
@@ -814,12 +827,26 @@ struct Broker::State {
             for (JobId id : ids) {
                 auto list = waiters.take(id);
                 if (list.empty()) continue;
-                if (auto job = store->get_job(id))
-                    for (const auto& w : list)
-                        send(w.identity, cmd::kJob, encode_job(*job, w.req));
+                answer_waiters(id, list);
             }
         } catch (const StoreError& e) {
             spdlog::debug("waits of other brokers' jobs not checked: {}", e.what());
+        }
+    }
+
+    // The job finished: its waiters get it; or, when it is gone (DELETE with force in the same
+    // pass), not_found, as a WAIT for it would get now.
+    void answer_waiters(JobId id, const std::vector<Waiter>& list) {
+        auto job = store->get_job(id);
+        for (const auto& w : list) {
+            if (job) {
+                send(w.identity, cmd::kJob, encode_job(*job, w.req));
+            } else {
+                send(w.identity, cmd::kError,
+                     encode(ErrorReply{w.req, ErrorCode::not_found,
+                                       fmt::format("job {} was deleted", id), std::nullopt,
+                                       std::nullopt}));
+            }
         }
     }
 
@@ -893,9 +920,7 @@ struct Broker::State {
         for (JobId id : engine.finished()) {
             auto list = waiters.take(id);
             if (list.empty()) continue;
-            if (auto job = store->get_job(id))
-                for (const auto& w : list)
-                    send(w.identity, cmd::kJob, encode_job(*job, w.req));
+            answer_waiters(id, list);
         }
         engine.committed();
         if (engine.shared()) answer_remote_waits();
@@ -1059,7 +1084,7 @@ struct Broker::State {
 // Generic checks (frames, version, decoding, roles, registration, error replies) happen once in
 // handle(), before any handler runs.
 // clang-format off
-const Broker::State::Command Broker::State::kCommands[30] = {
+const Broker::State::Command Broker::State::kCommands[32] = {
 //   name             handler               access            worker writes on a failed commit
     {cmd::kSubmit,    &State::on_submit,    Access::everyone, false, true,  OnFail::error},
     {cmd::kStatus,    &State::on_status,    Access::everyone, false, false, OnFail::send},
@@ -1091,6 +1116,8 @@ const Broker::State::Command Broker::State::kCommands[30] = {
     {cmd::kProgress,  &State::on_progress,  Access::workers, false, true,  OnFail::drop},
     {cmd::kDrain,     &State::on_drain,     Access::workers, true,  false, OnFail::send},
     {cmd::kRelease,   &State::on_release,   Access::workers, false, true,  OnFail::drop},
+    {cmd::kRunNow,    &State::on_run_now,   Access::clients, false, true,  OnFail::error},
+    {cmd::kDelete,    &State::on_delete,    Access::clients, false, true,  OnFail::error},
 };
 // clang-format on
 

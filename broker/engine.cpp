@@ -143,6 +143,8 @@ void JobEngine::refresh() {
 //                 │ timed out on the last attempt: tick() ──► dead
 //   ready, scheduled, retrying, running ── cancel() ──► cancelled
 //   dead ── revive() ──► ready
+//   scheduled, retrying ── run_now() ──► ready
+//   succeeded, dead, cancelled ── remove() ──► (deleted; force: cancel() first)
 bool JobEngine::transition(JobId id, Live& l, JobState to, Transition t) {
     check_transition(l.state, to);
     t.id = id;
@@ -680,6 +682,58 @@ void JobEngine::revive(JobId id, Millis now) {
                             fmt::format("job {} changed through another broker while being "
                                         "retried: look again",
                                         id));
+}
+
+void JobEngine::run_now(JobId id, Millis now) {
+    now_ = now;
+    Live* l = current(id);
+    const auto refuse = [&](std::string_view state) {
+        return ProtocolError(ErrorCode::invalid_state,
+                             fmt::format("job {} is {}; only scheduled or retrying jobs can be "
+                                         "run now",
+                                         id, state));
+    };
+    if (!l) {
+        auto job = store_.get_job(id);
+        if (!job) throw ProtocolError(ErrorCode::not_found, fmt::format("no job {}", id));
+        throw refuse(to_string(job->state));
+    }
+    if (l->state != JobState::scheduled && l->state != JobState::retrying)
+        throw refuse(to_string(l->state));
+    Transition t;
+    t.reason = "run now by request";
+    // Its timer entry stays on the heap, stale (tick_memory skips it: the job is not waiting).
+    if (!transition(id, *l, JobState::ready, std::move(t)))
+        throw ProtocolError(ErrorCode::invalid_state,
+                            fmt::format("job {} changed through another broker while being "
+                                        "made ready: look again",
+                                        id));
+}
+
+std::optional<Aborted> JobEngine::remove(JobId id, bool force, Millis now) {
+    now_ = now;
+    std::optional<Aborted> stopped;
+    if (Live* l = current(id)) {
+        if (!force)
+            throw ProtocolError(ErrorCode::invalid_state,
+                                fmt::format("job {} is {}; only finished jobs can be deleted "
+                                            "(force cancels it first)",
+                                            id, to_string(l->state)));
+        stopped = cancel(id, now);
+    }
+    auto removed = store_.remove_job(id);
+    if (!removed) {
+        auto job = store_.get_job(id);
+        if (!job) throw ProtocolError(ErrorCode::not_found, fmt::format("no job {}", id));
+        // Unfinished again: only another broker can have done that since the lines above.
+        throw ProtocolError(ErrorCode::invalid_state,
+                            fmt::format("job {} is {} (changed through another broker): look "
+                                        "again",
+                                        id, to_string(job->state)));
+    }
+    std::uint64_t n = 0;
+    forget_removed({*removed}, &n);
+    return stopped;
 }
 
 std::vector<JobId> JobEngine::revive_dead(const std::optional<std::string>& queue,

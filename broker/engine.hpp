@@ -143,6 +143,13 @@ class JobEngine {
     // revive() for up to `limit` dead jobs (of `queue`); those that cannot be are left dead.
     std::vector<JobId> revive_dead(const std::optional<std::string>& queue, std::size_t limit,
                                    Millis now);
+    // scheduled | retrying -> ready at once (RUN_NOW): its run_at or backoff is skipped. Throws
+    // not_found / invalid_state (any other state).
+    void run_now(JobId id, Millis now);
+    // Deletes a finished job with everything of it (DELETE). An unfinished one is refused
+    // (invalid_state) unless `force`, which cancels it first (cancel(), the same edge); returns
+    // the attempt that stopped. Throws not_found.
+    std::optional<Aborted> remove(JobId id, bool force, Millis now);
     // Everything that happens because time passed: scheduled/retrying -> ready (due), running ->
     // retrying | dead (timed out), orphans lost, retention, the store's maintenance. Returns the
     // attempts it timed out.

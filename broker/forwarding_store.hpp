@@ -26,6 +26,7 @@ class ForwardingStore : public Store {
                                          std::size_t n) override {
         return inner_.remove_finished(s, q, before, n);
     }
+    std::optional<Removed> remove_job(JobId id) override { return inner_.remove_job(id); }
     void maintain(Millis now) override { inner_.maintain(now); }
     bool maintenance_due() const override { return inner_.maintenance_due(); }
 

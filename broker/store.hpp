@@ -192,6 +192,10 @@ class Store : public JobReads {
     virtual std::vector<Removed> remove_finished(std::optional<JobState> state,
                                                  const std::optional<std::string>& queue,
                                                  Millis finished_before, std::size_t limit) = 0;
+    // Deletes one finished job with all of it (events, payload, its count among the finished):
+    // DELETE. nullopt, with nothing written, when there is no such job or it is not finished.
+    // Its id is never given out again.
+    virtual std::optional<Removed> remove_job(JobId id) = 0;
     // The engine's own housekeeping, called by the loop every pass (cheap when there is
     // nothing to do); may write, in the current transaction.
     virtual void maintain(Millis now) = 0;

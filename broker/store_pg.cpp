@@ -319,6 +319,12 @@ void PgStore::prepare() {
                             "ORDER BY finished_at LIMIT $4::bigint) RETURNING queue, state",
                             kTerminal),
                 4);
+    // DELETE of one finished job; its events go with it (ON DELETE CASCADE).
+    db_.prepare("remove_one",
+                fmt::format("DELETE FROM jobs WHERE id = $1::bigint AND state IN {} "
+                            "RETURNING queue, state",
+                            kTerminal),
+                1);
     db_.prepare("get", fmt::format("SELECT {} FROM jobs WHERE id = $1::bigint", kPgJobColumns), 1);
     db_.prepare("list",
                 fmt::format("SELECT {} FROM jobs WHERE ($1::text IS NULL OR queue = $1::text) AND "
@@ -780,6 +786,17 @@ std::vector<Removed> PgStore::remove_finished(std::optional<JobState> state,
         flush_counts();
         run("forget_counts");
     }
+    return out;
+}
+
+std::optional<Removed> PgStore::remove_job(JobId id) {
+    begin();
+    auto r = run("remove_one", pg::Params().i64(static_cast<std::int64_t>(id)));
+    if (r.rows() == 0) return std::nullopt;
+    Removed out{r.text(0, 0), stored_state(r.text(0, 1)), 1};
+    count(out.queue, out.state, -1);
+    flush_counts();
+    run("forget_counts");
     return out;
 }
 

@@ -36,6 +36,7 @@ class PgStore final : public Store {
     std::vector<Removed> remove_finished(std::optional<JobState> state,
                                          const std::optional<std::string>& queue,
                                          Millis finished_before, std::size_t limit) override;
+    std::optional<Removed> remove_job(JobId id) override;
     // Renews this broker's row (autovacuum does the rest of PostgreSQL's housekeeping).
     void maintain(Millis now) override;
 

@@ -1351,6 +1351,28 @@ std::vector<Removed> SqliteStore::remove_finished(std::optional<JobState> state,
     return out;
 }
 
+std::optional<Removed> SqliteStore::remove_job(JobId id) {
+    begin();
+    auto& r = st_->row_state.reset();
+    r.bind(1, static_cast<std::int64_t>(id));
+    if (!r.step()) {
+        r.reset();
+        return std::nullopt;
+    }
+    Removed out{r.text(1), stored_state(r.text(2)), 1};
+    r.reset();
+    if (!is_terminal(out.state) || held_.count(id)) return std::nullopt;  // held: running
+    st_->raise_floor.reset().bind(1, static_cast<std::int64_t>(id)).run();
+    st_->delete_events.reset().bind(1, static_cast<std::int64_t>(id)).run();
+    st_->delete_payload.reset().bind(1, static_cast<std::int64_t>(id)).run();
+    st_->delete_job.reset().bind(1, static_cast<std::int64_t>(id)).run();
+    count(out.queue, out.state, -1);
+    flush_counts();  // so that a count that reaches 0 goes now
+    st_->forget_counts.reset().run();
+    reclaim_due_ = true;
+    return out;
+}
+
 int SqliteStore::reclaim_space(int pages) {
     if (!incremental_vacuum_) return 0;  // a file made before errand set auto_vacuum
     exec(fmt::format("PRAGMA incremental_vacuum({})", pages).c_str());

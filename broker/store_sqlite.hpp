@@ -44,6 +44,7 @@ class SqliteStore final : public Store {
     std::vector<Removed> remove_finished(std::optional<JobState> state,
                                          const std::optional<std::string>& queue,
                                          Millis finished_before, std::size_t limit) override;
+    std::optional<Removed> remove_job(JobId id) override;
     // Writes held-back dispatches into their rows once a second, and gives pages that deletions
     // freed back to the file system, a few at a time.
     void maintain(Millis now) override;

@@ -97,6 +97,11 @@ struct IdArgs {  // cancel
     std::vector<JobId> ids;
 };
 
+struct DeleteArgs {
+    std::vector<JobId> ids;
+    bool force = false;
+};
+
 struct RetryArgs {
     std::vector<JobId> ids;
     bool dead = false;
@@ -502,6 +507,20 @@ int run_cancel(errand::Client& client, const IdArgs& args) {
     });
 }
 
+int run_run_now(errand::Client& client, const IdArgs& args) {
+    return for_each_id(args.ids, [&](JobId id) {
+        auto job = client.run_now(id);
+        std::cout << fmt::format("job {} is ready now\n", job.id) << std::flush;
+    });
+}
+
+int run_delete(errand::Client& client, const DeleteArgs& args) {
+    return for_each_id(args.ids, [&](JobId id) {
+        client.remove(id, args.force);
+        std::cout << fmt::format("deleted job {}\n", id) << std::flush;
+    });
+}
+
 int run_retry(errand::Client& client, const RetryArgs& args) {
     if (!args.ids.empty()) {
         return for_each_id(args.ids, [&](JobId id) {
@@ -858,6 +877,22 @@ int run(int argc, char** argv) {
 
     auto schedule = errand::cli::add_schedule_commands(app, job_argv);
     commands.emplace_back(schedule.schedule, schedule.run);
+
+    IdArgs run_now_args;
+    auto* run_now = app.add_subcommand(
+        "run-now",
+        "Make a scheduled or retrying job ready at once (its delay or backoff skipped).");
+    run_now->add_option("id", run_now_args.ids, "job ids")->required()->type_name("ID...");
+    commands.emplace_back(run_now, [&](errand::Client& c) { return run_run_now(c, run_now_args); });
+
+    DeleteArgs delete_args;
+    auto* del = app.add_subcommand(
+        "delete", "Delete a finished job with its history; with --force cancel a live one first.");
+    del->add_option("id", delete_args.ids, "job ids")->required()->type_name("ID...");
+    del->add_flag("--force", delete_args.force,
+                  "cancel an unfinished job (a running one is stopped on its worker), then delete "
+                  "it");
+    commands.emplace_back(del, [&](errand::Client& c) { return run_delete(c, delete_args); });
 
     try {
         app.parse(cli_argc, argv);

@@ -683,6 +683,13 @@ struct AbortT {
                        field("reason", &Abort::reason, str(), defaulted));
 };
 
+struct DeleteT {
+    static constexpr auto table =
+        message<DeleteRequest>("DELETE", {}, field("req", &DeleteRequest::req, U64{}, required),
+                               field("id", &DeleteRequest::id, U64{}, required),
+                               field("force", &DeleteRequest::force, Bool{}, defaulted));
+};
+
 // Every table, for tests/test_protocol_doc.cpp (through errand::message_tables()).
 using AllTables =
     std::tuple<SubmitT, JobSpecT, SubmittedT, IdRequestT, WaitT, ListT, JobT, JobsT, JobInfoT,
@@ -690,6 +697,6 @@ using AllTables =
                QueueInfoT, EventsT, EventT, ScheduleAddT, ScheduleT, ScheduleRequestT,
                ScheduleReplyT, SchedulesT, StatsT, QueueStatsT, BrokerInfoT, WorkersT, WorkerInfoT,
                WorkerJobT, FeedT, FeedReplyT, JobEventT, RegisterT, RegisteredT, CreditT, DispatchT,
-               DoneT, FailT, ResultsT, AckT, AcksT, ErrorT, ProgressT, AbortT, HeartbeatT>;
+               DoneT, FailT, ResultsT, AckT, AcksT, ErrorT, ProgressT, AbortT, HeartbeatT, DeleteT>;
 
 }  // namespace errand::fields

@@ -123,6 +123,10 @@ class FaultyStore final : public broker::ForwardingStore {
         write();
         return inner_.remove_finished(s, q, before, n);
     }
+    std::optional<broker::Removed> remove_job(JobId id) override {
+        write();
+        return inner_.remove_job(id);
+    }
 
   private:
     void write() {
@@ -460,6 +464,14 @@ class Script {
                                                               : cmd::kScheduleResume;
                 return encode(ScheduleRequest{
                     req(), std::string(script::kSchedules[in_.pick(script::kSchedules.size())])});
+            }
+            case script::Op::kRunNow:
+                command = cmd::kRunNow;
+                return encode(IdRequest{req(), job_id()});
+            case script::Op::kDelete: {
+                command = cmd::kDelete;
+                JobId id = job_id();
+                return encode(DeleteRequest{req(), id, in_.boolean()});
             }
             case script::Op::kProgress: {
                 command = cmd::kProgress;

@@ -1173,6 +1173,134 @@ TEST_CASE("RETRY of a job that is not dead is invalid_state; of an unknown id, n
     CHECK(missing.code == ErrorCode::not_found);
 }
 
+// ---- run now and delete ---------------------------------------------------------------------
+
+TEST_CASE("scheduled | retrying -> ready by RUN_NOW; any other state is invalid_state") {
+    Engine f;
+    auto later = spec("q");
+    later.delay_ms = 60'000;
+    JobId scheduled = f.submit(later);
+    auto s = spec("q");
+    s.backoff_ms = 60'000;
+    JobId retrying = f.submit(s);
+    f.register_worker("w1", {"q"});
+    f.dispatch_one("w1", retrying);
+    check_ack(f.fail("w1", retrying, 1), retrying, 1);
+    REQUIRE(f.status(retrying).state == S::retrying);
+
+    auto j = job_of(f.ask(cmd::kRunNow, encode(IdRequest{f.req++, scheduled})));
+    CHECK(j.id == scheduled);
+    CHECK(j.state == S::ready);
+    CHECK_FALSE(j.run_at.has_value());
+    CHECK(edges(f.history(scheduled)).back() == Edge{S::scheduled, S::ready, "run now by request"});
+    CHECK(f.dispatch_one("w1", scheduled).attempt == 1);
+    check_ack(f.done("w1", scheduled, 1), scheduled, 1);
+
+    CHECK(job_of(f.ask(cmd::kRunNow, encode(IdRequest{f.req++, retrying}))).state == S::ready);
+    CHECK(edges(f.history(retrying)).back() == Edge{S::retrying, S::ready, "run now by request"});
+    CHECK(f.dispatch_one("w1", retrying).attempt == 2);
+    check_ack(f.done("w1", retrying, 2), retrying, 2);
+    // Its old timer comes due later and changes nothing.
+    f.advance(61'000);
+    CHECK(f.status(scheduled).state == S::succeeded);
+    CHECK(f.status(retrying).state == S::succeeded);
+
+    JobId running = f.submit(spec("q"));
+    JobId ready = f.submit(spec("q"));
+    f.dispatch_one("w1", running);
+    for (JobId id : {ready, running, scheduled}) {  // ready, running, succeeded
+        CAPTURE(id);
+        auto before = f.history(id).size();
+        auto e = f.error(cmd::kRunNow, encode(IdRequest{f.req++, id}));
+        CHECK(e.code == ErrorCode::invalid_state);
+        CHECK(e.message.find("only scheduled or retrying jobs") != std::string::npos);
+        CHECK(f.history(id).size() == before);
+    }
+    CHECK(f.status(ready).state == S::ready);
+    CHECK(f.status(running).state == S::running);
+    CHECK(f.error(cmd::kRunNow, encode(IdRequest{f.req++, 999})).code == ErrorCode::not_found);
+}
+
+TEST_CASE("DELETE: a finished job goes with all of it; a live one only with force") {
+    Engine f;
+    auto queue_counts = [&] {
+        auto rep = f.ask(cmd::kQueues, encode_req(f.req++));
+        REQUIRE(rep.command == cmd::kQueues);
+        Body b(rep.body);
+        std::map<S, std::uint64_t> out;
+        for (const auto& q : decode_queues(b.reader()))
+            if (q.name == "q")
+                for (auto [state, n] : q.counts)
+                    out[state] = n;
+        return out;
+    };
+    auto del = [&](JobId id, bool force) {
+        return f.send(f.client, cmd::kDelete, encode(DeleteRequest{f.req++, id, force}));
+    };
+    JobId done = f.submit(spec("q", std::string(2000, 'p')));  // a payload in its own row
+    f.register_worker("w1", {"q"});
+    f.dispatch_one("w1", done);
+    check_ack(f.done("w1", done, 1), done, 1);
+    JobId ready = f.submit(spec("q"));
+    REQUIRE(queue_counts()[S::succeeded] == 1);
+
+    auto out = replies(del(done, false), f.client);
+    REQUIRE(out.size() == 1);
+    CHECK(out[0].command == cmd::kOk);
+    CHECK(f.error(cmd::kStatus, encode(IdRequest{f.req++, done})).code == ErrorCode::not_found);
+    CHECK(f.error(cmd::kHistory, encode(IdRequest{f.req++, done})).code == ErrorCode::not_found);
+    CHECK(queue_counts()[S::succeeded] == 0);
+    CHECK(f.error(cmd::kDelete, encode(DeleteRequest{f.req++, done, false})).code ==
+          ErrorCode::not_found);
+
+    // Live without force: refused, nothing changed.
+    auto e = f.error(cmd::kDelete, encode(DeleteRequest{f.req++, ready, false}));
+    CHECK(e.code == ErrorCode::invalid_state);
+    CHECK(e.message.find("force") != std::string::npos);
+    CHECK(f.status(ready).state == S::ready);
+    CHECK(queue_counts()[S::ready] == 1);
+
+    // Running, with force: cancelled (ABORT to the worker), then gone; its waiter hears not_found.
+    f.dispatch_one("w1", ready);
+    std::uint64_t wait_req = f.req++;
+    CHECK(replies(f.send(f.client, cmd::kWait, encode(WaitRequest{wait_req, ready, 10'000})),
+                  f.client)
+              .empty());
+    out = del(ready, true);
+    auto a = aborts(out, "w1");
+    REQUIRE(a.size() == 1);
+    CHECK(a[0].id == ready);
+    CHECK(a[0].reason == "cancelled");
+    auto to_client = replies(out, f.client);
+    REQUIRE(to_client.size() == 2);
+    int oks = 0, gone = 0;
+    for (const auto& r : to_client) {
+        if (r.command == cmd::kOk) ++oks;
+        if (r.command == cmd::kError && error_of(r).code == ErrorCode::not_found &&
+            error_of(r).req == wait_req)
+            ++gone;
+    }
+    CHECK(oks == 1);
+    CHECK(gone == 1);
+    CHECK(f.error(cmd::kStatus, encode(IdRequest{f.req++, ready})).code == ErrorCode::not_found);
+    check_stale(f.done("w1", ready, 1), ready, 1);
+    auto counts = queue_counts();
+    CHECK(counts[S::running] == 0);
+    CHECK(counts[S::cancelled] == 0);
+
+    // Scheduled, with force; ids are never given out again.
+    auto later = spec("q");
+    later.delay_ms = 1000;
+    JobId scheduled = f.submit(later);
+    CHECK(replies(del(scheduled, true), f.client).at(0).command == cmd::kOk);
+    f.advance(2000);
+    CHECK(f.error(cmd::kStatus, encode(IdRequest{f.req++, scheduled})).code ==
+          ErrorCode::not_found);
+    CHECK(f.submit(spec("q")) > scheduled);
+    CHECK(f.error(cmd::kDelete, encode(DeleteRequest{f.req++, 999, true})).code ==
+          ErrorCode::not_found);
+}
+
 // ---- drain and release ----------------------------------------------------------------------
 
 TEST_CASE("running -> ready by RELEASE after DRAIN: the attempt is not charged") {

@@ -104,6 +104,13 @@ class Client {
     std::uint64_t purge(JobState state, const std::optional<std::string>& queue = std::nullopt,
                         std::optional<std::chrono::milliseconds> older_than = std::nullopt);
     std::vector<QueueInfo> queues();
+    // A scheduled or retrying job goes to ready at once (its run_at or backoff skipped);
+    // returns it. BrokerError invalid_state for a job in any other state.
+    JobInfo run_now(JobId id);
+    // Deletes a finished job with its history and payload; the id is then unknown (not_found).
+    // An unfinished job is BrokerError invalid_state, unless `force`: it is cancelled first (a
+    // running one is stopped on its worker).
+    void remove(JobId id, bool force = false);
     // Cron schedules: each tick of `s.cron` in `s.zone` submits `s.job` (docs/PROTOCOL.md,
     // SCHEDULE_ADD). Bad input (a cron field, a zone, a taken name) is a BrokerError that
     // says what; the returned schedule has its next tick.

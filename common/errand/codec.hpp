@@ -248,6 +248,13 @@ struct ScheduleAddRequest {
     Schedule schedule;  // name, cron, zone, catch_up, job, paused
 };
 
+// DELETE: a finished job, or (force) any job, cancelled first when unfinished.
+struct DeleteRequest {
+    std::uint64_t req = 0;
+    JobId id = 0;
+    bool force = false;
+};
+
 // Limits that decoding enforces (the broker sets them from its flags).
 struct DecodeLimits {
     std::size_t max_payload = limits::kDefaultMaxPayload;
@@ -293,6 +300,7 @@ std::string encode_schedules(std::uint64_t req, const std::vector<Schedule>& s);
 std::string encode(const JobSpec& m);
 std::string encode_req(std::uint64_t req);  // PING, QUEUES, OK
 std::string encode_empty();                 // {}
+std::string encode(const DeleteRequest& m);
 
 SubmitRequest decode_submit(const Reader& r, const DecodeLimits& lim = {});
 SubmitReply decode_submitted(const Reader& r);
@@ -326,6 +334,7 @@ ScheduleRequest decode_schedule_request(const Reader& r);
 Schedule decode_schedule(const Reader& r);
 std::vector<Schedule> decode_schedules(const Reader& r);
 JobSpec decode_job_spec(const Reader& r);
+DeleteRequest decode_delete(const Reader& r);
 
 // ---- Observability: job events, STATS, WORKERS, FEED (docs/PROTOCOL.md) -------------------
 

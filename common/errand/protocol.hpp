@@ -129,6 +129,8 @@ inline constexpr std::string_view kScheduleShow = "SCHEDULE_SHOW";      // -> SC
 inline constexpr std::string_view kScheduleRemove = "SCHEDULE_REMOVE";  // -> OK
 inline constexpr std::string_view kSchedulePause = "SCHEDULE_PAUSE";    // -> SCHEDULE
 inline constexpr std::string_view kScheduleResume = "SCHEDULE_RESUME";  // -> SCHEDULE
+inline constexpr std::string_view kRunNow = "RUN_NOW";                  // -> JOB
+inline constexpr std::string_view kDelete = "DELETE";                   // -> OK
 // worker -> broker
 inline constexpr std::string_view kRegister = "REGISTER";
 inline constexpr std::string_view kCredit = "CREDIT";
