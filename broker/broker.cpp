@@ -77,6 +77,7 @@ EngineConfig engine_config(const BrokerConfig& c) {
     e.timeout_grace_ms = c.timeout_grace_ms;
     e.orphan_grace_ms = c.worker_timeout_ms;
     e.retention_ms = c.retention_ms;
+    e.dead_retention_ms = c.dead_retention_ms;
     e.retention_batch = c.retention_batch;
     e.max_queues = c.max_queues;
     return e;

@@ -842,10 +842,15 @@ std::vector<Aborted> JobEngine::tick(Millis now) {
     fire_schedules(now);
     store_.maintain(now);
     if (mono_ >= next_retention_ && store_.leader()) {
+        // Each terminal state on its own clock (dead jobs are kept longer, so that failures are
+        // still there to look at), retention_batch rows in all per pass.
         std::uint64_t n = 0;
-        forget_removed(store_.remove_finished(std::nullopt, std::nullopt, now - cfg_.retention_ms,
-                                              cfg_.retention_batch),
-                       &n);
+        for (JobState s : kAllStates) {
+            if (!is_terminal(s) || n >= cfg_.retention_batch) continue;
+            const Millis keep = s == JobState::dead ? cfg_.dead_retention_ms : cfg_.retention_ms;
+            forget_removed(
+                store_.remove_finished(s, std::nullopt, now - keep, cfg_.retention_batch - n), &n);
+        }
         if (n > 0) spdlog::debug("retention: deleted {} finished jobs", n);
         // A full batch means more are due: carry on next pass, else look again in a second.
         next_retention_ = n >= cfg_.retention_batch ? mono_ : mono_ + 1000;

@@ -41,8 +41,9 @@ struct EngineConfig {
     // A job running when the broker started, that no worker claims (REGISTER held) within this,
     // counts as lost.
     Millis orphan_grace_ms = 5000;
-    Millis retention_ms = 7 * 86'400'000LL;  // finished jobs are deleted after this
-    std::size_t retention_batch = 500;       // rows deleted per pass at most
+    Millis retention_ms = 7 * 86'400'000LL;         // finished jobs are deleted after this
+    Millis dead_retention_ms = 180 * 86'400'000LL;  // but dead ones after this
+    std::size_t retention_batch = 500;              // rows deleted per pass at most
     // Shared store only: how often a broker looks for work other brokers made (jobs submitted
     // or due there, in queues it found empty), and refreshes its counts and pauses.
     Millis poll_ms = 50;

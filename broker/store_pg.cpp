@@ -149,6 +149,14 @@ const char* const kMigrations[] = {
     INSERT INTO job_counts SELECT queue, state, 0, count(*) FROM jobs
         WHERE state IN ('succeeded', 'dead', 'cancelled') GROUP BY queue, state;
     )sql",
+    // 6: retention by state (dead jobs are kept --dead-retention, the others --retention): the
+    // finished jobs of one state in finished_at order, so deleting succeeded jobs never walks
+    // over the dead ones kept longer.
+    R"sql(
+    DROP INDEX jobs_finished;
+    CREATE INDEX jobs_finished ON jobs (state, finished_at)
+        WHERE state IN ('succeeded', 'dead', 'cancelled');
+    )sql",
 };
 
 static_assert(std::size(kMigrations) == PgStore::kSchemaVersion,
@@ -314,8 +322,8 @@ void PgStore::prepare() {
                 2);
     db_.prepare("remove",
                 fmt::format("DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE "
-                            "finished_at < $1::bigint AND state IN {} AND ($2::text IS NULL OR "
-                            "state = $2::text) AND ($3::text IS NULL OR queue = $3::text) "
+                            "finished_at < $1::bigint AND state IN {} AND state = $2::text AND "
+                            "($3::text IS NULL OR queue = $3::text) "
                             "ORDER BY finished_at LIMIT $4::bigint) RETURNING queue, state",
                             kTerminal),
                 4);
@@ -761,24 +769,26 @@ std::vector<Removed> PgStore::remove_finished(std::optional<JobState> state,
                                               const std::optional<std::string>& queue,
                                               Millis finished_before, std::size_t limit) {
     begin();
-    pg::Params p;
-    p.i64(finished_before);
-    if (state)
-        p.text(to_string(*state));
-    else
-        p.null();
-    p.opt_text(queue).i64(static_cast<std::int64_t>(limit));
-    auto r = run("remove", p);
     std::vector<Removed> out;
-    for (int i = 0; i < r.rows(); ++i) {
-        auto q = r.text(i, 0);
-        auto st = stored_state(r.text(i, 1));
-        auto it = std::find_if(out.begin(), out.end(),
-                               [&](const Removed& x) { return x.queue == q && x.state == st; });
-        if (it == out.end())
-            out.push_back({q, st, 1});
-        else
-            ++it->count;
+    std::size_t removed = 0;
+    // One state at a time, each through its part of jobs_finished (state, finished_at).
+    for (JobState one : kAllStates) {
+        if (!is_terminal(one) || (state && one != *state) || removed >= limit) continue;
+        pg::Params p;
+        p.i64(finished_before).text(to_string(one)).opt_text(queue);
+        p.i64(static_cast<std::int64_t>(limit - removed));
+        auto r = run("remove", p);
+        for (int i = 0; i < r.rows(); ++i) {
+            auto q = r.text(i, 0);
+            auto st = stored_state(r.text(i, 1));
+            auto it = std::find_if(out.begin(), out.end(),
+                                   [&](const Removed& x) { return x.queue == q && x.state == st; });
+            if (it == out.end())
+                out.push_back({q, st, 1});
+            else
+                ++it->count;
+            ++removed;
+        }
     }
     for (const auto& removed : out)
         count(removed.queue, removed.state, -static_cast<std::int64_t>(removed.count));

@@ -89,7 +89,7 @@ class PgStore final : public Store {
     std::uint64_t size_bytes();
 
     int schema_version();
-    static constexpr int kSchemaVersion = 5;
+    static constexpr int kSchemaVersion = 6;
     // job_counts rows per queue and terminal state (see migration 5).
     static constexpr int kCountShards = 16;
     // count_jobs(): the terminal counts, then the unfinished jobs through jobs_live.

@@ -40,6 +40,9 @@
 //     updated once per pass from the pass's changes (SqliteStore::flush_counts), so a start
 //     counts finished jobs without reading them; the live ones it counts, and scans, through the
 //     jobs_live index.
+// Version 9 indexes finished jobs by (state, finished_at) instead of finished_at alone: retention
+// deletes each state on its own clock (--dead-retention for dead jobs, --retention for the
+// others).
 #include "store_sqlite.hpp"
 
 #include "argv_blob.hpp"
@@ -238,6 +241,13 @@ const char* const kMigrations[] = {
     ) WITHOUT ROWID;
     INSERT INTO job_counts SELECT queue, state, COUNT(*) FROM jobs
         WHERE state = 'succeeded' OR state = 'dead' OR state = 'cancelled' GROUP BY queue, state;
+    )sql",
+    // 9: retention by state (dead jobs are kept --dead-retention, the others --retention), so
+    // the finished jobs of one state in finished_at order: a pass that deletes succeeded jobs
+    // must not walk over the dead ones kept longer.
+    R"sql(
+    DROP INDEX jobs_finished;
+    CREATE INDEX jobs_finished ON jobs(state, finished_at) WHERE finished_at IS NOT NULL;
     )sql",
 };
 
@@ -610,10 +620,8 @@ struct SqliteStore::Statements {
                "SELECT id FROM jobs WHERE state = 'dead' AND (?1 IS NULL OR queue = ?1) "
                "ORDER BY id LIMIT ?2"),
           finished(db,
-                   "SELECT id, queue, state FROM jobs WHERE finished_at < ?1 "
-                   "AND state IN ('succeeded','dead','cancelled') "
-                   "AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR queue = ?3) "
-                   "ORDER BY finished_at LIMIT ?4"),
+                   "SELECT id, queue, state FROM jobs WHERE state = ?2 AND finished_at < ?1 "
+                   "AND (?3 IS NULL OR queue = ?3) ORDER BY finished_at LIMIT ?4"),
           delete_job(db, "DELETE FROM jobs WHERE id = ?1"),
           delete_events(db, "DELETE FROM events WHERE job_id = ?1"),
           delete_payload(db, "DELETE FROM payloads WHERE job_id = ?1"),
@@ -1311,17 +1319,17 @@ std::vector<Removed> SqliteStore::remove_finished(std::optional<JobState> state,
                                                   const std::optional<std::string>& queue,
                                                   Millis finished_before, std::size_t limit) {
     begin();
-    auto& s = st_->finished.reset();
-    s.bind(1, finished_before);
-    if (state)
-        s.bind(2, to_string(*state));
-    else
-        s.bind_null(2);
-    s.bind_opt(3, queue).bind(4, static_cast<std::int64_t>(limit));
+    // One state at a time, each through its part of jobs_finished (state, finished_at).
     std::vector<std::pair<JobId, std::pair<std::string, JobState>>> rows;
-    while (s.step())
-        rows.push_back({static_cast<JobId>(s.i64(0)), {s.text(1), stored_state(s.text(2))}});
-    s.reset();
+    for (JobState st : kAllStates) {
+        if (!is_terminal(st) || (state && st != *state) || rows.size() >= limit) continue;
+        auto& s = st_->finished.reset();
+        s.bind(1, finished_before).bind(2, to_string(st)).bind_opt(3, queue);
+        s.bind(4, static_cast<std::int64_t>(limit - rows.size()));
+        while (s.step())
+            rows.push_back({static_cast<JobId>(s.i64(0)), {s.text(1), stored_state(s.text(2))}});
+        s.reset();
+    }
     std::vector<Removed> out;
     JobId highest = 0;
     for (const auto& row : rows)

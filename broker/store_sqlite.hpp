@@ -91,7 +91,7 @@ class SqliteStore final : public Store {
     std::uint64_t start_steps() const { return start_steps_; }
 
     int schema_version();
-    static constexpr int kSchemaVersion = 8;
+    static constexpr int kSchemaVersion = 9;
 
   private:
     struct Statements;

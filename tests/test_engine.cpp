@@ -167,7 +167,8 @@ struct Engine {
     const std::string client = "client";
     std::map<std::string, WorkerConn> workers;  // by identity
 
-    Engine() : broker(engine_config(), make_store(), clock) {}
+    Engine() : Engine(engine_config()) {}
+    explicit Engine(BrokerConfig config) : broker(std::move(config), make_store(), clock) {}
 
     // One pass at the current time. Keeps the fixture's picture of its workers up to date.
     std::vector<Envelope> send(const std::string& identity, std::string_view command,
@@ -1299,6 +1300,35 @@ TEST_CASE("DELETE: a finished job goes with all of it; a live one only with forc
     CHECK(f.submit(spec("q")) > scheduled);
     CHECK(f.error(cmd::kDelete, encode(DeleteRequest{f.req++, 999, true})).code ==
           ErrorCode::not_found);
+}
+
+TEST_CASE("retention: dead jobs are kept dead_retention_ms, other finished ones retention_ms") {
+    auto c = engine_config();
+    c.retention_ms = 1000;
+    c.dead_retention_ms = 10'000;
+    Engine f(c);
+    JobId ok = f.submit(spec("q"));
+    JobId bad = f.submit(spec("q"));
+    JobId off = f.submit(spec("q"));
+    f.register_worker("w1", {"q"}, 3);
+    REQUIRE(f.credit("w1", 3).size() == 3);
+    check_ack(f.done("w1", ok, 1), ok, 1);
+    check_ack(f.fail("w1", bad, 1, "boom", true), bad, 1);
+    CHECK(job_of(f.cancel(off)).state == S::cancelled);
+    auto gone = [&](JobId id) {
+        auto rep = f.ask(cmd::kStatus, encode(IdRequest{f.req++, id}));
+        return rep.command == cmd::kError && error_of(rep).code == ErrorCode::not_found;
+    };
+    f.advance(1500);  // retention looks once a second
+    f.advance(1000);
+    CHECK(gone(ok));
+    CHECK(gone(off));
+    CHECK(f.status(bad).state == S::dead);
+    f.advance(6000);
+    CHECK(f.status(bad).state == S::dead);
+    f.advance(3000);
+    f.advance(1000);
+    CHECK(gone(bad));
 }
 
 // ---- drain and release ----------------------------------------------------------------------
