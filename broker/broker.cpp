@@ -16,6 +16,7 @@
 
 #include "engine.hpp"
 #include "errand/codec.hpp"
+#include "errand/duration.hpp"
 #include "errand/log_fields.hpp"
 #include "errand/transport.hpp"
 #include "errand/utf8.hpp"
@@ -318,14 +319,23 @@ struct Broker::State {
         reply(rq.identity, cmd::kRetried, encode_ids(m.req, ids), m.req);
     }
 
-    void set_paused(const Request& rq, bool pause) {
-        auto m = decode_queue_request(rq.body);
-        engine.set_paused(m.queue, pause);
-        spdlog::info("queue {} {}", m.queue, pause ? "paused" : "resumed");
+    void on_pause(const Request& rq) {
+        auto m = decode_pause(rq.body);
+        if (m.for_ms) {
+            engine.pause_until(m.queue, now + *m.for_ms);
+            spdlog::info("queue {} paused for {}", m.queue, format_duration(*m.for_ms));
+        } else {
+            engine.set_paused(m.queue, true);
+            spdlog::info("queue {} paused", m.queue);
+        }
         reply(rq.identity, cmd::kOk, encode_req(m.req), m.req);
     }
-    void on_pause(const Request& rq) { set_paused(rq, true); }
-    void on_resume(const Request& rq) { set_paused(rq, false); }
+    void on_resume(const Request& rq) {
+        auto m = decode_queue_request(rq.body);
+        engine.set_paused(m.queue, false);
+        spdlog::info("queue {} resumed", m.queue);
+        reply(rq.identity, cmd::kOk, encode_req(m.req), m.req);
+    }
 
     void on_purge(const Request& rq) {
         auto m = decode_purge(rq.body);
@@ -397,7 +407,8 @@ struct Broker::State {
             if (!engine.counts().count(q)) names.push_back(q);
         std::sort(names.begin(), names.end());
         for (const auto& q : names)
-            out.push_back({q, engine.is_paused(q), counts_of(q), engine.oldest_ready(q)});
+            out.push_back({q, engine.is_paused(q), counts_of(q), engine.oldest_ready(q),
+                           engine.paused_until(q)});
         reply(rq.identity, cmd::kQueues, encode_queues(req, out), req);
     }
 

@@ -47,9 +47,7 @@ void JobEngine::rebuild(const std::unordered_map<JobId, HolderRef>& held, Millis
     counts_.clear();
     for (const auto& c : store_.count_jobs())
         counts_[c.queue][index_of(c.state)] = c.count;
-    paused_.clear();
-    for (auto& q : store_.paused_queues())
-        paused_.insert(std::move(q));
+    load_pauses();
     next_schedule_ = store_.next_schedule_at();
     dispatch_hint_ = true;
     if (shared_) {
@@ -120,14 +118,21 @@ void JobEngine::refresh() {
     counts_.clear();
     for (const auto& c : store_.count_jobs())
         counts_[c.queue][index_of(c.state)] = c.count;
-    paused_.clear();
-    for (auto& q : store_.paused_queues())
-        paused_.insert(std::move(q));
+    load_pauses();
     oldest_.clear();
     for (auto& [q, at] : store_.oldest_ready())
         oldest_[q] = at;
     cluster_ = store_.cluster();
     next_schedule_ = store_.next_schedule_at();
+}
+
+void JobEngine::load_pauses() {
+    paused_.clear();
+    for (auto& q : store_.paused_queues())
+        paused_.insert(std::move(q));
+    pause_until_.clear();
+    for (auto& [q, until] : store_.pause_deadlines())
+        pause_until_[q] = until;
 }
 
 // ---- the one transition path --------------------------------------------------------------
@@ -796,8 +801,36 @@ bool JobEngine::adopt(JobId id, std::uint32_t attempt, const HolderRef& by) {
     return true;
 }
 
+void JobEngine::pause_until(const std::string& queue, Millis until) {
+    store_.pause_until(queue, until);
+    paused_.insert(queue);
+    pause_until_[queue] = until;
+}
+
+std::optional<Millis> JobEngine::paused_until(const std::string& queue) const {
+    auto it = pause_until_.find(queue);
+    if (it == pause_until_.end()) return std::nullopt;
+    return it->second;
+}
+
+void JobEngine::resume_due(Millis now) {
+    std::vector<std::pair<std::string, Millis>> due;
+    for (const auto& [q, until] : pause_until_)
+        if (until <= now && due.size() < cfg_.promote_batch) due.emplace_back(q, until);
+    for (const auto& [q, until] : due) {
+        pause_until_.erase(q);
+        // False: paused again (or resumed) since, here or through another broker; the next
+        // refresh reads what it is now.
+        if (!store_.resume_due(q, until)) continue;
+        paused_.erase(q);
+        dispatch_hint_ = true;
+        spdlog::info("queue {} resumed: its timed pause is over", q);
+    }
+}
+
 void JobEngine::set_paused(const std::string& queue, bool paused) {
     store_.set_paused(queue, paused);
+    pause_until_.erase(queue);
     if (paused) {
         paused_.insert(queue);
     } else {
@@ -840,6 +873,7 @@ std::vector<Aborted> JobEngine::tick(Millis now) {
         tick_memory(now, aborted);
     }
     fire_schedules(now);
+    if (!pause_until_.empty()) resume_due(now);
     store_.maintain(now);
     if (mono_ >= next_retention_ && store_.leader()) {
         // Each terminal state on its own clock (dead jobs are kept longer, so that failures are
@@ -998,6 +1032,8 @@ Millis JobEngine::next_deadline(Millis bound) const {
     if (shared_)
         next = std::min({next, wall(next_poll_), wall(next_refresh_), promote_more_ ? now_ : next});
     if (!timers_.empty()) next = std::min(next, timers_.top().at);
+    for (const auto& [q, until] : pause_until_)
+        next = std::min(next, until);
     if (store_.maintenance_due()) next = std::min(next, now_ + kMaintenanceEveryMs);
     if (next_schedule_) next = std::min(next, std::max(*next_schedule_, schedule_retry_));
     if (!leases_.empty()) next = std::min(next, wall(leases_.top().at));

@@ -161,6 +161,9 @@ class JobEngine {
     // own. False: the worker must drop it.
     bool adopt(JobId id, std::uint32_t attempt, const HolderRef& by);
     void set_paused(const std::string& queue, bool paused);
+    // Paused until `until` (wall time), then resumed by tick() (a timed pause, PAUSE for_ms).
+    void pause_until(const std::string& queue, Millis until);
+    std::optional<Millis> paused_until(const std::string& queue) const;
     // Forgets the queues that have no job (in any state), no pause and for which `in_use` is
     // false (a worker serves it, it had recent activity): what a queue costs in memory is
     // given back. Returns the queues forgotten.
@@ -252,6 +255,9 @@ class JobEngine {
     void tick_shared(Millis now, std::vector<Aborted>& aborted);
     void tick_memory(Millis now, std::vector<Aborted>& aborted);
     void refresh();
+    void load_pauses();
+    // tick()'s part for timed pauses: those due resume (at most promote_batch per pass).
+    void resume_due(Millis now);
     bool result_applied(const JobInfo& job, bool ok);
     // tick()'s part for schedules: the due ticks of up to schedule_batch schedules.
     void fire_schedules(Millis now);
@@ -278,7 +284,8 @@ class JobEngine {
     std::unordered_map<JobId, std::uint32_t> prior_epoch_;
     std::unordered_map<std::string, StateCounts> counts_;  // queue -> jobs per state
     std::unordered_set<std::string> paused_;
-    std::vector<JobId> orphans_;  // running, no holder since the restart
+    std::unordered_map<std::string, Millis> pause_until_;  // timed pauses: queue -> resume at
+    std::vector<JobId> orphans_;                           // running, no holder since the restart
     std::mt19937_64 rng_{std::random_device{}()};
     Millis next_retention_ = 0;
     std::vector<PendingEvent> pending_;

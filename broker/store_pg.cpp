@@ -157,6 +157,11 @@ const char* const kMigrations[] = {
     CREATE INDEX jobs_finished ON jobs (state, finished_at)
         WHERE state IN ('succeeded', 'dead', 'cancelled');
     )sql",
+    // 7: timed pauses (PAUSE with for_ms): the queue resumes by itself at paused_until (any
+    // broker resumes it, by compare-and-set on paused_until).
+    R"sql(
+    ALTER TABLE queues ADD COLUMN paused_until bigint;
+    )sql",
 };
 
 static_assert(std::size(kMigrations) == PgStore::kSchemaVersion,
@@ -317,9 +322,17 @@ void PgStore::prepare() {
                 "WHERE id = $1::bigint",
                 3);
     db_.prepare("pause",
-                "INSERT INTO queues (name, paused) VALUES ($1::text, $2::boolean) "
-                "ON CONFLICT (name) DO UPDATE SET paused = EXCLUDED.paused",
+                "INSERT INTO queues (name, paused, paused_until) VALUES ($1::text, $2::boolean, "
+                "$3::bigint) ON CONFLICT (name) DO UPDATE SET paused = EXCLUDED.paused, "
+                "paused_until = EXCLUDED.paused_until",
+                3);
+    db_.prepare("resume_due",
+                "UPDATE queues SET paused = false, paused_until = NULL "
+                "WHERE name = $1::text AND paused AND paused_until = $2::bigint",
                 2);
+    db_.prepare("pause_deadlines",
+                "SELECT name, paused_until FROM queues WHERE paused AND paused_until IS NOT NULL",
+                0);
     db_.prepare("remove",
                 fmt::format("DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE "
                             "finished_at < $1::bigint AND state IN {} AND state = $2::text AND "
@@ -762,7 +775,25 @@ void PgStore::set_progress(JobId id, std::uint32_t percent, const std::string& m
 
 void PgStore::set_paused(const std::string& queue, bool paused) {
     begin();
-    run("pause", pg::Params().text(queue).boolean(paused));
+    run("pause", pg::Params().text(queue).boolean(paused).null());
+}
+
+void PgStore::pause_until(const std::string& queue, Millis until) {
+    begin();
+    run("pause", pg::Params().text(queue).boolean(true).i64(until));
+}
+
+bool PgStore::resume_due(const std::string& queue, Millis until) {
+    begin();
+    return run("resume_due", pg::Params().text(queue).i64(until)).affected() == 1;
+}
+
+std::vector<std::pair<std::string, Millis>> PgStore::pause_deadlines() {
+    auto r = run("pause_deadlines");
+    std::vector<std::pair<std::string, Millis>> out;
+    for (int i = 0; i < r.rows(); ++i)
+        out.emplace_back(r.text(i, 0), r.i64(i, 1));
+    return out;
 }
 
 std::vector<Removed> PgStore::remove_finished(std::optional<JobState> state,

@@ -40,6 +40,7 @@
 //     updated once per pass from the pass's changes (SqliteStore::flush_counts), so a start
 //     counts finished jobs without reading them; the live ones it counts, and scans, through the
 //     jobs_live index.
+// Version 10 adds queues.paused_until: a timed pause (PAUSE with for_ms) ends by itself then.
 // Version 9 indexes finished jobs by (state, finished_at) instead of finished_at alone: retention
 // deletes each state on its own clock (--dead-retention for dead jobs, --retention for the
 // others).
@@ -248,6 +249,10 @@ const char* const kMigrations[] = {
     R"sql(
     DROP INDEX jobs_finished;
     CREATE INDEX jobs_finished ON jobs(state, finished_at) WHERE finished_at IS NOT NULL;
+    )sql",
+    // 10: timed pauses (PAUSE with for_ms): the queue resumes by itself at paused_until.
+    R"sql(
+    ALTER TABLE queues ADD COLUMN paused_until INTEGER;
     )sql",
 };
 
@@ -613,8 +618,15 @@ struct SqliteStore::Statements {
           log_clear(db, "DELETE FROM dispatch_log"),
           row_state(db, "SELECT attempts, queue, state FROM jobs WHERE id = ?1"),
           set_paused(db,
-                     "INSERT INTO queues (name, paused) VALUES (?1, ?2) "
-                     "ON CONFLICT (name) DO UPDATE SET paused = excluded.paused"),
+                     "INSERT INTO queues (name, paused, paused_until) VALUES (?1, ?2, ?3) "
+                     "ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, "
+                     "paused_until = excluded.paused_until"),
+          resume_due(db,
+                     "UPDATE queues SET paused = 0, paused_until = NULL "
+                     "WHERE name = ?1 AND paused = 1 AND paused_until = ?2"),
+          pause_deadlines(db,
+                          "SELECT name, paused_until FROM queues "
+                          "WHERE paused = 1 AND paused_until IS NOT NULL"),
           paused(db, "SELECT name FROM queues WHERE paused = 1 ORDER BY name"),
           dead(db,
                "SELECT id FROM jobs WHERE state = 'dead' AND (?1 IS NULL OR queue = ?1) "
@@ -632,8 +644,8 @@ struct SqliteStore::Statements {
     Stmt begin, commit, rollback, insert, insert_payload, insert_event, insert_events2, update,
         token, get, dispatch, live, live_one, max_id, raise_floor, count, count_live, add_count,
         forget_counts, event_seq, save_event_seq, free_pages, progress, events, history, log_insert,
-        log_read, log_clear, row_state, set_paused, paused, dead, finished, delete_job,
-        delete_events, delete_payload, list;
+        log_read, log_clear, row_state, set_paused, resume_due, pause_deadlines, paused, dead,
+        finished, delete_job, delete_events, delete_payload, list;
 };
 
 SqliteStore::SqliteStore(const std::string& path, SqliteOptions options) {
@@ -1292,7 +1304,32 @@ void SqliteStore::set_paused(const std::string& queue, bool paused) {
     st_->set_paused.reset()
         .bind(1, std::string_view(queue))
         .bind(2, std::int64_t{paused ? 1 : 0})
+        .bind_null(3)
         .run();
+}
+
+void SqliteStore::pause_until(const std::string& queue, Millis until) {
+    begin();
+    st_->set_paused.reset()
+        .bind(1, std::string_view(queue))
+        .bind(2, std::int64_t{1})
+        .bind(3, until)
+        .run();
+}
+
+bool SqliteStore::resume_due(const std::string& queue, Millis until) {
+    begin();
+    st_->resume_due.reset().bind(1, std::string_view(queue)).bind(2, until).run();
+    return sqlite3_changes(db_) == 1;
+}
+
+std::vector<std::pair<std::string, Millis>> SqliteStore::pause_deadlines() {
+    auto& s = st_->pause_deadlines.reset();
+    std::vector<std::pair<std::string, Millis>> out;
+    while (s.step())
+        out.emplace_back(s.text(0), s.i64(1));
+    s.reset();
+    return out;
 }
 
 std::vector<std::string> SqliteStore::paused_queues() {

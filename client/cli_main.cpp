@@ -110,6 +110,7 @@ struct RetryArgs {
 
 struct QueueArgs {  // pause, resume
     std::string queue;
+    std::optional<std::string> for_;  // pause --for DUR
 };
 
 struct PurgeArgs {
@@ -545,6 +546,13 @@ int run_pause(errand::Client& client, const QueueArgs& args) {
                                  args.queue,
                                  guess ? fmt::format(" (did you mean '{}'?)", *guess) : "");
     }
+    if (args.for_) {
+        const Millis ms = to_ms(*args.for_);
+        client.pause(args.queue, std::chrono::milliseconds(ms));
+        std::cout << fmt::format("queue {} paused for {} (until {})\n", args.queue,
+                                 errand::format_duration(ms), errand::format_time(now_ms() + ms));
+        return kOk;
+    }
     client.pause(args.queue);
     std::cout << fmt::format("queue {} paused\n", args.queue);
     return kOk;
@@ -806,6 +814,11 @@ int run(int argc, char** argv) {
     auto* pause = app.add_subcommand(
         "pause", "Stop dispatching a queue's jobs (it still accepts new ones) until resumed.");
     pause->add_option("queue", pause_args.queue, "queue name")->check(queue_check())->required();
+    pause
+        ->add_option("--for", pause_args.for_,
+                     "resume by itself after DUR (kept across broker restarts)")
+        ->check(duration_check(false, errand::limits::kMaxDelayMs))
+        ->type_name("DUR");
     commands.emplace_back(pause, [&](errand::Client& c) { return run_pause(c, pause_args); });
 
     QueueArgs resume_args;

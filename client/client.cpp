@@ -295,8 +295,9 @@ std::vector<JobId> Client::retry_dead(const std::optional<std::string>& queue) {
     return decode_ids(b.reader());
 }
 
-void Client::pause(const std::string& queue) {
-    QueueRequest m{impl_->next_req++, queue};
+void Client::pause(const std::string& queue, std::optional<std::chrono::milliseconds> for_) {
+    PauseRequest m{impl_->next_req++, queue, std::nullopt};
+    if (for_) m.for_ms = for_->count();
     Impl::expect(impl_->call(cmd::kPause, encode(m), m.req), cmd::kOk);
 }
 

@@ -598,6 +598,13 @@ DeleteRequest decode_delete(const Reader& r) {
     return decode_as<DeleteT>(r);
 }
 
+std::string encode(const PauseRequest& m) {
+    return encode_as<PauseT>(m);
+}
+PauseRequest decode_pause(const Reader& r) {
+    return decode_as<PauseT>(r);
+}
+
 std::string encode_ids(std::uint64_t req, const std::vector<JobId>& ids) {
     return encode_as<RetriedT>({req, ids});
 }

@@ -245,9 +245,9 @@ struct PongT {
                       field("time", &Pong::time, Time{}, defaulted));
 };
 
-struct QueueRequestT {  // PAUSE, RESUME
+struct QueueRequestT {  // RESUME (and PAUSE without for_ms: PauseT)
     static constexpr auto table =
-        message<QueueRequest>("PAUSE", {}, field("req", &QueueRequest::req, U64{}, required),
+        message<QueueRequest>("RESUME", {}, field("req", &QueueRequest::req, U64{}, required),
                               field("queue", &QueueRequest::queue, Queue{}, required));
 };
 
@@ -299,7 +299,8 @@ struct QueueInfoT {
         message<QueueInfo>("queue", {}, field("name", &QueueInfo::name, str(), required),
                            field("paused", &QueueInfo::paused, Bool{}, defaulted),
                            field("counts", &QueueInfo::counts, Counts{}, required),
-                           field("oldest_ready_at", &QueueInfo::oldest_ready_at, Time{}, nullable));
+                           field("oldest_ready_at", &QueueInfo::oldest_ready_at, Time{}, nullable),
+                           field("paused_until", &QueueInfo::paused_until, Time{}, omit));
 };
 
 struct QueuesT {
@@ -690,6 +691,16 @@ struct DeleteT {
                                field("force", &DeleteRequest::force, Bool{}, defaulted));
 };
 
+struct PauseT {
+    static constexpr auto table =
+        message<PauseRequest>("PAUSE", {}, field("req", &PauseRequest::req, U64{}, required),
+                              field("queue", &PauseRequest::queue, Queue{}, required),
+                              field("for_ms", &PauseRequest::for_ms, Duration{limits::kMaxDelayMs},
+                                    omit, [](const Millis& ms) {
+                                        if (ms <= 0) bad("for_ms must be more than 0");
+                                    }));
+};
+
 // Every table, for tests/test_protocol_doc.cpp (through errand::message_tables()).
 using AllTables =
     std::tuple<SubmitT, JobSpecT, SubmittedT, IdRequestT, WaitT, ListT, JobT, JobsT, JobInfoT,
@@ -697,6 +708,7 @@ using AllTables =
                QueueInfoT, EventsT, EventT, ScheduleAddT, ScheduleT, ScheduleRequestT,
                ScheduleReplyT, SchedulesT, StatsT, QueueStatsT, BrokerInfoT, WorkersT, WorkerInfoT,
                WorkerJobT, FeedT, FeedReplyT, JobEventT, RegisterT, RegisteredT, CreditT, DispatchT,
-               DoneT, FailT, ResultsT, AckT, AcksT, ErrorT, ProgressT, AbortT, HeartbeatT, DeleteT>;
+               DoneT, FailT, ResultsT, AckT, AcksT, ErrorT, ProgressT, AbortT, HeartbeatT, DeleteT,
+               PauseT>;
 
 }  // namespace errand::fields

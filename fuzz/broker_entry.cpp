@@ -117,6 +117,14 @@ class FaultyStore final : public broker::ForwardingStore {
         write();
         inner_.set_paused(q, p);
     }
+    void pause_until(const std::string& q, Millis until) override {
+        write();
+        inner_.pause_until(q, until);
+    }
+    bool resume_due(const std::string& q, Millis until) override {
+        write();
+        return inner_.resume_due(q, until);
+    }
     std::vector<broker::Removed> remove_finished(std::optional<JobState> s,
                                                  const std::optional<std::string>& q, Millis before,
                                                  std::size_t n) override {
@@ -336,9 +344,13 @@ class Script {
                 }
                 return encode(m);
             }
-            case script::Op::kPause:
+            case script::Op::kPause: {
                 command = cmd::kPause;
-                return encode(QueueRequest{req(), queue()});
+                PauseRequest m{req(), queue(), std::nullopt};
+                // A timed pause, resumed by the broker itself (0: refused, bad_request).
+                if (in_.boolean()) m.for_ms = static_cast<Millis>(in_.range(0, 5000));
+                return encode(m);
+            }
             case script::Op::kResume:
                 command = cmd::kResume;
                 return encode(QueueRequest{req(), queue()});

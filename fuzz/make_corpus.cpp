@@ -412,6 +412,20 @@ std::vector<std::pair<std::string, std::string>> broker_seeds() {
     }
     {
         ScriptWriter w;
+        w.msg(kClient, cmd::kPause, encode(PauseRequest{1, "q0", 500}))  // a timed pause
+            .msg(kClient, cmd::kPause, encode(PauseRequest{2, "q1", 0}))   // bad_request
+            .msg(kClient, cmd::kSubmit, submit(3, job("q0")))
+            .msg(kWorker, cmd::kRegister, registration(4, "inst-0", {"q0"}))
+            .msg(kWorker, cmd::kCredit, encode_credit(1))
+            .restart()  // the pause's end is stored
+            .msg(kWorker, cmd::kRegister, registration(5, "inst-0", {"q0"}))
+            .msg(kWorker, cmd::kCredit, encode_credit(1))
+            .wait(1)  // over: dispatched
+            .msg(kClient, cmd::kQueues, encode_req(6));
+        add("timed_pause", w);
+    }
+    {
+        ScriptWriter w;
         worker_takes_one(w, job("q0"))
             .wait(12)  // worker silent past its expiry: lost, the job goes back to ready
             .msg(kWorker, cmd::kRegister, registration(3, "inst-0", {"q0"}, {{1, 1}}))

@@ -426,6 +426,41 @@ TEST_CASE("cli: run-now readies scheduled jobs; delete removes finished ones, --
     CHECK(state(b) == "ready");
 }
 
+TEST_CASE("cli: pause --for resumes the queue by itself; queues shows until when") {
+    CliWorld w;
+    for (const char* bad : {"0", "0s", "-1s", "soon"}) {
+        auto r = w.cli({"pause", "cat-q", "--for", bad});
+        CHECK_MESSAGE(r.exit_code == 120, describe(r));
+    }
+    auto long_pause = w.cli({"pause", "nobody-q", "--for", "1h"});
+    CHECK_MESSAGE(long_pause.exit_code == 0, describe(long_pause));
+    CHECK_MESSAGE(long_pause.out.find("queue nobody-q paused for 1h (until ") == 0,
+                  describe(long_pause));
+    auto table = w.cli({"queues"});
+    CHECK_MESSAGE(table.out.find("until ") != std::string::npos, describe(table));
+    auto queues = parse_json(w.cli({"queues", "--json"}));
+    bool shown = false;
+    for (const auto& q : queues)
+        if (q["name"] == "nobody-q")
+            shown = q["paused"] == true && time_ms(q["paused_until"]).has_value();
+    CHECK(shown);
+
+    // A short one ends by itself: the job submitted meanwhile runs once it is over.
+    auto start = std::chrono::steady_clock::now();
+    auto paused = w.cli({"pause", "cat-q", "--for", "1s"});
+    REQUIRE_MESSAGE(paused.exit_code == 0, describe(paused));
+    auto ran = w.cli({"submit", "-q", "cat-q", "--payload", "after", "--wait"});
+    CHECK_MESSAGE(ran.exit_code == 0, describe(ran));
+    CHECK(ran.out == "after");
+    CHECK(std::chrono::steady_clock::now() - start >= std::chrono::milliseconds(900));
+    queues = parse_json(w.cli({"queues", "--json"}));
+    for (const auto& q : queues)
+        if (q["name"] == "cat-q") {
+            CHECK(q["paused"] == false);
+            CHECK(q["paused_until"].is_null());
+        }
+}
+
 TEST_CASE("cli: history of a finished job goes (new) → ready → running → succeeded") {
     CliWorld w;
     auto sub = w.cli({"submit", "-q", "cat-q", "--payload", "h"});

@@ -610,6 +610,51 @@ TEST_CASE("no dispatch from a paused queue; RESUME dispatches to a waiting credi
     CHECK(f.status(id).state == S::running);
 }
 
+TEST_CASE("PAUSE with for_ms: nothing dispatched until then, then resumed by itself") {
+    Engine f;
+    auto queue_info = [&]() -> QueueInfo {
+        auto rep = f.ask(cmd::kQueues, encode_req(f.req++));
+        REQUIRE(rep.command == cmd::kQueues);
+        Body b(rep.body);
+        for (auto& q : decode_queues(b.reader()))
+            if (q.name == "q") return q;
+        return {};
+    };
+    // Bad durations: refused, nothing paused.
+    for (Millis bad : {Millis{0}, Millis{-5}}) {
+        auto e = f.error(cmd::kPause, encode(PauseRequest{f.req++, "q", bad}));
+        CHECK(e.code == ErrorCode::bad_request);
+        CHECK(e.message.find("for_ms") != std::string::npos);
+    }
+    JobId id = f.submit(spec("q"));
+    CHECK_FALSE(queue_info().paused);
+    const Millis until = f.now + 5000;
+    CHECK(f.ask(cmd::kPause, encode(PauseRequest{f.req++, "q", 5000})).command == cmd::kOk);
+    auto q = queue_info();
+    CHECK(q.paused);
+    CHECK(q.paused_until == until);
+    f.register_worker("w1", {"q"});
+    CHECK(f.credit("w1", 1).empty());
+    CHECK(dispatches(f.advance(4900), "w1").empty());
+    auto d = dispatches(f.advance(100), "w1");
+    REQUIRE(d.size() == 1);
+    CHECK(d[0].id == id);
+    q = queue_info();
+    CHECK_FALSE(q.paused);
+    CHECK_FALSE(q.paused_until.has_value());
+
+    // A plain PAUSE replaces a timed one (and RESUME ends it early).
+    CHECK(f.ask(cmd::kPause, encode(PauseRequest{f.req++, "q", 1000})).command == cmd::kOk);
+    CHECK(f.ask(cmd::kPause, encode(PauseRequest{f.req++, "q", std::nullopt})).command == cmd::kOk);
+    f.advance(2000);
+    q = queue_info();
+    CHECK(q.paused);
+    CHECK_FALSE(q.paused_until.has_value());
+    CHECK(f.ask(cmd::kPause, encode(PauseRequest{f.req++, "q", 1000})).command == cmd::kOk);
+    CHECK(f.ask(cmd::kResume, encode(QueueRequest{f.req++, "q"})).command == cmd::kOk);
+    CHECK_FALSE(queue_info().paused_until.has_value());
+}
+
 TEST_CASE("priority order: higher first, FIFO within a priority") {
     Engine f;
     auto low = spec("q");

@@ -276,7 +276,7 @@ TEST_CASE(
     CHECK(done == 20000);
 }
 
-TEST_CASE("migration 6 on PostgreSQL: finished jobs indexed by state, then finish time") {
+TEST_CASE("migrations 6 and 7 on PostgreSQL: finished jobs by state; timed pauses are stored") {
     pg::Connection(server().conninfo()).exec("CREATE SCHEMA mig6");
     auto conninfo = server().conninfo() + " options='-csearch_path=mig6'";
     pg::Connection check(conninfo);
@@ -284,7 +284,8 @@ TEST_CASE("migration 6 on PostgreSQL: finished jobs indexed by state, then finis
     // What version 5 had.
     check.exec(
         "DROP INDEX jobs_finished; CREATE INDEX jobs_finished ON jobs (finished_at) WHERE state "
-        "IN ('succeeded', 'dead', 'cancelled'); UPDATE errand_schema SET version = 5");
+        "IN ('succeeded', 'dead', 'cancelled'); ALTER TABLE queues DROP COLUMN paused_until; "
+        "UPDATE errand_schema SET version = 5");
     PgStore store(conninfo);
     CHECK(store.schema_version() == PgStore::kSchemaVersion);
     auto def = check.query(
@@ -292,4 +293,17 @@ TEST_CASE("migration 6 on PostgreSQL: finished jobs indexed by state, then finis
         "AND schemaname = 'mig6'");
     REQUIRE(def.rows() == 1);
     CHECK(def.text(0, 0).find("(state, finished_at)") != std::string::npos);
+
+    // A timed pause's end is a row: another broker (another connection) reads it, and only
+    // the pause it names is resumed.
+    store.pause_until("q", 5000);
+    store.commit();
+    PgStore other(conninfo);
+    CHECK(other.pause_deadlines() ==
+          std::vector<std::pair<std::string, errand::Millis>>{{"q", 5000}});
+    CHECK_FALSE(other.resume_due("q", 4000));
+    CHECK(other.resume_due("q", 5000));
+    other.commit();
+    CHECK(store.paused_queues().empty());
+    CHECK(store.pause_deadlines().empty());
 }

@@ -92,8 +92,10 @@ Transition succeed(JobId id, Millis at, std::uint32_t attempt = 1) {
 }
 
 // Turns a database back into what version 7 wrote (its jobs' events rows of version 8 go too:
-// they would have been in the history column).
+// they would have been in the history column; version 9's index is made again as it was).
 constexpr const char* kUndoVersion8 =
+    "ALTER TABLE queues DROP COLUMN paused_until; DROP INDEX jobs_finished; "
+    "CREATE INDEX jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL; "
     "DROP TABLE job_counts; DROP TABLE payloads; DROP TABLE event_seq; "
     "DELETE FROM events WHERE id >= 1099511627776; ";
 
@@ -987,4 +989,32 @@ TEST_CASE("remove_job: a finished job goes with its events, payload and count; o
     auto next = store.insert_job(job(3, "q"), "submitted");
     store.commit();
     CHECK(next.id == 3);
+}
+
+TEST_CASE("a timed pause is stored: its end survives a reopen; resume_due is compare-and-set") {
+    TempDir dir;
+    {
+        SqliteStore store(dir.db());
+        store.begin();
+        store.pause_until("q", 5000);
+        store.set_paused("p", true);
+        store.commit();
+    }
+    SqliteStore store(dir.db());
+    CHECK(store.paused_queues() == std::vector<std::string>{"p", "q"});
+    CHECK(store.pause_deadlines() == std::vector<std::pair<std::string, Millis>>{{"q", 5000}});
+    store.begin();
+    CHECK_FALSE(store.resume_due("q", 4000));  // paused until another time: left alone
+    CHECK_FALSE(store.resume_due("p", 5000));  // paused for good
+    CHECK(store.resume_due("q", 5000));
+    store.commit();
+    CHECK(store.paused_queues() == std::vector<std::string>{"p"});
+    CHECK(store.pause_deadlines().empty());
+    // A plain pause or resume clears the end.
+    store.begin();
+    store.pause_until("q", 9000);
+    store.set_paused("q", true);
+    store.commit();
+    CHECK(store.pause_deadlines().empty());
+    CHECK(store.paused_queues() == std::vector<std::string>{"p", "q"});
 }

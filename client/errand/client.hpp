@@ -97,7 +97,9 @@ class Client {
     // Puts every dead job (of `queue`, if given) back; returns their ids.
     std::vector<JobId> retry_dead(const std::optional<std::string>& queue = std::nullopt);
     // A paused queue accepts jobs but dispatches none, until resumed (survives restarts).
-    void pause(const std::string& queue);
+    // With `for_` (more than 0): resumed by itself then (a timed pause, also stored).
+    void pause(const std::string& queue,
+               std::optional<std::chrono::milliseconds> for_ = std::nullopt);
     void resume(const std::string& queue);
     // Deletes finished jobs in `state` (that finished at least `older_than` ago); returns how
     // many.

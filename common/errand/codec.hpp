@@ -218,9 +218,15 @@ struct Abort {  // broker -> worker: stop this attempt
     std::string reason;
 };
 
-struct QueueRequest {  // PAUSE, RESUME
+struct QueueRequest {  // RESUME (PAUSE without for_ms)
     std::uint64_t req = 0;
     std::string queue;
+};
+
+struct PauseRequest {  // PAUSE: QueueRequest and, for a timed pause, how long
+    std::uint64_t req = 0;
+    std::string queue;
+    std::optional<Millis> for_ms;  // resumed by itself after this (more than 0)
 };
 
 struct RetryRequest {
@@ -301,6 +307,7 @@ std::string encode(const JobSpec& m);
 std::string encode_req(std::uint64_t req);  // PING, QUEUES, OK
 std::string encode_empty();                 // {}
 std::string encode(const DeleteRequest& m);
+std::string encode(const PauseRequest& m);
 
 SubmitRequest decode_submit(const Reader& r, const DecodeLimits& lim = {});
 SubmitReply decode_submitted(const Reader& r);
@@ -335,6 +342,7 @@ Schedule decode_schedule(const Reader& r);
 std::vector<Schedule> decode_schedules(const Reader& r);
 JobSpec decode_job_spec(const Reader& r);
 DeleteRequest decode_delete(const Reader& r);
+PauseRequest decode_pause(const Reader& r);
 
 // ---- Observability: job events, STATS, WORKERS, FEED (docs/PROTOCOL.md) -------------------
 
