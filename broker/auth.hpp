@@ -16,8 +16,8 @@
 
 namespace errand::broker {
 
-// A key limited to "worker" cannot cancel, retry, pause, resume or purge; a key limited to
-// "client" cannot act as a worker. "any" (the default) may do everything.
+// A key limited to "worker" cannot cancel, retry, run-now, delete, pause, resume or purge; a key
+// limited to "client" cannot act as a worker. "any" (the default) may do everything.
 enum class Role { any, client, worker };
 
 struct AuthorizedKey {

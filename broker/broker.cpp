@@ -17,6 +17,7 @@
 
 #include "engine.hpp"
 #include "errand/codec.hpp"
+#include "errand/duration.hpp"
 #include "errand/log_fields.hpp"
 #include "errand/transport.hpp"
 #include "errand/utf8.hpp"
@@ -82,6 +83,7 @@ EngineConfig engine_config(const BrokerConfig& c) {
     e.timeout_grace_ms = c.timeout_grace_ms;
     e.orphan_grace_ms = c.worker_timeout_ms;
     e.retention_ms = c.retention_ms;
+    e.dead_retention_ms = c.dead_retention_ms;
     e.retention_batch = c.retention_batch;
     e.max_queues = c.max_queues;
     return e;
@@ -143,7 +145,7 @@ struct Broker::State {
         bool writes;        // may change jobs or queues: its replies wait for the pass's commit
         OnFail on_fail;     // what its replies become if that commit fails (writes only)
     };
-    static const Command kCommands[31];
+    static const Command kCommands[33];
 
     BrokerConfig cfg;
     std::unique_ptr<Store> store;
@@ -346,6 +348,19 @@ struct Broker::State {
         reply(rq.identity, cmd::kJob, encode_job(need_job(m.id), m.req), m.req);
     }
 
+    void on_run_now(const Request& rq) {
+        auto m = decode_id_request(rq.body);
+        engine.run_now(m.id, now);
+        reply(rq.identity, cmd::kJob, encode_job(need_job(m.id), m.req), m.req);
+    }
+
+    void on_delete(const Request& rq) {
+        auto m = decode_delete(rq.body);
+        if (auto stopped = engine.remove(m.id, m.force, now)) abort_on_worker(*stopped);
+        spdlog::info("job {} deleted{}", m.id, m.force ? " (force)" : "");
+        reply(rq.identity, cmd::kOk, encode_req(m.req), m.req);
+    }
+
     void on_retry(const Request& rq) {
         auto m = decode_retry(rq.body);
         std::vector<JobId> ids;
@@ -358,14 +373,23 @@ struct Broker::State {
         reply(rq.identity, cmd::kRetried, encode_ids(m.req, ids), m.req);
     }
 
-    void set_paused(const Request& rq, bool pause) {
-        auto m = decode_queue_request(rq.body);
-        engine.set_paused(m.queue, pause);
-        spdlog::info("queue {} {}", m.queue, pause ? "paused" : "resumed");
+    void on_pause(const Request& rq) {
+        auto m = decode_pause(rq.body);
+        if (m.for_ms) {
+            engine.pause_until(m.queue, now + *m.for_ms);
+            spdlog::info("queue {} paused for {}", m.queue, format_duration(*m.for_ms));
+        } else {
+            engine.set_paused(m.queue, true);
+            spdlog::info("queue {} paused", m.queue);
+        }
         reply(rq.identity, cmd::kOk, encode_req(m.req), m.req);
     }
-    void on_pause(const Request& rq) { set_paused(rq, true); }
-    void on_resume(const Request& rq) { set_paused(rq, false); }
+    void on_resume(const Request& rq) {
+        auto m = decode_queue_request(rq.body);
+        engine.set_paused(m.queue, false);
+        spdlog::info("queue {} resumed", m.queue);
+        reply(rq.identity, cmd::kOk, encode_req(m.req), m.req);
+    }
 
     void on_purge(const Request& rq) {
         auto m = decode_purge(rq.body);
@@ -464,6 +488,7 @@ struct Broker::State {
             r.paused = engine.is_paused(q);
             if (c) r.counts = *c;
             r.oldest_ready_at = engine.oldest_ready(q);
+            r.paused_until = engine.paused_until(q);
             if (auto m = metrics.queues.find(q); m != metrics.queues.end()) {
                 r.submitted = m->second.submitted;
                 r.succeeded = m->second.succeeded;
@@ -984,12 +1009,26 @@ struct Broker::State {
             for (JobId id : ids) {
                 auto list = waiters.take(id);
                 if (list.empty()) continue;
-                if (auto job = store->get_job(id))
-                    for (const auto& w : list)
-                        send(w.identity, cmd::kJob, encode_job(*job, w.req));
+                answer_waiters(id, list);
             }
         } catch (const StoreError& e) {
             spdlog::debug("waits of other brokers' jobs not checked: {}", e.what());
+        }
+    }
+
+    // The job finished: its waiters get it; or, when it is gone (DELETE with force in the same
+    // pass), not_found, as a WAIT for it would get now.
+    void answer_waiters(JobId id, const std::vector<Waiter>& list) {
+        auto job = store->get_job(id);
+        for (const auto& w : list) {
+            if (job) {
+                send(w.identity, cmd::kJob, encode_job(*job, w.req));
+            } else {
+                send(w.identity, cmd::kError,
+                     encode(ErrorReply{w.req, ErrorCode::not_found,
+                                       fmt::format("job {} was deleted", id), std::nullopt,
+                                       std::nullopt}));
+            }
         }
     }
 
@@ -1064,9 +1103,7 @@ struct Broker::State {
         for (JobId id : engine.finished()) {
             auto list = waiters.take(id);
             if (list.empty()) continue;
-            if (auto job = store->get_job(id))
-                for (const auto& w : list)
-                    send(w.identity, cmd::kJob, encode_job(*job, w.req));
+            answer_waiters(id, list);
         }
         engine.committed();
         if (engine.shared()) answer_remote_waits();
@@ -1232,7 +1269,7 @@ struct Broker::State {
 // Generic checks (frames, version, decoding, roles, registration, error replies) happen once in
 // handle(), before any handler runs.
 // clang-format off
-const Broker::State::Command Broker::State::kCommands[31] = {
+const Broker::State::Command Broker::State::kCommands[33] = {
 //   name             handler               access            worker writes on a failed commit
     {cmd::kSubmit,    &State::on_submit,    Access::everyone, false, true,  OnFail::error},
     {cmd::kStatus,    &State::on_status,    Access::everyone, false, false, OnFail::send},
@@ -1265,6 +1302,8 @@ const Broker::State::Command Broker::State::kCommands[31] = {
     {cmd::kDrain,     &State::on_drain,     Access::workers, true,  false, OnFail::send},
     {cmd::kRelease,   &State::on_release,   Access::workers, false, true,  OnFail::drop},
     {cmd::kWorkerControl, &State::on_worker_control, Access::clients, false, false, OnFail::send},
+    {cmd::kRunNow,    &State::on_run_now,   Access::clients, false, true,  OnFail::error},
+    {cmd::kDelete,    &State::on_delete,    Access::clients, false, true,  OnFail::error},
 };
 // clang-format on
 

@@ -34,8 +34,9 @@ struct BrokerConfig {
     Millis retry_delay_ms = 1000;     // default backoff base
     Millis retry_cap_ms = 600'000;    // default backoff cap
     Millis timeout_grace_ms = 10000;  // a timed-out attempt without a result fails after this
-    Millis retention_ms = 7 * 86'400'000LL;  // finished jobs are deleted after this
-    std::size_t retention_batch = 500;       // rows deleted per pass at most
+    Millis retention_ms = 7 * 86'400'000LL;         // finished jobs are deleted after this
+    Millis dead_retention_ms = 180 * 86'400'000LL;  // but dead ones after this
+    std::size_t retention_batch = 500;              // rows deleted per pass at most
     std::size_t max_payload = limits::kDefaultMaxPayload;
     std::size_t max_result = limits::kDefaultMaxResult;
     std::size_t max_message = limits::kDefaultMaxMessage;

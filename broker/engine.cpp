@@ -48,9 +48,7 @@ void JobEngine::rebuild(const std::unordered_map<JobId, HolderRef>& held, Millis
     counts_.clear();
     for (const auto& c : store_.count_jobs())
         counts_[c.queue][index_of(c.state)] = c.count;
-    paused_.clear();
-    for (auto& q : store_.paused_queues())
-        paused_.insert(std::move(q));
+    load_pauses();
     next_schedule_ = store_.next_schedule_at();
     dispatch_hint_ = true;
     if (shared_) {
@@ -121,14 +119,21 @@ void JobEngine::refresh() {
     counts_.clear();
     for (const auto& c : store_.count_jobs())
         counts_[c.queue][index_of(c.state)] = c.count;
-    paused_.clear();
-    for (auto& q : store_.paused_queues())
-        paused_.insert(std::move(q));
+    load_pauses();
     oldest_.clear();
     for (auto& [q, at] : store_.oldest_ready())
         oldest_[q] = at;
     cluster_ = store_.cluster();
     next_schedule_ = store_.next_schedule_at();
+}
+
+void JobEngine::load_pauses() {
+    paused_.clear();
+    for (auto& q : store_.paused_queues())
+        paused_.insert(std::move(q));
+    pause_until_.clear();
+    for (auto& [q, until] : store_.pause_deadlines())
+        pause_until_[q] = until;
 }
 
 // ---- the one transition path --------------------------------------------------------------
@@ -144,6 +149,8 @@ void JobEngine::refresh() {
 //                 │ timed out on the last attempt: tick() ──► dead
 //   ready, scheduled, retrying, running ── cancel() ──► cancelled
 //   dead ── revive() ──► ready
+//   scheduled, retrying ── run_now() ──► ready
+//   succeeded, dead, cancelled ── remove() ──► (deleted; force: cancel() first)
 bool JobEngine::transition(JobId id, Live& l, JobState to, Transition t) {
     check_transition(l.state, to);
     t.id = id;
@@ -685,6 +692,58 @@ void JobEngine::revive(JobId id, Millis now) {
                                         id));
 }
 
+void JobEngine::run_now(JobId id, Millis now) {
+    now_ = now;
+    Live* l = current(id);
+    const auto refuse = [&](std::string_view state) {
+        return ProtocolError(ErrorCode::invalid_state,
+                             fmt::format("job {} is {}; only scheduled or retrying jobs can be "
+                                         "run now",
+                                         id, state));
+    };
+    if (!l) {
+        auto job = store_.get_job(id);
+        if (!job) throw ProtocolError(ErrorCode::not_found, fmt::format("no job {}", id));
+        throw refuse(to_string(job->state));
+    }
+    if (l->state != JobState::scheduled && l->state != JobState::retrying)
+        throw refuse(to_string(l->state));
+    Transition t;
+    t.reason = "run now by request";
+    // Its timer entry stays on the heap, stale (tick_memory skips it: the job is not waiting).
+    if (!transition(id, *l, JobState::ready, std::move(t)))
+        throw ProtocolError(ErrorCode::invalid_state,
+                            fmt::format("job {} changed through another broker while being "
+                                        "made ready: look again",
+                                        id));
+}
+
+std::optional<Aborted> JobEngine::remove(JobId id, bool force, Millis now) {
+    now_ = now;
+    std::optional<Aborted> stopped;
+    if (Live* l = current(id)) {
+        if (!force)
+            throw ProtocolError(ErrorCode::invalid_state,
+                                fmt::format("job {} is {}; only finished jobs can be deleted "
+                                            "(force cancels it first)",
+                                            id, to_string(l->state)));
+        stopped = cancel(id, now);
+    }
+    auto removed = store_.remove_job(id);
+    if (!removed) {
+        auto job = store_.get_job(id);
+        if (!job) throw ProtocolError(ErrorCode::not_found, fmt::format("no job {}", id));
+        // Unfinished again: only another broker can have done that since the lines above.
+        throw ProtocolError(ErrorCode::invalid_state,
+                            fmt::format("job {} is {} (changed through another broker): look "
+                                        "again",
+                                        id, to_string(job->state)));
+    }
+    std::uint64_t n = 0;
+    forget_removed({*removed}, &n);
+    return stopped;
+}
+
 std::vector<JobId> JobEngine::revive_dead(const std::optional<std::string>& queue,
                                           std::size_t limit, Millis now) {
     std::vector<JobId> ids;
@@ -745,8 +804,36 @@ bool JobEngine::adopt(JobId id, std::uint32_t attempt, const HolderRef& by) {
     return true;
 }
 
+void JobEngine::pause_until(const std::string& queue, Millis until) {
+    store_.pause_until(queue, until);
+    paused_.insert(queue);
+    pause_until_[queue] = until;
+}
+
+std::optional<Millis> JobEngine::paused_until(const std::string& queue) const {
+    auto it = pause_until_.find(queue);
+    if (it == pause_until_.end()) return std::nullopt;
+    return it->second;
+}
+
+void JobEngine::resume_due(Millis now) {
+    std::vector<std::pair<std::string, Millis>> due;
+    for (const auto& [q, until] : pause_until_)
+        if (until <= now && due.size() < cfg_.promote_batch) due.emplace_back(q, until);
+    for (const auto& [q, until] : due) {
+        pause_until_.erase(q);
+        // False: paused again (or resumed) since, here or through another broker; the next
+        // refresh reads what it is now.
+        if (!store_.resume_due(q, until)) continue;
+        paused_.erase(q);
+        dispatch_hint_ = true;
+        spdlog::info("queue {} resumed: its timed pause is over", q);
+    }
+}
+
 void JobEngine::set_paused(const std::string& queue, bool paused) {
     store_.set_paused(queue, paused);
+    pause_until_.erase(queue);
     if (paused) {
         paused_.insert(queue);
     } else {
@@ -789,12 +876,18 @@ std::vector<Aborted> JobEngine::tick(Millis now) {
         tick_memory(now, aborted);
     }
     fire_schedules(now);
+    if (!pause_until_.empty()) resume_due(now);
     store_.maintain(now);
     if (mono_ >= next_retention_ && store_.leader()) {
+        // Each terminal state on its own clock (dead jobs are kept longer, so that failures are
+        // still there to look at), retention_batch rows in all per pass.
         std::uint64_t n = 0;
-        forget_removed(store_.remove_finished(std::nullopt, std::nullopt, now - cfg_.retention_ms,
-                                              cfg_.retention_batch),
-                       &n);
+        for (JobState s : kAllStates) {
+            if (!is_terminal(s) || n >= cfg_.retention_batch) continue;
+            const Millis keep = s == JobState::dead ? cfg_.dead_retention_ms : cfg_.retention_ms;
+            forget_removed(
+                store_.remove_finished(s, std::nullopt, now - keep, cfg_.retention_batch - n), &n);
+        }
         if (n > 0) spdlog::debug("retention: deleted {} finished jobs", n);
         // A full batch means more are due: carry on next pass, else look again in a second.
         next_retention_ = n >= cfg_.retention_batch ? mono_ : mono_ + 1000;
@@ -942,6 +1035,8 @@ Millis JobEngine::next_deadline(Millis bound) const {
     if (shared_)
         next = std::min({next, wall(next_poll_), wall(next_refresh_), promote_more_ ? now_ : next});
     if (!timers_.empty()) next = std::min(next, timers_.top().at);
+    for (const auto& [q, until] : pause_until_)
+        next = std::min(next, until);
     if (store_.maintenance_due()) next = std::min(next, now_ + kMaintenanceEveryMs);
     if (next_schedule_) next = std::min(next, std::max(*next_schedule_, schedule_retry_));
     if (!leases_.empty()) next = std::min(next, wall(leases_.top().at));

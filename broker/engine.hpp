@@ -41,8 +41,9 @@ struct EngineConfig {
     // A job running when the broker started, that no worker claims (REGISTER held) within this,
     // counts as lost.
     Millis orphan_grace_ms = 5000;
-    Millis retention_ms = 7 * 86'400'000LL;  // finished jobs are deleted after this
-    std::size_t retention_batch = 500;       // rows deleted per pass at most
+    Millis retention_ms = 7 * 86'400'000LL;         // finished jobs are deleted after this
+    Millis dead_retention_ms = 180 * 86'400'000LL;  // but dead ones after this
+    std::size_t retention_batch = 500;              // rows deleted per pass at most
     // Shared store only: how often a broker looks for work other brokers made (jobs submitted
     // or due there, in queues it found empty), and refreshes its counts and pauses.
     Millis poll_ms = 50;
@@ -143,6 +144,13 @@ class JobEngine {
     // revive() for up to `limit` dead jobs (of `queue`); those that cannot be are left dead.
     std::vector<JobId> revive_dead(const std::optional<std::string>& queue, std::size_t limit,
                                    Millis now);
+    // scheduled | retrying -> ready at once (RUN_NOW): its run_at or backoff is skipped. Throws
+    // not_found / invalid_state (any other state).
+    void run_now(JobId id, Millis now);
+    // Deletes a finished job with everything of it (DELETE). An unfinished one is refused
+    // (invalid_state) unless `force`, which cancels it first (cancel(), the same edge); returns
+    // the attempt that stopped. Throws not_found.
+    std::optional<Aborted> remove(JobId id, bool force, Millis now);
     // Everything that happens because time passed: scheduled/retrying -> ready (due), running ->
     // retrying | dead (timed out), orphans lost, retention, the store's maintenance. Returns the
     // attempts it timed out.
@@ -153,6 +161,9 @@ class JobEngine {
     // own. False: the worker must drop it.
     bool adopt(JobId id, std::uint32_t attempt, const HolderRef& by);
     void set_paused(const std::string& queue, bool paused);
+    // Paused until `until` (wall time), then resumed by tick() (a timed pause, PAUSE for_ms).
+    void pause_until(const std::string& queue, Millis until);
+    std::optional<Millis> paused_until(const std::string& queue) const;
     // Forgets the queues that have no job (in any state), no pause and for which `in_use` is
     // false (a worker serves it, it had recent activity): what a queue costs in memory is
     // given back. Returns the queues forgotten.
@@ -244,6 +255,9 @@ class JobEngine {
     void tick_shared(Millis now, std::vector<Aborted>& aborted);
     void tick_memory(Millis now, std::vector<Aborted>& aborted);
     void refresh();
+    void load_pauses();
+    // tick()'s part for timed pauses: those due resume (at most promote_batch per pass).
+    void resume_due(Millis now);
     bool result_applied(const JobInfo& job, bool ok);
     // tick()'s part for schedules: the due ticks of up to schedule_batch schedules.
     void fire_schedules(Millis now);
@@ -270,7 +284,8 @@ class JobEngine {
     std::unordered_map<JobId, std::uint32_t> prior_epoch_;
     std::unordered_map<std::string, StateCounts> counts_;  // queue -> jobs per state
     std::unordered_set<std::string> paused_;
-    std::vector<JobId> orphans_;  // running, no holder since the restart
+    std::unordered_map<std::string, Millis> pause_until_;  // timed pauses: queue -> resume at
+    std::vector<JobId> orphans_;                           // running, no holder since the restart
     std::mt19937_64 rng_{std::random_device{}()};
     Millis next_retention_ = 0;
     std::vector<PendingEvent> pending_;

@@ -21,11 +21,16 @@ class ForwardingStore : public Store {
         inner_.set_progress(id, p, m);
     }
     void set_paused(const std::string& q, bool p) override { inner_.set_paused(q, p); }
+    void pause_until(const std::string& q, Millis until) override { inner_.pause_until(q, until); }
+    bool resume_due(const std::string& q, Millis until) override {
+        return inner_.resume_due(q, until);
+    }
     std::vector<Removed> remove_finished(std::optional<JobState> s,
                                          const std::optional<std::string>& q, Millis before,
                                          std::size_t n) override {
         return inner_.remove_finished(s, q, before, n);
     }
+    std::optional<Removed> remove_job(JobId id) override { return inner_.remove_job(id); }
     void maintain(Millis now) override { inner_.maintain(now); }
     bool maintenance_due() const override { return inner_.maintenance_due(); }
 
@@ -40,6 +45,9 @@ class ForwardingStore : public Store {
     std::optional<LiveJob> load_live(JobId id) override { return inner_.load_live(id); }
     std::vector<QueueStateCount> count_jobs() override { return inner_.count_jobs(); }
     std::vector<std::string> paused_queues() override { return inner_.paused_queues(); }
+    std::vector<std::pair<std::string, Millis>> pause_deadlines() override {
+        return inner_.pause_deadlines();
+    }
     std::vector<JobId> dead_jobs(const std::optional<std::string>& q, std::size_t n) override {
         return inner_.dead_jobs(q, n);
     }

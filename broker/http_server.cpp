@@ -5,13 +5,12 @@
 //                                                          <- the loop's latest Snapshot
 //   jobs, searches, one job, its payload, history, progress, database size
 //                                                          <- the read-only QueryStore
-//   retry, cancel (one job or many), pause, resume
-//                  -> RETRY/CANCEL/PAUSE/RESUME over inproc:// to the loop's admin socket, so
-//                     they take the same path as the CLI's: same handlers, same state machine,
-//                     committed before the reply. (An errand::Client over TCP would need its own
-//                     CURVE key when CURVE is on and would expose nothing more; inproc needs
-//                     neither.) There is no delete: the broker has no command that removes one
-//                     job (PURGE removes finished jobs by state and age, from the CLI).
+//   retry, cancel, run-now, delete (one job or many), pause, resume
+//                  -> RETRY/CANCEL/RUN_NOW/DELETE/PAUSE/RESUME over inproc:// to the loop's
+//                     admin socket, so they take the same path as the CLI's: same handlers,
+//                     same state machine, committed before the reply. (An errand::Client over
+//                     TCP would need its own CURVE key when CURVE is on and would expose nothing
+//                     more; inproc needs neither.)
 //
 // Connections are accepted and requests read by HttpGate (http_gate.cpp), which hands each
 // complete request to httplib's routing below; /healthz is answered on the gate's I/O thread.
@@ -296,8 +295,8 @@ struct HttpServer::Impl {
         if (req.method == "GET" || req.method == "HEAD") return true;
         if (opt.read_only) {
             send_error(res, 403, "read_only",
-                       "the HTTP side is read-only (--http-readonly): retry, cancel, pause and "
-                       "resume with the errand CLI");
+                       "the HTTP side is read-only (--http-readonly): retry, cancel, run-now, "
+                       "delete, pause and resume with the errand CLI");
             return false;
         }
         auto origin = req.get_header_value("Origin");
@@ -749,6 +748,62 @@ struct HttpServer::Impl {
         send_json(res, {{"cancelled", cancelled}, {"failed", failed}});
     }
 
+    // POST /api/jobs/N/run-now: RUN_NOW, as `errand run-now N`: the job.
+    void run_now(const httplib::Request& req, httplib::Response& res) {
+        JobId id = job_id(req);
+        auto [command, body] = admin(cmd::kRunNow, encode(IdRequest{1, id}));
+        send_json(res, to_json(decode_job_info(Body(body).reader().map("job"))));
+    }
+
+    // {"force": true} of a DELETE body; absent: false.
+    static bool force_of(const httplib::Request& req) {
+        if (req.body.empty()) return false;
+        auto b = body_of(req);
+        if (!b.contains("force")) return false;
+        if (!b["force"].is_boolean())
+            throw HttpError{400, "bad_request", "\"force\" must be true or false"};
+        return b["force"].get<bool>();
+    }
+
+    // POST /api/jobs/N/delete [{"force": true}]: DELETE, as `errand delete [--force] N`.
+    void remove(const httplib::Request& req, httplib::Response& res) {
+        JobId id = job_id(req);
+        admin(cmd::kDelete, encode(DeleteRequest{1, id, force_of(req)}));
+        send_json(res, {{"deleted", id}});
+    }
+
+    // POST /api/jobs/run-now {"ids": […]} and /api/jobs/delete {"ids": […], "force": bool}:
+    // RUN_NOW or DELETE for each, answered per id like cancel_many.
+    void run_now_many(const httplib::Request& req, httplib::Response& res) {
+        auto ids = ids_of(body_of(req));
+        json done = json::array(), failed = json::array();
+        for (JobId id : ids) {
+            try {
+                admin(cmd::kRunNow, encode(IdRequest{1, id}));
+                done.push_back(id);
+            } catch (const HttpError& e) {
+                if (e.status >= 500) throw;
+                failed.push_back({{"id", id}, {"code", e.code}, {"message", e.message}});
+            }
+        }
+        send_json(res, {{"ready", done}, {"failed", failed}});
+    }
+    void remove_many(const httplib::Request& req, httplib::Response& res) {
+        auto ids = ids_of(body_of(req));
+        const bool force = force_of(req);
+        json done = json::array(), failed = json::array();
+        for (JobId id : ids) {
+            try {
+                admin(cmd::kDelete, encode(DeleteRequest{1, id, force}));
+                done.push_back(id);
+            } catch (const HttpError& e) {
+                if (e.status >= 500) throw;
+                failed.push_back({{"id", id}, {"code", e.code}, {"message", e.message}});
+            }
+        }
+        send_json(res, {{"deleted", done}, {"failed", failed}});
+    }
+
     // POST /api/queues/Q/pause and /resume: PAUSE/RESUME, as `errand pause|resume Q`.
     void set_paused(const httplib::Request& req, httplib::Response& res, bool pause) {
         auto queue = req.matches[1].str();
@@ -834,6 +889,10 @@ struct HttpServer::Impl {
         server.Post(R"(/api/queues/([^/]+)/pause)", wrap(&Impl::pause));
         server.Post(R"(/api/queues/([^/]+)/resume)", wrap(&Impl::resume));
         server.Post(R"(/api/workers/([^/]+)/(quiet|resume|stop))", wrap(&Impl::control_worker));
+        server.Post("/api/jobs/run-now", wrap(&Impl::run_now_many));
+        server.Post("/api/jobs/delete", wrap(&Impl::remove_many));
+        server.Post(R"(/api/jobs/([^/]+)/run-now)", wrap(&Impl::run_now));
+        server.Post(R"(/api/jobs/([^/]+)/delete)", wrap(&Impl::remove));
         // Anything else: a JSON 404 (or whatever status a handler set without a body).
         server.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
             if (!res.body.empty()) return;

@@ -12,6 +12,8 @@
 //   ready, scheduled, retrying, running ──cancel──► cancelled
 //   running ──timeout (no result by timeout + grace)──► retrying / dead
 //   dead ──retry──► ready (attempts start again)
+//   scheduled, retrying ──run now──► ready
+//   succeeded, dead, cancelled ──delete──► (no row: not a state, Store::remove_job)
 //
 // succeeded, dead and cancelled are terminal (dead only until someone retries it).
 #pragma once

@@ -73,6 +73,7 @@ int main(int argc, char** argv) {
     std::string db = "./errand.db";
     std::string heartbeat = "1s", worker_timeout = "5s", retry_delay = "1s", retry_cap = "10m";
     std::string timeout_grace = "10s", retention = "7d", wait_idle = "15s";
+    std::string dead_retention = "180d";
     std::string synchronous = "full";
     std::string log_level = "info";
     std::string log_format = "text";
@@ -114,7 +115,11 @@ int main(int argc, char** argv) {
                    "retried by the broker")
         ->capture_default_str()
         ->check(duration_validator());
-    app.add_option("--retention", retention, "finished jobs are deleted after this long")
+    app.add_option("--retention", retention,
+                   "finished jobs are deleted after this long (dead ones: --dead-retention)")
+        ->capture_default_str()
+        ->check(duration_validator());
+    app.add_option("--dead-retention", dead_retention, "dead jobs are deleted after this long")
         ->capture_default_str()
         ->check(duration_validator());
     app.add_option("--max-payload", cfg.max_payload, "largest job payload in bytes")
@@ -236,10 +241,17 @@ int main(int argc, char** argv) {
     cfg.timeout_grace_ms = *errand::parse_duration(timeout_grace);
     cfg.wait_idle_ms = *errand::parse_duration(wait_idle);
     cfg.retention_ms = *errand::parse_duration(retention);
+    cfg.dead_retention_ms = *errand::parse_duration(dead_retention);
     if (cfg.heartbeat_ms < 10 || cfg.worker_timeout_ms < 2 * cfg.heartbeat_ms) {
         std::fprintf(stderr,
                      "errand-broker: --worker-timeout must be at least twice --heartbeat "
                      "(and --heartbeat at least 10ms)\n");
+        return kExitUsage;
+    }
+    if (cfg.dead_retention_ms <= 0) {
+        // 0 would delete every failure as it happens, before anyone could look at it.
+        std::fprintf(stderr, "errand-broker: --dead-retention must be more than 0 (got %s)\n",
+                     dead_retention.c_str());
         return kExitUsage;
     }
     if (cfg.wait_idle_ms < 100) {

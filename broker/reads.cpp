@@ -62,7 +62,8 @@ std::string answer_queues(ReadView& view, std::uint64_t req) {
     std::vector<QueueInfo> out;
     for (const auto& q : view.queues)
         if (q.paused || std::any_of(q.counts.begin(), q.counts.end(), [](auto n) { return n > 0; }))
-            out.push_back({q.name, q.paused, counts_of(q), to_time(q.oldest_ready_at)});
+            out.push_back({q.name, q.paused, counts_of(q), to_time(q.oldest_ready_at),
+                           to_time(q.paused_until)});
     return encode_queues(req, out);
 }
 

@@ -27,6 +27,7 @@ struct QueueRow {
     bool paused = false;
     std::array<std::uint64_t, kStateCount> counts{};  // index = JobState
     std::optional<Millis> oldest_ready_at;
+    std::optional<Millis> paused_until;  // a timed pause's end
     std::uint64_t submitted = 0, succeeded = 0, failed = 0, dead = 0, cancelled = 0;
     double finished_per_second = 0;
     double submitted_per_second = 0;

@@ -186,12 +186,22 @@ class Store : public JobReads {
     // false, with nothing written, when it is not.
     virtual bool apply(const Transition& t) = 0;
     virtual void set_progress(JobId id, std::uint32_t percent, const std::string& message) = 0;
+    // Paused or resumed for good (a timed pause's deadline is cleared).
     virtual void set_paused(const std::string& queue, bool paused) = 0;
+    // Paused until `until` (PAUSE with for_ms): resume_due() resumes it then.
+    virtual void pause_until(const std::string& queue, Millis until) = 0;
+    // Resumes the queue if it is still paused until exactly `until` (compare-and-set: a pause
+    // made since, through this or another broker, stays); whether it did.
+    virtual bool resume_due(const std::string& queue, Millis until) = 0;
     // Deletes up to `limit` jobs in `state` (any terminal state when nullopt) that finished
     // before `finished_before`, of `queue` when given.
     virtual std::vector<Removed> remove_finished(std::optional<JobState> state,
                                                  const std::optional<std::string>& queue,
                                                  Millis finished_before, std::size_t limit) = 0;
+    // Deletes one finished job with all of it (events, payload, its count among the finished):
+    // DELETE. nullopt, with nothing written, when there is no such job or it is not finished.
+    // Its id is never given out again.
+    virtual std::optional<Removed> remove_job(JobId id) = 0;
     // The engine's own housekeeping, called by the loop every pass (cheap when there is
     // nothing to do); may write, in the current transaction.
     virtual void maintain(Millis now) = 0;
@@ -207,6 +217,8 @@ class Store : public JobReads {
     virtual std::optional<LiveJob> load_live(JobId id) = 0;
     virtual std::vector<QueueStateCount> count_jobs() = 0;
     virtual std::vector<std::string> paused_queues() = 0;
+    // The paused queues that resume by themselves, with when.
+    virtual std::vector<std::pair<std::string, Millis>> pause_deadlines() = 0;
     // Up to `limit` ids of dead jobs (of `queue` when given), oldest first.
     virtual std::vector<JobId> dead_jobs(const std::optional<std::string>& queue,
                                          std::size_t limit) = 0;

@@ -150,6 +150,19 @@ const char* const kMigrations[] = {
     INSERT INTO job_counts SELECT queue, state, 0, count(*) FROM jobs
         WHERE state IN ('succeeded', 'dead', 'cancelled') GROUP BY queue, state;
     )sql",
+    // 6: retention by state (dead jobs are kept --dead-retention, the others --retention): the
+    // finished jobs of one state in finished_at order, so deleting succeeded jobs never walks
+    // over the dead ones kept longer.
+    R"sql(
+    DROP INDEX jobs_finished;
+    CREATE INDEX jobs_finished ON jobs (state, finished_at)
+        WHERE state IN ('succeeded', 'dead', 'cancelled');
+    )sql",
+    // 7: timed pauses (PAUSE with for_ms): the queue resumes by itself at paused_until (any
+    // broker resumes it, by compare-and-set on paused_until).
+    R"sql(
+    ALTER TABLE queues ADD COLUMN paused_until bigint;
+    )sql",
 };
 
 static_assert(std::size(kMigrations) == PgStore::kSchemaVersion,
@@ -313,16 +326,30 @@ void PgStore::prepare() {
                 "WHERE id = $1::bigint",
                 3);
     db_.prepare("pause",
-                "INSERT INTO queues (name, paused) VALUES ($1::text, $2::boolean) "
-                "ON CONFLICT (name) DO UPDATE SET paused = EXCLUDED.paused",
+                "INSERT INTO queues (name, paused, paused_until) VALUES ($1::text, $2::boolean, "
+                "$3::bigint) ON CONFLICT (name) DO UPDATE SET paused = EXCLUDED.paused, "
+                "paused_until = EXCLUDED.paused_until",
+                3);
+    db_.prepare("resume_due",
+                "UPDATE queues SET paused = false, paused_until = NULL "
+                "WHERE name = $1::text AND paused AND paused_until = $2::bigint",
                 2);
+    db_.prepare("pause_deadlines",
+                "SELECT name, paused_until FROM queues WHERE paused AND paused_until IS NOT NULL",
+                0);
     db_.prepare("remove",
                 fmt::format("DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE "
-                            "finished_at < $1::bigint AND state IN {} AND ($2::text IS NULL OR "
-                            "state = $2::text) AND ($3::text IS NULL OR queue = $3::text) "
+                            "finished_at < $1::bigint AND state IN {} AND state = $2::text AND "
+                            "($3::text IS NULL OR queue = $3::text) "
                             "ORDER BY finished_at LIMIT $4::bigint) RETURNING queue, state",
                             kTerminal),
                 4);
+    // DELETE of one finished job; its events go with it (ON DELETE CASCADE).
+    db_.prepare("remove_one",
+                fmt::format("DELETE FROM jobs WHERE id = $1::bigint AND state IN {} "
+                            "RETURNING queue, state",
+                            kTerminal),
+                1);
     db_.prepare("get", fmt::format("SELECT {} FROM jobs WHERE id = $1::bigint", kPgJobColumns), 1);
     db_.prepare("list",
                 fmt::format("SELECT {} FROM jobs WHERE ($1::text IS NULL OR queue = $1::text) AND "
@@ -754,31 +781,51 @@ void PgStore::set_progress(JobId id, std::uint32_t percent, const std::string& m
 
 void PgStore::set_paused(const std::string& queue, bool paused) {
     begin();
-    run("pause", pg::Params().text(queue).boolean(paused));
+    run("pause", pg::Params().text(queue).boolean(paused).null());
+}
+
+void PgStore::pause_until(const std::string& queue, Millis until) {
+    begin();
+    run("pause", pg::Params().text(queue).boolean(true).i64(until));
+}
+
+bool PgStore::resume_due(const std::string& queue, Millis until) {
+    begin();
+    return run("resume_due", pg::Params().text(queue).i64(until)).affected() == 1;
+}
+
+std::vector<std::pair<std::string, Millis>> PgStore::pause_deadlines() {
+    auto r = run("pause_deadlines");
+    std::vector<std::pair<std::string, Millis>> out;
+    for (int i = 0; i < r.rows(); ++i)
+        out.emplace_back(r.text(i, 0), r.i64(i, 1));
+    return out;
 }
 
 std::vector<Removed> PgStore::remove_finished(std::optional<JobState> state,
                                               const std::optional<std::string>& queue,
                                               Millis finished_before, std::size_t limit) {
     begin();
-    pg::Params p;
-    p.i64(finished_before);
-    if (state)
-        p.text(to_string(*state));
-    else
-        p.null();
-    p.opt_text(queue).i64(static_cast<std::int64_t>(limit));
-    auto r = run("remove", p);
     std::vector<Removed> out;
-    for (int i = 0; i < r.rows(); ++i) {
-        auto q = r.text(i, 0);
-        auto st = stored_state(r.text(i, 1));
-        auto it = std::find_if(out.begin(), out.end(),
-                               [&](const Removed& x) { return x.queue == q && x.state == st; });
-        if (it == out.end())
-            out.push_back({q, st, 1});
-        else
-            ++it->count;
+    std::size_t removed = 0;
+    // One state at a time, each through its part of jobs_finished (state, finished_at).
+    for (JobState one : kAllStates) {
+        if (!is_terminal(one) || (state && one != *state) || removed >= limit) continue;
+        pg::Params p;
+        p.i64(finished_before).text(to_string(one)).opt_text(queue);
+        p.i64(static_cast<std::int64_t>(limit - removed));
+        auto r = run("remove", p);
+        for (int i = 0; i < r.rows(); ++i) {
+            auto q = r.text(i, 0);
+            auto st = stored_state(r.text(i, 1));
+            auto it = std::find_if(out.begin(), out.end(),
+                                   [&](const Removed& x) { return x.queue == q && x.state == st; });
+            if (it == out.end())
+                out.push_back({q, st, 1});
+            else
+                ++it->count;
+            ++removed;
+        }
     }
     for (const auto& removed : out)
         count(removed.queue, removed.state, -static_cast<std::int64_t>(removed.count));
@@ -786,6 +833,17 @@ std::vector<Removed> PgStore::remove_finished(std::optional<JobState> state,
         flush_counts();
         run("forget_counts");
     }
+    return out;
+}
+
+std::optional<Removed> PgStore::remove_job(JobId id) {
+    begin();
+    auto r = run("remove_one", pg::Params().i64(static_cast<std::int64_t>(id)));
+    if (r.rows() == 0) return std::nullopt;
+    Removed out{r.text(0, 0), stored_state(r.text(0, 1)), 1};
+    count(out.queue, out.state, -1);
+    flush_counts();
+    run("forget_counts");
     return out;
 }
 

@@ -33,9 +33,12 @@ class PgStore final : public Store {
     bool apply(const Transition& t) override;
     void set_progress(JobId id, std::uint32_t percent, const std::string& message) override;
     void set_paused(const std::string& queue, bool paused) override;
+    void pause_until(const std::string& queue, Millis until) override;
+    bool resume_due(const std::string& queue, Millis until) override;
     std::vector<Removed> remove_finished(std::optional<JobState> state,
                                          const std::optional<std::string>& queue,
                                          Millis finished_before, std::size_t limit) override;
+    std::optional<Removed> remove_job(JobId id) override;
     // Renews this broker's row (autovacuum does the rest of PostgreSQL's housekeeping).
     void maintain(Millis now) override;
 
@@ -49,6 +52,7 @@ class PgStore final : public Store {
     std::optional<LiveJob> load_live(JobId id) override;
     std::vector<QueueStateCount> count_jobs() override;
     std::vector<std::string> paused_queues() override;
+    std::vector<std::pair<std::string, Millis>> pause_deadlines() override;
     std::vector<JobId> dead_jobs(const std::optional<std::string>& queue,
                                  std::size_t limit) override;
 
@@ -90,7 +94,7 @@ class PgStore final : public Store {
     std::uint64_t size_bytes();
 
     int schema_version();
-    static constexpr int kSchemaVersion = 5;
+    static constexpr int kSchemaVersion = 7;
     // job_counts rows per queue and terminal state (see migration 5).
     static constexpr int kCountShards = 16;
     // count_jobs(): the terminal counts, then the unfinished jobs through jobs_live.

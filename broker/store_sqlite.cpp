@@ -40,6 +40,10 @@
 //     updated once per pass from the pass's changes (SqliteStore::flush_counts), so a start
 //     counts finished jobs without reading them; the live ones it counts, and scans, through the
 //     jobs_live index.
+// Version 10 adds queues.paused_until: a timed pause (PAUSE with for_ms) ends by itself then.
+// Version 9 indexes finished jobs by (state, finished_at) instead of finished_at alone: retention
+// deletes each state on its own clock (--dead-retention for dead jobs, --retention for the
+// others).
 #include "store_sqlite.hpp"
 
 #include "argv_blob.hpp"
@@ -238,6 +242,17 @@ const char* const kMigrations[] = {
     ) WITHOUT ROWID;
     INSERT INTO job_counts SELECT queue, state, COUNT(*) FROM jobs
         WHERE state = 'succeeded' OR state = 'dead' OR state = 'cancelled' GROUP BY queue, state;
+    )sql",
+    // 9: retention by state (dead jobs are kept --dead-retention, the others --retention), so
+    // the finished jobs of one state in finished_at order: a pass that deletes succeeded jobs
+    // must not walk over the dead ones kept longer.
+    R"sql(
+    DROP INDEX jobs_finished;
+    CREATE INDEX jobs_finished ON jobs(state, finished_at) WHERE finished_at IS NOT NULL;
+    )sql",
+    // 10: timed pauses (PAUSE with for_ms): the queue resumes by itself at paused_until.
+    R"sql(
+    ALTER TABLE queues ADD COLUMN paused_until INTEGER;
     )sql",
 };
 
@@ -603,17 +618,22 @@ struct SqliteStore::Statements {
           log_clear(db, "DELETE FROM dispatch_log"),
           row_state(db, "SELECT attempts, queue, state FROM jobs WHERE id = ?1"),
           set_paused(db,
-                     "INSERT INTO queues (name, paused) VALUES (?1, ?2) "
-                     "ON CONFLICT (name) DO UPDATE SET paused = excluded.paused"),
+                     "INSERT INTO queues (name, paused, paused_until) VALUES (?1, ?2, ?3) "
+                     "ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, "
+                     "paused_until = excluded.paused_until"),
+          resume_due(db,
+                     "UPDATE queues SET paused = 0, paused_until = NULL "
+                     "WHERE name = ?1 AND paused = 1 AND paused_until = ?2"),
+          pause_deadlines(db,
+                          "SELECT name, paused_until FROM queues "
+                          "WHERE paused = 1 AND paused_until IS NOT NULL"),
           paused(db, "SELECT name FROM queues WHERE paused = 1 ORDER BY name"),
           dead(db,
                "SELECT id FROM jobs WHERE state = 'dead' AND (?1 IS NULL OR queue = ?1) "
                "ORDER BY id LIMIT ?2"),
           finished(db,
-                   "SELECT id, queue, state FROM jobs WHERE finished_at < ?1 "
-                   "AND state IN ('succeeded','dead','cancelled') "
-                   "AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR queue = ?3) "
-                   "ORDER BY finished_at LIMIT ?4"),
+                   "SELECT id, queue, state FROM jobs WHERE state = ?2 AND finished_at < ?1 "
+                   "AND (?3 IS NULL OR queue = ?3) ORDER BY finished_at LIMIT ?4"),
           delete_job(db, "DELETE FROM jobs WHERE id = ?1"),
           delete_events(db, "DELETE FROM events WHERE job_id = ?1"),
           delete_payload(db, "DELETE FROM payloads WHERE job_id = ?1"),
@@ -624,8 +644,8 @@ struct SqliteStore::Statements {
     Stmt begin, commit, rollback, insert, insert_payload, insert_event, insert_events2, update,
         token, get, dispatch, live, live_one, max_id, raise_floor, count, count_live, add_count,
         forget_counts, event_seq, save_event_seq, free_pages, progress, events, history, log_insert,
-        log_read, log_clear, row_state, set_paused, paused, dead, finished, delete_job,
-        delete_events, delete_payload, list;
+        log_read, log_clear, row_state, set_paused, resume_due, pause_deadlines, paused, dead,
+        finished, delete_job, delete_events, delete_payload, list;
 };
 
 SqliteStore::SqliteStore(const std::string& path, SqliteOptions options) {
@@ -1312,7 +1332,32 @@ void SqliteStore::set_paused(const std::string& queue, bool paused) {
     st_->set_paused.reset()
         .bind(1, std::string_view(queue))
         .bind(2, std::int64_t{paused ? 1 : 0})
+        .bind_null(3)
         .run();
+}
+
+void SqliteStore::pause_until(const std::string& queue, Millis until) {
+    begin();
+    st_->set_paused.reset()
+        .bind(1, std::string_view(queue))
+        .bind(2, std::int64_t{1})
+        .bind(3, until)
+        .run();
+}
+
+bool SqliteStore::resume_due(const std::string& queue, Millis until) {
+    begin();
+    st_->resume_due.reset().bind(1, std::string_view(queue)).bind(2, until).run();
+    return sqlite3_changes(db_) == 1;
+}
+
+std::vector<std::pair<std::string, Millis>> SqliteStore::pause_deadlines() {
+    auto& s = st_->pause_deadlines.reset();
+    std::vector<std::pair<std::string, Millis>> out;
+    while (s.step())
+        out.emplace_back(s.text(0), s.i64(1));
+    s.reset();
+    return out;
 }
 
 std::vector<std::string> SqliteStore::paused_queues() {
@@ -1339,17 +1384,17 @@ std::vector<Removed> SqliteStore::remove_finished(std::optional<JobState> state,
                                                   const std::optional<std::string>& queue,
                                                   Millis finished_before, std::size_t limit) {
     begin();
-    auto& s = st_->finished.reset();
-    s.bind(1, finished_before);
-    if (state)
-        s.bind(2, to_string(*state));
-    else
-        s.bind_null(2);
-    s.bind_opt(3, queue).bind(4, static_cast<std::int64_t>(limit));
+    // One state at a time, each through its part of jobs_finished (state, finished_at).
     std::vector<std::pair<JobId, std::pair<std::string, JobState>>> rows;
-    while (s.step())
-        rows.push_back({static_cast<JobId>(s.i64(0)), {s.text(1), stored_state(s.text(2))}});
-    s.reset();
+    for (JobState st : kAllStates) {
+        if (!is_terminal(st) || (state && st != *state) || rows.size() >= limit) continue;
+        auto& s = st_->finished.reset();
+        s.bind(1, finished_before).bind(2, to_string(st)).bind_opt(3, queue);
+        s.bind(4, static_cast<std::int64_t>(limit - rows.size()));
+        while (s.step())
+            rows.push_back({static_cast<JobId>(s.i64(0)), {s.text(1), stored_state(s.text(2))}});
+        s.reset();
+    }
     std::vector<Removed> out;
     JobId highest = 0;
     for (const auto& row : rows)
@@ -1376,6 +1421,28 @@ std::vector<Removed> SqliteStore::remove_finished(std::optional<JobState> state,
         st_->forget_counts.reset().run();  // a queue's count that is 0 is no row
         reclaim_due_ = true;
     }
+    return out;
+}
+
+std::optional<Removed> SqliteStore::remove_job(JobId id) {
+    begin();
+    auto& r = st_->row_state.reset();
+    r.bind(1, static_cast<std::int64_t>(id));
+    if (!r.step()) {
+        r.reset();
+        return std::nullopt;
+    }
+    Removed out{r.text(1), stored_state(r.text(2)), 1};
+    r.reset();
+    if (!is_terminal(out.state) || held_.count(id)) return std::nullopt;  // held: running
+    st_->raise_floor.reset().bind(1, static_cast<std::int64_t>(id)).run();
+    st_->delete_events.reset().bind(1, static_cast<std::int64_t>(id)).run();
+    st_->delete_payload.reset().bind(1, static_cast<std::int64_t>(id)).run();
+    st_->delete_job.reset().bind(1, static_cast<std::int64_t>(id)).run();
+    count(out.queue, out.state, -1);
+    flush_counts();  // so that a count that reaches 0 goes now
+    st_->forget_counts.reset().run();
+    reclaim_due_ = true;
     return out;
 }
 

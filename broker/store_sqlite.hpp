@@ -41,9 +41,12 @@ class SqliteStore final : public Store {
     bool apply(const Transition& t) override;
     void set_progress(JobId id, std::uint32_t percent, const std::string& message) override;
     void set_paused(const std::string& queue, bool paused) override;
+    void pause_until(const std::string& queue, Millis until) override;
+    bool resume_due(const std::string& queue, Millis until) override;
     std::vector<Removed> remove_finished(std::optional<JobState> state,
                                          const std::optional<std::string>& queue,
                                          Millis finished_before, std::size_t limit) override;
+    std::optional<Removed> remove_job(JobId id) override;
     // Writes held-back dispatches into their rows once a second, and gives pages that deletions
     // freed back to the file system, a few at a time.
     void maintain(Millis now) override;
@@ -59,6 +62,7 @@ class SqliteStore final : public Store {
     std::optional<LiveJob> load_live(JobId id) override;
     std::vector<QueueStateCount> count_jobs() override;
     std::vector<std::string> paused_queues() override;
+    std::vector<std::pair<std::string, Millis>> pause_deadlines() override;
     std::vector<JobId> dead_jobs(const std::optional<std::string>& queue,
                                  std::size_t limit) override;
 
@@ -90,7 +94,7 @@ class SqliteStore final : public Store {
     std::uint64_t start_steps() const { return start_steps_; }
 
     int schema_version();
-    static constexpr int kSchemaVersion = 8;
+    static constexpr int kSchemaVersion = 10;
 
   private:
     struct Statements;

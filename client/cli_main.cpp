@@ -99,6 +99,11 @@ struct IdArgs {  // cancel
     std::vector<JobId> ids;
 };
 
+struct DeleteArgs {
+    std::vector<JobId> ids;
+    bool force = false;
+};
+
 struct RetryArgs {
     std::vector<JobId> ids;
     bool dead = false;
@@ -107,6 +112,7 @@ struct RetryArgs {
 
 struct QueueArgs {  // pause, resume
     std::string queue;
+    std::optional<std::string> for_;  // pause --for DUR
 };
 
 struct PurgeArgs {
@@ -503,6 +509,20 @@ int run_cancel(errand::Client& client, const IdArgs& args) {
     });
 }
 
+int run_run_now(errand::Client& client, const IdArgs& args) {
+    return for_each_id(args.ids, [&](JobId id) {
+        auto job = client.run_now(id);
+        std::cout << fmt::format("job {} is ready now\n", job.id) << std::flush;
+    });
+}
+
+int run_delete(errand::Client& client, const DeleteArgs& args) {
+    return for_each_id(args.ids, [&](JobId id) {
+        client.remove(id, args.force);
+        std::cout << fmt::format("deleted job {}\n", id) << std::flush;
+    });
+}
+
 int run_retry(errand::Client& client, const RetryArgs& args) {
     if (!args.ids.empty()) {
         return for_each_id(args.ids, [&](JobId id) {
@@ -526,6 +546,14 @@ int run_pause(errand::Client& client, const QueueArgs& args) {
         std::cerr << fmt::format("warning: no job has used queue '{}' yet{}; pausing it anyway\n",
                                  args.queue,
                                  guess ? fmt::format(" (did you mean '{}'?)", *guess) : "");
+    }
+    if (args.for_) {
+        const Millis ms = to_ms(*args.for_);
+        client.pause(args.queue, std::chrono::milliseconds(ms));
+        std::cout << fmt::format("queue {} paused for {} (until {})\n", args.queue,
+                                 errand::format_duration(ms),
+                                 errand::format_time(now_time() + std::chrono::milliseconds(ms)));
+        return kOk;
     }
     client.pause(args.queue);
     std::cout << fmt::format("queue {} paused\n", args.queue);
@@ -788,6 +816,11 @@ int run(int argc, char** argv) {
     auto* pause = app.add_subcommand(
         "pause", "Stop dispatching a queue's jobs (it still accepts new ones) until resumed.");
     pause->add_option("queue", pause_args.queue, "queue name")->check(queue_check())->required();
+    pause
+        ->add_option("--for", pause_args.for_,
+                     "resume by itself after DUR (kept across broker restarts)")
+        ->check(duration_check(false, errand::limits::kMaxDelayMs))
+        ->type_name("DUR");
     commands.emplace_back(pause, [&](errand::Client& c) { return run_pause(c, pause_args); });
 
     QueueArgs resume_args;
@@ -886,6 +919,22 @@ int run(int argc, char** argv) {
                                          control_args.concurrency));
         return errand::cli::run_worker_control(c, control_args);
     });
+
+    IdArgs run_now_args;
+    auto* run_now = app.add_subcommand(
+        "run-now",
+        "Make a scheduled or retrying job ready at once (its delay or backoff skipped).");
+    run_now->add_option("id", run_now_args.ids, "job ids")->required()->type_name("ID...");
+    commands.emplace_back(run_now, [&](errand::Client& c) { return run_run_now(c, run_now_args); });
+
+    DeleteArgs delete_args;
+    auto* del = app.add_subcommand(
+        "delete", "Delete a finished job with its history; with --force cancel a live one first.");
+    del->add_option("id", delete_args.ids, "job ids")->required()->type_name("ID...");
+    del->add_flag("--force", delete_args.force,
+                  "cancel an unfinished job (a running one is stopped on its worker), then delete "
+                  "it");
+    commands.emplace_back(del, [&](errand::Client& c) { return run_delete(c, delete_args); });
 
     try {
         app.parse(cli_argc, argv);

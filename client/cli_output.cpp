@@ -223,7 +223,10 @@ std::string queues_table(const std::vector<QueueInfo>& queues, Timestamp now) {
     rows.push_back(std::move(header));
 
     for (const auto& q : sorted_by_name(queues)) {
-        std::vector<std::string> row = {q.name, q.paused ? "yes" : "no"};
+        std::vector<std::string> row = {q.name, !q.paused ? std::string("no")
+                                                : q.paused_until
+                                                    ? "until " + format_time(*q.paused_until)
+                                                    : std::string("yes")};
         for (JobState s : all_states())
             row.push_back(std::to_string(count_of(q, s)));
         row.push_back(q.oldest_ready_at ? format_duration(std::max(0ms, now - *q.oldest_ready_at))

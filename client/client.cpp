@@ -265,6 +265,19 @@ JobInfo Client::cancel(JobId id) {
     return decode_job_info(b.reader().map("job"));
 }
 
+JobInfo Client::run_now(JobId id) {
+    IdRequest m{impl_->next_req++, id};
+    auto env = impl_->call(cmd::kRunNow, encode(m), m.req);
+    Impl::expect(env, cmd::kJob);
+    Body b(env.body);
+    return decode_job_info(b.reader().map("job"));
+}
+
+void Client::remove(JobId id, bool force) {
+    DeleteRequest m{impl_->next_req++, id, force};
+    Impl::expect(impl_->call(cmd::kDelete, encode(m), m.req), cmd::kOk);
+}
+
 JobId Client::retry(JobId id) {
     RetryRequest m{impl_->next_req++, id, false, std::nullopt};
     auto env = impl_->call(cmd::kRetry, encode(m), m.req);
@@ -282,8 +295,9 @@ std::vector<JobId> Client::retry_dead(const std::optional<std::string>& queue) {
     return decode_ids(b.reader());
 }
 
-void Client::pause(const std::string& queue) {
-    QueueRequest m{impl_->next_req++, queue};
+void Client::pause(const std::string& queue, std::optional<std::chrono::milliseconds> for_) {
+    PauseRequest m{impl_->next_req++, queue, std::nullopt};
+    if (for_) m.for_ms = for_->count();
     Impl::expect(impl_->call(cmd::kPause, encode(m), m.req), cmd::kOk);
 }
 

@@ -591,6 +591,20 @@ PurgeRequest decode_purge(const Reader& r) {
     return decode_as<PurgeT>(r);
 }
 
+std::string encode(const DeleteRequest& m) {
+    return encode_as<DeleteT>(m);
+}
+DeleteRequest decode_delete(const Reader& r) {
+    return decode_as<DeleteT>(r);
+}
+
+std::string encode(const PauseRequest& m) {
+    return encode_as<PauseT>(m);
+}
+PauseRequest decode_pause(const Reader& r) {
+    return decode_as<PauseT>(r);
+}
+
 std::string encode_ids(std::uint64_t req, const std::vector<JobId>& ids) {
     return encode_as<RetriedT>({req, ids});
 }

@@ -246,9 +246,9 @@ struct PongT {
                       field("time", &Pong::time, Time{}, defaulted));
 };
 
-struct QueueRequestT {  // PAUSE, RESUME
+struct QueueRequestT {  // RESUME (and PAUSE without for_ms: PauseT)
     static constexpr auto table =
-        message<QueueRequest>("PAUSE", {}, field("req", &QueueRequest::req, U64{}, required),
+        message<QueueRequest>("RESUME", {}, field("req", &QueueRequest::req, U64{}, required),
                               field("queue", &QueueRequest::queue, Queue{}, required));
 };
 
@@ -301,7 +301,8 @@ struct QueueInfoT {
         message<QueueInfo>("queue", {}, field("name", &QueueInfo::name, str(), required),
                            field("paused", &QueueInfo::paused, Bool{}, defaulted),
                            field("counts", &QueueInfo::counts, Counts{}, required),
-                           field("oldest_ready_at", &QueueInfo::oldest_ready_at, Time{}, nullable));
+                           field("oldest_ready_at", &QueueInfo::oldest_ready_at, Time{}, nullable),
+                           field("paused_until", &QueueInfo::paused_until, Time{}, omit));
 };
 
 struct QueuesT {
@@ -736,6 +737,23 @@ struct WorkerControlT {  // CONTROL, broker -> worker
               }));
 };
 
+struct DeleteT {
+    static constexpr auto table =
+        message<DeleteRequest>("DELETE", {}, field("req", &DeleteRequest::req, U64{}, required),
+                               field("id", &DeleteRequest::id, U64{}, required),
+                               field("force", &DeleteRequest::force, Bool{}, defaulted));
+};
+
+struct PauseT {
+    static constexpr auto table =
+        message<PauseRequest>("PAUSE", {}, field("req", &PauseRequest::req, U64{}, required),
+                              field("queue", &PauseRequest::queue, Queue{}, required),
+                              field("for_ms", &PauseRequest::for_ms,
+                                    DurationMs{limits::kMaxDelayMs}, omit, [](const Millis& ms) {
+                                        if (ms <= 0) bad("for_ms must be more than 0");
+                                    }));
+};
+
 // Every table, for tests/test_protocol_doc.cpp (through errand::message_tables()).
 using AllTables =
     std::tuple<SubmitT, JobSpecT, SubmittedT, IdRequestT, WaitT, ListT, JobT, JobsT, JobInfoT,
@@ -744,6 +762,6 @@ using AllTables =
                ScheduleReplyT, SchedulesT, StatsT, QueueStatsT, BrokerInfoT, WorkersT, WorkerInfoT,
                WorkerJobT, FeedT, FeedReplyT, JobEventT, RegisterT, RegisteredT, CreditT, DispatchT,
                DoneT, FailT, ResultsT, AckT, AcksT, ErrorT, ProgressT, AbortT, HeartbeatT,
-               WorkerControlRequestT, WorkerControlT>;
+               WorkerControlRequestT, WorkerControlT, DeleteT, PauseT>;
 
 }  // namespace errand::fields

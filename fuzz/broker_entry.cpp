@@ -117,11 +117,23 @@ class FaultyStore final : public broker::ForwardingStore {
         write();
         inner_.set_paused(q, p);
     }
+    void pause_until(const std::string& q, Millis until) override {
+        write();
+        inner_.pause_until(q, until);
+    }
+    bool resume_due(const std::string& q, Millis until) override {
+        write();
+        return inner_.resume_due(q, until);
+    }
     std::vector<broker::Removed> remove_finished(std::optional<JobState> s,
                                                  const std::optional<std::string>& q, Millis before,
                                                  std::size_t n) override {
         write();
         return inner_.remove_finished(s, q, before, n);
+    }
+    std::optional<broker::Removed> remove_job(JobId id) override {
+        write();
+        return inner_.remove_job(id);
     }
 
   private:
@@ -332,9 +344,13 @@ class Script {
                 }
                 return encode(m);
             }
-            case script::Op::kPause:
+            case script::Op::kPause: {
                 command = cmd::kPause;
-                return encode(QueueRequest{req(), queue()});
+                PauseRequest m{req(), queue(), std::nullopt};
+                // A timed pause, resumed by the broker itself (0: refused, bad_request).
+                if (in_.boolean()) m.for_ms = static_cast<Millis>(in_.range(0, 5000));
+                return encode(m);
+            }
             case script::Op::kResume:
                 command = cmd::kResume;
                 return encode(QueueRequest{req(), queue()});
@@ -475,6 +491,14 @@ class Script {
                 if (m.action == "concurrency" || in_.range(0, 7) == 0)
                     m.concurrency = static_cast<std::uint32_t>(in_.range(0, 3));
                 return encode(m);
+            }
+            case script::Op::kRunNow:
+                command = cmd::kRunNow;
+                return encode(IdRequest{req(), job_id()});
+            case script::Op::kDelete: {
+                command = cmd::kDelete;
+                JobId id = job_id();
+                return encode(DeleteRequest{req(), id, in_.boolean()});
             }
             case script::Op::kProgress: {
                 command = cmd::kProgress;

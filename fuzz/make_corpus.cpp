@@ -451,6 +451,35 @@ std::vector<std::pair<std::string, std::string>> broker_seeds() {
     }
     {
         ScriptWriter w;
+        JobSpec later = job("q0");
+        later.delay = std::chrono::milliseconds(60000);
+        worker_takes_one(w, job("q0"))
+            .msg(kClient, cmd::kSubmit, submit(5, later))
+            .msg(kClient, cmd::kRunNow, encode(IdRequest{6, 2}))  // scheduled -> ready
+            .msg(kClient, cmd::kRunNow, encode(IdRequest{7, 1}))  // running: invalid_state
+            .msg(kClient, cmd::kDelete, encode(DeleteRequest{8, 2, false}))  // live: invalid_state
+            .msg(kClient, cmd::kDelete, encode(DeleteRequest{9, 1, true}))   // running: ABORT, gone
+            .msg(kWorker, cmd::kDone, done(1, 1))                            // stale
+            .msg(kClient, cmd::kDelete, encode(DeleteRequest{10, 1, false}))  // not_found
+            .msg(kClient, cmd::kStatus, encode(IdRequest{11, 1}));
+        add("run_now_delete", w);
+    }
+    {
+        ScriptWriter w;
+        w.msg(kClient, cmd::kPause, encode(PauseRequest{1, "q0", 500}))  // a timed pause
+            .msg(kClient, cmd::kPause, encode(PauseRequest{2, "q1", 0}))   // bad_request
+            .msg(kClient, cmd::kSubmit, submit(3, job("q0")))
+            .msg(kWorker, cmd::kRegister, registration(4, "inst-0", {"q0"}))
+            .msg(kWorker, cmd::kCredit, encode_credit(1))
+            .restart()  // the pause's end is stored
+            .msg(kWorker, cmd::kRegister, registration(5, "inst-0", {"q0"}))
+            .msg(kWorker, cmd::kCredit, encode_credit(1))
+            .wait(1)  // over: dispatched
+            .msg(kClient, cmd::kQueues, encode_req(6));
+        add("timed_pause", w);
+    }
+    {
+        ScriptWriter w;
         worker_takes_one(w, job("q0"))
             .wait(12)  // worker silent past its expiry: lost, the job goes back to ready
             .msg(kWorker, cmd::kRegister, registration(3, "inst-0", {"q0"}, {{1, 1}}))

@@ -54,6 +54,9 @@ enum class Op : std::uint8_t {
     kScheduleResume,
     // Appended (issue 13, control of running workers).
     kWorkerControl,  // quiet/stop/resume/concurrency of an instance or name of kInstances, or none
+    // Appended (issue 13, run-now and delete).
+    kRunNow,  // RUN_NOW of a handed-out id
+    kDelete,  // DELETE of a handed-out id, with or without force
     kOps
 };
 
@@ -74,7 +77,7 @@ inline constexpr std::array<std::string_view, 4> kZones = {"UTC", "Europe/Berlin
 inline constexpr std::array<std::string_view, 4> kCatchUps = {"none", "latest", "all", "some"};
 
 // Every name the broker might see in frame 1, including its own replies and near misses.
-inline constexpr std::array<std::string_view, 41> kCommandNames = {
+inline constexpr std::array<std::string_view, 43> kCommandNames = {
     cmd::kSubmit,  cmd::kStatus,  cmd::kWait,       cmd::kList,      cmd::kPing,
     cmd::kCancel,  cmd::kRetry,   cmd::kPause,      cmd::kResume,    cmd::kPurge,
     cmd::kQueues,  cmd::kHistory, cmd::kRegister,   cmd::kCredit,    cmd::kHeartbeat,
@@ -83,7 +86,7 @@ inline constexpr std::array<std::string_view, 41> kCommandNames = {
     cmd::kRetried, cmd::kAck,     cmd::kError,      "submit",        "",
     cmd::kStats,   cmd::kWorkers, cmd::kFeed,       cmd::kResults,   cmd::kDrain,
     cmd::kRelease, cmd::kAcks,    cmd::kShutdown,   cmd::kOk,        cmd::kPurged,
-    cmd::kEvents};
+    cmd::kEvents,  cmd::kRunNow,  cmd::kDelete};
 
 constexpr std::size_t command_index(std::string_view name) {
     for (std::size_t i = 0; i < kCommandNames.size(); ++i)

@@ -381,6 +381,86 @@ TEST_CASE("cli: cancel prints the job; a finished job cannot be cancelled (exit 
     CHECK_MESSAGE(unknown.exit_code == 121, describe(unknown));
 }
 
+TEST_CASE("cli: run-now readies scheduled jobs; delete removes finished ones, --force live ones") {
+    CliWorld w;
+    auto submit_later = [&] {
+        auto r = w.cli({"submit", "-q", "nobody-serves-this", "--delay", "1h", "--payload", "x"});
+        REQUIRE_MESSAGE(r.exit_code == 0, describe(r));
+        return std::to_string(parse_id(r));
+    };
+    auto a = submit_later(), b = submit_later();
+    auto state = [&](const std::string& id) {
+        return parse_json(w.cli({"status", id, "--json"}))["state"].get<std::string>();
+    };
+    auto now = w.cli({"run-now", a, b});
+    CHECK_MESSAGE(now.exit_code == 0, describe(now));
+    CHECK(now.out == "job " + a + " is ready now\njob " + b + " is ready now\n");
+    CHECK(state(a) == "ready");
+    auto again = w.cli({"run-now", a});  // ready: refused
+    CHECK_MESSAGE(again.exit_code == 121, describe(again));
+    CHECK_MESSAGE(again.err.find("only scheduled or retrying") != std::string::npos,
+                  describe(again));
+
+    auto live = w.cli({"delete", a});
+    CHECK_MESSAGE(live.exit_code == 121, describe(live));
+    CHECK_MESSAGE(live.err.find("force") != std::string::npos, describe(live));
+    CHECK(state(a) == "ready");
+    auto forced = w.cli({"delete", "--force", a});
+    CHECK_MESSAGE(forced.exit_code == 0, describe(forced));
+    CHECK(forced.out == "deleted job " + a + "\n");
+    CHECK(w.cli({"status", a}).exit_code == 121);
+
+    auto finished = w.cli({"submit", "-q", "cat-q", "--payload", "x", "--wait"});
+    REQUIRE_MESSAGE(finished.exit_code == 0, describe(finished));
+    auto last = parse_json(w.cli({"list", "-q", "cat-q", "--json"}));
+    REQUIRE(last.size() == 1);
+    auto done = std::to_string(last[0]["id"].get<std::uint64_t>());
+    // Several ids: the unknown one is reported, the others are deleted.
+    auto several = w.cli({"delete", "987654321", done});
+    CHECK_MESSAGE(several.exit_code == 121, describe(several));
+    CHECK(several.out == "deleted job " + done + "\n");
+    CHECK_MESSAGE(several.err.find("job 987654321") != std::string::npos, describe(several));
+    CHECK(w.cli({"history", done}).exit_code == 121);
+    CHECK(w.cli({"run-now"}).exit_code == 120);
+    CHECK(w.cli({"delete", "x"}).exit_code == 120);
+    CHECK(state(b) == "ready");
+}
+
+TEST_CASE("cli: pause --for resumes the queue by itself; queues shows until when") {
+    CliWorld w;
+    for (const char* bad : {"0", "0s", "-1s", "soon"}) {
+        auto r = w.cli({"pause", "cat-q", "--for", bad});
+        CHECK_MESSAGE(r.exit_code == 120, describe(r));
+    }
+    auto long_pause = w.cli({"pause", "nobody-q", "--for", "1h"});
+    CHECK_MESSAGE(long_pause.exit_code == 0, describe(long_pause));
+    CHECK_MESSAGE(long_pause.out.find("queue nobody-q paused for 1h (until ") == 0,
+                  describe(long_pause));
+    auto table = w.cli({"queues"});
+    CHECK_MESSAGE(table.out.find("until ") != std::string::npos, describe(table));
+    auto queues = parse_json(w.cli({"queues", "--json"}));
+    bool shown = false;
+    for (const auto& q : queues)
+        if (q["name"] == "nobody-q")
+            shown = q["paused"] == true && time_ms(q["paused_until"]).has_value();
+    CHECK(shown);
+
+    // A short one ends by itself: the job submitted meanwhile runs once it is over.
+    auto start = std::chrono::steady_clock::now();
+    auto paused = w.cli({"pause", "cat-q", "--for", "1s"});
+    REQUIRE_MESSAGE(paused.exit_code == 0, describe(paused));
+    auto ran = w.cli({"submit", "-q", "cat-q", "--payload", "after", "--wait"});
+    CHECK_MESSAGE(ran.exit_code == 0, describe(ran));
+    CHECK(ran.out == "after");
+    CHECK(std::chrono::steady_clock::now() - start >= std::chrono::milliseconds(900));
+    queues = parse_json(w.cli({"queues", "--json"}));
+    for (const auto& q : queues)
+        if (q["name"] == "cat-q") {
+            CHECK(q["paused"] == false);
+            CHECK(q["paused_until"].is_null());
+        }
+}
+
 TEST_CASE("cli: history of a finished job goes (new) → ready → running → succeeded") {
     CliWorld w;
     auto sub = w.cli({"submit", "-q", "cat-q", "--payload", "h"});

@@ -395,7 +395,7 @@ TEST_CASE("the JSON form of a job and an event: table keys, null when absent, RF
                            std::nullopt, "submitted"});
     CHECK(e.dump() == R"({"at":"2025-12-01T10:00:00.123Z","from":null,"to":"ready","attempt":0,)"
                       R"("worker":null,"reason":"submitted"})");
-    auto q = to_json(QueueInfo{"q", false, {{JobState::ready, 2}}, std::nullopt});
+    auto q = to_json(QueueInfo{"q", false, {{JobState::ready, 2}}, std::nullopt, std::nullopt});
     CHECK(q["counts"].size() == kStateCount);
     CHECK(q["counts"]["ready"] == 2);
     CHECK(q["counts"]["dead"] == 0);

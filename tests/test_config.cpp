@@ -145,6 +145,17 @@ TEST_CASE("config: bad values from any source are usage errors (exit 2) that nam
     CHECK(r.code == 2);
     CHECK_MESSAGE(r.err.find("max-waits-total") != std::string::npos, r.err);
 
+    // 0 would delete every failure as it happens; not a duration at all is refused too.
+    for (const char* bad : {"0", "0s", "soon"}) {
+        r = run(dir, "nodead", {broker_bin(), "--dead-retention", bad, "--dump-config"});
+        CHECK(r.code == 2);
+        CHECK_MESSAGE(r.err.find("dead-retention") != std::string::npos, r.err);
+    }
+    r = run(dir, "dead30", {broker_bin(), "--dead-retention", "30d", "--dump-config"});
+    CHECK_MESSAGE(r.code == 0, r.err);
+    CHECK_MESSAGE(r.out.find("dead-retention = ") != std::string::npos, r.out);
+    CHECK_MESSAGE(r.out.find("30d") != std::string::npos, r.out);
+
     r = run(dir, "wbad", {worker_bin(), "--queue", "q", "--dump-config"},
             {{"ERRAND_DRAIN_TIMEOUT", "forever"}});
     CHECK(r.code == 2);

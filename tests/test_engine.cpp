@@ -168,7 +168,8 @@ struct Engine {
     const std::string client = "client";
     std::map<std::string, WorkerConn> workers;  // by identity
 
-    Engine() : broker(engine_config(), make_store(), clock) {}
+    Engine() : Engine(engine_config()) {}
+    explicit Engine(BrokerConfig config) : broker(std::move(config), make_store(), clock) {}
 
     // One pass at the current time. Keeps the fixture's picture of its workers up to date.
     std::vector<Envelope> send(const std::string& identity, std::string_view command,
@@ -609,6 +610,51 @@ TEST_CASE("no dispatch from a paused queue; RESUME dispatches to a waiting credi
     REQUIRE(d.size() == 1);
     CHECK(d[0].id == id);
     CHECK(f.status(id).state == S::running);
+}
+
+TEST_CASE("PAUSE with for_ms: nothing dispatched until then, then resumed by itself") {
+    Engine f;
+    auto queue_info = [&]() -> QueueInfo {
+        auto rep = f.ask(cmd::kQueues, encode_req(f.req++));
+        REQUIRE(rep.command == cmd::kQueues);
+        Body b(rep.body);
+        for (auto& q : decode_queues(b.reader()))
+            if (q.name == "q") return q;
+        return {};
+    };
+    // Bad durations: refused, nothing paused.
+    for (Millis bad : {Millis{0}, Millis{-5}}) {
+        auto e = f.error(cmd::kPause, encode(PauseRequest{f.req++, "q", bad}));
+        CHECK(e.code == ErrorCode::bad_request);
+        CHECK(e.message.find("for_ms") != std::string::npos);
+    }
+    JobId id = f.submit(spec("q"));
+    CHECK_FALSE(queue_info().paused);
+    const Millis until = f.now + 5000;
+    CHECK(f.ask(cmd::kPause, encode(PauseRequest{f.req++, "q", 5000})).command == cmd::kOk);
+    auto q = queue_info();
+    CHECK(q.paused);
+    CHECK(q.paused_until == Timestamp{std::chrono::milliseconds(until)});
+    f.register_worker("w1", {"q"});
+    CHECK(f.credit("w1", 1).empty());
+    CHECK(dispatches(f.advance(4900), "w1").empty());
+    auto d = dispatches(f.advance(100), "w1");
+    REQUIRE(d.size() == 1);
+    CHECK(d[0].id == id);
+    q = queue_info();
+    CHECK_FALSE(q.paused);
+    CHECK_FALSE(q.paused_until.has_value());
+
+    // A plain PAUSE replaces a timed one (and RESUME ends it early).
+    CHECK(f.ask(cmd::kPause, encode(PauseRequest{f.req++, "q", 1000})).command == cmd::kOk);
+    CHECK(f.ask(cmd::kPause, encode(PauseRequest{f.req++, "q", std::nullopt})).command == cmd::kOk);
+    f.advance(2000);
+    q = queue_info();
+    CHECK(q.paused);
+    CHECK_FALSE(q.paused_until.has_value());
+    CHECK(f.ask(cmd::kPause, encode(PauseRequest{f.req++, "q", 1000})).command == cmd::kOk);
+    CHECK(f.ask(cmd::kResume, encode(QueueRequest{f.req++, "q"})).command == cmd::kOk);
+    CHECK_FALSE(queue_info().paused_until.has_value());
 }
 
 TEST_CASE("priority order: higher first, FIFO within a priority") {
@@ -1173,6 +1219,163 @@ TEST_CASE("RETRY of a job that is not dead is invalid_state; of an unknown id, n
     CHECK(f.status(cancelled).state == S::cancelled);
     auto missing = f.error(cmd::kRetry, encode(RetryRequest{f.req++, 999, false, std::nullopt}));
     CHECK(missing.code == ErrorCode::not_found);
+}
+
+// ---- run now and delete ---------------------------------------------------------------------
+
+TEST_CASE("scheduled | retrying -> ready by RUN_NOW; any other state is invalid_state") {
+    Engine f;
+    auto later = spec("q");
+    later.delay = std::chrono::milliseconds(60000);
+    JobId scheduled = f.submit(later);
+    auto s = spec("q");
+    s.backoff = std::chrono::milliseconds(60000);
+    JobId retrying = f.submit(s);
+    f.register_worker("w1", {"q"});
+    f.dispatch_one("w1", retrying);
+    check_ack(f.fail("w1", retrying, 1), retrying, 1);
+    REQUIRE(f.status(retrying).state == S::retrying);
+
+    auto j = job_of(f.ask(cmd::kRunNow, encode(IdRequest{f.req++, scheduled})));
+    CHECK(j.id == scheduled);
+    CHECK(j.state == S::ready);
+    CHECK_FALSE(j.run_at.has_value());
+    CHECK(edges(f.history(scheduled)).back() == Edge{S::scheduled, S::ready, "run now by request"});
+    CHECK(f.dispatch_one("w1", scheduled).attempt == 1);
+    check_ack(f.done("w1", scheduled, 1), scheduled, 1);
+
+    CHECK(job_of(f.ask(cmd::kRunNow, encode(IdRequest{f.req++, retrying}))).state == S::ready);
+    CHECK(edges(f.history(retrying)).back() == Edge{S::retrying, S::ready, "run now by request"});
+    CHECK(f.dispatch_one("w1", retrying).attempt == 2);
+    check_ack(f.done("w1", retrying, 2), retrying, 2);
+    // Its old timer comes due later and changes nothing.
+    f.advance(61'000);
+    CHECK(f.status(scheduled).state == S::succeeded);
+    CHECK(f.status(retrying).state == S::succeeded);
+
+    JobId running = f.submit(spec("q"));
+    JobId ready = f.submit(spec("q"));
+    f.dispatch_one("w1", running);
+    for (JobId id : {ready, running, scheduled}) {  // ready, running, succeeded
+        CAPTURE(id);
+        auto before = f.history(id).size();
+        auto e = f.error(cmd::kRunNow, encode(IdRequest{f.req++, id}));
+        CHECK(e.code == ErrorCode::invalid_state);
+        CHECK(e.message.find("only scheduled or retrying jobs") != std::string::npos);
+        CHECK(f.history(id).size() == before);
+    }
+    CHECK(f.status(ready).state == S::ready);
+    CHECK(f.status(running).state == S::running);
+    CHECK(f.error(cmd::kRunNow, encode(IdRequest{f.req++, 999})).code == ErrorCode::not_found);
+}
+
+TEST_CASE("DELETE: a finished job goes with all of it; a live one only with force") {
+    Engine f;
+    auto queue_counts = [&] {
+        auto rep = f.ask(cmd::kQueues, encode_req(f.req++));
+        REQUIRE(rep.command == cmd::kQueues);
+        Body b(rep.body);
+        std::map<S, std::uint64_t> out;
+        for (const auto& q : decode_queues(b.reader()))
+            if (q.name == "q")
+                for (auto [state, n] : q.counts)
+                    out[state] = n;
+        return out;
+    };
+    auto del = [&](JobId id, bool force) {
+        return f.send(f.client, cmd::kDelete, encode(DeleteRequest{f.req++, id, force}));
+    };
+    JobId done = f.submit(spec("q", std::string(2000, 'p')));  // a payload in its own row
+    f.register_worker("w1", {"q"});
+    f.dispatch_one("w1", done);
+    check_ack(f.done("w1", done, 1), done, 1);
+    JobId ready = f.submit(spec("q"));
+    REQUIRE(queue_counts()[S::succeeded] == 1);
+
+    auto out = replies(del(done, false), f.client);
+    REQUIRE(out.size() == 1);
+    CHECK(out[0].command == cmd::kOk);
+    CHECK(f.error(cmd::kStatus, encode(IdRequest{f.req++, done})).code == ErrorCode::not_found);
+    CHECK(f.error(cmd::kHistory, encode(IdRequest{f.req++, done})).code == ErrorCode::not_found);
+    CHECK(queue_counts()[S::succeeded] == 0);
+    CHECK(f.error(cmd::kDelete, encode(DeleteRequest{f.req++, done, false})).code ==
+          ErrorCode::not_found);
+
+    // Live without force: refused, nothing changed.
+    auto e = f.error(cmd::kDelete, encode(DeleteRequest{f.req++, ready, false}));
+    CHECK(e.code == ErrorCode::invalid_state);
+    CHECK(e.message.find("force") != std::string::npos);
+    CHECK(f.status(ready).state == S::ready);
+    CHECK(queue_counts()[S::ready] == 1);
+
+    // Running, with force: cancelled (ABORT to the worker), then gone; its waiter hears not_found.
+    f.dispatch_one("w1", ready);
+    std::uint64_t wait_req = f.req++;
+    CHECK(replies(f.send(f.client, cmd::kWait, encode(WaitRequest{wait_req, ready, 10'000})),
+                  f.client)
+              .empty());
+    out = del(ready, true);
+    auto a = aborts(out, "w1");
+    REQUIRE(a.size() == 1);
+    CHECK(a[0].id == ready);
+    CHECK(a[0].reason == "cancelled");
+    auto to_client = replies(out, f.client);
+    REQUIRE(to_client.size() == 2);
+    int oks = 0, gone = 0;
+    for (const auto& r : to_client) {
+        if (r.command == cmd::kOk) ++oks;
+        if (r.command == cmd::kError && error_of(r).code == ErrorCode::not_found &&
+            error_of(r).req == wait_req)
+            ++gone;
+    }
+    CHECK(oks == 1);
+    CHECK(gone == 1);
+    CHECK(f.error(cmd::kStatus, encode(IdRequest{f.req++, ready})).code == ErrorCode::not_found);
+    check_stale(f.done("w1", ready, 1), ready, 1);
+    auto counts = queue_counts();
+    CHECK(counts[S::running] == 0);
+    CHECK(counts[S::cancelled] == 0);
+
+    // Scheduled, with force; ids are never given out again.
+    auto later = spec("q");
+    later.delay = std::chrono::milliseconds(1000);
+    JobId scheduled = f.submit(later);
+    CHECK(replies(del(scheduled, true), f.client).at(0).command == cmd::kOk);
+    f.advance(2000);
+    CHECK(f.error(cmd::kStatus, encode(IdRequest{f.req++, scheduled})).code ==
+          ErrorCode::not_found);
+    CHECK(f.submit(spec("q")) > scheduled);
+    CHECK(f.error(cmd::kDelete, encode(DeleteRequest{f.req++, 999, true})).code ==
+          ErrorCode::not_found);
+}
+
+TEST_CASE("retention: dead jobs are kept dead_retention_ms, other finished ones retention_ms") {
+    auto c = engine_config();
+    c.retention_ms = 1000;
+    c.dead_retention_ms = 10'000;
+    Engine f(c);
+    JobId ok = f.submit(spec("q"));
+    JobId bad = f.submit(spec("q"));
+    JobId off = f.submit(spec("q"));
+    f.register_worker("w1", {"q"}, 3);
+    REQUIRE(f.credit("w1", 3).size() == 3);
+    check_ack(f.done("w1", ok, 1), ok, 1);
+    check_ack(f.fail("w1", bad, 1, "boom", true), bad, 1);
+    CHECK(job_of(f.cancel(off)).state == S::cancelled);
+    auto gone = [&](JobId id) {
+        auto rep = f.ask(cmd::kStatus, encode(IdRequest{f.req++, id}));
+        return rep.command == cmd::kError && error_of(rep).code == ErrorCode::not_found;
+    };
+    f.advance(1500);  // retention looks once a second
+    f.advance(1000);
+    CHECK(gone(ok));
+    CHECK(gone(off));
+    CHECK(f.status(bad).state == S::dead);
+    f.advance(6000);
+    CHECK(f.status(bad).state == S::dead);
+    f.advance(3000);
+    f.advance(1000);
+    CHECK(gone(bad));
 }
 
 // ---- drain and release ----------------------------------------------------------------------

@@ -1218,6 +1218,54 @@ TEST_CASE("http: bulk retry (selected, all dead of a queue), bulk cancel, pause 
     CHECK(w.client.status(idle).state == JobState::ready);
 }
 
+TEST_CASE(
+    "http: run-now and delete, one job and in bulk; wrong states are 409 and change nothing") {
+    HttpWorld w;
+    auto later = [&] {
+        auto s = job_spec("nobody");
+        s.delay = std::chrono::milliseconds(3600000);
+        return w.client.submit(s).id;
+    };
+    auto s1 = later(), s2 = later();
+    auto j = w.post("/api/jobs/" + std::to_string(s1) + "/run-now");
+    CHECK(j["id"] == s1);
+    CHECK(j["state"] == "ready");
+    CHECK(w.post("/api/jobs/" + std::to_string(s1) + "/run-now", 409)["error"]["code"] ==
+          "invalid_state");
+    auto r = w.post_json("/api/jobs/run-now", fmt::format(R"({{"ids": [{}, {}]}})", s2, s1));
+    CHECK(r["ready"] == json::array({s2}));
+    REQUIRE(r["failed"].size() == 1);
+    CHECK(r["failed"][0]["id"] == s1);
+    CHECK(w.client.status(s2).state == JobState::ready);
+
+    // One finished job; a live one only with force.
+    auto c1 = w.client.submit(job_spec("nobody")).id;
+    w.client.cancel(c1);
+    CHECK(w.post("/api/jobs/" + std::to_string(c1) + "/delete")["deleted"] == c1);
+    CHECK(w.get("/api/jobs/" + std::to_string(c1), 404)["error"]["code"] == "not_found");
+    CHECK(w.post("/api/jobs/" + std::to_string(s1) + "/delete", 409)["error"]["code"] ==
+          "invalid_state");
+    CHECK(w.client.status(s1).state == JobState::ready);
+    CHECK(w.post_json("/api/jobs/" + std::to_string(s1) + "/delete",
+                      R"({"force": true})")["deleted"] == s1);
+    CHECK_THROWS_AS(w.client.status(s1), errand::BrokerError);
+
+    // Bulk: finished ones go, a live one is refused by name.
+    auto c2 = w.client.submit(job_spec("nobody")).id;
+    w.client.cancel(c2);
+    r = w.post_json("/api/jobs/delete", fmt::format(R"({{"ids": [{}, {}]}})", c2, s2));
+    CHECK(r["deleted"] == json::array({c2}));
+    REQUIRE(r["failed"].size() == 1);
+    CHECK(r["failed"][0]["id"] == s2);
+    CHECK(r["failed"][0]["code"] == "invalid_state");
+    CHECK(w.client.status(s2).state == JobState::ready);
+    for (const char* bad : {"nope", "{}", R"({"ids": [0]})", R"({"ids": [1], "force": "yes"})"})
+        CHECK(w.post_json("/api/jobs/delete", bad, 400)["error"]["code"] == "bad_request");
+    CHECK(w.post_json("/api/jobs/run-now", R"({"ids": "x"})", 400)["error"]["code"] ==
+          "bad_request");
+    CHECK(w.client.status(s2).state == JobState::ready);
+}
+
 TEST_CASE("http: the new actions pass the gate: token, origin, and --http-readonly") {
     HttpWorld w;
     auto id = w.client.submit(job_spec("gate")).id;
@@ -1225,23 +1273,32 @@ TEST_CASE("http: the new actions pass the gate: token, origin, and --http-readon
     struct Action {
         std::string path, body;
     };
-    const std::vector<Action> actions = {{"/api/jobs/cancel", ids},
-                                         {"/api/jobs/retry", R"({"state": "dead"})"},
-                                         {"/api/queues/gate/pause", ""},
-                                         {"/api/queues/gate/resume", ""}};
+    const std::vector<Action> actions = {
+        {"/api/jobs/cancel", ids},      {"/api/jobs/retry", R"({"state": "dead"})"},
+        {"/api/queues/gate/pause", ""}, {"/api/queues/gate/resume", ""},
+        {"/api/jobs/run-now", ids},     {"/api/jobs/delete", ids},
+        {"/api/jobs/ID/run-now", ""},   {"/api/jobs/ID/delete", R"({"force": true})"}};
+    // "ID" in a path: the job of the broker asked.
+    auto path_of = [](const Action& a, errand::JobId job) {
+        auto p = a.path;
+        if (auto at = p.find("/ID/"); at != std::string::npos)
+            p.replace(at + 1, 2, std::to_string(job));
+        return p;
+    };
     httplib::Client http("127.0.0.1", w.http_port);
     http.set_read_timeout(10, 0);
     for (const auto& a : actions) {
         INFO(a.path);
-        auto r = http.Post(a.path.c_str(), a.body, "application/json");  // no token
+        const auto path = path_of(a, id);
+        auto r = http.Post(path.c_str(), a.body, "application/json");  // no token
         REQUIRE(r);
         CHECK(r->status == 403);
         CHECK(json::parse(r->body)["error"]["code"] == "forbidden");
-        r = http.Post(a.path.c_str(), {{"X-Errand-Token", kToken}, {"Origin", "http://evil.test"}},
+        r = http.Post(path.c_str(), {{"X-Errand-Token", kToken}, {"Origin", "http://evil.test"}},
                       a.body, "application/json");
         REQUIRE(r);
         CHECK(r->status == 403);
-        r = http.Post(a.path.c_str(), {{"X-Errand-Token", kToken}, {"Host", "evil.test"}}, a.body,
+        r = http.Post(path.c_str(), {{"X-Errand-Token", kToken}, {"Host", "evil.test"}}, a.body,
                       "application/json");
         REQUIRE(r);
         CHECK(r->status == 421);
@@ -1262,7 +1319,8 @@ TEST_CASE("http: the new actions pass the gate: token, origin, and --http-readon
     for (const auto& a : actions) {
         INFO(a.path);
         auto body = a.body == ids ? fmt::format(R"({{"ids": [{}]}})", rid) : a.body;
-        auto r = rhttp.Post(a.path.c_str(), {{"X-Errand-Token", kToken}}, body, "application/json");
+        auto r = rhttp.Post(path_of(a, rid).c_str(), {{"X-Errand-Token", kToken}}, body,
+                            "application/json");
         REQUIRE(r);
         CHECK(r->status == 403);
         CHECK(json::parse(r->body)["error"]["code"] == "read_only");

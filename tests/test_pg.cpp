@@ -239,8 +239,14 @@ TEST_CASE(
     finish(a, 21, JobState::succeeded);
     a.rollback();
     CHECK(counts(a) == want);
-    // Retention subtracts what it deletes, whichever broker counted it.
+    // Retention subtracts what it deletes, whichever broker counted it; one state at a time
+    // (dead jobs on a clock of their own) or every finished one, within the limit.
     std::uint64_t removed = 0;
+    for (const auto& r : b.remove_finished(JobState::succeeded, std::nullopt, 5000, 4)) {
+        CHECK(r.state == JobState::succeeded);
+        removed += r.count;
+    }
+    CHECK(removed == 4);
     for (const auto& r : b.remove_finished(std::nullopt, std::nullopt, 5000, 100))
         removed += r.count;
     b.commit();
@@ -268,4 +274,36 @@ TEST_CASE(
     for (const auto& c : a.count_jobs())
         if (c.queue == "done") done += c.count;
     CHECK(done == 20000);
+}
+
+TEST_CASE("migrations 6 and 7 on PostgreSQL: finished jobs by state; timed pauses are stored") {
+    pg::Connection(server().conninfo()).exec("CREATE SCHEMA mig6");
+    auto conninfo = server().conninfo() + " options='-csearch_path=mig6'";
+    pg::Connection check(conninfo);
+    { PgStore fresh(conninfo); }
+    // What version 5 had.
+    check.exec(
+        "DROP INDEX jobs_finished; CREATE INDEX jobs_finished ON jobs (finished_at) WHERE state "
+        "IN ('succeeded', 'dead', 'cancelled'); ALTER TABLE queues DROP COLUMN paused_until; "
+        "UPDATE errand_schema SET version = 5");
+    PgStore store(conninfo);
+    CHECK(store.schema_version() == PgStore::kSchemaVersion);
+    auto def = check.query(
+        "SELECT indexdef FROM pg_indexes WHERE indexname = 'jobs_finished' "
+        "AND schemaname = 'mig6'");
+    REQUIRE(def.rows() == 1);
+    CHECK(def.text(0, 0).find("(state, finished_at)") != std::string::npos);
+
+    // A timed pause's end is a row: another broker (another connection) reads it, and only
+    // the pause it names is resumed.
+    store.pause_until("q", 5000);
+    store.commit();
+    PgStore other(conninfo);
+    CHECK(other.pause_deadlines() ==
+          std::vector<std::pair<std::string, errand::Millis>>{{"q", 5000}});
+    CHECK_FALSE(other.resume_due("q", 4000));
+    CHECK(other.resume_due("q", 5000));
+    other.commit();
+    CHECK(store.paused_queues().empty());
+    CHECK(store.pause_deadlines().empty());
 }

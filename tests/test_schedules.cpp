@@ -466,14 +466,17 @@ TEST_CASE("migration: a database from before schedules gets them and keeps its j
     }
 #ifdef ERRAND_TEST_PG
     pg::Connection(db.conninfo)
-        .exec("DROP TABLE job_counts; DROP TABLE schedules; UPDATE errand_schema SET version = 3");
+        .exec(
+            "ALTER TABLE queues DROP COLUMN paused_until; DROP TABLE job_counts; DROP TABLE "
+            "schedules; UPDATE errand_schema SET version = 3");
 #else
     {
         sqlite3* h = nullptr;
         REQUIRE(sqlite3_open((db.dir / "errand.db").c_str(), &h) == SQLITE_OK);
         char* err = nullptr;
-        // Version 8's tables and columns go too (they came after schedules).
+        // Version 8's tables and columns go too (they came after schedules), and 10's.
         int rc = sqlite3_exec(h,
+                              "ALTER TABLE queues DROP COLUMN paused_until; "
                               "DROP TABLE job_counts; DROP TABLE payloads; "
                               "DROP TABLE event_seq; "
                               "DELETE FROM events WHERE id >= 1099511627776; "

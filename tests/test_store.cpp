@@ -93,8 +93,10 @@ Transition succeed(JobId id, Millis at, std::uint32_t attempt = 1) {
 }
 
 // Turns a database back into what version 7 wrote (its jobs' events rows of version 8 go too:
-// they would have been in the history column).
+// they would have been in the history column; version 9's index is made again as it was).
 constexpr const char* kUndoVersion8 =
+    "ALTER TABLE queues DROP COLUMN paused_until; DROP INDEX jobs_finished; "
+    "CREATE INDEX jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL; "
     "DROP TABLE job_counts; DROP TABLE payloads; DROP TABLE event_seq; "
     "DELETE FROM events WHERE id >= 1099511627776; ";
 
@@ -845,7 +847,11 @@ TEST_CASE("migration 8 upgrades a database version 7 made: counts, payloads and 
     REQUIRE(count_rows(dir.db(), "SELECT version FROM schema_version") == 7);
 
     SqliteStore store(dir.db());
-    CHECK(store.schema_version() == 8);
+    CHECK(store.schema_version() == SqliteStore::kSchemaVersion);
+    // Migration 9: finished jobs indexed by state, then finish time (retention per state).
+    CHECK(count_rows(dir.db(),
+                     "SELECT COUNT(*) FROM sqlite_master WHERE name = 'jobs_finished' AND "
+                     "sql LIKE '%(state, finished_at)%'") == 1);
     std::map<std::pair<std::string, JobState>, std::uint64_t> counts;
     for (const auto& c : store.count_jobs())
         counts[{c.queue, c.state}] = c.count;
@@ -890,9 +896,16 @@ TEST_CASE("migration 8 upgrades a database version 7 made: counts, payloads and 
         counts[{c.queue, c.state}] = c.count;
     CHECK(counts[{"work", JobState::succeeded}] == 3);
     CHECK(counts.count({"work", JobState::retrying}) == 0);
-    // Retention deletes old and new rows alike.
+    // Retention deletes old and new rows alike, one state at a time (dead jobs on a clock of
+    // their own: --dead-retention) or all of them.
     store.begin();
     std::uint64_t removed = 0;
+    for (const auto& r : store.remove_finished(JobState::dead, std::nullopt, 1796154554500, 100)) {
+        CHECK(r.state == JobState::dead);
+        removed += r.count;
+    }
+    CHECK(removed == 1);
+    CHECK(store.get_job(7).has_value());
     for (const auto& r : store.remove_finished(std::nullopt, std::nullopt, 1796154554500, 100))
         removed += r.count;
     store.commit();
@@ -978,4 +991,69 @@ TEST_CASE("space comes back: a WAL file a burst left large is cut once the broke
     CHECK(passes >= 10);  // not before a second without commits
     // Everything is still there.
     CHECK(store.get_job(3000).has_value());
+}
+
+TEST_CASE("remove_job: a finished job goes with its events, payload and count; others stay") {
+    TempDir dir;
+    {
+        SqliteStore store(dir.db());
+        store.begin();
+        store.insert_job(job(1, "q"), "submitted");
+        auto big = job(2, "q");
+        big.spec.payload = std::string(4000, 'x');  // in payloads, apart from the row
+        store.insert_job(big, "submitted");
+        REQUIRE(store.apply(dispatch(2, 1, 200, "w")));
+        REQUIRE(store.apply(succeed(2, 300)));
+        store.commit();
+        REQUIRE(count_rows(dir.db(), "SELECT COUNT(*) FROM payloads") == 1);
+
+        store.begin();
+        CHECK_FALSE(store.remove_job(1).has_value());  // ready: not finished
+        CHECK_FALSE(store.remove_job(99).has_value());
+        auto removed = store.remove_job(2);
+        store.commit();
+        REQUIRE(removed.has_value());
+        CHECK(removed->queue == "q");
+        CHECK(removed->state == JobState::succeeded);
+        CHECK_FALSE(store.get_job(2).has_value());
+        CHECK(store.events(2).empty());
+        CHECK(count_rows(dir.db(), "SELECT COUNT(*) FROM payloads") == 0);
+        CHECK(count_rows(dir.db(), "SELECT COUNT(*) FROM events WHERE job_id = 2") == 0);
+        CHECK(count_rows(dir.db(), "SELECT COUNT(*) FROM job_counts") == 0);
+        CHECK(store.get_job(1)->state == JobState::ready);
+    }
+    // The highest id was deleted: it is still not given out again (id_floor).
+    SqliteStore store(dir.db());
+    store.begin();
+    auto next = store.insert_job(job(3, "q"), "submitted");
+    store.commit();
+    CHECK(next.id == 3);
+}
+
+TEST_CASE("a timed pause is stored: its end survives a reopen; resume_due is compare-and-set") {
+    TempDir dir;
+    {
+        SqliteStore store(dir.db());
+        store.begin();
+        store.pause_until("q", 5000);
+        store.set_paused("p", true);
+        store.commit();
+    }
+    SqliteStore store(dir.db());
+    CHECK(store.paused_queues() == std::vector<std::string>{"p", "q"});
+    CHECK(store.pause_deadlines() == std::vector<std::pair<std::string, Millis>>{{"q", 5000}});
+    store.begin();
+    CHECK_FALSE(store.resume_due("q", 4000));  // paused until another time: left alone
+    CHECK_FALSE(store.resume_due("p", 5000));  // paused for good
+    CHECK(store.resume_due("q", 5000));
+    store.commit();
+    CHECK(store.paused_queues() == std::vector<std::string>{"p"});
+    CHECK(store.pause_deadlines().empty());
+    // A plain pause or resume clears the end.
+    store.begin();
+    store.pause_until("q", 9000);
+    store.set_paused("q", true);
+    store.commit();
+    CHECK(store.pause_deadlines().empty());
+    CHECK(store.paused_queues() == std::vector<std::string>{"p", "q"});
 }

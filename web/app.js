@@ -1,7 +1,7 @@
 // errand dashboard: three views in one page, chosen by the URL's fragment (#, #jobs?…,
 // #job-N; /jobs/N opens #job-N), polling the broker's JSON API every second. Plain DOM and a
 // <canvas> chart; no framework, no network beyond this broker. Actions (retry, cancel,
-// pause, resume) are POSTs that carry the page's token and are confirmed first.
+// run-now, delete, pause, resume) are POSTs that carry the page's token and are confirmed first.
 'use strict';
 
 // Times in the API are RFC 3339 UTC strings ("2026-12-01T10:00:00.123Z"); the job states come
@@ -399,6 +399,8 @@ function bulkState() {
   $('#bulk-count').textContent = `${selected.size} selected`;
   $('#bulk-retry').disabled = selected.size === 0;
   $('#bulk-cancel').disabled = selected.size === 0;
+  $('#bulk-run-now').disabled = selected.size === 0;
+  $('#bulk-delete').disabled = selected.size === 0;
   const picks = [...document.querySelectorAll('#jobs .pick')];
   $('#select-all').checked = picks.length > 0 && picks.every((p) => p.checked);
 }
@@ -423,6 +425,13 @@ $('#bulk-retry').addEventListener('click', () =>
 $('#bulk-cancel').addEventListener('click', () =>
   act(`Cancel ${selected.size} selected jobs?`, '/api/jobs/cancel', {ids: [...selected]},
       (r) => bulkDone('cancelled', r, 'cancelled')));
+$('#bulk-run-now').addEventListener('click', () =>
+  act(`Run ${selected.size} selected jobs now (scheduled or retrying ones)?`, '/api/jobs/run-now',
+      {ids: [...selected]}, (r) => bulkDone('ready now', r, 'ready')));
+// Finished jobs only: an unfinished one is refused (and listed); its job page deletes with force.
+$('#bulk-delete').addEventListener('click', () =>
+  act(`Delete ${selected.size} selected finished jobs with their history?`, '/api/jobs/delete',
+      {ids: [...selected]}, (r) => bulkDone('deleted', r, 'deleted')));
 $('#bulk-retry-dead').addEventListener('click', () => {
   const r = route();
   const body = r.queue ? {queue: r.queue, state: 'dead'} : {state: 'dead'};
@@ -500,6 +509,9 @@ function renderJob(j) {
   const terminal = ['succeeded', 'dead', 'cancelled'].includes(j.state);
   $('#detail-retry').hidden = !TOKEN || j.state !== 'dead';
   $('#detail-cancel').hidden = !TOKEN || terminal;
+  $('#detail-run-now').hidden = !TOKEN || !['scheduled', 'retrying'].includes(j.state);
+  $('#detail-delete').hidden = !TOKEN;
+  $('#detail-delete').textContent = terminal ? 'Delete' : 'Cancel and delete';
 }
 
 $('#detail-retry').addEventListener('click', () => {
@@ -509,6 +521,20 @@ $('#detail-retry').addEventListener('click', () => {
 $('#detail-cancel').addEventListener('click', () => {
   const id = jobShown.id;
   act(`Cancel job ${id}?`, `/api/jobs/${id}/cancel`, undefined, () => `job ${id}: cancelled`);
+});
+
+$('#detail-run-now').addEventListener('click', () => {
+  const id = jobShown.id;
+  act(`Run job ${id} now?`, `/api/jobs/${id}/run-now`, undefined, () => `job ${id}: ready now`);
+});
+$('#detail-delete').addEventListener('click', () => {
+  const id = jobShown.id;
+  const live = !['succeeded', 'dead', 'cancelled'].includes(jobShown.state);
+  act(live ? `Cancel job ${id} and delete it with its history?` : `Delete job ${id} with its history?`,
+      `/api/jobs/${id}/delete`, live ? {force: true} : undefined, () => {
+        location.hash = '#jobs';  // its page is gone
+        return `job ${id}: deleted`;
+      });
 });
 
 // ---- polling -------------------------------------------------------------------------------

@@ -97,13 +97,22 @@ class Client {
     // Puts every dead job (of `queue`, if given) back; returns their ids.
     std::vector<JobId> retry_dead(const std::optional<std::string>& queue = std::nullopt);
     // A paused queue accepts jobs but dispatches none, until resumed (survives restarts).
-    void pause(const std::string& queue);
+    // With `for_` (more than 0): resumed by itself then (a timed pause, also stored).
+    void pause(const std::string& queue,
+               std::optional<std::chrono::milliseconds> for_ = std::nullopt);
     void resume(const std::string& queue);
     // Deletes finished jobs in `state` (that finished at least `older_than` ago); returns how
     // many.
     std::uint64_t purge(JobState state, const std::optional<std::string>& queue = std::nullopt,
                         std::optional<std::chrono::milliseconds> older_than = std::nullopt);
     std::vector<QueueInfo> queues();
+    // A scheduled or retrying job goes to ready at once (its run_at or backoff skipped);
+    // returns it. BrokerError invalid_state for a job in any other state.
+    JobInfo run_now(JobId id);
+    // Deletes a finished job with its history and payload; the id is then unknown (not_found).
+    // An unfinished job is BrokerError invalid_state, unless `force`: it is cancelled first (a
+    // running one is stopped on its worker).
+    void remove(JobId id, bool force = false);
     // Cron schedules: each tick of `s.cron` in `s.zone` submits `s.job` (docs/PROTOCOL.md,
     // SCHEDULE_ADD). Bad input (a cron field, a zone, a taken name) is a BrokerError that
     // says what; the returned schedule has its next tick.

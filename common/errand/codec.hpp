@@ -221,9 +221,15 @@ struct Abort {  // broker -> worker: stop this attempt
     std::string reason;
 };
 
-struct QueueRequest {  // PAUSE, RESUME
+struct QueueRequest {  // RESUME (PAUSE without for_ms)
     std::uint64_t req = 0;
     std::string queue;
+};
+
+struct PauseRequest {  // PAUSE: QueueRequest and, for a timed pause, how long
+    std::uint64_t req = 0;
+    std::string queue;
+    std::optional<Millis> for_ms;  // resumed by itself after this (more than 0)
 };
 
 struct RetryRequest {
@@ -263,6 +269,13 @@ struct WorkerControlRequest {
 struct WorkerControl {
     std::string state = std::string(kWorkerActive);  // active | quiet | stopping
     std::uint32_t concurrency = 1;                   // jobs run at once
+};
+
+// DELETE: a finished job, or (force) any job, cancelled first when unfinished.
+struct DeleteRequest {
+    std::uint64_t req = 0;
+    JobId id = 0;
+    bool force = false;
 };
 
 // Limits that decoding enforces (the broker sets them from its flags).
@@ -312,6 +325,8 @@ std::string encode(const WorkerControlRequest& m);
 std::string encode(const WorkerControl& m);
 std::string encode_req(std::uint64_t req);  // PING, QUEUES, OK
 std::string encode_empty();                 // {}
+std::string encode(const DeleteRequest& m);
+std::string encode(const PauseRequest& m);
 
 SubmitRequest decode_submit(const Reader& r, const DecodeLimits& lim = {});
 SubmitReply decode_submitted(const Reader& r);
@@ -347,6 +362,8 @@ std::vector<Schedule> decode_schedules(const Reader& r);
 JobSpec decode_job_spec(const Reader& r);
 WorkerControlRequest decode_worker_control_request(const Reader& r);
 WorkerControl decode_worker_control(const Reader& r);
+DeleteRequest decode_delete(const Reader& r);
+PauseRequest decode_pause(const Reader& r);
 
 // ---- Observability: job events, STATS, WORKERS, FEED (docs/PROTOCOL.md) -------------------
 

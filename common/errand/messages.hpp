@@ -61,6 +61,7 @@ struct QueueInfo {
     bool paused = false;
     std::vector<std::pair<JobState, std::uint64_t>> counts{};  // every state, in enum order
     std::optional<Timestamp> oldest_ready_at{};                // created_at of the oldest ready job
+    std::optional<Timestamp> paused_until{};  // a timed pause (PAUSE for_ms): resumed then
 };
 
 struct Event {

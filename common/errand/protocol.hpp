@@ -134,6 +134,8 @@ inline constexpr std::string_view kScheduleRemove = "SCHEDULE_REMOVE";  // -> OK
 inline constexpr std::string_view kSchedulePause = "SCHEDULE_PAUSE";    // -> SCHEDULE
 inline constexpr std::string_view kScheduleResume = "SCHEDULE_RESUME";  // -> SCHEDULE
 inline constexpr std::string_view kWorkerControl = "WORKER_CONTROL";    // -> WORKERS
+inline constexpr std::string_view kRunNow = "RUN_NOW";                  // -> JOB
+inline constexpr std::string_view kDelete = "DELETE";                   // -> OK
 // worker -> broker
 inline constexpr std::string_view kRegister = "REGISTER";
 inline constexpr std::string_view kCredit = "CREDIT";

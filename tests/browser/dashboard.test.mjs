@@ -3,7 +3,8 @@
 // playwright-core. Checks that counts change live; pausing and resuming a queue from the page;
 // browsing jobs with pages and totals, filters and search (error text, unique key, id); a job
 // opened by its link (#job-N and /jobs/N) with payload, error, history and times in the
-// browser's zone; bulk retry of dead jobs (selected, and all dead of a queue), each confirmed
+// browser's zone; bulk retry of dead jobs (selected, and all dead of a queue), run-now (bulk)
+// and delete (a job's page, and bulk), each confirmed
 // (POSTs that need the broker's token, which the page carries); the chart after a reload; a
 // narrow window; that a page of another site can neither act nor read through DNS rebinding
 // (Chromium resolves evil.test to 127.0.0.1). Screenshots of each page are kept as artifacts
@@ -297,6 +298,42 @@ try {
   assert(overflow <= 401, `the page fits a 400 px window: ${overflow}`);
   await shot('dashboard-narrow.png');
   await page.setViewportSize({ width: 1280, height: 1000 });
+
+  // Run-now and delete. Two jobs scheduled an hour ahead in emails: run now in bulk (selected),
+  // so they run at once; then one is deleted from its job page, and a finished report job in
+  // bulk. Each confirmed; the broker then answers not_found for them.
+  const gone = async (id) => {
+    try { await cli('status', id); return false; } catch (e) { return e.code === 121; }
+  };
+  const soon = [];
+  for (const i of [1, 2]) soon.push((await cli('submit', '-q', 'emails', '--delay', '1h', '--payload', `soon ${i}`)).trim());
+  await page.goto(`${base}/#jobs?queue=emails&state=scheduled`);
+  await page.waitForFunction(() => document.querySelectorAll('#jobs tbody tr').length === 2);
+  await page.check('#select-all');
+  await page.waitForFunction(() => document.querySelector('#bulk-count').textContent === '2 selected');
+  await confirmed('#bulk-run-now');
+  await page.waitForFunction(() => document.querySelector('#action-msg').textContent.includes('2 jobs ready now'));
+  for (const id of soon)
+    await until(`job ${id} to run after run-now`, async () => (await status(id)) === 'succeeded');
+  assert((await cli('history', soon[0], '--json')).includes('run now by request'), 'history has the run-now');
+  await page.goto(`${base}/#job-${soon[0]}`);
+  await page.waitForFunction((id) => document.querySelector('#detail-id')?.textContent === id &&
+                                     document.querySelector('#detail dd[data-field="state"]')?.textContent === 'succeeded', soon[0]);
+  assert(await page.isHidden('#detail-run-now'), 'no run-now for a finished job');
+  await confirmed('#detail-delete');
+  await page.waitForFunction((id) => document.querySelector('#action-msg').textContent.includes(`job ${id}: deleted`), soon[0]);
+  await until(`job ${soon[0]} to be gone`, () => gone(soon[0]));
+  await page.waitForSelector('#view-jobs:not([hidden])');
+  await page.goto(`${base}/#jobs?queue=reports&state=succeeded`);
+  await page.waitForFunction(() => document.querySelectorAll('#jobs tbody tr').length === 3);
+  await page.check(`#jobs tr[data-job-id="${dead[0]}"] input.pick`);
+  await confirmed('#bulk-delete');
+  await page.waitForFunction(() => document.querySelector('#action-msg').textContent.includes('1 jobs deleted'));
+  await page.waitForFunction(() => document.querySelectorAll('#jobs tbody tr').length === 2);
+  assert(await gone(dead[0]), `job ${dead[0]} deleted`);
+  assert((await status(soon[1])) === 'succeeded', 'the other job stays');
+  await page.goto(base + '/');
+  await page.waitForSelector('#view-overview:not([hidden]) #queues tr[data-queue="reports"]');
 
   // The attacks, from a page of another site in the same browser. Cross-site request forgery:
   // a "simple" POST (no-cors, text/plain) and one with a guessed token header (preflighted).
