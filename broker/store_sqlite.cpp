@@ -715,7 +715,10 @@ SqliteStore::SqliteStore(const std::string& path, SqliteOptions options) {
             sqlite3_wal_hook(
                 db_,
                 [](void* self, sqlite3*, const char*, int frames) {
+                    // Called for a commit that wrote to the WAL (not for one that only read:
+                    // retention's look for old jobs every second).
                     static_cast<SqliteStore*>(self)->wal_frames_ = frames;
+                    ++static_cast<SqliteStore*>(self)->commits_;
                     return SQLITE_OK;
                 },
                 this);
@@ -895,7 +898,6 @@ void SqliteStore::commit() {
         }
         flush_counts();
         st_->commit.run();
-        ++commits_;
         // Under continuous writes the checkpointer's PASSIVE runs never catch up with the last
         // commit, so the WAL is never reset and would grow without bound. Past kWalResetFrames
         // the broker's own connection, which holds the write lock anyway, runs a RESTART: it

@@ -144,7 +144,7 @@ class SqliteStore final : public Store {
     // maintain(): a WAL file left large by a burst (up to journal_size_limit) is cut to nothing
     // once no commit came for a second.
     std::string wal_path_;  // empty: no checkpointer, nothing to cut
-    std::uint64_t commits_ = 0, commits_seen_ = 0;
+    std::uint64_t commits_ = 0, commits_seen_ = 0;  // commits that wrote to the WAL
     Millis quiet_since_ = 0;
     bool wal_cut_ = true;  // nothing committed since the last cut (or the open)
     std::uint64_t start_steps_ = 0;
