@@ -129,6 +129,15 @@ struct Client::Impl {
             throw BrokerError(ErrorCode::internal,
                               fmt::format("unexpected reply {} (wanted {})", env.command, command));
     }
+
+    // A request naming one job, answered JOB: STATUS, CANCEL, RUN_NOW.
+    JobInfo one_job(std::string_view command, JobId id) {
+        IdRequest m{next_req++, id};
+        auto env = call(command, encode(m), m.req);
+        expect(env, cmd::kJob);
+        Body b(env.body);
+        return decode_job_info(b.reader().map("job"));
+    }
 };
 
 Client::Client(ClientOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
@@ -172,11 +181,7 @@ std::vector<Submitted> Client::submit_batch(std::vector<JobSpec> specs) {
 }
 
 JobInfo Client::status(JobId id) {
-    IdRequest m{impl_->next_req++, id};
-    auto env = impl_->call(cmd::kStatus, encode(m), m.req);
-    Impl::expect(env, cmd::kJob);
-    Body b(env.body);
-    return decode_job_info(b.reader().map("job"));
+    return impl_->one_job(cmd::kStatus, id);
 }
 
 std::optional<JobInfo> Client::wait(JobId id, std::chrono::milliseconds timeout) {
@@ -258,19 +263,11 @@ Pong Client::ping() {
 namespace errand {
 
 JobInfo Client::cancel(JobId id) {
-    IdRequest m{impl_->next_req++, id};
-    auto env = impl_->call(cmd::kCancel, encode(m), m.req);
-    Impl::expect(env, cmd::kJob);
-    Body b(env.body);
-    return decode_job_info(b.reader().map("job"));
+    return impl_->one_job(cmd::kCancel, id);
 }
 
 JobInfo Client::run_now(JobId id) {
-    IdRequest m{impl_->next_req++, id};
-    auto env = impl_->call(cmd::kRunNow, encode(m), m.req);
-    Impl::expect(env, cmd::kJob);
-    Body b(env.body);
-    return decode_job_info(b.reader().map("job"));
+    return impl_->one_job(cmd::kRunNow, id);
 }
 
 void Client::remove(JobId id, bool force) {
