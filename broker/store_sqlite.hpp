@@ -143,7 +143,7 @@ class SqliteStore final : public Store {
     int wal_frames_ = 0;               // WAL size after the last commit (sqlite3_wal_hook)
     // maintain(): a WAL file left large by a burst (up to journal_size_limit) is cut to nothing
     // once no commit came for a second.
-    std::string wal_path_;  // empty: no checkpointer, nothing to cut
+    std::string wal_path_;                          // empty: no checkpointer, nothing to cut
     std::uint64_t commits_ = 0, commits_seen_ = 0;  // commits that wrote to the WAL
     Millis quiet_since_ = 0;
     bool wal_cut_ = true;  // nothing committed since the last cut (or the open)

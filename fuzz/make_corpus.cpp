@@ -466,8 +466,8 @@ std::vector<std::pair<std::string, std::string>> broker_seeds() {
     }
     {
         ScriptWriter w;
-        w.msg(kClient, cmd::kPause, encode(PauseRequest{1, "q0", 500}))  // a timed pause
-            .msg(kClient, cmd::kPause, encode(PauseRequest{2, "q1", 0}))   // bad_request
+        w.msg(kClient, cmd::kPause, encode(PauseRequest{1, "q0", 500}))   // a timed pause
+            .msg(kClient, cmd::kPause, encode(PauseRequest{2, "q1", 0}))  // bad_request
             .msg(kClient, cmd::kSubmit, submit(3, job("q0")))
             .msg(kWorker, cmd::kRegister, registration(4, "inst-0", {"q0"}))
             .msg(kWorker, cmd::kCredit, encode_credit(1))
