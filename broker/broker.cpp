@@ -12,7 +12,6 @@
 #include <deque>
 #include <limits>
 #include <random>
-#include <set>
 #include <unordered_set>
 
 #include "engine.hpp"
@@ -461,29 +460,13 @@ struct Broker::State {
 
     // ---- handlers: observability (answered from memory; they never touch the store) -------
 
-    // What STATS and QUEUES report, copied from the loop's state (no store access).
-    std::shared_ptr<ReadView> take_read_view() {
-        auto v = std::make_shared<ReadView>();
-        StatsReply& rep = v->stats;
-        rep.time = to_time(now);
-        rep.started_at = to_time(started_at);
-        rep.workers = workers.size();
-        for (const auto& [inst, w] : workers.all())
-            rep.running += w.jobs.size();
-        rep.waits = waiters.size();
-        rep.commits = metrics.commit_seconds.count;
-        rep.commit_failures = metrics.commit_failures;
-        rep.commit_seconds_sum = metrics.commit_seconds.sum;
-        rep.commit_jobs_sum = static_cast<std::uint64_t>(metrics.commit_jobs.sum);
-        if (!cfg.events_endpoint.empty() && !captured)
-            rep.events_endpoint = pub.get(zmq::sockopt::last_endpoint);
-        if (engine.shared()) {
-            rep.broker = store->broker_name();
-            rep.brokers = engine.cluster();
-        }
-        v->queues.reserve(engine.counts().size() + engine.paused().size());
+    // Every queue the engine counts or has paused, in no order: for STATS and QUEUES (ReadView)
+    // and the HTTP side (Snapshot).
+    std::vector<QueueView> queue_views() const {
+        std::vector<QueueView> out;
+        out.reserve(engine.counts().size() + engine.paused().size());
         auto row = [&](const std::string& q, const StateCounts* c) {
-            QueueRow r;
+            QueueView r;
             r.name = q;
             r.paused = engine.is_paused(q);
             if (c) r.counts = *c;
@@ -498,12 +481,36 @@ struct Broker::State {
                 r.finished_per_second = m->second.finished.per_second(now);
                 r.submitted_per_second = m->second.submitted_rate.per_second(now);
             }
-            v->queues.push_back(std::move(r));
+            out.push_back(std::move(r));
         };
         for (const auto& [q, c] : engine.counts())
             row(q, &c);
         for (const auto& q : engine.paused())
             if (!engine.counts().count(q)) row(q, nullptr);
+        return out;
+    }
+
+    // What STATS and QUEUES report, copied from the loop's state (no store access).
+    std::shared_ptr<ReadView> take_read_view() {
+        auto v = std::make_shared<ReadView>();
+        StatsReply& rep = v->stats;
+        rep.time = to_time(now);
+        rep.started_at = to_time(started_at);
+        rep.workers = workers.size();
+        for (const auto& [inst, w] : workers.all())
+            rep.running += w.jobs.size();
+        rep.waits = waiters.size();
+        rep.commits = metrics.commit_seconds.count;
+        rep.commit_failures = metrics.commit_failures;
+        rep.commit_seconds_sum = metrics.commit_seconds.sum;
+        rep.commit_jobs_sum = static_cast<std::uint64_t>(metrics.commit_jobs.sum);
+        if (!cfg.events_endpoint.empty())
+            rep.events_endpoint = pub.get(zmq::sockopt::last_endpoint);
+        if (engine.shared()) {
+            rep.broker = store->broker_name();
+            rep.brokers = engine.cluster();
+        }
+        v->queues = queue_views();
         return v;
     }
 
@@ -1145,20 +1152,7 @@ struct Broker::State {
         auto snap = std::make_shared<Snapshot>();
         snap->at = now;
         snap->started_at = started_at;
-        for (const auto& [q, c] : engine.counts()) {
-            QueueView v;
-            v.name = q;
-            v.paused = engine.is_paused(q);
-            v.counts = c;
-            v.oldest_ready_at = engine.oldest_ready(q);
-            if (auto m = metrics.queues.find(q); m != metrics.queues.end()) {
-                v.finished_per_second = m->second.finished.per_second(now);
-                v.submitted_per_second = m->second.submitted_rate.per_second(now);
-            }
-            snap->queues.push_back(std::move(v));
-        }
-        for (const auto& q : engine.paused())
-            if (!engine.counts().count(q)) snap->queues.push_back(QueueView{q, true, {}, {}, 0, 0});
+        snap->queues = queue_views();
         std::sort(snap->queues.begin(), snap->queues.end(),
                   [](const auto& a, const auto& b) { return a.name < b.name; });
         snap->workers = worker_infos();

@@ -16,11 +16,11 @@ namespace {
 void sort_once(ReadView& view) {
     if (view.sorted) return;
     std::sort(view.queues.begin(), view.queues.end(),
-              [](const QueueRow& a, const QueueRow& b) { return a.name < b.name; });
+              [](const QueueView& a, const QueueView& b) { return a.name < b.name; });
     view.sorted = true;
 }
 
-std::vector<std::pair<JobState, std::uint64_t>> counts_of(const QueueRow& q) {
+std::vector<std::pair<JobState, std::uint64_t>> counts_of(const QueueView& q) {
     std::vector<std::pair<JobState, std::uint64_t>> out;
     out.reserve(kStateCount);
     for (JobState s : kAllStates)

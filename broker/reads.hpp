@@ -19,25 +19,15 @@
 
 #include "errand/messages.hpp"
 #include "errand/protocol.hpp"
+#include "snapshot.hpp"
 
 namespace errand::broker {
-
-struct QueueRow {
-    std::string name;
-    bool paused = false;
-    std::array<std::uint64_t, kStateCount> counts{};  // index = JobState
-    std::optional<Millis> oldest_ready_at;
-    std::optional<Millis> paused_until;  // a timed pause's end
-    std::uint64_t submitted = 0, succeeded = 0, failed = 0, dead = 0, cancelled = 0;
-    double finished_per_second = 0;
-    double submitted_per_second = 0;
-};
 
 // What STATS and QUEUES report, as of one moment of the loop. `stats` holds everything but `req`
 // and `queues`; `queues` is every queue the engine counts or has paused, in any order.
 struct ReadView {
     StatsReply stats;
-    std::vector<QueueRow> queues;
+    std::vector<QueueView> queues;
     bool sorted = false;  // set by the first answer
 };
 

@@ -23,8 +23,10 @@ struct QueueView {
     bool paused = false;
     std::array<std::uint64_t, kStateCount> counts{};  // index = JobState
     std::optional<Millis> oldest_ready_at;
-    double finished_per_second = 0;  // over the last minute
+    std::optional<Millis> paused_until;  // a timed pause's end
+    double finished_per_second = 0;      // over the last minute
     double submitted_per_second = 0;
+    std::uint64_t submitted = 0, succeeded = 0, failed = 0, dead = 0, cancelled = 0;  // totals
 };
 
 // A worker with the jobs it runs: the protocol's WORKERS item.

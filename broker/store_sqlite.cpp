@@ -263,6 +263,9 @@ static_assert(std::size(kMigrations) == SqliteStore::kSchemaVersion,
 constexpr std::int64_t kEventIdBase = std::int64_t{1} << 40;
 // Payloads up to this many bytes stay in the job's row.
 constexpr std::size_t kInlinePayload = 512;
+// How long the broker's connection waits for a lock another connection holds (an HTTP reader,
+// the checkpointer).
+constexpr int kBusyTimeoutMs = 5000;
 
 // The event of a transition, as its events row holds it.
 Event event_of(const Transition& t) {
@@ -677,7 +680,7 @@ SqliteStore::SqliteStore(const std::string& path, SqliteOptions options) {
     }
     try {
         sqlite3_extended_result_codes(db_, 1);
-        sqlite3_busy_timeout(db_, 5000);
+        sqlite3_busy_timeout(db_, kBusyTimeoutMs);
         // Look before writing anything: a corrupt, foreign or newer file is refused untouched.
         bool fresh = check_identity();
         // Incremental vacuum lets retention give space back; it must be set before the first
@@ -1043,7 +1046,7 @@ void SqliteStore::cut_wal() {
     sqlite3_busy_timeout(db_, 0);
     int log = 0, done = 0;
     const int rc = sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_TRUNCATE, &log, &done);
-    sqlite3_busy_timeout(db_, 5000);
+    sqlite3_busy_timeout(db_, kBusyTimeoutMs);
     if (rc == SQLITE_OK) wal_cut_ = true;
 }
 
