@@ -913,7 +913,10 @@ int run(int argc, char** argv) {
     commands.emplace_back(worker_cmd, [&](errand::Client& c) {
         for (const auto& [sub, action] : worker_actions)
             if (sub->parsed()) control_args.action = action;
-        if (control_args.concurrency < 0 || control_args.concurrency > UINT32_MAX)
+        // Out of range is a usage error here, before any request (the broker refuses it too).
+        if (control_args.action == "concurrency" &&
+            (control_args.concurrency < 1 ||
+             control_args.concurrency > errand::limits::kMaxConcurrency))
             throw UsageError(fmt::format("concurrency must be 1-{}, not {}",
                                          errand::limits::kMaxConcurrency,
                                          control_args.concurrency));
