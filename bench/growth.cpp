@@ -3,8 +3,8 @@
 //   bytes    bytes the broker writes per job (its /proc/PID/io write_bytes, WAL and checkpoints
 //            included) against the payload: --mode once (a job that succeeds at once), long (runs
 //            1.5 s) or retry (fails 5 times, then succeeds)
-//   history  CPU and bytes per state change early in jobs' lives (their first 2 attempts)
-//            against late (their last 2 of --transitions changes)
+//   history  CPU and bytes per state change of jobs that live 5 changes, against the changes
+//            beyond those of jobs that live about --transitions changes (both fail until dead)
 //   purge    -n finished jobs purged: the file before, right after and once the broker has given
 //            the space back, and PING round trips meanwhile
 #include <fmt/format.h>
