@@ -618,9 +618,16 @@ TEST_CASE(
     CHECK(done->state == JobState::succeeded);
     CHECK(on_b()->state == "active");
 
-    // Bad input is refused by the broker the CLI talks to, before anything travels.
+    // Bad input is refused by the CLI (usage), and by the broker it talks to before anything
+    // travels to the others.
     auto zero = run_cli({"--broker", a.endpoint(), "worker", "concurrency", "far-worker", "0"});
-    CHECK(zero.exit_code == 121);
+    CHECK(zero.exit_code == 120);
+    try {
+        ca.control_worker("far-worker", "concurrency", 0);
+        FAIL("concurrency 0 was accepted");
+    } catch (const errand::BrokerError& e) {
+        CHECK(e.code() == errand::ErrorCode::bad_request);
+    }
     CHECK(on_b()->concurrency == 4);
 
     auto stop = run_cli({"--broker", a.endpoint(), "worker", "stop", "far-worker"});
