@@ -2,6 +2,7 @@
 // protocol (put / reserve / delete; see beanstalkd's doc/protocol.txt), so compare.sh can set
 // errand's figures beside it. Mode `e2e` (default): P producer connections put N jobs one at a
 // time while K consumer connections reserve and delete them; time until all N are deleted.
+// Mode `submit`: the puts alone.
 // Mode `latency`: one connection, sequential put -> reserve -> delete round trips.
 #include <fmt/format.h>
 
@@ -64,10 +65,12 @@ class Beanstalk {
     TcpLine conn_;
 };
 
-Result run_e2e_shape(const Options& opt, const std::string& tube, const std::string& payload) {
+// e2e; or, with submit_only, the puts alone (no consumers): time until the last is INSERTED.
+Result run_e2e_shape(const Options& opt, const std::string& tube, const std::string& payload,
+                     bool submit_only) {
     const std::uint64_t n = opt.n ? opt.n : 100'000;
     const unsigned producers = std::max(1u, opt.producers);
-    const unsigned consumers = std::max(1u, opt.workers);
+    const unsigned consumers = submit_only ? 0 : std::max(1u, opt.workers);
     const Deadline deadline(opt.max_seconds);
     std::atomic<std::uint64_t> deleted{0};
     FirstFailure failures;
@@ -85,6 +88,7 @@ Result run_e2e_shape(const Options& opt, const std::string& tube, const std::str
     }
     const auto t0 = Clock::now();
     Clock::time_point t_end{};  // written by the consumer that deletes the n-th job
+    std::atomic<std::uint64_t> inserted{0};
     {
         std::vector<std::jthread> threads;
         for (unsigned i = 0; i < consumers; ++i) {
@@ -100,18 +104,20 @@ Result run_e2e_shape(const Options& opt, const std::string& tube, const std::str
         for (unsigned i = 0; i < producers; ++i) {
             const std::uint64_t share = n / producers + (i < n % producers ? 1 : 0);
             threads.emplace_back(failures.guard([&, p = prod[i].get(), share] {
-                for (std::uint64_t k = 0; k < share && !stop && !deadline.passed(); ++k)
+                for (std::uint64_t k = 0; k < share && !stop && !deadline.passed(); ++k) {
                     p->put(payload);
+                    if (++inserted == n && submit_only) t_end = Clock::now();
+                }
             }));
         }
     }
     failures.rethrow();
-    if (deleted < n) deadline.check("beanstalkd e2e");
+    if ((submit_only ? inserted.load() : deleted.load()) < n) deadline.check("beanstalkd e2e");
     const double seconds = std::chrono::duration<double>(t_end - t0).count();
 
     Result r;
     r.scenario = "beanstalkd";
-    r.config["mode"] = "e2e";
+    r.config["mode"] = submit_only ? "submit" : "e2e";
     r.config["addr"] = opt.addr;
     r.config["jobs"] = n;
     r.config["producers"] = producers;
@@ -167,9 +173,11 @@ Result run_beanstalkd(const Options& options) {
     const std::string mode = opt.mode.empty() ? "e2e" : opt.mode;
     const std::string tube = unique_queue("bench");
     const std::string payload = payload_for(opt, 16);
-    if (mode == "e2e") return run_e2e_shape(opt, tube, payload);
+    if (mode == "e2e" || mode == "submit")
+        return run_e2e_shape(opt, tube, payload, mode == "submit");
     if (mode == "latency") return run_latency_shape(opt, tube, payload);
-    throw std::invalid_argument("beanstalkd mode must be e2e or latency, not '" + mode + "'");
+    throw std::invalid_argument("beanstalkd mode must be e2e, submit or latency, not '" + mode +
+                                "'");
 }
 
 }  // namespace errand::bench

@@ -101,6 +101,13 @@ double Brokers::broker_cpu_seconds() const {
     return total;
 }
 
+std::uint64_t Brokers::broker_write_bytes() const {
+    std::uint64_t total = 0;
+    for (const auto& b : brokers_)
+        if (!b->external()) total += write_bytes(b->pid());
+    return total;
+}
+
 std::map<pid_t, double> Brokers::postgres_cpu() const {
     return pg_ ? cpu_of_children(pg_->pid()) : std::map<pid_t, double>{};
 }

@@ -48,6 +48,7 @@ class Brokers {
     // CPU seconds so far: of our brokers together; of the --pg server (the postmaster and its
     // live children, by pid: diff two snapshots), empty without --pg.
     double broker_cpu_seconds() const;
+    std::uint64_t broker_write_bytes() const;  // /proc/PID/io write_bytes, all our brokers
     std::map<pid_t, double> postgres_cpu() const;
 
   private:

@@ -13,12 +13,16 @@
 #
 #   bench/compare.sh              # ~6-8 minutes on 2 cores (more while the disk is slow)
 #   bench/compare.sh --quick      # ~1-2 minutes, one run each, fewer jobs
+#   bench/compare.sh --shapes     # instead: the client shapes of docs/PERFORMANCE.md "Every kind
+#                                 # of client" (1, 8 and 32 synchronous producers, 4 consumers
+#                                 # with concurrency 1 and no prefetch; submit only), ~6-10 min
 set -euo pipefail
 
 usage() {
     cat <<'USAGE'
-usage: bench/compare.sh [--quick] [--repeat R] [--jobs N] [--sync-jobs N] [--durable-jobs N]
-                        [--latency-n N] [--build-dir DIR] [--json-out FILE]
+usage: bench/compare.sh [--quick] [--shapes] [--repeat R] [--jobs N] [--sync-jobs N]
+                        [--durable-jobs N] [--latency-n N] [--build-dir DIR] [--json-out FILE]
+  --shapes          the many-producer shapes instead (FULL uses --durable-jobs, NORMAL --sync-jobs)
   --jobs N          jobs for the fast shapes: beanstalkd memory/binlog, Redis no persistence /
                     everysec, errand batch (100000)
   --sync-jobs N     jobs for errand sync under synchronous=normal (100000)
@@ -33,10 +37,11 @@ USAGE
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 BUILD="$REPO/build-bench"
-REPEAT=3 N=100000 N_SYNC=100000 N_DURABLE=10000 N_LAT=2000 JSON_OUT=""
+REPEAT=3 N=100000 N_SYNC=100000 N_DURABLE=10000 N_LAT=2000 JSON_OUT="" SHAPES=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) REPEAT=1 N=50000 N_SYNC=20000 N_DURABLE=3000 N_LAT=1000 ;;
+        --shapes) SHAPES=1 ;;
         --repeat) REPEAT=$2; shift ;;
         --jobs) N=$2; shift ;;
         --sync-jobs) N_SYNC=$2; shift ;;
@@ -170,6 +175,67 @@ START=$SECONDS
 [ -n "$JSON_OUT" ] && : >"$JSON_OUT"
 for mode in memory binlog fsync; do start_beanstalkd "$mode"; done
 for mode in none everysec always; do start_redis "$mode"; done
+
+# --- --shapes: many one-at-a-time producers -----------------------------------------------------
+# Each shape runs errand, beanstalkd and Redis back to back within a round (the same minute of
+# disk), FULL against beanstalkd -f 0 / Redis appendfsync always, NORMAL against beanstalkd's
+# default binlog (-f 50) / Redis everysec. Consumers: errand library workers with concurrency 1
+# and no prefetch (one job at a time, the result's credit riding on it), beanstalkd/Redis
+# connections doing one reserve/delete (BRPOPLPUSH/LREM) at a time.
+if [ "$SHAPES" = 1 ]; then
+    CONSUMERS=(--workers 4 --concurrency 1 --prefetch 0)
+    shape() {  # LABEL DURABILITY MODE PRODUCERS
+        local n=$N_SYNC bs=binlog rs=everysec slow=(--max-seconds 300)
+        if [ "$2" = full ]; then n=$N_DURABLE bs=fsync rs=always; fi
+        if [ "$3" = e2e ]; then
+            bench "e_$1" e2e --mode sync -n "$n" --producers "$4" "${CONSUMERS[@]}" --synchronous "$2" "${slow[@]}"
+        else
+            bench "e_$1" submit --mode sync -n "$n" --producers "$4" --synchronous "$2" "${slow[@]}"
+        fi
+        bench "b_$1" beanstalkd --mode "$3" --addr "${BS_ADDR[$bs]}" -n "$n" --producers "$4" --workers 4 "${slow[@]}"
+        bench "r_$1" redis --mode "$3" --addr "${RS_ADDR[$rs]}" -n "$n" --producers "$4" --workers 4 "${slow[@]}"
+    }
+    SHAPE_LIST=(full:e2e:1 full:e2e:8 full:e2e:32 full:submit:32 normal:e2e:1 normal:e2e:8 normal:e2e:32 normal:submit:32)
+    for ROUND in $(seq "$REPEAT"); do
+        bench fsync fsync -n 1000
+        for s in "${SHAPE_LIST[@]}"; do
+            IFS=: read -r d m p <<<"$s"
+            shape "$d-$m-$p" "$d" "$m" "$p"
+        done
+        bench fsync_after fsync -n 300
+    done
+    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
+    num() { awk -v a="$1" 'BEGIN { printf "%.0f", a }'; }
+    # per-round ratio medians: errand / other, each round's pair from the same minute
+    round_ratio() {  # LABEL OTHER
+        local r
+        for r in $(seq "$REPEAT"); do
+            awk -v a="$(at "e_$1" "$r" jobs_per_s)" -v b="$(at "$2_$1" "$r" jobs_per_s)" 'BEGIN { print a / b }'
+        done | median | xargs printf '%.2fx'
+    }
+    echo
+    echo "errand vs $BEANSTALKD_VERSION and $REDIS_VERSION on $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "median of $REPEAT interleaved round(s); consumers: 4, one job at a time; $(( SECONDS - START )) s in all"
+    echo "FULL: vs beanstalkd -f 0 and Redis appendfsync always ($N_DURABLE jobs); NORMAL: vs beanstalkd -f 50 and Redis everysec ($N_SYNC jobs)"
+    echo
+    printf '%-26s %9s %9s %7s %9s %7s %11s %11s\n' "shape (jobs/s)" "errand" "bs" "e/bs" "redis" "e/redis" "broker us/j" "bytes/job"
+    for s in "${SHAPE_LIST[@]}"; do
+        IFS=: read -r d m p <<<"$s"
+        l="$d-$m-$p"
+        cpu=- bytes=-
+        if [ "$m" = e2e ]; then
+            cpu=$(num "$(get "e_$l" broker_cpu_us_per_job)"); bytes=$(num "$(get "e_$l" broker_written_bytes_per_job)")
+        fi
+        printf '%-26s %9s %9s %7s %9s %7s %11s %11s\n' "${d^^} $m, $p producer(s)" \
+            "$(num "$(get "e_$l" jobs_per_s)")" "$(num "$(get "b_$l" jobs_per_s)")" "$(round_ratio "$l" b)" \
+            "$(num "$(get "r_$l" jobs_per_s)")" "$(round_ratio "$l" r)" "$cpu" "$bytes"
+    done
+    echo
+    echo "ratios: median of the per-round ratios (each round's errand and peer runs back to back)"
+    printf 'disk: SQLite WAL FULL one-row commits %s/s before, %s/s after the rounds (medians)\n' \
+        "$(num "$(get fsync sqlite_commits_per_s)")" "$(num "$(get fsync_after sqlite_commits_per_s)")"
+    exit 0
+fi
 
 # The fsync-bound runs, one per call: 0-2 end to end, 3-5 round trips. On the slow disk
 # (~200 fsyncs/s) Redis always does ~100 jobs/s, so their bound is longer than the default 120 s.

@@ -43,6 +43,7 @@ Result run_e2e(const Options& opt) {
     std::mutex failure_mu;
     std::atomic<double> submit_seconds{0};
     const double broker_cpu0 = brokers.broker_cpu_seconds();
+    const std::uint64_t written0 = brokers.broker_write_bytes();
     const auto pg_cpu0 = brokers.postgres_cpu();
     const double self_cpu0 = cpu_seconds(::getpid());
     const auto t0 = Clock::now();
@@ -77,6 +78,7 @@ Result run_e2e(const Options& opt) {
     }
     const double seconds = seconds_since(t0);
     const double broker_cpu = brokers.broker_cpu_seconds() - broker_cpu0;
+    const double written = static_cast<double>(brokers.broker_write_bytes() - written0);
     const double pg_cpu = cpu_between(pg_cpu0, brokers.postgres_cpu());
     const double self_cpu = cpu_seconds(::getpid()) - self_cpu0;
     if (pool.handled() != n)
@@ -112,6 +114,9 @@ Result run_e2e(const Options& opt) {
     r.add("seconds", seconds, "s");
     r.add("submit_seconds", submit_seconds.load(), "s (until the last submit was acknowledged)");
     r.add("broker_cpu_us_per_job", broker_cpu * per_job, "us (all our brokers, /proc)");
+    if (!brokers.postgres())
+        r.add("broker_written_bytes_per_job", written / static_cast<double>(n),
+              "bytes (/proc/PID/io write_bytes: WAL and checkpoints, until the last success)");
     if (opt.pg) r.add("postgres_cpu_us_per_job", pg_cpu * per_job, "us (server and backends)");
     r.add("bench_cpu_us_per_job", self_cpu * per_job, "us (producers and workers)");
     return r;

@@ -20,16 +20,6 @@
 namespace errand::bench {
 namespace {
 
-// write_bytes of /proc/PID/io: what the process made the block layer write.
-std::uint64_t write_bytes(pid_t pid) {
-    std::ifstream in(fmt::format("/proc/{}/io", pid));
-    std::string key;
-    std::uint64_t value = 0;
-    while (in >> key >> value)
-        if (key == "write_bytes:") return value;
-    return 0;
-}
-
 // Waits until the broker has written nothing for 1 s (its checkpoints of the run included), at
 // most 15 s.
 void settle_writes(const BrokerProcess& broker) {

@@ -122,6 +122,15 @@ double cpu_seconds(pid_t pid) {
     return cpu_of(stat_fields(fmt::format("/proc/{}/stat", pid)));
 }
 
+std::uint64_t write_bytes(pid_t pid) {
+    std::ifstream in(fmt::format("/proc/{}/io", pid));
+    std::string key;
+    std::uint64_t value = 0;
+    while (in >> key >> value)
+        if (key == "write_bytes:") return value;
+    return 0;
+}
+
 std::map<pid_t, double> cpu_of_children(pid_t parent) {
     std::map<pid_t, double> out;
     out[parent] = cpu_seconds(parent);

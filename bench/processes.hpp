@@ -48,6 +48,9 @@ std::uint64_t rss_kib(pid_t pid);
 
 // CPU time (user + system) of `pid` so far, in seconds (/proc/PID/stat); 0 when it is gone.
 double cpu_seconds(pid_t pid);
+// write_bytes of /proc/PID/io: what the process made the block layer write (counted when it
+// dirties the pages); 0 when unknown.
+std::uint64_t write_bytes(pid_t pid);
 // CPU seconds of `parent` and of each of its children now alive, by pid (a PostgreSQL postmaster
 // and its backends).
 std::map<pid_t, double> cpu_of_children(pid_t parent);

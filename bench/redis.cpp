@@ -4,8 +4,9 @@
 // consumer that dies leaves its job in its processing list. Mode `e2e` (default): P producer
 // connections LPUSH N jobs one at a time while K consumer connections BRPOPLPUSH (timeout 1 s)
 // and LREM them; time until all N are removed. Mode `latency`: one connection, sequential
-// LPUSH -> BRPOPLPUSH -> LREM round trips. How durable Redis is depends on how the server was
-// started (appendonly, appendfsync); the run records it in its config block.
+// LPUSH -> BRPOPLPUSH -> LREM round trips. Mode `submit`: the LPUSHes alone. How durable Redis is
+// depends on how the server was started (appendonly, appendfsync); the run records it in its config
+// block.
 //
 // The client is a few lines of RESP over TcpLine rather than hiredis: three commands need no
 // more, and the figures must come from the same blocking one-request-at-a-time client as
@@ -219,10 +220,12 @@ void describe_server(Result& r, const Options& opt) {
     r.config["save"] = c.config_get("save");
 }
 
-Result run_e2e_shape(const Options& opt, const Keys& keys, const std::string& payload) {
+// e2e; or, with submit_only, the LPUSHes alone (no consumers): time until the last is answered.
+Result run_e2e_shape(const Options& opt, const Keys& keys, const std::string& payload,
+                     bool submit_only) {
     const std::uint64_t n = opt.n ? opt.n : 100'000;
     const unsigned producers = std::max(1u, opt.producers);
-    const unsigned consumers = std::max(1u, opt.workers);
+    const unsigned consumers = submit_only ? 0 : std::max(1u, opt.workers);
     const Deadline deadline(opt.max_seconds);
     std::atomic<std::uint64_t> removed{0};
     FirstFailure failures;
@@ -246,6 +249,7 @@ Result run_e2e_shape(const Options& opt, const Keys& keys, const std::string& pa
     }
     const auto t0 = Clock::now();
     Clock::time_point t_end{};  // written by the consumer that removes the n-th job
+    std::atomic<std::uint64_t> pushed{0};
     {
         std::vector<std::jthread> threads;
         for (unsigned i = 0; i < consumers; ++i) {
@@ -263,25 +267,27 @@ Result run_e2e_shape(const Options& opt, const Keys& keys, const std::string& pa
         }
         for (unsigned i = 0; i < producers; ++i) {
             threads.emplace_back(failures.guard([&, p = prod[i].get(), &mine = bodies[i]] {
-                for (std::size_t k = 0; k < mine.size() && !stop && !deadline.passed(); ++k)
+                for (std::size_t k = 0; k < mine.size() && !stop && !deadline.passed(); ++k) {
                     p->lpush(keys.queue, mine[k]);
+                    if (++pushed == n && submit_only) t_end = Clock::now();
+                }
             }));
         }
     }
     failures.rethrow();
-    if (removed < n) deadline.check("redis e2e");
+    if ((submit_only ? pushed.load() : removed.load()) < n) deadline.check("redis e2e");
     const double seconds = std::chrono::duration<double>(t_end - t0).count();
-    // Every job pushed was removed once: nothing may be left anywhere.
+    // Every job pushed was removed once: nothing may be left anywhere. Submit only: all there.
     std::int64_t left = prod[0]->llen(keys.queue);
     for (const auto& key : processing)
         left += prod[0]->llen(key);
-    if (left != 0)
-        throw std::runtime_error(
-            fmt::format("redis: {} jobs left after all {} were removed", left, n));
+    if (left != (submit_only ? static_cast<std::int64_t>(n) : 0))
+        throw std::runtime_error(fmt::format("redis: {} jobs left after all {} were {}", left, n,
+                                             submit_only ? "pushed" : "removed"));
 
     Result r;
     r.scenario = "redis";
-    r.config["mode"] = "e2e";
+    r.config["mode"] = submit_only ? "submit" : "e2e";
     describe_server(r, opt);
     r.config["jobs"] = n;
     r.config["producers"] = producers;
@@ -345,9 +351,10 @@ Result run_redis(const Options& options) {
     const std::string mode = opt.mode.empty() ? "e2e" : opt.mode;
     const Keys keys = keys_for_run();
     const std::string payload = payload_for(opt, 16);
-    if (mode == "e2e") return run_e2e_shape(opt, keys, payload);
+    if (mode == "e2e" || mode == "submit")
+        return run_e2e_shape(opt, keys, payload, mode == "submit");
     if (mode == "latency") return run_latency_shape(opt, keys, payload);
-    throw std::invalid_argument("redis mode must be e2e or latency, not '" + mode + "'");
+    throw std::invalid_argument("redis mode must be e2e, submit or latency, not '" + mode + "'");
 }
 
 }  // namespace errand::bench

@@ -1,12 +1,15 @@
 // Scenario `submit`: one client submits N no-op jobs (no workers), one at a time (sync),
 // pipelined (W one-job requests in flight) or in batches; jobs acknowledged per second. Every
-// acknowledged job has been committed by the broker.
+// acknowledged job has been committed by the broker. With --producers P, P clients (threads)
+// share the N jobs, each submitting as above.
 //
 // In sync mode the disk's own limit is measured in the same run, interleaved in rounds with the
 // submits (the same number of one-row SQLite commits, same directory, same synchronous setting),
 // because this machine's fsync rate moves by an order of magnitude from minute to minute: the
 // ratio of the two, round by round, is the figure that means something.
 #include <algorithm>
+#include <atomic>
+#include <thread>
 #include <vector>
 
 #include "load.hpp"
@@ -23,7 +26,8 @@ Result run_submit(const Options& opt) {
     BrokerProcess broker(opt);
     const std::string queue = unique_queue("submit");
     const Deadline deadline(opt.max_seconds);
-    const bool interleave = mode == SubmitMode::sync && !broker.external();
+    const unsigned producers = std::max(1u, opt.producers);
+    const bool interleave = mode == SubmitMode::sync && !broker.external() && producers == 1;
     const std::uint64_t rounds = interleave ? 5 : 1;
     const std::uint64_t per_round = std::max<std::uint64_t>(1, n / rounds);
     std::vector<double> limit_rates, ratios;
@@ -33,8 +37,20 @@ Result run_submit(const Options& opt) {
     for (std::uint64_t round = 0; round < rounds && !deadline.passed(); ++round) {
         const std::uint64_t want = round + 1 == rounds ? n - done : per_round;
         const auto t0 = Clock::now();
-        const std::uint64_t got =
-            submit_jobs(broker.endpoint(), noop_job(queue, payload), want, mode, opt, deadline);
+        std::atomic<std::uint64_t> got{0};
+        {
+            FirstFailure failures;
+            std::vector<std::jthread> threads;
+            for (unsigned p = 0; p < producers; ++p) {
+                const std::uint64_t share = want / producers + (p < want % producers ? 1 : 0);
+                threads.emplace_back(failures.guard([&, share] {
+                    got += submit_jobs(broker.endpoint(), noop_job(queue, payload), share, mode,
+                                       opt, deadline, &failures.stop);
+                }));
+            }
+            threads.clear();
+            failures.rethrow();
+        }
         const double s = seconds_since(t0);
         seconds += s;
         done += got;
@@ -50,6 +66,7 @@ Result run_submit(const Options& opt) {
     r.scenario = "submit";
     r.config["mode"] = mode_name;
     r.config["jobs"] = n;
+    r.config["producers"] = producers;
     r.config["payload_bytes"] = payload.size();
     if (mode == SubmitMode::pipelined) r.config["window"] = opt.window;
     if (mode == SubmitMode::batch) {

@@ -594,6 +594,7 @@ struct Broker::State {
         rep.max_result = cfg.max_result;
         rep.max_message = cfg.max_message;
         rep.max_batch = cfg.max_batch;
+        rep.result_credit = true;
         std::unordered_set<JobId> kept;
         for (const auto& h : m.held) {
             if (engine.adopt(h.id, h.attempt, w.holder)) {
@@ -673,12 +674,18 @@ struct Broker::State {
     void on_done(const Request& rq) { on_result(rq, true); }
     void on_fail(const Request& rq) { on_result(rq, false); }
 
-    // RESULTS: the same as one DONE/FAIL per element, answered with one ACKS (per kind of ack).
+    // RESULTS: the same as one DONE/FAIL per element, answered with one ACKS (per kind of ack),
+    // then its credit added as a CREDIT's would be: after the results, whose slots it refills.
     void on_results(const Request& rq) {
-        auto results = decode_results(rq.body, {cfg.max_payload, cfg.max_result, cfg.max_batch});
+        auto m = decode_results_message(rq.body, {cfg.max_payload, cfg.max_result, cfg.max_batch});
         Acks acks;
-        for (auto& m : results)
-            apply_result(rq.identity, std::move(m), acks, rq.body.peek_u64("req"));
+        for (auto& r : m.results)
+            apply_result(rq.identity, std::move(r), acks, rq.body.peek_u64("req"));
+        if (m.credit > 0)
+            if (auto* w = workers.of(rq.identity); w && !w->draining && !w->quiet) {
+                w->add_credit(m.credit);
+                credit_added = true;
+            }
         if (!acks.again.empty())
             reply_anyway(rq.identity, cmd::kAcks, encode_acks(acks.again), std::nullopt);
         if (!acks.fresh.empty())
@@ -815,6 +822,8 @@ struct Broker::State {
         std::optional<JobId> id;
         std::optional<std::uint32_t> attempt;
         fate = OnFail::send;
+        const Command* c = env.frames == 3 ? find_command(env.command) : nullptr;
+        ++metrics.messages_received[c ? c->name : std::string_view("unknown")];
         try {
             if (env.frames != 3)
                 throw ProtocolError(
@@ -826,7 +835,6 @@ struct Broker::State {
                                     fmt::format("unsupported protocol version '{}', expected '{}'",
                                                 env.version.substr(0, 32), kProtocolVersion));
             }
-            const Command* c = find_command(env.command);
             if (!c) {
                 req = peek_req(env.body);
                 throw ProtocolError(ErrorCode::unknown_command,

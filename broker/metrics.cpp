@@ -320,6 +320,10 @@ std::string render_prometheus(const Metrics& m, const Gauges& g,
     family(out, "errand_commit_failures_total", "counter",
            "Commits that failed and were rolled back.");
     out += fmt::format("errand_commit_failures_total {}\n", m.commit_failures);
+    family(out, "errand_messages_received_total", "counter",
+           "Messages the broker read, by command (unknown: any other, or a malformed one).");
+    for (const auto& [command, n] : m.messages_received)
+        out += fmt::format("errand_messages_received_total{{command=\"{}\"}} {}\n", command, n);
 
     if (g.db_bytes) {
         family(out, "errand_database_size_bytes", "gauge",

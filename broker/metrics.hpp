@@ -103,6 +103,9 @@ struct Metrics {
     // Registrations of workers that had been registered before (with this broker or another):
     // restarts of a broker, dropped connections, failovers.
     std::uint64_t worker_reconnects = 0;
+    // Messages read from the broker's socket, per command: the names of its command table, and
+    // "unknown" for anything else (malformed envelopes included), so the label set is closed.
+    std::map<std::string_view, std::uint64_t> messages_received;
     MinuteSeries minutes;
 
     Metrics();

@@ -188,6 +188,7 @@ struct Worker::Impl {
     // The broker's limits, from REGISTERED (a broker that predates them: its defaults).
     std::size_t broker_max_result = limits::kDefaultMaxResult;
     std::size_t results_per_message = limits::kMaxBatch;
+    bool result_credit = false;  // the broker reads RESULTS' credit (REGISTERED result_credit)
     struct Running {
         std::uint32_t attempt = 0;
         std::shared_ptr<JobControl> control;
@@ -274,8 +275,15 @@ struct Worker::Impl {
         backoff = std::min(backoff * 2, kMaxBackoffMs);
     }
 
+    // CREDIT n, as several CREDITs when n is over what one may carry (concurrency + prefetch
+    // can be).
     void grant(std::uint32_t n) {
-        if (n > 0 && registered && !stopping) send(cmd::kCredit, encode_credit(n));
+        if (!registered || stopping) return;
+        while (n > 0) {
+            const std::uint32_t k = std::min<std::uint32_t>(n, limits::kMaxConcurrency);
+            send(cmd::kCredit, encode_credit(k));
+            n -= k;
+        }
     }
 
     void send_pending(Millis now, bool all) {
@@ -303,6 +311,7 @@ struct Worker::Impl {
             heartbeat_ms = std::max<Millis>(rep.heartbeat_ms, 10);
             expiry_ms = std::max<Millis>(rep.expiry_ms, 2 * heartbeat_ms);
             broker_max_result = static_cast<std::size_t>(rep.max_result);
+            result_credit = rep.result_credit;
             results_per_message = static_cast<std::size_t>(
                 std::clamp<std::uint64_t>(rep.max_batch, 1, limits::kMaxBatch));
             for (JobId id : rep.held_rejected) {
@@ -534,14 +543,24 @@ struct Worker::Impl {
             pending[id] = Pending{attempt, command.to_string(), body.to_string(), now, queue};
             fresh.push_back(id);
         }
-        if (registered && !fresh.empty()) send_results(fresh);
-        grant(freed);  // one CREDIT for every result of this wake-up
+        if (!registered || fresh.empty()) {
+            grant(freed);
+            return;
+        }
+        // The credit for every result of this wake-up rides on the results when the broker
+        // reads it there (one message per finished job instead of two); else one CREDIT.
+        const std::uint32_t carried = result_credit && !stopping
+                                          ? std::min<std::uint32_t>(freed, limits::kMaxConcurrency)
+                                          : 0;
+        send_results(fresh, carried);
+        grant(freed - carried);
     }
 
     // One DONE/FAIL, or one RESULTS for several (up to kMaxBatch each): the broker then
-    // acknowledges them with one ACKS. Resends (send_pending) go one by one.
-    void send_results(const std::vector<JobId>& ids) {
-        if (ids.size() == 1) {
+    // acknowledges them with one ACKS. With `credit`, always RESULTS (it carries the credit,
+    // on the first message). Resends (send_pending) go one by one, without credit.
+    void send_results(const std::vector<JobId>& ids, std::uint32_t credit) {
+        if (ids.size() == 1 && credit == 0) {
             const Pending& p = pending.at(ids.front());
             send(p.command, p.body);
             return;
@@ -550,7 +569,7 @@ struct Worker::Impl {
             std::vector<std::string_view> bodies;
             for (std::size_t i = from; i < ids.size() && i < from + results_per_message; ++i)
                 bodies.push_back(pending.at(ids[i]).body);
-            send(cmd::kResults, encode_results(bodies));
+            send(cmd::kResults, encode_results(bodies, from == 0 ? credit : 0));
         }
     }
 

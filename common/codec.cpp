@@ -506,13 +506,17 @@ Ack decode_ack(const Reader& r) {
 
 // The bodies are already encoded (the worker library keeps them to resend): they are appended as
 // they are, which gives the bytes encode_as<ResultsT> would.
-std::string encode_results(const std::vector<std::string_view>& bodies) {
+std::string encode_results(const std::vector<std::string_view>& bodies, std::uint32_t credit) {
     constexpr const auto& t = ResultsT::table;
-    static_assert(std::remove_cvref_t<decltype(t)>::size == 1, "RESULTS is one array");
+    static_assert(std::remove_cvref_t<decltype(t)>::size == 2, "RESULTS: credit, results");
     msgpack::sbuffer buf(256);
     Packer pk(&buf);
-    pk.pack_map(1);
-    pack_str(pk, std::get<0>(t.fields).name);
+    pk.pack_map(credit ? 2 : 1);
+    if (credit) {
+        pack_str(pk, std::get<0>(t.fields).name);
+        pk.pack(credit);
+    }
+    pack_str(pk, std::get<1>(t.fields).name);
     pk.pack_array(static_cast<std::uint32_t>(bodies.size()));
     std::string out(buf.data(), buf.size());
     for (std::string_view b : bodies)
@@ -521,6 +525,9 @@ std::string encode_results(const std::vector<std::string_view>& bodies) {
 }
 std::vector<JobResult> decode_results(const Reader& r, const DecodeLimits& lim) {
     return decode_as<ResultsT>(r, lim).results;
+}
+ResultsMessage decode_results_message(const Reader& r, const DecodeLimits& lim) {
+    return decode_as<ResultsT>(r, lim);
 }
 
 std::string encode_acks(const std::vector<Ack>& acks) {

@@ -57,9 +57,6 @@ struct JobsRef {  // JOBS
     std::uint64_t req = 0;
     std::span<const JobInfo> jobs;
 };
-struct ResultsBody {
-    std::vector<JobResult> results;
-};
 struct AckLists {  // ACKS: two arrays of the same length
     std::vector<JobId> ids;
     std::vector<std::uint32_t> attempts;
@@ -547,15 +544,18 @@ struct RegisteredT {
         field("held_rejected", &RegisteredReply::held_rejected, U64Array{}, required),
         field("max_result", &RegisteredReply::max_result, U64{}, defaulted),
         field("max_message", &RegisteredReply::max_message, U64{}, defaulted),
-        field("max_batch", &RegisteredReply::max_batch, U64{}, defaulted));
+        field("max_batch", &RegisteredReply::max_batch, U64{}, defaulted),
+        field("result_credit", &RegisteredReply::result_credit, Bool{}, defaulted));
 };
 
+inline void check_credit(const std::uint32_t& n) {
+    if (n > limits::kMaxConcurrency)
+        bad(fmt::format("credit must be at most {}", limits::kMaxConcurrency));
+}
+
 struct CreditT {
-    static constexpr auto table = message<Credit>(
-        "CREDIT", {}, field("n", &Credit::n, U32{}, required, [](const std::uint32_t& n) {
-            if (n > limits::kMaxConcurrency)
-                bad(fmt::format("credit must be at most {}", limits::kMaxConcurrency));
-        }));
+    static constexpr auto table =
+        message<Credit>("CREDIT", {}, field("n", &Credit::n, U32{}, required, check_credit));
 };
 
 struct DispatchT {
@@ -637,9 +637,12 @@ struct ResultList {
     }
 };
 
+// "credit" comes before "results": encode_results writes the map's last value, the results,
+// by appending their bodies as they are.
 struct ResultsT {
-    static constexpr auto table = message<ResultsBody>(
-        "RESULTS", {}, field("results", &ResultsBody::results, ResultList{}, required));
+    static constexpr auto table = message<ResultsMessage>(
+        "RESULTS", {}, field("credit", &ResultsMessage::credit, U32{}, omit_default, check_credit),
+        field("results", &ResultsMessage::results, ResultList{}, required));
 };
 
 struct AckT {  // ACK; RELEASE

@@ -243,6 +243,18 @@ TEST_CASE("RESULTS carries DONE and FAIL bodies as they are; ACKS pairs ids with
     CHECK(code_of([&] { results(encode_results({d, no_ok})); }) == ErrorCode::bad_request);
     JobResult big{true, 9, 1, 0, std::string(17, 'x'), "", false};
     CHECK(code_of([&] { results(encode_results({encode(big)})); }) == ErrorCode::too_large);
+    // The credit that rides on the results: absent is 0, at most 1024.
+    Body nc(encode_results({d}));
+    CHECK(decode_results_message(nc.reader()).credit == 0);
+    Body wc(encode_results({d, f}, 1024));
+    auto m = decode_results_message(wc.reader());
+    CHECK(m.credit == 1024);
+    REQUIRE(m.results.size() == 2);
+    CHECK(m.results[1].id == 8);
+    CHECK(code_of([&] {
+              Body x(encode_results({d}, 1025));
+              decode_results_message(x.reader());
+          }) == ErrorCode::bad_request);
     CHECK(code_of([&] {
               Body x(Writer(2).u64_array("ids", {1, 2}).u64_array("attempts", {1}).take());
               decode_acks(x.reader());

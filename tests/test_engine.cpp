@@ -1550,6 +1550,43 @@ TEST_CASE("fencing: the current attempt's result is accepted from any connection
     CHECK(d[0].id == next);
 }
 
+TEST_CASE("RESULTS' credit refills the slots its results freed, as a CREDIT after it would") {
+    Engine f;
+    JobId a = f.submit(spec("q"));
+    JobId b = f.submit(spec("q"));
+    JobId c = f.submit(spec("q"));
+    f.register_worker("w1", {"q"}, 1);
+    REQUIRE(f.credit("w1", 1).size() == 1);  // a
+    auto result = [](JobId id) { return encode(JobResult{.ok = true, .id = id, .attempt = 1}); };
+    std::string ra = result(a);
+    // No CREDIT after it: the RESULTS' own credit brings b.
+    auto out = f.send("w1", cmd::kResults, encode_results({ra}, 1));
+    auto d = dispatches(out, "w1");
+    REQUIRE(d.size() == 1);
+    CHECK(d[0].id == b);
+    CHECK(acks_of(replies(out, "w1").at(0)).at(0).id == a);
+    // A RESULTS without credit frees the slot but grants nothing: c waits for a CREDIT.
+    std::string rb = result(b);
+    CHECK(dispatches(f.send("w1", cmd::kResults, encode_results({rb})), "w1").empty());
+    REQUIRE(f.credit("w1", 1).size() == 1);  // c
+    // Credit past what the worker can hold is cut there, as CREDIT's is (concurrency 1, c held).
+    JobId e = f.submit(spec("q"));
+    std::string again = result(a);
+    CHECK(dispatches(f.send("w1", cmd::kResults, encode_results({again}, 5)), "w1").empty());
+    CHECK(f.status(e).state == S::ready);
+    // A refused RESULTS (credit over 1024) changes nothing, its credit included.
+    std::string rc = result(c);
+    auto bad = replies(f.send("w1", cmd::kResults, encode_results({rc}, 1025)), "w1");
+    REQUIRE(bad.size() == 1);
+    CHECK(error_of(bad[0]).code == ErrorCode::bad_request);
+    CHECK(f.status(c).state == S::running);
+    // A draining worker's RESULTS credit is ignored, as its CREDIT is.
+    CHECK(replies(f.send("w1", cmd::kDrain, encode_empty()), "w1").empty());
+    CHECK(dispatches(f.send("w1", cmd::kResults, encode_results({rc}, 1)), "w1").empty());
+    CHECK(f.status(c).state == S::succeeded);
+    CHECK(f.status(e).state == S::ready);
+}
+
 TEST_CASE("RESULTS: fresh, resent and stale results answered with ACKS and ERROR stale") {
     Engine f;
     JobId a = f.submit(spec("q"));  // fresh DONE

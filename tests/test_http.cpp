@@ -165,6 +165,13 @@ TEST_CASE("http: /metrics counts submitted and finished jobs and passes promtool
     CHECK(text.find("errand_commit_batch_jobs_count ") != std::string::npos);
     CHECK(text.find("errand_database_size_bytes ") != std::string::npos);
     CHECK(has_line(text, "errand_commit_failures_total 0"));
+    // Messages by command. The worker granted credit once, at registration: the credit of each
+    // finished job rode on the RESULTS that reported it (REGISTERED result_credit).
+    CHECK(has_line(text, "errand_messages_received_total{command=\"SUBMIT\"} 3"));
+    CHECK(has_line(text, "errand_messages_received_total{command=\"REGISTER\"} 1"));
+    CHECK(has_line(text, "errand_messages_received_total{command=\"CREDIT\"} 1"));
+    CHECK(text.find("errand_messages_received_total{command=\"RESULTS\"} ") != std::string::npos);
+    CHECK(text.find("errand_messages_received_total{command=\"DONE\"}") == std::string::npos);
 
     if (!promtool_available()) {
         MESSAGE("promtool not installed (Debian package prometheus): format check skipped");

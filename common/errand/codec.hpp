@@ -163,6 +163,9 @@ struct RegisteredReply {
     std::uint64_t max_result = limits::kDefaultMaxResult;    // bytes of a DONE/FAIL result
     std::uint64_t max_message = limits::kDefaultMaxMessage;  // bytes of one whole message
     std::uint64_t max_batch = limits::kMaxBatch;             // results in one RESULTS
+    // The broker reads RESULTS' `credit` (a worker may then grant its credit there instead of
+    // in a CREDIT of its own). False from a broker that predates it.
+    bool result_credit = false;
 };
 
 struct Dispatch {
@@ -299,8 +302,9 @@ std::string encode(const Dispatch& m);
 std::string encode(const WorkerHeartbeat& m);
 // A DONE or FAIL body; it also carries "ok", so it can be an element of RESULTS as it is.
 std::string encode(const JobResult& m);
-// RESULTS: DONE/FAIL bodies (as encode(JobResult) makes them) in one message.
-std::string encode_results(const std::vector<std::string_view>& bodies);
+// RESULTS: DONE/FAIL bodies (as encode(JobResult) makes them) in one message, and the credit
+// the worker grants with them (0: none, the field is left out).
+std::string encode_results(const std::vector<std::string_view>& bodies, std::uint32_t credit = 0);
 // ACKS: the results of a RESULTS that the broker has committed.
 std::string encode_acks(const std::vector<Ack>& acks);
 std::string encode(const Ack& m);
@@ -343,6 +347,12 @@ JobResult decode_result(const Reader& r, bool ok, const DecodeLimits& lim = {});
 Ack decode_ack(const Reader& r);
 // At most lim.max_batch results, each with "ok"; any bad element refuses the whole message.
 std::vector<JobResult> decode_results(const Reader& r, const DecodeLimits& lim = {});
+// RESULTS whole: its results and the credit it grants (as a CREDIT with that n would).
+struct ResultsMessage {
+    std::vector<JobResult> results;
+    std::uint32_t credit = 0;
+};
+ResultsMessage decode_results_message(const Reader& r, const DecodeLimits& lim = {});
 std::vector<Ack> decode_acks(const Reader& r);
 ErrorReply decode_error(const Reader& r);
 Pong decode_pong(const Reader& r);
