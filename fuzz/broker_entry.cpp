@@ -417,7 +417,11 @@ class Script {
                 std::size_t n = in_.range(0, 4);
                 for (std::size_t i = 0; i < n; ++i)
                     bodies.push_back(encode(result(in_.boolean())));
-                return encode_results(std::vector<std::string_view>(bodies.begin(), bodies.end()));
+                // The credit riding on them: none, a little, or over the limit (refused whole).
+                const std::uint8_t c = in_.byte();
+                const std::uint32_t credit = c < 128 ? 0 : c < 250 ? c % 4 : 1025;
+                return encode_results(std::vector<std::string_view>(bodies.begin(), bodies.end()),
+                                      credit);
             }
             case script::Op::kDrain:
                 command = cmd::kDrain;

@@ -91,6 +91,15 @@ void run_decoders(const Reader& r) {
     round_trip(
         "RESULTS (tight limits)", r, [&](const Reader& x) { return decode_results(x, tight); },
         encode_all);
+    round_trip(
+        "RESULTS (credit)", r, [](const Reader& x) { return decode_results_message(x); },
+        [](const ResultsMessage& m) {
+            std::vector<std::string> bodies;
+            for (const auto& j : m.results)
+                bodies.push_back(encode(j));
+            return encode_results(std::vector<std::string_view>(bodies.begin(), bodies.end()),
+                                  m.credit);
+        });
     round_trip("ACKS", r, decode_acks, [](const std::vector<Ack>& v) { return encode_acks(v); });
     round_trip("ERROR", r, decode_error, [](const ErrorReply& m) { return encode(m); });
     round_trip("PONG", r, decode_pong, [](const Pong& m) { return encode(m); });

@@ -187,6 +187,7 @@ std::vector<std::pair<std::string, std::string>> codec_seeds() {
     std::vector<std::string> rs = {encode(JobResult{true, 1, 1, 0, "result", "", false}),
                                    encode(JobResult{false, 2, 1, 1, std::nullopt, "boom", true})};
     add("results", encode_results({rs[0], rs[1]}));
+    add("results_credit", encode_results({rs[0], rs[1]}, 2));
     add("acks", encode_acks({Ack{1, 1}, Ack{2, 1}}));
     add("req", encode_req(17));
     add("empty", encode_empty());
