@@ -7,10 +7,12 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "errand/client.hpp"
 #include "errand/duration.hpp"
 #include "harness.hpp"
 #ifdef ERRAND_TEST_PG
@@ -163,4 +165,27 @@ TEST_CASE("expiry: bad --expires-in / --expires-at values are refused and nothin
     CHECK(ms_of(env.status(id)["expires_at"]) == 4070908800000);
     id = env.submit({"-q", "taken", "--expires-at", "4070908800"});
     CHECK(ms_of(env.status(id)["expires_at"]) == 4070908800000);
+}
+
+TEST_CASE("expiry through the library: JobSpec::expires_at / expires_in, Client::wait gets it") {
+    Env env;
+    errand::Client client(env.broker.client_options());
+    const auto now =
+        std::chrono::time_point_cast<std::chrono::milliseconds>(std::chrono::system_clock::now());
+    errand::JobSpec at{.queue = "lib", .payload = "a"};
+    at.expires_at = now + std::chrono::milliseconds(500);
+    errand::JobSpec in{.queue = "lib", .payload = "b"};
+    in.expires_in = std::chrono::milliseconds(700);
+    auto a = client.submit(at).id;
+    auto b = client.submit(in).id;
+    CHECK(client.status(a).expires_at == at.expires_at);
+    for (auto id : {a, b}) {
+        auto job = client.wait(id, std::chrono::seconds(30));
+        REQUIRE_MESSAGE(job.has_value(), env.broker.logs());
+        CHECK(job->state == errand::JobState::expired);
+        CHECK(job->error == "expired: not started by its expiry");
+    }
+    auto queues = client.queues();
+    REQUIRE(queues.size() == 1);
+    CHECK(queues[0].counts[static_cast<std::size_t>(errand::JobState::expired)].second == 2);
 }
