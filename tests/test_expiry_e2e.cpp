@@ -189,3 +189,14 @@ TEST_CASE("expiry through the library: JobSpec::expires_at / expires_in, Client:
     REQUIRE(queues.size() == 1);
     CHECK(queues[0].counts[static_cast<std::size_t>(errand::JobState::expired)].second == 2);
 }
+
+TEST_CASE("expiry across a broker crash: the restarted broker expires the job on time") {
+    Env env;
+    auto id = env.submit({"-q", "nobody", "--expires-in", "2s"});
+    auto kept = env.submit({"-q", "nobody", "--expires-in", "1h"});
+    env.broker.restart();  // SIGKILL, then start on the same database: memory rebuilt from it
+    auto w = env.cli({"wait", id, "--timeout", "30s"});
+    CHECK_MESSAGE(w.exit_code == 1, describe(w), env.broker.logs());
+    CHECK(env.status(id)["state"] == "expired");
+    CHECK(env.status(kept)["state"] == "ready");
+}
