@@ -40,6 +40,8 @@ void JobEngine::rebuild(const std::unordered_map<JobId, HolderRef>& held, Millis
     now_ = now;
     live_.clear();
     prior_epoch_.clear();
+    expiry_.clear();
+    expiries_ = {};
     ready_.clear();
     timers_ = {};
     leases_ = {};
@@ -70,6 +72,7 @@ void JobEngine::rebuild(const std::unordered_map<JobId, HolderRef>& held, Millis
     store_.scan_live([&](LiveJob&& j) {
         Live l = Live::from(j, intern(j.queue));
         if (!l.unique.empty()) unique_live_[l.unique] = j.id;
+        if (j.expires_at) expiry_[j.id] = *j.expires_at;
         if (j.state == JobState::running) {
             if (j.epoch != store_.epoch()) prior_epoch_[j.id] = j.epoch;
             if (j.timeout_ms && j.started_at)
@@ -150,7 +153,9 @@ void JobEngine::load_pauses() {
 //   ready, scheduled, retrying, running ── cancel() ──► cancelled
 //   dead ── revive() ──► ready
 //   scheduled, retrying ── run_now() ──► ready
-//   succeeded, dead, cancelled ── remove() ──► (deleted; force: cancel() first)
+//   ready, scheduled, retrying ── expire() (tick(), or claim() meeting it past its expiry) ──►
+//   expired
+//   succeeded, dead, cancelled, expired ── remove() ──► (deleted; force: cancel() first)
 bool JobEngine::transition(JobId id, Live& l, JobState to, Transition t) {
     check_transition(l.state, to);
     t.id = id;
@@ -202,11 +207,17 @@ void JobEngine::place(JobId id, Live& l) {
             case JobState::succeeded:
             case JobState::dead:
             case JobState::cancelled:
+            case JobState::expired:
                 finished_.push_back(id);
                 break;
         }
         live_.erase(id);  // `l` may be scratch_ or this entry: either way not kept
         return;
+    }
+    if (is_terminal(l.state)) {
+        expiry_.erase(id);
+    } else if (l.state != JobState::running) {
+        if (auto e = expiry_.find(id); e != expiry_.end()) expiries_.push({e->second, id});
     }
     switch (l.state) {
         case JobState::ready:
@@ -222,6 +233,7 @@ void JobEngine::place(JobId id, Live& l) {
         case JobState::succeeded:
         case JobState::dead:
         case JobState::cancelled:
+        case JobState::expired:
             finished_.push_back(id);
             if (!l.unique.empty()) unique_live_.erase(l.unique);
             live_.erase(id);
@@ -371,6 +383,10 @@ std::vector<Submitted> JobEngine::submit(std::vector<JobSpec> specs, Millis now)
 NewJob JobEngine::new_job(JobSpec spec, Millis now) const {
     Millis run_at = spec.run_at ? to_ms(*spec.run_at) : now + to_ms(spec.delay).value_or(0);
     NewJob job;
+    if (spec.expires_at)
+        job.expires_at = to_ms(*spec.expires_at);
+    else if (spec.expires_in)
+        job.expires_at = now + spec.expires_in->count();
     job.spec = std::move(spec);
     job.created_at = now;
     if (run_at > now) {
@@ -397,6 +413,12 @@ void JobEngine::admit(const NewJob& job, JobId id, const char* reason) {
     l.state = job.state;
     l.has_argv = js.argv.has_value();
     if (js.unique && !shared_) unique_live_[*js.unique] = id;
+    if (job.expires_at) {
+        if (shared_)
+            timers_.push({*job.expires_at, id});  // when to look (expire_due) sooner than a poll
+        else
+            expiry_[id] = *job.expires_at;
+    }
     ++counts_[js.queue][index_of(job.state)];
     pending_.push_back(
         {EventView{0, id, js.queue, std::nullopt, job.state, 0, to_time(now), std::nullopt, reason},
@@ -463,6 +485,10 @@ std::optional<Claim> JobEngine::claim_one(const std::string& queue, bool command
     while (auto id = ready_.pop(queue, commands)) {
         auto l = live_.find(*id);
         if (l == live_.end() || l->second.state != JobState::ready) continue;  // stale entry
+        if (past_expiry(*id)) {  // tick() has not come to it yet (its slice was full)
+            expire(*id, l->second);
+            continue;
+        }
         auto data = store_.dispatch_data(*id);
         if (!data) continue;
         Live& job = l->second;
@@ -624,6 +650,19 @@ bool JobEngine::lose(JobId id, const std::string* instance, const std::string& r
     return lose_attempt(id, l->second, reason);
 }
 
+bool JobEngine::expire(JobId id, Live& l) {
+    Transition t;
+    t.reason = "expired";
+    t.set_outcome = true;
+    t.error = "expired: not started by its expiry";
+    return transition(id, l, JobState::expired, std::move(t));
+}
+
+bool JobEngine::past_expiry(JobId id) const {
+    auto e = expiry_.find(id);
+    return e != expiry_.end() && e->second <= now_;
+}
+
 // ---- requests -------------------------------------------------------------------------------
 
 std::optional<Aborted> JobEngine::cancel(JobId id, Millis now) {
@@ -678,6 +717,8 @@ void JobEngine::revive(JobId id, Millis now) {
     if (!shared_) {
         l = &live_.emplace(id, std::move(*l)).first->second;
         if (!l->unique.empty()) unique_live_[l->unique] = id;
+        // Its expiry still holds: a job retried after it expires at once.
+        if (j->expires_at) expiry_[id] = *j->expires_at;
     }
     // Attempts only grow, so a late result of an old attempt can never match a new dispatch:
     // the job gets its first budget of attempts on top of those it has used.
@@ -900,12 +941,24 @@ std::vector<Aborted> JobEngine::tick(Millis now) {
 // look sooner than the next poll.
 void JobEngine::tick_shared(Millis now, std::vector<Aborted>& aborted) {
     const bool poll = mono_ >= next_poll_;
-    bool due = poll || promote_more_;
+    bool due = poll || promote_more_ || expire_more_;
     while (!timers_.empty() && timers_.top().at <= now) {
         timers_.pop();
         due = true;
     }
     if (due) {
+        // Expired first: a job both due and past its expiry expires rather than becoming ready.
+        auto expired = store_.expire_due(now, cfg_.promote_batch);
+        expire_more_ = expired.size() >= cfg_.promote_batch;
+        for (const auto& p : expired) {
+            auto& c = counts_[p.queue];
+            if (c[index_of(p.from)] > 0) --c[index_of(p.from)];
+            ++c[index_of(JobState::expired)];
+            finished_.push_back(p.id);
+            pending_.push_back({EventView{0, p.id, p.queue, p.from, JobState::expired, p.attempts,
+                                          to_time(now), std::nullopt, "expired"},
+                                std::nullopt, std::nullopt});
+        }
         auto promoted = store_.promote_due(now, cfg_.promote_batch);
         promote_more_ = promoted.size() >= cfg_.promote_batch;
         for (const auto& p : promoted) {
@@ -981,6 +1034,20 @@ void JobEngine::tick_shared(Millis now, std::vector<Aborted>& aborted) {
 // pass, and the replies behind it, stay small whatever the backlog.
 void JobEngine::tick_memory(Millis now, std::vector<Aborted>& aborted) {
     std::size_t budget = cfg_.promote_batch;
+    // Expired first: a job both due and past its expiry expires rather than becoming ready.
+    while (!expiries_.empty() && expiries_.top().at <= now && budget > 0) {
+        auto d = expiries_.top();
+        expiries_.pop();
+        auto l = live_.find(d.id);
+        auto e = expiry_.find(d.id);
+        if (l == live_.end() || e == expiry_.end() || e->second != d.at) continue;
+        // Running: it finishes as it may (a dispatched job is never expired); should it come
+        // back to waiting, place() pushes its deadline again.
+        if (l->second.state == JobState::running) continue;
+        expire(d.id, l->second);
+        --budget;
+    }
+    budget = cfg_.promote_batch;
     while (!timers_.empty() && timers_.top().at <= now && budget > 0) {
         auto d = timers_.top();
         timers_.pop();
@@ -1035,6 +1102,8 @@ Millis JobEngine::next_deadline(Millis bound) const {
     if (shared_)
         next = std::min({next, wall(next_poll_), wall(next_refresh_), promote_more_ ? now_ : next});
     if (!timers_.empty()) next = std::min(next, timers_.top().at);
+    if (!expiries_.empty()) next = std::min(next, expiries_.top().at);
+    if (expire_more_) next = now_;
     for (const auto& [q, until] : pause_until_)
         next = std::min(next, until);
     if (store_.maintenance_due()) next = std::min(next, now_ + kMaintenanceEveryMs);

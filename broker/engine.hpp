@@ -151,9 +151,10 @@ class JobEngine {
     // (invalid_state) unless `force`, which cancels it first (cancel(), the same edge); returns
     // the attempt that stopped. Throws not_found.
     std::optional<Aborted> remove(JobId id, bool force, Millis now);
-    // Everything that happens because time passed: scheduled/retrying -> ready (due), running ->
-    // retrying | dead (timed out), orphans lost, retention, the store's maintenance. Returns the
-    // attempts it timed out.
+    // Everything that happens because time passed: ready/scheduled/retrying -> expired (its
+    // expires_at came before a dispatch), scheduled/retrying -> ready (due), running -> retrying |
+    // dead (timed out), orphans lost, retention, the store's maintenance. Returns the attempts it
+    // timed out.
     std::vector<Aborted> tick(Millis now);
 
     // ---- other rules -------------------------------------------------------------------------
@@ -245,6 +246,10 @@ class JobEngine {
     // A failed attempt: retrying after the backoff, or dead when no attempts are left.
     bool fail_attempt(JobId id, Live& l, Transition t, bool permanent);
     bool lose_attempt(JobId id, Live& l, const std::string& reason);
+    // ready | scheduled | retrying -> expired: not dispatched by its expires_at.
+    bool expire(JobId id, Live& l);
+    // The job's expires_at has come by now_ (memory only).
+    bool past_expiry(JobId id) const;
     std::optional<Claim> claim_one(const std::string& queue, bool commands, const HolderRef& by);
     std::vector<Claim> claim_shared(const std::string& queue, bool commands, std::size_t max,
                                     const HolderRef& by);
@@ -282,6 +287,12 @@ class JobEngine {
     // Running attempts dispatched before this start under another epoch (Store::epoch), from the
     // store; every other running attempt is of this start's epoch. Kept out of Live (its size).
     std::unordered_map<JobId, std::uint32_t> prior_epoch_;
+    // Unfinished jobs with an expiry: id -> expires_at (wall time). Few jobs have one, so it is
+    // kept out of Live (its size). expiries_ holds their deadlines while they wait (ready,
+    // scheduled, retrying; stale entries skipped); a running job's is dropped, and pushed again
+    // should the job come back to waiting.
+    std::unordered_map<JobId, Millis> expiry_;
+    DeadlineHeap expiries_;
     std::unordered_map<std::string, StateCounts> counts_;  // queue -> jobs per state
     std::unordered_set<std::string> paused_;
     std::unordered_map<std::string, Millis> pause_until_;  // timed pauses: queue -> resume at
@@ -301,6 +312,7 @@ class JobEngine {
     Millis next_poll_ = 0;
     Millis next_refresh_ = 0;
     bool promote_more_ = false;
+    bool expire_more_ = false;
     // Schedules: the earliest next tick as last read from the store (a shared store: other
     // brokers add and fire schedules too, so it is read again at each refresh), and when to
     // look again.

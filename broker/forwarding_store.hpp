@@ -75,6 +75,9 @@ class ForwardingStore : public Store {
     std::vector<Promoted> promote_due(Millis now, std::size_t n) override {
         return inner_.promote_due(now, n);
     }
+    std::vector<Promoted> expire_due(Millis now, std::size_t n) override {
+        return inner_.expire_due(now, n);
+    }
     std::vector<LiveJob> expired_attempts(Millis now, Millis grace, std::size_t n) override {
         return inner_.expired_attempts(now, grace, n);
     }

@@ -408,11 +408,9 @@ struct HttpServer::Impl {
         for (const auto& q : s->queues) {
             json totals = json::object();
             if (auto m = s->metrics.queues.find(q.name); m != s->metrics.queues.end())
-                totals = {{"submitted", m->second.submitted},
-                          {"succeeded", m->second.succeeded},
-                          {"failed", m->second.failed},
-                          {"dead", m->second.dead},
-                          {"cancelled", m->second.cancelled}};
+                totals = {{"submitted", m->second.submitted}, {"succeeded", m->second.succeeded},
+                          {"failed", m->second.failed},       {"dead", m->second.dead},
+                          {"cancelled", m->second.cancelled}, {"expired", m->second.expired}};
             out.push_back({{"name", q.name},
                            {"paused", q.paused},
                            {"counts", counts_json(q.counts)},

@@ -28,7 +28,7 @@ inline std::string job_columns(std::string_view payload_length) {
     out += payload_length;
     out +=
         ", created_at, started_at, finished_at, run_at, priority, timeout_ms, unique_key, "
-        "progress, progress_message";
+        "progress, progress_message, expires_at";
     return out;
 }
 inline const std::string kJobColumns = job_columns("length(payload)");
@@ -36,8 +36,8 @@ inline const std::string kJobColumns = job_columns("length(payload)");
 inline constexpr const char* kLiveColumns =
     "id, queue, state, attempts, max_attempts, priority, argv IS NOT NULL, run_at, worker, "
     "created_at, started_at, timeout_ms, backoff_ms, backoff_cap_ms, unique_key, "
-    "COALESCE(attempt_budget, max_attempts)";
-inline constexpr int kLiveColumnCount = 16;  // read_live reads columns 0..15
+    "COALESCE(attempt_budget, max_attempts), expires_at";
+inline constexpr int kLiveColumnCount = 17;  // read_live reads columns 0..16
 
 template <class Row>
 JobInfo read_job(const Row& s) {
@@ -62,6 +62,7 @@ JobInfo read_job(const Row& s) {
     j.unique = s.opt_text(17);
     if (auto p = s.opt_i64(18)) j.progress = static_cast<std::uint32_t>(*p);
     j.progress_message = s.opt_text(19);
+    j.expires_at = to_time(s.opt_i64(20));
     return j;
 }
 
@@ -84,6 +85,7 @@ LiveJob read_live(const Row& s) {
     j.backoff_cap_ms = s.opt_i64(13);
     j.unique = s.opt_text(14);
     j.attempt_budget = static_cast<std::uint32_t>(s.i64(15));
+    j.expires_at = s.opt_i64(16);
     return j;
 }
 

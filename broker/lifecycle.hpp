@@ -13,9 +13,11 @@
 //   running ──timeout (no result by timeout + grace)──► retrying / dead
 //   dead ──retry──► ready (attempts start again)
 //   scheduled, retrying ──run now──► ready
-//   succeeded, dead, cancelled ──delete──► (no row: not a state, Store::remove_job)
+//   ready, scheduled, retrying ──expires_at passed (not dispatched by then)──► expired
+//   succeeded, dead, cancelled, expired ──delete──► (no row: not a state, Store::remove_job)
 //
-// succeeded, dead and cancelled are terminal (dead only until someone retries it).
+// succeeded, dead, cancelled and expired are terminal (dead only until someone retries it). A
+// running job is never expired: once dispatched it finishes as any other.
 #pragma once
 
 #include <stdexcept>
@@ -28,18 +30,19 @@ constexpr bool transition_allowed(JobState from, JobState to) {
     using S = JobState;
     switch (from) {
         case S::scheduled:
-            return to == S::ready || to == S::cancelled;
+            return to == S::ready || to == S::cancelled || to == S::expired;
         case S::ready:
-            return to == S::running || to == S::cancelled;
+            return to == S::running || to == S::cancelled || to == S::expired;
         case S::running:
             return to == S::succeeded || to == S::retrying || to == S::ready || to == S::dead ||
                    to == S::cancelled;
         case S::retrying:
-            return to == S::ready || to == S::cancelled;
+            return to == S::ready || to == S::cancelled || to == S::expired;
         case S::dead:
             return to == S::ready;  // errand retry
         case S::succeeded:
         case S::cancelled:
+        case S::expired:
             return false;
     }
     return false;

@@ -221,6 +221,10 @@ void Metrics::on_event(const MetricEvent& e) {
             ++q.cancelled;
             q.finished.add(e.at);
             break;
+        case JobState::expired:
+            ++q.expired;
+            q.finished.add(e.at);
+            break;
         default:
             break;
     }
@@ -275,6 +279,9 @@ std::string render_prometheus(const Metrics& m, const Gauges& g,
          &QueueMetrics::cancelled},
         {"errand_jobs_retried_total", "Dead jobs retried by request since the broker started.",
          &QueueMetrics::retried},
+        {"errand_jobs_expired_total",
+         "Jobs expired (not dispatched by their expiry) since the broker started.",
+         &QueueMetrics::expired},
     };
     for (const auto& c : counters) {
         family(out, c.name, "counter", c.help);

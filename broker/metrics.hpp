@@ -75,6 +75,7 @@ struct QueueMetrics {
     std::uint64_t dead = 0;
     std::uint64_t cancelled = 0;
     std::uint64_t retried = 0;  // dead jobs revived by request
+    std::uint64_t expired = 0;  // not dispatched by their expires_at
     Histogram wait_seconds;     // ready -> running
     Histogram run_seconds;      // running -> any next state
     RateWindow finished;        // jobs reaching a terminal state

@@ -38,6 +38,7 @@ struct NewJob {
     JobState state = JobState::ready;  // ready, or scheduled (run_at in the future)
     std::optional<Millis> run_at;      // scheduled: when due
     Millis created_at = 0;
+    std::optional<Millis> expires_at;  // not dispatched by then: expired (expires_in folded in)
 };
 
 // One state change of one job, written together with its event (in the same row write). Fields that
@@ -87,6 +88,7 @@ struct LiveJob {
     std::optional<std::string> unique;
     std::uint32_t attempt_budget = 0;  // the max_attempts the job was submitted with
     std::uint32_t epoch = 0;           // running: the epoch its attempt was dispatched in
+    std::optional<Millis> expires_at;  // not dispatched by then: expired
 };
 
 // Rows removed by purge or retention, per queue and state (to keep counters right).
@@ -259,6 +261,9 @@ class Store : public JobReads {
     virtual std::vector<ClaimedJob> claim(const ClaimRequest&) { throw not_shared(); }
     // Moves up to `limit` scheduled or retrying jobs due by `now` to ready, with their events.
     virtual std::vector<Promoted> promote_due(Millis, std::size_t) { throw not_shared(); }
+    // Moves up to `limit` ready, scheduled or retrying jobs whose expires_at has come by `now` to
+    // expired, with their events and terminal counts (`from` of each: the state it left).
+    virtual std::vector<Promoted> expire_due(Millis, std::size_t) { throw not_shared(); }
     // Up to `limit` running attempts whose timeout_ms + `grace` have passed by `now`.
     virtual std::vector<LiveJob> expired_attempts(Millis, Millis, std::size_t) {
         throw not_shared();

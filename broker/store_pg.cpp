@@ -163,6 +163,26 @@ const char* const kMigrations[] = {
     R"sql(
     ALTER TABLE queues ADD COLUMN paused_until bigint;
     )sql",
+    // 8: job expiry: a job not dispatched by jobs.expires_at ends `expired`, a new terminal
+    // state (counted in job_counts, deleted by retention like the others). The state CHECK of
+    // jobs is widened without reading the table: added again NOT VALID, as every stored row
+    // meets the wider check (new and changed rows are checked). Any broker expires the waiting
+    // jobs whose time has come (expire_due) through jobs_expiry, which holds only those.
+    R"sql(
+    ALTER TABLE jobs ADD COLUMN expires_at bigint;
+    ALTER TABLE jobs DROP CONSTRAINT jobs_state_check;
+    ALTER TABLE jobs ADD CONSTRAINT jobs_state_check
+        CHECK (state IN ('scheduled', 'ready', 'running', 'retrying', 'succeeded', 'dead',
+                         'cancelled', 'expired')) NOT VALID;
+    ALTER TABLE job_counts DROP CONSTRAINT job_counts_state_check;
+    ALTER TABLE job_counts ADD CONSTRAINT job_counts_state_check
+        CHECK (state IN ('succeeded', 'dead', 'cancelled', 'expired'));
+    CREATE INDEX jobs_expiry ON jobs (expires_at)
+        WHERE expires_at IS NOT NULL AND state IN ('scheduled', 'ready', 'retrying');
+    DROP INDEX jobs_finished;
+    CREATE INDEX jobs_finished ON jobs (state, finished_at)
+        WHERE state IN ('succeeded', 'dead', 'cancelled', 'expired');
+    )sql",
 };
 
 static_assert(std::size(kMigrations) == PgStore::kSchemaVersion,
@@ -191,7 +211,7 @@ struct PgRow {
 // PostgreSQL spells the columns as SQLite does, but for a bytea's length.
 const std::string kPgJobColumns = job_columns("octet_length(payload)");
 
-constexpr const char* kTerminal = "('succeeded', 'dead', 'cancelled')";
+constexpr const char* kTerminal = "('succeeded', 'dead', 'cancelled', 'expired')";
 // NOTIFY's channel for finished jobs (payload: ids, comma-separated, under 8000 bytes).
 constexpr const char* kFinishedChannel = "errand_finished";
 constexpr std::size_t kNotifyBytes = 7900;
@@ -271,14 +291,14 @@ void PgStore::prepare() {
     db_.prepare(
         "insert",
         "WITH j AS (INSERT INTO jobs (token, queue, state, payload, argv, priority, max_attempts, "
-        "run_at, created_at, timeout_ms, backoff_ms, backoff_cap_ms, unique_key) "
+        "run_at, created_at, timeout_ms, backoff_ms, backoff_cap_ms, unique_key, expires_at) "
         "VALUES ($1::text, $2::text, $3::text, $4::bytea, $5::bytea, $6::bigint, "
         "$7::bigint, $8::bigint, $9::bigint, $10::bigint, $11::bigint, $12::bigint, "
-        "$13::text) ON CONFLICT DO NOTHING RETURNING id) "
+        "$13::text, $15::bigint) ON CONFLICT DO NOTHING RETURNING id) "
         "INSERT INTO job_events (job_id, at, from_state, to_state, attempt, worker, reason) "
         "SELECT id, $9::bigint, NULL, $3::text, 0, NULL, $14::text FROM j "
         "RETURNING job_id",
-        14);
+        15);
     // The compare-and-set and its event in one statement: the event is written only when the
     // row was in (from, attempts) and changed.
     db_.prepare(
@@ -312,15 +332,16 @@ void PgStore::prepare() {
     db_.prepare(
         "insert_many",
         "WITH j AS (INSERT INTO jobs (id, token, queue, state, payload, argv, priority, "
-        "max_attempts, run_at, created_at, timeout_ms, backoff_ms, backoff_cap_ms) "
+        "max_attempts, run_at, created_at, timeout_ms, backoff_ms, backoff_cap_ms, expires_at) "
         "SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bytea[], "
         "$6::bytea[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], "
-        "$12::bigint[], $13::bigint[]) ON CONFLICT DO NOTHING RETURNING id, state, created_at), "
+        "$12::bigint[], $13::bigint[], $15::bigint[]) ON CONFLICT DO NOTHING "
+        "RETURNING id, state, created_at), "
         "e AS (INSERT INTO job_events (job_id, at, from_state, to_state, attempt, worker, reason) "
         "SELECT j.id, j.created_at, NULL, j.state, 0, NULL, r.reason FROM j "
         "JOIN unnest($1::bigint[], $14::text[]) AS r(id, reason) ON r.id = j.id) "
         "SELECT id FROM j",
-        14);
+        15);
     db_.prepare("progress",
                 "UPDATE jobs SET progress = $2::bigint, progress_message = $3::text "
                 "WHERE id = $1::bigint",
@@ -438,7 +459,8 @@ void PgStore::prepare() {
             "worker = $4::text, started_at = $5::bigint, run_at = NULL, progress = NULL, "
             "broker = $6::text, "
             "progress_message = NULL WHERE id IN (SELECT id FROM jobs WHERE queue = $1::text "
-            "AND state = 'ready' AND ($2::boolean OR argv IS NULL) AND NOT EXISTS (SELECT 1 "
+            "AND state = 'ready' AND ($2::boolean OR argv IS NULL) AND (expires_at IS NULL OR "
+            "expires_at > $5::bigint) AND NOT EXISTS (SELECT 1 "
             "FROM queues WHERE name = $1::text AND paused) ORDER BY priority DESC, ready_seq "
             "LIMIT $3::bigint FOR UPDATE SKIP LOCKED) RETURNING {}, payload, argv, ready_seq), "
             "e AS (INSERT INTO job_events (job_id, at, from_state, to_state, attempt, worker, "
@@ -458,6 +480,20 @@ void PgStore::prepare() {
         "e AS (INSERT INTO job_events (job_id, at, from_state, to_state, attempt, worker, reason) "
         "SELECT id, $1::bigint, was, 'ready', attempts, NULL, CASE WHEN was = 'retrying' THEN "
         "'retry delay over' ELSE 'due' END FROM u) "
+        "SELECT id, queue, was, attempts FROM u",
+        2);
+    // Waiting jobs whose expiry has come (the claim never takes them), whichever broker sees them
+    // first.
+    db_.prepare(
+        "expire",
+        "WITH due AS (SELECT id, state FROM jobs WHERE expires_at <= $1::bigint AND "
+        "expires_at IS NOT NULL AND state IN ('scheduled', 'ready', 'retrying') "
+        "ORDER BY expires_at LIMIT $2::bigint FOR UPDATE SKIP LOCKED), "
+        "u AS (UPDATE jobs j SET state = 'expired', run_at = NULL, finished_at = $1::bigint, "
+        "error = 'expired: not started by its expiry' FROM due WHERE j.id = due.id "
+        "RETURNING j.id, j.queue, due.state AS was, j.attempts), "
+        "e AS (INSERT INTO job_events (job_id, at, from_state, to_state, attempt, worker, reason) "
+        "SELECT id, $1::bigint, was, 'expired', attempts, NULL, 'expired' FROM u) "
         "SELECT id, queue, was, attempts FROM u",
         2);
     db_.prepare("expired",
@@ -652,7 +688,8 @@ Inserted PgStore::insert_job(const NewJob& job, const std::string& reason) {
         .opt_i64(to_ms(s.backoff))
         .opt_i64(to_ms(s.backoff_cap))
         .opt_text(s.unique)
-        .text(reason);
+        .text(reason)
+        .opt_i64(job.expires_at);
     auto r = run("insert", p);
     if (r.rows() == 1) return {static_cast<JobId>(r.i64(0, 0)), false};
     // The token is taken, or the unique key held.
@@ -674,7 +711,7 @@ std::vector<Inserted> PgStore::insert_jobs(const std::vector<NewJob>& jobs,
     if (drawn.rows() != static_cast<int>(jobs.size()))
         throw StoreError("the id sequence gave the wrong number of ids", false);
     std::vector<std::optional<std::int64_t>> ids, priority, max_attempts, run_at, created_at,
-        timeout, backoff, backoff_cap;
+        timeout, backoff, backoff_cap, expires_at;
     std::vector<std::optional<std::string_view>> tokens, queues, states, payloads, argvs, reason_of;
     std::vector<std::string> packed(jobs.size());  // argv blobs, alive until the statement ran
     for (std::size_t i = 0; i < jobs.size(); ++i) {
@@ -699,6 +736,7 @@ std::vector<Inserted> PgStore::insert_jobs(const std::vector<NewJob>& jobs,
         timeout.push_back(to_ms(s.timeout));
         backoff.push_back(to_ms(s.backoff));
         backoff_cap.push_back(to_ms(s.backoff_cap));
+        expires_at.push_back(job.expires_at);
         reason_of.emplace_back(reasons[i]);
     }
     pg::Params p;
@@ -715,7 +753,8 @@ std::vector<Inserted> PgStore::insert_jobs(const std::vector<NewJob>& jobs,
         .i64_array(timeout)
         .i64_array(backoff)
         .i64_array(backoff_cap)
-        .text_array(reason_of);
+        .text_array(reason_of)
+        .i64_array(expires_at);
     auto r = run("insert_many", p);
     std::unordered_set<std::int64_t> inserted;
     for (int row = 0; row < r.rows(); ++row)
@@ -1015,6 +1054,20 @@ std::vector<Promoted> PgStore::promote_due(Millis now, std::size_t limit) {
     for (int i = 0; i < r.rows(); ++i)
         out.push_back({static_cast<JobId>(r.i64(i, 0)), r.text(i, 1), stored_state(r.text(i, 2)),
                        static_cast<std::uint32_t>(r.i64(i, 3))});
+    std::sort(out.begin(), out.end(),
+              [](const Promoted& a, const Promoted& b) { return a.id < b.id; });
+    return out;
+}
+
+std::vector<Promoted> PgStore::expire_due(Millis now, std::size_t limit) {
+    begin();
+    auto r = run("expire", pg::Params().i64(now).i64(static_cast<std::int64_t>(limit)));
+    std::vector<Promoted> out;
+    for (int i = 0; i < r.rows(); ++i) {
+        out.push_back({static_cast<JobId>(r.i64(i, 0)), r.text(i, 1), stored_state(r.text(i, 2)),
+                       static_cast<std::uint32_t>(r.i64(i, 3))});
+        count(out.back().queue, JobState::expired, 1);
+    }
     std::sort(out.begin(), out.end(),
               [](const Promoted& a, const Promoted& b) { return a.id < b.id; });
     return out;

@@ -69,6 +69,7 @@ class PgStore final : public Store {
     bool shared() const override { return true; }
     std::vector<ClaimedJob> claim(const ClaimRequest& c) override;
     std::vector<Promoted> promote_due(Millis now, std::size_t limit) override;
+    std::vector<Promoted> expire_due(Millis now, std::size_t limit) override;
     std::vector<LiveJob> expired_attempts(Millis now, Millis grace, std::size_t limit) override;
     std::vector<LiveJob> orphaned_attempts(Millis silent_ms, std::size_t limit) override;
     bool hold(JobId id, std::uint32_t attempt) override;
@@ -94,7 +95,7 @@ class PgStore final : public Store {
     std::uint64_t size_bytes();
 
     int schema_version();
-    static constexpr int kSchemaVersion = 7;
+    static constexpr int kSchemaVersion = 8;
     // job_counts rows per queue and terminal state (see migration 5).
     static constexpr int kCountShards = 16;
     // count_jobs(): the terminal counts, then the unfinished jobs through jobs_live.

@@ -41,6 +41,9 @@
 //     counts finished jobs without reading them; the live ones it counts, and scans, through the
 //     jobs_live index.
 // Version 10 adds queues.paused_until: a timed pause (PAUSE with for_ms) ends by itself then.
+// Version 11 adds jobs.expires_at (a job not dispatched by then ends `expired`, a new terminal
+// state), widens the state CHECKs of jobs and job_counts to it, and excludes expired jobs from
+// jobs_live and jobs_unique.
 // Version 9 indexes finished jobs by (state, finished_at) instead of finished_at alone: retention
 // deletes each state on its own clock (--dead-retention for dead jobs, --retention for the
 // others).
@@ -253,6 +256,32 @@ const char* const kMigrations[] = {
     // 10: timed pauses (PAUSE with for_ms): the queue resumes by itself at paused_until.
     R"sql(
     ALTER TABLE queues ADD COLUMN paused_until INTEGER;
+    )sql",
+    // 11: job expiry (see the top of this file). The state CHECKs of jobs and job_counts are
+    // widened in place, their text in sqlite_schema edited under writable_schema
+    // (https://www.sqlite.org/lang_altertable.html, "Making Other Kinds Of Table Schema
+    // Changes"): every stored row meets the wider check, so no table is rebuilt (migration 3
+    // copied all of jobs, payloads included); migrate() then counts schema_version up so every
+    // connection reads the schema again. The partial indexes of unfinished jobs are made again
+    // so that expired rows leave them (one pass over jobs each). Memory holds the deadlines
+    // (the engine's heap, rebuilt from scan_live), so expires_at needs no index here.
+    R"sql(
+    ALTER TABLE jobs ADD COLUMN expires_at INTEGER;
+    PRAGMA writable_schema = ON;
+    UPDATE sqlite_schema
+        SET sql = replace(sql, 'OR state = ''cancelled'')',
+                          'OR state = ''cancelled'' OR state = ''expired'')')
+        WHERE type = 'table' AND name IN ('jobs', 'job_counts');
+    PRAGMA writable_schema = OFF;
+    DROP INDEX jobs_live;
+    CREATE INDEX jobs_live ON jobs(state)
+        WHERE state <> 'succeeded' AND state <> 'dead' AND state <> 'cancelled'
+          AND state <> 'expired';
+    DROP INDEX jobs_unique;
+    CREATE UNIQUE INDEX jobs_unique ON jobs(unique_key)
+        WHERE unique_key IS NOT NULL
+          AND state <> 'succeeded' AND state <> 'dead' AND state <> 'cancelled'
+          AND state <> 'expired';
     )sql",
 };
 
@@ -558,8 +587,8 @@ struct SqliteStore::Statements {
           insert(db,
                  "INSERT INTO jobs (id, token, queue, state, payload, argv, priority, attempts, "
                  "max_attempts, run_at, created_at, timeout_ms, backoff_ms, backoff_cap_ms, "
-                 "unique_key, history) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, "
-                 "?12, ?13, ?14, ?15) ON CONFLICT (token) DO NOTHING"),
+                 "unique_key, history, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, "
+                 "?10, ?11, ?12, ?13, ?14, ?15, ?16) ON CONFLICT (token) DO NOTHING"),
           insert_payload(db, "INSERT INTO payloads (job_id, payload) VALUES (?1, ?2)"),
           insert_event(db,
                        "INSERT INTO events (job_id, id, at, from_state, to_state, attempt, "
@@ -591,7 +620,7 @@ struct SqliteStore::Statements {
           // Through the index, never the table: finished rows cost a start nothing.
           live(db, fmt::format("SELECT {}, COALESCE(epoch, 0) FROM jobs INDEXED BY jobs_live "
                                "WHERE state <> 'succeeded' AND state <> 'dead' AND "
-                               "state <> 'cancelled'",
+                               "state <> 'cancelled' AND state <> 'expired'",
                                kLiveColumns)
                        .c_str()),
           live_one(
@@ -604,8 +633,8 @@ struct SqliteStore::Statements {
           count(db, "SELECT queue, state, n FROM job_counts WHERE n > 0"),
           count_live(db,
                      "SELECT queue, state, COUNT(*) FROM jobs INDEXED BY jobs_live WHERE state <> "
-                     "'succeeded' AND state <> 'dead' AND state <> 'cancelled' GROUP BY queue, "
-                     "state"),
+                     "'succeeded' AND state <> 'dead' AND state <> 'cancelled' AND state <> "
+                     "'expired' GROUP BY queue, state"),
           add_count(db,
                     "INSERT INTO job_counts VALUES (?1, ?2, ?3) "
                     "ON CONFLICT (queue, state) DO UPDATE SET n = n + excluded.n"),
@@ -854,8 +883,17 @@ void SqliteStore::migrate() {
         constexpr int known = static_cast<int>(std::size(kMigrations));
         for (int v = version; v < known; ++v)
             exec(kMigrations[v]);
-        if (version != known)
+        if (version != known) {
             exec(fmt::format("UPDATE schema_version SET version = {}", known).c_str());
+            // A migration may edit sqlite_schema's text (writable_schema): a new schema cookie
+            // makes every connection, this one included, read the schema again.
+            std::int64_t cookie = 0;
+            {
+                Stmt s(db_, "PRAGMA schema_version");
+                if (s.step()) cookie = s.i64(0);
+            }
+            exec(fmt::format("PRAGMA schema_version = {}", cookie + 1).c_str());
+        }
         exec("COMMIT");
     } catch (...) {
         sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
@@ -953,6 +991,7 @@ Inserted SqliteStore::insert_job(const NewJob& job, const std::string& reason) {
         .bind_opt(13, to_ms(job.spec.backoff_cap))
         .bind_opt_ref(14, job.spec.unique)
         .bind_blob_ref(15, first)
+        .bind_opt(16, job.expires_at)
         .run();
     if (sqlite3_changes(db_) == 0)  // the token is taken: a resent submit
         return {find_token(*job.spec.token).value_or(0), true};

@@ -94,7 +94,7 @@ class SqliteStore final : public Store {
     std::uint64_t start_steps() const { return start_steps_; }
 
     int schema_version();
-    static constexpr int kSchemaVersion = 10;
+    static constexpr int kSchemaVersion = 11;
 
   private:
     struct Statements;

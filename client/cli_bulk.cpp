@@ -114,9 +114,10 @@ namespace {
 using nlohmann::json;
 
 // The keys a line may have: SUBMIT's job keys (docs/PROTOCOL.md).
-constexpr std::array<const char*, 12> kKeys = {
-    "queue",  "payload",  "argv",       "max_attempts", "token",          "priority",
-    "run_at", "delay_ms", "timeout_ms", "backoff_ms",   "backoff_cap_ms", "unique"};
+constexpr std::array<const char*, 14> kKeys = {
+    "queue",          "payload", "argv",       "max_attempts", "token",
+    "priority",       "run_at",  "delay_ms",   "timeout_ms",   "backoff_ms",
+    "backoff_cap_ms", "unique",  "expires_at", "expires_in_ms"};
 
 // A batch's bytes on the wire stay well under the broker's 64 MiB --max-message.
 constexpr std::size_t kMaxBatchBytes = 16 * 1024 * 1024;
@@ -227,6 +228,20 @@ JobSpec parse_line(std::string_view text, const JobSpec& defaults) {
             spec.backoff = duration_field(v, "backoff_ms", 0, limits::kMaxDelayMs);
         } else if (key == "backoff_cap_ms") {
             spec.backoff_cap = duration_field(v, "backoff_cap_ms", 0, limits::kMaxDelayMs);
+        } else if (key == "expires_at") {
+            std::optional<Millis> at;
+            if (v.is_number_integer()) at = v.get<std::int64_t>();
+            if (v.is_string()) at = errand::parse_time(v.get<std::string>());
+            if (!at || *at < 0 || *at > limits::kMaxRunAt) {
+                throw BadLine(
+                    "'expires_at' must be an RFC 3339 time (e.g. \"2026-11-28T20:00:00Z\") or ms "
+                    "since the epoch");
+            }
+            spec.expires_at = errand::to_time(*at);
+            spec.expires_in.reset();
+        } else if (key == "expires_in_ms") {
+            spec.expires_in = duration_field(v, "expires_in_ms", 1, limits::kMaxDelayMs);
+            spec.expires_at.reset();
         } else if (key == "unique") {
             spec.unique = string_field(v, "unique");
             if (spec.unique->empty() || spec.unique->size() > limits::kMaxUniqueKey)
@@ -237,6 +252,10 @@ JobSpec parse_line(std::string_view text, const JobSpec& defaults) {
     if (j.contains("run_at") && j.contains("delay_ms") && !j["run_at"].is_null() &&
         !j["delay_ms"].is_null()) {
         throw BadLine("give 'run_at' or 'delay_ms', not both");
+    }
+    if (j.contains("expires_at") && j.contains("expires_in_ms") && !j["expires_at"].is_null() &&
+        !j["expires_in_ms"].is_null()) {
+        throw BadLine("give 'expires_at' or 'expires_in_ms', not both");
     }
     if (spec.backoff && spec.backoff_cap && *spec.backoff_cap < *spec.backoff)
         throw BadLine("'backoff_cap_ms' must not be less than 'backoff_ms'");

@@ -70,6 +70,8 @@ struct SubmitArgs {
     std::optional<std::string> timeout;
     std::optional<std::string> backoff;
     std::optional<std::string> unique;
+    std::optional<std::string> expires_in;
+    std::optional<std::string> expires_at;
     bool wait = false;
     std::optional<std::string> wait_timeout;
     std::vector<std::string> argv;     // everything after "--"
@@ -162,6 +164,31 @@ CLI::Validator time_check() {
             return "'" + text +
                    "' is not an RFC 3339 time: YYYY-MM-DDTHH:MM:SS[.mmm] and Z or +HH:MM/-HH:MM "
                    "(e.g. 2026-11-28T20:00:00Z, 2026-11-28T20:00:00.250+02:00)";
+        },
+        "");
+}
+
+// --expires-at: an RFC 3339 time with its offset, or seconds since the Unix epoch; in ms.
+std::optional<Millis> parse_expiry_time(const std::string& text) {
+    if (auto t = errand::cli::parse_time(text)) return t;
+    if (text.empty() || text.size() > 12 ||
+        !std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; }))
+        return std::nullopt;
+    return std::stoll(text) * 1000;
+}
+
+CLI::Validator expiry_time_check() {
+    return CLI::Validator(
+        [](std::string& text) -> std::string {
+            auto at = parse_expiry_time(text);
+            if (!at || *at > errand::limits::kMaxRunAt)
+                return "'" + text +
+                       "' is not a time: an RFC 3339 time with its offset (e.g. "
+                       "2026-11-28T20:00:00Z, 2026-11-28T20:00:00+02:00) or seconds since the "
+                       "Unix epoch (e.g. 1795896000)";
+            if (*at <= now_time().time_since_epoch().count())
+                return "'" + text + "' is already past: the job would expire at once";
+            return {};
         },
         "");
 }
@@ -379,6 +406,8 @@ int run_submit(errand::Client& client, const SubmitArgs& args) {
         spec.backoff_cap = errand::to_duration(backoff.cap);
     }
     spec.unique = args.unique;
+    if (args.expires_in) spec.expires_in = std::chrono::milliseconds(to_ms(*args.expires_in));
+    if (args.expires_at) spec.expires_at = errand::to_time(*parse_expiry_time(*args.expires_at));
     if (args.jsonl) {
         // The options above are the defaults of every line.
         return errand::cli::run_submit_jsonl(
@@ -673,7 +702,8 @@ int run(int argc, char** argv) {
         "\"priority\":10,\"run_at\":\"2026-11-28T20:00:00Z\",\"delay_ms\":\"1h30m\",\"timeout_ms\":"
         "30000,\n"
         "   "
-        "\"backoff_ms\":\"500ms\",\"backoff_cap_ms\":\"30s\",\"token\":\"k1\",\"unique\":\"u1\"}\n"
+        "\"backoff_ms\":\"500ms\",\"backoff_cap_ms\":\"30s\",\"token\":\"k1\",\"unique\":\"u1\",\n"
+        "   \"expires_in_ms\":\"10m\"} (or \"expires_at\": a time like run_at)\n"
         "  (durations: integer ms or \"1h30m\"); what a line leaves out comes from the options.\n"
         "  Jobs go in batches (--batch-size, and at most 16 MiB), each committed whole. A bad\n"
         "  line is reported as F:LINE and nothing of its batch is sent: from a regular file\n"
@@ -731,6 +761,18 @@ int run(int argc, char** argv) {
                      "at most one unfinished job per KEY; a duplicate prints the existing id")
         ->check(unique_check())
         ->type_name("KEY");
+    auto* expires_in =
+        submit
+            ->add_option("--expires-in", submit_args.expires_in,
+                         "not started within DUR of now: the job ends expired instead of running")
+            ->check(duration_check(false, errand::limits::kMaxDelayMs))
+            ->type_name("DUR");
+    submit
+        ->add_option("--expires-at", submit_args.expires_at,
+                     "not started by TIME (RFC 3339 or Unix seconds): the job ends expired")
+        ->check(expiry_time_check())
+        ->type_name("TIME")
+        ->excludes(expires_in);
     auto* submit_wait =
         submit->add_flag("--wait", submit_args.wait, "wait for the job and print its result");
     auto* wait_timeout =

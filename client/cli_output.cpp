@@ -168,6 +168,7 @@ std::string job_text(const JobInfo& job, Timestamp now) {
     if (job.run_at && (job.state == JobState::scheduled || job.state == JobState::retrying)) {
         rows.emplace_back("runs at", time_with_age(*job.run_at, now));
     }
+    if (job.expires_at) rows.emplace_back("expires at", time_with_age(*job.expires_at, now));
     if (job.timeout) rows.emplace_back("timeout", format_duration(*job.timeout));
     if (job.unique) rows.emplace_back("unique key", *job.unique);
     if (job.error) rows.emplace_back("error", *job.error);

@@ -17,7 +17,7 @@ namespace errand::cli {
 
 // Every job state in its wire spelling, in life-cycle order, e.g. for "valid states: …" messages.
 std::span<const JobState> all_states();
-// "scheduled, ready, running, retrying, succeeded, dead, cancelled"
+// "scheduled, ready, running, retrying, succeeded, dead, cancelled, expired"
 std::string state_names();
 
 // RFC 3339 times (errand/duration.hpp).

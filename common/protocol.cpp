@@ -14,7 +14,7 @@ constexpr std::array<std::string_view, 14> kErrorNames = {
 
 // Indexed by JobState (kAllStates order).
 constexpr std::array<std::string_view, kStateCount> kStateNames = {
-    "scheduled", "ready", "running", "retrying", "succeeded", "dead", "cancelled",
+    "scheduled", "ready", "running", "retrying", "succeeded", "dead", "cancelled", "expired",
 };
 
 }  // namespace

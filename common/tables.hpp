@@ -103,6 +103,8 @@ struct JobSpecT {
         {.post =
              [](JobSpec& j, const Reader&, const DecodeLimits&) {
                  if (j.run_at && j.delay) bad("give either 'run_at' or 'delay_ms', not both");
+                 if (j.expires_at && j.expires_in)
+                     bad("give either 'expires_at' or 'expires_in_ms', not both");
              }},
         field("queue", &JobSpec::queue, Queue{}, required),
         field("payload", &JobSpec::payload, bin(&DecodeLimits::max_payload), defaulted),
@@ -142,7 +144,18 @@ struct JobSpecT {
               }),
         field("backoff_ms", &JobSpec::backoff, Duration{limits::kMaxDelayMs}, omit),
         field("backoff_cap_ms", &JobSpec::backoff_cap, Duration{limits::kMaxDelayMs}, omit),
-        field("unique", &JobSpec::unique, str(limits::kMaxUniqueKey, true), omit));
+        field("unique", &JobSpec::unique, str(limits::kMaxUniqueKey, true), omit),
+        field("expires_at", &JobSpec::expires_at, Time{}, omit,
+              [](const Timestamp& t) {
+                  auto ms = t.time_since_epoch().count();
+                  if (ms < 0 || ms > limits::kMaxRunAt)
+                      bad(fmt::format("expires_at must be 0 to {} (ms since the Unix epoch)",
+                                      limits::kMaxRunAt));
+              }),
+        field("expires_in_ms", &JobSpec::expires_in, Duration{limits::kMaxDelayMs}, omit,
+              [](const std::chrono::milliseconds& d) {
+                  if (d.count() == 0) bad("field 'expires_in_ms' must be positive");
+              }));
 };
 
 struct SubmitT {
@@ -216,7 +229,8 @@ struct JobInfoT {
                          field("timeout_ms", &JobInfo::timeout, Duration{}, nullable),
                          field("unique", &JobInfo::unique, str(), nullable),
                          field("progress", &JobInfo::progress, U32{}, nullable),
-                         field("progress_message", &JobInfo::progress_message, str(), nullable));
+                         field("progress_message", &JobInfo::progress_message, str(), nullable),
+                         field("expires_at", &JobInfo::expires_at, Time{}, omit));
 };
 
 struct JobT {
@@ -279,7 +293,7 @@ struct PurgeT {
                   if (!is_terminal(s))
                       bad(
                           fmt::format("only finished jobs can be purged (succeeded, dead, "
-                                      "cancelled), not {}",
+                                      "cancelled, expired), not {}",
                                       to_string(s)));
               }),
         field("queue", &PurgeRequest::queue, Queue{}, omit),
@@ -340,6 +354,9 @@ struct ScheduleT {
                  if (s.job.token || s.job.unique || s.job.run_at || s.job.delay)
                      bad("a schedule's job takes no 'token', 'unique', 'run_at' or 'delay_ms' "
                          "(each tick's job gets its own token)");
+                 if (s.job.expires_at)
+                     bad("a schedule's job takes no 'expires_at' (one time for every tick); "
+                         "give 'expires_in_ms', counted from each tick");
              }},
         field("name", &Schedule::name, str(kName), required,
               [](const std::string& n) { check_schedule_name(n); }),

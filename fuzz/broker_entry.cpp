@@ -277,6 +277,9 @@ class Script {
         if (more & 2) s.backoff_cap = std::chrono::milliseconds(in_.range(0, 20000));
         if (more & 4) s.max_attempts = static_cast<std::uint32_t>(in_.range(0, 1001));
         if (more & 8) s.run_at = to_time(in_.srange(INT64_MIN, INT64_MAX));
+        // Expiry: either, or both (bad_request), around the job's run_at and the fake clock.
+        if (more & 16) s.expires_in = std::chrono::milliseconds(in_.range(0, 20000));
+        if (more & 32) s.expires_at = to_time(now_ + in_.srange(-2000, 20000));
         return s;
     }
 

@@ -74,6 +74,11 @@ std::vector<std::pair<std::string, std::string>> codec_seeds() {
     JobSpec at = plain;
     at.run_at = Timestamp{1'700'000'100'000ms};
     add("submit_full", encode(SubmitRequest{2, {full, at, plain}}));
+    JobSpec expiring = plain;
+    expiring.expires_in = 60000ms;
+    JobSpec expiring_at = plain;
+    expiring_at.expires_at = Timestamp{1'700'000'100'000ms};
+    add("submit_expiry", encode(SubmitRequest{9, {expiring, expiring_at}}));
     add("submitted", encode(SubmitReply{1, {1, 2}, {false, true}}));
     add("status", encode(IdRequest{3, 1}));
     add("wait", encode(WaitRequest{4, 1, 1000}));
@@ -464,6 +469,28 @@ std::vector<std::pair<std::string, std::string>> broker_seeds() {
             .msg(kClient, cmd::kDelete, encode(DeleteRequest{10, 1, false}))  // not_found
             .msg(kClient, cmd::kStatus, encode(IdRequest{11, 1}));
         add("run_now_delete", w);
+    }
+    {
+        ScriptWriter w;
+        JobSpec soon = job("q1");
+        soon.expires_in = 1000ms;  // ready, nobody serves q1: expired
+        JobSpec later = job("q1");
+        later.delay = 5000ms;
+        later.expires_at = Timestamp{1'700'000'002'000ms};  // before it is due: expired
+        JobSpec both = job("q1");
+        both.expires_in = 1000ms;
+        both.expires_at = Timestamp{1'700'000'002'000ms};  // bad_request
+        JobSpec taken = job("q0");
+        taken.expires_in = 1000ms;  // dispatched first: runs past its expiry and succeeds
+        worker_takes_one(w, taken)
+            .msg(kClient, cmd::kSubmit, encode(SubmitRequest{5, {soon, later}}))
+            .msg(kClient, cmd::kWait, encode(WaitRequest{6, 2, 5000}))
+            .msg(kClient, cmd::kSubmit, encode(SubmitRequest{7, {both}}))
+            .wait(3)
+            .msg(kWorker, cmd::kDone, done(1, 1))
+            .msg(kClient, cmd::kPurge,
+                 encode(PurgeRequest{8, JobState::expired, "q1", std::nullopt}));
+        add("expiry", w);
     }
     {
         ScriptWriter w;

@@ -3,6 +3,7 @@
 
 #include <functional>
 
+#include "errand/clock.hpp"
 #include "errand/codec.hpp"
 #include "errand/duration.hpp"
 #include "errand/json.hpp"
@@ -85,6 +86,44 @@ TEST_CASE("SUBMIT with wait_ms: one job only, bounded") {
     m.wait_ms = limits::kMaxWaitMs + 1;
     Body long_wait(encode(m));
     CHECK_THROWS_AS(decode_submit(long_wait.reader()), ProtocolError);
+}
+
+TEST_CASE("SUBMIT with an expiry: expires_at or expires_in_ms, not both; absent by default") {
+    SubmitRequest m;
+    m.req = 1;
+    errand::JobSpec in{.queue = "q", .expires_in = std::chrono::milliseconds(1500)};
+    errand::JobSpec at{.queue = "q", .expires_at = errand::to_time(1'700'000'000'000)};
+    m.jobs = {in, at, {.queue = "q"}};
+    Body b(encode(m));
+    auto d = decode_submit(b.reader());
+    REQUIRE(d.jobs.size() == 3);
+    CHECK(d.jobs[0].expires_in == std::chrono::milliseconds(1500));
+    CHECK_FALSE(d.jobs[0].expires_at.has_value());
+    CHECK(d.jobs[1].expires_at == errand::to_time(1'700'000'000'000));
+    CHECK_FALSE(d.jobs[2].expires_in.has_value());
+    CHECK_FALSE(d.jobs[2].expires_at.has_value());
+    // An old client's job has neither key (nothing new on the wire).
+    CHECK(hex(encode(SubmitRequest{1, {{.queue = "q"}}})).find(hex("expires")) ==
+          std::string::npos);
+
+    auto refused = [](errand::JobSpec s) {
+        Body bad(encode(SubmitRequest{1, {s}}));
+        try {
+            decode_submit(bad.reader());
+        } catch (const ProtocolError& e) {
+            return std::string(e.what());
+        }
+        return std::string("accepted");
+    };
+    errand::JobSpec both = in;
+    both.expires_at = errand::to_time(1'700'000'000'000);
+    CHECK(refused(both).find("'expires_at' or 'expires_in_ms', not both") != std::string::npos);
+    CHECK(refused({.queue = "q", .expires_in = std::chrono::milliseconds(0)})
+              .find("must be positive") != std::string::npos);
+    CHECK(refused({.queue = "q", .expires_at = errand::to_time(-1)}).find("expires_at must be") !=
+          std::string::npos);
+    CHECK(refused({.queue = "q", .expires_in = std::chrono::milliseconds(limits::kMaxDelayMs + 1)})
+              .find("expires_in_ms") != std::string::npos);
 }
 
 TEST_CASE("JobInfo round trip through JOB") {
@@ -300,13 +339,15 @@ TEST_CASE("peek_req finds req in bodies that fail to decode") {
 }
 
 TEST_CASE("names of states and error codes") {
-    static_assert(kStateCount == 7);
+    static_assert(kStateCount == 8);
     for (std::size_t i = 0; i < kStateCount; ++i) {
         CHECK(kAllStates[i] == static_cast<JobState>(i));
         CHECK(parse_job_state(to_string(kAllStates[i])) == kAllStates[i]);
     }
     CHECK(to_string(JobState::scheduled) == "scheduled");
     CHECK(to_string(JobState::cancelled) == "cancelled");
+    CHECK(to_string(JobState::expired) == "expired");
+    CHECK(is_terminal(JobState::expired));
     CHECK_FALSE(parse_job_state("done").has_value());
     CHECK(to_string(ErrorCode::not_registered) == "not_registered");
     CHECK(valid_queue_name("a-b_c.9"));
@@ -379,13 +420,13 @@ TEST_CASE("every table is in errand::message_tables(), with required fields mark
     };
     const auto* submit = find("SUBMIT job");
     REQUIRE(submit != nullptr);
-    REQUIRE(submit->fields.size() == 12);
+    REQUIRE(submit->fields.size() == 14);  // expires_at, expires_in_ms last
     CHECK(submit->fields[0].name == "queue");
     CHECK(submit->fields[0].required);
     CHECK_FALSE(submit->fields[1].required);
     const auto* job = find("job object");
     REQUIRE(job != nullptr);
-    CHECK(job->fields.size() == 20);
+    CHECK(job->fields.size() == 21);
 }
 
 TEST_CASE("the JSON form of a job and an event: table keys, null when absent, RFC 3339 times") {
@@ -396,8 +437,9 @@ TEST_CASE("the JSON form of a job and an event: table keys, null when absent, RF
     j.created_at = Timestamp{1'764'583'200'123ms};  // 2025-12-01T10:00:00.123Z
     j.timeout = 5000ms;
     auto json = to_json(j);
-    CHECK(json.size() == 20);
+    CHECK(json.size() == 21);
     CHECK(json["id"] == 7);
+    CHECK(json["expires_at"].is_null());
     CHECK(json["state"] == "running");
     CHECK(json["created_at"] == "2025-12-01T10:00:00.123Z");
     CHECK(json["started_at"].is_null());

@@ -2155,3 +2155,194 @@ TEST_CASE("a step of the wall clock expires no worker, times out no job and ends
     REQUIRE(aborts(out, "w1").size() == 1);
     CHECK(f.status(id).state == S::retrying);
 }
+
+// ---- expiry ---------------------------------------------------------------------------------
+
+TEST_CASE("expiry: a ready job not dispatched by expires_in ends expired; its WAIT gets it") {
+    Engine f;
+    auto s = spec("q");
+    s.expires_in = std::chrono::milliseconds(5000);
+    JobId id = f.submit(s);
+    CHECK(f.status(id).expires_at == to_time(kBase + 5000));
+    auto none = f.send(f.client, cmd::kWait, encode(WaitRequest{77, id, 60'000}));
+    CHECK(replies(none, f.client).empty());
+    CHECK(replies(f.advance(4999), f.client).empty());
+    CHECK(f.status(id).state == S::ready);
+    auto out = replies(f.advance(1), f.client);
+    REQUIRE(out.size() == 1);
+    CHECK(req_of(out[0]) == 77);
+    auto j = job_of(out[0]);
+    CHECK(j.state == S::expired);
+    CHECK(j.finished_at == to_time(kBase + 5000));
+    CHECK(j.attempts == 0);
+    CHECK(edges(f.history(id)) == std::vector<Edge>{{std::nullopt, S::ready, "submitted"},
+                                                    {S::ready, S::expired, "expired"}});
+    // A worker that comes later gets nothing of it.
+    f.register_worker("w1", {"q"});
+    CHECK(f.credit("w1", 1).empty());
+    auto counts = f.ask(cmd::kQueues, encode_req(f.req++));
+    REQUIRE(counts.command == cmd::kQueues);
+    Body b(counts.body);
+    auto queues = decode_queues(b.reader());
+    REQUIRE(queues.size() == 1);
+    CHECK(queues[0].counts[static_cast<std::size_t>(S::expired)].second == 1);
+    CHECK(queues[0].counts[static_cast<std::size_t>(S::ready)].second == 0);
+}
+
+TEST_CASE("expiry: a scheduled job whose expires_at comes before its run_at expires, never ready") {
+    Engine f;
+    auto s = spec("q");
+    s.delay = std::chrono::milliseconds(60'000);
+    s.expires_at = to_time(kBase + 10'000);
+    JobId id = f.submit(s);
+    f.register_worker("w1", {"q"});
+    f.credit("w1", 1);
+    f.advance(10'000);
+    CHECK(f.status(id).state == S::expired);
+    CHECK(dispatches(f.advance(60'000), "w1").empty());
+    CHECK(edges(f.history(id)) == std::vector<Edge>{{std::nullopt, S::scheduled, "scheduled"},
+                                                    {S::scheduled, S::expired, "expired"}});
+}
+
+TEST_CASE("expiry: a retrying job whose next attempt would start after expiry expires") {
+    Engine f;
+    auto s = spec("q");
+    s.backoff = std::chrono::milliseconds(60'000);
+    s.expires_in = std::chrono::milliseconds(10'000);
+    JobId id = f.submit(s);
+    f.register_worker("w1", {"q"});
+    f.dispatch_one("w1", id);
+    check_ack(f.fail("w1", id, 1), id, 1);
+    REQUIRE(f.status(id).state == S::retrying);
+    f.credit("w1", 1);
+    f.advance(9'999);
+    CHECK(f.status(id).state == S::retrying);
+    auto out = f.advance(1);
+    CHECK(dispatches(out, "w1").empty());
+    auto j = f.status(id);
+    CHECK(j.state == S::expired);
+    CHECK(j.attempts == 1);
+    CHECK(edges(f.history(id)).back() == Edge{S::retrying, S::expired, "expired"});
+    CHECK(dispatches(f.advance(60'000), "w1").empty());
+}
+
+TEST_CASE("expiry after dispatch: a running job is not expired and finishes normally") {
+    Engine f;
+    auto s = spec("q");
+    s.expires_in = std::chrono::milliseconds(1000);
+    JobId id = f.submit(s);
+    f.register_worker("w1", {"q"});
+    f.dispatch_one("w1", id);
+    f.advance(5000);
+    CHECK(f.status(id).state == S::running);
+    check_ack(f.done("w1", id, 1), id, 1);
+    CHECK(f.status(id).state == S::succeeded);
+}
+
+TEST_CASE("expiry: a job back in ready after a failed attempt expires there") {
+    Engine f;
+    auto s = spec("q");
+    s.expires_in = std::chrono::milliseconds(1000);
+    JobId id = f.submit(s);
+    f.register_worker("w1", {"q"});
+    f.dispatch_one("w1", id);
+    check_ack(f.fail("w1", id, 1), id, 1);  // retrying after at most kRetryDelayMs (100 ms)
+    f.advance(2 * kRetryDelayMs);           // ready again before its expiry, no credit
+    REQUIRE(f.status(id).state == S::ready);
+    f.advance(1000 - 2 * kRetryDelayMs);
+    CHECK(f.status(id).state == S::expired);
+    CHECK(edges(f.history(id)).back() == Edge{S::ready, S::expired, "expired"});
+}
+
+TEST_CASE("expiry: a job whose worker is lost after its expiry expires instead of running again") {
+    Engine f;
+    auto s = spec("q");
+    s.expires_in = std::chrono::milliseconds(1000);
+    JobId id = f.submit(s);
+    f.register_worker("w1", {"q"});
+    f.dispatch_one("w1", id);
+    f.advance(kWorkerTimeoutMs + 1, false);  // lost: back to ready, past its expiry
+    // Expired by the next pass (a shared store: its next look for due jobs, poll_ms); never
+    // dispatched meanwhile, the claim skips it.
+    f.advance(100);
+    CHECK(f.status(id).state == S::expired);
+    auto h = edges(f.history(id));
+    REQUIRE(h.size() >= 2);
+    CHECK(h[h.size() - 2] == Edge{S::running, S::ready, "worker lost"});
+    CHECK(h.back() == Edge{S::ready, S::expired, "expired"});
+}
+
+TEST_CASE("expiry at dispatch: a ready job past its expiry is expired, not dispatched") {
+    // More jobs expire at once than one pass expires (promote_batch, 1000): the pass's dispatch
+    // meets the rest still ready, past their expiry. The worker's credit waits on a paused queue
+    // that is resumed in the pass of the expiry.
+    Engine f;
+    CHECK(f.ask(cmd::kPause, encode(QueueRequest{f.req++, "q"})).command == cmd::kOk);
+    SubmitReply rep;
+    for (int batch : {1000, 100}) {
+        SubmitRequest m;
+        m.req = f.req++;
+        for (int i = 0; i < batch; ++i) {
+            auto s = spec("q");
+            s.expires_in = std::chrono::milliseconds(1000);
+            m.jobs.push_back(s);
+        }
+        auto r = f.submit_request(std::move(m));
+        rep.ids.insert(rep.ids.end(), r.ids.begin(), r.ids.end());
+    }
+    REQUIRE(rep.ids.size() == 1100);
+    f.register_worker("w1", {"q"});
+    CHECK(f.credit("w1", 1).empty());
+    f.now += 1000;
+    CHECK(dispatches(f.send(f.client, cmd::kResume, encode(QueueRequest{f.req++, "q"})), "w1")
+              .empty());
+    std::size_t expired = 0;
+    for (JobId id : rep.ids)
+        if (f.status(id).state == S::expired) ++expired;
+    CHECK(expired == 1100);
+    // The credit is still there for a job that has not expired.
+    JobId fresh = f.submit(spec("q"));
+    CHECK(f.status(fresh).state == S::running);
+}
+
+TEST_CASE("expiry: an expired job frees its unique key; retention deletes it like a success") {
+    auto c = engine_config();
+    c.retention_ms = 1000;
+    Engine f(c);
+    auto s = spec("q");
+    s.unique = "once";
+    s.expires_in = std::chrono::milliseconds(500);
+    JobId id = f.submit(s);
+    f.advance(500);
+    REQUIRE(f.status(id).state == S::expired);
+    s.expires_in.reset();
+    JobId again = f.submit(s);
+    CHECK(again != id);
+    f.advance(1500);
+    f.advance(1000);
+    auto rep = f.ask(cmd::kStatus, encode(IdRequest{f.req++, id}));
+    CHECK(error_of(rep).code == ErrorCode::not_found);
+    CHECK(f.status(again).state == S::ready);
+}
+
+TEST_CASE("expiry: SUBMIT with both expires_at and expires_in_ms, or expires_in_ms 0, is refused") {
+    Engine f;
+    auto both = spec("q");
+    both.expires_in = std::chrono::milliseconds(1000);
+    both.expires_at = to_time(kBase + 1000);
+    SubmitRequest m;
+    m.req = f.req++;
+    m.jobs.push_back(both);
+    auto e = f.error(cmd::kSubmit, encode(m));
+    CHECK(e.code == ErrorCode::bad_request);
+    CHECK(e.message.find("'expires_at' or 'expires_in_ms'") != std::string::npos);
+    auto zero = spec("q");
+    zero.expires_in = std::chrono::milliseconds(0);
+    m.jobs = {zero};
+    e = f.error(cmd::kSubmit, encode(m));
+    CHECK(e.code == ErrorCode::bad_request);
+    CHECK(e.message.find("expires_in_ms") != std::string::npos);
+    auto q = f.ask(cmd::kQueues, encode_req(f.req++));
+    Body b(q.body);
+    CHECK(decode_queues(b.reader()).empty());
+}

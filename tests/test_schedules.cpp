@@ -467,6 +467,7 @@ TEST_CASE("migration: a database from before schedules gets them and keeps its j
 #ifdef ERRAND_TEST_PG
     pg::Connection(db.conninfo)
         .exec(
+            "ALTER TABLE jobs DROP COLUMN expires_at; "
             "ALTER TABLE queues DROP COLUMN paused_until; DROP TABLE job_counts; DROP TABLE "
             "schedules; UPDATE errand_schema SET version = 3");
 #else
@@ -474,8 +475,9 @@ TEST_CASE("migration: a database from before schedules gets them and keeps its j
         sqlite3* h = nullptr;
         REQUIRE(sqlite3_open((db.dir / "errand.db").c_str(), &h) == SQLITE_OK);
         char* err = nullptr;
-        // Version 8's tables and columns go too (they came after schedules), and 10's.
+        // Version 8's tables and columns go too (they came after schedules), and 10's and 11's.
         int rc = sqlite3_exec(h,
+                              "ALTER TABLE jobs DROP COLUMN expires_at; "
                               "ALTER TABLE queues DROP COLUMN paused_until; "
                               "DROP TABLE job_counts; DROP TABLE payloads; "
                               "DROP TABLE event_seq; "

@@ -34,6 +34,9 @@ const std::set<std::pair<JobState, JobState>>& expected_edges() {
         {S::retrying, S::ready},       // backoff over
         {S::retrying, S::cancelled},   // cancel
         {S::dead, S::ready},           // errand retry
+        {S::scheduled, S::expired},    // expires_at passed before it was dispatched
+        {S::ready, S::expired},        // expires_at passed before it was dispatched
+        {S::retrying, S::expired},     // expires_at passed before the next attempt
     };
     return kEdges;
 }
@@ -48,7 +51,7 @@ std::string name(JobState s) {
 static_assert(transition_allowed(JobState::ready, JobState::running));
 static_assert(!transition_allowed(JobState::succeeded, JobState::ready));
 
-TEST_CASE("state machine: exactly the edges of the diagram are allowed, all 49 pairs") {
+TEST_CASE("state machine: exactly the edges of the diagram are allowed, all 64 pairs") {
     int allowed = 0;
     for (JobState from : kStates) {
         for (JobState to : kStates) {
@@ -59,15 +62,18 @@ TEST_CASE("state machine: exactly the edges of the diagram are allowed, all 49 p
             if (transition_allowed(from, to)) ++allowed;
         }
     }
-    CHECK(allowed == 12);
+    CHECK(allowed == 15);
 }
 
-TEST_CASE("state machine: no state goes to itself; succeeded and cancelled go nowhere") {
+TEST_CASE("state machine: no state goes to itself; succeeded, cancelled, expired go nowhere") {
     for (JobState s : kStates) {
         CAPTURE(name(s));
         CHECK_FALSE(transition_allowed(s, s));
         CHECK_FALSE(transition_allowed(JobState::succeeded, s));
         CHECK_FALSE(transition_allowed(JobState::cancelled, s));
+        CHECK_FALSE(transition_allowed(JobState::expired, s));
+        // A dispatched job is never expired: it finishes as any other.
+        CHECK_FALSE(transition_allowed(JobState::running, JobState::expired));
         // Nothing enters `scheduled` after submit, and `running` only from `ready`.
         CHECK_FALSE(transition_allowed(s, JobState::scheduled));
         CHECK(transition_allowed(s, JobState::running) == (s == JobState::ready));

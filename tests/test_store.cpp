@@ -95,8 +95,10 @@ Transition succeed(JobId id, Millis at, std::uint32_t attempt = 1) {
 }
 
 // Turns a database back into what version 7 wrote (its jobs' events rows of version 8 go too:
-// they would have been in the history column; version 9's index is made again as it was).
+// they would have been in the history column; version 9's index is made again as it was; 10's
+// and 11's columns go; 11's wider state CHECKs may stay, every row meets them).
 constexpr const char* kUndoVersion8 =
+    "ALTER TABLE jobs DROP COLUMN expires_at; "
     "ALTER TABLE queues DROP COLUMN paused_until; DROP INDEX jobs_finished; "
     "CREATE INDEX jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL; "
     "DROP TABLE job_counts; DROP TABLE payloads; DROP TABLE event_seq; "
@@ -914,6 +916,111 @@ TEST_CASE("migration 8 upgrades a database version 7 made: counts, payloads and 
     CHECK(removed == 5);
     CHECK(count_rows(dir.db(), "SELECT COUNT(*) FROM events") == 0);
     CHECK(store.get_job(7) == std::nullopt);
+}
+
+TEST_CASE("migration 11 upgrades a database version 10 made: jobs kept, `expired` a state") {
+    TempDir dir;
+    std::ifstream in(std::string(ERRAND_FIXTURES) + "/schema-v10.sql");
+    REQUIRE(in.good());
+    std::string dump((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    auto [rc, err] = exec_sql(dir.db(), dump.c_str());
+    REQUIRE_MESSAGE(rc == SQLITE_OK, err);
+    REQUIRE(count_rows(dir.db(), "SELECT version FROM schema_version") == 10);
+    // Version 10's CHECKs do not know the state.
+    CHECK(exec_sql(dir.db(), "UPDATE jobs SET state = 'expired' WHERE id = 5").first ==
+          SQLITE_CONSTRAINT);
+
+    {
+        SqliteStore store(dir.db());
+        CHECK(store.schema_version() == SqliteStore::kSchemaVersion);
+        CHECK(text_of(dir.db(), "PRAGMA integrity_check") == "ok");
+        std::map<std::pair<std::string, JobState>, std::uint64_t> counts;
+        for (const auto& c : store.count_jobs())
+            counts[{c.queue, c.state}] = c.count;
+        const std::map<std::pair<std::string, JobState>, std::uint64_t> expected{
+            {{"work", JobState::succeeded}, 2}, {{"work", JobState::dead}, 1},
+            {{"work", JobState::retrying}, 1},  {{"later", JobState::scheduled}, 1},
+            {{"idle", JobState::ready}, 1},     {{"idle", JobState::cancelled}, 1}};
+        CHECK(counts == expected);
+        std::vector<JobId> live;
+        store.scan_live([&](LiveJob&& j) {
+            live.push_back(j.id);
+            CHECK_FALSE(j.expires_at.has_value());
+        });
+        CHECK(live == std::vector<JobId>{4, 5, 7});
+        CHECK(store.dispatch_data(5)->payload.size() == 4000);
+        CHECK(store.get_job(2)->unique == "u-second");
+        CHECK(store.events(3).back().to == JobState::dead);
+
+        // The ready job of version 10 expires: its row and its count take the new state, and it
+        // leaves the index of unfinished jobs.
+        store.begin();
+        Transition t;
+        t.id = 5;
+        t.from = JobState::ready;
+        t.to = JobState::expired;
+        t.at = 2'000'000'000'000;
+        t.finished_at = t.at;
+        t.reason = "expired";
+        t.queue = "idle";
+        REQUIRE(store.apply(t));
+        // A new job with an expiry and a unique key; once expired, its key is free again.
+        NewJob e = job(8, "q");
+        e.spec.unique = "k";
+        e.expires_at = 2'000'000'000'500;
+        auto ins = store.insert_job(e, "submitted");
+        REQUIRE_FALSE(ins.duplicate);
+        CHECK(store.load_live(ins.id)->expires_at == 2'000'000'000'500);
+        CHECK(store.get_job(ins.id)->expires_at == to_time(2'000'000'000'500));
+        Transition t2 = t;
+        t2.id = ins.id;
+        t2.queue = "q";
+        REQUIRE(store.apply(t2));
+        NewJob again = job(9, "q");
+        again.spec.unique = "k";
+        CHECK_FALSE(store.insert_job(again, "submitted").duplicate);
+        store.commit();
+    }
+    CHECK(text_of(dir.db(), "PRAGMA integrity_check") == "ok");
+    SqliteStore reopened(dir.db());  // a new connection reads the edited schema
+    std::map<std::pair<std::string, JobState>, std::uint64_t> counts;
+    for (const auto& c : reopened.count_jobs())
+        counts[{c.queue, c.state}] = c.count;
+    CHECK(counts[{"idle", JobState::expired}] == 1);
+    CHECK(counts[{"q", JobState::expired}] == 1);
+    CHECK(counts.count({"idle", JobState::ready}) == 0);
+    CHECK(count_rows(dir.db(),
+                     "SELECT n FROM job_counts WHERE queue = 'idle' AND "
+                     "state = 'expired'") == 1);
+    std::vector<JobId> live;
+    reopened.scan_live([&](LiveJob&& j) { live.push_back(j.id); });
+    CHECK(live == std::vector<JobId>{4, 7, 9});
+    // The wider CHECKs still refuse what is not a state.
+    CHECK(exec_sql(dir.db(), "UPDATE jobs SET state = 'bogus' WHERE id = 4").first ==
+          SQLITE_CONSTRAINT);
+    CHECK(exec_sql(dir.db(), "INSERT INTO job_counts VALUES ('q', 'ready', 1)").first ==
+          SQLITE_CONSTRAINT);
+    // Retention deletes expired jobs as it does the other finished ones.
+    reopened.begin();
+    std::uint64_t removed = 0;
+    for (const auto& r :
+         reopened.remove_finished(JobState::expired, std::nullopt, 2'000'000'000'001, 100))
+        removed += r.count;
+    reopened.commit();
+    CHECK(removed == 2);
+    CHECK_FALSE(reopened.get_job(5).has_value());
+}
+
+TEST_CASE("a new database's state CHECKs know `expired`") {
+    TempDir dir;
+    { SqliteStore store(dir.db()); }
+    CHECK(count_rows(dir.db(),
+                     "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('jobs', "
+                     "'job_counts') AND sql LIKE '%''expired''%'") == 2);
+    CHECK(count_rows(dir.db(),
+                     "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('jobs_live', "
+                     "'jobs_unique') AND sql LIKE '%<> ''expired''%'") == 2);
+    CHECK(text_of(dir.db(), "PRAGMA integrity_check") == "ok");
 }
 
 TEST_CASE("space comes back: after a purge the file shrinks, a slice per maintenance pass") {

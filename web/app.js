@@ -506,7 +506,7 @@ function renderJob(j) {
   $('#history tbody').replaceChildren(...j.events.map((e) => el('tr', {},
     el('td', {}, timeEl(e.at)), el('td', {}, e.from || '–'), el('td', {}, e.to),
     el('td', {class: 'n'}, e.attempt), el('td', {}, e.worker || ''), el('td', {}, e.reason))));
-  const terminal = ['succeeded', 'dead', 'cancelled'].includes(j.state);
+  const terminal = ['succeeded', 'dead', 'cancelled', 'expired'].includes(j.state);
   $('#detail-retry').hidden = !TOKEN || j.state !== 'dead';
   $('#detail-cancel').hidden = !TOKEN || terminal;
   $('#detail-run-now').hidden = !TOKEN || !['scheduled', 'retrying'].includes(j.state);
@@ -529,7 +529,7 @@ $('#detail-run-now').addEventListener('click', () => {
 });
 $('#detail-delete').addEventListener('click', () => {
   const id = jobShown.id;
-  const live = !['succeeded', 'dead', 'cancelled'].includes(jobShown.state);
+  const live = !['succeeded', 'dead', 'cancelled', 'expired'].includes(jobShown.state);
   act(live ? `Cancel job ${id} and delete it with its history?` : `Delete job ${id} with its history?`,
       `/api/jobs/${id}/delete`, live ? {force: true} : undefined, () => {
         location.hash = '#jobs';  // its page is gone

@@ -30,6 +30,10 @@ struct JobSpec {
     std::optional<std::chrono::milliseconds> backoff{};      // retry backoff base (broker default)
     std::optional<std::chrono::milliseconds> backoff_cap{};  // retry backoff cap
     std::optional<std::string> unique{};                     // at most one unfinished job per key
+    // Not dispatched by then: the job ends `expired` instead of running late. At most one of the
+    // two; expires_in counts from when the broker receives the job (not from run_at or delay).
+    std::optional<Timestamp> expires_at{};
+    std::optional<std::chrono::milliseconds> expires_in{};
 };
 
 // The job object of STATUS / WAIT / LIST replies.
@@ -54,6 +58,7 @@ struct JobInfo {
     std::optional<std::string> unique{};
     std::optional<std::uint32_t> progress{};  // percent, 0-100, of the running attempt
     std::optional<std::string> progress_message{};
+    std::optional<Timestamp> expires_at{};  // not dispatched by then: expired
 };
 
 struct QueueInfo {

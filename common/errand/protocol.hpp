@@ -92,9 +92,11 @@ class ProtocolError : public std::runtime_error {
 // The one vocabulary of job states (code, protocol, CLI, JSON, docs, database CHECK constraint).
 // Everything that lists the states, counts them or sizes an array by them uses kAllStates and
 // kStateCount; to_string gives each one's wire name (protocol.cpp).
-enum class JobState { scheduled, ready, running, retrying, succeeded, dead, cancelled };
+// expired: not started (dispatched) by its expires_at, so never run (appended: the numbering of the
+// others stays).
+enum class JobState { scheduled, ready, running, retrying, succeeded, dead, cancelled, expired };
 
-inline constexpr std::size_t kStateCount = static_cast<std::size_t>(JobState::cancelled) + 1;
+inline constexpr std::size_t kStateCount = static_cast<std::size_t>(JobState::expired) + 1;
 // Every state in life-cycle (enum) order: kAllStates[i] == JobState(i).
 inline constexpr std::array<JobState, kStateCount> kAllStates = [] {
     std::array<JobState, kStateCount> all{};
@@ -106,7 +108,8 @@ inline constexpr std::array<JobState, kStateCount> kAllStates = [] {
 std::string_view to_string(JobState state);
 std::optional<JobState> parse_job_state(std::string_view text);
 inline bool is_terminal(JobState s) {
-    return s == JobState::succeeded || s == JobState::dead || s == JobState::cancelled;
+    return s == JobState::succeeded || s == JobState::dead || s == JobState::cancelled ||
+           s == JobState::expired;
 }
 
 // Command names (frame 1).
