@@ -134,6 +134,9 @@ void JobEngine::load_pauses() {
     pause_until_.clear();
     for (auto& [q, until] : store_.pause_deadlines())
         pause_until_[q] = until;
+    limits_.clear();
+    for (auto& [q, l] : store_.queue_limits())
+        limits_[q] = l;
 }
 
 // ---- the one transition path --------------------------------------------------------------
@@ -175,6 +178,11 @@ bool JobEngine::transition(JobId id, Live& l, JobState to, Transition t) {
     auto& c = counts_[l.queue];
     if (c[index_of(l.state)] > 0) --c[index_of(l.state)];
     ++c[index_of(to)];
+    if (l.state == JobState::running && !limits_.empty() && limits_.count(l.queue.str())) {
+        // Room under the queue's max_running: its waiting jobs may start now.
+        dispatch_hint_ = true;
+        if (shared_) empty_.erase(l.queue.str());
+    }
     l.state = to;
     l.attempts = *t.attempts;
     // run_at of a ready or running job: when it entered that state (see since()).
@@ -408,7 +416,7 @@ void JobEngine::admit(const NewJob& job, JobId id, const char* reason) {
 
 bool JobEngine::claimable(const std::string& queue, bool commands) const {
     if (paused_.count(queue)) return false;
-    if (!shared_) return ready_.has_ready(queue, commands);
+    if (!shared_) return ready_.has_ready(queue, commands) && !held(queue);
     auto e = empty_.find(queue);
     return e == empty_.end() || e->second < (commands ? 2 : 1);
 }
@@ -429,7 +437,19 @@ std::vector<Claim> JobEngine::claim(const std::string& queue, bool commands, std
 // One statement claims the batch; the database counted each attempt and wrote its event.
 std::vector<Claim> JobEngine::claim_shared(const std::string& queue, bool commands, std::size_t max,
                                            const HolderRef& by) {
-    auto rows = store_.claim({queue, commands, max, by->name, now_});
+    std::string held;
+    ClaimRequest req{queue, commands, max, by->name, now_};
+    req.limited = limits_.count(queue) > 0;
+    req.held = &held;
+    Millis wake = 0;
+    req.wake = &wake;
+    auto rows = store_.claim(req);
+    if (wake > 0) rate_wake_[queue] = wake;  // the window is full once these started
+    if (held.empty()) {
+        held_.erase(queue);
+    } else {
+        held_[queue] = std::move(held);
+    }
     if (rows.size() < max) {
         int& e = empty_[queue];
         e = std::max(e, commands ? 2 : 1);
@@ -460,6 +480,7 @@ std::vector<Claim> JobEngine::claim_shared(const std::string& queue, bool comman
 std::optional<Claim> JobEngine::claim_one(const std::string& queue, bool commands,
                                           const HolderRef& by) {
     Millis now = now_;
+    if (held(queue) || rate_room(queue) == 0) return std::nullopt;
     while (auto id = ready_.pop(queue, commands)) {
         auto l = live_.find(*id);
         if (l == live_.end() || l->second.state != JobState::ready) continue;  // stale entry
@@ -475,6 +496,10 @@ std::optional<Claim> JobEngine::claim_one(const std::string& queue, bool command
         transition(*id, job, JobState::running, std::move(t));
         job.holder = by;
         prior_epoch_.erase(*id);
+        if (auto w = rate_windows_.find(queue); w != rate_windows_.end()) {
+            w->second.started(now, 1, limits_[queue].rate_per_ms.value_or(1));
+            rate_room(queue);  // full now: a wake-up for when it has room again
+        }
         if (job.timeout_ms)
             leases_.push({mono_ + *job.timeout_ms + cfg_.timeout_grace_ms, *id, job.attempts});
         return Claim{*id,
@@ -831,6 +856,58 @@ void JobEngine::resume_due(Millis now) {
     }
 }
 
+void JobEngine::set_limits(const std::string& queue, const QueueLimits& limits) {
+    store_.set_queue_limits(queue, limits);
+    if (limits.any()) {
+        limits_[queue] = limits;
+    } else {
+        limits_.erase(queue);
+        held_.erase(queue);
+    }
+    if (!limits.rate) {
+        rate_windows_.erase(queue);
+        rate_wake_.erase(queue);
+    }
+    dispatch_hint_ = true;  // a limit raised or removed: waiting jobs may start
+    empty_.erase(queue);
+}
+
+QueueLimits JobEngine::limits(const std::string& queue) const {
+    auto l = limits_.find(queue);
+    return l == limits_.end() ? QueueLimits{} : l->second;
+}
+
+std::optional<std::string> JobEngine::held(const std::string& queue) const {
+    auto l = limits_.find(queue);
+    if (l == limits_.end()) return std::nullopt;
+    auto c = counts_.find(queue);
+    if (c == counts_.end() || c->second[index_of(JobState::ready)] == 0) return std::nullopt;
+    if (l->second.max_running && c->second[index_of(JobState::running)] >= *l->second.max_running)
+        return std::string(kHeldMaxRunning);
+    if (shared_) {
+        if (auto h = held_.find(queue); h != held_.end()) return h->second;
+        return std::nullopt;
+    }
+    if (l->second.rate) {
+        auto w = rate_windows_.find(queue);
+        if (w != rate_windows_.end() &&
+            w->second.room(now_, *l->second.rate, l->second.rate_per_ms.value_or(1)) == 0)
+            return std::string(kHeldRate);
+    }
+    return std::nullopt;
+}
+
+std::size_t JobEngine::rate_room(const std::string& queue) {
+    auto l = limits_.find(queue);
+    if (l == limits_.end() || !l->second.rate) return SIZE_MAX;
+    const Millis per = l->second.rate_per_ms.value_or(1);
+    auto& w = rate_windows_[queue];
+    auto room = w.room(now_, *l->second.rate, per);
+    if (room == 0)
+        if (auto at = w.frees_at(per)) rate_wake_[queue] = *at;
+    return room;
+}
+
 void JobEngine::set_paused(const std::string& queue, bool paused) {
     store_.set_paused(queue, paused);
     pause_until_.erase(queue);
@@ -877,6 +954,15 @@ std::vector<Aborted> JobEngine::tick(Millis now) {
     }
     fire_schedules(now);
     if (!pause_until_.empty()) resume_due(now);
+    for (auto it = rate_wake_.begin(); it != rate_wake_.end();) {
+        if (it->second > now) {
+            ++it;
+            continue;
+        }
+        dispatch_hint_ = true;  // the rate window has room again
+        empty_.erase(it->first);
+        it = rate_wake_.erase(it);
+    }
     store_.maintain(now);
     if (mono_ >= next_retention_ && store_.leader()) {
         // Each terminal state on its own clock (dead jobs are kept longer, so that failures are
@@ -1037,6 +1123,8 @@ Millis JobEngine::next_deadline(Millis bound) const {
     if (!timers_.empty()) next = std::min(next, timers_.top().at);
     for (const auto& [q, until] : pause_until_)
         next = std::min(next, until);
+    for (const auto& [q, at] : rate_wake_)
+        next = std::min(next, at);
     if (store_.maintenance_due()) next = std::min(next, now_ + kMaintenanceEveryMs);
     if (next_schedule_) next = std::min(next, std::max(*next_schedule_, schedule_retry_));
     if (!leases_.empty()) next = std::min(next, wall(leases_.top().at));

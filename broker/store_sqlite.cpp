@@ -254,6 +254,14 @@ const char* const kMigrations[] = {
     R"sql(
     ALTER TABLE queues ADD COLUMN paused_until INTEGER;
     )sql",
+    // Queue limits (QUEUE_SET): at most max_running of the queue's jobs running at once, at most
+    // `rate` started in any window of rate_per_ms. The engine holds them in memory and enforces
+    // them itself (it knows every running job).
+    R"sql(
+    ALTER TABLE queues ADD COLUMN max_running INTEGER CHECK (max_running > 0);
+    ALTER TABLE queues ADD COLUMN rate INTEGER CHECK (rate > 0);
+    ALTER TABLE queues ADD COLUMN rate_per_ms INTEGER CHECK (rate_per_ms > 0);
+    )sql",
 };
 
 static_assert(std::size(kMigrations) == SqliteStore::kSchemaVersion,
@@ -631,6 +639,14 @@ struct SqliteStore::Statements {
                           "SELECT name, paused_until FROM queues "
                           "WHERE paused = 1 AND paused_until IS NOT NULL"),
           paused(db, "SELECT name FROM queues WHERE paused = 1 ORDER BY name"),
+          set_limits(db,
+                     "INSERT INTO queues (name, max_running, rate, rate_per_ms) "
+                     "VALUES (?1, ?2, ?3, ?4) ON CONFLICT (name) DO UPDATE SET "
+                     "max_running = excluded.max_running, rate = excluded.rate, "
+                     "rate_per_ms = excluded.rate_per_ms"),
+          limits(db,
+                 "SELECT name, max_running, rate, rate_per_ms FROM queues "
+                 "WHERE max_running IS NOT NULL OR rate IS NOT NULL ORDER BY name"),
           dead(db,
                "SELECT id FROM jobs WHERE state = 'dead' AND (?1 IS NULL OR queue = ?1) "
                "ORDER BY id LIMIT ?2"),
@@ -647,8 +663,8 @@ struct SqliteStore::Statements {
     Stmt begin, commit, rollback, insert, insert_payload, insert_event, insert_events2, update,
         token, get, dispatch, live, live_one, max_id, raise_floor, count, count_live, add_count,
         forget_counts, event_seq, save_event_seq, free_pages, progress, events, history, log_insert,
-        log_read, log_clear, row_state, set_paused, resume_due, pause_deadlines, paused, dead,
-        finished, delete_job, delete_events, delete_payload, list;
+        log_read, log_clear, row_state, set_paused, resume_due, pause_deadlines, paused, set_limits,
+        limits, dead, finished, delete_job, delete_events, delete_payload, list;
 };
 
 SqliteStore::SqliteStore(const std::string& path, SqliteOptions options) {
@@ -1370,6 +1386,34 @@ std::vector<std::string> SqliteStore::paused_queues() {
     std::vector<std::string> out;
     while (s.step())
         out.push_back(s.text(0));
+    s.reset();
+    return out;
+}
+
+void SqliteStore::set_queue_limits(const std::string& queue, const QueueLimits& l) {
+    begin();
+    auto wide = [](const std::optional<std::uint32_t>& v) -> std::optional<std::int64_t> {
+        if (!v) return std::nullopt;
+        return std::int64_t{*v};
+    };
+    st_->set_limits.reset()
+        .bind(1, std::string_view(queue))
+        .bind_opt(2, wide(l.max_running))
+        .bind_opt(3, wide(l.rate))
+        .bind_opt(4, l.rate_per_ms)
+        .run();
+}
+
+std::vector<std::pair<std::string, QueueLimits>> SqliteStore::queue_limits() {
+    auto& s = st_->limits.reset();
+    std::vector<std::pair<std::string, QueueLimits>> out;
+    auto narrow = [](std::optional<std::int64_t> v) -> std::optional<std::uint32_t> {
+        if (!v) return std::nullopt;
+        return static_cast<std::uint32_t>(*v);
+    };
+    while (s.step())
+        out.emplace_back(s.text(0),
+                         QueueLimits{narrow(s.opt_i64(1)), narrow(s.opt_i64(2)), s.opt_i64(3)});
     s.reset();
     return out;
 }

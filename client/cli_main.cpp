@@ -26,6 +26,7 @@
 #include "cli_exit.hpp"
 #include "cli_observe.hpp"
 #include "cli_output.hpp"
+#include "cli_queue.hpp"
 #include "cli_schedule.hpp"
 #include "errand/client.hpp"
 #include "errand/clock.hpp"
@@ -921,6 +922,15 @@ int run(int argc, char** argv) {
                                          errand::limits::kMaxConcurrency,
                                          control_args.concurrency));
         return errand::cli::run_worker_control(c, control_args);
+    });
+
+    auto queue_cmds = errand::cli::add_queue_commands(app);
+    commands.emplace_back(queue_cmds.queue, [&](errand::Client& c) {
+        try {
+            return queue_cmds.run(c);
+        } catch (const std::invalid_argument& e) {
+            throw UsageError(e.what());
+        }
     });
 
     IdArgs run_now_args;

@@ -220,6 +220,10 @@ std::string queues_table(const std::vector<QueueInfo>& queues, Timestamp now) {
     }
     header.emplace_back("OLDEST-READY");
     align.push_back(Align::right);
+    header.emplace_back("LIMITS");
+    align.push_back(Align::left);
+    header.emplace_back("HELD");
+    align.push_back(Align::left);
     rows.push_back(std::move(header));
 
     for (const auto& q : sorted_by_name(queues)) {
@@ -231,6 +235,13 @@ std::string queues_table(const std::vector<QueueInfo>& queues, Timestamp now) {
             row.push_back(std::to_string(count_of(q, s)));
         row.push_back(q.oldest_ready_at ? format_duration(std::max(0ms, now - *q.oldest_ready_at))
                                         : "-");
+        std::string limits;
+        if (q.max_running) limits = fmt::format("max-running {}", *q.max_running);
+        if (q.rate && q.rate_per)
+            limits += fmt::format("{}rate {}/{}", limits.empty() ? "" : ", ", *q.rate,
+                                  format_duration(*q.rate_per));
+        row.push_back(limits.empty() ? "-" : limits);
+        row.push_back(q.held.value_or("-"));
         rows.push_back(std::move(row));
     }
     return table(rows, align);

@@ -61,7 +61,11 @@ struct QueueInfo {
     bool paused = false;
     std::vector<std::pair<JobState, std::uint64_t>> counts{};  // every state, in enum order
     std::optional<Timestamp> oldest_ready_at{};                // created_at of the oldest ready job
-    std::optional<Timestamp> paused_until{};  // a timed pause (PAUSE for_ms): resumed then
+    std::optional<Timestamp> paused_until{};     // a timed pause (PAUSE for_ms): resumed then
+    std::optional<std::uint32_t> max_running{};  // its limits (QUEUE_SET), when set
+    std::optional<std::uint32_t> rate{};
+    std::optional<std::chrono::milliseconds> rate_per{};
+    std::optional<std::string> held{};  // why its ready jobs wait: "at max-running", "rate limited"
 };
 
 struct Event {
@@ -169,6 +173,16 @@ struct Schedule {
     std::optional<Timestamp> last_at{};  // the last tick that submitted a job
     std::optional<JobId> last_job{};     // that job, and its state when read
     std::optional<JobState> last_state{};
+};
+
+// A queue's settings (QUEUE_SET, QUEUE_SHOW): limits on how its jobs start, the same on every
+// broker of a cluster. An unset limit is no limit.
+struct QueueSettings {
+    std::string queue{};
+    std::optional<std::uint32_t> max_running{};  // at most this many running at once
+    std::optional<std::uint32_t> rate{};  // at most this many started in any window of rate_per
+    std::optional<std::chrono::milliseconds> rate_per{};
+    std::optional<std::string> held{};  // read only: why ready jobs wait ("at max-running", …)
 };
 
 }  // namespace errand
