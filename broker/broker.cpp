@@ -396,6 +396,9 @@ struct Broker::State {
         auto l = engine.limits(queue);
         QueueSettings s{queue, l.max_running, l.rate, std::nullopt, engine.held(queue)};
         if (l.rate_per_ms) s.rate_per = std::chrono::milliseconds(*l.rate_per_ms);
+        s.max_attempts = l.max_attempts;
+        if (l.timeout_ms) s.timeout = std::chrono::milliseconds(*l.timeout_ms);
+        s.priority = l.priority;
         return s;
     }
     void on_queue_set(const Request& rq) {
@@ -406,6 +409,9 @@ struct Broker::State {
             l.rate = m.rate;
             l.rate_per_ms = m.rate_per_ms;
         }
+        if (m.max_attempts) l.max_attempts = m.max_attempts;
+        if (m.timeout_ms) l.timeout_ms = m.timeout_ms;
+        if (m.priority) l.priority = m.priority;
         engine.set_limits(m.queue, l);
         spdlog::info(
             "queue {} set:{}{}", m.queue,
@@ -423,6 +429,9 @@ struct Broker::State {
                 l.rate.reset();
                 l.rate_per_ms.reset();
             }
+            if (name == "max_attempts") l.max_attempts.reset();
+            if (name == "timeout") l.timeout_ms.reset();
+            if (name == "priority") l.priority.reset();
         }
         engine.set_limits(m.queue, l);
         spdlog::info("queue {} unset: {}", m.queue, fmt::join(m.unset, ", "));

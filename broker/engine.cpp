@@ -178,7 +178,9 @@ bool JobEngine::transition(JobId id, Live& l, JobState to, Transition t) {
     auto& c = counts_[l.queue];
     if (c[index_of(l.state)] > 0) --c[index_of(l.state)];
     ++c[index_of(to)];
-    if (l.state == JobState::running && !limits_.empty() && limits_.count(l.queue.str())) {
+    if (auto lim = l.state == JobState::running && !limits_.empty() ? limits_.find(l.queue.str())
+                                                                    : limits_.end();
+        lim != limits_.end() && lim->second.limits_starts()) {
         // Room under the queue's max_running: its waiting jobs may start now.
         dispatch_hint_ = true;
         if (shared_) empty_.erase(l.queue.str());
@@ -377,6 +379,14 @@ std::vector<Submitted> JobEngine::submit(std::vector<JobSpec> specs, Millis now)
 }
 
 NewJob JobEngine::new_job(JobSpec spec, Millis now) const {
+    // Precedence: the job's own value, else its queue's default (QUEUE_SET), else the broker's.
+    auto d = limits_.find(spec.queue);
+    const QueueLimits none;
+    const QueueLimits& q = d == limits_.end() ? none : d->second;
+    if (!spec.max_attempts)
+        spec.max_attempts = q.max_attempts.value_or(limits::kDefaultMaxAttempts);
+    if (!spec.priority) spec.priority = q.priority.value_or(0);
+    if (!spec.timeout && q.timeout_ms) spec.timeout = std::chrono::milliseconds(*q.timeout_ms);
     Millis run_at = spec.run_at ? to_ms(*spec.run_at) : now + to_ms(spec.delay).value_or(0);
     NewJob job;
     job.spec = std::move(spec);
@@ -400,8 +410,8 @@ void JobEngine::admit(const NewJob& job, JobId id, const char* reason) {
     l.timeout_ms = to_ms(js.timeout);
     l.backoff_ms = to_ms(js.backoff);
     l.backoff_cap_ms = to_ms(js.backoff_cap);
-    l.max_attempts = js.max_attempts;
-    l.priority = static_cast<std::int16_t>(js.priority);
+    l.max_attempts = js.max_attempts.value_or(limits::kDefaultMaxAttempts);
+    l.priority = static_cast<std::int16_t>(js.priority.value_or(0));
     l.state = job.state;
     l.has_argv = js.argv.has_value();
     if (js.unique && !shared_) unique_live_[*js.unique] = id;
@@ -439,7 +449,8 @@ std::vector<Claim> JobEngine::claim_shared(const std::string& queue, bool comman
                                            const HolderRef& by) {
     std::string held;
     ClaimRequest req{queue, commands, max, by->name, now_};
-    req.limited = limits_.count(queue) > 0;
+    auto lim = limits_.find(queue);
+    req.limited = lim != limits_.end() && lim->second.limits_starts();
     req.held = &held;
     Millis wake = 0;
     req.wake = &wake;

@@ -70,6 +70,9 @@ std::string answer_queues(ReadView& view, std::uint64_t req) {
         info.rate = q.limits.rate;
         if (q.limits.rate_per_ms) info.rate_per = std::chrono::milliseconds(*q.limits.rate_per_ms);
         info.held = q.held;
+        info.max_attempts = q.limits.max_attempts;
+        if (q.limits.timeout_ms) info.timeout = std::chrono::milliseconds(*q.limits.timeout_ms);
+        info.priority = q.limits.priority;
         out.push_back(std::move(info));
     }
     return encode_queues(req, out);

@@ -114,12 +114,17 @@ struct Inserted {
     bool duplicate = false;
 };
 
-// A queue's limits on starting its jobs (QUEUE_SET), as stored; unset: no limit.
+// A queue's settings (QUEUE_SET), as stored: limits on starting its jobs (unset: no limit) and
+// defaults for the jobs submitted without their own (unset: the broker's).
 struct QueueLimits {
     std::optional<std::uint32_t> max_running;
     std::optional<std::uint32_t> rate;  // with rate_per_ms
     std::optional<Millis> rate_per_ms;
-    bool any() const { return max_running || rate; }
+    std::optional<std::uint32_t> max_attempts;
+    std::optional<Millis> timeout_ms;
+    std::optional<std::int32_t> priority;
+    bool limits_starts() const { return max_running || rate; }
+    bool any() const { return limits_starts() || max_attempts || timeout_ms || priority; }
 };
 
 // ---- shared stores (several brokers on one database) ---------------------------------------

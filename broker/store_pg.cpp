@@ -166,7 +166,8 @@ const char* const kMigrations[] = {
     )sql",
     // 8: queue limits (QUEUE_SET), the same for every broker: at most max_running of the
     // queue's jobs running at once, at most `rate` started in any window of rate_per_ms
-    // (rate_log: the recent starts, as the claim writes them). A claim of a queue with limits
+    // (rate_log: the recent starts, as the claim writes them); the default_* of its jobs that do
+    // not set their own (read at each refresh). A claim of a queue with limits
     // locks its row first (other brokers skip that claim until the commit), then counts the
     // queue's running jobs through jobs_running_queue.
     R"sql(
@@ -174,6 +175,9 @@ const char* const kMigrations[] = {
     ALTER TABLE queues ADD COLUMN rate bigint CHECK (rate > 0);
     ALTER TABLE queues ADD COLUMN rate_per_ms bigint CHECK (rate_per_ms > 0);
     ALTER TABLE queues ADD COLUMN rate_log text;
+    ALTER TABLE queues ADD COLUMN default_max_attempts bigint CHECK (default_max_attempts > 0);
+    ALTER TABLE queues ADD COLUMN default_timeout_ms bigint CHECK (default_timeout_ms > 0);
+    ALTER TABLE queues ADD COLUMN default_priority bigint;
     CREATE INDEX jobs_running_queue ON jobs (queue) WHERE state = 'running';
     )sql",
 };
@@ -473,14 +477,20 @@ void PgStore::prepare() {
                 "SELECT count(*) FROM jobs WHERE queue = $1::text AND state = 'running'", 1);
     db_.prepare("rate_log", "UPDATE queues SET rate_log = $2::text WHERE name = $1::text", 2);
     db_.prepare("set_limits",
-                "INSERT INTO queues (name, max_running, rate, rate_per_ms) VALUES ($1::text, "
-                "$2::bigint, $3::bigint, $4::bigint) ON CONFLICT (name) DO UPDATE SET "
+                "INSERT INTO queues (name, max_running, rate, rate_per_ms, default_max_attempts, "
+                "default_timeout_ms, default_priority) VALUES ($1::text, $2::bigint, $3::bigint, "
+                "$4::bigint, $5::bigint, $6::bigint, $7::bigint) ON CONFLICT (name) DO UPDATE SET "
                 "max_running = EXCLUDED.max_running, rate = EXCLUDED.rate, "
-                "rate_per_ms = EXCLUDED.rate_per_ms",
-                4);
+                "rate_per_ms = EXCLUDED.rate_per_ms, "
+                "default_max_attempts = EXCLUDED.default_max_attempts, "
+                "default_timeout_ms = EXCLUDED.default_timeout_ms, "
+                "default_priority = EXCLUDED.default_priority",
+                7);
     db_.prepare("limits",
-                "SELECT name, max_running, rate, rate_per_ms FROM queues "
-                "WHERE max_running IS NOT NULL OR rate IS NOT NULL ORDER BY name",
+                "SELECT name, max_running, rate, rate_per_ms, default_max_attempts, "
+                "default_timeout_ms, default_priority FROM queues WHERE max_running IS NOT NULL "
+                "OR rate IS NOT NULL OR default_max_attempts IS NOT NULL OR default_timeout_ms IS "
+                "NOT NULL OR default_priority IS NOT NULL ORDER BY name",
                 0);
     // Due timers, whichever broker sees them first (the others skip the locked rows).
     db_.prepare(
@@ -679,8 +689,8 @@ Inserted PgStore::insert_job(const NewJob& job, const std::string& reason) {
         p.bytes(pack_argv(*s.argv));
     else
         p.null();
-    p.i64(s.priority)
-        .i64(s.max_attempts)
+    p.i64(s.priority.value_or(0))
+        .i64(s.max_attempts.value_or(limits::kDefaultMaxAttempts))
         .opt_i64(job.run_at)
         .i64(job.created_at)
         .opt_i64(to_ms(s.timeout))
@@ -727,8 +737,8 @@ std::vector<Inserted> PgStore::insert_jobs(const std::vector<NewJob>& jobs,
         } else {
             argvs.emplace_back(std::nullopt);
         }
-        priority.emplace_back(s.priority);
-        max_attempts.emplace_back(s.max_attempts);
+        priority.emplace_back(s.priority.value_or(0));
+        max_attempts.emplace_back(s.max_attempts.value_or(limits::kDefaultMaxAttempts));
         run_at.push_back(job.run_at);
         created_at.emplace_back(job.created_at);
         timeout.push_back(to_ms(s.timeout));
@@ -1026,8 +1036,14 @@ std::vector<std::string> PgStore::paused_queues() {
 
 void PgStore::set_queue_limits(const std::string& queue, const QueueLimits& l) {
     begin();
-    run("set_limits",
-        pg::Params().text(queue).opt_i64(l.max_running).opt_i64(l.rate).opt_i64(l.rate_per_ms));
+    run("set_limits", pg::Params()
+                          .text(queue)
+                          .opt_i64(l.max_running)
+                          .opt_i64(l.rate)
+                          .opt_i64(l.rate_per_ms)
+                          .opt_i64(l.max_attempts)
+                          .opt_i64(l.timeout_ms)
+                          .opt_i64(l.priority));
 }
 
 std::vector<std::pair<std::string, QueueLimits>> PgStore::queue_limits() {
@@ -1037,9 +1053,12 @@ std::vector<std::pair<std::string, QueueLimits>> PgStore::queue_limits() {
         if (!v) return std::nullopt;
         return static_cast<std::uint32_t>(*v);
     };
-    for (int i = 0; i < r.rows(); ++i)
-        out.emplace_back(r.text(i, 0), QueueLimits{narrow(r.opt_i64(i, 1)), narrow(r.opt_i64(i, 2)),
-                                                   r.opt_i64(i, 3)});
+    for (int i = 0; i < r.rows(); ++i) {
+        QueueLimits l{narrow(r.opt_i64(i, 1)), narrow(r.opt_i64(i, 2)), r.opt_i64(i, 3),
+                      narrow(r.opt_i64(i, 4)), r.opt_i64(i, 5),         std::nullopt};
+        if (auto p = r.opt_i64(i, 6)) l.priority = static_cast<std::int32_t>(*p);
+        out.emplace_back(r.text(i, 0), l);
+    }
     return out;
 }
 

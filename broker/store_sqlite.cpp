@@ -254,13 +254,17 @@ const char* const kMigrations[] = {
     R"sql(
     ALTER TABLE queues ADD COLUMN paused_until INTEGER;
     )sql",
-    // Queue limits (QUEUE_SET): at most max_running of the queue's jobs running at once, at most
-    // `rate` started in any window of rate_per_ms. The engine holds them in memory and enforces
-    // them itself (it knows every running job).
+    // Queue settings (QUEUE_SET): at most max_running of the queue's jobs running at once, at
+    // most `rate` started in any window of rate_per_ms; the default_* of its jobs that do not
+    // set their own. The engine holds them in memory and enforces them itself (it knows every
+    // running job).
     R"sql(
     ALTER TABLE queues ADD COLUMN max_running INTEGER CHECK (max_running > 0);
     ALTER TABLE queues ADD COLUMN rate INTEGER CHECK (rate > 0);
     ALTER TABLE queues ADD COLUMN rate_per_ms INTEGER CHECK (rate_per_ms > 0);
+    ALTER TABLE queues ADD COLUMN default_max_attempts INTEGER CHECK (default_max_attempts > 0);
+    ALTER TABLE queues ADD COLUMN default_timeout_ms INTEGER CHECK (default_timeout_ms > 0);
+    ALTER TABLE queues ADD COLUMN default_priority INTEGER;
     )sql",
 };
 
@@ -640,13 +644,20 @@ struct SqliteStore::Statements {
                           "WHERE paused = 1 AND paused_until IS NOT NULL"),
           paused(db, "SELECT name FROM queues WHERE paused = 1 ORDER BY name"),
           set_limits(db,
-                     "INSERT INTO queues (name, max_running, rate, rate_per_ms) "
-                     "VALUES (?1, ?2, ?3, ?4) ON CONFLICT (name) DO UPDATE SET "
+                     "INSERT INTO queues (name, max_running, rate, rate_per_ms, "
+                     "default_max_attempts, default_timeout_ms, default_priority) "
+                     "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (name) DO UPDATE SET "
                      "max_running = excluded.max_running, rate = excluded.rate, "
-                     "rate_per_ms = excluded.rate_per_ms"),
+                     "rate_per_ms = excluded.rate_per_ms, "
+                     "default_max_attempts = excluded.default_max_attempts, "
+                     "default_timeout_ms = excluded.default_timeout_ms, "
+                     "default_priority = excluded.default_priority"),
           limits(db,
-                 "SELECT name, max_running, rate, rate_per_ms FROM queues "
-                 "WHERE max_running IS NOT NULL OR rate IS NOT NULL ORDER BY name"),
+                 "SELECT name, max_running, rate, rate_per_ms, default_max_attempts, "
+                 "default_timeout_ms, default_priority FROM queues "
+                 "WHERE max_running IS NOT NULL OR rate IS NOT NULL OR default_max_attempts IS "
+                 "NOT NULL OR default_timeout_ms IS NOT NULL OR default_priority IS NOT NULL "
+                 "ORDER BY name"),
           dead(db,
                "SELECT id FROM jobs WHERE state = 'dead' AND (?1 IS NULL OR queue = ?1) "
                "ORDER BY id LIMIT ?2"),
@@ -960,8 +971,9 @@ Inserted SqliteStore::insert_job(const NewJob& job, const std::string& reason) {
         s.bind_blob(6, pack_argv(*job.spec.argv));
     else
         s.bind_null(6);
-    s.bind(7, static_cast<std::int64_t>(job.spec.priority))
-        .bind(8, static_cast<std::int64_t>(job.spec.max_attempts))
+    s.bind(7, static_cast<std::int64_t>(job.spec.priority.value_or(0)))
+        .bind(8, static_cast<std::int64_t>(
+                     job.spec.max_attempts.value_or(limits::kDefaultMaxAttempts)))
         .bind_opt(9, job.run_at)
         .bind(10, job.created_at)
         .bind_opt(11, to_ms(job.spec.timeout))
@@ -1401,6 +1413,9 @@ void SqliteStore::set_queue_limits(const std::string& queue, const QueueLimits& 
         .bind_opt(2, wide(l.max_running))
         .bind_opt(3, wide(l.rate))
         .bind_opt(4, l.rate_per_ms)
+        .bind_opt(5, wide(l.max_attempts))
+        .bind_opt(6, l.timeout_ms)
+        .bind_opt(7, l.priority ? std::optional<std::int64_t>(*l.priority) : std::nullopt)
         .run();
 }
 
@@ -1411,9 +1426,12 @@ std::vector<std::pair<std::string, QueueLimits>> SqliteStore::queue_limits() {
         if (!v) return std::nullopt;
         return static_cast<std::uint32_t>(*v);
     };
-    while (s.step())
-        out.emplace_back(s.text(0),
-                         QueueLimits{narrow(s.opt_i64(1)), narrow(s.opt_i64(2)), s.opt_i64(3)});
+    while (s.step()) {
+        QueueLimits l{narrow(s.opt_i64(1)), narrow(s.opt_i64(2)), s.opt_i64(3),
+                      narrow(s.opt_i64(4)), s.opt_i64(5),         std::nullopt};
+        if (auto p = s.opt_i64(6)) l.priority = static_cast<std::int32_t>(*p);
+        out.emplace_back(s.text(0), l);
+    }
     s.reset();
     return out;
 }

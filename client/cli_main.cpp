@@ -63,9 +63,9 @@ struct SubmitArgs {
     std::string queue = "default";
     std::optional<std::string> payload;
     std::optional<std::string> payload_file;
-    std::uint32_t max_attempts = errand::limits::kDefaultMaxAttempts;
+    std::optional<std::uint32_t> max_attempts;  // unset: the queue's default, else 3
     std::optional<std::string> token;
-    std::int32_t priority = 0;
+    std::optional<std::int32_t> priority;  // unset: the queue's default, else 0
     std::optional<std::string> delay;
     std::optional<std::string> at;
     std::optional<std::string> timeout;
@@ -692,18 +692,17 @@ int run(int argc, char** argv) {
         ->type_name("F")
         ->excludes(payload);
     submit
-        ->add_option("--max-attempts", submit_args.max_attempts, "attempts before the job is dead")
+        ->add_option("--max-attempts", submit_args.max_attempts,
+                     "attempts before the job is dead (default: the queue's, else 3)")
         ->check(CLI::Range(1U, errand::limits::kMaxMaxAttempts).description(""))
-        ->type_name("N")
-        ->capture_default_str();
+        ->type_name("N");
     submit
         ->add_option("--priority", submit_args.priority,
-                     fmt::format("{}..{}; higher runs first", errand::limits::kMinPriority,
-                                 errand::limits::kMaxPriority))
+                     fmt::format("{}..{}; higher runs first (default: the queue's, else 0)",
+                                 errand::limits::kMinPriority, errand::limits::kMaxPriority))
         ->check(
             CLI::Range(errand::limits::kMinPriority, errand::limits::kMaxPriority).description(""))
-        ->type_name("N")
-        ->capture_default_str();
+        ->type_name("N");
     auto* delay =
         submit->add_option("--delay", submit_args.delay, "run no sooner than DUR from now")
             ->check(duration_check(true, errand::limits::kMaxDelayMs))

@@ -240,6 +240,15 @@ std::string queues_table(const std::vector<QueueInfo>& queues, Timestamp now) {
         if (q.rate && q.rate_per)
             limits += fmt::format("{}rate {}/{}", limits.empty() ? "" : ", ", *q.rate,
                                   format_duration(*q.rate_per));
+        std::string defaults;
+        if (q.max_attempts) defaults += fmt::format("attempts {}", *q.max_attempts);
+        if (q.timeout)
+            defaults += fmt::format("{}timeout {}", defaults.empty() ? "" : " ",
+                                    format_duration(*q.timeout));
+        if (q.priority)
+            defaults += fmt::format("{}priority {}", defaults.empty() ? "" : " ", *q.priority);
+        if (!defaults.empty())
+            limits += fmt::format("{}defaults: {}", limits.empty() ? "" : ", ", defaults);
         row.push_back(limits.empty() ? "-" : limits);
         row.push_back(q.held.value_or("-"));
         rows.push_back(std::move(row));

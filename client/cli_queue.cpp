@@ -16,10 +16,16 @@ namespace {
 
 struct Args {
     std::string queue;
-    std::optional<std::uint32_t> max_running;  // set
-    std::optional<std::string> rate;           // set: N/DUR
-    bool unset_max_running = false;            // unset
+    std::optional<std::uint32_t> max_running;   // set
+    std::optional<std::string> rate;            // set: N/DUR
+    std::optional<std::uint32_t> max_attempts;  // set: defaults
+    std::optional<std::string> timeout;
+    std::optional<std::int32_t> priority;
+    bool unset_max_running = false;  // unset
     bool unset_rate = false;
+    bool unset_max_attempts = false;
+    bool unset_timeout = false;
+    bool unset_priority = false;
     bool json = false;
 };
 
@@ -100,6 +106,11 @@ std::string queue_settings_text(const QueueSettings& s) {
     out += fmt::format("max-running: {}\n",
                        s.max_running ? std::to_string(*s.max_running) : "- (no limit)");
     out += fmt::format("rate:        {}\n", rate_text(s));
+    out += fmt::format("defaults:    max-attempts {}, timeout {}, priority {}\n",
+                       s.max_attempts ? std::to_string(*s.max_attempts)
+                                      : fmt::format("- ({})", limits::kDefaultMaxAttempts),
+                       s.timeout ? format_duration(*s.timeout) : "- (none)",
+                       s.priority ? std::to_string(*s.priority) : "- (0)");
     if (s.held) out += fmt::format("held:        {}\n", *s.held);
     return out;
 }
@@ -123,12 +134,36 @@ QueueCommands add_queue_commands(CLI::App& app) {
                     "at most N jobs started in any window of DUR (50/s, 1000/min, 5/10s)")
         ->check(rate_check())
         ->type_name("N/DUR");
+    set->add_option("--max-attempts", args->max_attempts,
+                    "default attempts of its jobs that do not set their own (1-1000)")
+        ->check(CLI::Range(1U, limits::kMaxMaxAttempts).description(""))
+        ->type_name("N");
+    set->add_option("--timeout", args->timeout,
+                    "default timeout of its jobs that do not set their own")
+        ->check(CLI::Validator(
+            [](std::string& text) -> std::string {
+                auto ms = parse_duration(text);
+                if (!ms) return "'" + text + "' is not a duration (examples: 250ms, 5s, 2m)";
+                if (*ms == 0) return "must be more than 0";
+                if (*ms > limits::kMaxTimeoutMs)
+                    return "must be at most " + format_duration(limits::kMaxTimeoutMs);
+                return {};
+            },
+            ""))
+        ->type_name("DUR");
+    set->add_option("--priority", args->priority,
+                    "default priority of its jobs that do not set their own (-1000..1000)")
+        ->check(CLI::Range(limits::kMinPriority, limits::kMaxPriority).description(""))
+        ->type_name("N");
     set->add_flag("--json", args->json, "print the queue's settings as a JSON object");
 
     auto* unset = queue->add_subcommand("unset", "Remove a queue's limits.");
     unset->add_option("queue", args->queue, "queue name")->check(name_check())->required();
     unset->add_flag("--max-running", args->unset_max_running, "remove the max-running limit");
     unset->add_flag("--rate", args->unset_rate, "remove the rate limit");
+    unset->add_flag("--max-attempts", args->unset_max_attempts, "remove the default attempts");
+    unset->add_flag("--timeout", args->unset_timeout, "remove the default timeout");
+    unset->add_flag("--priority", args->unset_priority, "remove the default priority");
     unset->add_flag("--json", args->json, "print the queue's settings as a JSON object");
 
     auto* show = queue->add_subcommand("show", "Show a queue's limits.");
@@ -139,10 +174,11 @@ QueueCommands add_queue_commands(CLI::App& app) {
     out.queue = queue;
     out.run = [args, set, unset](Client& client) -> int {
         if (set->parsed()) {
-            if (!args->max_running && !args->rate)
+            if (!args->max_running && !args->rate && !args->max_attempts && !args->timeout &&
+                !args->priority)
                 throw std::invalid_argument(
-                    "queue set needs a setting: --max-running N or --rate N/DUR (see errand "
-                    "queue set --help)");
+                    "queue set needs a setting: --max-running, --rate, --max-attempts, "
+                    "--timeout or --priority (see errand queue set --help)");
             QueueSettings s;
             s.queue = args->queue;
             s.max_running = args->max_running;
@@ -151,15 +187,23 @@ QueueCommands add_queue_commands(CLI::App& app) {
                 s.rate = r->first;
                 s.rate_per = std::chrono::milliseconds(r->second);
             }
+            s.max_attempts = args->max_attempts;
+            if (args->timeout)
+                s.timeout = std::chrono::milliseconds(*parse_duration(*args->timeout));
+            s.priority = args->priority;
             return print(client.queue_set(s), args->json);
         }
         if (unset->parsed()) {
             std::vector<std::string> names;
             if (args->unset_max_running) names.emplace_back("max_running");
             if (args->unset_rate) names.emplace_back("rate");
+            if (args->unset_max_attempts) names.emplace_back("max_attempts");
+            if (args->unset_timeout) names.emplace_back("timeout");
+            if (args->unset_priority) names.emplace_back("priority");
             if (names.empty())
                 throw std::invalid_argument(
-                    "queue unset needs the settings to remove: --max-running, --rate");
+                    "queue unset needs the settings to remove: --max-running, --rate, "
+                    "--max-attempts, --timeout, --priority");
             return print(client.queue_unset(args->queue, names), args->json);
         }
         return print(client.queue_settings(args->queue), args->json);

@@ -315,8 +315,10 @@ std::uint64_t Client::purge(JobState state, const std::optional<std::string>& qu
 }
 
 QueueSettings Client::queue_set(const QueueSettings& s) {
-    QueueSetRequest m{impl_->next_req++, s.queue, s.max_running, s.rate, std::nullopt};
+    QueueSetRequest m{impl_->next_req++, s.queue,        s.max_running, s.rate,
+                      std::nullopt,      s.max_attempts, std::nullopt,  s.priority};
     if (s.rate_per) m.rate_per_ms = s.rate_per->count();
+    if (s.timeout) m.timeout_ms = s.timeout->count();
     auto env = impl_->call(cmd::kQueueSet, encode(m), m.req);
     Impl::expect(env, cmd::kQueue);
     Body b(env.body);

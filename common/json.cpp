@@ -123,7 +123,8 @@ Json to_json(const StatsReply& stats) {
 }
 Json to_json(const QueueSettings& s) {
     auto j = fields::object_of<fields::QueueT>(
-        fields::QueueReply{0, s.queue, s.max_running, s.rate, s.rate_per, s.held});
+        fields::QueueReply{0, s.queue, s.max_running, s.rate, s.rate_per, s.held, s.max_attempts,
+                           s.timeout, s.priority});
     j.erase("req");
     return j;
 }

@@ -109,7 +109,7 @@ struct JobSpecT {
              }},
         field("queue", &JobSpec::queue, Queue{}, required),
         field("payload", &JobSpec::payload, bin(&DecodeLimits::max_payload), defaulted),
-        field("max_attempts", &JobSpec::max_attempts, U32{}, defaulted,
+        field("max_attempts", &JobSpec::max_attempts, U32{}, omit,
               [](const std::uint32_t& v) {
                   if (v < 1 || v > limits::kMaxMaxAttempts)
                       bad(fmt::format("max_attempts must be 1-{}", limits::kMaxMaxAttempts));
@@ -125,7 +125,7 @@ struct JobSpecT {
                                       limits::kMaxArgvBytes));
               }),
         field("token", &JobSpec::token, str(limits::kMaxToken, true), omit),
-        field("priority", &JobSpec::priority, I32{}, omit_default,
+        field("priority", &JobSpec::priority, I32{}, omit,
               [](const std::int32_t& p) {
                   if (p < limits::kMinPriority || p > limits::kMaxPriority)
                       bad(fmt::format("priority must be {} to {}", limits::kMinPriority,
@@ -306,7 +306,10 @@ struct QueueInfoT {
                            field("max_running", &QueueInfo::max_running, U32{}, omit),
                            field("rate", &QueueInfo::rate, U32{}, omit),
                            field("rate_per_ms", &QueueInfo::rate_per, Duration{}, omit),
-                           field("held", &QueueInfo::held, str(64), omit));
+                           field("held", &QueueInfo::held, str(64), omit),
+                           field("max_attempts", &QueueInfo::max_attempts, U32{}, omit),
+                           field("timeout_ms", &QueueInfo::timeout, Duration{}, omit),
+                           field("priority", &QueueInfo::priority, I32{}, omit));
 };
 
 struct QueuesT {
@@ -778,15 +781,30 @@ struct QueueSetT {
              [](QueueSetRequest& m, const Reader&, const DecodeLimits&) {
                  if (m.rate.has_value() != m.rate_per_ms.has_value())
                      bad("'rate' and 'rate_per_ms' go together");
-                 if (!m.max_running && !m.rate)
-                     bad("give at least one setting: 'max_running', or 'rate' with 'rate_per_ms'");
+                 if (!m.max_running && !m.rate && !m.max_attempts && !m.timeout_ms && !m.priority)
+                     bad("give at least one setting: 'max_running', 'rate' with 'rate_per_ms', "
+                         "'max_attempts', 'timeout_ms' or 'priority'");
              }},
         field("req", &QueueSetRequest::req, U64{}, required),
         field("queue", &QueueSetRequest::queue, Queue{}, required),
         field("max_running", &QueueSetRequest::max_running, U32{}, omit, check_max_running),
         field("rate", &QueueSetRequest::rate, U32{}, omit, check_rate),
         field("rate_per_ms", &QueueSetRequest::rate_per_ms, DurationMs{limits::kMaxRatePerMs}, omit,
-              check_rate_per));
+              check_rate_per),
+        field("max_attempts", &QueueSetRequest::max_attempts, U32{}, omit,
+              [](const std::uint32_t& v) {
+                  if (v < 1 || v > limits::kMaxMaxAttempts)
+                      bad(fmt::format("max_attempts must be 1-{}", limits::kMaxMaxAttempts));
+              }),
+        field("timeout_ms", &QueueSetRequest::timeout_ms, DurationMs{limits::kMaxTimeoutMs}, omit,
+              [](const Millis& ms) {
+                  if (ms <= 0) bad("timeout_ms must be more than 0");
+              }),
+        field("priority", &QueueSetRequest::priority, I32{}, omit, [](const std::int32_t& p) {
+            if (p < limits::kMinPriority || p > limits::kMaxPriority)
+                bad(fmt::format("priority must be {} to {}", limits::kMinPriority,
+                                limits::kMaxPriority));
+        }));
 };
 
 struct QueueUnsetT {
@@ -800,7 +818,9 @@ struct QueueUnsetT {
                      for (auto k : kQueueSettingNames)
                          known = known || name == k;
                      if (!known)
-                         bad(fmt::format("unknown setting '{}': expected max_running or rate",
+                         bad(
+                             fmt::format("unknown setting '{}': expected max_running, rate, "
+                                         "max_attempts, timeout or priority",
                                          name.substr(0, 64)));
                  }
              }},
@@ -817,6 +837,9 @@ struct QueueReply {  // QUEUE: a queue's settings (QueueSettings and the request
     std::optional<std::uint32_t> rate;
     std::optional<std::chrono::milliseconds> rate_per;
     std::optional<std::string> held;
+    std::optional<std::uint32_t> max_attempts;
+    std::optional<std::chrono::milliseconds> timeout;
+    std::optional<std::int32_t> priority;
 };
 
 struct QueueT {
@@ -826,7 +849,10 @@ struct QueueT {
                             field("max_running", &QueueReply::max_running, U32{}, omit),
                             field("rate", &QueueReply::rate, U32{}, omit),
                             field("rate_per_ms", &QueueReply::rate_per, Duration{}, omit),
-                            field("held", &QueueReply::held, str(64), omit));
+                            field("held", &QueueReply::held, str(64), omit),
+                            field("max_attempts", &QueueReply::max_attempts, U32{}, omit),
+                            field("timeout_ms", &QueueReply::timeout, Duration{}, omit),
+                            field("priority", &QueueReply::priority, I32{}, omit));
 };
 
 // Every table, for tests/test_protocol_doc.cpp (through errand::message_tables()).

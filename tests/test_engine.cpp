@@ -2310,3 +2310,70 @@ TEST_CASE("StartWindow: room over a sliding window, merged starts, encode/decode
     CHECK(StartWindow::decode("5:1,3:1").encode().empty());  // out of order
     CHECK(StartWindow::decode("").encode().empty());
 }
+
+TEST_CASE(
+    "queue defaults: a job without its own max_attempts, timeout, priority takes the queue's") {
+    Engine f;
+    QueueSetRequest m{f.req++, "q", std::nullopt, std::nullopt, std::nullopt, 5, 2000, 7};
+    auto s = queue_reply(f.ask(cmd::kQueueSet, encode(m)));
+    CHECK(s.max_attempts == 5u);
+    CHECK(s.timeout == std::chrono::milliseconds(2000));
+    CHECK(s.priority == 7);
+    // Without values of its own: the queue's.
+    auto plain = f.status(f.submit(spec("q")));
+    CHECK(plain.max_attempts == 5);
+    CHECK(plain.timeout == std::chrono::milliseconds(2000));
+    CHECK(plain.priority == 7);
+    // Its own values win, also when they equal the broker's defaults.
+    JobSpec own = spec("q");
+    own.max_attempts = 3;
+    own.timeout = std::chrono::milliseconds(500);
+    own.priority = 0;
+    auto mine = f.status(f.submit(own));
+    CHECK(mine.max_attempts == 3);
+    CHECK(mine.timeout == std::chrono::milliseconds(500));
+    CHECK(mine.priority == 0);
+    // Another queue: the broker's defaults.
+    auto other = f.status(f.submit(spec("other")));
+    CHECK(other.max_attempts == limits::kDefaultMaxAttempts);
+    CHECK_FALSE(other.timeout.has_value());
+    CHECK(other.priority == 0);
+    // The default priority orders dispatch like an own one: 7 before an own 1.
+    JobSpec low = spec("q");
+    low.priority = 1;
+    JobId low_id = f.submit(low);
+    f.register_worker("w1", {"q"}, 1);
+    auto d = f.credit("w1", 1);
+    REQUIRE(d.size() == 1);
+    CHECK(d[0].id != low_id);
+    // Unset: the broker's defaults again, for jobs submitted from then on.
+    QueueUnsetRequest u{f.req++, "q", {"max_attempts", "timeout", "priority"}};
+    auto after = queue_reply(f.ask(cmd::kQueueUnset, encode(u)));
+    CHECK_FALSE(after.max_attempts.has_value());
+    CHECK_FALSE(after.timeout.has_value());
+    CHECK_FALSE(after.priority.has_value());
+    auto later = f.status(f.submit(spec("q")));
+    CHECK(later.max_attempts == limits::kDefaultMaxAttempts);
+    CHECK_FALSE(later.timeout.has_value());
+    CHECK(later.priority == 0);
+    CHECK(f.status(d[0].id).max_attempts == 5);  // jobs already submitted keep theirs
+}
+
+TEST_CASE("queue defaults: bad values are bad_request and change nothing") {
+    Engine f;
+    QueueSetRequest ok{f.req++,      "q", std::nullopt, std::nullopt,
+                       std::nullopt, 4,   std::nullopt, std::nullopt};
+    f.ask(cmd::kQueueSet, encode(ok));
+    for (auto bad : {QueueSetRequest{f.req++, "q", {}, {}, {}, 0, {}, {}},
+                     QueueSetRequest{f.req++, "q", {}, {}, {}, 1001, {}, {}},
+                     QueueSetRequest{f.req++, "q", {}, {}, {}, {}, 0, {}},
+                     QueueSetRequest{f.req++, "q", {}, {}, {}, {}, limits::kMaxTimeoutMs + 1, {}},
+                     QueueSetRequest{f.req++, "q", {}, {}, {}, {}, {}, 1001},
+                     QueueSetRequest{f.req++, "q", {}, {}, {}, {}, {}, -1001}}) {
+        CHECK(f.error(cmd::kQueueSet, encode(bad)).code == ErrorCode::bad_request);
+    }
+    auto s = queue_reply(f.ask(cmd::kQueueShow, encode(QueueRequest{f.req++, "q"})));
+    CHECK(s.max_attempts == 4u);
+    CHECK_FALSE(s.timeout.has_value());
+    CHECK_FALSE(s.priority.has_value());
+}

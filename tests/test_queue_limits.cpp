@@ -270,3 +270,40 @@ TEST_CASE("rate 20/s: 60 jobs under 8 slots never start more than 20 in any seco
     auto [lo, hi] = std::minmax_element(starts.begin(), starts.end());
     CHECK(*hi - *lo >= 2000);
 }
+
+TEST_CASE(
+    "queue defaults from the CLI: applied at submit, a job's own values win, kept on restart") {
+    TempDir dir;
+    Broker broker(dir);
+    auto ep = broker.endpoint();
+    auto set = run_cli({"--broker", ep, "queue", "set", "mail", "--max-attempts", "6", "--timeout",
+                        "30s", "--priority", "4"});
+    REQUIRE_MESSAGE(set.exit_code == 0, describe(set));
+    CHECK(set.out.find("max-attempts 6, timeout 30s, priority 4") != std::string::npos);
+    broker.restart();
+    auto plain = run_cli({"--broker", ep, "submit", "-q", "mail", "--payload", "x"});
+    REQUIRE_MESSAGE(plain.exit_code == 0, describe(plain));
+    auto own = run_cli({"--broker", ep, "submit", "-q", "mail", "--payload", "x", "--max-attempts",
+                        "3", "--priority", "0", "--timeout", "5s"});
+    REQUIRE_MESSAGE(own.exit_code == 0, describe(own));
+    Client client(broker.client_options());
+    auto a = client.status(std::stoull(plain.out));
+    CHECK(a.max_attempts == 6);
+    CHECK(a.timeout == std::chrono::milliseconds(30000));
+    CHECK(a.priority == 4);
+    auto b = client.status(std::stoull(own.out));
+    CHECK(b.max_attempts == 3);
+    CHECK(b.timeout == std::chrono::milliseconds(5000));
+    CHECK(b.priority == 0);
+    for (const auto& bad :
+         std::vector<std::vector<std::string>>{{"queue", "set", "mail", "--max-attempts", "0"},
+                                               {"queue", "set", "mail", "--timeout", "0s"},
+                                               {"queue", "set", "mail", "--timeout", "soon"},
+                                               {"queue", "set", "mail", "--priority", "5000"}}) {
+        auto args = bad;
+        args.insert(args.begin(), {"--broker", ep});
+        auto r = run_cli(args);
+        CHECK_MESSAGE(r.exit_code == 120, describe(r));
+    }
+    CHECK(client.queue_settings("mail").max_attempts == 6u);
+}

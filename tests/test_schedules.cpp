@@ -469,8 +469,9 @@ TEST_CASE("migration: a database from before schedules gets them and keeps its j
         .exec(
             "ALTER TABLE queues DROP COLUMN paused_until; DROP TABLE job_counts; DROP TABLE "
             "schedules; ALTER TABLE queues DROP COLUMN max_running, DROP COLUMN rate, DROP "
-            "COLUMN rate_per_ms, DROP COLUMN rate_log; DROP INDEX jobs_running_queue; "
-            "UPDATE errand_schema SET version = 3");
+            "COLUMN rate_per_ms, DROP COLUMN rate_log, DROP COLUMN default_max_attempts, DROP "
+            "COLUMN default_timeout_ms, DROP COLUMN default_priority; DROP INDEX "
+            "jobs_running_queue; UPDATE errand_schema SET version = 3");
 #else
     {
         sqlite3* h = nullptr;
@@ -481,6 +482,9 @@ TEST_CASE("migration: a database from before schedules gets them and keeps its j
                               "ALTER TABLE queues DROP COLUMN max_running; "
                               "ALTER TABLE queues DROP COLUMN rate; "
                               "ALTER TABLE queues DROP COLUMN rate_per_ms; "
+                              "ALTER TABLE queues DROP COLUMN default_max_attempts; "
+                              "ALTER TABLE queues DROP COLUMN default_timeout_ms; "
+                              "ALTER TABLE queues DROP COLUMN default_priority; "
                               "ALTER TABLE queues DROP COLUMN paused_until; "
                               "DROP TABLE job_counts; DROP TABLE payloads; "
                               "DROP TABLE event_seq; "

@@ -96,7 +96,9 @@ Transition succeed(JobId id, Millis at, std::uint32_t attempt = 1) {
 // they would have been in the history column; version 9's index is made again as it was).
 constexpr const char* kUndoVersion8 =
     "ALTER TABLE queues DROP COLUMN max_running; ALTER TABLE queues DROP COLUMN rate; "
-    "ALTER TABLE queues DROP COLUMN rate_per_ms; "
+    "ALTER TABLE queues DROP COLUMN rate_per_ms; ALTER TABLE queues DROP COLUMN "
+    "default_max_attempts; ALTER TABLE queues DROP COLUMN default_timeout_ms; "
+    "ALTER TABLE queues DROP COLUMN default_priority; "
     "ALTER TABLE queues DROP COLUMN paused_until; DROP INDEX jobs_finished; "
     "CREATE INDEX jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL; "
     "DROP TABLE job_counts; DROP TABLE payloads; DROP TABLE event_seq; "

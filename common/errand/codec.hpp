@@ -286,6 +286,9 @@ struct QueueSetRequest {
     std::optional<std::uint32_t> max_running;
     std::optional<std::uint32_t> rate;
     std::optional<Millis> rate_per_ms;
+    std::optional<std::uint32_t> max_attempts;  // defaults for jobs without their own
+    std::optional<Millis> timeout_ms;
+    std::optional<std::int32_t> priority;
 };
 
 // QUEUE_UNSET: removes the named settings (kQueueSettingNames), at least one.

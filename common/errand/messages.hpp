@@ -21,12 +21,14 @@ struct JobSpec {
     std::string queue{};
     std::string payload{};
     std::optional<std::vector<std::string>> argv{};
-    std::uint32_t max_attempts = limits::kDefaultMaxAttempts;
+    // Unset: the queue's default (QUEUE_SET), else kDefaultMaxAttempts.
+    std::optional<std::uint32_t> max_attempts{};
     std::optional<std::string> token{};
-    std::int32_t priority = 0;                               // higher runs first
-    std::optional<Timestamp> run_at{};                       // scheduled: not before this time
+    std::optional<std::int32_t> priority{};  // higher runs first; unset: the queue's, else 0
+    std::optional<Timestamp> run_at{};       // scheduled: not before this time
     std::optional<std::chrono::milliseconds> delay{};        // scheduled: not before now + delay
     std::optional<std::chrono::milliseconds> timeout{};      // an attempt running longer is failed
+                                                             // (unset: the queue's default)
     std::optional<std::chrono::milliseconds> backoff{};      // retry backoff base (broker default)
     std::optional<std::chrono::milliseconds> backoff_cap{};  // retry backoff cap
     std::optional<std::string> unique{};                     // at most one unfinished job per key
@@ -66,6 +68,9 @@ struct QueueInfo {
     std::optional<std::uint32_t> rate{};
     std::optional<std::chrono::milliseconds> rate_per{};
     std::optional<std::string> held{};  // why its ready jobs wait: "at max-running", "rate limited"
+    std::optional<std::uint32_t> max_attempts{};  // its defaults for jobs without their own
+    std::optional<std::chrono::milliseconds> timeout{};
+    std::optional<std::int32_t> priority{};
 };
 
 struct Event {
@@ -183,6 +188,11 @@ struct QueueSettings {
     std::optional<std::uint32_t> rate{};  // at most this many started in any window of rate_per
     std::optional<std::chrono::milliseconds> rate_per{};
     std::optional<std::string> held{};  // read only: why ready jobs wait ("at max-running", …)
+    // Defaults for the queue's jobs that do not set their own (SUBMIT, schedules): the job's
+    // own value, else the queue's, else the broker's (3 attempts, no timeout, priority 0).
+    std::optional<std::uint32_t> max_attempts{};
+    std::optional<std::chrono::milliseconds> timeout{};
+    std::optional<std::int32_t> priority{};
 };
 
 }  // namespace errand
