@@ -741,3 +741,42 @@ TEST_CASE("two brokers: a queue's rate holds across the cluster (from the jobs' 
                  "a.started_at AND b.started_at < a.started_at + 1000) AS n FROM jobs a) x") <= 10);
     CHECK(scalar(pg, "SELECT max(started_at) - min(started_at) FROM jobs") >= 2000);
 }
+
+TEST_CASE("PostgreSQL: queue settings are stored: a restarted broker and a new one read them") {
+    PgServer pg;
+    TempDir d1, d2;
+    Broker b1(d1, cluster_args(pg));
+    QueueSettings s;
+    s.queue = "slow";
+    s.max_running = 3;
+    s.rate = 7;
+    s.rate_per = 2000ms;
+    s.max_attempts = 9;
+    s.timeout = 45000ms;
+    s.priority = -5;
+    Client(b1.client_options()).queue_set(s);
+    b1.restart();
+    Broker b2(d2, cluster_args(pg));
+    for (Broker* b : {&b1, &b2}) {
+        auto got = Client(b->client_options()).queue_settings("slow");
+        CHECK(got.max_running == 3u);
+        CHECK(got.rate == 7u);
+        CHECK(got.rate_per == std::chrono::milliseconds(2000));
+        CHECK(got.max_attempts == 9u);
+        CHECK(got.timeout == std::chrono::milliseconds(45000));
+        CHECK(got.priority == -5);
+    }
+    // A job submitted through the new broker gets the stored defaults.
+    Client c2(b2.client_options());
+    JobSpec plain;  // no max_attempts, priority or timeout of its own
+    plain.queue = "slow";
+    auto job = c2.status(c2.submit(plain).id);
+    CHECK(job.max_attempts == 9);
+    CHECK(job.priority == -5);
+    CHECK(job.timeout == std::chrono::milliseconds(45000));
+    // Unset through one broker: the other reads it at its next refresh.
+    Client(b1.client_options()).queue_unset("slow", {"max_running", "rate"});
+    CHECK(wait_until([&] { return !c2.queue_settings("slow").max_running.has_value(); }, 5s, 20ms));
+    CHECK_FALSE(c2.queue_settings("slow").rate.has_value());
+    CHECK(c2.queue_settings("slow").max_attempts == 9u);
+}
