@@ -144,7 +144,7 @@ struct Broker::State {
         bool writes;        // may change jobs or queues: its replies wait for the pass's commit
         OnFail on_fail;     // what its replies become if that commit fails (writes only)
     };
-    static const Command kCommands[33];
+    static const Command kCommands[36];
 
     BrokerConfig cfg;
     std::unique_ptr<Store> store;
@@ -390,6 +390,58 @@ struct Broker::State {
         reply(rq.identity, cmd::kOk, encode_req(m.req), m.req);
     }
 
+    // ---- handlers: queue settings (the engine's limits) ------------------------------------
+
+    QueueSettings queue_settings(const std::string& queue) const {
+        auto l = engine.limits(queue);
+        QueueSettings s{queue, l.max_running, l.rate, std::nullopt, engine.held(queue)};
+        if (l.rate_per_ms) s.rate_per = std::chrono::milliseconds(*l.rate_per_ms);
+        s.max_attempts = l.max_attempts;
+        if (l.timeout_ms) s.timeout = std::chrono::milliseconds(*l.timeout_ms);
+        s.priority = l.priority;
+        return s;
+    }
+    void on_queue_set(const Request& rq) {
+        auto m = decode_queue_set(rq.body);
+        auto l = engine.limits(m.queue);
+        if (m.max_running) l.max_running = m.max_running;
+        if (m.rate) {
+            l.rate = m.rate;
+            l.rate_per_ms = m.rate_per_ms;
+        }
+        if (m.max_attempts) l.max_attempts = m.max_attempts;
+        if (m.timeout_ms) l.timeout_ms = m.timeout_ms;
+        if (m.priority) l.priority = m.priority;
+        engine.set_limits(m.queue, l);
+        spdlog::info(
+            "queue {} set:{}{}", m.queue,
+            l.max_running ? fmt::format(" max_running={}", *l.max_running) : "",
+            l.rate ? fmt::format(" rate={}/{}", *l.rate, format_duration(l.rate_per_ms.value_or(0)))
+                   : "");
+        reply(rq.identity, cmd::kQueue, encode_queue(m.req, queue_settings(m.queue)), m.req);
+    }
+    void on_queue_unset(const Request& rq) {
+        auto m = decode_queue_unset(rq.body);
+        auto l = engine.limits(m.queue);
+        for (const auto& name : m.unset) {
+            if (name == "max_running") l.max_running.reset();
+            if (name == "rate") {
+                l.rate.reset();
+                l.rate_per_ms.reset();
+            }
+            if (name == "max_attempts") l.max_attempts.reset();
+            if (name == "timeout") l.timeout_ms.reset();
+            if (name == "priority") l.priority.reset();
+        }
+        engine.set_limits(m.queue, l);
+        spdlog::info("queue {} unset: {}", m.queue, fmt::join(m.unset, ", "));
+        reply(rq.identity, cmd::kQueue, encode_queue(m.req, queue_settings(m.queue)), m.req);
+    }
+    void on_queue_show(const Request& rq) {
+        auto m = decode_queue_request(rq.body);
+        reply(rq.identity, cmd::kQueue, encode_queue(m.req, queue_settings(m.queue)), m.req);
+    }
+
     void on_purge(const Request& rq) {
         auto m = decode_purge(rq.body);
         Millis before = m.older_than_ms ? now - *m.older_than_ms : now + 1;
@@ -472,6 +524,8 @@ struct Broker::State {
             if (c) r.counts = *c;
             r.oldest_ready_at = engine.oldest_ready(q);
             r.paused_until = engine.paused_until(q);
+            r.limits = engine.limits(q);
+            r.held = engine.held(q);
             if (auto m = metrics.queues.find(q); m != metrics.queues.end()) {
                 r.submitted = m->second.submitted;
                 r.succeeded = m->second.succeeded;
@@ -487,6 +541,8 @@ struct Broker::State {
             row(q, &c);
         for (const auto& q : engine.paused())
             if (!engine.counts().count(q)) row(q, nullptr);
+        for (const auto& [q, l] : engine.all_limits())
+            if (!engine.counts().count(q) && !engine.is_paused(q)) row(q, nullptr);
         return out;
     }
 
@@ -1271,7 +1327,7 @@ struct Broker::State {
 // Generic checks (frames, version, decoding, roles, registration, error replies) happen once in
 // handle(), before any handler runs.
 // clang-format off
-const Broker::State::Command Broker::State::kCommands[33] = {
+const Broker::State::Command Broker::State::kCommands[36] = {
 //   name             handler               access            worker writes on a failed commit
     {cmd::kSubmit,    &State::on_submit,    Access::everyone, false, true,  OnFail::error},
     {cmd::kStatus,    &State::on_status,    Access::everyone, false, false, OnFail::send},
@@ -1306,6 +1362,9 @@ const Broker::State::Command Broker::State::kCommands[33] = {
     {cmd::kWorkerControl, &State::on_worker_control, Access::clients, false, false, OnFail::send},
     {cmd::kRunNow,    &State::on_run_now,   Access::clients, false, true,  OnFail::error},
     {cmd::kDelete,    &State::on_delete,    Access::clients, false, true,  OnFail::error},
+    {cmd::kQueueSet,   &State::on_queue_set,   Access::clients,  false, true,  OnFail::error},
+    {cmd::kQueueUnset, &State::on_queue_unset, Access::clients,  false, true,  OnFail::error},
+    {cmd::kQueueShow,  &State::on_queue_show,  Access::everyone, false, false, OnFail::send},
 };
 // clang-format on
 

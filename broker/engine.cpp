@@ -137,6 +137,9 @@ void JobEngine::load_pauses() {
     pause_until_.clear();
     for (auto& [q, until] : store_.pause_deadlines())
         pause_until_[q] = until;
+    limits_.clear();
+    for (auto& [q, l] : store_.queue_limits())
+        limits_[q] = l;
 }
 
 // ---- the one transition path --------------------------------------------------------------
@@ -180,6 +183,13 @@ bool JobEngine::transition(JobId id, Live& l, JobState to, Transition t) {
     auto& c = counts_[l.queue];
     if (c[index_of(l.state)] > 0) --c[index_of(l.state)];
     ++c[index_of(to)];
+    if (auto lim = l.state == JobState::running && !limits_.empty() ? limits_.find(l.queue.str())
+                                                                    : limits_.end();
+        lim != limits_.end() && lim->second.limits_starts()) {
+        // Room under the queue's max_running: its waiting jobs may start now.
+        dispatch_hint_ = true;
+        if (shared_) empty_.erase(l.queue.str());
+    }
     l.state = to;
     l.attempts = *t.attempts;
     // run_at of a ready or running job: when it entered that state (see since()).
@@ -381,6 +391,14 @@ std::vector<Submitted> JobEngine::submit(std::vector<JobSpec> specs, Millis now)
 }
 
 NewJob JobEngine::new_job(JobSpec spec, Millis now) const {
+    // Precedence: the job's own value, else its queue's default (QUEUE_SET), else the broker's.
+    auto d = limits_.find(spec.queue);
+    const QueueLimits none;
+    const QueueLimits& q = d == limits_.end() ? none : d->second;
+    if (!spec.max_attempts)
+        spec.max_attempts = q.max_attempts.value_or(limits::kDefaultMaxAttempts);
+    if (!spec.priority) spec.priority = q.priority.value_or(0);
+    if (!spec.timeout && q.timeout_ms) spec.timeout = std::chrono::milliseconds(*q.timeout_ms);
     Millis run_at = spec.run_at ? to_ms(*spec.run_at) : now + to_ms(spec.delay).value_or(0);
     NewJob job;
     if (spec.expires_at)
@@ -408,8 +426,8 @@ void JobEngine::admit(const NewJob& job, JobId id, const char* reason) {
     l.timeout_ms = to_ms(js.timeout);
     l.backoff_ms = to_ms(js.backoff);
     l.backoff_cap_ms = to_ms(js.backoff_cap);
-    l.max_attempts = js.max_attempts;
-    l.priority = static_cast<std::int16_t>(js.priority);
+    l.max_attempts = js.max_attempts.value_or(limits::kDefaultMaxAttempts);
+    l.priority = static_cast<std::int16_t>(js.priority.value_or(0));
     l.state = job.state;
     l.has_argv = js.argv.has_value();
     if (js.unique && !shared_) unique_live_[*js.unique] = id;
@@ -430,7 +448,7 @@ void JobEngine::admit(const NewJob& job, JobId id, const char* reason) {
 
 bool JobEngine::claimable(const std::string& queue, bool commands) const {
     if (paused_.count(queue)) return false;
-    if (!shared_) return ready_.has_ready(queue, commands);
+    if (!shared_) return ready_.has_ready(queue, commands) && !held(queue);
     auto e = empty_.find(queue);
     return e == empty_.end() || e->second < (commands ? 2 : 1);
 }
@@ -451,7 +469,20 @@ std::vector<Claim> JobEngine::claim(const std::string& queue, bool commands, std
 // One statement claims the batch; the database counted each attempt and wrote its event.
 std::vector<Claim> JobEngine::claim_shared(const std::string& queue, bool commands, std::size_t max,
                                            const HolderRef& by) {
-    auto rows = store_.claim({queue, commands, max, by->name, now_});
+    std::string held;
+    ClaimRequest req{queue, commands, max, by->name, now_};
+    auto lim = limits_.find(queue);
+    req.limited = lim != limits_.end() && lim->second.limits_starts();
+    req.held = &held;
+    Millis wake = 0;
+    req.wake = &wake;
+    auto rows = store_.claim(req);
+    if (wake > 0) rate_wake_[queue] = wake;  // the window is full once these started
+    if (held.empty()) {
+        held_.erase(queue);
+    } else {
+        held_[queue] = std::move(held);
+    }
     if (rows.size() < max) {
         int& e = empty_[queue];
         e = std::max(e, commands ? 2 : 1);
@@ -482,6 +513,7 @@ std::vector<Claim> JobEngine::claim_shared(const std::string& queue, bool comman
 std::optional<Claim> JobEngine::claim_one(const std::string& queue, bool commands,
                                           const HolderRef& by) {
     Millis now = now_;
+    if (held(queue) || rate_room(queue) == 0) return std::nullopt;
     while (auto id = ready_.pop(queue, commands)) {
         auto l = live_.find(*id);
         if (l == live_.end() || l->second.state != JobState::ready) continue;  // stale entry
@@ -501,6 +533,10 @@ std::optional<Claim> JobEngine::claim_one(const std::string& queue, bool command
         transition(*id, job, JobState::running, std::move(t));
         job.holder = by;
         prior_epoch_.erase(*id);
+        if (auto w = rate_windows_.find(queue); w != rate_windows_.end()) {
+            w->second.started(now, 1, limits_[queue].rate_per_ms.value_or(1));
+            rate_room(queue);  // full now: a wake-up for when it has room again
+        }
         if (job.timeout_ms)
             leases_.push({mono_ + *job.timeout_ms + cfg_.timeout_grace_ms, *id, job.attempts});
         return Claim{*id,
@@ -872,6 +908,58 @@ void JobEngine::resume_due(Millis now) {
     }
 }
 
+void JobEngine::set_limits(const std::string& queue, const QueueLimits& limits) {
+    store_.set_queue_limits(queue, limits);
+    if (limits.any()) {
+        limits_[queue] = limits;
+    } else {
+        limits_.erase(queue);
+        held_.erase(queue);
+    }
+    if (!limits.rate) {
+        rate_windows_.erase(queue);
+        rate_wake_.erase(queue);
+    }
+    dispatch_hint_ = true;  // a limit raised or removed: waiting jobs may start
+    empty_.erase(queue);
+}
+
+QueueLimits JobEngine::limits(const std::string& queue) const {
+    auto l = limits_.find(queue);
+    return l == limits_.end() ? QueueLimits{} : l->second;
+}
+
+std::optional<std::string> JobEngine::held(const std::string& queue) const {
+    auto l = limits_.find(queue);
+    if (l == limits_.end()) return std::nullopt;
+    auto c = counts_.find(queue);
+    if (c == counts_.end() || c->second[index_of(JobState::ready)] == 0) return std::nullopt;
+    if (l->second.max_running && c->second[index_of(JobState::running)] >= *l->second.max_running)
+        return std::string(kHeldMaxRunning);
+    if (shared_) {
+        if (auto h = held_.find(queue); h != held_.end()) return h->second;
+        return std::nullopt;
+    }
+    if (l->second.rate) {
+        auto w = rate_windows_.find(queue);
+        if (w != rate_windows_.end() &&
+            w->second.room(now_, *l->second.rate, l->second.rate_per_ms.value_or(1)) == 0)
+            return std::string(kHeldRate);
+    }
+    return std::nullopt;
+}
+
+std::size_t JobEngine::rate_room(const std::string& queue) {
+    auto l = limits_.find(queue);
+    if (l == limits_.end() || !l->second.rate) return SIZE_MAX;
+    const Millis per = l->second.rate_per_ms.value_or(1);
+    auto& w = rate_windows_[queue];
+    auto room = w.room(now_, *l->second.rate, per);
+    if (room == 0)
+        if (auto at = w.frees_at(per)) rate_wake_[queue] = *at;
+    return room;
+}
+
 void JobEngine::set_paused(const std::string& queue, bool paused) {
     store_.set_paused(queue, paused);
     pause_until_.erase(queue);
@@ -918,6 +1006,15 @@ std::vector<Aborted> JobEngine::tick(Millis now) {
     }
     fire_schedules(now);
     if (!pause_until_.empty()) resume_due(now);
+    for (auto it = rate_wake_.begin(); it != rate_wake_.end();) {
+        if (it->second > now) {
+            ++it;
+            continue;
+        }
+        dispatch_hint_ = true;  // the rate window has room again
+        empty_.erase(it->first);
+        it = rate_wake_.erase(it);
+    }
     store_.maintain(now);
     if (mono_ >= next_retention_ && store_.leader()) {
         // Each terminal state on its own clock (dead jobs are kept longer, so that failures are
@@ -1106,6 +1203,8 @@ Millis JobEngine::next_deadline(Millis bound) const {
     if (expire_more_) next = now_;
     for (const auto& [q, until] : pause_until_)
         next = std::min(next, until);
+    for (const auto& [q, at] : rate_wake_)
+        next = std::min(next, at);
     if (store_.maintenance_due()) next = std::min(next, now_ + kMaintenanceEveryMs);
     if (next_schedule_) next = std::min(next, std::max(*next_schedule_, schedule_retry_));
     if (!leases_.empty()) next = std::min(next, wall(leases_.top().at));

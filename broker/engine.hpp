@@ -30,6 +30,7 @@
 #include "live.hpp"
 #include "ready_index.hpp"
 #include "snapshot.hpp"
+#include "start_window.hpp"
 #include "store.hpp"
 
 namespace errand::broker {
@@ -165,6 +166,16 @@ class JobEngine {
     // Paused until `until` (wall time), then resumed by tick() (a timed pause, PAUSE for_ms).
     void pause_until(const std::string& queue, Millis until);
     std::optional<Millis> paused_until(const std::string& queue) const;
+    // A queue's limits (QUEUE_SET, QUEUE_UNSET): stored, and from this pass on obeyed by claim()
+    // (docs/LIFECYCLE.md "Queue limits"); other brokers read them at their next refresh, and
+    // until then claim nothing of the queue.
+    void set_limits(const std::string& queue, const QueueLimits& limits);
+    QueueLimits limits(const std::string& queue) const;
+    const std::unordered_map<std::string, QueueLimits>& all_limits() const { return limits_; }
+    // Why the queue's ready jobs wait although workers may take them: kHeldMaxRunning when as
+    // many run as its max_running allows, kHeldRate when its rate window is full (on a shared
+    // store: as the last claim or refresh saw).
+    std::optional<std::string> held(const std::string& queue) const;
     // Forgets the queues that have no job (in any state), no pause and for which `in_use` is
     // false (a worker serves it, it had recent activity): what a queue costs in memory is
     // given back. Returns the queues forgotten.
@@ -203,7 +214,7 @@ class JobEngine {
     // A shared store: the database decides, other brokers change jobs too (see the top).
     bool shared() const { return shared_; }
     // Whether claim() may find a job (on a shared store: it has not found the queue empty
-    // since the last poll).
+    // since the last poll; in memory: also, the queue is below its max_running).
     bool claimable(const std::string& queue, bool commands) const;
     bool is_paused(const std::string& queue) const { return paused_.count(queue) > 0; }
     const std::unordered_set<std::string>& paused() const { return paused_; }
@@ -263,6 +274,9 @@ class JobEngine {
     void load_pauses();
     // tick()'s part for timed pauses: those due resume (at most promote_batch per pass).
     void resume_due(Millis now);
+    // In memory: how many more of the queue's jobs may start now under its rate (the most when
+    // it has none), and a wake-up when that is none.
+    std::size_t rate_room(const std::string& queue);
     bool result_applied(const JobInfo& job, bool ok);
     // tick()'s part for schedules: the due ticks of up to schedule_batch schedules.
     void fire_schedules(Millis now);
@@ -296,7 +310,16 @@ class JobEngine {
     std::unordered_map<std::string, StateCounts> counts_;  // queue -> jobs per state
     std::unordered_set<std::string> paused_;
     std::unordered_map<std::string, Millis> pause_until_;  // timed pauses: queue -> resume at
-    std::vector<JobId> orphans_;                           // running, no holder since the restart
+    std::unordered_map<std::string, QueueLimits> limits_;  // queues with limits
+    // Shared store: queue -> why its last claim took fewer jobs than asked (a limit).
+    std::unordered_map<std::string, std::string> held_;
+    // In memory: the recent starts of each queue with a rate (a shared store keeps them in the
+    // queue's row).
+    std::unordered_map<std::string, StartWindow> rate_windows_;
+    // Queues whose rate held jobs back, with when the window has room again (wall time): then
+    // a dispatch is tried (a shared store also polls).
+    std::unordered_map<std::string, Millis> rate_wake_;
+    std::vector<JobId> orphans_;  // running, no holder since the restart
     std::mt19937_64 rng_{std::random_device{}()};
     Millis next_retention_ = 0;
     std::vector<PendingEvent> pending_;

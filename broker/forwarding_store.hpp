@@ -45,6 +45,12 @@ class ForwardingStore : public Store {
     std::optional<LiveJob> load_live(JobId id) override { return inner_.load_live(id); }
     std::vector<QueueStateCount> count_jobs() override { return inner_.count_jobs(); }
     std::vector<std::string> paused_queues() override { return inner_.paused_queues(); }
+    void set_queue_limits(const std::string& q, const QueueLimits& l) override {
+        inner_.set_queue_limits(q, l);
+    }
+    std::vector<std::pair<std::string, QueueLimits>> queue_limits() override {
+        return inner_.queue_limits();
+    }
     std::vector<std::pair<std::string, Millis>> pause_deadlines() override {
         return inner_.pause_deadlines();
     }

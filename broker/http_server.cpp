@@ -419,7 +419,13 @@ struct HttpServer::Impl {
                            {"worker_slots", slots.count(q.name) ? slots[q.name] : 0},
                            {"finished_per_second", q.finished_per_second},
                            {"submitted_per_second", q.submitted_per_second},
-                           {"totals", totals}});
+                           {"totals", totals},
+                           {"max_running",
+                            q.limits.max_running ? json(*q.limits.max_running) : json(nullptr)},
+                           {"rate", q.limits.rate ? json(*q.limits.rate) : json(nullptr)},
+                           {"rate_per_ms",
+                            q.limits.rate_per_ms ? json(*q.limits.rate_per_ms) : json(nullptr)},
+                           {"held", q.held ? json(*q.held) : json(nullptr)}});
         }
         json states = json::array();
         for (JobState st : kAllStates)

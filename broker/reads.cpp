@@ -56,14 +56,25 @@ std::string answer_stats(ReadView& view, std::uint64_t req) {
     return encode(rep);
 }
 
-// QUEUES lists the queues that have a job in some state or are paused.
+// QUEUES lists the queues that have a job in some state, are paused or have limits.
 std::string answer_queues(ReadView& view, std::uint64_t req) {
     sort_once(view);
     std::vector<QueueInfo> out;
-    for (const auto& q : view.queues)
-        if (q.paused || std::any_of(q.counts.begin(), q.counts.end(), [](auto n) { return n > 0; }))
-            out.push_back({q.name, q.paused, counts_of(q), to_time(q.oldest_ready_at),
-                           to_time(q.paused_until)});
+    for (const auto& q : view.queues) {
+        if (!q.paused && !q.limits.any() &&
+            std::none_of(q.counts.begin(), q.counts.end(), [](auto n) { return n > 0; }))
+            continue;
+        QueueInfo info{q.name, q.paused, counts_of(q), to_time(q.oldest_ready_at),
+                       to_time(q.paused_until)};
+        info.max_running = q.limits.max_running;
+        info.rate = q.limits.rate;
+        if (q.limits.rate_per_ms) info.rate_per = std::chrono::milliseconds(*q.limits.rate_per_ms);
+        info.held = q.held;
+        info.max_attempts = q.limits.max_attempts;
+        if (q.limits.timeout_ms) info.timeout = std::chrono::milliseconds(*q.limits.timeout_ms);
+        info.priority = q.limits.priority;
+        out.push_back(std::move(info));
+    }
     return encode_queues(req, out);
 }
 

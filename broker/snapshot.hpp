@@ -15,6 +15,7 @@
 #include "errand/codec.hpp"
 #include "errand/protocol.hpp"
 #include "metrics.hpp"
+#include "store.hpp"
 
 namespace errand::broker {
 
@@ -24,6 +25,8 @@ struct QueueView {
     std::array<std::uint64_t, kStateCount> counts{};  // index = JobState
     std::optional<Millis> oldest_ready_at;
     std::optional<Millis> paused_until;  // a timed pause's end
+    QueueLimits limits;                  // QUEUE_SET
+    std::optional<std::string> held;     // why its ready jobs wait (a limit)
     double finished_per_second = 0;      // over the last minute
     double submitted_per_second = 0;
     std::uint64_t submitted = 0, succeeded = 0, failed = 0, dead = 0, cancelled = 0;  // totals

@@ -116,6 +116,19 @@ struct Inserted {
     bool duplicate = false;
 };
 
+// A queue's settings (QUEUE_SET), as stored: limits on starting its jobs (unset: no limit) and
+// defaults for the jobs submitted without their own (unset: the broker's).
+struct QueueLimits {
+    std::optional<std::uint32_t> max_running;
+    std::optional<std::uint32_t> rate;  // with rate_per_ms
+    std::optional<Millis> rate_per_ms;
+    std::optional<std::uint32_t> max_attempts;
+    std::optional<Millis> timeout_ms;
+    std::optional<std::int32_t> priority;
+    bool limits_starts() const { return max_running || rate; }
+    bool any() const { return limits_starts() || max_attempts || timeout_ms || priority; }
+};
+
 // ---- shared stores (several brokers on one database) ---------------------------------------
 
 // A claim: ready -> running for up to `limit` jobs of `queue`, in one statement.
@@ -125,6 +138,14 @@ struct ClaimRequest {
     std::size_t limit = 1;
     std::string worker;  // the worker's name, for the row and the event
     Millis now = 0;
+    // The queue has limits (as the engine last read them): the claim reads them again from the
+    // queue's row, locked for the transaction, and takes no more than they allow; `held` is set
+    // to why it took fewer than `limit` (kHeldMaxRunning), when that is why. Without, a queue
+    // that has limits gives nothing (the engine reads them at its next refresh).
+    bool limited = false;
+    std::string* held = nullptr;
+    // Set when the rate held jobs back: when its window has room again (wall time).
+    Millis* wake = nullptr;
 };
 
 // A job a claim moved to running: its row after the claim (attempts already incremented by the
@@ -221,6 +242,10 @@ class Store : public JobReads {
     virtual std::vector<std::string> paused_queues() = 0;
     // The paused queues that resume by themselves, with when.
     virtual std::vector<std::pair<std::string, Millis>> pause_deadlines() = 0;
+    // Stores the queue's limits, all of them (an unset one is removed); its pause is kept.
+    virtual void set_queue_limits(const std::string& queue, const QueueLimits& limits) = 0;
+    // Every queue that has a limit.
+    virtual std::vector<std::pair<std::string, QueueLimits>> queue_limits() = 0;
     // Up to `limit` ids of dead jobs (of `queue` when given), oldest first.
     virtual std::vector<JobId> dead_jobs(const std::optional<std::string>& queue,
                                          std::size_t limit) = 0;

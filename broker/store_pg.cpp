@@ -16,6 +16,7 @@
 
 #include "argv_blob.hpp"
 #include "job_rows.hpp"
+#include "start_window.hpp"
 
 namespace errand::broker {
 namespace {
@@ -182,6 +183,22 @@ const char* const kMigrations[] = {
     DROP INDEX jobs_finished;
     CREATE INDEX jobs_finished ON jobs (state, finished_at)
         WHERE state IN ('succeeded', 'dead', 'cancelled', 'expired');
+    )sql",
+    // 9: queue limits (QUEUE_SET), the same for every broker: at most max_running of the
+    // queue's jobs running at once, at most `rate` started in any window of rate_per_ms
+    // (rate_log: the recent starts, as the claim writes them); the default_* of its jobs that do
+    // not set their own (read at each refresh). A claim of a queue with limits
+    // locks its row first (other brokers skip that claim until the commit), then counts the
+    // queue's running jobs through jobs_running_queue.
+    R"sql(
+    ALTER TABLE queues ADD COLUMN max_running bigint CHECK (max_running > 0);
+    ALTER TABLE queues ADD COLUMN rate bigint CHECK (rate > 0);
+    ALTER TABLE queues ADD COLUMN rate_per_ms bigint CHECK (rate_per_ms > 0);
+    ALTER TABLE queues ADD COLUMN rate_log text;
+    ALTER TABLE queues ADD COLUMN default_max_attempts bigint CHECK (default_max_attempts > 0);
+    ALTER TABLE queues ADD COLUMN default_timeout_ms bigint CHECK (default_timeout_ms > 0);
+    ALTER TABLE queues ADD COLUMN default_priority bigint;
+    CREATE INDEX jobs_running_queue ON jobs (queue) WHERE state = 'running';
     )sql",
 };
 
@@ -461,14 +478,42 @@ void PgStore::prepare() {
             "progress_message = NULL WHERE id IN (SELECT id FROM jobs WHERE queue = $1::text "
             "AND state = 'ready' AND ($2::boolean OR argv IS NULL) AND (expires_at IS NULL OR "
             "expires_at > $5::bigint) AND NOT EXISTS (SELECT 1 "
-            "FROM queues WHERE name = $1::text AND paused) ORDER BY priority DESC, ready_seq "
+            "FROM queues WHERE name = $1::text AND (paused OR ($7::boolean AND (max_running "
+            "IS NOT NULL OR rate IS NOT NULL)))) ORDER BY priority DESC, ready_seq "
             "LIMIT $3::bigint FOR UPDATE SKIP LOCKED) RETURNING {}, payload, argv, ready_seq), "
             "e AS (INSERT INTO job_events (job_id, at, from_state, to_state, attempt, worker, "
             "reason) SELECT id, $5::bigint, 'ready', 'running', attempts, $4::text, "
             "'dispatched' FROM c) "
             "SELECT * FROM c ORDER BY priority DESC, ready_seq",
             kLiveColumns),
-        6);
+        7);
+    // A claim of a queue with limits ($7 false above, after these): its row, locked for the
+    // transaction (a broker that finds it locked claims nothing there this time: no broker
+    // waits for another, no two lock queues in opposite orders), then its running jobs, counted
+    // in a statement of its own so that it sees the claims committed before the lock was had.
+    db_.prepare("queue_lock",
+                "SELECT max_running, rate, rate_per_ms, rate_log FROM queues "
+                "WHERE name = $1::text FOR UPDATE SKIP LOCKED",
+                1);
+    db_.prepare("running_of",
+                "SELECT count(*) FROM jobs WHERE queue = $1::text AND state = 'running'", 1);
+    db_.prepare("rate_log", "UPDATE queues SET rate_log = $2::text WHERE name = $1::text", 2);
+    db_.prepare("set_limits",
+                "INSERT INTO queues (name, max_running, rate, rate_per_ms, default_max_attempts, "
+                "default_timeout_ms, default_priority) VALUES ($1::text, $2::bigint, $3::bigint, "
+                "$4::bigint, $5::bigint, $6::bigint, $7::bigint) ON CONFLICT (name) DO UPDATE SET "
+                "max_running = EXCLUDED.max_running, rate = EXCLUDED.rate, "
+                "rate_per_ms = EXCLUDED.rate_per_ms, "
+                "default_max_attempts = EXCLUDED.default_max_attempts, "
+                "default_timeout_ms = EXCLUDED.default_timeout_ms, "
+                "default_priority = EXCLUDED.default_priority",
+                7);
+    db_.prepare("limits",
+                "SELECT name, max_running, rate, rate_per_ms, default_max_attempts, "
+                "default_timeout_ms, default_priority FROM queues WHERE max_running IS NOT NULL "
+                "OR rate IS NOT NULL OR default_max_attempts IS NOT NULL OR default_timeout_ms IS "
+                "NOT NULL OR default_priority IS NOT NULL ORDER BY name",
+                0);
     // Due timers, whichever broker sees them first (the others skip the locked rows).
     db_.prepare(
         "promote",
@@ -680,8 +725,8 @@ Inserted PgStore::insert_job(const NewJob& job, const std::string& reason) {
         p.bytes(pack_argv(*s.argv));
     else
         p.null();
-    p.i64(s.priority)
-        .i64(s.max_attempts)
+    p.i64(s.priority.value_or(0))
+        .i64(s.max_attempts.value_or(limits::kDefaultMaxAttempts))
         .opt_i64(job.run_at)
         .i64(job.created_at)
         .opt_i64(to_ms(s.timeout))
@@ -729,8 +774,8 @@ std::vector<Inserted> PgStore::insert_jobs(const std::vector<NewJob>& jobs,
         } else {
             argvs.emplace_back(std::nullopt);
         }
-        priority.emplace_back(s.priority);
-        max_attempts.emplace_back(s.max_attempts);
+        priority.emplace_back(s.priority.value_or(0));
+        max_attempts.emplace_back(s.max_attempts.value_or(limits::kDefaultMaxAttempts));
         run_at.push_back(job.run_at);
         created_at.emplace_back(job.created_at);
         timeout.push_back(to_ms(s.timeout));
@@ -1028,16 +1073,90 @@ std::vector<std::string> PgStore::paused_queues() {
     return out;
 }
 
+void PgStore::set_queue_limits(const std::string& queue, const QueueLimits& l) {
+    begin();
+    run("set_limits", pg::Params()
+                          .text(queue)
+                          .opt_i64(l.max_running)
+                          .opt_i64(l.rate)
+                          .opt_i64(l.rate_per_ms)
+                          .opt_i64(l.max_attempts)
+                          .opt_i64(l.timeout_ms)
+                          .opt_i64(l.priority));
+}
+
+std::vector<std::pair<std::string, QueueLimits>> PgStore::queue_limits() {
+    auto r = run("limits");
+    std::vector<std::pair<std::string, QueueLimits>> out;
+    auto narrow = [](std::optional<std::int64_t> v) -> std::optional<std::uint32_t> {
+        if (!v) return std::nullopt;
+        return static_cast<std::uint32_t>(*v);
+    };
+    for (int i = 0; i < r.rows(); ++i) {
+        QueueLimits l{narrow(r.opt_i64(i, 1)), narrow(r.opt_i64(i, 2)), r.opt_i64(i, 3),
+                      narrow(r.opt_i64(i, 4)), r.opt_i64(i, 5),         std::nullopt};
+        if (auto p = r.opt_i64(i, 6)) l.priority = static_cast<std::int32_t>(*p);
+        out.emplace_back(r.text(i, 0), l);
+    }
+    return out;
+}
+
 std::vector<ClaimedJob> PgStore::claim(const ClaimRequest& c) {
     begin();
+    std::size_t limit = c.limit;
+    std::optional<StartWindow> window;  // the queue's rate window, when it has a rate
+    Millis rate_per = 1;
+    std::uint32_t rate = 0;
+    if (c.limited) {
+        auto lock = run("queue_lock", pg::Params().text(c.queue));
+        if (lock.rows() == 0) {
+            // Locked by another broker's claim (or the limits are gone: the engine reads that
+            // at its next refresh); try again at the next poll.
+            return {};
+        }
+        QueueLimits l{std::nullopt, std::nullopt, lock.opt_i64(0, 2)};
+        if (auto m = lock.opt_i64(0, 0)) l.max_running = static_cast<std::uint32_t>(*m);
+        if (auto m = lock.opt_i64(0, 1)) l.rate = static_cast<std::uint32_t>(*m);
+        if (l.max_running) {
+            auto running = run("running_of", pg::Params().text(c.queue)).i64(0, 0);
+            auto room = static_cast<std::size_t>(
+                std::max<std::int64_t>(0, std::int64_t{*l.max_running} - running));
+            if (room < limit) {
+                limit = room;
+                if (c.held) *c.held = std::string(kHeldMaxRunning);
+            }
+        }
+        if (l.rate) {
+            window = StartWindow::decode(lock.opt_text(0, 3).value_or(""));
+            rate_per = l.rate_per_ms.value_or(1);
+            std::size_t room = window->room(c.now, *l.rate, rate_per);
+            if (room < limit) {
+                limit = room;
+                if (c.held) *c.held = std::string(kHeldRate);
+            }
+        }
+        if (limit == 0) {
+            if (window && c.wake)
+                if (auto at = window->frees_at(rate_per)) *c.wake = *at;
+            return {};
+        }
+        rate = l.rate.value_or(0);
+    }
     pg::Params p;
     p.text(c.queue)
         .boolean(c.commands)
-        .i64(static_cast<std::int64_t>(c.limit))
+        .i64(static_cast<std::int64_t>(limit))
         .text(c.worker)
         .i64(c.now)
-        .text(broker_id_);
+        .text(broker_id_)
+        .boolean(!c.limited);
     auto r = run("claim", p);
+    if (window && r.rows() > 0) {
+        window->started(c.now, static_cast<std::uint32_t>(r.rows()), rate_per);
+        run("rate_log", pg::Params().text(c.queue).text(window->encode()));
+        if (c.wake && window->room(c.now, rate, rate_per) == 0)
+            if (auto at = window->frees_at(rate_per)) *c.wake = *at;
+    }
     std::vector<ClaimedJob> out;
     const int data = r.columns() - 3;  // payload, argv, ready_seq after the live columns
     for (int i = 0; i < r.rows(); ++i) {

@@ -52,6 +52,8 @@ class PgStore final : public Store {
     std::optional<LiveJob> load_live(JobId id) override;
     std::vector<QueueStateCount> count_jobs() override;
     std::vector<std::string> paused_queues() override;
+    void set_queue_limits(const std::string& queue, const QueueLimits& limits) override;
+    std::vector<std::pair<std::string, QueueLimits>> queue_limits() override;
     std::vector<std::pair<std::string, Millis>> pause_deadlines() override;
     std::vector<JobId> dead_jobs(const std::optional<std::string>& queue,
                                  std::size_t limit) override;
@@ -95,7 +97,7 @@ class PgStore final : public Store {
     std::uint64_t size_bytes();
 
     int schema_version();
-    static constexpr int kSchemaVersion = 8;
+    static constexpr int kSchemaVersion = 9;
     // job_counts rows per queue and terminal state (see migration 5).
     static constexpr int kCountShards = 16;
     // count_jobs(): the terminal counts, then the unfinished jobs through jobs_live.

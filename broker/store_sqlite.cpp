@@ -283,6 +283,18 @@ const char* const kMigrations[] = {
           AND state <> 'succeeded' AND state <> 'dead' AND state <> 'cancelled'
           AND state <> 'expired';
     )sql",
+    // 12: queue settings (QUEUE_SET): at most max_running of the queue's jobs running at once, at
+    // most `rate` started in any window of rate_per_ms; the default_* of its jobs that do not
+    // set their own. The engine holds them in memory and enforces them itself (it knows every
+    // running job).
+    R"sql(
+    ALTER TABLE queues ADD COLUMN max_running INTEGER CHECK (max_running > 0);
+    ALTER TABLE queues ADD COLUMN rate INTEGER CHECK (rate > 0);
+    ALTER TABLE queues ADD COLUMN rate_per_ms INTEGER CHECK (rate_per_ms > 0);
+    ALTER TABLE queues ADD COLUMN default_max_attempts INTEGER CHECK (default_max_attempts > 0);
+    ALTER TABLE queues ADD COLUMN default_timeout_ms INTEGER CHECK (default_timeout_ms > 0);
+    ALTER TABLE queues ADD COLUMN default_priority INTEGER;
+    )sql",
 };
 
 static_assert(std::size(kMigrations) == SqliteStore::kSchemaVersion,
@@ -660,6 +672,21 @@ struct SqliteStore::Statements {
                           "SELECT name, paused_until FROM queues "
                           "WHERE paused = 1 AND paused_until IS NOT NULL"),
           paused(db, "SELECT name FROM queues WHERE paused = 1 ORDER BY name"),
+          set_limits(db,
+                     "INSERT INTO queues (name, max_running, rate, rate_per_ms, "
+                     "default_max_attempts, default_timeout_ms, default_priority) "
+                     "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (name) DO UPDATE SET "
+                     "max_running = excluded.max_running, rate = excluded.rate, "
+                     "rate_per_ms = excluded.rate_per_ms, "
+                     "default_max_attempts = excluded.default_max_attempts, "
+                     "default_timeout_ms = excluded.default_timeout_ms, "
+                     "default_priority = excluded.default_priority"),
+          limits(db,
+                 "SELECT name, max_running, rate, rate_per_ms, default_max_attempts, "
+                 "default_timeout_ms, default_priority FROM queues "
+                 "WHERE max_running IS NOT NULL OR rate IS NOT NULL OR default_max_attempts IS "
+                 "NOT NULL OR default_timeout_ms IS NOT NULL OR default_priority IS NOT NULL "
+                 "ORDER BY name"),
           dead(db,
                "SELECT id FROM jobs WHERE state = 'dead' AND (?1 IS NULL OR queue = ?1) "
                "ORDER BY id LIMIT ?2"),
@@ -676,8 +703,8 @@ struct SqliteStore::Statements {
     Stmt begin, commit, rollback, insert, insert_payload, insert_event, insert_events2, update,
         token, get, dispatch, live, live_one, max_id, raise_floor, count, count_live, add_count,
         forget_counts, event_seq, save_event_seq, free_pages, progress, events, history, log_insert,
-        log_read, log_clear, row_state, set_paused, resume_due, pause_deadlines, paused, dead,
-        finished, delete_job, delete_events, delete_payload, list;
+        log_read, log_clear, row_state, set_paused, resume_due, pause_deadlines, paused, set_limits,
+        limits, dead, finished, delete_job, delete_events, delete_payload, list;
 };
 
 SqliteStore::SqliteStore(const std::string& path, SqliteOptions options) {
@@ -982,8 +1009,9 @@ Inserted SqliteStore::insert_job(const NewJob& job, const std::string& reason) {
         s.bind_blob(6, pack_argv(*job.spec.argv));
     else
         s.bind_null(6);
-    s.bind(7, static_cast<std::int64_t>(job.spec.priority))
-        .bind(8, static_cast<std::int64_t>(job.spec.max_attempts))
+    s.bind(7, static_cast<std::int64_t>(job.spec.priority.value_or(0)))
+        .bind(8, static_cast<std::int64_t>(
+                     job.spec.max_attempts.value_or(limits::kDefaultMaxAttempts)))
         .bind_opt(9, job.run_at)
         .bind(10, job.created_at)
         .bind_opt(11, to_ms(job.spec.timeout))
@@ -1409,6 +1437,40 @@ std::vector<std::string> SqliteStore::paused_queues() {
     std::vector<std::string> out;
     while (s.step())
         out.push_back(s.text(0));
+    s.reset();
+    return out;
+}
+
+void SqliteStore::set_queue_limits(const std::string& queue, const QueueLimits& l) {
+    begin();
+    auto wide = [](const std::optional<std::uint32_t>& v) -> std::optional<std::int64_t> {
+        if (!v) return std::nullopt;
+        return std::int64_t{*v};
+    };
+    st_->set_limits.reset()
+        .bind(1, std::string_view(queue))
+        .bind_opt(2, wide(l.max_running))
+        .bind_opt(3, wide(l.rate))
+        .bind_opt(4, l.rate_per_ms)
+        .bind_opt(5, wide(l.max_attempts))
+        .bind_opt(6, l.timeout_ms)
+        .bind_opt(7, l.priority ? std::optional<std::int64_t>(*l.priority) : std::nullopt)
+        .run();
+}
+
+std::vector<std::pair<std::string, QueueLimits>> SqliteStore::queue_limits() {
+    auto& s = st_->limits.reset();
+    std::vector<std::pair<std::string, QueueLimits>> out;
+    auto narrow = [](std::optional<std::int64_t> v) -> std::optional<std::uint32_t> {
+        if (!v) return std::nullopt;
+        return static_cast<std::uint32_t>(*v);
+    };
+    while (s.step()) {
+        QueueLimits l{narrow(s.opt_i64(1)), narrow(s.opt_i64(2)), s.opt_i64(3),
+                      narrow(s.opt_i64(4)), s.opt_i64(5),         std::nullopt};
+        if (auto p = s.opt_i64(6)) l.priority = static_cast<std::int32_t>(*p);
+        out.emplace_back(s.text(0), l);
+    }
     s.reset();
     return out;
 }

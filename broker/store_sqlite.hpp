@@ -62,6 +62,8 @@ class SqliteStore final : public Store {
     std::optional<LiveJob> load_live(JobId id) override;
     std::vector<QueueStateCount> count_jobs() override;
     std::vector<std::string> paused_queues() override;
+    void set_queue_limits(const std::string& queue, const QueueLimits& limits) override;
+    std::vector<std::pair<std::string, QueueLimits>> queue_limits() override;
     std::vector<std::pair<std::string, Millis>> pause_deadlines() override;
     std::vector<JobId> dead_jobs(const std::optional<std::string>& queue,
                                  std::size_t limit) override;
@@ -94,7 +96,7 @@ class SqliteStore final : public Store {
     std::uint64_t start_steps() const { return start_steps_; }
 
     int schema_version();
-    static constexpr int kSchemaVersion = 11;
+    static constexpr int kSchemaVersion = 12;
 
   private:
     struct Statements;

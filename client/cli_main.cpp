@@ -26,6 +26,7 @@
 #include "cli_exit.hpp"
 #include "cli_observe.hpp"
 #include "cli_output.hpp"
+#include "cli_queue.hpp"
 #include "cli_schedule.hpp"
 #include "errand/client.hpp"
 #include "errand/clock.hpp"
@@ -62,9 +63,9 @@ struct SubmitArgs {
     std::string queue = "default";
     std::optional<std::string> payload;
     std::optional<std::string> payload_file;
-    std::uint32_t max_attempts = errand::limits::kDefaultMaxAttempts;
+    std::optional<std::uint32_t> max_attempts;  // unset: the queue's default, else 3
     std::optional<std::string> token;
-    std::int32_t priority = 0;
+    std::optional<std::int32_t> priority;  // unset: the queue's default, else 0
     std::optional<std::string> delay;
     std::optional<std::string> at;
     std::optional<std::string> timeout;
@@ -721,18 +722,17 @@ int run(int argc, char** argv) {
         ->type_name("F")
         ->excludes(payload);
     submit
-        ->add_option("--max-attempts", submit_args.max_attempts, "attempts before the job is dead")
+        ->add_option("--max-attempts", submit_args.max_attempts,
+                     "attempts before the job is dead (default: the queue's, else 3)")
         ->check(CLI::Range(1U, errand::limits::kMaxMaxAttempts).description(""))
-        ->type_name("N")
-        ->capture_default_str();
+        ->type_name("N");
     submit
         ->add_option("--priority", submit_args.priority,
-                     fmt::format("{}..{}; higher runs first", errand::limits::kMinPriority,
-                                 errand::limits::kMaxPriority))
+                     fmt::format("{}..{}; higher runs first (default: the queue's, else 0)",
+                                 errand::limits::kMinPriority, errand::limits::kMaxPriority))
         ->check(
             CLI::Range(errand::limits::kMinPriority, errand::limits::kMaxPriority).description(""))
-        ->type_name("N")
-        ->capture_default_str();
+        ->type_name("N");
     auto* delay =
         submit->add_option("--delay", submit_args.delay, "run no sooner than DUR from now")
             ->check(duration_check(true, errand::limits::kMaxDelayMs))
@@ -963,6 +963,15 @@ int run(int argc, char** argv) {
                                          errand::limits::kMaxConcurrency,
                                          control_args.concurrency));
         return errand::cli::run_worker_control(c, control_args);
+    });
+
+    auto queue_cmds = errand::cli::add_queue_commands(app);
+    commands.emplace_back(queue_cmds.queue, [&](errand::Client& c) {
+        try {
+            return queue_cmds.run(c);
+        } catch (const std::invalid_argument& e) {
+            throw UsageError(e.what());
+        }
     });
 
     IdArgs run_now_args;

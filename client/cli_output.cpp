@@ -221,6 +221,10 @@ std::string queues_table(const std::vector<QueueInfo>& queues, Timestamp now) {
     }
     header.emplace_back("OLDEST-READY");
     align.push_back(Align::right);
+    header.emplace_back("LIMITS");
+    align.push_back(Align::left);
+    header.emplace_back("HELD");
+    align.push_back(Align::left);
     rows.push_back(std::move(header));
 
     for (const auto& q : sorted_by_name(queues)) {
@@ -232,6 +236,22 @@ std::string queues_table(const std::vector<QueueInfo>& queues, Timestamp now) {
             row.push_back(std::to_string(count_of(q, s)));
         row.push_back(q.oldest_ready_at ? format_duration(std::max(0ms, now - *q.oldest_ready_at))
                                         : "-");
+        std::string limits;
+        if (q.max_running) limits = fmt::format("max-running {}", *q.max_running);
+        if (q.rate && q.rate_per)
+            limits += fmt::format("{}rate {}/{}", limits.empty() ? "" : ", ", *q.rate,
+                                  format_duration(*q.rate_per));
+        std::string defaults;
+        if (q.max_attempts) defaults += fmt::format("attempts {}", *q.max_attempts);
+        if (q.timeout)
+            defaults += fmt::format("{}timeout {}", defaults.empty() ? "" : " ",
+                                    format_duration(*q.timeout));
+        if (q.priority)
+            defaults += fmt::format("{}priority {}", defaults.empty() ? "" : " ", *q.priority);
+        if (!defaults.empty())
+            limits += fmt::format("{}defaults: {}", limits.empty() ? "" : ", ", defaults);
+        row.push_back(limits.empty() ? "-" : limits);
+        row.push_back(q.held.value_or("-"));
         rows.push_back(std::move(row));
     }
     return table(rows, align);

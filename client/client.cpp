@@ -314,6 +314,33 @@ std::uint64_t Client::purge(JobState state, const std::optional<std::string>& qu
     return decode_count(b.reader());
 }
 
+QueueSettings Client::queue_set(const QueueSettings& s) {
+    QueueSetRequest m{impl_->next_req++, s.queue,        s.max_running, s.rate,
+                      std::nullopt,      s.max_attempts, std::nullopt,  s.priority};
+    if (s.rate_per) m.rate_per_ms = s.rate_per->count();
+    if (s.timeout) m.timeout_ms = s.timeout->count();
+    auto env = impl_->call(cmd::kQueueSet, encode(m), m.req);
+    Impl::expect(env, cmd::kQueue);
+    Body b(env.body);
+    return decode_queue(b.reader());
+}
+
+QueueSettings Client::queue_unset(const std::string& queue, const std::vector<std::string>& names) {
+    QueueUnsetRequest m{impl_->next_req++, queue, names};
+    auto env = impl_->call(cmd::kQueueUnset, encode(m), m.req);
+    Impl::expect(env, cmd::kQueue);
+    Body b(env.body);
+    return decode_queue(b.reader());
+}
+
+QueueSettings Client::queue_settings(const std::string& queue) {
+    QueueRequest m{impl_->next_req++, queue};
+    auto env = impl_->call(cmd::kQueueShow, encode(m), m.req);
+    Impl::expect(env, cmd::kQueue);
+    Body b(env.body);
+    return decode_queue(b.reader());
+}
+
 std::vector<QueueInfo> Client::queues() {
     auto req = impl_->next_req++;
     auto env = impl_->call(cmd::kQueues, encode_req(req), req);

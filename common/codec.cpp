@@ -612,6 +612,28 @@ PauseRequest decode_pause(const Reader& r) {
     return decode_as<PauseT>(r);
 }
 
+std::string encode(const QueueSetRequest& m) {
+    return encode_as<QueueSetT>(m);
+}
+QueueSetRequest decode_queue_set(const Reader& r) {
+    return decode_as<QueueSetT>(r);
+}
+std::string encode(const QueueUnsetRequest& m) {
+    return encode_as<QueueUnsetT>(m);
+}
+QueueUnsetRequest decode_queue_unset(const Reader& r) {
+    return decode_as<QueueUnsetT>(r);
+}
+std::string encode_queue(std::uint64_t req, const QueueSettings& s) {
+    return encode_as<QueueT>({req, s.queue, s.max_running, s.rate, s.rate_per, s.held,
+                              s.max_attempts, s.timeout, s.priority});
+}
+QueueSettings decode_queue(const Reader& r) {
+    auto f = decode_as<QueueT>(r);
+    return {std::move(f.queue), f.max_running,  f.rate,    f.rate_per,
+            std::move(f.held),  f.max_attempts, f.timeout, f.priority};
+}
+
 std::string encode_ids(std::uint64_t req, const std::vector<JobId>& ids) {
     return encode_as<RetriedT>({req, ids});
 }

@@ -121,6 +121,13 @@ Json to_json(const WorkerJob& job) {
 Json to_json(const StatsReply& stats) {
     return fields::object_of<fields::StatsT>(stats);
 }
+Json to_json(const QueueSettings& s) {
+    auto j = fields::object_of<fields::QueueT>(
+        fields::QueueReply{0, s.queue, s.max_running, s.rate, s.rate_per, s.held, s.max_attempts,
+                           s.timeout, s.priority});
+    j.erase("req");
+    return j;
+}
 Json to_json(const Schedule& schedule) {
     return fields::object_of<fields::ScheduleT>(schedule);
 }

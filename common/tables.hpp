@@ -108,7 +108,7 @@ struct JobSpecT {
              }},
         field("queue", &JobSpec::queue, Queue{}, required),
         field("payload", &JobSpec::payload, bin(&DecodeLimits::max_payload), defaulted),
-        field("max_attempts", &JobSpec::max_attempts, U32{}, defaulted,
+        field("max_attempts", &JobSpec::max_attempts, U32{}, omit,
               [](const std::uint32_t& v) {
                   if (v < 1 || v > limits::kMaxMaxAttempts)
                       bad(fmt::format("max_attempts must be 1-{}", limits::kMaxMaxAttempts));
@@ -124,7 +124,7 @@ struct JobSpecT {
                                       limits::kMaxArgvBytes));
               }),
         field("token", &JobSpec::token, str(limits::kMaxToken, true), omit),
-        field("priority", &JobSpec::priority, I32{}, omit_default,
+        field("priority", &JobSpec::priority, I32{}, omit,
               [](const std::int32_t& p) {
                   if (p < limits::kMinPriority || p > limits::kMaxPriority)
                       bad(fmt::format("priority must be {} to {}", limits::kMinPriority,
@@ -313,7 +313,14 @@ struct QueueInfoT {
                            field("paused", &QueueInfo::paused, Bool{}, defaulted),
                            field("counts", &QueueInfo::counts, Counts{}, required),
                            field("oldest_ready_at", &QueueInfo::oldest_ready_at, Time{}, nullable),
-                           field("paused_until", &QueueInfo::paused_until, Time{}, omit));
+                           field("paused_until", &QueueInfo::paused_until, Time{}, omit),
+                           field("max_running", &QueueInfo::max_running, U32{}, omit),
+                           field("rate", &QueueInfo::rate, U32{}, omit),
+                           field("rate_per_ms", &QueueInfo::rate_per, Duration{}, omit),
+                           field("held", &QueueInfo::held, str(64), omit),
+                           field("max_attempts", &QueueInfo::max_attempts, U32{}, omit),
+                           field("timeout_ms", &QueueInfo::timeout, Duration{}, omit),
+                           field("priority", &QueueInfo::priority, I32{}, omit));
 };
 
 struct QueuesT {
@@ -774,6 +781,100 @@ struct PauseT {
                                     }));
 };
 
+// ---- queue settings ---------------------------------------------------------------------------
+
+inline void check_max_running(const std::uint32_t& n) {
+    if (n < 1 || n > limits::kMaxMaxRunning)
+        bad(fmt::format("max_running must be 1-{}", limits::kMaxMaxRunning));
+}
+inline void check_rate(const std::uint32_t& n) {
+    if (n < 1 || n > limits::kMaxRate) bad(fmt::format("rate must be 1-{}", limits::kMaxRate));
+}
+inline void check_rate_per(const Millis& ms) {
+    if (ms < 1) bad("rate_per_ms must be more than 0");
+}
+
+struct QueueSetT {
+    static constexpr auto table = message<QueueSetRequest>(
+        "QUEUE_SET",
+        {.post =
+             [](QueueSetRequest& m, const Reader&, const DecodeLimits&) {
+                 if (m.rate.has_value() != m.rate_per_ms.has_value())
+                     bad("'rate' and 'rate_per_ms' go together");
+                 if (!m.max_running && !m.rate && !m.max_attempts && !m.timeout_ms && !m.priority)
+                     bad("give at least one setting: 'max_running', 'rate' with 'rate_per_ms', "
+                         "'max_attempts', 'timeout_ms' or 'priority'");
+             }},
+        field("req", &QueueSetRequest::req, U64{}, required),
+        field("queue", &QueueSetRequest::queue, Queue{}, required),
+        field("max_running", &QueueSetRequest::max_running, U32{}, omit, check_max_running),
+        field("rate", &QueueSetRequest::rate, U32{}, omit, check_rate),
+        field("rate_per_ms", &QueueSetRequest::rate_per_ms, DurationMs{limits::kMaxRatePerMs}, omit,
+              check_rate_per),
+        field("max_attempts", &QueueSetRequest::max_attempts, U32{}, omit,
+              [](const std::uint32_t& v) {
+                  if (v < 1 || v > limits::kMaxMaxAttempts)
+                      bad(fmt::format("max_attempts must be 1-{}", limits::kMaxMaxAttempts));
+              }),
+        field("timeout_ms", &QueueSetRequest::timeout_ms, DurationMs{limits::kMaxTimeoutMs}, omit,
+              [](const Millis& ms) {
+                  if (ms <= 0) bad("timeout_ms must be more than 0");
+              }),
+        field("priority", &QueueSetRequest::priority, I32{}, omit, [](const std::int32_t& p) {
+            if (p < limits::kMinPriority || p > limits::kMaxPriority)
+                bad(fmt::format("priority must be {} to {}", limits::kMinPriority,
+                                limits::kMaxPriority));
+        }));
+};
+
+struct QueueUnsetT {
+    static constexpr auto table = message<QueueUnsetRequest>(
+        "QUEUE_UNSET",
+        {.post =
+             [](QueueUnsetRequest& m, const Reader&, const DecodeLimits&) {
+                 if (m.unset.empty()) bad("field 'unset' must name at least one setting");
+                 for (const auto& name : m.unset) {
+                     bool known = false;
+                     for (auto k : kQueueSettingNames)
+                         known = known || name == k;
+                     if (!known)
+                         bad(
+                             fmt::format("unknown setting '{}': expected max_running, rate, "
+                                         "max_attempts, timeout or priority",
+                                         name.substr(0, 64)));
+                 }
+             }},
+        field("req", &QueueUnsetRequest::req, U64{}, required),
+        field("queue", &QueueUnsetRequest::queue, Queue{}, required),
+        field("unset", &QueueUnsetRequest::unset, StrArray{kQueueSettingNames.size() * 4, 64},
+              required));
+};
+
+struct QueueReply {  // QUEUE: a queue's settings (QueueSettings and the request's req)
+    std::uint64_t req = 0;
+    std::string queue;
+    std::optional<std::uint32_t> max_running;
+    std::optional<std::uint32_t> rate;
+    std::optional<std::chrono::milliseconds> rate_per;
+    std::optional<std::string> held;
+    std::optional<std::uint32_t> max_attempts;
+    std::optional<std::chrono::milliseconds> timeout;
+    std::optional<std::int32_t> priority;
+};
+
+struct QueueT {
+    static constexpr auto table =
+        message<QueueReply>("QUEUE", {}, field("req", &QueueReply::req, U64{}, required),
+                            field("queue", &QueueReply::queue, str(kName), required),
+                            field("max_running", &QueueReply::max_running, U32{}, omit),
+                            field("rate", &QueueReply::rate, U32{}, omit),
+                            field("rate_per_ms", &QueueReply::rate_per, Duration{}, omit),
+                            field("held", &QueueReply::held, str(64), omit),
+                            field("max_attempts", &QueueReply::max_attempts, U32{}, omit),
+                            field("timeout_ms", &QueueReply::timeout, Duration{}, omit),
+                            field("priority", &QueueReply::priority, I32{}, omit));
+};
+
 // Every table, for tests/test_protocol_doc.cpp (through errand::message_tables()).
 using AllTables =
     std::tuple<SubmitT, JobSpecT, SubmittedT, IdRequestT, WaitT, ListT, JobT, JobsT, JobInfoT,
@@ -782,6 +883,7 @@ using AllTables =
                ScheduleReplyT, SchedulesT, StatsT, QueueStatsT, BrokerInfoT, WorkersT, WorkerInfoT,
                WorkerJobT, FeedT, FeedReplyT, JobEventT, RegisterT, RegisteredT, CreditT, DispatchT,
                DoneT, FailT, ResultsT, AckT, AcksT, ErrorT, ProgressT, AbortT, HeartbeatT,
-               WorkerControlRequestT, WorkerControlT, DeleteT, PauseT>;
+               WorkerControlRequestT, WorkerControlT, DeleteT, PauseT, QueueSetT, QueueUnsetT,
+               QueueT>;
 
 }  // namespace errand::fields

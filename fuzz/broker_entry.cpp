@@ -507,6 +507,25 @@ class Script {
                 JobId id = job_id();
                 return encode(DeleteRequest{req(), id, in_.boolean()});
             }
+            case script::Op::kQueueSet: {
+                command = cmd::kQueueSet;
+                QueueSetRequest m{req(), queue(), std::nullopt, std::nullopt, std::nullopt};
+                if (in_.boolean()) m.max_running = static_cast<std::uint32_t>(in_.range(0, 4));
+                if (in_.boolean()) m.rate = static_cast<std::uint32_t>(in_.range(0, 4));
+                if (in_.boolean()) m.rate_per_ms = static_cast<Millis>(in_.range(0, 2000));
+                return encode(m);
+            }
+            case script::Op::kQueueUnset: {
+                command = cmd::kQueueUnset;
+                QueueUnsetRequest m{req(), queue(), {}};
+                for (auto name : kQueueSettingNames)
+                    if (in_.boolean()) m.unset.emplace_back(name);
+                if (in_.boolean()) m.unset.emplace_back("nonsense");
+                return encode(m);
+            }
+            case script::Op::kQueueShow:
+                command = cmd::kQueueShow;
+                return encode(QueueRequest{req(), queue()});
             case script::Op::kProgress: {
                 command = cmd::kProgress;
                 auto h = attempt();
@@ -621,6 +640,8 @@ class Script {
                 r.opt_str("instance", 64);
             } else if (c == cmd::kControl) {
                 decode_worker_control(r);
+            } else if (c == cmd::kQueue) {
+                decode_queue(r);
             } else if (c == cmd::kError) {
                 auto e = decode_error(r);
                 if (e.code == ErrorCode::internal && !skipped("internal"))

@@ -494,6 +494,21 @@ std::vector<std::pair<std::string, std::string>> broker_seeds() {
     }
     {
         ScriptWriter w;
+        w.msg(kClient, cmd::kQueueSet, encode(QueueSetRequest{1, "q0", 1, 2, 1000}))
+            .msg(kClient, cmd::kQueueSet, encode(QueueSetRequest{2, "q0", 0, {}, {}}))  // bad
+            .msg(kClient, cmd::kSubmit, submit(3, job("q0")))
+            .msg(kClient, cmd::kSubmit, submit(4, job("q0")))
+            .msg(kWorker, cmd::kRegister, registration(5, "inst-0", {"q0"}))
+            .msg(kWorker, cmd::kCredit, encode_credit(2))  // one: at max-running
+            .msg(kClient, cmd::kQueueShow, encode(QueueRequest{6, "q0"}))
+            .restart()  // the limits are stored
+            .msg(kClient, cmd::kQueueUnset,
+                 encode(QueueUnsetRequest{7, "q0", {"max_running", "rate"}}))
+            .msg(kClient, cmd::kQueues, encode_req(8));
+        add("queue_limits", w);
+    }
+    {
+        ScriptWriter w;
         w.msg(kClient, cmd::kPause, encode(PauseRequest{1, "q0", 500}))   // a timed pause
             .msg(kClient, cmd::kPause, encode(PauseRequest{2, "q1", 0}))  // bad_request
             .msg(kClient, cmd::kSubmit, submit(3, job("q0")))

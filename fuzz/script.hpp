@@ -57,6 +57,10 @@ enum class Op : std::uint8_t {
     // Appended (issue 13, run-now and delete).
     kRunNow,  // RUN_NOW of a handed-out id
     kDelete,  // DELETE of a handed-out id, with or without force
+    // Appended (issue 13, queue limits).
+    kQueueSet,    // max_running and/or rate of a queue of kQueues (fuzz values, 0 included)
+    kQueueUnset,  // names of kQueueSettingNames, or a bad one
+    kQueueShow,
     kOps
 };
 
@@ -77,16 +81,17 @@ inline constexpr std::array<std::string_view, 4> kZones = {"UTC", "Europe/Berlin
 inline constexpr std::array<std::string_view, 4> kCatchUps = {"none", "latest", "all", "some"};
 
 // Every name the broker might see in frame 1, including its own replies and near misses.
-inline constexpr std::array<std::string_view, 43> kCommandNames = {
-    cmd::kSubmit,  cmd::kStatus,  cmd::kWait,       cmd::kList,      cmd::kPing,
-    cmd::kCancel,  cmd::kRetry,   cmd::kPause,      cmd::kResume,    cmd::kPurge,
-    cmd::kQueues,  cmd::kHistory, cmd::kRegister,   cmd::kCredit,    cmd::kHeartbeat,
-    cmd::kDone,    cmd::kFail,    cmd::kProgress,   cmd::kSubmitted, cmd::kJob,
-    cmd::kJobs,    cmd::kPong,    cmd::kRegistered, cmd::kDispatch,  cmd::kAbort,
-    cmd::kRetried, cmd::kAck,     cmd::kError,      "submit",        "",
-    cmd::kStats,   cmd::kWorkers, cmd::kFeed,       cmd::kResults,   cmd::kDrain,
-    cmd::kRelease, cmd::kAcks,    cmd::kShutdown,   cmd::kOk,        cmd::kPurged,
-    cmd::kEvents,  cmd::kRunNow,  cmd::kDelete};
+inline constexpr std::array<std::string_view, 47> kCommandNames = {
+    cmd::kSubmit,    cmd::kStatus,  cmd::kWait,       cmd::kList,      cmd::kPing,
+    cmd::kCancel,    cmd::kRetry,   cmd::kPause,      cmd::kResume,    cmd::kPurge,
+    cmd::kQueues,    cmd::kHistory, cmd::kRegister,   cmd::kCredit,    cmd::kHeartbeat,
+    cmd::kDone,      cmd::kFail,    cmd::kProgress,   cmd::kSubmitted, cmd::kJob,
+    cmd::kJobs,      cmd::kPong,    cmd::kRegistered, cmd::kDispatch,  cmd::kAbort,
+    cmd::kRetried,   cmd::kAck,     cmd::kError,      "submit",        "",
+    cmd::kStats,     cmd::kWorkers, cmd::kFeed,       cmd::kResults,   cmd::kDrain,
+    cmd::kRelease,   cmd::kAcks,    cmd::kShutdown,   cmd::kOk,        cmd::kPurged,
+    cmd::kEvents,    cmd::kRunNow,  cmd::kDelete,     cmd::kQueueSet,  cmd::kQueueUnset,
+    cmd::kQueueShow, cmd::kQueue};
 
 constexpr std::size_t command_index(std::string_view name) {
     for (std::size_t i = 0; i < kCommandNames.size(); ++i)

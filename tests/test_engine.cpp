@@ -14,6 +14,7 @@
 #include "broker.hpp"
 #include "errand/codec.hpp"
 #include "errand/utf8.hpp"
+#include "start_window.hpp"
 #include "store_sqlite.hpp"
 #ifdef ERRAND_TEST_PG
 #include "pg_server.hpp"
@@ -2345,4 +2346,262 @@ TEST_CASE("expiry: SUBMIT with both expires_at and expires_in_ms, or expires_in_
     auto q = f.ask(cmd::kQueues, encode_req(f.req++));
     Body b(q.body);
     CHECK(decode_queues(b.reader()).empty());
+}
+
+// ---- queue limits (QUEUE_SET; docs/LIFECYCLE.md "Queue limits") ------------------------------
+
+namespace {
+
+QueueSettings queue_reply(const Envelope& e) {
+    REQUIRE(e.command == cmd::kQueue);
+    Body b(e.body);
+    return decode_queue(b.reader());
+}
+
+QueueInfo queue_row(Engine& f, const std::string& name) {
+    auto rep = f.ask(cmd::kQueues, encode_req(f.req++));
+    REQUIRE(rep.command == cmd::kQueues);
+    Body b(rep.body);
+    for (auto& q : decode_queues(b.reader()))
+        if (q.name == name) return q;
+    FAIL("no queue " << name << " in QUEUES");
+    return {};
+}
+
+QueueSetRequest max_running(Engine& f, const std::string& queue, std::uint32_t n) {
+    QueueSetRequest m;
+    m.req = f.req++;
+    m.queue = queue;
+    m.max_running = n;
+    return m;
+}
+
+}  // namespace
+
+TEST_CASE("max_running: no more than N running across workers; a finished one lets the next in") {
+    Engine f;
+    auto s = queue_reply(f.ask(cmd::kQueueSet, encode(max_running(f, "q", 2))));
+    CHECK(s.queue == "q");
+    CHECK(s.max_running == 2u);
+    CHECK_FALSE(s.held.has_value());
+    std::vector<JobId> ids;
+    for (int i = 0; i < 5; ++i)
+        ids.push_back(f.submit(spec("q")));
+    f.register_worker("w1", {"q"}, 4);
+    f.register_worker("w2", {"q"}, 4);
+    auto d1 = f.credit("w1", 4);
+    auto d2 = f.credit("w2", 4);
+    CHECK(d1.size() + d2.size() == 2);
+    auto q = queue_row(f, "q");
+    CHECK(q.max_running == 2u);
+    CHECK(q.held == std::string(kHeldMaxRunning));
+    // The jobs held back stay ready.
+    CHECK(q.counts[static_cast<std::size_t>(S::ready)].second == 3);
+    CHECK(queue_reply(f.ask(cmd::kQueueShow, encode(QueueRequest{f.req++, "q"}))).held ==
+          std::string(kHeldMaxRunning));
+    CHECK(dispatches(f.advance(1000), "w1").empty());
+    CHECK(dispatches(f.advance(1000), "w2").empty());
+
+    // One finishes: exactly one more starts, in the same pass.
+    const auto& first = d1.empty() ? d2.front() : d1.front();
+    const std::string who = d1.empty() ? "w2" : "w1";
+    auto out = f.send(who, cmd::kDone,
+                      encode(JobResult{.ok = true, .id = first.id, .attempt = first.attempt}));
+    CHECK(dispatches(out, "w1").size() + dispatches(out, "w2").size() == 1);
+    CHECK(queue_row(f, "q").counts[static_cast<std::size_t>(S::running)].second == 2);
+
+    // Raised: two more start; removed: the last one too.
+    out = f.send(f.client, cmd::kQueueSet, encode(max_running(f, "q", 4)));
+    CHECK(dispatches(out, "w1").size() + dispatches(out, "w2").size() == 2);
+    QueueUnsetRequest u{f.req++, "q", {"max_running"}};
+    out = f.send(f.client, cmd::kQueueUnset, encode(u));
+    auto to_client = replies(out, f.client);
+    REQUIRE(to_client.size() == 1);
+    CHECK_FALSE(queue_reply(to_client.front()).max_running.has_value());
+    CHECK(dispatches(out, "w1").size() + dispatches(out, "w2").size() == 0);  // none left
+    CHECK(queue_row(f, "q").counts[static_cast<std::size_t>(S::ready)].second == 0);
+}
+
+TEST_CASE("max_running is per queue: another queue of the same worker is not held back") {
+    Engine f;
+    f.ask(cmd::kQueueSet, encode(max_running(f, "slow", 1)));
+    f.submit(spec("slow"));
+    f.submit(spec("slow"));
+    JobId fast1 = f.submit(spec("fast"));
+    JobId fast2 = f.submit(spec("fast"));
+    f.register_worker("w1", {"slow", "fast"}, 8);
+    auto d = f.credit("w1", 8);
+    std::set<JobId> got;
+    for (auto& x : d)
+        got.insert(x.id);
+    CHECK(d.size() == 3);
+    CHECK(got.count(fast1));
+    CHECK(got.count(fast2));
+    CHECK_FALSE(queue_row(f, "fast").held.has_value());
+    CHECK(queue_row(f, "slow").held == std::string(kHeldMaxRunning));
+}
+
+TEST_CASE("queue settings: bad QUEUE_SET / QUEUE_UNSET are bad_request and change nothing") {
+    Engine f;
+    f.ask(cmd::kQueueSet, encode(max_running(f, "q", 3)));
+    auto zero = max_running(f, "q", 0);
+    auto e = f.error(cmd::kQueueSet, encode(zero));
+    CHECK(e.code == ErrorCode::bad_request);
+    CHECK(e.message.find("max_running") != std::string::npos);
+    auto big = max_running(f, "q", limits::kMaxMaxRunning + 1);
+    CHECK(f.error(cmd::kQueueSet, encode(big)).code == ErrorCode::bad_request);
+    QueueSetRequest none{f.req++, "q", std::nullopt, std::nullopt, std::nullopt};
+    e = f.error(cmd::kQueueSet, encode(none));
+    CHECK(e.code == ErrorCode::bad_request);
+    CHECK(e.message.find("at least one setting") != std::string::npos);
+    QueueSetRequest half{f.req++, "q", std::nullopt, 5, std::nullopt};
+    e = f.error(cmd::kQueueSet, encode(half));
+    CHECK(e.code == ErrorCode::bad_request);
+    CHECK(e.message.find("go together") != std::string::npos);
+    auto bad_name = encode(max_running(f, "no spaces", 2));
+    CHECK(f.error(cmd::kQueueSet, bad_name).code == ErrorCode::bad_request);
+    QueueUnsetRequest unknown{f.req++, "q", {"max_runing"}};
+    e = f.error(cmd::kQueueUnset, encode(unknown));
+    CHECK(e.code == ErrorCode::bad_request);
+    CHECK(e.message.find("max_runing") != std::string::npos);
+    QueueUnsetRequest empty{f.req++, "q", {}};
+    CHECK(f.error(cmd::kQueueUnset, encode(empty)).code == ErrorCode::bad_request);
+    CHECK(queue_reply(f.ask(cmd::kQueueShow, encode(QueueRequest{f.req++, "q"}))).max_running ==
+          3u);
+    // A queue without settings shows none (and is not an error).
+    auto other = queue_reply(f.ask(cmd::kQueueShow, encode(QueueRequest{f.req++, "other"})));
+    CHECK_FALSE(other.max_running.has_value());
+}
+
+TEST_CASE("rate: no more than N started in any window; the next start when the window has room") {
+    Engine f;
+    QueueSetRequest m{f.req++, "q", std::nullopt, 3, 1000};
+    auto s = queue_reply(f.ask(cmd::kQueueSet, encode(m)));
+    CHECK(s.rate == 3u);
+    CHECK(s.rate_per == std::chrono::milliseconds(1000));
+    for (int i = 0; i < 8; ++i)
+        f.submit(spec("q"));
+    f.register_worker("w1", {"q"}, 10);
+    const Millis t0 = f.now;
+    auto d = f.credit("w1", 10);
+    CHECK(d.size() == 3);
+    CHECK(queue_row(f, "q").held == std::string(kHeldRate));
+    // Finishing them frees no room: the window counts starts, not running jobs.
+    for (auto& x : d)
+        f.done("w1", x.id, x.attempt);
+    CHECK(dispatches(f.advance(500), "w1").empty());
+    CHECK(dispatches(f.advance_to(t0 + 999), "w1").empty());
+    auto next = dispatches(f.advance_to(t0 + 1000), "w1");
+    CHECK(next.size() == 3);
+    CHECK(dispatches(f.advance_to(t0 + 1999), "w1").empty());
+    CHECK(dispatches(f.advance_to(t0 + 2000), "w1").size() == 2);
+    CHECK_FALSE(queue_row(f, "q").held.has_value());  // nothing left ready
+    // Unset: no rate from then on.
+    QueueUnsetRequest u{f.req++, "q", {"rate"}};
+    CHECK_FALSE(queue_reply(f.ask(cmd::kQueueUnset, encode(u))).rate.has_value());
+}
+
+TEST_CASE("rate: bad values are bad_request and change nothing") {
+    Engine f;
+    QueueSetRequest ok{f.req++, "q", std::nullopt, 5, 1000};
+    f.ask(cmd::kQueueSet, encode(ok));
+    QueueSetRequest zero{f.req++, "q", std::nullopt, 0, 1000};
+    CHECK(f.error(cmd::kQueueSet, encode(zero)).code == ErrorCode::bad_request);
+    QueueSetRequest per0{f.req++, "q", std::nullopt, 5, 0};
+    auto e = f.error(cmd::kQueueSet, encode(per0));
+    CHECK(e.code == ErrorCode::bad_request);
+    CHECK(e.message.find("rate_per_ms") != std::string::npos);
+    QueueSetRequest huge{f.req++, "q", std::nullopt, limits::kMaxRate + 1, 1000};
+    CHECK(f.error(cmd::kQueueSet, encode(huge)).code == ErrorCode::bad_request);
+    auto now = queue_reply(f.ask(cmd::kQueueShow, encode(QueueRequest{f.req++, "q"})));
+    CHECK(now.rate == 5u);
+    CHECK(now.rate_per == std::chrono::milliseconds(1000));
+}
+
+TEST_CASE("StartWindow: room over a sliding window, merged starts, encode/decode") {
+    StartWindow w;
+    CHECK(w.room(1000, 3, 100) == 3);
+    w.started(1000, 2, 100);
+    w.started(1000, 1, 100);
+    CHECK(w.room(1000, 3, 100) == 0);
+    CHECK(w.room(1099, 3, 100) == 0);
+    CHECK(w.room(1100, 3, 100) == 3);
+    CHECK(w.frees_at(100) == Millis{1100});
+    w.started(1050, 1, 100);
+    CHECK(w.encode() == "1000:3,1050:1");
+    auto back = StartWindow::decode(w.encode());
+    CHECK(back.encode() == w.encode());
+    CHECK(back.room(1100, 3, 100) == 2);
+    w.started(1200, 1, 100);  // the old starts are forgotten
+    CHECK(w.encode() == "1200:1");
+    CHECK(StartWindow::decode("garbage").encode().empty());
+    CHECK(StartWindow::decode("5:1,3:1").encode().empty());  // out of order
+    CHECK(StartWindow::decode("").encode().empty());
+}
+
+TEST_CASE(
+    "queue defaults: a job without its own max_attempts, timeout, priority takes the queue's") {
+    Engine f;
+    QueueSetRequest m{f.req++, "q", std::nullopt, std::nullopt, std::nullopt, 5, 2000, 7};
+    auto s = queue_reply(f.ask(cmd::kQueueSet, encode(m)));
+    CHECK(s.max_attempts == 5u);
+    CHECK(s.timeout == std::chrono::milliseconds(2000));
+    CHECK(s.priority == 7);
+    // Without values of its own: the queue's.
+    auto plain = f.status(f.submit(spec("q")));
+    CHECK(plain.max_attempts == 5);
+    CHECK(plain.timeout == std::chrono::milliseconds(2000));
+    CHECK(plain.priority == 7);
+    // Its own values win, also when they equal the broker's defaults.
+    JobSpec own = spec("q");
+    own.max_attempts = 3;
+    own.timeout = std::chrono::milliseconds(500);
+    own.priority = 0;
+    auto mine = f.status(f.submit(own));
+    CHECK(mine.max_attempts == 3);
+    CHECK(mine.timeout == std::chrono::milliseconds(500));
+    CHECK(mine.priority == 0);
+    // Another queue: the broker's defaults.
+    auto other = f.status(f.submit(spec("other")));
+    CHECK(other.max_attempts == limits::kDefaultMaxAttempts);
+    CHECK_FALSE(other.timeout.has_value());
+    CHECK(other.priority == 0);
+    // The default priority orders dispatch like an own one: 7 before an own 1.
+    JobSpec low = spec("q");
+    low.priority = 1;
+    JobId low_id = f.submit(low);
+    f.register_worker("w1", {"q"}, 1);
+    auto d = f.credit("w1", 1);
+    REQUIRE(d.size() == 1);
+    CHECK(d[0].id != low_id);
+    // Unset: the broker's defaults again, for jobs submitted from then on.
+    QueueUnsetRequest u{f.req++, "q", {"max_attempts", "timeout", "priority"}};
+    auto after = queue_reply(f.ask(cmd::kQueueUnset, encode(u)));
+    CHECK_FALSE(after.max_attempts.has_value());
+    CHECK_FALSE(after.timeout.has_value());
+    CHECK_FALSE(after.priority.has_value());
+    auto later = f.status(f.submit(spec("q")));
+    CHECK(later.max_attempts == limits::kDefaultMaxAttempts);
+    CHECK_FALSE(later.timeout.has_value());
+    CHECK(later.priority == 0);
+    CHECK(f.status(d[0].id).max_attempts == 5);  // jobs already submitted keep theirs
+}
+
+TEST_CASE("queue defaults: bad values are bad_request and change nothing") {
+    Engine f;
+    QueueSetRequest ok{f.req++,      "q", std::nullopt, std::nullopt,
+                       std::nullopt, 4,   std::nullopt, std::nullopt};
+    f.ask(cmd::kQueueSet, encode(ok));
+    for (auto bad : {QueueSetRequest{f.req++, "q", {}, {}, {}, 0, {}, {}},
+                     QueueSetRequest{f.req++, "q", {}, {}, {}, 1001, {}, {}},
+                     QueueSetRequest{f.req++, "q", {}, {}, {}, {}, 0, {}},
+                     QueueSetRequest{f.req++, "q", {}, {}, {}, {}, limits::kMaxTimeoutMs + 1, {}},
+                     QueueSetRequest{f.req++, "q", {}, {}, {}, {}, {}, 1001},
+                     QueueSetRequest{f.req++, "q", {}, {}, {}, {}, {}, -1001}}) {
+        CHECK(f.error(cmd::kQueueSet, encode(bad)).code == ErrorCode::bad_request);
+    }
+    auto s = queue_reply(f.ask(cmd::kQueueShow, encode(QueueRequest{f.req++, "q"})));
+    CHECK(s.max_attempts == 4u);
+    CHECK_FALSE(s.timeout.has_value());
+    CHECK_FALSE(s.priority.has_value());
 }

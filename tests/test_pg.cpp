@@ -289,6 +289,10 @@ TEST_CASE("migrations 6 and 7 on PostgreSQL: finished jobs by state; timed pause
     check.exec(
         "DROP INDEX jobs_finished; CREATE INDEX jobs_finished ON jobs (finished_at) WHERE state "
         "IN ('succeeded', 'dead', 'cancelled'); ALTER TABLE queues DROP COLUMN paused_until; "
+        "ALTER TABLE queues DROP COLUMN IF EXISTS max_running, DROP COLUMN IF EXISTS rate, "
+        "DROP COLUMN IF EXISTS rate_per_ms, DROP COLUMN IF EXISTS rate_log, DROP COLUMN IF "
+        "EXISTS default_max_attempts, DROP COLUMN IF EXISTS default_timeout_ms, DROP COLUMN IF "
+        "EXISTS default_priority; DROP INDEX IF EXISTS jobs_running_queue; "
         "ALTER TABLE jobs DROP COLUMN expires_at; "
         "UPDATE errand_schema SET version = 5");
     PgStore store(conninfo);

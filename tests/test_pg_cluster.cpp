@@ -636,3 +636,147 @@ TEST_CASE(
     REQUIRE_MESSAGE(code, worker.logs());
     CHECK(*code == 0);
 }
+
+TEST_CASE(
+    "two brokers: a queue's max-running holds across the cluster, sampled from the database") {
+    PgServer pg;
+    TempDir d1, d2;
+    Broker b1(d1, cluster_args(pg)), b2(d2, cluster_args(pg));
+    Client c1(b1.client_options()), c2(b2.client_options());
+    QueueSettings s;
+    s.queue = "limited";
+    s.max_running = 2;
+    CHECK(c1.queue_set(s).max_running == 2u);
+    // The other broker reads it from the database (at its next refresh at the latest).
+    REQUIRE(wait_until([&] { return c2.queue_settings("limited").max_running == 2u; }, 5s, 20ms));
+
+    constexpr int kJobs = 200;
+    for (int batch = 0; batch < kJobs / 50; ++batch) {
+        std::vector<JobSpec> specs;
+        for (int i = 0; i < 50; ++i)
+            specs.push_back(job_spec("limited"));
+        (batch % 2 ? c2 : c1).submit_batch(std::move(specs));
+    }
+    std::atomic<int> in_flight{0}, most{0};
+    auto make = [&](const Broker& b, const std::string& name) {
+        auto w = std::make_unique<Worker>(WorkerOptions{.endpoint = b.endpoint(),
+                                                        .name = name,
+                                                        .concurrency = 4,
+                                                        .prefetch = 0,
+                                                        .accept_commands = false,
+                                                        .max_result = limits::kDefaultMaxResult});
+        w->handle("limited", [&](const Job&) {
+            int n = ++in_flight;
+            int seen = most.load();
+            while (n > seen && !most.compare_exchange_weak(seen, n)) {
+            }
+            std::this_thread::sleep_for(5ms);
+            --in_flight;
+            return Outcome::success("ok");
+        });
+        return w;
+    };
+    std::vector<std::unique_ptr<Worker>> workers;
+    workers.push_back(make(b1, "w1"));
+    workers.push_back(make(b1, "w2"));
+    workers.push_back(make(b2, "w3"));
+    workers.push_back(make(b2, "w4"));
+    std::vector<std::unique_ptr<WorkerThread>> threads;
+    for (auto& w : workers)
+        threads.push_back(std::make_unique<WorkerThread>(*w));
+
+    std::int64_t most_db = 0;
+    int samples = 0;
+    bool finished = wait_until(
+        [&] {
+            most_db = std::max(most_db, scalar(pg,
+                                               "SELECT count(*) FROM jobs WHERE queue = 'limited' "
+                                               "AND state = 'running'"));
+            ++samples;
+            return scalar(pg, "SELECT count(*) FROM jobs WHERE state = 'succeeded'") == kJobs;
+        },
+        120s, 5ms);
+    REQUIRE_MESSAGE(finished, b1.logs(), b2.logs());
+    threads.clear();
+    CHECK(samples > 20);
+    CHECK(most_db <= 2);
+    CHECK(most.load() <= 2);
+    CHECK(most.load() == 2);
+    MESSAGE("jobs claimed through b1: ",
+            scalar(pg,
+                   "SELECT count(*) FROM jobs j JOIN job_events e ON e.job_id = j.id AND "
+                   "e.reason = 'dispatched' WHERE e.worker IN ('w1', 'w2')"),
+            " of ", kJobs);
+    // Over the whole run, from the stored times: never three attempts at one instant.
+    CHECK(scalar(pg,
+                 "SELECT coalesce(max(n), 0) FROM (SELECT (SELECT count(*) FROM jobs b WHERE "
+                 "b.started_at <= a.started_at AND b.finished_at > a.started_at) AS n "
+                 "FROM jobs a) x") <= 2);
+}
+
+TEST_CASE("two brokers: a queue's rate holds across the cluster (from the jobs' start times)") {
+    PgServer pg;
+    TempDir d1, d2;
+    Broker b1(d1, cluster_args(pg)), b2(d2, cluster_args(pg));
+    Client c1(b1.client_options()), c2(b2.client_options());
+    QueueSettings s;
+    s.queue = "limited";
+    s.rate = 10;
+    s.rate_per = 1000ms;
+    CHECK(c1.queue_set(s).rate == 10u);
+    REQUIRE(wait_until([&] { return c2.queue_settings("limited").rate == 10u; }, 5s, 20ms));
+    constexpr int kJobs = 30;
+    std::vector<JobSpec> specs;
+    for (int i = 0; i < kJobs; ++i)
+        specs.push_back(job_spec("limited"));
+    c2.submit_batch(std::move(specs));
+    CountingWorker w1(b1, "w1", {"limited"}), w2(b2, "w2", {"limited"});
+    bool finished = wait_until(
+        [&] { return scalar(pg, "SELECT count(*) FROM jobs WHERE state = 'succeeded'") == kJobs; },
+        30s, 20ms);
+    REQUIRE_MESSAGE(finished, b1.logs(), b2.logs());
+    // No window of a second holds more than 10 starts, whichever broker made them.
+    CHECK(scalar(pg,
+                 "SELECT max(n) FROM (SELECT (SELECT count(*) FROM jobs b WHERE b.started_at >= "
+                 "a.started_at AND b.started_at < a.started_at + 1000) AS n FROM jobs a) x") <= 10);
+    CHECK(scalar(pg, "SELECT max(started_at) - min(started_at) FROM jobs") >= 2000);
+}
+
+TEST_CASE("PostgreSQL: queue settings are stored: a restarted broker and a new one read them") {
+    PgServer pg;
+    TempDir d1, d2;
+    Broker b1(d1, cluster_args(pg));
+    QueueSettings s;
+    s.queue = "slow";
+    s.max_running = 3;
+    s.rate = 7;
+    s.rate_per = 2000ms;
+    s.max_attempts = 9;
+    s.timeout = 45000ms;
+    s.priority = -5;
+    Client(b1.client_options()).queue_set(s);
+    b1.restart();
+    Broker b2(d2, cluster_args(pg));
+    for (Broker* b : {&b1, &b2}) {
+        auto got = Client(b->client_options()).queue_settings("slow");
+        CHECK(got.max_running == 3u);
+        CHECK(got.rate == 7u);
+        CHECK(got.rate_per == std::chrono::milliseconds(2000));
+        CHECK(got.max_attempts == 9u);
+        CHECK(got.timeout == std::chrono::milliseconds(45000));
+        CHECK(got.priority == -5);
+    }
+    // A job submitted through the new broker gets the stored defaults.
+    Client c2(b2.client_options());
+    JobSpec plain;  // no max_attempts, priority or timeout of its own
+    plain.queue = "slow";
+    auto job = c2.status(c2.submit(plain).id);
+    CHECK(job.max_attempts == 9);
+    CHECK(job.priority == -5);
+    CHECK(job.timeout == std::chrono::milliseconds(45000));
+    // Unset through one broker: the other reads it at its next refresh.
+    Client(b1.client_options()).queue_unset("slow", {"max_running", "rate"});
+    CHECK(wait_until([&] { return !c2.queue_settings("slow").max_running.has_value(); }, 5s, 20ms));
+    CHECK_FALSE(c2.queue_settings("slow").rate.has_value());
+    CHECK(c2.queue_settings("slow").max_attempts == 9u);
+}

@@ -469,15 +469,24 @@ TEST_CASE("migration: a database from before schedules gets them and keeps its j
         .exec(
             "ALTER TABLE jobs DROP COLUMN expires_at; "
             "ALTER TABLE queues DROP COLUMN paused_until; DROP TABLE job_counts; DROP TABLE "
-            "schedules; UPDATE errand_schema SET version = 3");
+            "schedules; ALTER TABLE queues DROP COLUMN max_running, DROP COLUMN rate, DROP "
+            "COLUMN rate_per_ms, DROP COLUMN rate_log, DROP COLUMN default_max_attempts, DROP "
+            "COLUMN default_timeout_ms, DROP COLUMN default_priority; DROP INDEX "
+            "jobs_running_queue; UPDATE errand_schema SET version = 3");
 #else
     {
         sqlite3* h = nullptr;
         REQUIRE(sqlite3_open((db.dir / "errand.db").c_str(), &h) == SQLITE_OK);
         char* err = nullptr;
-        // Version 8's tables and columns go too (they came after schedules), and 10's and 11's.
+        // Version 8's tables and columns go too (they came after schedules), and 10's to 12's.
         int rc = sqlite3_exec(h,
                               "ALTER TABLE jobs DROP COLUMN expires_at; "
+                              "ALTER TABLE queues DROP COLUMN max_running; "
+                              "ALTER TABLE queues DROP COLUMN rate; "
+                              "ALTER TABLE queues DROP COLUMN rate_per_ms; "
+                              "ALTER TABLE queues DROP COLUMN default_max_attempts; "
+                              "ALTER TABLE queues DROP COLUMN default_timeout_ms; "
+                              "ALTER TABLE queues DROP COLUMN default_priority; "
                               "ALTER TABLE queues DROP COLUMN paused_until; "
                               "DROP TABLE job_counts; DROP TABLE payloads; "
                               "DROP TABLE event_seq; "

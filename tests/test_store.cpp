@@ -96,8 +96,12 @@ Transition succeed(JobId id, Millis at, std::uint32_t attempt = 1) {
 
 // Turns a database back into what version 7 wrote (its jobs' events rows of version 8 go too:
 // they would have been in the history column; version 9's index is made again as it was; 10's
-// and 11's columns go; 11's wider state CHECKs may stay, every row meets them).
+// 11's and 12's columns go; 11's wider state CHECKs may stay, every row meets them).
 constexpr const char* kUndoVersion8 =
+    "ALTER TABLE queues DROP COLUMN max_running; ALTER TABLE queues DROP COLUMN rate; "
+    "ALTER TABLE queues DROP COLUMN rate_per_ms; ALTER TABLE queues DROP COLUMN "
+    "default_max_attempts; ALTER TABLE queues DROP COLUMN default_timeout_ms; "
+    "ALTER TABLE queues DROP COLUMN default_priority; "
     "ALTER TABLE jobs DROP COLUMN expires_at; "
     "ALTER TABLE queues DROP COLUMN paused_until; DROP INDEX jobs_finished; "
     "CREATE INDEX jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL; "

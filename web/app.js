@@ -201,6 +201,19 @@ function stateLink(queue, state, n) {
   return el('a', {href: `#jobs?queue=${encodeURIComponent(queue)}&state=${state}`}, n);
 }
 
+// A queue's limits (errand queue set) and why its ready jobs wait, as small badges.
+function queueLimits(q) {
+  const out = [];
+  if (q.max_running != null)
+    out.push(el('span', {class: 'limit', title: 'at most this many running at once'}, `max ${q.max_running}`));
+  if (q.rate != null)
+    out.push(el('span', {class: 'limit', title: 'at most this many started per window'},
+                `${q.rate}/${duration(q.rate_per_ms / 1000)}`));
+  if (q.held)
+    out.push(el('span', {class: 'state held', 'data-held': q.held}, q.held));
+  return out.length ? el('span', {class: 'limits'}, ...out) : null;
+}
+
 function renderQueues(data) {
   if (STATES.join() !== data.states.join()) {
     STATES = data.states;
@@ -219,7 +232,8 @@ function renderQueues(data) {
     qsel.value = keep;
   }
   $('#queues tbody').replaceChildren(...data.queues.map((q) => el('tr', {'data-queue': q.name, 'data-paused': String(q.paused)},
-    el('td', {}, q.name, q.paused ? el('span', {class: 'state paused'}, 'paused') : null),
+    el('td', {}, q.name, q.paused ? el('span', {class: 'state paused'}, 'paused') : null,
+       queueLimits(q)),
     ...STATES.map((s) => el('td', {class: 'n' + (q.counts[s] ? '' : ' zero'), 'data-state': s},
                             stateLink(q.name, s, q.counts[s]))),
     el('td', {class: 'n latency' + (q.oldest_ready_age_seconds > 60 ? ' late' : ''), 'data-latency': q.oldest_ready_age_seconds},

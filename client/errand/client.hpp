@@ -136,6 +136,13 @@ class Client {
     // or a concurrency out of 1-1024 (`concurrency` is for that action only).
     std::vector<WorkerInfo> control_worker(const std::string& worker, const std::string& action,
                                            std::uint32_t concurrency = 0);
+    // A queue's limits (docs/PROTOCOL.md, QUEUE_SET): the ones `s` sets (max_running; rate with
+    // rate_per) replace the queue's, the others stay; returns the queue's settings now.
+    // BrokerError bad_request for a value out of range or none given (nothing changes).
+    QueueSettings queue_set(const QueueSettings& s);
+    // Removes the named settings (kQueueSettingNames: "max_running", "rate").
+    QueueSettings queue_unset(const std::string& queue, const std::vector<std::string>& names);
+    QueueSettings queue_settings(const std::string& queue);
     // Recent committed job events (this broker run), oldest first: seq > after, of `queue`.
     std::vector<JobEvent> feed(const std::optional<std::string>& queue, std::uint32_t limit,
                                std::uint64_t after = 0);

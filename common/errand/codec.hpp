@@ -281,6 +281,26 @@ struct DeleteRequest {
     bool force = false;
 };
 
+// QUEUE_SET: the settings given replace the queue's; at least one. `rate` and `rate_per_ms`
+// go together.
+struct QueueSetRequest {
+    std::uint64_t req = 0;
+    std::string queue;
+    std::optional<std::uint32_t> max_running;
+    std::optional<std::uint32_t> rate;
+    std::optional<Millis> rate_per_ms;
+    std::optional<std::uint32_t> max_attempts;  // defaults for jobs without their own
+    std::optional<Millis> timeout_ms;
+    std::optional<std::int32_t> priority;
+};
+
+// QUEUE_UNSET: removes the named settings (kQueueSettingNames), at least one.
+struct QueueUnsetRequest {
+    std::uint64_t req = 0;
+    std::string queue;
+    std::vector<std::string> unset;
+};
+
 // Limits that decoding enforces (the broker sets them from its flags).
 struct DecodeLimits {
     std::size_t max_payload = limits::kDefaultMaxPayload;
@@ -331,6 +351,9 @@ std::string encode_req(std::uint64_t req);  // PING, QUEUES, OK
 std::string encode_empty();                 // {}
 std::string encode(const DeleteRequest& m);
 std::string encode(const PauseRequest& m);
+std::string encode(const QueueSetRequest& m);
+std::string encode(const QueueUnsetRequest& m);
+std::string encode_queue(std::uint64_t req, const QueueSettings& s);  // QUEUE
 
 SubmitRequest decode_submit(const Reader& r, const DecodeLimits& lim = {});
 SubmitReply decode_submitted(const Reader& r);
@@ -374,6 +397,9 @@ WorkerControlRequest decode_worker_control_request(const Reader& r);
 WorkerControl decode_worker_control(const Reader& r);
 DeleteRequest decode_delete(const Reader& r);
 PauseRequest decode_pause(const Reader& r);
+QueueSetRequest decode_queue_set(const Reader& r);
+QueueUnsetRequest decode_queue_unset(const Reader& r);
+QueueSettings decode_queue(const Reader& r);  // QUEUE
 
 // ---- Observability: job events, STATS, WORKERS, FEED (docs/PROTOCOL.md) -------------------
 

@@ -23,7 +23,9 @@ Json to_json(const QueueStats& queue);
 Json to_json(const WorkerInfo& worker);
 Json to_json(const WorkerJob& job);
 Json to_json(const StatsReply& stats);
-Json to_json(const Schedule& schedule);  // its job as in SUBMIT (payload as a string)
+Json to_json(const Schedule& schedule);
+Json to_json(const QueueSettings&
+                 s);  // QUEUE without its req  // its job as in SUBMIT (payload as a string)
 
 // A JSON time: the RFC 3339 string, or null.
 Json json_time(const std::optional<Timestamp>& t);

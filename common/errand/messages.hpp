@@ -21,12 +21,14 @@ struct JobSpec {
     std::string queue{};
     std::string payload{};
     std::optional<std::vector<std::string>> argv{};
-    std::uint32_t max_attempts = limits::kDefaultMaxAttempts;
+    // Unset: the queue's default (QUEUE_SET), else kDefaultMaxAttempts.
+    std::optional<std::uint32_t> max_attempts{};
     std::optional<std::string> token{};
-    std::int32_t priority = 0;                               // higher runs first
-    std::optional<Timestamp> run_at{};                       // scheduled: not before this time
+    std::optional<std::int32_t> priority{};  // higher runs first; unset: the queue's, else 0
+    std::optional<Timestamp> run_at{};       // scheduled: not before this time
     std::optional<std::chrono::milliseconds> delay{};        // scheduled: not before now + delay
     std::optional<std::chrono::milliseconds> timeout{};      // an attempt running longer is failed
+                                                             // (unset: the queue's default)
     std::optional<std::chrono::milliseconds> backoff{};      // retry backoff base (broker default)
     std::optional<std::chrono::milliseconds> backoff_cap{};  // retry backoff cap
     std::optional<std::string> unique{};                     // at most one unfinished job per key
@@ -66,7 +68,14 @@ struct QueueInfo {
     bool paused = false;
     std::vector<std::pair<JobState, std::uint64_t>> counts{};  // every state, in enum order
     std::optional<Timestamp> oldest_ready_at{};                // created_at of the oldest ready job
-    std::optional<Timestamp> paused_until{};  // a timed pause (PAUSE for_ms): resumed then
+    std::optional<Timestamp> paused_until{};     // a timed pause (PAUSE for_ms): resumed then
+    std::optional<std::uint32_t> max_running{};  // its limits (QUEUE_SET), when set
+    std::optional<std::uint32_t> rate{};
+    std::optional<std::chrono::milliseconds> rate_per{};
+    std::optional<std::string> held{};  // why its ready jobs wait: "at max-running", "rate limited"
+    std::optional<std::uint32_t> max_attempts{};  // its defaults for jobs without their own
+    std::optional<std::chrono::milliseconds> timeout{};
+    std::optional<std::int32_t> priority{};
 };
 
 struct Event {
@@ -174,6 +183,21 @@ struct Schedule {
     std::optional<Timestamp> last_at{};  // the last tick that submitted a job
     std::optional<JobId> last_job{};     // that job, and its state when read
     std::optional<JobState> last_state{};
+};
+
+// A queue's settings (QUEUE_SET, QUEUE_SHOW): limits on how its jobs start, the same on every
+// broker of a cluster. An unset limit is no limit.
+struct QueueSettings {
+    std::string queue{};
+    std::optional<std::uint32_t> max_running{};  // at most this many running at once
+    std::optional<std::uint32_t> rate{};  // at most this many started in any window of rate_per
+    std::optional<std::chrono::milliseconds> rate_per{};
+    std::optional<std::string> held{};  // read only: why ready jobs wait ("at max-running", …)
+    // Defaults for the queue's jobs that do not set their own (SUBMIT, schedules): the job's
+    // own value, else the queue's, else the broker's (3 attempts, no timeout, priority 0).
+    std::optional<std::uint32_t> max_attempts{};
+    std::optional<std::chrono::milliseconds> timeout{};
+    std::optional<std::int32_t> priority{};
 };
 
 }  // namespace errand

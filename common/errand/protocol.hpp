@@ -55,6 +55,11 @@ inline constexpr Millis kMaxDelayMs = 10LL * 365 * 86400000;  // ten years
 // SUBMIT run_at: 1970 to the end of the year 9999, in ms since the Unix epoch.
 inline constexpr Millis kMaxRunAt = 253402300799999;
 inline constexpr Millis kMaxTimeoutMs = 7LL * 86400000;  // a week
+// Queue settings (QUEUE_SET): max_running 1-kMaxMaxRunning; a rate of 1-kMaxRate starts per
+// window of 1 ms to kMaxRatePerMs.
+inline constexpr std::uint32_t kMaxMaxRunning = 1'000'000;
+inline constexpr std::uint32_t kMaxRate = 100'000;
+inline constexpr Millis kMaxRatePerMs = 86400000;  // a day
 }  // namespace limits
 
 // Error codes that travel in ERROR replies. to_string gives the wire spelling.
@@ -139,6 +144,9 @@ inline constexpr std::string_view kScheduleResume = "SCHEDULE_RESUME";  // -> SC
 inline constexpr std::string_view kWorkerControl = "WORKER_CONTROL";    // -> WORKERS
 inline constexpr std::string_view kRunNow = "RUN_NOW";                  // -> JOB
 inline constexpr std::string_view kDelete = "DELETE";                   // -> OK
+inline constexpr std::string_view kQueueSet = "QUEUE_SET";              // -> QUEUE
+inline constexpr std::string_view kQueueUnset = "QUEUE_UNSET";          // -> QUEUE
+inline constexpr std::string_view kQueueShow = "QUEUE_SHOW";            // -> QUEUE
 // worker -> broker
 inline constexpr std::string_view kRegister = "REGISTER";
 inline constexpr std::string_view kCredit = "CREDIT";
@@ -168,6 +176,7 @@ inline constexpr std::string_view kAck = "ACK";
 inline constexpr std::string_view kAcks = "ACKS";
 inline constexpr std::string_view kError = "ERROR";
 inline constexpr std::string_view kControl = "CONTROL";  // broker -> worker: quiet, stop, slots
+inline constexpr std::string_view kQueue = "QUEUE";      // a queue's settings
 }  // namespace cmd
 
 // What a worker does with new jobs (WORKERS `state`, CONTROL, REGISTER): `active` takes them,
@@ -179,6 +188,12 @@ inline constexpr std::string_view kWorkerStopping = "stopping";
 // WORKER_CONTROL's actions.
 inline constexpr std::array<std::string_view, 4> kWorkerActions = {"quiet", "stop", "resume",
                                                                    "concurrency"};
+// QUEUE_UNSET's names of the settings it removes.
+inline constexpr std::array<std::string_view, 5> kQueueSettingNames = {
+    "max_running", "rate", "max_attempts", "timeout", "priority"};
+// Why a queue's ready jobs wait (QUEUES and QUEUE `held`).
+inline constexpr std::string_view kHeldMaxRunning = "at max-running";
+inline constexpr std::string_view kHeldRate = "rate limited";
 
 // True when `name` is a valid queue name: 1-64 bytes of [A-Za-z0-9_.-].
 bool valid_queue_name(std::string_view name);
