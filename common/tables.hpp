@@ -578,8 +578,9 @@ inline void check_credit(const std::uint32_t& n) {
 }
 
 struct CreditT {
-    static constexpr auto table =
-        message<Credit>("CREDIT", {}, field("n", &Credit::n, U32{}, required, check_credit));
+    static constexpr auto table = message<Credit>(
+        "CREDIT", {},
+        field("n", &Credit::n, U32{}, required, [](const std::uint32_t& n) { check_credit(n); }));
 };
 
 struct DispatchT {
@@ -664,9 +665,11 @@ struct ResultList {
 // "credit" comes before "results": encode_results writes the map's last value, the results,
 // by appending their bodies as they are.
 struct ResultsT {
-    static constexpr auto table = message<ResultsMessage>(
-        "RESULTS", {}, field("credit", &ResultsMessage::credit, U32{}, omit_default, check_credit),
-        field("results", &ResultsMessage::results, ResultList{}, required));
+    static constexpr auto table =
+        message<ResultsMessage>("RESULTS", {},
+                                field("credit", &ResultsMessage::credit, U32{}, omit_default,
+                                      [](const std::uint32_t& n) { check_credit(n); }),
+                                field("results", &ResultsMessage::results, ResultList{}, required));
 };
 
 struct AckT {  // ACK; RELEASE
@@ -807,10 +810,12 @@ struct QueueSetT {
              }},
         field("req", &QueueSetRequest::req, U64{}, required),
         field("queue", &QueueSetRequest::queue, Queue{}, required),
-        field("max_running", &QueueSetRequest::max_running, U32{}, omit, check_max_running),
-        field("rate", &QueueSetRequest::rate, U32{}, omit, check_rate),
+        field("max_running", &QueueSetRequest::max_running, U32{}, omit,
+              [](const std::uint32_t& n) { check_max_running(n); }),
+        field("rate", &QueueSetRequest::rate, U32{}, omit,
+              [](const std::uint32_t& n) { check_rate(n); }),
         field("rate_per_ms", &QueueSetRequest::rate_per_ms, DurationMs{limits::kMaxRatePerMs}, omit,
-              check_rate_per),
+              [](const Millis& ms) { check_rate_per(ms); }),
         field("max_attempts", &QueueSetRequest::max_attempts, U32{}, omit,
               [](const std::uint32_t& v) {
                   if (v < 1 || v > limits::kMaxMaxAttempts)
