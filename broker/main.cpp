@@ -170,7 +170,8 @@ int main(int argc, char** argv) {
     app.add_option("--http", http,
                    "serve /metrics, /healthz, the JSON API and the dashboard on HOST:PORT "
                    "(port 0: any free port). Reads need no credential, so keep it on loopback or "
-                   "behind a proxy; POSTs (retry, cancel, pause, resume) need the token "
+                   "behind a proxy; POSTs (every action: retry, cancel, run now, delete, pause, "
+                   "resume) need the token "
                    "(--http-token-file)")
         ->check(CLI::Validator(
             [](std::string& s) -> std::string {
@@ -205,7 +206,8 @@ int main(int argc, char** argv) {
             },
             "NAME"));
     app.add_flag("--http-readonly", http_readonly,
-                 "the HTTP side refuses every POST (retry, cancel, pause, resume): metrics, health "
+                 "the HTTP side refuses every POST (every action: retry, cancel, run now, delete, "
+                 "pause, resume): metrics, health "
                  "and reads only")
         ->excludes(token_opt);
     app.add_option("--events", cfg.events_endpoint,
@@ -246,6 +248,12 @@ int main(int argc, char** argv) {
         std::fprintf(stderr,
                      "errand-broker: --worker-timeout must be at least twice --heartbeat "
                      "(and --heartbeat at least 10ms)\n");
+        return kExitUsage;
+    }
+    if (cfg.retention_ms <= 0) {
+        // 0 would delete a finished job as it finishes: its result, unread.
+        std::fprintf(stderr, "errand-broker: --retention must be more than 0 (got %s)\n",
+                     retention.c_str());
         return kExitUsage;
     }
     if (cfg.dead_retention_ms <= 0) {
@@ -392,7 +400,8 @@ int main(int argc, char** argv) {
                      http_readonly ? " (read-only)" : "");
         if (!http_readonly && http_token_file.empty())
             spdlog::info(
-                "http POSTs (retry, cancel, pause, resume) need the header X-Errand-Token: {} "
+                "http POSTs (every action: retry, cancel, run now, delete, pause, resume) need the "
+                "header X-Errand-Token: {} "
                 "(generated at "
                 "start; --http-token-file sets one; the dashboard page carries it)",
                 http_token);

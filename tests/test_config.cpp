@@ -151,6 +151,11 @@ TEST_CASE("config: bad values from any source are usage errors (exit 2) that nam
         CHECK(r.code == 2);
         CHECK_MESSAGE(r.err.find("dead-retention") != std::string::npos, r.err);
     }
+    for (const char* bad : {"0", "0ms"}) {
+        r = run(dir, "noretention", {broker_bin(), "--retention", bad, "--dump-config"});
+        CHECK(r.code == 2);
+        CHECK_MESSAGE(r.err.find("--retention must be more than 0") != std::string::npos, r.err);
+    }
     r = run(dir, "dead30", {broker_bin(), "--dead-retention", "30d", "--dump-config"});
     CHECK_MESSAGE(r.code == 0, r.err);
     CHECK_MESSAGE(r.out.find("dead-retention = ") != std::string::npos, r.out);

@@ -323,8 +323,11 @@ TEST_CASE("migration 8 on PostgreSQL: a version-7 database keeps its jobs; `expi
     auto conninfo = server().conninfo() + " options='-csearch_path=mig8'";
     pg::Connection check(conninfo);
     { PgStore fresh(conninfo); }
-    // What version 7 had, and jobs as it wrote them.
+    // What version 7 had (version 9's queue settings go too), and jobs as it wrote them.
     check.exec(
+        "ALTER TABLE queues DROP COLUMN max_running, DROP COLUMN rate, DROP COLUMN rate_per_ms, "
+        "DROP COLUMN rate_log, DROP COLUMN default_max_attempts, DROP COLUMN default_timeout_ms, "
+        "DROP COLUMN default_priority; DROP INDEX jobs_running_queue; "
         "ALTER TABLE jobs DROP COLUMN expires_at; "
         "ALTER TABLE jobs DROP CONSTRAINT jobs_state_check; ALTER TABLE jobs ADD CONSTRAINT "
         "jobs_state_check CHECK (state IN ('scheduled', 'ready', 'running', 'retrying', "
