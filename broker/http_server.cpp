@@ -3,10 +3,11 @@
 // Where each answer comes from (CQRS: nothing here runs on, or blocks, the broker loop):
 //   live picture (queues, workers, metrics, recent events, per-minute counts, page totals)
 //                                                          <- the loop's latest Snapshot
-//   jobs, searches, one job, its payload, history, progress, database size
+//   jobs, searches, one job, its payload, history, progress, database size, schedules
 //                                                          <- the read-only QueryStore
-//   retry, cancel, run-now, delete (one job or many), pause, resume
-//                  -> RETRY/CANCEL/RUN_NOW/DELETE/PAUSE/RESUME over inproc:// to the loop's
+//   retry, cancel, run-now, delete (one job or many), pause, resume (a queue or a schedule)
+//                  -> RETRY/CANCEL/RUN_NOW/DELETE/PAUSE/RESUME/SCHEDULE_PAUSE/SCHEDULE_RESUME
+//                     over inproc:// to the loop's
 //                     admin socket, so they take the same path as the CLI's: same handlers,
 //                     same state machine, committed before the reply. (An errand::Client over
 //                     TCP would need its own CURVE key when CURVE is on and would expose nothing
@@ -54,6 +55,9 @@ constexpr std::uint64_t kMaxCount = 10000;
 constexpr std::size_t kPayloadShown = 64 * 1024;
 // Ids one bulk action may name.
 constexpr std::size_t kMaxBulk = 1000;
+// Schedules /api/schedules and /metrics read: the engine's limit (EngineConfig::max_schedules),
+// so every schedule is shown and the metrics' schedule label has at most this many values.
+constexpr std::size_t kMaxSchedules = 1000;
 
 // Standard base64 (RFC 4648) of any bytes: how the API carries a payload that is not UTF-8.
 std::string base64(std::string_view in) {
@@ -373,6 +377,8 @@ struct HttpServer::Impl {
         {
             std::lock_guard lock(queries_mu);
             g.db_bytes = opt.queries->size_bytes();
+            for (const auto& sc : opt.queries->schedules(kMaxSchedules))
+                g.schedules[sc.name] = {sc.paused, to_ms(sc.next_at), to_ms(sc.last_at)};
         }
         g.uptime_seconds = static_cast<double>(s->at - s->started_at) / 1000.0;
         g.last_loop_seconds = static_cast<double>(s->at) / 1000.0;
@@ -413,6 +419,7 @@ struct HttpServer::Impl {
                           {"cancelled", m->second.cancelled}, {"expired", m->second.expired}};
             out.push_back({{"name", q.name},
                            {"paused", q.paused},
+                           {"paused_until", json_time(to_time(q.paused_until))},
                            {"counts", counts_json(q.counts)},
                            {"oldest_ready_at", json_time(to_time(q.oldest_ready_at))},
                            {"oldest_ready_age_seconds", ready_age(*s, q)},
@@ -820,6 +827,49 @@ struct HttpServer::Impl {
         set_paused(req, res, false);
     }
 
+    // One schedule as /api/schedules shows it: the fields of `errand schedule list`, its job's
+    // queue (not the whole job: a payload may be any bytes).
+    static json schedule_json(const Schedule& s) {
+        return {{"name", s.name},
+                {"cron", s.cron},
+                {"zone", s.zone},
+                {"catch_up", s.catch_up},
+                {"queue", s.job.queue},
+                {"paused", s.paused},
+                {"created_at", json_time(s.created_at)},
+                {"next_at", json_time(s.next_at)},
+                {"last_at", json_time(s.last_at)},
+                {"last_job", s.last_job ? json(*s.last_job) : json(nullptr)},
+                {"last_state", s.last_state ? json(to_string(*s.last_state)) : json(nullptr)}};
+    }
+
+    // GET /api/schedules: every schedule by name with its last job's state, from the read-only
+    // connection (as `errand schedule list` shows them, without a turn of the loop).
+    void schedules(const httplib::Request&, httplib::Response& res) {
+        json out = json::array();
+        {
+            std::lock_guard lock(queries_mu);
+            for (auto& s : opt.queries->schedules(kMaxSchedules)) {
+                if (s.last_job)
+                    if (auto j = opt.queries->get_job(*s.last_job)) s.last_state = j->state;
+                out.push_back(schedule_json(s));
+            }
+        }
+        send_json(res, {{"time", format_time(wall_ms())}, {"schedules", out}});
+    }
+
+    // POST /api/schedules/S/pause and /resume: SCHEDULE_PAUSE/SCHEDULE_RESUME, as
+    // `errand schedule pause|resume S`: the schedule.
+    void set_schedule_paused(const httplib::Request& req, httplib::Response& res) {
+        auto name = req.matches[1].str();
+        if (!valid_queue_name(name))  // schedule names follow the queue names' rule
+            throw HttpError{400, "bad_request", "invalid schedule name"};
+        bool pause = req.matches[2].str() == "pause";
+        auto [command, body] = admin(pause ? cmd::kSchedulePause : cmd::kScheduleResume,
+                                     encode(ScheduleRequest{1, name}));
+        send_json(res, schedule_json(decode_schedule(Body(body).reader())));
+    }
+
     // POST /api/workers/W/quiet, /resume and /stop: WORKER_CONTROL, as `errand worker ACTION W`
     // (W a worker name or instance id). Answers {"workers": [...]}, the workers it reached.
     void control_worker(const httplib::Request& req, httplib::Response& res) {
@@ -893,6 +943,8 @@ struct HttpServer::Impl {
         server.Post(R"(/api/queues/([^/]+)/pause)", wrap(&Impl::pause));
         server.Post(R"(/api/queues/([^/]+)/resume)", wrap(&Impl::resume));
         server.Post(R"(/api/workers/([^/]+)/(quiet|resume|stop))", wrap(&Impl::control_worker));
+        server.Get("/api/schedules", wrap(&Impl::schedules));
+        server.Post(R"(/api/schedules/([^/]+)/(pause|resume))", wrap(&Impl::set_schedule_paused));
         server.Post("/api/jobs/run-now", wrap(&Impl::run_now_many));
         server.Post("/api/jobs/delete", wrap(&Impl::remove_many));
         server.Post(R"(/api/jobs/([^/]+)/run-now)", wrap(&Impl::run_now));

@@ -260,6 +260,33 @@ std::string render_prometheus(const Metrics& m, const Gauges& g,
     for (const auto& [q, n] : g.queue_slots)
         out += fmt::format("errand_queue_worker_slots{{queue=\"{}\"}} {}\n", label(q), n);
 
+    // Schedules: a schedule label is bounded by the broker's limit on schedules (1000).
+    std::uint64_t paused_schedules = 0;
+    for (const auto& [name, s] : g.schedules)
+        paused_schedules += s.paused ? 1 : 0;
+    family(out, "errand_schedules", "gauge", "Cron schedules, by whether they are paused.");
+    out += fmt::format("errand_schedules{{paused=\"false\"}} {}\n",
+                       g.schedules.size() - paused_schedules);
+    out += fmt::format("errand_schedules{{paused=\"true\"}} {}\n", paused_schedules);
+    family(out, "errand_schedule_paused", "gauge", "1 when the schedule is paused.");
+    for (const auto& [name, s] : g.schedules)
+        out += fmt::format("errand_schedule_paused{{schedule=\"{}\"}} {}\n", label(name),
+                           s.paused ? 1 : 0);
+    family(out, "errand_schedule_next_fire_timestamp_seconds", "gauge",
+           "Unix time of the schedule's next tick (absent: paused, or no tick to come).");
+    for (const auto& [name, s] : g.schedules)
+        if (s.next_at && !s.paused)
+            out +=
+                fmt::format("errand_schedule_next_fire_timestamp_seconds{{schedule=\"{}\"}} {}\n",
+                            label(name), number(static_cast<double>(*s.next_at) / 1000.0));
+    family(out, "errand_schedule_last_fire_timestamp_seconds", "gauge",
+           "Unix time of the last tick that submitted a job (absent: none yet).");
+    for (const auto& [name, s] : g.schedules)
+        if (s.last_at)
+            out +=
+                fmt::format("errand_schedule_last_fire_timestamp_seconds{{schedule=\"{}\"}} {}\n",
+                            label(name), number(static_cast<double>(*s.last_at) / 1000.0));
+
     struct Counter {
         const char* name;
         const char* help;

@@ -132,6 +132,14 @@ struct Gauges {
     double uptime_seconds = 0;
     double last_loop_seconds = 0;  // unix time of the broker loop's last published snapshot
     std::string version;           // errand_build_info
+    // Cron schedules by name: at most the engine's max_schedules (1000), so the name can be a
+    // label. Times in ms since the epoch; nullopt: none (paused, never fired).
+    struct ScheduleGauge {
+        bool paused = false;
+        std::optional<Millis> next_at;
+        std::optional<Millis> last_at;
+    };
+    std::map<std::string, ScheduleGauge> schedules;
 };
 
 // The process_* families of Prometheus' client libraries, read from /proc/self when rendered.

@@ -364,6 +364,8 @@ class QueryStore {
     virtual std::optional<std::string> payload(JobId id, std::size_t max) = 0;
     // Bytes of the database (pages in use and free) plus its WAL, when known.
     virtual std::optional<std::uint64_t> size_bytes() = 0;
+    // Up to `limit` cron schedules by name, as Store::list_schedules (last_state not set).
+    virtual std::vector<Schedule> schedules(std::size_t limit) = 0;
 };
 
 }  // namespace errand::broker

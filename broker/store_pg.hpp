@@ -149,6 +149,9 @@ class PgQueryStore final : public QueryStore {
         return store_.payload(id, max);
     }
     std::optional<std::uint64_t> size_bytes() override { return store_.size_bytes(); }
+    std::vector<Schedule> schedules(std::size_t limit) override {
+        return store_.list_schedules(limit);
+    }
 
   private:
     PgStore store_;

@@ -1571,10 +1571,13 @@ JobId SqliteStore::max_job_id() {
 
 // ---- Schedules --------------------------------------------------------------------------------
 
+// The columns read_schedule() reads (also SqliteQueryStore::schedules).
+constexpr const char* kScheduleColumns =
+    "name, cron, zone, catch_up, job, paused, created_at, next_at, last_at, last_job";
+
 // Prepared on first use (a broker without schedules never needs them).
 struct SqliteStore::ScheduleStatements {
-    static constexpr const char* kColumns =
-        "name, cron, zone, catch_up, job, paused, created_at, next_at, last_at, last_job";
+    static constexpr const char* kColumns = kScheduleColumns;
     explicit ScheduleStatements(sqlite3* db)
         : insert(db,
                  "INSERT INTO schedules (name, cron, zone, catch_up, job, paused, created_at, "
@@ -1737,6 +1740,7 @@ struct SqliteQueryStore::Statements {
                   "payload), 1, ?2) FROM jobs WHERE id = ?1"),
           pages(db, "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()") {}
     Stmt get, events, history, page, count, payload, pages;
+    std::optional<Stmt> schedules;  // prepared on first use
 };
 
 namespace {
@@ -1857,6 +1861,18 @@ std::optional<std::uint64_t> SqliteQueryStore::size_bytes() {
     auto wal = std::filesystem::file_size(path_ + "-wal", ec);
     if (!ec) bytes += wal;
     return bytes;
+}
+
+std::vector<Schedule> SqliteQueryStore::schedules(std::size_t limit) {
+    budget_ = scan_budget_;
+    // Prepared on first use, as the writer's ScheduleStatements.
+    if (!st_->schedules)
+        st_->schedules.emplace(
+            db_, fmt::format("SELECT {} FROM schedules ORDER BY name LIMIT ?1", kScheduleColumns)
+                     .c_str());
+    auto& s = st_->schedules->reset();
+    s.bind(1, static_cast<std::int64_t>(limit));
+    return read_schedules(s);
 }
 
 }  // namespace errand::broker

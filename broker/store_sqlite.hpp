@@ -188,6 +188,7 @@ class SqliteQueryStore final : public QueryStore {
     std::uint64_t count(const JobPage& page, std::uint64_t cap) override;
     std::optional<std::string> payload(JobId id, std::size_t max) override;
     std::optional<std::uint64_t> size_bytes() override;
+    std::vector<Schedule> schedules(std::size_t limit) override;
 
   private:
     struct Statements;

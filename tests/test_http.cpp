@@ -1475,3 +1475,182 @@ TEST_CASE("http: a worker quieted, resumed and stopped from the API; its state i
     CHECK(w.client.workers().at(0).state == "active");
     CHECK(w.post("/api/workers/http-worker/stop")["workers"][0]["state"] == "stopping");
 }
+
+namespace {
+
+// A schedule of `queue` (nobody serves it, so its jobs stay ready).
+errand::Schedule schedule_of(std::string name, std::string cron, std::string queue,
+                             std::string zone = "UTC") {
+    errand::Schedule s;
+    s.name = std::move(name);
+    s.cron = std::move(cron);
+    s.zone = std::move(zone);
+    s.job = job_spec(std::move(queue), "tick");
+    return s;
+}
+
+}  // namespace
+
+TEST_CASE("http: /api/schedules lists each schedule with its last job; pause and resume by POST") {
+    HttpWorld w;
+    auto nightly =
+        w.client.schedule_add(schedule_of("nightly", "0 3 * * *", "sq", "Europe/Berlin"));
+    w.client.schedule_add(schedule_of("fast", "* * * * * *", "fq"));
+
+    // The every-second schedule fires: its last job shows, with the job's state.
+    json all;
+    REQUIRE(wait_until(
+        [&] {
+            all = w.get("/api/schedules");
+            return all["schedules"].size() == 2 && !all["schedules"][0]["last_job"].is_null();
+        },
+        10s));
+    INFO(all.dump());
+    CHECK(is_rfc3339(all["time"]));
+    const auto& fast = all["schedules"][0];  // by name
+    CHECK(fast["name"] == "fast");
+    CHECK(fast["cron"] == "* * * * * *");
+    CHECK(fast["zone"] == "UTC");
+    CHECK(fast["queue"] == "fq");
+    CHECK(fast["paused"] == false);
+    CHECK(is_rfc3339(fast["last_at"]));
+    CHECK(is_rfc3339(fast["next_at"]));
+    auto job = w.client.status(fast["last_job"].get<errand::JobId>());
+    CHECK(job.queue == "fq");
+    CHECK(fast["last_state"] == "ready");
+    const auto& n = all["schedules"][1];
+    CHECK(n["name"] == "nightly");
+    CHECK(n["cron"] == "0 3 * * *");
+    CHECK(n["zone"] == "Europe/Berlin");
+    CHECK(n["queue"] == "sq");
+    CHECK(n["last_at"].is_null());
+    CHECK(n["last_job"].is_null());
+    CHECK(n["last_state"].is_null());
+    CHECK(errand::parse_time(n["next_at"].get<std::string>()) == errand::to_ms(*nightly.next_at));
+
+    // Pause and resume as `errand schedule pause|resume`: the library sees each.
+    auto p = w.post("/api/schedules/nightly/pause");
+    CHECK(p["name"] == "nightly");
+    CHECK(p["paused"] == true);
+    CHECK(w.client.schedule("nightly").paused);
+    CHECK(w.post("/api/schedules/nightly/pause")["paused"] == true);  // again: no change
+    auto r = w.post("/api/schedules/nightly/resume");
+    CHECK(r["paused"] == false);
+    CHECK_FALSE(w.client.schedule("nightly").paused);
+
+    // Unknown and invalid names change nothing.
+    CHECK(w.post("/api/schedules/nope/pause", 404)["error"]["code"] == "not_found");
+    CHECK(w.post("/api/schedules/a%20b/pause", 400)["error"]["code"] == "bad_request");
+    CHECK(w.post("/api/schedules/" + std::string(65, 'x') + "/resume", 400)["error"]["code"] ==
+          "bad_request");
+
+    // The gate: no token, a foreign origin, a foreign Host are refused; the schedule stays.
+    httplib::Client http("127.0.0.1", w.http_port);
+    http.set_read_timeout(10, 0);
+    for (const char* path : {"/api/schedules/nightly/pause", "/api/schedules/nightly/resume"}) {
+        INFO(path);
+        auto res = http.Post(path, "", "application/json");
+        REQUIRE(res);
+        CHECK(res->status == 403);
+        CHECK(json::parse(res->body)["error"]["code"] == "forbidden");
+        res = http.Post(path, {{"X-Errand-Token", kToken}, {"Origin", "http://evil.test"}}, "",
+                        "application/json");
+        REQUIRE(res);
+        CHECK(res->status == 403);
+        res = http.Post(path, {{"X-Errand-Token", kToken}, {"Host", "evil.test"}}, "",
+                        "application/json");
+        REQUIRE(res);
+        CHECK(res->status == 421);
+    }
+    CHECK_FALSE(w.client.schedule("nightly").paused);
+
+    // --http-readonly: read, but not paused.
+    TempDir dir;
+    int port = free_port();
+    Broker ro(dir, {"--http", "127.0.0.1:" + std::to_string(port), "--http-readonly"});
+    errand::Client client(ro.client_options());
+    client.schedule_add(schedule_of("ro", "@daily", "rq"));
+    httplib::Client rhttp("127.0.0.1", port);
+    rhttp.set_read_timeout(10, 0);
+    auto res =
+        rhttp.Post("/api/schedules/ro/pause", {{"X-Errand-Token", kToken}}, "", "application/json");
+    REQUIRE(res);
+    CHECK(res->status == 403);
+    CHECK(json::parse(res->body)["error"]["code"] == "read_only");
+    CHECK_FALSE(client.schedule("ro").paused);
+    res = rhttp.Get("/api/schedules");
+    REQUIRE(res);
+    CHECK(res->status == 200);
+    CHECK(json::parse(res->body)["schedules"][0]["name"] == "ro");
+}
+
+TEST_CASE("http: /metrics has errand_schedules and each schedule's next and last fire time") {
+    HttpWorld w;
+    auto nightly = w.client.schedule_add(schedule_of("nightly", "0 3 * * *", "sq"));
+    w.client.schedule_add(schedule_of("fast", "* * * * * *", "fq"));
+    w.client.schedule_add(schedule_of("off", "@hourly", "oq"));
+    w.client.schedule_pause("off");
+    REQUIRE(wait_until([&] { return w.client.schedule("fast").last_at.has_value(); }, 10s));
+
+    auto text = w.metrics();
+    INFO(text);
+    CHECK(has_line(text, "# TYPE errand_schedules gauge"));
+    CHECK(has_line(text, "errand_schedules{paused=\"false\"} 2"));
+    CHECK(has_line(text, "errand_schedules{paused=\"true\"} 1"));
+    CHECK(has_line(text, "# TYPE errand_schedule_next_fire_timestamp_seconds gauge"));
+    CHECK(has_line(text, fmt::format("errand_schedule_next_fire_timestamp_seconds{{schedule="
+                                     "\"nightly\"}} {}",
+                                     errand::to_ms(*nightly.next_at) / 1000)));
+    CHECK(text.find("errand_schedule_next_fire_timestamp_seconds{schedule=\"fast\"} ") !=
+          std::string::npos);
+    // Paused: no next tick.
+    CHECK(text.find("errand_schedule_next_fire_timestamp_seconds{schedule=\"off\"}") ==
+          std::string::npos);
+    CHECK(has_line(text, "# TYPE errand_schedule_last_fire_timestamp_seconds gauge"));
+    CHECK(text.find("errand_schedule_last_fire_timestamp_seconds{schedule=\"fast\"} ") !=
+          std::string::npos);
+    CHECK(text.find("errand_schedule_last_fire_timestamp_seconds{schedule=\"nightly\"}") ==
+          std::string::npos);
+    CHECK(has_line(text, "# TYPE errand_schedule_paused gauge"));
+    CHECK(has_line(text, "errand_schedule_paused{schedule=\"off\"} 1"));
+    CHECK(has_line(text, "errand_schedule_paused{schedule=\"nightly\"} 0"));
+
+    if (!promtool_available()) return;
+    auto file = w.dir / "metrics.txt";
+    write_file(file, text);
+    auto out = w.dir / "promtool.out";
+    int rc = std::system(
+        ("promtool check metrics < '" + file.string() + "' > '" + out.string() + "' 2>&1").c_str());
+    INFO("promtool: ", read_file(out));
+    CHECK(rc == 0);
+}
+
+TEST_CASE("http: /api/queues shows a timed pause's end as paused_until") {
+    HttpWorld w;
+    w.client.pause("timed", std::chrono::minutes(10));
+    w.client.pause("forever");
+    w.client.submit(job_spec("timed"));
+    w.client.submit(job_spec("forever"));
+    json timed, forever;
+    REQUIRE(wait_until(
+        [&] {
+            auto all = w.get("/api/queues");
+            for (const auto& q : all["queues"]) {
+                if (q["name"] == "timed") timed = q;
+                if (q["name"] == "forever") forever = q;
+            }
+            return timed.is_object() && forever.is_object();
+        },
+        10s));
+    INFO(timed.dump(), forever.dump());
+    CHECK(timed["paused"] == true);
+    REQUIRE(is_rfc3339(timed["paused_until"]));
+    auto until = *errand::parse_time(timed["paused_until"].get<std::string>());
+    auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                   std::chrono::system_clock::now().time_since_epoch())
+                   .count();
+    CHECK(until > now + 9 * 60 * 1000);
+    CHECK(until <= now + 10 * 60 * 1000);
+    CHECK(forever["paused"] == true);
+    CHECK(forever["paused_until"].is_null());
+}

@@ -165,3 +165,37 @@ TEST_CASE("metrics: failed attempts are counted by a closed set of reason classe
     CHECK(self->open_fds >= 3);
     CHECK(self->start_time_seconds > 1.6e9);
 }
+
+TEST_CASE("metrics: schedules by paused, and each schedule's next and last fire time") {
+    Metrics m;
+    Gauges g;
+    // No schedules: both counts still show (0), no per-schedule series.
+    auto empty = render_prometheus(m, g);
+    CHECK(has_line(empty, "errand_schedules{paused=\"false\"} 0"));
+    CHECK(has_line(empty, "errand_schedules{paused=\"true\"} 0"));
+    CHECK(empty.find("errand_schedule_next_fire_timestamp_seconds{") == std::string::npos);
+
+    g.schedules["nightly"] = {false, 1764644400000, std::nullopt};
+    g.schedules["fast"] = {false, 1764600000500, 1764599999500};
+    g.schedules["off"] = {true, 1764644400000, 1764558000000};
+    auto text = render_prometheus(m, g);
+    INFO(text);
+    CHECK(has_line(text, "# TYPE errand_schedules gauge"));
+    CHECK(has_line(text, "errand_schedules{paused=\"false\"} 2"));
+    CHECK(has_line(text, "errand_schedules{paused=\"true\"} 1"));
+    CHECK(has_line(text, "errand_schedule_paused{schedule=\"off\"} 1"));
+    CHECK(has_line(text, "errand_schedule_paused{schedule=\"fast\"} 0"));
+    CHECK(has_line(text,
+                   "errand_schedule_next_fire_timestamp_seconds{schedule=\"nightly\"} 1764644400"));
+    CHECK(has_line(text,
+                   "errand_schedule_next_fire_timestamp_seconds{schedule=\"fast\"} 1764600000.5"));
+    // Paused: no next tick; never fired: no last one.
+    CHECK(text.find("errand_schedule_next_fire_timestamp_seconds{schedule=\"off\"}") ==
+          std::string::npos);
+    CHECK(text.find("errand_schedule_last_fire_timestamp_seconds{schedule=\"nightly\"}") ==
+          std::string::npos);
+    CHECK(has_line(text,
+                   "errand_schedule_last_fire_timestamp_seconds{schedule=\"fast\"} 1764599999.5"));
+    CHECK(
+        has_line(text, "errand_schedule_last_fire_timestamp_seconds{schedule=\"off\"} 1764558000"));
+}

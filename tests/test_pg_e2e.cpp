@@ -3,6 +3,8 @@
 // back; after the broker is SIGKILLed and restarted, committed jobs and their histories are all
 // there and the unfinished one still runs.
 #include <doctest/doctest.h>
+#include <httplib.h>
+#include <nlohmann/json.hpp>
 
 #include "harness.hpp"
 #include "pg.hpp"
@@ -102,4 +104,44 @@ TEST_CASE("a PostgreSQL database the broker cannot use: a clear error and exit 3
     auto newer = start_broker(dir, pg.uri());
     CHECK(newer.exit_code == 3);
     CHECK_MESSAGE(newer.err.find("newer than this errand") != std::string::npos, newer.err);
+}
+
+TEST_CASE("a broker on PostgreSQL serves /api/schedules and the schedule metrics; pause by POST") {
+    PgServer pg;
+    TempDir dir;
+    const std::string token = "pg-http-token-0123456789";
+    write_file(dir / "token", token + "\n");
+    const int port = free_port();
+    Broker broker(dir, {"--db", pg.uri(), "--http", "127.0.0.1:" + std::to_string(port),
+                        "--http-token-file", (dir / "token").string()});
+    errand::Client client(broker.client_options());
+    Schedule s;
+    s.name = "nightly";
+    s.cron = "0 3 * * *";
+    s.zone = "Europe/Berlin";
+    s.job = job_spec("sq", "tick");
+    client.schedule_add(s);
+
+    httplib::Client http("127.0.0.1", port);
+    http.set_read_timeout(10, 0);
+    auto res = http.Get("/api/schedules");
+    REQUIRE_MESSAGE(res, broker.logs());
+    REQUIRE(res->status == 200);
+    auto all = nlohmann::json::parse(res->body);
+    REQUIRE(all["schedules"].size() == 1);
+    CHECK(all["schedules"][0]["name"] == "nightly");
+    CHECK(all["schedules"][0]["zone"] == "Europe/Berlin");
+    CHECK(all["schedules"][0]["queue"] == "sq");
+    CHECK(all["schedules"][0]["paused"] == false);
+
+    res = http.Post("/api/schedules/nightly/pause", {{"X-Errand-Token", token}}, "",
+                    "application/json");
+    REQUIRE(res);
+    CHECK(res->status == 200);
+    CHECK(client.schedule("nightly").paused);
+
+    res = http.Get("/metrics");
+    REQUIRE(res);
+    CHECK(res->body.find("errand_schedules{paused=\"true\"} 1\n") != std::string::npos);
+    CHECK(res->body.find("errand_schedule_paused{schedule=\"nightly\"} 1\n") != std::string::npos);
 }

@@ -1,7 +1,8 @@
 // errand dashboard: three views in one page, chosen by the URL's fragment (#, #jobs?…,
 // #job-N; /jobs/N opens #job-N), polling the broker's JSON API every second. Plain DOM and a
 // <canvas> chart; no framework, no network beyond this broker. Actions (retry, cancel,
-// run-now, delete, pause, resume) are POSTs that carry the page's token and are confirmed first.
+// run-now, delete, pause, resume of a queue or a schedule) are POSTs that carry the page's
+// token and are confirmed first.
 'use strict';
 
 // Times in the API are RFC 3339 UTC strings ("2026-12-01T10:00:00.123Z"); the job states come
@@ -201,6 +202,16 @@ function stateLink(queue, state, n) {
   return el('a', {href: `#jobs?queue=${encodeURIComponent(queue)}&state=${state}`}, n);
 }
 
+// "paused", or for a timed pause (errand pause Q --for DUR) "paused until 14:05:09" in the
+// browser's zone, the full time as its title.
+function pausedBadge(q) {
+  if (!q.paused_until)
+    return el('span', {class: 'state paused', 'data-paused': 'paused'}, 'paused');
+  const p = Object.fromEntries(timeFormat.formatToParts(new Date(q.paused_until)).map((x) => [x.type, x.value]));
+  return el('span', {class: 'state paused', 'data-paused-until': q.paused_until, title: time(q.paused_until)},
+            `paused until ${p.hour === '24' ? '00' : p.hour}:${p.minute}:${p.second}`);
+}
+
 // A queue's limits (errand queue set) and why its ready jobs wait, as small badges.
 function queueLimits(q) {
   const out = [];
@@ -232,8 +243,7 @@ function renderQueues(data) {
     qsel.value = keep;
   }
   $('#queues tbody').replaceChildren(...data.queues.map((q) => el('tr', {'data-queue': q.name, 'data-paused': String(q.paused)},
-    el('td', {}, q.name, q.paused ? el('span', {class: 'state paused'}, 'paused') : null,
-       queueLimits(q)),
+    el('td', {}, q.name, q.paused ? pausedBadge(q) : null, queueLimits(q)),
     ...STATES.map((s) => el('td', {class: 'n' + (q.counts[s] ? '' : ' zero'), 'data-state': s},
                             stateLink(q.name, s, q.counts[s]))),
     el('td', {class: 'n latency' + (q.oldest_ready_age_seconds > 60 ? ' late' : ''), 'data-latency': q.oldest_ready_age_seconds},
@@ -276,6 +286,32 @@ function renderWorkers(data) {
     el('td', {class: 'n'}, w.concurrency),
     el('td', {}, ...w.jobs.map((j) => el('span', {}, jobLink(j.id), ' '))),
     el('td', {}, ago(w.last_seen, data.time)), el('td', {}, workerActions(w)))));
+}
+
+// Pause/resume of a schedule, as `errand schedule pause|resume NAME`.
+function scheduleActions(s) {
+  if (!TOKEN) return null;
+  const path = (a) => `/api/schedules/${encodeURIComponent(s.name)}/${a}`;
+  return el('span', {class: 'actions'}, s.paused
+    ? el('button', {type: 'button', class: 'resume', 'data-schedule': s.name,
+                    onclick: () => act(`Resume schedule ${s.name}? It fires from its next tick on.`, path('resume'),
+                                       undefined, () => `schedule ${s.name} resumed`)}, 'Resume')
+    : el('button', {type: 'button', class: 'pause', 'data-schedule': s.name,
+                    onclick: () => act(`Pause schedule ${s.name}? Its ticks submit nothing until resumed.`,
+                                       path('pause'), undefined, () => `schedule ${s.name} paused`)}, 'Pause'));
+}
+
+function renderSchedules(data) {
+  $('#schedules-empty').hidden = data.schedules.length > 0;
+  $('#schedules tbody').replaceChildren(...data.schedules.map((s) => el('tr', {'data-schedule': s.name, 'data-paused': String(s.paused)},
+    el('td', {}, s.name), el('td', {}, el('code', {}, s.cron)), el('td', {}, s.zone), el('td', {}, s.queue),
+    el('td', {}, el('span', {class: 'state ' + (s.paused ? 'paused' : 'active'), 'data-field': 'state'},
+                    s.paused ? 'paused' : 'active')),
+    el('td', {'data-field': 'last'}, s.last_at ? timeEl(s.last_at) : '–'),
+    el('td', {'data-field': 'next'}, s.paused ? '–' : timeEl(s.next_at)),
+    el('td', {'data-field': 'job'}, s.last_job ? jobLink(s.last_job) : '–', s.last_state
+      ? el('span', {class: 'state ' + s.last_state, 'data-state': s.last_state}, s.last_state) : null),
+    el('td', {}, scheduleActions(s)))));
 }
 
 function progress(j) {
@@ -351,10 +387,12 @@ function drawChart() {
 }
 
 async function refreshOverview() {
-  const [workers, stats, running, events, tp] = await Promise.all([
+  const [workers, stats, running, events, tp, schedules] = await Promise.all([
     api('/api/workers'), api('/api/stats'), api('/api/jobs?state=running&limit=50'),
-    api(`/api/events?after=${lastSeq}`), api(`/api/throughput?minutes=${$('#chart-window').value}`)]);
+    api(`/api/events?after=${lastSeq}`), api(`/api/throughput?minutes=${$('#chart-window').value}`),
+    api('/api/schedules')]);
   renderSummary(stats);
+  renderSchedules(schedules);
   renderWorkers(workers);
   renderRunning(running);
   renderEvents(events);

@@ -1,6 +1,7 @@
 // The dashboard in a real browser: a real broker (--http on a free port) and worker daemon, jobs
 // submitted with the real CLI, headless Chromium (Debian's /usr/bin/chromium) driven by
 // playwright-core. Checks that counts change live; pausing and resuming a queue from the page;
+// a timed pause's end; schedules with their last job, paused and resumed from the page;
 // browsing jobs with pages and totals, filters and search (error text, unique key, id); a job
 // opened by its link (#job-N and /jobs/N) with payload, error, history and times in the
 // browser's zone; bulk retry of dead jobs (selected, and all dead of a queue), run-now (bulk)
@@ -164,6 +165,44 @@ try {
   await confirmed('#queues tr[data-queue="emails"] button.resume');
   await cellIs('emails', 'succeeded', 7);
   await cellIs('emails', 'ready', 0);
+
+  // A timed pause (errand pause Q --for 10m) shows when it ends, in the browser's zone.
+  await cli('pause', 'emails', '--for', '10m');
+  const badge = await page.waitForSelector('#queues tr[data-queue="emails"] [data-paused-until]');
+  const untilIso = await badge.getAttribute('data-paused-until');
+  const want = new Intl.DateTimeFormat('en-GB', { timeZone: 'Europe/Berlin', hour: '2-digit', minute: '2-digit',
+                                                  second: '2-digit', hour12: false }).format(new Date(untilIso));
+  assert((await badge.textContent()) === `paused until ${want}`,
+         `"${await badge.textContent()}" is "paused until ${want}" (${untilIso})`);
+  const untilMs = Date.parse(untilIso) - Date.now();
+  assert(untilMs > 9 * 60000 && untilMs <= 10 * 60000, `the pause ends in about 10 min (${untilMs} ms)`);
+  await cli('resume', 'emails');
+  await page.waitForSelector('#queues tr[data-queue="emails"][data-paused="false"]');
+
+  // Schedules: a daily one in Berlin time and an every-second one, whose last job shows with its
+  // state; the every-second one paused and resumed from the page, as the broker then has it.
+  await cli('schedule', 'add', 'nightly-report', '--cron', '0 3 * * *', '--tz', 'Europe/Berlin', '-q', 'reports');
+  await cli('schedule', 'add', 'tick', '--cron', '* * * * * *', '-q', 'ticks');
+  const srow = (name) => `#schedules tr[data-schedule="${name}"]`;
+  await page.waitForSelector(`${srow('nightly-report')} td[data-field="next"] time`);
+  const nightly = await page.textContent(srow('nightly-report'));
+  assert(nightly.includes('0 3 * * *') && nightly.includes('Europe/Berlin') && nightly.includes('reports'),
+         `the nightly row shows its cron, zone and queue: ${nightly}`);
+  const lastJob = await page.waitForSelector(`${srow('tick')} td[data-field="job"] a.job`);
+  const tickJob = await lastJob.getAttribute('data-job');
+  await page.waitForSelector(`${srow('tick')} td[data-field="job"] [data-state="ready"]`);
+  assert((await status(tickJob)) === 'ready', `the tick's last job ${tickJob} is ready`);
+  assert(await page.$(`${srow('tick')} td[data-field="last"] time`), 'the tick schedule shows its last fire time');
+  const schedPaused = async (name) => JSON.parse(await cli('schedule', 'show', name, '--json')).paused;
+  await confirmed(`${srow('tick')} button.pause`);
+  await page.waitForSelector(`${srow('tick')}[data-paused="true"]`);
+  await page.waitForFunction(() => document.querySelector('#action-msg').textContent.includes('schedule tick paused'));
+  assert((await schedPaused('tick')) === true, 'the broker has schedule tick paused');
+  await confirmed(`${srow('tick')} button.resume`);
+  await page.waitForSelector(`${srow('tick')}[data-paused="false"]`);
+  assert((await schedPaused('tick')) === false, 'the broker has schedule tick resumed');
+  await cli('schedule', 'rm', 'tick');
+  await page.waitForSelector(srow('tick'), { state: 'detached' });
 
   // Quiet the worker from its row (the state shows, the broker has it quiet), then resume it.
   const workerState = async () => JSON.parse(await cli('workers', '--json'))[0].state;
