@@ -707,11 +707,11 @@ TEST_CASE(
                    "SELECT count(*) FROM jobs j JOIN job_events e ON e.job_id = j.id AND "
                    "e.reason = 'dispatched' WHERE e.worker IN ('w1', 'w2')"),
             " of ", kJobs);
-    // Over the whole run, from the stored times: never three attempts at one instant.
-    CHECK(scalar(pg,
-                 "SELECT coalesce(max(n), 0) FROM (SELECT (SELECT count(*) FROM jobs b WHERE "
-                 "b.started_at <= a.started_at AND b.finished_at > a.started_at) AS n "
-                 "FROM jobs a) x") <= 2);
+    // The stored times are not checked here as test_queue_limits checks them on SQLite: each
+    // broker stamps started_at and finished_at with the time its pass began, so a claim that
+    // ran after another broker's commit freed the slot can carry an earlier time than that
+    // commit's finished_at (seen under the sanitizers, where passes are long). The workers'
+    // own count of jobs in their handlers (`most`) is the instant-by-instant truth.
 }
 
 TEST_CASE("two brokers: a queue's rate holds across the cluster (from the jobs' start times)") {
