@@ -1178,3 +1178,37 @@ TEST_CASE("a timed pause is stored: its end survives a reopen; resume_due is com
     CHECK(store.pause_deadlines().empty());
     CHECK(store.paused_queues() == std::vector<std::string>{"p", "q"});
 }
+
+TEST_CASE("job dependencies survive reopening: edges by parent, the count of unfinished parents") {
+    TempDir dir;
+    {
+        SqliteStore store(dir.db());
+        store.begin();
+        store.insert_job(job(1, "q"), "submitted");
+        store.insert_job(job(2, "q"), "submitted");
+        auto child = job(3, "q");
+        child.state = JobState::blocked;
+        store.insert_job(child, "blocked");
+        store.add_parents(3, {1, 2}, false);
+        store.commit();
+    }
+    SqliteStore store(dir.db());
+    auto parents = store.parents();
+    std::sort(parents.begin(), parents.end());
+    CHECK(parents == std::vector<JobId>{1, 2});
+    auto states = store.parent_states({1, 3, 99});
+    REQUIRE(states.size() == 2);  // 99 does not exist
+    CHECK(states[1] == std::pair<JobId, JobState>{3, JobState::blocked});
+    store.begin();
+    auto kids = store.take_children(1);
+    REQUIRE(kids.size() == 1);
+    CHECK(kids[0].child == 3);
+    CHECK_FALSE(kids[0].any);
+    CHECK(store.take_children(1).empty());  // each edge once
+    CHECK(store.parent_finished(3) == std::optional<std::uint32_t>(1));
+    CHECK(store.take_children(2).size() == 1);
+    CHECK(store.parent_finished(3) == std::optional<std::uint32_t>(0));
+    CHECK_FALSE(store.parent_finished(3).has_value());  // never below 0
+    store.commit();
+    CHECK(store.parents().empty());
+}
