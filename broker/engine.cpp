@@ -460,6 +460,16 @@ Submitted JobEngine::submit_after(JobSpec spec) {
 
 std::vector<Submitted> JobEngine::submit(std::vector<JobSpec> specs, Millis now) {
     now_ = now;
+    // A missing parent refuses the whole SUBMIT: looked for before any job of it is written.
+    for (const auto& s : specs)
+        if (!s.after.empty() && specs.size() > 1) {
+            auto found = store_.parent_states(s.after);
+            for (JobId p : s.after)
+                if (std::none_of(found.begin(), found.end(),
+                                 [&](const auto& ps) { return ps.first == p; }))
+                    throw ProtocolError(ErrorCode::not_found,
+                                        fmt::format("no job {} (a parent in 'after')", p));
+        }
     std::vector<Submitted> out;
     out.reserve(specs.size());
     // A unique key, or a queue not counted yet (the queue bound counts each new one), goes one

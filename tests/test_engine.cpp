@@ -2724,3 +2724,16 @@ TEST_CASE(
     f.advance(5000);
     CHECK(f.status(b).state == S::ready);
 }
+
+TEST_CASE("after: a missing parent in a batch refuses the whole SUBMIT") {
+    Engine f;
+    JobId a = f.submit(spec("q"));
+    SubmitRequest m;
+    m.req = f.req++;
+    m.jobs.push_back(spec("q"));
+    m.jobs.push_back(child_of({a}));
+    m.jobs.push_back(child_of({a + 50}));
+    auto err = f.error(cmd::kSubmit, encode(m));
+    CHECK(err.code == ErrorCode::not_found);
+    CHECK(f.submit(spec("q")) == a + 1);  // neither of the batch's first two was kept
+}
