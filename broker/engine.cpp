@@ -40,6 +40,11 @@ void JobEngine::rebuild(const std::unordered_map<JobId, HolderRef>& held, Millis
     now_ = now;
     live_.clear();
     prior_epoch_.clear();
+    has_children_.clear();
+    releasing_.clear();
+    if (!shared_)
+        for (JobId p : store_.parents())
+            has_children_.insert(p);
     expiry_.clear();
     expiries_ = {};
     ready_.clear();
@@ -197,7 +202,51 @@ bool JobEngine::transition(JobId id, Live& l, JobState to, Transition t) {
     if (to == JobState::scheduled || to == JobState::retrying) l.run_at = t.run_at.value_or(now_);
     if (to != JobState::running) l.holder.reset();
     place(id, l);  // `l` may dangle from here on
+    if (is_terminal(to)) release_children(id, to);
     return true;
+}
+
+// A job finished: its blocked children each take one step (docs/LIFECYCLE.md "Dependencies").
+// A child cancelled here finishes too, so its own children follow; the work list (not
+// recursion) keeps a long chain's stack flat. The store hands each edge out once (take_children
+// deletes it) and counts a child's unfinished parents down in one statement, so of several
+// brokers finishing parents at once exactly one sees the count reach 0; the blocked -> ready
+// change is then compare-and-set as any other.
+void JobEngine::release_children(JobId parent, JobState how) {
+    if (!shared_ && !has_children_.erase(parent)) return;  // memory knows who has children
+    releasing_.push_back({parent, how});
+    if (releasing_.size() > 1) return;  // an outer call is working through the list
+    struct Clear {
+        std::vector<std::pair<JobId, JobState>>& v;
+        ~Clear() { v.clear(); }
+    } clear{releasing_};
+    for (std::size_t i = 0; i < releasing_.size(); ++i) {
+        auto [p, outcome] = releasing_[i];
+        for (const auto& c : store_.take_children(p)) {
+            Live* l = current(c.child);
+            if (!l || l->state != JobState::blocked) continue;
+            if (outcome != JobState::succeeded && !c.any) {
+                Transition t;
+                t.reason = fmt::format("parent {} {}", p, to_string(outcome));
+                t.set_outcome = true;
+                t.error = t.reason;
+                transition(c.child, *l, JobState::cancelled, std::move(t));
+                continue;
+            }
+            auto left = store_.parent_finished(c.child);
+            if (!left || *left > 0) continue;
+            if (shared_) l = current(c.child);  // the row as counted
+            if (!l || l->state != JobState::blocked) continue;
+            Transition t;
+            t.reason = "unblocked";
+            JobState to = JobState::ready;
+            if (l->run_at > now_) {
+                to = JobState::scheduled;
+                t.run_at = l->run_at;
+            }
+            transition(c.child, *l, to, std::move(t));
+        }
+    }
 }
 
 void JobEngine::place(JobId id, Live& l) {
@@ -214,6 +263,8 @@ void JobEngine::place(JobId id, Live& l) {
                 break;
             case JobState::running:
                 return;
+            case JobState::blocked:
+                break;  // the database holds its edges; a finishing parent looks for it
             case JobState::succeeded:
             case JobState::dead:
             case JobState::cancelled:
@@ -240,6 +291,8 @@ void JobEngine::place(JobId id, Live& l) {
             break;
         case JobState::running:
             break;  // with its holder (and its lease, set by claim() or rebuild())
+        case JobState::blocked:
+            break;  // waits in live_ for its parents (release_children())
         case JobState::succeeded:
         case JobState::dead:
         case JobState::cancelled:
@@ -347,6 +400,7 @@ Submitted JobEngine::submit(JobSpec spec, Millis now) {
             return {existing.value_or(*holder), true};
         }
     }
+    if (!spec.after.empty()) return submit_after(std::move(spec));
     NewJob job = new_job(std::move(spec), now);
     const char* reason = job.state == JobState::scheduled ? "scheduled" : "submitted";
     auto ins = store_.insert_job(job, reason);
@@ -355,15 +409,75 @@ Submitted JobEngine::submit(JobSpec spec, Millis now) {
     return {ins.id, false};
 }
 
+// A job with parents: each must exist (not_found, nothing written, before the insert). Parents
+// already succeeded count at once; one already dead, cancelled or expired cancels the job at
+// once (after_any: counts too). The rest are its edges; with none left it is an ordinary job.
+// On a shared store parent_states() locks the parents' rows until the commit, so a parent
+// finishing on another broker meanwhile waits and then finds this job's edge.
+Submitted JobEngine::submit_after(JobSpec spec) {
+    const std::vector<JobId> after = spec.after;
+    const bool any = spec.after_any;
+    auto states = store_.parent_states(after);
+    std::vector<JobId> waiting;
+    std::optional<std::pair<JobId, JobState>> failed;
+    for (JobId p : after) {
+        auto st = std::find_if(states.begin(), states.end(),
+                               [&](const auto& ps) { return ps.first == p; });
+        if (st == states.end())
+            throw ProtocolError(ErrorCode::not_found,
+                                fmt::format("no job {} (a parent in 'after')", p));
+        if (!is_terminal(st->second))
+            waiting.push_back(p);
+        else if (st->second != JobState::succeeded && !failed)
+            failed = *st;
+    }
+    NewJob job = new_job(std::move(spec), now_);
+    const bool cancel_now = failed && !any;
+    // A delay still to run is kept in run_at: once unblocked, the job is scheduled until then.
+    if (!waiting.empty() || cancel_now) job.state = JobState::blocked;
+    const char* reason = job.state == JobState::blocked     ? "blocked"
+                         : job.state == JobState::scheduled ? "scheduled"
+                                                            : "submitted";
+    auto ins = store_.insert_job(job, reason);
+    if (ins.duplicate) return {ins.id, true};
+    if (job.state == JobState::blocked && !cancel_now) {
+        store_.add_parents(ins.id, waiting, any);
+        if (!shared_)
+            for (JobId p : waiting)
+                has_children_.insert(p);
+    }
+    admit(job, ins.id, reason);
+    if (cancel_now) {
+        Live* l = current(ins.id);
+        Transition t;
+        t.reason = fmt::format("parent {} {}", failed->first, to_string(failed->second));
+        t.set_outcome = true;
+        t.error = t.reason;
+        if (l) transition(ins.id, *l, JobState::cancelled, std::move(t));
+    }
+    return {ins.id, false};
+}
+
 std::vector<Submitted> JobEngine::submit(std::vector<JobSpec> specs, Millis now) {
     now_ = now;
+    // A missing parent refuses the whole SUBMIT: looked for before any job of it is written.
+    for (const auto& s : specs)
+        if (!s.after.empty() && specs.size() > 1) {
+            auto found = store_.parent_states(s.after);
+            for (JobId p : s.after)
+                if (std::none_of(found.begin(), found.end(),
+                                 [&](const auto& ps) { return ps.first == p; }))
+                    throw ProtocolError(ErrorCode::not_found,
+                                        fmt::format("no job {} (a parent in 'after')", p));
+        }
     std::vector<Submitted> out;
     out.reserve(specs.size());
     // A unique key, or a queue not counted yet (the queue bound counts each new one), goes one
     // by one.
     auto simple = [&] {
         return std::all_of(specs.begin(), specs.end(), [&](const JobSpec& s) {
-            return !s.unique && (counts_.count(s.queue) || paused_.count(s.queue));
+            return !s.unique && s.after.empty() &&
+                   (counts_.count(s.queue) || paused_.count(s.queue));
         });
     };
     if (!shared_ || specs.size() < 2 || !simple()) {
@@ -1056,6 +1170,8 @@ void JobEngine::tick_shared(Millis now, std::vector<Aborted>& aborted) {
                                           to_time(now), std::nullopt, "expired"},
                                 std::nullopt, std::nullopt});
         }
+        for (const auto& p : expired)
+            release_children(p.id, JobState::expired);
         auto promoted = store_.promote_due(now, cfg_.promote_batch);
         promote_more_ = promoted.size() >= cfg_.promote_batch;
         for (const auto& p : promoted) {

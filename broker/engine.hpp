@@ -241,6 +241,12 @@ class JobEngine {
   private:
     // A submitted spec as the store writes it (ready, or scheduled for later).
     NewJob new_job(JobSpec spec, Millis now) const;
+    // submit() of a job with parents (spec.after).
+    Submitted submit_after(JobSpec spec);
+    // A job reached a terminal state `how`: its blocked children are cancelled (a parent that
+    // did not succeed, without after_any) or count one parent less, and the last makes them
+    // ready (or scheduled).
+    void release_children(JobId parent, JobState how);
     // Memory's share of a job the store has just inserted with `id`.
     void admit(const NewJob& job, JobId id, const char* reason);
     Name intern(const std::string& name) { return Name(&*names_.insert(name).first); }
@@ -307,6 +313,10 @@ class JobEngine {
     // should the job come back to waiting.
     std::unordered_map<JobId, Millis> expiry_;
     DeadlineHeap expiries_;
+    // In memory: the jobs some blocked job waits for, so that a finishing job without children
+    // costs no look-up (a shared store looks each time: other brokers add children too).
+    std::unordered_set<JobId> has_children_;
+    std::vector<std::pair<JobId, JobState>> releasing_;    // release_children()'s work list
     std::unordered_map<std::string, StateCounts> counts_;  // queue -> jobs per state
     std::unordered_set<std::string> paused_;
     std::unordered_map<std::string, Millis> pause_until_;  // timed pauses: queue -> resume at

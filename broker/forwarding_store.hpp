@@ -38,6 +38,17 @@ class ForwardingStore : public Store {
     std::vector<JobInfo> list_jobs(const ListRequest& f) override { return inner_.list_jobs(f); }
     std::vector<Event> events(JobId id) override { return inner_.events(id); }
     std::optional<JobId> find_token(const std::string& t) override { return inner_.find_token(t); }
+    std::vector<std::pair<JobId, JobState>> parent_states(const std::vector<JobId>& ids) override {
+        return inner_.parent_states(ids);
+    }
+    void add_parents(JobId c, const std::vector<JobId>& p, bool any) override {
+        inner_.add_parents(c, p, any);
+    }
+    std::vector<ChildEdge> take_children(JobId p) override { return inner_.take_children(p); }
+    std::optional<std::uint32_t> parent_finished(JobId c) override {
+        return inner_.parent_finished(c);
+    }
+    std::vector<JobId> parents() override { return inner_.parents(); }
     std::optional<DispatchData> dispatch_data(JobId id) override {
         return inner_.dispatch_data(id);
     }

@@ -15,6 +15,9 @@
 //   scheduled, retrying ──run now──► ready
 //   ready, scheduled, retrying ──expires_at passed (not dispatched by then)──► expired
 //   succeeded, dead, cancelled, expired ──delete──► (no row: not a state, Store::remove_job)
+//   (submit with parents) ──► blocked ──last parent succeeded (or, after_any, finished)──► ready,
+//   or scheduled while its delay still runs; blocked ──a parent dead/cancelled/expired──►
+//   cancelled; blocked ──cancel──► cancelled; blocked ──expires_at passed──► expired
 //
 // succeeded, dead, cancelled and expired are terminal (dead only until someone retries it). A
 // running job is never expired: once dispatched it finishes as any other.
@@ -40,6 +43,8 @@ constexpr bool transition_allowed(JobState from, JobState to) {
             return to == S::ready || to == S::cancelled || to == S::expired;
         case S::dead:
             return to == S::ready;  // errand retry
+        case S::blocked:
+            return to == S::ready || to == S::scheduled || to == S::cancelled || to == S::expired;
         case S::succeeded:
         case S::cancelled:
         case S::expired:

@@ -91,6 +91,12 @@ struct LiveJob {
     std::optional<Millis> expires_at;  // not dispatched by then: expired
 };
 
+// A blocked job waiting for a parent (Store::take_children).
+struct ChildEdge {
+    JobId child = 0;
+    bool any = false;  // after_any: runs whatever the parent's outcome
+};
+
 // Rows removed by purge or retention, per queue and state (to keep counters right).
 struct Removed {
     std::string queue;
@@ -233,6 +239,20 @@ class Store : public JobReads {
 
     // ---- reads the engine needs ------------------------------------------------------------
     virtual std::optional<JobId> find_token(const std::string& token) = 0;
+    // ---- job dependencies (SUBMIT after; docs/LIFECYCLE.md "Dependencies") ----
+    // The state of each of `ids` that exists. A shared store locks their rows until the commit
+    // (a parent finishing elsewhere meanwhile then finds the edges add_parents() writes).
+    virtual std::vector<std::pair<JobId, JobState>> parent_states(
+        const std::vector<JobId>& ids) = 0;
+    // Writes the edges of `child` (blocked) to its unfinished `parents` and its count of them.
+    virtual void add_parents(JobId child, const std::vector<JobId>& parents, bool any) = 0;
+    // The children waiting for `parent`, their edges deleted (each edge is handed out once).
+    virtual std::vector<ChildEdge> take_children(JobId parent) = 0;
+    // One parent of `child` finished: its count of unfinished parents goes down by one in one
+    // statement; returns the count left, nullopt when the child is no longer blocked.
+    virtual std::optional<std::uint32_t> parent_finished(JobId child) = 0;
+    // The jobs that have children waiting (rebuild).
+    virtual std::vector<JobId> parents() = 0;
     virtual std::optional<DispatchData> dispatch_data(JobId id) = 0;
     // Every job that is not in a terminal state, in id order.
     virtual void scan_live(const std::function<void(LiveJob&&)>& fn) = 0;

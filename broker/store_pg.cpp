@@ -200,6 +200,26 @@ const char* const kMigrations[] = {
     ALTER TABLE queues ADD COLUMN default_priority bigint;
     CREATE INDEX jobs_running_queue ON jobs (queue) WHERE state = 'running';
     )sql",
+    // Job dependencies (SUBMIT after): a job waits `blocked` for its parents. job_deps holds one
+    // edge per (child, unfinished parent), found from the parent (job_deps_parent) when it
+    // finishes and deleted by the same statement (DELETE ... RETURNING: of several brokers, one
+    // gets each edge); jobs.blocked_on counts a blocked child's unfinished parents, counted down
+    // by one UPDATE (the row lock serialises brokers: no lost update, one sees 0). The state
+    // CHECK is widened NOT VALID as migration 8 did; job_counts holds finished states only.
+    R"sql(
+    ALTER TABLE jobs ADD COLUMN blocked_on bigint CHECK (blocked_on >= 0);
+    CREATE TABLE job_deps (
+        child  bigint NOT NULL,
+        parent bigint NOT NULL,
+        after_any boolean NOT NULL DEFAULT false,
+        PRIMARY KEY (child, parent)
+    );
+    CREATE INDEX job_deps_parent ON job_deps (parent);
+    ALTER TABLE jobs DROP CONSTRAINT jobs_state_check;
+    ALTER TABLE jobs ADD CONSTRAINT jobs_state_check
+        CHECK (state IN ('scheduled', 'ready', 'running', 'retrying', 'succeeded', 'dead',
+                         'cancelled', 'expired', 'blocked')) NOT VALID;
+    )sql",
 };
 
 static_assert(std::size(kMigrations) == PgStore::kSchemaVersion,
@@ -418,6 +438,19 @@ void PgStore::prepare() {
     db_.prepare("payload",
                 "SELECT substring(payload from 1 for $2::int) FROM jobs WHERE id = $1::bigint", 2);
     db_.prepare("token", "SELECT id FROM jobs WHERE token = $1::text", 1);
+    db_.prepare("parent_states",
+                "SELECT id, state FROM jobs WHERE id = ANY($1::bigint[]) ORDER BY id FOR SHARE", 1);
+    db_.prepare("add_parents",
+                "WITH e AS (INSERT INTO job_deps (child, parent, after_any) SELECT $1::bigint, p, "
+                "$3::boolean FROM unnest($2::bigint[]) AS p) UPDATE jobs SET blocked_on = "
+                "cardinality($2::bigint[]) WHERE id = $1::bigint",
+                3);
+    db_.prepare("take_children",
+                "DELETE FROM job_deps WHERE parent = $1::bigint RETURNING child, after_any", 1);
+    db_.prepare("parent_finished",
+                "UPDATE jobs SET blocked_on = blocked_on - 1 WHERE id = $1::bigint AND state = "
+                "'blocked' AND blocked_on > 0 RETURNING blocked_on",
+                1);
     db_.prepare("dispatch", "SELECT payload, argv FROM jobs WHERE id = $1::bigint", 1);
     db_.prepare("live",
                 fmt::format("SELECT {} FROM jobs WHERE state NOT IN {} ORDER BY id", kLiveColumns,
@@ -1036,6 +1069,46 @@ std::optional<JobId> PgStore::find_token(const std::string& token) {
     if (r.rows() == 0) return std::nullopt;
     return static_cast<JobId>(r.i64(0, 0));
 }
+
+// ---- job dependencies (see migration 10) ------------------------------------------------------
+
+std::vector<std::pair<JobId, JobState>> PgStore::parent_states(const std::vector<JobId>& ids) {
+    begin();  // the parents stay locked (FOR SHARE) until this pass commits
+    std::vector<std::optional<std::int64_t>> v(ids.begin(), ids.end());
+    auto r = run("parent_states", pg::Params().i64_array(v));
+    std::vector<std::pair<JobId, JobState>> out;
+    for (int i = 0; i < r.rows(); ++i)
+        out.emplace_back(static_cast<JobId>(r.i64(i, 0)), stored_state(r.text(i, 1)));
+    return out;
+}
+
+void PgStore::add_parents(JobId child, const std::vector<JobId>& parents, bool any) {
+    begin();
+    std::vector<std::optional<std::int64_t>> v(parents.begin(), parents.end());
+    run("add_parents",
+        pg::Params().i64(static_cast<std::int64_t>(child)).i64_array(v).boolean(any));
+}
+
+std::vector<ChildEdge> PgStore::take_children(JobId parent) {
+    begin();
+    auto r = run("take_children", pg::Params().i64(static_cast<std::int64_t>(parent)));
+    std::vector<ChildEdge> out;
+    for (int i = 0; i < r.rows(); ++i)
+        out.push_back({static_cast<JobId>(r.i64(i, 0)), r.boolean(i, 1)});
+    std::sort(out.begin(), out.end(), [](auto& a, auto& b) { return a.child < b.child; });
+    return out;
+}
+
+std::optional<std::uint32_t> PgStore::parent_finished(JobId child) {
+    begin();
+    auto r = run("parent_finished", pg::Params().i64(static_cast<std::int64_t>(child)));
+    if (r.rows() == 0) return std::nullopt;
+    return static_cast<std::uint32_t>(r.i64(0, 0));
+}
+
+std::vector<JobId> PgStore::parents() {
+    return {};
+}  // memory does not track them here
 
 std::optional<DispatchData> PgStore::dispatch_data(JobId id) {
     auto r = run("dispatch", pg::Params().i64(static_cast<std::int64_t>(id)));

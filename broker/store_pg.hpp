@@ -47,6 +47,11 @@ class PgStore final : public Store {
     std::vector<Event> events(JobId id) override;
 
     std::optional<JobId> find_token(const std::string& token) override;
+    std::vector<std::pair<JobId, JobState>> parent_states(const std::vector<JobId>& ids) override;
+    void add_parents(JobId child, const std::vector<JobId>& parents, bool any) override;
+    std::vector<ChildEdge> take_children(JobId parent) override;
+    std::optional<std::uint32_t> parent_finished(JobId child) override;
+    std::vector<JobId> parents() override;
     std::optional<DispatchData> dispatch_data(JobId id) override;
     void scan_live(const std::function<void(LiveJob&&)>& fn) override;
     std::optional<LiveJob> load_live(JobId id) override;
@@ -97,7 +102,7 @@ class PgStore final : public Store {
     std::uint64_t size_bytes();
 
     int schema_version();
-    static constexpr int kSchemaVersion = 9;
+    static constexpr int kSchemaVersion = 10;
     // job_counts rows per queue and terminal state (see migration 5).
     static constexpr int kCountShards = 16;
     // count_jobs(): the terminal counts, then the unfinished jobs through jobs_live.

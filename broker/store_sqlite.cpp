@@ -295,6 +295,27 @@ const char* const kMigrations[] = {
     ALTER TABLE queues ADD COLUMN default_timeout_ms INTEGER CHECK (default_timeout_ms > 0);
     ALTER TABLE queues ADD COLUMN default_priority INTEGER;
     )sql",
+    // Job dependencies (SUBMIT after): a job waits `blocked` for its parents. job_deps holds one
+    // edge per (child, unfinished parent), found from the parent (job_deps_parent) when it
+    // finishes, and deleted then; jobs.blocked_on counts a blocked child's unfinished parents.
+    // The state CHECKs widen to blocked in place as migration 11 did (blocked is unfinished, so
+    // jobs_live and jobs_unique keep it).
+    R"sql(
+    ALTER TABLE jobs ADD COLUMN blocked_on INTEGER CHECK (blocked_on >= 0);
+    CREATE TABLE job_deps (
+        child  INTEGER NOT NULL,
+        parent INTEGER NOT NULL,
+        after_any INTEGER NOT NULL DEFAULT 0 CHECK (after_any IN (0, 1)),
+        PRIMARY KEY (child, parent)
+    ) WITHOUT ROWID;
+    CREATE INDEX job_deps_parent ON job_deps(parent);
+    PRAGMA writable_schema = ON;
+    UPDATE sqlite_schema
+        SET sql = replace(sql, 'OR state = ''expired'')',
+                          'OR state = ''expired'' OR state = ''blocked'')')
+        WHERE type = 'table' AND name IN ('jobs', 'job_counts');
+    PRAGMA writable_schema = OFF;
+    )sql",
 };
 
 static_assert(std::size(kMigrations) == SqliteStore::kSchemaVersion,
@@ -1277,6 +1298,69 @@ std::optional<JobId> SqliteStore::find_token(const std::string& token) {
     if (s.step()) id = static_cast<JobId>(s.i64(0));
     s.reset();
     return id;
+}
+
+// ---- job dependencies -----------------------------------------------------------------------
+// Rare calls (a submit with parents, a job that has children): statements made per call.
+
+std::vector<std::pair<JobId, JobState>> SqliteStore::parent_states(const std::vector<JobId>& ids) {
+    std::vector<std::pair<JobId, JobState>> out;
+    Stmt s(db_, "SELECT state FROM jobs WHERE id = ?1");
+    for (JobId id : ids) {
+        s.reset();
+        s.bind(1, static_cast<std::int64_t>(id));
+        if (s.step())
+            out.emplace_back(id, held_.count(id) ? JobState::running : stored_state(s.text(0)));
+    }
+    return out;
+}
+
+void SqliteStore::add_parents(JobId child, const std::vector<JobId>& parents, bool any) {
+    begin();
+    Stmt e(db_, "INSERT INTO job_deps (child, parent, after_any) VALUES (?1, ?2, ?3)");
+    for (JobId p : parents) {
+        e.reset();
+        e.bind(1, static_cast<std::int64_t>(child))
+            .bind(2, static_cast<std::int64_t>(p))
+            .bind(3, any ? 1 : 0)
+            .run();
+    }
+    Stmt c(db_, "UPDATE jobs SET blocked_on = ?2 WHERE id = ?1");
+    c.bind(1, static_cast<std::int64_t>(child))
+        .bind(2, static_cast<std::int64_t>(parents.size()))
+        .run();
+}
+
+std::vector<ChildEdge> SqliteStore::take_children(JobId parent) {
+    begin();
+    std::vector<ChildEdge> out;
+    Stmt s(db_, "DELETE FROM job_deps WHERE parent = ?1 RETURNING child, after_any");
+    s.bind(1, static_cast<std::int64_t>(parent));
+    while (s.step())
+        out.push_back({static_cast<JobId>(s.i64(0)), s.i64(1) != 0});
+    std::sort(out.begin(), out.end(), [](auto& a, auto& b) { return a.child < b.child; });
+    return out;
+}
+
+std::optional<std::uint32_t> SqliteStore::parent_finished(JobId child) {
+    begin();
+    Stmt s(db_,
+           "UPDATE jobs SET blocked_on = blocked_on - 1 WHERE id = ?1 AND state = 'blocked' "
+           "AND blocked_on > 0 RETURNING blocked_on");
+    s.bind(1, static_cast<std::int64_t>(child));
+    std::optional<std::uint32_t> left;
+    if (s.step()) left = static_cast<std::uint32_t>(s.i64(0));
+    while (s.step()) {
+    }
+    return left;
+}
+
+std::vector<JobId> SqliteStore::parents() {
+    std::vector<JobId> out;
+    Stmt s(db_, "SELECT DISTINCT parent FROM job_deps");
+    while (s.step())
+        out.push_back(static_cast<JobId>(s.i64(0)));
+    return out;
 }
 
 std::optional<JobInfo> SqliteStore::get_job(JobId id) {

@@ -57,6 +57,11 @@ class SqliteStore final : public Store {
     std::vector<Event> events(JobId id) override;
 
     std::optional<JobId> find_token(const std::string& token) override;
+    std::vector<std::pair<JobId, JobState>> parent_states(const std::vector<JobId>& ids) override;
+    void add_parents(JobId child, const std::vector<JobId>& parents, bool any) override;
+    std::vector<ChildEdge> take_children(JobId parent) override;
+    std::optional<std::uint32_t> parent_finished(JobId child) override;
+    std::vector<JobId> parents() override;
     std::optional<DispatchData> dispatch_data(JobId id) override;
     void scan_live(const std::function<void(LiveJob&&)>& fn) override;
     std::optional<LiveJob> load_live(JobId id) override;
@@ -96,7 +101,7 @@ class SqliteStore final : public Store {
     std::uint64_t start_steps() const { return start_steps_; }
 
     int schema_version();
-    static constexpr int kSchemaVersion = 12;
+    static constexpr int kSchemaVersion = 13;
 
   private:
     struct Statements;

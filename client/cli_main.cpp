@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -73,6 +74,8 @@ struct SubmitArgs {
     std::optional<std::string> unique;
     std::optional<std::string> expires_in;
     std::optional<std::string> expires_at;
+    std::optional<std::string> after;  // ID[,ID...]: the parents
+    bool after_any = false;
     bool wait = false;
     std::optional<std::string> wait_timeout;
     std::vector<std::string> argv;     // everything after "--"
@@ -264,6 +267,45 @@ CLI::Validator state_check() {
         "");
 }
 
+// --after ID[,ID...]: job ids (1 or more), each once, at most kMaxParents.
+std::optional<std::vector<errand::JobId>> parse_after(const std::string& text, std::string* why) {
+    std::vector<errand::JobId> ids;
+    std::size_t start = 0;
+    while (start <= text.size()) {
+        auto end = text.find(',', start);
+        if (end == std::string::npos) end = text.size();
+        std::string_view item(text.data() + start, end - start);
+        errand::JobId id = 0;
+        auto [p, ec] = std::from_chars(item.data(), item.data() + item.size(), id);
+        if (item.empty() || ec != std::errc() || p != item.data() + item.size() || id == 0) {
+            *why = fmt::format("--after takes job ids separated by commas (e.g. 12,13), not '{}'",
+                               item);
+            return std::nullopt;
+        }
+        if (std::find(ids.begin(), ids.end(), id) != ids.end()) {
+            *why = fmt::format("--after names job {} twice", id);
+            return std::nullopt;
+        }
+        ids.push_back(id);
+        start = end + 1;
+    }
+    if (ids.size() > errand::limits::kMaxParents) {
+        *why = fmt::format("--after takes at most {} parents, not {}", errand::limits::kMaxParents,
+                           ids.size());
+        return std::nullopt;
+    }
+    return ids;
+}
+
+CLI::Validator after_check() {
+    return CLI::Validator(
+        [](std::string& text) -> std::string {
+            std::string why;
+            return parse_after(text, &why) ? std::string() : why;
+        },
+        "");
+}
+
 CLI::Validator token_check() {
     return CLI::Validator(
         [](std::string& text) -> std::string {
@@ -409,6 +451,13 @@ int run_submit(errand::Client& client, const SubmitArgs& args) {
     spec.unique = args.unique;
     if (args.expires_in) spec.expires_in = std::chrono::milliseconds(to_ms(*args.expires_in));
     if (args.expires_at) spec.expires_at = errand::to_time(*parse_expiry_time(*args.expires_at));
+    if (args.after) {
+        std::string why;
+        auto ids = parse_after(*args.after, &why);
+        if (!ids) throw UsageError(why);
+        spec.after = std::move(*ids);
+    }
+    spec.after_any = args.after_any;
     if (args.jsonl) {
         // The options above are the defaults of every line.
         return errand::cli::run_submit_jsonl(
@@ -773,6 +822,16 @@ int run(int argc, char** argv) {
         ->check(expiry_time_check())
         ->type_name("TIME")
         ->excludes(expires_in);
+    auto* after = submit
+                      ->add_option("--after", submit_args.after,
+                                   "blocked until jobs ID,... have succeeded (one ending otherwise "
+                                   "cancels this one)")
+                      ->check(after_check())
+                      ->type_name("ID[,ID...]");
+    submit
+        ->add_flag("--after-any", submit_args.after_any,
+                   "with --after: run once every parent has finished, whatever its outcome")
+        ->needs(after);
     auto* submit_wait =
         submit->add_flag("--wait", submit_args.wait, "wait for the job and print its result");
     auto* wait_timeout =

@@ -498,9 +498,10 @@ bool is_written(const F& f, const typename F::message_type& m) {
             if constexpr (F::optional_member) return v.has_value();
             return true;
         case Rule::omit_default:
-            // Scalars and strings only (a vector of structs has no usable ==).
+            // Scalars, strings and id lists only (a vector of structs has no usable ==).
             if constexpr (std::is_arithmetic_v<typename F::member_type> ||
-                          std::is_same_v<typename F::member_type, std::string>) {
+                          std::is_same_v<typename F::member_type, std::string> ||
+                          std::is_same_v<typename F::member_type, std::vector<JobId>>) {
                 static const typename F::message_type kDefault{};
                 return !(v == kDefault.*f.member);
             }

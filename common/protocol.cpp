@@ -14,7 +14,8 @@ constexpr std::array<std::string_view, 14> kErrorNames = {
 
 // Indexed by JobState (kAllStates order).
 constexpr std::array<std::string_view, kStateCount> kStateNames = {
-    "scheduled", "ready", "running", "retrying", "succeeded", "dead", "cancelled", "expired",
+    "scheduled", "ready",     "running", "retrying", "succeeded",
+    "dead",      "cancelled", "expired", "blocked",
 };
 
 }  // namespace

@@ -105,6 +105,8 @@ struct JobSpecT {
                  if (j.run_at && j.delay) bad("give either 'run_at' or 'delay_ms', not both");
                  if (j.expires_at && j.expires_in)
                      bad("give either 'expires_at' or 'expires_in_ms', not both");
+                 if (j.after_any && j.after.empty())
+                     bad("'after_any' needs 'after' (the parents to wait for)");
              }},
         field("queue", &JobSpec::queue, Queue{}, required),
         field("payload", &JobSpec::payload, bin(&DecodeLimits::max_payload), defaulted),
@@ -155,7 +157,18 @@ struct JobSpecT {
         field("expires_in_ms", &JobSpec::expires_in, Duration{limits::kMaxDelayMs}, omit,
               [](const std::chrono::milliseconds& d) {
                   if (d.count() == 0) bad("field 'expires_in_ms' must be positive");
-              }));
+              }),
+        field("after", &JobSpec::after, U64Array{}, omit_default,
+              [](const std::vector<JobId>& ids) {
+                  if (ids.size() > limits::kMaxParents) too_many("after", limits::kMaxParents);
+                  for (std::size_t i = 0; i < ids.size(); ++i) {
+                      if (ids[i] == 0) bad("field 'after' holds job ids (1 or more), not 0");
+                      for (std::size_t k = 0; k < i; ++k)
+                          if (ids[k] == ids[i])
+                              bad(fmt::format("field 'after' names job {} twice", ids[i]));
+                  }
+              }),
+        field("after_any", &JobSpec::after_any, Bool{}, omit_default));
 };
 
 struct SubmitT {

@@ -28,7 +28,7 @@ _errand() {
             return
             ;;
         --state)
-            COMPREPLY=($(compgen -W "scheduled ready running retrying succeeded dead cancelled expired" -- "$cur"))
+            COMPREPLY=($(compgen -W "scheduled ready running retrying succeeded dead cancelled expired blocked" -- "$cur"))
             return
             ;;
     esac

@@ -280,6 +280,13 @@ class Script {
         // Expiry: either, or both (bad_request), around the job's run_at and the fake clock.
         if (more & 16) s.expires_in = std::chrono::milliseconds(in_.range(0, 20000));
         if (more & 32) s.expires_at = to_time(now_ + in_.srange(-2000, 20000));
+        // Dependencies: one or two parents among the first ids (unknown ones: not_found), and
+        // after_any, also alone (bad_request).
+        if (more & 64) {
+            s.after.push_back(in_.range(0, 6));
+            if (in_.boolean()) s.after.push_back(in_.range(0, 6));
+        }
+        if (more & 128) s.after_any = true;
         return s;
     }
 

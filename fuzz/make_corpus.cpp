@@ -79,6 +79,10 @@ std::vector<std::pair<std::string, std::string>> codec_seeds() {
     JobSpec expiring_at = plain;
     expiring_at.expires_at = Timestamp{1'700'000'100'000ms};
     add("submit_expiry", encode(SubmitRequest{9, {expiring, expiring_at}}));
+    JobSpec child = plain;
+    child.after = {1, 2};
+    child.after_any = true;
+    add("submit_after", encode(SubmitRequest{10, {child}}));
     add("submitted", encode(SubmitReply{1, {1, 2}, {false, true}}));
     add("status", encode(IdRequest{3, 1}));
     add("wait", encode(WaitRequest{4, 1, 1000}));
@@ -491,6 +495,25 @@ std::vector<std::pair<std::string, std::string>> broker_seeds() {
             .msg(kClient, cmd::kPurge,
                  encode(PurgeRequest{8, JobState::expired, "q1", std::nullopt}));
         add("expiry", w);
+    }
+    {
+        ScriptWriter w;
+        JobSpec b = job("q0");
+        b.after = {1};  // blocked until job 1 succeeds
+        JobSpec c = job("q0");
+        c.after = {2};  // a grandchild
+        JobSpec missing = job("q0");
+        missing.after = {99};  // not_found
+        JobSpec lone = job("q0");
+        lone.after_any = true;  // bad_request
+        worker_takes_one(w, job("q0"))
+            .msg(kClient, cmd::kSubmit, encode(SubmitRequest{5, {b}}))
+            .msg(kClient, cmd::kSubmit, encode(SubmitRequest{6, {c}}))
+            .msg(kClient, cmd::kSubmit, encode(SubmitRequest{7, {missing}}))
+            .msg(kClient, cmd::kSubmit, encode(SubmitRequest{8, {lone}}))
+            .msg(kWorker, cmd::kDone, done(1, 1))
+            .msg(kClient, cmd::kStatus, encode(IdRequest{9, 2}));
+        add("dependencies", w);
     }
     {
         ScriptWriter w;

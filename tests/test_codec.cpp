@@ -127,6 +127,39 @@ TEST_CASE("SUBMIT with an expiry: expires_at or expires_in_ms, not both; absent 
               .find("expires_in_ms") != std::string::npos);
 }
 
+TEST_CASE("SUBMIT with parents: after and after_any round trip; bad lists refused") {
+    errand::JobSpec child{.queue = "q", .after = {3, 9}, .after_any = true};
+    Body b(encode(SubmitRequest{1, {child, {.queue = "q"}}}));
+    auto d = decode_submit(b.reader());
+    REQUIRE(d.jobs.size() == 2);
+    CHECK(d.jobs[0].after == std::vector<JobId>{3, 9});
+    CHECK(d.jobs[0].after_any);
+    CHECK(d.jobs[1].after.empty());
+    CHECK_FALSE(d.jobs[1].after_any);
+    // A job without parents has neither key on the wire.
+    CHECK(hex(encode(SubmitRequest{1, {{.queue = "q"}}})).find(hex("after")) == std::string::npos);
+    auto refused = [](errand::JobSpec s) {
+        Body bad(encode(SubmitRequest{1, {s}}));
+        try {
+            decode_submit(bad.reader());
+        } catch (const ProtocolError& e) {
+            CHECK(e.code() == ErrorCode::bad_request);
+            return std::string(e.what());
+        }
+        return std::string("accepted");
+    };
+    CHECK(refused({.queue = "q", .after_any = true}).find("'after_any' needs 'after'") !=
+          std::string::npos);
+    CHECK(refused({.queue = "q", .after = {0}}).find("not 0") != std::string::npos);
+    CHECK(refused({.queue = "q", .after = {4, 4}}).find("names job 4 twice") != std::string::npos);
+    std::vector<JobId> many;
+    for (JobId i = 1; i <= limits::kMaxParents + 1; ++i)
+        many.push_back(i);
+    CHECK(refused({.queue = "q", .after = many}) != "accepted");
+    many.pop_back();
+    CHECK(refused({.queue = "q", .after = many}) == "accepted");
+}
+
 TEST_CASE("JobInfo round trip through JOB") {
     JobInfo j;
     j.id = 7;
@@ -340,7 +373,7 @@ TEST_CASE("peek_req finds req in bodies that fail to decode") {
 }
 
 TEST_CASE("names of states and error codes") {
-    static_assert(kStateCount == 8);
+    static_assert(kStateCount == 9);
     for (std::size_t i = 0; i < kStateCount; ++i) {
         CHECK(kAllStates[i] == static_cast<JobState>(i));
         CHECK(parse_job_state(to_string(kAllStates[i])) == kAllStates[i]);
@@ -421,7 +454,7 @@ TEST_CASE("every table is in errand::message_tables(), with required fields mark
     };
     const auto* submit = find("SUBMIT job");
     REQUIRE(submit != nullptr);
-    REQUIRE(submit->fields.size() == 14);  // expires_at, expires_in_ms last
+    REQUIRE(submit->fields.size() == 16);  // after, after_any last
     CHECK(submit->fields[0].name == "queue");
     CHECK(submit->fields[0].required);
     CHECK_FALSE(submit->fields[1].required);

@@ -2605,3 +2605,135 @@ TEST_CASE("queue defaults: bad values are bad_request and change nothing") {
     CHECK_FALSE(s.timeout.has_value());
     CHECK_FALSE(s.priority.has_value());
 }
+
+// ---- job dependencies (SUBMIT after; docs/LIFECYCLE.md "Dependencies") ----------------------
+
+namespace {
+JobSpec child_of(std::vector<JobId> parents, bool any = false) {
+    auto s = spec("q");
+    s.after = std::move(parents);
+    s.after_any = any;
+    return s;
+}
+}  // namespace
+
+TEST_CASE("after: a chain a -> b -> c runs in order") {
+    Engine f;
+    f.register_worker("w1", {"q"});
+    JobId a = f.submit(spec("q"));
+    JobId b = f.submit(child_of({a}));
+    JobId c = f.submit(child_of({b}));
+    CHECK(f.status(b).state == S::blocked);
+    CHECK(f.status(c).state == S::blocked);
+    auto d = f.dispatch_one("w1", a);
+    CHECK(f.credit("w1", 1).empty());  // b and c are not ready
+    f.done("w1", a, d.attempt);
+    CHECK(f.status(b).state == S::ready);
+    CHECK(f.status(c).state == S::blocked);
+    d = f.dispatch_one("w1", b);
+    f.done("w1", b, d.attempt);
+    CHECK(f.status(c).state == S::ready);
+    d = f.dispatch_one("w1", c);
+    f.done("w1", c, d.attempt);
+    CHECK(f.status(c).state == S::succeeded);
+    CHECK(edges(f.history(c)) == std::vector<Edge>{{std::nullopt, S::blocked, "blocked"},
+                                                   {S::blocked, S::ready, "unblocked"},
+                                                   {S::ready, S::running, "dispatched"},
+                                                   {S::running, S::succeeded, "done"}});
+}
+
+TEST_CASE("after: fan-in of 10 parents, the child runs only after the 10th succeeds") {
+    Engine f;
+    f.register_worker("w1", {"p"});
+    std::vector<JobId> parents;
+    for (int i = 0; i < 10; ++i)
+        parents.push_back(f.submit(spec("p")));
+    JobId child = f.submit(child_of(parents));
+    for (int i = 0; i < 10; ++i) {
+        CHECK(f.status(child).state == S::blocked);
+        auto d = f.dispatch_one("w1", parents[static_cast<std::size_t>(i)]);
+        f.done("w1", d.id, d.attempt);
+    }
+    CHECK(f.status(child).state == S::ready);
+}
+
+TEST_CASE("after: a dead parent cancels its children and theirs, transitively") {
+    Engine f;
+    f.register_worker("w1", {"q"});
+    auto ps = spec("q");
+    ps.max_attempts = 1;
+    JobId a = f.submit(ps);
+    JobId b = f.submit(child_of({a}));
+    JobId c = f.submit(child_of({b}));
+    JobId any = f.submit(child_of({a}, true));
+    auto d = f.dispatch_one("w1", a);
+    f.fail("w1", a, d.attempt, "boom", true);
+    CHECK(f.status(a).state == S::dead);
+    auto jb = f.status(b);
+    CHECK(jb.state == S::cancelled);
+    CHECK(jb.error == std::optional<std::string>("parent " + std::to_string(a) + " dead"));
+    auto jc = f.status(c);
+    CHECK(jc.state == S::cancelled);
+    CHECK(jc.error == std::optional<std::string>("parent " + std::to_string(b) + " cancelled"));
+    // after_any: runs once the parent is finished, whatever its outcome.
+    CHECK(f.status(any).state == S::ready);
+    auto d2 = f.dispatch_one("w1", any);
+    CHECK(d2.id == any);
+}
+
+TEST_CASE("after: a missing parent is refused, nothing submitted; finished parents count at once") {
+    Engine f;
+    f.register_worker("w1", {"q"});
+    JobId a = f.submit(spec("q"));
+    auto d = f.dispatch_one("w1", a);
+    f.done("w1", a, d.attempt);
+    SubmitRequest m;
+    m.req = f.req++;
+    m.jobs.push_back(child_of({a, 999'999}));
+    auto err = f.error(cmd::kSubmit, encode(m));
+    CHECK(err.code == ErrorCode::not_found);
+    CHECK(err.message.find("999999") != std::string::npos);
+    auto next = f.submit(spec("q"));
+    CHECK(next == a + 1);  // nothing was inserted
+    // A parent already succeeded: ready at once.
+    JobId c = f.submit(child_of({a}));
+    CHECK(f.status(c).state == S::ready);
+    // A parent already cancelled: cancelled at once (or ready, with after_any).
+    f.cancel(next);
+    JobId e = f.submit(child_of({next}));
+    CHECK(f.status(e).state == S::cancelled);
+    JobId g = f.submit(child_of({next}, true));
+    CHECK(f.status(g).state == S::ready);
+}
+
+TEST_CASE(
+    "after: a blocked child with a delay is scheduled once unblocked; cancel of a blocked job") {
+    Engine f;
+    f.register_worker("w1", {"q"});
+    JobId a = f.submit(spec("q"));
+    auto s = child_of({a});
+    s.delay = 5000ms;
+    JobId b = f.submit(s);
+    JobId x = f.submit(child_of({a}));
+    CHECK(f.cancel(x).command == cmd::kJob);
+    CHECK(f.status(x).state == S::cancelled);
+    auto d = f.dispatch_one("w1", a);
+    f.done("w1", a, d.attempt);
+    CHECK(f.status(b).state == S::scheduled);
+    CHECK(f.status(x).state == S::cancelled);
+    f.advance(5000);
+    CHECK(f.status(b).state == S::ready);
+}
+
+TEST_CASE("after: a missing parent in a batch refuses the whole SUBMIT") {
+    Engine f;
+    JobId a = f.submit(spec("q"));
+    SubmitRequest m;
+    m.req = f.req++;
+    m.jobs.push_back(spec("q"));
+    m.jobs.push_back(child_of({a}));
+    m.jobs.push_back(child_of({a + 50}));
+    auto err = f.error(cmd::kSubmit, encode(m));
+    CHECK(err.code == ErrorCode::not_found);
+    CHECK(f.submit(spec("q")) == a + 1);  // neither of the batch's first two was kept
+}

@@ -214,7 +214,7 @@ TEST_CASE("http: /healthz, /api/queues and /api/stats show the live picture") {
     CHECK(is_rfc3339(queues["time"]));
     CHECK(is_rfc3339(queues["queues"][0]["oldest_ready_at"]));
     CHECK(queues["states"] == json::array({"scheduled", "ready", "running", "retrying", "succeeded",
-                                           "dead", "cancelled", "expired"}));
+                                           "dead", "cancelled", "expired", "blocked"}));
     CHECK(queues["queues"][0]["counts"]["expired"] == 0);
     CHECK(queues["queues"][0]["totals"]["expired"] == 0);
 

@@ -287,6 +287,7 @@ TEST_CASE("migrations 6 and 7 on PostgreSQL: finished jobs by state; timed pause
     { PgStore fresh(conninfo); }
     // What version 5 had.
     check.exec(
+        "DROP TABLE IF EXISTS job_deps; ALTER TABLE jobs DROP COLUMN IF EXISTS blocked_on; "
         "DROP INDEX jobs_finished; CREATE INDEX jobs_finished ON jobs (finished_at) WHERE state "
         "IN ('succeeded', 'dead', 'cancelled'); ALTER TABLE queues DROP COLUMN paused_until; "
         "ALTER TABLE queues DROP COLUMN IF EXISTS max_running, DROP COLUMN IF EXISTS rate, "
@@ -325,9 +326,11 @@ TEST_CASE("migration 8 on PostgreSQL: a version-7 database keeps its jobs; `expi
     { PgStore fresh(conninfo); }
     // What version 7 had (version 9's queue settings go too), and jobs as it wrote them.
     check.exec(
-        "ALTER TABLE queues DROP COLUMN max_running, DROP COLUMN rate, DROP COLUMN rate_per_ms, "
-        "DROP COLUMN rate_log, DROP COLUMN default_max_attempts, DROP COLUMN default_timeout_ms, "
-        "DROP COLUMN default_priority; DROP INDEX jobs_running_queue; "
+        "DROP TABLE IF EXISTS job_deps; ALTER TABLE jobs DROP COLUMN IF EXISTS blocked_on; "
+        "ALTER TABLE queues DROP COLUMN IF EXISTS max_running, DROP COLUMN IF EXISTS rate, "
+        "DROP COLUMN IF EXISTS rate_per_ms, DROP COLUMN IF EXISTS rate_log, DROP COLUMN IF "
+        "EXISTS default_max_attempts, DROP COLUMN IF EXISTS default_timeout_ms, DROP COLUMN IF "
+        "EXISTS default_priority; DROP INDEX IF EXISTS jobs_running_queue; "
         "ALTER TABLE jobs DROP COLUMN expires_at; "
         "ALTER TABLE jobs DROP CONSTRAINT jobs_state_check; ALTER TABLE jobs ADD CONSTRAINT "
         "jobs_state_check CHECK (state IN ('scheduled', 'ready', 'running', 'retrying', "

@@ -37,6 +37,10 @@ const std::set<std::pair<JobState, JobState>>& expected_edges() {
         {S::scheduled, S::expired},    // expires_at passed before it was dispatched
         {S::ready, S::expired},        // expires_at passed before it was dispatched
         {S::retrying, S::expired},     // expires_at passed before the next attempt
+        {S::blocked, S::ready},        // the last parent succeeded (after_any: finished)
+        {S::blocked, S::scheduled},    // the same, its delay still to run
+        {S::blocked, S::cancelled},    // a parent ended otherwise, or cancel
+        {S::blocked, S::expired},      // expires_at passed while it waited for its parents
     };
     return kEdges;
 }
@@ -62,7 +66,7 @@ TEST_CASE("state machine: exactly the edges of the diagram are allowed, all 64 p
             if (transition_allowed(from, to)) ++allowed;
         }
     }
-    CHECK(allowed == 15);
+    CHECK(allowed == 19);
 }
 
 TEST_CASE("state machine: no state goes to itself; succeeded, cancelled, expired go nowhere") {
@@ -74,8 +78,9 @@ TEST_CASE("state machine: no state goes to itself; succeeded, cancelled, expired
         CHECK_FALSE(transition_allowed(JobState::expired, s));
         // A dispatched job is never expired: it finishes as any other.
         CHECK_FALSE(transition_allowed(JobState::running, JobState::expired));
-        // Nothing enters `scheduled` after submit, and `running` only from `ready`.
-        CHECK_FALSE(transition_allowed(s, JobState::scheduled));
+        // Nothing enters `scheduled` after submit but an unblocked job, and `running` only
+        // from `ready`.
+        CHECK(transition_allowed(s, JobState::scheduled) == (s == JobState::blocked));
         CHECK(transition_allowed(s, JobState::running) == (s == JobState::ready));
     }
 }

@@ -98,6 +98,7 @@ Transition succeed(JobId id, Millis at, std::uint32_t attempt = 1) {
 // they would have been in the history column; version 9's index is made again as it was; 10's
 // 11's and 12's columns go; 11's wider state CHECKs may stay, every row meets them).
 constexpr const char* kUndoVersion8 =
+    "DROP TABLE job_deps; ALTER TABLE jobs DROP COLUMN blocked_on; "
     "ALTER TABLE queues DROP COLUMN max_running; ALTER TABLE queues DROP COLUMN rate; "
     "ALTER TABLE queues DROP COLUMN rate_per_ms; ALTER TABLE queues DROP COLUMN "
     "default_max_attempts; ALTER TABLE queues DROP COLUMN default_timeout_ms; "
@@ -1176,4 +1177,38 @@ TEST_CASE("a timed pause is stored: its end survives a reopen; resume_due is com
     store.commit();
     CHECK(store.pause_deadlines().empty());
     CHECK(store.paused_queues() == std::vector<std::string>{"p", "q"});
+}
+
+TEST_CASE("job dependencies survive reopening: edges by parent, the count of unfinished parents") {
+    TempDir dir;
+    {
+        SqliteStore store(dir.db());
+        store.begin();
+        store.insert_job(job(1, "q"), "submitted");
+        store.insert_job(job(2, "q"), "submitted");
+        auto child = job(3, "q");
+        child.state = JobState::blocked;
+        store.insert_job(child, "blocked");
+        store.add_parents(3, {1, 2}, false);
+        store.commit();
+    }
+    SqliteStore store(dir.db());
+    auto parents = store.parents();
+    std::sort(parents.begin(), parents.end());
+    CHECK(parents == std::vector<JobId>{1, 2});
+    auto states = store.parent_states({1, 3, 99});
+    REQUIRE(states.size() == 2);  // 99 does not exist
+    CHECK(states[1] == std::pair<JobId, JobState>{3, JobState::blocked});
+    store.begin();
+    auto kids = store.take_children(1);
+    REQUIRE(kids.size() == 1);
+    CHECK(kids[0].child == 3);
+    CHECK_FALSE(kids[0].any);
+    CHECK(store.take_children(1).empty());  // each edge once
+    CHECK(store.parent_finished(3) == std::optional<std::uint32_t>(1));
+    CHECK(store.take_children(2).size() == 1);
+    CHECK(store.parent_finished(3) == std::optional<std::uint32_t>(0));
+    CHECK_FALSE(store.parent_finished(3).has_value());  // never below 0
+    store.commit();
+    CHECK(store.parents().empty());
 }

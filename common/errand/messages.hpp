@@ -36,6 +36,10 @@ struct JobSpec {
     // two; expires_in counts from when the broker receives the job (not from run_at or delay).
     std::optional<Timestamp> expires_at{};
     std::optional<std::chrono::milliseconds> expires_in{};
+    // Parents: the job is `blocked` until every one has succeeded (a parent ending otherwise
+    // cancels it), or with after_any until every one has finished, whatever its outcome.
+    std::vector<JobId> after{};
+    bool after_any = false;
 };
 
 // The job object of STATUS / WAIT / LIST replies.

@@ -60,6 +60,8 @@ inline constexpr Millis kMaxTimeoutMs = 7LL * 86400000;  // a week
 inline constexpr std::uint32_t kMaxMaxRunning = 1'000'000;
 inline constexpr std::uint32_t kMaxRate = 100'000;
 inline constexpr Millis kMaxRatePerMs = 86400000;  // a day
+// Job dependencies (SUBMIT `after`): the parents one job may wait for.
+inline constexpr std::size_t kMaxParents = 100;
 }  // namespace limits
 
 // Error codes that travel in ERROR replies. to_string gives the wire spelling.
@@ -99,9 +101,20 @@ class ProtocolError : public std::runtime_error {
 // kStateCount; to_string gives each one's wire name (protocol.cpp).
 // expired: not started (dispatched) by its expires_at, so never run (appended: the numbering of the
 // others stays).
-enum class JobState { scheduled, ready, running, retrying, succeeded, dead, cancelled, expired };
+// blocked: waiting for its parents (SUBMIT `after`) to finish; not terminal (appended too).
+enum class JobState {
+    scheduled,
+    ready,
+    running,
+    retrying,
+    succeeded,
+    dead,
+    cancelled,
+    expired,
+    blocked
+};
 
-inline constexpr std::size_t kStateCount = static_cast<std::size_t>(JobState::expired) + 1;
+inline constexpr std::size_t kStateCount = static_cast<std::size_t>(JobState::blocked) + 1;
 // Every state in life-cycle (enum) order: kAllStates[i] == JobState(i).
 inline constexpr std::array<JobState, kStateCount> kAllStates = [] {
     std::array<JobState, kStateCount> all{};
