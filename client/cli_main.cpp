@@ -278,19 +278,18 @@ std::optional<std::vector<errand::JobId>> parse_after(const std::string& text, s
         errand::JobId id = 0;
         auto [p, ec] = std::from_chars(item.data(), item.data() + item.size(), id);
         if (item.empty() || ec != std::errc() || p != item.data() + item.size() || id == 0) {
-            *why = fmt::format("--after takes job ids separated by commas (e.g. 12,13), not '{}'",
-                               item);
+            *why = fmt::format("must be job ids separated by commas (e.g. 12,13), not '{}'", item);
             return std::nullopt;
         }
         if (std::find(ids.begin(), ids.end(), id) != ids.end()) {
-            *why = fmt::format("--after names job {} twice", id);
+            *why = fmt::format("names job {} twice", id);
             return std::nullopt;
         }
         ids.push_back(id);
         start = end + 1;
     }
     if (ids.size() > errand::limits::kMaxParents) {
-        *why = fmt::format("--after takes at most {} parents, not {}", errand::limits::kMaxParents,
+        *why = fmt::format("takes at most {} parents, not {}", errand::limits::kMaxParents,
                            ids.size());
         return std::nullopt;
     }
@@ -454,7 +453,7 @@ int run_submit(errand::Client& client, const SubmitArgs& args) {
     if (args.after) {
         std::string why;
         auto ids = parse_after(*args.after, &why);
-        if (!ids) throw UsageError(why);
+        if (!ids) throw UsageError("--after: " + why);
         spec.after = std::move(*ids);
     }
     spec.after_any = args.after_any;

@@ -68,9 +68,9 @@ TEST_CASE("after: bad --after values are refused and nothing is submitted") {
         std::string says;
     };
     const std::vector<Bad> bad = {
-        {{"--after", "abc"}, "--after takes job ids"},
-        {{"--after", "1,,2"}, "--after takes job ids"},
-        {{"--after", "0"}, "--after takes job ids"},
+        {{"--after", "abc"}, "--after: must be job ids separated by commas"},
+        {{"--after", "1,,2"}, "--after: must be job ids separated by commas"},
+        {{"--after", "0"}, "--after: must be job ids separated by commas"},
         {{"--after", "999999"}, "no job 999999"},
         {{"--after-any"}, "--after"},
     };
