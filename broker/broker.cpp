@@ -399,6 +399,8 @@ struct Broker::State {
         s.max_attempts = l.max_attempts;
         if (l.timeout_ms) s.timeout = std::chrono::milliseconds(*l.timeout_ms);
         s.priority = l.priority;
+        if (l.retention_ms) s.retention = std::chrono::milliseconds(*l.retention_ms);
+        if (l.expires_in_ms) s.expires_in = std::chrono::milliseconds(*l.expires_in_ms);
         return s;
     }
     void on_queue_set(const Request& rq) {
@@ -412,6 +414,8 @@ struct Broker::State {
         if (m.max_attempts) l.max_attempts = m.max_attempts;
         if (m.timeout_ms) l.timeout_ms = m.timeout_ms;
         if (m.priority) l.priority = m.priority;
+        if (m.retention_ms) l.retention_ms = m.retention_ms;
+        if (m.expires_in_ms) l.expires_in_ms = m.expires_in_ms;
         engine.set_limits(m.queue, l);
         spdlog::info(
             "queue {} set:{}{}", m.queue,
@@ -432,6 +436,8 @@ struct Broker::State {
             if (name == "max_attempts") l.max_attempts.reset();
             if (name == "timeout") l.timeout_ms.reset();
             if (name == "priority") l.priority.reset();
+            if (name == "retention") l.retention_ms.reset();
+            if (name == "expires_in") l.expires_in_ms.reset();
         }
         engine.set_limits(m.queue, l);
         spdlog::info("queue {} unset: {}", m.queue, fmt::join(m.unset, ", "));

@@ -519,6 +519,8 @@ NewJob JobEngine::new_job(JobSpec spec, Millis now) const {
         job.expires_at = to_ms(*spec.expires_at);
     else if (spec.expires_in)
         job.expires_at = now + spec.expires_in->count();
+    else if (q.expires_in_ms)
+        job.expires_at = now + *q.expires_in_ms;
     job.spec = std::move(spec);
     job.created_at = now;
     if (run_at > now) {
@@ -1132,13 +1134,27 @@ std::vector<Aborted> JobEngine::tick(Millis now) {
     store_.maintain(now);
     if (mono_ >= next_retention_ && store_.leader()) {
         // Each terminal state on its own clock (dead jobs are kept longer, so that failures are
-        // still there to look at), retention_batch rows in all per pass.
+        // still there to look at), retention_batch rows in all per pass. A queue with its own
+        // retention (QUEUE_SET) keeps its finished jobs that long instead, but not its dead
+        // ones: --dead-retention is for failures wherever they are.
         std::uint64_t n = 0;
         for (JobState s : kAllStates) {
             if (!is_terminal(s) || n >= cfg_.retention_batch) continue;
-            const Millis keep = s == JobState::dead ? cfg_.dead_retention_ms : cfg_.retention_ms;
-            forget_removed(
-                store_.remove_finished(s, std::nullopt, now - keep, cfg_.retention_batch - n), &n);
+            if (s == JobState::dead) {
+                forget_removed(store_.remove_finished(s, std::nullopt, now - cfg_.dead_retention_ms,
+                                                      cfg_.retention_batch - n),
+                               &n);
+                continue;
+            }
+            forget_removed(store_.remove_finished(s, std::nullopt, now - cfg_.retention_ms,
+                                                  cfg_.retention_batch - n, true),
+                           &n);
+            for (const auto& [queue, l] : limits_) {
+                if (!l.retention_ms || n >= cfg_.retention_batch) continue;
+                forget_removed(store_.remove_finished(s, queue, now - *l.retention_ms,
+                                                      cfg_.retention_batch - n),
+                               &n);
+            }
         }
         if (n > 0) spdlog::debug("retention: deleted {} finished jobs", n);
         // A full batch means more are due: carry on next pass, else look again in a second.

@@ -27,8 +27,8 @@ class ForwardingStore : public Store {
     }
     std::vector<Removed> remove_finished(std::optional<JobState> s,
                                          const std::optional<std::string>& q, Millis before,
-                                         std::size_t n) override {
-        return inner_.remove_finished(s, q, before, n);
+                                         std::size_t n, bool skip_own = false) override {
+        return inner_.remove_finished(s, q, before, n, skip_own);
     }
     std::optional<Removed> remove_job(JobId id) override { return inner_.remove_job(id); }
     void maintain(Millis now) override { inner_.maintain(now); }

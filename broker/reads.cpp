@@ -73,6 +73,10 @@ std::string answer_queues(ReadView& view, std::uint64_t req) {
         info.max_attempts = q.limits.max_attempts;
         if (q.limits.timeout_ms) info.timeout = std::chrono::milliseconds(*q.limits.timeout_ms);
         info.priority = q.limits.priority;
+        if (q.limits.retention_ms)
+            info.retention = std::chrono::milliseconds(*q.limits.retention_ms);
+        if (q.limits.expires_in_ms)
+            info.expires_in = std::chrono::milliseconds(*q.limits.expires_in_ms);
         out.push_back(std::move(info));
     }
     return encode_queues(req, out);

@@ -131,8 +131,13 @@ struct QueueLimits {
     std::optional<std::uint32_t> max_attempts;
     std::optional<Millis> timeout_ms;
     std::optional<std::int32_t> priority;
+    std::optional<Millis> retention_ms;   // finished (not dead) jobs kept this long
+    std::optional<Millis> expires_in_ms;  // jobs without an expiry expire this long after submit
     bool limits_starts() const { return max_running || rate; }
-    bool any() const { return limits_starts() || max_attempts || timeout_ms || priority; }
+    bool any() const {
+        return limits_starts() || max_attempts || timeout_ms || priority || retention_ms ||
+               expires_in_ms;
+    }
 };
 
 // ---- shared stores (several brokers on one database) ---------------------------------------
@@ -223,10 +228,13 @@ class Store : public JobReads {
     // made since, through this or another broker, stays); whether it did.
     virtual bool resume_due(const std::string& queue, Millis until) = 0;
     // Deletes up to `limit` jobs in `state` (any terminal state when nullopt) that finished
-    // before `finished_before`, of `queue` when given.
+    // before `finished_before`, of `queue` when given. `skip_own_retention`: not of the queues
+    // that have a retention of their own (QUEUE_SET retention_ms; retention's pass over the
+    // others).
     virtual std::vector<Removed> remove_finished(std::optional<JobState> state,
                                                  const std::optional<std::string>& queue,
-                                                 Millis finished_before, std::size_t limit) = 0;
+                                                 Millis finished_before, std::size_t limit,
+                                                 bool skip_own_retention = false) = 0;
     // Deletes one finished job with all of it (events, payload, its count among the finished):
     // DELETE. nullopt, with nothing written, when there is no such job or it is not finished.
     // Its id is never given out again.

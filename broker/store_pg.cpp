@@ -220,6 +220,13 @@ const char* const kMigrations[] = {
         CHECK (state IN ('scheduled', 'ready', 'running', 'retrying', 'succeeded', 'dead',
                          'cancelled', 'expired', 'blocked')) NOT VALID;
     )sql",
+    // Queue settings (QUEUE_SET): retention_ms, how long the queue's finished jobs (not dead
+    // ones) are kept instead of the broker's --retention; default_expires_in_ms, the expiry of
+    // its jobs submitted without one, counted from their submission.
+    R"sql(
+    ALTER TABLE queues ADD COLUMN retention_ms bigint CHECK (retention_ms > 0);
+    ALTER TABLE queues ADD COLUMN default_expires_in_ms bigint CHECK (default_expires_in_ms > 0);
+    )sql",
 };
 
 static_assert(std::size(kMigrations) == PgStore::kSchemaVersion,
@@ -398,10 +405,11 @@ void PgStore::prepare() {
     db_.prepare("remove",
                 fmt::format("DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE "
                             "finished_at < $1::bigint AND state IN {} AND state = $2::text AND "
-                            "($3::text IS NULL OR queue = $3::text) "
-                            "ORDER BY finished_at LIMIT $4::bigint) RETURNING queue, state",
+                            "($3::text IS NULL OR queue = $3::text) AND (NOT $5::boolean OR "
+                            "queue NOT IN (SELECT name FROM queues WHERE retention_ms IS NOT "
+                            "NULL)) ORDER BY finished_at LIMIT $4::bigint) RETURNING queue, state",
                             kTerminal),
-                4);
+                5);
     // DELETE of one finished job; its events go with it (ON DELETE CASCADE).
     db_.prepare("remove_one",
                 fmt::format("DELETE FROM jobs WHERE id = $1::bigint AND state IN {} "
@@ -533,19 +541,24 @@ void PgStore::prepare() {
     db_.prepare("rate_log", "UPDATE queues SET rate_log = $2::text WHERE name = $1::text", 2);
     db_.prepare("set_limits",
                 "INSERT INTO queues (name, max_running, rate, rate_per_ms, default_max_attempts, "
-                "default_timeout_ms, default_priority) VALUES ($1::text, $2::bigint, $3::bigint, "
-                "$4::bigint, $5::bigint, $6::bigint, $7::bigint) ON CONFLICT (name) DO UPDATE SET "
+                "default_timeout_ms, default_priority, retention_ms, default_expires_in_ms) VALUES "
+                "($1::text, $2::bigint, $3::bigint, $4::bigint, $5::bigint, $6::bigint, "
+                "$7::bigint, $8::bigint, $9::bigint) ON CONFLICT (name) DO UPDATE SET "
                 "max_running = EXCLUDED.max_running, rate = EXCLUDED.rate, "
                 "rate_per_ms = EXCLUDED.rate_per_ms, "
                 "default_max_attempts = EXCLUDED.default_max_attempts, "
                 "default_timeout_ms = EXCLUDED.default_timeout_ms, "
-                "default_priority = EXCLUDED.default_priority",
-                7);
+                "default_priority = EXCLUDED.default_priority, "
+                "retention_ms = EXCLUDED.retention_ms, "
+                "default_expires_in_ms = EXCLUDED.default_expires_in_ms",
+                9);
     db_.prepare("limits",
                 "SELECT name, max_running, rate, rate_per_ms, default_max_attempts, "
-                "default_timeout_ms, default_priority FROM queues WHERE max_running IS NOT NULL "
+                "default_timeout_ms, default_priority, retention_ms, default_expires_in_ms FROM "
+                "queues WHERE max_running IS NOT NULL "
                 "OR rate IS NOT NULL OR default_max_attempts IS NOT NULL OR default_timeout_ms IS "
-                "NOT NULL OR default_priority IS NOT NULL ORDER BY name",
+                "NOT NULL OR default_priority IS NOT NULL OR retention_ms IS NOT NULL OR "
+                "default_expires_in_ms IS NOT NULL ORDER BY name",
                 0);
     // Due timers, whichever broker sees them first (the others skip the locked rows).
     db_.prepare(
@@ -921,7 +934,8 @@ std::vector<std::pair<std::string, Millis>> PgStore::pause_deadlines() {
 
 std::vector<Removed> PgStore::remove_finished(std::optional<JobState> state,
                                               const std::optional<std::string>& queue,
-                                              Millis finished_before, std::size_t limit) {
+                                              Millis finished_before, std::size_t limit,
+                                              bool skip_own_retention) {
     begin();
     std::vector<Removed> out;
     std::size_t removed = 0;
@@ -930,7 +944,7 @@ std::vector<Removed> PgStore::remove_finished(std::optional<JobState> state,
         if (!is_terminal(one) || (state && one != *state) || removed >= limit) continue;
         pg::Params p;
         p.i64(finished_before).text(to_string(one)).opt_text(queue);
-        p.i64(static_cast<std::int64_t>(limit - removed));
+        p.i64(static_cast<std::int64_t>(limit - removed)).boolean(skip_own_retention);
         auto r = run("remove", p);
         for (int i = 0; i < r.rows(); ++i) {
             auto q = r.text(i, 0);
@@ -1155,7 +1169,9 @@ void PgStore::set_queue_limits(const std::string& queue, const QueueLimits& l) {
                           .opt_i64(l.rate_per_ms)
                           .opt_i64(l.max_attempts)
                           .opt_i64(l.timeout_ms)
-                          .opt_i64(l.priority));
+                          .opt_i64(l.priority)
+                          .opt_i64(l.retention_ms)
+                          .opt_i64(l.expires_in_ms));
 }
 
 std::vector<std::pair<std::string, QueueLimits>> PgStore::queue_limits() {
@@ -1169,6 +1185,8 @@ std::vector<std::pair<std::string, QueueLimits>> PgStore::queue_limits() {
         QueueLimits l{narrow(r.opt_i64(i, 1)), narrow(r.opt_i64(i, 2)), r.opt_i64(i, 3),
                       narrow(r.opt_i64(i, 4)), r.opt_i64(i, 5),         std::nullopt};
         if (auto p = r.opt_i64(i, 6)) l.priority = static_cast<std::int32_t>(*p);
+        l.retention_ms = r.opt_i64(i, 7);
+        l.expires_in_ms = r.opt_i64(i, 8);
         out.emplace_back(r.text(i, 0), l);
     }
     return out;

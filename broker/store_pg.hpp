@@ -37,7 +37,8 @@ class PgStore final : public Store {
     bool resume_due(const std::string& queue, Millis until) override;
     std::vector<Removed> remove_finished(std::optional<JobState> state,
                                          const std::optional<std::string>& queue,
-                                         Millis finished_before, std::size_t limit) override;
+                                         Millis finished_before, std::size_t limit,
+                                         bool skip_own_retention = false) override;
     std::optional<Removed> remove_job(JobId id) override;
     // Renews this broker's row (autovacuum does the rest of PostgreSQL's housekeeping).
     void maintain(Millis now) override;
@@ -102,7 +103,7 @@ class PgStore final : public Store {
     std::uint64_t size_bytes();
 
     int schema_version();
-    static constexpr int kSchemaVersion = 10;
+    static constexpr int kSchemaVersion = 11;
     // job_counts rows per queue and terminal state (see migration 5).
     static constexpr int kCountShards = 16;
     // count_jobs(): the terminal counts, then the unfinished jobs through jobs_live.

@@ -316,6 +316,13 @@ const char* const kMigrations[] = {
         WHERE type = 'table' AND name IN ('jobs', 'job_counts');
     PRAGMA writable_schema = OFF;
     )sql",
+    // Queue settings (QUEUE_SET): retention_ms, how long the queue's finished jobs (not dead
+    // ones) are kept instead of the broker's --retention; default_expires_in_ms, the expiry of
+    // its jobs submitted without one, counted from their submission.
+    R"sql(
+    ALTER TABLE queues ADD COLUMN retention_ms INTEGER CHECK (retention_ms > 0);
+    ALTER TABLE queues ADD COLUMN default_expires_in_ms INTEGER CHECK (default_expires_in_ms > 0);
+    )sql",
 };
 
 static_assert(std::size(kMigrations) == SqliteStore::kSchemaVersion,
@@ -695,25 +702,31 @@ struct SqliteStore::Statements {
           paused(db, "SELECT name FROM queues WHERE paused = 1 ORDER BY name"),
           set_limits(db,
                      "INSERT INTO queues (name, max_running, rate, rate_per_ms, "
-                     "default_max_attempts, default_timeout_ms, default_priority) "
-                     "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (name) DO UPDATE SET "
+                     "default_max_attempts, default_timeout_ms, default_priority, retention_ms, "
+                     "default_expires_in_ms) "
+                     "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (name) DO UPDATE SET "
                      "max_running = excluded.max_running, rate = excluded.rate, "
                      "rate_per_ms = excluded.rate_per_ms, "
                      "default_max_attempts = excluded.default_max_attempts, "
                      "default_timeout_ms = excluded.default_timeout_ms, "
-                     "default_priority = excluded.default_priority"),
+                     "default_priority = excluded.default_priority, "
+                     "retention_ms = excluded.retention_ms, "
+                     "default_expires_in_ms = excluded.default_expires_in_ms"),
           limits(db,
                  "SELECT name, max_running, rate, rate_per_ms, default_max_attempts, "
-                 "default_timeout_ms, default_priority FROM queues "
+                 "default_timeout_ms, default_priority, retention_ms, default_expires_in_ms "
+                 "FROM queues "
                  "WHERE max_running IS NOT NULL OR rate IS NOT NULL OR default_max_attempts IS "
                  "NOT NULL OR default_timeout_ms IS NOT NULL OR default_priority IS NOT NULL "
+                 "OR retention_ms IS NOT NULL OR default_expires_in_ms IS NOT NULL "
                  "ORDER BY name"),
           dead(db,
                "SELECT id FROM jobs WHERE state = 'dead' AND (?1 IS NULL OR queue = ?1) "
                "ORDER BY id LIMIT ?2"),
           finished(db,
                    "SELECT id, queue, state FROM jobs WHERE state = ?2 AND finished_at < ?1 "
-                   "AND (?3 IS NULL OR queue = ?3) ORDER BY finished_at LIMIT ?4"),
+                   "AND (?3 IS NULL OR queue = ?3) AND (?5 = 0 OR queue NOT IN (SELECT name "
+                   "FROM queues WHERE retention_ms IS NOT NULL)) ORDER BY finished_at LIMIT ?4"),
           delete_job(db, "DELETE FROM jobs WHERE id = ?1"),
           delete_events(db, "DELETE FROM events WHERE job_id = ?1"),
           delete_payload(db, "DELETE FROM payloads WHERE job_id = ?1"),
@@ -1539,6 +1552,8 @@ void SqliteStore::set_queue_limits(const std::string& queue, const QueueLimits& 
         .bind_opt(5, wide(l.max_attempts))
         .bind_opt(6, l.timeout_ms)
         .bind_opt(7, l.priority ? std::optional<std::int64_t>(*l.priority) : std::nullopt)
+        .bind_opt(8, l.retention_ms)
+        .bind_opt(9, l.expires_in_ms)
         .run();
 }
 
@@ -1553,6 +1568,8 @@ std::vector<std::pair<std::string, QueueLimits>> SqliteStore::queue_limits() {
         QueueLimits l{narrow(s.opt_i64(1)), narrow(s.opt_i64(2)), s.opt_i64(3),
                       narrow(s.opt_i64(4)), s.opt_i64(5),         std::nullopt};
         if (auto p = s.opt_i64(6)) l.priority = static_cast<std::int32_t>(*p);
+        l.retention_ms = s.opt_i64(7);
+        l.expires_in_ms = s.opt_i64(8);
         out.emplace_back(s.text(0), l);
     }
     s.reset();
@@ -1572,7 +1589,8 @@ std::vector<JobId> SqliteStore::dead_jobs(const std::optional<std::string>& queu
 
 std::vector<Removed> SqliteStore::remove_finished(std::optional<JobState> state,
                                                   const std::optional<std::string>& queue,
-                                                  Millis finished_before, std::size_t limit) {
+                                                  Millis finished_before, std::size_t limit,
+                                                  bool skip_own_retention) {
     begin();
     // One state at a time, each through its part of jobs_finished (state, finished_at).
     std::vector<std::pair<JobId, std::pair<std::string, JobState>>> rows;
@@ -1581,6 +1599,7 @@ std::vector<Removed> SqliteStore::remove_finished(std::optional<JobState> state,
         auto& s = st_->finished.reset();
         s.bind(1, finished_before).bind(2, to_string(st)).bind_opt(3, queue);
         s.bind(4, static_cast<std::int64_t>(limit - rows.size()));
+        s.bind(5, std::int64_t{skip_own_retention ? 1 : 0});
         while (s.step())
             rows.push_back({static_cast<JobId>(s.i64(0)), {s.text(1), stored_state(s.text(2))}});
         s.reset();

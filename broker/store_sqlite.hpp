@@ -45,7 +45,8 @@ class SqliteStore final : public Store {
     bool resume_due(const std::string& queue, Millis until) override;
     std::vector<Removed> remove_finished(std::optional<JobState> state,
                                          const std::optional<std::string>& queue,
-                                         Millis finished_before, std::size_t limit) override;
+                                         Millis finished_before, std::size_t limit,
+                                         bool skip_own_retention = false) override;
     std::optional<Removed> remove_job(JobId id) override;
     // Writes held-back dispatches into their rows once a second, and gives pages that deletions
     // freed back to the file system, a few at a time.
@@ -101,7 +102,7 @@ class SqliteStore final : public Store {
     std::uint64_t start_steps() const { return start_steps_; }
 
     int schema_version();
-    static constexpr int kSchemaVersion = 13;
+    static constexpr int kSchemaVersion = 14;
 
   private:
     struct Statements;

@@ -248,6 +248,12 @@ std::string queues_table(const std::vector<QueueInfo>& queues, Timestamp now) {
                                     format_duration(*q.timeout));
         if (q.priority)
             defaults += fmt::format("{}priority {}", defaults.empty() ? "" : " ", *q.priority);
+        if (q.retention)
+            defaults += fmt::format("{}retention {}", defaults.empty() ? "" : " ",
+                                    format_duration(*q.retention));
+        if (q.expires_in)
+            defaults += fmt::format("{}expires-in {}", defaults.empty() ? "" : " ",
+                                    format_duration(*q.expires_in));
         if (!defaults.empty())
             limits += fmt::format("{}defaults: {}", limits.empty() ? "" : ", ", defaults);
         row.push_back(limits.empty() ? "-" : limits);

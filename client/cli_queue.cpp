@@ -21,11 +21,15 @@ struct Args {
     std::optional<std::uint32_t> max_attempts;  // set: defaults
     std::optional<std::string> timeout;
     std::optional<std::int32_t> priority;
+    std::optional<std::string> retention;
+    std::optional<std::string> expires_in;
     bool unset_max_running = false;  // unset
     bool unset_rate = false;
     bool unset_max_attempts = false;
     bool unset_timeout = false;
     bool unset_priority = false;
+    bool unset_retention = false;
+    bool unset_expires_in = false;
     bool json = false;
 };
 
@@ -35,6 +39,19 @@ CLI::Validator name_check() {
             if (valid_queue_name(text)) return {};
             return fmt::format("invalid queue name '{}' (1-64 characters of A-Z a-z 0-9 _ . -)",
                                text);
+        },
+        "");
+}
+
+// A duration more than 0 and at most `max` (DUR options of queue set).
+CLI::Validator duration_check(Millis max) {
+    return CLI::Validator(
+        [max](std::string& text) -> std::string {
+            auto ms = parse_duration(text);
+            if (!ms) return "'" + text + "' is not a duration (examples: 250ms, 5s, 2m, 7d)";
+            if (*ms == 0) return "must be more than 0";
+            if (*ms > max) return "must be at most " + format_duration(max);
+            return {};
         },
         "");
 }
@@ -111,6 +128,10 @@ std::string queue_settings_text(const QueueSettings& s) {
                                       : fmt::format("- ({})", limits::kDefaultMaxAttempts),
                        s.timeout ? format_duration(*s.timeout) : "- (none)",
                        s.priority ? std::to_string(*s.priority) : "- (0)");
+    out += fmt::format("retention:   {}\n",
+                       s.retention ? format_duration(*s.retention) : "- (the broker's)");
+    out += fmt::format("expires-in:  {}\n",
+                       s.expires_in ? format_duration(*s.expires_in) : "- (none)");
     if (s.held) out += fmt::format("held:        {}\n", *s.held);
     return out;
 }
@@ -140,21 +161,21 @@ QueueCommands add_queue_commands(CLI::App& app) {
         ->type_name("N");
     set->add_option("--timeout", args->timeout,
                     "default timeout of its jobs that do not set their own")
-        ->check(CLI::Validator(
-            [](std::string& text) -> std::string {
-                auto ms = parse_duration(text);
-                if (!ms) return "'" + text + "' is not a duration (examples: 250ms, 5s, 2m)";
-                if (*ms == 0) return "must be more than 0";
-                if (*ms > limits::kMaxTimeoutMs)
-                    return "must be at most " + format_duration(limits::kMaxTimeoutMs);
-                return {};
-            },
-            ""))
+        ->check(duration_check(limits::kMaxTimeoutMs))
         ->type_name("DUR");
     set->add_option("--priority", args->priority,
                     "default priority of its jobs that do not set their own (-1000..1000)")
         ->check(CLI::Range(limits::kMinPriority, limits::kMaxPriority).description(""))
         ->type_name("N");
+    set->add_option("--retention", args->retention,
+                    "its finished jobs are deleted after DUR instead of the broker's --retention "
+                    "(dead ones keep --dead-retention)")
+        ->check(duration_check(limits::kMaxDelayMs))
+        ->type_name("DUR");
+    set->add_option("--expires-in", args->expires_in,
+                    "its jobs submitted without an expiry of their own expire DUR after submission")
+        ->check(duration_check(limits::kMaxDelayMs))
+        ->type_name("DUR");
     set->add_flag("--json", args->json, "print the queue's settings as a JSON object");
 
     auto* unset = queue->add_subcommand("unset", "Remove a queue's limits.");
@@ -164,6 +185,9 @@ QueueCommands add_queue_commands(CLI::App& app) {
     unset->add_flag("--max-attempts", args->unset_max_attempts, "remove the default attempts");
     unset->add_flag("--timeout", args->unset_timeout, "remove the default timeout");
     unset->add_flag("--priority", args->unset_priority, "remove the default priority");
+    unset->add_flag("--retention", args->unset_retention,
+                    "remove the queue's retention (the broker's --retention applies)");
+    unset->add_flag("--expires-in", args->unset_expires_in, "remove the default expiry");
     unset->add_flag("--json", args->json, "print the queue's settings as a JSON object");
 
     auto* show = queue->add_subcommand("show", "Show a queue's limits.");
@@ -175,10 +199,11 @@ QueueCommands add_queue_commands(CLI::App& app) {
     out.run = [args, set, unset](Client& client) -> int {
         if (set->parsed()) {
             if (!args->max_running && !args->rate && !args->max_attempts && !args->timeout &&
-                !args->priority)
+                !args->priority && !args->retention && !args->expires_in)
                 throw std::invalid_argument(
                     "queue set needs a setting: --max-running, --rate, --max-attempts, "
-                    "--timeout or --priority (see errand queue set --help)");
+                    "--timeout, --priority, --retention or --expires-in (see errand queue set "
+                    "--help)");
             QueueSettings s;
             s.queue = args->queue;
             s.max_running = args->max_running;
@@ -191,6 +216,10 @@ QueueCommands add_queue_commands(CLI::App& app) {
             if (args->timeout)
                 s.timeout = std::chrono::milliseconds(*parse_duration(*args->timeout));
             s.priority = args->priority;
+            if (args->retention)
+                s.retention = std::chrono::milliseconds(*parse_duration(*args->retention));
+            if (args->expires_in)
+                s.expires_in = std::chrono::milliseconds(*parse_duration(*args->expires_in));
             return print(client.queue_set(s), args->json);
         }
         if (unset->parsed()) {
@@ -200,10 +229,12 @@ QueueCommands add_queue_commands(CLI::App& app) {
             if (args->unset_max_attempts) names.emplace_back("max_attempts");
             if (args->unset_timeout) names.emplace_back("timeout");
             if (args->unset_priority) names.emplace_back("priority");
+            if (args->unset_retention) names.emplace_back("retention");
+            if (args->unset_expires_in) names.emplace_back("expires_in");
             if (names.empty())
                 throw std::invalid_argument(
                     "queue unset needs the settings to remove: --max-running, --rate, "
-                    "--max-attempts, --timeout, --priority");
+                    "--max-attempts, --timeout, --priority, --retention, --expires-in");
             return print(client.queue_unset(args->queue, names), args->json);
         }
         return print(client.queue_settings(args->queue), args->json);

@@ -319,6 +319,8 @@ QueueSettings Client::queue_set(const QueueSettings& s) {
                       std::nullopt,      s.max_attempts, std::nullopt,  s.priority};
     if (s.rate_per) m.rate_per_ms = s.rate_per->count();
     if (s.timeout) m.timeout_ms = s.timeout->count();
+    if (s.retention) m.retention_ms = s.retention->count();
+    if (s.expires_in) m.expires_in_ms = s.expires_in->count();
     auto env = impl_->call(cmd::kQueueSet, encode(m), m.req);
     Impl::expect(env, cmd::kQueue);
     Body b(env.body);

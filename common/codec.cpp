@@ -626,12 +626,12 @@ QueueUnsetRequest decode_queue_unset(const Reader& r) {
 }
 std::string encode_queue(std::uint64_t req, const QueueSettings& s) {
     return encode_as<QueueT>({req, s.queue, s.max_running, s.rate, s.rate_per, s.held,
-                              s.max_attempts, s.timeout, s.priority});
+                              s.max_attempts, s.timeout, s.priority, s.retention, s.expires_in});
 }
 QueueSettings decode_queue(const Reader& r) {
     auto f = decode_as<QueueT>(r);
-    return {std::move(f.queue), f.max_running,  f.rate,    f.rate_per,
-            std::move(f.held),  f.max_attempts, f.timeout, f.priority};
+    return {std::move(f.queue), f.max_running, f.rate,     f.rate_per,  std::move(f.held),
+            f.max_attempts,     f.timeout,     f.priority, f.retention, f.expires_in};
 }
 
 std::string encode_ids(std::uint64_t req, const std::vector<JobId>& ids) {

@@ -124,7 +124,7 @@ Json to_json(const StatsReply& stats) {
 Json to_json(const QueueSettings& s) {
     auto j = fields::object_of<fields::QueueT>(
         fields::QueueReply{0, s.queue, s.max_running, s.rate, s.rate_per, s.held, s.max_attempts,
-                           s.timeout, s.priority});
+                           s.timeout, s.priority, s.retention, s.expires_in});
     j.erase("req");
     return j;
 }

@@ -333,7 +333,9 @@ struct QueueInfoT {
                            field("held", &QueueInfo::held, str(64), omit),
                            field("max_attempts", &QueueInfo::max_attempts, U32{}, omit),
                            field("timeout_ms", &QueueInfo::timeout, Duration{}, omit),
-                           field("priority", &QueueInfo::priority, I32{}, omit));
+                           field("priority", &QueueInfo::priority, I32{}, omit),
+                           field("retention_ms", &QueueInfo::retention, Duration{}, omit),
+                           field("expires_in_ms", &QueueInfo::expires_in, Duration{}, omit));
 };
 
 struct QueuesT {
@@ -817,9 +819,11 @@ struct QueueSetT {
              [](QueueSetRequest& m, const Reader&, const DecodeLimits&) {
                  if (m.rate.has_value() != m.rate_per_ms.has_value())
                      bad("'rate' and 'rate_per_ms' go together");
-                 if (!m.max_running && !m.rate && !m.max_attempts && !m.timeout_ms && !m.priority)
+                 if (!m.max_running && !m.rate && !m.max_attempts && !m.timeout_ms && !m.priority &&
+                     !m.retention_ms && !m.expires_in_ms)
                      bad("give at least one setting: 'max_running', 'rate' with 'rate_per_ms', "
-                         "'max_attempts', 'timeout_ms' or 'priority'");
+                         "'max_attempts', 'timeout_ms', 'priority', 'retention_ms' or "
+                         "'expires_in_ms'");
              }},
         field("req", &QueueSetRequest::req, U64{}, required),
         field("queue", &QueueSetRequest::queue, Queue{}, required),
@@ -838,11 +842,20 @@ struct QueueSetT {
               [](const Millis& ms) {
                   if (ms <= 0) bad("timeout_ms must be more than 0");
               }),
-        field("priority", &QueueSetRequest::priority, I32{}, omit, [](const std::int32_t& p) {
-            if (p < limits::kMinPriority || p > limits::kMaxPriority)
-                bad(fmt::format("priority must be {} to {}", limits::kMinPriority,
-                                limits::kMaxPriority));
-        }));
+        field("priority", &QueueSetRequest::priority, I32{}, omit,
+              [](const std::int32_t& p) {
+                  if (p < limits::kMinPriority || p > limits::kMaxPriority)
+                      bad(fmt::format("priority must be {} to {}", limits::kMinPriority,
+                                      limits::kMaxPriority));
+              }),
+        field("retention_ms", &QueueSetRequest::retention_ms, DurationMs{limits::kMaxDelayMs}, omit,
+              [](const Millis& ms) {
+                  if (ms <= 0) bad("retention_ms must be more than 0");
+              }),
+        field("expires_in_ms", &QueueSetRequest::expires_in_ms, DurationMs{limits::kMaxDelayMs},
+              omit, [](const Millis& ms) {
+                  if (ms <= 0) bad("expires_in_ms must be more than 0");
+              }));
 };
 
 struct QueueUnsetT {
@@ -858,7 +871,8 @@ struct QueueUnsetT {
                      if (!known)
                          bad(
                              fmt::format("unknown setting '{}': expected max_running, rate, "
-                                         "max_attempts, timeout or priority",
+                                         "max_attempts, timeout, priority, retention or "
+                                         "expires_in",
                                          name.substr(0, 64)));
                  }
              }},
@@ -878,6 +892,8 @@ struct QueueReply {  // QUEUE: a queue's settings (QueueSettings and the request
     std::optional<std::uint32_t> max_attempts;
     std::optional<std::chrono::milliseconds> timeout;
     std::optional<std::int32_t> priority;
+    std::optional<std::chrono::milliseconds> retention;
+    std::optional<std::chrono::milliseconds> expires_in;
 };
 
 struct QueueT {
@@ -890,7 +906,9 @@ struct QueueT {
                             field("held", &QueueReply::held, str(64), omit),
                             field("max_attempts", &QueueReply::max_attempts, U32{}, omit),
                             field("timeout_ms", &QueueReply::timeout, Duration{}, omit),
-                            field("priority", &QueueReply::priority, I32{}, omit));
+                            field("priority", &QueueReply::priority, I32{}, omit),
+                            field("retention_ms", &QueueReply::retention, Duration{}, omit),
+                            field("expires_in_ms", &QueueReply::expires_in, Duration{}, omit));
 };
 
 // Every table, for tests/test_protocol_doc.cpp (through errand::message_tables()).

@@ -127,9 +127,9 @@ class FaultyStore final : public broker::ForwardingStore {
     }
     std::vector<broker::Removed> remove_finished(std::optional<JobState> s,
                                                  const std::optional<std::string>& q, Millis before,
-                                                 std::size_t n) override {
+                                                 std::size_t n, bool skip_own = false) override {
         write();
-        return inner_.remove_finished(s, q, before, n);
+        return inner_.remove_finished(s, q, before, n, skip_own);
     }
     std::optional<broker::Removed> remove_job(JobId id) override {
         write();

@@ -2737,3 +2737,100 @@ TEST_CASE("after: a missing parent in a batch refuses the whole SUBMIT") {
     CHECK(err.code == ErrorCode::not_found);
     CHECK(f.submit(spec("q")) == a + 1);  // neither of the batch's first two was kept
 }
+
+// ---- per-queue retention and expiry (QUEUE_SET retention_ms, expires_in_ms) -----------------
+
+TEST_CASE(
+    "queue retention: its finished jobs kept retention_ms, others the broker's; dead ones "
+    "dead_retention_ms; unset gives the broker's back") {
+    auto c = engine_config();
+    c.retention_ms = 1000;
+    c.dead_retention_ms = 30'000;
+    Engine f(c);
+    QueueSetRequest longer;
+    longer.req = f.req++;
+    longer.queue = "keep";
+    longer.retention_ms = 10'000;
+    CHECK(queue_reply(f.ask(cmd::kQueueSet, encode(longer))).retention ==
+          std::chrono::milliseconds(10'000));
+    QueueSetRequest shorter;
+    shorter.req = f.req++;
+    shorter.queue = "brief";
+    shorter.retention_ms = 200;
+    f.ask(cmd::kQueueSet, encode(shorter));
+    JobId kept = f.submit(spec("keep"));
+    JobId kept_dead = f.submit(spec("keep"));
+    JobId plain = f.submit(spec("q"));
+    f.register_worker("w1", {"keep", "q"}, 3);
+    REQUIRE(f.credit("w1", 3).size() == 3);
+    check_ack(f.done("w1", kept, 1), kept, 1);
+    check_ack(f.fail("w1", kept_dead, 1, "boom", true), kept_dead, 1);
+    check_ack(f.done("w1", plain, 1), plain, 1);
+    JobId brief = f.submit(spec("brief"));
+    CHECK(job_of(f.cancel(brief)).state == S::cancelled);
+    auto gone = [&](JobId id) {
+        auto rep = f.ask(cmd::kStatus, encode(IdRequest{f.req++, id}));
+        return rep.command == cmd::kError && error_of(rep).code == ErrorCode::not_found;
+    };
+    f.advance(1500);  // retention looks once a second
+    f.advance(1000);
+    CHECK(gone(plain));
+    CHECK(gone(brief));
+    CHECK(f.status(kept).state == S::succeeded);  // not the broker's 1s
+    CHECK(f.status(kept_dead).state == S::dead);
+    f.advance(5000);
+    CHECK(f.status(kept).state == S::succeeded);
+    f.advance(4000);
+    f.advance(1000);
+    CHECK(gone(kept));
+    CHECK(f.status(kept_dead).state == S::dead);  // dead: --dead-retention, not the queue's
+    // Unset: the broker's retention again.
+    QueueUnsetRequest u{f.req++, "keep", {"retention"}};
+    CHECK_FALSE(queue_reply(f.ask(cmd::kQueueUnset, encode(u))).retention.has_value());
+    JobId again = f.submit(spec("keep"));
+    REQUIRE(f.credit("w1", 1).size() == 1);
+    check_ack(f.done("w1", again, 1), again, 1);
+    f.advance(1500);
+    f.advance(1000);
+    CHECK(gone(again));
+}
+
+TEST_CASE("queue expires_in: a job without its own expiry expires that long after submit") {
+    Engine f;
+    QueueSetRequest m;
+    m.req = f.req++;
+    m.queue = "q";
+    m.expires_in_ms = 5000;
+    CHECK(queue_reply(f.ask(cmd::kQueueSet, encode(m))).expires_in ==
+          std::chrono::milliseconds(5000));
+    JobId plain = f.submit(spec("q"));
+    CHECK(f.status(plain).expires_at == to_time(kBase + 5000));
+    auto own = spec("q");
+    own.expires_in = std::chrono::milliseconds(60'000);
+    JobId mine = f.submit(own);
+    CHECK(f.status(mine).expires_at == to_time(kBase + 60'000));
+    JobId elsewhere = f.submit(spec("other"));
+    CHECK_FALSE(f.status(elsewhere).expires_at.has_value());
+    f.advance(5001);
+    CHECK(f.status(plain).state == S::expired);
+    CHECK(f.status(mine).state == S::ready);
+    // Bad values are refused and change nothing.
+    for (Millis bad : {Millis{0}, Millis{-5}, limits::kMaxDelayMs + 1}) {
+        QueueSetRequest b;
+        b.req = f.req++;
+        b.queue = "q";
+        b.expires_in_ms = bad;
+        CHECK(f.error(cmd::kQueueSet, encode(b)).code == ErrorCode::bad_request);
+        QueueSetRequest r;
+        r.req = f.req++;
+        r.queue = "q";
+        r.retention_ms = bad;
+        CHECK(f.error(cmd::kQueueSet, encode(r)).code == ErrorCode::bad_request);
+    }
+    auto now = queue_reply(f.ask(cmd::kQueueShow, encode(QueueRequest{f.req++, "q"})));
+    CHECK(now.expires_in == std::chrono::milliseconds(5000));
+    CHECK_FALSE(now.retention.has_value());
+    QueueUnsetRequest u{f.req++, "q", {"expires_in"}};
+    CHECK_FALSE(queue_reply(f.ask(cmd::kQueueUnset, encode(u))).expires_in.has_value());
+    CHECK_FALSE(f.status(f.submit(spec("q"))).expires_at.has_value());
+}

@@ -287,6 +287,8 @@ TEST_CASE("migrations 6 and 7 on PostgreSQL: finished jobs by state; timed pause
     { PgStore fresh(conninfo); }
     // What version 5 had.
     check.exec(
+        "ALTER TABLE queues DROP COLUMN IF EXISTS retention_ms, DROP COLUMN IF EXISTS "
+        "default_expires_in_ms; "
         "DROP TABLE IF EXISTS job_deps; ALTER TABLE jobs DROP COLUMN IF EXISTS blocked_on; "
         "DROP INDEX jobs_finished; CREATE INDEX jobs_finished ON jobs (finished_at) WHERE state "
         "IN ('succeeded', 'dead', 'cancelled'); ALTER TABLE queues DROP COLUMN paused_until; "
@@ -326,6 +328,8 @@ TEST_CASE("migration 8 on PostgreSQL: a version-7 database keeps its jobs; `expi
     { PgStore fresh(conninfo); }
     // What version 7 had (version 9's queue settings go too), and jobs as it wrote them.
     check.exec(
+        "ALTER TABLE queues DROP COLUMN IF EXISTS retention_ms, DROP COLUMN IF EXISTS "
+        "default_expires_in_ms; "
         "DROP TABLE IF EXISTS job_deps; ALTER TABLE jobs DROP COLUMN IF EXISTS blocked_on; "
         "ALTER TABLE queues DROP COLUMN IF EXISTS max_running, DROP COLUMN IF EXISTS rate, "
         "DROP COLUMN IF EXISTS rate_per_ms, DROP COLUMN IF EXISTS rate_log, DROP COLUMN IF "
@@ -411,4 +415,51 @@ TEST_CASE("migration 8 on PostgreSQL: a version-7 database keeps its jobs; `expi
     store.commit();
     CHECK(removed == 2);
     CHECK(counts().count(JobState::expired) == 0);
+}
+
+TEST_CASE(
+    "queue retention and expires_in on PostgreSQL: stored, read back, and retention's pass "
+    "over the other queues skips a queue with its own") {
+    using errand::JobState;
+    pg::Connection(server().conninfo()).exec("CREATE SCHEMA qretention");
+    PgStore s(server().conninfo() + " options='-csearch_path=qretention'");
+    for (errand::JobId id = 1; id <= 4; ++id) {
+        NewJob j;
+        j.spec.queue = id <= 2 ? "keep" : "q";
+        j.spec.payload = "x";
+        j.created_at = 1000;
+        s.insert_job(j, "submitted");
+    }
+    s.commit();
+    for (errand::JobId id = 1; id <= 4; ++id) {
+        Transition end;
+        end.id = id;
+        end.from = JobState::ready;
+        end.to = JobState::cancelled;
+        end.at = 2000;
+        end.finished_at = 2000;
+        end.reason = "cancelled";
+        REQUIRE(s.apply(end));
+    }
+    QueueLimits l;
+    l.retention_ms = 86'400'000;
+    l.expires_in_ms = 60'000;
+    s.set_queue_limits("keep", l);
+    s.commit();
+    auto all = s.queue_limits();
+    REQUIRE(all.size() == 1);
+    CHECK(all[0].first == "keep");
+    CHECK(all[0].second.retention_ms == errand::Millis{86'400'000});
+    CHECK(all[0].second.expires_in_ms == errand::Millis{60'000});
+    std::uint64_t removed = 0;
+    for (const auto& r : s.remove_finished(std::nullopt, std::nullopt, 5000, 100, true)) {
+        CHECK(r.queue == "q");
+        removed += r.count;
+    }
+    s.commit();
+    CHECK(removed == 2);
+    for (const auto& r : s.remove_finished(std::nullopt, std::string("keep"), 5000, 100))
+        removed += r.count;
+    s.commit();
+    CHECK(removed == 4);
 }

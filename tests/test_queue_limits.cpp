@@ -307,3 +307,60 @@ TEST_CASE(
     }
     CHECK(client.queue_settings("mail").max_attempts == 6u);
 }
+
+TEST_CASE(
+    "queue retention and expires-in from the CLI: shown, kept on restart, applied at "
+    "submit, bad input changes nothing, unset removes them") {
+    TempDir dir;
+    Broker broker(dir);
+    auto ep = broker.endpoint();
+    auto set = run_cli(
+        {"--broker", ep, "queue", "set", "mail", "--retention", "2d", "--expires-in", "1h"});
+    REQUIRE_MESSAGE(set.exit_code == 0, describe(set));
+    CHECK_MESSAGE(set.out.find("retention:   2d") != std::string::npos, set.out);
+    CHECK_MESSAGE(set.out.find("expires-in:  1h") != std::string::npos, set.out);
+    broker.restart();
+    auto show = run_cli({"--broker", ep, "queue", "show", "mail", "--json"});
+    REQUIRE_MESSAGE(show.exit_code == 0, describe(show));
+    CHECK_MESSAGE(show.out.find("\"retention_ms\":172800000") != std::string::npos, show.out);
+    CHECK_MESSAGE(show.out.find("\"expires_in_ms\":3600000") != std::string::npos, show.out);
+    auto queues = run_cli({"--broker", ep, "queues"});
+    REQUIRE_MESSAGE(queues.exit_code == 0, describe(queues));
+    CHECK_MESSAGE(queues.out.find("retention 2d expires-in 1h") != std::string::npos, queues.out);
+    auto before = std::chrono::system_clock::now();
+    auto plain = run_cli({"--broker", ep, "submit", "-q", "mail", "--payload", "x"});
+    REQUIRE_MESSAGE(plain.exit_code == 0, describe(plain));
+    Client client(broker.client_options());
+    auto a = client.status(std::stoull(plain.out));
+    REQUIRE(a.expires_at.has_value());
+    CHECK(*a.expires_at >= before + 1h - 1s);
+    CHECK(*a.expires_at <= std::chrono::system_clock::now() + 1h + 1s);
+    for (const auto& bad :
+         std::vector<std::vector<std::string>>{{"queue", "set", "mail", "--retention", "0s"},
+                                               {"queue", "set", "mail", "--retention", "-1h"},
+                                               {"queue", "set", "mail", "--retention", "forever"},
+                                               {"queue", "set", "mail", "--expires-in", "0"},
+                                               {"queue", "set", "mail", "--expires-in", "-5m"},
+                                               {"queue", "set", "mail", "--expires-in", "soon"},
+                                               {"queue", "set", "mail", "--expires-in", "100000d"},
+                                               {"queue", "unset", "mail", "--retention", "1d"}}) {
+        auto args = bad;
+        args.insert(args.begin(), {"--broker", ep});
+        auto r = run_cli(args);
+        CHECK_MESSAGE(r.exit_code == 120, describe(r));
+        CHECK_MESSAGE(!r.err.empty(), describe(r));
+    }
+    auto s = client.queue_settings("mail");
+    CHECK(s.retention == std::chrono::milliseconds(172'800'000));
+    CHECK(s.expires_in == std::chrono::milliseconds(3'600'000));
+    auto unset = run_cli({"--broker", ep, "queue", "unset", "mail", "--retention", "--expires-in"});
+    REQUIRE_MESSAGE(unset.exit_code == 0, describe(unset));
+    CHECK_MESSAGE(unset.out.find("retention:   - (the broker's)") != std::string::npos, unset.out);
+    broker.restart();
+    s = client.queue_settings("mail");
+    CHECK_FALSE(s.retention.has_value());
+    CHECK_FALSE(s.expires_in.has_value());
+    auto later = run_cli({"--broker", ep, "submit", "-q", "mail", "--payload", "x"});
+    REQUIRE_MESSAGE(later.exit_code == 0, describe(later));
+    CHECK_FALSE(client.status(std::stoull(later.out)).expires_at.has_value());
+}

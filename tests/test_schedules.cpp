@@ -467,6 +467,7 @@ TEST_CASE("migration: a database from before schedules gets them and keeps its j
 #ifdef ERRAND_TEST_PG
     pg::Connection(db.conninfo)
         .exec(
+            "ALTER TABLE queues DROP COLUMN retention_ms, DROP COLUMN default_expires_in_ms; "
             "DROP TABLE job_deps; ALTER TABLE jobs DROP COLUMN blocked_on; "
             "ALTER TABLE jobs DROP COLUMN expires_at; "
             "ALTER TABLE queues DROP COLUMN paused_until; DROP TABLE job_counts; DROP TABLE "
@@ -481,6 +482,8 @@ TEST_CASE("migration: a database from before schedules gets them and keeps its j
         char* err = nullptr;
         // Version 8's tables and columns go too (they came after schedules), and 10's to 12's.
         int rc = sqlite3_exec(h,
+                              "ALTER TABLE queues DROP COLUMN retention_ms; "
+                              "ALTER TABLE queues DROP COLUMN default_expires_in_ms; "
                               "DROP TABLE job_deps; ALTER TABLE jobs DROP COLUMN blocked_on; "
                               "ALTER TABLE jobs DROP COLUMN expires_at; "
                               "ALTER TABLE queues DROP COLUMN max_running; "

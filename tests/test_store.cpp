@@ -98,6 +98,8 @@ Transition succeed(JobId id, Millis at, std::uint32_t attempt = 1) {
 // they would have been in the history column; version 9's index is made again as it was; 10's
 // 11's and 12's columns go; 11's wider state CHECKs may stay, every row meets them).
 constexpr const char* kUndoVersion8 =
+    "ALTER TABLE queues DROP COLUMN retention_ms; "
+    "ALTER TABLE queues DROP COLUMN default_expires_in_ms; "
     "DROP TABLE job_deps; ALTER TABLE jobs DROP COLUMN blocked_on; "
     "ALTER TABLE queues DROP COLUMN max_running; ALTER TABLE queues DROP COLUMN rate; "
     "ALTER TABLE queues DROP COLUMN rate_per_ms; ALTER TABLE queues DROP COLUMN "

@@ -220,6 +220,12 @@ function queueLimits(q) {
   if (q.rate != null)
     out.push(el('span', {class: 'limit', title: 'at most this many started per window'},
                 `${q.rate}/${duration(q.rate_per_ms / 1000)}`));
+  if (q.retention_ms != null)
+    out.push(el('span', {class: 'limit', title: 'its finished jobs (not dead ones) are kept this long'},
+                `keep ${duration(q.retention_ms / 1000)}`));
+  if (q.expires_in_ms != null)
+    out.push(el('span', {class: 'limit', title: 'its jobs without an expiry expire this long after submission'},
+                `expires ${duration(q.expires_in_ms / 1000)}`));
   if (q.held)
     out.push(el('span', {class: 'state held', 'data-held': q.held}, q.held));
   return out.length ? el('span', {class: 'limits'}, ...out) : null;

@@ -292,6 +292,8 @@ struct QueueSetRequest {
     std::optional<std::uint32_t> max_attempts;  // defaults for jobs without their own
     std::optional<Millis> timeout_ms;
     std::optional<std::int32_t> priority;
+    std::optional<Millis> retention_ms;   // its finished jobs' retention
+    std::optional<Millis> expires_in_ms;  // expiry of its jobs without their own
 };
 
 // QUEUE_UNSET: removes the named settings (kQueueSettingNames), at least one.

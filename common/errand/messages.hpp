@@ -80,6 +80,9 @@ struct QueueInfo {
     std::optional<std::uint32_t> max_attempts{};  // its defaults for jobs without their own
     std::optional<std::chrono::milliseconds> timeout{};
     std::optional<std::int32_t> priority{};
+    std::optional<std::chrono::milliseconds> retention{};  // its finished jobs are kept this long
+    std::optional<std::chrono::milliseconds>
+        expires_in{};  // its jobs expire this long after submit
 };
 
 struct Event {
@@ -202,6 +205,11 @@ struct QueueSettings {
     std::optional<std::uint32_t> max_attempts{};
     std::optional<std::chrono::milliseconds> timeout{};
     std::optional<std::int32_t> priority{};
+    // Its finished jobs (not dead ones: --dead-retention) are deleted after this long instead
+    // of the broker's --retention.
+    std::optional<std::chrono::milliseconds> retention{};
+    // A job submitted without an expiry of its own expires this long after its submission.
+    std::optional<std::chrono::milliseconds> expires_in{};
 };
 
 }  // namespace errand

@@ -202,8 +202,8 @@ inline constexpr std::string_view kWorkerStopping = "stopping";
 inline constexpr std::array<std::string_view, 4> kWorkerActions = {"quiet", "stop", "resume",
                                                                    "concurrency"};
 // QUEUE_UNSET's names of the settings it removes.
-inline constexpr std::array<std::string_view, 5> kQueueSettingNames = {
-    "max_running", "rate", "max_attempts", "timeout", "priority"};
+inline constexpr std::array<std::string_view, 7> kQueueSettingNames = {
+    "max_running", "rate", "max_attempts", "timeout", "priority", "retention", "expires_in"};
 // Why a queue's ready jobs wait (QUEUES and QUEUE `held`).
 inline constexpr std::string_view kHeldMaxRunning = "at max-running";
 inline constexpr std::string_view kHeldRate = "rate limited";
