@@ -150,6 +150,12 @@ void JobEngine::fire_schedule(const Schedule& s, Millis now) {
             JobSpec spec = s.job;
             spec.token = schedule_tick_key(s.name, tick);
             spec.unique = spec.token;
+            // A schedule's expires_in_ms counts from its tick, not from when the tick fires (a
+            // tick caught up late expires as if it had fired on time).
+            if (spec.expires_in) {
+                spec.expires_at = to_time(tick + spec.expires_in->count());
+                spec.expires_in.reset();
+            }
             try {
                 auto sub = submit(std::move(spec), now);
                 to.last_at = tick;

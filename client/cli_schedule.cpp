@@ -27,6 +27,7 @@ struct AddArgs {
     std::optional<std::string> timeout;
     std::optional<std::string> backoff;  // BASE[,CAP]
     bool paused = false;
+    std::optional<std::string> expires_in;
 };
 
 struct Args {
@@ -97,6 +98,7 @@ std::string schedule_text(const Schedule& s, Timestamp now) {
     line("queue", s.job.queue);
     if (s.job.argv) line("argv", shell_join(*s.job.argv));
     if (!s.job.payload.empty()) line("payload", fmt::format("{} bytes", s.job.payload.size()));
+    if (s.job.expires_in) line("expires", format_duration(*s.job.expires_in) + " after each tick");
     line("paused", s.paused ? "yes" : "no");
     line("next", s.paused ? "- (paused)" : when(s.next_at, now));
     line("last", when(s.last_at, now));
@@ -179,6 +181,10 @@ ScheduleCommands add_schedule_commands(CLI::App& app, const std::vector<std::str
             ""))
         ->type_name("BASE[,CAP]");
     add->add_flag("--paused", args->add.paused, "add it paused");
+    add->add_option("--expires-in", args->add.expires_in,
+                    "each job expires DUR after its tick if it has not started by then")
+        ->check(duration_check(limits::kMaxDelayMs))
+        ->type_name("DUR");
     out.add = add;
 
     auto* list =
@@ -210,6 +216,7 @@ ScheduleCommands add_schedule_commands(CLI::App& app, const std::vector<std::str
             s.job.max_attempts = a.max_attempts;
             s.job.priority = a.priority;
             if (a.timeout) s.job.timeout = to_duration(parse_duration(*a.timeout));
+            if (a.expires_in) s.job.expires_in = to_duration(parse_duration(*a.expires_in));
             if (a.backoff) {
                 auto b = parse_backoff(*a.backoff);
                 s.job.backoff = std::chrono::milliseconds(b->first);

@@ -148,11 +148,32 @@ TEST_CASE("schedule e2e: a broker SIGKILLed across ticks fires each tick once (c
 TEST_CASE("schedule e2e: bad input gets a clear error from the CLI and changes nothing") {
     TempDir dir;
     Broker broker(dir);
-    auto ok = run_cli(cli(broker, {"schedule", "add", "good", "--cron", "@daily", "--tz",
-                                   "Europe/Berlin", "-q", "q", "--backoff", "1s,1m", "--timeout",
-                                   "30s", "--max-attempts", "5", "--", "echo", "hi"}));
+    auto ok = run_cli(cli(broker, {"schedule",
+                                   "add",
+                                   "good",
+                                   "--cron",
+                                   "@daily",
+                                   "--tz",
+                                   "Europe/Berlin",
+                                   "-q",
+                                   "q",
+                                   "--backoff",
+                                   "1s,1m",
+                                   "--timeout",
+                                   "30s",
+                                   "--max-attempts",
+                                   "5",
+                                   "--expires-in",
+                                   "1h",
+                                   "--",
+                                   "echo",
+                                   "hi"}));
     REQUIRE_MESSAGE(ok.exit_code == 0, describe(ok));
     CHECK(ok.out.find("argv:      echo hi") != std::string::npos);
+    CHECK_MESSAGE(ok.out.find("expires:   1h after each tick") != std::string::npos, ok.out);
+    auto shown = run_cli(cli(broker, {"schedule", "show", "good"}));
+    CHECK_MESSAGE(shown.out.find("expires:   1h after each tick") != std::string::npos,
+                  describe(shown));
     constexpr int kRefused = 121, kUsage = 120;  // client/cli_exit.hpp
     struct Case {
         std::vector<std::string> args;
@@ -175,6 +196,13 @@ TEST_CASE("schedule e2e: bad input gets a clear error from the CLI and changes n
         {{"schedule", "add", "b", "--cron", "@daily", "--backoff", "1m,1s"},
          kUsage,
          "not BASE[,CAP]"},
+        {{"schedule", "add", "b", "--cron", "@daily", "--expires-in", "0s"},
+         kUsage,
+         "must be more than 0"},
+        {{"schedule", "add", "b", "--cron", "@daily", "--expires-in", "-1h"}, kUsage, "expires-in"},
+        {{"schedule", "add", "b", "--cron", "@daily", "--expires-in", "soon"},
+         kUsage,
+         "not a duration"},
         {{"schedule", "show", "nope"}, kRefused, "no schedule named 'nope'"},
         {{"schedule", "rm", "nope"}, kRefused, "no schedule named 'nope'"},
         {{"schedule", "pause", "nope"}, kRefused, "no schedule named 'nope'"},
@@ -199,6 +227,7 @@ TEST_CASE("schedule e2e: bad input gets a clear error from the CLI and changes n
     CHECK(all[0].job.backoff_cap == 60000ms);
     CHECK(all[0].job.timeout == 30000ms);
     CHECK(all[0].job.max_attempts == 5);
+    CHECK(all[0].job.expires_in == 3600000ms);
 }
 
 TEST_CASE("schedule e2e: two brokers on one PostgreSQL database fire each tick once") {

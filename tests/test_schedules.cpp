@@ -514,3 +514,30 @@ TEST_CASE("migration: a database from before schedules gets them and keeps its j
     REQUIRE(b.jobs("q").size() == 1);
     CHECK(b.jobs("q")[0].id > old_job);
 }
+
+TEST_CASE(
+    "a schedule's expires_in: kept with the schedule; each job expires that long after its "
+    "tick, not after the pass that fires it") {
+    Database db;
+    {
+        Node a(db, kJan1 + 3 * kSec);
+        auto s = every("exp", "*/10 * * * * *", "q");
+        s.job.expires_in = std::chrono::milliseconds(30 * kSec);
+        CHECK(a.add(s).job.expires_in == std::chrono::milliseconds(30 * kSec));
+    }
+    Node n(db, kJan1 + 4 * kSec);  // a restart: read back from the store
+    CHECK(n.show("exp").job.expires_in == std::chrono::milliseconds(30 * kSec));
+    n.pass_at(kJan1 + 13 * kSec);  // the tick at 10 s fires 3 s late
+    auto jobs = n.jobs("q");
+    REQUIRE(jobs.size() == 1);
+    CHECK(jobs[0].expires_at == to_time(kJan1 + 40 * kSec));
+    n.pass_at(kJan1 + 20 * kSec);
+    jobs = n.jobs("q");
+    REQUIRE(jobs.size() == 2);
+    std::vector<std::optional<Timestamp>> expiries;
+    for (const auto& j : jobs)
+        expiries.push_back(j.expires_at);
+    std::sort(expiries.begin(), expiries.end());
+    CHECK(expiries == std::vector<std::optional<Timestamp>>{to_time(kJan1 + 40 * kSec),
+                                                            to_time(kJan1 + 50 * kSec)});
+}
