@@ -114,10 +114,10 @@ namespace {
 using nlohmann::json;
 
 // The keys a line may have: SUBMIT's job keys (docs/PROTOCOL.md).
-constexpr std::array<const char*, 14> kKeys = {
-    "queue",          "payload", "argv",       "max_attempts", "token",
-    "priority",       "run_at",  "delay_ms",   "timeout_ms",   "backoff_ms",
-    "backoff_cap_ms", "unique",  "expires_at", "expires_in_ms"};
+constexpr std::array<const char*, 16> kKeys = {
+    "queue",      "payload",       "argv",       "max_attempts", "token",          "priority",
+    "run_at",     "delay_ms",      "timeout_ms", "backoff_ms",   "backoff_cap_ms", "unique",
+    "expires_at", "expires_in_ms", "after",      "after_any"};
 
 // A batch's bytes on the wire stay well under the broker's 64 MiB --max-message.
 constexpr std::size_t kMaxBatchBytes = 16 * 1024 * 1024;
@@ -247,8 +247,26 @@ JobSpec parse_line(std::string_view text, const JobSpec& defaults) {
             if (spec.unique->empty() || spec.unique->size() > limits::kMaxUniqueKey)
                 throw BadLine(
                     fmt::format("a unique key must be 1-{} bytes", limits::kMaxUniqueKey));
+        } else if (key == "after") {
+            if (!v.is_array() || v.size() > limits::kMaxParents)
+                throw BadLine(fmt::format("'after' must be an array of at most {} job ids",
+                                          limits::kMaxParents));
+            spec.after.clear();
+            for (const auto& id : v) {
+                if (!id.is_number_unsigned() || id.get<std::uint64_t>() == 0)
+                    throw BadLine("'after' must hold job ids (whole numbers, 1 or more)");
+                auto parent = id.get<std::uint64_t>();
+                if (std::find(spec.after.begin(), spec.after.end(), parent) != spec.after.end())
+                    throw BadLine(fmt::format("'after' names job {} twice", parent));
+                spec.after.push_back(parent);
+            }
+        } else if (key == "after_any") {
+            if (!v.is_boolean()) throw BadLine("'after_any' must be true or false");
+            spec.after_any = v.get<bool>();
         }
     }
+    if (spec.after_any && spec.after.empty())
+        throw BadLine("'after_any' needs 'after' (the parents to wait for)");
     if (j.contains("run_at") && j.contains("delay_ms") && !j["run_at"].is_null() &&
         !j["delay_ms"].is_null()) {
         throw BadLine("give 'run_at' or 'delay_ms', not both");

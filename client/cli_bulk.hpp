@@ -61,10 +61,11 @@ class JsonlError : public std::runtime_error {
 // Reads one JSON object per line (blank lines are skipped), with the SUBMIT job keys of
 // docs/PROTOCOL.md: queue, payload (a string), argv, max_attempts, token, priority, run_at
 // (RFC 3339 or ms since the epoch), delay_ms, timeout_ms, backoff_ms, backoff_cap_ms (integer
-// ms or a duration such as "1h30m"), unique. Submits them in batches of at most `batch` jobs
-// (and 16 MiB), each committed whole by the broker, and prints the ids in input order, one per
-// line, as each batch is committed. A regular file is checked whole before anything is sent, so
-// a bad line there submits nothing; from a pipe, the batches before the bad line's are
+// ms or a duration such as "1h30m"), unique, expires_at, expires_in_ms, after (an array of job
+// ids) and after_any (a bool), as --after and --after-any. Submits them in batches of at most
+// `batch` jobs (and 16 MiB), each committed whole by the broker, and prints the ids in input order,
+// one per line, as each batch is committed. A regular file is checked whole before anything is
+// sent, so a bad line there submits nothing; from a pipe, the batches before the bad line's are
 // submitted. Returns kOk; throws JsonlError, BrokerError or ConnectionError, each naming the
 // lines that were and were not submitted.
 int run_submit_jsonl(Client& client, const JsonlArgs& args);

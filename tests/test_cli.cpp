@@ -929,3 +929,48 @@ TEST_CASE("cli: a --jsonl batch the broker refuses names its lines; earlier batc
     CHECK(id_lines(ok).size() == 5);
     CHECK_MESSAGE(ok.err.starts_with("submitted 5 jobs in 3 batches"), describe(ok));
 }
+
+TEST_CASE("cli: submit --jsonl lines carry after and after_any, as --after / --after-any do") {
+    CliWorld w;
+    auto p1 = w.cli({"submit", "-q", "parents", "--payload", "1"});
+    auto p2 = w.cli({"submit", "-q", "parents", "--payload", "2"});
+    REQUIRE_MESSAGE(p1.exit_code == 0, describe(p1));
+    REQUIRE_MESSAGE(p2.exit_code == 0, describe(p2));
+    const auto a = std::stoull(p1.out), b = std::stoull(p2.out);
+    std::string input = json({{"payload", "both"}, {"after", {a, b}}}).dump() + "\n" +
+                        json({{"payload", "any"}, {"after", {a}}, {"after_any", true}}).dump() +
+                        "\n" + json({{"payload", "free"}}).dump() + "\n";
+    auto r = w.cli({"submit", "-q", "kids", "--jsonl", "-"}, input);
+    REQUIRE_MESSAGE(r.exit_code == 0, describe(r));
+    auto ids = id_lines(r);
+    REQUIRE(ids.size() == 3);
+    auto jobs = jobs_of(w, "kids");
+    CHECK(jobs.at(ids[0])["state"] == "blocked");
+    CHECK(jobs.at(ids[1])["state"] == "blocked");
+    CHECK(jobs.at(ids[2])["state"] == "ready");
+    // Parent a cancelled: the child of both is cancelled, the after_any one is released.
+    auto cancel = w.cli({"cancel", std::to_string(a)});
+    REQUIRE_MESSAGE(cancel.exit_code == 0, describe(cancel));
+    bool settled = wait_until(
+        [&] {
+            auto now = jobs_of(w, "kids");
+            return now.at(ids[0])["state"] == "cancelled" && now.at(ids[1])["state"] == "ready";
+        },
+        10s, 20ms);
+    CHECK_MESSAGE(settled, jobs_of(w, "kids").at(ids[1]).dump());
+
+    for (const auto& [line, why] : std::vector<std::pair<std::string, std::string>>{
+             {R"({"after":"1"})", "'after' must be an array"},
+             {R"({"after":[0]})", "'after' must hold job ids"},
+             {R"({"after":[-3]})", "'after' must hold job ids"},
+             {R"({"after":[1,1]})", "'after' names job 1 twice"},
+             {R"({"after_any":true})", "'after_any' needs 'after'"},
+             {R"({"after":[1],"after_any":"yes"})", "'after_any' must be true or false"},
+         }) {
+        auto bad = w.cli({"submit", "-q", "bad-after", "--jsonl", "-"}, "{}\n" + line + "\n");
+        CHECK_MESSAGE(bad.exit_code == 120, line << ": " << describe(bad));
+        CHECK_MESSAGE(bad.err.find("stdin:2: " + why) != std::string::npos,
+                      line << ": " << describe(bad));
+    }
+    CHECK(jobs_of(w, "bad-after").empty());
+}
