@@ -144,7 +144,7 @@ struct Broker::State {
         bool writes;        // may change jobs or queues: its replies wait for the pass's commit
         OnFail on_fail;     // what its replies become if that commit fails (writes only)
     };
-    static const Command kCommands[36];
+    static const Command kCommands[40];
 
     BrokerConfig cfg;
     std::unique_ptr<Store> store;
@@ -493,6 +493,37 @@ struct Broker::State {
         spdlog::info("schedule {} {}", m.name, pause ? "paused" : "resumed");
         reply(rq.identity, cmd::kSchedule, encode_schedule(m.req, s), m.req);
     }
+    // ---- handlers: batches (the engine's broker/batches.cpp) --------------------------------
+
+    void on_batch_open(const Request& rq) {
+        auto m = decode_batch_open(rq.body);
+        BatchInfo b;
+        b.description = std::move(m.description);
+        b.on_complete = std::move(m.on_complete);
+        b.on_success = std::move(m.on_success);
+        auto opened = engine.open_batch(std::move(b), now);
+        spdlog::info("batch {} opened{}", opened.id,
+                     opened.description.empty() ? "" : ": " + opened.description);
+        reply(rq.identity, cmd::kBatch, encode_batch(m.req, opened), m.req);
+    }
+    void on_batch_seal(const Request& rq) {
+        auto m = decode_batch_request(rq.body);
+        auto b = engine.seal_batch(m.id, now);
+        spdlog::info("batch {} sealed with {} jobs ({} pending)", b.id, b.total, b.pending);
+        reply(rq.identity, cmd::kBatch, encode_batch(m.req, b), m.req);
+    }
+    void on_batch_show(const Request& rq) {
+        auto m = decode_batch_request(rq.body);
+        auto b = engine.batch(m.id);
+        if (!b) throw ProtocolError(ErrorCode::not_found, fmt::format("no batch {}", m.id));
+        reply(rq.identity, cmd::kBatch, encode_batch(m.req, *b), m.req);
+    }
+    void on_batch_list(const Request& rq) {
+        auto m = decode_batch_list(rq.body);
+        reply(rq.identity, cmd::kBatches, encode_batches(m.req, engine.batches(m.limit, m.before)),
+              m.req);
+    }
+
     void on_schedule_pause(const Request& rq) { set_schedule_paused(rq, true); }
     void on_schedule_resume(const Request& rq) { set_schedule_paused(rq, false); }
 
@@ -1333,7 +1364,7 @@ struct Broker::State {
 // Generic checks (frames, version, decoding, roles, registration, error replies) happen once in
 // handle(), before any handler runs.
 // clang-format off
-const Broker::State::Command Broker::State::kCommands[36] = {
+const Broker::State::Command Broker::State::kCommands[40] = {
 //   name             handler               access            worker writes on a failed commit
     {cmd::kSubmit,    &State::on_submit,    Access::everyone, false, true,  OnFail::error},
     {cmd::kStatus,    &State::on_status,    Access::everyone, false, false, OnFail::send},
@@ -1356,6 +1387,10 @@ const Broker::State::Command Broker::State::kCommands[36] = {
     {cmd::kScheduleRemove, &State::on_schedule_remove, Access::clients,  false, true,  OnFail::error},
     {cmd::kSchedulePause,  &State::on_schedule_pause,  Access::clients,  false, true,  OnFail::error},
     {cmd::kScheduleResume, &State::on_schedule_resume, Access::clients,  false, true,  OnFail::error},
+    {cmd::kBatchOpen,      &State::on_batch_open,      Access::clients,  false, true,  OnFail::error},
+    {cmd::kBatchSeal,      &State::on_batch_seal,      Access::clients,  false, true,  OnFail::error},
+    {cmd::kBatchShow,      &State::on_batch_show,      Access::everyone, false, false, OnFail::send},
+    {cmd::kBatchList,      &State::on_batch_list,      Access::everyone, false, false, OnFail::send},
     {cmd::kRegister,  &State::on_register,  Access::workers, false, true,  OnFail::error},
     {cmd::kCredit,    &State::on_credit,    Access::workers, true,  false, OnFail::send},
     {cmd::kHeartbeat, &State::on_heartbeat, Access::workers, true,  true,  OnFail::drop},

@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <map>
 
 #include "errand/clock.hpp"
 #include "errand/duration.hpp"
@@ -51,6 +52,7 @@ void JobEngine::rebuild(const std::unordered_map<JobId, HolderRef>& held, Millis
     timers_ = {};
     leases_ = {};
     orphans_.clear();
+    orphans_deadline_ = mono_ + cfg_.orphan_grace_ms;
     unique_live_.clear();
     counts_.clear();
     for (const auto& c : store_.count_jobs())
@@ -87,7 +89,6 @@ void JobEngine::rebuild(const std::unordered_map<JobId, HolderRef>& held, Millis
             if (auto h = held.find(j.id); h != held.end()) {
                 l.holder = h->second;
             } else {
-                l.orphan_deadline = mono_ + cfg_.orphan_grace_ms;
                 orphans_.push_back(j.id);
             }
         }
@@ -175,6 +176,8 @@ bool JobEngine::transition(JobId id, Live& l, JobState to, Transition t) {
     t.queue = l.queue.str();
     if (is_terminal(to)) t.finished_at = now_;
     if (!t.worker && l.state == JobState::running && l.holder) t.worker = l.holder->name;
+    const JobState from = l.state;
+    const JobId batch = l.batch;
     if (!store_.apply(t)) {
         if (!shared_) conflict(id, t);
         live_.erase(id);  // another broker changed it: forget what this one thought
@@ -203,6 +206,7 @@ bool JobEngine::transition(JobId id, Live& l, JobState to, Transition t) {
     if (to != JobState::running) l.holder.reset();
     place(id, l);  // `l` may dangle from here on
     if (is_terminal(to)) release_children(id, to);
+    if (batch && (is_terminal(to) || is_terminal(from))) batch_step(batch, from, to);
     return true;
 }
 
@@ -380,6 +384,13 @@ std::vector<std::string> JobEngine::sweep_queues(
 }
 
 Submitted JobEngine::submit(JobSpec spec, Millis now) {
+    if (!spec.batch) return submit_one(std::move(spec), now);
+    std::vector<JobSpec> one;
+    one.push_back(std::move(spec));
+    return submit(std::move(one), now).front();
+}
+
+Submitted JobEngine::submit_one(JobSpec spec, Millis now) {
     now_ = now;
     check_queue_bound(spec.queue);
     // A known token wins (a resent request gets its own job back), then a unique key held by an
@@ -405,6 +416,7 @@ Submitted JobEngine::submit(JobSpec spec, Millis now) {
     const char* reason = job.state == JobState::scheduled ? "scheduled" : "submitted";
     auto ins = store_.insert_job(job, reason);
     if (ins.duplicate) return {ins.id, true};
+    if (job.spec.batch) store_.batch_joined(*job.spec.batch, 1);
     admit(job, ins.id, reason);
     return {ins.id, false};
 }
@@ -440,6 +452,7 @@ Submitted JobEngine::submit_after(JobSpec spec) {
                                                             : "submitted";
     auto ins = store_.insert_job(job, reason);
     if (ins.duplicate) return {ins.id, true};
+    if (job.spec.batch) store_.batch_joined(*job.spec.batch, 1);  // before a cancel counts it
     if (job.state == JobState::blocked && !cancel_now) {
         store_.add_parents(ins.id, waiting, any);
         if (!shared_)
@@ -470,6 +483,7 @@ std::vector<Submitted> JobEngine::submit(std::vector<JobSpec> specs, Millis now)
                     throw ProtocolError(ErrorCode::not_found,
                                         fmt::format("no job {} (a parent in 'after')", p));
         }
+    check_batches(specs);  // so does a batch that is gone or sealed
     std::vector<Submitted> out;
     out.reserve(specs.size());
     // A unique key, or a queue not counted yet (the queue bound counts each new one), goes one
@@ -483,7 +497,7 @@ std::vector<Submitted> JobEngine::submit(std::vector<JobSpec> specs, Millis now)
     if (!shared_ || specs.size() < 2 || !simple()) {
         // One by one: in memory that is as cheap.
         for (auto& s : specs)
-            out.push_back(submit(std::move(s), now));
+            out.push_back(submit_one(std::move(s), now));
         return out;
     }
     // A shared store writes the batch in one statement (one round trip, one plan).
@@ -497,6 +511,11 @@ std::vector<Submitted> JobEngine::submit(std::vector<JobSpec> specs, Millis now)
         reasons.emplace_back(reason_of.back());
     }
     auto inserted = store_.insert_jobs(jobs, reasons);
+    std::map<JobId, std::uint64_t> joined;  // batch -> new members
+    for (std::size_t i = 0; i < jobs.size(); ++i)
+        if (jobs[i].spec.batch && !inserted[i].duplicate) ++joined[*jobs[i].spec.batch];
+    for (const auto& [batch, n] : joined)
+        store_.batch_joined(batch, n);
     for (std::size_t i = 0; i < jobs.size(); ++i) {
         if (!inserted[i].duplicate) admit(jobs[i], inserted[i].id, reason_of[i]);
         out.push_back({inserted[i].id, inserted[i].duplicate});
@@ -546,6 +565,7 @@ void JobEngine::admit(const NewJob& job, JobId id, const char* reason) {
     l.priority = static_cast<std::int16_t>(js.priority.value_or(0));
     l.state = job.state;
     l.has_argv = js.argv.has_value();
+    l.batch = js.batch.value_or(0);
     if (js.unique && !shared_) unique_live_[*js.unique] = id;
     if (job.expires_at) {
         if (shared_)
@@ -992,7 +1012,6 @@ bool JobEngine::adopt(JobId id, std::uint32_t attempt, const HolderRef& by) {
               (!l->second.holder || l->second.holder->instance == by->instance);
     if (!ok) return false;
     l->second.holder = by;
-    l->second.orphan_deadline = 0;
     std::erase(orphans_, id);
     return true;
 }
@@ -1157,6 +1176,11 @@ std::vector<Aborted> JobEngine::tick(Millis now) {
             }
         }
         if (n > 0) spdlog::debug("retention: deleted {} finished jobs", n);
+        // Batches whose members have all finished: as long as a success is kept, or a dead job
+        // when one of them died (its revival still counts in the batch).
+        if (n < cfg_.retention_batch)
+            n += store_.remove_batches(now - cfg_.retention_ms, now - cfg_.dead_retention_ms,
+                                       cfg_.retention_batch - n);
         // A full batch means more are due: carry on next pass, else look again in a second.
         next_retention_ = n >= cfg_.retention_batch ? mono_ : mono_ + 1000;
     }
@@ -1186,8 +1210,10 @@ void JobEngine::tick_shared(Millis now, std::vector<Aborted>& aborted) {
                                           to_time(now), std::nullopt, "expired"},
                                 std::nullopt, std::nullopt});
         }
-        for (const auto& p : expired)
+        for (const auto& p : expired) {
             release_children(p.id, JobState::expired);
+            if (p.batch) batch_step(p.batch, p.from, JobState::expired);
+        }
         auto promoted = store_.promote_due(now, cfg_.promote_batch);
         promote_more_ = promoted.size() >= cfg_.promote_batch;
         for (const auto& p : promoted) {
@@ -1315,7 +1341,7 @@ void JobEngine::tick_memory(Millis now, std::vector<Aborted>& aborted) {
         auto l = live_.find(id);
         if (l == live_.end() || l->second.state != JobState::running || l->second.holder)
             return true;
-        if (l->second.orphan_deadline > mono_ || budget == 0) return false;
+        if (orphans_deadline_ > mono_ || budget == 0) return false;
         --budget;
         spdlog::warn("{}: no worker reclaimed it after the restart",
                      job_fields(id, l->second.queue.str(), l->second.attempts));
@@ -1340,9 +1366,7 @@ Millis JobEngine::next_deadline(Millis bound) const {
     if (store_.maintenance_due()) next = std::min(next, now_ + kMaintenanceEveryMs);
     if (next_schedule_) next = std::min(next, std::max(*next_schedule_, schedule_retry_));
     if (!leases_.empty()) next = std::min(next, wall(leases_.top().at));
-    for (JobId id : orphans_)
-        if (auto l = live_.find(id); l != live_.end())
-            next = std::min(next, wall(l->second.orphan_deadline));
+    if (!orphans_.empty()) next = std::min(next, wall(orphans_deadline_));
     return next;
 }
 

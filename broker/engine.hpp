@@ -104,6 +104,8 @@ struct Aborted {
 
 // The token and unique key of the job a schedule's tick submits (broker/schedules.cpp).
 std::string schedule_tick_key(const std::string& name, Millis tick);
+// The token of a batch's callback job (broker/batches.cpp).
+std::string batch_callback_key(JobId batch, bool success);
 
 class JobEngine {
   public:
@@ -200,6 +202,18 @@ class JobEngine {
     std::optional<Schedule> schedule(const std::string& name);
     std::vector<Schedule> schedules();
 
+    // ---- batches (broker/batches.cpp; docs/LIFECYCLE.md "Batches") ------------------------
+    // A new open batch (description, on_complete, on_success of `b`). Throws too_large when a
+    // callback's queue would be one too many.
+    BatchInfo open_batch(BatchInfo b, Millis now);
+    // Sealed (takes no more members; idempotent): its callbacks fire once every member has
+    // finished, at once when they all have. Throws not_found.
+    BatchInfo seal_batch(JobId id, Millis now);
+    // With its callbacks' specs; nullopt: no such batch.
+    std::optional<BatchInfo> batch(JobId id);
+    // Newest first, ids below `before` when given; without the callbacks' specs.
+    std::vector<BatchInfo> batches(std::size_t limit, std::optional<JobId> before);
+
     // ---- the pass ----------------------------------------------------------------------------
     // This pass's events and the jobs it finished (for waiters), until committed()/rolled_back().
     const std::vector<PendingEvent>& events() const { return pending_; }
@@ -239,6 +253,17 @@ class JobEngine {
     Millis next_deadline(Millis bound) const;
 
   private:
+    // submit() of one job, its batch (if any) checked by the caller.
+    Submitted submit_one(JobSpec spec, Millis now);
+    // Batches: SUBMIT's check (each batch named exists and is open; throws not_found,
+    // invalid_state), a member's terminal step (entered or left a terminal state), the callbacks
+    // that step (or the seal) makes due, and one callback's job.
+    void check_batches(const std::vector<JobSpec>& specs);
+    void batch_step(JobId batch, JobState from, JobState to);
+    void fire_batch(const BatchInfo& b);
+    std::optional<JobId> submit_callback(const BatchInfo& b, bool success,
+                                         const std::optional<JobSpec>& spec);
+    static void with_state(BatchInfo& b);
     // A submitted spec as the store writes it (ready, or scheduled for later).
     NewJob new_job(JobSpec spec, Millis now) const;
     // submit() of a job with parents (spec.after).
@@ -329,7 +354,8 @@ class JobEngine {
     // Queues whose rate held jobs back, with when the window has room again (wall time): then
     // a dispatch is tried (a shared store also polls).
     std::unordered_map<std::string, Millis> rate_wake_;
-    std::vector<JobId> orphans_;  // running, no holder since the restart
+    std::vector<JobId> orphans_;   // running, no holder since the restart
+    Millis orphans_deadline_ = 0;  // monotonic: when orphans_ still without a holder are lost
     std::mt19937_64 rng_{std::random_device{}()};
     Millis next_retention_ = 0;
     std::vector<PendingEvent> pending_;

@@ -86,6 +86,28 @@ class ForwardingStore : public Store {
         return inner_.advance_schedule(n, from, to);
     }
     std::optional<Millis> next_schedule_at() override { return inner_.next_schedule_at(); }
+    JobId insert_batch(const BatchInfo& b) override { return inner_.insert_batch(b); }
+    std::optional<BatchInfo> get_batch(JobId id, bool specs, bool lock) override {
+        return inner_.get_batch(id, specs, lock);
+    }
+    void batch_joined(JobId id, std::uint64_t n) override { inner_.batch_joined(id, n); }
+    std::optional<BatchInfo> batch_moved(JobId id, std::optional<JobState> left,
+                                         std::optional<JobState> entered) override {
+        return inner_.batch_moved(id, left, entered);
+    }
+    bool seal_batch(JobId id, Millis now) override { return inner_.seal_batch(id, now); }
+    void batch_fired(JobId id, bool success, std::optional<JobId> job, Millis now) override {
+        inner_.batch_fired(id, success, job, now);
+    }
+    std::vector<JobId> batch_failed(JobId id, std::size_t n) override {
+        return inner_.batch_failed(id, n);
+    }
+    std::vector<BatchInfo> list_batches(std::size_t n, std::optional<JobId> before) override {
+        return inner_.list_batches(n, before);
+    }
+    std::size_t remove_batches(Millis before, Millis dead_before, std::size_t n) override {
+        return inner_.remove_batches(before, dead_before, n);
+    }
     bool shared() const override { return inner_.shared(); }
     std::uint32_t epoch() const override { return inner_.epoch(); }
     std::vector<ClaimedJob> claim(const ClaimRequest& c) override { return inner_.claim(c); }

@@ -72,12 +72,12 @@ struct Live {
     Name queue;
     HolderRef holder;  // running: the registration that holds it; null = orphan
     UniqueKey unique;
-    Millis run_at = 0;           // scheduled/retrying: when due; ready/running: see since()
-    Millis orphan_deadline = 0;  // running with no known worker (after a restart); monotonic
+    Millis run_at = 0;  // scheduled/retrying: when due; ready/running: see since()
     Millis created_at = 0;
     OptMillis timeout_ms;
     OptMillis backoff_ms;
     OptMillis backoff_cap_ms;
+    JobId batch = 0;  // the batch it is a member of; 0: none
     std::uint32_t attempts = 0;
     std::uint32_t max_attempts = 0;
     std::int16_t priority = 0;  // limits::kMinPriority..kMaxPriority
@@ -100,6 +100,7 @@ struct Live {
         l.priority = static_cast<std::int16_t>(j.priority);
         l.state = j.state;
         l.has_argv = j.has_argv;
+        l.batch = j.batch;
         return l;
     }
 };

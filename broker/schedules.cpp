@@ -52,6 +52,8 @@ void JobEngine::with_last_state(Schedule& s) {
 Schedule JobEngine::add_schedule(Schedule s, Millis now) {
     now_ = now;
     auto cron = parse_cron(s);
+    if (s.job.batch)  // every tick would join it, and the first after its seal fail
+        throw ProtocolError(ErrorCode::bad_request, "a schedule's job takes no 'batch'");
     check_queue_bound(s.job.queue);
     if (store_.get_schedule(s.name))
         throw ProtocolError(

@@ -89,6 +89,7 @@ struct LiveJob {
     std::uint32_t attempt_budget = 0;  // the max_attempts the job was submitted with
     std::uint32_t epoch = 0;           // running: the epoch its attempt was dispatched in
     std::optional<Millis> expires_at;  // not dispatched by then: expired
+    JobId batch = 0;                   // the batch it is a member of; 0: none
 };
 
 // A blocked job waiting for a parent (Store::take_children).
@@ -172,6 +173,7 @@ struct Promoted {
     std::string queue;
     JobState from = JobState::scheduled;
     std::uint32_t attempts = 0;
+    JobId batch = 0;  // expire_due: the batch it is a member of (0: none)
 };
 
 // A schedule's cursor after the engine fired (or skipped) its due ticks.
@@ -297,6 +299,33 @@ class Store : public JobReads {
                                   const ScheduleAdvance& to) = 0;
     // The earliest next tick of a schedule that is not paused.
     virtual std::optional<Millis> next_schedule_at() = 0;
+
+    // ---- batches (rows of errand::BatchInfo; state and pending are the engine's to derive) ---
+    // A new batch (description, created_at, on_complete, on_success of `b`): its id, from the
+    // store, never reused.
+    virtual JobId insert_batch(const BatchInfo& b) = 0;
+    // The batch, its callbacks' jobs with it when `specs`. A shared store locks its row until
+    // the commit when `lock` (a seal or a new member on another broker waits meanwhile).
+    virtual std::optional<BatchInfo> get_batch(JobId id, bool specs, bool lock) = 0;
+    // `n` more members (inserted in this transaction).
+    virtual void batch_joined(JobId id, std::uint64_t n) = 0;
+    // A member entered the terminal state `entered` and/or left the terminal state `left`: its
+    // counters change by one each, in one statement (of several brokers, each sees the counts
+    // after its own change). The batch after the change, without specs; nullopt when it is gone.
+    virtual std::optional<BatchInfo> batch_moved(JobId id, std::optional<JobState> left,
+                                                 std::optional<JobState> entered) = 0;
+    // Sealed at `now` if not yet; false when it already was (or there is no such batch).
+    virtual bool seal_batch(JobId id, Millis now) = 0;
+    // A callback ran: every member finished (`success`: succeeded) for the first time at `now`,
+    // and `job` is the callback's job (nullopt: there is none).
+    virtual void batch_fired(JobId id, bool success, std::optional<JobId> job, Millis now) = 0;
+    // Up to `limit` ids of members that ended dead, cancelled or expired, in id order.
+    virtual std::vector<JobId> batch_failed(JobId id, std::size_t limit) = 0;
+    // Newest first, ids below `before` when given, at most `limit`; without specs.
+    virtual std::vector<BatchInfo> list_batches(std::size_t limit, std::optional<JobId> before) = 0;
+    // Deletes up to `limit` batches whose every member has finished and that completed before
+    // `before` (`dead_before` when a member is dead): retention. How many.
+    virtual std::size_t remove_batches(Millis before, Millis dead_before, std::size_t limit) = 0;
 
     // ---- shared stores -----------------------------------------------------------------------
     // A shared store is the only truth about jobs (other brokers change them too): the engine

@@ -227,6 +227,33 @@ const char* const kMigrations[] = {
     ALTER TABLE queues ADD COLUMN retention_ms bigint CHECK (retention_ms > 0);
     ALTER TABLE queues ADD COLUMN default_expires_in_ms bigint CHECK (default_expires_in_ms > 0);
     )sql",
+    // Batches (BATCH_OPEN): one row per batch with a counter per terminal state, changed by the
+    // statement that changes a member (UPDATE ... RETURNING: the row lock serialises brokers, so
+    // exactly one sees the last member finish); jobs.batch_id names a member's batch. The row is
+    // updated once per member: fillfactor 50 keeps those updates HOT.
+    R"sql(
+    ALTER TABLE jobs ADD COLUMN batch_id bigint;
+    CREATE INDEX jobs_batch ON jobs (batch_id, state) WHERE batch_id IS NOT NULL;
+    CREATE TABLE batches (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        description text NOT NULL DEFAULT '',
+        created_at bigint NOT NULL,
+        sealed_at bigint,
+        completed_at bigint,
+        succeeded_at bigint,
+        total bigint NOT NULL DEFAULT 0 CHECK (total >= 0),
+        succeeded bigint NOT NULL DEFAULT 0 CHECK (succeeded >= 0),
+        dead bigint NOT NULL DEFAULT 0 CHECK (dead >= 0),
+        cancelled bigint NOT NULL DEFAULT 0 CHECK (cancelled >= 0),
+        expired bigint NOT NULL DEFAULT 0 CHECK (expired >= 0),
+        complete_job bigint,
+        success_job bigint,
+        on_complete bytea,
+        on_success bytea,
+        CHECK (succeeded + dead + cancelled + expired <= total)
+    ) WITH (fillfactor = 50);
+    CREATE INDEX batches_completed ON batches (completed_at) WHERE completed_at IS NOT NULL;
+    )sql",
 };
 
 static_assert(std::size(kMigrations) == PgStore::kSchemaVersion,
@@ -335,14 +362,14 @@ void PgStore::prepare() {
     db_.prepare(
         "insert",
         "WITH j AS (INSERT INTO jobs (token, queue, state, payload, argv, priority, max_attempts, "
-        "run_at, created_at, timeout_ms, backoff_ms, backoff_cap_ms, unique_key, expires_at) "
-        "VALUES ($1::text, $2::text, $3::text, $4::bytea, $5::bytea, $6::bigint, "
+        "run_at, created_at, timeout_ms, backoff_ms, backoff_cap_ms, unique_key, expires_at, "
+        "batch_id) VALUES ($1::text, $2::text, $3::text, $4::bytea, $5::bytea, $6::bigint, "
         "$7::bigint, $8::bigint, $9::bigint, $10::bigint, $11::bigint, $12::bigint, "
-        "$13::text, $15::bigint) ON CONFLICT DO NOTHING RETURNING id) "
+        "$13::text, $15::bigint, $16::bigint) ON CONFLICT DO NOTHING RETURNING id) "
         "INSERT INTO job_events (job_id, at, from_state, to_state, attempt, worker, reason) "
         "SELECT id, $9::bigint, NULL, $3::text, 0, NULL, $14::text FROM j "
         "RETURNING job_id",
-        15);
+        16);
     // The compare-and-set and its event in one statement: the event is written only when the
     // row was in (from, attempts) and changed.
     db_.prepare(
@@ -376,16 +403,17 @@ void PgStore::prepare() {
     db_.prepare(
         "insert_many",
         "WITH j AS (INSERT INTO jobs (id, token, queue, state, payload, argv, priority, "
-        "max_attempts, run_at, created_at, timeout_ms, backoff_ms, backoff_cap_ms, expires_at) "
-        "SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bytea[], "
-        "$6::bytea[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], "
-        "$12::bigint[], $13::bigint[], $15::bigint[]) ON CONFLICT DO NOTHING "
+        "max_attempts, run_at, created_at, timeout_ms, backoff_ms, backoff_cap_ms, expires_at, "
+        "batch_id) SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], "
+        "$5::bytea[], $6::bytea[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], "
+        "$11::bigint[], $12::bigint[], $13::bigint[], $15::bigint[], $16::bigint[]) "
+        "ON CONFLICT DO NOTHING "
         "RETURNING id, state, created_at), "
         "e AS (INSERT INTO job_events (job_id, at, from_state, to_state, attempt, worker, reason) "
         "SELECT j.id, j.created_at, NULL, j.state, 0, NULL, r.reason FROM j "
         "JOIN unnest($1::bigint[], $14::text[]) AS r(id, reason) ON r.id = j.id) "
         "SELECT id FROM j",
-        15);
+        16);
     db_.prepare("progress",
                 "UPDATE jobs SET progress = $2::bigint, progress_message = $3::text "
                 "WHERE id = $1::bigint",
@@ -505,6 +533,61 @@ void PgStore::prepare() {
                 "UPDATE schedules SET next_at = $3::bigint, last_at = $4::bigint, "
                 "last_job = $5::bigint WHERE name = $1::text AND next_at = $2::bigint",
                 5);
+    // Batches. (moved: $2 the state a member entered, $3 the one it left; NULL: not terminal.)
+    db_.prepare("batch_insert",
+                "INSERT INTO batches (description, created_at, on_complete, on_success) "
+                "VALUES ($1::text, $2::bigint, $3::bytea, $4::bytea) RETURNING id",
+                4);
+    db_.prepare("batch_get",
+                fmt::format("SELECT {}, {} FROM batches WHERE id = $1::bigint", kBatchColumns,
+                            kBatchSpecColumns),
+                1);
+    db_.prepare("batch_lock",
+                fmt::format("SELECT {}, {} FROM batches WHERE id = $1::bigint FOR UPDATE",
+                            kBatchColumns, kBatchSpecColumns),
+                1);
+    db_.prepare("batch_joined",
+                "UPDATE batches SET total = total + $2::bigint WHERE id = $1::bigint", 2);
+    db_.prepare(
+        "batch_moved",
+        fmt::format("UPDATE batches SET "
+                    "succeeded = succeeded + ($2::text IS NOT DISTINCT FROM 'succeeded')::int "
+                    "- ($3::text IS NOT DISTINCT FROM 'succeeded')::int, "
+                    "dead = dead + ($2::text IS NOT DISTINCT FROM 'dead')::int "
+                    "- ($3::text IS NOT DISTINCT FROM 'dead')::int, "
+                    "cancelled = cancelled + ($2::text IS NOT DISTINCT FROM 'cancelled')::int "
+                    "- ($3::text IS NOT DISTINCT FROM 'cancelled')::int, "
+                    "expired = expired + ($2::text IS NOT DISTINCT FROM 'expired')::int "
+                    "- ($3::text IS NOT DISTINCT FROM 'expired')::int "
+                    "WHERE id = $1::bigint RETURNING {}",
+                    kBatchColumns),
+        3);
+    db_.prepare("batch_seal",
+                "UPDATE batches SET sealed_at = $2::bigint WHERE id = $1::bigint AND sealed_at "
+                "IS NULL",
+                2);
+    db_.prepare("batch_fired_complete",
+                "UPDATE batches SET completed_at = $2::bigint, complete_job = $3::bigint "
+                "WHERE id = $1::bigint",
+                3);
+    db_.prepare("batch_fired_success",
+                "UPDATE batches SET succeeded_at = $2::bigint, success_job = $3::bigint, "
+                "completed_at = COALESCE(completed_at, $2::bigint) WHERE id = $1::bigint",
+                3);
+    db_.prepare("batch_failed",
+                "SELECT id FROM jobs WHERE batch_id = $1::bigint AND state IN ('dead', "
+                "'cancelled', 'expired') ORDER BY id LIMIT $2::bigint",
+                2);
+    db_.prepare("batch_list",
+                fmt::format("SELECT {} FROM batches WHERE $1::bigint IS NULL OR id < $1::bigint "
+                            "ORDER BY id DESC LIMIT $2::bigint",
+                            kBatchColumns),
+                2);
+    db_.prepare("batch_remove",
+                "DELETE FROM batches WHERE id IN (SELECT id FROM batches WHERE completed_at < "
+                "CASE WHEN dead > 0 THEN $3::bigint ELSE $1::bigint END AND succeeded + dead + "
+                "cancelled + expired = total LIMIT $2::bigint FOR UPDATE SKIP LOCKED)",
+                3);
     db_.prepare("schedule_next",
                 "SELECT min(next_at) FROM schedules WHERE NOT paused AND next_at IS NOT NULL", 0);
     // The claim (several brokers at once): the rows are locked as they are picked, and rows
@@ -582,10 +665,10 @@ void PgStore::prepare() {
         "ORDER BY expires_at LIMIT $2::bigint FOR UPDATE SKIP LOCKED), "
         "u AS (UPDATE jobs j SET state = 'expired', run_at = NULL, finished_at = $1::bigint, "
         "error = 'expired: not started by its expiry' FROM due WHERE j.id = due.id "
-        "RETURNING j.id, j.queue, due.state AS was, j.attempts), "
+        "RETURNING j.id, j.queue, due.state AS was, j.attempts, j.batch_id), "
         "e AS (INSERT INTO job_events (job_id, at, from_state, to_state, attempt, worker, reason) "
         "SELECT id, $1::bigint, was, 'expired', attempts, NULL, 'expired' FROM u) "
-        "SELECT id, queue, was, attempts FROM u",
+        "SELECT id, queue, was, attempts, batch_id FROM u",
         2);
     db_.prepare("expired",
                 fmt::format("SELECT {} FROM jobs WHERE state = 'running' AND timeout_ms IS NOT "
@@ -780,7 +863,8 @@ Inserted PgStore::insert_job(const NewJob& job, const std::string& reason) {
         .opt_i64(to_ms(s.backoff_cap))
         .opt_text(s.unique)
         .text(reason)
-        .opt_i64(job.expires_at);
+        .opt_i64(job.expires_at)
+        .opt_i64(s.batch);
     auto r = run("insert", p);
     if (r.rows() == 1) return {static_cast<JobId>(r.i64(0, 0)), false};
     // The token is taken, or the unique key held.
@@ -802,7 +886,7 @@ std::vector<Inserted> PgStore::insert_jobs(const std::vector<NewJob>& jobs,
     if (drawn.rows() != static_cast<int>(jobs.size()))
         throw StoreError("the id sequence gave the wrong number of ids", false);
     std::vector<std::optional<std::int64_t>> ids, priority, max_attempts, run_at, created_at,
-        timeout, backoff, backoff_cap, expires_at;
+        timeout, backoff, backoff_cap, expires_at, batch;
     std::vector<std::optional<std::string_view>> tokens, queues, states, payloads, argvs, reason_of;
     std::vector<std::string> packed(jobs.size());  // argv blobs, alive until the statement ran
     for (std::size_t i = 0; i < jobs.size(); ++i) {
@@ -828,6 +912,8 @@ std::vector<Inserted> PgStore::insert_jobs(const std::vector<NewJob>& jobs,
         backoff.push_back(to_ms(s.backoff));
         backoff_cap.push_back(to_ms(s.backoff_cap));
         expires_at.push_back(job.expires_at);
+        batch.push_back(s.batch ? std::optional<std::int64_t>(static_cast<std::int64_t>(*s.batch))
+                                : std::nullopt);
         reason_of.emplace_back(reasons[i]);
     }
     pg::Params p;
@@ -845,7 +931,8 @@ std::vector<Inserted> PgStore::insert_jobs(const std::vector<NewJob>& jobs,
         .i64_array(backoff)
         .i64_array(backoff_cap)
         .text_array(reason_of)
-        .i64_array(expires_at);
+        .i64_array(expires_at)
+        .i64_array(batch);
     auto r = run("insert_many", p);
     std::unordered_set<std::int64_t> inserted;
     for (int row = 0; row < r.rows(); ++row)
@@ -1275,7 +1362,8 @@ std::vector<Promoted> PgStore::expire_due(Millis now, std::size_t limit) {
     std::vector<Promoted> out;
     for (int i = 0; i < r.rows(); ++i) {
         out.push_back({static_cast<JobId>(r.i64(i, 0)), r.text(i, 1), stored_state(r.text(i, 2)),
-                       static_cast<std::uint32_t>(r.i64(i, 3))});
+                       static_cast<std::uint32_t>(r.i64(i, 3)),
+                       static_cast<JobId>(r.opt_i64(i, 4).value_or(0))});
         count(out.back().queue, JobState::expired, 1);
     }
     std::sort(out.begin(), out.end(),
@@ -1516,6 +1604,104 @@ std::optional<Millis> PgStore::next_schedule_at() {
     auto r = run("schedule_next");
     if (r.rows() == 0) return std::nullopt;
     return r.opt_i64(0, 0);
+}
+
+// ---- batches ---------------------------------------------------------------------------------
+
+namespace {
+std::vector<BatchInfo> read_batches(const pg::Result& r, bool specs) {
+    std::vector<BatchInfo> out;
+    for (int i = 0; i < r.rows(); ++i)
+        out.push_back(read_batch(PgRow{r, i}, specs));
+    return out;
+}
+}  // namespace
+
+JobId PgStore::insert_batch(const BatchInfo& b) {
+    begin();
+    pg::Params p;
+    p.text(b.description).i64(to_ms(b.created_at));
+    if (b.on_complete)
+        p.bytes(encode(*b.on_complete));
+    else
+        p.null();
+    if (b.on_success)
+        p.bytes(encode(*b.on_success));
+    else
+        p.null();
+    auto r = run("batch_insert", p);
+    if (r.rows() != 1) throw StoreError("a new batch got no id", false);
+    return static_cast<JobId>(r.i64(0, 0));
+}
+
+std::optional<BatchInfo> PgStore::get_batch(JobId id, bool specs, bool lock) {
+    // Locked (FOR UPDATE) until the commit: a seal or a member's change elsewhere waits for it.
+    if (lock) begin();
+    auto all = read_batches(
+        run(lock ? "batch_lock" : "batch_get", pg::Params().i64(static_cast<std::int64_t>(id))),
+        specs);
+    if (all.empty()) return std::nullopt;
+    return std::move(all.front());
+}
+
+void PgStore::batch_joined(JobId id, std::uint64_t n) {
+    begin();
+    run("batch_joined",
+        pg::Params().i64(static_cast<std::int64_t>(id)).i64(static_cast<std::int64_t>(n)));
+}
+
+std::optional<BatchInfo> PgStore::batch_moved(JobId id, std::optional<JobState> left,
+                                              std::optional<JobState> entered) {
+    begin();
+    pg::Params p;
+    p.i64(static_cast<std::int64_t>(id));
+    if (entered)
+        p.text(to_string(*entered));
+    else
+        p.null();
+    if (left)
+        p.text(to_string(*left));
+    else
+        p.null();
+    auto all = read_batches(run("batch_moved", p), false);
+    if (all.empty()) return std::nullopt;
+    return std::move(all.front());
+}
+
+bool PgStore::seal_batch(JobId id, Millis now) {
+    begin();
+    return run("batch_seal", pg::Params().i64(static_cast<std::int64_t>(id)).i64(now)).affected() >
+           0;
+}
+
+void PgStore::batch_fired(JobId id, bool success, std::optional<JobId> job, Millis now) {
+    begin();
+    run(success ? "batch_fired_success" : "batch_fired_complete",
+        pg::Params().i64(static_cast<std::int64_t>(id)).i64(now).opt_i64(job));
+}
+
+std::vector<JobId> PgStore::batch_failed(JobId id, std::size_t limit) {
+    auto r =
+        run("batch_failed",
+            pg::Params().i64(static_cast<std::int64_t>(id)).i64(static_cast<std::int64_t>(limit)));
+    std::vector<JobId> out;
+    for (int i = 0; i < r.rows(); ++i)
+        out.push_back(static_cast<JobId>(r.i64(i, 0)));
+    return out;
+}
+
+std::vector<BatchInfo> PgStore::list_batches(std::size_t limit, std::optional<JobId> before) {
+    return read_batches(
+        run("batch_list", pg::Params().opt_i64(before).i64(static_cast<std::int64_t>(limit))),
+        false);
+}
+
+std::size_t PgStore::remove_batches(Millis before, Millis dead_before, std::size_t limit) {
+    begin();
+    return static_cast<std::size_t>(
+        run("batch_remove",
+            pg::Params().i64(before).i64(static_cast<std::int64_t>(limit)).i64(dead_before))
+            .affected());
 }
 
 }  // namespace errand::broker

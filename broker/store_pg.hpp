@@ -74,6 +74,17 @@ class PgStore final : public Store {
     bool advance_schedule(const std::string& name, Millis from, const ScheduleAdvance& to) override;
     std::optional<Millis> next_schedule_at() override;
 
+    JobId insert_batch(const BatchInfo& b) override;
+    std::optional<BatchInfo> get_batch(JobId id, bool specs, bool lock) override;
+    void batch_joined(JobId id, std::uint64_t n) override;
+    std::optional<BatchInfo> batch_moved(JobId id, std::optional<JobState> left,
+                                         std::optional<JobState> entered) override;
+    bool seal_batch(JobId id, Millis now) override;
+    void batch_fired(JobId id, bool success, std::optional<JobId> job, Millis now) override;
+    std::vector<JobId> batch_failed(JobId id, std::size_t limit) override;
+    std::vector<BatchInfo> list_batches(std::size_t limit, std::optional<JobId> before) override;
+    std::size_t remove_batches(Millis before, Millis dead_before, std::size_t limit) override;
+
     bool shared() const override { return true; }
     std::vector<ClaimedJob> claim(const ClaimRequest& c) override;
     std::vector<Promoted> promote_due(Millis now, std::size_t limit) override;
@@ -103,7 +114,7 @@ class PgStore final : public Store {
     std::uint64_t size_bytes();
 
     int schema_version();
-    static constexpr int kSchemaVersion = 11;
+    static constexpr int kSchemaVersion = 12;
     // job_counts rows per queue and terminal state (see migration 5).
     static constexpr int kCountShards = 16;
     // count_jobs(): the terminal counts, then the unfinished jobs through jobs_live.

@@ -323,6 +323,33 @@ const char* const kMigrations[] = {
     ALTER TABLE queues ADD COLUMN retention_ms INTEGER CHECK (retention_ms > 0);
     ALTER TABLE queues ADD COLUMN default_expires_in_ms INTEGER CHECK (default_expires_in_ms > 0);
     )sql",
+    // Batches (BATCH_OPEN): one row per batch with a counter per terminal state, changed with
+    // each member's change (never a scan of the members); jobs.batch_id names a member's batch,
+    // and jobs_batch finds the failed members for a callback's summary. AUTOINCREMENT: a batch
+    // id is never given out twice, even after retention deleted the newest.
+    R"sql(
+    ALTER TABLE jobs ADD COLUMN batch_id INTEGER;
+    CREATE INDEX jobs_batch ON jobs(batch_id, state) WHERE batch_id IS NOT NULL;
+    CREATE TABLE batches (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        description TEXT NOT NULL DEFAULT '',
+        created_at INTEGER NOT NULL,
+        sealed_at INTEGER,
+        completed_at INTEGER,
+        succeeded_at INTEGER,
+        total INTEGER NOT NULL DEFAULT 0 CHECK (total >= 0),
+        succeeded INTEGER NOT NULL DEFAULT 0 CHECK (succeeded >= 0),
+        dead INTEGER NOT NULL DEFAULT 0 CHECK (dead >= 0),
+        cancelled INTEGER NOT NULL DEFAULT 0 CHECK (cancelled >= 0),
+        expired INTEGER NOT NULL DEFAULT 0 CHECK (expired >= 0),
+        complete_job INTEGER,
+        success_job INTEGER,
+        on_complete BLOB,
+        on_success BLOB,
+        CHECK (succeeded + dead + cancelled + expired <= total)
+    );
+    CREATE INDEX batches_completed ON batches(completed_at) WHERE completed_at IS NOT NULL;
+    )sql",
 };
 
 static_assert(std::size(kMigrations) == SqliteStore::kSchemaVersion,
@@ -624,11 +651,12 @@ struct SqliteStore::Statements {
         : begin(db, "BEGIN IMMEDIATE"),
           commit(db, "COMMIT"),
           rollback(db, "ROLLBACK"),
-          insert(db,
-                 "INSERT INTO jobs (id, token, queue, state, payload, argv, priority, attempts, "
-                 "max_attempts, run_at, created_at, timeout_ms, backoff_ms, backoff_cap_ms, "
-                 "unique_key, history, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, "
-                 "?10, ?11, ?12, ?13, ?14, ?15, ?16) ON CONFLICT (token) DO NOTHING"),
+          insert(
+              db,
+              "INSERT INTO jobs (id, token, queue, state, payload, argv, priority, attempts, "
+              "max_attempts, run_at, created_at, timeout_ms, backoff_ms, backoff_cap_ms, "
+              "unique_key, history, expires_at, batch_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, "
+              "?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) ON CONFLICT (token) DO NOTHING"),
           insert_payload(db, "INSERT INTO payloads (job_id, payload) VALUES (?1, ?2)"),
           insert_event(db,
                        "INSERT INTO events (job_id, id, at, from_state, to_state, attempt, "
@@ -1054,6 +1082,7 @@ Inserted SqliteStore::insert_job(const NewJob& job, const std::string& reason) {
         .bind_opt_ref(14, job.spec.unique)
         .bind_blob_ref(15, first)
         .bind_opt(16, job.expires_at)
+        .bind_opt(17, job.spec.batch)
         .run();
     if (sqlite3_changes(db_) == 0)  // the token is taken: a resent submit
         return {find_token(*job.spec.token).value_or(0), true};
@@ -1810,6 +1839,163 @@ std::optional<Millis> SqliteStore::next_schedule_at() {
     if (st.step()) out = st.opt_i64(0);
     st.reset();
     return out;
+}
+
+// ---- batches ---------------------------------------------------------------------------------
+
+struct SqliteStore::BatchStatements {
+    explicit BatchStatements(sqlite3* db)
+        : insert(db,
+                 "INSERT INTO batches (description, created_at, on_complete, on_success) "
+                 "VALUES (?1, ?2, ?3, ?4) RETURNING id"),
+          get(db, fmt::format("SELECT {}, {} FROM batches WHERE id = ?1", kBatchColumns,
+                              kBatchSpecColumns)
+                      .c_str()),
+          joined(db, "UPDATE batches SET total = total + ?2 WHERE id = ?1"),
+          // (?2 IS 'x'): 1 when the member entered state x (NULL: none), else 0.
+          moved(db,
+                fmt::format("UPDATE batches SET "
+                            "succeeded = succeeded + (?2 IS 'succeeded') - (?3 IS 'succeeded'), "
+                            "dead = dead + (?2 IS 'dead') - (?3 IS 'dead'), "
+                            "cancelled = cancelled + (?2 IS 'cancelled') - (?3 IS 'cancelled'), "
+                            "expired = expired + (?2 IS 'expired') - (?3 IS 'expired') "
+                            "WHERE id = ?1 RETURNING {}",
+                            kBatchColumns)
+                    .c_str()),
+          seal(db, "UPDATE batches SET sealed_at = ?2 WHERE id = ?1 AND sealed_at IS NULL"),
+          fired_complete(db,
+                         "UPDATE batches SET completed_at = ?2, complete_job = ?3 WHERE id = ?1"),
+          fired_success(db,
+                        "UPDATE batches SET succeeded_at = ?2, success_job = ?3, "
+                        "completed_at = COALESCE(completed_at, ?2) WHERE id = ?1"),
+          failed(db,
+                 "SELECT id FROM jobs WHERE batch_id = ?1 AND state IN ('dead', 'cancelled', "
+                 "'expired') ORDER BY id LIMIT ?2"),
+          list(db, fmt::format("SELECT {} FROM batches WHERE ?1 IS NULL OR id < ?1 "
+                               "ORDER BY id DESC LIMIT ?2",
+                               kBatchColumns)
+                       .c_str()),
+          remove(db,
+                 "DELETE FROM batches WHERE id IN (SELECT id FROM batches WHERE completed_at < "
+                 "CASE WHEN dead > 0 THEN ?3 ELSE ?1 END AND succeeded + dead + cancelled + "
+                 "expired = total LIMIT ?2)") {}
+    Stmt insert, get, joined, moved, seal, fired_complete, fired_success, failed, list, remove;
+};
+
+SqliteStore::BatchStatements& SqliteStore::batch() {
+    if (!batch_) batch_ = std::make_unique<BatchStatements>(db_);
+    return *batch_;
+}
+
+JobId SqliteStore::insert_batch(const BatchInfo& b) {
+    begin();
+    auto& st = batch().insert.reset();
+    st.bind(1, std::string_view(b.description)).bind(2, to_ms(b.created_at));
+    if (b.on_complete)
+        st.bind_blob(3, encode(*b.on_complete));
+    else
+        st.bind_null(3);
+    if (b.on_success)
+        st.bind_blob(4, encode(*b.on_success));
+    else
+        st.bind_null(4);
+    if (!st.step()) throw StoreError("a new batch got no id", false);
+    auto id = static_cast<JobId>(st.i64(0));
+    st.reset();
+    return id;
+}
+
+std::optional<BatchInfo> SqliteStore::get_batch(JobId id, bool specs, bool) {
+    auto& st = batch().get.reset();
+    st.bind(1, static_cast<std::int64_t>(id));
+    std::optional<BatchInfo> out;
+    try {
+        if (st.step()) out = read_batch(st, specs);
+    } catch (...) {
+        st.reset();
+        throw;
+    }
+    st.reset();
+    return out;
+}
+
+void SqliteStore::batch_joined(JobId id, std::uint64_t n) {
+    begin();
+    batch()
+        .joined.reset()
+        .bind(1, static_cast<std::int64_t>(id))
+        .bind(2, static_cast<std::int64_t>(n))
+        .run();
+}
+
+std::optional<BatchInfo> SqliteStore::batch_moved(JobId id, std::optional<JobState> left,
+                                                  std::optional<JobState> entered) {
+    begin();
+    auto& st = batch().moved.reset();
+    st.bind(1, static_cast<std::int64_t>(id));
+    if (entered)
+        st.bind_ref(2, to_string(*entered));
+    else
+        st.bind_null(2);
+    if (left)
+        st.bind_ref(3, to_string(*left));
+    else
+        st.bind_null(3);
+    std::optional<BatchInfo> out;
+    if (st.step()) out = read_batch(st, false);
+    // RETURNING: the row is written when the statement has run to its end.
+    while (st.step()) {
+    }
+    st.reset();
+    return out;
+}
+
+bool SqliteStore::seal_batch(JobId id, Millis now) {
+    begin();
+    batch().seal.reset().bind(1, static_cast<std::int64_t>(id)).bind(2, now).run();
+    return sqlite3_changes(db_) > 0;
+}
+
+void SqliteStore::batch_fired(JobId id, bool success, std::optional<JobId> job, Millis now) {
+    begin();
+    auto& st = success ? batch().fired_success : batch().fired_complete;
+    st.reset().bind(1, static_cast<std::int64_t>(id)).bind(2, now).bind_opt(3, job).run();
+}
+
+std::vector<JobId> SqliteStore::batch_failed(JobId id, std::size_t limit) {
+    auto& st = batch().failed.reset();
+    st.bind(1, static_cast<std::int64_t>(id)).bind(2, static_cast<std::int64_t>(limit));
+    std::vector<JobId> out;
+    while (st.step())
+        out.push_back(static_cast<JobId>(st.i64(0)));
+    st.reset();
+    return out;
+}
+
+std::vector<BatchInfo> SqliteStore::list_batches(std::size_t limit, std::optional<JobId> before) {
+    auto& st = batch().list.reset();
+    st.bind_opt(1, before).bind(2, static_cast<std::int64_t>(limit));
+    std::vector<BatchInfo> out;
+    try {
+        while (st.step())
+            out.push_back(read_batch(st, false));
+    } catch (...) {
+        st.reset();
+        throw;
+    }
+    st.reset();
+    return out;
+}
+
+std::size_t SqliteStore::remove_batches(Millis before, Millis dead_before, std::size_t limit) {
+    begin();
+    batch()
+        .remove.reset()
+        .bind(1, before)
+        .bind(2, static_cast<std::int64_t>(limit))
+        .bind(3, dead_before)
+        .run();
+    return static_cast<std::size_t>(sqlite3_changes(db_));
 }
 
 // ---- SqliteQueryStore ----------------------------------------------------------------------

@@ -84,6 +84,17 @@ class SqliteStore final : public Store {
     bool advance_schedule(const std::string& name, Millis from, const ScheduleAdvance& to) override;
     std::optional<Millis> next_schedule_at() override;
 
+    JobId insert_batch(const BatchInfo& b) override;
+    std::optional<BatchInfo> get_batch(JobId id, bool specs, bool lock) override;
+    void batch_joined(JobId id, std::uint64_t n) override;
+    std::optional<BatchInfo> batch_moved(JobId id, std::optional<JobState> left,
+                                         std::optional<JobState> entered) override;
+    bool seal_batch(JobId id, Millis now) override;
+    void batch_fired(JobId id, bool success, std::optional<JobId> job, Millis now) override;
+    std::vector<JobId> batch_failed(JobId id, std::size_t limit) override;
+    std::vector<BatchInfo> list_batches(std::size_t limit, std::optional<JobId> before) override;
+    std::size_t remove_batches(Millis before, Millis dead_before, std::size_t limit) override;
+
     // SQLite's own mechanics, public for its tests (the engine reaches them through maintain()):
     // Opens the write transaction now (every write does so anyway).
     void begin();
@@ -102,12 +113,14 @@ class SqliteStore final : public Store {
     std::uint64_t start_steps() const { return start_steps_; }
 
     int schema_version();
-    static constexpr int kSchemaVersion = 14;
+    static constexpr int kSchemaVersion = 15;
 
   private:
     struct Statements;
     struct ScheduleStatements;
     ScheduleStatements& sched();
+    struct BatchStatements;
+    BatchStatements& batch();
     void exec(const char* sql);
     bool check_identity();  // true for a new, empty file
     void migrate();
@@ -144,6 +157,7 @@ class SqliteStore final : public Store {
     std::unique_ptr<Statements> st_;
     std::uint32_t epoch_ = 0;  // this open's broker_epoch (count_epoch)
     std::unique_ptr<ScheduleStatements> sched_;
+    std::unique_ptr<BatchStatements> batch_;
     JobId next_id_ = 1;            // the id insert_job gives next (from the file at open/rollback)
     Millis next_materialize_ = 0;  // maintain(): when held-back dispatches go into their rows
     bool reclaim_due_ = false;     // maintain(): rows were deleted, pages may be free

@@ -114,10 +114,10 @@ namespace {
 using nlohmann::json;
 
 // The keys a line may have: SUBMIT's job keys (docs/PROTOCOL.md).
-constexpr std::array<const char*, 16> kKeys = {
+constexpr std::array<const char*, 17> kKeys = {
     "queue",      "payload",       "argv",       "max_attempts", "token",          "priority",
     "run_at",     "delay_ms",      "timeout_ms", "backoff_ms",   "backoff_cap_ms", "unique",
-    "expires_at", "expires_in_ms", "after",      "after_any"};
+    "expires_at", "expires_in_ms", "after",      "after_any",    "batch"};
 
 // A batch's bytes on the wire stay well under the broker's 64 MiB --max-message.
 constexpr std::size_t kMaxBatchBytes = 16 * 1024 * 1024;
@@ -259,6 +259,14 @@ JobSpec parse_line(std::string_view text, const JobSpec& defaults) {
                 if (std::find(spec.after.begin(), spec.after.end(), parent) != spec.after.end())
                     throw BadLine(fmt::format("'after' names job {} twice", parent));
                 spec.after.push_back(parent);
+            }
+        } else if (key == "batch") {
+            if (v.is_null()) {
+                spec.batch.reset();
+            } else {
+                if (!v.is_number_unsigned() || v.get<std::uint64_t>() == 0)
+                    throw BadLine("'batch' must be a batch id (a whole number, 1 or more)");
+                spec.batch = v.get<std::uint64_t>();
             }
         } else if (key == "after_any") {
             if (!v.is_boolean()) throw BadLine("'after_any' must be true or false");

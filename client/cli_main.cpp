@@ -13,6 +13,7 @@
 #include <functional>
 #include <iostream>
 #include <iterator>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -23,6 +24,7 @@
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
+#include "cli_batch.hpp"
 #include "cli_bulk.hpp"
 #include "cli_exit.hpp"
 #include "cli_observe.hpp"
@@ -76,6 +78,7 @@ struct SubmitArgs {
     std::optional<std::string> expires_at;
     std::optional<std::string> after;  // ID[,ID...]: the parents
     bool after_any = false;
+    std::optional<errand::JobId> batch;  // a member of this open batch
     bool wait = false;
     std::optional<std::string> wait_timeout;
     std::vector<std::string> argv;     // everything after "--"
@@ -457,6 +460,7 @@ int run_submit(errand::Client& client, const SubmitArgs& args) {
         spec.after = std::move(*ids);
     }
     spec.after_any = args.after_any;
+    spec.batch = args.batch;
     if (args.jsonl) {
         // The options above are the defaults of every line.
         return errand::cli::run_submit_jsonl(
@@ -752,8 +756,9 @@ int run(int argc, char** argv) {
         "30000,\n"
         "   "
         "\"backoff_ms\":\"500ms\",\"backoff_cap_ms\":\"30s\",\"token\":\"k1\",\"unique\":\"u1\",\n"
-        "   \"expires_in_ms\":\"10m\",\"after\":[41,42],\"after_any\":true}\n"
-        "  (or \"expires_at\": a time like run_at; after/after_any as --after/--after-any)\n"
+        "   \"expires_in_ms\":\"10m\",\"after\":[41,42],\"after_any\":true,\"batch\":7}\n"
+        "  (or \"expires_at\": a time like run_at; after/after_any as --after/--after-any;\n"
+        "  batch as --batch)\n"
         "  (durations: integer ms or \"1h30m\"); what a line leaves out comes from the options.\n"
         "  Jobs go in batches (--batch-size, and at most 16 MiB), each committed whole. A bad\n"
         "  line is reported as F:LINE and nothing of its batch is sent: from a regular file\n"
@@ -832,6 +837,12 @@ int run(int argc, char** argv) {
         ->add_flag("--after-any", submit_args.after_any,
                    "with --after: run once every parent has finished, whatever its outcome")
         ->needs(after);
+    submit
+        ->add_option("--batch", submit_args.batch,
+                     "a member of open batch ID (errand batch open; its callbacks wait for it)")
+        ->check(
+            CLI::Range(std::uint64_t{1}, std::numeric_limits<std::uint64_t>::max()).description(""))
+        ->type_name("ID");
     auto* submit_wait =
         submit->add_flag("--wait", submit_args.wait, "wait for the job and print its result");
     auto* wait_timeout =
@@ -993,6 +1004,8 @@ int run(int argc, char** argv) {
 
     auto schedule = errand::cli::add_schedule_commands(app, job_argv);
     commands.emplace_back(schedule.schedule, schedule.run);
+    auto batch = errand::cli::add_batch_commands(app, job_argv);
+    commands.emplace_back(batch.batch, batch.run);
 
     errand::cli::WorkerControlArgs control_args;
     auto* worker_cmd = app.add_subcommand(
@@ -1104,8 +1117,9 @@ int run(int argc, char** argv) {
         }
         throw UsageError(fmt::format("a subcommand is required: {} (see --help)", names));
     }
-    if (cli_argc != argc && !submit->parsed() && !schedule.add->parsed()) {
-        throw UsageError("'--' (a job's command line) is only accepted by submit and schedule add");
+    if (cli_argc != argc && !submit->parsed() && !schedule.add->parsed() && !batch.open->parsed()) {
+        throw UsageError(
+            "'--' (a job's command line) is only accepted by submit, schedule add and batch open");
     }
     if (cli_argc != argc && submit_args.jsonl) {
         throw UsageError("with --jsonl, a job's command line goes in its line's \"argv\"");

@@ -171,6 +171,7 @@ std::string job_text(const JobInfo& job, Timestamp now) {
     if (job.expires_at) rows.emplace_back("expires at", time_with_age(*job.expires_at, now));
     if (job.timeout) rows.emplace_back("timeout", format_duration(*job.timeout));
     if (job.unique) rows.emplace_back("unique key", *job.unique);
+    if (job.batch) rows.emplace_back("batch", std::to_string(*job.batch));
     if (job.error) rows.emplace_back("error", *job.error);
     if (job.result) rows.emplace_back("result", summarize_result(*job.result));
     rows.emplace_back("payload", bytes(job.payload_size));

@@ -365,6 +365,37 @@ std::vector<Schedule> Client::schedules() {
     Body b(env.body);
     return decode_schedules(b.reader());
 }
+BatchInfo Client::batch_open(const std::string& description,
+                             const std::optional<JobSpec>& on_complete,
+                             const std::optional<JobSpec>& on_success) {
+    BatchOpenRequest m{impl_->next_req++, description, on_complete, on_success};
+    auto env = impl_->call(cmd::kBatchOpen, encode(m), m.req);
+    Impl::expect(env, cmd::kBatch);
+    Body b(env.body);
+    return decode_batch(b.reader());
+}
+namespace {
+BatchInfo batch_call(auto& impl, std::string_view command, JobId id) {
+    BatchRequest m{impl.next_req++, id};
+    auto env = impl.call(command, encode(m), m.req);
+    std::remove_reference_t<decltype(impl)>::expect(env, cmd::kBatch);
+    Body b(env.body);
+    return decode_batch(b.reader());
+}
+}  // namespace
+BatchInfo Client::batch_seal(JobId id) {
+    return batch_call(*impl_, cmd::kBatchSeal, id);
+}
+BatchInfo Client::batch(JobId id) {
+    return batch_call(*impl_, cmd::kBatchShow, id);
+}
+std::vector<BatchInfo> Client::batches(std::uint32_t limit, std::optional<JobId> before) {
+    BatchListRequest m{impl_->next_req++, limit, before};
+    auto env = impl_->call(cmd::kBatchList, encode(m), m.req);
+    Impl::expect(env, cmd::kBatches);
+    Body b(env.body);
+    return decode_batches(b.reader());
+}
 namespace {
 Schedule schedule_call(auto& impl, std::string_view command, const std::string& name) {
     ScheduleRequest m{impl.next_req++, name};

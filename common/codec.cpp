@@ -648,6 +648,37 @@ std::uint64_t decode_count(const Reader& r) {
     return decode_as<PurgedT>(r).count;
 }
 
+std::string encode(const BatchOpenRequest& m) {
+    return encode_as<BatchOpenT>(m);
+}
+BatchOpenRequest decode_batch_open(const Reader& r) {
+    return decode_as<BatchOpenT>(r);
+}
+std::string encode(const BatchRequest& m) {
+    return encode_as<BatchRequestT>(m);
+}
+BatchRequest decode_batch_request(const Reader& r) {
+    return decode_as<BatchRequestT>(r);
+}
+std::string encode(const BatchListRequest& m) {
+    return encode_as<BatchListT>(m);
+}
+BatchListRequest decode_batch_list(const Reader& r) {
+    return decode_as<BatchListT>(r);
+}
+std::string encode_batch(std::uint64_t req, const BatchInfo& b) {
+    return encode_as<BatchReplyT>({req, b});
+}
+BatchInfo decode_batch(const Reader& r) {
+    return decode_as<BatchReplyT>(r).batch;
+}
+std::string encode_batches(std::uint64_t req, const std::vector<BatchInfo>& b) {
+    return encode_as<BatchesT>({req, b});
+}
+std::vector<BatchInfo> decode_batches(const Reader& r) {
+    return decode_as<BatchesT>(r).batches;
+}
+
 std::string encode_queues(std::uint64_t req, const std::vector<QueueInfo>& queues) {
     return encode_as<QueuesT>({req, queues});
 }

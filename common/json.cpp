@@ -132,6 +132,10 @@ Json to_json(const Schedule& schedule) {
     return fields::object_of<fields::ScheduleT>(schedule);
 }
 
+Json to_json(const BatchInfo& batch) {
+    return fields::object_of<fields::BatchInfoT>(batch);
+}
+
 Json json_time(const std::optional<Timestamp>& t) {
     if (!t) return nullptr;
     return format_time(*t);

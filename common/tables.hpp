@@ -94,6 +94,14 @@ struct WorkersReply {
     std::uint64_t req = 0;
     std::vector<WorkerInfo> workers;
 };
+struct BatchReply {  // BATCH
+    std::uint64_t req = 0;
+    BatchInfo batch;
+};
+struct BatchesReply {  // BATCHES
+    std::uint64_t req = 0;
+    std::vector<BatchInfo> batches;
+};
 
 // ---- client requests and replies -------------------------------------------------------------
 
@@ -168,7 +176,10 @@ struct JobSpecT {
                               bad(fmt::format("field 'after' names job {} twice", ids[i]));
                   }
               }),
-        field("after_any", &JobSpec::after_any, Bool{}, omit_default));
+        field("after_any", &JobSpec::after_any, Bool{}, omit_default),
+        field("batch", &JobSpec::batch, U64{}, omit, [](const std::uint64_t& id) {
+            if (id == 0) bad("field 'batch' holds a batch id (1 or more), not 0");
+        }));
 };
 
 struct SubmitT {
@@ -243,7 +254,8 @@ struct JobInfoT {
                          field("unique", &JobInfo::unique, str(), nullable),
                          field("progress", &JobInfo::progress, U32{}, nullable),
                          field("progress_message", &JobInfo::progress_message, str(), nullable),
-                         field("expires_at", &JobInfo::expires_at, Time{}, omit));
+                         field("expires_at", &JobInfo::expires_at, Time{}, omit),
+                         field("batch", &JobInfo::batch, U64{}, omit));
 };
 
 struct JobT {
@@ -911,6 +923,86 @@ struct QueueT {
                             field("expires_in_ms", &QueueReply::expires_in, Duration{}, omit));
 };
 
+// ---- batches -----------------------------------------------------------------------------------
+
+// A callback's job: submitted by the broker once, with the batch's summary as its payload and a
+// token of its own, so what SUBMIT would decide of those is not the client's.
+inline void check_callback(const std::optional<JobSpec>& j, std::string_view which) {
+    if (!j) return;
+    if (!j->payload.empty())
+        bad(fmt::format("'{}' takes no payload: the broker gives it the batch's summary", which));
+    if (j->token || j->unique || j->run_at || j->expires_at || !j->after.empty() || j->batch)
+        bad(fmt::format(
+            "'{}' takes no 'token', 'unique', 'run_at', 'expires_at', 'after' or 'batch' (the "
+            "broker submits it once; 'delay_ms' and 'expires_in_ms' count from then)",
+            which));
+}
+
+struct BatchOpenT {
+    static constexpr auto table = message<BatchOpenRequest>(
+        "BATCH_OPEN",
+        {.post =
+             [](BatchOpenRequest& m, const Reader&, const DecodeLimits&) {
+                 check_callback(m.on_complete, "on_complete");
+                 check_callback(m.on_success, "on_success");
+             }},
+        field("req", &BatchOpenRequest::req, U64{}, required),
+        field("description", &BatchOpenRequest::description, str(limits::kMaxBatchDescription),
+              defaulted),
+        field("on_complete", &BatchOpenRequest::on_complete, Msg<JobSpecT>{}, omit),
+        field("on_success", &BatchOpenRequest::on_success, Msg<JobSpecT>{}, omit));
+};
+
+struct BatchRequestT {  // BATCH_SEAL, BATCH_SHOW
+    static constexpr auto table =
+        message<BatchRequest>("BATCH_SEAL", {}, field("req", &BatchRequest::req, U64{}, required),
+                              field("id", &BatchRequest::id, U64{}, required));
+};
+
+struct BatchListT {
+    static constexpr auto table = message<BatchListRequest>(
+        "BATCH_LIST", {}, field("req", &BatchListRequest::req, U64{}, required),
+        field("limit", &BatchListRequest::limit, U32{}, defaulted,
+              [](const std::uint32_t& l) {
+                  if (l < 1 || l > limits::kMaxBatchList)
+                      bad(fmt::format("limit must be 1-{}", limits::kMaxBatchList));
+              }),
+        field("before", &BatchListRequest::before, U64{}, omit));
+};
+
+struct BatchInfoT {
+    static constexpr auto table =
+        message<BatchInfo>("batch object", {}, field("id", &BatchInfo::id, U64{}, required),
+                           field("state", &BatchInfo::state, str(32), required),
+                           field("description", &BatchInfo::description, str(), defaulted),
+                           field("total", &BatchInfo::total, U64{}, required),
+                           field("pending", &BatchInfo::pending, U64{}, required),
+                           field("succeeded", &BatchInfo::succeeded, U64{}, required),
+                           field("dead", &BatchInfo::dead, U64{}, required),
+                           field("cancelled", &BatchInfo::cancelled, U64{}, required),
+                           field("expired", &BatchInfo::expired, U64{}, required),
+                           field("created_at", &BatchInfo::created_at, Time{}, required),
+                           field("sealed_at", &BatchInfo::sealed_at, Time{}, nullable),
+                           field("completed_at", &BatchInfo::completed_at, Time{}, nullable),
+                           field("succeeded_at", &BatchInfo::succeeded_at, Time{}, nullable),
+                           field("on_complete", &BatchInfo::on_complete, Msg<JobSpecT>{}, omit),
+                           field("on_success", &BatchInfo::on_success, Msg<JobSpecT>{}, omit),
+                           field("complete_job", &BatchInfo::complete_job, U64{}, nullable),
+                           field("success_job", &BatchInfo::success_job, U64{}, nullable));
+};
+
+struct BatchReplyT {
+    static constexpr auto table =
+        message<BatchReply>("BATCH", {}, field("req", &BatchReply::req, U64{}, required),
+                            field("batch", &BatchReply::batch, Msg<BatchInfoT>{}, required));
+};
+
+struct BatchesT {
+    static constexpr auto table = message<BatchesReply>(
+        "BATCHES", {}, field("req", &BatchesReply::req, U64{}, required),
+        field("batches", &BatchesReply::batches, MsgArray<BatchInfoT>{}, required));
+};
+
 // Every table, for tests/test_protocol_doc.cpp (through errand::message_tables()).
 using AllTables =
     std::tuple<SubmitT, JobSpecT, SubmittedT, IdRequestT, WaitT, ListT, JobT, JobsT, JobInfoT,
@@ -920,6 +1012,6 @@ using AllTables =
                WorkerJobT, FeedT, FeedReplyT, JobEventT, RegisterT, RegisteredT, CreditT, DispatchT,
                DoneT, FailT, ResultsT, AckT, AcksT, ErrorT, ProgressT, AbortT, HeartbeatT,
                WorkerControlRequestT, WorkerControlT, DeleteT, PauseT, QueueSetT, QueueUnsetT,
-               QueueT>;
+               QueueT, BatchOpenT, BatchRequestT, BatchListT, BatchInfoT, BatchReplyT, BatchesT>;
 
 }  // namespace errand::fields

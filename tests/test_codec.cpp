@@ -454,13 +454,13 @@ TEST_CASE("every table is in errand::message_tables(), with required fields mark
     };
     const auto* submit = find("SUBMIT job");
     REQUIRE(submit != nullptr);
-    REQUIRE(submit->fields.size() == 16);  // after, after_any last
+    REQUIRE(submit->fields.size() == 17);  // after, after_any, batch last
     CHECK(submit->fields[0].name == "queue");
     CHECK(submit->fields[0].required);
     CHECK_FALSE(submit->fields[1].required);
     const auto* job = find("job object");
     REQUIRE(job != nullptr);
-    CHECK(job->fields.size() == 21);
+    CHECK(job->fields.size() == 22);
 }
 
 TEST_CASE("the JSON form of a job and an event: table keys, null when absent, RFC 3339 times") {
@@ -471,7 +471,8 @@ TEST_CASE("the JSON form of a job and an event: table keys, null when absent, RF
     j.created_at = Timestamp{1'764'583'200'123ms};  // 2025-12-01T10:00:00.123Z
     j.timeout = 5000ms;
     auto json = to_json(j);
-    CHECK(json.size() == 21);
+    CHECK(json.size() == 22);
+    CHECK(json["batch"].is_null());
     CHECK(json["id"] == 7);
     CHECK(json["expires_at"].is_null());
     CHECK(json["state"] == "running");

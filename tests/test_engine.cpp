@@ -4,6 +4,7 @@
 // (docs/PROTOCOL.md). Only the public seam is used: Broker::process, BrokerConfig, SqliteStore
 // and the codec's encoders and decoders, so the cases hold across a refactoring of the broker.
 #include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <map>
@@ -2833,4 +2834,255 @@ TEST_CASE("queue expires_in: a job without its own expiry expires that long afte
     QueueUnsetRequest u{f.req++, "q", {"expires_in"}};
     CHECK_FALSE(queue_reply(f.ask(cmd::kQueueUnset, encode(u))).expires_in.has_value());
     CHECK_FALSE(f.status(f.submit(spec("q"))).expires_at.has_value());
+}
+
+// ---- batches (BATCH_OPEN, SUBMIT batch, BATCH_SEAL; docs/LIFECYCLE.md "Batches") --------------
+
+namespace {
+
+BatchInfo batch_of(const Envelope& e) {
+    REQUIRE(e.command == cmd::kBatch);
+    Body b(e.body);
+    return decode_batch(b.reader());
+}
+
+JobSpec member(JobId batch, const std::string& queue = "q") {
+    auto s = spec(queue);
+    s.batch = batch;
+    return s;
+}
+
+BatchInfo open_batch(Engine& f, std::optional<JobSpec> on_complete,
+                     std::optional<JobSpec> on_success, const std::string& description = "") {
+    return batch_of(
+        f.ask(cmd::kBatchOpen, encode(BatchOpenRequest{f.req++, description, std::move(on_complete),
+                                                       std::move(on_success)})));
+}
+
+BatchInfo seal(Engine& f, JobId id) {
+    return batch_of(f.ask(cmd::kBatchSeal, encode(BatchRequest{f.req++, id})));
+}
+
+BatchInfo show(Engine& f, JobId id) {
+    return batch_of(f.ask(cmd::kBatchShow, encode(BatchRequest{f.req++, id})));
+}
+
+std::vector<JobInfo> jobs_in(Engine& f, const std::string& queue) {
+    ListRequest m;
+    m.req = f.req++;
+    m.queue = queue;
+    auto rep = f.ask(cmd::kList, encode(m));
+    REQUIRE(rep.command == cmd::kJobs);
+    Body b(rep.body);
+    const auto& arr = b.reader().array("jobs");
+    std::vector<JobInfo> out;
+    for (std::uint32_t i = 0; i < arr.size; ++i)
+        out.push_back(decode_job_info(Reader(arr.ptr[i])));
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "batch: on_complete once every member finished, on_success once all succeeded, "
+    "each once; a revived dead member that succeeds fires on_success") {
+    Engine f;
+    f.register_worker("w1", {"q"}, 3);
+    f.register_worker("cb", {"done", "ok"});
+    auto b = open_batch(f, spec("done"), spec("ok"), "nightly");
+    CHECK(b.state == "open");
+    CHECK(b.total == 0);
+    JobId m1 = f.submit(member(b.id));
+    JobId m2 = f.submit(member(b.id));
+    auto failing = member(b.id);
+    failing.max_attempts = 1;
+    JobId m3 = f.submit(failing);
+    CHECK(f.status(m1).batch == std::optional<JobId>(b.id));
+    auto d = f.credit("w1", 3);
+    REQUIRE(d.size() == 3);
+    check_ack(f.done("w1", m1, 1), m1, 1);
+    check_ack(f.done("w1", m2, 1), m2, 1);
+    // Not sealed: every member finished or not, nothing fires.
+    check_ack(f.fail("w1", m3, 1, "boom", true), m3, 1);
+    auto open = show(f, b.id);
+    CHECK(open.state == "open");
+    CHECK(open.total == 3);
+    CHECK(open.pending == 0);
+    CHECK(open.succeeded == 2);
+    CHECK(open.dead == 1);
+    CHECK_FALSE(open.complete_job);
+    CHECK(jobs_in(f, "done").empty());
+    // The seal finds them all finished: on_complete fires in its pass; on_success does not.
+    auto sealed = seal(f, b.id);
+    CHECK(sealed.state == "complete");
+    REQUIRE(sealed.complete_job);
+    CHECK_FALSE(sealed.success_job);
+    CHECK(sealed.completed_at == std::optional<Timestamp>(to_time(kBase)));
+    auto cb = f.dispatch_one("cb", *sealed.complete_job);
+    auto summary = nlohmann::json::parse(cb.payload);
+    CHECK(summary["batch"] == b.id);
+    CHECK(summary["callback"] == "complete");
+    CHECK(summary["description"] == "nightly");
+    CHECK(summary["total"] == 3);
+    CHECK(summary["succeeded"] == 2);
+    CHECK(summary["dead"] == 1);
+    CHECK(summary["failed_ids"] == nlohmann::json::array({m3}));
+    CHECK(summary["failed_ids_truncated"] == false);
+    check_ack(f.done("cb", cb.id, cb.attempt), cb.id, cb.attempt);
+    // Sealing again changes nothing and fires nothing.
+    CHECK(seal(f, b.id).complete_job == sealed.complete_job);
+    CHECK(jobs_in(f, "done").size() == 1);
+    // The dead member revived: the batch waits for it again, then succeeds.
+    CHECK(f.retry(m3).command == cmd::kRetried);
+    CHECK(show(f, b.id).state == "sealed");
+    CHECK(show(f, b.id).pending == 1);
+    auto again = f.dispatch_one("w1", m3);
+    check_ack(f.done("w1", m3, again.attempt), m3, again.attempt);
+    auto ok = show(f, b.id);
+    CHECK(ok.state == "succeeded");
+    CHECK(ok.succeeded == 3);
+    CHECK(ok.dead == 0);
+    REQUIRE(ok.success_job);
+    CHECK(ok.complete_job == sealed.complete_job);  // on_complete fired once only
+    auto s = f.dispatch_one("cb", *ok.success_job);
+    CHECK(nlohmann::json::parse(s.payload)["callback"] == "success");
+    CHECK(jobs_in(f, "done").size() == 1);
+    CHECK(jobs_in(f, "ok").size() == 1);
+}
+
+TEST_CASE("batch: the last member finishing after the seal fires both callbacks in its pass") {
+    Engine f;
+    f.register_worker("w1", {"q"}, 2);
+    auto b = open_batch(f, spec("done"), spec("ok"));
+    JobId m1 = f.submit(member(b.id));
+    JobId m2 = f.submit(member(b.id));
+    REQUIRE(f.credit("w1", 2).size() == 2);
+    auto sealed = seal(f, b.id);
+    CHECK(sealed.state == "sealed");
+    CHECK(sealed.pending == 2);
+    check_ack(f.done("w1", m1, 1), m1, 1);
+    CHECK(show(f, b.id).state == "sealed");
+    CHECK(jobs_in(f, "ok").empty());
+    check_ack(f.done("w1", m2, 1), m2, 1);
+    auto done = show(f, b.id);
+    CHECK(done.state == "succeeded");
+    REQUIRE(done.complete_job);
+    REQUIRE(done.success_job);
+    CHECK(jobs_in(f, "done").size() == 1);
+    CHECK(jobs_in(f, "ok").size() == 1);
+    // A later seal or show fires nothing more.
+    seal(f, b.id);
+    f.advance(2000);
+    CHECK(jobs_in(f, "done").size() == 1);
+    CHECK(jobs_in(f, "ok").size() == 1);
+}
+
+TEST_CASE("batch: an empty batch sealed fires at once; cancelled and expired members count") {
+    Engine f;
+    auto empty = open_batch(f, spec("done"), spec("ok"));
+    auto s = seal(f, empty.id);
+    CHECK(s.state == "succeeded");
+    CHECK(s.complete_job);
+    CHECK(s.success_job);
+
+    auto b = open_batch(f, spec("done"), spec("ok"));
+    JobId c = f.submit(member(b.id));
+    auto e = member(b.id);
+    e.expires_in = 1000ms;
+    JobId x = f.submit(e);
+    seal(f, b.id);
+    CHECK(job_of(f.cancel(c)).state == S::cancelled);
+    f.advance(1500);
+    CHECK(f.status(x).state == S::expired);
+    auto done = show(f, b.id);
+    CHECK(done.state == "complete");
+    CHECK(done.cancelled == 1);
+    CHECK(done.expired == 1);
+    CHECK(done.complete_job);
+    CHECK_FALSE(done.success_job);
+}
+
+TEST_CASE(
+    "batch: SUBMIT to a sealed or unknown batch is refused and writes nothing; a "
+    "duplicate is not counted twice; bad BATCH_OPEN / BATCH_LIST are bad_request") {
+    Engine f;
+    auto b = open_batch(f, std::nullopt, std::nullopt);
+    auto m = member(b.id);
+    m.token = "t1";
+    JobId first = f.submit(m);
+    auto dup = f.submit_reply(m);
+    CHECK(dup.duplicate == std::vector<bool>{true});
+    CHECK(dup.ids == std::vector<JobId>{first});
+    CHECK(show(f, b.id).total == 1);
+    seal(f, b.id);
+    SubmitRequest late;
+    late.req = f.req++;
+    late.jobs.push_back(spec("q"));
+    late.jobs.push_back(member(b.id));
+    CHECK(f.error(cmd::kSubmit, encode(late)).code == ErrorCode::invalid_state);
+    SubmitRequest unknown;
+    unknown.req = f.req++;
+    unknown.jobs.push_back(member(b.id + 100));
+    CHECK(f.error(cmd::kSubmit, encode(unknown)).code == ErrorCode::not_found);
+    CHECK(jobs_in(f, "q").size() == 1);  // neither SUBMIT wrote a job
+    CHECK(show(f, b.id).total == 1);
+    CHECK(f.error(cmd::kBatchSeal, encode(BatchRequest{f.req++, 999})).code ==
+          ErrorCode::not_found);
+    CHECK(f.error(cmd::kBatchShow, encode(BatchRequest{f.req++, 999})).code ==
+          ErrorCode::not_found);
+
+    auto with_payload = spec("done", "mine");
+    CHECK(f.error(cmd::kBatchOpen, encode(BatchOpenRequest{f.req++, "", with_payload, {}})).code ==
+          ErrorCode::bad_request);
+    auto with_token = spec("done");
+    with_token.token = "x";
+    CHECK(f.error(cmd::kBatchOpen, encode(BatchOpenRequest{f.req++, "", {}, with_token})).code ==
+          ErrorCode::bad_request);
+    CHECK(
+        f.error(cmd::kBatchOpen, encode(BatchOpenRequest{f.req++, std::string(2000, 'd'), {}, {}}))
+            .code == ErrorCode::bad_request);
+    BatchListRequest l{f.req++, 0, std::nullopt};
+    CHECK(f.error(cmd::kBatchList, encode(l)).code == ErrorCode::bad_request);
+    // The refused opens made no batch.
+    auto next = open_batch(f, std::nullopt, std::nullopt);
+    CHECK(next.id == b.id + 1);
+}
+
+TEST_CASE("batch: BATCH_LIST newest first, paged by before; retention deletes finished batches") {
+    auto c = engine_config();
+    c.retention_ms = 1000;
+    c.dead_retention_ms = 10'000;
+    Engine f(c);
+    f.register_worker("w1", {"q"});
+    std::vector<JobId> ids;
+    for (int i = 0; i < 3; ++i)
+        ids.push_back(open_batch(f, std::nullopt, std::nullopt).id);
+    auto list = [&](std::uint32_t limit, std::optional<JobId> before) {
+        auto rep = f.ask(cmd::kBatchList, encode(BatchListRequest{f.req++, limit, before}));
+        REQUIRE(rep.command == cmd::kBatches);
+        Body b(rep.body);
+        std::vector<JobId> out;
+        for (const auto& x : decode_batches(b.reader()))
+            out.push_back(x.id);
+        return out;
+    };
+    CHECK(list(100, std::nullopt) == std::vector<JobId>{ids[2], ids[1], ids[0]});
+    CHECK(list(1, ids[2]) == std::vector<JobId>{ids[1]});
+    // ids[0]: one member that succeeds; ids[1]: one that dies; ids[2]: open, kept.
+    JobId ok = f.submit(member(ids[0]));
+    auto dying = member(ids[1]);
+    dying.max_attempts = 1;
+    JobId bad = f.submit(dying);
+    seal(f, ids[0]);
+    seal(f, ids[1]);
+    auto d = f.dispatch_one("w1", ok);
+    check_ack(f.done("w1", ok, d.attempt), ok, d.attempt);
+    d = f.dispatch_one("w1", bad);
+    check_ack(f.fail("w1", bad, d.attempt, "no", true), bad, d.attempt);
+    f.advance(1500);
+    f.advance(1000);
+    CHECK(list(100, std::nullopt) == std::vector<JobId>{ids[2], ids[1]});
+    f.advance(10'000);
+    f.advance(1000);
+    CHECK(list(100, std::nullopt) == std::vector<JobId>{ids[2]});
 }

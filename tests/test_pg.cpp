@@ -287,6 +287,7 @@ TEST_CASE("migrations 6 and 7 on PostgreSQL: finished jobs by state; timed pause
     { PgStore fresh(conninfo); }
     // What version 5 had.
     check.exec(
+        "DROP TABLE IF EXISTS batches; ALTER TABLE jobs DROP COLUMN IF EXISTS batch_id; "
         "ALTER TABLE queues DROP COLUMN IF EXISTS retention_ms, DROP COLUMN IF EXISTS "
         "default_expires_in_ms; "
         "DROP TABLE IF EXISTS job_deps; ALTER TABLE jobs DROP COLUMN IF EXISTS blocked_on; "
@@ -328,6 +329,7 @@ TEST_CASE("migration 8 on PostgreSQL: a version-7 database keeps its jobs; `expi
     { PgStore fresh(conninfo); }
     // What version 7 had (version 9's queue settings go too), and jobs as it wrote them.
     check.exec(
+        "DROP TABLE IF EXISTS batches; ALTER TABLE jobs DROP COLUMN IF EXISTS batch_id; "
         "ALTER TABLE queues DROP COLUMN IF EXISTS retention_ms, DROP COLUMN IF EXISTS "
         "default_expires_in_ms; "
         "DROP TABLE IF EXISTS job_deps; ALTER TABLE jobs DROP COLUMN IF EXISTS blocked_on; "

@@ -467,6 +467,7 @@ TEST_CASE("migration: a database from before schedules gets them and keeps its j
 #ifdef ERRAND_TEST_PG
     pg::Connection(db.conninfo)
         .exec(
+            "DROP TABLE batches; ALTER TABLE jobs DROP COLUMN batch_id; "
             "ALTER TABLE queues DROP COLUMN retention_ms, DROP COLUMN default_expires_in_ms; "
             "DROP TABLE job_deps; ALTER TABLE jobs DROP COLUMN blocked_on; "
             "ALTER TABLE jobs DROP COLUMN expires_at; "
@@ -480,8 +481,10 @@ TEST_CASE("migration: a database from before schedules gets them and keeps its j
         sqlite3* h = nullptr;
         REQUIRE(sqlite3_open((db.dir / "errand.db").c_str(), &h) == SQLITE_OK);
         char* err = nullptr;
-        // Version 8's tables and columns go too (they came after schedules), and 10's to 12's.
+        // Version 8's tables and columns go too (they came after schedules), and 10's to 15's.
         int rc = sqlite3_exec(h,
+                              "DROP INDEX jobs_batch; ALTER TABLE jobs DROP COLUMN batch_id; "
+                              "DROP TABLE batches; "
                               "ALTER TABLE queues DROP COLUMN retention_ms; "
                               "ALTER TABLE queues DROP COLUMN default_expires_in_ms; "
                               "DROP TABLE job_deps; ALTER TABLE jobs DROP COLUMN blocked_on; "

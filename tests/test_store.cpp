@@ -96,8 +96,9 @@ Transition succeed(JobId id, Millis at, std::uint32_t attempt = 1) {
 
 // Turns a database back into what version 7 wrote (its jobs' events rows of version 8 go too:
 // they would have been in the history column; version 9's index is made again as it was; 10's
-// 11's and 12's columns go; 11's wider state CHECKs may stay, every row meets them).
+// to 15's columns and tables go; 11's wider state CHECKs may stay, every row meets them).
 constexpr const char* kUndoVersion8 =
+    "DROP INDEX jobs_batch; ALTER TABLE jobs DROP COLUMN batch_id; DROP TABLE batches; "
     "ALTER TABLE queues DROP COLUMN retention_ms; "
     "ALTER TABLE queues DROP COLUMN default_expires_in_ms; "
     "DROP TABLE job_deps; ALTER TABLE jobs DROP COLUMN blocked_on; "

@@ -124,6 +124,21 @@ class Client {
     // A paused schedule fires nothing; resumed, it fires from the next tick after now.
     Schedule schedule_pause(const std::string& name);
     Schedule schedule_resume(const std::string& name);
+    // Batches (docs/LIFECYCLE.md "Batches"): jobs submitted with JobSpec::batch while it is
+    // open; once sealed and every member has finished, `on_complete` is submitted (whatever
+    // the outcome), and `on_success` when every member succeeded, each exactly once, with the
+    // batch's summary (JSON) as its payload. Callbacks take no payload, token, unique, run_at,
+    // expires_at, after or batch (BrokerError bad_request).
+    BatchInfo batch_open(const std::string& description = {},
+                         const std::optional<JobSpec>& on_complete = std::nullopt,
+                         const std::optional<JobSpec>& on_success = std::nullopt);
+    // Takes no more members (again: no change). BrokerError not_found for an unknown id (also
+    // for batch()).
+    BatchInfo batch_seal(JobId id);
+    BatchInfo batch(JobId id);
+    // Newest first; `before`: ids below it (the next page).
+    std::vector<BatchInfo> batches(std::uint32_t limit = limits::kDefaultListLimit,
+                                   std::optional<JobId> before = std::nullopt);
     // The job's state changes, oldest first.
     std::vector<Event> history(JobId id);
     // The broker's live picture: totals, per-queue counts and rates, commit stats.

@@ -303,6 +303,27 @@ struct QueueUnsetRequest {
     std::vector<std::string> unset;
 };
 
+// BATCH_OPEN: a new, open batch with its callbacks (either, both or none).
+struct BatchOpenRequest {
+    std::uint64_t req = 0;
+    std::string description;
+    std::optional<JobSpec> on_complete;
+    std::optional<JobSpec> on_success;
+};
+
+// BATCH_SEAL, BATCH_SHOW.
+struct BatchRequest {
+    std::uint64_t req = 0;
+    JobId id = 0;
+};
+
+// BATCH_LIST: newest first, ids below `before` when given.
+struct BatchListRequest {
+    std::uint64_t req = 0;
+    std::uint32_t limit = limits::kDefaultListLimit;  // 1-kMaxBatchList
+    std::optional<JobId> before;
+};
+
 // Limits that decoding enforces (the broker sets them from its flags).
 struct DecodeLimits {
     std::size_t max_payload = limits::kDefaultMaxPayload;
@@ -356,6 +377,11 @@ std::string encode(const PauseRequest& m);
 std::string encode(const QueueSetRequest& m);
 std::string encode(const QueueUnsetRequest& m);
 std::string encode_queue(std::uint64_t req, const QueueSettings& s);  // QUEUE
+std::string encode(const BatchOpenRequest& m);
+std::string encode(const BatchRequest& m);  // BATCH_SEAL, BATCH_SHOW
+std::string encode(const BatchListRequest& m);
+std::string encode_batch(std::uint64_t req, const BatchInfo& b);                 // BATCH
+std::string encode_batches(std::uint64_t req, const std::vector<BatchInfo>& b);  // BATCHES
 
 SubmitRequest decode_submit(const Reader& r, const DecodeLimits& lim = {});
 SubmitReply decode_submitted(const Reader& r);
@@ -402,6 +428,11 @@ PauseRequest decode_pause(const Reader& r);
 QueueSetRequest decode_queue_set(const Reader& r);
 QueueUnsetRequest decode_queue_unset(const Reader& r);
 QueueSettings decode_queue(const Reader& r);  // QUEUE
+BatchOpenRequest decode_batch_open(const Reader& r);
+BatchRequest decode_batch_request(const Reader& r);
+BatchListRequest decode_batch_list(const Reader& r);
+BatchInfo decode_batch(const Reader& r);
+std::vector<BatchInfo> decode_batches(const Reader& r);
 
 // ---- Observability: job events, STATS, WORKERS, FEED (docs/PROTOCOL.md) -------------------
 

@@ -24,6 +24,7 @@ Json to_json(const WorkerInfo& worker);
 Json to_json(const WorkerJob& job);
 Json to_json(const StatsReply& stats);
 Json to_json(const Schedule& schedule);
+Json to_json(const BatchInfo& batch);
 Json to_json(const QueueSettings&
                  s);  // QUEUE without its req  // its job as in SUBMIT (payload as a string)
 

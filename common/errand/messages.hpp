@@ -40,6 +40,8 @@ struct JobSpec {
     // cancels it), or with after_any until every one has finished, whatever its outcome.
     std::vector<JobId> after{};
     bool after_any = false;
+    // A member of this batch (BATCH_OPEN), which must be open (not yet sealed).
+    std::optional<JobId> batch{};
 };
 
 // The job object of STATUS / WAIT / LIST replies.
@@ -65,6 +67,7 @@ struct JobInfo {
     std::optional<std::uint32_t> progress{};  // percent, 0-100, of the running attempt
     std::optional<std::string> progress_message{};
     std::optional<Timestamp> expires_at{};  // not dispatched by then: expired
+    std::optional<JobId> batch{};           // the batch it is a member of
 };
 
 struct QueueInfo {
@@ -210,6 +213,34 @@ struct QueueSettings {
     std::optional<std::chrono::milliseconds> retention{};
     // A job submitted without an expiry of its own expires this long after its submission.
     std::optional<std::chrono::milliseconds> expires_in{};
+};
+
+// A batch (BATCH_OPEN, BATCH_SHOW): jobs submitted with its id, and the callback jobs submitted
+// once, when every member has finished. Counters, kept with each member's change: a batch of any
+// size costs nothing per member beyond them.
+struct BatchInfo {
+    JobId id = 0;
+    // open (takes members) | sealed (takes none; members still to finish) | complete (every
+    // member finished, some not succeeded) | succeeded (every member succeeded). A member of a
+    // complete batch that is retried (dead -> ready) makes it sealed again until it finishes.
+    std::string state = "open";
+    std::string description{};
+    std::uint64_t total = 0;    // members
+    std::uint64_t pending = 0;  // members not finished
+    std::uint64_t succeeded = 0;
+    std::uint64_t dead = 0;
+    std::uint64_t cancelled = 0;
+    std::uint64_t expired = 0;
+    Timestamp created_at{};
+    std::optional<Timestamp> sealed_at{};
+    std::optional<Timestamp> completed_at{};  // when every member had finished, the first time
+    std::optional<Timestamp> succeeded_at{};  // when every member had succeeded, the first time
+    // The callbacks' jobs, as given (queue, argv, attempts, …; the payload is the broker's: the
+    // batch's summary as JSON), and the jobs they made.
+    std::optional<JobSpec> on_complete{};  // once every member has finished, whatever the outcome
+    std::optional<JobSpec> on_success{};   // once every member has succeeded
+    std::optional<JobId> complete_job{};
+    std::optional<JobId> success_job{};
 };
 
 }  // namespace errand

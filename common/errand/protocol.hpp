@@ -62,6 +62,11 @@ inline constexpr std::uint32_t kMaxRate = 100'000;
 inline constexpr Millis kMaxRatePerMs = 86400000;  // a day
 // Job dependencies (SUBMIT `after`): the parents one job may wait for.
 inline constexpr std::size_t kMaxParents = 100;
+// Batches: a description's bytes; the failed members a callback's summary names (the rest it
+// counts); BATCH_LIST's most.
+inline constexpr std::size_t kMaxBatchDescription = 1024;
+inline constexpr std::size_t kMaxBatchSummaryIds = 1000;
+inline constexpr std::uint32_t kMaxBatchList = 1000;
 }  // namespace limits
 
 // Error codes that travel in ERROR replies. to_string gives the wire spelling.
@@ -160,6 +165,10 @@ inline constexpr std::string_view kDelete = "DELETE";                   // -> OK
 inline constexpr std::string_view kQueueSet = "QUEUE_SET";              // -> QUEUE
 inline constexpr std::string_view kQueueUnset = "QUEUE_UNSET";          // -> QUEUE
 inline constexpr std::string_view kQueueShow = "QUEUE_SHOW";            // -> QUEUE
+inline constexpr std::string_view kBatchOpen = "BATCH_OPEN";            // -> BATCH
+inline constexpr std::string_view kBatchSeal = "BATCH_SEAL";            // -> BATCH
+inline constexpr std::string_view kBatchShow = "BATCH_SHOW";            // -> BATCH
+inline constexpr std::string_view kBatchList = "BATCH_LIST";            // -> BATCHES
 // worker -> broker
 inline constexpr std::string_view kRegister = "REGISTER";
 inline constexpr std::string_view kCredit = "CREDIT";
@@ -190,6 +199,8 @@ inline constexpr std::string_view kAcks = "ACKS";
 inline constexpr std::string_view kError = "ERROR";
 inline constexpr std::string_view kControl = "CONTROL";  // broker -> worker: quiet, stop, slots
 inline constexpr std::string_view kQueue = "QUEUE";      // a queue's settings
+inline constexpr std::string_view kBatch = "BATCH";
+inline constexpr std::string_view kBatches = "BATCHES";
 }  // namespace cmd
 
 // What a worker does with new jobs (WORKERS `state`, CONTROL, REGISTER): `active` takes them,

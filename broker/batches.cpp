@@ -1,0 +1,169 @@
+// Batches in the job engine (docs/LIFECYCLE.md "Batches"): a batch is opened, jobs are submitted
+// into it while it is open, and it is sealed; once sealed and every member has finished, its
+// callbacks are submitted, each exactly once:
+//   on_complete  when every member has finished, whatever the outcome (Sidekiq's on_complete)
+//   on_success   when every member has succeeded; a dead member revived later that then
+//                succeeds still makes it fire
+// The batch's row counts its members per terminal state, changed in the transaction of each
+// member's change (never a scan of the members): the member that finishes last, or the seal
+// when they all had, sees the counters complete and submits the callback in the same pass,
+// which also marks the batch fired (completed_at, succeeded_at). So a callback fires once across
+// restarts (the pass commits both or neither) and across brokers on one database (the counter's
+// UPDATE locks the batch's row until the commit: of two brokers finishing the last two members,
+// the second sees the first's counts). The callback's token ("batch:ID:complete") is the backstop
+// against a second insert.
+#include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
+
+#include "engine.hpp"
+#include "errand/clock.hpp"
+
+namespace errand::broker {
+namespace {
+
+[[noreturn]] void no_batch(JobId id) {
+    throw ProtocolError(ErrorCode::not_found, fmt::format("no batch {}", id));
+}
+
+std::uint64_t members_finished(const BatchInfo& b) {
+    return b.succeeded + b.dead + b.cancelled + b.expired;
+}
+
+}  // namespace
+
+std::string batch_callback_key(JobId batch, bool success) {
+    return fmt::format("batch:{}:{}", batch, success ? "success" : "complete");
+}
+
+// state and pending, from the counters (the store keeps only those).
+void JobEngine::with_state(BatchInfo& b) {
+    b.pending = b.total - std::min(b.total, members_finished(b));
+    if (!b.sealed_at)
+        b.state = "open";
+    else if (b.pending > 0)
+        b.state = "sealed";
+    else if (b.succeeded == b.total)
+        b.state = "succeeded";
+    else
+        b.state = "complete";
+}
+
+BatchInfo JobEngine::open_batch(BatchInfo b, Millis now) {
+    now_ = now;
+    for (const auto* cb : {&b.on_complete, &b.on_success})
+        if (*cb) check_queue_bound((*cb)->queue);
+    b.created_at = to_time(now);
+    b.id = store_.insert_batch(b);
+    with_state(b);
+    return b;
+}
+
+BatchInfo JobEngine::seal_batch(JobId id, Millis now) {
+    now_ = now;
+    auto b = store_.get_batch(id, false, true);  // locked: a member finishing elsewhere waits
+    if (!b) no_batch(id);
+    if (!b->sealed_at) {
+        store_.seal_batch(id, now);
+        b->sealed_at = to_time(now);
+        // Every member finished before the seal (or there are none): the callbacks fire now.
+        fire_batch(*b);
+        b = store_.get_batch(id, false, false);
+        if (!b) no_batch(id);
+    }
+    with_state(*b);
+    return *b;
+}
+
+std::optional<BatchInfo> JobEngine::batch(JobId id) {
+    auto b = store_.get_batch(id, true, false);
+    if (b) with_state(*b);
+    return b;
+}
+
+std::vector<BatchInfo> JobEngine::batches(std::size_t limit, std::optional<JobId> before) {
+    auto all = store_.list_batches(limit, before);
+    for (auto& b : all)
+        with_state(b);
+    return all;
+}
+
+// Before a SUBMIT writes anything: each batch its jobs name exists and is open. A shared store
+// locks the batch's row until the commit, so a seal elsewhere waits for these members.
+void JobEngine::check_batches(const std::vector<JobSpec>& specs) {
+    std::optional<JobId> last;  // a SUBMIT's jobs mostly name one batch: looked up once
+    for (const auto& s : specs) {
+        if (!s.batch || s.batch == last) continue;
+        auto b = store_.get_batch(*s.batch, false, true);
+        if (!b) no_batch(*s.batch);
+        if (b->sealed_at)
+            throw ProtocolError(ErrorCode::invalid_state,
+                                fmt::format("batch {} is sealed: it takes no more jobs", *s.batch));
+        last = s.batch;
+    }
+}
+
+// A member of `batch` went from `from` to `to`, one of them terminal (revive() leaves dead).
+void JobEngine::batch_step(JobId batch, JobState from, JobState to) {
+    auto left = is_terminal(from) ? std::optional<JobState>(from) : std::nullopt;
+    auto entered = is_terminal(to) ? std::optional<JobState>(to) : std::nullopt;
+    auto b = store_.batch_moved(batch, left, entered);
+    if (b && entered) fire_batch(*b);
+}
+
+// The callbacks whose moment has come, each the first time it comes.
+void JobEngine::fire_batch(const BatchInfo& b) {
+    if (!b.sealed_at || members_finished(b) < b.total) return;
+    const bool complete = !b.completed_at;
+    const bool success = b.succeeded == b.total && !b.succeeded_at;
+    if (!complete && !success) return;
+    auto full = store_.get_batch(b.id, true, false);
+    if (!full) return;
+    full->succeeded = b.succeeded;  // the counts as of this change
+    full->dead = b.dead;
+    full->cancelled = b.cancelled;
+    full->expired = b.expired;
+    if (complete)
+        store_.batch_fired(b.id, false, submit_callback(*full, false, full->on_complete), now_);
+    if (success)
+        store_.batch_fired(b.id, true, submit_callback(*full, true, full->on_success), now_);
+}
+
+// A callback's job: its spec as given, with the batch's summary as payload. A callback the
+// broker cannot submit (its queue is one too many now) is logged and counts as fired.
+std::optional<JobId> JobEngine::submit_callback(const BatchInfo& b, bool success,
+                                                const std::optional<JobSpec>& spec) {
+    const char* which = success ? "on_success" : "on_complete";
+    if (!spec) {
+        spdlog::info("batch {} {} ({} of {} succeeded)", b.id, success ? "succeeded" : "complete",
+                     b.succeeded, b.total);
+        return std::nullopt;
+    }
+    auto failed = store_.batch_failed(b.id, limits::kMaxBatchSummaryIds + 1);
+    const bool truncated = failed.size() > limits::kMaxBatchSummaryIds;
+    if (truncated) failed.resize(limits::kMaxBatchSummaryIds);
+    nlohmann::json summary = {{"batch", b.id},
+                              {"callback", success ? "success" : "complete"},
+                              {"description", b.description},
+                              {"total", b.total},
+                              {"succeeded", b.succeeded},
+                              {"dead", b.dead},
+                              {"cancelled", b.cancelled},
+                              {"expired", b.expired},
+                              {"failed_ids", failed},
+                              {"failed_ids_truncated", truncated}};
+    JobSpec job = *spec;
+    job.payload = summary.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    job.token = batch_callback_key(b.id, success);
+    job.batch.reset();
+    try {
+        auto sub = submit(std::move(job), now_);
+        spdlog::info("batch {}: {} job {} {}", b.id, which, sub.id,
+                     sub.duplicate ? "(already submitted)" : "submitted");
+        return sub.id;
+    } catch (const ProtocolError& e) {
+        spdlog::warn("batch {}: {} submitted no job: {}", b.id, which, e.what());
+        return std::nullopt;
+    }
+}
+
+}  // namespace errand::broker
