@@ -868,6 +868,7 @@ SqliteStore::~SqliteStore() {
     }
     stop_checkpointer();
     sched_.reset();
+    batch_.reset();
     st_.reset();
     if (db_) sqlite3_close(db_);
 }
@@ -1942,10 +1943,12 @@ std::optional<BatchInfo> SqliteStore::batch_moved(JobId id, std::optional<JobSta
     else
         st.bind_null(3);
     std::optional<BatchInfo> out;
+    const auto steps = st.vm_steps();  // counted over the statement's life
     if (st.step()) out = read_batch(st, false);
     // RETURNING: the row is written when the statement has run to its end.
     while (st.step()) {
     }
+    batch_steps_ += st.vm_steps() - steps;
     st.reset();
     return out;
 }

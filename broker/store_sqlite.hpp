@@ -111,6 +111,9 @@ class SqliteStore final : public Store {
     // Virtual-machine steps the reads of a start (scan_live, count_jobs) took so far: what
     // they cost, whatever the machine, for the tests of "flat as it grows".
     std::uint64_t start_steps() const { return start_steps_; }
+    // Virtual-machine steps of every batch_moved() so far: a member's change costs its batch's
+    // row, never a look at the other members (tests/test_store.cpp).
+    std::uint64_t batch_steps() const { return batch_steps_; }
 
     int schema_version();
     static constexpr int kSchemaVersion = 15;
@@ -170,6 +173,7 @@ class SqliteStore final : public Store {
     Millis quiet_since_ = 0;
     bool wal_cut_ = true;  // nothing committed since the last cut (or the open)
     std::uint64_t start_steps_ = 0;
+    std::uint64_t batch_steps_ = 0;
     std::int64_t next_event_ = 0;   // the next events row's id (event_seq)
     std::int64_t saved_event_ = 0;  // event_seq as this transaction found it
     struct NameHash {

@@ -8,6 +8,7 @@
 #include <limits>
 #include <memory>
 
+#include "cli_bulk.hpp"
 #include "cli_exit.hpp"
 #include "cli_output.hpp"
 #include "errand/duration.hpp"
@@ -26,8 +27,10 @@ struct OpenArgs {
 
 struct Args {
     OpenArgs open;
-    JobId id = 0;       // seal, status
-    bool json = false;  // status: one object; list: an array
+    std::string jsonl;              // submit: the members, one JSON object a line
+    std::string queue = "default";  // submit: of a line that names none
+    JobId id = 0;                   // seal, status
+    bool json = false;              // status: one object; list: an array
     std::uint32_t limit = limits::kDefaultListLimit;
     std::optional<JobId> before;
 };
@@ -116,36 +119,57 @@ BatchCommands add_batch_commands(CLI::App& app, const std::vector<std::string>& 
         "  errand submit --batch $B --payload a; errand submit --batch $B --payload b\n"
         "  errand batch seal $B");
     out.batch = batch;
+    // batch open's options; batch submit's too.
+    auto add_open_options = [&](CLI::App* sub) {
+        sub->add_option("--description", args->open.description, "what the batch is, for people")
+            ->check(CLI::Validator(
+                [](std::string& text) -> std::string {
+                    if (text.size() <= limits::kMaxBatchDescription) return {};
+                    return fmt::format("at most {} bytes", limits::kMaxBatchDescription);
+                },
+                ""))
+            ->type_name("TEXT");
+        sub->add_option("--on-complete", args->open.on_complete,
+                        "submit a job to QUEUE once every job has finished, whatever the outcome")
+            ->check(queue_name_check())
+            ->type_name("QUEUE");
+        sub->add_option("--on-success", args->open.on_success,
+                        "submit a job to QUEUE once every job has succeeded")
+            ->check(queue_name_check())
+            ->type_name("QUEUE");
+        sub->add_option("--max-attempts", args->open.max_attempts,
+                        "the callbacks' attempts (default: their queue's, else 3)")
+            ->check(CLI::Range(1U, limits::kMaxMaxAttempts).description(""))
+            ->type_name("N");
+        sub->add_option("--priority", args->open.priority, "the callbacks' priority")
+            ->check(CLI::Range(limits::kMinPriority, limits::kMaxPriority).description(""))
+            ->type_name("N");
+    };
 
     auto* open = batch->add_subcommand("open", "Open a batch and print its id.");
     open->footer(
         "Usage: errand batch open [OPTIONS] [-- ARGV...]\n"
         "ARGV: the callbacks' command line (the worker needs --allow-commands); the summary\n"
         "comes on its stdin as any payload does.");
-    open->add_option("--description", args->open.description, "what the batch is, for people")
-        ->check(CLI::Validator(
-            [](std::string& text) -> std::string {
-                if (text.size() <= limits::kMaxBatchDescription) return {};
-                return fmt::format("at most {} bytes", limits::kMaxBatchDescription);
-            },
-            ""))
-        ->type_name("TEXT");
-    open->add_option("--on-complete", args->open.on_complete,
-                     "submit a job to QUEUE once every job has finished, whatever the outcome")
-        ->check(queue_name_check())
-        ->type_name("QUEUE");
-    open->add_option("--on-success", args->open.on_success,
-                     "submit a job to QUEUE once every job has succeeded")
-        ->check(queue_name_check())
-        ->type_name("QUEUE");
-    open->add_option("--max-attempts", args->open.max_attempts,
-                     "the callbacks' attempts (default: their queue's, else 3)")
-        ->check(CLI::Range(1U, limits::kMaxMaxAttempts).description(""))
-        ->type_name("N");
-    open->add_option("--priority", args->open.priority, "the callbacks' priority")
-        ->check(CLI::Range(limits::kMinPriority, limits::kMaxPriority).description(""))
-        ->type_name("N");
+    add_open_options(open);
     out.open = open;
+
+    auto* submit = batch->add_subcommand(
+        "submit", "Open a batch, submit --jsonl F's jobs into it, seal it, print its id.");
+    submit->footer(
+        "Usage: errand batch submit --jsonl F [OPTIONS] [-- ARGV...]\n"
+        "F: one job a line, as errand submit --jsonl reads them (- = stdin); the options are\n"
+        "batch open's. A bad line (or a lost broker) leaves the batch open with the jobs\n"
+        "before it: the error names the batch and its lines.");
+    submit->add_option("--jsonl", args->jsonl, "the jobs, one JSON object per line")
+        ->required()
+        ->type_name("F");
+    submit->add_option("-q,--queue", args->queue, "the queue of a line that names none")
+        ->check(queue_name_check())
+        ->type_name("QUEUE")
+        ->capture_default_str();
+    out.submit = submit;
+    add_open_options(submit);
 
     auto* seal = batch->add_subcommand(
         "seal", "Seal a batch: it takes no more jobs; its callbacks wait for those it has.");
@@ -166,9 +190,9 @@ BatchCommands add_batch_commands(CLI::App& app, const std::vector<std::string>& 
     list->add_option("--before", args->before, "only batches with ids below ID (the next page)")
         ->type_name("ID");
 
-    out.run = [args, open, seal, status, list, &job_argv](Client& c) -> int {
+    out.run = [args, open, submit, seal, status, list, &job_argv](Client& c) -> int {
         const Timestamp now = now_time();
-        if (open->parsed()) {
+        if (open->parsed() || submit->parsed()) {
             const auto& a = args->open;
             if (!job_argv.empty() && !a.on_complete && !a.on_success) {
                 std::cerr << "errand: a command line (-- ARGV) is the callbacks': give "
@@ -185,6 +209,23 @@ BatchCommands add_batch_commands(CLI::App& app, const std::vector<std::string>& 
                 return s;
             };
             auto b = c.batch_open(a.description, spec(a.on_complete), spec(a.on_success));
+            if (submit->parsed()) {
+                JsonlArgs jobs;
+                jobs.path = args->jsonl;
+                jobs.defaults.queue = args->queue;
+                jobs.defaults.batch = b.id;
+                jobs.print_ids = false;
+                try {
+                    run_submit_jsonl(c, jobs);
+                } catch (const std::exception& e) {
+                    std::cerr << fmt::format(
+                        "errand: batch {} stays open (seal it with errand "
+                        "batch seal {} once its jobs are in)\n",
+                        b.id, b.id);
+                    throw;
+                }
+                b = c.batch_seal(b.id);
+            }
             std::cout << b.id << '\n';
         } else if (seal->parsed()) {
             std::cout << batch_text(c.batch_seal(args->id), now);

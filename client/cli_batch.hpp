@@ -14,7 +14,8 @@ namespace errand::cli {
 
 struct BatchCommands {
     CLI::App* batch = nullptr;  // parsed(): one of its subcommands runs
-    CLI::App* open = nullptr;   // the one that takes `-- ARGV...` (the callbacks' command line)
+    CLI::App* open = nullptr;   // these two take `-- ARGV...` (the callbacks' command line)
+    CLI::App* submit = nullptr;
     std::function<int(Client&)> run;
 };
 

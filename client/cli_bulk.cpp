@@ -403,7 +403,7 @@ int run_submit_jsonl(Client& client, const JsonlArgs& args) {
             out += fmt::format("{}\n", s.id);
             if (s.duplicate) ++duplicates;
         }
-        std::cout << out << std::flush;
+        if (args.print_ids) std::cout << out << std::flush;
         submitted += ids.size();
         ++batches;
         batch.clear();

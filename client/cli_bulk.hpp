@@ -49,6 +49,7 @@ struct JsonlArgs {
     std::string path;  // "-" for stdin
     JobSpec defaults;  // what a line does not set (from submit's other options)
     std::size_t batch = limits::kMaxBatch;
+    bool print_ids = true;  // false: nothing on stdout (errand batch submit prints the batch)
 };
 
 // Thrown for a bad line, with "FILE:LINE: why" and what was submitted before it; run_submit_jsonl

@@ -1119,7 +1119,8 @@ int run(int argc, char** argv) {
     }
     if (cli_argc != argc && !submit->parsed() && !schedule.add->parsed() && !batch.open->parsed()) {
         throw UsageError(
-            "'--' (a job's command line) is only accepted by submit, schedule add and batch open");
+            "'--' (a job's command line) is only accepted by submit, schedule add and batch "
+            "open/submit");
     }
     if (cli_argc != argc && submit_args.jsonl) {
         throw UsageError("with --jsonl, a job's command line goes in its line's \"argv\"");

@@ -156,3 +156,45 @@ TEST_CASE(
     auto list = env.cli({"batch", "list"});
     CHECK_MESSAGE(list.out.find("complete") != std::string::npos, describe(list));
 }
+
+TEST_CASE("batch submit: opens, submits a JSONL file's jobs into the batch, seals, prints its id") {
+    Env env;
+    std::string jsonl = (env.dir.path() / "jobs.jsonl").string();
+    {
+        std::ofstream f(jsonl);
+        for (int i = 0; i < 3; ++i)
+            f << R"({"payload":"p)" << i << R"("})"
+              << "\n";
+    }
+    auto r = env.cli({"batch", "submit", "--jsonl", jsonl, "-q", "work", "--on-success", "cb"});
+    REQUIRE_MESSAGE(r.exit_code == 0, describe(r));
+    auto b = r.out.substr(0, r.out.find('\n'));
+    CHECK(r.out == b + "\n");  // the batch's id only
+    auto s = batch_json(env, b);
+    CHECK(s["state"] == "sealed");
+    CHECK(s["total"] == 3);
+    WorkerDaemon w(env.dir, env.broker.endpoint(), {"w", {"work=cat", "cb=cat"}, 2});
+    auto list = env.cli({"list", "-q", "work", "--json"});
+    REQUIRE(list.exit_code == 0);
+    std::vector<std::string> wait = {"wait"};
+    for (const auto& j : json::parse(list.out))
+        wait.push_back(std::to_string(j["id"].get<std::uint64_t>()));
+    REQUIRE(wait.size() == 4);
+    wait.insert(wait.end(), {"--timeout", "60s"});
+    auto done = env.cli(wait);
+    REQUIRE_MESSAGE(done.exit_code == 0, describe(done), w.logs());
+    auto after = batch_json(env, b);
+    CHECK(after["state"] == "succeeded");
+    CHECK(after["success_job"].is_number());
+    // A bad line: nothing of the file is submitted, and the error names the open batch.
+    {
+        std::ofstream f(jsonl);
+        f << R"({"payload":"ok"})"
+          << "\n"
+          << R"({"queue":7})"
+          << "\n";
+    }
+    auto bad = env.cli({"batch", "submit", "--jsonl", jsonl});
+    CHECK(bad.exit_code == 120);
+    CHECK_MESSAGE(bad.err.find("stays open") != std::string::npos, describe(bad));
+}

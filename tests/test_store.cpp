@@ -1215,3 +1215,47 @@ TEST_CASE("job dependencies survive reopening: edges by parent, the count of unf
     store.commit();
     CHECK(store.parents().empty());
 }
+
+TEST_CASE("a member finishing costs its batch one row, whether it has 10 members or 100,000") {
+    TempDir dir;
+    SqliteStore store(dir.db());
+    store.begin();
+    BatchInfo b;
+    b.created_at = to_time(1000);
+    const JobId small = store.insert_batch(b);
+    const JobId big = store.insert_batch(b);
+    JobId n = 0;
+    auto members = [&](JobId batch, std::uint64_t count) {
+        for (std::uint64_t i = 0; i < count; ++i) {
+            auto j = job(++n, "q");
+            j.spec.batch = batch;
+            store.insert_job(j, "submitted");
+        }
+        store.batch_joined(batch, count);
+    };
+    members(small, 10);
+    members(big, 100'000);
+    store.commit();
+    auto cost = [&](JobId batch) {
+        const auto before = store.batch_steps();
+        store.begin();
+        auto after = store.batch_moved(batch, std::nullopt, JobState::succeeded);
+        store.commit();
+        REQUIRE(after);
+        CHECK(after->succeeded == 1);
+        return store.batch_steps() - before;
+    };
+    const auto steps_small = cost(small);
+    const auto steps_big = cost(big);
+    CHECK(steps_small > 0);
+    CHECK(steps_big == steps_small);
+    MESSAGE("a member's change: " << steps_small << " steps in a batch of 10, " << steps_big
+                                  << " in one of 100,000");
+    // Leaving a terminal state (a revived member) moves the counter back, in the same row.
+    store.begin();
+    auto back = store.batch_moved(big, JobState::succeeded, std::nullopt);
+    store.commit();
+    REQUIRE(back);
+    CHECK(back->succeeded == 0);
+    CHECK(back->total == 100'000);
+}
