@@ -527,10 +527,14 @@ int run_status(errand::Client& client, const StatusArgs& args) {
     // Several ids: text blocks one after another; with --json one object per line.
     return for_each_id(args.ids, [&](JobId id) {
         auto job = client.status(id);
-        if (args.json)
+        if (args.json) {
             std::cout << errand::cli::job_json(job) << '\n';
-        else
-            std::cout << errand::cli::job_text(job, now_time());
+        } else {
+            // A ready job that waits only for its queue's limit says which (QUEUE_SHOW).
+            std::optional<std::string> held;
+            if (job.state == errand::JobState::ready) held = client.queue_settings(job.queue).held;
+            std::cout << errand::cli::job_text(job, now_time(), held);
+        }
         std::cout.flush();
     });
 }

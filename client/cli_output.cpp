@@ -147,11 +147,12 @@ std::string shell_join(const std::vector<std::string>& argv) {
     return out;
 }
 
-std::string job_text(const JobInfo& job, Timestamp now) {
+std::string job_text(const JobInfo& job, Timestamp now, const std::optional<std::string>& held) {
     std::vector<std::pair<std::string, std::string>> rows;
     rows.emplace_back("id", std::to_string(job.id));
     rows.emplace_back("queue", job.queue);
-    rows.emplace_back("state", std::string(to_string(job.state)));
+    rows.emplace_back("state", std::string(to_string(job.state)) +
+                                   (held ? fmt::format(" (held: {})", *held) : std::string()));
     if (job.priority != 0) rows.emplace_back("priority", std::to_string(job.priority));
     rows.emplace_back("attempts", fmt::format("{}/{}", job.attempts, job.max_attempts));
     if (job.worker) rows.emplace_back("worker", *job.worker);

@@ -33,7 +33,8 @@ std::string shell_join(const std::vector<std::string>& argv);
 
 // `errand status`: aligned "key: value" lines, each ending in '\n'; absent fields are left out
 // (priority when 0; "runs at" unless the job is scheduled or retrying).
-std::string job_text(const JobInfo& job, Timestamp now);
+std::string job_text(const JobInfo& job, Timestamp now,
+                     const std::optional<std::string>& held = std::nullopt);
 // `errand list`: a table with a header row (ID QUEUE STATE ATTEMPTS WORKER AGE), one job a line.
 std::string jobs_table(const std::vector<JobInfo>& jobs, Timestamp now);
 // `errand queues`: a table with a header row (QUEUE PAUSED, a count per state, OLDEST-READY as an

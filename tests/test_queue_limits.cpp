@@ -172,6 +172,25 @@ TEST_CASE("queue settings survive a broker restart; queues and queue show print 
     CHECK_FALSE(client.queue_settings("slow").max_running.has_value());
 }
 
+TEST_CASE("errand status of a ready job held by its queue's max-running says so") {
+    TempDir dir;
+    Broker broker(dir);
+    auto ep = broker.endpoint();
+    REQUIRE(run_cli({"--broker", ep, "queue", "set", "gate", "--max-running", "1"}).exit_code == 0);
+    Client client(broker.client_options());
+    auto first = client.submit(job_spec("gate")).id;
+    auto second = client.submit(job_spec("gate")).id;
+    auto free = run_cli({"--broker", ep, "status", std::to_string(second)});
+    CHECK_MESSAGE(free.out.find("state:    ready\n") != std::string::npos, describe(free));
+    WorkerDaemon worker(dir, ep, {"w", {"gate=sleep 60"}, 2});
+    REQUIRE(wait_until([&] { return client.status(first).state == JobState::running; }, 30s));
+    auto held = run_cli({"--broker", ep, "status", std::to_string(second)});
+    REQUIRE_MESSAGE(held.exit_code == 0, describe(held));
+    CHECK_MESSAGE(held.out.find("state:    ready (held: at max-running)") != std::string::npos,
+                  describe(held));
+    CHECK(client.status(second).state == JobState::ready);
+}
+
 TEST_CASE("queue set/unset: bad input is a usage error or a refusal, and changes nothing") {
     TempDir dir;
     Broker broker(dir);
