@@ -8,6 +8,7 @@
 #include <atomic>
 #include <map>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "harness.hpp"
@@ -779,4 +780,65 @@ TEST_CASE("PostgreSQL: queue settings are stored: a restarted broker and a new o
     CHECK(wait_until([&] { return !c2.queue_settings("slow").max_running.has_value(); }, 5s, 20ms));
     CHECK_FALSE(c2.queue_settings("slow").rate.has_value());
     CHECK(c2.queue_settings("slow").max_attempts == 9u);
+}
+
+TEST_CASE(
+    "three brokers: members of one batch finishing through all of them fire each callback "
+    "once") {
+    PgServer pg;
+    TempDir d1, d2, d3;
+    Broker b1(d1, cluster_args(pg)), b2(d2, cluster_args(pg)), b3(d3, cluster_args(pg));
+    std::vector<Broker*> brokers{&b1, &b2, &b3};
+    // Short jobs, two at a time on each broker's worker: a batch's last members finish through
+    // different brokers at about the same moment.
+    CountingWorker w1(b1, "w1", {"q", "cb"}, 5ms), w2(b2, "w2", {"q", "cb"}, 5ms),
+        w3(b3, "w3", {"q", "cb"}, 5ms);
+    constexpr int kBatches = 10, kMembers = 30;
+    std::vector<JobId> batches;
+    for (int b = 0; b < kBatches; ++b) {
+        Client client(brokers[static_cast<std::size_t>(b) % 3]->client_options());
+        auto opened = client.batch_open("cluster", job_spec("cb"), job_spec("cb"));
+        std::vector<JobSpec> specs;
+        for (int i = 0; i < kMembers; ++i) {
+            auto s = job_spec("q", std::to_string(i));
+            s.batch = opened.id;
+            specs.push_back(std::move(s));
+        }
+        client.submit_batch(std::move(specs));
+        // Sealed through another broker than the one that opened it.
+        Client other(brokers[static_cast<std::size_t>(b + 1) % 3]->client_options());
+        other.batch_seal(opened.id);
+        batches.push_back(opened.id);
+    }
+    bool all_done = wait_until(
+        [&] {
+            return scalar(pg,
+                          "SELECT count(*) FROM jobs WHERE queue = 'cb' AND state = "
+                          "'succeeded'") == 2 * kBatches &&
+                   scalar(pg, "SELECT count(*) FROM jobs WHERE state <> 'succeeded'") == 0;
+        },
+        60s, 50ms);
+    REQUIRE_MESSAGE(all_done, b1.logs(), b2.logs(), b3.logs());
+    CHECK(scalar(pg, "SELECT count(*) FROM jobs WHERE queue = 'cb'") == 2 * kBatches);
+    Client c(b3.client_options());
+    std::set<JobId> callbacks;
+    for (JobId id : batches) {
+        auto b = c.batch(id);
+        CHECK(b.state == "succeeded");
+        CHECK(b.total == static_cast<std::uint64_t>(kMembers));
+        CHECK(b.succeeded == static_cast<std::uint64_t>(kMembers));
+        REQUIRE(b.complete_job);
+        REQUIRE(b.success_job);
+        callbacks.insert(*b.complete_job);
+        callbacks.insert(*b.success_job);
+    }
+    CHECK(callbacks.size() == 2 * kBatches);
+    // Each member ran once, on whichever broker's worker took it.
+    std::map<JobId, int> runs;
+    for (auto* w : {&w1, &w2, &w3})
+        for (auto [id, n] : w->snapshot())
+            runs[id] += n;
+    CHECK(runs.size() == static_cast<std::size_t>(kBatches * (kMembers + 2)));
+    for (auto [id, n] : runs)
+        CHECK_MESSAGE(n == 1, "job " << id << " ran " << n << " times");
 }
