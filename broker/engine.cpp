@@ -347,6 +347,26 @@ void JobEngine::check_queue_bound(const std::string& queue) const {
                                         known));
 }
 
+// The queues of one SUBMIT together: each new one counts (checked one by one, the later jobs'
+// new queues would be refused after the earlier jobs were written).
+void JobEngine::check_queue_bound(const std::vector<JobSpec>& specs) const {
+    std::unordered_set<std::string_view> fresh;
+    for (const auto& s : specs)
+        if (!counts_.count(s.queue) && !paused_.count(s.queue)) fresh.insert(s.queue);
+    if (fresh.size() < 2) {
+        if (!fresh.empty()) check_queue_bound(std::string(*fresh.begin()));
+        return;
+    }
+    std::size_t known = counts_.size();
+    for (const auto& q : paused_)
+        if (!counts_.count(q)) ++known;
+    if (known + fresh.size() > cfg_.max_queues)
+        throw ProtocolError(ErrorCode::too_large,
+                            fmt::format("the SUBMIT names {} new queues and the broker has {}; at "
+                                        "most {} (--max-queues)",
+                                        fresh.size(), known, cfg_.max_queues));
+}
+
 std::vector<std::string> JobEngine::sweep_queues(
     const std::function<bool(const std::string&)>& in_use) {
     std::vector<std::string> gone;
@@ -483,7 +503,8 @@ std::vector<Submitted> JobEngine::submit(std::vector<JobSpec> specs, Millis now)
                     throw ProtocolError(ErrorCode::not_found,
                                         fmt::format("no job {} (a parent in 'after')", p));
         }
-    check_batches(specs);  // so does a batch that is gone or sealed
+    check_batches(specs);      // so does a batch that is gone or sealed
+    check_queue_bound(specs);  // and queues one too many: before the first job is written
     std::vector<Submitted> out;
     out.reserve(specs.size());
     // A unique key, or a queue not counted yet (the queue bound counts each new one), goes one

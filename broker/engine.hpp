@@ -277,6 +277,7 @@ class JobEngine {
     Name intern(const std::string& name) { return Name(&*names_.insert(name).first); }
     // Throws too_large when `queue` would be one queue more than max_queues.
     void check_queue_bound(const std::string& queue) const;
+    void check_queue_bound(const std::vector<JobSpec>& specs) const;
     // The one place a job changes state: store (compare-and-set), event, counts, and where
     // the job lives in memory (place()).
     // False (nothing changed) only on a shared store, when another broker changed the job

@@ -2093,6 +2093,22 @@ TEST_CASE("queues are bounded (max_queues), and an unused queue is forgotten") {
     CHECK(error_of(refused).message.find("--max-queues") != std::string::npos);
     CHECK(submit("q1").command == cmd::kSubmitted);  // a queue that exists takes more jobs
     {
+        // Several jobs, one of them in a new queue too many: refused whole, none written.
+        SubmitRequest m;
+        m.req = req++;
+        m.jobs.push_back(spec("q1"));
+        m.jobs.push_back(spec("q5"));
+        m.jobs.push_back(spec("q6"));
+        CHECK(error_of(send(cmd::kSubmit, encode(m))).code == ErrorCode::too_large);
+        ListRequest l;
+        l.req = req++;
+        l.queue = "q1";
+        auto e = send(cmd::kList, encode(l));
+        REQUIRE(e.command == cmd::kJobs);
+        Body b(e.body);
+        CHECK(b.reader().array("jobs").size == 2);  // the two single submits only
+    }
+    {
         auto s = cfg.snapshots->latest();
         REQUIRE(s);
         CHECK(s->metrics.queues.size() == 3);
