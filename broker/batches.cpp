@@ -25,27 +25,10 @@ namespace {
     throw ProtocolError(ErrorCode::not_found, fmt::format("no batch {}", id));
 }
 
-std::uint64_t members_finished(const BatchInfo& b) {
-    return b.succeeded + b.dead + b.cancelled + b.expired;
-}
-
 }  // namespace
 
 std::string batch_callback_key(JobId batch, bool success) {
     return fmt::format("batch:{}:{}", batch, success ? "success" : "complete");
-}
-
-// state and pending, from the counters (the store keeps only those).
-void JobEngine::with_state(BatchInfo& b) {
-    b.pending = b.total - std::min(b.total, members_finished(b));
-    if (!b.sealed_at)
-        b.state = "open";
-    else if (b.pending > 0)
-        b.state = "sealed";
-    else if (b.succeeded == b.total)
-        b.state = "succeeded";
-    else
-        b.state = "complete";
 }
 
 BatchInfo JobEngine::open_batch(BatchInfo b, Millis now) {
@@ -54,7 +37,7 @@ BatchInfo JobEngine::open_batch(BatchInfo b, Millis now) {
         if (*cb) check_queue_bound((*cb)->queue);
     b.created_at = to_time(now);
     b.id = store_.insert_batch(b);
-    with_state(b);
+    with_batch_state(b);
     return b;
 }
 
@@ -70,20 +53,20 @@ BatchInfo JobEngine::seal_batch(JobId id, Millis now) {
         b = store_.get_batch(id, false, false);
         if (!b) no_batch(id);
     }
-    with_state(*b);
+    with_batch_state(*b);
     return *b;
 }
 
 std::optional<BatchInfo> JobEngine::batch(JobId id) {
     auto b = store_.get_batch(id, true, false);
-    if (b) with_state(*b);
+    if (b) with_batch_state(*b);
     return b;
 }
 
 std::vector<BatchInfo> JobEngine::batches(std::size_t limit, std::optional<JobId> before) {
     auto all = store_.list_batches(limit, before);
     for (auto& b : all)
-        with_state(b);
+        with_batch_state(b);
     return all;
 }
 
@@ -112,7 +95,7 @@ void JobEngine::batch_step(JobId batch, JobState from, JobState to) {
 
 // The callbacks whose moment has come, each the first time it comes.
 void JobEngine::fire_batch(const BatchInfo& b) {
-    if (!b.sealed_at || members_finished(b) < b.total) return;
+    if (!b.sealed_at || batch_members_finished(b) < b.total) return;
     const bool complete = !b.completed_at;
     const bool success = b.succeeded == b.total && !b.succeeded_at;
     if (!complete && !success) return;

@@ -263,7 +263,6 @@ class JobEngine {
     void fire_batch(const BatchInfo& b);
     std::optional<JobId> submit_callback(const BatchInfo& b, bool success,
                                          const std::optional<JobSpec>& spec);
-    static void with_state(BatchInfo& b);
     // A submitted spec as the store writes it (ready, or scheduled for later).
     NewJob new_job(JobSpec spec, Millis now) const;
     // submit() of a job with parents (spec.after).

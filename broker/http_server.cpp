@@ -3,8 +3,8 @@
 // Where each answer comes from (CQRS: nothing here runs on, or blocks, the broker loop):
 //   live picture (queues, workers, metrics, recent events, per-minute counts, page totals)
 //                                                          <- the loop's latest Snapshot
-//   jobs, searches, one job, its payload, history, progress, database size, schedules
-//                                                          <- the read-only QueryStore
+//   jobs, searches, one job, its payload, history, progress, database size, schedules,
+//   batches                                                <- the read-only QueryStore
 //   retry, cancel, run-now, delete (one job or many), pause, resume (a queue or a schedule)
 //                  -> RETRY/CANCEL/RUN_NOW/DELETE/PAUSE/RESUME/SCHEDULE_PAUSE/SCHEDULE_RESUME
 //                     over inproc:// to the loop's
@@ -58,6 +58,8 @@ constexpr std::size_t kMaxBulk = 1000;
 // Schedules /api/schedules and /metrics read: the engine's limit (EngineConfig::max_schedules),
 // so every schedule is shown and the metrics' schedule label has at most this many values.
 constexpr std::size_t kMaxSchedules = 1000;
+// Batches a page of /api/batches holds without a limit (BATCH_LIST's default).
+constexpr std::size_t kDefaultBatchPage = 100;
 
 // Standard base64 (RFC 4648) of any bytes: how the API carries a payload that is not UTF-8.
 std::string base64(std::string_view in) {
@@ -858,6 +860,58 @@ struct HttpServer::Impl {
         send_json(res, {{"time", format_time(wall_ms())}, {"schedules", out}});
     }
 
+    // GET /api/batches?limit=N&before=ID: batches newest first (limit 1-1000, default 100;
+    // before: ids below it, the `next` of the previous page), without their callbacks' specs
+    // (their jobs' ids are there), from the read-only connection (as `errand batch list`,
+    // without a turn of the loop).
+    void batches(const httplib::Request& req, httplib::Response& res) {
+        auto param = [&req](const char* name) -> std::optional<std::string> {
+            if (!req.has_param(name) || req.get_param_value(name).empty()) return std::nullopt;
+            return req.get_param_value(name);
+        };
+        std::size_t limit = kDefaultBatchPage;
+        if (auto l = param("limit")) {
+            limit = parse_u64(*l, "limit");
+            if (limit < 1 || limit > kMaxPage)
+                throw HttpError{400, "bad_request", fmt::format("limit must be 1-{}", kMaxPage)};
+        }
+        std::optional<JobId> before;
+        if (auto b = param("before")) {
+            before = parse_u64(*b, "before");
+            if (*before == 0)
+                throw HttpError{400, "bad_request", "before must be a positive integer"};
+        }
+        std::vector<BatchInfo> rows;
+        {
+            std::lock_guard lock(queries_mu);
+            rows = opt.queries->batches(limit, before);
+        }
+        json out = json::array();
+        for (auto& b : rows) {
+            with_batch_state(b);
+            auto x = to_json(b);
+            // Not read for a page (BATCH_LIST's rule): absent, where null would say "none".
+            x.erase("on_complete");
+            x.erase("on_success");
+            out.push_back(std::move(x));
+        }
+        json next = rows.size() == limit ? json(rows.back().id) : json(nullptr);
+        send_json(res, {{"time", format_time(wall_ms())}, {"batches", out}, {"next", next}});
+    }
+
+    // GET /api/batches/ID: the batch with its callbacks' specs (as `errand batch status ID`).
+    void batch(const httplib::Request& req, httplib::Response& res) {
+        auto id = parse_u64(req.matches[1].str(), "the batch id");
+        std::optional<BatchInfo> b;
+        if (id != 0) {
+            std::lock_guard lock(queries_mu);
+            b = opt.queries->batch(id);
+        }
+        if (!b) throw HttpError{404, "not_found", fmt::format("no batch {}", id)};
+        with_batch_state(*b);
+        send_json(res, to_json(*b));
+    }
+
     // POST /api/schedules/S/pause and /resume: SCHEDULE_PAUSE/SCHEDULE_RESUME, as
     // `errand schedule pause|resume S`: the schedule.
     void set_schedule_paused(const httplib::Request& req, httplib::Response& res) {
@@ -949,6 +1003,8 @@ struct HttpServer::Impl {
         server.Post("/api/jobs/delete", wrap(&Impl::remove_many));
         server.Post(R"(/api/jobs/([^/]+)/run-now)", wrap(&Impl::run_now));
         server.Post(R"(/api/jobs/([^/]+)/delete)", wrap(&Impl::remove));
+        server.Get("/api/batches", wrap(&Impl::batches));
+        server.Get(R"(/api/batches/([^/]+))", wrap(&Impl::batch));
         // Anything else: a JSON 404 (or whatever status a handler set without a body).
         server.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
             if (!res.body.empty()) return;

@@ -10,6 +10,7 @@
 // and only then replies. A pass that wrote nothing commits nothing.
 #pragma once
 
+#include <algorithm>
 #include <functional>
 #include <optional>
 #include <stdexcept>
@@ -183,6 +184,25 @@ struct ScheduleAdvance {
     std::optional<JobId> last_job;
 };
 
+// A batch's members that have finished, whatever the outcome.
+inline std::uint64_t batch_members_finished(const BatchInfo& b) {
+    return b.succeeded + b.dead + b.cancelled + b.expired;
+}
+
+// A batch's `state` and `pending`, derived from what a store keeps (its counters and seal): the
+// one derivation, for the engine's replies and the HTTP side's reads alike.
+inline void with_batch_state(BatchInfo& b) {
+    b.pending = b.total - std::min(b.total, batch_members_finished(b));
+    if (!b.sealed_at)
+        b.state = "open";
+    else if (b.pending > 0)
+        b.state = "sealed";
+    else if (b.succeeded == b.total)
+        b.state = "succeeded";
+    else
+        b.state = "complete";
+}
+
 // Reads of jobs for the read-only commands (STATUS, WAIT, LIST, HISTORY): they see every write
 // of the current transaction and everything committed.
 class JobReads {
@@ -300,7 +320,7 @@ class Store : public JobReads {
     // The earliest next tick of a schedule that is not paused.
     virtual std::optional<Millis> next_schedule_at() = 0;
 
-    // ---- batches (rows of errand::BatchInfo; state and pending are the engine's to derive) ---
+    // ---- batches (rows of errand::BatchInfo; state and pending: with_batch_state) -----------
     // A new batch (description, created_at, on_complete, on_success of `b`): its id, from the
     // store, never reused.
     virtual JobId insert_batch(const BatchInfo& b) = 0;
@@ -423,6 +443,10 @@ class QueryStore {
     virtual std::optional<std::uint64_t> size_bytes() = 0;
     // Up to `limit` cron schedules by name, as Store::list_schedules (last_state not set).
     virtual std::vector<Schedule> schedules(std::size_t limit) = 0;
+    // Batches as Store::list_batches (newest first, without specs) and Store::get_batch (with
+    // specs); state and pending not set (with_batch_state).
+    virtual std::vector<BatchInfo> batches(std::size_t limit, std::optional<JobId> before) = 0;
+    virtual std::optional<BatchInfo> batch(JobId id) = 0;
 };
 
 }  // namespace errand::broker

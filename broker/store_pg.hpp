@@ -169,6 +169,10 @@ class PgQueryStore final : public QueryStore {
     std::vector<Schedule> schedules(std::size_t limit) override {
         return store_.list_schedules(limit);
     }
+    std::vector<BatchInfo> batches(std::size_t limit, std::optional<JobId> before) override {
+        return store_.list_batches(limit, before);
+    }
+    std::optional<BatchInfo> batch(JobId id) override { return store_.get_batch(id, true, false); }
 
   private:
     PgStore store_;

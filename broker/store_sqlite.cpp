@@ -2033,6 +2033,7 @@ struct SqliteQueryStore::Statements {
           pages(db, "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()") {}
     Stmt get, events, history, page, count, payload, pages;
     std::optional<Stmt> schedules;  // prepared on first use
+    std::optional<Stmt> batches, batch;
 };
 
 namespace {
@@ -2165,6 +2166,47 @@ std::vector<Schedule> SqliteQueryStore::schedules(std::size_t limit) {
     auto& s = st_->schedules->reset();
     s.bind(1, static_cast<std::int64_t>(limit));
     return read_schedules(s);
+}
+
+// As the writer's BatchStatements list and get.
+std::vector<BatchInfo> SqliteQueryStore::batches(std::size_t limit, std::optional<JobId> before) {
+    budget_ = scan_budget_;
+    if (!st_->batches)
+        st_->batches.emplace(db_, fmt::format("SELECT {} FROM batches WHERE ?1 IS NULL OR id < ?1 "
+                                              "ORDER BY id DESC LIMIT ?2",
+                                              kBatchColumns)
+                                      .c_str());
+    auto& s = st_->batches->reset();
+    s.bind_opt(1, before).bind(2, static_cast<std::int64_t>(limit));
+    std::vector<BatchInfo> out;
+    try {
+        while (s.step())
+            out.push_back(read_batch(s, false));
+    } catch (...) {
+        s.reset();  // a statement left mid-way would hold the read snapshot
+        throw;
+    }
+    s.reset();
+    return out;
+}
+
+std::optional<BatchInfo> SqliteQueryStore::batch(JobId id) {
+    budget_ = scan_budget_;
+    if (!st_->batch)
+        st_->batch.emplace(db_, fmt::format("SELECT {}, {} FROM batches WHERE id = ?1",
+                                            kBatchColumns, kBatchSpecColumns)
+                                    .c_str());
+    auto& s = st_->batch->reset();
+    s.bind(1, static_cast<std::int64_t>(id));
+    std::optional<BatchInfo> out;
+    try {
+        if (s.step()) out = read_batch(s, true);  // a damaged spec throws
+    } catch (...) {
+        s.reset();
+        throw;
+    }
+    s.reset();
+    return out;
 }
 
 }  // namespace errand::broker

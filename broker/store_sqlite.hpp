@@ -213,6 +213,8 @@ class SqliteQueryStore final : public QueryStore {
     std::optional<std::string> payload(JobId id, std::size_t max) override;
     std::optional<std::uint64_t> size_bytes() override;
     std::vector<Schedule> schedules(std::size_t limit) override;
+    std::vector<BatchInfo> batches(std::size_t limit, std::optional<JobId> before) override;
+    std::optional<BatchInfo> batch(JobId id) override;
 
   private:
     struct Statements;

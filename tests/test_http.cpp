@@ -1654,3 +1654,150 @@ TEST_CASE("http: /api/queues shows a timed pause's end as paused_until") {
     CHECK(forever["paused"] == true);
     CHECK(forever["paused_until"].is_null());
 }
+
+TEST_CASE(
+    "http: /api/batches lists batches newest first with the engine's state and counts; "
+    "/api/batches/{id} has the callbacks; 400 and 404 otherwise") {
+    HttpWorld w;
+    const auto& ep = w.broker.endpoint();
+    auto cli = [&](std::vector<std::string> args) {
+        args.insert(args.begin(), {"--broker", ep});
+        auto r = run_cli(args);
+        REQUIRE_MESSAGE(r.exit_code == 0, describe(r), w.broker.logs());
+        return r.out.substr(0, r.out.find('\n'));
+    };
+    auto none = w.get("/api/batches");
+    CHECK(none["batches"] == json::array());
+    CHECK(none["next"].is_null());
+
+    // mixed: one member succeeds, one goes dead; all ok: both succeed; waiting: open, one
+    // member nobody serves.
+    auto mixed = cli({"batch", "open", "--description", "mixed <b>&\"", "--on-complete", "cb"});
+    auto m1 = cli({"submit", "-q", "ok", "--batch", mixed, "--payload", "a"});
+    auto m2 = cli({"submit", "-q", "bad", "--batch", mixed, "--payload", "b"});
+    cli({"batch", "seal", mixed});
+    auto all_ok = cli(
+        {"batch", "open", "--description", "all ok", "--on-complete", "cb", "--on-success", "cb"});
+    auto o1 = cli({"submit", "-q", "ok", "--batch", all_ok, "--payload", "c"});
+    auto o2 = cli({"submit", "-q", "ok", "--batch", all_ok, "--payload", "d"});
+    cli({"batch", "seal", all_ok});
+    auto waiting = cli({"batch", "open"});
+    cli({"submit", "-q", "nobody", "--batch", waiting});
+    WorkerDaemon worker(w.dir, ep,
+                        {.name = "bw",
+                         .queues = {"ok=cat", "bad=exit 99"},
+                         .concurrency = 2,
+                         .extra_args = {"--permanent-exit-code", "99"}});
+    CHECK(w.wait_job(std::stoull(m1)).state == JobState::succeeded);
+    CHECK(w.wait_job(std::stoull(m2)).state == JobState::dead);
+    CHECK(w.wait_job(std::stoull(o1)).state == JobState::succeeded);
+    CHECK(w.wait_job(std::stoull(o2)).state == JobState::succeeded);
+
+    // The HTTP side reads committed rows on its own connection: the callbacks' jobs show once
+    // that connection sees the members' last pass.
+    json page;
+    REQUIRE(wait_until(
+        [&] {
+            page = w.get("/api/batches");
+            return page["batches"].size() == 3 && page["batches"][1]["success_job"].is_number() &&
+                   page["batches"][2]["complete_job"].is_number();
+        },
+        10s));
+    INFO(page.dump());
+    CHECK(is_rfc3339(page["time"]));
+    CHECK(page["next"].is_null());
+    const json& bw = page["batches"][0];
+    const json& bo = page["batches"][1];
+    const json& bm = page["batches"][2];
+    CHECK(bw["id"] == std::stoull(waiting));
+    CHECK(bo["id"] == std::stoull(all_ok));
+    CHECK(bm["id"] == std::stoull(mixed));
+    CHECK(bw["state"] == "open");
+    CHECK(bw["total"] == 1);
+    CHECK(bw["pending"] == 1);
+    CHECK(bw["sealed_at"].is_null());
+    CHECK(bo["state"] == "succeeded");
+    CHECK(bo["description"] == "all ok");
+    CHECK(bo["total"] == 2);
+    CHECK(bo["succeeded"] == 2);
+    CHECK(bo["pending"] == 0);
+    CHECK(bo["complete_job"].is_number());
+    CHECK(bm["state"] == "complete");
+    CHECK(bm["description"] == "mixed <b>&\"");
+    CHECK(bm["total"] == 2);
+    CHECK(bm["succeeded"] == 1);
+    CHECK(bm["dead"] == 1);
+    CHECK(bm["pending"] == 0);
+    CHECK(bm["success_job"].is_null());
+    CHECK(is_rfc3339(bm["created_at"]));
+    CHECK(is_rfc3339(bm["sealed_at"]));
+    CHECK(is_rfc3339(bm["completed_at"]));
+    // A page leaves the callbacks' specs out (absent, not null: they may exist).
+    for (const auto& b : page["batches"]) {
+        CHECK_FALSE(b.contains("on_complete"));
+        CHECK_FALSE(b.contains("on_success"));
+    }
+    // What the engine says over the protocol (`errand batch status --json`), field for field.
+    for (const auto& b : page["batches"]) {
+        auto id = std::to_string(b["id"].get<std::uint64_t>());
+        auto r = run_cli({"--broker", ep, "batch", "status", id, "--json"});
+        REQUIRE_MESSAGE(r.exit_code == 0, describe(r));
+        auto engine = json::parse(r.out);
+        for (const char* key : {"state", "pending", "total", "succeeded", "dead", "cancelled",
+                                "expired", "complete_job", "success_job", "sealed_at"})
+            CHECK_MESSAGE(b[key] == engine[key], id, " ", key);
+    }
+    auto cb = w.client.status(bm["complete_job"].get<errand::JobId>());
+    CHECK(cb.queue == "cb");
+
+    // Sealed with a member to finish: sealed.
+    cli({"batch", "seal", waiting});
+    auto sealed = w.get("/api/batches/" + waiting);
+    CHECK(sealed["state"] == "sealed");
+    CHECK(sealed["pending"] == 1);
+
+    // Pages: the cursor is the last id of a full page.
+    auto first = w.get("/api/batches?limit=2");
+    REQUIRE(first["batches"].size() == 2);
+    CHECK(first["batches"][0]["id"] == std::stoull(waiting));
+    CHECK(first["next"] == std::stoull(all_ok));
+    auto rest = w.get("/api/batches?limit=2&before=" + all_ok);
+    REQUIRE(rest["batches"].size() == 1);
+    CHECK(rest["batches"][0]["id"] == std::stoull(mixed));
+    CHECK(rest["next"].is_null());
+
+    // One batch, with its callbacks as given.
+    auto one = w.get("/api/batches/" + mixed);
+    CHECK(one["id"] == std::stoull(mixed));
+    CHECK(one["state"] == "complete");
+    CHECK(one["complete_job"] == bm["complete_job"]);
+    REQUIRE(one["on_complete"].is_object());
+    CHECK(one["on_complete"]["queue"] == "cb");
+    CHECK(one["on_success"].is_null());
+    auto both = w.get("/api/batches/" + all_ok);
+    CHECK(both["on_complete"]["queue"] == "cb");
+    CHECK(both["on_success"]["queue"] == "cb");
+
+    // Unknown ids are 404; malformed ones and bad pages are 400 with what is wrong.
+    auto missing = w.get("/api/batches/999999", 404);
+    CHECK(missing["error"]["code"] == "not_found");
+    CHECK(missing["error"]["message"] == "no batch 999999");
+    CHECK(w.get("/api/batches/0", 404)["error"]["code"] == "not_found");
+    CHECK(w.get("/api/batches/abc", 400)["error"]["message"] ==
+          "the batch id must be a positive integer");
+    CHECK(w.get("/api/batches/-1", 400)["error"]["code"] == "bad_request");
+    for (const char* q : {"limit=0", "limit=1001", "limit=x", "limit=-5"}) {
+        INFO(q);
+        auto e = w.get(std::string("/api/batches?") + q, 400);
+        CHECK(e["error"]["code"] == "bad_request");
+        CHECK(e["error"]["message"].get<std::string>().find("limit") == 0);
+    }
+    for (const char* q : {"before=0", "before=x", "before=1.5"}) {
+        INFO(q);
+        auto e = w.get(std::string("/api/batches?") + q, 400);
+        CHECK(e["error"]["message"] == "before must be a positive integer");
+    }
+    CHECK(w.get("/api/batches?limit=1000")["batches"].size() == 3);
+    // The broker still serves after all that.
+    CHECK(w.client.batch(std::stoull(mixed)).state == "complete");
+}

@@ -145,3 +145,57 @@ TEST_CASE("a broker on PostgreSQL serves /api/schedules and the schedule metrics
     CHECK(res->body.find("errand_schedules{paused=\"true\"} 1\n") != std::string::npos);
     CHECK(res->body.find("errand_schedule_paused{schedule=\"nightly\"} 1\n") != std::string::npos);
 }
+
+TEST_CASE("a broker on PostgreSQL serves /api/batches and /api/batches/{id}; 400 and 404") {
+    PgServer pg;
+    TempDir dir;
+    const int port = free_port();
+    Broker broker(dir, {"--db", pg.uri(), "--http", "127.0.0.1:" + std::to_string(port)});
+    errand::Client client(broker.client_options());
+    // A batch whose one member is cancelled, then sealed: complete, its callback submitted.
+    auto done = client.batch_open("pg <batch>", job_spec("cb"));
+    auto member = job_spec("work", "m");
+    member.batch = done.id;
+    client.cancel(client.submit(member).id);
+    auto sealed = client.batch_seal(done.id);
+    REQUIRE(sealed.state == "complete");
+    REQUIRE(sealed.complete_job);
+    auto open = client.batch_open();
+
+    httplib::Client http("127.0.0.1", port);
+    http.set_read_timeout(10, 0);
+    auto get = [&](const std::string& path, int status) {
+        auto res = http.Get(path.c_str());
+        REQUIRE_MESSAGE(res, path, broker.logs());
+        INFO(path, " -> ", res->status, " ", res->body);
+        REQUIRE(res->status == status);
+        return nlohmann::json::parse(res->body);
+    };
+    auto page = get("/api/batches", 200);
+    INFO(page.dump());
+    REQUIRE(page["batches"].size() == 2);
+    const auto& first = page["batches"][0];
+    const auto& second = page["batches"][1];
+    CHECK(first["id"] == open.id);
+    CHECK(first["state"] == "open");
+    CHECK(second["id"] == done.id);
+    CHECK(second["state"] == "complete");
+    CHECK(second["description"] == "pg <batch>");
+    CHECK(second["total"] == 1);
+    CHECK(second["cancelled"] == 1);
+    CHECK(second["pending"] == 0);
+    CHECK(second["complete_job"] == *sealed.complete_job);
+    CHECK_FALSE(second.contains("on_complete"));
+    CHECK(page["next"].is_null());
+    auto paged = get("/api/batches?limit=1", 200);
+    CHECK(paged["next"] == open.id);
+    CHECK(get("/api/batches?limit=1&before=" + std::to_string(open.id), 200)["batches"][0]["id"] ==
+          done.id);
+
+    auto one = get("/api/batches/" + std::to_string(done.id), 200);
+    CHECK(one["state"] == "complete");
+    CHECK(one["on_complete"]["queue"] == "cb");
+    CHECK(one["on_success"].is_null());
+    CHECK(get("/api/batches/999999", 404)["error"]["message"] == "no batch 999999");
+    CHECK(get("/api/batches?limit=0", 400)["error"]["code"] == "bad_request");
+}

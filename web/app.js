@@ -320,6 +320,46 @@ function renderSchedules(data) {
     el('td', {}, scheduleActions(s)))));
 }
 
+// Batches (errand batch), newest first: how many members have finished (succeeded in green,
+// failed in red, of the bar's whole width), and the jobs their callbacks made.
+const BATCHES_SHOWN = 20;
+
+function batchBar(b) {
+  const done = b.total - b.pending;
+  const failed = b.dead + b.cancelled + b.expired;
+  const pct = (n) => (b.total ? (100 * n) / b.total : 0).toFixed(1);
+  return el('span', {class: 'batch-progress', 'data-done': done, 'data-total': b.total},
+            el('span', {class: 'bar split', role: 'progressbar', 'aria-valuemin': 0, 'aria-valuemax': b.total,
+                        'aria-valuenow': done, 'aria-label': `batch ${b.id}: ${done} of ${b.total} finished`},
+               el('span', {class: 'ok', style: `width:${pct(b.succeeded)}%`}),
+               el('span', {class: 'bad', style: `width:${pct(failed)}%`})),
+            `${done}/${b.total}`);
+}
+
+function batchCallbacks(b) {
+  const out = [];
+  for (const [which, id] of [['complete', b.complete_job], ['success', b.success_job]])
+    if (id != null) out.push(el('span', {class: 'callback', 'data-callback': which}, `${which} `, jobLink(id)));
+  return out.length ? out : ['–'];
+}
+
+function renderBatches(data) {
+  $('#batches-empty').hidden = data.batches.length > 0;
+  $('#batches tbody').replaceChildren(...data.batches.map((b) => {
+    const failed = b.dead + b.cancelled + b.expired;
+    return el('tr', {'data-batch': b.id, 'data-state': b.state},
+      el('td', {class: 'n'}, b.id),
+      el('td', {class: 'desc', 'data-field': 'description', title: b.description}, b.description || '–'),
+      el('td', {}, el('span', {class: 'state ' + b.state, 'data-field': 'state'}, b.state)),
+      el('td', {'data-field': 'progress'}, batchBar(b)),
+      el('td', {class: 'n' + (b.succeeded ? '' : ' zero'), 'data-field': 'succeeded'}, b.succeeded),
+      el('td', {class: 'n' + (failed ? ' failed' : ' zero'), 'data-field': 'failed',
+                title: `${b.dead} dead, ${b.cancelled} cancelled, ${b.expired} expired`}, failed),
+      el('td', {}, timeEl(b.created_at)),
+      el('td', {'data-field': 'callbacks'}, ...batchCallbacks(b)));
+  }));
+}
+
 function progress(j) {
   const p = j.progress;
   if (p === null || p === undefined) return el('span', {class: 'zero'}, '–');
@@ -393,12 +433,13 @@ function drawChart() {
 }
 
 async function refreshOverview() {
-  const [workers, stats, running, events, tp, schedules] = await Promise.all([
+  const [workers, stats, running, events, tp, schedules, batches] = await Promise.all([
     api('/api/workers'), api('/api/stats'), api('/api/jobs?state=running&limit=50'),
     api(`/api/events?after=${lastSeq}`), api(`/api/throughput?minutes=${$('#chart-window').value}`),
-    api('/api/schedules')]);
+    api('/api/schedules'), api(`/api/batches?limit=${BATCHES_SHOWN}`)]);
   renderSummary(stats);
   renderSchedules(schedules);
+  renderBatches(batches);
   renderWorkers(workers);
   renderRunning(running);
   renderEvents(events);

@@ -2,6 +2,7 @@
 // submitted with the real CLI, headless Chromium (Debian's /usr/bin/chromium) driven by
 // playwright-core. Checks that counts change live; pausing and resuming a queue from the page;
 // a timed pause's end; schedules with their last job, paused and resumed from the page;
+// batches with their state, progress and callback job (its link opens the job);
 // browsing jobs with pages and totals, filters and search (error text, unique key, id); a job
 // opened by its link (#job-N and /jobs/N) with payload, error, history and times in the
 // browser's zone; bulk retry of dead jobs (selected, and all dead of a queue), run-now (bulk)
@@ -203,6 +204,47 @@ try {
   assert((await schedPaused('tick')) === false, 'the broker has schedule tick resumed');
   await cli('schedule', 'rm', 'tick');
   await page.waitForSelector(srow('tick'), { state: 'detached' });
+
+  // Batches: one whose members finish (one succeeds, one is cancelled) with its on_complete
+  // job linked, as the broker has them; one still open. The description is text, never markup.
+  const brow = (id) => `#batches tr[data-batch="${id}"]`;
+  const desc = '<b>nightly</b> & "co"';
+  const mixed = (await cli('batch', 'open', '--description', desc, '--on-complete', 'emails')).trim();
+  await cli('submit', '-q', 'emails', '--batch', mixed, '--payload', 'member 1');
+  const stuck = (await cli('submit', '-q', 'batch-wait', '--batch', mixed, '--payload', 'member 2')).trim();
+  const waiting = (await cli('batch', 'open', '--description', 'waiting')).trim();
+  await cli('submit', '-q', 'batch-wait', '--batch', waiting, '--payload', 'member 3');
+  const progressIs = (id, done, total) =>
+    page.waitForFunction(([sel, d, t]) => {
+      const p = document.querySelector(sel);
+      return p && p.dataset.done === d && p.dataset.total === t;
+    }, [`${brow(id)} .batch-progress`, String(done), String(total)]);
+  await progressIs(mixed, 1, 2);
+  await page.waitForSelector(`${brow(mixed)}[data-state="open"]`);
+  await cli('batch', 'seal', mixed);
+  await page.waitForSelector(`${brow(mixed)}[data-state="sealed"]`);
+  await cli('cancel', stuck);
+  await page.waitForSelector(`${brow(mixed)}[data-state="complete"]`);
+  await progressIs(mixed, 2, 2);
+  const cbLink = await page.waitForSelector(`${brow(mixed)} [data-callback="complete"] a.job`);
+  const cbJob = await cbLink.getAttribute('data-job');
+  const shownBatch = JSON.parse(await cli('batch', 'status', mixed, '--json'));
+  assert(shownBatch.state === 'complete' && String(shownBatch.complete_job) === cbJob,
+         `the callback job ${cbJob} is the broker's: ${JSON.stringify(shownBatch)}`);
+  const field = (id, f) => page.textContent(`${brow(id)} [data-field="${f}"]`);
+  assert((await field(mixed, 'description')) === desc, `the description as text: ${await field(mixed, 'description')}`);
+  assert(!(await page.$(`${brow(mixed)} b`)), 'no markup from the description');
+  assert((await field(mixed, 'succeeded')) === '1' && (await field(mixed, 'failed')) === '1',
+         'one succeeded, one failed (cancelled)');
+  assert(!(await page.$(`${brow(mixed)} [data-callback="success"]`)), 'no success callback');
+  await page.waitForSelector(`${brow(waiting)}[data-state="open"]`);
+  await progressIs(waiting, 0, 1);
+  // The callback's job opens from its link.
+  await cbLink.click();
+  await page.waitForFunction((id) => document.querySelector('#detail-id')?.textContent === id &&
+                                     document.querySelector('#detail dd[data-field="queue"]')?.textContent === 'emails', cbJob);
+  await page.click('#nav-overview');
+  await page.waitForSelector(`#view-overview:not([hidden]) ${brow(mixed)}`);
 
   // Quiet the worker from its row (the state shows, the broker has it quiet), then resume it.
   const workerState = async () => JSON.parse(await cli('workers', '--json'))[0].state;
