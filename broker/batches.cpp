@@ -5,8 +5,9 @@
 //   on_success   when every member has succeeded; a dead member revived later that then
 //                succeeds still makes it fire
 // The batch's row counts its members per terminal state, changed in the transaction of each
-// member's change (never a scan of the members): the member that finishes last, or the seal
-// when they all had, sees the counters complete and submits the callback in the same pass,
+// member's change (never a scan of the members; the changes of one pass to one batch are one
+// UPDATE, flush_batches()): the pass that finishes the last member, or the seal when they all
+// had, sees the counters complete and submits the callback before it commits,
 // which also marks the batch fired (completed_at, succeeded_at). So a callback fires once across
 // restarts (the pass commits both or neither) and across brokers on one database (the counter's
 // UPDATE locks the batch's row until the commit: of two brokers finishing the last two members,
@@ -43,6 +44,7 @@ BatchInfo JobEngine::open_batch(BatchInfo b, Millis now) {
 
 BatchInfo JobEngine::seal_batch(JobId id, Millis now) {
     now_ = now;
+    flush_batches();  // the counts as of now: a member finished or revived in this pass counts
     auto b = store_.get_batch(id, false, true);  // locked: a member finishing elsewhere waits
     if (!b) no_batch(id);
     if (!b->sealed_at) {
@@ -85,12 +87,28 @@ void JobEngine::check_batches(const std::vector<JobSpec>& specs) {
     }
 }
 
-// A member of `batch` went from `from` to `to`, one of them terminal (revive() leaves dead).
+// A member of `batch` went from `from` to `to`, one of them terminal (revive() leaves dead):
+// counted by flush_batches(), before the pass commits.
 void JobEngine::batch_step(JobId batch, JobState from, JobState to) {
-    auto left = is_terminal(from) ? std::optional<JobState>(from) : std::nullopt;
-    auto entered = is_terminal(to) ? std::optional<JobState>(to) : std::nullopt;
-    auto b = store_.batch_moved(batch, left, entered);
-    if (b && entered) fire_batch(*b);
+    auto& m = batch_moves_[batch];
+    if (is_terminal(from)) m.delta.add(from, -1);
+    if (is_terminal(to)) {
+        m.delta.add(to, 1);
+        m.entered = true;
+    }
+}
+
+// The pass's changes to batches' counters, one statement per batch in id order: brokers that
+// finish members of the same batches lock their rows in one order (no deadlock between their
+// passes), each row once per pass, for as short a time as the commit after it takes.
+void JobEngine::flush_batches() {
+    while (!batch_moves_.empty()) {  // a callback is no member: the loop ends after one round
+        auto moves = std::exchange(batch_moves_, {});
+        for (const auto& [id, m] : moves) {
+            auto b = store_.batch_moved(id, m.delta);
+            if (b && m.entered) fire_batch(*b);
+        }
+    }
 }
 
 // The callbacks whose moment has come, each the first time it comes.

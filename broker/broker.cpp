@@ -1316,7 +1316,9 @@ struct Broker::State {
                 spdlog::info("state reloaded from the database");
             }
             tick();
+            engine.before_commit();  // before dispatch: a callback it submits may go at once
             dispatch();
+            engine.before_commit();  // a job dispatch() met past its expiry
         } catch (const StoreError& e) {
             txn_failed = true;
             txn_error = e.what();

@@ -1400,6 +1400,7 @@ void JobEngine::committed() {
 
 void JobEngine::rolled_back(const std::unordered_map<JobId, HolderRef>& held, Millis now) {
     pending_.clear();  // a failed pass's changes never happened
+    batch_moves_.clear();
     finished_.clear();
     rebuild(held, now);
 }

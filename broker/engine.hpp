@@ -16,6 +16,7 @@
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <queue>
 #include <random>
@@ -219,6 +220,9 @@ class JobEngine {
     const std::vector<PendingEvent>& events() const { return pending_; }
     std::vector<PendingEvent>& events() { return pending_; }
     const std::vector<JobId>& finished() const { return finished_; }
+    // Before the pass commits: what its members' changes did to their batches (counters, the
+    // callbacks that fire). Throws StoreError as any write.
+    void before_commit() { flush_batches(); }
     void committed();
     void rolled_back(const std::unordered_map<JobId, HolderRef>& held, Millis now);
     // True once since the last call when a job became ready or a queue was resumed.
@@ -260,6 +264,7 @@ class JobEngine {
     // that step (or the seal) makes due, and one callback's job.
     void check_batches(const std::vector<JobSpec>& specs);
     void batch_step(JobId batch, JobState from, JobState to);
+    void flush_batches();
     void fire_batch(const BatchInfo& b);
     std::optional<JobId> submit_callback(const BatchInfo& b, bool success,
                                          const std::optional<JobSpec>& spec);
@@ -354,6 +359,12 @@ class JobEngine {
     // Queues whose rate held jobs back, with when the window has room again (wall time): then
     // a dispatch is tried (a shared store also polls).
     std::unordered_map<std::string, Millis> rate_wake_;
+    // Batches whose members changed in this pass, by id (flush_batches()).
+    struct BatchMove {
+        BatchDelta delta;
+        bool entered = false;  // a member finished: callbacks may be due
+    };
+    std::map<JobId, BatchMove> batch_moves_;
     std::vector<JobId> orphans_;   // running, no holder since the restart
     Millis orphans_deadline_ = 0;  // monotonic: when orphans_ still without a holder are lost
     std::mt19937_64 rng_{std::random_device{}()};

@@ -91,9 +91,8 @@ class ForwardingStore : public Store {
         return inner_.get_batch(id, specs, lock);
     }
     void batch_joined(JobId id, std::uint64_t n) override { inner_.batch_joined(id, n); }
-    std::optional<BatchInfo> batch_moved(JobId id, std::optional<JobState> left,
-                                         std::optional<JobState> entered) override {
-        return inner_.batch_moved(id, left, entered);
+    std::optional<BatchInfo> batch_moved(JobId id, const BatchDelta& d) override {
+        return inner_.batch_moved(id, d);
     }
     bool seal_batch(JobId id, Millis now) override { return inner_.seal_batch(id, now); }
     void batch_fired(JobId id, bool success, std::optional<JobId> job, Millis now) override {

@@ -189,6 +189,34 @@ inline std::uint64_t batch_members_finished(const BatchInfo& b) {
     return b.succeeded + b.dead + b.cancelled + b.expired;
 }
 
+// How a batch's counters change: members that entered (+1) or left (-1, a revived dead member)
+// each terminal state.
+struct BatchDelta {
+    std::int64_t succeeded = 0;
+    std::int64_t dead = 0;
+    std::int64_t cancelled = 0;
+    std::int64_t expired = 0;
+    // One member more (+1) or less (-1) in terminal state `s`.
+    void add(JobState s, std::int64_t n) {
+        switch (s) {
+            case JobState::succeeded:
+                succeeded += n;
+                break;
+            case JobState::dead:
+                dead += n;
+                break;
+            case JobState::cancelled:
+                cancelled += n;
+                break;
+            case JobState::expired:
+                expired += n;
+                break;
+            default:
+                break;
+        }
+    }
+};
+
 // A batch's `state` and `pending`, derived from what a store keeps (its counters and seal): the
 // one derivation, for the engine's replies and the HTTP side's reads alike.
 inline void with_batch_state(BatchInfo& b) {
@@ -329,11 +357,10 @@ class Store : public JobReads {
     virtual std::optional<BatchInfo> get_batch(JobId id, bool specs, bool lock) = 0;
     // `n` more members (inserted in this transaction).
     virtual void batch_joined(JobId id, std::uint64_t n) = 0;
-    // A member entered the terminal state `entered` and/or left the terminal state `left`: its
-    // counters change by one each, in one statement (of several brokers, each sees the counts
-    // after its own change). The batch after the change, without specs; nullopt when it is gone.
-    virtual std::optional<BatchInfo> batch_moved(JobId id, std::optional<JobState> left,
-                                                 std::optional<JobState> entered) = 0;
+    // Members entered or left terminal states: the counters change by `d`, in one statement (of
+    // several brokers, each sees the counts after its own change). The batch after the change,
+    // without specs; nullopt when it is gone.
+    virtual std::optional<BatchInfo> batch_moved(JobId id, const BatchDelta& d) = 0;
     // Sealed at `now` if not yet; false when it already was (or there is no such batch).
     virtual bool seal_batch(JobId id, Millis now) = 0;
     // A callback ran: every member finished (`success`: succeeded) for the first time at `now`,

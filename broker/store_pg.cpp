@@ -548,20 +548,12 @@ void PgStore::prepare() {
                 1);
     db_.prepare("batch_joined",
                 "UPDATE batches SET total = total + $2::bigint WHERE id = $1::bigint", 2);
-    db_.prepare(
-        "batch_moved",
-        fmt::format("UPDATE batches SET "
-                    "succeeded = succeeded + ($2::text IS NOT DISTINCT FROM 'succeeded')::int "
-                    "- ($3::text IS NOT DISTINCT FROM 'succeeded')::int, "
-                    "dead = dead + ($2::text IS NOT DISTINCT FROM 'dead')::int "
-                    "- ($3::text IS NOT DISTINCT FROM 'dead')::int, "
-                    "cancelled = cancelled + ($2::text IS NOT DISTINCT FROM 'cancelled')::int "
-                    "- ($3::text IS NOT DISTINCT FROM 'cancelled')::int, "
-                    "expired = expired + ($2::text IS NOT DISTINCT FROM 'expired')::int "
-                    "- ($3::text IS NOT DISTINCT FROM 'expired')::int "
-                    "WHERE id = $1::bigint RETURNING {}",
-                    kBatchColumns),
-        3);
+    db_.prepare("batch_moved",
+                fmt::format("UPDATE batches SET succeeded = succeeded + $2::bigint, dead = dead + "
+                            "$3::bigint, cancelled = cancelled + $4::bigint, expired = expired + "
+                            "$5::bigint WHERE id = $1::bigint RETURNING {}",
+                            kBatchColumns),
+                5);
     db_.prepare("batch_seal",
                 "UPDATE batches SET sealed_at = $2::bigint WHERE id = $1::bigint AND sealed_at "
                 "IS NULL",
@@ -1650,19 +1642,14 @@ void PgStore::batch_joined(JobId id, std::uint64_t n) {
         pg::Params().i64(static_cast<std::int64_t>(id)).i64(static_cast<std::int64_t>(n)));
 }
 
-std::optional<BatchInfo> PgStore::batch_moved(JobId id, std::optional<JobState> left,
-                                              std::optional<JobState> entered) {
+std::optional<BatchInfo> PgStore::batch_moved(JobId id, const BatchDelta& d) {
     begin();
     pg::Params p;
-    p.i64(static_cast<std::int64_t>(id));
-    if (entered)
-        p.text(to_string(*entered));
-    else
-        p.null();
-    if (left)
-        p.text(to_string(*left));
-    else
-        p.null();
+    p.i64(static_cast<std::int64_t>(id))
+        .i64(d.succeeded)
+        .i64(d.dead)
+        .i64(d.cancelled)
+        .i64(d.expired);
     auto all = read_batches(run("batch_moved", p), false);
     if (all.empty()) return std::nullopt;
     return std::move(all.front());

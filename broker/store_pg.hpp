@@ -77,8 +77,7 @@ class PgStore final : public Store {
     JobId insert_batch(const BatchInfo& b) override;
     std::optional<BatchInfo> get_batch(JobId id, bool specs, bool lock) override;
     void batch_joined(JobId id, std::uint64_t n) override;
-    std::optional<BatchInfo> batch_moved(JobId id, std::optional<JobState> left,
-                                         std::optional<JobState> entered) override;
+    std::optional<BatchInfo> batch_moved(JobId id, const BatchDelta& d) override;
     bool seal_batch(JobId id, Millis now) override;
     void batch_fired(JobId id, bool success, std::optional<JobId> job, Millis now) override;
     std::vector<JobId> batch_failed(JobId id, std::size_t limit) override;

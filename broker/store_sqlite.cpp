@@ -1854,15 +1854,11 @@ struct SqliteStore::BatchStatements {
                       .c_str()),
           joined(db, "UPDATE batches SET total = total + ?2 WHERE id = ?1"),
           // (?2 IS 'x'): 1 when the member entered state x (NULL: none), else 0.
-          moved(db,
-                fmt::format("UPDATE batches SET "
-                            "succeeded = succeeded + (?2 IS 'succeeded') - (?3 IS 'succeeded'), "
-                            "dead = dead + (?2 IS 'dead') - (?3 IS 'dead'), "
-                            "cancelled = cancelled + (?2 IS 'cancelled') - (?3 IS 'cancelled'), "
-                            "expired = expired + (?2 IS 'expired') - (?3 IS 'expired') "
-                            "WHERE id = ?1 RETURNING {}",
-                            kBatchColumns)
-                    .c_str()),
+          moved(db, fmt::format("UPDATE batches SET succeeded = succeeded + ?2, dead = dead + ?3, "
+                                "cancelled = cancelled + ?4, expired = expired + ?5 WHERE id = ?1 "
+                                "RETURNING {}",
+                                kBatchColumns)
+                        .c_str()),
           seal(db, "UPDATE batches SET sealed_at = ?2 WHERE id = ?1 AND sealed_at IS NULL"),
           fired_complete(db,
                          "UPDATE batches SET completed_at = ?2, complete_job = ?3 WHERE id = ?1"),
@@ -1929,19 +1925,14 @@ void SqliteStore::batch_joined(JobId id, std::uint64_t n) {
         .run();
 }
 
-std::optional<BatchInfo> SqliteStore::batch_moved(JobId id, std::optional<JobState> left,
-                                                  std::optional<JobState> entered) {
+std::optional<BatchInfo> SqliteStore::batch_moved(JobId id, const BatchDelta& d) {
     begin();
     auto& st = batch().moved.reset();
-    st.bind(1, static_cast<std::int64_t>(id));
-    if (entered)
-        st.bind_ref(2, to_string(*entered));
-    else
-        st.bind_null(2);
-    if (left)
-        st.bind_ref(3, to_string(*left));
-    else
-        st.bind_null(3);
+    st.bind(1, static_cast<std::int64_t>(id))
+        .bind(2, d.succeeded)
+        .bind(3, d.dead)
+        .bind(4, d.cancelled)
+        .bind(5, d.expired);
     std::optional<BatchInfo> out;
     const auto steps = st.vm_steps();  // counted over the statement's life
     if (st.step()) out = read_batch(st, false);

@@ -1239,7 +1239,7 @@ TEST_CASE("a member finishing costs its batch one row, whether it has 10 members
     auto cost = [&](JobId batch) {
         const auto before = store.batch_steps();
         store.begin();
-        auto after = store.batch_moved(batch, std::nullopt, JobState::succeeded);
+        auto after = store.batch_moved(batch, BatchDelta{.succeeded = 1});
         store.commit();
         REQUIRE(after);
         CHECK(after->succeeded == 1);
@@ -1253,7 +1253,7 @@ TEST_CASE("a member finishing costs its batch one row, whether it has 10 members
                                   << " in one of 100,000");
     // Leaving a terminal state (a revived member) moves the counter back, in the same row.
     store.begin();
-    auto back = store.batch_moved(big, JobState::succeeded, std::nullopt);
+    auto back = store.batch_moved(big, BatchDelta{.succeeded = -1});
     store.commit();
     REQUIRE(back);
     CHECK(back->succeeded == 0);
