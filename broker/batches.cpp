@@ -72,13 +72,14 @@ std::vector<BatchInfo> JobEngine::batches(std::size_t limit, std::optional<JobId
     return all;
 }
 
-// Before a SUBMIT writes anything: each batch its jobs name exists and is open. A shared store
-// locks the batch's row until the commit, so a seal elsewhere waits for these members.
+// Before a SUBMIT writes anything: each batch its jobs name exists and is open. Read without a
+// lock: the members are counted at the end of the pass (flush_batches()), by an UPDATE that
+// counts them only while the batch is open.
 void JobEngine::check_batches(const std::vector<JobSpec>& specs) {
     std::optional<JobId> last;  // a SUBMIT's jobs mostly name one batch: looked up once
     for (const auto& s : specs) {
         if (!s.batch || s.batch == last) continue;
-        auto b = store_.get_batch(*s.batch, false, true);
+        auto b = store_.get_batch(*s.batch, false, false);
         if (!b) no_batch(*s.batch);
         if (b->sealed_at)
             throw ProtocolError(ErrorCode::invalid_state,
@@ -106,6 +107,13 @@ void JobEngine::flush_batches() {
         auto moves = std::exchange(batch_moves_, {});
         for (const auto& [id, m] : moves) {
             auto b = store_.batch_moved(id, m.delta);
+            // Sealed through another broker after this pass found it open (SUBMIT reads it
+            // without a lock): the pass must not commit members the batch no longer counts.
+            if (!b && m.delta.total > 0)
+                throw StoreError(fmt::format("batch {} was sealed while jobs were submitted into "
+                                             "it; nothing of this pass was applied",
+                                             id),
+                                 false);
             if (b && m.entered) fire_batch(*b);
         }
     }

@@ -436,7 +436,7 @@ Submitted JobEngine::submit_one(JobSpec spec, Millis now) {
     const char* reason = job.state == JobState::scheduled ? "scheduled" : "submitted";
     auto ins = store_.insert_job(job, reason);
     if (ins.duplicate) return {ins.id, true};
-    if (job.spec.batch) store_.batch_joined(*job.spec.batch, 1);
+    if (job.spec.batch) ++batch_moves_[*job.spec.batch].delta.total;
     admit(job, ins.id, reason);
     return {ins.id, false};
 }
@@ -472,7 +472,7 @@ Submitted JobEngine::submit_after(JobSpec spec) {
                                                             : "submitted";
     auto ins = store_.insert_job(job, reason);
     if (ins.duplicate) return {ins.id, true};
-    if (job.spec.batch) store_.batch_joined(*job.spec.batch, 1);  // before a cancel counts it
+    if (job.spec.batch) ++batch_moves_[*job.spec.batch].delta.total;
     if (job.state == JobState::blocked && !cancel_now) {
         store_.add_parents(ins.id, waiting, any);
         if (!shared_)
@@ -532,11 +532,9 @@ std::vector<Submitted> JobEngine::submit(std::vector<JobSpec> specs, Millis now)
         reasons.emplace_back(reason_of.back());
     }
     auto inserted = store_.insert_jobs(jobs, reasons);
-    std::map<JobId, std::uint64_t> joined;  // batch -> new members
     for (std::size_t i = 0; i < jobs.size(); ++i)
-        if (jobs[i].spec.batch && !inserted[i].duplicate) ++joined[*jobs[i].spec.batch];
-    for (const auto& [batch, n] : joined)
-        store_.batch_joined(batch, n);
+        if (jobs[i].spec.batch && !inserted[i].duplicate)
+            ++batch_moves_[*jobs[i].spec.batch].delta.total;
     for (std::size_t i = 0; i < jobs.size(); ++i) {
         if (!inserted[i].duplicate) admit(jobs[i], inserted[i].id, reason_of[i]);
         out.push_back({inserted[i].id, inserted[i].duplicate});

@@ -90,7 +90,6 @@ class ForwardingStore : public Store {
     std::optional<BatchInfo> get_batch(JobId id, bool specs, bool lock) override {
         return inner_.get_batch(id, specs, lock);
     }
-    void batch_joined(JobId id, std::uint64_t n) override { inner_.batch_joined(id, n); }
     std::optional<BatchInfo> batch_moved(JobId id, const BatchDelta& d) override {
         return inner_.batch_moved(id, d);
     }

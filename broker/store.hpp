@@ -189,9 +189,10 @@ inline std::uint64_t batch_members_finished(const BatchInfo& b) {
     return b.succeeded + b.dead + b.cancelled + b.expired;
 }
 
-// How a batch's counters change: members that entered (+1) or left (-1, a revived dead member)
-// each terminal state.
+// How a batch's counters change: members that joined, and that entered (+1) or left (-1, a
+// revived dead member) each terminal state.
 struct BatchDelta {
+    std::int64_t total = 0;  // members that joined
     std::int64_t succeeded = 0;
     std::int64_t dead = 0;
     std::int64_t cancelled = 0;
@@ -355,11 +356,10 @@ class Store : public JobReads {
     // The batch, its callbacks' jobs with it when `specs`. A shared store locks its row until
     // the commit when `lock` (a seal or a new member on another broker waits meanwhile).
     virtual std::optional<BatchInfo> get_batch(JobId id, bool specs, bool lock) = 0;
-    // `n` more members (inserted in this transaction).
-    virtual void batch_joined(JobId id, std::uint64_t n) = 0;
-    // Members entered or left terminal states: the counters change by `d`, in one statement (of
-    // several brokers, each sees the counts after its own change). The batch after the change,
-    // without specs; nullopt when it is gone.
+    // Members joined (d.total: only while the batch is open), entered or left terminal states:
+    // the counters change by `d`, in one statement (of several brokers, each sees the counts
+    // after its own change). The batch after the change, without specs; nullopt when it is gone,
+    // or when it was sealed and d.total is not 0 (nothing changed then).
     virtual std::optional<BatchInfo> batch_moved(JobId id, const BatchDelta& d) = 0;
     // Sealed at `now` if not yet; false when it already was (or there is no such batch).
     virtual bool seal_batch(JobId id, Millis now) = 0;

@@ -546,14 +546,13 @@ void PgStore::prepare() {
                 fmt::format("SELECT {}, {} FROM batches WHERE id = $1::bigint FOR UPDATE",
                             kBatchColumns, kBatchSpecColumns),
                 1);
-    db_.prepare("batch_joined",
-                "UPDATE batches SET total = total + $2::bigint WHERE id = $1::bigint", 2);
     db_.prepare("batch_moved",
-                fmt::format("UPDATE batches SET succeeded = succeeded + $2::bigint, dead = dead + "
-                            "$3::bigint, cancelled = cancelled + $4::bigint, expired = expired + "
-                            "$5::bigint WHERE id = $1::bigint RETURNING {}",
+                fmt::format("UPDATE batches SET total = total + $6::bigint, succeeded = "
+                            "succeeded + $2::bigint, dead = dead + $3::bigint, cancelled = "
+                            "cancelled + $4::bigint, expired = expired + $5::bigint WHERE id = "
+                            "$1::bigint AND ($6::bigint = 0 OR sealed_at IS NULL) RETURNING {}",
                             kBatchColumns),
-                5);
+                6);
     db_.prepare("batch_seal",
                 "UPDATE batches SET sealed_at = $2::bigint WHERE id = $1::bigint AND sealed_at "
                 "IS NULL",
@@ -1636,12 +1635,6 @@ std::optional<BatchInfo> PgStore::get_batch(JobId id, bool specs, bool lock) {
     return std::move(all.front());
 }
 
-void PgStore::batch_joined(JobId id, std::uint64_t n) {
-    begin();
-    run("batch_joined",
-        pg::Params().i64(static_cast<std::int64_t>(id)).i64(static_cast<std::int64_t>(n)));
-}
-
 std::optional<BatchInfo> PgStore::batch_moved(JobId id, const BatchDelta& d) {
     begin();
     pg::Params p;
@@ -1649,7 +1642,8 @@ std::optional<BatchInfo> PgStore::batch_moved(JobId id, const BatchDelta& d) {
         .i64(d.succeeded)
         .i64(d.dead)
         .i64(d.cancelled)
-        .i64(d.expired);
+        .i64(d.expired)
+        .i64(d.total);
     auto all = read_batches(run("batch_moved", p), false);
     if (all.empty()) return std::nullopt;
     return std::move(all.front());

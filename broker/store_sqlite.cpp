@@ -1852,10 +1852,10 @@ struct SqliteStore::BatchStatements {
           get(db, fmt::format("SELECT {}, {} FROM batches WHERE id = ?1", kBatchColumns,
                               kBatchSpecColumns)
                       .c_str()),
-          joined(db, "UPDATE batches SET total = total + ?2 WHERE id = ?1"),
           // (?2 IS 'x'): 1 when the member entered state x (NULL: none), else 0.
-          moved(db, fmt::format("UPDATE batches SET succeeded = succeeded + ?2, dead = dead + ?3, "
-                                "cancelled = cancelled + ?4, expired = expired + ?5 WHERE id = ?1 "
+          moved(db, fmt::format("UPDATE batches SET total = total + ?6, succeeded = succeeded + "
+                                "?2, dead = dead + ?3, cancelled = cancelled + ?4, expired = "
+                                "expired + ?5 WHERE id = ?1 AND (?6 = 0 OR sealed_at IS NULL) "
                                 "RETURNING {}",
                                 kBatchColumns)
                         .c_str()),
@@ -1876,7 +1876,7 @@ struct SqliteStore::BatchStatements {
                  "DELETE FROM batches WHERE id IN (SELECT id FROM batches WHERE completed_at < "
                  "CASE WHEN dead > 0 THEN ?3 ELSE ?1 END AND succeeded + dead + cancelled + "
                  "expired = total LIMIT ?2)") {}
-    Stmt insert, get, joined, moved, seal, fired_complete, fired_success, failed, list, remove;
+    Stmt insert, get, moved, seal, fired_complete, fired_success, failed, list, remove;
 };
 
 SqliteStore::BatchStatements& SqliteStore::batch() {
@@ -1916,15 +1916,6 @@ std::optional<BatchInfo> SqliteStore::get_batch(JobId id, bool specs, bool) {
     return out;
 }
 
-void SqliteStore::batch_joined(JobId id, std::uint64_t n) {
-    begin();
-    batch()
-        .joined.reset()
-        .bind(1, static_cast<std::int64_t>(id))
-        .bind(2, static_cast<std::int64_t>(n))
-        .run();
-}
-
 std::optional<BatchInfo> SqliteStore::batch_moved(JobId id, const BatchDelta& d) {
     begin();
     auto& st = batch().moved.reset();
@@ -1932,7 +1923,8 @@ std::optional<BatchInfo> SqliteStore::batch_moved(JobId id, const BatchDelta& d)
         .bind(2, d.succeeded)
         .bind(3, d.dead)
         .bind(4, d.cancelled)
-        .bind(5, d.expired);
+        .bind(5, d.expired)
+        .bind(6, d.total);
     std::optional<BatchInfo> out;
     const auto steps = st.vm_steps();  // counted over the statement's life
     if (st.step()) out = read_batch(st, false);

@@ -86,7 +86,6 @@ class SqliteStore final : public Store {
 
     JobId insert_batch(const BatchInfo& b) override;
     std::optional<BatchInfo> get_batch(JobId id, bool specs, bool lock) override;
-    void batch_joined(JobId id, std::uint64_t n) override;
     std::optional<BatchInfo> batch_moved(JobId id, const BatchDelta& d) override;
     bool seal_batch(JobId id, Millis now) override;
     void batch_fired(JobId id, bool success, std::optional<JobId> job, Millis now) override;

@@ -1231,7 +1231,7 @@ TEST_CASE("a member finishing costs its batch one row, whether it has 10 members
             j.spec.batch = batch;
             store.insert_job(j, "submitted");
         }
-        store.batch_joined(batch, count);
+        REQUIRE(store.batch_moved(batch, BatchDelta{.total = static_cast<std::int64_t>(count)}));
     };
     members(small, 10);
     members(big, 100'000);
@@ -1258,4 +1258,14 @@ TEST_CASE("a member finishing costs its batch one row, whether it has 10 members
     REQUIRE(back);
     CHECK(back->succeeded == 0);
     CHECK(back->total == 100'000);
+    // A sealed batch takes no members: that change is refused whole (nullopt, nothing written);
+    // its members' own changes still count.
+    store.begin();
+    REQUIRE(store.seal_batch(small, 2000));
+    CHECK_FALSE(store.batch_moved(small, BatchDelta{.total = 1, .succeeded = 1}));
+    auto members_only = store.batch_moved(small, BatchDelta{.succeeded = 1});
+    store.commit();
+    REQUIRE(members_only);
+    CHECK(members_only->total == 10);
+    CHECK(members_only->succeeded == 2);
 }
