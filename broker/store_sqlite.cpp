@@ -867,6 +867,9 @@ SqliteStore::~SqliteStore() {
         }
     }
     stop_checkpointer();
+    // Every statement first: sqlite3_close refuses (SQLITE_BUSY) a connection with statements
+    // left, and the connection would then never be closed.
+    batch_.reset();
     sched_.reset();
     batch_.reset();
     st_.reset();

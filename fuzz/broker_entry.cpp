@@ -15,7 +15,12 @@
 // broker never answers `internal` (a bug by definition); a new job never gets an id handed out
 // before; no (id, attempt) fencing token is dispatched twice; at the end the per-queue counts
 // that QUEUES reports from memory must equal what the database holds; and the whole script holds
-// at most broker_heap_bound(size) heap bytes at once (entries.hpp).
+// at most broker_heap_bound(size) heap bytes at once (entries.hpp). Batches (oracle `batch`): a
+// BATCH_OPEN never gets a batch id seen before; every batch object adds up (its finished counts
+// at most its total, pending the rest, its state what they say, completed_at once complete);
+// what is set once stays (sealed_at, completed_at, succeeded_at, complete_job, success_job, the
+// total once sealed); and at the end each batch counts at least the members the database holds
+// per state.
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -25,6 +30,7 @@
 #include <cstdlib>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -64,8 +70,8 @@ constexpr std::array<JobState, 3> kTerminal = {JobState::succeeded, JobState::de
     std::abort();
 }
 
-// ERRAND_FUZZ_SKIP=name,name turns off oracles by name (id-reuse, fence, internal, counts) so a run
-// can go on past a known bug that awaits its fix.
+// ERRAND_FUZZ_SKIP=name,name turns off oracles by name (id-reuse, fence, internal, counts, batch)
+// so a run can go on past a known bug that awaits its fix.
 bool skipped(std::string_view oracle) {
     static const std::string skip = [] {
         const char* s = std::getenv("ERRAND_FUZZ_SKIP");
@@ -135,6 +141,29 @@ class FaultyStore final : public broker::ForwardingStore {
         write();
         return inner_.remove_job(id);
     }
+    // Batches: the writes of BATCH_OPEN, SUBMIT into a batch, a member's change, BATCH_SEAL and
+    // a callback firing (not retention's remove_batches, which every pass may run).
+    JobId insert_batch(const BatchInfo& b) override {
+        write();
+        return inner_.insert_batch(b);
+    }
+    void batch_joined(JobId id, std::uint64_t n) override {
+        write();
+        inner_.batch_joined(id, n);
+    }
+    std::optional<BatchInfo> batch_moved(JobId id, std::optional<JobState> left,
+                                         std::optional<JobState> entered) override {
+        write();
+        return inner_.batch_moved(id, left, entered);
+    }
+    bool seal_batch(JobId id, Millis now) override {
+        write();
+        return inner_.seal_batch(id, now);
+    }
+    void batch_fired(JobId id, bool success, std::optional<JobId> job, Millis now) override {
+        write();
+        inner_.batch_fired(id, success, job, now);
+    }
 
   private:
     void write() {
@@ -191,7 +220,9 @@ class Script {
         auto op = static_cast<script::Op>(in_.byte() % static_cast<std::uint8_t>(script::Op::kOps));
         switch (op) {
             case script::Op::kRaw: {  // (reads in sequence: argument order is unspecified)
-                std::string command(kCommandNames[in_.pick(kCommandNames.size())]);
+                std::size_t name = in_.pick(kCommandNames.size());
+                if (name >= script::command_index(cmd::kBatchOpen)) batch_sent_ = true;
+                std::string command(kCommandNames[name]);
                 std::string body = in_.bytes(script::kMaxRawBody);
                 send(identity, std::move(command), std::move(body));
                 return;
@@ -252,6 +283,11 @@ class Script {
         }
         return h;
     }
+    // A batch id handed out by a BATCH or BATCHES reply, or a made-up one (0 is bad_request).
+    JobId batch_id() {
+        if (batch_ids_.empty() || in_.range(0, 3) == 0) return in_.range(0, 4);
+        return batch_ids_[in_.pick(batch_ids_.size())];
+    }
     std::optional<Millis> maybe_ms(Millis max) {
         if (!in_.boolean()) return std::nullopt;
         return static_cast<Millis>(in_.range(0, static_cast<std::uint64_t>(max)));
@@ -290,6 +326,21 @@ class Script {
         return s;
     }
 
+    // A batch's callback job (BATCH_OPEN): a queue of kQueues (now and then fuzz bytes), attempts
+    // and the fields a callback may carry, their values from `how`.
+    JobSpec callback() {
+        JobSpec s;
+        s.queue = queue();
+        s.max_attempts = static_cast<std::uint32_t>(in_.range(1, 3));
+        std::uint8_t how = in_.byte();
+        if (how & 1) s.argv = std::vector<std::string>{"sh", "-c", in_.bytes(6)};
+        if (how & 2) s.delay = std::chrono::milliseconds(in_.range(0, 5000));
+        if (how & 4) s.expires_in = std::chrono::milliseconds(in_.range(0, 5000));  // 0: refused
+        if (how & 8) s.timeout = std::chrono::milliseconds(in_.range(1, 5000));
+        if (how & 16) s.priority = static_cast<std::int32_t>(in_.srange(-3, 3));
+        return s;
+    }
+
     // A DONE (ok) or FAIL for a handed-out attempt, right or slightly off.
     JobResult result(bool ok) {
         auto h = attempt();
@@ -317,6 +368,20 @@ class Script {
                 for (std::size_t i = 0; i < n; ++i)
                     m.jobs.push_back(job_spec());
                 if (in_.range(0, 3) == 0) m.wait_ms = static_cast<Millis>(in_.range(0, 60000));
+                // Members of a batch (script.hpp): read only once the script has sent a batch
+                // command, so scripts without batches read as before.
+                if (batch_sent_) {
+                    std::uint8_t b = in_.byte();
+                    if (b & 1) {
+                        JobId id = (b & 2) || batch_ids_.empty()
+                                       ? in_.range(0, 4)
+                                       : batch_ids_[in_.pick(batch_ids_.size())];
+                        for (auto& j : m.jobs) {
+                            j.batch = id;
+                            if (b & 4) break;
+                        }
+                    }
+                }
                 return encode(m);
             }
             case script::Op::kStatus:
@@ -533,6 +598,62 @@ class Script {
             case script::Op::kQueueShow:
                 command = cmd::kQueueShow;
                 return encode(QueueRequest{req(), queue()});
+            case script::Op::kBatchOpen: {
+                command = cmd::kBatchOpen;
+                batch_sent_ = true;
+                BatchOpenRequest m;
+                m.req = req();
+                // Now and then a description of exactly the most bytes, or one over (refused).
+                m.description =
+                    in_.range(0, 15) == 0
+                        ? std::string(limits::kMaxBatchDescription + in_.range(0, 1), 'd')
+                        : in_.bytes(16);
+                std::uint8_t f = in_.byte();
+                if (f & 1) m.on_complete = callback();
+                if (f & 2) m.on_success = callback();
+                if (f & 4) {  // a bad callback: a field that is the broker's (bad_request)
+                    auto& cb = (f & 2) && !(f & 1) ? m.on_success : m.on_complete;
+                    if (!cb) cb = callback();
+                    switch (in_.range(0, 7)) {
+                        case 0:
+                        case 1:
+                            cb->token = std::string(kTokens[in_.pick(kTokens.size())]);
+                            break;
+                        case 2:
+                            cb->unique = std::string(kUniques[in_.pick(kUniques.size())]);
+                            break;
+                        case 3:
+                            cb->run_at = to_time(now_ + 1000);
+                            break;
+                        case 4:
+                            cb->after.push_back(in_.range(1, 4));
+                            break;
+                        case 5:
+                            cb->batch = batch_id();
+                            break;
+                        default:
+                            cb->payload = "p" + in_.bytes(4);
+                            break;
+                    }
+                }
+                return encode(m);
+            }
+            case script::Op::kBatchSeal:
+            case script::Op::kBatchShow:
+                command = op == script::Op::kBatchSeal ? cmd::kBatchSeal : cmd::kBatchShow;
+                batch_sent_ = true;
+                return encode(BatchRequest{req(), batch_id()});
+            case script::Op::kBatchList: {
+                command = cmd::kBatchList;
+                batch_sent_ = true;
+                BatchListRequest m;
+                m.req = req();
+                // 0 and over kMaxBatchList are refused.
+                m.limit = static_cast<std::uint32_t>(in_.range(0, 7) == 0 ? in_.range(0, 1200)
+                                                                          : in_.range(1, 4));
+                if (in_.boolean()) m.before = in_.boolean() ? batch_id() : in_.range(0, 6);
+                return encode(m);
+            }
             case script::Op::kProgress: {
                 command = cmd::kProgress;
                 auto h = attempt();
@@ -560,8 +681,9 @@ class Script {
             std::fprintf(stderr, "t+%lld %s -> %s (%zu bytes)%s\n",
                          static_cast<long long>(now_ - kStart), e.identity.c_str(),
                          e.command.c_str(), e.body.size(), faulty ? " [store fault]" : "");
+        const bool opened = e.command == cmd::kBatchOpen;
         for (const auto& o : out) {
-            check(o);
+            check(o, opened);
             if (trace_)
                 std::fprintf(stderr, "    <- %s %s\n", o.identity.c_str(), describe(o).c_str());
         }
@@ -569,8 +691,18 @@ class Script {
     }
 
     static std::string describe(const Envelope& o) {
-        if (o.command != cmd::kError && o.command != cmd::kDispatch) return o.command;
+        if (o.command != cmd::kError && o.command != cmd::kDispatch && o.command != cmd::kBatch)
+            return o.command;
         Body b(o.body);
+        if (o.command == cmd::kBatch) {
+            auto i = decode_batch(b.reader());
+            auto job = [](const std::optional<JobId>& id) {
+                return id ? std::to_string(*id) : std::string("-");
+            };
+            return fmt::format("BATCH id={} {} total={} pending={} complete_job={} success_job={}",
+                               i.id, i.state, i.total, i.pending, job(i.complete_job),
+                               job(i.success_job));
+        }
         if (o.command == cmd::kDispatch) {
             auto d = decode_dispatch(b.reader());
             return fmt::format("DISPATCH id={} attempt={}", d.id, d.attempt);
@@ -580,7 +712,7 @@ class Script {
     }
 
     // Everything the broker sends must decode on the other side; `internal` is always a bug.
-    void check(const Envelope& o) {
+    void check(const Envelope& o, bool opened = false) {
         if (o.version != kProtocolVersion || o.frames != 3) fail(o.command, "bad envelope");
         try {
             Body b(o.body);
@@ -649,6 +781,21 @@ class Script {
                 decode_worker_control(r);
             } else if (c == cmd::kQueue) {
                 decode_queue(r);
+            } else if (c == cmd::kBatch) {
+                auto b = decode_batch(r);
+                // PROTOCOL.md: a batch id is never given out twice.
+                if (opened && batches_.count(b.id) && !skipped("batch"))
+                    fail(c, fmt::format("batch id {} was handed out a second time", b.id));
+                observe(c, b);
+            } else if (c == cmd::kBatches) {
+                std::optional<JobId> last;
+                for (const auto& b : decode_batches(r)) {
+                    if (last && b.id >= *last && !skipped("batch"))
+                        fail(c, fmt::format("batch {} listed after batch {}: not newest first",
+                                            b.id, *last));
+                    last = b.id;
+                    observe(c, b);
+                }
             } else if (c == cmd::kError) {
                 auto e = decode_error(r);
                 if (e.code == ErrorCode::internal && !skipped("internal"))
@@ -660,6 +807,53 @@ class Script {
             fail(o.command,
                  std::string("the broker sent a body its peer cannot decode: ") + e.what());
         }
+    }
+
+    // A batch object must add up, and what is set once in it must stay (see the file's head).
+    // Remembers it, its id (for the ops) and its callbacks' jobs (ids never reused).
+    void observe(std::string_view c, const BatchInfo& b) {
+        auto bad = [&](std::string_view what) {
+            if (!skipped("batch")) fail(c, fmt::format("batch {}: {}", b.id, what));
+        };
+        const std::uint64_t finished = b.succeeded + b.dead + b.cancelled + b.expired;
+        if (finished > b.total)
+            bad(fmt::format("{} members finished of {}", finished, b.total));
+        else if (b.pending != b.total - finished)
+            bad(fmt::format("pending {} of {} with {} finished", b.pending, b.total, finished));
+        const char* state = !b.sealed_at             ? "open"
+                            : b.pending > 0          ? "sealed"
+                            : b.succeeded == b.total ? "succeeded"
+                                                     : "complete";
+        if (b.state != state) bad(fmt::format("state {}, its counts say {}", b.state, state));
+        if ((b.state == "complete" || b.state == "succeeded") && !b.completed_at)
+            bad("every member finished and no completed_at");
+        if (b.state == "succeeded" && !b.succeeded_at)
+            bad("every member succeeded and no succeeded_at");
+        if (b.complete_job && !b.completed_at) bad("a complete_job and no completed_at");
+        if (b.success_job && !b.succeeded_at) bad("a success_job and no succeeded_at");
+        if (auto it = batches_.find(b.id); it != batches_.end()) {
+            const BatchInfo& was = it->second;
+            auto once = [&](const auto& before, const auto& now, std::string_view field) {
+                if (before && now != before) bad(fmt::format("{} changed once set", field));
+            };
+            once(was.sealed_at, b.sealed_at, "sealed_at");
+            once(was.completed_at, b.completed_at, "completed_at");
+            once(was.succeeded_at, b.succeeded_at, "succeeded_at");
+            once(was.complete_job, b.complete_job, "complete_job");
+            once(was.success_job, b.success_job, "success_job");
+            if (b.created_at != was.created_at) bad("created_at changed");
+            if (b.description != was.description) bad("description changed");
+            if (b.total < was.total)
+                bad(fmt::format("total went from {} to {}", was.total, b.total));
+            if (was.sealed_at && b.total != was.total)
+                bad(fmt::format("total went from {} to {} after the seal", was.total, b.total));
+        } else if (batch_ids_.size() < 64) {
+            batch_ids_.push_back(b.id);
+        }
+        batches_[b.id] = b;
+        for (const auto& job : {b.complete_job, b.success_job})
+            if (job && std::find(ids_.begin(), ids_.end(), *job) == ids_.end())
+                ids_.push_back(*job);
     }
 
     // The per-queue, per-state counts QUEUES reports from memory must be what the database holds
@@ -680,8 +874,24 @@ class Script {
             }
             return c;
         };
+        // Every batch, as BATCH_LIST reports it (its encoding, to compare two answers).
+        auto batches = [&]() {
+            std::pair<std::map<JobId, BatchInfo>, std::string> out;
+            for (const auto& e : deliver(Envelope{
+                     "auditor", std::string(kProtocolVersion), std::string(cmd::kBatchList),
+                     encode(BatchListRequest{3, limits::kMaxBatchList, std::nullopt}), 3})) {
+                if (e.command != cmd::kBatches) continue;
+                Body b(e.body);
+                for (auto& info : decode_batches(b.reader()))
+                    out.first.emplace(info.id, info);
+                out.second = e.body;
+            }
+            return out;
+        };
+        auto batches_before = batches();
         Counts before = queues();
         Counts stored;
+        std::map<JobId, std::map<JobState, std::uint64_t>> members;  // per batch, per state
         for (const auto& e : deliver(Envelope{
                  "auditor", std::string(kProtocolVersion), std::string(cmd::kList),
                  encode(ListRequest{2, std::nullopt, std::nullopt, limits::kMaxListLimit}), 3})) {
@@ -691,9 +901,11 @@ class Script {
             for (std::uint32_t i = 0; i < jobs.size; ++i) {
                 auto j = decode_job_info(Reader(jobs.ptr[i]));
                 ++stored[j.queue][j.state];
+                if (j.batch) ++members[*j.batch][j.state];
             }
         }
         Counts after = queues();
+        if (batches().second == batches_before.second) audit_batches(batches_before.first, members);
         if (before != after) return;
         if (before != stored && !skipped("counts")) {
             std::string detail;
@@ -705,6 +917,38 @@ class Script {
                             " " + q + "/" + std::string(to_string(s)) + "=" + std::to_string(n);
             }
             fail("QUEUES counts differ from the database", detail);
+        }
+    }
+
+    // Each batch counts every member it ever had (one deleted early stays counted): at least the
+    // members the database holds per terminal state, and pending at least those not finished.
+    void audit_batches(const std::map<JobId, BatchInfo>& listed,
+                       const std::map<JobId, std::map<JobState, std::uint64_t>>& members) {
+        if (skipped("batch")) return;
+        for (const auto& [id, states] : members) {
+            auto it = listed.find(id);
+            if (it == listed.end()) continue;  // deleted by retention; its members stay a while
+            const BatchInfo& b = it->second;
+            std::uint64_t all = 0, waiting = 0;
+            for (const auto& [s, n] : states) {
+                all += n;
+                const std::uint64_t counted = s == JobState::succeeded   ? b.succeeded
+                                              : s == JobState::dead      ? b.dead
+                                              : s == JobState::cancelled ? b.cancelled
+                                              : s == JobState::expired   ? b.expired
+                                                                         : 0;
+                if (!is_terminal(s))
+                    waiting += n;
+                else if (n > counted)
+                    fail("batch counts differ from the database",
+                         fmt::format("batch {} counts {} {}, the database holds {} such members",
+                                     id, counted, to_string(s), n));
+            }
+            if (all > b.total || waiting > b.pending)
+                fail("batch counts differ from the database",
+                     fmt::format("batch {}: total {}, pending {}; the database holds {} members, "
+                                 "{} not finished",
+                                 id, b.total, b.pending, all, waiting));
         }
     }
 
@@ -720,6 +964,9 @@ class Script {
     std::vector<JobId> ids_;
     std::vector<Handed> handed_;
     std::vector<std::pair<JobId, std::uint32_t>> all_handed_;  // every (id, attempt) dispatched
+    bool batch_sent_ = false;             // a batch command was sent: SUBMIT reads its batch byte
+    std::vector<JobId> batch_ids_;        // from BATCH and BATCHES replies, at most 64
+    std::map<JobId, BatchInfo> batches_;  // the last seen of each batch ever seen
 };
 
 }  // namespace

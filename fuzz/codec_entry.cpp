@@ -135,6 +135,15 @@ void run_decoders(const Reader& r) {
                [](const WorkerControlRequest& m) { return encode(m); });
     round_trip("CONTROL", r, decode_worker_control,
                [](const WorkerControl& m) { return encode(m); });
+    round_trip("BATCH_OPEN", r, decode_batch_open,
+               [](const BatchOpenRequest& m) { return encode(m); });
+    round_trip("BATCH_SEAL", r, decode_batch_request,
+               [](const BatchRequest& m) { return encode(m); });
+    round_trip("BATCH_LIST", r, decode_batch_list,
+               [](const BatchListRequest& m) { return encode(m); });
+    round_trip("BATCH", r, decode_batch, [](const BatchInfo& b) { return encode_batch(0, b); });
+    round_trip("BATCHES", r, decode_batches,
+               [](const std::vector<BatchInfo>& v) { return encode_batches(0, v); });
 
     // How clients read JOB and JOBS replies: the nested job object(s).
     try {

@@ -198,6 +198,47 @@ std::vector<std::pair<std::string, std::string>> codec_seeds() {
     add("results", encode_results({rs[0], rs[1]}));
     add("results_credit", encode_results({rs[0], rs[1]}, 2));
     add("acks", encode_acks({Ack{1, 1}, Ack{2, 1}}));
+    {
+        JobSpec member = plain;
+        member.batch = 3;
+        add("submit_batch", encode(SubmitRequest{23, {member, member}}));
+        JobSpec cb;
+        cb.queue = "reports";
+        cb.argv = std::vector<std::string>{"report", "--batch"};
+        cb.max_attempts = 2;
+        cb.delay = 1000ms;
+        cb.expires_in = 60000ms;
+        JobSpec ok = cb;
+        ok.queue = "notify";
+        ok.argv.reset();
+        add("batch_open", encode(BatchOpenRequest{24, "nightly import", cb, ok}));
+        add("batch_seal", encode(BatchRequest{25, 3}));
+        add("batch_list", encode(BatchListRequest{26, 50, 3}));
+        BatchInfo b;
+        b.id = 3;
+        b.state = "complete";
+        b.description = "nightly import";
+        b.total = 4;
+        b.succeeded = 1;
+        b.dead = 1;
+        b.cancelled = 1;
+        b.expired = 1;
+        b.created_at = Timestamp{1'700'000'000'000ms};
+        b.sealed_at = Timestamp{1'700'000'000'500ms};
+        b.completed_at = Timestamp{1'700'000'001'000ms};
+        b.on_complete = cb;
+        b.on_success = ok;
+        b.complete_job = 9;
+        add("batch", encode_batch(25, b));
+        BatchInfo open;
+        open.id = 4;
+        open.total = 2;
+        open.pending = 2;
+        open.created_at = Timestamp{1'700'000'002'000ms};
+        b.on_complete.reset();
+        b.on_success.reset();
+        add("batches", encode_batches(26, {open, b}));
+    }
     add("req", encode_req(17));
     add("empty", encode_empty());
     return out;
@@ -650,6 +691,79 @@ std::vector<std::pair<std::string, std::string>> broker_seeds() {
             .msg(kClient, cmd::kFeed, encode(FeedRequest{7, "q1", 2, 1}))
             .wait(1);  // the second SUBMIT's wait times out
         add("submit_wait_observe", w);
+    }
+    {
+        // A batch's life: members submitted while open (and into no batch, and into a sealed
+        // one), sealed with members running, one dead and one succeeded (on_complete fires, and
+        // runs), the dead one retried and succeeding (on_success fires), shown and listed around
+        // a restart.
+        ScriptWriter w;
+        JobSpec on_complete;
+        on_complete.queue = "q1";
+        on_complete.max_attempts = 1;
+        JobSpec on_success = on_complete;
+        on_success.queue = "q2";
+        on_success.delay = 500ms;
+        JobSpec member = job("q0", 1);
+        member.batch = 1;
+        JobSpec stray = job("q0");
+        stray.batch = 99;
+        w.msg(kClient, cmd::kBatchOpen,
+              encode(BatchOpenRequest{1, "members", on_complete, on_success}))
+            .msg(kClient, cmd::kSubmit, encode(SubmitRequest{2, {member, member}}))
+            .msg(kClient, cmd::kSubmit, submit(3, stray))  // not_found
+            .msg(kClient, cmd::kBatchSeal, encode(BatchRequest{4, 1}))
+            .msg(kClient, cmd::kBatchSeal, encode(BatchRequest{5, 1}))  // sealed: unchanged
+            .msg(kClient, cmd::kSubmit, submit(6, member))              // sealed: invalid_state
+            .msg(kWorker, cmd::kRegister, registration(7, "inst-0", {"q0", "q1"}))
+            .msg(kWorker, cmd::kCredit, encode_credit(2))
+            .msg(kWorker, cmd::kDone, done(1, 1))
+            .msg(kWorker, cmd::kFail, failed(2, 1, true))  // the last: on_complete is job 3
+            .msg(kClient, cmd::kBatchShow, encode(BatchRequest{8, 1}))
+            .msg(kWorker, cmd::kCredit, encode_credit(1))
+            .msg(kWorker, cmd::kDone, done(3, 1))
+            .msg(kClient, cmd::kRetry, encode(RetryRequest{9, 2, false, std::nullopt}))
+            .msg(kClient, cmd::kBatchShow, encode(BatchRequest{10, 1}))  // sealed again
+            .msg(kWorker, cmd::kCredit, encode_credit(1))
+            .msg(kWorker, cmd::kDone, done(2, 2))  // on_success is job 4
+            .restart()
+            .msg(kClient, cmd::kBatchShow, encode(BatchRequest{11, 1}))
+            .msg(kClient, cmd::kBatchList, encode(BatchListRequest{12, 10, std::nullopt}))
+            .msg(kClient, cmd::kBatchShow, encode(BatchRequest{13, 7}));  // not_found
+        add("batch", w);
+    }
+    {
+        // Batches at their edges: bad callbacks and limits refused, an empty batch that fires
+        // at its seal, a seal whose commit fails (nothing fired) and is sent again, members
+        // cancelled and expired, and a page of BATCH_LIST.
+        ScriptWriter w;
+        JobSpec cb;
+        cb.queue = "q1";
+        JobSpec with_payload = cb;
+        with_payload.payload = "p";
+        JobSpec with_token = cb;
+        with_token.token = "t0";
+        JobSpec member = job("q2");
+        member.batch = 2;
+        JobSpec expiring = member;
+        expiring.expires_in = 1000ms;
+        w.msg(kClient, cmd::kBatchOpen, encode(BatchOpenRequest{1, "", with_payload, {}}))   // bad
+            .msg(kClient, cmd::kBatchOpen, encode(BatchOpenRequest{2, "", {}, with_token}))  // bad
+            .msg(kClient, cmd::kBatchOpen, encode(BatchOpenRequest{3, "empty", cb, cb}))
+            .msg(kClient, cmd::kBatchSeal, encode(BatchRequest{4, 1}))  // fires both at once
+            .msg(kClient, cmd::kBatchOpen, encode(BatchOpenRequest{5, "two", cb, {}}))
+            .msg(kClient, cmd::kSubmit, encode(SubmitRequest{6, {member, expiring}}))
+            .msg(kClient, cmd::kCancel, encode(IdRequest{7, 3}))
+            .fail_commit()
+            .msg(kClient, cmd::kBatchSeal, encode(BatchRequest{8, 2}))  // rolled back
+            .msg(kClient, cmd::kBatchShow, encode(BatchRequest{9, 2}))  // still open
+            .msg(kClient, cmd::kBatchSeal, encode(BatchRequest{10, 2}))
+            .wait(2)  // the second member expires: the last, on_complete fires
+            .msg(kClient, cmd::kBatchList, encode(BatchListRequest{11, 1, std::nullopt}))
+            .msg(kClient, cmd::kBatchList, encode(BatchListRequest{12, 5, 2}))
+            .msg(kClient, cmd::kBatchList, encode(BatchListRequest{13, 0, std::nullopt}))  // bad
+            .msg(kClient, cmd::kBatchShow, encode(BatchRequest{14, 2}));
+        add("batch_edges", w);
     }
     {
         ScriptWriter w;

@@ -61,6 +61,13 @@ enum class Op : std::uint8_t {
     kQueueSet,    // max_running and/or rate of a queue of kQueues (fuzz values, 0 included)
     kQueueUnset,  // names of kQueueSettingNames, or a bad one
     kQueueShow,
+    // Appended (issue 13, batches). Once a script has sent one of these (or a raw BATCH_*
+    // body), each SUBMIT step reads one byte more: whether its jobs name a batch (below).
+    kBatchOpen,  // a description (now and then over kMaxBatchDescription), callbacks on a queue
+                 // of kQueues, now and then a bad one (a payload or a token: bad_request)
+    kBatchSeal,  // of a handed-out batch id, or a made-up one
+    kBatchShow,
+    kBatchList,  // limit 1-4, now and then 0-1200 (0 and over kMaxBatchList: bad_request), before
     kOps
 };
 
@@ -81,7 +88,9 @@ inline constexpr std::array<std::string_view, 4> kZones = {"UTC", "Europe/Berlin
 inline constexpr std::array<std::string_view, 4> kCatchUps = {"none", "latest", "all", "some"};
 
 // Every name the broker might see in frame 1, including its own replies and near misses.
-inline constexpr std::array<std::string_view, 47> kCommandNames = {
+// Appended at the end only: a raw step's name byte below 47 reads as it did before issue 13's
+// batches.
+inline constexpr std::array<std::string_view, 53> kCommandNames = {
     cmd::kSubmit,    cmd::kStatus,  cmd::kWait,       cmd::kList,      cmd::kPing,
     cmd::kCancel,    cmd::kRetry,   cmd::kPause,      cmd::kResume,    cmd::kPurge,
     cmd::kQueues,    cmd::kHistory, cmd::kRegister,   cmd::kCredit,    cmd::kHeartbeat,
@@ -91,7 +100,8 @@ inline constexpr std::array<std::string_view, 47> kCommandNames = {
     cmd::kStats,     cmd::kWorkers, cmd::kFeed,       cmd::kResults,   cmd::kDrain,
     cmd::kRelease,   cmd::kAcks,    cmd::kShutdown,   cmd::kOk,        cmd::kPurged,
     cmd::kEvents,    cmd::kRunNow,  cmd::kDelete,     cmd::kQueueSet,  cmd::kQueueUnset,
-    cmd::kQueueShow, cmd::kQueue};
+    cmd::kQueueShow, cmd::kQueue,   cmd::kBatchOpen,  cmd::kBatchSeal, cmd::kBatchShow,
+    cmd::kBatchList, cmd::kBatch,   cmd::kBatches};
 
 constexpr std::size_t command_index(std::string_view name) {
     for (std::size_t i = 0; i < kCommandNames.size(); ++i)
@@ -106,5 +116,8 @@ constexpr std::size_t command_index(std::string_view name) {
 //   bytes, bit 1 max_waits 1, bit 2 max_batch 2 (else the broker's defaults).
 // Each step then reads: advance (1 byte: < 0x80 that many ms, else (b & 0x7f) seconds),
 // identity (Input::pick over kIdentities), op (1 byte, modulo kOps), and the op's own fields.
+// A SUBMIT step, once the script has sent a batch command, ends with one byte more: bit 0 its
+// jobs name a batch (bit 1: a made-up id 0-4, which reads a byte, else one handed out by a
+// BATCH reply), bit 2 only the first job does.
 
 }  // namespace errand::fuzz::script
