@@ -871,7 +871,6 @@ SqliteStore::~SqliteStore() {
     // left, and the connection would then never be closed.
     batch_.reset();
     sched_.reset();
-    batch_.reset();
     st_.reset();
     if (db_) sqlite3_close(db_);
 }

@@ -141,20 +141,15 @@ class FaultyStore final : public broker::ForwardingStore {
         write();
         return inner_.remove_job(id);
     }
-    // Batches: the writes of BATCH_OPEN, SUBMIT into a batch, a member's change, BATCH_SEAL and
+    // Batches: the writes of BATCH_OPEN, a pass's members joining and changing, BATCH_SEAL and
     // a callback firing (not retention's remove_batches, which every pass may run).
     JobId insert_batch(const BatchInfo& b) override {
         write();
         return inner_.insert_batch(b);
     }
-    void batch_joined(JobId id, std::uint64_t n) override {
+    std::optional<BatchInfo> batch_moved(JobId id, const broker::BatchDelta& d) override {
         write();
-        inner_.batch_joined(id, n);
-    }
-    std::optional<BatchInfo> batch_moved(JobId id, std::optional<JobState> left,
-                                         std::optional<JobState> entered) override {
-        write();
-        return inner_.batch_moved(id, left, entered);
+        return inner_.batch_moved(id, d);
     }
     bool seal_batch(JobId id, Millis now) override {
         write();
