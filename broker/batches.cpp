@@ -125,7 +125,18 @@ void JobEngine::fire_batch(const BatchInfo& b) {
     const bool complete = !b.completed_at;
     const bool success = b.succeeded == b.total && !b.succeeded_at;
     if (!complete && !success) return;
-    auto full = store_.get_batch(b.id, true, false);
+    std::optional<BatchInfo> full;
+    try {
+        full = store_.get_batch(b.id, true, false);
+    } catch (const ProtocolError& e) {
+        // A stored callback that no longer decodes (damage, or a check this errand added): the
+        // batch fires without it rather than fail every pass that finishes one of its members.
+        spdlog::error("batch {}: its callbacks cannot be read ({}); they count as fired", b.id,
+                      e.what());
+        full = b;
+        full->on_complete.reset();
+        full->on_success.reset();
+    }
     if (!full) return;
     full->succeeded = b.succeeded;  // the counts as of this change
     full->dead = b.dead;

@@ -942,6 +942,12 @@ struct Broker::State {
                     attempt = static_cast<std::uint32_t>(*a);
             }
             check_access(*c, env);
+            // A pass after a failed reload (the shared database was gone): a write now would be
+            // applied to a store whose memory is about to be reloaded, and half lost.
+            if (c->writes && needs_rebuild)
+                throw ProtocolError(ErrorCode::storage,
+                                    "storage failure: the broker is reloading its state from the "
+                                    "database; nothing was changed, try again");
             if (c->needs_worker && !sender) workers.registered(env.identity);  // throws
             fate = c->writes ? c->on_fail : OnFail::send;
             if (c->handler != &State::on_stats && c->handler != &State::on_queues &&
@@ -1279,9 +1285,23 @@ struct Broker::State {
         send_message(sock, identity, command, body);
     }
 
+    // The state reload a failed commit left to do (the database was gone), before the pass's
+    // requests: writes wait for it (handle()).
+    void reload_if_needed() {
+        if (!needs_rebuild) return;
+        try {
+            rebuild();
+            needs_rebuild = false;
+            spdlog::info("state reloaded from the database");
+        } catch (const StoreError&) {
+            // Still gone: this pass refuses writes; end_pass() tries again.
+        }
+    }
+
     // One pass: what arrived, then what time brings, then dispatch; commit; replies.
     void pass(bool readable, bool admin_readable = false) {
         set_time(clock.now_ms(), clock.monotonic_ms());
+        reload_if_needed();
         if (readable) {
             for (std::size_t i = 0; i < cfg.max_messages_per_pass; ++i) {
                 auto env = recv_message(sock, true);
@@ -1460,6 +1480,7 @@ std::vector<Envelope> Broker::process(const Envelope& message, Millis now, Milli
     std::vector<Envelope> out;
     s_->captured = &out;
     s_->set_time(now, mono);
+    s_->reload_if_needed();
     s_->handle(message);
     s_->end_pass();
     s_->answer_reads();

@@ -194,9 +194,10 @@ BatchCommands add_batch_commands(CLI::App& app, const std::vector<std::string>& 
         const Timestamp now = now_time();
         if (open->parsed() || submit->parsed()) {
             const auto& a = args->open;
-            if (!job_argv.empty() && !a.on_complete && !a.on_success) {
-                std::cerr << "errand: a command line (-- ARGV) is the callbacks': give "
-                             "--on-complete or --on-success\n";
+            if ((!job_argv.empty() || a.max_attempts || a.priority) && !a.on_complete &&
+                !a.on_success) {
+                std::cerr << "errand: -- ARGV, --max-attempts and --priority are the callbacks': "
+                             "give --on-complete or --on-success\n";
                 return kUsage;
             }
             auto spec = [&](const std::optional<std::string>& queue) -> std::optional<JobSpec> {
@@ -215,6 +216,7 @@ BatchCommands add_batch_commands(CLI::App& app, const std::vector<std::string>& 
                 jobs.defaults.queue = args->queue;
                 jobs.defaults.batch = b.id;
                 jobs.print_ids = false;
+                jobs.batch_fixed = true;
                 try {
                     run_submit_jsonl(c, jobs);
                 } catch (const std::exception& e) {

@@ -158,7 +158,7 @@ std::chrono::milliseconds duration_field(const json& v, const char* key, Millis 
 }
 
 // The job of one line, on top of `defaults`.
-JobSpec parse_line(std::string_view text, const JobSpec& defaults) {
+JobSpec parse_line(std::string_view text, const JobSpec& defaults, bool batch_fixed) {
     json j = json::parse(text, nullptr, false);
     if (j.is_discarded()) throw BadLine("not valid JSON");
     if (!j.is_object()) throw BadLine("a line must be a JSON object");
@@ -261,6 +261,10 @@ JobSpec parse_line(std::string_view text, const JobSpec& defaults) {
                 spec.after.push_back(parent);
             }
         } else if (key == "batch") {
+            if (batch_fixed)
+                throw BadLine(
+                    "'batch' is not for the lines of errand batch submit: its jobs go into the "
+                    "batch it opens");
             if (v.is_null()) {
                 spec.batch.reset();
             } else {
@@ -360,7 +364,7 @@ int run_submit_jsonl(Client& client, const JsonlArgs& args) {
         while (check.next(line)) {
             if (blank(line)) continue;
             try {
-                parse_line(line, args.defaults);
+                parse_line(line, args.defaults, args.batch_fixed);
             } catch (const BadLine& e) {
                 throw JsonlError(fmt::format("{}:{}: {}; nothing was submitted", check.name(),
                                              check.number(), e.what()));
@@ -416,7 +420,7 @@ int run_submit_jsonl(Client& client, const JsonlArgs& args) {
         if (blank(line)) continue;
         JobSpec spec;
         try {
-            spec = parse_line(line, args.defaults);
+            spec = parse_line(line, args.defaults, args.batch_fixed);
         } catch (const BadLine& e) {
             progress.clear();
             const auto first = batch.empty() ? in.number() : batch_first;

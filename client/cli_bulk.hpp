@@ -49,7 +49,8 @@ struct JsonlArgs {
     std::string path;  // "-" for stdin
     JobSpec defaults;  // what a line does not set (from submit's other options)
     std::size_t batch = limits::kMaxBatch;
-    bool print_ids = true;  // false: nothing on stdout (errand batch submit prints the batch)
+    bool print_ids = true;     // false: nothing on stdout (errand batch submit prints the batch)
+    bool batch_fixed = false;  // lines may not name a batch (errand batch submit's own)
 };
 
 // Thrown for a bad line, with "FILE:LINE: why" and what was submitted before it; run_submit_jsonl

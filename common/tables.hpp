@@ -105,6 +105,17 @@ struct BatchesReply {  // BATCHES
 
 // ---- client requests and replies -------------------------------------------------------------
 
+// The broker's own keys: a schedule's tick ("schedule:NAME:TICK", token and unique key) and a
+// batch's callback ("batch:ID:complete"). A client's job with one would stand in for them.
+inline void check_reserved_key(const std::string& key, std::string_view what) {
+    for (std::string_view prefix : {"schedule:", "batch:"})
+        if (key.starts_with(prefix))
+            bad(
+                fmt::format("a {} starting with '{}' is the broker's own (its schedules' and "
+                            "batches' jobs)",
+                            what, prefix));
+}
+
 struct JobSpecT {
     static constexpr auto table = message<JobSpec>(
         "SUBMIT job",
@@ -133,7 +144,8 @@ struct JobSpecT {
                       bad(fmt::format("field 'argv' is longer than {} bytes in all",
                                       limits::kMaxArgvBytes));
               }),
-        field("token", &JobSpec::token, str(limits::kMaxToken, true), omit),
+        field("token", &JobSpec::token, str(limits::kMaxToken, true), omit,
+              [](const std::string& t) { check_reserved_key(t, "token"); }),
         field("priority", &JobSpec::priority, I32{}, omit,
               [](const std::int32_t& p) {
                   if (p < limits::kMinPriority || p > limits::kMaxPriority)
@@ -154,7 +166,8 @@ struct JobSpecT {
               }),
         field("backoff_ms", &JobSpec::backoff, Duration{limits::kMaxDelayMs}, omit),
         field("backoff_cap_ms", &JobSpec::backoff_cap, Duration{limits::kMaxDelayMs}, omit),
-        field("unique", &JobSpec::unique, str(limits::kMaxUniqueKey, true), omit),
+        field("unique", &JobSpec::unique, str(limits::kMaxUniqueKey, true), omit,
+              [](const std::string& u) { check_reserved_key(u, "unique"); }),
         field("expires_at", &JobSpec::expires_at, Time{}, omit,
               [](const Timestamp& t) {
                   auto ms = t.time_since_epoch().count();

@@ -197,4 +197,16 @@ TEST_CASE("batch submit: opens, submits a JSONL file's jobs into the batch, seal
     auto bad = env.cli({"batch", "submit", "--jsonl", jsonl});
     CHECK(bad.exit_code == 120);
     CHECK_MESSAGE(bad.err.find("stays open") != std::string::npos, describe(bad));
+    // A line naming a batch of its own would leave the batch being built.
+    {
+        std::ofstream f(jsonl);
+        f << R"({"payload":"elsewhere","batch":)" << b << "}\n";
+    }
+    auto other = env.cli({"batch", "submit", "--jsonl", jsonl});
+    CHECK(other.exit_code == 120);
+    CHECK_MESSAGE(other.err.find("'batch' is not for the lines") != std::string::npos,
+                  describe(other));
+    // The callbacks' options without a callback.
+    auto lonely = env.cli({"batch", "open", "--max-attempts", "3"});
+    CHECK(lonely.exit_code == 120);
 }

@@ -3057,6 +3057,21 @@ TEST_CASE(
     CHECK(
         f.error(cmd::kBatchOpen, encode(BatchOpenRequest{f.req++, std::string(2000, 'd'), {}, {}}))
             .code == ErrorCode::bad_request);
+    // The broker's own keys: a client's job cannot stand in for a callback or a schedule's tick.
+    for (const char* key : {"batch:1:complete", "schedule:nightly:1000"}) {
+        auto t = spec("q");
+        t.token = key;
+        auto u = spec("q");
+        u.unique = key;
+        for (const auto& s : {t, u}) {
+            SubmitRequest r;
+            r.req = f.req++;
+            r.jobs.push_back(s);
+            auto e = f.error(cmd::kSubmit, encode(r));
+            CHECK(e.code == ErrorCode::bad_request);
+            CHECK(e.message.find("the broker's own") != std::string::npos);
+        }
+    }
     BatchListRequest l{f.req++, 0, std::nullopt};
     CHECK(f.error(cmd::kBatchList, encode(l)).code == ErrorCode::bad_request);
     // The refused opens made no batch.
