@@ -32,12 +32,20 @@ std::string batch_callback_key(JobId batch, bool success) {
     return fmt::format("batch:{}:{}", batch, success ? "success" : "complete");
 }
 
-BatchInfo JobEngine::open_batch(BatchInfo b, Millis now) {
+BatchInfo JobEngine::open_batch(BatchInfo b, const std::optional<std::string>& token, Millis now) {
     now_ = now;
     for (const auto* cb : {&b.on_complete, &b.on_success})
         if (*cb) check_queue_bound((*cb)->queue);
     b.created_at = to_time(now);
-    b.id = store_.insert_batch(b);
+    auto ins = store_.insert_batch(b, token);
+    if (ins.duplicate) {  // a resent BATCH_OPEN: the batch it opened, as it is now
+        flush_batches();
+        auto known = store_.get_batch(ins.id, true, false);
+        if (!known) no_batch(ins.id);
+        with_batch_state(*known);
+        return *known;
+    }
+    b.id = ins.id;
     with_batch_state(b);
     return b;
 }

@@ -501,7 +501,7 @@ struct Broker::State {
         b.description = std::move(m.description);
         b.on_complete = std::move(m.on_complete);
         b.on_success = std::move(m.on_success);
-        auto opened = engine.open_batch(std::move(b), now);
+        auto opened = engine.open_batch(std::move(b), m.token, now);
         spdlog::info("batch {} opened{}", opened.id,
                      opened.description.empty() ? "" : ": " + opened.description);
         reply(rq.identity, cmd::kBatch, encode_batch(m.req, opened), m.req);

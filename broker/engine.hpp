@@ -206,7 +206,8 @@ class JobEngine {
     // ---- batches (broker/batches.cpp; docs/LIFECYCLE.md "Batches") ------------------------
     // A new open batch (description, on_complete, on_success of `b`). Throws too_large when a
     // callback's queue would be one too many.
-    BatchInfo open_batch(BatchInfo b, Millis now);
+    // A known `token`: the batch it opened (nothing new).
+    BatchInfo open_batch(BatchInfo b, const std::optional<std::string>& token, Millis now);
     // Sealed (takes no more members; idempotent): its callbacks fire once every member has
     // finished, at once when they all have. Throws not_found.
     BatchInfo seal_batch(JobId id, Millis now);

@@ -86,7 +86,9 @@ class ForwardingStore : public Store {
         return inner_.advance_schedule(n, from, to);
     }
     std::optional<Millis> next_schedule_at() override { return inner_.next_schedule_at(); }
-    JobId insert_batch(const BatchInfo& b) override { return inner_.insert_batch(b); }
+    Inserted insert_batch(const BatchInfo& b, const std::optional<std::string>& token) override {
+        return inner_.insert_batch(b, token);
+    }
     std::optional<BatchInfo> get_batch(JobId id, bool specs, bool lock) override {
         return inner_.get_batch(id, specs, lock);
     }

@@ -351,8 +351,8 @@ class Store : public JobReads {
 
     // ---- batches (rows of errand::BatchInfo; state and pending: with_batch_state) -----------
     // A new batch (description, created_at, on_complete, on_success of `b`): its id, from the
-    // store, never reused.
-    virtual JobId insert_batch(const BatchInfo& b) = 0;
+    // store, never reused; with a known `token`, that batch's id (duplicate) and nothing written.
+    virtual Inserted insert_batch(const BatchInfo& b, const std::optional<std::string>& token) = 0;
     // The batch, its callbacks' jobs with it when `specs`. A shared store locks its row until
     // the commit when `lock` (a seal or a new member on another broker waits meanwhile).
     virtual std::optional<BatchInfo> get_batch(JobId id, bool specs, bool lock) = 0;

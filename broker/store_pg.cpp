@@ -250,6 +250,7 @@ const char* const kMigrations[] = {
         success_job bigint,
         on_complete bytea,
         on_success bytea,
+        token text UNIQUE,
         CHECK (succeeded + dead + cancelled + expired <= total)
     ) WITH (fillfactor = 50);
     CREATE INDEX batches_completed ON batches (completed_at) WHERE completed_at IS NOT NULL;
@@ -535,9 +536,11 @@ void PgStore::prepare() {
                 5);
     // Batches. (moved: $2 the state a member entered, $3 the one it left; NULL: not terminal.)
     db_.prepare("batch_insert",
-                "INSERT INTO batches (description, created_at, on_complete, on_success) "
-                "VALUES ($1::text, $2::bigint, $3::bytea, $4::bytea) RETURNING id",
-                4);
+                "INSERT INTO batches (description, created_at, on_complete, on_success, token) "
+                "VALUES ($1::text, $2::bigint, $3::bytea, $4::bytea, $5::text) "
+                "ON CONFLICT (token) DO NOTHING RETURNING id",
+                5);
+    db_.prepare("batch_by_token", "SELECT id FROM batches WHERE token = $1::text", 1);
     db_.prepare("batch_get",
                 fmt::format("SELECT {}, {} FROM batches WHERE id = $1::bigint", kBatchColumns,
                             kBatchSpecColumns),
@@ -1608,7 +1611,7 @@ std::vector<BatchInfo> read_batches(const pg::Result& r, bool specs) {
 }
 }  // namespace
 
-JobId PgStore::insert_batch(const BatchInfo& b) {
+Inserted PgStore::insert_batch(const BatchInfo& b, const std::optional<std::string>& token) {
     begin();
     pg::Params p;
     p.text(b.description).i64(to_ms(b.created_at));
@@ -1620,9 +1623,14 @@ JobId PgStore::insert_batch(const BatchInfo& b) {
         p.bytes(encode(*b.on_success));
     else
         p.null();
+    p.opt_text(token);
     auto r = run("batch_insert", p);
-    if (r.rows() != 1) throw StoreError("a new batch got no id", false);
-    return static_cast<JobId>(r.i64(0, 0));
+    if (r.rows() == 1) return {static_cast<JobId>(r.i64(0, 0)), false};
+    // A known token (or one a broker inserting it at the same time committed first).
+    if (token)
+        if (auto known = run("batch_by_token", pg::Params().text(*token)); known.rows() == 1)
+            return {static_cast<JobId>(known.i64(0, 0)), true};
+    throw StoreError("a new batch got no id", false);
 }
 
 std::optional<BatchInfo> PgStore::get_batch(JobId id, bool specs, bool lock) {

@@ -346,6 +346,7 @@ const char* const kMigrations[] = {
         success_job INTEGER,
         on_complete BLOB,
         on_success BLOB,
+        token TEXT UNIQUE,
         CHECK (succeeded + dead + cancelled + expired <= total)
     );
     CREATE INDEX batches_completed ON batches(completed_at) WHERE completed_at IS NOT NULL;
@@ -1849,8 +1850,9 @@ std::optional<Millis> SqliteStore::next_schedule_at() {
 struct SqliteStore::BatchStatements {
     explicit BatchStatements(sqlite3* db)
         : insert(db,
-                 "INSERT INTO batches (description, created_at, on_complete, on_success) "
-                 "VALUES (?1, ?2, ?3, ?4) RETURNING id"),
+                 "INSERT INTO batches (description, created_at, on_complete, on_success, token) "
+                 "VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (token) DO NOTHING RETURNING id"),
+          by_token(db, "SELECT id FROM batches WHERE token = ?1"),
           get(db, fmt::format("SELECT {}, {} FROM batches WHERE id = ?1", kBatchColumns,
                               kBatchSpecColumns)
                       .c_str()),
@@ -1878,7 +1880,7 @@ struct SqliteStore::BatchStatements {
                  "DELETE FROM batches WHERE id IN (SELECT id FROM batches WHERE completed_at < "
                  "CASE WHEN dead > 0 THEN ?3 ELSE ?1 END AND succeeded + dead + cancelled + "
                  "expired = total LIMIT ?2)") {}
-    Stmt insert, get, moved, seal, fired_complete, fired_success, failed, list, remove;
+    Stmt insert, by_token, get, moved, seal, fired_complete, fired_success, failed, list, remove;
 };
 
 SqliteStore::BatchStatements& SqliteStore::batch() {
@@ -1886,7 +1888,7 @@ SqliteStore::BatchStatements& SqliteStore::batch() {
     return *batch_;
 }
 
-JobId SqliteStore::insert_batch(const BatchInfo& b) {
+Inserted SqliteStore::insert_batch(const BatchInfo& b, const std::optional<std::string>& token) {
     begin();
     auto& st = batch().insert.reset();
     st.bind(1, std::string_view(b.description)).bind(2, to_ms(b.created_at));
@@ -1898,10 +1900,21 @@ JobId SqliteStore::insert_batch(const BatchInfo& b) {
         st.bind_blob(4, encode(*b.on_success));
     else
         st.bind_null(4);
-    if (!st.step()) throw StoreError("a new batch got no id", false);
-    auto id = static_cast<JobId>(st.i64(0));
+    st.bind_opt(5, token);
+    if (st.step()) {
+        auto id = static_cast<JobId>(st.i64(0));
+        while (st.step()) {
+        }
+        st.reset();
+        return {id, false};
+    }
     st.reset();
-    return id;
+    auto& known = batch().by_token.reset();
+    known.bind(1, std::string_view(token.value_or("")));
+    if (!token || !known.step()) throw StoreError("a new batch got no id", false);
+    Inserted out{static_cast<JobId>(known.i64(0)), true};
+    known.reset();
+    return out;
 }
 
 std::optional<BatchInfo> SqliteStore::get_batch(JobId id, bool specs, bool) {

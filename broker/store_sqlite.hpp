@@ -84,7 +84,7 @@ class SqliteStore final : public Store {
     bool advance_schedule(const std::string& name, Millis from, const ScheduleAdvance& to) override;
     std::optional<Millis> next_schedule_at() override;
 
-    JobId insert_batch(const BatchInfo& b) override;
+    Inserted insert_batch(const BatchInfo& b, const std::optional<std::string>& token) override;
     std::optional<BatchInfo> get_batch(JobId id, bool specs, bool lock) override;
     std::optional<BatchInfo> batch_moved(JobId id, const BatchDelta& d) override;
     bool seal_batch(JobId id, Millis now) override;

@@ -368,7 +368,8 @@ std::vector<Schedule> Client::schedules() {
 BatchInfo Client::batch_open(const std::string& description,
                              const std::optional<JobSpec>& on_complete,
                              const std::optional<JobSpec>& on_success) {
-    BatchOpenRequest m{impl_->next_req++, description, on_complete, on_success};
+    // A token, so that a resend after a lost reply (or on another broker) opens one batch.
+    BatchOpenRequest m{impl_->next_req++, description, on_complete, on_success, unique_token()};
     auto env = impl_->call(cmd::kBatchOpen, encode(m), m.req);
     Impl::expect(env, cmd::kBatch);
     Body b(env.body);

@@ -963,7 +963,8 @@ struct BatchOpenT {
         field("description", &BatchOpenRequest::description, str(limits::kMaxBatchDescription),
               defaulted),
         field("on_complete", &BatchOpenRequest::on_complete, Msg<JobSpecT>{}, omit),
-        field("on_success", &BatchOpenRequest::on_success, Msg<JobSpecT>{}, omit));
+        field("on_success", &BatchOpenRequest::on_success, Msg<JobSpecT>{}, omit),
+        field("token", &BatchOpenRequest::token, str(limits::kMaxToken, true), omit));
 };
 
 struct BatchRequestT {  // BATCH_SEAL, BATCH_SHOW

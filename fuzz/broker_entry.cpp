@@ -143,9 +143,10 @@ class FaultyStore final : public broker::ForwardingStore {
     }
     // Batches: the writes of BATCH_OPEN, a pass's members joining and changing, BATCH_SEAL and
     // a callback firing (not retention's remove_batches, which every pass may run).
-    JobId insert_batch(const BatchInfo& b) override {
+    broker::Inserted insert_batch(const BatchInfo& b,
+                                  const std::optional<std::string>& token) override {
         write();
-        return inner_.insert_batch(b);
+        return inner_.insert_batch(b, token);
     }
     std::optional<BatchInfo> batch_moved(JobId id, const broker::BatchDelta& d) override {
         write();

@@ -3077,6 +3077,21 @@ TEST_CASE(
     // The refused opens made no batch.
     auto next = open_batch(f, std::nullopt, std::nullopt);
     CHECK(next.id == b.id + 1);
+    // A resent BATCH_OPEN (same token) answers the batch it opened, as it is now.
+    BatchOpenRequest once{f.req++, "once", spec("done"), std::nullopt, "open-token-1"};
+    auto first_open = batch_of(f.ask(cmd::kBatchOpen, encode(once)));
+    f.submit(member(first_open.id));
+    once.req = f.req++;
+    once.description = "changed";
+    auto again = batch_of(f.ask(cmd::kBatchOpen, encode(once)));
+    CHECK(again.id == first_open.id);
+    CHECK(again.description == "once");
+    CHECK(again.total == 1);
+    REQUIRE(again.on_complete);
+    CHECK(again.on_complete->queue == "done");
+    once.req = f.req++;
+    once.token = "open-token-2";
+    CHECK(batch_of(f.ask(cmd::kBatchOpen, encode(once))).id > first_open.id);  // a new one
 }
 
 TEST_CASE("batch: BATCH_LIST newest first, paged by before; retention deletes finished batches") {

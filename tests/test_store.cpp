@@ -1222,8 +1222,8 @@ TEST_CASE("a member finishing costs its batch one row, whether it has 10 members
     store.begin();
     BatchInfo b;
     b.created_at = to_time(1000);
-    const JobId small = store.insert_batch(b);
-    const JobId big = store.insert_batch(b);
+    const JobId small = store.insert_batch(b, std::nullopt).id;
+    const JobId big = store.insert_batch(b, std::nullopt).id;
     JobId n = 0;
     auto members = [&](JobId batch, std::uint64_t count) {
         for (std::uint64_t i = 0; i < count; ++i) {

@@ -309,6 +309,9 @@ struct BatchOpenRequest {
     std::string description;
     std::optional<JobSpec> on_complete;
     std::optional<JobSpec> on_success;
+    // Idempotency, as a job's token: a BATCH_OPEN with a known token answers that batch (a
+    // client resending after a lost reply opens one batch, not two).
+    std::optional<std::string> token;
 };
 
 // BATCH_SEAL, BATCH_SHOW.
