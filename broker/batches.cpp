@@ -50,21 +50,16 @@ BatchInfo JobEngine::open_batch(BatchInfo b, const std::optional<std::string>& t
     return b;
 }
 
-BatchInfo JobEngine::seal_batch(JobId id, Millis now) {
+// The seal is written with the pass's other changes to the batch (flush_batches(), in id order:
+// no row lock mid-pass); the callbacks then fire if every member had finished.
+void JobEngine::seal_batch(JobId id, Millis now) {
     now_ = now;
-    flush_batches();  // the counts as of now: a member finished or revived in this pass counts
-    auto b = store_.get_batch(id, false, true);  // locked: a member finishing elsewhere waits
+    auto b = store_.get_batch(id, false, false);
     if (!b) no_batch(id);
-    if (!b->sealed_at) {
-        store_.seal_batch(id, now);
-        b->sealed_at = to_time(now);
-        // Every member finished before the seal (or there are none): the callbacks fire now.
-        fire_batch(*b);
-        b = store_.get_batch(id, false, false);
-        if (!b) no_batch(id);
-    }
-    with_batch_state(*b);
-    return *b;
+    if (b->sealed_at) return;
+    auto& m = batch_moves_[id];
+    if (!m.delta.seal) m.delta.seal = now;
+    m.entered = true;  // look at the counters once sealed
 }
 
 std::optional<BatchInfo> JobEngine::batch(JobId id) {
@@ -89,7 +84,8 @@ void JobEngine::check_batches(const std::vector<JobSpec>& specs) {
         if (!s.batch || s.batch == last) continue;
         auto b = store_.get_batch(*s.batch, false, false);
         if (!b) no_batch(*s.batch);
-        if (b->sealed_at)
+        auto m = batch_moves_.find(*s.batch);  // sealed earlier in this pass
+        if (b->sealed_at || (m != batch_moves_.end() && m->second.delta.seal))
             throw ProtocolError(ErrorCode::invalid_state,
                                 fmt::format("batch {} is sealed: it takes no more jobs", *s.batch));
         last = s.batch;

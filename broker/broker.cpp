@@ -50,6 +50,13 @@ struct Outgoing {
     std::optional<std::uint64_t> req;
 };
 
+// A BATCH_SEAL of the current pass, answered once the pass's batch changes are written.
+struct SealReply {
+    std::string identity;
+    std::uint64_t req = 0;
+    JobId id = 0;
+};
+
 // A SUBMIT with wait_ms of the current pass, waiting for the commit.
 struct SubmitWait {
     std::string identity;
@@ -183,6 +190,7 @@ struct Broker::State {
     bool txn_failed = false;
     std::string txn_error;
     std::vector<Outgoing> outbox;
+    std::vector<SealReply> seal_replies;  // this pass's BATCH_SEALs (answer_seals())
     std::vector<SubmitWait> submit_waits;
     Millis next_heartbeat = 0;
     Millis next_status = 0;
@@ -508,9 +516,35 @@ struct Broker::State {
     }
     void on_batch_seal(const Request& rq) {
         auto m = decode_batch_request(rq.body);
-        auto b = engine.seal_batch(m.id, now);
-        spdlog::info("batch {} sealed with {} jobs ({} pending)", b.id, b.total, b.pending);
-        reply(rq.identity, cmd::kBatch, encode_batch(m.req, b), m.req);
+        engine.seal_batch(m.id, now);
+        // Answered once the pass's batch changes are written (answer_seals()).
+        seal_replies.push_back({rq.identity, m.req, m.id});
+    }
+    // BATCH_SEAL's replies: the batches as the pass leaves them (the seal and the callbacks it
+    // fired are written by engine.before_commit()). A failed pass answers them with its error.
+    void answer_seals() {
+        for (const auto& s : seal_replies) {
+            if (!txn_failed) {
+                try {
+                    if (auto b = engine.batch(s.id)) {
+                        spdlog::info("batch {} sealed with {} jobs ({} pending)", b->id, b->total,
+                                     b->pending);
+                        outbox.push_back({s.identity, cmd::kBatch, encode_batch(s.req, *b),
+                                          OnFail::error, s.req});
+                    } else {
+                        reply_error(s.identity, s.req, ErrorCode::not_found,
+                                    fmt::format("no batch {}", s.id));
+                    }
+                    continue;
+                } catch (const StoreError& e) {
+                    txn_failed = true;
+                    txn_error = e.what();
+                }
+            }
+            // The pass failed: flush() turns this into its storage error.
+            outbox.push_back({s.identity, cmd::kBatch, std::string(), OnFail::error, s.req});
+        }
+        seal_replies.clear();
     }
     void on_batch_show(const Request& rq) {
         auto m = decode_batch_request(rq.body);
@@ -1343,6 +1377,7 @@ struct Broker::State {
             txn_failed = true;
             txn_error = e.what();
         }
+        answer_seals();
         flush();
     }
 

@@ -209,8 +209,9 @@ class JobEngine {
     // A known `token`: the batch it opened (nothing new).
     BatchInfo open_batch(BatchInfo b, const std::optional<std::string>& token, Millis now);
     // Sealed (takes no more members; idempotent): its callbacks fire once every member has
-    // finished, at once when they all have. Throws not_found.
-    BatchInfo seal_batch(JobId id, Millis now);
+    // finished, in this pass when they all have. Written before the pass commits
+    // (before_commit()): read the batch after that for the reply. Throws not_found.
+    void seal_batch(JobId id, Millis now);
     // With its callbacks' specs; nullopt: no such batch.
     std::optional<BatchInfo> batch(JobId id);
     // Newest first, ids below `before` when given; without the callbacks' specs.

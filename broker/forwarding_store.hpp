@@ -95,7 +95,6 @@ class ForwardingStore : public Store {
     std::optional<BatchInfo> batch_moved(JobId id, const BatchDelta& d) override {
         return inner_.batch_moved(id, d);
     }
-    bool seal_batch(JobId id, Millis now) override { return inner_.seal_batch(id, now); }
     void batch_fired(JobId id, bool success, std::optional<JobId> job, Millis now) override {
         inner_.batch_fired(id, success, job, now);
     }

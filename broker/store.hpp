@@ -197,6 +197,7 @@ struct BatchDelta {
     std::int64_t dead = 0;
     std::int64_t cancelled = 0;
     std::int64_t expired = 0;
+    std::optional<Millis> seal;  // sealed at this time, unless it was already
     // One member more (+1) or less (-1) in terminal state `s`.
     void add(JobState s, std::int64_t n) {
         switch (s) {
@@ -356,13 +357,11 @@ class Store : public JobReads {
     // The batch, its callbacks' jobs with it when `specs`. A shared store locks its row until
     // the commit when `lock` (a seal or a new member on another broker waits meanwhile).
     virtual std::optional<BatchInfo> get_batch(JobId id, bool specs, bool lock) = 0;
-    // Members joined (d.total: only while the batch is open), entered or left terminal states:
-    // the counters change by `d`, in one statement (of several brokers, each sees the counts
-    // after its own change). The batch after the change, without specs; nullopt when it is gone,
-    // or when it was sealed and d.total is not 0 (nothing changed then).
+    // Members joined (d.total: only while the batch is open), entered or left terminal states,
+    // and the seal (d.seal): the counters change by `d`, in one statement (of several brokers, each
+    // sees the counts after its own change). The batch after the change, without specs; nullopt
+    // when it is gone, or when it was sealed and d.total is not 0 (nothing changed then).
     virtual std::optional<BatchInfo> batch_moved(JobId id, const BatchDelta& d) = 0;
-    // Sealed at `now` if not yet; false when it already was (or there is no such batch).
-    virtual bool seal_batch(JobId id, Millis now) = 0;
     // A callback ran: every member finished (`success`: succeeded) for the first time at `now`,
     // and `job` is the callback's job (nullopt: there is none).
     virtual void batch_fired(JobId id, bool success, std::optional<JobId> job, Millis now) = 0;

@@ -552,14 +552,11 @@ void PgStore::prepare() {
     db_.prepare("batch_moved",
                 fmt::format("UPDATE batches SET total = total + $6::bigint, succeeded = "
                             "succeeded + $2::bigint, dead = dead + $3::bigint, cancelled = "
-                            "cancelled + $4::bigint, expired = expired + $5::bigint WHERE id = "
-                            "$1::bigint AND ($6::bigint = 0 OR sealed_at IS NULL) RETURNING {}",
+                            "cancelled + $4::bigint, expired = expired + $5::bigint, sealed_at "
+                            "= COALESCE(sealed_at, $7::bigint) WHERE id = $1::bigint AND "
+                            "($6::bigint = 0 OR sealed_at IS NULL) RETURNING {}",
                             kBatchColumns),
-                6);
-    db_.prepare("batch_seal",
-                "UPDATE batches SET sealed_at = $2::bigint WHERE id = $1::bigint AND sealed_at "
-                "IS NULL",
-                2);
+                7);
     db_.prepare("batch_fired_complete",
                 "UPDATE batches SET completed_at = $2::bigint, complete_job = $3::bigint "
                 "WHERE id = $1::bigint",
@@ -1651,16 +1648,11 @@ std::optional<BatchInfo> PgStore::batch_moved(JobId id, const BatchDelta& d) {
         .i64(d.dead)
         .i64(d.cancelled)
         .i64(d.expired)
-        .i64(d.total);
+        .i64(d.total)
+        .opt_i64(d.seal);
     auto all = read_batches(run("batch_moved", p), false);
     if (all.empty()) return std::nullopt;
     return std::move(all.front());
-}
-
-bool PgStore::seal_batch(JobId id, Millis now) {
-    begin();
-    return run("batch_seal", pg::Params().i64(static_cast<std::int64_t>(id)).i64(now)).affected() >
-           0;
 }
 
 void PgStore::batch_fired(JobId id, bool success, std::optional<JobId> job, Millis now) {

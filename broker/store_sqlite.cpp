@@ -1859,11 +1859,10 @@ struct SqliteStore::BatchStatements {
           // (?2 IS 'x'): 1 when the member entered state x (NULL: none), else 0.
           moved(db, fmt::format("UPDATE batches SET total = total + ?6, succeeded = succeeded + "
                                 "?2, dead = dead + ?3, cancelled = cancelled + ?4, expired = "
-                                "expired + ?5 WHERE id = ?1 AND (?6 = 0 OR sealed_at IS NULL) "
-                                "RETURNING {}",
+                                "expired + ?5, sealed_at = COALESCE(sealed_at, ?7) WHERE id = ?1 "
+                                "AND (?6 = 0 OR sealed_at IS NULL) RETURNING {}",
                                 kBatchColumns)
                         .c_str()),
-          seal(db, "UPDATE batches SET sealed_at = ?2 WHERE id = ?1 AND sealed_at IS NULL"),
           fired_complete(db,
                          "UPDATE batches SET completed_at = ?2, complete_job = ?3 WHERE id = ?1"),
           fired_success(db,
@@ -1880,7 +1879,7 @@ struct SqliteStore::BatchStatements {
                  "DELETE FROM batches WHERE id IN (SELECT id FROM batches WHERE completed_at < "
                  "CASE WHEN dead > 0 THEN ?3 ELSE ?1 END AND succeeded + dead + cancelled + "
                  "expired = total LIMIT ?2)") {}
-    Stmt insert, by_token, get, moved, seal, fired_complete, fired_success, failed, list, remove;
+    Stmt insert, by_token, get, moved, fired_complete, fired_success, failed, list, remove;
 };
 
 SqliteStore::BatchStatements& SqliteStore::batch() {
@@ -1939,7 +1938,8 @@ std::optional<BatchInfo> SqliteStore::batch_moved(JobId id, const BatchDelta& d)
         .bind(3, d.dead)
         .bind(4, d.cancelled)
         .bind(5, d.expired)
-        .bind(6, d.total);
+        .bind(6, d.total)
+        .bind_opt(7, d.seal);
     std::optional<BatchInfo> out;
     const auto steps = st.vm_steps();  // counted over the statement's life
     if (st.step()) out = read_batch(st, false);
@@ -1949,12 +1949,6 @@ std::optional<BatchInfo> SqliteStore::batch_moved(JobId id, const BatchDelta& d)
     batch_steps_ += st.vm_steps() - steps;
     st.reset();
     return out;
-}
-
-bool SqliteStore::seal_batch(JobId id, Millis now) {
-    begin();
-    batch().seal.reset().bind(1, static_cast<std::int64_t>(id)).bind(2, now).run();
-    return sqlite3_changes(db_) > 0;
 }
 
 void SqliteStore::batch_fired(JobId id, bool success, std::optional<JobId> job, Millis now) {

@@ -87,7 +87,6 @@ class SqliteStore final : public Store {
     Inserted insert_batch(const BatchInfo& b, const std::optional<std::string>& token) override;
     std::optional<BatchInfo> get_batch(JobId id, bool specs, bool lock) override;
     std::optional<BatchInfo> batch_moved(JobId id, const BatchDelta& d) override;
-    bool seal_batch(JobId id, Millis now) override;
     void batch_fired(JobId id, bool success, std::optional<JobId> job, Millis now) override;
     std::vector<JobId> batch_failed(JobId id, std::size_t limit) override;
     std::vector<BatchInfo> list_batches(std::size_t limit, std::optional<JobId> before) override;

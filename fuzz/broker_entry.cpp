@@ -152,10 +152,6 @@ class FaultyStore final : public broker::ForwardingStore {
         write();
         return inner_.batch_moved(id, d);
     }
-    bool seal_batch(JobId id, Millis now) override {
-        write();
-        return inner_.seal_batch(id, now);
-    }
     void batch_fired(JobId id, bool success, std::optional<JobId> job, Millis now) override {
         write();
         inner_.batch_fired(id, success, job, now);

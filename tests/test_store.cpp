@@ -1261,7 +1261,11 @@ TEST_CASE("a member finishing costs its batch one row, whether it has 10 members
     // A sealed batch takes no members: that change is refused whole (nullopt, nothing written);
     // its members' own changes still count.
     store.begin();
-    REQUIRE(store.seal_batch(small, 2000));
+    auto sealed = store.batch_moved(small, BatchDelta{.seal = 2000});
+    REQUIRE(sealed);
+    CHECK(sealed->sealed_at == std::optional<Timestamp>(to_time(2000)));
+    CHECK(store.batch_moved(small, BatchDelta{.seal = 3000})->sealed_at ==
+          std::optional<Timestamp>(to_time(2000)));  // sealed once
     CHECK_FALSE(store.batch_moved(small, BatchDelta{.total = 1, .succeeded = 1}));
     auto members_only = store.batch_moved(small, BatchDelta{.succeeded = 1});
     store.commit();
