@@ -34,8 +34,10 @@ std::string batch_callback_key(JobId batch, bool success) {
 
 BatchInfo JobEngine::open_batch(BatchInfo b, const std::optional<std::string>& token, Millis now) {
     now_ = now;
+    std::vector<JobSpec> callbacks;  // their queues, counted together against max_queues
     for (const auto* cb : {&b.on_complete, &b.on_success})
-        if (*cb) check_queue_bound((*cb)->queue);
+        if (*cb) callbacks.push_back(**cb);
+    check_queue_bound(callbacks);
     b.created_at = to_time(now);
     auto ins = store_.insert_batch(b, token);
     if (ins.duplicate) {  // a resent BATCH_OPEN: the batch it opened, as it is now

@@ -3132,3 +3132,15 @@ TEST_CASE("batch: BATCH_LIST newest first, paged by before; retention deletes fi
     f.advance(1000);
     CHECK(list(100, std::nullopt) == std::vector<JobId>{ids[2]});
 }
+
+TEST_CASE("batch: BATCH_OPEN whose two callbacks name more new queues than max_queues leaves") {
+    auto c = engine_config();
+    c.max_queues = 2;
+    Engine f(c);
+    f.submit(spec("q1"));
+    auto two = f.error(cmd::kBatchOpen,
+                       encode(BatchOpenRequest{f.req++, "", spec("a"), spec("b"), std::nullopt}));
+    CHECK(two.code == ErrorCode::too_large);
+    auto one = open_batch(f, spec("a"), spec("a"));  // one new queue: room for it
+    CHECK(one.state == "open");
+}
