@@ -53,8 +53,8 @@ struct EngineConfig {
     std::size_t promote_batch = 1000;  // due jobs made ready (and timeouts, losses) per pass
     std::size_t max_queues = 10'000;   // distinct queues at once (SUBMIT to one more: too_large)
     // Cron schedules (broker/schedules.cpp): the work of one pass is bounded.
-    std::size_t max_schedules = 1000;   // SCHEDULE_ADD of one more: too_large
-    std::size_t schedule_batch = 20;    // due schedules handled per pass at most
+    std::size_t max_schedules = limits::kMaxSchedules;  // SCHEDULE_ADD of one more: too_large
+    std::size_t schedule_batch = 20;                    // due schedules handled per pass at most
     std::size_t schedule_steps = 1000;  // ticks stepped over per schedule and pass at most
     std::size_t catch_up_all = 100;     // `all`: the most missed ticks one outage fires
     // `none`: a tick handled later than this after its time was missed, and is skipped.

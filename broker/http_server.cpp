@@ -55,9 +55,9 @@ constexpr std::uint64_t kMaxCount = 10000;
 constexpr std::size_t kPayloadShown = 64 * 1024;
 // Ids one bulk action may name.
 constexpr std::size_t kMaxBulk = 1000;
-// Schedules /api/schedules and /metrics read: the engine's limit (EngineConfig::max_schedules),
-// so every schedule is shown and the metrics' schedule label has at most this many values.
-constexpr std::size_t kMaxSchedules = 1000;
+// Schedules /api/schedules and /metrics read: the engine's limit (limits::kMaxSchedules), so
+// every schedule is shown and the metrics' schedule label has at most this many values.
+using limits::kMaxSchedules;
 // Batches a page of /api/batches holds without a limit (BATCH_LIST's default).
 constexpr std::size_t kDefaultBatchPage = 100;
 

@@ -60,6 +60,9 @@ inline constexpr Millis kMaxTimeoutMs = 7LL * 86400000;  // a week
 inline constexpr std::uint32_t kMaxMaxRunning = 1'000'000;
 inline constexpr std::uint32_t kMaxRate = 100'000;
 inline constexpr Millis kMaxRatePerMs = 86400000;  // a day
+// Cron schedules stored at once (SCHEDULE_ADD of one more: too_large); the HTTP side reads them
+// all with this bound.
+inline constexpr std::size_t kMaxSchedules = 1000;
 // Job dependencies (SUBMIT `after`): the parents one job may wait for.
 inline constexpr std::size_t kMaxParents = 100;
 // Batches: a description's bytes; the failed members a callback's summary names (the rest it
