@@ -42,7 +42,7 @@ BatchInfo JobEngine::open_batch(BatchInfo b, const std::optional<std::string>& t
     auto ins = store_.insert_batch(b, token);
     if (ins.duplicate) {  // a resent BATCH_OPEN: the batch it opened, as it is now
         flush_batches();
-        auto known = store_.get_batch(ins.id, true, false);
+        auto known = store_.get_batch(ins.id, true);
         if (!known) no_batch(ins.id);
         with_batch_state(*known);
         return *known;
@@ -56,7 +56,7 @@ BatchInfo JobEngine::open_batch(BatchInfo b, const std::optional<std::string>& t
 // no row lock mid-pass); the callbacks then fire if every member had finished.
 void JobEngine::seal_batch(JobId id, Millis now) {
     now_ = now;
-    auto b = store_.get_batch(id, false, false);
+    auto b = store_.get_batch(id, false);
     if (!b) no_batch(id);
     if (b->sealed_at) return;
     auto& m = batch_moves_[id];
@@ -65,7 +65,7 @@ void JobEngine::seal_batch(JobId id, Millis now) {
 }
 
 std::optional<BatchInfo> JobEngine::batch(JobId id) {
-    auto b = store_.get_batch(id, true, false);
+    auto b = store_.get_batch(id, true);
     if (b) with_batch_state(*b);
     return b;
 }
@@ -84,7 +84,7 @@ void JobEngine::check_batches(const std::vector<JobSpec>& specs) {
     std::optional<JobId> last;  // a SUBMIT's jobs mostly name one batch: looked up once
     for (const auto& s : specs) {
         if (!s.batch || s.batch == last) continue;
-        auto b = store_.get_batch(*s.batch, false, false);
+        auto b = store_.get_batch(*s.batch, false);
         if (!b) no_batch(*s.batch);
         auto m = batch_moves_.find(*s.batch);  // sealed earlier in this pass
         if (b->sealed_at || (m != batch_moves_.end() && m->second.delta.seal))
@@ -133,7 +133,7 @@ void JobEngine::fire_batch(const BatchInfo& b) {
     if (!complete && !success) return;
     std::optional<BatchInfo> full;
     try {
-        full = store_.get_batch(b.id, true, false);
+        full = store_.get_batch(b.id, true);
     } catch (const ProtocolError& e) {
         // A stored callback that no longer decodes (damage, or a check this errand added): the
         // batch fires without it rather than fail every pass that finishes one of its members.

@@ -89,8 +89,8 @@ class ForwardingStore : public Store {
     Inserted insert_batch(const BatchInfo& b, const std::optional<std::string>& token) override {
         return inner_.insert_batch(b, token);
     }
-    std::optional<BatchInfo> get_batch(JobId id, bool specs, bool lock) override {
-        return inner_.get_batch(id, specs, lock);
+    std::optional<BatchInfo> get_batch(JobId id, bool specs) override {
+        return inner_.get_batch(id, specs);
     }
     std::optional<BatchInfo> batch_moved(JobId id, const BatchDelta& d) override {
         return inner_.batch_moved(id, d);

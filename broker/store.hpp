@@ -354,9 +354,9 @@ class Store : public JobReads {
     // A new batch (description, created_at, on_complete, on_success of `b`): its id, from the
     // store, never reused; with a known `token`, that batch's id (duplicate) and nothing written.
     virtual Inserted insert_batch(const BatchInfo& b, const std::optional<std::string>& token) = 0;
-    // The batch, its callbacks' jobs with it when `specs`. A shared store locks its row until
-    // the commit when `lock` (a seal or a new member on another broker waits meanwhile).
-    virtual std::optional<BatchInfo> get_batch(JobId id, bool specs, bool lock) = 0;
+    // The batch, its callbacks' jobs with it when `specs`. Read without a lock: changes to a
+    // batch are batch_moved()'s, at the end of a pass.
+    virtual std::optional<BatchInfo> get_batch(JobId id, bool specs) = 0;
     // Members joined (d.total: only while the batch is open), entered or left terminal states,
     // and the seal (d.seal): the counters change by `d`, in one statement (of several brokers, each
     // sees the counts after its own change). The batch after the change, without specs; nullopt

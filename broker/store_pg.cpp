@@ -534,7 +534,8 @@ void PgStore::prepare() {
                 "UPDATE schedules SET next_at = $3::bigint, last_at = $4::bigint, "
                 "last_job = $5::bigint WHERE name = $1::text AND next_at = $2::bigint",
                 5);
-    // Batches. (moved: $2 the state a member entered, $3 the one it left; NULL: not terminal.)
+    // Batches. (moved: $2-$5 the changes of the terminal counters, $6 of total (only while open),
+    // $7 a seal.)
     db_.prepare("batch_insert",
                 "INSERT INTO batches (description, created_at, on_complete, on_success, token) "
                 "VALUES ($1::text, $2::bigint, $3::bytea, $4::bytea, $5::text) "
@@ -544,10 +545,6 @@ void PgStore::prepare() {
     db_.prepare("batch_get",
                 fmt::format("SELECT {}, {} FROM batches WHERE id = $1::bigint", kBatchColumns,
                             kBatchSpecColumns),
-                1);
-    db_.prepare("batch_lock",
-                fmt::format("SELECT {}, {} FROM batches WHERE id = $1::bigint FOR UPDATE",
-                            kBatchColumns, kBatchSpecColumns),
                 1);
     db_.prepare("batch_moved",
                 fmt::format("UPDATE batches SET total = total + $6::bigint, succeeded = "
@@ -1630,12 +1627,9 @@ Inserted PgStore::insert_batch(const BatchInfo& b, const std::optional<std::stri
     throw StoreError("a new batch got no id", false);
 }
 
-std::optional<BatchInfo> PgStore::get_batch(JobId id, bool specs, bool lock) {
-    // Locked (FOR UPDATE) until the commit: a seal or a member's change elsewhere waits for it.
-    if (lock) begin();
-    auto all = read_batches(
-        run(lock ? "batch_lock" : "batch_get", pg::Params().i64(static_cast<std::int64_t>(id))),
-        specs);
+std::optional<BatchInfo> PgStore::get_batch(JobId id, bool specs) {
+    auto all =
+        read_batches(run("batch_get", pg::Params().i64(static_cast<std::int64_t>(id))), specs);
     if (all.empty()) return std::nullopt;
     return std::move(all.front());
 }

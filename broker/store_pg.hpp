@@ -75,7 +75,7 @@ class PgStore final : public Store {
     std::optional<Millis> next_schedule_at() override;
 
     Inserted insert_batch(const BatchInfo& b, const std::optional<std::string>& token) override;
-    std::optional<BatchInfo> get_batch(JobId id, bool specs, bool lock) override;
+    std::optional<BatchInfo> get_batch(JobId id, bool specs) override;
     std::optional<BatchInfo> batch_moved(JobId id, const BatchDelta& d) override;
     void batch_fired(JobId id, bool success, std::optional<JobId> job, Millis now) override;
     std::vector<JobId> batch_failed(JobId id, std::size_t limit) override;
@@ -169,7 +169,7 @@ class PgQueryStore final : public QueryStore {
     std::vector<BatchInfo> batches(std::size_t limit, std::optional<JobId> before) override {
         return store_.list_batches(limit, before);
     }
-    std::optional<BatchInfo> batch(JobId id) override { return store_.get_batch(id, true, false); }
+    std::optional<BatchInfo> batch(JobId id) override { return store_.get_batch(id, true); }
 
   private:
     PgStore store_;

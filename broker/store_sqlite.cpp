@@ -1916,7 +1916,7 @@ Inserted SqliteStore::insert_batch(const BatchInfo& b, const std::optional<std::
     return out;
 }
 
-std::optional<BatchInfo> SqliteStore::get_batch(JobId id, bool specs, bool) {
+std::optional<BatchInfo> SqliteStore::get_batch(JobId id, bool specs) {
     auto& st = batch().get.reset();
     st.bind(1, static_cast<std::int64_t>(id));
     std::optional<BatchInfo> out;
