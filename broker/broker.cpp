@@ -1113,25 +1113,69 @@ struct Broker::State {
     void dispatch() {
         if (!engine.take_dispatch_hint() && !credit_added) return;
         credit_added = false;
+        if (engine.shared()) return dispatch_shared();
+        // Memory takes one job at a time, so weighted queues are picked per job.
         for (auto& [inst, w] : workers.all()) {
             while (w.credit > 0) {
                 const std::string* q = workers.pick_queue(w, engine);
                 if (!q) break;
-                // A shared store claims the worker's whole credit in one statement; memory
-                // takes one job at a time, so weighted queues are picked per job.
-                auto claims =
-                    engine.claim(*q, w.commands, engine.shared() ? w.credit : 1, w.holder, now);
-                for (auto& c : claims) {
-                    w.jobs[c.id] = ++w.seq;
-                    --w.credit;
-                    Dispatch d{
-                        c.id,  *q,           c.attempt, std::move(c.payload), std::move(c.argv),
-                        w.seq, c.timeout_ms, c.epoch};
-                    outbox.push_back(
-                        {w.identity, cmd::kDispatch, encode(d), OnFail::drop, std::nullopt});
-                }
+                auto claims = engine.claim(*q, w.commands, 1, w.holder, now);
+                if (claims.empty()) continue;  // the queue is not claimable any more
+                send_dispatch(w, *q, std::move(claims.front()));
             }
         }
+    }
+
+    // A shared store: one claim per queue for all the workers that want it. In each round every
+    // worker with credit picks a queue; the credit of the workers that picked the same queue
+    // (and take the same kind of jobs) becomes one claim's slots, taken in turn so that a short
+    // queue is spread across them; claim i goes to slot i. A queue that gave fewer jobs than
+    // asked is not claimable again in this pass, so the next round's picks go elsewhere: each
+    // round spends credit or rules out a queue, and the rounds end when no worker picks one.
+    void dispatch_shared() {
+        struct Group {
+            std::string queue;
+            bool commands = false;
+            std::vector<WorkerRec*> wanting;
+        };
+        for (;;) {
+            std::vector<Group> groups;
+            for (auto& [inst, w] : workers.all()) {
+                if (w.credit == 0) continue;
+                const std::string* q = workers.pick_queue(w, engine);
+                if (!q) continue;
+                auto g = std::find_if(groups.begin(), groups.end(), [&](const Group& g) {
+                    return g.commands == w.commands && g.queue == *q;
+                });
+                if (g == groups.end()) g = groups.insert(groups.end(), {*q, w.commands, {}});
+                g->wanting.push_back(&w);
+            }
+            if (groups.empty()) return;
+            for (auto& g : groups) {
+                std::vector<WorkerRec*> slots;
+                for (std::uint32_t round = 0;; ++round) {
+                    std::size_t before = slots.size();
+                    for (WorkerRec* w : g.wanting)
+                        if (w->credit > round) slots.push_back(w);
+                    if (slots.size() == before) break;
+                }
+                std::vector<HolderRef> holders;
+                holders.reserve(slots.size());
+                for (WorkerRec* w : slots)
+                    holders.push_back(w->holder);
+                auto claims = engine.claim(g.queue, g.commands, holders, now);
+                for (std::size_t i = 0; i < claims.size(); ++i)
+                    send_dispatch(*slots[i], g.queue, std::move(claims[i]));
+            }
+        }
+    }
+
+    void send_dispatch(WorkerRec& w, const std::string& queue, Claim c) {
+        w.jobs[c.id] = ++w.seq;
+        --w.credit;
+        Dispatch d{c.id,  queue,        c.attempt, std::move(c.payload), std::move(c.argv),
+                   w.seq, c.timeout_ms, c.epoch};
+        outbox.push_back({w.identity, cmd::kDispatch, encode(d), OnFail::drop, std::nullopt});
     }
 
     // ---- end of pass: commit, then reply --------------------------------------------------

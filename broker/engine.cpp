@@ -610,10 +610,19 @@ bool JobEngine::claimable(const std::string& queue, bool commands) const {
 
 std::vector<Claim> JobEngine::claim(const std::string& queue, bool commands, std::size_t max,
                                     const HolderRef& by, Millis now) {
+    if (shared_) {
+        now_ = now;
+        return claim_shared(queue, commands, std::vector<HolderRef>(max, by));
+    }
+    return claim(queue, commands, std::vector<HolderRef>(max, by), now);
+}
+
+std::vector<Claim> JobEngine::claim(const std::string& queue, bool commands,
+                                    const std::vector<HolderRef>& slots, Millis now) {
     now_ = now;
-    if (shared_) return claim_shared(queue, commands, max, by);
+    if (shared_) return claim_shared(queue, commands, slots);
     std::vector<Claim> out;
-    while (out.size() < max) {
+    for (const auto& by : slots) {
         auto c = claim_one(queue, commands, by);
         if (!c) break;
         out.push_back(std::move(*c));
@@ -621,11 +630,17 @@ std::vector<Claim> JobEngine::claim(const std::string& queue, bool commands, std
     return out;
 }
 
-// One statement claims the batch; the database counted each attempt and wrote its event.
-std::vector<Claim> JobEngine::claim_shared(const std::string& queue, bool commands, std::size_t max,
-                                           const HolderRef& by) {
+// One statement claims the batch for all the slots; the database counted each attempt and
+// wrote its event, naming the slot's worker.
+std::vector<Claim> JobEngine::claim_shared(const std::string& queue, bool commands,
+                                           const std::vector<HolderRef>& slots) {
+    if (slots.empty()) return {};
+    const std::size_t max = slots.size();
     std::string held;
-    ClaimRequest req{queue, commands, max, by->name, now_};
+    ClaimRequest req{queue, commands, max, {}, now_};
+    req.workers.reserve(max);
+    for (const auto& h : slots)
+        req.workers.push_back(h->name);
     auto lim = limits_.find(queue);
     req.limited = lim != limits_.end() && lim->second.limits_starts();
     req.held = &held;
@@ -644,7 +659,9 @@ std::vector<Claim> JobEngine::claim_shared(const std::string& queue, bool comman
     }
     std::vector<Claim> out;
     auto& c = counts_[queue];
+    std::size_t slot = 0;
     for (auto& [row, data] : rows) {
+        const HolderRef& by = slots[std::min(slot++, max - 1)];
         Live* scratch = from_row(row);
         Live& l = live_.insert_or_assign(row.id, std::move(*scratch)).first->second;
         l.holder = by;

@@ -133,6 +133,10 @@ class JobEngine {
     // up to `max`, in priority then id order; none when the queue has none.
     std::vector<Claim> claim(const std::string& queue, bool commands, std::size_t max,
                              const HolderRef& by, Millis now);
+    // The same for several workers at once: up to one job per slot, and the i-th claim is
+    // slots[i]'s. On a shared store one statement claims them all.
+    std::vector<Claim> claim(const std::string& queue, bool commands,
+                             const std::vector<HolderRef>& slots, Millis now);
     // running -> succeeded (DONE) | retrying | dead (FAIL), fenced by (id, attempt).
     Finished finish(JobResult result, Millis now);
     // running -> ready without charging the attempt (RELEASE of a draining worker).
@@ -300,8 +304,8 @@ class JobEngine {
     // The job's expires_at has come by now_ (memory only).
     bool past_expiry(JobId id) const;
     std::optional<Claim> claim_one(const std::string& queue, bool commands, const HolderRef& by);
-    std::vector<Claim> claim_shared(const std::string& queue, bool commands, std::size_t max,
-                                    const HolderRef& by);
+    std::vector<Claim> claim_shared(const std::string& queue, bool commands,
+                                    const std::vector<HolderRef>& slots);
     // The job to decide on: memory's entry; on a shared store the cached entry while it is the
     // running attempt `attempt`, else the row as stored now (in scratch_ unless it is cached).
     Live* current(JobId id, std::optional<std::uint32_t> attempt = std::nullopt);

@@ -239,10 +239,12 @@ std::vector<Result> Connection::pipeline(const std::vector<Call>& calls) {
     PGconn* c = conn_.get();
     if (PQenterPipelineMode(c) != 1) fail("PostgreSQL cannot enter pipeline mode");
     for (const auto& call : calls) {
+        static const Params kNone;
+        const Params& p = call.params ? *call.params : kNone;
         std::string n(call.statement);
-        auto values = call.params.values();
-        if (PQsendQueryPrepared(c, n.c_str(), call.params.size(), values.data(),
-                                call.params.lengths(), call.params.formats(), 1) != 1) {
+        auto values = p.values();
+        if (PQsendQueryPrepared(c, n.c_str(), p.size(), values.data(), p.lengths(), p.formats(),
+                                1) != 1) {
             PQexitPipelineMode(c);
             fail("PostgreSQL cannot send a statement");
         }

@@ -87,10 +87,11 @@ class Result {
     std::unique_ptr<PGresult, decltype(&PQclear)> r_{nullptr, &PQclear};
 };
 
-// A prepared statement to run in a pipeline.
+// A prepared statement to run in a pipeline; its parameters are the caller's (a payload is not
+// copied), and must live until pipeline() returns.
 struct Call {
-    std::string_view statement;  // name given to Connection::prepare
-    Params params;
+    std::string_view statement;      // name given to Connection::prepare
+    const Params* params = nullptr;  // none
 };
 
 class Connection {

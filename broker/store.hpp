@@ -144,12 +144,15 @@ struct QueueLimits {
 
 // ---- shared stores (several brokers on one database) ---------------------------------------
 
-// A claim: ready -> running for up to `limit` jobs of `queue`, in one statement.
+// A claim: ready -> running for up to `limit` jobs of `queue`, in one statement, for one or
+// several workers of the broker.
 struct ClaimRequest {
     std::string queue;
     bool commands = false;  // argv jobs too
     std::size_t limit = 1;
-    std::string worker;  // the worker's name, for the row and the event
+    // The workers' names, for the rows and the events: the i-th job claimed (in the order the
+    // claim returns them) goes to workers[i]; past the end, to the last one.
+    std::vector<std::string> workers;
     Millis now = 0;
     // The queue has limits (as the engine last read them): the claim reads them again from the
     // queue's row, locked for the transaction, and takes no more than they allow; `held` is set

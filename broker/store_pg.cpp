@@ -21,6 +21,10 @@
 namespace errand::broker {
 namespace {
 
+// The SQLSTATE of a lease renewal that found this broker declared dead (division_by_zero, from
+// the "lease" statement's division by the rows it renewed).
+constexpr std::string_view kFencedState = "22012";
+
 // Schema migrations, in order; schema_version holds how many have run. Tuned for a queue:
 // every transition rewrites a row, so the jobs table leaves room on each page for the new
 // version (fillfactor 80: HOT updates, no index churn when no indexed column changes) and is
@@ -578,23 +582,28 @@ void PgStore::prepare() {
                 3);
     db_.prepare("schedule_next",
                 "SELECT min(next_at) FROM schedules WHERE NOT paused AND next_at IS NOT NULL", 0);
-    // The claim (several brokers at once): the rows are locked as they are picked, and rows
-    // another broker has locked are skipped, so no job is claimed twice; the database counts
-    // the attempt. A paused queue (read in the same statement) gives nothing.
+    // The claim (several brokers at once), one statement per queue for all the broker's
+    // workers: the rows are locked as they are picked, and rows another broker has locked are
+    // skipped, so no job is claimed twice; the database counts the attempt. A paused queue
+    // (read in the same statement) gives nothing. The n-th row in dispatch order goes to the
+    // n-th of the workers named in $4 (the last one takes the rest), and its event names it.
     db_.prepare(
         "claim",
         fmt::format(
-            "WITH c AS (UPDATE jobs SET state = 'running', attempts = attempts + 1, "
-            "worker = $4::text, started_at = $5::bigint, run_at = NULL, progress = NULL, "
-            "broker = $6::text, "
-            "progress_message = NULL WHERE id IN (SELECT id FROM jobs WHERE queue = $1::text "
+            "WITH p AS (SELECT pick, row_number() OVER (ORDER BY priority DESC, ready_seq) AS "
+            "slot FROM (SELECT id AS pick, priority, ready_seq FROM jobs WHERE queue = $1::text "
             "AND state = 'ready' AND ($2::boolean OR argv IS NULL) AND (expires_at IS NULL OR "
             "expires_at > $5::bigint) AND NOT EXISTS (SELECT 1 "
             "FROM queues WHERE name = $1::text AND (paused OR ($7::boolean AND (max_running "
             "IS NOT NULL OR rate IS NOT NULL)))) ORDER BY priority DESC, ready_seq "
-            "LIMIT $3::bigint FOR UPDATE SKIP LOCKED) RETURNING {}, payload, argv, ready_seq), "
+            "LIMIT $3::bigint FOR UPDATE SKIP LOCKED) locked), "
+            "c AS (UPDATE jobs SET state = 'running', attempts = attempts + 1, "
+            "worker = ($4::text[])[LEAST(p.slot, cardinality($4::text[]))::int], "
+            "started_at = $5::bigint, run_at = NULL, progress = NULL, broker = $6::text, "
+            "progress_message = NULL FROM p WHERE jobs.id = p.pick "
+            "RETURNING {}, payload, argv, ready_seq), "
             "e AS (INSERT INTO job_events (job_id, at, from_state, to_state, attempt, worker, "
-            "reason) SELECT id, $5::bigint, 'ready', 'running', attempts, $4::text, "
+            "reason) SELECT id, $5::bigint, 'ready', 'running', attempts, worker, "
             "'dispatched' FROM c) "
             "SELECT * FROM c ORDER BY priority DESC, ready_seq",
             kLiveColumns),
@@ -685,7 +694,14 @@ void PgStore::prepare() {
                 "LEFT JOIN leader l ON true WHERE NOT b.dead AND b.seen_at > now() - interval "
                 "'1 minute' ORDER BY b.id",
                 0);
-    db_.prepare("lease", "UPDATE brokers SET seen_at = now() WHERE id = $1::text AND NOT dead", 1);
+    // The lease's renewal, at every commit: a broker the others declared dead renews nothing,
+    // and the division by that count fails its transaction (kFencedState) before COMMIT.
+    db_.prepare("lease",
+                "WITH l AS (UPDATE brokers SET seen_at = now() WHERE id = $1::text AND NOT dead "
+                "RETURNING 1) SELECT 1 / count(*)::int FROM l",
+                1);
+    db_.prepare("begin", "BEGIN", 0);
+    db_.prepare("commit", "COMMIT", 0);
     db_.prepare("lead",
                 "INSERT INTO leader VALUES (1, $1::text, now() + interval '3 seconds') "
                 "ON CONFLICT (id) DO UPDATE SET holder = EXCLUDED.holder, "
@@ -749,7 +765,10 @@ void PgStore::listen() {
 // Outside a transaction a statement that finds the connection dropped (the server restarted,
 // the session was terminated) runs again once on a new one: nothing of it had happened.
 pg::Result PgStore::run(std::string_view statement, const pg::Params& params) {
-    if (in_txn_) return db_.run(statement, params);
+    if (in_txn_) {
+        if (begin_pending_) return first_of_transaction(statement, params);
+        return db_.run(statement, params);
+    }
     connected();
     try {
         return db_.run(statement, params);
@@ -760,39 +779,65 @@ pg::Result PgStore::run(std::string_view statement, const pg::Params& params) {
     }
 }
 
+// A transaction's BEGIN is not sent alone: it goes in one round trip with the transaction's
+// first statement, or with its commit when the pass wrote nothing but its lease.
 void PgStore::begin() {
     if (in_txn_) return;
+    in_txn_ = true;
+    begin_pending_ = true;
+}
+
+// BEGIN and the first statement, in one pipeline; sent again once on a new connection when the
+// old one was found dropped (nothing of the transaction had happened).
+pg::Result PgStore::first_of_transaction(std::string_view statement, const pg::Params& params) {
+    begin_pending_ = false;
+    const std::vector<pg::Call> calls{{"begin"}, {statement, &params}};
     connected();
     try {
-        db_.exec("BEGIN");
+        return std::move(db_.pipeline(calls).back());
     } catch (const StoreError&) {
         if (db_.ok()) throw;
         connected();
-        db_.exec("BEGIN");
+        return std::move(db_.pipeline(calls).back());
     }
-    in_txn_ = true;
 }
 
-// Every commit renews this broker's row first, and fails when the others declared it dead:
-// then nothing it decided since is applied (its attempts were given to others), and it joins
-// again as a new broker.
+// The commit is one round trip: [BEGIN,] the lease's renewal, the pass's count deltas, COMMIT.
+// The renewal fails the transaction itself when the others declared this broker dead (it divides
+// by the rows it renewed: SQLSTATE 22012), so the COMMIT after it never runs; then nothing it
+// decided since is applied (its attempts were given to others), and it joins again as a new
+// broker.
 void PgStore::commit() {
     if (!in_txn_) return;
-    try {
-        if (listens_ && run("lease", pg::Params().text(broker_id_)).affected() != 1) {
-            rollback();
-            auto old = broker_id_;
-            leader_until_ = {};
-            join();
-            throw StoreError(fmt::format("this broker ({}) was declared dead by the others (silent "
-                                         "past --worker-timeout: paused, or cut off); nothing of "
-                                         "this pass was applied, and it joined again as {}",
-                                         old, broker_id_),
-                             false);
-        }
-        flush_counts();
+    const bool began = !begin_pending_;
+    begin_pending_ = false;
+    const pg::Params lease = pg::Params().text(broker_id_);
+    const std::optional<pg::Params> counts = delta_params();
+    count_delta_.clear();
+    if (!began && !listens_ && !counts) {  // nothing was written: no transaction to end
         in_txn_ = false;
-        db_.exec("COMMIT");
+        return;
+    }
+    std::vector<pg::Call> calls;
+    if (!began) calls.push_back({"begin"});
+    if (listens_) calls.push_back({"lease", &lease});
+    if (counts) calls.push_back({"add_counts", &*counts});
+    calls.push_back({"commit"});
+    try {
+        if (!began) connected();
+        db_.pipeline(calls);
+        in_txn_ = false;
+    } catch (const pg::Error& e) {
+        rollback();
+        if (e.sqlstate() != kFencedState) throw;
+        auto old = broker_id_;
+        leader_until_ = {};
+        join();
+        throw StoreError(fmt::format("this broker ({}) was declared dead by the others (silent "
+                                     "past --worker-timeout: paused, or cut off); nothing of "
+                                     "this pass was applied, and it joined again as {}",
+                                     old, broker_id_),
+                         false);
     } catch (const StoreError&) {
         rollback();
         throw;
@@ -804,7 +849,8 @@ void PgStore::count(std::string_view queue, JobState state, std::int64_t by) {
     n += by;
 }
 
-void PgStore::flush_counts() {
+// This transaction's count deltas as add_counts' parameters; none when they add up to nothing.
+std::optional<pg::Params> PgStore::delta_params() const {
     std::vector<std::optional<std::string_view>> queues, states;
     std::vector<std::optional<std::int64_t>> deltas;
     for (const auto& [key, n] : count_delta_) {  // a std::map: in (queue, state) order
@@ -813,17 +859,24 @@ void PgStore::flush_counts() {
         states.emplace_back(to_string(key.second));
         deltas.emplace_back(n);
     }
-    if (!deltas.empty()) {
-        pg::Params p;
-        p.text_array(queues).text_array(states).i64_array(deltas).i64(count_shard_);
-        run("add_counts", p);
-    }
+    if (deltas.empty()) return std::nullopt;
+    pg::Params p;
+    p.text_array(queues).text_array(states).i64_array(deltas).i64(count_shard_);
+    return p;
+}
+
+void PgStore::flush_counts() {
+    if (auto p = delta_params()) run("add_counts", *p);
     count_delta_.clear();
 }
 
 void PgStore::rollback() {
     count_delta_.clear();
     in_txn_ = false;
+    if (begin_pending_) {  // BEGIN was never sent: nothing to roll back
+        begin_pending_ = false;
+        return;
+    }
     try {
         db_.exec("ROLLBACK");
     } catch (const StoreError&) {
@@ -1268,6 +1321,7 @@ std::vector<std::pair<std::string, QueueLimits>> PgStore::queue_limits() {
 }
 
 std::vector<ClaimedJob> PgStore::claim(const ClaimRequest& c) {
+    if (c.workers.empty() || c.limit == 0) return {};
     begin();
     std::size_t limit = c.limit;
     std::optional<StartWindow> window;  // the queue's rate window, when it has a rate
@@ -1312,7 +1366,8 @@ std::vector<ClaimedJob> PgStore::claim(const ClaimRequest& c) {
     p.text(c.queue)
         .boolean(c.commands)
         .i64(static_cast<std::int64_t>(limit))
-        .text(c.worker)
+        .text_array(
+            std::vector<std::optional<std::string_view>>(c.workers.begin(), c.workers.end()))
         .i64(c.now)
         .text(broker_id_)
         .boolean(!c.limited);

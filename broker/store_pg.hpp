@@ -126,10 +126,12 @@ class PgStore final : public Store {
     void join();
     void listen();
     pg::Result run(std::string_view statement, const pg::Params& params = {});
+    pg::Result first_of_transaction(std::string_view statement, const pg::Params& params);
     void migrate();
     void prepare();
     void count(std::string_view queue, JobState state, std::int64_t by);
     void flush_counts();
+    std::optional<pg::Params> delta_params() const;
     // Reads the notifications that arrived into finished_ and controls_, which
     // finished_elsewhere() and controls_elsewhere() hand out (each call empties its own).
     void read_notifications();
@@ -138,6 +140,7 @@ class PgStore final : public Store {
     std::vector<JobId> finished_;
     std::vector<std::string> controls_;
     bool in_txn_ = false;
+    bool begin_pending_ = false;  // begin() was called; BEGIN goes with the first statement
     bool listens_ = true;
     std::string host_;
     std::string broker_id_;

@@ -89,10 +89,11 @@ TEST_CASE("a pipeline runs its statements in one round trip, in order") {
     c.exec("DROP TABLE IF EXISTS q; CREATE TABLE q (id bigserial PRIMARY KEY, v text)");
     c.prepare("add", "INSERT INTO q (v) VALUES ($1) RETURNING id", 1);
     c.prepare("count", "SELECT count(*) FROM q", 0);
+    std::vector<pg::Params> values(3);
     std::vector<pg::Call> calls;
     for (int i = 0; i < 3; ++i)
-        calls.push_back({"add", pg::Params().text("v" + std::to_string(i))});
-    calls.push_back({"count", {}});
+        calls.push_back({"add", &values[i].text("v" + std::to_string(i))});
+    calls.push_back({"count"});
     auto results = c.pipeline(calls);
     REQUIRE(results.size() == 4);
     CHECK(results[0].i64(0, 0) == 1);
@@ -109,10 +110,11 @@ TEST_CASE("a failing statement in a pipeline throws with its SQLSTATE; the rest 
     c.prepare("count_u", "SELECT count(*) FROM u", 0);
     c.exec("BEGIN");
     std::string state;
+    pg::Params a, b;
+    a.text("a");
+    b.text("b");
     try {
-        c.pipeline({{"add_u", pg::Params().text("a")},
-                    {"add_u", pg::Params().text("a")},
-                    {"add_u", pg::Params().text("b")}});
+        c.pipeline({{"add_u", &a}, {"add_u", &a}, {"add_u", &b}});
     } catch (const pg::Error& e) {
         state = e.sqlstate();
         CHECK(std::string(e.what()).find("duplicate key") != std::string::npos);
@@ -403,7 +405,7 @@ TEST_CASE("migration 8 on PostgreSQL: a version-7 database keeps its jobs; `expi
     CHECK(store.events(a.id).back().reason == "expired");
     CHECK(counts()[JobState::expired] == 1);
     CHECK(counts()[JobState::ready] == 2);  // job 1 and `later`
-    auto claimed = store.claim({"q", false, 10, "w", 9000});
+    auto claimed = store.claim({"q", false, 10, {"w"}, 9000});
     store.commit();
     REQUIRE(claimed.size() == 1);  // job 1; `later` is past its expiry at 9000
     CHECK(claimed[0].job.id == 1);

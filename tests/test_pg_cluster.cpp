@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <map>
 #include <mutex>
 #include <set>
@@ -841,4 +842,86 @@ TEST_CASE(
     CHECK(runs.size() == static_cast<std::size_t>(kBatches * (kMembers + 2)));
     for (auto [id, n] : runs)
         CHECK_MESSAGE(n == 1, "job " << id << " ran " << n << " times");
+}
+
+TEST_CASE("one claim per queue serves every worker of the broker, each job named for its worker") {
+    PgServer pg({.settings = {"shared_preload_libraries=pg_stat_statements"}});
+    broker::pg::Connection admin(pg.conninfo());
+    admin.exec("CREATE EXTENSION pg_stat_statements");
+    TempDir d;
+    Broker b(d, cluster_args(pg));
+    Client c(b.client_options());
+    c.pause("q");
+    std::vector<JobId> ids;
+    for (int i = 0; i < 20; ++i)
+        ids.push_back(c.submit(job_spec("q", std::to_string(i))).id);
+
+    // Four workers of five slots each, whose handlers hold their jobs until released.
+    std::mutex mu;
+    std::condition_variable cv;
+    bool release = false;
+    std::map<std::string, int> ran;  // worker name -> jobs its handlers started
+    std::vector<std::unique_ptr<Worker>> workers;
+    std::vector<std::unique_ptr<WorkerThread>> threads;
+    for (int i = 0; i < 4; ++i) {
+        std::string name = "w" + std::to_string(i);
+        workers.push_back(std::make_unique<Worker>(WorkerOptions{
+            .endpoint = b.endpoint(), .name = name, .concurrency = 5, .prefetch = 0, .log = {}}));
+        workers.back()->handle("q", [&, name](const Job&) {
+            std::unique_lock lock(mu);
+            ++ran[name];
+            cv.notify_all();
+            cv.wait_for(lock, 30s, [&] { return release; });
+            return Outcome::success("ok");
+        });
+        threads.push_back(std::make_unique<WorkerThread>(*workers.back()));
+    }
+    REQUIRE_MESSAGE(wait_until(
+                        [&] {
+                            auto list = c.workers();
+                            return list.size() == 4 &&
+                                   std::all_of(list.begin(), list.end(),
+                                               [](const auto& w) { return w.credit == 5; });
+                        },
+                        10s, 20ms),
+                    b.logs());
+    admin.exec("SELECT pg_stat_statements_reset()");
+    c.resume("q");
+    {
+        std::unique_lock lock(mu);
+        bool all = cv.wait_for(lock, 20s, [&] {
+            int n = 0;
+            for (const auto& [w, k] : ran)
+                n += k;
+            return n == 20;
+        });
+        REQUIRE_MESSAGE(all, b.logs());
+    }
+    // One statement claimed the twenty jobs for the four workers, five each.
+    CHECK(scalar(pg,
+                 "SELECT COALESCE(sum(calls), 0)::bigint FROM pg_stat_statements WHERE query "
+                 "LIKE '%UPDATE jobs SET state = ''running'', attempts = attempts + 1%'") == 1);
+    {
+        std::lock_guard lock(mu);
+        CHECK(ran.size() == 4);
+        for (const auto& [w, k] : ran)
+            CHECK_MESSAGE(k == 5, w << " started " << k << " jobs");
+    }
+    for (int i = 0; i < 4; ++i)
+        CHECK(scalar(pg, "SELECT count(*) FROM jobs WHERE state = 'running' AND worker = 'w" +
+                             std::to_string(i) + "'") == 5);
+    // Each row and its dispatched event name the same worker.
+    CHECK(scalar(pg,
+                 "SELECT count(*) FROM jobs j JOIN job_events e ON e.job_id = j.id AND e.reason "
+                 "= 'dispatched' WHERE e.worker IS DISTINCT FROM j.worker") == 0);
+    {
+        std::lock_guard lock(mu);
+        release = true;
+    }
+    cv.notify_all();
+    for (JobId id : ids) {
+        auto done = c.wait(id, 20s);
+        REQUIRE_MESSAGE(done.has_value(), b.logs());
+        CHECK(done->state == JobState::succeeded);
+    }
 }
