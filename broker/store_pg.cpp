@@ -587,20 +587,25 @@ void PgStore::prepare() {
     // skipped, so no job is claimed twice; the database counts the attempt. A paused queue
     // (read in the same statement) gives nothing. The n-th row in dispatch order goes to the
     // n-th of the workers named in $4 (the last one takes the rest), and its event names it.
+    // The locked ids travel as one array, unnested WITH ORDINALITY: the planner then updates
+    // them by primary key (a nested loop), where a join to the locked rows, or `id IN (…)`,
+    // planned generically hashes a sequential scan of the whole table (EXPLAIN ANALYZE at 60,000
+    // rows: 11–15 ms for 250 rows against 17–33 ms for the `IN` form).
     db_.prepare(
         "claim",
         fmt::format(
-            "WITH p AS (SELECT pick, row_number() OVER (ORDER BY priority DESC, ready_seq) AS "
-            "slot FROM (SELECT id AS pick, priority, ready_seq FROM jobs WHERE queue = $1::text "
+            "WITH p AS (SELECT array_agg(pick ORDER BY priority DESC, ready_seq) AS picks FROM "
+            "(SELECT id AS pick, priority, ready_seq FROM jobs WHERE queue = $1::text "
             "AND state = 'ready' AND ($2::boolean OR argv IS NULL) AND (expires_at IS NULL OR "
             "expires_at > $5::bigint) AND NOT EXISTS (SELECT 1 "
             "FROM queues WHERE name = $1::text AND (paused OR ($7::boolean AND (max_running "
             "IS NOT NULL OR rate IS NOT NULL)))) ORDER BY priority DESC, ready_seq "
             "LIMIT $3::bigint FOR UPDATE SKIP LOCKED) locked), "
             "c AS (UPDATE jobs SET state = 'running', attempts = attempts + 1, "
-            "worker = ($4::text[])[LEAST(p.slot, cardinality($4::text[]))::int], "
+            "worker = ($4::text[])[LEAST(u.slot, cardinality($4::text[]))::int], "
             "started_at = $5::bigint, run_at = NULL, progress = NULL, broker = $6::text, "
-            "progress_message = NULL FROM p WHERE jobs.id = p.pick "
+            "progress_message = NULL FROM p, unnest(p.picks) WITH ORDINALITY AS u(pick, slot) "
+            "WHERE jobs.id = u.pick "
             "RETURNING {}, payload, argv, ready_seq), "
             "e AS (INSERT INTO job_events (job_id, at, from_state, to_state, attempt, worker, "
             "reason) SELECT id, $5::bigint, 'ready', 'running', attempts, worker, "
