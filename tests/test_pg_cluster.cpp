@@ -7,9 +7,11 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <fstream>
 #include <map>
 #include <mutex>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "harness.hpp"
@@ -923,5 +925,43 @@ TEST_CASE("one claim per queue serves every worker of the broker, each job named
         auto done = c.wait(id, 20s);
         REQUIRE_MESSAGE(done.has_value(), b.logs());
         CHECK(done->state == JobState::succeeded);
+    }
+}
+
+// PostgreSQL plans a prepared statement generically after its first five runs and keeps that
+// plan until the table is analysed again: a claim planned while the table was small must still
+// find its rows by primary key, not hash a sequential scan of a table that has grown since.
+TEST_CASE("the claim's plan finds rows by primary key, however small the table was when planned") {
+    PgServer pg({.settings = {"shared_preload_libraries=auto_explain",
+                              "auto_explain.log_min_duration=0", "autovacuum=off"}});
+    TempDir d;
+    Broker b(d, cluster_args(pg));
+    CountingWorker w(b, "w", {"q"});
+    Client c(b.client_options());
+    constexpr int kJobs = 60;
+    for (int i = 0; i < kJobs; ++i) {
+        auto done = c.wait(c.submit(job_spec("q", std::to_string(i))).id, 10s);
+        REQUIRE_MESSAGE(done.has_value(), b.logs());
+    }
+    std::ifstream in(pg.log_path());
+    std::stringstream text;
+    text << in.rdbuf();
+    const std::string log = text.str();
+    const std::string marker = "LOG:  duration: ";
+    std::vector<std::string> claims;  // each claim's logged plan, in order
+    for (auto at = log.find(marker); at != std::string::npos;) {
+        auto next = log.find(marker, at + marker.size());
+        auto entry = log.substr(at, next == std::string::npos ? std::string::npos : next - at);
+        if (entry.find("UPDATE jobs SET state = 'running', attempts = attempts + 1") !=
+            std::string::npos)
+            claims.push_back(std::move(entry));
+        at = next;
+    }
+    REQUIRE(claims.size() >= static_cast<std::size_t>(kJobs));
+    // The first runs are planned for their parameters (on a table of a few rows a scan is
+    // right); from the tenth on, the plan is the cached one or one made for a larger table.
+    for (std::size_t i = 10; i < claims.size(); ++i) {
+        CHECK_MESSAGE(claims[i].find("Seq Scan on jobs") == std::string::npos, claims[i]);
+        CHECK_MESSAGE(claims[i].find("jobs_pkey") != std::string::npos, claims[i]);
     }
 }
