@@ -1132,6 +1132,10 @@ struct Broker::State {
     // queue is spread across them; claim i goes to slot i. A queue that gave fewer jobs than
     // asked is not claimable again in this pass, so the next round's picks go elsewhere: each
     // round spends credit or rules out a queue, and the rounds end when no worker picks one.
+    // A claim takes at most kMaxClaimSlots jobs (its statement carries a name per slot); a
+    // group with more credit claims again in the next round.
+    static constexpr std::size_t kMaxClaimSlots = 1000;
+    std::size_t deal_turn = 0;
     void dispatch_shared() {
         struct Group {
             std::string queue;
@@ -1152,11 +1156,15 @@ struct Broker::State {
             }
             if (groups.empty()) return;
             for (auto& g : groups) {
+                // Dealt from a different worker each time, so a trickle of jobs is spread too.
                 std::vector<WorkerRec*> slots;
-                for (std::uint32_t round = 0;; ++round) {
-                    std::size_t before = slots.size();
-                    for (WorkerRec* w : g.wanting)
-                        if (w->credit > round) slots.push_back(w);
+                const std::size_t n = g.wanting.size();
+                const std::size_t first = deal_turn++ % n;
+                for (std::uint32_t round = 0; slots.size() < kMaxClaimSlots; ++round) {
+                    const std::size_t before = slots.size();
+                    for (std::size_t k = 0; k < n && slots.size() < kMaxClaimSlots; ++k)
+                        if (WorkerRec* w = g.wanting[(first + k) % n]; w->credit > round)
+                            slots.push_back(w);
                     if (slots.size() == before) break;
                 }
                 std::vector<HolderRef> holders;

@@ -610,11 +610,15 @@ bool JobEngine::claimable(const std::string& queue, bool commands) const {
 
 std::vector<Claim> JobEngine::claim(const std::string& queue, bool commands, std::size_t max,
                                     const HolderRef& by, Millis now) {
-    if (shared_) {
-        now_ = now;
-        return claim_shared(queue, commands, std::vector<HolderRef>(max, by));
+    now_ = now;
+    if (shared_) return claim_shared(queue, commands, std::vector<HolderRef>(max, by));
+    std::vector<Claim> out;
+    while (out.size() < max) {
+        auto c = claim_one(queue, commands, by);
+        if (!c) break;
+        out.push_back(std::move(*c));
     }
-    return claim(queue, commands, std::vector<HolderRef>(max, by), now);
+    return out;
 }
 
 std::vector<Claim> JobEngine::claim(const std::string& queue, bool commands,
@@ -647,6 +651,10 @@ std::vector<Claim> JobEngine::claim_shared(const std::string& queue, bool comman
     Millis wake = 0;
     req.wake = &wake;
     auto rows = store_.claim(req);
+    if (rows.size() > max)  // the pass rolls back: no worker is sent more than its credit
+        throw StoreError(
+            fmt::format("a claim of {} returned {} jobs for {} slots", queue, rows.size(), max),
+            false);
     if (wake > 0) rate_wake_[queue] = wake;  // the window is full once these started
     if (held.empty()) {
         held_.erase(queue);
@@ -661,7 +669,7 @@ std::vector<Claim> JobEngine::claim_shared(const std::string& queue, bool comman
     auto& c = counts_[queue];
     std::size_t slot = 0;
     for (auto& [row, data] : rows) {
-        const HolderRef& by = slots[std::min(slot++, max - 1)];
+        const HolderRef& by = slots[slot++];
         Live* scratch = from_row(row);
         Live& l = live_.insert_or_assign(row.id, std::move(*scratch)).first->second;
         l.holder = by;

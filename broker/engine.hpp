@@ -130,7 +130,7 @@ class JobEngine {
     // The jobs of one SUBMIT, in order, as submit() each; on a shared store written together.
     std::vector<Submitted> submit(std::vector<JobSpec> specs, Millis now);
     // ready -> running: the next jobs of `queue` for a worker (argv jobs only with `commands`),
-    // up to `max`, in priority then id order; none when the queue has none.
+    // up to `max`, in priority then ready order; none when the queue has none.
     std::vector<Claim> claim(const std::string& queue, bool commands, std::size_t max,
                              const HolderRef& by, Millis now);
     // The same for several workers at once: up to one job per slot, and the i-th claim is

@@ -190,6 +190,7 @@ void Connection::fail(const char* what, PGresult* r) const {
 
 bool Connection::reset() {
     PQreset(conn_.get());
+    broken_ = false;  // a new session, out of pipeline mode
     return ok();
 }
 
@@ -235,6 +236,24 @@ Result Connection::run(std::string_view name, const Params& params) {
                  "PostgreSQL statement failed");
 }
 
+// After a failed send: what was queued is ended with a sync and its results read, so the
+// connection leaves pipeline mode (a later exec() would fail in it); when even that fails, ok()
+// says the connection is down, and the owner connects again.
+void Connection::abandon_pipeline() {
+    PGconn* c = conn_.get();
+    if (PQpipelineStatus(c) == PQ_PIPELINE_OFF) return;
+    if (PQpipelineSync(c) == 1) {
+        while (PQstatus(c) == CONNECTION_OK) {
+            PGresult* r = PQgetResult(c);
+            if (!r) continue;
+            const bool synced = PQresultStatus(r) == PGRES_PIPELINE_SYNC;
+            PQclear(r);
+            if (synced) break;
+        }
+    }
+    if (PQexitPipelineMode(c) != 1) broken_ = true;
+}
+
 std::vector<Result> Connection::pipeline(const std::vector<Call>& calls) {
     PGconn* c = conn_.get();
     if (PQenterPipelineMode(c) != 1) fail("PostgreSQL cannot enter pipeline mode");
@@ -245,11 +264,14 @@ std::vector<Result> Connection::pipeline(const std::vector<Call>& calls) {
         auto values = p.values();
         if (PQsendQueryPrepared(c, n.c_str(), p.size(), values.data(), p.lengths(), p.formats(),
                                 1) != 1) {
-            PQexitPipelineMode(c);
+            abandon_pipeline();
             fail("PostgreSQL cannot send a statement");
         }
     }
-    if (PQpipelineSync(c) != 1) fail("PostgreSQL cannot send a pipeline");
+    if (PQpipelineSync(c) != 1) {
+        abandon_pipeline();
+        fail("PostgreSQL cannot send a pipeline");
+    }
     std::vector<Result> out;
     out.reserve(calls.size());
     PGresult* first_error = nullptr;

@@ -118,7 +118,7 @@ class Connection {
     // The connection's socket, for polling in an event loop (-1 when it is down).
     int socket() const { return PQsocket(conn_.get()); }
     // False once the server or the network dropped the connection.
-    bool ok() const { return PQstatus(conn_.get()) == CONNECTION_OK; }
+    bool ok() const { return !broken_ && PQstatus(conn_.get()) == CONNECTION_OK; }
     // Connects again with the same parameters (prepared statements and LISTENs are gone);
     // false when the server cannot be reached.
     bool reset();
@@ -129,6 +129,8 @@ class Connection {
 
   private:
     [[noreturn]] void fail(const char* what, PGresult* r = nullptr) const;
+    void abandon_pipeline();
+    bool broken_ = false;  // stuck in pipeline mode: down until reset()
     Result check(PGresult* r, const char* what) const;
     std::unique_ptr<PGconn, decltype(&PQfinish)> conn_{nullptr, &PQfinish};
 };

@@ -150,8 +150,9 @@ struct ClaimRequest {
     std::string queue;
     bool commands = false;  // argv jobs too
     std::size_t limit = 1;
-    // The workers' names, for the rows and the events: the i-th job claimed (in the order the
-    // claim returns them) goes to workers[i]; past the end, to the last one.
+    // The workers' names, for the rows and the events, one per slot: the i-th job claimed (in
+    // the order the claim returns them) goes to workers[i]. At most `limit` jobs are claimed,
+    // and `limit` is at most workers.size().
     std::vector<std::string> workers;
     Millis now = 0;
     // The queue has limits (as the engine last read them): the claim reads them again from the

@@ -610,11 +610,11 @@ void PgStore::prepare() {
             "started_at = $5::bigint, run_at = NULL, progress = NULL, broker = $6::text, "
             "progress_message = NULL FROM p, LATERAL (SELECT * FROM unnest(p.picks) WITH "
             "ORDINALITY AS x(pick, slot) LIMIT $3::bigint) u WHERE jobs.id = u.pick "
-            "RETURNING {}, payload, argv, ready_seq), "
+            "RETURNING {}, payload, argv, ready_seq, u.slot), "
             "e AS (INSERT INTO job_events (job_id, at, from_state, to_state, attempt, worker, "
             "reason) SELECT id, $5::bigint, 'ready', 'running', attempts, worker, "
             "'dispatched' FROM c) "
-            "SELECT * FROM c ORDER BY priority DESC, ready_seq",
+            "SELECT * FROM c ORDER BY slot",
             kLiveColumns),
         7);
     // A claim of a queue with limits ($7 false above, after these): its row, locked for the
@@ -789,7 +789,7 @@ pg::Result PgStore::run(std::string_view statement, const pg::Params& params) {
 }
 
 // A transaction's BEGIN is not sent alone: it goes in one round trip with the transaction's
-// first statement, or with its commit when the pass wrote nothing but its lease.
+// first statement (or with its COMMIT, should nothing have run in it).
 void PgStore::begin() {
     if (in_txn_) return;
     in_txn_ = true;
@@ -1331,6 +1331,8 @@ std::vector<std::pair<std::string, QueueLimits>> PgStore::queue_limits() {
 
 std::vector<ClaimedJob> PgStore::claim(const ClaimRequest& c) {
     if (c.workers.empty() || c.limit == 0) return {};
+    if (c.limit > c.workers.size())
+        throw std::logic_error("a claim for more jobs than it names workers for");
     begin();
     std::size_t limit = c.limit;
     std::optional<StartWindow> window;  // the queue's rate window, when it has a rate
@@ -1388,7 +1390,7 @@ std::vector<ClaimedJob> PgStore::claim(const ClaimRequest& c) {
             if (auto at = window->frees_at(rate_per)) *c.wake = *at;
     }
     std::vector<ClaimedJob> out;
-    const int data = r.columns() - 3;  // payload, argv, ready_seq after the live columns
+    const int data = r.columns() - 4;  // payload, argv, ready_seq, slot after the live columns
     for (int i = 0; i < r.rows(); ++i) {
         PgRow row{r, i};
         out.push_back({read_live(row), DispatchData{r.text(i, data), row.argv(data + 1)}});

@@ -147,7 +147,8 @@ class PgStore final : public Store {
     std::chrono::steady_clock::time_point next_beat_{}, next_forget_{}, next_reconnect_{};
     std::chrono::steady_clock::time_point leader_until_{};
     std::int64_t count_shard_ = 0;
-    // This transaction's changes to job_counts, written by flush_counts() at commit.
+    // This transaction's changes to job_counts: sent with COMMIT (delta_params()), or at once by
+    // flush_counts() where a statement after them must see them.
     std::map<std::pair<std::string, JobState>, std::int64_t> count_delta_;
 };
 

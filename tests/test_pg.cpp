@@ -405,7 +405,7 @@ TEST_CASE("migration 8 on PostgreSQL: a version-7 database keeps its jobs; `expi
     CHECK(store.events(a.id).back().reason == "expired");
     CHECK(counts()[JobState::expired] == 1);
     CHECK(counts()[JobState::ready] == 2);  // job 1 and `later`
-    auto claimed = store.claim({"q", false, 10, {"w"}, 9000});
+    auto claimed = store.claim({"q", false, 10, std::vector<std::string>(10, "w"), 9000});
     store.commit();
     REQUIRE(claimed.size() == 1);  // job 1; `later` is past its expiry at 9000
     CHECK(claimed[0].job.id == 1);
