@@ -94,6 +94,21 @@ std::string Brokers::durability() const {
     return PQgetvalue(r.res, 0, 0);
 }
 
+std::vector<std::vector<std::string>> Brokers::query(const std::string& sql) const {
+    if (!postgres()) throw std::logic_error("Brokers::query needs PostgreSQL");
+    PgConn c(db_);
+    PgResult r{PQexec(c.conn, sql.c_str())};
+    if (PQresultStatus(r.res) != PGRES_TUPLES_OK)
+        throw std::runtime_error(std::string("querying: ") + PQerrorMessage(c.conn));
+    std::vector<std::vector<std::string>> rows;
+    for (int row = 0; row < PQntuples(r.res); ++row) {
+        auto& out = rows.emplace_back();
+        for (int col = 0; col < PQnfields(r.res); ++col)
+            out.emplace_back(PQgetvalue(r.res, row, col));
+    }
+    return rows;
+}
+
 double Brokers::broker_cpu_seconds() const {
     double total = 0;
     for (const auto& b : brokers_)

@@ -44,6 +44,9 @@ class Brokers {
     // PostgreSQL only: the server's durability settings, as it reports them ("fsync=on
     // synchronous_commit=on full_page_writes=on"), for the config block.
     std::string durability() const;
+    // PostgreSQL only: the rows of `sql` (no parameters) as text, NULL as "", on a connection of
+    // its own (for the server's statistics views: a new connection sees their latest values).
+    std::vector<std::vector<std::string>> query(const std::string& sql) const;
 
     // CPU seconds so far: of our brokers together; of the --pg server (the postmaster and its
     // live children, by pid: diff two snapshots), empty without --pg.

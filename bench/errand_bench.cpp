@@ -44,6 +44,7 @@ const std::map<std::string, std::function<Result(const Options&)>>& scenarios() 
         {"failover", errand::bench::run_failover}, {"due", errand::bench::run_due},
         {"stats", errand::bench::run_stats},       {"bytes", errand::bench::run_bytes},
         {"history", errand::bench::run_history},   {"purge", errand::bench::run_purge},
+        {"soak", errand::bench::run_soak},
     };
     return table;
 }
@@ -87,6 +88,10 @@ int main(int argc, char** argv) {
         "              living --transitions (default 50)\n"
         "  purge       -n finished jobs purged: file size before, after, once space is back;\n"
         "              PING p99/max meanwhile\n"
+        "  soak        --rate jobs/s for --seconds on PostgreSQL (--pg or --db, --brokers N,\n"
+        "              default 1), the queue's retention --retention s so finished jobs are\n"
+        "              deleted meanwhile: SUBMIT ack -> handler start p50/p99/max per minute;\n"
+        "              jobs and job_events tuples, autovacuums and size before and after\n"
         "Unless --broker is given, each run starts its own errand-broker on a free 127.0.0.1\n"
         "port with a fresh database in --tmpdir, and kills it afterwards. e2e on PostgreSQL:\n"
         "--pg (a throwaway server per run, fsync on) or --db postgresql://… (an existing\n"
@@ -143,20 +148,33 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(1u, 100u));
     app.add_option("--warmup", opt.warmup, "latency: round trips before measuring")
         ->capture_default_str();
+    app.add_option("--rate", opt.rate, "soak: jobs submitted per second")
+        ->capture_default_str()
+        ->check(CLI::Range(0.1, 100000.0));
+    app.add_option("--seconds", opt.seconds, "soak: how long the producer submits")
+        ->capture_default_str()
+        ->check(CLI::Range(1.0, 86400.0));
+    app.add_option("--retention", opt.retention,
+                   "soak: the queue's retention in seconds (QUEUE_SET): finished jobs are "
+                   "deleted this long after")
+        ->capture_default_str()
+        ->check(CLI::Range(1.0, 86400.0));
     app.add_option("--synchronous", opt.synchronous, "our broker's --synchronous")
         ->capture_default_str()
         ->check(CLI::IsMember({"full", "normal"}));
     app.add_option(
         "--broker", opt.broker,
         "endpoint of a running broker to use instead of starting one (tcp://127.0.0.1:…)");
-    app.add_option("--db", opt.db,
-                   "e2e: run our brokers on this PostgreSQL database (postgresql://… or "
-                   "postgres://…) instead of SQLite");
-    app.add_flag("--pg", opt.pg,
-                 "e2e: start a throwaway PostgreSQL 15 server in --tmpdir for each run "
-                 "(PostgreSQL's defaults: fsync on, synchronous_commit on) and use it");
+    app.add_option(
+        "--db", opt.db,
+        "e2e/failover/soak: run our brokers on this PostgreSQL database (postgresql://… or "
+        "postgres://…) instead of SQLite");
+    app.add_flag(
+        "--pg", opt.pg,
+        "e2e/failover/soak: start a throwaway PostgreSQL 15 server in --tmpdir for each run "
+        "(PostgreSQL's defaults: fsync on, synchronous_commit on) and use it");
     app.add_option("--brokers", opt.brokers,
-                   "e2e: brokers on the one PostgreSQL database (--pg or --db)")
+                   "e2e/failover/soak: brokers on the one PostgreSQL database (--pg or --db)")
         ->capture_default_str()
         ->check(CLI::Range(1u, 16u));
     app.add_option("--broker-bin", opt.broker_bin,
@@ -166,7 +184,8 @@ int main(int argc, char** argv) {
     app.add_option("--addr", opt.addr,
                    "beanstalkd/redis: HOST:PORT (default 127.0.0.1:11300 / 127.0.0.1:6379)");
     app.add_option("--tmpdir", opt.tmpdir, "where databases go (default $TMPDIR or /tmp)");
-    app.add_option("--max-seconds", opt.max_seconds, "bound on each run")
+    app.add_option("--max-seconds", opt.max_seconds,
+                   "bound on each run (soak: on the drain after --seconds)")
         ->capture_default_str()
         ->check(CLI::Range(1.0, 3600.0));
     app.add_option("--repeat", opt.repeat, "runs; the figures are their medians")
@@ -191,8 +210,9 @@ int main(int argc, char** argv) {
     else if (!opt.db.empty() && opt.db.rfind("postgresql://", 0) != 0 &&
              opt.db.rfind("postgres://", 0) != 0)
         bad = "--db must be a postgresql:// or postgres:// URI (SQLite is the default)";
-    else if ((postgres || opt.brokers > 1) && opt.scenario != "e2e" && opt.scenario != "failover")
-        bad = "--pg, --db and --brokers are for the e2e and failover scenarios";
+    else if ((postgres || opt.brokers > 1) && opt.scenario != "e2e" && opt.scenario != "failover" &&
+             opt.scenario != "soak")
+        bad = "--pg, --db and --brokers are for the e2e, failover and soak scenarios";
     else if (opt.brokers > 1 && !postgres)
         bad = "--brokers N > 1 needs a PostgreSQL database (--pg or --db)";
     else if ((postgres || opt.brokers > 1) && !opt.broker.empty())

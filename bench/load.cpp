@@ -78,7 +78,8 @@ std::uint64_t submit_jobs(const std::string& endpoint, const JobSpec& job, std::
 }
 
 WorkerPool::WorkerPool(const std::vector<std::string>& endpoints, const std::string& queue,
-                       unsigned workers, unsigned concurrency, unsigned prefetch) {
+                       unsigned workers, unsigned concurrency, unsigned prefetch,
+                       Observer observe) {
     for (unsigned i = 0; i < workers; ++i) {
         WorkerOptions o;
         o.endpoint = endpoints[i % endpoints.size()];
@@ -86,7 +87,8 @@ WorkerPool::WorkerPool(const std::vector<std::string>& endpoints, const std::str
         o.concurrency = concurrency;
         o.prefetch = prefetch;
         auto w = std::make_unique<Worker>(o);
-        w->handle(queue, [this](const Job&) {
+        w->handle(queue, [this, observe](const Job& job) {
+            if (observe) observe(job);
             handled_.fetch_add(1, std::memory_order_relaxed);
             return Outcome::success({});
         });

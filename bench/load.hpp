@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -89,12 +90,15 @@ std::uint64_t submit_jobs(const std::string& endpoint, const JobSpec& job, std::
                           const std::atomic<bool>* stop = nullptr);
 
 // K errand::Worker objects (each with its own connection and `concurrency` handler threads) on
-// threads of this process, serving `queue` with a handler that counts the job and succeeds.
-// With several endpoints, worker i connects to endpoints[i mod size].
+// threads of this process, serving `queue` with a handler that calls `observe` (when given) on
+// its handler thread, counts the job and succeeds. With several endpoints, worker i connects to
+// endpoints[i mod size].
 class WorkerPool {
   public:
+    using Observer = std::function<void(const Job&)>;
     WorkerPool(const std::vector<std::string>& endpoints, const std::string& queue,
-               unsigned workers, unsigned concurrency, unsigned prefetch = 0);
+               unsigned workers, unsigned concurrency, unsigned prefetch = 0,
+               Observer observe = {});
     WorkerPool(const std::string& endpoint, const std::string& queue, unsigned workers,
                unsigned concurrency, unsigned prefetch = 0)
         : WorkerPool(std::vector<std::string>{endpoint}, queue, workers, concurrency, prefetch) {}

@@ -23,6 +23,9 @@ struct Options {
     unsigned restarts = 3;         // recovery: restarts measured per run
     unsigned transitions = 50;     // history: state changes in a long job's life
     unsigned warmup = 200;         // latency: round trips before measuring
+    double rate = 500;             // soak: jobs submitted per second
+    double seconds = 300;          // soak: how long the producer submits
+    double retention = 10;         // soak: the queue's retention in seconds (QUEUE_SET)
     std::string synchronous = "full";
     std::string broker;      // endpoint of a running broker; empty: start our own
     std::string db;          // e2e: postgresql:// URI our brokers share; empty: SQLite (or --pg)

@@ -24,6 +24,7 @@ Result run_stats(const Options& opt);       // stats.cpp
 Result run_bytes(const Options& opt);       // growth.cpp
 Result run_history(const Options& opt);     // growth.cpp
 Result run_purge(const Options& opt);       // growth.cpp
+Result run_soak(const Options& opt);        // soak.cpp
 
 // SQLite WAL commits per second at one row per transaction in the database file `path` (created
 // if missing): the one-fsync-per-submit limit with synchronous=full (fsync.cpp).
