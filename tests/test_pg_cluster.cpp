@@ -928,6 +928,71 @@ TEST_CASE("one claim per queue serves every worker of the broker, each job named
     }
 }
 
+TEST_CASE(
+    "a claim takes at most 1,000 jobs: more free credit on a queue claims again in the pass") {
+    PgServer pg({.settings = {"shared_preload_libraries=pg_stat_statements"}});
+    broker::pg::Connection admin(pg.conninfo());
+    admin.exec("CREATE EXTENSION pg_stat_statements");
+    TempDir d;
+    Broker b(d, cluster_args(pg));
+    Client c(b.client_options());
+    c.pause("q");
+    constexpr int kJobs = 1100;
+    for (int batch = 0; batch < kJobs / 100; ++batch) {
+        std::vector<JobSpec> specs;
+        for (int i = 0; i < 100; ++i)
+            specs.push_back(job_spec("q", std::to_string(batch * 100 + i)));
+        c.submit_batch(std::move(specs));
+    }
+    // One worker with room for all of them: one handler, the rest prefetched.
+    std::mutex mu;
+    std::condition_variable cv;
+    bool release = false;
+    Worker worker({.endpoint = b.endpoint(),
+                   .name = "w",
+                   .concurrency = 1,
+                   .prefetch = kJobs - 1,
+                   .log = {}});
+    worker.handle("q", [&](const Job&) {
+        std::unique_lock lock(mu);
+        cv.wait_for(lock, 30s, [&] { return release; });
+        return Outcome::success("ok");
+    });
+    WorkerThread thread(worker);
+    REQUIRE_MESSAGE(wait_until(
+                        [&] {
+                            auto list = c.workers();
+                            return list.size() == 1 && list[0].credit == kJobs;
+                        },
+                        10s, 20ms),
+                    b.logs());
+    admin.exec("SELECT pg_stat_statements_reset()");
+    c.resume("q");
+    const std::string running =
+        "SELECT count(*) FROM jobs WHERE state = 'running' AND worker = 'w'";
+    REQUIRE_MESSAGE(wait_until([&] { return scalar(pg, running) == kJobs; }, 20s, 20ms), b.logs());
+    // 1,000 slots, then the 100 left, in two statements.
+    CHECK(scalar(pg,
+                 "SELECT COALESCE(sum(calls), 0)::bigint FROM pg_stat_statements WHERE query "
+                 "LIKE '%UPDATE jobs SET state = ''running'', attempts = attempts + 1%'") == 2);
+    CHECK(scalar(pg,
+                 "SELECT COALESCE(sum(rows), 0)::bigint FROM pg_stat_statements WHERE query "
+                 "LIKE '%UPDATE jobs SET state = ''running'', attempts = attempts + 1%'") == kJobs);
+    {
+        std::lock_guard lock(mu);
+        release = true;
+    }
+    cv.notify_all();
+    CHECK_MESSAGE(wait_until(
+                      [&] {
+                          return scalar(pg,
+                                        "SELECT count(*) FROM jobs WHERE state = "
+                                        "'succeeded'") == kJobs;
+                      },
+                      60s, 50ms),
+                  b.logs());
+}
+
 // PostgreSQL plans a prepared statement generically after its first five runs and keeps that
 // plan until the table is analysed again: a claim planned while the table was small must still
 // find its rows by primary key, not hash a sequential scan of a table that has grown since.
