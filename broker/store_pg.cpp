@@ -586,7 +586,8 @@ void PgStore::prepare() {
     // workers: the rows are locked as they are picked, and rows another broker has locked are
     // skipped, so no job is claimed twice; the database counts the attempt. A paused queue
     // (read in the same statement) gives nothing. The n-th row in dispatch order goes to the
-    // n-th of the workers named in $4 (the last one takes the rest), and its event names it.
+    // n-th of the workers named in $4 (one per slot, at least $3 of them), and its event names
+    // it.
     // The locked ids travel as one array, unnested WITH ORDINALITY (the ordinal is the slot),
     // and the UPDATE finds them by primary key. How the planner joins them matters: PostgreSQL
     // plans a prepared statement generically after five runs and keeps that plan until the
@@ -606,7 +607,7 @@ void PgStore::prepare() {
             "IS NOT NULL OR rate IS NOT NULL)))) ORDER BY priority DESC, ready_seq "
             "LIMIT $3::bigint FOR UPDATE SKIP LOCKED) locked), "
             "c AS (UPDATE jobs SET state = 'running', attempts = attempts + 1, "
-            "worker = ($4::text[])[LEAST(u.slot, cardinality($4::text[]))::int], "
+            "worker = ($4::text[])[u.slot::int], "
             "started_at = $5::bigint, run_at = NULL, progress = NULL, broker = $6::text, "
             "progress_message = NULL FROM p, LATERAL (SELECT * FROM unnest(p.picks) WITH "
             "ORDINALITY AS x(pick, slot) LIMIT $3::bigint) u WHERE jobs.id = u.pick "

@@ -67,6 +67,28 @@ struct CountingWorker {
     std::unique_ptr<WorkerThread> thread;
 };
 
+// A test's PostgreSQL server that counts statements (pg_stat_statements), for the cases that
+// count the claims a broker makes.
+struct CountingPg {
+    CountingPg() : admin(pg.conninfo()) { admin.exec("CREATE EXTENSION pg_stat_statements"); }
+    void reset() { admin.exec("SELECT pg_stat_statements_reset()"); }
+    // The claim statements run since the last reset(), and the rows they claimed.
+    std::int64_t claims() { return sum("calls"); }
+    std::int64_t claimed() { return sum("rows"); }
+
+    PgServer pg{{.settings = {"shared_preload_libraries=pg_stat_statements"}}};
+    broker::pg::Connection admin;
+
+  private:
+    std::int64_t sum(const std::string& column) {
+        return admin
+            .query("SELECT COALESCE(sum(" + column +
+                   "), 0)::bigint FROM pg_stat_statements WHERE query LIKE '%UPDATE jobs SET "
+                   "state = ''running'', attempts = attempts + 1%'")
+            .i64(0, 0);
+    }
+};
+
 }  // namespace
 
 TEST_CASE("three brokers on one database: every job runs once, attempts counted by the database") {
@@ -847,9 +869,8 @@ TEST_CASE(
 }
 
 TEST_CASE("one claim per queue serves every worker of the broker, each job named for its worker") {
-    PgServer pg({.settings = {"shared_preload_libraries=pg_stat_statements"}});
-    broker::pg::Connection admin(pg.conninfo());
-    admin.exec("CREATE EXTENSION pg_stat_statements");
+    CountingPg counting;
+    const PgServer& pg = counting.pg;
     TempDir d;
     Broker b(d, cluster_args(pg));
     Client c(b.client_options());
@@ -887,7 +908,7 @@ TEST_CASE("one claim per queue serves every worker of the broker, each job named
                         },
                         10s, 20ms),
                     b.logs());
-    admin.exec("SELECT pg_stat_statements_reset()");
+    counting.reset();
     c.resume("q");
     {
         std::unique_lock lock(mu);
@@ -900,9 +921,7 @@ TEST_CASE("one claim per queue serves every worker of the broker, each job named
         REQUIRE_MESSAGE(all, b.logs());
     }
     // One statement claimed the twenty jobs for the four workers, five each.
-    CHECK(scalar(pg,
-                 "SELECT COALESCE(sum(calls), 0)::bigint FROM pg_stat_statements WHERE query "
-                 "LIKE '%UPDATE jobs SET state = ''running'', attempts = attempts + 1%'") == 1);
+    CHECK(counting.claims() == 1);
     {
         std::lock_guard lock(mu);
         CHECK(ran.size() == 4);
@@ -930,9 +949,8 @@ TEST_CASE("one claim per queue serves every worker of the broker, each job named
 
 TEST_CASE(
     "a claim takes at most 1,000 jobs: more free credit on a queue claims again in the pass") {
-    PgServer pg({.settings = {"shared_preload_libraries=pg_stat_statements"}});
-    broker::pg::Connection admin(pg.conninfo());
-    admin.exec("CREATE EXTENSION pg_stat_statements");
+    CountingPg counting;
+    const PgServer& pg = counting.pg;
     TempDir d;
     Broker b(d, cluster_args(pg));
     Client c(b.client_options());
@@ -966,18 +984,14 @@ TEST_CASE(
                         },
                         10s, 20ms),
                     b.logs());
-    admin.exec("SELECT pg_stat_statements_reset()");
+    counting.reset();
     c.resume("q");
     const std::string running =
         "SELECT count(*) FROM jobs WHERE state = 'running' AND worker = 'w'";
     REQUIRE_MESSAGE(wait_until([&] { return scalar(pg, running) == kJobs; }, 20s, 20ms), b.logs());
     // 1,000 slots, then the 100 left, in two statements.
-    CHECK(scalar(pg,
-                 "SELECT COALESCE(sum(calls), 0)::bigint FROM pg_stat_statements WHERE query "
-                 "LIKE '%UPDATE jobs SET state = ''running'', attempts = attempts + 1%'") == 2);
-    CHECK(scalar(pg,
-                 "SELECT COALESCE(sum(rows), 0)::bigint FROM pg_stat_statements WHERE query "
-                 "LIKE '%UPDATE jobs SET state = ''running'', attempts = attempts + 1%'") == kJobs);
+    CHECK(counting.claims() == 2);
+    CHECK(counting.claimed() == kJobs);
     {
         std::lock_guard lock(mu);
         release = true;
