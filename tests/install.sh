@@ -45,7 +45,7 @@ for f in codec.hpp transport.hpp json.hpp; do
 done
 
 # The installed liberrand holds everything of errand it needs: no undefined errand:: symbols.
-if nm -D --undefined-only "$libdir/liberrand.so" | c++filt | grep -q ' errand::'; then
+if nm -D --undefined-only "$libdir/liberrand.so" | c++filt | grep ' errand::' >/dev/null; then
   nm -D --undefined-only "$libdir/liberrand.so" | c++filt | grep ' errand::' >&2
   fail "liberrand.so needs errand symbols from elsewhere"
 fi
@@ -60,15 +60,15 @@ export PKG_CONFIG_PATH=$libdir/pkgconfig
 export PKG_CONFIG_SYSROOT_DIR=$dest
 libs=$(echo $(pkg-config --libs errand))  # without pkg-config's trailing space
 [ "$libs" = "-L$libdir -lerrand" ] || fail "pkg-config --libs errand is '$libs' (want only -lerrand)"
-pkg-config --print-requires-private errand | grep -qx 'libzmq' || fail "errand.pc lacks libzmq"
-pkg-config --print-requires-private errand | grep -qx 'fmt' || fail "errand.pc lacks fmt"
+pkg-config --print-requires-private errand | grep -x 'libzmq' >/dev/null || fail "errand.pc lacks libzmq"
+pkg-config --print-requires-private errand | grep -x 'fmt' >/dev/null || fail "errand.pc lacks fmt"
 
 # Each public header compiles alone and includes neither ZeroMQ nor MessagePack (nor fmt/spdlog).
 for h in "$incdir"/errand/*.hpp; do
   name=errand/$(basename "$h")
   deps=$(echo "#include <$name>" | "$CXX" "${flags[@]}" $(pkg-config --cflags errand) -x c++ -M - ) ||
     fail "<$name> does not compile on its own"
-  if echo "$deps" | grep -Eq 'zmq\.h|msgpack|/fmt/|spdlog|nlohmann'; then
+  if grep -Eq 'zmq\.h|msgpack|/fmt/|spdlog|nlohmann' <<<"$deps"; then
     fail "<$name> includes $(echo "$deps" | tr ' ' '\n' | grep -E 'zmq\.h|msgpack|/fmt/|spdlog|nlohmann' | head -3)"
   fi
 done
@@ -85,7 +85,7 @@ static_libs=$(pkg-config --libs errand $(pkg-config --print-requires-private err
               sed 's/-lerrand\b/-l:liberrand.a/')
 "$CXX" "${flags[@]}" $(pkg-config --cflags errand) "$ERRAND_EXAMPLES_DIR/submit.cpp" \
   -o "$tmp/pc/example-submit-static" $static_libs
-if ldd "$tmp/pc/example-submit-static" | grep -q liberrand; then
+if ldd "$tmp/pc/example-submit-static" | grep liberrand >/dev/null; then
   fail "the static example links liberrand.so"
 fi
 unset PKG_CONFIG_PATH PKG_CONFIG_SYSROOT_DIR
@@ -104,7 +104,7 @@ cmake -S "$ERRAND_EXAMPLES_DIR" -B "$tmp/cmake-static" -DCMAKE_PREFIX_PATH="$roo
 cmake --build "$tmp/cmake-static" >>"$tmp/cmake-static.log" 2>&1 ||
   { cat "$tmp/cmake-static.log" >&2; fail "cmake could not build examples/ with errand::errand-static"; }
 for ex in submit worker; do
-  if ldd "$tmp/cmake-static/example-$ex" | grep -q liberrand; then
+  if ldd "$tmp/cmake-static/example-$ex" | grep liberrand >/dev/null; then
     fail "the CMake errand::errand-static example-$ex links liberrand.so"
   fi
 done
@@ -124,7 +124,7 @@ run_pair() {  # LABEL WORKER SUBMIT: LD_LIBRARY_PATH names the installed lib for
   out=$(LD_LIBRARY_PATH=$libdir timeout 60 "$3" "$endpoint" 3) ||
     { cat "$tmp/broker.log" "$tmp/worker-$label.log" >&2; fail "$label: example-submit failed"; }
   for i in 0 1 2; do
-    echo "$out" | grep -q "succeeded: HELLO $i$" ||
+    grep -q "succeeded: HELLO $i$" <<<"$out" ||
       { echo "$out" >&2; fail "$label: no 'succeeded: HELLO $i' in example-submit's output"; }
   done
   kill -TERM "$worker_pid"
