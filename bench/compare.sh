@@ -15,7 +15,8 @@
 #   bench/compare.sh --quick      # ~1-2 minutes, one run each, fewer jobs
 #   bench/compare.sh --shapes     # instead: the client shapes of docs/PERFORMANCE.md "Every kind
 #                                 # of client" (1, 8 and 32 synchronous producers, 4 consumers
-#                                 # with concurrency 1 and no prefetch; submit only), ~6-10 min
+#                                 # with concurrency 1, no prefetch and then the library's
+#                                 # adaptive prefetch; submit only), ~8-12 min
 set -euo pipefail
 
 usage() {
@@ -189,6 +190,8 @@ if [ "$SHAPES" = 1 ]; then
         if [ "$2" = full ]; then n=$N_DURABLE bs=fsync rs=always; fi
         if [ "$3" = e2e ]; then
             bench "e_$1" e2e --mode sync -n "$n" --producers "$4" "${CONSUMERS[@]}" --synchronous "$2" "${slow[@]}"
+            # the same with the library worker's default: adaptive prefetch (up to 8 held)
+            bench "a_$1" e2e --mode sync -n "$n" --producers "$4" --workers 4 --concurrency 1 --prefetch auto --synchronous "$2" "${slow[@]}"
         else
             bench "e_$1" submit --mode sync -n "$n" --producers "$4" --synchronous "$2" "${slow[@]}"
         fi
@@ -207,10 +210,10 @@ if [ "$SHAPES" = 1 ]; then
     ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
     num() { awk -v a="$1" 'BEGIN { printf "%.0f", a }'; }
     # per-round ratio medians: errand / other, each round's pair from the same minute
-    round_ratio() {  # LABEL OTHER
-        local r
+    round_ratio() {  # LABEL OTHER [ERRAND]
+        local r e=${3:-e}
         for r in $(seq "$REPEAT"); do
-            awk -v a="$(at "e_$1" "$r" jobs_per_s)" -v b="$(at "$2_$1" "$r" jobs_per_s)" 'BEGIN { print a / b }'
+            awk -v a="$(at "${e}_$1" "$r" jobs_per_s)" -v b="$(at "$2_$1" "$r" jobs_per_s)" 'BEGIN { print a / b }'
         done | median | xargs printf '%.2fx'
     }
     echo
@@ -229,6 +232,18 @@ if [ "$SHAPES" = 1 ]; then
         printf '%-26s %9s %9s %7s %9s %7s %11s %11s\n' "${d^^} $m, $p producer(s)" \
             "$(num "$(get "e_$l" jobs_per_s)")" "$(num "$(get "b_$l" jobs_per_s)")" "$(round_ratio "$l" b)" \
             "$(num "$(get "r_$l" jobs_per_s)")" "$(round_ratio "$l" r)" "$cpu" "$bytes"
+    done
+    echo
+    echo "the same end-to-end shapes with the library worker's default consumers (--prefetch auto:"
+    echo "adaptive prefetch, up to 8 jobs held while jobs run short); peers as above:"
+    printf '%-26s %9s %7s %7s %11s %11s\n' "shape (jobs/s)" "errand" "e/bs" "e/redis" "broker us/j" "bytes/job"
+    for s in "${SHAPE_LIST[@]}"; do
+        IFS=: read -r d m p <<<"$s"
+        [ "$m" = e2e ] || continue
+        l="$d-$m-$p"
+        printf '%-26s %9s %7s %7s %11s %11s\n' "${d^^} $m, $p producer(s)" \
+            "$(num "$(get "a_$l" jobs_per_s)")" "$(round_ratio "$l" b a)" "$(round_ratio "$l" r a)" \
+            "$(num "$(get "a_$l" broker_cpu_us_per_job)")" "$(num "$(get "a_$l" broker_written_bytes_per_job)")"
     done
     echo
     echo "ratios: median of the per-round ratios (each round's errand and peer runs back to back)"

@@ -95,7 +95,10 @@ Result run_e2e(const Options& opt) {
     r.config["producers"] = producers;
     r.config["workers"] = opt.workers;
     r.config["concurrency"] = opt.concurrency;
-    r.config["prefetch"] = opt.prefetch;
+    if (opt.prefetch == kLibraryPrefetch)
+        r.config["prefetch"] = "auto";
+    else
+        r.config["prefetch"] = opt.prefetch;
     r.config["payload_bytes"] = payload.size();
     if (mode == SubmitMode::pipelined) r.config["window"] = opt.window;
     if (mode == SubmitMode::batch) {

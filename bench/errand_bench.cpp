@@ -121,12 +121,23 @@ int main(int argc, char** argv) {
                    "beanstalkd/redis: consumer connections")
         ->capture_default_str()
         ->check(CLI::Range(1u, 64u));
-    app.add_option("--prefetch", opt.prefetch,
-                   "e2e/depth: jobs each library worker holds beyond its concurrency")
-        ->capture_default_str();
+    app.add_option_function<std::string>(
+           "--prefetch",
+           [&](const std::string& v) {
+               opt.prefetch = v == "auto" ? errand::bench::kLibraryPrefetch
+                                          : static_cast<unsigned>(std::stoul(v));
+           },
+           "e2e/depth: jobs each library worker holds beyond its concurrency, or auto: the "
+           "library's default, adaptive prefetch (default 256)")
+        ->check([](const std::string& v) -> std::string {
+            if (v == "auto" || (!v.empty() && v.size() < 6 &&
+                                v.find_first_not_of("0123456789") == std::string::npos))
+                return {};
+            return "must be auto or a number";
+        });
     app.add_option("--daemon-prefetch", opt.daemon_prefetch,
-                   "daemon: errand-worker --prefetch (0, the daemon's default, fetches a job "
-                   "only when a slot is free)")
+                   "daemon: errand-worker --prefetch (0 fetches a job only when a slot is "
+                   "free; the daemon's own default is auto)")
         ->capture_default_str();
     app.add_option("--concurrency", opt.concurrency,
                    "handler threads per worker (daemon: errand-worker --concurrency, xargs -P)")

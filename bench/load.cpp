@@ -85,7 +85,8 @@ WorkerPool::WorkerPool(const std::vector<std::string>& endpoints, const std::str
         o.endpoint = endpoints[i % endpoints.size()];
         o.name = fmt::format("bench-{}-{}", ::getpid(), i);
         o.concurrency = concurrency;
-        o.prefetch = prefetch;
+        o.adaptive_prefetch = prefetch == kLibraryPrefetch;
+        o.prefetch = o.adaptive_prefetch ? 0 : prefetch;
         auto w = std::make_unique<Worker>(o);
         w->handle(queue, [this, observe](const Job& job) {
             if (observe) observe(job);

@@ -93,6 +93,9 @@ std::uint64_t submit_jobs(const std::string& endpoint, const JobSpec& job, std::
 // threads of this process, serving `queue` with a handler that calls `observe` (when given) on
 // its handler thread, counts the job and succeeds. With several endpoints, worker i connects to
 // endpoints[i mod size].
+// `prefetch` of a WorkerPool: the library's own default (WorkerOptions::adaptive_prefetch)
+// instead of a fixed number (a fixed number, 0 included, turns adaptive prefetch off).
+inline constexpr unsigned kLibraryPrefetch = ~0u;
 class WorkerPool {
   public:
     using Observer = std::function<void(const Job&)>;

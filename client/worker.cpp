@@ -87,6 +87,8 @@ struct Worker::Impl {
     bool pool_closing = false;
     std::uint32_t limit = 1;      // guarded by mu
     std::uint32_t executing = 0;  // handlers running now, guarded by mu
+    double run_ms = 0;            // handlers' run time, averaged (adaptive prefetch), guarded by mu
+    std::uint64_t runs = 0;       // jobs run, guarded by mu
     std::vector<std::thread> threads;
 
     explicit Impl(WorkerOptions o) : opt(std::move(o)) {
@@ -140,10 +142,17 @@ struct Worker::Impl {
                 tasks.pop_front();
                 ++executing;
             }
+            const auto started = std::chrono::steady_clock::now();
             Outcome out = execute(job);
+            const double ran_ms = std::chrono::duration<double, std::milli>(
+                                      std::chrono::steady_clock::now() - started)
+                                      .count();
             {
                 std::lock_guard lock(mu);
                 --executing;
+                // Run time, averaged (weight 1/16 for the newest), for adaptive prefetch.
+                run_ms = runs == 0 ? ran_ms : run_ms + (ran_ms - run_ms) / 16;
+                ++runs;
             }
             cv.notify_all();  // a thread held back by the limit may go
             JobResult r;
@@ -250,7 +259,7 @@ struct Worker::Impl {
                 m.weights.push_back(w > 0 ? w : 1);
         m.concurrency = concurrency;
         m.state = std::string(quiet ? kWorkerQuiet : kWorkerActive);
-        m.prefetch = opt.prefetch;
+        m.prefetch = declared_prefetch();
         m.commands = opt.accept_commands;
         for (const auto& [id, r] : running)
             m.held.push_back({id, r.attempt});
@@ -277,8 +286,55 @@ struct Worker::Impl {
 
     // CREDIT n, as several CREDITs when n is over what one may carry (concurrency + prefetch
     // can be).
+    // ---- adaptive prefetch (WorkerOptions::adaptive_prefetch) ----
+    // The broker lets this worker hold concurrency + declared_prefetch() jobs (REGISTER), so its
+    // own cap is loose: the worker holds concurrency + extra by giving back only the credit that
+    // keeps held + credit at that. `credit_out` is the credit the broker holds for it, as the
+    // worker counts it: what it granted, less the jobs dispatched since, set as the broker sets
+    // it on registration and control.
+    std::uint32_t extra = 0;
+    std::uint32_t credit_out = 0;
+
+    bool adaptive() const { return opt.prefetch == 0 && opt.adaptive_prefetch; }
+    std::uint32_t declared_prefetch() const {
+        return adaptive() ? kAdaptivePrefetch : opt.prefetch;
+    }
+    std::uint32_t slots() const { return concurrency + (adaptive() ? extra : opt.prefetch); }
+    std::uint32_t held() const {
+        return static_cast<std::uint32_t>(running.size() + held_results.size());
+    }
+    // The most credit the broker lets stand with `held` jobs held (WorkerRec::add_credit).
+    std::uint32_t broker_room() const {
+        const std::uint32_t most = concurrency + declared_prefetch();
+        return most > held() ? most - held() : 0;
+    }
+
+    // On below 5 ms of run time on average (after 8 jobs), off above 50 ms, as it was between.
+    void adapt() {
+        double average = 0;
+        std::uint64_t n = 0;
+        {
+            std::lock_guard lock(mu);
+            average = run_ms;
+            n = runs;
+        }
+        if (n >= 8 && average < 5)
+            extra = kAdaptivePrefetch;
+        else if (average > 50)
+            extra = 0;
+    }
+
+    // The credit to give back once `freed` jobs finished (they are no longer held).
+    std::uint32_t credit_for(std::uint32_t freed) {
+        if (!adaptive()) return freed;  // the broker caps it at concurrency + prefetch
+        adapt();
+        const std::uint32_t want = slots(), have = held() + credit_out;
+        return want > have ? want - have : 0;
+    }
+
     void grant(std::uint32_t n) {
         if (!registered || stopping) return;
+        credit_out += n;
         while (n > 0) {
             const std::uint32_t k = std::min<std::uint32_t>(n, limits::kMaxConcurrency);
             send(cmd::kCredit, encode_credit(k));
@@ -329,7 +385,8 @@ struct Worker::Impl {
             log(LogLevel::info, "registered with {} as {} (heartbeat {} ms{})", endpoint(),
                 opt.name, heartbeat_ms,
                 reconnects ? fmt::format(", reconnect {}", reconnects) : std::string());
-            auto slots = concurrency + opt.prefetch;
+            credit_out = 0;  // the broker's count starts again from what we hold
+            auto slots = this->slots();
             auto busy = static_cast<std::uint32_t>(running.size() + held_results.size());
             if (!quiet) grant(slots > busy ? slots - busy : 0);
             send_pending(now, true);
@@ -349,6 +406,7 @@ struct Worker::Impl {
                 release(d.id, d.attempt, d.queue, now, "not started, the worker is draining");
                 return;
             }
+            if (credit_out > 0) --credit_out;
             auto control = std::make_shared<JobControl>();
             control->epoch = d.epoch;
             running[d.id] = Running{d.attempt, control, d.queue};
@@ -415,6 +473,8 @@ struct Worker::Impl {
     // it runs. Quiet: nothing new comes; stopping: drain and exit, as stop() does; a new
     // concurrency: that many handlers at once from now on (running ones finish either way).
     void on_control(const WorkerControl& c) {
+        const bool quiet_before = quiet;
+        const std::uint32_t concurrency_before = concurrency;
         if (c.state == kWorkerStopping) {
             if (!stopping) {
                 log(LogLevel::info, "the broker asked this worker to stop: draining");
@@ -430,11 +490,24 @@ struct Worker::Impl {
             else
                 log(LogLevel::info, "resumed: taking jobs again ({} held)", running.size());
         }
+        const bool resumed = c.state == kWorkerActive && quiet_before;
         if (c.concurrency != concurrency) {
             log(LogLevel::info, "concurrency {} -> {} ({} running)", concurrency, c.concurrency,
                 running.size());
             set_concurrency(c.concurrency);
         }
+        // The broker's credit after this control, as it sets it (apply_control): none while
+        // quiet or stopping; all the room there is on a resume; a larger concurrency adds the
+        // difference, a smaller one caps it to the room left.
+        if (quiet || stopping)
+            credit_out = 0;
+        else if (resumed)
+            credit_out = broker_room();
+        else
+            credit_out = std::min(
+                credit_out +
+                    (concurrency > concurrency_before ? concurrency - concurrency_before : 0),
+                broker_room());
     }
 
     void set_concurrency(std::uint32_t n) {
@@ -497,7 +570,7 @@ struct Worker::Impl {
         next_status = now + opt.status_interval.count();
         WorkerStatus st;
         st.busy = static_cast<std::uint32_t>(running.size());
-        st.slots = concurrency + opt.prefetch;
+        st.slots = slots();
         st.unacknowledged = pending.size();
         st.connected = registered;
         st.broker = endpoint();
@@ -543,17 +616,19 @@ struct Worker::Impl {
             pending[id] = Pending{attempt, command.to_string(), body.to_string(), now, queue};
             fresh.push_back(id);
         }
+        const std::uint32_t credit = credit_for(freed);
         if (!registered || fresh.empty()) {
-            grant(freed);
+            grant(credit);
             return;
         }
         // The credit for every result of this wake-up rides on the results when the broker
         // reads it there (one message per finished job instead of two); else one CREDIT.
         const std::uint32_t carried = result_credit && !stopping
-                                          ? std::min<std::uint32_t>(freed, limits::kMaxConcurrency)
+                                          ? std::min<std::uint32_t>(credit, limits::kMaxConcurrency)
                                           : 0;
         send_results(fresh, carried);
-        grant(freed - carried);
+        credit_out += carried;
+        grant(credit - carried);
     }
 
     // One DONE/FAIL, or one RESULTS for several (up to kMaxBatch each): the broker then
@@ -577,7 +652,7 @@ struct Worker::Impl {
         auto it = pending.find(a.id);
         if (it != pending.end() && it->second.attempt == a.attempt) {
             pending.erase(it);
-            if (held_results.erase(a.id)) grant(1);
+            if (held_results.erase(a.id)) grant(credit_for(1));
         }
     }
 

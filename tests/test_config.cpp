@@ -165,6 +165,17 @@ TEST_CASE("config: bad values from any source are usage errors (exit 2) that nam
             {{"ERRAND_DRAIN_TIMEOUT", "forever"}});
     CHECK(r.code == 2);
     CHECK_MESSAGE(r.err.find("drain-timeout") != std::string::npos, r.err);
+    // --prefetch: auto (the default) or a number up to 10000.
+    r = run(dir, "wprefetch", {worker_bin(), "--queue", "q", "--dump-config"});
+    CHECK_MESSAGE(value_of(r.out, "prefetch") == "'auto'", r.out);
+    for (const char* bad : {"x", "-1", "10001", "4k", ""}) {
+        r = run(dir, "wbadprefetch",
+                {worker_bin(), "--queue", "q", "--prefetch", bad, "--dump-config"});
+        CHECK(r.code == 2);
+        CHECK_MESSAGE(
+            r.err.find("--prefetch: must be auto or a number from 0 to 10000") != std::string::npos,
+            r.err);
+    }
 }
 
 TEST_CASE("config: a broker and a worker started from files and the environment serve for real") {

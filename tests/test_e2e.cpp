@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <map>
+#include <mutex>
 #include <random>
 #include <set>
 #include <string>
@@ -430,4 +432,103 @@ TEST_CASE("e2e: STATS and QUEUES, answered off the loop, see every change acknow
         t.join();
     CHECK(right.load() == 8 * 25);
     CHECK(client.ping().version.size() > 0);
+}
+
+namespace {
+
+// A library worker (concurrency 1, the default prefetch) whose handler runs `run_ms` per job,
+// except for the job "block", which waits until released. After `warmup` such jobs, one blocks
+// the handler and `extra` more are submitted: the test then counts how many of those the broker
+// dispatched to the worker (held by it, waiting for its one handler).
+struct AdaptiveProbe {
+    TempDir dir;
+    Broker broker{dir};
+    errand::Worker worker{{.endpoint = broker.endpoint(),
+                           .name = "adaptive",
+                           .concurrency = 1,
+                           .accept_commands = false,
+                           .max_result = errand::limits::kDefaultMaxResult}};
+    std::mutex mu;
+    std::condition_variable cv;
+    bool blocked = false, release = false;
+    int run_ms = 0;
+
+    AdaptiveProbe(int ms) : run_ms(ms) {
+        worker.handle("ad", [this](const errand::Job& job) {
+            std::unique_lock lock(mu);
+            if (job.payload == "block") {
+                blocked = true;
+                cv.notify_all();
+                cv.wait(lock, [&] { return release; });
+            } else if (run_ms > 0) {
+                lock.unlock();
+                std::this_thread::sleep_for(std::chrono::milliseconds(run_ms));
+            }
+            return errand::Outcome::success("");
+        });
+    }
+
+    // Runs `warmup` jobs one after the other; then the blocking one and `extra` more; returns
+    // the extra jobs, with the handler still blocked.
+    std::vector<errand::JobId> block_behind(errand::Client& client, int warmup, int extra) {
+        for (int i = 0; i < warmup; ++i) {
+            auto j = client.wait(client.submit(job_spec("ad", "warm")).id, 10s);
+            REQUIRE(j.has_value());
+            REQUIRE(j->state == JobState::succeeded);
+        }
+        client.submit(job_spec("ad", "block"));
+        {
+            std::unique_lock lock(mu);
+            REQUIRE(cv.wait_for(lock, 10s, [&] { return blocked; }));
+        }
+        std::vector<errand::JobId> ids;
+        for (int i = 0; i < extra; ++i)
+            ids.push_back(client.submit(job_spec("ad", "x")).id);
+        return ids;
+    }
+
+    int running(errand::Client& client, const std::vector<errand::JobId>& ids) {
+        int n = 0;
+        for (auto id : ids)
+            if (client.status(id).state == JobState::running) ++n;
+        return n;
+    }
+
+    void finish(errand::Client& client, const std::vector<errand::JobId>& ids) {
+        {
+            std::lock_guard lock(mu);
+            release = true;
+        }
+        cv.notify_all();
+        for (auto id : ids) {
+            auto j = client.wait(id, 10s);
+            REQUIRE(j.has_value());
+            CHECK(j->state == JobState::succeeded);
+        }
+    }
+};
+
+}  // namespace
+
+TEST_CASE("e2e: a library worker holds up to 8 jobs beyond its concurrency while jobs run short") {
+    AdaptiveProbe p(0);
+    WorkerThread runner(p.worker);
+    errand::Client client(p.broker.client_options());
+    auto ids = p.block_behind(client, 20, 10);
+    // The handler is blocked; 8 of the 10 jobs come to the worker anyway (its adaptive
+    // prefetch), the other 2 stay ready. Before, none came: a job only for a free handler.
+    CHECK(wait_until([&] { return p.running(client, ids) == 8; }, 10s));
+    CHECK(p.running(client, ids) == 8);
+    p.finish(client, ids);
+}
+
+TEST_CASE("e2e: a library worker whose jobs run long holds only its concurrency") {
+    AdaptiveProbe p(60);
+    WorkerThread runner(p.worker);
+    errand::Client client(p.broker.client_options());
+    auto ids = p.block_behind(client, 10, 3);
+    // Every credit the worker gave rode on its results before the blocking job was dispatched,
+    // so the acknowledged SUBMITs above found none: the 3 jobs are ready, not dispatched.
+    CHECK(p.running(client, ids) == 0);
+    p.finish(client, ids);
 }
