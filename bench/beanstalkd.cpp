@@ -86,6 +86,7 @@ Result run_e2e_shape(const Options& opt, const std::string& tube, const std::str
         cons.push_back(std::make_unique<Beanstalk>(opt.addr));
         cons.back()->watch_only(tube);
     }
+    Pacer pacer(opt.paced, producers);
     const auto t0 = Clock::now();
     Clock::time_point t_end{};  // written by the consumer that deletes the n-th job
     std::atomic<std::uint64_t> inserted{0};
@@ -103,9 +104,9 @@ Result run_e2e_shape(const Options& opt, const std::string& tube, const std::str
         }
         for (unsigned i = 0; i < producers; ++i) {
             const std::uint64_t share = n / producers + (i < n % producers ? 1 : 0);
-            threads.emplace_back(failures.guard([&, p = prod[i].get(), share] {
+            threads.emplace_back(failures.guard([&, p = prod[i].get(), share, i] {
                 for (std::uint64_t k = 0; k < share && !stop && !deadline.passed(); ++k) {
-                    p->put(payload);
+                    pacer.paced(i, k, [&] { p->put(payload); });
                     if (++inserted == n && submit_only) t_end = Clock::now();
                 }
             }));
@@ -125,6 +126,7 @@ Result run_e2e_shape(const Options& opt, const std::string& tube, const std::str
     r.config["payload_bytes"] = payload.size();
     r.add("jobs_per_s", static_cast<double>(n) / seconds, "jobs/s");
     r.add("seconds", seconds, "s");
+    if (pacer.on()) pacer.report(r, "put -> INSERTED");
     return r;
 }
 

@@ -38,7 +38,7 @@ USAGE
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 BUILD="$REPO/build-bench"
-REPEAT=3 N=100000 N_SYNC=100000 N_DURABLE=10000 N_LAT=2000 JSON_OUT="" SHAPES=0
+REPEAT=3 N=100000 N_SYNC=100000 N_DURABLE=10000 N_LAT=2000 N_PACED=6000 JSON_OUT="" SHAPES=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) REPEAT=1 N=50000 N_SYNC=20000 N_DURABLE=3000 N_LAT=1000 ;;
@@ -205,6 +205,14 @@ if [ "$SHAPES" = 1 ]; then
             IFS=: read -r d m p <<<"$s"
             shape "$d-$m-$p" "$d" "$m" "$p"
         done
+        # latency at a paced 2,000 jobs/s from 8 producers, 100-byte payloads (e2e, 4 consumers)
+        for d in full normal; do
+            bs=binlog rs=everysec
+            if [ "$d" = full ]; then bs=fsync rs=always; fi
+            bench "e_paced-$d" e2e --mode sync -n "$N_PACED" --producers 8 --workers 4 --concurrency 1 --prefetch auto --synchronous "$d" --paced 2000 --payload-size 100 --max-seconds 60
+            bench "b_paced-$d" beanstalkd --mode e2e --addr "${BS_ADDR[$bs]}" -n "$N_PACED" --producers 8 --workers 4 --paced 2000 --payload-size 100 --max-seconds 60
+            bench "r_paced-$d" redis --mode e2e --addr "${RS_ADDR[$rs]}" -n "$N_PACED" --producers 8 --workers 4 --paced 2000 --payload-size 100 --max-seconds 60
+        done
         bench fsync_after fsync -n 300
     done
     ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
@@ -244,6 +252,17 @@ if [ "$SHAPES" = 1 ]; then
         printf '%-26s %9s %7s %7s %11s %11s\n' "${d^^} $m, $p producer(s)" \
             "$(num "$(get "a_$l" jobs_per_s)")" "$(round_ratio "$l" b a)" "$(round_ratio "$l" r a)" \
             "$(num "$(get "a_$l" broker_cpu_us_per_job)")" "$(num "$(get "a_$l" broker_written_bytes_per_job)")"
+    done
+    echo
+    echo "paced: 8 producers at 2,000 jobs/s in all, 100-byte payloads, 4 consumers (errand: --prefetch auto),"
+    echo "submit -> acknowledgement from each job's due moment ($N_PACED jobs; medians of the rounds):"
+    printf '%-12s %18s %18s %18s %11s %11s\n' "" "errand p50/p99 us" "beanstalkd" "redis" "broker us/j" "bytes/job"
+    for d in full normal; do
+        printf '%-12s %18s %18s %18s %11s %11s\n' "${d^^}" \
+            "$(num "$(get "e_paced-$d" p50_us)") / $(num "$(get "e_paced-$d" p99_us)")" \
+            "$(num "$(get "b_paced-$d" p50_us)") / $(num "$(get "b_paced-$d" p99_us)")" \
+            "$(num "$(get "r_paced-$d" p50_us)") / $(num "$(get "r_paced-$d" p99_us)")" \
+            "$(num "$(get "e_paced-$d" broker_cpu_us_per_job)")" "$(num "$(get "e_paced-$d" broker_written_bytes_per_job)")"
     done
     echo
     echo "ratios: median of the per-round ratios (each round's errand and peer runs back to back)"

@@ -46,6 +46,7 @@ Result run_e2e(const Options& opt) {
     const std::uint64_t written0 = brokers.broker_write_bytes();
     const auto pg_cpu0 = brokers.postgres_cpu();
     const double self_cpu0 = cpu_seconds(::getpid());
+    Pacer pacer(opt.paced, producers);
     const auto t0 = Clock::now();
     {
         std::vector<std::jthread> threads;
@@ -54,7 +55,7 @@ Result run_e2e(const Options& opt) {
             threads.emplace_back([&, share, p] {
                 try {
                     submitted += submit_jobs(brokers.endpoint(p), noop_job(queue, payload), share,
-                                             mode, opt, deadline);
+                                             mode, opt, deadline, nullptr, &pacer, p);
                 } catch (...) {
                     std::lock_guard lock(failure_mu);
                     failure = std::current_exception();
@@ -122,6 +123,7 @@ Result run_e2e(const Options& opt) {
               "bytes (/proc/PID/io write_bytes: WAL and checkpoints, until the last success)");
     if (opt.pg) r.add("postgres_cpu_us_per_job", pg_cpu * per_job, "us (server and backends)");
     r.add("bench_cpu_us_per_job", self_cpu * per_job, "us (producers and workers)");
+    if (pacer.on()) pacer.report(r, "submit -> ack");
     return r;
 }
 

@@ -159,6 +159,11 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(1u, 100u));
     app.add_option("--warmup", opt.warmup, "latency: round trips before measuring")
         ->capture_default_str();
+    app.add_option("--paced", opt.paced,
+                   "e2e/submit/beanstalkd/redis, one job per request: submit RATE jobs/s in all "
+                   "on a schedule (spread over --producers) and report submit -> ack latency "
+                   "from each job's due moment")
+        ->check(CLI::Range(1.0, 1e6));
     app.add_option("--rate", opt.rate, "soak: jobs submitted per second")
         ->capture_default_str()
         ->check(CLI::Range(0.1, 100000.0));

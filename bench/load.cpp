@@ -4,9 +4,11 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <deque>
 #include <future>
 #include <stdexcept>
+#include <thread>
 
 #include "errand/async_client.hpp"
 
@@ -45,19 +47,56 @@ SubmitMode parse_submit_mode(const std::string& text) {
     throw std::invalid_argument("mode must be sync, pipelined or batch, not '" + text + "'");
 }
 
+Pacer::Pacer(double rate, unsigned producers)
+    : rate_(rate), producers_(std::max(1u, producers)), t0_(Clock::now() + 50ms) {}
+
+Clock::time_point Pacer::wait(unsigned p, std::uint64_t k) const {
+    const double at = (static_cast<double>(k) * producers_ + p) / rate_;
+    const auto due =
+        t0_ + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(at));
+    std::this_thread::sleep_until(due);
+    return due;
+}
+
+void Pacer::acknowledged(Clock::time_point due) {
+    const double us = std::chrono::duration<double, std::micro>(Clock::now() - due).count();
+    std::lock_guard lock(mu_);
+    us_.push_back(us);
+}
+
+void Pacer::report(Result& r, const char* what) {
+    std::vector<double> sorted;
+    {
+        std::lock_guard lock(mu_);
+        sorted = us_;
+    }
+    std::sort(sorted.begin(), sorted.end());
+    r.config["paced"] = rate_;
+    const std::string unit = fmt::format("us ({}, from the moment it was due)", what);
+    r.add("p50_us", quantile(sorted, 0.50), unit);
+    r.add("p99_us", quantile(sorted, 0.99), "us");
+    r.add("p999_us", quantile(sorted, 0.999), "us");
+    r.add("max_us", sorted.empty() ? 0 : sorted.back(), "us");
+}
+
 std::uint64_t submit_jobs(const std::string& endpoint, const JobSpec& job, std::uint64_t n,
                           SubmitMode mode, const Options& opt, const Deadline& deadline,
-                          const std::atomic<bool>* stop) {
+                          const std::atomic<bool>* stop, Pacer* pacer, unsigned producer) {
     auto stopped = [&] { return deadline.passed() || (stop && stop->load()); };
     std::uint64_t done = 0;
     if (mode == SubmitMode::sync) {
         Client client(client_options(endpoint));
         while (done < n && !stopped()) {
-            client.submit(job);
+            if (pacer)
+                pacer->paced(producer, done, [&] { client.submit(job); });
+            else
+                client.submit(job);
             ++done;
         }
         return done;
     }
+    if (pacer && pacer->on())
+        throw std::invalid_argument("--paced needs --mode sync (one job per request)");
     AsyncClient client(client_options(endpoint));
     const std::uint64_t per_request = mode == SubmitMode::batch ? opt.batch : 1;
     const std::size_t window = mode == SubmitMode::batch ? opt.batch_window : opt.window;

@@ -16,6 +16,7 @@
 #include "errand/worker.hpp"
 #include "options.hpp"
 #include "processes.hpp"
+#include "report.hpp"
 
 namespace errand::bench {
 
@@ -77,6 +78,41 @@ ClientOptions client_options(const std::string& endpoint);
 
 JobSpec noop_job(const std::string& queue, const std::string& payload);
 
+// --paced RATE: the producers submit on a schedule, RATE jobs/s in all, one at a time, instead
+// of as fast as they can. Producer p's k-th job is due at t0 + (k * producers + p) / RATE, and
+// its latency counts from that moment to its acknowledgement: a stall counts in full for every
+// job it held back, not only for the one it met (no coordinated omission).
+class Pacer {
+  public:
+    Pacer(double rate, unsigned producers);
+    bool on() const { return rate_ > 0; }
+    // Waits until producer p's k-th job is due; returns that moment.
+    Clock::time_point wait(unsigned p, std::uint64_t k) const;
+    // The job due at `due` was acknowledged now.
+    void acknowledged(Clock::time_point due);
+    // Producer p's k-th job: `submit()` (which returns once it is acknowledged) when the job is
+    // due, its latency recorded; at once when the pacer is off.
+    template <class Submit>
+    void paced(unsigned p, std::uint64_t k, Submit&& submit) {
+        if (!on()) {
+            submit();
+            return;
+        }
+        const auto due = wait(p, k);
+        submit();
+        acknowledged(due);
+    }
+    // p50_us, p99_us, p999_us and max_us of what was recorded; "paced" in the config.
+    void report(Result& r, const char* what);
+
+  private:
+    double rate_;
+    unsigned producers_;
+    Clock::time_point t0_;
+    std::mutex mu_;
+    std::vector<double> us_;
+};
+
 enum class SubmitMode { sync, pipelined, batch };
 SubmitMode parse_submit_mode(const std::string& text);  // throws std::invalid_argument
 
@@ -85,9 +121,11 @@ SubmitMode parse_submit_mode(const std::string& text);  // throws std::invalid_a
 //   sync:      Client::submit, one request at a time
 //   pipelined: AsyncClient, `window` one-job SUBMITs in flight
 //   batch:     AsyncClient, SUBMITs of `batch` jobs, `batch_window` of them in flight
+// With a pacer that is on (sync only), this thread is producer `producer` of its schedule.
 std::uint64_t submit_jobs(const std::string& endpoint, const JobSpec& job, std::uint64_t n,
                           SubmitMode mode, const Options& opt, const Deadline& deadline,
-                          const std::atomic<bool>* stop = nullptr);
+                          const std::atomic<bool>* stop = nullptr, Pacer* pacer = nullptr,
+                          unsigned producer = 0);
 
 // K errand::Worker objects (each with its own connection and `concurrency` handler threads) on
 // threads of this process, serving `queue` with a handler that calls `observe` (when given) on

@@ -247,6 +247,7 @@ Result run_e2e_shape(const Options& opt, const Keys& keys, const std::string& pa
         for (std::uint64_t k = 0; k < share; ++k)
             bodies[i].push_back(job_body(payload, i, k));
     }
+    Pacer pacer(opt.paced, producers);
     const auto t0 = Clock::now();
     Clock::time_point t_end{};  // written by the consumer that removes the n-th job
     std::atomic<std::uint64_t> pushed{0};
@@ -266,9 +267,9 @@ Result run_e2e_shape(const Options& opt, const Keys& keys, const std::string& pa
             }));
         }
         for (unsigned i = 0; i < producers; ++i) {
-            threads.emplace_back(failures.guard([&, p = prod[i].get(), &mine = bodies[i]] {
+            threads.emplace_back(failures.guard([&, p = prod[i].get(), &mine = bodies[i], i] {
                 for (std::size_t k = 0; k < mine.size() && !stop && !deadline.passed(); ++k) {
-                    p->lpush(keys.queue, mine[k]);
+                    pacer.paced(i, k, [&] { p->lpush(keys.queue, mine[k]); });
                     if (++pushed == n && submit_only) t_end = Clock::now();
                 }
             }));
@@ -295,6 +296,7 @@ Result run_e2e_shape(const Options& opt, const Keys& keys, const std::string& pa
     r.config["payload_bytes"] = payload.size();
     r.add("jobs_per_s", static_cast<double>(n) / seconds, "jobs/s");
     r.add("seconds", seconds, "s");
+    if (pacer.on()) pacer.report(r, "LPUSH -> reply");
     return r;
 }
 

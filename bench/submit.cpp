@@ -27,7 +27,9 @@ Result run_submit(const Options& opt) {
     const std::string queue = unique_queue("submit");
     const Deadline deadline(opt.max_seconds);
     const unsigned producers = std::max(1u, opt.producers);
-    const bool interleave = mode == SubmitMode::sync && !broker.external() && producers == 1;
+    const bool interleave =
+        mode == SubmitMode::sync && !broker.external() && producers == 1 && opt.paced == 0;
+    Pacer pacer(opt.paced, producers);
     const std::uint64_t rounds = interleave ? 5 : 1;
     const std::uint64_t per_round = std::max<std::uint64_t>(1, n / rounds);
     std::vector<double> limit_rates, ratios;
@@ -43,9 +45,9 @@ Result run_submit(const Options& opt) {
             std::vector<std::jthread> threads;
             for (unsigned p = 0; p < producers; ++p) {
                 const std::uint64_t share = want / producers + (p < want % producers ? 1 : 0);
-                threads.emplace_back(failures.guard([&, share] {
+                threads.emplace_back(failures.guard([&, share, p] {
                     got += submit_jobs(broker.endpoint(), noop_job(queue, payload), share, mode,
-                                       opt, deadline, &failures.stop);
+                                       opt, deadline, &failures.stop, &pacer, p);
                 }));
             }
             threads.clear();
@@ -88,6 +90,7 @@ Result run_submit(const Options& opt) {
         r.add("x_of_limit", median(ratios),
               "time per submit / time per one-row commit (median of rounds; 1.0 = the limit)");
     }
+    if (pacer.on()) pacer.report(r, "submit -> ack");
     if (done < n) r.notes.push_back("stopped at --max-seconds before all jobs were submitted");
     return r;
 }

@@ -45,7 +45,7 @@ struct Check {
 
 struct AsyncClient::Impl {
     ClientOptions opt;
-    zmq::context_t ctx{1};
+    zmq::context_t& ctx = process_context();
     int wake_fd = -1;
     std::mutex mu;
     std::deque<Request> incoming;

@@ -33,7 +33,7 @@ struct Client::Impl {
     std::vector<std::string> brokers;  // the endpoints, in order of preference
     std::size_t current = 0;           // the one the socket is connected to
     std::uint64_t failovers = 0;
-    zmq::context_t ctx{1};
+    zmq::context_t& ctx = process_context();
     std::unique_ptr<BrokerLink> link;
     std::uint64_t next_req = 1;
 

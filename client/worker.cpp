@@ -77,7 +77,7 @@ struct Worker::Impl {
     std::atomic<int> stop_requests{0};  // 1: drain, 2 or more: end the drain now
     std::string instance = unique_token();
     std::string inproc = "inproc://errand-worker-" + instance;
-    zmq::context_t ctx{1};
+    zmq::context_t& ctx = process_context();
 
     // Handler pool. `limit` (the concurrency, CONTROL may change it) handlers run at once;
     // the pool has at least that many threads (it grows, never shrinks: idle ones wait).

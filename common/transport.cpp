@@ -158,6 +158,11 @@ void LinkWatch::update(Millis now) {
     }
 }
 
+zmq::context_t& process_context() {
+    static zmq::context_t* ctx = new zmq::context_t(1);
+    return *ctx;
+}
+
 std::vector<std::string> broker_list(const std::string& endpoint,
                                      const std::vector<std::string>& endpoints) {
     std::vector<std::string> out = endpoints;

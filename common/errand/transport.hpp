@@ -80,6 +80,12 @@ class LinkWatch {
     std::uint64_t drops_ = 0;
 };
 
+// The ZeroMQ context of every Client, AsyncClient and Worker of this process: one I/O thread for
+// all their connections, as ZeroMQ's guide advises (a context each would be a thread each, and
+// every message a wake-up of its own). Made on first use and never destroyed: its I/O thread
+// ends with the process, so no client can outlive it.
+zmq::context_t& process_context();
+
 // The brokers a client or worker is given: `endpoints` when not empty, else the comma-separated
 // list in `endpoint`; each one checked. Throws std::invalid_argument ("bad broker endpoint '…':
 // why").
