@@ -36,14 +36,23 @@ constexpr int kExitUsage = 2;
 
 const std::map<std::string, std::function<Result(const Options&)>>& scenarios() {
     static const std::map<std::string, std::function<Result(const Options&)>> table{
-        {"submit", errand::bench::run_submit},     {"e2e", errand::bench::run_e2e},
-        {"latency", errand::bench::run_latency},   {"depth", errand::bench::run_depth},
-        {"recovery", errand::bench::run_recovery}, {"daemon", errand::bench::run_daemon},
-        {"fsync", errand::bench::run_fsync},       {"beanstalkd", errand::bench::run_beanstalkd},
-        {"ping", errand::bench::run_ping},         {"redis", errand::bench::run_redis},
-        {"failover", errand::bench::run_failover}, {"due", errand::bench::run_due},
-        {"stats", errand::bench::run_stats},       {"bytes", errand::bench::run_bytes},
-        {"history", errand::bench::run_history},   {"purge", errand::bench::run_purge},
+        {"submit", errand::bench::run_submit},
+        {"e2e", errand::bench::run_e2e},
+        {"latency", errand::bench::run_latency},
+        {"depth", errand::bench::run_depth},
+        {"recovery", errand::bench::run_recovery},
+        {"restart", errand::bench::run_restart},
+        {"daemon", errand::bench::run_daemon},
+        {"fsync", errand::bench::run_fsync},
+        {"beanstalkd", errand::bench::run_beanstalkd},
+        {"ping", errand::bench::run_ping},
+        {"redis", errand::bench::run_redis},
+        {"failover", errand::bench::run_failover},
+        {"due", errand::bench::run_due},
+        {"stats", errand::bench::run_stats},
+        {"bytes", errand::bench::run_bytes},
+        {"history", errand::bench::run_history},
+        {"purge", errand::bench::run_purge},
         {"soak", errand::bench::run_soak},
     };
     return table;
@@ -88,6 +97,9 @@ int main(int argc, char** argv) {
         "              living --transitions (default 50)\n"
         "  purge       -n finished jobs purged: file size before, after, once space is back;\n"
         "              PING p99/max meanwhile\n"
+        "  restart     --finished succeeded jobs written into the file and --live ready ones:\n"
+        "              spawn to first PONG and RSS, warm and cold (page cache dropped: root),\n"
+        "              --restarts rounds each\n"
         "  soak        --rate jobs/s for --seconds on PostgreSQL (--pg or --db, --brokers N,\n"
         "              default 1), the queue's retention --retention s so finished jobs are\n"
         "              deleted meanwhile: SUBMIT ack -> handler start p50/p99/max per minute;\n"
@@ -158,6 +170,11 @@ int main(int argc, char** argv) {
         ->capture_default_str()
         ->check(CLI::Range(1u, 100u));
     app.add_option("--warmup", opt.warmup, "latency: round trips before measuring")
+        ->capture_default_str();
+    app.add_option("--finished", opt.finished,
+                   "restart: finished (succeeded) jobs written straight into the file")
+        ->capture_default_str();
+    app.add_option("--live", opt.live, "restart: ready jobs submitted through the broker")
         ->capture_default_str();
     app.add_option("--paced", opt.paced,
                    "e2e/submit/beanstalkd/redis, one job per request: submit RATE jobs/s in all "

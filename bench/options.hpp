@@ -14,6 +14,8 @@ struct Options {
     unsigned producers = 1;
     unsigned workers = 2;
     unsigned concurrency = 8;
+    std::uint64_t finished = 1'000'000;  // restart: finished jobs written into the file
+    std::uint64_t live = 1000;           // restart: ready jobs submitted through the broker
     double paced = 0;              // e2e/submit/beanstalkd/redis sync: jobs/s in all, on a schedule
     unsigned prefetch = 256;       // e2e/depth: jobs a library worker holds beyond its concurrency
     unsigned daemon_prefetch = 0;  // daemon: errand-worker --prefetch (0 is the daemon's default)

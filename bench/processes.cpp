@@ -277,6 +277,18 @@ void BrokerProcess::kill9() {
     if (child_) child_->kill9();
 }
 
+void BrokerProcess::stop() {
+    if (!child_) return;
+    ::kill(child_->pid(), SIGTERM);
+    if (!child_->wait_exit(60s)) child_->kill9();
+    child_.reset();
+}
+
+std::string BrokerProcess::db_path() const {
+    if (!dir_) return {};
+    return db_.empty() ? (dir_->path() / "errand.db").string() : std::string();
+}
+
 std::uint64_t BrokerProcess::rss_kib() const {
     return child_ ? bench::rss_kib(child_->pid()) : 0;
 }

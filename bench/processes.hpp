@@ -99,6 +99,10 @@ class BrokerProcess {
     // does not answer within 60 s.
     double start();
     void kill9();
+    // SIGTERM, and waits for the exit (SIGKILL after 60 s).
+    void stop();
+    // The SQLite file of a broker this process started; empty otherwise.
+    std::string db_path() const;
 
   private:
     Options opt_;

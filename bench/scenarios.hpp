@@ -13,6 +13,7 @@ Result run_e2e(const Options& opt);         // e2e.cpp
 Result run_latency(const Options& opt);     // latency.cpp
 Result run_depth(const Options& opt);       // depth.cpp
 Result run_recovery(const Options& opt);    // recovery.cpp
+Result run_restart(const Options& opt);     // restart.cpp
 Result run_daemon(const Options& opt);      // daemon.cpp
 Result run_fsync(const Options& opt);       // fsync.cpp
 Result run_beanstalkd(const Options& opt);  // beanstalkd.cpp
