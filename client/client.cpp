@@ -5,6 +5,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <chrono>
 
 #include <random>
 
@@ -16,16 +17,27 @@
 namespace errand {
 
 std::string unique_token() {
-    // 64 random bits per thread, then that thread's counter: unique like 128 random bits, but a
-    // client's tokens increase, so the broker's token index grows at its right edge (a random
-    // key per job dirtied a random index page per job: a third of the broker's time per job).
-    thread_local const std::uint64_t prefix = [] {
+    // The time in ms (44 bits, never going back within a thread), 52 random bits fixed per
+    // thread, then that thread's counter (32 bits): unique like 128 random bits, and increasing
+    // within a thread. Led by the time, every client's tokens of one moment sort together, so the
+    // broker's token index grows at one right edge: with a random lead per thread (as before)
+    // each of P producers dirtied an index page of its own per commit.
+    thread_local const std::uint64_t random = [] {
         std::random_device rd;
         std::seed_seq seq{rd(), rd(), rd(), rd(), rd(), rd(), rd(), rd()};
-        return std::mt19937_64(seq)();
+        return std::mt19937_64(seq)() & ((std::uint64_t{1} << 52) - 1);
     }();
-    thread_local std::uint64_t counter = 0;
-    return fmt::format("{:016x}{:016x}", prefix, counter++);
+    thread_local std::uint64_t last_ms = 0;
+    thread_local std::uint32_t counter = 0;
+    const auto now =
+        static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                       std::chrono::system_clock::now().time_since_epoch())
+                                       .count());
+    last_ms = std::max(last_ms, now & ((std::uint64_t{1} << 44) - 1));
+    const std::uint32_t n = counter++;
+    std::string token = fmt::format("{:011x}{:013x}{:08x}", last_ms, random, n);
+    if (counter == 0) ++last_ms;  // 2^32 tokens in one ms: the next ones count from the next ms
+    return token;
 }
 
 struct Client::Impl {

@@ -284,14 +284,14 @@ struct Worker::Impl {
         backoff = std::min(backoff * 2, kMaxBackoffMs);
     }
 
-    // CREDIT n, as several CREDITs when n is over what one may carry (concurrency + prefetch
-    // can be).
     // ---- adaptive prefetch (WorkerOptions::adaptive_prefetch) ----
     // The broker lets this worker hold concurrency + declared_prefetch() jobs (REGISTER), so its
     // own cap is loose: the worker holds concurrency + extra by giving back only the credit that
     // keeps held + credit at that. `credit_out` is the credit the broker holds for it, as the
     // worker counts it: what it granted, less the jobs dispatched since, set as the broker sets
-    // it on registration and control.
+    // it on registration and control. It may count less than the broker has (then the worker
+    // grants more than it needs and the broker's cap takes the rest), never more: a worker that
+    // counted credit the broker does not have would wait for jobs that never come.
     std::uint32_t extra = 0;
     std::uint32_t credit_out = 0;
 
@@ -303,10 +303,13 @@ struct Worker::Impl {
     std::uint32_t held() const {
         return static_cast<std::uint32_t>(running.size() + held_results.size());
     }
-    // The most credit the broker lets stand with `held` jobs held (WorkerRec::add_credit).
+    // At most the credit the broker lets stand (WorkerRec::add_credit: concurrency +
+    // prefetch less the jobs it counts as ours). It counts results still on their way as held,
+    // so they are subtracted too: all that are unacknowledged, which may be more.
     std::uint32_t broker_room() const {
         const std::uint32_t most = concurrency + declared_prefetch();
-        return most > held() ? most - held() : 0;
+        const auto busy = static_cast<std::uint32_t>(held() + pending.size());
+        return most > busy ? most - busy : 0;
     }
 
     // On below 5 ms of run time on average (after 8 jobs), off above 50 ms, as it was between.
@@ -332,6 +335,8 @@ struct Worker::Impl {
         return want > have ? want - have : 0;
     }
 
+    // CREDIT n, as several CREDITs when n is over what one may carry (concurrency + prefetch
+    // can be).
     void grant(std::uint32_t n) {
         if (!registered || stopping) return;
         credit_out += n;

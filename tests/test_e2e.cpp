@@ -5,7 +5,9 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <filesystem>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <set>
@@ -531,4 +533,34 @@ TEST_CASE("e2e: a library worker whose jobs run long holds only its concurrency"
     // so the acknowledged SUBMITs above found none: the 3 jobs are ready, not dispatched.
     CHECK(p.running(client, ids) == 0);
     p.finish(client, ids);
+}
+
+namespace {
+std::size_t threads_of_this_process() {
+    std::size_t n = 0;
+    for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/task"))
+        ++n;
+    return n;
+}
+}  // namespace
+
+TEST_CASE("e2e: the library's clients and workers share one ZeroMQ context (one I/O thread)") {
+    TempDir dir;
+    Broker broker(dir);
+    errand::Client first(broker.client_options());  // the process's context exists from here
+    first.ping();
+    const std::size_t before = threads_of_this_process();
+    std::vector<std::unique_ptr<errand::Client>> clients;
+    std::vector<std::unique_ptr<errand::Worker>> workers;
+    for (int i = 0; i < 10; ++i) {
+        clients.push_back(std::make_unique<errand::Client>(broker.client_options()));
+        clients.back()->ping();
+        workers.push_back(std::make_unique<errand::Worker>(
+            errand::WorkerOptions{.endpoint = broker.endpoint(), .name = "w" + std::to_string(i)}));
+    }
+    // A context of its own each made two threads each (ZeroMQ's I/O thread and its reaper).
+    CHECK(threads_of_this_process() == before);
+    clients.clear();
+    workers.clear();
+    CHECK_FALSE(first.ping().version.empty());  // the shared context outlives the others
 }

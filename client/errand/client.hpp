@@ -173,7 +173,7 @@ class Client {
 };
 
 // A token no other call returns (in any thread or process), 32 hex digits, for JobSpec::token:
-// 64 random bits fixed per thread, then a per-thread counter.
+// the time in ms, 52 random bits fixed per thread, then a per-thread counter.
 std::string unique_token();
 
 }  // namespace errand
