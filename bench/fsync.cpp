@@ -14,15 +14,6 @@
 namespace errand::bench {
 namespace {
 
-void exec(sqlite3* db, const char* sql) {
-    char* err = nullptr;
-    if (sqlite3_exec(db, sql, nullptr, nullptr, &err) != SQLITE_OK) {
-        std::string msg = err ? err : "?";
-        sqlite3_free(err);
-        throw std::runtime_error(std::string("sqlite: ") + sql + ": " + msg);
-    }
-}
-
 struct Db {
     sqlite3* db = nullptr;
     explicit Db(const std::string& path) {
@@ -54,18 +45,18 @@ struct Fd {
 double sqlite_commit_rate(const std::string& path, const std::string& synchronous, std::uint64_t n,
                           const Deadline& deadline) {
     Db db(path);
-    exec(db.db, "PRAGMA journal_mode = WAL");
-    exec(db.db,
-         synchronous == "full" ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL");
-    exec(db.db, "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, payload BLOB)");
+    sqlite_exec(db.db, "PRAGMA journal_mode = WAL");
+    sqlite_exec(
+        db.db, synchronous == "full" ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL");
+    sqlite_exec(db.db, "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, payload BLOB)");
     Stmt insert(db.db, "INSERT INTO t (payload) VALUES (zeroblob(16))");
     const auto t0 = Clock::now();
     std::uint64_t i = 0;
     for (; i < n && !deadline.passed(); ++i) {
-        exec(db.db, "BEGIN IMMEDIATE");
+        sqlite_exec(db.db, "BEGIN IMMEDIATE");
         if (sqlite3_step(insert.st) != SQLITE_DONE) throw std::runtime_error("insert failed");
         sqlite3_reset(insert.st);
-        exec(db.db, "COMMIT");
+        sqlite_exec(db.db, "COMMIT");
     }
     return static_cast<double>(i) / seconds_since(t0);
 }

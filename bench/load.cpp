@@ -2,6 +2,7 @@
 #include "load.hpp"
 
 #include <fmt/format.h>
+#include <sqlite3.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -45,6 +46,16 @@ SubmitMode parse_submit_mode(const std::string& text) {
     if (text == "pipelined") return SubmitMode::pipelined;
     if (text == "batch") return SubmitMode::batch;
     throw std::invalid_argument("mode must be sync, pipelined or batch, not '" + text + "'");
+}
+
+void sqlite_exec(sqlite3* db, const std::string& sql, std::string_view what) {
+    char* err = nullptr;
+    if (sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
+        std::string msg = err ? err : "?";
+        sqlite3_free(err);
+        throw std::runtime_error(
+            fmt::format("sqlite: {}: {}", what.empty() ? std::string_view(sql) : what, msg));
+    }
 }
 
 Pacer::Pacer(double rate, unsigned producers)

@@ -9,6 +9,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -17,6 +18,8 @@
 #include "options.hpp"
 #include "processes.hpp"
 #include "report.hpp"
+
+struct sqlite3;
 
 namespace errand::bench {
 
@@ -112,6 +115,10 @@ class Pacer {
     std::mutex mu_;
     std::vector<double> us_;
 };
+
+// sqlite3_exec of `sql` on a database of the bench's own; throws std::runtime_error naming
+// `what` (the statement itself when empty) and SQLite's message.
+void sqlite_exec(::sqlite3* db, const std::string& sql, std::string_view what = {});
 
 enum class SubmitMode { sync, pipelined, batch };
 SubmitMode parse_submit_mode(const std::string& text);  // throws std::invalid_argument

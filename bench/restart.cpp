@@ -12,20 +12,13 @@
 #include <fstream>
 #include <stdexcept>
 
+#include <unistd.h>
+
 #include "load.hpp"
 #include "scenarios.hpp"
 
 namespace errand::bench {
 namespace {
-
-void exec(sqlite3* db, const std::string& sql) {
-    char* err = nullptr;
-    if (sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
-        std::string what = err ? err : "?";
-        sqlite3_free(err);
-        throw std::runtime_error("restart: loading the finished jobs: " + what);
-    }
-}
 
 // Writes `n` finished jobs into the broker's (stopped) file, in batches of 100,000 rows.
 void load_finished(const std::string& path, std::uint64_t n) {
@@ -35,7 +28,7 @@ void load_finished(const std::string& path, std::uint64_t n) {
         throw std::runtime_error("restart: cannot open " + path);
     }
     try {
-        exec(db, "PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF");
+        sqlite_exec(db, "PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF");
         const long long since =
             std::chrono::duration_cast<std::chrono::milliseconds>(
                 (std::chrono::system_clock::now() - std::chrono::hours(24)).time_since_epoch())
@@ -44,31 +37,36 @@ void load_finished(const std::string& path, std::uint64_t n) {
         constexpr long long kEventBase = 1099511627776LL;  // kEventIdBase of the store
         for (std::uint64_t from = 0; from < n; from += 100'000) {
             const std::uint64_t to = std::min<std::uint64_t>(n, from + 100'000);
-            exec(db, fmt::format(
-                         "BEGIN;"
-                         "WITH RECURSIVE k(i) AS (SELECT {0} UNION ALL SELECT i + 1 FROM k "
-                         "WHERE i < {1}) "
-                         "INSERT INTO jobs (id, queue, state, payload, attempts, max_attempts, "
-                         "created_at, started_at, finished_at, worker, exit_code, result, "
-                         "history) "
-                         "SELECT {2} + i, 'done', 'succeeded', randomblob(100), 1, 3, {3} + i / "
-                         "100, {3} + i / 100 + 1, {3} + i / 100 + 2, 'bench-worker', 0, x'6f6b', "
-                         "randomblob(40) FROM k;"
-                         "INSERT INTO events (job_id, id, at, from_state, to_state, attempt, "
-                         "worker, reason) "
-                         "SELECT id, {4} + 2 * (id - {2}) + e, created_at + e + 1, "
-                         "CASE e WHEN 0 THEN 'ready' ELSE 'running' END, "
-                         "CASE e WHEN 0 THEN 'running' ELSE 'succeeded' END, 1, 'bench-worker', "
-                         "CASE e WHEN 0 THEN 'dispatched' ELSE 'done' END "
-                         "FROM jobs, (SELECT 0 AS e UNION ALL SELECT 1) "
-                         "WHERE id BETWEEN {2} + {0} AND {2} + {1};"
-                         "COMMIT;",
-                         from + 1, to, kBase, since, kEventBase));
+            sqlite_exec(
+                db,
+                fmt::format(
+                    "BEGIN;"
+                    "WITH RECURSIVE k(i) AS (SELECT {0} UNION ALL SELECT i + 1 FROM k "
+                    "WHERE i < {1}) "
+                    "INSERT INTO jobs (id, queue, state, payload, attempts, max_attempts, "
+                    "created_at, started_at, finished_at, worker, exit_code, result, "
+                    "history) "
+                    "SELECT {2} + i, 'done', 'succeeded', randomblob(100), 1, 3, {3} + i / "
+                    "100, {3} + i / 100 + 1, {3} + i / 100 + 2, 'bench-worker', 0, x'6f6b', "
+                    "randomblob(40) FROM k;"
+                    "INSERT INTO events (job_id, id, at, from_state, to_state, attempt, "
+                    "worker, reason) "
+                    "SELECT id, {4} + 2 * (id - {2}) + e, created_at + e + 1, "
+                    "CASE e WHEN 0 THEN 'ready' ELSE 'running' END, "
+                    "CASE e WHEN 0 THEN 'running' ELSE 'succeeded' END, 1, 'bench-worker', "
+                    "CASE e WHEN 0 THEN 'dispatched' ELSE 'done' END "
+                    "FROM jobs, (SELECT 0 AS e UNION ALL SELECT 1) "
+                    "WHERE id BETWEEN {2} + {0} AND {2} + {1};"
+                    "COMMIT;",
+                    from + 1, to, kBase, since, kEventBase),
+                "loading the finished jobs");
         }
-        exec(db, fmt::format("UPDATE event_seq SET n = {} + 2 * {} + 2;"
-                             "INSERT INTO job_counts VALUES ('done', 'succeeded', {});"
-                             "PRAGMA wal_checkpoint(TRUNCATE);",
-                             kEventBase, n, n));
+        sqlite_exec(db,
+                    fmt::format("UPDATE event_seq SET n = {} + 2 * {} + 2;"
+                                "INSERT INTO job_counts VALUES ('done', 'succeeded', {});"
+                                "PRAGMA wal_checkpoint(TRUNCATE);",
+                                kEventBase, n, n),
+                    "counting the finished jobs");
     } catch (...) {
         sqlite3_close(db);
         throw;

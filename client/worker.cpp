@@ -391,8 +391,7 @@ struct Worker::Impl {
                 opt.name, heartbeat_ms,
                 reconnects ? fmt::format(", reconnect {}", reconnects) : std::string());
             credit_out = 0;  // the broker's count starts again from what we hold
-            auto slots = this->slots();
-            auto busy = static_cast<std::uint32_t>(running.size() + held_results.size());
+            const std::uint32_t slots = this->slots(), busy = held();
             if (!quiet) grant(slots > busy ? slots - busy : 0);
             send_pending(now, true);
         } else if (env.command == cmd::kDispatch) {

@@ -313,9 +313,20 @@ TEST_CASE("e2e: a JobSpec's chrono times and durations come back from STATUS as 
 }
 
 TEST_CASE("unique_token: 32 hex digits, increasing within a thread, different across threads") {
+    auto now_ms = [] {
+        return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                              std::chrono::system_clock::now().time_since_epoch())
+                                              .count());
+    };
+    const std::uint64_t before = now_ms();
     std::vector<std::string> mine;
     for (int i = 0; i < 1000; ++i)
         mine.push_back(errand::unique_token());
+    // Led by the time in ms (11 hex digits), so every thread's tokens of one moment sort
+    // together at the broker's token index's right edge.
+    const std::uint64_t after = now_ms();
+    CHECK(std::stoull(mine.front().substr(0, 11), nullptr, 16) >= before);
+    CHECK(std::stoull(mine.back().substr(0, 11), nullptr, 16) <= after);
     for (const auto& t : mine) {
         CHECK(t.size() == 32);
         CHECK(t.find_first_not_of("0123456789abcdef") == std::string::npos);

@@ -355,3 +355,31 @@ TEST_CASE("worker control: bad input gets a clear error and changes nothing") {
     for (const auto& w : named(client, "steady"))
         CHECK(w.state == "quiet");
 }
+
+TEST_CASE("worker control: errand-worker declares 8 for --prefetch auto (its default), 0 for 0") {
+    TempDir dir;
+    Broker broker(dir, kFastBroker);
+    errand::Client client(broker.client_options());
+    WorkerDaemon adaptive(dir, broker.endpoint(),
+                          {.name = "adaptive",
+                           .queues = {"q=" + job_command(dir)},
+                           .concurrency = 2,
+                           .allow_commands = false,
+                           .extra_args = {}});
+    WorkerDaemon strict(dir, broker.endpoint(),
+                        {.name = "strict",
+                         .queues = {"q=" + job_command(dir)},
+                         .concurrency = 2,
+                         .allow_commands = false,
+                         .extra_args = {"--prefetch", "0"}});
+    REQUIRE_MESSAGE(heard_since_now(client, "adaptive"), adaptive.logs());
+    REQUIRE_MESSAGE(heard_since_now(client, "strict"), strict.logs());
+    // The broker's cap is concurrency + prefetch: 2 + 8 for adaptive prefetch (whose worker
+    // grants less while its jobs run long), 2 + 0 for --prefetch 0. Both start with no extra:
+    // the credit they gave is their concurrency.
+    auto a = named(client, "adaptive").at(0), s = named(client, "strict").at(0);
+    CHECK(a.prefetch == errand::kAdaptivePrefetch);
+    CHECK(s.prefetch == 0);
+    CHECK(a.credit == 2);
+    CHECK(s.credit == 2);
+}
